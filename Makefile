@@ -1,0 +1,37 @@
+# gazeloop: `make setup`, `make demo`, `make test`. Both demo and test run setup first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# Shared models and data live beside the checkout; they are read in place, never copied.
+SHARED ?= $(abspath ../shared)
+ifneq ($(wildcard $(SHARED)/models),)
+export GAZELOOP_MODELS ?= $(SHARED)/models
+endif
+
+.PHONY: setup models demo test lint clean
+
+setup: $(STAMP) models
+
+# torch comes first and pinned: this machine has a CPU build of 2.13.0 on disk, while a plain
+# `torch` requirement may pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+models: $(STAMP)
+	$(BIN)/gazeloop models build
+
+demo: setup
+	$(BIN)/gazeloop demo
+
+test: setup
+	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests ran"; rc=0; fi; exit $$rc
+
+lint: $(STAMP)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

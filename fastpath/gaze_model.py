@@ -1,0 +1,257 @@
+"""Run the gaze network (ONNX, onnxruntime) and express its answer in the project's axes.
+
+Conventions (the project's, see DESIGN.md; angles in radians inside):
+- Camera axes of a gaze vector: x to image right, y image up, z from the face toward the
+  camera, for an un-mirrored frame.
+- Gaze yaw = atan2(x, z) > 0 looking toward image right; pitch = asin(y) > 0 looking up.
+- Head pose (yaw, pitch, roll): yaw > 0 when the face turns toward image right; pitch > 0
+  when the face tilts up; roll > 0 when the face appears rotated clockwise in the displayed
+  image (its top moves toward image right).
+- Eyes are the person's: `left_crop` is the person's left eye (`Features.left`, which is on
+  the image right in an un-mirrored frame).
+
+The network (OMZ gaze-estimation-adas-0002, rebuilt by `fastpath.ir_onnx`) uses other
+conventions; every conversion lives in the small pure functions below, with its evidence:
+- Eye names: OMZ names eyes from the viewer's side (its face_recognition_demo aligns
+  landmarks-regression output to a template whose "left eye" is at x = 30/96, image left;
+  the gaze demo takes "left eye" from WFLW points 60/64, the image-left eye). So OMZ's
+  `left_eye_image` is the image-left eye = the person's right eye.
+- Head pose: OMZ yaw has our sign (the gaze demo draws the head's forward axis at
+  dx = +sin(yaw)); OMZ pitch is positive DOWN (forward axis drawn at dy = +sin(pitch) in a
+  y-down image, and the head-pose model's rotation matrix gives the face a -sin(pitch) up
+  component), so it is negated; OMZ roll has our sign (the demo draws the face's "right"
+  axis at (cos r, sin r) in y-down pixels, i.e. clockwise, and undoes it by rotating the eye
+  crops counter-clockwise by roll). The network itself agrees: +20 deg yaw moves its output
+  toward image right, +20 deg pitch moves it down.
+- Gaze vector: the demo draws the gaze arrow at (x, -y) in y-down pixels, so x is image
+  right and y is up, as ours. Its z is NEGATIVE when the eyes look at the camera (about
+  -0.97 on the grid9 frames, where the person looks at a screen just below the camera),
+  although the model card says z points to the camera: so z is flipped. (The demo's own
+  angle formula, 90 deg + atan2(z, x), also reads 0 deg for z = -1.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+OMZ_IO_CONVENTION = "omz-gaze-estimation-adas-0002"  # same tag as fastpath.ir_onnx writes
+CROP_SHAPE = (60, 60, 3)
+_INPUTS = ("left_eye_image", "right_eye_image", "head_pose_angles")
+_GAZE = "gaze_vector"
+_EMBEDDING = "embedding"
+
+
+class ModelLoadError(RuntimeError):
+    """The gaze model file is missing, unreadable or not a gaze model we can run."""
+
+
+@dataclass(slots=True)
+class GazeOutput:
+    vector: np.ndarray  # (3,) unit, camera axes: x image right, y up, z toward the camera
+    yaw_pitch: np.ndarray  # (2,) radians
+    embedding: np.ndarray | None  # (D,) activation entering the gaze head
+    raw: np.ndarray  # (3,) the network's output as is (OMZ axes, roll-aligned, not unit)
+
+
+@dataclass(slots=True)
+class GazeBatch:
+    vectors: np.ndarray  # (N, 3)
+    yaw_pitch: np.ndarray  # (N, 2)
+    embeddings: np.ndarray | None  # (N, D)
+    raw: np.ndarray  # (N, 3)
+
+
+# -- conventions as pure functions --------------------------------------------------------
+
+
+def head_pose_to_omz_degrees(head_ypr: np.ndarray) -> np.ndarray:
+    """Our (yaw, pitch, roll) radians -> OMZ head_pose_angles degrees; only pitch flips."""
+    h = np.degrees(np.asarray(head_ypr, dtype=np.float64))
+    return np.stack([h[..., 0], -h[..., 1], h[..., 2]], axis=-1)
+
+
+def omz_gaze_to_camera(raw: np.ndarray) -> np.ndarray:
+    """OMZ gaze axes (x right, y up, z away from the camera) -> ours (z toward the camera)."""
+    v = np.array(raw, dtype=np.float64, copy=True)
+    v[..., 2] *= -1.0
+    return v
+
+
+def rotate_vector_roll(v: np.ndarray, roll: np.ndarray | float) -> np.ndarray:
+    """Bring a gaze vector from the roll-aligned eye frame back to camera axes.
+
+    The caller rotated each crop counter-clockwise by `roll` (our sign: face rotated
+    clockwise in the image) to make the eye corners horizontal, so the answer is rotated
+    clockwise by `roll` about the camera's z axis: in y-up axes (x, y) -> (x cos r + y sin r,
+    -x sin r + y cos r). This is the OMZ demo's back-rotation; z is untouched.
+    """
+    v = np.asarray(v, dtype=np.float64)
+    r = np.asarray(roll, dtype=np.float64)
+    c, s = np.cos(r), np.sin(r)
+    out = np.empty(np.broadcast_shapes(v.shape, r.shape + (3,)), dtype=np.float64)
+    out[..., 0] = v[..., 0] * c + v[..., 1] * s
+    out[..., 1] = -v[..., 0] * s + v[..., 1] * c
+    out[..., 2] = v[..., 2]
+    return out
+
+
+def vector_to_yaw_pitch(v: np.ndarray) -> np.ndarray:
+    """Unit-or-not vectors (..., 3) in our axes -> (..., 2) gaze yaw, pitch in radians."""
+    v = np.asarray(v, dtype=np.float64)
+    n = np.linalg.norm(v, axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        yaw = np.arctan2(v[..., 0], v[..., 2])
+        pitch = np.arcsin(np.clip(v[..., 1] / n, -1.0, 1.0))
+    return np.stack([yaw, pitch], axis=-1)
+
+
+def postprocess(raw: np.ndarray, roll: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+    """Network output (..., 3) and the roll the crops were aligned by -> (unit vectors in our
+    axes, yaw/pitch). A zero or non-finite output gives NaNs for the caller to flag."""
+    v = rotate_vector_roll(omz_gaze_to_camera(raw), roll)
+    n = np.linalg.norm(v, axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        v = np.where((n > 0) & np.isfinite(n), v / n, np.nan)
+    return v, vector_to_yaw_pitch(v)
+
+
+# -- the runtime wrapper ------------------------------------------------------------------
+
+
+def default_providers() -> list[str]:
+    available = ort.get_available_providers()
+    if "CoreMLExecutionProvider" in available:  # macOS; CPU picks up what CoreML refuses
+        return ["CoreMLExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+class GazeModel:
+    """One onnxruntime session and its preallocated input buffers. Not thread-safe: use one
+    instance per thread (the fast path runs on one thread)."""
+
+    def __init__(
+        self, path: str | Path, *, threads: int = 1, providers: list[str] | None = None
+    ) -> None:
+        self.path = Path(path)
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            raise ModelLoadError(f"gaze model file not found: {self.path}") from None
+        except OSError as exc:
+            raise ModelLoadError(f"cannot read gaze model file {self.path}: {exc}") from exc
+        self.sha256 = hashlib.sha256(data).hexdigest()
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(threads)
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(
+                data, sess_options=opts, providers=providers or default_providers()
+            )
+        except Exception as exc:  # onnxruntime raises several unrelated types here
+            raise ModelLoadError(f"cannot load gaze model {self.path}: {exc}") from exc
+
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.model_id: str = meta.get("gazeloop.model_id", self.path.stem)
+        convention = meta.get("gazeloop.io_convention", OMZ_IO_CONVENTION)
+        if convention != OMZ_IO_CONVENTION:
+            raise ModelLoadError(
+                f"{self.path}: io convention {convention!r} is not {OMZ_IO_CONVENTION!r}; "
+                "this wrapper would misread its inputs/outputs"
+            )
+        in_names = {i.name for i in self.session.get_inputs()}
+        out_names = [o.name for o in self.session.get_outputs()]
+        missing = [n for n in _INPUTS if n not in in_names] + (
+            [] if _GAZE in out_names else [_GAZE]
+        )
+        if missing:
+            raise ModelLoadError(f"{self.path}: not a gaze model, missing {missing}")
+        self._outputs = [_GAZE] + ([_EMBEDDING] if _EMBEDDING in out_names else [])
+        batch_dim = self.session.get_inputs()[0].shape[0]
+        self._dynamic_batch = not isinstance(batch_dim, int)
+
+        self._left = np.zeros((1, 3, 60, 60), np.float32)
+        self._right = np.zeros((1, 3, 60, 60), np.float32)
+        self._head = np.zeros((1, 3), np.float32)
+        self._feed = {_INPUTS[0]: self._left, _INPUTS[1]: self._right, _INPUTS[2]: self._head}
+
+        # One run now so a model that loads but cannot execute fails here, not on frame 1,
+        # and the first frame does not pay for lazy initialisation.
+        try:
+            outs = self.session.run(self._outputs, self._feed)
+        except Exception as exc:
+            raise ModelLoadError(f"gaze model {self.path} fails to run: {exc}") from exc
+        self.embedding_dim: int | None = int(outs[1].shape[1]) if len(outs) > 1 else None
+
+    def __repr__(self) -> str:
+        return (
+            f"GazeModel({self.model_id!r}, sha256={self.sha256[:12]}, "
+            f"embedding_dim={self.embedding_dim}, providers={self.session.get_providers()})"
+        )
+
+    @staticmethod
+    def _check_crop(crop: np.ndarray, what: str) -> None:
+        if crop.shape != CROP_SHAPE:
+            raise ValueError(f"{what} must be {CROP_SHAPE} BGR, got {crop.shape}")
+
+    def predict(
+        self, left_crop: np.ndarray, right_crop: np.ndarray, head_ypr: np.ndarray
+    ) -> GazeOutput:
+        """Gaze for one face. Crops are 60x60x3 uint8 BGR, centred between the eye corners and
+        already rotated by the head roll so the corners are horizontal; `left_crop` is the
+        person's left eye. `head_ypr` is (yaw, pitch, roll) in radians, our convention."""
+        self._check_crop(left_crop, "left_crop")
+        self._check_crop(right_crop, "right_crop")
+        # OMZ's left_eye_image is the image-left eye, i.e. the person's right eye.
+        np.copyto(self._left[0], right_crop.transpose(2, 0, 1), casting="unsafe")
+        np.copyto(self._right[0], left_crop.transpose(2, 0, 1), casting="unsafe")
+        yaw, pitch, roll = (float(a) for a in head_ypr)
+        # Roll is fed as 0 because the crops are roll-aligned (as the OMZ demo does).
+        self._head[0, 0] = np.degrees(yaw)
+        self._head[0, 1] = -np.degrees(pitch)
+        self._head[0, 2] = 0.0
+        outs = self.session.run(self._outputs, self._feed)
+        raw = outs[0][0]
+        vector, yp = postprocess(raw, roll)
+        emb = outs[1][0] if len(outs) > 1 else None
+        return GazeOutput(vector=vector, yaw_pitch=yp, embedding=emb, raw=raw)
+
+    def predict_batch(
+        self, left: np.ndarray, right: np.ndarray, head: np.ndarray, *, chunk: int = 256
+    ) -> GazeBatch:
+        """`predict` for N samples: left/right (N, 60, 60, 3) crops, head (N, 3) radians."""
+        left, right, head = np.asarray(left), np.asarray(right), np.asarray(head, np.float64)
+        n = len(left)
+        if left.shape[1:] != CROP_SHAPE or right.shape != left.shape or head.shape != (n, 3):
+            raise ValueError(
+                f"expected (N,60,60,3), (N,60,60,3), (N,3); got {left.shape}, "
+                f"{right.shape}, {head.shape}"
+            )
+        omz_head = head_pose_to_omz_degrees(head).astype(np.float32)
+        omz_head[:, 2] = 0.0
+        step = chunk if self._dynamic_batch else 1
+        raws, embs = [], []
+        for i in range(0, n, step):
+            sl = slice(i, i + step)
+            feed = {
+                _INPUTS[0]: right[sl].transpose(0, 3, 1, 2).astype(np.float32),
+                _INPUTS[1]: left[sl].transpose(0, 3, 1, 2).astype(np.float32),
+                _INPUTS[2]: omz_head[sl],
+            }
+            outs = self.session.run(self._outputs, feed)
+            raws.append(outs[0])
+            if len(outs) > 1:
+                embs.append(outs[1])
+        raw = np.concatenate(raws) if raws else np.zeros((0, 3), np.float32)
+        vectors, yp = postprocess(raw, head[:, 2])
+        emb = None
+        if self.embedding_dim is not None:
+            emb = np.concatenate(embs) if embs else np.zeros((0, self.embedding_dim), np.float32)
+        return GazeBatch(vectors=vectors, yaw_pitch=yp, embeddings=emb, raw=raw)

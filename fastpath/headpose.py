@@ -1,0 +1,108 @@
+"""Head pose from face-mesh landmarks, the same way for every landmark backend.
+
+The 3D reference is MediaPipe's own canonical face mesh, read from the geometry metadata in
+`face_landmarker.task` (so nothing derived from it is copied into this repository). Only the
+33 landmarks MediaPipe itself uses for its Procrustes fit are used: they sit on rigid parts
+of the face (nose bridge, cheekbones, eye corners) and do not move with expressions.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+_METADATA = "geometry_pipeline_metadata_landmarks.binarypb"
+
+
+@dataclass(frozen=True, slots=True)
+class CanonicalFace:
+    ids: np.ndarray  # (K,) landmark indices
+    points: np.ndarray  # (K, 3) canonical positions: x image-right, y up, z toward the camera
+
+
+def load_canonical_face(task_path: str | Path) -> CanonicalFace:
+    from mediapipe.tasks.cc.vision.face_geometry.proto import geometry_pipeline_metadata_pb2
+
+    try:
+        with zipfile.ZipFile(task_path) as z:
+            raw = z.read(_METADATA)
+    except (OSError, KeyError, zipfile.BadZipFile) as e:
+        raise RuntimeError(f"{task_path}: cannot read {_METADATA} from the bundle: {e}") from e
+    meta = geometry_pipeline_metadata_pb2.GeometryPipelineMetadata()
+    meta.ParseFromString(raw)
+    buf = np.asarray(meta.canonical_mesh.vertex_buffer, dtype=np.float64)
+    verts = buf.reshape(-1, 5)[:, :3]  # VERTEX_PT: x, y, z, u, v
+    ids = np.array([b.landmark_id for b in meta.procrustes_landmark_basis], dtype=np.int64)
+    return CanonicalFace(ids=ids, points=verts[ids].copy())
+
+
+# OpenCV's camera frame has y down and z away from the camera; the canonical face has y up
+# and z toward the viewer. A face looking straight at the camera is this rotation.
+_FLIP = np.diag([1.0, -1.0, -1.0])
+
+
+class HeadPoseEstimator:
+    """solvePnP of the canonical face against 2D landmarks, warm-started from the last pose.
+
+    The focal length defaults to the image width (about a 53° horizontal field of view, typical
+    of laptop webcams); pass real intrinsics when known. Yaw and pitch only need to be
+    consistent for one user and camera: the calibration mapping absorbs a scale error.
+    """
+
+    def __init__(self, canonical: CanonicalFace, camera_matrix: np.ndarray | None = None):
+        self.canonical = canonical
+        self.camera_matrix = camera_matrix
+        self._rvec: np.ndarray | None = None
+        self._tvec: np.ndarray | None = None
+
+    def reset(self) -> None:
+        self._rvec = self._tvec = None
+
+    def _k(self, w: int, h: int) -> np.ndarray:
+        if self.camera_matrix is not None:
+            return self.camera_matrix
+        f = float(w)
+        return np.array([[f, 0, w / 2], [0, f, h / 2], [0, 0, 1]], dtype=np.float64)
+
+    def estimate(self, points_px: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+        """(yaw, pitch, roll) in radians; yaw > 0 face turned to image right, pitch > 0 face
+        up, roll > 0 face rotated clockwise in the image."""
+        img = np.ascontiguousarray(points_px[self.canonical.ids, :2], dtype=np.float64)
+        k = self._k(*image_size)
+        if self._rvec is None:
+            ok, rvec, tvec = cv2.solvePnP(
+                self.canonical.points, img, k, None, flags=cv2.SOLVEPNP_SQPNP
+            )
+        else:
+            ok, rvec, tvec = cv2.solvePnP(
+                self.canonical.points,
+                img,
+                k,
+                None,
+                self._rvec.copy(),
+                self._tvec.copy(),
+                useExtrinsicGuess=True,
+                flags=cv2.SOLVEPNP_ITERATIVE,
+            )
+        if not ok or not np.all(np.isfinite(rvec)):
+            self.reset()
+            return np.full(3, np.nan)
+        self._rvec, self._tvec = rvec, tvec
+        r, _ = cv2.Rodrigues(rvec)
+        return rotation_to_ypr(r)
+
+
+def rotation_to_ypr(r_model_to_cam: np.ndarray) -> np.ndarray:
+    """Yaw, pitch, roll of the face from its model→OpenCV-camera rotation."""
+    rel = r_model_to_cam @ _FLIP  # identity for a frontal face
+    fwd = rel @ np.array([0.0, 0.0, -1.0])  # face normal in camera axes (toward the camera)
+    # The normal points at the camera (-z); it swings to +x when the face turns to image right.
+    yaw = np.arctan2(fwd[0], -fwd[2])
+    pitch = np.arctan2(-fwd[1], np.hypot(fwd[0], fwd[2]))
+    right = rel @ np.array([1.0, 0.0, 0.0])  # the face's x axis in the image (y down)
+    roll = np.arctan2(right[1], right[0])
+    return np.array([yaw, pitch, roll], dtype=np.float64)

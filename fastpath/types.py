@@ -1,0 +1,102 @@
+"""The data that flows through the fast path.
+
+One frame in, one `GazeSample` out. Arrays are numpy; angles are radians, yaw then pitch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(slots=True)
+class Frame:
+    """One image from a source. `t_ns` is the source's own capture time (monotonic
+    nanoseconds for a camera, media time for a video, the recorded timestamp for a
+    session), never the wall clock at processing time."""
+
+    t_ns: int
+    image: np.ndarray  # HxWx3 uint8 BGR, un-mirrored
+    index: int
+    # A session frame's label in screen pixels, when the source has one.
+    label_px: tuple[float, float] | None = None
+    name: str | None = None  # file name for session frames, for error messages
+
+
+@dataclass(slots=True)
+class FaceLandmarks:
+    """MediaPipe face mesh in image pixels plus the head pose derived from it."""
+
+    points: np.ndarray  # (478, 3) float32: x, y in pixels, z in the same scale as x
+    head_ypr: np.ndarray  # (3,) float64 radians: yaw, pitch, roll
+    image_size: tuple[int, int]  # (width, height)
+    blendshapes: dict[str, float] | None = None
+    faces_seen: int = 1
+
+
+@dataclass(slots=True)
+class EyeFeatures:
+    iris_offset: np.ndarray  # (2,) iris centre in the eye's corner frame / eye width
+    aperture: float  # eyelid gap / eye width
+    blink: bool
+    crop: np.ndarray  # 60x60x3 uint8 BGR, aligned and roll-corrected
+    crop_clipped: bool  # the crop box reached outside the frame (padded)
+    centre_px: np.ndarray  # (2,) midpoint between the corners, image pixels
+    width_px: float
+
+
+@dataclass(slots=True)
+class Features:
+    left: EyeFeatures  # the person's left eye (image right in an un-mirrored frame)
+    right: EyeFeatures
+    head_ypr: np.ndarray  # (3,) radians
+
+    @property
+    def blink(self) -> bool:
+        return self.left.blink and self.right.blink
+
+    def vector(self) -> np.ndarray:
+        """Flat geometric features for mappings: iris offsets, apertures, head pose."""
+        return np.array(
+            [
+                *self.left.iris_offset,
+                *self.right.iris_offset,
+                self.left.aperture,
+                self.right.aperture,
+                *self.head_ypr,
+            ],
+            dtype=np.float64,
+        )
+
+
+@dataclass(slots=True)
+class Quality:
+    face: bool = False
+    blink: bool = False
+    crop_clipped: bool = False
+    confidence: float = 0.0  # 0..1; 0 when there is no usable estimate
+    faces_seen: int = 0
+    error: str | None = None  # why a stage failed on this frame (NaN, bad image, ...)
+
+    @property
+    def usable(self) -> bool:
+        return self.face and not self.blink and self.error is None
+
+
+@dataclass(slots=True)
+class GazeSample:
+    """What the fast path says about one frame."""
+
+    t_ns: int
+    index: int
+    quality: Quality
+    gaze_yp: np.ndarray | None = None  # (2,) radians, filtered
+    gaze_yp_raw: np.ndarray | None = None  # (2,) radians, before the filter
+    gaze_vector: np.ndarray | None = None  # (3,) unit, camera axes (x right, y up, z to camera)
+    embedding: np.ndarray | None = None  # model features before its gaze head, if any
+    features: Features | None = None
+    landmarks: FaceLandmarks | None = None
+    screen_xy: np.ndarray | None = None  # (2,) normalised [0,1]^2, once a profile exists
+    screen_xy_raw: np.ndarray | None = None  # before offset/filter
+    stage_ms: dict[str, float] = field(default_factory=dict)

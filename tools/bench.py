@@ -1,0 +1,100 @@
+"""`gazeloop bench ...`: speed measurements with JSON output (never timed assertions)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import cv2
+import numpy as np
+
+from fastpath.pipeline import STAGES, FastPath
+from fastpath.sources import open_source
+from tools.common import add_fastpath_args, fastpath_config
+
+BENCH_SIZE = (640, 480)
+WARMUP = 10
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("bench", help="benchmarks (JSON output)")
+    bsub = p.add_subparsers(dest="bench", required=True, metavar="WHAT")
+    f = bsub.add_parser(
+        "fastpath",
+        help="per-stage latency of the fast path",
+        description="Per-frame latency percentiles of each fast-path stage on one thread, "
+        "frames resized to 640x480, looping the source if it is short.",
+    )
+    f.add_argument("--source", required=True, help="video file, session folder or camera index")
+    f.add_argument("--frames", type=int, default=300, help="frames measured (default 300)")
+    f.add_argument("--json", action="store_true", help="print only the JSON object")
+    add_fastpath_args(f)
+    f.set_defaults(func=run_fastpath)
+
+
+def single_thread() -> None:
+    """One intra-op thread everywhere: on a 2-core machine a second thread next to any
+    other busy process turns milliseconds into seconds."""
+    cv2.setNumThreads(1)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
+
+
+def percentiles(ms: list[float]) -> dict[str, float]:
+    a = np.asarray(ms, dtype=np.float64)
+    if a.size == 0:
+        return {"p50_ms": None, "p95_ms": None, "p99_ms": None, "n": 0}
+    p50, p95, p99 = np.percentile(a, [50, 95, 99])
+    return {"p50_ms": round(p50, 3), "p95_ms": round(p95, 3), "p99_ms": round(p99, 3),
+            "n": int(a.size)}
+
+
+def bench_fastpath(source: str, frames: int, cfg) -> dict:
+    single_thread()
+    cfg = cfg.model_copy(update={"threads": 1})
+    fp = FastPath(cfg)
+    times: dict[str, list[float]] = {k: [] for k in ("decode", *STAGES)}
+    total: list[float] = []
+    faces = 0
+    with open_source(source, loop=True, resize=BENCH_SIZE) as src:
+        it = iter(src)
+        for i in range(frames + WARMUP):
+            t0 = time.perf_counter_ns()
+            frame = next(it)
+            decode = (time.perf_counter_ns() - t0) / 1e6
+            s = fp.process(frame)
+            if i < WARMUP:
+                continue
+            faces += s.quality.face
+            times["decode"].append(decode)
+            for k, v in s.stage_ms.items():
+                times[k].append(v)
+            total.append(decode + sum(s.stage_ms.values()))
+    fp.close()
+    h, w = frame.image.shape[:2]
+    return {
+        "frames": frames,
+        "warmup_frames": WARMUP,
+        "width": w,
+        "height": h,
+        "face_found": faces,
+        "landmarks_backend": cfg.landmarks,
+        "threads": 1,
+        "stages": {k: percentiles(v) for k, v in times.items()},
+        "total": percentiles(total),
+    }
+
+
+def run_fastpath(args: argparse.Namespace) -> int:
+    if args.frames < 1:
+        from tools.common import UserError
+
+        raise UserError("--frames must be at least 1")
+    out = bench_fastpath(args.source, args.frames, fastpath_config(args))
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(json.dumps(out, indent=2))
+    return 0
