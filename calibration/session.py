@@ -190,13 +190,13 @@ class Session:
 # --- reading -------------------------------------------------------------------------------
 
 
-def load_image(path: Path) -> np.ndarray:
+def load_image(path: str | os.PathLike[str]) -> np.ndarray:
     """Decode an image file to HxWx3 uint8 BGR, or raise ImageDecodeError with the reason.
 
     A JPEG without its end-of-image marker after the last scan is treated as truncated even
     if the decoder would hand back a partly grey picture (OpenCV versions differ here)."""
     try:
-        data = path.read_bytes()
+        data = Path(path).read_bytes()
     except OSError as e:
         raise ImageDecodeError(f"cannot read image: {e.strerror or e}") from e
     if not data:
@@ -280,7 +280,7 @@ def read_session(
         is_mirrored = bool(mirrored) if mirrored is not None else False
 
     rejected: list[Rejection] = []
-    # stem -> (json path, [image paths]); names are matched case-insensitively on suffix.
+    # By stem: the record, and its image(s). Suffixes match case-insensitively.
     records: dict[str, Path] = {}
     images: dict[str, list[Path]] = {}
     for path in sorted(folder.iterdir()):

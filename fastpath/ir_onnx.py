@@ -27,7 +27,15 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from fastpath.ir_reader import ELEMENT_TYPES, IRFormatError, IRGraph, Layer, constant_value, read_ir
+from fastpath.ir_reader import (
+    ELEMENT_TYPES,
+    IRFormatError,
+    IRGraph,
+    Layer,
+    constant_value,
+    find_head_input,
+    read_ir,
+)
 
 BUILDER_VERSION = "gazeloop.fastpath.ir_onnx/1"
 DEFAULT_MODEL_NAME = "gaze-estimation-adas-0002"
@@ -71,35 +79,6 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def find_head_input(graph: IRGraph) -> tuple[Layer, tuple[int, int]]:
-    """The gaze head layer (last Convolution/MatMul before the single Result) and the
-    (layer, port) feeding its data input, walking back through shape-only ops and bias /
-    scale operations with a constant operand."""
-    results = graph.results
-    if len(results) != 1:
-        raise UnsupportedIRError(f"{graph.xml_path}: expected one Result, found {len(results)}")
-    src = graph.producer(results[0].id, results[0].inputs[0].id)
-    passthrough = {"Squeeze", "Unsqueeze", "Reshape", "StridedSlice", "Convert"}
-    while True:
-        layer = graph.layers[src[0]]
-        if layer.type in ("Convolution", "MatMul"):
-            return layer, graph.producer(layer.id, layer.inputs[0].id)
-        sources = graph.input_sources(layer)
-        if layer.type in passthrough:
-            src = sources[0]
-        elif layer.type in ("Add", "Multiply", "Subtract", "Divide"):
-            dynamic = [s for s in sources if constant_value(graph, s) is None]
-            if len(dynamic) != 1:
-                break
-            src = dynamic[0]
-        else:
-            break
-    raise UnsupportedIRError(
-        f"{graph.xml_path}: no Convolution/MatMul head found before the result "
-        f"(stopped at {layer.type} {layer.name!r})"
-    )
 
 
 class _Emitter:
@@ -322,15 +301,13 @@ def ir_to_onnx(
     em = _Emitter(graph, dynamic_batch)
 
     inputs = []
-    for p in sorted(graph.parameters, key=lambda layer: layer.name):
+    for p in graph.parameters:  # file order, which is the IR's declared input order
         if p.data.get("element_type", "f32") != "f32":
             raise UnsupportedIRError(f"Parameter {p.name!r} is not f32")
         port = p.outputs[0]
-        em.name_output((p.id, port.id), port.names[0] if port.names else p.name)
-        inputs.append(_value_info(em.value((p.id, port.id)), port.shape, dynamic_batch))
-    # Keep the IR's declared input order (layer order in the file), not alphabetical.
-    order = [p.name for p in graph.parameters]
-    inputs.sort(key=lambda vi: order.index(vi.name) if vi.name in order else len(order))
+        name = port.names[0] if port.names else p.name
+        em.name_output((p.id, port.id), name)
+        inputs.append(_value_info(name, port.shape, dynamic_batch))
 
     outputs = []
     for r in graph.results:

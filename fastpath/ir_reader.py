@@ -301,3 +301,32 @@ def constant_value(graph: IRGraph, source: tuple[int, int]) -> np.ndarray | None
             raise IRFormatError(f"{graph.xml_path}: Convert {layer.name!r} to {dst!r}")
         return inner.astype(ELEMENT_TYPES[dst])
     return None
+
+
+def find_head_input(graph: IRGraph) -> tuple[Layer, tuple[int, int]]:
+    """The gaze head layer (last Convolution/MatMul before the single Result) and the
+    (layer, port) feeding its data input, walking back through shape-only ops and bias /
+    scale operations with a constant operand."""
+    results = graph.results
+    if len(results) != 1:
+        raise IRFormatError(f"{graph.xml_path}: expected one Result, found {len(results)}")
+    src = graph.producer(results[0].id, results[0].inputs[0].id)
+    passthrough = {"Squeeze", "Unsqueeze", "Reshape", "StridedSlice", "Convert"}
+    while True:
+        layer = graph.layers[src[0]]
+        if layer.type in ("Convolution", "MatMul"):
+            return layer, graph.producer(layer.id, layer.inputs[0].id)
+        sources = graph.input_sources(layer)
+        if layer.type in passthrough:
+            src = sources[0]
+        elif layer.type in ("Add", "Multiply", "Subtract", "Divide"):
+            dynamic = [s for s in sources if constant_value(graph, s) is None]
+            if len(dynamic) != 1:
+                break
+            src = dynamic[0]
+        else:
+            break
+    raise IRFormatError(
+        f"{graph.xml_path}: no Convolution/MatMul head found before the result "
+        f"(stopped at {layer.type} {layer.name!r})"
+    )

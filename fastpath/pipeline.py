@@ -25,7 +25,7 @@ from fastpath.types import Frame, GazeSample, Quality
 
 log = logging.getLogger(__name__)
 
-STAGES = ("landmarks", "features", "gaze_model", "filter")
+STAGES = ("landmarks", "features", "gaze_model", "mapping", "filter")
 
 
 class FastPathConfig(BaseModel):
@@ -56,8 +56,9 @@ def _camera_matrix(cfg: FastPathConfig, size: tuple[int, int]) -> np.ndarray | N
 class FastPath:
     """Owns the landmark backend, the gaze model and the filter for one camera stream.
 
-    `mapper`, when set, turns a sample into a normalised screen point (the calibration
-    profile plus drift offset); `on_sample` receives every sample (e.g. the history buffer).
+    `mapper`, when set, turns a sample (its unfiltered features) into a normalised screen
+    point: the calibration profile plus drift offset. The filter then smooths that point.
+    `on_sample` receives every sample (e.g. to append it to the history buffer).
     Model files are resolved and loaded here, so a missing or corrupt file fails before the
     first frame.
     """
@@ -78,13 +79,14 @@ class FastPath:
         self.mapper = mapper
         self.on_sample = on_sample
         self._last_yp: np.ndarray | None = None
+        self._last_xy: np.ndarray | None = None
         self._size: tuple[int, int] | None = None
 
     def reset(self) -> None:
         """Forget tracking state (a new source, or a jump in time)."""
         self.landmarks.reset()
         self.filter.reset()
-        self._last_yp = None
+        self._last_yp = self._last_xy = None
 
     def process(self, frame: Frame) -> GazeSample:
         q = Quality()
@@ -117,7 +119,7 @@ class FastPath:
         st["landmarks"] = (t1 - t0) / 1e6
         if face is None:
             self.filter.reset()
-            self._last_yp = None
+            self._last_yp = self._last_xy = None
             return
         q.face = True
         q.faces_seen = face.faces_seen
@@ -139,6 +141,7 @@ class FastPath:
             # last estimate, flagged, so a cursor does not jump when the lids close.
             self.filter.hold()
             s.gaze_yp = None if self._last_yp is None else self._last_yp.copy()
+            s.screen_xy = None if self._last_xy is None else self._last_xy.copy()
             return
 
         out = self.gaze.predict(feats.left.crop, feats.right.crop, face.head_ypr)
@@ -150,13 +153,25 @@ class FastPath:
         s.gaze_yp_raw = out.yaw_pitch
         s.gaze_vector = out.vector
         s.embedding = out.embedding
-        s.gaze_yp = self.filter(frame.t_ns, out.yaw_pitch)
-        self._last_yp = s.gaze_yp
-        t4 = time.perf_counter_ns()
-        st["filter"] = (t4 - t3) / 1e6
         q.confidence = _confidence(feats.left.aperture, feats.right.aperture, q)
-        if self.mapper is not None:
-            s.screen_xy = self.mapper(s)
+        if self.mapper is None:
+            # No profile yet: smooth the gaze angles themselves.
+            s.gaze_yp = self.filter(frame.t_ns, out.yaw_pitch)
+            self._last_yp = s.gaze_yp
+            st["filter"] = (time.perf_counter_ns() - t3) / 1e6
+            return
+        # With a profile the filter runs last, on the screen point (mapping + drift offset
+        # first), as the design's data flow says: it smooths what the user sees.
+        s.gaze_yp = self._last_yp = out.yaw_pitch
+        xy = self.mapper(s)
+        t4 = time.perf_counter_ns()
+        st["mapping"] = (t4 - t3) / 1e6
+        if xy is None or not np.all(np.isfinite(xy)):
+            q.error = "mapping output is not finite"
+            return
+        s.screen_xy_raw = xy
+        s.screen_xy = self._last_xy = np.clip(self.filter(frame.t_ns, xy), 0.0, 1.0)
+        st["filter"] = (time.perf_counter_ns() - t4) / 1e6
 
     def close(self) -> None:
         self.landmarks.close()

@@ -98,5 +98,29 @@ class GazeSample:
     features: Features | None = None
     landmarks: FaceLandmarks | None = None
     screen_xy: np.ndarray | None = None  # (2,) normalised [0,1]^2, once a profile exists
-    screen_xy_raw: np.ndarray | None = None  # before offset/filter
+    screen_xy_raw: np.ndarray | None = None  # mapped + offset, before the filter
     stage_ms: dict[str, float] = field(default_factory=dict)
+
+    def feature_dict(self) -> dict[str, float]:
+        """Every scalar feature by name (what calibration feature specs refer to); empty
+        when the frame gave no gaze. Uses the unfiltered gaze: mappings are fitted and
+        applied before the filter."""
+        if self.gaze_yp_raw is None or self.features is None:
+            return {}
+        f = self.features
+        d = {
+            "gaze_yaw": float(self.gaze_yp_raw[0]),
+            "gaze_pitch": float(self.gaze_yp_raw[1]),
+            "head_yaw": float(f.head_ypr[0]),
+            "head_pitch": float(f.head_ypr[1]),
+            "head_roll": float(f.head_ypr[2]),
+            "iris_lx": float(f.left.iris_offset[0]),
+            "iris_ly": float(f.left.iris_offset[1]),
+            "iris_rx": float(f.right.iris_offset[0]),
+            "iris_ry": float(f.right.iris_offset[1]),
+            "aperture_l": f.left.aperture,
+            "aperture_r": f.right.aperture,
+        }
+        if self.embedding is not None:
+            d.update({f"emb_{i}": float(v) for i, v in enumerate(self.embedding)})
+        return d

@@ -18,8 +18,8 @@ from fastpath.gaze_model import (
     rotate_vector_roll,
     vector_to_yaw_pitch,
 )
-from fastpath.ir_onnx import build_default, build_onnx, find_head_input, sha256_file
-from fastpath.ir_reader import IRFormatError, constant_value, read_ir
+from fastpath.ir_onnx import build_default, build_onnx, sha256_file
+from fastpath.ir_reader import IRFormatError, constant_value, find_head_input, read_ir
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 IR_DIR = SHARED / "models" / "gaze-estimation-adas-0002"
@@ -429,3 +429,17 @@ def test_convention_helpers() -> None:
     np.testing.assert_allclose(yp, [0.3, 0.0], atol=1e-12)
     yp = vector_to_yaw_pitch([0.0, math.sin(0.2), math.cos(0.2)])
     np.testing.assert_allclose(yp, [0.0, 0.2], atol=1e-12)
+
+
+def test_scalar_postprocess_matches_vectorised() -> None:
+    from fastpath.gaze_model import _postprocess_one, postprocess
+
+    rng = np.random.default_rng(4)
+    for raw, roll in zip(rng.normal(size=(20, 3)), rng.uniform(-0.6, 0.6, 20), strict=True):
+        v1, yp1 = _postprocess_one(raw.astype(np.float32), float(roll))
+        v2, yp2 = postprocess(raw.astype(np.float32), roll)
+        np.testing.assert_allclose(v1, v2, atol=1e-12)
+        np.testing.assert_allclose(yp1, yp2, atol=1e-12)
+    for bad in (np.zeros(3), np.array([np.nan, 0.0, 1.0])):
+        assert np.isnan(_postprocess_one(bad, 0.1)[0]).all()
+        assert np.isnan(postprocess(bad, 0.1)[0]).all()

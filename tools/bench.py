@@ -82,7 +82,7 @@ def bench_fastpath(source: str, frames: int, cfg) -> dict:
         "face_found": faces,
         "landmarks_backend": cfg.landmarks,
         "threads": 1,
-        "stages": {k: percentiles(v) for k, v in times.items()},
+        "stages": {k: percentiles(v) for k, v in times.items() if v},
         "total": percentiles(total),
     }
 
