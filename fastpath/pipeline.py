@@ -38,7 +38,9 @@ class FastPathConfig(BaseModel):
     gaze_model: Path | None = Field(None, description="ONNX gaze model (else resolved/built)")
     filter: Literal["one_euro", "kalman", "none"] = "one_euro"
     # Gaze angles in radians: 1€ defaults tuned for a 30-60 Hz webcam, jitter ~0.5°.
-    filter_params: dict[str, float] = Field(default_factory=lambda: {"min_cutoff": 1.0, "beta": 1.0})
+    filter_params: dict[str, float] = Field(
+        default_factory=lambda: {"min_cutoff": 1.0, "beta": 1.0}
+    )
     threads: int = Field(1, ge=1, description="onnxruntime intra-op threads")
     max_faces: int = Field(1, ge=1)
     crop_scale: float = Field(CROP_SCALE, gt=0)

@@ -47,8 +47,12 @@ def percentiles(ms: list[float]) -> dict[str, float]:
     if a.size == 0:
         return {"p50_ms": None, "p95_ms": None, "p99_ms": None, "n": 0}
     p50, p95, p99 = np.percentile(a, [50, 95, 99])
-    return {"p50_ms": round(p50, 3), "p95_ms": round(p95, 3), "p99_ms": round(p99, 3),
-            "n": int(a.size)}
+    return {
+        "p50_ms": round(p50, 3),
+        "p95_ms": round(p95, 3),
+        "p99_ms": round(p99, 3),
+        "n": int(a.size),
+    }
 
 
 def bench_fastpath(source: str, frames: int, cfg) -> dict:

@@ -11,7 +11,7 @@ from fastpath.gaze_model import ModelLoadError
 from fastpath.landmarks import LandmarkError
 from fastpath.models import ModelFileError
 from fastpath.sources import SourceError
-from tools import bench, demo, models_cmd, track
+from tools import bench, demo, eval_cmd, import_cmd, models_cmd, track
 from tools.common import UserError
 
 # Errors a user can fix (bad path, missing model, bad session...): one line, no traceback.
@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     track.add_parser(sub)
     bench.add_parser(sub)
     demo.add_parser(sub)
+    eval_cmd.add_parser(sub)
+    import_cmd.add_parser(sub)
     return p
 
 

@@ -73,8 +73,11 @@ class Tally:
 def _range(a: np.ndarray) -> dict | None:
     if a.size == 0:
         return None
-    return {"min": round(float(a.min()), 2), "max": round(float(a.max()), 2),
-            "mean": round(float(a.mean()), 2)}
+    return {
+        "min": round(float(a.min()), 2),
+        "max": round(float(a.max()), 2),
+        "mean": round(float(a.mean()), 2),
+    }
 
 
 def sample_json(s: GazeSample) -> dict:
@@ -103,11 +106,11 @@ def status_line(t_s: float, window: list[GazeSample]) -> str:
     faces = sum(s.quality.face for s in window)
     ms = np.median([sum(s.stage_ms.values()) for s in window]) if window else 0.0
     last = next((s for s in reversed(window) if s.gaze_yp is not None), None)
-    gaze = (
-        f"gaze yaw {math.degrees(last.gaze_yp[0]):+6.1f}° pitch {math.degrees(last.gaze_yp[1]):+6.1f}°"
-        if last is not None
-        else "gaze   —"
-    )
+    if last is not None:
+        yaw, pitch = (math.degrees(v) for v in last.gaze_yp)
+        gaze = f"gaze yaw {yaw:+6.1f}° pitch {pitch:+6.1f}°"
+    else:
+        gaze = "gaze   —"
     return f"t={t_s:6.1f}s  {n:3d} frames  face {faces:3d}/{n:<3d} {gaze}  fast path {ms:5.2f} ms"
 
 

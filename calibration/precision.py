@@ -1,0 +1,245 @@
+"""Precision of gaze data: how much the estimate scatters while the eye holds still.
+
+Standard measures (Holmqvist, Nyström & Mulvey, "Eye tracker data quality: what it is and
+how to measure it", ETRA 2012; Holmqvist & Andersson, "Eye Tracking", 2017):
+
+- RMS-S2S: root mean square of the distances between successive samples,
+  sqrt(mean(|p[i+1] - p[i]|^2)). Sensitive to sample-to-sample noise, blind to slow drift.
+- STD: the standard deviation of the samples around their centroid, sqrt(var_x + var_y)
+  with population variances (ddof=0), i.e. the RMS distance from the centroid. Sensitive
+  to drift and to everything else that spreads the samples.
+
+For white noise RMS-S2S ~ sqrt(2) x STD; a smoothing filter lowers RMS-S2S much more than
+STD, which is why both are reported, before and after the filter (DESIGN.md, "Measuring").
+Both are computed per fixation (here: the settled samples of one calibration target) and
+then averaged over fixations with equal weight.
+
+Pure functions on numpy arrays; no dependency on the rest of gazeloop. Units are whatever
+the points are in; `precision_report` converts normalised -> px -> mm -> degrees.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+# (n, 2) screen millimetres -> (n, 2) visual angles in degrees (e.g. from `angles_from_eye`).
+MmToDeg = Callable[[np.ndarray], np.ndarray]
+
+DEFINITIONS = (
+    "Holmqvist et al. 2012: rms_s2s = sqrt(mean |p[i+1]-p[i]|^2) over successive valid "
+    "samples; std = sqrt(var_x + var_y) (ddof=0), the RMS distance from the centroid. "
+    "Per target, then the unweighted mean over targets."
+)
+
+
+def _points(points: ArrayLike) -> np.ndarray:
+    p = np.asarray(points, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] != 2:
+        raise ValueError(f"points must have shape (n, 2), got {p.shape}")
+    return p
+
+
+def _order(p: np.ndarray, t: ArrayLike | None) -> tuple[np.ndarray, np.ndarray | None]:
+    if t is None:
+        return p, None
+    tt = np.asarray(t, dtype=np.float64)
+    if tt.shape != (len(p),):
+        raise ValueError(f"timestamps must have shape ({len(p)},), got {tt.shape}")
+    # Stable sort: samples given out of order are still measured in the order they happened.
+    idx = np.argsort(tt, kind="stable")
+    return p[idx], tt[idx]
+
+
+def rms_s2s(
+    points: ArrayLike, t: ArrayLike | None = None, *, max_gap: float | None = None
+) -> float:
+    """RMS of sample-to-sample distances (Holmqvist et al. 2012), in the points' unit.
+
+    Samples are taken in the order of `t` when given (else as given). Only pairs of
+    successive samples that are both finite count: a NaN (blink, lost face) breaks the chain
+    instead of joining the samples on either side. With `max_gap` (same unit as `t`), pairs
+    further apart in time are skipped as well, since a jump across dropped frames is not
+    sample noise. NaN when no pair is left (fewer than two samples)."""
+    p, tt = _order(_points(points), t)
+    if len(p) < 2:
+        return math.nan
+    d = np.diff(p, axis=0)
+    ok = np.all(np.isfinite(d), axis=1)
+    if max_gap is not None:
+        if tt is None:
+            raise ValueError("max_gap needs timestamps t")
+        ok &= np.diff(tt) <= max_gap
+    if not ok.any():
+        return math.nan
+    return float(np.sqrt(np.mean(np.sum(d[ok] ** 2, axis=1))))
+
+
+def std_xy(points: ArrayLike) -> float:
+    """sqrt(var_x + var_y) with ddof=0: the RMS distance of the samples from their centroid
+    (the STD precision measure of Holmqvist et al. 2012). Non-finite samples are ignored;
+    NaN when no sample is left."""
+    p = _points(points)
+    p = p[np.all(np.isfinite(p), axis=1)]
+    if len(p) == 0:
+        return math.nan
+    return float(np.sqrt(np.sum(np.var(p, axis=0))))
+
+
+def deg_per_mm(distance_mm: float) -> float:
+    """Degrees of visual angle per millimetre at the screen point straight ahead of an eye
+    `distance_mm` away (small-angle: exact to 0.01% for 1 mm at 500 mm). Off-axis points
+    subtend less; use `angles_from_eye` there."""
+    if not distance_mm > 0:
+        raise ValueError(f"distance_mm must be > 0, got {distance_mm}")
+    return math.degrees(math.atan(1.0 / distance_mm))
+
+
+def angles_from_eye(eye_xy_mm: tuple[float, float], distance_mm: float) -> MmToDeg:
+    """A mm -> degrees map for `precision_report`: the horizontal and vertical angle at which
+    an eye at `eye_xy_mm` (screen coordinates, mm) and `distance_mm` in front of the screen
+    sees each screen point. Locally Euclidean enough for fixation-sized spreads (< ~2 deg)."""
+    if not distance_mm > 0:
+        raise ValueError(f"distance_mm must be > 0, got {distance_mm}")
+    ex, ey = float(eye_xy_mm[0]), float(eye_xy_mm[1])
+
+    def to_deg(mm: np.ndarray) -> np.ndarray:
+        mm = np.asarray(mm, dtype=np.float64)
+        return np.degrees(np.arctan2(mm - (ex, ey), distance_mm))
+
+    return to_deg
+
+
+def _scale(p: np.ndarray, k: tuple[float, float]) -> np.ndarray:
+    return p * np.asarray(k, dtype=np.float64)
+
+
+def _pair(v: float | tuple[float, float], name: str) -> tuple[float, float]:
+    pair = (float(v), float(v)) if np.isscalar(v) else (float(v[0]), float(v[1]))  # type: ignore[index]
+    if not all(math.isfinite(x) and x > 0 for x in pair):
+        raise ValueError(f"{name} must be positive and finite, got {v}")
+    return pair
+
+
+def _nanmean(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+def _one_set(
+    points_by_target: Mapping[int, ArrayLike],
+    t_by_target: Mapping[int, ArrayLike] | None,
+    px_per_norm: tuple[float, float] | None,
+    mm_per_px: tuple[float, float] | None,
+    to_deg: MmToDeg | None,
+    max_gap: float | None,
+) -> dict[str, Any]:
+    per_target: dict[int, dict[str, Any]] = {}
+    for target in sorted(points_by_target):
+        p = _points(points_by_target[target])
+        t = None if t_by_target is None else t_by_target[target]
+        # Convert the points, not the results: a normalised unit is not the same length in
+        # x and y, so distances are only meaningful after scaling each axis.
+        by_unit: dict[str, np.ndarray] = {}
+        if px_per_norm is None:
+            by_unit["px"] = p
+        else:
+            by_unit["norm"] = p
+            by_unit["px"] = _scale(p, px_per_norm)
+        if mm_per_px is not None:
+            by_unit["mm"] = _scale(by_unit["px"], mm_per_px)
+            if to_deg is not None:
+                deg = np.asarray(to_deg(by_unit["mm"]), dtype=np.float64)
+                if deg.shape != p.shape:
+                    raise ValueError(f"to_deg returned shape {deg.shape}, expected {p.shape}")
+                by_unit["deg"] = deg
+        per_target[target] = {
+            "n": int(np.sum(np.all(np.isfinite(p), axis=1))),
+            "rms_s2s": {u: rms_s2s(q, t, max_gap=max_gap) for u, q in by_unit.items()},
+            "std": {u: std_xy(q) for u, q in by_unit.items()},
+        }
+    units = list(next(iter(per_target.values()))["std"]) if per_target else []
+    mean = {
+        measure: {u: _nanmean([r[measure][u] for r in per_target.values()]) for u in units}
+        for measure in ("rms_s2s", "std")
+    }
+    counted = [k for k, r in per_target.items() if math.isfinite(r["std"].get("px", math.nan))]
+    mean["n_targets"] = len(counted)  # type: ignore[assignment]
+    return {"per_target": per_target, "mean": mean}
+
+
+def precision_report(
+    points_by_target: Mapping[int, ArrayLike],
+    *,
+    filtered_by_target: Mapping[int, ArrayLike] | None = None,
+    t_by_target: Mapping[int, ArrayLike] | None = None,
+    px_per_norm: tuple[float, float] | None = None,
+    mm_per_px: float | tuple[float, float] | None = None,
+    to_deg: float | MmToDeg | None = None,
+    max_gap: float | None = None,
+) -> dict[str, Any]:
+    """RMS-S2S and STD (Holmqvist et al. 2012) per target and their mean over targets.
+
+    `points_by_target` maps a target id to its (n, 2) settled gaze samples, raw (before the
+    filter); `filtered_by_target` the same samples after the filter (same ids and lengths).
+    Units: points are normalised [0,1]^2 when `px_per_norm=(screen_w_px, screen_h_px)` is
+    given, else pixels. `mm_per_px` (a number, or (x, y)) adds millimetres; `to_deg` adds
+    degrees of visual angle and needs `mm_per_px`: a number is degrees per mm (see
+    `deg_per_mm`), a callable maps (n, 2) mm to (n, 2) degrees (see `angles_from_eye`).
+    `t_by_target` gives each sample's time (any unit) to order samples and, with `max_gap`
+    in that unit, to skip pairs across a gap.
+
+    Returns {"definitions", "units", "raw": {"per_target": {id: {"n", "rms_s2s": {unit: v},
+    "std": {unit: v}}}, "mean": {"rms_s2s": {...}, "std": {...}, "n_targets"}},
+    "filtered": same or None}. Undefined values (a target with < 2 samples) are NaN and left
+    out of the mean, whose `n_targets` counts the targets that had a STD.
+    """
+    if to_deg is not None and mm_per_px is None:
+        raise ValueError("degrees need mm: give mm_per_px together with to_deg")
+    ppn = None if px_per_norm is None else _pair(px_per_norm, "px_per_norm")
+    mpp = None if mm_per_px is None else _pair(mm_per_px, "mm_per_px")
+    if to_deg is None or callable(to_deg):
+        deg_fn = to_deg
+    else:
+        k = _pair(to_deg, "to_deg")
+
+        def deg_fn(mm: np.ndarray) -> np.ndarray:
+            return _scale(mm, k)
+
+    if t_by_target is not None:
+        missing = set(points_by_target) - set(t_by_target)
+        if missing:
+            raise ValueError(f"t_by_target lacks targets {sorted(missing)}")
+    if filtered_by_target is not None:
+        if set(filtered_by_target) != set(points_by_target):
+            raise ValueError(
+                f"filtered targets {sorted(filtered_by_target)} differ from raw "
+                f"{sorted(points_by_target)}"
+            )
+        for target, raw in points_by_target.items():
+            if len(np.asarray(filtered_by_target[target])) != len(np.asarray(raw)):
+                raise ValueError(f"target {target}: filtered and raw differ in length")
+
+    raw = _one_set(points_by_target, t_by_target, ppn, mpp, deg_fn, max_gap)
+    filtered = (
+        None
+        if filtered_by_target is None
+        else _one_set(filtered_by_target, t_by_target, ppn, mpp, deg_fn, max_gap)
+    )
+    units = list(raw["mean"]["std"])
+    return {"definitions": DEFINITIONS, "units": units, "raw": raw, "filtered": filtered}
+
+
+__all__ = [
+    "DEFINITIONS",
+    "MmToDeg",
+    "angles_from_eye",
+    "deg_per_mm",
+    "precision_report",
+    "rms_s2s",
+    "std_xy",
+]

@@ -1,0 +1,121 @@
+"""Run the fast path over a labelled session: what evaluation and profile fitting start from."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from calibration.session import Rejection, Session, read_session
+from fastpath.pipeline import FastPath
+from fastpath.sources import SessionSource
+from fastpath.types import GazeSample
+
+
+@dataclass(slots=True)
+class LabelledSample:
+    name: str  # the image file name, for reports
+    t_ns: int
+    label_px: tuple[float, float]
+    target: int  # frames of one target share this id (leave-one-target-out groups)
+    sample: GazeSample
+    settling: bool = False  # recorded while the eyes were still moving to the target
+
+
+@dataclass(slots=True)
+class Collected:
+    session: Session
+    samples: list[LabelledSample] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+
+    @property
+    def frames(self) -> int:
+        """Pairs found in the folder, rejected ones included."""
+        return len(self.session.items) + len(self.session.rejected)
+
+
+def target_ids(session: Session) -> list[int]:
+    """A target id per item: the record's own `target` field when it has one (importers
+    write it), else one id per distinct label, rounded to the pixel."""
+    ids: list[int] = []
+    seen: dict[tuple, int] = {}
+    for it in session.items:
+        extra = it.record.model_extra or {}
+        if isinstance(extra.get("target"), int):
+            key: tuple = ("t", extra["target"])
+        else:
+            key = ("xy", round(it.record.screen_x), round(it.record.screen_y))
+        ids.append(seen.setdefault(key, len(seen)))
+    return ids
+
+
+def collect_session(
+    folder: str | os.PathLike[str] | Session,
+    fp: FastPath,
+    *,
+    screen_px: tuple[int, int] | None = None,
+    mirrored: bool | None = None,
+) -> Collected:
+    """Every frame of a session through the fast path, in time order, with its label.
+
+    Frames without a usable gaze (no face, blink, an error) go to `rejected` with the
+    reason; so do files the session reader or the image decoder refused."""
+    session = (
+        folder
+        if isinstance(folder, Session)
+        else read_session(folder, screen_px=screen_px, mirrored=mirrored)
+    )
+    out = Collected(session=session, rejected=list(session.rejected))
+    ids = target_ids(session)
+    by_name = {it.name: (it, tid) for it, tid in zip(session.items, ids, strict=True)}
+    fp.reset()
+    with SessionSource(session) as src:
+        for frame in src:
+            item, tid = by_name[frame.name]
+            s = fp.process(frame)
+            why = _unusable(s)
+            if why:
+                out.rejected.append(Rejection(file=item.image.name, why=why))
+                continue
+            extra = item.record.model_extra or {}
+            out.samples.append(
+                LabelledSample(
+                    name=item.image.name,
+                    t_ns=frame.t_ns,
+                    label_px=item.label_px,
+                    target=tid,
+                    sample=s,
+                    settling=bool(extra.get("settling", False)),
+                )
+            )
+        out.rejected.extend(src.skipped)
+    return out
+
+
+def _unusable(s: GazeSample) -> str | None:
+    q = s.quality
+    if q.error:
+        return f"fast path: {q.error}"
+    if not q.face:
+        return "no face found"
+    if q.blink:
+        return "eyes closed (blink)"
+    if s.gaze_yp_raw is None:
+        return "no gaze estimate"
+    return None
+
+
+def feature_matrix(samples: list[LabelledSample], names: list[str]) -> np.ndarray:
+    """Rows of the named features; a name no sample has is an error naming it."""
+    rows = []
+    for ls in samples:
+        d = ls.sample.feature_dict()
+        try:
+            rows.append([d[n] for n in names])
+        except KeyError as e:
+            raise KeyError(
+                f"feature {e.args[0]!r} is not produced by this fast path "
+                f"(available: {', '.join(sorted(d)[:20])}...)"
+            ) from None
+    return np.asarray(rows, dtype=np.float64).reshape(len(rows), len(names))
