@@ -78,11 +78,19 @@ class FastPath:
         self.landmarks = make_backend(cfg.landmarks, task, max_faces=cfg.max_faces)
         self.gaze = GazeModel(onnx_path, threads=cfg.threads)
         self.filter = make_filter(cfg.filter, **cfg.filter_params)
-        self.mapper = mapper
+        self.set_mapper(mapper)
         self.on_sample = on_sample
         self._last_yp: np.ndarray | None = None
         self._last_xy: np.ndarray | None = None
         self._size: tuple[int, int] | None = None
+
+    def set_mapper(self, mapper: Callable[[GazeSample], np.ndarray | None] | None) -> None:
+        """Install (or remove) the calibration mapping; the filter restarts because its
+        state was in the other space."""
+        self.mapper = mapper
+        self._to_px = getattr(mapper, "to_px", None)  # a profile knows the current screen
+        self.filter.reset()
+        self._last_yp = self._last_xy = None
 
     def reset(self) -> None:
         """Forget tracking state (a new source, or a jump in time)."""
@@ -143,7 +151,10 @@ class FastPath:
             # last estimate, flagged, so a cursor does not jump when the lids close.
             self.filter.hold()
             s.gaze_yp = None if self._last_yp is None else self._last_yp.copy()
-            s.screen_xy = None if self._last_xy is None else self._last_xy.copy()
+            if self._last_xy is not None:
+                s.screen_xy = self._last_xy.copy()
+                if self._to_px is not None:
+                    s.screen_px = self._to_px(s.screen_xy)
             return
 
         out = self.gaze.predict(feats.left.crop, feats.right.crop, face.head_ypr)
@@ -173,6 +184,8 @@ class FastPath:
             return
         s.screen_xy_raw = xy
         s.screen_xy = self._last_xy = np.clip(self.filter(frame.t_ns, xy), 0.0, 1.0)
+        if self._to_px is not None:
+            s.screen_px = self._to_px(s.screen_xy)
         st["filter"] = (time.perf_counter_ns() - t4) / 1e6
 
     def close(self) -> None:

@@ -99,6 +99,7 @@ class GazeSample:
     landmarks: FaceLandmarks | None = None
     screen_xy: np.ndarray | None = None  # (2,) normalised [0,1]^2, once a profile exists
     screen_xy_raw: np.ndarray | None = None  # mapped + offset, before the filter
+    screen_px: np.ndarray | None = None  # screen_xy in pixels of the current screen
     stage_ms: dict[str, float] = field(default_factory=dict)
 
     def feature_dict(self) -> dict[str, float]:

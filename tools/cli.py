@@ -6,16 +6,25 @@ import argparse
 import logging
 import sys
 
+from calibration.profile import ProfileError
 from calibration.session import SessionError
 from fastpath.gaze_model import ModelLoadError
 from fastpath.landmarks import LandmarkError
 from fastpath.models import ModelFileError
 from fastpath.sources import SourceError
-from tools import bench, demo, eval_cmd, import_cmd, models_cmd, track
+from tools import bench, demo, eval_cmd, import_cmd, models_cmd, profile_cmd, track
 from tools.common import UserError
 
 # Errors a user can fix (bad path, missing model, bad session...): one line, no traceback.
-_USER_ERRORS = (UserError, ModelFileError, ModelLoadError, LandmarkError, SourceError, SessionError)
+_USER_ERRORS = (
+    UserError,
+    ProfileError,
+    ModelFileError,
+    ModelLoadError,
+    LandmarkError,
+    SourceError,
+    SessionError,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_parser(sub)
     eval_cmd.add_parser(sub)
     import_cmd.add_parser(sub)
+    profile_cmd.add_parser(sub)
     return p
 
 

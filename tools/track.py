@@ -7,9 +7,11 @@ import json
 import math
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
+from calibration.profile import Profile, ProfileMapper
 from fastpath.pipeline import FastPath, FastPathConfig
 from fastpath.sources import open_source
 from fastpath.types import GazeSample
@@ -27,6 +29,14 @@ def add_parser(sub) -> None:
     p.add_argument("source", help="camera index (0), video file, session folder or image")
     p.add_argument("--frames", type=int, help="stop after this many frames")
     p.add_argument("--jsonl", action="store_true", help="one JSON line per sample")
+    p.add_argument("--profile", type=Path, help="calibration profile: output screen points")
+    p.add_argument(
+        "--screen-px",
+        type=int,
+        nargs=2,
+        metavar=("W", "H"),
+        help="the screen in use now, if its resolution differs from the profile's",
+    )
     add_fastpath_args(p)
     p.set_defaults(func=run)
 
@@ -98,6 +108,8 @@ def sample_json(s: GazeSample) -> dict:
         d["head_deg"] = [round(math.degrees(v), 3) for v in s.landmarks.head_ypr]
     if s.screen_xy is not None:
         d["screen_xy"] = [round(float(v), 5) for v in s.screen_xy]
+    if s.screen_px is not None:
+        d["screen_px"] = [round(float(v), 1) for v in s.screen_px]
     return d
 
 
@@ -106,7 +118,11 @@ def status_line(t_s: float, window: list[GazeSample]) -> str:
     faces = sum(s.quality.face for s in window)
     ms = np.median([sum(s.stage_ms.values()) for s in window]) if window else 0.0
     last = next((s for s in reversed(window) if s.gaze_yp is not None), None)
-    if last is not None:
+    on_screen = next((s for s in reversed(window) if s.screen_px is not None), None)
+    if on_screen is not None:
+        x, y = on_screen.screen_px
+        gaze = f"screen ({x:7.1f}, {y:7.1f}) px"
+    elif last is not None:
         yaw, pitch = (math.degrees(v) for v in last.gaze_yp)
         gaze = f"gaze yaw {yaw:+6.1f}° pitch {pitch:+6.1f}°"
     else:
@@ -138,9 +154,18 @@ def run_stream(source, fp: FastPath, *, frames: int | None, jsonl: bool, out=sys
     return tally.summary()
 
 
+def load_mapper(path: Path, fp: FastPath, screen_px=None) -> ProfileMapper:
+    """A profile checked against the gaze model and features this fast path produces."""
+    prof = Profile.load(path, gaze_model_sha256=fp.gaze.sha256)
+    screen = prof.screen.with_px(*screen_px) if screen_px else None
+    return ProfileMapper(prof, screen)
+
+
 def run(args: argparse.Namespace) -> int:
     cfg: FastPathConfig = fastpath_config(args)
     fp = FastPath(cfg)
+    if args.profile:
+        fp.set_mapper(load_mapper(args.profile, fp, args.screen_px))
     with open_source(args.source) as src:
         summary = run_stream(src, fp, frames=args.frames, jsonl=args.jsonl)
     fp.close()
