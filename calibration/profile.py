@@ -99,9 +99,15 @@ class Profile(BaseModel):
             where = ".".join(str(p) for p in first["loc"]) or "(top level)"
             raise ProfileError(f"{path}: invalid profile at {where}: {first['msg']}") from e
         try:
-            mapping_from_params(prof.mapping.name, prof.mapping.params)
+            mapping = mapping_from_params(prof.mapping.name, prof.mapping.params)
         except (KeyError, ValueError, TypeError) as e:
             raise ProfileError(f"{path}: mapping {prof.mapping.name!r} is invalid: {e}") from e
+        if mapping.n_features != len(prof.features):
+            # would otherwise fail frame by frame in the fast path
+            raise ProfileError(
+                f"{path}: mapping {prof.mapping.name!r} takes {mapping.n_features} features "
+                f"but the profile lists {len(prof.features)} ({prof.features})"
+            )
         if gaze_model_sha256 is not None and prof.gaze_model_sha256 != gaze_model_sha256:
             raise ProfileError(
                 f"{path}: made for gaze model {prof.gaze_model_id} "
@@ -158,6 +164,10 @@ def data_dir() -> Path:
 
 def profile_path(user: str, device: str) -> Path:
     """One directory per user; one profile per device inside it."""
-    return (
-        data_dir() / "users" / _SAFE.sub("_", user) / "profiles" / f"{_SAFE.sub('_', device)}.json"
-    )
+    return data_dir() / "users" / _safe_name(user) / "profiles" / f"{_safe_name(device)}.json"
+
+
+def _safe_name(name: str) -> str:
+    # "." and ".." would climb out of the user's directory
+    safe = _SAFE.sub("_", name)
+    return "_" + safe if safe.strip(".") == "" else safe
