@@ -32,6 +32,17 @@ def add_parser(sub) -> None:
     f.add_argument("--json", action="store_true", help="print only the JSON object")
     add_fastpath_args(f)
     f.set_defaults(func=run_fastpath)
+    m = bsub.add_parser(
+        "mapping",
+        help="time of fitting a calibration mapping (nested leave-one-target-out included)",
+    )
+    m.add_argument("--targets", type=int, default=25)
+    m.add_argument("--frames", type=int, default=30, help="frames per target")
+    m.add_argument("--features", type=int, default=11, help="feature count")
+    m.add_argument("--repeats", type=int, default=20)
+    m.add_argument("--mapping", action="append", help="mapping(s) to time (default: all)")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=run_mapping)
 
 
 def single_thread() -> None:
@@ -89,6 +100,29 @@ def bench_fastpath(source: str, frames: int, cfg) -> dict:
         "stages": {k: percentiles(v) for k, v in times.items() if v},
         "total": percentiles(total),
     }
+
+
+def run_mapping(args: argparse.Namespace) -> int:
+    from calibration.mapping import MAPPINGS, benchmark_fit
+
+    single_thread()
+    out = {
+        "targets": args.targets,
+        "frames_per_target": args.frames,
+        "features": args.features,
+        "fits": {},
+    }
+    for name in args.mapping or sorted(MAPPINGS):
+        r = benchmark_fit(
+            n_targets=args.targets,
+            frames=args.frames,
+            d=args.features,
+            name=name,
+            repeats=args.repeats if name != "rbf" else max(3, args.repeats // 5),
+        )
+        out["fits"][name] = {k: round(r[k], 3) for k in ("p50_ms", "p95_ms") if k in r}
+    print(json.dumps(out, indent=None if args.json else 2))
+    return 0
 
 
 def run_fastpath(args: argparse.Namespace) -> int:
