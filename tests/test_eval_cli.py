@@ -6,6 +6,7 @@ Each session goes through the fast path once per set of flags (module-scoped fix
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import re
@@ -17,7 +18,9 @@ import cv2
 import numpy as np
 import pytest
 
+from calibration.session import read_session
 from tools.cli import main
+from tools.eval_cmd import screen_for
 
 REPORT_KEYS = {
     "session",
@@ -395,3 +398,31 @@ def test_folder_without_pairs(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("nothing here")
     assert main(["eval", str(tmp_path)]) == 2
     assert "no usable" in _one_line_error(capsys)
+
+
+# --- which screen -------------------------------------------------------------------------
+
+
+def _screen(folder: Path, screen_px=None, screen_mm=None, distance_mm=None):
+    args = argparse.Namespace(screen_px=screen_px, screen_mm=screen_mm, distance_mm=distance_mm)
+    session = read_session(folder, screen_px=tuple(screen_px) if screen_px else None)
+    return screen_for(args, session)
+
+
+def test_screen_comes_from_the_manifest_first(corners4, caplog):
+    """read_session keeps the manifest's screen when --screen-px disagrees (and says so); the
+    evaluation must use that same screen, or % and degrees mix two screens."""
+    s = _screen(corners4, distance_mm=600)
+    assert s.px == (2560, 1440) and s.mm == (597, 336) and s.viewing_distance_mm == 600
+    with caplog.at_level("WARNING"):
+        s = _screen(corners4, screen_px=[1920, 1080])
+    assert "using the manifest" in caplog.text
+    assert s.px == (2560, 1440) and s.mm == (597, 336)
+
+
+def test_screen_from_flags_without_a_manifest(grid9):
+    assert _screen(grid9) is None
+    assert _screen(grid9, screen_mm=[344, 194]) is None  # mm alone is no screen
+    s = _screen(grid9, screen_px=[1920, 1080], screen_mm=[344, 194], distance_mm=550)
+    assert s.px == (1920, 1080) and s.mm == (344, 194) and s.viewing_distance_mm == 550
+    assert s.error_deg(100) == pytest.approx(np.degrees(np.arctan(100 * 344 / 1920 / 550)), 0.01)

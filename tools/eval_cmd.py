@@ -53,7 +53,9 @@ def add_parser(sub) -> None:
 
 def screen_for(args, session) -> ScreenGeometry | None:
     m = session.manifest
-    px = tuple(args.screen_px) if args.screen_px else (m.screen_px if m else None)
+    # As resolved by read_session (manifest first, then --screen-px): the labels were checked
+    # against that size, and its warning says so.
+    px = session.screen_px
     if px is None:
         return None
     mm = tuple(args.screen_mm) if args.screen_mm else (m.screen_mm if m else None)
