@@ -114,8 +114,10 @@ def feature_matrix(samples: list[LabelledSample], names: list[str]) -> np.ndarra
         try:
             rows.append([d[n] for n in names])
         except KeyError as e:
+            named = [k for k in d if not k.startswith("emb_")]
+            emb = len(d) - len(named)
             raise KeyError(
-                f"feature {e.args[0]!r} is not produced by this fast path "
-                f"(available: {', '.join(sorted(d)[:20])}...)"
+                f"feature {e.args[0]!r} is not produced by this fast path (available: "
+                f"{', '.join(named)}" + (f", emb_0..emb_{emb - 1})" if emb else ")")
             ) from None
     return np.asarray(rows, dtype=np.float64).reshape(len(rows), len(names))
