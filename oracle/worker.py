@@ -22,7 +22,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -258,6 +258,7 @@ class OracleWorker:
         if job is not None and not job.timed_out:
             job.cancelled = True
             job.cancel.set()
+            job.finished.set()  # its answer will be discarded: run_now need not wait for it
 
     # --- reading -------------------------------------------------------------------------
 
@@ -311,6 +312,12 @@ class OracleWorker:
     def closed(self) -> bool:
         return self._closing
 
+    @property
+    def alive(self) -> bool:
+        """The worker thread is still running (after close(): a backend that has not
+        returned yet)."""
+        return self._thread.is_alive()
+
     def metrics(self) -> WorkerMetrics:
         with self._cond:
             lat = list(self._latencies)
@@ -332,10 +339,11 @@ class OracleWorker:
                 self._closing = True
                 self._cancel_locked()
                 self._cond.notify_all()
-        if threading.current_thread() is not self._thread:
+        on_worker = threading.current_thread() is self._thread  # close() from on_label
+        if not on_worker:
             self._thread.join(self._join_timeout_s)
         self._watchdog.join(self._join_timeout_s)
-        if self._thread.is_alive():
+        if not on_worker and self._thread.is_alive():
             log.warning(
                 "oracle %s did not return within %.1f s of close(); its thread is left to end",
                 self.name,
@@ -481,8 +489,9 @@ class OracleWorker:
         self._log_once("label", f"oracle {self.name}: {message}", exc)
 
     def _log_once(self, kind: str, message: str, exc: BaseException | None) -> None:
-        """Called with the lock held. A backend that fails every few seconds with the same error must not flood the
-        log: the first occurrence is a warning (with traceback), repeats go to debug."""
+        """Called with the lock held. A backend that fails every few seconds with the same
+        error must not flood the log: the first occurrence is a warning (with traceback),
+        repeats go to debug."""
         key = f"{kind}:{message}"
         if key in self._seen_errors:
             log.debug("%s (repeated)", message)

@@ -1,0 +1,382 @@
+"""Export a trained GazeNet to ONNX for the fast path, with a parity check and a model card.
+
+The file must be something `fastpath.gaze_model.GazeModel` runs unchanged: the OMZ input and
+output names and meanings (tagged with the same `gazeloop.io_convention` as the IR rebuild),
+a dynamic batch, and ONE file: GazeModel hands onnxruntime the file's bytes, so weights in a
+`.onnx.data` side file would not be found. torch's exporter is asked for a single file and
+the result is checked for external data anyway.
+
+Nothing is written unless onnxruntime reproduces PyTorch to `PARITY_TOL` on fixed inputs;
+the model and its card are then written atomically (temp file, fsync, rename).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import warnings
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnx
+import torch
+from onnx import helper
+from pydantic import BaseModel, ConfigDict, Field
+
+from fastpath import features as _features
+from fastpath.ir_onnx import EMBEDDING_OUTPUT, OMZ_INPUTS, OMZ_IO_CONVENTION, OMZ_OUTPUT
+from trainer.model import MODEL_VERSION, GazeNet, spec_digest
+
+log = logging.getLogger(__name__)
+
+EXPORT_BUILDER = "gazeloop.trainer.export/1"
+CARD_FORMAT = "gazeloop.model_card"
+CARD_SCHEMA_VERSION = 1
+PARITY_TOL = 1e-4
+# Directory-name safe: model ids become registry folders.
+MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+
+
+class ExportParityError(RuntimeError):
+    """onnxruntime and PyTorch disagree on the exported model; nothing was written."""
+
+    def __init__(self, max_error: float, tol: float) -> None:
+        self.max_error, self.tol = max_error, tol
+        super().__init__(
+            f"exported ONNX differs from PyTorch by {max_error:.3g} (> {tol:.1g}); not written"
+        )
+
+
+# -- preprocessing descriptor --------------------------------------------------------------
+
+
+def preprocessing_descriptor() -> dict[str, Any]:
+    """What the crops fed to the model are, from fastpath's own constants: a model trained on
+    other crops must not be served through this pipeline unnoticed."""
+    return {
+        "crop_px": int(_features.CROP),
+        "crop_scale": float(_features.CROP_SCALE),
+        "crop": "square of crop_scale x eye-corner distance about the corner midpoint, "
+        "rotated by head roll, bilinear, edge replicated",
+        "pixels": "BGR float 0-255, NCHW, unnormalised (the graph normalises)",
+        "left_eye_image": "image-left eye (the person's right eye)",
+        "head_pose_angles": "OMZ degrees: yaw, -pitch (ours), roll fed as 0 (crops roll-aligned)",
+    }
+
+
+def preprocessing_version() -> str:
+    """fastpath's PREPROCESSING_VERSION if it defines one, else a digest of the descriptor
+    (which at least changes when a crop constant does)."""
+    explicit = getattr(_features, "PREPROCESSING_VERSION", None)
+    if explicit is not None:
+        return str(explicit)
+    digest = hashlib.sha256(
+        json.dumps(preprocessing_descriptor(), sort_keys=True).encode()
+    ).hexdigest()
+    return f"fastpath.features/{digest[:12]}"
+
+
+# -- the model card ------------------------------------------------------------------------
+
+
+class TensorSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    shape: list[int | str]
+    dtype: str = "float32"
+    description: str = ""
+
+
+class Preprocessing(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: str
+    descriptor: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainingData(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    summary: dict[str, Any] = Field(default_factory=dict)  # sessions, persons, frames, ...
+    sha256: str | None = None  # of the training set's manifest, as the trainer computes it
+
+
+class ModelCard(BaseModel):
+    """What a registered model is, where it came from and how good it is (JSON, no pickle)."""
+
+    model_config = ConfigDict(extra="forbid")
+    format: Literal["gazeloop.model_card"] = CARD_FORMAT
+    schema_version: Literal[1] = CARD_SCHEMA_VERSION
+    model_id: str = Field(pattern=MODEL_ID_PATTERN)
+    version: int | None = Field(default=None, ge=1)  # the registry's, set on register()
+    created: datetime
+    model_version: str = MODEL_VERSION  # the network definition (trainer.model)
+    architecture_digest: str | None = None
+    io_convention: str = OMZ_IO_CONVENTION
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    preprocessing: Preprocessing
+    training_data: TrainingData = Field(default_factory=TrainingData)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    parity_max_error: float | None = None
+    parent_model_id: str | None = None
+    opset: int
+    onnx_sha256: str | None = None
+    onnx_bytes: int | None = None
+    builder: str = EXPORT_BUILDER
+    notes: str = ""
+
+
+def _io_specs(embedding_dim: int) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    left, right, head = OMZ_INPUTS
+    inputs = [
+        TensorSpec(name=left, shape=["N", 3, 60, 60], description="image-left eye, BGR 0-255"),
+        TensorSpec(name=right, shape=["N", 3, 60, 60], description="image-right eye, BGR 0-255"),
+        TensorSpec(name=head, shape=["N", 3], description="OMZ head pose, degrees"),
+    ]
+    outputs = [
+        TensorSpec(name=OMZ_OUTPUT, shape=["N", 3], description="OMZ gaze vector, not unit"),
+        TensorSpec(
+            name=EMBEDDING_OUTPUT,
+            shape=["N", embedding_dim],
+            description="activation entering the gaze head",
+        ),
+    ]
+    return inputs, outputs
+
+
+def card_path_for(onnx_path: str | Path) -> Path:
+    """Where export_onnx writes the card: `<name>.card.json` beside the model."""
+    p = Path(onnx_path)
+    return p.with_name(p.stem + ".card.json")
+
+
+# -- export --------------------------------------------------------------------------------
+
+
+def _torch_to_onnx(model: GazeNet, opset: int) -> onnx.ModelProto:
+    """torch.export-based ONNX (torch's default exporter; needs onnxscript) in memory."""
+    try:
+        import onnxscript  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(
+            "ONNX export needs onnxscript (torch's exporter uses it): "
+            "pip install 'gazeloop[trainer]'"
+        ) from exc
+    example = (
+        torch.zeros(2, 3, 60, 60),
+        torch.zeros(2, 3, 60, 60),
+        torch.zeros(2, 3),
+    )
+    batch = torch.export.Dim("N", min=1, max=1 << 16)
+    with warnings.catch_warnings():
+        # torch's exporter warns about internals (dim naming, pytree deprecations) that say
+        # nothing about this model; real failures raise.
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            model,
+            example,
+            None,
+            dynamo=True,
+            external_data=False,
+            input_names=list(OMZ_INPUTS),
+            output_names=[OMZ_OUTPUT, EMBEDDING_OUTPUT],
+            opset_version=opset,
+            dynamic_shapes=({0: batch}, {0: batch}, {0: batch}),
+            verbose=False,
+        )
+    if program is None:
+        raise RuntimeError("torch.onnx.export returned no program")
+    return program.model_proto
+
+
+def _finalise(proto: onnx.ModelProto, metadata: dict[str, str]) -> onnx.ModelProto:
+    for t in proto.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            raise RuntimeError(
+                f"exported initializer {t.name!r} lives in an external data file; "
+                "GazeModel needs a single-file model"
+            )
+    # The oldest IR version the opsets allow, as fastpath.ir_onnx does, so the older
+    # onnxruntime releases the project supports still load the file.
+    proto.ir_version = helper.find_min_ir_version_for(list(proto.opset_import))
+    del proto.metadata_props[:]
+    helper.set_model_props(proto, metadata)
+    proto.producer_name = "gazeloop"
+    proto.producer_version = EXPORT_BUILDER
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def parity_inputs(n: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fixed random crops (0-255) and head poses (±40 deg) for the parity check."""
+    rng = np.random.default_rng(seed)
+    left = rng.uniform(0, 255, (n, 3, 60, 60)).astype(np.float32)
+    right = rng.uniform(0, 255, (n, 3, 60, 60)).astype(np.float32)
+    head = rng.uniform(-40, 40, (n, 3)).astype(np.float32)
+    return left, right, head
+
+
+def parity_error(model: GazeNet, onnx_bytes: bytes, *, n: int = 4) -> float:
+    """Max |onnxruntime − PyTorch| over gaze_vector and embedding, at batch n and batch 1
+    (the fast path runs batch 1; a broken dynamic batch shows up there)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
+    left, right, head = parity_inputs(n)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            ref = [
+                t.detach().cpu().numpy()
+                for t in model(
+                    torch.from_numpy(left), torch.from_numpy(right), torch.from_numpy(head)
+                )
+            ]
+    finally:
+        model.train(was_training)
+    worst = 0.0
+    for sl in (slice(0, n), slice(0, 1)):
+        feed = dict(zip(OMZ_INPUTS, (left[sl], right[sl], head[sl]), strict=True))
+        outs = sess.run([OMZ_OUTPUT, EMBEDDING_OUTPUT], feed)
+        for got, want in zip(outs, ref, strict=True):
+            if got.shape != want[sl].shape:
+                return float("inf")
+            err = float(np.max(np.abs(got.astype(np.float64) - want[sl])))
+            worst = max(worst, err if np.isfinite(err) else float("inf"))
+    return worst
+
+
+def _write_atomic(data: bytes, dest: Path) -> Path:
+    """Write beside `dest` and rename over it: readers see the old file or the new one."""
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return dest
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _trainer_version() -> str:
+    try:
+        pkg = importlib.metadata.version("gazeloop")
+    except importlib.metadata.PackageNotFoundError:
+        pkg = "unknown"
+    return f"gazeloop {pkg}; {MODEL_VERSION}"
+
+
+def export_onnx(
+    model: GazeNet,
+    out_path: str | Path,
+    *,
+    opset: int = 17,
+    card: dict[str, Any],
+    tol: float = PARITY_TOL,
+) -> Path:
+    """Export `model` to `out_path` (single-file ONNX) and its card to
+    `card_path_for(out_path)`; returns `out_path`.
+
+    `card` gives at least `model_id`; optional `training_data`, `metrics`,
+    `parent_model_id`, `notes`, `created`. Inputs/outputs, preprocessing, parity error,
+    hashes and versions are filled in here. Raises ExportParityError (and writes nothing)
+    when onnxruntime and PyTorch differ by more than `tol`.
+    """
+    out_path = Path(out_path)
+    fields = dict(card)
+    inputs, outputs = _io_specs(model.embedding_dim)
+    fields.setdefault("created", datetime.now(UTC))
+    fields.update(
+        version=None,  # the registry numbers versions
+        inputs=inputs,
+        outputs=outputs,
+        preprocessing=Preprocessing(
+            version=preprocessing_version(), descriptor=preprocessing_descriptor()
+        ),
+        opset=opset,
+        model_version=MODEL_VERSION,
+        architecture_digest=spec_digest(model.spec),
+        io_convention=OMZ_IO_CONVENTION,
+        builder=EXPORT_BUILDER,
+    )
+    draft = ModelCard.model_validate(fields)  # bad card input fails before the slow export
+
+    # A float32 CPU copy: the caller's model stays where it trains (e.g. bf16 on CUDA).
+    cpu_model = GazeNet(model.spec)
+    cpu_model.load_state_dict(
+        {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
+    )
+    metadata = {
+        "gazeloop.model_id": draft.model_id,
+        "gazeloop.io_convention": OMZ_IO_CONVENTION,
+        "gazeloop.builder": EXPORT_BUILDER,
+        "gazeloop.trainer_version": _trainer_version(),
+        "gazeloop.model_version": MODEL_VERSION,
+        "gazeloop.preprocessing": draft.preprocessing.version,
+        "gazeloop.parent_model_id": draft.parent_model_id or "",
+    }
+    proto = _finalise(_torch_to_onnx(cpu_model.eval(), opset), metadata)
+    data = proto.SerializeToString()  # one blob: never an external-data side file
+
+    err = parity_error(cpu_model, data)
+    log.info("export parity %s: max |ort - torch| = %.3g", draft.model_id, err)
+    if not err <= tol:
+        raise ExportParityError(err, tol)
+
+    final = draft.model_copy(
+        update={
+            "parity_max_error": err,
+            "onnx_sha256": hashlib.sha256(data).hexdigest(),
+            "onnx_bytes": len(data),
+        }
+    )
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    card_path = card_path_for(out_path)
+    # Card after model: a card present means its model is complete (its hash says which).
+    _write_atomic(data, out_path)
+    _write_atomic(final.model_dump_json(indent=2).encode(), card_path)
+    _fsync_dir(out_path.parent)
+    return out_path
+
+
+def read_card(path: str | Path) -> ModelCard:
+    return ModelCard.model_validate_json(Path(path).read_bytes())
+
+
+__all__ = [
+    "EXPORT_BUILDER",
+    "PARITY_TOL",
+    "ExportParityError",
+    "ModelCard",
+    "Preprocessing",
+    "TensorSpec",
+    "TrainingData",
+    "card_path_for",
+    "export_onnx",
+    "parity_error",
+    "parity_inputs",
+    "preprocessing_descriptor",
+    "preprocessing_version",
+    "read_card",
+]
