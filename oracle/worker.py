@@ -19,6 +19,8 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
+import sys
 import threading
 import time
 from collections import deque
@@ -361,6 +363,7 @@ class OracleWorker:
     # --- the threads ---------------------------------------------------------------------
 
     def _run(self) -> None:
+        _lower_priority()
         try:
             while True:
                 with self._cond:
@@ -500,3 +503,16 @@ class OracleWorker:
             self._seen_errors.clear()
         self._seen_errors.add(key)
         log.warning("%s", message, exc_info=exc)
+
+
+def _lower_priority(niceness: int = 10) -> None:
+    """Make the oracle's thread yield to the fast path when both want a core: on a 2-core
+    laptop a model call next to the camera loop must cost the cursor nothing. Linux
+    schedules threads as tasks, so a per-thread nice works there; elsewhere this is a no-op
+    (macOS gives background threads a lower QoS through the ML runtime itself)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+    except OSError as e:  # not permitted in some containers: not worth failing over
+        log.debug("could not lower the oracle thread's priority: %s", e)

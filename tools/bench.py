@@ -30,6 +30,11 @@ def add_parser(sub) -> None:
     f.add_argument("--source", required=True, help="video file, session folder or camera index")
     f.add_argument("--frames", type=int, default=300, help="frames measured (default 300)")
     f.add_argument("--json", action="store_true", help="print only the JSON object")
+    f.add_argument(
+        "--oracle-load",
+        action="store_true",
+        help="run twice: oracle worker idle, then busy on a CPU-heavy backend; report both",
+    )
     add_fastpath_args(f)
     f.set_defaults(func=run_fastpath)
     m = bsub.add_parser(
@@ -66,10 +71,58 @@ def percentiles(ms: list[float]) -> dict[str, float]:
     }
 
 
-def bench_fastpath(source: str, frames: int, cfg) -> dict:
+class CpuLoadOracle:
+    """A CPU-heavy oracle backend for the load benchmark: a real network (the gaze model on a
+    batch of 64, one thread) run back to back for `seconds` per call, like a VLM on a CPU.
+    onnxruntime releases the GIL, as torch does, so this loads a core the way Moondream
+    would rather than the interpreter."""
+
+    name = "cpu-load"
+    version = "bench"
+
+    def __init__(self, onnx_path, seconds: float = 2.0, batch: int = 64):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 1
+        so.inter_op_num_threads = 1
+        self.sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+        rng = np.random.default_rng(0)
+        self.feeds = {
+            "left_eye_image": rng.uniform(0, 255, (batch, 3, 60, 60)).astype(np.float32),
+            "right_eye_image": rng.uniform(0, 255, (batch, 3, 60, 60)).astype(np.float32),
+            "head_pose_angles": np.zeros((batch, 3), np.float32),
+        }
+        self.seconds = seconds
+        self.calls = 0
+
+    def label(self, snap, cancel):
+        from calibration.labels import OracleLabel
+
+        end = time.monotonic() + self.seconds
+        while time.monotonic() < end and not cancel.is_set():
+            self.sess.run(["gaze_vector"], self.feeds)
+            self.calls += 1
+        return OracleLabel(
+            t_ns=snap.t_ns, snapshot_id=snap.snapshot_id, oracle=self.name, confidence=0.0
+        )
+
+    def close(self) -> None:
+        pass
+
+
+def bench_fastpath(source: str, frames: int, cfg, *, oracle_busy: bool = False) -> dict:
     single_thread()
     cfg = cfg.model_copy(update={"threads": 1})
     fp = FastPath(cfg)
+    worker = None
+    if oracle_busy:
+        from calibration.labels import Snapshot
+        from fastpath.models import resolve_gaze_onnx
+        from oracle.worker import OracleWorker
+
+        busy = CpuLoadOracle(resolve_gaze_onnx(cfg.gaze_model))
+        worker = OracleWorker(busy, timeout_s=None, max_age_s=None)
     times: dict[str, list[float]] = {k: [] for k in ("decode", *STAGES)}
     total: list[float] = []
     faces = 0
@@ -80,6 +133,8 @@ def bench_fastpath(source: str, frames: int, cfg) -> dict:
             frame = next(it)
             decode = (time.perf_counter_ns() - t0) / 1e6
             s = fp.process(frame)
+            if worker is not None:  # latest-only: the backend never idles
+                worker.submit(Snapshot(t_ns=frame.t_ns, image=frame.image, snapshot_id=str(i)))
             if i < WARMUP:
                 continue
             faces += s.quality.face
@@ -88,8 +143,14 @@ def bench_fastpath(source: str, frames: int, cfg) -> dict:
                 times[k].append(v)
             total.append(decode + sum(s.stage_ms.values()))
     fp.close()
+    oracle = None
+    if worker is not None:
+        m = worker.metrics()
+        worker.close()
+        oracle = {"backend": busy.name, "calls": m.done, "model_runs": busy.calls}
     h, w = frame.image.shape[:2]
     return {
+        "oracle_worker": oracle,
         "frames": frames,
         "warmup_frames": WARMUP,
         "width": w,
@@ -130,7 +191,18 @@ def run_fastpath(args: argparse.Namespace) -> int:
         from tools.common import UserError
 
         raise UserError("--frames must be at least 1")
-    out = bench_fastpath(args.source, args.frames, fastpath_config(args))
+    cfg = fastpath_config(args)
+    if args.oracle_load:
+        idle = bench_fastpath(args.source, args.frames, cfg)
+        busy = bench_fastpath(args.source, args.frames, cfg, oracle_busy=True)
+        out = {
+            "idle": idle,
+            "busy": busy,
+            "p99_ratio": round(busy["total"]["p99_ms"] / idle["total"]["p99_ms"], 3),
+            "p50_ratio": round(busy["total"]["p50_ms"] / idle["total"]["p50_ms"], 3),
+        }
+    else:
+        out = bench_fastpath(args.source, args.frames, cfg)
     if args.json:
         print(json.dumps(out))
     else:
