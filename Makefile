@@ -25,7 +25,7 @@ models: $(STAMP)
 	$(BIN)/gazeloop models build
 
 demo: setup
-	$(BIN)/gazeloop demo
+	$(BIN)/gazeloop demo --out demo-out
 
 test: setup
 	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests ran"; rc=0; fi; exit $$rc

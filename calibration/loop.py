@@ -4,44 +4,51 @@ The fast path adds `DriftLoop.offset` to every screen point it produces. Each or
 compared with the fast estimate at the snapshot's *own* time (looked up in the `History`,
 which holds the final points, offset included), and C moves to explain the labels.
 
-How C moves, and why it is not a fixed-gain `C ← C + α·Δ`
----------------------------------------------------------
-A label's residual mixes the oracle's noise with the fast path's own per-frame error (about
-100 px and 80 px per axis in the done criteria). With a fixed gain, small α leaves C lagging
-for dozens of labels and large α makes C a random walk whose wander alone costs more than
-10 % accuracy; measured on the simulator, no α in 0.1–0.3 brings a 150 px drift back within
-10 % of the pre-drift error inside 15 labels in more than 3 % of runs. So:
+What a label says
+-----------------
+A usable label becomes one equation `P·C = P·g`: g is the offset that would have made the
+fast estimate agree with the label (the observation minus the estimate without the offset
+that was in force at t), P the identity for a point label and n·nᵀ for a line label (n the
+line's normal). So a line label constrains only the component of C across the line, and
+the residual it reports is the perpendicular one; a point label constrains both axes.
 
-- Every usable label becomes an equation `P·C = P·g` in a *segment* of recent labels: g is
-  the offset that would have made the fast estimate agree with the label (observation minus
-  the estimate without the offset that was in force at t), P the identity for a point label
-  and n·nᵀ for a line label (n its normal), so a line constrains only the component of C
-  across it. The segment's robust centre (L1 start, then Tukey biweight) is C's target; the
-  step is α times the move toward it, restricted to directions the segment constrains
-  (eigenvalues of Σ wP ≥ `min_constraint`), clipped to `max_step`, and |C| to `max_total`.
-  For clean point labels this is the running mean, i.e. `C ← C + Δ/n`: the best a constant
-  drift allows, and quieter than any fixed gain once n is large.
-- A change detector restarts the segment when a drift begins: for each split of the newest
-  labels, the robust centre of the labels after it is compared with C, weighted by how much
-  those labels constrain (a χ²-like statistic); above `change_threshold` the segment
-  restarts at the best split, so recovery does not wait for old labels to be outvoted.
-- The gate: the robust centre of the current segment (including labels the gate rejected,
-  so a persistent drift moves the centre and is accepted after `change_min_labels` labels)
-  and a robust scale (median absolute deviation of the last `gate_labels` labels, rejected
-  ones included). A label farther than `gate_sigma` from that centre is an outlier and moves
-  nothing; an isolated outlier never gets in because it cannot move the centre, and a label
-  outvoted once keeps a Tukey weight of zero in every later estimate.
-- The initial segment carries the starting offset as `prior_weight` pseudo point labels, so
-  the first noisy label after a good calibration moves C by a fraction only.
+Why not a fixed gain `C ← C + α·Δ`
+----------------------------------
+A residual mixes the oracle's noise with the fast path's own error (100 px and 80 px per
+axis in the done criteria). A fixed gain is either slow (α = 0.1: the seed-averaged error
+is back within 10 % of the pre-drift error only after 18 labels and most single runs wander
+out of that band again) or a random walk whose wander alone costs more than 10 %
+(α ≥ 0.15). The loop therefore keeps a posterior over *when the drift last changed*
+(Bayesian online change-point detection, Adams & MacKay 2007): every hypothesis "the offset
+has been constant for the last r labels" carries the Gaussian posterior of C given those
+labels (information form, so point and line labels mix freely and a direction no label
+constrains stays at its prior), and the hypotheses are weighted by how well each predicted
+the labels. C's target is the posterior mean. For a constant drift this is the running mean
+of the labels since the change (`C ← C + Δ/n`, the best a constant drift allows); when a
+drift begins, short-run hypotheses win within a few labels and the older labels stop
+counting.
+
+The gate
+--------
+- Robust scale σ: the median absolute deviation of the last `gate_labels` labels (rejected
+  ones included) about their spatial median, floored at `noise_floor`.
+- Robust centre: the posterior mean above. One outlier cannot move it (it is explained by
+  the outlier component: with probability `outlier_prior` a label is uniform over the
+  screen), while a persistent drift moves it once a short-run hypothesis wins.
+- A label farther than `gate_sigma` (2-D, in units of the predictive spread: σ and the
+  centre's own uncertainty) from the centre is an outlier and moves nothing.
+Accepted labels step C toward the centre: α times the move, restricted to the directions
+that recent labels constrain (eigenvalues of Σ P over the last `window_labels` labels within
+`window_s` ≥ `min_constraint`), clipped to `max_step`, with |C| clipped to `max_total`.
 
 Lengths are measured in screen widths: normalised x, and normalised y divided by the aspect
 (physical width / height), so a bound or a scale is the same physical distance in every
 direction and "perpendicular to a line" is perpendicular on the glass. Inputs and outputs
 (residual, step, offset) are ordinary normalised screen units.
 
-Thread-safety: `update` may run on any one thread at a time (it holds a lock); the fast path
-reads `offset` every frame without a lock. `offset` is a read-only array that `update`
-replaces by assignment, never mutates, so a reader sees the old offset or the new one.
+Thread-safety: `update` holds a lock; the fast path reads `offset` every frame without one.
+`offset` is a read-only array that `update` replaces by assignment, never mutates, so a
+reader sees the old offset or the new one, never half of each.
 """
 
 from __future__ import annotations
@@ -61,11 +68,10 @@ from calibration.labels import LineObservation, OracleLabel, PointObservation
 # Median of a 2-D N(0, σ²I) radial distance, and of |N(0, σ²)|, in units of σ.
 _MEDIAN_RADIAL = math.sqrt(2.0 * math.log(2.0))
 _MEDIAN_ABS = NormalDist().inv_cdf(0.75)
-_TUKEY_C = 4.685  # 95 % efficiency at the Gaussian
-# The spatial median's variance relative to the mean's, for the change statistic.
-_L1_INEFFICIENCY = 1.3
 _L1_ITERS = 12
 _EPS = 1e-6  # in screen widths: 2 µm of a 2 m wall
+_LOG_2PI = math.log(2.0 * math.pi)
+_NEGLIGIBLE = 30.0  # run hypotheses e^-30 below the best are dropped
 
 
 class LoopConfig(BaseModel):
@@ -74,7 +80,7 @@ class LoopConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     aspect: float = Field(16 / 9, gt=0, description="physical width / height of the screen")
-    alpha: float = Field(1.0, gt=0, le=1, description="gain toward the segment's estimate")
+    alpha: float = Field(1.0, gt=0, le=1, description="gain toward the posterior mean")
     max_step: float = Field(0.06, gt=0, description="largest |step| per label")
     max_total: float = Field(0.15, gt=0, description="largest |C|")
     max_gap_ms: float = Field(100.0, gt=0, description="history interpolation gap at t")
@@ -84,23 +90,24 @@ class LoopConfig(BaseModel):
     min_confidence: float = Field(0.3, ge=0, le=1)
     accept_lines: bool = Field(True, description="False when no camera position is known")
     # Robust gate.
-    gate_labels: int = Field(15, ge=3, description="labels (rejected included) for the scale")
-    gate_sigma: float = Field(3.0, gt=0, description="gate radius in robust σ (2-D)")
-    noise_prior: float = Field(0.07, gt=0, description="σ per axis until enough labels")
+    gate_labels: int = Field(15, ge=3, description="labels (rejected included) for σ")
+    gate_sigma: float = Field(3.0, gt=0, description="gate radius, 2-D, in predictive σ")
+    noise_prior: float = Field(0.075, gt=0, description="σ per axis until enough labels")
     noise_floor: float = Field(0.01, gt=0, description="smallest σ the gate believes")
-    min_scale_labels: int = Field(5, ge=2, description="labels before the scale is measured")
-    prior_weight: float = Field(2.0, ge=0, description="starting offset's worth, in labels")
-    # Estimation window: defines the constrained directions too.
-    window_labels: int = Field(40, ge=2)
+    min_scale_labels: int = Field(5, ge=2, description="labels before σ is measured")
+    outlier_prior: float = Field(0.2, gt=0, lt=1, description="P(label is junk), a priori")
+    # Change-point model.
+    prior_weight: float = Field(4.0, ge=0, description="starting offset's worth, in labels")
+    drift_every: float = Field(60.0, gt=1, description="expected labels between changes")
+    drift_scale: float = Field(0.1, gt=0, description="σ per axis of a change of drift")
+    max_runs: int = Field(40, ge=2, description="change-point hypotheses kept")
+    # Which directions may move.
+    window_labels: int = Field(40, ge=1)
     window_s: float = Field(600.0, gt=0)
-    min_constraint: float = Field(0.75, gt=0, description="eigenvalue of ΣwP to constrain")
-    # Change detection.
-    change_min_labels: int = Field(3, ge=2, description="labels after a split, at least")
-    change_splits: int = Field(12, ge=1, description="newest splits examined")
-    change_threshold: float = Field(14.0, gt=0, description="χ²-like statistic to restart")
+    min_constraint: float = Field(0.75, gt=0, description="eigenvalue of ΣP to constrain")
     # Drift alarm.
     alarm_labels: int = Field(8, ge=2, description="accepted labels the median runs over")
-    alarm_residual: float = Field(0.12, gt=0, description="median |residual| that alarms")
+    alarm_residual: float = Field(0.15, gt=0, description="median |residual| that alarms")
     alarm_pinned_labels: int = Field(3, ge=1, description="updates with |C| at its bound")
     alarm_rejected_labels: int = Field(10, ge=2, description="outliers in a row")
 
@@ -117,7 +124,7 @@ class LoopDecision:
     fast_xy: np.ndarray | None = None  # (2,) the fast estimate at the label's time
     alarm: bool = False
     alarm_reason: str = ""
-    change: bool = False  # this label restarted the estimate (a drift began)
+    p_change: float = 0.0  # posterior probability that the drift changed in the last 3 labels
 
 
 @dataclass(slots=True)
@@ -125,7 +132,8 @@ class _Sample:
     t_ns: int
     P: np.ndarray  # (2,2) projector onto what the label constrains, width units
     g: np.ndarray  # (2,) an offset that explains the label: P·C = P·g
-    rank: int  # 2 point, 1 line
+    n: np.ndarray | None  # unit normal of a line label, None for a point
+    accepted: bool = False
 
 
 def _ro(a: np.ndarray) -> np.ndarray:
@@ -134,21 +142,15 @@ def _ro(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def _solve2(A: np.ndarray, b: np.ndarray) -> np.ndarray:
-    # Closed form: np.linalg.solve's overhead dominates for 2×2 systems solved thousands
-    # of times per label by the change detector.
-    det = A[0, 0] * A[1, 1] - A[0, 1] * A[1, 0]
-    return np.array(
-        [(A[1, 1] * b[0] - A[0, 1] * b[1]) / det, (A[0, 0] * b[1] - A[1, 0] * b[0]) / det]
-    )
-
-
-def _wls(Ps: np.ndarray, gs: np.ndarray, w: np.ndarray, c0: np.ndarray) -> np.ndarray:
-    """argmin Σ w|P(g − c)|²; directions nobody constrains stay at c0 (a tiny ridge)."""
-    A = np.einsum("n,nij->ij", w, Ps)
-    b = np.einsum("n,nij,nj->i", w, Ps, gs)
-    ridge = 1e-9 * (float(w.sum()) + 1.0)
-    return _solve2(A + ridge * np.eye(2), b + ridge * c0)
+def _inv2(A: np.ndarray) -> np.ndarray:
+    """Inverse of one (2,2) or a stack (..., 2, 2) of 2×2 matrices, in closed form."""
+    det = A[..., 0, 0] * A[..., 1, 1] - A[..., 0, 1] * A[..., 1, 0]
+    out = np.empty_like(A)
+    out[..., 0, 0] = A[..., 1, 1]
+    out[..., 1, 1] = A[..., 0, 0]
+    out[..., 0, 1] = -A[..., 0, 1]
+    out[..., 1, 0] = -A[..., 1, 0]
+    return out / det[..., None, None]
 
 
 def _dist(Ps: np.ndarray, gs: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -156,49 +158,25 @@ def _dist(Ps: np.ndarray, gs: np.ndarray, c: np.ndarray) -> np.ndarray:
     return np.hypot(e[:, 0], e[:, 1])
 
 
-def _l1_centre(Ps: np.ndarray, gs: np.ndarray, w: np.ndarray, c0: np.ndarray) -> np.ndarray:
-    """Weighted L1 (spatial-median-like) centre by IRLS: 50 % breakdown for point labels."""
-    c = _wls(Ps, gs, w, c0)
-    for _ in range(_L1_ITERS):
-        u = w / np.maximum(_dist(Ps, gs, c), _EPS)
-        c = _wls(Ps, gs, u, c0)
+def _l1_centre(Ps: np.ndarray, gs: np.ndarray, c0: np.ndarray) -> np.ndarray:
+    """L1 (spatial-median-like) centre by IRLS: 50 % breakdown for point labels; directions
+    no label constrains stay at c0."""
+    c = c0
+    w = np.ones(len(gs))
+    for _ in range(_L1_ITERS + 1):
+        A = np.einsum("n,nij->ij", w, Ps)
+        b = np.einsum("n,nij,nj->i", w, Ps, gs)
+        ridge = 1e-9 * (float(w.sum()) + 1.0)
+        c = _inv2(A + ridge * np.eye(2)) @ (b + ridge * c0)
+        w = 1.0 / np.maximum(_dist(Ps, gs, c), _EPS)
     return c
 
 
-def _equiv_radial(x: np.ndarray, ranks: np.ndarray) -> np.ndarray:
-    """Normalised distances as 2-D radial distances of the same tail probability, so one
-    gate and one Tukey cutoff serve point labels (2 dof) and line labels (1 dof)."""
-    out = np.array(x, dtype=np.float64)
-    for i in np.flatnonzero(ranks == 1):
-        tail = max(math.erfc(float(x[i]) / math.sqrt(2.0)), 1e-300)
-        out[i] = math.sqrt(-2.0 * math.log(tail))
-    return out
-
-
-def _scale_of(dists: np.ndarray, ranks: np.ndarray) -> float:
-    """Robust σ per axis: each distance over its expected median, then the median."""
-    return float(np.median(dists / np.where(ranks == 2, _MEDIAN_RADIAL, _MEDIAN_ABS)))
-
-
-def _tukey_centre(
-    Ps: np.ndarray,
-    gs: np.ndarray,
-    ranks: np.ndarray,
-    w: np.ndarray,
-    c0: np.ndarray,
-    s: float,
-    iters: int = 8,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Biweight M-estimate from c0; returns the centre and the final weights (0 = ignored)."""
-    c = c0
-    u = w
-    for _ in range(iters):
-        d = _equiv_radial(_dist(Ps, gs, c) / s, ranks)
-        u = w * np.where(d < _TUKEY_C, (1.0 - (d / _TUKEY_C) ** 2) ** 2, 0.0)
-        if u.sum() <= 0:
-            return c0, u
-        c = _wls(Ps, gs, u, c0)
-    return c, u
+def _equiv_radial_1d(x: float) -> float:
+    """A 1-D normalised distance as the 2-D radial distance of the same tail probability,
+    so one gate serves point labels (2 dof) and line labels (1 dof)."""
+    tail = max(math.erfc(abs(x) / math.sqrt(2.0)), 1e-300)
+    return math.sqrt(-2.0 * math.log(tail))
 
 
 class DriftLoop:
@@ -218,7 +196,6 @@ class DriftLoop:
         self._lock = threading.Lock()
         self._k = np.array([1.0, 1.0 / self.cfg.aspect])  # normalised → width units
         self._samples: deque[_Sample] = deque(maxlen=max(self.cfg.window_labels, 1))
-        self._gate_flags: deque[bool] = deque(maxlen=self.cfg.window_labels)
         self._seen: deque[str] = deque(maxlen=256)
         self._accepted_resid: deque[float] = deque(maxlen=self.cfg.alarm_labels)
         self._offset_log: deque[tuple[int, np.ndarray]] = deque(maxlen=512)
@@ -238,17 +215,24 @@ class DriftLoop:
         off = np.asarray(offset, dtype=np.float64).reshape(2)
         if not np.isfinite(off).all():
             raise ValueError(f"offset must be finite, got {off}")
+        cfg = self.cfg
         with self._lock:
             self._samples.clear()
-            self._gate_flags.clear()
             self._accepted_resid.clear()
             self._seen.clear()
-            self._seg_start = 0  # index into _samples where the current segment begins
-            self._initial_segment = True
-            self._prior_q = off * self._k
             self._pinned = 0
             self._rejected_run = 0
             self.alarm, self.alarm_reason = False, ""
+            q = off * self._k
+            self._prior_q = q
+            # One hypothesis: "nothing changed since the calibration", which carries the
+            # starting offset as `prior_weight` labels' worth of evidence.
+            self._S = (cfg.prior_weight * np.eye(2))[None].copy()  # Σ w·P (in labels)
+            self._b = (cfg.prior_weight * q)[None].copy()  # Σ w·P·g
+            self._mu0 = q[None].copy()  # prior mean of a run born at a change
+            self._born = np.array([False])  # False: the calibration's own run
+            self._age = np.array([0])  # labels in each run
+            self._lp = np.array([0.0])  # log posterior of each run
             self._offset_log.clear()
             self._offset_log.append((-(2**62), _ro(off)))
             self._offset = _ro(off)
@@ -329,84 +313,121 @@ class DriftLoop:
         e_q = est * k
         raw_q = e_q - self._offset_at(t) * k
         if isinstance(obs, PointObservation):
-            P = np.eye(2)
-            g = a * k - raw_q
-            rank = 2
+            sample = _Sample(t, np.eye(2), a * k - raw_q, None)
             resid_q = a * k - e_q
         else:
             d = u * k
-            d /= math.hypot(*d)
+            d = d / math.hypot(*d)
             n = np.array([-d[1], d[0]])
             o_q = a * k
             if float(np.dot(e_q - o_q, d)) < 0.0:
-                return self._reject(
-                    "the fast estimate lies behind the ray's origin", fast=est
-                )  # no point of the ray is near it: the label contradicts it outright
+                # The ray points away from the estimate: no point of it is near, so the
+                # label contradicts the fast path outright rather than constraining it.
+                return self._reject("the fast estimate lies behind the ray's origin", fast=est)
             P = np.outer(n, n)
-            g = P @ (o_q - raw_q)
-            rank = 1
+            sample = _Sample(t, P, P @ (o_q - raw_q), n)
             resid_q = P @ (o_q - e_q)
         self._seen.append(label.snapshot_id)
-        residual = resid_q / k
+        return self._decide(sample, resid_q / k, float(np.hypot(*resid_q)), est)
 
-        self._append(_Sample(t, P, g, rank))
-        return self._decide(residual, float(np.hypot(*resid_q)), est)
+    # --- the estimator -------------------------------------------------------------------
 
-    def _append(self, s: _Sample) -> None:
+    def _scale(self, C: np.ndarray) -> float:
         cfg = self.cfg
-        if len(self._samples) == self._samples.maxlen:
-            self._seg_start = max(0, self._seg_start - 1)
-        self._samples.append(s)
-        # Old labels leave the window by age too; the segment start follows.
-        while len(self._samples) > 1 and s.t_ns - self._samples[0].t_ns > cfg.window_s * 1e9:
-            self._samples.popleft()
-            self._seg_start = max(0, self._seg_start - 1)
+        recent = list(self._samples)[-cfg.gate_labels :]
+        if len(recent) < cfg.min_scale_labels:
+            return max(cfg.noise_prior, cfg.noise_floor)
+        Ps = np.stack([s.P for s in recent])
+        gs = np.stack([s.g for s in recent])
+        dist = _dist(Ps, gs, _l1_centre(Ps, gs, C))
+        expected = np.array([_MEDIAN_RADIAL if s.n is None else _MEDIAN_ABS for s in recent])
+        return max(float(np.median(dist / expected)), cfg.noise_floor)
 
-    def _decide(self, residual: np.ndarray, resid_len: float, est: np.ndarray) -> LoopDecision:
+    def _posteriors(self, s2: float) -> tuple[np.ndarray, np.ndarray]:
+        """Mean (R,2) and covariance (R,2,2) of C under each run hypothesis."""
+        tau2 = self.cfg.drift_scale**2
+        eye = np.eye(2)
+        born = self._born[:, None, None]
+        lam0 = np.where(born, eye / tau2, 1e-9 * eye)
+        eta0 = np.where(self._born[:, None], self._mu0 / tau2, 1e-9 * self._prior_q)
+        Lam = self._S / s2 + lam0
+        cov = _inv2(Lam)
+        mu = np.einsum("rij,rj->ri", cov, self._b / s2 + eta0)
+        return mu, cov
+
+    def _log_pred(
+        self, sample: _Sample, mu: np.ndarray, cov: np.ndarray, s2: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Log predictive density of the label under each hypothesis, and the squared
+        Mahalanobis distance behind it (2-D for points, 1-D for lines)."""
+        e = sample.g - mu
+        if sample.n is None:
+            V = cov + s2 * np.eye(2)
+            Vi = _inv2(V)
+            m2 = np.einsum("ri,rij,rj->r", e, Vi, e)
+            det = V[:, 0, 0] * V[:, 1, 1] - V[:, 0, 1] * V[:, 1, 0]
+            return -0.5 * m2 - 0.5 * np.log(det) - _LOG_2PI, m2
+        n = sample.n
+        v = np.einsum("i,rij,j->r", n, cov, n) + s2
+        r = e @ n
+        m2 = r * r / v
+        return -0.5 * m2 - 0.5 * np.log(v) - 0.5 * _LOG_2PI, m2
+
+    def _decide(
+        self, sample: _Sample, residual: np.ndarray, resid_len: float, est: np.ndarray
+    ) -> LoopDecision:
         cfg = self.cfg
         C = self._offset * self._k
-        Ps = np.stack([s.P for s in self._samples])
-        gs = np.stack([s.g for s in self._samples])
-        ranks = np.array([s.rank for s in self._samples])
-        n = len(gs)
+        self._samples.append(sample)
+        while len(self._samples) > 1 and sample.t_ns - self._samples[0].t_ns > cfg.window_s * 1e9:
+            self._samples.popleft()
+        s = self._scale(C)
+        s2 = s * s
 
-        # Scale: the last gate_labels labels, rejected ones included, about their centre.
-        lo = max(0, n - cfg.gate_labels)
-        if n - lo >= cfg.min_scale_labels:
-            ones = np.ones(n - lo)
-            c_rec = _l1_centre(Ps[lo:], gs[lo:], ones, C)
-            s = _scale_of(_dist(Ps[lo:], gs[lo:], c_rec), ranks[lo:])
-        else:
-            s = cfg.noise_prior
-        s = max(s, cfg.noise_floor)
+        # Hypotheses: every existing run grows by this label, or a new run starts with it
+        # (its prior: C now, give or take a change of drift_scale).
+        mu, cov = self._posteriors(s2)
+        mu = np.vstack([mu, C[None]])
+        cov = np.concatenate([cov, (cfg.drift_scale**2 * np.eye(2))[None]])
+        lg, m2 = self._log_pred(sample, mu, cov, s2)
+        eps = cfg.outlier_prior
+        # Junk is uniform over the screen: density aspect per width² for a point, about one
+        # per width for a line's perpendicular offset.
+        log_junk = math.log(eps) + (math.log(cfg.aspect) if sample.n is None else 0.0)
+        lin = math.log1p(-eps) + lg
+        lpred = np.logaddexp(lin, log_junk)
+        inlier = np.exp(lin - lpred)  # P(this label is not junk | hypothesis)
 
-        change = self._detect_change(Ps, gs, ranks, C, s)
+        h = 1.0 / cfg.drift_every
+        lse_prev = _logsumexp(self._lp)
+        lp = np.append(self._lp + math.log1p(-h), lse_prev + math.log(h)) + lpred
+        lp -= _logsumexp(lp)
 
-        # The segment's robust centre: what C should be.
-        seg = slice(self._seg_start, n)
-        Pz, gz, rz = Ps[seg], gs[seg], ranks[seg]
-        w = np.ones(len(gz))
-        if self._initial_segment and cfg.prior_weight > 0:
-            Pz = np.concatenate([Pz, np.eye(2)[None]])
-            gz = np.concatenate([gz, self._prior_q[None]])
-            rz = np.concatenate([rz, [2]])
-            w = np.concatenate([w, [cfg.prior_weight]])
-        start = _l1_centre(Pz, gz, w, C)
-        centre, u = _tukey_centre(Pz, gz, rz, w, start, s)
+        # The gate, against the pre-label belief: mean and spread of the mixture.
+        w_prior = np.exp(np.append(self._lp + math.log1p(-h), lse_prev + math.log(h)) - lse_prev)
+        centre = w_prior @ mu
+        spread = np.einsum("r,rij->ij", w_prior, cov + np.einsum("ri,rj->rij", mu, mu))
+        spread -= np.outer(centre, centre)
+        d = self._gate_distance(sample, centre, spread, s2)
+        accepted = d <= cfg.gate_sigma
+        sample.accepted = accepted
 
-        # The gate: this label against the centre.
-        d_new = float(_equiv_radial(_dist(Ps[-1:], gs[-1:], centre) / s, ranks[-1:])[0])
-        accepted = d_new <= cfg.gate_sigma
-        self._gate_flags.append(accepted)
+        # Bayesian update of every run with this label, weighted by how likely it is real.
+        w = inlier
+        S = np.concatenate([self._S, np.zeros((1, 2, 2))]) + w[:, None, None] * sample.P
+        b = np.concatenate([self._b, np.zeros((1, 2))]) + w[:, None] * (sample.P @ sample.g)
+        self._S, self._b = S, b
+        self._mu0 = np.vstack([self._mu0, C[None]])
+        self._born = np.append(self._born, True)
+        self._age = np.append(self._age + 1, 1)
+        self._lp = lp
+        self._prune()
 
         step_q = np.zeros(2)
         if accepted:
-            # Only directions the labels (not the prior) constrain may move.
-            nl = len(Ps) - self._seg_start
-            A = np.einsum("n,nij->ij", u[:nl], Pz[:nl])
-            lam, V = np.linalg.eigh(A)
-            Vc = V[:, lam >= cfg.min_constraint]
-            step_q = cfg.alpha * (Vc @ (Vc.T @ (centre - C)))
+            mu_post, _ = self._posteriors(s2)
+            target = np.exp(self._lp) @ mu_post
+            step_q = cfg.alpha * self._constrain(target - C)
             norm = math.hypot(*step_q)
             if norm > cfg.max_step:
                 step_q *= cfg.max_step / norm
@@ -415,24 +436,23 @@ class DriftLoop:
             if total > cfg.max_total:
                 new_q *= cfg.max_total / total
             step_q = new_q - C
-            self._set_offset(new_q / self._k)
+            if math.hypot(*step_q) > 0.0:
+                self._set_offset(new_q / self._k)
             self._accepted_resid.append(resid_len)
             self._rejected_run = 0
         else:
             self._rejected_run += 1
-        self._pinned = (
-            self._pinned + 1
-            if math.hypot(*(self._offset * self._k)) >= (cfg.max_total * (1 - 1e-9))
-            else 0
-        )
+        at_bound = math.hypot(*(self._offset * self._k)) >= cfg.max_total * (1 - 1e-9)
+        self._pinned = self._pinned + 1 if at_bound else 0
         self._update_alarm()
 
+        p_change = float(np.exp(self._lp[self._age <= 3]).sum())
         if accepted:
-            why = "accepted" + (": a new drift segment began" if change else "")
+            why = "accepted"
         else:
             why = (
-                f"outlier: {d_new:.1f}σ from the robust centre of recent labels "
-                f"(gate {cfg.gate_sigma:g}σ, σ = {s:.3f} screen widths)"
+                f"outlier: {d:.1f}σ from the robust centre of recent labels "
+                f"(gate {cfg.gate_sigma:g}σ; σ = {s:.3f} screen widths)"
             )
         return LoopDecision(
             accepted=accepted,
@@ -443,34 +463,38 @@ class DriftLoop:
             fast_xy=_ro(est),
             alarm=self.alarm,
             alarm_reason=self.alarm_reason,
-            change=change,
+            p_change=p_change,
         )
 
-    def _detect_change(
-        self, Ps: np.ndarray, gs: np.ndarray, ranks: np.ndarray, C: np.ndarray, s: float
-    ) -> bool:
-        """Restart the segment at the split whose later labels disagree most with C."""
-        cfg = self.cfg
-        n = len(gs)
-        first = max(self._seg_start + 1, n - cfg.change_splits)
-        best_T, best_j = 0.0, -1
-        for j in range(first, n - cfg.change_min_labels + 1):
-            Pa, ga, ra = Ps[j:], gs[j:], ranks[j:]
-            m = _l1_centre(Pa, ga, np.ones(n - j), C)
-            d = _equiv_radial(_dist(Pa, ga, m) / s, ra)
-            keep = d < _TUKEY_C
-            if keep.sum() < cfg.change_min_labels:
-                continue
-            A = Pa[keep].sum(axis=0)
-            delta = m - C
-            T = float(delta @ A @ delta) / (_L1_INEFFICIENCY * s * s)
-            if T > best_T:
-                best_T, best_j = T, j
-        if best_T <= cfg.change_threshold:
-            return False
-        self._seg_start = best_j
-        self._initial_segment = False
-        return True
+    def _gate_distance(
+        self, sample: _Sample, centre: np.ndarray, spread: np.ndarray, s2: float
+    ) -> float:
+        V = spread + s2 * np.eye(2)
+        e = sample.g - centre
+        if sample.n is None:
+            return math.sqrt(max(float(e @ _inv2(V) @ e), 0.0))
+        n = sample.n
+        return _equiv_radial_1d(float(e @ n) / math.sqrt(float(n @ V @ n)))
+
+    def _constrain(self, delta: np.ndarray) -> np.ndarray:
+        """`delta` restricted to the directions recent accepted labels constrain."""
+        acc = [s.P for s in self._samples if s.accepted]
+        if not acc:
+            return np.zeros(2)
+        lam, V = np.linalg.eigh(np.sum(acc, axis=0))
+        Vc = V[:, lam >= self.cfg.min_constraint]
+        return Vc @ (Vc.T @ delta)
+
+    def _prune(self) -> None:
+        lp = self._lp
+        keep = lp >= lp.max() - _NEGLIGIBLE
+        if keep.sum() > self.cfg.max_runs:
+            keep &= lp >= np.sort(lp)[-self.cfg.max_runs]
+        if keep.all():
+            return
+        self._S, self._b, self._mu0 = self._S[keep], self._b[keep], self._mu0[keep]
+        self._born, self._age = self._born[keep], self._age[keep]
+        self._lp = lp[keep] - _logsumexp(lp[keep])
 
     def _set_offset(self, off: np.ndarray) -> None:
         new = _ro(off)
@@ -488,8 +512,8 @@ class DriftLoop:
             if med > cfg.alarm_residual:
                 reasons.append(
                     f"median residual of the last {cfg.alarm_labels} accepted labels is "
-                    f"{med:.3f} screen widths (> {cfg.alarm_residual:g}): an offset cannot "
-                    "absorb it"
+                    f"{med:.3f} screen widths (> {cfg.alarm_residual:g}): an offset does "
+                    "not absorb it"
                 )
         if self._pinned >= cfg.alarm_pinned_labels:
             reasons.append(
@@ -504,10 +528,14 @@ class DriftLoop:
 
     @property
     def n_labels(self) -> int:
-        """Labels in the estimation window (usable ones: those that reached the gate)."""
+        """Usable labels in the window (those that reached the gate)."""
         return len(self._samples)
 
     @property
-    def segment_labels(self) -> int:
-        """Labels in the current segment (since the last detected change)."""
-        return len(self._samples) - self._seg_start
+    def run_hypotheses(self) -> int:
+        return len(self._lp)
+
+
+def _logsumexp(a: np.ndarray) -> float:
+    m = float(a.max())
+    return m + math.log(float(np.exp(a - m).sum()))

@@ -25,6 +25,11 @@ class EyeIndex:
 RIGHT_EYE = EyeIndex(corners=(33, 133), lids=((159, 145), (158, 153), (160, 144)), iris=468)
 LEFT_EYE = EyeIndex(corners=(362, 263), lids=((386, 374), (385, 380), (387, 373)), iris=473)
 
+# Bump when anything that changes the pixels or numbers a model sees changes (crop framing,
+# size, alignment, head-pose convention): trained models record it, and a mismatch means a
+# model was trained on other inputs than the fast path now makes.
+PREPROCESSING_VERSION = "fastpath.features/1"
+
 CROP = 60
 # Intel's gaze demo crops a square of 1.8x the corner distance around the corner midpoint;
 # the pretrained model expects that framing.

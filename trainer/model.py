@@ -114,6 +114,10 @@ class _SpecBuilder:
         head, head_src = find_head_input(g)
         for layer in g.topological_order():
             self._emit(layer)
+        produced = set(inputs.values()) | {n["output"] for n in self.nodes}
+        for what, src in (("gaze output", out_src), ("embedding", head_src)):
+            if _key(src) not in produced:
+                raise UnsupportedGraphError(f"{g.xml_path}: the {what} {src} is never computed")
         return {
             "model_version": MODEL_VERSION,
             "source": {"name": g.name, "xml": g.xml_path.name},
@@ -363,7 +367,8 @@ class GazeNet(nn.Module):
         if op == "conv":
             return getattr(self.layers, node["module"])(xs[0])
         if op in ("add", "mul", "sub", "div"):
-            a, b = (xs[0], xs[1]) if "const" not in node else (xs[0], self._tensor(node))
+            b = xs[1] if "const" not in node else getattr(self.layers, node["const"])
+            a = xs[0]
             if node.get("const_first"):
                 a, b = b, a
             return _ELEMENTWISE[op](a, b)
@@ -397,9 +402,6 @@ class GazeNet(nn.Module):
                 x = x[tuple(idx)]
             return x
         raise CheckpointError(f"unknown op {op!r} in the architecture")
-
-    def _tensor(self, node: dict[str, Any]) -> torch.Tensor:
-        return getattr(self.layers, node["const"])
 
 
 _ELEMENTWISE = {

@@ -1,0 +1,1 @@
+"""One module per dataset layout; `trainer.datasets` is the front door."""

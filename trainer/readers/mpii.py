@@ -1,0 +1,173 @@
+"""MPIIFaceGaze in its published layout.
+
+    <root>/p00/p00.txt                       # one annotation line per image
+    <root>/p00/Calibration/screenSize.mat    # width_pixel, height_pixel, width_mm, height_mm
+    <root>/p00/day01/0005.jpg ...
+
+`root` may also be a single `pXX` folder. An annotation line has 28 whitespace-separated
+fields:
+
+    1      image path relative to pXX/ (dayDD/NNNN.jpg)
+    2-3    gaze target on the screen, pixels (x right, y down)          ← used
+    4-15   six facial landmarks, image pixels                           (not used)
+    16-21  head pose rvec, tvec in camera coordinates                   (not used)
+    22-24  face centre fc, camera coordinates, mm                       ← used
+    25-27  3D gaze target gt, camera coordinates, mm                    ← used
+    28     which eye the evaluation subset uses ("left"/"right")        (not used)
+
+Camera coordinates are OpenCV's (x right, y down, z away from the camera), so the gaze
+direction gt − fc is converted with `opencv_to_camera`. Landmarks and head pose come from
+the fast path instead of the file: the model must be trained on the inputs it gets at run
+time. The screen size comes from `Calibration/screenSize.mat` (read with scipy; without
+scipy, or for a damaged file, pass `screen_px`). Person id: `mpii:pXX`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from calibration.session import ImageDecodeError, load_image
+from trainer.readers.common import (
+    LazyFastPath,
+    SampleBuilder,
+    Samples,
+    Skipped,
+    Unit,
+    camera_to_model_gaze,
+    opencv_to_camera,
+    preprocess_image,
+    target_ids,
+    unit_files,
+)
+
+N_FIELDS = 28
+SCREEN_MAT = Path("Calibration") / "screenSize.mat"
+
+
+def read_screen_size(path: Path) -> tuple[int, int]:
+    """(width_pixel, height_pixel) from MPII's screenSize.mat; ValueError with the reason."""
+    try:
+        from scipy.io import loadmat
+    except ImportError:
+        raise ValueError(
+            f"{path}: reading .mat needs scipy (fields width_pixel, height_pixel); "
+            "install scipy or pass screen_px"
+        ) from None
+    try:
+        mat = loadmat(str(path))
+    except Exception as e:  # scipy raises several types for damaged files
+        raise ValueError(f"{path}: cannot read: {type(e).__name__}: {e}") from None
+    try:
+        w = float(np.asarray(mat["width_pixel"]).reshape(-1)[0])
+        h = float(np.asarray(mat["height_pixel"]).reshape(-1)[0])
+    except (KeyError, IndexError, ValueError, TypeError):
+        raise ValueError(f"{path}: no width_pixel/height_pixel") from None
+    if not (w > 0 and h > 0 and math.isfinite(w + h)):
+        raise ValueError(f"{path}: screen size {w}x{h} is not positive")
+    return round(w), round(h)
+
+
+def _parse_line(line: str) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
+    parts = line.split()
+    if len(parts) != N_FIELDS:
+        raise ValueError(f"{len(parts)} fields, expected {N_FIELDS}")
+    try:
+        nums = np.array([float(x) for x in parts[1:27]])
+    except ValueError:
+        raise ValueError("a numeric field is not a number") from None
+    if not np.all(np.isfinite(nums)):
+        raise ValueError("a numeric field is not finite")
+    screen_px = nums[0:2]
+    fc, gt = nums[20:23], nums[23:26]
+    return parts[0], screen_px, fc, gt
+
+
+class MPIIFaceGazeReader:
+    kind = "mpii"
+
+    def __init__(self, path: str | Path, *, screen_px: tuple[int, int] | None = None) -> None:
+        self.path = Path(path)
+        self.screen_px = screen_px
+
+    def units(self) -> tuple[list[Unit], list[Skipped]]:
+        root = self.path
+        if not root.is_dir():
+            return [], [Skipped(str(root), "", "not a folder")]
+        persons = [root] if (root / f"{root.name}.txt").is_file() else []
+        if not persons:
+            persons = sorted(
+                p for p in root.iterdir() if p.is_dir() and (p / f"{p.name}.txt").is_file()
+            )
+        if not persons:
+            return [], [Skipped(str(root), "", "no pXX/pXX.txt annotation files found")]
+        params = json.dumps({"screen_px": self.screen_px})
+        units = [
+            Unit(
+                id=str(p),
+                path=p,
+                files=tuple(unit_files(p, (f"{p.name}.txt", str(SCREEN_MAT), "day*/*"))),
+                params=params,
+            )
+            for p in persons
+        ]
+        return units, []
+
+    def read(self, unit: Unit, pre: LazyFastPath) -> tuple[Samples, list[Skipped]]:
+        folder = unit.path
+        screen = self.screen_px or read_screen_size(folder / SCREEN_MAT)
+        sw, sh = screen
+        person = f"mpii:{folder.name}"
+        skipped: list[Skipped] = []
+        rows = []
+        text = (folder / f"{folder.name}.txt").read_text(errors="replace")
+        for n, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                rel, spx, fc, gt = _parse_line(line)
+            except ValueError as e:
+                skipped.append(Skipped(unit.id, f"line {n}", str(e)))
+                continue
+            if not (0 <= spx[0] <= sw and 0 <= spx[1] <= sh):
+                why = f"target ({spx[0]:g}, {spx[1]:g}) outside the screen {sw}x{sh}"
+                skipped.append(Skipped(unit.id, rel, why))
+                continue
+            rows.append((rel, spx, fc, gt))
+        if not rows:  # keep the per-line reasons: they say what is wrong
+            return Samples.empty(), [*skipped, Skipped(unit.id, "", "no usable annotation lines")]
+
+        tids = target_ids([tuple(r[1]) for r in rows])
+        pre.fp.reset()  # one person, one laptop: its images are tracked as one stream
+        out = SampleBuilder()
+        for i, ((rel, spx, fc, gt), tid) in enumerate(zip(rows, tids, strict=True)):
+            try:
+                image = load_image(folder / rel)
+            except ImageDecodeError as e:
+                skipped.append(Skipped(unit.id, rel, str(e)))
+                continue
+            inputs, why = preprocess_image(pre.fp, image, i)
+            if inputs is None:
+                skipped.append(Skipped(unit.id, rel, why or "unusable"))
+                continue
+            left, right, head, roll = inputs
+            g = gt - fc
+            gaze = None
+            if np.linalg.norm(g) > 0:
+                gaze = camera_to_model_gaze(opencv_to_camera(g), roll)
+            out.add(
+                left=left,
+                right=right,
+                head=head,
+                roll=roll,
+                person=person,
+                name=rel,
+                target=tid,
+                screen=spx / (sw, sh),
+                screen_px=(sw, sh),
+                gaze=gaze,
+            )
+        return out.build(), skipped

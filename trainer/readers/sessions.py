@@ -1,0 +1,136 @@
+"""Session folders (and label-store exports, which are session folders) as training samples.
+
+Layout (DESIGN.md, "Data on disk"; read by `calibration.session.read_session`):
+
+    <session>/img_<unix-ms>.jpg + img_<unix-ms>.json   # the seed format
+    <session>/session.json                             # optional manifest
+
+Fields used: `screen_x`, `screen_y` (screen pixels, the label); from the manifest
+`screen_px` (else the caller's `screen_px`), `mirrored`, `user`; optional record extras
+written by importers and the label store: `target` (int: frames of one target), `settling`
+(bool: the eyes were still moving, dropped), `weight` or `confidence` (float ≥ 0). The
+`inference` block is another tracker's output and is never used.
+
+`path` is one session or a folder whose sub-folders are sessions (a label-store root). The
+frames go through `fastpath.collect.collect_session`, the same function evaluation and
+profile fitting use, so a training sample is exactly what the product computes for that
+frame. Person id: `session:<user>` from the manifest, else `session:<folder name>`; the
+caller's `person` overrides both.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from calibration.session import MANIFEST_NAME, SessionError, read_session
+from fastpath.collect import collect_session
+from trainer.readers.common import (
+    LazyFastPath,
+    SampleBuilder,
+    Samples,
+    Skipped,
+    Unit,
+    model_inputs,
+    unit_files,
+)
+
+
+def _is_session(folder: Path) -> bool:
+    return (folder / MANIFEST_NAME).is_file() or any(folder.glob("img_*.json"))
+
+
+def _weight(extra: dict) -> float | None:
+    """The record's own weight, if it states one; None means "unusable weight"."""
+    for key in ("weight", "confidence"):
+        if key in extra:
+            v = extra[key]
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                return None
+            return float(v) if math.isfinite(v) and v >= 0 else None
+    return 1.0
+
+
+class SessionReader:
+    kind = "session"
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        screen_px: tuple[int, int] | None = None,
+        mirrored: bool | None = None,
+        person: str | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.screen_px = None if screen_px is None else (int(screen_px[0]), int(screen_px[1]))
+        self.mirrored = mirrored
+        self.person = person
+
+    def units(self) -> tuple[list[Unit], list[Skipped]]:
+        if not self.path.is_dir():
+            return [], [Skipped(str(self.path), "", "not a folder")]
+        folders = [self.path] if _is_session(self.path) else []
+        if not folders:
+            folders = sorted(p for p in self.path.iterdir() if p.is_dir() and _is_session(p))
+        if not folders:
+            why = "no session folders (img_<unix-ms>.jpg + .json pairs) found"
+            return [], [Skipped(str(self.path), "", why)]
+        params = json.dumps(
+            {"screen_px": self.screen_px, "mirrored": self.mirrored, "person": self.person}
+        )
+        units = [
+            Unit(
+                id=str(f),
+                path=f,
+                files=tuple(unit_files(f, ("img_*", MANIFEST_NAME))),
+                params=params,
+            )
+            for f in folders
+        ]
+        return units, []
+
+    def read(self, unit: Unit, pre: LazyFastPath) -> tuple[Samples, list[Skipped]]:
+        try:
+            session = read_session(unit.path, screen_px=self.screen_px, mirrored=self.mirrored)
+        except SessionError as e:
+            raise ValueError(str(e)) from e
+        if session.screen_px is None:
+            raise ValueError(
+                "screen size unknown: the folder has no session.json manifest and no "
+                "screen_px was given (labels are pixels of that screen)"
+            )
+        sw, sh = session.screen_px
+        user = session.manifest.user if session.manifest is not None else None
+        person = self.person or f"session:{user or unit.path.name}"
+
+        collected = collect_session(session, pre.fp)
+        skipped = [Skipped(unit.id, r.file, r.why) for r in collected.rejected]
+        items = {it.name: it for it in session.items}
+        out = SampleBuilder()
+        for ls in collected.samples:
+            if ls.settling:
+                skipped.append(Skipped(unit.id, ls.name, "recorded while the eyes were settling"))
+                continue
+            extra = items[ls.name].record.model_extra or {}
+            w = _weight(extra)
+            if w is None:
+                skipped.append(Skipped(unit.id, ls.name, "weight/confidence is not a number ≥ 0"))
+                continue
+            left, right, head, roll = model_inputs(ls.sample)
+            out.add(
+                left=left,
+                right=right,
+                head=head,
+                roll=roll,
+                person=person,
+                name=ls.name,
+                target=ls.target,
+                screen=np.array(ls.label_px) / (sw, sh),
+                screen_px=(sw, sh),
+                weight=w,
+            )
+        return out.build(), skipped

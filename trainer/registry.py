@@ -1,0 +1,276 @@
+"""A versioned model registry on disk: `root/<model_id>/v0001/{model.onnx, card.json}`.
+
+The fast path watches this tree for hot reload, so a version directory must never be seen
+half-written: each version is assembled in a hidden temp directory beside the others and
+renamed into place (a rename of a directory onto an existing non-empty one fails, which is
+also what keeps two concurrent registrations from taking the same number). Numbers only go
+up: the next one is above every `vNNNN` present, valid or not.
+
+A version directory whose files are missing or whose card does not match them (an
+interrupted copy by hand, a disk error) is skipped with a warning, never served.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import logging
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+from pydantic import ValidationError
+
+from trainer.export import ModelCard, card_path_for, read_card
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.onnx"
+CARD_FILE = "card.json"
+_VERSION_DIR = re.compile(r"^v(\d{4,})$")
+
+
+class RegistryError(RuntimeError):
+    """A model cannot be registered, or a requested version is not available."""
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryEntry:
+    model_id: str
+    version: int
+    path: Path  # the version directory
+    card: ModelCard
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.path / MODEL_FILE
+
+    @property
+    def card_path(self) -> Path:
+        return self.path / CARD_FILE
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _version_dirname(version: int) -> str:
+    return f"v{version:04d}"
+
+
+class ModelRegistry:
+    """Registered ONNX gaze models under `root`, one folder per model id and version."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self._warned: set[tuple[str, float]] = set()
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def register(
+        self, onnx_path: str | Path, card: ModelCard | dict | None = None
+    ) -> RegistryEntry:
+        """Copy a single-file ONNX model and its card in as the next version of the card's
+        model id. `card` defaults to the one `export_onnx` wrote beside the model."""
+        onnx_path = Path(onnx_path)
+        if not onnx_path.is_file():
+            raise RegistryError(f"model file not found: {onnx_path}")
+        if card is None:
+            cp = card_path_for(onnx_path)
+            if not cp.is_file():
+                raise RegistryError(f"no card given and none beside the model at {cp}")
+            card = read_card(cp)
+        elif isinstance(card, dict):
+            card = ModelCard.model_validate(card)
+        self._inspect(onnx_path, card)
+        digest = _sha256(onnx_path)
+        if card.onnx_sha256 is not None and card.onnx_sha256 != digest:
+            raise RegistryError(
+                f"{onnx_path}: its sha256 differs from the card's: card and model do not belong "
+                "together"
+            )
+        size = onnx_path.stat().st_size
+
+        model_dir = self.root / card.model_id
+        model_dir.mkdir(parents=True, exist_ok=True)
+        tmp = model_dir / f".tmp-{uuid.uuid4().hex}"
+        tmp.mkdir()
+        try:
+            shutil.copyfile(onnx_path, tmp / MODEL_FILE)
+            with open(tmp / MODEL_FILE, "rb+") as f:
+                os.fsync(f.fileno())
+            if _sha256(tmp / MODEL_FILE) != digest:
+                raise RegistryError(f"copy of {onnx_path} changed on the way (was it rewritten?)")
+            for _ in range(1000):
+                version = self._next_version(model_dir)
+                final = card.model_copy(
+                    update={"version": version, "onnx_sha256": digest, "onnx_bytes": size}
+                )
+                card_tmp = tmp / f".{CARD_FILE}.tmp"
+                card_tmp.write_text(final.model_dump_json(indent=2))
+                with open(card_tmp, "rb+") as f:
+                    os.fsync(f.fileno())
+                os.replace(card_tmp, tmp / CARD_FILE)
+                _fsync_dir(tmp)
+                dest = model_dir / _version_dirname(version)
+                try:
+                    os.rename(tmp, dest)
+                except OSError as exc:
+                    # Someone else took this number between our look and our rename.
+                    if exc.errno in (errno.EEXIST, errno.ENOTEMPTY) or dest.exists():
+                        continue
+                    raise
+                _fsync_dir(model_dir)
+                log.info("registered %s %s", card.model_id, dest.name)
+                return RegistryEntry(card.model_id, version, dest, final)
+            raise RegistryError(f"could not claim a version number under {model_dir}")
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    @staticmethod
+    def _inspect(onnx_path: Path, card: ModelCard) -> None:
+        """Refuse what the fast path could not load or would mislabel."""
+        try:
+            proto = onnx.load(str(onnx_path), load_external_data=False)
+        except Exception as exc:  # onnx raises DecodeError and others
+            raise RegistryError(f"{onnx_path} is not a readable ONNX model: {exc}") from exc
+        external = [
+            t.name for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
+        ]
+        if external:
+            raise RegistryError(
+                f"{onnx_path} keeps {len(external)} tensors in external data files; the fast "
+                "path loads models from one file (re-export with trainer.export.export_onnx)"
+            )
+        meta = {p.key: p.value for p in proto.metadata_props}
+        for key, want in (
+            ("gazeloop.model_id", card.model_id),
+            ("gazeloop.io_convention", card.io_convention),
+        ):
+            if meta.get(key) != want:
+                raise RegistryError(
+                    f"{onnx_path}: metadata {key}={meta.get(key)!r} but the card says {want!r}"
+                )
+
+    def _next_version(self, model_dir: Path) -> int:
+        return max(self._numbers(model_dir), default=0) + 1
+
+    # -- reading ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _numbers(model_dir: Path) -> list[int]:
+        if not model_dir.is_dir():
+            return []
+        out = []
+        for p in model_dir.iterdir():
+            m = _VERSION_DIR.match(p.name)
+            if m and p.is_dir():
+                out.append(int(m.group(1)))
+        return sorted(out)
+
+    def model_ids(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")
+        )
+
+    def _resolve_id(self, model_id: str | None) -> str | None:
+        if model_id is not None:
+            return model_id
+        ids = self.model_ids()
+        if len(ids) > 1:
+            raise RegistryError(
+                f"{self.root} holds several models ({', '.join(ids)}); say which model_id"
+            )
+        return ids[0] if ids else None
+
+    def _skip(self, path: Path, reason: str) -> None:
+        try:
+            key = (str(path), path.stat().st_mtime)
+        except OSError:
+            key = (str(path), 0.0)
+        if key not in self._warned:  # once per state: a watcher polls every second
+            self._warned.add(key)
+            log.warning("skipping registry version %s: %s", path, reason)
+
+    def _load(self, model_id: str, version: int, *, verify_hash: bool) -> RegistryEntry | None:
+        path = self.root / model_id / _version_dirname(version)
+        model, card_file = path / MODEL_FILE, path / CARD_FILE
+        if not model.is_file() or not card_file.is_file():
+            self._skip(path, f"missing {MODEL_FILE if not model.is_file() else CARD_FILE}")
+            return None
+        try:
+            card = read_card(card_file)
+        except (ValidationError, ValueError, OSError) as exc:
+            self._skip(path, f"unreadable card: {exc}")
+            return None
+        if card.model_id != model_id or card.version != version:
+            self._skip(path, f"card says {card.model_id} v{card.version}")
+            return None
+        if card.onnx_bytes is not None and model.stat().st_size != card.onnx_bytes:
+            self._skip(path, "model size differs from the card (incomplete copy?)")
+            return None
+        if verify_hash and card.onnx_sha256 != _sha256(model):
+            self._skip(path, "model sha256 differs from the card")
+            return None
+        return RegistryEntry(model_id, version, path, card)
+
+    def list(
+        self, model_id: str | None = None, *, verify_hash: bool = False
+    ) -> list[RegistryEntry]:
+        """Valid versions, oldest first; every model's when `model_id` is None. Cheap checks
+        only unless `verify_hash` (which reads every model file)."""
+        ids = [model_id] if model_id is not None else self.model_ids()
+        out = []
+        for mid in ids:
+            for v in self._numbers(self.root / mid):
+                entry = self._load(mid, v, verify_hash=verify_hash)
+                if entry is not None:
+                    out.append(entry)
+        return out
+
+    def latest(self, model_id: str | None = None) -> RegistryEntry | None:
+        """The newest valid version (hash verified), or None. `model_id` may be omitted when
+        the registry holds one model."""
+        mid = self._resolve_id(model_id)
+        if mid is None:
+            return None
+        for v in reversed(self._numbers(self.root / mid)):
+            entry = self._load(mid, v, verify_hash=True)
+            if entry is not None:
+                return entry
+        return None
+
+    def get(self, version: int, model_id: str | None = None) -> RegistryEntry:
+        """One version (hash verified); RegistryError if absent or damaged."""
+        mid = self._resolve_id(model_id)
+        if mid is None:
+            raise RegistryError(f"{self.root} holds no models")
+        path = self.root / mid / _version_dirname(int(version))
+        entry = self._load(mid, int(version), verify_hash=True) if path.is_dir() else None
+        if entry is None:
+            raise RegistryError(f"{mid} v{int(version)} is not a valid version in {self.root}")
+        return entry
+
+
+__all__ = ["CARD_FILE", "MODEL_FILE", "ModelRegistry", "RegistryEntry", "RegistryError"]
