@@ -95,3 +95,27 @@ def test_pip_is_small_framed_in_gold_with_the_snapshot_aspect(width):
     assert pip.shape == (round(width * 480 / 640), width, 3)
     assert _mask(pip[:2, :], GOLD).mean() > 0.9  # the gold frame
     assert _mask(pip, RED).any() and _mask(pip, BLUE).any()
+
+
+def test_live_view_has_camera_mesh_pip_cursor_and_status():
+    from tools.render import LiveData, render_live
+
+    img = np.full((480, 640, 3), 100, np.uint8)
+    pts = np.zeros((478, 3), np.float32)
+    pts[:, 0] = np.linspace(200, 440, 478)
+    pts[:, 1] = 240
+    pip = np.zeros((90, 120, 3), np.uint8)
+    pip[:] = GOLD
+    out = render_live(
+        LiveData(image=img, landmarks=pts, screen_xy=(0.75, 0.25), pip=pip, status="20 fps"),
+        width=1280,
+    )
+    cam_w = 640
+    green = np.all(out[:, :cam_w] == (0, 220, 0), axis=2)
+    assert green.sum() > 100  # the mesh
+    assert _mask(out[:90, cam_w - 120 : cam_w], GOLD).mean() > 0.95  # PiP, top right corner
+    ys, xs = np.nonzero(_mask(out[:, cam_w:], RED))
+    canvas_w = 1280 - cam_w - 20
+    assert xs.mean() == pytest.approx(10 + 0.75 * canvas_w, abs=25)  # the cursor's x
+    assert ys.mean() < out.shape[0] / 2  # ...and it is in the upper half
+    assert np.any(out[-36:] > 200)  # the status line is written

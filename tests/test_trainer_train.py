@@ -166,20 +166,33 @@ def test_resume_continues_the_step_counter_and_matches_an_uninterrupted_run(base
     assert steps == [1, 2, 3, 4]
 
 
-def test_optimizer_state_roundtrips_without_pickle(tmp_path):
-    p = torch.nn.Parameter(torch.randn(5))
-    opt = torch.optim.AdamW([p], lr=0.01, betas=(0.8, 0.9))
-    (p**2).sum().backward()
+def test_optimizer_state_roundtrips_by_parameter_name(tmp_path):
+    torch.manual_seed(0)
+    a = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    opt = torch.optim.AdamW(a.parameters(), lr=0.01, betas=(0.8, 0.9))
+    a(torch.randn(5, 3)).sum().backward()
     opt.step()
-    tt.save_optimizer(opt, tmp_path)
-    q = torch.nn.Parameter(p.detach().clone())
-    opt2 = torch.optim.AdamW([q], lr=0.5)
-    tt.load_optimizer(opt2, tmp_path)
-    a, b = opt.state_dict(), opt2.state_dict()
-    assert b["param_groups"][0]["lr"] == 0.01 and tuple(b["param_groups"][0]["betas"]) == (0.8, 0.9)
-    for k in ("exp_avg", "exp_avg_sq", "step"):
-        torch.testing.assert_close(b["state"][0][k], a["state"][0][k], rtol=0, atol=0)
-    assert not list(tmp_path.glob("*.pt")) and not list(tmp_path.glob("*.pkl"))
+    tt.save_optimizer(opt, a, tmp_path)
+
+    class Reordered(torch.nn.Module):  # same names, registered in another order
+        def __init__(self) -> None:
+            super().__init__()
+            self.add_module("1", torch.nn.Linear(4, 2))
+            self.add_module("0", torch.nn.Linear(3, 4))
+
+    b = Reordered()
+    opt2 = torch.optim.AdamW(b.parameters(), lr=0.5)
+    tt.load_optimizer(opt2, b, tmp_path)
+    assert opt2.param_groups[0]["lr"] == 0.01 and tuple(opt2.param_groups[0]["betas"]) == (0.8, 0.9)
+    for name, p in a.named_parameters():
+        q = dict(b.named_parameters())[name]
+        for k in ("exp_avg", "exp_avg_sq", "step"):
+            torch.testing.assert_close(opt2.state[q][k], opt.state[p][k], rtol=0, atol=0)
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["optimizer.json", "optimizer.safetensors"]
+    with pytest.raises(CheckpointError, match="other parameters"):
+        tt.load_optimizer(
+            torch.optim.AdamW(torch.nn.Linear(3, 4).parameters()), torch.nn.Linear(3, 4), tmp_path
+        )
 
 
 # --- failures -------------------------------------------------------------------------------

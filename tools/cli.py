@@ -12,7 +12,16 @@ from fastpath.gaze_model import ModelLoadError
 from fastpath.landmarks import LandmarkError
 from fastpath.models import ModelFileError
 from fastpath.sources import SourceError
-from tools import bench, demo, eval_cmd, import_cmd, models_cmd, profile_cmd, track
+from tools import (
+    bench,
+    demo,
+    eval_cmd,
+    import_cmd,
+    models_cmd,
+    profile_cmd,
+    run_cmd,
+    track,
+)
 from tools.common import UserError
 
 # Errors a user can fix (bad path, missing model, bad session...): one line, no traceback.
@@ -41,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     eval_cmd.add_parser(sub)
     import_cmd.add_parser(sub)
     profile_cmd.add_parser(sub)
+    run_cmd.add_parser(sub)
     return p
 
 

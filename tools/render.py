@@ -181,3 +181,66 @@ def render_verify(d: VerifyData, width: int = 1280) -> np.ndarray:
     if d.busy:
         _spinner(out, (snap_w // 2, img.shape[0] // 2), 22, d.spinner_phase)
     return out
+
+
+@dataclass(slots=True)
+class LiveData:
+    """One frame of the live window."""
+
+    image: np.ndarray  # the camera frame, un-mirrored BGR
+    landmarks: np.ndarray | None = None  # (478, 2+) image pixels
+    screen_xy: tuple[float, float] | None = None  # the cursor, normalised
+    screen_aspect: float = 16 / 9
+    pip: np.ndarray | None = None  # render_pip output, or None before the first label
+    status: str = ""
+    alarm: str | None = None
+    usable: bool = True
+    mirror_display: bool = True
+    target_xy: tuple[float, float] | None = None  # a calibration dot, when one is shown
+
+
+def render_live(d: LiveData, width: int = 1280) -> np.ndarray:
+    """Camera view with landmarks on the left, a screen-shaped canvas with the gaze dot on
+    the right, the oracle's last snapshot as a picture-in-picture in the camera view's
+    corner, and a status line along the bottom."""
+    cam_w = width // 2
+    cam, s = _fit(d.image, cam_w)
+    if d.landmarks is not None:
+        pts = d.landmarks[:, :2] * s
+        if d.mirror_display:
+            pts = np.column_stack([cam_w - 1 - pts[:, 0], pts[:, 1]])
+    if d.mirror_display:
+        cam = np.ascontiguousarray(cam[:, ::-1])
+    if d.landmarks is not None:
+        mesh = pts[: min(len(pts), 468) : 3].astype(int)  # a light mesh: every third point
+        mesh[:, 0] = np.clip(mesh[:, 0], 0, cam_w - 1)
+        mesh[:, 1] = np.clip(mesh[:, 1], 0, cam.shape[0] - 1)
+        cam[mesh[:, 1], mesh[:, 0]] = (0, 220, 0)
+        for i in (468, 473):
+            if i < len(pts):
+                cv2.circle(cam, _pt(pts[i]), 3, BLUE, -1, cv2.LINE_AA)
+    if d.pip is not None:
+        ph, pw = d.pip.shape[:2]
+        ph, pw = min(ph, cam.shape[0]), min(pw, cam_w)
+        cam[:ph, cam_w - pw :] = d.pip[:ph, :pw]
+    h = cam.shape[0]
+    out = np.full((h + 36, width, 3), 20, np.uint8)
+    out[:h, :cam_w] = cam
+    # The screen canvas.
+    sw = width - cam_w - 20
+    sh = int(min(h - 20, sw / d.screen_aspect))
+    sw = int(sh * d.screen_aspect)
+    x0, y0 = cam_w + 10, (h - sh) // 2
+    cv2.rectangle(out, (x0, y0), (x0 + sw, y0 + sh), (70, 70, 70), -1)
+    if d.target_xy is not None:
+        c = (x0 + d.target_xy[0] * sw, y0 + d.target_xy[1] * sh)
+        cv2.circle(out, _pt(c), 9, WHITE, 2, cv2.LINE_AA)
+    if d.screen_xy is not None:
+        c = (x0 + d.screen_xy[0] * sw, y0 + d.screen_xy[1] * sh)
+        colour = RED if d.usable else GREY
+        cv2.circle(out, _pt(c), 10, colour, -1, cv2.LINE_AA)
+        cv2.circle(out, _pt(c), 10, WHITE, 1, cv2.LINE_AA)
+    _text(out, d.status, (10, h + 24), 0.5, WHITE)
+    if d.alarm:
+        _text(out, d.alarm, (x0, y0 + 22), 0.55, (60, 60, 255), 1)
+    return out

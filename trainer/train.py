@@ -21,8 +21,8 @@ function of (seed, step, process), so a resumed run continues exactly where it s
 Checkpoints (`out_dir/checkpoints/step-NNNNNNN/`), written atomically, no pickle:
 - `model.safetensors` + `.json` sidecar (`trainer.model.save_checkpoint`: MODEL_VERSION,
   architecture, weights hash);
-- `optimizer.safetensors` (every state tensor, flattened as `state.<param>.<name>`) +
-  `optimizer.json` (param groups and non-tensor state);
+- `optimizer.safetensors` (every state tensor, flattened as `state/<parameter>/<stat>`,
+  keyed by parameter name) + `optimizer.json` (param groups and non-tensor state);
 - `trainer_state.json` (step, epoch, best metric, early-stopping count, seed).
 `latest.json` names the last one. A checkpoint from another MODEL_VERSION is refused with a
 `CheckpointError` before anything is written. A non-finite loss (or gradient) stops the run
@@ -555,27 +555,38 @@ def _json_scalar(v: Any) -> Any:
     return v
 
 
-def save_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
-    """Optimizer state without pickle: tensors → safetensors, the rest → JSON."""
+def _param_names(model: torch.nn.Module) -> list[str]:
+    """Names of the trained parameters, in the order the optimizer was given them."""
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def save_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Module, folder: Path) -> None:
+    """Optimizer state without pickle: tensors → safetensors, the rest → JSON. Keyed by
+    parameter NAME, not position: a network rebuilt from a checkpoint may register its
+    parameters in another order than the one built from the IR."""
     from safetensors.torch import save_file
 
+    names = _param_names(model)
     sd = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
-    for pid, st in sd["state"].items():
-        for name, v in st.items():
+    for idx, st in sd["state"].items():
+        for stat, v in st.items():
             if isinstance(v, torch.Tensor):
-                tensors[f"state.{pid}.{name}"] = v.detach().cpu().contiguous()
+                tensors[f"state/{names[idx]}/{stat}"] = v.detach().cpu().contiguous()
             else:
-                scalars.setdefault(str(pid), {})[name] = _json_scalar(v)
+                scalars.setdefault(names[idx], {})[stat] = _json_scalar(v)
     meta = {"format": OPTIMIZER_FORMAT, "model_version": MODEL_VERSION}
     save_file(tensors, str(folder / "optimizer.safetensors"), metadata=meta)
-    groups = [{k: _json_scalar(v) for k, v in g.items()} for g in sd["param_groups"]]
+    groups = []
+    for g in sd["param_groups"]:
+        doc = {k: _json_scalar(v) for k, v in g.items() if k != "params"}
+        groups.append(doc | {"params": [names[i] for i in g["params"]]})
     doc = {**meta, "type": type(optimizer).__name__, "param_groups": groups, "scalars": scalars}
     _write_json_atomic(folder / "optimizer.json", doc)
 
 
-def load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
+def load_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Module, folder: Path) -> None:
     from safetensors.torch import load_file
 
     doc = json.loads((folder / "optimizer.json").read_text())
@@ -584,14 +595,23 @@ def load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
             f"{folder}: optimizer state is for model version {doc.get('model_version')!r}, "
             f"not {MODEL_VERSION!r}"
         )
-    tensors = load_file(str(folder / "optimizer.safetensors"))
+    index = {n: i for i, n in enumerate(_param_names(model))}
+    saved = {n for g in doc["param_groups"] for n in g["params"]}
+    if saved != set(index):
+        raise CheckpointError(
+            f"{folder}: optimizer state is for other parameters "
+            f"({len(saved ^ set(index))} differ, e.g. {sorted(saved ^ set(index))[:3]})"
+        )
     state: dict[int, dict[str, Any]] = {}
-    for key, t in tensors.items():
-        _, pid, name = key.split(".", 2)
-        state.setdefault(int(pid), {})[name] = t
-    for pid, st in doc["scalars"].items():
-        state.setdefault(int(pid), {}).update(st)
-    optimizer.load_state_dict({"state": state, "param_groups": doc["param_groups"]})
+    for key, t in load_file(str(folder / "optimizer.safetensors")).items():
+        _, name, stat = key.split("/")
+        state.setdefault(index[name], {})[stat] = t
+    for name, st in doc["scalars"].items():
+        state.setdefault(index[name], {}).update(st)
+    # torch pairs saved and current parameters by POSITION within the groups, so list them
+    # in the current order (the optimizer was built from model.parameters()).
+    groups = [g | {"params": sorted(index[n] for n in g["params"])} for g in doc["param_groups"]]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
 def latest_checkpoint(out_dir: Path) -> Path | None:
@@ -641,7 +661,7 @@ def save_training_checkpoint(
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}."))
     try:
         save_checkpoint(model, tmp / "model.safetensors", extra={"step": state["step"]})
-        save_optimizer(optimizer, tmp)
+        save_optimizer(optimizer, model, tmp)
         _write_json_atomic(tmp / "trainer_state.json", state)
         final = root / name
         if final.exists():
@@ -853,7 +873,7 @@ def train(
         [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
     )
     if state is not None:
-        load_optimizer(optimizer, resume_from)
+        load_optimizer(optimizer, model, resume_from)
     model, optimizer = accelerator.prepare(model, optimizer)
     raw_model: GazeNet = accelerator.unwrap_model(model)
 

@@ -1,0 +1,287 @@
+"""`gazeloop run`: the live program — camera → fast path → the gaze point, with the oracle
+correcting drift in the background.
+
+Keys (window mode): 7 verify · c calibrate · space record a labelled sample · q quit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from calibration.profile import Profile, ProfileMapper, data_dir, profile_path
+from calibration.session import write_record
+from fastpath.pipeline import FastPath
+from fastpath.sources import CameraSource, open_source
+from tools.common import UserError, add_fastpath_args, fastpath_config
+from tools.live import Live
+from tools.render import LiveData, VerifyData, render_live, render_pip, render_verify
+
+log = logging.getLogger(__name__)
+WINDOW = "gazeloop"
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "run",
+        help="the live tracker (window, or --headless)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--source", default="0", help="camera index, video or session (default 0)")
+    p.add_argument("--user", default="default")
+    p.add_argument("--device", default="default")
+    p.add_argument("--profile", type=Path, help="profile file (default: the user's for device)")
+    p.add_argument("--screen-px", type=int, nargs=2, metavar=("W", "H"), help="screen in use")
+    p.add_argument(
+        "--oracle",
+        choices=["none", "moondream"],
+        default="none",
+        help="background labeller (moondream needs its weights in the local HF cache)",
+    )
+    p.add_argument("--snapshot-every", type=float, default=5.0, help="seconds between labels")
+    p.add_argument("--headless", action="store_true", help="no window; status lines instead")
+    p.add_argument("--frames", type=int, help="stop after this many frames")
+    p.add_argument("--seconds", type=float, help="stop after this long (wall clock)")
+    p.add_argument("--move-cursor", action="store_true", help="move the OS cursor (pynput)")
+    p.add_argument("--mqtt", help="broker URL: publish the gaze stream and the labels")
+    p.add_argument("--screenshot", type=Path, help="save the last window picture here on exit")
+    add_fastpath_args(p)
+    p.set_defaults(func=run)
+
+
+def _profile(args, fp: FastPath) -> ProfileMapper | None:
+    path = args.profile or profile_path(args.user, args.device)
+    if not path.is_file():
+        if args.profile:
+            raise UserError(f"{path}: no such profile")
+        print(
+            f"no calibration profile for {args.user}/{args.device} yet ({path}): showing gaze "
+            "angles only; run `gazeloop calibrate` (or `gazeloop profile fit SESSION`)"
+        )
+        return None
+    prof = Profile.load(path, gaze_model_sha256=fp.gaze.sha256)
+    screen = prof.screen.with_px(*args.screen_px) if args.screen_px else None
+    return ProfileMapper(prof, screen)
+
+
+def _oracle(args, mapper):
+    if args.oracle == "none":
+        return None
+    if mapper is None:
+        raise UserError("the oracle corrects a calibrated cursor: calibrate first")
+    from oracle.moondream import MoondreamConfig, MoondreamOracle, load_moondream
+
+    cfg = MoondreamConfig()
+    model = load_moondream(cfg)  # a clear error when the weights are not cached
+    cam = mapper.screen.camera_norm if hasattr(mapper.screen, "camera_norm") else None
+    return MoondreamOracle(model, cfg, mapper.screen, camera_norm=cam)
+
+
+class Cursor:
+    """The operating system's cursor, via pynput (optional: `pip install pynput`)."""
+
+    def __init__(self):
+        try:
+            from pynput.mouse import Controller
+        except ImportError as e:
+            raise UserError("--move-cursor needs pynput: pip install pynput") from e
+        self._c = Controller()
+
+    def move(self, px: np.ndarray) -> None:
+        self._c.position = (int(px[0]), int(px[1]))
+
+
+def run(args: argparse.Namespace) -> int:
+    fp = FastPath(fastpath_config(args))
+    mapper = _profile(args, fp)
+    oracle = _oracle(args, mapper)
+    store = None
+    if oracle is not None:
+        from calibration.labelstore import LabelStore
+
+        store = LabelStore(data_dir() / "users" / args.user / "labels")
+    publisher = None
+    if args.mqtt:
+        from tools.mqtt_bridge import GazePublisher
+
+        publisher = GazePublisher(args.mqtt, user=args.user, device=args.device)
+        publisher.start()
+    from oracle.policy import SnapshotPolicy
+
+    live = Live(
+        fp,
+        mapper=mapper,
+        oracle=oracle,
+        policy=SnapshotPolicy(min_interval_s=args.snapshot_every),
+        store=store,
+        publisher=publisher,
+    )
+    cursor = Cursor() if args.move_cursor else None
+    try:
+        src = open_source(args.source)
+    except Exception:
+        live.close()
+        raise
+    ui = None if args.headless else Window(live, args)
+    frames = 0
+    t_start = time.monotonic()
+    last_status = t_start
+    try:
+        with src:
+            for frame in src:
+                s = live.process(frame)
+                frames += 1
+                if cursor is not None and s.screen_px is not None:
+                    cursor.move(s.screen_px)
+                if ui is not None:
+                    if not ui.show(frame, s):
+                        break
+                elif time.monotonic() - last_status >= 1.0:
+                    last_status = time.monotonic()
+                    print(status_text(live, s), flush=True)
+                if args.frames is not None and frames >= args.frames:
+                    break
+                if args.seconds is not None and time.monotonic() - t_start >= args.seconds:
+                    break
+            if isinstance(src, CameraSource) and src.error:
+                print(f"camera {args.source}: {src.error}")
+    finally:
+        if ui is not None:
+            ui.close(args.screenshot)
+        live.close()
+    st = live.status()
+    print(f"gazeloop run: {frames} frames; {status_text(live, None)}")
+    return 0 if frames or st else 1
+
+
+def status_text(live: Live, s) -> str:
+    st = live.status()
+    parts = [f"{st['fps']:5.1f} fps", f"fast path {st['frame_ms_p50']:.1f} ms"]
+    if s is not None and s.screen_px is not None:
+        parts.append(f"gaze ({s.screen_px[0]:.0f}, {s.screen_px[1]:.0f}) px")
+    elif s is not None and s.gaze_yp is not None:
+        yaw, pitch = (math.degrees(v) for v in s.gaze_yp)
+        parts.append(f"gaze yaw {yaw:+.1f}° pitch {pitch:+.1f}°")
+    elif s is not None:
+        parts.append("no face" if not s.quality.face else "eyes closed")
+    if "oracle" in st:
+        o = st["oracle"]
+        parts.append(f"oracle {o['done']} done{' (busy)' if o['busy'] else ''}")
+    if st.get("offset") is not None:
+        parts.append(f"drift offset ({st['offset'][0]:+.3f}, {st['offset'][1]:+.3f})")
+    if st.get("alarm"):
+        parts.append(f"ALARM: {st['alarm']}")
+    return "  ".join(parts)
+
+
+class Window:
+    """The OpenCV window and its keys. Drawing is done by the pure renderers."""
+
+    def __init__(self, live: Live, args):
+        self.live = live
+        self.args = args
+        self.last_img: np.ndarray | None = None
+        self.samples_dir = data_dir() / "users" / args.user / "samples"
+        cv2.namedWindow(WINDOW, cv2.WINDOW_NORMAL)
+
+    def _aspect(self) -> float:
+        m = self.live.mapper
+        return m.screen.px[0] / m.screen.px[1] if m is not None else 16 / 9
+
+    def show(self, frame, s) -> bool:
+        live = self.live
+        pip = None
+        if live.last is not None:
+            pip = render_pip(self._verify_data(live.last.snapshot, live.last.label))
+        d = LiveData(
+            image=frame.image,
+            landmarks=None if s.landmarks is None else s.landmarks.points,
+            screen_xy=None if s.screen_xy is None else tuple(s.screen_xy),
+            screen_aspect=self._aspect(),
+            pip=pip,
+            status=status_text(live, s),
+            alarm=live.status().get("alarm"),
+            usable=s.quality.usable,
+        )
+        self.last_img = render_live(d)
+        cv2.imshow(WINDOW, self.last_img)
+        key = cv2.waitKey(1) & 0xFF
+        if key in (ord("q"), 27):
+            return False
+        if key == ord("7"):
+            self.verify(frame, s)
+        elif key == ord(" "):
+            self.record(frame, s)
+        elif key == ord("c"):
+            print("calibration: run `gazeloop calibrate` (a full-screen target grid)")
+        return True
+
+    def _verify_data(self, snap, label, *, busy=False, phase=0.0, gaze=None) -> VerifyData:
+        target = None
+        details = label.details if label is not None else {}
+        t = details.get("target_px") if isinstance(details, dict) else None
+        if isinstance(t, list | tuple) and len(t) == 2:
+            target = (float(t[0]), float(t[1]))
+        return VerifyData(
+            image=snap.image,
+            eye_px=snap.eye_px,
+            iris_px=list(snap.pupils_px or []),
+            fast_gaze_yp=gaze,
+            fast_xy=snap.fast_xy,
+            label=label,
+            oracle_target_px=target,
+            screen_aspect=self._aspect(),
+            busy=busy,
+            spinner_phase=phase,
+        )
+
+    def verify(self, frame, s) -> None:
+        """Pause on this frame, run the oracle on it now, show the three gazes."""
+        from tools.live import snapshot_of
+
+        snap = snapshot_of(frame, s, on_demand=True)
+        result: dict = {}
+        th = threading.Thread(
+            target=lambda: result.setdefault("label", self.live.verify(frame, s, 60.0)),
+            daemon=True,
+        )
+        th.start()
+        gaze = None if s.gaze_yp_raw is None else tuple(float(v) for v in s.gaze_yp_raw)
+        phase = 0.0
+        while th.is_alive():
+            phase += 0.3
+            img = render_verify(self._verify_data(snap, None, busy=True, phase=phase, gaze=gaze))
+            cv2.imshow(WINDOW, img)
+            cv2.waitKey(30)
+        img = render_verify(self._verify_data(snap, result.get("label"), gaze=gaze))
+        self.last_img = img
+        cv2.imshow(WINDOW, img)
+        cv2.waitKey(0)  # any key resumes
+
+    def record(self, frame, s) -> None:
+        """Space: the user looks at the cursor; keep the frame labelled with its position."""
+        if s.screen_px is None:
+            print("no cursor position to label (no profile, or no face)")
+            return
+        # The session format's timestamp is wall-clock ms (the frame's own time is monotonic).
+        write_record(
+            self.samples_dir,
+            int(time.time() * 1e3),
+            frame.image,
+            (float(s.screen_px[0]), float(s.screen_px[1])),
+            extra={"label_source": "cursor (space key)"},
+        )
+        print(f"sample recorded in {self.samples_dir}")
+
+    def close(self, screenshot: Path | None) -> None:
+        if screenshot is not None and self.last_img is not None:
+            cv2.imwrite(str(screenshot), self.last_img)
+        cv2.destroyAllWindows()
