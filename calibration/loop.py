@@ -90,16 +90,20 @@ class LoopConfig(BaseModel):
     min_confidence: float = Field(0.3, ge=0, le=1)
     accept_lines: bool = Field(True, description="False when no camera position is known")
     # Robust gate.
-    gate_labels: int = Field(15, ge=3, description="labels (rejected included) for σ")
+    gate_labels: int = Field(25, ge=3, description="labels (rejected included) for σ")
     gate_sigma: float = Field(3.0, gt=0, description="gate radius, 2-D, in predictive σ")
     noise_prior: float = Field(0.075, gt=0, description="σ per axis until enough labels")
     noise_floor: float = Field(0.01, gt=0, description="smallest σ the gate believes")
     min_scale_labels: int = Field(5, ge=2, description="labels before σ is measured")
     outlier_prior: float = Field(0.2, gt=0, lt=1, description="P(label is junk), a priori")
+    tail_dof: float = Field(
+        4.0, gt=0, description="Student-t dof of the predictive (inf: Gaussian); heavy tails "
+        "keep a misjudged σ from turning two noisy labels into a change"
+    )
     # Change-point model.
     prior_weight: float = Field(4.0, ge=0, description="starting offset's worth, in labels")
-    drift_every: float = Field(60.0, gt=1, description="expected labels between changes")
-    drift_scale: float = Field(0.1, gt=0, description="σ per axis of a change of drift")
+    drift_every: float = Field(30.0, gt=1, description="expected labels between changes")
+    drift_scale: float = Field(0.06, gt=0, description="σ per axis of a change of drift")
     max_runs: int = Field(40, ge=2, description="change-point hypotheses kept")
     # Which directions may move.
     window_labels: int = Field(40, ge=1)
@@ -361,17 +365,18 @@ class DriftLoop:
         """Log predictive density of the label under each hypothesis, and the squared
         Mahalanobis distance behind it (2-D for points, 1-D for lines)."""
         e = sample.g - mu
+        nu = self.cfg.tail_dof
         if sample.n is None:
             V = cov + s2 * np.eye(2)
             Vi = _inv2(V)
             m2 = np.einsum("ri,rij,rj->r", e, Vi, e)
             det = V[:, 0, 0] * V[:, 1, 1] - V[:, 0, 1] * V[:, 1, 0]
-            return -0.5 * m2 - 0.5 * np.log(det) - _LOG_2PI, m2
+            return _log_t(m2, 0.5 * np.log(det), nu, 2), m2
         n = sample.n
         v = np.einsum("i,rij,j->r", n, cov, n) + s2
         r = e @ n
         m2 = r * r / v
-        return -0.5 * m2 - 0.5 * np.log(v) - 0.5 * _LOG_2PI, m2
+        return _log_t(m2, 0.5 * np.log(v), nu, 1), m2
 
     def _decide(
         self, sample: _Sample, residual: np.ndarray, resid_len: float, est: np.ndarray
@@ -534,6 +539,19 @@ class DriftLoop:
     @property
     def run_hypotheses(self) -> int:
         return len(self._lp)
+
+
+def _log_t(m2: np.ndarray, half_logdet: np.ndarray, nu: float, dim: int) -> np.ndarray:
+    """Log density of a `dim`-variate Student t with `nu` dof at squared Mahalanobis
+    distance m2 (the Gaussian when nu is infinite)."""
+    if math.isinf(nu):
+        return -0.5 * m2 - half_logdet - 0.5 * dim * _LOG_2PI
+    const = (
+        math.lgamma(0.5 * (nu + dim))
+        - math.lgamma(0.5 * nu)
+        - 0.5 * dim * math.log(nu * math.pi)
+    )
+    return const - half_logdet - 0.5 * (nu + dim) * np.log1p(m2 / nu)
 
 
 def _logsumexp(a: np.ndarray) -> float:

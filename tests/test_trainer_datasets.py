@@ -192,6 +192,22 @@ def test_label_store_root_of_sessions_and_person_exclusion(tmp_path):
     assert len(np.unique(data.samples.target)) == 5
 
 
+def test_label_store_record_extras(tmp_path):
+    s = tmp_path / "export"
+    make_session(s, 3)
+    write_record(
+        s, 1_700_000_001_000, face_image(), (10.0, 10.0), extra={"confidence": 0.25, "target": 7}
+    )
+    write_record(s, 1_700_000_002_000, face_image(), (10.0, 10.0), extra={"settling": True})
+    write_record(s, 1_700_000_003_000, face_image(), (10.0, 10.0), extra={"weight": -1})
+    data = load([DataSource(path=s, weight=2.0)])
+    assert len(data.samples) == 4
+    # The source weight multiplies the record's own confidence.
+    np.testing.assert_allclose(sorted(data.samples.weight), [0.5, 2.0, 2.0, 2.0])
+    assert "settling" in why_of(data, "img_1700000002000.jpg")
+    assert "weight" in why_of(data, "img_1700000003000.jpg")
+
+
 # --- MPIIFaceGaze -----------------------------------------------------------------------------
 
 
@@ -674,3 +690,16 @@ def test_corrupt_real_session_file_is_skipped(shared, real_fp, tmp_path):
     assert "truncated JPEG" in why_of(data, victim.name)
     (ex,) = data.excluded
     assert "8 sample(s)" in ex.why
+
+
+def test_datasets_command_reports_json(shared, tmp_path, capsys):
+    from trainer.datasets import main
+
+    grid9 = shared / "data" / "sessions" / "grid9"
+    args = [str(grid9), "--screen-px", "1920", "1080", "--mirrored", "--cache", str(tmp_path)]
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["samples"] == 9 and report["persons"] == 1 and report["with_screen"] == 9
+    assert report["units"][0]["cached"] is False and report["skipped"] == 0
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["units"][0]["cached"] is True

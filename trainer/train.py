@@ -556,8 +556,16 @@ def _json_scalar(v: Any) -> Any:
 
 
 def _param_names(model: torch.nn.Module) -> list[str]:
-    """Names of the trained parameters, in the order the optimizer was given them."""
-    return [n for n, p in model.named_parameters() if p.requires_grad]
+    """Names of the trained parameters, sorted: the optimizer's canonical order."""
+    return sorted(n for n, p in model.named_parameters() if p.requires_grad)
+
+
+def trained_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The trained parameters by name, not by registration order: a network rebuilt from a
+    checkpoint registers them in another order, and the gradient norm (a sum over them)
+    must come out bit for bit the same for a resumed run to match an uninterrupted one."""
+    named = dict(model.named_parameters())
+    return [named[n] for n in _param_names(model)]
 
 
 def save_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Module, folder: Path) -> None:
@@ -609,7 +617,7 @@ def load_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Module, fol
     for name, st in doc["scalars"].items():
         state.setdefault(index[name], {}).update(st)
     # torch pairs saved and current parameters by POSITION within the groups, so list them
-    # in the current order (the optimizer was built from model.parameters()).
+    # in the current order (the optimizer was built from `trained_parameters`).
     groups = [g | {"params": sorted(index[n] for n in g["params"])} for g in doc["param_groups"]]
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
@@ -869,9 +877,8 @@ def train(
             log.warning("resuming with seed %s, the run used %s", cfg.seed, state.get("seed"))
     elif model is None:
         model = _initial_model(cfg)
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
-    )
+    params = trained_parameters(model)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if state is not None:
         load_optimizer(optimizer, model, resume_from)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -947,7 +954,7 @@ def train(
             if skip_update:
                 optimizer.zero_grad(set_to_none=True)
             elif cfg.grad_clip is not None:
-                norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                norm = accelerator.clip_grad_norm_(params, cfg.grad_clip)
                 if not torch.isfinite(torch.as_tensor(norm)):
                     stop_reason = (
                         f"gradient is not finite at step {step + 1}: stopped without "
