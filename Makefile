@@ -15,10 +15,14 @@ setup: $(STAMP) models
 
 # torch comes first and pinned: this machine has a CPU build of 2.13.0 on disk, while a plain
 # `torch` requirement may pull a multi-GB CUDA build.
-$(STAMP): pyproject.toml
+TORCH  ?= torch==2.13.0
+EXTRAS ?= dev,trainer,mqtt
+
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q '$(TORCH)'
+	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
 models: $(STAMP)

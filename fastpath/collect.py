@@ -106,8 +106,21 @@ def _unusable(s: GazeSample) -> str | None:
     return None
 
 
+def expand_features(names: list[str], sample: GazeSample) -> list[str]:
+    """`embedding` stands for all of the model's embedding features (emb_0, emb_1, ...)."""
+    if "embedding" not in names:
+        return names
+    dim = 0 if sample.embedding is None else len(sample.embedding)
+    out: list[str] = []
+    for n in names:
+        out.extend([f"emb_{i}" for i in range(dim)] if n == "embedding" else [n])
+    return out
+
+
 def feature_matrix(samples: list[LabelledSample], names: list[str]) -> np.ndarray:
     """Rows of the named features; a name no sample has is an error naming it."""
+    if samples:
+        names = expand_features(names, samples[0].sample)
     rows = []
     for ls in samples:
         d = ls.sample.feature_dict()

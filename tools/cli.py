@@ -21,6 +21,7 @@ from tools import (
     profile_cmd,
     run_cmd,
     track,
+    train_cmd,
 )
 from tools.common import UserError
 
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     import_cmd.add_parser(sub)
     profile_cmd.add_parser(sub)
     run_cmd.add_parser(sub)
+    train_cmd.add_parser(sub)
     return p
 
 

@@ -13,7 +13,7 @@ from calibration.mapping import MAPPINGS, fit_select
 from calibration.precision import deg_per_mm, precision_report
 from calibration.profile import DEFAULT_FEATURES
 from calibration.session import read_session
-from fastpath.collect import collect_session, feature_matrix
+from fastpath.collect import collect_session, expand_features, feature_matrix
 from fastpath.filters import make_filter
 from fastpath.pipeline import FastPath
 from tools.common import UserError, add_fastpath_args, fastpath_config
@@ -146,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
     if not used:
         raise UserError(f"{args.session}: no usable frames ({len(rejected)} rejected)")
     try:
+        names = expand_features(names, used[0].sample)
         x = feature_matrix(used, names)
     except KeyError as e:
         raise UserError(str(e.args[0])) from None

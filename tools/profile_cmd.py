@@ -11,7 +11,7 @@ from calibration.mapping import MAPPINGS
 from calibration.procedure import fit_profile
 from calibration.profile import DEFAULT_FEATURES, Profile, ProfileError, profile_path
 from calibration.session import read_session
-from fastpath.collect import collect_session, feature_matrix
+from fastpath.collect import collect_session, expand_features, feature_matrix
 from fastpath.pipeline import FastPath
 from tools.common import UserError, add_fastpath_args, fastpath_config
 from tools.eval_cmd import screen_for
@@ -65,6 +65,7 @@ def run_fit(args: argparse.Namespace) -> int:
     if not used:
         raise UserError(f"{args.session}: no usable frames")
     try:
+        names = expand_features(names, used[0].sample)
         x = feature_matrix(used, names)
     except KeyError as e:
         raise UserError(str(e.args[0])) from None

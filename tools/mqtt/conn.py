@@ -228,22 +228,29 @@ async def supervise(
     in `stats`, logged once per distinct message, and followed by a capped backoff."""
     backoff = backoff or Backoff()
     last_logged: str | None = None
+    up_since: float | None = None
+
+    async def attempt() -> T:
+        nonlocal last_logged, up_since
+        async with settings.client(identifier=identifier, clean_session=clean_session) as c:
+            up_since = time.monotonic()
+            stats.connected = True
+            stats.connects += 1
+            if stats.connects > 1 or last_logged is not None:
+                log.info("%s: connected to %s", name, settings.redacted())
+            last_logged = None
+            if not watch:
+                return await session(c)
+            return await _first_of(session(c), _watch_disconnect(c))
+
     while not stop.is_set():
-        up_since: float | None = None
+        up_since = None
         try:
-            async with settings.client(identifier=identifier, clean_session=clean_session) as c:
-                up_since = time.monotonic()
-                stats.connected = True
-                stats.connects += 1
-                if stats.connects > 1 or last_logged is not None:
-                    log.info("%s: connected to %s", name, settings.redacted())
-                last_logged = None
-                runs: list[Awaitable[Any]] = [session(c), stop.wait()]
-                if watch:
-                    runs.append(_watch_disconnect(c))
-                result = await _first_of(*runs)
-                if not stop.is_set():
-                    return result
+            # The stop event is raced against the connect too: a broker that accepts TCP
+            # but never answers must not hold close() for the whole connect timeout.
+            result = await _first_of(attempt(), stop.wait())
+            if not stop.is_set():
+                return result
         except (aiomqtt.MqttError, OSError) as e:
             # OSError: TLS handshakes and socket options can fail outside aiomqtt's wrapping.
             msg = str(e) or type(e).__name__
