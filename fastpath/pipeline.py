@@ -82,6 +82,7 @@ class FastPath:
         self.on_sample = on_sample
         self._last_yp: np.ndarray | None = None
         self._last_xy: np.ndarray | None = None
+        self._swap: tuple[GazeModel, object] | None = None
         self._size: tuple[int, int] | None = None
 
     def set_mapper(self, mapper: Callable[[GazeSample], np.ndarray | None] | None) -> None:
@@ -92,6 +93,19 @@ class FastPath:
         self.filter.reset()
         self._last_yp = self._last_xy = None
 
+    def request_swap(self, gaze: GazeModel, mapper=None) -> None:
+        """Hand over a new gaze model (and the profile refitted for it), loaded elsewhere;
+        the next `process()` switches to both before touching its frame, so no frame mixes
+        an old model with a new mapping."""
+        self._swap = (gaze, mapper)
+
+    def _apply_swap(self) -> None:
+        gaze, mapper = self._swap
+        self._swap = None
+        self.gaze = gaze
+        self.set_mapper(mapper)
+        log.info("switched to gaze model %s (%s)", gaze.model_id, gaze.sha256[:12])
+
     def reset(self) -> None:
         """Forget tracking state (a new source, or a jump in time)."""
         self.landmarks.reset()
@@ -99,6 +113,8 @@ class FastPath:
         self._last_yp = self._last_xy = None
 
     def process(self, frame: Frame) -> GazeSample:
+        if self._swap is not None:
+            self._apply_swap()
         q = Quality()
         s = GazeSample(t_ns=frame.t_ns, index=frame.index, quality=q)
         try:

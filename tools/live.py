@@ -106,6 +106,13 @@ class Live:
         self._frame_ms: deque[float] = deque(maxlen=120)
         self._frame_t: deque[int] = deque(maxlen=120)
 
+    def adopt(self, mapper: ProfileMapper | None) -> None:
+        """A new model came with its refitted profile (hot reload): the loop starts over from
+        that profile's offset, since residuals of the old model say nothing about the new."""
+        self.mapper = mapper
+        if self.loop is not None and mapper is not None:
+            self.loop.reset(mapper.offset)
+
     # --- the frame thread ----------------------------------------------------------------
 
     def process(self, frame: Frame) -> GazeSample:

@@ -53,6 +53,11 @@ def add_parser(sub) -> None:
     p.add_argument("--move-cursor", action="store_true", help="move the OS cursor (pynput)")
     p.add_argument("--mqtt", help="broker URL: publish the gaze stream and the labels")
     p.add_argument("--screenshot", type=Path, help="save the last window picture here on exit")
+    p.add_argument(
+        "--no-watch-models",
+        action="store_true",
+        help="do not switch to newer models appearing in the registry",
+    )
     add_fastpath_args(p)
     p.set_defaults(func=run)
 
@@ -124,6 +129,23 @@ def run(args: argparse.Namespace) -> int:
         store=store,
         publisher=publisher,
     )
+    watcher = None
+    if not args.no_watch_models:
+        from tools.hotreload import ModelWatcher
+        from tools.train_cmd import registry_root
+
+        try:
+            watcher = ModelWatcher(
+                fp,
+                registry_root(),
+                profile=None if mapper is None else mapper.profile,
+                profile_path=args.profile or profile_path(args.user, args.device),
+                screen=None if mapper is None else mapper.screen,
+                on_swap=lambda gaze, m: live.adopt(m),
+            )
+            watcher.start()
+        except ImportError:  # the registry lives in the trainer extra
+            watcher = None
     cursor = Cursor() if args.move_cursor else None
     try:
         src = open_source(args.source)
@@ -154,6 +176,8 @@ def run(args: argparse.Namespace) -> int:
             if isinstance(src, CameraSource) and src.error:
                 print(f"camera {args.source}: {src.error}")
     finally:
+        if watcher is not None:
+            watcher.stop()
         if ui is not None:
             ui.close(args.screenshot)
         live.close()
