@@ -34,6 +34,8 @@ def add_parser(sub) -> None:
     t.add_argument("--max-steps", type=int)
     t.add_argument("--lr", type=float)
     t.add_argument("--seed", type=int)
+    t.add_argument("--calib-min", type=int, help="calibration targets per episode, at least")
+    t.add_argument("--calib-max", type=int, help="... and at most")
     t.add_argument("--screen-px", type=int, nargs=2, metavar=("W", "H"), help="for sessions")
     t.add_argument("--mirrored", action="store_true", help="session images are selfie views")
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
@@ -77,7 +79,7 @@ def _config(args):
             for p in args.data
         ]
     data["out_dir"] = str(args.out)
-    for k in ("epochs", "max_steps", "lr", "seed"):
+    for k in ("epochs", "max_steps", "lr", "seed", "calib_min", "calib_max"):
         v = getattr(args, k)
         if v is not None:
             data[k] = v
