@@ -121,29 +121,80 @@ def labels_to_recover(err_px: np.ndarray, error_before_px: float, onset: int | N
     return last_out + 2
 
 
-def _label(
-    k: int,
-    t_ns: int,
-    truth: np.ndarray,
+@dataclass(slots=True)
+class _Draws:
+    frames: np.ndarray  # (n,) frame index of each label
+    labels: list[OracleLabel]
+    outlier: np.ndarray  # (n,) bool
+    t_ns: np.ndarray  # (n,)
+
+
+def _draw(
+    stream: LabelStream, truth: np.ndarray, label_frames: np.ndarray, size: np.ndarray
+) -> _Draws:
+    """The simulated oracle's whole answer stream, drawn up front so that the loop and the
+    known-onset reference see exactly the same labels."""
+    rng = np.random.default_rng(stream.seed)
+    n = stream.n_labels
+    frames = np.empty(n, dtype=np.int64)
+    outlier = np.zeros(n, dtype=bool)
+    t_ns = 1_000_000_000 + np.round(np.arange(n) * stream.interval_s * 1e9).astype(np.int64)
+    labels = []
+    cam = np.asarray(stream.camera_norm, dtype=np.float64)
+    for k in range(n):
+        i = int(label_frames[rng.integers(len(label_frames))])
+        frames[k] = i
+        outlier[k] = rng.random() < stream.outlier_fraction
+        if outlier[k]:
+            p = rng.uniform(0.0, 1.0, 2)
+        else:
+            noise = np.asarray(stream.bias_px) + rng.normal(0.0, stream.noise_px, 2)
+            p = truth[i] + noise / size
+        if stream.kind == "point":
+            obs: PointObservation | LineObservation = PointObservation(xy=(p[0], p[1]))
+        else:
+            d = p - cam
+            if np.hypot(*d) < 1e-9:
+                d = np.array([0.0, 1.0])
+            obs = LineObservation(origin=(cam[0], cam[1]), direction=(d[0], d[1]))
+        labels.append(
+            OracleLabel(
+                t_ns=int(t_ns[k]), snapshot_id=f"sim-{k}", oracle="simulated", observation=obs
+            )
+        )
+    return _Draws(frames, labels, outlier, t_ns)
+
+
+def _summary(
+    err: np.ndarray,
+    offs: np.ndarray,
+    drifts: np.ndarray,
+    before: float,
+    drifted: float,
     stream: LabelStream,
-    rng: np.random.Generator,
-    size: np.ndarray,
-) -> tuple[OracleLabel, bool]:
-    outlier = bool(rng.random() < stream.outlier_fraction)
-    if outlier:
-        p = rng.uniform(0.0, 1.0, 2)
-    else:
-        p = truth + (np.asarray(stream.bias_px) + rng.normal(0.0, stream.noise_px, 2)) / size
-    if stream.kind == "point":
-        obs: PointObservation | LineObservation = PointObservation(xy=(p[0], p[1]))
-    else:
-        cam = np.asarray(stream.camera_norm, dtype=np.float64)
-        d = p - cam
-        if np.hypot(*d) < 1e-9:
-            d = np.array([0.0, 1.0])
-        obs = LineObservation(origin=(cam[0], cam[1]), direction=(d[0], d[1]))
-    label = OracleLabel(t_ns=t_ns, snapshot_id=f"sim-{k}", oracle="simulated", observation=obs)
-    return label, outlier
+    drift: DriftSchedule,
+    screen_px: tuple[int, int],
+    frames: int,
+) -> dict[str, Any]:
+    onsets = np.flatnonzero(np.hypot(drifts[:, 0], drifts[:, 1]) > 0)
+    onset = int(onsets[0]) if len(onsets) else None
+    return {
+        "oracle": "simulated",
+        "label_kind": stream.kind,
+        "n_labels": stream.n_labels,
+        "noise_px": stream.noise_px,
+        "bias_px": list(stream.bias_px),
+        "outlier_rate": stream.outlier_fraction,
+        "seed": stream.seed,
+        "drift": drift.model_dump(),
+        "screen_px": list(screen_px),
+        "frames": frames,
+        "error_before_px": before,
+        "error_drifted_px": drifted,
+        "error_after_px": float(err[-1]),
+        "labels_to_recover": labels_to_recover(err, before, onset),
+        "final_offset_px": (offs[-1] * np.asarray(screen_px, dtype=np.float64)).tolist(),
+    }
 
 
 def _run(
@@ -159,57 +210,91 @@ def _run(
     size = np.asarray(screen_px, dtype=np.float64)
     if cfg is None:
         cfg = LoopConfig(aspect=size[0] / size[1])
-    rng = np.random.default_rng(stream.seed)
+    draws = _draw(stream, truth, label_frames, size)
     history = History(max_age_s=max(120.0, 4 * stream.interval_s), max_len=4096)
     loop = DriftLoop(cfg, history)
     n = stream.n_labels
     err = np.empty(n)
     offs = np.empty((n, 2))
-    drifts = np.empty((n, 2))
+    drifts = np.array([drift.at(k) for k in range(n)])
     acc = np.zeros(n, dtype=bool)
-    outl = np.zeros(n, dtype=bool)
     alarm = np.zeros(n, dtype=bool)
     p_eval, t_eval = pred[eval_frames], truth[eval_frames]
-    t0 = 1_000_000_000
     for k in range(n):
-        d_norm = drift.at(k) / size
-        i = int(label_frames[rng.integers(len(label_frames))])
-        t_ns = t0 + int(round(k * stream.interval_s * 1e9))
-        history.append(t_ns, pred[i] + d_norm + loop.offset)
-        label, outl[k] = _label(k, t_ns, truth[i], stream, rng, size)
-        dec = loop.update(label)
+        d_norm = drifts[k] / size
+        # The fast path's point for the snapshot's frame, as it would have been written.
+        history.append(int(draws.t_ns[k]), pred[draws.frames[k]] + d_norm + loop.offset)
+        dec = loop.update(draws.labels[k])
         acc[k], alarm[k] = dec.accepted, dec.alarm
         offs[k] = loop.offset
-        drifts[k] = drift.at(k)
         err[k] = mean_error_px(p_eval + d_norm + loop.offset, t_eval, screen_px)
 
     before = mean_error_px(p_eval, t_eval, screen_px)
-    drifted = mean_error_px(p_eval + drift.at(n - 1) / size, t_eval, screen_px)
-    onsets = np.flatnonzero(np.hypot(drifts[:, 0], drifts[:, 1]) > 0)
-    onset = int(onsets[0]) if len(onsets) else None
-    summary: dict[str, Any] = {
-        "oracle": "simulated",
-        "label_kind": stream.kind,
-        "n_labels": n,
-        "noise_px": stream.noise_px,
-        "bias_px": list(stream.bias_px),
-        "outlier_rate": stream.outlier_fraction,
-        "outliers_drawn": int(outl.sum()),
-        "seed": stream.seed,
-        "drift": drift.model_dump(),
-        "screen_px": list(screen_px),
-        "frames": int(len(pred)),
-        "error_before_px": before,
-        "error_drifted_px": drifted,
-        "error_after_px": float(err[-1]),
-        "labels_to_recover": labels_to_recover(err, before, onset),
-        "accepted": int(acc.sum()),
-        "outliers_accepted": int((acc & outl).sum()),
-        "inliers_rejected": int((~acc & ~outl).sum()),
-        "final_offset_px": (offs[-1] * size).tolist(),
-        "alarm_labels": int(alarm.sum()),
-    }
+    drifted = mean_error_px(p_eval + drifts[-1] / size, t_eval, screen_px)
+    summary = _summary(err, offs, drifts, before, drifted, stream, drift, screen_px, len(pred))
+    outl = draws.outlier
+    summary.update(
+        {
+            "estimator": "DriftLoop",
+            "outliers_drawn": int(outl.sum()),
+            "accepted": int(acc.sum()),
+            "outliers_accepted": int((acc & outl).sum()),
+            "inliers_rejected": int((~acc & ~outl).sum()),
+            "alarm_labels": int(alarm.sum()),
+        }
+    )
     return SimResult(err, offs, drifts, acc, outl, alarm, summary)
+
+
+def known_onset_reference(
+    pred: Any,
+    truth: Any,
+    screen_px: tuple[int, int],
+    drift: DriftSchedule | None = None,
+    stream: LabelStream | None = None,
+) -> SimResult:
+    """What no loop can beat on a step drift: an estimator *told* when the drift began and
+    which labels are junk, that sets the offset to the least-squares answer of the clean
+    labels since the onset (before it, the offset stays 0). It replays exactly the labels
+    `simulate_drift` draws for the same stream, so the two traces compare label by label;
+    the gap between them is the price of having to detect the change."""
+    pred, truth = _as_points(pred, "pred"), _as_points(truth, "truth")
+    drift = drift or DriftSchedule()
+    stream = stream or LabelStream()
+    if drift.kind == "ramp":
+        raise ValueError("the known-onset reference is defined for step drifts only")
+    size = np.asarray(screen_px, dtype=np.float64)
+    kq = np.array([1.0, size[1] / size[0]])  # normalised → screen widths (square pixels)
+    draws = _draw(stream, truth, np.arange(len(pred)), size)
+    n = stream.n_labels
+    onset = drift.at_label if drift.kind == "step" else 0
+    A, b = np.zeros((2, 2)), np.zeros(2)
+    offs, err = np.zeros((n, 2)), np.empty(n)
+    drifts = np.array([drift.at(k) for k in range(n)])
+    off = np.zeros(2)
+    for k in range(n):
+        d_norm = drifts[k] / size
+        if k >= onset and not draws.outlier[k]:
+            raw_q = (pred[draws.frames[k]] + d_norm) * kq
+            obs = draws.labels[k].observation
+            if isinstance(obs, PointObservation):
+                P, a = np.eye(2), np.asarray(obs.xy) * kq
+            else:
+                u = np.asarray(obs.direction) * kq
+                u /= np.hypot(*u)
+                P, a = np.eye(2) - np.outer(u, u), np.asarray(obs.origin) * kq
+            A += P
+            b += P @ (a - raw_q)
+            lam, V = np.linalg.eigh(A)
+            Vc = V[:, lam > 1e-6]  # only what the labels constrain; the rest stays 0
+            off = (Vc @ ((Vc.T @ b) / lam[lam > 1e-6])) / kq
+        offs[k] = off
+        err[k] = mean_error_px(pred + d_norm + off, truth, screen_px)
+    before = mean_error_px(pred, truth, screen_px)
+    drifted = mean_error_px(pred + drifts[-1] / size, truth, screen_px)
+    summary = _summary(err, offs, drifts, before, drifted, stream, drift, screen_px, len(pred))
+    summary["estimator"] = "known-onset least squares (a bound, not a loop)"
+    return SimResult(err, offs, drifts, np.ones(n, bool), draws.outlier, np.zeros(n, bool), summary)
 
 
 def simulate_drift(
@@ -267,6 +352,7 @@ def simulate_transfer(
         np.flatnonzero(~lab),
     )
     res.summary["mode"] = "calibrate-on-other"
+    res.summary["labels_to_recover"] = None
     res.summary["label_targets"] = sorted({int(x) for x in ids[lab]})
     res.summary["eval_targets"] = sorted({int(x) for x in ids[~lab]})
     res.summary["eval_frames"] = int((~lab).sum())

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -19,15 +20,25 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
+import cv2
+import numpy as np
 import pytest
+
+from calibration.geometry import ScreenGeometry
+from calibration.labels import LineObservation, OracleLabel, PointObservation
+from calibration.labelstore import LabelStore
+from calibration.session import read_session
 
 aiomqtt = pytest.importorskip(
     "aiomqtt", reason="aiomqtt is not installed (pip install -e '.[mqtt]')"
 )
 
-from tools.mqtt.conn import Backoff, MqttSettings  # noqa: E402
+from tools.mqtt.bench import bench_mqtt  # noqa: E402
+from tools.mqtt.conn import Backoff, MqttSettings, connected, first_of  # noqa: E402
 from tools.mqtt.gaze import GazePublisher, decode_sample  # noqa: E402
+from tools.mqtt.labels import Collector, LabelUplink, make_uid, message_from_row  # noqa: E402
 
 MOSQUITTO = shutil.which("mosquitto") or (
     "/usr/sbin/mosquitto" if os.access("/usr/sbin/mosquitto", os.X_OK) else None
@@ -168,18 +179,17 @@ class Listener:
         self._thread = LoopThread("test-listener")
 
     async def _main(self, stop: asyncio.Event) -> None:
-        async with self.settings.client() as c:
+        async with connected(self.settings) as c:
             await c.subscribe(self.topic, qos=1)
             self.ready.set()
-            it = aiter(c.messages)
-            while not stop.is_set():
-                try:
-                    m = await asyncio.wait_for(anext(it), 0.05)
-                except TimeoutError:
-                    continue
-                except aiomqtt.MqttError:
-                    return  # the broker went away: a test that stops it expects this
+            await first_of(self._receive(c), stop.wait())
+
+    async def _receive(self, c: aiomqtt.Client) -> None:
+        try:
+            async for m in c.messages:
                 self.messages.append((m.topic.value, bytes(m.payload)))
+        except aiomqtt.MqttError:
+            return  # the broker went away: a test that stops it expects this
 
     def __enter__(self) -> Listener:
         self._thread.start(self._main)
@@ -190,13 +200,15 @@ class Listener:
         self._thread.stop()
 
 
-def publish_raw(url: str, items: list[tuple[str, bytes]], **settings_kw) -> None:
+def publish_raw(
+    url: str, items: list[tuple[str, bytes]], *, retain: bool = False, **settings_kw
+) -> None:
     """Publish payloads as they are (QoS 1), for messages our own writers would never make."""
 
     async def go() -> None:
-        async with MqttSettings.from_url(url, **settings_kw).client() as c:
+        async with connected(MqttSettings.from_url(url, **settings_kw)) as c:
             for topic, payload in items:
-                await c.publish(topic, payload, qos=1)
+                await c.publish(topic, payload, qos=1, retain=retain)
 
     asyncio.run(go())
 
@@ -206,7 +218,13 @@ def publish_raw(url: str, items: list[tuple[str, bytes]], **settings_kw) -> None
 
 def test_url_parsing_and_redaction(tmp_path, monkeypatch):
     s = MqttSettings.from_url("mqtt://ann:p%40ss@broker.lan:1999")
-    assert (s.host, s.port, s.username, s.password, s.tls) == ("broker.lan", 1999, "ann", "p@ss", False)
+    assert (s.host, s.port, s.username, s.password, s.tls) == (
+        "broker.lan",
+        1999,
+        "ann",
+        "p@ss",
+        False,
+    )
     assert "p@ss" not in s.redacted() and "p@ss" not in repr(s)
     assert MqttSettings.from_url("mqtts://h").port == 8883
     assert MqttSettings.from_url("h").port == 1883
@@ -262,8 +280,6 @@ def test_gaze_stream_reaches_a_subscriber_in_order(broker):
 
 
 def test_bench_returns_sane_latency(broker):
-    from tools.mqtt.bench import bench_mqtt
-
     r = bench_mqtt(broker.url, rate_hz=60, seconds=1.0)
     assert r["samples"] == 60 and r["received"] + r["lost"] == 60
     assert r["received"] >= 55  # loopback QoS 0: a loss here would be a bug, not the network
@@ -309,9 +325,7 @@ def test_publisher_never_blocks_when_the_broker_is_away(kind):
 
 
 def test_publisher_survives_a_broker_restart_and_drops_stale_samples(broker):
-    pub = GazePublisher(
-        broker.url, user="u", device="d", queue_size=4, max_age_s=0.3, backoff=FAST
-    )
+    pub = GazePublisher(broker.url, user="u", device="d", queue_size=4, max_age_s=0.3, backoff=FAST)
     with pub:
         with Listener(broker.url, "gazeloop/u/d/gaze") as rx:
             assert wait_until(lambda: pub.stats.connected, 5)
@@ -332,3 +346,328 @@ def test_publisher_survives_a_broker_restart_and_drops_stale_samples(broker):
     assert [decode_sample(p).seq for _, p in rx2.messages] == [12]
     assert (st.sent, st.dropped) == (2, 10)
     assert st.reconnects >= 1 and st.failures >= 1
+
+
+# -- labels ------------------------------------------------------------------------------------
+
+
+def tiny_jpeg(i: int) -> bytes:
+    img = np.full((24, 32, 3), (i * 37) % 256, np.uint8)
+    return cv2.imencode(".jpg", img)[1].tobytes()
+
+
+def add_label(store, i: int, *, line: bool = False, accepted: bool = True) -> int:
+    obs = (
+        LineObservation(origin=(0.5, 0.0), direction=(0.0, 1.0))
+        if line
+        else PointObservation(xy=(0.05 + (i % 10) / 10, 0.5))
+    )
+    label = OracleLabel(
+        t_ns=1_000_000 + i, snapshot_id=f"snap-{i}", oracle="click", observation=obs
+    )
+    decision = SimpleNamespace(
+        accepted=accepted, why="ok", residual=np.array([0.01, 0.0]), offset=np.zeros(2)
+    )
+    return store.add(
+        label, tiny_jpeg(i), fast_xy=(0.5, 0.5), decision=decision, snapshot_ms=T0_MS + 1000 * i
+    )
+
+
+T0_MS = 1_765_000_000_000
+SCREEN = (1920, 1080)
+
+
+def wire(store, label_id: int, user: str = "ann", device: str = "mac") -> bytes:
+    """The exact payload the uplink sends for a stored label."""
+    row = store.get(label_id)
+    msg = message_from_row(
+        row,
+        store.image_path(row).read_bytes(),
+        user=user,
+        device=device,
+        screen=ScreenGeometry(px=SCREEN),
+    )
+    return msg.model_dump_json(exclude_none=True).encode()
+
+
+def records(folder: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("img_*.json"))]
+
+
+def test_every_label_reaches_the_collector_exactly_once_across_a_broker_restart(broker, tmp_path):
+    """The done criterion: 50 labels from a real LabelStore while the broker goes down for
+    about a second and comes back on the same port; each is written once."""
+    store = LabelStore(tmp_path / "store")
+    out = tmp_path / "dataset"
+    collector = Collector(broker.url, out, backoff=FAST).start()
+    uplink = LabelUplink(
+        broker.url, store, user="ann", device="mac", screen=SCREEN, backoff=FAST, poll_s=0.05
+    )
+    try:
+        assert wait_until(lambda: collector.stats.connected, 5), broker.log()
+        uplink.start()
+        ids = []
+        for i in range(50):
+            if i == 20:
+                broker.stop()
+            if i == 35:
+                waiting = len(store.unsent(100))  # what the outage held back, in the store
+                broker.start()
+            ids.append(add_label(store, i))
+            uplink.nudge()
+            time.sleep(0.065 if 20 <= i < 35 else 0.02)
+        done = wait_until(lambda: collector.stats.written == 50 and not store.unsent(1), 20)
+        assert done, (collector.stats, uplink.stats, broker.log())
+        time.sleep(0.3)  # a late redelivery would show up as a duplicate, never a write
+        up, col = uplink.stats, collector.stats
+    finally:
+        uplink.close()
+        collector.close()
+    assert waiting >= 14
+    assert up.sent == 50 and up.failures >= 1 and up.reconnects >= 1
+    assert col.written == 50 and col.malformed == 0 and col.reconnects >= 1
+    assert col.received == col.written + col.duplicates
+
+    folder = out / "ann__mac__1920x1080"
+    recs = records(folder)
+    uids = [r["label_uid"] for r in recs]
+    assert sorted(uids) == sorted(make_uid("ann", "mac", i, f"snap-{k}") for k, i in enumerate(ids))
+    session = read_session(folder, check_images=True)  # what the trainer reads
+    assert len(session) == 50 and not session.rejected
+    assert session.manifest.screen_px == SCREEN and session.manifest.user == "ann"
+    by_t = {it.t_ms: it for it in session.items}
+    it7 = by_t[T0_MS + 7000]
+    assert it7.label_px == pytest.approx((0.75 * 1920, 0.5 * 1080))
+    assert it7.image.read_bytes() == store.image_path(store.get(ids[7])).read_bytes()
+
+    # A redelivered label (same uid) is counted, not written; also after a collector restart,
+    # which learns what it already has from the files.
+    payload = wire(store, ids[3])
+    again = Collector(broker.url, out, backoff=FAST).start()
+    try:
+        assert wait_until(lambda: again.stats.connected, 5)
+        publish_raw(broker.url, [("gazeloop/ann/mac/labels", payload)] * 2)
+        assert wait_until(lambda: again.stats.duplicates == 2, 5), again.stats
+    finally:
+        again.close()
+    assert again.stats.written == 0 and len(records(folder)) == 50
+
+
+def test_malformed_labels_are_counted_and_never_written(broker, tmp_path):
+    store = LabelStore(tmp_path / "store")
+    good = add_label(store, 1)
+    ok = json.loads(wire(store, good))
+
+    def variant(**changes) -> bytes:
+        return json.dumps({**ok, **changes}).encode()
+
+    not_decodable = base64.b64encode(b"\xff\xd8\xff\xe0" + b"\0" * 64).decode()
+    topic = "gazeloop/ann/mac/labels"
+    bad = [
+        (topic, b"not json at all"),
+        (topic, b'{"format": "gazeloop.label"}'),
+        (topic, variant(jpeg_b64="%%% not base64 %%%")),
+        (topic, variant(jpeg_b64=base64.b64encode(b"GIF89a...").decode())),
+        (topic, variant(jpeg_b64=not_decodable)),
+        ("gazeloop/bob/mac/labels", wire(store, good)),  # says ann/mac, arrives as bob's
+        (topic, variant(uid="ann/mac/999/snap-other")),
+        (topic, variant(label={**ok["label"], "observation": {"kind": "point", "xy": [1e400, 0]}})),
+    ]
+    out = tmp_path / "dataset"
+    collector = Collector(broker.url, out, backoff=FAST).start()
+    try:
+        assert wait_until(lambda: collector.stats.connected, 5)
+        publish_raw(broker.url, [*bad, (topic, wire(store, good))])
+        judged = lambda: collector.stats.malformed + collector.stats.written  # noqa: E731
+        assert wait_until(lambda: judged() == len(bad) + 1, 5), collector.stats
+        st = collector.stats
+    finally:
+        collector.close()
+    assert st.malformed == len(bad) and st.written == 1 and st.duplicates == 0
+    assert set(collector.malformed_reasons) == {"schema", "jpeg", "identity", "uid"}
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert files == [
+        "ann__mac__1920x1080/img_1765000001000.jpg",
+        "ann__mac__1920x1080/img_1765000001000.json",
+        "ann__mac__1920x1080/session.json",
+    ]
+
+
+def test_non_point_labels_are_kept_aside_not_given_to_the_trainer(tmp_path):
+    """Line labels and labels the loop rejected are no seed records (export_session's rule),
+    but nothing received is thrown away. No broker needed: `handle` is the whole decision."""
+    store = LabelStore(tmp_path / "store")
+    ids = [add_label(store, 0), add_label(store, 1, line=True), add_label(store, 2, accepted=False)]
+    c = Collector("mqtt://127.0.0.1:1", tmp_path / "out")
+    got = [c.handle("gazeloop/ann/mac/labels", wire(store, i)) for i in ids]
+    assert got == ["written", "other", "other"]
+    assert c.handle("gazeloop/ann/mac/labels", wire(store, ids[1])) == "duplicate"
+    other = sorted((tmp_path / "out" / "ann__mac__1920x1080" / "other").glob("*.json"))
+    kept = [json.loads(p.read_text()) for p in other]
+    assert [k["label"]["observation"]["kind"] for k in kept] == ["line", "point"]
+    assert all(p.with_suffix(".jpg").is_file() for p in other)
+    assert len(read_session(tmp_path / "out" / "ann__mac__1920x1080")) == 1
+
+
+def test_bad_credentials_are_retried_and_labels_wait_in_the_store(
+    make_broker, tmp_path, monkeypatch
+):
+    if MOSQUITTO_PASSWD is None:
+        pytest.skip("mosquitto_passwd is not installed")
+    b = make_broker(users={"ann": "s3cret", "trainer": "t0p"})
+    port = b.port
+    store = LabelStore(tmp_path / "store")
+    for i in range(3):
+        add_label(store, i)
+    wrong = LabelUplink(
+        f"mqtt://ann:nope@127.0.0.1:{port}", store, user="ann", device="mac", backoff=FAST
+    ).start()
+    try:
+        assert wait_until(lambda: wrong.stats.failures >= 3, 5), wrong.stats
+        st = wrong.stats
+    finally:
+        wrong.close()
+    assert re.search(r"not authori[sz]ed|bad user ?name or password", st.last_error or "", re.I)
+    assert st.sent == 0 and st.reconnects == 0 and not st.connected
+    assert len(store.unsent(10)) == 3
+
+    # The password from the environment (kept out of the process list), and the collector's
+    # from the URL: the same labels now arrive.
+    monkeypatch.setenv("GAZELOOP_MQTT_PASSWORD", "s3cret")
+    out = tmp_path / "dataset"
+    collector = Collector(f"mqtt://trainer:t0p@127.0.0.1:{port}", out, backoff=FAST).start()
+    right = LabelUplink(
+        f"mqtt://ann@127.0.0.1:{port}", store, user="ann", device="mac", screen=SCREEN, backoff=FAST
+    )
+    try:
+        assert wait_until(lambda: collector.stats.connected, 5), collector.stats
+        right.start()
+        assert wait_until(lambda: collector.stats.written == 3, 5), (right.stats, b.log())
+        assert wait_until(lambda: right.stats.sent == 3, 5), right.stats
+    finally:
+        right.close()
+        collector.close()
+    assert not store.unsent(10)
+
+
+# -- models ------------------------------------------------------------------------------------
+
+
+def tiny_model(folder: Path, model_id: str, n_weights: int) -> tuple[Path, dict]:
+    """A small valid ONNX (Identity, with a weight blob for size) and its card, tagged the
+    way the registry checks; the registry needs trainer.export, which imports torch."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("torch", reason="trainer.registry needs torch (trainer extra)")
+    from onnx import TensorProto, helper, numpy_helper
+
+    from fastpath.ir_onnx import OMZ_IO_CONVENTION
+
+    w = numpy_helper.from_array(np.arange(n_weights, dtype=np.float32), "w")
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in ("x", "y")]
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "g", io[:1], io[1:], initializer=[w]
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    for k, v in (("gazeloop.model_id", model_id), ("gazeloop.io_convention", OMZ_IO_CONVENTION)):
+        p = model.metadata_props.add()
+        p.key, p.value = k, v
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{model_id}-{n_weights}.onnx"
+    onnx.save(model, str(path))
+    card = {
+        "model_id": model_id,
+        "created": "2026-01-01T00:00:00Z",
+        "inputs": [],
+        "outputs": [],
+        "preprocessing": {"version": "test"},
+        "opset": 17,
+    }
+    return path, card
+
+
+def test_model_announce_and_fetch_into_a_registry(broker, tmp_path):
+    from tools.mqtt.models import ModelAnnouncer, ModelFetcher, build_announcement
+    from trainer.registry import ModelRegistry
+
+    trainer = ModelRegistry(tmp_path / "trainer-registry")
+    laptop = ModelRegistry(tmp_path / "laptop-registry")
+    e1 = trainer.register(*tiny_model(tmp_path / "m", "gaze-net", 10_000))
+    announcer = ModelAnnouncer(broker.url, chunk_size=4096)
+    ann1 = announcer.announce_path(trainer.root)  # the registry root: its latest version
+    assert ann1.sha256 == e1.card.onnx_sha256 and len(ann1.chunk_sha256) == 10
+
+    # Started after the announcement: the retained messages bring the model anyway.
+    fetcher = ModelFetcher(broker.url, laptop, backoff=FAST, fetch_timeout_s=1.0).start()
+    try:
+        assert wait_until(lambda: fetcher.stats.fetched == 1, 10), fetcher.stats
+        got = laptop.latest("gaze-net")
+        assert got is not None and got.card.onnx_sha256 == ann1.sha256
+        assert got.onnx_path.read_bytes() == e1.onnx_path.read_bytes()
+
+        e2 = trainer.register(*tiny_model(tmp_path / "m", "gaze-net", 12_000))
+        ann2 = announcer.announce_path(e2.path)  # a registry version folder
+        assert wait_until(lambda: fetcher.stats.fetched == 2, 10), fetcher.stats
+        assert laptop.latest("gaze-net").card.onnx_sha256 == e2.card.onnx_sha256
+
+        announcer.announce_path(e2.path)  # the same model again: nothing new to fetch
+        assert wait_until(lambda: fetcher.stats.already_had == 1, 5), fetcher.stats
+
+        # Garbage where the chunks should be: counted, timed out, never registered.
+        path3, card3 = tiny_model(tmp_path / "m", "gaze-net", 3_000)
+        ann3, chunks3 = build_announcement(path3.read_bytes(), card3, chunk_size=4096)
+        garbage = [(f"{ann3.chunk_topic}/{i}", b"garbage") for i in range(len(chunks3))]
+        publish_raw(broker.url, garbage, retain=True)
+        publish_raw(
+            broker.url,
+            [
+                ("gazeloop/models/announce", b"{not an announcement"),
+                ("gazeloop/models/announce", ann3.model_dump_json().encode()),
+            ],
+        )
+        n3 = len(chunks3)
+        assert wait_until(lambda: fetcher.stats.failed == 1, 10), fetcher.stats
+        st = fetcher.stats
+    finally:
+        fetcher.close()
+    assert st.malformed == 1 + n3  # the announcement that is not one, and every bad chunk
+    assert st.fetched == 2 and st.failed == 1
+    assert [e.version for e in laptop.list("gaze-net")] == [1, 2]
+
+    # The broker keeps one model's chunks: the first model's were cleared.
+    with Listener(broker.url, f"{ann1.chunk_topic}/+") as old:
+        time.sleep(0.3)
+    with Listener(broker.url, f"{ann2.chunk_topic}/+") as new:
+        assert wait_until(lambda: len(new.messages) == len(ann2.chunk_sha256), 5)
+    assert old.messages == []
+
+
+# -- TLS ---------------------------------------------------------------------------------------
+
+
+def test_tls_with_a_ca_file_and_insecure(make_broker, tmp_path):
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed (needed to make a test certificate)")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    b = make_broker(tls=(cert, key))
+    assert b.url.startswith("mqtts://")
+
+    r = bench_mqtt(b.url, rate_hz=60, seconds=0.25, ca_file=str(cert))
+    assert r["received"] == r["samples"] == 15
+
+    untrusted = GazePublisher(b.url, user="u", device="d", backoff=FAST).start()
+    insecure = GazePublisher(b.url, user="u", device="d", backoff=FAST, insecure=True).start()
+    try:
+        assert wait_until(lambda: untrusted.stats.failures >= 2, 5), untrusted.stats
+        assert wait_until(lambda: insecure.stats.connected, 5), insecure.stats
+        assert "certificate verify failed" in (untrusted.stats.last_error or "")
+        assert not untrusted.stats.connected
+    finally:
+        untrusted.close()
+        insecure.close()

@@ -48,6 +48,9 @@ def add_parser(sub) -> None:
     m.add_argument("--mapping", action="append", help="mapping(s) to time (default: all)")
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=run_mapping)
+    from tools import mqtt_bridge
+
+    mqtt_bridge.add_bench_parser(bsub)
 
 
 def single_thread() -> None:

@@ -18,6 +18,7 @@ from tools import (
     eval_cmd,
     import_cmd,
     models_cmd,
+    mqtt_bridge,
     profile_cmd,
     run_cmd,
     track,
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     profile_cmd.add_parser(sub)
     run_cmd.add_parser(sub)
     train_cmd.add_parser(sub)
+    mqtt_bridge.add_parser(sub)
     return p
 
 

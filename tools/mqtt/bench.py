@@ -13,9 +13,10 @@ import time
 import uuid
 from typing import Any
 
+import aiomqtt
 import numpy as np
 
-from tools.mqtt.conn import LoopThread, MqttSettings, client_id
+from tools.mqtt.conn import LoopThread, MqttSettings, client_id, connected, first_of
 from tools.mqtt.gaze import GazePublisher, decode_sample, gaze_topic
 
 
@@ -31,21 +32,21 @@ class _Receiver:
 
     async def _main(self, stop: asyncio.Event) -> None:
         try:
-            async with self.settings.client(identifier=client_id("bench")) as c:
+            async with connected(self.settings, identifier=client_id("bench")) as c:
                 await c.subscribe(self.topic, qos=0)
                 self.ready.set()
-                messages = aiter(c.messages)
-                while not stop.is_set():
-                    try:
-                        m = await asyncio.wait_for(anext(messages), 0.1)
-                    except TimeoutError:
-                        continue
-                    now = time.monotonic_ns()
-                    if isinstance(m.payload, bytes | bytearray):
-                        self.arrived[decode_sample(bytes(m.payload)).seq] = now
+                # No timeout around the receive: cancelling a pending receive can lose the
+                # message it was just handed; the stop event ends the whole loop instead.
+                await first_of(self._receive(c), stop.wait())
         except Exception as e:  # reported to the caller, who decides
             self.error = str(e) or type(e).__name__
             self.ready.set()
+
+    async def _receive(self, c: aiomqtt.Client) -> None:
+        async for m in c.messages:
+            now = time.monotonic_ns()
+            if isinstance(m.payload, bytes | bytearray):
+                self.arrived[decode_sample(bytes(m.payload)).seq] = now
 
     def start(self) -> None:
         self._thread.start(self._main)

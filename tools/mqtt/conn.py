@@ -19,7 +19,8 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -127,10 +128,17 @@ class MqttSettings:
         return ctx
 
     def client(
-        self, *, identifier: str | None = None, clean_session: bool | None = None
+        self,
+        *,
+        identifier: str | None = None,
+        clean_session: bool | None = None,
+        manual_ack: bool = False,
     ) -> aiomqtt.Client:
-        """A new aiomqtt client (needs a running loop). One per connection attempt."""
-        return aiomqtt.Client(
+        """A new aiomqtt client (needs a running loop). One per connection attempt.
+
+        `manual_ack`: QoS 1 messages are acknowledged only when the caller says so (paho's
+        manual_ack, which aiomqtt 2 does not expose; the caller acks via `ack`)."""
+        c = aiomqtt.Client(
             self.host,
             self.port,
             username=self.username,
@@ -142,6 +150,19 @@ class MqttSettings:
             tls_context=self.ssl_context(),
             tls_insecure=self.insecure if self.tls else None,
         )
+        _clients.add(c)
+        if manual_ack:
+            paho = getattr(c, "_client", None)
+            if paho is None or not hasattr(paho, "manual_ack_set"):
+                raise RuntimeError("this aiomqtt version hides paho's manual acks")
+            paho.manual_ack_set(True)
+        return c
+
+
+def ack(client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+    """Acknowledge a QoS 1 message received with `manual_ack=True`."""
+    if message.qos > 0:
+        client._client.ack(message.mid, message.qos)  # noqa: SLF001 (see MqttSettings.client)
 
 
 def client_id(role: str) -> str:
@@ -189,6 +210,46 @@ class LinkStats:
         return max(0, self.connects - 1)
 
 
+_clients: weakref.WeakSet[aiomqtt.Client] = weakref.WeakSet()
+
+
+async def release_all() -> None:
+    """At the end of a loop's life: let connects still running in the executor finish (a
+    connection abandoned mid-connect opens its socket after we gave up on it), then close
+    every socket left open by this loop's clients, while the loop can still run the close
+    callbacks."""
+    loop = asyncio.get_running_loop()
+    await loop.shutdown_default_executor()
+    await asyncio.sleep(0)  # the late socket-open callbacks
+    for c in list(_clients):
+        if getattr(c, "_loop", None) is loop:
+            release(c)
+    await asyncio.sleep(0)  # the close callbacks
+
+
+def release(client: aiomqtt.Client) -> None:
+    """Close what a lost, refused or abandoned connection left open. aiomqtt closes paho's
+    socket only on a clean disconnect; otherwise the garbage collector does it later, and
+    paho's close callback then touches this loop, perhaps after it has closed."""
+    paho = getattr(client, "_client", None)
+    close = getattr(paho, "_sock_close", None)
+    if paho is not None and close is not None and paho.socket() is not None:
+        with contextlib.suppress(Exception):
+            close()
+
+
+@contextlib.asynccontextmanager
+async def connected(settings: MqttSettings, **client_kw: Any) -> AsyncIterator[aiomqtt.Client]:
+    """One connection, no retries (for one-shot work: announce, bench, tests); broker
+    errors raise aiomqtt.MqttError."""
+    client = settings.client(**client_kw)
+    try:
+        async with client as c:
+            yield c
+    finally:
+        release(client)
+
+
 async def _watch_disconnect(client: aiomqtt.Client) -> None:
     """Raise as soon as the connection drops. For sessions that only publish: aiomqtt would
     otherwise notice only at the next publish, or after a QoS 1 ack wait times out."""
@@ -196,7 +257,7 @@ async def _watch_disconnect(client: aiomqtt.Client) -> None:
         pass
 
 
-async def _first_of(*aws: Awaitable[Any]) -> Any:
+async def first_of(*aws: Awaitable[Any]) -> Any:
     """Run awaitables together; return the first result (or raise its error), cancel the
     rest."""
     tasks = [asyncio.ensure_future(a) for a in aws]
@@ -219,6 +280,7 @@ async def supervise(
     backoff: Backoff | None = None,
     identifier: str | None = None,
     clean_session: bool | None = None,
+    manual_ack: bool = False,
     watch: bool = False,
     stable_s: float = 5.0,
     name: str = "mqtt",
@@ -229,10 +291,14 @@ async def supervise(
     backoff = backoff or Backoff()
     last_logged: str | None = None
     up_since: float | None = None
+    client: aiomqtt.Client | None = None
 
     async def attempt() -> T:
-        nonlocal last_logged, up_since
-        async with settings.client(identifier=identifier, clean_session=clean_session) as c:
+        nonlocal last_logged, up_since, client
+        client = settings.client(
+            identifier=identifier, clean_session=clean_session, manual_ack=manual_ack
+        )
+        async with client as c:
             up_since = time.monotonic()
             stats.connected = True
             stats.connects += 1
@@ -241,14 +307,14 @@ async def supervise(
             last_logged = None
             if not watch:
                 return await session(c)
-            return await _first_of(session(c), _watch_disconnect(c))
+            return await first_of(session(c), _watch_disconnect(c))
 
     while not stop.is_set():
         up_since = None
         try:
             # The stop event is raced against the connect too: a broker that accepts TCP
             # but never answers must not hold close() for the whole connect timeout.
-            result = await _first_of(attempt(), stop.wait())
+            result = await first_of(attempt(), stop.wait())
             if not stop.is_set():
                 return result
         except (aiomqtt.MqttError, OSError) as e:
@@ -261,6 +327,9 @@ async def supervise(
                 last_logged = msg
         finally:
             stats.connected = False
+            if client is not None:
+                release(client)
+                client = None
         if stop.is_set():
             break
         if up_since is not None and time.monotonic() - up_since >= stable_s:
@@ -291,7 +360,10 @@ class LoopThread:
                 self.loop = asyncio.get_running_loop()
                 self.stop_event = asyncio.Event()
                 self._ready.set()
-                await main(self.stop_event)
+                try:
+                    await main(self.stop_event)
+                finally:
+                    await release_all()
 
             try:
                 asyncio.run(runner())
@@ -342,7 +414,11 @@ __all__ = [
     "LoopThread",
     "MqttConfigError",
     "MqttSettings",
+    "ack",
     "client_id",
+    "connected",
+    "first_of",
+    "release",
     "supervise",
     "topic_part",
 ]

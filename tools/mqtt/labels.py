@@ -40,9 +40,8 @@ import logging
 import math
 import os
 import socket
-import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -52,7 +51,9 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from calibration.geometry import ScreenGeometry
 from calibration.labels import OracleLabel, PointObservation
+from calibration.labelstore import LabelStoreError, StoredLabel
 from calibration.session import (
     MANIFEST_NAME,
     SeedRecord,
@@ -66,6 +67,7 @@ from tools.mqtt.conn import (
     LinkStats,
     LoopThread,
     MqttSettings,
+    ack,
     client_id,
     supervise,
     topic_part,
@@ -86,8 +88,18 @@ def label_topic(user: str = "+", device: str = "+") -> str:
 # -- the wire format ---------------------------------------------------------------------------
 
 
+class WireDecision(BaseModel):
+    """What the laptop's drift loop did with the label (normalised screen units)."""
+
+    model_config = ConfigDict(extra="forbid")
+    accepted: bool
+    why: str = ""
+    residual: tuple[float, float] | None = None
+    offset: tuple[float, float] | None = None
+
+
 class LabelMessage(BaseModel):
-    """One label on the wire (JSON)."""
+    """One label on the wire (JSON): a label-store row, its snapshot and its screen."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -96,110 +108,61 @@ class LabelMessage(BaseModel):
     uid: str = Field(min_length=1, max_length=512)  # the de-duplication key
     user: str
     device: str
-    label_id: int | str  # the row in the laptop's store
-    wall_ms: int = Field(ge=0)  # capture time on the laptop's wall clock (unix ms)
+    label_id: int  # the row in the laptop's store
+    snapshot_ms: int = Field(ge=0)  # the snapshot's wall-clock time (unix ms)
     label: OracleLabel
-    screen_px: tuple[int, int] | None = None  # the screen the label's xy is normalised to
+    screen: ScreenGeometry | None = None  # the screen the label's xy is normalised to
     fast_xy: tuple[float, float] | None = None  # the fast path's estimate at the same time
-    decision: dict[str, Any] | None = None  # what the drift loop did with it
-    jpeg_b64: str | None = None  # the snapshot, as captured
+    decision: WireDecision | None = None
+    jpeg_b64: str | None = None  # the snapshot, as stored
 
 
-def make_uid(user: str, device: str, label_id: int | str, label: OracleLabel) -> str:
-    # The store's row id alone would repeat if a store were ever recreated; the snapshot id
-    # and oracle make a recreated store's labels distinct from the old ones.
-    return f"{user}/{device}/{label_id}/{label.snapshot_id}/{label.oracle}"
+def make_uid(user: str, device: str, label_id: int, snapshot_id: str) -> str:
+    # The store's row id alone would repeat if a store were ever recreated; its snapshot id
+    # (unique within a store) makes a recreated store's labels distinct from the old ones.
+    return f"{user}/{device}/{label_id}/{snapshot_id}"
 
 
-# -- reading the laptop's store ----------------------------------------------------------------
+def _finite_pair(v: tuple[float, float] | None) -> tuple[float, float] | None:
+    return v if v is not None and all(math.isfinite(x) for x in v) else None
+
+
+def message_from_row(
+    row: StoredLabel,
+    jpeg: bytes | None,
+    *,
+    user: str,
+    device: str,
+    screen: ScreenGeometry | None,
+) -> LabelMessage:
+    """A label-store row as a wire message; the JPEG is sent as stored (not re-encoded)."""
+    return LabelMessage(
+        uid=make_uid(user, device, row.id, row.snapshot_id),
+        user=user,
+        device=device,
+        label_id=row.id,
+        snapshot_ms=row.snapshot_ms,
+        label=row.to_label(),
+        screen=screen,
+        fast_xy=_finite_pair(row.fast_xy),
+        decision=WireDecision(
+            accepted=row.accepted,
+            why=row.why,
+            residual=_finite_pair(row.residual),
+            offset=_finite_pair(row.offset),
+        ),
+        jpeg_b64=base64.b64encode(jpeg).decode("ascii") if jpeg else None,
+    )
 
 
 class LabelSource(Protocol):
-    """What the uplink needs from `calibration.labelstore.LabelStore`."""
+    """What the uplink needs of `calibration.labelstore.LabelStore`."""
 
-    def unsent(self, limit: int) -> Sequence[Any]: ...
+    def unsent(self, limit: int = 100) -> list[StoredLabel]: ...
 
-    def mark_sent(self, ids: Iterable[Any]) -> Any: ...
+    def mark_sent(self, ids: Iterable[int]) -> int: ...
 
-
-class UnsendableRecord(ValueError):
-    """A store record that cannot be turned into a label message (corrupt row)."""
-
-
-def _field(rec: Any, *names: str) -> Any:
-    for n in names:
-        if isinstance(rec, Mapping):
-            if n in rec:
-                return rec[n]
-        elif hasattr(rec, n):
-            return getattr(rec, n)
-    return None
-
-
-def _jsonable(v: Any) -> Any:
-    if v is None or isinstance(v, dict):
-        return v
-    if isinstance(v, BaseModel):
-        return v.model_dump(mode="json")
-    if hasattr(v, "__dataclass_fields__"):
-        from dataclasses import asdict
-
-        return json.loads(json.dumps(asdict(v), default=_json_default))
-    return None
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, np.generic):
-        return o.item()
-    return str(o)
-
-
-def message_from_record(
-    rec: Any, store: Any, *, user: str, device: str, screen_px: tuple[int, int] | None
-) -> LabelMessage:
-    """A store record as a wire message. The record's JPEG is sent as stored."""
-    label_id = _field(rec, "id", "label_id")
-    raw_label = _field(rec, "label")
-    if label_id is None or raw_label is None:
-        raise UnsendableRecord("record has no id or no label")
-    try:
-        label = (
-            raw_label
-            if isinstance(raw_label, OracleLabel)
-            else OracleLabel.model_validate_json(raw_label)
-            if isinstance(raw_label, str | bytes)
-            else OracleLabel.model_validate(raw_label)
-        )
-    except ValidationError as e:
-        raise UnsendableRecord(f"label {label_id}: {e}") from e
-    jpeg = _field(rec, "jpeg", "jpeg_bytes", "image_jpeg")
-    if jpeg is None:
-        path = _field(rec, "image_path", "jpeg_path")
-        if path is not None:
-            with contextlib.suppress(OSError):
-                jpeg = Path(path).read_bytes()
-    if jpeg is None and hasattr(store, "jpeg"):
-        with contextlib.suppress(Exception):
-            jpeg = store.jpeg(label_id)
-    wall_ms = _field(rec, "wall_ms", "timestamp_ms", "timestamp", "t_ms")
-    if wall_ms is None:
-        raise UnsendableRecord(f"label {label_id}: no wall-clock time")
-    fast = _field(rec, "fast_xy")
-    rec_screen = _field(rec, "screen_px")
-    return LabelMessage(
-        uid=make_uid(user, device, label_id, label),
-        user=user,
-        device=device,
-        label_id=label_id,
-        wall_ms=int(wall_ms),
-        label=label,
-        screen_px=tuple(rec_screen) if rec_screen is not None else screen_px,
-        fast_xy=(float(fast[0]), float(fast[1])) if fast is not None else None,
-        decision=_jsonable(_field(rec, "decision")),
-        jpeg_b64=base64.b64encode(jpeg).decode("ascii") if jpeg else None,
-    )
+    def image_path(self, row: StoredLabel) -> Path | None: ...
 
 
 # -- the uplink --------------------------------------------------------------------------------
@@ -225,7 +188,7 @@ class LabelUplink:
         *,
         user: str,
         device: str,
-        screen_px: tuple[int, int] | None = None,
+        screen: ScreenGeometry | tuple[int, int] | None = None,
         batch: int = 16,
         poll_s: float = 1.0,
         backoff: Backoff | None = None,
@@ -236,7 +199,9 @@ class LabelUplink:
         self.store = store
         self.user, self.device = user, device
         self.topic = label_topic(user, device)
-        self.screen_px = screen_px
+        if screen is not None and not isinstance(screen, ScreenGeometry):
+            screen = ScreenGeometry(px=(int(screen[0]), int(screen[1])))
+        self.screen = screen  # without it the collector files point labels under other/
         self.batch = batch  # within paho's 20 in-flight QoS 1 messages
         self.poll_s = poll_s
         self._backoff = backoff or Backoff()
@@ -279,33 +244,53 @@ class LabelUplink:
             name=f"labels {self.topic}",
         )
 
-    def _next_batch(self) -> list[tuple[Any, bytes]]:
+    def _next_batch(self) -> list[tuple[int, bytes]]:
         out = []
-        for rec in self.store.unsent(self.batch + len(self._bad)):
-            label_id = _field(rec, "id", "label_id")
-            if label_id in self._bad:
+        for row in self.store.unsent(self.batch + len(self._bad)):
+            if row.id in self._bad:
                 continue
+            jpeg = None
+            path = self.store.image_path(row)
+            if path is not None:
+                try:
+                    jpeg = path.read_bytes()
+                except OSError as e:
+                    # The label is still worth having; the collector files it under other/.
+                    log.warning("label %d: snapshot unreadable (%s); sending without it", row.id, e)
             try:
-                msg = message_from_record(
-                    rec, self.store, user=self.user, device=self.device, screen_px=self.screen_px
+                msg = message_from_row(
+                    row, jpeg, user=self.user, device=self.device, screen=self.screen
                 )
-            except (UnsendableRecord, ValidationError, ValueError, TypeError) as e:
-                # Left unsent (a fixed store could still send it) but not retried here, so
+            except (ValidationError, ValueError) as e:
+                # Left unsent (a repaired store could still send it) but not retried here, so
                 # one bad row cannot hold up every label behind it.
-                self._bad.add(label_id)
-                log.error("label %s cannot be sent: %s", label_id, e)
+                self._bad.add(row.id)
+                log.error("label %d cannot be sent: %s", row.id, e)
                 continue
-            out.append((label_id, msg.model_dump_json(exclude_none=True).encode()))
+            out.append((row.id, msg.model_dump_json(exclude_none=True).encode()))
             if len(out) == self.batch:
                 break
         return out
 
+    def _mark_sent(self, ids: list[int]) -> None:
+        # Marked and counted in one call on the worker thread, which finishes even when
+        # close() cancels the await. Counted by what the store changed: a label re-sent
+        # after a lost ack (at least once on the wire) is still one label sent.
+        self._sent += self.store.mark_sent(ids)
+
     async def _session(self, client: aiomqtt.Client) -> None:
         assert self._wake is not None
         while True:
-            batch = await asyncio.to_thread(self._next_batch)
+            self._wake.clear()  # before looking: a nudge from now on is not lost
+            try:
+                batch = await asyncio.to_thread(self._next_batch)
+            except LabelStoreError as e:
+                # The store is the queue: while it cannot be read, wait (a closed or locked
+                # store is the owner's business), keep the connection.
+                self._link.last_error = str(e)
+                log.warning("label store unreadable: %s", e)
+                batch = []
             if not batch:
-                self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.poll_s)
                 continue
@@ -315,8 +300,11 @@ class LabelUplink:
             )
             acked = [i for (i, _), r in zip(batch, results, strict=True) if r is None]
             if acked:
-                await asyncio.to_thread(self.store.mark_sent, acked)
-                self._sent += len(acked)
+                try:
+                    await asyncio.to_thread(self._mark_sent, acked)
+                except LabelStoreError as e:
+                    # Sent but not marked: they go again later and the collector drops them.
+                    log.warning("labels sent but not marked sent: %s", e)
             errors = [r for r in results if isinstance(r, BaseException)]
             if errors:
                 raise errors[0]  # the supervisor reconnects; the rest stay unsent
@@ -339,7 +327,7 @@ class CollectorStats:
 
 
 class MalformedLabel(ValueError):
-    pass
+    """A payload that is not a label; its message starts with the reason's kind and ":"."""
 
 
 def _safe(name: str) -> str:
@@ -350,13 +338,13 @@ def _decode_jpeg(b64: str) -> bytes:
     try:
         data = base64.b64decode(b64, validate=True)
     except (binascii.Error, ValueError) as e:
-        raise MalformedLabel(f"jpeg_b64 is not base64: {e}") from e
+        raise MalformedLabel(f"jpeg: jpeg_b64 is not base64 ({e})") from e
     if len(data) > MAX_JPEG_BYTES:
-        raise MalformedLabel(f"snapshot of {len(data)} bytes is over {MAX_JPEG_BYTES}")
+        raise MalformedLabel(f"jpeg: {len(data)} bytes is over {MAX_JPEG_BYTES}")
     if data[:2] != b"\xff\xd8":
-        raise MalformedLabel("snapshot is not a JPEG")
+        raise MalformedLabel("jpeg: the snapshot is not a JPEG")
     if cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) is None:
-        raise MalformedLabel("snapshot JPEG does not decode")
+        raise MalformedLabel("jpeg: the snapshot does not decode")
     return data
 
 
@@ -444,20 +432,20 @@ class Collector:
         async for m in client.messages:
             payload = m.payload if isinstance(m.payload, bytes | bytearray) else b""
             await asyncio.to_thread(self.handle, m.topic.value, bytes(payload))
-            # Acked only now that it is on disk (or judged a duplicate or malformed).
-            ack = getattr(getattr(client, "_client", None), "ack", None)
-            if m.qos > 0 and ack is not None:
-                ack(m.mid, m.qos)
+            ack(client, m)  # only now that it is on disk (or judged a duplicate or malformed)
 
     # -- one message -------------------------------------------------------------------------
 
     def handle(self, topic: str, payload: bytes) -> str:
         """Judge and (maybe) write one message; returns "written", "other", "duplicate" or
-        "malformed: <why>". Never raises for bad input."""
+        "malformed: <why>". Never raises for bad input; OSError (disk full, ...) is raised
+        so the message is not acknowledged and comes again after a reconnect."""
         self.counts["received"] += 1
         try:
             msg, jpeg = self._parse(topic, payload)
-        except MalformedLabel as e:
+        except (MalformedLabel, ValueError) as e:
+            if not isinstance(e, MalformedLabel):  # a validator we did not foresee
+                e = MalformedLabel(f"invalid: {e}")
             self.counts["malformed"] += 1
             reason = str(e).split(":")[0]
             self.malformed_reasons[reason] += 1
@@ -483,77 +471,97 @@ class Collector:
             raise MalformedLabel(f"schema: {where}: {first['msg']}") from e
         if (msg.user, msg.device) != (parts[1], parts[2]):
             raise MalformedLabel(f"identity: payload says {msg.user}/{msg.device}")
-        if msg.uid != make_uid(msg.user, msg.device, msg.label_id, msg.label):
+        if msg.uid != make_uid(msg.user, msg.device, msg.label_id, msg.label.snapshot_id):
             raise MalformedLabel("uid: does not match the label it names")
-        obs = msg.label.observation
-        if isinstance(obs, PointObservation) and not all(-0.5 <= v <= 1.5 for v in obs.xy):
-            raise MalformedLabel(f"range: point {obs.xy} is far off the screen")
-        if msg.screen_px is not None and min(msg.screen_px) <= 0:
-            raise MalformedLabel(f"screen: screen_px {msg.screen_px} is not positive")
         jpeg = _decode_jpeg(msg.jpeg_b64) if msg.jpeg_b64 is not None else None
         return msg, jpeg
 
-    def _folder(self, msg: LabelMessage, screen: tuple[int, int] | None) -> Path:
+    def _folder(self, msg: LabelMessage, screen: ScreenGeometry | None) -> Path:
         name = f"{_safe(msg.user)}__{_safe(msg.device)}"
-        if screen is not None:
-            name += f"__{screen[0]}x{screen[1]}"
-        folder = self.out / name
-        if screen is not None and not (folder / MANIFEST_NAME).exists():
+        if screen is None:
+            return self.out / name
+        folder = self.out / f"{name}__{screen.px[0]}x{screen.px[1]}"
+        if not (folder / MANIFEST_NAME).exists():
+            cam = screen.camera_mm
             write_manifest(
                 folder,
                 SessionManifest(
-                    screen_px=screen, user=msg.user, device=msg.device, source="gazeloop collect"
+                    screen_px=screen.px,
+                    screen_mm=screen.mm,
+                    camera_mm=None if cam is None else (cam[0], cam[1]),
+                    mirrored=False,  # snapshots are stored as the camera gave them
+                    user=msg.user,
+                    device=msg.device,
+                    source="gazeloop collect",
                 ),
             )
         return folder
 
-    def _write(self, msg: LabelMessage, jpeg: bytes | None) -> str:
-        screen = msg.screen_px or self.screen_px
+    def _seed_point(self, msg: LabelMessage, screen: ScreenGeometry | None) -> tuple | None:
+        """The label's pixel, if it can be a seed record: a point, accepted by the laptop's
+        loop (as `LabelStore.export_session` exports), on a known screen."""
         obs = msg.label.observation
-        extra: dict[str, Any] = {
-            "label_uid": msg.uid,
-            "oracle": msg.label.oracle,
-            "oracle_version": msg.label.oracle_version,
-            "confidence": msg.label.confidence,
-            "snapshot_id": msg.label.snapshot_id,
-            "t_ns": msg.label.t_ns,
-            "fast_xy": msg.fast_xy,
-            "user": msg.user,
-            "device": msg.device,
-        }
+        if not isinstance(obs, PointObservation) or screen is None:
+            return None
+        if msg.decision is not None and not msg.decision.accepted:
+            return None  # the loop judged it an outlier: not ground truth to train on
+        x, y = obs.xy[0] * screen.px[0], obs.xy[1] * screen.px[1]
+        if not (0 <= x <= screen.px[0] and 0 <= y <= screen.px[1]):
+            return None  # the session reader would reject it
+        return (x, y)
+
+    def _write(self, msg: LabelMessage, jpeg: bytes | None) -> str:
+        screen = msg.screen
+        if screen is None and self.screen_px is not None:
+            screen = ScreenGeometry(px=self.screen_px)
         folder = self._folder(msg, screen)
-        is_point = isinstance(obs, PointObservation) and screen is not None and jpeg is not None
-        if is_point:
-            assert isinstance(obs, PointObservation) and screen is not None
-            x = min(max(obs.xy[0], 0.0), 1.0) * screen[0]
-            y = min(max(obs.xy[1], 0.0), 1.0) * screen[1]
-            t_ms = self._free_ms(folder, msg.wall_ms)
+        point = self._seed_point(msg, screen) if jpeg is not None else None
+        d = msg.decision
+        if point is not None:
+            assert screen is not None
+            t_ms = self._free_ms(folder, msg.snapshot_ms)
+            fast = msg.fast_xy
+            # The same record `LabelStore.export_session` writes, plus the uid.
             record = SeedRecord.model_validate(
-                {"timestamp": t_ms, "screen_x": x, "screen_y": y, **extra}
+                {
+                    "timestamp": t_ms,
+                    "screen_x": point[0],
+                    "screen_y": point[1],
+                    "label_uid": msg.uid,
+                    "oracle": {
+                        "name": msg.label.oracle,
+                        "version": msg.label.oracle_version,
+                        "confidence": msg.label.confidence,
+                        "label_id": msg.label_id,
+                        "snapshot_id": msg.label.snapshot_id,
+                        "accepted": None if d is None else d.accepted,
+                        "why": None if d is None else d.why,
+                        "fast_xy_px": None
+                        if fast is None
+                        else [fast[0] * screen.px[0], fast[1] * screen.px[1]],
+                    },
+                }
             )
             body = record.model_dump(mode="json", by_alias=True, exclude_unset=True)
             stem = folder / f"img_{t_ms}"
         else:
-            # Not a seed record: kept whole, so a later exporter (or a line-aware trainer)
-            # has everything the laptop sent.
+            # Not a seed record (line or empty observation, rejected by the loop, off the
+            # screen, no screen size or no image): kept whole under other/, so a later
+            # exporter or a line-aware trainer has everything the laptop sent.
             folder = folder / "other"
-            folder.mkdir(parents=True, exist_ok=True)
-            body = {**extra, "wall_ms": msg.wall_ms, "label": msg.label.model_dump(mode="json")}
-            body["screen_px"] = screen
-            body["decision"] = msg.decision
-            stem = folder / f"{msg.wall_ms}_{hashlib.sha256(msg.uid.encode()).hexdigest()[:12]}"
+            body = {"label_uid": msg.uid, **msg.model_dump(mode="json", exclude={"jpeg_b64"})}
+            stem = folder / f"{msg.snapshot_ms}_{hashlib.sha256(msg.uid.encode()).hexdigest()[:12]}"
         folder.mkdir(parents=True, exist_ok=True)
         # Image first, record second: a record on disk always has its image.
         if jpeg is not None:
             atomic_write_bytes(stem.with_suffix(".jpg"), jpeg)
         atomic_write_bytes(stem.with_suffix(".json"), json.dumps(body, indent=2).encode() + b"\n")
-        return "written" if is_point else "other"
+        return "written" if point is not None else "other"
 
     @staticmethod
     def _free_ms(folder: Path, t_ms: int) -> int:
-        # Two labels of one snapshot (two oracles) share its time; the name is a record's
-        # identity, so the second moves on by a millisecond (`wall_ms` stays exact in the
-        # record's uid-bearing twin `t_ns`).
+        # The name is a record's identity: two labels in one millisecond (two oracles, one
+        # snapshot time) are told apart by moving the second on by 1 ms, as export does.
         while (folder / f"img_{t_ms}.json").exists():
             t_ms += 1
         return t_ms
@@ -566,7 +574,8 @@ __all__ = [
     "LabelSource",
     "LabelUplink",
     "UplinkStats",
+    "WireDecision",
     "label_topic",
     "make_uid",
-    "message_from_record",
+    "message_from_row",
 ]

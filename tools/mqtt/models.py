@@ -19,7 +19,6 @@ Topics: `gazeloop/models/announce` (JSON, `ModelAnnouncement`) and
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
@@ -42,6 +41,8 @@ from tools.mqtt.conn import (
     LoopThread,
     MqttSettings,
     client_id,
+    connected,
+    first_of,
     supervise,
 )
 
@@ -193,8 +194,10 @@ class ModelAnnouncer:
     async def announce(
         self, onnx_path: str | Path, card: dict[str, Any], *, clear_previous: bool = True
     ) -> ModelAnnouncement:
-        ann, chunks = build_announcement(Path(onnx_path).read_bytes(), card, chunk_size=self.chunk_size)
-        async with self.settings.client(identifier=client_id("announce")) as c:
+        ann, chunks = build_announcement(
+            Path(onnx_path).read_bytes(), card, chunk_size=self.chunk_size
+        )
+        async with connected(self.settings, identifier=client_id("announce")) as c:
             previous = await self._previous(c) if clear_previous else None
             gate = asyncio.Semaphore(self.in_flight)
 
@@ -207,10 +210,14 @@ class ModelAnnouncer:
             if previous is not None and previous.chunk_topic != ann.chunk_topic:
                 # An empty retained message deletes the broker's retained copy.
                 n = len(previous.chunk_sha256)
-                await asyncio.gather(
-                    *(put(f"{previous.chunk_topic}/{i}", b"") for i in range(n))
-                )
-        log.info("announced %s v%d (%d bytes, %d chunks)", ann.model_id, ann.version, ann.size, len(chunks))
+                await asyncio.gather(*(put(f"{previous.chunk_topic}/{i}", b"") for i in range(n)))
+        log.info(
+            "announced %s v%d (%d bytes, %d chunks)",
+            ann.model_id,
+            ann.version,
+            ann.size,
+            len(chunks),
+        )
         return ann
 
     async def _previous(self, c: aiomqtt.Client) -> ModelAnnouncement | None:
@@ -222,9 +229,7 @@ class ModelAnnouncer:
         except ValidationError:
             return None
 
-    def announce_path(
-        self, path: str | Path, *, model_id: str | None = None
-    ) -> ModelAnnouncement:
+    def announce_path(self, path: str | Path, *, model_id: str | None = None) -> ModelAnnouncement:
         onnx_path, card = resolve_model(path, model_id)
         return asyncio.run(self.announce(onnx_path, card))
 
@@ -301,6 +306,7 @@ class ModelFetcher:
         self._refused: set[str] = set()  # hashes the registry refused: never fetched again
         self._thread = LoopThread("model-fetcher")
         self.last_entry: RegistryEntry | None = None
+        self._transfer: _Transfer | None = None
 
     @property
     def stats(self) -> FetcherStats:
@@ -332,22 +338,27 @@ class ModelFetcher:
         return any(e.card.onnx_sha256 == ann.sha256 for e in self.registry.list(ann.model_id))
 
     async def _session(self, client: aiomqtt.Client) -> None:
+        self._transfer: _Transfer | None = None
         await client.subscribe(self.topic, qos=1)
-        messages = aiter(client.messages)
-        transfer: _Transfer | None = None
+        # The deadline is watched beside the receive loop, not as a timeout on it:
+        # cancelling a pending receive can drop the message it was just handed.
+        await first_of(self._receive(client), self._watchdog(client))
+
+    async def _watchdog(self, client: aiomqtt.Client) -> None:
         while True:
-            wait = None if transfer is None else max(0.0, transfer.deadline - time.monotonic())
-            try:
-                msg = await asyncio.wait_for(anext(messages), wait)
-            except TimeoutError:
-                assert transfer is not None
-                got, n = len(transfer.parts), len(transfer.ann.chunk_sha256)
-                await self._fail(client, transfer, f"timed out with {got} of {n} chunks")
-                transfer = None
-                continue
+            await asyncio.sleep(0.2)
+            t = self._transfer
+            if t is not None and time.monotonic() > t.deadline:
+                self._transfer = None
+                got, n = len(t.parts), len(t.ann.chunk_sha256)
+                await self._fail(client, t, f"timed out with {got} of {n} chunks")
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        async for msg in client.messages:
             payload = msg.payload if isinstance(msg.payload, bytes | bytearray) else b""
+            transfer = self._transfer
             if msg.topic.matches(self.topic):
-                transfer = await self._on_announce(client, bytes(payload), transfer)
+                self._transfer = await self._on_announce(client, bytes(payload), transfer)
             elif transfer is not None and msg.topic.matches(f"{transfer.ann.chunk_topic}/+"):
                 index = msg.topic.value.rsplit("/", 1)[1]
                 if not payload:
@@ -356,9 +367,9 @@ class ModelFetcher:
                     self._counts["malformed"] += 1
                     continue
                 if transfer.complete:
+                    self._transfer = None
                     await client.unsubscribe(f"{transfer.ann.chunk_topic}/+")
                     await self._register(transfer)
-                    transfer = None
 
     async def _on_announce(
         self, client: aiomqtt.Client, payload: bytes, transfer: _Transfer | None
@@ -424,8 +435,10 @@ class ModelFetcher:
         self.last_entry = entry
         log.info("fetched %s as local v%d", entry.model_id, entry.version)
         if self.on_model is not None:
-            with contextlib.suppress(Exception):
+            try:
                 self.on_model(entry)
+            except Exception:  # the caller's hook must not stop the fetcher
+                log.exception("on_model hook failed for %s v%d", entry.model_id, entry.version)
 
 
 __all__ = [
