@@ -17,9 +17,6 @@ Choices:
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,6 +24,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from calibration.session import atomic_write_bytes
 from fastpath.ir_reader import (
     ELEMENT_TYPES,
     IRFormatError,
@@ -36,6 +34,7 @@ from fastpath.ir_reader import (
     find_head_input,
     read_ir,
 )
+from fastpath.models import sha256_file
 
 BUILDER_VERSION = "gazeloop.fastpath.ir_onnx/1"
 DEFAULT_MODEL_NAME = "gaze-estimation-adas-0002"
@@ -71,14 +70,6 @@ _INT64_MAX = np.iinfo(np.int64).max
 
 class UnsupportedIRError(IRFormatError):
     """The IR uses something this builder does not translate."""
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class _Emitter:
@@ -353,27 +344,6 @@ def ir_to_onnx(
     return model
 
 
-def _write_atomic(data: bytes, out_path: Path) -> None:
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out_path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    # Make the rename itself durable where the platform allows opening a directory.
-    with contextlib.suppress(OSError):
-        fd = os.open(out_path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def build_onnx(
     xml_path: str | Path,
     bin_path: str | Path,
@@ -403,7 +373,8 @@ def build_onnx(
     if names_in == set(OMZ_INPUTS):
         meta["gazeloop.io_convention"] = OMZ_IO_CONVENTION
     model = ir_to_onnx(graph, opset=opset, dynamic_batch=dynamic_batch, metadata=meta)
-    _write_atomic(model.SerializeToString(), out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out_path, model.SerializeToString())
     return out_path
 
 

@@ -12,12 +12,10 @@ the model and its card are then written atomically (temp file, fsync, rename).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.metadata
 import json
 import logging
-import os
 import warnings
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +27,7 @@ import torch
 from onnx import helper
 from pydantic import BaseModel, ConfigDict, Field
 
+from calibration.session import atomic_write_bytes
 from fastpath import features as _features
 from fastpath.ir_onnx import EMBEDDING_OUTPUT, OMZ_INPUTS, OMZ_IO_CONVENTION, OMZ_OUTPUT
 from trainer.model import MODEL_VERSION, GazeNet, spec_digest
@@ -255,30 +254,6 @@ def parity_error(model: GazeNet, onnx_bytes: bytes, *, n: int = 4) -> float:
     return worst
 
 
-def _write_atomic(data: bytes, dest: Path) -> Path:
-    """Write beside `dest` and rename over it: readers see the old file or the new one."""
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    return dest
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _trainer_version() -> str:
     try:
         pkg = importlib.metadata.version("gazeloop")
@@ -354,9 +329,8 @@ def export_onnx(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     card_path = card_path_for(out_path)
     # Card after model: a card present means its model is complete (its hash says which).
-    _write_atomic(data, out_path)
-    _write_atomic(final.model_dump_json(indent=2).encode(), card_path)
-    _fsync_dir(out_path.parent)
+    atomic_write_bytes(out_path, data)
+    atomic_write_bytes(card_path, final.model_dump_json(indent=2).encode())
     return out_path
 
 

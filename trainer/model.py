@@ -44,6 +44,7 @@ from fastpath.ir_reader import (
     find_head_input,
     read_ir,
 )
+from fastpath.models import sha256_file
 
 # Bump when the spec format, module naming or forward semantics change: checkpoints of
 # another version are refused rather than loaded into a different network.
@@ -329,8 +330,8 @@ class GazeNet(nn.Module):
         """The pretrained network, weights decoded from the IR (f16 -> f32)."""
         graph = read_ir(xml_path, bin_path)
         spec, tensors = ir_spec(graph)
-        spec["source"]["xml_sha256"] = _sha256(graph.xml_path)
-        spec["source"]["bin_sha256"] = _sha256(graph.bin_path)
+        spec["source"]["xml_sha256"] = sha256_file(graph.xml_path)
+        spec["source"]["bin_sha256"] = sha256_file(graph.bin_path)
         net = cls(spec)
         state = {
             f"layers.{k}": torch.from_numpy(np.ascontiguousarray(v)) for k, v in tensors.items()
@@ -415,14 +416,6 @@ _ELEMENTWISE = {
 # -- checkpoints: safetensors weights + JSON sidecar, never pickle --------------------------
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def sidecar_path(weights_path: str | Path) -> Path:
     p = Path(weights_path)
     return p.with_name(p.name + ".json")
@@ -461,7 +454,7 @@ def save_checkpoint(
             "format_version": CHECKPOINT_FORMAT_VERSION,
             "model_version": MODEL_VERSION,
             "weights": path.name,
-            "weights_sha256": _sha256(path),
+            "weights_sha256": sha256_file(path),
             "architecture": model.spec,
             "extra": dict(extra or {}),
         }
@@ -498,7 +491,7 @@ def read_checkpoint_info(path: str | Path) -> dict[str, Any]:
             f"{path}: checkpoint is for model version {doc.get('model_version')!r}, but this "
             f"trainer builds {MODEL_VERSION!r}; convert or retrain it"
         )
-    if doc.get("weights_sha256") != _sha256(path):
+    if doc.get("weights_sha256") != sha256_file(path):
         raise CheckpointError(f"{path}: weights do not match the hash in {side.name}")
     return doc
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import logging
 import os
 import re
@@ -26,6 +25,7 @@ from pathlib import Path
 import onnx
 from pydantic import ValidationError
 
+from fastpath.models import sha256_file
 from trainer.export import ModelCard, card_path_for, read_card
 
 log = logging.getLogger(__name__)
@@ -53,14 +53,6 @@ class RegistryEntry:
     @property
     def card_path(self) -> Path:
         return self.path / CARD_FILE
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -101,7 +93,7 @@ class ModelRegistry:
         elif isinstance(card, dict):
             card = ModelCard.model_validate(card)
         self._inspect(onnx_path, card)
-        digest = _sha256(onnx_path)
+        digest = sha256_file(onnx_path)
         if card.onnx_sha256 is not None and card.onnx_sha256 != digest:
             raise RegistryError(
                 f"{onnx_path}: its sha256 differs from the card's: card and model do not belong "
@@ -117,7 +109,7 @@ class ModelRegistry:
             shutil.copyfile(onnx_path, tmp / MODEL_FILE)
             with open(tmp / MODEL_FILE, "rb+") as f:
                 os.fsync(f.fileno())
-            if _sha256(tmp / MODEL_FILE) != digest:
+            if sha256_file(tmp / MODEL_FILE) != digest:
                 raise RegistryError(f"copy of {onnx_path} changed on the way (was it rewritten?)")
             for _ in range(1000):
                 version = self._next_version(model_dir)
@@ -230,7 +222,7 @@ class ModelRegistry:
         if card.onnx_bytes is not None and model.stat().st_size != card.onnx_bytes:
             self._skip(path, "model size differs from the card (incomplete copy?)")
             return None
-        if verify_hash and card.onnx_sha256 != _sha256(model):
+        if verify_hash and card.onnx_sha256 != sha256_file(model):
             self._skip(path, "model sha256 differs from the card")
             return None
         return RegistryEntry(model_id, version, path, card)
