@@ -10,7 +10,8 @@ every source keeps so the rest of the fast path need not care where frames come 
   back here. Labels are screen positions and are never flipped.
 - `index` is the position in the underlying sequence and keeps counting across loops, so
   `index % length` is the position in the file and gaps show frames that were skipped.
-- `resize=(w, h)` is applied in the source (the benchmark runs at 640x480).
+- `resize=(w, h)` is applied in the source, centre-cropped to that aspect ratio first (the
+  benchmark runs at 640x480).
 """
 
 from __future__ import annotations
@@ -61,11 +62,26 @@ def _check_size(resize: Size | None) -> Size | None:
 
 
 def _resize(image: np.ndarray, size: Size | None) -> np.ndarray:
+    """Scale to `size`, centre-cropping first to its aspect ratio so a face is never
+    stretched (a 16:9 camera asked for 640x480 keeps the middle 4:3)."""
     if size is None or (image.shape[1], image.shape[0]) == size:
         return image
-    shrinking = size[0] * size[1] < image.shape[0] * image.shape[1]
-    # INTER_AREA avoids aliasing when shrinking; it is slow and pointless when enlarging.
-    interp = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    h, w = image.shape[:2]
+    tw, th = size
+    if w * th > tw * h:  # too wide
+        cw = max(1, round(h * tw / th))
+        x0 = (w - cw) // 2
+        image = image[:, x0 : x0 + cw]
+    elif w * th < tw * h:  # too tall
+        ch = max(1, round(w * th / tw))
+        y0 = (h - ch) // 2
+        image = image[y0 : y0 + ch]
+    h, w = image.shape[:2]
+    factor = min(w / tw, h / th)
+    # INTER_AREA is needed against aliasing from 2x down, but at a fractional factor it is
+    # slow (1.9 ms for 1280x720 -> 640x480 here, against 0.4 ms bilinear); below 2x bilinear
+    # still reads every source pixel, so it loses nothing worth the time.
+    interp = cv2.INTER_AREA if factor >= 2.0 else cv2.INTER_LINEAR
     return cv2.resize(image, size, interpolation=interp)
 
 

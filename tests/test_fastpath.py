@@ -205,3 +205,42 @@ def test_missing_or_corrupt_models_fail_before_the_first_frame(tmp_path, shared)
     bad.write_bytes(b"\x08\x01garbage")
     with pytest.raises(ModelLoadError, match="bad.onnx"):
         FastPath(FastPathConfig(gaze_model=bad))
+
+
+def test_lean_facemesh_call_matches_the_public_process(shared, face_task):
+    """The legacy backend skips SolutionBase.process overhead; its landmarks must be the
+    very numbers the public API gives on the same frames."""
+    from fastpath.landmarks import LegacyFaceMesh
+
+    lean = LegacyFaceMesh(face_task)
+    public = LegacyFaceMesh(face_task)
+    assert lean._lean is not None  # mediapipe 0.10.21 internals are there
+    public._lean = None
+    try:
+        with VideoSource(shared / "data/video-corners4/calibrate.mp4", max_frames=12) as src:
+            pairs = [(lean.detect(f.image, f.t_ns), public.detect(f.image, f.t_ns)) for f in src]
+    finally:
+        lean.close()
+        public.close()
+    assert sum(a is not None for a, _ in pairs) >= 10
+    for a, b in pairs:
+        assert (a is None) == (b is None)
+        if a is not None:
+            np.testing.assert_array_equal(a.points, b.points)
+            np.testing.assert_allclose(a.head_ypr, b.head_ypr, atol=1e-9)
+
+
+def test_landmark_bytes_parser_reads_records_and_falls_back_to_protobuf():
+    from mediapipe.framework.formats import landmark_pb2
+
+    from fastpath.landmarks import parse_landmark_list
+
+    msg = landmark_pb2.NormalizedLandmarkList()
+    for i in range(5):
+        msg.landmark.add(x=0.1 * i, y=-0.5 + i, z=0.0 if i == 2 else 1e-3 * i)
+    want = np.array([(p.x, p.y, p.z) for p in msg.landmark], np.float32)
+    np.testing.assert_array_equal(parse_landmark_list(msg.SerializeToString()), want)
+    # A landmark with an extra field breaks the fixed record layout: protobuf reads it.
+    msg.landmark[3].visibility = 0.7
+    np.testing.assert_array_equal(parse_landmark_list(msg.SerializeToString()), want)
+    assert parse_landmark_list(b"").shape == (0, 3)

@@ -112,6 +112,24 @@ def test_video_resize_and_max_frames() -> None:
     assert [f.t_ns for f in frames] == [0, 50 * MS, 100 * MS]
 
 
+def test_resize_centre_crops_to_the_target_aspect_instead_of_stretching() -> None:
+    from fastpath.sources import _resize
+
+    wide = np.zeros((720, 1280, 3), np.uint8)
+    wide[:, 640 - 5 : 640 + 5] = 255  # a 10-px bar in the middle
+    wide[:, :100] = 128  # a band that a 4:3 centre crop removes
+    out = _resize(wide, (640, 480))
+    assert out.shape == (480, 640, 3)
+    cols = np.flatnonzero(out[240, :, 0] > 200)
+    # 960 px kept of 1280, scaled by 2/3: the bar stays 10 * 2/3 px wide, in the middle.
+    assert 5 <= cols.size <= 8 and abs(cols.mean() - 319.5) < 1.5
+    assert out[:, :5].max() == 0
+    tall = np.zeros((800, 400, 3), np.uint8)
+    tall[:200] = 255  # the top quarter is cropped away by a 1:1 target
+    assert _resize(tall, (200, 200)).max() == 0
+    assert _resize(wide, (1280, 720)) is wide
+
+
 def test_missing_or_unreadable_video_fails_at_open_naming_the_file(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="not found") as e:
         VideoSource(tmp_path / "missing.mp4")
