@@ -471,3 +471,14 @@ __all__ = [
     "revision_dtype",
     "to_model_image",
 ]
+
+
+def build_oracle(
+    config: dict[str, Any], screen: dict[str, Any], camera_norm: list[float] | None = None
+) -> MoondreamOracle:
+    """Load Moondream and wrap it, from JSON values only: the factory that
+    `oracle.process.ProcessOracle` calls inside its child process."""
+    cfg = MoondreamConfig.model_validate(config)
+    geometry = ScreenGeometry.model_validate(screen)
+    cam = None if camera_norm is None else (float(camera_norm[0]), float(camera_norm[1]))
+    return MoondreamOracle(load_moondream(cfg), cfg, geometry, camera_norm=cam)

@@ -215,7 +215,22 @@ def corners4(shared, gaze_onnx, face_task, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def corners4_report(corners4) -> dict:
-    return eval_json(corners4, "--precision", "--distance-mm", 600)
+    report = corners4.parent / "report"
+    return eval_json(corners4, "--precision", "--distance-mm", 600, "--report", report)
+
+
+def test_corners4_html_report_has_the_numbers_tables_and_plot(corners4_report, corners4):
+    folder = corners4.parent / "report"
+    page = (folder / "report.html").read_text()
+    r = corners4_report
+    assert f"{r['mean_px']:.1f} / {r['median_px']:.1f} px" in page
+    assert f"{r['baseline_mean_px']:.1f} px" in page
+    assert page.count("<tr>") >= 6 + 1 + 4 + 1 + 2  # summary, per-target head + 4, precision
+    assert "RMS-S2S px" in page and f"{r['precision']['raw']['mean']['rms_s2s']['px']:.2f}" in page
+    assert 'src="eval.png"' in page
+    assert (folder / "eval.png").read_bytes()[:8] == PNG_MAGIC
+    assert json.loads((folder / "report.json").read_text())["mean_px"] == r["mean_px"]
+    assert "settling" in page  # the left-out frames are listed with why
 
 
 def test_corners4_end_to_end(corners4_report, corners4):

@@ -14,10 +14,8 @@
 from __future__ import annotations
 
 import argparse
-import html
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +31,7 @@ from fastpath.pipeline import FastPath
 from fastpath.sources import SessionSource
 from oracle.policy import SnapshotPolicy
 from oracle.simple import TargetOracle
+from tools import report
 from tools.common import UserError, add_fastpath_args, fastpath_config
 from tools.live import Live
 
@@ -289,21 +288,20 @@ def _plots(tr, drift_px, out: Path) -> None:
 
 
 def _html(out: Path, summary: dict) -> None:
-    rows = "\n".join(
-        f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
-        for k, v in summary.items()
+    report.write(
+        out / "report.html",
+        report.page(
+            "gazeloop demo",
+            "The 4-corner webcam recording, calibrated, then replayed as a live stream with a "
+            "drift injected; the oracle replays the recording's own target labels (ground "
+            "truth, not a model).",
+            [
+                (None, report.key_values(summary)),
+                ("Drift correction", report.image("loop.png", "error and loop offset over time")),
+                (
+                    "Calibration (leave-one-target-out)",
+                    report.image("calibration.png", "calibration"),
+                ),
+            ],
+        ),
     )
-    page = f"""<!doctype html><meta charset="utf-8"><title>gazeloop demo</title>
-<style>body{{font-family:sans-serif;max-width:980px;margin:2em auto}}td{{padding:2px 10px}}
-tr:nth-child(odd){{background:#f3f3f3}}img{{max-width:100%}}</style>
-<h1>gazeloop demo</h1>
-<p>The 4-corner webcam recording, calibrated, then replayed as a live stream with a drift
-injected; the oracle replays the recording's own target labels (ground truth, not a model).</p>
-<table>{rows}</table>
-<h2>Drift correction</h2><img src="loop.png" alt="error and loop offset over time">
-<h2>Calibration (leave-one-target-out)</h2><img src="calibration.png" alt="calibration">
-"""
-    fd, tmp = tempfile.mkstemp(dir=out, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(page)
-    os.replace(tmp, out / "report.html")

@@ -16,6 +16,7 @@ from calibration.session import read_session
 from fastpath.collect import collect_session, expand_features, feature_matrix
 from fastpath.filters import make_filter
 from fastpath.pipeline import FastPath
+from tools import report
 from tools.common import UserError, add_fastpath_args, fastpath_config
 
 
@@ -47,6 +48,13 @@ def add_parser(sub) -> None:
     p.add_argument("--precision", action="store_true", help="add precision per target")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--plot", type=Path, help="write a PNG of targets, predictions and errors")
+    p.add_argument(
+        "--report",
+        type=Path,
+        metavar="DIR",
+        help="write DIR/report.html (summary, plot, per-target and precision tables) and "
+        "DIR/report.json",
+    )
     add_fastpath_args(p)
     p.set_defaults(func=run)
 
@@ -173,6 +181,8 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.plot:
         plot_report(ev, args.plot)
+    if args.report:
+        write_report(ev, args.report)
     r = ev.report
     if args.json:
         print(r.model_dump_json(indent=2))
@@ -196,4 +206,63 @@ def run(args: argparse.Namespace) -> int:
         print(precision_text(r.precision))
     if args.plot:
         print(f"  plot: {args.plot}")
+    if args.report:
+        print(f"  report: {args.report / 'report.html'}")
     return 0
+
+
+def write_report(ev, folder: Path) -> Path:
+    """The evaluation as a page a person opens: numbers, the plot, and the tables."""
+    r = ev.report
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create report folder {folder}: {e}") from None
+    plot_report(ev, folder / "eval.png")
+    report.write(folder / "report.json", r.model_dump_json(indent=2))
+    summary = {
+        "session": r.session,
+        "targets / frames used": f"{r.targets} / {r.frames_used} of {r.frames}",
+        "mapping, features": f"{r.mapping} on {', '.join(r.features)}",
+        "mean / median error": f"{r.mean_px:.1f} / {r.median_px:.1f} px",
+        f"mean, % of the {r.diag_basis} diagonal": f"{r.mean_pct_diag:.2f} %",
+        "constant predictor (mean of the other targets)": f"{r.baseline_mean_px:.1f} px",
+    }
+    if r.mean_deg is not None:
+        summary["mean, degrees"] = f"{r.mean_deg:.2f}°"
+    sections = [
+        (None, report.key_values(summary)),
+        ("Targets and held-out predictions", report.image("eval.png", "targets and errors")),
+        (
+            "Per target",
+            report.table(
+                [
+                    (t.target, t.label_px[0], t.label_px[1], t.mean_px, t.frames)
+                    for t in r.per_target
+                ],
+                ["target", "x px", "y px", "mean error px", "frames"],
+            ),
+        ),
+    ]
+    if r.precision:
+        p = r.precision
+        units = [u for u in ("px", "mm", "deg") if u in p.get("units", [])]
+        rows = [
+            (kind, *(f"{p[kind]['mean'][m][u]:.2f}" for m in ("rms_s2s", "std") for u in units))
+            for kind in ("raw", "filtered")
+            if kind in p
+        ]
+        head = ["output", *(f"{m} {u}" for m in ("RMS-S2S", "STD") for u in units)]
+        sections.append(("Precision (mean over targets)", report.table(rows, head)))
+    if r.rejected:
+        sections.append(
+            (
+                "Frames left out",
+                report.table([(x.file, x.why) for x in r.rejected], ["file", "why"]),
+            )
+        )
+    intro = (
+        "Leave-one-target-out: each target's frames are predicted by a mapping fitted on the "
+        "other targets only, so the error is what a new point on the screen would see."
+    )
+    return report.write(folder / "report.html", report.page("gazeloop eval", intro, sections))

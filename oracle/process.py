@@ -1,0 +1,271 @@
+"""Run an oracle in a child process, so it shares neither the GIL nor a scheduler class with
+the fast path, and so a call that hangs can be killed.
+
+A VLM on the CPU is Python code between thousands of small tensor ops: in the same process
+every one of those Python steps competes for the interpreter lock with the camera loop. In a
+child process it competes for a core only, and the child runs at a lower priority (nice 10)
+with one compute thread. `ProcessOracle` implements the oracle interface itself, so the
+worker, the timeout and the cancellation logic stay as they are; what changes is that a
+cancelled or timed-out call really stops: the child is killed and started again on the next
+call (a thread cannot be killed).
+
+Messages between the two are length-prefixed frames: a JSON header and a raw byte payload
+(the snapshot's pixels). Nothing is pickled: the child builds its oracle from an import path
+and JSON arguments, and labels come back as the JSON of `OracleLabel`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import select
+import struct
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import numpy as np
+from pydantic import ValidationError
+
+from calibration.labels import OracleLabel, Snapshot
+from oracle.base import OracleCancelled, OracleError
+
+log = logging.getLogger(__name__)
+
+_FRAME = struct.Struct(">II")  # header length, payload length
+_MAX_HEADER = 16 << 20
+_MAX_PAYLOAD = 256 << 20  # an 8K BGR frame is 100 MB; anything bigger is not a snapshot
+_POLL_S = 0.05
+
+
+class ProcessOracleError(OracleError):
+    """The child could not be started, could not build its oracle, or died."""
+
+
+def write_frame(out: IO[bytes], header: dict[str, Any], payload: bytes = b"") -> None:
+    h = json.dumps(header, separators=(",", ":")).encode()
+    out.write(_FRAME.pack(len(h), len(payload)))
+    out.write(h)
+    if payload:
+        out.write(payload)
+    out.flush()
+
+
+def _read_exact(inp: IO[bytes], n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = inp.read(n - len(buf))
+        if not chunk:
+            raise EOFError(f"stream ended after {len(buf)} of {n} bytes")
+        buf += chunk
+    return bytes(buf)
+
+
+def read_frame(inp: IO[bytes]) -> tuple[dict[str, Any], bytes]:
+    hlen, plen = _FRAME.unpack(_read_exact(inp, _FRAME.size))
+    if hlen > _MAX_HEADER or plen > _MAX_PAYLOAD:
+        raise ValueError(f"frame too large: header {hlen} bytes, payload {plen} bytes")
+    header = json.loads(_read_exact(inp, hlen))
+    if not isinstance(header, dict):
+        raise ValueError("frame header is not a JSON object")
+    return header, _read_exact(inp, plen) if plen else b""
+
+
+def snapshot_to_frame(snap: Snapshot) -> tuple[dict[str, Any], bytes]:
+    img = np.ascontiguousarray(snap.image)
+    header = {
+        "op": "label",
+        "t_ns": snap.t_ns,
+        "snapshot_id": snap.snapshot_id,
+        "shape": list(img.shape),
+        "dtype": str(img.dtype),
+        "eye_px": snap.eye_px,
+        "pupils_px": snap.pupils_px,
+        "fast_xy": snap.fast_xy,
+        "target_xy": snap.target_xy,
+        "on_demand": snap.on_demand,
+        "meta": snap.meta,
+    }
+    return header, img.tobytes()
+
+
+def _tuple(v):
+    if v is None:
+        return None
+    return tuple(_tuple(x) if isinstance(x, list) else x for x in v)
+
+
+def snapshot_from_frame(header: dict[str, Any], payload: bytes) -> Snapshot:
+    shape = tuple(int(s) for s in header["shape"])
+    dtype = np.dtype(header["dtype"])
+    if int(np.prod(shape)) * dtype.itemsize != len(payload):
+        raise ValueError(f"payload of {len(payload)} bytes does not hold {shape} {dtype}")
+    return Snapshot(
+        t_ns=int(header["t_ns"]),
+        image=np.frombuffer(payload, dtype=dtype).reshape(shape),
+        snapshot_id=str(header["snapshot_id"]),
+        eye_px=_tuple(header.get("eye_px")),
+        pupils_px=_tuple(header.get("pupils_px")),
+        fast_xy=_tuple(header.get("fast_xy")),
+        target_xy=_tuple(header.get("target_xy")),
+        on_demand=bool(header.get("on_demand", False)),
+        meta=dict(header.get("meta") or {}),
+    )
+
+
+@dataclass
+class OracleSpec:
+    """How the child builds its oracle: `factory` is "package.module:callable", called with
+    `kwargs` (JSON values only)."""
+
+    factory: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        mod, sep, attr = self.factory.partition(":")
+        if not (mod and sep and attr):
+            raise ValueError(
+                f"oracle factory must look like 'package.module:callable', got {self.factory!r}"
+            )
+        try:
+            json.dumps(self.kwargs)
+        except TypeError as e:
+            raise ValueError(f"oracle kwargs must be JSON values: {e}") from e
+
+
+class ProcessOracle:
+    """An oracle whose backend lives in a child process (see the module docstring).
+
+    `threads` caps the child's compute threads (OMP/MKL/torch/onnxruntime read the
+    environment); `niceness` lowers its priority. The child is started at construction, so
+    a backend that cannot load fails here with its own message."""
+
+    def __init__(
+        self,
+        spec: OracleSpec,
+        *,
+        threads: int = 1,
+        niceness: int = 10,
+        start_timeout_s: float = 300.0,
+    ) -> None:
+        self.spec = spec
+        self.threads = threads
+        self.niceness = niceness
+        self.start_timeout_s = start_timeout_s
+        self.name = "process"
+        self.version = ""
+        self.restarts = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+        self._start()
+
+    # --- child lifecycle ------------------------------------------------------------------
+
+    def _start(self) -> None:
+        env = dict(os.environ)
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            env[var] = str(self.threads)
+        env["GAZELOOP_ORACLE_THREADS"] = str(self.threads)
+        env["GAZELOOP_ORACLE_NICE"] = str(self.niceness)
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "oracle.host"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=None,  # the child's log goes where ours goes
+            env=env,
+            cwd=os.getcwd(),
+        )
+        write_frame(
+            self._proc.stdin,
+            {"op": "init", "factory": self.spec.factory, "kwargs": self.spec.kwargs},
+        )
+        header, _ = self._reply(self.start_timeout_s, cancel=None)
+        self.name = str(header.get("name", self.name))
+        self.version = str(header.get("version", ""))
+
+    def _kill(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(OSError):
+            proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5)
+        for s in (proc.stdin, proc.stdout):
+            with contextlib.suppress(OSError):
+                s.close()
+
+    def _reply(self, timeout_s: float | None, cancel: threading.Event | None) -> tuple[dict, bytes]:
+        proc = self._proc
+        assert proc is not None and proc.stdout is not None
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        fd = proc.stdout.fileno()
+        while True:
+            ready, _, _ = select.select([fd], [], [], _POLL_S)
+            if ready:
+                break
+            if cancel is not None and cancel.is_set():
+                self._kill()  # the only way to stop a model mid-call
+                self.restarts += 1
+                raise OracleCancelled("cancelled; the oracle process was stopped")
+            if proc.poll() is not None:
+                self._kill()
+                raise ProcessOracleError(f"oracle process exited with code {proc.returncode}")
+            if deadline is not None and time.monotonic() > deadline:
+                self._kill()
+                raise ProcessOracleError(f"oracle process did not answer within {timeout_s:g} s")
+        try:
+            header, payload = read_frame(proc.stdout)
+        except EOFError as e:
+            try:
+                code = proc.wait(2)
+            except subprocess.TimeoutExpired:
+                code = None
+            self._kill()
+            if code is not None:
+                raise ProcessOracleError(f"oracle process exited with code {code}") from e
+            raise ProcessOracleError(f"oracle process sent a broken reply: {e}") from e
+        except ValueError as e:
+            self._kill()
+            raise ProcessOracleError(f"oracle process sent a broken reply: {e}") from e
+        if header.get("ok") is False:
+            kind = header.get("kind", "error")
+            msg = str(header.get("error", "unknown error"))
+            if kind == "fatal":
+                self._kill()
+                raise ProcessOracleError(msg)
+            raise OracleError(msg)
+        return header, payload
+
+    # --- the oracle interface -------------------------------------------------------------
+
+    def label(self, snap: Snapshot, cancel: threading.Event) -> OracleLabel:
+        with self._lock:
+            if self._proc is None:
+                self._start()
+            header, payload = snapshot_to_frame(snap)
+            try:
+                write_frame(self._proc.stdin, header, payload)
+            except (BrokenPipeError, OSError) as e:
+                self._kill()
+                raise ProcessOracleError(f"oracle process is gone: {e}") from e
+            reply, _ = self._reply(None, cancel)
+            try:
+                return OracleLabel.model_validate(reply["label"])
+            except (KeyError, ValidationError) as e:
+                raise OracleError(f"oracle process returned an invalid label: {e}") from e
+
+    def close(self) -> None:
+        with self._lock:
+            proc = self._proc
+            if proc is None:
+                return
+            with contextlib.suppress(OSError, ValueError):
+                write_frame(proc.stdin, {"op": "close"})
+                proc.wait(5)
+            self._kill()
