@@ -41,6 +41,15 @@ def _lower_priority() -> None:
             log.debug("could not lower the oracle process's priority: %s", e)
 
 
+def _pin() -> None:
+    cpus = os.environ.get("GAZELOOP_ORACLE_CPUS")
+    if cpus and hasattr(os, "sched_setaffinity"):
+        try:
+            os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
+        except (OSError, ValueError) as e:
+            log.debug("could not pin the oracle process to CPUs %s: %s", cpus, e)
+
+
 def _limit_threads() -> None:
     n = int(os.environ.get("GAZELOOP_ORACLE_THREADS", "1"))
     import cv2
@@ -101,6 +110,7 @@ def serve(inp, out) -> int:
 
 def main() -> int:
     logging.basicConfig(level=logging.WARNING, format="oracle-host %(levelname)s %(message)s")
+    _pin()
     _lower_priority()
     # Our stdout is the reply channel: anything else that prints, Python or C, must not
     # corrupt it, so the channel gets its own descriptor and fd 1 becomes stderr.

@@ -31,7 +31,9 @@ def test_bench_oracle_load_alternates_idle_and_busy_with_the_oracle_in_a_child(s
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     assert out["rounds"] == 2
-    assert out["idle"]["oracle_worker"] is None
+    assert out["idle"]["oracle_worker"]["state"] == "idle"
+    assert out["idle"]["oracle_worker"]["calls"] == 0
+    assert out["busy"]["oracle_worker"]["state"] == "busy"
     assert out["busy"]["oracle_worker"]["in"] == "process"
     assert out["busy"]["oracle_worker"]["backend"] == "cpu-load"
     assert out["idle"]["frames"] == out["busy"]["frames"] == 60

@@ -166,3 +166,47 @@ def test_moondream_in_a_child_fails_at_start_with_the_loaders_own_advice(tmp_pat
     msg = str(e.value)
     assert "cannot build oracle oracle.moondream:build_oracle" in msg
     assert "OracleError" in msg and ("pip install" in msg or "huggingface" in msg.lower())
+
+
+def test_cpu_partition_keeps_one_side_for_the_fast_path():
+    from oracle.process import partition_cpus
+
+    assert partition_cpus([0]) is None
+    assert partition_cpus([1, 0]) == ([0], [1])
+    assert partition_cpus(list(range(8))) == ([0, 1], [2, 3, 4, 5, 6, 7])
+    assert partition_cpus([3, 5, 7]) == ([3], [5, 7])
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+    reason="needs Linux affinity and two CPUs",
+)
+def test_isolation_puts_the_oracle_and_this_process_on_disjoint_cores_and_undoes_it():
+    before = os.sched_getaffinity(0)
+    started_before = threading.Event()
+    stop = threading.Event()
+    t = threading.Thread(target=lambda: (started_before.set(), stop.wait()))
+    t.start()  # a thread that exists already, like MediaPipe's graph threads
+    o = ProcessOracle(OracleSpec(SPEC))
+    try:
+        fast, orc = o.cpus
+        assert set(fast).isdisjoint(orc) and set(fast) | set(orc) == before
+        assert os.sched_getaffinity(0) == set(fast)
+        assert os.sched_getaffinity(t.native_id) == set(fast)
+        assert os.sched_getaffinity(o._proc.pid) == set(orc)
+    finally:
+        o.close()
+        stop.set()
+        t.join()
+    assert os.sched_getaffinity(0) == before
+
+
+def test_no_isolation_leaves_affinity_alone():
+    before = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    o = ProcessOracle(OracleSpec(SPEC), isolate=False)
+    try:
+        assert o.cpus is None
+        if before is not None:
+            assert os.sched_getaffinity(0) == before
+    finally:
+        o.close()

@@ -33,7 +33,8 @@ def add_parser(sub) -> None:
     f.add_argument(
         "--oracle-load",
         action="store_true",
-        help="run twice: oracle worker idle, then busy on a CPU-heavy backend; report both",
+        help="oracle worker idle (present, nothing submitted) vs busy on a CPU-heavy backend, "
+        "alternating; report both",
     )
     f.add_argument(
         "--oracle-in",
@@ -129,10 +130,11 @@ class CpuLoadOracle:
 
 def _busy_oracle(onnx_path: str, where: str):
     if where == "thread":
-        return CpuLoadOracle(onnx_path)
+        return CpuLoadOracle(onnx_path, seconds=0.5)
     from oracle.process import OracleSpec, ProcessOracle
 
-    return ProcessOracle(OracleSpec("tools.bench:CpuLoadOracle", {"onnx_path": onnx_path}))
+    spec = OracleSpec("tools.bench:CpuLoadOracle", {"onnx_path": onnx_path, "seconds": 0.5})
+    return ProcessOracle(spec)
 
 
 def bench_fastpath(
@@ -140,7 +142,7 @@ def bench_fastpath(
     frames: int,
     cfg,
     *,
-    oracle_busy: bool = False,
+    oracle: str | None = None,
     oracle_in: str = "process",
     raw: bool = False,
 ) -> dict:
@@ -148,7 +150,8 @@ def bench_fastpath(
     cfg = cfg.model_copy(update={"threads": 1})
     fp = FastPath(cfg)
     worker = None
-    if oracle_busy:
+    busy_worker = oracle == "busy"
+    if oracle is not None:
         from calibration.labels import Snapshot
         from fastpath.models import resolve_gaze_onnx
         from oracle.worker import OracleWorker
@@ -167,7 +170,7 @@ def bench_fastpath(
             frame = next(it)
             decode = (time.perf_counter_ns() - t0) / 1e6
             s = fp.process(frame)
-            if worker is not None:  # latest-only: the backend never idles
+            if busy_worker:  # latest-only: the backend never idles
                 worker.submit(Snapshot(t_ns=frame.t_ns, image=frame.image, snapshot_id=str(i)))
             if i < WARMUP:
                 continue
@@ -182,15 +185,22 @@ def bench_fastpath(
                 times[k].append(v)
             total.append(decode + sum(s.stage_ms.values()))
     fp.close()
-    oracle = None
+    about_oracle = None
     if worker is not None:
         m = worker.metrics()
+        cpus = getattr(busy, "cpus", None)
         worker.close()
-        oracle = {"backend": busy.name, "in": oracle_in, "calls": m.done}
+        about_oracle = {
+            "state": oracle,
+            "backend": busy.name,
+            "in": oracle_in,
+            "calls": m.done,
+            "cpus": None if cpus is None else {"fastpath": cpus[0], "oracle": cpus[1]},
+        }
     h, w = frame.image.shape[:2]
     return {
         **({"raw": {"stages": times, "total": total}} if raw else {}),
-        "oracle_worker": oracle,
+        "oracle_worker": about_oracle,
         "frames": frames - restarts,
         "warmup_frames": WARMUP,
         "loop_restarts_excluded": restarts,
@@ -261,7 +271,7 @@ def run_fastpath(args: argparse.Namespace) -> int:
                         args.source,
                         args.frames,
                         cfg,
-                        oracle_busy=mode == "busy",
+                        oracle=mode,
                         oracle_in=args.oracle_in,
                         raw=True,
                     )
