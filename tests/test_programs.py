@@ -45,5 +45,6 @@ def test_demo_corrects_the_injected_drift_and_writes_its_report(demo_out):
     assert s["labels_accepted"] >= 10
     page = (demo_out / "report.html").read_text()
     assert "loop.png" in page and "calibration.png" in page
+    assert "Calibration per target" in page and page.count("<tr>") >= len(s) + 1 + 4
     for png in ("loop.png", "calibration.png"):
         assert (demo_out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
     summary = _summarise(trace, ev, args, live, store_note)
     _plots(trace, drift * screen.px[0], out)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    _html(out, summary)
+    _html(out, summary, ev)
     print("4. summary:")
     for k, v in summary.items():
         print(f"   {k:28s} {v}")
@@ -287,7 +287,7 @@ def _plots(tr, drift_px, out: Path) -> None:
     plt.close(fig)
 
 
-def _html(out: Path, summary: dict) -> None:
+def _html(out: Path, summary: dict, ev) -> None:
     report.write(
         out / "report.html",
         report.page(
@@ -302,6 +302,7 @@ def _html(out: Path, summary: dict) -> None:
                     "Calibration (leave-one-target-out)",
                     report.image("calibration.png", "calibration"),
                 ),
+                ("Calibration per target", report.per_target_table(ev.report)),
             ],
         ),
     )

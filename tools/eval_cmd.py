@@ -233,27 +233,10 @@ def write_report(ev, folder: Path) -> Path:
     sections = [
         (None, report.key_values(summary)),
         ("Targets and held-out predictions", report.image("eval.png", "targets and errors")),
-        (
-            "Per target",
-            report.table(
-                [
-                    (t.target, t.label_px[0], t.label_px[1], t.mean_px, t.frames)
-                    for t in r.per_target
-                ],
-                ["target", "x px", "y px", "mean error px", "frames"],
-            ),
-        ),
+        ("Per target", report.per_target_table(r)),
     ]
     if r.precision:
-        p = r.precision
-        units = [u for u in ("px", "mm", "deg") if u in p.get("units", [])]
-        rows = [
-            (kind, *(f"{p[kind]['mean'][m][u]:.2f}" for m in ("rms_s2s", "std") for u in units))
-            for kind in ("raw", "filtered")
-            if kind in p
-        ]
-        head = ["output", *(f"{m} {u}" for m in ("RMS-S2S", "STD") for u in units)]
-        sections.append(("Precision (mean over targets)", report.table(rows, head)))
+        sections.append(("Precision (mean over targets)", report.precision_table(r.precision)))
     if r.rejected:
         sections.append(
             (

@@ -61,3 +61,22 @@ def page(title: str, intro: str, sections: Iterable[tuple[str | None, str]]) -> 
 def write(path: Path, text: str) -> Path:
     atomic_write_bytes(Path(path), text.encode())
     return Path(path)
+
+
+def per_target_table(report) -> str:
+    """The per-target rows of a `calibration.evaluate` report."""
+    return table(
+        [(t.target, t.label_px[0], t.label_px[1], t.mean_px, t.frames) for t in report.per_target],
+        ["target", "x px", "y px", "mean error px", "frames"],
+    )
+
+
+def precision_table(p: dict) -> str:
+    """Raw and filtered precision (mean over targets) from `calibration.precision`."""
+    units = [u for u in ("px", "mm", "deg") if u in p.get("units", [])]
+    rows = [
+        (kind, *(f"{p[kind]['mean'][m][u]:.2f}" for m in ("rms_s2s", "std") for u in units))
+        for kind in ("raw", "filtered")
+        if kind in p
+    ]
+    return table(rows, ["output", *(f"{m} {u}" for m in ("RMS-S2S", "STD") for u in units)])
