@@ -1,8 +1,10 @@
 """The calibration procedure as a reusable core: targets, collection, cleaning, fit, report.
 
-A program (the on-screen grid, a test, a replayed session) shows `current` to the user and
-feeds every fast-path sample to `feed`; the run decides when a target has settled, what to
-keep, and when it is done. Samples are duck-typed: anything with `feature_dict()` and a
+A program (the on-screen grid) shows `current` to the user and feeds every fast-path sample
+to `feed`; the run decides when a target has settled, what to keep, and when it is done. A
+replay of a recording (whose frames already say which target was shown and whether the eyes
+were still settling) feeds `feed_replay` instead and calls `finish`; both end in the same
+`arrays()` and `fit_profile_report`. Samples are duck-typed: anything with `feature_dict()` and a
 `quality` carrying `usable` works, so this module does not depend on the fast path.
 """
 
@@ -12,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from calibration.evaluate import evaluate_arrays, robust_keep
+from calibration.evaluate import Evaluated, evaluate_arrays, robust_keep
 from calibration.geometry import ScreenGeometry
 from calibration.mapping import fit_select
 from calibration.profile import DEFAULT_FEATURES, FitReport, MappingSpec, Profile
@@ -41,6 +43,9 @@ class ProcedureConfig:
     settle_s: float = 0.8  # after the dot arrives: a saccade plus the eye's settling
     collect_s: float = 1.0  # then frames are kept for this long
     min_frames: int = 8  # a target with fewer usable frames is retried once, then skipped
+    # Capture this many usable frames per target and move on (collect_s then only bounds
+    # the capture: a slow camera or blinks must not hold the dot forever). None: collect_s.
+    frames: int | None = None
     features: tuple[str, ...] = tuple(DEFAULT_FEATURES)
     mapping: str = "ridge"
 
@@ -50,6 +55,7 @@ class TargetLog:
     xy: np.ndarray
     kept: list[np.ndarray] = field(default_factory=list)
     t_ns: list[int] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)  # the kept frames' names, for reports
     dropped: dict[str, int] = field(default_factory=dict)
     tries: int = 0
 
@@ -77,6 +83,15 @@ class CalibrationRun:
     def index(self) -> int:
         return self._i
 
+    @property
+    def previous(self) -> np.ndarray | None:
+        """The target shown before `current` (where the eye comes from), None at the start."""
+        return None if self._i == 0 or self.done else self.targets[self._i - 1].xy
+
+    def elapsed_s(self, t_ns: int) -> float:
+        """Seconds since the current target appeared (0 before its first frame)."""
+        return 0.0 if self._t0 is None else (t_ns - self._t0) / 1e9
+
     def phase(self, t_ns: int) -> str:
         """ "settle" (dot shown, nothing kept yet), "collect", or "done" — for the display."""
         if self.done:
@@ -85,19 +100,50 @@ class CalibrationRun:
             return "settle"
         return "collect"
 
-    def feed(self, t_ns: int, sample) -> None:
+    def feed(self, t_ns: int, sample, name: str = "") -> str:
+        """One frame, timed by its own `t_ns`. Returns what happened to it: "settle" (the eye
+        is still on its way), "kept", "dropped" (blink, no face...: counted in the target's
+        `dropped`) or "done". A frame past the capture window moves to the next target and
+        is not used (the dot it was taken under has gone)."""
         if self.done:
-            return
+            return "done"
         if self._t0 is None:
             self._t0 = t_ns
-        tgt = self.targets[self._i]
         elapsed = (t_ns - self._t0) / 1e9
         if elapsed < self.cfg.settle_s:
-            return
+            return "settle"
         if elapsed > self.cfg.settle_s + self.cfg.collect_s:
             self._next(t_ns)
-            return
+            return "done" if self.done else "settle"
+        status = self._take(self.targets[self._i], t_ns, sample, name)
+        n = self.cfg.frames
+        if n is not None and len(self.targets[self._i].kept) >= n:
+            self._next(t_ns)
+        return status
+
+    def feed_replay(
+        self, t_ns: int, sample, target: int, *, settling: bool = False, name: str = ""
+    ) -> str:
+        """One frame of a recording that says which target was on screen and whether the eyes
+        were still moving to it. The recording's timing replaces the run's clock: settling
+        frames are skipped, every other frame is offered to its target. Call `finish` after
+        the last frame."""
+        if not 0 <= target < len(self.targets):
+            raise ValueError(f"target {target} is not one of the {len(self.targets)} targets")
+        if settling:
+            return "settle"
+        return self._take(self.targets[target], t_ns, sample, name)
+
+    def finish(self) -> None:
+        """End a replay: targets with fewer than `min_frames` usable frames are skipped."""
+        for i, t in enumerate(self.targets):
+            if len(t.kept) < self.cfg.min_frames and i not in self.skipped:
+                self.skipped.append(i)
+        self._i = len(self.targets)
+
+    def _take(self, tgt: TargetLog, t_ns: int, sample, name: str) -> str:
         q = sample.quality
+        d: dict[str, float] = {}
         if not q.face:
             why = "no face"
         elif q.blink:
@@ -109,9 +155,11 @@ class CalibrationRun:
             why = "" if d else "no gaze"
         if why:
             tgt.dropped[why] = tgt.dropped.get(why, 0) + 1
-            return
+            return "dropped"
         tgt.kept.append(np.array([d[n] for n in self.cfg.features], dtype=np.float64))
         tgt.t_ns.append(t_ns)
+        tgt.names.append(name)
+        return "kept"
 
     def _next(self, t_ns: int) -> None:
         tgt = self.targets[self._i]
@@ -119,11 +167,20 @@ class CalibrationRun:
         if len(tgt.kept) < self.cfg.min_frames and tgt.tries < 2:
             tgt.kept.clear()
             tgt.t_ns.clear()
+            tgt.names.clear()
         else:
             if len(tgt.kept) < self.cfg.min_frames:
                 self.skipped.append(self._i)
             self._i += 1
         self._t0 = t_ns
+
+    def used(self) -> list[int]:
+        """Targets whose frames go into the fit."""
+        return [i for i, t in enumerate(self.targets) if i not in self.skipped and t.kept]
+
+    def frame_names(self) -> list[str]:
+        """The names of the rows of `arrays()`, in the same order."""
+        return [n for i in self.used() for n in self.targets[i].names]
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(X, Y normalised, target ids) of what was kept, skipped targets left out."""
@@ -158,8 +215,42 @@ def fit_profile(
 ) -> Profile:
     """Clean (per-target outliers), fit with nested selection, and report the honest
     leave-one-target-out error in the profile itself."""
+    return fit_profile_report(
+        x,
+        y_norm,
+        groups,
+        screen=screen,
+        features=features,
+        user=user,
+        device=device,
+        gaze_model_id=gaze_model_id,
+        gaze_model_sha256=gaze_model_sha256,
+        mapping=mapping,
+        calibration_session=calibration_session,
+    )[0]
+
+
+def fit_profile_report(
+    x: np.ndarray,
+    y_norm: np.ndarray,
+    groups: np.ndarray,
+    *,
+    screen: ScreenGeometry,
+    features: list[str],
+    user: str,
+    device: str,
+    gaze_model_id: str,
+    gaze_model_sha256: str,
+    mapping: str = "ridge",
+    calibration_session: str | None = None,
+    frame_names: list[str] | None = None,
+) -> tuple[Profile, Evaluated]:
+    """`fit_profile`, also returning the leave-one-target-out evaluation it reports (with
+    the held-out predictions a plot needs), so a program shows the very numbers saved."""
     keep = robust_keep(x, groups)
     x, y_norm, groups = x[keep], y_norm[keep], groups[keep]
+    if frame_names is not None:
+        frame_names = [n for n, k in zip(frame_names, keep, strict=True) if k]
     aspect = screen.px[0] / screen.px[1]
     m, hyper, _ = fit_select(mapping, x, y_norm, groups, aspect=aspect)
     labels_px = screen.to_px(y_norm)
@@ -171,9 +262,10 @@ def fit_profile(
         features=features,
         screen=screen,
         mapping=mapping,
+        names=frame_names,
     )
     r = ev.report
-    return Profile(
+    prof = Profile(
         user=user,
         device=device,
         screen=screen,
@@ -191,3 +283,4 @@ def fit_profile(
         ),
         calibration_session=calibration_session,
     )
+    return prof, ev

@@ -14,12 +14,14 @@ from fastpath.models import ModelFileError
 from fastpath.sources import SourceError
 from tools import (
     bench,
+    calibrate_cmd,
     demo,
     eval_cmd,
     import_cmd,
     models_cmd,
     mqtt_bridge,
     profile_cmd,
+    record_cmd,
     run_cmd,
     track,
     train_cmd,
@@ -53,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     import_cmd.add_parser(sub)
     profile_cmd.add_parser(sub)
     run_cmd.add_parser(sub)
+    calibrate_cmd.add_parser(sub)
+    record_cmd.add_parser(sub)
     train_cmd.add_parser(sub)
     mqtt_bridge.add_parser(sub)
     return p

@@ -87,10 +87,9 @@ class Live:
         # them by returning None.
         self.snapshot_hook = snapshot_hook
         self.loop: DriftLoop | None = None
+        self._loop_cfg = loop_cfg
         if mapper is not None:
-            aspect = mapper.screen.px[0] / mapper.screen.px[1]
-            cfg = loop_cfg or LoopConfig(aspect=aspect)
-            self.loop = DriftLoop(cfg, self.history, offset=mapper.offset)
+            self.loop = self._new_loop(mapper)
         self.worker = (
             OracleWorker(
                 oracle, timeout_s=oracle_timeout_s, max_age_s=None, on_label=self._on_label
@@ -99,12 +98,38 @@ class Live:
             else None
         )
         self.last: LastOracle | None = None
+        # The newest snapshot handed to the oracle, shown (with a spinner) until its label
+        # or a later one comes back, so the picture-in-picture shows what is being labelled.
+        self.pending: tuple[Snapshot, tuple[float, float] | None] | None = None
         self.decisions: deque[LoopDecision] = deque(maxlen=1000)
         self.store_errors = 0
         self._snaps: dict[str, tuple[Snapshot, tuple[float, float] | None]] = {}
         self._lock = threading.Lock()
         self._frame_ms: deque[float] = deque(maxlen=120)
         self._frame_t: deque[int] = deque(maxlen=120)
+
+    def _new_loop(self, mapper: ProfileMapper) -> DriftLoop:
+        aspect = mapper.screen.px[0] / mapper.screen.px[1]
+        cfg = self._loop_cfg or LoopConfig(aspect=aspect)
+        return DriftLoop(cfg, self.history, offset=mapper.offset)
+
+    def install(self, mapper: ProfileMapper) -> None:
+        """A new calibration, while running (the `c` key): the fast path maps with it from
+        the next frame on. Everything measured against the old mapping goes: the history of
+        screen points (a label arriving now would be compared with points of the old
+        mapping), the policy's fixation, the loop's labels (it restarts from the new
+        profile's offset, or starts, when there was no profile before)."""
+        self.history.clear()
+        self.policy.reset()
+        with self._lock:
+            self._snaps.clear()  # labels still in flight are for the old mapping
+        self.pending = None
+        self.mapper = mapper
+        if self.loop is None:
+            self.loop = self._new_loop(mapper)
+        else:
+            self.loop.reset(mapper.offset)
+        self.fp.set_mapper(mapper)
 
     def adopt(self, mapper: ProfileMapper | None) -> None:
         """A new model came with its refitted profile (hot reload): the loop starts over from
@@ -141,6 +166,7 @@ class Live:
             self._snaps[snap.snapshot_id] = (snap, gaze)
             while len(self._snaps) > 8:  # only the newest few can still come back
                 self._snaps.pop(next(iter(self._snaps)))
+        self.pending = (snap, gaze)
         self.worker.submit(snap)
         return snap
 

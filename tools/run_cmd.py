@@ -1,7 +1,11 @@
 """`gazeloop run`: the live program — camera → fast path → the gaze point, with the oracle
 correcting drift in the background.
 
-Keys (window mode): 7 verify · c calibrate · space record a labelled sample · q quit.
+Keys (window mode): 7 verify · c calibrate (the target grid, full screen; the new profile is
+used at once) · space record a labelled sample · q quit.
+
+--oracle targets labels snapshots with the recorded targets of a session or 4-corner
+recording given as --source: ground truth replayed, for trying the loop without a model.
 """
 
 from __future__ import annotations
@@ -19,10 +23,20 @@ import numpy as np
 from calibration.profile import Profile, ProfileMapper, data_dir, profile_path
 from calibration.session import write_record
 from fastpath.pipeline import FastPath
-from fastpath.sources import CameraSource, open_source
+from fastpath.sources import CameraSource
+from tools.calibrate_cmd import (
+    add_grid_args,
+    calibrate_on_screen,
+    default_session_dir,
+    procedure_config,
+    screen_from_args,
+)
 from tools.common import UserError, add_fastpath_args, fastpath_config
+from tools.labelled import LabelledSource, open_labelled
 from tools.live import Live
+from tools.recording import UnixClock
 from tools.render import LiveData, VerifyData, render_live, render_pip, render_verify
+from tools.window import CvDisplay, require_display
 
 log = logging.getLogger(__name__)
 WINDOW = "gazeloop"
@@ -42,9 +56,10 @@ def add_parser(sub) -> None:
     p.add_argument("--screen-px", type=int, nargs=2, metavar=("W", "H"), help="screen in use")
     p.add_argument(
         "--oracle",
-        choices=["none", "moondream"],
+        choices=["none", "moondream", "targets"],
         default="none",
-        help="background labeller (moondream needs its weights in the local HF cache)",
+        help="background labeller (moondream needs its weights in the local HF cache; "
+        "targets replays a recording's own targets)",
     )
     p.add_argument("--snapshot-every", type=float, default=5.0, help="seconds between labels")
     p.add_argument("--headless", action="store_true", help="no window; status lines instead")
@@ -58,6 +73,7 @@ def add_parser(sub) -> None:
         action="store_true",
         help="do not switch to newer models appearing in the registry",
     )
+    add_grid_args(p)
     add_fastpath_args(p)
     p.set_defaults(func=run)
 
@@ -82,6 +98,10 @@ def _oracle(args, mapper):
         return None
     if mapper is None:
         raise UserError("the oracle corrects a calibrated cursor: calibrate first")
+    if args.oracle == "targets":
+        from oracle.simple import TargetOracle
+
+        return TargetOracle()
     from oracle.moondream import MoondreamConfig, MoondreamOracle, load_moondream
 
     cfg = MoondreamConfig()
@@ -104,7 +124,47 @@ class Cursor:
         self._c.position = (int(px[0]), int(px[1]))
 
 
+def _target_hook(args, ls: LabelledSource):
+    """Snapshots labelled by the recording: the target on screen when the frame was taken;
+    frames of the eye still on its way get no snapshot."""
+    if args.oracle != "targets":
+        return None
+    if not ls.labelled:
+        raise UserError(
+            f"--oracle targets: {args.source} ({ls.kind}) has no recorded targets; give a "
+            "session folder or a 4-corner recording"
+        )
+    px = ls.screen_px or (tuple(args.screen_px) if args.screen_px else None)
+    if px is None:
+        raise UserError(f"--oracle targets: the screen of {args.source} is unknown; --screen-px")
+    size = np.array(px, dtype=np.float64)
+
+    def hook(snap, frame):
+        info = ls.target_of(frame)
+        if info is None or info.settling:
+            return None
+        snap.target_xy = tuple(float(v) for v in np.array(info.label_px) / size)
+        return snap
+
+    return hook
+
+
 def run(args: argparse.Namespace) -> int:
+    if not args.headless:
+        require_display("the live view", "use --headless to run without one")
+    ls = open_labelled(
+        args.source,
+        screen_px=tuple(args.screen_px) if args.screen_px else None,
+        with_targets=args.oracle == "targets",
+    )
+    try:
+        return _run(args, ls)
+    finally:
+        ls.close()
+
+
+def _run(args: argparse.Namespace, ls: LabelledSource) -> int:
+    hook = _target_hook(args, ls)
     fp = FastPath(fastpath_config(args))
     mapper = _profile(args, fp)
     oracle = _oracle(args, mapper)
@@ -128,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
         policy=SnapshotPolicy(min_interval_s=args.snapshot_every),
         store=store,
         publisher=publisher,
+        snapshot_hook=hook,
     )
     watcher = None
     if not args.no_watch_models:
@@ -147,18 +208,23 @@ def run(args: argparse.Namespace) -> int:
         except ImportError:  # the registry lives in the trainer extra
             watcher = None
     cursor = Cursor() if args.move_cursor else None
-    try:
-        src = open_source(args.source)
-    except Exception:
-        live.close()
-        raise
-    ui = None if args.headless else Window(live, args)
+    src = ls.source
+    stream = iter(src)
+
+    def on_profile(prof: Profile, m: ProfileMapper) -> None:
+        if watcher is not None:  # a later model swap refits this profile, not the old one
+            watcher.profile, watcher.screen = prof, m.screen
+
+    ui = None
+    if not args.headless:
+        ui = Window(live, args, stream=stream, clock=UnixClock(src), on_profile=on_profile)
+        ui.source_desc = ls.describe()
     frames = 0
     t_start = time.monotonic()
     last_status = t_start
     try:
         with src:
-            for frame in src:
+            for frame in stream:
                 s = live.process(frame)
                 frames += 1
                 if cursor is not None and s.screen_px is not None:
@@ -207,14 +273,22 @@ def status_text(live: Live, s) -> str:
 
 
 class Window:
-    """The OpenCV window and its keys. Drawing is done by the pure renderers."""
+    """The OpenCV window and its keys. Drawing is done by the pure renderers.
 
-    def __init__(self, live: Live, args):
+    `stream` is the frame iterator the main loop reads: the `c` key's calibration grid takes
+    its frames from it, so the camera is never opened twice."""
+
+    def __init__(self, live: Live, args, *, stream=None, clock=None, on_profile=None):
         self.live = live
         self.args = args
+        self.stream = stream
+        self.clock = clock
+        self.on_profile = on_profile
+        self.source_desc = str(args.source)
         self.last_img: np.ndarray | None = None
         self.samples_dir = data_dir() / "users" / args.user / "samples"
-        cv2.namedWindow(WINDOW, cv2.WINDOW_NORMAL)
+        self.display = CvDisplay(WINDOW)
+        self._sized = False
 
     def _aspect(self) -> float:
         m = self.live.mapper
@@ -225,6 +299,9 @@ class Window:
         pip = None
         if live.last is not None:
             pip = render_pip(self._verify_data(live.last.snapshot, live.last.label))
+        elif live.pending is not None:  # the first label is still being worked on
+            snap, gaze = live.pending
+            pip = render_pip(self._verify_data(snap, None, busy=True, phase=frame.index * 0.3))
         d = LiveData(
             image=frame.image,
             landmarks=None if s.landmarks is None else s.landmarks.points,
@@ -236,6 +313,9 @@ class Window:
             usable=s.quality.usable,
         )
         self.last_img = render_live(d)
+        if not self._sized:
+            self.display.size_to(self.last_img.shape[1], self.last_img.shape[0])
+            self._sized = True
         cv2.imshow(WINDOW, self.last_img)
         key = cv2.waitKey(1) & 0xFF
         if key in (ord("q"), 27):
@@ -245,8 +325,60 @@ class Window:
         elif key == ord(" "):
             self.record(frame, s)
         elif key == ord("c"):
-            print("calibration: run `gazeloop calibrate` (a full-screen target grid)")
+            self.calibrate()
         return True
+
+    def calibrate(self) -> None:
+        """c: the calibration grid, full screen in this window with this camera; the fitted
+        profile is saved and goes into the running fast path without a restart."""
+        live, args = self.live, self.args
+        if self.stream is None or self.clock is None:
+            return
+        try:
+            cfg = procedure_config(args, replay=False)
+            screen = live.mapper.screen if live.mapper is not None else None
+            if args.screen_px:
+                px = tuple(args.screen_px)
+                screen = screen.with_px(*px) if screen is not None else screen_from_args(args, px)
+            if screen is None:
+                self.display.fullscreen(True)
+                px = self.display.screen_px()
+                if px is None:
+                    self.display.fullscreen(False)
+                    raise UserError(
+                        "cannot tell the screen size from the window system; restart with "
+                        "--screen-px W H"
+                    )
+                screen = screen_from_args(args, px)
+            res = calibrate_on_screen(
+                self.stream,
+                live.fp,
+                cfg,
+                screen,
+                self.display,
+                self.clock,
+                user=args.user,
+                device=args.device,
+                session_dir=default_session_dir(args.user),
+                profile_out=args.profile or profile_path(args.user, args.device),
+                source_desc=self.source_desc,
+                program="gazeloop run (c key)",
+                ready_s=args.ready,
+                result_wait_s=5.0,
+            )
+        except UserError as e:
+            print(f"calibration: {e}", flush=True)
+            return
+        finally:
+            self._sized = False  # back from full screen: the live view's size again
+        if res is None:
+            print("calibration cancelled; the current profile stays", flush=True)
+            return
+        mapper = ProfileMapper(res.profile, screen)
+        live.install(mapper)
+        if self.on_profile is not None:
+            self.on_profile(res.profile, mapper)
+        print("calibrated; the new profile is in use: " + "; ".join(res.lines()), flush=True)
 
     def _verify_data(self, snap, label, *, busy=False, phase=0.0, gaze=None) -> VerifyData:
         target = None
