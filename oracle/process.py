@@ -165,9 +165,9 @@ def _set_affinity(cpus: list[int], tids: list[int]) -> None:
 class ProcessOracle:
     """An oracle whose backend lives in a child process (see the module docstring).
 
-    `threads` caps the child's compute threads (OMP/MKL/torch/onnxruntime read the
-    environment); `niceness` lowers its priority. The child is started at construction, so
-    a backend that cannot load fails here with its own message.
+    `threads` caps the child's compute threads (OMP/MKL/torch read the environment; default:
+    one per core the child gets); `niceness` lowers its priority. The child is started at
+    construction, so a backend that cannot load fails here with its own message.
 
     `isolate` (Linux): the fast path and the oracle get disjoint cores (`partition_cpus`):
     this whole process, with every thread it has and will start, on one side, the child on
@@ -180,13 +180,12 @@ class ProcessOracle:
         self,
         spec: OracleSpec,
         *,
-        threads: int = 1,
+        threads: int | None = None,
         niceness: int = 10,
         start_timeout_s: float = 300.0,
         isolate: bool = True,
     ) -> None:
         self.spec = spec
-        self.threads = threads
         self.niceness = niceness
         self.start_timeout_s = start_timeout_s
         self.name = "process"
@@ -198,6 +197,11 @@ class ProcessOracle:
         self.cpus: tuple[list[int], list[int]] | None = None  # (fast path, oracle)
         if isolate and hasattr(os, "sched_setaffinity"):
             self.cpus = partition_cpus(sorted(os.sched_getaffinity(0)))
+        if threads is None:
+            threads = len(self.cpus[1]) if self.cpus else 1
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        self.threads = threads
         try:
             self._start()
         except BaseException:

@@ -210,3 +210,25 @@ def test_no_isolation_leaves_affinity_alone():
             assert os.sched_getaffinity(0) == before
     finally:
         o.close()
+
+
+def test_run_loads_moondream_in_a_child_and_reports_missing_weights_as_a_user_error(
+    tmp_path, monkeypatch
+):
+    import argparse
+
+    from calibration.geometry import ScreenGeometry
+    from tools.common import UserError
+    from tools.run_cmd import _oracle
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+
+    class Mapper:
+        screen = ScreenGeometry(px=(1512, 982), mm=(302.0, 196.0), camera_mm=(151.0, -8.0, 0.0))
+
+    args = argparse.Namespace(oracle="moondream", oracle_in="process", oracle_threads=None)
+    before = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    with pytest.raises(UserError, match="Moondream oracle needs transformers|huggingface"):
+        _oracle(args, Mapper())
+    if before is not None:  # a failed start leaves the fast path's cores alone
+        assert os.sched_getaffinity(0) == before

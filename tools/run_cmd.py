@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import sys
 import threading
 import time
 from pathlib import Path
@@ -61,6 +62,18 @@ def add_parser(sub) -> None:
         help="background labeller (moondream needs its weights in the local HF cache; "
         "targets replays a recording's own targets)",
     )
+    p.add_argument(
+        "--oracle-in",
+        choices=["process", "thread"],
+        default="process",
+        help="run the model oracle in a child process on its own cores (default) or in a "
+        "thread of this one",
+    )
+    p.add_argument(
+        "--oracle-threads",
+        type=int,
+        help="compute threads of the oracle process (default: one per core it gets)",
+    )
     p.add_argument("--snapshot-every", type=float, default=5.0, help="seconds between labels")
     p.add_argument("--headless", action="store_true", help="no window; status lines instead")
     p.add_argument("--frames", type=int, help="stop after this many frames")
@@ -105,8 +118,27 @@ def _oracle(args, mapper):
     from oracle.moondream import MoondreamConfig, MoondreamOracle, load_moondream
 
     cfg = MoondreamConfig()
+    cam = getattr(mapper.screen, "camera_norm", None)
+    if args.oracle_in == "process":
+        # Its own process and cores: a VLM's Python between tensor ops would otherwise
+        # compete with the camera loop for the interpreter lock (see oracle/process.py).
+        from oracle.base import OracleError
+        from oracle.process import OracleSpec, ProcessOracle
+
+        spec = OracleSpec(
+            "oracle.moondream:build_oracle",
+            {
+                "config": cfg.model_dump(mode="json"),
+                "screen": mapper.screen.model_dump(mode="json"),
+                "camera_norm": None if cam is None else [float(cam[0]), float(cam[1])],
+            },
+        )
+        print("loading Moondream in its own process …", file=sys.stderr)
+        try:
+            return ProcessOracle(spec, threads=args.oracle_threads)
+        except OracleError as e:
+            raise UserError(str(e)) from None
     model = load_moondream(cfg)  # a clear error when the weights are not cached
-    cam = mapper.screen.camera_norm if hasattr(mapper.screen, "camera_norm") else None
     return MoondreamOracle(model, cfg, mapper.screen, camera_norm=cam)
 
 
