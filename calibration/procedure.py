@@ -199,35 +199,10 @@ class CalibrationRun:
         )
 
 
-def fit_profile(
-    x: np.ndarray,
-    y_norm: np.ndarray,
-    groups: np.ndarray,
-    *,
-    screen: ScreenGeometry,
-    features: list[str],
-    user: str,
-    device: str,
-    gaze_model_id: str,
-    gaze_model_sha256: str,
-    mapping: str = "ridge",
-    calibration_session: str | None = None,
-) -> Profile:
+def fit_profile(x: np.ndarray, y_norm: np.ndarray, groups: np.ndarray, **kwargs) -> Profile:
     """Clean (per-target outliers), fit with nested selection, and report the honest
-    leave-one-target-out error in the profile itself."""
-    return fit_profile_report(
-        x,
-        y_norm,
-        groups,
-        screen=screen,
-        features=features,
-        user=user,
-        device=device,
-        gaze_model_id=gaze_model_id,
-        gaze_model_sha256=gaze_model_sha256,
-        mapping=mapping,
-        calibration_session=calibration_session,
-    )[0]
+    leave-one-target-out error in the profile itself. Keywords as `fit_profile_report`."""
+    return fit_profile_report(x, y_norm, groups, **kwargs)[0]
 
 
 def fit_profile_report(
