@@ -120,12 +120,15 @@ def test_loss_goes_down(net, tmp_path):
     assert after < 0.8 * before, (before, after)
     losses = summary["losses"]
     assert len(losses) == 8 and all(math.isfinite(v) for v in losses)
-    assert np.mean(losses[-3:]) < np.mean(losses[:3])
+    # Per-step losses are on random episodes (one drew a 1.0 among 0.1-0.2 here), so the
+    # learning is judged on the fixed episodes above; the steps are what metrics.csv holds.
     assert summary["steps"] == 8 and summary["epochs"] == 1 and summary["stopped"] == "finished"
     assert summary["samples_per_s"] > 0 and summary["wall_time_s"] > 0
     assert summary["split"].startswith("no validation")
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("kind,step,epoch,loss") and len(rows) == 1 + 8
+    logged = [float(r.split(",")[3]) for r in rows[1:]]
+    assert np.allclose(logged, losses, rtol=1e-5), (logged, losses)
 
 
 # --- resume ---------------------------------------------------------------------------------

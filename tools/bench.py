@@ -62,9 +62,10 @@ def add_parser(sub) -> None:
     m.add_argument("--mapping", action="append", help="mapping(s) to time (default: all)")
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=run_mapping)
-    from tools import mqtt_bridge
+    from tools import bench_loop, mqtt_bridge
 
     mqtt_bridge.add_bench_parser(bsub)
+    bench_loop.add_parser(bsub)
 
 
 def single_thread() -> None:
@@ -126,7 +127,9 @@ def bench_fastpath(
     restarts = 0
     with open_source(source, loop=True, resize=BENCH_SIZE) as src:
         it = iter(src)
-        for i in range(frames + WARMUP):
+        i = -1
+        while len(total) < frames:
+            i += 1
             passes = getattr(src, "passes", 0)
             t0 = time.perf_counter_ns()
             frame = next(it)
@@ -163,7 +166,7 @@ def bench_fastpath(
     return {
         **({"raw": {"stages": times, "total": total}} if raw else {}),
         "oracle_worker": about_oracle,
-        "frames": frames - restarts,
+        "frames": len(total),
         "warmup_frames": WARMUP,
         "loop_restarts_excluded": restarts,
         "width": w,
