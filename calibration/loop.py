@@ -15,34 +15,55 @@ the residual it reports is the perpendicular one; a point label constrains both 
 Why not a fixed gain `C ← C + α·Δ`
 ----------------------------------
 A residual mixes the oracle's noise with the fast path's own error (100 px and 80 px per
-axis in the done criteria), so a single label says little. Measured with `loopsim` (300
-seeds, a 150 px step drift after 10 labels, 60 labels): a fixed gain α = 0.1 brings the
-seed-averaged error back within 10 % of the pre-drift error after 15 labels, but each run
-keeps wandering (5 % of runs are in that band from the 15th label to the end; +7 % error at
-the end), and with 30 % junk labels behind a median/MAD gate its worst run ends 24 % *worse*
-than no correction at all; α ≥ 0.15 never settles in the band. So the loop keeps a posterior
-over *when the drift last changed* (Bayesian online change-point detection, Adams & MacKay
-2007): every hypothesis "the offset has been constant for the last r labels" carries the
-Gaussian posterior of C given those labels (information form, so point and line labels mix
-freely and a direction no label constrains stays at its prior), and the hypotheses are
-weighted by how well each predicted the labels (Student-t predictive: a misjudged σ must
-not turn two noisy labels into a "change"). C's target is the posterior mean, in which a
-run younger than `min_run_labels` still counts as "no change yet". For a constant drift
-this is the running mean of the labels since the change (`C ← C + Δ/n`, the best a
-constant drift allows). Same simulation: 18 labels seed-averaged, 32 % of runs in the band
-from the 15th label on, +3.7 % at the end, worst junk run at 0.79 of the drifted error;
-an estimator *told* the onset (`loopsim.known_onset_reference`) needs 13 labels, 52 %.
+axis in the done criteria), so a single label says little: a fixed gain either wanders (α =
+0.1 keeps 5 % of runs in the 10 % band from the 15th label on) or, behind a median gate,
+lets 30 % junk labels end 24 % *worse* than no correction. The best a constant offset allows
+is the mean of the labels since it last changed (`C ← C + Δ/n`), so the question is *when*
+it changed. (An earlier version kept a Bayesian posterior over that, Adams & MacKay 2007;
+it crept toward a new drift through a mixture of young hypotheses: median 22-23 labels per
+seed to recover, below.)
+
+The estimator (the maths is in `calibration.changepoint`)
+---------------------------------------------------------
+- Runs. The labels since the last detected change form the current *run*; C's target is the
+  run's robust fit (Huber, started at the L1 centre, zero weight beyond the gate: junk far
+  away weighs nothing), over its last `window_labels` labels. The calibration's own run
+  starts with its offset worth `prior_weight` labels: the calibration measured it on many
+  frames at known targets, and that prior fades as the window fills.
+- Changes. After every label, a score test at every candidate onset of the run: "the labels
+  from τ on have another offset than those before" (residuals clipped at `huber_k`·σ, so a
+  wild label adds at most a bounded amount; labels far from both sides and runs without one
+  centre do not count, so junk does not add up to a change). Above `change_logp` (−log p),
+  a new run starts at the best τ and C's target becomes the fit of the labels since τ: what
+  an estimator told the onset would do, at once, rather than creeping there. Only the
+  calibration's own run also tests τ = 0 ("the calibration is off").
+- Hysteresis. While the new run is young, its start is re-placed among the nearby labels as
+  more arrive, and the change is undone when the split no longer holds (`merge_logp`).
+  `confirm_logp` > `change_logp` makes a young change followed only in proportion to its
+  evidence: fewer false walks, slower recovery.
+- Scale. σ: the median of the last `gate_labels` labels' residual lengths about the fits of
+  their runs (leverage-corrected), then re-taken inside the gate so 30 % junk inflates it
+  by a tenth rather than a third; floored at `noise_floor`.
+
+Measured (`python -m tools.loop_stats --seeds 300 --base B [--session grid9]`: a 150 px
+step after 10 labels, 60 labels; `labels_to_recover` per seed, median / p90): this loop
+17 / 37-41 on the synthetic 5×5 session (B = 10000, 20000) and 16 / 39 on the grid9 targets,
+the previous one 22-23 / 46-47 and 21 / 44, an estimator told the onset 12-14 / 29-34. The
+seed-averaged trace recovers later than before (21 labels vs 17-18): late detections weigh
+on a mean. That gap is a detection limit, not a tuning one: a 150 px step in 128 px of
+noise per label takes ~9 labels to tell from noise at a false-alarm rate of about one in
+four 100-label streams, even knowing σ and the old offset exactly. With no drift the
+offset's RMS is 21-23 px (29-31 before), but in 14-16 % of 100-label streams a chance run
+of labels is taken for a change and the offset jumps by up to 100-160 px until later labels
+undo it (2-4 % before; p99 of |C| 90-101 px against 70-75). `confirm_logp` = 8 trades back
+(11 %, p99 75 px, RMS 18 px; median 18 labels). With 30 % junk labels no run ended worse
+than the drifted error (worst 0.86-0.94 of it over 300 streams, mean 0.62).
 
 The gate
 --------
-- Robust scale σ: the median absolute deviation of the last `gate_labels` labels (rejected
-  ones included) about their spatial median, floored at `noise_floor`.
-- Robust centre: the posterior mean above. One outlier cannot move it (it is explained by
-  the outlier component: with probability `outlier_prior` a label is uniform over the
-  screen), while a persistent drift moves it once a short-run hypothesis wins.
-- A label farther than `gate_sigma` (2-D, in units of the predictive spread: σ and the
-  centre's own uncertainty) from the centre is an outlier and moves nothing.
-Accepted labels step C toward the centre: α times the move, restricted to the directions
+A label farther than `gate_sigma` (2-D, in units of the predictive spread: σ and the run
+fit's own uncertainty) from the run's fit without it is an outlier and moves nothing.
+Accepted labels step C toward the target: α times the move, restricted to the directions
 that recent labels constrain (eigenvalues of Σ P over the last `window_labels` labels within
 `window_s` ≥ `min_constraint`), clipped to `max_step`, with |C| clipped to `max_total`.
 
@@ -62,21 +83,14 @@ import math
 import threading
 from collections import deque
 from dataclasses import dataclass
-from statistics import NormalDist
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from calibration.changepoint import Fit, Scan, change_scan, robust_fit, robust_scale
+from calibration.changepoint import inv2 as _inv2
 from calibration.history import History
 from calibration.labels import LineObservation, OracleLabel, PointObservation
-
-# Median of a 2-D N(0, σ²I) radial distance, and of |N(0, σ²)|, in units of σ.
-_MEDIAN_RADIAL = math.sqrt(2.0 * math.log(2.0))
-_MEDIAN_ABS = NormalDist().inv_cdf(0.75)
-_L1_ITERS = 12
-_EPS = 1e-6  # in screen widths: 2 µm of a 2 m wall
-_LOG_2PI = math.log(2.0 * math.pi)
-_NEGLIGIBLE = 30.0  # run hypotheses e^-30 below the best are dropped
 
 
 class LoopConfig(BaseModel):
@@ -85,7 +99,7 @@ class LoopConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     aspect: float = Field(16 / 9, gt=0, description="physical width / height of the screen")
-    alpha: float = Field(1.0, gt=0, le=1, description="gain toward the posterior mean")
+    alpha: float = Field(1.0, gt=0, le=1, description="gain toward the run's robust fit")
     max_step: float = Field(0.06, gt=0, description="largest |step| per label")
     max_total: float = Field(0.15, gt=0, description="largest |C|")
     max_gap_ms: float = Field(100.0, gt=0, description="history interpolation gap at t")
@@ -94,27 +108,31 @@ class LoopConfig(BaseModel):
     )
     min_confidence: float = Field(0.3, ge=0, le=1)
     accept_lines: bool = Field(True, description="False when no camera position is known")
-    # Robust gate.
-    gate_labels: int = Field(25, ge=3, description="labels (rejected included) for σ")
+    # Robust scale and gate.
+    gate_labels: int = Field(60, ge=3, description="labels (rejected included) for σ")
     gate_sigma: float = Field(3.0, gt=0, description="gate radius, 2-D, in predictive σ")
     noise_prior: float = Field(0.075, gt=0, description="σ per axis until enough labels")
     noise_floor: float = Field(0.01, gt=0, description="smallest σ the gate believes")
     min_scale_labels: int = Field(5, ge=2, description="labels before σ is measured")
-    outlier_prior: float = Field(0.2, gt=0, lt=1, description="P(label is junk), a priori")
-    tail_dof: float = Field(
-        4.0,
-        gt=0,
-        description="Student-t dof of the predictive (inf: Gaussian); heavy tails "
-        "keep a misjudged σ from turning two noisy labels into a change",
+    huber_k: float = Field(
+        2.0, gt=0, description="residuals beyond k·σ count as k·σ (fit and change test)"
     )
-    # Change-point model.
-    prior_weight: float = Field(4.0, ge=0, description="starting offset's worth, in labels")
-    drift_every: float = Field(30.0, gt=1, description="expected labels between changes")
-    drift_scale: float = Field(0.06, gt=0, description="σ per axis of a change of drift")
-    max_runs: int = Field(40, ge=2, description="change-point hypotheses kept")
-    min_run_labels: int = Field(8, ge=1, description="labels before a new run may move C")
-    # Memory: a run's weight in labels, and which directions may move.
-    window_labels: int = Field(40, ge=1, description="memory of a run, and of constraints")
+    # Change points.
+    prior_weight: float = Field(80.0, ge=0, description="starting offset's worth, in labels")
+    change_logp: float = Field(
+        6.5, gt=0, description="−log p of the change test above which the offset changed"
+    )
+    confirm_logp: float = Field(
+        6.5, gt=0, description="−log p from which a young change is followed fully"
+    )
+    merge_logp: float = Field(
+        2.0, ge=0, description="−log p below which the last change is undone (hysteresis)"
+    )
+    drift_scale: float = Field(
+        0.04, gt=0, description="σ per axis of a change of drift: the new run's prior"
+    )
+    # Memory: the run's fit, the change scan, and which directions may move.
+    window_labels: int = Field(120, ge=2, description="labels in a run's fit, and constraints")
     window_s: float = Field(600.0, gt=0, description="age limit of constraining labels")
     min_constraint: float = Field(0.75, gt=0, description="eigenvalue of ΣP to constrain")
     # Drift alarm.
@@ -145,58 +163,27 @@ class _Sample:
     P: np.ndarray  # (2,2) projector onto what the label constrains, width units
     g: np.ndarray  # (2,) an offset that explains the label: P·C = P·g
     n: np.ndarray | None  # unit normal of a line label, None for a point
+    dim: int = 2  # degrees of freedom the label constrains
+    idx: int = 0  # position in the label stream
     accepted: bool = False
+    resid: float = math.nan  # |P·(g − fit)| about the fit of its run, for the scale
+    leverage: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """Labels from `start` on share one offset; `info`/`mean` its prior (labels' worth)."""
+
+    start: int
+    info: np.ndarray
+    mean: np.ndarray
+    calibration: bool = False  # the run that began at the calibration (or a reset)
 
 
 def _ro(a: np.ndarray) -> np.ndarray:
     a = np.array(a, dtype=np.float64)
     a.flags.writeable = False
     return a
-
-
-def _inv2(A: np.ndarray) -> np.ndarray:
-    """Inverse of one (2,2) or a stack (..., 2, 2) of 2×2 matrices, in closed form."""
-    det = A[..., 0, 0] * A[..., 1, 1] - A[..., 0, 1] * A[..., 1, 0]
-    out = np.empty_like(A)
-    out[..., 0, 0] = A[..., 1, 1]
-    out[..., 1, 1] = A[..., 0, 0]
-    out[..., 0, 1] = -A[..., 0, 1]
-    out[..., 1, 0] = -A[..., 1, 0]
-    return out / det[..., None, None]
-
-
-def _dist(Ps: np.ndarray, gs: np.ndarray, c: np.ndarray) -> np.ndarray:
-    e = np.einsum("nij,nj->ni", Ps, gs - c)
-    return np.hypot(e[:, 0], e[:, 1])
-
-
-def _l1_centre(Ps: np.ndarray, gs: np.ndarray, c0: np.ndarray) -> np.ndarray:
-    """L1 (spatial-median-like) centre by IRLS: 50 % breakdown for point labels; directions
-    no label constrains stay at c0. Written out per element: it runs every label."""
-    a, b, d = Ps[:, 0, 0], Ps[:, 0, 1], Ps[:, 1, 1]  # P is symmetric
-    px, py = a * gs[:, 0] + b * gs[:, 1], b * gs[:, 0] + d * gs[:, 1]  # P·g
-    w = np.ones(len(gs))
-    c = (float(c0[0]), float(c0[1]))
-    for _ in range(_L1_ITERS + 1):
-        r = 1e-9 * (float(w.sum()) + 1.0)
-        a00, a01, a11 = float(w @ a) + r, float(w @ b), float(w @ d) + r
-        bx, by = float(w @ px) + r * c0[0], float(w @ py) + r * c0[1]
-        det = a00 * a11 - a01 * a01
-        new = ((a11 * bx - a01 * by) / det, (a00 * by - a01 * bx) / det)
-        if abs(new[0] - c[0]) + abs(new[1] - c[1]) < 1e-12:
-            c = new
-            break
-        c = new
-        ex, ey = px - (a * c[0] + b * c[1]), py - (b * c[0] + d * c[1])
-        w = 1.0 / np.maximum(np.hypot(ex, ey), _EPS)
-    return np.array(c)
-
-
-def _equiv_radial_1d(x: float) -> float:
-    """A 1-D normalised distance as the 2-D radial distance of the same tail probability,
-    so one gate serves point labels (2 dof) and line labels (1 dof)."""
-    tail = max(math.erfc(abs(x) / math.sqrt(2.0)), 1e-300)
-    return math.sqrt(-2.0 * math.log(tail))
 
 
 class DriftLoop:
@@ -215,7 +202,9 @@ class DriftLoop:
         self.history = history
         self._lock = threading.Lock()
         self._k = np.array([1.0, 1.0 / self.cfg.aspect])  # normalised → width units
-        self._samples: deque[_Sample] = deque(maxlen=max(self.cfg.window_labels, 1))
+        # The run's fit and the change scan look back two windows; the scale gate_labels.
+        self._keep = 2 * self.cfg.window_labels + self.cfg.gate_labels
+        self._samples: deque[_Sample] = deque()
         self._seen: deque[str] = deque(maxlen=256)
         self._accepted_resid: deque[float] = deque(maxlen=self.cfg.alarm_labels)
         self._offset_log: deque[tuple[int, np.ndarray]] = deque(maxlen=512)
@@ -242,17 +231,17 @@ class DriftLoop:
             self._seen.clear()
             self._pinned = 0
             self._rejected_run = 0
+            self._next_idx = 0
             self.alarm, self.alarm_reason = False, ""
             q = off * self._k
-            self._prior_q = q
-            # One hypothesis: "nothing changed since the calibration", which carries the
-            # starting offset as `prior_weight` labels' worth of evidence.
-            self._S = (cfg.prior_weight * np.eye(2))[None].copy()  # Σ w·P (in labels)
-            self._b = (cfg.prior_weight * q)[None].copy()  # Σ w·P·g
-            self._mu0 = q[None].copy()  # prior mean of a run born at a change
-            self._born = np.array([False])  # False: the calibration's own run
-            self._age = np.array([0])  # labels in each run
-            self._lp = np.array([0.0])  # log posterior of each run
+            # The calibration's own run: "nothing changed since the calibration", which
+            # carries the starting offset as `prior_weight` labels' worth of evidence.
+            self._runs = [_Run(0, cfg.prior_weight * np.eye(2), q.copy(), calibration=True)]
+            self._estimate = q.copy()
+            self._changes = 0
+            self._merges = 0
+            self._split_nlp = 0.0
+            self._since_change = 10**9
             self._offset_log.clear()
             self._offset_log.append((-(2**62), _ro(off)))
             self._offset = _ro(off)
@@ -333,7 +322,7 @@ class DriftLoop:
         e_q = est * k
         raw_q = e_q - self._offset_at(t) * k
         if isinstance(obs, PointObservation):
-            sample = _Sample(t, np.eye(2), a * k - raw_q, None)
+            sample = _Sample(t, np.eye(2), a * k - raw_q, None, dim=2)
             resid_q = a * k - e_q
         else:
             d = u * k
@@ -345,114 +334,168 @@ class DriftLoop:
                 # label contradicts the fast path outright rather than constraining it.
                 return self._reject("the fast estimate lies behind the ray's origin", fast=est)
             P = np.outer(n, n)
-            sample = _Sample(t, P, P @ (o_q - raw_q), n)
+            sample = _Sample(t, P, P @ (o_q - raw_q), n, dim=1)
             resid_q = P @ (o_q - e_q)
         self._seen.append(label.snapshot_id)
         return self._decide(sample, resid_q / k, float(np.hypot(*resid_q)), est)
 
     # --- the estimator -------------------------------------------------------------------
 
-    def _scale(self, C: np.ndarray) -> float:
+    # --- the estimator (the maths is in calibration.changepoint) --------------------------
+
+    def _scale(self) -> float:
+        """σ per axis from the last gate_labels labels' residuals about their runs' fits."""
         cfg = self.cfg
-        recent = list(self._samples)[-cfg.gate_labels :]
+        recent = [s for s in list(self._samples)[-cfg.gate_labels :] if math.isfinite(s.resid)]
         if len(recent) < cfg.min_scale_labels:
             return max(cfg.noise_prior, cfg.noise_floor)
-        Ps = np.stack([s.P for s in recent])
-        gs = np.stack([s.g for s in recent])
-        dist = _dist(Ps, gs, _l1_centre(Ps, gs, C))
-        expected = np.array([_MEDIAN_RADIAL if s.n is None else _MEDIAN_ABS for s in recent])
-        return max(float(np.median(dist / expected)), cfg.noise_floor)
+        resid = np.array([s.resid for s in recent])
+        lev = np.array([s.leverage for s in recent])
+        dims = np.array([s.dim for s in recent])
+        return max(robust_scale(resid, dims, lev, cfg.gate_sigma), cfg.noise_floor)
 
-    def _posteriors(self, s2: float) -> tuple[np.ndarray, np.ndarray]:
-        """Mean (R,2) and covariance (R,2,2) of C under each run hypothesis."""
-        tau2 = self.cfg.drift_scale**2
-        eye = np.eye(2)
-        born = self._born[:, None, None]
-        lam0 = np.where(born, eye / tau2, 1e-9 * eye)
-        eta0 = np.where(self._born[:, None], self._mu0 / tau2, 1e-9 * self._prior_q)
-        Lam = self._S / s2 + lam0
-        cov = _inv2(Lam)
-        mu = np.einsum("rij,rj->ri", cov, self._b / s2 + eta0)
-        return mu, cov
+    def _labels(self, i: int) -> list[_Sample]:
+        """The labels of run `i` of the stack (-1: the current one), at most two windows."""
+        lo = self._runs[i].start
+        hi = self._runs[i + 1].start if i not in (-1, len(self._runs) - 1) else 2**62
+        run = [s for s in self._samples if lo <= s.idx < hi]
+        return run[-2 * self.cfg.window_labels :]
 
-    def _log_pred(self, sample: _Sample, mu: np.ndarray, cov: np.ndarray, s2: float) -> np.ndarray:
-        """Log predictive density of the label under each hypothesis."""
-        e = sample.g - mu
-        nu = self.cfg.tail_dof
-        if sample.n is None:
-            V = cov + s2 * np.eye(2)
-            Vi = _inv2(V)
-            m2 = np.einsum("ri,rij,rj->r", e, Vi, e)
-            det = V[:, 0, 0] * V[:, 1, 1] - V[:, 0, 1] * V[:, 1, 0]
-            return _log_t(m2, 0.5 * np.log(det), nu, 2)
-        n = sample.n
-        v = np.einsum("i,rij,j->r", n, cov, n) + s2
-        r = e @ n
-        m2 = r * r / v
-        return _log_t(m2, 0.5 * np.log(v), nu, 1)
+    def _prior(self, run: _Run, run_len: int) -> tuple[np.ndarray, np.ndarray]:
+        """The run's prior, fading as its window fills: hours of labels must not be held
+        back by where the run started, while its first labels are."""
+        fade = max(0.0, 1.0 - run_len / self.cfg.window_labels)
+        return run.info * fade, run.mean
+
+    def _fit(self, labels: list[_Sample], sigma: float, run: _Run | None = None) -> Fit:
+        cfg = self.cfg
+        labels = labels[-cfg.window_labels :]
+        info, mean = self._prior(run or self._runs[-1], len(labels))
+        return robust_fit(
+            *_stack(labels), info, mean, sigma, huber_k=cfg.huber_k, gate=cfg.gate_sigma
+        )
+
+    def _store_fit(self, labels: list[_Sample], sigma: float, run: _Run | None = None) -> Fit:
+        """Fit the run and keep each label's residual about it (for the scale)."""
+        fit = self._fit(labels, sigma, run)
+        for s, r, h in zip(labels[-self.cfg.window_labels :], fit.resid, fit.leverage, strict=True):
+            s.resid, s.leverage = float(r), float(h)
+        return fit
+
+    def _scan(
+        self, labels: list[_Sample], run: _Run, sigma: float, taus: list[int] | None = None
+    ) -> Scan:
+        """The change test over `labels`, which start with those of `run`."""
+        cfg = self.cfg
+        if len(labels) < 2 and taus is None:
+            return Scan(-1, 0.0)
+        # A run born at a change has the old offset as its prior: a shrinkage for its fit,
+        # but the one thing the change says is wrong, so the test compares labels with
+        # labels. The calibration's run keeps its prior: that offset was measured.
+        prior = self._prior(run, 0) if run.calibration else (np.zeros((2, 2)), run.mean)
+        # The weights of the labels before each split come from the run's robust fit: junk
+        # the fit ignores does not shift the reference the later labels are compared with.
+        fit = robust_fit(*_stack(labels), *prior, sigma, huber_k=cfg.huber_k, gate=cfg.gate_sigma)
+        Ps, gs, dims = _stack(labels)
+        # Only the calibration's own run tests its first label: "the calibration is off".
+        first = 0 if run.calibration else 1
+        return change_scan(
+            Ps,
+            gs,
+            dims,
+            fit.weights,
+            *prior,
+            sigma,
+            huber_k=cfg.huber_k,
+            gate=cfg.gate_sigma,
+            window=cfg.window_labels,
+            first=first,
+            taus=None if taus is None else np.asarray(taus),
+        )
+
+    def _refine_boundary(self, sigma: float) -> None:
+        """Re-place the last change among the labels of the last two runs, or undo it when
+        the labels since no longer support it. The scan that declared it saw only the first
+        few labels after it; later labels tell better where it was (so the new run's fit
+        holds all of its labels and none of the old), and whether it was a chance run of
+        labels, which must not cost a whole window of noisy fits."""
+        cfg = self.cfg
+        if len(self._runs) < 2:
+            return
+        cur = self._labels(-1)
+        if len(cur) > cfg.window_labels:
+            # Established: the runs before it are history.
+            self._runs = self._runs[-1:]
+            return
+        prev = self._labels(-2)[-cfg.window_labels :]
+        if not prev or not cur:
+            return
+        both = prev + cur
+        near = range(max(1, len(prev) - 3), min(len(both), len(prev) + 4))
+        scan = self._scan(both, self._runs[-2], sigma, taus=list(near))
+        self._split_nlp = scan.neg_log_p
+        if scan.neg_log_p < cfg.merge_logp:
+            self._runs.pop()
+            self._merges += 1
+            return
+        start = both[scan.onset].idx
+        if start != self._runs[-1].start:
+            old = self._fit(both[: scan.onset], sigma, self._runs[-2])
+            r = self._runs[-1]
+            self._runs[-1] = _Run(start, r.info, old.mean)
 
     def _decide(
         self, sample: _Sample, residual: np.ndarray, resid_len: float, est: np.ndarray
     ) -> LoopDecision:
         cfg = self.cfg
         C = self._offset * self._k
+        s = self._scale()  # before this label: it must not vouch for itself
+        sample.idx = self._next_idx
+        self._next_idx += 1
         self._samples.append(sample)
         while len(self._samples) > 1 and sample.t_ns - self._samples[0].t_ns > cfg.window_s * 1e9:
             self._samples.popleft()
-        s = self._scale(C)
-        s2 = s * s
+        while len(self._samples) > self._keep:
+            self._samples.popleft()
 
-        # Hypotheses: every existing run grows by this label, or a new run starts with it
-        # (its prior: C now, give or take a change of drift_scale).
-        mu, cov = self._posteriors(s2)
-        mu = np.vstack([mu, C[None]])
-        cov = np.concatenate([cov, (cfg.drift_scale**2 * np.eye(2))[None]])
-        lg = self._log_pred(sample, mu, cov, s2)
-        eps = cfg.outlier_prior
-        # Junk is uniform over the screen: density aspect per width² for a point, about one
-        # per width for a line's perpendicular offset.
-        log_junk = math.log(eps) + (math.log(cfg.aspect) if sample.n is None else 0.0)
-        lin = math.log1p(-eps) + lg
-        lpred = np.logaddexp(lin, log_junk)
-        inlier = np.exp(lin - lpred)  # P(this label is not junk | hypothesis)
+        # Has the offset changed? If so a run starts at the onset the scan found, and the
+        # labels before it are closed with the fit of their own run.
+        self._refine_boundary(s)
+        run = self._labels(-1)
+        scan = self._scan(run, self._runs[-1], s)
+        self._since_change += 1
+        if scan.onset >= 0 and scan.neg_log_p >= cfg.change_logp:
+            old = self._store_fit(run[: scan.onset], s)
+            prior = (s / cfg.drift_scale) ** 2 * np.eye(2)
+            new = _Run(run[scan.onset].idx, prior, old.mean)
+            if scan.onset == 0:
+                self._runs[-1] = new  # the calibration itself is off: drop its prior
+            else:
+                self._runs.append(new)
+            self._changes += 1
+            self._since_change = 0
+            self._split_nlp = scan.neg_log_p
+            run = run[scan.onset :]
 
-        h = 1.0 / cfg.drift_every
-        lse_prev = _logsumexp(self._lp)
-        lp = np.append(self._lp + math.log1p(-h), lse_prev + math.log(h)) + lpred
-        lp -= _logsumexp(lp)
-
-        # The gate, against the pre-label belief: mean and spread of the mixture.
-        w_prior = np.exp(np.append(self._lp + math.log1p(-h), lse_prev + math.log(h)) - lse_prev)
-        centre = w_prior @ mu
-        spread = np.einsum("r,rij->ij", w_prior, cov + np.einsum("ri,rj->rij", mu, mu))
-        spread -= np.outer(centre, centre)
-        d = self._gate_distance(sample, centre, spread, s2)
+        # The gate, against the run's fit without this label (the pre-label belief).
+        prior = self._fit(run[:-1], s)
+        d = self._gate_distance(sample, prior.mean, s * s * _inv2(prior.info), s * s)
         accepted = d <= cfg.gate_sigma
         sample.accepted = accepted
-
-        # Bayesian update of every run with this label, weighted by how likely it is real.
-        w = inlier
-        S = np.concatenate([self._S, np.zeros((1, 2, 2))]) + w[:, None, None] * sample.P
-        b = np.concatenate([self._b, np.zeros((1, 2))]) + w[:, None] * (sample.P @ sample.g)
-        # Fading memory: a run never holds more than window_labels labels' worth, so hours
-        # of labels do not freeze C and a slow drift is followed without a change-point.
-        n_eff = np.trace(S, axis1=1, axis2=2) / 2.0
-        fade = np.minimum(1.0, cfg.window_labels / np.maximum(n_eff, 1e-12))
-        self._S, self._b = S * fade[:, None, None], b * fade[:, None]
-        self._mu0 = np.vstack([self._mu0, C[None]])
-        self._born = np.append(self._born, True)
-        self._age = np.append(self._age + 1, 1)
-        self._lp = lp
-        self._prune()
+        fit = self._store_fit(run, s)
+        target = fit.mean
+        if len(self._runs) >= 2 and cfg.confirm_logp > cfg.change_logp:
+            # A young change is followed in proportion to the evidence for it, fully from
+            # confirm_logp on: a chance run of labels that crossed the change threshold
+            # moves the offset part of the way and is undone when later labels disagree.
+            span = cfg.confirm_logp - cfg.merge_logp
+            g = min(1.0, max(0.0, (self._split_nlp - cfg.merge_logp) / span))
+            base = self._runs[-1].mean
+            target = base + g * (fit.mean - base)
+        self._estimate = target
 
         step_q = np.zeros(2)
         if accepted:
-            mu_post, _ = self._posteriors(s2)
-            # A run younger than min_run_labels speaks for "no change yet": one label in the
-            # tail must not move C, two or three in a row may.
-            young = self._born & (self._age < cfg.min_run_labels)
-            mu_post[young] = C
-            target = np.exp(self._lp) @ mu_post
             step_q = cfg.alpha * self._constrain(target - C)
             norm = math.hypot(*step_q)
             if norm > cfg.max_step:
@@ -472,12 +515,15 @@ class DriftLoop:
         self._pinned = self._pinned + 1 if at_bound else 0
         self._update_alarm()
 
-        p_change = float(np.exp(self._lp[self._born & (self._age <= 3)]).sum())
+        if self._since_change < 3:
+            p_change = 1.0
+        else:
+            p_change = math.exp(min(0.0, scan.neg_log_p - cfg.change_logp))
         if accepted:
             why = "accepted"
         else:
             why = (
-                f"outlier: {d:.1f}σ from the robust centre of recent labels "
+                f"outlier: {d:.1f}σ from the robust fit of recent labels "
                 f"(gate {cfg.gate_sigma:g}σ; σ = {s:.3f} screen widths)"
             )
         return LoopDecision(
@@ -504,23 +550,13 @@ class DriftLoop:
 
     def _constrain(self, delta: np.ndarray) -> np.ndarray:
         """`delta` restricted to the directions recent accepted labels constrain."""
-        acc = [s.P for s in self._samples if s.accepted]
+        recent = list(self._samples)[-self.cfg.window_labels :]
+        acc = [s.P for s in recent if s.accepted]
         if not acc:
             return np.zeros(2)
         lam, V = np.linalg.eigh(np.sum(acc, axis=0))
         Vc = V[:, lam >= self.cfg.min_constraint]
         return Vc @ (Vc.T @ delta)
-
-    def _prune(self) -> None:
-        lp = self._lp
-        keep = lp >= lp.max() - _NEGLIGIBLE
-        if keep.sum() > self.cfg.max_runs:
-            keep &= lp >= np.sort(lp)[-self.cfg.max_runs]
-        if keep.all():
-            return
-        self._S, self._b, self._mu0 = self._S[keep], self._b[keep], self._mu0[keep]
-        self._born, self._age = self._born[keep], self._age[keep]
-        self._lp = lp[keep] - _logsumexp(lp[keep])
 
     def _set_offset(self, off: np.ndarray) -> None:
         new = _ro(off)
@@ -554,25 +590,42 @@ class DriftLoop:
 
     @property
     def n_labels(self) -> int:
-        """Usable labels in the window (those that reached the gate)."""
+        """Usable labels kept (those that reached the gate)."""
         return len(self._samples)
 
     @property
-    def run_hypotheses(self) -> int:
-        return len(self._lp)
+    def run_labels(self) -> int:
+        """Labels since the last detected change of the offset (or since the start)."""
+        return sum(1 for s in self._samples if s.idx >= self._runs[-1].start)
+
+    @property
+    def changes(self) -> int:
+        """Changes of the offset the loop has detected since the last reset."""
+        return self._changes
+
+    @property
+    def merges(self) -> int:
+        """Detected changes later undone because the labels since did not bear them out."""
+        return self._merges
+
+    @property
+    def estimate(self) -> np.ndarray:
+        """(2,) the current run's robust fit, normalised; the offset steps toward it."""
+        return _ro(self._estimate / self._k)
 
 
-def _log_t(m2: np.ndarray, half_logdet: np.ndarray, nu: float, dim: int) -> np.ndarray:
-    """Log density of a `dim`-variate Student t with `nu` dof at squared Mahalanobis
-    distance m2 (the Gaussian when nu is infinite)."""
-    if math.isinf(nu):
-        return -0.5 * m2 - half_logdet - 0.5 * dim * _LOG_2PI
-    const = (
-        math.lgamma(0.5 * (nu + dim)) - math.lgamma(0.5 * nu) - 0.5 * dim * math.log(nu * math.pi)
+def _stack(run: list[_Sample]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if not run:
+        return np.zeros((0, 2, 2)), np.zeros((0, 2)), np.zeros(0, dtype=int)
+    return (
+        np.stack([s.P for s in run]),
+        np.stack([s.g for s in run]),
+        np.array([s.dim for s in run]),
     )
-    return const - half_logdet - 0.5 * (nu + dim) * np.log1p(m2 / nu)
 
 
-def _logsumexp(a: np.ndarray) -> float:
-    m = float(a.max())
-    return m + math.log(float(np.exp(a - m).sum()))
+def _equiv_radial_1d(x: float) -> float:
+    """A 1-D normalised distance as the 2-D radial distance of the same tail probability,
+    so one gate serves point labels (2 dof) and line labels (1 dof)."""
+    tail = max(math.erfc(abs(x) / math.sqrt(2.0)), 1e-300)
+    return math.sqrt(-2.0 * math.log(tail))

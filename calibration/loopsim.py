@@ -121,6 +121,26 @@ def labels_to_recover(err_px: np.ndarray, error_before_px: float, onset: int | N
     return last_out + 2
 
 
+def recovery_summary(values: list[int | None]) -> dict[str, Any]:
+    """Median and 90th percentile over seeds of per-seed `labels_to_recover`, a run that never
+    recovers counting as worse than any that did (None when the quantile falls on one)."""
+    a = np.array([math.inf if v is None else v for v in values], dtype=np.float64)
+    if len(a) == 0:
+        raise ValueError("no runs")
+
+    def q(p: float) -> float | None:
+        with np.errstate(invalid="ignore"):
+            v = float(np.percentile(a, p))
+        return v if math.isfinite(v) else None
+
+    return {
+        "median": q(50),
+        "p90": q(90),
+        "recovered": int(np.isfinite(a).sum()),
+        "runs": len(a),
+    }
+
+
 @dataclass(slots=True)
 class _Draws:
     frames: np.ndarray  # (n,) frame index of each label

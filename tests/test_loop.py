@@ -247,6 +247,30 @@ def test_a_persistent_drift_beyond_the_gate_is_accepted_after_a_few_labels():
     assert wlen(rig.loop.offset - drift) < 0.01
 
 
+def test_a_step_starts_a_new_run_at_its_onset_and_is_followed_at_once():
+    rng = np.random.default_rng(11)
+    rig = Rig()
+    steady(rig, rng, 30)
+    assert rig.loop.changes == 0 and rig.loop.run_labels == 30
+    steady(rig, rng, 10, c=(0.05, 0.0))
+    assert rig.loop.changes == 1
+    assert 10 <= rig.loop.run_labels <= 12  # the run starts at (or a label before) the step
+    # The target is the fit of the labels since the onset, not a creep toward it.
+    assert wlen(rig.loop.estimate - np.array([0.05, 0.0])) < 0.008
+    assert wlen(rig.loop.offset - rig.loop.estimate) < 1e-9
+
+
+def test_a_change_the_later_labels_do_not_bear_out_is_undone():
+    rng = np.random.default_rng(0)
+    rig = Rig()
+    steady(rig, rng, 30)
+    steady(rig, rng, 5, c=(0.04, 0.0))  # a short excursion: declared a change...
+    assert rig.loop.changes == 1 and wlen(rig.loop.offset) > 0.02
+    steady(rig, rng, 30)  # ...which 30 labels back at zero undo
+    assert rig.loop.merges == 1 and rig.loop.run_labels >= 60
+    assert wlen(rig.loop.offset) < 0.003
+
+
 # --- bounds ------------------------------------------------------------------------------
 
 

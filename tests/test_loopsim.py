@@ -2,9 +2,11 @@
 synthetic session and on fast-path predictions built from the real grid9 targets.
 
 Noise is per axis (σ px in x and in y). With label noise 100 px and fast-path noise 80 px per
-axis, an estimator *told* when the drift began needs 11-13 labels before the seed-averaged
-error is back within 10 % (`known_onset_reference`); the loop, which has to detect the
-change, is asserted against that reference and against fixed error levels."""
+axis, an estimator *told* when the drift began is back within 10 % of the pre-drift error
+(and stays there) after a median of 13 labels over seeds (`known_onset_reference`); the
+loop, which has to detect the change, is asserted against that reference and against fixed
+error levels. The statistic of the done criterion is the median over seeds of each seed's
+`labels_to_recover` (`recovery_summary`); the seed-averaged error trace is checked too."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from calibration.loopsim import (
     known_onset_reference,
     labels_to_recover,
     mean_error_px,
+    recovery_summary,
     screen_from_targets,
     simulate_drift,
     simulate_transfer,
@@ -29,7 +32,7 @@ from calibration.loopsim import (
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 GRID9 = SHARED / "data" / "sessions" / "grid9"
-SEEDS = range(24)
+SEEDS = range(40)
 ONSET = 10
 
 
@@ -88,7 +91,8 @@ def test_inputs_are_checked():
 
 
 def criterion_a(pred, truth, scr) -> dict:
-    """Drift 150 px, label noise 100 px, no outliers: seed-averaged error trace."""
+    """Drift 150 px, label noise 100 px, no outliers: per-seed recovery and the
+    seed-averaged error trace."""
     cfg = LoopConfig(aspect=scr[0] / scr[1])
     runs = [simulate_drift(pred, truth, scr, stream=LabelStream(seed=s), cfg=cfg) for s in SEEDS]
     refs = [known_onset_reference(pred, truth, scr, stream=LabelStream(seed=s)) for s in SEEDS]
@@ -98,6 +102,8 @@ def criterion_a(pred, truth, scr) -> dict:
     return {
         "before": before,
         "drifted": runs[0].summary["error_drifted_px"],
+        "per_seed": recovery_summary([r.summary["labels_to_recover"] for r in runs]),
+        "per_seed_ref": recovery_summary([r.summary["labels_to_recover"] for r in refs]),
         "recover": labels_to_recover(mean, before, ONSET),
         "recover_ref": labels_to_recover(ref, before, ONSET),
         "at15": mean[ONSET + 14] / before,
@@ -131,10 +137,17 @@ def criterion_b(pred, truth, scr) -> dict:
 
 def check_a(m: dict) -> None:
     assert m["drifted"] > 1.6 * m["before"]  # the drift is a real one
-    assert m["recover_ref"] <= 15  # 15 labels is (just) possible when the onset is known
-    assert m["recover"] is not None and m["recover"] <= 20
-    assert m["recover"] - m["recover_ref"] <= 8  # the price of detecting the change
-    assert m["at15"] <= 1.15 and m["at20"] <= 1.10 and m["final"] <= 1.06
+    ref, loop = m["per_seed_ref"], m["per_seed"]
+    assert ref["median"] <= 16  # 13-15: 15 labels is (just) possible when the onset is known
+    # The done criterion is a median of 15 labels (measured 15-16 over 300 seeds, see
+    # calibration/loop.py); 40 seeds leave it ±1.5, hence 17, and the price of detecting the
+    # change is at most 4 labels over the told-the-onset reference on the same streams.
+    assert loop["median"] is not None and loop["median"] <= 17
+    assert loop["median"] - ref["median"] <= 4
+    assert loop["p90"] is not None and loop["p90"] <= 50 and loop["recovered"] >= 36
+    # The seed-averaged trace: late detections weigh in, so it recovers later than the median.
+    assert m["recover"] is not None and m["recover"] <= 21 and m["recover_ref"] <= 13
+    assert m["at15"] <= 1.20 and m["at20"] <= 1.12 and m["final"] <= 1.06
     assert m["every_final_below_drifted"]
 
 
@@ -205,6 +218,26 @@ def test_a_ramp_is_followed(synthetic):
     runs = [simulate_drift(pred, truth, scr, drift, LabelStream(seed=s)) for s in range(12)]
     before = runs[0].summary["error_before_px"]
     assert np.mean([r.err_px[-1] for r in runs]) / before <= 1.08
+
+
+def test_without_drift_the_offset_stays_near_zero(synthetic):
+    """Unbiased noisy labels must not walk the offset: what is left is the noise of a mean
+    over the run's window, and the occasional change declared on a chance run of labels
+    (see calibration/loop.py for its rate)."""
+    pred, truth, scr = synthetic
+    none = DriftSchedule(kind="none")
+    offs = np.concatenate(
+        [
+            simulate_drift(pred, truth, scr, none, LabelStream(seed=500 + s, n_labels=100)).offset[
+                20:
+            ]
+            * np.asarray(scr)
+            for s in range(16)
+        ]
+    )
+    r = np.hypot(offs[:, 0], offs[:, 1])
+    assert float(np.sqrt(np.mean(r**2))) <= 30.0  # 29 px before the change-point loop
+    assert float(np.median(r)) <= 20.0
 
 
 def test_calibrate_on_other_targets(grid9):

@@ -1,0 +1,306 @@
+"""The drift loop's estimator as pure functions: a robust fit of one offset to a run of
+labels, the noise scale, and a scan for the label at which the offset last changed.
+
+Every label is one equation P·C = P·g (see `calibration.loop`): P the identity for a point
+label (2 dof), n·nᵀ for a line label (1 dof), g an offset that explains the label. Inputs are
+stacks: Ps (m, 2, 2), gs (m, 2), dims (m,) in {1, 2}; lengths in screen widths, and an
+"information" (Σ w·P, plus a prior) counts labels, so its inverse times σ² is a covariance.
+
+Why these pieces
+----------------
+- `robust_fit`: Huber M-estimate by iteratively reweighted least squares, started at the L1
+  centre (50 % breakdown for point labels) and *redescending*: a label beyond the gate radius
+  from the fit gets weight zero, so junk far away has no influence at all and junk near the
+  fit at most a Huber-bounded one.
+- `robust_scale`: the median of the labels' residual lengths about the fit of the run they
+  belong to (standardised by their leverage, so a short run does not shrink σ), converted to
+  σ per axis. A median: up to half the labels may be junk.
+- `change_scan`: for every candidate onset τ of the current run, the score test of "the labels
+  from τ on have another offset than the labels before τ". The residuals of the later labels
+  about the earlier labels' fit are clipped at `huber_k`·σ (so one wild label adds at most a
+  bounded amount, and it takes several consistent labels to make a change), summed, and
+  weighed by their covariance: the clipped noise of the later labels plus the uncertainty of
+  the earlier fit. Under no change the statistic is χ² with as many dof as the later labels
+  constrain; the best τ is returned with −log of its tail probability. The loop declares a
+  change above a threshold and then re-estimates the offset from the labels since τ alone: the
+  estimate a loop *told* the onset would make, instead of creeping there by α steps.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from statistics import NormalDist
+
+import numpy as np
+
+# Median of a 2-D N(0, σ²I) radial distance, and of |N(0, σ²)|, in units of σ.
+MEDIAN_RADIAL = math.sqrt(2.0 * math.log(2.0))
+MEDIAN_ABS = NormalDist().inv_cdf(0.75)
+_L1_ITERS = 12
+_IRLS_ITERS = 10
+_EPS = 1e-6  # in screen widths: 2 µm of a 2 m wall
+_TINY = 1e-9  # information that only pins directions nothing else constrains
+_COHERENT = 2.5  # largest median spread of a run of labels about its centre, in σ medians
+
+
+@dataclass(frozen=True, slots=True)
+class Fit:
+    """A robust fit of one offset to a run of labels."""
+
+    mean: np.ndarray  # (2,) the offset, screen widths
+    info: np.ndarray  # (2,2) Σ w·P + prior, in labels: covariance = σ²·info⁻¹
+    weights: np.ndarray  # (m,) each label's final weight (0: beyond the gate)
+    resid: np.ndarray  # (m,) |P·(g − mean)|, screen widths
+    leverage: np.ndarray  # (m,) how much each label pulled the fit toward itself, [0, 1)
+
+
+def inv2(A: np.ndarray) -> np.ndarray:
+    """Inverse of one (2,2) or a stack (..., 2, 2) of 2×2 matrices, in closed form."""
+    det = A[..., 0, 0] * A[..., 1, 1] - A[..., 0, 1] * A[..., 1, 0]
+    out = np.empty_like(A)
+    out[..., 0, 0] = A[..., 1, 1]
+    out[..., 1, 1] = A[..., 0, 0]
+    out[..., 0, 1] = -A[..., 0, 1]
+    out[..., 1, 0] = -A[..., 1, 0]
+    return out / det[..., None, None]
+
+
+def gate_1d(gate_2d: float) -> float:
+    """The 1-D distance with the same tail probability as a 2-D radial distance `gate_2d`,
+    so one gate serves point labels (2 dof) and line labels (1 dof)."""
+    tail = max(math.exp(-0.5 * gate_2d * gate_2d), 1e-15)
+    return NormalDist().inv_cdf(1.0 - 0.5 * tail)
+
+
+def clip_kappa(k: float, dim: int) -> float:
+    """E|ψ(e)|² / (dim·σ²) for e ~ N(0, σ²I_dim) clipped radially at k·σ: the variance a
+    clipped residual keeps, per axis."""
+    if dim == 2:
+        return 1.0 - math.exp(-0.5 * k * k)
+    nd = NormalDist()
+    inside = 2.0 * nd.cdf(k) - 1.0
+    return inside - 2.0 * k * nd.pdf(k) + k * k * (1.0 - inside)
+
+
+def neg_log_tail(T: np.ndarray, dof: np.ndarray) -> np.ndarray:
+    """−log P(χ²_dof ≥ T) for dof 1 or 2 (0 where dof is 0)."""
+    T = np.maximum(np.asarray(T, dtype=np.float64), 0.0)
+    dof = np.asarray(dof)
+    out = np.where(dof == 2, 0.5 * T, 0.0)
+    one = dof == 1
+    if one.any():
+        z = np.sqrt(0.5 * T[one])
+        tail = np.array([math.erfc(v) for v in z])
+        # erfc underflows past z ≈ 26; its asymptote −log erfc(z) ≈ z² + log(z·√π) there.
+        big = tail < 1e-300
+        lt = np.where(big, z * z + np.log(np.maximum(z, 1.0) * math.sqrt(math.pi)), 0.0)
+        lt[~big] = -np.log(tail[~big])
+        out[one] = lt
+    return out
+
+
+def _l1_centre(Ps: np.ndarray, gs: np.ndarray, c0: np.ndarray) -> np.ndarray:
+    """L1 (spatial-median-like) centre by IRLS; directions no label constrains stay at c0."""
+    a, b, d = Ps[:, 0, 0], Ps[:, 0, 1], Ps[:, 1, 1]  # P is symmetric
+    px, py = a * gs[:, 0] + b * gs[:, 1], b * gs[:, 0] + d * gs[:, 1]  # P·g
+    w = np.ones(len(gs))
+    c = (float(c0[0]), float(c0[1]))
+    for _ in range(_L1_ITERS + 1):
+        r = _TINY * (float(w.sum()) + 1.0)
+        a00, a01, a11 = float(w @ a) + r, float(w @ b), float(w @ d) + r
+        bx, by = float(w @ px) + r * c0[0], float(w @ py) + r * c0[1]
+        det = a00 * a11 - a01 * a01
+        new = ((a11 * bx - a01 * by) / det, (a00 * by - a01 * bx) / det)
+        if abs(new[0] - c[0]) + abs(new[1] - c[1]) < 1e-12:
+            c = new
+            break
+        c = new
+        ex, ey = px - (a * c[0] + b * c[1]), py - (b * c[0] + d * c[1])
+        w = 1.0 / np.maximum(np.hypot(ex, ey), _EPS)
+    return np.array(c)
+
+
+def _resid(Ps: np.ndarray, gs: np.ndarray, c: np.ndarray) -> np.ndarray:
+    e = np.einsum("nij,nj->ni", Ps, gs - c)
+    return np.hypot(e[:, 0], e[:, 1])
+
+
+def robust_fit(
+    Ps: np.ndarray,
+    gs: np.ndarray,
+    dims: np.ndarray,
+    prior_info: np.ndarray,
+    prior_mean: np.ndarray,
+    sigma: float,
+    *,
+    huber_k: float,
+    gate: float,
+) -> Fit:
+    """Huber fit of one offset to the labels (see the module doc), with a Gaussian prior of
+    `prior_info` labels' worth at `prior_mean`. `gate` is a 2-D radius in σ (1-D labels use
+    the radius of the same tail probability). No labels: the prior."""
+    prior_info = np.asarray(prior_info, dtype=np.float64) + _TINY * np.eye(2)
+    prior_mean = np.asarray(prior_mean, dtype=np.float64)
+    m = len(gs)
+    if m == 0:
+        z = np.zeros(0)
+        return Fit(prior_mean.copy(), prior_info, z, z, z)
+    k = huber_k * sigma
+    cut = np.where(dims == 2, gate, gate_1d(gate)) * sigma
+    Pg = np.einsum("nij,nj->ni", Ps, gs)
+    pb = prior_info @ prior_mean
+    c = _l1_centre(Ps, gs, prior_mean)
+    w = np.ones(m)
+    for _ in range(_IRLS_ITERS):
+        r = _resid(Ps, gs, c)
+        w = np.where(r > cut, 0.0, np.minimum(1.0, k / np.maximum(r, _EPS)))
+        S = np.einsum("n,nij->ij", w, Ps) + prior_info
+        new = inv2(S) @ (w @ Pg + pb)
+        done = float(np.hypot(*(new - c))) < 1e-9
+        c = new
+        if done:
+            break
+    r = _resid(Ps, gs, c)
+    w = np.where(r > cut, 0.0, np.minimum(1.0, k / np.maximum(r, _EPS)))
+    S = np.einsum("n,nij->ij", w, Ps) + prior_info
+    Si = inv2(S)
+    # Leverage of a label: w·tr(P·S⁻¹)/dim, the share of the fit it explains itself.
+    lev = w * np.einsum("nij,ji->n", Ps, Si) / dims
+    return Fit(c, S, w, r, np.clip(lev, 0.0, 0.95))
+
+
+def _truncated_median(cut: float, dim: int) -> float:
+    """Median of |e|/σ for e ~ N(0, σ²I_dim) given |e| ≤ cut·σ."""
+    nd = NormalDist()
+    if dim == 2:
+        half = 0.5 * (1.0 - math.exp(-0.5 * cut * cut))
+        return math.sqrt(-2.0 * math.log(1.0 - half))
+    half = 0.5 * (2.0 * nd.cdf(cut) - 1.0)
+    return nd.inv_cdf(0.5 + 0.5 * half)
+
+
+def robust_scale(
+    resid: np.ndarray, dims: np.ndarray, leverage: np.ndarray, gate: float = 3.0
+) -> float:
+    """σ per axis from residual lengths about the fits they belong to (module doc).
+
+    Starts from the median (50 % breakdown), then re-takes the median of the residuals
+    within `gate`·σ against the median a Gaussian has inside that radius: the median alone
+    is pulled up by junk (30 % junk far away inflates it by a third, and a wider σ lets
+    more junk through the gate), the truncated median only by junk that lands near. One
+    step, and never below 3/4 of the plain median: iterated, it can spiral down on a small
+    sample whose far labels are real (a drift not yet detected), and a σ too small turns
+    noise into changes."""
+    dims = np.asarray(dims)
+    r = np.asarray(resid) / np.sqrt(1.0 - np.asarray(leverage))
+    med = np.where(dims == 2, MEDIAN_RADIAL, MEDIAN_ABS)
+    sigma = float(np.median(r / med))
+    cut = np.where(dims == 2, gate, gate_1d(gate))
+    tmed = np.where(dims == 2, _truncated_median(gate, 2), _truncated_median(gate_1d(gate), 1))
+    inside = r <= cut * sigma
+    if inside.sum() < 3:
+        return sigma
+    return min(sigma, max(0.75 * sigma, float(np.median(r[inside] / tmed[inside]))))
+
+
+@dataclass(frozen=True, slots=True)
+class Scan:
+    onset: int  # index of the first label of the best candidate run; -1: no candidate
+    neg_log_p: float  # −log of its χ² tail probability (0 when no candidate)
+
+
+def _l1_batched(Ps: np.ndarray, Pg: np.ndarray, mask: np.ndarray, c0: np.ndarray) -> np.ndarray:
+    """For each row t of `mask` (T, m), the L1 centre of the labels it selects, as
+    `_l1_centre`; c0 (T, 2) pins what those labels leave unconstrained."""
+    w = mask.astype(np.float64)
+    c = c0
+    for _ in range(_L1_ITERS):
+        S = np.einsum("tn,nij->tij", w, Ps) + _TINY * np.eye(2)
+        b = w @ Pg + _TINY * c0
+        c = np.einsum("tij,tj->ti", inv2(S), b)
+        e = Pg[None, :, :] - np.einsum("nij,tj->tni", Ps, c)
+        w = mask / np.maximum(np.hypot(e[..., 0], e[..., 1]), _EPS)
+    return c
+
+
+def change_scan(
+    Ps: np.ndarray,
+    gs: np.ndarray,
+    dims: np.ndarray,
+    weights: np.ndarray,
+    prior_info: np.ndarray,
+    prior_mean: np.ndarray,
+    sigma: float,
+    *,
+    huber_k: float,
+    gate: float,
+    window: int,
+    min_after: int = 1,
+    first: int = 1,
+    taus: np.ndarray | None = None,
+) -> Scan:
+    """The best onset τ of the labels (module doc). The earlier part of each split is the
+    last `window` labels before τ (with their `weights` from the run's robust fit, plus the
+    prior); the later part is τ to the end, at most `window` labels and at least
+    `min_after`. τ starts at `first`: 0 tests every label against the prior alone. `taus`:
+    test only these splits instead.
+
+    A later label counts only when it lies within the gate of the earlier fit or of the
+    later labels' own L1 centre: a real change, however large, gathers its labels around a
+    new centre, while junk is far from both and must not add up to a "change"."""
+    m = len(gs)
+    if taus is None:
+        lo_tau = max(first, m - window)
+        hi_tau = m - min_after
+        if hi_tau < lo_tau:
+            return Scan(-1, 0.0)
+        taus = np.arange(lo_tau, hi_tau + 1)
+    taus = np.asarray(taus, dtype=np.int64)
+    if len(taus) == 0:
+        return Scan(-1, 0.0)
+    Pg = np.einsum("nij,nj->ni", Ps, gs)
+    zero2, zero22 = np.zeros((1, 2)), np.zeros((1, 2, 2))
+    cS = np.concatenate([zero22, np.cumsum(weights[:, None, None] * Ps, axis=0)])
+    cb = np.concatenate([zero2, np.cumsum(weights[:, None] * Pg, axis=0)])
+    kap = np.array([clip_kappa(huber_k, int(d)) for d in dims])
+
+    lo = np.maximum(0, taus - window)
+    prior_info = np.asarray(prior_info, dtype=np.float64) + _TINY * np.eye(2)
+    SA = cS[taus] - cS[lo] + prior_info
+    bA = cb[taus] - cb[lo] + prior_info @ np.asarray(prior_mean, dtype=np.float64)
+    SAi = inv2(SA)
+    cA = np.einsum("tij,tj->ti", SAi, bA)  # (T, 2) fit of the labels before each τ
+
+    # Residuals of every label about every earlier fit.
+    after = np.arange(m)[None, :] >= taus[:, None]
+    e = Pg[None, :, :] - np.einsum("nij,tj->tni", Ps, cA)  # (T, m, 2)
+    r = np.hypot(e[..., 0], e[..., 1])
+    cut = np.where(dims == 2, gate, gate_1d(gate)) * sigma
+    cB = _l1_batched(Ps, Pg, after, cA)
+    eB = Pg[None, :, :] - np.einsum("nij,tj->tni", Ps, cB)
+    rB = np.hypot(eB[..., 0], eB[..., 1])
+    near = (r <= cut) | (rB <= cut)
+    use = (after & near).astype(np.float64)
+    # And the later labels must look like one run: spread about their own centre no wider
+    # than noise (median residual within 2.5 times what σ gives). A short run of junk mixed
+    # with a label or two has a centre between them and a spread far wider than σ.
+    med = np.where(dims == 2, MEDIAN_RADIAL, MEDIAN_ABS) * sigma
+    spread = np.where(after, rB / med[None, :], np.nan)
+    with np.errstate(all="ignore"):
+        coherent = np.nanmedian(spread, axis=1) <= _COHERENT
+
+    # Clipped, summed over the later labels, weighed by their covariance: their clipped
+    # noise plus the earlier fit's uncertainty carried by every one of them.
+    psi = e * np.minimum(1.0, huber_k * sigma / np.maximum(r, _EPS))[..., None]
+    u = np.einsum("tn,tni->ti", use, psi)
+    SB = np.einsum("tn,nij->tij", use, Ps)
+    KB = np.einsum("tn,nij->tij", use * kap[None, :], Ps)
+    V = KB + np.einsum("tij,tjk,tkl->til", SB, SAi, SB)
+    lam, vec = np.linalg.eigh(V * sigma * sigma)
+    ok = lam > 1e-9 * np.maximum(lam[:, -1:], 1e-300)
+    proj = np.einsum("tji,tj->ti", vec, u)  # u in V's eigenbasis
+    T = np.sum(np.where(ok, proj * proj / np.where(ok, lam, 1.0), 0.0), axis=1)
+    nlp = np.where(coherent, neg_log_tail(T, ok.sum(axis=1)), 0.0)
+    best = int(np.argmax(nlp))
+    return Scan(int(taus[best]), float(nlp[best]))
