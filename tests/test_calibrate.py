@@ -329,6 +329,7 @@ def test_a_profile_installed_while_running_maps_the_next_frame(corners4_calibrat
     from fastpath.pipeline import FastPath
     from fastpath.sources import VideoSource
     from tools.live import Live
+    from tools.run_cmd import status_text
 
     _, prof_path, _ = corners4_calibration
     live = Live(FastPath())
@@ -346,5 +347,10 @@ def test_a_profile_installed_while_running_maps_the_next_frame(corners4_calibrat
         # The first target of the recording is the top-left corner: the cursor is there.
         px = np.array([s.screen_px for s in after])
         assert np.all(px[:, 0] < 2560 / 2) and np.all(px[:, 1] < 1440 / 2)
+        # The status gives the loop's offset in pixels of this screen as well.
+        live.loop.reset(np.array([0.01, -0.02]))
+        st = live.status()
+        assert st["offset_px"] == pytest.approx([25.6, -28.8], abs=0.05)
+        assert "drift offset (+26, -29) px" in status_text(live, None)
     finally:
         live.close()

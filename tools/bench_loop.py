@@ -198,6 +198,18 @@ def _need_targets(pts: SessionPoints, need: int, what: str) -> None:
         raise UserError(f"{pts.folder}: {n} usable targets; {what} needs at least {need}")
 
 
+def label_stream(opts: LoopBenchOptions, k: int) -> LabelStream:
+    """The simulated oracle's k-th stream of labels."""
+    return LabelStream(
+        n_labels=opts.labels,
+        noise_px=opts.noise_px,
+        bias_px=opts.bias_px,
+        outlier_fraction=opts.outlier_rate,
+        seed=opts.seed + k,
+        interval_s=opts.interval_s,
+    )
+
+
 def drift_summary(
     pred: np.ndarray,
     truth: np.ndarray,
@@ -209,14 +221,7 @@ def drift_summary(
     numbers out). Normalised (n, 2) inputs."""
     runs, refs = [], []
     for k in range(opts.seeds):
-        stream = LabelStream(
-            n_labels=opts.labels,
-            noise_px=opts.noise_px,
-            bias_px=opts.bias_px,
-            outlier_fraction=opts.outlier_rate,
-            seed=opts.seed + k,
-            interval_s=opts.interval_s,
-        )
+        stream = label_stream(opts, k)
         runs.append(simulate_drift(pred, truth, screen_px, drift, stream))
         if drift.kind == "step":
             refs.append(known_onset_reference(pred, truth, screen_px, drift, stream))
@@ -363,14 +368,7 @@ def bench_transfer(
         same = mean_error_px(own[held], truth[held], screen)
     runs = []
     for k in range(opts.seeds):
-        stream = LabelStream(
-            n_labels=opts.labels,
-            noise_px=opts.noise_px,
-            bias_px=opts.bias_px,
-            outlier_fraction=opts.outlier_rate,
-            seed=opts.seed + k,
-            interval_s=opts.interval_s,
-        )
+        stream = label_stream(opts, k)
         runs.append(simulate_transfer(pred, truth, pts.groups, labelled, screen, stream))
     rec = recovery_summary(
         [None if same is None else labels_to_recover(r.err_px, same, 0) for r in runs]

@@ -216,6 +216,10 @@ class Live:
             "offset": None if self.loop is None else [round(float(v), 4) for v in self.loop.offset],
             "alarm": None if self.loop is None else (self.loop.alarm_reason or None),
         }
+        if self.loop is not None and self.mapper is not None:
+            # People read the correction in pixels of the screen they look at.
+            px = np.asarray(self.loop.offset) * np.asarray(self.mapper.screen.px, dtype=float)
+            out["offset_px"] = [round(float(v), 1) for v in px]
         if self.worker is not None:
             m = self.worker.metrics()
             out["oracle"] = {

@@ -261,6 +261,8 @@ def add_bench_parser(sub) -> None:
     add_broker_args(b)
     b.add_argument("--rate", type=float, default=60.0, help="samples per second (default 60)")
     b.add_argument("--seconds", type=float, default=5.0)
+    # Every benchmark takes --json; this one prints JSON either way.
+    b.add_argument("--json", action="store_true", help="one JSON object (the default output)")
     b.set_defaults(func=run_bench)
 
 

@@ -297,7 +297,9 @@ def status_text(live: Live, s) -> str:
     if "oracle" in st:
         o = st["oracle"]
         parts.append(f"oracle {o['done']} done{' (busy)' if o['busy'] else ''}")
-    if st.get("offset") is not None:
+    if st.get("offset_px") is not None:
+        parts.append(f"drift offset ({st['offset_px'][0]:+.0f}, {st['offset_px'][1]:+.0f}) px")
+    elif st.get("offset") is not None:
         parts.append(f"drift offset ({st['offset'][0]:+.3f}, {st['offset'][1]:+.3f})")
     if st.get("alarm"):
         parts.append(f"ALARM: {st['alarm']}")
