@@ -73,6 +73,13 @@ def gate_1d(gate_2d: float) -> float:
     return NormalDist().inv_cdf(1.0 - 0.5 * tail)
 
 
+def radial_of_1d(x: float) -> float:
+    """The inverse of `gate_1d`: a 1-D normalised distance as the 2-D radial distance of the
+    same tail probability, so one gate serves point labels (2 dof) and line labels (1 dof)."""
+    tail = max(math.erfc(abs(x) / math.sqrt(2.0)), 1e-300)
+    return math.sqrt(-2.0 * math.log(tail))
+
+
 def clip_kappa(k: float, dim: int) -> float:
     """E|ψ(e)|² / (dim·σ²) for e ~ N(0, σ²I_dim) clipped radially at k·σ: the variance a
     clipped residual keeps, per axis."""

@@ -87,7 +87,14 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from calibration.changepoint import Fit, Scan, change_scan, robust_fit, robust_scale
+from calibration.changepoint import (
+    Fit,
+    Scan,
+    change_scan,
+    radial_of_1d,
+    robust_fit,
+    robust_scale,
+)
 from calibration.changepoint import inv2 as _inv2
 from calibration.history import History
 from calibration.labels import LineObservation, OracleLabel, PointObservation
@@ -339,8 +346,6 @@ class DriftLoop:
         self._seen.append(label.snapshot_id)
         return self._decide(sample, resid_q / k, float(np.hypot(*resid_q)), est)
 
-    # --- the estimator -------------------------------------------------------------------
-
     # --- the estimator (the maths is in calibration.changepoint) --------------------------
 
     def _scale(self) -> float:
@@ -395,8 +400,8 @@ class DriftLoop:
         prior = self._prior(run, 0) if run.calibration else (np.zeros((2, 2)), run.mean)
         # The weights of the labels before each split come from the run's robust fit: junk
         # the fit ignores does not shift the reference the later labels are compared with.
-        fit = robust_fit(*_stack(labels), *prior, sigma, huber_k=cfg.huber_k, gate=cfg.gate_sigma)
         Ps, gs, dims = _stack(labels)
+        fit = robust_fit(Ps, gs, dims, *prior, sigma, huber_k=cfg.huber_k, gate=cfg.gate_sigma)
         # Only the calibration's own run tests its first label: "the calibration is off".
         first = 0 if run.calibration else 1
         return change_scan(
@@ -546,7 +551,7 @@ class DriftLoop:
         if sample.n is None:
             return math.sqrt(max(float(e @ _inv2(V) @ e), 0.0))
         n = sample.n
-        return _equiv_radial_1d(float(e @ n) / math.sqrt(float(n @ V @ n)))
+        return radial_of_1d(float(e @ n) / math.sqrt(float(n @ V @ n)))
 
     def _constrain(self, delta: np.ndarray) -> np.ndarray:
         """`delta` restricted to the directions recent accepted labels constrain."""
@@ -622,10 +627,3 @@ def _stack(run: list[_Sample]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         np.stack([s.g for s in run]),
         np.array([s.dim for s in run]),
     )
-
-
-def _equiv_radial_1d(x: float) -> float:
-    """A 1-D normalised distance as the 2-D radial distance of the same tail probability,
-    so one gate serves point labels (2 dof) and line labels (1 dof)."""
-    tail = max(math.erfc(abs(x) / math.sqrt(2.0)), 1e-300)
-    return math.sqrt(-2.0 * math.log(tail))

@@ -12,6 +12,7 @@ from calibration.changepoint import (
     clip_kappa,
     gate_1d,
     neg_log_tail,
+    radial_of_1d,
     robust_fit,
     robust_scale,
 )
@@ -38,6 +39,8 @@ def test_tail_and_clip_constants():
     )
     assert neg_log_tail(np.array([5000.0]), np.array([1]))[0] > 2000  # no underflow to inf/nan
     assert gate_1d(3.0) == pytest.approx(2.54, abs=0.01)  # same tail as 3σ radial in 2-D
+    for g in (1.0, 3.0, 6.0):  # and back: one gate for point and line labels
+        assert radial_of_1d(gate_1d(g)) == pytest.approx(g, abs=1e-6)
     rng = np.random.default_rng(0)
     for dim in (1, 2):
         e = rng.normal(size=(200_000, dim))
