@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from calibration.evaluate import Evaluated, evaluate_arrays, robust_keep
-from calibration.geometry import ScreenGeometry
-from calibration.mapping import fit_select
-from calibration.profile import DEFAULT_FEATURES, FitReport, MappingSpec, Profile
+from gazeloop.calibration.geometry import ScreenGeometry
+from gazeloop.calibration.mapping import fit_select
+from gazeloop.calibration.metrics.evaluate import Evaluated, evaluate_arrays, robust_keep
+from gazeloop.calibration.profile import DEFAULT_FEATURES, FitReport, MappingSpec, Profile
 
 LAYOUTS = (9, 16, 25)
 

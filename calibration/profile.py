@@ -18,9 +18,9 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from calibration.geometry import ScreenGeometry
-from calibration.mapping import mapping_from_params
-from calibration.session import atomic_write_bytes
+from gazeloop.calibration.geometry import ScreenGeometry
+from gazeloop.calibration.mapping import mapping_from_params
+from gazeloop.calibration.store.atomic import atomic_write_bytes
 
 SCHEMA_VERSION = 1
 # Gaze angles alone: on the 9-point grid session they beat every richer set under

@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from calibration.session import Rejection, Session, read_session
-from fastpath.pipeline import FastPath
-from fastpath.sources import SessionSource
-from fastpath.types import GazeSample
+from gazeloop.calibration.store.session import Rejection, Session, read_session
+from gazeloop.fastpath.pipeline import FastPath
+from gazeloop.fastpath.sources import SessionSource
+from gazeloop.fastpath.types import GazeSample
 
 
 @dataclass(slots=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from fastpath.types import EyeFeatures, FaceLandmarks, Features
+from gazeloop.fastpath.types import EyeFeatures, FaceLandmarks, Features
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,8 +24,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from calibration.session import atomic_write_bytes
-from fastpath.ir_reader import (
+from gazeloop.calibration.store.atomic import atomic_write_bytes
+from gazeloop.fastpath.ir_reader import (
     ELEMENT_TYPES,
     IRFormatError,
     IRGraph,
@@ -34,7 +34,7 @@ from fastpath.ir_reader import (
     find_head_input,
     read_ir,
 )
-from fastpath.models import sha256_file
+from gazeloop.fastpath.models import sha256_file
 
 BUILDER_VERSION = "gazeloop.fastpath.ir_onnx/1"
 DEFAULT_MODEL_NAME = "gaze-estimation-adas-0002"

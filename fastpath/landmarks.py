@@ -24,8 +24,8 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from fastpath.headpose import HeadPoseEstimator, load_canonical_face
-from fastpath.types import FaceLandmarks
+from gazeloop.fastpath.headpose import HeadPoseEstimator, load_canonical_face
+from gazeloop.fastpath.types import FaceLandmarks
 
 log = logging.getLogger(__name__)
 

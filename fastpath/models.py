@@ -189,7 +189,7 @@ def resolve_gaze_onnx(explicit: str | os.PathLike | None = None, *, build: bool 
 
 
 def build_gaze_onnx(out_dir: Path) -> Path:
-    from fastpath.ir_onnx import build_onnx
+    from gazeloop.fastpath.ir_onnx import build_onnx
 
     xml = resolve(GAZE_IR_XML)
     binf = resolve(GAZE_IR_BIN)
@@ -203,7 +203,7 @@ def onnx_is_current(path: Path) -> bool:
     """Whether a built ONNX file came from the pinned IR with this builder version."""
     import onnx
 
-    from fastpath.ir_onnx import BUILDER_VERSION
+    from gazeloop.fastpath.ir_onnx import BUILDER_VERSION
 
     try:
         m = onnx.load(str(path), load_external_data=False)

@@ -16,12 +16,12 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from fastpath import models
-from fastpath.features import BLINK_APERTURE, CROP_SCALE, extract
-from fastpath.filters import make_filter
-from fastpath.gaze_model import GazeModel
-from fastpath.landmarks import make_backend
-from fastpath.types import Frame, GazeSample, Quality
+from gazeloop.fastpath import models
+from gazeloop.fastpath.features import BLINK_APERTURE, CROP_SCALE, extract
+from gazeloop.fastpath.filters import make_filter
+from gazeloop.fastpath.gaze_model import GazeModel
+from gazeloop.fastpath.landmarks import make_backend
+from gazeloop.fastpath.types import Frame, GazeSample, Quality
 
 log = logging.getLogger(__name__)
 

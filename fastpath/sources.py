@@ -28,7 +28,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import cv2
 import numpy as np
 
-from calibration.session import (
+from gazeloop.calibration.store.session import (
     ImageDecodeError,
     Rejection,
     Session,
@@ -36,7 +36,7 @@ from calibration.session import (
     load_image,
     read_session,
 )
-from fastpath.types import Frame
+from gazeloop.fastpath.types import Frame
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import math
 import threading
 from typing import Protocol, runtime_checkable
 
-from calibration.labels import LineObservation, OracleLabel, PointObservation, Snapshot
+from gazeloop.calibration.labels import LineObservation, OracleLabel, PointObservation, Snapshot
 
 # A real gaze point may sit a little off the visible area (the user looks at the bezel, a
 # model extrapolates); half a screen beyond any edge is no longer an answer about this screen.

@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from calibration.labels import OracleLabel, Snapshot
+from gazeloop.calibration.labels import OracleLabel, Snapshot
 
 
 class CpuLoadOracle:

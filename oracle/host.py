@@ -15,9 +15,9 @@ import sys
 import threading
 import traceback
 
-from oracle.process import read_frame, snapshot_from_frame, write_frame
+from gazeloop.oracle.process import read_frame, snapshot_from_frame, write_frame
 
-log = logging.getLogger("oracle.host")
+log = logging.getLogger("gazeloop.oracle.host")
 
 
 def _lower_priority() -> None:

@@ -68,10 +68,10 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
-from calibration.geometry import ScreenGeometry
-from calibration.labels import OracleLabel, Snapshot
-from oracle.base import OracleCancelled, OracleError
-from oracle.moondream_parse import observation_from_answers, parse_gaze, query_eye
+from gazeloop.calibration.geometry import ScreenGeometry
+from gazeloop.calibration.labels import OracleLabel, Snapshot
+from gazeloop.oracle.base import OracleCancelled, OracleError
+from gazeloop.oracle.moondream_parse import observation_from_answers, parse_gaze, query_eye
 
 log = logging.getLogger(__name__)
 

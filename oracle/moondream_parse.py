@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from calibration.geometry import ScreenGeometry
-from calibration.labels import LineObservation, Snapshot
+from gazeloop.calibration.geometry import ScreenGeometry
+from gazeloop.calibration.labels import LineObservation, Snapshot
 
 ParseResult = tuple[LineObservation | None, bool | None, float, dict[str, Any]]
 

@@ -32,8 +32,8 @@ from typing import IO, Any
 import numpy as np
 from pydantic import ValidationError
 
-from calibration.labels import OracleLabel, Snapshot
-from oracle.base import OracleCancelled, OracleError
+from gazeloop.calibration.labels import OracleLabel, Snapshot
+from gazeloop.oracle.base import OracleCancelled, OracleError
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +223,7 @@ class ProcessOracle:
         if self.cpus is not None:  # the child pins itself too, before it starts threads
             env["GAZELOOP_ORACLE_CPUS"] = ",".join(map(str, self.cpus[1]))
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "oracle.host"],
+            [sys.executable, "-m", "gazeloop.oracle.host"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=None,  # the child's log goes where ours goes

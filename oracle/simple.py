@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from calibration.geometry import ScreenGeometry
-from calibration.labels import OracleLabel, PointObservation, Snapshot
-from calibration.session import Session, read_session
-from oracle.base import OracleCancelled, OracleError
+from gazeloop.calibration.geometry import ScreenGeometry
+from gazeloop.calibration.labels import OracleLabel, PointObservation, Snapshot
+from gazeloop.calibration.store.session import Session, read_session
+from gazeloop.oracle.base import OracleCancelled, OracleError
 
 _MS = 1_000_000
 

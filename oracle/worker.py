@@ -28,8 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from calibration.labels import OracleLabel, Snapshot
-from oracle.base import BadLabel, Oracle, check_label
+from gazeloop.calibration.labels import OracleLabel, Snapshot
+from gazeloop.oracle.base import BadLabel, Oracle, check_label
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+from tests.paths import SHARED
 
 
 def need_shared() -> Path:
@@ -40,13 +40,13 @@ def shared() -> Path:
 
 @pytest.fixture(scope="session")
 def gaze_onnx(shared) -> Path:
-    from fastpath import models
+    from gazeloop.fastpath import models
 
     return models.resolve_gaze_onnx()
 
 
 @pytest.fixture(scope="session")
 def face_task(shared) -> Path:
-    from fastpath import models
+    from gazeloop.fastpath import models
 
     return models.resolve(models.FACE_LANDMARKER)

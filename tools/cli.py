@@ -1,32 +1,38 @@
-"""The `gazeloop` command."""
+"""The `gazeloop` command: builds the parser from the command modules and maps the errors a
+user can fix to one line each. Nothing else lives here."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 
-from calibration.profile import ProfileError
-from calibration.session import SessionError
-from fastpath.gaze_model import ModelLoadError
-from fastpath.landmarks import LandmarkError
-from fastpath.models import ModelFileError
-from fastpath.sources import SourceError
-from tools import (
-    bench,
-    calibrate_cmd,
-    demo,
-    eval_cmd,
-    import_cmd,
-    models_cmd,
-    mqtt_bridge,
-    profile_cmd,
-    record_cmd,
-    run_cmd,
-    track,
-    train_cmd,
+from gazeloop.calibration.profile import ProfileError
+from gazeloop.calibration.store.labelstore import LabelStoreError
+from gazeloop.calibration.store.session import SessionError
+from gazeloop.calibration.store.writer import SessionWriteError
+from gazeloop.fastpath.gaze_model import ModelLoadError
+from gazeloop.fastpath.landmarks import LandmarkError
+from gazeloop.fastpath.models import ModelFileError
+from gazeloop.fastpath.sources import SourceError
+from gazeloop.tools.errors import UserError
+
+# One module per subcommand, in the order `gazeloop --help` lists them.
+COMMANDS = (
+    "models",
+    "track",
+    "bench",
+    "demo",
+    "eval_",
+    "import_",
+    "profile",
+    "run",
+    "calibrate",
+    "record",
+    "train",
+    "mqtt",
 )
-from tools.common import UserError
 
 # Errors a user can fix (bad path, missing model, bad session...): one line, no traceback.
 _USER_ERRORS = (
@@ -37,6 +43,8 @@ _USER_ERRORS = (
     LandmarkError,
     SourceError,
     SessionError,
+    SessionWriteError,
+    LabelStoreError,
 )
 
 
@@ -47,18 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    models_cmd.add_parser(sub)
-    track.add_parser(sub)
-    bench.add_parser(sub)
-    demo.add_parser(sub)
-    eval_cmd.add_parser(sub)
-    import_cmd.add_parser(sub)
-    profile_cmd.add_parser(sub)
-    run_cmd.add_parser(sub)
-    calibrate_cmd.add_parser(sub)
-    record_cmd.add_parser(sub)
-    train_cmd.add_parser(sub)
-    mqtt_bridge.add_parser(sub)
+    for name in COMMANDS:
+        importlib.import_module(f"gazeloop.tools.commands.{name}").add_parser(sub)
     return p
 
 

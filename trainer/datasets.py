@@ -32,7 +32,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from trainer.readers.common import (
+from gazeloop.trainer.readers.common import (
     LazyFastPath,
     Preprocessor,
     Reader,
@@ -43,11 +43,11 @@ from trainer.readers.common import (
     save_cache,
     source_key,
 )
-from trainer.readers.gazecapture import GazeCaptureReader
-from trainer.readers.mpii import MPIIFaceGazeReader
-from trainer.readers.sessions import SessionReader
-from trainer.readers.tfrecord import JsPsychTFRecordReader
-from trainer.readers.xgaze import XGazeReader
+from gazeloop.trainer.readers.gazecapture import GazeCaptureReader
+from gazeloop.trainer.readers.mpii import MPIIFaceGazeReader
+from gazeloop.trainer.readers.sessions import SessionReader
+from gazeloop.trainer.readers.tfrecord import JsPsychTFRecordReader
+from gazeloop.trainer.readers.xgaze import XGazeReader
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ def _count_reasons(skipped: Sequence[Skipped]) -> dict[str, int]:
 
 def _default_fastpath(config: Any) -> Callable[[], Preprocessor]:
     def make() -> Preprocessor:
-        from fastpath.pipeline import FastPath
+        from gazeloop.fastpath.pipeline import FastPath
 
         return FastPath(config)
 
@@ -233,7 +233,7 @@ def load_data(
         pre = LazyFastPath(lambda: preprocessor, fastpath_config, owned=False)
     else:
         if fastpath_config is None:
-            from fastpath.pipeline import FastPathConfig
+            from gazeloop.fastpath.pipeline import FastPathConfig
 
             fastpath_config = FastPathConfig()
         pre = LazyFastPath(_default_fastpath(fastpath_config), fastpath_config)

@@ -27,10 +27,10 @@ import torch
 from onnx import helper
 from pydantic import BaseModel, ConfigDict, Field
 
-from calibration.session import atomic_write_bytes
-from fastpath import features as _features
-from fastpath.ir_onnx import EMBEDDING_OUTPUT, OMZ_INPUTS, OMZ_IO_CONVENTION, OMZ_OUTPUT
-from trainer.model import MODEL_VERSION, GazeNet, spec_digest
+from gazeloop.calibration.store.atomic import atomic_write_bytes
+from gazeloop.fastpath import features as _features
+from gazeloop.fastpath.ir_onnx import EMBEDDING_OUTPUT, OMZ_INPUTS, OMZ_IO_CONVENTION, OMZ_OUTPUT
+from gazeloop.trainer.model import MODEL_VERSION, GazeNet, spec_digest
 
 log = logging.getLogger(__name__)
 

@@ -35,8 +35,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
-from fastpath.ir_onnx import OMZ_INPUTS
-from fastpath.ir_reader import (
+from gazeloop.fastpath.ir_onnx import OMZ_INPUTS
+from gazeloop.fastpath.ir_reader import (
     IRFormatError,
     IRGraph,
     Layer,
@@ -44,7 +44,7 @@ from fastpath.ir_reader import (
     find_head_input,
     read_ir,
 )
-from fastpath.models import sha256_file
+from gazeloop.fastpath.models import sha256_file
 
 # Bump when the spec format, module naming or forward semantics change: checkpoints of
 # another version are refused rather than loaded into a different network.

@@ -25,8 +25,8 @@ from pathlib import Path
 import onnx
 from pydantic import ValidationError
 
-from fastpath.models import sha256_file
-from trainer.export import ModelCard, card_path_for, read_card
+from gazeloop.fastpath.models import sha256_file
+from gazeloop.trainer.export import ModelCard, card_path_for, read_card
 
 log = logging.getLogger(__name__)
 

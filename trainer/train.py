@@ -51,9 +51,9 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from fastpath.pipeline import FastPathConfig
-from trainer.datasets import DataSource, GazeData, load_data
-from trainer.model import (
+from gazeloop.fastpath.pipeline import FastPathConfig
+from gazeloop.trainer.datasets import DataSource, GazeData, load_data
+from gazeloop.trainer.model import (
     MODEL_VERSION,
     CheckpointError,
     GazeNet,
@@ -61,8 +61,8 @@ from trainer.model import (
     read_checkpoint_info,
     save_checkpoint,
 )
-from trainer.readers.common import Samples
-from trainer.ridge_head import (
+from gazeloop.trainer.readers.common import Samples
+from gazeloop.trainer.ridge_head import (
     angular_error,
     gaze_angle_loss,
     ridge_fit_predict,
@@ -791,7 +791,7 @@ class Progress:
 def _initial_model(cfg: TrainConfig) -> GazeNet:
     if cfg.init is not None:
         return load_checkpoint(cfg.init)
-    from fastpath import models
+    from gazeloop.fastpath import models
 
     return GazeNet.from_ir(models.resolve(models.GAZE_IR_XML), models.resolve(models.GAZE_IR_BIN))
 

@@ -42,10 +42,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fastpath.collect import _unusable  # the fast path's own rule for a usable frame
-from fastpath.features import BLINK_APERTURE, CROP_SCALE
-from fastpath.gaze_model import head_pose_to_omz_degrees
-from fastpath.types import Features, Frame, GazeSample
+from gazeloop.fastpath.collect import _unusable  # the fast path's own rule for a usable frame
+from gazeloop.fastpath.features import BLINK_APERTURE, CROP_SCALE
+from gazeloop.fastpath.gaze_model import head_pose_to_omz_degrees
+from gazeloop.fastpath.types import Features, Frame, GazeSample
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +267,7 @@ def preprocess_image(
 def preprocess_tag(fp_config: Any | None, extra: str = "") -> str:
     """What decides the preprocessed pixels: the trainer's version and the fast-path
     settings that shape crops and reject frames (not the gaze model file)."""
-    from fastpath import features
+    from gazeloop.fastpath import features
 
     parts: dict[str, Any] = {
         "version": PREPROCESS_VERSION,

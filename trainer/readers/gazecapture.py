@@ -29,8 +29,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from calibration.session import ImageDecodeError, load_image
-from trainer.readers.common import (
+from gazeloop.calibration.store.session import ImageDecodeError, load_image
+from gazeloop.trainer.readers.common import (
     LazyFastPath,
     SampleBuilder,
     Samples,

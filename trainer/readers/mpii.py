@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from calibration.session import ImageDecodeError, load_image
-from trainer.readers.common import (
+from gazeloop.calibration.store.session import ImageDecodeError, load_image
+from gazeloop.trainer.readers.common import (
     LazyFastPath,
     SampleBuilder,
     Samples,

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from calibration.session import MANIFEST_NAME, SessionError, read_session
-from fastpath.collect import collect_session
-from trainer.readers.common import (
+from gazeloop.calibration.store.session import MANIFEST_NAME, SessionError, read_session
+from gazeloop.fastpath.collect import collect_session
+from gazeloop.trainer.readers.common import (
     LazyFastPath,
     SampleBuilder,
     Samples,

@@ -54,9 +54,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from fastpath.features import extract
-from fastpath.types import FaceLandmarks
-from trainer.readers.common import (
+from gazeloop.fastpath.features import extract
+from gazeloop.fastpath.types import FaceLandmarks
+from gazeloop.trainer.readers.common import (
     LazyFastPath,
     SampleBuilder,
     Samples,
@@ -463,8 +463,8 @@ def strip_face(
 
 
 def _default_head_pose() -> HeadPoseFn:
-    from fastpath import models
-    from fastpath.headpose import HeadPoseEstimator, load_canonical_face
+    from gazeloop.fastpath import models
+    from gazeloop.fastpath.headpose import HeadPoseEstimator, load_canonical_face
 
     est = HeadPoseEstimator(load_canonical_face(models.resolve(models.FACE_LANDMARKER)))
     est.reset()

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.readers.common import (
+from gazeloop.trainer.readers.common import (
     LazyFastPath,
     SampleBuilder,
     Samples,

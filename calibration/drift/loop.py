@@ -1,0 +1,629 @@
+"""The closed loop: oracle labels in, a bounded drift offset C out.
+
+The fast path adds `DriftLoop.offset` to every screen point it produces. Each oracle label is
+compared with the fast estimate at the snapshot's *own* time (looked up in the `History`,
+which holds the final points, offset included), and C moves to explain the labels.
+
+What a label says
+-----------------
+A usable label becomes one equation `P·C = P·g`: g is the offset that would have made the
+fast estimate agree with the label (the observation minus the estimate without the offset
+that was in force at t), P the identity for a point label and n·nᵀ for a line label (n the
+line's normal). So a line label constrains only the component of C across the line, and
+the residual it reports is the perpendicular one; a point label constrains both axes.
+
+Why not a fixed gain `C ← C + α·Δ`
+----------------------------------
+A residual mixes the oracle's noise with the fast path's own error (100 px and 80 px per
+axis in the done criteria), so a single label says little: a fixed gain either wanders (α =
+0.1 keeps 5 % of runs in the 10 % band from the 15th label on) or, behind a median gate,
+lets 30 % junk labels end 24 % *worse* than no correction. The best a constant offset allows
+is the mean of the labels since it last changed (`C ← C + Δ/n`), so the question is *when*
+it changed. (An earlier version kept a Bayesian posterior over that, Adams & MacKay 2007;
+it crept toward a new drift through a mixture of young hypotheses: median 22-23 labels per
+seed to recover, below.)
+
+The estimator (the maths is in `calibration.changepoint`)
+---------------------------------------------------------
+- Runs. The labels since the last detected change form the current *run*; C's target is the
+  run's robust fit (Huber, started at the L1 centre, zero weight beyond the gate: junk far
+  away weighs nothing), over its last `window_labels` labels. The calibration's own run
+  starts with its offset worth `prior_weight` labels: the calibration measured it on many
+  frames at known targets, and that prior fades as the window fills.
+- Changes. After every label, a score test at every candidate onset of the run: "the labels
+  from τ on have another offset than those before" (residuals clipped at `huber_k`·σ, so a
+  wild label adds at most a bounded amount; labels far from both sides and runs without one
+  centre do not count, so junk does not add up to a change). Above `change_logp` (−log p),
+  a new run starts at the best τ and C's target becomes the fit of the labels since τ: what
+  an estimator told the onset would do, at once, rather than creeping there. Only the
+  calibration's own run also tests τ = 0 ("the calibration is off").
+- Hysteresis. While the new run is young, its start is re-placed among the nearby labels as
+  more arrive, and the change is undone when the split no longer holds (`merge_logp`).
+  `confirm_logp` > `change_logp` makes a young change followed only in proportion to its
+  evidence: fewer false walks, slower recovery.
+- Scale. σ: the median of the last `gate_labels` labels' residual lengths about the fits of
+  their runs (leverage-corrected), then re-taken inside the gate so 30 % junk inflates it
+  by a tenth rather than a third; floored at `noise_floor`.
+
+Measured (`python -m tools.loop_stats --seeds 300 --base B [--session grid9]`: a 150 px
+step after 10 labels, 60 labels; `labels_to_recover` per seed, median / p90): this loop
+17 / 37-41 on the synthetic 5×5 session (B = 10000, 20000) and 16 / 39 on the grid9 targets,
+the previous one 22-23 / 46-47 and 21 / 44, an estimator told the onset 12-14 / 29-34. The
+seed-averaged trace recovers later than before (21 labels vs 17-18): late detections weigh
+on a mean. That gap is a detection limit, not a tuning one: a 150 px step in 128 px of
+noise per label takes ~9 labels to tell from noise at a false-alarm rate of about one in
+four 100-label streams, even knowing σ and the old offset exactly. With no drift the
+offset's RMS is 21-23 px (29-31 before), but in 14-16 % of 100-label streams a chance run
+of labels is taken for a change and the offset jumps by up to 100-160 px until later labels
+undo it (2-4 % before; p99 of |C| 90-101 px against 70-75). `confirm_logp` = 8 trades back
+(11 %, p99 75 px, RMS 18 px; median 18 labels). With 30 % junk labels no run ended worse
+than the drifted error (worst 0.86-0.94 of it over 300 streams, mean 0.62).
+
+The gate
+--------
+A label farther than `gate_sigma` (2-D, in units of the predictive spread: σ and the run
+fit's own uncertainty) from the run's fit without it is an outlier and moves nothing.
+Accepted labels step C toward the target: α times the move, restricted to the directions
+that recent labels constrain (eigenvalues of Σ P over the last `window_labels` labels within
+`window_s` ≥ `min_constraint`), clipped to `max_step`, with |C| clipped to `max_total`.
+
+Lengths are measured in screen widths: normalised x, and normalised y divided by the aspect
+(physical width / height), so a bound or a scale is the same physical distance in every
+direction and "perpendicular to a line" is perpendicular on the glass. Inputs and outputs
+(residual, step, offset) are ordinary normalised screen units.
+
+Thread-safety: `update` holds a lock; the fast path reads `offset` every frame without one.
+`offset` is a read-only array that `update` replaces by assignment, never mutates, so a
+reader sees the old offset or the new one, never half of each.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from gazeloop.calibration.drift.changepoint import (
+    Fit,
+    Scan,
+    change_scan,
+    radial_of_1d,
+    robust_fit,
+    robust_scale,
+)
+from gazeloop.calibration.drift.changepoint import inv2 as _inv2
+from gazeloop.calibration.drift.history import History
+from gazeloop.calibration.labels import LineObservation, OracleLabel, PointObservation
+
+
+class LoopConfig(BaseModel):
+    """Every knob of the loop. Lengths are in screen widths (see the module doc)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    aspect: float = Field(16 / 9, gt=0, description="physical width / height of the screen")
+    alpha: float = Field(1.0, gt=0, le=1, description="gain toward the run's robust fit")
+    max_step: float = Field(0.06, gt=0, description="largest |step| per label")
+    max_total: float = Field(0.15, gt=0, description="largest |C|")
+    max_gap_ms: float = Field(100.0, gt=0, description="history interpolation gap at t")
+    max_label_age_s: float = Field(
+        30.0, gt=0, description="a label older than this behind the newest sample is stale"
+    )
+    min_confidence: float = Field(0.3, ge=0, le=1)
+    accept_lines: bool = Field(True, description="False when no camera position is known")
+    # Robust scale and gate.
+    gate_labels: int = Field(60, ge=3, description="labels (rejected included) for σ")
+    gate_sigma: float = Field(3.0, gt=0, description="gate radius, 2-D, in predictive σ")
+    noise_prior: float = Field(0.075, gt=0, description="σ per axis until enough labels")
+    noise_floor: float = Field(0.01, gt=0, description="smallest σ the gate believes")
+    min_scale_labels: int = Field(5, ge=2, description="labels before σ is measured")
+    huber_k: float = Field(
+        2.0, gt=0, description="residuals beyond k·σ count as k·σ (fit and change test)"
+    )
+    # Change points.
+    prior_weight: float = Field(80.0, ge=0, description="starting offset's worth, in labels")
+    change_logp: float = Field(
+        6.5, gt=0, description="−log p of the change test above which the offset changed"
+    )
+    confirm_logp: float = Field(
+        6.5, gt=0, description="−log p from which a young change is followed fully"
+    )
+    merge_logp: float = Field(
+        2.0, ge=0, description="−log p below which the last change is undone (hysteresis)"
+    )
+    drift_scale: float = Field(
+        0.04, gt=0, description="σ per axis of a change of drift: the new run's prior"
+    )
+    # Memory: the run's fit, the change scan, and which directions may move.
+    window_labels: int = Field(120, ge=2, description="labels in a run's fit, and constraints")
+    window_s: float = Field(600.0, gt=0, description="age limit of constraining labels")
+    min_constraint: float = Field(0.75, gt=0, description="eigenvalue of ΣP to constrain")
+    # Drift alarm.
+    alarm_labels: int = Field(8, ge=2, description="accepted labels the median runs over")
+    alarm_residual: float = Field(0.15, gt=0, description="median |residual| that alarms")
+    alarm_pinned_labels: int = Field(3, ge=1, description="updates with |C| at its bound")
+    alarm_rejected_labels: int = Field(10, ge=2, description="outliers in a row")
+
+
+@dataclass(frozen=True, slots=True)
+class LoopDecision:
+    """What the loop did with one label. Arrays are normalised screen units, read-only."""
+
+    accepted: bool
+    why: str
+    residual: np.ndarray  # (2,) obs − estimate along what the label constrains; NaN if none
+    step: np.ndarray  # (2,) the change of the offset this label made
+    offset: np.ndarray  # (2,) the offset after this label
+    fast_xy: np.ndarray | None = None  # (2,) the fast estimate at the label's time
+    alarm: bool = False
+    alarm_reason: str = ""
+    p_change: float = 0.0  # P(the drift changed within the last 3 labels), for display
+
+
+@dataclass(slots=True)
+class _Sample:
+    t_ns: int
+    P: np.ndarray  # (2,2) projector onto what the label constrains, width units
+    g: np.ndarray  # (2,) an offset that explains the label: P·C = P·g
+    n: np.ndarray | None  # unit normal of a line label, None for a point
+    dim: int = 2  # degrees of freedom the label constrains
+    idx: int = 0  # position in the label stream
+    accepted: bool = False
+    resid: float = math.nan  # |P·(g − fit)| about the fit of its run, for the scale
+    leverage: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """Labels from `start` on share one offset; `info`/`mean` its prior (labels' worth)."""
+
+    start: int
+    info: np.ndarray
+    mean: np.ndarray
+    calibration: bool = False  # the run that began at the calibration (or a reset)
+
+
+def _ro(a: np.ndarray) -> np.ndarray:
+    a = np.array(a, dtype=np.float64)
+    a.flags.writeable = False
+    return a
+
+
+class DriftLoop:
+    """The stateful loop. `update` takes one label and returns what it did with it; nothing
+    a label contains makes it raise."""
+
+    def __init__(
+        self,
+        cfg: LoopConfig | None = None,
+        history: History | None = None,
+        offset: tuple[float, float] | np.ndarray = (0.0, 0.0),
+    ) -> None:
+        if history is None:
+            raise ValueError("DriftLoop needs the History the fast path writes")
+        self.cfg = cfg or LoopConfig()
+        self.history = history
+        self._lock = threading.Lock()
+        self._k = np.array([1.0, 1.0 / self.cfg.aspect])  # normalised → width units
+        # The run's fit and the change scan look back two windows; the scale gate_labels.
+        self._keep = 2 * self.cfg.window_labels + self.cfg.gate_labels
+        self._samples: deque[_Sample] = deque()
+        self._seen: deque[str] = deque(maxlen=256)
+        self._accepted_resid: deque[float] = deque(maxlen=self.cfg.alarm_labels)
+        self._offset_log: deque[tuple[int, np.ndarray]] = deque(maxlen=512)
+        self.alarm = False
+        self.alarm_reason = ""
+        self.reset(offset)
+
+    # --- the offset the fast path reads --------------------------------------------------
+
+    @property
+    def offset(self) -> np.ndarray:
+        """(2,) normalised offset to add to fast-path points; read-only, replaced whole."""
+        return self._offset
+
+    def reset(self, offset: tuple[float, float] | np.ndarray = (0.0, 0.0)) -> None:
+        """Start over from `offset` (e.g. after a recalibration): forget every label."""
+        off = np.asarray(offset, dtype=np.float64).reshape(2)
+        if not np.isfinite(off).all():
+            raise ValueError(f"offset must be finite, got {off}")
+        cfg = self.cfg
+        with self._lock:
+            self._samples.clear()
+            self._accepted_resid.clear()
+            self._seen.clear()
+            self._pinned = 0
+            self._rejected_run = 0
+            self._next_idx = 0
+            self.alarm, self.alarm_reason = False, ""
+            q = off * self._k
+            # The calibration's own run: "nothing changed since the calibration", which
+            # carries the starting offset as `prior_weight` labels' worth of evidence.
+            self._runs = [_Run(0, cfg.prior_weight * np.eye(2), q.copy(), calibration=True)]
+            self._estimate = q.copy()
+            self._changes = 0
+            self._merges = 0
+            self._split_nlp = 0.0
+            self._since_change = 10**9
+            self._offset_log.clear()
+            self._offset_log.append((-(2**62), _ro(off)))
+            self._offset = _ro(off)
+
+    # --- one label -----------------------------------------------------------------------
+
+    def update(self, label: OracleLabel) -> LoopDecision:
+        with self._lock:
+            try:
+                return self._update(label)
+            except Exception as e:  # noqa: BLE001 — a bad label must never stop the loop
+                return self._reject(f"internal error on this label: {type(e).__name__}: {e}")
+
+    def _reject(
+        self, why: str, residual: np.ndarray | None = None, fast: np.ndarray | None = None
+    ) -> LoopDecision:
+        return LoopDecision(
+            accepted=False,
+            why=why,
+            residual=_ro(residual if residual is not None else [np.nan, np.nan]),
+            step=_ro([0.0, 0.0]),
+            offset=self._offset,
+            fast_xy=None if fast is None else _ro(fast),
+            alarm=self.alarm,
+            alarm_reason=self.alarm_reason,
+        )
+
+    def _offset_at(self, t_ns: int) -> np.ndarray:
+        """The offset that was in force for the frame at t_ns (the estimate includes it)."""
+        best = self._offset_log[0][1]
+        for t_eff, off in self._offset_log:
+            if t_eff > t_ns:
+                break
+            best = off
+        return best
+
+    def _update(self, label: OracleLabel) -> LoopDecision:
+        cfg = self.cfg
+        if not isinstance(label, OracleLabel):
+            return self._reject(f"not an OracleLabel: {type(label).__name__}")
+        obs = label.observation
+        if obs is None:
+            where = " (target outside the frame)" if label.in_frame is False else ""
+            return self._reject(f"no observation{where}")
+        conf = float(label.confidence)
+        if not math.isfinite(conf) or conf < cfg.min_confidence:
+            return self._reject(f"confidence {conf:.2f} < {cfg.min_confidence:.2f}")
+        if label.snapshot_id in self._seen:
+            return self._reject(f"duplicate snapshot {label.snapshot_id!r}")
+
+        if isinstance(obs, PointObservation):
+            a = np.asarray(obs.xy, dtype=np.float64)
+            if a.shape != (2,) or not np.isfinite(a).all():
+                return self._reject(f"point {obs.xy!r} is not two finite numbers")
+        elif isinstance(obs, LineObservation):
+            if not cfg.accept_lines:
+                return self._reject("line label, but this loop takes no lines (no camera)")
+            a = np.asarray(obs.origin, dtype=np.float64)
+            u = np.asarray(obs.direction, dtype=np.float64)
+            if a.shape != (2,) or not np.isfinite(a).all():
+                return self._reject(f"line origin {obs.origin!r} missing or not finite")
+            if u.shape != (2,) or not np.isfinite(u).all() or math.hypot(*u) < 1e-9:
+                return self._reject(f"line direction {obs.direction!r} unusable")
+        else:
+            return self._reject(f"unknown observation {type(obs).__name__}")
+
+        t = int(label.t_ns)
+        latest = self.history.latest()
+        if latest is not None and latest.t_ns - t > cfg.max_label_age_s * 1e9:
+            age = (latest.t_ns - t) / 1e9
+            return self._reject(f"stale: {age:.1f} s behind the newest sample")
+        est = self.history.at(t, int(cfg.max_gap_ms * 1e6))
+        if est is None or est.size < 2 or not np.isfinite(est[:2]).all():
+            return self._reject("no fast estimate at t")
+        est = est[:2].astype(np.float64)
+
+        k = self._k
+        e_q = est * k
+        raw_q = e_q - self._offset_at(t) * k
+        if isinstance(obs, PointObservation):
+            sample = _Sample(t, np.eye(2), a * k - raw_q, None, dim=2)
+            resid_q = a * k - e_q
+        else:
+            d = u * k
+            d = d / math.hypot(*d)
+            n = np.array([-d[1], d[0]])
+            o_q = a * k
+            if float(np.dot(e_q - o_q, d)) < 0.0:
+                # The ray points away from the estimate: no point of it is near, so the
+                # label contradicts the fast path outright rather than constraining it.
+                return self._reject("the fast estimate lies behind the ray's origin", fast=est)
+            P = np.outer(n, n)
+            sample = _Sample(t, P, P @ (o_q - raw_q), n, dim=1)
+            resid_q = P @ (o_q - e_q)
+        self._seen.append(label.snapshot_id)
+        return self._decide(sample, resid_q / k, float(np.hypot(*resid_q)), est)
+
+    # --- the estimator (the maths is in calibration.changepoint) --------------------------
+
+    def _scale(self) -> float:
+        """σ per axis from the last gate_labels labels' residuals about their runs' fits."""
+        cfg = self.cfg
+        recent = [s for s in list(self._samples)[-cfg.gate_labels :] if math.isfinite(s.resid)]
+        if len(recent) < cfg.min_scale_labels:
+            return max(cfg.noise_prior, cfg.noise_floor)
+        resid = np.array([s.resid for s in recent])
+        lev = np.array([s.leverage for s in recent])
+        dims = np.array([s.dim for s in recent])
+        return max(robust_scale(resid, dims, lev, cfg.gate_sigma), cfg.noise_floor)
+
+    def _labels(self, i: int) -> list[_Sample]:
+        """The labels of run `i` of the stack (-1: the current one), at most two windows."""
+        lo = self._runs[i].start
+        hi = self._runs[i + 1].start if i not in (-1, len(self._runs) - 1) else 2**62
+        run = [s for s in self._samples if lo <= s.idx < hi]
+        return run[-2 * self.cfg.window_labels :]
+
+    def _prior(self, run: _Run, run_len: int) -> tuple[np.ndarray, np.ndarray]:
+        """The run's prior, fading as its window fills: hours of labels must not be held
+        back by where the run started, while its first labels are."""
+        fade = max(0.0, 1.0 - run_len / self.cfg.window_labels)
+        return run.info * fade, run.mean
+
+    def _fit(self, labels: list[_Sample], sigma: float, run: _Run | None = None) -> Fit:
+        cfg = self.cfg
+        labels = labels[-cfg.window_labels :]
+        info, mean = self._prior(run or self._runs[-1], len(labels))
+        return robust_fit(
+            *_stack(labels), info, mean, sigma, huber_k=cfg.huber_k, gate=cfg.gate_sigma
+        )
+
+    def _store_fit(self, labels: list[_Sample], sigma: float, run: _Run | None = None) -> Fit:
+        """Fit the run and keep each label's residual about it (for the scale)."""
+        fit = self._fit(labels, sigma, run)
+        for s, r, h in zip(labels[-self.cfg.window_labels :], fit.resid, fit.leverage, strict=True):
+            s.resid, s.leverage = float(r), float(h)
+        return fit
+
+    def _scan(
+        self, labels: list[_Sample], run: _Run, sigma: float, taus: list[int] | None = None
+    ) -> Scan:
+        """The change test over `labels`, which start with those of `run`."""
+        cfg = self.cfg
+        if len(labels) < 2 and taus is None:
+            return Scan(-1, 0.0)
+        # A run born at a change has the old offset as its prior: a shrinkage for its fit,
+        # but the one thing the change says is wrong, so the test compares labels with
+        # labels. The calibration's run keeps its prior: that offset was measured.
+        prior = self._prior(run, 0) if run.calibration else (np.zeros((2, 2)), run.mean)
+        # The weights of the labels before each split come from the run's robust fit: junk
+        # the fit ignores does not shift the reference the later labels are compared with.
+        Ps, gs, dims = _stack(labels)
+        fit = robust_fit(Ps, gs, dims, *prior, sigma, huber_k=cfg.huber_k, gate=cfg.gate_sigma)
+        # Only the calibration's own run tests its first label: "the calibration is off".
+        first = 0 if run.calibration else 1
+        return change_scan(
+            Ps,
+            gs,
+            dims,
+            fit.weights,
+            *prior,
+            sigma,
+            huber_k=cfg.huber_k,
+            gate=cfg.gate_sigma,
+            window=cfg.window_labels,
+            first=first,
+            taus=None if taus is None else np.asarray(taus),
+        )
+
+    def _refine_boundary(self, sigma: float) -> None:
+        """Re-place the last change among the labels of the last two runs, or undo it when
+        the labels since no longer support it. The scan that declared it saw only the first
+        few labels after it; later labels tell better where it was (so the new run's fit
+        holds all of its labels and none of the old), and whether it was a chance run of
+        labels, which must not cost a whole window of noisy fits."""
+        cfg = self.cfg
+        if len(self._runs) < 2:
+            return
+        cur = self._labels(-1)
+        if len(cur) > cfg.window_labels:
+            # Established: the runs before it are history.
+            self._runs = self._runs[-1:]
+            return
+        prev = self._labels(-2)[-cfg.window_labels :]
+        if not prev or not cur:
+            return
+        both = prev + cur
+        near = range(max(1, len(prev) - 3), min(len(both), len(prev) + 4))
+        scan = self._scan(both, self._runs[-2], sigma, taus=list(near))
+        self._split_nlp = scan.neg_log_p
+        if scan.neg_log_p < cfg.merge_logp:
+            self._runs.pop()
+            self._merges += 1
+            return
+        start = both[scan.onset].idx
+        if start != self._runs[-1].start:
+            old = self._fit(both[: scan.onset], sigma, self._runs[-2])
+            r = self._runs[-1]
+            self._runs[-1] = _Run(start, r.info, old.mean)
+
+    def _decide(
+        self, sample: _Sample, residual: np.ndarray, resid_len: float, est: np.ndarray
+    ) -> LoopDecision:
+        cfg = self.cfg
+        C = self._offset * self._k
+        s = self._scale()  # before this label: it must not vouch for itself
+        sample.idx = self._next_idx
+        self._next_idx += 1
+        self._samples.append(sample)
+        while len(self._samples) > 1 and sample.t_ns - self._samples[0].t_ns > cfg.window_s * 1e9:
+            self._samples.popleft()
+        while len(self._samples) > self._keep:
+            self._samples.popleft()
+
+        # Has the offset changed? If so a run starts at the onset the scan found, and the
+        # labels before it are closed with the fit of their own run.
+        self._refine_boundary(s)
+        run = self._labels(-1)
+        scan = self._scan(run, self._runs[-1], s)
+        self._since_change += 1
+        if scan.onset >= 0 and scan.neg_log_p >= cfg.change_logp:
+            old = self._store_fit(run[: scan.onset], s)
+            prior = (s / cfg.drift_scale) ** 2 * np.eye(2)
+            new = _Run(run[scan.onset].idx, prior, old.mean)
+            if scan.onset == 0:
+                self._runs[-1] = new  # the calibration itself is off: drop its prior
+            else:
+                self._runs.append(new)
+            self._changes += 1
+            self._since_change = 0
+            self._split_nlp = scan.neg_log_p
+            run = run[scan.onset :]
+
+        # The gate, against the run's fit without this label (the pre-label belief).
+        prior = self._fit(run[:-1], s)
+        d = self._gate_distance(sample, prior.mean, s * s * _inv2(prior.info), s * s)
+        accepted = d <= cfg.gate_sigma
+        sample.accepted = accepted
+        fit = self._store_fit(run, s)
+        target = fit.mean
+        if len(self._runs) >= 2 and cfg.confirm_logp > cfg.change_logp:
+            # A young change is followed in proportion to the evidence for it, fully from
+            # confirm_logp on: a chance run of labels that crossed the change threshold
+            # moves the offset part of the way and is undone when later labels disagree.
+            span = cfg.confirm_logp - cfg.merge_logp
+            g = min(1.0, max(0.0, (self._split_nlp - cfg.merge_logp) / span))
+            base = self._runs[-1].mean
+            target = base + g * (fit.mean - base)
+        self._estimate = target
+
+        step_q = np.zeros(2)
+        if accepted:
+            step_q = cfg.alpha * self._constrain(target - C)
+            norm = math.hypot(*step_q)
+            if norm > cfg.max_step:
+                step_q *= cfg.max_step / norm
+            new_q = C + step_q
+            total = math.hypot(*new_q)
+            if total > cfg.max_total:
+                new_q *= cfg.max_total / total
+            step_q = new_q - C
+            if math.hypot(*step_q) > 0.0:
+                self._set_offset(new_q / self._k)
+            self._accepted_resid.append(resid_len)
+            self._rejected_run = 0
+        else:
+            self._rejected_run += 1
+        at_bound = math.hypot(*(self._offset * self._k)) >= cfg.max_total * (1 - 1e-9)
+        self._pinned = self._pinned + 1 if at_bound else 0
+        self._update_alarm()
+
+        if self._since_change < 3:
+            p_change = 1.0
+        else:
+            p_change = math.exp(min(0.0, scan.neg_log_p - cfg.change_logp))
+        if accepted:
+            why = "accepted"
+        else:
+            why = (
+                f"outlier: {d:.1f}σ from the robust fit of recent labels "
+                f"(gate {cfg.gate_sigma:g}σ; σ = {s:.3f} screen widths)"
+            )
+        return LoopDecision(
+            accepted=accepted,
+            why=why,
+            residual=_ro(residual),
+            step=_ro(step_q / self._k),
+            offset=self._offset,
+            fast_xy=_ro(est),
+            alarm=self.alarm,
+            alarm_reason=self.alarm_reason,
+            p_change=p_change,
+        )
+
+    def _gate_distance(
+        self, sample: _Sample, centre: np.ndarray, spread: np.ndarray, s2: float
+    ) -> float:
+        V = spread + s2 * np.eye(2)
+        e = sample.g - centre
+        if sample.n is None:
+            return math.sqrt(max(float(e @ _inv2(V) @ e), 0.0))
+        n = sample.n
+        return radial_of_1d(float(e @ n) / math.sqrt(float(n @ V @ n)))
+
+    def _constrain(self, delta: np.ndarray) -> np.ndarray:
+        """`delta` restricted to the directions recent accepted labels constrain."""
+        recent = list(self._samples)[-self.cfg.window_labels :]
+        acc = [s.P for s in recent if s.accepted]
+        if not acc:
+            return np.zeros(2)
+        lam, V = np.linalg.eigh(np.sum(acc, axis=0))
+        Vc = V[:, lam >= self.cfg.min_constraint]
+        return Vc @ (Vc.T @ delta)
+
+    def _set_offset(self, off: np.ndarray) -> None:
+        new = _ro(off)
+        latest = self.history.latest()
+        # Frames already in the history carry the old offset; the new one applies after.
+        t_eff = latest.t_ns + 1 if latest is not None else -(2**62)
+        self._offset_log.append((t_eff, new))
+        self._offset = new  # one reference assignment: atomic for the fast path's reader
+
+    def _update_alarm(self) -> None:
+        cfg = self.cfg
+        reasons = []
+        if len(self._accepted_resid) >= cfg.alarm_labels:
+            med = float(np.median(self._accepted_resid))
+            if med > cfg.alarm_residual:
+                reasons.append(
+                    f"median residual of the last {cfg.alarm_labels} accepted labels is "
+                    f"{med:.3f} screen widths (> {cfg.alarm_residual:g}): an offset does "
+                    "not absorb it"
+                )
+        if self._pinned >= cfg.alarm_pinned_labels:
+            reasons.append(
+                f"the offset has sat at its bound {cfg.max_total:g} for {self._pinned} labels"
+            )
+        if self._rejected_run >= cfg.alarm_rejected_labels:
+            reasons.append(f"{self._rejected_run} labels in a row rejected as outliers")
+        self.alarm = bool(reasons)
+        self.alarm_reason = "; ".join(reasons) + ("; recalibrate" if reasons else "")
+
+    # --- introspection -------------------------------------------------------------------
+
+    @property
+    def n_labels(self) -> int:
+        """Usable labels kept (those that reached the gate)."""
+        return len(self._samples)
+
+    @property
+    def run_labels(self) -> int:
+        """Labels since the last detected change of the offset (or since the start)."""
+        return sum(1 for s in self._samples if s.idx >= self._runs[-1].start)
+
+    @property
+    def changes(self) -> int:
+        """Changes of the offset the loop has detected since the last reset."""
+        return self._changes
+
+    @property
+    def merges(self) -> int:
+        """Detected changes later undone because the labels since did not bear them out."""
+        return self._merges
+
+    @property
+    def estimate(self) -> np.ndarray:
+        """(2,) the current run's robust fit, normalised; the offset steps toward it."""
+        return _ro(self._estimate / self._k)
+
+
+def _stack(run: list[_Sample]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if not run:
+        return np.zeros((0, 2, 2)), np.zeros((0, 2)), np.zeros(0, dtype=int)
+    return (
+        np.stack([s.P for s in run]),
+        np.stack([s.g for s in run]),
+        np.array([s.dim for s in run]),
+    )

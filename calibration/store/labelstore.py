@@ -1,0 +1,658 @@
+"""Every oracle label, kept: a SQLite table beside a folder of snapshot JPEGs.
+
+Layout of a store (one per user, see `profile.data_dir`):
+
+    root/labels.sqlite3   one row per label (schema below, versioned in `meta`)
+    root/images/*.jpg     the snapshot each label is about
+
+Durability, in the order things happen in `add`:
+1. the JPEG is written atomically (temp file, fsync, rename, fsync of the folder);
+2. the row is inserted and committed in one transaction.
+A crash between 1 and 2 leaves an image without a row: an orphan, deleted the next time a
+store is opened by the only process using it. A crash inside 2 leaves no row (SQLite's
+transaction). So every committed row has its image, and a crash loses at most the label
+being written.
+
+`PRAGMA synchronous=FULL` (with WAL): each commit waits for the WAL to reach the disk. NORMAL
+would survive a killed process just as well, but a power cut could then drop the last
+commits, including `mark_sent` bookkeeping (labels sent twice) and rows whose images are
+already on disk. A label costs seconds of oracle time; one fsync per label is nothing next
+to that, so we take the stronger guarantee.
+
+Several processes may open one store (the tracker writing, an MQTT bridge reading and
+marking rows sent): SQLite serialises them, and an advisory lock on `root/.lock` tells the
+opener whether it is alone, which is the only time deleting orphans is safe (an image
+without a row may otherwise be another process's label halfway through `add`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import math
+import os
+import re
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+
+from gazeloop.calibration.geometry import ScreenGeometry
+from gazeloop.calibration.labels import LineObservation, Observation, OracleLabel, PointObservation
+from gazeloop.calibration.store.atomic import atomic_write_bytes
+from gazeloop.calibration.store.session import JPEG_QUALITY, SeedRecord, SessionManifest
+from gazeloop.calibration.store.writer import write_manifest
+
+try:  # POSIX only; without it a store never deletes orphans (safe, just untidy)
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+DB_NAME = "labels.sqlite3"
+IMAGES = "images"
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_OBSERVATION = TypeAdapter(Observation)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS labels (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    t_ns INTEGER NOT NULL,             -- the snapshot's time (monotonic clock of the source)
+    snapshot_id TEXT NOT NULL UNIQUE,
+    oracle TEXT NOT NULL,
+    oracle_version TEXT NOT NULL,
+    observation TEXT,                  -- JSON (PointObservation | LineObservation) or NULL
+    confidence REAL NOT NULL,
+    in_frame INTEGER,                  -- NULL unknown, 0, 1
+    latency_s REAL,
+    details TEXT NOT NULL,             -- JSON: the oracle's raw answers
+    fast_x REAL, fast_y REAL,          -- fast estimate at t (normalised), NULL if none
+    accepted INTEGER NOT NULL,
+    why TEXT NOT NULL,
+    residual_x REAL, residual_y REAL,  -- normalised, NULL if none
+    offset_x REAL, offset_y REAL,      -- the loop's offset after this label
+    image TEXT,                        -- file name in images/, NULL if none
+    snapshot_ms INTEGER NOT NULL,      -- wall clock of the snapshot, unix ms
+    created_ms INTEGER NOT NULL,       -- wall clock of the insert, unix ms
+    sent INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS labels_unsent ON labels (sent, id);
+"""
+
+
+class LabelStoreError(RuntimeError):
+    """The store cannot be opened or written: read-only or full disk, newer schema, ..."""
+
+
+class StoredLabel(BaseModel):
+    """One row, typed."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: int
+    t_ns: int
+    snapshot_id: str
+    oracle: str
+    oracle_version: str
+    observation: Observation | None
+    confidence: float
+    in_frame: bool | None
+    latency_s: float | None
+    details: dict[str, Any]
+    fast_xy: tuple[float, float] | None
+    accepted: bool
+    why: str
+    residual: tuple[float, float] | None
+    offset: tuple[float, float] | None
+    image: str | None
+    snapshot_ms: int
+    created_ms: int
+    sent: bool
+
+    def to_label(self) -> OracleLabel:
+        return OracleLabel(
+            t_ns=self.t_ns,
+            snapshot_id=self.snapshot_id,
+            oracle=self.oracle,
+            oracle_version=self.oracle_version,
+            observation=self.observation,
+            confidence=self.confidence,
+            in_frame=self.in_frame,
+            latency_s=self.latency_s,
+            details=self.details,
+        )
+
+
+def _json_default(o: Any) -> Any:
+    # Oracle details are the backend's raw answers: numpy values and odd objects must not
+    # cost us the label, so they are stored as lists, numbers or their text.
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, np.generic):
+        return o.item()
+    return str(o)
+
+
+def _pair(a: Any) -> tuple[float, float] | None:
+    if a is None:
+        return None
+    v = np.asarray(a, dtype=np.float64).reshape(-1)
+    if v.size < 2 or not np.isfinite(v[:2]).all():
+        return None
+    return (float(v[0]), float(v[1]))
+
+
+def _describe_os_error(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "the disk is full"
+    if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "the location is read-only (permission denied)"
+    text = str(e).lower()
+    if "disk is full" in text or "disk full" in text:
+        return "the disk is full"
+    if "readonly" in text or "read-only" in text or "permission" in text:
+        return "the location is read-only"
+    return str(e) or type(e).__name__
+
+
+class LabelStore:
+    """A label store at `root` (created if missing). Thread-safe: one connection, one lock."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.images = self.root / IMAGES
+        self._lock = threading.RLock()
+        self._lock_fd: int | None = None
+        try:
+            self.images.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise LabelStoreError(
+                f"cannot create label store at {self.root}: {_describe_os_error(e)}"
+            ) from e
+        alone = self._take_lock()
+        try:
+            self._db = sqlite3.connect(
+                self.root / DB_NAME, timeout=10.0, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as e:
+            self._release_lock()
+            raise LabelStoreError(
+                f"cannot open label store {self.root / DB_NAME}: {_describe_os_error(e)}"
+            ) from e
+        try:
+            self._init_schema()
+        except BaseException:
+            self.close()
+            raise
+        if alone:
+            self._clean_orphans()
+
+    # --- opening ---------------------------------------------------------------------------
+
+    def _take_lock(self) -> bool:
+        """A shared lock for our lifetime; True when, at opening, nobody else held one."""
+        if fcntl is None:
+            return False
+        try:
+            fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            return False  # a read-only store: the schema step will say so clearly
+        self._lock_fd = fd
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            alone = True
+        except OSError:
+            alone = False
+        fcntl.flock(fd, fcntl.LOCK_SH)  # downgrade (or wait for the other opener's cleanup)
+        return alone
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._lock_fd)  # closing releases the flock
+            self._lock_fd = None
+
+    def _init_schema(self) -> None:
+        db = self._db
+        try:
+            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                log.warning("%s: journal mode is %s, not WAL", self.root, mode)
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA foreign_keys=ON")
+            has_meta = db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
+            ).fetchone()
+            version = None
+            if has_meta:
+                row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+                version = int(row[0]) if row else None
+            if version is not None and version > SCHEMA_VERSION:
+                raise LabelStoreError(
+                    f"label store {self.root} has schema version {version}, newer than the "
+                    f"{SCHEMA_VERSION} this gazeloop reads; upgrade gazeloop to open it"
+                )
+            if version is None:
+                # One script, one transaction: a crash leaves no half-made schema.
+                db.executescript(
+                    "BEGIN IMMEDIATE;"
+                    + _SCHEMA
+                    + "INSERT OR IGNORE INTO meta (key, value) VALUES "
+                    + f"('schema_version', '{SCHEMA_VERSION}');"
+                    + "COMMIT;"
+                )
+        except sqlite3.Error as e:
+            raise LabelStoreError(
+                f"cannot initialise label store {self.root / DB_NAME}: {_describe_os_error(e)}"
+            ) from e
+
+    def _clean_orphans(self) -> None:
+        """Images without a row (a crash between image and commit) and our temp files."""
+        with self._lock:
+            known = {r[0] for r in self._db.execute("SELECT image FROM labels") if r[0]}
+        removed = 0
+        for p in self.images.iterdir():
+            name = p.name
+            is_tmp = name.startswith(".") and name.endswith(".tmp")
+            if not (is_tmp or (name.endswith(".jpg") and name not in known)):
+                continue
+            with contextlib.suppress(OSError):
+                p.unlink()
+                removed += 1
+        if removed:
+            log.info("%s: removed %d orphan image file(s)", self.root, removed)
+
+    def close(self) -> None:
+        with self._lock:
+            db = getattr(self, "_db", None)
+            if db is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    db.close()
+                self._db = None  # type: ignore[assignment]
+            self._release_lock()
+
+    def __enter__(self) -> LabelStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- writing ---------------------------------------------------------------------------
+
+    def add(
+        self,
+        label: OracleLabel,
+        snapshot_image: np.ndarray | bytes | None,
+        fast_xy: Any = None,
+        decision: Any = None,
+        snapshot_ms: int | None = None,
+    ) -> int:
+        """Store one label with its snapshot; returns the row id.
+
+        `snapshot_image`: HxWx3 uint8 BGR (encoded as JPEG here), JPEG bytes, or None.
+        `decision`: the loop's `LoopDecision` (None: stored as not processed).
+        `snapshot_ms`: the snapshot's wall-clock time; default now − the oracle's latency.
+        """
+        now_ms = int(time.time() * 1000)
+        if snapshot_ms is None:
+            lat = label.latency_s if label.latency_s is not None else 0.0
+            snapshot_ms = now_ms - int(round(1000 * lat)) if math.isfinite(lat) else now_ms
+        jpeg = self._encode(snapshot_image)
+        with self._lock:
+            self._check_open()
+            if self._db.execute(
+                "SELECT 1 FROM labels WHERE snapshot_id = ?", (label.snapshot_id,)
+            ).fetchone():
+                raise LabelStoreError(f"snapshot {label.snapshot_id!r} is already stored")
+            name = None
+            if jpeg is not None:
+                # A unique suffix: a retried add can never overwrite another row's image.
+                stem = _SAFE.sub("_", label.snapshot_id)[:48]
+                name = f"{stem}-{uuid.uuid4().hex[:12]}.jpg"
+                try:
+                    self._write_image(self.images / name, jpeg)
+                except OSError as e:
+                    raise LabelStoreError(
+                        f"cannot write the image of label {label.snapshot_id!r} to "
+                        f"{self.images}: {_describe_os_error(e)}"
+                    ) from e
+            try:
+                return self._insert(label, fast_xy, decision, name, snapshot_ms, now_ms)
+            except BaseException as e:
+                if name is not None:
+                    with contextlib.suppress(OSError):
+                        (self.images / name).unlink()
+                if isinstance(e, sqlite3.IntegrityError):
+                    raise LabelStoreError(
+                        f"snapshot {label.snapshot_id!r} is already stored"
+                    ) from e
+                if isinstance(e, sqlite3.Error):
+                    raise LabelStoreError(
+                        f"cannot store label {label.snapshot_id!r} in {self.root / DB_NAME}: "
+                        f"{_describe_os_error(e)}"
+                    ) from e
+                raise
+
+    @staticmethod
+    def _encode(image: np.ndarray | bytes | None) -> bytes | None:
+        if image is None:
+            return None
+        if isinstance(image, bytes | bytearray | memoryview):
+            data = bytes(image)
+            if data[:2] != b"\xff\xd8":
+                raise ValueError("snapshot_image bytes are not a JPEG")
+            return data
+        arr = np.asarray(image)
+        if arr.dtype != np.uint8 or arr.ndim not in (2, 3):
+            raise ValueError(f"snapshot_image must be HxW[x3] uint8, got {arr.dtype} {arr.shape}")
+        ok, buf = cv2.imencode(".jpg", arr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        if not ok:
+            raise ValueError(f"cannot encode an image of shape {arr.shape} as JPEG")
+        return buf.tobytes()
+
+    def _write_image(self, path: Path, data: bytes) -> None:
+        atomic_write_bytes(path, data)
+
+    def _insert(
+        self,
+        label: OracleLabel,
+        fast_xy: Any,
+        decision: Any,
+        image: str | None,
+        snapshot_ms: int,
+        now_ms: int,
+    ) -> int:
+        obs = label.observation
+        fast = _pair(fast_xy)
+        if decision is not None:
+            accepted, why = bool(decision.accepted), str(decision.why)
+            resid, off = _pair(decision.residual), _pair(decision.offset)
+        else:
+            accepted, why, resid, off = False, "not processed by the loop", None, None
+        row = (
+            int(label.t_ns),
+            label.snapshot_id,
+            label.oracle,
+            label.oracle_version,
+            None if obs is None else obs.model_dump_json(),
+            float(label.confidence),
+            None if label.in_frame is None else int(bool(label.in_frame)),
+            label.latency_s,
+            json.dumps(label.details, default=_json_default),
+            *(fast or (None, None)),
+            int(accepted),
+            why,
+            *(resid or (None, None)),
+            *(off or (None, None)),
+            image,
+            int(snapshot_ms),
+            now_ms,
+        )
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            cur = db.execute(
+                "INSERT INTO labels (t_ns, snapshot_id, oracle, oracle_version, observation, "
+                "confidence, in_frame, latency_s, details, fast_x, fast_y, accepted, why, "
+                "residual_x, residual_y, offset_x, offset_y, image, snapshot_ms, created_ms) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                row,
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
+        return int(cur.lastrowid)
+
+    def mark_sent(self, ids: Iterable[int]) -> int:
+        """Flag rows as delivered (one transaction); returns how many changed."""
+        ids = [int(i) for i in ids]
+        if not ids:
+            return 0
+        with self._lock:
+            self._check_open()
+            db = self._db
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                n = 0
+                for i in range(0, len(ids), 500):  # SQLite's bound-parameter limit
+                    chunk = ids[i : i + 500]
+                    marks = ",".join("?" * len(chunk))
+                    n += db.execute(
+                        f"UPDATE labels SET sent = 1 WHERE sent = 0 AND id IN ({marks})", chunk
+                    ).rowcount
+                db.execute("COMMIT")
+                return n
+            except sqlite3.Error as e:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+                raise LabelStoreError(
+                    f"cannot mark labels sent in {self.root}: {_describe_os_error(e)}"
+                ) from e
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if getattr(self, "_db", None) is None:
+            raise LabelStoreError(f"label store {self.root} is closed")
+
+    _COLS = (
+        "id, t_ns, snapshot_id, oracle, oracle_version, observation, confidence, in_frame, "
+        "latency_s, details, fast_x, fast_y, accepted, why, residual_x, residual_y, "
+        "offset_x, offset_y, image, snapshot_ms, created_ms, sent"
+    )
+
+    @staticmethod
+    def _row(r: tuple) -> StoredLabel:
+        def xy(a: Any, b: Any) -> tuple[float, float] | None:
+            return None if a is None or b is None else (float(a), float(b))
+
+        return StoredLabel(
+            id=r[0],
+            t_ns=r[1],
+            snapshot_id=r[2],
+            oracle=r[3],
+            oracle_version=r[4],
+            observation=None if r[5] is None else _OBSERVATION.validate_json(r[5]),
+            confidence=r[6],
+            in_frame=None if r[7] is None else bool(r[7]),
+            latency_s=r[8],
+            details=json.loads(r[9]),
+            fast_xy=xy(r[10], r[11]),
+            accepted=bool(r[12]),
+            why=r[13],
+            residual=xy(r[14], r[15]),
+            offset=xy(r[16], r[17]),
+            image=r[18],
+            snapshot_ms=r[19],
+            created_ms=r[20],
+            sent=bool(r[21]),
+        )
+
+    def _query(self, sql: str, args: tuple = ()) -> list[StoredLabel]:
+        with self._lock:
+            self._check_open()
+            try:
+                rows = self._db.execute(f"SELECT {self._COLS} FROM labels {sql}", args).fetchall()
+            except sqlite3.Error as e:
+                raise LabelStoreError(f"cannot read {self.root}: {_describe_os_error(e)}") from e
+        try:
+            return [self._row(r) for r in rows]
+        except (ValidationError, ValueError) as e:
+            raise LabelStoreError(f"{self.root}: a stored row is invalid: {e}") from e
+
+    def get(self, label_id: int) -> StoredLabel | None:
+        rows = self._query("WHERE id = ?", (int(label_id),))
+        return rows[0] if rows else None
+
+    def iter(self, accepted: bool | None = None, batch: int = 500) -> Iterator[StoredLabel]:
+        """All rows in id order (optionally only accepted / only rejected), in batches so a
+        large store is never loaded at once."""
+        last = 0
+        while True:
+            if accepted is None:
+                rows = self._query("WHERE id > ? ORDER BY id LIMIT ?", (last, batch))
+            else:
+                rows = self._query(
+                    "WHERE id > ? AND accepted = ? ORDER BY id LIMIT ?",
+                    (last, int(accepted), batch),
+                )
+            if not rows:
+                return
+            yield from rows
+            last = rows[-1].id
+
+    def __iter__(self) -> Iterator[StoredLabel]:
+        return self.iter()
+
+    def count(self, accepted: bool | None = None) -> int:
+        with self._lock:
+            self._check_open()
+            if accepted is None:
+                return int(self._db.execute("SELECT COUNT(*) FROM labels").fetchone()[0])
+            return int(
+                self._db.execute(
+                    "SELECT COUNT(*) FROM labels WHERE accepted = ?", (int(accepted),)
+                ).fetchone()[0]
+            )
+
+    def unsent(self, limit: int = 100) -> list[StoredLabel]:
+        """The oldest rows not yet marked sent (for the MQTT bridge)."""
+        return self._query("WHERE sent = 0 ORDER BY id LIMIT ?", (max(0, int(limit)),))
+
+    def image_path(self, row: StoredLabel) -> Path | None:
+        return None if row.image is None else self.images / row.image
+
+    def integrity_check(self) -> str:
+        with self._lock:
+            self._check_open()
+            return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
+
+    # --- export ----------------------------------------------------------------------------
+
+    def export_session(
+        self,
+        out_dir: str | os.PathLike[str],
+        screen: ScreenGeometry,
+        *,
+        accepted_only: bool = True,
+        lines: str = "skip",
+    ) -> dict[str, Any]:
+        """Write a session folder in the seed format (img_<ms>.jpg + .json + session.json)
+        for the trainer; returns counts of what was written and skipped, by reason.
+
+        Point labels become `screen_x`/`screen_y` in pixels of `screen`. Line labels are
+        skipped by default: a seed record's screen point is read as ground truth, and the
+        only point a line offers is one we would invent (the fast estimate's projection onto
+        the line), which would teach the trainer the fast path's own error along the line.
+        `lines="pseudo"` writes that projection anyway, marked `"pseudo": true` with the line
+        itself in `"line"` (origin, direction, normalised), for a trainer that uses the
+        constraint and not the point. Labels off the screen are skipped (the session reader
+        would reject them). The record's name is the snapshot's wall-clock ms, moved on by
+        1 ms when two labels share a millisecond. Images are copied, not re-encoded. The
+        folder must be new or empty.
+        """
+        if lines not in ("skip", "pseudo"):
+            raise ValueError(f"lines must be 'skip' or 'pseudo', got {lines!r}")
+        out = Path(out_dir)
+        size = np.asarray(screen.px, dtype=np.float64)
+        stats: dict[str, Any] = {"written": 0, "skipped": {}}
+
+        def skip(why: str) -> None:
+            stats["skipped"][why] = stats["skipped"].get(why, 0) + 1
+
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            # Exporting twice into one folder would write every label twice under two names.
+            raise LabelStoreError(f"export folder {out} exists and is not empty")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            cam = screen.camera_mm
+            write_manifest(
+                out,
+                SessionManifest(
+                    screen_px=screen.px,
+                    screen_mm=screen.mm,
+                    camera_mm=None if cam is None else (cam[0], cam[1]),
+                    mirrored=False,  # snapshots are stored as the camera gave them
+                    source="gazeloop label store export",
+                    notes=f"exported from {self.root}",
+                ),
+            )
+            used: set[int] = set()
+            for row in self.iter(accepted=True if accepted_only else None):
+                obs = row.observation
+                if row.image is None:
+                    skip("no image")
+                    continue
+                extra: dict[str, Any] = {}
+                if isinstance(obs, PointObservation):
+                    xy = np.asarray(obs.xy)
+                elif isinstance(obs, LineObservation):
+                    if lines == "skip" or row.fast_xy is None:
+                        skip("line label" if lines == "skip" else "line without estimate")
+                        continue
+                    o, d = np.asarray(obs.origin), np.asarray(obs.direction)
+                    f = np.asarray(row.fast_xy)
+                    xy = o + max(0.0, float(np.dot(f - o, d))) * d
+                    extra = {
+                        "pseudo": True,
+                        "line": {"origin": list(obs.origin), "direction": list(obs.direction)},
+                    }
+                else:
+                    skip("no observation")
+                    continue
+                px = xy * size
+                if not (np.isfinite(px).all() and (px >= 0).all() and (px <= size).all()):
+                    skip("off the screen")
+                    continue
+                src = self.images / row.image
+                try:
+                    jpeg = src.read_bytes()
+                except OSError:
+                    skip("image missing")
+                    continue
+                t_ms = int(row.snapshot_ms)
+                while t_ms in used:
+                    t_ms += 1
+                used.add(t_ms)
+                record = SeedRecord.model_validate(
+                    {
+                        "timestamp": t_ms,
+                        "screen_x": float(px[0]),
+                        "screen_y": float(px[1]),
+                        **extra,
+                        "oracle": {
+                            "name": row.oracle,
+                            "version": row.oracle_version,
+                            "confidence": row.confidence,
+                            "label_id": row.id,
+                            "snapshot_id": row.snapshot_id,
+                            "accepted": row.accepted,
+                            "why": row.why,
+                            "fast_xy_px": None
+                            if row.fast_xy is None
+                            else (np.asarray(row.fast_xy) * size).tolist(),
+                        },
+                    }
+                )
+                stem = f"img_{t_ms}"
+                atomic_write_bytes(out / f"{stem}.jpg", jpeg)
+                body = record.model_dump(mode="json", by_alias=True, exclude_unset=True)
+                atomic_write_bytes(out / f"{stem}.json", json.dumps(body, indent=2).encode())
+                stats["written"] += 1
+        except OSError as e:
+            raise LabelStoreError(f"cannot export labels to {out}: {_describe_os_error(e)}") from e
+        return stats

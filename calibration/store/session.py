@@ -1,0 +1,376 @@
+"""Recorded sessions on disk: `img_<unix-ms>.jpg` + `img_<unix-ms>.json` pairs in the seed
+format, plus an optional `session.json` manifest (see DESIGN.md, "Data on disk").
+
+Reading is forgiving per file and strict per session: every bad pair is listed in
+`Session.rejected` with the reason and reading goes on; a folder with nothing usable is a
+`SessionError`. Writing lives in `store.writer`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = "session.json"
+MANIFEST_VERSION = 1
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+JPEG_QUALITY = 95
+
+# The name's digits are the record's identity (the JSON timestamp may disagree; see below).
+_NAME_RE = re.compile(r"^img_(\d+)$")
+_JPEG_EOI = b"\xff\xd9"
+_JPEG_SOS = b"\xff\xda"
+
+
+class SessionError(RuntimeError):
+    """A session folder that cannot be used at all. `rejected` lists the per-file reasons
+    when the folder had files but none of them was usable."""
+
+    def __init__(self, message: str, rejected: list[Rejection] | None = None) -> None:
+        super().__init__(message)
+        self.rejected: list[Rejection] = list(rejected or [])
+
+
+class ImageDecodeError(ValueError):
+    """An image file that exists but cannot be decoded (truncated, corrupt, not an image)."""
+
+
+# --- the seed record -----------------------------------------------------------------------
+
+
+class Point3(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    x: float | None = None
+    y: float | None = None
+    z: float | None = None
+
+
+class GazeBlock(BaseModel):
+    """What an earlier tracker said about a frame. Not ground truth: kept for comparison."""
+
+    model_config = ConfigDict(extra="allow")
+
+    left_eye: Point3 | None = None
+    right_eye: Point3 | None = None
+    yaw: float | None = None  # degrees, as that tracker stored them
+    pitch: float | None = None
+    roll: float | None = None
+    vector: Point3 | None = None
+    landmarks: Any = None
+
+
+class Inference(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    gaze: GazeBlock | None = Field(default=None, alias="Gaze")
+
+
+class SeedRecord(BaseModel):
+    """One `img_<unix-ms>.json`. Only `timestamp` and the screen label are ground truth.
+
+    `inference` and `moondream_result` fall back to the raw JSON value when they do not fit
+    the typed shape: they are another tool's output and must never cost us a labelled frame.
+    Unknown top-level fields are kept (extra="allow") so nothing a recorder wrote is lost.
+    """
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    timestamp: int  # unix milliseconds (wall clock at capture)
+    screen_x: float = Field(allow_inf_nan=False)  # screen pixels, x right
+    screen_y: float = Field(allow_inf_nan=False)  # screen pixels, y down
+    inference: Inference | Any = Field(default=None, union_mode="left_to_right")
+    moondream_result: Point3 | Any = Field(default=None, union_mode="left_to_right")
+
+    @property
+    def label_px(self) -> tuple[float, float]:
+        return (self.screen_x, self.screen_y)
+
+
+# --- the manifest --------------------------------------------------------------------------
+
+
+class SessionManifest(BaseModel):
+    """`session.json`: what the pairs alone cannot say. Unknown fields are an error so a typo
+    such as "mirror" cannot silently leave `mirrored` at its default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = MANIFEST_VERSION
+    screen_px: tuple[int, int]  # (width, height) of the screen the labels were taken on
+    screen_mm: tuple[float, float] | None = None  # (width, height) of its visible area
+    # Camera position relative to the screen's top-left corner, in the screen plane,
+    # x right, y down (a webcam above the screen has y < 0).
+    camera_mm: tuple[float, float] | None = None
+    mirrored: bool = False  # the stored images are horizontally flipped selfie views
+    user: str | None = None
+    device: str | None = None
+    notes: str | None = None
+    source: str | None = None  # what wrote the session (recorder name/version, importer)
+
+    @field_validator("version")
+    @classmethod
+    def _known_version(cls, v: int) -> int:
+        if v != MANIFEST_VERSION:
+            raise ValueError(
+                f"unsupported session manifest version {v} (this gazeloop reads "
+                f"version {MANIFEST_VERSION})"
+            )
+        return v
+
+    @field_validator("screen_px")
+    @classmethod
+    def _positive_px(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if v[0] <= 0 or v[1] <= 0:
+            raise ValueError(f"screen_px must be positive, got {v}")
+        return v
+
+    @field_validator("screen_mm")
+    @classmethod
+    def _positive_mm(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not (v[0] > 0 and v[1] > 0 and math.isfinite(v[0] + v[1])):
+            raise ValueError(f"screen_mm must be positive and finite, got {v}")
+        return v
+
+
+# --- the in-memory view --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    file: str  # file name inside the session folder
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionItem:
+    image: Path
+    json: Path
+    record: SeedRecord
+    t_ms: int  # from the file name: the record's identity
+
+    @property
+    def label_px(self) -> tuple[float, float]:
+        return self.record.label_px
+
+    @property
+    def name(self) -> str:
+        return self.image.name
+
+
+@dataclass(slots=True)
+class Session:
+    folder: Path
+    manifest: SessionManifest | None
+    items: list[SessionItem] = field(default_factory=list)  # sorted by t_ms
+    rejected: list[Rejection] = field(default_factory=list)
+    mirrored: bool = False  # resolved: manifest, else the caller's statement, else False
+    screen_px: tuple[int, int] | None = None  # resolved: manifest, else the caller's
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+# --- reading -------------------------------------------------------------------------------
+
+
+def load_image(path: str | os.PathLike[str]) -> np.ndarray:
+    """Decode an image file to HxWx3 uint8 BGR, or raise ImageDecodeError with the reason.
+
+    A JPEG without its end-of-image marker after the last scan is treated as truncated even
+    if the decoder would hand back a partly grey picture (OpenCV versions differ here)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ImageDecodeError(f"cannot read image: {e.strerror or e}") from e
+    if not data:
+        raise ImageDecodeError("empty image file")
+    if data[:2] == b"\xff\xd8" and data.rfind(_JPEG_EOI) < data.rfind(_JPEG_SOS):
+        raise ImageDecodeError("truncated JPEG (no end-of-image marker)")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ImageDecodeError("cannot decode image (corrupt or not an image)")
+    return image
+
+
+def _read_manifest(folder: Path) -> SessionManifest | None:
+    path = folder / MANIFEST_NAME
+    if not path.exists():
+        return None
+    # A bad manifest stops the read: guessing mirroring or screen size would corrupt every
+    # label silently, which is worse than a clear error.
+    try:
+        return SessionManifest.model_validate_json(path.read_bytes())
+    except (OSError, ValidationError) as e:
+        raise SessionError(f"bad session manifest {path}: {e}") from e
+
+
+def _validation_reason(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"]) or "record"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def _label_problem(record: SeedRecord, screen_px: tuple[int, int] | None) -> str | None:
+    x, y = record.screen_x, record.screen_y
+    if x < 0 or y < 0:
+        return f"negative label ({x:g}, {y:g})"
+    if screen_px is not None and (x > screen_px[0] or y > screen_px[1]):
+        return f"label ({x:g}, {y:g}) outside the screen {screen_px[0]}x{screen_px[1]}"
+    return None
+
+
+def read_session(
+    folder: str | os.PathLike[str],
+    *,
+    screen_px: tuple[int, int] | None = None,
+    mirrored: bool | None = None,
+    check_images: bool = False,
+) -> Session:
+    """Read a session folder; bad pairs go to `rejected`, the rest to `items` by time.
+
+    `screen_px` and `mirrored` state what a folder without a manifest cannot; the manifest
+    wins when both are present (a disagreement is logged). Images are only decoded with
+    `check_images=True`; otherwise the frame source finds unreadable ones when it gets there.
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        raise SessionError(f"session folder does not exist: {folder}")
+    if not folder.is_dir():
+        raise SessionError(f"session path is not a folder: {folder}")
+
+    manifest = _read_manifest(folder)
+    if manifest is not None:
+        if screen_px is not None and tuple(screen_px) != manifest.screen_px:
+            log.warning(
+                "%s: screen_px %s given, manifest says %s; using the manifest",
+                folder,
+                screen_px,
+                manifest.screen_px,
+            )
+        if mirrored is not None and mirrored != manifest.mirrored:
+            log.warning(
+                "%s: mirrored=%s given, manifest says %s; using the manifest",
+                folder,
+                mirrored,
+                manifest.mirrored,
+            )
+        screen = manifest.screen_px
+        is_mirrored = manifest.mirrored
+    else:
+        screen = (int(screen_px[0]), int(screen_px[1])) if screen_px is not None else None
+        is_mirrored = bool(mirrored) if mirrored is not None else False
+
+    rejected: list[Rejection] = []
+    # By stem: the record, and its image(s). Suffixes match case-insensitively.
+    records: dict[str, Path] = {}
+    images: dict[str, list[Path]] = {}
+    for path in sorted(folder.iterdir()):
+        name = path.name
+        if name.startswith(".") or name == MANIFEST_NAME or not path.is_file():
+            continue  # hidden files include our own temp files from interrupted writes
+        suffix = path.suffix.lower()
+        if suffix != ".json" and suffix not in IMAGE_SUFFIXES:
+            continue
+        if not _NAME_RE.match(path.stem):
+            rejected.append(Rejection(name, "name is not img_<unix-ms> with digits"))
+            continue
+        if suffix == ".json":
+            records[path.stem] = path
+        else:
+            images.setdefault(path.stem, []).append(path)
+
+    # (t from name, t from json, item): parsed pairs before the duplicate check.
+    candidates: list[tuple[int, int, SessionItem]] = []
+    for stem in sorted(set(records) | set(images)):
+        json_path = records.get(stem)
+        image_paths = images.get(stem, [])
+        if json_path is None:
+            for p in image_paths:
+                rejected.append(Rejection(p.name, f"no record {stem}.json for this image"))
+            continue
+        if not image_paths:
+            rejected.append(Rejection(json_path.name, f"no image {stem}.jpg for this record"))
+            continue
+        # Prefer .jpg, then .jpeg, then .png; any other image of the same stem is surplus.
+        image_paths.sort(key=lambda p: IMAGE_SUFFIXES.index(p.suffix.lower()))
+        for extra in image_paths[1:]:
+            rejected.append(Rejection(extra.name, f"second image for {json_path.name}"))
+        image_path = image_paths[0]
+
+        try:
+            record = SeedRecord.model_validate_json(json_path.read_bytes())
+        except OSError as e:
+            rejected.append(Rejection(json_path.name, f"cannot read record: {e}"))
+            continue
+        except ValidationError as e:
+            rejected.append(Rejection(json_path.name, f"malformed record: {_validation_reason(e)}"))
+            continue
+        problem = _label_problem(record, screen)
+        if problem is not None:
+            rejected.append(Rejection(json_path.name, problem))
+            continue
+        if check_images:
+            try:
+                load_image(image_path)
+            except ImageDecodeError as e:
+                rejected.append(Rejection(image_path.name, str(e)))
+                continue
+        t_name = int(_NAME_RE.match(stem).group(1))  # type: ignore[union-attr]
+        item = SessionItem(image=image_path, json=json_path, record=record, t_ms=t_name)
+        candidates.append((t_name, record.timestamp, item))
+
+    # Duplicates: a time is claimed by the name and by the JSON timestamp. Records whose name
+    # agrees with their JSON go first, so a copied record (renamed, old JSON inside) loses to
+    # the original whatever the names sort as; then a canonical name (no leading zeros) wins.
+    candidates.sort(
+        key=lambda c: (c[0] != c[1], c[0], c[2].json.stem != f"img_{c[0]}", c[2].json.name)
+    )
+    claimed: dict[int, str] = {}
+    items: list[SessionItem] = []
+    for t_name, t_json, item in candidates:
+        clash = next((t for t in (t_name, t_json) if t in claimed), None)
+        if clash is not None:
+            rejected.append(
+                Rejection(item.json.name, f"duplicate timestamp {clash} (kept {claimed[clash]})")
+            )
+            continue
+        if t_json != t_name:
+            # Lenient: the name is the identity; a recorder may stamp the JSON a bit later.
+            log.debug("%s: JSON timestamp %d differs from name", item.json, t_json)
+        claimed[t_name] = claimed[t_json] = item.json.name
+        items.append(item)
+    items.sort(key=lambda it: it.t_ms)
+
+    for r in rejected:
+        log.warning("%s: rejected %s: %s", folder, r.file, r.why)
+    if not items:
+        detail = ""
+        if rejected:
+            first = rejected[0]
+            detail = f"; {len(rejected)} file(s) rejected, first {first.file}: {first.why}"
+        raise SessionError(
+            f"no usable img_<unix-ms>.jpg + .json pairs in session folder {folder}{detail}",
+            rejected,
+        )
+    return Session(
+        folder=folder,
+        manifest=manifest,
+        items=items,
+        rejected=rejected,
+        mirrored=is_mirrored,
+        screen_px=screen,
+    )

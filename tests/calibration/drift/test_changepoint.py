@@ -1,0 +1,151 @@
+"""The drift loop's estimator maths, as pure functions: robust fit, noise scale, change scan."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from gazeloop.calibration.drift.changepoint import (
+    change_scan,
+    clip_kappa,
+    gate_1d,
+    neg_log_tail,
+    radial_of_1d,
+    robust_fit,
+    robust_scale,
+)
+
+EYE = np.eye(2)
+
+
+def points(g: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n = len(g)
+    return np.repeat(EYE[None], n, axis=0), np.asarray(g, float), np.full(n, 2)
+
+
+def fit(g, sigma=1.0, prior_info=None, prior_mean=None):
+    info = np.zeros((2, 2)) if prior_info is None else prior_info
+    mean = np.zeros(2) if prior_mean is None else prior_mean
+    return robust_fit(*points(g), info, mean, sigma, huber_k=2.0, gate=3.0)
+
+
+def test_tail_and_clip_constants():
+    assert neg_log_tail(np.array([6.0]), np.array([2]))[0] == pytest.approx(3.0)
+    # χ²₁ at 3.841 is the two-sided 5 % point.
+    assert neg_log_tail(np.array([3.8415]), np.array([1]))[0] == pytest.approx(
+        -math.log(0.05), 1e-3
+    )
+    assert neg_log_tail(np.array([5000.0]), np.array([1]))[0] > 2000  # no underflow to inf/nan
+    assert gate_1d(3.0) == pytest.approx(2.54, abs=0.01)  # same tail as 3σ radial in 2-D
+    for g in (1.0, 3.0, 6.0):  # and back: one gate for point and line labels
+        assert radial_of_1d(gate_1d(g)) == pytest.approx(g, abs=1e-6)
+    rng = np.random.default_rng(0)
+    for dim in (1, 2):
+        e = rng.normal(size=(200_000, dim))
+        r = np.linalg.norm(e, axis=1)
+        clipped = np.minimum(r, 2.0)
+        assert clip_kappa(2.0, dim) == pytest.approx(np.mean(clipped**2) / dim, abs=0.01)
+
+
+def test_robust_fit_ignores_far_junk_and_matches_the_mean_without_it():
+    rng = np.random.default_rng(1)
+    good = rng.normal(0.0, 1.0, (40, 2)) + [3.0, -1.0]
+    junk = rng.uniform(-40, 40, (17, 2))
+    junk = junk[np.hypot(*(junk - [3.0, -1.0]).T) > 10]  # far away: must weigh nothing
+    f = fit(np.vstack([good, junk]))
+    assert np.all(f.weights[len(good) :] == 0.0)
+    assert np.hypot(*(f.mean - good.mean(axis=0))) < 0.1  # Huber ≈ mean for clean data
+    assert f.info[0, 0] == pytest.approx(f.weights.sum(), rel=1e-6)
+    # Plain mean would be dragged by the junk.
+    assert np.hypot(*(np.vstack([good, junk]).mean(axis=0) - [3.0, -1.0])) > 0.5
+
+
+def test_robust_fit_of_lines_moves_only_across_them_and_keeps_the_prior_along():
+    n = np.array([0.0, 1.0])  # horizontal lines: they say y, nothing about x
+    P = np.outer(n, n)
+    g = np.array([[7.0, 2.0]] * 5)
+    f = robust_fit(
+        np.repeat(P[None], 5, 0),
+        g,
+        np.full(5, 1),
+        np.zeros((2, 2)),
+        np.array([0.5, 0.0]),
+        1.0,
+        huber_k=2.0,
+        gate=3.0,
+    )
+    assert f.mean[1] == pytest.approx(2.0) and f.mean[0] == pytest.approx(0.5)
+
+
+def test_prior_weight_counts_as_labels():
+    f = fit(np.array([[1.0, 0.0]] * 4), prior_info=4 * EYE, prior_mean=np.zeros(2))
+    assert f.mean == pytest.approx([0.5, 0.0])
+
+
+def test_robust_scale_gaussian_junk_and_the_floor():
+    rng = np.random.default_rng(2)
+    est, junked = [], []
+    for _ in range(300):
+        e = rng.normal(size=(60, 2))
+        est.append(robust_scale(np.hypot(*e.T), np.full(60, 2), np.zeros(60)))
+        j = rng.random(60) < 0.3
+        e[j] = rng.uniform([-7, -4], [7, 4], (j.sum(), 2))
+        junked.append(robust_scale(np.hypot(*e.T), np.full(60, 2), np.zeros(60)))
+    assert np.mean(est) == pytest.approx(1.0, abs=0.03)
+    # 30 % junk inflates the plain median by ~1.3; the truncated median takes most of it out.
+    assert 1.0 < np.mean(junked) < 1.2
+    # Leverage: a residual about a fit it pulled is scaled back up.
+    r = np.full(10, 1.0)
+    assert robust_scale(r, np.full(10, 2), np.full(10, 0.5)) == pytest.approx(
+        math.sqrt(2) / math.sqrt(2 * math.log(2)), rel=1e-6
+    )
+
+
+def scan(g, sigma=1.0, **kw):
+    Ps, gs, dims = points(g)
+    return change_scan(
+        Ps,
+        gs,
+        dims,
+        np.ones(len(gs)),
+        np.zeros((2, 2)),
+        np.zeros(2),
+        sigma,
+        huber_k=2.0,
+        gate=3.0,
+        window=120,
+        **kw,
+    )
+
+
+def test_scan_is_calibrated_under_no_change():
+    """At a fixed split, −log p of the test exceeds x with probability about e^-x."""
+    rng = np.random.default_rng(3)
+    nlp = np.array([scan(rng.normal(size=(30, 2)), taus=[20]).neg_log_p for _ in range(2000)])
+    for x in (1.0, 2.0, 3.0):
+        assert np.mean(nlp > x) == pytest.approx(math.exp(-x), abs=0.25 * math.exp(-x) + 0.005)
+
+
+def test_scan_finds_the_onset_of_a_step():
+    rng = np.random.default_rng(4)
+    g = rng.normal(size=(30, 2))
+    g[18:] += [2.0, 0.0]
+    s = scan(g)
+    assert abs(s.onset - 18) <= 1 and s.neg_log_p > 10
+
+
+def test_one_wild_label_or_scattered_junk_is_not_a_change():
+    rng = np.random.default_rng(5)
+    g = rng.normal(size=(30, 2))
+    g[-1] = [40.0, 30.0]  # one label, 50σ away: clipped to 2σ
+    assert scan(g).neg_log_p < 3.0
+    g = rng.normal(size=(30, 2))
+    g[-4:] = [[30, 0], [0, 25], [-28, 3], [2, -30]]  # four junk labels, each far elsewhere
+    assert scan(g).neg_log_p < 3.0
+    # ...while four labels far away *together* are a change, however far.
+    g = rng.normal(size=(30, 2))
+    g[-4:] = rng.normal(size=(4, 2)) + [30.0, 0.0]
+    s = scan(g)
+    assert s.onset in (26, 27) and s.neg_log_p > 6

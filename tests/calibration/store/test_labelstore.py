@@ -1,0 +1,334 @@
+"""The label store: round trip, export to a readable session, the sent flag, schema
+versions, disk errors, orphans, and a writer killed with SIGKILL."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from gazeloop.calibration.drift.loop import LoopDecision
+from gazeloop.calibration.geometry import ScreenGeometry
+from gazeloop.calibration.labels import LineObservation, OracleLabel, PointObservation
+from gazeloop.calibration.store.labelstore import (
+    DB_NAME,
+    SCHEMA_VERSION,
+    LabelStore,
+    LabelStoreError,
+)
+from gazeloop.calibration.store.session import load_image, read_session
+
+SCREEN = ScreenGeometry(px=(1728, 1080), mm=(345.0, 215.6), camera_mm=(172.5, -8.0, 0.0))
+
+
+def img(seed: int = 0, shape=(48, 64, 3)) -> np.ndarray:
+    """A smooth picture (JPEG keeps it close), different for every seed."""
+    h, w, _ = shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([xx * 255 / w, yy * 255 / h, np.full((h, w), (seed * 37) % 256)], axis=-1)
+    return base.astype(np.uint8)
+
+
+def decision(accepted=True, why="accepted", residual=(0.01, -0.02), offset=(0.03, 0.0)):
+    return LoopDecision(
+        accepted=accepted,
+        why=why,
+        residual=np.array(residual),
+        step=np.zeros(2),
+        offset=np.array(offset),
+    )
+
+
+def point(i: int, xy=(0.25, 0.75), **kw) -> OracleLabel:
+    return OracleLabel(
+        t_ns=1_000 + i,
+        snapshot_id=f"snap-{i}",
+        oracle="clicks",
+        oracle_version="1",
+        observation=PointObservation(xy=xy),
+        **kw,
+    )
+
+
+def test_round_trip_keeps_every_field(tmp_path):
+    with LabelStore(tmp_path) as store:
+        line = OracleLabel(
+            t_ns=123_456_789,
+            snapshot_id="snap/odd id",
+            oracle="moondream",
+            oracle_version="2025-04-14 fp16",
+            observation=LineObservation(origin=(0.5, -0.04), direction=(0.6, 0.8)),
+            confidence=0.7,
+            in_frame=False,
+            latency_s=2.5,
+            details={"raw": np.array([1.5, 2.0]), "n": np.int64(3), "text": "ok"},
+        )
+        image = img(1)
+        rid = store.add(
+            line, image, np.array([0.4, 0.6]), decision(False, "outlier: 5σ"), snapshot_ms=42
+        )
+        row = store.get(rid)
+        assert row is not None and row.id == rid
+        back = row.to_label()
+        assert back.observation == line.observation
+        assert (back.t_ns, back.snapshot_id, back.oracle, back.oracle_version) == (
+            line.t_ns,
+            line.snapshot_id,
+            line.oracle,
+            line.oracle_version,
+        )
+        assert (back.confidence, back.in_frame, back.latency_s) == (0.7, False, 2.5)
+        assert back.details == {"raw": [1.5, 2.0], "n": 3, "text": "ok"}
+        assert row.fast_xy == (0.4, 0.6) and not row.accepted and row.why == "outlier: 5σ"
+        assert row.residual == (0.01, -0.02) and row.offset == (0.03, 0.0)
+        assert row.snapshot_ms == 42 and abs(row.created_ms - time.time() * 1000) < 60_000
+        assert not row.sent
+        path = store.image_path(row)
+        assert path is not None and path.parent == tmp_path / "images"
+        decoded = load_image(path)
+        assert decoded.shape == image.shape
+        assert np.abs(decoded.astype(int) - image).mean() < 3  # JPEG of this picture
+
+        none = OracleLabel(t_ns=5, snapshot_id="empty", oracle="moondream", in_frame=False)
+        rid2 = store.add(none, None, None, None)
+        row2 = store.get(rid2)
+        assert row2.observation is None and row2.image is None and row2.fast_xy is None
+        assert row2.why == "not processed by the loop"
+        assert store.get(999) is None
+        assert store.count() == 2 and store.count(accepted=False) == 2
+        assert [r.id for r in store.iter(batch=1)] == [rid, rid2]
+    # Reopened: same rows.
+    with LabelStore(tmp_path) as store:
+        assert store.get(rid) == row and store.integrity_check() == "ok"
+
+
+def test_duplicate_snapshot_is_refused_and_the_first_image_kept(tmp_path):
+    with LabelStore(tmp_path) as store:
+        store.add(point(1), img(1), None, decision())
+        first = store.image_path(store.get(1)).read_bytes()
+        with pytest.raises(LabelStoreError, match="already stored"):
+            store.add(point(1), img(2), None, decision())
+        assert store.count() == 1
+        assert store.image_path(store.get(1)).read_bytes() == first
+        assert len(list((tmp_path / "images").iterdir())) == 1
+
+
+def test_unsent_and_mark_sent(tmp_path):
+    with LabelStore(tmp_path) as store:
+        ids = [store.add(point(i), img(i), None, decision()) for i in range(5)]
+        assert [r.id for r in store.unsent(3)] == ids[:3]
+        assert store.mark_sent(ids[:2]) == 2
+        assert store.mark_sent(ids[:1]) == 0  # already sent
+        assert store.mark_sent([]) == 0
+        assert [r.id for r in store.unsent(10)] == ids[2:]
+    with LabelStore(tmp_path) as store:  # the flag is durable
+        assert [r.id for r in store.unsent(10)] == ids[2:]
+        assert store.get(ids[0]).sent and not store.get(ids[2]).sent
+
+
+def test_export_writes_a_session_the_reader_accepts(tmp_path):
+    store = LabelStore(tmp_path / "store")
+    pts = [(0.1, 0.2), (0.5, 0.5), (0.9, 0.8)]
+    for i, xy in enumerate(pts):
+        store.add(point(i, xy), img(i), (0.5, 0.5), decision(), snapshot_ms=1_700_000_000_000)
+    store.add(point(10, (1.2, 0.5)), img(10), None, decision())  # off the screen
+    store.add(point(11, (0.3, 0.3)), img(11), None, decision(False, "outlier"))
+    store.add(point(12, (0.4, 0.4)), None, None, decision())  # no image
+    line = OracleLabel(
+        t_ns=99,
+        snapshot_id="line",
+        oracle="moondream",
+        observation=LineObservation(origin=(0.5, 0.0), direction=(0.0, 1.0)),
+    )
+    store.add(line, img(20), (0.6, 0.7), decision(), snapshot_ms=1_700_000_000_500)
+    store.add(OracleLabel(t_ns=1, snapshot_id="none", oracle="m"), img(21), None, decision())
+
+    out = tmp_path / "session"
+    stats = store.export_session(out, SCREEN)
+    assert stats == {
+        "written": 3,
+        "skipped": {"off the screen": 1, "no image": 1, "line label": 1, "no observation": 1},
+    }
+    sess = read_session(out, check_images=True)
+    assert sess.rejected == [] and len(sess) == 3
+    assert sess.manifest.screen_px == (1728, 1080) and sess.manifest.camera_mm == (172.5, -8.0)
+    # Three labels shared one snapshot millisecond: names moved on by 1 ms each.
+    assert [it.t_ms for it in sess.items] == [1_700_000_000_000 + k for k in range(3)]
+    got = sorted(it.label_px for it in sess.items)
+    want = sorted((x * 1728, y * 1080) for x, y in pts)
+    np.testing.assert_allclose(got, want, atol=1e-9)
+    rec = sess.items[0].record.model_extra
+    assert rec["oracle"]["name"] == "clicks" and rec["oracle"]["accepted"] is True
+    # Images are the stored bytes, not a re-encoding.
+    by_sid = {r.snapshot_id: r for r in store.iter()}
+    sid = rec["oracle"]["snapshot_id"]
+    assert sess.items[0].image.read_bytes() == store.image_path(by_sid[sid]).read_bytes()
+
+    # Pseudo points for lines: the fast estimate's projection onto the line, marked.
+    out2 = tmp_path / "pseudo"
+    stats = store.export_session(out2, SCREEN, lines="pseudo", accepted_only=False)
+    assert stats["written"] == 5  # 3 points + the rejected point + the line
+    sess2 = read_session(out2)
+    pseudo = [it for it in sess2.items if (it.record.model_extra or {}).get("pseudo")]
+    assert len(pseudo) == 1
+    np.testing.assert_allclose(pseudo[0].label_px, (0.5 * 1728, 0.7 * 1080), atol=1e-9)
+    assert pseudo[0].record.model_extra["line"] == {"origin": [0.5, 0.0], "direction": [0.0, 1.0]}
+    with pytest.raises(ValueError):
+        store.export_session(tmp_path / "new", SCREEN, lines="guess")
+    with pytest.raises(LabelStoreError, match="not empty"):
+        store.export_session(out, SCREEN)
+    store.close()
+    with pytest.raises(LabelStoreError, match="closed"):
+        store.count()
+
+
+def test_newer_schema_is_a_clear_error(tmp_path):
+    LabelStore(tmp_path).close()
+    with sqlite3.connect(tmp_path / DB_NAME) as db:
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION + 1,))
+    with pytest.raises(LabelStoreError, match=r"schema version 2, newer than the 1"):
+        LabelStore(tmp_path)
+
+
+def test_store_is_wal_with_full_sync(tmp_path):
+    with LabelStore(tmp_path) as store:
+        assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_orphans_and_temp_files_are_cleaned_on_open(tmp_path):
+    with LabelStore(tmp_path) as store:
+        store.add(point(1), img(1), None, decision())
+        kept = store.get(1).image
+    images = tmp_path / "images"
+    (images / "snap-2-deadbeef0000.jpg").write_bytes(b"\xff\xd8 orphan")
+    (images / ".snap-3.jpg.abc.tmp").write_bytes(b"half")
+    (images / "notes.txt").write_text("not ours")
+    with LabelStore(tmp_path) as store:
+        assert sorted(p.name for p in images.iterdir()) == sorted([kept, "notes.txt"])
+        assert store.count() == 1
+        # A second opener is not alone: it must not delete what may be in flight.
+        (images / "in-flight-000000000000.jpg").write_bytes(b"\xff\xd8")
+        with LabelStore(tmp_path) as other:
+            assert other.count() == 1
+        assert (images / "in-flight-000000000000.jpg").exists()
+
+
+@pytest.mark.skipif(
+    hasattr(os, "geteuid") and os.geteuid() == 0,
+    reason="running as root: chmod cannot make a folder read-only (see the ENOSPC test)",
+)
+def test_read_only_location_is_a_clear_error(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        with pytest.raises(LabelStoreError, match="read-only"):
+            LabelStore(ro / "store")
+    finally:
+        ro.chmod(0o755)
+    store = LabelStore(tmp_path / "rw")
+    (tmp_path / "rw" / "images").chmod(0o555)
+    try:
+        with pytest.raises(LabelStoreError, match="read-only"):
+            store.add(point(1), img(1), None, decision())
+        assert store.count() == 0
+    finally:
+        (tmp_path / "rw" / "images").chmod(0o755)
+        store.close()
+
+
+def test_full_disk_while_writing_the_image_stores_nothing(tmp_path, monkeypatch):
+    store = LabelStore(tmp_path)
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store, "_write_image", full)
+    with pytest.raises(LabelStoreError, match="disk is full") as ei:
+        store.add(point(1), img(1), None, decision())
+    assert "snap-1" in str(ei.value)
+    assert store.count() == 0 and list((tmp_path / "images").iterdir()) == []
+    monkeypatch.undo()
+    assert store.add(point(1), img(1), None, decision()) == 1  # and it recovers
+    store.close()
+
+
+def test_failed_insert_removes_the_image_it_wrote(tmp_path, monkeypatch):
+    store = LabelStore(tmp_path)
+
+    def full(*a, **k):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(store, "_insert", full)
+    with pytest.raises(LabelStoreError, match="disk is full"):
+        store.add(point(1), img(1), None, decision())
+    assert list((tmp_path / "images").iterdir()) == []
+    store.close()
+
+
+_WRITER = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from gazeloop.calibration.labels import OracleLabel, PointObservation
+    from gazeloop.calibration.store.labelstore import LabelStore
+
+    root, start = sys.argv[1], int(sys.argv[2])
+    store = LabelStore(root)
+    rng = np.random.default_rng(start)
+    print("ready", flush=True)
+    i = start
+    while True:
+        image = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)
+        label = OracleLabel(t_ns=i, snapshot_id=f"s{i}", oracle="crash",
+                            observation=PointObservation(xy=(0.5, 0.5)))
+        rid = store.add(label, image, (0.4, 0.4), None)
+        print(rid, flush=True)
+        i += 1
+    """
+)
+
+
+def test_a_writer_killed_at_a_random_point_loses_at_most_the_label_in_flight(tmp_path):
+    rng = random.Random(1234)
+    committed: set[int] = set()
+    for round_, start in enumerate((0, 100_000)):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(tmp_path), str(start)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
+            time.sleep(rng.uniform(0.15, 0.4))
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            out, err = proc.communicate(timeout=30)
+        assert proc.returncode == -signal.SIGKILL, err
+        printed = {int(x) for x in out.split()}
+        assert printed, f"round {round_}: the writer committed nothing before the kill"
+        committed |= printed
+
+        with LabelStore(tmp_path) as store:
+            assert store.integrity_check() == "ok"
+            rows = list(store.iter())
+            ids = {r.id for r in rows}
+            assert committed <= ids  # every label reported committed is there
+            assert len(ids - committed) <= 1  # at most the one being reported when killed
+            committed |= ids
+            for r in rows:  # no partial rows: every one complete, with its image
+                assert r.image is not None and r.fast_xy == (0.4, 0.4)
+                assert load_image(store.image_path(r)).shape == (120, 160, 3)
+            on_disk = {p.name for p in (tmp_path / "images").iterdir()}
+            assert on_disk == {r.image for r in rows}  # orphans and temp files cleaned

@@ -1,0 +1,341 @@
+"""Calibration profiles (`calibration.profile`): JSON round trip, atomic save, clear load
+errors, resolution independence, and no pickle."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import gazeloop.calibration as calibration
+from gazeloop.calibration.geometry import ScreenGeometry
+from gazeloop.calibration.mapping import fit_select, make_mapping
+from gazeloop.calibration.profile import (
+    DEFAULT_FEATURES,
+    SCHEMA_VERSION,
+    FitReport,
+    MappingSpec,
+    Profile,
+    ProfileError,
+    ProfileMapper,
+    data_dir,
+    profile_path,
+)
+
+SHA = "ab" * 32
+OTHER_SHA = "cd" * 32
+SCREEN = ScreenGeometry(px=(1920, 1080), mm=(344.0, 194.0), viewing_distance_mm=600.0)
+
+
+class FakeSample:
+    """What the fast path hands a mapper: anything with `feature_dict()`."""
+
+    def __init__(self, **features: float) -> None:
+        self._d = dict(features)
+
+    def feature_dict(self) -> dict[str, float]:
+        return dict(self._d)
+
+
+def calibration_data(seed: int = 0):
+    """A 3x3 grid of targets, 5 frames each; yaw/pitch a noisy linear function of it."""
+    rng = np.random.default_rng(seed)
+    grid = np.array([(x, y) for y in (0.1, 0.5, 0.9) for x in (0.1, 0.5, 0.9)])
+    groups = np.repeat(np.arange(9), 5)
+    y = grid[groups]
+    x = np.column_stack([0.6 * (y[:, 0] - 0.5), -0.35 * (y[:, 1] - 0.5)])
+    x += 0.005 * rng.normal(size=x.shape)
+    return x, y, groups
+
+
+def make_profile(mapping: str = "ridge", **kw) -> Profile:
+    x, y, groups = calibration_data()
+    m, hyper, score = fit_select(mapping, x, y, groups, aspect=SCREEN.aspect)
+    fields = dict(
+        user="ada",
+        device="laptop",
+        screen=SCREEN,
+        features=list(DEFAULT_FEATURES),
+        gaze_model_id="gaze-estimation-adas-0002",
+        gaze_model_sha256=SHA,
+        mapping=MappingSpec(name=mapping, params=m.params()),
+        fit=FitReport(targets=9, frames=len(x), mean_px=score * 1080, hyper=hyper),
+        offset=(0.01, -0.02),
+        calibration_session="/data/ada/sessions/calib-1",
+    )
+    fields.update(kw)
+    return Profile(**fields)
+
+
+def samples(n: int = 25, seed: int = 1) -> list[FakeSample]:
+    rng = np.random.default_rng(seed)
+    return [
+        FakeSample(gaze_yaw=a, gaze_pitch=b, head_yaw=0.3)
+        for a, b in rng.uniform(-0.3, 0.3, size=(n, 2))
+    ]
+
+
+@pytest.fixture
+def saved(tmp_path) -> tuple[Profile, Path]:
+    prof = make_profile()
+    return prof, prof.save(tmp_path / "users" / "ada" / "profiles" / "laptop.json")
+
+
+# --- round trip --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mapping", ["ridge", "poly2", "rbf", "affine"])
+def test_json_round_trip_gives_the_same_profile_and_predictions(tmp_path, mapping):
+    prof = make_profile(mapping)
+    path = prof.save(tmp_path / "sub" / "p.json")  # parent folders are made
+    assert path == tmp_path / "sub" / "p.json" and path.is_file()
+    back = Profile.load(path, gaze_model_sha256=SHA, features=list(DEFAULT_FEATURES))
+    assert back == prof
+    assert back.screen == SCREEN and back.offset == (0.01, -0.02)
+    a, b = ProfileMapper(prof), ProfileMapper(back)
+    pa = np.array([a(s) for s in samples()])
+    pb = np.array([b(s) for s in samples()])
+    assert np.array_equal(pa, pb)  # bit for bit, not approximately
+    # and they are the mapping's own predictions plus the offset, clamped to the screen
+    x = np.array([[s.feature_dict()[n] for n in DEFAULT_FEATURES] for s in samples()])
+    raw = ProfileMapper(prof).mapping.predict(x)
+    assert np.allclose(pa, np.clip(raw + [0.01, -0.02], 0, 1), atol=1e-12)
+    assert pa.min() >= 0 and pa.max() <= 1
+    assert np.ptp(pa[:, 0]) > 0.3 and np.ptp(pa[:, 1]) > 0.3  # it does map, not a constant
+
+
+def test_mapper_predicts_the_calibration_targets(saved):
+    prof, path = saved
+    mapper = ProfileMapper(Profile.load(path))
+    mapper.offset = np.zeros(2)  # the loop may reset or move it; it is read on every call
+    x, y, groups = calibration_data()
+    pred = np.array([mapper(FakeSample(gaze_yaw=a, gaze_pitch=b)) for a, b in x])
+    assert np.abs(pred - y).max() < 0.05
+    mapper.offset = np.array([0.1, 0.0])
+    moved = np.array([mapper(FakeSample(gaze_yaw=a, gaze_pitch=b)) for a, b in x])
+    assert np.allclose(moved[:, 0], np.clip(pred[:, 0] + 0.1, 0, 1))
+    assert np.allclose(moved[:, 1], pred[:, 1])
+
+
+def test_mapper_returns_none_without_features(saved):
+    prof, _ = saved
+    assert ProfileMapper(prof)(FakeSample()) is None
+
+
+def test_file_is_plain_json_text_and_no_pickle(saved):
+    prof, path = saved
+    raw = path.read_bytes()
+    assert not raw.startswith(b"\x80")  # a pickle's protocol marker
+    data = json.loads(raw.decode("utf-8"))
+    assert data["schema_version"] == SCHEMA_VERSION == 1
+    assert data["features"] == ["gaze_yaw", "gaze_pitch"]
+    assert data["gaze_model_sha256"] == SHA
+    assert data["mapping"]["name"] == "ridge"
+    assert data["screen"]["px"] == [1920, 1080]
+    assert isinstance(data["mapping"]["params"]["state"]["W"], list)
+    assert data["offset"] == [0.01, -0.02]
+    # no temp files left beside it
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+
+
+def test_a_pickle_is_refused_and_never_unpickled(tmp_path):
+    """A profile from someone else must be safe to load: a pickle that would run code when
+    unpickled is a load error and runs nothing."""
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    path = tmp_path / "evil.json"
+    path.write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(ProfileError, match=str(path)):
+        Profile.load(path)
+    assert not marker.exists()
+
+
+def test_no_pickle_module_in_the_calibration_package():
+    banned = {"pickle", "cPickle", "dill", "cloudpickle", "joblib", "shelve", "marshal"}
+    for py in Path(calibration.__file__).parent.rglob("*.py"):
+        tree = ast.parse(py.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [a.name.split(".")[0] for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [(node.module or "").split(".")[0]]
+            else:
+                continue
+            assert not banned & set(names), f"{py.name} imports {names}"
+
+
+# --- atomic save -------------------------------------------------------------------------
+
+
+def test_failed_save_leaves_the_old_file_intact(saved, monkeypatch):
+    prof, path = saved
+    before = path.read_bytes()
+    changed = prof.model_copy(update={"offset": (0.3, 0.3)})
+
+    def boom(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError, match="No space"):
+        changed.save(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert Profile.load(path).offset == (0.01, -0.02)
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # temp file removed
+    changed.save(path)  # and a working save does replace it
+    assert Profile.load(path).offset == (0.3, 0.3)
+
+
+# --- load errors -------------------------------------------------------------------------
+
+
+def _rewrite(path: Path, edit) -> Path:
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _load_error(path: Path, **kw) -> str:
+    with pytest.raises(ProfileError) as e:
+        Profile.load(path, **kw)
+    msg = str(e.value)
+    assert str(path) in msg, msg  # every message names the file
+    assert "\n" not in msg
+    return msg
+
+
+def test_missing_file(tmp_path):
+    msg = _load_error(tmp_path / "nope.json")
+    assert "no such profile" in msg
+
+
+def test_malformed_json(saved):
+    _, path = saved
+    path.write_text(path.read_text()[:-40])  # cut short, as after a crash without atomicity
+    assert "not a readable JSON profile" in _load_error(path)
+    path.write_bytes(b"\xff\xfe\x00garbage")
+    assert "not a readable JSON profile" in _load_error(path)
+
+
+def test_wrong_schema_version(saved):
+    _, path = saved
+    _rewrite(path, lambda d: d.update(schema_version=2))
+    msg = _load_error(path)
+    assert "schema_version 2" in msg and "reads 1" in msg
+
+
+@pytest.mark.parametrize(
+    ("edit", "where"),
+    [
+        (lambda d: d.pop("gaze_model_sha256"), "gaze_model_sha256"),
+        (lambda d: d.update(surprise=1), "surprise"),
+        (lambda d: d["screen"].update(px=[0, 1080]), "screen.px"),
+        (lambda d: d.update(features="gaze_yaw"), "features"),
+    ],
+)
+def test_invalid_profile_names_the_field(saved, edit, where):
+    _, path = saved
+    _rewrite(path, edit)
+    msg = _load_error(path)
+    assert "invalid profile" in msg and where in msg
+
+
+def test_not_an_object(tmp_path):
+    path = tmp_path / "list.json"
+    path.write_text("[1, 2, 3]")
+    assert "invalid profile" in _load_error(path)
+
+
+def test_broken_mapping_parameters(saved):
+    _, path = saved
+    _rewrite(path, lambda d: d["mapping"]["params"]["state"].update(W=[[1.0, 2.0]]))
+    assert "mapping 'ridge' is invalid" in _load_error(path)
+    _rewrite(path, lambda d: d["mapping"].update(name="rbf"))
+    assert "mapping 'rbf' is invalid" in _load_error(path)
+
+
+def test_mapping_width_must_match_the_features(saved):
+    """A mapping fitted on 3 features in a profile that lists 2 would only fail later, frame
+    by frame, in the fast path; it is a load error."""
+    prof, path = saved
+    x, y, groups = calibration_data()
+    x3 = np.column_stack([x, x[:, 0] * x[:, 1]])
+    m = make_mapping("ridge").fit(x3, y, groups=groups)
+    _rewrite(path, lambda d: d["mapping"].update(params=json.loads(json.dumps(m.params()))))
+    msg = _load_error(path)
+    assert "3 features" in msg and "2" in msg
+
+
+def test_wrong_gaze_model(saved):
+    _, path = saved
+    msg = _load_error(path, gaze_model_sha256=OTHER_SHA)
+    assert "gaze-estimation-adas-0002" in msg and "recalibrate" in msg
+    assert SHA[:12] in msg and OTHER_SHA[:12] in msg
+    assert Profile.load(path, gaze_model_sha256=SHA).gaze_model_sha256 == SHA
+
+
+def test_different_features(saved):
+    _, path = saved
+    msg = _load_error(path, features=["gaze_yaw", "gaze_pitch", "head_yaw"])
+    assert "head_yaw" in msg and "recalibrate" in msg
+    _load_error(path, features=["gaze_pitch", "gaze_yaw"])  # order matters too
+    assert Profile.load(path, features=["gaze_yaw", "gaze_pitch"]).features == DEFAULT_FEATURES
+
+
+# --- the done criterion: one profile, any resolution ---------------------------------------
+
+
+def test_profile_fitted_at_1080p_works_at_1440p(saved):
+    prof, path = saved
+    prof = Profile.load(path)
+    assert prof.screen.px == (1920, 1080)
+    at_1080 = ProfileMapper(prof)
+    at_1440 = ProfileMapper(prof, screen=prof.screen.with_px(2560, 1440))
+    assert at_1440.screen.px == (2560, 1440)
+    assert at_1440.screen.mm == prof.screen.mm  # same physical screen
+    assert at_1440.screen.viewing_distance_mm == 600.0
+    xs = samples(40)
+    n1 = np.array([at_1080(s) for s in xs])
+    n2 = np.array([at_1440(s) for s in xs])
+    assert np.array_equal(n1, n2)  # normalised points do not depend on the resolution
+    p1 = at_1080.to_px(n1)
+    p2 = at_1440.to_px(n2)
+    assert np.allclose(p2, p1 * (2560 / 1920), rtol=1e-12)
+    assert np.allclose(p2 / [2560, 1440], n1)
+    assert np.ptp(p2[:, 0]) > 0.3 * 2560  # the points spread over the screen
+    # the centre target lands in the centre at both resolutions
+    centre = FakeSample(gaze_yaw=0.0, gaze_pitch=0.0)
+    off = np.array(prof.offset)
+    assert np.allclose(at_1080.to_px(at_1080(centre) - off), [960, 540], atol=0.05 * 1080)
+    assert np.allclose(at_1440.to_px(at_1440(centre) - off), [1280, 720], atol=0.05 * 1440)
+    # the profile itself is untouched: it still says where it was fitted
+    assert prof.screen.px == (1920, 1080)
+
+
+# --- where profiles live -----------------------------------------------------------------
+
+
+def test_profile_path_is_per_user_and_device(tmp_path, monkeypatch):
+    monkeypatch.setenv("GAZELOOP_HOME", str(tmp_path))
+    assert data_dir() == tmp_path
+    p = profile_path("ada lovelace", "MacBook Pro/M3")
+    assert p == tmp_path / "users" / "ada_lovelace" / "profiles" / "MacBook_Pro_M3.json"
+    users = (tmp_path / "users").resolve()
+    for user, device in [("../../etc", "../passwd"), ("..", "x"), (".", "x"), ("", "")]:
+        p = profile_path(user, device)
+        assert p.resolve().parent.parent.parent == users, (user, p)
+        assert p.parent.name == "profiles" and p.suffix == ".json"
+    assert profile_path("ada", "mac") != profile_path("bob", "mac")
+    monkeypatch.delenv("GAZELOOP_HOME")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert data_dir() == tmp_path / "xdg" / "gazeloop"

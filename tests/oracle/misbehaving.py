@@ -1,0 +1,44 @@
+"""Oracles that misbehave on purpose, built inside `oracle.host` children by import path."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from gazeloop.calibration.labels import OracleLabel, PointObservation
+
+
+class Misbehave:
+    name = "misbehave"
+    version = "t1"
+
+    def __init__(self, mode: str = "ok", pid_file: str | None = None):
+        self.mode = mode
+        if pid_file:
+            with open(pid_file, "w") as f:
+                f.write(str(os.getpid()))
+        if mode == "fail_init":
+            raise RuntimeError("weights not found at /nowhere")
+
+    def label(self, snap, cancel):
+        if self.mode == "hang" or snap.meta.get("hang"):
+            time.sleep(3600)
+        if self.mode == "raise":
+            raise ValueError("backend exploded")
+        if self.mode == "crash":
+            os._exit(3)
+        print("noise on stdout must not break the channel", flush=True)
+        os.write(1, b"C-level noise too\n")
+        h, w = snap.image.shape[:2]
+        mean = float(snap.image.mean())
+        return OracleLabel(
+            t_ns=snap.t_ns,
+            snapshot_id=snap.snapshot_id,
+            oracle=self.name,
+            oracle_version=self.version,
+            observation=PointObservation(xy=snap.target_xy or (0.5, 0.5)),
+            details={"shape": [h, w], "mean": mean, "pid": os.getpid(), "eye": snap.eye_px},
+        )
+
+    def close(self):
+        pass

@@ -1,0 +1,234 @@
+"""The oracle in a child process: same interface, real subprocess, killable calls."""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from gazeloop.calibration.labels import Snapshot
+from gazeloop.oracle.base import OracleCancelled, OracleError
+from gazeloop.oracle.process import (
+    OracleSpec,
+    ProcessOracle,
+    ProcessOracleError,
+    read_frame,
+    snapshot_from_frame,
+    snapshot_to_frame,
+    write_frame,
+)
+from gazeloop.oracle.worker import OracleWorker
+
+SPEC = "tests.oracle.misbehaving:Misbehave"
+GUARD = 30.0  # failure guard only
+
+
+def _snap(sid="s1", **kw) -> Snapshot:
+    img = np.arange(48 * 64 * 3, dtype=np.uint32).reshape(48, 64, 3).astype(np.uint8)
+    return Snapshot(t_ns=123_456_789, image=img, snapshot_id=sid, **kw)
+
+
+def test_frames_round_trip_a_snapshot_exactly():
+    s = _snap(eye_px=(10.5, 20.0), pupils_px=((1.0, 2.0), (3.0, 4.0)), target_xy=(0.1, 0.9))
+    s.meta["k"] = [1, 2]
+    buf = io.BytesIO()
+    write_frame(buf, *snapshot_to_frame(s))
+    buf.seek(0)
+    back = snapshot_from_frame(*read_frame(buf))
+    np.testing.assert_array_equal(back.image, s.image)
+    assert (back.t_ns, back.snapshot_id, back.eye_px, back.pupils_px, back.target_xy) == (
+        s.t_ns,
+        s.snapshot_id,
+        s.eye_px,
+        s.pupils_px,
+        s.target_xy,
+    )
+    assert back.meta == {"k": [1, 2]}
+
+
+def test_truncated_or_oversized_frames_are_errors():
+    buf = io.BytesIO()
+    write_frame(buf, {"op": "x"}, b"abcdef")
+    with pytest.raises(EOFError):
+        read_frame(io.BytesIO(buf.getvalue()[:-2]))
+    with pytest.raises(ValueError, match="too large"):
+        read_frame(io.BytesIO(b"\xff\xff\xff\xff\x00\x00\x00\x00"))
+    h, p = snapshot_to_frame(_snap())
+    with pytest.raises(ValueError, match="does not hold"):
+        snapshot_from_frame(h, p[:-1])
+
+
+def test_spec_is_checked_before_any_process_starts():
+    with pytest.raises(ValueError, match="package.module:callable"):
+        OracleSpec("no_colon_here")
+    with pytest.raises(ValueError, match="JSON"):
+        OracleSpec("a.b:c", {"x": object()})
+
+
+def test_labels_come_back_from_another_process(tmp_path):
+    pid_file = tmp_path / "pid"
+    o = ProcessOracle(OracleSpec(SPEC, {"pid_file": str(pid_file)}))
+    try:
+        assert (o.name, o.version) == ("misbehave", "t1")
+        s = _snap(target_xy=(0.25, 0.75), eye_px=(3.0, 4.0))
+        lab = o.label(s, threading.Event())
+        assert lab.snapshot_id == "s1" and lab.t_ns == s.t_ns
+        assert lab.observation.xy == (0.25, 0.75)
+        assert lab.details["shape"] == [48, 64]
+        assert lab.details["mean"] == pytest.approx(float(s.image.mean()))
+        assert lab.details["eye"] == [3.0, 4.0]
+        child = int(pid_file.read_text())
+        assert lab.details["pid"] == child != os.getpid()
+        # A second call reuses the same child (the model loads once).
+        assert o.label(_snap("s2"), threading.Event()).details["pid"] == child
+    finally:
+        o.close()
+    assert o._proc is None
+
+
+def test_a_backend_that_cannot_load_fails_at_construction_with_its_message():
+    with pytest.raises(ProcessOracleError, match="weights not found at /nowhere"):
+        ProcessOracle(OracleSpec(SPEC, {"mode": "fail_init"}))
+    with pytest.raises(ProcessOracleError, match="No module named"):
+        ProcessOracle(OracleSpec("no_such_module_xyz:Thing"))
+
+
+def test_backend_exceptions_come_back_as_oracle_errors_and_the_child_lives_on():
+    o = ProcessOracle(OracleSpec(SPEC, {"mode": "raise"}))
+    try:
+        for _ in range(2):
+            with pytest.raises(OracleError, match="ValueError: backend exploded"):
+                o.label(_snap(), threading.Event())
+        assert o._proc is not None and o._proc.poll() is None and o.restarts == 0
+    finally:
+        o.close()
+
+
+def test_a_child_that_dies_is_reported_and_started_again_on_the_next_call():
+    o = ProcessOracle(OracleSpec(SPEC, {"mode": "crash"}))
+    try:
+        with pytest.raises(ProcessOracleError, match="exited with code 3"):
+            o.label(_snap(), threading.Event())
+        assert o._proc is None
+        with pytest.raises(ProcessOracleError, match="exited with code 3"):
+            o.label(_snap(), threading.Event())  # a fresh child, which crashes again
+    finally:
+        o.close()
+
+
+def test_cancel_kills_a_hung_call_and_the_next_call_gets_a_fresh_child():
+    o = ProcessOracle(OracleSpec(SPEC))
+    try:
+        first = o._proc.pid
+        cancel = threading.Event()
+        threading.Timer(0.3, cancel.set).start()
+        hung = _snap("hung")
+        hung.meta["hang"] = True
+        with pytest.raises(OracleCancelled):
+            o.label(hung, cancel)
+        assert o.restarts == 1
+        lab = o.label(_snap("after"), threading.Event())
+        assert lab.snapshot_id == "after" and lab.details["pid"] != first
+    finally:
+        o.close()
+
+
+def test_worker_timeout_really_stops_a_hung_process_backend():
+    o = ProcessOracle(OracleSpec(SPEC))
+    with OracleWorker(o, timeout_s=0.5, max_age_s=None) as w:
+        hung = _snap("hung")
+        hung.meta["hang"] = True
+        w.submit(hung)
+        deadline = time.monotonic() + GUARD
+        while w.metrics().timed_out == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert w.metrics().timed_out == 1
+        # Unlike a thread backend, the worker is free again at once: the child was killed.
+        lab = w.run_now(_snap("next", target_xy=(0.5, 0.25)), timeout=GUARD)
+        assert lab is not None and lab.observation.xy == (0.5, 0.25)
+        m = w.metrics()
+        assert (m.done, m.failed) == (1, 0)
+    assert o.restarts == 1
+
+
+def test_moondream_in_a_child_fails_at_start_with_the_loaders_own_advice(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    spec = OracleSpec(
+        "gazeloop.oracle.moondream:build_oracle", {"config": {}, "screen": {"px": [1920, 1080]}}
+    )
+    with pytest.raises(ProcessOracleError) as e:
+        ProcessOracle(spec)
+    msg = str(e.value)
+    assert "cannot build oracle gazeloop.oracle.moondream:build_oracle" in msg
+    assert "OracleError" in msg and ("pip install" in msg or "huggingface" in msg.lower())
+
+
+def test_cpu_partition_keeps_one_side_for_the_fast_path():
+    from gazeloop.oracle.process import partition_cpus
+
+    assert partition_cpus([0]) is None
+    assert partition_cpus([1, 0]) == ([0], [1])
+    assert partition_cpus(list(range(8))) == ([0, 1], [2, 3, 4, 5, 6, 7])
+    assert partition_cpus([3, 5, 7]) == ([3], [5, 7])
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+    reason="needs Linux affinity and two CPUs",
+)
+def test_isolation_puts_the_oracle_and_this_process_on_disjoint_cores_and_undoes_it():
+    before = os.sched_getaffinity(0)
+    started_before = threading.Event()
+    stop = threading.Event()
+    t = threading.Thread(target=lambda: (started_before.set(), stop.wait()))
+    t.start()  # a thread that exists already, like MediaPipe's graph threads
+    o = ProcessOracle(OracleSpec(SPEC))
+    try:
+        fast, orc = o.cpus
+        assert set(fast).isdisjoint(orc) and set(fast) | set(orc) == before
+        assert os.sched_getaffinity(0) == set(fast)
+        assert os.sched_getaffinity(t.native_id) == set(fast)
+        assert os.sched_getaffinity(o._proc.pid) == set(orc)
+    finally:
+        o.close()
+        stop.set()
+        t.join()
+    assert os.sched_getaffinity(0) == before
+
+
+def test_no_isolation_leaves_affinity_alone():
+    before = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    o = ProcessOracle(OracleSpec(SPEC), isolate=False)
+    try:
+        assert o.cpus is None
+        if before is not None:
+            assert os.sched_getaffinity(0) == before
+    finally:
+        o.close()
+
+
+def test_run_loads_moondream_in_a_child_and_reports_missing_weights_as_a_user_error(
+    tmp_path, monkeypatch
+):
+    import argparse
+
+    from gazeloop.calibration.geometry import ScreenGeometry
+    from gazeloop.tools.commands.run import _oracle
+    from gazeloop.tools.errors import UserError
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+
+    class Mapper:
+        screen = ScreenGeometry(px=(1512, 982), mm=(302.0, 196.0), camera_mm=(151.0, -8.0, 0.0))
+
+    args = argparse.Namespace(oracle="moondream", oracle_in="process", oracle_threads=None)
+    before = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    with pytest.raises(UserError, match="Moondream oracle needs transformers|huggingface"):
+        _oracle(args, Mapper())
+    if before is not None:  # a failed start leaves the fast path's cores alone
+        assert os.sched_getaffinity(0) == before

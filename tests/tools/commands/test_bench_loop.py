@@ -1,0 +1,164 @@
+"""`gazeloop bench loop`: the drift loop on real sessions through the real fast path, with a
+simulated oracle (said so in the output). No timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from gazeloop.tools.cli import main
+
+FIELDS = {
+    "error_before_px",
+    "error_drifted_px",
+    "error_after_px",
+    "labels_to_recover",
+    "outlier_rate",
+    "noise_px",
+}
+
+
+def run_json(capsys, *args: str) -> dict:
+    rc = main(["bench", "loop", *args, "--json"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    return json.loads(captured.out)
+
+
+@pytest.fixture(scope="module")
+def corners4(shared, tmp_path_factory) -> Path:
+    from gazeloop.tools.runtime.importers import import_corners4
+
+    out = tmp_path_factory.mktemp("bench-loop") / "corners4"
+    import_corners4(shared / "data/video-corners4", out)
+    return out
+
+
+def copy_pairs(src: Path, dst: Path, stems: list[str]) -> Path:
+    dst.mkdir(parents=True)
+    shutil.copy2(src / "session.json", dst / "session.json")
+    for stem in stems:
+        for suffix in (".jpg", ".json"):
+            shutil.copy2(src / f"{stem}{suffix}", dst / f"{stem}{suffix}")
+    return dst
+
+
+def records(folder: Path) -> list[tuple[str, dict]]:
+    return [(p.stem, json.loads(p.read_text())) for p in sorted(folder.glob("img_*.json"))]
+
+
+def test_grid9_leave_one_target_out_step_and_ramp(shared, capsys):
+    grid9 = shared / "data/sessions/grid9"
+    out = run_json(capsys, "--session", str(grid9), "--mirrored", "--seeds", "4")
+    assert out["oracle"].startswith("simulated")
+    assert set(out) >= FIELDS and FIELDS - {"outlier_rate", "noise_px"} <= set(out["ramp"])
+    assert out["mode"] == "injected-drift" and out["frames"] == 9 and out["targets"] == 9
+    assert out["noise_px"] == 100.0 and out["outlier_rate"] == 0.0 and out["seeds"] == 4
+    assert out["screen_px"] == [1712, 1036] and "no session.json" in out["screen_basis"]
+    # `gazeloop eval grid9 --mirrored` measures 81 px leave-one-target-out: the same frames.
+    assert 60 < out["error_before_px"] < 110
+    assert out["error_drifted_px"] > out["error_before_px"] + 50  # 150 px, partly sideways
+    for r in (out, out["ramp"]):
+        assert r["error_after_px"] < 0.7 * r["error_drifted_px"]  # the loop undid most of it
+        assert r["error_after_px"] < 1.25 * out["error_before_px"]
+        assert r["worst_after_over_drifted"] < 1.0
+    assert out["step"]["kind"] == "step" and out["ramp"]["drift"]["kind"] == "ramp"
+    # The step is reported next to the bound: the same streams, told the onset.
+    ref = out["known_onset_reference"]
+    assert ref["estimator"].startswith("known-onset") and "known_onset_reference" not in out["ramp"]
+    assert 0 <= ref["recovered_runs"] <= 4 and 0 <= out["share_in_band_after_15_labels"] <= 1
+    drifted = out["error_drifted_px"] / out["error_before_px"]
+    assert 0.5 < out["error_after_15_labels_over_before"] < 0.8 * drifted  # mostly undone
+    assert 0.5 < ref["error_after_15_labels_over_before"] < 1.6
+
+
+def test_corners4_split_calibration_with_outliers(corners4, capsys):
+    out = run_json(
+        capsys,
+        "--session",
+        str(corners4),
+        "--calibration",
+        "split",
+        "--seeds",
+        "3",
+        "--outlier-rate",
+        "0.3",
+        "--noise-px",
+        "80",
+    )
+    assert out["frames"] == 74 and out["targets"] == 4 and out["screen_px"] == [2560, 1440]
+    assert out["outlier_rate"] == 0.3 and out["noise_px"] == 80.0
+    assert "first half" in out["calibration"]
+    # Settled frames split per target: the loop runs on the later half only.
+    assert out["loop_frames"] < out["frames_used"] <= 74 - 4 * 7
+    assert out["error_before_px"] < 120  # calibrated on the same targets, 2560 px screen
+    assert out["error_drifted_px"] > out["error_before_px"] + 80
+    # With 30 % junk labels the loop never ends worse than doing nothing.
+    assert out["worst_after_over_drifted"] < 1.0
+    assert out["error_after_px"] < out["error_drifted_px"]
+
+
+def test_calibrate_on_another_session(corners4, tmp_path, capsys):
+    # One person, one sitting: the two "sessions" are the earlier and later halves of each
+    # target's settled frames of the same recording, so the drift between them is small and
+    # real, not a change of sitting.
+    first, second, settling = [], [], []
+    by_target: dict[int, list[str]] = {}
+    for stem, rec in records(corners4):
+        if rec["settling"]:
+            settling.append(stem)
+        else:
+            by_target.setdefault(rec["target"], []).append(stem)
+    for stems in by_target.values():
+        first += stems[: len(stems) // 2]
+        second += stems[len(stems) // 2 :]
+    earlier = copy_pairs(corners4, tmp_path / "earlier", first + settling)
+    later = copy_pairs(corners4, tmp_path / "later", second)
+    out = run_json(
+        capsys,
+        "--session",
+        str(later),
+        "--calibrate-on",
+        str(earlier),
+        "--label-targets",
+        "0,3",
+        "--seeds",
+        "3",
+    )
+    assert out["mode"] == "calibrate-on-other" and out["oracle"].startswith("simulated")
+    assert out["calibrated_on"] == str(earlier) and out["session"] == str(later)
+    assert out["label_targets"] == [0, 3] and out["eval_targets"] == [1, 2]
+    assert out["eval_frames"] == sum(
+        len(s) - len(s) // 2 for t, s in by_target.items() if t in (1, 2)
+    )
+    assert set(out) >= FIELDS and "step" not in out
+    # Measured on targets the loop never got a label for; the loop must not ruin them.
+    assert 0 < out["error_drifted_px"] < 400
+    assert out["error_after_px"] < out["error_drifted_px"] + 60
+
+
+def test_missing_folder_is_a_clear_error(tmp_path, capsys):
+    missing = tmp_path / "nowhere"
+    assert main(["bench", "loop", "--session", str(missing), "--json"]) == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "no such folder" in err
+    assert main(["bench", "loop", "--session", str(tmp_path), "--calibrate-on", str(missing)]) == 2
+    assert str(missing) in capsys.readouterr().err
+
+
+def test_too_few_targets_is_a_clear_error(corners4, tmp_path, capsys):
+    two = [s for s, r in records(corners4) if r["target"] in (0, 1)]
+    folder = copy_pairs(corners4, tmp_path / "two-targets", two)
+    assert main(["bench", "loop", "--session", str(folder), "--json", "--seeds", "1"]) == 2
+    err = capsys.readouterr().err
+    assert str(folder) in err and "2 usable targets" in err and "at least 4" in err
+
+
+def test_bad_options_are_refused_before_any_work(tmp_path, capsys):
+    rc = main(["bench", "loop", "--session", str(tmp_path), "--outlier-rate", "1.5"])
+    assert rc == 2 and "--outlier-rate" in capsys.readouterr().err
+    rc = main(["bench", "loop", "--session", str(tmp_path), "--label-targets", "a,b"])
+    assert rc == 2 and "not integers" in capsys.readouterr().err

@@ -1,0 +1,50 @@
+"""The programs people run, end to end on the shared sample data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gazeloop.tools.cli import main
+
+
+def test_run_headless_on_a_video_exits_cleanly(shared, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("GAZELOOP_HOME", str(tmp_path))
+    video = shared / "data/video-corners4/calibrate.mp4"
+    rc = main(["run", "--source", str(video), "--headless", "--frames", "40"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "gazeloop run: 40 frames" in out
+    assert "no calibration profile" in out  # said plainly, not an error
+
+
+def test_run_with_a_missing_camera_is_a_clear_error(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("GAZELOOP_HOME", str(tmp_path))
+    rc = main(["run", "--source", "97", "--headless", "--frames", "3"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "camera" in err.lower() and "Traceback" not in err
+
+
+@pytest.fixture(scope="module")
+def demo_out(shared, tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    rc = main(["demo", "--out", str(out), "--passes", "5"])
+    assert rc == 0
+    return out
+
+
+def test_demo_corrects_the_injected_drift_and_writes_its_report(demo_out):
+    s = json.loads((demo_out / "summary.json").read_text())
+    assert "ground truth" in s["oracle"]  # the replayed oracle is named for what it is
+    # The drift hurts, and the loop takes it back to within 20% of the pre-drift error.
+    assert s["error_just_after_drift_px"] > s["error_before_drift_px"] + 30
+    assert s["error_last_two_passes_px"] < 1.2 * s["error_before_drift_px"]
+    # The offset found is the injected drift, opposite in sign (x), within 40 px.
+    assert s["final_offset_px"][0] == pytest.approx(-s["injected_drift_px"], abs=40)
+    assert s["labels_accepted"] >= 10
+    page = (demo_out / "report.html").read_text()
+    assert "loop.png" in page and "calibration.png" in page
+    assert "Calibration per target" in page and page.count("<tr>") >= len(s) + 1 + 4
+    for png in ("loop.png", "calibration.png"):
+        assert (demo_out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,673 @@
+"""The MQTT bridge against a real broker (Debian's mosquitto) started by the test on a free
+loopback port, stopped and restarted on the same port where a test needs an outage.
+
+mosquitto runs with persistence on, as a deployment must for the label guarantees to hold
+across a broker restart: the collector's persistent session (its subscription and the QoS 1
+labels queued for it) is saved at shutdown and restored at start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+
+from gazeloop.calibration.geometry import ScreenGeometry
+from gazeloop.calibration.labels import LineObservation, OracleLabel, PointObservation
+from gazeloop.calibration.store.labelstore import LabelStore
+from gazeloop.calibration.store.session import read_session
+
+aiomqtt = pytest.importorskip(
+    "aiomqtt", reason="aiomqtt is not installed (pip install -e '.[mqtt]')"
+)
+
+from gazeloop.tools.runtime.mqtt.bench import bench_mqtt  # noqa: E402
+from gazeloop.tools.runtime.mqtt.conn import Backoff, MqttSettings, connected, first_of  # noqa: E402
+from gazeloop.tools.runtime.mqtt.gaze import GazePublisher, decode_sample  # noqa: E402
+from gazeloop.tools.runtime.mqtt.labels import Collector, LabelUplink, make_uid, message_from_row  # noqa: E402
+
+MOSQUITTO = shutil.which("mosquitto") or (
+    "/usr/sbin/mosquitto" if os.access("/usr/sbin/mosquitto", os.X_OK) else None
+)
+MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd")
+FAST = Backoff(initial_s=0.05, cap_s=0.4)  # tests wait for reconnects, not for politeness
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(cond: Callable[[], bool], timeout: float, step: float = 0.02) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(step)
+    return cond()
+
+
+class Broker:
+    """One mosquitto process with its own config, password file, TLS files and persistence
+    folder under tmp; `stop()` and `start()` keep the port, so clients reconnect to the
+    same URL after an outage."""
+
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        users: dict[str, str] | None = None,
+        tls: tuple[Path, Path] | None = None,
+    ) -> None:
+        assert MOSQUITTO is not None
+        self.folder = folder
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        folder.mkdir(parents=True, exist_ok=True)
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            f"allow_anonymous {'false' if users else 'true'}",
+            "persistence true",
+            f"persistence_location {folder}/",
+            "max_queued_messages 10000",
+            f"log_dest file {folder / 'mosquitto.log'}",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+        ]
+        if os.geteuid() == 0:
+            lines.append("user root")  # else it drops to `mosquitto`, which cannot read tmp
+        if users:
+            assert MOSQUITTO_PASSWD is not None
+            pw = folder / "passwd"
+            pw.touch(mode=0o600)
+            for user, password in users.items():
+                subprocess.run([MOSQUITTO_PASSWD, "-b", str(pw), user, password], check=True)
+            lines.append(f"password_file {pw}")
+        if tls:
+            cert, key = tls
+            lines += [f"certfile {cert}", f"keyfile {key}"]
+        self.conf = folder / "mosquitto.conf"
+        self.conf.write_text("\n".join(lines) + "\n")
+        self.url = f"{'mqtts' if tls else 'mqtt'}://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        assert self.proc is None
+        self.proc = subprocess.Popen(
+            [MOSQUITTO, "-c", str(self.conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        end = time.monotonic() + 10
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                self.proc = None
+                raise RuntimeError(f"mosquitto exited at start: {err} {self.log()}")
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"mosquitto did not listen on {self.port}: {self.log()}")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()  # SIGTERM: mosquitto saves its persistence file on the way out
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        if self.proc.stderr:
+            self.proc.stderr.close()
+        self.proc = None
+
+    def log(self) -> str:
+        p = self.folder / "mosquitto.log"
+        return p.read_text()[-2000:] if p.exists() else ""
+
+
+@pytest.fixture
+def make_broker(tmp_path) -> Iterator[Callable[..., Broker]]:
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto is not installed (apt-get install -y mosquitto)")
+    brokers: list[Broker] = []
+
+    def make(name: str = "broker", **kw) -> Broker:
+        b = Broker(tmp_path / name, **kw)
+        brokers.append(b)
+        b.start()
+        return b
+
+    yield make
+    for b in brokers:
+        b.stop()
+
+
+@pytest.fixture
+def broker(make_broker) -> Broker:
+    return make_broker()
+
+
+class Listener:
+    """A subscriber in its own thread that keeps every message on a topic filter."""
+
+    def __init__(self, url: str, topic: str, **settings_kw) -> None:
+        from gazeloop.tools.runtime.mqtt.conn import LoopThread
+
+        self.settings = MqttSettings.from_url(url, **settings_kw)
+        self.topic = topic
+        self.messages: list[tuple[str, bytes]] = []
+        self.ready = threading.Event()
+        self._thread = LoopThread("test-listener")
+
+    async def _main(self, stop: asyncio.Event) -> None:
+        async with connected(self.settings) as c:
+            await c.subscribe(self.topic, qos=1)
+            self.ready.set()
+            await first_of(self._receive(c), stop.wait())
+
+    async def _receive(self, c: aiomqtt.Client) -> None:
+        try:
+            async for m in c.messages:
+                self.messages.append((m.topic.value, bytes(m.payload)))
+        except aiomqtt.MqttError:
+            return  # the broker went away: a test that stops it expects this
+
+    def __enter__(self) -> Listener:
+        self._thread.start(self._main)
+        assert self.ready.wait(5), "test listener could not subscribe"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._thread.stop()
+
+
+def publish_raw(
+    url: str, items: list[tuple[str, bytes]], *, retain: bool = False, **settings_kw
+) -> None:
+    """Publish payloads as they are (QoS 1), for messages our own writers would never make."""
+
+    async def go() -> None:
+        async with connected(MqttSettings.from_url(url, **settings_kw)) as c:
+            for topic, payload in items:
+                await c.publish(topic, payload, qos=1, retain=retain)
+
+    asyncio.run(go())
+
+
+# -- settings ----------------------------------------------------------------------------------
+
+
+def test_url_parsing_and_redaction(tmp_path, monkeypatch):
+    s = MqttSettings.from_url("mqtt://ann:p%40ss@broker.lan:1999")
+    assert (s.host, s.port, s.username, s.password, s.tls) == (
+        "broker.lan",
+        1999,
+        "ann",
+        "p@ss",
+        False,
+    )
+    assert "p@ss" not in s.redacted() and "p@ss" not in repr(s)
+    assert MqttSettings.from_url("mqtts://h").port == 8883
+    assert MqttSettings.from_url("h").port == 1883
+    monkeypatch.setenv("GAZELOOP_MQTT_PASSWORD", "from-env")
+    assert MqttSettings.from_url("mqtt://ann@h").password == "from-env"
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    s = MqttSettings.from_url("mqtt://h", ca_file=ca)
+    assert s.tls and s.port == 8883  # a CA file means TLS even under mqtt://
+    from gazeloop.tools.runtime.mqtt.conn import MqttConfigError, topic_part
+
+    for bad in ("http://h", "mqtt://", "mqtt://h/path", "mqtt://h:99999"):
+        with pytest.raises(MqttConfigError):
+            MqttSettings.from_url(bad)
+    with pytest.raises(MqttConfigError, match="CA file"):
+        MqttSettings.from_url("mqtts://h", ca_file=tmp_path / "missing.pem")
+    for bad in ("a/b", "+", "#", "", "$SYS"):
+        with pytest.raises(MqttConfigError):
+            topic_part(bad)
+
+
+def test_backoff_grows_to_its_cap_and_resets():
+    b = Backoff(initial_s=0.1, cap_s=1.0, factor=2.0, jitter=0.0)
+    assert [round(b.next(), 3) for _ in range(6)] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+    b.reset()
+    assert b.next() == pytest.approx(0.1)
+    j = Backoff(initial_s=1.0, cap_s=1.0, jitter=0.5)
+    assert all(0.5 <= j.next() <= 1.0 for _ in range(50))
+
+
+# -- the gaze stream ---------------------------------------------------------------------------
+
+
+def test_gaze_stream_reaches_a_subscriber_in_order(broker):
+    with Listener(broker.url, "gazeloop/ann/mac/gaze") as rx:
+        pub = GazePublisher(broker.url, user="ann", device="mac", queue_size=256, backoff=FAST)
+        with pub:
+            assert wait_until(lambda: pub.stats.connected, 5)
+            t0 = time.monotonic_ns()
+            for i in range(30):
+                pub.publish_sample(t0 + i * 16_666_667, (i / 30, 0.25), {"blink": i % 2 == 0})
+                time.sleep(0.002)
+            assert wait_until(lambda: len(rx.messages) >= 30, 5)
+        st = pub.stats
+    got = [decode_sample(p) for _, p in rx.messages]
+    assert [g.seq for g in got] == list(range(1, 31))
+    assert got[3].x == pytest.approx(0.1) and got[3].y == 0.25
+    assert got[2].flags == {"blink": True} and got[3].flags == {"blink": False}
+    # t is the sample's own time on the wall clock, 16.7 ms apart like the samples.
+    assert abs(got[0].t_ms - time.time() * 1000) < 10_000
+    assert got[29].t_ms - got[0].t_ms == pytest.approx(29 * 16.667, abs=2)
+    assert (st.sent, st.dropped, st.failures) == (30, 0, 0)
+
+
+def test_bench_returns_sane_latency(broker):
+    r = bench_mqtt(broker.url, rate_hz=60, seconds=1.0)
+    assert r["samples"] == 60 and r["received"] + r["lost"] == 60
+    assert r["received"] >= 55  # loopback QoS 0: a loss here would be a bug, not the network
+    assert 0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] <= r["max_ms"] < 5000
+    json.dumps(r)  # the CLI prints it as JSON
+
+
+@pytest.mark.parametrize("kind", ["refused", "black_hole"])
+def test_publisher_never_blocks_when_the_broker_is_away(kind):
+    """Port closed (refused at once) or a listener that never answers (CONNECT hangs until
+    the timeout): either way publish_sample only queues, and the queue drops the oldest."""
+    hole = None
+    if kind == "refused":
+        url = f"mqtt://127.0.0.1:{free_port()}"
+    else:
+        hole = socket.socket()
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(8)  # the kernel completes the handshake; nobody ever reads
+        url = f"mqtt://127.0.0.1:{hole.getsockname()[1]}"
+    try:
+        pub = GazePublisher(url, user="u", device="d", queue_size=8, backoff=FAST)
+        settings_timeout = pub.settings.timeout_s
+        with pub:
+            worst = 0.0
+            t0 = time.perf_counter()
+            for i in range(600):  # ten seconds of 60 Hz samples, as fast as possible
+                t = time.perf_counter()
+                pub.publish_sample(time.monotonic_ns(), (0.5, 0.5), i)
+                worst = max(worst, time.perf_counter() - t)
+            total = time.perf_counter() - t0
+            if kind == "refused":  # and it keeps trying, in its own thread
+                assert wait_until(lambda: pub.stats.failures >= 3, 5)
+            st = pub.stats
+        # Blocking on the network would cost at least one connect attempt (refused: a
+        # round trip per call; black hole: the 10 s CONNACK timeout).
+        assert total < settings_timeout / 4 and worst < 0.5
+        assert st.sent == 0 and st.dropped == 600 - 8 and not st.connected
+        if kind == "refused":
+            assert "refused" in (st.last_error or "").lower()
+    finally:
+        if hole is not None:
+            hole.close()
+
+
+def test_publisher_survives_a_broker_restart_and_drops_stale_samples(broker):
+    pub = GazePublisher(broker.url, user="u", device="d", queue_size=4, max_age_s=0.3, backoff=FAST)
+    with pub:
+        with Listener(broker.url, "gazeloop/u/d/gaze") as rx:
+            assert wait_until(lambda: pub.stats.connected, 5)
+            pub.publish_sample(time.monotonic_ns(), (0.1, 0.1))
+            assert wait_until(lambda: len(rx.messages) == 1, 5)
+            broker.stop()
+        assert wait_until(lambda: not pub.stats.connected, 5)
+        for _ in range(10):  # while the broker is away: 4 kept, 6 overflow
+            pub.publish_sample(time.monotonic_ns(), (0.2, 0.2))
+        time.sleep(0.4)  # the 4 kept are now older than max_age_s
+        broker.start()
+        with Listener(broker.url, "gazeloop/u/d/gaze") as rx2:
+            assert wait_until(lambda: pub.stats.connected, 10), broker.log()
+            pub.publish_sample(time.monotonic_ns(), (0.3, 0.3))
+            assert wait_until(lambda: len(rx2.messages) == 1, 5)
+            time.sleep(0.1)  # anything stale would have arrived before the fresh one
+        st = pub.stats
+    assert [decode_sample(p).seq for _, p in rx2.messages] == [12]
+    assert (st.sent, st.dropped) == (2, 10)
+    assert st.reconnects >= 1 and st.failures >= 1
+
+
+# -- labels ------------------------------------------------------------------------------------
+
+
+def tiny_jpeg(i: int) -> bytes:
+    img = np.full((24, 32, 3), (i * 37) % 256, np.uint8)
+    return cv2.imencode(".jpg", img)[1].tobytes()
+
+
+def add_label(store, i: int, *, line: bool = False, accepted: bool = True) -> int:
+    obs = (
+        LineObservation(origin=(0.5, 0.0), direction=(0.0, 1.0))
+        if line
+        else PointObservation(xy=(0.05 + (i % 10) / 10, 0.5))
+    )
+    label = OracleLabel(
+        t_ns=1_000_000 + i, snapshot_id=f"snap-{i}", oracle="click", observation=obs
+    )
+    decision = SimpleNamespace(
+        accepted=accepted, why="ok", residual=np.array([0.01, 0.0]), offset=np.zeros(2)
+    )
+    return store.add(
+        label, tiny_jpeg(i), fast_xy=(0.5, 0.5), decision=decision, snapshot_ms=T0_MS + 1000 * i
+    )
+
+
+T0_MS = 1_765_000_000_000
+SCREEN = (1920, 1080)
+
+
+def wire(store, label_id: int, user: str = "ann", device: str = "mac") -> bytes:
+    """The exact payload the uplink sends for a stored label."""
+    row = store.get(label_id)
+    msg = message_from_row(
+        row,
+        store.image_path(row).read_bytes(),
+        user=user,
+        device=device,
+        screen=ScreenGeometry(px=SCREEN),
+    )
+    return msg.model_dump_json(exclude_none=True).encode()
+
+
+def records(folder: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("img_*.json"))]
+
+
+def test_every_label_reaches_the_collector_exactly_once_across_a_broker_restart(broker, tmp_path):
+    """The done criterion: 50 labels from a real LabelStore while the broker goes down for
+    about a second and comes back on the same port; each is written once."""
+    store = LabelStore(tmp_path / "store")
+    out = tmp_path / "dataset"
+    collector = Collector(broker.url, out, backoff=FAST).start()
+    uplink = LabelUplink(
+        broker.url, store, user="ann", device="mac", screen=SCREEN, backoff=FAST, poll_s=0.05
+    )
+    try:
+        assert wait_until(lambda: collector.stats.connected, 5), broker.log()
+        uplink.start()
+        ids = []
+        for i in range(50):
+            if i == 20:
+                broker.stop()
+            if i == 35:
+                waiting = len(store.unsent(100))  # what the outage held back, in the store
+                broker.start()
+            ids.append(add_label(store, i))
+            uplink.nudge()
+            time.sleep(0.065 if 20 <= i < 35 else 0.02)
+        done = wait_until(lambda: collector.stats.written == 50 and not store.unsent(1), 20)
+        assert done, (collector.stats, uplink.stats, broker.log())
+        time.sleep(0.3)  # a late redelivery would show up as a duplicate, never a write
+        up, col = uplink.stats, collector.stats
+    finally:
+        uplink.close()
+        collector.close()
+    assert waiting >= 14
+    assert up.sent == 50 and up.failures >= 1 and up.reconnects >= 1
+    assert col.written == 50 and col.malformed == 0 and col.reconnects >= 1
+    assert col.received == col.written + col.duplicates
+
+    folder = out / "ann__mac__1920x1080"
+    recs = records(folder)
+    uids = [r["label_uid"] for r in recs]
+    assert sorted(uids) == sorted(make_uid("ann", "mac", i, f"snap-{k}") for k, i in enumerate(ids))
+    session = read_session(folder, check_images=True)  # what the trainer reads
+    assert len(session) == 50 and not session.rejected
+    assert session.manifest.screen_px == SCREEN and session.manifest.user == "ann"
+    by_t = {it.t_ms: it for it in session.items}
+    it7 = by_t[T0_MS + 7000]
+    assert it7.label_px == pytest.approx((0.75 * 1920, 0.5 * 1080))
+    assert it7.image.read_bytes() == store.image_path(store.get(ids[7])).read_bytes()
+
+    # A redelivered label (same uid) is counted, not written; also after a collector restart,
+    # which learns what it already has from the files.
+    payload = wire(store, ids[3])
+    again = Collector(broker.url, out, backoff=FAST).start()
+    try:
+        assert wait_until(lambda: again.stats.connected, 5)
+        publish_raw(broker.url, [("gazeloop/ann/mac/labels", payload)] * 2)
+        assert wait_until(lambda: again.stats.duplicates == 2, 5), again.stats
+    finally:
+        again.close()
+    assert again.stats.written == 0 and len(records(folder)) == 50
+
+
+def test_malformed_labels_are_counted_and_never_written(broker, tmp_path):
+    store = LabelStore(tmp_path / "store")
+    good = add_label(store, 1)
+    ok = json.loads(wire(store, good))
+
+    def variant(**changes) -> bytes:
+        return json.dumps({**ok, **changes}).encode()
+
+    not_decodable = base64.b64encode(b"\xff\xd8\xff\xe0" + b"\0" * 64).decode()
+    topic = "gazeloop/ann/mac/labels"
+    bad = [
+        (topic, b"not json at all"),
+        (topic, b'{"format": "gazeloop.label"}'),
+        (topic, variant(jpeg_b64="%%% not base64 %%%")),
+        (topic, variant(jpeg_b64=base64.b64encode(b"GIF89a...").decode())),
+        (topic, variant(jpeg_b64=not_decodable)),
+        ("gazeloop/bob/mac/labels", wire(store, good)),  # says ann/mac, arrives as bob's
+        (topic, variant(uid="ann/mac/999/snap-other")),
+        (topic, variant(label={**ok["label"], "observation": {"kind": "point", "xy": [1e400, 0]}})),
+    ]
+    out = tmp_path / "dataset"
+    collector = Collector(broker.url, out, backoff=FAST).start()
+    try:
+        assert wait_until(lambda: collector.stats.connected, 5)
+        publish_raw(broker.url, [*bad, (topic, wire(store, good))])
+        judged = lambda: collector.stats.malformed + collector.stats.written  # noqa: E731
+        assert wait_until(lambda: judged() == len(bad) + 1, 5), collector.stats
+        st = collector.stats
+    finally:
+        collector.close()
+    assert st.malformed == len(bad) and st.written == 1 and st.duplicates == 0
+    assert set(collector.malformed_reasons) == {"schema", "jpeg", "identity", "uid"}
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert files == [
+        "ann__mac__1920x1080/img_1765000001000.jpg",
+        "ann__mac__1920x1080/img_1765000001000.json",
+        "ann__mac__1920x1080/session.json",
+    ]
+
+
+def test_non_point_labels_are_kept_aside_not_given_to_the_trainer(tmp_path):
+    """Line labels and labels the loop rejected are no seed records (export_session's rule),
+    but nothing received is thrown away. No broker needed: `handle` is the whole decision."""
+    store = LabelStore(tmp_path / "store")
+    ids = [add_label(store, 0), add_label(store, 1, line=True), add_label(store, 2, accepted=False)]
+    c = Collector("mqtt://127.0.0.1:1", tmp_path / "out")
+    got = [c.handle("gazeloop/ann/mac/labels", wire(store, i)) for i in ids]
+    assert got == ["written", "other", "other"]
+    assert c.handle("gazeloop/ann/mac/labels", wire(store, ids[1])) == "duplicate"
+    other = sorted((tmp_path / "out" / "ann__mac__1920x1080" / "other").glob("*.json"))
+    kept = [json.loads(p.read_text()) for p in other]
+    assert [k["label"]["observation"]["kind"] for k in kept] == ["line", "point"]
+    assert all(p.with_suffix(".jpg").is_file() for p in other)
+    assert len(read_session(tmp_path / "out" / "ann__mac__1920x1080")) == 1
+
+
+def test_bad_credentials_are_retried_and_labels_wait_in_the_store(
+    make_broker, tmp_path, monkeypatch
+):
+    if MOSQUITTO_PASSWD is None:
+        pytest.skip("mosquitto_passwd is not installed")
+    b = make_broker(users={"ann": "s3cret", "trainer": "t0p"})
+    port = b.port
+    store = LabelStore(tmp_path / "store")
+    for i in range(3):
+        add_label(store, i)
+    wrong = LabelUplink(
+        f"mqtt://ann:nope@127.0.0.1:{port}", store, user="ann", device="mac", backoff=FAST
+    ).start()
+    try:
+        assert wait_until(lambda: wrong.stats.failures >= 3, 5), wrong.stats
+        st = wrong.stats
+    finally:
+        wrong.close()
+    assert re.search(r"not authori[sz]ed|bad user ?name or password", st.last_error or "", re.I)
+    assert st.sent == 0 and st.reconnects == 0 and not st.connected
+    assert len(store.unsent(10)) == 3
+
+    # The password from the environment (kept out of the process list), and the collector's
+    # from the URL: the same labels now arrive.
+    monkeypatch.setenv("GAZELOOP_MQTT_PASSWORD", "s3cret")
+    out = tmp_path / "dataset"
+    collector = Collector(f"mqtt://trainer:t0p@127.0.0.1:{port}", out, backoff=FAST).start()
+    right = LabelUplink(
+        f"mqtt://ann@127.0.0.1:{port}", store, user="ann", device="mac", screen=SCREEN, backoff=FAST
+    )
+    try:
+        assert wait_until(lambda: collector.stats.connected, 5), collector.stats
+        right.start()
+        assert wait_until(lambda: collector.stats.written == 3, 5), (right.stats, b.log())
+        assert wait_until(lambda: right.stats.sent == 3, 5), right.stats
+    finally:
+        right.close()
+        collector.close()
+    assert not store.unsent(10)
+
+
+# -- models ------------------------------------------------------------------------------------
+
+
+def tiny_model(folder: Path, model_id: str, n_weights: int) -> tuple[Path, dict]:
+    """A small valid ONNX (Identity, with a weight blob for size) and its card, tagged the
+    way the registry checks; the registry needs trainer.export, which imports torch."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("torch", reason="trainer.registry needs torch (trainer extra)")
+    from onnx import TensorProto, helper, numpy_helper
+
+    from gazeloop.fastpath.ir_onnx import OMZ_IO_CONVENTION
+
+    w = numpy_helper.from_array(np.arange(n_weights, dtype=np.float32), "w")
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in ("x", "y")]
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "g", io[:1], io[1:], initializer=[w]
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    for k, v in (("gazeloop.model_id", model_id), ("gazeloop.io_convention", OMZ_IO_CONVENTION)):
+        p = model.metadata_props.add()
+        p.key, p.value = k, v
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{model_id}-{n_weights}.onnx"
+    onnx.save(model, str(path))
+    card = {
+        "model_id": model_id,
+        "created": "2026-01-01T00:00:00Z",
+        "inputs": [],
+        "outputs": [],
+        "preprocessing": {"version": "test"},
+        "opset": 17,
+    }
+    return path, card
+
+
+def test_model_announce_and_fetch_into_a_registry(broker, tmp_path):
+    from gazeloop.tools.runtime.mqtt.models import ModelAnnouncer, ModelFetcher, build_announcement
+    from gazeloop.trainer.registry import ModelRegistry
+
+    trainer = ModelRegistry(tmp_path / "trainer-registry")
+    laptop = ModelRegistry(tmp_path / "laptop-registry")
+    e1 = trainer.register(*tiny_model(tmp_path / "m", "gaze-net", 10_000))
+    announcer = ModelAnnouncer(broker.url, chunk_size=4096)
+    ann1 = announcer.announce_path(trainer.root)  # the registry root: its latest version
+    assert ann1.sha256 == e1.card.onnx_sha256 and len(ann1.chunk_sha256) == 10
+
+    # Started after the announcement: the retained messages bring the model anyway.
+    fetcher = ModelFetcher(broker.url, laptop, backoff=FAST, fetch_timeout_s=1.0).start()
+    try:
+        assert wait_until(lambda: fetcher.stats.fetched == 1, 10), fetcher.stats
+        got = laptop.latest("gaze-net")
+        assert got is not None and got.card.onnx_sha256 == ann1.sha256
+        assert got.onnx_path.read_bytes() == e1.onnx_path.read_bytes()
+
+        e2 = trainer.register(*tiny_model(tmp_path / "m", "gaze-net", 12_000))
+        ann2 = announcer.announce_path(e2.path)  # a registry version folder
+        assert wait_until(lambda: fetcher.stats.fetched == 2, 10), fetcher.stats
+        assert laptop.latest("gaze-net").card.onnx_sha256 == e2.card.onnx_sha256
+
+        announcer.announce_path(e2.path)  # the same model again: nothing new to fetch
+        assert wait_until(lambda: fetcher.stats.already_had == 1, 5), fetcher.stats
+
+        # Garbage where the chunks should be: counted, timed out, never registered.
+        path3, card3 = tiny_model(tmp_path / "m", "gaze-net", 3_000)
+        ann3, chunks3 = build_announcement(path3.read_bytes(), card3, chunk_size=4096)
+        garbage = [(f"{ann3.chunk_topic}/{i}", b"garbage") for i in range(len(chunks3))]
+        publish_raw(broker.url, garbage, retain=True)
+        publish_raw(
+            broker.url,
+            [
+                ("gazeloop/models/announce", b"{not an announcement"),
+                ("gazeloop/models/announce", ann3.model_dump_json().encode()),
+            ],
+        )
+        n3 = len(chunks3)
+        assert wait_until(lambda: fetcher.stats.failed == 1, 10), fetcher.stats
+        st = fetcher.stats
+    finally:
+        fetcher.close()
+    assert st.malformed == 1 + n3  # the announcement that is not one, and every bad chunk
+    assert st.fetched == 2 and st.failed == 1
+    assert [e.version for e in laptop.list("gaze-net")] == [1, 2]
+
+    # The broker keeps one model's chunks: the first model's were cleared.
+    with Listener(broker.url, f"{ann1.chunk_topic}/+") as old:
+        time.sleep(0.3)
+    with Listener(broker.url, f"{ann2.chunk_topic}/+") as new:
+        assert wait_until(lambda: len(new.messages) == len(ann2.chunk_sha256), 5)
+    assert old.messages == []
+
+
+# -- TLS ---------------------------------------------------------------------------------------
+
+
+def test_tls_with_a_ca_file_and_insecure(make_broker, tmp_path):
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed (needed to make a test certificate)")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    b = make_broker(tls=(cert, key))
+    assert b.url.startswith("mqtts://")
+
+    r = bench_mqtt(b.url, rate_hz=60, seconds=0.25, ca_file=str(cert))
+    assert r["received"] == r["samples"] == 15
+
+    untrusted = GazePublisher(b.url, user="u", device="d", backoff=FAST).start()
+    insecure = GazePublisher(b.url, user="u", device="d", backoff=FAST, insecure=True).start()
+    try:
+        assert wait_until(lambda: untrusted.stats.failures >= 2, 5), untrusted.stats
+        assert wait_until(lambda: insecure.stats.connected, 5), insecure.stats
+        assert "certificate verify failed" in (untrusted.stats.last_error or "")
+        assert not untrusted.stats.connected
+    finally:
+        untrusted.close()
+        insecure.close()

@@ -1,0 +1,252 @@
+"""`gazeloop eval SESSION`: leave-one-target-out accuracy of a mapping on a recorded session."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from gazeloop.calibration.geometry import ScreenGeometry
+from gazeloop.calibration.mapping import MAPPINGS, fit_select
+from gazeloop.calibration.metrics.evaluate import evaluate_arrays, plot_report, robust_keep
+from gazeloop.calibration.metrics.precision import deg_per_mm, precision_report
+from gazeloop.calibration.profile import DEFAULT_FEATURES
+from gazeloop.calibration.store.session import read_session
+from gazeloop.fastpath.collect import collect_session, expand_features, feature_matrix
+from gazeloop.fastpath.filters import make_filter
+from gazeloop.fastpath.pipeline import FastPath
+from gazeloop.tools.commands._args import add_fastpath_args, fastpath_config
+from gazeloop.tools.errors import UserError
+from gazeloop.tools.ui import report
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="leave-one-target-out accuracy of a mapping on a session",
+        description="Runs the fast path over a labelled session folder and reports the "
+        "leave-one-target-out error of a screen mapping (never leave-one-frame-out), next to "
+        "the constant predictor's. The screen comes from the session's session.json, or "
+        "--screen-px; without either, errors are relative to the targets' bounding box.",
+    )
+    p.add_argument("session", type=Path, help="session folder (img_<ms>.jpg + .json pairs)")
+    p.add_argument("--screen-px", type=int, nargs=2, metavar=("W", "H"))
+    p.add_argument("--screen-mm", type=float, nargs=2, metavar=("W", "H"))
+    p.add_argument("--distance-mm", type=float, help="viewing distance, for errors in degrees")
+    p.add_argument(
+        "--mirrored",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the images are selfie views (default: the manifest's word, else not mirrored)",
+    )
+    p.add_argument("--mapping", default="ridge", choices=sorted(MAPPINGS))
+    p.add_argument(
+        "--features",
+        default=",".join(DEFAULT_FEATURES),
+        help=f"comma-separated feature names (default {','.join(DEFAULT_FEATURES)})",
+    )
+    p.add_argument("--precision", action="store_true", help="add precision per target")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--plot", type=Path, help="write a PNG of targets, predictions and errors")
+    p.add_argument(
+        "--report",
+        type=Path,
+        metavar="DIR",
+        help="write DIR/report.html (summary, plot, per-target and precision tables) and "
+        "DIR/report.json",
+    )
+    add_fastpath_args(p)
+    p.set_defaults(func=run)
+
+
+def screen_for(args, session) -> ScreenGeometry | None:
+    m = session.manifest
+    # As resolved by read_session (manifest first, then --screen-px): the labels were checked
+    # against that size, and its warning says so.
+    px = session.screen_px
+    if px is None:
+        return None
+    mm = tuple(args.screen_mm) if args.screen_mm else (m.screen_mm if m else None)
+    cam = m.camera_mm if m else None
+    return ScreenGeometry(
+        px=px,
+        mm=mm,
+        camera_mm=(*cam, 0.0) if cam is not None and len(cam) == 2 else cam,
+        viewing_distance_mm=args.distance_mm,
+    )
+
+
+def precision_for(used, x, ev, screen, mapping, cfg) -> dict:
+    """RMS sample-to-sample and STD per target, raw and after the fast path's filter.
+
+    Precision is about the spread of the output, not its accuracy, so the mapping here is
+    fitted on all targets; the filter runs over the frames in time order, as it would live,
+    and restarts after gaps longer than half a second."""
+    keep = robust_keep(x, np.array([ls.target for ls in used]))
+    used = [ls for ls, k in zip(used, keep, strict=True) if k]
+    x = x[keep]
+    geo = screen or ScreenGeometry.from_targets(np.array([ls.label_px for ls in used]))
+    y = geo.to_norm(np.array([ls.label_px for ls in used]))
+    groups = np.array([ls.target for ls in used])
+    m, _, _ = fit_select(mapping, x, y, groups, aspect=geo.px[0] / geo.px[1])
+    raw = m.predict(x)
+    t = np.array([ls.t_ns for ls in used])
+    order = np.argsort(t, kind="stable")
+    filt = np.empty_like(raw)
+    f = make_filter(cfg.filter, **cfg.filter_params)
+    last = None
+    for i in order:
+        if last is not None and t[i] - last > 500_000_000:
+            f.reset()
+        filt[i] = f(int(t[i]), raw[i])
+        last = t[i]
+    by_t = {int(g): np.sort(np.flatnonzero(groups == g)) for g in np.unique(groups)}
+    mm_per_px = None
+    if screen is not None and screen.mm is not None:
+        mm_per_px = (screen.mm[0] / screen.px[0], screen.mm[1] / screen.px[1])
+    to_deg = None
+    if screen is not None and screen.viewing_distance_mm:
+        to_deg = deg_per_mm(screen.viewing_distance_mm)
+    return precision_report(
+        {g: raw[i] for g, i in by_t.items()},
+        filtered_by_target={g: filt[i] for g, i in by_t.items()},
+        t_by_target={g: t[i] / 1e9 for g, i in by_t.items()},
+        px_per_norm=(float(geo.px[0]), float(geo.px[1])),
+        mm_per_px=mm_per_px,
+        to_deg=to_deg,
+    )
+
+
+def precision_text(p: dict) -> str:
+    units = [u for u in ("px", "mm", "deg") if u in p.get("units", [])]
+    lines = ["  precision (mean over targets; RMS sample-to-sample / STD):"]
+    for kind in ("raw", "filtered"):
+        if kind not in p:
+            continue
+        m = p[kind]["mean"]
+        cells = [f"{m['rms_s2s'][u]:.2f} / {m['std'][u]:.2f} {u}" for u in units]
+        lines.append(f"    {kind:8s} " + "   ".join(cells))
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    names = [n.strip() for n in args.features.split(",") if n.strip()]
+    if not names:
+        raise UserError("--features is empty")
+    session = read_session(
+        args.session,
+        screen_px=tuple(args.screen_px) if args.screen_px else None,
+        mirrored=args.mirrored,
+    )
+    screen = screen_for(args, session)
+    fp = FastPath(fastpath_config(args))
+    try:
+        col = collect_session(session, fp)
+    finally:
+        fp.close()
+    rejected = [(r.file, r.why) for r in col.rejected]
+    used = []
+    for ls in col.samples:
+        if ls.settling:
+            rejected.append((ls.name, "settling: eyes still moving to the target"))
+        else:
+            used.append(ls)
+    if not used:
+        raise UserError(f"{args.session}: no usable frames ({len(rejected)} rejected)")
+    try:
+        names = expand_features(names, used[0].sample)
+        x = feature_matrix(used, names)
+    except KeyError as e:
+        raise UserError(str(e.args[0])) from None
+    labels = np.array([ls.label_px for ls in used], dtype=np.float64)
+    groups = np.array([ls.target for ls in used])
+    try:
+        ev = evaluate_arrays(
+            x,
+            labels,
+            groups,
+            session=str(args.session),
+            features=names,
+            screen=screen,
+            mapping=args.mapping,
+            frames=col.frames,
+            rejected=rejected,
+            names=[ls.name for ls in used],
+        )
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if args.precision:
+        ev.report.precision = precision_for(
+            used, x, ev, screen, args.mapping, fastpath_config(args)
+        )
+    if args.plot:
+        plot_report(ev, args.plot)
+    if args.report:
+        write_report(ev, args.report)
+    r = ev.report
+    if args.json:
+        print(r.model_dump_json(indent=2))
+        return 0
+    print(
+        f"{r.session}: {r.targets} targets, {r.frames_used} of {r.frames} frames used\n"
+        f"  {r.mapping} on {', '.join(r.features)}, leave-one-target-out:\n"
+        f"  mean {r.mean_px:.1f} px  median {r.median_px:.1f} px  "
+        f"{r.mean_pct_diag:.2f}% of the {r.diag_basis} diagonal"
+        + (f"  {r.mean_deg:.2f}°" if r.mean_deg is not None else "")
+        + f"\n  constant predictor: {r.baseline_mean_px:.1f} px"
+    )
+    for t in r.per_target:
+        print(
+            f"    target {t.target:2d} at ({t.label_px[0]:7.1f}, {t.label_px[1]:7.1f}): "
+            f"{t.mean_px:7.1f} px over {t.frames} frames"
+        )
+    for rej in r.rejected:
+        print(f"  rejected {rej.file}: {rej.why}")
+    if r.precision:
+        print(precision_text(r.precision))
+    if args.plot:
+        print(f"  plot: {args.plot}")
+    if args.report:
+        print(f"  report: {args.report / 'report.html'}")
+    return 0
+
+
+def write_report(ev, folder: Path) -> Path:
+    """The evaluation as a page a person opens: numbers, the plot, and the tables."""
+    r = ev.report
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create report folder {folder}: {e}") from None
+    plot_report(ev, folder / "eval.png")
+    report.write(folder / "report.json", r.model_dump_json(indent=2))
+    summary = {
+        "session": r.session,
+        "targets / frames used": f"{r.targets} / {r.frames_used} of {r.frames}",
+        "mapping, features": f"{r.mapping} on {', '.join(r.features)}",
+        "mean / median error": f"{r.mean_px:.1f} / {r.median_px:.1f} px",
+        f"mean, % of the {r.diag_basis} diagonal": f"{r.mean_pct_diag:.2f} %",
+        "constant predictor (mean of the other targets)": f"{r.baseline_mean_px:.1f} px",
+    }
+    if r.mean_deg is not None:
+        summary["mean, degrees"] = f"{r.mean_deg:.2f}°"
+    sections = [
+        (None, report.key_values(summary)),
+        ("Targets and held-out predictions", report.image("eval.png", "targets and errors")),
+        ("Per target", report.per_target_table(r)),
+    ]
+    if r.precision:
+        sections.append(("Precision (mean over targets)", report.precision_table(r.precision)))
+    if r.rejected:
+        sections.append(
+            (
+                "Frames left out",
+                report.table([(x.file, x.why) for x in r.rejected], ["file", "why"]),
+            )
+        )
+    intro = (
+        "Leave-one-target-out: each target's frames are predicted by a mapping fitted on the "
+        "other targets only, so the error is what a new point on the screen would see."
+    )
+    return report.write(folder / "report.html", report.page("gazeloop eval", intro, sections))

@@ -1,0 +1,42 @@
+"""`gazeloop import ...`: turn other recordings into session folders."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from gazeloop.tools.errors import UserError
+from gazeloop.tools.runtime.importers import SessionImportError, import_corners4
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("import", help="convert other recordings into session folders")
+    isub = p.add_subparsers(dest="kind", required=True, metavar="KIND")
+    c = isub.add_parser(
+        "corners4",
+        help="a 4-corner webcam recording (video + Calibration.csv + stats.txt)",
+        description="Writes a session folder in the seed format (img_<ms>.jpg + .json, labels "
+        "in screen pixels) with a session.json manifest. Frames recorded while the eyes "
+        'were still moving to a new target are kept and marked "settling": true.',
+    )
+    c.add_argument("src", type=Path, help="folder with calibrate.mp4, Calibration.csv, stats.txt")
+    c.add_argument("out", type=Path, help="session folder to write")
+    c.add_argument("--settle-frames", type=int, help="frames marked settling after each switch")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing session")
+    c.set_defaults(func=run_corners4)
+
+
+def run_corners4(args: argparse.Namespace) -> int:
+    try:
+        rep = import_corners4(
+            args.src, args.out, settle_frames=args.settle_frames, overwrite=args.overwrite
+        )
+    except SessionImportError as e:
+        raise UserError(str(e)) from None
+    print(
+        f"wrote {rep.n_records} frames to {rep.out_dir}: {len(rep.frames_per_target)} targets "
+        f"({rep.n_settling} frames marked settling), timestamps from {rep.timestamps_from}"
+    )
+    for note in rep.notes:
+        print(f"  note: {note}")
+    return 0

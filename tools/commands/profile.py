@@ -1,0 +1,116 @@
+"""`gazeloop profile ...`: fit a calibration profile from a session, and inspect one."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from gazeloop.calibration.mapping import MAPPINGS
+from gazeloop.calibration.procedure import fit_profile
+from gazeloop.calibration.profile import DEFAULT_FEATURES, Profile, ProfileError, profile_path
+from gazeloop.calibration.store.session import read_session
+from gazeloop.fastpath.collect import collect_session, expand_features, feature_matrix
+from gazeloop.fastpath.pipeline import FastPath
+from gazeloop.tools.commands._args import add_fastpath_args, fastpath_config
+from gazeloop.tools.commands.eval_ import screen_for
+from gazeloop.tools.errors import UserError
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("profile", help="fit or show calibration profiles")
+    psub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    f = psub.add_parser(
+        "fit",
+        help="fit a profile from a labelled session (e.g. a calibration recording)",
+        description="Runs the fast path over the session, drops blinks, lost faces, settling "
+        "frames and per-target outliers, fits the mapping (hyper-parameters by nested "
+        "leave-one-target-out) and saves the profile with its honest error.",
+    )
+    f.add_argument("session", type=Path)
+    f.add_argument("--user", default="default")
+    f.add_argument("--device", default="default")
+    f.add_argument("--out", type=Path, help="profile file (default: the user's profile folder)")
+    f.add_argument("--screen-px", type=int, nargs=2, metavar=("W", "H"))
+    f.add_argument("--screen-mm", type=float, nargs=2, metavar=("W", "H"))
+    f.add_argument("--distance-mm", type=float, help="viewing distance")
+    f.add_argument("--mirrored", action=argparse.BooleanOptionalAction, default=None)
+    f.add_argument("--mapping", default="ridge", choices=sorted(MAPPINGS))
+    f.add_argument("--features", default=",".join(DEFAULT_FEATURES))
+    add_fastpath_args(f)
+    f.set_defaults(func=run_fit)
+    s = psub.add_parser("show", help="print a profile's summary")
+    s.add_argument("path", type=Path)
+    s.set_defaults(func=run_show)
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    names = [n.strip() for n in args.features.split(",") if n.strip()]
+    session = read_session(
+        args.session,
+        screen_px=tuple(args.screen_px) if args.screen_px else None,
+        mirrored=args.mirrored,
+    )
+    screen = screen_for(args, session)
+    if screen is None:
+        raise UserError(
+            f"{args.session}: the screen size is unknown (no session.json); give --screen-px"
+        )
+    fp = FastPath(fastpath_config(args))
+    try:
+        col = collect_session(session, fp)
+    finally:
+        fp.close()
+    used = [ls for ls in col.samples if not ls.settling]
+    if not used:
+        raise UserError(f"{args.session}: no usable frames")
+    try:
+        names = expand_features(names, used[0].sample)
+        x = feature_matrix(used, names)
+    except KeyError as e:
+        raise UserError(str(e.args[0])) from None
+    y = screen.to_norm(np.array([ls.label_px for ls in used]))
+    groups = np.array([ls.target for ls in used])
+    try:
+        prof = fit_profile(
+            x,
+            y,
+            groups,
+            screen=screen,
+            features=names,
+            user=args.user,
+            device=args.device,
+            gaze_model_id=fp.gaze.model_id,
+            gaze_model_sha256=fp.gaze.sha256,
+            mapping=args.mapping,
+            calibration_session=str(Path(args.session).resolve()),
+        )
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    out = prof.save(args.out or profile_path(args.user, args.device))
+    print(f"profile saved: {out}")
+    print(summary(prof))
+    return 0
+
+
+def summary(p: Profile) -> str:
+    f = p.fit
+    return (
+        f"  user {p.user}, device {p.device}, screen {p.screen.px[0]}x{p.screen.px[1]} px\n"
+        f"  {p.mapping.name} on {', '.join(p.features)} ({f.hyper}), gaze model {p.gaze_model_id}\n"
+        f"  fitted on {f.targets} targets / {f.frames} frames; leave-one-target-out mean "
+        f"{f.mean_px:.1f} px, median {f.median_px:.1f} px (constant predictor "
+        f"{f.baseline_mean_px:.1f} px)\n"
+        f"  drift offset {p.offset[0]:+.4f}, {p.offset[1]:+.4f} (normalised)"
+    )
+
+
+def run_show(args: argparse.Namespace) -> int:
+    try:
+        p = Profile.load(args.path)
+    except ProfileError as e:
+        raise UserError(str(e)) from None
+    print(f"{args.path}:")
+    print(summary(p))
+    return 0

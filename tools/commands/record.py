@@ -1,0 +1,208 @@
+"""`gazeloop record`: write a session (img_<ms>.jpg + .json pairs and session.json) from any
+source — a camera, a video, a session folder, a 4-corner recording — at a target rate.
+
+Every record of the seed format carries a screen label, so each frame needs one:
+`--label targets` takes the recording's own targets (the default when the source has them),
+`--label cursor` the mouse pointer the person looks at (needs pynput), `--point X Y` a
+fixed point (e.g. the screen's centre). Frames are stored un-mirrored (`"mirrored":
+false`); the manifest goes first and every file is written atomically, so a recording cut
+short is still a valid session of what was written.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+from gazeloop.calibration.store.session import SessionManifest
+from gazeloop.calibration.store.writer import SessionWriter
+from gazeloop.fastpath.sources import CameraSource
+from gazeloop.fastpath.types import Frame
+from gazeloop.tools.errors import UserError
+from gazeloop.tools.runtime.labelled import LabelledSource, open_labelled
+from gazeloop.tools.runtime.recording import RateGate, UnixClock
+
+Labeler = Callable[[Frame], tuple[tuple[float, float] | None, dict]]
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "record",
+        help="record a session (seed format + session.json) from any source",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("out", type=Path, help="session folder to write (new or empty)")
+    p.add_argument("--source", default="0", help="camera index (default 0), video or session")
+    p.add_argument("--fps", type=float, help="target rate in frames per second of source time")
+    p.add_argument("--seconds", type=float, help="stop after this much source time")
+    p.add_argument("--frames", type=int, help="stop after writing this many frames")
+    p.add_argument(
+        "--label",
+        choices=["auto", "targets", "cursor", "point"],
+        default="auto",
+        help="where each frame's screen label comes from (auto: the source's targets)",
+    )
+    p.add_argument(
+        "--point", type=float, nargs=2, metavar=("X", "Y"), help="label every frame with this point"
+    )
+    p.add_argument("--screen-px", type=int, nargs=2, metavar=("W", "H"))
+    p.add_argument("--screen-mm", type=float, nargs=2, metavar=("W", "H"))
+    p.add_argument("--camera-mm", type=float, nargs=2, metavar=("X", "Y"))
+    p.add_argument(
+        "--mirrored",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a source session without session.json stores selfie views",
+    )
+    p.add_argument("--user")
+    p.add_argument("--device")
+    p.add_argument("--notes")
+    p.set_defaults(func=run)
+
+
+def _positive(name: str, v: float | None) -> None:
+    if v is not None and not v > 0:
+        raise UserError(f"--{name} must be positive, got {v}")
+
+
+def _labeler(args, ls: LabelledSource, screen_px: tuple[int, int]) -> tuple[str, Labeler]:
+    mode = args.label
+    if args.point is not None and mode in ("targets", "cursor"):
+        raise UserError(f"--point and --label {mode} contradict each other")
+    if mode == "auto" and args.point is not None:
+        mode = "point"
+    elif mode == "auto":
+        if not ls.labelled:
+            raise UserError(
+                f"{args.source} ({ls.kind}) has no targets, and every session record needs a "
+                "screen label: give --label cursor (the person looks at the mouse pointer) or "
+                "--point X Y (a fixed point they look at)"
+            )
+        mode = "targets"
+    if mode == "targets":
+        if not ls.labelled:
+            raise UserError(f"--label targets: {args.source} ({ls.kind}) has no recorded targets")
+
+        def from_targets(frame: Frame):
+            info = ls.target_of(frame)
+            if info is None:
+                return None, {}
+            return info.label_px, {
+                "label_source": "targets",
+                "target": info.target,
+                "settling": info.settling,
+                "source_frame": frame.name,
+            }
+
+        return "the recorded targets", from_targets
+    if mode == "point":
+        if args.point is None:
+            raise UserError("--label point needs --point X Y (screen pixels)")
+        x, y = args.point
+        if not (0 <= x <= screen_px[0] and 0 <= y <= screen_px[1]):
+            w, h = screen_px
+            raise UserError(f"--point ({x:g}, {y:g}) is off the {w}x{h} screen")
+        return f"the fixed point ({x:g}, {y:g})", lambda f: ((x, y), {"label_source": "point"})
+    try:
+        from pynput.mouse import Controller
+    except ImportError as e:
+        raise UserError("--label cursor needs pynput: pip install pynput") from e
+    mouse = Controller()
+
+    def from_cursor(frame: Frame):
+        cx, cy = (float(v) for v in mouse.position)
+        if not (0 <= cx <= screen_px[0] and 0 <= cy <= screen_px[1]):
+            return None, {}  # on another monitor: no label on this screen
+        return (cx, cy), {"label_source": "cursor"}
+
+    return "the mouse pointer", from_cursor
+
+
+def run(args: argparse.Namespace) -> int:
+    for name in ("fps", "seconds"):
+        _positive(name, getattr(args, name))
+    if args.frames is not None and args.frames < 1:
+        raise UserError(f"--frames must be at least 1, got {args.frames}")
+    gate = RateGate(args.fps)
+    given_px = tuple(args.screen_px) if args.screen_px else None
+    ls = open_labelled(args.source, screen_px=given_px, mirrored=args.mirrored)
+    with ls:
+        screen_px = ls.screen_px or given_px
+        if screen_px is None:
+            raise UserError(
+                f"the screen size is unknown ({args.source} has no session.json): give "
+                "--screen-px W H, the screen the labels are pixels of"
+            )
+        described, label_of = _labeler(args, ls, screen_px)
+        src_manifest = ls.session.manifest if ls.session is not None else None
+        manifest = SessionManifest(
+            screen_px=screen_px,
+            screen_mm=tuple(args.screen_mm) if args.screen_mm else _get(src_manifest, "screen_mm"),
+            camera_mm=tuple(args.camera_mm) if args.camera_mm else _get(src_manifest, "camera_mm"),
+            mirrored=False,
+            user=args.user or _get(src_manifest, "user"),
+            device=args.device or _get(src_manifest, "device"),
+            notes=args.notes,
+            source=f"gazeloop record from {ls.describe()}",
+        )
+        writer = SessionWriter(args.out, manifest)
+        clock = UnixClock(ls.source)
+        print(f"recording {ls.describe()} to {args.out}; labels: {described}", flush=True)
+        stats = _record(args, ls, writer, gate, clock, label_of)
+        notes = [args.notes] if args.notes else []
+        notes.append(
+            f"{writer.written} frames at {args.fps or 'the source'} fps from {ls.describe()}; "
+            f"labels: {described}; {stats['stopped']}"
+        )
+        if stats["unlabelled"]:
+            notes.append(f"{stats['unlabelled']} frames skipped without a label on this screen")
+        if writer.discard_if_empty():
+            print(f"gazeloop record: no frame recorded ({stats['stopped']}); nothing written")
+            return 1
+        writer.finish("\n".join(notes))
+    span = 0.0 if writer.first_ms is None else (writer.last_ms - writer.first_ms) / 1e3
+    rate = (writer.written - 1) / span if span > 0 else 0.0
+    print(
+        f"gazeloop record: {writer.written} frames over {span:.1f} s ({rate:.1f} fps) in "
+        f"{args.out}; {stats['stopped']}"
+    )
+    return 0 if writer.written else 1
+
+
+def _get(manifest, name: str):
+    return None if manifest is None else getattr(manifest, name)
+
+
+def _record(args, ls, writer: SessionWriter, gate, clock, label_of: Labeler) -> dict:
+    t0 = None
+    unlabelled = 0
+    stopped = "the source ended"
+    last_print = None
+    try:
+        for frame in ls.source:
+            if t0 is None:
+                t0 = last_print = frame.t_ns
+            if args.seconds is not None and frame.t_ns - t0 >= args.seconds * 1e9:
+                stopped = f"--seconds {args.seconds:g} reached"
+                break
+            if not gate.keep(frame.t_ns):
+                continue
+            label, extra = label_of(frame)
+            if label is None:
+                unlabelled += 1
+                continue
+            extra = {**extra, "frame_index": frame.index, "source_time_ms": frame.t_ns / 1e6}
+            writer.write(clock.ms(frame.t_ns), frame.image, label, extra)
+            if args.frames is not None and writer.written >= args.frames:
+                stopped = f"--frames {args.frames} reached"
+                break
+            if frame.t_ns - last_print >= 1_000_000_000:
+                last_print = frame.t_ns
+                print(f"  {writer.written} frames, {(frame.t_ns - t0) / 1e9:.1f} s", flush=True)
+    except KeyboardInterrupt:
+        stopped = "interrupted"
+    if isinstance(ls.source, CameraSource) and ls.source.error:
+        stopped = f"camera {args.source}: {ls.source.error}"
+    return {"stopped": stopped, "unlabelled": unlabelled}

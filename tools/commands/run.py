@@ -1,0 +1,478 @@
+"""`gazeloop run`: the live program — camera → fast path → the gaze point, with the oracle
+correcting drift in the background.
+
+Keys (window mode): 7 verify · c calibrate (the target grid, full screen; the new profile is
+used at once) · space record a labelled sample · q quit.
+
+--oracle targets labels snapshots with the recorded targets of a session or 4-corner
+recording given as --source: ground truth replayed, for trying the loop without a model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from gazeloop.calibration.profile import Profile, ProfileMapper, data_dir, profile_path
+from gazeloop.calibration.store.writer import write_record
+from gazeloop.fastpath.pipeline import FastPath
+from gazeloop.fastpath.sources import CameraSource
+from gazeloop.tools.commands._args import add_fastpath_args, fastpath_config
+from gazeloop.tools.commands.calibrate import (
+    add_grid_args,
+    calibrate_on_screen,
+    default_session_dir,
+    procedure_config,
+    screen_from_args,
+)
+from gazeloop.tools.errors import UserError
+from gazeloop.tools.runtime.labelled import LabelledSource, open_labelled
+from gazeloop.tools.runtime.live import Live
+from gazeloop.tools.runtime.recording import UnixClock
+from gazeloop.tools.ui.render import LiveData, VerifyData, render_live, render_pip, render_verify
+from gazeloop.tools.ui.window import CvDisplay, require_display
+
+log = logging.getLogger(__name__)
+WINDOW = "gazeloop"
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "run",
+        help="the live tracker (window, or --headless)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--source", default="0", help="camera index, video or session (default 0)")
+    p.add_argument("--user", default="default")
+    p.add_argument("--device", default="default")
+    p.add_argument("--profile", type=Path, help="profile file (default: the user's for device)")
+    p.add_argument("--screen-px", type=int, nargs=2, metavar=("W", "H"), help="screen in use")
+    p.add_argument(
+        "--oracle",
+        choices=["none", "moondream", "targets"],
+        default="none",
+        help="background labeller (moondream needs its weights in the local HF cache; "
+        "targets replays a recording's own targets)",
+    )
+    p.add_argument(
+        "--oracle-in",
+        choices=["process", "thread"],
+        default="process",
+        help="run the model oracle in a child process on its own cores (default) or in a "
+        "thread of this one",
+    )
+    p.add_argument(
+        "--oracle-threads",
+        type=int,
+        help="compute threads of the oracle process (default: one per core it gets)",
+    )
+    p.add_argument("--snapshot-every", type=float, default=5.0, help="seconds between labels")
+    p.add_argument("--headless", action="store_true", help="no window; status lines instead")
+    p.add_argument("--frames", type=int, help="stop after this many frames")
+    p.add_argument("--seconds", type=float, help="stop after this long (wall clock)")
+    p.add_argument("--move-cursor", action="store_true", help="move the OS cursor (pynput)")
+    p.add_argument("--mqtt", help="broker URL: publish the gaze stream and the labels")
+    p.add_argument("--screenshot", type=Path, help="save the last window picture here on exit")
+    p.add_argument(
+        "--no-watch-models",
+        action="store_true",
+        help="do not switch to newer models appearing in the registry",
+    )
+    add_grid_args(p)
+    add_fastpath_args(p)
+    p.set_defaults(func=run)
+
+
+def _profile(args, fp: FastPath) -> ProfileMapper | None:
+    path = args.profile or profile_path(args.user, args.device)
+    if not path.is_file():
+        if args.profile:
+            raise UserError(f"{path}: no such profile")
+        print(
+            f"no calibration profile for {args.user}/{args.device} yet ({path}): showing gaze "
+            "angles only; run `gazeloop calibrate` (or `gazeloop profile fit SESSION`)"
+        )
+        return None
+    prof = Profile.load(path, gaze_model_sha256=fp.gaze.sha256)
+    screen = prof.screen.with_px(*args.screen_px) if args.screen_px else None
+    return ProfileMapper(prof, screen)
+
+
+def _oracle(args, mapper):
+    if args.oracle == "none":
+        return None
+    if mapper is None:
+        raise UserError("the oracle corrects a calibrated cursor: calibrate first")
+    if args.oracle == "targets":
+        from gazeloop.oracle.simple import TargetOracle
+
+        return TargetOracle()
+    from gazeloop.oracle.moondream import MoondreamConfig, MoondreamOracle, load_moondream
+
+    cfg = MoondreamConfig()
+    cam = getattr(mapper.screen, "camera_norm", None)
+    if args.oracle_in == "process":
+        # Its own process and cores: a VLM's Python between tensor ops would otherwise
+        # compete with the camera loop for the interpreter lock (see oracle/process.py).
+        from gazeloop.oracle.base import OracleError
+        from gazeloop.oracle.process import OracleSpec, ProcessOracle
+
+        spec = OracleSpec(
+            "gazeloop.oracle.moondream:build_oracle",
+            {
+                "config": cfg.model_dump(mode="json"),
+                "screen": mapper.screen.model_dump(mode="json"),
+                "camera_norm": None if cam is None else [float(cam[0]), float(cam[1])],
+            },
+        )
+        print("loading Moondream in its own process …", file=sys.stderr)
+        try:
+            return ProcessOracle(spec, threads=args.oracle_threads)
+        except OracleError as e:
+            raise UserError(str(e)) from None
+    model = load_moondream(cfg)  # a clear error when the weights are not cached
+    return MoondreamOracle(model, cfg, mapper.screen, camera_norm=cam)
+
+
+class Cursor:
+    """The operating system's cursor, via pynput (optional: `pip install pynput`)."""
+
+    def __init__(self):
+        try:
+            from pynput.mouse import Controller
+        except ImportError as e:
+            raise UserError("--move-cursor needs pynput: pip install pynput") from e
+        self._c = Controller()
+
+    def move(self, px: np.ndarray) -> None:
+        self._c.position = (int(px[0]), int(px[1]))
+
+
+def _target_hook(args, ls: LabelledSource):
+    """Snapshots labelled by the recording: the target on screen when the frame was taken;
+    frames of the eye still on its way get no snapshot."""
+    if args.oracle != "targets":
+        return None
+    if not ls.labelled:
+        raise UserError(
+            f"--oracle targets: {args.source} ({ls.kind}) has no recorded targets; give a "
+            "session folder or a 4-corner recording"
+        )
+    px = ls.screen_px or (tuple(args.screen_px) if args.screen_px else None)
+    if px is None:
+        raise UserError(f"--oracle targets: the screen of {args.source} is unknown; --screen-px")
+    size = np.array(px, dtype=np.float64)
+
+    def hook(snap, frame):
+        info = ls.target_of(frame)
+        if info is None or info.settling:
+            return None
+        snap.target_xy = tuple(float(v) for v in np.array(info.label_px) / size)
+        return snap
+
+    return hook
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.headless:
+        require_display("the live view", "use --headless to run without one")
+    ls = open_labelled(
+        args.source,
+        screen_px=tuple(args.screen_px) if args.screen_px else None,
+        with_targets=args.oracle == "targets",
+    )
+    try:
+        return _run(args, ls)
+    finally:
+        ls.close()
+
+
+def _run(args: argparse.Namespace, ls: LabelledSource) -> int:
+    hook = _target_hook(args, ls)
+    fp = FastPath(fastpath_config(args))
+    mapper = _profile(args, fp)
+    oracle = _oracle(args, mapper)
+    store = None
+    if oracle is not None:
+        from gazeloop.calibration.store.labelstore import LabelStore
+
+        store = LabelStore(data_dir() / "users" / args.user / "labels")
+    publisher = None
+    if args.mqtt:
+        from gazeloop.tools.commands.mqtt import GazePublisher
+
+        publisher = GazePublisher(args.mqtt, user=args.user, device=args.device)
+        publisher.start()
+    from gazeloop.oracle.policy import SnapshotPolicy
+
+    live = Live(
+        fp,
+        mapper=mapper,
+        oracle=oracle,
+        policy=SnapshotPolicy(min_interval_s=args.snapshot_every),
+        store=store,
+        publisher=publisher,
+        snapshot_hook=hook,
+    )
+    watcher = None
+    if not args.no_watch_models:
+        from gazeloop.tools.commands.train import registry_root
+        from gazeloop.tools.runtime.hotreload import ModelWatcher
+
+        try:
+            watcher = ModelWatcher(
+                fp,
+                registry_root(),
+                profile=None if mapper is None else mapper.profile,
+                profile_path=args.profile or profile_path(args.user, args.device),
+                screen=None if mapper is None else mapper.screen,
+                on_swap=lambda gaze, m: live.adopt(m),
+            )
+            watcher.start()
+        except ImportError:  # the registry lives in the trainer extra
+            watcher = None
+    cursor = Cursor() if args.move_cursor else None
+    src = ls.source
+    stream = iter(src)
+
+    def on_profile(prof: Profile, m: ProfileMapper) -> None:
+        if watcher is not None:  # a later model swap refits this profile, not the old one
+            watcher.profile, watcher.screen = prof, m.screen
+
+    ui = None
+    if not args.headless:
+        ui = Window(live, args, stream=stream, clock=UnixClock(src), on_profile=on_profile)
+        ui.source_desc = ls.describe()
+    frames = 0
+    t_start = time.monotonic()
+    last_status = t_start
+    try:
+        with src:
+            for frame in stream:
+                s = live.process(frame)
+                frames += 1
+                if cursor is not None and s.screen_px is not None:
+                    cursor.move(s.screen_px)
+                if ui is not None:
+                    if not ui.show(frame, s):
+                        break
+                elif time.monotonic() - last_status >= 1.0:
+                    last_status = time.monotonic()
+                    print(status_text(live, s), flush=True)
+                if args.frames is not None and frames >= args.frames:
+                    break
+                if args.seconds is not None and time.monotonic() - t_start >= args.seconds:
+                    break
+            if isinstance(src, CameraSource) and src.error:
+                print(f"camera {args.source}: {src.error}")
+    finally:
+        if watcher is not None:
+            watcher.stop()
+        if ui is not None:
+            ui.close(args.screenshot)
+        live.close()
+    st = live.status()
+    print(f"gazeloop run: {frames} frames; {status_text(live, None)}")
+    return 0 if frames or st else 1
+
+
+def status_text(live: Live, s) -> str:
+    st = live.status()
+    parts = [f"{st['fps']:5.1f} fps", f"fast path {st['frame_ms_p50']:.1f} ms"]
+    if s is not None and s.screen_px is not None:
+        parts.append(f"gaze ({s.screen_px[0]:.0f}, {s.screen_px[1]:.0f}) px")
+    elif s is not None and s.gaze_yp is not None:
+        yaw, pitch = (math.degrees(v) for v in s.gaze_yp)
+        parts.append(f"gaze yaw {yaw:+.1f}° pitch {pitch:+.1f}°")
+    elif s is not None:
+        parts.append("no face" if not s.quality.face else "eyes closed")
+    if "oracle" in st:
+        o = st["oracle"]
+        parts.append(f"oracle {o['done']} done{' (busy)' if o['busy'] else ''}")
+    if st.get("offset_px") is not None:
+        parts.append(f"drift offset ({st['offset_px'][0]:+.0f}, {st['offset_px'][1]:+.0f}) px")
+    elif st.get("offset") is not None:
+        parts.append(f"drift offset ({st['offset'][0]:+.3f}, {st['offset'][1]:+.3f})")
+    if st.get("alarm"):
+        parts.append(f"ALARM: {st['alarm']}")
+    return "  ".join(parts)
+
+
+class Window:
+    """The OpenCV window and its keys. Drawing is done by the pure renderers.
+
+    `stream` is the frame iterator the main loop reads: the `c` key's calibration grid takes
+    its frames from it, so the camera is never opened twice."""
+
+    def __init__(self, live: Live, args, *, stream=None, clock=None, on_profile=None):
+        self.live = live
+        self.args = args
+        self.stream = stream
+        self.clock = clock
+        self.on_profile = on_profile
+        self.source_desc = str(args.source)
+        self.last_img: np.ndarray | None = None
+        self.samples_dir = data_dir() / "users" / args.user / "samples"
+        self.display = CvDisplay(WINDOW)
+        self._sized = False
+
+    def _aspect(self) -> float:
+        m = self.live.mapper
+        return m.screen.px[0] / m.screen.px[1] if m is not None else 16 / 9
+
+    def show(self, frame, s) -> bool:
+        live = self.live
+        pip = None
+        if live.last is not None:
+            pip = render_pip(self._verify_data(live.last.snapshot, live.last.label))
+        elif live.pending is not None:  # the first label is still being worked on
+            snap, gaze = live.pending
+            pip = render_pip(self._verify_data(snap, None, busy=True, phase=frame.index * 0.3))
+        d = LiveData(
+            image=frame.image,
+            landmarks=None if s.landmarks is None else s.landmarks.points,
+            screen_xy=None if s.screen_xy is None else tuple(s.screen_xy),
+            screen_aspect=self._aspect(),
+            pip=pip,
+            status=status_text(live, s),
+            alarm=live.status().get("alarm"),
+            usable=s.quality.usable,
+        )
+        self.last_img = render_live(d)
+        if not self._sized:
+            self.display.size_to(self.last_img.shape[1], self.last_img.shape[0])
+            self._sized = True
+        cv2.imshow(WINDOW, self.last_img)
+        key = cv2.waitKey(1) & 0xFF
+        if key in (ord("q"), 27):
+            return False
+        if key == ord("7"):
+            self.verify(frame, s)
+        elif key == ord(" "):
+            self.record(frame, s)
+        elif key == ord("c"):
+            self.calibrate()
+        return True
+
+    def calibrate(self) -> None:
+        """c: the calibration grid, full screen in this window with this camera; the fitted
+        profile is saved and goes into the running fast path without a restart."""
+        live, args = self.live, self.args
+        if self.stream is None or self.clock is None:
+            return
+        try:
+            cfg = procedure_config(args, replay=False)
+            screen = live.mapper.screen if live.mapper is not None else None
+            if args.screen_px:
+                px = tuple(args.screen_px)
+                screen = screen.with_px(*px) if screen is not None else screen_from_args(args, px)
+            if screen is None:
+                self.display.fullscreen(True)
+                px = self.display.screen_px()
+                if px is None:
+                    self.display.fullscreen(False)
+                    raise UserError(
+                        "cannot tell the screen size from the window system; restart with "
+                        "--screen-px W H"
+                    )
+                screen = screen_from_args(args, px)
+            res = calibrate_on_screen(
+                self.stream,
+                live.fp,
+                cfg,
+                screen,
+                self.display,
+                self.clock,
+                user=args.user,
+                device=args.device,
+                session_dir=default_session_dir(args.user),
+                profile_out=args.profile or profile_path(args.user, args.device),
+                source_desc=self.source_desc,
+                program="gazeloop run (c key)",
+                ready_s=args.ready,
+                result_wait_s=5.0,
+            )
+        except UserError as e:
+            print(f"calibration: {e}", flush=True)
+            return
+        finally:
+            self._sized = False  # back from full screen: the live view's size again
+        if res is None:
+            print("calibration cancelled; the current profile stays", flush=True)
+            return
+        mapper = ProfileMapper(res.profile, screen)
+        live.install(mapper)
+        if self.on_profile is not None:
+            self.on_profile(res.profile, mapper)
+        print("calibrated; the new profile is in use: " + "; ".join(res.lines()), flush=True)
+
+    def _verify_data(self, snap, label, *, busy=False, phase=0.0, gaze=None) -> VerifyData:
+        target = None
+        details = label.details if label is not None else {}
+        t = details.get("target_px") if isinstance(details, dict) else None
+        if isinstance(t, list | tuple) and len(t) == 2:
+            target = (float(t[0]), float(t[1]))
+        return VerifyData(
+            image=snap.image,
+            eye_px=snap.eye_px,
+            iris_px=list(snap.pupils_px or []),
+            fast_gaze_yp=gaze,
+            fast_xy=snap.fast_xy,
+            label=label,
+            oracle_target_px=target,
+            screen_aspect=self._aspect(),
+            busy=busy,
+            spinner_phase=phase,
+        )
+
+    def verify(self, frame, s) -> None:
+        """Pause on this frame, run the oracle on it now, show the three gazes."""
+        from gazeloop.tools.runtime.live import snapshot_of
+
+        snap = snapshot_of(frame, s, on_demand=True)
+        result: dict = {}
+        th = threading.Thread(
+            target=lambda: result.setdefault("label", self.live.verify(frame, s, 60.0)),
+            daemon=True,
+        )
+        th.start()
+        gaze = None if s.gaze_yp_raw is None else tuple(float(v) for v in s.gaze_yp_raw)
+        phase = 0.0
+        while th.is_alive():
+            phase += 0.3
+            img = render_verify(self._verify_data(snap, None, busy=True, phase=phase, gaze=gaze))
+            cv2.imshow(WINDOW, img)
+            cv2.waitKey(30)
+        img = render_verify(self._verify_data(snap, result.get("label"), gaze=gaze))
+        self.last_img = img
+        cv2.imshow(WINDOW, img)
+        cv2.waitKey(0)  # any key resumes
+
+    def record(self, frame, s) -> None:
+        """Space: the user looks at the cursor; keep the frame labelled with its position."""
+        if s.screen_px is None:
+            print("no cursor position to label (no profile, or no face)")
+            return
+        # The session format's timestamp is wall-clock ms (the frame's own time is monotonic).
+        write_record(
+            self.samples_dir,
+            int(time.time() * 1e3),
+            frame.image,
+            (float(s.screen_px[0]), float(s.screen_px[1])),
+            extra={"label_source": "cursor (space key)"},
+        )
+        print(f"sample recorded in {self.samples_dir}")
+
+    def close(self, screenshot: Path | None) -> None:
+        if screenshot is not None and self.last_img is not None:
+            cv2.imwrite(str(screenshot), self.last_img)
+        cv2.destroyAllWindows()

@@ -1,0 +1,180 @@
+"""`gazeloop track SOURCE`: run the fast path over a camera, video or session and report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from gazeloop.calibration.profile import Profile, ProfileMapper
+from gazeloop.fastpath.pipeline import FastPath, FastPathConfig
+from gazeloop.fastpath.sources import open_source
+from gazeloop.fastpath.types import GazeSample
+from gazeloop.tools.commands._args import add_fastpath_args, fastpath_config
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "track",
+        help="run the fast path over a source and print the gaze stream",
+        description="Run the fast path over a camera index, a video file or a session folder. "
+        "Prints a status line per second of source time and a summary; --jsonl prints one "
+        "JSON object per frame instead.",
+    )
+    p.add_argument("source", help="camera index (0), video file, session folder or image")
+    p.add_argument("--frames", type=int, help="stop after this many frames")
+    p.add_argument("--jsonl", action="store_true", help="one JSON line per sample")
+    p.add_argument("--profile", type=Path, help="calibration profile: output screen points")
+    p.add_argument(
+        "--screen-px",
+        type=int,
+        nargs=2,
+        metavar=("W", "H"),
+        help="the screen in use now, if its resolution differs from the profile's",
+    )
+    add_fastpath_args(p)
+    p.set_defaults(func=run)
+
+
+@dataclass
+class Tally:
+    """Running counts for the per-second lines and the summary."""
+
+    frames: int = 0
+    faces: int = 0
+    blinks: int = 0
+    errors: int = 0
+    clipped: int = 0
+    total_ms: list[float] = field(default_factory=list)
+    yaw_pitch: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, s: GazeSample) -> None:
+        self.frames += 1
+        q = s.quality
+        self.faces += q.face
+        self.blinks += q.blink
+        self.errors += q.error is not None
+        self.clipped += q.crop_clipped
+        self.total_ms.append(sum(s.stage_ms.values()))
+        if s.gaze_yp is not None and not q.blink and q.error is None:
+            self.yaw_pitch.append(s.gaze_yp)
+
+    def summary(self) -> dict:
+        yp = np.degrees(np.array(self.yaw_pitch)) if self.yaw_pitch else np.zeros((0, 2))
+        ms = np.array(self.total_ms) if self.total_ms else np.zeros(1)
+        return {
+            "frames": self.frames,
+            "face_found": self.faces,
+            "blinks": self.blinks,
+            "errors": self.errors,
+            "crop_clipped": self.clipped,
+            "latency_p50_ms": round(float(np.percentile(ms, 50)), 3),
+            "latency_p95_ms": round(float(np.percentile(ms, 95)), 3),
+            "gaze_yaw_deg": _range(yp[:, 0]),
+            "gaze_pitch_deg": _range(yp[:, 1]),
+        }
+
+
+def _range(a: np.ndarray) -> dict | None:
+    if a.size == 0:
+        return None
+    return {
+        "min": round(float(a.min()), 2),
+        "max": round(float(a.max()), 2),
+        "mean": round(float(a.mean()), 2),
+    }
+
+
+def sample_json(s: GazeSample) -> dict:
+    q = s.quality
+    d = {
+        "t_ns": s.t_ns,
+        "index": s.index,
+        "face": q.face,
+        "blink": q.blink,
+        "clipped": q.crop_clipped,
+        "confidence": round(q.confidence, 3),
+        "error": q.error,
+        "ms": {k: round(v, 3) for k, v in s.stage_ms.items()},
+    }
+    if s.gaze_yp is not None:
+        d["gaze_deg"] = [round(math.degrees(v), 3) for v in s.gaze_yp]
+    if s.landmarks is not None:
+        d["head_deg"] = [round(math.degrees(v), 3) for v in s.landmarks.head_ypr]
+    if s.screen_xy is not None:
+        d["screen_xy"] = [round(float(v), 5) for v in s.screen_xy]
+    if s.screen_px is not None:
+        d["screen_px"] = [round(float(v), 1) for v in s.screen_px]
+    return d
+
+
+def status_line(t_s: float, window: list[GazeSample]) -> str:
+    n = len(window)
+    faces = sum(s.quality.face for s in window)
+    ms = np.median([sum(s.stage_ms.values()) for s in window]) if window else 0.0
+    last = next((s for s in reversed(window) if s.gaze_yp is not None), None)
+    on_screen = next((s for s in reversed(window) if s.screen_px is not None), None)
+    if on_screen is not None:
+        x, y = on_screen.screen_px
+        gaze = f"screen ({x:7.1f}, {y:7.1f}) px"
+    elif last is not None:
+        yaw, pitch = (math.degrees(v) for v in last.gaze_yp)
+        gaze = f"gaze yaw {yaw:+6.1f}° pitch {pitch:+6.1f}°"
+    else:
+        gaze = "gaze   —"
+    return f"t={t_s:6.1f}s  {n:3d} frames  face {faces:3d}/{n:<3d} {gaze}  fast path {ms:5.2f} ms"
+
+
+def run_stream(source, fp: FastPath, *, frames: int | None, jsonl: bool, out=sys.stdout) -> dict:
+    tally = Tally()
+    window: list[GazeSample] = []
+    t_first = t_mark = None
+    for i, frame in enumerate(source):
+        if frames is not None and i >= frames:
+            break
+        s = fp.process(frame)
+        tally.add(s)
+        if jsonl:
+            print(json.dumps(sample_json(s)), file=out)
+            continue
+        if t_first is None:
+            t_first = t_mark = frame.t_ns
+        window.append(s)
+        # One line per second of *source* time, so a video prints the same lines every run.
+        if frame.t_ns - t_mark >= 1_000_000_000:
+            print(status_line((frame.t_ns - t_first) / 1e9, window), file=out, flush=True)
+            window, t_mark = [], frame.t_ns
+    if window and not jsonl:
+        print(status_line((window[-1].t_ns - (t_first or 0)) / 1e9, window), file=out)
+    return tally.summary()
+
+
+def load_mapper(path: Path, fp: FastPath, screen_px=None) -> ProfileMapper:
+    """A profile checked against the gaze model and features this fast path produces."""
+    prof = Profile.load(path, gaze_model_sha256=fp.gaze.sha256)
+    screen = prof.screen.with_px(*screen_px) if screen_px else None
+    return ProfileMapper(prof, screen)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg: FastPathConfig = fastpath_config(args)
+    fp = FastPath(cfg)
+    if args.profile:
+        fp.set_mapper(load_mapper(args.profile, fp, args.screen_px))
+    with open_source(args.source) as src:
+        summary = run_stream(src, fp, frames=args.frames, jsonl=args.jsonl)
+    fp.close()
+    print(json.dumps({"summary": summary}) if args.jsonl else _pretty(summary))
+    return 0
+
+
+def _pretty(s: dict) -> str:
+    lines = ["summary:"]
+    for k, v in s.items():
+        lines.append(f"  {k:16s} {v}")
+    return "\n".join(lines)

@@ -1,0 +1,667 @@
+"""Importers: turn recordings from other projects into sessions in the seed format.
+
+`import_corners4` reads the 4-corner calibration study in `../shared/data/video-corners4`
+(calibrate.mp4 + Calibration.csv + stats.txt + camera_intrinsics.txt) and writes one
+`img_<unix-ms>.jpg` + `.json` pair per video frame plus a `session.json` manifest. The data
+stays raw: every frame is kept, frames during the eye movement to a new target are only
+*marked* (`"settling": true`) so an evaluation can choose what to drop.
+
+What the study's code does, which shapes the import (its calibration routine, read from its
+public repository): targets are shown at int(w/10), int(h/10) ... int(9w/10), int(9h/10) for
+2 s each, and converted to millimetres with a `_pixel2mm` that writes into an integer array,
+so `set_x`/`set_y` are the true mm *truncated* to whole millimetres. Our labels convert those
+mm back with the screen's px/mm (as the csv states them); they sit up to 1 mm (~4 px) left of
+and above the point that was drawn. `Timestamp` is `time.time()` taken after the frame was
+read and run through that study's tracker: wall-clock seconds, one row per written frame.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+import math
+import os
+import re
+import struct
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gazeloop.calibration.store.session import IMAGE_SUFFIXES, MANIFEST_NAME, SessionManifest
+from gazeloop.calibration.store.writer import write_manifest, write_record
+from gazeloop.fastpath.sources import SourceError, VideoSource
+
+log = logging.getLogger(__name__)
+
+VIDEO_NAME = "calibrate.mp4"
+CSV_NAME = "Calibration.csv"
+STATS_NAME = "stats.txt"
+INTRINSICS_NAME = "camera_intrinsics.txt"
+
+# Frames marked settling after each change of target. From the shared recording (74 rows at
+# ~9.7 Hz, 17/19/19/19 frames for targets 0-3; the study's own gaze column shows the move):
+# the gaze stays on the old target for 4-5 frames after the switch (more than a human
+# saccade latency, ~0.2 s: the capture buffer hands out frames older than the target), is
+# mid-flight at frame 5-6 and within the fixation's noise from frame 6 (targets 1, 3) or 7
+# (target 2). 7 flags frames 0-6, which covers the slowest switch seen and leaves 10-12
+# settled frames per target. At the start (target 0) the first 2 frames look elsewhere.
+DEFAULT_SETTLE_FRAMES = 7
+
+# Used only when the csv has no usable wall clock and the video no creation time (this
+# video's mvhd creation time is 0, as OpenCV's muxer writes it): 2023-11-14T22:13:20Z.
+FALLBACK_BASE_MS = 1_700_000_000_000
+_MP4_EPOCH_TO_UNIX_S = 2_082_844_800  # 1904-01-01 to 1970-01-01
+_PLAUSIBLE_UNIX_S = (946_684_800.0, 4_102_444_800.0)  # 2000 .. 2100
+
+_REQUIRED_COLUMNS = ("idx", "set_x", "set_y")
+_TIME_COLUMN = "Timestamp"
+
+# Common capture sizes, to name the resolution a camera matrix was more likely made at.
+COMMON_SIZES: tuple[tuple[int, int], ...] = (
+    (640, 360),
+    (640, 480),
+    (800, 600),
+    (1024, 576),
+    (1280, 720),
+    (1280, 960),
+    (1600, 900),
+    (1920, 1080),
+    (2560, 1440),
+    (3840, 2160),
+)
+# A principal point further from the image centre than this fraction of the half-size is
+# not from that resolution: real lenses sit within a few percent of the centre.
+PRINCIPAL_POINT_TOLERANCE = 0.25
+
+
+class SessionImportError(RuntimeError):
+    """An import that cannot be done: missing or malformed input, or a refused target."""
+
+
+# --- stats.txt ---------------------------------------------------------------------------
+
+_MATRIX_NAME_RE = re.compile(r"^([A-Za-z][\w]*)\s*$")
+_WIDTH_RE = re.compile(r"^Width:\s*(\d+)\s*px(?:\s*,\s*([\d.]+)\s*mm)?\s*$", re.IGNORECASE)
+_HEIGHT_RE = re.compile(r"^Height:\s*(\d+)\s*px(?:\s*,\s*([\d.]+)\s*mm)?\s*$", re.IGNORECASE)
+
+
+def parse_stats(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read the study's `stats.txt`.
+
+    Returns `screen_px` (w, h), `screen_mm` (w, h), `webcam_px` (w, h) or None, and
+    `matrices`: name -> 4x4 array (the study's fitted STransG transforms: gaze origin to
+    screen, in mm; their translation is a fitted eye position about 580 mm in front of the
+    screen, *not* the camera's position)."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except FileNotFoundError:
+        raise SessionImportError(f"stats file not found: {path}") from None
+    section = None
+    sizes: dict[str, dict[str, tuple[int, float | None]]] = {"screen": {}, "webcam": {}}
+    matrices: dict[str, np.ndarray] = {}
+    pending: str | None = None  # a matrix name waiting for its rows
+    rows: list[list[float]] = []
+    for raw in lines:
+        line = raw.strip()
+        if not line:
+            continue
+        low = line.lower()
+        if low.startswith("screen information"):
+            section, pending = "screen", None
+            continue
+        if low.startswith("webcam information"):
+            section, pending = "webcam", None
+            continue
+        if line.startswith("["):
+            if pending is None:
+                raise SessionImportError(f"{path}: matrix row without a name: {line!r}")
+            try:
+                rows.append([float(v) for v in line.strip("[] ").split()])
+            except ValueError:
+                raise SessionImportError(f"{path}: bad matrix row {line!r}") from None
+            if line.endswith("]]"):
+                m = np.array(rows, dtype=np.float64)
+                if m.shape != (4, 4):
+                    raise SessionImportError(f"{path}: matrix {pending} is {m.shape}, not 4x4")
+                matrices[pending] = m
+                pending, rows = None, []
+            continue
+        for key, regex in (("w", _WIDTH_RE), ("h", _HEIGHT_RE)):
+            match = regex.match(line)
+            if match and section is not None:
+                mm = float(match.group(2)) if match.group(2) else None
+                sizes[section][key] = (int(match.group(1)), mm)
+                break
+        else:
+            match = _MATRIX_NAME_RE.match(line)
+            if match and section is None:
+                pending, rows = match.group(1), []
+    screen = sizes["screen"]
+    if "w" not in screen or "h" not in screen:
+        raise SessionImportError(f"{path}: no screen Width/Height under 'Screen Information'")
+    (sw, swmm), (sh, shmm) = screen["w"], screen["h"]
+    if swmm is None or shmm is None:
+        raise SessionImportError(f"{path}: screen size in mm missing (need 'Width: Npx, Mmm')")
+    if min(sw, sh) <= 0 or min(swmm, shmm) <= 0:
+        raise SessionImportError(f"{path}: screen size must be positive")
+    cam = sizes["webcam"]
+    webcam = (cam["w"][0], cam["h"][0]) if "w" in cam and "h" in cam else None
+    return {
+        "screen_px": (sw, sh),
+        "screen_mm": (swmm, shmm),
+        "webcam_px": webcam,
+        "matrices": matrices,
+    }
+
+
+# --- camera_intrinsics.txt ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CameraIntrinsics:
+    """An OpenCV chessboard calibration: K, distortion and the per-view board poses."""
+
+    camera_matrix: np.ndarray  # (3, 3)
+    dist_coeffs: np.ndarray  # (k,) k1 k2 p1 p2 k3 ...
+    rvecs: np.ndarray  # (views, 3)
+    tvecs: np.ndarray  # (views, 3), in the board's unit (mm here)
+
+    @property
+    def focal(self) -> tuple[float, float]:
+        return float(self.camera_matrix[0, 0]), float(self.camera_matrix[1, 1])
+
+    @property
+    def principal_point(self) -> tuple[float, float]:
+        return float(self.camera_matrix[0, 2]), float(self.camera_matrix[1, 2])
+
+    def principal_offset(self, image_size: tuple[int, int]) -> tuple[float, float]:
+        """Principal point minus image centre, as a fraction of the half-size per axis."""
+        (cx, cy), (w, h) = self.principal_point, image_size
+        return (cx - w / 2) / (w / 2), (cy - h / 2) / (h / 2)
+
+    def fits(self, image_size: tuple[int, int], tol: float = PRINCIPAL_POINT_TOLERANCE) -> bool:
+        return max(abs(v) for v in self.principal_offset(image_size)) <= tol
+
+    def likely_size(
+        self, candidates: tuple[tuple[int, int], ...] = COMMON_SIZES
+    ) -> tuple[int, int] | None:
+        """The candidate resolution that puts the principal point nearest the centre, if any
+        fits: the resolution the chessboard images were probably taken at."""
+        fitting = [s for s in candidates if self.fits(s)]
+        if not fitting:
+            return None
+        return min(fitting, key=lambda s: max(abs(v) for v in self.principal_offset(s)))
+
+    def scaled(self, from_size: tuple[int, int], to_size: tuple[int, int]) -> CameraIntrinsics:
+        """K for the same sensor at another resolution of the same field of view (a pure
+        rescale: wrong if the camera crops for that mode)."""
+        sx, sy = to_size[0] / from_size[0], to_size[1] / from_size[1]
+        k = self.camera_matrix.copy()
+        k[0, :] *= sx
+        k[1, :] *= sy
+        return CameraIntrinsics(k, self.dist_coeffs.copy(), self.rvecs.copy(), self.tvecs.copy())
+
+
+def parse_intrinsics(path: str | os.PathLike[str]) -> CameraIntrinsics:
+    """Read a `camera_intrinsics.txt` with sections `camera_matrix:`, `dist_coeffs:`,
+    `rvecs:`, `tvecs:`, each followed by whitespace-separated rows of numbers."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        raise SessionImportError(f"camera intrinsics file not found: {path}") from None
+    sections: dict[str, list[list[float]]] = {}
+    current: str | None = None
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line:
+            continue
+        if line.endswith(":"):
+            current = line[:-1].strip().lower()
+            sections[current] = []
+            continue
+        if current is None:
+            raise SessionImportError(f"{path}:{n}: numbers before any section header")
+        try:
+            sections[current].append([float(v) for v in line.split()])
+        except ValueError:
+            raise SessionImportError(f"{path}:{n}: not a row of numbers: {line!r}") from None
+    for name in ("camera_matrix", "dist_coeffs"):
+        if not sections.get(name):
+            raise SessionImportError(f"{path}: section '{name}:' missing or empty")
+    try:
+        k = np.array(sections["camera_matrix"], dtype=np.float64)
+        dist = np.concatenate([np.asarray(r, np.float64) for r in sections["dist_coeffs"]])
+        rvecs = np.array(sections.get("rvecs") or np.empty((0, 3)), dtype=np.float64)
+        tvecs = np.array(sections.get("tvecs") or np.empty((0, 3)), dtype=np.float64)
+    except ValueError as e:  # ragged rows
+        raise SessionImportError(f"{path}: malformed matrix: {e}") from None
+    if k.shape != (3, 3) or not np.all(np.isfinite(k)) or k[0, 0] <= 0 or k[1, 1] <= 0:
+        raise SessionImportError(f"{path}: camera_matrix must be a finite 3x3 with fx, fy > 0")
+    if rvecs.reshape(-1, 3).shape[0] != tvecs.reshape(-1, 3).shape[0]:
+        raise SessionImportError(f"{path}: {len(rvecs)} rvecs but {len(tvecs)} tvecs")
+    return CameraIntrinsics(k, dist, rvecs.reshape(-1, 3), tvecs.reshape(-1, 3))
+
+
+def describe_intrinsics(intr: CameraIntrinsics, image_size: tuple[int, int]) -> str:
+    """One paragraph for a manifest: does this K belong to `image_size`, and if not, to
+    which resolution it probably does."""
+    (fx, fy), (cx, cy) = intr.focal, intr.principal_point
+    w, h = image_size
+    ox, oy = intr.principal_offset(image_size)
+    head = (
+        f"camera_intrinsics: fx={fx:.1f} fy={fy:.1f} cx={cx:.1f} cy={cy:.1f} "
+        f"({len(intr.rvecs)} chessboard views)."
+    )
+    if intr.fits(image_size):
+        return (
+            f"{head} The principal point is {ox:+.0%}/{oy:+.0%} of the half-size from the "
+            f"centre of {w}x{h}: consistent with that resolution."
+        )
+    text = (
+        f"{head} NOT usable for {w}x{h} as is: the principal point is {ox:+.0%}/{oy:+.0%} of "
+        f"the half-size from the image centre ({w / 2:g}, {h / 2:g})"
+    )
+    likely = intr.likely_size()
+    if likely is None:
+        return text + "; no common resolution fits it either. Recalibrate before metric use."
+    lx, ly = intr.principal_offset(likely)
+    scaled = intr.scaled(likely, image_size)
+    (sfx, sfy), (scx, scy) = scaled.focal, scaled.principal_point
+    hfov = math.degrees(2 * math.atan(likely[0] / 2 / fx))
+    return (
+        f"{text}. It fits {likely[0]}x{likely[1]} ({lx:+.0%}/{ly:+.0%}, horizontal field "
+        f"of view {hfov:.0f} deg), so it was probably calibrated there; rescaled to "
+        f"{w}x{h} that would be fx={sfx:.1f} fy={sfy:.1f} cx={scx:.1f} cy={scy:.1f}, "
+        "valid only if the camera scales rather than crops. Unverified: recalibrate before "
+        "metric use."
+    )
+
+
+# --- Calibration.csv ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CsvRow:
+    line: int  # 1-based line in the file, for error messages
+    target: int
+    set_mm: tuple[float, float]
+    unix_s: float | None  # the study's wall clock, if the column exists and parses
+    values: dict[str, Any]  # every named column, duplicates as lists (kept raw)
+
+
+def _float(text: str, where: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise SessionImportError(f"{where}: not a number: {text!r}") from None
+
+
+def read_calibration_csv(path: str | os.PathLike[str]) -> tuple[list[str], list[CsvRow]]:
+    """The header (as written) and one `CsvRow` per non-blank data row, in file order.
+
+    Columns are found by name (case and surrounding spaces ignored), never by position: the
+    study's file has an unnamed pandas index first and 16 columns all named `WTransG`."""
+    path = Path(path)
+    try:
+        f = path.open(newline="", encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise SessionImportError(f"calibration csv not found: {path}") from None
+    with f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None:
+            raise SessionImportError(f"{path}: empty file (no header)")
+        names = [h.strip() for h in header]
+        where = {n.lower(): i for i, n in reversed(list(enumerate(names))) if n}
+        missing = [c for c in _REQUIRED_COLUMNS if c.lower() not in where]
+        if missing:
+            raise SessionImportError(
+                f"{path}: missing column(s) {missing}; the header has {[n for n in names if n]}"
+            )
+        i_idx, i_x, i_y = (where[c.lower()] for c in _REQUIRED_COLUMNS)
+        i_t = where.get(_TIME_COLUMN.lower())
+        rows: list[CsvRow] = []
+        for row in reader:
+            line = reader.line_num
+            if not any(cell.strip() for cell in row):
+                continue
+            at = f"{path.name} line {line}"
+            if len(row) < len(names):
+                raise SessionImportError(f"{at}: {len(row)} fields, the header has {len(names)}")
+            idx = _float(row[i_idx], f"{at} column idx")
+            if not idx.is_integer() or idx < 0:
+                raise SessionImportError(f"{at}: idx must be a whole number >= 0, got {idx}")
+            x, y = _float(row[i_x], f"{at} column set_x"), _float(row[i_y], f"{at} set_y")
+            if not (math.isfinite(x) and math.isfinite(y)):
+                raise SessionImportError(f"{at}: target ({x}, {y}) mm is not finite")
+            unix_s = None
+            if i_t is not None:
+                with contextlib.suppress(ValueError):
+                    unix_s = float(row[i_t])
+            values: dict[str, Any] = {}
+            for name, cell in zip(names, row, strict=False):
+                if not name:
+                    continue  # the unnamed pandas index: the frame number, kept as such
+                try:
+                    value: Any = float(cell)
+                except ValueError:
+                    value = cell
+                if name in values:
+                    prev = values[name]
+                    values[name] = [*prev, value] if isinstance(prev, list) else [prev, value]
+                else:
+                    values[name] = value
+            rows.append(CsvRow(line, int(idx), (x, y), unix_s, values))
+    return header, rows
+
+
+# --- timing ------------------------------------------------------------------------------
+
+
+def mp4_creation_ms(path: str | os.PathLike[str]) -> int | None:
+    """The `moov/mvhd` creation time as unix ms, or None if absent or zero."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        return None
+
+    def boxes(buf: bytes, start: int, end: int):  # (type, payload start, payload end)
+        pos = start
+        while pos + 8 <= end:
+            size, kind = struct.unpack(">I4s", buf[pos : pos + 8])
+            head = 8
+            if size == 1 and pos + 16 <= end:
+                size, head = struct.unpack(">Q", buf[pos + 8 : pos + 16])[0], 16
+            elif size == 0:
+                size = end - pos
+            if size < head or pos + size > end:
+                return
+            yield kind, pos + head, pos + size
+            pos += size
+
+    for kind, a, b in boxes(data, 0, len(data)):
+        if kind != b"moov":
+            continue
+        for sub, c, d in boxes(data, a, b):
+            if sub != b"mvhd" or d - c < 12:
+                continue
+            if data[c] == 1 and d - c >= 20:
+                created = struct.unpack(">Q", data[c + 4 : c + 12])[0]
+            else:
+                created = struct.unpack(">I", data[c + 4 : c + 8])[0]
+            unix_s = created - _MP4_EPOCH_TO_UNIX_S
+            return unix_s * 1000 if created and unix_s > 0 else None
+    return None
+
+
+def _csv_clock_ms(rows: list[CsvRow]) -> list[int] | None:
+    """The study's per-row wall clock in unix ms, if present, plausible and increasing."""
+    if not rows or any(r.unix_s is None for r in rows):
+        return None
+    secs = [float(r.unix_s) for r in rows]  # type: ignore[arg-type]
+    lo, hi = _PLAUSIBLE_UNIX_S
+    if not all(math.isfinite(s) and lo < s < hi for s in secs):
+        return None
+    ms = [round(s * 1000) for s in secs]
+    if any(b <= a for a, b in zip(ms, ms[1:], strict=False)):
+        return None
+    return ms
+
+
+# --- the import --------------------------------------------------------------------------
+
+
+@dataclass
+class ImportReport:
+    out_dir: Path
+    n_records: int
+    settle_frames: int
+    n_settling: int
+    frames_per_target: dict[int, int]  # all frames, settling included
+    targets_px: dict[int, tuple[float, float]]  # label of each target, screen pixels
+    columns: list[str]  # the csv header as written
+    timestamps_from: str  # "csv Timestamp" or "base + media time"
+    t_first_ms: int
+    t_last_ms: int
+    intrinsics_note: str
+    manifest: SessionManifest
+    notes: list[str] = field(default_factory=list)
+
+
+_SESSION_FILE_RE = re.compile(r"^img_\d+$")
+
+MIRROR_NOTE = (
+    "mirrored=False: the study writes raw camera frames (VideoWriter.write of the captured "
+    "frame, no flip). Checked on the shared recording: for the screen-right targets (1, 3) "
+    "the irises move to image-left and for the screen-left targets (0, 2) to image-right, "
+    "as in an un-mirrored view; and the tape labels on the box at the lower right of the "
+    "scene read 'plexon' normally."
+)
+CAMERA_NOTE = (
+    "camera_mm=None: the camera position was not recorded. stats.txt's STransG "
+    "translation (x, y, z) is the study's fitted gaze origin (z about -580 mm, i.e. in "
+    "front of the screen where the eyes are), not the camera."
+)
+
+
+def _session_files(folder: Path) -> list[Path]:
+    suffixes = {*IMAGE_SUFFIXES, ".json"}
+
+    def ours(p: Path) -> bool:
+        if not p.is_file():
+            return False
+        if p.name == MANIFEST_NAME:
+            return True
+        if p.name.startswith(".img_") and p.name.endswith(".tmp"):
+            return True  # temp files of an interrupted atomic write
+        return p.suffix.lower() in suffixes and bool(_SESSION_FILE_RE.match(p.stem))
+
+    return [p for p in folder.iterdir() if ours(p)]
+
+
+def _require(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise SessionImportError(f"{what} not found: {path}")
+    return path
+
+
+def import_corners4(
+    src_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    settle_frames: int | None = None,
+    overwrite: bool = False,
+    mirrored: bool = False,
+    camera_mm: tuple[float, float] | None = None,
+) -> ImportReport:
+    """Import the video-corners4 recording into the session folder `out_dir`.
+
+    One record per video frame (every frame, none dropped) with `screen_x/screen_y` in
+    pixels of the study's screen, `target` (the csv's idx), `frame_index`, `settling`
+    (the first `settle_frames` frames after each change of target, default
+    `DEFAULT_SETTLE_FRAMES`), `target_mm`, `media_time_ms` and `csv_row` (the study's row,
+    raw). Timestamps are the csv's wall clock in unix ms when it has a plausible, increasing
+    one; otherwise the video's creation time (or FALLBACK_BASE_MS) plus media time.
+
+    Refuses a non-empty `out_dir` unless `overwrite=True`, which removes the session files
+    there (img_* pairs, session.json; nothing else) once the inputs have been checked. Every
+    file is written atomically and the manifest last, so a folder with a manifest holds a
+    complete import; a failure part-way removes the records this call wrote.
+    """
+    src, out = Path(src_dir), Path(out_dir)
+    if not src.is_dir():
+        raise SessionImportError(f"source folder not found: {src}")
+    video = _require(src / VIDEO_NAME, "video")
+    stats = parse_stats(_require(src / STATS_NAME, "stats file"))
+    columns, rows = read_calibration_csv(_require(src / CSV_NAME, "calibration csv"))
+    if not rows:
+        raise SessionImportError(f"{src / CSV_NAME}: no data rows")
+    settle = DEFAULT_SETTLE_FRAMES if settle_frames is None else int(settle_frames)
+    if settle < 0:
+        raise ValueError(f"settle_frames must be >= 0, got {settle_frames}")
+
+    screen_px: tuple[int, int] = stats["screen_px"]
+    screen_mm: tuple[float, float] = stats["screen_mm"]
+    kx, ky = screen_px[0] / screen_mm[0], screen_px[1] / screen_mm[1]
+    labels = [(r.set_mm[0] * kx, r.set_mm[1] * ky) for r in rows]
+    for r, (x, y) in zip(rows, labels, strict=True):
+        if not (0 <= x <= screen_px[0] and 0 <= y <= screen_px[1]):
+            raise SessionImportError(
+                f"{CSV_NAME} line {r.line}: target {r.set_mm} mm is off the "
+                f"{screen_mm[0]:g}x{screen_mm[1]:g} mm screen"
+            )
+    targets_px: dict[int, tuple[float, float]] = {}
+    for r, xy in zip(rows, labels, strict=True):
+        if targets_px.setdefault(r.target, xy) != xy:
+            raise SessionImportError(
+                f"{CSV_NAME} line {r.line}: target {r.target} at {r.set_mm} mm, but earlier "
+                "rows put it elsewhere (one idx must mean one screen point)"
+            )
+
+    # Parsed now so a malformed file stops the import before anything is written.
+    intrinsics_path = src / INTRINSICS_NAME
+    intrinsics = parse_intrinsics(intrinsics_path) if intrinsics_path.is_file() else None
+    webcam = stats["webcam_px"]
+    try:
+        source = VideoSource(video)
+    except SourceError as e:
+        raise SessionImportError(str(e)) from e
+    with source:
+        if source.expected_frames is not None and source.expected_frames != len(rows):
+            raise SessionImportError(
+                f"{CSV_NAME} has {len(rows)} data rows but {VIDEO_NAME} has "
+                f"{source.expected_frames} frames; they must be one row per frame"
+            )
+
+        if out.exists() and not out.is_dir():
+            raise SessionImportError(f"output path exists and is not a folder: {out}")
+        if out.is_dir() and any(out.iterdir()):
+            if not overwrite:
+                raise SessionImportError(
+                    f"output folder {out} is not empty; pass overwrite=True to replace its "
+                    "session files"
+                )
+            for p in _session_files(out):
+                p.unlink()
+        out.mkdir(parents=True, exist_ok=True)
+
+        clock = _csv_clock_ms(rows)
+        base_ms = None if clock else (mp4_creation_ms(video) or FALLBACK_BASE_MS)
+        written: list[Path] = []
+        frame_size = (0, 0)
+        n_settling = 0
+        since_change = 0
+        t_ms_all: list[int] = []
+        try:
+            for i, frame in enumerate(source):
+                if i >= len(rows):
+                    raise SessionImportError(
+                        f"{CSV_NAME} has {len(rows)} data rows but {VIDEO_NAME} decoded more "
+                        "frames; they must be one row per frame"
+                    )
+                row = rows[i]
+                changed = i == 0 or row.target != rows[i - 1].target or labels[i] != labels[i - 1]
+                since_change = 0 if changed else since_change + 1
+                settling = since_change < settle
+                n_settling += settling
+                media_ms = frame.t_ns / 1e6
+                t_ms = clock[i] if clock else base_ms + round(media_ms)  # type: ignore[operator]
+                extra = {
+                    "target": row.target,
+                    "frame_index": i,
+                    "settling": settling,
+                    "target_mm": list(row.set_mm),
+                    "media_time_ms": round(media_ms, 3),
+                    "csv_row": row.values,
+                }
+                frame_size = (int(frame.image.shape[1]), int(frame.image.shape[0]))
+                item = write_record(out, t_ms, frame.image, labels[i], extra)
+                written += [item.image, item.json]
+                t_ms_all.append(t_ms)
+            if len(t_ms_all) != len(rows):
+                raise SessionImportError(
+                    f"{CSV_NAME} has {len(rows)} data rows but {VIDEO_NAME} decoded "
+                    f"{len(t_ms_all)} frames; they must be one row per frame"
+                )
+        except BaseException:
+            # A half import must not pass for a session: remove what this call wrote.
+            for p in written:
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+            raise
+
+    if intrinsics is not None:
+        intrinsics_note = describe_intrinsics(intrinsics, frame_size)
+    else:
+        intrinsics_note = f"{INTRINSICS_NAME} absent: no camera intrinsics."
+    per_target = dict(sorted(Counter(r.target for r in rows).items()))
+    timestamps_from = (
+        "csv Timestamp" if clock else f"base {base_ms} ms + media time (no usable csv clock)"
+    )
+    notes = [
+        f"Imported from {src} ({VIDEO_NAME} + {CSV_NAME}): {len(rows)} frames, targets "
+        + ", ".join(
+            f"{t}: {per_target[t]} frames at ({targets_px[t][0]:.1f}, {targets_px[t][1]:.1f}) px"
+            for t in per_target
+        )
+        + ".",
+        f"Labels: set_x/set_y mm x {kx:.4f}/{ky:.4f} px/mm from {STATS_NAME}; the study "
+        "truncated its mm to whole numbers, so labels may sit up to 1 mm (~4 px) left of/above "
+        "the point drawn (its code draws int(w/10), int(h/10) ... i.e. (256, 144) ... here).",
+        f"settling=true on the first {settle} frames after each change of target "
+        f"({n_settling} of {len(rows)} frames); all frames kept.",
+        f"timestamp: {timestamps_from}; media_time_ms is the video's own time (its 20 fps "
+        "stamp does not match the ~10 Hz capture).",
+        MIRROR_NOTE if not mirrored else "mirrored=True as stated by the caller.",
+        CAMERA_NOTE if camera_mm is None else f"camera_mm={camera_mm} as stated by the caller.",
+        intrinsics_note,
+    ]
+    if webcam is not None and tuple(webcam) != frame_size:
+        notes.append(f"stats.txt says webcam {webcam}, the video is {frame_size}.")
+    manifest = SessionManifest(
+        screen_px=screen_px,
+        screen_mm=screen_mm,
+        camera_mm=camera_mm,
+        mirrored=mirrored,
+        device=f"webcam {frame_size[0]}x{frame_size[1]}",
+        source=f"gazeloop calibration.importers.import_corners4 ({src.name})",
+        notes="\n".join(notes),
+    )
+    write_manifest(out, manifest)
+    log.info("imported %d frames from %s into %s", len(rows), src, out)
+    return ImportReport(
+        out_dir=out,
+        n_records=len(rows),
+        settle_frames=settle,
+        n_settling=n_settling,
+        frames_per_target=per_target,
+        targets_px=targets_px,
+        columns=list(columns),
+        timestamps_from=timestamps_from,
+        t_first_ms=t_ms_all[0],
+        t_last_ms=t_ms_all[-1],
+        intrinsics_note=intrinsics_note,
+        manifest=manifest,
+        notes=notes,
+    )
+
+
+__all__ = [
+    "DEFAULT_SETTLE_FRAMES",
+    "CameraIntrinsics",
+    "CsvRow",
+    "ImportReport",
+    "SessionImportError",
+    "describe_intrinsics",
+    "import_corners4",
+    "mp4_creation_ms",
+    "parse_intrinsics",
+    "parse_stats",
+    "read_calibration_csv",
+]

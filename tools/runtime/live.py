@@ -1,0 +1,246 @@
+"""The running system, without any window: fast path → history → snapshot policy → oracle
+worker → drift loop → label store (→ MQTT). `gazeloop run` (window or headless) and
+`gazeloop demo` drive this one object, so what the tests run is what people run.
+
+Threads: the caller's thread runs `process()` per frame and never waits on the oracle; the
+oracle worker's thread runs the backend and then `_on_label` (loop update, store write). The
+only state they share is the history (locked), the offset (an array replaced whole) and a few
+"last seen" references for the display.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from gazeloop.calibration.drift.history import History
+from gazeloop.calibration.drift.loop import DriftLoop, LoopConfig, LoopDecision
+from gazeloop.calibration.labels import OracleLabel, Snapshot
+from gazeloop.calibration.profile import ProfileMapper
+from gazeloop.fastpath.pipeline import FastPath
+from gazeloop.fastpath.types import Frame, GazeSample
+from gazeloop.oracle.policy import SnapshotPolicy
+from gazeloop.oracle.worker import OracleWorker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class LastOracle:
+    """What the picture-in-picture shows: the last labelled snapshot and its fast sample."""
+
+    snapshot: Snapshot
+    label: OracleLabel
+    decision: LoopDecision | None
+    gaze_yp: tuple[float, float] | None
+
+
+def snapshot_of(frame: Frame, s: GazeSample, *, on_demand: bool = False) -> Snapshot:
+    eye = pupils = None
+    if s.landmarks is not None:
+        p = s.landmarks.points
+        left, right = p[473, :2], p[468, :2]  # iris centres (person's left, right)
+        pupils = ((float(left[0]), float(left[1])), (float(right[0]), float(right[1])))
+        mid = (left + right) / 2
+        eye = (float(mid[0]), float(mid[1]))
+    fast = None if s.screen_xy is None else (float(s.screen_xy[0]), float(s.screen_xy[1]))
+    return Snapshot(
+        t_ns=frame.t_ns,
+        image=frame.image,
+        snapshot_id=f"{frame.t_ns}",
+        eye_px=eye,
+        pupils_px=pupils,
+        fast_xy=fast,
+        on_demand=on_demand,
+        meta={"index": frame.index, "name": frame.name},
+    )
+
+
+class Live:
+    def __init__(
+        self,
+        fp: FastPath,
+        *,
+        mapper: ProfileMapper | None = None,
+        oracle=None,
+        policy: SnapshotPolicy | None = None,
+        loop_cfg: LoopConfig | None = None,
+        store=None,
+        publisher=None,
+        oracle_timeout_s: float = 20.0,
+        snapshot_hook=None,
+    ):
+        self.fp = fp
+        self.mapper = mapper
+        if mapper is not None:
+            fp.set_mapper(mapper)
+        self.history = History(max_age_s=120.0, max_len=20_000)
+        self.policy = policy or SnapshotPolicy()
+        self.store = store
+        self.publisher = publisher
+        # A hook that decorates snapshots (e.g. with the frame's known target) or vetoes
+        # them by returning None.
+        self.snapshot_hook = snapshot_hook
+        self.loop: DriftLoop | None = None
+        self._loop_cfg = loop_cfg
+        if mapper is not None:
+            self.loop = self._new_loop(mapper)
+        self.worker = (
+            OracleWorker(
+                oracle, timeout_s=oracle_timeout_s, max_age_s=None, on_label=self._on_label
+            )
+            if oracle is not None
+            else None
+        )
+        self.last: LastOracle | None = None
+        # The newest snapshot handed to the oracle, shown (with a spinner) until its label
+        # or a later one comes back, so the picture-in-picture shows what is being labelled.
+        self.pending: tuple[Snapshot, tuple[float, float] | None] | None = None
+        self.decisions: deque[LoopDecision] = deque(maxlen=1000)
+        self.store_errors = 0
+        self._snaps: dict[str, tuple[Snapshot, tuple[float, float] | None]] = {}
+        self._lock = threading.Lock()
+        self._frame_ms: deque[float] = deque(maxlen=120)
+        self._frame_t: deque[int] = deque(maxlen=120)
+
+    def _new_loop(self, mapper: ProfileMapper) -> DriftLoop:
+        aspect = mapper.screen.px[0] / mapper.screen.px[1]
+        cfg = self._loop_cfg or LoopConfig(aspect=aspect)
+        return DriftLoop(cfg, self.history, offset=mapper.offset)
+
+    def install(self, mapper: ProfileMapper) -> None:
+        """A new calibration, while running (the `c` key): the fast path maps with it from
+        the next frame on. Everything measured against the old mapping goes: the history of
+        screen points (a label arriving now would be compared with points of the old
+        mapping), the policy's fixation, the loop's labels (it restarts from the new
+        profile's offset, or starts, when there was no profile before)."""
+        self.history.clear()
+        self.policy.reset()
+        with self._lock:
+            self._snaps.clear()  # labels still in flight are for the old mapping
+        self.pending = None
+        self.mapper = mapper
+        if self.loop is None:
+            self.loop = self._new_loop(mapper)
+        else:
+            self.loop.reset(mapper.offset)
+        self.fp.set_mapper(mapper)
+
+    def adopt(self, mapper: ProfileMapper | None) -> None:
+        """A new model came with its refitted profile (hot reload): the loop starts over from
+        that profile's offset, since residuals of the old model say nothing about the new."""
+        self.mapper = mapper
+        if self.loop is not None and mapper is not None:
+            self.loop.reset(mapper.offset)
+
+    # --- the frame thread ----------------------------------------------------------------
+
+    def process(self, frame: Frame) -> GazeSample:
+        t0 = time.perf_counter()
+        s = self.fp.process(frame)
+        q = s.quality
+        xy = s.screen_xy if s.screen_xy is not None else None
+        if xy is not None and q.usable:
+            self.history.append(frame.t_ns, xy)
+        if self.worker is not None and self.policy.offer(frame.t_ns, xy, q.usable):
+            self._submit(frame, s, on_demand=self.policy.last_on_demand)
+        if self.publisher is not None and xy is not None:
+            self.publisher.publish_sample(frame.t_ns, xy, {"blink": q.blink, "face": q.face})
+        self._frame_ms.append((time.perf_counter() - t0) * 1e3)
+        self._frame_t.append(frame.t_ns)
+        return s
+
+    def _submit(self, frame: Frame, s: GazeSample, *, on_demand: bool) -> Snapshot | None:
+        snap = snapshot_of(frame, s, on_demand=on_demand)
+        if self.snapshot_hook is not None:
+            snap = self.snapshot_hook(snap, frame)
+            if snap is None:  # the hook vetoed this frame (e.g. no known target)
+                return None
+        gaze = None if s.gaze_yp_raw is None else (float(s.gaze_yp_raw[0]), float(s.gaze_yp_raw[1]))
+        with self._lock:
+            self._snaps[snap.snapshot_id] = (snap, gaze)
+            while len(self._snaps) > 8:  # only the newest few can still come back
+                self._snaps.pop(next(iter(self._snaps)))
+        self.pending = (snap, gaze)
+        self.worker.submit(snap)
+        return snap
+
+    def verify(self, frame: Frame, s: GazeSample, timeout: float | None = None):
+        """The verify key: run the oracle on this frame now (blocks the caller, which has
+        paused the display; the fast path is not running meanwhile)."""
+        if self.worker is None:
+            return None
+        snap = snapshot_of(frame, s, on_demand=True)
+        if self.snapshot_hook is not None:
+            snap = self.snapshot_hook(snap, frame) or snap
+        gaze = None if s.gaze_yp_raw is None else (float(s.gaze_yp_raw[0]), float(s.gaze_yp_raw[1]))
+        with self._lock:
+            self._snaps[snap.snapshot_id] = (snap, gaze)
+        return self.worker.run_now(snap, timeout=timeout)
+
+    # --- the oracle thread ---------------------------------------------------------------
+
+    def _on_label(self, label: OracleLabel) -> None:
+        decision = None
+        if self.loop is not None:
+            decision = self.loop.update(label)
+            self.decisions.append(decision)
+            if self.mapper is not None:
+                self.mapper.offset = decision.offset
+        with self._lock:
+            snap, gaze = self._snaps.pop(label.snapshot_id, (None, None))
+        if snap is not None:
+            self.last = LastOracle(snap, label, decision, gaze)
+        if self.store is not None and snap is not None:
+            try:
+                self.store.add(label, snap.image, snap.fast_xy, decision)
+            except Exception as e:  # a full disk must not stop tracking; say so once per kind
+                self.store_errors += 1
+                if self.store_errors == 1:
+                    log.error("label store: %s (labels are not being kept)", e)
+
+    # --- status --------------------------------------------------------------------------
+
+    def status(self) -> dict:
+        ms = np.array(self._frame_ms) if self._frame_ms else np.zeros(1)
+        t = np.array(self._frame_t)
+        fps = (len(t) - 1) / ((t[-1] - t[0]) / 1e9) if len(t) > 1 and t[-1] > t[0] else 0.0
+        out = {
+            "fps": round(float(fps), 1),
+            "frame_ms_p50": round(float(np.median(ms)), 2),
+            "offset": None if self.loop is None else [round(float(v), 4) for v in self.loop.offset],
+            "alarm": None if self.loop is None else (self.loop.alarm_reason or None),
+        }
+        if self.loop is not None and self.mapper is not None:
+            # People read the correction in pixels of the screen they look at.
+            px = np.asarray(self.loop.offset) * np.asarray(self.mapper.screen.px, dtype=float)
+            out["offset_px"] = [round(float(v), 1) for v in px]
+        if self.worker is not None:
+            m = self.worker.metrics()
+            out["oracle"] = {
+                "submitted": m.submitted,
+                "done": m.done,
+                "failed": m.failed,
+                "timed_out": m.timed_out,
+                "busy": m.busy,
+                "pending": m.pending,
+                "latency_p50_s": m.latency_p50_s,
+            }
+        if self.loop is not None:
+            acc = sum(d.accepted for d in self.decisions)
+            out["labels"] = {"accepted": acc, "rejected": len(self.decisions) - acc}
+        return out
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.close()
+        if self.publisher is not None:
+            self.publisher.close()
+        if self.store is not None and hasattr(self.store, "close"):
+            self.store.close()
+        self.fp.close()

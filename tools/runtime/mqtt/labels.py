@@ -1,0 +1,577 @@
+"""Labels from the laptop's label store to the training box: at-least-once on the wire,
+exactly once in the dataset.
+
+Uplink (laptop): labels are read FROM THE STORE (`store.unsent(limit)`), published with QoS 1,
+and marked sent (`store.mark_sent(ids)`) only once the broker has acknowledged them
+(PUBACK). A broker outage, a refused login or a laptop restart leaves them unsent in the
+store, to go out on the next connection; a connection lost between PUBACK and `mark_sent`
+sends a label twice, which the collector drops.
+
+Collector (training box): a persistent session (fixed client id, clean_session=False, QoS 1)
+so the broker queues labels while the collector is away, and manual acks so a label is
+acknowledged to the broker only after it is on disk (a collector killed mid-write gets it
+again). Each label has a `uid` (user/device/store id/snapshot id/oracle); a uid already on
+disk is counted as a duplicate and not written again. Malformed payloads are counted with
+their reason and never written.
+
+Why the JPEG rides in the label message (base64) rather than on a second topic: one QoS 1
+message is then one complete label, acknowledged and de-duplicated as a unit; two topics
+would need the collector to hold half-labels across reconnects and restarts until the
+other half arrived. The cost is a third more bytes on a message every few seconds.
+
+What the collector writes: seed-format session folders (`calibration.session`), one per
+user, device and screen size, `out/<user>__<device>__<W>x<H>/img_<unix-ms>.{jpg,json}` with
+a `session.json` manifest, which `trainer.readers.sessions` reads as it is. Only point
+labels on a known screen size can be seed records (the format's label is a pixel); the
+others (line observations, "nothing usable" answers, unknown screen size) go to the same
+folder's `other/` sub-folder with their full label, so nothing received is thrown away.
+The JPEG is written as it was captured (checked to decode, never re-encoded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import socket
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import aiomqtt
+import cv2
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gazeloop.calibration.geometry import ScreenGeometry
+from gazeloop.calibration.labels import OracleLabel, PointObservation
+from gazeloop.calibration.store.atomic import atomic_write_bytes
+from gazeloop.calibration.store.labelstore import LabelStoreError, StoredLabel
+from gazeloop.calibration.store.session import MANIFEST_NAME, SeedRecord, SessionManifest
+from gazeloop.calibration.store.writer import write_manifest
+from gazeloop.tools.runtime.mqtt.conn import (
+    TOPIC_ROOT,
+    Backoff,
+    LinkStats,
+    LoopThread,
+    MqttSettings,
+    ack,
+    client_id,
+    supervise,
+    topic_part,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_JPEG_BYTES = 8 * 1024 * 1024
+
+
+def label_topic(user: str = "+", device: str = "+") -> str:
+    """The labels topic; `+` (the default) subscribes to every user or device."""
+    u = user if user == "+" else topic_part(user)
+    d = device if device == "+" else topic_part(device)
+    return f"{TOPIC_ROOT}/{u}/{d}/labels"
+
+
+# -- the wire format ---------------------------------------------------------------------------
+
+
+class WireDecision(BaseModel):
+    """What the laptop's drift loop did with the label (normalised screen units)."""
+
+    model_config = ConfigDict(extra="forbid")
+    accepted: bool
+    why: str = ""
+    residual: tuple[float, float] | None = None
+    offset: tuple[float, float] | None = None
+
+
+class LabelMessage(BaseModel):
+    """One label on the wire (JSON): a label-store row, its snapshot and its screen."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["gazeloop.label"] = "gazeloop.label"
+    schema_version: Literal[1] = 1
+    uid: str = Field(min_length=1, max_length=512)  # the de-duplication key
+    user: str
+    device: str
+    label_id: int  # the row in the laptop's store
+    snapshot_ms: int = Field(ge=0)  # the snapshot's wall-clock time (unix ms)
+    label: OracleLabel
+    screen: ScreenGeometry | None = None  # the screen the label's xy is normalised to
+    fast_xy: tuple[float, float] | None = None  # the fast path's estimate at the same time
+    decision: WireDecision | None = None
+    jpeg_b64: str | None = None  # the snapshot, as stored
+
+
+def make_uid(user: str, device: str, label_id: int, snapshot_id: str) -> str:
+    # The store's row id alone would repeat if a store were ever recreated; its snapshot id
+    # (unique within a store) makes a recreated store's labels distinct from the old ones.
+    return f"{user}/{device}/{label_id}/{snapshot_id}"
+
+
+def _finite_pair(v: tuple[float, float] | None) -> tuple[float, float] | None:
+    return v if v is not None and all(math.isfinite(x) for x in v) else None
+
+
+def message_from_row(
+    row: StoredLabel,
+    jpeg: bytes | None,
+    *,
+    user: str,
+    device: str,
+    screen: ScreenGeometry | None,
+) -> LabelMessage:
+    """A label-store row as a wire message; the JPEG is sent as stored (not re-encoded)."""
+    return LabelMessage(
+        uid=make_uid(user, device, row.id, row.snapshot_id),
+        user=user,
+        device=device,
+        label_id=row.id,
+        snapshot_ms=row.snapshot_ms,
+        label=row.to_label(),
+        screen=screen,
+        fast_xy=_finite_pair(row.fast_xy),
+        decision=WireDecision(
+            accepted=row.accepted,
+            why=row.why,
+            residual=_finite_pair(row.residual),
+            offset=_finite_pair(row.offset),
+        ),
+        jpeg_b64=base64.b64encode(jpeg).decode("ascii") if jpeg else None,
+    )
+
+
+class LabelSource(Protocol):
+    """What the uplink needs of `calibration.labelstore.LabelStore`."""
+
+    def unsent(self, limit: int = 100) -> list[StoredLabel]: ...
+
+    def mark_sent(self, ids: Iterable[int]) -> int: ...
+
+    def image_path(self, row: StoredLabel) -> Path | None: ...
+
+
+# -- the uplink --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UplinkStats:
+    sent: int  # acknowledged by the broker and marked sent in the store
+    unsendable: int  # corrupt store records, left unsent and skipped
+    connected: bool
+    reconnects: int
+    failures: int
+    last_error: str | None
+
+
+class LabelUplink:
+    """Sends the store's unsent labels, oldest first, on its own thread and connection."""
+
+    def __init__(
+        self,
+        mqtt: str | MqttSettings,
+        store: LabelSource,
+        *,
+        user: str,
+        device: str,
+        screen: ScreenGeometry | tuple[int, int] | None = None,
+        batch: int = 16,
+        poll_s: float = 1.0,
+        backoff: Backoff | None = None,
+        ca_file: str | None = None,
+        insecure: bool = False,
+    ) -> None:
+        self.settings = MqttSettings.of(mqtt, ca_file=ca_file, insecure=insecure)
+        self.store = store
+        self.user, self.device = user, device
+        self.topic = label_topic(user, device)
+        if screen is not None and not isinstance(screen, ScreenGeometry):
+            screen = ScreenGeometry(px=(int(screen[0]), int(screen[1])))
+        self.screen = screen  # without it the collector files point labels under other/
+        self.batch = batch  # within paho's 20 in-flight QoS 1 messages
+        self.poll_s = poll_s
+        self._backoff = backoff or Backoff()
+        self._link = LinkStats()
+        self._sent = 0
+        self._bad: set[Any] = set()
+        self._wake: asyncio.Event | None = None
+        self._thread = LoopThread(f"label-uplink {self.topic}")
+
+    @property
+    def stats(self) -> UplinkStats:
+        s = self._link
+        return UplinkStats(
+            self._sent, len(self._bad), s.connected, s.reconnects, s.failures, s.last_error
+        )
+
+    def start(self) -> LabelUplink:
+        self._thread.start(self.run)
+        return self
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._thread.stop(timeout)
+
+    def nudge(self) -> None:
+        """A label was just stored: look now instead of at the next poll (any thread)."""
+        wake = self._wake
+        if wake is not None:
+            self._thread.call_soon(wake.set)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self._wake = asyncio.Event()
+        await supervise(
+            self.settings,
+            self._session,
+            stop=stop,
+            stats=self._link,
+            backoff=self._backoff,
+            identifier=client_id("labels"),
+            watch=True,
+            name=f"labels {self.topic}",
+        )
+
+    def _next_batch(self) -> list[tuple[int, bytes]]:
+        out = []
+        for row in self.store.unsent(self.batch + len(self._bad)):
+            if row.id in self._bad:
+                continue
+            jpeg = None
+            path = self.store.image_path(row)
+            if path is not None:
+                try:
+                    jpeg = path.read_bytes()
+                except OSError as e:
+                    # The label is still worth having; the collector files it under other/.
+                    log.warning("label %d: snapshot unreadable (%s); sending without it", row.id, e)
+            try:
+                msg = message_from_row(
+                    row, jpeg, user=self.user, device=self.device, screen=self.screen
+                )
+            except (ValidationError, ValueError) as e:
+                # Left unsent (a repaired store could still send it) but not retried here, so
+                # one bad row cannot hold up every label behind it.
+                self._bad.add(row.id)
+                log.error("label %d cannot be sent: %s", row.id, e)
+                continue
+            out.append((row.id, msg.model_dump_json(exclude_none=True).encode()))
+            if len(out) == self.batch:
+                break
+        return out
+
+    def _mark_sent(self, ids: list[int]) -> None:
+        # Marked and counted in one call on the worker thread, which finishes even when
+        # close() cancels the await. Counted by what the store changed: a label re-sent
+        # after a lost ack (at least once on the wire) is still one label sent.
+        self._sent += self.store.mark_sent(ids)
+
+    async def _session(self, client: aiomqtt.Client) -> None:
+        assert self._wake is not None
+        while True:
+            self._wake.clear()  # before looking: a nudge from now on is not lost
+            try:
+                batch = await asyncio.to_thread(self._next_batch)
+            except LabelStoreError as e:
+                # The store is the queue: while it cannot be read, wait (a closed or locked
+                # store is the owner's business), keep the connection.
+                self._link.last_error = str(e)
+                log.warning("label store unreadable: %s", e)
+                batch = []
+            if not batch:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.poll_s)
+                continue
+            results = await asyncio.gather(
+                *(client.publish(self.topic, payload, qos=1) for _, payload in batch),
+                return_exceptions=True,
+            )
+            acked = [i for (i, _), r in zip(batch, results, strict=True) if r is None]
+            if acked:
+                try:
+                    await asyncio.to_thread(self._mark_sent, acked)
+                except LabelStoreError as e:
+                    # Sent but not marked: they go again later and the collector drops them.
+                    log.warning("labels sent but not marked sent: %s", e)
+            errors = [r for r in results if isinstance(r, BaseException)]
+            if errors:
+                raise errors[0]  # the supervisor reconnects; the rest stay unsent
+
+
+# -- the collector -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CollectorStats:
+    received: int
+    written: int  # seed records the trainer reads
+    other: int  # kept under other/ (line or empty observation, unknown screen size)
+    duplicates: int
+    malformed: int
+    connected: bool
+    reconnects: int
+    failures: int
+    last_error: str | None
+
+
+class MalformedLabel(ValueError):
+    """A payload that is not a label; its message starts with the reason's kind and ":"."""
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)[:80] or "_"
+
+
+def _decode_jpeg(b64: str) -> bytes:
+    try:
+        data = base64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise MalformedLabel(f"jpeg: jpeg_b64 is not base64 ({e})") from e
+    if len(data) > MAX_JPEG_BYTES:
+        raise MalformedLabel(f"jpeg: {len(data)} bytes is over {MAX_JPEG_BYTES}")
+    if data[:2] != b"\xff\xd8":
+        raise MalformedLabel("jpeg: the snapshot is not a JPEG")
+    if cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) is None:
+        raise MalformedLabel("jpeg: the snapshot does not decode")
+    return data
+
+
+def default_collector_id(out_dir: Path) -> str:
+    # Stable across restarts of the same collector (the broker keeps its session under
+    # this id), distinct for two collectors writing to different folders or hosts.
+    key = f"{socket.gethostname()}:{out_dir.resolve()}"
+    return f"gazeloop-collect-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+class Collector:
+    """Subscribes to labels and writes them as session folders under `out_dir`."""
+
+    def __init__(
+        self,
+        mqtt: str | MqttSettings,
+        out_dir: str | os.PathLike[str],
+        *,
+        user: str = "+",
+        device: str = "+",
+        screen_px: tuple[int, int] | None = None,
+        identifier: str | None = None,
+        backoff: Backoff | None = None,
+        ca_file: str | None = None,
+        insecure: bool = False,
+    ) -> None:
+        self.settings = MqttSettings.of(mqtt, ca_file=ca_file, insecure=insecure)
+        self.out = Path(out_dir)
+        self.topic = label_topic(user, device)
+        self.screen_px = screen_px  # for labels whose laptop did not say
+        self.identifier = identifier or default_collector_id(self.out)
+        self._backoff = backoff or Backoff()
+        self._link = LinkStats()
+        self.counts: Counter[str] = Counter()
+        self.malformed_reasons: Counter[str] = Counter()
+        self._seen: set[str] = set()
+        self._thread = LoopThread("label-collector")
+        self._load_seen()
+
+    @property
+    def stats(self) -> CollectorStats:
+        c, s = self.counts, self._link
+        return CollectorStats(
+            c["received"], c["written"], c["other"], c["duplicates"], c["malformed"],
+            s.connected, s.reconnects, s.failures, s.last_error,
+        )  # fmt: skip
+
+    def _load_seen(self) -> None:
+        """The uids already on disk: the files are the record of what was collected, so a
+        restarted collector de-duplicates against everything it ever wrote."""
+        if not self.out.is_dir():
+            return
+        for path in self.out.glob("*/**/*.json"):
+            if path.name == MANIFEST_NAME or path.name.startswith("."):
+                continue
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                uid = json.loads(path.read_bytes()).get("label_uid")
+                if isinstance(uid, str):
+                    self._seen.add(uid)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> Collector:
+        self._thread.start(self.run)
+        return self
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._thread.stop(timeout)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await supervise(
+            self.settings,
+            self._session,
+            stop=stop,
+            stats=self._link,
+            backoff=self._backoff,
+            identifier=self.identifier,
+            clean_session=False,
+            manual_ack=True,
+            name="collector",
+        )
+
+    async def _session(self, client: aiomqtt.Client) -> None:
+        await client.subscribe(self.topic, qos=1)
+        async for m in client.messages:
+            payload = m.payload if isinstance(m.payload, bytes | bytearray) else b""
+            await asyncio.to_thread(self.handle, m.topic.value, bytes(payload))
+            ack(client, m)  # only now that it is on disk (or judged a duplicate or malformed)
+
+    # -- one message -------------------------------------------------------------------------
+
+    def handle(self, topic: str, payload: bytes) -> str:
+        """Judge and (maybe) write one message; returns "written", "other", "duplicate" or
+        "malformed: <why>". Never raises for bad input; OSError (disk full, ...) is raised
+        so the message is not acknowledged and comes again after a reconnect."""
+        self.counts["received"] += 1
+        try:
+            msg, jpeg = self._parse(topic, payload)
+        except (MalformedLabel, ValueError) as e:
+            if not isinstance(e, MalformedLabel):  # a validator we did not foresee
+                e = MalformedLabel(f"invalid: {e}")
+            self.counts["malformed"] += 1
+            reason = str(e).split(":")[0]
+            self.malformed_reasons[reason] += 1
+            log.warning("malformed label on %s skipped: %s", topic, e)
+            return f"malformed: {e}"
+        if msg.uid in self._seen:
+            self.counts["duplicates"] += 1
+            return "duplicate"
+        kind = self._write(msg, jpeg)
+        self._seen.add(msg.uid)
+        self.counts[kind] += 1
+        return kind
+
+    def _parse(self, topic: str, payload: bytes) -> tuple[LabelMessage, bytes | None]:
+        parts = topic.split("/")
+        if len(parts) != 4 or parts[0] != TOPIC_ROOT or parts[3] != "labels":
+            raise MalformedLabel(f"topic: {topic} is not {TOPIC_ROOT}/<user>/<device>/labels")
+        try:
+            msg = LabelMessage.model_validate_json(payload)
+        except ValidationError as e:
+            first = e.errors(include_url=False)[0]
+            where = ".".join(str(p) for p in first["loc"]) or "payload"
+            raise MalformedLabel(f"schema: {where}: {first['msg']}") from e
+        if (msg.user, msg.device) != (parts[1], parts[2]):
+            raise MalformedLabel(f"identity: payload says {msg.user}/{msg.device}")
+        if msg.uid != make_uid(msg.user, msg.device, msg.label_id, msg.label.snapshot_id):
+            raise MalformedLabel("uid: does not match the label it names")
+        jpeg = _decode_jpeg(msg.jpeg_b64) if msg.jpeg_b64 is not None else None
+        return msg, jpeg
+
+    def _folder(self, msg: LabelMessage, screen: ScreenGeometry | None) -> Path:
+        name = f"{_safe(msg.user)}__{_safe(msg.device)}"
+        if screen is None:
+            return self.out / name
+        folder = self.out / f"{name}__{screen.px[0]}x{screen.px[1]}"
+        if not (folder / MANIFEST_NAME).exists():
+            cam = screen.camera_mm
+            write_manifest(
+                folder,
+                SessionManifest(
+                    screen_px=screen.px,
+                    screen_mm=screen.mm,
+                    camera_mm=None if cam is None else (cam[0], cam[1]),
+                    mirrored=False,  # snapshots are stored as the camera gave them
+                    user=msg.user,
+                    device=msg.device,
+                    source="gazeloop collect",
+                ),
+            )
+        return folder
+
+    def _seed_point(self, msg: LabelMessage, screen: ScreenGeometry | None) -> tuple | None:
+        """The label's pixel, if it can be a seed record: a point, accepted by the laptop's
+        loop (as `LabelStore.export_session` exports), on a known screen."""
+        obs = msg.label.observation
+        if not isinstance(obs, PointObservation) or screen is None:
+            return None
+        if msg.decision is not None and not msg.decision.accepted:
+            return None  # the loop judged it an outlier: not ground truth to train on
+        x, y = obs.xy[0] * screen.px[0], obs.xy[1] * screen.px[1]
+        if not (0 <= x <= screen.px[0] and 0 <= y <= screen.px[1]):
+            return None  # the session reader would reject it
+        return (x, y)
+
+    def _write(self, msg: LabelMessage, jpeg: bytes | None) -> str:
+        screen = msg.screen
+        if screen is None and self.screen_px is not None:
+            screen = ScreenGeometry(px=self.screen_px)
+        folder = self._folder(msg, screen)
+        point = self._seed_point(msg, screen) if jpeg is not None else None
+        d = msg.decision
+        if point is not None:
+            assert screen is not None
+            t_ms = self._free_ms(folder, msg.snapshot_ms)
+            fast = msg.fast_xy
+            # The same record `LabelStore.export_session` writes, plus the uid.
+            record = SeedRecord.model_validate(
+                {
+                    "timestamp": t_ms,
+                    "screen_x": point[0],
+                    "screen_y": point[1],
+                    "label_uid": msg.uid,
+                    "oracle": {
+                        "name": msg.label.oracle,
+                        "version": msg.label.oracle_version,
+                        "confidence": msg.label.confidence,
+                        "label_id": msg.label_id,
+                        "snapshot_id": msg.label.snapshot_id,
+                        "accepted": None if d is None else d.accepted,
+                        "why": None if d is None else d.why,
+                        "fast_xy_px": None
+                        if fast is None
+                        else [fast[0] * screen.px[0], fast[1] * screen.px[1]],
+                    },
+                }
+            )
+            body = record.model_dump(mode="json", by_alias=True, exclude_unset=True)
+            stem = folder / f"img_{t_ms}"
+        else:
+            # Not a seed record (line or empty observation, rejected by the loop, off the
+            # screen, no screen size or no image): kept whole under other/, so a later
+            # exporter or a line-aware trainer has everything the laptop sent.
+            folder = folder / "other"
+            body = {"label_uid": msg.uid, **msg.model_dump(mode="json", exclude={"jpeg_b64"})}
+            stem = folder / f"{msg.snapshot_ms}_{hashlib.sha256(msg.uid.encode()).hexdigest()[:12]}"
+        folder.mkdir(parents=True, exist_ok=True)
+        # Image first, record second: a record on disk always has its image.
+        if jpeg is not None:
+            atomic_write_bytes(stem.with_suffix(".jpg"), jpeg)
+        atomic_write_bytes(stem.with_suffix(".json"), json.dumps(body, indent=2).encode() + b"\n")
+        return "written" if point is not None else "other"
+
+    @staticmethod
+    def _free_ms(folder: Path, t_ms: int) -> int:
+        # The name is a record's identity: two labels in one millisecond (two oracles, one
+        # snapshot time) are told apart by moving the second on by 1 ms, as export does.
+        while (folder / f"img_{t_ms}.json").exists():
+            t_ms += 1
+        return t_ms
+
+
+__all__ = [
+    "Collector",
+    "CollectorStats",
+    "LabelMessage",
+    "LabelSource",
+    "LabelUplink",
+    "UplinkStats",
+    "WireDecision",
+    "label_topic",
+    "make_uid",
+    "message_from_row",
+]

@@ -1,0 +1,455 @@
+"""New models from the training box to the laptops: a retained announcement plus the ONNX
+file in retained chunks, each chunk and the whole checked by SHA-256.
+
+Why chunks: a model is ~7.5 MB. MQTT allows 256 MB per message, but brokers cap it (often
+1–10 MB, some hosted brokers 128 KB), and one huge message holds the connection for its whole
+transfer. 128 KiB chunks pass every broker we know of and cost ~60 messages per model.
+
+Why retained: a laptop that is asleep when the trainer announces still gets the model when
+it next connects, without the announcer staying online. Order matters: every chunk is acked
+by the broker before the announcement is published, so an announcement never points at
+chunks that are not there. Chunk topics carry the model's hash, so two models never mix; the
+announcer clears the previous model's chunks once the new announcement is out, so the broker
+holds one model's worth of retained bytes, not every model ever trained.
+
+Topics: `gazeloop/models/announce` (JSON, `ModelAnnouncement`) and
+`gazeloop/models/<model_id>/<sha256[:16]>/<index>` (raw bytes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import math
+import re
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import aiomqtt
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from gazeloop.tools.runtime.mqtt.conn import (
+    TOPIC_ROOT,
+    Backoff,
+    LinkStats,
+    LoopThread,
+    MqttSettings,
+    client_id,
+    connected,
+    first_of,
+    supervise,
+)
+
+if TYPE_CHECKING:
+    from gazeloop.trainer.registry import ModelRegistry, RegistryEntry
+
+log = logging.getLogger(__name__)
+
+MODELS_ROOT = f"{TOPIC_ROOT}/models"
+ANNOUNCE_TOPIC = f"{MODELS_ROOT}/announce"
+CHUNK_SIZE = 128 * 1024
+MAX_MODEL_BYTES = 256 * 1024 * 1024
+_MODEL_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"  # as trainer.export.MODEL_ID_PATTERN
+_SHA = r"^[0-9a-f]{64}$"
+
+
+class ModelAnnouncement(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["gazeloop.model_announce"] = "gazeloop.model_announce"
+    schema_version: Literal[1] = 1
+    model_id: str = Field(pattern=_MODEL_ID)
+    version: int = Field(ge=1)  # the trainer registry's number; the laptop numbers its own
+    sha256: str = Field(pattern=_SHA)
+    size: int = Field(ge=1, le=MAX_MODEL_BYTES)
+    chunk_size: int = Field(ge=1024, le=MAX_MODEL_BYTES)
+    chunk_sha256: list[str]
+    chunk_topic: str
+    card: dict[str, Any]  # the model card (trainer.export.ModelCard as JSON)
+    announced_ms: int
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelAnnouncement:
+        if len(self.chunk_sha256) != math.ceil(self.size / self.chunk_size):
+            raise ValueError("chunk count does not match size / chunk_size")
+        if not all(re.match(_SHA, h) for h in self.chunk_sha256):
+            raise ValueError("chunk_sha256 entries must be hex SHA-256")
+        # The fetcher subscribes to this: it must not be a wildcard or outside our tree.
+        if self.chunk_topic != chunk_topic(self.model_id, self.sha256):
+            raise ValueError(f"chunk_topic must be {chunk_topic(self.model_id, self.sha256)}")
+        return self
+
+
+def chunk_topic(model_id: str, sha256: str) -> str:
+    return f"{MODELS_ROOT}/{model_id}/{sha256[:16]}"
+
+
+class AnnounceError(RuntimeError):
+    """The model to announce cannot be found or does not match its card."""
+
+
+# -- finding the model to announce -----------------------------------------------------------
+
+
+def resolve_model(path: str | Path, model_id: str | None = None) -> tuple[Path, dict[str, Any]]:
+    """(onnx file, card as a dict) from an exported `<name>.onnx` with `<name>.card.json`, a
+    registry version folder (`model.onnx` + `card.json`), or a registry root (its latest
+    valid version of `model_id`, or of its only model)."""
+    p = Path(path)
+    if p.is_file():
+        for card in (p.with_name(p.stem + ".card.json"), p.with_name("card.json")):
+            if card.is_file():
+                return p, _read_card(card)
+        raise AnnounceError(f"{p}: no {p.stem}.card.json or card.json beside the model")
+    if (p / "model.onnx").is_file() and (p / "card.json").is_file():
+        return p / "model.onnx", _read_card(p / "card.json")
+    if p.is_dir():
+        from gazeloop.trainer.registry import ModelRegistry, RegistryError
+
+        try:
+            entry = ModelRegistry(p).latest(model_id)
+        except RegistryError as e:
+            raise AnnounceError(str(e)) from e
+        if entry is None:
+            raise AnnounceError(f"{p}: no valid model in this registry")
+        return entry.onnx_path, entry.card.model_dump(mode="json")
+    raise AnnounceError(f"{p}: not a model file, a registry version or a registry")
+
+
+def _read_card(path: Path) -> dict[str, Any]:
+    try:
+        card = json.loads(path.read_bytes())
+    except (OSError, ValueError) as e:
+        raise AnnounceError(f"{path}: unreadable card: {e}") from e
+    if not isinstance(card, dict) or not isinstance(card.get("model_id"), str):
+        raise AnnounceError(f"{path}: not a model card (no model_id)")
+    return card
+
+
+# -- announcing -------------------------------------------------------------------------------
+
+
+def build_announcement(
+    data: bytes, card: dict[str, Any], *, chunk_size: int = CHUNK_SIZE
+) -> tuple[ModelAnnouncement, list[bytes]]:
+    digest = hashlib.sha256(data).hexdigest()
+    if card.get("onnx_sha256") not in (None, digest):
+        raise AnnounceError("the model's SHA-256 differs from its card's: they do not belong")
+    chunks = [data[i : i + chunk_size] for i in range(0, len(data), chunk_size)]
+    model_id = str(card["model_id"])
+    ann = ModelAnnouncement(
+        model_id=model_id,
+        version=int(card.get("version") or 1),
+        sha256=digest,
+        size=len(data),
+        chunk_size=chunk_size,
+        chunk_sha256=[hashlib.sha256(c).hexdigest() for c in chunks],
+        chunk_topic=chunk_topic(model_id, digest),
+        card={**card, "onnx_sha256": digest, "onnx_bytes": len(data)},
+        announced_ms=time.time_ns() // 1_000_000,
+    )
+    return ann, chunks
+
+
+async def _retained(client: aiomqtt.Client, topic: str, wait_s: float) -> bytes | None:
+    """The retained message on `topic`, if the broker has one (it sends it on subscribe)."""
+    await client.subscribe(topic, qos=1)
+    try:
+        async with asyncio.timeout(wait_s):
+            async for m in client.messages:
+                if m.topic.matches(topic):
+                    return bytes(m.payload) if isinstance(m.payload, bytes | bytearray) else None
+    except TimeoutError:
+        return None
+    finally:
+        await client.unsubscribe(topic)
+    return None
+
+
+class ModelAnnouncer:
+    """Publishes a model (chunks, then the announcement) on one connection; broker errors
+    raise aiomqtt.MqttError (a CLI run is retried by the person or the scheduler)."""
+
+    def __init__(
+        self,
+        mqtt: str | MqttSettings,
+        *,
+        topic: str = ANNOUNCE_TOPIC,
+        chunk_size: int = CHUNK_SIZE,
+        in_flight: int = 8,
+        ca_file: str | None = None,
+        insecure: bool = False,
+    ) -> None:
+        self.settings = MqttSettings.of(mqtt, ca_file=ca_file, insecure=insecure)
+        self.topic = topic
+        self.chunk_size = chunk_size
+        self.in_flight = in_flight
+
+    async def announce(
+        self, onnx_path: str | Path, card: dict[str, Any], *, clear_previous: bool = True
+    ) -> ModelAnnouncement:
+        ann, chunks = build_announcement(
+            Path(onnx_path).read_bytes(), card, chunk_size=self.chunk_size
+        )
+        async with connected(self.settings, identifier=client_id("announce")) as c:
+            previous = await self._previous(c) if clear_previous else None
+            gate = asyncio.Semaphore(self.in_flight)
+
+            async def put(topic: str, payload: bytes) -> None:
+                async with gate:
+                    await c.publish(topic, payload, qos=1, retain=True)
+
+            await asyncio.gather(*(put(f"{ann.chunk_topic}/{i}", b) for i, b in enumerate(chunks)))
+            await c.publish(self.topic, ann.model_dump_json().encode(), qos=1, retain=True)
+            if previous is not None and previous.chunk_topic != ann.chunk_topic:
+                # An empty retained message deletes the broker's retained copy.
+                n = len(previous.chunk_sha256)
+                await asyncio.gather(*(put(f"{previous.chunk_topic}/{i}", b"") for i in range(n)))
+        log.info(
+            "announced %s v%d (%d bytes, %d chunks)",
+            ann.model_id,
+            ann.version,
+            ann.size,
+            len(chunks),
+        )
+        return ann
+
+    async def _previous(self, c: aiomqtt.Client) -> ModelAnnouncement | None:
+        raw = await _retained(c, self.topic, wait_s=min(1.0, self.settings.timeout_s))
+        if not raw:
+            return None
+        try:
+            return ModelAnnouncement.model_validate_json(raw)
+        except ValidationError:
+            return None
+
+    def announce_path(self, path: str | Path, *, model_id: str | None = None) -> ModelAnnouncement:
+        onnx_path, card = resolve_model(path, model_id)
+        return asyncio.run(self.announce(onnx_path, card))
+
+
+# -- fetching ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FetcherStats:
+    fetched: int  # models registered
+    already_had: int  # announcements of a model the registry holds
+    failed: int  # transfers that timed out, failed the hash check or the registry refused
+    malformed: int  # announcements that are not ModelAnnouncement, and bad chunks
+    connected: bool
+    reconnects: int
+    last_error: str | None
+
+
+class _Transfer:
+    def __init__(self, ann: ModelAnnouncement, timeout_s: float) -> None:
+        self.ann = ann
+        self.parts: dict[int, bytes] = {}
+        self.deadline = time.monotonic() + timeout_s
+
+    def add(self, index: int, data: bytes) -> bool:
+        """Keep a chunk if it is the one announced; False for a wrong one."""
+        if not 0 <= index < len(self.ann.chunk_sha256):
+            return False
+        if hashlib.sha256(data).hexdigest() != self.ann.chunk_sha256[index]:
+            return False
+        self.parts[index] = data
+        return True
+
+    @property
+    def complete(self) -> bool:
+        return len(self.parts) == len(self.ann.chunk_sha256)
+
+    def data(self) -> bytes:
+        return b"".join(self.parts[i] for i in range(len(self.ann.chunk_sha256)))
+
+
+class ModelFetcher:
+    """Listens for announcements and brings each new model into a `ModelRegistry`. Runs in
+    its own thread (`start`/`close`) or inside a running loop (`await run(stop)`)."""
+
+    def __init__(
+        self,
+        mqtt: str | MqttSettings,
+        registry: ModelRegistry | str | Path,
+        *,
+        topic: str = ANNOUNCE_TOPIC,
+        model_id: str | None = None,
+        fetch_timeout_s: float = 120.0,
+        retry_s: float = 30.0,
+        on_model: Callable[[RegistryEntry], None] | None = None,
+        backoff: Backoff | None = None,
+        ca_file: str | None = None,
+        insecure: bool = False,
+    ) -> None:
+        if isinstance(registry, str | Path):
+            from gazeloop.trainer.registry import ModelRegistry
+
+            registry = ModelRegistry(registry)
+        self.settings = MqttSettings.of(mqtt, ca_file=ca_file, insecure=insecure)
+        self.registry = registry
+        self.topic = topic
+        self.model_id = model_id
+        self.fetch_timeout_s = fetch_timeout_s
+        self.retry_s = retry_s
+        self.on_model = on_model
+        self._backoff = backoff or Backoff()
+        self._link = LinkStats()
+        self._counts = {"fetched": 0, "already_had": 0, "failed": 0, "malformed": 0}
+        self._refused: set[str] = set()  # hashes the registry refused: never fetched again
+        self._thread = LoopThread("model-fetcher")
+        self.last_entry: RegistryEntry | None = None
+        self._transfer: _Transfer | None = None
+
+    @property
+    def stats(self) -> FetcherStats:
+        c, s = self._counts, self._link
+        return FetcherStats(
+            c["fetched"], c["already_had"], c["failed"], c["malformed"],
+            s.connected, s.reconnects, s.last_error,
+        )  # fmt: skip
+
+    def start(self) -> ModelFetcher:
+        self._thread.start(self.run)
+        return self
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._thread.stop(timeout)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await supervise(
+            self.settings,
+            self._session,
+            stop=stop,
+            stats=self._link,
+            backoff=self._backoff,
+            identifier=client_id("fetch"),
+            name="model fetcher",
+        )
+
+    def _have(self, ann: ModelAnnouncement) -> bool:
+        return any(e.card.onnx_sha256 == ann.sha256 for e in self.registry.list(ann.model_id))
+
+    async def _session(self, client: aiomqtt.Client) -> None:
+        self._transfer: _Transfer | None = None
+        await client.subscribe(self.topic, qos=1)
+        # The deadline is watched beside the receive loop, not as a timeout on it:
+        # cancelling a pending receive can drop the message it was just handed.
+        await first_of(self._receive(client), self._watchdog(client))
+
+    async def _watchdog(self, client: aiomqtt.Client) -> None:
+        while True:
+            await asyncio.sleep(0.2)
+            t = self._transfer
+            if t is not None and time.monotonic() > t.deadline:
+                self._transfer = None
+                got, n = len(t.parts), len(t.ann.chunk_sha256)
+                await self._fail(client, t, f"timed out with {got} of {n} chunks")
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        async for msg in client.messages:
+            payload = msg.payload if isinstance(msg.payload, bytes | bytearray) else b""
+            transfer = self._transfer
+            if msg.topic.matches(self.topic):
+                self._transfer = await self._on_announce(client, bytes(payload), transfer)
+            elif transfer is not None and msg.topic.matches(f"{transfer.ann.chunk_topic}/+"):
+                index = msg.topic.value.rsplit("/", 1)[1]
+                if not payload:
+                    continue  # the announcer clearing an older model's retained chunk
+                if not (index.isdigit() and transfer.add(int(index), bytes(payload))):
+                    self._counts["malformed"] += 1
+                    continue
+                if transfer.complete:
+                    self._transfer = None
+                    await client.unsubscribe(f"{transfer.ann.chunk_topic}/+")
+                    await self._register(transfer)
+
+    async def _on_announce(
+        self, client: aiomqtt.Client, payload: bytes, transfer: _Transfer | None
+    ) -> _Transfer | None:
+        if not payload:
+            return transfer  # the retained announcement was cleared
+        try:
+            ann = ModelAnnouncement.model_validate_json(payload)
+        except ValidationError as e:
+            self._counts["malformed"] += 1
+            log.warning("model announcement ignored: %s", e.errors(include_url=False)[:1])
+            return transfer
+        if self.model_id is not None and ann.model_id != self.model_id:
+            return transfer
+        if transfer is not None and transfer.ann.sha256 == ann.sha256:
+            return transfer
+        if ann.sha256 in self._refused:
+            return transfer
+        if await asyncio.to_thread(self._have, ann):
+            self._counts["already_had"] += 1
+            return transfer
+        if transfer is not None:  # a newer model replaces the one still arriving
+            await client.unsubscribe(f"{transfer.ann.chunk_topic}/+")
+        log.info("fetching %s v%d (%d bytes)", ann.model_id, ann.version, ann.size)
+        new = _Transfer(ann, self.fetch_timeout_s)
+        await client.subscribe(f"{ann.chunk_topic}/+", qos=1)
+        return new
+
+    async def _fail(self, client: aiomqtt.Client, transfer: _Transfer, why: str) -> None:
+        self._counts["failed"] += 1
+        self._link.last_error = f"{transfer.ann.model_id}: {why}"
+        log.warning("model fetch failed: %s; retrying in %.0f s", why, self.retry_s)
+        await client.unsubscribe(f"{transfer.ann.chunk_topic}/+")
+        # Re-subscribing makes the broker send the retained announcement again.
+        await client.unsubscribe(self.topic)
+        await asyncio.sleep(self.retry_s)
+        await client.subscribe(self.topic, qos=1)
+
+    async def _register(self, transfer: _Transfer) -> None:
+        from gazeloop.trainer.registry import RegistryError
+
+        ann = transfer.ann
+        data = transfer.data()
+        if len(data) != ann.size or hashlib.sha256(data).hexdigest() != ann.sha256:
+            self._counts["failed"] += 1
+            log.warning("model %s: assembled file fails the hash check", ann.model_id)
+            return
+
+        def put() -> RegistryEntry:
+            with tempfile.TemporaryDirectory(prefix="gazeloop-fetch-") as tmp:
+                path = Path(tmp) / "model.onnx"
+                path.write_bytes(data)
+                return self.registry.register(path, ann.card)
+
+        try:
+            entry = await asyncio.to_thread(put)
+        except (RegistryError, ValidationError, ValueError) as e:
+            self._counts["failed"] += 1
+            self._refused.add(ann.sha256)
+            log.warning("model %s refused by the registry: %s", ann.model_id, e)
+            return
+        self._counts["fetched"] += 1
+        self.last_entry = entry
+        log.info("fetched %s as local v%d", entry.model_id, entry.version)
+        if self.on_model is not None:
+            try:
+                self.on_model(entry)
+            except Exception:  # the caller's hook must not stop the fetcher
+                log.exception("on_model hook failed for %s v%d", entry.model_id, entry.version)
+
+
+__all__ = [
+    "ANNOUNCE_TOPIC",
+    "CHUNK_SIZE",
+    "AnnounceError",
+    "FetcherStats",
+    "ModelAnnouncement",
+    "ModelAnnouncer",
+    "ModelFetcher",
+    "build_announcement",
+    "chunk_topic",
+    "resolve_model",
+]

@@ -1,0 +1,83 @@
+"""The OpenCV window, as thin as it can be: show a picture, read a key, go full screen.
+
+Everything drawn comes from the pure renderers; this module only talks to HighGUI.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import cv2
+import numpy as np
+
+from gazeloop.tools.errors import UserError
+
+ESC = 27
+
+
+def require_display(what: str, hint: str = "") -> None:
+    """OpenCV's Qt backend aborts the whole process (no exception) when it cannot reach an X
+    server; say so in one line before it gets the chance."""
+    if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
+        raise UserError(
+            f"{what} needs a window, and there is no X display (DISPLAY is unset)"
+            + (f"; {hint}" if hint else "")
+        )
+
+
+class CvDisplay:
+    """A named HighGUI window. `show` returns the key pressed (-1 for none)."""
+
+    def __init__(self, name: str, *, create: bool = True):
+        self.name = name
+        if create:
+            require_display(f"window {name!r}")
+            # GUI_NORMAL: no Qt toolbar or status bar (zoom and save buttons for debugging
+            # images), so the window shows the picture and nothing else.
+            cv2.namedWindow(name, cv2.WINDOW_NORMAL | cv2.WINDOW_GUI_NORMAL)
+
+    def show(self, img: np.ndarray, wait_ms: int = 1) -> int:
+        cv2.imshow(self.name, img)
+        k = cv2.waitKey(wait_ms)
+        return -1 if k == -1 else k & 0xFF
+
+    def size_to(self, width: int, height: int) -> None:
+        """Open at the picture's size (Qt's default normal window is 400x300, which would
+        shrink the live view to a thumbnail); the user may resize it afterwards. Also asked
+        of a full-screen window, for window systems that ignore full screen (no window
+        manager, e.g. Xvfb)."""
+        cv2.resizeWindow(self.name, int(width), int(height))
+
+    def fullscreen(self, on: bool = True) -> None:
+        mode = cv2.WINDOW_FULLSCREEN if on else cv2.WINDOW_NORMAL
+        cv2.setWindowProperty(self.name, cv2.WND_PROP_FULLSCREEN, mode)
+
+    def screen_px(self, pumps: int = 10) -> tuple[int, int] | None:
+        """The size of the full-screen window, i.e. of the screen, or None when the window
+        system does not say (no window manager: the window keeps the picture's size)."""
+        probe = (640, 360)
+        img = np.zeros((probe[1], probe[0], 3), np.uint8)
+        for _ in range(pumps):  # let the window manager apply the full-screen request
+            self.show(img, 30)
+        try:
+            _, _, w, h = cv2.getWindowImageRect(self.name)
+        except cv2.error:
+            return None
+        if w <= 0 or h <= 0 or (w, h) == probe:
+            return None
+        return (int(w), int(h))
+
+    def wait_any_key(self, img: np.ndarray, max_s: float | None = None) -> int:
+        """Show `img` until a key is pressed (or `max_s` seconds, when given)."""
+        if max_s is None:
+            return self.show(img, 0)
+        steps = max(1, int(max_s * 10))
+        for _ in range(steps):
+            k = self.show(img, 100)
+            if k != -1:
+                return k
+        return -1
+
+    def close(self) -> None:
+        cv2.destroyWindow(self.name)
