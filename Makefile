@@ -9,7 +9,7 @@ ifneq ($(wildcard $(SHARED)/models),)
 export GAZELOOP_MODELS ?= $(SHARED)/models
 endif
 
-.PHONY: setup models demo test lint clean
+.PHONY: setup models demo test test-fast wheel-check lint clean
 
 setup: $(STAMP) models
 
@@ -34,8 +34,15 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests ran"; rc=0; fi; exit $$rc
 
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# Build the wheel, install it non-editable into a fresh venv, check it (CI runs this too).
+wheel-check:
+	PYTHON=$(PYTHON) bash .ci/wheel-check
+
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) *.egg-info build dist .pytest_cache .ruff_cache

@@ -28,6 +28,8 @@ class Collected:
     session: Session
     samples: list[LabelledSample] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
+    # How the mirroring was decided: the manifest, the caller, or detected from the frames.
+    mirror_basis: str = ""
 
     @property
     def frames(self) -> int:
@@ -60,17 +62,61 @@ def collect_session(
     """Every frame of a session through the fast path, in time order, with its label.
 
     Frames without a usable gaze (no face, blink, an error) go to `rejected` with the
-    reason; so do files the session reader or the image decoder refused."""
+    reason; so do files the session reader or the image decoder refused. When neither a
+    manifest nor the caller says whether the frames are selfie views, the frames tell
+    (`looks_mirrored`), and a mirrored session is read again un-mirrored."""
     session = (
         folder
         if isinstance(folder, Session)
         else read_session(folder, screen_px=screen_px, mirrored=mirrored)
     )
+    out = _collect(session, fp, unmirror=session.mirrored)
+    if session.mirrored_stated:
+        out.mirror_basis = "manifest" if session.manifest is not None else "stated"
+        return out
+    r = looks_mirrored(out.samples)
+    if r is None:
+        out.mirror_basis = "not stated; the targets cannot tell (taken as not mirrored)"
+        return out
+    if r <= 0:
+        out.mirror_basis = f"not stated; detected not mirrored (gaze yaw vs target x r={r:+.2f})"
+        return out
+    session.mirrored = True
+    out = _collect(session, fp, unmirror=True)
+    out.mirror_basis = f"not stated; detected mirrored (gaze yaw vs target x r={r:+.2f})"
+    return out
+
+
+# |r| below this says nothing: targets in a column, or a face the model barely follows.
+MIRROR_MIN_R = 0.5
+
+
+def looks_mirrored(samples: list[LabelledSample]) -> float | None:
+    """Which way the gaze turns as the targets move right. In an un-mirrored camera frame a
+    person looking further right on the screen turns towards image-left, so the gaze yaw
+    falls as the target's x grows (DESIGN.md, Conventions); a selfie view reverses it. The
+    correlation over target means (each target once) when it is decisive, else None."""
+    by_target: dict[int, list[tuple[float, float]]] = {}
+    for ls in samples:
+        if not ls.settling and ls.sample.gaze_yp_raw is not None:
+            by_target.setdefault(ls.target, []).append(
+                (float(ls.sample.gaze_yp_raw[0]), float(ls.label_px[0]))
+            )
+    if len(by_target) < 3:
+        return None
+    means = np.array([np.mean(v, axis=0) for v in by_target.values()])
+    if np.ptp(means[:, 1]) == 0 or np.ptp(means[:, 0]) == 0:
+        return None
+    r = float(np.corrcoef(means[:, 0], means[:, 1])[0, 1])
+    return r if abs(r) >= MIRROR_MIN_R else None
+
+
+def _collect(session: Session, fp: FastPath, *, unmirror: bool) -> Collected:
     out = Collected(session=session, rejected=list(session.rejected))
     ids = target_ids(session)
     by_name = {it.name: (it, tid) for it, tid in zip(session.items, ids, strict=True)}
     fp.reset()
-    with SessionSource(session) as src:
+    with SessionSource(session, unmirror=unmirror) as src:
         for frame in src:
             item, tid = by_name[frame.name]
             s = fp.process(frame)

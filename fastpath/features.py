@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from gazeloop.fastpath.eye_geometry import eye_position_mm
 from gazeloop.fastpath.types import EyeFeatures, FaceLandmarks, Features
 
 
@@ -113,11 +114,15 @@ def extract(
     *,
     crop_scale: float = CROP_SCALE,
     blink_aperture: float = BLINK_APERTURE,
+    focal_px: float | None = None,
 ) -> Features:
+    """Both eyes' features, the head pose, and where the eyes are in mm (`eye_geometry`;
+    `focal_px` None: the image width)."""
     roll = float(face.head_ypr[2]) if np.isfinite(face.head_ypr[2]) else 0.0
     kw = dict(crop_scale=crop_scale, blink_aperture=blink_aperture)
     return Features(
         left=eye_features(face.points, LEFT_EYE, roll, image, **kw),
         right=eye_features(face.points, RIGHT_EYE, roll, image, **kw),
         head_ypr=face.head_ypr,
+        eye_mm=eye_position_mm(face.points, face.image_size, focal_px),
     )

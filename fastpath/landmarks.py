@@ -1,11 +1,13 @@
 """MediaPipe face landmarks (478 points with iris) in tracking mode, behind one interface.
 
-Two backends:
+Three backends:
 - `legacy`: the FaceMesh solution (mediapipe 0.10.21, models inside the wheel).
 - `tasks`: the Tasks FaceLandmarker (needs `face_landmarker.task`; adds blendshapes).
+- `onnx`: the same bundle's detector and mesh networks rebuilt as ONNX and tracked by us
+  (`face_onnx`; needs no mediapipe; no blendshapes).
 
 The default is `legacy` because it is the faster of the two, measured on this project's
-4-corner video at 640x480, one process, 2-core x86 machine: FaceMesh 2.7 ms p50 per
+4-corner video at 640x480, one process, 2-core x86 VM (2026-11-22): FaceMesh 2.7 ms p50 per
 frame against 7.5 ms for the Tasks FaceLandmarker (7.2 ms without blendshapes), and the fast
 path's whole budget is 8 ms. The Tasks backend is there for its blendshapes (eyeLook*).
 
@@ -29,7 +31,7 @@ from gazeloop.fastpath.types import FaceLandmarks
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("legacy", "tasks")
+BACKENDS = ("legacy", "tasks", "onnx")
 N_POINTS = 478
 
 
@@ -90,8 +92,9 @@ def _scale(a: np.ndarray, w: int, h: int) -> np.ndarray:
 
 # A serialized NormalizedLandmarkList whose landmarks all carry exactly x, y and z is a run of
 # 17-byte records: 0x0a 0x0f (field 1, 15 bytes), then 0x0d x, 0x15 y, 0x1d z as little-endian
-# float32. Reading that with numpy takes 0.03 ms against 0.16 ms for walking 478 protobuf
-# objects; anything else (visibility, presence, a missing field) goes through protobuf.
+# float32. Reading that with numpy took 0.03 ms against 0.16 ms for walking 478 protobuf
+# objects (2-core x86 VM, 2026-11-22); anything else (visibility, presence, a missing field)
+# goes through protobuf.
 _RECORD = 17
 _TAGS = {0: 0x0A, 1: 0x0F, 2: 0x0D, 7: 0x15, 12: 0x1D}
 _FLOAT_BYTES = np.r_[3:7, 8:12, 13:17]
@@ -166,12 +169,12 @@ class _LeanGraph:
     """FaceMesh.process() without its per-call overhead.
 
     `SolutionBase.process` builds a new namedtuple class on every call and parses the output
-    into protobuf objects: 0.35 ms of Python per frame, measured with cProfile, on a 2.7 ms
-    call. This does the same three graph steps (one image packet at the solution's simulated
-    30 fps clock, wait until idle, read the output stream) and hands back the serialized
-    landmark lists. It relies on SolutionBase internals of mediapipe 0.10.21, the last release
-    with the legacy solutions; if they are missing, `attach` returns None and the public
-    `process` is used. A test checks both paths give identical landmarks.
+    into protobuf objects: 0.35 ms of Python per frame on a 2.7 ms call (cProfile, 2-core x86
+    VM, 2026-11-22). This does the same three graph steps (one image packet at the solution's
+    simulated 30 fps clock, wait until idle, read the output stream) and hands back the
+    serialized landmark lists. It relies on SolutionBase internals of mediapipe 0.10.21, the
+    last release with the legacy solutions; if they are missing, `attach` returns None and the
+    public `process` is used. A test checks both paths give identical landmarks.
     """
 
     OUTPUT = "multi_face_landmarks"
@@ -275,4 +278,8 @@ def make_backend(
         return LegacyFaceMesh(task_path, max_faces=max_faces, camera_matrix=camera_matrix)
     if name == "tasks":
         return TasksFaceLandmarker(task_path, max_faces=max_faces, camera_matrix=camera_matrix)
+    if name == "onnx":  # the .task's own networks in onnxruntime, no mediapipe (face_onnx)
+        from gazeloop.fastpath.face_onnx import OnnxFaceLandmarker
+
+        return OnnxFaceLandmarker(task_path, max_faces=max_faces, camera_matrix=camera_matrix)
     raise ValueError(f"unknown landmark backend {name!r}; choose one of {', '.join(BACKENDS)}")

@@ -12,11 +12,12 @@ import hashlib
 import logging
 import os
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from gazeloop.calibration.store.atomic import atomic_writer
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,29 @@ GAZE_IR_BIN = ModelFile(
 # metadata records the hashes of the IR files it was built from).
 GAZE_ONNX = ModelFile("gaze-estimation-adas-0002.onnx", None, None, "ONNX rebuild of the IR")
 
-KNOWN = {m.name: m for m in (FACE_LANDMARKER, GAZE_IR_XML, GAZE_IR_BIN, GAZE_ONNX)}
+# Built from face_landmarker.task's own TFLite networks by `gazeloop models build` (or on
+# first use of the `onnx` landmark backend); metadata records the bundle's hash.
+FACE_DETECTOR_ONNX = ModelFile(
+    "face_landmarker.face_detector.onnx", None, None, "ONNX rebuild of the bundle's detector"
+)
+FACE_LANDMARKS_ONNX = ModelFile(
+    "face_landmarker.face_landmarks_detector.onnx",
+    None,
+    None,
+    "ONNX rebuild of the bundle's 478-point mesh with iris",
+)
+
+KNOWN = {
+    m.name: m
+    for m in (
+        FACE_LANDMARKER,
+        GAZE_IR_XML,
+        GAZE_IR_BIN,
+        GAZE_ONNX,
+        FACE_DETECTOR_ONNX,
+        FACE_LANDMARKS_ONNX,
+    )
+}
 
 
 def cache_dir() -> Path:
@@ -154,23 +177,16 @@ def download(spec: ModelFile, dest_dir: Path, *, timeout: float = 30.0) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     log.info("downloading %s -> %s", spec.url, out)
     h = hashlib.sha256()
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".dl-")
-    try:
-        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(spec.url, timeout=timeout) as r:
-            for chunk in iter(lambda: r.read(1 << 20), b""):
-                h.update(chunk)
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
+    # A wrong hash raises inside the block: the temp file is removed, `out` never appears.
+    with atomic_writer(out) as f, urllib.request.urlopen(spec.url, timeout=timeout) as r:
+        for chunk in iter(lambda: r.read(1 << 20), b""):
+            h.update(chunk)
+            f.write(chunk)
         if spec.sha256 and h.hexdigest() != spec.sha256:
             raise ModelFileError(
                 f"{spec.url}: downloaded file has SHA-256 {h.hexdigest()}, expected "
                 f"{spec.sha256}; not used."
             )
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return out
 
 
@@ -215,3 +231,66 @@ def onnx_is_current(path: Path) -> bool:
         and meta.get("gazeloop.source.xml_sha256") == GAZE_IR_XML.sha256
         and meta.get("gazeloop.source.bin_sha256") == GAZE_IR_BIN.sha256
     )
+
+
+# -- the face landmarker's networks as ONNX (landmark backend `onnx`) ----------------------
+
+_FACE_MEMBERS = {
+    FACE_DETECTOR_ONNX.name: "face_detector.tflite",
+    FACE_LANDMARKS_ONNX.name: "face_landmarks_detector.tflite",
+}
+
+
+def face_onnx_is_current(path: Path, bundle_sha256: str) -> bool:
+    """Whether a built face ONNX file came from this bundle with this builder version."""
+    import onnx
+
+    from gazeloop.fastpath.tflite_onnx import BUILDER_VERSION
+
+    try:
+        m = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return False
+    meta = {p.key: p.value for p in m.metadata_props}
+    return (
+        meta.get("gazeloop.builder") == BUILDER_VERSION
+        and meta.get("gazeloop.source.bundle_sha256") == bundle_sha256
+    )
+
+
+def resolve_face_onnx(
+    task: str | os.PathLike | None = None, *, build: bool = True
+) -> tuple[Path, Path]:
+    """(detector, landmarks) ONNX rebuilt from the face landmarker bundle `task` (resolved
+    when None): the first current pair in the search folders, else built into the cache."""
+    task_path = Path(task) if task is not None else resolve(FACE_LANDMARKER)
+    digest = sha256_file(task_path)
+    for d in search_dirs():
+        paths = tuple(d / name for name in _FACE_MEMBERS)
+        if all(p.is_file() for p in paths):
+            if all(face_onnx_is_current(p, digest) for p in paths):
+                return paths  # type: ignore[return-value]
+            log.info("%s: face ONNX files are stale (other bundle or builder version)", d)
+    if not build:
+        raise ModelFileError(
+            f"face landmarker ONNX files ({', '.join(_FACE_MEMBERS)}) built from {task_path} "
+            "not found; run `gazeloop models build`"
+        )
+    return build_face_onnx(cache_dir(), task_path, digest)
+
+
+def build_face_onnx(
+    out_dir: Path, task: str | os.PathLike | None = None, digest: str | None = None
+) -> tuple[Path, Path]:
+    """Rebuild the bundle's detector and landmark networks as ONNX in `out_dir`."""
+    from gazeloop.fastpath.tflite_onnx import build_from_bundle
+
+    task_path = Path(task) if task is not None else resolve(FACE_LANDMARKER)
+    digest = digest or sha256_file(task_path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log.info("building face landmarker ONNX files in %s from %s", out_dir, task_path)
+    members = {member: out_dir / name for name, member in _FACE_MEMBERS.items()}
+    built = build_from_bundle(
+        task_path, members, metadata={"gazeloop.source.bundle_sha256": digest}
+    )
+    return built["face_detector.tflite"], built["face_landmarks_detector.tflite"]

@@ -33,7 +33,7 @@ class FastPathConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    landmarks: Literal["legacy", "tasks"] = "legacy"
+    landmarks: Literal["legacy", "tasks", "onnx"] = "legacy"
     face_model: Path | None = Field(None, description="face_landmarker.task (else resolved)")
     gaze_model: Path | None = Field(None, description="ONNX gaze model (else resolved/built)")
     filter: Literal["one_euro", "kalman", "none"] = "one_euro"
@@ -46,6 +46,10 @@ class FastPathConfig(BaseModel):
     crop_scale: float = Field(CROP_SCALE, gt=0)
     blink_aperture: float = Field(BLINK_APERTURE, ge=0)
     focal_px: float | None = Field(None, gt=0, description="camera focal length, pixels")
+    # Frames further apart than this (or going back in time) are independent stills, not a
+    # stream: landmarks are detected afresh instead of tracked from the previous frame.
+    # Tracking across stills seconds apart loses faces and jumps head pose (issue 12).
+    still_gap_s: float = Field(0.5, gt=0, description="gap that makes frames independent")
 
 
 def _camera_matrix(cfg: FastPathConfig, size: tuple[int, int]) -> np.ndarray | None:
@@ -84,6 +88,7 @@ class FastPath:
         self._last_xy: np.ndarray | None = None
         self._swap: tuple[GazeModel, object] | None = None
         self._size: tuple[int, int] | None = None
+        self._last_t: int | None = None
 
     def set_mapper(self, mapper: Callable[[GazeSample], np.ndarray | None] | None) -> None:
         """Install (or remove) the calibration mapping; the filter restarts because its
@@ -111,10 +116,15 @@ class FastPath:
         self.landmarks.reset()
         self.filter.reset()
         self._last_yp = self._last_xy = None
+        self._last_t = None
 
     def process(self, frame: Frame) -> GazeSample:
         if self._swap is not None:
             self._apply_swap()
+        last, self._last_t = self._last_t, frame.t_ns
+        if last is not None and not 0 <= frame.t_ns - last <= self.cfg.still_gap_s * 1e9:
+            self.reset()
+            self._last_t = frame.t_ns
         q = Quality()
         s = GazeSample(t_ns=frame.t_ns, index=frame.index, quality=q)
         try:

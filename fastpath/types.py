@@ -51,6 +51,9 @@ class Features:
     left: EyeFeatures  # the person's left eye (image right in an un-mirrored frame)
     right: EyeFeatures
     head_ypr: np.ndarray  # (3,) radians
+    # Midpoint of the eye corners in camera axes (x image right, y up, z toward the camera,
+    # so z < 0), mm: `fastpath.eye_geometry`. None when not computed.
+    eye_mm: np.ndarray | None = None
 
     @property
     def blink(self) -> bool:
@@ -122,6 +125,8 @@ class GazeSample:
             "aperture_l": f.left.aperture,
             "aperture_r": f.right.aperture,
         }
+        if f.eye_mm is not None:
+            d["eye_x_mm"], d["eye_y_mm"], d["eye_z_mm"] = (float(v) for v in f.eye_mm)
         if self.embedding is not None:
             d.update({f"emb_{i}": float(v) for i, v in enumerate(self.embedding)})
         return d

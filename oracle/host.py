@@ -1,4 +1,4 @@
-"""The child side of `oracle.process.ProcessOracle`: `python -m oracle.host`.
+"""The child side of `oracle.process.ProcessOracle`: `python -P -m gazeloop.oracle.host`.
 
 Reads frames from stdin, answers on stdout (see `oracle.process` for the framing). The first
 frame names the oracle to build; each following frame is a snapshot to label. Anything the
@@ -23,8 +23,9 @@ log = logging.getLogger("gazeloop.oracle.host")
 def _lower_priority() -> None:
     """Yield every contested core to the fast path. On Linux SCHED_IDLE does this outright: a
     waking fast-path thread preempts us at once instead of after a scheduler slice, which a
-    nice value alone leaves to CFS's fairness (measured: p99 frame time 14.5 ms with nice 10
-    against xx ms with SCHED_IDLE). Elsewhere a nice value is what there is."""
+    nice value alone leaves to CFS's fairness (with nice 10 the fast path's p99 frame time was
+    14.5 ms on the 2-core x86 VM, 2026-11-22; what fully protects it is disjoint cores, see
+    `ProcessOracle`'s `isolate`). Elsewhere a nice value is what there is."""
     nice = int(os.environ.get("GAZELOOP_ORACLE_NICE", "10"))
     if nice <= 0:
         return

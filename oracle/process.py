@@ -171,10 +171,11 @@ class ProcessOracle:
 
     `isolate` (Linux): the fast path and the oracle get disjoint cores (`partition_cpus`):
     this whole process, with every thread it has and will start, on one side, the child on
-    the other. Priorities alone do not protect the fast path: measured here with a spinning
-    SCHED_IDLE neighbour, unpinned, the fast path's p99 went from 8.8 to 17.1 ms, because its
-    threads (the MediaPipe graph's, the decoder's) get woken on the busy core; partitioned,
-    8.5 ms against 8.5 ms with nothing running. `close()` gives the cores back."""
+    the other. Priorities alone do not protect the fast path: measured on the 2-core x86 VM
+    (2026-11-22) with a spinning SCHED_IDLE neighbour, unpinned, the fast path's p99 went from
+    8.8 to 17.1 ms, because its threads (the MediaPipe graph's, the decoder's) get woken on
+    the busy core; partitioned, 8.5 ms against 8.5 ms with nothing running. `close()` gives
+    the cores back."""
 
     def __init__(
         self,
@@ -222,8 +223,12 @@ class ProcessOracle:
         env["GAZELOOP_ORACLE_NICE"] = str(self.niceness)
         if self.cpus is not None:  # the child pins itself too, before it starts threads
             env["GAZELOOP_ORACLE_CPUS"] = ",".join(map(str, self.cpus[1]))
+        # -P: the user's working folder is not put on the child's path (a folder there named
+        # `gazeloop` would be imported instead of ours); the child sees exactly the parent's
+        # path instead, so a factory importable here is importable there.
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "gazeloop.oracle.host"],
+            [sys.executable, "-P", "-m", "gazeloop.oracle.host"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=None,  # the child's log goes where ours goes
@@ -301,6 +306,13 @@ class ProcessOracle:
         with self._lock:
             if self._proc is None:
                 self._start()
+            if cancel.is_set():
+                # Cancelled before the child was given the call, e.g. by a deadline that ran
+                # out while the child was (re)starting: keep the idle child for the next call.
+                # Killing it here would make every later call pay a start-up again, and a
+                # backend that takes longer to load than the caller's timeout would never
+                # answer again.
+                raise OracleCancelled("cancelled before the oracle process was given the call")
             header, payload = snapshot_to_frame(snap)
             try:
                 write_frame(self._proc.stdin, header, payload)

@@ -9,6 +9,12 @@ import pytest
 
 from tests.paths import SHARED
 
+# One BLAS thread, set before any test module imports numpy. With two, on a loaded 2-core
+# machine one OpenBLAS thread waits for a core while the other waits for it: measured here,
+# the rbf leave-one-target-out tests took 72-90 s instead of 1-3 s. A caller may still ask
+# for more.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 
 def need_shared() -> Path:
     if not SHARED.is_dir():
@@ -50,3 +56,28 @@ def face_task(shared) -> Path:
     from gazeloop.fastpath import models
 
     return models.resolve(models.FACE_LANDMARKER)
+
+
+# ---- markers (registered in pyproject.toml) --------------------------------------------------
+# needs_shared, needs_broker and needs_display follow from what a test uses, so a new test
+# gets them without anyone remembering; `slow` is put on by hand, where the time is spent.
+
+SHARED_FIXTURES = {"shared", "gaze_onnx", "face_task"}
+BROKER_FIXTURES = {"make_broker"}  # tests/tools/runtime/test_mqtt.py: starts mosquitto
+DISPLAY_FIXTURES = {"xdisplay"}  # tests/tools/ui/test_window.py: starts Xvfb
+
+
+def _reads_shared(module) -> bool:
+    """The module took SHARED from tests.paths and builds its paths from it."""
+    return module is not None and getattr(module, "SHARED", None) is SHARED
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))  # with every fixture's own fixtures
+        if used & SHARED_FIXTURES or _reads_shared(getattr(item, "module", None)):
+            item.add_marker(pytest.mark.needs_shared)
+        if used & BROKER_FIXTURES:
+            item.add_marker(pytest.mark.needs_broker)
+        if used & DISPLAY_FIXTURES:
+            item.add_marker(pytest.mark.needs_display)

@@ -17,6 +17,7 @@ from gazeloop.fastpath.landmarks import LandmarkError
 from gazeloop.fastpath.models import ModelFileError
 from gazeloop.fastpath.sources import SourceError
 from gazeloop.tools.errors import UserError
+from gazeloop.tools.runtime.quiet import StderrFilter
 
 # One module per subcommand, in the order `gazeloop --help` lists them.
 COMMANDS = (
@@ -32,6 +33,7 @@ COMMANDS = (
     "record",
     "train",
     "mqtt",
+    "baseline",
 )
 
 # Errors a user can fix (bad path, missing model, bad session...): one line, no traceback.
@@ -64,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # Third-party C++ log lines off stderr unless asked for (only where fd 2 is a real file:
+    # under a test runner's capture there is nothing to protect).
+    quiet = StderrFilter() if args.verbose == 0 and _stderr_is_fd2() else None
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -71,6 +76,16 @@ def main(argv: list[str] | None = None) -> int:
     except _USER_ERRORS as e:
         print(f"gazeloop {args.command}: {e}", file=sys.stderr)
         return 2
+    finally:
+        if quiet is not None:
+            quiet.close()
+
+
+def _stderr_is_fd2() -> bool:
+    try:
+        return sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 if __name__ == "__main__":

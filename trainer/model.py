@@ -22,10 +22,8 @@ the same two tensors as the ONNX rebuild.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
+from gazeloop.calibration.store.atomic import atomic_path, atomic_write_bytes
 from gazeloop.fastpath.ir_onnx import OMZ_INPUTS
 from gazeloop.fastpath.ir_reader import (
     IRFormatError,
@@ -421,18 +420,6 @@ def sidecar_path(weights_path: str | Path) -> Path:
     return p.with_name(p.name + ".json")
 
 
-def _replace_durably(tmp: Path, dest: Path) -> None:
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, dest)
-    with contextlib.suppress(OSError):
-        fd = os.open(dest.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def save_checkpoint(
     model: GazeNet, path: str | Path, *, extra: dict[str, Any] | None = None
 ) -> Path:
@@ -443,27 +430,18 @@ def save_checkpoint(
     state = {
         k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()
     }
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    side = sidecar_path(path)
-    side_tmp = side.with_name(f".{side.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata={"model_version": MODEL_VERSION})
-        _replace_durably(tmp, path)
-        doc = {
-            "format": CHECKPOINT_FORMAT,
-            "format_version": CHECKPOINT_FORMAT_VERSION,
-            "model_version": MODEL_VERSION,
-            "weights": path.name,
-            "weights_sha256": sha256_file(path),
-            "architecture": model.spec,
-            "extra": dict(extra or {}),
-        }
-        side_tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
-        _replace_durably(side_tmp, side)
-    finally:
-        for t in (tmp, side_tmp):
-            with contextlib.suppress(FileNotFoundError):
-                t.unlink()
+    doc = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "model_version": MODEL_VERSION,
+        "weights": path.name,
+        "weights_sha256": sha256_file(path),
+        "architecture": model.spec,
+        "extra": dict(extra or {}),
+    }
+    atomic_write_bytes(sidecar_path(path), json.dumps(doc, indent=1, sort_keys=True).encode())
     return path
 
 

@@ -12,7 +12,6 @@ interrupted copy by hand, a disk error) is skipped with a warning, never served.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
@@ -21,12 +20,16 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import onnx
 from pydantic import ValidationError
 
+from gazeloop.calibration.profile import data_dir
+from gazeloop.calibration.store.atomic import atomic_path, atomic_write_bytes, fsync_dir
 from gazeloop.fastpath.models import sha256_file
-from gazeloop.trainer.export import ModelCard, card_path_for, read_card
+
+if TYPE_CHECKING:
+    from gazeloop.trainer.export import ModelCard
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +58,10 @@ class RegistryEntry:
         return self.path / CARD_FILE
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+def default_registry_root() -> Path:
+    """Where `gazeloop train` and `gazeloop export` register models and `gazeloop run`
+    watches for new ones: `models/` in the user data folder (`$GAZELOOP_HOME` moves it)."""
+    return data_dir() / "models"
 
 
 def _version_dirname(version: int) -> str:
@@ -74,6 +74,12 @@ class ModelRegistry:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self._warned: set[tuple[str, float]] = set()
+        # Cards are `trainer.export` models, and that module needs torch (the trainer extra):
+        # it loads with the first registry, not with this module, so asking where the
+        # registry lives (`default_registry_root`, for the CLI's help) costs nothing.
+        from gazeloop.trainer import export
+
+        self._cards = export
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -86,12 +92,12 @@ class ModelRegistry:
         if not onnx_path.is_file():
             raise RegistryError(f"model file not found: {onnx_path}")
         if card is None:
-            cp = card_path_for(onnx_path)
+            cp = self._cards.card_path_for(onnx_path)
             if not cp.is_file():
                 raise RegistryError(f"no card given and none beside the model at {cp}")
-            card = read_card(cp)
+            card = self._cards.read_card(cp)
         elif isinstance(card, dict):
-            card = ModelCard.model_validate(card)
+            card = self._cards.ModelCard.model_validate(card)
         self._inspect(onnx_path, card)
         digest = sha256_file(onnx_path)
         if card.onnx_sha256 is not None and card.onnx_sha256 != digest:
@@ -106,9 +112,8 @@ class ModelRegistry:
         tmp = model_dir / f".tmp-{uuid.uuid4().hex}"
         tmp.mkdir()
         try:
-            shutil.copyfile(onnx_path, tmp / MODEL_FILE)
-            with open(tmp / MODEL_FILE, "rb+") as f:
-                os.fsync(f.fileno())
+            with atomic_path(tmp / MODEL_FILE) as copy:
+                shutil.copyfile(onnx_path, copy)
             if sha256_file(tmp / MODEL_FILE) != digest:
                 raise RegistryError(f"copy of {onnx_path} changed on the way (was it rewritten?)")
             for _ in range(1000):
@@ -116,12 +121,8 @@ class ModelRegistry:
                 final = card.model_copy(
                     update={"version": version, "onnx_sha256": digest, "onnx_bytes": size}
                 )
-                card_tmp = tmp / f".{CARD_FILE}.tmp"
-                card_tmp.write_text(final.model_dump_json(indent=2))
-                with open(card_tmp, "rb+") as f:
-                    os.fsync(f.fileno())
-                os.replace(card_tmp, tmp / CARD_FILE)
-                _fsync_dir(tmp)
+                # The card is written (file and folder fsynced) before the folder is renamed.
+                atomic_write_bytes(tmp / CARD_FILE, final.model_dump_json(indent=2).encode())
                 dest = model_dir / _version_dirname(version)
                 try:
                     os.rename(tmp, dest)
@@ -130,7 +131,7 @@ class ModelRegistry:
                     if exc.errno in (errno.EEXIST, errno.ENOTEMPTY) or dest.exists():
                         continue
                     raise
-                _fsync_dir(model_dir)
+                fsync_dir(model_dir)
                 log.info("registered %s %s", card.model_id, dest.name)
                 return RegistryEntry(card.model_id, version, dest, final)
             raise RegistryError(f"could not claim a version number under {model_dir}")
@@ -141,6 +142,8 @@ class ModelRegistry:
     @staticmethod
     def _inspect(onnx_path: Path, card: ModelCard) -> None:
         """Refuse what the fast path could not load or would mislabel."""
+        import onnx  # only registering reads a graph
+
         try:
             proto = onnx.load(str(onnx_path), load_external_data=False)
         except Exception as exc:  # onnx raises DecodeError and others
@@ -212,7 +215,7 @@ class ModelRegistry:
             self._skip(path, f"missing {MODEL_FILE if not model.is_file() else CARD_FILE}")
             return None
         try:
-            card = read_card(card_file)
+            card = self._cards.read_card(card_file)
         except (ValidationError, ValueError, OSError) as exc:
             self._skip(path, f"unreadable card: {exc}")
             return None
@@ -265,4 +268,11 @@ class ModelRegistry:
         return entry
 
 
-__all__ = ["CARD_FILE", "MODEL_FILE", "ModelRegistry", "RegistryEntry", "RegistryError"]
+__all__ = [
+    "CARD_FILE",
+    "MODEL_FILE",
+    "ModelRegistry",
+    "RegistryEntry",
+    "RegistryError",
+    "default_registry_root",
+]

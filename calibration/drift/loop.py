@@ -20,8 +20,8 @@ axis in the done criteria), so a single label says little: a fixed gain either w
 lets 30 % junk labels end 24 % *worse* than no correction. The best a constant offset allows
 is the mean of the labels since it last changed (`C ← C + Δ/n`), so the question is *when*
 it changed. (An earlier version kept a Bayesian posterior over that, Adams & MacKay 2007;
-it crept toward a new drift through a mixture of young hypotheses: median 22-23 labels per
-seed to recover, below.)
+it crept toward a new drift through a mixture of young hypotheses, 5-6 labels slower to
+recover in median than this loop, below.)
 
 The estimator (the maths is in `calibration.changepoint`)
 ---------------------------------------------------------
@@ -45,19 +45,18 @@ The estimator (the maths is in `calibration.changepoint`)
   their runs (leverage-corrected), then re-taken inside the gate so 30 % junk inflates it
   by a tenth rather than a third; floored at `noise_floor`.
 
-Measured (`python -m tools.loop_stats --seeds 300 --base B [--session grid9]`: a 150 px
-step after 10 labels, 60 labels; `labels_to_recover` per seed, median / p90): this loop
-17 / 37-41 on the synthetic 5×5 session (B = 10000, 20000) and 16 / 39 on the grid9 targets,
-the previous one 22-23 / 46-47 and 21 / 44, an estimator told the onset 12-14 / 29-34. The
-seed-averaged trace recovers later than before (21 labels vs 17-18): late detections weigh
-on a mean. That gap is a detection limit, not a tuning one: a 150 px step in 128 px of
-noise per label takes ~9 labels to tell from noise at a false-alarm rate of about one in
-four 100-label streams, even knowing σ and the old offset exactly. With no drift the
-offset's RMS is 21-23 px (29-31 before), but in 14-16 % of 100-label streams a chance run
-of labels is taken for a change and the offset jumps by up to 100-160 px until later labels
-undo it (2-4 % before; p99 of |C| 90-101 px against 70-75). `confirm_logp` = 8 trades back
-(11 %, p99 75 px, RMS 18 px; median 18 labels). With 30 % junk labels no run ended worse
-than the drifted error (worst 0.86-0.94 of it over 300 streams, mean 0.62).
+Measured: this loop's numbers (labels to recover per stream, median / p90, next to an
+estimator told the onset; the 30 %-junk ratios; the offset it holds with no drift) are in
+`docs/baselines/loop_stats.json`, written and recomputed by `gazeloop baseline update|check
+loop_stats`, and quoted from there by the README. When it replaced the previous (Bayesian)
+loop it recovered 5-6 labels sooner in median over the same 300 streams, its no-drift offset
+RMS fell by about a quarter, and the price was false walks: a chance run of labels taken for
+a change makes the offset jump by up to 100-160 px until later labels undo it, in 14-16 % of
+100-label streams against 2-4 % before; `confirm_logp` = 8 trades part of that back (11 %)
+for a label more to recover. The seed-averaged error trace recovers later than the median
+stream: late detections weigh on a mean. That gap is a detection limit, not a tuning one: a
+150 px step in 128 px of noise per label takes ~9 labels to tell from noise at a false-alarm
+rate of about one in four 100-label streams, even knowing σ and the old offset exactly.
 
 The gate
 --------

@@ -25,6 +25,10 @@ oracle answers the line from `camera_norm` through that point. The fast estimate
 sees is the frame's prediction + drift + the offset in force, appended to the History at the
 label's time, exactly as the fast path would have written it (not clamped to the screen, so
 the error measure is not flattered by the screen edge).
+
+`DriftingMapper` is the same injected drift for a stream that runs through the real fast
+path (`gazeloop demo`): a profile's mapper whose output moves by a known amount from a given
+time on.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gazeloop.calibration.drift.history import History
 from gazeloop.calibration.drift.loop import DriftLoop, LoopConfig
 from gazeloop.calibration.labels import LineObservation, OracleLabel, PointObservation
+from gazeloop.calibration.profile import ProfileMapper
 
 RECOVER_TOLERANCE = 0.10
 
@@ -423,3 +428,19 @@ def screen_from_targets(targets_px: np.ndarray) -> tuple[int, int]:
     t = np.asarray(targets_px, dtype=np.float64)
     lo, hi = t.min(axis=0), t.max(axis=0)
     return (int(math.ceil(hi[0] + lo[0])), int(math.ceil(hi[1] + lo[1])))
+
+
+class DriftingMapper(ProfileMapper):
+    """The profile with a known drift added after `onset_ns`: what a person moving in their
+    chair does to a calibration. The loop's offset is added on top, as in real use."""
+
+    def __init__(self, base: ProfileMapper, drift_norm: np.ndarray, onset_ns: int):
+        self.__dict__.update(base.__dict__)
+        self.drift = drift_norm
+        self.onset_ns = onset_ns
+
+    def __call__(self, sample):
+        xy = super().__call__(sample)
+        if xy is None or sample.t_ns < self.onset_ns:
+            return xy
+        return np.clip(xy + self.drift, 0.0, 1.0)

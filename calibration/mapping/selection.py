@@ -63,8 +63,8 @@ def fit_select(
 
     The inner error is in normalised units with x scaled by `aspect` (= w/h). With exactly
     `min_targets` targets there is no fold left to choose with: the grid's only combination
-    or the mapping's defaults are used and the score is NaN. `options` are passed to the
-    mapping unchanged (`columns`, `feature_names`)."""
+    or the mapping's `no_spare_hyper` rule (else its defaults) is used and the score is NaN.
+    `options` are passed to the mapping unchanged (`columns`, `feature_names`)."""
     aspect = _check_aspect(aspect)
     cls = mapping_class(name)
     if groups is None:
@@ -77,7 +77,9 @@ def fit_select(
     if n_targets < cls.min_targets:
         raise NotEnoughTargets(cls.name, cls.min_targets, n_targets)
     if n_targets == cls.min_targets:
-        chosen = combos[0] if len(combos) == 1 else dict(cls.defaults)
+        # No target to spare, so nothing to choose with: a grid of one is the caller's
+        # choice, else a rule measured on other calibrations (never a silent default).
+        chosen = combos[0] if len(combos) == 1 else dict(cls.no_spare_hyper or cls.defaults)
         score = math.nan
     else:
         scores = proto._loto_scores(proto._select(X), Y, w, groups, combos, aspect)

@@ -46,6 +46,10 @@ class EvalReport(BaseModel):
     per_target: list[TargetResult]
     rejected: list[RejectedFile]
     precision: dict | None = None
+    # Whether the frames were selfie views, and who said so (a manifest, the caller, or the
+    # frames themselves: `fastpath.collect.looks_mirrored`).
+    mirrored: bool | None = None
+    mirrored_basis: str | None = None
 
 
 @dataclass(slots=True)

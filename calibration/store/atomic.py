@@ -14,6 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+# mkstemp makes 0600 files; what we store (sessions, profiles, models) should get the mode
+# any other file of the user's gets. Read once, at import, before threads exist.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Replace `path` with `data`."""
@@ -38,6 +43,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)
         yield tmp
         _fsync_file(tmp)
         os.replace(tmp, path)

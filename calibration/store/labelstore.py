@@ -15,14 +15,20 @@ being written.
 
 `PRAGMA synchronous=FULL` (with WAL): each commit waits for the WAL to reach the disk. NORMAL
 would survive a killed process just as well, but a power cut could then drop the last
-commits, including `mark_sent` bookkeeping (labels sent twice) and rows whose images are
-already on disk. A label costs seconds of oracle time; one fsync per label is nothing next
-to that, so we take the stronger guarantee.
+commits, rows whose images are already on disk. A label costs seconds of oracle time; one
+fsync per label is nothing next to that, so we take the stronger guarantee.
 
-Several processes may open one store (the tracker writing, an MQTT bridge reading and
-marking rows sent): SQLite serialises them, and an advisory lock on `root/.lock` tells the
-opener whether it is alone, which is the only time deleting orphans is safe (an image
-without a row may otherwise be another process's label halfway through `add`).
+The store keeps labels and nothing about where they went: rows are never changed or deleted
+after `add`, and ids only grow, so a reader that remembers the last id it saw follows the
+store with `ids_after` (the MQTT uplink keeps what it has sent in its own outbox,
+`tools.runtime.mqtt.outbox`). Schema 1 stores also carried the uplink's delivery flag, a
+`sent` column; they open as they are, nothing writes the column any more, and
+`legacy_sent_ids` reads it once for the uplink to take over.
+
+Several processes may open one store (the tracker writing, an MQTT uplink reading): SQLite
+serialises them, and an advisory lock on `root/.lock` tells the opener whether it is alone,
+which is the only time deleting orphans is safe (an image without a row may otherwise be
+another process's label halfway through `add`).
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +65,7 @@ except ImportError:  # pragma: no cover - Windows
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: without schema 1's `sent` column (the uplink keeps its own)
 DB_NAME = "labels.sqlite3"
 IMAGES = "images"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -85,10 +91,8 @@ CREATE TABLE IF NOT EXISTS labels (
     offset_x REAL, offset_y REAL,      -- the loop's offset after this label
     image TEXT,                        -- file name in images/, NULL if none
     snapshot_ms INTEGER NOT NULL,      -- wall clock of the snapshot, unix ms
-    created_ms INTEGER NOT NULL,       -- wall clock of the insert, unix ms
-    sent INTEGER NOT NULL DEFAULT 0
+    created_ms INTEGER NOT NULL        -- wall clock of the insert, unix ms
 );
-CREATE INDEX IF NOT EXISTS labels_unsent ON labels (sent, id);
 """
 
 
@@ -119,7 +123,6 @@ class StoredLabel(BaseModel):
     image: str | None
     snapshot_ms: int
     created_ms: int
-    sent: bool
 
     def to_label(self) -> OracleLabel:
         return OracleLabel(
@@ -244,6 +247,8 @@ class LabelStore:
                     f"label store {self.root} has schema version {version}, newer than the "
                     f"{SCHEMA_VERSION} this gazeloop reads; upgrade gazeloop to open it"
                 )
+            # Schema 1 opens as it is: it differs only by its `sent` column, which inserts
+            # leave at its default and nothing else writes.
             if version is None:
                 # One script, one transaction: a crash leaves no half-made schema.
                 db.executescript(
@@ -417,32 +422,6 @@ class LabelStore:
             raise
         return int(cur.lastrowid)
 
-    def mark_sent(self, ids: Iterable[int]) -> int:
-        """Flag rows as delivered (one transaction); returns how many changed."""
-        ids = [int(i) for i in ids]
-        if not ids:
-            return 0
-        with self._lock:
-            self._check_open()
-            db = self._db
-            try:
-                db.execute("BEGIN IMMEDIATE")
-                n = 0
-                for i in range(0, len(ids), 500):  # SQLite's bound-parameter limit
-                    chunk = ids[i : i + 500]
-                    marks = ",".join("?" * len(chunk))
-                    n += db.execute(
-                        f"UPDATE labels SET sent = 1 WHERE sent = 0 AND id IN ({marks})", chunk
-                    ).rowcount
-                db.execute("COMMIT")
-                return n
-            except sqlite3.Error as e:
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
-                raise LabelStoreError(
-                    f"cannot mark labels sent in {self.root}: {_describe_os_error(e)}"
-                ) from e
-
     # --- reading ---------------------------------------------------------------------------
 
     def _check_open(self) -> None:
@@ -452,7 +431,7 @@ class LabelStore:
     _COLS = (
         "id, t_ns, snapshot_id, oracle, oracle_version, observation, confidence, in_frame, "
         "latency_s, details, fast_x, fast_y, accepted, why, residual_x, residual_y, "
-        "offset_x, offset_y, image, snapshot_ms, created_ms, sent"
+        "offset_x, offset_y, image, snapshot_ms, created_ms"
     )
 
     @staticmethod
@@ -479,16 +458,10 @@ class LabelStore:
             image=r[18],
             snapshot_ms=r[19],
             created_ms=r[20],
-            sent=bool(r[21]),
         )
 
     def _query(self, sql: str, args: tuple = ()) -> list[StoredLabel]:
-        with self._lock:
-            self._check_open()
-            try:
-                rows = self._db.execute(f"SELECT {self._COLS} FROM labels {sql}", args).fetchall()
-            except sqlite3.Error as e:
-                raise LabelStoreError(f"cannot read {self.root}: {_describe_os_error(e)}") from e
+        rows = self._read(f"SELECT {self._COLS} FROM labels {sql}", args)
         try:
             return [self._row(r) for r in rows]
         except (ValidationError, ValueError) as e:
@@ -529,9 +502,29 @@ class LabelStore:
                 ).fetchone()[0]
             )
 
-    def unsent(self, limit: int = 100) -> list[StoredLabel]:
-        """The oldest rows not yet marked sent (for the MQTT bridge)."""
-        return self._query("WHERE sent = 0 ORDER BY id LIMIT ?", (max(0, int(limit)),))
+    def ids_after(self, label_id: int, limit: int | None = None) -> list[int]:
+        """The ids above `label_id`, oldest first (all of them without `limit`): how a reader
+        that remembers where it stopped follows the store."""
+        sql, args = "SELECT id FROM labels WHERE id > ? ORDER BY id", (int(label_id),)
+        if limit is not None:
+            sql, args = sql + " LIMIT ?", (*args, max(0, int(limit)))
+        return [int(r[0]) for r in self._read(sql, args)]
+
+    def legacy_sent_ids(self) -> list[int]:
+        """The rows a schema 1 store's `sent` column marks as delivered by the MQTT uplink,
+        for the uplink's own bookkeeping to take over once; empty for a store without it."""
+        cols = {r[1] for r in self._read("PRAGMA table_info(labels)")}
+        if "sent" not in cols:
+            return []
+        return [int(r[0]) for r in self._read("SELECT id FROM labels WHERE sent != 0 ORDER BY id")]
+
+    def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self._lock:
+            self._check_open()
+            try:
+                return self._db.execute(sql, args).fetchall()
+            except sqlite3.Error as e:
+                raise LabelStoreError(f"cannot read {self.root}: {_describe_os_error(e)}") from e
 
     def image_path(self, row: StoredLabel) -> Path | None:
         return None if row.image is None else self.images / row.image

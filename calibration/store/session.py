@@ -176,6 +176,9 @@ class Session:
     items: list[SessionItem] = field(default_factory=list)  # sorted by t_ms
     rejected: list[Rejection] = field(default_factory=list)
     mirrored: bool = False  # resolved: manifest, else the caller's statement, else False
+    # Whether anyone said so (a manifest or the caller): if not, the frames can tell
+    # (`fastpath.collect` checks which way the gaze turns with the targets).
+    mirrored_stated: bool = False
     screen_px: tuple[int, int] | None = None  # resolved: manifest, else the caller's
 
     def __len__(self) -> int:
@@ -372,5 +375,6 @@ def read_session(
         items=items,
         rejected=rejected,
         mirrored=is_mirrored,
+        mirrored_stated=manifest is not None or mirrored is not None,
         screen_px=screen,
     )

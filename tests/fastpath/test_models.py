@@ -90,7 +90,7 @@ def test_download_on_loopback_checks_hash(dirs, http_root, monkeypatch):
     with pytest.raises(ModelFileError, match="SHA-256"):
         models.download(bad, cache)
     assert not (cache / "bad.bin").exists()
-    assert not [p for p in cache.iterdir() if p.name.startswith(".dl-")]
+    assert not [p for p in cache.iterdir() if p.name.startswith(".")]  # no temp file left
 
 
 def test_shared_models_resolve_with_their_pinned_hashes(shared):

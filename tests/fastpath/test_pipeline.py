@@ -42,6 +42,7 @@ def test_face_on_all_nine_grid_frames(grid9):
     assert all(s.features.left.crop.shape == (60, 60, 3) for _, s in grid9)
 
 
+@pytest.mark.slow
 def test_face_on_at_least_70_of_74_video_frames(shared, fp):
     fp.reset()
     with VideoSource(shared / "data/video-corners4/calibrate.mp4") as src:
@@ -98,7 +99,9 @@ def test_horizontal_flip_flips_yaw_signs_and_keeps_pitch(grid9, fp):
         iris_m.append(m.features.left.iris_offset[0] + m.features.right.iris_offset[0])
     head, head_m, gaze, gaze_m = map(np.array, (head, head_m, gaze, gaze_m))
     assert -1.3 < _slope(head[:, 0], head_m[:, 0]) < -0.7
-    assert 0.5 < _slope(head[:, 1], head_m[:, 1]) < 1.5
+    # Head pitch barely varies over grid9 (about 2°, each still detected afresh), too little
+    # for a slope: mirroring must leave it where it was, within the detector's own noise.
+    assert np.median(np.abs(head[:, 1] - head_m[:, 1])) < math.radians(2)
     assert -1.4 < _slope(gaze[:, 0], gaze_m[:, 0]) < -0.7
     assert 0.7 < _slope(gaze[:, 1], gaze_m[:, 1]) < 1.3
     # Frames looking clearly sideways flip the sign outright.
@@ -244,3 +247,30 @@ def test_landmark_bytes_parser_reads_records_and_falls_back_to_protobuf():
     msg.landmark[3].visibility = 0.7
     np.testing.assert_array_equal(parse_landmark_list(msg.SerializeToString()), want)
     assert parse_landmark_list(b"").shape == (0, 3)
+
+
+def test_independent_stills_are_detected_afresh_not_tracked(shared, face_task, gaze_onnx):
+    """Issue 12, cause 2 (and issue 16's no_face.jpg): a still seconds after the last frame
+    is seen as it would be alone, whatever came before; a stream keeps tracking."""
+    img = cv2.imread(str(shared / "data/video-corners4/no_face.jpg"))
+    alone = FastPath(FastPathConfig())
+    a = alone.process(Frame(t_ns=0, image=img, index=0))
+    after = FastPath(FastPathConfig())
+    with SessionSource(shared / "data/sessions/grid9", unmirror=True) as src:
+        t = max(after.process(f).t_ns for f in src)
+    b = after.process(Frame(t_ns=t + 5_000_000_000, image=img, index=9))
+    assert (b.quality.face, b.quality.blink) == (a.quality.face, a.quality.blink)
+    if a.landmarks is not None:
+        assert np.abs(b.landmarks.points - a.landmarks.points).max() < 1e-3
+
+    resets = []
+    stream = FastPath(FastPathConfig())
+    stream.landmarks.reset = lambda: resets.append(1)  # count, keep the tracked face
+    for i in range(5):  # 30 fps: one stream
+        stream.process(Frame(t_ns=i * 33_000_000, image=img, index=i))
+    assert resets == []
+    stream.process(Frame(t_ns=2 * 10**9, image=img, index=5))  # a 1.9 s gap: a new still
+    stream.process(Frame(t_ns=10**9, image=img, index=6))  # back in time: a new still
+    assert len(resets) == 2
+    for f in (alone, after, stream):
+        f.close()

@@ -70,6 +70,7 @@ def make_avi(path: Path, n: int = 40, fps: float = 25.0) -> Path:
 # --- video ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @needs_shared
 def test_calibrate_mp4_times_come_from_the_video_and_are_reproducible() -> None:
     runs = []

@@ -1,4 +1,4 @@
-"""Oracles that misbehave on purpose, built inside `oracle.host` children by import path."""
+"""Oracles that misbehave on purpose, built in `gazeloop.oracle.host` children by import path."""
 
 from __future__ import annotations
 

@@ -495,7 +495,8 @@ def test_jspsych_tfrecord_reader_geometry(tmp_path):
     np.testing.assert_allclose(smp.head, 0.0)
 
 
-def test_jspsych_bad_records_are_skipped_with_reasons(tmp_path):
+def test_jspsych_bad_records_are_skipped_with_reasons(tmp_path, face_task):
+    # face_task: the good record's head pose comes from the face model's canonical face.
     recs = [
         jspsych_record(10, 10),
         jspsych_record(20, 20, landmarks=[tfr.encode_tensor(np.zeros((468, 3), np.float32))]),

@@ -97,6 +97,7 @@ def _crops(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 # -- export -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_export_is_one_file_with_metadata_and_card(exported: Path) -> None:
     assert sorted(p.name for p in exported.parent.iterdir()) == [
         "gaze-test.card.json",
@@ -131,6 +132,7 @@ def test_export_is_one_file_with_metadata_and_card(exported: Path) -> None:
     assert card.outputs[1].shape == ["N", 80]
 
 
+@pytest.mark.slow
 def test_exported_model_matches_torch_at_several_batch_sizes(exported: Path) -> None:
     import onnxruntime as ort
 
@@ -148,6 +150,7 @@ def test_exported_model_matches_torch_at_several_batch_sizes(exported: Path) -> 
             assert np.abs(g - w.numpy()).max() <= 1e-4
 
 
+@pytest.mark.slow
 def test_registered_model_loads_in_gazemodel_and_predicts_like_pretrained(
     exported: Path, pretrained_onnx: Path, tmp_path: Path
 ) -> None:
@@ -173,6 +176,7 @@ def test_registered_model_loads_in_gazemodel_and_predicts_like_pretrained(
     np.testing.assert_allclose(one.raw, b.raw[0], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_perturbed_model_exports_registers_and_loads(
     exported: Path, perturbed: tuple[GazeNet, Path], pretrained_onnx: Path, tmp_path: Path
 ) -> None:
@@ -201,6 +205,7 @@ def test_perturbed_model_exports_registers_and_loads(
     assert np.abs(got.raw - want.numpy()).max() <= 1e-4
 
 
+@pytest.mark.slow
 def test_failed_parity_writes_nothing(
     exported: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -248,6 +253,7 @@ def test_bad_card_fails_before_exporting(monkeypatch: pytest.MonkeyPatch, tmp_pa
 # -- registry -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_registry_versions_go_up_and_skip_damaged(
     exported: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -284,6 +290,7 @@ def test_registry_versions_go_up_and_skip_damaged(
     assert reg.latest().version == 5
 
 
+@pytest.mark.slow
 def test_registry_refuses_mismatched_card_and_external_data(exported: Path, tmp_path: Path) -> None:
     reg = ModelRegistry(tmp_path / "reg")
     card = read_card(card_path_for(exported))
@@ -311,6 +318,7 @@ def _relabelled(exported: Path, dest: Path, model_id: str) -> Path:
     return dest
 
 
+@pytest.mark.slow
 def test_registry_refuses_a_card_for_another_model(exported: Path, tmp_path: Path) -> None:
     # GazeModel reports the file's own model id: a registry folder must agree with it.
     card = read_card(card_path_for(exported)).model_copy(
@@ -320,6 +328,7 @@ def test_registry_refuses_a_card_for_another_model(exported: Path, tmp_path: Pat
         ModelRegistry(tmp_path / "reg").register(exported, card)
 
 
+@pytest.mark.slow
 def test_registry_with_several_models_needs_an_id(exported: Path, tmp_path: Path) -> None:
     reg = ModelRegistry(tmp_path / "reg")
     card = read_card(card_path_for(exported))

@@ -16,11 +16,15 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-import gazeloop.trainer.train as tt
+import gazeloop.trainer.train as tt  # the loop: episode_loss and validate are patched there
+from gazeloop.trainer.checkpoint import load_optimizer, save_optimizer, trained_parameters
 from gazeloop.trainer.datasets import GazeData
+from gazeloop.trainer.episodes import episode_loss, make_batch, spread_over_targets
 from gazeloop.trainer.model import CheckpointError
 from gazeloop.trainer.readers.common import SampleBuilder, Samples
-from gazeloop.trainer.train import TrainConfig, TrainError, ValSet, train
+from gazeloop.trainer.split import ValSet, make_split
+from gazeloop.trainer.train import TrainConfig, TrainError, train
+from gazeloop.trainer.validation import validate
 
 torch.set_num_threads(1)
 SCREEN = (1920, 1080)
@@ -92,15 +96,13 @@ def files_snapshot(root: Path) -> dict[str, bytes]:
 
 def fixed_episode_loss(model, samples: Samples, cfg: TrainConfig) -> float:
     """The loss on all frames with 10 fixed calibration draws: comparable before/after."""
-    batch = tt.make_batch(samples, np.arange(len(samples)), torch.device("cpu"))
+    batch = make_batch(samples, np.arange(len(samples)), torch.device("cpu"))
     with torch.no_grad():
         return float(
             np.mean(
                 [
                     float(
-                        tt.episode_loss(
-                            model, batch, cfg, torch.Generator().manual_seed(100 + s)
-                        ).loss
+                        episode_loss(model, batch, cfg, torch.Generator().manual_seed(100 + s)).loss
                     )
                     for s in range(10)
                 ]
@@ -111,6 +113,7 @@ def fixed_episode_loss(model, samples: Samples, cfg: TrainConfig) -> float:
 # --- learning -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_loss_goes_down(net, tmp_path):
     data = GazeData(samples=synth(persons=2, seed=2))
     cfg = config(tmp_path / "run", epochs=1, steps_per_epoch=8, val_fraction=0, seed=2)
@@ -134,6 +137,7 @@ def test_loss_goes_down(net, tmp_path):
 # --- resume ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_resume_continues_the_step_counter_and_matches_an_uninterrupted_run(base_model, tmp_path):
     data = GazeData(samples=synth())
     whole = train(
@@ -172,10 +176,10 @@ def test_resume_continues_the_step_counter_and_matches_an_uninterrupted_run(base
 def test_optimizer_state_roundtrips_by_parameter_name(tmp_path):
     torch.manual_seed(0)
     a = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
-    opt = torch.optim.AdamW(tt.trained_parameters(a), lr=0.01, betas=(0.8, 0.9))
+    opt = torch.optim.AdamW(trained_parameters(a), lr=0.01, betas=(0.8, 0.9))
     a(torch.randn(5, 3)).sum().backward()
     opt.step()
-    tt.save_optimizer(opt, a, tmp_path)
+    save_optimizer(opt, a, tmp_path)
 
     class Reordered(torch.nn.Module):  # same names, registered in another order
         def __init__(self) -> None:
@@ -184,8 +188,8 @@ def test_optimizer_state_roundtrips_by_parameter_name(tmp_path):
             self.add_module("0", torch.nn.Linear(3, 4))
 
     b = Reordered()
-    opt2 = torch.optim.AdamW(tt.trained_parameters(b), lr=0.5)
-    tt.load_optimizer(opt2, b, tmp_path)
+    opt2 = torch.optim.AdamW(trained_parameters(b), lr=0.5)
+    load_optimizer(opt2, b, tmp_path)
     assert opt2.param_groups[0]["lr"] == 0.01 and tuple(opt2.param_groups[0]["betas"]) == (0.8, 0.9)
     for name, p in a.named_parameters():
         q = dict(b.named_parameters())[name]
@@ -193,7 +197,7 @@ def test_optimizer_state_roundtrips_by_parameter_name(tmp_path):
             torch.testing.assert_close(opt2.state[q][k], opt.state[p][k], rtol=0, atol=0)
     assert sorted(f.name for f in tmp_path.iterdir()) == ["optimizer.json", "optimizer.safetensors"]
     with pytest.raises(CheckpointError, match="other parameters"):
-        tt.load_optimizer(
+        load_optimizer(
             torch.optim.AdamW(torch.nn.Linear(3, 4).parameters()), torch.nn.Linear(3, 4), tmp_path
         )
 
@@ -201,6 +205,7 @@ def test_optimizer_state_roundtrips_by_parameter_name(tmp_path):
 # --- failures -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(base_model, tmp_path, monkeypatch):
     data = GazeData(samples=synth())
     clean = train(
@@ -251,6 +256,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(base_model, tmp_path,
     assert again["resumed_from_step"] == 2 and again["steps"] == 3
 
 
+@pytest.mark.slow
 def test_early_stopping_keeps_the_best(base_model, tmp_path, monkeypatch):
     # Validation % diag: 10 before training, then 9 (best), 9.5, 9.7: patience 2 stops there.
     seq = iter([10.0, 9.0, 9.5, 9.7, 1.0])
@@ -275,6 +281,7 @@ def test_early_stopping_keeps_the_best(base_model, tmp_path, monkeypatch):
     assert s["checkpoint"].endswith("step-0000006")  # the state at the stop is kept too
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["trainer_state.json", "model.safetensors.json"])
 def test_checkpoint_of_another_model_version_is_refused(base_model, tmp_path, where):
     data = GazeData(samples=synth())
@@ -295,6 +302,7 @@ def test_checkpoint_of_another_model_version_is_refused(base_model, tmp_path, wh
     assert files_snapshot(out) == before
 
 
+@pytest.mark.slow
 def test_a_fresh_run_never_overwrites_an_earlier_one(base_model, tmp_path):
     data = GazeData(samples=synth())
     out = tmp_path / "run"
@@ -318,7 +326,7 @@ def test_config_is_validated():
 
 def test_split_is_person_disjoint():
     s = synth(persons=5, targets=4, frames=1)
-    split = tt.make_split(s, config(Path("x"), val_fraction=0.4))
+    split = make_split(s, config(Path("x"), val_fraction=0.4))
     assert len(split.val_persons) == 2 and len(split.train_persons) == 3
     assert set(s.person[split.train_rows]).isdisjoint(split.val_persons)
     assert set(s.person[split.val.rows]) == set(split.val_persons)
@@ -332,20 +340,20 @@ def test_split_is_person_disjoint():
 
 def test_single_person_falls_back_to_held_out_targets_and_says_so():
     s = synth(persons=1, targets=10, frames=3)
-    split = tt.make_split(s, config(Path("x"), val_fraction=0.2))
+    split = make_split(s, config(Path("x"), val_fraction=0.2))
     assert "only one person" in split.description and "TARGET-disjoint" in split.description
     query = split.val.rows[~split.val.calib]
     assert len(np.unique(s.target[query])) == 2
     assert set(s.target[query]).isdisjoint(s.target[split.train_rows])
     assert set(split.val.rows[split.val.calib]) <= set(split.train_rows)
     with pytest.raises(TrainError, match="too few"):
-        tt.make_split(synth(persons=1, targets=2, frames=3), config(Path("x")))
+        make_split(synth(persons=1, targets=2, frames=3), config(Path("x")))
 
 
 def test_episodes_spread_frames_over_targets():
     rows = np.arange(15)
     targets = np.repeat([7, 8, 9], 5)
-    got = tt._spread_over_targets(rows, targets, 6, np.random.default_rng(0))
+    got = spread_over_targets(rows, targets, 6, np.random.default_rng(0))
     assert len(set(got.tolist())) == 6
     assert np.bincount(targets[got] - 7).tolist() == [2, 2, 2]
 
@@ -390,10 +398,10 @@ def tiny_val_set(screen_px=SCREEN) -> tuple[Samples, ValSet]:
 def test_validation_numbers_in_px_and_percent_of_the_diagonal():
     cfg = config(Path("x"), ridge_lambda=1e-9)
     s, val = tiny_val_set()
-    perfect = tt.validate(Stub(), s, val, cfg, torch.device("cpu"))
+    perfect = validate(Stub(), s, val, cfg, torch.device("cpu"))
     assert perfect["val_px"] < 1e-3 and perfect["val_pct_diag"] < 1e-4
     # Constant embedding: the ridge predicts the calibration mean, = the constant predictor.
-    const = tt.validate(Stub(constant=True), s, val, cfg, torch.device("cpu"))
+    const = validate(Stub(constant=True), s, val, cfg, torch.device("cpu"))
     mean = np.mean([(0.2, 0.2), (0.4, 0.2), (0.6, 0.4)], axis=0)  # (0.4, 0.2667)
     err_px = math.hypot((0.8 - mean[0]) * 1920, (0.6 - mean[1]) * 1080)
     assert const["val_px"] == pytest.approx(err_px, rel=1e-6)
@@ -401,7 +409,7 @@ def test_validation_numbers_in_px_and_percent_of_the_diagonal():
     assert const["val_pct_diag"] == pytest.approx(100 * err_px / math.hypot(1920, 1080), rel=1e-6)
     # Unknown screen size: px is NaN, % of the diagonal comes from the aspect.
     s2, val2 = tiny_val_set(screen_px=None)
-    unk = tt.validate(
+    unk = validate(
         Stub(constant=True), s2, val2, cfg.model_copy(update={"aspect": 2.0}), torch.device("cpu")
     )
     assert math.isnan(unk["val_px"])
@@ -412,6 +420,7 @@ def test_validation_numbers_in_px_and_percent_of_the_diagonal():
 # --- end to end through the fast path -------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_grid9_through_the_fast_path_with_the_command(shared, tmp_path, capsys):
     """`python -m trainer.train cfg.json`: data read and cached via the fast path, the
     pretrained network from the IR, a one-person run that says its split is by target."""

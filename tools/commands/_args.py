@@ -1,22 +1,51 @@
-"""Options shared by the commands (not a command itself): the fast-path flags and the
-screen, grid and feature flags that several commands take."""
+"""Options shared by the commands (not a command itself): the fast-path flags, the
+calibration grid's flags (`calibrate`, and `run` for its `c` key), the screen as the flags
+and a recording's manifest describe it (`calibrate`, `run`, `eval`, `profile`) and the broker
+flags (`collect`, `announce`, `fetch`, `bench mqtt`). The only module commands share."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 from pydantic import ValidationError
 
+from gazeloop.calibration.geometry import ScreenGeometry
+from gazeloop.calibration.mapping import MAPPINGS
+from gazeloop.calibration.procedure import LAYOUTS, ProcedureConfig
+from gazeloop.calibration.profile import DEFAULT_FEATURES
+from gazeloop.calibration.store.session import SessionManifest
 from gazeloop.fastpath.pipeline import FastPathConfig
 from gazeloop.tools.errors import UserError
+
+# What the fast path's samples offer (GazeSample.feature_dict), embedding features aside.
+KNOWN_FEATURES = (
+    "gaze_yaw",
+    "gaze_pitch",
+    "head_yaw",
+    "head_pitch",
+    "head_roll",
+    "iris_lx",
+    "iris_ly",
+    "iris_rx",
+    "iris_ry",
+    "aperture_l",
+    "aperture_r",
+    "eye_x_mm",
+    "eye_y_mm",
+    "eye_z_mm",
+)
+
+
+# --- the fast path -------------------------------------------------------------------------
 
 
 def add_fastpath_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("fast path")
     g.add_argument("--config", type=Path, help="a JSON file of fast-path settings")
-    g.add_argument("--landmarks", choices=["legacy", "tasks"], help="landmark backend")
+    g.add_argument("--landmarks", choices=["legacy", "tasks", "onnx"], help="landmark backend")
     g.add_argument("--face-model", type=Path, help="face_landmarker.task")
     g.add_argument("--gaze-model", type=Path, help="ONNX gaze model")
     g.add_argument("--filter", choices=["one_euro", "kalman", "none"], help="smoothing filter")
@@ -42,3 +71,141 @@ def fastpath_config(args: argparse.Namespace) -> FastPathConfig:
     except ValidationError as e:
         where = args.config or "command line"
         raise UserError(f"{where}: invalid fast-path setting: {e}") from e
+
+
+# --- the calibration grid ------------------------------------------------------------------
+
+
+def add_grid_args(p: argparse.ArgumentParser) -> None:
+    """The grid's options; `gazeloop run` takes them too, for its `c` key."""
+    g = p.add_argument_group("calibration grid")
+    g.add_argument("--points", type=int, choices=LAYOUTS, default=9, help="targets (default 9)")
+    g.add_argument(
+        "--settle", type=float, default=0.8, help="seconds per target before capture (0.8)"
+    )
+    g.add_argument("--capture", type=int, default=30, help="frames captured per target (30)")
+    g.add_argument(
+        "--capture-timeout",
+        type=float,
+        default=2.0,
+        help="seconds a target may take to capture its frames (2.0)",
+    )
+    g.add_argument("--ready", type=float, default=2.0, help="seconds before the first target")
+    g.add_argument(
+        "--min-frames",
+        type=int,
+        help="usable frames a target needs (default 8, or --capture if smaller; "
+        "1 when replaying a recording)",
+    )
+    g.add_argument("--mapping", default="ridge", choices=sorted(MAPPINGS))
+    g.add_argument("--features", default=",".join(DEFAULT_FEATURES))
+
+
+def feature_names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if n not in KNOWN_FEATURES and not _is_emb(n)]
+    if not names or bad:
+        raise UserError(
+            f"--features: unknown {bad or 'empty list'}; choose from {', '.join(KNOWN_FEATURES)} "
+            "or emb_<i>"
+        )
+    return names
+
+
+def _is_emb(n: str) -> bool:
+    return n.startswith("emb_") and n[4:].isdigit()
+
+
+def procedure_config(args: argparse.Namespace, *, replay: bool) -> ProcedureConfig:
+    for name in ("settle", "capture_timeout", "ready"):
+        v = getattr(args, name)
+        if not (math.isfinite(v) and v >= 0):
+            raise UserError(f"--{name.replace('_', '-')} must be a number of seconds >= 0")
+    if args.capture < 1:
+        raise UserError("--capture must be at least 1 frame")
+    if args.min_frames is not None:
+        min_frames = args.min_frames
+    else:
+        # A recording is what it is (grid9 has one frame per target); a live grid asks for
+        # enough frames that one blink cannot make a target.
+        min_frames = 1 if replay else min(8, args.capture)
+    if min_frames < 1:
+        raise UserError("--min-frames must be at least 1")
+    return ProcedureConfig(
+        n_targets=args.points,
+        settle_s=args.settle,
+        collect_s=args.capture_timeout,
+        frames=args.capture,
+        min_frames=min_frames,
+        features=tuple(feature_names(args.features)),
+        mapping=args.mapping,
+    )
+
+
+# --- the screen ----------------------------------------------------------------------------
+
+
+def screen_from_args(args, px: tuple[int, int], manifest: SessionManifest | None = None):
+    """The screen: pixels as resolved, millimetres and camera from the flags, else from the
+    recording's manifest."""
+    mm = tuple(args.screen_mm) if getattr(args, "screen_mm", None) else None
+    cam = tuple(args.camera_mm) if getattr(args, "camera_mm", None) else None
+    if manifest is not None:
+        mm = mm or manifest.screen_mm
+        cam = cam or manifest.camera_mm
+    try:
+        return ScreenGeometry(
+            px=px, mm=mm, camera_mm=cam, viewing_distance_mm=getattr(args, "distance_mm", None)
+        )
+    except ValueError as e:
+        raise UserError(f"screen: {e}") from None
+
+
+def screen_for(args, session) -> ScreenGeometry | None:
+    """The screen of a session read for evaluation or fitting (`eval`, `profile fit`)."""
+    m = session.manifest
+    # As resolved by read_session (manifest first, then --screen-px): the labels were checked
+    # against that size, and its warning says so.
+    px = session.screen_px
+    if px is None:
+        return None
+    mm = tuple(args.screen_mm) if args.screen_mm else (m.screen_mm if m else None)
+    cam = m.camera_mm if m else None
+    return ScreenGeometry(
+        px=px,
+        mm=mm,
+        camera_mm=(*cam, 0.0) if cam is not None and len(cam) == 2 else cam,
+        viewing_distance_mm=args.distance_mm,
+    )
+
+
+# --- the broker ----------------------------------------------------------------------------
+
+
+def add_broker_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+    g = p.add_argument_group("broker")
+    g.add_argument(
+        "--mqtt",
+        required=required,
+        metavar="URL",
+        help="mqtt://[user[:pass]@]host[:port] or mqtts://... (TLS); a user without a "
+        "password takes it from $GAZELOOP_MQTT_PASSWORD",
+    )
+    g.add_argument("--ca-file", help="CA certificate(s) to verify the broker (PEM); implies TLS")
+    g.add_argument(
+        "--insecure", action="store_true", help="TLS without certificate checks (test brokers)"
+    )
+
+
+def broker_settings(args: argparse.Namespace):
+    """The broker flags as `MqttSettings`; aiomqtt loads here, not when the parser is built."""
+    try:
+        from gazeloop.tools.runtime.mqtt.conn import MqttConfigError, MqttSettings
+    except ModuleNotFoundError as e:
+        if e.name in ("aiomqtt", "paho"):
+            raise UserError("MQTT needs aiomqtt: pip install 'gazeloop[mqtt]'") from e
+        raise
+    try:
+        return MqttSettings.from_url(args.mqtt, ca_file=args.ca_file, insecure=args.insecure)
+    except MqttConfigError as e:
+        raise UserError(str(e)) from e

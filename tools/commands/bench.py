@@ -1,21 +1,25 @@
-"""`gazeloop bench ...`: speed measurements with JSON output (never timed assertions)."""
+"""`gazeloop bench ...`: speed measurements with JSON output (never timed assertions), and
+the drift loop on real sessions with a simulated oracle (`bench loop`)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-import time
+from pathlib import Path
 
-import cv2
-import numpy as np
+from pydantic import ValidationError
 
-from gazeloop.fastpath.pipeline import STAGES, FastPath
-from gazeloop.fastpath.sources import open_source
-from gazeloop.tools.commands._args import add_fastpath_args, fastpath_config
-
-BENCH_SIZE = (640, 480)
-WARMUP = 10
+from gazeloop.tools.commands._args import (
+    add_broker_args,
+    add_fastpath_args,
+    broker_settings,
+    fastpath_config,
+)
+from gazeloop.tools.errors import UserError
+from gazeloop.tools.runtime import bench_loop
+from gazeloop.tools.runtime.bench_fastpath import bench_fastpath, pool_runs, single_thread
+from gazeloop.tools.runtime.bench_loop import LoopBenchOptions, bench_sessions
 
 
 def add_parser(sub) -> None:
@@ -62,137 +66,109 @@ def add_parser(sub) -> None:
     m.add_argument("--mapping", action="append", help="mapping(s) to time (default: all)")
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=run_mapping)
-    from gazeloop.tools.commands import mqtt
-    from gazeloop.tools.runtime import bench_loop
-
-    mqtt.add_bench_parser(bsub)
-    bench_loop.add_parser(bsub)
+    _add_mqtt_parser(bsub)
+    _add_loop_parser(bsub)
 
 
-def single_thread() -> None:
-    """One intra-op thread everywhere: on a 2-core machine a second thread next to any
-    other busy process turns milliseconds into seconds."""
-    cv2.setNumThreads(1)
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(1)
+def _add_mqtt_parser(sub) -> None:
+    b = sub.add_parser("mqtt", help="gaze stream latency through a broker (JSON)")
+    add_broker_args(b)
+    b.add_argument("--rate", type=float, default=60.0, help="samples per second (default 60)")
+    b.add_argument("--seconds", type=float, default=5.0)
+    # Every benchmark takes --json; this one prints JSON either way.
+    b.add_argument("--json", action="store_true", help="one JSON object (the default output)")
+    b.set_defaults(func=run_mqtt)
 
 
-def percentiles(ms: list[float]) -> dict[str, float]:
-    a = np.asarray(ms, dtype=np.float64)
-    if a.size == 0:
-        return {"p50_ms": None, "p95_ms": None, "p99_ms": None, "n": 0}
-    p50, p95, p99 = np.percentile(a, [50, 95, 99])
-    return {
-        "p50_ms": round(p50, 3),
-        "p95_ms": round(p95, 3),
-        "p99_ms": round(p99, 3),
-        "n": int(a.size),
-    }
+def run_mqtt(args: argparse.Namespace) -> int:
+    from gazeloop.tools.runtime.mqtt.bench import bench_mqtt
+
+    settings = broker_settings(args)
+    try:
+        result = bench_mqtt(settings, rate_hz=args.rate, seconds=args.seconds)
+    except RuntimeError as e:
+        raise UserError(str(e)) from e
+    json.dump(result, sys.stdout)
+    print()
+    return 0
 
 
-def _busy_oracle(onnx_path: str, where: str):
-    from gazeloop.oracle.cpuload import CpuLoadOracle
-
-    if where == "thread":
-        return CpuLoadOracle(onnx_path, seconds=0.5)
-    from gazeloop.oracle.process import OracleSpec, ProcessOracle
-
-    spec = OracleSpec(
-        "gazeloop.oracle.cpuload:CpuLoadOracle", {"onnx_path": onnx_path, "seconds": 0.5}
+def _add_loop_parser(bsub) -> None:
+    p = bsub.add_parser(
+        "loop",
+        help="the drift loop on a real session, simulated oracle (JSON)",
+        description=bench_loop.__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    return ProcessOracle(spec)
+    p.add_argument("--session", type=Path, required=True, help="a labelled session folder")
+    p.add_argument(
+        "--calibrate-on",
+        type=Path,
+        metavar="OTHER_DIR",
+        help="fit the mapping on this other session (same person and screen); no injected "
+        "drift, labels from some of --session's targets, errors on the others",
+    )
+    p.add_argument("--noise-px", type=float, default=100.0, help="label noise σ per axis (100)")
+    p.add_argument("--bias-px", type=float, nargs=2, default=(0.0, 0.0), metavar=("X", "Y"))
+    p.add_argument("--outlier-rate", type=float, default=0.0, help="share of junk labels (0)")
+    p.add_argument("--labels", type=int, default=60, help="labels per stream (60)")
+    p.add_argument(
+        "--seeds", type=int, default=100, help="label streams (100); results are medians"
+    )
+    p.add_argument("--seed", type=int, default=0, help="first stream's seed")
+    p.add_argument("--drift-px", type=float, default=150.0, help="injected drift (150 px)")
+    p.add_argument("--onset", type=int, default=10, help="label at which the drift starts")
+    p.add_argument("--ramp-labels", type=int, default=20, help="labels the ramp takes (20)")
+    p.add_argument(
+        "--label-targets",
+        help="with --calibrate-on: comma-separated target ids the oracle labels (default: "
+        "every other target)",
+    )
+    p.add_argument(
+        "--calibration",
+        choices=("loto", "split"),
+        default="loto",
+        help="without --calibrate-on: loto (default) predicts each target's frames with a "
+        "mapping fitted on the other targets; split fits on the first half of every "
+        "target's frames and runs the loop on the second halves (as calibrating and then "
+        "tracking would)",
+    )
+    p.add_argument("--screen-px", type=int, nargs=2, metavar=("W", "H"))
+    p.add_argument(
+        "--mirrored",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the images are selfie views (default: the manifest's word, else not mirrored)",
+    )
+    p.add_argument("--json", action="store_true", help="print only the JSON object")
+    add_fastpath_args(p)
+    p.set_defaults(func=run_loop)
 
 
-def bench_fastpath(
-    source: str,
-    frames: int,
-    cfg,
-    *,
-    oracle: str | None = None,
-    oracle_in: str = "process",
-    raw: bool = False,
-) -> dict:
-    single_thread()
-    cfg = cfg.model_copy(update={"threads": 1})
-    fp = FastPath(cfg)
-    worker = None
-    busy_worker = oracle == "busy"
-    if oracle is not None:
-        from gazeloop.calibration.labels import Snapshot
-        from gazeloop.fastpath.models import resolve_gaze_onnx
-        from gazeloop.oracle.worker import OracleWorker
-
-        busy = _busy_oracle(str(resolve_gaze_onnx(cfg.gaze_model)), oracle_in)
-        worker = OracleWorker(busy, timeout_s=None, max_age_s=None)
-    times: dict[str, list[float]] = {k: [] for k in ("decode", *STAGES)}
-    total: list[float] = []
-    faces = 0
-    restarts = 0
-    with open_source(source, loop=True, resize=BENCH_SIZE) as src:
-        it = iter(src)
-        i = -1
-        while len(total) < frames:
-            i += 1
-            passes = getattr(src, "passes", 0)
-            t0 = time.perf_counter_ns()
-            frame = next(it)
-            decode = (time.perf_counter_ns() - t0) / 1e6
-            s = fp.process(frame)
-            if busy_worker:  # latest-only: the backend never idles
-                worker.submit(Snapshot(t_ns=frame.t_ns, image=frame.image, snapshot_id=str(i)))
-            if i < WARMUP:
-                continue
-            if getattr(src, "passes", 0) != passes:
-                # Looping a short file reopens it (8-10 ms): a cost of this benchmark, not of
-                # the fast path, and at 4 restarts in 300 frames it would be the p99.
-                restarts += 1
-                continue
-            faces += s.quality.face
-            times["decode"].append(decode)
-            for k, v in s.stage_ms.items():
-                times[k].append(v)
-            total.append(decode + sum(s.stage_ms.values()))
-    fp.close()
-    about_oracle = None
-    if worker is not None:
-        m = worker.metrics()
-        cpus = getattr(busy, "cpus", None)
-        worker.close()
-        about_oracle = {
-            "state": oracle,
-            "backend": busy.name,
-            "in": oracle_in,
-            "calls": m.done,
-            "cpus": None if cpus is None else {"fastpath": cpus[0], "oracle": cpus[1]},
-        }
-    h, w = frame.image.shape[:2]
-    return {
-        **({"raw": {"stages": times, "total": total}} if raw else {}),
-        "oracle_worker": about_oracle,
-        "frames": len(total),
-        "warmup_frames": WARMUP,
-        "loop_restarts_excluded": restarts,
-        "width": w,
-        "height": h,
-        "face_found": faces,
-        "landmarks_backend": cfg.landmarks,
-        "threads": 1,
-        "stages": {k: percentiles(v) for k, v in times.items() if v},
-        "total": percentiles(total),
-    }
-
-
-def _pool(runs: list[dict]) -> dict:
-    """One summary over several runs of `bench_fastpath(raw=True)`."""
-    out = {k: v for k, v in runs[0].items() if k != "raw"}
-    for k in ("frames", "face_found", "loop_restarts_excluded"):
-        out[k] = sum(r[k] for r in runs)
-    stages = {k: [x for r in runs for x in r["raw"]["stages"][k]] for k in runs[0]["raw"]["stages"]}
-    out["stages"] = {k: percentiles(v) for k, v in stages.items() if v}
-    out["total"] = percentiles([x for r in runs for x in r["raw"]["total"]])
-    if out["oracle_worker"] is not None:
-        out["oracle_worker"]["calls"] = sum(r["oracle_worker"]["calls"] for r in runs)
-    return out
+def _loop_options(args: argparse.Namespace) -> LoopBenchOptions:
+    targets = None
+    if args.label_targets:
+        try:
+            targets = tuple(int(t) for t in args.label_targets.split(",") if t.strip())
+        except ValueError:
+            raise UserError(f"--label-targets {args.label_targets!r}: not integers") from None
+    try:
+        return LoopBenchOptions(
+            noise_px=args.noise_px,
+            bias_px=tuple(args.bias_px),
+            outlier_rate=args.outlier_rate,
+            labels=args.labels,
+            seeds=args.seeds,
+            seed=args.seed,
+            drift_px=args.drift_px,
+            onset=args.onset,
+            ramp_labels=args.ramp_labels,
+            label_targets=targets,
+            calibration=args.calibration,
+        )
+    except ValidationError as e:
+        bad = "; ".join(f"--{'-'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
+        raise UserError(f"bench loop: {bad.replace('_', '-')}") from None
 
 
 def run_mapping(args: argparse.Namespace) -> int:
@@ -205,7 +181,8 @@ def run_mapping(args: argparse.Namespace) -> int:
         "features": args.features,
         "fits": {},
     }
-    for name in args.mapping or sorted(MAPPINGS):
+    # The synthetic calibration is a feature matrix; geometric needs eye positions and angles.
+    for name in args.mapping or sorted(set(MAPPINGS) - {"geometric"}):
         r = benchmark_fit(
             n_targets=args.targets,
             frames=args.frames,
@@ -220,14 +197,10 @@ def run_mapping(args: argparse.Namespace) -> int:
 
 def run_fastpath(args: argparse.Namespace) -> int:
     if args.frames < 1:
-        from gazeloop.tools.errors import UserError
-
         raise UserError("--frames must be at least 1")
     cfg = fastpath_config(args)
     if args.oracle_load:
         if args.rounds < 1:
-            from gazeloop.tools.errors import UserError
-
             raise UserError("--rounds must be at least 1")
         # Idle and busy alternate so that whatever else the machine does in the meantime
         # falls on both sides, not on one.
@@ -244,7 +217,7 @@ def run_fastpath(args: argparse.Namespace) -> int:
                         raw=True,
                     )
                 )
-        idle, busy = _pool(runs["idle"]), _pool(runs["busy"])
+        idle, busy = pool_runs(runs["idle"]), pool_runs(runs["busy"])
         out = {
             "rounds": args.rounds,
             "idle": idle,
@@ -258,4 +231,32 @@ def run_fastpath(args: argparse.Namespace) -> int:
         print(json.dumps(out))
     else:
         print(json.dumps(out, indent=2))
+    return 0
+
+
+def _check_folder(folder: Path, flag: str) -> None:
+    if not folder.exists():
+        raise UserError(f"{flag} {folder}: no such folder")
+    if not folder.is_dir():
+        raise UserError(f"{flag} {folder}: not a folder")
+
+
+def run_loop(args: argparse.Namespace) -> int:
+    opts = _loop_options(args)
+    _check_folder(args.session, "--session")
+    if args.calibrate_on is not None:
+        _check_folder(args.calibrate_on, "--calibrate-on")
+    out = bench_sessions(
+        args.session,
+        args.calibrate_on,
+        fastpath_config(args),
+        opts,
+        screen_px=tuple(args.screen_px) if args.screen_px else None,
+        mirrored=args.mirrored,
+    )
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    print(f"oracle: {out['oracle']}")
+    print(json.dumps(out, indent=2))
     return 0

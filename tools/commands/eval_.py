@@ -9,6 +9,7 @@ import numpy as np
 
 from gazeloop.calibration.geometry import ScreenGeometry
 from gazeloop.calibration.mapping import MAPPINGS, fit_select
+from gazeloop.calibration.mapping.geometric import COLUMNS
 from gazeloop.calibration.metrics.evaluate import evaluate_arrays, plot_report, robust_keep
 from gazeloop.calibration.metrics.precision import deg_per_mm, precision_report
 from gazeloop.calibration.profile import DEFAULT_FEATURES
@@ -16,7 +17,7 @@ from gazeloop.calibration.store.session import read_session
 from gazeloop.fastpath.collect import collect_session, expand_features, feature_matrix
 from gazeloop.fastpath.filters import make_filter
 from gazeloop.fastpath.pipeline import FastPath
-from gazeloop.tools.commands._args import add_fastpath_args, fastpath_config
+from gazeloop.tools.commands._args import add_fastpath_args, fastpath_config, screen_for
 from gazeloop.tools.errors import UserError
 from gazeloop.tools.ui import report
 
@@ -43,8 +44,8 @@ def add_parser(sub) -> None:
     p.add_argument("--mapping", default="ridge", choices=sorted(MAPPINGS))
     p.add_argument(
         "--features",
-        default=",".join(DEFAULT_FEATURES),
-        help=f"comma-separated feature names (default {','.join(DEFAULT_FEATURES)})",
+        help=f"comma-separated feature names (default {','.join(DEFAULT_FEATURES)}; for "
+        "--mapping geometric its gaze angles and eye position)",
     )
     p.add_argument("--precision", action="store_true", help="add precision per target")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -58,23 +59,6 @@ def add_parser(sub) -> None:
     )
     add_fastpath_args(p)
     p.set_defaults(func=run)
-
-
-def screen_for(args, session) -> ScreenGeometry | None:
-    m = session.manifest
-    # As resolved by read_session (manifest first, then --screen-px): the labels were checked
-    # against that size, and its warning says so.
-    px = session.screen_px
-    if px is None:
-        return None
-    mm = tuple(args.screen_mm) if args.screen_mm else (m.screen_mm if m else None)
-    cam = m.camera_mm if m else None
-    return ScreenGeometry(
-        px=px,
-        mm=mm,
-        camera_mm=(*cam, 0.0) if cam is not None and len(cam) == 2 else cam,
-        viewing_distance_mm=args.distance_mm,
-    )
 
 
 def precision_for(used, x, ev, screen, mapping, cfg) -> dict:
@@ -131,6 +115,8 @@ def precision_text(p: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.features is None:
+        args.features = ",".join(COLUMNS if args.mapping == "geometric" else DEFAULT_FEATURES)
     names = [n.strip() for n in args.features.split(",") if n.strip()]
     if not names:
         raise UserError("--features is empty")
@@ -185,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         write_report(ev, args.report)
     r = ev.report
+    r.mirrored, r.mirrored_basis = col.session.mirrored, col.mirror_basis
     if args.json:
         print(r.model_dump_json(indent=2))
         return 0
@@ -195,6 +182,7 @@ def run(args: argparse.Namespace) -> int:
         f"{r.mean_pct_diag:.2f}% of the {r.diag_basis} diagonal"
         + (f"  {r.mean_deg:.2f}°" if r.mean_deg is not None else "")
         + f"\n  constant predictor: {r.baseline_mean_px:.1f} px"
+        + f"\n  frames {'mirrored' if r.mirrored else 'not mirrored'}: {r.mirrored_basis}"
     )
     for t in r.per_target:
         print(

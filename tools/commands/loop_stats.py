@@ -1,16 +1,17 @@
 """The drift loop's statistics over many simulated label streams (the issue-4 criteria).
 
-    python -m tools.loop_stats [--seeds 300] [--base 0] [--session synthetic|grid9]
-                               [--loop-module FILE.py] [--config JSON] [--jobs 2]
+    python -m gazeloop.tools.commands.loop_stats [--seeds 300] [--base 0]
+        [--session synthetic|grid9] [--loop-module FILE.py] [--config JSON] [--jobs 2]
 
-Per seed, `labels_to_recover` as `calibration.loopsim` defines it (150 px step after label 10,
-label noise 100 px per axis, fast-path noise 80 px per axis, 60 labels; back within 10 % of
-the pre-drift error from that label to the end of the stream); reported as median and p90
-over seeds, next to the estimator told the onset. Also: with 30 % junk labels the error after
-the last label over the drifted error (worst and mean over seeds); with no drift at all, the
-offset the loop holds from label 20 to 100 (RMS, p99, and the share of runs in which it ever
-exceeds 100 px: a false walk). `--loop-module` runs another implementation of `DriftLoop` /
-`LoopConfig` (e.g. an earlier version: `git show REV:calibration/loop.py > old.py`).
+Per seed, `labels_to_recover` as `calibration.drift.simulation` defines it (150 px step
+after label 10, label noise 100 px per axis, fast-path noise 80 px per axis, 60 labels; back
+within 10 % of the pre-drift error from that label to the end of the stream); reported as
+median and p90 over seeds, next to the estimator told the onset. Also: with 30 % junk labels
+the error after the last label over the drifted error (worst and mean over seeds); with no
+drift at all, the offset the loop holds from label 20 to 100 (RMS, p99, and the share of
+runs in which it ever exceeds 100 px: a false walk). `--loop-module` runs another
+implementation of `DriftLoop` / `LoopConfig` (e.g. an earlier version:
+`git show REV:calibration/drift/loop.py > old.py`).
 Seeds: step streams BASE+s, junk streams BASE+100000+s, no-drift streams BASE+200000+s.
 """
 
@@ -38,7 +39,7 @@ def _setup(session: str, loop_module: str | None, config: dict) -> None:
         ls.DriftLoop, ls.LoopConfig = mod.DriftLoop, mod.LoopConfig
     if session == "grid9":
         from gazeloop.calibration.store.session import read_session
-        from gazeloop.tools.commands.demo import default_shared
+        from gazeloop.tools.runtime.sample_data import default_shared
 
         items = read_session(default_shared() / "data/sessions/grid9").items
         targets = np.array([it.label_px for it in items])
@@ -73,7 +74,9 @@ def _job(a: tuple[str, int]):
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tools.loop_stats", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="python -m gazeloop.tools.commands.loop_stats", description=__doc__
+    )
     p.add_argument("--seeds", type=int, default=300)
     p.add_argument("--base", type=int, default=0)
     p.add_argument("--session", choices=("synthetic", "grid9"), default="synthetic")

@@ -19,7 +19,8 @@ def add_parser(sub) -> None:
     msub = p.add_subparsers(dest="models", required=True, metavar="ACTION")
     b = msub.add_parser(
         "build",
-        help="build the ONNX gaze model from the OpenVINO IR (skipped when up to date)",
+        help="build the ONNX gaze model from the OpenVINO IR and the face landmarker's "
+        "networks from its .task bundle (skipped when up to date)",
     )
     b.add_argument("--out", type=Path, help=f"output folder (default {models.cache_dir()})")
     b.add_argument("--force", action="store_true", help="rebuild even when up to date")
@@ -34,12 +35,25 @@ def run_build(args: argparse.Namespace) -> int:
     # Resolve the face model too, so `make setup` fails early and clearly when it is missing.
     task = models.resolve(models.FACE_LANDMARKER)
     print(f"face landmarker: {task}")
+    _build_face_onnx(out_dir, task, args.force)
     if out.is_file() and not args.force and models.onnx_is_current(out):
         print(f"gaze model:      {out} (up to date)")
         return 0
     path = models.build_gaze_onnx(out_dir)
     print(f"gaze model:      {path} (built from the OpenVINO IR)")
     return 0
+
+
+def _build_face_onnx(out_dir: Path, task: Path, force: bool) -> None:
+    """The face landmarker's detector and mesh networks as ONNX (landmark backend `onnx`)."""
+    digest = models.sha256_file(task)
+    paths = [out_dir / models.FACE_DETECTOR_ONNX.name, out_dir / models.FACE_LANDMARKS_ONNX.name]
+    if not force and all(p.is_file() and models.face_onnx_is_current(p, digest) for p in paths):
+        for p in paths:
+            print(f"face network:    {p} (up to date)")
+        return
+    for p in models.build_face_onnx(out_dir, task, digest):
+        print(f"face network:    {p} (built from {task.name})")
 
 
 def run_check(args: argparse.Namespace) -> int:
@@ -54,4 +68,9 @@ def run_check(args: argparse.Namespace) -> int:
         print(f"ok       {models.GAZE_ONNX.name}: {models.resolve(models.GAZE_ONNX)}")
     except models.ModelFileError:
         print(f"not built {models.GAZE_ONNX.name}: run `gazeloop models build`")
+    for spec in (models.FACE_DETECTOR_ONNX, models.FACE_LANDMARKS_ONNX):
+        try:
+            print(f"ok       {spec.name}: {models.resolve(spec)}")
+        except models.ModelFileError:
+            print(f"not built {spec.name}: run `gazeloop models build`")
     return 1 if bad else 0

@@ -5,9 +5,10 @@
     LabelUplink  ── gazeloop/<u>/<d>/labels (QoS 1) ──▶  Collector → session folders
     ModelFetcher ◀── gazeloop/models/announce + chunks (retained, QoS 1) ── ModelAnnouncer
 
-Commands: `gazeloop collect`, `gazeloop announce`, `gazeloop fetch` (and `gazeloop bench mqtt`
-through `bench_mqtt`). aiomqtt is an optional dependency (`pip install 'gazeloop[mqtt]'`):
-this module imports it only when a command or class is used, so the CLI loads without it.
+Commands: `gazeloop collect`, `gazeloop announce`, `gazeloop fetch` (`gazeloop bench mqtt`
+is a benchmark, in `bench`). The bridge itself is `tools.runtime.mqtt`. aiomqtt is an
+optional dependency (`pip install 'gazeloop[mqtt]'`): it is imported only when a command
+runs, so the CLI loads without it.
 """
 
 from __future__ import annotations
@@ -17,78 +18,11 @@ import asyncio
 import contextlib
 import json
 import signal
-import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
+from gazeloop.tools.commands._args import add_broker_args, broker_settings
 from gazeloop.tools.errors import UserError
-
-if TYPE_CHECKING:
-    from gazeloop.tools.runtime.mqtt.bench import bench_mqtt
-    from gazeloop.tools.runtime.mqtt.conn import Backoff, MqttConfigError, MqttSettings
-    from gazeloop.tools.runtime.mqtt.gaze import GazePublisher, PublisherStats
-    from gazeloop.tools.runtime.mqtt.labels import (
-        Collector,
-        CollectorStats,
-        LabelUplink,
-        UplinkStats,
-    )
-    from gazeloop.tools.runtime.mqtt.models import ModelAnnouncement, ModelAnnouncer, ModelFetcher
-
-_EXPORTS = {
-    "Backoff": "gazeloop.tools.runtime.mqtt.conn",
-    "MqttConfigError": "gazeloop.tools.runtime.mqtt.conn",
-    "MqttSettings": "gazeloop.tools.runtime.mqtt.conn",
-    "GazePublisher": "gazeloop.tools.runtime.mqtt.gaze",
-    "PublisherStats": "gazeloop.tools.runtime.mqtt.gaze",
-    "Collector": "gazeloop.tools.runtime.mqtt.labels",
-    "CollectorStats": "gazeloop.tools.runtime.mqtt.labels",
-    "LabelUplink": "gazeloop.tools.runtime.mqtt.labels",
-    "UplinkStats": "gazeloop.tools.runtime.mqtt.labels",
-    "ModelAnnouncement": "gazeloop.tools.runtime.mqtt.models",
-    "ModelAnnouncer": "gazeloop.tools.runtime.mqtt.models",
-    "ModelFetcher": "gazeloop.tools.runtime.mqtt.models",
-    "bench_mqtt": "gazeloop.tools.runtime.mqtt.bench",
-}
-
-
-def __getattr__(name: str) -> Any:
-    # Lazy: `tools.cli` imports this module for its parsers; aiomqtt loads on first use.
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(name)
-    try:
-        mod = __import__(module, fromlist=[name])
-    except ModuleNotFoundError as e:
-        if e.name in ("aiomqtt", "paho"):
-            raise UserError("MQTT needs aiomqtt: pip install 'gazeloop[mqtt]'") from e
-        raise
-    return getattr(mod, name)
-
-
-def _settings(args: argparse.Namespace) -> MqttSettings:
-    from gazeloop.tools.runtime.mqtt.conn import MqttConfigError, MqttSettings
-
-    try:
-        return MqttSettings.from_url(args.mqtt, ca_file=args.ca_file, insecure=args.insecure)
-    except MqttConfigError as e:
-        raise UserError(str(e)) from e
-
-
-def add_broker_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
-    g = p.add_argument_group("broker")
-    g.add_argument(
-        "--mqtt",
-        required=required,
-        metavar="URL",
-        help="mqtt://[user[:pass]@]host[:port] or mqtts://... (TLS); a user without a "
-        "password takes it from $GAZELOOP_MQTT_PASSWORD",
-    )
-    g.add_argument("--ca-file", help="CA certificate(s) to verify the broker (PEM); implies TLS")
-    g.add_argument(
-        "--insecure", action="store_true", help="TLS without certificate checks (test brokers)"
-    )
 
 
 def _screen(text: str | None) -> tuple[int, int] | None:
@@ -165,7 +99,7 @@ async def _until(stop: asyncio.Event, seconds: float | None, done=None) -> None:
 def run_collect(args: argparse.Namespace) -> int:
     from gazeloop.tools.runtime.mqtt.labels import Collector
 
-    settings = _settings(args)
+    settings = broker_settings(args)
     collector = Collector(
         settings,
         args.out,
@@ -204,7 +138,7 @@ def run_announce(args: argparse.Namespace) -> int:
 
     from gazeloop.tools.runtime.mqtt.models import AnnounceError, ModelAnnouncer
 
-    announcer = ModelAnnouncer(_settings(args))
+    announcer = ModelAnnouncer(broker_settings(args))
     try:
         ann = announcer.announce_path(args.model, model_id=args.model_id)
     except AnnounceError as e:
@@ -224,7 +158,7 @@ def run_announce(args: argparse.Namespace) -> int:
 def run_fetch(args: argparse.Namespace) -> int:
     from gazeloop.tools.runtime.mqtt.models import ModelFetcher
 
-    fetcher = ModelFetcher(_settings(args), args.registry, model_id=args.model_id)
+    fetcher = ModelFetcher(broker_settings(args), args.registry, model_id=args.model_id)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -238,47 +172,3 @@ def run_fetch(args: argparse.Namespace) -> int:
         print(f"fetched {e.model_id} as v{e.version} into {e.path}")
     print(json.dumps({"fetched": st.fetched, "already_had": st.already_had, "failed": st.failed}))
     return 0 if st.failed == 0 or st.fetched > 0 else 1
-
-
-__all__ = [
-    "Backoff",
-    "Collector",
-    "CollectorStats",
-    "GazePublisher",
-    "LabelUplink",
-    "ModelAnnouncement",
-    "ModelAnnouncer",
-    "ModelFetcher",
-    "MqttConfigError",
-    "MqttSettings",
-    "PublisherStats",
-    "UplinkStats",
-    "add_broker_args",
-    "add_parser",
-    "bench_mqtt",
-    "add_bench_parser",
-]
-
-
-def add_bench_parser(sub) -> None:
-    """Parser for `gazeloop bench mqtt` (for tools/bench.py to call with its subparsers)."""
-    b = sub.add_parser("mqtt", help="gaze stream latency through a broker (JSON)")
-    add_broker_args(b)
-    b.add_argument("--rate", type=float, default=60.0, help="samples per second (default 60)")
-    b.add_argument("--seconds", type=float, default=5.0)
-    # Every benchmark takes --json; this one prints JSON either way.
-    b.add_argument("--json", action="store_true", help="one JSON object (the default output)")
-    b.set_defaults(func=run_bench)
-
-
-def run_bench(args: argparse.Namespace) -> int:
-    from gazeloop.tools.runtime.mqtt.bench import bench_mqtt
-
-    settings = _settings(args)
-    try:
-        result = bench_mqtt(settings, rate_hz=args.rate, seconds=args.seconds)
-    except RuntimeError as e:
-        raise UserError(str(e)) from e
-    json.dump(result, sys.stdout)
-    print()
-    return 0

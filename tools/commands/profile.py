@@ -13,8 +13,7 @@ from gazeloop.calibration.profile import DEFAULT_FEATURES, Profile, ProfileError
 from gazeloop.calibration.store.session import read_session
 from gazeloop.fastpath.collect import collect_session, expand_features, feature_matrix
 from gazeloop.fastpath.pipeline import FastPath
-from gazeloop.tools.commands._args import add_fastpath_args, fastpath_config
-from gazeloop.tools.commands.eval_ import screen_for
+from gazeloop.tools.commands._args import add_fastpath_args, fastpath_config, screen_for
 from gazeloop.tools.errors import UserError
 
 

@@ -25,18 +25,19 @@ from gazeloop.calibration.profile import Profile, ProfileMapper, data_dir, profi
 from gazeloop.calibration.store.writer import write_record
 from gazeloop.fastpath.pipeline import FastPath
 from gazeloop.fastpath.sources import CameraSource
-from gazeloop.tools.commands._args import add_fastpath_args, fastpath_config
-from gazeloop.tools.commands.calibrate import (
+from gazeloop.tools.commands._args import (
+    add_fastpath_args,
     add_grid_args,
-    calibrate_on_screen,
-    default_session_dir,
+    fastpath_config,
     procedure_config,
     screen_from_args,
 )
 from gazeloop.tools.errors import UserError
+from gazeloop.tools.runtime.calibration import default_session_dir
 from gazeloop.tools.runtime.labelled import LabelledSource, open_labelled
 from gazeloop.tools.runtime.live import Live
 from gazeloop.tools.runtime.recording import UnixClock
+from gazeloop.tools.ui.calibration_grid import calibrate_on_screen
 from gazeloop.tools.ui.render import LiveData, VerifyData, render_live, render_pip, render_verify
 from gazeloop.tools.ui.window import CvDisplay, require_display
 
@@ -143,6 +144,19 @@ def _oracle(args, mapper):
     return MoondreamOracle(model, cfg, mapper.screen, camera_norm=cam)
 
 
+def _publisher(args):
+    """The gaze stream to the broker; aiomqtt is an optional dependency."""
+    try:
+        from gazeloop.tools.runtime.mqtt.gaze import GazePublisher
+    except ModuleNotFoundError as e:
+        if e.name in ("aiomqtt", "paho"):
+            raise UserError("MQTT needs aiomqtt: pip install 'gazeloop[mqtt]'") from e
+        raise
+    publisher = GazePublisher(args.mqtt, user=args.user, device=args.device)
+    publisher.start()
+    return publisher
+
+
 class Cursor:
     """The operating system's cursor, via pynput (optional: `pip install pynput`)."""
 
@@ -206,12 +220,7 @@ def _run(args: argparse.Namespace, ls: LabelledSource) -> int:
         from gazeloop.calibration.store.labelstore import LabelStore
 
         store = LabelStore(data_dir() / "users" / args.user / "labels")
-    publisher = None
-    if args.mqtt:
-        from gazeloop.tools.commands.mqtt import GazePublisher
-
-        publisher = GazePublisher(args.mqtt, user=args.user, device=args.device)
-        publisher.start()
+    publisher = _publisher(args) if args.mqtt else None
     from gazeloop.oracle.policy import SnapshotPolicy
 
     live = Live(
@@ -225,13 +234,14 @@ def _run(args: argparse.Namespace, ls: LabelledSource) -> int:
     )
     watcher = None
     if not args.no_watch_models:
-        from gazeloop.tools.commands.train import registry_root
         from gazeloop.tools.runtime.hotreload import ModelWatcher
 
         try:
+            from gazeloop.trainer.registry import default_registry_root
+
             watcher = ModelWatcher(
                 fp,
-                registry_root(),
+                default_registry_root(),
                 profile=None if mapper is None else mapper.profile,
                 profile_path=args.profile or profile_path(args.user, args.device),
                 screen=None if mapper is None else mapper.screen,

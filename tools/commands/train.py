@@ -12,15 +12,12 @@ import json
 import math
 from pathlib import Path
 
-from gazeloop.calibration.profile import data_dir
 from gazeloop.tools.errors import UserError
-
-
-def registry_root() -> Path:
-    return data_dir() / "models"
+from gazeloop.trainer.registry import default_registry_root
 
 
 def add_parser(sub) -> None:
+    registry_help = f"model registry (default {default_registry_root()})"
     t = sub.add_parser(
         "train",
         help="fine-tune the gaze network (masked ridge head) and export it",
@@ -40,7 +37,7 @@ def add_parser(sub) -> None:
     t.add_argument("--mirrored", action="store_true", help="session images are selfie views")
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     t.add_argument("--export", action="store_true", help="export the best model when done")
-    t.add_argument("--registry", type=Path, help=f"model registry (default {registry_root()})")
+    t.add_argument("--registry", type=Path, help=registry_help)
     t.add_argument("--model-id", default="gazeloop-gazenet", help="registry model id")
     t.add_argument("--json", action="store_true", help="print the summary as JSON only")
     t.set_defaults(func=run_train)
@@ -48,7 +45,7 @@ def add_parser(sub) -> None:
     e = sub.add_parser("export", help="export a training checkpoint to ONNX and register it")
     e.add_argument("checkpoint", type=Path, help="model.safetensors of a training run")
     e.add_argument("--out", type=Path, help="ONNX file (default: beside the checkpoint)")
-    e.add_argument("--registry", type=Path, help=f"model registry (default {registry_root()})")
+    e.add_argument("--registry", type=Path, help=registry_help)
     e.add_argument("--no-register", action="store_true")
     e.add_argument("--model-id", default="gazeloop-gazenet")
     e.add_argument("--json", action="store_true")
@@ -158,7 +155,7 @@ def _export(ckpt: Path, out: Path | None, registry: Path | None, model_id: str, 
     result = {"onnx": str(path)}
     if registry is not False:
         try:
-            entry = ModelRegistry(registry or registry_root()).register(path)
+            entry = ModelRegistry(registry or default_registry_root()).register(path)
         except RegistryError as e:
             raise UserError(str(e)) from None
         result["registered"] = str(entry.onnx_path)

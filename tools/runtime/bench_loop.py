@@ -5,7 +5,7 @@ mapping that never saw its target (leave-one-target-out: the mapping is fitted o
 other targets). Then a drift is injected into those points (a step, and separately a slow
 ramp) and a *simulated* oracle feeds the real `DriftLoop` labels drawn from the session's
 ground truth, with configurable noise, bias and outlier rate. Errors are means over every
-frame of the session with the offset in force (see `calibration.loopsim`).
+frame of the session with the offset in force (see `calibration.drift.simulation`).
 
 With `--calibrate-on OTHER` no drift is injected: the mapping is fitted on another session
 of the same person and screen, so the drift is whatever changed between the two sittings;
@@ -19,14 +19,12 @@ stream of noisy labels says little.
 
 from __future__ import annotations
 
-import argparse
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from gazeloop.calibration.drift.simulation import (
     RECOVER_TOLERANCE,
@@ -49,7 +47,7 @@ from gazeloop.calibration.mapping import (
 from gazeloop.calibration.metrics.evaluate import robust_keep
 from gazeloop.calibration.profile import DEFAULT_FEATURES
 from gazeloop.calibration.store.session import read_session
-from gazeloop.tools.commands._args import add_fastpath_args, fastpath_config
+from gazeloop.fastpath.pipeline import FastPath, FastPathConfig
 from gazeloop.tools.errors import UserError
 
 ORACLE_NOTE = (
@@ -92,93 +90,17 @@ class SessionPoints:
     frames: int  # pairs in the folder, rejected ones included
 
 
-def add_parser(bsub) -> None:
-    p = bsub.add_parser(
-        "loop",
-        help="the drift loop on a real session, simulated oracle (JSON)",
-        description=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--session", type=Path, required=True, help="a labelled session folder")
-    p.add_argument(
-        "--calibrate-on",
-        type=Path,
-        metavar="OTHER_DIR",
-        help="fit the mapping on this other session (same person and screen); no injected "
-        "drift, labels from some of --session's targets, errors on the others",
-    )
-    p.add_argument("--noise-px", type=float, default=100.0, help="label noise σ per axis (100)")
-    p.add_argument("--bias-px", type=float, nargs=2, default=(0.0, 0.0), metavar=("X", "Y"))
-    p.add_argument("--outlier-rate", type=float, default=0.0, help="share of junk labels (0)")
-    p.add_argument("--labels", type=int, default=60, help="labels per stream (60)")
-    p.add_argument(
-        "--seeds", type=int, default=100, help="label streams (100); results are medians"
-    )
-    p.add_argument("--seed", type=int, default=0, help="first stream's seed")
-    p.add_argument("--drift-px", type=float, default=150.0, help="injected drift (150 px)")
-    p.add_argument("--onset", type=int, default=10, help="label at which the drift starts")
-    p.add_argument("--ramp-labels", type=int, default=20, help="labels the ramp takes (20)")
-    p.add_argument(
-        "--label-targets",
-        help="with --calibrate-on: comma-separated target ids the oracle labels (default: "
-        "every other target)",
-    )
-    p.add_argument(
-        "--calibration",
-        choices=("loto", "split"),
-        default="loto",
-        help="without --calibrate-on: loto (default) predicts each target's frames with a "
-        "mapping fitted on the other targets; split fits on the first half of every "
-        "target's frames and runs the loop on the second halves (as calibrating and then "
-        "tracking would)",
-    )
-    p.add_argument("--screen-px", type=int, nargs=2, metavar=("W", "H"))
-    p.add_argument(
-        "--mirrored",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="the images are selfie views (default: the manifest's word, else not mirrored)",
-    )
-    p.add_argument("--json", action="store_true", help="print only the JSON object")
-    add_fastpath_args(p)
-    p.set_defaults(func=run)
-
-
-def options_from(args: argparse.Namespace) -> LoopBenchOptions:
-    targets = None
-    if args.label_targets:
-        try:
-            targets = tuple(int(t) for t in args.label_targets.split(",") if t.strip())
-        except ValueError:
-            raise UserError(f"--label-targets {args.label_targets!r}: not integers") from None
-    try:
-        return LoopBenchOptions(
-            noise_px=args.noise_px,
-            bias_px=tuple(args.bias_px),
-            outlier_rate=args.outlier_rate,
-            labels=args.labels,
-            seeds=args.seeds,
-            seed=args.seed,
-            drift_px=args.drift_px,
-            onset=args.onset,
-            ramp_labels=args.ramp_labels,
-            label_targets=targets,
-            calibration=args.calibration,
-        )
-    except ValidationError as e:
-        bad = "; ".join(f"--{'-'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
-        raise UserError(f"bench loop: {bad.replace('_', '-')}") from None
-
-
-def collect_points(folder: Path, fp, args: argparse.Namespace) -> SessionPoints:
-    """The real fast path over a session: settled, usable frames with their features."""
+def collect_points(
+    folder: Path,
+    fp,
+    screen_px: tuple[int, int] | None = None,
+    mirrored: bool | None = None,
+) -> SessionPoints:
+    """The real fast path over a session: settled, usable frames with their features.
+    `screen_px` and `mirrored` are for a session without a manifest (`read_session`)."""
     from gazeloop.fastpath.collect import collect_session, feature_matrix
 
-    session = read_session(
-        folder,
-        screen_px=tuple(args.screen_px) if args.screen_px else None,
-        mirrored=args.mirrored,
-    )
+    session = read_session(folder, screen_px=screen_px, mirrored=mirrored)
     col = collect_session(session, fp)
     used = [ls for ls in col.samples if not ls.settling]
     if not used:
@@ -419,33 +341,24 @@ def _common(
     }
 
 
-def _check_folder(folder: Path, flag: str) -> None:
-    if not folder.exists():
-        raise UserError(f"{flag} {folder}: no such folder")
-    if not folder.is_dir():
-        raise UserError(f"{flag} {folder}: not a folder")
-
-
-def run(args: argparse.Namespace) -> int:
-    from gazeloop.fastpath.pipeline import FastPath
-
-    opts = options_from(args)
-    _check_folder(args.session, "--session")
-    if args.calibrate_on is not None:
-        _check_folder(args.calibrate_on, "--calibrate-on")
-    fp = FastPath(fastpath_config(args))
+def bench_sessions(
+    session: Path,
+    calibrate_on: Path | None,
+    cfg: FastPathConfig,
+    opts: LoopBenchOptions,
+    *,
+    screen_px: tuple[int, int] | None = None,
+    mirrored: bool | None = None,
+) -> dict[str, Any]:
+    """The whole benchmark: the fast path over the session (and `calibrate_on`) once, then
+    the loop over `opts.seeds` label streams; injected drift without `calibrate_on`."""
+    fp = FastPath(cfg)
     try:
-        pts = collect_points(args.session, fp, args)
-        other = collect_points(args.calibrate_on, fp, args) if args.calibrate_on else None
+        pts = collect_points(session, fp, screen_px, mirrored)
+        other = collect_points(calibrate_on, fp, screen_px, mirrored) if calibrate_on else None
     finally:
         fp.close()
     try:
-        out = bench_injected(pts, opts) if other is None else bench_transfer(pts, other, opts)
+        return bench_injected(pts, opts) if other is None else bench_transfer(pts, other, opts)
     except NotEnoughTargets as e:
-        raise UserError(f"{args.session}: {e}") from None
-    if args.json:
-        print(json.dumps(out))
-        return 0
-    print(f"oracle: {out['oracle']}")
-    print(json.dumps(out, indent=2))
-    return 0
+        raise UserError(f"{session}: {e}") from None

@@ -630,7 +630,7 @@ def import_corners4(
         camera_mm=camera_mm,
         mirrored=mirrored,
         device=f"webcam {frame_size[0]}x{frame_size[1]}",
-        source=f"gazeloop calibration.importers.import_corners4 ({src.name})",
+        source=f"gazeloop import corners4 ({src.name})",
         notes="\n".join(notes),
     )
     write_manifest(out, manifest)

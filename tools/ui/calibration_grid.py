@@ -1,19 +1,38 @@
-"""What the calibration grid shows, as pure functions: run state in, a BGR picture out.
+"""The calibration grid on screen: what it shows, and the procedure that shows it.
 
 The dot glides from the previous target to the next (the eye follows it instead of jumping
 to a cold target), then shrinks to a point while the eye settles (a small dot pins the
 fixation better than a large one), then stays small with a ring filling up while frames are
-captured.
+captured. The pictures are pure functions (run state in, a BGR picture out); `run_grid` and
+`calibrate_on_screen` drive them in a window, full screen, for `gazeloop calibrate` and for
+`gazeloop run`'s `c` key. The fit and its files are window-free
+(`tools.runtime.calibration`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
 
-from gazeloop.calibration.procedure import CalibrationRun
+from gazeloop.calibration.geometry import ScreenGeometry
+from gazeloop.calibration.procedure import CalibrationRun, ProcedureConfig
+from gazeloop.calibration.store.writer import SessionWriter
+from gazeloop.fastpath.pipeline import FastPath
+from gazeloop.fastpath.types import Frame
+from gazeloop.tools.errors import UserError
+from gazeloop.tools.runtime.calibration import (
+    CalibrationResult,
+    GridOutcome,
+    finish,
+    manifest_for,
+    record_extra,
+)
+from gazeloop.tools.runtime.recording import UnixClock
+from gazeloop.tools.ui.window import ESC, CvDisplay
 
 BACKGROUND = (40, 40, 40)
 DOT = (255, 255, 255)
@@ -137,3 +156,117 @@ def render_result(size: tuple[int, int], plot: np.ndarray | None, lines: list[st
         _centred(img, line, y, 0.7 * scale)
         y += line_h
     return img
+
+
+# --- the grid in a window ------------------------------------------------------------------
+
+
+def run_grid(
+    frames: Iterator[Frame],
+    fp: FastPath,
+    cfg: ProcedureConfig,
+    screen: ScreenGeometry,
+    display: CvDisplay | None,
+    *,
+    writer: SessionWriter | None = None,
+    clock: UnixClock | None = None,
+    ready_s: float = 2.0,
+) -> GridOutcome:
+    """The live grid: targets timed by the frames' own clock, one picture per frame. Frames
+    captured at a target are written to `writer` (settle frames are not: the eye was moving).
+    Esc or q cancels."""
+    run = CalibrationRun(cfg)
+    out = GridOutcome(run)
+    t_start: int | None = None
+    for frame in frames:
+        out.frames += 1
+        if t_start is None:
+            t_start = frame.t_ns
+        s = fp.process(frame)
+        left = ready_s - (frame.t_ns - t_start) / 1e9
+        if left > 0:
+            view = dot_view(run, frame.t_ns, screen.px, ready_s=left)
+        else:
+            i, tries = run.index, run.targets[run.index].tries
+            status = run.feed(frame.t_ns, s, name=f"frame {frame.index}")
+            if writer is not None and status in ("kept", "dropped"):
+                label = screen.to_px(run.targets[i].xy)
+                extra = record_extra(i, status, s, frame, attempt=tries + 1)
+                writer.write(clock.ms(frame.t_ns), frame.image, tuple(label), extra)
+            view = dot_view(run, frame.t_ns, screen.px)
+        if display is not None:
+            key = display.show(render_dot(view))
+            if key in (ESC, ord("q")):
+                out.cancelled = True
+                break
+        if run.done:
+            break
+    return out
+
+
+def calibrate_on_screen(
+    frames: Iterator[Frame],
+    fp: FastPath,
+    cfg: ProcedureConfig,
+    screen: ScreenGeometry,
+    display: CvDisplay,
+    clock: UnixClock,
+    *,
+    user: str,
+    device: str,
+    session_dir: Path,
+    profile_out: Path,
+    source_desc: str,
+    ready_s: float,
+    program: str = "gazeloop calibrate",
+    result_wait_s: float | None = None,
+) -> CalibrationResult | None:
+    """Full screen, the grid, the fit, the result with its plot; None when cancelled.
+    `result_wait_s`: how long the result stays up (None: until a key)."""
+    source = f"{program}, on-screen grid ({source_desc})"
+    writer = SessionWriter(session_dir, manifest_for(screen, user, device, source))
+    display.fullscreen(True)
+    display.size_to(*screen.px)
+    try:
+        out = run_grid(
+            frames, fp, cfg, screen, display, writer=writer, clock=clock, ready_s=ready_s
+        )
+        if out.cancelled or out.source_ended:
+            _abandon(out, writer, source_desc)
+            return None
+        display.show(render_dot(DotView(screen.px, None, 0.0, message="Fitting...")))
+        try:
+            res = finish(
+                out.run,
+                fp,
+                screen,
+                user=user,
+                device=device,
+                session_dir=session_dir,
+                profile_out=profile_out,
+                frames_written=writer.written,
+            )
+        except UserError as e:
+            msg = render_dot(DotView(screen.px, None, 0.0, message=str(e)[:90]))
+            display.wait_any_key(msg, result_wait_s)
+            raise
+        writer.finish(f"gazeloop calibrate: {cfg.n_targets}-point grid; " + res.lines()[0])
+        plot = cv2.imread(str(res.plot_path))
+        lines = [*res.lines()[:1], "any key continues"]
+        display.wait_any_key(render_result(screen.px, plot, lines), result_wait_s)
+        return res
+    finally:
+        display.fullscreen(False)
+
+
+def _abandon(out: GridOutcome, writer: SessionWriter, source_desc: str) -> None:
+    """A grid that did not reach its last target: the frames captured so far are kept (or
+    no folder is left when there are none); a source that ended is an error, Esc is not."""
+    why = "cancelled" if out.cancelled else "the source ended"
+    if not writer.discard_if_empty():
+        writer.finish(f"calibration {why} after {writer.written} captured frames")
+    if out.source_ended:
+        raise UserError(
+            f"calibration stopped: {source_desc} ended before the last target "
+            f"({out.run.index} of {len(out.run.targets)} done)"
+        )

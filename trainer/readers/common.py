@@ -25,23 +25,26 @@ frame rejection rules of `fastpath.collect`), never a copy of it, so training se
 the product sees. Preprocessed arrays are cached as `.npz` (no pickle) under a key made of
 the source files' paths, sizes and modification times, the reader's parameters and the
 preprocessing tag (fast-path settings + `PREPROCESS_VERSION`).
+
+Every reader runs its items (lines, frames, records) through one loop, `kept`/`gather`: a
+step reads an item, preprocesses it and labels it, or raises `Skip` with the reason, which
+lands in the unit's skip list in order; what passes is added as a sample.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import os
-import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import numpy as np
 
+from gazeloop.calibration.store.atomic import atomic_writer
+from gazeloop.calibration.store.session import ImageDecodeError, load_image
 from gazeloop.fastpath.collect import _unusable  # the fast path's own rule for a usable frame
 from gazeloop.fastpath.features import BLINK_APERTURE, CROP_SCALE
 from gazeloop.fastpath.gaze_model import head_pose_to_omz_degrees
@@ -62,6 +65,15 @@ class Preprocessor(Protocol):
     def process(self, frame: Frame) -> GazeSample: ...
 
     def reset(self) -> None: ...
+
+
+class ModelInputs(NamedTuple):
+    """What the network gets for one sample (see the module docstring)."""
+
+    left: np.ndarray  # the image-left eye: the person's right
+    right: np.ndarray
+    head: np.ndarray  # OMZ degrees, roll 0
+    roll: float  # radians, what the crops were aligned by
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +217,7 @@ class SampleBuilder:
 # --- conventions ----------------------------------------------------------------------------
 
 
-def model_inputs(s: GazeSample) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+def model_inputs(s: GazeSample) -> ModelInputs:
     """A usable fast-path sample → (left, right, head OMZ deg with roll 0, roll rad) in the
     network's input convention (see the module docstring)."""
     if s.features is None:
@@ -213,12 +225,12 @@ def model_inputs(s: GazeSample) -> tuple[np.ndarray, np.ndarray, np.ndarray, flo
     return features_to_inputs(s.features)
 
 
-def features_to_inputs(f: Features) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+def features_to_inputs(f: Features) -> ModelInputs:
     """`model_inputs` from the fast path's `Features` (readers that run `extract` directly)."""
     head = head_pose_to_omz_degrees(f.head_ypr).astype(np.float32)
     head[2] = 0.0  # crops are roll-aligned, as GazeModel feeds them
     roll = float(f.head_ypr[2]) if np.isfinite(f.head_ypr[2]) else 0.0
-    return f.right.crop, f.left.crop, head, roll
+    return ModelInputs(f.right.crop, f.left.crop, head, roll)
 
 
 def camera_to_model_gaze(v_camera: Any, roll: Any) -> np.ndarray:
@@ -252,7 +264,7 @@ def opencv_to_camera(v_cv: Any) -> np.ndarray:
 
 def preprocess_image(
     fp: Preprocessor, image: np.ndarray, index: int
-) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray, float] | None, str | None]:
+) -> tuple[ModelInputs | None, str | None]:
     """One decoded image through the fast path → (model inputs, None) or (None, reason).
 
     Images of one unit are fed as a stream (tracking mode, `index` gives the time) because
@@ -262,6 +274,81 @@ def preprocess_image(
     if why is not None:
         return None, why
     return model_inputs(s), None
+
+
+# --- the loop every reader shares: read → preprocess → skip with a reason → add ---------------
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Skip(Exception):
+    """Raised by a reader's step for one item: it becomes no sample, for this reason.
+    `item` names it when the name it was listed under is not the one to report."""
+
+    def __init__(self, why: str, item: str | None = None) -> None:
+        super().__init__(why)
+        self.item = item
+
+
+def kept(
+    unit_id: str,
+    items: Iterable[tuple[str, T]],
+    step: Callable[[T], R],
+    skipped: list[Skipped],
+) -> Iterator[tuple[str, R]]:
+    """Each (name, item) through `step` (read, preprocess, label); an item it refuses with
+    `Skip` goes to `skipped` under the unit, with the reason and in order, and the others
+    come out as (name, what `step` made of them). Anything but `Skip` propagates: it is the
+    whole unit that cannot be read, and the loader records that."""
+    for name, item in items:
+        try:
+            result = step(item)
+        except Skip as e:
+            skipped.append(Skipped(unit_id, name if e.item is None else e.item, str(e)))
+            continue
+        yield name, result
+
+
+def gather(
+    unit_id: str,
+    items: Iterable[tuple[str, T]],
+    to_sample: Callable[[T], dict[str, Any]],
+    skipped: list[Skipped],
+) -> tuple[Samples, list[Skipped]]:
+    """`kept` into samples: `to_sample` gives the `SampleBuilder.add` fields but the name,
+    which is the item's."""
+    out = SampleBuilder()
+    for name, fields_ in kept(unit_id, items, to_sample, skipped):
+        out.add(name=name, **fields_)
+    return out.build(), skipped
+
+
+def none_usable(unit_id: str, skipped: list[Skipped], what: str) -> tuple[Samples, list[Skipped]]:
+    """A unit in which nothing passed the first reading: the per-item reasons are kept,
+    since they say what is wrong, and the unit's own reason is added."""
+    return Samples.empty(), [*skipped, Skipped(unit_id, "", f"no usable {what}")]
+
+
+def sample_fields(inputs: ModelInputs, **labels: Any) -> dict[str, Any]:
+    """`SampleBuilder.add` fields from the model inputs and the item's labels."""
+    return {**inputs._asdict(), **labels}
+
+
+def read_image(path: Path) -> np.ndarray:
+    """A decoded image, or `Skip` with the reason it cannot be decoded."""
+    try:
+        return load_image(path)
+    except ImageDecodeError as e:
+        raise Skip(str(e)) from None
+
+
+def fast_path_inputs(fp: Preprocessor, image: np.ndarray, index: int) -> ModelInputs:
+    """`preprocess_image`, refusing a frame the fast path cannot use with its reason."""
+    inputs, why = preprocess_image(fp, image, index)
+    if inputs is None:
+        raise Skip(why or "unusable")
+    return inputs
 
 
 def preprocess_tag(fp_config: Any | None, extra: str = "") -> str:
@@ -352,17 +439,8 @@ def save_cache(path: Path, samples: Samples, skipped: list[Skipped]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = samples.arrays()
     arrays["skipped_json"] = np.array(json.dumps([[s.source, s.item, s.why] for s in skipped]))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_writer(path) as f:
+        np.savez(f, **arrays)
 
 
 def load_cache(path: Path) -> tuple[Samples, list[Skipped]]:

@@ -23,20 +23,23 @@ un-mirrored; pass `mirrored=True` if a copy was stored as selfie views.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
-from gazeloop.calibration.store.session import ImageDecodeError, load_image
 from gazeloop.trainer.readers.common import (
     LazyFastPath,
-    SampleBuilder,
     Samples,
+    Skip,
     Skipped,
     Unit,
-    preprocess_image,
+    fast_path_inputs,
+    gather,
+    read_image,
+    sample_fields,
     unit_files,
 )
 
@@ -92,68 +95,72 @@ class GazeCaptureReader:
 
     def read(self, unit: Unit, pre: LazyFastPath) -> tuple[Samples, list[Skipped]]:
         folder = unit.path
-        if (folder / "frames.json").is_file():
-            frames = _load_json(folder / "frames.json")
-            if not isinstance(frames, list) or not all(isinstance(f, str) for f in frames):
-                raise ValueError("frames.json: not a list of file names")
-        else:
-            frames = [p.name for p in sorted((folder / "frames").glob("*.jpg"))]
-        n = len(frames)
-        if n == 0:
-            raise ValueError("no frames")
+        frames = _frame_names(folder)
+        labels = _Labels.read(folder, len(frames))
+
+        def to_sample(i: int) -> dict[str, Any]:
+            x, y, w, h, o, dot = labels.frame(i)
+            image = read_image(folder / "frames" / frames[i])
+            if self.mirrored:
+                image = cv2.flip(image, 1)
+            return sample_fields(
+                fast_path_inputs(pre.fp, image, i),
+                person=f"gazecapture:{folder.name}:o{o}",
+                target=dot,
+                screen=(x / w, y / h),
+                screen_px=(w, h),
+            )
+
+        pre.fp.reset()
+        return gather(unit.id, ((f, i) for i, f in enumerate(frames)), to_sample, [])
+
+
+def _frame_names(folder: Path) -> list[str]:
+    if (folder / "frames.json").is_file():
+        frames = _load_json(folder / "frames.json")
+        if not isinstance(frames, list) or not all(isinstance(f, str) for f in frames):
+            raise ValueError("frames.json: not a list of file names")
+    else:
+        frames = [p.name for p in sorted((folder / "frames").glob("*.jpg"))]
+    if not frames:
+        raise ValueError("no frames")
+    return frames
+
+
+@dataclass(frozen=True, slots=True)
+class _Labels:
+    """The per-frame columns of one recording, checked to have one entry per frame."""
+
+    xs: list
+    ys: list
+    dot_num: list
+    ws: list
+    hs: list
+    orient: list
+    valid: np.ndarray
+
+    @classmethod
+    def read(cls, folder: Path, n: int) -> _Labels:
         dots = _load_json(folder / "dotInfo.json")
         screen = _load_json(folder / "screen.json")
-        xs = _column(dots, "XPts", n, "dotInfo.json")
-        ys = _column(dots, "YPts", n, "dotInfo.json")
-        dot_num = _column(dots, "DotNum", n, "dotInfo.json")
-        ws = _column(screen, "W", n, "screen.json")
-        hs = _column(screen, "H", n, "screen.json")
-        orient = _column(screen, "Orientation", n, "screen.json")
+        cols = [_column(dots, k, n, "dotInfo.json") for k in ("XPts", "YPts", "DotNum")]
+        cols += [_column(screen, k, n, "screen.json") for k in ("W", "H", "Orientation")]
         valid = np.ones(n, bool)
         for name in _APPLE:
             if (folder / name).is_file():
                 ok = _column(_load_json(folder / name), "IsValid", n, name)
                 valid &= np.asarray(ok, float) > 0
+        return cls(*cols, valid=valid)
 
-        skipped: list[Skipped] = []
-        out = SampleBuilder()
-        pre.fp.reset()
-        for i, fname in enumerate(frames):
-            if not valid[i]:
-                why = "the dataset's own face/eye detection marked this frame invalid"
-                skipped.append(Skipped(unit.id, fname, why))
-                continue
-            try:
-                x, y, w, h = (float(v) for v in (xs[i], ys[i], ws[i], hs[i]))
-                o, dot = int(orient[i]), int(dot_num[i])
-            except (TypeError, ValueError):
-                skipped.append(Skipped(unit.id, fname, "dot or screen entry is not a number"))
-                continue
-            if not (w > 0 and h > 0 and 0 <= x <= w and 0 <= y <= h):
-                why = f"dot ({x:g}, {y:g}) outside the screen {w:g}x{h:g}"
-                skipped.append(Skipped(unit.id, fname, why))
-                continue
-            try:
-                image = load_image(folder / "frames" / fname)
-            except ImageDecodeError as e:
-                skipped.append(Skipped(unit.id, fname, str(e)))
-                continue
-            if self.mirrored:
-                image = cv2.flip(image, 1)
-            inputs, why = preprocess_image(pre.fp, image, i)
-            if inputs is None:
-                skipped.append(Skipped(unit.id, fname, why or "unusable"))
-                continue
-            left, right, head, roll = inputs
-            out.add(
-                left=left,
-                right=right,
-                head=head,
-                roll=roll,
-                person=f"gazecapture:{folder.name}:o{o}",
-                name=fname,
-                target=dot,
-                screen=(x / w, y / h),
-                screen_px=(w, h),
-            )
-        return out.build(), skipped
+    def frame(self, i: int) -> tuple[float, float, float, float, int, int]:
+        """(x, y, w, h, orientation, dot) of frame i, or `Skip` with the reason."""
+        if not self.valid[i]:
+            raise Skip("the dataset's own face/eye detection marked this frame invalid")
+        try:
+            x, y, w, h = (float(v) for v in (self.xs[i], self.ys[i], self.ws[i], self.hs[i]))
+            o, dot = int(self.orient[i]), int(self.dot_num[i])
+        except (TypeError, ValueError):
+            raise Skip("dot or screen entry is not a number") from None
+        if not (w > 0 and h > 0 and 0 <= x <= w and 0 <= y <= h):
+            raise Skip(f"dot ({x:g}, {y:g}) outside the screen {w:g}x{h:g}")
+        return x, y, w, h, o, dot

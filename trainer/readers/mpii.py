@@ -27,19 +27,24 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from gazeloop.calibration.store.session import ImageDecodeError, load_image
 from gazeloop.trainer.readers.common import (
     LazyFastPath,
-    SampleBuilder,
     Samples,
+    Skip,
     Skipped,
     Unit,
     camera_to_model_gaze,
+    fast_path_inputs,
+    gather,
+    kept,
+    none_usable,
     opencv_to_camera,
-    preprocess_image,
+    read_image,
+    sample_fields,
     target_ids,
     unit_files,
 )
@@ -71,7 +76,11 @@ def read_screen_size(path: Path) -> tuple[int, int]:
     return round(w), round(h)
 
 
-def _parse_line(line: str) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
+# (image path, screen target px, face centre mm, gaze target mm)
+_Row = tuple[str, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _parse_line(line: str) -> _Row:
     parts = line.split()
     if len(parts) != N_FIELDS:
         raise ValueError(f"{len(parts)} fields, expected {N_FIELDS}")
@@ -122,52 +131,40 @@ class MPIIFaceGazeReader:
         sw, sh = screen
         person = f"mpii:{folder.name}"
         skipped: list[Skipped] = []
-        rows = []
-        text = (folder / f"{folder.name}.txt").read_text(errors="replace")
-        for n, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
+
+        def annotation(line: str) -> _Row:
             try:
                 rel, spx, fc, gt = _parse_line(line)
             except ValueError as e:
-                skipped.append(Skipped(unit.id, f"line {n}", str(e)))
-                continue
+                raise Skip(str(e)) from None
             if not (0 <= spx[0] <= sw and 0 <= spx[1] <= sh):
                 why = f"target ({spx[0]:g}, {spx[1]:g}) outside the screen {sw}x{sh}"
-                skipped.append(Skipped(unit.id, rel, why))
-                continue
-            rows.append((rel, spx, fc, gt))
-        if not rows:  # keep the per-line reasons: they say what is wrong
-            return Samples.empty(), [*skipped, Skipped(unit.id, "", "no usable annotation lines")]
+                raise Skip(why, item=rel)
+            return rel, spx, fc, gt
 
-        tids = target_ids([tuple(r[1]) for r in rows])
-        pre.fp.reset()  # one person, one laptop: its images are tracked as one stream
-        out = SampleBuilder()
-        for i, ((rel, spx, fc, gt), tid) in enumerate(zip(rows, tids, strict=True)):
-            try:
-                image = load_image(folder / rel)
-            except ImageDecodeError as e:
-                skipped.append(Skipped(unit.id, rel, str(e)))
-                continue
-            inputs, why = preprocess_image(pre.fp, image, i)
-            if inputs is None:
-                skipped.append(Skipped(unit.id, rel, why or "unusable"))
-                continue
-            left, right, head, roll = inputs
+        text = (folder / f"{folder.name}.txt").read_text(errors="replace")
+        lines = ((f"line {n}", ln) for n, ln in enumerate(text.splitlines(), 1) if ln.strip())
+        rows = [row for _, row in kept(unit.id, lines, annotation, skipped)]
+        if not rows:
+            return none_usable(unit.id, skipped, "annotation lines")
+
+        def to_sample(item: tuple[int, _Row, int]) -> dict[str, Any]:
+            i, (rel, spx, fc, gt), tid = item
+            inputs = fast_path_inputs(pre.fp, read_image(folder / rel), i)
             g = gt - fc
             gaze = None
             if np.linalg.norm(g) > 0:
-                gaze = camera_to_model_gaze(opencv_to_camera(g), roll)
-            out.add(
-                left=left,
-                right=right,
-                head=head,
-                roll=roll,
+                gaze = camera_to_model_gaze(opencv_to_camera(g), inputs.roll)
+            return sample_fields(
+                inputs,
                 person=person,
-                name=rel,
                 target=tid,
                 screen=spx / (sw, sh),
                 screen_px=(sw, sh),
                 gaze=gaze,
             )
-        return out.build(), skipped
+
+        tids = target_ids([tuple(r[1]) for r in rows])
+        pre.fp.reset()  # one person, one laptop: its images are tracked as one stream
+        items = ((r[0], (i, r, tid)) for i, (r, tid) in enumerate(zip(rows, tids, strict=True)))
+        return gather(unit.id, items, to_sample, skipped)

@@ -1,6 +1,6 @@
 """Session folders (and label-store exports, which are session folders) as training samples.
 
-Layout (DESIGN.md, "Data on disk"; read by `calibration.session.read_session`):
+Layout (DESIGN.md, "Data on disk"; read by `calibration.store.session.read_session`):
 
     <session>/img_<unix-ms>.jpg + img_<unix-ms>.json   # the seed format
     <session>/session.json                             # optional manifest
@@ -23,18 +23,21 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from gazeloop.calibration.store.session import MANIFEST_NAME, SessionError, read_session
-from gazeloop.fastpath.collect import collect_session
+from gazeloop.fastpath.collect import LabelledSample, collect_session
 from gazeloop.trainer.readers.common import (
     LazyFastPath,
-    SampleBuilder,
     Samples,
+    Skip,
     Skipped,
     Unit,
+    gather,
     model_inputs,
+    sample_fields,
     unit_files,
 )
 
@@ -109,28 +112,21 @@ class SessionReader:
 
         collected = collect_session(session, pre.fp)
         skipped = [Skipped(unit.id, r.file, r.why) for r in collected.rejected]
-        items = {it.name: it for it in session.items}
-        out = SampleBuilder()
-        for ls in collected.samples:
+        records = {it.name: it.record for it in session.items}
+
+        def to_sample(ls: LabelledSample) -> dict[str, Any]:
             if ls.settling:
-                skipped.append(Skipped(unit.id, ls.name, "recorded while the eyes were settling"))
-                continue
-            extra = items[ls.name].record.model_extra or {}
-            w = _weight(extra)
+                raise Skip("recorded while the eyes were settling")
+            w = _weight(records[ls.name].model_extra or {})
             if w is None:
-                skipped.append(Skipped(unit.id, ls.name, "weight/confidence is not a number ≥ 0"))
-                continue
-            left, right, head, roll = model_inputs(ls.sample)
-            out.add(
-                left=left,
-                right=right,
-                head=head,
-                roll=roll,
+                raise Skip("weight/confidence is not a number ≥ 0")
+            return sample_fields(
+                model_inputs(ls.sample),
                 person=person,
-                name=ls.name,
                 target=ls.target,
                 screen=np.array(ls.label_px) / (sw, sh),
                 screen_px=(sw, sh),
                 weight=w,
             )
-        return out.build(), skipped
+
+        return gather(unit.id, ((ls.name, ls) for ls in collected.samples), to_sample, skipped)

@@ -58,11 +58,15 @@ from gazeloop.fastpath.features import extract
 from gazeloop.fastpath.types import FaceLandmarks
 from gazeloop.trainer.readers.common import (
     LazyFastPath,
-    SampleBuilder,
     Samples,
+    Skip,
     Skipped,
     Unit,
     features_to_inputs,
+    gather,
+    kept,
+    none_usable,
+    sample_fields,
     target_ids,
 )
 
@@ -379,6 +383,8 @@ _X0, _X1, _TOPS, _BOTTOMS = 226, 446, (27, 257), (23, 253)
 _NOMINAL_H = 480  # head pose only needs the frame's aspect; 480 rows is a typical webcam
 
 HeadPoseFn = Callable[[np.ndarray, tuple[int, int]], np.ndarray]
+# (person, screen target, eye strip, landmarks) of one usable record
+_Record = tuple[str, tuple[float, float], np.ndarray, np.ndarray]
 
 
 def base36(n: int) -> str:
@@ -505,41 +511,19 @@ class JsPsychTFRecordReader:
     def read(self, unit: Unit, pre: LazyFastPath) -> tuple[Samples, list[Skipped]]:
         head_pose = self._head_pose or _default_head_pose()
         skipped: list[Skipped] = []
-        rows: list[tuple[str, str, tuple[float, float], Any]] = []
-        for i, rec in enumerate(read_records(unit.path, verify=self.verify_crc)):
-            name = f"record {i}"
-            if isinstance(rec, TFRecordError):
-                where = f"record {rec.index} at byte {rec.offset}"
-                rest = "; the rest of the file is unreadable" if rec.fatal else ""
-                skipped.append(Skipped(unit.id, where, f"{rec}{rest}"))
-                continue
-            try:
-                ex = parse_example(rec)
-                person = f"jspsych:{base36(int(_number(ex, 'subject_id')))}"
-                xy = (_number(ex, "x") / 100.0, _number(ex, "y") / 100.0)
-                if not all(0.0 <= c <= 1.0 for c in xy):
-                    raise ValueError(f"target ({xy[0] * 100:g}, {xy[1] * 100:g}) not in 0-100")
-                for key, want in (("img_width", STRIP_W), ("img_height", STRIP_H)):
-                    if key in ex and int(_number(ex, key)) != want:
-                        raise ValueError(f"{key} is {int(_number(ex, key))}, expected {want}")
-                strip = decode_strip(ex)
-                lm = decode_landmarks(ex)
-            except (ProtoError, ValueError) as e:
-                skipped.append(Skipped(unit.id, name, str(e)))
-                continue
-            rows.append((name, person, xy, (strip, lm)))
-        if not rows:  # keep the per-record reasons: they say what is wrong
-            return Samples.empty(), [*skipped, Skipped(unit.id, "", "no usable records")]
+        framed = read_records(unit.path, verify=self.verify_crc)
+        records = ((f"record {i}", r) for i, r in enumerate(framed))
+        rows = list(kept(unit.id, records, _decode_record, skipped))
+        if not rows:
+            return none_usable(unit.id, skipped, "records")
 
-        tids = target_ids([r[2] for r in rows])
-        out = SampleBuilder()
-        for (name, person, xy, (strip, lm)), tid in zip(rows, tids, strict=True):
+        def to_sample(item: tuple[_Record, int]) -> dict[str, Any]:
+            (person, xy, strip, lm), tid = item
             image, pts, frame_pts = strip_face(strip, lm, self.aspect)
             size = (round(self.aspect * _NOMINAL_H), _NOMINAL_H)
             ypr = np.asarray(head_pose(frame_pts, size), np.float64)
             if not np.all(np.isfinite(ypr)):
-                skipped.append(Skipped(unit.id, name, "head pose is not finite"))
-                continue
+                raise Skip("head pose is not finite")
             face = FaceLandmarks(
                 points=pts, head_ypr=ypr, image_size=(image.shape[1], image.shape[0])
             )
@@ -548,20 +532,32 @@ class JsPsychTFRecordReader:
                     face, image, crop_scale=pre.crop_scale, blink_aperture=pre.blink_aperture
                 )
             except ValueError as e:
-                skipped.append(Skipped(unit.id, name, f"fast path: {e}"))
-                continue
+                raise Skip(f"fast path: {e}") from None
             if feats.blink:
-                skipped.append(Skipped(unit.id, name, "eyes closed (blink)"))
-                continue
-            left, right, head, roll = features_to_inputs(feats)
-            out.add(
-                left=left,
-                right=right,
-                head=head,
-                roll=roll,
-                person=person,
-                name=name,
-                target=tid,
-                screen=xy,
-            )
-        return out.build(), skipped
+                raise Skip("eyes closed (blink)")
+            return sample_fields(features_to_inputs(feats), person=person, target=tid, screen=xy)
+
+        tids = target_ids([row[1] for _, row in rows])
+        items = ((name, (row, tid)) for (name, row), tid in zip(rows, tids, strict=True))
+        return gather(unit.id, items, to_sample, skipped)
+
+
+def _decode_record(rec: bytes | TFRecordError) -> _Record:
+    """One record's example, checked; `Skip` with the reason for a damaged or unusable one
+    (a framing error is named by its place in the file)."""
+    if isinstance(rec, TFRecordError):
+        where = f"record {rec.index} at byte {rec.offset}"
+        rest = "; the rest of the file is unreadable" if rec.fatal else ""
+        raise Skip(f"{rec}{rest}", item=where)
+    try:
+        ex = parse_example(rec)
+        person = f"jspsych:{base36(int(_number(ex, 'subject_id')))}"
+        xy = (_number(ex, "x") / 100.0, _number(ex, "y") / 100.0)
+        if not all(0.0 <= c <= 1.0 for c in xy):
+            raise ValueError(f"target ({xy[0] * 100:g}, {xy[1] * 100:g}) not in 0-100")
+        for key, want in (("img_width", STRIP_W), ("img_height", STRIP_H)):
+            if key in ex and int(_number(ex, key)) != want:
+                raise ValueError(f"{key} is {int(_number(ex, key))}, expected {want}")
+        return person, xy, decode_strip(ex), decode_landmarks(ex)
+    except (ProtoError, ValueError) as e:
+        raise Skip(str(e)) from None

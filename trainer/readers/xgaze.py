@@ -22,18 +22,21 @@ tracks them as one stream per file (reset per file).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from gazeloop.trainer.readers.common import (
     LazyFastPath,
-    SampleBuilder,
     Samples,
+    Skip,
     Skipped,
     Unit,
     camera_to_model_gaze,
+    fast_path_inputs,
+    gather,
     opencv_to_camera,
-    preprocess_image,
+    sample_fields,
 )
 
 
@@ -69,46 +72,39 @@ class XGazeReader:
         except ImportError:
             raise ValueError("reading ETH-XGaze .h5 files needs h5py (pip install h5py)") from None
         person = f"xgaze:{unit.path.stem}"
-        skipped: list[Skipped] = []
-        out = SampleBuilder()
         try:
             f = h5py.File(unit.path, "r")
         except OSError as e:
             raise ValueError(f"cannot open as HDF5: {e}") from None
         with f:
-            if "face_patch" not in f:
-                raise ValueError("no face_patch dataset")
-            if "face_gaze" not in f:
-                raise ValueError("no face_gaze dataset (a test-split file has no labels)")
-            patches, gazes = f["face_patch"], f["face_gaze"]
-            if patches.ndim != 4 or patches.shape[3] != 3 or patches.dtype != np.uint8:
-                raise ValueError(f"face_patch is {patches.dtype}{patches.shape}, not (N,H,W,3) u8")
-            if gazes.shape != (patches.shape[0], 2):
-                raise ValueError(f"face_gaze shape {gazes.shape} does not match {patches.shape[0]}")
-            labels = np.asarray(gazes, np.float64)
-            pre.fp.reset()
-            for i in range(patches.shape[0]):
-                name = f"face_patch[{i}]"
+            patches, labels = _datasets(f)
+
+            def to_sample(i: int) -> dict[str, Any]:
                 if not np.all(np.isfinite(labels[i])):
-                    skipped.append(Skipped(unit.id, name, "face_gaze is not finite"))
-                    continue
+                    raise Skip("face_gaze is not finite")
                 try:
                     image = np.ascontiguousarray(patches[i])
                 except OSError as e:  # a truncated file fails here, chunk by chunk
-                    skipped.append(Skipped(unit.id, name, f"cannot read: {e}"))
-                    continue
-                inputs, why = preprocess_image(pre.fp, image, i)
-                if inputs is None:
-                    skipped.append(Skipped(unit.id, name, why or "unusable"))
-                    continue
-                left, right, head, roll = inputs
-                out.add(
-                    left=left,
-                    right=right,
-                    head=head,
-                    roll=roll,
-                    person=person,
-                    name=name,
-                    gaze=camera_to_model_gaze(xgaze_to_camera(labels[i]), roll),
-                )
-        return out.build(), skipped
+                    raise Skip(f"cannot read: {e}") from None
+                inputs = fast_path_inputs(pre.fp, image, i)
+                gaze = camera_to_model_gaze(xgaze_to_camera(labels[i]), inputs.roll)
+                return sample_fields(inputs, person=person, gaze=gaze)
+
+            pre.fp.reset()
+            items = ((f"face_patch[{i}]", i) for i in range(patches.shape[0]))
+            return gather(unit.id, items, to_sample, [])
+
+
+def _datasets(f: Any) -> tuple[Any, np.ndarray]:
+    """The face patches (read lazily, patch by patch) and all gaze labels of an open file;
+    ValueError for a file that is not the published layout."""
+    if "face_patch" not in f:
+        raise ValueError("no face_patch dataset")
+    if "face_gaze" not in f:
+        raise ValueError("no face_gaze dataset (a test-split file has no labels)")
+    patches, gazes = f["face_patch"], f["face_gaze"]
+    if patches.ndim != 4 or patches.shape[3] != 3 or patches.dtype != np.uint8:
+        raise ValueError(f"face_patch is {patches.dtype}{patches.shape}, not (N,H,W,3) u8")
+    if gazes.shape != (patches.shape[0], 2):
+        raise ValueError(f"face_gaze shape {gazes.shape} does not match {patches.shape[0]}")
+    return patches, np.asarray(gazes, np.float64)

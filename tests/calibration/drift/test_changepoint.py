@@ -120,6 +120,7 @@ def scan(g, sigma=1.0, **kw):
     )
 
 
+@pytest.mark.slow
 def test_scan_is_calibrated_under_no_change():
     """At a fixed split, −log p of the test exceeds x with probability about e^-x."""
     rng = np.random.default_rng(3)

@@ -334,6 +334,7 @@ def test_offset_is_replaced_never_mutated():
     assert rig.loop.offset is dec.offset and rejected.offset is dec.offset
 
 
+@pytest.mark.slow
 def test_a_reader_thread_only_ever_sees_published_offsets():
     rig = Rig()
     rng = np.random.default_rng(6)

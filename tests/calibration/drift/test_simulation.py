@@ -137,9 +137,11 @@ def check_a(m: dict) -> None:
     assert m["drifted"] > 1.6 * m["before"]  # the drift is a real one
     ref, loop = m["per_seed_ref"], m["per_seed"]
     assert ref["median"] <= 16  # 13-15: 15 labels is (just) possible when the onset is known
-    # The done criterion is a median of 15 labels (measured 15-16 over 300 seeds, see
-    # calibration/loop.py); 40 seeds leave it ±1.5, hence 17, and the price of detecting the
-    # change is at most 4 labels over the told-the-onset reference on the same streams.
+    # Issue 4 asks for a median of 15 labels; this loop does not meet it over 300 streams
+    # (17, and 14 for the reference: docs/baselines/loop_stats.json). So this guards the
+    # measured level, not the criterion: at most 17 (these 40 seeds give 14.5 on both
+    # sessions; 40 seeds move a median by about ±1.5), and the price of detecting the change
+    # is at most 4 labels over the told-the-onset reference on the same streams.
     assert loop["median"] is not None and loop["median"] <= 17
     assert loop["median"] - ref["median"] <= 4
     assert loop["p90"] is not None and loop["p90"] <= 50 and loop["recovered"] >= 36
@@ -180,25 +182,30 @@ def grid9():
     return pred, truth, scr, ids
 
 
+@pytest.mark.slow
 def test_criterion_a_drift_recovery_synthetic(synthetic):
     check_a(criterion_a(*synthetic))
 
 
+@pytest.mark.slow
 def test_criterion_b_outliers_never_make_it_worse_synthetic(synthetic):
     check_b(criterion_b(*synthetic))
 
 
+@pytest.mark.slow
 def test_criterion_a_drift_recovery_grid9(grid9):
     pred, truth, scr, _ = grid9
     assert scr == (1712, 1036)
     check_a(criterion_a(pred, truth, scr))
 
 
+@pytest.mark.slow
 def test_criterion_b_outliers_never_make_it_worse_grid9(grid9):
     pred, truth, scr, _ = grid9
     check_b(criterion_b(pred, truth, scr))
 
 
+@pytest.mark.slow
 def test_line_labels_recover_the_drift_too(synthetic):
     pred, truth, scr = synthetic
     runs = [
@@ -210,6 +217,7 @@ def test_line_labels_recover_the_drift_too(synthetic):
     assert all(r.summary["error_after_px"] < r.summary["error_drifted_px"] for r in runs)
 
 
+@pytest.mark.slow
 def test_a_ramp_is_followed(synthetic):
     pred, truth, scr = synthetic
     drift = DriftSchedule(kind="ramp", px=150, over_labels=20)
@@ -218,6 +226,7 @@ def test_a_ramp_is_followed(synthetic):
     assert np.mean([r.err_px[-1] for r in runs]) / before <= 1.08
 
 
+@pytest.mark.slow
 def test_without_drift_the_offset_stays_near_zero(synthetic):
     """Unbiased noisy labels must not walk the offset: what is left is the noise of a mean
     over the run's window, and the occasional change declared on a chance run of labels
@@ -238,6 +247,7 @@ def test_without_drift_the_offset_stays_near_zero(synthetic):
     assert float(np.median(r)) <= 20.0
 
 
+@pytest.mark.slow
 def test_calibrate_on_other_targets(grid9):
     pred, truth, scr, ids = grid9
     # The change between sittings: everything predicted 120 px right and 60 px up.

@@ -1,5 +1,6 @@
-"""The label store: round trip, export to a readable session, the sent flag, schema
-versions, disk errors, orphans, and a writer killed with SIGKILL."""
+"""The label store: round trip, export to a readable session, following it by id, schema
+versions (schema 1 stores with their `sent` column still open), disk errors, orphans, and a
+writer killed with SIGKILL."""
 
 from __future__ import annotations
 
@@ -91,7 +92,6 @@ def test_round_trip_keeps_every_field(tmp_path):
         assert row.fast_xy == (0.4, 0.6) and not row.accepted and row.why == "outlier: 5σ"
         assert row.residual == (0.01, -0.02) and row.offset == (0.03, 0.0)
         assert row.snapshot_ms == 42 and abs(row.created_ms - time.time() * 1000) < 60_000
-        assert not row.sent
         path = store.image_path(row)
         assert path is not None and path.parent == tmp_path / "images"
         decoded = load_image(path)
@@ -122,17 +122,36 @@ def test_duplicate_snapshot_is_refused_and_the_first_image_kept(tmp_path):
         assert len(list((tmp_path / "images").iterdir())) == 1
 
 
-def test_unsent_and_mark_sent(tmp_path):
+def test_ids_after_follow_the_store(tmp_path):
     with LabelStore(tmp_path) as store:
         ids = [store.add(point(i), img(i), None, decision()) for i in range(5)]
-        assert [r.id for r in store.unsent(3)] == ids[:3]
-        assert store.mark_sent(ids[:2]) == 2
-        assert store.mark_sent(ids[:1]) == 0  # already sent
-        assert store.mark_sent([]) == 0
-        assert [r.id for r in store.unsent(10)] == ids[2:]
-    with LabelStore(tmp_path) as store:  # the flag is durable
-        assert [r.id for r in store.unsent(10)] == ids[2:]
-        assert store.get(ids[0]).sent and not store.get(ids[2]).sent
+        assert store.ids_after(0) == ids
+        assert store.ids_after(ids[1], limit=2) == ids[2:4]
+        assert store.ids_after(ids[-1]) == [] and store.ids_after(0, limit=0) == []
+        assert store.legacy_sent_ids() == []  # a store of this schema keeps no such flag
+
+
+def make_schema_1(root, sent_ids) -> None:
+    """A store as schema 1 left it: the same table plus the uplink's `sent` column."""
+    with sqlite3.connect(root / DB_NAME) as db:
+        db.execute("ALTER TABLE labels ADD COLUMN sent INTEGER NOT NULL DEFAULT 0")
+        db.execute("CREATE INDEX labels_unsent ON labels (sent, id)")
+        db.executemany("UPDATE labels SET sent = 1 WHERE id = ?", [(i,) for i in sent_ids])
+        db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+
+
+def test_a_schema_1_store_opens_and_its_sent_column_is_read_once(tmp_path):
+    with LabelStore(tmp_path) as store:
+        ids = [store.add(point(i), img(i), None, decision()) for i in range(4)]
+    make_schema_1(tmp_path, ids[:2])
+    with LabelStore(tmp_path) as store:
+        assert store.legacy_sent_ids() == ids[:2]
+        new = store.add(point(9), img(9), None, decision())  # the column keeps its default
+        assert store.ids_after(0) == [*ids, new] and store.get(new).snapshot_id == "snap-9"
+        assert store.legacy_sent_ids() == ids[:2] and store.integrity_check() == "ok"
+    with sqlite3.connect(tmp_path / DB_NAME) as db:  # still schema 1 on disk
+        row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        assert row == ("1",)
 
 
 def test_export_writes_a_session_the_reader_accepts(tmp_path):
@@ -195,7 +214,8 @@ def test_newer_schema_is_a_clear_error(tmp_path):
     LabelStore(tmp_path).close()
     with sqlite3.connect(tmp_path / DB_NAME) as db:
         db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION + 1,))
-    with pytest.raises(LabelStoreError, match=r"schema version 2, newer than the 1"):
+    newer = rf"schema version {SCHEMA_VERSION + 1}, newer than the {SCHEMA_VERSION}"
+    with pytest.raises(LabelStoreError, match=newer):
         LabelStore(tmp_path)
 
 
@@ -299,6 +319,7 @@ _WRITER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_a_writer_killed_at_a_random_point_loses_at_most_the_label_in_flight(tmp_path):
     rng = random.Random(1234)
     committed: set[int] = set()

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from gazeloop.tools.cli import main
+
+pytestmark = pytest.mark.slow  # every test here runs the whole fast path
 
 
 def test_bench_fastpath_reports_every_stage_and_excludes_loop_restarts(shared, capsys):

@@ -50,6 +50,7 @@ def records(folder: Path) -> list[tuple[str, dict]]:
     return [(p.stem, json.loads(p.read_text())) for p in sorted(folder.glob("img_*.json"))]
 
 
+@pytest.mark.slow
 def test_grid9_leave_one_target_out_step_and_ramp(shared, capsys):
     grid9 = shared / "data/sessions/grid9"
     out = run_json(capsys, "--session", str(grid9), "--mirrored", "--seeds", "4")
@@ -58,8 +59,8 @@ def test_grid9_leave_one_target_out_step_and_ramp(shared, capsys):
     assert out["mode"] == "injected-drift" and out["frames"] == 9 and out["targets"] == 9
     assert out["noise_px"] == 100.0 and out["outlier_rate"] == 0.0 and out["seeds"] == 4
     assert out["screen_px"] == [1712, 1036] and "no session.json" in out["screen_basis"]
-    # `gazeloop eval grid9 --mirrored` measures 81 px leave-one-target-out: the same frames.
-    assert 60 < out["error_before_px"] < 110
+    # The same frames `gazeloop eval grid9 --mirrored` measures (docs/baselines/grid9*.json).
+    assert 50 < out["error_before_px"] < 110
     assert out["error_drifted_px"] > out["error_before_px"] + 50  # 150 px, partly sideways
     for r in (out, out["ramp"]):
         assert r["error_after_px"] < 0.7 * r["error_drifted_px"]  # the loop undid most of it
@@ -75,6 +76,7 @@ def test_grid9_leave_one_target_out_step_and_ramp(shared, capsys):
     assert 0.5 < ref["error_after_15_labels_over_before"] < 1.6
 
 
+@pytest.mark.slow
 def test_corners4_split_calibration_with_outliers(corners4, capsys):
     out = run_json(
         capsys,
@@ -101,6 +103,7 @@ def test_corners4_split_calibration_with_outliers(corners4, capsys):
     assert out["error_after_px"] < out["error_drifted_px"]
 
 
+@pytest.mark.slow
 def test_calibrate_on_another_session(corners4, tmp_path, capsys):
     # One person, one sitting: the two "sessions" are the earlier and later halves of each
     # target's settled frames of the same recording, so the drift between them is small and
@@ -149,6 +152,7 @@ def test_missing_folder_is_a_clear_error(tmp_path, capsys):
     assert str(missing) in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_too_few_targets_is_a_clear_error(corners4, tmp_path, capsys):
     two = [s for s, r in records(corners4) if r["target"] in (0, 1)]
     folder = copy_pairs(corners4, tmp_path / "two-targets", two)

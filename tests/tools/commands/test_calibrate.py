@@ -168,16 +168,18 @@ def corners4_calibration(shared, tmp_path_factory):
     return out, prof, stdout
 
 
+@pytest.mark.slow
 def test_headless_calibration_on_the_4_corner_video(corners4_calibration, shared):
     out, prof_path, stdout = corners4_calibration
     assert "leave-one-target-out error: mean" in stdout
     report = json.loads((out / "report/calibration.json").read_text())
     ev = report["evaluation"]
-    # 4 corners of a 2560x1440 screen; the README's number for this recording is 272 px.
+    # 4 corners of a 2560x1440 screen: leave-one-target-out is extrapolation to a corner.
+    # 272 px before issue 12 (alpha 0.1 where no fold could choose), 127 px with the rule.
     assert ev["targets"] == 4 and ev["screen_px"] == [2560, 1440]
-    assert 200 < ev["mean_px"] < 350
+    assert 100 < ev["mean_px"] < 160
     assert ev["baseline_mean_px"] == pytest.approx(1568, abs=15)
-    assert 4.0 < ev["mean_deg"] < 8.0  # the manifest's mm + --distance-mm 600
+    assert 2.0 < ev["mean_deg"] < 4.0  # the manifest's mm + --distance-mm 600
     assert [t["kept"] for t in report["targets"]] == [10, 12, 12, 12]
     # The profile holds the same honest numbers, and loads for the model that made it.
     prof = Profile.load(prof_path)
@@ -198,6 +200,7 @@ def test_headless_calibration_on_the_4_corner_video(corners4_calibration, shared
         assert len(extra["fast_gaze_deg"]) == 2
 
 
+@pytest.mark.slow
 def test_the_saved_session_evaluates_like_the_calibration_said(corners4_calibration):
     out, _, _ = corners4_calibration
     rc, stdout, err = cli("eval", out, "--json")
@@ -205,10 +208,13 @@ def test_the_saved_session_evaluates_like_the_calibration_said(corners4_calibrat
     ev = json.loads(stdout)
     report = json.loads((out / "report/calibration.json").read_text())["evaluation"]
     assert ev["targets"] == 4
-    # Same frames, re-encoded once more as JPEG: the error moves by a few px at most.
-    assert ev["mean_px"] == pytest.approx(report["mean_px"], abs=15)
+    # The captured frames, JPEG-encoded and read as stills: extrapolating to a held-out
+    # corner with little shrinkage magnifies such small feature changes (127 → 161 px here),
+    # so this checks the saved session is the calibration's, not an equal number.
+    assert ev["mean_px"] == pytest.approx(report["mean_px"], rel=0.35)
 
 
+@pytest.mark.slow
 def test_headless_calibration_on_grid9_matches_gazeloop_eval(shared, tmp_path):
     rc, stdout, err = cli(
         "calibrate",
@@ -228,9 +234,10 @@ def test_headless_calibration_on_grid9_matches_gazeloop_eval(shared, tmp_path):
     assert rc == 0, err
     report = json.loads(stdout[stdout.index("{") :])
     ev = report["evaluation"]
-    # One frame per target (min-frames 1 for a replay); README: 81 px with --mirrored.
+    # One frame per target (min-frames 1 for a replay), each still detected afresh; the
+    # same number `gazeloop eval` gives (67 px; 81 px when stills were tracked as video).
     assert ev["targets"] == 9 and ev["frames_used"] == 9
-    assert ev["mean_px"] == pytest.approx(81.1, abs=1.0)
+    assert ev["mean_px"] == pytest.approx(67.1, abs=1.0)
     s = read_session(tmp_path / "s")
     assert len(s) == 9 and s.manifest.screen_px == (1920, 1080)
 
@@ -281,6 +288,7 @@ def test_a_recording_with_closed_eyes_says_which_targets_failed_and_why(shared, 
     assert "only 0 of 1 targets" in err and "target 1: 0 kept (blink x1)" in err
 
 
+@pytest.mark.slow
 def test_an_existing_session_is_never_mixed_into(corners4_calibration, shared, tmp_path):
     out, _, _ = corners4_calibration
     before = sorted(p.name for p in out.iterdir())
@@ -322,6 +330,7 @@ def test_grid_targets_serpentine_order_never_jumps_across_the_screen():
         assert steps.max() == pytest.approx(side)
 
 
+@pytest.mark.slow
 def test_a_profile_installed_while_running_maps_the_next_frame(corners4_calibration, shared):
     """What the `c` key does after its grid, without a window: the running fast path takes
     the new profile between two frames; the drift loop starts from it."""

@@ -20,9 +20,11 @@ import pytest
 
 from gazeloop.calibration.store.session import read_session
 from gazeloop.tools.cli import main
-from gazeloop.tools.commands.eval_ import screen_for
+from gazeloop.tools.commands._args import screen_for
 
 REPORT_KEYS = {
+    "mirrored",
+    "mirrored_basis",
     "session",
     "mapping",
     "features",
@@ -137,10 +139,12 @@ def test_grid9_per_target(plain, grid9):
 
 
 def test_grid9_accuracy_meets_the_done_criterion(plain, grid9):
-    # the issue's done criterion: under 150 px leave-one-target-out (today ~117)
-    assert plain["mean_px"] <= 150
-    assert plain["median_px"] <= 150
-    # next to the constant predictor, which is ~813 px on this grid
+    # No flags: each still's landmarks detected afresh and the selfie view detected from the
+    # frames (issue 12, causes 2 and 4) take this from 117 px to 67 px
+    # (docs/baselines/grid9.json); 75 px keeps both causes pinned.
+    assert plain["mean_px"] <= 75
+    assert plain["median_px"] <= 75
+    # next to the constant predictor on this grid
     assert plain["baseline_mean_px"] == pytest.approx(813, abs=5)
     assert plain["baseline_mean_px"] == pytest.approx(
         hand_baseline(list(seed_labels(grid9).values())), abs=0.01
@@ -154,6 +158,7 @@ def test_grid9_accuracy_meets_the_done_criterion(plain, grid9):
     )
 
 
+@pytest.mark.slow
 def test_grid9_mirrored_text_report(mirrored_text, plain):
     text = mirrored_text
     m = re.search(
@@ -161,8 +166,12 @@ def test_grid9_mirrored_text_report(mirrored_text, plain):
     )
     assert m, text
     mean, median = float(m.group(1)), float(m.group(2))
-    assert mean <= 150 and median <= 150  # today ~81
-    assert abs(mean - plain["mean_px"]) > 1  # --mirrored reached the fast path
+    assert mean <= 150 and median <= 150
+    # grid9 has no manifest: without the flag the frames tell that they are selfie views
+    # (issue 12, cause 4), so the flag changes nothing but the reason given.
+    assert mean == pytest.approx(plain["mean_px"], abs=0.1)
+    assert plain["mirrored"] is True and plain["mirrored_basis"].startswith("not stated; detected")
+    assert "frames mirrored: stated" in text
     base = re.search(r"constant predictor: ([\d.]+) px", text)
     assert base and float(base.group(1)) == pytest.approx(813, abs=5)
     assert "9 targets, 9 of 9 frames used" in text
@@ -170,6 +179,7 @@ def test_grid9_mirrored_text_report(mirrored_text, plain):
     assert "rejected" not in text and "°" not in text
 
 
+@pytest.mark.slow
 def test_grid9_with_screen_size(with_screen, plain):
     r = with_screen
     assert set(r) == REPORT_KEYS
@@ -185,6 +195,7 @@ def test_grid9_with_screen_size(with_screen, plain):
     assert r["baseline_mean_px"] == pytest.approx(plain["baseline_mean_px"], abs=0.01)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["targets.png", "screen.png"])
 def test_plot_is_a_png_of_the_report(plain, with_screen, plots, name):
     path = plots / name
@@ -219,6 +230,7 @@ def corners4_report(corners4) -> dict:
     return eval_json(corners4, "--precision", "--distance-mm", 600, "--report", report)
 
 
+@pytest.mark.slow
 def test_corners4_html_report_has_the_numbers_tables_and_plot(corners4_report, corners4):
     folder = corners4.parent / "report"
     page = (folder / "report.html").read_text()
@@ -233,6 +245,7 @@ def test_corners4_html_report_has_the_numbers_tables_and_plot(corners4_report, c
     assert "settling" in page  # the left-out frames are listed with why
 
 
+@pytest.mark.slow
 def test_corners4_end_to_end(corners4_report, corners4):
     r = corners4_report
     assert set(r) == REPORT_KEYS
@@ -250,6 +263,7 @@ def test_corners4_end_to_end(corners4_report, corners4):
     assert r["mean_pct_diag"] == pytest.approx(100 * r["mean_px"] / np.hypot(2560, 1440), abs=1e-3)
 
 
+@pytest.mark.slow
 def test_corners4_settling_frames_are_rejected(corners4_report, corners4):
     settling = set()
     for p in corners4.glob("img_*.json"):
@@ -265,6 +279,7 @@ def test_corners4_settling_frames_are_rejected(corners4_report, corners4):
     assert all(why for why in rejected.values())
 
 
+@pytest.mark.slow
 def test_corners4_degrees(corners4_report):
     r = corners4_report
     assert r["mean_deg"] is not None
@@ -273,6 +288,7 @@ def test_corners4_degrees(corners4_report):
     assert r["mean_deg"] == pytest.approx(r["mean_px"] / px_per_deg, rel=0.03)
 
 
+@pytest.mark.slow
 def test_corners4_precision_raw_and_filtered(corners4_report):
     p = corners4_report["precision"]
     assert p is not None
@@ -344,6 +360,7 @@ def broken_report(broken) -> dict:
     return eval_json(folder)
 
 
+@pytest.mark.slow
 def test_broken_files_are_rejected_with_reasons(broken, broken_report):
     _, bad = broken
     rejected = {f["file"]: f["why"] for f in broken_report["rejected"]}
@@ -353,6 +370,7 @@ def test_broken_files_are_rejected_with_reasons(broken, broken_report):
     assert broken_report["frames"] == broken_report["frames_used"] + len(rejected)
 
 
+@pytest.mark.slow
 def test_broken_files_do_not_change_the_result(broken_report, plain):
     """The rest of the session is evaluated exactly as the clean grid."""
     r = broken_report
@@ -424,6 +442,7 @@ def _screen(folder: Path, screen_px=None, screen_mm=None, distance_mm=None):
     return screen_for(args, session)
 
 
+@pytest.mark.slow
 def test_screen_comes_from_the_manifest_first(corners4, caplog):
     """read_session keeps the manifest's screen when --screen-px disagrees (and says so); the
     evaluation must use that same screen, or % and degrees mix two screens."""

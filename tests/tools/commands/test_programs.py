@@ -9,6 +9,7 @@ import pytest
 from gazeloop.tools.cli import main
 
 
+@pytest.mark.slow
 def test_run_headless_on_a_video_exits_cleanly(shared, capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("GAZELOOP_HOME", str(tmp_path))
     video = shared / "data/video-corners4/calibrate.mp4"
@@ -34,6 +35,7 @@ def demo_out(shared, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_demo_corrects_the_injected_drift_and_writes_its_report(demo_out):
     s = json.loads((demo_out / "summary.json").read_text())
     assert "ground truth" in s["oracle"]  # the replayed oracle is named for what it is

@@ -1,5 +1,5 @@
 """`gazeloop record`: sessions written from real sources and read back by the readers the
-rest of gazeloop uses (calibration.session.read_session, fastpath.sources.SessionSource)."""
+rest of gazeloop uses (calibration.store.session.read_session, fastpath.sources.SessionSource)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ def cli(*argv) -> tuple[int, str, str]:
     return rc, out.getvalue(), err.getvalue()
 
 
+@pytest.mark.slow
 def test_round_trip_from_the_4_corner_video(shared, tmp_path):
     video = shared / "data/video-corners4/calibrate.mp4"
     out = tmp_path / "rec"
@@ -72,6 +73,7 @@ def test_round_trip_from_the_4_corner_video(shared, tmp_path):
     assert all(f.label_px == it.label_px for f, it in zip(frames, s.items, strict=True))
 
 
+@pytest.mark.slow
 def test_frame_and_time_limits(shared, tmp_path):
     video = shared / "data/video-corners4/calibrate.mp4"
     rc, stdout, err = cli("record", tmp_path / "a", "--source", video, "--frames", 10)
@@ -85,6 +87,7 @@ def test_frame_and_time_limits(shared, tmp_path):
     assert 17 <= len(s) <= 22
 
 
+@pytest.mark.slow
 def test_a_session_without_manifest_needs_the_screen_and_keeps_its_labels(shared, tmp_path):
     grid9 = shared / "data/sessions/grid9"
     rc, _, err = cli("record", tmp_path / "x", "--source", grid9)

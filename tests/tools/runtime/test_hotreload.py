@@ -17,6 +17,7 @@ def corners_session(shared, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_new_registered_model_is_served_between_two_frames(corners_session, tmp_path):
     from gazeloop.calibration.geometry import ScreenGeometry
     from gazeloop.calibration.procedure import fit_profile

@@ -80,6 +80,7 @@ def imported(tmp_path_factory):
 # --- the real import -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @needs_src
 def test_one_record_per_frame_and_four_targets(imported):
     out, report = imported
@@ -92,6 +93,7 @@ def test_one_record_per_frame_and_four_targets(imported):
     assert "set_x" in report.columns and report.columns.count("WTransG") == 16
 
 
+@pytest.mark.slow
 @needs_src
 def test_labels_are_the_mm_targets_in_screen_pixels(imported):
     out, report = imported
@@ -110,6 +112,7 @@ def test_labels_are_the_mm_targets_in_screen_pixels(imported):
         assert rec["csv_row"]["gaze_x"] == float(row["gaze_x"])  # the study's output, raw
 
 
+@pytest.mark.slow
 @needs_src
 def test_timestamps_are_the_csv_wall_clock_in_ms(imported):
     out, report = imported
@@ -124,6 +127,7 @@ def test_timestamps_are_the_csv_wall_clock_in_ms(imported):
     assert [r["media_time_ms"] for r in recs[:3]] == pytest.approx([0.0, 50.0, 100.0])
 
 
+@pytest.mark.slow
 @needs_src
 def test_settling_flags_the_first_frames_after_each_target_change(imported):
     out, report = imported
@@ -136,6 +140,7 @@ def test_settling_flags_the_first_frames_after_each_target_change(imported):
     assert all(isinstance(r["settling"], bool) for r in recs)
 
 
+@pytest.mark.slow
 @needs_src
 def test_manifest_is_valid_and_read_session_reads_the_folder(imported):
     out, report = imported
@@ -157,6 +162,7 @@ def test_manifest_is_valid_and_read_session_reads_the_folder(imported):
     assert image.shape == (720, 1280, 3)
 
 
+@pytest.mark.slow
 @needs_src
 def test_images_are_the_video_frames_in_order(imported):
     out, _ = imported
@@ -186,6 +192,7 @@ def test_refuses_a_non_empty_folder(tmp_path):
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
 
+@pytest.mark.slow
 @needs_src
 def test_overwrite_replaces_session_files_only(tmp_path):
     out = tmp_path / "out"
@@ -238,6 +245,7 @@ def test_missing_column_lists_the_header(tmp_path):
         import_corners4(src, tmp_path / "out")
 
 
+@pytest.mark.slow
 @needs_src
 def test_without_a_wall_clock_time_is_base_plus_media_time(tmp_path):
     def drop_timestamp(rows):

@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import socket
+import sqlite3
 import subprocess
 import threading
 import time
@@ -39,6 +40,7 @@ from gazeloop.tools.runtime.mqtt.bench import bench_mqtt  # noqa: E402
 from gazeloop.tools.runtime.mqtt.conn import Backoff, MqttSettings, connected, first_of  # noqa: E402
 from gazeloop.tools.runtime.mqtt.gaze import GazePublisher, decode_sample  # noqa: E402
 from gazeloop.tools.runtime.mqtt.labels import Collector, LabelUplink, make_uid, message_from_row  # noqa: E402
+from gazeloop.tools.runtime.mqtt.outbox import Outbox, outbox_path  # noqa: E402
 
 MOSQUITTO = shutil.which("mosquitto") or (
     "/usr/sbin/mosquitto" if os.access("/usr/sbin/mosquitto", os.X_OK) else None
@@ -279,6 +281,7 @@ def test_gaze_stream_reaches_a_subscriber_in_order(broker):
     assert (st.sent, st.dropped, st.failures) == (30, 0, 0)
 
 
+@pytest.mark.slow
 def test_bench_returns_sane_latency(broker):
     r = bench_mqtt(broker.url, rate_hz=60, seconds=1.0)
     assert r["samples"] == 60 and r["received"] + r["lost"] == 60
@@ -324,6 +327,7 @@ def test_publisher_never_blocks_when_the_broker_is_away(kind):
             hole.close()
 
 
+@pytest.mark.slow
 def test_publisher_survives_a_broker_restart_and_drops_stale_samples(broker):
     pub = GazePublisher(broker.url, user="u", device="d", queue_size=4, max_age_s=0.3, backoff=FAST)
     with pub:
@@ -390,10 +394,18 @@ def wire(store, label_id: int, user: str = "ann", device: str = "mac") -> bytes:
     return msg.model_dump_json(exclude_none=True).encode()
 
 
+def unsent(store) -> list[int]:
+    """What the store's uplink has yet to send, as its outbox on disk says."""
+    with Outbox(outbox_path(store.root)) as outbox:
+        outbox.take_in(store)
+        return outbox.pending(1000)
+
+
 def records(folder: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(folder.glob("img_*.json"))]
 
 
+@pytest.mark.slow
 def test_every_label_reaches_the_collector_exactly_once_across_a_broker_restart(broker, tmp_path):
     """The done criterion: 50 labels from a real LabelStore while the broker goes down for
     about a second and comes back on the same port; each is written once."""
@@ -411,12 +423,12 @@ def test_every_label_reaches_the_collector_exactly_once_across_a_broker_restart(
             if i == 20:
                 broker.stop()
             if i == 35:
-                waiting = len(store.unsent(100))  # what the outage held back, in the store
+                waiting = len(uplink.unsent(100))  # what the outage held back, pending
                 broker.start()
             ids.append(add_label(store, i))
             uplink.nudge()
             time.sleep(0.065 if 20 <= i < 35 else 0.02)
-        done = wait_until(lambda: collector.stats.written == 50 and not store.unsent(1), 20)
+        done = wait_until(lambda: collector.stats.written == 50 and not uplink.unsent(1), 20)
         assert done, (collector.stats, uplink.stats, broker.log())
         time.sleep(0.3)  # a late redelivery would show up as a duplicate, never a write
         up, col = uplink.stats, collector.stats
@@ -509,6 +521,38 @@ def test_non_point_labels_are_kept_aside_not_given_to_the_trainer(tmp_path):
     assert len(read_session(tmp_path / "out" / "ann__mac__1920x1080")) == 1
 
 
+def test_a_schema_1_store_sends_only_what_it_had_not_sent(broker, tmp_path):
+    """A store written before the outbox existed kept its delivery flag in a `sent` column:
+    the uplink takes it over, so what went out then does not go out again."""
+    root = tmp_path / "store"
+    with LabelStore(root) as store:
+        ids = [add_label(store, i) for i in range(5)]
+    with sqlite3.connect(root / "labels.sqlite3") as db:  # schema 1: the flag in the store
+        db.execute("ALTER TABLE labels ADD COLUMN sent INTEGER NOT NULL DEFAULT 0")
+        db.executemany("UPDATE labels SET sent = 1 WHERE id = ?", [(i,) for i in ids[:2]])
+        db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    store = LabelStore(root)
+    ids.append(add_label(store, 5))
+    out = tmp_path / "dataset"
+    collector = Collector(broker.url, out, backoff=FAST).start()
+    uplink = LabelUplink(
+        broker.url, store, user="ann", device="mac", screen=SCREEN, backoff=FAST, poll_s=0.05
+    )
+    try:
+        assert wait_until(lambda: collector.stats.connected, 5), broker.log()
+        uplink.start()
+        assert wait_until(lambda: uplink.stats.sent == 4, 10), uplink.stats
+        assert wait_until(lambda: collector.stats.written == 4, 5), collector.stats
+    finally:
+        uplink.close()
+        collector.close()
+    uids = [r["label_uid"] for r in records(out / "ann__mac__1920x1080")]
+    assert sorted(uids) == sorted(make_uid("ann", "mac", ids[k], f"snap-{k}") for k in range(2, 6))
+    assert not unsent(store)
+    store.close()
+
+
+@pytest.mark.slow
 def test_bad_credentials_are_retried_and_labels_wait_in_the_store(
     make_broker, tmp_path, monkeypatch
 ):
@@ -529,7 +573,7 @@ def test_bad_credentials_are_retried_and_labels_wait_in_the_store(
         wrong.close()
     assert re.search(r"not authori[sz]ed|bad user ?name or password", st.last_error or "", re.I)
     assert st.sent == 0 and st.reconnects == 0 and not st.connected
-    assert len(store.unsent(10)) == 3
+    assert len(unsent(store)) == 3
 
     # The password from the environment (kept out of the process list), and the collector's
     # from the URL: the same labels now arrive.
@@ -547,7 +591,7 @@ def test_bad_credentials_are_retried_and_labels_wait_in_the_store(
     finally:
         right.close()
         collector.close()
-    assert not store.unsent(10)
+    assert not unsent(store)
 
 
 # -- models ------------------------------------------------------------------------------------
@@ -585,6 +629,7 @@ def tiny_model(folder: Path, model_id: str, n_weights: int) -> tuple[Path, dict]
     return path, card
 
 
+@pytest.mark.slow
 def test_model_announce_and_fetch_into_a_registry(broker, tmp_path):
     from gazeloop.tools.runtime.mqtt.models import ModelAnnouncer, ModelFetcher, build_announcement
     from gazeloop.trainer.registry import ModelRegistry
@@ -644,6 +689,7 @@ def test_model_announce_and_fetch_into_a_registry(broker, tmp_path):
 # -- TLS ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_tls_with_a_ca_file_and_insecure(make_broker, tmp_path):
     openssl = shutil.which("openssl")
     if openssl is None:

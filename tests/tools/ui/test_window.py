@@ -155,6 +155,7 @@ def corners4_profile(shared, tmp_path_factory):
     return tmp / "profile.json"
 
 
+@pytest.mark.slow
 def test_live_window_shows_gaze_dot_picture_in_picture_and_status(
     xenv, shared, corners4_profile, tmp_path, monkeypatch
 ):
@@ -210,6 +211,7 @@ def test_live_window_shows_gaze_dot_picture_in_picture_and_status(
     assert mask(win[:360], RED).sum() > 150 and mask(win[:360], GOLD)[0:2, 330:630].mean() > 0.9
 
 
+@pytest.mark.slow
 def test_c_key_calibrates_in_the_running_window_and_the_cursor_appears(
     xenv, shared, tmp_path, monkeypatch
 ):
@@ -251,6 +253,7 @@ def test_c_key_calibrates_in_the_running_window_and_the_cursor_appears(
     assert mask(img[:360, 650:], RED).sum() > 150
 
 
+@pytest.mark.slow
 def test_calibrate_on_screen_shows_the_grid_and_saves_profile_and_session(
     xenv, shared, tmp_path, monkeypatch
 ):
@@ -329,6 +332,7 @@ def test_esc_cancels_the_grid_and_keeps_the_old_profile(xenv, shared, tmp_path, 
     assert not (tmp_path / "s").exists()  # nothing captured yet: no empty session left
 
 
+@pytest.mark.slow
 def test_a_source_ending_mid_grid_is_a_clear_error(xenv, shared, tmp_path, monkeypatch):
     scripted_keys(monkeypatch, {})
     rc, _, err = cli(

@@ -1,11 +1,11 @@
 """Labels from the laptop's label store to the training box: at-least-once on the wire,
 exactly once in the dataset.
 
-Uplink (laptop): labels are read FROM THE STORE (`store.unsent(limit)`), published with QoS 1,
-and marked sent (`store.mark_sent(ids)`) only once the broker has acknowledged them
-(PUBACK). A broker outage, a refused login or a laptop restart leaves them unsent in the
-store, to go out on the next connection; a connection lost between PUBACK and `mark_sent`
-sends a label twice, which the collector drops.
+Uplink (laptop): labels are read FROM THE STORE, oldest first, published with QoS 1, and
+marked sent in the uplink's own outbox (`tools.runtime.mqtt.outbox`, beside the store) only
+once the broker has acknowledged them (PUBACK). A broker outage, a refused login or a laptop
+restart leaves them pending in the outbox, to go out on the next connection; a connection
+lost between PUBACK and `mark_sent` sends a label twice, which the collector drops.
 
 Collector (training box): a persistent session (fixed client id, clean_session=False, QoS 1)
 so the broker queues labels while the collector is away, and manual acks so a label is
@@ -19,7 +19,7 @@ message is then one complete label, acknowledged and de-duplicated as a unit; tw
 would need the collector to hold half-labels across reconnects and restarts until the
 other half arrived. The cost is a third more bytes on a message every few seconds.
 
-What the collector writes: seed-format session folders (`calibration.session`), one per
+What the collector writes: seed-format session folders (`calibration.store.writer`), one per
 user, device and screen size, `out/<user>__<device>__<W>x<H>/img_<unix-ms>.{jpg,json}` with
 a `session.json` manifest, which `trainer.readers.sessions` reads as it is. Only point
 labels on a known screen size can be seed records (the format's label is a pixel); the
@@ -41,7 +41,6 @@ import math
 import os
 import socket
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -68,6 +67,7 @@ from gazeloop.tools.runtime.mqtt.conn import (
     supervise,
     topic_part,
 )
+from gazeloop.tools.runtime.mqtt.outbox import Outbox, OutboxError, outbox_path
 
 log = logging.getLogger(__name__)
 
@@ -152,11 +152,15 @@ def message_from_row(
 
 
 class LabelSource(Protocol):
-    """What the uplink needs of `calibration.labelstore.LabelStore`."""
+    """What the uplink needs of `calibration.store.labelstore.LabelStore`: label reads."""
 
-    def unsent(self, limit: int = 100) -> list[StoredLabel]: ...
+    root: Path
 
-    def mark_sent(self, ids: Iterable[int]) -> int: ...
+    def ids_after(self, label_id: int, limit: int | None = None) -> list[int]: ...
+
+    def legacy_sent_ids(self) -> list[int]: ...
+
+    def get(self, label_id: int) -> StoredLabel | None: ...
 
     def image_path(self, row: StoredLabel) -> Path | None: ...
 
@@ -166,8 +170,8 @@ class LabelSource(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class UplinkStats:
-    sent: int  # acknowledged by the broker and marked sent in the store
-    unsendable: int  # corrupt store records, left unsent and skipped
+    sent: int  # acknowledged by the broker and marked sent in the outbox
+    unsendable: int  # corrupt store records, left pending and skipped
     connected: bool
     reconnects: int
     failures: int
@@ -175,7 +179,8 @@ class UplinkStats:
 
 
 class LabelUplink:
-    """Sends the store's unsent labels, oldest first, on its own thread and connection."""
+    """Sends the store's unsent labels, oldest first, on its own thread and connection.
+    `outbox`: where it keeps what the broker has acknowledged (default: beside the store)."""
 
     def __init__(
         self,
@@ -190,9 +195,11 @@ class LabelUplink:
         backoff: Backoff | None = None,
         ca_file: str | None = None,
         insecure: bool = False,
+        outbox: str | os.PathLike[str] | None = None,
     ) -> None:
         self.settings = MqttSettings.of(mqtt, ca_file=ca_file, insecure=insecure)
         self.store = store
+        self.outbox = Outbox(outbox if outbox is not None else outbox_path(store.root))
         self.user, self.device = user, device
         self.topic = label_topic(user, device)
         if screen is not None and not isinstance(screen, ScreenGeometry):
@@ -220,6 +227,12 @@ class LabelUplink:
 
     def close(self, timeout: float = 5.0) -> None:
         self._thread.stop(timeout)
+        self.outbox.close()
+
+    def unsent(self, limit: int = 100) -> list[int]:
+        """The ids of the oldest labels of the store the broker has not acknowledged yet."""
+        self.outbox.take_in(self.store)
+        return self.outbox.pending(limit)
 
     def nudge(self) -> None:
         """A label was just stored: look now instead of at the next poll (any thread)."""
@@ -242,8 +255,13 @@ class LabelUplink:
 
     def _next_batch(self) -> list[tuple[int, bytes]]:
         out = []
-        for row in self.store.unsent(self.batch + len(self._bad)):
-            if row.id in self._bad:
+        for label_id in self.unsent(self.batch + len(self._bad)):
+            if label_id in self._bad:
+                continue
+            row = self.store.get(label_id)
+            if row is None:  # rows are never deleted; a store made anew resets the outbox
+                self._bad.add(label_id)
+                log.error("label %d is pending but not in the store %s", label_id, self.store.root)
                 continue
             jpeg = None
             path = self.store.image_path(row)
@@ -258,7 +276,7 @@ class LabelUplink:
                     row, jpeg, user=self.user, device=self.device, screen=self.screen
                 )
             except (ValidationError, ValueError) as e:
-                # Left unsent (a repaired store could still send it) but not retried here, so
+                # Left pending (a repaired store could still send it) but not retried here, so
                 # one bad row cannot hold up every label behind it.
                 self._bad.add(row.id)
                 log.error("label %d cannot be sent: %s", row.id, e)
@@ -270,9 +288,9 @@ class LabelUplink:
 
     def _mark_sent(self, ids: list[int]) -> None:
         # Marked and counted in one call on the worker thread, which finishes even when
-        # close() cancels the await. Counted by what the store changed: a label re-sent
+        # close() cancels the await. Counted by what the outbox changed: a label re-sent
         # after a lost ack (at least once on the wire) is still one label sent.
-        self._sent += self.store.mark_sent(ids)
+        self._sent += self.outbox.mark_sent(ids)
 
     async def _session(self, client: aiomqtt.Client) -> None:
         assert self._wake is not None
@@ -280,11 +298,11 @@ class LabelUplink:
             self._wake.clear()  # before looking: a nudge from now on is not lost
             try:
                 batch = await asyncio.to_thread(self._next_batch)
-            except LabelStoreError as e:
-                # The store is the queue: while it cannot be read, wait (a closed or locked
-                # store is the owner's business), keep the connection.
+            except (LabelStoreError, OutboxError) as e:
+                # The store is the queue: while it (or the outbox) cannot be read, wait (a
+                # closed or locked store is the owner's business), keep the connection.
                 self._link.last_error = str(e)
-                log.warning("label store unreadable: %s", e)
+                log.warning("labels unreadable: %s", e)
                 batch = []
             if not batch:
                 with contextlib.suppress(TimeoutError):
@@ -298,7 +316,7 @@ class LabelUplink:
             if acked:
                 try:
                     await asyncio.to_thread(self._mark_sent, acked)
-                except LabelStoreError as e:
+                except OutboxError as e:
                     # Sent but not marked: they go again later and the collector drops them.
                     log.warning("labels sent but not marked sent: %s", e)
             errors = [r for r in results if isinstance(r, BaseException)]

@@ -1,0 +1,453 @@
+"""A mapping that knows where the head is: the gaze ray from the eyes, intersected with the
+screen plane.
+
+Inputs, five feature columns (by name when `feature_names` hold them, else the first five in
+this order): `gaze_yaw`, `gaze_pitch` (the gaze network's angles, radians) and `eye_x_mm`,
+`eye_y_mm`, `eye_z_mm` (the midpoint of the eye corners in camera axes, from
+`fastpath.eye_geometry`: x image right, y up, z from the face toward the camera, so z < 0).
+
+The network's frame. The gaze network (OMZ gaze-estimation-adas-0002) answers in a frame
+whose z axis runs from the eyes to the camera and whose y axis is vertical (its model card
+says so; an eye crop cannot tell where in the image it was cut). Checked on the 28 evit
+sittings against the true eye→target direction (screen and camera position known to a few
+mm): regressing the network's angle on the true camera-axes angle and on the eye–camera
+ray's own angle gives the ray a coefficient of −0.7 × the gain for yaw and −1.5 × for pitch
+(p1, 18 sittings; 0 would mean camera axes, −1 the ray frame), and the residual spread is
+smaller in the ray frame (yaw 3.11° vs 3.17°, pitch 1.90° vs 2.17°). Yaw and pitch are not
+swapped (yaw follows screen x with r = −0.90…−1.00 in every sitting, pitch screen y) and
+their signs are the fast path's (yaw > 0 toward image right = screen left for un-mirrored
+frames; pitch > 0 up). So the corrected angles are turned into a camera-axes ray with the
+eye's own frame: z from the eye to the camera, y the camera's up made orthogonal to z,
+x = y × z. A consequence worth knowing: the network's angles hardly change when the head
+slides sideways and keeps looking at the same point, so a ridge on them already follows
+sideways moves; it cannot follow moves in depth.
+
+Per frame:
+    yaw'   = kappa_yaw   + gain_yaw · yaw     + yaw_from_pitch · pitch
+    pitch' = kappa_pitch + gain_pitch · pitch + pitch_from_yaw · yaw
+    v = R(eye)ᵀ · (cos pitch' sin yaw', sin pitch', cos pitch' cos yaw')   camera axes
+    screen point = where eye + t·v (t > 0) meets the screen plane, in mm, / screen size.
+The screen plane holds the camera (a built-in webcam sits in the bezel): the camera is at
+(`camera_x_mm`, `camera_y_mm`) from the top-left corner of the screen (x right, y down, as
+`ScreenGeometry.camera_mm`), and the plane is turned by `tilt` (radians) about the camera's
+x axis (0: the camera looks along the screen's normal, as a built-in one does; > 0: the
+screen's bottom edge comes toward the user).
+
+What is fitted:
+- always the per-person angular offset (kappa) and gain, yaw and pitch; weak priors: kappa
+  0 ± 10°, gains 1 ± 1;
+- unless the hyper-parameter `flex` is 0, the two cross terms (0 ± 0.1·flex), which a
+  4-corner calibration needs as much as a ridge does (the network's yaw drifts with pitch);
+- from `FULL_TARGETS` (6) targets and `flex` > 0, also the camera position (± 10·flex mm
+  around `camera_above_mm` above the top edge, centred) and the tilt (0 ± 3°·flex). With
+  the head nearly still during a calibration these are weakly identified (a camera offset
+  looks like an angular offset) and stay near the laptop prior; they are there for
+  calibrations whose head does move (and labels pooled across sittings).
+So with 3–5 targets (e.g. 4 corners) at most 6 numbers are fitted (kappa, gains, cross),
+the layout fixed; selection chooses `flex` from (0, 1, 3) by nested leave-one-target-out,
+and with no target to spare (3) uses 3, which measured best on 4-corner calibrations
+(30 of them: c4 and the corners of grid9 and of each evit sitting).
+
+Units: mm inside the geometry; normalised [0,1]² at the edge through `screen_w_mm`,
+`screen_h_mm`, the physical size of the visible screen, given as hyper-parameters (through
+`fit_select(options=...)`). Unknown, they default to a typical 13–14" laptop: 300 × 190 mm
+(≈ 0.2 mm per CSS px at 1500 × 950). For a still head the gains absorb a wrong size; it
+scales how far a sideways head move shifts the prediction. The eye depth scales with the
+focal length and eye span assumed in the fast path, which the gains absorb too.
+
+Fitting: a robust (soft-L1, scale `ROBUST_MM` = 20 mm on the screen) Levenberg–Marquardt in
+numpy, frames weighted so that each target counts as one observation against the priors.
+Frames whose ray points away from the screen plane predict NaN.
+
+A fit that cannot work raises `GeometryError` (a ValueError) with the reason — eyes not in
+front of the camera, targets on one line, gaze angles that do not vary, a gain at or below
+zero (mirrored frames, or a pitch that does not follow the targets) — so selection and
+callers comparing families drop the mapping.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from gazeloop.calibration.mapping.families import ScreenMapping, _dist, _target_means
+
+COLUMNS = ("gaze_yaw", "gaze_pitch", "eye_x_mm", "eye_y_mm", "eye_z_mm")
+PARAM_NAMES = (
+    "kappa_yaw",
+    "kappa_pitch",
+    "gain_yaw",
+    "gain_pitch",
+    "yaw_from_pitch",
+    "pitch_from_yaw",
+    "camera_x_mm",
+    "camera_y_mm",
+    "tilt",
+)
+_BASIC = (0, 1, 2, 3)  # what a few targets fit: kappa and gains
+# As far as `flex` lets them move: the cross terms between yaw and pitch, and from
+# FULL_TARGETS targets the camera position and the tilt.
+_CROSS = (4, 5)
+_LAYOUT = (6, 7, 8)
+_FLEX = _CROSS + _LAYOUT
+FULL_TARGETS = 6
+ROBUST_MM = 20.0  # soft-L1 scale: residuals beyond this count linearly, not squared
+# Prior widths (1 sd); those of _FLEX are multiplied by `flex`.
+_PRIOR_SD = np.array(
+    [math.radians(10.0), math.radians(10.0), 1.0, 1.0, 0.1, 0.1, 10.0, 10.0, math.radians(3.0)]
+)
+# Below this a frame is not in front of the camera (eye depth in mm, |eye_z_mm|).
+_MIN_DEPTH_MM = 50.0
+_MIN_GAIN = 0.05
+
+
+class GeometryError(ValueError):
+    """The geometric mapping cannot be fitted to these data; the message says why."""
+
+
+# --- the geometry --------------------------------------------------------------------------
+
+
+def ray_frames(eye: np.ndarray) -> np.ndarray:
+    """(n, 3, 3): rows are the x, y, z axes of each eye's normalised frame in camera axes
+    (z from the eye to the camera, y the camera's up made orthogonal to z, x = y × z), so
+    v_ray = R @ v_cam and v_cam = Rᵀ @ v_ray."""
+    z = -eye / np.linalg.norm(eye, axis=1, keepdims=True)
+    y = np.empty_like(z)
+    y[:, 0] = -z[:, 1] * z[:, 0]
+    y[:, 1] = 1.0 - z[:, 1] * z[:, 1]
+    y[:, 2] = -z[:, 1] * z[:, 2]
+    y /= np.linalg.norm(y, axis=1, keepdims=True)
+    x = np.cross(y, z)
+    return np.stack([x, y, z], axis=1)
+
+
+def camera_rays(yaw: np.ndarray, pitch: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """Unit gaze directions in camera axes from angles in each eye's ray frame; yaw and pitch
+    (..., n) against frames (n, 3, 3) → (..., n, 3)."""
+    cp = np.cos(pitch)
+    return (
+        (cp * np.sin(yaw))[..., None] * frames[:, 0]
+        + np.sin(pitch)[..., None] * frames[:, 1]
+        + (cp * np.cos(yaw))[..., None] * frames[:, 2]
+    )
+
+
+def ray_angles(v_cam: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """The inverse of `camera_rays`: (yaw, pitch) in each eye's ray frame, radians."""
+    v = np.einsum("nij,nj->ni", frames, v_cam)
+    v = v / np.linalg.norm(v, axis=1, keepdims=True)
+    return np.stack([np.arctan2(v[:, 0], v[:, 2]), np.arcsin(np.clip(v[:, 1], -1, 1))], axis=1)
+
+
+def screen_mm(
+    p: np.ndarray, yaw: np.ndarray, pitch: np.ndarray, eye: np.ndarray, frames: np.ndarray
+) -> np.ndarray:
+    """Screen points in mm from the top-left corner (x right, y down) for parameters p (9,)
+    → (n, 2), or a batch of parameter vectors (k, 9) → (k, n, 2). NaN where the corrected
+    gaze ray points away from the screen plane.
+
+    The plane: screen-right is camera −x (image right is the user's left), screen-down is
+    (0, −cos tilt, −sin tilt), normal (0, −sin tilt, cos tilt); the camera, at the origin,
+    sits at (camera_x_mm, camera_y_mm) in screen coordinates."""
+    p = np.asarray(p, dtype=np.float64)
+    P = p[..., :, None]  # (..., 9, 1): each parameter broadcasts over the frames
+    yw = P[..., 0, :] + P[..., 2, :] * yaw + P[..., 4, :] * pitch
+    pt = P[..., 1, :] + P[..., 3, :] * pitch + P[..., 5, :] * yaw
+    v = camera_rays(yw, pt, frames)
+    c, s = np.cos(P[..., 8, :]), np.sin(P[..., 8, :])
+    # eye and ray in screen axes (ex, ey, n) relative to the camera
+    ex_e, ey_e = -eye[:, 0], -c * eye[:, 1] - s * eye[:, 2]
+    n_e = -s * eye[:, 1] + c * eye[:, 2]
+    ex_v, ey_v = -v[..., 0], -c * v[..., 1] - s * v[..., 2]
+    n_v = -s * v[..., 1] + c * v[..., 2]
+    # the plane is n = 0 through the camera; t > 0 along the ray
+    t = -n_e / np.where(n_v > 1e-9, n_v, np.nan)
+    t = np.where(t > 0, t, np.nan)
+    sx = ex_e + t * ex_v + P[..., 6, :]
+    sy = ey_e + t * ey_v + P[..., 7, :]
+    return np.stack([sx, sy], axis=-1)
+
+
+def layout_prior(screen_w_mm: float, camera_above_mm: float) -> np.ndarray:
+    """The parameters of a laptop with a centred built-in camera and a calibrated eye."""
+    return np.array([0.0, 0.0, 1.0, 1.0, 0.0, 0.0, screen_w_mm / 2, -camera_above_mm, 0.0])
+
+
+# --- robust Levenberg–Marquardt --------------------------------------------------------------
+
+
+def _spd_solve(A: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """A⁻¹b for a small symmetric positive definite A. By eigh, not `solve`: LAPACK's LU
+    goes through threaded BLAS, which costs milliseconds per 9×9 system on a busy machine
+    (measured 2–7 ms against 36 µs for eigh), and a calibration's nested selection makes
+    thousands of them."""
+    lam, V = np.linalg.eigh(A)
+    return V @ ((V.T @ b) / np.maximum(lam, 1e-12 * max(float(lam[-1]), 1e-300)))
+
+
+def _fit_params(
+    yaw: np.ndarray,
+    pitch: np.ndarray,
+    eye: np.ndarray,
+    frames: np.ndarray,
+    target_mm: np.ndarray,
+    w: np.ndarray,
+    free: tuple[int, ...],
+    prior: np.ndarray,
+    prior_sd: np.ndarray,
+    start: np.ndarray | None = None,
+    max_iter: int = 40,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Minimise Σ wᵢ ρ(‖rᵢ‖/c) + Σ ((p − p₀)/σ)² over the `free` parameters, rᵢ in mm, ρ the
+    soft-L1 loss 2(√(1+z²) − 1), by Levenberg–Marquardt on iteratively reweighted squares.
+    The weights w are normalised to sum to the number of targets by the caller."""
+    free = np.asarray(free)
+    p = (prior if start is None else start).astype(np.float64).copy()
+    # Frames whose ray misses the screen from the start (a glance far off the screen that
+    # the outlier filter let through) sit out; most of them missing is a wrong convention.
+    hits = np.isfinite(screen_mm(p, yaw, pitch, eye, frames)).all(axis=1)
+    if hits.mean() < 0.5:
+        raise GeometryError(
+            f"{int((~hits).sum())} of {len(hits)} gaze rays point away from the screen plane "
+            "at the starting geometry; check that frames are un-mirrored and eye_z_mm < 0 "
+            "(the face in front of the camera)"
+        )
+    if not hits.all():
+        yaw, pitch, eye, frames = yaw[hits], pitch[hits], eye[hits], frames[hits]
+        target_mm, w = target_mm[hits], w[hits]
+    sw = np.sqrt(w)
+
+    def resid(q: np.ndarray) -> np.ndarray:
+        return (screen_mm(q, yaw, pitch, eye, frames) - target_mm) / ROBUST_MM
+
+    def cost(r: np.ndarray, q: np.ndarray) -> float:
+        z2 = (r**2).sum(axis=1)
+        if not np.isfinite(z2).all():
+            return math.inf
+        data = float(w @ (2.0 * (np.sqrt(1.0 + z2) - 1.0)))
+        return data + float((((q - prior) / prior_sd)[free] ** 2).sum())
+
+    steps = np.where(np.isin(np.arange(len(p)), (6, 7)), 1e-4, 1e-7)
+    r = resid(p)
+    c = cost(r, p)
+    lam = 1e-3
+    iterations = 0
+    while iterations < max_iter:
+        iterations += 1
+        z2 = (r**2).sum(axis=1)
+        rw = sw / (1.0 + z2) ** 0.25  # IRLS weight of soft-L1: √(w ρ'(z²))
+        Q = np.repeat(p[None], len(free), axis=0)
+        Q[np.arange(len(free)), free] += steps[free]
+        J = ((resid(Q) - r) / steps[free][:, None, None]).transpose(1, 2, 0)  # (n, 2, k)
+        Jw = (J * rw[:, None, None]).reshape(-1, len(free))
+        rv = (r * rw[:, None]).reshape(-1)
+        if not (np.isfinite(Jw).all() and np.isfinite(rv).all()):
+            raise GeometryError("gaze rays leave the screen plane while fitting")
+        ps = prior_sd[free]
+        A = Jw.T @ Jw + np.diag(1.0 / ps**2)
+        g = Jw.T @ rv + (p[free] - prior[free]) / ps**2
+        improved = False
+        for _ in range(8):
+            delta = -_spd_solve(A + lam * np.diag(np.diag(A)), g)
+            q = p.copy()
+            q[free] += delta
+            rq = resid(q)
+            cq = cost(rq, q)
+            if cq <= c:
+                # converged: the cost no longer moves, or the step is below what matters
+                # (1e-6 rad, 1e-3 mm)
+                small = c - cq <= 1e-9 * (1.0 + c) or bool(
+                    (np.abs(delta) <= steps[free] * 10).all()
+                )
+                p, r, c = q, rq, cq
+                lam = max(lam / 10.0, 1e-9)
+                improved = True
+                break
+            lam *= 10.0
+        if not improved or small:
+            break
+    return p, {"iterations": iterations, "cost": c}
+
+
+# --- the mapping ---------------------------------------------------------------------------
+
+
+class GeometricMapping(ScreenMapping):
+    name = "geometric"
+    # Kappa and gains (four numbers) from three targets' six coordinates; the cross terms
+    # then lean on their prior.
+    min_targets = 3
+    defaults = {
+        "flex": 1.0,
+        "screen_w_mm": 300.0,
+        "screen_h_mm": 190.0,
+        "camera_above_mm": 5.0,
+    }
+    # Only the prior's strength is chosen by selection; the screen is a fact to pass in.
+    default_grid = {"flex": [0.0, 1.0, 3.0]}
+    no_spare_hyper = {"flex": 3.0}
+    default_columns = (0, 1, 2, 3, 4)
+
+    def __init__(self, columns=None, feature_names=None, **hyper: float) -> None:
+        if columns is None and feature_names is not None and set(COLUMNS) <= set(feature_names):
+            columns = COLUMNS
+        super().__init__(columns=columns, feature_names=feature_names, **hyper)
+        if self.columns is None or len(self.columns) != len(COLUMNS):
+            raise ValueError(f"geometric reads exactly five columns {COLUMNS}, got {columns}")
+
+    def _check_hyper(self) -> None:
+        # camera_above_mm may be negative (a webcam below the screen's top edge)
+        above = self.hyper["camera_above_mm"]
+        if not math.isfinite(above):
+            raise ValueError(f"geometric: camera_above_mm must be finite, got {above}")
+        for k, v in self.hyper.items():
+            if k != "camera_above_mm" and not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"geometric: {k} must be finite and >= 0, got {v}")
+        for k in ("screen_w_mm", "screen_h_mm"):
+            if self.hyper[k] <= 0:
+                raise ValueError(f"geometric: {k} must be > 0, got {self.hyper[k]}")
+
+    # -- fitting
+
+    def _screen(self) -> np.ndarray:
+        return np.array([self.hyper["screen_w_mm"], self.hyper["screen_h_mm"]])
+
+    def _prior(self) -> np.ndarray:
+        return layout_prior(self.hyper["screen_w_mm"], self.hyper["camera_above_mm"])
+
+    def _free(self, n_targets: int) -> tuple[int, ...]:
+        if self.hyper["flex"] == 0:
+            return _BASIC
+        if n_targets < FULL_TARGETS:
+            return _BASIC + _CROSS
+        return _BASIC + _CROSS + _LAYOUT
+
+    def _prior_sd(self) -> np.ndarray:
+        sd = _PRIOR_SD.copy()
+        sd[list(_FLEX)] *= max(self.hyper["flex"], 1e-9)
+        return sd
+
+    @staticmethod
+    def _unpack(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        eye = X[:, 2:5]
+        if not (eye[:, 2] < -_MIN_DEPTH_MM).all():
+            bad = int((~(eye[:, 2] < -_MIN_DEPTH_MM)).sum())
+            raise GeometryError(
+                f"{bad} frame(s) have eye_z_mm >= -{_MIN_DEPTH_MM:g}: the eyes must be in "
+                "front of the camera (camera axes, z toward the camera, so eye_z_mm < 0)"
+            )
+        return X[:, 0], X[:, 1], eye
+
+    def _check_spread(self, X: np.ndarray, Y: np.ndarray) -> int:
+        pts, inv = np.unique(np.round(Y, 9), axis=0, return_inverse=True)
+        inv = inv.reshape(-1)
+        mm = pts * self._screen()
+        if len(pts) >= 2:
+            ev = np.linalg.eigvalsh(np.cov(mm.T))
+        if len(pts) < 3 or ev[0] < 1e-6 * max(ev[1], 1e-12) or ev[0] < 1.0:
+            raise GeometryError(
+                "the targets lie on one line: a gain across it cannot be fitted "
+                "(use targets that span both screen axes)"
+            )
+        ang = np.array([X[inv == k, :2].mean(axis=0) for k in range(len(pts))])
+        sd = ang.std(axis=0)
+        if (sd < math.radians(0.05)).any():
+            which = "yaw" if sd[0] < math.radians(0.05) else "pitch"
+            raise GeometryError(
+                f"the gaze {which} does not vary across targets (sd {math.degrees(sd.min()):.3f}"
+                "°): its gain cannot be fitted"
+            )
+        return len(pts)
+
+    def _fit(self, X: np.ndarray, Y: np.ndarray, w: np.ndarray, start=None) -> None:
+        n_targets = self._check_spread(X, Y)
+        yaw, pitch, eye = self._unpack(X)
+        frames = ray_frames(eye)
+        w = w * (n_targets / w.sum())
+        free = self._free(n_targets)
+        p, info = _fit_params(
+            yaw,
+            pitch,
+            eye,
+            frames,
+            Y * self._screen(),
+            w,
+            free,
+            self._prior(),
+            self._prior_sd(),
+            start=start,
+        )
+        if p[2] < _MIN_GAIN:
+            raise GeometryError(
+                f"the fitted yaw gain is {p[2]:.2f} (should be near 1): the frames look "
+                "mirrored (a selfie view), or the gaze yaw does not follow the targets"
+            )
+        if p[3] < _MIN_GAIN:
+            raise GeometryError(
+                f"the fitted pitch gain is {p[3]:.2f} (should be near 1): the gaze pitch "
+                "does not follow the targets"
+            )
+        self.p = p
+        self.free = list(free)
+        self.info = info
+
+    def _predict(self, X: np.ndarray) -> np.ndarray:
+        eye = X[:, 2:5]
+        ok = eye[:, 2] < 0
+        eye = np.where(ok[:, None], eye, np.array([0.0, 0.0, -1.0]))
+        s = screen_mm(self.p, X[:, 0], X[:, 1], eye, ray_frames(eye))
+        s[~ok] = np.nan
+        return s / self._screen()
+
+    # -- persistence
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "params": {k: float(v) for k, v in zip(PARAM_NAMES, self.p, strict=True)},
+            "free": [PARAM_NAMES[j] for j in self.free],
+            "iterations": int(self.info["iterations"]),
+            "cost": float(self.info["cost"]),
+        }
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        params = state["params"]
+        missing = [k for k in PARAM_NAMES if k not in params]
+        if missing:
+            raise ValueError(f"geometric parameters lack {missing}")
+        self.p = np.array([float(params[k]) for k in PARAM_NAMES])
+        if not np.isfinite(self.p).all():
+            raise ValueError("geometric parameters must be finite")
+        self.free = [PARAM_NAMES.index(k) for k in state.get("free", [])]
+        self.info = {
+            "iterations": int(state.get("iterations", 0)),
+            "cost": float(state.get("cost", 0)),
+        }
+
+    @property
+    def geometry(self) -> dict[str, float]:
+        """The fitted parameters by name (angles in radians, positions in mm)."""
+        return {k: float(v) for k, v in zip(PARAM_NAMES, self.p, strict=True)}
+
+    # -- selection
+
+    def _loto_scores(self, X, Y, w, groups, combos, aspect):
+        ids = np.unique(groups)
+        scores = np.full(len(combos), np.nan)
+        for ci, c in enumerate(combos):
+            m = type(self)(columns=[0, 1, 2, 3, 4], **{**self.hyper, **c})
+            try:
+                m.n_features = X.shape[1]
+                m._fit(X, Y, w)  # all targets: a warm start for every fold
+                start = m.p
+                per = np.empty(len(ids))
+                for t, g in enumerate(ids):
+                    out = groups == g
+                    m._fit(X[~out], Y[~out], w[~out], start=start)
+                    per[t] = _target_means(_dist(m._predict(X[out]) - Y[out], aspect), w[out])
+            except GeometryError:
+                continue
+            scores[ci] = per.mean() if np.isfinite(per).all() else np.nan
+        return scores

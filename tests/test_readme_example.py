@@ -1,0 +1,32 @@
+"""The README's Python example runs as printed, against a profile fitted on the shared
+session: documentation that cannot go stale silently."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from gazeloop.tools.cli import main
+from tests.paths import ROOT
+
+pytestmark = pytest.mark.slow  # a profile fit, then a child Python runs the example
+
+
+def test_the_readme_python_example_runs(shared, tmp_path, monkeypatch):
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"## From Python\n\n```python\n(.*?)```", text, re.S)
+    assert block, "README has no '## From Python' example"
+    code = block.group(1).replace("../shared", str(shared))
+    monkeypatch.chdir(tmp_path)
+    session = str(shared / "data" / "sessions" / "grid9")
+    assert main(["profile", "fit", session, "--screen-px", "1920", "1080", "--out", "me.json"]) == 0
+    (tmp_path / "example.py").write_text(code)
+    out = subprocess.run(
+        [sys.executable, "example.py"], capture_output=True, text=True, timeout=300, check=True
+    ).stdout
+    points = re.findall(r"gaze at \[\s*(\d+)\.\s+(\d+)\.\] px", out)
+    assert len(points) == 9, out
+    assert all(0 <= int(x) <= 1920 and 0 <= int(y) <= 1080 for x, y in points)

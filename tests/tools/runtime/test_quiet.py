@@ -1,0 +1,54 @@
+"""Third-party C++ log lines stay off stderr unless --verbose; everything else passes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from gazeloop.tools.runtime.quiet import THIRD_PARTY
+
+GLOG = b"W0000 00:00:1796385761.977471    2325 inference_feedback_manager.cc:114] Feedback manager"
+
+
+@pytest.mark.parametrize(
+    ("line", "dropped"),
+    [
+        (GLOG, True),
+        (b"I1204 12:00:01.5 99 landmark_projection_calculator.cc:186] Using NORM_RECT", True),
+        (b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.", True),
+        (b"WARNING: All log messages before absl::InitializeLog() is called are written", True),
+        (b"gazeloop eval: session folder does not exist: /x", False),
+        (b"WARNING gazeloop.fastpath.sources: frame 3 unreadable", False),
+        (b"Traceback (most recent call last):", False),
+        (b"W0000 is not a glog line without the rest", False),
+    ],
+)
+def test_which_lines_are_third_party(line, dropped):
+    assert bool(THIRD_PARTY.match(line)) is dropped
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "gazeloop", *args], capture_output=True, timeout=300
+    )
+
+
+@pytest.mark.slow
+def test_eval_leaves_stderr_free_of_mediapipe_lines_unless_verbose(shared):
+    grid9 = str(shared / "data" / "sessions" / "grid9")
+    quiet = _run("eval", grid9, "--json")
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stderr == b""
+    loud = _run("-v", "eval", grid9, "--json")
+    assert loud.returncode == 0
+    assert any(THIRD_PARTY.match(ln) for ln in loud.stderr.splitlines()), loud.stderr[:500]
+    assert quiet.stdout == loud.stdout
+
+
+@pytest.mark.slow
+def test_our_own_error_still_reaches_stderr(tmp_path):
+    r = _run("eval", str(tmp_path / "missing"))
+    assert r.returncode == 2
+    assert r.stderr.decode().strip().startswith("gazeloop eval: ")

@@ -1,0 +1,217 @@
+"""Calibration without a window: a recording's targets replayed, the fit, its files.
+
+What `gazeloop calibrate` does after (or instead of) the on-screen grid
+(`tools.ui.calibration_grid`): the captured frames of a `CalibrationRun` become a profile,
+evaluated leave-one-target-out, saved with a plot and a JSON report beside the session the
+frames were written to. `--headless` replays a recording (a session folder, or a 4-corner
+recording: its frames say which target was shown and when the eyes were still settling)
+through the same run, so the same fit and files come out of it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from gazeloop.calibration.geometry import ScreenGeometry
+from gazeloop.calibration.mapping import min_targets
+from gazeloop.calibration.metrics.evaluate import Evaluated, plot_report
+from gazeloop.calibration.procedure import CalibrationRun, ProcedureConfig, fit_profile_report
+from gazeloop.calibration.profile import Profile, data_dir
+from gazeloop.calibration.store.atomic import atomic_write_bytes
+from gazeloop.calibration.store.session import SessionManifest
+from gazeloop.calibration.store.writer import SessionWriter
+from gazeloop.fastpath.pipeline import FastPath
+from gazeloop.fastpath.types import Frame, GazeSample
+from gazeloop.tools.errors import UserError
+from gazeloop.tools.runtime.labelled import LabelledSource
+from gazeloop.tools.runtime.recording import UnixClock
+
+
+def default_session_dir(user: str) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return data_dir() / "users" / user / "sessions" / f"calibration-{stamp}"
+
+
+def manifest_for(screen: ScreenGeometry, user: str, device: str, source: str) -> SessionManifest:
+    return SessionManifest(
+        screen_px=screen.px,
+        screen_mm=screen.mm,
+        camera_mm=None if screen.camera_mm is None else screen.camera_mm[:2],
+        mirrored=False,  # every source hands over un-mirrored frames; they are stored so
+        user=user,
+        device=device,
+        source=source,
+    )
+
+
+# --- collecting ----------------------------------------------------------------------------
+
+
+def record_extra(target: int, status: str, s: GazeSample, frame: Frame, **more) -> dict:
+    """What a captured frame's record carries besides its label."""
+    extra = {"target": target, "settling": False, "capture": status, "frame_index": frame.index}
+    if s.gaze_yp_raw is not None:
+        # What this tracker said, for comparison later; not ground truth (the target is).
+        extra["fast_gaze_deg"] = [round(math.degrees(float(v)), 3) for v in s.gaze_yp_raw]
+    extra.update(more)
+    return extra
+
+
+@dataclass
+class GridOutcome:
+    run: CalibrationRun
+    cancelled: bool = False
+    frames: int = 0
+
+    @property
+    def source_ended(self) -> bool:
+        return not self.cancelled and not self.run.done
+
+
+def replay_targets(
+    ls: LabelledSource, fp: FastPath, cfg: ProcedureConfig, writer: SessionWriter | None
+) -> GridOutcome:
+    """A recording's frames with the targets and settling it recorded; no clock of ours."""
+    screen_px = ls.screen_px
+    targets = np.array(ls.targets_px, dtype=np.float64) / np.array(screen_px, dtype=np.float64)
+    run = CalibrationRun(cfg, targets=targets)
+    out = GridOutcome(run)
+    clock = UnixClock(ls.source)
+    fp.reset()
+    for frame in ls.source:
+        out.frames += 1
+        info = ls.target_of(frame)
+        if info is None:  # not a frame of the recording's pairs (cannot happen for sessions)
+            continue
+        s = fp.process(frame)
+        status = run.feed_replay(
+            frame.t_ns, s, info.target, settling=info.settling, name=frame.name or ""
+        )
+        if writer is not None and status in ("kept", "dropped"):
+            extra = record_extra(info.target, status, s, frame, replayed_from=frame.name)
+            writer.write(clock.ms(frame.t_ns), frame.image, info.label_px, extra)
+    run.finish()
+    return out
+
+
+# --- fitting and reporting -----------------------------------------------------------------
+
+
+@dataclass
+class CalibrationResult:
+    profile: Profile
+    evaluated: Evaluated
+    profile_path: Path
+    session_dir: Path
+    plot_path: Path
+    report_path: Path
+    frames_written: int
+
+    def lines(self) -> list[str]:
+        r = self.evaluated.report
+        deg = f", {r.mean_deg:.1f} deg" if r.mean_deg is not None else ""
+        return [
+            f"leave-one-target-out error: mean {r.mean_px:.0f} px ({r.mean_pct_diag:.1f}% of the "
+            f"screen diagonal{deg}), median {r.median_px:.0f} px; constant predictor "
+            f"{r.baseline_mean_px:.0f} px",
+            f"{r.targets} targets, {r.frames_used} frames; profile saved: {self.profile_path}",
+            f"session: {self.session_dir} ({self.frames_written} frames); plot: {self.plot_path}",
+        ]
+
+
+def _target_table(run: CalibrationRun, screen: ScreenGeometry) -> list[dict]:
+    rows = []
+    for i, t in enumerate(run.targets):
+        px = screen.to_px(t.xy)
+        rows.append(
+            {
+                "target": i,
+                "xy_px": [round(float(px[0]), 1), round(float(px[1]), 1)],
+                "kept": len(t.kept),
+                "dropped": dict(t.dropped),
+                "tries": t.tries,
+                "skipped": i in run.skipped,
+            }
+        )
+    return rows
+
+
+def _too_few(run: CalibrationRun, screen: ScreenGeometry, need: int) -> str:
+    rows = _target_table(run, screen)
+    worst = ", ".join(
+        f"target {r['target'] + 1}: {r['kept']} kept"
+        + (f" ({', '.join(f'{k} x{v}' for k, v in r['dropped'].items())})" if r["dropped"] else "")
+        for r in rows
+        if r["skipped"] or not r["kept"]
+    )
+    return (
+        f"only {len(run.used())} of {len(run.targets)} targets had at least "
+        f"{run.cfg.min_frames} usable frames; the fit needs {need}. {worst}"
+    )
+
+
+def finish(
+    run: CalibrationRun,
+    fp: FastPath,
+    screen: ScreenGeometry,
+    *,
+    user: str,
+    device: str,
+    session_dir: Path,
+    profile_out: Path,
+    frames_written: int,
+    extra_report: dict | None = None,
+) -> CalibrationResult:
+    """Fit, evaluate, save the profile, the plot and a JSON report beside the session."""
+    names = list(run.cfg.features)
+    need = min_targets(run.cfg.mapping) + 1  # one more than the fit: one is held out
+    if len(run.used()) < need:
+        raise UserError(_too_few(run, screen, need))
+    x, y, groups = run.arrays()
+    try:
+        prof, ev = fit_profile_report(
+            x,
+            y,
+            groups,
+            screen=screen,
+            features=names,
+            user=user,
+            device=device,
+            gaze_model_id=fp.gaze.model_id,
+            gaze_model_sha256=fp.gaze.sha256,
+            mapping=run.cfg.mapping,
+            calibration_session=str(session_dir.resolve()),
+            frame_names=run.frame_names(),
+        )
+    except ValueError as e:
+        raise UserError(f"calibration fit: {e}") from None
+    saved = prof.save(profile_out)
+    report_path, plot = _write_report(
+        run, screen, ev, saved, session_dir, user, device, extra_report
+    )
+    return CalibrationResult(prof, ev, saved, session_dir, plot, report_path, frames_written)
+
+
+def _write_report(run, screen, ev, saved, session_dir, user, device, extra) -> tuple[Path, Path]:
+    # The report lives in a subfolder: session readers take every *.json/*.png at the top
+    # level for a record.
+    report_dir = session_dir / "report"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    plot = report_dir / "calibration.png"
+    plot_report(ev, plot, title=f"calibration of {user} on {device}")
+    report = {
+        "profile": str(saved),
+        "session": str(session_dir),
+        "evaluation": ev.report.model_dump(mode="json"),
+        "targets": _target_table(run, screen),
+        **(extra or {}),
+    }
+    report_path = report_dir / "calibration.json"
+    atomic_write_bytes(report_path, json.dumps(report, indent=2).encode() + b"\n")
+    return report_path, plot

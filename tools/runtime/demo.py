@@ -1,0 +1,240 @@
+"""The demo's loop on a recording, no camera and no window (what `gazeloop demo` prints).
+
+Calibrate on the recording's settled frames, then replay it as a live stream, several
+passes, with a drift injected from about the second pass on (`DriftingMapper`), through the
+real fast path, history, snapshot policy, oracle worker, drift loop and label store. The
+oracle is the recording's own target labels, replayed: ground truth standing in for a model,
+and every summary says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from gazeloop.calibration.drift.simulation import DriftingMapper
+from gazeloop.calibration.geometry import ScreenGeometry
+from gazeloop.calibration.metrics.evaluate import Evaluated, evaluate_arrays, plot_report
+from gazeloop.calibration.procedure import fit_profile
+from gazeloop.calibration.profile import DEFAULT_FEATURES, Profile, ProfileMapper
+from gazeloop.calibration.store.session import Session
+from gazeloop.fastpath.collect import collect_session, feature_matrix
+from gazeloop.fastpath.pipeline import FastPath
+from gazeloop.fastpath.sources import SessionSource
+from gazeloop.oracle.policy import SnapshotPolicy
+from gazeloop.oracle.simple import TargetOracle
+from gazeloop.tools.runtime.live import Live
+
+ORACLE_NOTE = "replay of the recording's own target labels (ground truth, not a model)"
+
+
+def calibrate(session: Session, fp: FastPath, screen: ScreenGeometry, out: Path):
+    """Fit a profile on the settled frames; the leave-one-target-out evaluation is plotted
+    to `out/calibration.png`, the profile saved as `out/profile.json`."""
+    col = collect_session(session, fp)
+    used = [ls for ls in col.samples if not ls.settling]
+    names = list(DEFAULT_FEATURES)
+    x = feature_matrix(used, names)
+    labels = np.array([ls.label_px for ls in used])
+    groups = np.array([ls.target for ls in used])
+    ev = evaluate_arrays(
+        x,
+        labels,
+        groups,
+        session=str(session.folder),
+        features=names,
+        screen=screen,
+        frames=col.frames,
+        names=[ls.name for ls in used],
+    )
+    plot_report(ev, out / "calibration.png", title="calibration (4 corners)")
+    prof = fit_profile(
+        x,
+        screen.to_norm(labels),
+        groups,
+        screen=screen,
+        features=names,
+        user="demo",
+        device="corners4",
+        gaze_model_id=fp.gaze.model_id,
+        gaze_model_sha256=fp.gaze.sha256,
+        calibration_session=str(session.folder),
+    )
+    prof.save(out / "profile.json")
+    return ev, prof
+
+
+def drift_onset_ns(session: Session) -> int:
+    """Roughly the start of the second pass: one recording's span after its first frame."""
+    span_ns = (session.items[-1].t_ms - session.items[0].t_ms) * 1_000_000
+    return session.items[0].t_ms * 1_000_000 + span_ns
+
+
+def open_label_store(out: Path):
+    """The label store under `out/labels` and a line saying so (or why there is none)."""
+    try:
+        from gazeloop.calibration.store.labelstore import LabelStore
+    except ImportError:  # the store is optional for the demo's numbers
+        return None, "label store not available"
+    return LabelStore(out / "labels"), f"labels kept in {out / 'labels'}"
+
+
+def demo_live(
+    fp: FastPath,
+    prof: Profile,
+    session: Session,
+    screen: ScreenGeometry,
+    drift_norm: np.ndarray,
+    onset_ns: int,
+    *,
+    snapshot_every_s: float,
+    store=None,
+) -> Live:
+    """The running system with the drifting profile and the replayed-targets oracle."""
+    return Live(
+        fp,
+        mapper=DriftingMapper(ProfileMapper(prof), drift_norm, onset_ns),
+        oracle=TargetOracle(),
+        policy=SnapshotPolicy(min_interval_s=snapshot_every_s),
+        store=store,
+        snapshot_hook=_target_hook(session, screen),
+    )
+
+
+def _target_hook(session: Session, screen: ScreenGeometry):
+    items = {it.name: it for it in session.items}
+
+    def with_target(snap, frame):
+        it = items.get(frame.name)
+        extra = (it.record.model_extra or {}) if it else {}
+        if it is None or extra.get("settling"):
+            return None  # the eyes are still moving to the target: no label to give
+        snap.target_xy = tuple(float(v) for v in screen.to_norm(np.array(it.label_px)))
+        return snap
+
+    return with_target
+
+
+def replay(
+    live: Live,
+    session: Session,
+    screen: ScreenGeometry,
+    passes: int,
+    onset_ns: int,
+    on_status: Callable[[str], None] | None = None,
+) -> dict:
+    """`passes` replays of the session through `live`; the per-frame trace (time, error,
+    offset in px, labels so far). `on_status` gets a live-style line per second of stream
+    time. Labels still in flight at the end are waited for, so the trace is complete."""
+    items = {it.name: it for it in session.items}
+    t, err, off, labelled = [], [], [], []
+    last_print = None
+    window_err: list[float] = []
+    with SessionSource(session.folder, loop=True) as src:
+        n = len(items) * passes
+        for k, frame in enumerate(src):
+            if k >= n:
+                break
+            s = live.process(frame)
+            e = _frame_error(s, frame, items[frame.name])
+            t.append(frame.t_ns)
+            err.append(e)
+            off.append(live.loop.offset * screen.px)
+            labelled.append(len(live.decisions))
+            if np.isfinite(e):
+                window_err.append(e)
+            if last_print is None:
+                last_print = frame.t_ns
+            if frame.t_ns - last_print >= 1_000_000_000:
+                if on_status is not None:
+                    on_status(
+                        _status(live, screen, frame.t_ns - t[0], window_err, frame.t_ns >= onset_ns)
+                    )
+                last_print, window_err = frame.t_ns, []
+    if live.worker is not None:
+        live.worker.close()
+    return {
+        "t": np.array(t),
+        "err": np.array(err),
+        "offset": np.array(off),
+        "labels": np.array(labelled),
+        "onset": onset_ns,
+    }
+
+
+def _frame_error(s, frame, item) -> float:
+    extra = item.record.model_extra or {}
+    if s.screen_px is None or extra.get("settling"):
+        return np.nan
+    return float(np.hypot(*(s.screen_px - np.array(frame.label_px))))
+
+
+def _status(live: Live, screen, since_ns: int, window_err: list[float], drifted: bool) -> str:
+    st = live.status()
+    o = live.loop.offset * screen.px
+    mean = np.mean(window_err) if window_err else float("nan")
+    return (
+        f"   t={since_ns / 1e9:5.1f}s {'drifted' if drifted else '       '} error {mean:6.0f} px  "
+        f"offset ({o[0]:+6.0f}, {o[1]:+6.0f}) px  labels "
+        f"{st['labels']['accepted']} accepted / {st['labels']['rejected']} rejected"
+    )
+
+
+def summarise(tr: dict, ev: Evaluated, drift_px: float, live: Live, store_note: str) -> dict:
+    t, err, onset = tr["t"], tr["err"], tr["onset"]
+    before = err[(t < onset) & np.isfinite(err)]
+    after_onset = (t >= onset) & np.isfinite(err)
+    # The last two passes: has the loop brought the error back?
+    tail = t >= t[-1] - 2 * (onset - t[0])
+    end = err[tail & after_onset]
+    first_after = err[after_onset][: max(1, len(before))]
+    acc = sum(d.accepted for d in live.decisions)
+    return {
+        "oracle": ORACLE_NOTE,
+        "calibration_loto_mean_px": ev.report.mean_px,
+        "constant_predictor_px": ev.report.baseline_mean_px,
+        "injected_drift_px": drift_px,
+        "error_before_drift_px": round(float(before.mean()), 1) if before.size else None,
+        "error_just_after_drift_px": round(float(first_after.mean()), 1),
+        "error_last_two_passes_px": round(float(end.mean()), 1) if end.size else None,
+        "final_offset_px": [round(float(v), 1) for v in tr["offset"][-1]],
+        "labels_accepted": acc,
+        "labels_rejected": len(live.decisions) - acc,
+        "frames": int(len(t)),
+        "label_store": store_note,
+    }
+
+
+def plot_trace(tr: dict, drift_px: np.ndarray, out: Path) -> None:
+    """`out/loop.png`: the error over the stream, and the loop's offset against the ideal."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = (tr["t"] - tr["t"][0]) / 1e9
+    onset = (tr["onset"] - tr["t"][0]) / 1e9
+    fig, (a, b) = plt.subplots(2, 1, figsize=(9, 6), sharex=True, dpi=110)
+    ok = np.isfinite(tr["err"])
+    a.plot(t[ok], tr["err"][ok], ".", ms=3, color="tab:red", label="fast path + loop")
+    a.axvline(onset, color="0.4", ls="--", label="drift injected")
+    a.set_ylabel("error (px)")
+    a.legend(loc="upper right", fontsize=8)
+    a.set_title("gazeloop demo: error and drift correction over the replayed stream", fontsize=10)
+    b.plot(t, tr["offset"][:, 0], color="tab:blue", label="loop offset Cx")
+    b.plot(t, tr["offset"][:, 1], color="tab:green", label="loop offset Cy")
+    b.step(
+        t,
+        np.where(t >= onset, -drift_px[0], 0.0),
+        color="0.4",
+        ls="--",
+        label="− injected drift (the ideal Cx)",
+    )
+    b.set_xlabel("stream time (s)")
+    b.set_ylabel("px")
+    b.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "loop.png")
+    plt.close(fig)

@@ -1,0 +1,219 @@
+"""Training checkpoints: saving, finding and resuming, optimizer state included, no pickle.
+
+Layout (`out_dir/checkpoints/step-NNNNNNN/`), every file written atomically:
+- `model.safetensors` + `.json` sidecar (`trainer.model.save_checkpoint`: MODEL_VERSION,
+  architecture, weights hash);
+- `optimizer.safetensors` (every state tensor, flattened as `state/<parameter>/<stat>`,
+  keyed by parameter name) + `optimizer.json` (param groups and non-tensor state);
+- `trainer_state.json` (step, epoch, best metric, early-stopping count, seed).
+A checkpoint is assembled in a hidden folder and renamed into place; `latest.json` then names
+it. A checkpoint from another MODEL_VERSION is refused with a `CheckpointError` before
+anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gazeloop.calibration.store.atomic import atomic_path, atomic_write_bytes, fsync_dir
+from gazeloop.trainer.config import TrainConfig
+from gazeloop.trainer.logs import strict_json
+from gazeloop.trainer.model import (
+    MODEL_VERSION,
+    CheckpointError,
+    GazeNet,
+    read_checkpoint_info,
+    save_checkpoint,
+)
+
+STATE_FORMAT = "gazeloop.trainer.state"
+OPTIMIZER_FORMAT = "gazeloop.trainer.optimizer"
+STATE_VERSION = 1
+CHECKPOINTS = "checkpoints"
+LATEST = "latest.json"
+
+
+def _write_json(path: Path, doc: Any) -> None:
+    atomic_write_bytes(path, json.dumps(doc, indent=1, sort_keys=True).encode())
+
+
+def _json_scalar(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        return v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return repr(v)
+    return v
+
+
+# --- optimizer state ------------------------------------------------------------------------
+
+
+def _param_names(model: torch.nn.Module) -> list[str]:
+    """Names of the trained parameters, sorted: the optimizer's canonical order."""
+    return sorted(n for n, p in model.named_parameters() if p.requires_grad)
+
+
+def trained_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The trained parameters by name, not by registration order: a network rebuilt from a
+    checkpoint registers them in another order, and the gradient norm (a sum over them)
+    must come out bit for bit the same for a resumed run to match an uninterrupted one."""
+    named = dict(model.named_parameters())
+    return [named[n] for n in _param_names(model)]
+
+
+def save_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Module, folder: Path) -> None:
+    """Optimizer state without pickle: tensors → safetensors, the rest → JSON. Keyed by
+    parameter NAME, not position: a network rebuilt from a checkpoint may register its
+    parameters in another order than the one built from the IR."""
+    from safetensors.torch import save_file
+
+    names = _param_names(model)
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, st in sd["state"].items():
+        for stat, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"state/{names[idx]}/{stat}"] = v.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(names[idx], {})[stat] = _json_scalar(v)
+    meta = {"format": OPTIMIZER_FORMAT, "model_version": MODEL_VERSION}
+    with atomic_path(folder / "optimizer.safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    groups = []
+    for g in sd["param_groups"]:
+        doc = {k: _json_scalar(v) for k, v in g.items() if k != "params"}
+        groups.append(doc | {"params": [names[i] for i in g["params"]]})
+    doc = {**meta, "type": type(optimizer).__name__, "param_groups": groups, "scalars": scalars}
+    _write_json(folder / "optimizer.json", doc)
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Module, folder: Path) -> None:
+    from safetensors.torch import load_file
+
+    doc = json.loads((folder / "optimizer.json").read_text())
+    if doc.get("model_version") != MODEL_VERSION:
+        raise CheckpointError(
+            f"{folder}: optimizer state is for model version {doc.get('model_version')!r}, "
+            f"not {MODEL_VERSION!r}"
+        )
+    index = {n: i for i, n in enumerate(_param_names(model))}
+    saved = {n for g in doc["param_groups"] for n in g["params"]}
+    if saved != set(index):
+        raise CheckpointError(
+            f"{folder}: optimizer state is for other parameters "
+            f"({len(saved ^ set(index))} differ, e.g. {sorted(saved ^ set(index))[:3]})"
+        )
+    state: dict[int, dict[str, Any]] = {}
+    for key, t in load_file(str(folder / "optimizer.safetensors")).items():
+        _, name, stat = key.split("/")
+        state.setdefault(index[name], {})[stat] = t
+    for name, st in doc["scalars"].items():
+        state.setdefault(index[name], {}).update(st)
+    # torch pairs saved and current parameters by POSITION within the groups, so list them
+    # in the current order (the optimizer was built from `trained_parameters`).
+    groups = [g | {"params": sorted(index[n] for n in g["params"])} for g in doc["param_groups"]]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+# --- the trainer state and the checkpoint folder ---------------------------------------------
+
+
+def trainer_state(
+    cfg: TrainConfig,
+    *,
+    step: int,
+    steps_per_epoch: int,
+    best: float,
+    best_step: int,
+    bad_epochs: int,
+    val_before: dict[str, float] | None,
+) -> dict[str, Any]:
+    """`trainer_state.json`: where the run stands, and the config it ran with."""
+    return {
+        "format": STATE_FORMAT,
+        "version": STATE_VERSION,
+        "model_version": MODEL_VERSION,
+        "step": step,
+        "epoch": step // steps_per_epoch,
+        "steps_per_epoch": steps_per_epoch,
+        "best_metric": best if math.isfinite(best) else None,
+        "best_step": best_step,
+        "bad_epochs": bad_epochs,
+        "seed": cfg.seed,
+        "seed_rule": "episode and calibration draws use derive_seed(seed, step, process)",
+        "val_before": strict_json(val_before),
+        "config": cfg.model_dump(mode="json"),
+    }
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    path = Path(out_dir) / CHECKPOINTS / LATEST
+    if not path.is_file():
+        return None
+    try:
+        name = json.loads(path.read_text())["checkpoint"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: unreadable ({e})") from e
+    folder = path.parent / str(name)
+    if not folder.is_dir():
+        raise CheckpointError(f"{path} names {name}, which does not exist")
+    return folder
+
+
+def read_trainer_state(folder: Path) -> dict[str, Any]:
+    """The checkpoint's trainer state, refusing other versions before anything is loaded."""
+    path = folder / "trainer_state.json"
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable ({e})") from e
+    if state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
+        raise CheckpointError(f"{path}: not a gazeloop trainer state v{STATE_VERSION}")
+    if state.get("model_version") != MODEL_VERSION:
+        raise CheckpointError(
+            f"{folder}: checkpoint is for model version {state.get('model_version')!r}, but "
+            f"this trainer builds {MODEL_VERSION!r}; nothing was changed. Start a new run "
+            "in another out_dir (init from an exported model) instead of resuming"
+        )
+    read_checkpoint_info(folder / "model.safetensors")  # version and weights hash
+    return state
+
+
+def save_training_checkpoint(
+    out_dir: Path,
+    model: GazeNet,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+    keep: int,
+) -> Path:
+    """Everything in a hidden folder first, renamed into place, then `latest.json`."""
+    root = Path(out_dir) / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step-{state['step']:07d}"
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}."))
+    try:
+        save_checkpoint(model, tmp / "model.safetensors", extra={"step": state["step"]})
+        save_optimizer(optimizer, model, tmp)
+        _write_json(tmp / "trainer_state.json", state)
+        final = root / name
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_dir(root)  # the folder's rename is on disk before latest.json names it
+    _write_json(root / LATEST, {"checkpoint": name, "step": state["step"]})
+    old = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
+    for p in old[:-keep]:
+        shutil.rmtree(p, ignore_errors=True)
+    return final
