@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 STAGES = ("landmarks", "features", "gaze_model", "mapping", "filter")
 
 
+FILTER_DEFAULTS: dict[str, dict[str, float]] = {"one_euro": {"min_cutoff": 1.0, "beta": 1.0}}
+
+
 class FastPathConfig(BaseModel):
     """Everything the fast path needs; every field can be set from the command line."""
 
@@ -37,19 +40,26 @@ class FastPathConfig(BaseModel):
     face_model: Path | None = Field(None, description="face_landmarker.task (else resolved)")
     gaze_model: Path | None = Field(None, description="ONNX gaze model (else resolved/built)")
     filter: Literal["one_euro", "kalman", "none"] = "one_euro"
-    # Gaze angles in radians: 1€ defaults tuned for a 30-60 Hz webcam, jitter ~0.5°.
-    filter_params: dict[str, float] = Field(
-        default_factory=lambda: {"min_cutoff": 1.0, "beta": 1.0}
-    )
+    # Parameters of the chosen filter; None: that filter's defaults (for the 1€ filter on gaze
+    # angles in radians, tuned for a 30-60 Hz webcam with ~0.5° of jitter: FILTER_DEFAULTS).
+    filter_params: dict[str, float] | None = None
     threads: int = Field(1, ge=1, description="onnxruntime intra-op threads")
     max_faces: int = Field(1, ge=1)
     crop_scale: float = Field(CROP_SCALE, gt=0)
     blink_aperture: float = Field(BLINK_APERTURE, ge=0)
     focal_px: float | None = Field(None, gt=0, description="camera focal length, pixels")
+
     # Frames further apart than this (or going back in time) are independent stills, not a
     # stream: landmarks are detected afresh instead of tracked from the previous frame.
     # Tracking across stills seconds apart loses faces and jumps head pose (issue 12).
     still_gap_s: float = Field(0.5, gt=0, description="gap that makes frames independent")
+
+    def filter_kwargs(self) -> dict[str, float]:
+        """The chosen filter's parameters: as given, else its defaults (never another
+        filter's: `--filter none` takes none)."""
+        if self.filter_params is not None:
+            return dict(self.filter_params)
+        return dict(FILTER_DEFAULTS.get(self.filter, {}))
 
 
 def _camera_matrix(cfg: FastPathConfig, size: tuple[int, int]) -> np.ndarray | None:
@@ -81,7 +91,7 @@ class FastPath:
         onnx_path = models.resolve_gaze_onnx(cfg.gaze_model)
         self.landmarks = make_backend(cfg.landmarks, task, max_faces=cfg.max_faces)
         self.gaze = GazeModel(onnx_path, threads=cfg.threads)
-        self.filter = make_filter(cfg.filter, **cfg.filter_params)
+        self.filter = make_filter(cfg.filter, **cfg.filter_kwargs())
         self.set_mapper(mapper)
         self.on_sample = on_sample
         self._last_yp: np.ndarray | None = None

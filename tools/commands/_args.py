@@ -39,6 +39,32 @@ KNOWN_FEATURES = (
 )
 
 
+# --- numbers a user types ------------------------------------------------------------------
+
+
+def _number(kind: type, positive: bool):
+    what = ("a positive " if positive else "a non-negative ") + (
+        "integer" if kind is int else "number"
+    )
+
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+        if not math.isfinite(v) or v < 0 or (positive and v == 0):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return v
+
+    parse.__name__ = what  # argparse names the type in its messages
+    return parse
+
+
+positive_int = _number(int, positive=True)
+positive_float = _number(float, positive=True)
+non_negative_float = _number(float, positive=False)
+
+
 # --- the fast path -------------------------------------------------------------------------
 
 

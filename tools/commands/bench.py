@@ -15,6 +15,8 @@ from gazeloop.tools.commands._args import (
     add_fastpath_args,
     broker_settings,
     fastpath_config,
+    positive_float,
+    positive_int,
 )
 from gazeloop.tools.errors import UserError
 from gazeloop.tools.runtime import bench_loop
@@ -32,7 +34,7 @@ def add_parser(sub) -> None:
         "frames resized to 640x480, looping the source if it is short.",
     )
     f.add_argument("--source", required=True, help="video file, session folder or camera index")
-    f.add_argument("--frames", type=int, default=300, help="frames measured (default 300)")
+    f.add_argument("--frames", type=positive_int, default=300, help="frames measured (default 300)")
     f.add_argument("--json", action="store_true", help="print only the JSON object")
     f.add_argument(
         "--oracle-load",
@@ -60,7 +62,7 @@ def add_parser(sub) -> None:
         help="time of fitting a calibration mapping (nested leave-one-target-out included)",
     )
     m.add_argument("--targets", type=int, default=25)
-    m.add_argument("--frames", type=int, default=30, help="frames per target")
+    m.add_argument("--frames", type=positive_int, default=30, help="frames per target")
     m.add_argument("--features", type=int, default=11, help="feature count")
     m.add_argument("--repeats", type=int, default=20)
     m.add_argument("--mapping", action="append", help="mapping(s) to time (default: all)")
@@ -74,7 +76,7 @@ def _add_mqtt_parser(sub) -> None:
     b = sub.add_parser("mqtt", help="gaze stream latency through a broker (JSON)")
     add_broker_args(b)
     b.add_argument("--rate", type=float, default=60.0, help="samples per second (default 60)")
-    b.add_argument("--seconds", type=float, default=5.0)
+    b.add_argument("--seconds", type=positive_float, default=5.0)
     # Every benchmark takes --json; this one prints JSON either way.
     b.add_argument("--json", action="store_true", help="one JSON object (the default output)")
     b.set_defaults(func=run_mqtt)
@@ -133,7 +135,7 @@ def _add_loop_parser(bsub) -> None:
         "target's frames and runs the loop on the second halves (as calibrating and then "
         "tracking would)",
     )
-    p.add_argument("--screen-px", type=int, nargs=2, metavar=("W", "H"))
+    p.add_argument("--screen-px", type=positive_int, nargs=2, metavar=("W", "H"))
     p.add_argument(
         "--mirrored",
         action=argparse.BooleanOptionalAction,

@@ -24,6 +24,8 @@ from gazeloop.tools.commands._args import (
     add_fastpath_args,
     add_grid_args,
     fastpath_config,
+    positive_float,
+    positive_int,
     procedure_config,
     screen_from_args,
 )
@@ -60,8 +62,8 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="default")
     p.add_argument("--out", type=Path, help="session folder to write (default: the user's)")
     p.add_argument("--profile", type=Path, help="profile file to write (default: the user's)")
-    p.add_argument("--screen-px", type=int, nargs=2, metavar=("W", "H"))
-    p.add_argument("--screen-mm", type=float, nargs=2, metavar=("W", "H"))
+    p.add_argument("--screen-px", type=positive_int, nargs=2, metavar=("W", "H"))
+    p.add_argument("--screen-mm", type=positive_float, nargs=2, metavar=("W", "H"))
     p.add_argument(
         "--camera-mm",
         type=float,
@@ -69,7 +71,9 @@ def add_parser(sub) -> None:
         metavar=("X", "Y"),
         help="camera position from the screen's top-left corner (y < 0: above the screen)",
     )
-    p.add_argument("--distance-mm", type=float, help="viewing distance (errors in degrees)")
+    p.add_argument(
+        "--distance-mm", type=positive_float, help="viewing distance (errors in degrees)"
+    )
     p.add_argument(
         "--mirrored",
         action=argparse.BooleanOptionalAction,

@@ -17,7 +17,13 @@ from gazeloop.calibration.store.session import read_session
 from gazeloop.fastpath.collect import collect_session, expand_features, feature_matrix
 from gazeloop.fastpath.filters import make_filter
 from gazeloop.fastpath.pipeline import FastPath
-from gazeloop.tools.commands._args import add_fastpath_args, fastpath_config, screen_for
+from gazeloop.tools.commands._args import (
+    add_fastpath_args,
+    fastpath_config,
+    positive_float,
+    positive_int,
+    screen_for,
+)
 from gazeloop.tools.errors import UserError
 from gazeloop.tools.ui import report
 
@@ -32,9 +38,11 @@ def add_parser(sub) -> None:
         "--screen-px; without either, errors are relative to the targets' bounding box.",
     )
     p.add_argument("session", type=Path, help="session folder (img_<ms>.jpg + .json pairs)")
-    p.add_argument("--screen-px", type=int, nargs=2, metavar=("W", "H"))
-    p.add_argument("--screen-mm", type=float, nargs=2, metavar=("W", "H"))
-    p.add_argument("--distance-mm", type=float, help="viewing distance, for errors in degrees")
+    p.add_argument("--screen-px", type=positive_int, nargs=2, metavar=("W", "H"))
+    p.add_argument("--screen-mm", type=positive_float, nargs=2, metavar=("W", "H"))
+    p.add_argument(
+        "--distance-mm", type=positive_float, help="viewing distance, for errors in degrees"
+    )
     p.add_argument(
         "--mirrored",
         action=argparse.BooleanOptionalAction,
@@ -78,7 +86,7 @@ def precision_for(used, x, ev, screen, mapping, cfg) -> dict:
     t = np.array([ls.t_ns for ls in used])
     order = np.argsort(t, kind="stable")
     filt = np.empty_like(raw)
-    f = make_filter(cfg.filter, **cfg.filter_params)
+    f = make_filter(cfg.filter, **cfg.filter_kwargs())
     last = None
     for i in order:
         if last is not None and t[i] - last > 500_000_000:

@@ -21,7 +21,7 @@ import signal
 import time
 from pathlib import Path
 
-from gazeloop.tools.commands._args import add_broker_args, broker_settings
+from gazeloop.tools.commands._args import add_broker_args, broker_settings, positive_float
 from gazeloop.tools.errors import UserError
 
 
@@ -54,7 +54,9 @@ def add_parser(sub) -> None:
         "--screen-px", type=_screen, help="WxH for labels whose laptop sent no screen size"
     )
     c.add_argument("--client-id", help="broker session id (default: stable per host and --out)")
-    c.add_argument("--seconds", type=float, help="stop after this long (default: until Ctrl-C)")
+    c.add_argument(
+        "--seconds", type=positive_float, help="stop after this long (default: until Ctrl-C)"
+    )
     c.set_defaults(func=run_collect)
 
     a = sub.add_parser(
@@ -77,7 +79,7 @@ def add_parser(sub) -> None:
     f.add_argument("--registry", required=True, type=Path, help="model registry root")
     f.add_argument("--model-id", help="only this model id")
     f.add_argument("--once", action="store_true", help="exit after the first model fetched")
-    f.add_argument("--seconds", type=float, help="stop after this long")
+    f.add_argument("--seconds", type=positive_float, help="stop after this long")
     f.set_defaults(func=run_fetch)
 
 

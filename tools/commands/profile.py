@@ -13,7 +13,13 @@ from gazeloop.calibration.profile import DEFAULT_FEATURES, Profile, ProfileError
 from gazeloop.calibration.store.session import read_session
 from gazeloop.fastpath.collect import collect_session, expand_features, feature_matrix
 from gazeloop.fastpath.pipeline import FastPath
-from gazeloop.tools.commands._args import add_fastpath_args, fastpath_config, screen_for
+from gazeloop.tools.commands._args import (
+    add_fastpath_args,
+    fastpath_config,
+    positive_float,
+    positive_int,
+    screen_for,
+)
 from gazeloop.tools.errors import UserError
 
 
@@ -31,9 +37,9 @@ def add_parser(sub) -> None:
     f.add_argument("--user", default="default")
     f.add_argument("--device", default="default")
     f.add_argument("--out", type=Path, help="profile file (default: the user's profile folder)")
-    f.add_argument("--screen-px", type=int, nargs=2, metavar=("W", "H"))
-    f.add_argument("--screen-mm", type=float, nargs=2, metavar=("W", "H"))
-    f.add_argument("--distance-mm", type=float, help="viewing distance")
+    f.add_argument("--screen-px", type=positive_int, nargs=2, metavar=("W", "H"))
+    f.add_argument("--screen-mm", type=positive_float, nargs=2, metavar=("W", "H"))
+    f.add_argument("--distance-mm", type=positive_float, help="viewing distance")
     f.add_argument("--mirrored", action=argparse.BooleanOptionalAction, default=None)
     f.add_argument("--mapping", default="ridge", choices=sorted(MAPPINGS))
     f.add_argument("--features", default=",".join(DEFAULT_FEATURES))

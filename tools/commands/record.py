@@ -19,6 +19,7 @@ from gazeloop.calibration.store.session import SessionManifest
 from gazeloop.calibration.store.writer import SessionWriter
 from gazeloop.fastpath.sources import CameraSource
 from gazeloop.fastpath.types import Frame
+from gazeloop.tools.commands._args import positive_float, positive_int
 from gazeloop.tools.errors import UserError
 from gazeloop.tools.runtime.labelled import LabelledSource, open_labelled
 from gazeloop.tools.runtime.recording import RateGate, UnixClock
@@ -35,9 +36,11 @@ def add_parser(sub) -> None:
     )
     p.add_argument("out", type=Path, help="session folder to write (new or empty)")
     p.add_argument("--source", default="0", help="camera index (default 0), video or session")
-    p.add_argument("--fps", type=float, help="target rate in frames per second of source time")
-    p.add_argument("--seconds", type=float, help="stop after this much source time")
-    p.add_argument("--frames", type=int, help="stop after writing this many frames")
+    p.add_argument(
+        "--fps", type=positive_float, help="target rate in frames per second of source time"
+    )
+    p.add_argument("--seconds", type=positive_float, help="stop after this much source time")
+    p.add_argument("--frames", type=positive_int, help="stop after writing this many frames")
     p.add_argument(
         "--label",
         choices=["auto", "targets", "cursor", "point"],
@@ -47,8 +50,8 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--point", type=float, nargs=2, metavar=("X", "Y"), help="label every frame with this point"
     )
-    p.add_argument("--screen-px", type=int, nargs=2, metavar=("W", "H"))
-    p.add_argument("--screen-mm", type=float, nargs=2, metavar=("W", "H"))
+    p.add_argument("--screen-px", type=positive_int, nargs=2, metavar=("W", "H"))
+    p.add_argument("--screen-mm", type=positive_float, nargs=2, metavar=("W", "H"))
     p.add_argument("--camera-mm", type=float, nargs=2, metavar=("X", "Y"))
     p.add_argument(
         "--mirrored",

@@ -29,6 +29,8 @@ from gazeloop.tools.commands._args import (
     add_fastpath_args,
     add_grid_args,
     fastpath_config,
+    positive_float,
+    positive_int,
     procedure_config,
     screen_from_args,
 )
@@ -56,7 +58,9 @@ def add_parser(sub) -> None:
     p.add_argument("--user", default="default")
     p.add_argument("--device", default="default")
     p.add_argument("--profile", type=Path, help="profile file (default: the user's for device)")
-    p.add_argument("--screen-px", type=int, nargs=2, metavar=("W", "H"), help="screen in use")
+    p.add_argument(
+        "--screen-px", type=positive_int, nargs=2, metavar=("W", "H"), help="screen in use"
+    )
     p.add_argument(
         "--oracle",
         choices=["none", "moondream", "targets"],
@@ -78,8 +82,8 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--snapshot-every", type=float, default=5.0, help="seconds between labels")
     p.add_argument("--headless", action="store_true", help="no window; status lines instead")
-    p.add_argument("--frames", type=int, help="stop after this many frames")
-    p.add_argument("--seconds", type=float, help="stop after this long (wall clock)")
+    p.add_argument("--frames", type=positive_int, help="stop after this many frames")
+    p.add_argument("--seconds", type=positive_float, help="stop after this long (wall clock)")
     p.add_argument("--move-cursor", action="store_true", help="move the OS cursor (pynput)")
     p.add_argument("--mqtt", help="broker URL: publish the gaze stream and the labels")
     p.add_argument("--screenshot", type=Path, help="save the last window picture here on exit")

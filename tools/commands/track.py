@@ -15,7 +15,7 @@ from gazeloop.calibration.profile import Profile, ProfileMapper
 from gazeloop.fastpath.pipeline import FastPath, FastPathConfig
 from gazeloop.fastpath.sources import open_source
 from gazeloop.fastpath.types import GazeSample
-from gazeloop.tools.commands._args import add_fastpath_args, fastpath_config
+from gazeloop.tools.commands._args import add_fastpath_args, fastpath_config, positive_int
 
 
 def add_parser(sub) -> None:
@@ -27,7 +27,7 @@ def add_parser(sub) -> None:
         "JSON object per frame instead.",
     )
     p.add_argument("source", help="camera index (0), video file, session folder or image")
-    p.add_argument("--frames", type=int, help="stop after this many frames")
+    p.add_argument("--frames", type=positive_int, help="stop after this many frames")
     p.add_argument("--jsonl", action="store_true", help="one JSON line per sample")
     p.add_argument("--profile", type=Path, help="calibration profile: output screen points")
     p.add_argument(
@@ -130,7 +130,8 @@ def status_line(t_s: float, window: list[GazeSample]) -> str:
     return f"t={t_s:6.1f}s  {n:3d} frames  face {faces:3d}/{n:<3d} {gaze}  fast path {ms:5.2f} ms"
 
 
-def run_stream(source, fp: FastPath, *, frames: int | None, jsonl: bool, out=sys.stdout) -> dict:
+def run_stream(source, fp: FastPath, *, frames: int | None, jsonl: bool, out=None) -> dict:
+    out = out or sys.stdout  # looked up now: a default would keep the stdout of import time
     tally = Tally()
     window: list[GazeSample] = []
     t_first = t_mark = None

@@ -12,6 +12,7 @@ import json
 import math
 from pathlib import Path
 
+from gazeloop.tools.commands._args import positive_int
 from gazeloop.tools.errors import UserError
 from gazeloop.trainer.registry import default_registry_root
 
@@ -33,7 +34,9 @@ def add_parser(sub) -> None:
     t.add_argument("--seed", type=int)
     t.add_argument("--calib-min", type=int, help="calibration targets per episode, at least")
     t.add_argument("--calib-max", type=int, help="... and at most")
-    t.add_argument("--screen-px", type=int, nargs=2, metavar=("W", "H"), help="for sessions")
+    t.add_argument(
+        "--screen-px", type=positive_int, nargs=2, metavar=("W", "H"), help="for sessions"
+    )
     t.add_argument("--mirrored", action="store_true", help="session images are selfie views")
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     t.add_argument("--export", action="store_true", help="export the best model when done")

@@ -80,7 +80,10 @@ def bench_fastpath(
     total: list[float] = []
     faces = 0
     restarts = 0
-    with open_source(source, loop=True, resize=BENCH_SIZE) as src:
+    # A file is looped when short; a camera never ends (and takes no `loop`).
+    is_camera = str(source).strip().isdigit()
+    extra = {} if is_camera else {"loop": True}
+    with open_source(source, resize=BENCH_SIZE, **extra) as src:
         it = iter(src)
         i = -1
         while len(total) < frames:

@@ -544,8 +544,8 @@ def import_corners4(
         if out.is_dir() and any(out.iterdir()):
             if not overwrite:
                 raise SessionImportError(
-                    f"output folder {out} is not empty; pass overwrite=True to replace its "
-                    "session files"
+                    f"output folder {out} is not empty; use --overwrite (overwrite=True) to "
+                    "replace its session files"
                 )
             for p in _session_files(out):
                 p.unlink()

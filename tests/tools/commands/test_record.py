@@ -23,7 +23,10 @@ def cli(*argv) -> tuple[int, str, str]:
 
     out, err = io.StringIO(), io.StringIO()
     with redirect_stdout(out), redirect_stderr(err):
-        rc = main([str(a) for a in argv])
+        try:
+            rc = main([str(a) for a in argv])
+        except SystemExit as e:  # argparse rejects a flag's value before the command runs
+            rc = e.code
     return rc, out.getvalue(), err.getvalue()
 
 

@@ -1,0 +1,50 @@
+"""Bad input on the command line: one clear line naming the flag, exit 2, never a traceback
+and never a silent wrong result (issue 16's corpus, the part that needs no data written)."""
+
+from __future__ import annotations
+
+import pytest
+
+from gazeloop.tools.cli import main
+
+GRID9 = "../shared/data/sessions/grid9"
+
+
+def _run(argv: list[str], capsys) -> tuple[int, str]:
+    try:
+        rc = main(argv)
+    except SystemExit as e:  # argparse's own errors
+        rc = e.code
+    return rc, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["track", GRID9, "--frames", "-1"], "--frames: must be a positive integer, got '-1'"),
+        (["track", GRID9, "--frames", "0"], "--frames: must be a positive integer"),
+        (["eval", GRID9, "--distance-mm", "-600"], "--distance-mm: must be a positive number"),
+        (["eval", GRID9, "--distance-mm", "nan"], "--distance-mm: must be a positive number"),
+        (["eval", GRID9, "--screen-px", "0", "0"], "--screen-px: must be a positive integer"),
+        (["eval", GRID9, "--screen-mm", "300", "-1"], "--screen-mm: must be a positive number"),
+        (["bench", "fastpath", "--source", GRID9, "--frames", "-5"], "--frames: must be a"),
+        (["record", "out", "--seconds", "0"], "--seconds: must be a positive number"),
+        (["record", "out", "--fps", "inf"], "--fps: must be a positive number"),
+        (["run", "--frames", "-3"], "--frames: must be a positive integer"),
+    ],
+)
+def test_numbers_out_of_bounds_are_one_line_errors(argv, says, capsys):
+    rc, err = _run(argv, capsys)
+    assert rc == 2 and says in err and "Traceback" not in err
+
+
+def test_a_filter_without_parameters_runs(shared, capsys):
+    """`--filter none` used to get the 1€ filter's defaults and fail with a traceback."""
+    rc, err = _run(["track", str(shared / "data/sessions/grid9"), "--filter", "none"], capsys)
+    assert rc == 0, err
+
+
+def test_a_camera_that_is_not_there_is_named_not_a_crash(shared, capsys):
+    """`bench fastpath --source 0` crashed on every machine (a camera takes no `loop`)."""
+    rc, err = _run(["bench", "fastpath", "--source", "7", "--frames", "5"], capsys)
+    assert rc == 2 and "cannot open camera 7" in err and "Traceback" not in err
