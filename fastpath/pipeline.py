@@ -131,10 +131,10 @@ class FastPath:
     def process(self, frame: Frame) -> GazeSample:
         if self._swap is not None:
             self._apply_swap()
-        last, self._last_t = self._last_t, frame.t_ns
+        last = self._last_t
         if last is not None and not 0 <= frame.t_ns - last <= self.cfg.still_gap_s * 1e9:
             self.reset()
-            self._last_t = frame.t_ns
+        self._last_t = frame.t_ns
         q = Quality()
         s = GazeSample(t_ns=frame.t_ns, index=frame.index, quality=q)
         try:

@@ -624,12 +624,17 @@ class CameraSource(FrameSource):
 # --- choosing a source ---------------------------------------------------------------------
 
 
+def is_camera(spec: str | os.PathLike[str]) -> bool:
+    """A camera index ("0", "1", ...), as `open_source` reads its argument."""
+    return isinstance(spec, str) and spec.strip().isdigit()
+
+
 def open_source(spec: str | os.PathLike[str], **kw: Any) -> FrameSource:
     """ "0", "1", ... -> camera; a folder -> session; a video file -> video; an image ->
     ImageSource. Keyword arguments go to the chosen source. A folder literally named "0"
     needs "./0"."""
     text = os.fspath(spec)
-    if isinstance(spec, str) and text.strip().isdigit():
+    if is_camera(spec):
         return CameraSource(int(text), **kw)
     path = Path(text).expanduser()
     if path.is_dir():
@@ -657,5 +662,6 @@ __all__ = [
     "SlotClosed",
     "SourceError",
     "VideoSource",
+    "is_camera",
     "open_source",
 ]

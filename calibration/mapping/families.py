@@ -241,6 +241,9 @@ class ScreenMapping:
     # `selection.fit_select`); None: the defaults.
     no_spare_hyper: ClassVar[dict[str, float] | None] = None
     default_columns: ClassVar[tuple[int, ...] | None] = None
+    # The named features a mapping needs to read (it models them, not any matrix); None: it
+    # takes whatever feature columns it is given.
+    features: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(
         self,

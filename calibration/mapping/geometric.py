@@ -290,6 +290,7 @@ class GeometricMapping(ScreenMapping):
     default_grid = {"flex": [0.0, 1.0, 3.0]}
     no_spare_hyper = {"flex": 3.0}
     default_columns = (0, 1, 2, 3, 4)
+    features = COLUMNS
 
     def __init__(self, columns=None, feature_names=None, **hyper: float) -> None:
         if columns is None and feature_names is not None and set(COLUMNS) <= set(feature_names):

@@ -183,8 +183,9 @@ def run_mapping(args: argparse.Namespace) -> int:
         "features": args.features,
         "fits": {},
     }
-    # The synthetic calibration is a feature matrix; geometric needs eye positions and angles.
-    for name in args.mapping or sorted(set(MAPPINGS) - {"geometric"}):
+    # The synthetic calibration is a bare feature matrix: mappings of named features (the
+    # geometric one needs eye positions and angles) have nothing to read in it.
+    for name in args.mapping or sorted(n for n, m in MAPPINGS.items() if m.features is None):
         r = benchmark_fit(
             n_targets=args.targets,
             frames=args.frames,

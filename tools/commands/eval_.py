@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from gazeloop.calibration.geometry import ScreenGeometry
-from gazeloop.calibration.mapping import MAPPINGS, fit_select
-from gazeloop.calibration.mapping.geometric import COLUMNS
+from gazeloop.calibration.mapping import MAPPINGS, fit_select, mapping_class
 from gazeloop.calibration.metrics.evaluate import evaluate_arrays, plot_report, robust_keep
 from gazeloop.calibration.metrics.precision import deg_per_mm, precision_report
 from gazeloop.calibration.profile import DEFAULT_FEATURES
@@ -53,7 +52,7 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--features",
         help=f"comma-separated feature names (default {','.join(DEFAULT_FEATURES)}; for "
-        "--mapping geometric its gaze angles and eye position)",
+        "a mapping that models named features, those (geometric: gaze angles, eye position))",
     )
     p.add_argument("--precision", action="store_true", help="add precision per target")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -124,7 +123,7 @@ def precision_text(p: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     if args.features is None:
-        args.features = ",".join(COLUMNS if args.mapping == "geometric" else DEFAULT_FEATURES)
+        args.features = ",".join(mapping_class(args.mapping).features or DEFAULT_FEATURES)
     names = [n.strip() for n in args.features.split(",") if n.strip()]
     if not names:
         raise UserError("--features is empty")

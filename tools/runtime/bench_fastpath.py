@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from gazeloop.fastpath.pipeline import STAGES, FastPath
-from gazeloop.fastpath.sources import open_source
+from gazeloop.fastpath.sources import is_camera, open_source
 
 BENCH_SIZE = (640, 480)
 WARMUP = 10
@@ -81,8 +81,7 @@ def bench_fastpath(
     faces = 0
     restarts = 0
     # A file is looped when short; a camera never ends (and takes no `loop`).
-    is_camera = str(source).strip().isdigit()
-    extra = {} if is_camera else {"loop": True}
+    extra = {} if is_camera(source) else {"loop": True}
     with open_source(source, resize=BENCH_SIZE, **extra) as src:
         it = iter(src)
         i = -1
