@@ -103,15 +103,22 @@ def grab_window(display: str, name: str, out: Path, wait=cv2.waitKey) -> np.ndar
     """The picture area of the window as the X server holds it; None without xwd."""
     if shutil.which("xwd") is None:
         return None
-    for _ in range(5):  # let Qt paint the last picture it was given
-        wait(20)
-    subprocess.run(
-        ["xwd", "-silent", "-display", display, "-name", name, "-out", str(out)],
-        check=True,
-        timeout=60,
-    )
-    x, y, w, h = cv2.getWindowImageRect(name)
-    return read_xwd(out)[y : y + h, x : x + w]
+    # Qt paints when its event loop runs, which on a loaded machine can be later than any
+    # fixed wait: keep giving it events until the server holds a painted (not all-black)
+    # window, instead of guessing how long painting takes.
+    for _ in range(200):
+        for _ in range(5):
+            wait(20)
+        subprocess.run(
+            ["xwd", "-silent", "-display", display, "-name", name, "-out", str(out)],
+            check=True,
+            timeout=60,
+        )
+        x, y, w, h = cv2.getWindowImageRect(name)
+        img = read_xwd(out)[y : y + h, x : x + w]
+        if img.size and img.any():
+            return img
+    return img
 
 
 def mask(img: np.ndarray, colour, tol: int = 30) -> np.ndarray:
