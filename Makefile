@@ -1,9 +1,15 @@
 # gazeloop: `make setup`, `make demo`, `make test`. Both demo and test run setup first.
-PYTHON ?= python3
+# The first supported Python (3.11-3.14): `python3` when it is one, else the newest of
+# python3.13, 3.12, 3.11, 3.14 on PATH (macOS's own python3 is 3.9; Homebrew's is current).
+PYTHON ?= $(shell for p in python3 python3.13 python3.12 python3.11 python3.14; do \
+	$$p -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 14))' \
+	>/dev/null 2>&1 && { echo $$p; exit; }; done; echo none)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# Shared models and data live beside the checkout; they are read in place, never copied.
+# Shared models and data live beside the checkout; they are read in place, never copied into
+# the repository. `gazeloop models build` keeps a checked copy of the models in the user cache,
+# so a plain shell finds them after `make setup` without GAZELOOP_MODELS.
 SHARED ?= $(abspath ../shared)
 ifneq ($(wildcard $(SHARED)/models),)
 export GAZELOOP_MODELS ?= $(SHARED)/models
@@ -19,6 +25,9 @@ TORCH  ?= torch==2.13.0
 EXTRAS ?= dev,trainer,mqtt
 
 $(STAMP): pyproject.toml Makefile
+	@test "$(PYTHON)" != none || { echo "make setup: no Python 3.11-3.14 found (python3 is \
+	$$(python3 --version 2>&1)); install one, e.g. 'brew install python@3.13', or pass \
+	PYTHON=/path/to/python3.13"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q '$(TORCH)'

@@ -4,6 +4,12 @@ A profile holds the fitted mapping (plain numbers, never pickle), what it was fi
 (screen, feature names, the gaze model's id and hash) and the drift offset the closed loop
 maintains. Loading a profile made for another gaze model or feature set is an error: its
 numbers would silently mean something else.
+
+A profile belongs to a gaze model. The user's profile file (`profile_path`) holds what the
+last calibration made; fits of the same calibration for other models (hot reload, or a
+start on a newly promoted model) are kept beside it, one per model, in
+`<name>.models/<sha256[:16]>.json` (`model_profile_path`), and never overwrite it or each
+other. `find_for_model` picks the one made for the model in use.
 """
 
 from __future__ import annotations
@@ -153,6 +159,42 @@ class ProfileMapper:
 
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def model_profile_path(path: str | os.PathLike[str], gaze_model_sha256: str) -> Path:
+    """Where the fit of profile `path` for one gaze model is kept, beside it."""
+    path = Path(path)
+    return path.parent / f"{path.stem}.models" / f"{gaze_model_sha256[:16]}.json"
+
+
+def save_for_model(profile: Profile, path: str | os.PathLike[str]) -> Path:
+    """Keep `profile` as the fit of `path` for its own gaze model. The file at `path` is
+    written only when there is none: it is what the user's calibration made, and a refit
+    (for another model, or the same one again) never overwrites it."""
+    path = Path(path)
+    out = profile.save(model_profile_path(path, profile.gaze_model_sha256))
+    if not path.exists():
+        profile.save(path)
+    return out
+
+
+def find_for_model(
+    path: str | os.PathLike[str], gaze_model_sha256: str
+) -> tuple[Profile, Profile | None, str]:
+    """(the user's profile at `path`, its fit for this gaze model or None, where it came
+    from). A kept fit counts only if it was made from the same calibration session no
+    earlier than the profile itself: a later recalibration makes older fits stale."""
+    path = Path(path)
+    base = Profile.load(path)
+    if base.gaze_model_sha256 == gaze_model_sha256:
+        return base, base, f"{path} (made for this model)"
+    kept = model_profile_path(path, gaze_model_sha256)
+    if not kept.is_file():
+        return base, None, f"{path} was made for {base.gaze_model_id}; no fit for this model"
+    fit = Profile.load(kept, gaze_model_sha256=gaze_model_sha256)
+    if fit.calibration_session != base.calibration_session or fit.created < base.created:
+        return base, None, f"{kept} predates the last calibration ({base.created})"
+    return base, fit, f"{kept} (fitted for this model {fit.created})"
 
 
 def data_dir() -> Path:

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gazeloop.calibration.store.session import Rejection, Session, read_session
-from gazeloop.fastpath.pipeline import FastPath
+from gazeloop.fastpath import feature_cache
+from gazeloop.fastpath.pipeline import FastPath, FastPathConfig
 from gazeloop.fastpath.sources import SessionSource
 from gazeloop.fastpath.types import GazeSample
 
@@ -30,6 +31,10 @@ class Collected:
     rejected: list[Rejection] = field(default_factory=list)
     # How the mirroring was decided: the manifest, the caller, or detected from the frames.
     mirror_basis: str = ""
+    # When nobody stated the mirroring and both reads were asked for: the other read of the
+    # same frames (flipped the other way), so selection can compare the two.
+    other: Collected | None = None
+    unmirrored: bool = False  # whether these samples come from frames flipped back
 
     @property
     def frames(self) -> int:
@@ -52,37 +57,66 @@ def target_ids(session: Session) -> list[int]:
     return ids
 
 
+class LazyFastPath:
+    """A fast path built on first use: with every frame in the feature cache, the models
+    are never loaded. `close()` closes it if it was built."""
+
+    def __init__(self, cfg: FastPathConfig):
+        self.cfg = cfg
+        self._fp: FastPath | None = None
+
+    def get(self) -> FastPath:
+        if self._fp is None:
+            self._fp = FastPath(self.cfg)
+        return self._fp
+
+    def close(self) -> None:
+        if self._fp is not None:
+            self._fp.close()
+            self._fp = None
+
+
 def collect_session(
     folder: str | os.PathLike[str] | Session,
-    fp: FastPath,
+    fp: FastPath | LazyFastPath,
     *,
     screen_px: tuple[int, int] | None = None,
     mirrored: bool | None = None,
+    cache: bool = False,
+    both_reads: bool = False,
 ) -> Collected:
     """Every frame of a session through the fast path, in time order, with its label.
 
     Frames without a usable gaze (no face, blink, an error) go to `rejected` with the
     reason; so do files the session reader or the image decoder refused. When neither a
     manifest nor the caller says whether the frames are selfie views, the frames tell
-    (`looks_mirrored`), and a mirrored session is read again un-mirrored."""
+    (`looks_mirrored`), and a mirrored session is read again un-mirrored. When they cannot
+    tell (targets in a column, a gaze that barely follows them) and `both_reads` is set,
+    the other read is kept in `other` for nested selection to weigh. A statement or a
+    decisive correlation wins: then there is no other read, because with 8-16 targets a
+    second read doubles the candidates and on grid9 (r = +0.99) let a fluke of the wrong
+    read win one fold at 3x the error. `cache`: per-frame features via `feature_cache`."""
     session = (
         folder
         if isinstance(folder, Session)
         else read_session(folder, screen_px=screen_px, mirrored=mirrored)
     )
-    out = _collect(session, fp, unmirror=session.mirrored)
+    out = _collect(session, fp, unmirror=session.mirrored, cache=cache)
     if session.mirrored_stated:
         out.mirror_basis = "manifest" if session.manifest is not None else "stated"
         return out
     r = looks_mirrored(out.samples)
-    if r is None:
-        out.mirror_basis = "not stated; the targets cannot tell (taken as not mirrored)"
-        return out
-    if r <= 0:
-        out.mirror_basis = f"not stated; detected not mirrored (gaze yaw vs target x r={r:+.2f})"
+    if r is None or r <= 0:
+        out.mirror_basis = (
+            "not stated; the targets cannot tell (taken as not mirrored)"
+            if r is None
+            else f"not stated; detected not mirrored (gaze yaw vs target x r={r:+.2f})"
+        )
+        if both_reads and r is None:
+            out.other = _collect(session, fp, unmirror=True, cache=cache)
         return out
     session.mirrored = True
-    out = _collect(session, fp, unmirror=True)
+    out = _collect(session, fp, unmirror=True, cache=cache)
     out.mirror_basis = f"not stated; detected mirrored (gaze yaw vs target x r={r:+.2f})"
     return out
 
@@ -111,31 +145,70 @@ def looks_mirrored(samples: list[LabelledSample]) -> float | None:
     return r if abs(r) >= MIRROR_MIN_R else None
 
 
-def _collect(session: Session, fp: FastPath, *, unmirror: bool) -> Collected:
-    out = Collected(session=session, rejected=list(session.rejected))
-    ids = target_ids(session)
-    by_name = {it.name: (it, tid) for it, tid in zip(session.items, ids, strict=True)}
+def _collect(
+    session: Session, fp: FastPath | LazyFastPath, *, unmirror: bool, cache: bool = False
+) -> Collected:
+    path = None
+    if cache:
+        path = feature_cache.entry_path(session, feature_cache.config_digest(fp.cfg), unmirror)
+        hit = feature_cache.load_entry(path)
+        if hit is not None:
+            return _from_entry(session, hit, unmirror)
+    live = fp.get() if isinstance(fp, LazyFastPath) else fp
+    frames, skipped, samples = _run_frames(session, live, unmirror)
+    if path is not None:
+        feature_cache.save_entry(path, frames, skipped)
+    return _from_entry(session, {"frames": frames, "skipped": skipped}, unmirror, samples)
+
+
+def _run_frames(session: Session, fp: FastPath, unmirror: bool) -> tuple[list, list, list]:
+    """Each decoded frame as {name, t_ns, why | features} (what the cache stores) and the
+    samples themselves (with the embedding, which the cache leaves out)."""
+    frames, samples = [], []
     fp.reset()
     with SessionSource(session, unmirror=unmirror) as src:
         for frame in src:
-            item, tid = by_name[frame.name]
             s = fp.process(frame)
             why = _unusable(s)
-            if why:
-                out.rejected.append(Rejection(file=item.image.name, why=why))
-                continue
-            extra = item.record.model_extra or {}
-            out.samples.append(
-                LabelledSample(
-                    name=item.image.name,
-                    t_ns=frame.t_ns,
-                    label_px=item.label_px,
-                    target=tid,
-                    sample=s,
-                    settling=bool(extra.get("settling", False)),
-                )
+            row = {"name": frame.name, "t_ns": int(frame.t_ns)}
+            row.update({"why": why} if why else {"features": _named_features(s)})
+            frames.append(row)
+            samples.append(s)
+        skipped = [{"file": r.file, "why": r.why} for r in src.skipped]
+    return frames, skipped, samples
+
+
+def _named_features(s: GazeSample) -> dict[str, float]:
+    return {k: v for k, v in s.feature_dict().items() if not k.startswith("emb_")}
+
+
+def _from_entry(
+    session: Session, entry: dict, unmirror: bool, samples: list | None = None
+) -> Collected:
+    out = Collected(session=session, rejected=list(session.rejected), unmirrored=unmirror)
+    ids = target_ids(session)
+    by_name = {it.name: (it, tid) for it, tid in zip(session.items, ids, strict=True)}
+    for k, row in enumerate(entry["frames"]):
+        item, tid = by_name[row["name"]]
+        if row.get("why"):
+            out.rejected.append(Rejection(file=item.image.name, why=row["why"]))
+            continue
+        extra = item.record.model_extra or {}
+        out.samples.append(
+            LabelledSample(
+                name=item.image.name,
+                t_ns=int(row["t_ns"]),
+                label_px=item.label_px,
+                target=tid,
+                sample=(
+                    samples[k]
+                    if samples is not None
+                    else feature_cache.CachedSample(dict(row["features"]))
+                ),
+                settling=bool(extra.get("settling", False)),
             )
-        out.rejected.extend(src.skipped)
+        )
+    out.rejected.extend(Rejection(file=r["file"], why=r["why"]) for r in entry["skipped"])
     return out
 
 

@@ -44,6 +44,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from gazeloop.fastpath.providers import resolve_providers
+
 OMZ_IO_CONVENTION = "omz-gaze-estimation-adas-0002"  # same tag as fastpath.ir_onnx writes
 CROP_SHAPE = (60, 60, 3)
 _INPUTS = ("left_eye_image", "right_eye_image", "head_pose_angles")
@@ -142,10 +144,9 @@ def _postprocess_one(raw: np.ndarray, roll: float) -> tuple[np.ndarray, np.ndarr
 
 
 def default_providers() -> list[str]:
-    available = ort.get_available_providers()
-    if "CoreMLExecutionProvider" in available:  # macOS; CPU picks up what CoreML refuses
-        return ["CoreMLExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
+    """The automatic choice (`providers.resolve_providers("auto")`): CoreML on a Mac, CUDA
+    when offered, CPU otherwise."""
+    return resolve_providers("auto")
 
 
 class GazeModel:
@@ -207,6 +208,11 @@ class GazeModel:
         except Exception as exc:
             raise ModelLoadError(f"gaze model {self.path} fails to run: {exc}") from exc
         self.embedding_dim: int | None = int(outs[1].shape[1]) if len(outs) > 1 else None
+
+    @property
+    def providers(self) -> list[str]:
+        """The providers the session runs on, in priority order (as onnxruntime reports)."""
+        return list(self.session.get_providers())
 
     def __repr__(self) -> str:
         return (

@@ -24,20 +24,83 @@ class CanonicalFace:
     points: np.ndarray  # (K, 3) canonical positions: x image-right, y up, z toward the camera
 
 
-def load_canonical_face(task_path: str | Path) -> CanonicalFace:
-    from mediapipe.tasks.cc.vision.face_geometry.proto import geometry_pipeline_metadata_pb2
+class CanonicalFaceError(RuntimeError):
+    """The bundle's geometry metadata is missing or not what MediaPipe writes."""
 
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(buf):
+            raise ValueError("truncated varint")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _proto_fields(buf: bytes):
+    """(field number, wire type, value) for each field of a serialized protobuf message;
+    value is an int for varints, bytes otherwise."""
+    pos = 0
+    while pos < len(buf):
+        key, pos = _varint(buf, pos)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(buf, pos)
+        elif wire == 1:
+            value, pos = buf[pos : pos + 8], pos + 8
+        elif wire == 2:
+            n, pos = _varint(buf, pos)
+            value, pos = buf[pos : pos + n], pos + n
+        elif wire == 5:
+            value, pos = buf[pos : pos + 4], pos + 4
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+        if pos > len(buf):
+            raise ValueError("truncated field")
+        yield field, wire, value
+
+
+def parse_canonical_face(raw: bytes) -> CanonicalFace:
+    """The Procrustes landmark basis and its canonical-mesh positions from a serialized
+    `GeometryPipelineMetadata` (canonical_mesh = 1, procrustes_landmark_basis = 2;
+    Mesh3d.vertex_buffer = 3, five floats per vertex x, y, z, u, v;
+    WeightedLandmarkRef.landmark_id = 1).
+
+    A few lines of protobuf wire format instead of mediapipe's generated classes: maintained
+    MediaPipe (1.x) no longer ships them, and no landmark backend should need mediapipe to
+    know the face's shape. Checked against mediapipe 0.10.21's own parse in the tests."""
+    ids: list[int] = []
+    verts: list[np.ndarray] = []
+    for field, wire, value in _proto_fields(raw):
+        if field == 1 and wire == 2:
+            for f2, w2, v2 in _proto_fields(value):
+                if f2 == 3 and w2 in (2, 5):  # packed floats, or one unpacked float
+                    verts.append(np.frombuffer(v2, "<f4"))
+        elif field == 2 and wire == 2:
+            for f2, w2, v2 in _proto_fields(value):
+                if f2 == 1 and w2 == 0:
+                    ids.append(int(v2))
+    buf = np.concatenate(verts).astype(np.float64) if verts else np.zeros(0)
+    if not ids or buf.size == 0 or buf.size % 5:
+        raise ValueError("no canonical mesh / landmark basis in the geometry metadata")
+    verts3 = buf.reshape(-1, 5)[:, :3]
+    ids_a = np.array(ids, dtype=np.int64)
+    if ids_a.max() >= len(verts3):
+        raise ValueError("landmark basis refers past the canonical mesh")
+    return CanonicalFace(ids=ids_a, points=verts3[ids_a].copy())
+
+
+def load_canonical_face(task_path: str | Path) -> CanonicalFace:
     try:
         with zipfile.ZipFile(task_path) as z:
             raw = z.read(_METADATA)
-    except (OSError, KeyError, zipfile.BadZipFile) as e:
-        raise RuntimeError(f"{task_path}: cannot read {_METADATA} from the bundle: {e}") from e
-    meta = geometry_pipeline_metadata_pb2.GeometryPipelineMetadata()
-    meta.ParseFromString(raw)
-    buf = np.asarray(meta.canonical_mesh.vertex_buffer, dtype=np.float64)
-    verts = buf.reshape(-1, 5)[:, :3]  # VERTEX_PT: x, y, z, u, v
-    ids = np.array([b.landmark_id for b in meta.procrustes_landmark_basis], dtype=np.int64)
-    return CanonicalFace(ids=ids, points=verts[ids].copy())
+        return parse_canonical_face(raw)
+    except (OSError, KeyError, zipfile.BadZipFile, ValueError) as e:
+        raise CanonicalFaceError(f"{task_path}: cannot read {_METADATA}: {e}") from e
 
 
 # OpenCV's camera frame has y down and z away from the camera; the canonical face has y up

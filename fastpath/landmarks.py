@@ -1,15 +1,19 @@
 """MediaPipe face landmarks (478 points with iris) in tracking mode, behind one interface.
 
 Three backends:
-- `legacy`: the FaceMesh solution (mediapipe 0.10.21, models inside the wheel).
-- `tasks`: the Tasks FaceLandmarker (needs `face_landmarker.task`; adds blendshapes).
-- `onnx`: the same bundle's detector and mesh networks rebuilt as ONNX and tracked by us
-  (`face_onnx`; needs no mediapipe; no blendshapes).
+- `onnx` (the default): the `face_landmarker.task` bundle's detector and mesh networks,
+  rebuilt as ONNX and tracked by us (`face_onnx`); needs no mediapipe, so it installs on every
+  platform and Python the README lists, with numpy 2; no blendshapes.
+- `tasks`: MediaPipe's Tasks FaceLandmarker on the same bundle (the `mediapipe` extra; adds
+  blendshapes).
+- `legacy`: the FaceMesh solution of mediapipe 0.10.21 (the `legacy` extra), whose wheels
+  exist only for CPython <= 3.12 on x86_64 Linux and macOS and pin numpy<2.
 
-The default is `legacy` because it is the faster of the two, measured on this project's
-4-corner video at 640x480, one process, 2-core x86 VM (2026-11-22): FaceMesh 2.7 ms p50 per
-frame against 7.5 ms for the Tasks FaceLandmarker (7.2 ms without blendshapes), and the fast
-path's whole budget is 8 ms. The Tasks backend is there for its blendshapes (eyeLook*).
+Why `onnx` is the default although `legacy` is faster (landmarks p50 5.2 against 7.0 ms,
+interleaved in one process on the 4-corner video, 2-core x86 VM, 2026-12-04): the legacy
+mesh is a smaller network (192x192, attention) than the bundle's (256x256), whose graph
+costs about 5 ms in onnxruntime and 5.5 ms in LiteRT alike here; and a default that cannot be
+installed on a current Mac or on the aarch64 training box is no default.
 
 Face choice when several faces are present: the backends track one face (`max_faces=1`), the
 one MediaPipe's detector scores highest, and stay on it until it is lost. With `max_faces>1`
@@ -31,7 +35,7 @@ from gazeloop.fastpath.types import FaceLandmarks
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("legacy", "tasks", "onnx")
+BACKENDS = ("onnx", "tasks", "legacy")
 N_POINTS = 478
 
 
@@ -130,8 +134,9 @@ class LegacyFaceMesh(_Base):
             from mediapipe.python.solutions import face_mesh
         except ImportError as e:  # mediapipe >= 0.10.30 removed the legacy solutions
             raise LandmarkError(
-                "the 'legacy' landmark backend needs mediapipe 0.10.21 (FaceMesh solution); "
-                "install it or use --landmarks tasks"
+                "the 'legacy' landmark backend needs mediapipe 0.10.21 (its FaceMesh solution; "
+                "CPython <= 3.12 on x86_64 Linux or macOS only): pip install 'gazeloop[legacy]', "
+                "or use the default --landmarks onnx"
             ) from e
         self._args = dict(
             static_image_mode=False,
@@ -230,8 +235,14 @@ class TasksFaceLandmarker(_Base):
         camera_matrix: np.ndarray | None = None,
     ):
         super().__init__(task_path, camera_matrix)
-        import mediapipe as mp
-        from mediapipe.tasks.python import BaseOptions, vision
+        try:
+            import mediapipe as mp
+            from mediapipe.tasks.python import BaseOptions, vision
+        except ImportError as e:
+            raise LandmarkError(
+                f"the 'tasks' landmark backend needs MediaPipe ({e}): pip install "
+                "'gazeloop[mediapipe]', or use the default --landmarks onnx"
+            ) from e
 
         self._mp = mp
         self._opts = vision.FaceLandmarkerOptions(
@@ -272,8 +283,15 @@ class TasksFaceLandmarker(_Base):
 
 
 def make_backend(
-    name: str, task_path: Path, *, max_faces: int = 1, camera_matrix: np.ndarray | None = None
+    name: str,
+    task_path: Path,
+    *,
+    max_faces: int = 1,
+    camera_matrix: np.ndarray | None = None,
+    providers: list[str] | None = None,
 ) -> LandmarkBackend:
+    """`providers`: onnxruntime execution providers, for the `onnx` backend (the MediaPipe
+    backends run their own runtime)."""
     if name == "legacy":
         return LegacyFaceMesh(task_path, max_faces=max_faces, camera_matrix=camera_matrix)
     if name == "tasks":
@@ -281,5 +299,7 @@ def make_backend(
     if name == "onnx":  # the .task's own networks in onnxruntime, no mediapipe (face_onnx)
         from gazeloop.fastpath.face_onnx import OnnxFaceLandmarker
 
-        return OnnxFaceLandmarker(task_path, max_faces=max_faces, camera_matrix=camera_matrix)
+        return OnnxFaceLandmarker(
+            task_path, max_faces=max_faces, camera_matrix=camera_matrix, providers=providers
+        )
     raise ValueError(f"unknown landmark backend {name!r}; choose one of {', '.join(BACKENDS)}")

@@ -290,7 +290,12 @@ def build_face_onnx(
     out_dir.mkdir(parents=True, exist_ok=True)
     log.info("building face landmarker ONNX files in %s from %s", out_dir, task_path)
     members = {member: out_dir / name for name, member in _FACE_MEMBERS.items()}
+    # The landmark network runs on every frame: it takes BGR pixels (normalisation folded
+    # in); the detector, run only when tracking is lost, keeps the TFLite interface.
     built = build_from_bundle(
-        task_path, members, metadata={"gazeloop.source.bundle_sha256": digest}
+        task_path,
+        members,
+        metadata={"gazeloop.source.bundle_sha256": digest},
+        image_input_members={"face_landmarks_detector.tflite"},
     )
     return built["face_detector.tflite"], built["face_landmarks_detector.tflite"]

@@ -21,6 +21,7 @@ from gazeloop.fastpath.features import BLINK_APERTURE, CROP_SCALE, extract
 from gazeloop.fastpath.filters import make_filter
 from gazeloop.fastpath.gaze_model import GazeModel
 from gazeloop.fastpath.landmarks import make_backend
+from gazeloop.fastpath.providers import resolve_providers
 from gazeloop.fastpath.types import Frame, GazeSample, Quality
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ class FastPathConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    landmarks: Literal["legacy", "tasks", "onnx"] = "legacy"
+    landmarks: Literal["onnx", "tasks", "legacy"] = "onnx"
     face_model: Path | None = Field(None, description="face_landmarker.task (else resolved)")
     gaze_model: Path | None = Field(None, description="ONNX gaze model (else resolved/built)")
     filter: Literal["one_euro", "kalman", "none"] = "one_euro"
@@ -44,6 +45,9 @@ class FastPathConfig(BaseModel):
     # angles in radians, tuned for a 30-60 Hz webcam with ~0.5° of jitter: FILTER_DEFAULTS).
     filter_params: dict[str, float] | None = None
     threads: int = Field(1, ge=1, description="onnxruntime intra-op threads")
+    # onnxruntime execution provider of the ONNX networks (gaze model, `onnx` landmarks):
+    # auto = CoreML on a Mac, CUDA when offered, CPU otherwise (fastpath.providers).
+    ep: Literal["auto", "cpu", "cuda", "coreml"] = "auto"
     max_faces: int = Field(1, ge=1)
     crop_scale: float = Field(CROP_SCALE, gt=0)
     blink_aperture: float = Field(BLINK_APERTURE, ge=0)
@@ -89,8 +93,11 @@ class FastPath:
         self.cfg = cfg = cfg or FastPathConfig()
         task = models.resolve(models.FACE_LANDMARKER, cfg.face_model)
         onnx_path = models.resolve_gaze_onnx(cfg.gaze_model)
-        self.landmarks = make_backend(cfg.landmarks, task, max_faces=cfg.max_faces)
-        self.gaze = GazeModel(onnx_path, threads=cfg.threads)
+        self.providers = resolve_providers(cfg.ep)  # ProviderError before any model loads
+        self.landmarks = make_backend(
+            cfg.landmarks, task, max_faces=cfg.max_faces, providers=self.providers
+        )
+        self.gaze = GazeModel(onnx_path, threads=cfg.threads, providers=self.providers)
         self.filter = make_filter(cfg.filter, **cfg.filter_kwargs())
         self.set_mapper(mapper)
         self.on_sample = on_sample

@@ -82,6 +82,12 @@ LAST_FP16_REVISION = "2025-04-14"
 # The remote code at 2025-04-14 loads its tokenizer from this revision, outside
 # transformers' local_files_only.
 TOKENIZER_REVISION = "2025-01-09"
+# The reviewed commit of the remote code at DEFAULT_REVISION, which `code_commit` defaults to.
+# Unset: nobody with Hub access has recorded the commit `refs/2025-04-14` resolves to (the
+# development machines are offline, and a hash copied from elsewhere would be a pin on
+# nothing). Until it is set, the default refuses to run the remote code: set `code_commit`
+# to the commit you reviewed, or run unpinned on purpose (`allow_unpinned`, said loudly).
+REVIEWED_CODE_COMMIT: str | None = None
 INSTALL_HINT = "pip install 'gazeloop[oracle]'"
 
 _DATE_REVISION = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -99,8 +105,10 @@ class MoondreamConfig(BaseModel):
 
     model_id: str = DEFAULT_MODEL_ID
     revision: str = DEFAULT_REVISION
-    # The exact commit the remote code must come from; None runs unpinned (logged).
-    code_commit: str | None = None
+    # The exact commit the remote code must come from; None refuses to load unless
+    # `allow_unpinned`, which runs whatever the revision resolves to (a loud warning).
+    code_commit: str | None = REVIEWED_CODE_COMMIT
+    allow_unpinned: bool = False
     device: str = "auto"  # auto = mps → cuda → cpu
     dtype: Literal["auto", "float16", "bfloat16"] = "auto"  # auto = what the revision uses
     local_files_only: bool = True
@@ -255,8 +263,15 @@ def resolve_snapshot_commit(cfg: MoondreamConfig) -> str | None:
 def check_code_commit(cfg: MoondreamConfig, resolved: str | None) -> None:
     """Refuse remote code from any commit but `cfg.code_commit` (trust_remote_code runs it)."""
     if cfg.code_commit is None:
+        if not cfg.allow_unpinned:
+            raise OracleError(
+                f"refusing to run Moondream's remote code unpinned: no reviewed commit is "
+                f"recorded for {cfg.model_id}@{cfg.revision} (it resolves to {resolved}); "
+                "set code_commit to the commit you reviewed, or allow unpinned code explicitly"
+            )
         log.warning(
-            "Moondream remote code is not pinned (code_commit unset); %s@%s resolves to %s",
+            "UNPINNED: running Moondream remote code (trust_remote_code) from whatever "
+            "%s@%s resolves to (%s), reviewed by nobody here",
             cfg.model_id,
             cfg.revision,
             resolved,
@@ -458,6 +473,7 @@ class MoondreamOracle:
 __all__ = [
     "DEFAULT_MODEL_ID",
     "DEFAULT_REVISION",
+    "REVIEWED_CODE_COMMIT",
     "MoondreamConfig",
     "MoondreamOracle",
     "bgr_to_rgb",

@@ -6,8 +6,9 @@ every one of those Python steps competes for the interpreter lock with the camer
 child process it competes for a core only, and the child runs at a lower priority (nice 10)
 with one compute thread. `ProcessOracle` implements the oracle interface itself, so the
 worker, the timeout and the cancellation logic stay as they are; what changes is that a
-cancelled or timed-out call really stops: the child is killed and started again on the next
-call (a thread cannot be killed).
+cancelled or timed-out call really stops: the child is killed (a thread cannot be) and a
+replacement is loaded in the background, outside any call's deadline, backing off when
+replacements keep failing.
 
 Messages between the two are length-prefixed frames: a JSON header and a raw byte payload
 (the snapshot's pixels). Nothing is pickled: the child builds its oracle from an import path
@@ -162,12 +163,30 @@ def _set_affinity(cpus: list[int], tids: list[int]) -> None:
             os.sched_setaffinity(tid, cpus)
 
 
+def restart_delay_s(failures: int, first_s: float, max_s: float) -> float:
+    """How long to wait before starting a child again, given how many restarts have happened
+    since the last label that came back. The first restart is immediate (one timeout is
+    normal for a model on a busy CPU); a backend that keeps dying or hanging is retried at
+    doubling intervals up to `max_s`, so a broken model costs a load now and then, not
+    every call."""
+    if failures <= 0:
+        return 0.0
+    return min(max_s, first_s * 2.0 ** (failures - 1))
+
+
 class ProcessOracle:
     """An oracle whose backend lives in a child process (see the module docstring).
 
     `threads` caps the child's compute threads (OMP/MKL/torch read the environment; default:
     one per core the child gets); `niceness` lowers its priority. The child is started at
     construction, so a backend that cannot load fails here with its own message.
+
+    After a call is cancelled or timed out the child is killed (the only way to stop a model
+    mid-call) and a replacement is started on a background thread, outside every call's
+    deadline: loading Moondream takes longer than one call may, and a restart inside a
+    call's deadline would be killed as soon as it was ready, again and again. Calls made
+    while the replacement loads fail at once with "restarting"; `wait_ready` waits for it.
+    Restarts without a label in between back off (`restart_delay_s`).
 
     `isolate` (Linux): the fast path and the oracle get disjoint cores (`partition_cpus`):
     this whole process, with every thread it has and will start, on one side, the child on
@@ -185,15 +204,25 @@ class ProcessOracle:
         niceness: int = 10,
         start_timeout_s: float = 300.0,
         isolate: bool = True,
+        restart_backoff_s: float = 1.0,
+        restart_backoff_max_s: float = 60.0,
     ) -> None:
         self.spec = spec
         self.niceness = niceness
         self.start_timeout_s = start_timeout_s
+        self.restart_backoff_s = restart_backoff_s
+        self.restart_backoff_max_s = restart_backoff_max_s
         self.name = "process"
         self.version = ""
-        self.restarts = 0
+        self.restarts = 0  # children killed and replaced
+        self.failed_starts = 0  # replacements that did not come up
+        self._failures = 0  # restarts since the last label that came back
         self._proc: subprocess.Popen[bytes] | None = None
+        self._starting: subprocess.Popen[bytes] | None = None  # a replacement being loaded
+        self._restarter: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._closed = threading.Event()
         self._saved_affinity: set[int] | None = None
         self.cpus: tuple[list[int], list[int]] | None = None  # (fast path, oracle)
         if isolate and hasattr(os, "sched_setaffinity"):
@@ -203,11 +232,8 @@ class ProcessOracle:
         if threads < 1:
             raise ValueError(f"threads must be at least 1, got {threads}")
         self.threads = threads
-        try:
-            self._start()
-        except BaseException:
-            self._kill()
-            raise
+        self._proc = self._start()
+        self._ready.set()
         if self.cpus is not None:
             self._saved_affinity = os.sched_getaffinity(0)
             _set_affinity(self.cpus[0], _threads_of_this_process())
@@ -215,7 +241,7 @@ class ProcessOracle:
 
     # --- child lifecycle ------------------------------------------------------------------
 
-    def _start(self) -> None:
+    def _spawn(self) -> subprocess.Popen[bytes]:
         env = dict(os.environ)
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             env[var] = str(self.threads)
@@ -227,7 +253,7 @@ class ProcessOracle:
         # `gazeloop` would be imported instead of ours); the child sees exactly the parent's
         # path instead, so a factory importable here is importable there.
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        self._proc = subprocess.Popen(
+        proc = subprocess.Popen(
             [sys.executable, "-P", "-m", "gazeloop.oracle.host"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -237,103 +263,177 @@ class ProcessOracle:
         )
         if self.cpus is not None:
             with contextlib.suppress(OSError):  # it may already have exited: _reply says why
-                os.sched_setaffinity(self._proc.pid, self.cpus[1])
-        write_frame(
-            self._proc.stdin,
-            {"op": "init", "factory": self.spec.factory, "kwargs": self.spec.kwargs},
-        )
-        header, _ = self._reply(self.start_timeout_s, cancel=None)
+                os.sched_setaffinity(proc.pid, self.cpus[1])
+        return proc
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        """A child that has built its oracle, or ProcessOracleError (the child is killed)."""
+        proc = self._spawn()
+        with self._lock:
+            self._starting = proc
+        try:
+            write_frame(
+                proc.stdin,
+                {"op": "init", "factory": self.spec.factory, "kwargs": self.spec.kwargs},
+            )
+            header, _ = _reply(proc, self.start_timeout_s, cancel=None)
+        except BaseException as e:
+            _kill(proc)
+            if isinstance(e, OSError):
+                raise ProcessOracleError(f"oracle process is gone: {e}") from e
+            raise
+        finally:
+            with self._lock:
+                self._starting = None
         self.name = str(header.get("name", self.name))
         self.version = str(header.get("version", ""))
+        return proc
 
-    def _kill(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None:
+    def _kill_and_restart(self) -> None:
+        """With the lock held: kill the child and start a replacement in the background."""
+        _kill(self._proc)
+        self._proc = None
+        self.restarts += 1
+        self._schedule_restart()
+
+    def _schedule_restart(self) -> None:
+        if self._closed.is_set() or (self._restarter and self._restarter.is_alive()):
             return
-        with contextlib.suppress(OSError):
-            proc.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(5)
-        for s in (proc.stdin, proc.stdout):
-            with contextlib.suppress(OSError):
-                s.close()
+        self._ready.clear()
+        delay = restart_delay_s(self._failures, self.restart_backoff_s, self.restart_backoff_max_s)
+        self._failures += 1
+        self._restarter = threading.Thread(
+            target=self._restart, args=(delay,), name="oracle-process-restart", daemon=True
+        )
+        self._restarter.start()
 
-    def _reply(self, timeout_s: float | None, cancel: threading.Event | None) -> tuple[dict, bytes]:
-        proc = self._proc
-        assert proc is not None and proc.stdout is not None
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        fd = proc.stdout.fileno()
-        while True:
-            ready, _, _ = select.select([fd], [], [], _POLL_S)
-            if ready:
-                break
-            if cancel is not None and cancel.is_set():
-                self._kill()  # the only way to stop a model mid-call
-                self.restarts += 1
-                raise OracleCancelled("cancelled; the oracle process was stopped")
-            if proc.poll() is not None:
-                self._kill()
-                raise ProcessOracleError(f"oracle process exited with code {proc.returncode}")
-            if deadline is not None and time.monotonic() > deadline:
-                self._kill()
-                raise ProcessOracleError(f"oracle process did not answer within {timeout_s:g} s")
+    def _restart(self, delay_s: float) -> None:
+        if self._closed.wait(delay_s):
+            return
         try:
-            header, payload = read_frame(proc.stdout)
-        except EOFError as e:
-            try:
-                code = proc.wait(2)
-            except subprocess.TimeoutExpired:
-                code = None
-            self._kill()
-            if code is not None:
-                raise ProcessOracleError(f"oracle process exited with code {code}") from e
-            raise ProcessOracleError(f"oracle process sent a broken reply: {e}") from e
-        except ValueError as e:
-            self._kill()
-            raise ProcessOracleError(f"oracle process sent a broken reply: {e}") from e
-        if header.get("ok") is False:
-            kind = header.get("kind", "error")
-            msg = str(header.get("error", "unknown error"))
-            if kind == "fatal":
-                self._kill()
-                raise ProcessOracleError(msg)
-            raise OracleError(msg)
-        return header, payload
+            proc = self._start()
+        except Exception as e:
+            if self._closed.is_set():
+                return  # close() killed the child being loaded
+            with self._lock:
+                self.failed_starts += 1
+                log.warning("oracle process did not restart: %s", e)
+                self._restarter = None
+                self._schedule_restart()  # later, by the back-off
+            return
+        with self._lock:
+            self._restarter = None
+            if self._closed.is_set():
+                _kill(proc)
+                return
+            self._proc = proc
+            self._ready.set()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Wait until a child is up to take calls (at once unless a restart is under way)."""
+        return self._ready.wait(timeout)
 
     # --- the oracle interface -------------------------------------------------------------
 
     def label(self, snap: Snapshot, cancel: threading.Event) -> OracleLabel:
         with self._lock:
+            if self._closed.is_set():
+                raise ProcessOracleError("oracle process is closed")
             if self._proc is None:
-                self._start()
+                self._schedule_restart()  # no-op when one is already under way
+                raise ProcessOracleError("oracle process is restarting; calls fail until it is up")
             if cancel.is_set():
-                # Cancelled before the child was given the call, e.g. by a deadline that ran
-                # out while the child was (re)starting: keep the idle child for the next call.
-                # Killing it here would make every later call pay a start-up again, and a
-                # backend that takes longer to load than the caller's timeout would never
-                # answer again.
                 raise OracleCancelled("cancelled before the oracle process was given the call")
+            proc = self._proc
             header, payload = snapshot_to_frame(snap)
             try:
-                write_frame(self._proc.stdin, header, payload)
+                write_frame(proc.stdin, header, payload)
+                reply, _ = _reply(proc, None, cancel)
+            except OracleCancelled:
+                self._kill_and_restart()
+                raise
             except (BrokenPipeError, OSError) as e:
-                self._kill()
+                self._kill_and_restart()
                 raise ProcessOracleError(f"oracle process is gone: {e}") from e
-            reply, _ = self._reply(None, cancel)
+            except _ChildLost:
+                self._kill_and_restart()
+                raise
+            self._failures = 0  # it answered: the next restart, if any, is immediate
             try:
                 return OracleLabel.model_validate(reply["label"])
             except (KeyError, ValidationError) as e:
                 raise OracleError(f"oracle process returned an invalid label: {e}") from e
 
     def close(self) -> None:
+        self._closed.set()  # a restart waiting out its back-off gives up
         with self._lock:
             if self._saved_affinity is not None:
                 _set_affinity(sorted(self._saved_affinity), _threads_of_this_process())
                 self._saved_affinity = None
-            proc = self._proc
-            if proc is None:
-                return
-            with contextlib.suppress(OSError, ValueError, subprocess.TimeoutExpired):
-                write_frame(proc.stdin, {"op": "close"})
-                proc.wait(5)
-            self._kill()
+            _kill(self._starting)  # a replacement being loaded is not waited for
+            proc, self._proc = self._proc, None
+            self._ready.set()  # nobody waits for a child that will not come
+        if proc is None:
+            return
+        with contextlib.suppress(OSError, ValueError, subprocess.TimeoutExpired):
+            write_frame(proc.stdin, {"op": "close"})
+            proc.wait(5)
+        _kill(proc)
+
+
+class _ChildLost(ProcessOracleError):
+    """The child died, hung past a deadline, broke the channel or failed fatally: it has to
+    be replaced."""
+
+
+def _kill(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is None:
+        return
+    with contextlib.suppress(OSError):
+        proc.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(5)
+    for s in (proc.stdin, proc.stdout):
+        with contextlib.suppress(OSError):
+            s.close()
+
+
+def _wait_readable(
+    proc: subprocess.Popen[bytes], timeout_s: float | None, cancel: threading.Event | None
+) -> None:
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    fd = proc.stdout.fileno()
+    while not select.select([fd], [], [], _POLL_S)[0]:
+        if cancel is not None and cancel.is_set():
+            raise OracleCancelled("cancelled; the oracle process was stopped")
+        if proc.poll() is not None:
+            raise _ChildLost(f"oracle process exited with code {proc.returncode}")
+        if deadline is not None and time.monotonic() > deadline:
+            raise _ChildLost(f"oracle process did not answer within {timeout_s:g} s")
+
+
+def _reply(
+    proc: subprocess.Popen[bytes], timeout_s: float | None, cancel: threading.Event | None
+) -> tuple[dict, bytes]:
+    """The child's next reply. A backend's own exception is an `OracleError` (the child lives
+    on); anything that leaves the child unusable is `_ChildLost`; the caller kills it."""
+    assert proc.stdout is not None
+    _wait_readable(proc, timeout_s, cancel)
+    try:
+        header, payload = read_frame(proc.stdout)
+    except EOFError as e:
+        try:
+            code = proc.wait(2)
+        except subprocess.TimeoutExpired:
+            code = None
+        if code is not None:
+            raise _ChildLost(f"oracle process exited with code {code}") from e
+        raise _ChildLost(f"oracle process sent a broken reply: {e}") from e
+    except ValueError as e:
+        raise _ChildLost(f"oracle process sent a broken reply: {e}") from e
+    if header.get("ok") is False:
+        msg = str(header.get("error", "unknown error"))
+        if header.get("kind", "error") == "fatal":
+            raise _ChildLost(msg)
+        raise OracleError(msg)
+    return header, payload

@@ -6,9 +6,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from gazeloop.calibration.profile import ProfileError
+from gazeloop.calibration.store.atomic import WriteError
 from gazeloop.calibration.store.labelstore import LabelStoreError
 from gazeloop.calibration.store.session import SessionError
 from gazeloop.calibration.store.writer import SessionWriteError
@@ -17,6 +19,7 @@ from gazeloop.fastpath.landmarks import LandmarkError
 from gazeloop.fastpath.models import ModelFileError
 from gazeloop.fastpath.sources import SourceError
 from gazeloop.tools.errors import UserError
+from gazeloop.tools.runtime import progress
 from gazeloop.tools.runtime.quiet import StderrFilter
 
 # One module per subcommand, in the order `gazeloop --help` lists them.
@@ -26,6 +29,9 @@ COMMANDS = (
     "bench",
     "demo",
     "eval_",
+    "eval_sittings",
+    "head_shift",
+    "oracle_",
     "import_",
     "profile",
     "run",
@@ -47,6 +53,7 @@ _USER_ERRORS = (
     SessionError,
     SessionWriteError,
     LabelStoreError,
+    WriteError,
 )
 
 
@@ -68,7 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     # Third-party C++ log lines off stderr unless asked for (only where fd 2 is a real file:
     # under a test runner's capture there is nothing to protect).
-    quiet = StderrFilter() if args.verbose == 0 and _stderr_is_fd2() else None
+    quiet = None
+    if args.verbose == 0 and _stderr_is_fd2():
+        # The terminal itself for progress lines, before the filter takes fd 2 over.
+        progress.use_terminal(os.fdopen(os.dup(2), "w") if os.isatty(2) else None)
+        quiet = StderrFilter()
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -76,9 +87,17 @@ def main(argv: list[str] | None = None) -> int:
     except _USER_ERRORS as e:
         print(f"gazeloop {args.command}: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        # A file the system refused (read-only, full, missing, not a folder) that no command
+        # anticipated: still the user's to fix, and the file and the cause say how.
+        if e.filename is None:
+            raise
+        print(f"gazeloop {args.command}: {e.filename}: {e.strerror or e}", file=sys.stderr)
+        return 2
     finally:
         if quiet is not None:
             quiet.close()
+            progress.use_terminal(None)
 
 
 def _stderr_is_fd2() -> bool:

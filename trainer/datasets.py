@@ -5,8 +5,10 @@ Sources (each reader documents its layout and the fields it uses):
 - `session`     session folders in the seed format, with or without `session.json`, and
                 label-store exports (session folders too)      → `trainer.readers.sessions`
 - `mpii`        MPIIFaceGaze (pXX/pXX.txt, Calibration/screenSize.mat) → `readers.mpii`
-- `xgaze`       ETH-XGaze .h5 (face_patch, face_gaze)           → `readers.xgaze`
-- `gazecapture` GazeCapture recording folders                   → `readers.gazecapture`
+- `mpii_normalized` MPIIFaceGaze's normalised pXX.mat (MPIIGaze's is refused, with why)
+                                                                → `readers.mpii_normalized`
+- `xgaze`       ETH-XGaze from its root (train_test_split.json, train/*.h5) → `readers.xgaze`
+- `gazecapture` GazeCapture recording folders of one info.json split → `readers.gazecapture`
 - `jspsych`     the jspsych eye-strip TFRecords, read without TensorFlow → `readers.tfrecord`
 
 `load_data` turns a list of `DataSource`s into one `GazeData`: the sample columns of
@@ -24,6 +26,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,14 +48,15 @@ from gazeloop.trainer.readers.common import (
 )
 from gazeloop.trainer.readers.gazecapture import GazeCaptureReader
 from gazeloop.trainer.readers.mpii import MPIIFaceGazeReader
+from gazeloop.trainer.readers.mpii_normalized import MPIINormalizedReader, is_normalized_layout
 from gazeloop.trainer.readers.sessions import SessionReader
 from gazeloop.trainer.readers.tfrecord import JsPsychTFRecordReader
-from gazeloop.trainer.readers.xgaze import XGazeReader
+from gazeloop.trainer.readers.xgaze import RELEASE_DIR, SPLIT_FILE, XGazeReader
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["auto", "session", "mpii", "xgaze", "gazecapture", "jspsych"]
-KINDS = ("session", "mpii", "xgaze", "gazecapture", "jspsych")
+Kind = Literal["auto", "session", "mpii", "mpii_normalized", "xgaze", "gazecapture", "jspsych"]
+KINDS = ("session", "mpii", "mpii_normalized", "xgaze", "gazecapture", "jspsych")
 
 # A person needs a calibration (8 points by default) plus at least one point to predict.
 DEFAULT_MIN_SCREEN_SAMPLES = 9
@@ -65,11 +69,16 @@ class DataSource(BaseModel):
 
     path: Path
     kind: Kind = "auto"
-    screen_px: tuple[int, int] | None = Field(None, description="session/mpii: screen size")
+    screen_px: tuple[int, int] | None = Field(
+        None, description="session without a manifest: screen size (nothing else uses it)"
+    )
     mirrored: bool | None = Field(None, description="session/gazecapture: selfie-view images")
     person: str | None = Field(None, description="session: person id override")
     aspect: float | None = Field(None, gt=0, description="jspsych: frame width / height")
     weight: float = Field(1.0, ge=0, description="multiplies every sample weight")
+    split: Literal["train", "val", "test"] | None = Field(
+        None, description="gazecapture/xgaze: the release's split to read (default train)"
+    )
 
 
 def detect_kind(path: Path) -> str:
@@ -78,6 +87,8 @@ def detect_kind(path: Path) -> str:
     if p.is_file():
         if p.suffix == ".h5":
             return "xgaze"
+        if p.suffix == ".mat":
+            return "mpii_normalized"
         if ".tfrecord" in p.name:
             return "jspsych"
         raise ValueError(f"{p}: a file that is neither .h5 (ETH-XGaze) nor .tfrecord(s)")
@@ -98,6 +109,10 @@ def detect_kind(path: Path) -> str:
     kind = has(p)
     if kind:
         return kind
+    if (p / SPLIT_FILE).is_file() or (p / RELEASE_DIR / SPLIT_FILE).is_file():
+        return "xgaze"
+    if is_normalized_layout(p):
+        return "mpii_normalized"
     if any(c.suffix == ".h5" for c in children):
         return "xgaze"
     if any(".tfrecord" in c.name for c in children if c.is_file()):
@@ -119,14 +134,40 @@ def make_reader(src: DataSource) -> Reader:
             src.path, screen_px=src.screen_px, mirrored=src.mirrored, person=src.person
         )
     if kind == "mpii":
-        return MPIIFaceGazeReader(src.path, screen_px=src.screen_px)
+        return MPIIFaceGazeReader(src.path)  # its own screenSize.mat, never src.screen_px
+    if kind == "mpii_normalized":
+        return MPIINormalizedReader(src.path)
     if kind == "xgaze":
-        return XGazeReader(src.path)
+        return XGazeReader(src.path, split=src.split or "train")
     if kind == "gazecapture":
-        return GazeCaptureReader(src.path, mirrored=bool(src.mirrored))
+        return GazeCaptureReader(src.path, mirrored=bool(src.mirrored), split=src.split or "train")
     if kind == "jspsych":
         return JsPsychTFRecordReader(src.path, aspect=src.aspect or 4 / 3)
     raise ValueError(f"unknown data kind {kind!r}; known: {', '.join(KINDS)}")
+
+
+def screen_px_notes(sources: Sequence[DataSource]) -> list[str]:
+    """Where a given screen size is NOT used, one line each (for stderr): it only labels
+    session folders without a manifest; a manifest, MPIIFaceGaze's screenSize.mat and the
+    other datasets' own screens always win, so mixing datasets keeps each one's screen."""
+    notes = []
+    for src in sources:
+        if src.screen_px is None:
+            continue
+        w, h = src.screen_px
+        try:
+            kind = detect_kind(src.path) if src.kind == "auto" else src.kind
+        except ValueError:
+            continue  # the load reports the bad path itself
+        if kind != "session":
+            notes.append(f"--screen-px {w} {h} ignored for {src.path}: {kind} data has its own")
+            continue
+        folders = [src.path, *sorted(p for p in Path(src.path).iterdir() if p.is_dir())]
+        for f in folders:
+            if (f / "session.json").is_file():
+                why = "its session.json manifest gives the screen"
+                notes.append(f"--screen-px {w} {h} ignored for {f}: {why}")
+    return notes
 
 
 @dataclass(slots=True)
@@ -222,8 +263,10 @@ def load_data(
     fastpath_config: Any | None = None,
     preprocessor: Preprocessor | None = None,
     min_screen_samples: int = DEFAULT_MIN_SCREEN_SAMPLES,
+    progress: Callable[[str], None] | None = None,
 ) -> GazeData:
     """Read, preprocess (fast path) and cache every source; never raises for bad data.
+    `progress` is told about each unit as it is done (preprocessed or from the cache).
 
     By default a `FastPath(fastpath_config)` is created when the first unit is not cached,
     and closed at the end. A caller's `preprocessor` (a running FastPath, or a stand-in in
@@ -252,7 +295,14 @@ def load_data(
                 continue
             skipped.extend(listing)
             for unit in found:
+                t0 = time.monotonic()
                 part, unit_skipped, report = _read_unit(reader, unit, pre, cache_dir)
+                if progress is not None:
+                    how = "cache" if report.cached else "preprocessed"
+                    progress(
+                        f"data: unit {len(units) + 1} done, {report.unit}: {report.samples} "
+                        f"samples ({how}, {time.monotonic() - t0:.1f} s)"
+                    )
                 skipped.extend(unit_skipped)
                 units.append(report)
                 if not len(part):
@@ -322,12 +372,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--cache", type=Path, default=None)
     ap.add_argument("--screen-px", type=int, nargs=2, default=None)
     ap.add_argument("--mirrored", action="store_true", default=None)
+    ap.add_argument("--split", choices=("train", "val", "test"), default=None)
     ap.add_argument("--min-screen-samples", type=int, default=DEFAULT_MIN_SCREEN_SAMPLES)
     args = ap.parse_args(argv)
     sources = [
-        DataSource(path=p, kind=args.kind, screen_px=args.screen_px, mirrored=args.mirrored)
+        DataSource(
+            path=p,
+            kind=args.kind,
+            screen_px=args.screen_px,
+            mirrored=args.mirrored,
+            split=args.split,
+        )
         for p in args.paths
     ]
+    for note in screen_px_notes(sources):
+        print(f"note: {note}", file=sys.stderr)
     data = load_data(sources, cache_dir=args.cache, min_screen_samples=args.min_screen_samples)
     json.dump(data.report(), sys.stdout, indent=2)
     print()

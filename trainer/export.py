@@ -121,6 +121,9 @@ class ModelCard(BaseModel):
     preprocessing: Preprocessing
     training_data: TrainingData = Field(default_factory=TrainingData)
     metrics: dict[str, float] = Field(default_factory=dict)
+    # The promotion gate's decision and numbers (trainer.gate.GateResult as JSON), when the
+    # model went through it; whether it is served is the registry's pointer, not this.
+    evaluation: dict[str, Any] | None = None
     parity_max_error: float | None = None
     parent_model_id: str | None = None
     opset: int

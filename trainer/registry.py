@@ -8,17 +8,26 @@ up: the next one is above every `vNNNN` present, valid or not.
 
 A version directory whose files are missing or whose card does not match them (an
 interrupted copy by hand, a disk error) is skipped with a warning, never served.
+
+Every candidate is kept, with the promotion gate's evaluation in its card; what the fast path
+serves is the *promoted* version, named by `root/<model_id>/promoted.json` (rewritten
+atomically, with the history of promotions so that `rollback` can go back one step). A
+version that is registered is not served until something promotes it: the gate
+(`trainer.gate`), a fetch of a model its source promoted, or a person
+(`gazeloop models promote`).
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import re
 import shutil
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,6 +44,7 @@ log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
 CARD_FILE = "card.json"
+PROMOTED_FILE = "promoted.json"
 _VERSION_DIR = re.compile(r"^v(\d{4,})$")
 
 
@@ -84,10 +94,22 @@ class ModelRegistry:
     # -- writing ---------------------------------------------------------------------------
 
     def register(
-        self, onnx_path: str | Path, card: ModelCard | dict | None = None
+        self,
+        onnx_path: str | Path,
+        card: ModelCard | dict | None = None,
+        *,
+        promote: bool = False,
+        reason: str = "",
     ) -> RegistryEntry:
         """Copy a single-file ONNX model and its card in as the next version of the card's
-        model id. `card` defaults to the one `export_onnx` wrote beside the model."""
+        model id. `card` defaults to the one `export_onnx` wrote beside the model. The
+        version is served only once promoted (`promote=True` here, or `promote()`)."""
+        entry = self._register(onnx_path, card)
+        if promote:
+            self.promote(entry.version, entry.model_id, reason=reason or "promoted on register")
+        return entry
+
+    def _register(self, onnx_path: str | Path, card: ModelCard | dict | None) -> RegistryEntry:
         onnx_path = Path(onnx_path)
         if not onnx_path.is_file():
             raise RegistryError(f"model file not found: {onnx_path}")
@@ -267,9 +289,78 @@ class ModelRegistry:
             raise RegistryError(f"{mid} v{int(version)} is not a valid version in {self.root}")
         return entry
 
+    # -- promotion ---------------------------------------------------------------------------
+
+    def _pointer(self, model_id: str) -> dict:
+        path = self.root / model_id / PROMOTED_FILE
+        if not path.is_file():
+            return {"version": None, "history": []}
+        try:
+            data = json.loads(path.read_text())
+            int(data["version"])
+            return {"version": int(data["version"]), "history": list(data.get("history", []))}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise RegistryError(f"{path}: unreadable promotion pointer: {exc}") from exc
+
+    def promoted(self, model_id: str | None = None) -> RegistryEntry | None:
+        """The version the fast path serves (hash verified), or None when nothing is
+        promoted. A promoted version that has gone bad is skipped with a warning (None)."""
+        mid = self._resolve_id(model_id)
+        if mid is None:
+            return None
+        version = self._pointer(mid)["version"]
+        if version is None:
+            return None
+        return self._load(mid, version, verify_hash=True)
+
+    def promote(self, version: int, model_id: str | None = None, *, reason: str = "") -> None:
+        """Make `version` the served one; the previous promotion stays in the history."""
+        entry = self.get(version, model_id)  # refuses an absent or damaged version
+        pointer = self._pointer(entry.model_id)
+        history = pointer["history"] + [
+            {
+                "version": entry.version,
+                "at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "reason": reason,
+            }
+        ]
+        self._write_pointer(entry.model_id, entry.version, history)
+        log.info("promoted %s v%d (%s)", entry.model_id, entry.version, reason)
+
+    def rollback(self, model_id: str | None = None, *, reason: str = "") -> RegistryEntry | None:
+        """Serve the version promoted before the current one again; None when the current
+        one was the first promotion (then nothing is promoted: the fast path serves the
+        stock model)."""
+        mid = self._resolve_id(model_id)
+        if mid is None:
+            raise RegistryError(f"{self.root} holds no models")
+        pointer = self._pointer(mid)
+        history = pointer["history"]
+        if not history:
+            raise RegistryError(f"{mid}: nothing is promoted, so nothing to roll back")
+        if len(history) == 1:
+            (self.root / mid / PROMOTED_FILE).unlink()
+            log.info("rolled back %s: nothing promoted", mid)
+            return None
+        previous = self.get(int(history[-2]["version"]), mid)
+        back = {
+            "version": previous.version,
+            "at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "reason": reason or f"rollback from v{pointer['version']}",
+        }
+        # The undone promotion leaves the stack, so a second rollback goes one further back.
+        self._write_pointer(mid, previous.version, history[:-2] + [back])
+        return previous
+
+    def _write_pointer(self, model_id: str, version: int, history: list[dict]) -> None:
+        path = self.root / model_id / PROMOTED_FILE
+        payload = {"model_id": model_id, "version": version, "history": history}
+        atomic_write_bytes(path, json.dumps(payload, indent=2).encode())
+
 
 __all__ = [
     "CARD_FILE",
+    "PROMOTED_FILE",
     "MODEL_FILE",
     "ModelRegistry",
     "RegistryEntry",

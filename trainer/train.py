@@ -11,9 +11,13 @@ Runs under `accelerate` (CPU here; bf16 autocast on CUDA; `accelerate launch` fo
 GPUs: each process draws its own episodes, DDP averages gradients). Every random draw is a
 function of (seed, step, process) (`trainer.seeds`), so a resumed run continues exactly
 where it stopped. Early stopping watches the validation % of the diagonal; the best model so
-far is kept in `out_dir/best/`, the starting model being the first candidate. A non-finite
-loss (or gradient) stops the run without a step or a checkpoint, so the last checkpoint on
-disk is the last good one.
+far is kept in `out_dir/best/`, the starting model being the first candidate (without a
+validation set, the model as trained at the end). A non-finite loss (or gradient) stops the
+run without a step or a checkpoint, so the last checkpoint on disk is the last good one.
+Checkpoints are written every `checkpoint_every` steps, every `checkpoint_minutes`, and at
+the end, so any run that took a step can be resumed. Under several processes only the main
+one preprocesses the data (the others wait on the cache's ready file: `_load_shared`) and
+writes; whether a model is then served is the promotion gate's call (`trainer.ship`).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import logging
 import math
 import sys
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gazeloop.calibration.store.atomic import atomic_write_bytes
 from gazeloop.trainer.checkpoint import (
     latest_checkpoint,
     load_optimizer,
@@ -94,6 +100,7 @@ class Standing:
     stop_reason: str = "finished"
     last_ckpt: Path | None = None
     saved_at: int = 0
+    saved_t: float = field(default_factory=time.monotonic)
 
     @classmethod
     def resumed(cls, state: dict[str, Any], cfg: TrainConfig) -> Standing:
@@ -165,13 +172,7 @@ def train(
     accelerator, mp = _accelerator(cfg)
     seed_everything(cfg.seed)
     if data is None:
-        with accelerator.main_process_first():  # one process fills the cache
-            data = load_data(
-                cfg.data,
-                cache_dir=cfg.cache_dir or out_dir / "cache",
-                fastpath_config=cfg.fastpath,
-                min_screen_samples=cfg.calib_min + 1,
-            )
+        data = _load_shared(cfg, accelerator, out_dir, progress)
     run = _start(cfg, accelerator, data, model, resume_from, state, progress, t_start)
     try:
         _loop(run)
@@ -182,6 +183,60 @@ def train(
     if run.at.stop_reason != "finished":
         run.bar.write(run.at.stop_reason)
     return _summary(run, data, state, mp)
+
+
+def _load_shared(cfg: TrainConfig, accelerator: Any, out_dir: Path, progress: bool) -> GazeData:
+    """The training data, preprocessed once: the main process fills the cache (saying which
+    unit it is on), then writes a ready file; the others poll for that file and read the
+    cache. Waiting on a file has no timeout, where a collective around a long preprocessing
+    pass would hit the distributed one. The ready file's name is drawn by the main process
+    at start-up (a collective when every process arrives at once), so a file left by an
+    earlier launch is never taken for this one's; a barrier after the others have read the
+    cache (seconds, not the preprocessing) lets the main process remove the file."""
+    cache_dir = Path(cfg.cache_dir or out_dir / "cache")
+    say = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else None
+    kw: dict[str, Any] = {
+        "cache_dir": cache_dir,
+        "fastpath_config": cfg.fastpath,
+        "min_screen_samples": cfg.calib_min + 1,
+    }
+    if accelerator.num_processes == 1:
+        return load_data(cfg.data, progress=say, **kw)
+    from accelerate.utils import broadcast_object_list
+
+    token = [uuid.uuid4().hex if accelerator.is_main_process else ""]
+    broadcast_object_list(token)
+    ready = cache_dir / f".ready-{token[0]}"
+    if accelerator.is_main_process:
+        data = load_data(cfg.data, progress=say, **kw)
+        cache_dir.mkdir(parents=True, exist_ok=True)  # absent when no unit could be cached
+        atomic_write_bytes(ready, str(len(data.units)).encode())
+        # The others only read the cache now, which is quick: then the file has done its job.
+        accelerator.wait_for_everyone()
+        ready.unlink(missing_ok=True)
+        return data
+    waited, t0, note_at = 0.0, time.monotonic(), 30.0
+    while not ready.is_file():
+        time.sleep(0.2)
+        waited = time.monotonic() - t0
+        if waited >= note_at:  # a long preprocessing pass is not a hang: say so now and then
+            note_at += 30.0
+            log.info(
+                "process %d: waiting for the main process to fill %s (%.0f s)",
+                accelerator.process_index,
+                cache_dir,
+                waited,
+            )
+    data = load_data(cfg.data, **kw)
+    fresh = sum(not u.cached for u in data.units)
+    log.info(
+        "process %d: read the cache after %.1f s; units preprocessed here: %d",
+        accelerator.process_index,
+        waited,
+        fresh,
+    )
+    accelerator.wait_for_everyone()
+    return data
 
 
 def _split(data: GazeData, cfg: TrainConfig) -> Split:
@@ -250,6 +305,8 @@ def _start(
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     main = accelerator.is_main_process
+    if main:  # the resolved config beside the run's output
+        atomic_write_bytes(out_dir / "config.json", cfg.model_dump_json(indent=2).encode())
     metrics = MetricsLog(out_dir, cfg, at.step if state is not None else None) if main else None
     bar = Progress(total_steps, at.step, cfg.log_every, enabled=progress and main)
     bar.write(f"split: {split.description}")
@@ -297,7 +354,7 @@ def _loop(run: _Run) -> None:
         if epoch_end:
             _end_epoch(run)
         patience_out = epoch_end and at.bad_epochs >= cfg.patience
-        if at.step % cfg.checkpoint_every == 0 or patience_out:
+        if at.step % cfg.checkpoint_every == 0 or patience_out or _time_for_checkpoint(run):
             _checkpoint(run)
         if patience_out:
             at.stop_reason = (
@@ -308,6 +365,24 @@ def _loop(run: _Run) -> None:
     else:
         if at.step != at.saved_at:
             _checkpoint(run)
+    if run.split.val.empty and at.step > 0:
+        # Nothing to choose a best by: the model as trained is the one to export (and the
+        # promotion gate, not this run, decides whether it is any good).
+        _save_best(run, at.step, {})
+
+
+def _time_for_checkpoint(run: _Run) -> bool:
+    """True when `checkpoint_minutes` have passed since the last checkpoint, by the main
+    process's clock (every process must agree, or the checkpoint barrier would hang)."""
+    minutes = run.cfg.checkpoint_minutes
+    if minutes is None:
+        return False
+    due = time.monotonic() - run.at.saved_t >= 60.0 * minutes
+    acc = run.accelerator
+    if acc.num_processes == 1:
+        return due
+    flag = torch.tensor([1.0 if (due and acc.is_main_process) else 0.0], device=acc.device)
+    return bool(acc.gather(flag).sum() > 0)
 
 
 def _train_step(run: _Run) -> str | None:
@@ -439,7 +514,7 @@ def _checkpoint(run: _Run) -> None:
         at.last_ckpt = save_training_checkpoint(
             run.out_dir, run.raw_model, run.optimizer, state, run.cfg.keep_checkpoints
         )
-    at.saved_at = at.step
+    at.saved_at, at.saved_t = at.step, time.monotonic()
 
 
 def _summary(run: _Run, data: GazeData, state: dict[str, Any] | None, mp: str) -> dict[str, Any]:
@@ -473,6 +548,8 @@ def _summary(run: _Run, data: GazeData, state: dict[str, Any] | None, mp: str) -
         "wall_time_s": wall,
         "samples_per_s": at.train_frames / at.train_time if at.train_time > 0 else math.nan,
         "device": str(run.accelerator.device),
+        "main_process": run.main,
+        "num_processes": run.accelerator.num_processes,
         "mixed_precision": mp,
         "model_version": MODEL_VERSION,
     }
@@ -490,8 +567,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.resume:
         cfg = cfg.model_copy(update={"resume": True})
     summary = train(cfg)
-    json.dump(strict_json(summary), sys.stdout, indent=2, default=str)
-    print()
+    if summary["main_process"]:  # one summary per run, not one per process
+        json.dump(strict_json(summary), sys.stdout, indent=2, default=str)
+        print()
     return 0 if summary["stopped"] == "finished" or summary["stopped"].startswith("early") else 1
 
 

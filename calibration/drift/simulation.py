@@ -190,6 +190,27 @@ def _draw(
     return _Draws(frames, labels, outlier, t_ns)
 
 
+def point_draws(frames: Any, xy: Any, interval_s: float = 3.0, oracle: str = "clicks") -> _Draws:
+    """Labels drawn elsewhere (a click replay): point k at normalised `xy[k]`, about frame
+    `frames[k]`, none of them junk by construction, `interval_s` apart."""
+    frames = np.asarray(frames, dtype=np.int64)
+    xy = _as_points(xy, "xy")
+    if len(frames) != len(xy) or len(frames) == 0:
+        raise ValueError(f"{len(frames)} frames for {len(xy)} points")
+    n = len(frames)
+    t_ns = 1_000_000_000 + np.round(np.arange(n) * interval_s * 1e9).astype(np.int64)
+    labels = [
+        OracleLabel(
+            t_ns=int(t_ns[k]),
+            snapshot_id=f"{oracle}-{k}",
+            oracle=oracle,
+            observation=PointObservation(xy=(float(xy[k, 0]), float(xy[k, 1]))),
+        )
+        for k in range(n)
+    ]
+    return _Draws(frames, labels, np.zeros(n, dtype=bool), t_ns)
+
+
 def _summary(
     err: np.ndarray,
     offs: np.ndarray,
@@ -231,11 +252,15 @@ def _run(
     cfg: LoopConfig | None,
     label_frames: np.ndarray,
     eval_frames: np.ndarray,
+    draws: _Draws | None = None,
 ) -> SimResult:
     size = np.asarray(screen_px, dtype=np.float64)
     if cfg is None:
         cfg = LoopConfig(aspect=size[0] / size[1])
-    draws = _draw(stream, truth, label_frames, size)
+    if draws is None:
+        draws = _draw(stream, truth, label_frames, size)
+    elif len(draws.labels) != stream.n_labels:
+        raise ValueError(f"{len(draws.labels)} drawn labels, stream says {stream.n_labels}")
     history = History(max_age_s=max(120.0, 4 * stream.interval_s), max_len=4096)
     loop = DriftLoop(cfg, history)
     n = stream.n_labels
@@ -277,6 +302,7 @@ def known_onset_reference(
     screen_px: tuple[int, int],
     drift: DriftSchedule | None = None,
     stream: LabelStream | None = None,
+    draws: _Draws | None = None,
 ) -> SimResult:
     """What no loop can beat on a step drift: an estimator *told* when the drift began and
     which labels are junk, that sets the offset to the least-squares answer of the clean
@@ -290,8 +316,9 @@ def known_onset_reference(
         raise ValueError("the known-onset reference is defined for step drifts only")
     size = np.asarray(screen_px, dtype=np.float64)
     kq = np.array([1.0, size[1] / size[0]])  # normalised → screen widths (square pixels)
-    draws = _draw(stream, truth, np.arange(len(pred)), size)
-    n = stream.n_labels
+    if draws is None:
+        draws = _draw(stream, truth, np.arange(len(pred)), size)
+    n = len(draws.labels)
     onset = drift.at_label if drift.kind == "step" else 0
     A, b = np.zeros((2, 2)), np.zeros(2)
     offs, err = np.zeros((n, 2)), np.empty(n)
@@ -329,15 +356,25 @@ def simulate_drift(
     drift: DriftSchedule | None = None,
     stream: LabelStream | None = None,
     cfg: LoopConfig | None = None,
+    draws: _Draws | None = None,
 ) -> SimResult:
     """Inject `drift` into a session's predictions and let the loop correct it from the
-    simulated `stream`. `pred`, `truth`: (n, 2) normalised, one row per frame."""
+    simulated `stream` (or from labels drawn elsewhere, `point_draws`; the stream then gives
+    only their count and spacing). `pred`, `truth`: (n, 2) normalised, one row per frame."""
     pred, truth = _as_points(pred, "pred"), _as_points(truth, "truth")
     if pred.shape != truth.shape:
         raise ValueError(f"pred {pred.shape} and truth {truth.shape} differ")
     allf = np.arange(len(pred))
     return _run(
-        pred, truth, screen_px, drift or DriftSchedule(), stream or LabelStream(), cfg, allf, allf
+        pred,
+        truth,
+        screen_px,
+        drift or DriftSchedule(),
+        stream or LabelStream(),
+        cfg,
+        allf,
+        allf,
+        draws,
     )
 
 
@@ -349,11 +386,13 @@ def simulate_transfer(
     screen_px: tuple[int, int],
     stream: LabelStream | None = None,
     cfg: LoopConfig | None = None,
+    draws: _Draws | None = None,
 ) -> SimResult:
     """The `--calibrate-on OTHER` mode: no injected drift (the drift is the real change
     between the sitting the profile was fitted on and this one). Labels come only from
     frames of `label_targets`; every error is measured on the frames of the other targets,
-    so the loop gets no credit for memorising the labelled points.
+    so the loop gets no credit for memorising the labelled points. `draws` (`point_draws`):
+    labels given rather than simulated, e.g. the real clicks on those targets.
 
     In the summary, error_before_px is the held-out error without the loop, error_after_px
     with it, and labels_to_recover is None (there is no injected onset)."""
@@ -375,6 +414,7 @@ def simulate_transfer(
         cfg,
         np.flatnonzero(lab),
         np.flatnonzero(~lab),
+        draws,
     )
     res.summary["mode"] = "calibrate-on-other"
     res.summary["labels_to_recover"] = None

@@ -402,6 +402,20 @@ class ScreenMapping:
         aspect: float,
     ) -> np.ndarray:
         """Mean per-target LOTO error of each hyper-parameter combination on (X, Y)."""
+        per = self._loto_target_errors(X, Y, w, groups, combos, aspect)
+        return per.mean(axis=1)  # NaN where a combination could not run
+
+    def _loto_target_errors(
+        self,
+        X: np.ndarray,
+        Y: np.ndarray,
+        w: np.ndarray,
+        groups: np.ndarray,
+        combos: list[dict[str, float]],
+        aspect: float,
+    ) -> np.ndarray:
+        """Each combination's LOTO error per target (sorted ids): (combinations, targets).
+        Comparing candidates target by target (paired) needs these, not only the mean."""
         raise NotImplementedError
 
 
@@ -456,7 +470,7 @@ class _LinearMapping(ScreenMapping):
         if self.scale.shape != (d,) or self.W.shape != (p, 2):
             raise ValueError(f"inconsistent shapes: {d} features need W of shape ({p}, 2)")
 
-    def _loto_scores(self, X, Y, w, groups, combos, aspect):
+    def _loto_target_errors(self, X, Y, w, groups, combos, aspect):
         self._check_width(X.shape[1])
         d = X.shape[1]
         alphas = np.array([c.get("alpha", 0.0) for c in combos])
@@ -475,7 +489,7 @@ class _LinearMapping(ScreenMapping):
             W = _solve_moments(M - Mg[t], Q - Qg[t], d, self.degree, alphas)
             pred = m[i] @ W  # (A, n_g, 2)
             per_target[:, t] = _target_means(_dist(pred - Y[i], aspect), w[i])
-        return per_target.mean(axis=1)
+        return per_target
 
 
 class RidgeMapping(_LinearMapping):
@@ -592,7 +606,7 @@ class RBFMapping(ScreenMapping):
         if len(self.U) != len(self.coef) or self.intercept.shape != (2,):
             raise ValueError("inconsistent shapes of U, coef and intercept")
 
-    def _loto_scores(self, X, Y, w, groups, combos, aspect):
+    def _loto_target_errors(self, X, Y, w, groups, combos, aspect):
         # One kernel serves every fold, so the folds share this set's standardisation and
         # penalty λ = α Σw (features and weights only, never a held-out label); the identity
         # below then gives each fold's refit exactly.
@@ -605,7 +619,7 @@ class RBFMapping(ScreenMapping):
         ids = np.unique(groups)
         idx = [np.flatnonzero(groups == g) for g in ids]
         Y1 = np.hstack([Y, np.ones((len(Y), 1))])
-        scores = np.full(len(combos), np.nan)
+        scores = np.full((len(combos), len(ids)), np.nan)
         for gamma in sorted({c["gamma"] for c in combos}):
             lam_k, V = np.linalg.eigh(s[:, None] * np.exp(-gamma * D2) * s[None, :])
             lam_k = np.maximum(lam_k, 0.0)
@@ -629,7 +643,7 @@ class RBFMapping(ScreenMapping):
                     H += np.outer(u[i], A1[i]) / sA1
                     resid = np.linalg.solve(np.eye(len(i)) - H, Y[i] - yhat[i])
                     per_target[t] = _target_means(_dist(resid, aspect), w[i])
-                scores[ci] = per_target.mean()
+                scores[ci] = per_target
         return scores
 
 

@@ -434,9 +434,9 @@ class GeometricMapping(ScreenMapping):
 
     # -- selection
 
-    def _loto_scores(self, X, Y, w, groups, combos, aspect):
+    def _loto_target_errors(self, X, Y, w, groups, combos, aspect):
         ids = np.unique(groups)
-        scores = np.full(len(combos), np.nan)
+        scores = np.full((len(combos), len(ids)), np.nan)
         for ci, c in enumerate(combos):
             m = type(self)(columns=[0, 1, 2, 3, 4], **{**self.hyper, **c})
             try:
@@ -450,5 +450,6 @@ class GeometricMapping(ScreenMapping):
                     per[t] = _target_means(_dist(m._predict(X[out]) - Y[out], aspect), w[out])
             except GeometryError:
                 continue
-            scores[ci] = per.mean() if np.isfinite(per).all() else np.nan
+            if np.isfinite(per).all():  # a fold that placed a frame nowhere rules it out
+                scores[ci] = per
         return scores

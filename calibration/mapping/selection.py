@@ -58,13 +58,33 @@ def fit_select(
     sample_weight: Any = None,
     options: dict[str, Any] | None = None,
 ) -> tuple[ScreenMapping, dict[str, float], float]:
+    """`fit_select_detail` without the per-target errors."""
+    m, chosen, score, _ = fit_select_detail(
+        name, X, Y, groups, grid, aspect=aspect, sample_weight=sample_weight, options=options
+    )
+    return m, chosen, score
+
+
+def fit_select_detail(
+    name: str,
+    X: Any,
+    Y: Any,
+    groups: Any,
+    grid: dict[str, Iterable[float]] | None = None,
+    *,
+    aspect: float = 1.0,
+    sample_weight: Any = None,
+    options: dict[str, Any] | None = None,
+) -> tuple[ScreenMapping, dict[str, float], float, np.ndarray | None]:
     """Choose hyper-parameters by leave-one-target-out over these targets, then refit on
     all of them. Returns (mapping, chosen hyper, mean per-target inner LOTO error).
 
     The inner error is in normalised units with x scaled by `aspect` (= w/h). With exactly
     `min_targets` targets there is no fold left to choose with: the grid's only combination
     or the mapping's `no_spare_hyper` rule (else its defaults) is used and the score is NaN.
-    `options` are passed to the mapping unchanged (`columns`, `feature_names`)."""
+    `options` are passed to the mapping unchanged (`columns`, `feature_names`). Also returns
+    the chosen combination's inner error per target (sorted ids; None with no spare target),
+    for comparing mappings target by target."""
     aspect = _check_aspect(aspect)
     cls = mapping_class(name)
     if groups is None:
@@ -80,13 +100,14 @@ def fit_select(
         # No target to spare, so nothing to choose with: a grid of one is the caller's
         # choice, else a rule measured on other calibrations (never a silent default).
         chosen = combos[0] if len(combos) == 1 else dict(cls.no_spare_hyper or cls.defaults)
-        score = math.nan
+        score, per = math.nan, None
     else:
-        scores = proto._loto_scores(proto._select(X), Y, w, groups, combos, aspect)
+        errs = proto._loto_target_errors(proto._select(X), Y, w, groups, combos, aspect)
+        scores = errs.mean(axis=1)
         best = int(np.nanargmin(scores)) if np.isfinite(scores).any() else 0
-        chosen, score = combos[best], float(scores[best])
+        chosen, score, per = combos[best], float(scores[best]), errs[best]
     mapping = cls(**options, **chosen).fit(X, Y, w, groups)
-    return mapping, dict(chosen), score
+    return mapping, dict(chosen), score, per
 
 
 def loto_predict(

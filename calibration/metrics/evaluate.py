@@ -14,6 +14,13 @@ from pydantic import BaseModel
 
 from gazeloop.calibration.geometry import ScreenGeometry
 from gazeloop.calibration.mapping import constant_baseline_loto, loto_predict, min_targets
+from gazeloop.calibration.mapping.candidates import (
+    GAZE,
+    Choice,
+    choose,
+    default_candidates,
+    loto_predict_candidates,
+)
 
 
 class TargetResult(BaseModel):
@@ -27,6 +34,20 @@ class TargetResult(BaseModel):
 class RejectedFile(BaseModel):
     file: str
     why: str
+
+
+class SelectionReport(BaseModel):
+    """What nested selection chose on all targets, and how often each candidate won an
+    outer fold (the evaluated numbers are of those fold-by-fold choices)."""
+
+    chosen: str
+    feature_set: str
+    read: str  # "as read", or "other": the frames flipped the other way won
+    hyper: dict[str, float]
+    inner_px: dict[str, float | None]  # inner LOTO error of each candidate (None: no spare)
+    dropped: dict[str, str]  # candidates that could not compete, with the reason
+    picked_per_fold: dict[str, int]
+    candidates: list[str]
 
 
 class EvalReport(BaseModel):
@@ -50,6 +71,8 @@ class EvalReport(BaseModel):
     # frames themselves: `fastpath.collect.looks_mirrored`).
     mirrored: bool | None = None
     mirrored_basis: str | None = None
+    selection: SelectionReport | None = None
+    profile: str | None = None  # set when a saved profile was applied (no refit)
 
 
 @dataclass(slots=True)
@@ -109,19 +132,50 @@ def evaluate_arrays(
     for i in np.flatnonzero(~keep):
         rejected.append((names[i] if names else f"frame {i}", "outlier within its target"))
     x, labels_px, groups = x[keep], labels_px[keep], groups[keep]
-
-    if screen is not None:
-        geo, basis = screen, "screen"
-    else:
-        geo, basis = ScreenGeometry.from_targets(labels_px), "targets"
+    geo, _ = _geometry(screen, labels_px)
     y = geo.to_norm(labels_px)
     aspect = geo.px[0] / geo.px[1]
     pred = geo.to_px(loto_predict(mapping, x, y, groups, aspect=aspect))
+    return _evaluated(
+        pred,
+        labels_px,
+        groups,
+        screen,
+        session=session,
+        mapping=mapping,
+        features=features,
+        frames=frames if frames is not None else len(x) + len(rejected),
+        rejected=rejected,
+    )
+
+
+def _geometry(screen: ScreenGeometry | None, labels_px: np.ndarray):
+    if screen is not None:
+        return screen, "screen"
+    return ScreenGeometry.from_targets(labels_px), "targets"
+
+
+def _evaluated(
+    pred: np.ndarray,
+    labels_px: np.ndarray,
+    groups: np.ndarray,
+    screen: ScreenGeometry | None,
+    *,
+    session: str,
+    mapping: str,
+    features: list[str],
+    frames: int,
+    rejected: list[tuple[str, str]],
+    baseline: bool = True,
+) -> Evaluated:
+    """The report of predictions `pred` (px) against `labels_px`, per target and overall,
+    next to the constant predictor (the mean of the other targets)."""
+    geo, basis = _geometry(screen, labels_px)
+    y = geo.to_norm(labels_px)
     base = geo.to_px(constant_baseline_loto(y, groups))
     err = np.linalg.norm(pred - labels_px, axis=1)
     base_err = np.linalg.norm(base - labels_px, axis=1)
     diag = float(np.hypot(*geo.px))
-
     per_target = []
     for g in np.unique(groups):
         m = groups == g
@@ -143,8 +197,8 @@ def evaluate_arrays(
         mapping=mapping,
         features=features,
         screen_px=screen.px if screen is not None else None,
-        frames=frames if frames is not None else len(x) + len(rejected),
-        frames_used=len(x),
+        frames=frames,
+        frames_used=len(pred),
         targets=len(per_target),
         mean_px=round(float(err.mean()), 2),
         median_px=round(float(np.median(err)), 2),
@@ -156,6 +210,116 @@ def evaluate_arrays(
         rejected=[RejectedFile(file=f, why=w) for f, w in rejected],
     )
     return Evaluated(report=report, labels_px=labels_px, pred_px=pred, groups=groups)
+
+
+def evaluate_candidates(
+    views: dict[str, dict[str, np.ndarray]],
+    labels_px: np.ndarray,
+    groups: np.ndarray,
+    *,
+    session: str,
+    screen: ScreenGeometry | None,
+    candidates: list | None = None,
+    frames: int | None = None,
+    rejected: list[tuple[str, str]] | None = None,
+    names: list[str] | None = None,
+) -> tuple[Evaluated, Choice]:
+    """Leave-one-target-out of the whole choice: in each outer fold the candidates (feature
+    set, mapping family, read of the frames) compete by inner LOTO on the other targets
+    (`mapping.candidates`), and the held-out target is predicted by the winner. Returns the
+    evaluation and the choice made on all targets (what a profile would store)."""
+    rejected = list(rejected or [])
+    groups = np.asarray(groups)
+    cands = candidates or default_candidates(tuple(views))
+    keep = np.ones(len(groups), dtype=bool)
+    for view in views.values():
+        keep &= robust_keep(np.column_stack([view[f] for f in GAZE]), groups)
+    for i in np.flatnonzero(~keep):
+        rejected.append((names[i] if names else f"frame {i}", "outlier within its target"))
+    views = {r: {k: v[keep] for k, v in view.items()} for r, view in views.items()}
+    labels_px, groups = labels_px[keep], groups[keep]
+    n_targets = len(np.unique(groups))
+    if n_targets < 4:
+        raise ValueError(
+            f"{session}: {n_targets} usable targets; leave-one-target-out evaluation needs "
+            "at least 4 (3 to fit, one held out)"
+        )
+    geo, _ = _geometry(screen, labels_px)
+    y = geo.to_norm(labels_px)
+    aspect = geo.px[0] / geo.px[1]
+    options = {"geometric": geometric_options(screen)}
+    pred, picked = loto_predict_candidates(cands, views, y, groups, aspect=aspect, options=options)
+    final = choose(cands, views, y, groups, aspect=aspect, options=options)
+    c = final.candidate
+    ev = _evaluated(
+        geo.to_px(pred),
+        labels_px,
+        groups,
+        screen,
+        session=session,
+        mapping=c.mapping,
+        features=list(c.features),
+        frames=frames if frames is not None else len(groups) + len(rejected),
+        rejected=rejected,
+    )
+    ev.report.selection = SelectionReport(
+        chosen=c.label,
+        feature_set=c.feature_set,
+        read=c.read,
+        hyper=final.hyper,
+        inner_px={k: _norm_to_px(v, geo) for k, v in final.scores.items()},
+        dropped=final.dropped,
+        picked_per_fold=picked,
+        candidates=[x.label for x in cands],
+    )
+    return ev, final
+
+
+def _norm_to_px(v: float, geo: ScreenGeometry) -> float | None:
+    # inner errors are in screen heights (x scaled by the aspect): px via the height
+    return None if not np.isfinite(v) else round(float(v) * geo.px[1], 2)
+
+
+def geometric_options(screen: ScreenGeometry | None) -> dict:
+    """The physical screen for the geometric mapping when known (else its laptop prior)."""
+    if screen is None or screen.mm is None:
+        return {}
+    return {"screen_w_mm": float(screen.mm[0]), "screen_h_mm": float(screen.mm[1])}
+
+
+def evaluate_fixed(
+    mapping,
+    x: np.ndarray,
+    labels_px: np.ndarray,
+    groups: np.ndarray,
+    *,
+    session: str,
+    screen: ScreenGeometry,
+    mapping_name: str,
+    features: list[str],
+    frames: int,
+    rejected: list[tuple[str, str]],
+) -> Evaluated:
+    """A fitted mapping applied unchanged (a profile from another sitting): no refit, the
+    same report as leave-one-target-out. Frames it cannot place (NaN) are left out."""
+    pred = screen.to_px(mapping.predict(x))
+    ok = np.isfinite(pred).all(axis=1)
+    rejected = list(rejected) + [
+        (f"frame {i}", "the mapping cannot place it") for i in np.flatnonzero(~ok)
+    ]
+    if ok.sum() == 0:
+        raise ValueError(f"{session}: the profile's mapping placed no frame on the screen")
+    return _evaluated(
+        pred[ok],
+        labels_px[ok],
+        groups[ok],
+        screen,
+        session=session,
+        mapping=mapping_name,
+        features=features,
+        frames=frames,
+        rejected=rejected,
+    )
 
 
 def plot_report(ev: Evaluated, path, *, title: str | None = None) -> None:

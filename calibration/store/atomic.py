@@ -8,6 +8,7 @@ file gazeloop stores: sessions, profiles, label images, models, checkpoints, cac
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -18,6 +19,20 @@ from typing import BinaryIO
 # any other file of the user's gets. Read once, at import, before threads exist.
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+class WriteError(OSError):
+    """A file or folder that could not be written, named as the caller asked for it (never
+    the temp file beside it), with the cause: `cannot write PATH: CAUSE`."""
+
+    def __str__(self) -> str:
+        return f"cannot write {self.filename}: {self.strerror}"
+
+
+def _write_error(e: OSError, path: Path) -> WriteError:
+    if isinstance(e, WriteError):
+        return e
+    return WriteError(e.errno or errno.EIO, e.strerror or str(e), str(path))
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
@@ -39,7 +54,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """A temp path beside `path` for a writer that wants a file name (safetensors, the ONNX
     exporter); when the block ends the file is fsynced and renamed over `path`."""
     path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise _write_error(e, path) from e
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -47,11 +65,98 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         _fsync_file(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        # A full disk surfaces in the caller's write(), a read-only one here: either way the
+        # message names the file the caller meant, whose old content is still there. What
+        # the caller's block failed to read (a download, another file) stays its own error.
+        if _is_storage_error(e, tmp):
+            raise _write_error(e, path) from e
         raise
     fsync_dir(path.parent)
+
+
+_STORAGE_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EFBIG,
+    errno.EIO,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOTDIR,
+    errno.ENOENT,
+    errno.EISDIR,
+}
+
+
+def _is_storage_error(e: BaseException, tmp: Path) -> bool:
+    return (
+        isinstance(e, OSError)
+        and e.errno in _STORAGE_ERRNOS
+        and e.filename in (None, str(tmp), tmp)
+    )
+
+
+def make_folder(folder: str | os.PathLike[str]) -> Path:
+    """`mkdir -p`, failing with a `WriteError` that names the folder."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _write_error(e, folder) from e
+    return folder
+
+
+# What a check before work asks to be free when the caller has no better estimate: enough
+# for a profile, a report or a few frames, so a full disk is caught before the work.
+MIN_FREE_BYTES = 256 * 1024
+
+
+def check_writable(
+    path: str | os.PathLike[str], *, folder: bool, need_bytes: int = MIN_FREE_BYTES
+) -> None:
+    """Before the work starts: can `path` (a file, or a `folder` to hold files; either may
+    not exist yet) be written, with `need_bytes` free where it goes? Raises a `WriteError`
+    naming `path` and what stands in the way. Leaves nothing behind."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        raise WriteError(
+            errno.EEXIST, "exists and is " + ("a file" if folder else "a folder"), str(path)
+        )
+    base = path if folder else path.parent
+    while not base.exists() and base != base.parent:
+        base = base.parent  # the first folder that exists is where the writes will land
+    if not base.is_dir():
+        raise WriteError(errno.ENOTDIR, f"{base} is a file, not a folder", str(path))
+    try:
+        # A probe file, not os.access: root may write everywhere except on a read-only
+        # mount, and a full disk takes a new name but not its first page.
+        with tempfile.TemporaryFile(dir=base, prefix=".gazeloop-probe-") as f:
+            f.write(b"\0" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+        st = os.statvfs(base)
+    except OSError as e:
+        raise _write_error(e, path) from e
+    free = st.f_bavail * st.f_frsize
+    if free < need_bytes:
+        raise WriteError(
+            errno.ENOSPC,
+            f"{_size(free)} free on its disk, about {_size(need_bytes)} needed",
+            str(path),
+        )
+
+
+def _size(n: float) -> str:
+    if n < 1024:
+        return f"{n:.0f} bytes"
+    for unit in ("kB", "MB", "GB"):
+        n /= 1024
+        if n < 1024 or unit == "GB":
+            break
+    return f"{n:.1f} {unit}"
 
 
 def _fsync_file(path: Path) -> None:

@@ -100,6 +100,10 @@ class LabelStoreError(RuntimeError):
     """The store cannot be opened or written: read-only or full disk, newer schema, ..."""
 
 
+class DuplicateLabelError(LabelStoreError):
+    """The snapshot is stored already (a recording replayed twice): kept once, not lost."""
+
+
 class StoredLabel(BaseModel):
     """One row, typed."""
 
@@ -320,7 +324,7 @@ class LabelStore:
             if self._db.execute(
                 "SELECT 1 FROM labels WHERE snapshot_id = ?", (label.snapshot_id,)
             ).fetchone():
-                raise LabelStoreError(f"snapshot {label.snapshot_id!r} is already stored")
+                raise DuplicateLabelError(f"snapshot {label.snapshot_id!r} is already stored")
             name = None
             if jpeg is not None:
                 # A unique suffix: a retried add can never overwrite another row's image.
@@ -340,7 +344,7 @@ class LabelStore:
                     with contextlib.suppress(OSError):
                         (self.images / name).unlink()
                 if isinstance(e, sqlite3.IntegrityError):
-                    raise LabelStoreError(
+                    raise DuplicateLabelError(
                         f"snapshot {label.snapshot_id!r} is already stored"
                     ) from e
                 if isinstance(e, sqlite3.Error):

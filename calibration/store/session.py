@@ -236,6 +236,40 @@ def _label_problem(record: SeedRecord, screen_px: tuple[int, int] | None) -> str
     return None
 
 
+# No screen is wider or taller than this many pixels (8K is 7680x4320): a label beyond it
+# is not a point of any screen, whatever size it was recorded on.
+MAX_SCREEN_PX = 16384
+# A target farther outside the box of the session's other targets than this many times that
+# box's size (at least MIN_SPREAD_PX) is not on the same screen as them: a typo, a unit
+# mix-up, a corrupt record.
+FAR_FACTOR = 4.0
+MIN_SPREAD_PX = 100.0
+
+
+def _implausible_labels(labels: list[tuple[float, float]]) -> dict[tuple[float, float], str]:
+    """Labels that cannot be on the screen the others are on, with the reason; only used when
+    the screen size is unknown (a known one already bounds every label)."""
+    targets = sorted(set(labels))
+    bad: dict[tuple[float, float], str] = {}
+    for x, y in targets:
+        if x > MAX_SCREEN_PX or y > MAX_SCREEN_PX:
+            bad[(x, y)] = f"label ({x:g}, {y:g}) is beyond any screen ({MAX_SCREEN_PX} px)"
+    for t in targets:
+        others = np.array([o for o in targets if o != t and o not in bad])
+        if t in bad or len(others) < 3:
+            continue  # too few others to say where the screen is
+        lo, hi = others.min(0), others.max(0)
+        spread = max(float((hi - lo).max()), MIN_SPREAD_PX)
+        outside = float(np.hypot(*np.maximum(np.maximum(lo - t, np.asarray(t) - hi), 0.0)))
+        if outside > FAR_FACTOR * spread:
+            bad[t] = (
+                f"label ({t[0]:g}, {t[1]:g}) is {outside:.0f} px outside the other "
+                f"{len(others)} targets (which span {hi[0] - lo[0]:.0f}x{hi[1] - lo[1]:.0f} "
+                "px): not on their screen"
+            )
+    return bad
+
+
 def read_session(
     folder: str | os.PathLike[str],
     *,
@@ -335,6 +369,19 @@ def read_session(
         t_name = int(_NAME_RE.match(stem).group(1))  # type: ignore[union-attr]
         item = SessionItem(image=image_path, json=json_path, record=record, t_ms=t_name)
         candidates.append((t_name, record.timestamp, item))
+
+    if screen is None:
+        bad = _implausible_labels(
+            [(c[2].record.screen_x, c[2].record.screen_y) for c in candidates]
+        )
+        kept = []
+        for c in candidates:
+            why = bad.get((c[2].record.screen_x, c[2].record.screen_y))
+            if why is None:
+                kept.append(c)
+            else:
+                rejected.append(Rejection(c[2].json.name, why))
+        candidates = kept
 
     # Duplicates: a time is claimed by the name and by the JSON timestamp. Records whose name
     # agrees with their JSON go first, so a copied record (renamed, old JSON inside) loses to

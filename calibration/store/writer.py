@@ -19,7 +19,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from gazeloop.calibration.store.atomic import atomic_write_bytes
+from gazeloop.calibration.store.atomic import atomic_write_bytes, make_folder
 from gazeloop.calibration.store.session import (
     IMAGE_SUFFIXES,
     JPEG_QUALITY,
@@ -35,8 +35,7 @@ class SessionWriteError(RuntimeError):
 
 
 def write_manifest(folder: str | os.PathLike[str], manifest: SessionManifest) -> Path:
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = make_folder(folder)
     path = folder / MANIFEST_NAME
     atomic_write_bytes(path, manifest.model_dump_json(indent=2).encode() + b"\n")
     return path
@@ -71,13 +70,17 @@ def write_record(
     ok, jpeg = cv2.imencode(".jpg", image_bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
     if not ok:
         raise ValueError(f"cannot encode image of shape {image_bgr.shape} as JPEG")
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     stem = f"img_{t_ms}"
     image_path, json_path = folder / f"{stem}.jpg", folder / f"{stem}.json"
     atomic_write_bytes(image_path, jpeg.tobytes())
     # by_alias keeps the seed format's "Gaze" key; exclude_unset keeps records minimal.
     body = record.model_dump(mode="json", by_alias=True, exclude_unset=True)
-    atomic_write_bytes(json_path, json.dumps(body, indent=2).encode() + b"\n")
+    try:
+        atomic_write_bytes(json_path, json.dumps(body, indent=2).encode() + b"\n")
+    except BaseException:
+        image_path.unlink(missing_ok=True)  # no orphan JPEG for readers to reject
+        raise
     return SessionItem(image=image_path, json=json_path, record=record, t_ms=t_ms)
 
 

@@ -339,3 +339,26 @@ def test_profile_path_is_per_user_and_device(tmp_path, monkeypatch):
     monkeypatch.delenv("GAZELOOP_HOME")
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     assert data_dir() == tmp_path / "xdg" / "gazeloop"
+
+
+def test_fits_for_other_models_are_kept_apart_and_never_replace_the_users_profile(tmp_path):
+    from gazeloop.calibration.profile import find_for_model, model_profile_path, save_for_model
+
+    path = tmp_path / "d.json"
+    mine = make_profile().model_copy(update={"calibration_session": "/s", "created": "2026-01-01"})
+    save_for_model(mine, path)  # no file yet: it becomes the user's profile too
+    assert Profile.load(path) == mine
+    other = mine.model_copy(
+        update={"gaze_model_id": "ft", "gaze_model_sha256": "b" * 64, "created": "2026-01-02"}
+    )
+    kept = save_for_model(other, path)
+    assert kept == model_profile_path(path, "b" * 64) == tmp_path / "d.models/bbbbbbbbbbbbbbbb.json"
+    assert Profile.load(path) == mine  # the user's profile still serves its own model
+    assert find_for_model(path, mine.gaze_model_sha256)[1] == mine
+    base, fit, how = find_for_model(path, "b" * 64)
+    assert base == mine and fit == other and how.startswith(str(kept))
+    assert find_for_model(path, "c" * 64)[1] is None  # a model nothing was fitted for
+    # A later calibration makes the older fit for the other model stale.
+    mine.model_copy(update={"created": "2026-01-03"}).save(path)
+    base, fit, how = find_for_model(path, "b" * 64)
+    assert fit is None and "predates the last calibration" in how

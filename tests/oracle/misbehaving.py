@@ -12,8 +12,20 @@ class Misbehave:
     name = "misbehave"
     version = "t1"
 
-    def __init__(self, mode: str = "ok", pid_file: str | None = None):
+    def __init__(
+        self, mode: str = "ok", pid_file: str | None = None, start_gate: str = "", fail_if: str = ""
+    ):
         self.mode = mode
+        if fail_if and os.path.exists(fail_if):
+            raise RuntimeError(f"{fail_if} exists")
+        # A slow-loading backend whose load the test ends: the child waits for the gate file
+        # and takes it, so each start needs a gate of its own.
+        while start_gate:
+            try:
+                os.remove(start_gate)
+                break
+            except FileNotFoundError:
+                time.sleep(0.01)
         if pid_file:
             with open(pid_file, "w") as f:
                 f.write(str(os.getpid()))

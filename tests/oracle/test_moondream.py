@@ -674,12 +674,26 @@ def test_the_pinned_load_uses_the_commit_offline_with_the_revisions_dtype(monkey
 def test_newer_transformers_get_dtype_and_auto_prefers_mps_then_cuda(monkeypatch):
     stack = _Stack(monkeypatch, tf_version="4.57.1")
     stack.mps = stack.cuda = True
-    load_moondream(MoondreamConfig(revision="2025-06-21"))
+    load_moondream(MoondreamConfig(revision="2025-06-21", code_commit=COMMIT))
     stack.mps = False
-    load_moondream(MoondreamConfig(revision="2025-06-21"))
+    load_moondream(MoondreamConfig(revision="2025-06-21", code_commit=COMMIT))
     first, second = stack.loads()
     assert first["dtype"] == "torch.bfloat16" and "torch_dtype" not in first
     assert first["device_map"] == {"": "mps"} and second["device_map"] == {"": "cuda"}
+
+
+def test_unpinned_remote_code_is_refused_by_default_and_loud_when_allowed(monkeypatch, caplog):
+    from gazeloop.oracle.moondream import REVIEWED_CODE_COMMIT
+
+    stack = _Stack(monkeypatch)
+    assert MoondreamConfig().code_commit == REVIEWED_CODE_COMMIT
+    if REVIEWED_CODE_COMMIT is None:
+        with pytest.raises(OracleError, match="refusing to run Moondream's remote code unpinned"):
+            load_moondream(MoondreamConfig())
+        assert stack.loads() == []  # refused before any remote code was imported
+    with caplog.at_level("WARNING"):
+        load_moondream(MoondreamConfig(code_commit=None, allow_unpinned=True))
+    assert "UNPINNED" in caplog.text and len(stack.loads()) == 1
 
 
 def test_an_explicit_device_that_is_not_there_is_an_error(monkeypatch):

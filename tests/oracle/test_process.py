@@ -131,14 +131,16 @@ def test_backend_exceptions_come_back_as_oracle_errors_and_the_child_lives_on():
 
 
 @pytest.mark.slow
-def test_a_child_that_dies_is_reported_and_started_again_on_the_next_call():
-    o = ProcessOracle(OracleSpec(SPEC, {"mode": "crash"}))
+def test_a_child_that_dies_is_reported_and_replaced():
+    o = ProcessOracle(OracleSpec(SPEC, {"mode": "crash"}), restart_backoff_s=0.01)
     try:
         with pytest.raises(ProcessOracleError, match="exited with code 3"):
             o.label(_snap(), threading.Event())
-        assert o._proc is None
+        assert o.restarts == 1
+        assert o.wait_ready(GUARD)  # the replacement loads in the background
         with pytest.raises(ProcessOracleError, match="exited with code 3"):
             o.label(_snap(), threading.Event())  # a fresh child, which crashes again
+        assert o.restarts == 2
     finally:
         o.close()
 
@@ -155,6 +157,7 @@ def test_cancel_kills_a_hung_call_and_the_next_call_gets_a_fresh_child():
         with pytest.raises(OracleCancelled):
             o.label(hung, cancel)
         assert o.restarts == 1
+        assert o.wait_ready(GUARD)
         lab = o.label(_snap("after"), threading.Event())
         assert lab.snapshot_id == "after" and lab.details["pid"] != first
     finally:
@@ -184,9 +187,9 @@ def test_worker_timeout_really_stops_a_hung_process_backend():
         _wait_for(lambda: o.restarts == 1, "the hung child is killed")
         assert w.metrics().timed_out == 1
         assert hung_child.returncode == -signal.SIGKILL
-        # The replacement child is started outside any deadline (the worker has nothing
-        # pending, the oracle is called directly): a start-up takes seconds on a loaded
-        # machine, more than the worker's 0.5 s.
+        # The replacement child is started in the background, outside any deadline: a
+        # start-up takes seconds on a loaded machine, more than the worker's 0.5 s.
+        assert o.wait_ready(GUARD)
         warm = o.label(_snap("warm"), threading.Event())
         assert warm.details["pid"] != hung_child.pid
         # Unlike a thread backend, the worker is free again: it serves the next call.
@@ -199,22 +202,70 @@ def test_worker_timeout_really_stops_a_hung_process_backend():
 
 
 @pytest.mark.slow
-def test_a_call_cancelled_before_it_reaches_the_child_keeps_the_child():
-    # A worker's deadline runs from the start of a call, so after a timeout killed the child
-    # the next call's deadline can run out while the replacement starts up. That call is
-    # lost, the replacement must not be: killed too, every later call would start a child
-    # again, and a backend slower to load than the timeout would never answer again.
-    o = ProcessOracle(OracleSpec(SPEC), niceness=0, isolate=False)
+def test_a_backend_slower_to_start_than_the_deadline_labels_again_after_a_timeout(tmp_path):
+    """The issue's probe: after one timeout, a restart inside the next call's deadline was
+    killed as soon as it was ready, and no call labelled again. The restart now runs outside
+    every deadline; calls made while it loads fail at once and leave it alone. The load is
+    ended by the test (a gate file), so "slower than the deadline" holds on any machine."""
+    gate = tmp_path / "gate"
+    gate.touch()  # the first child may load at once
+    o = ProcessOracle(OracleSpec(SPEC, {"start_gate": str(gate)}), niceness=0, isolate=False)
+    with OracleWorker(o, timeout_s=0.3, max_age_s=None) as w:
+        hung = _snap("hung")
+        hung.meta["hang"] = True
+        w.submit(hung)
+        _wait_for(lambda: o.restarts == 1, "the hung child is killed")
+        assert w.metrics().timed_out == 1
+        # The replacement is loading (blocked on the gate), far past the 0.3 s deadline:
+        # calls now fail at once, and do not kill the child being loaded.
+        for i in range(3):
+            assert w.run_now(_snap(f"early{i}"), timeout=GUARD) is None
+        m = w.metrics()
+        assert (m.failed, m.timed_out) == (3, 1) and "restarting" in m.last_error
+        assert not o.wait_ready(0) and o.restarts == 1 and o.failed_starts == 0
+        gate.touch()  # the load finishes
+        assert o.wait_ready(GUARD)
+        for i in range(5):
+            lab = w.run_now(_snap(f"after{i}", target_xy=(0.5, 0.25)), timeout=GUARD)
+            assert lab is not None and lab.observation.xy == (0.5, 0.25)
+        assert (w.metrics().done, o.restarts) == (5, 1)
+
+
+def test_restarts_back_off_until_a_label_comes_back():
+    from gazeloop.oracle.process import restart_delay_s
+
+    delays = [restart_delay_s(n, 1.0, 60.0) for n in range(9)]
+    assert delays == [0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0]
+
+
+@pytest.mark.slow
+def test_a_replacement_that_cannot_start_is_retried_by_the_back_off(tmp_path):
+    broken = tmp_path / "broken"
+    o = ProcessOracle(
+        OracleSpec(SPEC, {"fail_if": str(broken)}),
+        niceness=0,
+        isolate=False,
+        restart_backoff_s=0.05,
+    )
     try:
-        o._kill()  # as after a timeout: the next call starts a child first
-        cancelled = threading.Event()
-        cancelled.set()
+        cancel = threading.Event()
+        cancel.set()
         with pytest.raises(OracleCancelled):
-            o.label(_snap("late"), cancelled)
-        child = o._proc
-        assert child is not None and child.poll() is None and o.restarts == 0
-        lab = o.label(_snap("next"), threading.Event())
-        assert lab.snapshot_id == "next" and lab.details["pid"] == child.pid
+            o.label(_snap("x"), cancel)  # cancelled before the call: the child is kept
+        assert o.restarts == 0 and o._proc is not None
+        broken.touch()  # from now on every replacement fails to build its oracle
+        cancel.clear()
+        threading.Timer(0.2, cancel.set).start()
+        hung = _snap("hung")
+        hung.meta["hang"] = True
+        with pytest.raises(OracleCancelled):
+            o.label(hung, cancel)  # the hour-long call is cancelled: the child is killed
+        assert o.restarts == 1
+        _wait_for(lambda: o.failed_starts >= 2, "a failed start is retried")
+        assert not o.wait_ready(0)
+        broken.unlink()
+        assert o.wait_ready(GUARD)
+        assert o.label(_snap("back"), threading.Event()).snapshot_id == "back"
     finally:
         o.close()
 

@@ -325,6 +325,10 @@ def make_recording(folder: Path, n: int = 5) -> None:
     (folder / "appleRightEye.json").write_text(json.dumps(valid))
     face = dict(valid, IsValid=[1, 0, 1, 1, 1][:n])
     (folder / "appleFace.json").write_text(json.dumps(face))
+    # The release's split lives here; a recording without it is not read (split unknown).
+    info = {"TotalFrames": n, "NumFaceDetections": n, "NumEyeDetections": n}
+    info |= {"Dataset": "train", "DeviceName": "iPhone 6"}
+    (folder / "info.json").write_text(json.dumps(info))
 
 
 def test_gazecapture_reader(tmp_path):

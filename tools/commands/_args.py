@@ -18,6 +18,7 @@ from gazeloop.calibration.procedure import LAYOUTS, ProcedureConfig
 from gazeloop.calibration.profile import DEFAULT_FEATURES
 from gazeloop.calibration.store.session import SessionManifest
 from gazeloop.fastpath.pipeline import FastPathConfig
+from gazeloop.fastpath.providers import EP_CHOICES, ProviderError, resolve_providers
 from gazeloop.tools.errors import UserError
 
 # What the fast path's samples offer (GazeSample.feature_dict), embedding features aside.
@@ -63,6 +64,18 @@ def _number(kind: type, positive: bool):
 positive_int = _number(int, positive=True)
 positive_float = _number(float, positive=True)
 non_negative_float = _number(float, positive=False)
+non_negative_int = _number(int, positive=False)
+
+
+def fraction(text: str) -> float:
+    """A share between 0 and 1."""
+    v = non_negative_float(text)
+    if v > 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction from 0 to 1, got {text!r}")
+    return v
+
+
+fraction.__name__ = "a fraction"
 
 
 # --- the fast path -------------------------------------------------------------------------
@@ -71,11 +84,22 @@ non_negative_float = _number(float, positive=False)
 def add_fastpath_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("fast path")
     g.add_argument("--config", type=Path, help="a JSON file of fast-path settings")
-    g.add_argument("--landmarks", choices=["legacy", "tasks", "onnx"], help="landmark backend")
+    g.add_argument(
+        "--landmarks",
+        choices=["onnx", "tasks", "legacy"],
+        help="landmark backend (default onnx; tasks needs the mediapipe extra, legacy the "
+        "legacy extra)",
+    )
     g.add_argument("--face-model", type=Path, help="face_landmarker.task")
     g.add_argument("--gaze-model", type=Path, help="ONNX gaze model")
     g.add_argument("--filter", choices=["one_euro", "kalman", "none"], help="smoothing filter")
-    g.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default 1)")
+    g.add_argument("--threads", type=positive_int, help="onnxruntime intra-op threads (default 1)")
+    g.add_argument(
+        "--ep",
+        choices=EP_CHOICES,
+        help="onnxruntime execution provider (default auto: CoreML on a Mac, CUDA when "
+        "offered, CPU otherwise)",
+    )
 
 
 def fastpath_config(args: argparse.Namespace) -> FastPathConfig:
@@ -88,15 +112,20 @@ def fastpath_config(args: argparse.Namespace) -> FastPathConfig:
             raise UserError(f"{args.config}: cannot read config: {e}") from e
         if not isinstance(data, dict):
             raise UserError(f"{args.config}: a config is a JSON object")
-    for key in ("landmarks", "face_model", "gaze_model", "filter", "threads"):
+    for key in ("landmarks", "face_model", "gaze_model", "filter", "threads", "ep"):
         v = getattr(args, key, None)
         if v is not None:
             data[key] = v
     try:
-        return FastPathConfig.model_validate(data)
+        cfg = FastPathConfig.model_validate(data)
     except ValidationError as e:
         where = args.config or "command line"
         raise UserError(f"{where}: invalid fast-path setting: {e}") from e
+    try:  # a forced provider this onnxruntime lacks: one line, before any model loads
+        resolve_providers(cfg.ep)
+    except ProviderError as e:
+        raise UserError(f"{'--ep' if getattr(args, 'ep', None) else args.config}: {e}") from None
+    return cfg
 
 
 # --- the calibration grid ------------------------------------------------------------------

@@ -15,6 +15,9 @@ from gazeloop.tools.commands._args import (
     add_fastpath_args,
     broker_settings,
     fastpath_config,
+    fraction,
+    non_negative_float,
+    non_negative_int,
     positive_float,
     positive_int,
 )
@@ -22,6 +25,7 @@ from gazeloop.tools.errors import UserError
 from gazeloop.tools.runtime import bench_loop
 from gazeloop.tools.runtime.bench_fastpath import bench_fastpath, pool_runs, single_thread
 from gazeloop.tools.runtime.bench_loop import LoopBenchOptions, bench_sessions
+from gazeloop.tools.runtime.progress import Progress
 
 
 def add_parser(sub) -> None:
@@ -51,20 +55,33 @@ def add_parser(sub) -> None:
     )
     f.add_argument(
         "--rounds",
-        type=int,
+        type=positive_int,
         default=3,
         help="with --oracle-load: idle/busy alternations, each of --frames (default 3)",
     )
     add_fastpath_args(f)
     f.set_defaults(func=run_fastpath)
+    e = bsub.add_parser(
+        "eyetrax",
+        help="the whole fast path beside EyeTrax's extract_features, same frames, interleaved",
+        description="Per-frame milliseconds (decode excluded) of gazeloop's fast path and of "
+        "EyeTrax's GazeEstimator.extract_features on the same 640x480 frames, alternating "
+        "which goes first; reports both and our p50/p99 over theirs. Needs `pip install "
+        "eyetrax` (it pins numpy<2: use a separate environment).",
+    )
+    e.add_argument("--source", required=True, help="video file or session folder")
+    e.add_argument("--frames", type=positive_int, default=300, help="frames measured (default 300)")
+    e.add_argument("--json", action="store_true", help="print only the JSON object")
+    add_fastpath_args(e)
+    e.set_defaults(func=run_eyetrax)
     m = bsub.add_parser(
         "mapping",
         help="time of fitting a calibration mapping (nested leave-one-target-out included)",
     )
-    m.add_argument("--targets", type=int, default=25)
+    m.add_argument("--targets", type=positive_int, default=25)
     m.add_argument("--frames", type=positive_int, default=30, help="frames per target")
-    m.add_argument("--features", type=int, default=11, help="feature count")
-    m.add_argument("--repeats", type=int, default=20)
+    m.add_argument("--features", type=positive_int, default=11, help="feature count")
+    m.add_argument("--repeats", type=positive_int, default=20)
     m.add_argument("--mapping", action="append", help="mapping(s) to time (default: all)")
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=run_mapping)
@@ -75,7 +92,9 @@ def add_parser(sub) -> None:
 def _add_mqtt_parser(sub) -> None:
     b = sub.add_parser("mqtt", help="gaze stream latency through a broker (JSON)")
     add_broker_args(b)
-    b.add_argument("--rate", type=float, default=60.0, help="samples per second (default 60)")
+    b.add_argument(
+        "--rate", type=positive_float, default=60.0, help="samples per second (default 60)"
+    )
     b.add_argument("--seconds", type=positive_float, default=5.0)
     # Every benchmark takes --json; this one prints JSON either way.
     b.add_argument("--json", action="store_true", help="one JSON object (the default output)")
@@ -102,7 +121,14 @@ def _add_loop_parser(bsub) -> None:
         description=bench_loop.__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--session", type=Path, required=True, help="a labelled session folder")
+    p.add_argument("--session", type=Path, help="a labelled session folder")
+    p.add_argument(
+        "--sittings",
+        type=Path,
+        metavar="FOLDER",
+        help="instead of --session: every consecutive pair of sittings in FOLDER (same user "
+        "and screen), as --calibrate-on PREV --session NEXT, and a summary",
+    )
     p.add_argument(
         "--calibrate-on",
         type=Path,
@@ -110,17 +136,25 @@ def _add_loop_parser(bsub) -> None:
         help="fit the mapping on this other session (same person and screen); no injected "
         "drift, labels from some of --session's targets, errors on the others",
     )
-    p.add_argument("--noise-px", type=float, default=100.0, help="label noise σ per axis (100)")
-    p.add_argument("--bias-px", type=float, nargs=2, default=(0.0, 0.0), metavar=("X", "Y"))
-    p.add_argument("--outlier-rate", type=float, default=0.0, help="share of junk labels (0)")
-    p.add_argument("--labels", type=int, default=60, help="labels per stream (60)")
     p.add_argument(
-        "--seeds", type=int, default=100, help="label streams (100); results are medians"
+        "--noise-px", type=non_negative_float, default=100.0, help="label noise σ per axis (100)"
+    )
+    p.add_argument("--bias-px", type=float, nargs=2, default=(0.0, 0.0), metavar=("X", "Y"))
+    p.add_argument("--outlier-rate", type=fraction, default=0.0, help="share of junk labels (0)")
+    p.add_argument("--labels", type=positive_int, default=60, help="labels per stream (60)")
+    p.add_argument(
+        "--seeds", type=positive_int, default=100, help="label streams (100); results are medians"
     )
     p.add_argument("--seed", type=int, default=0, help="first stream's seed")
-    p.add_argument("--drift-px", type=float, default=150.0, help="injected drift (150 px)")
-    p.add_argument("--onset", type=int, default=10, help="label at which the drift starts")
-    p.add_argument("--ramp-labels", type=int, default=20, help="labels the ramp takes (20)")
+    p.add_argument(
+        "--drift-px", type=non_negative_float, default=150.0, help="injected drift (150 px)"
+    )
+    p.add_argument(
+        "--onset", type=non_negative_int, default=10, help="label at which the drift starts"
+    )
+    p.add_argument(
+        "--ramp-labels", type=positive_int, default=20, help="labels the ramp takes (20)"
+    )
     p.add_argument(
         "--label-targets",
         help="with --calibrate-on: comma-separated target ids the oracle labels (default: "
@@ -134,6 +168,14 @@ def _add_loop_parser(bsub) -> None:
         "mapping fitted on the other targets; split fits on the first half of every "
         "target's frames and runs the loop on the second halves (as calibrating and then "
         "tracking would)",
+    )
+    p.add_argument(
+        "--oracle",
+        choices=("simulated", "clicks"),
+        default="simulated",
+        help="simulated (default): the target plus --noise-px noise; clicks: clicks at the "
+        "targets with human timing, judged by the click rules (label noise and outliers "
+        "flags do not apply)",
     )
     p.add_argument("--screen-px", type=positive_int, nargs=2, metavar=("W", "H"))
     p.add_argument(
@@ -160,6 +202,7 @@ def _loop_options(args: argparse.Namespace) -> LoopBenchOptions:
             bias_px=tuple(args.bias_px),
             outlier_rate=args.outlier_rate,
             labels=args.labels,
+            oracle=args.oracle,
             seeds=args.seeds,
             seed=args.seed,
             drift_px=args.drift_px,
@@ -237,6 +280,17 @@ def run_fastpath(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_eyetrax(args: argparse.Namespace) -> int:
+    from gazeloop.fastpath import models
+    from gazeloop.tools.runtime.bench_eyetrax import bench_eyetrax, eyetrax_estimator
+
+    cfg = fastpath_config(args)
+    estimator = eyetrax_estimator(str(models.resolve(models.FACE_LANDMARKER, cfg.face_model)))
+    out = bench_eyetrax(args.source, args.frames, cfg, estimator)
+    print(json.dumps(out, indent=None if args.json else 2))
+    return 0
+
+
 def _check_folder(folder: Path, flag: str) -> None:
     if not folder.exists():
         raise UserError(f"{flag} {folder}: no such folder")
@@ -246,20 +300,35 @@ def _check_folder(folder: Path, flag: str) -> None:
 
 def run_loop(args: argparse.Namespace) -> int:
     opts = _loop_options(args)
+    if (args.session is None) == (args.sittings is None):
+        raise UserError("bench loop: give --session or --sittings (one of them)")
+    if args.sittings is not None:
+        return _run_sittings(args, opts)
     _check_folder(args.session, "--session")
     if args.calibrate_on is not None:
         _check_folder(args.calibrate_on, "--calibrate-on")
-    out = bench_sessions(
-        args.session,
-        args.calibrate_on,
-        fastpath_config(args),
-        opts,
-        screen_px=tuple(args.screen_px) if args.screen_px else None,
-        mirrored=args.mirrored,
-    )
+    with Progress(f"bench loop, {opts.seeds} label streams per case"):
+        out = bench_sessions(
+            args.session,
+            args.calibrate_on,
+            fastpath_config(args),
+            opts,
+            screen_px=tuple(args.screen_px) if args.screen_px else None,
+            mirrored=args.mirrored,
+        )
     if args.json:
         print(json.dumps(out))
         return 0
     print(f"oracle: {out['oracle']}")
     print(json.dumps(out, indent=2))
+    return 0
+
+
+def _run_sittings(args: argparse.Namespace, opts: LoopBenchOptions) -> int:
+    _check_folder(args.sittings, "--sittings")
+    if args.calibrate_on is not None:
+        raise UserError("bench loop: --sittings pairs the sittings itself; drop --calibrate-on")
+    with Progress("bench loop over consecutive sittings"):
+        out = bench_loop.bench_sittings(args.sittings, fastpath_config(args), opts)
+    print(json.dumps(out) if args.json else json.dumps(out, indent=2))
     return 0

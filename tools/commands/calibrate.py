@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 from gazeloop.calibration.profile import profile_path
+from gazeloop.calibration.store.atomic import check_writable
 from gazeloop.calibration.store.writer import SessionWriter
 from gazeloop.fastpath.pipeline import FastPath
 from gazeloop.tools.commands._args import (
@@ -38,11 +39,14 @@ from gazeloop.tools.runtime.calibration import (
     replay_targets,
 )
 from gazeloop.tools.runtime.labelled import open_labelled
+from gazeloop.tools.runtime.progress import Progress
 from gazeloop.tools.runtime.recording import UnixClock
 from gazeloop.tools.ui.calibration_grid import calibrate_on_screen
 from gazeloop.tools.ui.window import CvDisplay, require_display
 
 WINDOW = "gazeloop calibrate"
+# Room for a grid's frames (25 targets x 30 frames of ~60 kB JPEG) and its report.
+_SESSION_BYTES = 50 * 1024 * 1024
 
 
 def add_parser(sub) -> None:
@@ -106,10 +110,14 @@ def run(args: argparse.Namespace) -> int:
             )
         session_dir = args.out or default_session_dir(args.user)
         profile_out = args.profile or profile_path(args.user, args.device)
+        # Both outputs before the grid starts: a person should not follow 9 dots for nothing.
+        check_writable(session_dir, folder=True, need_bytes=_SESSION_BYTES)
+        check_writable(profile_out, folder=False)
         fp = FastPath(fastpath_config(args))
         try:
             if replay:
-                res = _run_replay(args, ls, fp, cfg, session_dir, profile_out)
+                with Progress(f"calibrate, replaying {args.source}"):
+                    res = _run_replay(args, ls, fp, cfg, session_dir, profile_out)
             else:
                 res = _run_window(args, ls, fp, cfg, session_dir, profile_out)
         finally:
@@ -137,7 +145,7 @@ def _run_replay(args, ls, fp, cfg, session_dir, profile_out) -> CalibrationResul
     out = replay_targets(ls, fp, cfg, writer)
     print(
         f"replayed {out.frames} frames of {ls.describe()}: "
-        + ", ".join(f"target {i + 1} {len(t.kept)} kept" for i, t in enumerate(out.run.targets))
+        + ", ".join(f"target {i} {len(t.kept)} kept" for i, t in enumerate(out.run.targets))
     )
     res = finish(
         out.run,

@@ -20,14 +20,24 @@ from pathlib import Path
 import numpy as np
 
 from gazeloop.calibration.geometry import ScreenGeometry
+from gazeloop.calibration.store.atomic import atomic_write_bytes, check_writable, make_folder
 from gazeloop.calibration.store.session import read_session
 from gazeloop.fastpath.pipeline import FastPath
-from gazeloop.tools.commands._args import add_fastpath_args, fastpath_config
+from gazeloop.tools.commands._args import (
+    add_fastpath_args,
+    fastpath_config,
+    non_negative_float,
+    positive_float,
+    positive_int,
+)
 from gazeloop.tools.errors import UserError
 from gazeloop.tools.runtime import demo
 from gazeloop.tools.runtime.importers import import_corners4
 from gazeloop.tools.runtime.sample_data import default_shared
 from gazeloop.tools.ui import report
+
+# The imported recording (74 frames of JPEG), two plots and the report, with room to spare.
+_DEMO_BYTES = 16 * 1024 * 1024
 
 
 def add_parser(sub) -> None:
@@ -38,9 +48,13 @@ def add_parser(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", type=Path, default=Path("demo-out"), help="report folder")
-    p.add_argument("--passes", type=int, default=8, help="replays of the recording")
-    p.add_argument("--drift-px", type=float, default=150.0, help="injected drift, screen px")
-    p.add_argument("--snapshot-every", type=float, default=1.0, help="seconds between labels")
+    p.add_argument("--passes", type=positive_int, default=8, help="replays of the recording")
+    p.add_argument(
+        "--drift-px", type=non_negative_float, default=150.0, help="injected drift, screen px"
+    )
+    p.add_argument(
+        "--snapshot-every", type=positive_float, default=1.0, help="seconds between labels"
+    )
     p.add_argument("--data", type=Path, help="the 4-corner recording folder")
     add_fastpath_args(p)
     p.set_defaults(func=run)
@@ -54,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
             "checkout (../shared) or set GAZELOOP_SHARED"
         )
     out = args.out
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out, folder=True, need_bytes=_DEMO_BYTES)
+    make_folder(out)
     session_dir = out / "session"
     print(f"gazeloop demo → {out}/")
     rep = import_corners4(src, session_dir, overwrite=True)
@@ -88,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     live.close()
     summary = demo.summarise(trace, ev, args.drift_px, live, store_note)
     demo.plot_trace(trace, drift * screen.px[0], out)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
     _html(out, summary, ev)
     print("4. summary:")
     for k, v in summary.items():

@@ -12,6 +12,7 @@ from gazeloop.calibration.mapping import MAPPINGS, fit_select, mapping_class
 from gazeloop.calibration.metrics.evaluate import evaluate_arrays, plot_report, robust_keep
 from gazeloop.calibration.metrics.precision import deg_per_mm, precision_report
 from gazeloop.calibration.profile import DEFAULT_FEATURES
+from gazeloop.calibration.store.atomic import atomic_writer, check_writable
 from gazeloop.calibration.store.session import read_session
 from gazeloop.fastpath.collect import collect_session, expand_features, feature_matrix
 from gazeloop.fastpath.filters import make_filter
@@ -24,6 +25,8 @@ from gazeloop.tools.commands._args import (
     screen_for,
 )
 from gazeloop.tools.errors import UserError
+from gazeloop.tools.runtime.progress import Progress
+from gazeloop.tools.runtime.selection import run_selected
 from gazeloop.tools.ui import report
 
 
@@ -48,7 +51,28 @@ def add_parser(sub) -> None:
         default=None,
         help="the images are selfie views (default: the manifest's word, else not mirrored)",
     )
-    p.add_argument("--mapping", default="ridge", choices=sorted(MAPPINGS))
+    p.add_argument(
+        "--mapping",
+        choices=sorted(MAPPINGS),
+        help="evaluate this mapping only (default: feature sets, ridge and geometric, and "
+        "both reads of frames whose mirroring nobody stated, compete by nested selection)",
+    )
+    p.add_argument(
+        "--profile",
+        type=Path,
+        help="apply this saved profile unchanged (no refit) and report its error here",
+    )
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="run the fast path on every frame instead of reading cached features",
+    )
+    p.add_argument(
+        "--save-profile",
+        type=Path,
+        metavar="PATH",
+        help="also save the selected mapping, fitted on all targets, as a profile",
+    )
     p.add_argument(
         "--features",
         help=f"comma-separated feature names (default {','.join(DEFAULT_FEATURES)}; for "
@@ -122,6 +146,51 @@ def precision_text(p: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.profile is not None and (args.mapping or args.features or args.save_profile):
+        raise UserError("--profile applies a saved mapping: no --mapping/--features/--save-profile")
+    fixed = args.mapping is not None or args.features is not None
+    if args.save_profile is not None and fixed:
+        raise UserError("--save-profile saves the selected mapping: drop --mapping/--features")
+    # Outputs checked before the fast path runs: a full disk is not news after a minute.
+    if args.plot:
+        if args.plot.suffix.lower() not in (".png", ".svg", ".pdf"):
+            raise UserError(f"--plot {args.plot}: name a .png, .svg or .pdf file")
+        check_writable(args.plot, folder=False)
+    if args.report:
+        check_writable(args.report, folder=True)
+    if fixed:
+        ev, col = _run_fixed(args)
+    else:
+        session = read_session(
+            args.session,
+            screen_px=tuple(args.screen_px) if args.screen_px else None,
+            mirrored=args.mirrored,
+        )
+        ev, col = run_selected(
+            session,
+            screen_for(args, session),
+            fastpath_config(args),
+            profile=args.profile,
+            save_profile=args.save_profile,
+            cache=not args.no_cache,
+        )
+        if args.precision and col is not None:
+            used = [ls for ls in col.samples if not ls.settling]
+            x = feature_matrix(used, ev.report.features)
+            ev.report.precision = precision_for(
+                used,
+                x,
+                ev,
+                screen_for(args, col.session),
+                ev.report.mapping,
+                fastpath_config(args),
+            )
+    return _output(args, ev)
+
+
+def _run_fixed(args: argparse.Namespace):
+    """One mapping on named features, as asked: no selection among candidates."""
+    args.mapping = args.mapping or "ridge"
     if args.features is None:
         args.features = ",".join(mapping_class(args.mapping).features or DEFAULT_FEATURES)
     names = [n.strip() for n in args.features.split(",") if n.strip()]
@@ -135,7 +204,8 @@ def run(args: argparse.Namespace) -> int:
     screen = screen_for(args, session)
     fp = FastPath(fastpath_config(args))
     try:
-        col = collect_session(session, fp)
+        with Progress(f"eval, {len(session.items)} frames through the fast path"):
+            col = collect_session(session, fp)
     finally:
         fp.close()
     rejected = [(r.file, r.why) for r in col.rejected]
@@ -173,24 +243,37 @@ def run(args: argparse.Namespace) -> int:
         ev.report.precision = precision_for(
             used, x, ev, screen, args.mapping, fastpath_config(args)
         )
+    ev.report.mirrored, ev.report.mirrored_basis = col.session.mirrored, col.mirror_basis
+    return ev, col
+
+
+def _output(args: argparse.Namespace, ev) -> int:
     if args.plot:
-        plot_report(ev, args.plot)
+        save_plot(ev, args.plot)
     if args.report:
         write_report(ev, args.report)
     r = ev.report
-    r.mirrored, r.mirrored_basis = col.session.mirrored, col.mirror_basis
     if args.json:
         print(r.model_dump_json(indent=2))
         return 0
     print(
         f"{r.session}: {r.targets} targets, {r.frames_used} of {r.frames} frames used\n"
-        f"  {r.mapping} on {', '.join(r.features)}, leave-one-target-out:\n"
-        f"  mean {r.mean_px:.1f} px  median {r.median_px:.1f} px  "
+        + (
+            f"  {r.mapping} on {', '.join(r.features)}, "
+            + ("a saved profile applied unchanged:\n" if r.profile else "leave-one-target-out:\n")
+            if r.selection is None
+            else f"  leave-one-target-out of the whole selection (chosen in each fold on the "
+            f"other targets; on all targets: {r.selection.chosen}):\n"
+        )
+        + f"  mean {r.mean_px:.1f} px  median {r.median_px:.1f} px  "
         f"{r.mean_pct_diag:.2f}% of the {r.diag_basis} diagonal"
         + (f"  {r.mean_deg:.2f}°" if r.mean_deg is not None else "")
         + f"\n  constant predictor: {r.baseline_mean_px:.1f} px"
         + f"\n  frames {'mirrored' if r.mirrored else 'not mirrored'}: {r.mirrored_basis}"
+        + (f"\n  profile applied unchanged: {r.profile}" if r.profile else "")
     )
+    if r.selection:
+        print(selection_text(r.selection))
     for t in r.per_target:
         print(
             f"    target {t.target:2d} at ({t.label_px[0]:7.1f}, {t.label_px[1]:7.1f}): "
@@ -207,6 +290,30 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def save_plot(ev, path: Path) -> None:
+    """The plot, written atomically: a disk that fills while matplotlib writes leaves the
+    previous plot there, not half a PNG."""
+    import matplotlib
+
+    fmt = path.suffix.lstrip(".").lower() or "png"  # a file object hides the name's suffix
+    with matplotlib.rc_context({"savefig.format": fmt}), atomic_writer(path) as f:
+        plot_report(ev, f)
+
+
+def selection_text(sel) -> str:
+    lines = [
+        f"  chosen by nested selection: {sel.chosen} (hyper {sel.hyper}); outer folds "
+        + ", ".join(f"{k} ×{v}" for k, v in sel.picked_per_fold.items())
+    ]
+    for k, v in sel.inner_px.items():
+        lines.append(
+            f"    {k:28s} inner LOTO " + ("no spare target" if v is None else f"{v:.1f} px")
+        )
+    for k, why in sel.dropped.items():
+        lines.append(f"    {k:28s} not a candidate: {why}")
+    return "\n".join(lines)
+
+
 def write_report(ev, folder: Path) -> Path:
     """The evaluation as a page a person opens: numbers, the plot, and the tables."""
     r = ev.report
@@ -214,7 +321,7 @@ def write_report(ev, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create report folder {folder}: {e}") from None
-    plot_report(ev, folder / "eval.png")
+    save_plot(ev, folder / "eval.png")
     report.write(folder / "report.json", r.model_dump_json(indent=2))
     summary = {
         "session": r.session,

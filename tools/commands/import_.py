@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from gazeloop.calibration.store.atomic import MIN_FREE_BYTES, check_writable
+from gazeloop.tools.commands._args import non_negative_int
 from gazeloop.tools.errors import UserError
 from gazeloop.tools.runtime.importers import SessionImportError, import_corners4
+from gazeloop.tools.runtime.progress import Progress
 
 
 def add_parser(sub) -> None:
@@ -21,16 +24,23 @@ def add_parser(sub) -> None:
     )
     c.add_argument("src", type=Path, help="folder with calibrate.mp4, Calibration.csv, stats.txt")
     c.add_argument("out", type=Path, help="session folder to write")
-    c.add_argument("--settle-frames", type=int, help="frames marked settling after each switch")
+    c.add_argument(
+        "--settle-frames", type=non_negative_int, help="frames marked settling after each switch"
+    )
     c.add_argument("--overwrite", action="store_true", help="replace an existing session")
     c.set_defaults(func=run_corners4)
 
 
 def run_corners4(args: argparse.Namespace) -> int:
+    # About the video's size again in JPEGs: a disk without it is refused before decoding.
+    video = args.src / "calibrate.mp4"
+    need = 2 * video.stat().st_size if video.is_file() else MIN_FREE_BYTES
+    check_writable(args.out, folder=True, need_bytes=max(need, MIN_FREE_BYTES))
     try:
-        rep = import_corners4(
-            args.src, args.out, settle_frames=args.settle_frames, overwrite=args.overwrite
-        )
+        with Progress(f"import, decoding {args.src}"):
+            rep = import_corners4(
+                args.src, args.out, settle_frames=args.settle_frames, overwrite=args.overwrite
+            )
     except SessionImportError as e:
         raise UserError(str(e)) from None
     print(

@@ -1,11 +1,15 @@
-"""`gazeloop models ...`: find, check and build the model files."""
+"""`gazeloop models ...`: find, check and build the model files; list the registry's trained
+versions, and promote or roll back the one the fast path serves."""
 
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 
+from gazeloop.calibration.store.atomic import atomic_writer, check_writable, make_folder
 from gazeloop.fastpath import models
+from gazeloop.tools.errors import UserError
 
 
 def add_parser(sub) -> None:
@@ -27,14 +31,98 @@ def add_parser(sub) -> None:
     b.set_defaults(func=run_build)
     c = msub.add_parser("check", help="resolve every model file and print where it is")
     c.set_defaults(func=run_check)
+    _add_registry_parsers(msub)
+
+
+def _add_registry_parsers(msub) -> None:
+    from gazeloop.trainer.registry import default_registry_root
+
+    reg_help = f"model registry (default {default_registry_root()})"
+    ls = msub.add_parser("list", help="registered versions, their gate numbers, which is served")
+    p = msub.add_parser(
+        "promote",
+        help="serve this version (overrides the promotion gate: a person's decision)",
+    )
+    p.add_argument("version", type=int, help="registry version number")
+    p.add_argument("--reason", default="", help="recorded in the promotion history")
+    r = msub.add_parser("rollback", help="serve the version promoted before the current one")
+    for sp in (ls, p, r):
+        sp.add_argument("--registry", type=Path, help=reg_help)
+        sp.add_argument("--model-id", help="needed when the registry holds several models")
+    ls.set_defaults(func=run_list)
+    p.set_defaults(func=run_promote)
+    r.set_defaults(func=run_rollback)
+
+
+def _registry(args):
+    from gazeloop.trainer.registry import ModelRegistry, default_registry_root
+
+    return ModelRegistry(args.registry or default_registry_root())
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from gazeloop.trainer.registry import RegistryError
+
+    reg = _registry(args)
+    try:
+        entries = reg.list(args.model_id)
+        served = {e.model_id: e.version for e in map(reg.promoted, reg.model_ids()) if e}
+    except RegistryError as e:
+        raise UserError(str(e)) from None
+    if not entries:
+        print(f"no registered models in {reg.root}")
+    for e in entries:
+        mark = "*" if served.get(e.model_id) == e.version else " "
+        ev = e.card.evaluation or {}
+        gate = (
+            f"gate: {'promoted' if ev.get('promoted') else 'refused'}: {ev.get('reason')}"
+            if ev
+            else "gate: not judged"
+        )
+        print(f"{mark} {e.model_id} v{e.version}  {e.card.created:%Y-%m-%d %H:%M}  {gate}")
+    print("(* = served by the fast path)")
+    return 0
+
+
+def run_promote(args: argparse.Namespace) -> int:
+    from gazeloop.trainer.registry import RegistryError
+
+    reg = _registry(args)
+    try:
+        reg.promote(args.version, args.model_id, reason=args.reason or "gazeloop models promote")
+        entry = reg.promoted(args.model_id)
+    except RegistryError as e:
+        raise UserError(str(e)) from None
+    assert entry is not None
+    print(f"promoted {entry.model_id} v{entry.version}: a running fast path switches to it")
+    return 0
+
+
+def run_rollback(args: argparse.Namespace) -> int:
+    from gazeloop.trainer.registry import RegistryError
+
+    reg = _registry(args)
+    try:
+        entry = reg.rollback(args.model_id, reason="gazeloop models rollback")
+    except RegistryError as e:
+        raise UserError(str(e)) from None
+    if entry is None:
+        print("rolled back: nothing is promoted; the fast path serves the stock model")
+    else:
+        print(f"rolled back: {entry.model_id} v{entry.version} is served again")
+    return 0
 
 
 def run_build(args: argparse.Namespace) -> int:
     out_dir = args.out or models.cache_dir()
     out = out_dir / models.GAZE_ONNX.name
+    # The ONNX files (~13 MB) and the cached copies of their sources (~11 MB).
+    check_writable(out_dir, folder=True, need_bytes=32 * 1024 * 1024)
     # Resolve the face model too, so `make setup` fails early and clearly when it is missing.
     task = models.resolve(models.FACE_LANDMARKER)
     print(f"face landmarker: {task}")
+    if out_dir == models.cache_dir():
+        _keep_in_cache()
     _build_face_onnx(out_dir, task, args.force)
     if out.is_file() and not args.force and models.onnx_is_current(out):
         print(f"gaze model:      {out} (up to date)")
@@ -42,6 +130,23 @@ def run_build(args: argparse.Namespace) -> int:
     path = models.build_gaze_onnx(out_dir)
     print(f"gaze model:      {path} (built from the OpenVINO IR)")
     return 0
+
+
+def _keep_in_cache() -> None:
+    """Put a checked copy of every downloadable model file found elsewhere ($GAZELOOP_MODELS)
+    into the user cache, where every later command looks: after `make setup` (or one
+    `GAZELOOP_MODELS=... gazeloop models build` beside a wheel) a plain shell finds them
+    without exporting anything, as it would after a download."""
+    cache = models.cache_dir()
+    for spec in (models.FACE_LANDMARKER, models.GAZE_IR_XML, models.GAZE_IR_BIN):
+        src = models.resolve(spec)  # hash-checked wherever it was found
+        dst = cache / spec.name
+        if src == dst or (dst.is_file() and models.sha256_file(dst) == spec.sha256):
+            continue
+        make_folder(dst.parent)
+        with open(src, "rb") as f_in, atomic_writer(dst) as f_out:
+            shutil.copyfileobj(f_in, f_out)
+        print(f"cached:          {dst} (from {src})")
 
 
 def _build_face_onnx(out_dir: Path, task: Path, force: bool) -> None:

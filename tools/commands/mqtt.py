@@ -6,9 +6,10 @@
     ModelFetcher ◀── gazeloop/models/announce + chunks (retained, QoS 1) ── ModelAnnouncer
 
 Commands: `gazeloop collect`, `gazeloop announce`, `gazeloop fetch` (`gazeloop bench mqtt`
-is a benchmark, in `bench`). The bridge itself is `tools.runtime.mqtt`. aiomqtt is an
-optional dependency (`pip install 'gazeloop[mqtt]'`): it is imported only when a command
-runs, so the CLI loads without it.
+is a benchmark, in `bench`); the laptop's side of the first two rows is `gazeloop run
+--mqtt` (`commands/run.py`), which sends what its label store holds. The bridge itself is
+`tools.runtime.mqtt`. aiomqtt is an optional dependency (`pip install 'gazeloop[mqtt]'`):
+it is imported only when a command runs, so the CLI loads without it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import signal
 import time
 from pathlib import Path
 
+from gazeloop.calibration.store.atomic import check_writable
 from gazeloop.tools.commands._args import add_broker_args, broker_settings, positive_float
 from gazeloop.tools.errors import UserError
 
@@ -63,7 +65,7 @@ def add_parser(sub) -> None:
         "announce",
         help="publish a model for the laptops to fetch (retained, chunked, hash-checked)",
         description="MODEL is an exported .onnx (with its .card.json), a registry version "
-        "folder, or a registry root (its latest valid version).",
+        "folder, or a registry root (its promoted version: what the fast path serves there).",
     )
     add_broker_args(a)
     a.add_argument("model", type=Path, metavar="MODEL_DIR_OR_REGISTRY")
@@ -102,6 +104,7 @@ def run_collect(args: argparse.Namespace) -> int:
     from gazeloop.tools.runtime.mqtt.labels import Collector
 
     settings = broker_settings(args)
+    check_writable(args.out, folder=True)  # before waiting for labels it could not store
     collector = Collector(
         settings,
         args.out,
@@ -109,6 +112,11 @@ def run_collect(args: argparse.Namespace) -> int:
         device=args.device,
         screen_px=args.screen_px,
         identifier=args.client_id,
+        on_subscribed=lambda n: print(
+            f"subscribed to {collector.topic} (connection {n}); labels sent while this "
+            "collector is away wait on the broker",
+            flush=True,
+        ),
     )
     print(f"collecting {collector.topic} from {settings.redacted()} into {args.out}", flush=True)
 

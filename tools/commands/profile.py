@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import numpy as np
 from gazeloop.calibration.mapping import MAPPINGS
 from gazeloop.calibration.procedure import fit_profile
 from gazeloop.calibration.profile import DEFAULT_FEATURES, Profile, ProfileError, profile_path
+from gazeloop.calibration.store.atomic import check_writable
 from gazeloop.calibration.store.session import read_session
 from gazeloop.fastpath.collect import collect_session, expand_features, feature_matrix
 from gazeloop.fastpath.pipeline import FastPath
@@ -21,6 +23,7 @@ from gazeloop.tools.commands._args import (
     screen_for,
 )
 from gazeloop.tools.errors import UserError
+from gazeloop.tools.runtime.progress import Progress
 
 
 def add_parser(sub) -> None:
@@ -52,6 +55,8 @@ def add_parser(sub) -> None:
 
 def run_fit(args: argparse.Namespace) -> int:
     names = [n.strip() for n in args.features.split(",") if n.strip()]
+    out = args.out or profile_path(args.user, args.device)
+    check_writable(out, folder=False)  # before the fast path runs over the session
     session = read_session(
         args.session,
         screen_px=tuple(args.screen_px) if args.screen_px else None,
@@ -64,7 +69,8 @@ def run_fit(args: argparse.Namespace) -> int:
         )
     fp = FastPath(fastpath_config(args))
     try:
-        col = collect_session(session, fp)
+        with Progress(f"profile fit, {len(session.items)} frames through the fast path"):
+            col = collect_session(session, fp)
     finally:
         fp.close()
     used = [ls for ls in col.samples if not ls.settling]
@@ -93,7 +99,7 @@ def run_fit(args: argparse.Namespace) -> int:
         )
     except ValueError as e:
         raise UserError(str(e)) from None
-    out = prof.save(args.out or profile_path(args.user, args.device))
+    out = prof.save(out)
     print(f"profile saved: {out}")
     print(summary(prof))
     return 0
@@ -105,10 +111,14 @@ def summary(p: Profile) -> str:
         f"  user {p.user}, device {p.device}, screen {p.screen.px[0]}x{p.screen.px[1]} px\n"
         f"  {p.mapping.name} on {', '.join(p.features)} ({f.hyper}), gaze model {p.gaze_model_id}\n"
         f"  fitted on {f.targets} targets / {f.frames} frames; leave-one-target-out mean "
-        f"{f.mean_px:.1f} px, median {f.median_px:.1f} px (constant predictor "
-        f"{f.baseline_mean_px:.1f} px)\n"
+        f"{_px(f.mean_px)}, median {_px(f.median_px)} (constant predictor "
+        f"{_px(f.baseline_mean_px)})\n"
         f"  drift offset {p.offset[0]:+.4f}, {p.offset[1]:+.4f} (normalised)"
     )
+
+
+def _px(v: float | None) -> str:
+    return "not recorded" if v is None else f"{v:.1f} px"
 
 
 def run_show(args: argparse.Namespace) -> int:
@@ -116,6 +126,48 @@ def run_show(args: argparse.Namespace) -> int:
         p = Profile.load(args.path)
     except ProfileError as e:
         raise UserError(str(e)) from None
+    wrong = problems(p)
+    if wrong:
+        # A profile that would put the gaze nowhere must not read as healthy.
+        raise UserError(f"{args.path}: not a usable profile: {'; '.join(wrong)}")
     print(f"{args.path}:")
     print(summary(p))
     return 0
+
+
+# The drift loop keeps |C| far below this (LoopConfig.max_total); beyond a whole screen an
+# offset is not a drift but a broken file.
+MAX_OFFSET = 1.0
+
+
+def problems(p: Profile) -> list[str]:
+    """What makes a profile unusable, each said plainly (empty when it is fine)."""
+    out = [f"mapping {w} is not a finite number" for w in _non_finite(p.mapping.params, "")]
+    ox, oy = p.offset
+    if not (math.isfinite(ox) and math.isfinite(oy)):
+        out.append(f"drift offset ({ox}, {oy}) is not finite")
+    elif math.hypot(ox, oy) > MAX_OFFSET:
+        out.append(f"drift offset ({ox:+g}, {oy:+g}) is more than a screen (|offset| <= 1)")
+    f = p.fit
+    for name in ("mean_px", "median_px", "baseline_mean_px"):
+        v = getattr(f, name)
+        if v is not None and not (math.isfinite(v) and v >= 0):
+            out.append(f"fit.{name} {v} is not a distance")
+    if f.targets < 1 or f.frames < f.targets:
+        out.append(f"fit on {f.targets} targets / {f.frames} frames")
+    return out
+
+
+def _non_finite(obj, where: str):
+    """Where the numbers of a mapping's parameters are NaN, infinite, or missing in an array
+    (a NaN saved as JSON comes back as null)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        yield f"{where.lstrip('.')} ({obj})"
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _non_finite(v, f"{where}.{k}")
+    elif isinstance(obj, list):
+        if any(v is None for v in obj) and any(isinstance(v, (int, float)) for v in obj):
+            yield f"{where.lstrip('.')} (a missing number)"
+        for i, v in enumerate(obj):
+            yield from _non_finite(v, f"{where}[{i}]")

@@ -15,6 +15,7 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
+from gazeloop.calibration.store.atomic import WriteError, check_writable
 from gazeloop.calibration.store.session import SessionManifest
 from gazeloop.calibration.store.writer import SessionWriter
 from gazeloop.fastpath.sources import CameraSource
@@ -129,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
     if args.frames is not None and args.frames < 1:
         raise UserError(f"--frames must be at least 1, got {args.frames}")
     gate = RateGate(args.fps)
+    check_writable(args.out, folder=True)  # before a camera opens or a source is read
     given_px = tuple(args.screen_px) if args.screen_px else None
     ls = open_labelled(args.source, screen_px=given_px, mirrored=args.mirrored)
     with ls:
@@ -153,7 +155,10 @@ def run(args: argparse.Namespace) -> int:
         writer = SessionWriter(args.out, manifest)
         clock = UnixClock(ls.source)
         print(f"recording {ls.describe()} to {args.out}; labels: {described}", flush=True)
-        stats = _record(args, ls, writer, gate, clock, label_of)
+        try:
+            stats = _record(args, ls, writer, gate, clock, label_of)
+        except WriteError as e:
+            raise UserError(_kept(e, writer)) from None
         notes = [args.notes] if args.notes else []
         notes.append(
             f"{writer.written} frames at {args.fps or 'the source'} fps from {ls.describe()}; "
@@ -172,6 +177,14 @@ def run(args: argparse.Namespace) -> int:
         f"{args.out}; {stats['stopped']}"
     )
     return 0 if writer.written else 1
+
+
+def _kept(e: WriteError, writer: SessionWriter) -> str:
+    """A write that failed mid-recording, and what is still there: every pair written
+    before it is complete (atomic writes, the image before its record)."""
+    if writer.discard_if_empty():
+        return f"{e}; nothing recorded"
+    return f"{e}; the {writer.written} frames written before it are a valid session"
 
 
 def _get(manifest, name: str):

@@ -6,6 +6,13 @@ used at once) · space record a labelled sample · q quit.
 
 --oracle targets labels snapshots with the recorded targets of a session or 4-corner
 recording given as --source: ground truth replayed, for trying the loop without a model.
+--oracle clicks (the default with a camera and a profile) turns your left clicks into
+labels: a person looks at what they click, so a click that ends a steady fixation is a point
+label; double clicks, drags and clicks made on the move are not (oracle/clicks.py).
+
+--mqtt URL publishes the gaze stream (capture times on the wall clock) and sends every
+label in the user's label store that the broker has not acknowledged yet, this run's and
+earlier ones'; `gazeloop collect` on the training box writes them as sessions.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import cv2
 import numpy as np
 
 from gazeloop.calibration.profile import Profile, ProfileMapper, data_dir, profile_path
+from gazeloop.calibration.store.atomic import check_writable
 from gazeloop.calibration.store.writer import write_record
 from gazeloop.fastpath.pipeline import FastPath
 from gazeloop.fastpath.sources import CameraSource
@@ -63,10 +71,12 @@ def add_parser(sub) -> None:
     )
     p.add_argument(
         "--oracle",
-        choices=["none", "moondream", "targets"],
-        default="none",
-        help="background labeller (moondream needs its weights in the local HF cache; "
-        "targets replays a recording's own targets)",
+        choices=["auto", "none", "clicks", "moondream", "targets"],
+        default="auto",
+        help="labeller: clicks turns left clicks you make while looking at what you click "
+        "into labels (pynput); moondream needs its weights in the local HF cache; targets "
+        "replays a recording's own targets; auto (default): clicks with a camera and a "
+        "profile, else none",
     )
     p.add_argument(
         "--oracle-in",
@@ -85,7 +95,18 @@ def add_parser(sub) -> None:
     p.add_argument("--frames", type=positive_int, help="stop after this many frames")
     p.add_argument("--seconds", type=positive_float, help="stop after this long (wall clock)")
     p.add_argument("--move-cursor", action="store_true", help="move the OS cursor (pynput)")
-    p.add_argument("--mqtt", help="broker URL: publish the gaze stream and the labels")
+    p.add_argument(
+        "--mqtt",
+        help="broker URL: publish the gaze stream and send every stored label (unsent ones "
+        "wait in the label store until the broker is there)",
+    )
+    p.add_argument(
+        "--mqtt-wait",
+        type=positive_float,
+        default=10.0,
+        metavar="S",
+        help="at the end, wait up to S seconds for labels still unsent (default 10)",
+    )
     p.add_argument("--screenshot", type=Path, help="save the last window picture here on exit")
     p.add_argument(
         "--no-watch-models",
@@ -107,7 +128,10 @@ def _profile(args, fp: FastPath) -> ProfileMapper | None:
             "angles only; run `gazeloop calibrate` (or `gazeloop profile fit SESSION`)"
         )
         return None
-    prof = Profile.load(path, gaze_model_sha256=fp.gaze.sha256)
+    from gazeloop.tools.runtime.hotreload import profile_for_model
+
+    prof, said = profile_for_model(path, fp)  # the fit for the model loaded (kept or refitted)
+    print(said, flush=True)
     screen = prof.screen.with_px(*args.screen_px) if args.screen_px else None
     return ProfileMapper(prof, screen)
 
@@ -117,6 +141,8 @@ def _oracle(args, mapper):
         return None
     if mapper is None:
         raise UserError("the oracle corrects a calibrated cursor: calibrate first")
+    if args.oracle == "clicks":
+        return None  # not a worker's oracle: see _clicks
     if args.oracle == "targets":
         from gazeloop.oracle.simple import TargetOracle
 
@@ -148,17 +174,42 @@ def _oracle(args, mapper):
     return MoondreamOracle(model, cfg, mapper.screen, camera_norm=cam)
 
 
-def _publisher(args):
-    """The gaze stream to the broker; aiomqtt is an optional dependency."""
+def _mqtt(args, src, store, mapper):
+    """The gaze publisher and the label uplink (None without a store); aiomqtt is an
+    optional dependency. A camera's stream is "latest first" (a short queue, samples older
+    than 0.5 s dropped); a replay publishes at its own pace, every sample (its times are
+    the recording's, so age says nothing), with a deep queue for a broker outage."""
     try:
+        from gazeloop.tools.runtime.mqtt.conn import MqttConfigError, topic_part
         from gazeloop.tools.runtime.mqtt.gaze import GazePublisher
+        from gazeloop.tools.runtime.mqtt.labels import LabelUplink
+        from gazeloop.tools.runtime.mqtt.outbox import OutboxError
     except ModuleNotFoundError as e:
         if e.name in ("aiomqtt", "paho"):
             raise UserError("MQTT needs aiomqtt: pip install 'gazeloop[mqtt]'") from e
         raise
-    publisher = GazePublisher(args.mqtt, user=args.user, device=args.device)
+    live_source = isinstance(src, CameraSource)
+    try:
+        topic_part(args.user), topic_part(args.device)
+        publisher = GazePublisher(
+            args.mqtt,
+            user=args.user,
+            device=args.device,
+            queue_size=8 if live_source else 4096,
+            max_age_s=0.5 if live_source else None,
+        )
+        uplink = None
+        if store is not None:
+            screen = None if mapper is None else mapper.screen
+            uplink = LabelUplink(
+                args.mqtt, store, user=args.user, device=args.device, screen=screen
+            )
+    except (MqttConfigError, OutboxError) as e:
+        raise UserError(f"--mqtt: {e}") from e
     publisher.start()
-    return publisher
+    if uplink is not None:
+        uplink.start()
+    return publisher, uplink
 
 
 class Cursor:
@@ -173,6 +224,31 @@ class Cursor:
 
     def move(self, px: np.ndarray) -> None:
         self._c.position = (int(px[0]), int(px[1]))
+
+
+def _resolve_oracle(args, ls: LabelledSource) -> None:
+    """--oracle auto: clicks when a person is in front of a camera, none for recordings."""
+    args.oracle_auto = args.oracle == "auto"
+    if args.oracle_auto:
+        args.oracle = "clicks" if isinstance(ls.source, CameraSource) else "none"
+
+
+def _clicks(args, live: Live, mapper):
+    """--oracle clicks: left clicks become point labels through the click rules
+    (tools.runtime.clicks); returns the listener to stop, or None."""
+    if args.oracle != "clicks":
+        return None
+    from gazeloop.tools.runtime.clicks import ClickLabeller, start_listener
+
+    live.clicks = ClickLabeller(live.history, mapper.screen.px, live.external_label)
+    try:
+        return start_listener(live.clicks)
+    except UserError as e:
+        if not args.oracle_auto:
+            raise
+        live.clicks = None
+        print(f"no click labels: {e}", flush=True)
+        return None
 
 
 def _target_hook(args, ls: LabelledSource):
@@ -215,16 +291,33 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, ls: LabelledSource) -> int:
+    _resolve_oracle(args, ls)
     hook = _target_hook(args, ls)
-    fp = FastPath(fastpath_config(args))
+    if args.oracle != "none":  # the label store's folder, before anything loads
+        check_writable(data_dir() / "users" / args.user / "labels", folder=True)
+    from gazeloop.tools.runtime.hotreload import startup_model
+
+    fp_cfg, said = startup_model(fastpath_config(args))  # the promoted model, unless named
+    print(said, flush=True)
+    fp = FastPath(fp_cfg)
     mapper = _profile(args, fp)
+    if args.oracle_auto and mapper is None:
+        args.oracle = "none"  # clicks correct a calibrated cursor; there is none yet
     oracle = _oracle(args, mapper)
     store = None
-    if oracle is not None:
-        from gazeloop.calibration.store.labelstore import LabelStore
+    labels_dir = data_dir() / "users" / args.user / "labels"
+    # With --mqtt the store is the outbox: labels a previous run could not send go now,
+    # even when this run has no oracle.
+    from gazeloop.calibration.store.labelstore import DB_NAME, LabelStore
 
-        store = LabelStore(data_dir() / "users" / args.user / "labels")
-    publisher = _publisher(args) if args.mqtt else None
+    if oracle is not None or (args.mqtt and (labels_dir / DB_NAME).is_file()):
+        store = LabelStore(labels_dir)
+    publisher = uplink = clock = None
+    if args.mqtt:
+        from gazeloop.tools.runtime.mqtt.timebase import SourceClock
+
+        clock = SourceClock(ls.source)  # the one conversion of frame time to the wall clock
+        publisher, uplink = _mqtt(args, ls.source, store, mapper)
     from gazeloop.oracle.policy import SnapshotPolicy
 
     live = Live(
@@ -235,7 +328,10 @@ def _run(args: argparse.Namespace, ls: LabelledSource) -> int:
         store=store,
         publisher=publisher,
         snapshot_hook=hook,
+        clock=clock,
+        uplink=uplink,
     )
+    listener = _clicks(args, live, mapper)
     watcher = None
     if not args.no_watch_models:
         from gazeloop.tools.runtime.hotreload import ModelWatcher
@@ -291,12 +387,34 @@ def _run(args: argparse.Namespace, ls: LabelledSource) -> int:
     finally:
         if watcher is not None:
             watcher.stop()
+        if listener is not None:
+            listener.stop()
         if ui is not None:
             ui.close(args.screenshot)
-        live.close()
-    st = live.status()
-    print(f"gazeloop run: {frames} frames; {status_text(live, None)}")
+        try:
+            _finish(live, args)
+            st = live.status()
+            summary = status_text(live, None)
+        finally:
+            live.close()
+    print(f"gazeloop run: {frames} frames; {summary}")
     return 0 if frames or st else 1
+
+
+def _finish(live: Live, args) -> None:
+    """Stop the oracle, then give the labels still unsent up to --mqtt-wait seconds."""
+    pending = live.labels_pending()
+    if pending:
+        print(f"sending {pending} labels (waiting up to {args.mqtt_wait:g} s) …", flush=True)
+    live.finish(args.mqtt_wait if args.mqtt else 0.0)
+    left = live.labels_pending()
+    if left:
+        why = live.uplink.stats.last_error if live.uplink is not None else None
+        print(
+            f"{left} labels not sent yet ({why or 'broker away'}): they stay in the label "
+            "store and go on the next `run --mqtt`",
+            flush=True,
+        )
 
 
 def status_text(live: Live, s) -> str:
@@ -312,13 +430,48 @@ def status_text(live: Live, s) -> str:
     if "oracle" in st:
         o = st["oracle"]
         parts.append(f"oracle {o['done']} done{' (busy)' if o['busy'] else ''}")
+    if "clicks" in st:
+        c = st["clicks"]
+        parts.append(f"clicks {c.get('ok', 0)} kept of {sum(c.values())}")
     if st.get("offset_px") is not None:
         parts.append(f"drift offset ({st['offset_px'][0]:+.0f}, {st['offset_px'][1]:+.0f}) px")
     elif st.get("offset") is not None:
         parts.append(f"drift offset ({st['offset'][0]:+.3f}, {st['offset'][1]:+.3f})")
     if st.get("alarm"):
         parts.append(f"ALARM: {st['alarm']}")
+    parts += _mqtt_text(st) + _store_text(live)
     return "  ".join(parts)
+
+
+def _store_text(live: Live) -> list[str]:
+    """What the label store kept: a full disk said once in the log must also show in the
+    summary, and labels replayed twice are kept once, not lost."""
+    if live.store is None:
+        return []
+    said = [] if live.uplink is not None else [f"labels stored {live.labels_stored}"]
+    if live.store_duplicates:
+        said.append(f"{live.store_duplicates} already stored (kept once)")
+    if live.store_errors:
+        said.append(f"{live.store_errors} NOT stored: {live.store_error}")
+    return said
+
+
+def _mqtt_text(st: dict) -> list[str]:
+    out = []
+    g = st.get("gaze_stream")
+    if g is not None:
+        why = [
+            f"{k} {g['dropped_' + k]}" for k in ("queue", "stale", "closed") if g["dropped_" + k]
+        ]
+        drops = f" ({', '.join(why)})" if why else ""
+        waiting = g["offered"] - g["sent"] - g["dropped"]
+        link = f" [{waiting} waiting: {g['last_error']}]" if waiting and g["last_error"] else ""
+        out.append(f"gaze sent {g['sent']}, dropped {g['dropped']}{drops}{link}")
+    u = st.get("label_uplink")
+    if u is not None:
+        pending = "?" if u["pending"] is None else u["pending"]
+        out.append(f"labels stored {u['stored']}, sent {u['sent']}, pending {pending}")
+    return out
 
 
 class Window:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gazeloop.calibration.profile import Profile, ProfileMapper
+from gazeloop.calibration.profile import ProfileError, ProfileMapper
 from gazeloop.fastpath.pipeline import FastPath, FastPathConfig
 from gazeloop.fastpath.sources import open_source
 from gazeloop.fastpath.types import GazeSample
@@ -32,7 +32,7 @@ def add_parser(sub) -> None:
     p.add_argument("--profile", type=Path, help="calibration profile: output screen points")
     p.add_argument(
         "--screen-px",
-        type=int,
+        type=positive_int,
         nargs=2,
         metavar=("W", "H"),
         help="the screen in use now, if its resolution differs from the profile's",
@@ -156,14 +156,25 @@ def run_stream(source, fp: FastPath, *, frames: int | None, jsonl: bool, out=Non
 
 
 def load_mapper(path: Path, fp: FastPath, screen_px=None) -> ProfileMapper:
-    """A profile checked against the gaze model and features this fast path produces."""
-    prof = Profile.load(path, gaze_model_sha256=fp.gaze.sha256)
+    """The profile's fit for the gaze model this fast path runs (kept, or refitted once from
+    its calibration session; `tools.runtime.hotreload.profile_for_model`)."""
+    from gazeloop.tools.runtime.hotreload import profile_for_model
+
+    if not Path(path).is_file():
+        raise ProfileError(f"{path}: no such profile")
+    prof, said = profile_for_model(Path(path), fp)
+    print(said, file=sys.stderr, flush=True)
     screen = prof.screen.with_px(*screen_px) if screen_px else None
     return ProfileMapper(prof, screen)
 
 
 def run(args: argparse.Namespace) -> int:
     cfg: FastPathConfig = fastpath_config(args)
+    if args.profile:  # the model the user's profile is served with: the promoted one
+        from gazeloop.tools.runtime.hotreload import startup_model
+
+        cfg, said = startup_model(cfg)
+        print(said, file=sys.stderr, flush=True)
     fp = FastPath(cfg)
     if args.profile:
         fp.set_mapper(load_mapper(args.profile, fp, args.screen_px))
@@ -177,5 +188,7 @@ def run(args: argparse.Namespace) -> int:
 def _pretty(s: dict) -> str:
     lines = ["summary:"]
     for k, v in s.items():
-        lines.append(f"  {k:16s} {v}")
+        if isinstance(v, dict):  # a range: words, not a Python dict
+            v = ", ".join(f"{name} {x:g}" for name, x in v.items())
+        lines.append(f"  {k:16s} {'—' if v is None else v}")
     return "\n".join(lines)

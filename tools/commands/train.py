@@ -1,8 +1,14 @@
 """`gazeloop train` and `gazeloop export`: fine-tune the gaze network on sessions and labels,
 and ship it as ONNX into the model registry the fast path watches.
 
-On the CUDA box the same command scales with `accelerate launch -m tools.cli train ...`
-(accelerate picks the GPUs; bf16 is used when CUDA is present).
+On the CUDA box the same command scales with `accelerate launch -m gazeloop.tools.cli
+train ...` (accelerate picks the GPUs; bf16 is used when CUDA is present); only the main
+process exports and registers.
+
+With --export the best checkpoint goes through the promotion gate (`trainer.gate`): it is
+registered either way, and becomes the model the fast path serves only if it beats its
+parent, by leave-one-target-out calibration error, on whole sessions it never trained on
+(--holdout, or else held-out session folders of --data).
 """
 
 from __future__ import annotations
@@ -10,9 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
-from gazeloop.tools.commands._args import positive_int
+from gazeloop.calibration.store.atomic import check_writable
+from gazeloop.tools.commands._args import positive_float, positive_int
 from gazeloop.tools.errors import UserError
 from gazeloop.trainer.registry import default_registry_root
 
@@ -26,16 +34,37 @@ def add_parser(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     t.add_argument("--data", type=Path, action="append", default=[], help="dataset (repeatable)")
+    t.add_argument(
+        "--holdout",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="SESSION",
+        help="session folder never trained on, judged by the promotion gate (repeatable)",
+    )
     t.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, metrics)")
     t.add_argument("--config", type=Path, help="a TrainConfig JSON; flags override it")
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--max-steps", type=int)
-    t.add_argument("--lr", type=float)
+    t.add_argument("--epochs", type=positive_int)
+    t.add_argument("--max-steps", type=positive_int)
+    t.add_argument("--lr", type=positive_float)
     t.add_argument("--seed", type=int)
-    t.add_argument("--calib-min", type=int, help="calibration targets per episode, at least")
-    t.add_argument("--calib-max", type=int, help="... and at most")
     t.add_argument(
-        "--screen-px", type=positive_int, nargs=2, metavar=("W", "H"), help="for sessions"
+        "--calib-min", type=positive_int, help="calibration targets per episode, at least"
+    )
+    t.add_argument("--calib-max", type=positive_int, help="... and at most")
+    t.add_argument(
+        "--screen-px",
+        type=positive_int,
+        nargs=2,
+        metavar=("W", "H"),
+        help="screen of session folders without a session.json (ignored elsewhere, said so)",
+    )
+    t.add_argument(
+        "--split",
+        choices=("train", "val", "test"),
+        default="train",
+        help="which split of a released dataset to read (GazeCapture info.json Dataset, "
+        "ETH-XGaze train_test_split.json); default train",
     )
     t.add_argument("--mirrored", action="store_true", help="session images are selfie views")
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
@@ -50,6 +79,9 @@ def add_parser(sub) -> None:
     e.add_argument("--out", type=Path, help="ONNX file (default: beside the checkpoint)")
     e.add_argument("--registry", type=Path, help=registry_help)
     e.add_argument("--no-register", action="store_true")
+    e.add_argument(
+        "--promote", action="store_true", help="serve it now (skips the gate: your decision)"
+    )
     e.add_argument("--model-id", default="gazeloop-gazenet")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=run_export)
@@ -75,8 +107,19 @@ def _config(args):
                 path=p,
                 screen_px=tuple(args.screen_px) if args.screen_px else None,
                 mirrored=True if args.mirrored else None,
+                split=getattr(args, "split", None),
             ).model_dump(mode="json")
             for p in args.data
+        ]
+        _screen_px_notes(data["data"])
+    if args.holdout:
+        data["holdout"] = [
+            DataSource(
+                path=p,
+                screen_px=tuple(args.screen_px) if args.screen_px else None,
+                mirrored=True if args.mirrored else None,
+            ).model_dump(mode="json")
+            for p in args.holdout
         ]
     data["out_dir"] = str(args.out)
     for k in ("epochs", "max_steps", "lr", "seed", "calib_min", "calib_max"):
@@ -85,18 +128,78 @@ def _config(args):
             data[k] = v
     if args.resume:
         data["resume"] = True
+    if "calib_min" not in data:
+        _fit_calib_min(data, args)
     if not data.get("data"):
         raise UserError("no training data: give --data PATH (a session folder, a dataset...)")
     try:
-        return TrainConfig.model_validate(data)
+        cfg = TrainConfig.model_validate(data | {"holdout": []})
     except Exception as e:
         raise UserError(f"invalid training config: {e}") from e
+    return _with_holdout(cfg, data)
+
+
+def _screen_px_notes(sources: list[dict]) -> None:
+    """--screen-px labels only session folders without a manifest: say where it is not
+    used (stderr: --json keeps stdout to the summary alone)."""
+    from gazeloop.trainer.datasets import DataSource, screen_px_notes
+
+    for note in screen_px_notes([DataSource.model_validate(s) for s in sources]):
+        print(f"note: {note}", file=sys.stderr)
+
+
+def _with_holdout(cfg, data: dict):
+    """The config with the gate's sessions out of the training data (trainer.gate)."""
+    from gazeloop.trainer.gate import choose_holdout
+
+    named = [type(cfg.data[0]).model_validate(h) for h in data.get("holdout", [])]
+    choice = choose_holdout(cfg.data, named)
+    if not choice.train:
+        raise UserError("every --data source is also a --holdout: nothing left to train on")
+    for note in choice.notes:  # stderr: --json keeps stdout to the summary alone
+        print(f"note: {note}", file=sys.stderr)
+    return cfg.model_copy(update={"data": choice.train, "holdout": choice.holdout})
+
+
+def _fit_calib_min(data: dict, args) -> None:
+    """An episode calibrates on `calib_min` targets and asks about one more, so the default
+    (8) needs 9 training targets per person, and a lone person also lends some targets to
+    validation (`trainer.split`): a 4-corner or a 9-point session given as --data gets what
+    its own targets allow instead, said on stderr (--json keeps stdout to the summary)."""
+    from gazeloop.calibration.store.session import SessionError, read_session
+    from gazeloop.trainer.config import TrainConfig
+
+    fields = TrainConfig.model_fields
+    default = fields["calib_min"].default
+    val_fraction = float(data.get("val_fraction", fields["val_fraction"].default))
+    counts = []
+    for path in args.data:
+        if not (path.is_dir() and any(path.glob("img_*.json"))):
+            return  # not a session folder: the trainer's own checks speak for it
+        try:
+            s = read_session(path, screen_px=tuple(args.screen_px) if args.screen_px else None)
+        except SessionError:
+            return
+        counts.append(len({(i.record.screen_x, i.record.screen_y) for i in s.items}))
+    if not counts:
+        return
+    fewest = min(counts)
+    held = max(1, round(val_fraction * fewest)) if val_fraction > 0 else 0
+    fits = fewest - held - 1  # training targets, less the one an episode asks about
+    if 1 <= fits < default:
+        data["calib_min"] = fits
+        print(
+            f"note: --calib-min {fits}: the smallest --data session has {fewest} targets "
+            f"({held} held out for validation), too few for the default {default} plus one",
+            file=sys.stderr,
+        )
 
 
 def run_train(args: argparse.Namespace) -> int:
     from gazeloop.trainer.model import CheckpointError
     from gazeloop.trainer.train import TrainError, train
 
+    check_writable(args.out, folder=True)  # before the data is read and the model built
     cfg = _config(args)
     try:
         summary = train(cfg, progress=not args.json)
@@ -105,6 +208,7 @@ def run_train(args: argparse.Namespace) -> int:
     out = {
         "epochs": summary["epochs"],
         "steps": summary["steps"],
+        "resumed_from_step": summary.get("resumed_from_step"),
         "losses": [round(float(v), 5) for v in summary["losses"]],
         "val_error_px": _num(summary["val_error_px"]),
         "val_error_pct_diag": _num(summary["val_error_pct_diag"]),
@@ -115,16 +219,71 @@ def run_train(args: argparse.Namespace) -> int:
         "split": summary["split"],
         "best_checkpoint": summary["best_checkpoint"],
     }
-    if args.export and summary.get("best_checkpoint"):
-        out["export"] = _export(
-            Path(summary["best_checkpoint"]), None, args.registry, args.model_id, summary
-        )
-    if args.json:
-        print(json.dumps(out, default=str))
-    else:
-        print(json.dumps(out, indent=2, default=str))
     ok = summary["stopped"] == "finished" or str(summary["stopped"]).startswith("early")
+    if not summary.get("main_process", True):
+        return 0 if ok else 1  # the main process exports, registers and reports
+    out["promoted"] = False
+    if args.export and summary.get("best_checkpoint"):
+        out["export"] = _ship(cfg, summary, args)
+        out["promoted"] = out["export"]["promoted"]
+        out["gate"] = out["export"].pop("gate")
+    elif args.export:
+        out["gate"] = {"promoted": False, "reason": "no best checkpoint to export"}
+    else:
+        out["gate"] = {"promoted": False, "reason": "not exported (pass --export)"}
+    print(json.dumps(out, default=str) if args.json else _readable(out))
     return 0 if ok else 1
+
+
+def _ship(cfg, summary, args) -> dict:
+    from gazeloop.trainer.export import ExportParityError
+    from gazeloop.trainer.model import CheckpointError
+    from gazeloop.trainer.registry import RegistryError
+    from gazeloop.trainer.ship import ship
+
+    brief = {k: summary[k] for k in ("samples", "train_persons", "steps", "split")}
+    try:
+        return ship(
+            cfg,
+            Path(summary["best_checkpoint"]),
+            args.registry or default_registry_root(),
+            args.model_id,
+            training_summary=brief,
+        )
+    except (ExportParityError, CheckpointError, RegistryError, ValueError) as e:
+        raise UserError(f"export refused: {e}") from None
+
+
+def _readable(out: dict) -> str:
+    """The summary for a person: the run, then what the gate decided and why."""
+    from gazeloop.trainer.gate import GateResult
+
+    lines = [
+        f"trained {out['steps']} steps ({out['epochs']} epochs) in {out['wall_time_s']} s; "
+        f"stopped: {out['stopped']}",
+        f"split: {out['split']}",
+        f"validation: {out['val_error_px']} px ({out['val_error_pct_diag']} % diag); before "
+        f"training {out['val_before'].get('val_px')} px",
+        f"best checkpoint: {out['best_checkpoint']}",
+    ]
+    gate = out.get("gate") or {}
+    if "sessions" in gate:
+        lines.append(GateResult.model_validate(gate).text())
+        if gate.get("margin_px") is not None:
+            lines.append(
+                f"  margin (parent − candidate) {gate['margin_px']} ± {gate['margin_se_px']} px "
+                f"(SE over {gate['se_basis']}); needed more than {gate['needed_px']} px; "
+                f"parent: {gate['parent']}"
+            )
+    else:
+        lines.append(f"gate: NOT promoted: {gate.get('reason')}")
+    exp = out.get("export")
+    if exp:
+        lines.append(
+            f"registered v{exp['version']} at {exp['registered']}; the fast path serves "
+            + (f"v{exp['served_version']}" if exp["served_version"] else "the stock model")
+        )
+    return "\n".join(lines)
 
 
 def _num(v):
@@ -134,7 +293,7 @@ def _num(v):
     return round(v, 3) if isinstance(v, float) else v
 
 
-def _export(ckpt: Path, out: Path | None, registry: Path | None, model_id: str, summary=None):
+def _export(ckpt: Path, out: Path | None, registry, model_id: str, promote: bool = False):
     from gazeloop.trainer.export import ExportParityError, export_onnx
     from gazeloop.trainer.model import CheckpointError, load_checkpoint
     from gazeloop.trainer.registry import ModelRegistry, RegistryError
@@ -144,13 +303,11 @@ def _export(ckpt: Path, out: Path | None, registry: Path | None, model_id: str, 
     except CheckpointError as e:
         raise UserError(str(e)) from None
     out = out or ckpt.with_suffix(".onnx")
-    card = {"model_id": model_id, "parent_model_id": "gaze-estimation-adas-0002-onnx"}
-    if summary is not None:
-        card["metrics"] = {
-            k: float(summary[k])
-            for k in ("val_error_px", "val_error_pct_diag")
-            if isinstance(summary.get(k), float) and math.isfinite(summary[k])
-        }
+    from gazeloop.trainer.ship import STOCK_ID, card_metrics
+
+    card = {"model_id": model_id, "parent_model_id": STOCK_ID}
+    # The checkpoint's own validation numbers (a run's best/ keeps them), not the last epoch's.
+    card["metrics"] = card_metrics(ckpt)
     try:
         path = export_onnx(model, out, card=card)
     except ExportParityError as e:
@@ -158,16 +315,20 @@ def _export(ckpt: Path, out: Path | None, registry: Path | None, model_id: str, 
     result = {"onnx": str(path)}
     if registry is not False:
         try:
-            entry = ModelRegistry(registry or default_registry_root()).register(path)
+            entry = ModelRegistry(registry or default_registry_root()).register(
+                path, promote=promote, reason="gazeloop export --promote"
+            )
         except RegistryError as e:
             raise UserError(str(e)) from None
         result["registered"] = str(entry.onnx_path)
         result["version"] = entry.version
+        result["promoted"] = promote
     return result
 
 
 def run_export(args: argparse.Namespace) -> int:
+    check_writable(args.out or args.checkpoint.with_suffix(".onnx"), folder=False)
     reg = False if args.no_register else args.registry
-    res = _export(args.checkpoint, args.out, reg, args.model_id)
+    res = _export(args.checkpoint, args.out, reg, args.model_id, args.promote)
     print(json.dumps(res) if args.json else "\n".join(f"{k}: {v}" for k, v in res.items()))
     return 0

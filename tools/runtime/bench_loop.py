@@ -20,6 +20,7 @@ stream of noisy labels says little.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,6 +34,7 @@ from gazeloop.calibration.drift.simulation import (
     known_onset_reference,
     labels_to_recover,
     mean_error_px,
+    point_draws,
     recovery_summary,
     screen_from_targets,
     simulate_drift,
@@ -49,14 +51,29 @@ from gazeloop.calibration.profile import DEFAULT_FEATURES
 from gazeloop.calibration.store.session import read_session
 from gazeloop.fastpath.pipeline import FastPath, FastPathConfig
 from gazeloop.tools.errors import UserError
+from gazeloop.tools.runtime.click_replay import draw_clicks
 
 ORACLE_NOTE = (
     "simulated: each label is the ground-truth target of a random frame of the session plus "
     "bias_px plus Gaussian noise_px per axis, or with probability outlier_rate a point drawn "
     "uniformly over the screen; no oracle model ran"
 )
+CLICKS_NOTE = (
+    "click replay: looks at the session's targets with human timing (click 150-600 ms after "
+    "the fixation starts; 10 % pressed mid-saccade, 10 % double clicks), judged by the click "
+    "rules of `gazeloop run --oracle clicks` on the session's real fast-path points; an "
+    "accepted click is a point label on its target. No person clicked: see "
+    "tools/runtime/click_replay.py"
+)
+REAL_CLICKS_NOTE = (
+    "real clicks: every frame of a labelled target is a still captured by a click on that "
+    "target, fed to the loop once each in recorded order (one stream; --seeds does not apply)"
+)
 MAPPING = "ridge"
 AFTER_LABELS = 15  # issue 4: "back within 10 % of the pre-drift error within 15 labels"
+NO_DRIFT_LABELS = 100  # issue 13: false changes are counted in 100-label streams
+FALSE_CHANGE_PX = 100.0  # an offset this far from where it started is a false change
+NO_DRIFT_SEED = 200_000  # no-drift streams are seeded apart from the drift streams
 
 
 class LoopBenchOptions(BaseModel):
@@ -76,6 +93,7 @@ class LoopBenchOptions(BaseModel):
     interval_s: float = Field(3.0, gt=0)
     label_targets: tuple[int, ...] | None = None  # --calibrate-on: default every other one
     calibration: Literal["loto", "split"] = "loto"
+    oracle: Literal["simulated", "clicks"] = "simulated"
 
 
 @dataclass(slots=True)
@@ -138,21 +156,76 @@ def label_stream(opts: LoopBenchOptions, k: int) -> LabelStream:
     )
 
 
+@dataclass(slots=True)
+class Streams:
+    """The k-th label stream of either oracle, and the click verdicts behind it."""
+
+    stream: LabelStream
+    draws: Any = None  # pre-drawn labels (clicks); None: the simulated oracle draws
+    reasons: dict[str, int] | None = None
+
+
+def streams_for(
+    opts: LoopBenchOptions,
+    k: int,
+    pred: np.ndarray,
+    truth: np.ndarray,
+    groups: np.ndarray | None,
+    screen_px: tuple[int, int],
+    drift: DriftSchedule,
+    n_labels: int,
+) -> Streams:
+    """Stream k of the chosen oracle: the simulated one draws its labels as the loop runs;
+    clicks are replayed and judged up front (`click_replay.draw_clicks`), `n_labels` kept."""
+    stream = label_stream(opts, k).model_copy(update={"n_labels": n_labels})
+    if opts.oracle == "simulated":
+        return Streams(stream)
+    size = np.asarray(screen_px, dtype=np.float64)
+    c = draw_clicks(pred * size, truth * size, groups, n_labels, drift.at, seed=opts.seed + k)
+    if len(c.frames) < n_labels:
+        raise UserError(
+            f"click replay: only {len(c.frames)} of {sum(c.reasons.values())} "
+            f"clicks were accepted ({c.reasons}); the fast path never fixates"
+        )
+    stream = stream.model_copy(update={"noise_px": 0.0, "outlier_fraction": 0.0})
+    draws = point_draws(c.frames, np.asarray(c.xy) / size, stream.interval_s)
+    return Streams(stream, draws, c.reasons)
+
+
+def click_counts(streams: list[Streams]) -> dict[str, Any] | None:
+    if streams[0].reasons is None:
+        return None
+    total: dict[str, int] = {}
+    for s in streams:
+        for r, n in s.reasons.items():
+            total[r] = total.get(r, 0) + n
+    made = sum(total.values())
+    return {
+        "clicks": made,
+        "accepted_share": round(total.get("ok", 0) / made, 3),
+        "verdicts": dict(sorted(total.items())),
+    }
+
+
 def drift_summary(
     pred: np.ndarray,
     truth: np.ndarray,
     screen_px: tuple[int, int],
     drift: DriftSchedule,
     opts: LoopBenchOptions,
+    groups: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The loop against one injected drift over `opts.seeds` label streams (pure: arrays in,
-    numbers out). Normalised (n, 2) inputs."""
-    runs, refs = [], []
+    numbers out). Normalised (n, 2) inputs; `groups` (target ids) for the click replay."""
+    runs, refs, streams = [], [], []
     for k in range(opts.seeds):
-        stream = label_stream(opts, k)
-        runs.append(simulate_drift(pred, truth, screen_px, drift, stream))
+        st = streams_for(opts, k, pred, truth, groups, screen_px, drift, opts.labels)
+        streams.append(st)
+        runs.append(simulate_drift(pred, truth, screen_px, drift, st.stream, draws=st.draws))
         if drift.kind == "step":
-            refs.append(known_onset_reference(pred, truth, screen_px, drift, stream))
+            refs.append(
+                known_onset_reference(pred, truth, screen_px, drift, st.stream, draws=st.draws)
+            )
     summ = [r.summary for r in runs]
     rec = recovery_summary([r["labels_to_recover"] for r in summ])
     before = summ[0]["error_before_px"]
@@ -169,6 +242,9 @@ def drift_summary(
         **_after_k(runs, before, drift.at_label, AFTER_LABELS),
         "drift": drift.model_dump(),
     }
+    clicks = click_counts(streams)
+    if clicks is not None:
+        out["clicks"] = clicks
     if refs:
         # The same label streams given to an estimator told the onset and which labels are
         # junk: what no loop can beat, so the loop's number is read against it.
@@ -181,6 +257,49 @@ def drift_summary(
             **_after_k(refs, before, drift.at_label, AFTER_LABELS),
         }
     return out
+
+
+def no_drift_summary(
+    pred: np.ndarray,
+    truth: np.ndarray,
+    screen_px: tuple[int, int],
+    opts: LoopBenchOptions,
+    groups: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """The loop with nothing to correct: `opts.seeds` streams of `NO_DRIFT_LABELS` labels,
+    no drift injected, so every move of the offset is a false one. false_change_share: the
+    share of streams in which the offset ever ends a label more than `FALSE_CHANGE_PX` from
+    where it started; max_offset_px / rms_offset_px: over every label of every stream (pure:
+    arrays in, numbers out)."""
+    lengths = []
+    none = DriftSchedule(kind="none")
+    for k in range(opts.seeds):
+        st = streams_for(
+            opts, NO_DRIFT_SEED + k, pred, truth, groups, screen_px, none, NO_DRIFT_LABELS
+        )
+        r = simulate_drift(pred, truth, screen_px, none, st.stream, draws=st.draws)
+        lengths.append(offset_lengths_px(r.offset, screen_px))
+    return false_change_stats(lengths)
+
+
+def offset_lengths_px(offset: np.ndarray, screen_px: tuple[int, int]) -> np.ndarray:
+    """(n,) length in pixels of each (n, 2) normalised offset."""
+    px = np.asarray(offset, dtype=np.float64) * np.asarray(screen_px, dtype=np.float64)
+    return np.hypot(px[:, 0], px[:, 1])
+
+
+def false_change_stats(lengths: list[np.ndarray]) -> dict[str, Any]:
+    """Per-stream offset lengths (pixels, one per label) of no-drift streams, summarised."""
+    allv = np.concatenate(lengths)
+    return {
+        "false_change_share": round(
+            float(np.mean([v.max() > FALSE_CHANGE_PX for v in lengths])), 3
+        ),
+        "max_offset_px": round(float(allv.max()), 1),
+        "rms_offset_px": round(float(np.sqrt(np.mean(allv**2))), 1),
+        "streams": len(lengths),
+        "labels_per_stream": int(len(lengths[0])),
+    }
 
 
 def _after_k(runs: list, before: float, onset: int, k: int) -> dict[str, Any]:
@@ -218,6 +337,7 @@ def bench_injected(pts: SessionPoints, opts: LoopBenchOptions) -> dict[str, Any]
     if opts.calibration == "loto":
         _need_targets(pts, min_targets(MAPPING) + 1, "leave-one-target-out calibration")
         pred = loto_predict(MAPPING, pts.x, truth, pts.groups, aspect=aspect)
+        groups = pts.groups
         how = (
             f"leave-one-target-out {MAPPING} on {feats}: every frame's point comes from a "
             "mapping fitted on the other targets"
@@ -235,6 +355,7 @@ def bench_injected(pts: SessionPoints, opts: LoopBenchOptions) -> dict[str, Any]
             MAPPING, pts.x[first], truth[first], pts.groups[first], aspect=aspect
         )
         pred, truth = mapping.predict(pts.x[~first]), truth[~first]
+        groups = pts.groups[~first]
         how = (
             f"{MAPPING} on {feats} fitted on the first half of every target's frames; the "
             "loop runs on, and errors are measured over, the second halves"
@@ -243,17 +364,19 @@ def bench_injected(pts: SessionPoints, opts: LoopBenchOptions) -> dict[str, Any]
     ramp = DriftSchedule(
         kind="ramp", px=opts.drift_px, at_label=opts.onset, over_labels=opts.ramp_labels
     )
-    s = drift_summary(pred, truth, screen, step, opts)
-    r = drift_summary(pred, truth, screen, ramp, opts)
+    s = drift_summary(pred, truth, screen, step, opts, groups)
+    r = drift_summary(pred, truth, screen, ramp, opts, groups)
+    quiet = no_drift_summary(pred, truth, screen, opts, groups)
     return {
         "mode": "injected-drift",
-        "oracle": ORACLE_NOTE,
+        "oracle": ORACLE_NOTE if opts.oracle == "simulated" else CLICKS_NOTE,
         **_common(pts, screen, basis, opts),
         "calibration": how,
         "loop_frames": int(len(pred)),
         **{k: v for k, v in s.items() if k != "drift"},
         "step": s["drift"],
         "ramp": r,
+        "no_drift": quiet,
         "recovery": f"labels_to_recover: labels after the onset until the error is back within "
         f"{RECOVER_TOLERANCE:.0%} of error_before_px and stays there to the end of the "
         "stream; median (and p90) over the seeds, null when most streams never recover. "
@@ -294,17 +417,15 @@ def bench_transfer(
     if len(ids) >= min_targets(MAPPING) + 1:
         own = loto_predict(MAPPING, pts.x, truth, pts.groups, aspect=aspect)
         same = mean_error_px(own[held], truth[held], screen)
-    runs = []
-    for k in range(opts.seeds):
-        stream = label_stream(opts, k)
-        runs.append(simulate_transfer(pred, truth, pts.groups, labelled, screen, stream))
+    runs = transfer_runs(pred, truth, pts.groups, labelled, screen, opts)
     rec = recovery_summary(
         [None if same is None else labels_to_recover(r.err_px, same, 0) for r in runs]
     )
     s0 = runs[0].summary
     return {
         "mode": "calibrate-on-other",
-        "oracle": ORACLE_NOTE,
+        "oracle": ORACLE_NOTE if opts.oracle == "simulated" else REAL_CLICKS_NOTE,
+        "labels_fed": len(runs[0].err_px),
         "calibrated_on": str(other.folder),
         **_common(pts, screen, basis, opts),
         "label_targets": s0["label_targets"],
@@ -323,6 +444,22 @@ def bench_transfer(
     }
 
 
+def transfer_runs(pred, truth, groups, labelled, screen, opts: LoopBenchOptions) -> list:
+    """The loop over the labelled targets' labels: `opts.seeds` simulated streams, or, with
+    clicks, the session's own frames of those targets in recorded order, each a click."""
+    if opts.oracle == "simulated":
+        return [
+            simulate_transfer(pred, truth, groups, labelled, screen, label_stream(opts, k))
+            for k in range(opts.seeds)
+        ]
+    frames = np.flatnonzero(np.isin(groups, labelled))  # time order, as recorded
+    stream = label_stream(opts, 0).model_copy(
+        update={"n_labels": len(frames), "noise_px": 0.0, "outlier_fraction": 0.0}
+    )
+    draws = point_draws(frames, truth[frames], stream.interval_s, oracle="clicks")
+    return [simulate_transfer(pred, truth, groups, labelled, screen, stream, draws=draws)]
+
+
 def _common(
     pts: SessionPoints, screen: tuple[int, int], basis: str, opts: LoopBenchOptions
 ) -> dict[str, Any]:
@@ -333,9 +470,15 @@ def _common(
         "targets": int(len(np.unique(pts.groups))),
         "screen_px": list(screen),
         "screen_basis": basis,
-        "noise_px": opts.noise_px,
-        "bias_px": list(opts.bias_px),
-        "outlier_rate": opts.outlier_rate,
+        # The simulated oracle's settings; clicks have none (null).
+        **{
+            k: (v if opts.oracle == "simulated" else None)
+            for k, v in (
+                ("noise_px", opts.noise_px),
+                ("bias_px", list(opts.bias_px)),
+                ("outlier_rate", opts.outlier_rate),
+            )
+        },
         "n_labels": opts.labels,
         "seeds": opts.seeds,
     }
@@ -362,3 +505,79 @@ def bench_sessions(
         return bench_injected(pts, opts) if other is None else bench_transfer(pts, other, opts)
     except NotEnoughTargets as e:
         raise UserError(f"{session}: {e}") from None
+
+
+GAP_MIN_PX = 10.0  # issue 13: pairs whose drift exceeds the sitting's own error by this
+
+
+def sitting_pairs(folders: list[Path]) -> list[tuple[Path, Path]]:
+    """Consecutive sittings (folder-name order) of one person on one screen: the manifest's
+    user and screen size must match."""
+
+    def key(d: Path):
+        s = read_session(d)
+        m = s.manifest
+        return (None if m is None else m.user, s.screen_px)
+
+    keys = {d: key(d) for d in folders}
+    ordered = sorted(folders, key=lambda d: d.name)
+    return [(a, b) for a, b in pairwise(ordered) if keys[a] == keys[b] and keys[a][0]]
+
+
+def gap_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Over the pairs whose old profile is more than `GAP_MIN_PX` worse than the sitting's
+    own leave-one-target-out error: the share of that gap the loop closes, (drifted − after)
+    / (drifted − before), median; and over every pair, after / drifted at worst (pure)."""
+    gaps = [
+        (r["error_drifted_px"] - r["error_after_px"])
+        / (r["error_drifted_px"] - r["error_before_px"])
+        for r in rows
+        if r["error_before_px"] is not None
+        and r["error_drifted_px"] - r["error_before_px"] > GAP_MIN_PX
+    ]
+    ratios = [r["error_after_px"] / r["error_drifted_px"] for r in rows]
+    return {
+        "pairs": len(rows),
+        "pairs_with_gap": len(gaps),
+        "gap_closed_median": None if not gaps else round(float(np.median(gaps)), 3),
+        "gap_closed_min": None if not gaps else round(float(np.min(gaps)), 3),
+        "worst_after_over_drifted": None if not ratios else round(float(max(ratios)), 3),
+        "pairs_over_5pct_worse": int(sum(r > 1.05 for r in ratios)),
+    }
+
+
+def bench_sittings(folder: Path, cfg: FastPathConfig, opts: LoopBenchOptions) -> dict[str, Any]:
+    """`--sittings FOLDER`: `bench_transfer` on every consecutive pair of sittings (the
+    profile of the earlier one, labels from half the targets of the later one, errors on the
+    other half), and `gap_summary` over the pairs."""
+    folders = [d for d in sorted(folder.iterdir()) if d.is_dir()]
+    pairs = sitting_pairs(folders)
+    if not pairs:
+        raise UserError(f"{folder}: no two consecutive sittings of one person on one screen")
+    need = sorted({d for p in pairs for d in p})
+    fp = FastPath(cfg)
+    try:
+        pts = {d: collect_points(d, fp) for d in need}
+    finally:
+        fp.close()
+    rows = []
+    for prev, nxt in pairs:
+        r = bench_transfer(pts[nxt], pts[prev], opts)
+        rows.append(
+            {
+                "calibrated_on": prev.name,
+                "session": nxt.name,
+                **{k: r[k] for k in ("error_before_px", "error_drifted_px", "error_after_px")},
+                "labels_fed": r["labels_fed"],
+            }
+        )
+    return {
+        "mode": "sittings",
+        "folder": str(folder),
+        "oracle": ORACLE_NOTE if opts.oracle == "simulated" else REAL_CLICKS_NOTE,
+        "summary": gap_summary(rows),
+        "pairs": rows,
+        "errors": "per pair, on the later sitting's unlabelled targets: error_before_px its own "
+        "leave-one-target-out error, error_drifted_px the earlier sitting's profile, "
+        "error_after_px the same with the loop after the last label",
+    }

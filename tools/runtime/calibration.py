@@ -145,7 +145,7 @@ def _target_table(run: CalibrationRun, screen: ScreenGeometry) -> list[dict]:
 def _too_few(run: CalibrationRun, screen: ScreenGeometry, need: int) -> str:
     rows = _target_table(run, screen)
     worst = ", ".join(
-        f"target {r['target'] + 1}: {r['kept']} kept"
+        f"target {r['target']}: {r['kept']} kept"  # numbered as in the files and `eval`
         + (f" ({', '.join(f'{k} x{v}' for k, v in r['dropped'].items())})" if r["dropped"] else "")
         for r in rows
         if r["skipped"] or not r["kept"]

@@ -1,10 +1,17 @@
 """Hot reload: the fast path picks up a newer registered model without a restart.
 
 A watcher thread polls the model registry (a directory; the MQTT fetcher writes into the
-same registry, so announced models arrive the same way). On a newer version it loads the
-model off the frame thread, refits the user's profile from the stored calibration session
-with the new model (no recalibration asked of the user), saves that profile, and hands both
-to the fast path, which switches between two frames.
+same registry, so announced models arrive the same way) for a change of its *promoted*
+version (a promotion by the trainer's gate or by hand, or a rollback); registered versions
+that nothing promoted are never served. On a change it loads the model off the frame thread,
+refits the user's profile from the stored calibration session with the new model (no
+recalibration asked of the user), keeps that fit beside the user's profile as the one for
+that model (`calibration.profile.save_for_model`: the user's own file is not overwritten),
+and hands both to the fast path, which switches between two frames.
+
+At start (`startup_model`, `profile_for_model`) `run` and `track` do the same: they load the
+promoted model, and the profile made for it, refitting it once from the calibration session
+when none is kept yet, and say what they did.
 """
 
 from __future__ import annotations
@@ -17,7 +24,14 @@ from pathlib import Path
 import numpy as np
 
 from gazeloop.calibration.procedure import fit_profile
-from gazeloop.calibration.profile import Profile, ProfileMapper
+from gazeloop.calibration.profile import (
+    Profile,
+    ProfileError,
+    ProfileMapper,
+    find_for_model,
+    save_for_model,
+)
+from gazeloop.fastpath import models
 from gazeloop.fastpath.collect import collect_session, expand_features, feature_matrix
 from gazeloop.fastpath.gaze_model import GazeModel
 from gazeloop.fastpath.pipeline import FastPath
@@ -25,7 +39,7 @@ from gazeloop.fastpath.pipeline import FastPath
 log = logging.getLogger(__name__)
 
 
-def refit_profile(profile: Profile, fp_cfg, onnx_path: Path, gaze: GazeModel) -> Profile:
+def refit_profile(profile: Profile, fp_cfg, onnx_path: Path | None, gaze: GazeModel) -> Profile:
     """The same user, screen, features and mapping, fitted again for another gaze model
     from the frames of the profile's calibration session."""
     if not profile.calibration_session or not Path(profile.calibration_session).is_dir():
@@ -62,6 +76,49 @@ def refit_profile(profile: Profile, fp_cfg, onnx_path: Path, gaze: GazeModel) ->
     )
 
 
+def startup_model(fp_cfg, registry_root: Path | None = None, model_id: str | None = None):
+    """(fast-path config, what was chosen): the registry's promoted model when no gaze model
+    was named, else the config unchanged. No registry, no promoted version or no trainer
+    extra: the stock model, said so."""
+    if fp_cfg.gaze_model is not None:
+        return fp_cfg, f"gaze model: {fp_cfg.gaze_model} (given)"
+    try:
+        from gazeloop.trainer.registry import ModelRegistry, RegistryError, default_registry_root
+    except ImportError:  # the registry lives in the trainer extra
+        return fp_cfg, "gaze model: stock (no trainer extra, so no model registry)"
+    root = Path(registry_root or default_registry_root())
+    try:
+        entry = ModelRegistry(root).promoted(model_id) if root.is_dir() else None
+    except RegistryError as e:
+        return fp_cfg, f"gaze model: stock (registry {root}: {e})"
+    if entry is None:
+        return fp_cfg, f"gaze model: stock (nothing promoted in {root})"
+    cfg = fp_cfg.model_copy(update={"gaze_model": entry.onnx_path})
+    return cfg, f"gaze model: {entry.model_id} v{entry.version} (promoted in {root})"
+
+
+def profile_for_model(path: Path, fp: FastPath) -> tuple[Profile, str]:
+    """The user's profile for the model this fast path runs: the file itself when it was
+    made for it, else the fit kept for that model, else a refit from the profile's
+    calibration session (kept for next time). ProfileError when none of these is possible."""
+    base, fit, how = find_for_model(path, fp.gaze.sha256)
+    if fit is not None:
+        return fit, f"profile: {how}"
+    try:
+        fit = refit_profile(base, fp.cfg, fp.cfg.gaze_model, fp.gaze)
+    except (RuntimeError, ValueError, OSError) as e:
+        raise ProfileError(
+            f"{path}: made for gaze model {base.gaze_model_id}, not the one loaded "
+            f"({fp.gaze.model_id}), and it cannot be refitted: {e}; recalibrate"
+        ) from None
+    kept = save_for_model(fit, path)
+    err = f"{fit.fit.mean_px:.1f} px leave-one-target-out" if fit.fit.mean_px else "fitted"
+    return fit, (
+        f"profile: {how}; refitted for {fp.gaze.model_id} from {base.calibration_session} "
+        f"({err}), kept as {kept}"
+    )
+
+
 class ModelWatcher:
     def __init__(
         self,
@@ -87,35 +144,58 @@ class ModelWatcher:
         self.screen = screen
         self.interval_s = interval_s
         self.on_swap = on_swap
-        latest = self.registry.latest(model_id)
-        # Versions present at start are not "new": the user chose the model they started with.
-        self.seen = latest.version if latest is not None else 0
         self.errors: list[str] = []
+        # What was promoted at start is what the fast path was started on (`startup_model`):
+        # only a change of the promoted version is news.
+        self.seen = self._promoted_version()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def check_once(self) -> bool:
-        """Load and hand over a newer model if there is one; True when a swap was requested."""
-        entry = self.registry.latest(self.model_id)
-        if entry is None or entry.version <= self.seen:
-            return False
-        self.seen = entry.version
+    def _promoted(self):
+        """(readable, the promoted entry or None). An unreadable registry is not a change."""
+        from gazeloop.trainer.registry import RegistryError
+
         try:
-            gaze = GazeModel(entry.onnx_path, threads=self.fp.cfg.threads)
+            return True, self.registry.promoted(self.model_id)
+        except RegistryError as e:
+            msg = str(e)
+            if msg not in self.errors:  # once: the watcher polls every few seconds
+                self.errors.append(msg)
+                log.error(msg)
+            return False, None
+
+    def _promoted_version(self) -> int | None:
+        entry = self._promoted()[1]
+        return None if entry is None else entry.version
+
+    def check_once(self) -> bool:
+        """Load and hand over the promoted model if it changed (a promotion or a rollback);
+        True when a swap was requested."""
+        readable, entry = self._promoted()
+        version = None if entry is None else entry.version
+        if not readable or version == self.seen:
+            return False
+        self.seen = version
+        # Nothing promoted any more (rolled back past the first promotion): the stock model.
+        name = "the stock model" if entry is None else f"{entry.model_id} v{entry.version}"
+        try:
+            onnx_path = entry.onnx_path if entry is not None else models.resolve_gaze_onnx()
+            # on the providers the running fast path chose (a forced --ep holds for new models)
+            gaze = GazeModel(onnx_path, threads=self.fp.cfg.threads, providers=self.fp.providers)
             mapper = None
             if self.profile is not None:
-                prof = refit_profile(self.profile, self.fp.cfg, entry.onnx_path, gaze)
+                prof = refit_profile(self.profile, self.fp.cfg, onnx_path, gaze)
                 if self.profile_path is not None:
-                    prof.save(self.profile_path)
+                    save_for_model(prof, self.profile_path)
                 self.profile = prof
                 mapper = ProfileMapper(prof, self.screen)
         except Exception as e:  # a bad model must never stop tracking with the old one
-            msg = f"model {entry.model_id} v{entry.version} not used: {e}"
+            msg = f"{name} not used: {e}"
             self.errors.append(msg)
             log.error(msg)
             return False
         self.fp.request_swap(gaze, mapper)
-        log.info("new model %s v%d ready; switching", entry.model_id, entry.version)
+        log.info("%s ready; switching", name)
         if self.on_swap is not None:
             self.on_swap(gaze, mapper)
         return True

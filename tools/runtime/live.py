@@ -2,6 +2,12 @@
 worker → drift loop → label store (→ MQTT). `gazeloop run` (window or headless) and
 `gazeloop demo` drive this one object, so what the tests run is what people run.
 
+MQTT, when given: the gaze publisher gets every mapped sample stamped by the source's
+clock (`mqtt.timebase.SourceClock`: capture time on the wall clock, converted once here at
+the source); the label uplink follows the label store, which is its outbox, so a label is
+stored first and sent when the broker is there (`finish` waits a bounded time for the
+last ones; the rest go on the next run).
+
 Threads: the caller's thread runs `process()` per frame and never waits on the oracle; the
 oracle worker's thread runs the backend and then `_on_label` (loop update, store write). The
 only state they share is the history (locked), the offset (an array replaced whole) and a few
@@ -22,6 +28,7 @@ from gazeloop.calibration.drift.history import History
 from gazeloop.calibration.drift.loop import DriftLoop, LoopConfig, LoopDecision
 from gazeloop.calibration.labels import OracleLabel, Snapshot
 from gazeloop.calibration.profile import ProfileMapper
+from gazeloop.calibration.store.labelstore import DuplicateLabelError
 from gazeloop.fastpath.pipeline import FastPath
 from gazeloop.fastpath.types import Frame, GazeSample
 from gazeloop.oracle.policy import SnapshotPolicy
@@ -74,7 +81,12 @@ class Live:
         publisher=None,
         oracle_timeout_s: float = 20.0,
         snapshot_hook=None,
+        clock=None,
+        uplink=None,
     ):
+        if publisher is not None and clock is None:
+            # Frame times mean different things per source; guessing is how 2081 happened.
+            raise ValueError("a gaze publisher needs the source's clock (mqtt.timebase)")
         self.fp = fp
         self.mapper = mapper
         if mapper is not None:
@@ -83,6 +95,10 @@ class Live:
         self.policy = policy or SnapshotPolicy()
         self.store = store
         self.publisher = publisher
+        self.clock = clock  # source time -> wall clock, for the stream and the labels
+        self.uplink = uplink  # sends the store's labels; nudged when one is stored
+        self.labels_stored = 0
+        self._pending_seen: tuple[float, int | None] = (-float("inf"), None)
         # A hook that decorates snapshots (e.g. with the frame's known target) or vetoes
         # them by returning None.
         self.snapshot_hook = snapshot_hook
@@ -98,11 +114,15 @@ class Live:
             else None
         )
         self.last: LastOracle | None = None
+        # Under --oracle clicks: a `tools.runtime.clicks.ClickLabeller`, fed every frame.
+        self.clicks = None
         # The newest snapshot handed to the oracle, shown (with a spinner) until its label
         # or a later one comes back, so the picture-in-picture shows what is being labelled.
         self.pending: tuple[Snapshot, tuple[float, float] | None] | None = None
         self.decisions: deque[LoopDecision] = deque(maxlen=1000)
         self.store_errors = 0
+        self.store_duplicates = 0
+        self.store_error: str | None = None
         self._snaps: dict[str, tuple[Snapshot, tuple[float, float] | None]] = {}
         self._lock = threading.Lock()
         self._frame_ms: deque[float] = deque(maxlen=120)
@@ -147,12 +167,18 @@ class Live:
         xy = s.screen_xy if s.screen_xy is not None else None
         if xy is not None and q.usable:
             self.history.append(frame.t_ns, xy)
+        if self.clicks is not None:  # clicks are judged against the history just written
+            self.clicks.frame(frame.t_ns)
+            self.clicks.poll()
         if self.worker is not None and self.policy.offer(frame.t_ns, xy, q.usable):
             self._submit(frame, s, on_demand=self.policy.last_on_demand)
         if self.publisher is not None and xy is not None:
-            self.publisher.publish_sample(frame.t_ns, xy, {"blink": q.blink, "face": q.face})
+            self.publisher.publish_sample(
+                self.clock.stamp(frame.t_ns), xy, {"blink": q.blink, "face": q.face}
+            )
         self._frame_ms.append((time.perf_counter() - t0) * 1e3)
-        self._frame_t.append(frame.t_ns)
+        # The processing rate: a replay's own timestamps would show the recording's rate.
+        self._frame_t.append(time.monotonic_ns())
         return s
 
     def _submit(self, frame: Frame, s: GazeSample, *, on_demand: bool) -> Snapshot | None:
@@ -183,6 +209,11 @@ class Live:
             self._snaps[snap.snapshot_id] = (snap, gaze)
         return self.worker.run_now(snap, timeout=timeout)
 
+    def external_label(self, label: OracleLabel) -> None:
+        """A label from a source other than the worker's oracle (a click): the same loop
+        update and status; nothing is stored (there is no snapshot image)."""
+        self._on_label(label)
+
     # --- the oracle thread ---------------------------------------------------------------
 
     def _on_label(self, label: OracleLabel) -> None:
@@ -197,12 +228,20 @@ class Live:
         if snap is not None:
             self.last = LastOracle(snap, label, decision, gaze)
         if self.store is not None and snap is not None:
+            # The snapshot's capture time, on the clock the gaze stream uses.
+            t_ms = None if self.clock is None else self.clock.ms(snap.t_ns)
             try:
-                self.store.add(label, snap.image, snap.fast_xy, decision)
+                self.store.add(label, snap.image, snap.fast_xy, decision, snapshot_ms=t_ms)
+                self.labels_stored += 1
+                if self.uplink is not None:
+                    self.uplink.nudge()
+            except DuplicateLabelError:
+                self.store_duplicates += 1  # the same snapshot replayed: kept once already
             except Exception as e:  # a full disk must not stop tracking; say so once per kind
                 self.store_errors += 1
+                self.store_error = str(e)
                 if self.store_errors == 1:
-                    log.error("label store: %s (labels are not being kept)", e)
+                    log.error("label store: %s (labels are not kept until this is fixed)", e)
 
     # --- status --------------------------------------------------------------------------
 
@@ -231,16 +270,75 @@ class Live:
                 "pending": m.pending,
                 "latency_p50_s": m.latency_p50_s,
             }
+        if self.clicks is not None:
+            out["clicks"] = dict(self.clicks.verdicts)
         if self.loop is not None:
             acc = sum(d.accepted for d in self.decisions)
             out["labels"] = {"accepted": acc, "rejected": len(self.decisions) - acc}
+        out.update(self._mqtt_status())
         return out
+
+    def _mqtt_status(self) -> dict:
+        out: dict = {}
+        if self.publisher is not None:
+            p = self.publisher.stats
+            out["gaze_stream"] = {
+                "offered": p.offered, "sent": p.sent, "dropped": p.dropped,
+                "dropped_queue": p.dropped_queue, "dropped_stale": p.dropped_stale,
+                "dropped_closed": p.dropped_closed, "connected": p.connected,
+                "last_error": p.last_error,
+            }  # fmt: skip
+        if self.uplink is not None:
+            u = self.uplink.stats
+            out["label_uplink"] = {
+                "stored": self.labels_stored, "sent": u.sent,
+                "pending": self.labels_pending(max_age_s=0.5),
+                "connected": u.connected, "last_error": u.last_error,
+            }  # fmt: skip
+        return out
+
+    def labels_pending(self, max_age_s: float = 0.0) -> int | None:
+        """Stored labels the broker has not acknowledged (None: no uplink, or its outbox is
+        unreadable). `max_age_s`: a count that recent will do — the window draws the status
+        every frame, and each count reads two SQLite files."""
+        if self.uplink is None:
+            return None
+        now = time.monotonic()
+        seen_at, n = self._pending_seen
+        if now - seen_at <= max_age_s:
+            return n
+        try:
+            n = self.uplink.pending_count()
+        except Exception as e:  # a store or outbox that cannot be read: shown as "?", not fatal
+            log.debug("label outbox unreadable: %s", e)
+            n = None
+        self._pending_seen = (now, n)
+        return n
+
+    def finish(self, wait_s: float = 0.0) -> None:
+        """The end of a run: the oracle stops (its label in flight is stored), then up to
+        `wait_s` for the labels and gaze samples still on their way to the broker; the gaze
+        publisher is closed, so its counts are final. The uplink and the store stay open
+        (for `status()`) until `close()`."""
+        if self.worker is not None:
+            self.worker.close()
+        end = time.monotonic() + wait_s
+        if self.uplink is not None and wait_s > 0:
+            self.uplink.drain(wait_s)
+        if self.publisher is not None:
+            left = max(0.0, end - time.monotonic())
+            # A camera's samples go stale in 0.5 s: waiting longer for them is no use.
+            live = self.clock is not None and self.clock.live
+            self.publisher.flush(min(left, 1.0) if live else left)
+            self.publisher.close()
 
     def close(self) -> None:
         if self.worker is not None:
             self.worker.close()
         if self.publisher is not None:
             self.publisher.close()
+        if self.uplink is not None:  # before the store it reads
+            self.uplink.close()
         if self.store is not None and hasattr(self.store, "close"):
             self.store.close()
         self.fp.close()

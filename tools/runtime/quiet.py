@@ -19,7 +19,8 @@ import threading
 THIRD_PARTY = re.compile(
     rb"^(?:[IWEF]\d{4} \d\d:\d\d:[\d.]+ +\d+ [\w./-]+:\d+\] "
     rb"|INFO: Created TensorFlow Lite"
-    rb"|WARNING: All log messages before absl::InitializeLog\(\) is called)"
+    rb"|WARNING: All log messages before absl::InitializeLog\(\) is called"
+    rb"|WARNING: Logging before InitGoogle\(\) is written to STDERR)"
 )
 
 

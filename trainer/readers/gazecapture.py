@@ -5,6 +5,13 @@
     <root>/00002/dotInfo.json      DotNum, XPts, YPts, XCam, YCam, Time: one entry per frame
     <root>/00002/screen.json       W, H, Orientation: one entry per frame
     <root>/00002/appleFace.json    X, Y, W, H, IsValid (also appleLeftEye/appleRightEye.json)
+    <root>/00002/info.json         TotalFrames, NumFaceDetections, NumEyeDetections,
+                                   Dataset ("train", "val" or "test"), DeviceName
+
+The release splits by recording (one subject each) through `info.json`'s `Dataset`
+(CSAILVision/GazeCapture README). Only the recordings of the asked split are read
+(`split`, default "train"), so a training run never sees a test subject; a recording
+without a readable `Dataset` is not read either, with the reason, since its split is unknown.
 
 Fields used: `XPts`, `YPts` (the dot, in screen points from the top-left of the screen as
 the device was held), `W`, `H` (the screen in points for that frame's orientation) →
@@ -44,6 +51,7 @@ from gazeloop.trainer.readers.common import (
 )
 
 _APPLE = ("appleFace.json", "appleLeftEye.json", "appleRightEye.json")
+SPLITS = ("train", "val", "test")
 
 
 def _load_json(path: Path) -> Any:
@@ -71,9 +79,12 @@ def _is_recording(folder: Path) -> bool:
 class GazeCaptureReader:
     kind = "gazecapture"
 
-    def __init__(self, path: str | Path, *, mirrored: bool = False) -> None:
+    def __init__(self, path: str | Path, *, mirrored: bool = False, split: str = "train") -> None:
+        if split not in SPLITS:
+            raise ValueError(f"GazeCapture split {split!r}: one of {', '.join(SPLITS)}")
         self.path = Path(path)
         self.mirrored = mirrored
+        self.split = split
 
     def units(self) -> tuple[list[Unit], list[Skipped]]:
         root = self.path
@@ -84,14 +95,36 @@ class GazeCaptureReader:
             recs = sorted(p for p in root.iterdir() if p.is_dir() and _is_recording(p))
         if not recs:
             return [], [Skipped(str(root), "", "no recording folders with dotInfo.json found")]
-        params = json.dumps({"mirrored": self.mirrored})
+        recs, skipped = self._in_split(recs)
+        params = json.dumps({"mirrored": self.mirrored, "split": self.split})
         units = [
             Unit(
                 id=str(r), path=r, files=tuple(unit_files(r, ("*.json", "frames/*"))), params=params
             )
             for r in recs
         ]
-        return units, []
+        return units, skipped
+
+    def _in_split(self, recs: list[Path]) -> tuple[list[Path], list[Skipped]]:
+        """The recordings whose info.json puts them in `self.split`; the others counted
+        (one line per split, not one per recording) or, when unreadable, named."""
+        keep: list[Path] = []
+        skipped: list[Skipped] = []
+        others: dict[str, int] = {}
+        for r in recs:
+            try:
+                split = recording_split(r)
+            except ValueError as e:
+                skipped.append(Skipped(str(r), "info.json", f"{e}; split unknown, not read"))
+                continue
+            if split == self.split:
+                keep.append(r)
+            else:
+                others[split] = others.get(split, 0) + 1
+        for split, n in sorted(others.items()):
+            why = f"{n} recording(s) of the {split!r} split not read (info.json Dataset)"
+            skipped.append(Skipped(str(self.path), "", f"{why}; reading {self.split!r}"))
+        return keep, skipped
 
     def read(self, unit: Unit, pre: LazyFastPath) -> tuple[Samples, list[Skipped]]:
         folder = unit.path
@@ -113,6 +146,18 @@ class GazeCaptureReader:
 
         pre.fp.reset()
         return gather(unit.id, ((f, i) for i, f in enumerate(frames)), to_sample, [])
+
+
+def recording_split(folder: Path) -> str:
+    """The recording's `Dataset` from its info.json; ValueError naming file and field."""
+    info = folder / "info.json"
+    if not info.is_file():
+        raise ValueError("info.json: missing")
+    doc = _load_json(info)
+    split = doc.get("Dataset") if isinstance(doc, dict) else None
+    if split not in SPLITS:
+        raise ValueError(f"info.json: Dataset is {split!r}, not one of {', '.join(SPLITS)}")
+    return split
 
 
 def _frame_names(folder: Path) -> list[str]:

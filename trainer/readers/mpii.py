@@ -18,13 +18,18 @@ fields:
 Camera coordinates are OpenCV's (x right, y down, z away from the camera), so the gaze
 direction gt − fc is converted with `opencv_to_camera`. Landmarks and head pose come from
 the fast path instead of the file: the model must be trained on the inputs it gets at run
-time. The screen size comes from `Calibration/screenSize.mat` (read with scipy; without
-scipy, or for a damaged file, pass `screen_px`). Person id: `mpii:pXX`.
+time. The screen size always comes from the person's own `Calibration/screenSize.mat`
+(read with scipy): each participant used their own laptop, so no one size fits the dataset,
+and a caller's screen size (`--screen-px`, meant for session folders without a manifest)
+is never applied here. A person whose file is missing or damaged is skipped with the reason.
+Person id: `mpii:pXX`.
+
+The normalised release (448×448 face patches in one `pXX.mat` per person) is read by
+`trainer.readers.mpii_normalized`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -59,8 +64,7 @@ def read_screen_size(path: Path) -> tuple[int, int]:
         from scipy.io import loadmat
     except ImportError:
         raise ValueError(
-            f"{path}: reading .mat needs scipy (fields width_pixel, height_pixel); "
-            "install scipy or pass screen_px"
+            f"{path}: reading .mat needs scipy (fields width_pixel, height_pixel); install scipy"
         ) from None
     try:
         mat = loadmat(str(path))
@@ -98,9 +102,8 @@ def _parse_line(line: str) -> _Row:
 class MPIIFaceGazeReader:
     kind = "mpii"
 
-    def __init__(self, path: str | Path, *, screen_px: tuple[int, int] | None = None) -> None:
+    def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.screen_px = screen_px
 
     def units(self) -> tuple[list[Unit], list[Skipped]]:
         root = self.path
@@ -113,13 +116,11 @@ class MPIIFaceGazeReader:
             )
         if not persons:
             return [], [Skipped(str(root), "", "no pXX/pXX.txt annotation files found")]
-        params = json.dumps({"screen_px": self.screen_px})
         units = [
             Unit(
                 id=str(p),
                 path=p,
                 files=tuple(unit_files(p, (f"{p.name}.txt", str(SCREEN_MAT), "day*/*"))),
-                params=params,
             )
             for p in persons
         ]
@@ -127,8 +128,7 @@ class MPIIFaceGazeReader:
 
     def read(self, unit: Unit, pre: LazyFastPath) -> tuple[Samples, list[Skipped]]:
         folder = unit.path
-        screen = self.screen_px or read_screen_size(folder / SCREEN_MAT)
-        sw, sh = screen
+        sw, sh = read_screen_size(folder / SCREEN_MAT)
         person = f"mpii:{folder.name}"
         skipped: list[Skipped] = []
 

@@ -9,7 +9,13 @@ import pytest
 
 from gazeloop.calibration.geometry import ScreenGeometry
 from gazeloop.calibration.mapping import make_mapping
-from gazeloop.calibration.metrics.evaluate import EvalReport, evaluate_arrays, robust_keep
+from gazeloop.calibration.metrics.evaluate import (
+    EvalReport,
+    evaluate_arrays,
+    evaluate_candidates,
+    evaluate_fixed,
+    robust_keep,
+)
 
 SCREEN = ScreenGeometry(px=(1920, 1080), mm=(344.0, 194.0), viewing_distance_mm=600.0)
 # A 3x3 grid of targets in px, as a calibration would show them.
@@ -146,7 +152,50 @@ def test_report_is_json_with_the_documented_keys():
         "per_target",
         "rejected",
         "precision",
+        "selection",
+        "profile",
     }
+
+
+# --- candidates and a fitted mapping applied unchanged -------------------------------------
+
+
+def test_candidates_report_the_choice_and_every_fold():
+    labels, groups = grid_data()
+    x = linear_features(labels, groups)
+    views = {"as read": {"gaze_yaw": x[:, 0], "gaze_pitch": x[:, 1]}}
+    ev, choice = evaluate_candidates(views, labels, groups, session="s", screen=SCREEN)
+    sel = ev.report.selection
+    assert sel.chosen == choice.candidate.label == "ridge:gaze"
+    assert sum(sel.picked_per_fold.values()) == ev.report.targets
+    # the other candidates lack their features here and say so
+    assert "iris_lx" in sel.dropped["ridge:gaze+iris"]
+    assert "eye_x_mm" in sel.dropped["geometric:geometric"]
+    plain = evaluate(x[:, :2], labels, groups).report
+    assert ev.report.mean_px == pytest.approx(plain.mean_px, abs=0.01)
+
+
+def test_a_fitted_mapping_applied_unchanged_reports_like_loto():
+    labels, groups = grid_data()
+    x = linear_features(labels, groups)
+    views = {"as read": {"gaze_yaw": x[:, 0], "gaze_pitch": x[:, 1]}}
+    _, choice = evaluate_candidates(views, labels, groups, session="s", screen=SCREEN)
+    ev = evaluate_fixed(
+        choice.mapping,
+        x[:, :2],
+        labels,
+        groups,
+        session="t",
+        screen=SCREEN,
+        mapping_name="ridge",
+        features=["gaze_yaw", "gaze_pitch"],
+        frames=len(x),
+        rejected=[],
+    )
+    r = ev.report
+    assert r.frames_used == len(x) and r.targets == len(np.unique(groups))
+    # in-sample on noise-free linear features: near zero, far under the constant predictor
+    assert r.mean_px < 0.05 * r.baseline_mean_px
 
 
 # --- outliers within a target ------------------------------------------------------------

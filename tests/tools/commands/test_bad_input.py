@@ -31,6 +31,20 @@ def _run(argv: list[str], capsys) -> tuple[int, str]:
         (["record", "out", "--seconds", "0"], "--seconds: must be a positive number"),
         (["record", "out", "--fps", "inf"], "--fps: must be a positive number"),
         (["run", "--frames", "-3"], "--frames: must be a positive integer"),
+        # --screen-px 0 0 gave nine "outside the screen 0x0" lines, then "no usable pairs".
+        (["track", GRID9, "--screen-px", "0", "0"], "--screen-px: must be a positive integer"),
+        (["profile", "fit", GRID9, "--screen-px", "0", "0"], "--screen-px: must be a positive"),
+        (["calibrate", "--headless", "--screen-px", "0", "1"], "--screen-px: must be a positive"),
+        (["record", "out", "--screen-px", "1920", "0"], "--screen-px: must be a positive"),
+        (["train", "--out", "o", "--screen-px", "0", "0"], "--screen-px: must be a positive"),
+        (["track", GRID9, "--threads", "0"], "--threads: must be a positive integer"),
+        (["demo", "--passes", "0"], "--passes: must be a positive integer"),
+        (["demo", "--snapshot-every", "-1"], "--snapshot-every: must be a positive number"),
+        (["import", "corners4", "a", "b", "--settle-frames", "-1"], "must be a non-negative"),
+        (["bench", "loop", "--session", GRID9, "--seeds", "0"], "--seeds: must be a positive"),
+        (["bench", "loop", "--session", GRID9, "--outlier-rate", "2"], "a fraction from 0 to 1"),
+        (["train", "--out", "o", "--lr", "0"], "--lr: must be a positive number"),
+        (["train", "--out", "o", "--calib-min", "0"], "--calib-min: must be a positive integer"),
     ],
 )
 def test_numbers_out_of_bounds_are_one_line_errors(argv, says, capsys):

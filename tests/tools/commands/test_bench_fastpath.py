@@ -45,3 +45,19 @@ def test_bench_oracle_load_alternates_idle_and_busy_with_the_oracle_in_a_child(s
     assert out["p99_ratio"] == round(
         out["busy"]["total"]["p99_ms"] / out["idle"]["total"]["p99_ms"], 3
     )
+
+
+def test_bench_onnx_landmarks_reports_providers_detector_cadence_and_cpu(shared, capsys):
+    video = shared / "data/video-corners4/calibrate.mp4"
+    args = ["bench", "fastpath", "--source", str(video), "--frames", "90", "--json"]
+    rc = main([*args, "--landmarks", "onnx", "--ep", "cpu"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["landmarks_backend"] == "onnx"
+    cpu = ["CPUExecutionProvider"]
+    assert out["execution_providers"] == {"requested": "cpu", "gaze_model": cpu, "landmarks": cpu}
+    # One detector run for the whole tracked video (the loop restart included), one
+    # landmark run per frame read (10 warm-up, 90 measured, 1 excluded restart), and 7 more
+    # on the first frame, whose fresh detection is refined over 7 crops.
+    assert out["network_runs"] == {"detector": 1, "landmark": 101 + 7}
+    assert out["cpu_per_frame"]["n"] == 90 and out["cpu_per_frame"]["p50_ms"] > 0

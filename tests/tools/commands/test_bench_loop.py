@@ -74,6 +74,11 @@ def test_grid9_leave_one_target_out_step_and_ramp(shared, capsys):
     drifted = out["error_drifted_px"] / out["error_before_px"]
     assert 0.5 < out["error_after_15_labels_over_before"] < 0.8 * drifted  # mostly undone
     assert 0.5 < ref["error_after_15_labels_over_before"] < 1.6
+    # With nothing injected every move of the offset is a false one.
+    quiet = out["no_drift"]
+    assert (quiet["streams"], quiet["labels_per_stream"]) == (4, 100)
+    assert 0 <= quiet["false_change_share"] <= 1
+    assert 0 < quiet["rms_offset_px"] <= quiet["max_offset_px"] < 400
 
 
 @pytest.mark.slow
@@ -134,13 +139,27 @@ def test_calibrate_on_another_session(corners4, tmp_path, capsys):
     assert out["mode"] == "calibrate-on-other" and out["oracle"].startswith("simulated")
     assert out["calibrated_on"] == str(earlier) and out["session"] == str(later)
     assert out["label_targets"] == [0, 3] and out["eval_targets"] == [1, 2]
-    assert out["eval_frames"] == sum(
-        len(s) - len(s) // 2 for t, s in by_target.items() if t in (1, 2)
-    )
+    # The later halves of targets 1 and 2, less any frame the fast path cannot use (a blink).
+    later_frames = sum(len(s) - len(s) // 2 for t, s in by_target.items() if t in (1, 2))
+    assert later_frames - 2 <= out["eval_frames"] <= later_frames
     assert set(out) >= FIELDS and "step" not in out
     # Measured on targets the loop never got a label for; the loop must not ruin them.
     assert 0 < out["error_drifted_px"] < 400
     assert out["error_after_px"] < out["error_drifted_px"] + 60
+
+
+def test_false_change_stats_count_streams_that_ever_move_over_100_px():
+    import numpy as np
+
+    from gazeloop.tools.runtime.bench_loop import false_change_stats, offset_lengths_px
+
+    lengths = offset_lengths_px(np.array([[0.0, 0.0], [0.03, 0.04], [0.0, 0.1]]), (1000, 1000))
+    np.testing.assert_allclose(lengths, [0.0, 50.0, 100.0])
+    quiet = [np.array([0.0, 50.0, 100.0]), np.array([0.0, 101.0, 0.0]), np.zeros(3)]
+    s = false_change_stats(quiet)
+    assert s["false_change_share"] == 0.333  # 100 px is not over 100 px; 101 is
+    assert s["max_offset_px"] == 101.0 and s["streams"] == 3 and s["labels_per_stream"] == 3
+    assert s["rms_offset_px"] == round(float(np.sqrt((50**2 + 100**2 + 101**2) / 9)), 1)
 
 
 def test_missing_folder_is_a_clear_error(tmp_path, capsys):
@@ -162,7 +181,74 @@ def test_too_few_targets_is_a_clear_error(corners4, tmp_path, capsys):
 
 
 def test_bad_options_are_refused_before_any_work(tmp_path, capsys):
-    rc = main(["bench", "loop", "--session", str(tmp_path), "--outlier-rate", "1.5"])
-    assert rc == 2 and "--outlier-rate" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # refused at the flag, by argparse
+        main(["bench", "loop", "--session", str(tmp_path), "--outlier-rate", "1.5"])
+    assert e.value.code == 2
+    assert "--outlier-rate: must be a fraction from 0 to 1, got '1.5'" in capsys.readouterr().err
     rc = main(["bench", "loop", "--session", str(tmp_path), "--label-targets", "a,b"])
     assert rc == 2 and "not integers" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_corners4_with_replayed_clicks(corners4, capsys):
+    out = run_json(
+        capsys,
+        "--session",
+        str(corners4),
+        "--oracle",
+        "clicks",
+        "--seeds",
+        "2",
+        "--labels",
+        "30",
+    )
+    assert out["oracle"].startswith("click replay")
+    assert out["noise_px"] is None and out["outlier_rate"] is None  # no simulated oracle
+    c = out["clicks"]
+    # The step's streams: 2 seeds x 30 accepted clicks, and the refused ones.
+    assert c["verdicts"]["ok"] == 2 * 30 and out["ramp"]["clicks"]["verdicts"]["ok"] == 60
+    assert c["clicks"] == sum(c["verdicts"].values()) and 0.5 < c["accepted_share"] < 0.95
+    assert c["verdicts"].get("burst", 0) > 0  # double clicks are refused
+    assert out["error_after_px"] < out["error_drifted_px"]
+    assert out["no_drift"]["streams"] == 2 and out["no_drift"]["rms_offset_px"] < 100
+
+
+def test_gap_summary_counts_only_pairs_with_a_gap():
+    from gazeloop.tools.runtime.bench_loop import gap_summary
+
+    rows = [
+        {"error_before_px": 100.0, "error_drifted_px": 200.0, "error_after_px": 150.0},  # 0.5
+        {"error_before_px": 100.0, "error_drifted_px": 140.0, "error_after_px": 100.0},  # 1.0
+        {"error_before_px": 100.0, "error_drifted_px": 105.0, "error_after_px": 112.0},  # no gap
+    ]
+    s = gap_summary(rows)
+    assert (s["pairs"], s["pairs_with_gap"]) == (3, 2)
+    assert s["gap_closed_median"] == 0.75 and s["gap_closed_min"] == 0.5
+    assert s["worst_after_over_drifted"] == round(112 / 105, 3) and s["pairs_over_5pct_worse"] == 1
+
+
+@pytest.mark.slow
+def test_real_clicks_across_two_evit_sittings(shared, tmp_path, capsys):
+    # Read in place: the folder only links to the two sittings.
+    for name in ("p1_s00", "p1_s01"):
+        (tmp_path / name).symlink_to(shared / "data/evit" / name)
+    out = run_json(capsys, "--sittings", str(tmp_path), "--oracle", "clicks")
+    assert out["mode"] == "sittings" and out["oracle"].startswith("real clicks")
+    (pair,) = out["pairs"]
+    assert (pair["calibrated_on"], pair["session"]) == ("p1_s00", "p1_s01")
+    # Half of the 16 targets feed the loop, one click each; a still whose face the fast path
+    # cannot use (a blink) feeds nothing.
+    assert 6 <= pair["labels_fed"] <= 8
+    # The earlier sitting's profile is worse than this sitting's own (160 -> 186 px with the
+    # default landmarks); the clicks on half the targets bring the other half back part of
+    # the way (a fifth of the gap: issue 13 asks for half) and never make it worse.
+    assert pair["error_before_px"] + 15 < pair["error_drifted_px"]
+    assert pair["error_after_px"] < pair["error_drifted_px"] - 2
+    s = out["summary"]
+    assert s["pairs_with_gap"] == 1 and 0.1 < s["gap_closed_median"] <= 1.0
+    assert s["pairs_over_5pct_worse"] == 0
+
+
+def test_session_or_sittings_is_required(capsys):
+    assert main(["bench", "loop", "--json"]) == 2
+    assert "--session or --sittings" in capsys.readouterr().err

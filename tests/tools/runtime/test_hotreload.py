@@ -1,4 +1,5 @@
-"""The fast path serves a newly exported model without a restart, with a refitted profile."""
+"""The fast path serves a newly promoted model without a restart, with a refitted profile
+kept for that model; the next start of `run` and `track --profile` comes up on it."""
 
 from __future__ import annotations
 
@@ -18,10 +19,17 @@ def corners_session(shared, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_new_registered_model_is_served_between_two_frames(corners_session, tmp_path):
+def test_promoted_model_is_served_between_two_frames_and_the_next_start_uses_it(
+    corners_session, tmp_path, monkeypatch, capsys
+):
     from gazeloop.calibration.geometry import ScreenGeometry
     from gazeloop.calibration.procedure import fit_profile
-    from gazeloop.calibration.profile import Profile, ProfileMapper
+    from gazeloop.calibration.profile import (
+        Profile,
+        ProfileMapper,
+        model_profile_path,
+        profile_path,
+    )
     from gazeloop.calibration.store.session import read_session
     from gazeloop.fastpath import models
     from gazeloop.fastpath.collect import collect_session, feature_matrix
@@ -30,8 +38,9 @@ def test_new_registered_model_is_served_between_two_frames(corners_session, tmp_
     from gazeloop.tools.runtime.hotreload import ModelWatcher
     from gazeloop.trainer.export import export_onnx
     from gazeloop.trainer.model import GazeNet
-    from gazeloop.trainer.registry import ModelRegistry
+    from gazeloop.trainer.registry import ModelRegistry, default_registry_root
 
+    monkeypatch.setenv("GAZELOOP_HOME", str(tmp_path / "home"))
     torch.set_num_threads(1)
     fp = FastPath(FastPathConfig())
     session = read_session(corners_session)
@@ -52,8 +61,9 @@ def test_new_registered_model_is_served_between_two_frames(corners_session, tmp_
         calibration_session=str(corners_session),
     )
     fp.set_mapper(ProfileMapper(prof))
-    registry = ModelRegistry(tmp_path / "registry")
-    watcher = ModelWatcher(fp, registry.root, profile=prof, profile_path=tmp_path / "profile.json")
+    user_profile = prof.save(profile_path("u", "d"))
+    registry = ModelRegistry(default_registry_root())
+    watcher = ModelWatcher(fp, registry.root, profile=prof, profile_path=user_profile)
     assert not watcher.check_once()  # nothing new yet
 
     # A "fine-tuned" model: the pretrained network with its gaze head nudged.
@@ -63,6 +73,8 @@ def test_new_registered_model_is_served_between_two_frames(corners_session, tmp_
             p.mul_(1.05)
     onnx_path = export_onnx(net, tmp_path / "ft.onnx", card={"model_id": "ft-test"})
     registry.register(onnx_path)
+    assert not watcher.check_once()  # registered is not served: nothing promoted it
+    registry.promote(1, "ft-test", reason="test")
 
     old_gaze = fp.gaze
     with SessionSource(session) as src:
@@ -73,7 +85,42 @@ def test_new_registered_model_is_served_between_two_frames(corners_session, tmp_
     after = fp.process(frames[1])
     assert fp.gaze is not old_gaze and fp.gaze.model_id == "ft-test"
     assert after.screen_xy is not None and before.screen_xy is not None
-    saved = Profile.load(tmp_path / "profile.json", gaze_model_sha256=fp.gaze.sha256)
+    new_sha = fp.gaze.sha256
+    kept = model_profile_path(user_profile, new_sha)
+    saved = Profile.load(kept, gaze_model_sha256=new_sha)
     assert saved.gaze_model_id == "ft-test" and saved.fit.targets == 4
+    # The user's own profile is still the one made for the model it was calibrated with.
+    assert Profile.load(user_profile).gaze_model_sha256 == prof.gaze_model_sha256
     assert not watcher.check_once()  # the same version is not loaded twice
+    # Rolled back past the first promotion: nothing promoted, the stock model comes back.
+    assert registry.rollback("ft-test") is None
+    assert watcher.check_once()
+    fp.process(frames[2])
+    assert fp.gaze.sha256 == old_gaze.sha256 and fp.gaze is not old_gaze
+    assert Profile.load(user_profile) == prof  # the user's own profile was never rewritten
+    registry.promote(1, "ft-test", reason="test: promoted again")
     fp.close()
+    _next_start_uses_the_promoted_model(corners_session, user_profile, kept, capsys)
+
+
+def _next_start_uses_the_promoted_model(session, user_profile, kept, capsys):
+    """What failed before (exit 2, "made for gaze model ... recalibrate"): a restart of
+    `run`, and `track --profile`, after the watcher had switched models."""
+    from gazeloop.tools.cli import main
+
+    capsys.readouterr()
+    base = ["--source", str(session), "--frames", "3", "--user", "u", "--device", "d"]
+    assert main(["run", "--headless", *base]) == 0
+    out = capsys.readouterr().out
+    assert "gaze model: ft-test v1 (promoted in " in out
+    assert f"profile: {kept} (fitted for this model" in out
+    assert main(["track", str(session), "--frames", "3", "--profile", str(user_profile)]) == 0
+    err = capsys.readouterr().err
+    assert "gaze model: ft-test v1 (promoted in " in err and f"profile: {kept}" in err
+    # No fit kept for the promoted model (a model promoted while nothing ran): the start
+    # refits it once from the calibration session, says so, and keeps it.
+    kept.unlink()
+    assert main(["run", "--headless", *base]) == 0
+    out = capsys.readouterr().out
+    assert f"refitted for ft-test from {session}" in out and f"kept as {kept}" in out
+    assert kept.is_file()

@@ -41,6 +41,7 @@ from gazeloop.tools.runtime.mqtt.conn import Backoff, MqttSettings, connected, f
 from gazeloop.tools.runtime.mqtt.gaze import GazePublisher, decode_sample  # noqa: E402
 from gazeloop.tools.runtime.mqtt.labels import Collector, LabelUplink, make_uid, message_from_row  # noqa: E402
 from gazeloop.tools.runtime.mqtt.outbox import Outbox, outbox_path  # noqa: E402
+from gazeloop.tools.runtime.mqtt.timebase import SampleTime  # noqa: E402
 
 MOSQUITTO = shutil.which("mosquitto") or (
     "/usr/sbin/mosquitto" if os.access("/usr/sbin/mosquitto", os.X_OK) else None
@@ -265,9 +266,11 @@ def test_gaze_stream_reaches_a_subscriber_in_order(broker):
         pub = GazePublisher(broker.url, user="ann", device="mac", queue_size=256, backoff=FAST)
         with pub:
             assert wait_until(lambda: pub.stats.connected, 5)
-            t0 = time.monotonic_ns()
+            t0 = SampleTime.now()
             for i in range(30):
-                pub.publish_sample(t0 + i * 16_666_667, (i / 30, 0.25), {"blink": i % 2 == 0})
+                # Captured 1/60 s apart (epoch ms), handed over now (monotonic).
+                stamp = SampleTime(t0.epoch_ms + round(i * 16.667), time.monotonic_ns())
+                pub.publish_sample(stamp, (i / 30, 0.25), {"blink": i % 2 == 0})
                 time.sleep(0.002)
             assert wait_until(lambda: len(rx.messages) >= 30, 5)
         st = pub.stats
@@ -275,10 +278,10 @@ def test_gaze_stream_reaches_a_subscriber_in_order(broker):
     assert [g.seq for g in got] == list(range(1, 31))
     assert got[3].x == pytest.approx(0.1) and got[3].y == 0.25
     assert got[2].flags == {"blink": True} and got[3].flags == {"blink": False}
-    # t is the sample's own time on the wall clock, 16.7 ms apart like the samples.
-    assert abs(got[0].t_ms - time.time() * 1000) < 10_000
-    assert got[29].t_ms - got[0].t_ms == pytest.approx(29 * 16.667, abs=2)
-    assert (st.sent, st.dropped, st.failures) == (30, 0, 0)
+    # t is the sample's capture time as given, in unix seconds, 16.7 ms apart.
+    assert [g.t_ms - t0.epoch_ms for g in got] == [round(i * 16.667) for i in range(30)]
+    assert all(0 <= g.age_ms < 5000 for g in got)
+    assert (st.offered, st.sent, st.dropped, st.failures) == (30, 30, 0, 0)
 
 
 @pytest.mark.slow
@@ -310,7 +313,7 @@ def test_publisher_never_blocks_when_the_broker_is_away(kind):
             t0 = time.perf_counter()
             for i in range(600):  # ten seconds of 60 Hz samples, as fast as possible
                 t = time.perf_counter()
-                pub.publish_sample(time.monotonic_ns(), (0.5, 0.5), i)
+                pub.publish_sample(SampleTime.now(), (0.5, 0.5), i)
                 worst = max(worst, time.perf_counter() - t)
             total = time.perf_counter() - t0
             if kind == "refused":  # and it keeps trying, in its own thread
@@ -319,7 +322,10 @@ def test_publisher_never_blocks_when_the_broker_is_away(kind):
         # Blocking on the network would cost at least one connect attempt (refused: a
         # round trip per call; black hole: the 10 s CONNACK timeout).
         assert total < settings_timeout / 4 and worst < 0.5
-        assert st.sent == 0 and st.dropped == 600 - 8 and not st.connected
+        assert st.sent == 0 and st.dropped == st.dropped_queue == 600 - 8 and not st.connected
+        # Closing counts what was still queued: every sample offered is accounted for.
+        end = pub.stats
+        assert (end.offered, end.dropped_closed, end.dropped, end.queued) == (600, 8, 600, 0)
         if kind == "refused":
             assert "refused" in (st.last_error or "").lower()
     finally:
@@ -333,22 +339,23 @@ def test_publisher_survives_a_broker_restart_and_drops_stale_samples(broker):
     with pub:
         with Listener(broker.url, "gazeloop/u/d/gaze") as rx:
             assert wait_until(lambda: pub.stats.connected, 5)
-            pub.publish_sample(time.monotonic_ns(), (0.1, 0.1))
+            pub.publish_sample(SampleTime.now(), (0.1, 0.1))
             assert wait_until(lambda: len(rx.messages) == 1, 5)
             broker.stop()
         assert wait_until(lambda: not pub.stats.connected, 5)
         for _ in range(10):  # while the broker is away: 4 kept, 6 overflow
-            pub.publish_sample(time.monotonic_ns(), (0.2, 0.2))
+            pub.publish_sample(SampleTime.now(), (0.2, 0.2))
         time.sleep(0.4)  # the 4 kept are now older than max_age_s
         broker.start()
         with Listener(broker.url, "gazeloop/u/d/gaze") as rx2:
             assert wait_until(lambda: pub.stats.connected, 10), broker.log()
-            pub.publish_sample(time.monotonic_ns(), (0.3, 0.3))
+            pub.publish_sample(SampleTime.now(), (0.3, 0.3))
             assert wait_until(lambda: len(rx2.messages) == 1, 5)
             time.sleep(0.1)  # anything stale would have arrived before the fresh one
         st = pub.stats
     assert [decode_sample(p).seq for _, p in rx2.messages] == [12]
-    assert (st.sent, st.dropped) == (2, 10)
+    assert (st.sent, st.dropped, st.dropped_queue, st.dropped_stale) == (2, 10, 6, 4)
+    assert st.text() == "sent 2, dropped 10 (queue 6, stale 4)"
     assert st.reconnects >= 1 and st.failures >= 1
 
 
@@ -636,9 +643,11 @@ def test_model_announce_and_fetch_into_a_registry(broker, tmp_path):
 
     trainer = ModelRegistry(tmp_path / "trainer-registry")
     laptop = ModelRegistry(tmp_path / "laptop-registry")
-    e1 = trainer.register(*tiny_model(tmp_path / "m", "gaze-net", 10_000))
+    trainer.register(*tiny_model(tmp_path / "m", "gaze-net", 9_000))  # never promoted
+    e1 = trainer.register(*tiny_model(tmp_path / "m", "gaze-net", 10_000), promote=True)
+    trainer.register(*tiny_model(tmp_path / "m", "gaze-net", 11_000))  # newer, not promoted
     announcer = ModelAnnouncer(broker.url, chunk_size=4096)
-    ann1 = announcer.announce_path(trainer.root)  # the registry root: its latest version
+    ann1 = announcer.announce_path(trainer.root)  # the registry root: its PROMOTED version
     assert ann1.sha256 == e1.card.onnx_sha256 and len(ann1.chunk_sha256) == 10
 
     # Started after the announcement: the retained messages bring the model anyway.
@@ -648,6 +657,7 @@ def test_model_announce_and_fetch_into_a_registry(broker, tmp_path):
         got = laptop.latest("gaze-net")
         assert got is not None and got.card.onnx_sha256 == ann1.sha256
         assert got.onnx_path.read_bytes() == e1.onnx_path.read_bytes()
+        assert laptop.promoted("gaze-net").version == got.version  # promoted at its source
 
         e2 = trainer.register(*tiny_model(tmp_path / "m", "gaze-net", 12_000))
         ann2 = announcer.announce_path(e2.path)  # a registry version folder

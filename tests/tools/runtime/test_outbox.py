@@ -38,6 +38,7 @@ def test_labels_are_taken_in_once_and_leave_when_acknowledged(tmp_path):
         assert ob.take_in(store) == 1 and ob.pending() == [*ids[2:], new]
     with Outbox(outbox_path(tmp_path)) as ob:  # durable
         assert ob.take_in(store) == 0 and ob.pending() == [*ids[2:], new]
+        assert ob.count() == 4  # what `run` reports as pending
     store.close()
 
 

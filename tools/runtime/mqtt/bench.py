@@ -24,6 +24,7 @@ from gazeloop.tools.runtime.mqtt.conn import (
     first_of,
 )
 from gazeloop.tools.runtime.mqtt.gaze import GazePublisher, decode_sample, gaze_topic
+from gazeloop.tools.runtime.mqtt.timebase import SampleTime
 
 
 class _Receiver:
@@ -106,10 +107,11 @@ def bench_mqtt(
             delay = (wake - time.monotonic_ns()) / 1e9
             if delay > 0:
                 time.sleep(delay)
-            t = time.monotonic_ns()
+            stamp = SampleTime.now()
+            t = stamp.mono_ns
             # A slow circle, so consecutive payloads differ like real gaze does.
             a = 2 * np.pi * i / max(n, 1)
-            pub.publish_sample(t, (0.5 + 0.3 * np.cos(a), 0.5 + 0.3 * np.sin(a)), 0)
+            pub.publish_sample(stamp, (0.5 + 0.3 * np.cos(a), 0.5 + 0.3 * np.sin(a)), 0)
             call_ns.append(time.monotonic_ns() - t)
             sent[i + 1] = t  # the publisher numbers samples from 1
         settle = time.monotonic() + 1.0

@@ -40,7 +40,9 @@ import logging
 import math
 import os
 import socket
+import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -234,6 +236,27 @@ class LabelUplink:
         self.outbox.take_in(self.store)
         return self.outbox.pending(limit)
 
+    def pending_count(self) -> int:
+        """How many of the store's labels the broker has not acknowledged yet."""
+        self.outbox.take_in(self.store)
+        return self.outbox.count()
+
+    def drain(self, timeout: float) -> int:
+        """Wait (at most `timeout` s) until every stored label is acknowledged; returns how
+        many are still pending. Gives up early once two connection attempts in a row have
+        failed meanwhile (the broker is away, not restarting): the labels stay in the outbox
+        for the next run."""
+        end = time.monotonic() + timeout
+        failures = self._link.failures
+        self.nudge()
+        while True:
+            left = self.pending_count()
+            if left == 0 or time.monotonic() >= end:
+                return left
+            if not self._link.connected and self._link.failures >= failures + 2:
+                return left
+            time.sleep(0.05)  # polling a local SQLite count: cheap, and bounded by `end`
+
     def nudge(self) -> None:
         """A label was just stored: look now instead of at the next poll (any thread)."""
         wake = self._wake
@@ -384,9 +407,13 @@ class Collector:
         backoff: Backoff | None = None,
         ca_file: str | None = None,
         insecure: bool = False,
+        on_subscribed: Callable[[int], None] | None = None,
     ) -> None:
         self.settings = MqttSettings.of(mqtt, ca_file=ca_file, insecure=insecure)
         self.out = Path(out_dir)
+        # Told (with the connection's number, from 1) once the broker has confirmed the
+        # subscription: from then on no label published is missed, even while away.
+        self.on_subscribed = on_subscribed
         self.topic = label_topic(user, device)
         self.screen_px = screen_px  # for labels whose laptop did not say
         self.identifier = identifier or default_collector_id(self.out)
@@ -443,6 +470,8 @@ class Collector:
 
     async def _session(self, client: aiomqtt.Client) -> None:
         await client.subscribe(self.topic, qos=1)
+        if self.on_subscribed is not None:
+            self.on_subscribed(self._link.connects)
         async for m in client.messages:
             payload = m.payload if isinstance(m.payload, bytes | bytearray) else b""
             await asyncio.to_thread(self.handle, m.topic.value, bytes(payload))

@@ -99,8 +99,8 @@ class AnnounceError(RuntimeError):
 
 def resolve_model(path: str | Path, model_id: str | None = None) -> tuple[Path, dict[str, Any]]:
     """(onnx file, card as a dict) from an exported `<name>.onnx` with `<name>.card.json`, a
-    registry version folder (`model.onnx` + `card.json`), or a registry root (its latest
-    valid version of `model_id`, or of its only model)."""
+    registry version folder (`model.onnx` + `card.json`), or a registry root (its promoted
+    version of `model_id`, or of its only model: what that machine's fast path serves)."""
     p = Path(path)
     if p.is_file():
         for card in (p.with_name(p.stem + ".card.json"), p.with_name("card.json")):
@@ -113,12 +113,17 @@ def resolve_model(path: str | Path, model_id: str | None = None) -> tuple[Path, 
         from gazeloop.trainer.registry import ModelRegistry, RegistryError
 
         try:
-            entry = ModelRegistry(p).latest(model_id)
+            entry = ModelRegistry(p).promoted(model_id)
         except RegistryError as e:
             raise AnnounceError(str(e)) from e
         if entry is None:
-            raise AnnounceError(f"{p}: no valid model in this registry")
-        return entry.onnx_path, entry.card.model_dump(mode="json")
+            raise AnnounceError(
+                f"{p}: nothing promoted in this registry (`gazeloop models promote VERSION`)"
+            )
+        card = entry.card.model_dump(mode="json")
+        # Promoted here, by the gate or by hand: the fetcher promotes it on arrival.
+        card["evaluation"] = {**(card.get("evaluation") or {}), "promoted": True}
+        return entry.onnx_path, card
     raise AnnounceError(f"{p}: not a model file, a registry version or a registry")
 
 
@@ -422,7 +427,10 @@ class ModelFetcher:
             with tempfile.TemporaryDirectory(prefix="gazeloop-fetch-") as tmp:
                 path = Path(tmp) / "model.onnx"
                 path.write_bytes(data)
-                return self.registry.register(path, ann.card)
+                # Only what its source promoted (or a hand export no gate judged) is served.
+                ev = ann.card.get("evaluation")
+                ok = ev is None or ev.get("promoted") is True
+                return self.registry.register(path, ann.card, promote=ok, reason="fetched")
 
         try:
             entry = await asyncio.to_thread(put)

@@ -175,6 +175,15 @@ class Outbox:
                 raise OutboxError(f"cannot read the MQTT outbox {self.path}: {e}") from e
         return [int(r[0]) for r in rows]
 
+    def count(self) -> int:
+        """How many labels are pending."""
+        with self._lock:
+            self._check_open()
+            try:
+                return int(self._db.execute("SELECT COUNT(*) FROM pending").fetchone()[0])
+            except sqlite3.Error as e:
+                raise OutboxError(f"cannot read the MQTT outbox {self.path}: {e}") from e
+
     def mark_sent(self, ids: Iterable[int]) -> int:
         """Acknowledged by the broker: no longer pending (one transaction); returns how many
         were pending, so a label sent twice is counted once."""

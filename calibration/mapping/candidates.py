@@ -1,0 +1,179 @@
+"""Choosing what to model, not only how much to regularise: candidates (a read of the frames,
+a feature set, a mapping family) compared by nested leave-one-target-out.
+
+A candidate is scored by `fit_select`'s inner LOTO error on the training targets (each
+family choosing its own hyper-parameters inside), and `loto_predict_candidates` is the outer
+loop: the held-out target never reaches the choice. A candidate that cannot run on these
+targets (too few for its family, geometry that cannot be solved) drops out with the reason,
+and the others still compete.
+
+Simplicity first: candidates are listed from the simplest (gaze angles, ridge) to the
+richest, and a later one replaces the current choice only if it is better target by target
+by more than the noise of that comparison: the mean of the paired per-target differences of
+inner LOTO error must be below minus one standard error of it (the one-standard-error rule,
+Breiman et al. 1984, applied to paired differences). With 8 targets the winner of ten noisy
+inner scores is often a fluke; with many targets a real gain passes. Within one sitting LOTO
+cannot see what a richer model costs in the next sitting (head-pose terms helped within a
+sitting and hurt across sittings on the evit data, DESIGN.md "Measuring"), so a tie goes to
+the model with fewer ways to drift.
+
+What it bought, measured once (2026-12, `gazeloop eval-sittings` on the 28 evit sittings):
+median of sitting means 142.5 px within a sitting, against 140.1 for ridge on gaze angles
+alone, and 162 px across sittings against 161 (p1 alone: 135 / 139 px against 127 / 143).
+With 8-16 targets the choice is noisy enough to cost what it gains; the head-shift check, not
+LOTO, is where the geometric mapping earns its place (it follows a head moving in depth).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from gazeloop.calibration.mapping.families import NotEnoughTargets, ScreenMapping, mapping_class
+from gazeloop.calibration.mapping.selection import fit_select_detail
+
+HEAD = ("head_yaw", "head_pitch")
+IRIS = ("iris_lx", "iris_ly", "iris_rx", "iris_ry")
+EYES = IRIS + ("aperture_l", "aperture_r")
+GAZE = ("gaze_yaw", "gaze_pitch")
+# Named feature sets for the mappings that take any columns, simplest first. The iris
+# offsets in the eye (landmarks, not the network) are a second, independent reading of the
+# same eye rotation; head pose is what changes between sittings, so it comes last.
+FEATURE_SETS: dict[str, tuple[str, ...]] = {
+    "gaze": GAZE,
+    "gaze+iris": GAZE + IRIS,
+    "gaze+head": GAZE + HEAD,
+    "gaze+head+eyes": GAZE + HEAD + EYES,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    mapping: str
+    features: tuple[str, ...]
+    feature_set: str  # a FEATURE_SETS name, or the mapping's name for its own features
+    read: str = "as read"  # which read of the frames: "as read" or "other" (mirrored back)
+
+    @property
+    def label(self) -> str:
+        return f"{self.mapping}:{self.feature_set}" + ("" if self.read == "as read" else ":other")
+
+
+def default_candidates(
+    reads: tuple[str, ...] = ("as read",),
+    mappings: tuple[str, ...] = ("ridge", "geometric"),
+    feature_sets: tuple[str, ...] = tuple(FEATURE_SETS),
+) -> list[Candidate]:
+    """Ridge on each feature set, then the mappings that model their own features, for
+    each read of the frames; the first read's simplest candidate first."""
+    out = []
+    for read in reads:
+        for m in mappings:
+            own = mapping_class(m).features
+            if own is not None:
+                out.append(Candidate(m, tuple(own), m, read))
+                continue
+            out.extend(Candidate(m, FEATURE_SETS[fs], fs, read) for fs in feature_sets)
+    return out
+
+
+@dataclass(slots=True)
+class Choice:
+    candidate: Candidate
+    mapping: ScreenMapping
+    hyper: dict[str, float]
+    scores: dict[str, float]  # inner LOTO error per candidate label (NaN: no spare target)
+    dropped: dict[str, str]  # candidate label → why it could not compete
+    # every candidate that could be fitted, by label: (candidate, mapping fitted on all rows)
+    fitted: dict[str, tuple[Candidate, ScreenMapping]] | None = None
+
+
+def columns_for(views: dict[str, dict[str, np.ndarray]], c: Candidate) -> np.ndarray:
+    view = views[c.read]
+    missing = [f for f in c.features if f not in view]
+    if missing:
+        raise KeyError(f"feature(s) {missing} not produced by this fast path")
+    return np.column_stack([view[f] for f in c.features])
+
+
+def beats(new: np.ndarray | None, current: np.ndarray | None) -> bool:
+    """Whether per-target errors `new` beat `current` by more than one standard error of
+    their paired differences. Without scores (no target to spare) nothing can be compared
+    and the earlier (simpler) candidate stays."""
+    if new is None or current is None:
+        return False
+    d = np.asarray(new, dtype=np.float64) - np.asarray(current, dtype=np.float64)
+    if len(d) < 2 or not np.isfinite(d).all():
+        return False
+    se = float(d.std(ddof=1)) / math.sqrt(len(d))
+    return float(d.mean()) + se < 0
+
+
+def _options(c: Candidate, options: dict[str, dict]) -> dict:
+    return dict(options.get(c.mapping, {}))
+
+
+def choose(
+    candidates: list[Candidate],
+    views: dict[str, dict[str, np.ndarray]],
+    Y: np.ndarray,
+    groups: np.ndarray,
+    *,
+    aspect: float,
+    options: dict[str, dict] | None = None,
+    rows: np.ndarray | None = None,
+) -> Choice:
+    """Fit every candidate with nested selection on the rows `rows` (all by default) and
+    keep the simplest that no later one `beats`. With no target to spare no candidate can
+    be scored, and the first one that fits is kept (said in `scores` as NaN)."""
+    options = options or {}
+    rows = np.arange(len(Y)) if rows is None else rows
+    fitted, scores, dropped = [], {}, {}
+    for c in candidates:
+        try:
+            X = columns_for(views, c)[rows]
+            m, hyper, score, per = fit_select_detail(
+                c.mapping, X, Y[rows], groups[rows], aspect=aspect, options=_options(c, options)
+            )
+        except NotEnoughTargets as e:
+            dropped[c.label] = f"needs {e.needed} targets, has {e.given}"
+            continue
+        except (KeyError, ValueError, np.linalg.LinAlgError) as e:
+            dropped[c.label] = str(e.args[0]) if e.args else type(e).__name__
+            continue
+        scores[c.label] = score
+        fitted.append((c, m, hyper, per))
+    if not fitted:
+        reasons = "; ".join(f"{k}: {v}" for k, v in dropped.items())
+        raise ValueError(f"no mapping candidate can be fitted ({reasons})")
+    best = fitted[0]
+    for f in fitted[1:]:
+        if beats(f[3], best[3]):
+            best = f
+    every = {f[0].label: (f[0], f[1]) for f in fitted}
+    return Choice(best[0], best[1], best[2], scores, dropped, every)
+
+
+def loto_predict_candidates(
+    candidates: list[Candidate],
+    views: dict[str, dict[str, np.ndarray]],
+    Y: np.ndarray,
+    groups: np.ndarray,
+    *,
+    aspect: float,
+    options: dict[str, dict] | None = None,
+) -> tuple[np.ndarray, dict[str, int]]:
+    """The outer loop: each target predicted by the candidate `choose` picks on the other
+    targets. → (predictions (n, 2), how often each candidate was picked)."""
+    pred = np.empty((len(Y), 2))
+    picked: dict[str, int] = {}
+    for g in np.unique(groups):
+        out = groups == g
+        ch = choose(
+            candidates, views, Y, groups, aspect=aspect, options=options, rows=np.flatnonzero(~out)
+        )
+        pred[out] = ch.mapping.predict(columns_for(views, ch.candidate)[out])
+        picked[ch.candidate.label] = picked.get(ch.candidate.label, 0) + 1
+    return pred, picked

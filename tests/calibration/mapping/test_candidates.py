@@ -1,0 +1,132 @@
+"""Candidates in the nested selection: feature sets, families and reads of the frames
+compete by inner leave-one-target-out; those that cannot run drop out with the reason; a
+near tie goes to the simpler one; the held-out target never reaches the choice."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gazeloop.calibration.mapping import candidates as cd
+from gazeloop.calibration.mapping.candidates import Candidate
+
+
+def grid(side: int) -> np.ndarray:
+    v = np.linspace(0.1, 0.9, side)
+    return np.array([(x, y) for y in v for x in v])
+
+
+def views_for(Y: np.ndarray, *, head_matters: bool, seed: int = 0, noise: float = 0.01):
+    """Gaze angles that see the target, head pose that varies per target; with
+    `head_matters` the gaze angles are off by the head pose (the head must be modelled)."""
+    rng = np.random.default_rng(seed)
+    head = rng.normal(scale=0.1, size=(len(Y), 2))
+    gaze = (Y - 0.5) * 0.5 + noise * rng.normal(size=Y.shape)
+    if head_matters:
+        gaze = gaze + head
+    view = {"gaze_yaw": gaze[:, 0], "gaze_pitch": gaze[:, 1]}
+    view |= {"head_yaw": head[:, 0], "head_pitch": head[:, 1]}
+    return {"as read": view}
+
+
+RIDGE_GAZE = Candidate("ridge", cd.GAZE, "gaze")
+RIDGE_HEAD = Candidate("ridge", cd.GAZE + cd.HEAD, "gaze+head")
+
+
+def test_the_simplest_wins_when_richer_features_add_nothing():
+    Y = grid(4)
+    views = views_for(Y, head_matters=False)
+    ch = cd.choose([RIDGE_GAZE, RIDGE_HEAD], views, Y, np.arange(16), aspect=1.0)
+    assert ch.candidate == RIDGE_GAZE
+    assert set(ch.scores) == {"ridge:gaze", "ridge:gaze+head"}
+    assert set(ch.fitted) == {"ridge:gaze", "ridge:gaze+head"}
+
+
+def test_head_pose_wins_when_the_gaze_is_off_by_it():
+    Y = grid(4)
+    views = views_for(Y, head_matters=True)
+    ch = cd.choose([RIDGE_GAZE, RIDGE_HEAD], views, Y, np.arange(16), aspect=1.0)
+    assert ch.candidate == RIDGE_HEAD
+    assert ch.scores["ridge:gaze+head"] < 0.5 * ch.scores["ridge:gaze"]
+
+
+def test_a_near_tie_goes_to_the_simpler():
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0.05, 0.1, 12)
+    assert not cd.beats(base - 0.001 + rng.normal(scale=0.01, size=12), base)  # within noise
+    assert cd.beats(base - 0.02 + rng.normal(scale=0.005, size=12), base)  # a clear gain
+    assert not cd.beats(None, base) and not cd.beats(base, None)  # no spare target
+
+
+def test_too_few_targets_drop_a_family_with_the_reason():
+    Y = grid(2)  # 4 targets: poly2 needs 5
+    views = views_for(Y, head_matters=False)
+    poly = Candidate("poly2", cd.GAZE, "gaze")
+    ch = cd.choose([RIDGE_GAZE, poly], views, Y, np.arange(4), aspect=1.0)
+    assert ch.candidate == RIDGE_GAZE
+    assert ch.dropped == {"poly2:gaze": "needs 5 targets, has 4"}
+
+
+def test_unsolvable_geometry_drops_out_and_the_others_run():
+    Y = np.column_stack([np.linspace(0.1, 0.9, 6), np.full(6, 0.5)])  # targets on one line
+    views = views_for(Y, head_matters=False)
+    n = len(Y)
+    views["as read"] |= {"eye_x_mm": np.zeros(n), "eye_y_mm": np.zeros(n)}
+    views["as read"]["eye_z_mm"] = np.full(n, -500.0)
+    geo = Candidate(
+        "geometric", ("gaze_yaw", "gaze_pitch", "eye_x_mm", "eye_y_mm", "eye_z_mm"), "geometric"
+    )
+    ch = cd.choose([RIDGE_GAZE, geo], views, Y, np.arange(n), aspect=1.0)
+    assert ch.candidate == RIDGE_GAZE
+    assert "one line" in ch.dropped["geometric:geometric"]
+
+
+def test_missing_features_drop_a_candidate():
+    Y = grid(3)
+    views = views_for(Y, head_matters=False)
+    iris = Candidate("ridge", cd.GAZE + cd.IRIS, "gaze+iris")
+    ch = cd.choose([RIDGE_GAZE, iris], views, Y, np.arange(9), aspect=1.0)
+    assert "iris_lx" in ch.dropped["ridge:gaze+iris"]
+
+
+def test_nothing_fits_is_one_error_naming_every_reason():
+    Y = grid(2)
+    views = views_for(Y, head_matters=False)
+    with pytest.raises(ValueError, match="poly2:gaze: needs 5 targets"):
+        cd.choose([Candidate("poly2", cd.GAZE, "gaze")], views, Y, np.arange(4), aspect=1.0)
+
+
+def test_the_other_read_of_the_frames_competes():
+    """Mirroring as a candidate: the read whose features see the targets wins."""
+    Y = grid(4)
+    good = views_for(Y, head_matters=False)["as read"]
+    rng = np.random.default_rng(3)
+    bad = {k: rng.normal(size=len(Y)) for k in good}
+    views = {"as read": bad, "other": good}
+    cands = cd.default_candidates(("as read", "other"), mappings=("ridge",), feature_sets=("gaze",))
+    ch = cd.choose(cands, views, Y, np.arange(16), aspect=1.0)
+    assert ch.candidate.read == "other" and ch.candidate.label == "ridge:gaze:other"
+
+
+def test_the_held_out_target_never_reaches_the_choice():
+    Y = grid(4)
+    groups = np.arange(16)
+    views = views_for(Y, head_matters=True, noise=0.03)
+    pred, picked = cd.loto_predict_candidates(
+        [RIDGE_GAZE, RIDGE_HEAD], views, Y, groups, aspect=1.0
+    )
+    assert sum(picked.values()) == 16
+    # change one target's label: its own held-out prediction cannot change
+    Y2 = Y.copy()
+    Y2[5] = [0.95, 0.05]
+    pred2, _ = cd.loto_predict_candidates([RIDGE_GAZE, RIDGE_HEAD], views, Y2, groups, aspect=1.0)
+    np.testing.assert_allclose(pred2[5], pred[5], atol=1e-12)
+
+
+def test_default_candidates_simplest_first_and_geometric_once_per_read():
+    c = cd.default_candidates(("as read", "other"))
+    assert c[0] == Candidate("ridge", cd.GAZE, "gaze", "as read")
+    labels = [x.label for x in c]
+    assert labels.count("geometric:geometric") == 1
+    assert labels.count("geometric:geometric:other") == 1
+    assert {x.feature_set for x in c if x.mapping == "ridge"} == set(cd.FEATURE_SETS)

@@ -1,0 +1,140 @@
+"""Across sittings on real data: `eval --save-profile` / `eval --profile` (a profile applied
+unchanged), `eval-sittings` over a folder (within, across, per person, cached features) and
+the head-shift check."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import pytest
+
+from gazeloop.tools.cli import main
+
+SITTINGS = ("p1_s08", "p1_s09", "p2_s04")
+
+
+def cli(*argv) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        rc = main([str(a) for a in argv])
+    return rc, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def folder(shared, gaze_onnx, face_task, tmp_path_factory) -> Path:
+    """Three evit sittings (two of p1 in a row, one of p2), linked, never copied."""
+    out = tmp_path_factory.mktemp("sittings") / "evit3"
+    out.mkdir()
+    for name in SITTINGS:
+        (out / name).symlink_to(shared / "data" / "evit" / name)
+    return out
+
+
+@pytest.fixture(scope="module")
+def sittings_run(folder) -> tuple[dict, str]:
+    rc, out, err = cli("eval-sittings", folder, "--json")
+    assert rc == 0, err
+    return json.loads(out), err
+
+
+@pytest.mark.slow
+def test_sittings_report(sittings_run):
+    rep, err = sittings_run
+    assert rep["within"]["n"] == 3
+    assert [s["sitting"] for s in rep["sittings"]] == list(SITTINGS)
+    assert all(s["targets"] >= 14 and s["frames_used"] == s["targets"] for s in rep["sittings"])
+    assert rep["frames_used"] == sum(s["frames_used"] for s in rep["sittings"])
+    # one pair: p1_s08 → p1_s09 (p2_s04 is another person)
+    assert rep["across"]["n"] == 1
+    (pair,) = rep["pairs"]
+    assert (pair["from"], pair["to"], pair["user"]) == ("p1_s08", "p1_s09", "p1")
+    assert set(rep["per_user"]) == {"p1", "p2"}
+    assert rep["per_user"]["p2"]["across"]["n"] == 0
+    assert "ridge:gaze" in pair["by_candidate"] and pair["chosen"] in pair["by_candidate"]
+    for s in rep["sittings"]:
+        assert 0 < s["mean_px"] < s["baseline_mean_px"] / 2
+    assert 0 < pair["mean_px"] < 400
+    # progress goes to stderr, one line per sitting
+    assert sum(line.startswith("[") for line in err.splitlines()) == 3
+
+
+@pytest.mark.slow
+def test_a_saved_profile_applied_to_the_next_sitting_is_the_pair_figure(
+    folder, sittings_run, tmp_path
+):
+    rep, _ = sittings_run
+    prof = tmp_path / "p1_s08.json"
+    rc, out, err = cli("eval", folder / "p1_s08", "--save-profile", prof, "--json")
+    assert rc == 0, err
+    fitted = json.loads(out)
+    saved = json.loads(prof.read_text())
+    assert saved["fit"]["selection"]["chosen"] == fitted["selection"]["chosen"]
+    assert saved["features"] == fitted["features"]
+    rc, out, err = cli("eval", folder / "p1_s09", "--profile", prof, "--json")
+    assert rc == 0, err
+    applied = json.loads(out)
+    assert applied["profile"] == str(prof) and applied["selection"] is None
+    assert applied["targets"] == rep["sittings"][1]["targets"]
+    assert applied["mean_px"] == pytest.approx(rep["pairs"][0]["mean_px"], abs=0.01)
+
+
+@pytest.mark.slow
+def test_profile_and_fixed_mapping_do_not_mix(folder, tmp_path):
+    rc, _, err = cli(
+        "eval", folder / "p1_s08", "--profile", tmp_path / "x.json", "--mapping", "ridge"
+    )
+    assert rc != 0 and "--profile" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_a_rerun_reads_cached_features_and_gives_the_same_numbers(folder, sittings_run):
+    rep, _ = sittings_run
+    cache = Path(os.environ["GAZELOOP_CACHE"]) / "features"
+    assert len(list(cache.glob("*.json"))) >= len(SITTINGS)
+    rc, out, err = cli("eval-sittings", folder, "--json")
+    assert rc == 0, err
+    assert json.loads(out) == rep
+
+
+@pytest.mark.slow
+def test_head_shift_geometric_follows_depth_moves_and_ridge_does_not(folder):
+    rc, out, err = cli("head-shift", folder / "p1_s08", "--json")
+    assert rc == 0, err
+    rep = json.loads(out)
+    assert set(rep["moves"]) == {"right", "down", "closer", "farther"}
+    for mv in ("closer", "farther"):
+        per = rep["moves"][mv]["by_candidate"]
+        geo, ridge = per["geometric:geometric"], per["ridge:gaze"]
+        assert geo["miss_fraction"] < ridge["miss_fraction"]
+        assert ridge["followed"] < 0.35  # a ridge on angles cannot know the head moved
+    assert rep["moves"]["closer"]["by_candidate"]["geometric:geometric"]["miss_fraction"] < 1 / 3
+
+
+def test_choice_by_history_uses_only_earlier_pairs():
+    from gazeloop.tools.commands.eval_sittings import choose_by_history, summarise
+
+    pairs = [
+        {"user": "a", "chosen": "x", "mean_px": 100.0, "by_candidate": {"x": 100.0, "y": 50.0}},
+        # y did better before, so y is used here whatever this pair's own numbers say
+        {"user": "a", "chosen": "x", "mean_px": 90.0, "by_candidate": {"x": 90.0, "y": 200.0}},
+        # now x averages 95 and y 125: x
+        {"user": "a", "chosen": "y", "mean_px": 10.0, "by_candidate": {"x": 70.0, "y": 10.0}},
+        # another person starts without history: the within-sitting choice
+        {"user": "b", "chosen": "y", "mean_px": 30.0, "by_candidate": {"x": 40.0, "y": 30.0}},
+    ]
+    got = choose_by_history(pairs)
+    assert [(g["chosen"], g["mean_px"]) for g in got] == [
+        ("x", 100.0),
+        ("y", 200.0),
+        ("x", 70.0),
+        ("y", 30.0),
+    ]
+    within = [{"user": u, "mean_px": 1.0, "frames_used": 16, "targets": 16} for u in "ab"]
+    rep = summarise("f", within, pairs)
+    assert rep["across_by_history"]["n"] == 4
+    assert rep["across_by_history"]["median_px"] == 85.0
+    assert rep["per_user"]["b"]["across_by_history"]["median_px"] == 30.0

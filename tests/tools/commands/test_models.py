@@ -1,0 +1,47 @@
+"""`gazeloop models list/promote/rollback`: a person overrides the promotion gate, and the
+registry's pointer (what the fast path serves) follows."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.tools.runtime.test_mqtt import tiny_model
+
+
+def test_promote_and_rollback_move_what_is_served(tmp_path, capsys):
+    from gazeloop.tools.cli import main
+    from gazeloop.trainer.registry import ModelRegistry
+
+    reg = ModelRegistry(tmp_path / "reg")
+    refused = {"promoted": False, "reason": "worse than its parent by 3.0 ± 1.0 px"}
+    for n in (1000, 2000, 3000):
+        path, card = tiny_model(tmp_path / "m", "net", n)
+        reg.register(path, card | {"evaluation": refused if n == 3000 else None})
+    opts = ["--registry", str(reg.root)]
+    assert reg.promoted("net") is None
+    assert main(["models", "promote", "1", *opts]) == 0
+    assert main(["models", "promote", "3", *opts, "--reason", "looked fine to me"]) == 0
+    assert reg.promoted("net").version == 3
+    capsys.readouterr()
+    assert main(["models", "list", *opts]) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert listing[0].startswith("  net v1") and listing[0].endswith("gate: not judged")
+    assert (
+        listing[2].startswith("* net v3") and "gate: refused: worse than its parent" in listing[2]
+    )
+    assert main(["models", "rollback", *opts]) == 0
+    assert reg.promoted("net").version == 1
+    assert "net v1 is served again" in capsys.readouterr().out
+    assert main(["models", "promote", "9", *opts]) == 2  # a one-line error, exit 2
+    assert "net v9 is not a valid version" in capsys.readouterr().err
+    assert reg.promoted("net").version == 1
+    # Back past the first promotion: nothing promoted, the stock model is served.
+    assert main(["models", "rollback", *opts]) == 0
+    assert "serves the stock model" in capsys.readouterr().out and reg.promoted("net") is None
+    assert main(["models", "rollback", *opts]) == 2
+    assert "nothing is promoted, so nothing to roll back" in capsys.readouterr().err
+
+
+@pytest.fixture(autouse=True)
+def _home(tmp_path, monkeypatch):
+    monkeypatch.setenv("GAZELOOP_HOME", str(tmp_path / "home"))

@@ -1,0 +1,108 @@
+"""`gazeloop oracle eval`: oracles measured against labelled sessions; the maths by hand."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from gazeloop.tools.cli import main
+from gazeloop.tools.runtime.oracle_eval import (
+    LabelResult,
+    line_errors,
+    point_distance_px,
+    summarise,
+)
+
+SIZE = np.array([2000.0, 1000.0])
+
+
+def run_json(capsys, *args: str) -> dict:
+    rc = main(["oracle", "eval", *args, "--json"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    return json.loads(captured.out)
+
+
+def test_point_distance_is_in_pixels():
+    assert point_distance_px((0.5, 0.5), (1030.0, 540.0), SIZE) == pytest.approx(50.0)
+
+
+def test_line_errors_are_measured_on_the_glass_not_in_normalised_units():
+    # From the top centre straight down: a truth 300 px to the side is 300 px off the line.
+    perp, ang = line_errors((0.5, 0.0), (0.0, 1.0), (1300.0, 400.0), SIZE)
+    assert perp == pytest.approx(300.0) and ang == pytest.approx(math.degrees(math.atan2(3, 4)))
+    # Diagonal in normalised units (1, 1)/√2 is (2000, 1000) on a 2:1 screen; a truth on
+    # that pixel diagonal lies on the line.
+    perp, ang = line_errors((0.0, 0.0), (2**-0.5, 2**-0.5), (1000.0, 500.0), SIZE)
+    assert perp == pytest.approx(0.0, abs=1e-9) and ang == pytest.approx(0.0, abs=1e-6)
+    # Behind the origin: on the line's extension, but pointing the other way.
+    perp, ang = line_errors((0.5, 0.5), (1.0, 0.0), (500.0, 500.0), SIZE)
+    assert perp == pytest.approx(0.0, abs=1e-9) and ang == pytest.approx(180.0)
+
+
+def test_summary_medians_skip_labels_without_the_number():
+    rs = [
+        LabelResult("a", 0, (0, 0), True, kind="point", distance_px=10.0, latency_ms=5.0),
+        LabelResult("b", 0, (0, 0), True, kind="point", distance_px=30.0, latency_ms=7.0),
+        LabelResult("c", 1, (0, 0), False, why_not="burst", latency_ms=9.0),
+    ]
+    s = summarise(rs)
+    assert (s["labels"], s["returned"], s["returned_share"]) == (3, 2, 0.667)
+    assert s["median_distance_px"] == 20.0 and s["median_latency_ms"] == 7.0
+    assert s["why_not"] == {"burst": 1} and s["median_angle_deg"] is None
+
+
+def test_targets_on_grid9_are_every_frame_at_distance_zero(shared, capsys):
+    out = run_json(capsys, str(shared / "data/sessions/grid9"), "--oracle", "targets")
+    assert out["oracle"] == "targets" and "by construction" in out["oracle_note"]
+    s = out["summary"]
+    assert (s["labels"], s["returned"], s["median_distance_px"]) == (9, 9, 0.0)
+    assert all(r["kind"] == "point" and r["latency_ms"] >= 0 for r in out["labels"])
+
+
+def test_moondream_runs_through_the_double_and_says_so(shared, capsys):
+    out = run_json(capsys, str(shared / "data/sessions/grid9"), "--oracle", "moondream")
+    assert (
+        out["oracle_note"].startswith("API-shaped double") and "not Moondream" in out["oracle_note"]
+    )
+    assert "camera assumed" in out["oracle_note"]  # grid9 has no manifest
+    s = out["summary"]
+    assert s["labels"] == 9 and s["returned"] == 9
+    # The double's forced point is to the image's right: lines, whose numbers are reported.
+    assert all(r["kind"] == "line" for r in out["labels"])
+    assert 0 <= s["median_angle_deg"] <= 180 and s["median_perpendicular_px"] > 0
+
+
+def test_real_moondream_offline_is_one_clear_error(shared, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    args = [str(shared / "data/sessions/grid9"), "--oracle", "moondream", "--weights"]
+    assert main(["oracle", "eval", *args, "--code-commit", "0" * 40]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gazeloop oracle:") and "\n" not in err
+    assert "pip install" in err or "huggingface-cli download" in err
+
+
+def test_bad_flags_are_one_line_errors(shared, capsys):
+    grid9 = str(shared / "data/sessions/grid9")
+    assert main(["oracle", "eval", grid9, "--oracle", "targets", "--weights"]) == 2
+    assert "for --oracle moondream" in capsys.readouterr().err
+    assert main(["oracle", "eval", grid9, "--oracle", "moondream", "--code-commit", "abc"]) == 2
+    assert "40-hex" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_clicks_on_grid9_keep_most_clicks_and_refuse_doubles(shared, capsys):
+    grid9 = str(shared / "data/sessions/grid9")
+    out = run_json(capsys, grid9, "--oracle", "clicks", "--mirrored", "--clicks-per-target", "4")
+    s = out["summary"]
+    assert "No person clicked" in out["oracle_note"]
+    assert s["labels"] >= 36  # 9 targets x 4 looks, plus the second presses of doubles
+    assert 0.4 < s["returned_share"] < 0.95
+    assert set(s["why_not"]) <= {"burst", "saccade", "far", "no_fixation", "no_samples"}
+    assert s["why_not"].get("burst", 0) % 2 == 0  # both presses of a double click
+    assert s["median_distance_px"] == 0.0 and s["median_latency_ms"] >= 400  # burst window
+    assert 0 < s["median_fixation_px"] < 200  # the leave-one-target-out error, roughly

@@ -1,0 +1,254 @@
+"""`gazeloop eval-sittings FOLDER`: accuracy within and across the sittings in a folder.
+
+Each sub-folder is one sitting (a session). Within a sitting: the nested leave-one-target-out
+of `gazeloop eval` (candidates competing inside every fold). Across sittings: the profile
+fitted on one sitting (all its targets, the candidate chosen there) applied unchanged to the
+same person's next sitting on the same screen (the manifest's `user`, then the screen size in
+px; sittings in folder-name order). What users call drift is the difference.
+
+Every candidate's profile is also applied to the next sitting, so a feature or mapping choice
+is judged across sittings too, not only by within-sitting LOTO (DESIGN.md, "Measuring"):
+`across_by_history` is the error when each pair uses the candidate that did best on the same
+person's earlier pairs (past only). On the evit folder (2026-12) that took the median over
+pairs from 162 to 148 px (p1 139 → 136; p2, with two laptops, 257 → 318).
+Features come from the feature cache: a second run does not run the networks again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from gazeloop.calibration.mapping import mapping_from_params
+from gazeloop.calibration.metrics.evaluate import evaluate_fixed
+from gazeloop.calibration.store.session import SessionError, read_session
+from gazeloop.fastpath.collect import LazyFastPath
+from gazeloop.tools.commands._args import (
+    add_fastpath_args,
+    fastpath_config,
+    positive_float,
+    screen_for,
+)
+from gazeloop.tools.errors import UserError
+from gazeloop.tools.runtime.selection import evaluate_session, session_views
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "eval-sittings",
+        help="accuracy within each sitting of a folder and across consecutive sittings",
+        description="For every session folder inside FOLDER: the leave-one-target-out error "
+        "of `gazeloop eval`, and the error of the profile fitted on a person's sitting when "
+        "applied unchanged to that person's next sitting on the same screen. Progress on "
+        "stderr; per-frame features are cached, so a rerun is fast.",
+    )
+    p.add_argument("folder", type=Path, help="a folder of session folders (one per sitting)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="run the fast path on every frame instead of reading cached features",
+    )
+    p.add_argument(
+        "--screen-mm",
+        type=positive_float,
+        nargs=2,
+        metavar=("W", "H"),
+        help="physical screen size for every sitting whose manifest names none",
+    )
+    p.add_argument(
+        "--distance-mm", type=positive_float, help="viewing distance, for errors in degrees"
+    )
+    add_fastpath_args(p)
+    p.set_defaults(func=run)
+
+
+def _sittings(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise UserError(f"{folder}: not a folder")
+    subs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not subs:
+        raise UserError(f"{folder}: no sitting folders inside")
+    return subs
+
+
+def _owner(session) -> tuple[str, tuple[int, int] | None]:
+    m = session.manifest
+    user = m.user if m is not None and m.user else session.folder.name
+    return user, session.screen_px
+
+
+def _summary(values: list[float]) -> dict:
+    if not values:
+        return {"n": 0, "median_px": None, "mean_px": None}
+    return {
+        "n": len(values),
+        "median_px": round(float(np.median(values)), 2),
+        "mean_px": round(float(np.mean(values)), 2),
+    }
+
+
+def _across(prev, cur, fp, cache: bool = True) -> dict:
+    """Every candidate fitted on `prev` (the chosen one first), applied to `cur` unchanged."""
+    session, screen, choice = prev["session"], prev["screen"], prev["choice"]
+    v = session_views(cur["session"], fp, both_reads=False, cache=cache)
+    out = {"from": session.folder.name, "to": cur["session"].folder.name, "by_candidate": {}}
+    for label, (cand, mapping) in (choice.fitted or {}).items():
+        if cand.read != "as read" or any(f not in v.views["as read"] for f in cand.features):
+            continue
+        # through the profile's own JSON form, as a saved profile would be read back
+        m = mapping_from_params(cand.mapping, mapping.params())
+        x = np.column_stack([v.views["as read"][f] for f in cand.features])
+        try:
+            ev = evaluate_fixed(
+                m,
+                x,
+                v.labels_px,
+                v.groups,
+                session=str(cur["session"].folder),
+                screen=cur["screen"] or screen,
+                mapping_name=cand.mapping,
+                features=list(cand.features),
+                frames=v.col.frames,
+                rejected=v.rejected,
+            )
+        except ValueError:
+            continue
+        r = ev.report
+        out["by_candidate"][label] = r.mean_px
+        if label == choice.candidate.label:
+            out.update(
+                chosen=label,
+                mean_px=r.mean_px,
+                median_px=r.median_px,
+                targets=r.targets,
+                frames_used=r.frames_used,
+            )
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    subs = _sittings(args.folder)
+    fp = LazyFastPath(fastpath_config(args))
+    within, pairs, last = [], [], {}
+    try:
+        for i, folder in enumerate(subs, 1):
+            try:
+                session = read_session(folder)
+            except SessionError as e:
+                print(f"[{i}/{len(subs)}] {folder.name}: skipped ({e})", file=sys.stderr)
+                continue
+            screen = screen_for(args, session)
+            ev, choice, _ = evaluate_session(session, fp, screen, cache=not args.no_cache)
+            r = ev.report
+            owner = _owner(session)
+            within.append(
+                {
+                    "sitting": folder.name,
+                    "user": owner[0],
+                    "mean_px": r.mean_px,
+                    "median_px": r.median_px,
+                    "baseline_mean_px": r.baseline_mean_px,
+                    "targets": r.targets,
+                    "frames_used": r.frames_used,
+                    "frames": r.frames,
+                    "chosen": r.selection.chosen if r.selection else r.mapping,
+                }
+            )
+            cur = {"session": session, "screen": screen, "choice": choice}
+            msg = f"[{i}/{len(subs)}] {folder.name}: within {r.mean_px:.1f} px"
+            if owner in last:
+                pair = _across(last[owner], cur, fp, cache=not args.no_cache)
+                pair["user"] = owner[0]
+                pairs.append(pair)
+                msg += f", from {pair['from']} {pair.get('mean_px', float('nan')):.1f} px"
+            last[owner] = cur
+            print(msg + f" ({r.targets} targets, {r.frames_used} frames)", file=sys.stderr)
+    finally:
+        fp.close()
+    report = summarise(str(args.folder), within, pairs)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(text(report))
+    return 0
+
+
+def choose_by_history(pairs: list[dict]) -> list[dict]:
+    """Feature and mapping choice judged across sittings, from the past only: for each pair,
+    the candidate with the lowest mean cross-sitting error over that person's earlier pairs
+    (every candidate applied to each next sitting, `by_candidate`), and its error on this
+    pair; the first pair of a person keeps the within-sitting choice. No pair's own error
+    reaches its choice, so this is as honest as nested selection, one sitting at a time."""
+    out, seen = [], {}
+    for p in pairs:
+        if "mean_px" not in p:
+            continue
+        hist = seen.setdefault(p["user"], [])
+        known = [c for c in p["by_candidate"] if hist and all(c in h for h in hist)]
+        if known:
+            best = min(known, key=lambda c: float(np.mean([h[c] for h in hist])))
+            out.append({"user": p["user"], "chosen": best, "mean_px": p["by_candidate"][best]})
+        else:
+            out.append({"user": p["user"], "chosen": p["chosen"], "mean_px": p["mean_px"]})
+        hist.append(p["by_candidate"])
+    return out
+
+
+def summarise(folder: str, within: list[dict], pairs: list[dict]) -> dict:
+    users = sorted({w["user"] for w in within})
+    cands = sorted({k for p in pairs for k in p["by_candidate"]})
+    hist = choose_by_history(pairs)
+    return {
+        "folder": folder,
+        "within": _summary([w["mean_px"] for w in within]),
+        "across": _summary([p["mean_px"] for p in pairs if "mean_px" in p]),
+        "per_user": {
+            u: {
+                "within": _summary([w["mean_px"] for w in within if w["user"] == u]),
+                "across": _summary(
+                    [p["mean_px"] for p in pairs if p["user"] == u and "mean_px" in p]
+                ),
+                "across_by_history": _summary([h["mean_px"] for h in hist if h["user"] == u]),
+            }
+            for u in users
+        },
+        # the candidate chosen on the person's earlier pairs (`choose_by_history`)
+        "across_by_history": _summary([h["mean_px"] for h in hist]),
+        "across_by_candidate": {
+            c: _summary([p["by_candidate"][c] for p in pairs if c in p["by_candidate"]])
+            for c in cands
+        },
+        "frames_used": int(sum(w["frames_used"] for w in within)),
+        "targets": int(sum(w["targets"] for w in within)),
+        "sittings": within,
+        "pairs": pairs,
+    }
+
+
+def text(rep: dict) -> str:
+    w, a = rep["within"], rep["across"]
+    lines = [
+        f"{rep['folder']}: {w['n']} sittings ({rep['targets']} targets, "
+        f"{rep['frames_used']} frames), {a['n']} consecutive pairs",
+        f"  within a sitting (LOTO): median of sitting means {w['median_px']} px",
+        f"  across sittings (profile from the previous sitting): median {a['median_px']} px",
+    ]
+    lines.append(
+        "  across sittings, candidate chosen on the person's earlier pairs: median "
+        f"{rep['across_by_history']['median_px']} px"
+    )
+    for u, s in rep["per_user"].items():
+        lines.append(
+            f"    {u}: within {s['within']['median_px']} px over {s['within']['n']} sittings, "
+            f"across {s['across']['median_px']} px over {s['across']['n']} pairs "
+            f"({s['across_by_history']['median_px']} px chosen on earlier pairs)"
+        )
+    lines.append("  across sittings, each candidate's profile (median over pairs):")
+    for c, s in rep["across_by_candidate"].items():
+        lines.append(f"    {c:28s} {s['median_px']} px over {s['n']} pairs")
+    return "\n".join(lines)

@@ -1,0 +1,168 @@
+"""`gazeloop head-shift SESSION`: does a mapping follow a moved head?
+
+The session's frames are re-rendered as if the head had moved (the image translated, or
+scaled about its centre: `calibration.metrics.head_shift` says why these are exact head
+moves with an unchanged gaze direction), run through the fast path again, and every
+candidate mapping fitted on the original frames predicts both. A mapping that models where
+the eyes are should move its prediction as the geometry demands; a ridge on gaze angles
+cannot know the head moved. Reported per move and candidate: the expected and predicted mean
+displacement in screen px, the fraction followed and the miss as a fraction of the shift.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import cv2
+import numpy as np
+
+from gazeloop.calibration.geometry import ScreenGeometry
+from gazeloop.calibration.mapping.candidates import choose, columns_for, default_candidates
+from gazeloop.calibration.metrics.evaluate import geometric_options
+from gazeloop.calibration.metrics.head_shift import expected_shift_mm, follow_stats
+from gazeloop.calibration.store.session import read_session
+from gazeloop.fastpath.collect import LazyFastPath
+from gazeloop.fastpath.sources import SessionSource
+from gazeloop.tools.commands._args import add_fastpath_args, fastpath_config, positive_float
+from gazeloop.tools.errors import UserError
+from gazeloop.tools.runtime.selection import session_views
+
+# Moves as fractions of the image (shift) or factors (scale): a head sliding a hand's width
+# sideways, a little up/down, and leaning in or back by about a seventh of the distance.
+MOVES = {
+    "right": {"du": 0.08},
+    "down": {"dv": 0.08},
+    "closer": {"scale": 1.15},
+    "farther": {"scale": 0.87},
+}
+# Without a known screen size, the geometric mapping's own laptop prior (mm).
+DEFAULT_SCREEN_MM = (300.0, 190.0)
+CAMERA_ABOVE_MM = 5.0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "head-shift",
+        help="re-render a session as if the head moved; how far each mapping follows",
+        description="Translates and scales each frame (a head moved sideways, down, closer, "
+        "farther), reruns the fast path, and compares every candidate mapping's change of "
+        "prediction with where the gaze point must go.",
+    )
+    p.add_argument("session", type=str, help="session folder")
+    p.add_argument("--screen-mm", type=positive_float, nargs=2, metavar=("W", "H"))
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_fastpath_args(p)
+    p.set_defaults(func=run)
+
+
+def render(image: np.ndarray, *, du: float = 0.0, dv: float = 0.0, scale: float = 1.0):
+    """The image scaled by `scale` about its centre, then moved by (du, dv) × its size."""
+    h, w = image.shape[:2]
+    cx, cy = w / 2, h / 2
+    m = np.array(
+        [[scale, 0, (1 - scale) * cx + du * w], [0, scale, (1 - scale) * cy + dv * h]],
+        dtype=np.float64,
+    )
+    return cv2.warpAffine(image, m, (w, h), borderMode=cv2.BORDER_REPLICATE)
+
+
+def _shifted_features(session, fp, names, move) -> tuple[dict[str, dict], tuple[int, int]]:
+    """Features of each re-rendered frame by name (frames that lost their gaze left out)."""
+    out, size = {}, (0, 0)
+    live = fp.get()
+    with SessionSource(session, unmirror=session.mirrored) as src:
+        for frame in src:
+            if frame.name not in names:
+                continue
+            size = frame.image.shape[1], frame.image.shape[0]
+            live.reset()  # stills: fresh landmarks on every frame
+            frame.image = render(frame.image, **move)
+            d = live.process(frame).feature_dict()
+            if d:
+                out[frame.name] = d
+    return out, size
+
+
+def run(args: argparse.Namespace) -> int:
+    session = read_session(args.session)
+    fp = LazyFastPath(fastpath_config(args))
+    try:
+        report = check(session, fp, args)
+    finally:
+        fp.close()
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{report['session']}: {report['targets']} targets, {report['frames']} frames")
+    for mv, per in report["moves"].items():
+        print(f"  head {mv}: expected {per['expected_px']} px")
+        for c, st in per["by_candidate"].items():
+            mark = " (chosen)" if c == report["chosen"] else ""
+            frac = (
+                f", followed {st['followed']:.2f}, miss {st['miss_fraction']:.2f} of the shift"
+                if st["followed"] is not None
+                else ""
+            )
+            print(f"    {c:28s} moved {st['predicted_px']} px: miss {st['miss_px']} px{frac}{mark}")
+    return 0
+
+
+def check(session, fp: LazyFastPath, args) -> dict:
+    v = session_views(session, fp, both_reads=False)
+    px = session.screen_px
+    geo = ScreenGeometry(px=px) if px else ScreenGeometry.from_targets(v.labels_px)
+    mm = (
+        tuple(args.screen_mm)
+        if args.screen_mm
+        else ((session.manifest.screen_mm if session.manifest else None) or DEFAULT_SCREEN_MM)
+    )
+    mm_per_px = np.array(mm, dtype=np.float64) / np.array(geo.px, dtype=np.float64)
+    screen = ScreenGeometry(px=geo.px, mm=mm)
+    y = geo.to_norm(v.labels_px)
+    ch = choose(
+        default_candidates(),
+        v.views,
+        y,
+        v.groups,
+        aspect=geo.px[0] / geo.px[1],
+        options={"geometric": geometric_options(screen)},
+    )
+    view = v.views["as read"]
+    if not {"eye_x_mm", "eye_y_mm", "eye_z_mm"} <= set(view):
+        raise UserError(f"{session.folder}: the fast path gave no eye positions")
+    eye = np.column_stack([view["eye_x_mm"], view["eye_y_mm"], view["eye_z_mm"]])
+    camera = np.array([mm[0] / 2, -CAMERA_ABOVE_MM])  # centred above the top edge
+    target_mm = v.labels_px * mm_per_px - camera
+    names = v.names
+    moves = {}
+    for mv, spec in MOVES.items():
+        feats, (w, h) = _shifted_features(session, fp, set(names), spec)
+        rows = [i for i, n in enumerate(names) if n in feats]
+        focal = fp.cfg.focal_px or w  # as the fast path assumes without a camera
+        move_px = {
+            "du": spec.get("du", 0.0) * w,
+            "dv": spec.get("dv", 0.0) * h,
+            "scale": spec.get("scale", 1.0),
+        }
+        exp_mm = expected_shift_mm(eye[rows], target_mm[rows], focal, **move_px)
+        exp_px = exp_mm / mm_per_px
+        per = {}
+        for label, (cand, mapping) in (ch.fitted or {}).items():
+            x0 = columns_for(v.views, cand)[rows]
+            x1 = np.array([[feats[names[i]][f] for f in cand.features] for i in rows])
+            shift = (mapping.predict(x1) - mapping.predict(x0)) * np.array(geo.px)
+            per[label] = follow_stats(shift, exp_px)
+        moves[mv] = {
+            "frames": len(rows),
+            "expected_px": follow_stats(exp_px, exp_px)["expected_px"],
+            "by_candidate": per,
+        }
+    return {
+        "session": str(session.folder),
+        "targets": int(len(np.unique(v.groups))),
+        "frames": len(names),
+        "screen_mm": list(mm),
+        "chosen": ch.candidate.label,
+        "moves": moves,
+    }

@@ -1,0 +1,120 @@
+"""`gazeloop oracle eval SESSION --oracle moondream|clicks|targets`: an oracle measured
+against a labelled session (see `tools.runtime.oracle_eval`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from gazeloop.tools.commands._args import (
+    add_fastpath_args,
+    fastpath_config,
+    positive_int,
+)
+from gazeloop.tools.errors import UserError
+from gazeloop.tools.runtime import oracle_eval
+
+_COMMIT = re.compile(r"^[0-9a-fA-F]{40}$")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("oracle", help="measure an oracle against a labelled session")
+    osub = p.add_subparsers(dest="oracle_command", required=True, metavar="ACTION")
+    e = osub.add_parser(
+        "eval",
+        help="per label: returned or not, error against the truth, latency (JSON)",
+        description=oracle_eval.__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    e.add_argument("session", type=Path, help="session folder (img_<ms>.jpg + .json pairs)")
+    e.add_argument("--oracle", choices=("moondream", "clicks", "targets"), required=True)
+    e.add_argument("--screen-px", type=positive_int, nargs=2, metavar=("W", "H"))
+    e.add_argument(
+        "--mirrored",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the images are selfie views (default: the manifest's word, else not mirrored)",
+    )
+    e.add_argument(
+        "--clicks-per-target", type=positive_int, default=5, help="clicks: looks per target (5)"
+    )
+    e.add_argument("--seed", type=int, default=0, help="clicks: the replay's seed")
+    e.add_argument(
+        "--weights",
+        action="store_true",
+        help="moondream: load the real model from the local Hugging Face cache (default: "
+        "the API-shaped double, which has no weights and says so)",
+    )
+    e.add_argument(
+        "--code-commit",
+        help="moondream: the reviewed 40-hex commit the remote code must come from",
+    )
+    e.add_argument(
+        "--moondream-unpinned",
+        action="store_true",
+        help="moondream: run the remote code from whatever the revision resolves to, "
+        "unreviewed (trust_remote_code); warned loudly",
+    )
+    e.add_argument("--json", action="store_true", help="print only the JSON object")
+    add_fastpath_args(e)
+    e.set_defaults(func=run_eval)
+
+
+def _check(args) -> None:
+    if not args.session.is_dir():
+        raise UserError(f"{args.session}: no such folder")
+    if args.code_commit and not _COMMIT.match(args.code_commit):
+        raise UserError(f"--code-commit {args.code_commit!r}: not a 40-hex commit hash")
+    if args.oracle != "moondream" and (args.weights or args.code_commit or args.moondream_unpinned):
+        raise UserError(
+            "--weights, --code-commit and --moondream-unpinned are for --oracle moondream"
+        )
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    _check(args)
+    px = tuple(args.screen_px) if args.screen_px else None
+    session, screen, basis = oracle_eval.session_and_screen(args.session, px, args.mirrored)
+    out: dict[str, Any] = {"session": str(args.session), "oracle": args.oracle}
+    if args.oracle == "targets":
+        from gazeloop.oracle.simple import TargetOracle
+
+        out["oracle_note"] = "the session's own targets (TargetOracle): distance 0 by construction"
+        results = oracle_eval.label_frames(TargetOracle(), session, screen, give_target=True)
+    elif args.oracle == "moondream":
+        if args.moondream_unpinned:
+            print(
+                "WARNING: Moondream remote code UNPINNED: unreviewed code will run", file=sys.stderr
+            )
+        oracle, note = oracle_eval.moondream_oracle(
+            screen, args.weights, args.code_commit, args.moondream_unpinned
+        )
+        out["oracle_note"] = note
+        try:
+            results = oracle_eval.label_frames(oracle, session, screen, give_target=False)
+        finally:
+            oracle.close()
+    else:
+        results = _clicks(args, screen.px)
+        out["oracle_note"] = oracle_eval.CLICKS_EVAL_NOTE
+    out.update(screen_px=list(screen.px), screen_basis=basis)
+    out["summary"] = oracle_eval.summarise(results)
+    out["labels"] = oracle_eval.as_dicts(results)
+    print(json.dumps(out) if args.json else json.dumps(out, indent=1))
+    return 0
+
+
+def _clicks(args, screen_px):
+    from gazeloop.fastpath.pipeline import FastPath
+    from gazeloop.tools.runtime.bench_loop import collect_points
+
+    fp = FastPath(fastpath_config(args))
+    try:
+        pts = collect_points(args.session, fp, screen_px, args.mirrored)
+    finally:
+        fp.close()
+    return oracle_eval.eval_clicks(pts, screen_px, args.clicks_per_target, args.seed)

@@ -1,0 +1,140 @@
+"""The click oracle in `gazeloop run`: mouse presses in, point labels for the loop out.
+
+A thin shell around `oracle.clicks.judge`, which holds every rule. The pynput listener
+(`start_listener`) only records presses and releases, from its own thread; the frame thread
+calls `poll` every frame, which decides each click once its burst window has closed (a
+second press may still be coming until then) and hands accepted clicks to `on_label` as
+`OracleLabel`s timed at the end of the fixation that vouched for them.
+
+Times: presses are stamped on `time.monotonic_ns()`, frames on their source's clock. The
+two are tied by the newest frame (`frame`): its time, and when it was processed. So a click
+is placed on the same time line as the History it is judged against, whatever the source.
+
+Screen: the profile's monitor only, taken to be the one at the origin of pynput's
+coordinates (the primary monitor); presses outside it are ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from gazeloop.calibration.drift.history import History
+from gazeloop.calibration.labels import OracleLabel, PointObservation
+from gazeloop.oracle.clicks import Click, ClickRules, ClickVerdict, judge
+from gazeloop.tools.errors import UserError
+
+log = logging.getLogger(__name__)
+_MS = 1_000_000
+VERSION = "clicks-1"
+
+
+class ClickLabeller:
+    def __init__(
+        self,
+        history: History,
+        screen_px: tuple[int, int],
+        on_label: Callable[[OracleLabel], None],
+        rules: ClickRules | None = None,
+        clock: Callable[[], int] = time.monotonic_ns,
+    ) -> None:
+        self.history = history
+        self.size = np.asarray(screen_px, dtype=np.float64)
+        self.on_label = on_label
+        self.rules = rules or ClickRules()
+        self.clock = clock
+        self.verdicts: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._open: list[Click] = []  # pressed, not decided yet (times on the frame clock)
+        self._recent: list[Click] = []  # decided, kept for the burst rule of later presses
+        self._anchor: tuple[int, int] | None = None  # (frame t_ns, clock() when processed)
+
+    # --- the listener's thread -----------------------------------------------------------
+
+    def press(self, x: float, y: float) -> None:
+        t = self._frame_time(self.clock())
+        if t is None or not (0 <= x < self.size[0] and 0 <= y < self.size[1]):
+            return  # no frame yet, or another monitor
+        with self._lock:
+            self._open.append(Click(t, (float(x), float(y))))
+
+    def release(self, x: float, y: float) -> None:
+        t = self._frame_time(self.clock())
+        with self._lock:
+            if t is None or not self._open or self._open[-1].release_t_ns is not None:
+                return
+            c = self._open[-1]
+            self._open[-1] = Click(c.t_ns, c.xy_px, t, (float(x), float(y)))
+
+    # --- the frame thread ----------------------------------------------------------------
+
+    def frame(self, t_ns: int) -> None:
+        self._anchor = (t_ns, self.clock())
+
+    def poll(self) -> list[ClickVerdict]:
+        """Decide the clicks whose burst window has closed; accepted ones go to `on_label`."""
+        now = self._frame_time(self.clock())
+        gap = round(self.rules.burst_ms * _MS)
+        with self._lock:
+            if now is None or not self._open or now - self._open[0].t_ns <= gap:
+                return []
+            ready = [c for c in self._open if now - c.t_ns > gap]
+            self._open = [c for c in self._open if now - c.t_ns <= gap]
+            context = self._recent + ready + self._open
+            self._recent = [c for c in self._recent + ready if now - c.t_ns <= 2 * gap]
+        out = self._judge(ready, context)
+        for v in out:
+            self.verdicts[v.reason] = self.verdicts.get(v.reason, 0) + 1
+            if v.accepted:
+                self.on_label(self.label_of(v))
+        return out
+
+    def _judge(self, ready: list[Click], context: list[Click]) -> list[ClickVerdict]:
+        t0 = min(c.t_ns for c in ready) - round(self.rules.lookback_ms * _MS)
+        entries = self.history.window(t0, max(c.t_ns for c in ready))
+        t = np.array([e.t_ns for e in entries], dtype=np.int64)
+        xy = np.array([e.xy[:2] for e in entries]).reshape(-1, 2) * self.size
+        verdicts = judge(context, t, xy, self.rules)
+        ids = {id(c) for c in ready}
+        return [v for v in verdicts if id(v.click) in ids]
+
+    def label_of(self, v: ClickVerdict) -> OracleLabel:
+        x, y = v.click.xy_px
+        return OracleLabel(
+            t_ns=v.fixation.t1_ns,
+            snapshot_id=f"click-{v.click.t_ns}",
+            oracle="clicks",
+            oracle_version=VERSION,
+            observation=PointObservation(xy=(x / self.size[0], y / self.size[1])),
+            confidence=1.0,
+            latency_s=self.rules.burst_ms / 1e3,
+            details={
+                "click_px": [x, y],
+                "fixation_ms": (v.fixation.t1_ns - v.fixation.t0_ns) / _MS,
+            },
+        )
+
+    def _frame_time(self, now: int) -> int | None:
+        a = self._anchor
+        return None if a is None else a[0] + (now - a[1])
+
+
+def start_listener(labeller: ClickLabeller):
+    """A pynput global mouse listener feeding `labeller` (left button only)."""
+    try:
+        from pynput import mouse
+    except ImportError as e:
+        raise UserError(f"--oracle clicks needs pynput and a desktop session: {e}") from None
+
+    def on_click(x, y, button, pressed):
+        if button != mouse.Button.left:
+            return
+        (labeller.press if pressed else labeller.release)(x, y)
+
+    listener = mouse.Listener(on_click=on_click)
+    listener.start()
+    return listener

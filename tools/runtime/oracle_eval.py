@@ -1,0 +1,251 @@
+"""`gazeloop oracle eval`: an oracle over a labelled session, measured against its targets.
+
+Per label: returned or not (and why not), the distance from the truth (a point label) or the
+perpendicular distance and the angle between the line and the direction from its origin to
+the truth (a line label), and latency; then medians. Which oracle ran is in the output:
+
+- `targets`: the session's own targets handed to `TargetOracle` (the calibration grid's
+  and the verify key's label): distance 0 by construction; it checks the plumbing.
+- `clicks`: clicks at each target with human timing (`tools.runtime.click_replay`), judged
+  by the click rules on the session's real fast-path points (leave-one-target-out mapping).
+  A kept click's label is the click, on the target, so its distance is 0 by construction;
+  what is measured is which clicks are kept, and how far the fixation that vouched for each
+  was from the target (`fixation_px`).
+- `moondream`: `MoondreamOracle` on every frame, through the API-shaped double unless
+  real weights are asked for (`--weights`); the output's `oracle_note` says which.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gazeloop.calibration.geometry import ScreenGeometry
+from gazeloop.calibration.labels import LineObservation, PointObservation, Snapshot
+from gazeloop.calibration.store.session import Session, load_image, read_session
+from gazeloop.oracle.base import OracleError, check_label
+from gazeloop.tools.errors import UserError
+
+DEFAULT_CAMERA_NORM = (0.5, -0.03)  # a webcam centred just above the visible area
+
+
+@dataclass(frozen=True, slots=True)
+class LabelResult:
+    item: str  # the frame (or click) this label is about
+    target: int | None
+    truth_px: tuple[float, float]
+    returned: bool
+    why_not: str | None = None
+    kind: str | None = None  # "point" or "line"
+    distance_px: float | None = None
+    perpendicular_px: float | None = None
+    angle_deg: float | None = None
+    latency_ms: float | None = None
+    fixation_px: float | None = None
+
+
+def point_distance_px(xy_norm, truth_px, size) -> float:
+    d = np.asarray(xy_norm, dtype=np.float64) * size - np.asarray(truth_px, dtype=np.float64)
+    return float(np.hypot(*d))
+
+
+def line_errors(origin_norm, direction_norm, truth_px, size) -> tuple[float, float]:
+    """(perpendicular distance px, angle degrees) of the truth from a line, in pixels: the
+    direction is unit-length in normalised units, which on a non-square screen is not the
+    same direction on the glass, so both are converted first."""
+    o = np.asarray(origin_norm, dtype=np.float64) * size
+    u = np.asarray(direction_norm, dtype=np.float64) * size
+    u /= np.hypot(*u)
+    v = np.asarray(truth_px, dtype=np.float64) - o
+    perp = abs(u[0] * v[1] - u[1] * v[0])
+    angle = math.degrees(math.atan2(perp, float(u @ v)))
+    return float(perp), float(angle)
+
+
+def summarise(results: list[LabelResult]) -> dict[str, Any]:
+    def med(name: str) -> float | None:
+        vals = [getattr(r, name) for r in results if getattr(r, name) is not None]
+        return round(statistics.median(vals), 2) if vals else None
+
+    returned = sum(r.returned for r in results)
+    why: dict[str, int] = {}
+    for r in results:
+        if r.why_not:
+            why[r.why_not] = why.get(r.why_not, 0) + 1
+    return {
+        "labels": len(results),
+        "returned": returned,
+        "returned_share": round(returned / len(results), 3) if results else None,
+        "why_not": dict(sorted(why.items())),
+        "median_distance_px": med("distance_px"),
+        "median_perpendicular_px": med("perpendicular_px"),
+        "median_angle_deg": med("angle_deg"),
+        "median_latency_ms": med("latency_ms"),
+        "median_fixation_px": med("fixation_px"),
+    }
+
+
+def _target_ids(session: Session) -> list[int | None]:
+    return [getattr(it.record, "target", None) for it in session.items]
+
+
+def label_frames(oracle, session: Session, screen: ScreenGeometry, give_target: bool):
+    """Each frame of the session as a snapshot through `oracle`, checked like the worker
+    checks every answer."""
+    size = np.asarray(screen.px, dtype=np.float64)
+    out = []
+    for it, target in zip(session.items, _target_ids(session), strict=True):
+        truth = tuple(float(v) for v in it.label_px)
+        tn = (truth[0] / size[0], truth[1] / size[1])
+        snap = Snapshot(
+            t_ns=it.t_ms * 1_000_000,
+            image=load_image(it.image),
+            snapshot_id=it.name,
+            target_xy=tn if give_target else None,
+        )
+        t0 = time.perf_counter()
+        try:
+            label = check_label(oracle.label(snap, threading.Event()), snap)
+        except OracleError as e:
+            out.append(LabelResult(it.name, target, truth, False, f"error: {e}"))
+            continue
+        ms = (time.perf_counter() - t0) * 1e3
+        out.append(_measured(it.name, target, truth, label, ms, size))
+    return out
+
+
+def _measured(name, target, truth, label, ms, size) -> LabelResult:
+    obs = label.observation
+    if isinstance(obs, PointObservation):
+        d = point_distance_px(obs.xy, truth, size)
+        return LabelResult(name, target, truth, True, None, "point", d, latency_ms=ms)
+    if isinstance(obs, LineObservation):
+        perp, ang = line_errors(obs.origin, obs.direction, truth, size)
+        return LabelResult(name, target, truth, True, None, "line", None, perp, ang, ms)
+    why = "no observation" + ("" if label.in_frame is None else f" (in_frame={label.in_frame})")
+    return LabelResult(name, target, truth, False, why, latency_ms=ms)
+
+
+def session_and_screen(folder: Path, screen_px, mirrored) -> tuple[Session, ScreenGeometry, str]:
+    from gazeloop.calibration.drift.simulation import screen_from_targets
+
+    session = read_session(folder, screen_px=screen_px, mirrored=mirrored)
+    if not session.items:
+        raise UserError(f"{folder}: no labelled frames")
+    if session.screen_px is not None:
+        px, basis = tuple(session.screen_px), "session"
+    else:
+        px = screen_from_targets(np.array([it.label_px for it in session.items]))
+        basis = "targets with equal margins (no session.json)"
+    m = session.manifest
+    mm = getattr(m, "screen_mm", None) if m else None
+    cam = getattr(m, "camera_mm", None) if m else None
+    return session, ScreenGeometry(px=px, mm=mm, camera_mm=cam), basis
+
+
+def as_dicts(results: list[LabelResult]) -> list[dict[str, Any]]:
+    out = []
+    for r in results:
+        d = {k: (round(v, 2) if isinstance(v, float) else v) for k, v in asdict(r).items()}
+        d["truth_px"] = [round(v, 1) for v in r.truth_px]
+        out.append(d)
+    return out
+
+
+def eval_clicks(pts, screen_px, clicks_per_target: int, seed: int) -> list[LabelResult]:
+    """`clicks_per_target` looks at each target from a random other one, each ending in a
+    press with human timing (some mid-saccade, some doubled), judged by the click rules on
+    the session's fast-path points (`pts`: `bench_loop.SessionPoints`)."""
+    from gazeloop.calibration.mapping import loto_predict
+    from gazeloop.oracle.clicks import Click, ClickRules, judge
+    from gazeloop.tools.runtime.bench_loop import MAPPING
+    from gazeloop.tools.runtime.click_replay import HumanTiming, one_look
+
+    size = np.asarray(screen_px, dtype=np.float64)
+    truth = pts.truth_px / size
+    pred_px = loto_predict(MAPPING, pts.x, truth, pts.groups, aspect=size[0] / size[1]) * size
+    rules, timing = ClickRules(), HumanTiming()
+    rng = np.random.default_rng(seed)
+    ids = sorted({int(g) for g in pts.groups})
+    frames_of = {g: np.flatnonzero(pts.groups == g) for g in ids}
+    out = []
+    for g in ids:
+        for j in range(clicks_per_target):
+            prev = ids[int(rng.integers(len(ids)))] if len(ids) > 1 else g
+            while prev == g and len(ids) > 1:
+                prev = ids[int(rng.integers(len(ids)))]
+            t, xy, _, presses, target = one_look(
+                rng, frames_of, prev, g, pred_px, pts.truth_px, np.zeros(2), timing
+            )
+            clicks = [Click(round(p * 1e6), (float(target[0]), float(target[1]))) for p in presses]
+            t0 = time.perf_counter()
+            verdicts = judge(clicks, np.round(t * 1e6).astype(np.int64), xy, rules)
+            # A label is known once no second press can follow: the burst window, then the
+            # judging itself.
+            ms = rules.burst_ms + (time.perf_counter() - t0) * 1e3 / len(verdicts)
+            truth_px = (float(target[0]), float(target[1]))
+            for k, v in enumerate(verdicts):
+                fix = None
+                if v.fixation is not None:
+                    fix = float(np.hypot(*np.subtract(v.fixation.centre_px, truth_px)))
+                out.append(
+                    LabelResult(
+                        f"target {g} look {j} press {k}",
+                        g,
+                        truth_px,
+                        v.accepted,
+                        None if v.accepted else v.reason,
+                        "point" if v.accepted else None,
+                        0.0 if v.accepted else None,
+                        latency_ms=ms,
+                        fixation_px=fix,
+                    )
+                )
+    return out
+
+
+def moondream_oracle(screen: ScreenGeometry, weights: bool, code_commit, unpinned: bool):
+    """(oracle, note): the real model when `weights` (which fails offline with the loader's
+    own advice), else the API-shaped double, said so."""
+    from gazeloop.oracle.moondream import MoondreamConfig, MoondreamOracle, load_moondream
+    from gazeloop.oracle.moondream_double import NOTE, MoondreamDouble
+
+    cam = screen.camera_norm
+    cam_note = "the session's camera position"
+    if cam is None:
+        cam, cam_note = DEFAULT_CAMERA_NORM, f"camera assumed at {DEFAULT_CAMERA_NORM} (normalised)"
+    cam = (float(cam[0]), float(cam[1]))
+    kw: dict[str, Any] = {"allow_unpinned": unpinned}
+    if code_commit:
+        kw["code_commit"] = code_commit
+    elif unpinned:
+        kw["code_commit"] = None
+    try:
+        cfg = MoondreamConfig(**kw)
+    except ValueError as e:
+        raise UserError(f"oracle eval: {str(e).splitlines()[-1].strip()}") from None
+    if not weights:
+        model = MoondreamDouble()
+        return MoondreamOracle(model, cfg, screen, camera_norm=cam), f"{NOTE}; {cam_note}"
+    try:
+        model = load_moondream(cfg)
+    except OracleError as e:
+        raise UserError(" ".join(s.strip() for s in str(e).splitlines() if s.strip())) from None
+    return MoondreamOracle(
+        model, cfg, screen, camera_norm=cam
+    ), f"Moondream {cfg.model_id}@{cfg.revision}; {cam_note}"
+
+
+CLICKS_EVAL_NOTE = (
+    "clicks replayed at the session's targets with human timing, judged by the click rules "
+    "on the session's real fast-path points (leave-one-target-out mapping); a kept click's "
+    "label is on its target (distance 0 by construction); latency is the burst window the "
+    "rules wait for a second press, plus the judging. No person clicked"
+)

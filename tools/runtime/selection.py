@@ -1,0 +1,211 @@
+"""What `gazeloop eval` (without a fixed mapping), `eval --profile`, `eval-sittings` and
+`head-shift` share: a session's cached features as named columns per read of the frames,
+nested selection among the candidates (feature sets, mapping families, and both reads of
+frames whose mirroring nobody could settle), the profile that choice makes, and a saved
+profile applied unchanged to another session.
+
+Features come through the feature cache (`fastpath.feature_cache`), so running over a folder
+of sittings a second time does not run the networks again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from gazeloop.calibration.geometry import ScreenGeometry
+from gazeloop.calibration.metrics.evaluate import Evaluated, evaluate_candidates, evaluate_fixed
+from gazeloop.calibration.profile import FitReport, MappingSpec, Profile, ProfileError
+from gazeloop.calibration.store.session import Session
+from gazeloop.fastpath.collect import Collected, LazyFastPath, collect_session
+from gazeloop.fastpath.pipeline import FastPathConfig
+from gazeloop.tools.errors import UserError
+
+
+@dataclass(slots=True)
+class Views:
+    """A session's usable frames as named feature columns, per read of the frames."""
+
+    col: Collected
+    views: dict[str, dict[str, np.ndarray]]
+    labels_px: np.ndarray
+    groups: np.ndarray
+    names: list[str]
+    rejected: list[tuple[str, str]]
+
+
+def _columns(samples) -> dict[str, np.ndarray]:
+    dicts = [ls.sample.feature_dict() for ls in samples]
+    keys = set(dicts[0]).intersection(*dicts[1:]) if dicts else set()
+    return {k: np.array([d[k] for d in dicts], dtype=np.float64) for k in sorted(keys)}
+
+
+def session_views(
+    session: Session, fp: LazyFastPath, *, both_reads: bool = True, cache: bool = True
+) -> Views:
+    """Collect (cached) and keep the frames usable in every read, so candidates of both
+    reads are compared on the same frames."""
+    col = collect_session(session, fp, cache=cache, both_reads=both_reads)
+    reads = {"as read": col} | ({"other": col.other} if col.other is not None else {})
+    usable = [{ls.name for ls in c.samples if not ls.settling} for c in reads.values()]
+    common = set.intersection(*usable)
+    rejected = [(r.file, r.why) for r in col.rejected]
+    rejected += [
+        (ls.name, "settling: eyes still moving to the target") for ls in col.samples if ls.settling
+    ]
+    rejected += [
+        (ls.name, "no gaze in the other read of the frames")
+        for ls in col.samples
+        if not ls.settling and ls.name not in common
+    ]
+    views = {}
+    for key, c in reads.items():
+        kept = [ls for ls in c.samples if ls.name in common]
+        views[key] = _columns(kept)
+    used = [ls for ls in col.samples if ls.name in common]
+    if not used:
+        raise UserError(f"{session.folder}: no usable frames ({len(rejected)} rejected)")
+    return Views(
+        col=col,
+        views=views,
+        labels_px=np.array([ls.label_px for ls in used], dtype=np.float64),
+        groups=np.array([ls.target for ls in used]),
+        names=[ls.name for ls in used],
+        rejected=rejected,
+    )
+
+
+def evaluate_session(
+    session: Session, fp: LazyFastPath, screen: ScreenGeometry | None, *, cache: bool = True
+) -> tuple[Evaluated, object, Views]:
+    """Nested LOTO of the whole choice on one session → (evaluation, final choice, views)."""
+    v = session_views(session, fp, cache=cache)
+    try:
+        ev, choice = evaluate_candidates(
+            v.views,
+            v.labels_px,
+            v.groups,
+            session=str(session.folder),
+            screen=screen,
+            frames=v.col.frames,
+            rejected=v.rejected,
+            names=v.names,
+        )
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    r = ev.report
+    mirrored = v.col.session.mirrored
+    if choice.candidate.read == "other":
+        mirrored = not mirrored
+    r.mirrored = mirrored
+    r.mirrored_basis = v.col.mirror_basis + (
+        "; the other read won the selection" if choice.candidate.read == "other" else ""
+    )
+    return ev, choice, v
+
+
+def profile_from_choice(ev: Evaluated, choice, screen: ScreenGeometry, session: Session, fp):
+    """The profile a calibration on this session would save: the choice refitted on all
+    targets, with its leave-one-target-out figures and what selection saw."""
+    gaze = fp.get().gaze
+    m = session.manifest
+    r = ev.report
+    return Profile(
+        user=(m.user if m and m.user else "unknown"),
+        device=(m.device if m and m.device else "unknown"),
+        screen=screen,
+        features=list(choice.candidate.features),
+        gaze_model_id=gaze.model_id,
+        gaze_model_sha256=gaze.sha256,
+        mapping=MappingSpec(name=choice.candidate.mapping, params=choice.mapping.params()),
+        fit=FitReport(
+            targets=r.targets,
+            frames=r.frames_used,
+            mean_px=r.mean_px,
+            median_px=r.median_px,
+            baseline_mean_px=r.baseline_mean_px,
+            hyper={k: float(v) for k, v in choice.hyper.items()},
+            selection=r.selection.model_dump() if r.selection else None,
+            mirrored=r.mirrored,
+        ),
+        calibration_session=str(session.folder),
+    )
+
+
+def apply_profile(
+    prof: Profile,
+    session: Session,
+    fp: LazyFastPath,
+    screen: ScreenGeometry | None,
+    *,
+    cache: bool = True,
+) -> Evaluated:
+    """The profile's mapping on this session's frames, unchanged (no refit). Its screen
+    stands in when the session names none; a session on another screen size is told."""
+    from gazeloop.calibration.mapping import mapping_from_params
+
+    v = session_views(session, fp, both_reads=False, cache=cache)
+    missing = [f for f in prof.features if f not in v.views["as read"]]
+    if missing:
+        raise UserError(f"{session.folder}: frames lack the profile's features {missing}")
+    x = np.column_stack([v.views["as read"][f] for f in prof.features])
+    mapping = mapping_from_params(prof.mapping.name, prof.mapping.params)
+    try:
+        ev = evaluate_fixed(
+            mapping,
+            x,
+            v.labels_px,
+            v.groups,
+            session=str(session.folder),
+            screen=screen or prof.screen,
+            mapping_name=prof.mapping.name,
+            features=list(prof.features),
+            frames=v.col.frames,
+            rejected=v.rejected,
+        )
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    ev.report.mirrored = v.col.session.mirrored
+    ev.report.mirrored_basis = v.col.mirror_basis
+    return ev
+
+
+def load_profile(path: Path, fp: LazyFastPath) -> Profile:
+    try:
+        return Profile.load(path, gaze_model_sha256=fp.get().gaze.sha256)
+    except ProfileError as e:
+        raise UserError(str(e)) from None
+
+
+def run_selected(
+    session: Session,
+    screen: ScreenGeometry | None,
+    cfg: FastPathConfig,
+    *,
+    profile: Path | None = None,
+    save_profile: Path | None = None,
+    cache: bool = True,
+) -> tuple[Evaluated, Collected | None]:
+    """`eval` with the candidates, or with a saved `profile` applied unchanged; writes
+    `save_profile`. → (evaluation, the collected read the chosen candidate used)."""
+    fp = LazyFastPath(cfg)
+    try:
+        if profile is not None:
+            prof = load_profile(profile, fp)
+            ev = apply_profile(prof, session, fp, screen, cache=cache)
+            ev.report.profile = str(profile)
+            return ev, None
+        ev, choice, v = evaluate_session(session, fp, screen, cache=cache)
+        if save_profile is not None:
+            geo = screen or ScreenGeometry.from_targets(v.labels_px)
+            prof = profile_from_choice(ev, choice, geo, session, fp)
+            try:
+                prof.save(save_profile)
+            except OSError as e:
+                raise UserError(f"{save_profile}: cannot write the profile: {e}") from None
+        read = ev.report.selection.read if ev.report.selection else "as read"
+        return ev, (v.col.other if read == "other" else v.col)
+    finally:
+        fp.close()

@@ -1,0 +1,305 @@
+"""The promotion gate: a trained candidate replaces its parent only if it is better on whole
+sessions it never trained on, measured as the product measures a model.
+
+Each held-out session is run through the fast path twice, once with the parent's ONNX and
+once with the candidate's, and scored with the leave-one-target-out ridge calibration of
+`gazeloop eval` (`calibration.metrics.evaluate.evaluate_arrays` on the default profile
+features): the error the user would see after calibrating with that model. The comparison is
+paired: per session, and inside a session per target (the same target held out for both
+models), so the noise of which session or target is hard cancels out.
+
+The margin is parent − candidate (px, each session weighing the same). Its standard error
+comes from the per-session margins when there are at least `MIN_SESSIONS_FOR_SESSION_SE`
+sessions, else from the pooled per-target paired differences (fewer sessions give no usable
+spread). The candidate is promoted only when the margin exceeds both `z` standard errors
+and `min_gain_pct` % of the parent's error: a change inside the noise, or too small to
+matter, keeps the parent.
+
+Beside the decision, consecutive held-out sessions on the same screen (a user's sittings, in
+the order given) are also scored the way a user meets drift: a profile fitted on one
+sitting, used on the next (`carry_over_px`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from gazeloop.calibration.geometry import ScreenGeometry
+from gazeloop.calibration.mapping import fit_select
+from gazeloop.calibration.metrics.evaluate import evaluate_arrays
+from gazeloop.calibration.profile import DEFAULT_FEATURES
+from gazeloop.calibration.store.session import read_session
+from gazeloop.fastpath.collect import collect_session, expand_features, feature_matrix
+from gazeloop.fastpath.pipeline import FastPath, FastPathConfig
+from gazeloop.trainer.datasets import DataSource, detect_kind
+
+log = logging.getLogger(__name__)
+
+MIN_SESSIONS_FOR_SESSION_SE = 3
+
+
+class SessionScore(BaseModel):
+    """One held-out session scored with both models (leave-one-target-out, px)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    session: str
+    targets: int
+    parent_px: float
+    candidate_px: float
+    margin_px: float  # parent − candidate: positive means the candidate is better
+    target_margins_px: list[float]
+    # A profile fitted on the previous held-out session, scored on this one (px); None for
+    # the first session or another screen.
+    carry_parent_px: float | None = None
+    carry_candidate_px: float | None = None
+
+
+class GateResult(BaseModel):
+    """What the gate decided and the numbers it decided on (stored in the model card)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    promoted: bool
+    reason: str
+    parent: str | None = None
+    candidate: str | None = None
+    sessions: list[SessionScore] = []
+    parent_px: float | None = None
+    candidate_px: float | None = None
+    margin_px: float | None = None
+    margin_se_px: float | None = None
+    se_basis: str | None = None
+    needed_px: float | None = None
+    carry_parent_px: float | None = None  # mean over the sessions that have one
+    carry_candidate_px: float | None = None
+    z: float | None = None
+    min_gain_pct: float | None = None
+
+    def text(self) -> str:
+        """The decision and its numbers, for a person reading the terminal."""
+        head = f"gate: {'PROMOTED' if self.promoted else 'NOT promoted'}: {self.reason}"
+        lines = [head]
+        for s in self.sessions:
+            lines.append(
+                f"  {s.session}: parent {s.parent_px:.1f} px, candidate {s.candidate_px:.1f} px "
+                f"({s.targets} targets, leave-one-target-out)"
+            )
+        if self.carry_parent_px is not None:
+            lines.append(
+                f"  profile from the previous held-out session (not part of the decision): "
+                f"parent {self.carry_parent_px:.1f} px, candidate {self.carry_candidate_px:.1f} px"
+            )
+        return "\n".join(lines)
+
+
+def is_session(path: Path) -> bool:
+    try:
+        return detect_kind(Path(path)) == "session"
+    except ValueError:
+        return False
+
+
+@dataclass(slots=True)
+class HoldoutChoice:
+    train: list[DataSource]
+    holdout: list[DataSource]
+    notes: list[str] = field(default_factory=list)
+
+
+def choose_holdout(data: list[DataSource], holdout: list[DataSource]) -> HoldoutChoice:
+    """What trains and what the gate judges on. Named holdouts leave the training data if
+    they were in it; without any, the last quarter (at least one) of the session folders of
+    `data` is held out whole, as long as one source is left to train on."""
+    if holdout:
+        named = {Path(h.path).resolve() for h in holdout}
+        train = [d for d in data if Path(d.path).resolve() not in named]
+        notes = [f"{d.path} is a --holdout: not trained on" for d in data if d not in train]
+        return HoldoutChoice(train, list(holdout), notes)
+    sessions = [d for d in data if is_session(d.path)]
+    if len(data) < 2:
+        return HoldoutChoice(list(data), [], [])
+    if not sessions:
+        why = "no session folder among --data to hold out whole: name one with --holdout"
+        return HoldoutChoice(list(data), [], [why])
+    n = max(1, len(sessions) // 4)
+    held = sessions[-n:]
+    train = [d for d in data if d not in held]
+    note = "held out for the promotion gate (not trained on): " + ", ".join(
+        str(d.path) for d in held
+    )
+    return HoldoutChoice(train, held, [note])
+
+
+@dataclass(slots=True)
+class SessionFeatures:
+    """One session through the fast path with one gaze model: what both metrics need."""
+
+    source: DataSource
+    x: np.ndarray
+    labels_px: np.ndarray
+    groups: np.ndarray
+    names: list[str]
+    screen: ScreenGeometry | None
+
+
+def session_features(
+    onnx_path: Path, source: DataSource, fp_cfg: FastPathConfig
+) -> SessionFeatures:
+    """The default profile features of every settled frame, with this gaze model."""
+    session = read_session(source.path, screen_px=source.screen_px, mirrored=source.mirrored)
+    fp = FastPath(fp_cfg.model_copy(update={"gaze_model": Path(onnx_path)}))
+    try:
+        col = collect_session(session, fp)
+    finally:
+        fp.close()
+    used = [ls for ls in col.samples if not ls.settling]
+    if not used:
+        raise ValueError(f"{source.path}: no usable frames for the gate")
+    names = expand_features(list(DEFAULT_FEATURES), used[0].sample)
+    screen = None
+    if session.screen_px is not None:
+        m = session.manifest
+        screen = ScreenGeometry(px=session.screen_px, mm=m.screen_mm if m else None)
+    return SessionFeatures(
+        source,
+        feature_matrix(used, names),
+        np.array([ls.label_px for ls in used], dtype=np.float64),
+        np.array([ls.target for ls in used]),
+        names,
+        screen,
+    )
+
+
+def loto_errors(f: SessionFeatures) -> dict[int, float]:
+    """Leave-one-target-out mean error per target (px), exactly as `gazeloop eval`
+    computes it (ridge on the default profile features)."""
+    ev = evaluate_arrays(
+        f.x, f.labels_px, f.groups, session=str(f.source.path), features=f.names, screen=f.screen
+    )
+    return {t.target: float(t.mean_px) for t in ev.report.per_target}
+
+
+def carry_over_px(prev: SessionFeatures, cur: SessionFeatures) -> float | None:
+    """Mean error (px) on `cur` of a profile fitted on `prev` (a user's earlier sitting):
+    what drift between sittings does to a model. None when the two screens differ."""
+    if prev.screen is None or cur.screen is None or prev.screen.px != cur.screen.px:
+        return None
+    geo = cur.screen
+    aspect = geo.px[0] / geo.px[1]
+    m, _, _ = fit_select("ridge", prev.x, geo.to_norm(prev.labels_px), prev.groups, aspect=aspect)
+    pred = geo.to_px(m.predict(cur.x))
+    return float(np.linalg.norm(pred - cur.labels_px, axis=1).mean())
+
+
+def judge(
+    parent: Path,
+    candidate: Path,
+    holdout: list[DataSource],
+    fp_cfg: FastPathConfig,
+    *,
+    z: float = 1.0,
+    min_gain_pct: float = 1.0,
+) -> GateResult:
+    """Score both models on every held-out session and decide (see the module docstring).
+    Consecutive held-out sessions on the same screen also get the profile-from-the-previous-
+    session error of both models, reported beside the decision (not part of it)."""
+    common: dict[str, Any] = {"parent": str(parent), "candidate": str(candidate)}
+    if not holdout:
+        return GateResult(
+            promoted=False,
+            reason="too few sessions to judge: no held-out session (name one with --holdout "
+            "SESSION, or give at least two session folders as --data)",
+            z=z,
+            min_gain_pct=min_gain_pct,
+            **common,
+        )
+    pf = [session_features(parent, h, fp_cfg) for h in holdout]
+    cf = [session_features(candidate, h, fp_cfg) for h in holdout]
+    scores = [_score(p, c) for p, c in zip(pf, cf, strict=True)]
+    for i in range(1, len(scores)):
+        pc, cc = carry_over_px(pf[i - 1], pf[i]), carry_over_px(cf[i - 1], cf[i])
+        if pc is not None and cc is not None:
+            scores[i].carry_parent_px, scores[i].carry_candidate_px = round(pc, 2), round(cc, 2)
+    return decide(scores, z=z, min_gain_pct=min_gain_pct, **common)
+
+
+def _score(pf: SessionFeatures, cf: SessionFeatures) -> SessionScore:
+    p, c = loto_errors(pf), loto_errors(cf)
+    targets = sorted(set(p) & set(c))  # the same frames feed both; a target lost by one drops
+    pm = float(np.mean([p[t] for t in targets]))
+    cm = float(np.mean([c[t] for t in targets]))
+    return SessionScore(
+        session=str(pf.source.path),
+        targets=len(targets),
+        parent_px=round(pm, 2),
+        candidate_px=round(cm, 2),
+        margin_px=round(pm - cm, 2),
+        target_margins_px=[round(p[t] - c[t], 3) for t in targets],
+    )
+
+
+def decide(
+    scores: list[SessionScore], *, z: float, min_gain_pct: float, **common: Any
+) -> GateResult:
+    """The decision from paired scores (pure arithmetic: tested without any model)."""
+    margins = np.array([s.margin_px for s in scores])
+    parent_px = float(np.mean([s.parent_px for s in scores]))
+    cand_px = float(np.mean([s.candidate_px for s in scores]))
+    margin = float(margins.mean())
+    if len(scores) >= MIN_SESSIONS_FOR_SESSION_SE:
+        se, basis = float(margins.std(ddof=1) / math.sqrt(len(margins))), "sessions"
+    else:
+        d = np.concatenate([s.target_margins_px for s in scores])
+        se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else math.inf
+        basis = f"{len(d)} paired targets"
+    needed = max(z * se, min_gain_pct / 100 * parent_px)
+    if not math.isfinite(cand_px):
+        ok, why = False, "the candidate's error is not finite"
+    elif margin > needed:
+        ok, why = True, f"better than its parent by {margin:.1f} ± {se:.1f} px"
+    elif margin > 0:
+        ok, why = (
+            False,
+            (
+                f"better by only {margin:.1f} ± {se:.1f} px; needs more than {needed:.1f} px "
+                f"({z:g} standard errors and {min_gain_pct:g} % of the parent's error)"
+            ),
+        )
+    elif margin == 0:
+        ok, why = False, "no better than its parent (the same error to the pixel)"
+    else:
+        ok, why = False, f"worse than its parent by {-margin:.1f} ± {se:.1f} px"
+    why += f" on {len(scores)} held-out session(s): {cand_px:.1f} vs {parent_px:.1f} px"
+    carried = [s for s in scores if s.carry_parent_px is not None]
+    carry = {}
+    if carried:
+        carry = {
+            "carry_parent_px": round(float(np.mean([s.carry_parent_px for s in carried])), 2),
+            "carry_candidate_px": round(float(np.mean([s.carry_candidate_px for s in carried])), 2),
+        }
+    return GateResult(
+        promoted=ok,
+        reason=why,
+        **carry,
+        sessions=scores,
+        parent_px=round(parent_px, 2),
+        candidate_px=round(cand_px, 2),
+        margin_px=round(margin, 2),
+        margin_se_px=round(se, 2) if math.isfinite(se) else None,
+        se_basis=basis,
+        needed_px=round(needed, 2) if math.isfinite(needed) else None,
+        z=z,
+        min_gain_pct=min_gain_pct,
+        **common,
+    )
+
+
+__all__ = ["GateResult", "HoldoutChoice", "SessionScore", "choose_holdout", "decide", "judge"]

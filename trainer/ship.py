@@ -1,0 +1,107 @@
+"""From a finished run to the registry: export the best checkpoint, judge it against its
+parent with the promotion gate, register it with the gate's evaluation, promote it only if
+the gate says so.
+
+The parent is what the candidate would replace: the registry's promoted version of the model
+id when there is one (what the fast path serves now), else the model the run started from
+(`init`, or the stock network). Every candidate is registered, promoted or not, so a person
+can still look at it and promote it by hand (`gazeloop models promote`).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from gazeloop.trainer.config import TrainConfig
+from gazeloop.trainer.export import export_onnx
+from gazeloop.trainer.gate import GateResult, judge
+from gazeloop.trainer.model import load_checkpoint, read_checkpoint_info
+from gazeloop.trainer.registry import ModelRegistry
+
+STOCK_ID = "gaze-estimation-adas-0002-onnx"
+
+
+def card_metrics(best_checkpoint: Path) -> dict[str, float]:
+    """The validation numbers of the exported (best) checkpoint, not of the last epoch."""
+    extra = read_checkpoint_info(best_checkpoint).get("extra", {})
+    out = {}
+    for key, name in (
+        ("val_px", "val_error_px"),
+        ("val_pct_diag", "val_error_pct_diag"),
+        ("val_baseline_pct_diag", "val_baseline_pct_diag"),
+        ("val_deg", "val_error_deg"),
+        ("step", "best_step"),
+    ):
+        v = extra.get(key)
+        if isinstance(v, int | float) and math.isfinite(v):
+            out[name] = float(v)
+    return out
+
+
+def parent_model(cfg: TrainConfig, registry: ModelRegistry, model_id: str) -> tuple[Path, str, str]:
+    """(ONNX path, description, parent model id) of what the candidate must beat."""
+    entry = registry.promoted(model_id) if (registry.root / model_id).is_dir() else None
+    if entry is not None:
+        return entry.onnx_path, f"{model_id} v{entry.version} (promoted)", model_id
+    if cfg.init is not None:
+        out = Path(cfg.out_dir) / "gate" / "parent.onnx"
+        export_onnx(load_checkpoint(cfg.init), out, card={"model_id": "parent"})
+        return out, f"the run's init {cfg.init}", "parent"
+    from gazeloop.fastpath import models
+
+    path = models.resolve_gaze_onnx(cfg.fastpath.gaze_model)
+    return path, f"the stock model ({path})", STOCK_ID
+
+
+def ship(
+    cfg: TrainConfig,
+    best_checkpoint: Path,
+    registry_root: Path,
+    model_id: str,
+    *,
+    training_summary: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Export, judge, register, maybe promote; what happened as a JSON-ready dict."""
+    registry = ModelRegistry(registry_root)
+    parent, parent_desc, parent_id = parent_model(cfg, registry, model_id)
+    card = {
+        "model_id": model_id,
+        "parent_model_id": parent_id,
+        "metrics": card_metrics(best_checkpoint),
+        "training_data": {"summary": training_summary or {}},
+    }
+    onnx = export_onnx(
+        load_checkpoint(best_checkpoint), best_checkpoint.with_suffix(".onnx"), card=card
+    )
+    try:
+        gate: GateResult = judge(
+            parent,
+            onnx,
+            cfg.holdout,
+            cfg.fastpath,
+            z=cfg.gate_z,
+            min_gain_pct=cfg.gate_min_gain_pct,
+        )
+    except (ValueError, OSError) as e:  # a held-out session that cannot be scored
+        gate = GateResult(promoted=False, reason=f"could not judge: {e}", candidate=str(onnx))
+    gate = gate.model_copy(update={"parent": parent_desc})
+    from gazeloop.trainer.export import card_path_for, read_card
+
+    final = read_card(card_path_for(onnx)).model_copy(
+        update={"evaluation": gate.model_dump(mode="json")}
+    )
+    entry = registry.register(onnx, final, promote=gate.promoted, reason=f"gate: {gate.reason}")
+    served = registry.promoted(model_id)
+    return {
+        "onnx": str(onnx),
+        "registered": str(entry.onnx_path),
+        "version": entry.version,
+        "promoted": gate.promoted,
+        "served_version": None if served is None else served.version,
+        "gate": gate.model_dump(mode="json"),
+    }
+
+
+__all__ = ["card_metrics", "parent_model", "ship"]
