@@ -20,7 +20,7 @@ from gazeloop.fastpath.models import ModelFileError
 from gazeloop.fastpath.sources import SourceError
 from gazeloop.tools.errors import UserError
 from gazeloop.tools.runtime import progress
-from gazeloop.tools.runtime.quiet import StderrFilter
+from gazeloop.tools.runtime.quiet import StderrFilter, silence_opencv
 
 # One module per subcommand, in the order `gazeloop --help` lists them.
 COMMANDS = (
@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     # Third-party C++ log lines off stderr unless asked for (only where fd 2 is a real file:
     # under a test runner's capture there is nothing to protect).
     quiet = None
+    if args.verbose == 0:
+        silence_opencv()
     if args.verbose == 0 and _stderr_is_fd2():
         # The terminal itself for progress lines, before the filter takes fd 2 over.
         progress.use_terminal(os.fdopen(os.dup(2), "w") if os.isatty(2) else None)

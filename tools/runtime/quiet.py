@@ -24,6 +24,18 @@ THIRD_PARTY = re.compile(
 )
 
 
+def silence_opencv() -> None:
+    """OpenCV's own log off: probing a camera index that is not there prints a dozen C++
+    lines ("[ WARN:0@1.1] global cap_v4l.cpp ...", an FFMPEG exception text over several
+    lines) that read as a crash, and a multi-line record cannot be filtered line by line.
+    Our own message says what failed; `-v` leaves OpenCV's log as it is."""
+    import cv2
+
+    logging_mod = getattr(getattr(cv2, "utils", None), "logging", None)
+    if logging_mod is not None and hasattr(logging_mod, "setLogLevel"):
+        logging_mod.setLogLevel(logging_mod.LOG_LEVEL_SILENT)
+
+
 class StderrFilter:
     """fd 2 → pipe → (filter) → the real stderr. `close` restores fd 2 and drains the pipe."""
 

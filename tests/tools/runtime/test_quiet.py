@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -63,3 +64,14 @@ def test_our_own_error_still_reaches_stderr(tmp_path):
     r = _run("eval", str(tmp_path / "missing"))
     assert r.returncode == 2
     assert r.stderr.decode().strip().startswith("gazeloop eval: ")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(Path("/dev/video0").exists(), reason="this machine has a camera 0")
+def test_a_missing_camera_is_our_one_line_not_opencvs_log():
+    r = _run("bench", "fastpath", "--source", "0", "--frames", "1")
+    assert r.returncode == 2
+    lines = r.stderr.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gazeloop bench: cannot open camera 0"), lines
+    loud = _run("-v", "bench", "fastpath", "--source", "0", "--frames", "1")
+    assert len(loud.stderr.decode().splitlines()) > 1  # OpenCV's own lines, when asked for
