@@ -31,7 +31,7 @@ from gazeloop.calibration.store.session import Session
 CACHE_VERSION = 2
 # The modules whose code decides a cached feature's value.
 _FEATURE_CODE = (
-    "collect", "eye_geometry", "face_onnx", "features", "gaze_model", "headpose",
+    "collect", "eye_geometry", "face_onnx", "features", "gaze_model", "headpose", "protowire",
     "ir_onnx", "landmarks", "pipeline", "providers", "tflite_onnx", "tflite_reader",
 )  # fmt: skip
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from gazeloop.fastpath.protowire import iter_fields
+
 _METADATA = "geometry_pipeline_metadata_landmarks.binarypb"
 
 
@@ -28,42 +30,6 @@ class CanonicalFaceError(RuntimeError):
     """The bundle's geometry metadata is missing or not what MediaPipe writes."""
 
 
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(buf):
-            raise ValueError("truncated varint")
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, pos
-        shift += 7
-
-
-def _proto_fields(buf: bytes):
-    """(field number, wire type, value) for each field of a serialized protobuf message;
-    value is an int for varints, bytes otherwise."""
-    pos = 0
-    while pos < len(buf):
-        key, pos = _varint(buf, pos)
-        field, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = _varint(buf, pos)
-        elif wire == 1:
-            value, pos = buf[pos : pos + 8], pos + 8
-        elif wire == 2:
-            n, pos = _varint(buf, pos)
-            value, pos = buf[pos : pos + n], pos + n
-        elif wire == 5:
-            value, pos = buf[pos : pos + 4], pos + 4
-        else:
-            raise ValueError(f"unsupported wire type {wire}")
-        if pos > len(buf):
-            raise ValueError("truncated field")
-        yield field, wire, value
-
-
 def parse_canonical_face(raw: bytes) -> CanonicalFace:
     """The Procrustes landmark basis and its canonical-mesh positions from a serialized
     `GeometryPipelineMetadata` (canonical_mesh = 1, procrustes_landmark_basis = 2;
@@ -75,13 +41,13 @@ def parse_canonical_face(raw: bytes) -> CanonicalFace:
     know the face's shape. Checked against mediapipe 0.10.21's own parse in the tests."""
     ids: list[int] = []
     verts: list[np.ndarray] = []
-    for field, wire, value in _proto_fields(raw):
+    for field, wire, value in iter_fields(raw):
         if field == 1 and wire == 2:
-            for f2, w2, v2 in _proto_fields(value):
+            for f2, w2, v2 in iter_fields(value):
                 if f2 == 3 and w2 in (2, 5):  # packed floats, or one unpacked float
                     verts.append(np.frombuffer(v2, "<f4"))
         elif field == 2 and wire == 2:
-            for f2, w2, v2 in _proto_fields(value):
+            for f2, w2, v2 in iter_fields(value):
                 if f2 == 1 and w2 == 0:
                     ids.append(int(v2))
     buf = np.concatenate(verts).astype(np.float64) if verts else np.zeros(0)

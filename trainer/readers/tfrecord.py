@@ -55,6 +55,7 @@ import cv2
 import numpy as np
 
 from gazeloop.fastpath.features import extract
+from gazeloop.fastpath.protowire import ProtoError, iter_fields, varint
 from gazeloop.fastpath.types import FaceLandmarks
 from gazeloop.trainer.readers.common import (
     LazyFastPath,
@@ -151,50 +152,7 @@ def write_records(path: str | Path, records: Iterable[bytes]) -> None:
             f.write(data + struct.pack("<I", masked_crc32c(data)))
 
 
-# --- protobuf wire format -------------------------------------------------------------------
-
-
-class ProtoError(ValueError):
-    """Bytes that are not the protobuf message they should be."""
-
-
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(buf):
-            raise ProtoError("truncated varint")
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, pos
-        shift += 7
-        if shift >= 70:
-            raise ProtoError("varint longer than 10 bytes")
-
-
-def iter_fields(buf: bytes) -> Iterator[tuple[int, int, Any]]:
-    """(field number, wire type, value): int for varints, bytes for the rest."""
-    pos, n = 0, len(buf)
-    while pos < n:
-        key, pos = _varint(buf, pos)
-        field, wire = key >> 3, key & 7
-        if field == 0:
-            raise ProtoError("field number 0")
-        if wire == 0:
-            value, pos = _varint(buf, pos)
-        elif wire == 1:
-            value, pos = buf[pos : pos + 8], pos + 8
-        elif wire == 2:
-            size, pos = _varint(buf, pos)
-            value, pos = buf[pos : pos + size], pos + size
-        elif wire == 5:
-            value, pos = buf[pos : pos + 4], pos + 4
-        else:
-            raise ProtoError(f"unsupported wire type {wire} (groups are not used here)")
-        if pos > n:
-            raise ProtoError("truncated field")
-        yield field, wire, value
+# --- protobuf wire format (fastpath.protowire reads the framing) ----------------------------
 
 
 def _signed64(v: int) -> int:
@@ -204,7 +162,7 @@ def _signed64(v: int) -> int:
 def _packed_varints(buf: bytes) -> list[int]:
     out, pos = [], 0
     while pos < len(buf):
-        v, pos = _varint(buf, pos)
+        v, pos = varint(buf, pos)
         out.append(v)
     return out
 
@@ -319,7 +277,7 @@ def parse_tensor(buf: bytes) -> np.ndarray:
 # --- encoders (tests and exporters) -----------------------------------------------------------
 
 
-def _enc_varint(v: int) -> bytes:
+def _encvarint(v: int) -> bytes:
     v &= (1 << 64) - 1
     out = bytearray()
     while True:
@@ -333,7 +291,7 @@ def _enc_varint(v: int) -> bytes:
 
 
 def _enc_len(field: int, payload: bytes) -> bytes:
-    return _enc_varint(field << 3 | 2) + _enc_varint(len(payload)) + payload
+    return _encvarint(field << 3 | 2) + _encvarint(len(payload)) + payload
 
 
 def encode_feature(value: Any) -> bytes:
@@ -346,7 +304,7 @@ def encode_feature(value: Any) -> bytes:
     if arr.dtype.kind == "f":
         return _enc_len(2, _enc_len(1, arr.astype("<f4").tobytes()))
     if arr.dtype.kind in "iub":
-        return _enc_len(3, _enc_len(1, b"".join(_enc_varint(int(v)) for v in arr)))
+        return _enc_len(3, _enc_len(1, b"".join(_encvarint(int(v)) for v in arr)))
     raise TypeError(f"cannot encode a feature of dtype {arr.dtype}")
 
 
@@ -364,10 +322,10 @@ def encode_tensor(arr: np.ndarray) -> bytes:
     code = next((c for c, d in _DTYPES.items() if np.dtype(d) == arr.dtype.newbyteorder("<")), None)
     if code is None:
         raise TypeError(f"dtype {arr.dtype} has no TensorFlow code here")
-    shape = b"".join(_enc_len(2, _enc_varint(1 << 3 | 0) + _enc_varint(d)) for d in arr.shape)
+    shape = b"".join(_enc_len(2, _encvarint(1 << 3 | 0) + _encvarint(d)) for d in arr.shape)
     return (
-        _enc_varint(1 << 3 | 0)
-        + _enc_varint(code)
+        _encvarint(1 << 3 | 0)
+        + _encvarint(code)
         + _enc_len(2, shape)
         + _enc_len(4, arr.astype(arr.dtype.newbyteorder("<")).tobytes())
     )
