@@ -205,6 +205,20 @@ def fit_profile(x: np.ndarray, y_norm: np.ndarray, groups: np.ndarray, **kwargs)
     return fit_profile_report(x, y_norm, groups, **kwargs)[0]
 
 
+def fit_report(r, hyper: dict[str, float], **more) -> FitReport:
+    """What a profile records of its fit, from the leave-one-target-out report `r` of the
+    mapping it saves (`more`: what a selection adds, e.g. `selection`, `mirrored`)."""
+    return FitReport(
+        targets=r.targets,
+        frames=r.frames_used,
+        mean_px=r.mean_px,
+        median_px=r.median_px,
+        baseline_mean_px=r.baseline_mean_px,
+        hyper={k: float(v) for k, v in hyper.items()},
+        **more,
+    )
+
+
 def fit_profile_report(
     x: np.ndarray,
     y_norm: np.ndarray,
@@ -248,14 +262,7 @@ def fit_profile_report(
         gaze_model_id=gaze_model_id,
         gaze_model_sha256=gaze_model_sha256,
         mapping=MappingSpec(name=mapping, params=m.params()),
-        fit=FitReport(
-            targets=r.targets,
-            frames=r.frames_used,
-            mean_px=r.mean_px,
-            median_px=r.median_px,
-            baseline_mean_px=r.baseline_mean_px,
-            hyper={k: float(v) for k, v in hyper.items()},
-        ),
+        fit=fit_report(r, hyper),
         calibration_session=calibration_session,
     )
     return prof, ev

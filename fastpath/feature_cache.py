@@ -16,6 +16,7 @@ bypass the cache.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -36,8 +37,10 @@ _FEATURE_CODE = (
 )  # fmt: skip
 
 
+@functools.cache
 def code_digest() -> str:
-    """sha256 over the source of the fast-path modules that compute features."""
+    """sha256 over the source of the fast-path modules that compute features (once per
+    process: the code does not change under a running program)."""
     import importlib
 
     h = hashlib.sha256()

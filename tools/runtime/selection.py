@@ -17,7 +17,8 @@ import numpy as np
 
 from gazeloop.calibration.geometry import ScreenGeometry
 from gazeloop.calibration.metrics.evaluate import Evaluated, evaluate_candidates, evaluate_fixed
-from gazeloop.calibration.profile import FitReport, MappingSpec, Profile, ProfileError
+from gazeloop.calibration.procedure import fit_report
+from gazeloop.calibration.profile import MappingSpec, Profile, ProfileError
 from gazeloop.calibration.store.session import Session
 from gazeloop.fastpath.collect import Collected, LazyFastPath, collect_session
 from gazeloop.fastpath.pipeline import FastPathConfig
@@ -120,13 +121,9 @@ def profile_from_choice(ev: Evaluated, choice, screen: ScreenGeometry, session: 
         gaze_model_id=gaze.model_id,
         gaze_model_sha256=gaze.sha256,
         mapping=MappingSpec(name=choice.candidate.mapping, params=choice.mapping.params()),
-        fit=FitReport(
-            targets=r.targets,
-            frames=r.frames_used,
-            mean_px=r.mean_px,
-            median_px=r.median_px,
-            baseline_mean_px=r.baseline_mean_px,
-            hyper={k: float(v) for k, v in choice.hyper.items()},
+        fit=fit_report(
+            r,
+            choice.hyper,
             selection=r.selection.model_dump() if r.selection else None,
             mirrored=r.mirrored,
         ),
