@@ -6,6 +6,14 @@ replay of a recording (whose frames already say which target was shown and wheth
 were still settling) feeds `feed_replay` instead and calls `finish`; both end in the same
 `arrays()` and `fit_profile_report`. Samples are duck-typed: anything with `feature_dict()` and a
 `quality` carrying `usable` works, so this module does not depend on the fast path.
+
+By default (`ProcedureConfig.select`) the profile is fitted as `gazeloop eval` chooses a
+mapping: the candidates (feature sets, mapping families) compete by nested
+leave-one-target-out (`calibration.mapping.candidates`), the winner on all targets is saved,
+and the profile records which one it was (`FitReport.chosen`) and the leave-one-target-out
+error of the whole choice (`fit_profile_selected`, `profile_from_choice`). A fixed mapping on
+fixed features (`select=False`) is what a refit of an existing profile for a new gaze model
+uses (`fit_profile_report`).
 """
 
 from __future__ import annotations
@@ -16,8 +24,20 @@ import numpy as np
 
 from gazeloop.calibration.geometry import ScreenGeometry
 from gazeloop.calibration.mapping import fit_select
-from gazeloop.calibration.metrics.evaluate import Evaluated, evaluate_arrays, robust_keep
-from gazeloop.calibration.profile import DEFAULT_FEATURES, FitReport, MappingSpec, Profile
+from gazeloop.calibration.mapping.candidates import Candidate, Choice, columns_for
+from gazeloop.calibration.metrics.evaluate import (
+    Evaluated,
+    evaluate_arrays,
+    evaluate_candidates,
+    robust_keep,
+)
+from gazeloop.calibration.profile import (
+    DEFAULT_FEATURES,
+    ChosenCandidate,
+    FitReport,
+    MappingSpec,
+    Profile,
+)
 
 LAYOUTS = (9, 16, 25)
 
@@ -46,6 +66,10 @@ class ProcedureConfig:
     # Capture this many usable frames per target and move on (collect_s then only bounds
     # the capture: a slow camera or blinks must not hold the dot forever). None: collect_s.
     frames: int | None = None
+    # True: the mapping and its features are chosen as `gazeloop eval` chooses them (nested
+    # selection among the candidates); `features` and `mapping` then only name the fixed
+    # choice used when False.
+    select: bool = True
     features: tuple[str, ...] = tuple(DEFAULT_FEATURES)
     mapping: str = "ridge"
 
@@ -56,6 +80,8 @@ class TargetLog:
     kept: list[np.ndarray] = field(default_factory=list)
     t_ns: list[int] = field(default_factory=list)
     names: list[str] = field(default_factory=list)  # the kept frames' names, for reports
+    # every feature of each kept frame, for the candidates of a selection
+    features: list[dict[str, float]] = field(default_factory=list)
     dropped: dict[str, int] = field(default_factory=dict)
     tries: int = 0
 
@@ -156,7 +182,14 @@ class CalibrationRun:
         if why:
             tgt.dropped[why] = tgt.dropped.get(why, 0) + 1
             return "dropped"
-        tgt.kept.append(np.array([d[n] for n in self.cfg.features], dtype=np.float64))
+        if not self.cfg.select:
+            missing = [n for n in self.cfg.features if n not in d]
+            if missing:
+                why = f"no {', '.join(missing)}"
+                tgt.dropped[why] = tgt.dropped.get(why, 0) + 1
+                return "dropped"
+        tgt.kept.append(np.array([d.get(n, np.nan) for n in self.cfg.features], dtype=np.float64))
+        tgt.features.append(dict(d))
         tgt.t_ns.append(t_ns)
         tgt.names.append(name)
         return "kept"
@@ -166,6 +199,7 @@ class CalibrationRun:
         tgt.tries += 1
         if len(tgt.kept) < self.cfg.min_frames and tgt.tries < 2:
             tgt.kept.clear()
+            tgt.features.clear()
             tgt.t_ns.clear()
             tgt.names.clear()
         else:
@@ -197,6 +231,15 @@ class CalibrationRun:
             np.asarray(ys, dtype=np.float64).reshape(-1, 2),
             np.asarray(gs, dtype=np.int64),
         )
+
+    def views(self) -> dict[str, dict[str, np.ndarray]]:
+        """The rows of `arrays()` as named feature columns (the features every kept frame
+        has), the "as read" view a selection's candidates take their columns from."""
+        dicts = [d for i in self.used() for d in self.targets[i].features]
+        keys = set(dicts[0]).intersection(*dicts[1:]) if dicts else set()
+        return {
+            "as read": {k: np.array([d[k] for d in dicts], dtype=np.float64) for k in sorted(keys)}
+        }
 
 
 def fit_profile(x: np.ndarray, y_norm: np.ndarray, groups: np.ndarray, **kwargs) -> Profile:
@@ -266,3 +309,120 @@ def fit_profile_report(
         calibration_session=calibration_session,
     )
     return prof, ev
+
+
+def chosen_candidate(
+    choice: Choice, *, mirrored: bool | None = None, in_sample_px: float | None = None
+) -> ChosenCandidate:
+    """What a profile records of the candidate a selection chose."""
+    c: Candidate = choice.candidate
+    return ChosenCandidate(
+        label=c.label,
+        mapping=c.mapping,
+        feature_set=c.feature_set,
+        features=list(c.features),
+        read=c.read,
+        mirrored=mirrored,
+        hyper={k: float(v) for k, v in choice.hyper.items()},
+        in_sample_mean_px=None if in_sample_px is None else round(float(in_sample_px), 2),
+    )
+
+
+def in_sample_error_px(
+    choice: Choice,
+    views: dict[str, dict[str, np.ndarray]],
+    labels_px: np.ndarray,
+    screen: ScreenGeometry,
+) -> float:
+    """Mean distance (px) of the chosen mapping, fitted on all targets, to the targets of
+    the very frames it was fitted on (every frame given, outliers included): in-sample, so
+    optimistic, and the number `gazeloop eval SESSION --profile P` gives on the same
+    session and frames."""
+    pred = screen.to_px(choice.mapping.predict(columns_for(views, choice.candidate)))
+    err = np.linalg.norm(pred - labels_px, axis=1)
+    return float(np.mean(err[np.isfinite(err)]))
+
+
+def profile_from_choice(
+    ev: Evaluated,
+    choice: Choice,
+    *,
+    screen: ScreenGeometry,
+    user: str,
+    device: str,
+    gaze_model_id: str,
+    gaze_model_sha256: str,
+    calibration_session: str | None = None,
+    in_sample_px: float | None = None,
+) -> Profile:
+    """The profile a selection makes: the choice refitted on all targets, with the
+    leave-one-target-out figures of the whole choice (`ev`), what selection saw, and which
+    candidate won (`fit.chosen`)."""
+    r = ev.report
+    return Profile(
+        user=user,
+        device=device,
+        screen=screen,
+        features=list(choice.candidate.features),
+        gaze_model_id=gaze_model_id,
+        gaze_model_sha256=gaze_model_sha256,
+        mapping=MappingSpec(name=choice.candidate.mapping, params=choice.mapping.params()),
+        fit=fit_report(
+            r,
+            choice.hyper,
+            selection=r.selection.model_dump() if r.selection else None,
+            mirrored=r.mirrored,
+            chosen=chosen_candidate(choice, mirrored=r.mirrored, in_sample_px=in_sample_px),
+        ),
+        calibration_session=calibration_session,
+    )
+
+
+def fit_profile_selected(
+    views: dict[str, dict[str, np.ndarray]],
+    labels_px: np.ndarray,
+    groups: np.ndarray,
+    *,
+    screen: ScreenGeometry,
+    user: str,
+    device: str,
+    gaze_model_id: str,
+    gaze_model_sha256: str,
+    calibration_session: str | None = None,
+    frame_names: list[str] | None = None,
+    frames: int | None = None,
+    rejected: list[tuple[str, str]] | None = None,
+    mirrored: bool | None = None,
+) -> tuple[Profile, Evaluated, Choice]:
+    """A profile by nested selection, as `gazeloop eval` chooses: per-target outliers
+    dropped, the candidates compared by nested leave-one-target-out (the honest error of
+    the whole choice is the one reported), the winner on all targets saved. `views` maps a
+    read of the frames ("as read", and "other" when the mirroring is unknown) to named
+    feature columns, one row per frame of `labels_px` (screen px) and `groups` (target ids).
+    → (profile, its evaluation, the choice)."""
+    ev, choice = evaluate_candidates(
+        views,
+        labels_px,
+        groups,
+        session=calibration_session or "calibration",
+        screen=screen,
+        frames=frames,
+        rejected=rejected,
+        names=frame_names,
+    )
+    if choice.candidate.read == "other" and mirrored is not None:
+        mirrored = not mirrored
+    if mirrored is not None:
+        ev.report.mirrored = mirrored
+    prof = profile_from_choice(
+        ev,
+        choice,
+        screen=screen,
+        user=user,
+        device=device,
+        gaze_model_id=gaze_model_id,
+        gaze_model_sha256=gaze_model_sha256,
+        calibration_session=calibration_session,
+        in_sample_px=in_sample_error_px(choice, views, labels_px, screen),
+    )
+    return prof, ev, choice

@@ -40,6 +40,21 @@ class ProfileError(ValueError):
     """A profile file that is unreadable, invalid, or made for something else."""
 
 
+class ChosenCandidate(BaseModel):
+    """The candidate nested selection chose (`calibration.mapping.candidates`)."""
+
+    label: str  # e.g. "ridge:gaze", "geometric:geometric", "ridge:gaze:other"
+    mapping: str  # the mapping family
+    feature_set: str  # a FEATURE_SETS name, or the mapping's own name for its own features
+    features: list[str]
+    read: str = "as read"  # or "other": the frames read flipped the other way won
+    mirrored: bool | None = None  # whether the frames it was fitted on were selfie views
+    hyper: dict[str, float] = Field(default_factory=dict)  # e.g. ridge's alpha
+    # Mean error on the frames it was fitted on (in-sample, optimistic; the honest figure is
+    # FitReport.mean_px): what `gazeloop eval SESSION --profile P` says on the same session.
+    in_sample_mean_px: float | None = None
+
+
 class FitReport(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -49,6 +64,8 @@ class FitReport(BaseModel):
     median_px: float | None = None
     baseline_mean_px: float | None = None
     hyper: dict[str, Any] = Field(default_factory=dict)
+    # Set when the mapping was chosen by nested selection (None: a fixed mapping was asked).
+    chosen: ChosenCandidate | None = None
 
 
 class MappingSpec(BaseModel):

@@ -46,6 +46,7 @@ from gazeloop.fastpath.headpose import (
 )
 from gazeloop.fastpath.landmarks import LandmarkError
 from gazeloop.fastpath.providers import resolve_providers
+from gazeloop.fastpath.sessions import open_session
 from gazeloop.fastpath.types import FaceLandmarks
 
 N_POINTS = 478
@@ -244,22 +245,12 @@ class _Net:
     """One onnxruntime session of a rebuilt network plus its input normalisation."""
 
     def __init__(self, path: Path, what: str, threads: int, providers: list[str] | None):
-        import onnxruntime as ort
-
         self.path = path
         if not path.is_file():
             raise FaceOnnxError(f"{what} model not found: {path}")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(threads)
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
-        if threads > 1:
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self.session = ort.InferenceSession(
-                str(path), sess_options=opts, providers=providers or resolve_providers("auto")
+            self.session = open_session(
+                path, threads=threads, providers=providers or resolve_providers("auto")
             )
         except Exception as e:  # onnxruntime raises several unrelated types here
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -410,7 +401,12 @@ class OnnxFaceLandmarker:
         pts = faces[0] if len(faces) == 1 else _largest(faces)
         ypr = self.pose.estimate(pts, size)
         return FaceLandmarks(
-            points=pts, head_ypr=ypr, image_size=size, blendshapes=None, faces_seen=len(faces)
+            points=pts,
+            head_ypr=ypr,
+            image_size=size,
+            blendshapes=None,
+            faces_seen=len(faces),
+            head_rotation=self.pose.rotation,
         )
 
     # -- stages (public for parity checks) -------------------------------------------------

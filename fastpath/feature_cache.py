@@ -33,7 +33,8 @@ CACHE_VERSION = 2
 # The modules whose code decides a cached feature's value.
 _FEATURE_CODE = (
     "collect", "eye_geometry", "face_onnx", "features", "gaze_model", "headpose", "protowire",
-    "ir_onnx", "landmarks", "pipeline", "providers", "tflite_onnx", "tflite_reader",
+    "ir_onnx", "landmarks", "pipeline", "providers", "sessions", "tflite_onnx",
+    "tflite_reader", "types",
 )  # fmt: skip
 
 
@@ -94,6 +95,7 @@ def config_digest(cfg) -> str:
         "blink_aperture": cfg.blink_aperture,
         "focal_px": cfg.focal_px,
         "still_gap_s": cfg.still_gap_s,
+        "gaze_frame": getattr(cfg, "gaze_frame", "camera"),
         # another execution provider may compute in another precision
         "ep": getattr(cfg, "ep", "cpu"),
     }

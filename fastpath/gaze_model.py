@@ -42,9 +42,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 from gazeloop.fastpath.providers import resolve_providers
+from gazeloop.fastpath.sessions import open_session
 
 OMZ_IO_CONVENTION = "omz-gaze-estimation-adas-0002"  # same tag as fastpath.ir_onnx writes
 CROP_SHAPE = (60, 60, 3)
@@ -165,17 +165,13 @@ class GazeModel:
             raise ModelLoadError(f"cannot read gaze model file {self.path}: {exc}") from exc
         self.sha256 = hashlib.sha256(data).hexdigest()
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(threads)
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
-            self.session = ort.InferenceSession(
-                data, sess_options=opts, providers=providers or default_providers()
+            self.session = open_session(
+                self.path, threads=threads, providers=providers or default_providers()
             )
         except Exception as exc:  # onnxruntime raises several unrelated types here
-            raise ModelLoadError(f"cannot load gaze model {self.path}: {exc}") from exc
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelLoadError(f"cannot load gaze model {self.path}: {first}") from None
 
         meta = self.session.get_modelmeta().custom_metadata_map
         self.model_id: str = meta.get("gazeloop.model_id", self.path.stem)

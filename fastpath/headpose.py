@@ -87,9 +87,11 @@ class HeadPoseEstimator:
         self.camera_matrix = camera_matrix
         self._rvec: np.ndarray | None = None
         self._tvec: np.ndarray | None = None
+        self.rotation: np.ndarray | None = None  # of the last estimate (3x3)
 
     def reset(self) -> None:
         self._rvec = self._tvec = None
+        self.rotation = None
 
     def _k(self, w: int, h: int) -> np.ndarray:
         if self.camera_matrix is not None:
@@ -122,6 +124,7 @@ class HeadPoseEstimator:
             return np.full(3, np.nan)
         self._rvec, self._tvec = rvec, tvec
         r, _ = cv2.Rodrigues(rvec)
+        self.rotation = r
         return rotation_to_ypr(r)
 
 
@@ -135,3 +138,25 @@ def rotation_to_ypr(r_model_to_cam: np.ndarray) -> np.ndarray:
     right = rel @ np.array([1.0, 0.0, 0.0])  # the face's x axis in the image (y down)
     roll = np.arctan2(right[1], right[0])
     return np.array([yaw, pitch, roll], dtype=np.float64)
+
+
+def eye_ray_frame(eye_mm: np.ndarray) -> np.ndarray:
+    """(3, 3): rows are the x, y, z axes of the eyes' ray frame in camera axes (ours: x image
+    right, y up, z toward the camera): z from the eyes to the camera, y the camera's up made
+    orthogonal to z, x = y × z. The same frame as `calibration.mapping.geometric.ray_frames`
+    (a test holds them equal): the frame of a camera turned to look straight at the eyes,
+    which is the "normalised camera" of appearance-based gaze estimation (Zhang et al.,
+    ETRA 2018), and so the frame in which an eye crop tells head and gaze angles."""
+    z = -np.asarray(eye_mm, dtype=np.float64)
+    z = z / np.linalg.norm(z)
+    y = np.array([-z[1] * z[0], 1.0 - z[1] * z[1], -z[1] * z[2]])
+    y /= np.linalg.norm(y)
+    return np.stack([np.cross(y, z), y, z])
+
+
+def ypr_in_eye_frame(r_model_to_cam: np.ndarray, eye_mm: np.ndarray) -> np.ndarray:
+    """Head (yaw, pitch, roll) as measured in the eyes' ray frame (`eye_ray_frame`): zero
+    when the face looks back along the ray from the camera, wherever it is in the image.
+    `r_model_to_cam`: the solvePnP rotation (OpenCV camera axes)."""
+    frame_cv = _FLIP @ eye_ray_frame(eye_mm) @ _FLIP  # the same frame, OpenCV axes
+    return rotation_to_ypr(frame_cv @ r_model_to_cam)

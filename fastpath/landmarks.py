@@ -78,7 +78,12 @@ class _Base:
             return None
         ypr = self.pose.estimate(pts, size)
         return FaceLandmarks(
-            points=pts, head_ypr=ypr, image_size=size, blendshapes=blend, faces_seen=len(faces)
+            points=pts,
+            head_ypr=ypr,
+            image_size=size,
+            blendshapes=blend,
+            faces_seen=len(faces),
+            head_rotation=self.pose.rotation,
         )
 
 

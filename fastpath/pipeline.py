@@ -48,6 +48,11 @@ class FastPathConfig(BaseModel):
     # onnxruntime execution provider of the ONNX networks (gaze model, `onnx` landmarks):
     # auto = CoreML on a Mac, CUDA when offered, CPU otherwise (fastpath.providers).
     ep: Literal["auto", "cpu", "cuda", "coreml"] = "auto"
+    # The frame of the head pose the gaze network is told: the camera's axes, or the eyes'
+    # ray frame (`headpose.ypr_in_eye_frame`), the one its eye crops can see. "ray" keeps
+    # the gaze point still when the head turns about the camera, but is not the default
+    # until held-out data settle its accuracy (README, Conventions).
+    gaze_frame: Literal["camera", "ray"] = "camera"
     max_faces: int = Field(1, ge=1)
     crop_scale: float = Field(CROP_SCALE, gt=0)
     blink_aperture: float = Field(BLINK_APERTURE, ge=0)
@@ -200,7 +205,8 @@ class FastPath:
                     s.screen_px = self._to_px(s.screen_xy)
             return
 
-        out = self.gaze.predict(feats.left.crop, feats.right.crop, face.head_ypr)
+        head = feats.network_head_ypr(self.cfg.gaze_frame)
+        out = self.gaze.predict(feats.left.crop, feats.right.crop, head)
         t3 = time.perf_counter_ns()
         st["gaze_model"] = (t3 - t2) / 1e6
         if not (np.all(np.isfinite(out.yaw_pitch)) and np.all(np.isfinite(out.vector))):

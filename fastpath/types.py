@@ -33,6 +33,9 @@ class FaceLandmarks:
     image_size: tuple[int, int]  # (width, height)
     blendshapes: dict[str, float] | None = None
     faces_seen: int = 1
+    # The head's rotation, canonical face -> OpenCV camera axes (solvePnP); None where no
+    # pose was solved (a reader that only has angles).
+    head_rotation: np.ndarray | None = None
 
 
 @dataclass(slots=True)
@@ -54,6 +57,17 @@ class Features:
     # Midpoint of the eye corners in camera axes (x image right, y up, z toward the camera,
     # so z < 0), mm: `fastpath.eye_geometry`. None when not computed.
     eye_mm: np.ndarray | None = None
+    # The head pose in the eyes' ray frame (`headpose.ypr_in_eye_frame`), what the gaze
+    # network is told with `FastPathConfig.gaze_frame = "ray"`; None without a solved pose.
+    head_ypr_eye: np.ndarray | None = None
+
+    def network_head_ypr(self, frame: str = "camera") -> np.ndarray:
+        """The head pose the gaze network is told in `frame` ("ray" or "camera"): yaw and
+        pitch of that frame, and the image roll the crops were aligned by. "ray" without an
+        eye-frame pose falls back to the camera's axes."""
+        if frame == "ray" and self.head_ypr_eye is not None:
+            return np.array([self.head_ypr_eye[0], self.head_ypr_eye[1], self.head_ypr[2]])
+        return self.head_ypr
 
     @property
     def blink(self) -> bool:

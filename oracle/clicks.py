@@ -164,3 +164,88 @@ def judge(
             reason = "far" if d > rules.max_distance_px else "ok"
         out.append(ClickVerdict(click, reason, fix))
     return out
+
+
+# --- the validation glance ------------------------------------------------------------------
+# A single dot on the screen (the verify key, or rarely on its own when the loop has had no
+# label for long): the fixation on it is a point label, the idea of EyeLink's drift check.
+# The eye needs about 200 ms to leave for a new target and a saccade to land, so what labels
+# the dot is the first stable stretch that *starts* after the dot appeared (plus
+# `latency_ms`), lasts `min_fixation_ms`, and lies within `max_distance_px` of the dot (as
+# for clicks, generous: a drifted calibration puts the fixation off by the very drift the
+# label is to measure). Nothing of the kind within `timeout_ms`: no label.
+
+
+@dataclass(frozen=True, slots=True)
+class GlanceRules:
+    latency_ms: float = 80.0  # no fixation on the dot can start sooner than this
+    min_fixation_ms: float = 250.0
+    radius_px: float = 120.0  # every sample of the stretch within this of its median
+    max_distance_px: float = 350.0
+    timeout_ms: float = 2500.0
+    max_gap_ms: float = 150.0  # a hole in the samples longer than this breaks a stretch
+
+    def __post_init__(self) -> None:
+        for name in self.__dataclass_fields__:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"glance rule {name} must be positive, got {getattr(self, name)}")
+
+
+def fixation_on_dot(
+    t_ns: np.ndarray,
+    xy_px: np.ndarray,
+    shown_t_ns: int,
+    dot_px: tuple[float, float],
+    now_t_ns: int,
+    rules: GlanceRules,
+) -> tuple[Fixation | None, str]:
+    """The fixation on a dot shown at `shown_t_ns`, from the fast path's samples (times
+    ascending, (n, 2) pixels) up to `now_t_ns`, and "ok"; or None and
+
+    - `waiting`: none yet, and the timeout has not passed (call again with more samples);
+    - `no_samples`: the timeout passed with no sample after the dot (no face, eyes shut);
+    - `far`: the timeout passed; the eye did rest, but not within `max_distance_px`;
+    - `no_fixation`: the timeout passed with samples but no stable stretch (the eye kept
+      moving).
+
+    The fixation is the first stretch of `min_fixation_ms` (from a sample to the first one
+    that far after it, no hole over `max_gap_ms` between them) whose samples all lie within
+    `radius_px` of its median; it ends there (its last sample is the label's time), so a
+    live caller can take the dot away at once."""
+    t = np.asarray(t_ns, dtype=np.int64)
+    xy = np.asarray(xy_px, dtype=np.float64).reshape(-1, 2)
+    start_t = shown_t_ns + round(rules.latency_ms * _MS)
+    deadline = shown_t_ns + round(rules.timeout_ms * _MS)
+    keep = (t >= start_t) & (t <= min(now_t_ns, deadline))
+    t, xy = t[keep], xy[keep]
+    dot = np.asarray(dot_px, dtype=np.float64)
+    min_ns, gap_ns = rules.min_fixation_ms * _MS, rules.max_gap_ms * _MS
+    # For each start, the sample that makes the stretch long enough; all stretches at once
+    # (this runs every frame while the dot shows).
+    ends = np.searchsorted(t, t + round(min_ns), side="left")
+    gaps = np.concatenate([[0], np.cumsum(np.diff(t) > gap_ns)])  # holes before each sample
+    starts = np.nonzero(ends < len(t))[0]  # long enough by now (later calls have more)
+    starts = starts[gaps[ends[starts]] == gaps[starts]]  # and no hole in the stretch
+    rested_far = False
+    if len(starts):
+        ends = ends[starts]
+        span = int(np.max(ends - starts)) + 1
+        idx = starts[:, None] + np.arange(span)[None, :]
+        inside = idx <= ends[:, None]
+        part = np.where(inside[..., None], xy[np.minimum(idx, len(t) - 1)], np.nan)
+        centre = np.nanmedian(part, axis=1)
+        dist = np.hypot(*(part - centre[:, None, :]).transpose(2, 0, 1))
+        stable = np.nanmax(dist, axis=1) <= rules.radius_px
+        near = np.hypot(*(centre - dot).T) <= rules.max_distance_px
+        hits = np.nonzero(stable & near)[0]
+        if len(hits):
+            k = hits[0]
+            i, j = int(starts[k]), int(ends[k])
+            fix = Fixation(int(t[i]), int(t[j]), (centre[k, 0], centre[k, 1]), j - i + 1)
+            return fix, "ok"
+        rested_far = bool(np.any(stable))
+    if now_t_ns < deadline:
+        return None, "waiting"
+    if len(t) == 0:
+        return None, "no_samples"
+    return None, "far" if rested_far else "no_fixation"

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gazeloop.fastpath.pipeline import FastPathConfig
 from gazeloop.trainer.datasets import DataSource
+from gazeloop.trainer.tune import Tune
 
 
 class TrainError(RuntimeError):
@@ -40,6 +41,11 @@ class TrainConfig(BaseModel):
     # 2026-12-04; earlier 81.1 → 103.5 vs 80.8 px). A few sessions cannot move a
     # pretrained network far without overfitting them.
     lr: float = Field(1e-5, gt=0)
+    tune: Tune = Field(
+        "all",
+        description="what trains (trainer.tune): every layer, the last conv block and the "
+        "fully connected head, or the head only; the rest is frozen",
+    )
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float | None = Field(1.0, gt=0)
     batch_persons: int = Field(4, ge=1)

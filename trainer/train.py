@@ -54,6 +54,7 @@ from gazeloop.trainer.model import MODEL_VERSION, GazeNet, load_checkpoint, save
 from gazeloop.trainer.readers.common import Samples
 from gazeloop.trainer.seeds import derive_seed, seed_everything
 from gazeloop.trainer.split import Split, check_trainable, make_split
+from gazeloop.trainer.tune import apply_tune
 from gazeloop.trainer.validation import metric, validate
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,7 @@ class _Run:
     raw_model: GazeNet
     optimizer: torch.optim.Optimizer
     params: list[torch.nn.Parameter]
+    tuned: dict[str, Any]  # what trains and what is frozen (trainer.tune)
     steps_per_epoch: int
     total_steps: int
     metrics: MetricsLog | None
@@ -168,6 +170,12 @@ def train(
                 "it or choose another out_dir"
             )
         state = read_trainer_state(resume_from)
+        was = (state.get("config") or {}).get("tune", "all")
+        if was != cfg.tune:  # the optimizer state is for that run's trained layers
+            raise TrainError(
+                f"{out_dir} was trained with tune {was!r}, not {cfg.tune!r}: resume it with "
+                f"the same choice (--tune {was})"
+            )
 
     accelerator, mp = _accelerator(cfg)
     seed_everything(cfg.seed)
@@ -268,9 +276,12 @@ def _prepared_model(
     model: GazeNet | None,
     resume_from: Path | None,
     state: dict[str, Any] | None,
-) -> tuple[torch.nn.Module, torch.optim.Optimizer, list[torch.nn.Parameter], Standing]:
-    """The model (the checkpoint's, the given one or the initial one) and its optimizer,
-    prepared by accelerate, and where a resumed run stands."""
+) -> tuple[
+    torch.nn.Module, torch.optim.Optimizer, list[torch.nn.Parameter], Standing, dict[str, Any]
+]:
+    """The model (the checkpoint's, the given one or the initial one) with the layers
+    outside `cfg.tune` frozen, its optimizer (over the trained parameters only), prepared
+    by accelerate, where a resumed run stands, and what `trainer.tune` froze."""
     at = Standing()
     if state is not None:
         assert resume_from is not None
@@ -279,12 +290,13 @@ def _prepared_model(
         at = Standing.resumed(state, cfg)
     elif model is None:
         model = _initial_model(cfg)
+    tuned = apply_tune(model, cfg.tune)  # before the optimizer: frozen layers are not in it
     params = trained_parameters(model)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if state is not None:
         load_optimizer(optimizer, model, resume_from)
     prepared, optimizer = accelerator.prepare(model, optimizer)
-    return prepared, optimizer, params, at
+    return prepared, optimizer, params, at, tuned
 
 
 def _start(
@@ -301,7 +313,9 @@ def _start(
     the first "best"."""
     split = _split(data, cfg)
     steps_per_epoch, total_steps = _schedule(cfg, split)
-    prepared, optimizer, params, at = _prepared_model(cfg, accelerator, model, resume_from, state)
+    prepared, optimizer, params, at, tuned = _prepared_model(
+        cfg, accelerator, model, resume_from, state
+    )
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     main = accelerator.is_main_process
@@ -310,6 +324,11 @@ def _start(
     metrics = MetricsLog(out_dir, cfg, at.step if state is not None else None) if main else None
     bar = Progress(total_steps, at.step, cfg.log_every, enabled=progress and main)
     bar.write(f"split: {split.description}")
+    if cfg.tune != "all":
+        bar.write(
+            f"tune {cfg.tune}: training {', '.join(tuned['trained_modules'])} "
+            f"({tuned['trained_parameters']} parameters; {tuned['frozen_parameters']} frozen)"
+        )
     for n in split.notes:
         bar.write(f"note: {n}")
     run = _Run(
@@ -322,6 +341,7 @@ def _start(
         raw_model=accelerator.unwrap_model(prepared),
         optimizer=optimizer,
         params=params,
+        tuned=tuned,
         steps_per_epoch=steps_per_epoch,
         total_steps=total_steps,
         metrics=metrics,
@@ -543,6 +563,9 @@ def _summary(run: _Run, data: GazeData, state: dict[str, Any] | None, mp: str) -
         "train_persons": len(split.train_persons),
         "val_persons": len(split.val_persons),
         "samples": len(run.samples),
+        "samples_by_person": _counts(run.samples.person),
+        "samples_by_unit": {u.unit: u.samples for u in data.units},
+        "tune": run.tuned,
         "skipped": len(data.skipped),
         "excluded_persons": [str(e) for e in data.excluded],
         "wall_time_s": wall,
@@ -553,6 +576,11 @@ def _summary(run: _Run, data: GazeData, state: dict[str, Any] | None, mp: str) -
         "mixed_precision": mp,
         "model_version": MODEL_VERSION,
     }
+
+
+def _counts(persons: np.ndarray) -> dict[str, int]:
+    names, counts = np.unique(persons, return_counts=True)
+    return {str(n): int(c) for n, c in zip(names.tolist(), counts.tolist(), strict=True)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

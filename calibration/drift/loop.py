@@ -52,11 +52,24 @@ loop_stats`, and quoted from there by the README. When it replaced the previous 
 loop it recovered 5-6 labels sooner in median over the same 300 streams, its no-drift offset
 RMS fell by about a quarter, and the price was false walks: a chance run of labels taken for
 a change makes the offset jump by up to 100-160 px until later labels undo it, in 14-16 % of
-100-label streams against 2-4 % before; `confirm_logp` = 8 trades part of that back (11 %)
-for a label more to recover. The seed-averaged error trace recovers later than the median
-stream: late detections weigh on a mean. That gap is a detection limit, not a tuning one: a
-150 px step in 128 px of noise per label takes ~9 labels to tell from noise at a false-alarm
-rate of about one in four 100-label streams, even knowing σ and the old offset exactly.
+100-label streams against 2-4 % before. Most of those fell on splits with few later labels;
+the scan's short-run penalty (`short_logp`, `calibration.changepoint`) moves the false-alarm
+budget to longer splits and took them to 6 % (3 % on grid9's simulated streams) with the
+median labels to recover unchanged, at the price of a far-beyond-noise step declared at its
+5th label instead of its 3rd (replayed clicks on grid9 recover in 8 labels, not 5). The
+seed-averaged error trace recovers later than the median stream: late detections weigh on a
+mean. That gap is a detection limit, not a tuning one: a 150 px step in 128 px of noise per
+label takes ~9 labels to tell from noise at a false-alarm rate of about one in four
+100-label streams, even knowing σ and the old offset exactly.
+
+A new sitting. `gazeloop run` with a profile made in an earlier sitting (`reset(...,
+new_sitting=True)`) starts the calibration's run with `sitting_prior_weight`, (noise_prior /
+drift_scale)² ≈ 3.5 labels, not 80: between sittings the offset is known only as well as a
+change of drift. On the evit sittings (`gazeloop bench loop --sittings ../shared/data/evit
+--oracle clicks`, 24 pairs, 7-8 replayed clicks each) the loop then closes a median 0.70 of
+the gap between the old profile and the sitting's own calibration (0.14 with 80), mean error
+182 → 173 px; the price, with so few clicks, is 6 pairs that end over 5 % worse than
+without the loop (worst 1.18×), where 80 had none.
 
 The gate
 --------
@@ -65,6 +78,22 @@ fit's own uncertainty) from the run's fit without it is an outlier and moves not
 Accepted labels step C toward the target: α times the move, restricted to the directions
 that recent labels constrain (eigenvalues of Σ P over the last `window_labels` labels within
 `window_s` ≥ `min_constraint`), clipped to `max_step`, with |C| clipped to `max_total`.
+
+Several sources
+---------------
+Every label names its source (`OracleLabel.oracle`: clicks, glance, moondream, ...). Each
+source has its own noise scale σₛ per axis, measured from its own residuals about the fits
+of their runs (leverage-corrected, the median of the last `source_labels`, with the prior
+`source_prior` counted as `source_prior_labels` labels so a new source starts there and its
+first few labels cannot talk it down), and its labels weigh w = (σ_best/σₛ)² in the fit
+(inverse variance, relative to the best source, so a loop fed by one source is exactly the
+single-source loop). A source also has its own gate (its σₛ in the predictive spread), and
+the shared σ is measured on residuals scaled to the best source's. The weight enters the
+change detector as P·w in place of P: the fit, its information and the change test's
+variance are the weighted ones; its clipping and "near" radius see w·|residual| where the
+whitened residual is √w·|residual| (a hook in `changepoint` would make that exact). So
+a source earns its weight: Moondream's lines weigh what their residuals show, junk ends
+with a scale so large that it weighs nothing.
 
 Lengths are measured in screen widths: normalised x, and normalised y divided by the aspect
 (physical width / height), so a bound or a scale is the same physical distance in every
@@ -81,12 +110,15 @@ from __future__ import annotations
 import math
 import threading
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from statistics import NormalDist
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from gazeloop.calibration.drift.changepoint import (
+    SHORT_RUN_LABELS,
+    SHORT_RUN_LOGP,
     Fit,
     Scan,
     change_scan,
@@ -97,6 +129,11 @@ from gazeloop.calibration.drift.changepoint import (
 from gazeloop.calibration.drift.changepoint import inv2 as _inv2
 from gazeloop.calibration.drift.history import History
 from gazeloop.calibration.labels import LineObservation, OracleLabel, PointObservation
+
+_MED_RADIAL = math.sqrt(2.0 * math.log(2.0))  # median |e|/σ of a 2-D Gaussian residual
+_MED_ABS = NormalDist().inv_cdf(0.75)  # ... of a 1-D one
+_MAX_SOURCES = 16
+_MIN_WEIGHT = 1e-4
 
 
 class LoopConfig(BaseModel):
@@ -123,8 +160,30 @@ class LoopConfig(BaseModel):
     huber_k: float = Field(
         2.0, gt=0, description="residuals beyond k·σ count as k·σ (fit and change test)"
     )
+    # Several sources (see the module doc).
+    source_labels: int = Field(50, ge=3, description="recent labels of a source for its σ")
+    source_prior_labels: int = Field(
+        3, ge=1, description="the prior σ of a source counts as this many labels"
+    )
+    source_prior: dict[str, float] = Field(
+        default_factory=lambda: {"moondream": 0.2},
+        description="σ per axis a source starts at (screen widths); others: noise_prior",
+    )
+    weigh_sources: bool = Field(True, description="False: every label weighs the same")
     # Change points.
     prior_weight: float = Field(80.0, ge=0, description="starting offset's worth, in labels")
+    sitting_prior_weight: float | None = Field(
+        None,
+        ge=0,
+        description="the same for a profile from an earlier sitting; None: (noise_prior / "
+        "drift_scale)², the offset known only as well as a change of drift",
+    )
+    short_logp: float = Field(
+        SHORT_RUN_LOGP, ge=0, description="extra −log p a change on no later labels needs"
+    )
+    short_labels: int = Field(
+        SHORT_RUN_LABELS, ge=0, description="later labels from which no extra is needed"
+    )
     change_logp: float = Field(
         6.5, gt=0, description="−log p of the change test above which the offset changed"
     )
@@ -161,6 +220,22 @@ class LoopDecision:
     alarm: bool = False
     alarm_reason: str = ""
     p_change: float = 0.0  # P(the drift changed within the last 3 labels), for display
+    source: str = ""  # the label's source (OracleLabel.oracle)
+    weight: float = 1.0  # its weight in the fit, relative to the best source
+    scale: float = math.nan  # its source's σ per axis (screen widths) when it was judged
+
+
+@dataclass(frozen=True, slots=True)
+class SourceStats:
+    """One label source as the loop sees it (`DriftLoop.sources`)."""
+
+    labels: int  # labels given to `update`
+    usable: int  # of them, labels that reached the gate
+    accepted: int
+    scale: float  # σ per axis, screen widths (its prior until it has labels)
+    weight: float  # relative inverse variance: 1 for the best source
+    measured: int  # labels behind the scale (besides the prior)
+    last: str  # the loop's word on its last label
 
 
 @dataclass(slots=True)
@@ -174,6 +249,18 @@ class _Sample:
     accepted: bool = False
     resid: float = math.nan  # |P·(g − fit)| about the fit of its run, for the scale
     leverage: float = 0.0
+    source: str = ""
+
+
+@dataclass(slots=True)
+class _Source:
+    prior: float
+    recent: deque  # its last labels (_Sample), whatever run they are in
+    labels: int = 0
+    usable: int = 0
+    accepted: int = 0
+    last: str = ""
+    scale: float = field(default=math.nan)
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +288,8 @@ class DriftLoop:
         cfg: LoopConfig | None = None,
         history: History | None = None,
         offset: tuple[float, float] | np.ndarray = (0.0, 0.0),
+        *,
+        new_sitting: bool = False,
     ) -> None:
         if history is None:
             raise ValueError("DriftLoop needs the History the fast path writes")
@@ -214,9 +303,21 @@ class DriftLoop:
         self._seen: deque[str] = deque(maxlen=256)
         self._accepted_resid: deque[float] = deque(maxlen=self.cfg.alarm_labels)
         self._offset_log: deque[tuple[int, np.ndarray]] = deque(maxlen=512)
+        self._sources: dict[str, _Source] = {}
+        self._w: dict[str, float] = {}  # each source's weight for the label being judged
+        self._sources_view: dict[str, SourceStats] = {}  # replaced whole after each label
         self.alarm = False
         self.alarm_reason = ""
-        self.reset(offset)
+        self.reset(offset, new_sitting=new_sitting)
+
+    @property
+    def sitting_prior_weight(self) -> float:
+        """What a profile's offset from an earlier sitting is worth, in labels: its spread
+        is a change of drift's (`drift_scale`), a label's `noise_prior`."""
+        cfg = self.cfg
+        if cfg.sitting_prior_weight is not None:
+            return cfg.sitting_prior_weight
+        return (cfg.noise_prior / cfg.drift_scale) ** 2
 
     # --- the offset the fast path reads --------------------------------------------------
 
@@ -225,14 +326,25 @@ class DriftLoop:
         """(2,) normalised offset to add to fast-path points; read-only, replaced whole."""
         return self._offset
 
-    def reset(self, offset: tuple[float, float] | np.ndarray = (0.0, 0.0)) -> None:
-        """Start over from `offset` (e.g. after a recalibration): forget every label."""
+    def reset(
+        self, offset: tuple[float, float] | np.ndarray = (0.0, 0.0), *, new_sitting: bool = False
+    ) -> None:
+        """Start over from `offset` (e.g. after a recalibration): forget every label.
+
+        `new_sitting`: the offset comes with a profile made in an earlier sitting, so it is
+        known only as well as the drift between sittings (`sitting_prior_weight`), not as
+        well as a calibration just made (`prior_weight`). On the evit sittings, with 7-8
+        replayed clicks per pair, this is what lets the labels close the gap an offset can
+        close (the module doc has the numbers)."""
         off = np.asarray(offset, dtype=np.float64).reshape(2)
         if not np.isfinite(off).all():
             raise ValueError(f"offset must be finite, got {off}")
         cfg = self.cfg
         with self._lock:
             self._samples.clear()
+            self._sources.clear()
+            self._w = {}
+            self._sources_view = {}
             self._accepted_resid.clear()
             self._seen.clear()
             self._pinned = 0
@@ -242,7 +354,8 @@ class DriftLoop:
             q = off * self._k
             # The calibration's own run: "nothing changed since the calibration", which
             # carries the starting offset as `prior_weight` labels' worth of evidence.
-            self._runs = [_Run(0, cfg.prior_weight * np.eye(2), q.copy(), calibration=True)]
+            weight = self.sitting_prior_weight if new_sitting else cfg.prior_weight
+            self._runs = [_Run(0, weight * np.eye(2), q.copy(), calibration=True)]
             self._estimate = q.copy()
             self._changes = 0
             self._merges = 0
@@ -257,9 +370,81 @@ class DriftLoop:
     def update(self, label: OracleLabel) -> LoopDecision:
         with self._lock:
             try:
-                return self._update(label)
+                d = self._update(label)
             except Exception as e:  # noqa: BLE001 — a bad label must never stop the loop
-                return self._reject(f"internal error on this label: {type(e).__name__}: {e}")
+                d = self._reject(f"internal error on this label: {type(e).__name__}: {e}")
+            try:
+                d = self._account(label, d)
+                self._sources_view = self._view()
+            except Exception:  # noqa: BLE001 — bookkeeping must not cost the decision
+                pass
+            return d
+
+    def _source_name(self, label: object) -> str:
+        """The label's source, entered in the table on its first label."""
+        name = getattr(label, "oracle", None)
+        name = name if isinstance(name, str) and name else "?"
+        if name not in self._sources and len(self._sources) >= _MAX_SOURCES:
+            name = "other"  # names are data: the table stays bounded
+        if name not in self._sources:
+            prior = max(float(self.cfg.source_prior.get(name, self.cfg.noise_prior)), 1e-9)
+            prior = max(prior, self.cfg.noise_floor)
+            self._sources[name] = _Source(prior, deque(maxlen=self.cfg.source_labels), scale=prior)
+        return name
+
+    def _account(self, label: object, d: LoopDecision) -> LoopDecision:
+        name = self._source_name(label)
+        src = self._sources[name]
+        src.labels += 1
+        src.accepted += int(d.accepted)
+        src.last = d.why
+        return replace(d, source=name, weight=self._w.get(name, 1.0), scale=src.scale)
+
+    # --- the sources' scales and weights ---------------------------------------------------
+
+    def _source_scale(self, src: _Source) -> tuple[float, int]:
+        """σ per axis of one source: the median of its recent labels' σ estimates with its
+        prior counted `source_prior_labels` times; and how many labels are behind it."""
+        est = []
+        for s in src.recent:
+            if not math.isfinite(s.resid):
+                continue
+            r = s.resid / math.sqrt(max(1.0 - s.leverage, 0.05))
+            est.append(r / (_MED_RADIAL if s.dim == 2 else _MED_ABS))
+        vals = est + [src.prior] * self.cfg.source_prior_labels
+        return max(float(np.median(vals)), self.cfg.noise_floor), len(est)
+
+    def _weigh_sources(self) -> None:
+        """Each source's scale, and its weight relative to the best one, for this label."""
+        for src in self._sources.values():
+            src.scale = self._source_scale(src)[0]
+        if not self.cfg.weigh_sources or len(self._sources) <= 1:
+            self._w = {n: 1.0 for n in self._sources}
+            return
+        best = min(src.scale for src in self._sources.values())
+        self._w = {n: max((best / src.scale) ** 2, _MIN_WEIGHT) for n, src in self._sources.items()}
+
+    def _weight(self, s: _Sample) -> float:
+        return self._w.get(s.source, 1.0)
+
+    def sources(self) -> dict[str, SourceStats]:
+        """Every source seen since the last reset: counts, σ and weight as the next label
+        will see them, the last decision. Without the lock (the display asks every frame):
+        a dict replaced whole after each label."""
+        return self._sources_view
+
+    def _view(self) -> dict[str, SourceStats]:
+        out = {}
+        for name, src in self._sources.items():
+            scale, n = self._source_scale(src)
+            out[name] = SourceStats(src.labels, src.usable, src.accepted, scale, 1.0, n, src.last)
+        if self.cfg.weigh_sources and len(out) > 1:
+            best = min(v.scale for v in out.values())
+            out = {
+                n: replace(v, weight=max((best / v.scale) ** 2, _MIN_WEIGHT))
+                for n, v in out.items()
+            }
+        return out
 
     def _reject(
         self, why: str, residual: np.ndarray | None = None, fast: np.ndarray | None = None
@@ -343,6 +528,7 @@ class DriftLoop:
             sample = _Sample(t, P, P @ (o_q - raw_q), n, dim=1)
             resid_q = P @ (o_q - e_q)
         self._seen.append(label.snapshot_id)
+        sample.source = self._source_name(label)
         return self._decide(sample, resid_q / k, float(np.hypot(*resid_q)), est)
 
     # --- the estimator (the maths is in calibration.changepoint) --------------------------
@@ -353,7 +539,8 @@ class DriftLoop:
         recent = [s for s in list(self._samples)[-cfg.gate_labels :] if math.isfinite(s.resid)]
         if len(recent) < cfg.min_scale_labels:
             return max(cfg.noise_prior, cfg.noise_floor)
-        resid = np.array([s.resid for s in recent])
+        # In the best source's units: each residual times √(its weight).
+        resid = np.array([s.resid * math.sqrt(self._weight(s)) for s in recent])
         lev = np.array([s.leverage for s in recent])
         dims = np.array([s.dim for s in recent])
         return max(robust_scale(resid, dims, lev, cfg.gate_sigma), cfg.noise_floor)
@@ -376,14 +563,20 @@ class DriftLoop:
         labels = labels[-cfg.window_labels :]
         info, mean = self._prior(run or self._runs[-1], len(labels))
         return robust_fit(
-            *_stack(labels), info, mean, sigma, huber_k=cfg.huber_k, gate=cfg.gate_sigma
+            *_stack(labels, self._weight),
+            info,
+            mean,
+            sigma,
+            huber_k=cfg.huber_k,
+            gate=cfg.gate_sigma,
         )
 
     def _store_fit(self, labels: list[_Sample], sigma: float, run: _Run | None = None) -> Fit:
         """Fit the run and keep each label's residual about it (for the scale)."""
         fit = self._fit(labels, sigma, run)
         for s, r, h in zip(labels[-self.cfg.window_labels :], fit.resid, fit.leverage, strict=True):
-            s.resid, s.leverage = float(r), float(h)
+            # The fit saw w·P: its residual is w times the label's own.
+            s.resid, s.leverage = float(r) / self._weight(s), float(h)
         return fit
 
     def _scan(
@@ -399,7 +592,7 @@ class DriftLoop:
         prior = self._prior(run, 0) if run.calibration else (np.zeros((2, 2)), run.mean)
         # The weights of the labels before each split come from the run's robust fit: junk
         # the fit ignores does not shift the reference the later labels are compared with.
-        Ps, gs, dims = _stack(labels)
+        Ps, gs, dims = _stack(labels, self._weight)
         fit = robust_fit(Ps, gs, dims, *prior, sigma, huber_k=cfg.huber_k, gate=cfg.gate_sigma)
         # Only the calibration's own run tests its first label: "the calibration is off".
         first = 0 if run.calibration else 1
@@ -415,6 +608,8 @@ class DriftLoop:
             window=cfg.window_labels,
             first=first,
             taus=None if taus is None else np.asarray(taus),
+            short_logp=cfg.short_logp,
+            short_labels=cfg.short_labels,
         )
 
     def _refine_boundary(self, sigma: float) -> None:
@@ -453,7 +648,12 @@ class DriftLoop:
     ) -> LoopDecision:
         cfg = self.cfg
         C = self._offset * self._k
-        s = self._scale()  # before this label: it must not vouch for itself
+        src = self._sources[sample.source]
+        self._weigh_sources()  # before this label: it must not vouch for itself
+        s = self._scale()
+        w = self._weight(sample)
+        src.usable += 1
+        src.recent.append(sample)
         sample.idx = self._next_idx
         self._next_idx += 1
         self._samples.append(sample)
@@ -483,7 +683,8 @@ class DriftLoop:
 
         # The gate, against the run's fit without this label (the pre-label belief).
         prior = self._fit(run[:-1], s)
-        d = self._gate_distance(sample, prior.mean, s * s * _inv2(prior.info), s * s)
+        # Its own source's noise in the predictive spread: each source has its own gate.
+        d = self._gate_distance(sample, prior.mean, s * s * _inv2(prior.info), s * s / w)
         accepted = d <= cfg.gate_sigma
         sample.accepted = accepted
         fit = self._store_fit(run, s)
@@ -528,7 +729,7 @@ class DriftLoop:
         else:
             why = (
                 f"outlier: {d:.1f}σ from the robust fit of recent labels "
-                f"(gate {cfg.gate_sigma:g}σ; σ = {s:.3f} screen widths)"
+                f"(gate {cfg.gate_sigma:g}σ; σ = {s / math.sqrt(w):.3f} screen widths)"
             )
         return LoopDecision(
             accepted=accepted,
@@ -618,11 +819,12 @@ class DriftLoop:
         return _ro(self._estimate / self._k)
 
 
-def _stack(run: list[_Sample]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _stack(run: list[_Sample], weight=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The labels' P (times each one's weight, when given), g and dims, stacked."""
     if not run:
         return np.zeros((0, 2, 2)), np.zeros((0, 2)), np.zeros(0, dtype=int)
     return (
-        np.stack([s.P for s in run]),
+        np.stack([s.P if weight is None else s.P * weight(s) for s in run]),
         np.stack([s.g for s in run]),
         np.array([s.dim for s in run]),
     )

@@ -253,6 +253,7 @@ def _run(
     label_frames: np.ndarray,
     eval_frames: np.ndarray,
     draws: _Draws | None = None,
+    new_sitting: bool = False,
 ) -> SimResult:
     size = np.asarray(screen_px, dtype=np.float64)
     if cfg is None:
@@ -262,7 +263,7 @@ def _run(
     elif len(draws.labels) != stream.n_labels:
         raise ValueError(f"{len(draws.labels)} drawn labels, stream says {stream.n_labels}")
     history = History(max_age_s=max(120.0, 4 * stream.interval_s), max_len=4096)
-    loop = DriftLoop(cfg, history)
+    loop = DriftLoop(cfg, history, new_sitting=new_sitting)
     n = stream.n_labels
     err = np.empty(n)
     offs = np.empty((n, 2))
@@ -387,12 +388,15 @@ def simulate_transfer(
     stream: LabelStream | None = None,
     cfg: LoopConfig | None = None,
     draws: _Draws | None = None,
+    new_sitting: bool = True,
 ) -> SimResult:
     """The `--calibrate-on OTHER` mode: no injected drift (the drift is the real change
     between the sitting the profile was fitted on and this one). Labels come only from
     frames of `label_targets`; every error is measured on the frames of the other targets,
     so the loop gets no credit for memorising the labelled points. `draws` (`point_draws`):
     labels given rather than simulated, e.g. the real clicks on those targets.
+    `new_sitting`: the loop starts as `gazeloop run` does with a profile from an earlier
+    sitting (`DriftLoop.reset`).
 
     In the summary, error_before_px is the held-out error without the loop, error_after_px
     with it, and labels_to_recover is None (there is no injected onset)."""
@@ -415,6 +419,7 @@ def simulate_transfer(
         np.flatnonzero(lab),
         np.flatnonzero(~lab),
         draws,
+        new_sitting,
     )
     res.summary["mode"] = "calibrate-on-other"
     res.summary["labels_to_recover"] = None

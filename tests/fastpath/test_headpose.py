@@ -3,13 +3,17 @@ parse (0.10.21's generated protobuf classes), which is also compared live where 
 
 import zipfile
 
+import cv2
 import numpy as np
 import pytest
 
 from gazeloop.fastpath.headpose import (
     CanonicalFaceError,
+    eye_ray_frame,
     load_canonical_face,
     parse_canonical_face,
+    rotation_to_ypr,
+    ypr_in_eye_frame,
 )
 
 # What mediapipe 0.10.21's GeometryPipelineMetadata parse gives for the shared bundle.
@@ -62,3 +66,48 @@ def test_a_bundle_without_geometry_names_the_member(tmp_path):
         z.writestr("other", b"x")
     with pytest.raises(CanonicalFaceError, match="geometry_pipeline_metadata_landmarks"):
         load_canonical_face(bundle)
+
+
+# -- the eyes' ray frame --------------------------------------------------------------------
+
+EYES_MM = np.array([[0.0, 0.0, -600.0], [80.0, 30.0, -650.0], [-150.0, -60.0, -500.0]])
+
+
+def test_eye_ray_frame_is_the_geometric_mappings_frame():
+    from gazeloop.calibration.mapping.geometric import ray_frames
+
+    want = ray_frames(EYES_MM)
+    for eye, frame in zip(EYES_MM, want, strict=True):
+        got = eye_ray_frame(eye)
+        np.testing.assert_allclose(got, frame, atol=1e-12)
+        np.testing.assert_allclose(got @ got.T, np.eye(3), atol=1e-12)
+        np.testing.assert_allclose(got[2], -eye / np.linalg.norm(eye), atol=1e-12)
+
+
+def _look_along(direction_cv: np.ndarray) -> np.ndarray:
+    """A head rotation (canonical face -> OpenCV camera axes) whose face looks along
+    `direction_cv`, its up as close to the camera's up as it can be. The canonical face's z
+    points out of the face and its y up; a frontal face is diag(1, -1, -1)."""
+    z = direction_cv / np.linalg.norm(direction_cv)
+    up = np.array([0.0, -1.0, 0.0])
+    y = up - (up @ z) * z
+    y /= np.linalg.norm(y)
+    return np.stack([np.cross(y, z), y, z], axis=1)
+
+
+def test_a_face_looking_back_along_its_ray_has_zero_pose_in_the_eye_frame():
+    for eye in EYES_MM:
+        eye_cv = eye * np.array([1.0, -1.0, -1.0])
+        r = _look_along(-eye_cv)  # from the eyes back to the camera
+        ypr = ypr_in_eye_frame(r, eye)
+        np.testing.assert_allclose(ypr[:2], 0.0, atol=1e-9)
+        if eye[0] != 0:  # the same face in camera axes is turned toward the centre
+            assert np.sign(rotation_to_ypr(r)[0]) == -np.sign(eye[0])
+
+
+def test_the_eye_frame_is_the_camera_frame_on_the_optical_axis():
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        r, _ = cv2.Rodrigues(rng.normal(0, 0.3, 3))
+        r = r @ np.diag([1.0, -1.0, -1.0])
+        np.testing.assert_allclose(ypr_in_eye_frame(r, EYES_MM[0]), rotation_to_ypr(r), atol=1e-12)

@@ -2,9 +2,12 @@
 
 Follow the dot with your eyes: it glides to each target of a 9, 16 or 25 point grid, shrinks
 while the eye settles, then stays while frames are captured. The profile is fitted on the
-captured frames (per-target outliers dropped, hyper-parameters by nested
-leave-one-target-out), its leave-one-target-out error is shown with a plot, and the profile
-and the session (img_<ms>.jpg + .json pairs, session.json) are saved.
+captured frames as `gazeloop eval` chooses a mapping (per-target outliers dropped; feature
+sets and mapping families compete by nested leave-one-target-out, each choosing its own
+hyper-parameters inside), the winner is saved with the leave-one-target-out error of the whole
+choice and which candidate it was (printed, and in the profile's fit.chosen), shown with a
+plot, beside the session (img_<ms>.jpg + .json pairs, session.json). --mapping or --features
+fit that one mapping instead.
 
 --headless replays a recording instead (a session folder, or a 4-corner recording: its
 frames say which target was shown and when the eyes were still settling): the same fit,
@@ -15,9 +18,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
-from gazeloop.calibration.profile import profile_path
+from gazeloop.calibration.profile import DEFAULT_FEATURES, profile_path
 from gazeloop.calibration.store.atomic import check_writable
 from gazeloop.calibration.store.writer import SessionWriter
 from gazeloop.fastpath.pipeline import FastPath
@@ -87,7 +91,8 @@ def add_parser(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     add_grid_args(p)
     add_fastpath_args(p)
-    p.set_defaults(func=run)
+    # Neither given: the mapping is chosen by nested selection (ProcedureConfig.select).
+    p.set_defaults(func=run, mapping=None, features=None)
 
 
 # --- the command ---------------------------------------------------------------------------
@@ -95,7 +100,10 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     replay = args.headless
-    cfg = procedure_config(args, replay=replay)
+    fixed = args.mapping is not None or args.features is not None
+    args.mapping = args.mapping or "ridge"
+    args.features = args.features or ",".join(DEFAULT_FEATURES)
+    cfg = replace(procedure_config(args, replay=replay), select=not fixed)
     if not replay:
         require_display("the target grid", "--headless replays a recording without one")
     screen_px = tuple(args.screen_px) if args.screen_px else None

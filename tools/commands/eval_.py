@@ -10,7 +10,13 @@ import numpy as np
 from gazeloop.calibration.geometry import ScreenGeometry
 from gazeloop.calibration.mapping import MAPPINGS, fit_select, mapping_class
 from gazeloop.calibration.metrics.evaluate import evaluate_arrays, plot_report, robust_keep
-from gazeloop.calibration.metrics.precision import deg_per_mm, precision_report
+from gazeloop.calibration.metrics.precision import (
+    LAG_DEFINITION,
+    deg_per_mm,
+    lag_summary,
+    precision_report,
+    switch_lags,
+)
 from gazeloop.calibration.profile import DEFAULT_FEATURES
 from gazeloop.calibration.store.atomic import atomic_writer, check_writable
 from gazeloop.calibration.store.session import read_session
@@ -26,7 +32,7 @@ from gazeloop.tools.commands._args import (
 )
 from gazeloop.tools.errors import UserError
 from gazeloop.tools.runtime.progress import Progress
-from gazeloop.tools.runtime.selection import run_selected
+from gazeloop.tools.runtime.selection import run_selected, selection_text
 from gazeloop.tools.ui import report
 
 
@@ -92,12 +98,30 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def precision_for(used, x, ev, screen, mapping, cfg) -> dict:
-    """RMS sample-to-sample and STD per target, raw and after the fast path's filter.
+def _filtered(raw: np.ndarray, t: np.ndarray, cfg, gap_ns: int = 500_000_000) -> np.ndarray:
+    """`raw` (in time order `t`) through the fast path's filter as it would run live:
+    restarted after gaps longer than half a second."""
+    out = np.empty_like(raw)
+    f = make_filter(cfg.filter, **cfg.filter_kwargs())
+    last = None
+    for i in np.argsort(t, kind="stable"):
+        if last is not None and t[i] - last > gap_ns:
+            f.reset()
+        out[i] = f(int(t[i]), raw[i])
+        last = t[i]
+    return out
+
+
+def precision_for(used, x, ev, screen, mapping, cfg, stream=None) -> dict:
+    """RMS sample-to-sample and STD per target, raw and after the fast path's filter, and
+    the filter's lag at each change of target.
 
     Precision is about the spread of the output, not its accuracy, so the mapping here is
-    fitted on all targets; the filter runs over the frames in time order, as it would live,
-    and restarts after gaps longer than half a second."""
+    fitted on all targets; the filter runs over each target's settled frames in time order,
+    as it would live, and restarts after gaps longer than half a second (so each fixation
+    is filtered on its own: a spread within a fixation). The lag needs the movement between
+    fixations, so it runs the same mapping and filter over `stream`, every frame with a gaze
+    estimate (settling frames included), and measures `switch_lags` on it."""
     keep = robust_keep(x, np.array([ls.target for ls in used]))
     used = [ls for ls, k in zip(used, keep, strict=True) if k]
     x = x[keep]
@@ -107,15 +131,7 @@ def precision_for(used, x, ev, screen, mapping, cfg) -> dict:
     m, _, _ = fit_select(mapping, x, y, groups, aspect=geo.px[0] / geo.px[1])
     raw = m.predict(x)
     t = np.array([ls.t_ns for ls in used])
-    order = np.argsort(t, kind="stable")
-    filt = np.empty_like(raw)
-    f = make_filter(cfg.filter, **cfg.filter_kwargs())
-    last = None
-    for i in order:
-        if last is not None and t[i] - last > 500_000_000:
-            f.reset()
-        filt[i] = f(int(t[i]), raw[i])
-        last = t[i]
+    filt = _filtered(raw, t, cfg)
     by_t = {int(g): np.sort(np.flatnonzero(groups == g)) for g in np.unique(groups)}
     mm_per_px = None
     if screen is not None and screen.mm is not None:
@@ -123,7 +139,7 @@ def precision_for(used, x, ev, screen, mapping, cfg) -> dict:
     to_deg = None
     if screen is not None and screen.viewing_distance_mm:
         to_deg = deg_per_mm(screen.viewing_distance_mm)
-    return precision_report(
+    out = precision_report(
         {g: raw[i] for g, i in by_t.items()},
         filtered_by_target={g: filt[i] for g, i in by_t.items()},
         t_by_target={g: t[i] / 1e9 for g, i in by_t.items()},
@@ -131,6 +147,36 @@ def precision_for(used, x, ev, screen, mapping, cfg) -> dict:
         mm_per_px=mm_per_px,
         to_deg=to_deg,
     )
+    if stream:
+        out["lag"] = lag_for(stream, m, ev.report.features, geo, cfg)
+    return out
+
+
+def lag_for(stream, mapping, features, geo: ScreenGeometry, cfg) -> dict:
+    """The filter's delay behind the raw output at each change of target (`switch_lags`),
+    on every frame of `stream` in time order, in px of `geo`."""
+    stream = sorted(stream, key=lambda ls: ls.t_ns)
+    t = np.array([ls.t_ns for ls in stream])
+    raw = mapping.predict(feature_matrix(stream, features))
+    filt = _filtered(raw, t, cfg)
+    k = np.asarray(geo.px, dtype=np.float64)
+    lags = switch_lags(raw * k, filt * k, np.array([ls.target for ls in stream]), t / 1e9)
+    for x in lags:  # seconds -> ms, and rounded for reading
+        lag_s = x.pop("lag")
+        x["lag_ms"] = None if lag_s is None else round(lag_s * 1e3, 2)
+        for key in ("jump", "noise", "lag_frames"):
+            if x.get(key) is not None:
+                x[key] = round(x[key], 3)
+    period = float(np.median(np.diff(t))) / 1e6 if len(t) > 1 else None
+    return {
+        "definition": LAG_DEFINITION,
+        "unit": "frames",
+        "frames": len(stream),
+        "frame_period_ms": None if period is None else round(period, 2),
+        "filter": f"{cfg.filter} {cfg.filter_kwargs()}",
+        "summary": lag_summary(lags),
+        "per_switch": lags,
+    }
 
 
 def precision_text(p: dict) -> str:
@@ -142,6 +188,28 @@ def precision_text(p: dict) -> str:
         m = p[kind]["mean"]
         cells = [f"{m['rms_s2s'][u]:.2f} / {m['std'][u]:.2f} {u}" for u in units]
         lines.append(f"    {kind:8s} " + "   ".join(cells))
+    lag = p.get("lag")
+    if lag:
+        s = lag["summary"]
+
+        def fr(v):
+            return "-" if v is None else f"{v:.2f}"
+
+        lines.append(
+            f"  filter lag at a change of target ({lag['filter']}; {s['measured']} of "
+            f"{s['switches']} switches measured, frame period {lag['frame_period_ms']} ms): "
+            f"median {fr(s['median_frames'])}, max {fr(s['max_frames'])} frames"
+            + (f"; {s['not_reached']} never got half-way" if s["not_reached"] else "")
+        )
+        for x in lag["per_switch"]:
+            lines.append(
+                f"    target {x['from']} -> {x['to']} at sample {x['index']}: "
+                + (
+                    f"{x['lag_frames']:.2f} frames ({x['lag_ms']:.0f} ms), jump {x['jump']:.0f} px"
+                    if x["lag_frames"] is not None
+                    else f"not measured: {x['why']}"
+                )
+            )
     return "\n".join(lines)
 
 
@@ -184,6 +252,7 @@ def run(args: argparse.Namespace) -> int:
                 screen_for(args, col.session),
                 ev.report.mapping,
                 fastpath_config(args),
+                stream=col.samples,
             )
     return _output(args, ev)
 
@@ -241,7 +310,7 @@ def _run_fixed(args: argparse.Namespace):
         raise UserError(str(e)) from None
     if args.precision:
         ev.report.precision = precision_for(
-            used, x, ev, screen, args.mapping, fastpath_config(args)
+            used, x, ev, screen, args.mapping, fastpath_config(args), stream=col.samples
         )
     ev.report.mirrored, ev.report.mirrored_basis = col.session.mirrored, col.mirror_basis
     return ev, col
@@ -298,20 +367,6 @@ def save_plot(ev, path: Path) -> None:
     fmt = path.suffix.lstrip(".").lower() or "png"  # a file object hides the name's suffix
     with matplotlib.rc_context({"savefig.format": fmt}), atomic_writer(path) as f:
         plot_report(ev, f)
-
-
-def selection_text(sel) -> str:
-    lines = [
-        f"  chosen by nested selection: {sel.chosen} (hyper {sel.hyper}); outer folds "
-        + ", ".join(f"{k} ×{v}" for k, v in sel.picked_per_fold.items())
-    ]
-    for k, v in sel.inner_px.items():
-        lines.append(
-            f"    {k:28s} inner LOTO " + ("no spare target" if v is None else f"{v:.1f} px")
-        )
-    for k, why in sel.dropped.items():
-        lines.append(f"    {k:28s} not a candidate: {why}")
-    return "\n".join(lines)
 
 
 def write_report(ev, folder: Path) -> Path:

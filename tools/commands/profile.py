@@ -13,7 +13,7 @@ from gazeloop.calibration.procedure import fit_profile
 from gazeloop.calibration.profile import DEFAULT_FEATURES, Profile, ProfileError, profile_path
 from gazeloop.calibration.store.atomic import check_writable
 from gazeloop.calibration.store.session import read_session
-from gazeloop.fastpath.collect import collect_session, expand_features, feature_matrix
+from gazeloop.fastpath.collect import LazyFastPath, collect_session, expand_features, feature_matrix
 from gazeloop.fastpath.pipeline import FastPath
 from gazeloop.tools.commands._args import (
     add_fastpath_args,
@@ -24,6 +24,11 @@ from gazeloop.tools.commands._args import (
 )
 from gazeloop.tools.errors import UserError
 from gazeloop.tools.runtime.progress import Progress
+from gazeloop.tools.runtime.selection import (
+    evaluate_session,
+    profile_from_choice,
+    selection_text,
+)
 
 
 def add_parser(sub) -> None:
@@ -33,8 +38,11 @@ def add_parser(sub) -> None:
         "fit",
         help="fit a profile from a labelled session (e.g. a calibration recording)",
         description="Runs the fast path over the session, drops blinks, lost faces, settling "
-        "frames and per-target outliers, fits the mapping (hyper-parameters by nested "
-        "leave-one-target-out) and saves the profile with its honest error.",
+        "frames and per-target outliers, chooses the mapping as `gazeloop eval` does (feature "
+        "sets, ridge and geometric, and both reads of frames whose mirroring nobody stated, "
+        "compete by nested leave-one-target-out), and saves the winner refitted on all targets "
+        "with the honest error of the whole choice and which candidate it was. --mapping or "
+        "--features fit that one mapping instead.",
     )
     f.add_argument("session", type=Path)
     f.add_argument("--user", default="default")
@@ -44,8 +52,21 @@ def add_parser(sub) -> None:
     f.add_argument("--screen-mm", type=positive_float, nargs=2, metavar=("W", "H"))
     f.add_argument("--distance-mm", type=positive_float, help="viewing distance")
     f.add_argument("--mirrored", action=argparse.BooleanOptionalAction, default=None)
-    f.add_argument("--mapping", default="ridge", choices=sorted(MAPPINGS))
-    f.add_argument("--features", default=",".join(DEFAULT_FEATURES))
+    f.add_argument(
+        "--mapping",
+        choices=sorted(MAPPINGS),
+        help="fit this mapping only (default: chosen by nested selection, as `eval` does)",
+    )
+    f.add_argument(
+        "--features",
+        help=f"comma-separated features of a fixed mapping (default {','.join(DEFAULT_FEATURES)}"
+        " with --mapping; without either, chosen by nested selection)",
+    )
+    f.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="run the fast path on every frame instead of reading cached features",
+    )
     add_fastpath_args(f)
     f.set_defaults(func=run_fit)
     s = psub.add_parser("show", help="print a profile's summary")
@@ -54,7 +75,6 @@ def add_parser(sub) -> None:
 
 
 def run_fit(args: argparse.Namespace) -> int:
-    names = [n.strip() for n in args.features.split(",") if n.strip()]
     out = args.out or profile_path(args.user, args.device)
     check_writable(out, folder=False)  # before the fast path runs over the session
     session = read_session(
@@ -67,6 +87,39 @@ def run_fit(args: argparse.Namespace) -> int:
         raise UserError(
             f"{args.session}: the screen size is unknown (no session.json); give --screen-px"
         )
+    if args.mapping is None and args.features is None:
+        prof, ev = _fit_selected(args, session, screen)
+    else:
+        prof, ev = _fit_fixed(args, session, screen), None
+    out = prof.save(out)
+    print(f"profile saved: {out}")
+    print(summary(prof))
+    if ev is not None and ev.report.selection is not None:
+        # the candidates' scores (the choice itself is in the summary above)
+        print("\n".join(selection_text(ev.report.selection).splitlines()[1:]))
+    return 0
+
+
+def _fit_selected(args, session, screen):
+    """The candidates compete by nested selection, as in `gazeloop eval --save-profile`."""
+    fp = LazyFastPath(fastpath_config(args))
+    try:
+        with Progress(f"profile fit, {len(session.items)} frames through the fast path"):
+            ev, choice, v = evaluate_session(session, fp, screen, cache=not args.no_cache)
+        prof = profile_from_choice(
+            ev, choice, screen, session, fp, v, user=args.user, device=args.device
+        )
+    finally:
+        fp.close()
+    prof.calibration_session = str(Path(args.session).resolve())
+    return prof, ev
+
+
+def _fit_fixed(args, session, screen) -> Profile:
+    """One mapping on named features, as asked."""
+    mapping = args.mapping or "ridge"
+    names = [n.strip() for n in (args.features or ",".join(DEFAULT_FEATURES)).split(",")]
+    names = [n for n in names if n]
     fp = FastPath(fastpath_config(args))
     try:
         with Progress(f"profile fit, {len(session.items)} frames through the fast path"):
@@ -84,7 +137,7 @@ def run_fit(args: argparse.Namespace) -> int:
     y = screen.to_norm(np.array([ls.label_px for ls in used]))
     groups = np.array([ls.target for ls in used])
     try:
-        prof = fit_profile(
+        return fit_profile(
             x,
             y,
             groups,
@@ -94,15 +147,11 @@ def run_fit(args: argparse.Namespace) -> int:
             device=args.device,
             gaze_model_id=fp.gaze.model_id,
             gaze_model_sha256=fp.gaze.sha256,
-            mapping=args.mapping,
+            mapping=mapping,
             calibration_session=str(Path(args.session).resolve()),
         )
     except ValueError as e:
         raise UserError(str(e)) from None
-    out = prof.save(out)
-    print(f"profile saved: {out}")
-    print(summary(prof))
-    return 0
 
 
 def summary(p: Profile) -> str:
@@ -114,6 +163,22 @@ def summary(p: Profile) -> str:
         f"{_px(f.mean_px)}, median {_px(f.median_px)} (constant predictor "
         f"{_px(f.baseline_mean_px)})\n"
         f"  drift offset {p.offset[0]:+.4f}, {p.offset[1]:+.4f} (normalised)"
+        + ("" if f.chosen is None else "\n" + chosen_text(f.chosen))
+    )
+
+
+def chosen_text(c) -> str:
+    """What nested selection chose, in one line (a profile's `fit.chosen`)."""
+    mirror = {True: "mirrored", False: "not mirrored", None: "mirroring unknown"}[c.mirrored]
+    hyper = ", ".join(f"{k} {v:.4g}" for k, v in c.hyper.items()) or "no hyper-parameters"
+    in_sample = (
+        ""
+        if c.in_sample_mean_px is None
+        else f"; in-sample mean {c.in_sample_mean_px:.1f} px (on its own frames)"
+    )
+    return (
+        f"  chosen by nested selection: {c.label} — {c.mapping} on the '{c.feature_set}' "
+        f"features, frames {c.read} ({mirror}), {hyper}{in_sample}"
     )
 
 

@@ -1,8 +1,16 @@
 """`gazeloop run`: the live program — camera → fast path → the gaze point, with the oracle
 correcting drift in the background.
 
-Keys (window mode): 7 verify · c calibrate (the target grid, full screen; the new profile is
-used at once) · space record a labelled sample · q quit.
+Keys (window mode): 7 validation glance (one dot, full screen: look at it; the fixation on
+it is a label; without a profile, 7 shows the oracle's view of this frame) · c calibrate
+(the target grid, full screen; the new profile is used at once) · space record a labelled
+sample · q quit. The glance also comes on its own when the loop has had no label for
+--glance-every minutes (never during a calibration; 0: never); Esc skips it.
+
+Labels from several sources (clicks, glances, an oracle) go to one loop, which weighs each
+source by the noise its own residuals show; the status line says, per source, labels
+accepted of given, its noise (σ per axis, px) and weight, and the last decision. Every label
+(accepted or not, with the decision) is kept in the user's label store.
 
 --oracle targets labels snapshots with the recorded targets of a session or 4-corner
 recording given as --source: ground truth replayed, for trying the loop without a model.
@@ -37,6 +45,7 @@ from gazeloop.tools.commands._args import (
     add_fastpath_args,
     add_grid_args,
     fastpath_config,
+    non_negative_float,
     positive_float,
     positive_int,
     procedure_config,
@@ -47,9 +56,9 @@ from gazeloop.tools.runtime.calibration import default_session_dir
 from gazeloop.tools.runtime.labelled import LabelledSource, open_labelled
 from gazeloop.tools.runtime.live import Live
 from gazeloop.tools.runtime.recording import UnixClock
-from gazeloop.tools.ui.calibration_grid import calibrate_on_screen
+from gazeloop.tools.ui.calibration_grid import DotView, calibrate_on_screen, render_dot
 from gazeloop.tools.ui.render import LiveData, VerifyData, render_live, render_pip, render_verify
-from gazeloop.tools.ui.window import CvDisplay, require_display
+from gazeloop.tools.ui.window import ESC, CvDisplay, require_display
 
 log = logging.getLogger(__name__)
 WINDOW = "gazeloop"
@@ -91,6 +100,14 @@ def add_parser(sub) -> None:
         help="compute threads of the oracle process (default: one per core it gets)",
     )
     p.add_argument("--snapshot-every", type=float, default=5.0, help="seconds between labels")
+    p.add_argument(
+        "--glance-every",
+        type=non_negative_float,
+        default=10.0,
+        metavar="MIN",
+        help="window mode: a validation dot when the loop has had no label for this many "
+        "minutes (default 10; 0: only on the 7 key)",
+    )
     p.add_argument("--headless", action="store_true", help="no window; status lines instead")
     p.add_argument("--frames", type=positive_int, help="stop after this many frames")
     p.add_argument("--seconds", type=positive_float, help="stop after this long (wall clock)")
@@ -310,7 +327,12 @@ def _run(args: argparse.Namespace, ls: LabelledSource) -> int:
     # even when this run has no oracle.
     from gazeloop.calibration.store.labelstore import DB_NAME, LabelStore
 
-    if oracle is not None or (args.mqtt and (labels_dir / DB_NAME).is_file()):
+    # Clicks and glances are labels too: kept with the oracle's.
+    labelled_here = oracle is not None or args.oracle == "clicks"
+    labelled_here |= not args.headless and mapper is not None  # the glance
+    if labelled_here or (args.mqtt and (labels_dir / DB_NAME).is_file()):
+        if args.oracle == "none":  # not checked before the models loaded
+            check_writable(labels_dir, folder=True)
         store = LabelStore(labels_dir)
     publisher = uplink = clock = None
     if args.mqtt:
@@ -360,6 +382,7 @@ def _run(args: argparse.Namespace, ls: LabelledSource) -> int:
 
     ui = None
     if not args.headless:
+        live.enable_glance(args.glance_every * 60.0)
         ui = Window(live, args, stream=stream, clock=UnixClock(src), on_profile=on_profile)
         ui.source_desc = ls.describe()
     frames = 0
@@ -433,6 +456,7 @@ def status_text(live: Live, s) -> str:
     if "clicks" in st:
         c = st["clicks"]
         parts.append(f"clicks {c.get('ok', 0)} kept of {sum(c.values())}")
+    parts += _sources_text(st)
     if st.get("offset_px") is not None:
         parts.append(f"drift offset ({st['offset_px'][0]:+.0f}, {st['offset_px'][1]:+.0f}) px")
     elif st.get("offset") is not None:
@@ -441,6 +465,22 @@ def status_text(live: Live, s) -> str:
         parts.append(f"ALARM: {st['alarm']}")
     parts += _mqtt_text(st) + _store_text(live)
     return "  ".join(parts)
+
+
+def _sources_text(st: dict) -> list[str]:
+    """Per label source: accepted of given, noise σ and weight in the loop; the last word."""
+    out = []
+    for name, v in (st.get("sources") or {}).items():
+        unit = "px" if v["scale_unit"] == "px" else ""
+        scale = f"{v['scale']:.0f}{unit}" if unit else f"{v['scale']:.3f}"
+        out.append(f"{name} {v['accepted']}/{v['labels']} σ {scale} w {v['weight']:.2f}")
+    last = st.get("last_decision")
+    if last is not None:
+        word = "accepted" if last["accepted"] else "rejected: " + last["why"].split(" (")[0]
+        out.append(f"last {last['source']} {word}")
+    if st.get("glance_showing"):
+        out.append("glance: look at the dot")
+    return out
 
 
 def _store_text(live: Live) -> list[str]:
@@ -491,6 +531,7 @@ class Window:
         self.samples_dir = data_dir() / "users" / args.user / "samples"
         self.display = CvDisplay(WINDOW)
         self._sized = False
+        self._glancing = False  # the glance's dot is on the screen (full screen)
 
     def _aspect(self) -> float:
         m = self.live.mapper
@@ -498,6 +539,13 @@ class Window:
 
     def show(self, frame, s) -> bool:
         live = self.live
+        g = live.glance
+        if g is not None and g.active is None and g.due(frame.t_ns):
+            g.start(frame.t_ns, "auto")
+        if g is not None and g.active is not None:
+            return self._show_glance(frame)
+        if self._glancing:
+            self._end_glance()
         pip = None
         if live.last is not None:
             pip = render_pip(self._verify_data(live.last.snapshot, live.last.label))
@@ -523,16 +571,64 @@ class Window:
         if key in (ord("q"), 27):
             return False
         if key == ord("7"):
-            self.verify(frame, s)
+            if live.glance is not None:  # a dot from the next frame on
+                live.glance.start(frame.t_ns, "key")
+            else:
+                self.verify(frame, s)
         elif key == ord(" "):
             self.record(frame, s)
         elif key == ord("c"):
             self.calibrate()
         return True
 
+    def _show_glance(self, frame) -> bool:
+        """The glance's dot, full screen: the calibration grid's dot, large at first (it
+        catches the eye) and shrinking to a point (it pins the fixation). Esc skips it."""
+        g = self.live.glance.active
+        px = self.live.mapper.screen.px
+        if not self._glancing:
+            self.display.fullscreen(True)
+            self.display.size_to(*px)
+            self._glancing = True
+        h = px[1]
+        big, small = max(12.0, 0.035 * h), max(4.0, 0.008 * h)
+        u = min(max((frame.t_ns - g.shown_t_ns) / 0.3e9, 0.0), 1.0)
+        r = big + (small - big) * u * u * (3 - 2 * u)
+        view = DotView(px, g.xy, r, caption="look at the dot    Esc skips")
+        key = self.display.show(render_dot(view))
+        if key in (ESC, ord("q")):
+            self.live.glance.cancel()
+        return True
+
+    def _end_glance(self) -> None:
+        self._glancing = False
+        self.display.fullscreen(False)
+        self._sized = False  # back from full screen: the live view's size again
+        g = self.live.glance.last if self.live.glance is not None else None
+        if g is None:
+            return
+        if g.verdict != "ok":
+            print(f"glance ({g.trigger}): no label ({g.verdict.replace('_', ' ')})", flush=True)
+            return
+        d = self.live.decisions[-1] if self.live.decisions else None
+        said = "" if d is None or d.source != "glance" else ": " + d.why
+        px = np.asarray(g.xy) * self.live.mapper.screen.px
+        print(f"glance ({g.trigger}) at ({px[0]:.0f}, {px[1]:.0f}) px{said}", flush=True)
+
     def calibrate(self) -> None:
         """c: the calibration grid, full screen in this window with this camera; the fitted
-        profile is saved and goes into the running fast path without a restart."""
+        profile is saved and goes into the running fast path without a restart. No glance
+        during it (it is one long validation)."""
+        if self.live.glance is not None:
+            self.live.glance.cancel()
+            self.live.glance.calibrating = True
+        try:
+            self._calibrate()
+        finally:
+            if self.live.glance is not None:
+                self.live.glance.calibrating = False
+
+    def _calibrate(self) -> None:
         live, args = self.live, self.args
         if self.stream is None or self.clock is None:
             return

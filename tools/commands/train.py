@@ -9,6 +9,12 @@ With --export the best checkpoint goes through the promotion gate (`trainer.gate
 registered either way, and becomes the model the fast path serves only if it beats its
 parent, by leave-one-target-out calibration error, on whole sessions it never trained on
 (--holdout, or else held-out session folders of --data).
+
+Personal retraining: --labels STORE exports a label store's accepted labels (with images) to
+a session folder inside the run folder and trains on it beside any --data (the user's
+calibration sessions); the exported labels are never what the gate judges on. --tune head
+trains only the fully connected head (the backbone frozen), --tune last the last conv block
+as well (trainer.tune).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -23,6 +30,7 @@ from gazeloop.calibration.store.atomic import check_writable
 from gazeloop.tools.commands._args import positive_float, positive_int
 from gazeloop.tools.errors import UserError
 from gazeloop.trainer.registry import default_registry_root
+from gazeloop.trainer.tune import TUNE_CHOICES
 
 
 def add_parser(sub) -> None:
@@ -42,6 +50,22 @@ def add_parser(sub) -> None:
         metavar="SESSION",
         help="session folder never trained on, judged by the promotion gate (repeatable)",
     )
+    t.add_argument(
+        "--labels",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="STORE",
+        help="a label store folder (e.g. ~/.local/share/gazeloop/users/<user>/labels): its "
+        "accepted labels with images are exported into the run folder and trained on "
+        "(repeatable); never held out for the gate",
+    )
+    t.add_argument(
+        "--tune",
+        choices=TUNE_CHOICES,
+        help="what trains: all (default), last (the last conv block and the head) or head "
+        "(the fully connected head; the backbone is frozen)",
+    )
     t.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, metrics)")
     t.add_argument("--config", type=Path, help="a TrainConfig JSON; flags override it")
     t.add_argument("--epochs", type=positive_int)
@@ -57,7 +81,8 @@ def add_parser(sub) -> None:
         type=positive_int,
         nargs=2,
         metavar=("W", "H"),
-        help="screen of session folders without a session.json (ignored elsewhere, said so)",
+        help="screen of session folders without a session.json and of --labels stores "
+        "(else read from the user's profiles beside the store); ignored elsewhere, said so",
     )
     t.add_argument(
         "--split",
@@ -87,7 +112,73 @@ def add_parser(sub) -> None:
     e.set_defaults(func=run_export)
 
 
-def _config(args):
+def _config_doc(args) -> dict:
+    if not args.config:
+        return {}
+    try:
+        return json.loads(args.config.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{args.config}: cannot read the training config: {e}") from e
+
+
+def _export_labels(args) -> list:
+    """Each --labels store exported into the run folder (trainer.labels), before the
+    config is built: the exports are training data like any --data session. Under several
+    processes (`accelerate launch`, torchrun) the main process exports first and the others
+    then read its export, as a resumed run does."""
+    stores = getattr(args, "labels", None) or []
+    if not stores:
+        return []
+    try:
+        from gazeloop.trainer.checkpoint import latest_checkpoint
+        from gazeloop.trainer.labels import LabelExportError, export_store
+        from gazeloop.trainer.model import CheckpointError
+    except ImportError as e:
+        raise UserError(
+            f"training needs the trainer extra: pip install 'gazeloop[trainer]' ({e})"
+        ) from e
+    resume = bool(args.resume or _config_doc(args).get("resume"))
+    try:
+        earlier = latest_checkpoint(args.out) if args.out.is_dir() else None
+    except CheckpointError as e:
+        raise UserError(str(e)) from None
+    if earlier is not None and not resume:
+        # Before anything in the run folder is replaced: that run's exports are its data.
+        raise UserError(
+            f"{args.out} holds checkpoints of an earlier run; pass --resume to continue it "
+            "or choose another --out"
+        )
+    screen = tuple(args.screen_px) if args.screen_px else None
+
+    def export_all(reuse: bool, say: bool) -> list:
+        exports = []
+        for i, store in enumerate(stores):
+            try:
+                exp = export_store(store, args.out, i, screen_px=screen, resume=reuse)
+            except LabelExportError as e:
+                raise UserError(str(e)) from None
+            how = "kept from the run's start" if exp.reused else f"of {exp.accepted} accepted"
+            if say:
+                print(
+                    f"note: {store}: {exp.exported} labels {how} -> {exp.session} "
+                    f"(screen {exp.screen.px[0]}x{exp.screen.px[1]} from {exp.screen_from})",
+                    file=sys.stderr,
+                )
+            exports.append(exp)
+        return exports
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return export_all(resume, True)
+    import torch
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())  # as trainer.train's Accelerator
+    with state.main_process_first():  # the main process exports, then the others read it
+        main = state.is_main_process
+        return export_all(resume or not main, main)
+
+
+def _config(args, exports: list | None = None):
     try:
         from gazeloop.trainer.datasets import DataSource
         from gazeloop.trainer.train import TrainConfig
@@ -95,12 +186,9 @@ def _config(args):
         raise UserError(
             f"training needs the trainer extra: pip install 'gazeloop[trainer]' ({e})"
         ) from e
-    data: dict = {}
-    if args.config:
-        try:
-            data = json.loads(args.config.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise UserError(f"{args.config}: cannot read the training config: {e}") from e
+    data: dict = _config_doc(args)
+    exports = list(exports or [])
+    labels = [DataSource(path=e.session, person=e.person).model_dump(mode="json") for e in exports]
     if args.data:
         data["data"] = [
             DataSource(
@@ -122,21 +210,23 @@ def _config(args):
             for p in args.holdout
         ]
     data["out_dir"] = str(args.out)
-    for k in ("epochs", "max_steps", "lr", "seed", "calib_min", "calib_max"):
-        v = getattr(args, k)
+    for k in ("epochs", "max_steps", "lr", "seed", "calib_min", "calib_max", "tune"):
+        v = getattr(args, k, None)
         if v is not None:
             data[k] = v
     if args.resume:
         data["resume"] = True
     if "calib_min" not in data:
-        _fit_calib_min(data, args)
-    if not data.get("data"):
-        raise UserError("no training data: give --data PATH (a session folder, a dataset...)")
+        _fit_calib_min(data, args, [e.session for e in exports])
+    if not data.get("data") and not labels:
+        raise UserError(
+            "no training data: give --data PATH (a session folder, a dataset...) or --labels STORE"
+        )
     try:
         cfg = TrainConfig.model_validate(data | {"holdout": []})
     except Exception as e:
         raise UserError(f"invalid training config: {e}") from e
-    return _with_holdout(cfg, data)
+    return _with_holdout(cfg, data, [DataSource.model_validate(x) for x in labels])
 
 
 def _screen_px_notes(sources: list[dict]) -> None:
@@ -148,20 +238,30 @@ def _screen_px_notes(sources: list[dict]) -> None:
         print(f"note: {note}", file=sys.stderr)
 
 
-def _with_holdout(cfg, data: dict):
-    """The config with the gate's sessions out of the training data (trainer.gate)."""
+def _with_holdout(cfg, data: dict, labels: list | None = None):
+    """The config with the gate's sessions out of the training data (trainer.gate). The
+    label-store exports always train and are never held out: the gate judges on sessions
+    (--holdout, or --data session folders) and not on the labels being trained on."""
+    from gazeloop.trainer.datasets import DataSource
     from gazeloop.trainer.gate import choose_holdout
 
-    named = [type(cfg.data[0]).model_validate(h) for h in data.get("holdout", [])]
+    labels = list(labels or [])
+    named = [DataSource.model_validate(h) for h in data.get("holdout", [])]
     choice = choose_holdout(cfg.data, named)
-    if not choice.train:
+    if not choice.train and not labels:
         raise UserError("every --data source is also a --holdout: nothing left to train on")
-    for note in choice.notes:  # stderr: --json keeps stdout to the summary alone
+    notes = list(choice.notes)
+    if labels and not choice.holdout:
+        notes.append(
+            "the gate has no held-out session (the exported labels are never one): name a "
+            "session with --holdout SESSION, or nothing is promoted"
+        )
+    for note in notes:  # stderr: --json keeps stdout to the summary alone
         print(f"note: {note}", file=sys.stderr)
-    return cfg.model_copy(update={"data": choice.train, "holdout": choice.holdout})
+    return cfg.model_copy(update={"data": choice.train + labels, "holdout": choice.holdout})
 
 
-def _fit_calib_min(data: dict, args) -> None:
+def _fit_calib_min(data: dict, args, extra: list | None = None) -> None:
     """An episode calibrates on `calib_min` targets and asks about one more, so the default
     (8) needs 9 training targets per person, and a lone person also lends some targets to
     validation (`trainer.split`): a 4-corner or a 9-point session given as --data gets what
@@ -173,7 +273,7 @@ def _fit_calib_min(data: dict, args) -> None:
     default = fields["calib_min"].default
     val_fraction = float(data.get("val_fraction", fields["val_fraction"].default))
     counts = []
-    for path in args.data:
+    for path in [*args.data, *(extra or [])]:
         if not (path.is_dir() and any(path.glob("img_*.json"))):
             return  # not a session folder: the trainer's own checks speak for it
         try:
@@ -200,7 +300,8 @@ def run_train(args: argparse.Namespace) -> int:
     from gazeloop.trainer.train import TrainError, train
 
     check_writable(args.out, folder=True)  # before the data is read and the model built
-    cfg = _config(args)
+    exports = _export_labels(args)
+    cfg = _config(args, exports)
     try:
         summary = train(cfg, progress=not args.json)
     except (TrainError, CheckpointError) as e:
@@ -218,7 +319,13 @@ def run_train(args: argparse.Namespace) -> int:
         "stopped": summary["stopped"],
         "split": summary["split"],
         "best_checkpoint": summary["best_checkpoint"],
+        "tune": {k: v for k, v in (summary.get("tune") or {}).items()},
     }
+    if exports:
+        by_unit = summary.get("samples_by_unit") or {}
+        out["labels"] = [e.summary(by_unit) for e in exports]
+        if summary.get("excluded_persons"):  # e.g. a store with too few targets to train
+            out["excluded_persons"] = summary["excluded_persons"]
     ok = summary["stopped"] == "finished" or str(summary["stopped"]).startswith("early")
     if not summary.get("main_process", True):
         return 0 if ok else 1  # the main process exports, registers and reports
@@ -266,6 +373,19 @@ def _readable(out: dict) -> str:
         f"training {out['val_before'].get('val_px')} px",
         f"best checkpoint: {out['best_checkpoint']}",
     ]
+    tune = out.get("tune") or {}
+    if tune:
+        lines.append(
+            f"tune {tune['tune']}: {tune['trained_parameters']} parameters trained, "
+            f"{tune['frozen_parameters']} frozen"
+        )
+    for lab in out.get("labels", []):
+        n = lab["accepted_labels"]
+        accepted = f" ({n} accepted)" if n is not None else ""
+        lines.append(
+            f"labels: {lab['store']}: {lab['exported_labels']} exported{accepted}, "
+            f"{lab.get('frames', 0)} frames read (validation included)"
+        )
     gate = out.get("gate") or {}
     if "sessions" in gate:
         lines.append(GateResult.model_validate(gate).text())

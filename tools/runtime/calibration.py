@@ -21,7 +21,12 @@ import numpy as np
 from gazeloop.calibration.geometry import ScreenGeometry
 from gazeloop.calibration.mapping import min_targets
 from gazeloop.calibration.metrics.evaluate import Evaluated, plot_report
-from gazeloop.calibration.procedure import CalibrationRun, ProcedureConfig, fit_profile_report
+from gazeloop.calibration.procedure import (
+    CalibrationRun,
+    ProcedureConfig,
+    fit_profile_report,
+    fit_profile_selected,
+)
 from gazeloop.calibration.profile import Profile, data_dir
 from gazeloop.calibration.store.atomic import atomic_write_bytes
 from gazeloop.calibration.store.session import SessionManifest
@@ -116,10 +121,20 @@ class CalibrationResult:
     def lines(self) -> list[str]:
         r = self.evaluated.report
         deg = f", {r.mean_deg:.1f} deg" if r.mean_deg is not None else ""
+        c = self.profile.fit.chosen
+        if c is None:
+            chose = f"mapping: {r.mapping} on {', '.join(r.features)} (fixed)"
+        else:
+            hyper = ", ".join(f"{k} {v:.4g}" for k, v in c.hyper.items())
+            chose = (
+                f"mapping chosen by nested selection: {c.label} ({c.mapping} on "
+                f"{', '.join(c.features)}{'; ' + hyper if hyper else ''})"
+            )
         return [
             f"leave-one-target-out error: mean {r.mean_px:.0f} px ({r.mean_pct_diag:.1f}% of the "
             f"screen diagonal{deg}), median {r.median_px:.0f} px; constant predictor "
             f"{r.baseline_mean_px:.0f} px",
+            chose,
             f"{r.targets} targets, {r.frames_used} frames; profile saved: {self.profile_path}",
             f"session: {self.session_dir} ({self.frames_written} frames); plot: {self.plot_path}",
         ]
@@ -168,27 +183,49 @@ def finish(
     frames_written: int,
     extra_report: dict | None = None,
 ) -> CalibrationResult:
-    """Fit, evaluate, save the profile, the plot and a JSON report beside the session."""
+    """Fit, evaluate, save the profile, the plot and a JSON report beside the session.
+
+    With `run.cfg.select` (the default) the mapping is chosen as `gazeloop eval` chooses it
+    (`procedure.fit_profile_selected`: nested selection among the candidates, the winner
+    recorded in the profile's `fit.chosen`); else the fixed mapping on the fixed features.
+    The frames are un-mirrored here (every source hands them over so), so there is one read
+    of them to choose in."""
     names = list(run.cfg.features)
-    need = min_targets(run.cfg.mapping) + 1  # one more than the fit: one is held out
+    # one more than the fit needs: one is held out (selection: 3 to fit any candidate)
+    need = 4 if run.cfg.select else min_targets(run.cfg.mapping) + 1
     if len(run.used()) < need:
         raise UserError(_too_few(run, screen, need))
     x, y, groups = run.arrays()
     try:
-        prof, ev = fit_profile_report(
-            x,
-            y,
-            groups,
-            screen=screen,
-            features=names,
-            user=user,
-            device=device,
-            gaze_model_id=fp.gaze.model_id,
-            gaze_model_sha256=fp.gaze.sha256,
-            mapping=run.cfg.mapping,
-            calibration_session=str(session_dir.resolve()),
-            frame_names=run.frame_names(),
-        )
+        if run.cfg.select:
+            prof, ev, _ = fit_profile_selected(
+                run.views(),
+                screen.to_px(y),
+                groups,
+                screen=screen,
+                user=user,
+                device=device,
+                gaze_model_id=fp.gaze.model_id,
+                gaze_model_sha256=fp.gaze.sha256,
+                calibration_session=str(session_dir.resolve()),
+                frame_names=run.frame_names(),
+                mirrored=False,
+            )
+        else:
+            prof, ev = fit_profile_report(
+                x,
+                y,
+                groups,
+                screen=screen,
+                features=names,
+                user=user,
+                device=device,
+                gaze_model_id=fp.gaze.model_id,
+                gaze_model_sha256=fp.gaze.sha256,
+                mapping=run.cfg.mapping,
+                calibration_session=str(session_dir.resolve()),
+                frame_names=run.frame_names(),
+            )
     except ValueError as e:
         raise UserError(f"calibration fit: {e}") from None
     saved = prof.save(profile_out)

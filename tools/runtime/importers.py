@@ -23,7 +23,9 @@ import logging
 import math
 import os
 import re
+import shutil
 import struct
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -465,6 +467,23 @@ def _session_files(folder: Path) -> list[Path]:
     return [p for p in folder.iterdir() if ours(p)]
 
 
+def _replace_session(new: Path, out: Path) -> None:
+    """Move the complete session in `new` into `out` in place of the session files there.
+
+    Each step is a rename within one file system. The old manifest goes first and the new
+    one last, so `out` never has a manifest over a mix; until the end the old files sit in
+    a hidden folder beside `out`, so a crash part-way loses nothing."""
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    stale = sorted(_session_files(out), key=lambda p: p.name != MANIFEST_NAME)
+    for p in stale:
+        os.replace(p, old / p.name)
+    fresh = sorted(_session_files(new), key=lambda p: p.name == MANIFEST_NAME)
+    for p in fresh:
+        os.replace(p, out / p.name)
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(new, ignore_errors=True)
+
+
 def _require(path: Path, what: str) -> Path:
     if not path.is_file():
         raise SessionImportError(f"{what} not found: {path}")
@@ -489,10 +508,12 @@ def import_corners4(
     raw). Timestamps are the csv's wall clock in unix ms when it has a plausible, increasing
     one; otherwise the video's creation time (or FALLBACK_BASE_MS) plus media time.
 
-    Refuses a non-empty `out_dir` unless `overwrite=True`, which removes the session files
-    there (img_* pairs, session.json; nothing else) once the inputs have been checked. Every
-    file is written atomically and the manifest last, so a folder with a manifest holds a
-    complete import; a failure part-way removes the records this call wrote.
+    Refuses a non-empty `out_dir` unless `overwrite=True`, which replaces the session files
+    there (img_* pairs, session.json; nothing else) once the new import is complete: it is
+    written into a hidden folder beside `out_dir` first, so a failure part-way leaves the
+    old session as it was. Every file is written atomically and the manifest last, so a
+    folder with a manifest holds a complete import; a failure part-way removes the records
+    this call wrote.
     """
     src, out = Path(src_dir), Path(out_dir)
     if not src.is_dir():
@@ -541,15 +562,19 @@ def import_corners4(
 
         if out.exists() and not out.is_dir():
             raise SessionImportError(f"output path exists and is not a folder: {out}")
-        if out.is_dir() and any(out.iterdir()):
-            if not overwrite:
-                raise SessionImportError(
-                    f"output folder {out} is not empty; use --overwrite (overwrite=True) to "
-                    "replace its session files"
-                )
-            for p in _session_files(out):
-                p.unlink()
+        replacing = out.is_dir() and any(out.iterdir())
+        if replacing and not overwrite:
+            raise SessionImportError(
+                f"output folder {out} is not empty; use --overwrite (overwrite=True) to "
+                "replace its session files"
+            )
         out.mkdir(parents=True, exist_ok=True)
+        # The old session stays whole until the new one is: it is written beside it first.
+        dest = (
+            Path(tempfile.mkdtemp(prefix=f".{out.name}.import-", dir=out.parent))
+            if replacing
+            else out
+        )
 
         clock = _csv_clock_ms(rows)
         base_ms = None if clock else (mp4_creation_ms(video) or FALLBACK_BASE_MS)
@@ -581,7 +606,7 @@ def import_corners4(
                     "csv_row": row.values,
                 }
                 frame_size = (int(frame.image.shape[1]), int(frame.image.shape[0]))
-                item = write_record(out, t_ms, frame.image, labels[i], extra)
+                item = write_record(dest, t_ms, frame.image, labels[i], extra)
                 written += [item.image, item.json]
                 t_ms_all.append(t_ms)
             if len(t_ms_all) != len(rows):
@@ -594,6 +619,8 @@ def import_corners4(
             for p in written:
                 with contextlib.suppress(FileNotFoundError):
                     p.unlink()
+            if dest != out:
+                shutil.rmtree(dest, ignore_errors=True)
             raise
 
     if intrinsics is not None:
@@ -633,7 +660,9 @@ def import_corners4(
         source=f"gazeloop import corners4 ({src.name})",
         notes="\n".join(notes),
     )
-    write_manifest(out, manifest)
+    write_manifest(dest, manifest)
+    if dest != out:
+        _replace_session(dest, out)
     log.info("imported %d frames from %s into %s", len(rows), src, out)
     return ImportReport(
         out_dir=out,

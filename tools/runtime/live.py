@@ -8,6 +8,11 @@ the source); the label uplink follows the label store, which is its outbox, so a
 stored first and sent when the broker is there (`finish` waits a bounded time for the
 last ones; the rest go on the next run).
 
+Labels without a snapshot of their own (clicks, the validation glance) come in through
+`external_label` on the frame thread: the same loop update, and stored like the oracle's,
+accepted or not, with the loop's decision and the camera frame nearest their time (the last
+second of frames is kept, a few a second, while such a labeller is attached).
+
 Threads: the caller's thread runs `process()` per frame and never waits on the oracle; the
 oracle worker's thread runs the backend and then `_on_label` (loop update, store write). The
 only state they share is the history (locked), the offset (an array replaced whole) and a few
@@ -21,6 +26,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import numpy as np
 
@@ -35,6 +41,10 @@ from gazeloop.oracle.policy import SnapshotPolicy
 from gazeloop.oracle.worker import OracleWorker
 
 log = logging.getLogger(__name__)
+_MS = 1_000_000
+_KEEP_FRAMES = 24  # one every _KEEP_EVERY_MS: the last 1.2 s, for clicks and glances
+_KEEP_EVERY_MS = 50
+_FRAME_NEAR_MS = 100  # a label's image is a frame this close to its time, or none
 
 
 @dataclass(slots=True)
@@ -66,6 +76,21 @@ def snapshot_of(frame: Frame, s: GazeSample, *, on_demand: bool = False) -> Snap
         on_demand=on_demand,
         meta={"index": frame.index, "name": frame.name},
     )
+
+
+SITTING_GAP_S = 1800.0  # a profile older than this was made in another sitting
+
+
+def from_earlier_sitting(profile, now: datetime | None = None) -> bool:
+    """Whether `profile` was made in an earlier sitting than this run: created more than
+    `SITTING_GAP_S` ago (or at a time that cannot be read)."""
+    try:
+        made = datetime.fromisoformat(profile.created)
+    except (TypeError, ValueError, AttributeError):
+        return True
+    if made.tzinfo is None:
+        made = made.replace(tzinfo=UTC)
+    return ((now or datetime.now(UTC)) - made).total_seconds() > SITTING_GAP_S
 
 
 class Live:
@@ -105,7 +130,11 @@ class Live:
         self.loop: DriftLoop | None = None
         self._loop_cfg = loop_cfg
         if mapper is not None:
-            self.loop = self._new_loop(mapper)
+            # A profile from disk: the loop trusts its offset only as far as a new sitting
+            # allows, unless it was made minutes ago.
+            self.loop = self._new_loop(
+                mapper, new_sitting=from_earlier_sitting(getattr(mapper, "profile", None))
+            )
         self.worker = (
             OracleWorker(
                 oracle, timeout_s=oracle_timeout_s, max_age_s=None, on_label=self._on_label
@@ -116,6 +145,12 @@ class Live:
         self.last: LastOracle | None = None
         # Under --oracle clicks: a `tools.runtime.clicks.ClickLabeller`, fed every frame.
         self.clicks = None
+        # With a window: the validation glance (`tools.runtime.glance.GlanceLabeller`),
+        # polled every frame while its dot shows; see `enable_glance`.
+        self.glance = None
+        self._glance_after_s: float | None = None
+        # Recent frames (t_ns, image), for labels that come without a snapshot.
+        self._recent_frames: deque[tuple[int, np.ndarray]] = deque(maxlen=_KEEP_FRAMES)
         # The newest snapshot handed to the oracle, shown (with a spinner) until its label
         # or a later one comes back, so the picture-in-picture shows what is being labelled.
         self.pending: tuple[Snapshot, tuple[float, float] | None] | None = None
@@ -128,10 +163,10 @@ class Live:
         self._frame_ms: deque[float] = deque(maxlen=120)
         self._frame_t: deque[int] = deque(maxlen=120)
 
-    def _new_loop(self, mapper: ProfileMapper) -> DriftLoop:
+    def _new_loop(self, mapper: ProfileMapper, *, new_sitting: bool = False) -> DriftLoop:
         aspect = mapper.screen.px[0] / mapper.screen.px[1]
         cfg = self._loop_cfg or LoopConfig(aspect=aspect)
-        return DriftLoop(cfg, self.history, offset=mapper.offset)
+        return DriftLoop(cfg, self.history, offset=mapper.offset, new_sitting=new_sitting)
 
     def install(self, mapper: ProfileMapper) -> None:
         """A new calibration, while running (the `c` key): the fast path maps with it from
@@ -141,6 +176,7 @@ class Live:
         profile's offset, or starts, when there was no profile before)."""
         self.history.clear()
         self.policy.reset()
+        self._recent_frames.clear()
         with self._lock:
             self._snaps.clear()  # labels still in flight are for the old mapping
         self.pending = None
@@ -150,6 +186,27 @@ class Live:
         else:
             self.loop.reset(mapper.offset)
         self.fp.set_mapper(mapper)
+        if self._glance_after_s is not None:
+            self.enable_glance(self._glance_after_s)  # the new screen's size, quiet time anew
+
+    def enable_glance(self, auto_after_s: float = 600.0, rules=None):
+        """The validation glance: on request (`glance.start`, the verify key) and, every
+        `auto_after_s` without a label (0: never), on its own; needs a profile (a dot is a
+        place on the screen), so it is (re)made by `install` when one comes later."""
+        from gazeloop.tools.runtime.glance import GlanceLabeller
+
+        self._glance_after_s = auto_after_s
+        if self.mapper is None:
+            self.glance = None
+            return None
+        self.glance = GlanceLabeller(
+            self.history,
+            self.mapper.screen.px,
+            self.external_label,
+            rules=rules,
+            auto_after_s=auto_after_s,
+        )
+        return self.glance
 
     def adopt(self, mapper: ProfileMapper | None) -> None:
         """A new model came with its refitted profile (hot reload): the loop starts over from
@@ -167,9 +224,15 @@ class Live:
         xy = s.screen_xy if s.screen_xy is not None else None
         if xy is not None and q.usable:
             self.history.append(frame.t_ns, xy)
+        if self.clicks is not None or self.glance is not None:
+            self._keep_frame(frame)
         if self.clicks is not None:  # clicks are judged against the history just written
             self.clicks.frame(frame.t_ns)
             self.clicks.poll()
+        if self.glance is not None:
+            self.glance.frame(frame.t_ns)
+            if self.glance.active is not None:
+                self.glance.poll(frame.t_ns)
         if self.worker is not None and self.policy.offer(frame.t_ns, xy, q.usable):
             self._submit(frame, s, on_demand=self.policy.last_on_demand)
         if self.publisher is not None and xy is not None:
@@ -209,29 +272,55 @@ class Live:
             self._snaps[snap.snapshot_id] = (snap, gaze)
         return self.worker.run_now(snap, timeout=timeout)
 
-    def external_label(self, label: OracleLabel) -> None:
-        """A label from a source other than the worker's oracle (a click): the same loop
-        update and status; nothing is stored (there is no snapshot image)."""
-        self._on_label(label)
+    def _keep_frame(self, frame: Frame) -> None:
+        kept = self._recent_frames
+        if not kept or frame.t_ns - kept[-1][0] >= _KEEP_EVERY_MS * _MS or frame.t_ns < kept[-1][0]:
+            kept.append((frame.t_ns, frame.image))
+
+    def _frame_near(self, t_ns: int) -> np.ndarray | None:
+        best = None
+        for t, image in list(self._recent_frames):
+            d = abs(t - t_ns)
+            if d <= _FRAME_NEAR_MS * _MS and (best is None or d < best[0]):
+                best = (d, image)
+        return None if best is None else best[1]
+
+    def external_label(self, label: OracleLabel) -> LoopDecision | None:
+        """A label from a source other than the worker's oracle (a click, a glance): the
+        same loop update and status, and stored like the oracle's (accepted or not, with
+        the loop's decision), with the camera frame nearest its time when one was kept."""
+        decision = self._update_loop(label)
+        fast = None if decision is None else decision.fast_xy
+        self._store(label, self._frame_near(label.t_ns), fast, decision, label.t_ns)
+        return decision
+
+    def _update_loop(self, label: OracleLabel) -> LoopDecision | None:
+        if self.glance is not None:
+            self.glance.saw_label(label.t_ns)
+        if self.loop is None:
+            return None
+        decision = self.loop.update(label)
+        self.decisions.append(decision)
+        if self.mapper is not None:
+            self.mapper.offset = decision.offset
+        return decision
 
     # --- the oracle thread ---------------------------------------------------------------
 
     def _on_label(self, label: OracleLabel) -> None:
-        decision = None
-        if self.loop is not None:
-            decision = self.loop.update(label)
-            self.decisions.append(decision)
-            if self.mapper is not None:
-                self.mapper.offset = decision.offset
+        decision = self._update_loop(label)
         with self._lock:
             snap, gaze = self._snaps.pop(label.snapshot_id, (None, None))
         if snap is not None:
             self.last = LastOracle(snap, label, decision, gaze)
-        if self.store is not None and snap is not None:
+            self._store(label, snap.image, snap.fast_xy, decision, snap.t_ns)
+
+    def _store(self, label, image, fast_xy, decision, t_ns: int) -> None:
+        if self.store is not None:
             # The snapshot's capture time, on the clock the gaze stream uses.
-            t_ms = None if self.clock is None else self.clock.ms(snap.t_ns)
+            t_ms = None if self.clock is None else self.clock.ms(t_ns)
             try:
-                self.store.add(label, snap.image, snap.fast_xy, decision, snapshot_ms=t_ms)
+                self.store.add(label, image, fast_xy, decision, snapshot_ms=t_ms)
                 self.labels_stored += 1
                 if self.uplink is not None:
                     self.uplink.nudge()
@@ -272,10 +361,38 @@ class Live:
             }
         if self.clicks is not None:
             out["clicks"] = dict(self.clicks.verdicts)
+        if self.glance is not None:
+            out["glance"] = dict(self.glance.verdicts)
+            out["glance_showing"] = self.glance.active is not None
         if self.loop is not None:
             acc = sum(d.accepted for d in self.decisions)
             out["labels"] = {"accepted": acc, "rejected": len(self.decisions) - acc}
+            out["sources"] = self._sources_status()
+            last = self.decisions[-1] if self.decisions else None
+            if last is not None:
+                out["last_decision"] = {
+                    "source": last.source,
+                    "accepted": last.accepted,
+                    "why": last.why,
+                }
         out.update(self._mqtt_status())
+        return out
+
+    def _sources_status(self) -> dict:
+        """Per label source: labels, accepted, its noise scale (σ per axis, in pixels of the
+        screen when there is a profile, else screen widths) and weight in the loop."""
+        width = None if self.mapper is None else float(self.mapper.screen.px[0])
+        out = {}
+        for name, v in self.loop.sources().items():
+            out[name] = {
+                "labels": v.labels,
+                "accepted": v.accepted,
+                "scale": round(v.scale * width, 1) if width else round(v.scale, 4),
+                "scale_unit": "px" if width else "screen widths",
+                "weight": round(v.weight, 3),
+                "measured": v.measured,
+                "last": v.last,
+            }
         return out
 
     def _mqtt_status(self) -> dict:

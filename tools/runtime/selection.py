@@ -17,8 +17,9 @@ import numpy as np
 
 from gazeloop.calibration.geometry import ScreenGeometry
 from gazeloop.calibration.metrics.evaluate import Evaluated, evaluate_candidates, evaluate_fixed
-from gazeloop.calibration.procedure import fit_report
-from gazeloop.calibration.profile import MappingSpec, Profile, ProfileError
+from gazeloop.calibration.procedure import in_sample_error_px
+from gazeloop.calibration.procedure import profile_from_choice as procedure_profile
+from gazeloop.calibration.profile import Profile, ProfileError
 from gazeloop.calibration.store.session import Session
 from gazeloop.fastpath.collect import Collected, LazyFastPath, collect_session
 from gazeloop.fastpath.pipeline import FastPathConfig
@@ -107,27 +108,34 @@ def evaluate_session(
     return ev, choice, v
 
 
-def profile_from_choice(ev: Evaluated, choice, screen: ScreenGeometry, session: Session, fp):
+def profile_from_choice(
+    ev: Evaluated,
+    choice,
+    screen: ScreenGeometry,
+    session: Session,
+    fp,
+    v: Views | None = None,
+    *,
+    user: str | None = None,
+    device: str | None = None,
+) -> Profile:
     """The profile a calibration on this session would save: the choice refitted on all
-    targets, with its leave-one-target-out figures and what selection saw."""
+    targets, with its leave-one-target-out figures, what selection saw and which candidate
+    won (`procedure.profile_from_choice`); with the session's `v`iews, also the chosen
+    mapping's in-sample error on them. The user and device default to the manifest's."""
     gaze = fp.get().gaze
     m = session.manifest
-    r = ev.report
-    return Profile(
-        user=(m.user if m and m.user else "unknown"),
-        device=(m.device if m and m.device else "unknown"),
+    in_sample = None if v is None else in_sample_error_px(choice, v.views, v.labels_px, screen)
+    return procedure_profile(
+        ev,
+        choice,
         screen=screen,
-        features=list(choice.candidate.features),
+        user=user or (m.user if m and m.user else "unknown"),
+        device=device or (m.device if m and m.device else "unknown"),
         gaze_model_id=gaze.model_id,
         gaze_model_sha256=gaze.sha256,
-        mapping=MappingSpec(name=choice.candidate.mapping, params=choice.mapping.params()),
-        fit=fit_report(
-            r,
-            choice.hyper,
-            selection=r.selection.model_dump() if r.selection else None,
-            mirrored=r.mirrored,
-        ),
         calibration_session=str(session.folder),
+        in_sample_px=in_sample,
     )
 
 
@@ -197,7 +205,7 @@ def run_selected(
         ev, choice, v = evaluate_session(session, fp, screen, cache=cache)
         if save_profile is not None:
             geo = screen or ScreenGeometry.from_targets(v.labels_px)
-            prof = profile_from_choice(ev, choice, geo, session, fp)
+            prof = profile_from_choice(ev, choice, geo, session, fp, v)
             try:
                 prof.save(save_profile)
             except OSError as e:
@@ -206,3 +214,19 @@ def run_selected(
         return ev, (v.col.other if read == "other" else v.col)
     finally:
         fp.close()
+
+
+def selection_text(sel) -> str:
+    """What nested selection chose and how each candidate scored (`EvalReport.selection`),
+    as `gazeloop eval` and `gazeloop profile fit` print it."""
+    lines = [
+        f"  chosen by nested selection: {sel.chosen} (hyper {sel.hyper}); outer folds "
+        + ", ".join(f"{k} ×{v}" for k, v in sel.picked_per_fold.items())
+    ]
+    for k, v in sel.inner_px.items():
+        lines.append(
+            f"    {k:28s} inner LOTO " + ("no spare target" if v is None else f"{v:.1f} px")
+        )
+    for k, why in sel.dropped.items():
+        lines.append(f"    {k:28s} not a candidate: {why}")
+    return "\n".join(lines)

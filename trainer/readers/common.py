@@ -48,12 +48,13 @@ from gazeloop.calibration.store.session import ImageDecodeError, load_image
 from gazeloop.fastpath.collect import _unusable  # the fast path's own rule for a usable frame
 from gazeloop.fastpath.features import BLINK_APERTURE, CROP_SCALE
 from gazeloop.fastpath.gaze_model import head_pose_to_omz_degrees
+from gazeloop.fastpath.headpose import eye_ray_frame
 from gazeloop.fastpath.types import Features, Frame, GazeSample
 
 log = logging.getLogger(__name__)
 
 # Bump when what a reader stores for the same source changes (crop convention, label maths).
-PREPROCESS_VERSION = 1
+PREPROCESS_VERSION = 2  # 2: the fast path's gaze_frame decides the head pose input
 CROP = 60
 # Frames of one unit are fed to the fast path as a 30 Hz stream (tracking mode needs time).
 FRAME_STEP_NS = 33_333_333
@@ -74,6 +75,9 @@ class ModelInputs(NamedTuple):
     right: np.ndarray
     head: np.ndarray  # OMZ degrees, roll 0
     roll: float  # radians, what the crops were aligned by
+    # Camera axes -> the frame the head pose is in (the eyes' ray frame, or None for the
+    # camera's own): a gaze label in camera axes goes through it before `camera_to_model_gaze`.
+    to_network: np.ndarray | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,20 +221,33 @@ class SampleBuilder:
 # --- conventions ----------------------------------------------------------------------------
 
 
-def model_inputs(s: GazeSample) -> ModelInputs:
+def model_inputs(s: GazeSample, frame: str = "camera") -> ModelInputs:
     """A usable fast-path sample → (left, right, head OMZ deg with roll 0, roll rad) in the
-    network's input convention (see the module docstring)."""
+    network's input convention (see the module docstring), the head pose in `frame` as the
+    fast path's `gaze_frame` tells the network."""
     if s.features is None:
         raise ValueError("sample has no features")
-    return features_to_inputs(s.features)
+    return features_to_inputs(s.features, frame)
 
 
-def features_to_inputs(f: Features) -> ModelInputs:
+def features_to_inputs(f: Features, frame: str = "camera") -> ModelInputs:
     """`model_inputs` from the fast path's `Features` (readers that run `extract` directly)."""
-    head = head_pose_to_omz_degrees(f.head_ypr).astype(np.float32)
+    head = head_pose_to_omz_degrees(f.network_head_ypr(frame)).astype(np.float32)
     head[2] = 0.0  # crops are roll-aligned, as GazeModel feeds them
     roll = float(f.head_ypr[2]) if np.isfinite(f.head_ypr[2]) else 0.0
-    return ModelInputs(f.right.crop, f.left.crop, head, roll)
+    to_network = None
+    if frame == "ray" and f.head_ypr_eye is not None:
+        to_network = eye_ray_frame(f.eye_mm)
+    return ModelInputs(f.right.crop, f.left.crop, head, roll, to_network)
+
+
+def label_to_model_gaze(v_camera: Any, inputs: ModelInputs) -> np.ndarray:
+    """A gaze label in our camera axes → the network's output axes for these inputs: into
+    the frame their head pose is in, then `camera_to_model_gaze`."""
+    v = np.asarray(v_camera, np.float64)
+    if inputs.to_network is not None:
+        v = inputs.to_network @ v
+    return camera_to_model_gaze(v, inputs.roll)
 
 
 def camera_to_model_gaze(v_camera: Any, roll: Any) -> np.ndarray:
@@ -273,7 +290,7 @@ def preprocess_image(
     why = _unusable(s)
     if why is not None:
         return None, why
-    return model_inputs(s), None
+    return model_inputs(s, getattr(getattr(fp, "cfg", None), "gaze_frame", "camera")), None
 
 
 # --- the loop every reader shares: read → preprocess → skip with a reason → add ---------------
@@ -331,8 +348,11 @@ def none_usable(unit_id: str, skipped: list[Skipped], what: str) -> tuple[Sample
 
 
 def sample_fields(inputs: ModelInputs, **labels: Any) -> dict[str, Any]:
-    """`SampleBuilder.add` fields from the model inputs and the item's labels."""
-    return {**inputs._asdict(), **labels}
+    """`SampleBuilder.add` fields from the model inputs and the item's labels (the frame
+    rotation served the labels' conversion; samples do not keep it)."""
+    fields = inputs._asdict()
+    del fields["to_network"]
+    return {**fields, **labels}
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -362,7 +382,8 @@ def preprocess_tag(fp_config: Any | None, extra: str = "") -> str:
         "fastpath": getattr(features, "PREPROCESSING_VERSION", None),
     }
     if fp_config is not None:
-        for k in ("landmarks", "face_model", "crop_scale", "blink_aperture", "focal_px"):
+        keys = ("landmarks", "face_model", "crop_scale", "blink_aperture", "focal_px", "gaze_frame")
+        for k in keys:
             v = getattr(fp_config, k, None)
             parts[k] = str(v) if isinstance(v, Path) else v
     if extra:

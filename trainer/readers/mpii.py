@@ -42,10 +42,10 @@ from gazeloop.trainer.readers.common import (
     Skip,
     Skipped,
     Unit,
-    camera_to_model_gaze,
     fast_path_inputs,
     gather,
     kept,
+    label_to_model_gaze,
     none_usable,
     opencv_to_camera,
     read_image,
@@ -154,7 +154,7 @@ class MPIIFaceGazeReader:
             g = gt - fc
             gaze = None
             if np.linalg.norm(g) > 0:
-                gaze = camera_to_model_gaze(opencv_to_camera(g), inputs.roll)
+                gaze = label_to_model_gaze(opencv_to_camera(g), inputs)
             return sample_fields(
                 inputs,
                 person=person,

@@ -43,9 +43,9 @@ from gazeloop.trainer.readers.common import (
     Skip,
     Skipped,
     Unit,
-    camera_to_model_gaze,
     fast_path_inputs,
     gather,
+    label_to_model_gaze,
     opencv_to_camera,
     sample_fields,
 )
@@ -204,7 +204,7 @@ def face_patch_samples(
         except OSError as e:  # a truncated file fails here, chunk by chunk
             raise Skip(f"cannot read: {e}") from None
         inputs = fast_path_inputs(pre.fp, image, i)
-        gaze = camera_to_model_gaze(xgaze_to_camera(pitch_yaw[i]), inputs.roll)
+        gaze = label_to_model_gaze(xgaze_to_camera(pitch_yaw[i]), inputs)
         return sample_fields(inputs, person=person, gaze=gaze)
 
     pre.fp.reset()

@@ -264,7 +264,7 @@ def test_a_change_the_later_labels_do_not_bear_out_is_undone():
     rng = np.random.default_rng(0)
     rig = Rig()
     steady(rig, rng, 30)
-    steady(rig, rng, 5, c=(0.04, 0.0))  # a short excursion: declared a change...
+    steady(rig, rng, 6, c=(0.04, 0.0))  # a short excursion: declared a change...
     assert rig.loop.changes == 1 and wlen(rig.loop.offset) > 0.02
     steady(rig, rng, 30)  # ...which 30 labels back at zero undo
     assert rig.loop.merges == 1 and rig.loop.run_labels >= 60
@@ -396,3 +396,30 @@ def test_config_rejects_nonsense():
         LoopConfig(unknown=1)  # type: ignore[call-arg]
     with pytest.raises(ValueError):
         DriftLoop(LoopConfig(), None)
+
+
+# -- a profile from an earlier sitting ------------------------------------------------------
+
+
+def test_a_profile_from_an_earlier_sitting_gives_way_to_a_few_labels():
+    """Eight labels that say the offset is 0.05 of the width (± 0.03): a loop that trusts a
+    calibration just made (80 labels' worth) barely moves, one that knows the profile is
+    from an earlier sitting ((0.075 / 0.04)² = 3.5 labels' worth) takes most of it:
+    about 8 / (8 + 3.5)."""
+    moved = {}
+    for new_sitting in (False, True):
+        rig = Rig()
+        rig.loop.reset((0.0, 0.0), new_sitting=new_sitting)
+        rng = np.random.default_rng(3)
+        steady(rig, rng, 8, c=(0.05, 0.0), noise=0.03)
+        moved[new_sitting] = rig.loop.offset[0] / 0.05
+    assert rig.loop.sitting_prior_weight == pytest.approx((0.075 / 0.04) ** 2)
+    assert moved[False] < 0.15
+    assert 0.5 < moved[True] < 0.85
+
+
+def test_a_sitting_prior_given_in_the_config_wins_and_the_constructor_takes_the_flag():
+    h = History(max_age_s=10.0)
+    loop = DriftLoop(LoopConfig(aspect=ASPECT, sitting_prior_weight=12.0), h, new_sitting=True)
+    assert loop.sitting_prior_weight == 12.0
+    assert np.allclose(loop._runs[0].info, 12.0 * np.eye(2))

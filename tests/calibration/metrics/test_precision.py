@@ -176,3 +176,105 @@ def test_report_rejects_inconsistent_input():
         precision_report(pts, t_by_target={})
     with pytest.raises(ValueError, match="px_per_norm"):
         precision_report(pts, px_per_norm=(0, 1440))
+
+
+# --- lag on a target switch -----------------------------------------------------------------
+
+
+def _steps(n_per=20, targets=((0.2, 0.2), (0.8, 0.2), (0.2, 0.8)), ramp=(0.3, 0.8)):
+    """Fixations on `targets`, each change reached through the fractions `ramp` (a saccade
+    spread over frames), and each frame's label."""
+    pts, labels = [], []
+    for k, xy in enumerate(targets):
+        for i in range(n_per):
+            if k > 0 and i < len(ramp):
+                prev = np.asarray(targets[k - 1])
+                pts.append(prev + ramp[i] * (np.asarray(xy) - prev))
+            else:
+                pts.append(xy)
+            labels.append(k)
+    return np.array(pts, dtype=np.float64), np.array(labels)
+
+
+def _delayed(p, d):
+    return np.concatenate([np.repeat(p[:1], d, axis=0), p[:-d]]) if d else p.copy()
+
+
+@pytest.mark.parametrize("d", [0, 1, 3])
+def test_a_pure_delay_is_recovered_exactly(d):
+    from gazeloop.calibration.metrics.precision import lag_summary, switch_lags
+
+    raw, labels = _steps()
+    lags = switch_lags(raw, _delayed(raw, d), labels)
+    assert [x["index"] for x in lags] == [20, 40]
+    assert [x["lag_frames"] for x in lags] == [pytest.approx(d, abs=1e-12)] * 2
+    s = lag_summary(lags)
+    assert s["median_frames"] == pytest.approx(d) and s["max_frames"] == pytest.approx(d)
+    assert (s["switches"], s["measured"], s["not_reached"]) == (2, 2, 0)
+
+
+def test_a_pure_delay_in_time_and_on_a_noisy_step():
+    from gazeloop.calibration.metrics.precision import switch_lags
+
+    raw, labels = _steps(ramp=())  # an instantaneous step
+    t = np.arange(len(raw)) / 60.0 + 5.0
+    lags = switch_lags(raw, _delayed(raw, 3), labels, t)
+    assert [x["lag_frames"] for x in lags] == [pytest.approx(3)] * 2
+    assert [x["lag"] for x in lags] == [pytest.approx(3 / 60)] * 2
+    # noise far below the jump leaves the whole-frame delay within a fraction of a frame
+    rng = np.random.default_rng(0)
+    noisy = raw + rng.normal(0, 0.005, raw.shape)
+    lags = switch_lags(noisy, _delayed(noisy, 3), labels)
+    assert all(abs(x["lag_frames"] - 3) < 1e-9 for x in lags)  # the same samples, delayed
+
+
+def test_noise_alone_is_not_a_switch():
+    from gazeloop.calibration.metrics.precision import lag_summary, switch_lags
+
+    rng = np.random.default_rng(1)
+    raw = 0.5 + rng.normal(0, 0.01, (60, 2))
+    labels = np.repeat([0, 1, 2], 20)
+    lags = switch_lags(raw, _delayed(raw, 2), labels)
+    assert all(x["lag_frames"] is None and "noise" in x["why"] for x in lags)
+    s = lag_summary(lags)
+    assert (s["measured"], s["median_frames"], s["max_frames"]) == (0, None, None)
+
+
+def test_a_filter_that_never_gets_half_way_is_counted():
+    from gazeloop.calibration.metrics.precision import lag_summary, switch_lags
+
+    raw, labels = _steps(targets=((0.2, 0.2), (0.8, 0.2)), ramp=())
+    stuck = np.repeat(raw[:1], len(raw), axis=0)  # the output never moves
+    (lag,) = switch_lags(raw, stuck, labels)
+    assert lag["lag_frames"] is None and "filtered stream does not reach" in lag["why"]
+    assert lag_summary([lag])["not_reached"] == 1
+
+
+def test_one_euro_lag_grows_as_the_cutoff_falls():
+    from gazeloop.calibration.metrics.precision import switch_lags
+    from gazeloop.fastpath.filters import OneEuroFilter
+
+    raw, labels = _steps(ramp=())
+    t_ns = (np.arange(len(raw)) * 1e9 / 30).astype(np.int64)
+
+    def lag(min_cutoff):
+        f = OneEuroFilter(min_cutoff=min_cutoff, beta=0.0)
+        out = np.array([f(int(t), p) for t, p in zip(t_ns, raw, strict=True)])
+        return switch_lags(raw, out, labels)[0]["lag_frames"]
+
+    assert 0 < lag(4.0) < lag(1.0) < lag(0.25)
+
+
+def test_lag_input_checks():
+    from gazeloop.calibration.metrics.precision import half_crossing, switch_lags
+
+    with pytest.raises(ValueError, match="differ"):
+        switch_lags([[0, 0], [1, 1]], [[0, 0]], [0, 1])
+    with pytest.raises(ValueError, match="time order"):
+        switch_lags([[0, 0], [1, 1]], [[0, 0], [1, 1]], [0, 1], t=[1, 1])
+    assert half_crossing([0, 0.2, 0.6, 1.0]) == pytest.approx(1.75)
+    assert half_crossing([0, 1.0], t=[10, 20]) == pytest.approx(15)
+    assert math.isnan(half_crossing([0, 0.1]))
+    # from `start`, interpolated from the sample before it, unless that one is already there
+    assert half_crossing([0, 0.2, 1.0], start=2) == pytest.approx(1.375)
+    assert half_crossing([0.6, 1.0], start=1) == 1.0

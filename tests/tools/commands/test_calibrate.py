@@ -103,6 +103,47 @@ def test_replay_takes_the_recordings_targets_and_skips_settling_frames():
     assert run.targets[1].dropped == {"no face": 1}
 
 
+def test_a_run_fits_its_profile_by_nested_selection():
+    """The replayed frames' every feature reaches the candidates; the profile records the
+    winner (here the only candidate that can run: ridge on the gaze angles)."""
+    from gazeloop.calibration.geometry import ScreenGeometry
+    from gazeloop.calibration.procedure import fit_profile_selected
+
+    targets = grid_targets(9)
+    run = CalibrationRun(ProcedureConfig(n_targets=9, min_frames=2), targets=targets)
+    rng = np.random.default_rng(0)
+    t = 0
+    for i, (x, y) in enumerate(targets):
+        for _ in range(4):
+            yaw, pitch = 0.5 * (x - 0.5), 0.3 * (y - 0.5)
+            s = S(yaw=yaw + rng.normal(0, 1e-3), pitch=pitch + rng.normal(0, 1e-3))
+            assert run.feed_replay(t, s, i, name=f"f{t}") == "kept"
+            t += 1
+    run.finish()
+    views = run.views()
+    assert set(views) == {"as read"} and set(views["as read"]) == {"gaze_yaw", "gaze_pitch"}
+    assert len(views["as read"]["gaze_yaw"]) == len(run.frame_names()) == 36
+    screen = ScreenGeometry(px=(1920, 1080))
+    _, y, groups = run.arrays()
+    prof, ev, choice = fit_profile_selected(
+        views,
+        screen.to_px(y),
+        groups,
+        screen=screen,
+        user="u",
+        device="d",
+        gaze_model_id="m",
+        gaze_model_sha256="0" * 64,
+        mirrored=False,
+    )
+    c = prof.fit.chosen
+    assert c.label == "ridge:gaze" == choice.candidate.label and c.mirrored is False
+    assert prof.features == ["gaze_yaw", "gaze_pitch"] and "alpha" in c.hyper
+    assert "ridge:gaze+head" in ev.report.selection.dropped  # no head pose in these frames
+    assert prof.fit.mean_px == ev.report.mean_px < 5  # a linear map of the targets
+    assert c.in_sample_mean_px <= prof.fit.mean_px
+
+
 # --- the grid's pictures --------------------------------------------------------------------
 
 
@@ -175,7 +216,8 @@ def test_headless_calibration_on_the_4_corner_video(corners4_calibration, shared
     report = json.loads((out / "report/calibration.json").read_text())
     ev = report["evaluation"]
     # 4 corners of a 2560x1440 screen: leave-one-target-out is extrapolation to a corner.
-    # 272 px before issue 12 (alpha 0.1 where no fold could choose), 127 px with the rule.
+    # 272 px before issue 12 (alpha 0.1 where no fold could choose), 127 px with the rule,
+    # 109 px with the mapping chosen by nested selection as `eval` does (ridge:gaze+head).
     assert ev["targets"] == 4 and ev["screen_px"] == [2560, 1440]
     assert 100 < ev["mean_px"] < 160
     assert ev["baseline_mean_px"] == pytest.approx(1568, abs=15)
@@ -235,10 +277,21 @@ def test_headless_calibration_on_grid9_matches_gazeloop_eval(shared, tmp_path):
     report = json.loads(stdout[stdout.index("{") :])
     ev = report["evaluation"]
     # One frame per target (min-frames 1 for a replay), each still detected afresh; the
-    # same number `gazeloop eval --mapping ridge` gives (82 px; 106 px when stills were
-    # tracked as video).
+    # mapping chosen as `gazeloop eval` chooses it, with the same numbers (86 px for the
+    # whole selection; a fixed ridge on gaze angles gave 82 px).
+    rc, out, err = cli(
+        "eval", shared / "data/sessions/grid9", "--screen-px", 1920, 1080, "--mirrored", "--json"
+    )
+    assert rc == 0, err
+    want = json.loads(out)
     assert ev["targets"] == 9 and ev["frames_used"] == 9
-    assert ev["mean_px"] == pytest.approx(81.8, abs=1.0)
+    assert ev["selection"]["chosen"] == want["selection"]["chosen"]
+    assert ev["selection"]["hyper"] == pytest.approx(want["selection"]["hyper"])
+    assert ev["mean_px"] == pytest.approx(want["mean_px"], abs=0.5)
+    prof = Profile.load(tmp_path / "p.json")
+    c = prof.fit.chosen
+    assert (c.label, c.mirrored) == (want["selection"]["chosen"], False)  # un-mirrored frames
+    assert prof.fit.mean_px == ev["mean_px"] and prof.mapping.name == c.mapping
     s = read_session(tmp_path / "s")
     assert len(s) == 9 and s.manifest.screen_px == (1920, 1080)
 

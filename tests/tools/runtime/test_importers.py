@@ -206,6 +206,30 @@ def test_overwrite_replaces_session_files_only(tmp_path):
     assert len(read_session(out)) == 74
     assert report.n_settling == 4 * 3
     assert sum(r["settling"] for r in records(out)) == 12
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging left behind
+
+
+@pytest.mark.slow
+@needs_src
+def test_an_overwrite_that_fails_part_way_keeps_the_old_session(tmp_path, monkeypatch):
+    import gazeloop.tools.runtime.importers as importers
+
+    out = tmp_path / "out"
+    import_corners4(SRC, out, settle_frames=3)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real, calls = importers.write_record, []
+
+    def failing(*a, **k):
+        calls.append(1)
+        if len(calls) == 40:
+            raise OSError(28, "No space left on device")
+        return real(*a, **k)
+
+    monkeypatch.setattr(importers, "write_record", failing)
+    with pytest.raises(OSError, match="No space"):
+        import_corners4(SRC, out, overwrite=True, settle_frames=5)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 @needs_src

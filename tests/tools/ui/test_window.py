@@ -358,3 +358,63 @@ def test_a_source_ending_mid_grid_is_a_clear_error(xenv, shared, tmp_path, monke
     )
     assert rc == 2 and "calibrate.mp4 ended before the last target" in err
     assert not (tmp_path / "p.json").exists()
+
+
+@pytest.mark.slow
+def test_7_key_shows_one_glance_dot_full_screen_and_comes_back(
+    xenv, shared, corners4_profile, tmp_path, monkeypatch
+):
+    """The verify key with a profile: the calibration grid's dot, alone, at the first glance
+    point (the centre), in the full-screen window; the live view afterwards; the status line
+    and the summary name the glance's outcome."""
+    grabbed: dict = {}
+    real = cv2.waitKey
+    count = {"n": 0}
+
+    def wait(ms: int = 0) -> int:
+        real(1)
+        if ms == 0 or ms >= 100:
+            return ord(" ")
+        count["n"] += 1
+        if count["n"] == 3:
+            return ord("7")
+        if count["n"] == 8 and "img" not in grabbed:
+            grabbed["img"] = grab_window(xenv, "gazeloop", tmp_path / "glance.xwd", real)
+            grabbed["rect"] = cv2.getWindowImageRect("gazeloop")
+        return -1
+
+    monkeypatch.setattr(cv2, "waitKey", wait)
+    shown: list = []
+    real_imshow = cv2.imshow
+    monkeypatch.setattr(
+        cv2, "imshow", lambda name, img: (shown.append(img.shape), real_imshow(name, img))
+    )
+    rc, out, err = cli(
+        "run",
+        "--source",
+        shared / VIDEO,
+        "--profile",
+        corners4_profile,
+        "--screen-px",
+        1280,
+        720,
+        "--frames",
+        110,
+        "--no-watch-models",
+    )
+    assert rc == 0, err
+    # Frames 1-3 the live view, then the dot's pictures at the screen's size, then the live
+    # view again once the glance was decided (2.5 s of video at the latest).
+    assert shown[0] == (396, 1280, 3)
+    assert shown[3] == (720, 1280, 3)
+    assert shown[-1] == (396, 1280, 3)
+    assert "glance (key)" in out  # its outcome, label or not, is said
+    win = grabbed.get("img")
+    if win is None:
+        pytest.skip("xwd is not installed: the dot was shown but not grabbed")
+    assert win.shape == (720, 1280, 3)
+    assert mask(win, BACKGROUND, 5).mean() > 0.95
+    ys, xs = np.nonzero(mask(win, DOT, 5))
+    # One dot, at the centre of the screen.
+    assert len(xs) > 20 and xs.max() - xs.min() < 0.1 * 1280
+    assert abs(xs.mean() - 640) < 20 and abs(ys.mean() - 360) < 20

@@ -1,0 +1,97 @@
+"""`gazeloop profile fit` chooses the mapping as `gazeloop eval` does (nested selection among
+the candidates), stores the chosen candidate in the profile, and the profile evaluates on its
+own session as the selection said — on the real 9-point grid session in ../shared."""
+
+from __future__ import annotations
+
+import io
+import json
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import pytest
+
+from gazeloop.calibration.profile import Profile
+from gazeloop.tools.cli import main
+
+
+def cli(*argv) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        rc = main([str(a) for a in argv])
+    return rc, out.getvalue(), err.getvalue()
+
+
+def eval_json(*argv) -> dict:
+    rc, out, err = cli("eval", *argv, "--json")
+    assert rc == 0, err
+    return json.loads(out)
+
+
+@pytest.fixture(scope="module")
+def grid9(shared, gaze_onnx, face_task) -> Path:
+    return shared / "data" / "sessions" / "grid9"
+
+
+@pytest.fixture(scope="module")
+def fitted(grid9, tmp_path_factory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("profile") / "grid9.json"
+    rc, stdout, err = cli("profile", "fit", grid9, "--screen-px", 1920, 1080, "--out", out)
+    assert rc == 0, err
+    return out, stdout
+
+
+@pytest.fixture(scope="module")
+def selected(grid9) -> dict:
+    """What `gazeloop eval` selects on the same session and screen."""
+    return eval_json(grid9, "--screen-px", 1920, 1080)
+
+
+@pytest.mark.slow
+def test_profile_fit_stores_the_candidate_eval_selects(fitted, selected):
+    path, stdout = fitted
+    prof = Profile.load(path)
+    sel = selected["selection"]
+    c = prof.fit.chosen
+    assert c is not None
+    # the same choice as `gazeloop eval`: family, feature set, read of the frames, alpha
+    assert c.label == sel["chosen"]
+    assert (c.feature_set, c.read) == (sel["feature_set"], sel["read"])
+    assert c.hyper == pytest.approx(sel["hyper"])
+    assert prof.mapping.name == c.mapping == selected["mapping"]
+    assert prof.features == c.features == selected["features"]
+    assert c.mirrored is selected["mirrored"] is True  # grid9: selfie views, detected
+    # the honest figure in the profile is eval's leave-one-target-out of the whole choice
+    assert prof.fit.mean_px == selected["mean_px"]
+    assert prof.fit.median_px == selected["median_px"]
+    assert prof.fit.targets == selected["targets"] == 9
+    assert prof.fit.selection["chosen"] == sel["chosen"]
+    # and it is said
+    assert f"chosen by nested selection: {c.label}" in stdout
+    assert f"leave-one-target-out mean {selected['mean_px']:.1f} px" in stdout
+
+
+@pytest.mark.slow
+def test_the_profile_evaluates_on_its_session_as_the_selection_predicted(fitted, grid9):
+    """In-sample, stated as such: the profile applied unchanged to the frames it was fitted
+    on gives the in-sample error recorded at the fit (below the leave-one-target-out one)."""
+    path, _ = fitted
+    prof = Profile.load(path)
+    applied = eval_json(grid9, "--screen-px", 1920, 1080, "--profile", path)
+    assert applied["profile"] == str(path)
+    assert applied["mapping"] == prof.mapping.name and applied["features"] == prof.features
+    assert applied["frames_used"] == prof.fit.frames == 9
+    assert applied["mean_px"] == pytest.approx(prof.fit.chosen.in_sample_mean_px, abs=0.01)
+    assert applied["mean_px"] < prof.fit.mean_px  # in-sample is optimistic
+
+
+@pytest.mark.slow
+def test_a_fixed_mapping_is_still_fitted_as_asked(grid9, tmp_path):
+    out = tmp_path / "ridge.json"
+    rc, stdout, err = cli(
+        "profile", "fit", grid9, "--screen-px", 1920, 1080, "--mapping", "ridge", "--out", out
+    )
+    assert rc == 0, err
+    prof = Profile.load(out)
+    assert prof.mapping.name == "ridge" and prof.features == ["gaze_yaw", "gaze_pitch"]
+    assert prof.fit.chosen is None and "nested selection" not in stdout

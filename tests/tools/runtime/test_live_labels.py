@@ -1,0 +1,195 @@
+"""Labels without a snapshot of their own in `Live`: clicks and the validation glance go
+through the loop and into a real label store (SQLite in a temp folder), accepted or not,
+with the loop's decision; the glance comes when asked and when the loop has been quiet."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from gazeloop.calibration.labels import OracleLabel, PointObservation
+from gazeloop.calibration.store.labelstore import LabelStore
+from gazeloop.fastpath.types import Frame, GazeSample, Quality
+from gazeloop.tools.runtime.clicks import ClickLabeller
+from gazeloop.tools.runtime.live import Live
+
+MS = 1_000_000
+SCREEN = (1920, 1080)
+DRIFT = np.array([60.0, -40.0]) / SCREEN  # the fast path's error, normalised
+
+
+class FakeFastPath:
+    """Looks where `gaze` says (normalised), plus a drift, plus the loop's offset: what the
+    real fast path does with a mapper whose offset the loop sets."""
+
+    def __init__(self) -> None:
+        self.gaze = np.array([0.5, 0.5])
+        self.mapper = None
+
+    def set_mapper(self, m) -> None:
+        self.mapper = m
+
+    def process(self, frame: Frame) -> GazeSample:
+        xy = self.gaze + DRIFT + np.asarray(self.mapper.offset)
+        return GazeSample(frame.t_ns, frame.index, Quality(face=True, confidence=1.0), screen_xy=xy)
+
+    def close(self) -> None:
+        pass
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 7_000 * MS
+
+    def __call__(self) -> int:
+        return self.t
+
+
+def mapper():
+    return SimpleNamespace(screen=SimpleNamespace(px=SCREEN), offset=np.zeros(2))
+
+
+@pytest.fixture
+def rig(tmp_path):
+    fp = FakeFastPath()
+    store = LabelStore(tmp_path / "labels")
+    live = Live(fp, mapper=mapper(), store=store)
+    clock = Clock()
+    state = {"i": 0, "t_ms": 0.0}
+
+    def run(ms: float, gaze=None) -> None:
+        """Frames at 60 Hz for `ms` (frame clock and the listener's clock advance together)."""
+        if gaze is not None:
+            fp.gaze = np.asarray(gaze, dtype=float)
+        end = state["t_ms"] + ms
+        while state["t_ms"] < end:
+            state["t_ms"] += 1000 / 60
+            state["i"] += 1
+            clock.t = 7_000 * MS + round(state["t_ms"] * MS)
+            img = np.full((48, 64, 3), state["i"] % 256, np.uint8)
+            live.process(Frame(round(state["t_ms"] * MS), img, state["i"]))
+
+    yield SimpleNamespace(live=live, store=store, fp=fp, clock=clock, run=run, state=state)
+    live.close()
+
+
+def test_a_click_label_is_stored_with_its_decision_and_frame(rig):
+    live = rig.live
+    live.clicks = ClickLabeller(live.history, SCREEN, live.external_label, clock=rig.clock)
+    target = np.array([0.3, 0.6])
+    rig.run(600, target)
+    live.clicks.press(*(target * SCREEN))
+    rig.clock.t += 60 * MS
+    live.clicks.release(*(target * SCREEN))
+    rig.run(700)  # past the burst window: the click is decided
+    assert live.clicks.verdicts == {"ok": 1}
+    (row,) = list(rig.store)
+    assert row.oracle == "clicks" and row.snapshot_id.startswith("click-")
+    assert row.accepted and row.why == "accepted"
+    assert row.observation.xy == pytest.approx(tuple(target))
+    assert row.residual == pytest.approx(tuple(-DRIFT), abs=1e-9)
+    assert row.fast_xy == pytest.approx(tuple(target + DRIFT))
+    # The camera frame nearest the fixation's end is the label's image.
+    assert row.image is not None and rig.store.image_path(row).is_file()
+    st = live.status()
+    assert st["sources"]["clicks"]["labels"] == 1 and st["sources"]["clicks"]["accepted"] == 1
+    assert st["last_decision"] == {"source": "clicks", "accepted": True, "why": "accepted"}
+    assert live.labels_stored == 1
+
+
+def test_a_rejected_click_label_is_stored_too(rig):
+    rig.run(300)
+    t = round(rig.state["t_ms"] * MS)
+    lab = OracleLabel(
+        t_ns=t,
+        snapshot_id="click-1",
+        oracle="clicks",
+        observation=PointObservation(xy=(0.5, 0.5)),
+        confidence=0.1,
+    )
+    d = rig.live.external_label(lab)
+    assert not d.accepted
+    (row,) = list(rig.store)
+    assert not row.accepted and row.why.startswith("confidence") and row.oracle == "clicks"
+    assert rig.store.count(accepted=False) == 1
+
+
+def test_a_glance_on_request_labels_the_fixation_on_its_dot(rig):
+    live = rig.live
+    glance = live.enable_glance(auto_after_s=0)
+    rig.run(300, (0.2, 0.2))
+    g = glance.start(round(rig.state["t_ms"] * MS))
+    assert g.xy == (0.5, 0.5)  # the first dot is the centre
+    rig.run(200)  # the eye has not left yet
+    rig.run(1000, g.xy)  # then rests on the dot (seen through the drift)
+    assert glance.active is None and glance.last.verdict == "ok"
+    (row,) = list(rig.store)
+    assert row.oracle == "glance" and row.accepted
+    assert row.observation.xy == (0.5, 0.5)
+    assert row.details["trigger"] == "key" and row.details["fixation_ms"] >= 250
+    assert row.details["fixation_px"] == pytest.approx(list((0.5 + DRIFT) * SCREEN), abs=1e-6)
+    assert row.image is not None
+    assert live.status()["glance"] == {"ok": 1}
+    # One label against the calibration's prior: a small step, toward the drift's correction.
+    off = np.asarray(live.loop.offset)
+    assert np.dot(off, -DRIFT) > 0.9 * np.hypot(*off) * np.hypot(*DRIFT) > 0
+
+
+def test_a_glance_nobody_looks_at_gives_no_label(rig):
+    glance = rig.live.enable_glance(auto_after_s=0)
+    rig.run(100, (0.9, 0.9))
+    glance.start(round(rig.state["t_ms"] * MS), xy=(0.1, 0.1))
+    rig.run(3000)
+    assert glance.last.verdict == "far" and list(rig.store) == []
+
+
+def test_the_glance_comes_on_its_own_after_a_quiet_spell_and_never_while_calibrating(rig):
+    glance = rig.live.enable_glance(auto_after_s=2.0)
+    rig.run(1000)
+    assert not glance.due(round(rig.state["t_ms"] * MS))
+    rig.run(1100)
+    now = round(rig.state["t_ms"] * MS)
+    glance.calibrating = True
+    assert not glance.due(now) and glance.start(now) is None
+    glance.calibrating = False
+    assert glance.due(now)
+    # A label of any source restarts the quiet time.
+    rig.live.external_label(
+        OracleLabel(
+            t_ns=now, snapshot_id="c", oracle="clicks", observation=PointObservation(xy=(0.5, 0.5))
+        )
+    )
+    assert not glance.due(now + 1)
+    assert glance.due(now + round(2.0e9))
+
+
+def test_glance_needs_a_profile_and_a_new_calibration_remakes_it(tmp_path):
+    fp = FakeFastPath()
+    live = Live(fp)
+    assert live.enable_glance(60.0) is None
+    live.install(mapper())
+    assert live.glance is not None and live.glance.auto_after_s == 60.0
+    live.close()
+
+
+def test_the_status_line_names_each_source_its_noise_weight_and_the_last_decision(rig):
+    from gazeloop.tools.commands.run import status_text
+
+    rig.run(300, (0.5, 0.5))
+    t = round(rig.state["t_ms"] * MS)
+    for i, (source, conf) in enumerate((("clicks", 1.0), ("glance", 1.0), ("clicks", 0.1))):
+        lab = OracleLabel(
+            t_ns=t - i * 20 * MS,
+            snapshot_id=f"{source}-{i}",
+            oracle=source,
+            observation=PointObservation(xy=(0.5, 0.5)),
+            confidence=conf,
+        )
+        rig.live.external_label(lab)
+    line = status_text(rig.live, None)
+    # Priors: σ 0.075 screen widths = 144 px on a 1920 px screen, weight 1 for both.
+    assert "clicks 1/2 σ 144px w 1.00" in line and "glance 1/1 σ 144px w 1.00" in line
+    assert "last clicks rejected: confidence 0.10 < 0.30" in line
+    assert "labels stored 3" in line

@@ -1,0 +1,27 @@
+"""`gazeloop run` tells the drift loop whether its profile is from an earlier sitting."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+
+import pytest
+
+from gazeloop.tools.runtime.live import SITTING_GAP_S, from_earlier_sitting
+
+NOW = datetime(2026, 12, 4, 18, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("created", "earlier"),
+    [
+        ((NOW - timedelta(minutes=5)).isoformat(timespec="seconds"), False),
+        ((NOW - timedelta(seconds=SITTING_GAP_S + 60)).isoformat(timespec="seconds"), True),
+        ((NOW - timedelta(days=3)).isoformat(), True),
+        ("2026-12-04T17:55:00", False),  # no zone: read as UTC
+        ("yesterday", True),
+        (None, True),
+    ],
+)
+def test_a_profile_older_than_a_sitting_gap_is_from_an_earlier_sitting(created, earlier):
+    assert from_earlier_sitting(SimpleNamespace(created=created), now=NOW) is earlier

@@ -1,0 +1,166 @@
+"""A user's label store as training data: its accepted labels, exported as a session folder
+inside the run folder (`LabelStore.export_session`), which the session reader then reads like
+any other session.
+
+The store keeps labels in normalised screen units and no screen: the export needs one, given
+(`gazeloop train --screen-px W H`) or read from the user's profiles beside the store (a store
+at `<home>/users/<user>/labels` has them in `<home>/users/<user>/profiles/`), as long as they
+agree on one screen. Only accepted point labels with an image are exported (the store's own
+rule: a line label offers no point that is not invented); a store without any is refused.
+
+The export is the run's data: a resumed run trains on the labels exported when it started,
+not on what the store holds by then. Its person id is `session:<user>`, the id the user's
+calibration sessions get from their manifests (`user`), so the labels and those sessions are
+one person to the trainer: calibrated on some of them, asked about the others, and split for
+validation by target, never one of them left out as a "validation person".
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gazeloop.calibration.geometry import ScreenGeometry
+from gazeloop.calibration.store.labelstore import DB_NAME, LabelStore, LabelStoreError
+from gazeloop.calibration.store.session import MANIFEST_NAME
+
+EXPORTS = "labels"  # the exports' folder inside the run folder
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+class LabelExportError(ValueError):
+    """A label store that cannot be trained on (one line, naming the folder)."""
+
+
+@dataclass(slots=True)
+class LabelExport:
+    """One store, exported for one run."""
+
+    store: Path
+    session: Path
+    person: str
+    screen: ScreenGeometry
+    screen_from: str
+    accepted: int | None = None  # None: not looked at (a resumed run keeps its export)
+    exported: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    reused: bool = False  # a resumed run: the export of the run's start
+
+    def summary(self, samples_by_unit: dict[str, int] | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "store": str(self.store),
+            "session": str(self.session),
+            "screen_px": list(self.screen.px),
+            "screen_from": self.screen_from,
+            "accepted_labels": self.accepted,
+            "exported_labels": self.exported,
+            "skipped": dict(self.skipped),
+        }
+        if self.reused:
+            out["reused_export"] = True
+        out["person"] = self.person
+        if samples_by_unit is not None:
+            # Frames the fast path read (a face found, not settling), the run's validation
+            # rows included.
+            out["frames"] = int(samples_by_unit.get(str(self.session), 0))
+        return out
+
+
+def store_name(store: Path) -> str:
+    """`<user>` for a store at `.../users/<user>/labels`, else the folder's name."""
+    p = Path(store).resolve()
+    name = p.parent.name if p.name == "labels" and p.parent.parent.name == "users" else p.name
+    return _SAFE.sub("_", name).strip("._") or "store"
+
+
+def profile_screen(store: Path) -> tuple[ScreenGeometry, str] | None:
+    """The screen of the user's profiles beside the store, when they agree on one."""
+    folder = Path(store).resolve().parent / "profiles"
+    screens: dict[tuple[int, int], tuple[ScreenGeometry, Path]] = {}
+    for f in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            doc = json.loads(f.read_text())
+            screen = ScreenGeometry.model_validate(doc["screen"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        screens.setdefault(screen.px, (screen, f))
+    if not screens:
+        return None
+    if len(screens) > 1:
+        sizes = ", ".join(f"{w}x{h}" for w, h in screens)
+        raise LabelExportError(
+            f"{store}: the user's profiles are for several screens ({sizes}): give "
+            "--screen-px W H for the labels"
+        )
+    screen, f = next(iter(screens.values()))
+    return screen, f"profile {f}"
+
+
+def _screen(store: Path, screen_px: tuple[int, int] | None) -> tuple[ScreenGeometry, str]:
+    if screen_px is not None:
+        return ScreenGeometry(px=(int(screen_px[0]), int(screen_px[1]))), "--screen-px"
+    found = profile_screen(store)
+    if found is None:
+        raise LabelExportError(
+            f"{store}: a label store does not record its screen and no profile beside it "
+            "does: give --screen-px W H"
+        )
+    return found
+
+
+def export_store(
+    store: Path,
+    run_dir: Path,
+    index: int,
+    *,
+    screen_px: tuple[int, int] | None = None,
+    resume: bool = False,
+) -> LabelExport:
+    """Export `store`'s accepted labels to `run_dir/labels/<index>-<name>/`. A resumed run
+    keeps the export it started with; otherwise an earlier export there is replaced (the
+    caller refuses a run folder holding another run's checkpoints before this)."""
+    store = Path(store)
+    name = f"{index}-{store_name(store)}"
+    out = Path(run_dir) / EXPORTS / name
+    person = f"session:{store_name(store)}"
+    if resume and out.is_dir() and any(out.glob("img_*.json")):
+        try:  # the screen it was exported for, whatever the store or the flags say now
+            px = json.loads((out / MANIFEST_NAME).read_text())["screen_px"]
+            screen = ScreenGeometry(px=(int(px[0]), int(px[1])))
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+            raise LabelExportError(f"{out}: the run's label export is damaged ({e})") from None
+        exp = LabelExport(store, out, person, screen, f"the export {out}", reused=True)
+        exp.exported = len(list(out.glob("img_*.json")))
+        return exp
+    if not store.is_dir():
+        raise LabelExportError(f"{store}: no such label store folder")
+    if not (store / DB_NAME).is_file():
+        raise LabelExportError(f"{store}: not a label store (no {DB_NAME} in it)")
+    screen, screen_from = _screen(store, screen_px)
+    exp = LabelExport(store, out, person, screen, screen_from)
+    if out.exists():
+        shutil.rmtree(out)
+    try:
+        with LabelStore(store) as ls:
+            exp.accepted = ls.count(accepted=True)
+            stats = ls.export_session(out, screen)
+    except LabelStoreError as e:
+        shutil.rmtree(out, ignore_errors=True)
+        raise LabelExportError(f"{store}: {e}") from None
+    exp.exported = int(stats["written"])
+    exp.skipped = {str(k): int(v) for k, v in stats["skipped"].items()}
+    if exp.exported == 0:
+        shutil.rmtree(out, ignore_errors=True)
+        why = ", ".join(f"{n} {k}" for k, n in exp.skipped.items()) or "the store is empty"
+        raise LabelExportError(
+            f"{store}: no usable labels (accepted point labels with an image): "
+            f"{exp.accepted} accepted; skipped: {why}"
+        )
+    return exp
+
+
+__all__ = ["EXPORTS", "LabelExport", "LabelExportError", "export_store", "store_name"]
