@@ -3,10 +3,8 @@ replayed headless on the real recordings in ../shared (4-corner video, 9-point g
 
 from __future__ import annotations
 
-import io
 import json
 import math
-from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,17 +13,10 @@ import pytest
 from gazeloop.calibration.procedure import CalibrationRun, ProcedureConfig, grid_targets
 from gazeloop.calibration.profile import Profile
 from gazeloop.calibration.store.session import read_session
-from gazeloop.tools.cli import main
 from gazeloop.tools.ui.calibration_grid import BACKGROUND, DOT, RING, dot_view, render_dot
+from tests.cli import cli
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def cli(*argv) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        rc = main([str(a) for a in argv])
-    return rc, out.getvalue(), err.getvalue()
 
 
 # --- the procedure core, with samples of the documented duck type ---------------------------

@@ -7,11 +7,9 @@ Each session goes through the fast path once per set of flags (module-scoped fix
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import re
 import shutil
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import cv2
@@ -21,6 +19,7 @@ import pytest
 from gazeloop.calibration.store.session import read_session
 from gazeloop.tools.cli import main
 from gazeloop.tools.commands._args import screen_for
+from tests.cli import cli, eval_json
 
 REPORT_KEYS = {
     "mirrored",
@@ -46,21 +45,6 @@ REPORT_KEYS = {
 }
 TARGET_KEYS = {"target", "label_px", "frames", "mean_px", "pred_px"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def cli(*argv) -> tuple[int, str, str]:
-    """`gazeloop ARGV` in this process → (exit code, stdout, stderr). For module-scoped
-    fixtures, where capsys is not available."""
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        rc = main([str(a) for a in argv])
-    return rc, out.getvalue(), err.getvalue()
-
-
-def eval_json(*argv) -> dict:
-    rc, out, err = cli("eval", *argv, "--json")
-    assert rc == 0, err
-    return json.loads(out)  # stdout is the JSON report and nothing else
 
 
 def seed_labels(folder: Path) -> dict[str, tuple[float, float]]:

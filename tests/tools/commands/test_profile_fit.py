@@ -4,28 +4,12 @@ own session as the selection said — on the real 9-point grid session in ../sha
 
 from __future__ import annotations
 
-import io
-import json
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
 
 from gazeloop.calibration.profile import Profile
-from gazeloop.tools.cli import main
-
-
-def cli(*argv) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        rc = main([str(a) for a in argv])
-    return rc, out.getvalue(), err.getvalue()
-
-
-def eval_json(*argv) -> dict:
-    rc, out, err = cli("eval", *argv, "--json")
-    assert rc == 0, err
-    return json.loads(out)
+from tests.cli import cli, eval_json
 
 
 @pytest.fixture(scope="module")

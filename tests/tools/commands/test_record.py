@@ -3,9 +3,7 @@ rest of gazeloop uses (calibration.store.session.read_session, fastpath.sources.
 
 from __future__ import annotations
 
-import io
 import json
-from contextlib import redirect_stderr, redirect_stdout
 
 import numpy as np
 import pytest
@@ -14,20 +12,9 @@ from gazeloop.calibration.store.session import load_image, read_session
 from gazeloop.fastpath.sources import SessionSource
 from gazeloop.tools.runtime.labelled import open_labelled
 from gazeloop.tools.runtime.recording import RateGate
+from tests.cli import cli
 
 MS = 1_000_000
-
-
-def cli(*argv) -> tuple[int, str, str]:
-    from gazeloop.tools.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        try:
-            rc = main([str(a) for a in argv])
-        except SystemExit as e:  # argparse rejects a flag's value before the command runs
-            rc = e.code
-    return rc, out.getvalue(), err.getvalue()
 
 
 @pytest.mark.slow

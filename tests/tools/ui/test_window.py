@@ -10,14 +10,12 @@ the window keeps painting.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import select
 import shutil
 import struct
 import subprocess
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import cv2
@@ -29,17 +27,9 @@ from gazeloop.calibration.profile import Profile, profile_path
 from gazeloop.calibration.store.session import read_session
 from gazeloop.tools.ui.calibration_grid import BACKGROUND, DOT
 from gazeloop.tools.ui.render import GOLD, RED
+from tests.cli import cli
 
 VIDEO = "data/video-corners4/calibrate.mp4"
-
-
-def cli(*argv) -> tuple[int, str, str]:
-    from gazeloop.tools.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        rc = main([str(a) for a in argv])
-    return rc, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="session")
