@@ -101,6 +101,12 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--snapshot-every", type=float, default=5.0, help="seconds between labels")
     p.add_argument(
+        "--replay-clicks",
+        action="store_true",
+        help="with a recording that has targets: click each target once, 300 ms into its "
+        "settled frames, through the click rules (alongside any --oracle)",
+    )
+    p.add_argument(
         "--glance-every",
         type=non_negative_float,
         default=10.0,
@@ -250,6 +256,22 @@ def _resolve_oracle(args, ls: LabelledSource) -> None:
         args.oracle = "clicks" if isinstance(ls.source, CameraSource) else "none"
 
 
+def _replay_clicks(args, live: Live, mapper, ls: LabelledSource):
+    """--replay-clicks: the recording's targets clicked once each, through the click rules
+    (`tools.runtime.clicks.ClickReplay`); None without the flag."""
+    if not args.replay_clicks:
+        return None
+    if mapper is None:
+        raise UserError("--replay-clicks: clicks correct a calibrated cursor; calibrate first")
+    if args.oracle == "clicks":
+        raise UserError("--replay-clicks replaces the mouse: use another --oracle with it")
+    from gazeloop.tools.runtime.clicks import ClickLabeller, ClickReplay, FrameClock
+
+    clock = FrameClock()
+    live.clicks = ClickLabeller(live.history, mapper.screen.px, live.external_label, clock=clock)
+    return ClickReplay(live.clicks, clock, ls.target_of)
+
+
 def _clicks(args, live: Live, mapper):
     """--oracle clicks: left clicks become point labels through the click rules
     (tools.runtime.clicks); returns the listener to stop, or None."""
@@ -299,7 +321,7 @@ def run(args: argparse.Namespace) -> int:
     ls = open_labelled(
         args.source,
         screen_px=tuple(args.screen_px) if args.screen_px else None,
-        with_targets=args.oracle == "targets",
+        with_targets=args.oracle == "targets" or args.replay_clicks,
     )
     try:
         return _run(args, ls)
@@ -310,6 +332,11 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, ls: LabelledSource) -> int:
     _resolve_oracle(args, ls)
     hook = _target_hook(args, ls)
+    if args.replay_clicks and not ls.labelled:  # before any model loads
+        raise UserError(
+            f"--replay-clicks: {args.source} ({ls.kind}) has no recorded targets; give a "
+            "session folder or a 4-corner recording"
+        )
     if args.oracle != "none":  # the label store's folder, before anything loads
         check_writable(data_dir() / "users" / args.user / "labels", folder=True)
     from gazeloop.tools.runtime.hotreload import startup_model
@@ -328,7 +355,7 @@ def _run(args: argparse.Namespace, ls: LabelledSource) -> int:
     from gazeloop.calibration.store.labelstore import DB_NAME, LabelStore
 
     # Clicks and glances are labels too: kept with the oracle's.
-    labelled_here = oracle is not None or args.oracle == "clicks"
+    labelled_here = oracle is not None or args.oracle == "clicks" or args.replay_clicks
     labelled_here |= not args.headless and mapper is not None  # the glance
     if labelled_here or (args.mqtt and (labels_dir / DB_NAME).is_file()):
         if args.oracle == "none":  # not checked before the models loaded
@@ -354,6 +381,7 @@ def _run(args: argparse.Namespace, ls: LabelledSource) -> int:
         uplink=uplink,
     )
     listener = _clicks(args, live, mapper)
+    replay = _replay_clicks(args, live, mapper, ls)
     watcher = None
     if not args.no_watch_models:
         from gazeloop.tools.runtime.hotreload import ModelWatcher
@@ -391,7 +419,11 @@ def _run(args: argparse.Namespace, ls: LabelledSource) -> int:
     try:
         with src:
             for frame in stream:
+                if replay is not None:
+                    replay.before(frame)
                 s = live.process(frame)
+                if replay is not None:
+                    replay.after(frame)
                 frames += 1
                 if cursor is not None and s.screen_px is not None:
                     cursor.move(s.screen_px)

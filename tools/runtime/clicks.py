@@ -138,3 +138,50 @@ def start_listener(labeller: ClickLabeller):
     listener = mouse.Listener(on_click=on_click)
     listener.start()
     return listener
+
+
+class FrameClock:
+    """The click labeller's clock when clicks are replayed: the time of the frame about to
+    be processed, so a replayed press lands on the recording's own time line."""
+
+    def __init__(self) -> None:
+        self.t_ns = 0
+
+    def __call__(self) -> int:
+        return self.t_ns
+
+
+class ClickReplay:
+    """`gazeloop run --replay-clicks` on a recording with targets: a person who clicks each
+    target once, `after_ms` into its settled frames (the hand follows the eye), exactly on
+    it. The presses go through the same `ClickLabeller` and rules as a real mouse, so the
+    fast path's own fixations decide which become labels. Deterministic: no random timing
+    (the benchmark's `click_replay` draws human timing; this is for a live run to show)."""
+
+    def __init__(self, labeller: ClickLabeller, clock: FrameClock, target_of, after_ms=300.0):
+        self.labeller = labeller
+        self.clock = clock
+        self.target_of = target_of  # frame -> FrameTarget | None (tools.runtime.labelled)
+        self.after_ns = round(after_ms * _MS)
+        self.pressed = 0
+        self._visit: tuple[int, int] | None = None  # (target id, first settled frame's time)
+        self._done = False
+
+    def before(self, frame) -> None:
+        """Call with each frame before the fast path processes it (the labeller's clock)."""
+        self.clock.t_ns = frame.t_ns
+
+    def after(self, frame) -> None:
+        """Call with each frame once processed: the click, if one is due, is judged against
+        a history that holds this frame."""
+        info = self.target_of(frame)
+        if info is None or info.settling:
+            return
+        if self._visit is None or self._visit[0] != info.target:
+            self._visit, self._done = (info.target, frame.t_ns), False
+        if not self._done and frame.t_ns - self._visit[1] >= self.after_ns:
+            x, y = info.label_px
+            self.labeller.press(x, y)
+            self.labeller.release(x, y)
+            self.pressed += 1
+            self._done = True

@@ -1,0 +1,62 @@
+"""`gazeloop run --replay-clicks`: a recording's targets clicked through the real click rules,
+beside another oracle, with both sources' labels in the status line and the label store."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from tests.cli import cli
+from tests.paths import SHARED
+
+CORNERS4 = SHARED / "data" / "video-corners4"
+VIDEO = CORNERS4 / "calibrate.mp4"
+
+
+@pytest.fixture(scope="module")
+def c4_profile(tmp_path_factory) -> Path:
+    if not VIDEO.is_file():
+        pytest.skip(f"{VIDEO} is missing")
+    d = tmp_path_factory.mktemp("c4")
+    assert cli("import", "corners4", CORNERS4, d / "session")[0] == 0
+    assert cli("profile", "fit", d / "session", "--out", d / "profile.json")[0] == 0
+    return d / "profile.json"
+
+
+def stored(home: Path) -> dict[tuple[str, int], int]:
+    db = home / "users" / "default" / "labels" / "labels.sqlite3"
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:
+        rows = c.execute("SELECT oracle, accepted, COUNT(*) FROM labels GROUP BY 1, 2")
+        return {(o, int(a)): n for o, a, n in rows}
+
+
+@pytest.mark.slow
+def test_targets_and_replayed_clicks_feed_one_loop_and_the_store(c4_profile, tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setenv("GAZELOOP_HOME", str(home))
+    rc, out, err = cli(
+        "run", "--headless", "--source", VIDEO, "--oracle", "targets", "--replay-clicks",
+        "--profile", c4_profile, "--snapshot-every", "0.5", "--no-watch-models",
+    )  # fmt: skip
+    assert rc == 0, err
+    last = out.strip().splitlines()[-1]
+    # One click per target visit (4 corners), each vouched for by a fixation on it.
+    assert "clicks 4 kept of 4" in last and "clicks 4/4 σ" in last, last
+    assert " target " in last and "last " in last, last
+    labels = stored(home)
+    assert labels.get(("clicks", 1)) == 4
+    assert labels.get(("target", 1), 0) >= 1  # the target oracle answers asynchronously
+
+
+@pytest.mark.slow
+def test_replay_clicks_needs_a_recording_with_targets(tmp_path, monkeypatch):
+    if not VIDEO.is_file():
+        pytest.skip(f"{VIDEO} is missing")
+    monkeypatch.setenv("GAZELOOP_HOME", str(tmp_path / "home"))
+    plain = tmp_path / "plain.mp4"  # the video without its csv: no targets
+    plain.write_bytes(VIDEO.read_bytes())
+    rc, out, err = cli("run", "--headless", "--source", plain, "--replay-clicks")
+    assert rc == 2, (out, err)
+    assert len(err.strip().splitlines()) == 1 and "no recorded targets" in err, err
