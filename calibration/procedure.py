@@ -235,11 +235,16 @@ class CalibrationRun:
     def views(self) -> dict[str, dict[str, np.ndarray]]:
         """The rows of `arrays()` as named feature columns (the features every kept frame
         has), the "as read" view a selection's candidates take their columns from."""
-        dicts = [d for i in self.used() for d in self.targets[i].features]
-        keys = set(dicts[0]).intersection(*dicts[1:]) if dicts else set()
-        return {
-            "as read": {k: np.array([d[k] for d in dicts], dtype=np.float64) for k in sorted(keys)}
-        }
+        frames = (d for i in self.used() for d in self.targets[i].features)
+        return {"as read": feature_columns(frames)}
+
+
+def feature_columns(dicts) -> dict[str, np.ndarray]:
+    """Per-frame feature dicts → one float column per feature every frame has (sorted by
+    name): the "view" a selection's candidates take their columns from."""
+    dicts = list(dicts)
+    keys = set(dicts[0]).intersection(*dicts[1:]) if dicts else set()
+    return {k: np.array([d[k] for d in dicts], dtype=np.float64) for k in sorted(keys)}
 
 
 def fit_profile(x: np.ndarray, y_norm: np.ndarray, groups: np.ndarray, **kwargs) -> Profile:

@@ -13,7 +13,6 @@ import cv2
 import numpy as np
 
 from gazeloop.fastpath.eye_geometry import eye_position_mm
-from gazeloop.fastpath.headpose import ypr_in_eye_frame
 from gazeloop.fastpath.types import EyeFeatures, FaceLandmarks, Features
 
 
@@ -121,14 +120,10 @@ def extract(
     `focal_px` None: the image width)."""
     roll = float(face.head_ypr[2]) if np.isfinite(face.head_ypr[2]) else 0.0
     kw = dict(crop_scale=crop_scale, blink_aperture=blink_aperture)
-    eye_mm = eye_position_mm(face.points, face.image_size, focal_px)
-    eye_pose = None
-    if face.head_rotation is not None and eye_mm is not None and np.all(np.isfinite(eye_mm)):
-        eye_pose = ypr_in_eye_frame(face.head_rotation, eye_mm)
     return Features(
         left=eye_features(face.points, LEFT_EYE, roll, image, **kw),
         right=eye_features(face.points, RIGHT_EYE, roll, image, **kw),
         head_ypr=face.head_ypr,
-        eye_mm=eye_mm,
-        head_ypr_eye=eye_pose,
+        eye_mm=eye_position_mm(face.points, face.image_size, focal_px),
+        head_rotation=face.head_rotation,
     )

@@ -166,8 +166,8 @@ class GazeModel:
         self.sha256 = hashlib.sha256(data).hexdigest()
 
         try:
-            self.session = open_session(
-                self.path, threads=threads, providers=providers or default_providers()
+            self.session = open_session(  # the bytes just hashed: one read of the file
+                data, threads=threads, providers=providers or default_providers()
             )
         except Exception as exc:  # onnxruntime raises several unrelated types here
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

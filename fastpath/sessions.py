@@ -15,10 +15,10 @@ from pathlib import Path
 from gazeloop.fastpath.providers import CPU
 
 
-def open_session(path: Path, *, threads: int = 1, providers: list[str] | None = None):
-    """An `onnxruntime.InferenceSession` of the model at `path` on `providers` (CPU when
-    None). onnxruntime's errors are not typed; the caller turns them into its own one-line
-    error naming the file."""
+def open_session(model: Path | bytes, *, threads: int = 1, providers: list[str] | None = None):
+    """An `onnxruntime.InferenceSession` of the model at a path, or of its bytes when the
+    caller has read them already, on `providers` (CPU when None). onnxruntime's errors are
+    not typed; the caller turns them into its own one-line error naming the file."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -30,4 +30,5 @@ def open_session(path: Path, *, threads: int = 1, providers: list[str] | None = 
     if threads > 1:
         # Spinning workers burn the core that the camera thread and the oracle need.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), sess_options=opts, providers=providers or [CPU])
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, sess_options=opts, providers=providers or [CPU])

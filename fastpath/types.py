@@ -57,16 +57,29 @@ class Features:
     # Midpoint of the eye corners in camera axes (x image right, y up, z toward the camera,
     # so z < 0), mm: `fastpath.eye_geometry`. None when not computed.
     eye_mm: np.ndarray | None = None
-    # The head pose in the eyes' ray frame (`headpose.ypr_in_eye_frame`), what the gaze
-    # network is told with `FastPathConfig.gaze_frame = "ray"`; None without a solved pose.
-    head_ypr_eye: np.ndarray | None = None
+    # The head's rotation from solvePnP (canonical face -> OpenCV camera axes), None where no
+    # pose was solved; with `eye_mm` it gives the pose in the eyes' ray frame on demand.
+    head_rotation: np.ndarray | None = None
+
+    @property
+    def head_ypr_eye(self) -> np.ndarray | None:
+        """The head pose in the eyes' ray frame (`headpose.ypr_in_eye_frame`), what the gaze
+        network is told with `FastPathConfig.gaze_frame = "ray"`; None without a solved pose
+        or eye position. Computed when asked, so the default camera frame pays nothing."""
+        from gazeloop.fastpath.headpose import ypr_in_eye_frame
+
+        e = self.eye_mm
+        if self.head_rotation is None or e is None or not np.all(np.isfinite(e)):
+            return None
+        return ypr_in_eye_frame(self.head_rotation, e)
 
     def network_head_ypr(self, frame: str = "camera") -> np.ndarray:
         """The head pose the gaze network is told in `frame` ("ray" or "camera"): yaw and
         pitch of that frame, and the image roll the crops were aligned by. "ray" without an
         eye-frame pose falls back to the camera's axes."""
-        if frame == "ray" and self.head_ypr_eye is not None:
-            return np.array([self.head_ypr_eye[0], self.head_ypr_eye[1], self.head_ypr[2]])
+        eye = self.head_ypr_eye if frame == "ray" else None
+        if eye is not None:
+            return np.array([eye[0], eye[1], self.head_ypr[2]])
         return self.head_ypr
 
     @property

@@ -150,20 +150,22 @@ def judge(
     """A verdict for each click (in the order given), from all of them (bursts need the
     neighbours) and the fast path's samples around them."""
     bursts = burst_mask([c.t_ns for c in clicks], rules)
-    out = []
-    for click, burst in zip(clicks, bursts, strict=True):
-        if burst:
-            out.append(ClickVerdict(click, "burst"))
-            continue
-        if is_drag(click, rules):
-            out.append(ClickVerdict(click, "drag"))
-            continue
-        fix, reason = fixation_before(t_ns, xy_px, click.t_ns, rules)
-        if fix is not None:
-            d = np.hypot(*np.subtract(fix.centre_px, click.xy_px))
-            reason = "far" if d > rules.max_distance_px else "ok"
-        out.append(ClickVerdict(click, reason, fix))
-    return out
+    return [judge_one(c, bool(b), t_ns, xy_px, rules) for c, b in zip(clicks, bursts, strict=True)]
+
+
+def judge_one(
+    click: Click, burst: bool, t_ns: np.ndarray, xy_px: np.ndarray, rules: ClickRules
+) -> ClickVerdict:
+    """`judge` for one click whose burst flag (`burst_mask` over its neighbours) is known."""
+    if burst:
+        return ClickVerdict(click, "burst")
+    if is_drag(click, rules):
+        return ClickVerdict(click, "drag")
+    fix, reason = fixation_before(t_ns, xy_px, click.t_ns, rules)
+    if fix is not None:
+        d = np.hypot(*np.subtract(fix.centre_px, click.xy_px))
+        reason = "far" if d > rules.max_distance_px else "ok"
+    return ClickVerdict(click, reason, fix)
 
 
 # --- the validation glance ------------------------------------------------------------------

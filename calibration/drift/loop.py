@@ -111,12 +111,13 @@ import math
 import threading
 from collections import deque
 from dataclasses import dataclass, field, replace
-from statistics import NormalDist
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from gazeloop.calibration.drift.changepoint import (
+    MEDIAN_ABS,
+    MEDIAN_RADIAL,
     SHORT_RUN_LABELS,
     SHORT_RUN_LOGP,
     Fit,
@@ -130,8 +131,6 @@ from gazeloop.calibration.drift.changepoint import inv2 as _inv2
 from gazeloop.calibration.drift.history import History
 from gazeloop.calibration.labels import LineObservation, OracleLabel, PointObservation
 
-_MED_RADIAL = math.sqrt(2.0 * math.log(2.0))  # median |e|/σ of a 2-D Gaussian residual
-_MED_ABS = NormalDist().inv_cdf(0.75)  # ... of a 1-D one
 _MAX_SOURCES = 16
 _MIN_WEIGHT = 1e-4
 
@@ -410,19 +409,25 @@ class DriftLoop:
             if not math.isfinite(s.resid):
                 continue
             r = s.resid / math.sqrt(max(1.0 - s.leverage, 0.05))
-            est.append(r / (_MED_RADIAL if s.dim == 2 else _MED_ABS))
+            est.append(r / (MEDIAN_RADIAL if s.dim == 2 else MEDIAN_ABS))
         vals = est + [src.prior] * self.cfg.source_prior_labels
         return max(float(np.median(vals)), self.cfg.noise_floor), len(est)
 
+    def _source_table(self) -> dict[str, tuple[float, int, float]]:
+        """Each source's (σ, labels behind it, weight relative to the best source): the one
+        formula both the loop (`_weigh_sources`) and the display (`_view`) read."""
+        table = {n: self._source_scale(src) for n, src in self._sources.items()}
+        if not self.cfg.weigh_sources or len(table) <= 1:
+            return {n: (sc, k, 1.0) for n, (sc, k) in table.items()}
+        best = min(sc for sc, _ in table.values())
+        return {n: (sc, k, max((best / sc) ** 2, _MIN_WEIGHT)) for n, (sc, k) in table.items()}
+
     def _weigh_sources(self) -> None:
         """Each source's scale, and its weight relative to the best one, for this label."""
-        for src in self._sources.values():
-            src.scale = self._source_scale(src)[0]
-        if not self.cfg.weigh_sources or len(self._sources) <= 1:
-            self._w = {n: 1.0 for n in self._sources}
-            return
-        best = min(src.scale for src in self._sources.values())
-        self._w = {n: max((best / src.scale) ** 2, _MIN_WEIGHT) for n, src in self._sources.items()}
+        table = self._source_table()
+        for n, src in self._sources.items():
+            src.scale = table[n][0]
+        self._w = {n: w for n, (_, _, w) in table.items()}
 
     def _weight(self, s: _Sample) -> float:
         return self._w.get(s.source, 1.0)
@@ -435,15 +440,11 @@ class DriftLoop:
 
     def _view(self) -> dict[str, SourceStats]:
         out = {}
-        for name, src in self._sources.items():
-            scale, n = self._source_scale(src)
-            out[name] = SourceStats(src.labels, src.usable, src.accepted, scale, 1.0, n, src.last)
-        if self.cfg.weigh_sources and len(out) > 1:
-            best = min(v.scale for v in out.values())
-            out = {
-                n: replace(v, weight=max((best / v.scale) ** 2, _MIN_WEIGHT))
-                for n, v in out.items()
-            }
+        for n, (scale, measured, weight) in self._source_table().items():
+            src = self._sources[n]
+            out[n] = SourceStats(
+                src.labels, src.usable, src.accepted, scale, weight, measured, src.last
+            )
         return out
 
     def _reject(

@@ -85,6 +85,10 @@ class Evaluated:
     groups: np.ndarray  # (n,)
 
 
+# Targets a nested selection needs: 3 to fit any candidate, one held out.
+MIN_SELECTION_TARGETS = 4
+
+
 def robust_keep(x: np.ndarray, groups: np.ndarray, z: float = 3.5) -> np.ndarray:
     """Mask of frames kept after per-target outlier removal (median absolute deviation on
     each feature, a frame goes if any feature is beyond `z` robust sigmas). Targets with
@@ -239,10 +243,10 @@ def evaluate_candidates(
     views = {r: {k: v[keep] for k, v in view.items()} for r, view in views.items()}
     labels_px, groups = labels_px[keep], groups[keep]
     n_targets = len(np.unique(groups))
-    if n_targets < 4:
+    if n_targets < MIN_SELECTION_TARGETS:
         raise ValueError(
             f"{session}: {n_targets} usable targets; leave-one-target-out evaluation needs "
-            "at least 4 (3 to fit, one held out)"
+            f"at least {MIN_SELECTION_TARGETS} (3 to fit, one held out)"
         )
     geo, _ = _geometry(screen, labels_px)
     y = geo.to_norm(labels_px)

@@ -98,9 +98,10 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _filtered(raw: np.ndarray, t: np.ndarray, cfg, gap_ns: int = 500_000_000) -> np.ndarray:
+def _filtered(raw: np.ndarray, t: np.ndarray, cfg) -> np.ndarray:
     """`raw` (in time order `t`) through the fast path's filter as it would run live:
-    restarted after gaps longer than half a second."""
+    restarted after gaps longer than the fast path's `still_gap_s`."""
+    gap_ns = int(cfg.still_gap_s * 1e9)
     out = np.empty_like(raw)
     f = make_filter(cfg.filter, **cfg.filter_kwargs())
     last = None

@@ -265,11 +265,13 @@ def _replay_clicks(args, live: Live, mapper, ls: LabelledSource):
         raise UserError("--replay-clicks: clicks correct a calibrated cursor; calibrate first")
     if args.oracle == "clicks":
         raise UserError("--replay-clicks replaces the mouse: use another --oracle with it")
-    from gazeloop.tools.runtime.clicks import ClickLabeller, ClickReplay, FrameClock
+    from gazeloop.tools.runtime.clicks import ClickLabeller, ClickReplay
 
-    clock = FrameClock()
-    live.clicks = ClickLabeller(live.history, mapper.screen.px, live.external_label, clock=clock)
-    return ClickReplay(live.clicks, clock, ls.target_of)
+    # A constant clock: the labeller then places every press at the last frame's own time.
+    live.clicks = ClickLabeller(
+        live.history, mapper.screen.px, live.external_label, clock=lambda: 0
+    )
+    return ClickReplay(live.clicks, ls.target_of)
 
 
 def _clicks(args, live: Live, mapper):
@@ -419,8 +421,6 @@ def _run(args: argparse.Namespace, ls: LabelledSource) -> int:
     try:
         with src:
             for frame in stream:
-                if replay is not None:
-                    replay.before(frame)
                 s = live.process(frame)
                 if replay is not None:
                     replay.after(frame)
@@ -472,8 +472,9 @@ def _finish(live: Live, args) -> None:
         )
 
 
-def status_text(live: Live, s) -> str:
-    st = live.status()
+def status_text(live: Live, s, st: dict | None = None) -> str:
+    """One status line; `st`: `live.status()` when the caller has it already."""
+    st = st or live.status()
     parts = [f"{st['fps']:5.1f} fps", f"fast path {st['frame_ms_p50']:.1f} ms"]
     if s is not None and s.screen_px is not None:
         parts.append(f"gaze ({s.screen_px[0]:.0f}, {s.screen_px[1]:.0f}) px")
@@ -584,14 +585,15 @@ class Window:
         elif live.pending is not None:  # the first label is still being worked on
             snap, gaze = live.pending
             pip = render_pip(self._verify_data(snap, None, busy=True, phase=frame.index * 0.3))
+        st = live.status()
         d = LiveData(
             image=frame.image,
             landmarks=None if s.landmarks is None else s.landmarks.points,
             screen_xy=None if s.screen_xy is None else tuple(s.screen_xy),
             screen_aspect=self._aspect(),
             pip=pip,
-            status=status_text(live, s),
-            alarm=live.status().get("alarm"),
+            status=status_text(live, s, st),
+            alarm=st.get("alarm"),
             usable=s.quality.usable,
         )
         self.last_img = render_live(d)

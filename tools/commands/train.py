@@ -188,7 +188,7 @@ def _config(args, exports: list | None = None):
         ) from e
     data: dict = _config_doc(args)
     exports = list(exports or [])
-    labels = [DataSource(path=e.session, person=e.person).model_dump(mode="json") for e in exports]
+    labels = [DataSource(path=e.session, person=e.person) for e in exports]
     if args.data:
         data["data"] = [
             DataSource(
@@ -226,7 +226,7 @@ def _config(args, exports: list | None = None):
         cfg = TrainConfig.model_validate(data | {"holdout": []})
     except Exception as e:
         raise UserError(f"invalid training config: {e}") from e
-    return _with_holdout(cfg, data, [DataSource.model_validate(x) for x in labels])
+    return _with_holdout(cfg, data, labels)
 
 
 def _screen_px_notes(sources: list[dict]) -> None:
@@ -319,7 +319,7 @@ def run_train(args: argparse.Namespace) -> int:
         "stopped": summary["stopped"],
         "split": summary["split"],
         "best_checkpoint": summary["best_checkpoint"],
-        "tune": {k: v for k, v in (summary.get("tune") or {}).items()},
+        "tune": summary.get("tune") or {},
     }
     if exports:
         by_unit = summary.get("samples_by_unit") or {}

@@ -20,7 +20,7 @@ import numpy as np
 
 from gazeloop.calibration.geometry import ScreenGeometry
 from gazeloop.calibration.mapping import min_targets
-from gazeloop.calibration.metrics.evaluate import Evaluated, plot_report
+from gazeloop.calibration.metrics.evaluate import MIN_SELECTION_TARGETS, Evaluated, plot_report
 from gazeloop.calibration.procedure import (
     CalibrationRun,
     ProcedureConfig,
@@ -191,8 +191,8 @@ def finish(
     The frames are un-mirrored here (every source hands them over so), so there is one read
     of them to choose in."""
     names = list(run.cfg.features)
-    # one more than the fit needs: one is held out (selection: 3 to fit any candidate)
-    need = 4 if run.cfg.select else min_targets(run.cfg.mapping) + 1
+    # one more than the fit needs: one is held out
+    need = MIN_SELECTION_TARGETS if run.cfg.select else min_targets(run.cfg.mapping) + 1
     if len(run.used()) < need:
         raise UserError(_too_few(run, screen, need))
     x, y, groups = run.arrays()

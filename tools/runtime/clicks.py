@@ -25,7 +25,7 @@ import numpy as np
 
 from gazeloop.calibration.drift.history import History
 from gazeloop.calibration.labels import OracleLabel, PointObservation
-from gazeloop.oracle.clicks import Click, ClickRules, ClickVerdict, judge
+from gazeloop.oracle.clicks import Click, ClickRules, ClickVerdict, burst_mask, judge_one
 from gazeloop.tools.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -98,9 +98,10 @@ class ClickLabeller:
         entries = self.history.window(t0, max(c.t_ns for c in ready))
         t = np.array([e.t_ns for e in entries], dtype=np.int64)
         xy = np.array([e.xy[:2] for e in entries]).reshape(-1, 2) * self.size
-        verdicts = judge(context, t, xy, self.rules)
-        ids = {id(c) for c in ready}
-        return [v for v in verdicts if id(v.click) in ids]
+        # Bursts need the neighbours; the fixation rules only the clicks decided now.
+        flags = burst_mask([c.t_ns for c in context], self.rules)
+        burst = {id(c): bool(f) for c, f in zip(context, flags, strict=True)}
+        return [judge_one(c, burst[id(c)], t, xy, self.rules) for c in ready]
 
     def label_of(self, v: ClickVerdict) -> OracleLabel:
         x, y = v.click.xy_px
@@ -140,17 +141,6 @@ def start_listener(labeller: ClickLabeller):
     return listener
 
 
-class FrameClock:
-    """The click labeller's clock when clicks are replayed: the time of the frame about to
-    be processed, so a replayed press lands on the recording's own time line."""
-
-    def __init__(self) -> None:
-        self.t_ns = 0
-
-    def __call__(self) -> int:
-        return self.t_ns
-
-
 class ClickReplay:
     """`gazeloop run --replay-clicks` on a recording with targets: a person who clicks each
     target once, `after_ms` into its settled frames (the hand follows the eye), exactly on
@@ -158,22 +148,18 @@ class ClickReplay:
     fast path's own fixations decide which become labels. Deterministic: no random timing
     (the benchmark's `click_replay` draws human timing; this is for a live run to show)."""
 
-    def __init__(self, labeller: ClickLabeller, clock: FrameClock, target_of, after_ms=300.0):
+    def __init__(self, labeller: ClickLabeller, target_of, after_ms=300.0):
         self.labeller = labeller
-        self.clock = clock
         self.target_of = target_of  # frame -> FrameTarget | None (tools.runtime.labelled)
         self.after_ns = round(after_ms * _MS)
         self.pressed = 0
         self._visit: tuple[int, int] | None = None  # (target id, first settled frame's time)
         self._done = False
 
-    def before(self, frame) -> None:
-        """Call with each frame before the fast path processes it (the labeller's clock)."""
-        self.clock.t_ns = frame.t_ns
-
     def after(self, frame) -> None:
-        """Call with each frame once processed: the click, if one is due, is judged against
-        a history that holds this frame."""
+        """Call with each frame once processed (the labeller has taken its time): the
+        click, if one is due, is pressed at it and judged against a history that holds
+        this frame. The labeller's clock must be constant (`lambda: 0`)."""
         info = self.target_of(frame)
         if info is None or info.settling:
             return

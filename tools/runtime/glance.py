@@ -98,11 +98,6 @@ class GlanceLabeller:
             return False
         return t_ns - self._quiet_since >= self.auto_after_s * 1e9
 
-    def reset(self) -> None:
-        """A new calibration: a dot on the old mapping is no use, and the quiet time restarts."""
-        self.active = None
-        self._quiet_since = None
-
     # --- one glance ----------------------------------------------------------------------
 
     def start(

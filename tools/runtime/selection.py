@@ -17,7 +17,7 @@ import numpy as np
 
 from gazeloop.calibration.geometry import ScreenGeometry
 from gazeloop.calibration.metrics.evaluate import Evaluated, evaluate_candidates, evaluate_fixed
-from gazeloop.calibration.procedure import in_sample_error_px
+from gazeloop.calibration.procedure import feature_columns, in_sample_error_px
 from gazeloop.calibration.procedure import profile_from_choice as procedure_profile
 from gazeloop.calibration.profile import Profile, ProfileError
 from gazeloop.calibration.store.session import Session
@@ -39,9 +39,7 @@ class Views:
 
 
 def _columns(samples) -> dict[str, np.ndarray]:
-    dicts = [ls.sample.feature_dict() for ls in samples]
-    keys = set(dicts[0]).intersection(*dicts[1:]) if dicts else set()
-    return {k: np.array([d[k] for d in dicts], dtype=np.float64) for k in sorted(keys)}
+    return feature_columns(ls.sample.feature_dict() for ls in samples)
 
 
 def session_views(

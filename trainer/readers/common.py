@@ -232,12 +232,12 @@ def model_inputs(s: GazeSample, frame: str = "camera") -> ModelInputs:
 
 def features_to_inputs(f: Features, frame: str = "camera") -> ModelInputs:
     """`model_inputs` from the fast path's `Features` (readers that run `extract` directly)."""
-    head = head_pose_to_omz_degrees(f.network_head_ypr(frame)).astype(np.float32)
+    told = f.network_head_ypr(frame)
+    head = head_pose_to_omz_degrees(told).astype(np.float32)
     head[2] = 0.0  # crops are roll-aligned, as GazeModel feeds them
     roll = float(f.head_ypr[2]) if np.isfinite(f.head_ypr[2]) else 0.0
-    to_network = None
-    if frame == "ray" and f.head_ypr_eye is not None:
-        to_network = eye_ray_frame(f.eye_mm)
+    # Told the camera-axes pose (the default, or "ray" without one): labels stay as they are.
+    to_network = None if told is f.head_ypr else eye_ray_frame(f.eye_mm)
     return ModelInputs(f.right.crop, f.left.crop, head, roll, to_network)
 
 
