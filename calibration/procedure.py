@@ -26,6 +26,7 @@ from gazeloop.calibration.geometry import ScreenGeometry
 from gazeloop.calibration.mapping import fit_select
 from gazeloop.calibration.mapping.candidates import Candidate, Choice, columns_for
 from gazeloop.calibration.metrics.evaluate import (
+    EvalReport,
     Evaluated,
     evaluate_arrays,
     evaluate_candidates,
@@ -383,6 +384,22 @@ def profile_from_choice(
     )
 
 
+def record_mirroring(
+    report: EvalReport, choice: Choice, mirrored: bool | None, basis: str | None = None
+) -> None:
+    """Record in `report` whether the frames were selfie views. `mirrored` is what was
+    known of the frames as read; when the other read (the frames flipped) won the
+    selection, the winning candidate saw the opposite, and that is what a profile made
+    from the choice must say. `basis` (who said so) gets the same note. Unknown
+    (`mirrored` None) leaves the report as it is."""
+    if mirrored is None:
+        return
+    other = choice.candidate.read == "other"
+    report.mirrored = not mirrored if other else mirrored
+    if basis is not None:
+        report.mirrored_basis = basis + ("; the other read won the selection" if other else "")
+
+
 def fit_profile_selected(
     views: dict[str, dict[str, np.ndarray]],
     labels_px: np.ndarray,
@@ -395,8 +412,6 @@ def fit_profile_selected(
     gaze_model_sha256: str,
     calibration_session: str | None = None,
     frame_names: list[str] | None = None,
-    frames: int | None = None,
-    rejected: list[tuple[str, str]] | None = None,
     mirrored: bool | None = None,
 ) -> tuple[Profile, Evaluated, Choice]:
     """A profile by nested selection, as `gazeloop eval` chooses: per-target outliers
@@ -411,14 +426,9 @@ def fit_profile_selected(
         groups,
         session=calibration_session or "calibration",
         screen=screen,
-        frames=frames,
-        rejected=rejected,
         names=frame_names,
     )
-    if choice.candidate.read == "other" and mirrored is not None:
-        mirrored = not mirrored
-    if mirrored is not None:
-        ev.report.mirrored = mirrored
+    record_mirroring(ev.report, choice, mirrored)
     prof = profile_from_choice(
         ev,
         choice,

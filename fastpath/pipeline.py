@@ -187,7 +187,11 @@ class FastPath:
             return
 
         feats = extract(
-            face, img, crop_scale=self.cfg.crop_scale, blink_aperture=self.cfg.blink_aperture
+            face,
+            img,
+            crop_scale=self.cfg.crop_scale,
+            blink_aperture=self.cfg.blink_aperture,
+            focal_px=self.cfg.focal_px,  # the camera head pose was solved with
         )
         t2 = time.perf_counter_ns()
         st["features"] = (t2 - t1) / 1e6

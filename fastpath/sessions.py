@@ -5,7 +5,12 @@ each session runs its graph sequentially on `threads` intra-op threads (default 
 graph optimisations. Other CPU runtimes were measured for the same ONNX files here and
 rejected: OpenVINO in f32 is slower than onnxruntime (landmark network 6.6 against 5.8 ms CPU
 time per call, gaze model 2.9 against 2.6), and its default bf16 on this CPU, though faster
-(4.8 and 2.2 ms), moves the gaze model's output by some 20 degrees.
+(4.8 and 2.2 ms), moves the gaze model's output by some 20 degrees. Nor is int8 a way out
+for the landmark network: onnxruntime's static quantisation (QDQ, per-channel weights,
+calibrated on 96 face crops of other sittings) made it slower here (7.2 ms with uint8
+activations, 14.8 with int8, against 4.4 in f32) and moved the mesh by 4-8 px of its 256
+(the iris by up to 40): its depthwise convolutions and the quantise/dequantise pairs around
+each residual add cost more than int8 saves.
 """
 
 from __future__ import annotations

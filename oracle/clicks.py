@@ -34,6 +34,14 @@ import numpy as np
 _MS = 1_000_000
 
 
+def _require_positive(rules, what: str) -> None:
+    """Every rule is a duration or a distance, none of which means anything at zero or
+    below (or NaN): refused when the rules are made, naming the rule, not at a verdict."""
+    for name in rules.__dataclass_fields__:
+        if not getattr(rules, name) > 0:
+            raise ValueError(f"{what} rule {name} must be positive, got {getattr(rules, name)}")
+
+
 @dataclass(frozen=True, slots=True)
 class ClickRules:
     lookback_ms: float = 600.0
@@ -46,9 +54,7 @@ class ClickRules:
     drag_px: float = 12.0
 
     def __post_init__(self) -> None:
-        for name in self.__dataclass_fields__:
-            if not getattr(self, name) > 0:
-                raise ValueError(f"click rule {name} must be positive, got {getattr(self, name)}")
+        _require_positive(self, "click")
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,9 +194,7 @@ class GlanceRules:
     max_gap_ms: float = 150.0  # a hole in the samples longer than this breaks a stretch
 
     def __post_init__(self) -> None:
-        for name in self.__dataclass_fields__:
-            if not getattr(self, name) > 0:
-                raise ValueError(f"glance rule {name} must be positive, got {getattr(self, name)}")
+        _require_positive(self, "glance")
 
 
 def fixation_on_dot(

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from gazeloop.calibration.store.atomic import atomic_path, atomic_write_bytes, fsync_dir
-from gazeloop.trainer.config import TrainConfig
+from gazeloop.trainer.config import TrainConfig, TrainError
 from gazeloop.trainer.logs import strict_json
 from gazeloop.trainer.model import (
     MODEL_VERSION,
@@ -167,6 +167,21 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
     if not folder.is_dir():
         raise CheckpointError(f"{path} names {name}, which does not exist")
     return folder
+
+
+def earlier_run(out_dir: Path, resume: bool) -> Path | None:
+    """The checkpoint a run in `out_dir` continues from, None for a fresh folder. An earlier
+    run's checkpoints are refused unless resuming, and before anything is written: a fresh
+    run would overwrite them, and `gazeloop train --labels` would replace that run's
+    exported labels, its training data, so it asks here before exporting."""
+    out_dir = Path(out_dir)
+    found = latest_checkpoint(out_dir) if out_dir.exists() else None
+    if found is not None and not resume:
+        raise TrainError(
+            f"{out_dir} holds checkpoints of an earlier run; resume it (--resume, or "
+            "resume: true in the config) or choose another output folder (--out)"
+        )
+    return found
 
 
 def read_trainer_state(folder: Path) -> dict[str, Any]:

@@ -39,7 +39,7 @@ import torch
 
 from gazeloop.calibration.store.atomic import atomic_write_bytes
 from gazeloop.trainer.checkpoint import (
-    latest_checkpoint,
+    earlier_run,
     load_optimizer,
     read_trainer_state,
     save_training_checkpoint,
@@ -161,14 +161,9 @@ def train(
         torch.set_num_threads(cfg.threads)
 
     # Everything that can refuse the run does so before a single file is written.
-    resume_from = latest_checkpoint(out_dir) if out_dir.exists() else None
+    resume_from = earlier_run(out_dir, cfg.resume)
     state: dict[str, Any] | None = None
     if resume_from is not None:
-        if not cfg.resume:
-            raise TrainError(
-                f"{out_dir} holds checkpoints of an earlier run; pass resume=True to continue "
-                "it or choose another out_dir"
-            )
         state = read_trainer_state(resume_from)
         was = (state.get("config") or {}).get("tune", "all")
         if was != cfg.tune:  # the optimizer state is for that run's trained layers

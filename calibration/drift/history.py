@@ -130,6 +130,15 @@ class History:
             items = data.items()[lo:hi]
         return [Entry(t, xy, payload) for t, (xy, payload) in items]
 
+    def window_px(self, t0_ns: int, t1_ns: int, screen_px) -> tuple[np.ndarray, np.ndarray]:
+        """`window` as the fixation rules of clicks and glances (`oracle.clicks`) take it:
+        the times (int64) and each sample's first two values, the normalised screen point,
+        in pixels of a `screen_px` (w, h) screen, shape (n, 2) even when empty."""
+        entries = self.window(t0_ns, t1_ns)
+        t = np.array([e.t_ns for e in entries], dtype=np.int64)
+        xy = np.array([e.xy[:2] for e in entries]).reshape(-1, 2)
+        return t, xy * np.asarray(screen_px, dtype=np.float64)
+
     def latest(self) -> Entry | None:
         """The newest sample, or None when empty."""
         with self._lock:

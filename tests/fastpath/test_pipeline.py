@@ -319,3 +319,18 @@ def test_a_face_moved_in_the_image_keeps_its_ray_frame_gaze(grid9, fp):
                 assert least < moved < most, (path.cfg.gaze_frame, yaw)
     finally:
         ray.close()
+
+
+def test_a_configured_focal_length_reaches_the_eye_position(grid9, face_task, gaze_onnx):
+    """Head pose and the eyes' position in mm must use the same camera: with `focal_px`
+    set, the depth scales with it (x and y in mm do not depend on it)."""
+    frame, base = grid9[4]
+    w = frame.image.shape[1]
+    fp = FastPath(FastPathConfig(focal_px=2.0 * w))
+    try:
+        s = _fresh(fp, frame.image)
+    finally:
+        fp.close()
+    ours, default = s.features.eye_mm, base.features.eye_mm
+    assert ours[2] == pytest.approx(2.0 * default[2], rel=0.05)
+    assert ours[:2] == pytest.approx(default[:2], rel=0.05, abs=2.0)

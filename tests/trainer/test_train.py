@@ -308,7 +308,7 @@ def test_a_fresh_run_never_overwrites_an_earlier_one(base_model, tmp_path):
     out = tmp_path / "run"
     train(config(out, max_steps=1), data=data, model=copy.deepcopy(base_model), progress=False)
     before = files_snapshot(out)
-    with pytest.raises(TrainError, match="resume=True"):
+    with pytest.raises(TrainError, match="resume: true in the config"):
         train(config(out, max_steps=1), data=data, model=copy.deepcopy(base_model), progress=False)
     assert files_snapshot(out) == before
 

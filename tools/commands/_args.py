@@ -1,5 +1,6 @@
 """Options shared by the commands (not a command itself): the fast-path flags, the
-calibration grid's flags (`calibrate`, and `run` for its `c` key), the screen as the flags
+calibration grid's flags (`calibrate`, and `run` for its `c` key), a fixed mapping or
+nested selection (`calibrate`, `profile fit`, `eval`), the screen as the flags
 and a recording's manifest describe it (`calibrate`, `run`, `eval`, `profile`) and the broker
 flags (`collect`, `announce`, `fetch`, `bench mqtt`). The only module commands share."""
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -165,6 +167,25 @@ def feature_names(text: str) -> list[str]:
             "or emb_<i>"
         )
     return names
+
+
+def fixed_mapping(
+    args: argparse.Namespace, default_features: Callable[[str], Sequence[str]] | None = None
+) -> tuple[str, list[str]] | None:
+    """The mapping `--mapping`/`--features` fix (`calibrate`, `profile fit`, `eval`), or None
+    when neither is given: then the mapping is chosen by nested selection, as `eval` chooses
+    it. Either flag alone fixes one mapping, so the other needs a default: ridge, and
+    `default_features(mapping)` (`DEFAULT_FEATURES` without it). → (mapping, feature names
+    as typed; a command checks them against the frames)."""
+    if args.mapping is None and args.features is None:
+        return None
+    mapping = args.mapping or "ridge"
+    if args.features is None:
+        return mapping, list(default_features(mapping) if default_features else DEFAULT_FEATURES)
+    names = [n.strip() for n in args.features.split(",") if n.strip()]
+    if not names:
+        raise UserError("--features is empty")
+    return mapping, names
 
 
 def _is_emb(n: str) -> bool:

@@ -147,6 +147,12 @@ def _add_loop_parser(bsub) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="first stream's seed")
     p.add_argument(
+        "--jobs",
+        type=positive_int,
+        default=2,
+        help="processes the label streams run on (2); the numbers do not depend on it",
+    )
+    p.add_argument(
         "--drift-px", type=non_negative_float, default=150.0, help="injected drift (150 px)"
     )
     p.add_argument(
@@ -205,6 +211,7 @@ def _loop_options(args: argparse.Namespace) -> LoopBenchOptions:
             oracle=args.oracle,
             seeds=args.seeds,
             seed=args.seed,
+            jobs=args.jobs,
             drift_px=args.drift_px,
             onset=args.onset,
             ramp_labels=args.ramp_labels,

@@ -29,6 +29,7 @@ from gazeloop.tools.commands._args import (
     add_fastpath_args,
     add_grid_args,
     fastpath_config,
+    fixed_mapping,
     positive_float,
     positive_int,
     procedure_config,
@@ -100,10 +101,10 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     replay = args.headless
-    fixed = args.mapping is not None or args.features is not None
-    args.mapping = args.mapping or "ridge"
-    args.features = args.features or ",".join(DEFAULT_FEATURES)
-    cfg = replace(procedure_config(args, replay=replay), select=not fixed)
+    fixed = fixed_mapping(args)
+    args.mapping, names = fixed or ("ridge", DEFAULT_FEATURES)
+    args.features = ",".join(names)
+    cfg = replace(procedure_config(args, replay=replay), select=fixed is None)
     if not replay:
         require_display("the target grid", "--headless replays a recording without one")
     screen_px = tuple(args.screen_px) if args.screen_px else None

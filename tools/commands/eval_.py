@@ -26,6 +26,7 @@ from gazeloop.fastpath.pipeline import FastPath
 from gazeloop.tools.commands._args import (
     add_fastpath_args,
     fastpath_config,
+    fixed_mapping,
     positive_float,
     positive_int,
     screen_for,
@@ -217,7 +218,7 @@ def precision_text(p: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     if args.profile is not None and (args.mapping or args.features or args.save_profile):
         raise UserError("--profile applies a saved mapping: no --mapping/--features/--save-profile")
-    fixed = args.mapping is not None or args.features is not None
+    fixed = fixed_mapping(args, lambda mapping: mapping_class(mapping).features or DEFAULT_FEATURES)
     if args.save_profile is not None and fixed:
         raise UserError("--save-profile saves the selected mapping: drop --mapping/--features")
     # Outputs checked before the fast path runs: a full disk is not news after a minute.
@@ -227,8 +228,8 @@ def run(args: argparse.Namespace) -> int:
         check_writable(args.plot, folder=False)
     if args.report:
         check_writable(args.report, folder=True)
-    if fixed:
-        ev, col = _run_fixed(args)
+    if fixed is not None:
+        ev, col = _run_fixed(args, *fixed)
     else:
         session = read_session(
             args.session,
@@ -258,14 +259,8 @@ def run(args: argparse.Namespace) -> int:
     return _output(args, ev)
 
 
-def _run_fixed(args: argparse.Namespace):
+def _run_fixed(args: argparse.Namespace, mapping: str, names: list[str]):
     """One mapping on named features, as asked: no selection among candidates."""
-    args.mapping = args.mapping or "ridge"
-    if args.features is None:
-        args.features = ",".join(mapping_class(args.mapping).features or DEFAULT_FEATURES)
-    names = [n.strip() for n in args.features.split(",") if n.strip()]
-    if not names:
-        raise UserError("--features is empty")
     session = read_session(
         args.session,
         screen_px=tuple(args.screen_px) if args.screen_px else None,
@@ -302,7 +297,7 @@ def _run_fixed(args: argparse.Namespace):
             session=str(args.session),
             features=names,
             screen=screen,
-            mapping=args.mapping,
+            mapping=mapping,
             frames=col.frames,
             rejected=rejected,
             names=[ls.name for ls in used],
@@ -311,7 +306,7 @@ def _run_fixed(args: argparse.Namespace):
         raise UserError(str(e)) from None
     if args.precision:
         ev.report.precision = precision_for(
-            used, x, ev, screen, args.mapping, fastpath_config(args), stream=col.samples
+            used, x, ev, screen, mapping, fastpath_config(args), stream=col.samples
         )
     ev.report.mirrored, ev.report.mirrored_basis = col.session.mirrored, col.mirror_basis
     return ev, col

@@ -18,6 +18,7 @@ from gazeloop.fastpath.pipeline import FastPath
 from gazeloop.tools.commands._args import (
     add_fastpath_args,
     fastpath_config,
+    fixed_mapping,
     positive_float,
     positive_int,
     screen_for,
@@ -87,10 +88,11 @@ def run_fit(args: argparse.Namespace) -> int:
         raise UserError(
             f"{args.session}: the screen size is unknown (no session.json); give --screen-px"
         )
-    if args.mapping is None and args.features is None:
+    fixed = fixed_mapping(args)
+    if fixed is None:
         prof, ev = _fit_selected(args, session, screen)
     else:
-        prof, ev = _fit_fixed(args, session, screen), None
+        prof, ev = _fit_fixed(args, session, screen, *fixed), None
     out = prof.save(out)
     print(f"profile saved: {out}")
     print(summary(prof))
@@ -115,11 +117,8 @@ def _fit_selected(args, session, screen):
     return prof, ev
 
 
-def _fit_fixed(args, session, screen) -> Profile:
+def _fit_fixed(args, session, screen, mapping: str, names: list[str]) -> Profile:
     """One mapping on named features, as asked."""
-    mapping = args.mapping or "ridge"
-    names = [n.strip() for n in (args.features or ",".join(DEFAULT_FEATURES)).split(",")]
-    names = [n for n in names if n]
     fp = FastPath(fastpath_config(args))
     try:
         with Progress(f"profile fit, {len(session.items)} frames through the fast path"):

@@ -526,6 +526,8 @@ def _store_text(live: Live) -> list[str]:
         said.append(f"{live.store_duplicates} already stored (kept once)")
     if live.store_errors:
         said.append(f"{live.store_errors} NOT stored: {live.store_error}")
+    if live.store_dropped:
+        said.append(f"{live.store_dropped} NOT stored: the store's writer fell behind")
     return said
 
 

@@ -121,33 +121,28 @@ def _config_doc(args) -> dict:
         raise UserError(f"{args.config}: cannot read the training config: {e}") from e
 
 
-def _export_labels(args) -> list:
+def _export_labels(args, doc: dict) -> list:
     """Each --labels store exported into the run folder (trainer.labels), before the
     config is built: the exports are training data like any --data session. Under several
     processes (`accelerate launch`, torchrun) the main process exports first and the others
-    then read its export, as a resumed run does."""
+    then read its export, as a resumed run does. `doc`: the --config file's contents."""
     stores = getattr(args, "labels", None) or []
     if not stores:
         return []
     try:
-        from gazeloop.trainer.checkpoint import latest_checkpoint
+        from gazeloop.trainer.checkpoint import earlier_run
+        from gazeloop.trainer.config import TrainError
         from gazeloop.trainer.labels import LabelExportError, export_store
         from gazeloop.trainer.model import CheckpointError
     except ImportError as e:
         raise UserError(
             f"training needs the trainer extra: pip install 'gazeloop[trainer]' ({e})"
         ) from e
-    resume = bool(args.resume or _config_doc(args).get("resume"))
-    try:
-        earlier = latest_checkpoint(args.out) if args.out.is_dir() else None
-    except CheckpointError as e:
+    resume = bool(args.resume or doc.get("resume"))
+    try:  # the trainer's own refusal, asked before the exports replace that run's data
+        earlier_run(args.out, resume)
+    except (TrainError, CheckpointError) as e:
         raise UserError(str(e)) from None
-    if earlier is not None and not resume:
-        # Before anything in the run folder is replaced: that run's exports are its data.
-        raise UserError(
-            f"{args.out} holds checkpoints of an earlier run; pass --resume to continue it "
-            "or choose another --out"
-        )
     screen = tuple(args.screen_px) if args.screen_px else None
 
     def export_all(reuse: bool, say: bool) -> list:
@@ -178,7 +173,9 @@ def _export_labels(args) -> list:
         return export_all(resume or not main, main)
 
 
-def _config(args, exports: list | None = None):
+def _config(args, exports: list | None = None, doc: dict | None = None):
+    """The TrainConfig: the --config file's contents (`doc`, read here when not given)
+    under the flags."""
     try:
         from gazeloop.trainer.datasets import DataSource
         from gazeloop.trainer.train import TrainConfig
@@ -186,7 +183,7 @@ def _config(args, exports: list | None = None):
         raise UserError(
             f"training needs the trainer extra: pip install 'gazeloop[trainer]' ({e})"
         ) from e
-    data: dict = _config_doc(args)
+    data: dict = _config_doc(args) if doc is None else doc
     exports = list(exports or [])
     labels = [DataSource(path=e.session, person=e.person) for e in exports]
     if args.data:
@@ -300,8 +297,9 @@ def run_train(args: argparse.Namespace) -> int:
     from gazeloop.trainer.train import TrainError, train
 
     check_writable(args.out, folder=True)  # before the data is read and the model built
-    exports = _export_labels(args)
-    cfg = _config(args, exports)
+    doc = _config_doc(args)
+    exports = _export_labels(args, doc)
+    cfg = _config(args, exports, doc)
     try:
         summary = train(cfg, progress=not args.json)
     except (TrainError, CheckpointError) as e:

@@ -19,6 +19,7 @@ stream of noisy labels says little.
 
 from __future__ import annotations
 
+import multiprocessing
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
@@ -94,6 +95,7 @@ class LoopBenchOptions(BaseModel):
     label_targets: tuple[int, ...] | None = None  # --calibrate-on: default every other one
     calibration: Literal["loto", "split"] = "loto"
     oracle: Literal["simulated", "clicks"] = "simulated"
+    jobs: int = Field(1, ge=1)  # processes for the label streams; the answer is the same
 
 
 @dataclass(slots=True)
@@ -192,12 +194,13 @@ def streams_for(
     return Streams(stream, draws, c.reasons)
 
 
-def click_counts(streams: list[Streams]) -> dict[str, Any] | None:
-    if streams[0].reasons is None:
+def click_counts(reasons: list[dict[str, int] | None]) -> dict[str, Any] | None:
+    """The click verdicts of every stream, added up (None: the simulated oracle)."""
+    if not reasons or reasons[0] is None:
         return None
     total: dict[str, int] = {}
-    for s in streams:
-        for r, n in s.reasons.items():
+    for each in reasons:
+        for r, n in each.items():
             total[r] = total.get(r, 0) + n
     made = sum(total.values())
     return {
@@ -205,6 +208,29 @@ def click_counts(streams: list[Streams]) -> dict[str, Any] | None:
         "accepted_share": round(total.get("ok", 0) / made, 3),
         "verdicts": dict(sorted(total.items())),
     }
+
+
+def map_streams(fn, items: list, jobs: int) -> list:
+    """`fn` over `items`, in order, on `jobs` processes when more than one. Each label stream
+    is seeded by its own number, so the answer does not depend on how they are split; the
+    benchmark's medians need a few hundred streams (one hundred move a median by a couple of
+    labels), and the second core is otherwise idle while they run."""
+    if jobs <= 1 or len(items) < 2:
+        return [fn(a) for a in items]
+    with multiprocessing.Pool(min(jobs, len(items))) as pool:
+        return pool.map(fn, items, chunksize=max(1, len(items) // (4 * jobs)))
+
+
+def _drift_stream(a: tuple) -> tuple:
+    """One label stream against an injected drift: the click verdicts, the loop's run and,
+    for a step, the estimator told the onset on the same labels."""
+    opts, k, pred, truth, groups, screen_px, drift, n_labels = a
+    st = streams_for(opts, k, pred, truth, groups, screen_px, drift, n_labels)
+    run = simulate_drift(pred, truth, screen_px, drift, st.stream, draws=st.draws)
+    ref = None
+    if drift.kind == "step":
+        ref = known_onset_reference(pred, truth, screen_px, drift, st.stream, draws=st.draws)
+    return st.reasons, run, ref
 
 
 def drift_summary(
@@ -217,15 +243,12 @@ def drift_summary(
 ) -> dict[str, Any]:
     """The loop against one injected drift over `opts.seeds` label streams (pure: arrays in,
     numbers out). Normalised (n, 2) inputs; `groups` (target ids) for the click replay."""
-    runs, refs, streams = [], [], []
-    for k in range(opts.seeds):
-        st = streams_for(opts, k, pred, truth, groups, screen_px, drift, opts.labels)
-        streams.append(st)
-        runs.append(simulate_drift(pred, truth, screen_px, drift, st.stream, draws=st.draws))
-        if drift.kind == "step":
-            refs.append(
-                known_onset_reference(pred, truth, screen_px, drift, st.stream, draws=st.draws)
-            )
+    jobs = [
+        (opts, k, pred, truth, groups, screen_px, drift, opts.labels) for k in range(opts.seeds)
+    ]
+    done = map_streams(_drift_stream, jobs, opts.jobs)
+    runs = [run for _, run, _ in done]
+    refs = [ref for _, _, ref in done if ref is not None]
     summ = [r.summary for r in runs]
     rec = recovery_summary([r["labels_to_recover"] for r in summ])
     before = summ[0]["error_before_px"]
@@ -242,7 +265,7 @@ def drift_summary(
         **_after_k(runs, before, drift.at_label, AFTER_LABELS),
         "drift": drift.model_dump(),
     }
-    clicks = click_counts(streams)
+    clicks = click_counts([reasons for reasons, _, _ in done])
     if clicks is not None:
         out["clicks"] = clicks
     if refs:
@@ -271,15 +294,13 @@ def no_drift_summary(
     share of streams in which the offset ever ends a label more than `FALSE_CHANGE_PX` from
     where it started; max_offset_px / rms_offset_px: over every label of every stream (pure:
     arrays in, numbers out)."""
-    lengths = []
     none = DriftSchedule(kind="none")
-    for k in range(opts.seeds):
-        st = streams_for(
-            opts, NO_DRIFT_SEED + k, pred, truth, groups, screen_px, none, NO_DRIFT_LABELS
-        )
-        r = simulate_drift(pred, truth, screen_px, none, st.stream, draws=st.draws)
-        lengths.append(offset_lengths_px(r.offset, screen_px))
-    return false_change_stats(lengths)
+    jobs = [
+        (opts, NO_DRIFT_SEED + k, pred, truth, groups, screen_px, none, NO_DRIFT_LABELS)
+        for k in range(opts.seeds)
+    ]
+    done = map_streams(_drift_stream, jobs, opts.jobs)
+    return false_change_stats([offset_lengths_px(run.offset, screen_px) for _, run, _ in done])
 
 
 def offset_lengths_px(offset: np.ndarray, screen_px: tuple[int, int]) -> np.ndarray:
@@ -434,13 +455,49 @@ def bench_transfer(
         "error_before_px": None if same is None else round(same, 1),
         "error_drifted_px": round(s0["error_before_px"], 1),
         "error_after_px": round(float(np.median([r.summary["error_after_px"] for r in runs])), 1),
+        **offset_yardsticks(pred, truth, ~held, held, screen),
         "labels_to_recover": rec["median"],
         "labels_to_recover_p90": rec["p90"],
         "recovered_runs": rec["recovered"],
         "errors": "on the eval targets' frames only. error_before_px: this session calibrated "
         "on itself (leave-one-target-out), the no-drift reference; error_drifted_px: the "
         "profile from --calibrate-on, no loop; error_after_px: the same with the loop after "
-        "the last label (median over seeds)",
+        "the last label (median over seeds); error_told_offset_px: the profile plus the mean "
+        "residual of the labelled targets' frames; error_best_offset_px: plus the offset best "
+        "for the eval frames themselves (hindsight: what no constant offset can beat)",
+    }
+
+
+def geometric_median(points: np.ndarray, iters: int = 100) -> np.ndarray:
+    """The point with the least mean distance to `points` (n, 2): Weiszfeld's iteration."""
+    c = np.median(points, axis=0)
+    for _ in range(iters):
+        d = np.maximum(np.hypot(*(points - c).T), 1e-12)
+        new = (points / d[:, None]).sum(0) / (1.0 / d).sum()
+        if np.hypot(*(new - c)) < 1e-12:
+            return new
+        c = new
+    return c
+
+
+def offset_yardsticks(
+    pred: np.ndarray, truth: np.ndarray, labelled: np.ndarray, held: np.ndarray, screen_px
+) -> dict[str, float]:
+    """What constant offsets do on the held-out frames, beside the loop (pure; normalised
+    inputs, boolean frame masks). `told`: the mean of the labelled frames' residuals, what an
+    estimator told that every label is of one drift would use (least squares, as
+    `known_onset_reference`); `best`: the offset with the least mean error on the held-out
+    frames themselves, found in hindsight: the floor under any loop that moves a constant
+    offset (never above no offset at all, by its definition)."""
+    size = np.asarray(screen_px, dtype=np.float64)
+    resid_px = (truth - pred) * size
+
+    def err(off_px: np.ndarray) -> float:
+        return float(np.mean(np.hypot(*(resid_px[held] - off_px).T)))
+
+    return {
+        "error_told_offset_px": round(err(resid_px[labelled].mean(0)), 1),
+        "error_best_offset_px": round(err(geometric_median(resid_px[held])), 1),
     }
 
 
@@ -536,7 +593,7 @@ def gap_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         and r["error_drifted_px"] - r["error_before_px"] > GAP_MIN_PX
     ]
     ratios = [r["error_after_px"] / r["error_drifted_px"] for r in rows]
-    return {
+    out = {
         "pairs": len(rows),
         "pairs_with_gap": len(gaps),
         "gap_closed_median": None if not gaps else round(float(np.median(gaps)), 3),
@@ -544,6 +601,16 @@ def gap_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "worst_after_over_drifted": None if not ratios else round(float(max(ratios)), 3),
         "pairs_over_5pct_worse": int(sum(r > 1.05 for r in ratios)),
     }
+    # The same count for the mean of the clicks (`offset_yardsticks`), when the rows have it:
+    # how often the labels themselves point the wrong way, whatever the loop makes of them.
+    if rows and all("error_told_offset_px" in r for r in rows):
+        worse = sum(r["error_told_offset_px"] / r["error_drifted_px"] > 1.05 for r in rows)
+        out["told_offset_pairs_over_5pct_worse"] = int(worse)
+        out["mean_px"] = {
+            k: round(float(np.mean([r[f"error_{k}_px"] for r in rows])), 1)
+            for k in ("drifted", "after", "told_offset", "best_offset")
+        }
+    return out
 
 
 def bench_sittings(folder: Path, cfg: FastPathConfig, opts: LoopBenchOptions) -> dict[str, Any]:
@@ -568,7 +635,10 @@ def bench_sittings(folder: Path, cfg: FastPathConfig, opts: LoopBenchOptions) ->
                 "calibrated_on": prev.name,
                 "session": nxt.name,
                 **{k: r[k] for k in ("error_before_px", "error_drifted_px", "error_after_px")},
+                **{k: r[k] for k in ("error_told_offset_px", "error_best_offset_px")},
                 "labels_fed": r["labels_fed"],
+                "eval_frames": r["eval_frames"],
+                "eval_targets": len(r["eval_targets"]),
             }
         )
     return {

@@ -95,9 +95,7 @@ class ClickLabeller:
 
     def _judge(self, ready: list[Click], context: list[Click]) -> list[ClickVerdict]:
         t0 = min(c.t_ns for c in ready) - round(self.rules.lookback_ms * _MS)
-        entries = self.history.window(t0, max(c.t_ns for c in ready))
-        t = np.array([e.t_ns for e in entries], dtype=np.int64)
-        xy = np.array([e.xy[:2] for e in entries]).reshape(-1, 2) * self.size
+        t, xy = self.history.window_px(t0, max(c.t_ns for c in ready), self.size)
         # Bursts need the neighbours; the fixation rules only the clicks decided now.
         flags = burst_mask([c.t_ns for c in context], self.rules)
         burst = {id(c): bool(f) for c, f in zip(context, flags, strict=True)}

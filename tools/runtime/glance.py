@@ -123,9 +123,7 @@ class GlanceLabeller:
         g = self.active
         if g is None:
             return None
-        entries = self.history.window(g.shown_t_ns, t_ns)
-        t = np.array([e.t_ns for e in entries], dtype=np.int64)
-        xy = np.array([e.xy[:2] for e in entries]).reshape(-1, 2) * self.size
+        t, xy = self.history.window_px(g.shown_t_ns, t_ns, self.size)
         dot = tuple(np.asarray(g.xy) * self.size)
         fix, why = fixation_on_dot(t, xy, g.shown_t_ns, dot, t_ns, self.rules)
         if why == "waiting":

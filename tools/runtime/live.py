@@ -13,10 +13,14 @@ Labels without a snapshot of their own (clicks, the validation glance) come in t
 accepted or not, with the loop's decision and the camera frame nearest their time (the last
 second of frames is kept, a few a second, while such a labeller is attached).
 
-Threads: the caller's thread runs `process()` per frame and never waits on the oracle; the
-oracle worker's thread runs the backend and then `_on_label` (loop update, store write). The
-only state they share is the history (locked), the offset (an array replaced whole) and a few
-"last seen" references for the display.
+Threads: the caller's thread runs `process()` per frame and never waits on the oracle or
+the disk; the oracle worker's thread runs the backend and then `_on_label` (the loop update).
+Both hand their labels through a bounded queue to one label-store writer thread (a JPEG with
+fsync and a SQLite row can take longer than a frame; a label that finds the queue full is
+counted in `store_dropped`, never waited for), which does the store's writes and keeps their
+counts; `flush`, `finish` and `close` wait for it. The only state the frame and oracle
+threads share is the history (locked), the offset (an array replaced whole) and a few "last
+seen" references for the display.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ _MS = 1_000_000
 _KEEP_FRAMES = 24  # one every _KEEP_EVERY_MS: the last 1.2 s, for clicks and glances
 _KEEP_EVERY_MS = 50
 _FRAME_NEAR_MS = 100  # a label's image is a frame this close to its time, or none
+STORE_QUEUE = 256  # labels accepted but not yet written (the one being written included)
+_DRAIN_S = 30.0  # at shutdown, how long the labels still queued may take to be written
 
 
 @dataclass(slots=True)
@@ -108,6 +114,7 @@ class Live:
         snapshot_hook=None,
         clock=None,
         uplink=None,
+        store_queue: int = STORE_QUEUE,
     ):
         if publisher is not None and clock is None:
             # Frame times mean different things per source; guessing is how 2081 happened.
@@ -158,6 +165,20 @@ class Live:
         self.store_errors = 0
         self.store_duplicates = 0
         self.store_error: str | None = None
+        self.store_dropped = 0  # labels not queued for the store: the writer was too far behind
+        # The label-store writer: (label, image, fast_xy, decision, t_ns) waiting, and how
+        # many are queued or being written (`flush` waits for 0).
+        self._writes = threading.Condition()
+        self._write_q: deque[tuple] = deque()
+        self._write_max = store_queue
+        self._writes_open = 0
+        self._writer_closing = False
+        self._writer: threading.Thread | None = None
+        if store is not None:
+            self._writer = threading.Thread(
+                target=self._write_labels, name="gazeloop-label-store", daemon=True
+            )
+            self._writer.start()
         self._snaps: dict[str, tuple[Snapshot, tuple[float, float] | None]] = {}
         self._lock = threading.Lock()
         self._frame_ms: deque[float] = deque(maxlen=120)
@@ -315,22 +336,75 @@ class Live:
             self.last = LastOracle(snap, label, decision, gaze)
             self._store(label, snap.image, snap.fast_xy, decision, snap.t_ns)
 
+    # --- the label-store writer --------------------------------------------------------
+
     def _store(self, label, image, fast_xy, decision, t_ns: int) -> None:
-        if self.store is not None:
+        """Hand a label to the writer thread; returns at once (the frame thread calls this)."""
+        if self._writer is None:
+            return
+        with self._writes:
+            # Full (or closed): the label is counted as dropped rather than waited for. The
+            # callers are the frame thread, which must keep its 60 Hz, and the oracle's; a
+            # writer this far behind means a disk that is stalled, and waiting on it would
+            # stall tracking with it, while the loop has used the label already.
+            if self._writes_open >= self._write_max or self._writer_closing:
+                self.store_dropped += 1
+                return
+            self._write_q.append((label, image, fast_xy, decision, t_ns))
+            self._writes_open += 1
+            self._writes.notify_all()
+
+    def _write_labels(self) -> None:
+        while True:
+            with self._writes:
+                while not self._write_q and not self._writer_closing:
+                    self._writes.wait()
+                if not self._write_q:
+                    return
+                item = self._write_q.popleft()
+            try:
+                self._write(*item)
+            finally:
+                with self._writes:
+                    self._writes_open -= 1
+                    self._writes.notify_all()
+
+    def _write(self, label, image, fast_xy, decision, t_ns: int) -> None:
+        try:
             # The snapshot's capture time, on the clock the gaze stream uses.
             t_ms = None if self.clock is None else self.clock.ms(t_ns)
-            try:
-                self.store.add(label, image, fast_xy, decision, snapshot_ms=t_ms)
-                self.labels_stored += 1
-                if self.uplink is not None:
-                    self.uplink.nudge()
-            except DuplicateLabelError:
-                self.store_duplicates += 1  # the same snapshot replayed: kept once already
-            except Exception as e:  # a full disk must not stop tracking; say so once per kind
-                self.store_errors += 1
-                self.store_error = str(e)
-                if self.store_errors == 1:
-                    log.error("label store: %s (labels are not kept until this is fixed)", e)
+            self.store.add(label, image, fast_xy, decision, snapshot_ms=t_ms)
+            self.labels_stored += 1
+            if self.uplink is not None:
+                self.uplink.nudge()
+        except DuplicateLabelError:
+            self.store_duplicates += 1  # the same snapshot replayed: kept once already
+        except Exception as e:  # a full disk must not stop tracking; say so once per kind
+            self.store_errors += 1
+            self.store_error = str(e)
+            if self.store_errors == 1:
+                log.error("label store: %s (labels are not kept until this is fixed)", e)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every label handed to the store so far is written (or failed) and the
+        writer is idle; False if `timeout` seconds passed first."""
+        with self._writes:
+            return self._writes.wait_for(lambda: self._writes_open == 0, timeout)
+
+    def _drain_store(self) -> None:
+        if self._writer is not None and not self.flush(_DRAIN_S):
+            with self._writes:
+                left = self._writes_open
+            log.error("label store: %d labels not written within %.0f s", left, _DRAIN_S)
+
+    def _stop_writer(self) -> None:
+        if self._writer is None:
+            return
+        self._drain_store()
+        with self._writes:
+            self._writer_closing = True
+            self._writes.notify_all()
+        self._writer.join(_DRAIN_S)
 
     # --- status --------------------------------------------------------------------------
 
@@ -359,6 +433,8 @@ class Live:
                 "pending": m.pending,
                 "latency_p50_s": m.latency_p50_s,
             }
+        if self.store_dropped:
+            out["store_dropped"] = self.store_dropped
         if self.clicks is not None:
             out["clicks"] = dict(self.clicks.verdicts)
         if self.glance is not None:
@@ -433,12 +509,14 @@ class Live:
         return n
 
     def finish(self, wait_s: float = 0.0) -> None:
-        """The end of a run: the oracle stops (its label in flight is stored), then up to
-        `wait_s` for the labels and gaze samples still on their way to the broker; the gaze
-        publisher is closed, so its counts are final. The uplink and the store stay open
-        (for `status()`) until `close()`."""
+        """The end of a run: the oracle stops (its label in flight is stored), the labels
+        queued for the store are written, then up to `wait_s` for the labels and gaze
+        samples still on their way to the broker; the gaze publisher is closed, so its
+        counts are final. The uplink and the store stay open (for `status()`) until
+        `close()`."""
         if self.worker is not None:
             self.worker.close()
+        self._drain_store()  # before the uplink drains: it sends what the store holds
         end = time.monotonic() + wait_s
         if self.uplink is not None and wait_s > 0:
             self.uplink.drain(wait_s)
@@ -452,6 +530,7 @@ class Live:
     def close(self) -> None:
         if self.worker is not None:
             self.worker.close()
+        self._stop_writer()  # every label accepted is written before the store closes
         if self.publisher is not None:
             self.publisher.close()
         if self.uplink is not None:  # before the store it reads

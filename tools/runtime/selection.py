@@ -17,7 +17,11 @@ import numpy as np
 
 from gazeloop.calibration.geometry import ScreenGeometry
 from gazeloop.calibration.metrics.evaluate import Evaluated, evaluate_candidates, evaluate_fixed
-from gazeloop.calibration.procedure import feature_columns, in_sample_error_px
+from gazeloop.calibration.procedure import (
+    feature_columns,
+    in_sample_error_px,
+    record_mirroring,
+)
 from gazeloop.calibration.procedure import profile_from_choice as procedure_profile
 from gazeloop.calibration.profile import Profile, ProfileError
 from gazeloop.calibration.store.session import Session
@@ -95,14 +99,7 @@ def evaluate_session(
         )
     except ValueError as e:
         raise UserError(str(e)) from None
-    r = ev.report
-    mirrored = v.col.session.mirrored
-    if choice.candidate.read == "other":
-        mirrored = not mirrored
-    r.mirrored = mirrored
-    r.mirrored_basis = v.col.mirror_basis + (
-        "; the other read won the selection" if choice.candidate.read == "other" else ""
-    )
+    record_mirroring(ev.report, choice, v.col.session.mirrored, v.col.mirror_basis)
     return ev, choice, v
 
 

@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from gazeloop.tools.cli import main
@@ -225,6 +226,28 @@ def test_gap_summary_counts_only_pairs_with_a_gap():
     assert (s["pairs"], s["pairs_with_gap"]) == (3, 2)
     assert s["gap_closed_median"] == 0.75 and s["gap_closed_min"] == 0.5
     assert s["worst_after_over_drifted"] == round(112 / 105, 3) and s["pairs_over_5pct_worse"] == 1
+    assert "told_offset_pairs_over_5pct_worse" not in s  # rows without the yardsticks
+    # Told offsets 0.95x, 1.07x, 1.0x drifted.
+    for r, told in zip(rows, (190.0, 150.0, 105.0), strict=True):
+        r["error_told_offset_px"], r["error_best_offset_px"] = told, 100.0
+    assert gap_summary(rows)["told_offset_pairs_over_5pct_worse"] == 1
+
+
+def test_offset_yardsticks_told_is_the_labels_mean_best_is_hindsight_on_the_held_frames():
+    from gazeloop.tools.runtime.bench_loop import geometric_median, offset_yardsticks
+
+    screen = (1000, 500)
+    truth = np.full((6, 2), 0.5)
+    # Residuals (truth - pred) in px: labelled frames +100 px in x; held frames +50 px in x,
+    # except one far outlier that the least-mean-distance offset ignores.
+    resid_px = np.array([[100, 0], [100, 0], [50, 0], [50, 0], [50, 0], [50, 400]], float)
+    pred = truth - resid_px / np.asarray(screen)
+    labelled = np.array([True, True, False, False, False, False])
+    y = offset_yardsticks(pred, truth, labelled, ~labelled, screen)
+    assert y["error_told_offset_px"] == pytest.approx((3 * 50 + np.hypot(50, 400)) / 4, abs=0.1)
+    assert y["error_best_offset_px"] == pytest.approx(400 / 4, abs=0.1)
+    # The geometric median sits on the majority of equal points, not at the mean.
+    assert np.allclose(geometric_median(resid_px[2:]), [50, 0], atol=1e-3)
 
 
 @pytest.mark.slow
@@ -247,8 +270,38 @@ def test_real_clicks_across_two_evit_sittings(shared, tmp_path, capsys):
     s = out["summary"]
     assert s["pairs_with_gap"] == 1 and 0.1 < s["gap_closed_median"] <= 1.0
     assert s["pairs_over_5pct_worse"] == 0
+    # No constant offset beats the one found in hindsight on the measured targets.
+    assert pair["error_best_offset_px"] <= min(pair["error_after_px"], pair["error_told_offset_px"])
 
 
 def test_session_or_sittings_is_required(capsys):
     assert main(["bench", "loop", "--json"]) == 2
     assert "--session or --sittings" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("oracle", ["simulated", "clicks"])
+def test_streams_on_two_processes_give_the_same_numbers_as_on_one(oracle):
+    """The label streams are seeded one by one, so splitting them over processes must not
+    change a single number (the benchmark's medians are taken over hundreds of them)."""
+    from gazeloop.calibration.drift.simulation import DriftSchedule, synthetic_session
+    from gazeloop.tools.runtime.bench_loop import (
+        LoopBenchOptions,
+        drift_summary,
+        no_drift_summary,
+    )
+
+    screen = (1728, 1080)
+    pred, truth, groups = synthetic_session(screen, grid=(3, 3), frames_per_target=20, seed=3)
+    step = DriftSchedule(kind="step", px=150, at_label=10)
+    out = []
+    for jobs in (1, 2):
+        opts = LoopBenchOptions(seeds=5, labels=40, oracle=oracle, jobs=jobs)
+        out.append(
+            (
+                drift_summary(pred, truth, screen, step, opts, groups),
+                no_drift_summary(pred, truth, screen, opts, groups),
+            )
+        )
+    assert out[0] == out[1]
+    assert out[0][0]["known_onset_reference"]["recovered_runs"] >= 1

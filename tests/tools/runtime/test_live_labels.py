@@ -1,9 +1,12 @@
 """Labels without a snapshot of their own in `Live`: clicks and the validation glance go
 through the loop and into a real label store (SQLite in a temp folder), accepted or not,
-with the loop's decision; the glance comes when asked and when the loop has been quiet."""
+with the loop's decision; the glance comes when asked and when the loop has been quiet. The
+store's writes happen on `Live`'s writer thread, so the tests `flush()` before reading it, and
+a store that blocks on an Event stands for a stalled disk."""
 
 from __future__ import annotations
 
+import threading
 from types import SimpleNamespace
 
 import numpy as np
@@ -51,11 +54,9 @@ def mapper():
     return SimpleNamespace(screen=SimpleNamespace(px=SCREEN), offset=np.zeros(2))
 
 
-@pytest.fixture
-def rig(tmp_path):
+def make_rig(store, **kw) -> SimpleNamespace:
     fp = FakeFastPath()
-    store = LabelStore(tmp_path / "labels")
-    live = Live(fp, mapper=mapper(), store=store)
+    live = Live(fp, mapper=mapper(), store=store, **kw)
     clock = Clock()
     state = {"i": 0, "t_ms": 0.0}
 
@@ -71,8 +72,14 @@ def rig(tmp_path):
             img = np.full((48, 64, 3), state["i"] % 256, np.uint8)
             live.process(Frame(round(state["t_ms"] * MS), img, state["i"]))
 
-    yield SimpleNamespace(live=live, store=store, fp=fp, clock=clock, run=run, state=state)
-    live.close()
+    return SimpleNamespace(live=live, store=store, fp=fp, clock=clock, run=run, state=state)
+
+
+@pytest.fixture
+def rig(tmp_path):
+    r = make_rig(LabelStore(tmp_path / "labels"))
+    yield r
+    r.live.close()
 
 
 def test_a_click_label_is_stored_with_its_decision_and_frame(rig):
@@ -85,6 +92,7 @@ def test_a_click_label_is_stored_with_its_decision_and_frame(rig):
     live.clicks.release(*(target * SCREEN))
     rig.run(700)  # past the burst window: the click is decided
     assert live.clicks.verdicts == {"ok": 1}
+    assert live.flush(10)
     (row,) = list(rig.store)
     assert row.oracle == "clicks" and row.snapshot_id.startswith("click-")
     assert row.accepted and row.why == "accepted"
@@ -111,6 +119,7 @@ def test_a_rejected_click_label_is_stored_too(rig):
     )
     d = rig.live.external_label(lab)
     assert not d.accepted
+    assert rig.live.flush(10)
     (row,) = list(rig.store)
     assert not row.accepted and row.why.startswith("confidence") and row.oracle == "clicks"
     assert rig.store.count(accepted=False) == 1
@@ -125,6 +134,7 @@ def test_a_glance_on_request_labels_the_fixation_on_its_dot(rig):
     rig.run(200)  # the eye has not left yet
     rig.run(1000, g.xy)  # then rests on the dot (seen through the drift)
     assert glance.active is None and glance.last.verdict == "ok"
+    assert live.flush(10)
     (row,) = list(rig.store)
     assert row.oracle == "glance" and row.accepted
     assert row.observation.xy == (0.5, 0.5)
@@ -142,6 +152,7 @@ def test_a_glance_nobody_looks_at_gives_no_label(rig):
     rig.run(100, (0.9, 0.9))
     glance.start(round(rig.state["t_ms"] * MS), xy=(0.1, 0.1))
     rig.run(3000)
+    assert rig.live.flush(10)
     assert glance.last.verdict == "far" and list(rig.store) == []
 
 
@@ -188,8 +199,140 @@ def test_the_status_line_names_each_source_its_noise_weight_and_the_last_decisio
             confidence=conf,
         )
         rig.live.external_label(lab)
+    assert rig.live.flush(10)
     line = status_text(rig.live, None)
     # Priors: σ 0.075 screen widths = 144 px on a 1920 px screen, weight 1 for both.
     assert "clicks 1/2 σ 144px w 1.00" in line and "glance 1/1 σ 144px w 1.00" in line
     assert "last clicks rejected: confidence 0.10 < 0.30" in line
     assert "labels stored 3" in line
+
+
+# --- the store's writer thread: a stalled disk never stalls the frame thread -------------
+
+
+class GatedStore:
+    """A real label store whose writes wait until `gate` is set: a disk that stalls.
+    `entered` is set when a write has begun (and is waiting)."""
+
+    def __init__(self, root) -> None:
+        self.inner = LabelStore(root)
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def add(self, *args, **kw):
+        self.entered.set()
+        assert self.gate.wait(30), "the test never opened the gate"
+        return self.inner.add(*args, **kw)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def click(t_ns: int, i: int) -> OracleLabel:
+    return OracleLabel(
+        t_ns=t_ns,
+        snapshot_id=f"click-{i}",
+        oracle="clicks",
+        observation=PointObservation(xy=(0.5, 0.5)),
+    )
+
+
+@pytest.fixture
+def gated(tmp_path):
+    store = GatedStore(tmp_path / "labels")
+    made = []
+
+    def make(**kw) -> SimpleNamespace:
+        r = make_rig(store, **kw)
+        made.append(r)
+        r.run(300)
+        r.t = round(r.state["t_ms"] * MS)
+        return r
+
+    yield store, make
+    store.gate.set()  # a failed test must not leave close() waiting on the gate
+    for r in made:
+        r.live.close()
+
+
+def test_external_label_returns_while_the_store_write_is_still_blocked(gated):
+    store, make = gated
+    r = make()
+    d = r.live.external_label(click(r.t, 0))
+    # Back on the frame thread, with the loop's decision, while the write has not finished:
+    assert d is not None and d.source == "clicks"
+    assert store.entered.wait(30) and not store.gate.is_set()
+    assert r.live.labels_stored == 0 and list(store.inner) == []
+    store.gate.set()
+    assert r.live.flush(10)
+    assert r.live.labels_stored == 1 and r.live.store_errors == 0
+    (row,) = list(store.inner)
+    assert row.snapshot_id == "click-0" and row.oracle == "clicks"
+    assert "store_dropped" not in r.live.status()
+
+
+def test_finish_and_close_write_every_queued_label_first(gated, tmp_path):
+    store, make = gated
+    drained_with: list[int] = []
+    uplink = SimpleNamespace(
+        nudge=lambda: None,
+        drain=lambda wait_s: drained_with.append(store.inner.count()),
+        close=lambda: None,
+    )
+    r = make()
+    r.live.uplink = uplink
+    for i in range(5):
+        r.live.external_label(click(r.t - i * MS, i))
+    assert store.entered.wait(30)
+    # The disk comes back only once finish() has begun to drain: all five are still queued.
+    queued_at_drain: list[int] = []
+    flush = r.live.flush
+
+    def flush_opening_the_gate(timeout=None):
+        queued_at_drain.append(r.live.labels_stored)
+        store.gate.set()
+        return flush(timeout)
+
+    r.live.flush = flush_opening_the_gate
+    r.live.finish(wait_s=1.0)
+    assert queued_at_drain[0] == 0
+    assert drained_with == [5]  # every label was in the store before the uplink drained
+    assert r.live.labels_stored == 5
+    r.live.close()
+    with LabelStore(tmp_path / "labels") as again:
+        assert sorted(row.snapshot_id for row in again) == [f"click-{i}" for i in range(5)]
+
+
+def test_close_alone_drains_the_queue_before_the_store_closes(gated, tmp_path):
+    store, make = gated
+    r = make()
+    for i in range(4):
+        r.live.external_label(click(r.t - i * MS, i))
+    assert store.entered.wait(30) and r.live.labels_stored == 0
+    flush = r.live.flush
+
+    def flush_opening_the_gate(timeout=None):
+        store.gate.set()
+        return flush(timeout)
+
+    r.live.flush = flush_opening_the_gate
+    r.live.close()
+    assert r.live.labels_stored == 4 and r.live.store_dropped == 0
+    with LabelStore(tmp_path / "labels") as again:
+        assert again.count() == 4
+
+
+def test_a_full_queue_drops_and_counts_labels_instead_of_blocking_the_frame_thread(gated):
+    from gazeloop.tools.commands.run import status_text
+
+    store, make = gated
+    r = make(store_queue=2)  # the one being written and one waiting
+    decisions = [r.live.external_label(click(r.t - i * MS, i)) for i in range(5)]
+    # All five came back to the frame thread while the store was stalled on the first:
+    assert all(d is not None for d in decisions) and not store.gate.is_set()
+    assert r.live.store_dropped == 3 and r.live.status()["store_dropped"] == 3
+    assert len(r.live.decisions) == 5  # the loop used every label; only the writes were dropped
+    store.gate.set()
+    assert r.live.flush(10)
+    assert r.live.labels_stored == 2 and store.inner.count() == 2
+    assert "3 NOT stored: the store's writer fell behind" in status_text(r.live, None)
