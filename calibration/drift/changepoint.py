@@ -6,6 +6,13 @@ label (2 dof), n·nᵀ for a line label (1 dof), g an offset that explains the l
 stacks: Ps (m, 2, 2), gs (m, 2), dims (m,) in {1, 2}; lengths in screen widths, and an
 "information" (Σ w·P, plus a prior) counts labels, so its inverse times σ² is a covariance.
 
+Labels of unequal noise: a label whose source has σₛ = σ/√w comes in as w·P (its inverse
+variance relative to σ), and `label_weights` (m,) gives each label's w. The residuals the functions
+compute from w·P are then w times the label's own; everything that asks "how many σ away"
+(the gate, the Huber clip, the scan's "near" radius and spread) divides by √w, so a noisy
+source's label is judged by its own σₛ: one 4σₛ away is beyond a 3σ gate whatever its
+weight. Without `weights` every label weighs 1 and nothing is rescaled.
+
 Why these pieces
 ----------------
 - `robust_fit`: Huber M-estimate by iteratively reweighted least squares, started at the L1
@@ -167,18 +174,23 @@ def robust_fit(
     *,
     huber_k: float,
     gate: float,
+    label_weights: np.ndarray | None = None,
 ) -> Fit:
     """Huber fit of one offset to the labels (see the module doc), with a Gaussian prior of
     `prior_info` labels' worth at `prior_mean`. `gate` is a 2-D radius in σ (1-D labels use
-    the radius of the same tail probability). No labels: the prior."""
+    the radius of the same tail probability). `label_weights`: each label's w, already in
+    `Ps` (module doc). No labels: the prior."""
     prior_info = np.asarray(prior_info, dtype=np.float64) + _TINY * np.eye(2)
     prior_mean = np.asarray(prior_mean, dtype=np.float64)
     m = len(gs)
     if m == 0:
         z = np.zeros(0)
         return Fit(prior_mean.copy(), prior_info, z, z, z)
-    k = huber_k * sigma
-    cut = np.where(dims == 2, gate, gate_1d(gate)) * sigma
+    # In σ units each label is judged by its own source's: w·P gives w·r, so k and the gate
+    # radius scale by √w (module doc).
+    root = np.ones(m) if label_weights is None else np.sqrt(np.asarray(label_weights, float))
+    k = huber_k * sigma * root
+    cut = np.where(dims == 2, gate, gate_1d(gate)) * sigma * root
     Pg = np.einsum("nij,nj->ni", Ps, gs)
     pb = prior_info @ prior_mean
     c = _l1_centre(Ps, gs, prior_mean)
@@ -283,6 +295,7 @@ def change_scan(
     taus: np.ndarray | None = None,
     short_logp: float = SHORT_RUN_LOGP,
     short_labels: int = SHORT_RUN_LABELS,
+    label_weights: np.ndarray | None = None,
 ) -> Scan:
     """The best onset τ of the labels (module doc). The earlier part of each split is the
     last `window` labels before τ (with their `weights` from the run's robust fit, plus the
@@ -290,7 +303,8 @@ def change_scan(
     `min_after`. τ starts at `first`: 0 tests every label against the prior alone. `taus`:
     test only these splits instead. `short_logp`, `short_labels`: the evidence a split with
     n later labels must add, `short_logp`·(1 − n/`short_labels`) when n < `short_labels`
-    (`short_run_penalty`; 0 turns it off and leaves the plain −log p).
+    (`short_run_penalty`; 0 turns it off and leaves the plain −log p). `label_weights`:
+    each label's w, already in `Ps` (module doc; `weights` are the robust fit's).
 
     A later label counts only when it lies within the gate of the earlier fit or of the
     later labels' own L1 centre: a real change, however large, gathers its labels around a
@@ -322,7 +336,9 @@ def change_scan(
     after = np.arange(m)[None, :] >= taus[:, None]
     e = Pg[None, :, :] - np.einsum("nij,tj->tni", Ps, cA)  # (T, m, 2)
     r = np.hypot(e[..., 0], e[..., 1])
-    cut = np.where(dims == 2, gate, gate_1d(gate)) * sigma
+    # Residuals of w·P are w times the label's own: each label's σ is σ·√w here (module doc).
+    root = np.ones(m) if label_weights is None else np.sqrt(np.asarray(label_weights, float))
+    cut = np.where(dims == 2, gate, gate_1d(gate)) * sigma * root
     cB = _l1_batched(Ps, Pg, after, cA)
     eB = Pg[None, :, :] - np.einsum("nij,tj->tni", Ps, cB)
     rB = np.hypot(eB[..., 0], eB[..., 1])
@@ -331,14 +347,14 @@ def change_scan(
     # And the later labels must look like one run: spread about their own centre no wider
     # than noise (median residual within 2.5 times what σ gives). A short run of junk mixed
     # with a label or two has a centre between them and a spread far wider than σ.
-    med = np.where(dims == 2, MEDIAN_RADIAL, MEDIAN_ABS) * sigma
+    med = np.where(dims == 2, MEDIAN_RADIAL, MEDIAN_ABS) * sigma * root
     spread = np.where(after, rB / med[None, :], np.nan)
     with np.errstate(all="ignore"):
         coherent = np.nanmedian(spread, axis=1) <= _COHERENT
 
     # Clipped, summed over the later labels, weighed by their covariance: their clipped
     # noise plus the earlier fit's uncertainty carried by every one of them.
-    psi = e * np.minimum(1.0, huber_k * sigma / np.maximum(r, _EPS))[..., None]
+    psi = e * np.minimum(1.0, huber_k * sigma * root / np.maximum(r, _EPS))[..., None]
     u = np.einsum("tn,tni->ti", use, psi)
     SB = np.einsum("tn,nij->tij", use, Ps)
     KB = np.einsum("tn,nij->tij", use * kap[None, :], Ps)

@@ -93,10 +93,10 @@ first few labels cannot talk it down), and its labels weigh w = (σ_best/σₛ)�
 single-source loop). A source also has its own gate (its σₛ in the predictive spread), and
 the shared σ is measured on residuals scaled to the best source's. The weight enters the
 change detector as P·w in place of P: the fit, its information and the change test's
-variance are the weighted ones; its clipping and "near" radius see w·|residual| where the
-whitened residual is √w·|residual| (a hook in `changepoint` would make that exact). So
-a source earns its weight: Moondream's lines weigh what their residuals show, junk ends
-with a scale so large that it weighs nothing.
+variance are the weighted ones, and its gate, clipping and "near" radius judge each label
+in its own source's σ (`changepoint`'s `label_weights`). So a source earns its weight:
+Moondream's lines weigh what their residuals show, junk ends with a scale so large that it
+weighs nothing.
 
 Lengths are measured in screen widths: normalised x, and normalised y divided by the aspect
 (physical width / height), so a bound or a scale is the same physical distance in every
@@ -435,6 +435,11 @@ class DriftLoop:
     def _weight(self, s: _Sample) -> float:
         return self._w.get(s.source, 1.0)
 
+    def _weights(self, labels: list[_Sample]) -> np.ndarray | None:
+        """Each label's weight for `changepoint`, None when every one weighs 1 (one source)."""
+        w = np.array([self._weight(s) for s in labels])
+        return None if np.all(w == 1.0) else w
+
     def sources(self) -> dict[str, SourceStats]:
         """Every source seen since the last reset: counts, σ and weight as the next label
         will see them, the last decision. Without the lock (the display asks every frame):
@@ -573,6 +578,7 @@ class DriftLoop:
             sigma,
             huber_k=cfg.huber_k,
             gate=cfg.gate_sigma,
+            label_weights=self._weights(labels),
         )
 
     def _store_fit(self, labels: list[_Sample], sigma: float, run: _Run | None = None) -> Fit:
@@ -597,7 +603,10 @@ class DriftLoop:
         # The weights of the labels before each split come from the run's robust fit: junk
         # the fit ignores does not shift the reference the later labels are compared with.
         Ps, gs, dims = _stack(labels, self._weight)
-        fit = robust_fit(Ps, gs, dims, *prior, sigma, huber_k=cfg.huber_k, gate=cfg.gate_sigma)
+        w = self._weights(labels)
+        fit = robust_fit(
+            Ps, gs, dims, *prior, sigma, huber_k=cfg.huber_k, gate=cfg.gate_sigma, label_weights=w
+        )
         # Only the calibration's own run tests its first label: "the calibration is off".
         first = 0 if run.calibration else 1
         return change_scan(
@@ -614,6 +623,7 @@ class DriftLoop:
             taus=None if taus is None else np.asarray(taus),
             short_logp=cfg.short_logp,
             short_labels=cfg.short_labels,
+            label_weights=w,
         )
 
     def _refine_boundary(self, sigma: float) -> None:

@@ -222,3 +222,43 @@ def test_detection_delay_on_a_step():
     g = rng.normal(size=(20, 2))
     g[10:, 0] += 6.0
     assert first_alarm(g)[0] - 9 <= 5
+
+
+def test_a_weighted_label_is_gated_and_clipped_in_its_own_sources_sigma():
+    """A label of a source 5x noisier (w = 1/25) comes in as w·P. 4 of its own σ from the fit
+    is beyond the 3σ gate: it must get no weight, although w times its residual (0.8 σ) is
+    well inside; 2 of its own σ is inside and counts, with its weight."""
+    rng = np.random.default_rng(11)
+    g = rng.normal(scale=0.1, size=(20, 2))  # the accurate source, σ = 1 (here 0.1 spread)
+    w = np.ones(21)
+    w[-1] = 1.0 / 25.0
+    for own_sigmas, kept in ((4.0, False), (2.0, True)):
+        far = np.vstack([g, [[own_sigmas * 5.0, 0.0]]])
+        Ps, gs, dims = points(far)
+        Ps = Ps * w[:, None, None]
+        f = robust_fit(
+            Ps, gs, dims, np.zeros((2, 2)), np.zeros(2), 1.0, huber_k=2.0, gate=3.0,
+            label_weights=w,
+        )  # fmt: skip
+        assert bool(f.weights[-1] > 0) == kept
+        # Without the weights the w·P residual (0.8 or 0.4 σ) passes the gate either way.
+        unscaled = robust_fit(
+            Ps, gs, dims, np.zeros((2, 2)), np.zeros(2), 1.0, huber_k=2.0, gate=3.0
+        )
+        assert unscaled.weights[-1] > 0
+
+
+def test_the_scan_clips_a_weighted_label_at_its_own_sigma():
+    """One wild label of a 5x noisier source (w = 1/25), 10 of its own σ away, is one wild
+    label: clipped at 2 of its own σ it adds a bounded −log p, as an accurate one does.
+    Judged in the accurate source's σ, w times its residual is 2 σ, not clipped at all, and
+    against the 1/25 of information the label carries its χ² is huge."""
+    rng = np.random.default_rng(12)
+    g = np.vstack([rng.normal(size=(24, 2)), [[50.0, 0.0]]])
+    w = np.r_[np.ones(24), 1.0 / 25.0]
+    Ps, gs, dims = points(g)
+    Ps = Ps * w[:, None, None]
+    args = (Ps, gs, dims, np.ones(25), np.zeros((2, 2)), np.zeros(2), 1.0)
+    kw = dict(huber_k=2.0, gate=3.0, window=120, taus=np.array([24]), short_logp=0.0)
+    assert change_scan(*args, **kw, label_weights=w).neg_log_p < 4.0
+    assert change_scan(*args, **kw).neg_log_p > 20.0
