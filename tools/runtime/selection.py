@@ -10,7 +10,7 @@ of sittings a second time does not run the networks again.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -143,9 +143,17 @@ def apply_profile(
     cache: bool = True,
 ) -> Evaluated:
     """The profile's mapping on this session's frames, unchanged (no refit). Its screen
-    stands in when the session names none; a session on another screen size is told."""
+    stands in when the session names none; a session on another screen size is told. When
+    nobody stated whether this session's frames are selfie views, they are read as the
+    profile's were (its chosen candidate records it): the same camera and person, and a
+    mapping fitted on one read means nothing on the other."""
     from gazeloop.calibration.mapping import mapping_from_params
 
+    chosen = prof.fit.chosen
+    basis = None
+    if not session.mirrored_stated and chosen is not None and chosen.mirrored is not None:
+        session = replace(session, mirrored=chosen.mirrored, mirrored_stated=True)
+        basis = "not stated; read as the profile's frames were"
     v = session_views(session, fp, both_reads=False, cache=cache)
     missing = [f for f in prof.features if f not in v.views["as read"]]
     if missing:
@@ -168,7 +176,7 @@ def apply_profile(
     except ValueError as e:
         raise UserError(str(e)) from None
     ev.report.mirrored = v.col.session.mirrored
-    ev.report.mirrored_basis = v.col.mirror_basis
+    ev.report.mirrored_basis = basis or v.col.mirror_basis
     return ev
 
 

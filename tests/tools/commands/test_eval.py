@@ -467,3 +467,28 @@ def test_screen_from_flags_without_a_manifest(grid9):
     s = _screen(grid9, screen_px=[1920, 1080], screen_mm=[344, 194], distance_mm=550)
     assert s.px == (1920, 1080) and s.mm == (344, 194) and s.viewing_distance_mm == 550
     assert s.error_deg(100) == pytest.approx(np.degrees(np.arctan(100 * 344 / 1920 / 550)), 0.01)
+
+
+@pytest.mark.slow
+def test_a_profile_reads_unstated_frames_as_its_own_were(grid9, tmp_path):
+    """Three stills of grid9's middle column, the column's x made exact, no manifest: the
+    targets cannot tell which way the frames face. A profile fitted on grid9 stated as
+    selfie views reads them as selfie views too; read the other way, its mapping sends the
+    gaze to the wrong side."""
+    prof = tmp_path / "grid9.json"
+    rc, _, err = cli("eval", grid9, "--mirrored", "--save-profile", prof, "--json")
+    assert rc == 0, err
+    assert json.loads(prof.read_text())["fit"]["chosen"]["mirrored"] is True
+    col = tmp_path / "column"
+    col.mkdir()
+    for stem in ("img_1766068439840", "img_1766068442984", "img_1766068446352"):
+        shutil.copy2(grid9 / f"{stem}.jpg", col / f"{stem}.jpg")
+        label = json.loads((grid9 / f"{stem}.json").read_text())
+        label["screen_x"] = 870.0
+        (col / f"{stem}.json").write_text(json.dumps(label))
+    unstated = eval_json(col, "--profile", prof)
+    assert unstated["mirrored"] is True
+    assert unstated["mirrored_basis"] == "not stated; read as the profile's frames were"
+    wrong = eval_json(col, "--profile", prof, "--no-mirrored")
+    assert wrong["mirrored"] is False
+    assert unstated["mean_px"] < 0.5 * wrong["mean_px"]
