@@ -154,6 +154,22 @@ class GazeSample:
         }
         if f.eye_mm is not None:
             d["eye_x_mm"], d["eye_y_mm"], d["eye_z_mm"] = (float(v) for v in f.eye_mm)
+            ray = gaze_in_eye_frame(self.gaze_vector, f.eye_mm)
+            if ray is not None:
+                d["gaze_ray_yaw"], d["gaze_ray_pitch"] = (float(v) for v in ray)
         if self.embedding is not None:
             d.update({f"emb_{i}": float(v) for i, v in enumerate(self.embedding)})
         return d
+
+
+def gaze_in_eye_frame(vector: np.ndarray | None, eye_mm: np.ndarray) -> np.ndarray | None:
+    """The gaze vector's (yaw, pitch) in the eyes' ray frame (`headpose.eye_ray_frame`):
+    the angles the gaze makes with the line from the eyes to the camera. Where the face is
+    in the image turns the camera-axes angles by as much as it turns that line, so a head
+    moved between sittings moves these less. None without a finite vector or position."""
+    from gazeloop.fastpath.gaze_model import vector_to_yaw_pitch
+    from gazeloop.fastpath.headpose import eye_ray_frame
+
+    if vector is None or not (np.all(np.isfinite(vector)) and np.all(np.isfinite(eye_mm))):
+        return None
+    return vector_to_yaw_pitch(eye_ray_frame(eye_mm) @ np.asarray(vector, dtype=np.float64))

@@ -38,11 +38,13 @@ HEAD = ("head_yaw", "head_pitch")
 IRIS = ("iris_lx", "iris_ly", "iris_rx", "iris_ry")
 EYES = IRIS + ("aperture_l", "aperture_r")
 GAZE = ("gaze_yaw", "gaze_pitch")
+GAZE_RAY = ("gaze_ray_yaw", "gaze_ray_pitch")
 # Named feature sets for the mappings that take any columns, simplest first. The iris
 # offsets in the eye (landmarks, not the network) are a second, independent reading of the
 # same eye rotation; head pose is what changes between sittings, so it comes last.
 FEATURE_SETS: dict[str, tuple[str, ...]] = {
     "gaze": GAZE,
+    "gaze_ray": GAZE_RAY,
     "gaze+iris": GAZE + IRIS,
     "gaze+head": GAZE + HEAD,
     "gaze+head+eyes": GAZE + HEAD + EYES,

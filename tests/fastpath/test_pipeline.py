@@ -334,3 +334,27 @@ def test_a_configured_focal_length_reaches_the_eye_position(grid9, face_task, ga
     ours, default = s.features.eye_mm, base.features.eye_mm
     assert ours[2] == pytest.approx(2.0 * default[2], rel=0.05)
     assert ours[:2] == pytest.approx(default[:2], rel=0.05, abs=2.0)
+
+
+def test_gaze_in_the_eyes_ray_frame():
+    """On the camera's axis the ray frame is the camera's; off it, a gaze straight back at
+    the camera is (0, 0) in the ray frame whatever the camera-axes angles."""
+    from gazeloop.fastpath.gaze_model import vector_to_yaw_pitch
+    from gazeloop.fastpath.types import gaze_in_eye_frame
+
+    v = np.array([np.sin(0.2) * np.cos(0.1), np.sin(0.1), np.cos(0.2) * np.cos(0.1)])
+    on_axis = gaze_in_eye_frame(v, np.array([0.0, 0.0, -600.0]))
+    assert np.allclose(on_axis, vector_to_yaw_pitch(v))
+    eye = np.array([150.0, -80.0, -550.0])
+    back = -eye / np.linalg.norm(eye)
+    assert np.allclose(gaze_in_eye_frame(back, eye), [0.0, 0.0], atol=1e-12)
+    assert np.abs(vector_to_yaw_pitch(back)).min() > 0.1  # not zero in camera axes
+    assert gaze_in_eye_frame(None, eye) is None
+    assert gaze_in_eye_frame(back, np.array([np.nan, 0.0, -500.0])) is None
+
+
+def test_every_frame_with_a_gaze_has_its_ray_frame_angles(grid9):
+    for _, s in grid9:
+        d = s.feature_dict()
+        assert {"gaze_ray_yaw", "gaze_ray_pitch"} <= set(d)
+        assert np.isfinite(d["gaze_ray_yaw"]) and np.isfinite(d["gaze_ray_pitch"])

@@ -27,6 +27,8 @@ from gazeloop.tools.errors import UserError
 KNOWN_FEATURES = (
     "gaze_yaw",
     "gaze_pitch",
+    "gaze_ray_yaw",
+    "gaze_ray_pitch",
     "head_yaw",
     "head_pitch",
     "head_roll",
