@@ -9,13 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from gazeloop.calibration.geometry import ScreenGeometry
-from gazeloop.calibration.mapping import MAPPINGS
+from gazeloop.calibration.mapping import MAPPINGS, mapping_class
 from gazeloop.calibration.procedure import LAYOUTS, ProcedureConfig
 from gazeloop.calibration.profile import DEFAULT_FEATURES
 from gazeloop.calibration.store.session import SessionManifest
@@ -171,19 +170,17 @@ def feature_names(text: str) -> list[str]:
     return names
 
 
-def fixed_mapping(
-    args: argparse.Namespace, default_features: Callable[[str], Sequence[str]] | None = None
-) -> tuple[str, list[str]] | None:
+def fixed_mapping(args: argparse.Namespace) -> tuple[str, list[str]] | None:
     """The mapping `--mapping`/`--features` fix (`calibrate`, `profile fit`, `eval`), or None
     when neither is given: then the mapping is chosen by nested selection, as `eval` chooses
-    it. Either flag alone fixes one mapping, so the other needs a default: ridge, and
-    `default_features(mapping)` (`DEFAULT_FEATURES` without it). → (mapping, feature names
-    as typed; a command checks them against the frames)."""
+    it. Either flag alone fixes one mapping, so the other needs a default: ridge, and the
+    mapping's own features (the geometric mapping's five columns) else `DEFAULT_FEATURES`.
+    → (mapping, feature names as typed; a command checks them against the frames)."""
     if args.mapping is None and args.features is None:
         return None
     mapping = args.mapping or "ridge"
     if args.features is None:
-        return mapping, list(default_features(mapping) if default_features else DEFAULT_FEATURES)
+        return mapping, list(mapping_class(mapping).features or DEFAULT_FEATURES)
     names = [n.strip() for n in args.features.split(",") if n.strip()]
     if not names:
         raise UserError("--features is empty")

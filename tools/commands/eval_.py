@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from gazeloop.calibration.geometry import ScreenGeometry
-from gazeloop.calibration.mapping import MAPPINGS, fit_select, mapping_class
+from gazeloop.calibration.mapping import MAPPINGS, fit_select
 from gazeloop.calibration.metrics.evaluate import evaluate_arrays, plot_report, robust_keep
 from gazeloop.calibration.metrics.precision import (
     LAG_DEFINITION,
@@ -218,7 +218,7 @@ def precision_text(p: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     if args.profile is not None and (args.mapping or args.features or args.save_profile):
         raise UserError("--profile applies a saved mapping: no --mapping/--features/--save-profile")
-    fixed = fixed_mapping(args, lambda mapping: mapping_class(mapping).features or DEFAULT_FEATURES)
+    fixed = fixed_mapping(args)
     if args.save_profile is not None and fixed:
         raise UserError("--save-profile saves the selected mapping: drop --mapping/--features")
     # Outputs checked before the fast path runs: a full disk is not news after a minute.

@@ -79,3 +79,34 @@ def test_a_fixed_mapping_is_still_fitted_as_asked(grid9, tmp_path):
     prof = Profile.load(out)
     assert prof.mapping.name == "ridge" and prof.features == ["gaze_yaw", "gaze_pitch"]
     assert prof.fit.chosen is None and "nested selection" not in stdout
+
+
+def test_a_mapping_alone_takes_its_own_features(grid9, tmp_path):
+    """`--mapping geometric` without `--features`: the geometric mapping's five columns, as
+    `eval` takes them, not the ridge's two (which it cannot read)."""
+    out = tmp_path / "geometric.json"
+    args = ["profile", "fit", grid9, "--screen-px", 1920, 1080, "--mapping", "geometric"]
+    rc, _, err = cli(*args, "--out", out)
+    assert rc == 0, err
+    prof = Profile.load(out)
+    assert prof.mapping.name == "geometric"
+    assert prof.features == ["gaze_yaw", "gaze_pitch", "eye_x_mm", "eye_y_mm", "eye_z_mm"]
+
+
+def test_calibrate_profile_fit_and_eval_read_the_flags_alike():
+    import argparse
+
+    from gazeloop.tools.commands._args import fixed_mapping
+
+    def ask(mapping=None, features=None):
+        return fixed_mapping(argparse.Namespace(mapping=mapping, features=features))
+
+    assert ask() is None  # nested selection
+    assert ask("geometric")[1] == ["gaze_yaw", "gaze_pitch", "eye_x_mm", "eye_y_mm", "eye_z_mm"]
+    assert ask("poly2") == ("poly2", ["gaze_yaw", "gaze_pitch"])
+    assert ask(features="gaze_ray_yaw, gaze_ray_pitch") == (
+        "ridge",
+        ["gaze_ray_yaw", "gaze_ray_pitch"],
+    )
+    with pytest.raises(Exception, match="--features is empty"):
+        ask(features=" , ")
