@@ -129,4 +129,7 @@ def test_default_candidates_simplest_first_and_geometric_once_per_read():
     labels = [x.label for x in c]
     assert labels.count("geometric:geometric") == 1
     assert labels.count("geometric:geometric:other") == 1
-    assert {x.feature_set for x in c if x.mapping == "ridge"} == set(cd.FEATURE_SETS)
+    assert {x.feature_set for x in c if x.mapping == "ridge"} == set(cd.SITTING_FEATURE_SETS)
+    # A calibration made in one sitting is never offered head-pose terms (DESIGN, Measuring).
+    assert not any(f.startswith("head_") for x in c for f in x.features)
+    assert set(cd.SITTING_FEATURE_SETS) < set(cd.FEATURE_SETS)

@@ -130,7 +130,7 @@ def test_a_run_fits_its_profile_by_nested_selection():
     c = prof.fit.chosen
     assert c.label == "ridge:gaze" == choice.candidate.label and c.mirrored is False
     assert prof.features == ["gaze_yaw", "gaze_pitch"] and "alpha" in c.hyper
-    assert "ridge:gaze+head" in ev.report.selection.dropped  # no head pose in these frames
+    assert "ridge:gaze_ray" in ev.report.selection.dropped  # no eye position in these frames
     assert prof.fit.mean_px == ev.report.mean_px < 5  # a linear map of the targets
     assert c.in_sample_mean_px <= prof.fit.mean_px
 
@@ -208,7 +208,7 @@ def test_headless_calibration_on_the_4_corner_video(corners4_calibration, shared
     ev = report["evaluation"]
     # 4 corners of a 2560x1440 screen: leave-one-target-out is extrapolation to a corner.
     # 272 px before issue 12 (alpha 0.1 where no fold could choose), 127 px with the rule,
-    # 109 px with the mapping chosen by nested selection as `eval` does (ridge:gaze+head).
+    # 109 px with the mapping chosen by nested selection as `eval` does (ridge:gaze in each fold).
     assert ev["targets"] == 4 and ev["screen_px"] == [2560, 1440]
     assert 100 < ev["mean_px"] < 160
     assert ev["baseline_mean_px"] == pytest.approx(1568, abs=15)

@@ -101,7 +101,8 @@ def test_grid9_report_keys_and_counts(plain, grid9):
     sel = plain["selection"]
     assert plain["mapping"] == sel["chosen"].split(":")[0]
     assert plain["features"][:2] == ["gaze_yaw", "gaze_pitch"]
-    assert {"ridge:gaze", "ridge:gaze+head", "geometric:geometric"} <= set(sel["candidates"])
+    assert {"ridge:gaze", "ridge:gaze_ray", "geometric:geometric"} <= set(sel["candidates"])
+    assert not any("head" in c for c in sel["candidates"])  # one sitting: no head-pose terms
     assert sum(sel["picked_per_fold"].values()) == 9
     assert all(not c.endswith(":other") for c in sel["candidates"])  # r = +0.99 decided
     assert plain["frames"] == plain["frames_used"] == 9
