@@ -11,7 +11,7 @@ variance relative to σ), and `label_weights` (m,) gives each label's w. The res
 compute from w·P are then w times the label's own; everything that asks "how many σ away"
 (the gate, the Huber clip, the scan's "near" radius and spread) divides by √w, so a noisy
 source's label is judged by its own σₛ: one 4σₛ away is beyond a 3σ gate whatever its
-weight. Without `weights` every label weighs 1 and nothing is rescaled.
+weight. Without `label_weights` every label weighs 1 and nothing is rescaled.
 
 Why these pieces
 ----------------
@@ -164,6 +164,13 @@ def _resid(Ps: np.ndarray, gs: np.ndarray, c: np.ndarray) -> np.ndarray:
     return np.hypot(e[:, 0], e[:, 1])
 
 
+def _whitening(label_weights: np.ndarray | None, m: int) -> np.ndarray:
+    """√w per label: how much a w·P residual's σ shrinks (module doc); ones without weights."""
+    if label_weights is None:
+        return np.ones(m)
+    return np.sqrt(np.asarray(label_weights, dtype=np.float64))
+
+
 def robust_fit(
     Ps: np.ndarray,
     gs: np.ndarray,
@@ -188,7 +195,7 @@ def robust_fit(
         return Fit(prior_mean.copy(), prior_info, z, z, z)
     # In σ units each label is judged by its own source's: w·P gives w·r, so k and the gate
     # radius scale by √w (module doc).
-    root = np.ones(m) if label_weights is None else np.sqrt(np.asarray(label_weights, float))
+    root = _whitening(label_weights, m)
     k = huber_k * sigma * root
     cut = np.where(dims == 2, gate, gate_1d(gate)) * sigma * root
     Pg = np.einsum("nij,nj->ni", Ps, gs)
@@ -337,7 +344,7 @@ def change_scan(
     e = Pg[None, :, :] - np.einsum("nij,tj->tni", Ps, cA)  # (T, m, 2)
     r = np.hypot(e[..., 0], e[..., 1])
     # Residuals of w·P are w times the label's own: each label's σ is σ·√w here (module doc).
-    root = np.ones(m) if label_weights is None else np.sqrt(np.asarray(label_weights, float))
+    root = _whitening(label_weights, m)
     cut = np.where(dims == 2, gate, gate_1d(gate)) * sigma * root
     cB = _l1_batched(Ps, Pg, after, cA)
     eB = Pg[None, :, :] - np.einsum("nij,tj->tni", Ps, cB)

@@ -358,3 +358,16 @@ def test_every_frame_with_a_gaze_has_its_ray_frame_angles(grid9):
         d = s.feature_dict()
         assert {"gaze_ray_yaw", "gaze_ray_pitch"} <= set(d)
         assert np.isfinite(d["gaze_ray_yaw"]) and np.isfinite(d["gaze_ray_pitch"])
+
+
+def test_ray_frame_angles_are_the_eye_ray_frame_turned_vector():
+    from gazeloop.fastpath.gaze_model import vector_to_yaw_pitch
+    from gazeloop.fastpath.headpose import eye_ray_frame
+    from gazeloop.fastpath.types import gaze_in_eye_frame
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        v = rng.normal(size=3)
+        eye = np.r_[rng.normal(scale=100, size=2), -rng.uniform(300, 900)]
+        want = vector_to_yaw_pitch(eye_ray_frame(eye) @ v)
+        assert np.allclose(gaze_in_eye_frame(v, eye), want, atol=1e-12)

@@ -243,10 +243,10 @@ def drift_summary(
 ) -> dict[str, Any]:
     """The loop against one injected drift over `opts.seeds` label streams (pure: arrays in,
     numbers out). Normalised (n, 2) inputs; `groups` (target ids) for the click replay."""
-    jobs = [
+    items = [
         (opts, k, pred, truth, groups, screen_px, drift, opts.labels) for k in range(opts.seeds)
     ]
-    done = map_streams(_drift_stream, jobs, opts.jobs)
+    done = map_streams(_drift_stream, items, opts.jobs)
     runs = [run for _, run, _ in done]
     refs = [ref for _, _, ref in done if ref is not None]
     summ = [r.summary for r in runs]
@@ -295,11 +295,11 @@ def no_drift_summary(
     where it started; max_offset_px / rms_offset_px: over every label of every stream (pure:
     arrays in, numbers out)."""
     none = DriftSchedule(kind="none")
-    jobs = [
+    items = [
         (opts, NO_DRIFT_SEED + k, pred, truth, groups, screen_px, none, NO_DRIFT_LABELS)
         for k in range(opts.seeds)
     ]
-    done = map_streams(_drift_stream, jobs, opts.jobs)
+    done = map_streams(_drift_stream, items, opts.jobs)
     return false_change_stats([offset_lengths_px(run.offset, screen_px) for _, run, _ in done])
 
 
@@ -489,15 +489,13 @@ def offset_yardsticks(
     `known_onset_reference`); `best`: the offset with the least mean error on the held-out
     frames themselves, found in hindsight: the floor under any loop that moves a constant
     offset (never above no offset at all, by its definition)."""
-    size = np.asarray(screen_px, dtype=np.float64)
-    resid_px = (truth - pred) * size
-
-    def err(off_px: np.ndarray) -> float:
-        return float(np.mean(np.hypot(*(resid_px[held] - off_px).T)))
-
+    resid = truth - pred
+    told = resid[labelled].mean(0)
+    best = geometric_median(resid[held] * screen_px) / screen_px
+    p, t = pred[held], truth[held]
     return {
-        "error_told_offset_px": round(err(resid_px[labelled].mean(0)), 1),
-        "error_best_offset_px": round(err(geometric_median(resid_px[held])), 1),
+        "error_told_offset_px": round(mean_error_px(p + told, t, screen_px), 1),
+        "error_best_offset_px": round(mean_error_px(p + best, t, screen_px), 1),
     }
 
 
