@@ -28,6 +28,7 @@ from gazeloop.calibration.mapping.candidates import Candidate, Choice, columns_f
 from gazeloop.calibration.metrics.evaluate import (
     EvalReport,
     Evaluated,
+    as_shown,
     evaluate_arrays,
     evaluate_candidates,
     robust_keep,
@@ -36,6 +37,7 @@ from gazeloop.calibration.profile import (
     DEFAULT_FEATURES,
     ChosenCandidate,
     FitReport,
+    GazeRead,
     MappingSpec,
     Profile,
 )
@@ -279,6 +281,7 @@ def fit_profile_report(
     device: str,
     gaze_model_id: str,
     gaze_model_sha256: str,
+    gaze_read: GazeRead = "single",
     mapping: str = "ridge",
     calibration_session: str | None = None,
     frame_names: list[str] | None = None,
@@ -310,6 +313,7 @@ def fit_profile_report(
         features=list(features),
         gaze_model_id=gaze_model_id,
         gaze_model_sha256=gaze_model_sha256,
+        gaze_read=gaze_read,
         mapping=MappingSpec(name=mapping, params=m.params()),
         fit=fit_report(r, hyper),
         calibration_session=calibration_session,
@@ -341,10 +345,11 @@ def in_sample_error_px(
     screen: ScreenGeometry,
 ) -> float:
     """Mean distance (px) of the chosen mapping, fitted on all targets, to the targets of
-    the very frames it was fitted on (every frame given, outliers included): in-sample, so
-    optimistic, and the number `gazeloop eval SESSION --profile P` gives on the same
-    session and frames."""
+    the very frames it was fitted on (every frame given, outliers included), each where the
+    cursor would show it (`as_shown`): in-sample, so optimistic, and the number `gazeloop
+    eval SESSION --profile P` gives on the same session and frames."""
     pred = screen.to_px(choice.mapping.predict(columns_for(views, choice.candidate)))
+    pred, _ = as_shown(pred, screen)
     err = np.linalg.norm(pred - labels_px, axis=1)
     return float(np.mean(err[np.isfinite(err)]))
 
@@ -358,6 +363,7 @@ def profile_from_choice(
     device: str,
     gaze_model_id: str,
     gaze_model_sha256: str,
+    gaze_read: GazeRead = "single",
     calibration_session: str | None = None,
     in_sample_px: float | None = None,
 ) -> Profile:
@@ -372,6 +378,7 @@ def profile_from_choice(
         features=list(choice.candidate.features),
         gaze_model_id=gaze_model_id,
         gaze_model_sha256=gaze_model_sha256,
+        gaze_read=gaze_read,
         mapping=MappingSpec(name=choice.candidate.mapping, params=choice.mapping.params()),
         fit=fit_report(
             r,
@@ -410,6 +417,7 @@ def fit_profile_selected(
     device: str,
     gaze_model_id: str,
     gaze_model_sha256: str,
+    gaze_read: GazeRead = "single",
     calibration_session: str | None = None,
     frame_names: list[str] | None = None,
     mirrored: bool | None = None,
@@ -437,6 +445,7 @@ def fit_profile_selected(
         device=device,
         gaze_model_id=gaze_model_id,
         gaze_model_sha256=gaze_model_sha256,
+        gaze_read=gaze_read,
         calibration_session=calibration_session,
         in_sample_px=in_sample_error_px(choice, views, labels_px, screen),
     )

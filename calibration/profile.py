@@ -10,6 +10,13 @@ last calibration made; fits of the same calibration for other models (hot reload
 start on a newly promoted model) are kept beside it, one per model, in
 `<name>.models/<sha256[:16]>.json` (`model_profile_path`), and never overwrite it or each
 other. `find_for_model` picks the one made for the model in use.
+
+The same network can be read several ways: once, or averaged with its run on the mirrored
+face (`FastPathConfig.mirror_average`), told the head pose in camera axes or in the eyes'
+ray frame (`gaze_frame`). The reads differ by the network's asymmetry and by what it is
+told, biases of a few degrees, so a profile also records its read (`gaze_read`) and counts as
+made for another model when the fast path reads otherwise. Profiles written before the
+other reads existed say nothing and were fitted on the camera frame's single read.
 """
 
 from __future__ import annotations
@@ -27,6 +34,27 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from gazeloop.calibration.geometry import ScreenGeometry
 from gazeloop.calibration.mapping import mapping_from_params
 from gazeloop.calibration.store.atomic import atomic_write_bytes
+
+# How the gaze network was read (`read_name`): once or averaged with the mirrored face, told
+# the head pose in camera axes or in the eyes' ray frame.
+GazeRead = Literal["single", "mirror_average", "ray:single", "ray:mirror_average"]
+
+
+def read_name(mirror_average: bool, head_frame: str = "camera") -> str:
+    """The name of one way of reading the gaze network (`fastpath.gaze_model.GazeModel.read`),
+    which a profile records: a mapping fitted on one read is biased on another, since reads
+    differ by the network's asymmetry (`mirror_averaged`) and by the head pose it is told
+    (`FastPathConfig.gaze_frame`). "single" is the camera frame read once: what every
+    profile made before the other reads existed was fitted on."""
+    name = "mirror_average" if mirror_average else "single"
+    return name if head_frame == "camera" else f"{head_frame}:{name}"
+
+
+def read_config(name: str) -> dict:
+    """The fast-path settings (`FastPathConfig` fields) that make the read `name`."""
+    frame, _, how = name.rpartition(":")
+    return {"gaze_frame": frame or "camera", "mirror_average": how == "mirror_average"}
+
 
 SCHEMA_VERSION = 1
 # Gaze angles alone: on the 9-point grid session they beat every richer set under
@@ -84,6 +112,7 @@ class Profile(BaseModel):
     features: list[str]
     gaze_model_id: str
     gaze_model_sha256: str
+    gaze_read: GazeRead = "single"
     mapping: MappingSpec
     fit: FitReport
     # Drift offset C in normalised screen units, maintained by the closed loop.
@@ -103,6 +132,7 @@ class Profile(BaseModel):
         *,
         gaze_model_sha256: str | None = None,
         features: list[str] | None = None,
+        gaze_read: str | None = None,
     ) -> Profile:
         path = Path(path)
         try:
@@ -138,6 +168,14 @@ class Profile(BaseModel):
                 f"(sha256 {prof.gaze_model_sha256[:12]}…), not the one loaded "
                 f"(sha256 {gaze_model_sha256[:12]}…); recalibrate, or refit it from its "
                 "calibration session"
+            )
+        if gaze_read is not None and prof.gaze_read != gaze_read:
+            want = json.dumps(read_config(prof.gaze_read))
+            raise ProfileError(
+                f"{path}: fitted on the gaze network's {prof.gaze_read} read, but the fast "
+                f"path makes the {gaze_read} read; recalibrate, refit it from its calibration "
+                f"session (`gazeloop profile fit`), or read as it was fitted: --config with "
+                f"{want}"
             )
         if features is not None and list(features) != prof.features:
             raise ProfileError(
@@ -178,10 +216,13 @@ class ProfileMapper:
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def model_profile_path(path: str | os.PathLike[str], gaze_model_sha256: str) -> Path:
-    """Where the fit of profile `path` for one gaze model is kept, beside it."""
+def model_profile_path(
+    path: str | os.PathLike[str], gaze_model_sha256: str, gaze_read: str = "single"
+) -> Path:
+    """Where the fit of profile `path` for one gaze model (and read) is kept, beside it."""
     path = Path(path)
-    return path.parent / f"{path.stem}.models" / f"{gaze_model_sha256[:16]}.json"
+    tail = "" if gaze_read == "single" else f".{gaze_read}"
+    return path.parent / f"{path.stem}.models" / f"{gaze_model_sha256[:16]}{tail}.json"
 
 
 def save_for_model(profile: Profile, path: str | os.PathLike[str]) -> Path:
@@ -189,26 +230,27 @@ def save_for_model(profile: Profile, path: str | os.PathLike[str]) -> Path:
     written only when there is none: it is what the user's calibration made, and a refit
     (for another model, or the same one again) never overwrites it."""
     path = Path(path)
-    out = profile.save(model_profile_path(path, profile.gaze_model_sha256))
+    out = profile.save(model_profile_path(path, profile.gaze_model_sha256, profile.gaze_read))
     if not path.exists():
         profile.save(path)
     return out
 
 
 def find_for_model(
-    path: str | os.PathLike[str], gaze_model_sha256: str
+    path: str | os.PathLike[str], gaze_model_sha256: str, gaze_read: str = "single"
 ) -> tuple[Profile, Profile | None, str]:
-    """(the user's profile at `path`, its fit for this gaze model or None, where it came
-    from). A kept fit counts only if it was made from the same calibration session no
+    """(the user's profile at `path`, its fit for this gaze model and read or None, where it
+    came from). A kept fit counts only if it was made from the same calibration session no
     earlier than the profile itself: a later recalibration makes older fits stale."""
     path = Path(path)
     base = Profile.load(path)
-    if base.gaze_model_sha256 == gaze_model_sha256:
+    if base.gaze_model_sha256 == gaze_model_sha256 and base.gaze_read == gaze_read:
         return base, base, f"{path} (made for this model)"
-    kept = model_profile_path(path, gaze_model_sha256)
+    kept = model_profile_path(path, gaze_model_sha256, gaze_read)
+    made = f"{base.gaze_model_id}, {base.gaze_read} read"
     if not kept.is_file():
-        return base, None, f"{path} was made for {base.gaze_model_id}; no fit for this model"
-    fit = Profile.load(kept, gaze_model_sha256=gaze_model_sha256)
+        return base, None, f"{path} was made for {made}; no fit for this model and read"
+    fit = Profile.load(kept, gaze_model_sha256=gaze_model_sha256, gaze_read=gaze_read)
     if fit.calibration_session != base.calibration_session or fit.created < base.created:
         return base, None, f"{kept} predates the last calibration ({base.created})"
     return base, fit, f"{kept} (fitted for this model {fit.created})"

@@ -96,6 +96,7 @@ def config_digest(cfg) -> str:
         "focal_px": cfg.focal_px,
         "still_gap_s": cfg.still_gap_s,
         "gaze_frame": getattr(cfg, "gaze_frame", "camera"),
+        "mirror_average": getattr(cfg, "mirror_average", False),
         # another execution provider may compute in another precision
         "ep": getattr(cfg, "ep", "cpu"),
     }

@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gazeloop.calibration.profile import read_name
 from gazeloop.fastpath.providers import resolve_providers
 from gazeloop.fastpath.sessions import open_session
 
@@ -127,6 +128,26 @@ def postprocess(raw: np.ndarray, roll: np.ndarray | float) -> tuple[np.ndarray, 
     return v, vector_to_yaw_pitch(v)
 
 
+def mirror_averaged(raw: np.ndarray, raw_mirrored: np.ndarray) -> np.ndarray:
+    """The network's answer for a face averaged with its answer for the same face mirrored
+    (crops flipped, eyes swapped, head yaw negated), both in the roll-aligned OMZ axes
+    (..., 3): the mirrored answer's x is negated back and the two unit vectors averaged.
+
+    Why: the network is not mirror-symmetric (yaw(face) + yaw(mirror) is +4..+14 deg on
+    grid9, and it varies with the face), so one read carries an asymmetric error that no
+    per-user mapping can remove. On the evit stills (28 sittings, 2 people, 448 stills) the
+    average lowered the within-sitting error in 22 of 28 sittings and the next-sitting error
+    in 21 of 25 pairs, for every mapping candidate (2026-12). Costs a second network run.
+    """
+    a = np.asarray(raw, dtype=np.float64)
+    b = np.array(raw_mirrored, dtype=np.float64, copy=True)
+    b[..., 0] *= -1.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        a = a / np.linalg.norm(a, axis=-1, keepdims=True)
+        b = b / np.linalg.norm(b, axis=-1, keepdims=True)
+    return 0.5 * (a + b)
+
+
 def _postprocess_one(raw: np.ndarray, roll: float) -> tuple[np.ndarray, np.ndarray]:
     """`postprocess` for one sample in scalar maths: numpy's per-call overhead on 3-vectors
     is a sizeable share of a ~1 ms frame budget. The batch path and tests use `postprocess`."""
@@ -154,9 +175,20 @@ class GazeModel:
     instance per thread (the fast path runs on one thread)."""
 
     def __init__(
-        self, path: str | Path, *, threads: int = 1, providers: list[str] | None = None
+        self,
+        path: str | Path,
+        *,
+        threads: int = 1,
+        providers: list[str] | None = None,
+        mirror_average: bool = False,
+        head_frame: str = "camera",
     ) -> None:
         self.path = Path(path)
+        # How this model is read: `mirror_average` is what `predict` does by default;
+        # `head_frame` is the frame of the head pose its caller tells it (the caller's job,
+        # `Features.network_head_ypr`), kept here only to name the read (`read_name`).
+        self.mirror_average = mirror_average
+        self.read = read_name(mirror_average, head_frame)
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
@@ -222,11 +254,21 @@ class GazeModel:
             raise ValueError(f"{what} must be {CROP_SHAPE} BGR, got {crop.shape}")
 
     def predict(
-        self, left_crop: np.ndarray, right_crop: np.ndarray, head_ypr: np.ndarray
+        self,
+        left_crop: np.ndarray,
+        right_crop: np.ndarray,
+        head_ypr: np.ndarray,
+        *,
+        mirror_average: bool | None = None,
     ) -> GazeOutput:
         """Gaze for one face. Crops are 60x60x3 uint8 BGR, centred between the eye corners and
         already rotated by the head roll so the corners are horizontal; `left_crop` is the
-        person's left eye. `head_ypr` is (yaw, pitch, roll) in radians, our convention."""
+        person's left eye. `head_ypr` is (yaw, pitch, roll) in radians, our convention.
+
+        `mirror_average`: also ask the network about the mirrored face and average the two
+        answers (`mirror_averaged`); None: this model's default. `raw` is then that average;
+        the embedding stays the face's own (a mirrored face's is not the same features
+        mirrored)."""
         self._check_crop(left_crop, "left_crop")
         self._check_crop(right_crop, "right_crop")
         # OMZ's left_eye_image is the image-left eye, i.e. the person's right eye.
@@ -239,12 +281,25 @@ class GazeModel:
         self._head[0, 2] = 0.0
         outs = self.session.run(self._outputs, self._feed)
         raw = outs[0][0]
+        if self.mirror_average if mirror_average is None else mirror_average:
+            # The mirrored face: each crop flipped left-right and the eyes swapped (so the
+            # person's left eye is now the image-left one), head yaw negated.
+            np.copyto(self._left[0], left_crop.transpose(2, 0, 1)[:, :, ::-1], casting="unsafe")
+            np.copyto(self._right[0], right_crop.transpose(2, 0, 1)[:, :, ::-1], casting="unsafe")
+            self._head[0, 0] = -np.degrees(yaw)
+            raw = mirror_averaged(raw, self.session.run(self._outputs[:1], self._feed)[0][0])
         vector, yp = _postprocess_one(raw, roll)
         emb = outs[1][0] if len(outs) > 1 else None
         return GazeOutput(vector=vector, yaw_pitch=yp, embedding=emb, raw=raw)
 
     def predict_batch(
-        self, left: np.ndarray, right: np.ndarray, head: np.ndarray, *, chunk: int = 256
+        self,
+        left: np.ndarray,
+        right: np.ndarray,
+        head: np.ndarray,
+        *,
+        chunk: int = 256,
+        mirror_average: bool | None = None,
     ) -> GazeBatch:
         """`predict` for N samples: left/right (N, 60, 60, 3) crops, head (N, 3) radians."""
         left, right, head = np.asarray(left), np.asarray(right), np.asarray(head, np.float64)
@@ -256,13 +311,25 @@ class GazeModel:
             )
         omz_head = head_pose_to_omz_degrees(head).astype(np.float32)
         omz_head[:, 2] = 0.0
+        # OMZ's left_eye_image is the image-left eye, i.e. the person's right eye.
+        raw, emb = self._run_batch(right, left, omz_head, chunk)
+        if self.mirror_average if mirror_average is None else mirror_average:
+            omz_head[:, 0] *= -1.0
+            flipped, _ = self._run_batch(left[:, :, ::-1], right[:, :, ::-1], omz_head, chunk)
+            raw = mirror_averaged(raw, flipped)
+        vectors, yp = postprocess(raw, head[:, 2])
+        return GazeBatch(vectors=vectors, yaw_pitch=yp, embeddings=emb, raw=raw)
+
+    def _run_batch(
+        self, omz_left: np.ndarray, omz_right: np.ndarray, omz_head: np.ndarray, chunk: int
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         step = chunk if self._dynamic_batch else 1
         raws, embs = [], []
-        for i in range(0, n, step):
+        for i in range(0, len(omz_left), step):
             sl = slice(i, i + step)
             feed = {
-                _INPUTS[0]: right[sl].transpose(0, 3, 1, 2).astype(np.float32),
-                _INPUTS[1]: left[sl].transpose(0, 3, 1, 2).astype(np.float32),
+                _INPUTS[0]: omz_left[sl].transpose(0, 3, 1, 2).astype(np.float32),
+                _INPUTS[1]: omz_right[sl].transpose(0, 3, 1, 2).astype(np.float32),
                 _INPUTS[2]: omz_head[sl],
             }
             outs = self.session.run(self._outputs, feed)
@@ -270,8 +337,7 @@ class GazeModel:
             if len(outs) > 1:
                 embs.append(outs[1])
         raw = np.concatenate(raws) if raws else np.zeros((0, 3), np.float32)
-        vectors, yp = postprocess(raw, head[:, 2])
         emb = None
         if self.embedding_dim is not None:
             emb = np.concatenate(embs) if embs else np.zeros((0, self.embedding_dim), np.float32)
-        return GazeBatch(vectors=vectors, yaw_pitch=yp, embeddings=emb, raw=raw)
+        return raw, emb

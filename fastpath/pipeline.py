@@ -29,7 +29,13 @@ log = logging.getLogger(__name__)
 STAGES = ("landmarks", "features", "gaze_model", "mapping", "filter")
 
 
-FILTER_DEFAULTS: dict[str, dict[str, float]] = {"one_euro": {"min_cutoff": 1.0, "beta": 1.0}}
+# The 1€ filter's defaults, tuned as its authors advise: min_cutoff as low as the lag allows,
+# beta to follow fast moves. On the 4-corner recording's fixations (issue 12's precision
+# spec: RMS sample-to-sample <= 10 px with at most one frame of lag at a change of target),
+# with every settled frame kept (no outlier rejection hides the jitter a user sees):
+# min_cutoff 1.0 Hz -> 11.9 px at 0.30 frames of lag; 0.5 Hz -> 8.6 px at 0.36 frames
+# (2026-12, `gazeloop eval C4 --precision`). beta carries the lag at a saccade.
+FILTER_DEFAULTS: dict[str, dict[str, float]] = {"one_euro": {"min_cutoff": 0.5, "beta": 1.0}}
 
 
 class FastPathConfig(BaseModel):
@@ -50,9 +56,12 @@ class FastPathConfig(BaseModel):
     ep: Literal["auto", "cpu", "cuda", "coreml"] = "auto"
     # The frame of the head pose the gaze network is told: the camera's axes, or the eyes'
     # ray frame (`headpose.ypr_in_eye_frame`), the one its eye crops can see. "ray" keeps
-    # the gaze point still when the head turns about the camera, but is not the default
-    # until held-out data settle its accuracy (README, Conventions).
-    gaze_frame: Literal["camera", "ray"] = "camera"
+    # the gaze point still when the head turns about the camera (README, Conventions).
+    gaze_frame: Literal["camera", "ray"] = "ray"
+    # Average the network's answer with its answer on the mirrored face
+    # (`gaze_model.mirror_averaged`): a second network run that removes the network's
+    # left-right asymmetry. A profile records which read it was fitted on.
+    mirror_average: bool = True
     max_faces: int = Field(1, ge=1)
     crop_scale: float = Field(CROP_SCALE, gt=0)
     blink_aperture: float = Field(BLINK_APERTURE, ge=0)
@@ -102,7 +111,13 @@ class FastPath:
         self.landmarks = make_backend(
             cfg.landmarks, task, max_faces=cfg.max_faces, providers=self.providers
         )
-        self.gaze = GazeModel(onnx_path, threads=cfg.threads, providers=self.providers)
+        self.gaze = GazeModel(
+            onnx_path,
+            threads=cfg.threads,
+            providers=self.providers,
+            mirror_average=cfg.mirror_average,
+            head_frame=cfg.gaze_frame,
+        )
         self.filter = make_filter(cfg.filter, **cfg.filter_kwargs())
         self.set_mapper(mapper)
         self.on_sample = on_sample

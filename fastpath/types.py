@@ -66,7 +66,7 @@ class Features:
     def head_ypr_eye(self) -> np.ndarray | None:
         """The head pose in the eyes' ray frame (`headpose.ypr_in_eye_frame`), what the gaze
         network is told with `FastPathConfig.gaze_frame = "ray"`; None without a solved pose
-        or eye position. Computed when asked, so the default camera frame pays nothing."""
+        or eye position. Computed when asked, so the camera frame pays nothing."""
         from gazeloop.fastpath.headpose import ypr_in_eye_frame
 
         e = self.eye_mm

@@ -7,21 +7,25 @@ loop: the held-out target never reaches the choice. A candidate that cannot run 
 targets (too few for its family, geometry that cannot be solved) drops out with the reason,
 and the others still compete.
 
-Simplicity first: candidates are listed from the simplest (gaze angles, ridge) to the
-richest, and a later one replaces the current choice only if it is better target by target
+A prior first: candidates are listed from the geometric mapping (the one that knows where
+the head is; `default_candidates` says why) through ridge on the simplest features (gaze
+angles) to the richest, and a later one replaces the current choice only if it is better
+target by target
 by more than the noise of that comparison: the mean of the paired per-target differences of
 inner LOTO error must be below minus one standard error of it (the one-standard-error rule,
 Breiman et al. 1984, applied to paired differences). With 8 targets the winner of ten noisy
 inner scores is often a fluke; with many targets a real gain passes. Within one sitting LOTO
 cannot see what a richer model costs in the next sitting (head-pose terms helped within a
 sitting and hurt across sittings on the evit data, DESIGN.md "Measuring"), so a tie goes to
-the model with fewer ways to drift.
+the model with fewer ways to drift, and the geometric mapping drifts least when the head
+moves.
 
 What it bought, measured once (2026-12, `gazeloop eval-sittings` on the 28 evit sittings):
 median of sitting means 142.5 px within a sitting, against 140.1 for ridge on gaze angles
 alone, and 162 px across sittings against 161 (p1 alone: 135 / 139 px against 127 / 143).
 With 8-16 targets the choice is noisy enough to cost what it gains; the head-shift check, not
-LOTO, is where the geometric mapping earns its place (it follows a head moving in depth).
+LOTO, is where the geometric mapping earns its place (it follows a head moving in depth), which
+is why it now comes first.
 """
 
 from __future__ import annotations
@@ -77,11 +81,20 @@ class Candidate:
 
 def default_candidates(
     reads: tuple[str, ...] = ("as read",),
-    mappings: tuple[str, ...] = ("ridge", "geometric"),
+    mappings: tuple[str, ...] = ("geometric", "ridge"),
     feature_sets: tuple[str, ...] = SITTING_FEATURE_SETS,
 ) -> list[Candidate]:
-    """Ridge on each feature set, then the mappings that model their own features, for
-    each read of the frames; the first read's simplest candidate first."""
+    """The geometric mapping, then ridge on each feature set, for each read of the frames.
+
+    The order is the prior `choose` keeps unless a later candidate `beats` it: the geometric
+    mapping first, because it is the one that knows where the head is. Within one sitting the
+    head barely moves, so leave-one-target-out cannot see what a ridge on angles costs when
+    it does; the head-shift check can (`gazeloop head-shift`): on grid9 the geometric mapping
+    follows a head moved closer or farther to within a tenth of the shift, ridge on angles
+    follows none of it. Measured once against ridge first (2026-12, mirror-averaged ray-frame
+    reads, leave-one-target-out means): grid9 85 -> 84 px, corners4 99 -> 75 px; evit
+    within-sitting median 117 -> 116 px, next-sitting median 116 -> 115 px (mean 141 ->
+    144)."""
     out = []
     for read in reads:
         for m in mappings:

@@ -19,11 +19,12 @@ their signs are the fast path's (yaw > 0 toward image right = screen left for un
 frames; pitch > 0 up). So the corrected angles are turned into a camera-axes ray with the
 eye's own frame: z from the eye to the camera, y the camera's up made orthogonal to z,
 x = y × z. Those regressions were measured while the fast path told the network the head
-pose in camera axes (the default), which leans its answer part-way back toward camera axes.
-With `FastPathConfig.gaze_frame = "ray"` the fast path tells it the pose in this same ray
-frame, so the same eyes anywhere in the image give the same angles and this mapping stays put
-when the head turns about the camera (`gazeloop head-shift` on grid9, image moved 8 %
-sideways: 13 px against 206 px), while following moves in depth.
+pose in camera axes (then the default), which leans its answer part-way back toward camera
+axes. With `FastPathConfig.gaze_frame = "ray"` (the default since 2026-12) the fast path tells
+it the pose in this same ray frame, so the same eyes anywhere in the image give the same
+angles and this mapping stays put when the head turns about the camera (`gazeloop
+head-shift` on grid9, image moved 8 % sideways: 13 px against 206 px), while following moves
+in depth.
 
 Per frame:
     yaw'   = kappa_yaw   + gain_yaw · yaw     + yaw_from_pitch · pitch

@@ -3,6 +3,11 @@
 Frames of one target are not independent (same fixation, same head position), so holding
 out single frames would let a mapping memorise the target; every number here holds out a
 whole target, and hyper-parameters are chosen inside each fold (nested).
+
+Errors are of the point the user would see: when the screen is known, a prediction off it is
+taken at its edge, where the fast path shows the cursor (`ProfileMapper` clamps the same
+way), and the report counts how many were (`clamped`). Without a known screen (the targets'
+bounding box stands in for it) nothing is clamped: the targets need not reach the edges.
 """
 
 from __future__ import annotations
@@ -73,6 +78,9 @@ class EvalReport(BaseModel):
     mirrored_basis: str | None = None
     selection: SelectionReport | None = None
     profile: str | None = None  # set when a saved profile was applied (no refit)
+    # Held-out predictions that fell off the screen and are scored where the cursor would
+    # be, at its edge; None when the screen is unknown (nothing clamped).
+    clamped: int | None = None
 
 
 @dataclass(slots=True)
@@ -153,6 +161,14 @@ def evaluate_arrays(
     )
 
 
+def as_shown(pred_px: np.ndarray, screen: ScreenGeometry) -> tuple[np.ndarray, int]:
+    """Predictions (px) where the cursor would show them: on the screen, a point beyond an
+    edge at that edge. Returns them and how many were moved."""
+    norm = screen.to_norm(pred_px)
+    off = np.any((norm < 0) | (norm > 1), axis=1)
+    return screen.to_px(screen.clamp_norm(norm)), int(off.sum())
+
+
 def _geometry(screen: ScreenGeometry | None, labels_px: np.ndarray):
     if screen is not None:
         return screen, "screen"
@@ -175,6 +191,9 @@ def _evaluated(
     """The report of predictions `pred` (px) against `labels_px`, per target and overall,
     next to the constant predictor (the mean of the other targets)."""
     geo, basis = _geometry(screen, labels_px)
+    clamped = None
+    if screen is not None:
+        pred, clamped = as_shown(pred, screen)
     y = geo.to_norm(labels_px)
     base = geo.to_px(constant_baseline_loto(y, groups))
     err = np.linalg.norm(pred - labels_px, axis=1)
@@ -212,6 +231,7 @@ def _evaluated(
         mean_deg=mean_deg,
         per_target=per_target,
         rejected=[RejectedFile(file=f, why=w) for f, w in rejected],
+        clamped=clamped,
     )
     return Evaluated(report=report, labels_px=labels_px, pred_px=pred, groups=groups)
 

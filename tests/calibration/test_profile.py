@@ -284,6 +284,31 @@ def test_wrong_gaze_model(saved):
     assert Profile.load(path, gaze_model_sha256=SHA).gaze_model_sha256 == SHA
 
 
+def test_a_profile_is_for_the_read_it_was_fitted_on(saved):
+    """The mirror-averaged read and the single read of one network differ by its asymmetry:
+    a profile of one read is refused for the other, with the ways out; a profile written
+    before the reads existed says nothing and was fitted on the single read."""
+    prof, path = saved
+    assert prof.gaze_read == "single"
+    msg = _load_error(path, gaze_read="mirror_average")
+    assert "single read" in msg and "mirror_average read" in msg and "recalibrate" in msg
+    assert '{"gaze_frame": "camera", "mirror_average": false}' in msg
+    _rewrite(path, lambda d: d.pop("gaze_read"))
+    assert Profile.load(path, gaze_read="single").gaze_read == "single"
+    _rewrite(path, lambda d: d.update(gaze_read="both"))
+    assert "gaze_read" in _load_error(path)
+
+
+def test_read_names_and_the_settings_that_make_them():
+    from gazeloop.calibration.profile import read_config, read_name
+
+    names = {read_name(m, f) for m in (False, True) for f in ("camera", "ray")}
+    assert names == {"single", "mirror_average", "ray:single", "ray:mirror_average"}
+    for n in names:  # every name is a valid profile field and its settings make it again
+        assert make_profile(gaze_read=n).gaze_read == n
+        assert read_name(read_config(n)["mirror_average"], read_config(n)["gaze_frame"]) == n
+
+
 def test_different_features(saved):
     _, path = saved
     msg = _load_error(path, features=["gaze_yaw", "gaze_pitch", "head_yaw"])
@@ -362,3 +387,19 @@ def test_fits_for_other_models_are_kept_apart_and_never_replace_the_users_profil
     mine.model_copy(update={"created": "2026-01-03"}).save(path)
     base, fit, how = find_for_model(path, "b" * 64)
     assert fit is None and "predates the last calibration" in how
+
+
+def test_fits_for_the_other_read_of_the_same_model_are_kept_apart(tmp_path):
+    from gazeloop.calibration.profile import find_for_model, model_profile_path, save_for_model
+
+    path = tmp_path / "d.json"
+    mine = make_profile().model_copy(update={"calibration_session": "/s", "created": "2026-01-01"})
+    save_for_model(mine, path)
+    base, fit, how = find_for_model(path, SHA, "mirror_average")
+    assert base == mine and fit is None and "single read" in how
+    averaged = mine.model_copy(update={"gaze_read": "mirror_average", "created": "2026-01-02"})
+    kept = save_for_model(averaged, path)
+    assert kept == model_profile_path(path, SHA, "mirror_average") != model_profile_path(path, SHA)
+    assert kept.name == f"{SHA[:16]}.mirror_average.json"
+    assert find_for_model(path, SHA, "mirror_average")[1] == averaged
+    assert find_for_model(path, SHA)[1] == mine == Profile.load(path)

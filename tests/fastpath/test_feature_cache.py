@@ -135,3 +135,24 @@ def test_both_reads_only_when_the_frames_cannot_tell(tmp_path, cache):
     assert col.other is None and col.unmirrored and "detected mirrored" in col.mirror_basis
     stated = collect_session(steep, fp, mirrored=False, cache=True, both_reads=True)
     assert stated.other is None and stated.mirror_basis == "stated"
+
+
+def test_every_setting_that_changes_a_feature_changes_the_key(gaze_onnx, face_task):
+    """A cached feature computed under other settings must be a miss, never a stale hit:
+    the read of the network (mirror-averaged or not) and the head-pose frame included."""
+    from gazeloop.fastpath.pipeline import FastPathConfig
+
+    base = FastPathConfig(face_model=face_task, gaze_model=gaze_onnx)
+    keys = {
+        feature_cache.config_digest(base.model_copy(update=u))
+        for u in (
+            {},
+            {"mirror_average": not base.mirror_average},
+            {"gaze_frame": "camera" if base.gaze_frame == "ray" else "ray"},
+            {"crop_scale": 1.7},
+            {"focal_px": 600.0},
+            {"still_gap_s": 2.0},
+        )
+    }
+    assert len(keys) == 6
+    assert feature_cache.config_digest(base.model_copy(update={"filter": "kalman"})) in keys

@@ -14,6 +14,7 @@ from gazeloop.fastpath.gaze_model import (
     GazeModel,
     ModelLoadError,
     head_pose_to_omz_degrees,
+    mirror_averaged,
     omz_gaze_to_camera,
     rotate_vector_roll,
     vector_to_yaw_pitch,
@@ -250,6 +251,51 @@ def test_predict_batch_matches_predict(gaze_model: GazeModel) -> None:
         one = gaze_model.predict(left[i], right[i], head[i])
         np.testing.assert_allclose(batch.vectors[i], one.vector, atol=1e-5)
         np.testing.assert_allclose(batch.yaw_pitch[i], one.yaw_pitch, atol=1e-5)
+
+
+@needs_shared
+def test_predict_batch_matches_predict_mirror_averaged(gaze_model: GazeModel) -> None:
+    left = np.stack([synthetic_eye(dx, 0) for dx in (-6, 6)])
+    right = np.stack([synthetic_eye(dx, 2) for dx in (-5, 7)])
+    head = np.array([[0.1, 0.0, 0.2], [0.0, -0.1, -0.3]])
+    batch = gaze_model.predict_batch(left, right, head, mirror_average=True)
+    for i in range(2):
+        one = gaze_model.predict(left[i], right[i], head[i], mirror_average=True)
+        np.testing.assert_allclose(batch.yaw_pitch[i], one.yaw_pitch, atol=1e-5)
+        single = gaze_model.predict(left[i], right[i], head[i]).yaw_pitch
+        assert np.abs(one.yaw_pitch - single).max() > 1e-4  # the second run did something
+
+
+def test_mirror_averaged_cancels_a_left_right_bias() -> None:
+    """A network that reads every face `bias` further toward image right reads the mirrored
+    face's answer with the same bias, which the un-mirroring turns the other way."""
+    truth = np.array([[0.3, -0.2, -0.93], [-0.1, 0.05, -0.99]])
+    truth /= np.linalg.norm(truth, axis=1, keepdims=True)
+    bias = np.array([0.08, 0.0, 0.0])
+    raw = truth + bias
+    raw_mirrored = truth * [-1, 1, 1] + bias
+    got = mirror_averaged(raw, raw_mirrored)
+    yaw = lambda v: np.arctan2(v[..., 0], -v[..., 2])  # noqa: E731
+    np.testing.assert_allclose(yaw(got), yaw(truth), atol=2e-3)
+    assert np.all(np.abs(yaw(raw) - yaw(truth)) > 0.07)
+
+
+@needs_shared
+def test_mirror_averaged_read_is_exactly_mirror_symmetric(gaze_model: GazeModel) -> None:
+    """The mirrored face (crops flipped, eyes swapped, yaw and roll negated) reads as the
+    mirror of the face: yaw negated, pitch the same, to float precision; the single read
+    is off by the network's asymmetry, which this read exists to remove."""
+    left, right = synthetic_eye(6, 1), synthetic_eye(5, 1)
+    head = np.array([0.15, 0.05, 0.1])
+    mirror = (right[:, ::-1], left[:, ::-1], head * [-1, 1, -1])
+    a = gaze_model.predict(left, right, head, mirror_average=True).yaw_pitch
+    b = gaze_model.predict(*mirror, mirror_average=True).yaw_pitch
+    np.testing.assert_allclose([b[0], b[1]], [-a[0], a[1]], atol=1e-6)
+    a1 = gaze_model.predict(left, right, head).yaw_pitch
+    b1 = gaze_model.predict(*mirror).yaw_pitch
+    assert abs(a1[0] + b1[0]) > math.radians(0.5)
+    # the model's own default read follows its constructor
+    assert gaze_model.read == "single" and not gaze_model.mirror_average
 
 
 @needs_shared

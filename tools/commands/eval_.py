@@ -9,7 +9,7 @@ import numpy as np
 
 from gazeloop.calibration.geometry import ScreenGeometry
 from gazeloop.calibration.mapping import MAPPINGS, fit_select
-from gazeloop.calibration.metrics.evaluate import evaluate_arrays, plot_report, robust_keep
+from gazeloop.calibration.metrics.evaluate import evaluate_arrays, plot_report
 from gazeloop.calibration.metrics.precision import (
     LAG_DEFINITION,
     deg_per_mm,
@@ -123,10 +123,11 @@ def precision_for(used, x, ev, screen, mapping, cfg, stream=None) -> dict:
     as it would live, and restarts after gaps longer than half a second (so each fixation
     is filtered on its own: a spread within a fixation). The lag needs the movement between
     fixations, so it runs the same mapping and filter over `stream`, every frame with a gaze
-    estimate (settling frames included), and measures `switch_lags` on it."""
-    keep = robust_keep(x, np.array([ls.target for ls in used]))
-    used = [ls for ls, k in zip(used, keep, strict=True) if k]
-    x = x[keep]
+    estimate (settling frames included), and measures `switch_lags` on it.
+
+    Every settled frame counts: no outlier is dropped, because the cursor shows every frame
+    and its jitter is what this measures (dropping per-target outliers, as accuracy does,
+    once made the 4-corner figure look a third better than what a user saw)."""
     geo = screen or ScreenGeometry.from_targets(np.array([ls.label_px for ls in used]))
     y = geo.to_norm(np.array([ls.label_px for ls in used]))
     groups = np.array([ls.target for ls in used])

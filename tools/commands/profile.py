@@ -146,6 +146,7 @@ def _fit_fixed(args, session, screen, mapping: str, names: list[str]) -> Profile
             device=args.device,
             gaze_model_id=fp.gaze.model_id,
             gaze_model_sha256=fp.gaze.sha256,
+            gaze_read=fp.gaze.read,
             mapping=mapping,
             calibration_session=str(Path(args.session).resolve()),
         )

@@ -529,13 +529,145 @@ EVIT_SITTINGS = Baseline(
     timeout_s=900,
 )
 
+
+def _evit_accuracy_row(o: dict) -> str:
+    w, a, u = o["within"], o["across"], o["per_user"]
+    return (
+        f"within {w['median_px']:.0f} / {w['mean_px']:.0f} px (p1 "
+        f"{u['p1']['within']['median_px']:.0f}, p2 {u['p2']['within']['median_px']:.0f}); "
+        f"next sitting {a['median_px']:.0f} / {a['mean_px']:.0f} px (p1 "
+        f"{u['p1']['across']['median_px']:.0f}, p2 {u['p2']['across']['median_px']:.0f})"
+    )
+
+
+def _shift_row(o: dict) -> str:
+    def miss(move: str, cand: str) -> str:
+        r = o["moves"][move]["by_candidate"][cand]
+        return f"{r['miss_fraction']:.2f}" if r.get("miss_fraction") is not None else "–"
+
+    c = o["chosen"]
+    return (
+        f"chosen ({c}) misses {miss('closer', c)} / {miss('farther', c)} of the shift, "
+        f"sideways / down {o['moves']['right']['by_candidate'][c]['miss_px']:.0f} / "
+        f"{o['moves']['down']['by_candidate'][c]['miss_px']:.0f} px; ridge on gaze angles "
+        f"misses {miss('closer', 'ridge:gaze')} / {miss('farther', 'ridge:gaze')}"
+    )
+
+
+_GEO = "geometric:geometric"
+HEAD_SHIFT = Baseline(
+    name="head_shift_grid9",
+    commands=("gazeloop head-shift ../shared/data/sessions/grid9 --json",),
+    says=(
+        "The head-shift check on grid9: every frame re-rendered as if the head had moved "
+        "(translated 8 % of the image right or down: turned about the camera; scaled by 1.15 "
+        "or 0.87 about the image centre: closer or farther), run through the fast path again, "
+        "and each candidate mapping fitted on the original frames predicts both. For a move "
+        "in depth the gaze point must move by a known amount (expected_px); miss_fraction is "
+        "the distance between the predicted and the expected displacement over the expected "
+        "one (0: follows the head exactly, 1: as if it had not moved). For a turn about the "
+        "camera the point barely moves, so the miss is in px."
+    ),
+    kind="measured",
+    numbers=(
+        Number(f"moves.closer.by_candidate.{_GEO}.miss_fraction", "chosen, closer", abs=0.05),
+        Number(f"moves.farther.by_candidate.{_GEO}.miss_fraction", "chosen, farther", abs=0.05),
+        Number(f"moves.right.by_candidate.{_GEO}.miss_px", "chosen, sideways, px", abs=5),
+        Number(f"moves.down.by_candidate.{_GEO}.miss_px", "chosen, down, px", abs=5),
+        Number("moves.closer.by_candidate.ridge:gaze.miss_fraction", "ridge, closer", abs=0.05),
+        Number("moves.farther.by_candidate.ridge:gaze.miss_fraction", "ridge, farther", abs=0.05),
+    ),
+    frames=lambda o: o["frames"],
+    targets=lambda o: o["targets"],
+    behind=lambda o: f"{o['frames']} frames, {o['targets']} targets, each re-rendered 4 ways",
+    rows=(
+        Row(
+            "head-shift check, grid9 re-rendered as if the head moved closer / farther "
+            "(share of the shift the prediction misses) and turned about the camera "
+            "sideways / down (miss in px)",
+            _shift_row,
+        ),
+    ),
+    tolerance_note=(
+        "Deterministic on one machine; ±0.05 of a shift and ±5 px cover the landmark and ONNX "
+        "outputs moving slightly across CPUs and library versions. The keys name the "
+        "geometric mapping: if selection chose another, the check reports them missing."
+    ),
+    timeout_s=600,
+)
+
+
+# The fast path's read before the mirrored average and the ray frame were the defaults, as
+# a config file in the checkout: the same evit command read the old way, beside the new.
+OLD_READ_CONFIG = "docs/baselines/configs/camera-single.json"
+
+
+def _evit_accuracy(old_read: bool) -> Baseline:
+    how = (
+        f"with the gaze network read as before (`--config {OLD_READ_CONFIG}`: head pose in "
+        "camera axes, read once)"
+        if old_read
+        else "no flags"
+    )
+    flag = f" --config {OLD_READ_CONFIG}" if old_read else ""
+    label = "the gaze network read as before (camera frame, once)" if old_read else "no flags"
+    return Baseline(
+        name="evit_sittings_camera_single" if old_read else "evit_sittings",
+        commands=(f"gazeloop eval-sittings ../shared/data/evit --json{flag}",),
+        says=(
+            "Accuracy over the 28 evit sittings (2 people, 16 click-captured stills each, "
+            f"640×480 laptop webcam), {how}: within a sitting, the nested leave-one-target-out "
+            "error of `gazeloop eval` (median and mean over the sittings of each sitting's "
+            "mean); across sittings, the profile fitted on a sitting applied unchanged to the "
+            "same person's next sitting on the same screen (median and mean over the pairs), "
+            "and the same with each pair using the candidate that did best on the person's "
+            "earlier pairs."
+        ),
+        kind="measured",
+        numbers=(
+            Number("within.n", "sittings evaluated"),
+            Number("within.median_px", "within, median of the sittings' means, px", rel=0.03),
+            Number("within.mean_px", "within, mean of the sittings' means, px", rel=0.03),
+            Number("across.n", "pairs of consecutive sittings"),
+            Number("across.median_px", "next sitting, median over the pairs, px", rel=0.03),
+            Number("across.mean_px", "next sitting, mean over the pairs, px", rel=0.03),
+            Number("per_user.p1.within.median_px", "p1 within, median, px", rel=0.03),
+            Number("per_user.p2.within.median_px", "p2 within, median, px", rel=0.03),
+            Number("per_user.p1.across.median_px", "p1 next sitting, median, px", rel=0.03),
+            Number("per_user.p2.across.median_px", "p2 next sitting, median, px", rel=0.03),
+            Number("across_by_history.median_px", "next sitting, by history, px", rel=0.03),
+            Number("frames_used", "stills used", abs=2),
+        ),
+        frames=lambda o: o["frames_used"],
+        targets=lambda o: o["targets"],
+        behind=lambda o: (
+            f"{o['frames_used']} of 448 stills ({o['targets']} targets) in "
+            f"{o['within']['n']} sittings of 2 people; {o['across']['n']} pairs of "
+            "consecutive sittings"
+        ),
+        rows=(
+            Row(
+                f"evit sittings (640×480 laptop webcam, 2 people), {label}: nested "
+                "leave-one-target-out within a sitting, median / mean over 28 sittings; a "
+                "sitting's profile on the person's next sitting, median / mean over the pairs",
+                _evit_accuracy_row,
+            ),
+        ),
+        tolerance_note=ACCURACY_TOLERANCE + "; ±2 stills used (a face at the edge of detection).",
+        timeout_s=900,
+    )
+
+
 REGISTRY: tuple[Baseline, ...] = (
     _grid9(False),
     _grid9(True),
     CORNERS4,
     DEMO,
     BENCH_LOOP,
+    _evit_accuracy(False),
+    _evit_accuracy(True),
     EVIT_SITTINGS,
+    HEAD_SHIFT,
     LOOP_STATS,
 )
 BY_NAME = {b.name: b for b in REGISTRY}

@@ -60,6 +60,7 @@ def calibrate(session: Session, fp: FastPath, screen: ScreenGeometry, out: Path)
         device="corners4",
         gaze_model_id=fp.gaze.model_id,
         gaze_model_sha256=fp.gaze.sha256,
+        gaze_read=fp.gaze.read,
         calibration_session=str(session.folder),
     )
     prof.save(out / "profile.json")

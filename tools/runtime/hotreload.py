@@ -71,6 +71,7 @@ def refit_profile(profile: Profile, fp_cfg, onnx_path: Path | None, gaze: GazeMo
         device=profile.device,
         gaze_model_id=gaze.model_id,
         gaze_model_sha256=gaze.sha256,
+        gaze_read=gaze.read,
         mapping=profile.mapping.name,
         calibration_session=profile.calibration_session,
     )
@@ -101,15 +102,16 @@ def profile_for_model(path: Path, fp: FastPath) -> tuple[Profile, str]:
     """The user's profile for the model this fast path runs: the file itself when it was
     made for it, else the fit kept for that model, else a refit from the profile's
     calibration session (kept for next time). ProfileError when none of these is possible."""
-    base, fit, how = find_for_model(path, fp.gaze.sha256)
+    base, fit, how = find_for_model(path, fp.gaze.sha256, fp.gaze.read)
     if fit is not None:
         return fit, f"profile: {how}"
     try:
         fit = refit_profile(base, fp.cfg, fp.cfg.gaze_model, fp.gaze)
     except (RuntimeError, ValueError, OSError) as e:
         raise ProfileError(
-            f"{path}: made for gaze model {base.gaze_model_id}, not the one loaded "
-            f"({fp.gaze.model_id}), and it cannot be refitted: {e}; recalibrate"
+            f"{path}: made for gaze model {base.gaze_model_id} ({base.gaze_read} read), not "
+            f"the one loaded ({fp.gaze.model_id}, {fp.gaze.read} read), and it cannot be "
+            f"refitted: {e}; recalibrate"
         ) from None
     kept = save_for_model(fit, path)
     err = f"{fit.fit.mean_px:.1f} px leave-one-target-out" if fit.fit.mean_px else "fitted"
@@ -181,7 +183,13 @@ class ModelWatcher:
         try:
             onnx_path = entry.onnx_path if entry is not None else models.resolve_gaze_onnx()
             # on the providers the running fast path chose (a forced --ep holds for new models)
-            gaze = GazeModel(onnx_path, threads=self.fp.cfg.threads, providers=self.fp.providers)
+            gaze = GazeModel(
+                onnx_path,
+                threads=self.fp.cfg.threads,
+                providers=self.fp.providers,
+                mirror_average=self.fp.cfg.mirror_average,
+                head_frame=self.fp.cfg.gaze_frame,
+            )
             mapper = None
             if self.profile is not None:
                 prof = refit_profile(self.profile, self.fp.cfg, onnx_path, gaze)

@@ -129,6 +129,7 @@ def profile_from_choice(
         device=device or (m.device if m and m.device else "unknown"),
         gaze_model_id=gaze.model_id,
         gaze_model_sha256=gaze.sha256,
+        gaze_read=gaze.read,
         calibration_session=str(session.folder),
         in_sample_px=in_sample,
     )
@@ -182,7 +183,8 @@ def apply_profile(
 
 def load_profile(path: Path, fp: LazyFastPath) -> Profile:
     try:
-        return Profile.load(path, gaze_model_sha256=fp.get().gaze.sha256)
+        gaze = fp.get().gaze
+        return Profile.load(path, gaze_model_sha256=gaze.sha256, gaze_read=gaze.read)
     except ProfileError as e:
         raise UserError(str(e)) from None
 

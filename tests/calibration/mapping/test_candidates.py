@@ -9,6 +9,7 @@ import pytest
 
 from gazeloop.calibration.mapping import candidates as cd
 from gazeloop.calibration.mapping.candidates import Candidate
+from gazeloop.calibration.mapping.families import mapping_class
 
 
 def grid(side: int) -> np.ndarray:
@@ -123,9 +124,13 @@ def test_the_held_out_target_never_reaches_the_choice():
     np.testing.assert_allclose(pred2[5], pred[5], atol=1e-12)
 
 
-def test_default_candidates_simplest_first_and_geometric_once_per_read():
+def test_default_candidates_geometric_first_then_simplest_and_geometric_once_per_read():
+    """The geometric mapping is the prior (it follows a moving head, which LOTO within a
+    sitting cannot reward); ridge on gaze angles is the simplest of the rest."""
     c = cd.default_candidates(("as read", "other"))
-    assert c[0] == Candidate("ridge", cd.GAZE, "gaze", "as read")
+    geometric = tuple(mapping_class("geometric").features)
+    assert c[0] == Candidate("geometric", geometric, "geometric", "as read")
+    assert c[1] == Candidate("ridge", cd.GAZE, "gaze", "as read")
     labels = [x.label for x in c]
     assert labels.count("geometric:geometric") == 1
     assert labels.count("geometric:geometric:other") == 1

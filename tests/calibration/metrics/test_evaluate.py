@@ -154,6 +154,7 @@ def test_report_is_json_with_the_documented_keys():
         "precision",
         "selection",
         "profile",
+        "clamped",
     }
 
 
@@ -289,3 +290,35 @@ def test_too_few_targets_is_a_value_error_naming_the_counts(mapping, n_targets, 
     labels, groups = grid_data(n_targets=need)
     r = evaluate(linear_features(labels, groups), labels, groups, mapping=mapping).report
     assert r.targets == need
+
+
+class _Fixed:
+    """A fitted mapping that answers given normalised points, one per frame."""
+
+    def __init__(self, norm: np.ndarray):
+        self.norm = norm
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.norm[x[:, 0].astype(int)]
+
+
+def test_a_point_off_the_screen_is_scored_where_the_cursor_shows_it():
+    """The fast path never shows the cursor beyond the screen's edge, so an error is
+    measured from the edge; off-screen predictions are counted, and without a known screen
+    (targets' bounding box) nothing is clamped."""
+    labels, groups = grid_data(frames=1)
+    norm = SCREEN.to_norm(labels) + [0.01, 0.0]
+    norm[2] = [3.0, -1.0]  # target (1820, 100): predicted far beyond the top right
+    x = np.arange(9.0)[:, None]
+    kw = dict(session="s", mapping_name="fixed", features=["i"], frames=9, rejected=[])
+    r = evaluate_fixed(_Fixed(norm), x, labels, groups, screen=SCREEN, **kw).report
+    assert r.clamped == 1
+    far = next(t for t in r.per_target if t.target == 2)
+    assert far.pred_px == (1920.0, 0.0)
+    assert far.mean_px == pytest.approx(np.hypot(100, 100), abs=0.01)
+    assert r.per_target[0].mean_px == pytest.approx(19.2, abs=0.01)  # on screen: untouched
+    # the same predictions when no screen is known: nothing to clamp to
+    unknown = evaluate_arrays(
+        x, labels, groups, session="s", features=["i"], screen=None, mapping="ridge"
+    ).report
+    assert unknown.clamped is None

@@ -264,11 +264,12 @@ def test_real_clicks_across_two_evit_sittings(shared, tmp_path, capsys):
     assert 6 <= pair["labels_fed"] <= 8
     # The earlier sitting's profile is worse than this sitting's own (160 -> 186 px with the
     # default landmarks); the clicks on half the targets bring the other half back part of
-    # the way (a fifth of the gap: issue 13 asks for half) and never make it worse.
+    # the way, or past it (the own error is leave-one-target-out, the loop's offset comes
+    # from this sitting's clicks), and never make it worse.
     assert pair["error_before_px"] + 15 < pair["error_drifted_px"]
     assert pair["error_after_px"] < pair["error_drifted_px"] - 2
     s = out["summary"]
-    assert s["pairs_with_gap"] == 1 and 0.1 < s["gap_closed_median"] <= 1.0
+    assert s["pairs_with_gap"] == 1 and 0.1 < s["gap_closed_median"] < 1.5
     assert s["pairs_over_5pct_worse"] == 0
     # No constant offset beats the one found in hindsight on the measured targets.
     assert pair["error_best_offset_px"] <= min(pair["error_after_px"], pair["error_told_offset_px"])

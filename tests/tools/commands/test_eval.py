@@ -42,6 +42,7 @@ REPORT_KEYS = {
     "precision",
     "selection",
     "profile",
+    "clamped",
 }
 TARGET_KEYS = {"target", "label_px", "frames", "mean_px", "pred_px"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -299,6 +300,15 @@ def test_corners4_precision_raw_and_filtered(corners4_report):
     assert filt["std"]["px"] <= raw["std"]["px"] * 1.05
     # px → mm → deg are consistent: 597 mm / 2560 px
     assert raw["rms_s2s"]["mm"] == pytest.approx(raw["rms_s2s"]["px"] * 597 / 2560, rel=0.01)
+    # every settled frame with a gaze counts (the cursor shows outliers too): per target,
+    # the frames of that target that are neither settling nor rejected by the fast path
+    settled = {}
+    for f in corners4_report["per_target"]:
+        settled[str(f["target"])] = f["frames"]
+    shown = {t: v["n"] for t, v in p["raw"]["per_target"].items()}
+    assert all(shown[t] >= settled[t] for t in shown) and sum(shown.values()) >= 44
+    # the precision spec with the default filter
+    assert filt["rms_s2s"]["px"] <= 10.0
 
 
 @pytest.mark.slow

@@ -58,6 +58,7 @@ def test_promoted_model_is_served_between_two_frames_and_the_next_start_uses_it(
         device="d",
         gaze_model_id=fp.gaze.model_id,
         gaze_model_sha256=fp.gaze.sha256,
+        gaze_read=fp.gaze.read,
         calibration_session=str(corners_session),
     )
     fp.set_mapper(ProfileMapper(prof))
@@ -86,9 +87,10 @@ def test_promoted_model_is_served_between_two_frames_and_the_next_start_uses_it(
     assert fp.gaze is not old_gaze and fp.gaze.model_id == "ft-test"
     assert after.screen_xy is not None and before.screen_xy is not None
     new_sha = fp.gaze.sha256
-    kept = model_profile_path(user_profile, new_sha)
-    saved = Profile.load(kept, gaze_model_sha256=new_sha)
+    kept = model_profile_path(user_profile, new_sha, fp.gaze.read)
+    saved = Profile.load(kept, gaze_model_sha256=new_sha, gaze_read=fp.gaze.read)
     assert saved.gaze_model_id == "ft-test" and saved.fit.targets == 4
+    assert saved.gaze_read == "ray:mirror_average"  # the fast path's default read, recorded
     # The user's own profile is still the one made for the model it was calibrated with.
     assert Profile.load(user_profile).gaze_model_sha256 == prof.gaze_model_sha256
     assert not watcher.check_once()  # the same version is not loaded twice
@@ -124,3 +126,48 @@ def _next_start_uses_the_promoted_model(session, user_profile, kept, capsys):
     out = capsys.readouterr().out
     assert f"refitted for ft-test from {session}" in out and f"kept as {kept}" in out
     assert kept.is_file()
+
+
+def test_a_profile_of_the_other_read_is_refitted_at_start_and_kept_apart(corners_session, tmp_path):
+    """A profile fitted on the single read meets a fast path that mirror-averages (the
+    default since the read existed): `run` refits it from its calibration session for this
+    read, keeps that fit beside it and leaves the user's file as it was."""
+    from gazeloop.calibration.geometry import ScreenGeometry
+    from gazeloop.calibration.procedure import fit_profile
+    from gazeloop.calibration.profile import Profile, model_profile_path
+    from gazeloop.calibration.store.session import read_session
+    from gazeloop.fastpath.collect import collect_session, feature_matrix
+    from gazeloop.fastpath.pipeline import FastPath, FastPathConfig
+    from gazeloop.tools.runtime.hotreload import profile_for_model
+
+    single = FastPath(FastPathConfig(mirror_average=False, gaze_frame="camera"))
+    session = read_session(corners_session)
+    screen = ScreenGeometry(px=session.manifest.screen_px, mm=session.manifest.screen_mm)
+    used = [s for s in collect_session(session, single).samples if not s.settling]
+    names = ["gaze_yaw", "gaze_pitch"]
+    prof = fit_profile(
+        feature_matrix(used, names),
+        screen.to_norm(np.array([s.label_px for s in used])),
+        np.array([s.target for s in used]),
+        screen=screen,
+        features=names,
+        user="u",
+        device="d",
+        gaze_model_id=single.gaze.model_id,
+        gaze_model_sha256=single.gaze.sha256,
+        gaze_read=single.gaze.read,
+        calibration_session=str(corners_session),
+    )
+    single.close()
+    path = prof.save(tmp_path / "d.json")
+    fp = FastPath(FastPathConfig())
+    try:
+        fit, said = profile_for_model(path, fp)
+    finally:
+        fp.close()
+    assert prof.gaze_read == "single" and fit.gaze_read == "ray:mirror_average"
+    assert fit.gaze_model_sha256 == prof.gaze_model_sha256 and fit.mapping != prof.mapping
+    kept = model_profile_path(path, fit.gaze_model_sha256, fit.gaze_read)
+    assert "refitted" in said and str(kept) in said
+    assert Profile.load(kept, gaze_read=fit.gaze_read) == fit
+    assert Profile.load(path) == prof
