@@ -178,6 +178,7 @@ class OracleWorker:
         self._cond = threading.Condition()
         self._pending: _Job | None = None
         self._running: _Job | None = None
+        self._last: _Job | None = None  # the newest job handed in (`wait_idle`)
         self._closing = False
         self._outputs_closed = False
         self._out: deque[OracleLabel] = deque(maxlen=buffer)
@@ -242,8 +243,18 @@ class OracleWorker:
         if self._pending is not None:
             self._counts["replaced"] += 1
             self._pending.finished.set()
-        self._pending = job
+        self._pending = self._last = job
         self._cond.notify_all()
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until every snapshot handed in so far is settled: labelled and delivered
+        (the callback has returned), replaced, dropped or failed. False if `timeout` passed
+        first. A replay that must give the same labels on every run (`gazeloop demo`) calls
+        this after each frame, so when a label lands does not depend on the scheduler; live
+        use never waits."""
+        with self._cond:
+            job = self._last
+        return job is None or job.finished.wait(timeout)
 
     def cancel(self) -> None:
         """Drop the waiting snapshot and ask the running call to stop; its result, if it

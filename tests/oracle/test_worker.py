@@ -129,6 +129,24 @@ def test_labels_reach_callback_and_get_with_latency() -> None:
     assert label.latency_s is not None and label.latency_s >= 0
 
 
+def test_wait_idle_returns_once_the_last_label_is_delivered() -> None:
+    """After `wait_idle` the newest snapshot's label has reached the callback, whatever the
+    scheduler did; while a call is held, it says it is not idle."""
+    seen: list[str] = []
+    oracle = Gate(hold={"s0", "s2"})
+    with OracleWorker(oracle, on_label=lambda lab: seen.append(lab.snapshot_id)) as w:
+        assert w.wait_idle(0)  # nothing handed in yet
+        for i in range(3):
+            assert w.submit(snap(f"s{i}", t_ns=time.monotonic_ns() + i))
+            if i == 0:
+                assert oracle.entered.get(timeout=GUARD) == "s0"
+        assert not w.wait_idle(0.01)  # s0 is held, s2 waits (s1 was replaced)
+        oracle.release.set()
+        assert w.wait_idle(GUARD)
+        assert seen == ["s0", "s2"]
+        assert (w.metrics().replaced, w.metrics().done) == (1, 2)
+
+
 def test_callback_exceptions_are_counted_and_harmless(caplog) -> None:
     caplog.set_level(logging.DEBUG, logger="gazeloop.oracle.worker")
 

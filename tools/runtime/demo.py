@@ -28,6 +28,9 @@ from gazeloop.oracle.simple import TargetOracle
 from gazeloop.tools.runtime.live import Live
 
 ORACLE_NOTE = "replay of the recording's own target labels (ground truth, not a model)"
+# How long a replayed frame waits for its label: the replayed oracle answers in microseconds;
+# only a broken worker takes this long.
+_LABEL_WAIT_S = 30.0
 
 
 def calibrate(session: Session, fp: FastPath, screen: ScreenGeometry, out: Path):
@@ -128,7 +131,9 @@ def replay(
 ) -> dict:
     """`passes` replays of the session through `live`; the per-frame trace (time, error,
     offset in px, labels so far). `on_status` gets a live-style line per second of stream
-    time. Labels still in flight at the end are waited for, so the trace is complete."""
+    time. Each frame waits for the label it asked for (the replayed oracle answers at once),
+    so a label reaches the loop before the next frame on every run and every machine: the
+    numbers are the loop's, not the scheduler's."""
     items = {it.name: it for it in session.items}
     t, err, off, labelled = [], [], [], []
     last_print = None
@@ -139,6 +144,8 @@ def replay(
             if k >= n:
                 break
             s = live.process(frame)
+            if live.worker is not None and not live.worker.wait_idle(_LABEL_WAIT_S):
+                raise RuntimeError(f"the replayed oracle gave no answer in {_LABEL_WAIT_S} s")
             e = _frame_error(s, frame, items[frame.name])
             t.append(frame.t_ns)
             err.append(e)
