@@ -224,7 +224,7 @@ class FastPath:
                     s.screen_px = self._to_px(s.screen_xy)
             return
 
-        head = feats.network_head_ypr(self.cfg.gaze_frame)
+        head, s.head_frame = feats.network_head(self.cfg.gaze_frame)
         out = self.gaze.predict(feats.left.crop, feats.right.crop, head)
         t3 = time.perf_counter_ns()
         st["gaze_model"] = (t3 - t2) / 1e6

@@ -78,10 +78,14 @@ class Features:
         """The head pose the gaze network is told in `frame` ("ray" or "camera"): yaw and
         pitch of that frame, and the image roll the crops were aligned by. "ray" without an
         eye-frame pose falls back to the camera's axes."""
+        return self.network_head(frame)[0]
+
+    def network_head(self, frame: str = "camera") -> tuple[np.ndarray, str]:
+        """`network_head_ypr` and the frame it is really in ("camera" after a fallback)."""
         eye = self.head_ypr_eye if frame == "ray" else None
         if eye is not None:
-            return np.array([eye[0], eye[1], self.head_ypr[2]])
-        return self.head_ypr
+            return np.array([eye[0], eye[1], self.head_ypr[2]]), "ray"
+        return self.head_ypr, "camera"
 
     @property
     def blink(self) -> bool:
@@ -132,6 +136,9 @@ class GazeSample:
     screen_xy_raw: np.ndarray | None = None  # mapped + offset, before the filter
     screen_px: np.ndarray | None = None  # screen_xy in pixels of the current screen
     stage_ms: dict[str, float] = field(default_factory=dict)
+    # The frame of the head pose the gaze network was told (`Features.network_head`): with
+    # "ray" its answer is already in the eyes' ray frame.
+    head_frame: str = "camera"
 
     def feature_dict(self) -> dict[str, float]:
         """Every scalar feature by name (what calibration feature specs refer to); empty
@@ -155,7 +162,10 @@ class GazeSample:
         }
         if f.eye_mm is not None:
             d["eye_x_mm"], d["eye_y_mm"], d["eye_z_mm"] = (float(v) for v in f.eye_mm)
-            ray = gaze_in_eye_frame(self.gaze_vector, f.eye_mm)
+            # Told the ray-frame pose, the network already answered in that frame: turning
+            # its answer by the eyes' line again would count the head's place twice.
+            told_ray = self.head_frame == "ray"
+            ray = self.gaze_yp_raw if told_ray else gaze_in_eye_frame(self.gaze_vector, f.eye_mm)
             if ray is not None:
                 d["gaze_ray_yaw"], d["gaze_ray_pitch"] = (float(v) for v in ray)
         if self.embedding is not None:

@@ -355,10 +355,20 @@ def test_gaze_in_the_eyes_ray_frame():
 
 
 def test_every_frame_with_a_gaze_has_its_ray_frame_angles(grid9):
+    """Told the ray-frame pose (the default), the network's own angles are the ray-frame
+    ones; told the camera-axes pose, they are its vector turned into the eyes' frame."""
+    from gazeloop.fastpath.types import gaze_in_eye_frame
+
     for _, s in grid9:
         d = s.feature_dict()
-        assert {"gaze_ray_yaw", "gaze_ray_pitch"} <= set(d)
-        assert np.isfinite(d["gaze_ray_yaw"]) and np.isfinite(d["gaze_ray_pitch"])
+        assert s.head_frame == "ray"
+        assert (d["gaze_ray_yaw"], d["gaze_ray_pitch"]) == (d["gaze_yaw"], d["gaze_pitch"])
+        s.head_frame = "camera"  # the shared fixture's sample: put back below
+        d = s.feature_dict()
+        s.head_frame = "ray"
+        want = gaze_in_eye_frame(s.gaze_vector, s.features.eye_mm)
+        assert np.allclose([d["gaze_ray_yaw"], d["gaze_ray_pitch"]], want, atol=1e-12)
+        assert abs(d["gaze_ray_yaw"] - d["gaze_yaw"]) > 1e-4  # the head is off the axis
 
 
 def test_ray_frame_angles_are_the_eye_ray_frame_turned_vector():
