@@ -142,6 +142,22 @@ def _options(c: Candidate, options: dict[str, dict]) -> dict:
     return dict(options.get(c.mapping, {}))
 
 
+def same_as(
+    c: Candidate, X: np.ndarray, seen: list[tuple[Candidate, np.ndarray]], options: dict
+) -> Candidate | None:
+    """An earlier candidate of the same family and options whose columns equal `X` exactly
+    (then the two fits are one), or None."""
+    for other, Xo in seen:
+        if (
+            other.mapping == c.mapping
+            and _options(other, options) == _options(c, options)
+            and Xo.shape == X.shape
+            and np.array_equal(Xo, X, equal_nan=True)
+        ):
+            return other
+    return None
+
+
 def choose(
     candidates: list[Candidate],
     views: dict[str, dict[str, np.ndarray]],
@@ -158,9 +174,18 @@ def choose(
     options = options or {}
     rows = np.arange(len(Y)) if rows is None else rows
     fitted, scores, dropped = [], {}, {}
+    seen: list[tuple[Candidate, np.ndarray]] = []
     for c in candidates:
         try:
             X = columns_for(views, c)[rows]
+            twin = same_as(c, X, seen, options)
+            if twin is not None:
+                # Told the ray-frame pose, the network answers in that frame, so its gaze
+                # columns *are* the ray-frame ones: the same fit twice would only spend time
+                # and, on a tie, let a duplicate look like a second opinion.
+                dropped[c.label] = f"the same columns as {twin.label}"
+                continue
+            seen.append((c, X))
             m, hyper, score, per = fit_select_detail(
                 c.mapping, X, Y[rows], groups[rows], aspect=aspect, options=_options(c, options)
             )

@@ -23,8 +23,8 @@ pose in camera axes (then the default), which leans its answer part-way back tow
 axes. With `FastPathConfig.gaze_frame = "ray"` (the default since 2026-12) the fast path tells
 it the pose in this same ray frame, so the same eyes anywhere in the image give the same
 angles and this mapping stays put when the head turns about the camera (`gazeloop
-head-shift` on grid9, image moved 8 % sideways: 13 px against 206 px), while following moves
-in depth.
+head-shift` on grid9, image moved 8 % sideways: it misses by 15 px, ridge on the same angles
+by 22 px; `docs/baselines/head_shift_grid9.json`), while following moves in depth.
 
 Per frame:
     yaw'   = kappa_yaw   + gain_yaw · yaw     + yaw_from_pitch · pitch

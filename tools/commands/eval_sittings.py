@@ -18,19 +18,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from gazeloop.calibration.mapping import mapping_from_params
+from gazeloop.calibration.mapping.candidates import Candidate
 from gazeloop.calibration.metrics.evaluate import evaluate_fixed
 from gazeloop.calibration.store.session import SessionError, read_session
 from gazeloop.fastpath.collect import LazyFastPath
+from gazeloop.fastpath.pipeline import FastPathConfig
 from gazeloop.tools.commands._args import (
     add_fastpath_args,
     fastpath_config,
     positive_float,
+    positive_int,
     screen_for,
 )
 from gazeloop.tools.errors import UserError
@@ -63,8 +69,19 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--distance-mm", type=positive_float, help="viewing distance, for errors in degrees"
     )
+    p.add_argument(
+        "--jobs",
+        type=positive_int,
+        default=default_jobs(),
+        help="sittings evaluated at once, each in its own process (default: the cores, at "
+        "most 4); the numbers do not depend on it",
+    )
     add_fastpath_args(p)
     p.set_defaults(func=run)
+
+
+def default_jobs() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
 
 
 def _sittings(folder: Path) -> list[Path]:
@@ -94,14 +111,14 @@ def _summary(values: list[float]) -> dict:
 
 def _across(prev, cur, fp, cache: bool = True) -> dict:
     """Every candidate fitted on `prev` (the chosen one first), applied to `cur` unchanged."""
-    session, screen, choice = prev["session"], prev["screen"], prev["choice"]
+    session, screen = prev["session"], prev["screen"]
     v = session_views(cur["session"], fp, both_reads=False, cache=cache)
     out = {"from": session.folder.name, "to": cur["session"].folder.name, "by_candidate": {}}
-    for label, (cand, mapping) in (choice.fitted or {}).items():
+    for label, cand, params in prev["fitted"]:
         if cand.read != "as read" or any(f not in v.views["as read"] for f in cand.features):
             continue
         # through the profile's own JSON form, as a saved profile would be read back
-        m = mapping_from_params(cand.mapping, mapping.params())
+        m = mapping_from_params(cand.mapping, params)
         x = np.column_stack([v.views["as read"][f] for f in cand.features])
         try:
             ev = evaluate_fixed(
@@ -120,7 +137,7 @@ def _across(prev, cur, fp, cache: bool = True) -> dict:
             continue
         r = ev.report
         out["by_candidate"][label] = r.mean_px
-        if label == choice.candidate.label:
+        if label == prev["chosen"]:
             out.update(
                 chosen=label,
                 mean_px=r.mean_px,
@@ -131,43 +148,99 @@ def _across(prev, cur, fp, cache: bool = True) -> dict:
     return out
 
 
+def within_sitting(folder: Path, screen, fp: LazyFastPath, cache: bool) -> dict:
+    """One sitting's nested leave-one-target-out, as plain data: its report row, the chosen
+    candidate's label and every fitted candidate as (label, candidate fields, params), the
+    JSON form a saved profile holds, which is all the next sitting needs."""
+    session = read_session(folder)
+    ev, choice, _ = evaluate_session(session, fp, screen, cache=cache)
+    r = ev.report
+    return {
+        "row": {
+            "sitting": folder.name,
+            "mean_px": r.mean_px,
+            "median_px": r.median_px,
+            "baseline_mean_px": r.baseline_mean_px,
+            "targets": r.targets,
+            "frames_used": r.frames_used,
+            "frames": r.frames,
+            "chosen": r.selection.chosen if r.selection else r.mapping,
+        },
+        "chosen": choice.candidate.label,
+        "fitted": [
+            (label, asdict(cand), m.params()) for label, (cand, m) in (choice.fitted or {}).items()
+        ],
+    }
+
+
+_WORKER: dict = {}
+
+
+def _start_worker(cfg: FastPathConfig) -> None:
+    _WORKER["fp"] = LazyFastPath(cfg)
+
+
+def _work(item: tuple) -> dict:
+    folder, screen, cache = item
+    try:
+        return within_sitting(folder, screen, _WORKER["fp"], cache)
+    except UserError as e:
+        return {"error": str(e)}
+
+
+def _within_all(items: list[tuple], cfg: FastPathConfig, fp: LazyFastPath, jobs: int):
+    """Each sitting's `within_sitting`, in order: here, or on `jobs` processes (each with its
+    own fast path; the sittings are independent, and the features they cache are the same)."""
+    if jobs <= 1 or len(items) < 2:
+        for folder, screen, cache in items:
+            yield within_sitting(folder, screen, fp, cache)
+        return
+    # spawn, not fork: a forked onnxruntime or MediaPipe is not safe to use.
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(min(jobs, len(items)), initializer=_start_worker, initargs=(cfg,)) as pool:
+        for res in pool.imap(_work, items):
+            if "error" in res:
+                raise UserError(res["error"])
+            yield res
+
+
 def run(args: argparse.Namespace) -> int:
     subs = _sittings(args.folder)
-    fp = LazyFastPath(fastpath_config(args))
+    cfg = fastpath_config(args)
+    fp = LazyFastPath(cfg)
+    cache = not args.no_cache
     within, pairs, last = [], [], {}
+    sessions, items = [], []
+    for i, folder in enumerate(subs, 1):
+        try:
+            session = read_session(folder)
+        except SessionError as e:
+            print(f"[{i}/{len(subs)}] {folder.name}: skipped ({e})", file=sys.stderr)
+            continue
+        screen = screen_for(args, session)
+        sessions.append((i, session, screen))
+        items.append((folder, screen, cache))
     try:
-        for i, folder in enumerate(subs, 1):
-            try:
-                session = read_session(folder)
-            except SessionError as e:
-                print(f"[{i}/{len(subs)}] {folder.name}: skipped ({e})", file=sys.stderr)
-                continue
-            screen = screen_for(args, session)
-            ev, choice, _ = evaluate_session(session, fp, screen, cache=not args.no_cache)
-            r = ev.report
+        done = _within_all(items, cfg, fp, args.jobs)
+        for (i, session, screen), res in zip(sessions, done, strict=True):
             owner = _owner(session)
-            within.append(
-                {
-                    "sitting": folder.name,
-                    "user": owner[0],
-                    "mean_px": r.mean_px,
-                    "median_px": r.median_px,
-                    "baseline_mean_px": r.baseline_mean_px,
-                    "targets": r.targets,
-                    "frames_used": r.frames_used,
-                    "frames": r.frames,
-                    "chosen": r.selection.chosen if r.selection else r.mapping,
-                }
-            )
-            cur = {"session": session, "screen": screen, "choice": choice}
-            msg = f"[{i}/{len(subs)}] {folder.name}: within {r.mean_px:.1f} px"
+            row = res["row"]
+            within.append({"sitting": row["sitting"], "user": owner[0]} | row)
+            cur = {
+                "session": session,
+                "screen": screen,
+                "chosen": res["chosen"],
+                "fitted": [(lb, Candidate(**c), p) for lb, c, p in res["fitted"]],
+            }
+            msg = f"[{i}/{len(subs)}] {session.folder.name}: within {row['mean_px']:.1f} px"
             if owner in last:
-                pair = _across(last[owner], cur, fp, cache=not args.no_cache)
+                pair = _across(last[owner], cur, fp, cache=cache)
                 pair["user"] = owner[0]
                 pairs.append(pair)
                 msg += f", from {pair['from']} {pair.get('mean_px', float('nan')):.1f} px"
             last[owner] = cur
-            print(msg + f" ({r.targets} targets, {r.frames_used} frames)", file=sys.stderr)
+            tf = f"({row['targets']} targets, {row['frames_used']} frames)"
+            print(f"{msg} {tf}", file=sys.stderr)
     finally:
         fp.close()
     report = summarise(str(args.folder), within, pairs)

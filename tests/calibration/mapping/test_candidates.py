@@ -90,6 +90,27 @@ def test_missing_features_drop_a_candidate():
     assert "iris_lx" in ch.dropped["ridge:gaze+iris"]
 
 
+def test_a_candidate_with_the_same_columns_as_an_earlier_one_is_fitted_once():
+    # Under the ray-frame read the network's angles are the ray-frame ones: ridge on gaze_ray
+    # is ridge on gaze. It is dropped with the reason; one that differs still competes.
+    Y = grid(3)
+    views = views_for(Y, head_matters=False)
+    v = views["as read"]
+    v["gaze_ray_yaw"], v["gaze_ray_pitch"] = v["gaze_yaw"].copy(), v["gaze_pitch"].copy()
+    ray = Candidate("ridge", cd.GAZE_RAY, "gaze_ray")
+    ch = cd.choose([RIDGE_GAZE, ray], views, Y, np.arange(9), aspect=1.0)
+    assert ch.dropped == {"ridge:gaze_ray": "the same columns as ridge:gaze"}
+    assert set(ch.scores) == {"ridge:gaze"}
+    v["gaze_ray_yaw"] = v["gaze_ray_yaw"] + 1e-9  # one bit apart: a different fit
+    ch = cd.choose([RIDGE_GAZE, ray], views, Y, np.arange(9), aspect=1.0)
+    assert ch.dropped == {} and set(ch.scores) == {"ridge:gaze", "ridge:gaze_ray"}
+    # Another family on the same columns is another fit.
+    poly = Candidate("poly2", cd.GAZE_RAY, "gaze_ray")
+    v["gaze_ray_yaw"] = v["gaze_yaw"].copy()
+    ch = cd.choose([RIDGE_GAZE, poly], views, Y, np.arange(9), aspect=1.0)
+    assert "poly2:gaze_ray" in ch.scores
+
+
 def test_nothing_fits_is_one_error_naming_every_reason():
     Y = grid(2)
     views = views_for(Y, head_matters=False)

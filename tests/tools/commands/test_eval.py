@@ -103,6 +103,8 @@ def test_grid9_report_keys_and_counts(plain, grid9):
     assert plain["mapping"] == sel["chosen"].split(":")[0]
     assert plain["features"][:2] == ["gaze_yaw", "gaze_pitch"]
     assert {"ridge:gaze", "ridge:gaze_ray", "geometric:geometric"} <= set(sel["candidates"])
+    # told the ray-frame pose, the network's angles are the ray-frame ones: fitted once
+    assert sel["dropped"]["ridge:gaze_ray"] == "the same columns as ridge:gaze"
     assert not any("head" in c for c in sel["candidates"])  # one sitting: no head-pose terms
     assert sum(sel["picked_per_fold"].values()) == 9
     assert all(not c.endswith(":other") for c in sel["candidates"])  # r = +0.99 decided

@@ -27,7 +27,7 @@ def folder(shared, gaze_onnx, face_task, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def sittings_run(folder) -> tuple[dict, str]:
-    rc, out, err = cli("eval-sittings", folder, "--json")
+    rc, out, err = cli("eval-sittings", folder, "--json", "--jobs", "2")
     assert rc == 0, err
     return json.loads(out), err
 
@@ -86,9 +86,26 @@ def test_a_rerun_reads_cached_features_and_gives_the_same_numbers(folder, sittin
     rep, _ = sittings_run
     cache = Path(os.environ["GAZELOOP_CACHE"]) / "features"
     assert len(list(cache.glob("*.json"))) >= len(SITTINGS)
-    rc, out, err = cli("eval-sittings", folder, "--json")
+    # In this process this time, not in two workers: the same report, to the last digit.
+    rc, out, err = cli("eval-sittings", folder, "--json", "--jobs", "1")
     assert rc == 0, err
     assert json.loads(out) == rep
+
+
+@pytest.mark.slow
+def test_a_sitting_that_cannot_be_evaluated_in_a_worker_is_one_line_naming_it(shared, tmp_path):
+    out = tmp_path / "two"
+    (out / "p1_s08").mkdir(parents=True)
+    (out / "p1_s09").symlink_to(shared / "data" / "evit" / "p1_s09")
+    stills = sorted((shared / "data" / "evit" / "p1_s08").glob("*.jpg"))[:3]
+    for jpg in stills:  # three targets: too few to leave one out
+        for f in (jpg, jpg.with_suffix(".json")):
+            (out / "p1_s08" / f.name).symlink_to(f)
+    rc, stdout, err = cli("eval-sittings", out, "--json", "--jobs", "2")
+    assert rc == 2 and stdout == ""
+    assert "Traceback" not in err
+    (line,) = [x for x in err.splitlines() if not x.startswith("[")]
+    assert "p1_s08" in line and "3 usable targets" in line, err
 
 
 @pytest.mark.slow
