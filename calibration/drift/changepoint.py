@@ -281,16 +281,39 @@ class Scan:
 
 def _l1_batched(Ps: np.ndarray, Pg: np.ndarray, mask: np.ndarray, c0: np.ndarray) -> np.ndarray:
     """For each row t of `mask` (T, m), the L1 centre of the labels it selects, as
-    `_l1_centre`; c0 (T, 2) pins what those labels leave unconstrained."""
+    `_l1_centre`; c0 (T, 2) pins what those labels leave unconstrained. On P's three numbers
+    (it is symmetric): (T, m) products instead of (T, m, 2, 2) einsums, a third of the
+    loop's time before."""
+    a, b, d = Ps[:, 0, 0], Ps[:, 0, 1], Ps[:, 1, 1]
+    px, py = Pg[:, 0], Pg[:, 1]
     w = mask.astype(np.float64)
     c = c0
     for _ in range(_L1_ITERS):
-        S = np.einsum("tn,nij->tij", w, Ps) + _TINY * np.eye(2)
-        b = w @ Pg + _TINY * c0
-        c = np.einsum("tij,tj->ti", inv2(S), b)
-        e = Pg[None, :, :] - np.einsum("nij,tj->tni", Ps, c)
-        w = mask / np.maximum(np.hypot(e[..., 0], e[..., 1]), _EPS)
+        s00, s01, s11 = w @ a + _TINY, w @ b, w @ d + _TINY
+        bx, by = w @ px + _TINY * c0[:, 0], w @ py + _TINY * c0[:, 1]
+        det = s00 * s11 - s01 * s01
+        cx, cy = (s11 * bx - s01 * by) / det, (s00 * by - s01 * bx) / det
+        c = np.column_stack([cx, cy])
+        ex = px[None, :] - (a[None, :] * cx[:, None] + b[None, :] * cy[:, None])
+        ey = py[None, :] - (b[None, :] * cx[:, None] + d[None, :] * cy[:, None])
+        w = mask / np.maximum(np.hypot(ex, ey), _EPS)
     return c
+
+
+def _resid_rows(Ps: np.ndarray, Pg: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, ...]:
+    """P·g − P·c of every label (m) about every centre c (T, 2): (ex, ey), each (T, m)."""
+    a, b, d = Ps[:, 0, 0], Ps[:, 0, 1], Ps[:, 1, 1]
+    cx, cy = c[:, 0:1], c[:, 1:2]
+    return Pg[None, :, 0] - (a * cx + b * cy), Pg[None, :, 1] - (b * cx + d * cy)
+
+
+def _sum_P(w: np.ndarray, Ps: np.ndarray) -> np.ndarray:
+    """Σₙ w[t, n]·Pₙ for every row t: (T, 2, 2)."""
+    out = np.empty((len(w), 2, 2))
+    out[:, 0, 0] = w @ Ps[:, 0, 0]
+    out[:, 0, 1] = out[:, 1, 0] = w @ Ps[:, 0, 1]
+    out[:, 1, 1] = w @ Ps[:, 1, 1]
+    return out
 
 
 def _row_medians(values: np.ndarray, keep: np.ndarray) -> np.ndarray:
@@ -362,14 +385,13 @@ def change_scan(
 
     # Residuals of every label about every earlier fit.
     after = np.arange(m)[None, :] >= taus[:, None]
-    e = Pg[None, :, :] - np.einsum("nij,tj->tni", Ps, cA)  # (T, m, 2)
-    r = np.hypot(e[..., 0], e[..., 1])
+    ex, ey = _resid_rows(Ps, Pg, cA)  # (T, m) each
+    r = np.hypot(ex, ey)
     # Residuals of w·P are w times the label's own: each label's σ is σ·√w here (module doc).
     root = _whitening(label_weights, m)
     cut = np.where(dims == 2, gate, gate_1d(gate)) * sigma * root
     cB = _l1_batched(Ps, Pg, after, cA)
-    eB = Pg[None, :, :] - np.einsum("nij,tj->tni", Ps, cB)
-    rB = np.hypot(eB[..., 0], eB[..., 1])
+    rB = np.hypot(*_resid_rows(Ps, Pg, cB))
     near = (r <= cut) | (rB <= cut)
     use = (after & near).astype(np.float64)
     # And the later labels must look like one run: spread about their own centre no wider
@@ -380,10 +402,10 @@ def change_scan(
 
     # Clipped, summed over the later labels, weighed by their covariance: their clipped
     # noise plus the earlier fit's uncertainty carried by every one of them.
-    psi = e * np.minimum(1.0, huber_k * sigma * root / np.maximum(r, _EPS))[..., None]
-    u = np.einsum("tn,tni->ti", use, psi)
-    SB = np.einsum("tn,nij->tij", use, Ps)
-    KB = np.einsum("tn,nij->tij", use * kap[None, :], Ps)
+    clip = use * np.minimum(1.0, huber_k * sigma * root / np.maximum(r, _EPS))
+    u = np.column_stack([np.sum(clip * ex, axis=1), np.sum(clip * ey, axis=1)])
+    SB = _sum_P(use, Ps)
+    KB = _sum_P(use * kap[None, :], Ps)
     V = KB + np.einsum("tij,tjk,tkl->til", SB, SAi, SB)
     lam, vec = np.linalg.eigh(V * sigma * sigma)
     ok = lam > 1e-9 * np.maximum(lam[:, -1:], 1e-300)
