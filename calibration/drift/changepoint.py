@@ -160,8 +160,10 @@ def _l1_centre(Ps: np.ndarray, gs: np.ndarray, c0: np.ndarray) -> np.ndarray:
 
 
 def _resid(Ps: np.ndarray, gs: np.ndarray, c: np.ndarray) -> np.ndarray:
-    e = np.einsum("nij,nj->ni", Ps, gs - c)
-    return np.hypot(e[:, 0], e[:, 1])
+    """|P·(g − c)| of every label, on P's three numbers (it is symmetric)."""
+    ux, uy = gs[:, 0] - c[0], gs[:, 1] - c[1]
+    a, b, d = Ps[:, 0, 0], Ps[:, 0, 1], Ps[:, 1, 1]
+    return np.hypot(a * ux + b * uy, b * ux + d * uy)
 
 
 def _whitening(label_weights: np.ndarray | None, m: int) -> np.ndarray:
@@ -208,8 +210,7 @@ def robust_fit(
     c = _l1_centre(Ps, gs, prior_mean)
     w = np.ones(m)
     for _ in range(_IRLS_ITERS):
-        ux, uy = gx - c[0], gy - c[1]
-        r = np.hypot(a * ux + b * uy, b * ux + d * uy)
+        r = _resid(Ps, gs, c)
         w = np.where(r > cut, 0.0, np.minimum(1.0, k / np.maximum(r, _EPS)))
         s00, s01, s11 = float(w @ a) + p00, float(w @ b) + p01, float(w @ d) + p11
         bx, by = float(w @ px) + pb[0], float(w @ py) + pb[1]
@@ -294,9 +295,7 @@ def _l1_batched(Ps: np.ndarray, Pg: np.ndarray, mask: np.ndarray, c0: np.ndarray
         det = s00 * s11 - s01 * s01
         cx, cy = (s11 * bx - s01 * by) / det, (s00 * by - s01 * bx) / det
         c = np.column_stack([cx, cy])
-        ex = px[None, :] - (a[None, :] * cx[:, None] + b[None, :] * cy[:, None])
-        ey = py[None, :] - (b[None, :] * cx[:, None] + d[None, :] * cy[:, None])
-        w = mask / np.maximum(np.hypot(ex, ey), _EPS)
+        w = mask / np.maximum(np.hypot(*_resid_rows(Ps, Pg, c)), _EPS)
     return c
 
 

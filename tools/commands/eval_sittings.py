@@ -151,16 +151,15 @@ def _across(prev, cur, fp, cache: bool = True) -> dict:
     return out
 
 
-def within_sitting(folder: Path, screen, fp: LazyFastPath, cache: bool) -> dict:
+def within_sitting(session, screen, fp: LazyFastPath, cache: bool) -> dict:
     """One sitting's nested leave-one-target-out, as plain data: its report row, the chosen
     candidate's label and every fitted candidate as (label, candidate fields, params), the
     JSON form a saved profile holds, which is all the next sitting needs."""
-    session = read_session(folder)
     ev, choice, _ = evaluate_session(session, fp, screen, cache=cache)
     r = ev.report
     return {
         "row": {
-            "sitting": folder.name,
+            "sitting": session.folder.name,
             "mean_px": r.mean_px,
             "median_px": r.median_px,
             "baseline_mean_px": r.baseline_mean_px,
@@ -184,9 +183,9 @@ def _start_worker(cfg: FastPathConfig) -> None:
 
 
 def _work(item: tuple) -> dict:
-    folder, screen, cache = item
+    session, screen, cache = item
     try:
-        return within_sitting(folder, screen, _WORKER["fp"], cache)
+        return within_sitting(session, screen, _WORKER["fp"], cache)
     except UserError as e:
         return {"error": str(e)}
 
@@ -195,8 +194,8 @@ def _within_all(items: list[tuple], cfg: FastPathConfig, fp: LazyFastPath, jobs:
     """Each sitting's `within_sitting`, in order: here, or on `jobs` processes (each with its
     own fast path; the sittings are independent, and the features they cache are the same)."""
     if jobs <= 1 or len(items) < 2:
-        for folder, screen, cache in items:
-            yield within_sitting(folder, screen, fp, cache)
+        for session, screen, cache in items:
+            yield within_sitting(session, screen, fp, cache)
         return
     # spawn, not fork: a forked onnxruntime or MediaPipe is not safe to use.
     ctx = multiprocessing.get_context("spawn")
@@ -222,7 +221,7 @@ def run(args: argparse.Namespace) -> int:
             continue
         screen = screen_for(args, session)
         sessions.append((i, session, screen))
-        items.append((folder, screen, cache))
+        items.append((session, screen, cache))
     try:
         done = _within_all(items, cfg, fp, args.jobs)
         for (i, session, screen), res in zip(sessions, done, strict=True):
