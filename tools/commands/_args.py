@@ -238,20 +238,10 @@ def screen_from_args(args, px: tuple[int, int], manifest: SessionManifest | None
 
 def screen_for(args, session) -> ScreenGeometry | None:
     """The screen of a session read for evaluation or fitting (`eval`, `profile fit`)."""
-    m = session.manifest
-    # As resolved by read_session (manifest first, then --screen-px): the labels were checked
-    # against that size, and its warning says so.
-    px = session.screen_px
-    if px is None:
-        return None
-    mm = tuple(args.screen_mm) if args.screen_mm else (m.screen_mm if m else None)
-    cam = m.camera_mm if m else None
-    return ScreenGeometry(
-        px=px,
-        mm=mm,
-        camera_mm=(*cam, 0.0) if cam is not None and len(cam) == 2 else cam,
-        viewing_distance_mm=args.distance_mm,
-    )
+    from gazeloop.tools.runtime.selection import session_screen
+
+    mm = tuple(args.screen_mm) if args.screen_mm else None
+    return session_screen(session, screen_mm=mm, distance_mm=args.distance_mm)
 
 
 # --- the broker ----------------------------------------------------------------------------

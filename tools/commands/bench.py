@@ -150,7 +150,8 @@ def _add_loop_parser(bsub) -> None:
         "--jobs",
         type=positive_int,
         default=2,
-        help="processes the label streams run on (2); the numbers do not depend on it",
+        help="processes the label streams (with --sittings: the sittings) run on (2); the "
+        "numbers do not depend on it",
     )
     p.add_argument(
         "--drift-px", type=non_negative_float, default=150.0, help="injected drift (150 px)"

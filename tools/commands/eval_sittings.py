@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
-import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -34,7 +32,6 @@ from gazeloop.calibration.mapping.candidates import Candidate
 from gazeloop.calibration.metrics.evaluate import evaluate_fixed
 from gazeloop.calibration.store.session import SessionError, read_session
 from gazeloop.fastpath.collect import LazyFastPath
-from gazeloop.fastpath.pipeline import FastPathConfig
 from gazeloop.tools.commands._args import (
     add_fastpath_args,
     fastpath_config,
@@ -44,6 +41,7 @@ from gazeloop.tools.commands._args import (
 )
 from gazeloop.tools.errors import UserError
 from gazeloop.tools.runtime.selection import evaluate_session, session_views
+from gazeloop.tools.runtime.workers import default_jobs, map_sessions
 
 
 def add_parser(sub) -> None:
@@ -81,10 +79,6 @@ def add_parser(sub) -> None:
     )
     add_fastpath_args(p)
     p.set_defaults(func=run)
-
-
-def default_jobs() -> int:
-    return max(1, min(4, os.cpu_count() or 1))
 
 
 def _sittings(folder: Path) -> list[Path]:
@@ -175,35 +169,9 @@ def within_sitting(session, screen, fp: LazyFastPath, cache: bool) -> dict:
     }
 
 
-_WORKER: dict = {}
-
-
-def _start_worker(cfg: FastPathConfig) -> None:
-    _WORKER["fp"] = LazyFastPath(cfg)
-
-
-def _work(item: tuple) -> dict:
+def _within(item: tuple, fp: LazyFastPath) -> dict:
     session, screen, cache = item
-    try:
-        return within_sitting(session, screen, _WORKER["fp"], cache)
-    except UserError as e:
-        return {"error": str(e)}
-
-
-def _within_all(items: list[tuple], cfg: FastPathConfig, fp: LazyFastPath, jobs: int):
-    """Each sitting's `within_sitting`, in order: here, or on `jobs` processes (each with its
-    own fast path; the sittings are independent, and the features they cache are the same)."""
-    if jobs <= 1 or len(items) < 2:
-        for session, screen, cache in items:
-            yield within_sitting(session, screen, fp, cache)
-        return
-    # spawn, not fork: a forked onnxruntime or MediaPipe is not safe to use.
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(min(jobs, len(items)), initializer=_start_worker, initargs=(cfg,)) as pool:
-        for res in pool.imap(_work, items):
-            if "error" in res:
-                raise UserError(res["error"])
-            yield res
+    return within_sitting(session, screen, fp, cache)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -223,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
         sessions.append((i, session, screen))
         items.append((session, screen, cache))
     try:
-        done = _within_all(items, cfg, fp, args.jobs)
+        done = map_sessions(_within, items, cfg, fp, args.jobs)
         for (i, session, screen), res in zip(sessions, done, strict=True):
             owner = _owner(session)
             row = res["row"]

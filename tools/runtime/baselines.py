@@ -483,7 +483,8 @@ EVIT_SITTINGS = Baseline(
     commands=("gazeloop bench loop --sittings ../shared/data/evit --oracle clicks --json",),
     says=(
         "Real clicks across sittings: for every consecutive pair of one person's evit "
-        "sittings (same screen), the profile of the earlier sitting maps the later one; the "
+        "sittings (same screen), the profile `gazeloop profile fit` makes of the earlier "
+        "sitting (nested selection) maps the later one unchanged; the "
         "stills of every other target, each captured by a real click on it, feed the loop once "
         "each in recorded order (7-8 labels), and errors are measured on the other targets. "
         "gap_closed: (drifted − after) / (drifted − the sitting's own leave-one-target-out "

@@ -7,10 +7,14 @@ ramp) and a *simulated* oracle feeds the real `DriftLoop` labels drawn from the 
 ground truth, with configurable noise, bias and outlier rate. Errors are means over every
 frame of the session with the offset in force (see `calibration.drift.simulation`).
 
-With `--calibrate-on OTHER` no drift is injected: the mapping is fitted on another session
-of the same person and screen, so the drift is whatever changed between the two sittings;
-labels come from a subset of this session's targets and every error is measured on the
-others.
+With `--calibrate-on OTHER` no drift is injected: the calibration is the product's own, as
+a user would have it. The other session is calibrated as `gazeloop profile fit` would (nested
+selection of read, features and mapping) and that profile is applied unchanged to this one,
+as `gazeloop eval --profile` would; the drift is whatever changed between the two sittings.
+Labels come from a subset of this session's targets and every error is measured on the
+others, against this session's own nested leave-one-target-out (`gazeloop eval`). The
+injected-drift mode keeps a plain ridge on the gaze features: its yardstick is an estimator
+told the onset on the same points, which any mapping serves.
 
 The heavy part (the fast path) runs once; the loop then runs over `--seeds` label streams
 and the report gives medians (and the 90th percentile of labels_to_recover) over them: one
@@ -41,18 +45,27 @@ from gazeloop.calibration.drift.simulation import (
     simulate_drift,
     simulate_transfer,
 )
+from gazeloop.calibration.geometry import ScreenGeometry
 from gazeloop.calibration.mapping import (
     NotEnoughTargets,
     fit_select,
     loto_predict,
     min_targets,
 )
-from gazeloop.calibration.metrics.evaluate import robust_keep
-from gazeloop.calibration.profile import DEFAULT_FEATURES
-from gazeloop.calibration.store.session import read_session
+from gazeloop.calibration.metrics.evaluate import Evaluated, robust_keep
+from gazeloop.calibration.profile import DEFAULT_FEATURES, Profile
+from gazeloop.calibration.store.session import Session, SessionError, read_session
+from gazeloop.fastpath.collect import LazyFastPath
 from gazeloop.fastpath.pipeline import FastPath, FastPathConfig
 from gazeloop.tools.errors import UserError
 from gazeloop.tools.runtime.click_replay import draw_clicks
+from gazeloop.tools.runtime.selection import (
+    apply_profile,
+    evaluate_session,
+    profile_from_choice,
+    session_screen,
+)
+from gazeloop.tools.runtime.workers import map_sessions
 
 ORACLE_NOTE = (
     "simulated: each label is the ground-truth target of a random frame of the session plus "
@@ -95,7 +108,7 @@ class LoopBenchOptions(BaseModel):
     label_targets: tuple[int, ...] | None = None  # --calibrate-on: default every other one
     calibration: Literal["loto", "split"] = "loto"
     oracle: Literal["simulated", "clicks"] = "simulated"
-    jobs: int = Field(1, ge=1)  # processes for the label streams; the answer is the same
+    jobs: int = Field(1, ge=1)  # processes for the label streams (--sittings: the sittings)
 
 
 @dataclass(slots=True)
@@ -407,62 +420,106 @@ def bench_injected(pts: SessionPoints, opts: LoopBenchOptions) -> dict[str, Any]
     }
 
 
-def bench_transfer(
-    pts: SessionPoints, other: SessionPoints, opts: LoopBenchOptions
-) -> dict[str, Any]:
-    screen, basis = _screen(pts)
-    a, b = other.screen_px, pts.screen_px
+@dataclass(slots=True)
+class Sitting:
+    """A sitting as `gazeloop eval` sees it: its nested leave-one-target-out (the product's
+    own choice of read, features and mapping, every fold choosing afresh) and the profile
+    that choice makes, as `gazeloop profile fit` would save it."""
+
+    session: Session
+    screen: ScreenGeometry
+    screen_basis: str
+    own: Evaluated
+    profile: Profile
+
+
+def evaluate_sitting(
+    folder: Path,
+    fp: LazyFastPath,
+    screen_px: tuple[int, int] | None = None,
+    mirrored: bool | None = None,
+) -> Sitting:
+    """`screen_px` and `mirrored` are for a session without a manifest (`read_session`)."""
+    try:
+        session = read_session(folder, screen_px=screen_px, mirrored=mirrored)
+    except SessionError as e:
+        raise UserError(str(e)) from None
+    screen = session_screen(session)
+    ev, choice, v = evaluate_session(session, fp, screen)
+    basis = "session"
+    if screen is None:  # no manifest: the calibration grid's layout, as `gazeloop eval`
+        screen, basis = ScreenGeometry.from_targets(v.labels_px), "targets (no session.json)"
+    prof = profile_from_choice(ev, choice, screen, session, fp, v)
+    return Sitting(session, screen, basis, ev, prof)
+
+
+def _sitting(folder: Path, fp: LazyFastPath) -> Sitting:
+    return evaluate_sitting(folder, fp)
+
+
+def bench_transfer(nxt: Sitting, prev: Sitting, fp: LazyFastPath, opts: LoopBenchOptions):
+    """The earlier sitting's profile on this one's frames, unchanged (`gazeloop eval NEXT
+    --profile PREV`, points where the cursor shows them), the loop fed labels of some of
+    this sitting's targets, every error measured on the others. The no-drift reference is
+    this sitting's own nested leave-one-target-out on the same targets."""
+    a, b = prev.session.screen_px, nxt.session.screen_px
     if a is not None and b is not None and tuple(a) != tuple(b):
         raise UserError(
-            f"{other.folder} was recorded on a {a[0]}x{a[1]} screen, {pts.folder} on "
-            f"{b[0]}x{b[1]}: --calibrate-on needs the same screen"
+            f"{prev.session.folder} was recorded on a {a[0]}x{a[1]} screen, "
+            f"{nxt.session.folder} on {b[0]}x{b[1]}: --calibrate-on needs the same screen"
         )
-    _need_targets(other, min_targets(MAPPING), "fitting the calibration profile")
-    _need_targets(pts, 2, "labelling some targets and measuring on others")
-    size = np.asarray(screen, dtype=np.float64)
-    aspect = size[0] / size[1]
-    truth = pts.truth_px / size
-    mapping, _, _ = fit_select(MAPPING, other.x, other.truth_px / size, other.groups, aspect=aspect)
-    pred = mapping.predict(pts.x)
-    ids = sorted({int(g) for g in pts.groups})
+    ev = apply_profile(prev.profile, nxt.session, fp, nxt.screen)
+    geo, groups = nxt.screen, ev.groups
+    screen = tuple(int(v) for v in geo.px)
+    pred, truth = geo.to_norm(ev.pred_px), geo.to_norm(ev.labels_px)
+    ids = sorted({int(g) for g in groups})
     labelled = list(opts.label_targets) if opts.label_targets else ids[::2]
     unknown = sorted(set(labelled) - set(ids))
     if unknown:
-        raise UserError(f"{pts.folder}: --label-targets {unknown} not among its targets {ids}")
+        raise UserError(
+            f"{nxt.session.folder}: --label-targets {unknown} not among its targets {ids}"
+        )
     if set(labelled) >= set(ids):
-        raise UserError(f"{pts.folder}: every target is labelled; none is left to measure on")
-    held = ~np.isin(pts.groups, labelled)
-    # The pre-drift reference: this session calibrated on itself (leave-one-target-out),
-    # measured on the same held-out frames.
-    same = None
-    if len(ids) >= min_targets(MAPPING) + 1:
-        own = loto_predict(MAPPING, pts.x, truth, pts.groups, aspect=aspect)
-        same = mean_error_px(own[held], truth[held], screen)
-    runs = transfer_runs(pred, truth, pts.groups, labelled, screen, opts)
-    rec = recovery_summary(
-        [None if same is None else labels_to_recover(r.err_px, same, 0) for r in runs]
-    )
-    s0 = runs[0].summary
+        raise UserError(
+            f"{nxt.session.folder}: every target is labelled; none is left to measure on"
+        )
+    held = ~np.isin(groups, labelled)
+    own = nxt.own
+    own_held = ~np.isin(own.groups, labelled)
+    same = float(np.mean(np.hypot(*(own.pred_px[own_held] - own.labels_px[own_held]).T)))
+    runs = transfer_runs(pred, truth, groups, labelled, screen, opts)
+    rec = recovery_summary([labels_to_recover(r.err_px, same, 0) for r in runs])
+    s0, r = runs[0].summary, ev.report
     return {
         "mode": "calibrate-on-other",
         "oracle": ORACLE_NOTE if opts.oracle == "simulated" else REAL_CLICKS_NOTE,
         "labels_fed": len(runs[0].err_px),
-        "calibrated_on": str(other.folder),
-        **_common(pts, screen, basis, opts),
+        "calibrated_on": str(prev.session.folder),
+        "calibration": f"{prev.own.report.selection.chosen}, chosen by nested selection on "
+        "the earlier sitting and saved as its profile (gazeloop profile fit), applied "
+        "unchanged (gazeloop eval --profile)",
+        "session": str(nxt.session.folder),
+        "frames": r.frames,
+        "frames_used": r.frames_used,
+        "targets": r.targets,
+        "screen_px": list(screen),
+        "screen_basis": nxt.screen_basis,
+        **_oracle_settings(opts),
         "label_targets": s0["label_targets"],
         "eval_targets": s0["eval_targets"],
         "eval_frames": s0["eval_frames"],
-        "error_before_px": None if same is None else round(same, 1),
+        "error_before_px": round(same, 1),
         "error_drifted_px": round(s0["error_before_px"], 1),
         "error_after_px": round(float(np.median([r.summary["error_after_px"] for r in runs])), 1),
         **offset_yardsticks(pred, truth, ~held, held, screen),
         "labels_to_recover": rec["median"],
         "labels_to_recover_p90": rec["p90"],
         "recovered_runs": rec["recovered"],
-        "errors": "on the eval targets' frames only. error_before_px: this session calibrated "
-        "on itself (leave-one-target-out), the no-drift reference; error_drifted_px: the "
-        "profile from --calibrate-on, no loop; error_after_px: the same with the loop after "
-        "the last label (median over seeds); error_told_offset_px: the profile plus the mean "
+        "errors": "on the eval targets' frames only, where the cursor shows them. "
+        "error_before_px: this sitting calibrated on itself (nested leave-one-target-out, as "
+        "gazeloop eval), the no-drift reference; error_drifted_px: the profile from "
+        "--calibrate-on, no loop; error_after_px: the same with the loop after the last "
+        "label (median over seeds); error_told_offset_px: the profile plus the mean "
         "residual of the labelled targets' frames; error_best_offset_px: plus the offset best "
         "for the eval frames themselves (hindsight: what no constant offset can beat)",
     }
@@ -525,7 +582,13 @@ def _common(
         "targets": int(len(np.unique(pts.groups))),
         "screen_px": list(screen),
         "screen_basis": basis,
-        # The simulated oracle's settings; clicks have none (null).
+        **_oracle_settings(opts),
+    }
+
+
+def _oracle_settings(opts: LoopBenchOptions) -> dict[str, Any]:
+    # The simulated oracle's settings; clicks have none (null).
+    return {
         **{
             k: (v if opts.oracle == "simulated" else None)
             for k, v in (
@@ -550,14 +613,21 @@ def bench_sessions(
 ) -> dict[str, Any]:
     """The whole benchmark: the fast path over the session (and `calibrate_on`) once, then
     the loop over `opts.seeds` label streams; injected drift without `calibrate_on`."""
+    if calibrate_on is not None:
+        fp = LazyFastPath(cfg)
+        try:
+            prev = evaluate_sitting(calibrate_on, fp, screen_px, mirrored)
+            nxt = evaluate_sitting(session, fp, screen_px, mirrored)
+            return bench_transfer(nxt, prev, fp, opts)
+        finally:
+            fp.close()
     fp = FastPath(cfg)
     try:
         pts = collect_points(session, fp, screen_px, mirrored)
-        other = collect_points(calibrate_on, fp, screen_px, mirrored) if calibrate_on else None
     finally:
         fp.close()
     try:
-        return bench_injected(pts, opts) if other is None else bench_transfer(pts, other, opts)
+        return bench_injected(pts, opts)
     except NotEnoughTargets as e:
         raise UserError(f"{session}: {e}") from None
 
@@ -620,25 +690,27 @@ def bench_sittings(folder: Path, cfg: FastPathConfig, opts: LoopBenchOptions) ->
     if not pairs:
         raise UserError(f"{folder}: no two consecutive sittings of one person on one screen")
     need = sorted({d for p in pairs for d in p})
-    fp = FastPath(cfg)
+    fp = LazyFastPath(cfg)
+    rows = []
     try:
-        pts = {d: collect_points(d, fp) for d in need}
+        # Each sitting's nested selection is independent: on `opts.jobs` processes.
+        done = map_sessions(_sitting, need, cfg, fp, opts.jobs)
+        sittings = dict(zip(need, done, strict=True))
+        for prev, nxt in pairs:
+            r = bench_transfer(sittings[nxt], sittings[prev], fp, opts)
+            rows.append(
+                {
+                    "calibrated_on": prev.name,
+                    "session": nxt.name,
+                    **{k: r[k] for k in ("error_before_px", "error_drifted_px", "error_after_px")},
+                    **{k: r[k] for k in ("error_told_offset_px", "error_best_offset_px")},
+                    "labels_fed": r["labels_fed"],
+                    "eval_frames": r["eval_frames"],
+                    "eval_targets": len(r["eval_targets"]),
+                }
+            )
     finally:
         fp.close()
-    rows = []
-    for prev, nxt in pairs:
-        r = bench_transfer(pts[nxt], pts[prev], opts)
-        rows.append(
-            {
-                "calibrated_on": prev.name,
-                "session": nxt.name,
-                **{k: r[k] for k in ("error_before_px", "error_drifted_px", "error_after_px")},
-                **{k: r[k] for k in ("error_told_offset_px", "error_best_offset_px")},
-                "labels_fed": r["labels_fed"],
-                "eval_frames": r["eval_frames"],
-                "eval_targets": len(r["eval_targets"]),
-            }
-        )
     return {
         "mode": "sittings",
         "folder": str(folder),

@@ -262,10 +262,10 @@ def test_real_clicks_across_two_evit_sittings(shared, tmp_path, capsys):
     # Half of the 16 targets feed the loop, one click each; a still whose face the fast path
     # cannot use (a blink) feeds nothing.
     assert 6 <= pair["labels_fed"] <= 8
-    # The earlier sitting's profile is worse than this sitting's own (160 -> 186 px with the
-    # default landmarks); the clicks on half the targets bring the other half back part of
-    # the way, or past it (the own error is leave-one-target-out, the loop's offset comes
-    # from this sitting's clicks), and never make it worse.
+    # The earlier sitting's profile is worse than this sitting's own (117 -> 153 px); the
+    # clicks on half the targets bring the other half back part of the way, or past it (the
+    # own error is leave-one-target-out, the loop's offset comes from this sitting's clicks),
+    # and never make it worse.
     assert pair["error_before_px"] + 15 < pair["error_drifted_px"]
     assert pair["error_after_px"] < pair["error_drifted_px"] - 2
     s = out["summary"]
@@ -273,6 +273,33 @@ def test_real_clicks_across_two_evit_sittings(shared, tmp_path, capsys):
     assert s["pairs_over_5pct_worse"] == 0
     # No constant offset beats the one found in hindsight on the measured targets.
     assert pair["error_best_offset_px"] <= min(pair["error_after_px"], pair["error_told_offset_px"])
+
+
+def _targets_mean(report: dict, targets: list[int]) -> float:
+    rows = [t for t in report["per_target"] if t["target"] in targets]
+    return sum(t["mean_px"] * t["frames"] for t in rows) / sum(t["frames"] for t in rows)
+
+
+@pytest.mark.slow
+def test_calibrate_on_is_the_products_own_calibration(shared, tmp_path, capsys):
+    """The loop is judged on the calibration a user has, not a stand-in: before it runs, the
+    errors are `gazeloop eval` (nested selection) and `gazeloop eval --profile` with the
+    profile `gazeloop profile fit` saves, on the same targets."""
+    prev, nxt = shared / "data/evit/p1_s00", shared / "data/evit/p1_s01"
+    out = run_json(capsys, "--session", str(nxt), "--calibrate-on", str(prev), "--seeds", "2")
+    prof = tmp_path / "p1_s00.json"
+    assert main(["profile", "fit", str(prev), "--out", str(prof)]) == 0
+    capsys.readouterr()
+
+    def evaluated(*args: str) -> dict:
+        assert main(["eval", str(nxt), *args, "--json"]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    held = out["eval_targets"]
+    own, drifted = evaluated(), evaluated("--profile", str(prof))
+    assert out["calibration"].startswith(json.loads(prof.read_text())["fit"]["chosen"]["label"])
+    assert out["error_before_px"] == pytest.approx(_targets_mean(own, held), abs=0.1)
+    assert out["error_drifted_px"] == pytest.approx(_targets_mean(drifted, held), abs=0.1)
 
 
 def test_session_or_sittings_is_required(capsys):

@@ -1,0 +1,62 @@
+"""Independent sessions through the fast path on several processes.
+
+`eval-sittings` and `bench loop --sittings` evaluate every sitting of a folder on its own
+(nested leave-one-target-out: the networks once per frame, then hundreds of small fits), so
+the sittings spread over processes. Each worker has its own fast path, started lazily:
+spawned, never forked, because a forked onnxruntime or MediaPipe is not safe to use. Workers
+write the same feature cache the main process reads, with atomic writes, so which process
+ran a session's networks changes no number. Results come back in the order of the items.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from gazeloop.fastpath.collect import LazyFastPath
+from gazeloop.fastpath.pipeline import FastPathConfig
+from gazeloop.tools.errors import UserError
+
+_WORKER: dict[str, Any] = {}
+
+
+def default_jobs() -> int:
+    """The cores, at most 4: past that the sittings wait on the disk and memory."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _start(cfg: FastPathConfig) -> None:
+    _WORKER["fp"] = LazyFastPath(cfg)
+
+
+def _call(job: tuple[Callable, Any]) -> tuple[bool, Any]:
+    fn, item = job
+    try:
+        return True, fn(item, _WORKER["fp"])
+    except UserError as e:  # a one-line error for the user, raised again in the main process
+        return False, str(e)
+
+
+def map_sessions(
+    fn: Callable[[Any, LazyFastPath], Any],
+    items: Iterable[Any],
+    cfg: FastPathConfig,
+    fp: LazyFastPath,
+    jobs: int,
+) -> Iterator[Any]:
+    """`fn(item, fast_path)` for each item, in order: here on `fp`, or on `jobs` spawned
+    processes. `fn` must be a module-level function (it is sent by name) and its results
+    plain enough to send back."""
+    items = list(items)
+    if jobs <= 1 or len(items) < 2:
+        for item in items:
+            yield fn(item, fp)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(min(jobs, len(items)), initializer=_start, initargs=(cfg,)) as pool:
+        for ok, res in pool.imap(_call, [(fn, item) for item in items]):
+            if not ok:
+                raise UserError(res)
+            yield res
