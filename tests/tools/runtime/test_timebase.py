@@ -4,6 +4,7 @@ once, at the source) and its monotonic stamp for staleness; the wire's seconds a
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -13,12 +14,31 @@ from gazeloop.tools.runtime.mqtt.timebase import SampleTime, SourceClock
 from tests.fastpath.test_sources import FakeCapture, Opener
 
 
+class HandshakeCapture(FakeCapture):
+    """Grabs a frame only once the consumer took the one before. The camera keeps only the
+    latest frame, so a consumer that the scheduler holds back would otherwise lose some
+    (seen on a loaded machine: one of three arrived), and this test needs them all."""
+
+    def __init__(self, frames: int) -> None:
+        super().__init__(frames)
+        self.taken = threading.Semaphore(0)
+
+    def grab(self) -> bool:
+        if self.grabbed and not self.taken.acquire(timeout=10):
+            return False  # the consumer is gone
+        return super().grab()
+
+
 def test_a_camera_frame_is_stamped_with_its_capture_time_on_the_wall_clock():
-    cam = CameraSource(0, open_capture=Opener(FakeCapture(frames=3)), retries=0)
+    cap = HandshakeCapture(frames=3)
+    cam = CameraSource(0, open_capture=Opener(cap), retries=0)
+    frames = []
     with cam:
         clock = SourceClock(cam)
-        frames = list(cam)
-    assert len(frames) == 3
+        for f in cam:
+            frames.append(f)
+            cap.taken.release()
+    assert len(frames) == 3 and cam.dropped == 0
     stamps = [clock.stamp(f.t_ns) for f in frames]
     # Staleness is judged from the capture itself: the frame's monotonic time, unchanged.
     assert [s.mono_ns for s in stamps] == [f.t_ns for f in frames]
