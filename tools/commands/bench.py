@@ -165,7 +165,8 @@ def _add_loop_parser(bsub) -> None:
     p.add_argument(
         "--label-targets",
         help="with --calibrate-on: comma-separated target ids the oracle labels (default: "
-        "every other target)",
+        "half the targets, a checkerboard over their columns and rows, so both halves "
+        "cover the screen alike)",
     )
     p.add_argument(
         "--calibration",

@@ -485,8 +485,9 @@ EVIT_SITTINGS = Baseline(
         "Real clicks across sittings: for every consecutive pair of one person's evit "
         "sittings (same screen), the profile `gazeloop profile fit` makes of the earlier "
         "sitting (nested selection) maps the later one unchanged; the "
-        "stills of every other target, each captured by a real click on it, feed the loop once "
-        "each in recorded order (7-8 labels), and errors are measured on the other targets. "
+        "stills of half the targets (a checkerboard of the 4×4 grid), each captured by a real "
+        "click on it, feed the loop once "
+        "each in recorded order (6-8 labels), and errors are measured on the other targets. "
         "gap_closed: (drifted − after) / (drifted − the sitting's own leave-one-target-out "
         "error), median over the pairs where that gap exceeds 10 px; pairs over 5 % worse "
         "than without the loop, next to the same count for the plain mean of the clicks (an "
@@ -518,7 +519,7 @@ EVIT_SITTINGS = Baseline(
         Row(
             "drift loop across sittings, *real* clicks (evit, 640×480 laptop webcam): share of "
             "the gap between the earlier sitting's profile and the sitting's own calibration "
-            "that 7-8 clicks close, median; pairs that end over 5 % worse (the clicks' mean)",
+            "that 6-8 clicks close, median; pairs that end over 5 % worse (the clicks' mean)",
             _sittings_row,
         ),
     ),

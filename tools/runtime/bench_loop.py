@@ -105,7 +105,7 @@ class LoopBenchOptions(BaseModel):
     onset: int = Field(10, ge=0)
     ramp_labels: int = Field(20, ge=1)
     interval_s: float = Field(3.0, gt=0)
-    label_targets: tuple[int, ...] | None = None  # --calibrate-on: default every other one
+    label_targets: tuple[int, ...] | None = None  # --calibrate-on: default a checkerboard
     calibration: Literal["loto", "split"] = "loto"
     oracle: Literal["simulated", "clicks"] = "simulated"
     jobs: int = Field(1, ge=1)  # processes for the label streams (--sittings: the sittings)
@@ -453,6 +453,22 @@ def evaluate_sitting(
     return Sitting(session, screen, basis, ev, prof)
 
 
+def checkerboard(truth: np.ndarray, groups: np.ndarray) -> list[int]:
+    """The targets on the white squares of a checkerboard over their column and row ranks
+    (pure): the labelled and the measured halves then cover the screen alike. Every other
+    id of a row-major 4x4 grid would label columns 1 and 3 and measure on 2 and 4, half a
+    column apart, so a profile's error that grows across the screen (a scale) reads as one
+    offset on the labelled half and the opposite one on the measured half, and any constant
+    correction learnt from the labels is judged against it. When the board puts every
+    target on one colour (two targets on a diagonal), every other id."""
+    ids = sorted({int(g) for g in groups})
+    pos = np.array([truth[groups == g][0] for g in ids])
+    col = np.unique(np.round(pos[:, 0], 6), return_inverse=True)[1]
+    row = np.unique(np.round(pos[:, 1], 6), return_inverse=True)[1]
+    white = [g for g, c, r in zip(ids, col, row, strict=True) if (c + r) % 2 == 0]
+    return white if 0 < len(white) < len(ids) else ids[::2]
+
+
 def _sitting(folder: Path, fp: LazyFastPath) -> Sitting:
     return evaluate_sitting(folder, fp)
 
@@ -473,7 +489,7 @@ def bench_transfer(nxt: Sitting, prev: Sitting, fp: LazyFastPath, opts: LoopBenc
     screen = tuple(int(v) for v in geo.px)
     pred, truth = geo.to_norm(ev.pred_px), geo.to_norm(ev.labels_px)
     ids = sorted({int(g) for g in groups})
-    labelled = list(opts.label_targets) if opts.label_targets else ids[::2]
+    labelled = list(opts.label_targets) if opts.label_targets else checkerboard(truth, groups)
     unknown = sorted(set(labelled) - set(ids))
     if unknown:
         raise UserError(

@@ -253,16 +253,16 @@ def test_offset_yardsticks_told_is_the_labels_mean_best_is_hindsight_on_the_held
 @pytest.mark.slow
 def test_real_clicks_across_two_evit_sittings(shared, tmp_path, capsys):
     # Read in place: the folder only links to the two sittings.
-    for name in ("p1_s00", "p1_s01"):
+    for name in ("p1_s02", "p1_s03"):
         (tmp_path / name).symlink_to(shared / "data/evit" / name)
     out = run_json(capsys, "--sittings", str(tmp_path), "--oracle", "clicks")
     assert out["mode"] == "sittings" and out["oracle"].startswith("real clicks")
     (pair,) = out["pairs"]
-    assert (pair["calibrated_on"], pair["session"]) == ("p1_s00", "p1_s01")
+    assert (pair["calibrated_on"], pair["session"]) == ("p1_s02", "p1_s03")
     # Half of the 16 targets feed the loop, one click each; a still whose face the fast path
     # cannot use (a blink) feeds nothing.
     assert 6 <= pair["labels_fed"] <= 8
-    # The earlier sitting's profile is worse than this sitting's own (117 -> 153 px); the
+    # The earlier sitting's profile is worse than this sitting's own (59 -> 92 px); the
     # clicks on half the targets bring the other half back part of the way, or past it (the
     # own error is leave-one-target-out, the loop's offset comes from this sitting's clicks),
     # and never make it worse.
@@ -273,6 +273,26 @@ def test_real_clicks_across_two_evit_sittings(shared, tmp_path, capsys):
     assert s["pairs_over_5pct_worse"] == 0
     # No constant offset beats the one found in hindsight on the measured targets.
     assert pair["error_best_offset_px"] <= min(pair["error_after_px"], pair["error_told_offset_px"])
+
+
+def test_default_labelled_targets_are_a_checkerboard_of_the_grid():
+    from gazeloop.tools.runtime.bench_loop import checkerboard
+
+    # A row-major 4x4 grid (evit's layout): every other id would be columns 1 and 3.
+    xs, ys = np.meshgrid([50.0, 521, 991, 1462], [50.0, 340, 630, 895])
+    truth = np.repeat(np.column_stack([xs.ravel(), ys.ravel()]), 2, axis=0)
+    groups = np.repeat(np.arange(16), 2)
+    white = checkerboard(truth, groups)
+    assert white == [0, 2, 5, 7, 8, 10, 13, 15]
+    held = [g for g in range(16) if g not in white]
+    # Both halves have the grid's centre as their centroid: a scale error is not an offset.
+    centre = truth[::2].mean(0)
+    for half in (white, held):
+        assert np.allclose(truth[::2][half].mean(0), centre)
+    # Corners: two opposite corners labelled; two targets on a diagonal: every other id.
+    corners = np.array([[0.1, 0.1], [0.9, 0.1], [0.1, 0.9], [0.9, 0.9]])
+    assert checkerboard(corners, np.arange(4)) == [0, 3]
+    assert checkerboard(corners[[0, 3]], np.array([4, 9])) == [4]
 
 
 def _targets_mean(report: dict, targets: list[int]) -> float:
