@@ -25,6 +25,7 @@ from gazeloop.tools.errors import UserError
 from gazeloop.tools.runtime import bench_loop
 from gazeloop.tools.runtime.bench_fastpath import bench_fastpath, pool_runs, single_thread
 from gazeloop.tools.runtime.bench_loop import LoopBenchOptions, bench_sessions
+from gazeloop.tools.runtime.bench_loop_text import loop_text
 from gazeloop.tools.runtime.progress import Progress
 
 
@@ -325,11 +326,7 @@ def run_loop(args: argparse.Namespace) -> int:
             screen_px=tuple(args.screen_px) if args.screen_px else None,
             mirrored=args.mirrored,
         )
-    if args.json:
-        print(json.dumps(out))
-        return 0
-    print(f"oracle: {out['oracle']}")
-    print(json.dumps(out, indent=2))
+    print(json.dumps(out) if args.json else loop_text(out))
     return 0
 
 
@@ -339,5 +336,5 @@ def _run_sittings(args: argparse.Namespace, opts: LoopBenchOptions) -> int:
         raise UserError("bench loop: --sittings pairs the sittings itself; drop --calibrate-on")
     with Progress("bench loop over consecutive sittings"):
         out = bench_loop.bench_sittings(args.sittings, fastpath_config(args), opts)
-    print(json.dumps(out) if args.json else json.dumps(out, indent=2))
+    print(json.dumps(out) if args.json else loop_text(out))
     return 0

@@ -1,0 +1,57 @@
+"""`gazeloop bench loop` without --json: the committed baseline reports read as text, each
+number the README quotes where a person looks for it."""
+
+from __future__ import annotations
+
+import json
+
+from gazeloop.tools.runtime.bench_loop_text import loop_text
+from tests.paths import ROOT
+
+
+def _output(name: str) -> dict:
+    return json.loads((ROOT / "docs/baselines" / f"{name}.json").read_text())["output"]
+
+
+def test_injected_drift_reads_before_drifted_after_and_the_told_yardstick():
+    out = _output("bench_loop")
+    lines = loop_text(out).splitlines()
+    n, t = out["frames_used"], out["targets"]
+    assert lines[0].startswith(f"bench loop on {out['session']}: {n} of {out['frames']} frames")
+    assert f"{t} targets; simulated oracle, σ {out['noise_px']:g} px per axis" in lines[0]
+    (step,) = [ln for ln in lines if ln.strip().startswith("step")]
+    errors = [f"{out[k]:.1f}" for k in ("error_before_px", "error_drifted_px", "error_after_px")]
+    assert step.split()[1:4] == errors
+    told = out["known_onset_reference"]["labels_to_recover"]
+    assert f"{out['labels_to_recover']:.0f} (p90 {out['labels_to_recover_p90']:.0f})" in step
+    assert f"told the onset: {told:.0f} (p90" in step
+    nd = out["no_drift"]
+    (quiet,) = [ln for ln in lines if ln.startswith("no drift")]
+    assert f"in {nd['false_change_share'] * 100:.0f} % of them" in quiet
+    assert f"RMS {nd['rms_offset_px']:.0f} px" in quiet
+
+
+def test_sittings_read_as_a_table_with_the_summary():
+    out = _output("evit_sittings_loop")
+    lines = loop_text(out).splitlines()
+    rows = [ln for ln in lines if ln.startswith(("p1_", "p2_"))]
+    assert len(rows) == len(out["pairs"])
+    first = out["pairs"][0]
+    assert rows[0].split()[:5] == [
+        first["calibrated_on"],
+        first["session"],
+        f"{first['error_before_px']:.1f}",
+        f"{first['error_drifted_px']:.1f}",
+        f"{first['error_after_px']:.1f}",
+    ]
+    s = out["summary"]
+    assert f"closes {s['gap_closed_median']:.2f} of the gap" in lines[-1]
+    assert f"{s['pairs_over_5pct_worse']} of {s['pairs']} pairs end over 5 % worse" in lines[-1]
+
+
+def test_a_missing_number_is_a_dash_not_a_crash():
+    out = _output("evit_sittings_loop")
+    out["pairs"][0]["error_before_px"] = None
+    out["summary"]["gap_closed_median"] = None
+    text = loop_text(out)
+    assert "closes - of the gap" in text

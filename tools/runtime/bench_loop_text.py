@@ -1,0 +1,111 @@
+"""`gazeloop bench loop` without `--json`: the report as a person reads it.
+
+The JSON carries every field and the notes on how each was measured; this is the few lines
+that answer "does the loop bring the error back, how fast, and does it move when nothing
+changed", in the same words as the README's table.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _n(v: Any, fmt: str = ".1f") -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def _source(out: dict[str, Any]) -> str:
+    if out.get("noise_px") is None:
+        return out["oracle"].split(":")[0]
+    rate = out.get("outlier_rate") or 0.0
+    junk = f", {rate * 100:.0f} % junk" if rate else ""
+    return f"simulated oracle, σ {out['noise_px']:g} px per axis{junk}"
+
+
+def _drift_line(name: str, r: dict[str, Any], told: dict[str, Any] | None) -> str:
+    line = (
+        f"  {name:<18}{_n(r['error_before_px']):>8}{_n(r['error_drifted_px']):>9}"
+        f"{_n(r['error_after_px']):>8}   {_n(r['labels_to_recover'], '.0f'):>4} "
+        f"(p90 {_n(r['labels_to_recover_p90'], '.0f')})"
+    )
+    if told:
+        line += (
+            f"   told the onset: {_n(told['labels_to_recover'], '.0f')} "
+            f"(p90 {_n(told['labels_to_recover_p90'], '.0f')})"
+        )
+    return line
+
+
+def injected_text(out: dict[str, Any]) -> list[str]:
+    step, nd = out["step"], out["no_drift"]
+    lines = [
+        f"calibration: {out['calibration']}",
+        f"{out['seeds']} streams of {out['n_labels']} labels; drift {step['px']:g} px from "
+        f"label {step['at_label']}",
+        f"  {'':<18}{'before':>8}{'drifted':>9}{'after':>8}   labels to recover",
+        _drift_line("step", out, out.get("known_onset_reference")),
+        _drift_line(f"ramp ({out['ramp']['drift']['over_labels']} labels)", out["ramp"], None),
+        f"  15 labels into the step: {out['error_after_15_labels_over_before']:.2f}× the error "
+        f"before (told the onset: "
+        f"{out['known_onset_reference']['error_after_15_labels_over_before']:.2f}×)",
+        f"no drift ({nd['streams']} streams of {nd['labels_per_stream']} labels): the offset "
+        f"moved over 100 px in {nd['false_change_share'] * 100:.0f} % of them; RMS "
+        f"{nd['rms_offset_px']:.0f} px, largest {nd['max_offset_px']:.0f} px",
+    ]
+    c = out.get("clicks")
+    if c:
+        why = ", ".join(f"{k} {v}" for k, v in c["verdicts"].items())
+        taken = c["accepted_share"] * 100
+        lines.append(f"clicks replayed: {c['clicks']}, {taken:.0f} % taken ({why})")
+    return lines
+
+
+def transfer_text(out: dict[str, Any]) -> list[str]:
+    return [
+        f"calibrated on {out['calibrated_on']}: {out['calibration']}",
+        f"labels on targets {out['label_targets']} ({out['labels_fed']} fed), errors on "
+        f"targets {out['eval_targets']} ({out['eval_frames']} frames)",
+        f"  this session's own calibration  {_n(out['error_before_px']):>7} px",
+        f"  the earlier profile (drifted)    {_n(out['error_drifted_px']):>7} px",
+        f"  with the loop                    {_n(out['error_after_px']):>7} px",
+        f"  plus the labels' mean offset     {_n(out['error_told_offset_px']):>7} px",
+        f"  best offset, in hindsight        {_n(out['error_best_offset_px']):>7} px",
+    ]
+
+
+def sittings_text(out: dict[str, Any]) -> list[str]:
+    lines = [
+        f"{'earlier':<10}{'later':<10}{'own':>7}{'drifted':>9}{'loop':>7}{'mean':>7}"
+        f"{'best':>7}{'clicks':>8}",
+    ]
+    for p in out["pairs"]:
+        lines.append(
+            f"{p['calibrated_on']:<10}{p['session']:<10}{_n(p['error_before_px']):>7}"
+            f"{_n(p['error_drifted_px']):>9}{_n(p['error_after_px']):>7}"
+            f"{_n(p['error_told_offset_px']):>7}{_n(p['error_best_offset_px']):>7}"
+            f"{p['labels_fed']:>8}"
+        )
+    s = out["summary"]
+    lines += [
+        "(px on the unlabelled targets: own = the later sitting's leave-one-target-out; "
+        "mean = the clicks' mean offset; best = the best offset in hindsight)",
+        f"the loop closes {_n(s['gap_closed_median'], '.2f')} of the gap (median over the "
+        f"{s['pairs_with_gap']} pairs whose drift exceeds their own error by 10 px); "
+        f"{s['pairs_over_5pct_worse']} of {s['pairs']} pairs end over 5 % worse "
+        f"(the clicks' mean: {s.get('told_offset_pairs_over_5pct_worse', '-')})",
+    ]
+    return lines
+
+
+def loop_text(out: dict[str, Any]) -> str:
+    """The report of any `bench loop` mode, as text."""
+    mode = out["mode"]
+    if mode == "sittings":
+        head = [f"bench loop over the sittings in {out['folder']}: {_source(out)}"]
+        return "\n".join(head + sittings_text(out))
+    head = [
+        f"bench loop on {out['session']}: {out['frames_used']} of {out['frames']} frames, "
+        f"{out['targets']} targets; {_source(out)}"
+    ]
+    body = transfer_text(out) if mode == "calibrate-on-other" else injected_text(out)
+    return "\n".join(head + body + ["(--json for every field and how each was measured)"])
