@@ -210,3 +210,28 @@ class ScreenGeometry(BaseModel):
         if e_mm is None or self.viewing_distance_mm is None:
             return None
         return _out(np.degrees(2.0 * np.arctan(e_mm / (2.0 * self.viewing_distance_mm))))
+
+
+def session_screen(
+    session: Any,
+    *,
+    screen_mm: tuple[float, float] | None = None,
+    distance_mm: float | None = None,
+) -> ScreenGeometry | None:
+    """A session's screen (`calibration.store.session.Session`) as evaluation, fitting and
+    the promotion gate read it: the size `read_session` resolved (manifest first, then what
+    the caller stated; the labels were checked against it), the physical size and camera
+    position from the manifest unless given. None when nobody knows the size (the targets
+    will stand in)."""
+    px = session.screen_px
+    if px is None:
+        return None
+    m = session.manifest
+    mm = screen_mm or (m.screen_mm if m else None)
+    cam = m.camera_mm if m else None
+    return ScreenGeometry(
+        px=px,
+        mm=mm,
+        camera_mm=(*cam, 0.0) if cam is not None and len(cam) == 2 else cam,
+        viewing_distance_mm=distance_mm,
+    )

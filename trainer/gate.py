@@ -2,9 +2,12 @@
 sessions it never trained on, measured as the product measures a model.
 
 Each held-out session is run through the fast path twice, once with the parent's ONNX and
-once with the candidate's, and scored with the leave-one-target-out ridge calibration of
-`gazeloop eval` (`calibration.metrics.evaluate.evaluate_arrays` on the default profile
-features): the error the user would see after calibrating with that model. The comparison is
+once with the candidate's, and scored as `gazeloop eval` scores it: nested
+leave-one-target-out among the product's candidates (read of the frames, feature set,
+geometric or ridge mapping; `calibration.metrics.evaluate.evaluate_candidates`), the error
+the user would see after calibrating with that model, whichever mapping suits it. (Until
+2026-12-05 the gate fitted a plain ridge on the default features, which is not what a user
+calibrates with: a model better only under that ridge could be promoted.) The comparison is
 paired: per session, and inside a session per target (the same target held out for both
 models), so the noise of which session or target is hard cancels out.
 
@@ -16,8 +19,8 @@ and `min_gain_pct` % of the parent's error: a change inside the noise, or too sm
 matter, keeps the parent.
 
 Beside the decision, consecutive held-out sessions on the same screen (a user's sittings, in
-the order given) are also scored the way a user meets drift: a profile fitted on one
-sitting, used on the next (`carry_over_px`).
+the order given) are also scored the way a user meets drift: the profile one sitting
+would make, used unchanged on the next (`carry_over_px`).
 """
 
 from __future__ import annotations
@@ -31,13 +34,12 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from gazeloop.calibration.geometry import ScreenGeometry
-from gazeloop.calibration.mapping import fit_select
-from gazeloop.calibration.metrics.evaluate import evaluate_arrays
-from gazeloop.calibration.profile import DEFAULT_FEATURES
+from gazeloop.calibration.geometry import ScreenGeometry, session_screen
+from gazeloop.calibration.mapping.candidates import Choice
+from gazeloop.calibration.metrics.evaluate import as_shown, evaluate_candidates
 from gazeloop.calibration.store.session import read_session
-from gazeloop.fastpath.collect import collect_session, expand_features, feature_matrix
 from gazeloop.fastpath.pipeline import FastPath, FastPathConfig
+from gazeloop.fastpath.views import NoUsableFrames, session_views
 from gazeloop.trainer.datasets import DataSource, detect_kind
 
 log = logging.getLogger(__name__)
@@ -140,63 +142,68 @@ def choose_holdout(data: list[DataSource], holdout: list[DataSource]) -> Holdout
 
 @dataclass(slots=True)
 class SessionFeatures:
-    """One session through the fast path with one gaze model: what both metrics need."""
+    """One session through the fast path with one gaze model, as the product reads it: the
+    named feature columns per read of the frames that nested selection compares on."""
 
     source: DataSource
-    x: np.ndarray
+    views: dict[str, dict[str, np.ndarray]]
     labels_px: np.ndarray
     groups: np.ndarray
-    names: list[str]
     screen: ScreenGeometry | None
 
 
 def session_features(
     onnx_path: Path, source: DataSource, fp_cfg: FastPathConfig
 ) -> SessionFeatures:
-    """The default profile features of every settled frame, with this gaze model."""
+    """Every usable frame's features, with this gaze model (`fastpath.views`, as `gazeloop
+    eval` reads a session)."""
     session = read_session(source.path, screen_px=source.screen_px, mirrored=source.mirrored)
     fp = FastPath(fp_cfg.model_copy(update={"gaze_model": Path(onnx_path)}))
     try:
-        col = collect_session(session, fp)
+        v = session_views(session, fp, cache=False)
+    except NoUsableFrames:
+        raise ValueError(f"{source.path}: no usable frames for the gate") from None
     finally:
         fp.close()
-    used = [ls for ls in col.samples if not ls.settling]
-    if not used:
-        raise ValueError(f"{source.path}: no usable frames for the gate")
-    names = expand_features(list(DEFAULT_FEATURES), used[0].sample)
-    screen = None
-    if session.screen_px is not None:
-        m = session.manifest
-        screen = ScreenGeometry(px=session.screen_px, mm=m.screen_mm if m else None)
-    return SessionFeatures(
-        source,
-        feature_matrix(used, names),
-        np.array([ls.label_px for ls in used], dtype=np.float64),
-        np.array([ls.target for ls in used]),
-        names,
-        screen,
+    return SessionFeatures(source, v.views, v.labels_px, v.groups, session_screen(session))
+
+
+@dataclass(slots=True)
+class Calibrated:
+    """A session as `gazeloop eval` scores it with one model: the nested leave-one-target-out
+    error per target, and the choice a profile of this session would keep."""
+
+    per_target: dict[int, float]
+    choice: Choice
+
+
+def calibrate(f: SessionFeatures) -> Calibrated:
+    """Nested selection among the product's candidates (read, features, mapping), exactly as
+    `gazeloop eval` and `gazeloop profile fit` run it: the error the user would see after
+    calibrating with this model, whichever mapping suits it."""
+    ev, choice = evaluate_candidates(
+        f.views, f.labels_px, f.groups, session=str(f.source.path), screen=f.screen
     )
+    return Calibrated({t.target: float(t.mean_px) for t in ev.report.per_target}, choice)
 
 
-def loto_errors(f: SessionFeatures) -> dict[int, float]:
-    """Leave-one-target-out mean error per target (px), exactly as `gazeloop eval`
-    computes it (ridge on the default profile features)."""
-    ev = evaluate_arrays(
-        f.x, f.labels_px, f.groups, session=str(f.source.path), features=f.names, screen=f.screen
-    )
-    return {t.target: float(t.mean_px) for t in ev.report.per_target}
-
-
-def carry_over_px(prev: SessionFeatures, cur: SessionFeatures) -> float | None:
-    """Mean error (px) on `cur` of a profile fitted on `prev` (a user's earlier sitting):
-    what drift between sittings does to a model. None when the two screens differ."""
-    if prev.screen is None or cur.screen is None or prev.screen.px != cur.screen.px:
+def carry_over_px(prev: Calibrated, prev_f: SessionFeatures, cur: SessionFeatures) -> float | None:
+    """Mean error (px) on `cur` of the profile `prev` would make (a user's earlier sitting),
+    applied unchanged and shown where the cursor would be: what drift between sittings does
+    to a model. None when the two screens differ or `cur` lacks the chosen features."""
+    if prev_f.screen is None or cur.screen is None or prev_f.screen.px != cur.screen.px:
         return None
-    geo = cur.screen
-    aspect = geo.px[0] / geo.px[1]
-    m, _, _ = fit_select("ridge", prev.x, geo.to_norm(prev.labels_px), prev.groups, aspect=aspect)
-    pred = geo.to_px(m.predict(cur.x))
-    return float(np.linalg.norm(pred - cur.labels_px, axis=1).mean())
+    c = prev.choice.candidate
+    view = cur.views.get(c.read) or cur.views["as read"]
+    if any(f not in view for f in c.features):
+        return None
+    x = np.column_stack([view[f] for f in c.features])
+    pred = cur.screen.to_px(prev.choice.mapping.predict(x))
+    ok = np.isfinite(pred).all(axis=1)
+    if not ok.any():
+        return None
+    shown, _ = as_shown(pred[ok], cur.screen)
+    return float(np.linalg.norm(shown - cur.labels_px[ok], axis=1).mean())
 
 
 def judge(
@@ -223,21 +230,23 @@ def judge(
         )
     pf = [session_features(parent, h, fp_cfg) for h in holdout]
     cf = [session_features(candidate, h, fp_cfg) for h in holdout]
-    scores = [_score(p, c) for p, c in zip(pf, cf, strict=True)]
+    pcal, ccal = [calibrate(f) for f in pf], [calibrate(f) for f in cf]
+    scores = [_score(str(h.path), p, c) for h, p, c in zip(holdout, pcal, ccal, strict=True)]
     for i in range(1, len(scores)):
-        pc, cc = carry_over_px(pf[i - 1], pf[i]), carry_over_px(cf[i - 1], cf[i])
+        pc = carry_over_px(pcal[i - 1], pf[i - 1], pf[i])
+        cc = carry_over_px(ccal[i - 1], cf[i - 1], cf[i])
         if pc is not None and cc is not None:
             scores[i].carry_parent_px, scores[i].carry_candidate_px = round(pc, 2), round(cc, 2)
     return decide(scores, z=z, min_gain_pct=min_gain_pct, **common)
 
 
-def _score(pf: SessionFeatures, cf: SessionFeatures) -> SessionScore:
-    p, c = loto_errors(pf), loto_errors(cf)
+def _score(session: str, pcal: Calibrated, ccal: Calibrated) -> SessionScore:
+    p, c = pcal.per_target, ccal.per_target
     targets = sorted(set(p) & set(c))  # the same frames feed both; a target lost by one drops
     pm = float(np.mean([p[t] for t in targets]))
     cm = float(np.mean([c[t] for t in targets]))
     return SessionScore(
-        session=str(pf.source.path),
+        session=session,
         targets=len(targets),
         parent_px=round(pm, 2),
         candidate_px=round(cm, 2),

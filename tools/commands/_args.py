@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from gazeloop.calibration.geometry import ScreenGeometry
+from gazeloop.calibration.geometry import ScreenGeometry, session_screen
 from gazeloop.calibration.mapping import MAPPINGS, mapping_class
 from gazeloop.calibration.procedure import LAYOUTS, ProcedureConfig
 from gazeloop.calibration.profile import DEFAULT_FEATURES
@@ -238,8 +238,6 @@ def screen_from_args(args, px: tuple[int, int], manifest: SessionManifest | None
 
 def screen_for(args, session) -> ScreenGeometry | None:
     """The screen of a session read for evaluation or fitting (`eval`, `profile fit`)."""
-    from gazeloop.tools.runtime.selection import session_screen
-
     mm = tuple(args.screen_mm) if args.screen_mm else None
     return session_screen(session, screen_mm=mm, distance_mm=args.distance_mm)
 

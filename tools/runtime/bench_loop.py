@@ -45,7 +45,7 @@ from gazeloop.calibration.drift.simulation import (
     simulate_drift,
     simulate_transfer,
 )
-from gazeloop.calibration.geometry import ScreenGeometry
+from gazeloop.calibration.geometry import ScreenGeometry, session_screen
 from gazeloop.calibration.mapping import (
     NotEnoughTargets,
     fit_select,
@@ -63,7 +63,6 @@ from gazeloop.tools.runtime.selection import (
     apply_profile,
     evaluate_session,
     profile_from_choice,
-    session_screen,
 )
 from gazeloop.tools.runtime.workers import map_sessions
 

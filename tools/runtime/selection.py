@@ -10,7 +10,7 @@ of sittings a second time does not run the networks again.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,91 +18,27 @@ import numpy as np
 from gazeloop.calibration.geometry import ScreenGeometry
 from gazeloop.calibration.metrics.evaluate import Evaluated, evaluate_candidates, evaluate_fixed
 from gazeloop.calibration.procedure import (
-    feature_columns,
     in_sample_error_px,
     record_mirroring,
 )
 from gazeloop.calibration.procedure import profile_from_choice as procedure_profile
 from gazeloop.calibration.profile import Profile, ProfileError
 from gazeloop.calibration.store.session import Session
-from gazeloop.fastpath.collect import Collected, LazyFastPath, collect_session
+from gazeloop.fastpath.collect import Collected, LazyFastPath
 from gazeloop.fastpath.pipeline import FastPathConfig
+from gazeloop.fastpath.views import NoUsableFrames, Views
+from gazeloop.fastpath.views import session_views as views_of
 from gazeloop.tools.errors import UserError
-
-
-@dataclass(slots=True)
-class Views:
-    """A session's usable frames as named feature columns, per read of the frames."""
-
-    col: Collected
-    views: dict[str, dict[str, np.ndarray]]
-    labels_px: np.ndarray
-    groups: np.ndarray
-    names: list[str]
-    rejected: list[tuple[str, str]]
-
-
-def _columns(samples) -> dict[str, np.ndarray]:
-    return feature_columns(ls.sample.feature_dict() for ls in samples)
 
 
 def session_views(
     session: Session, fp: LazyFastPath, *, both_reads: bool = True, cache: bool = True
 ) -> Views:
-    """Collect (cached) and keep the frames usable in every read, so candidates of both
-    reads are compared on the same frames."""
-    col = collect_session(session, fp, cache=cache, both_reads=both_reads)
-    reads = {"as read": col} | ({"other": col.other} if col.other is not None else {})
-    usable = [{ls.name for ls in c.samples if not ls.settling} for c in reads.values()]
-    common = set.intersection(*usable)
-    rejected = [(r.file, r.why) for r in col.rejected]
-    rejected += [
-        (ls.name, "settling: eyes still moving to the target") for ls in col.samples if ls.settling
-    ]
-    rejected += [
-        (ls.name, "no gaze in the other read of the frames")
-        for ls in col.samples
-        if not ls.settling and ls.name not in common
-    ]
-    views = {}
-    for key, c in reads.items():
-        kept = [ls for ls in c.samples if ls.name in common]
-        views[key] = _columns(kept)
-    used = [ls for ls in col.samples if ls.name in common]
-    if not used:
-        raise UserError(f"{session.folder}: no usable frames ({len(rejected)} rejected)")
-    return Views(
-        col=col,
-        views=views,
-        labels_px=np.array([ls.label_px for ls in used], dtype=np.float64),
-        groups=np.array([ls.target for ls in used]),
-        names=[ls.name for ls in used],
-        rejected=rejected,
-    )
-
-
-def session_screen(
-    session: Session,
-    *,
-    screen_mm: tuple[float, float] | None = None,
-    distance_mm: float | None = None,
-) -> ScreenGeometry | None:
-    """A session's screen as evaluation and fitting read it: the size `read_session`
-    resolved (manifest first, then what the caller stated; the labels were checked against
-    it), the physical size and camera position from the manifest unless given. None when
-    nobody knows the size (the targets will stand in)."""
-    px = session.screen_px
-    if px is None:
-        return None
-    m = session.manifest
-    mm = screen_mm or (m.screen_mm if m else None)
-    cam = m.camera_mm if m else None
-    return ScreenGeometry(
-        px=px,
-        mm=mm,
-        camera_mm=(*cam, 0.0) if cam is not None and len(cam) == 2 else cam,
-        viewing_distance_mm=distance_mm,
-    )
+    """`fastpath.views.session_views`, its refusal as a one-line error for the user."""
+    try:
+        return views_of(session, fp, both_reads=both_reads, cache=cache)
+    except NoUsableFrames as e:
+        raise UserError(str(e)) from None
 
 
 def evaluate_session(
