@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from gazeloop.calibration.store.atomic import atomic_writer, check_writable
 from gazeloop.tools.commands._args import (
     add_broker_args,
     add_fastpath_args,
@@ -25,7 +26,7 @@ from gazeloop.tools.errors import UserError
 from gazeloop.tools.runtime import bench_loop
 from gazeloop.tools.runtime.bench_fastpath import bench_fastpath, pool_runs, single_thread
 from gazeloop.tools.runtime.bench_loop import LoopBenchOptions, bench_sessions
-from gazeloop.tools.runtime.bench_loop_text import loop_text
+from gazeloop.tools.runtime.bench_loop_text import loop_text, plot_sittings
 from gazeloop.tools.runtime.progress import Progress
 
 
@@ -162,6 +163,13 @@ def _add_loop_parser(bsub) -> None:
     )
     p.add_argument(
         "--ramp-labels", type=positive_int, default=20, help="labels the ramp takes (20)"
+    )
+    p.add_argument(
+        "--plot",
+        type=Path,
+        metavar="PNG",
+        help="with --sittings: a picture of every pair (drifted, with the loop, the sitting's "
+        "own calibration, the best offset)",
     )
     p.add_argument(
         "--label-targets",
@@ -314,6 +322,8 @@ def run_loop(args: argparse.Namespace) -> int:
         raise UserError("bench loop: give --session or --sittings (one of them)")
     if args.sittings is not None:
         return _run_sittings(args, opts)
+    if args.plot is not None:
+        raise UserError("bench loop: --plot draws the pairs of --sittings; give --sittings")
     _check_folder(args.session, "--session")
     if args.calibrate_on is not None:
         _check_folder(args.calibrate_on, "--calibrate-on")
@@ -330,11 +340,27 @@ def run_loop(args: argparse.Namespace) -> int:
     return 0
 
 
+def matplotlib_format(fmt: str):
+    import matplotlib
+
+    return matplotlib.rc_context({"savefig.format": fmt})
+
+
 def _run_sittings(args: argparse.Namespace, opts: LoopBenchOptions) -> int:
     _check_folder(args.sittings, "--sittings")
     if args.calibrate_on is not None:
         raise UserError("bench loop: --sittings pairs the sittings itself; drop --calibrate-on")
+    if args.plot is not None:
+        if args.plot.suffix.lower() not in (".png", ".svg", ".pdf"):
+            raise UserError(f"--plot {args.plot}: name a .png, .svg or .pdf file")
+        check_writable(args.plot, folder=False)
     with Progress("bench loop over consecutive sittings"):
         out = bench_loop.bench_sittings(args.sittings, fastpath_config(args), opts)
+    if args.plot is not None:
+        # Atomically: a disk that fills while matplotlib writes leaves no half a picture.
+        fmt = args.plot.suffix.lstrip(".").lower()
+        with matplotlib_format(fmt), atomic_writer(args.plot) as f:
+            plot_sittings(out, f)
+        print(f"wrote {args.plot}", file=sys.stderr)
     print(json.dumps(out) if args.json else loop_text(out))
     return 0

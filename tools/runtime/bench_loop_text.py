@@ -109,3 +109,51 @@ def loop_text(out: dict[str, Any]) -> str:
     ]
     body = transfer_text(out) if mode == "calibrate-on-other" else injected_text(out)
     return "\n".join(head + body + ["(--json for every field and how each was measured)"])
+
+
+def plot_sittings(out: dict[str, Any], path) -> None:
+    """`bench loop --sittings --plot PNG`: per pair of sittings, the earlier profile's error
+    (drifted) with an arrow to where the loop left it, beside the sitting's own calibration
+    and the best offset in hindsight; pairs that end over 5 % worse are named in red."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pairs = out["pairs"]
+    n = len(pairs)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * n + 2), 4.8), dpi=110)
+    for i, p in enumerate(pairs):
+        worse = p["error_after_px"] > 1.05 * p["error_drifted_px"]
+        c = "tab:red" if worse else "tab:blue"
+        ax.annotate(
+            "",
+            xy=(i, p["error_after_px"]),
+            xytext=(i, p["error_drifted_px"]),
+            arrowprops=dict(arrowstyle="->", color=c, lw=1.8),
+        )
+        ax.plot(i, p["error_drifted_px"], "o", color=c, ms=5)
+        ax.plot(i, p["error_after_px"], "x", color=c, ms=7, mew=2)
+    x = range(n)
+    own = [float("nan") if p["error_before_px"] is None else p["error_before_px"] for p in pairs]
+    ax.plot(x, own, "_", color="k", ms=14, mew=2, label="own calibration (LOTO)")
+    ax.plot(x, [p["error_best_offset_px"] for p in pairs], ".", color="0.5", label="best offset")
+    ax.plot([], [], "o", color="tab:blue", label="earlier profile (drifted)")
+    ax.plot([], [], "x", color="tab:blue", mew=2, label="with the loop (red: over 5 % worse)")
+    ax.set_xticks(list(x), [f"{p['calibrated_on']}→{p['session']}" for p in pairs], rotation=70)
+    for tick, p in zip(ax.get_xticklabels(), pairs, strict=True):
+        if p["error_after_px"] > 1.05 * p["error_drifted_px"]:
+            tick.set_color("tab:red")
+    s = out["summary"]
+    gap = s["gap_closed_median"]
+    ax.set_title(
+        f"the loop closes {'-' if gap is None else f'{gap:.2f}'} of the gap "
+        f"({s['pairs_with_gap']} pairs with one); {s['pairs_over_5pct_worse']} of {n} pairs "
+        "over 5 % worse",
+        fontsize=10,
+    )
+    ax.set_ylabel("mean error on the unlabelled targets (px)")
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

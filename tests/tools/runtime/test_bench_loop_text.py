@@ -55,3 +55,24 @@ def test_a_missing_number_is_a_dash_not_a_crash():
     out["summary"]["gap_closed_median"] = None
     text = loop_text(out)
     assert "closes - of the gap" in text
+
+
+def test_the_sittings_picture_is_drawn_from_the_report(tmp_path):
+    from gazeloop.tools.runtime.bench_loop_text import plot_sittings
+
+    out = _output("evit_sittings_loop")
+    path = tmp_path / "pairs.png"
+    plot_sittings(out, path)
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+
+
+def test_plot_is_refused_before_any_work_when_it_cannot_be_drawn(tmp_path, capsys):
+    from gazeloop.tools.cli import main
+
+    folder = tmp_path / "s"
+    folder.mkdir()
+    assert main(["bench", "loop", "--session", str(folder), "--plot", "p.png"]) == 2
+    assert "--plot draws the pairs of --sittings" in capsys.readouterr().err
+    assert main(["bench", "loop", "--sittings", str(folder), "--plot", "p.txt"]) == 2
+    assert "--plot p.txt: name a .png, .svg or .pdf file" in capsys.readouterr().err
