@@ -17,6 +17,7 @@ from gazeloop.calibration.geometry import ScreenGeometry, session_screen
 from gazeloop.calibration.mapping import MAPPINGS, mapping_class
 from gazeloop.calibration.procedure import LAYOUTS, ProcedureConfig
 from gazeloop.calibration.profile import DEFAULT_FEATURES
+from gazeloop.calibration.store.atomic import atomic_writer, check_writable
 from gazeloop.calibration.store.session import SessionManifest
 from gazeloop.fastpath.pipeline import FastPathConfig
 from gazeloop.fastpath.providers import EP_CHOICES, ProviderError, resolve_providers
@@ -272,3 +273,27 @@ def broker_settings(args: argparse.Namespace):
         return MqttSettings.from_url(args.mqtt, ca_file=args.ca_file, insecure=args.insecure)
     except MqttConfigError as e:
         raise UserError(str(e)) from e
+
+
+# --- pictures ------------------------------------------------------------------------------
+
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")
+
+
+def check_plot_path(path: Path) -> None:
+    """Before any work: a picture's name has a format matplotlib writes, and it can be
+    written there."""
+    if path.suffix.lower() not in PLOT_SUFFIXES:
+        raise UserError(f"--plot {path}: name a .png, .svg or .pdf file")
+    check_writable(path, folder=False)
+
+
+def write_plot(draw, path: Path) -> None:
+    """`draw(file)` into `path`, atomically: a disk that fills while matplotlib writes leaves
+    the previous picture there, not half of one. The format comes from the name's suffix
+    (a file object hides it from matplotlib)."""
+    import matplotlib
+
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    with matplotlib.rc_context({"savefig.format": fmt}), atomic_writer(path) as f:
+        draw(f)

@@ -10,17 +10,18 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from gazeloop.calibration.store.atomic import atomic_writer, check_writable
 from gazeloop.tools.commands._args import (
     add_broker_args,
     add_fastpath_args,
     broker_settings,
+    check_plot_path,
     fastpath_config,
     fraction,
     non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
+    write_plot,
 )
 from gazeloop.tools.errors import UserError
 from gazeloop.tools.runtime import bench_loop
@@ -340,27 +341,16 @@ def run_loop(args: argparse.Namespace) -> int:
     return 0
 
 
-def matplotlib_format(fmt: str):
-    import matplotlib
-
-    return matplotlib.rc_context({"savefig.format": fmt})
-
-
 def _run_sittings(args: argparse.Namespace, opts: LoopBenchOptions) -> int:
     _check_folder(args.sittings, "--sittings")
     if args.calibrate_on is not None:
         raise UserError("bench loop: --sittings pairs the sittings itself; drop --calibrate-on")
     if args.plot is not None:
-        if args.plot.suffix.lower() not in (".png", ".svg", ".pdf"):
-            raise UserError(f"--plot {args.plot}: name a .png, .svg or .pdf file")
-        check_writable(args.plot, folder=False)
+        check_plot_path(args.plot)
     with Progress("bench loop over consecutive sittings"):
         out = bench_loop.bench_sittings(args.sittings, fastpath_config(args), opts)
     if args.plot is not None:
-        # Atomically: a disk that fills while matplotlib writes leaves no half a picture.
-        fmt = args.plot.suffix.lstrip(".").lower()
-        with matplotlib_format(fmt), atomic_writer(args.plot) as f:
-            plot_sittings(out, f)
+        write_plot(lambda f: plot_sittings(out, f), args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
     print(json.dumps(out) if args.json else loop_text(out))
     return 0

@@ -18,18 +18,20 @@ from gazeloop.calibration.metrics.precision import (
     switch_lags,
 )
 from gazeloop.calibration.profile import DEFAULT_FEATURES
-from gazeloop.calibration.store.atomic import atomic_writer, check_writable
+from gazeloop.calibration.store.atomic import check_writable
 from gazeloop.calibration.store.session import read_session
 from gazeloop.fastpath.collect import collect_session, expand_features, feature_matrix
 from gazeloop.fastpath.filters import make_filter
 from gazeloop.fastpath.pipeline import FastPath
 from gazeloop.tools.commands._args import (
     add_fastpath_args,
+    check_plot_path,
     fastpath_config,
     fixed_mapping,
     positive_float,
     positive_int,
     screen_for,
+    write_plot,
 )
 from gazeloop.tools.errors import UserError
 from gazeloop.tools.runtime.progress import Progress
@@ -224,9 +226,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--save-profile saves the selected mapping: drop --mapping/--features")
     # Outputs checked before the fast path runs: a full disk is not news after a minute.
     if args.plot:
-        if args.plot.suffix.lower() not in (".png", ".svg", ".pdf"):
-            raise UserError(f"--plot {args.plot}: name a .png, .svg or .pdf file")
-        check_writable(args.plot, folder=False)
+        check_plot_path(args.plot)
     if args.report:
         check_writable(args.report, folder=True)
     if fixed is not None:
@@ -359,11 +359,7 @@ def _output(args: argparse.Namespace, ev) -> int:
 def save_plot(ev, path: Path) -> None:
     """The plot, written atomically: a disk that fills while matplotlib writes leaves the
     previous plot there, not half a PNG."""
-    import matplotlib
-
-    fmt = path.suffix.lstrip(".").lower() or "png"  # a file object hides the name's suffix
-    with matplotlib.rc_context({"savefig.format": fmt}), atomic_writer(path) as f:
-        plot_report(ev, f)
+    write_plot(lambda f: plot_report(ev, f), path)
 
 
 def write_report(ev, folder: Path) -> Path:

@@ -34,13 +34,16 @@ from gazeloop.calibration.store.session import SessionError, read_session
 from gazeloop.fastpath.collect import LazyFastPath
 from gazeloop.tools.commands._args import (
     add_fastpath_args,
+    check_plot_path,
     fastpath_config,
     positive_float,
     positive_int,
     screen_for,
+    write_plot,
 )
 from gazeloop.tools.errors import UserError
 from gazeloop.tools.runtime.selection import evaluate_session, session_views
+from gazeloop.tools.runtime.sittings_plot import plot_sittings_report
 from gazeloop.tools.runtime.workers import default_jobs, map_sessions
 
 
@@ -76,6 +79,13 @@ def add_parser(sub) -> None:
         default=default_jobs(),
         help="sittings evaluated at once, each in its own process (default: the cores, at "
         "most 4); the numbers do not depend on it",
+    )
+    p.add_argument(
+        "--plot",
+        type=Path,
+        metavar="PNG",
+        help="a picture of every sitting: its own calibration's error and the previous "
+        "sitting's profile on it",
     )
     add_fastpath_args(p)
     p.set_defaults(func=run)
@@ -176,6 +186,8 @@ def _within(item: tuple, fp: LazyFastPath) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     subs = _sittings(args.folder)
+    if args.plot is not None:
+        check_plot_path(args.plot)
     cfg = fastpath_config(args)
     fp = LazyFastPath(cfg)
     cache = not args.no_cache
@@ -214,6 +226,9 @@ def run(args: argparse.Namespace) -> int:
     finally:
         fp.close()
     report = summarise(str(args.folder), within, pairs)
+    if args.plot is not None:
+        write_plot(lambda f: plot_sittings_report(report, f), args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -1,0 +1,46 @@
+"""`gazeloop eval-sittings --plot PNG`: the sittings of a folder as one picture.
+
+Per sitting, in order: its own calibration's error (nested leave-one-target-out, a black
+bar) and the error of the person's previous sitting's profile on it (a dot, joined to the
+bar): the length of the line is what users call drift between sittings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def plot_sittings_report(rep: dict[str, Any], path) -> None:
+    """Draw `eval-sittings`' report (`summarise`) to `path` (a file name or a binary file)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = rep["sittings"]
+    across = {p["to"]: p for p in rep["pairs"] if "mean_px" in p}
+    users = sorted({r["user"] for r in rows})
+    colour = {u: plt.get_cmap("tab10")(i % 10) for i, u in enumerate(users)}
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.4 * len(rows) + 2), 4.6), dpi=110)
+    for i, r in enumerate(rows):
+        ax.plot(i, r["mean_px"], "_", color="k", ms=14, mew=2)
+        p = across.get(r["sitting"])
+        if p is not None:
+            c = colour[r["user"]]
+            ax.plot([i, i], [r["mean_px"], p["mean_px"]], "-", color=c, lw=1.2, alpha=0.7)
+            ax.plot(i, p["mean_px"], "o", color=c, ms=5)
+    ax.plot([], [], "_", color="k", ms=14, mew=2, label="its own calibration (nested LOTO)")
+    for u in users:
+        ax.plot([], [], "o", color=colour[u], label=f"{u}: the previous sitting's profile")
+    ax.set_xticks(range(len(rows)), [r["sitting"] for r in rows], rotation=70)
+    w, a = rep["within"], rep["across"]
+    ax.set_title(
+        f"within a sitting: median {w['median_px']} px over {w['n']}; the previous sitting's "
+        f"profile: median {a['median_px']} px over {a['n']} pairs",
+        fontsize=10,
+    )
+    ax.set_ylabel("mean error (px)")
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
