@@ -76,7 +76,7 @@ def transfer_text(out: dict[str, Any]) -> list[str]:
 def sittings_text(out: dict[str, Any]) -> list[str]:
     lines = [
         f"{'earlier':<10}{'later':<10}{'own':>7}{'drifted':>9}{'loop':>7}{'mean':>7}"
-        f"{'best':>7}{'clicks':>8}",
+        f"{'best':>7}{'labels':>8}",
     ]
     for p in out["pairs"]:
         lines.append(
@@ -88,11 +88,11 @@ def sittings_text(out: dict[str, Any]) -> list[str]:
     s = out["summary"]
     lines += [
         "(px on the unlabelled targets: own = the later sitting's leave-one-target-out; "
-        "mean = the clicks' mean offset; best = the best offset in hindsight)",
+        "mean = the labels' mean offset; best = the best offset in hindsight)",
         f"the loop closes {_n(s['gap_closed_median'], '.2f')} of the gap (median over the "
         f"{s['pairs_with_gap']} pairs whose drift exceeds their own error by 10 px); "
         f"{s['pairs_over_5pct_worse']} of {s['pairs']} pairs end over 5 % worse "
-        f"(the clicks' mean: {s.get('told_offset_pairs_over_5pct_worse', '-')})",
+        f"(the labels' mean: {s.get('told_offset_pairs_over_5pct_worse', '-')})",
     ]
     return lines
 
