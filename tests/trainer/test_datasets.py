@@ -639,6 +639,17 @@ def test_sessions_give_exactly_the_fast_path_pixels(shared, real_fp, tmp_path):
         np.testing.assert_array_equal(data.samples.right[i], ls.sample.features.left.crop)
     # Head pose: yaw within ±30°, roll zeroed (crops are roll-aligned), as GazeModel feeds.
     assert np.all(np.abs(data.samples.head[:, 0]) < 30) and np.all(data.samples.head[:, 2] == 0)
+    # And in the frame the fast path tells the network (the eyes' ray frame by default), not
+    # the camera's: the pose a trained model is served is the pose it was trained with.
+    from gazeloop.fastpath.gaze_model import head_pose_to_omz_degrees
+
+    frame = FastPathConfig().gaze_frame
+    told = [ls.sample.features.network_head(frame) for ls in ref.samples]
+    assert {f for _, f in told} == {ls.sample.head_frame for ls in ref.samples} == {"ray"}
+    served = head_pose_to_omz_degrees(np.array([h for h, _ in told]))
+    np.testing.assert_allclose(data.samples.head[:, :2], served[:, :2], atol=1e-4)
+    camera = head_pose_to_omz_degrees(np.array([ls.sample.features.head_ypr for ls in ref.samples]))
+    assert np.abs(camera[:, :2] - served[:, :2]).max() > 1.0  # the two frames differ here
 
 
 def test_image_datasets_through_the_real_fast_path(shared, real_fp, tmp_path):

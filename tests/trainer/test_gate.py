@@ -103,7 +103,7 @@ def test_harmful_run_is_refused_with_numbers_and_the_parent_stays(
     gate = summary["gate"]
     assert summary["promoted"] is False and gate["promoted"] is False
     assert gate["reason"].startswith("worse than its parent")
-    assert gate["candidate_px"] > 2 * gate["parent_px"]  # measured 222.4 vs 83.8 px
+    assert gate["candidate_px"] > 2 * gate["parent_px"]  # measured 274.4 vs 83.8 px
     assert 50 < gate["parent_px"] < 90 and gate["sessions"][0]["targets"] == 9
     # The stock model is scored exactly as `gazeloop eval` scores the session for a user.
     assert main(["eval", str(grid9.path), "--mirrored", "--json"]) == 0

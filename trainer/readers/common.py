@@ -54,7 +54,9 @@ from gazeloop.fastpath.types import Features, Frame, GazeSample
 log = logging.getLogger(__name__)
 
 # Bump when what a reader stores for the same source changes (crop convention, label maths).
-PREPROCESS_VERSION = 2  # 2: the fast path's gaze_frame decides the head pose input
+# 2: the fast path's gaze_frame decides the head pose input; 3: for session folders and
+# TFRecords too (they fed the camera-frame pose while the fast path serves the ray frame).
+PREPROCESS_VERSION = 3
 CROP = 60
 # Frames of one unit are fed to the fast path as a 30 Hz stream (tracking mode needs time).
 FRAME_STEP_NS = 33_333_333
@@ -221,6 +223,13 @@ class SampleBuilder:
 # --- conventions ----------------------------------------------------------------------------
 
 
+def gaze_frame(config: Any | None) -> str:
+    """The frame of the head pose the fast path tells the network (`FastPathConfig.gaze_frame`,
+    "ray" by default): training feeds the network what it is served. "camera" for a stand-in
+    without a config."""
+    return getattr(config, "gaze_frame", "camera")
+
+
 def model_inputs(s: GazeSample, frame: str = "camera") -> ModelInputs:
     """A usable fast-path sample → (left, right, head OMZ deg with roll 0, roll rad) in the
     network's input convention (see the module docstring), the head pose in `frame` as the
@@ -290,7 +299,7 @@ def preprocess_image(
     why = _unusable(s)
     if why is not None:
         return None, why
-    return model_inputs(s, getattr(getattr(fp, "cfg", None), "gaze_frame", "camera")), None
+    return model_inputs(s, gaze_frame(getattr(fp, "cfg", None))), None
 
 
 # --- the loop every reader shares: read → preprocess → skip with a reason → add ---------------

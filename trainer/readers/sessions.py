@@ -36,6 +36,7 @@ from gazeloop.trainer.readers.common import (
     Skipped,
     Unit,
     gather,
+    gaze_frame,
     model_inputs,
     sample_fields,
     unit_files,
@@ -111,6 +112,7 @@ class SessionReader:
         person = self.person or f"session:{user or unit.path.name}"
 
         collected = collect_session(session, pre.fp)
+        frame = gaze_frame(pre.config)
         skipped = [Skipped(unit.id, r.file, r.why) for r in collected.rejected]
         records = {it.name: it.record for it in session.items}
 
@@ -121,7 +123,7 @@ class SessionReader:
             if w is None:
                 raise Skip("weight/confidence is not a number ≥ 0")
             return sample_fields(
-                model_inputs(ls.sample),
+                model_inputs(ls.sample, frame),
                 person=person,
                 target=ls.target,
                 screen=np.array(ls.label_px) / (sw, sh),

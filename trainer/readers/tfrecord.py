@@ -65,6 +65,7 @@ from gazeloop.trainer.readers.common import (
     Unit,
     features_to_inputs,
     gather,
+    gaze_frame,
     kept,
     none_usable,
     sample_fields,
@@ -493,7 +494,8 @@ class JsPsychTFRecordReader:
                 raise Skip(f"fast path: {e}") from None
             if feats.blink:
                 raise Skip("eyes closed (blink)")
-            return sample_fields(features_to_inputs(feats), person=person, target=tid, screen=xy)
+            inputs = features_to_inputs(feats, gaze_frame(pre.config))
+            return sample_fields(inputs, person=person, target=tid, screen=xy)
 
         tids = target_ids([row[1] for _, row in rows])
         items = ((name, (row, tid)) for (name, row), tid in zip(rows, tids, strict=True))
