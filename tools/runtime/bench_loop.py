@@ -472,7 +472,9 @@ def _sitting(folder: Path, fp: LazyFastPath) -> Sitting:
     return evaluate_sitting(folder, fp)
 
 
-def bench_transfer(nxt: Sitting, prev: Sitting, fp: LazyFastPath, opts: LoopBenchOptions):
+def bench_transfer(
+    nxt: Sitting, prev: Sitting, fp: LazyFastPath, opts: LoopBenchOptions
+) -> dict[str, Any]:
     """The earlier sitting's profile on this one's frames, unchanged (`gazeloop eval NEXT
     --profile PREV`, points where the cursor shows them), the loop fed labels of some of
     this sitting's targets, every error measured on the others. The no-drift reference is
