@@ -468,10 +468,6 @@ def checkerboard(truth: np.ndarray, groups: np.ndarray) -> list[int]:
     return white if 0 < len(white) < len(ids) else ids[::2]
 
 
-def _sitting(folder: Path, fp: LazyFastPath) -> Sitting:
-    return evaluate_sitting(folder, fp)
-
-
 def bench_transfer(
     nxt: Sitting, prev: Sitting, fp: LazyFastPath, opts: LoopBenchOptions
 ) -> dict[str, Any]:
@@ -711,7 +707,7 @@ def bench_sittings(folder: Path, cfg: FastPathConfig, opts: LoopBenchOptions) ->
     rows = []
     try:
         # Each sitting's nested selection is independent: on `opts.jobs` processes.
-        done = map_sessions(_sitting, need, cfg, fp, opts.jobs)
+        done = map_sessions(evaluate_sitting, need, cfg, fp, opts.jobs)
         sittings = dict(zip(need, done, strict=True))
         for prev, nxt in pairs:
             r = bench_transfer(sittings[nxt], sittings[prev], fp, opts)
