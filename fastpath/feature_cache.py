@@ -93,6 +93,7 @@ def config_digest(cfg) -> str:
         "max_faces": cfg.max_faces,
         "crop_scale": cfg.crop_scale,
         "blink_aperture": cfg.blink_aperture,
+        "blink_relative": getattr(cfg, "blink_relative", None),
         "focal_px": cfg.focal_px,
         "still_gap_s": cfg.still_gap_s,
         "gaze_frame": getattr(cfg, "gaze_frame", "camera"),

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from gazeloop.fastpath.blink import BLINK_APERTURE
 from gazeloop.fastpath.eye_geometry import eye_position_mm
 from gazeloop.fastpath.types import EyeFeatures, FaceLandmarks, Features
 
@@ -35,9 +36,6 @@ CROP = 60
 # Intel's gaze demo crops a square of 1.8x the corner distance around the corner midpoint;
 # the pretrained model expects that framing.
 CROP_SCALE = 1.8
-# Eyelid gap / eye width below which an eye counts as closed. Open eyes measure 0.25-0.35 on
-# MediaPipe's mesh; a blink passes well under 0.15.
-BLINK_APERTURE = 0.15
 
 
 def eye_features(

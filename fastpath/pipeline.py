@@ -17,7 +17,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from gazeloop.fastpath import models
-from gazeloop.fastpath.features import BLINK_APERTURE, CROP_SCALE, extract
+from gazeloop.fastpath.blink import BLINK_APERTURE, BLINK_RELATIVE, BlinkDetector
+from gazeloop.fastpath.features import CROP_SCALE, extract
 from gazeloop.fastpath.filters import make_filter
 from gazeloop.fastpath.gaze_model import GazeModel
 from gazeloop.fastpath.landmarks import make_backend
@@ -64,7 +65,10 @@ class FastPathConfig(BaseModel):
     mirror_average: bool = True
     max_faces: int = Field(1, ge=1)
     crop_scale: float = Field(CROP_SCALE, gt=0)
+    # A blink: an eye under `blink_aperture` of its width, or both eyes' mean under
+    # `blink_relative` of the person's usual aperture (`fastpath.blink` says why).
     blink_aperture: float = Field(BLINK_APERTURE, ge=0)
+    blink_relative: float = Field(BLINK_RELATIVE, ge=0, lt=1)
     focal_px: float | None = Field(None, gt=0, description="camera focal length, pixels")
 
     # Frames further apart than this (or going back in time) are independent stills, not a
@@ -126,6 +130,7 @@ class FastPath:
         self._swap: tuple[GazeModel, object] | None = None
         self._size: tuple[int, int] | None = None
         self._last_t: int | None = None
+        self.blinks = BlinkDetector(cfg.blink_aperture, cfg.blink_relative)
 
     def set_mapper(self, mapper: Callable[[GazeSample], np.ndarray | None] | None) -> None:
         """Install (or remove) the calibration mapping; the filter restarts because its
@@ -149,7 +154,13 @@ class FastPath:
         log.info("switched to gaze model %s (%s)", gaze.model_id, gaze.sha256[:12])
 
     def reset(self) -> None:
-        """Forget tracking state (a new source, or a jump in time)."""
+        """A new source: forget tracking state and the person's usual eye aperture."""
+        self._reset_tracking()
+        self.blinks.reset()
+
+    def _reset_tracking(self) -> None:
+        """A jump in time: the landmarks and the filter start afresh (the person is the
+        same, so the blink reference stays)."""
         self.landmarks.reset()
         self.filter.reset()
         self._last_yp = self._last_xy = None
@@ -160,7 +171,7 @@ class FastPath:
             self._apply_swap()
         last = self._last_t
         if last is not None and not 0 <= frame.t_ns - last <= self.cfg.still_gap_s * 1e9:
-            self.reset()
+            self._reset_tracking()
         self._last_t = frame.t_ns
         q = Quality()
         s = GazeSample(t_ns=frame.t_ns, index=frame.index, quality=q)
@@ -212,7 +223,7 @@ class FastPath:
         st["features"] = (t2 - t1) / 1e6
         s.features = feats
         q.crop_clipped = feats.left.crop_clipped or feats.right.crop_clipped
-        q.blink = feats.blink
+        q.blink = self.blinks.closed(feats.left.aperture, feats.right.aperture)
         if q.blink:
             # Hold across the blink: the filter keeps its state and the stream repeats the
             # last estimate, flagged, so a cursor does not jump when the lids close.

@@ -45,8 +45,9 @@ import numpy as np
 
 from gazeloop.calibration.store.atomic import atomic_writer
 from gazeloop.calibration.store.session import ImageDecodeError, load_image
+from gazeloop.fastpath.blink import BLINK_APERTURE
 from gazeloop.fastpath.collect import _unusable  # the fast path's own rule for a usable frame
-from gazeloop.fastpath.features import BLINK_APERTURE, CROP_SCALE
+from gazeloop.fastpath.features import CROP_SCALE
 from gazeloop.fastpath.gaze_model import head_pose_to_omz_degrees
 from gazeloop.fastpath.headpose import eye_ray_frame
 from gazeloop.fastpath.types import Features, Frame, GazeSample
