@@ -499,6 +499,31 @@ def test_jspsych_tfrecord_reader_geometry(tmp_path):
     np.testing.assert_allclose(smp.head, 0.0)
 
 
+def _half_closed() -> bytes:
+    """Lids a third as far apart as `synthetic_landmarks`' (aperture ≈ 0.11, above the shut
+    floor): a half-blink for a person whose eyes measure 0.33 open."""
+    lm = synthetic_landmarks()
+    for up, lo in ((159, 145), (158, 153), (160, 144), (386, 374), (385, 380), (387, 373)):
+        lm[up, 1], lm[lo, 1] = 0.446, 0.454
+    return tfr.encode_tensor(lm.astype(np.float32))
+
+
+def test_jspsych_half_blinks_are_judged_against_each_persons_open_eyes(tmp_path):
+    # The fast path's blink rule (fastpath.blink), per person: a7k2's half-closed frame
+    # after six open ones is a blink; the same frame as b3's first has nothing to compare
+    # with and only a shut eye would be refused.
+    recs = [jspsych_record(10 * k, 50) for k in range(1, 7)]
+    recs += [jspsych_record(70, 50, landmarks=[_half_closed()])]
+    recs += [jspsych_record(80, 50, subject="b3", landmarks=[_half_closed()])]
+    path = tmp_path / "two.tfrecords"
+    tfr.write_records(path, recs)
+    reader = JsPsychTFRecordReader(path, head_pose=lambda pts, size: np.zeros(3))
+    (unit,), _ = reader.units()
+    smp, skipped = reader.read(unit, LazyFastPath(FakeFastPath, None))
+    assert [(s.item, s.why) for s in skipped] == [("record 6", "eyes closed (blink)")]
+    assert len(smp) == 7 and sorted(set(smp.person)) == ["jspsych:a7k2", "jspsych:b3"]
+
+
 def test_jspsych_bad_records_are_skipped_with_reasons(tmp_path, face_task):
     # face_task: the good record's head pose comes from the face model's canonical face.
     recs = [

@@ -45,7 +45,7 @@ import numpy as np
 
 from gazeloop.calibration.store.atomic import atomic_writer
 from gazeloop.calibration.store.session import ImageDecodeError, load_image
-from gazeloop.fastpath.blink import BLINK_APERTURE
+from gazeloop.fastpath.blink import BLINK_APERTURE, BLINK_RELATIVE, BlinkDetector
 from gazeloop.fastpath.collect import _unusable  # the fast path's own rule for a usable frame
 from gazeloop.fastpath.features import CROP_SCALE
 from gazeloop.fastpath.gaze_model import head_pose_to_omz_degrees
@@ -392,8 +392,8 @@ def preprocess_tag(fp_config: Any | None, extra: str = "") -> str:
         "fastpath": getattr(features, "PREPROCESSING_VERSION", None),
     }
     if fp_config is not None:
-        keys = ("landmarks", "face_model", "crop_scale", "blink_aperture", "focal_px", "gaze_frame")
-        for k in keys:
+        keys = ("landmarks", "face_model", "crop_scale", "blink_aperture", "blink_relative")
+        for k in (*keys, "focal_px", "gaze_frame"):
             v = getattr(fp_config, k, None)
             parts[k] = str(v) if isinstance(v, Path) else v
     if extra:
@@ -421,6 +421,11 @@ class LazyFastPath:
         self.tag = preprocess_tag(config, tag_extra)
         self.crop_scale = float(getattr(config, "crop_scale", CROP_SCALE))
         self.blink_aperture = float(getattr(config, "blink_aperture", BLINK_APERTURE))
+        self.blink_relative = float(getattr(config, "blink_relative", BLINK_RELATIVE))
+
+    def blink_detector(self) -> BlinkDetector:
+        """The fast path's blink rule for readers that crop without it (one per person)."""
+        return BlinkDetector(self.blink_aperture, self.blink_relative)
 
     @property
     def fp(self) -> Preprocessor:

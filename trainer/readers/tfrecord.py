@@ -54,6 +54,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from gazeloop.fastpath.blink import BlinkDetector
 from gazeloop.fastpath.features import extract
 from gazeloop.fastpath.protowire import ProtoError, iter_fields, varint
 from gazeloop.fastpath.types import FaceLandmarks
@@ -476,6 +477,9 @@ class JsPsychTFRecordReader:
         if not rows:
             return none_usable(unit.id, skipped, "records")
 
+        # The fast path's blink rule, each person judged against their own open eyes.
+        blinks: dict[str, BlinkDetector] = {}
+
         def to_sample(item: tuple[_Record, int]) -> dict[str, Any]:
             (person, xy, strip, lm), tid = item
             image, pts, frame_pts = strip_face(strip, lm, self.aspect)
@@ -492,7 +496,8 @@ class JsPsychTFRecordReader:
                 )
             except ValueError as e:
                 raise Skip(f"fast path: {e}") from None
-            if feats.blink:
+            blink = blinks.setdefault(person, pre.blink_detector())
+            if blink.closed(feats.left.aperture, feats.right.aperture):
                 raise Skip("eyes closed (blink)")
             inputs = features_to_inputs(feats, gaze_frame(pre.config))
             return sample_fields(inputs, person=person, target=tid, screen=xy)
