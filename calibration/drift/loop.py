@@ -77,13 +77,14 @@ A new sitting. `gazeloop run` with a profile made in an earlier sitting (`reset(
 new_sitting=True)`) starts the calibration's run with `sitting_prior_weight`, (noise_prior /
 drift_scale)² ≈ 3.5 labels, not 80: between sittings the offset is known only as well as a
 change of drift. On the evit sittings (`gazeloop bench loop --sittings ../shared/data/evit
---oracle clicks`, 24 pairs, 7-8 replayed clicks each) the loop then closes a median 0.70 of
-the gap between the old profile and the sitting's own calibration (0.14 with 80), mean error
-182 → 173 px; the price, with so few clicks, is 6 pairs that end over 5 % worse than
-without the loop (worst 1.18×), where 80 had none. The plain mean of the same clicks (no
-prior, no gate) ends 9 pairs over 5 % worse, mean 179 px; the offset best in hindsight for
-the measured targets, 151 px: the clicks, not the loop, are what cannot tell a small drift
-from the per-target error (`docs/baselines/evit_sittings_loop.json`).
+--oracle clicks`, 24 pairs, 6-8 real clicks each, the profile the product's own) the loop
+closes a median 0.50 of the gap between the old profile and the sitting's own calibration,
+mean error 131 → 121 px; 2 pairs end over 5 % worse than without the loop (worst 1.12×).
+When the weight was chosen (a ridge profile then) it closed 0.70 against 0.14 with 80, at 6
+pairs worse where 80 had none. The plain mean of the same clicks (no prior, no gate) ends 3
+pairs over 5 % worse, mean 127 px; the offset best in hindsight for the measured targets,
+111 px: the clicks, not the loop, are what cannot tell a small drift from the per-target
+error (`docs/baselines/evit_sittings_loop.json`).
 
 The gate
 --------
@@ -346,8 +347,8 @@ class DriftLoop:
 
         `new_sitting`: the offset comes with a profile made in an earlier sitting, so it is
         known only as well as the drift between sittings (`sitting_prior_weight`), not as
-        well as a calibration just made (`prior_weight`). On the evit sittings, with 7-8
-        replayed clicks per pair, this is what lets the labels close the gap an offset can
+        well as a calibration just made (`prior_weight`). On the evit sittings, with 6-8
+        real clicks per pair, this is what lets the labels close the gap an offset can
         close (the module doc has the numbers)."""
         off = np.asarray(offset, dtype=np.float64).reshape(2)
         if not np.isfinite(off).all():
