@@ -7,15 +7,18 @@ aperture: on the evit sittings the bottom row's stills measure 0.11-0.16 of the 
 until 2026-12) rejected 12 of its 112 stills as blinks. In a live run that is a cursor frozen
 wherever it was whenever the user looks at the Dock or the taskbar. A closed eye measures
 0.006-0.01 (corners4's closed-eye frame); the frames an absolute threshold cannot tell from a
-downward look are half-blinks and squints, which narrow the eyes to a *person's* 0.2-0.4 (on
-evit: six stills, each read by the network 250-800 px off).
+downward look are half-blinks and squints, which narrow the eyes to 0.21-0.41 of the
+*person's* usual aperture (six evit stills and corners4's mid-blink frame; one of them, kept,
+is read 815 px off and takes its sitting's mean error from 83 to 263 px).
 
 So a frame is a blink when either eye is shut (aperture under `floor`: a wink spoils the read
 as much as a blink, the network takes both crops), or when the two eyes' mean aperture is
 under `relative` times this person's usual one: the median over the last `window` frames
 with no eye shut. Half-blinks are too few to move a median, and a person whose eyes are
 narrow or who looks down for minutes moves the reference with them, so nobody is locked out.
-Until `warmup` frames have been seen only the floor applies.
+Until `warmup` frames have been seen only the floor applies. `relative` = 0.45 sits in the
+gap between 0.41 and 0.46, and was chosen by looking at these frames: the shared data's 448
+stills are all there is to choose from, so a held-out person may land nearer either edge.
 
 The reference survives the fast path's own resets on a jump in time (a still seconds after
 the last is still the same person); `reset()` is for a new source.
@@ -31,7 +34,7 @@ import numpy as np
 # MediaPipe's mesh, open ones 0.25-0.35 looking ahead.
 BLINK_APERTURE = 0.05
 # A frame whose mean aperture is under this share of the person's usual one is a blink or a
-# squint: half-blinks measure 0.2-0.4 of it, a look at the bottom of a laptop screen 0.46+.
+# squint: half-blinks measure 0.21-0.41 of it, a look at the bottom of a laptop screen 0.46+.
 BLINK_RELATIVE = 0.45
 REFERENCE_FRAMES = 300  # ten seconds at 30 Hz
 WARMUP_FRAMES = 5
