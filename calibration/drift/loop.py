@@ -65,13 +65,14 @@ label takes ~9 labels to tell from noise at a false-alarm rate of about one in f
 What holds grid9's simulated streams at 16 labels against the told estimator's 11 (measured
 2026-12-05, `bench loop --session grid9 --mirrored --seeds 300`) is mostly σ. Given the
 labels' true scale (`noise_prior` at their measured 116 px, never re-estimated) this loop
-recovers in 13 at the same false-walk share (4.7 %); so does a plain Gaussian scan with σ
-known and the same short-run penalty. Estimated from the labels, σ grows from 114 to 129 px
-over the 8 labels after an undetected step (their residuals about the old run's fit count as
-noise) and masks it. Measuring σ on both sides of the scan's best split, leaving out the
-newest 5-10 labels, or a trimmed RMS for the median each bought a label at most and raised
-the false walks to 5-9 %: over 60 labels a σ with less bias has more spread, and a small σ
-makes changes of noise.
+recovers in 13 at the same false-walk share (4.7 %), and a plain Gaussian scan with σ known
+and the same short-run penalty in 12.5-13 at 3-11 % (150 streams). Estimated from the
+labels, σ grows from 114 to 129 px over the 8 labels after an undetected step (their
+residuals about the old run's fit count as noise) and masks it. Measuring σ on both sides of
+the scan's best split, or leaving out the newest 5-10 labels, bought a label at most and
+raised the false walks to 7-9 %; a trimmed RMS for the median bought one at 4.7 %, too
+little to keep: over 60 labels a σ with less bias has more spread, and a small σ makes
+changes of noise.
 
 A new sitting. `gazeloop run` with a profile made in an earlier sitting (`reset(...,
 new_sitting=True)`) starts the calibration's run with `sitting_prior_weight`, (noise_prior /
