@@ -87,10 +87,6 @@ class Features:
             return np.array([eye[0], eye[1], self.head_ypr[2]]), "ray"
         return self.head_ypr, "camera"
 
-    @property
-    def blink(self) -> bool:
-        return self.left.blink and self.right.blink
-
     def vector(self) -> np.ndarray:
         """Flat geometric features for mappings: iris offsets, apertures, head pose."""
         return np.array(
