@@ -142,21 +142,25 @@ def _l1_centre(Ps: np.ndarray, gs: np.ndarray, c0: np.ndarray) -> np.ndarray:
     """L1 (spatial-median-like) centre by IRLS; directions no label constrains stay at c0."""
     a, b, d = Ps[:, 0, 0], Ps[:, 0, 1], Ps[:, 1, 1]  # P is symmetric
     px, py = a * gs[:, 0] + b * gs[:, 1], b * gs[:, 0] + d * gs[:, 1]  # P·g
+    # The five sums of each step as one product: the loop runs this a few times per label,
+    # and numpy's per-call overhead on a few dozen labels is most of its cost.
+    M = np.stack([a, b, d, px, py])
     w = np.ones(len(gs))
-    c = (float(c0[0]), float(c0[1]))
+    c0x, c0y = float(c0[0]), float(c0[1])
+    cx, cy = c0x, c0y
     for _ in range(_L1_ITERS + 1):
         r = _TINY * (float(w.sum()) + 1.0)
-        a00, a01, a11 = float(w @ a) + r, float(w @ b), float(w @ d) + r
-        bx, by = float(w @ px) + r * c0[0], float(w @ py) + r * c0[1]
+        sa, sb, sd, sx, sy = (M @ w).tolist()
+        a00, a01, a11 = sa + r, sb, sd + r
+        bx, by = sx + r * c0x, sy + r * c0y
         det = a00 * a11 - a01 * a01
-        new = ((a11 * bx - a01 * by) / det, (a00 * by - a01 * bx) / det)
-        if abs(new[0] - c[0]) + abs(new[1] - c[1]) < 1e-12:
-            c = new
+        nx, ny = (a11 * bx - a01 * by) / det, (a00 * by - a01 * bx) / det
+        if abs(nx - cx) + abs(ny - cy) < 1e-12:
+            cx, cy = nx, ny
             break
-        c = new
-        ex, ey = px - (a * c[0] + b * c[1]), py - (b * c[0] + d * c[1])
-        w = 1.0 / np.maximum(np.hypot(ex, ey), _EPS)
-    return np.array(c)
+        cx, cy = nx, ny
+        w = 1.0 / np.maximum(np.hypot(px - (a * cx + b * cy), py - (b * cx + d * cy)), _EPS)
+    return np.array([cx, cy])
 
 
 def _resid(Ps: np.ndarray, gs: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -205,21 +209,24 @@ def robust_fit(
     a, b, d = Ps[:, 0, 0], Ps[:, 0, 1], Ps[:, 1, 1]
     gx, gy = gs[:, 0], gs[:, 1]
     px, py = a * gx + b * gy, b * gx + d * gy
-    (p00, p01), (_, p11) = prior_info
-    pb = prior_info @ prior_mean
-    c = _l1_centre(Ps, gs, prior_mean)
+    M = np.stack([a, b, d, px, py])  # each step's five sums as one product
+    (p00, p01), (_, p11) = prior_info.tolist()
+    pbx, pby = (prior_info @ prior_mean).tolist()
+    cx, cy = _l1_centre(Ps, gs, prior_mean).tolist()
     w = np.ones(m)
     for _ in range(_IRLS_ITERS):
-        r = _resid(Ps, gs, c)
+        r = np.hypot(px - (a * cx + b * cy), py - (b * cx + d * cy))
         w = np.where(r > cut, 0.0, np.minimum(1.0, k / np.maximum(r, _EPS)))
-        s00, s01, s11 = float(w @ a) + p00, float(w @ b) + p01, float(w @ d) + p11
-        bx, by = float(w @ px) + pb[0], float(w @ py) + pb[1]
+        sa, sb, sd, sx, sy = (M @ w).tolist()
+        s00, s01, s11 = sa + p00, sb + p01, sd + p11
+        bx, by = sx + pbx, sy + pby
         det = s00 * s11 - s01 * s01
-        new = np.array([(s11 * bx - s01 * by) / det, (s00 * by - s01 * bx) / det])
-        done = math.hypot(new[0] - c[0], new[1] - c[1]) < 1e-9
-        c = new
+        nx, ny = (s11 * bx - s01 * by) / det, (s00 * by - s01 * bx) / det
+        done = math.hypot(nx - cx, ny - cy) < 1e-9
+        cx, cy = nx, ny
         if done:
             break
+    c = np.array([cx, cy])
     r = _resid(Ps, gs, c)
     w = np.where(r > cut, 0.0, np.minimum(1.0, k / np.maximum(r, _EPS)))
     S = np.einsum("n,nij->ij", w, Ps) + prior_info
@@ -287,16 +294,19 @@ def _l1_batched(Ps: np.ndarray, Pg: np.ndarray, mask: np.ndarray, c0: np.ndarray
     loop's time before."""
     a, b, d = Ps[:, 0, 0], Ps[:, 0, 1], Ps[:, 1, 1]
     px, py = Pg[:, 0], Pg[:, 1]
+    M = np.column_stack([a, b, d, px, py])  # (m, 5): each step's five sums as one product
     w = mask.astype(np.float64)
-    c = c0
+    c0x, c0y = c0[:, 0], c0[:, 1]
+    cx, cy = c0x, c0y
     for _ in range(_L1_ITERS):
-        s00, s01, s11 = w @ a + _TINY, w @ b, w @ d + _TINY
-        bx, by = w @ px + _TINY * c0[:, 0], w @ py + _TINY * c0[:, 1]
+        S = w @ M
+        s00, s01, s11 = S[:, 0] + _TINY, S[:, 1], S[:, 2] + _TINY
+        bx, by = S[:, 3] + _TINY * c0x, S[:, 4] + _TINY * c0y
         det = s00 * s11 - s01 * s01
         cx, cy = (s11 * bx - s01 * by) / det, (s00 * by - s01 * bx) / det
-        c = np.column_stack([cx, cy])
-        w = mask / np.maximum(np.hypot(*_resid_rows(Ps, Pg, c)), _EPS)
-    return c
+        cxc, cyc = cx[:, None], cy[:, None]
+        w = mask / np.maximum(np.hypot(px - (a * cxc + b * cyc), py - (b * cxc + d * cyc)), _EPS)
+    return np.column_stack([cx, cy])
 
 
 def _resid_rows(Ps: np.ndarray, Pg: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, ...]:

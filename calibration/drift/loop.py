@@ -448,10 +448,18 @@ class DriftLoop:
     def _weight(self, s: _Sample) -> float:
         return self._w.get(s.source, 1.0)
 
-    def _weights(self, labels: list[_Sample]) -> np.ndarray | None:
-        """Each label's weight for `changepoint`, None when every one weighs 1 (one source)."""
-        w = np.array([self._weight(s) for s in labels])
-        return None if np.all(w == 1.0) else w
+    def _stack(self, labels: list[_Sample]) -> tuple[np.ndarray, ...]:
+        """The labels as `changepoint` takes them: each P times its weight, g, dims, and the
+        weights (None when every one weighs 1: one source)."""
+        if not labels:
+            return np.zeros((0, 2, 2)), np.zeros((0, 2)), np.zeros(0, dtype=int), None
+        w = np.array([self._w.get(s.source, 1.0) for s in labels])
+        Ps = np.array([s.P for s in labels])
+        gs = np.array([s.g for s in labels])
+        dims = np.array([s.dim for s in labels])
+        if np.all(w == 1.0):
+            return Ps, gs, dims, None
+        return Ps * w[:, None, None], gs, dims, w
 
     def sources(self) -> dict[str, SourceStats]:
         """Every source seen since the last reset: counts, σ and weight as the next label
@@ -584,14 +592,17 @@ class DriftLoop:
         cfg = self.cfg
         labels = labels[-cfg.window_labels :]
         info, mean = self._prior(run or self._runs[-1], len(labels))
+        Ps, gs, dims, w = self._stack(labels)
         return robust_fit(
-            *_stack(labels, self._weight),
+            Ps,
+            gs,
+            dims,
             info,
             mean,
             sigma,
             huber_k=cfg.huber_k,
             gate=cfg.gate_sigma,
-            label_weights=self._weights(labels),
+            label_weights=w,
         )
 
     def _store_fit(self, labels: list[_Sample], sigma: float, run: _Run | None = None) -> Fit:
@@ -615,8 +626,7 @@ class DriftLoop:
         prior = self._prior(run, 0) if run.calibration else (np.zeros((2, 2)), run.mean)
         # The weights of the labels before each split come from the run's robust fit: junk
         # the fit ignores does not shift the reference the later labels are compared with.
-        Ps, gs, dims = _stack(labels, self._weight)
-        w = self._weights(labels)
+        Ps, gs, dims, w = self._stack(labels)
         fit = robust_fit(
             Ps, gs, dims, *prior, sigma, huber_k=cfg.huber_k, gate=cfg.gate_sigma, label_weights=w
         )
@@ -844,14 +854,3 @@ class DriftLoop:
     def estimate(self) -> np.ndarray:
         """(2,) the current run's robust fit, normalised; the offset steps toward it."""
         return _ro(self._estimate / self._k)
-
-
-def _stack(run: list[_Sample], weight=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The labels' P (times each one's weight, when given), g and dims, stacked."""
-    if not run:
-        return np.zeros((0, 2, 2)), np.zeros((0, 2)), np.zeros(0, dtype=int)
-    return (
-        np.stack([s.P if weight is None else s.P * weight(s) for s in run]),
-        np.stack([s.g for s in run]),
-        np.array([s.dim for s in run]),
-    )
