@@ -72,7 +72,14 @@ residuals about the old run's fit count as noise) and masks it. Measuring σ on 
 the scan's best split, or leaving out the newest 5-10 labels, bought a label at most and
 raised the false walks to 7-9 %; a trimmed RMS for the median bought one at 4.7 %, too
 little to keep: over 60 labels a σ with less bias has more spread, and a small σ makes
-changes of noise.
+changes of noise. Two more, measured the same way and also on the synthetic 5×5 session's
+selection seeds (`loop_stats --base 50000`, told 12): σ from successive labels' differences
+(a step spoils one difference, not eight residuals) recovers grid9 in 14.5 but walks in
+6.7 %, and its average with the residuals' σ in 14 at 5.0 % (synthetic: 15 at 5.7 %); the
+residuals' σ² shrunk toward `noise_prior` with the prior worth 10 labels recovers in 14 at
+3.7 % (synthetic 15 at 4.7 %), but replayed clicks, far less noisy than that prior, then
+recover in 9 labels instead of 7 and the evit pairs close 0.496 of their gap instead of
+0.501. A prior right for one source is wrong for another, so σ stays the labels' own.
 
 A new sitting. `gazeloop run` with a profile made in an earlier sitting (`reset(...,
 new_sitting=True)`) starts the calibration's run with `sitting_prior_weight`, (noise_prior /
