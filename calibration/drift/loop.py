@@ -87,7 +87,8 @@ drift_scale)² ≈ 3.5 labels, not 80: between sittings the offset is known only
 change of drift. On the evit sittings (`gazeloop bench loop --sittings ../shared/data/evit
 --oracle clicks`, 24 pairs, 6-8 real clicks each, the profile the product's own) the loop
 closes a median 0.50 of the gap between the old profile and the sitting's own calibration,
-mean error 131 → 121 px; 2 pairs end over 5 % worse than without the loop (worst 1.12×).
+mean error 131 → 121 px; 2 pairs end over 5 % worse than without the loop (worst 1.12×),
+neither of them one of the 12 with a gap (among those the worst ends 1.04×: p2_s02 → s03).
 When the weight was chosen (a ridge profile then) it closed 0.70 against 0.14 with 80, at 6
 pairs worse where 80 had none. The plain mean of the same clicks (no prior, no gate) ends 3
 pairs over 5 % worse, mean 127 px; the offset best in hindsight for the measured targets,

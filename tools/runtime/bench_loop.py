@@ -665,15 +665,22 @@ def sitting_pairs(folders: list[Path]) -> list[tuple[Path, Path]]:
 def gap_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Over the pairs whose old profile is more than `GAP_MIN_PX` worse than the sitting's
     own leave-one-target-out error: the share of that gap the loop closes, (drifted − after)
-    / (drifted − before), median; and over every pair, after / drifted at worst (pure)."""
-    gaps = [
-        (r["error_drifted_px"] - r["error_after_px"])
-        / (r["error_drifted_px"] - r["error_before_px"])
+    / (drifted − before), median; after / drifted at worst and the pairs over 5 % worse, over
+    every pair and over those with a gap (issue 13 states its "no pair ends more than 5 %
+    worse" beside the gap pairs; both counts are given, so neither reading is hidden). Pure."""
+    with_gap = [
+        r
         for r in rows
         if r["error_before_px"] is not None
         and r["error_drifted_px"] - r["error_before_px"] > GAP_MIN_PX
     ]
+    gaps = [
+        (r["error_drifted_px"] - r["error_after_px"])
+        / (r["error_drifted_px"] - r["error_before_px"])
+        for r in with_gap
+    ]
     ratios = [r["error_after_px"] / r["error_drifted_px"] for r in rows]
+    gap_ratios = [r["error_after_px"] / r["error_drifted_px"] for r in with_gap]
     out = {
         "pairs": len(rows),
         "pairs_with_gap": len(gaps),
@@ -681,6 +688,10 @@ def gap_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "gap_closed_min": None if not gaps else round(float(np.min(gaps)), 3),
         "worst_after_over_drifted": None if not ratios else round(float(max(ratios)), 3),
         "pairs_over_5pct_worse": int(sum(r > 1.05 for r in ratios)),
+        "gap_pairs_worst_after_over_drifted": (
+            None if not gap_ratios else round(float(max(gap_ratios)), 3)
+        ),
+        "gap_pairs_over_5pct_worse": int(sum(r > 1.05 for r in gap_ratios)),
     }
     # The same count for the mean of the clicks (`offset_yardsticks`), when the rows have it:
     # how often the labels themselves point the wrong way, whatever the loop makes of them.

@@ -92,7 +92,8 @@ def sittings_text(out: dict[str, Any]) -> list[str]:
         f"the loop closes {_n(s['gap_closed_median'], '.2f')} of the gap (median over the "
         f"{s['pairs_with_gap']} pairs whose drift exceeds their own error by 10 px); "
         f"{s['pairs_over_5pct_worse']} of {s['pairs']} pairs end over 5 % worse "
-        f"(the labels' mean: {s.get('told_offset_pairs_over_5pct_worse', '-')})",
+        f"({s.get('gap_pairs_over_5pct_worse', '-')} of the {s['pairs_with_gap']} with a gap; "
+        f"the labels' mean: {s.get('told_offset_pairs_over_5pct_worse', '-')})",
     ]
     return lines
 
@@ -149,7 +150,7 @@ def plot_sittings(out: dict[str, Any], path) -> None:
     ax.set_title(
         f"the loop closes {'-' if gap is None else f'{gap:.2f}'} of the gap "
         f"({s['pairs_with_gap']} pairs with one); {s['pairs_over_5pct_worse']} of {n} pairs "
-        "over 5 % worse",
+        f"over 5 % worse ({s.get('gap_pairs_over_5pct_worse', '-')} with a gap)",
         fontsize=10,
     )
     ax.set_ylabel("mean error on the unlabelled targets (px)")

@@ -226,6 +226,9 @@ def test_gap_summary_counts_only_pairs_with_a_gap():
     assert (s["pairs"], s["pairs_with_gap"]) == (3, 2)
     assert s["gap_closed_median"] == 0.75 and s["gap_closed_min"] == 0.5
     assert s["worst_after_over_drifted"] == round(112 / 105, 3) and s["pairs_over_5pct_worse"] == 1
+    # The pair over 5 % worse has no gap: among the gap pairs none is, the worst 150/200.
+    assert s["gap_pairs_over_5pct_worse"] == 0
+    assert s["gap_pairs_worst_after_over_drifted"] == 0.75
     assert "told_offset_pairs_over_5pct_worse" not in s  # rows without the yardsticks
     # Told offsets 0.95x, 1.07x, 1.0x drifted.
     for r, told in zip(rows, (190.0, 150.0, 105.0), strict=True):
