@@ -80,6 +80,11 @@ residuals' σ² shrunk toward `noise_prior` with the prior worth 10 labels recov
 3.7 % (synthetic 15 at 4.7 %), but replayed clicks, far less noisy than that prior, then
 recover in 9 labels instead of 7 and the evit pairs close 0.496 of their gap instead of
 0.501. A prior right for one source is wrong for another, so σ stays the labels' own.
+The short-run penalty scaled by (σ/`noise_prior`)² (a precise source's false change moves
+the offset less, so it could pay less) brings replayed clicks on grid9 from 7 labels to 5,
+but a σ estimated low then also lowers the penalty: the simulated no-drift streams walk in
+7.3 % instead of 4.3 %; with half the prior as the reference the walks stay at 4.3 % and the
+clicks at 7, as their σ (~0.05 screen widths) is too close to the simulated 0.07.
 
 A new sitting. `gazeloop run` with a profile made in an earlier sitting (`reset(...,
 new_sitting=True)`) starts the calibration's run with `sitting_prior_weight`, (noise_prior /
