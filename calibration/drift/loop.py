@@ -84,7 +84,8 @@ The short-run penalty scaled by (σ/`noise_prior`)² (a precise source's false c
 the offset less, so it could pay less) brings replayed clicks on grid9 from 7 labels to 5,
 but a σ estimated low then also lowers the penalty: the simulated no-drift streams walk in
 7.3 % instead of 4.3 %; with half the prior as the reference the walks stay at 4.3 % and the
-clicks at 7, as their σ (~0.05 screen widths) is too close to the simulated 0.07.
+clicks at 7, their σ (0.036-0.045 screen widths, p10-p90) being that reference: the two
+regimes (simulated 0.057-0.079) are too close for σ to tell them apart reliably.
 
 A new sitting. `gazeloop run` with a profile made in an earlier sitting (`reset(...,
 new_sitting=True)`) starts the calibration's run with `sitting_prior_weight`, (noise_prior /
