@@ -104,6 +104,8 @@ _PRIOR_SD = np.array(
 )
 # Below this a frame is not in front of the camera (eye depth in mm, |eye_z_mm|).
 _MIN_DEPTH_MM = 50.0
+# Finite-difference steps of the Jacobian: 1e-4 mm for the two positions, 1e-7 elsewhere.
+_FD_STEPS = np.where(np.isin(np.arange(9), (6, 7)), 1e-4, 1e-7)
 _MIN_GAIN = 0.05
 
 
@@ -212,7 +214,8 @@ def _fit_params(
     p = (prior if start is None else start).astype(np.float64).copy()
     # Frames whose ray misses the screen from the start (a glance far off the screen that
     # the outlier filter let through) sit out; most of them missing is a wrong convention.
-    hits = np.isfinite(screen_mm(p, yaw, pitch, eye, frames)).all(axis=1)
+    s0 = screen_mm(p, yaw, pitch, eye, frames)
+    hits = np.isfinite(s0).all(axis=1)
     if hits.mean() < 0.5:
         raise GeometryError(
             f"{int((~hits).sum())} of {len(hits)} gaze rays point away from the screen plane "
@@ -221,7 +224,7 @@ def _fit_params(
         )
     if not hits.all():
         yaw, pitch, eye, frames = yaw[hits], pitch[hits], eye[hits], frames[hits]
-        target_mm, w = target_mm[hits], w[hits]
+        target_mm, w, s0 = target_mm[hits], w[hits], s0[hits]
     sw = np.sqrt(w)
 
     def resid(q: np.ndarray) -> np.ndarray:
@@ -234,8 +237,9 @@ def _fit_params(
         data = float(w @ (2.0 * (np.sqrt(1.0 + z2) - 1.0)))
         return data + float((((q - prior) / prior_sd)[free] ** 2).sum())
 
-    steps = np.where(np.isin(np.arange(len(p)), (6, 7)), 1e-4, 1e-7)
-    r = resid(p)
+    steps = _FD_STEPS
+    di = np.arange(len(free))  # the diagonal, for Levenberg–Marquardt's damping
+    r = (s0 - target_mm) / ROBUST_MM  # resid(p): screen_mm is per frame
     c = cost(r, p)
     lam = 1e-3
     iterations = 0
@@ -255,7 +259,9 @@ def _fit_params(
         g = Jw.T @ rv + (p[free] - prior[free]) / ps**2
         improved = False
         for _ in range(8):
-            delta = -_spd_solve(A + lam * np.diag(np.diag(A)), g)
+            damped = A.copy()
+            damped[di, di] += lam * A[di, di]
+            delta = -_spd_solve(damped, g)
             q = p.copy()
             q[free] += delta
             rq = resid(q)
@@ -347,17 +353,23 @@ class GeometricMapping(ScreenMapping):
         return X[:, 0], X[:, 1], eye
 
     def _check_spread(self, X: np.ndarray, Y: np.ndarray) -> int:
-        pts, inv = np.unique(np.round(Y, 9), axis=0, return_inverse=True)
+        # Every fit of a nested selection runs this (hundreds per calibration), so the
+        # targets are told apart as complex numbers (a 1-D unique, the same order as rows)
+        # and their mean angles summed by bincount.
+        yr = np.round(Y, 9)
+        pts, inv = np.unique(yr[:, 0] + 1j * yr[:, 1], return_inverse=True)
         inv = inv.reshape(-1)
-        mm = pts * self._screen()
-        if len(pts) >= 2:
+        k = len(pts)
+        mm = np.column_stack([pts.real, pts.imag]) * self._screen()
+        if k >= 2:
             ev = np.linalg.eigvalsh(np.cov(mm.T))
-        if len(pts) < 3 or ev[0] < 1e-6 * max(ev[1], 1e-12) or ev[0] < 1.0:
+        if k < 3 or ev[0] < 1e-6 * max(ev[1], 1e-12) or ev[0] < 1.0:
             raise GeometryError(
                 "the targets lie on one line: a gain across it cannot be fitted "
                 "(use targets that span both screen axes)"
             )
-        ang = np.array([X[inv == k, :2].mean(axis=0) for k in range(len(pts))])
+        n = np.bincount(inv, minlength=k)
+        ang = np.column_stack([np.bincount(inv, X[:, j], minlength=k) / n for j in (0, 1)])
         sd = ang.std(axis=0)
         if (sd < math.radians(0.05)).any():
             which = "yaw" if sd[0] < math.radians(0.05) else "pitch"
