@@ -163,7 +163,7 @@ def _l1_centre(Ps: np.ndarray, gs: np.ndarray, c0: np.ndarray) -> np.ndarray:
     return np.array([cx, cy])
 
 
-def _resid(Ps: np.ndarray, gs: np.ndarray, c: np.ndarray) -> np.ndarray:
+def _resid(Ps: np.ndarray, gs: np.ndarray, c: np.ndarray | tuple[float, float]) -> np.ndarray:
     """|P·(g − c)| of every label, on P's three numbers (it is symmetric)."""
     ux, uy = gs[:, 0] - c[0], gs[:, 1] - c[1]
     a, b, d = Ps[:, 0, 0], Ps[:, 0, 1], Ps[:, 1, 1]
@@ -215,7 +215,7 @@ def robust_fit(
     cx, cy = _l1_centre(Ps, gs, prior_mean).tolist()
     w = np.ones(m)
     for _ in range(_IRLS_ITERS):
-        r = np.hypot(px - (a * cx + b * cy), py - (b * cx + d * cy))
+        r = _resid(Ps, gs, (cx, cy))
         w = np.where(r > cut, 0.0, np.minimum(1.0, k / np.maximum(r, _EPS)))
         sa, sb, sd, sx, sy = (M @ w).tolist()
         s00, s01, s11 = sa + p00, sb + p01, sd + p11
@@ -304,15 +304,17 @@ def _l1_batched(Ps: np.ndarray, Pg: np.ndarray, mask: np.ndarray, c0: np.ndarray
         bx, by = S[:, 3] + _TINY * c0x, S[:, 4] + _TINY * c0y
         det = s00 * s11 - s01 * s01
         cx, cy = (s11 * bx - s01 * by) / det, (s00 * by - s01 * bx) / det
-        cxc, cyc = cx[:, None], cy[:, None]
-        w = mask / np.maximum(np.hypot(px - (a * cxc + b * cyc), py - (b * cxc + d * cyc)), _EPS)
+        w = mask / np.maximum(np.hypot(*_resid_rows(Ps, Pg, cx, cy)), _EPS)
     return np.column_stack([cx, cy])
 
 
-def _resid_rows(Ps: np.ndarray, Pg: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, ...]:
-    """P·g − P·c of every label (m) about every centre c (T, 2): (ex, ey), each (T, m)."""
+def _resid_rows(
+    Ps: np.ndarray, Pg: np.ndarray, cx: np.ndarray, cy: np.ndarray
+) -> tuple[np.ndarray, ...]:
+    """P·g − P·c of every label (m) about every centre (cx, cy) (T each): (ex, ey), each
+    (T, m)."""
     a, b, d = Ps[:, 0, 0], Ps[:, 0, 1], Ps[:, 1, 1]
-    cx, cy = c[:, 0:1], c[:, 1:2]
+    cx, cy = cx[:, None], cy[:, None]
     return Pg[None, :, 0] - (a * cx + b * cy), Pg[None, :, 1] - (b * cx + d * cy)
 
 
@@ -394,13 +396,13 @@ def change_scan(
 
     # Residuals of every label about every earlier fit.
     after = np.arange(m)[None, :] >= taus[:, None]
-    ex, ey = _resid_rows(Ps, Pg, cA)  # (T, m) each
+    ex, ey = _resid_rows(Ps, Pg, cA[:, 0], cA[:, 1])  # (T, m) each
     r = np.hypot(ex, ey)
     # Residuals of w·P are w times the label's own: each label's σ is σ·√w here (module doc).
     root = _whitening(label_weights, m)
     cut = np.where(dims == 2, gate, gate_1d(gate)) * sigma * root
     cB = _l1_batched(Ps, Pg, after, cA)
-    rB = np.hypot(*_resid_rows(Ps, Pg, cB))
+    rB = np.hypot(*_resid_rows(Ps, Pg, cB[:, 0], cB[:, 1]))
     near = (r <= cut) | (rB <= cut)
     use = (after & near).astype(np.float64)
     # And the later labels must look like one run: spread about their own centre no wider

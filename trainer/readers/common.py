@@ -392,8 +392,16 @@ def preprocess_tag(fp_config: Any | None, extra: str = "") -> str:
         "fastpath": getattr(features, "PREPROCESSING_VERSION", None),
     }
     if fp_config is not None:
-        keys = ("landmarks", "face_model", "crop_scale", "blink_aperture", "blink_relative")
-        for k in (*keys, "focal_px", "gaze_frame"):
+        keys = (
+            "landmarks",
+            "face_model",
+            "crop_scale",
+            "blink_aperture",
+            "blink_relative",
+            "focal_px",
+            "gaze_frame",
+        )
+        for k in keys:
             v = getattr(fp_config, k, None)
             parts[k] = str(v) if isinstance(v, Path) else v
     if extra:
