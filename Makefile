@@ -40,8 +40,13 @@ models: $(STAMP)
 demo: setup
 	$(BIN)/gazeloop demo --out demo-out
 
+# The tests run on every core (pytest-xdist, at most 4 workers; each worker has its own model
+# cache and temporary folders, and the tests that start a broker or an X server pick free
+# ports and displays). TEST_JOBS=0 runs them in this one process.
+TEST_JOBS ?= auto
+
 test: setup
-	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests ran"; rc=0; fi; exit $$rc
+	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --maxprocesses 4 --dist worksteal; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests ran"; rc=0; fi; exit $$rc
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
