@@ -86,6 +86,11 @@ but a σ estimated low then also lowers the penalty: the simulated no-drift stre
 7.3 % instead of 4.3 %; with half the prior as the reference the walks stay at 4.3 % and the
 clicks at 7, their σ (0.036-0.045 screen widths, p10-p90) being that reference: the two
 regimes (simulated 0.057-0.079) are too close for σ to tell them apart reliably.
+The new run's prior measured the same way (synthetic selection seeds, told 12): `drift_scale`
+0.03 recovers in 18 labels with 2.3 % false walks, 0.04 (kept) in 16 at 5.0 %, 0.08 in 17 at
+7.3 %: less shrinkage lets a chance run move the offset further and recovers no sooner. A
+larger `max_step` (0.10 instead of 0.06) changed neither number: the fit, not the clip, sets
+the pace (2026-12-05).
 
 A new sitting. `gazeloop run` with a profile made in an earlier sitting (`reset(...,
 new_sitting=True)`) starts the calibration's run with `sitting_prior_weight`, (noise_prior /
