@@ -105,7 +105,7 @@ _PRIOR_SD = np.array(
 # Below this a frame is not in front of the camera (eye depth in mm, |eye_z_mm|).
 _MIN_DEPTH_MM = 50.0
 # Finite-difference steps of the Jacobian: 1e-4 mm for the two positions, 1e-7 elsewhere.
-_FD_STEPS = np.where(np.isin(np.arange(9), (6, 7)), 1e-4, 1e-7)
+_FD_STEPS = np.where(np.isin(np.arange(len(_PRIOR_SD)), (6, 7)), 1e-4, 1e-7)
 _MIN_GAIN = 0.05
 
 
@@ -237,8 +237,8 @@ def _fit_params(
         data = float(w @ (2.0 * (np.sqrt(1.0 + z2) - 1.0)))
         return data + float((((q - prior) / prior_sd)[free] ** 2).sum())
 
-    steps = _FD_STEPS
-    di = np.arange(len(free))  # the diagonal, for Levenberg–Marquardt's damping
+    step = _FD_STEPS[free]
+    di = np.arange(len(free))  # one row per free parameter; also the diagonal LM damps
     r = (s0 - target_mm) / ROBUST_MM  # resid(p): screen_mm is per frame
     c = cost(r, p)
     lam = 1e-3
@@ -248,8 +248,8 @@ def _fit_params(
         z2 = (r**2).sum(axis=1)
         rw = sw / (1.0 + z2) ** 0.25  # IRLS weight of soft-L1: √(w ρ'(z²))
         Q = np.repeat(p[None], len(free), axis=0)
-        Q[np.arange(len(free)), free] += steps[free]
-        J = ((resid(Q) - r) / steps[free][:, None, None]).transpose(1, 2, 0)  # (n, 2, k)
+        Q[di, free] += step
+        J = ((resid(Q) - r) / step[:, None, None]).transpose(1, 2, 0)  # (n, 2, k)
         Jw = (J * rw[:, None, None]).reshape(-1, len(free))
         rv = (r * rw[:, None]).reshape(-1)
         if not (np.isfinite(Jw).all() and np.isfinite(rv).all()):
@@ -269,9 +269,7 @@ def _fit_params(
             if cq <= c:
                 # converged: the cost no longer moves, or the step is below what matters
                 # (1e-6 rad, 1e-3 mm)
-                small = c - cq <= 1e-9 * (1.0 + c) or bool(
-                    (np.abs(delta) <= steps[free] * 10).all()
-                )
+                small = c - cq <= 1e-9 * (1.0 + c) or bool((np.abs(delta) <= step * 10).all())
                 p, r, c = q, rq, cq
                 lam = max(lam / 10.0, 1e-9)
                 improved = True
