@@ -421,13 +421,16 @@ def fit_profile_selected(
     calibration_session: str | None = None,
     frame_names: list[str] | None = None,
     mirrored: bool | None = None,
+    candidates: list | None = None,
+    drop_outliers: bool = True,
 ) -> tuple[Profile, Evaluated, Choice]:
     """A profile by nested selection, as `gazeloop eval` chooses: per-target outliers
     dropped, the candidates compared by nested leave-one-target-out (the honest error of
     the whole choice is the one reported), the winner on all targets saved. `views` maps a
     read of the frames ("as read", and "other" when the mirroring is unknown) to named
     feature columns, one row per frame of `labels_px` (screen px) and `groups` (target ids).
-    → (profile, its evaluation, the choice)."""
+    `candidates` and `drop_outliers` as `evaluate_candidates` takes them (pooled sittings,
+    `calibration.sittings`). → (profile, its evaluation, the choice)."""
     ev, choice = evaluate_candidates(
         views,
         labels_px,
@@ -435,6 +438,8 @@ def fit_profile_selected(
         session=calibration_session or "calibration",
         screen=screen,
         names=frame_names,
+        candidates=candidates,
+        drop_outliers=drop_outliers,
     )
     record_mirroring(ev.report, choice, mirrored)
     prof = profile_from_choice(

@@ -118,6 +118,9 @@ class Profile(BaseModel):
     # Drift offset C in normalised screen units, maintained by the closed loop.
     offset: tuple[float, float] = (0.0, 0.0)
     calibration_session: str | None = None  # where the calibration frames are kept
+    # A profile of several sittings pooled (`calibration.sittings`): every one of them,
+    # oldest first (`calibration_session` is the newest). Empty: that one session alone.
+    calibration_sessions: list[str] = Field(default_factory=list)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         path = Path(path)

@@ -63,7 +63,8 @@ FEATURE_SETS: dict[str, tuple[str, ...]] = {
 # 206 px on the next sitting against 155 for gaze alone, and dropping both head sets from
 # selection took the chosen profiles' cross-sitting median from 153 to 137 px (mean 192 ->
 # 173), at a within-sitting median of 145 instead of 132 px (mean 152 instead of 154).
-# They pay once calibration data spans several sittings: `--features` still asks for them.
+# They pay once calibration data spans several sittings: `calibration.sittings` offers them
+# to pooled sittings, and `--features` still asks for them.
 SITTING_FEATURE_SETS: tuple[str, ...] = ("gaze", "gaze_ray", "gaze+iris", "gaze_ray+iris")
 
 

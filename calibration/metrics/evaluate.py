@@ -114,6 +114,14 @@ def robust_keep(x: np.ndarray, groups: np.ndarray, z: float = 3.5) -> np.ndarray
     return keep
 
 
+def outlier_mask(views: dict[str, dict[str, np.ndarray]], groups: np.ndarray) -> np.ndarray:
+    """Frames kept by `robust_keep` on the gaze angles of every read."""
+    keep = np.ones(len(groups), dtype=bool)
+    for view in views.values():
+        keep &= robust_keep(np.column_stack([view[f] for f in GAZE]), groups)
+    return keep
+
+
 def evaluate_arrays(
     x: np.ndarray,
     labels_px: np.ndarray,
@@ -247,17 +255,18 @@ def evaluate_candidates(
     frames: int | None = None,
     rejected: list[tuple[str, str]] | None = None,
     names: list[str] | None = None,
+    drop_outliers: bool = True,
 ) -> tuple[Evaluated, Choice]:
     """Leave-one-target-out of the whole choice: in each outer fold the candidates (feature
     set, mapping family, read of the frames) compete by inner LOTO on the other targets
     (`mapping.candidates`), and the held-out target is predicted by the winner. Returns the
-    evaluation and the choice made on all targets (what a profile would store)."""
+    evaluation and the choice made on all targets (what a profile would store).
+    `drop_outliers` False: the caller removed per-target outliers already (pooled sittings,
+    where a target's frames differ between sittings on purpose)."""
     rejected = list(rejected or [])
     groups = np.asarray(groups)
     cands = candidates or default_candidates(tuple(views))
-    keep = np.ones(len(groups), dtype=bool)
-    for view in views.values():
-        keep &= robust_keep(np.column_stack([view[f] for f in GAZE]), groups)
+    keep = outlier_mask(views, groups) if drop_outliers else np.ones(len(groups), dtype=bool)
     for i in np.flatnonzero(~keep):
         rejected.append((names[i] if names else f"frame {i}", "outlier within its target"))
     views = {r: {k: v[keep] for k, v in view.items()} for r, view in views.items()}

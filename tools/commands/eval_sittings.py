@@ -4,7 +4,9 @@ Each sub-folder is one sitting (a session). Within a sitting: the nested leave-o
 of `gazeloop eval` (candidates competing inside every fold). Across sittings: the profile
 fitted on one sitting (all its targets, the candidate chosen there) applied unchanged to the
 same person's next sitting on the same screen (the manifest's `user`, then the screen size in
-px; sittings in folder-name order). What users call drift is the difference.
+px; sittings in folder-name order). What users call drift is the difference. Beside it,
+`across_pooled`: each sitting judged with the profile of ALL the person's earlier sittings on
+that screen pooled (`calibration.sittings`, what `gazeloop profile fit S1 S2 ...` makes).
 
 Every candidate's profile is also applied to the next sitting, so a feature or mapping choice
 is judged across sittings too, not only by within-sitting LOTO (DESIGN.md, "Measuring"):
@@ -30,6 +32,7 @@ import numpy as np
 from gazeloop.calibration.mapping import mapping_from_params
 from gazeloop.calibration.mapping.candidates import Candidate
 from gazeloop.calibration.metrics.evaluate import evaluate_fixed
+from gazeloop.calibration.sittings import choose_pooled, pool_sittings
 from gazeloop.calibration.store.session import SessionError, read_session
 from gazeloop.fastpath.collect import LazyFastPath
 from gazeloop.tools.commands._args import (
@@ -116,10 +119,10 @@ def _summary(values: list[float]) -> dict:
     }
 
 
-def _across(prev, cur, fp, cache: bool = True) -> dict:
-    """Every candidate fitted on `prev` (the chosen one first), applied to `cur` unchanged."""
+def _across(prev, cur, v) -> dict:
+    """Every candidate fitted on `prev` (the chosen one first), applied to `cur` unchanged
+    (`v`: its views, one read)."""
     session, screen = prev["session"], prev["screen"]
-    v = session_views(cur["session"], fp, both_reads=False, cache=cache)
     out = {"from": session.folder.name, "to": cur["session"].folder.name, "by_candidate": {}}
     for label, cand, params in prev["fitted"]:
         if cand.read != "as read" or any(f not in v.views["as read"] for f in cand.features):
@@ -153,6 +156,37 @@ def _across(prev, cur, fp, cache: bool = True) -> dict:
                 frames_used=r.frames_used,
             )
     return out
+
+
+def _pooled(earlier: list[dict], cur: dict, v) -> dict:
+    """The profile of all `earlier` sittings pooled (`calibration.sittings`), applied to
+    `cur` unchanged (`v`: its views, one read)."""
+    pool = pool_sittings(
+        [(e["views"].views, e["views"].labels_px, e["views"].groups) for e in earlier]
+    )
+    screen = earlier[-1]["screen"] or cur["screen"]
+    choice = choose_pooled(pool, screen)
+    c = choice.candidate
+    if any(f not in v.views[c.read] for f in c.features):
+        return {"sittings": len(earlier), "chosen": c.label}
+    ev = evaluate_fixed(
+        choice.mapping,
+        np.column_stack([v.views[c.read][f] for f in c.features]),
+        v.labels_px,
+        v.groups,
+        session=str(cur["session"].folder),
+        screen=cur["screen"] or screen,
+        mapping_name=c.mapping,
+        features=list(c.features),
+        frames=v.col.frames,
+        rejected=v.rejected,
+    )
+    return {
+        "sittings": len(earlier),
+        "chosen": c.label,
+        "mean_px": ev.report.mean_px,
+        "median_px": ev.report.median_px,
+    }
 
 
 def within_sitting(session, screen, fp: LazyFastPath, cache: bool) -> dict:
@@ -191,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = fastpath_config(args)
     fp = LazyFastPath(cfg)
     cache = not args.no_cache
-    within, pairs, last = [], [], {}
+    within, pairs, history = [], [], {}
     sessions, items = [], []
     for i, folder in enumerate(subs, 1):
         try:
@@ -213,14 +247,19 @@ def run(args: argparse.Namespace) -> int:
                 "screen": screen,
                 "chosen": res["chosen"],
                 "fitted": [(lb, Candidate(**c), p) for lb, c, p in res["fitted"]],
+                "views": session_views(session, fp, both_reads=False, cache=cache),
             }
             msg = f"[{i}/{len(subs)}] {session.folder.name}: within {row['mean_px']:.1f} px"
-            if owner in last:
-                pair = _across(last[owner], cur, fp, cache=cache)
+            earlier = history.setdefault(owner, [])
+            if earlier:
+                pair = _across(earlier[-1], cur, cur["views"])
                 pair["user"] = owner[0]
+                pair["pooled"] = _pooled(earlier, cur, cur["views"])
                 pairs.append(pair)
                 msg += f", from {pair['from']} {pair.get('mean_px', float('nan')):.1f} px"
-            last[owner] = cur
+                msg += f", from all {len(earlier)} earlier "
+                msg += f"{pair['pooled'].get('mean_px', float('nan')):.1f} px"
+            earlier.append(cur)
             tf = f"({row['targets']} targets, {row['frames_used']} frames)"
             print(f"{msg} {tf}", file=sys.stderr)
     finally:
@@ -257,6 +296,10 @@ def choose_by_history(pairs: list[dict]) -> list[dict]:
     return out
 
 
+def _pooled_px(pairs) -> list[float]:
+    return [p["pooled"]["mean_px"] for p in pairs if "mean_px" in p.get("pooled", {})]
+
+
 def summarise(folder: str, within: list[dict], pairs: list[dict]) -> dict:
     users = sorted({w["user"] for w in within})
     cands = sorted({k for p in pairs for k in p["by_candidate"]})
@@ -272,11 +315,14 @@ def summarise(folder: str, within: list[dict], pairs: list[dict]) -> dict:
                     [p["mean_px"] for p in pairs if p["user"] == u and "mean_px" in p]
                 ),
                 "across_by_history": _summary([h["mean_px"] for h in hist if h["user"] == u]),
+                "across_pooled": _summary(_pooled_px(p for p in pairs if p["user"] == u)),
             }
             for u in users
         },
         # the candidate chosen on the person's earlier pairs (`choose_by_history`)
         "across_by_history": _summary([h["mean_px"] for h in hist]),
+        # the profile of all the person's earlier sittings on that screen (`_pooled`)
+        "across_pooled": _summary(_pooled_px(pairs)),
         "across_by_candidate": {
             c: _summary([p["by_candidate"][c] for p in pairs if c in p["by_candidate"]])
             for c in cands
@@ -300,11 +346,16 @@ def text(rep: dict) -> str:
         "  across sittings, candidate chosen on the person's earlier pairs: median "
         f"{rep['across_by_history']['median_px']} px"
     )
+    lines.append(
+        "  across sittings, profile from all the person's earlier sittings pooled: median "
+        f"{rep['across_pooled']['median_px']} px"
+    )
     for u, s in rep["per_user"].items():
         lines.append(
             f"    {u}: within {s['within']['median_px']} px over {s['within']['n']} sittings, "
             f"across {s['across']['median_px']} px over {s['across']['n']} pairs "
-            f"({s['across_by_history']['median_px']} px chosen on earlier pairs)"
+            f"({s['across_by_history']['median_px']} px chosen on earlier pairs, "
+            f"{s['across_pooled']['median_px']} px from all earlier sittings)"
         )
     lines.append("  across sittings, each candidate's profile (median over pairs):")
     for c, s in rep["across_by_candidate"].items():

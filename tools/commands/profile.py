@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from gazeloop.calibration.mapping import MAPPINGS
-from gazeloop.calibration.procedure import fit_profile
+from gazeloop.calibration.procedure import fit_profile, fit_profile_selected
 from gazeloop.calibration.profile import DEFAULT_FEATURES, Profile, ProfileError, profile_path
+from gazeloop.calibration.sittings import pool_sittings, pooled_candidates
 from gazeloop.calibration.store.atomic import check_writable
 from gazeloop.calibration.store.session import read_session
 from gazeloop.fastpath.collect import LazyFastPath, collect_session, expand_features, feature_matrix
@@ -29,6 +30,7 @@ from gazeloop.tools.runtime.selection import (
     evaluate_session,
     profile_from_choice,
     selection_text,
+    session_views,
 )
 
 
@@ -43,9 +45,12 @@ def add_parser(sub) -> None:
         "sets, ridge and geometric, and both reads of frames whose mirroring nobody stated, "
         "compete by nested leave-one-target-out), and saves the winner refitted on all targets "
         "with the honest error of the whole choice and which candidate it was. --mapping or "
-        "--features fit that one mapping instead.",
+        "--features fit that one mapping instead. Several sessions (the same person's "
+        "sittings on the same screen, oldest first) are pooled into one profile: a screen "
+        "point is left out of every sitting at once, and head-pose features, which one "
+        "sitting cannot judge, compete too (calibration.sittings).",
     )
-    f.add_argument("session", type=Path)
+    f.add_argument("session", type=Path, nargs="+", help="session folder(s)")
     f.add_argument("--user", default="default")
     f.add_argument("--device", default="default")
     f.add_argument("--out", type=Path, help="profile file (default: the user's profile folder)")
@@ -78,21 +83,22 @@ def add_parser(sub) -> None:
 def run_fit(args: argparse.Namespace) -> int:
     out = args.out or profile_path(args.user, args.device)
     check_writable(out, folder=False)  # before the fast path runs over the session
-    session = read_session(
-        args.session,
-        screen_px=tuple(args.screen_px) if args.screen_px else None,
-        mirrored=args.mirrored,
-    )
-    screen = screen_for(args, session)
-    if screen is None:
-        raise UserError(
-            f"{args.session}: the screen size is unknown (no session.json); give --screen-px"
+    sessions = [
+        read_session(
+            folder,
+            screen_px=tuple(args.screen_px) if args.screen_px else None,
+            mirrored=args.mirrored,
         )
+        for folder in args.session
+    ]
+    screen = _one_screen(args, sessions)
     fixed = fixed_mapping(args)
-    if fixed is None:
-        prof, ev = _fit_selected(args, session, screen)
+    if len(sessions) > 1:
+        prof, ev = _fit_pooled(args, sessions, screen, fixed)
+    elif fixed is None:
+        prof, ev = _fit_selected(args, sessions[0], screen)
     else:
-        prof, ev = _fit_fixed(args, session, screen, *fixed), None
+        prof, ev = _fit_fixed(args, sessions[0], screen, *fixed), None
     out = prof.save(out)
     print(f"profile saved: {out}")
     print(summary(prof))
@@ -100,6 +106,74 @@ def run_fit(args: argparse.Namespace) -> int:
         # the candidates' scores (the choice itself is in the summary above)
         print("\n".join(selection_text(ev.report.selection).splitlines()[1:]))
     return 0
+
+
+def _one_screen(args, sessions):
+    """The screen every session was recorded on (a profile maps onto one screen)."""
+    screens = [screen_for(args, s) for s in sessions]
+    for s, screen in zip(sessions, screens, strict=True):
+        if screen is None:
+            raise UserError(
+                f"{s.folder}: the screen size is unknown (no session.json); give --screen-px"
+            )
+        if screen.px != screens[0].px:
+            raise UserError(
+                f"{s.folder}: recorded on a {screen.px[0]}x{screen.px[1]} px screen, "
+                f"{sessions[0].folder} on {screens[0].px[0]}x{screens[0].px[1]}: a profile "
+                "pools sittings on one screen only"
+            )
+    return screens[-1]
+
+
+def _fit_pooled(args, sessions, screen, fixed):
+    """Several sittings as one calibration (`calibration.sittings`): selection among every
+    feature set, or the asked mapping, on the pooled frames."""
+    fp = LazyFastPath(fastpath_config(args))
+    n = sum(len(s.items) for s in sessions)
+    try:
+        with Progress(f"profile fit, {len(sessions)} sessions, {n} frames through the fast path"):
+            views = [session_views(s, fp, cache=not args.no_cache) for s in sessions]
+        pool = pool_sittings([(v.views, v.labels_px, v.groups) for v in views])
+        gaze = fp.get().gaze
+    finally:
+        fp.close()
+    names = [str(Path(s.folder).resolve()) for s in sessions]
+    common = dict(
+        screen=screen,
+        user=args.user,
+        device=args.device,
+        gaze_model_id=gaze.model_id,
+        gaze_model_sha256=gaze.sha256,
+        gaze_read=gaze.read,
+        calibration_session=names[-1],
+    )
+    try:
+        if fixed is None:
+            prof, ev, _ = fit_profile_selected(
+                pool.views,
+                pool.labels_px,
+                pool.groups,
+                candidates=pooled_candidates(tuple(pool.views), pool.n_sittings),
+                drop_outliers=False,
+                mirrored=sessions[-1].mirrored,
+                **common,
+            )
+        else:
+            prof, ev = _fit_pooled_fixed(pool, *fixed, **common), None
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    return prof.model_copy(update={"calibration_sessions": names}), ev
+
+
+def _fit_pooled_fixed(pool, mapping: str, names: list[str], **common) -> Profile:
+    """One mapping on named columns of the pooled frames ("as read")."""
+    view = pool.views["as read"]
+    missing = [f for f in names if f not in view]
+    if missing:
+        raise ValueError(f"unknown feature(s) {', '.join(missing)}; known: {', '.join(view)}")
+    x = np.column_stack([view[f] for f in names])
+    y = common["screen"].to_norm(pool.labels_px)
+    return fit_profile(x, y, pool.groups, features=names, mapping=mapping, **common)
 
 
 def _fit_selected(args, session, screen):
@@ -113,7 +187,7 @@ def _fit_selected(args, session, screen):
         )
     finally:
         fp.close()
-    prof.calibration_session = str(Path(args.session).resolve())
+    prof.calibration_session = str(Path(session.folder).resolve())
     return prof, ev
 
 
@@ -127,7 +201,7 @@ def _fit_fixed(args, session, screen, mapping: str, names: list[str]) -> Profile
         fp.close()
     used = [ls for ls in col.samples if not ls.settling]
     if not used:
-        raise UserError(f"{args.session}: no usable frames")
+        raise UserError(f"{session.folder}: no usable frames")
     try:
         names = expand_features(names, used[0].sample)
         x = feature_matrix(used, names)
@@ -148,7 +222,7 @@ def _fit_fixed(args, session, screen, mapping: str, names: list[str]) -> Profile
             gaze_model_sha256=fp.gaze.sha256,
             gaze_read=fp.gaze.read,
             mapping=mapping,
-            calibration_session=str(Path(args.session).resolve()),
+            calibration_session=str(Path(session.folder).resolve()),
         )
     except ValueError as e:
         raise UserError(str(e)) from None
@@ -159,12 +233,18 @@ def summary(p: Profile) -> str:
     return (
         f"  user {p.user}, device {p.device}, screen {p.screen.px[0]}x{p.screen.px[1]} px\n"
         f"  {p.mapping.name} on {', '.join(p.features)} ({f.hyper}), gaze model {p.gaze_model_id}\n"
-        f"  fitted on {f.targets} targets / {f.frames} frames; leave-one-target-out mean "
+        f"  fitted on {f.targets} targets / {f.frames} frames{_pooled_text(p)}; "
+        "leave-one-target-out mean "
         f"{_px(f.mean_px)}, median {_px(f.median_px)} (constant predictor "
         f"{_px(f.baseline_mean_px)})\n"
         f"  drift offset {p.offset[0]:+.4f}, {p.offset[1]:+.4f} (normalised)"
         + ("" if f.chosen is None else "\n" + chosen_text(f.chosen))
     )
+
+
+def _pooled_text(p: Profile) -> str:
+    n = len(p.calibration_sessions)
+    return f" of {n} sittings pooled (a target is a screen point)" if n > 1 else ""
 
 
 def chosen_text(c) -> str:

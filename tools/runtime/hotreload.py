@@ -31,6 +31,7 @@ from gazeloop.calibration.profile import (
     find_for_model,
     save_for_model,
 )
+from gazeloop.calibration.sittings import point_groups
 from gazeloop.fastpath import models
 from gazeloop.fastpath.collect import collect_session, expand_features, feature_matrix
 from gazeloop.fastpath.gaze_model import GazeModel
@@ -41,30 +42,37 @@ log = logging.getLogger(__name__)
 
 def refit_profile(profile: Profile, fp_cfg, onnx_path: Path | None, gaze: GazeModel) -> Profile:
     """The same user, screen, features and mapping, fitted again for another gaze model
-    from the frames of the profile's calibration session."""
-    if not profile.calibration_session or not Path(profile.calibration_session).is_dir():
+    from the frames of the profile's calibration session (all of its sessions, pooled as
+    `calibration.sittings` pools them, when it was fitted on several)."""
+    folders = profile.calibration_sessions or [profile.calibration_session]
+    missing = [f for f in folders if not f or not Path(f).is_dir()]
+    if missing:
         raise RuntimeError(
             f"profile {profile.user}/{profile.device} keeps no calibration session "
-            f"({profile.calibration_session!r}): it cannot be refitted for a new model"
+            f"({missing[0]!r}): it cannot be refitted for a new model"
         )
     fp = FastPath(fp_cfg.model_copy(update={"gaze_model": onnx_path}))
+    used = []
     try:
-        col = collect_session(profile.calibration_session, fp)
+        for folder in folders:
+            col = collect_session(folder, fp)
+            used += [ls for ls in col.samples if not ls.settling]
     finally:
         fp.close()
-    used = [ls for ls in col.samples if not ls.settling]
     if not used:
-        raise RuntimeError(f"{profile.calibration_session}: no usable calibration frames")
+        raise RuntimeError(f"{folders[-1]}: no usable calibration frames")
     names = [n for n in profile.features if not n.startswith("emb_")]
     if len(names) != len(profile.features):
         names.append("embedding")  # the new model's embedding may have another size
     names = expand_features(names, used[0].sample)
     x = feature_matrix(used, names)
-    y = profile.screen.to_norm(np.array([ls.label_px for ls in used]))
+    labels = np.array([ls.label_px for ls in used])
+    # several sessions: a screen point is one target, left out of all of them at once
+    groups = point_groups(labels) if len(folders) > 1 else np.array([ls.target for ls in used])
     return fit_profile(
         x,
-        y,
-        np.array([ls.target for ls in used]),
+        profile.screen.to_norm(labels),
+        groups,
         screen=profile.screen,
         features=names,
         user=profile.user,
@@ -74,7 +82,7 @@ def refit_profile(profile: Profile, fp_cfg, onnx_path: Path | None, gaze: GazeMo
         gaze_read=gaze.read,
         mapping=profile.mapping.name,
         calibration_session=profile.calibration_session,
-    )
+    ).model_copy(update={"calibration_sessions": profile.calibration_sessions})
 
 
 def startup_model(fp_cfg, registry_root: Path | None = None, model_id: str | None = None):

@@ -49,6 +49,11 @@ def test_sittings_report(sittings_run):
     for s in rep["sittings"]:
         assert 0 < s["mean_px"] < s["baseline_mean_px"] / 2
     assert 0 < pair["mean_px"] < 400
+    # all earlier sittings pooled: with one earlier sitting that is the previous sitting's
+    # own profile (its targets, its candidates), so the same figure
+    assert pair["pooled"]["sittings"] == 1 and pair["pooled"]["chosen"] == pair["chosen"]
+    assert pair["pooled"]["mean_px"] == pytest.approx(pair["mean_px"], abs=0.01)
+    assert rep["across_pooled"]["n"] == 1 and rep["per_user"]["p2"]["across_pooled"]["n"] == 0
     # progress goes to stderr, one line per sitting
     assert sum(line.startswith("[") for line in err.splitlines()) == 3
 
@@ -71,6 +76,45 @@ def test_a_saved_profile_applied_to_the_next_sitting_is_the_pair_figure(
     assert applied["profile"] == str(prof) and applied["selection"] is None
     assert applied["targets"] == rep["sittings"][1]["targets"]
     assert applied["mean_px"] == pytest.approx(rep["pairs"][0]["mean_px"], abs=0.01)
+
+
+@pytest.mark.slow
+def test_a_profile_of_two_sittings_pools_them_and_refits_from_both(folder, tmp_path):
+    """`profile fit S1 S2`: one profile from both sittings (a screen point left out of both
+    at once, head-pose features competing), saved with both folders; a new model refits it
+    from the frames of both."""
+    from gazeloop.calibration.profile import Profile
+    from gazeloop.fastpath.pipeline import FastPath, FastPathConfig
+    from gazeloop.tools.runtime.hotreload import refit_profile
+
+    a, b, out = folder / "p1_s08", folder / "p1_s09", tmp_path / "pooled.json"
+    rc, stdout, err = cli("profile", "fit", a, b, "--out", out)
+    assert rc == 0, err
+    prof = Profile.load(out)
+    assert prof.calibration_sessions == [str(a.resolve()), str(b.resolve())]
+    assert prof.calibration_session == str(b.resolve())
+    n = sum(len(list(p.glob("*.jpg"))) for p in (a, b))
+    assert prof.fit.targets == 16 and n - 2 <= prof.fit.frames <= n
+    assert "ridge:gaze+head" in prof.fit.selection["candidates"]
+    assert "2 sittings pooled" in stdout
+    single = FastPath(FastPathConfig(mirror_average=False))
+    try:
+        again = refit_profile(prof, single.cfg, None, single.gaze)
+    finally:
+        single.close()
+    assert again.calibration_sessions == prof.calibration_sessions
+    assert again.features == prof.features and again.fit.frames == prof.fit.frames
+    assert again.gaze_read != prof.gaze_read and again.mapping != prof.mapping
+
+
+@pytest.mark.slow
+def test_sittings_on_two_screens_are_not_pooled(folder, tmp_path):
+    rc, _, err = cli(
+        "profile", "fit", folder / "p1_s08", folder / "p2_s04", "--out", tmp_path / "x"
+    )
+    assert rc != 0 and len(err.strip().splitlines()) == 1, err
+    assert "p2_s04" in err and "1470x920" in err and "one screen" in err
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.slow

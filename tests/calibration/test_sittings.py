@@ -1,0 +1,76 @@
+"""Pooling sittings: a screen point is one target across sittings, outliers are judged within
+their own sitting, and head-pose features compete only once the data spans two sittings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gazeloop.calibration.mapping.candidates import FEATURE_SETS, SITTING_FEATURE_SETS
+from gazeloop.calibration.sittings import point_groups, pool_sittings, pooled_candidates
+
+COLS = ("gaze_yaw", "gaze_pitch", "head_yaw")
+
+
+def _sitting(points, frames, shift, reads=("as read",)):
+    """`frames` frames at each screen point; the gaze angles moved by `shift` (a head
+    elsewhere in this sitting)."""
+    labels = np.repeat(np.asarray(points, float), frames, axis=0)
+    groups = np.repeat(np.arange(len(points)) + 100 * (shift + 1), frames)
+    base = labels / 1000.0 + shift
+    # a fixed spread within each target (a drawn one would make chance outliers of 5 frames)
+    jitter = np.tile(np.linspace(-1e-3, 1e-3, frames), len(points))
+    view = {
+        "gaze_yaw": base[:, 0] + jitter,
+        "gaze_pitch": base[:, 1] - jitter,
+        "head_yaw": np.full(len(labels), float(shift)),
+    }
+    return {r: {k: v.copy() for k, v in view.items()} for r in reads}, labels, groups
+
+
+def test_a_screen_point_is_one_target_in_every_sitting():
+    pts = [(100, 100), (900, 100), (500, 500), (100, 800)]
+    a = _sitting(pts, 5, 0)
+    b = _sitting(pts[:3] + [(800, 800)], 5, 1)  # three shared points, one new
+    pool = pool_sittings([a, b])
+    assert pool.n_sittings == 2 and pool.dropped == 0 and len(pool.labels_px) == 40
+    assert len(np.unique(pool.groups)) == 5
+    for p in pts[:3]:
+        rows = (pool.labels_px == p).all(axis=1)
+        assert len(np.unique(pool.groups[rows])) == 1
+        assert set(pool.sitting[rows]) == {0, 1}
+    # sub-pixel differences in a label are the same point
+    assert len(np.unique(point_groups(np.array([[10.2, 5.0], [9.8, 5.3], [11.0, 5.0]])))) == 2
+
+
+def test_outliers_are_judged_within_their_own_sitting():
+    """A point's angles differ between sittings (the head moved): nothing is dropped for
+    that, but a wild frame within one sitting's target is."""
+    pts = [(100, 100), (900, 100), (500, 500), (100, 800)]
+    a, a2 = _sitting(pts, 6, 0), _sitting(pts, 6, 0)
+    b = _sitting(pts, 6, 3)  # every angle moved by 3 rad: far beyond a pooled point's MAD
+    b[0]["as read"]["gaze_yaw"][2] += 0.5  # one blink-like frame of b's first target
+    pool = pool_sittings([a, a2, b])
+    assert pool.dropped == 1 and len(pool.labels_px) == 71
+    assert (pool.sitting == 2).sum() == 23
+
+
+def test_only_reads_and_columns_every_sitting_has_are_pooled():
+    pts = [(100, 100), (900, 100), (500, 500), (100, 800)]
+    a = _sitting(pts, 2, 0, reads=("as read", "other"))
+    b = _sitting(pts, 2, 1)
+    del b[0]["as read"]["head_yaw"]
+    pool = pool_sittings([a, b])
+    assert list(pool.views) == ["as read"]
+    assert set(pool.views["as read"]) == {"gaze_yaw", "gaze_pitch"}
+    with pytest.raises(ValueError, match="no sittings"):
+        pool_sittings([])
+
+
+def test_head_pose_features_compete_from_two_sittings_on():
+    one = {c.feature_set for c in pooled_candidates(("as read",), 1)}
+    two = {c.feature_set for c in pooled_candidates(("as read",), 2)}
+    assert one == set(SITTING_FEATURE_SETS) | {"geometric"}
+    assert two == set(FEATURE_SETS) | {"geometric"}
+    assert not any("head" in s for s in one) and {"gaze+head", "gaze+head+eyes"} <= two
+    assert {c.read for c in pooled_candidates(("as read", "other"), 2)} == {"as read", "other"}
