@@ -46,16 +46,13 @@ demo: setup
 # core is busy sometimes never paints (seen 2026-12-05 on this 2-core machine beside two busy
 # loops: black for 30 s and more in 9 of 16 runs of those tests on two workers, also with
 # QT_XCB_NO_MITSHM=1, and in 1 of 7 runs one at a time). TEST_JOBS=0 runs each part in one
-# process. BEFORE_DISPLAY runs between the two parts: `.ci/run` waits there for the work it
-# started beside the tests, so the window tests have the cores to themselves.
+# process.
 TEST_JOBS ?= auto
-BEFORE_DISPLAY ?= true
 PYTEST_RC = rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests ran"; rc=0; fi
 
 test: setup
 	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --maxprocesses 4 --dist worksteal \
 		-m "not needs_display"; $(PYTEST_RC); first=$$rc; \
-	$(BEFORE_DISPLAY); \
 	$(BIN)/python -m pytest -q -m needs_display; $(PYTEST_RC); \
 	[ $$first -eq 0 ] && exit $$rc || exit $$first
 
