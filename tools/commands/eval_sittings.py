@@ -225,23 +225,12 @@ def run(args: argparse.Namespace) -> int:
     cfg = fastpath_config(args)
     fp = LazyFastPath(cfg)
     cache = not args.no_cache
+    sessions = _readable(subs, args)
     within, pairs, history = [], [], {}
-    sessions, items = [], []
-    for i, folder in enumerate(subs, 1):
-        try:
-            session = read_session(folder)
-        except SessionError as e:
-            print(f"[{i}/{len(subs)}] {folder.name}: skipped ({e})", file=sys.stderr)
-            continue
-        screen = screen_for(args, session)
-        sessions.append((i, session, screen))
-        items.append((session, screen, cache))
     try:
+        items = [(session, screen, cache) for _, session, screen in sessions]
         done = map_sessions(_within, items, cfg, fp, args.jobs)
         for (i, session, screen), res in zip(sessions, done, strict=True):
-            owner = _owner(session)
-            row = res["row"]
-            within.append({"sitting": row["sitting"], "user": owner[0]} | row)
             cur = {
                 "session": session,
                 "screen": screen,
@@ -249,16 +238,14 @@ def run(args: argparse.Namespace) -> int:
                 "fitted": [(lb, Candidate(**c), p) for lb, c, p in res["fitted"]],
                 "views": session_views(session, fp, both_reads=False, cache=cache),
             }
+            owner = _owner(session)
+            row = res["row"]
+            within.append({"sitting": row["sitting"], "user": owner[0]} | row)
             msg = f"[{i}/{len(subs)}] {session.folder.name}: within {row['mean_px']:.1f} px"
             earlier = history.setdefault(owner, [])
             if earlier:
-                pair = _across(earlier[-1], cur, cur["views"])
-                pair["user"] = owner[0]
-                pair["pooled"] = _pooled(earlier, cur, cur["views"])
-                pairs.append(pair)
-                msg += f", from {pair['from']} {pair.get('mean_px', float('nan')):.1f} px"
-                msg += f", from all {len(earlier)} earlier "
-                msg += f"{pair['pooled'].get('mean_px', float('nan')):.1f} px"
+                pairs.append(_pair(earlier, cur, owner[0]))
+                msg += _pair_text(pairs[-1], len(earlier))
             earlier.append(cur)
             tf = f"({row['targets']} targets, {row['frames_used']} frames)"
             print(f"{msg} {tf}", file=sys.stderr)
@@ -268,11 +255,37 @@ def run(args: argparse.Namespace) -> int:
     if args.plot is not None:
         write_plot(lambda f: plot_sittings_report(report, f), args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print(text(report))
+    print(json.dumps(report, indent=2) if args.json else text(report))
     return 0
+
+
+def _readable(subs: list[Path], args) -> list[tuple]:
+    """(number, session, screen) of every sitting folder that reads; the others are said."""
+    out = []
+    for i, folder in enumerate(subs, 1):
+        try:
+            session = read_session(folder)
+        except SessionError as e:
+            print(f"[{i}/{len(subs)}] {folder.name}: skipped ({e})", file=sys.stderr)
+            continue
+        out.append((i, session, screen_for(args, session)))
+    return out
+
+
+def _pair(earlier: list[dict], cur: dict, user: str) -> dict:
+    """`cur` judged with the previous sitting's profiles and with all earlier ones pooled."""
+    pair = _across(earlier[-1], cur, cur["views"])
+    pair["user"] = user
+    pair["pooled"] = _pooled(earlier, cur, cur["views"])
+    return pair
+
+
+def _pair_text(pair: dict, n_earlier: int) -> str:
+    nan = float("nan")
+    return (
+        f", from {pair['from']} {pair.get('mean_px', nan):.1f} px, from all {n_earlier} "
+        f"earlier {pair['pooled'].get('mean_px', nan):.1f} px"
+    )
 
 
 def choose_by_history(pairs: list[dict]) -> list[dict]:
