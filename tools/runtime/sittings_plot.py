@@ -2,7 +2,8 @@
 
 Per sitting, in order: its own calibration's error (nested leave-one-target-out, a black
 bar) and the error of the person's previous sitting's profile on it (a dot, joined to the
-bar): the length of the line is what users call drift between sittings.
+bar): the length of the line is what users call drift between sittings. An open square is
+the profile of all the person's earlier sittings pooled (`calibration.sittings`).
 """
 
 from __future__ import annotations
@@ -29,14 +30,18 @@ def plot_sittings_report(rep: dict[str, Any], path) -> None:
             c = colour[r["user"]]
             ax.plot([i, i], [r["mean_px"], p["mean_px"]], "-", color=c, lw=1.2, alpha=0.7)
             ax.plot(i, p["mean_px"], "o", color=c, ms=5)
+            if "mean_px" in p.get("pooled", {}):
+                ax.plot(i, p["pooled"]["mean_px"], "s", mfc="none", mec=c, ms=6)
     ax.plot([], [], "_", color="k", ms=14, mew=2, label="its own calibration (nested LOTO)")
     for u in users:
         ax.plot([], [], "o", color=colour[u], label=f"{u}: the previous sitting's profile")
+    ax.plot([], [], "s", mfc="none", mec="0.4", label="all earlier sittings pooled")
     ax.set_xticks(range(len(rows)), [r["sitting"] for r in rows], rotation=70)
-    w, a = rep["within"], rep["across"]
+    w, a, pool = rep["within"], rep["across"], rep.get("across_pooled", {})
     ax.set_title(
         f"within a sitting: median {w['median_px']} px over {w['n']}; the previous sitting's "
-        f"profile: median {a['median_px']} px over {a['n']} pairs",
+        f"profile: median {a['median_px']} px over {a['n']} pairs;\nall earlier sittings "
+        f"pooled: median {pool.get('median_px')} px",
         fontsize=10,
     )
     ax.set_ylabel("mean error (px)")
