@@ -285,11 +285,16 @@ def fit_profile_report(
     mapping: str = "ridge",
     calibration_session: str | None = None,
     frame_names: list[str] | None = None,
+    outlier_groups: np.ndarray | None = None,
 ) -> tuple[Profile, Evaluated]:
     """`fit_profile`, also returning the leave-one-target-out evaluation it reports (with
-    the held-out predictions a plot needs), so a program shows the very numbers saved."""
-    keep = robust_keep(x, groups)
-    x, y_norm, groups = x[keep], y_norm[keep], groups[keep]
+    the held-out predictions a plot needs), so a program shows the very numbers saved.
+    `outlier_groups`: what per-target outliers are judged within (default `groups`; pooled
+    sittings: a target of one sitting, since across sittings a point's frames differ on
+    purpose, `calibration.sittings`)."""
+    cells = groups if outlier_groups is None else np.asarray(outlier_groups)
+    keep = robust_keep(x, cells)
+    x, y_norm, groups, cells = x[keep], y_norm[keep], groups[keep], cells[keep]
     if frame_names is not None:
         frame_names = [n for n, k in zip(frame_names, keep, strict=True) if k]
     aspect = screen.px[0] / screen.px[1]
@@ -304,6 +309,7 @@ def fit_profile_report(
         screen=screen,
         mapping=mapping,
         names=frame_names,
+        outlier_groups=cells,
     )
     r = ev.report
     prof = Profile(

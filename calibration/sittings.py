@@ -54,6 +54,7 @@ class Pooled:
     labels_px: np.ndarray
     groups: np.ndarray  # one id per screen point, shared by the sittings
     sitting: np.ndarray  # index into the pooled sittings, per row
+    cells: np.ndarray  # one id per target of one sitting: what outliers are judged within
     n_sittings: int
     dropped: int  # frames removed as outliers within their own sitting's target
 
@@ -77,11 +78,13 @@ def pool_sittings(parts: Sequence[Sitting]) -> Pooled:
         [np.asarray(p[1], np.float64)[k] for p, k in zip(parts, keep, strict=True)]
     )
     sitting = np.concatenate([np.full(int(k.sum()), i) for i, k in enumerate(keep)])
+    target = np.concatenate([np.asarray(p[2])[k] for p, k in zip(parts, keep, strict=True)])
     return Pooled(
         views=views,
         labels_px=labels,
         groups=point_groups(labels),
         sitting=sitting,
+        cells=cell_ids(sitting, target),
         n_sittings=len(parts),
         dropped=int(sum((~k).sum() for k in keep)),
     )
@@ -91,6 +94,12 @@ def point_groups(labels_px: np.ndarray) -> np.ndarray:
     """One target id per screen point (labels rounded to the pixel), whichever sitting."""
     _, ids = np.unique(np.round(labels_px).astype(np.int64), axis=0, return_inverse=True)
     return ids.ravel()
+
+
+def cell_ids(sitting: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """One id per (sitting, target of that sitting)."""
+    pairs = np.column_stack([np.asarray(sitting), np.asarray(target)])
+    return np.unique(pairs, axis=0, return_inverse=True)[1].ravel()
 
 
 def pooled_candidates(reads: tuple[str, ...], n_sittings: int) -> list[Candidate]:

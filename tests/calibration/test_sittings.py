@@ -74,3 +74,27 @@ def test_head_pose_features_compete_from_two_sittings_on():
     assert two == set(FEATURE_SETS) | {"geometric"}
     assert not any("head" in s for s in one) and {"gaze+head", "gaze+head+eyes"} <= two
     assert {c.read for c in pooled_candidates(("as read", "other"), 2)} == {"as read", "other"}
+
+
+def test_a_pooled_fit_judges_outliers_within_a_target_of_one_sitting():
+    """Three sittings, the third with its head elsewhere: judged per point across sittings
+    its frames would all be outliers; judged per target of one sitting, none is."""
+    from gazeloop.calibration.geometry import ScreenGeometry
+    from gazeloop.calibration.procedure import fit_profile
+
+    pts = [(100, 100), (900, 100), (500, 500), (100, 800), (800, 800)]
+    pool = pool_sittings([_sitting(pts, 6, 0), _sitting(pts, 6, 0), _sitting(pts, 6, 3)])
+    screen = ScreenGeometry(px=(1000, 1000))
+    x = np.column_stack([pool.views["as read"][c] for c in COLS])
+    kw = dict(
+        screen=screen,
+        features=list(COLS),
+        user="u",
+        device="d",
+        gaze_model_id="m",
+        gaze_model_sha256="0" * 64,
+    )
+    y = screen.to_norm(pool.labels_px)
+    assert len(np.unique(pool.cells)) == 15
+    assert fit_profile(x, y, pool.groups, outlier_groups=pool.cells, **kw).fit.frames == 90
+    assert fit_profile(x, y, pool.groups, **kw).fit.frames == 60

@@ -173,7 +173,9 @@ def _fit_pooled_fixed(pool, mapping: str, names: list[str], **common) -> Profile
         raise ValueError(f"unknown feature(s) {', '.join(missing)}; known: {', '.join(view)}")
     x = np.column_stack([view[f] for f in names])
     y = common["screen"].to_norm(pool.labels_px)
-    return fit_profile(x, y, pool.groups, features=names, mapping=mapping, **common)
+    return fit_profile(
+        x, y, pool.groups, outlier_groups=pool.cells, features=names, mapping=mapping, **common
+    )
 
 
 def _fit_selected(args, session, screen):

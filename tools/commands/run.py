@@ -18,6 +18,10 @@ recording given as --source: ground truth replayed, for trying the loop without 
 labels: a person looks at what they click, so a click that ends a steady fixation is a point
 label; double clicks, drags and clicks made on the move are not (oracle/clicks.py).
 
+In a new sitting (the device's profile made over 30 minutes ago) the run starts with the
+profile of all the user's calibration sessions on that device and screen pooled
+(tools/runtime/sittings_profile.py); --profile P runs with P.
+
 --mqtt URL publishes the gaze stream (capture times on the wall clock) and sends every
 label in the user's label store that the broker has not acknowledged yet, this run's and
 earlier ones'; `gazeloop collect` on the training box writes them as sessions.
@@ -36,7 +40,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from gazeloop.calibration.profile import Profile, ProfileMapper, data_dir, profile_path
+from gazeloop.calibration.profile import (
+    Profile,
+    ProfileError,
+    ProfileMapper,
+    data_dir,
+    profile_path,
+)
 from gazeloop.calibration.store.atomic import check_writable
 from gazeloop.calibration.store.writer import write_record
 from gazeloop.fastpath.pipeline import FastPath
@@ -54,7 +64,7 @@ from gazeloop.tools.commands._args import (
 from gazeloop.tools.errors import UserError
 from gazeloop.tools.runtime.calibration import default_session_dir
 from gazeloop.tools.runtime.labelled import LabelledSource, open_labelled
-from gazeloop.tools.runtime.live import Live
+from gazeloop.tools.runtime.live import Live, from_earlier_sitting
 from gazeloop.tools.runtime.recording import UnixClock
 from gazeloop.tools.ui.calibration_grid import DotView, calibrate_on_screen, render_dot
 from gazeloop.tools.ui.render import LiveData, VerifyData, render_live, render_pip, render_verify
@@ -141,7 +151,9 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _profile(args, fp: FastPath) -> ProfileMapper | None:
+def _profile(args, fp: FastPath) -> tuple[ProfileMapper | None, Path]:
+    """The profile to run with and its file: the one named, else the user's for the device,
+    or in a new sitting the profile of all the user's sittings pooled when there is one."""
     path = args.profile or profile_path(args.user, args.device)
     if not path.is_file():
         if args.profile:
@@ -150,13 +162,34 @@ def _profile(args, fp: FastPath) -> ProfileMapper | None:
             f"no calibration profile for {args.user}/{args.device} yet ({path}): showing gaze "
             "angles only; run `gazeloop calibrate` (or `gazeloop profile fit SESSION`)"
         )
-        return None
+        return None, path
     from gazeloop.tools.runtime.hotreload import profile_for_model
 
     prof, said = profile_for_model(path, fp)  # the fit for the model loaded (kept or refitted)
+    if args.profile is None and from_earlier_sitting(prof):
+        pooled = _sittings_profile(args, prof, fp)
+        if pooled is not None:
+            path = pooled
+            prof, said = profile_for_model(path, fp)
+            n = len(prof.calibration_sessions)
+            said = f"profile: a new sitting, so the {n} sittings pooled: " + said.removeprefix(
+                "profile: "
+            )
     print(said, flush=True)
     screen = prof.screen.with_px(*args.screen_px) if args.screen_px else None
-    return ProfileMapper(prof, screen)
+    return ProfileMapper(prof, screen), path
+
+
+def _sittings_profile(args, prof: Profile, fp: FastPath) -> Path | None:
+    """`tools.runtime.sittings_profile.current`; a failure to pool is said and the device's
+    own profile stays."""
+    from gazeloop.tools.runtime import sittings_profile
+
+    try:
+        return sittings_profile.current(args.user, args.device, prof.screen, fp.cfg)
+    except (ValueError, OSError, ProfileError) as e:
+        print(f"profile: the sittings could not be pooled ({e}); using {args.device}'s own")
+        return None
 
 
 def _oracle(args, mapper):
@@ -346,7 +379,7 @@ def _run(args: argparse.Namespace, ls: LabelledSource) -> int:
     fp_cfg, said = startup_model(fastpath_config(args))  # the promoted model, unless named
     print(said, flush=True)
     fp = FastPath(fp_cfg)
-    mapper = _profile(args, fp)
+    mapper, used_profile = _profile(args, fp)
     if args.oracle_auto and mapper is None:
         args.oracle = "none"  # clicks correct a calibrated cursor; there is none yet
     oracle = _oracle(args, mapper)
@@ -395,7 +428,7 @@ def _run(args: argparse.Namespace, ls: LabelledSource) -> int:
                 fp,
                 default_registry_root(),
                 profile=None if mapper is None else mapper.profile,
-                profile_path=args.profile or profile_path(args.user, args.device),
+                profile_path=used_profile,
                 screen=None if mapper is None else mapper.screen,
                 on_swap=lambda gaze, m: live.adopt(m),
             )

@@ -31,7 +31,7 @@ from gazeloop.calibration.profile import (
     find_for_model,
     save_for_model,
 )
-from gazeloop.calibration.sittings import point_groups
+from gazeloop.calibration.sittings import cell_ids, point_groups
 from gazeloop.fastpath import models
 from gazeloop.fastpath.collect import collect_session, expand_features, feature_matrix
 from gazeloop.fastpath.gaze_model import GazeModel
@@ -52,11 +52,12 @@ def refit_profile(profile: Profile, fp_cfg, onnx_path: Path | None, gaze: GazeMo
             f"({missing[0]!r}): it cannot be refitted for a new model"
         )
     fp = FastPath(fp_cfg.model_copy(update={"gaze_model": onnx_path}))
-    used = []
+    used, sitting = [], []
     try:
-        for folder in folders:
+        for i, folder in enumerate(folders):
             col = collect_session(folder, fp)
             used += [ls for ls in col.samples if not ls.settling]
+            sitting += [i] * (len(used) - len(sitting))
     finally:
         fp.close()
     if not used:
@@ -67,12 +68,15 @@ def refit_profile(profile: Profile, fp_cfg, onnx_path: Path | None, gaze: GazeMo
     names = expand_features(names, used[0].sample)
     x = feature_matrix(used, names)
     labels = np.array([ls.label_px for ls in used])
-    # several sessions: a screen point is one target, left out of all of them at once
-    groups = point_groups(labels) if len(folders) > 1 else np.array([ls.target for ls in used])
+    targets = np.array([ls.target for ls in used])
+    # several sessions: a screen point is one target, left out of all of them at once, and
+    # outliers are judged within a target of one session (`calibration.sittings`)
+    pooled = len(folders) > 1
     return fit_profile(
         x,
         profile.screen.to_norm(labels),
-        groups,
+        point_groups(labels) if pooled else targets,
+        outlier_groups=cell_ids(np.array(sitting), targets) if pooled else None,
         screen=profile.screen,
         features=names,
         user=profile.user,

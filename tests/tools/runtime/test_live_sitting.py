@@ -25,3 +25,11 @@ NOW = datetime(2026, 12, 4, 18, 0, tzinfo=UTC)
 )
 def test_a_profile_older_than_a_sitting_gap_is_from_an_earlier_sitting(created, earlier):
     assert from_earlier_sitting(SimpleNamespace(created=created), now=NOW) is earlier
+
+
+def test_a_profile_pooled_from_sittings_is_never_this_sitting_however_new():
+    new = (NOW - timedelta(minutes=1)).isoformat(timespec="seconds")
+    pooled = SimpleNamespace(created=new, calibration_sessions=["/a", "/b"])
+    assert from_earlier_sitting(pooled, now=NOW) is True
+    own = SimpleNamespace(created=new, calibration_sessions=[])
+    assert from_earlier_sitting(own, now=NOW) is False
