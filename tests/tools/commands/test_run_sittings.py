@@ -5,7 +5,9 @@ of the last calibration it keeps that calibration's own profile."""
 from __future__ import annotations
 
 import json
+import shutil
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -14,14 +16,20 @@ from gazeloop.tools.cli import main
 from gazeloop.tools.runtime.live import from_earlier_sitting
 
 
-def _calibrate(shared, home, stamp: str, device: str = "d", screen_px=None) -> str:
+def _calibrate(shared, home, stamp: str) -> str:
     out = home / "users/u/sessions" / f"calibration-{stamp}"
     argv = ["calibrate", "--headless", "--source", str(shared / "data/video-corners4")]
-    assert main([*argv, "--user", "u", "--device", device, "--out", str(out)]) == 0
-    if screen_px is not None:  # as if calibrated at another screen
-        manifest = out / "session.json"
-        doc = json.loads(manifest.read_text())
-        manifest.write_text(json.dumps(doc | {"screen_px": screen_px}))
+    assert main([*argv, "--user", "u", "--device", "d", "--out", str(out)]) == 0
+    return str(out.resolve())
+
+
+def _another(session: str, stamp: str, **manifest) -> str:
+    """A later calibration session: a copy of `session` (its features come from the cache)
+    under a later time stamp, its manifest changed as given (another device or screen)."""
+    out = Path(session).with_name(f"calibration-{stamp}")
+    shutil.copytree(session, out)
+    doc = json.loads((out / "session.json").read_text())
+    (out / "session.json").write_text(json.dumps(doc | manifest))
     return str(out.resolve())
 
 
@@ -44,9 +52,9 @@ def test_a_new_sitting_starts_with_every_sitting_on_the_screen_pooled(
 ):
     monkeypatch.setenv("GAZELOOP_HOME", str(tmp_path))
     first = _calibrate(shared, tmp_path, "20261201-090000")
-    _calibrate(shared, tmp_path, "20261201-100000", screen_px=[1280, 720])
-    _calibrate(shared, tmp_path, "20261201-110000", device="other")
-    second = _calibrate(shared, tmp_path, "20261202-090000")
+    _another(first, "20261201-100000", screen_px=[1280, 720])
+    _another(first, "20261201-110000", device="other")
+    second = _another(first, "20261202-090000")
     capsys.readouterr()
     own = tmp_path / "users/u/profiles/d.json"
     pooled = tmp_path / "users/u/profiles/d.sittings.json"
@@ -68,7 +76,7 @@ def test_a_new_sitting_starts_with_every_sitting_on_the_screen_pooled(
     assert "pooling" not in out and "2 sittings pooled" in out
     assert Profile.load(pooled) == prof
 
-    third = _calibrate(shared, tmp_path, "20261203-090000")
+    third = _another(first, "20261203-090000")
     _age(own, hours=2)
     capsys.readouterr()
     out = _run(shared, capsys)
