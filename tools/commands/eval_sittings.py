@@ -129,20 +129,8 @@ def _across(prev, cur, v) -> dict:
             continue
         # through the profile's own JSON form, as a saved profile would be read back
         m = mapping_from_params(cand.mapping, params)
-        x = np.column_stack([v.views["as read"][f] for f in cand.features])
         try:
-            ev = evaluate_fixed(
-                m,
-                x,
-                v.labels_px,
-                v.groups,
-                session=str(cur["session"].folder),
-                screen=cur["screen"] or screen,
-                mapping_name=cand.mapping,
-                features=list(cand.features),
-                frames=v.col.frames,
-                rejected=v.rejected,
-            )
+            ev = _applied(m, cand, cur, v, screen)
         except ValueError:
             continue
         r = ev.report
@@ -158,6 +146,23 @@ def _across(prev, cur, v) -> dict:
     return out
 
 
+def _applied(m, cand: Candidate, cur: dict, v, screen):
+    """Mapping `m` of candidate `cand`, applied unchanged to the sitting `cur` (`v`: its
+    views; `screen`: the profile's, when the sitting's is unknown)."""
+    return evaluate_fixed(
+        m,
+        np.column_stack([v.views[cand.read][f] for f in cand.features]),
+        v.labels_px,
+        v.groups,
+        session=str(cur["session"].folder),
+        screen=cur["screen"] or screen,
+        mapping_name=cand.mapping,
+        features=list(cand.features),
+        frames=v.col.frames,
+        rejected=v.rejected,
+    )
+
+
 def _pooled(earlier: list[dict], cur: dict, v) -> dict:
     """The profile of all `earlier` sittings pooled (`calibration.sittings`), applied to
     `cur` unchanged (`v`: its views, one read)."""
@@ -169,18 +174,7 @@ def _pooled(earlier: list[dict], cur: dict, v) -> dict:
     c = choice.candidate
     if any(f not in v.views[c.read] for f in c.features):
         return {"sittings": len(earlier), "chosen": c.label}
-    ev = evaluate_fixed(
-        choice.mapping,
-        np.column_stack([v.views[c.read][f] for f in c.features]),
-        v.labels_px,
-        v.groups,
-        session=str(cur["session"].folder),
-        screen=cur["screen"] or screen,
-        mapping_name=c.mapping,
-        features=list(c.features),
-        frames=v.col.frames,
-        rejected=v.rejected,
-    )
+    ev = _applied(choice.mapping, c, cur, v, screen)
     return {
         "sittings": len(earlier),
         "chosen": c.label,

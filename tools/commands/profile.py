@@ -11,7 +11,7 @@ import numpy as np
 from gazeloop.calibration.mapping import MAPPINGS
 from gazeloop.calibration.procedure import fit_profile, fit_profile_selected
 from gazeloop.calibration.profile import DEFAULT_FEATURES, Profile, ProfileError, profile_path
-from gazeloop.calibration.sittings import pool_sittings, pooled_candidates
+from gazeloop.calibration.sittings import pooled_candidates
 from gazeloop.calibration.store.atomic import check_writable
 from gazeloop.calibration.store.session import read_session
 from gazeloop.fastpath.collect import LazyFastPath, collect_session, expand_features, feature_matrix
@@ -32,6 +32,7 @@ from gazeloop.tools.runtime.selection import (
     selection_text,
     session_views,
 )
+from gazeloop.tools.runtime.sittings_profile import fit_pooled_mapping, pool_views
 
 
 def add_parser(sub) -> None:
@@ -132,8 +133,7 @@ def _fit_pooled(args, sessions, screen, fixed):
     n = sum(len(s.items) for s in sessions)
     try:
         with Progress(f"profile fit, {len(sessions)} sessions, {n} frames through the fast path"):
-            views = [session_views(s, fp, cache=not args.no_cache) for s in sessions]
-        pool = pool_sittings([(v.views, v.labels_px, v.groups) for v in views])
+            pool = pool_views([session_views(s, fp, cache=not args.no_cache) for s in sessions])
         gaze = fp.get().gaze
     finally:
         fp.close()
@@ -159,23 +159,10 @@ def _fit_pooled(args, sessions, screen, fixed):
                 **common,
             )
         else:
-            prof, ev = _fit_pooled_fixed(pool, *fixed, **common), None
+            prof, ev = fit_pooled_mapping(pool, *fixed, **common), None
     except ValueError as e:
         raise UserError(str(e)) from None
     return prof.model_copy(update={"calibration_sessions": names}), ev
-
-
-def _fit_pooled_fixed(pool, mapping: str, names: list[str], **common) -> Profile:
-    """One mapping on named columns of the pooled frames ("as read")."""
-    view = pool.views["as read"]
-    missing = [f for f in names if f not in view]
-    if missing:
-        raise ValueError(f"unknown feature(s) {', '.join(missing)}; known: {', '.join(view)}")
-    x = np.column_stack([view[f] for f in names])
-    y = common["screen"].to_norm(pool.labels_px)
-    return fit_profile(
-        x, y, pool.groups, outlier_groups=pool.cells, features=names, mapping=mapping, **common
-    )
 
 
 def _fit_selected(args, session, screen):

@@ -165,16 +165,17 @@ def _profile(args, fp: FastPath) -> tuple[ProfileMapper | None, Path]:
         return None, path
     from gazeloop.tools.runtime.hotreload import profile_for_model
 
-    prof, said = profile_for_model(path, fp)  # the fit for the model loaded (kept or refitted)
-    if args.profile is None and from_earlier_sitting(prof):
-        pooled = _sittings_profile(args, prof, fp)
-        if pooled is not None:
-            path = pooled
-            prof, said = profile_for_model(path, fp)
-            n = len(prof.calibration_sessions)
-            said = f"profile: a new sitting, so the {n} sittings pooled: " + said.removeprefix(
-                "profile: "
-            )
+    # A new sitting is decided on the device's own file, before any refit for the model
+    # loaded, which the pooled profile would make unneeded.
+    pooled = None
+    if args.profile is None and from_earlier_sitting(own := Profile.load(path)):
+        pooled = _sittings_profile(args, own, fp)
+    prof, said = profile_for_model(pooled or path, fp)  # the fit for this model (kept/refit)
+    if pooled is not None:
+        path, n = pooled, len(prof.calibration_sessions)
+        said = f"profile: a new sitting, so the {n} sittings pooled: " + said.removeprefix(
+            "profile: "
+        )
     print(said, flush=True)
     screen = prof.screen.with_px(*args.screen_px) if args.screen_px else None
     return ProfileMapper(prof, screen), path

@@ -26,10 +26,10 @@ import numpy as np
 from gazeloop.calibration.geometry import ScreenGeometry
 from gazeloop.calibration.procedure import fit_profile
 from gazeloop.calibration.profile import Profile, ProfileError, data_dir, profile_path
-from gazeloop.calibration.sittings import choose_pooled, pool_sittings
+from gazeloop.calibration.sittings import Pooled, choose_pooled, pool_sittings
 from gazeloop.calibration.store.session import SessionError, read_session
 from gazeloop.fastpath.collect import LazyFastPath
-from gazeloop.fastpath.views import NoUsableFrames, session_views
+from gazeloop.fastpath.views import NoUsableFrames, Views, session_views
 
 SUFFIX = ".sittings.json"
 
@@ -55,6 +55,32 @@ def calibration_sessions(user: str, device: str, screen_px: tuple[int, int]) -> 
     return out
 
 
+def pool_views(views: list[Views]) -> Pooled:
+    """`calibration.sittings.pool_sittings` of sessions' views."""
+    return pool_sittings([(v.views, v.labels_px, v.groups) for v in views])
+
+
+def fit_pooled_mapping(
+    pool: Pooled, mapping: str, features: list[str], read: str = "as read", **profile
+) -> Profile:
+    """One mapping on named columns of the pooled frames, outliers judged within a target of
+    one sitting; `profile`: `procedure.fit_profile`'s keywords (screen, user, device, gaze
+    model, calibration_session)."""
+    view = pool.views[read]
+    missing = [f for f in features if f not in view]
+    if missing:
+        raise ValueError(f"unknown feature(s) {', '.join(missing)}; known: {', '.join(view)}")
+    return fit_profile(
+        np.column_stack([view[f] for f in features]),
+        profile["screen"].to_norm(pool.labels_px),
+        pool.groups,
+        outlier_groups=pool.cells,
+        features=list(features),
+        mapping=mapping,
+        **profile,
+    )
+
+
 def fit_sittings(
     folders: list[Path], screen: ScreenGeometry, fp: LazyFastPath, *, user: str, device: str
 ) -> Profile | None:
@@ -62,29 +88,26 @@ def fit_sittings(
     views, used = [], []
     for folder in folders:
         try:
-            v = session_views(read_session(folder), fp, both_reads=False)
+            views.append(session_views(read_session(folder), fp, both_reads=False))
         except (SessionError, NoUsableFrames, OSError):
             continue
-        views.append(v)
         used.append(str(Path(folder).resolve()))
     if len(views) < 2:
         return None
-    pool = pool_sittings([(v.views, v.labels_px, v.groups) for v in views])
+    pool = pool_views(views)
     c = choose_pooled(pool, screen).candidate
     gaze = fp.get().gaze
-    prof = fit_profile(
-        np.column_stack([pool.views[c.read][f] for f in c.features]),
-        screen.to_norm(pool.labels_px),
-        pool.groups,
-        outlier_groups=pool.cells,
+    prof = fit_pooled_mapping(
+        pool,
+        c.mapping,
+        list(c.features),
+        c.read,
         screen=screen,
-        features=list(c.features),
         user=user,
         device=device,
         gaze_model_id=gaze.model_id,
         gaze_model_sha256=gaze.sha256,
         gaze_read=gaze.read,
-        mapping=c.mapping,
         calibration_session=used[-1],
     )
     return prof.model_copy(update={"calibration_sessions": used})
