@@ -133,6 +133,14 @@ def _add_loop_parser(bsub) -> None:
         "and screen), as --calibrate-on PREV --session NEXT, and a summary",
     )
     p.add_argument(
+        "--start",
+        choices=("previous", "pooled"),
+        default="previous",
+        help="with --sittings: each pair starts from the previous sitting's profile "
+        "(default), or from all the person's earlier sittings on that screen pooled, as "
+        "gazeloop run starts a new sitting",
+    )
+    p.add_argument(
         "--calibrate-on",
         type=Path,
         metavar="OTHER_DIR",
@@ -229,6 +237,7 @@ def _loop_options(args: argparse.Namespace) -> LoopBenchOptions:
             ramp_labels=args.ramp_labels,
             label_targets=targets,
             calibration=args.calibration,
+            start=args.start,
         )
     except ValidationError as e:
         bad = "; ".join(f"--{'-'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
@@ -325,6 +334,8 @@ def run_loop(args: argparse.Namespace) -> int:
         return _run_sittings(args, opts)
     if args.plot is not None:
         raise UserError("bench loop: --plot draws the pairs of --sittings; give --sittings")
+    if args.start != "previous":
+        raise UserError("bench loop: --start chooses what pairs of --sittings start from")
     _check_folder(args.session, "--session")
     if args.calibrate_on is not None:
         _check_folder(args.calibrate_on, "--calibrate-on")

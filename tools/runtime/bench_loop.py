@@ -12,7 +12,10 @@ a user would have it. The other session is calibrated as `gazeloop profile fit` 
 selection of read, features and mapping) and that profile is applied unchanged to this one,
 as `gazeloop eval --profile` would; the drift is whatever changed between the two sittings.
 Labels come from a subset of this session's targets and every error is measured on the
-others, against this session's own nested leave-one-target-out (`gazeloop eval`). The
+others, against this session's own nested leave-one-target-out (`gazeloop eval`).
+`--sittings FOLDER --start pooled` starts each pair from the profile of all the person's
+sittings on that screen up to the earlier one, pooled, as `gazeloop run` starts a new
+sitting (`sittings_profile`). The
 injected-drift mode keeps a plain ridge on the gaze features: its yardstick is an estimator
 told the onset on the same points, which any mapping serves.
 
@@ -64,6 +67,7 @@ from gazeloop.tools.runtime.selection import (
     evaluate_session,
     profile_from_choice,
 )
+from gazeloop.tools.runtime.sittings_profile import fit_sittings
 from gazeloop.tools.runtime.workers import map_sessions
 
 ORACLE_NOTE = (
@@ -108,6 +112,9 @@ class LoopBenchOptions(BaseModel):
     calibration: Literal["loto", "split"] = "loto"
     oracle: Literal["simulated", "clicks"] = "simulated"
     jobs: int = Field(1, ge=1)  # processes for the label streams (--sittings: the sittings)
+    # --sittings: what a pair starts from, the previous sitting's profile or all earlier
+    # sittings' pooled (what `gazeloop run` starts a new sitting with)
+    start: Literal["previous", "pooled"] = "previous"
 
 
 @dataclass(slots=True)
@@ -469,19 +476,25 @@ def checkerboard(truth: np.ndarray, groups: np.ndarray) -> list[int]:
 
 
 def bench_transfer(
-    nxt: Sitting, prev: Sitting, fp: LazyFastPath, opts: LoopBenchOptions
+    nxt: Sitting,
+    prev: Sitting,
+    fp: LazyFastPath,
+    opts: LoopBenchOptions,
+    pooled: Profile | None = None,
 ) -> dict[str, Any]:
     """The earlier sitting's profile on this one's frames, unchanged (`gazeloop eval NEXT
     --profile PREV`, points where the cursor shows them), the loop fed labels of some of
     this sitting's targets, every error measured on the others. The no-drift reference is
-    this sitting's own nested leave-one-target-out on the same targets."""
+    this sitting's own nested leave-one-target-out on the same targets. `pooled`: a profile
+    of several earlier sittings (`prev` the last of them) to start from instead."""
     a, b = prev.session.screen_px, nxt.session.screen_px
     if a is not None and b is not None and tuple(a) != tuple(b):
         raise UserError(
             f"{prev.session.folder} was recorded on a {a[0]}x{a[1]} screen, "
             f"{nxt.session.folder} on {b[0]}x{b[1]}: --calibrate-on needs the same screen"
         )
-    ev = apply_profile(prev.profile, nxt.session, fp, nxt.screen)
+    prof = prev.profile if pooled is None else pooled
+    ev = apply_profile(prof, nxt.session, fp, nxt.screen)
     geo, groups = nxt.screen, ev.groups
     screen = tuple(int(v) for v in geo.px)
     pred, truth = geo.to_norm(ev.pred_px), geo.to_norm(ev.labels_px)
@@ -508,9 +521,7 @@ def bench_transfer(
         "oracle": ORACLE_NOTE if opts.oracle == "simulated" else REAL_CLICKS_NOTE,
         "labels_fed": len(runs[0].err_px),
         "calibrated_on": str(prev.session.folder),
-        "calibration": f"{prev.own.report.selection.chosen}, chosen by nested selection on "
-        "the earlier sitting and saved as its profile (gazeloop profile fit), applied "
-        "unchanged (gazeloop eval --profile)",
+        "calibration": _calibration_note(prev, pooled),
         "session": str(nxt.session.folder),
         "frames": r.frames,
         "frames_used": r.frames_used,
@@ -536,6 +547,21 @@ def bench_transfer(
         "residual of the labelled targets' frames; error_best_offset_px: plus the offset best "
         "for the eval frames themselves (hindsight: what no constant offset can beat)",
     }
+
+
+def _calibration_note(prev: Sitting, pooled: Profile | None) -> str:
+    if pooled is None:
+        return (
+            f"{prev.own.report.selection.chosen}, chosen by nested selection on the earlier "
+            "sitting and saved as its profile (gazeloop profile fit), applied unchanged "
+            "(gazeloop eval --profile)"
+        )
+    n = len(pooled.calibration_sessions)
+    return (
+        f"{pooled.mapping.name} on {'+'.join(pooled.features)}, chosen by nested selection on "
+        f"{n} earlier sittings pooled (gazeloop profile fit S1 .. S{n}, what gazeloop run "
+        "starts a new sitting with), applied unchanged (gazeloop eval --profile)"
+    )
 
 
 def geometric_median(points: np.ndarray, iters: int = 100) -> np.ndarray:
@@ -645,21 +671,47 @@ def bench_sessions(
         raise UserError(f"{session}: {e}") from None
 
 
+START_NOTE = {
+    "previous": "previous: each pair starts from the earlier sitting's own profile",
+    "pooled": "pooled: each pair starts from the profile of all the person's sittings on that "
+    "screen up to the earlier one, pooled (what gazeloop run starts a new sitting with)",
+}
 GAP_MIN_PX = 10.0  # issue 13: pairs whose drift exceeds the sitting's own error by this
 
 
-def sitting_pairs(folders: list[Path]) -> list[tuple[Path, Path]]:
-    """Consecutive sittings (folder-name order) of one person on one screen: the manifest's
-    user and screen size must match."""
+def sitting_keys(folders: list[Path]) -> dict[Path, tuple]:
+    """Each sitting's (user, screen size): the manifest's."""
 
     def key(d: Path):
         s = read_session(d)
         m = s.manifest
         return (None if m is None else m.user, s.screen_px)
 
-    keys = {d: key(d) for d in folders}
-    ordered = sorted(folders, key=lambda d: d.name)
+    return {d: key(d) for d in folders}
+
+
+def sitting_pairs(keys: dict[Path, tuple]) -> list[tuple[Path, Path]]:
+    """Consecutive sittings (folder-name order) of one person on one screen: the manifest's
+    user and screen size must match."""
+    ordered = sorted(keys, key=lambda d: d.name)
     return [(a, b) for a, b in pairwise(ordered) if keys[a] == keys[b] and keys[a][0]]
+
+
+def earlier_same(keys: dict[Path, tuple], last: Path) -> list[Path]:
+    """`last` and every sitting before it of the same person on the same screen, oldest
+    first: what `gazeloop run` pools (`sittings_profile.calibration_sessions`)."""
+    return sorted(
+        (d for d in keys if keys[d] == keys[last] and d.name <= last.name), key=lambda d: d.name
+    )
+
+
+def pooled_profile(folders: list[Path], last: Sitting, fp: LazyFastPath) -> Profile | None:
+    """The profile of `folders` pooled, as `gazeloop run` makes it (`sittings_profile`);
+    None for one sitting, whose pooled profile is its own."""
+    if len(folders) < 2:
+        return None
+    prof = last.profile
+    return fit_sittings(folders, last.screen, fp, user=prof.user, device=prof.device)
 
 
 def gap_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -698,10 +750,9 @@ def gap_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     if rows and all("error_told_offset_px" in r for r in rows):
         worse = sum(r["error_told_offset_px"] / r["error_drifted_px"] > 1.05 for r in rows)
         out["told_offset_pairs_over_5pct_worse"] = int(worse)
-        out["mean_px"] = {
-            k: round(float(np.mean([r[f"error_{k}_px"] for r in rows])), 1)
-            for k in ("drifted", "after", "told_offset", "best_offset")
-        }
+        keys = ("before", "drifted", "after", "told_offset", "best_offset")
+        for name, stat in (("mean_px", np.mean), ("median_px", np.median)):
+            out[name] = {k: round(float(stat([r[f"error_{k}_px"] for r in rows])), 1) for k in keys}
     return out
 
 
@@ -710,7 +761,8 @@ def bench_sittings(folder: Path, cfg: FastPathConfig, opts: LoopBenchOptions) ->
     profile of the earlier one, labels from half the targets of the later one, errors on the
     other half), and `gap_summary` over the pairs."""
     folders = [d for d in sorted(folder.iterdir()) if d.is_dir()]
-    pairs = sitting_pairs(folders)
+    keys = sitting_keys(folders)
+    pairs = sitting_pairs(keys)
     if not pairs:
         raise UserError(f"{folder}: no two consecutive sittings of one person on one screen")
     need = sorted({d for p in pairs for d in p})
@@ -721,10 +773,14 @@ def bench_sittings(folder: Path, cfg: FastPathConfig, opts: LoopBenchOptions) ->
         done = map_sessions(evaluate_sitting, need, cfg, fp, opts.jobs)
         sittings = dict(zip(need, done, strict=True))
         for prev, nxt in pairs:
-            r = bench_transfer(sittings[nxt], sittings[prev], fp, opts)
+            pooled = None
+            if opts.start == "pooled":
+                pooled = pooled_profile(earlier_same(keys, prev), sittings[prev], fp)
+            r = bench_transfer(sittings[nxt], sittings[prev], fp, opts, pooled)
             rows.append(
                 {
                     "calibrated_on": prev.name,
+                    "sittings_pooled": 1 if pooled is None else len(pooled.calibration_sessions),
                     "session": nxt.name,
                     **{k: r[k] for k in ("error_before_px", "error_drifted_px", "error_after_px")},
                     **{k: r[k] for k in ("error_told_offset_px", "error_best_offset_px")},
@@ -738,6 +794,7 @@ def bench_sittings(folder: Path, cfg: FastPathConfig, opts: LoopBenchOptions) ->
     return {
         "mode": "sittings",
         "folder": str(folder),
+        "start": START_NOTE[opts.start],
         "oracle": ORACLE_NOTE if opts.oracle == "simulated" else REAL_CLICKS_NOTE,
         "summary": gap_summary(rows),
         "pairs": rows,

@@ -95,6 +95,14 @@ def sittings_text(out: dict[str, Any]) -> list[str]:
         f"({s.get('gap_pairs_over_5pct_worse', '-')} of the {s['pairs_with_gap']} with a gap; "
         f"the labels' mean: {s.get('told_offset_pairs_over_5pct_worse', '-')})",
     ]
+    md = s.get("median_px")
+    if md is not None:
+        lines.append(
+            f"median over the pairs: own {_n(md['before'])}, drifted {_n(md['drifted'])}, "
+            f"with the loop {_n(md['after'])} px"
+        )
+    if out.get("start"):
+        lines.append(f"start: {out['start']}")
     return lines
 
 

@@ -356,3 +356,49 @@ def test_streams_on_two_processes_give_the_same_numbers_as_on_one(oracle):
         )
     assert out[0] == out[1]
     assert out[0][0]["known_onset_reference"]["recovered_runs"] >= 1
+
+
+def test_a_pooled_start_pools_every_earlier_sitting_of_the_person_on_that_screen():
+    from gazeloop.tools.runtime.bench_loop import earlier_same, sitting_pairs
+
+    # p1 on two screens, interleaved: the second screen's run is broken by the first's.
+    big, small = (1512, 982), (1280, 800)
+    names = ["p1_s00", "p1_s01", "p1_s02", "p1_s03", "p1_s04", "p2_s00"]
+    screens = [big, small, big, small, big, big]
+    keys = {Path(n): (n[:2], s) for n, s in zip(names, screens, strict=True)}
+    assert sitting_pairs(keys) == []  # no two consecutive folders share a screen
+    assert earlier_same(keys, Path("p1_s04")) == [Path("p1_s00"), Path("p1_s02"), Path("p1_s04")]
+    assert earlier_same(keys, Path("p1_s03")) == [Path("p1_s01"), Path("p1_s03")]
+    assert earlier_same(keys, Path("p2_s00")) == [Path("p2_s00")]  # another person
+
+
+@pytest.mark.slow
+def test_a_pooled_start_is_the_profile_of_the_earlier_sittings_pooled(shared, tmp_path, capsys):
+    """The pooled start is what `gazeloop profile fit S1 S2` saves (and `gazeloop run`
+    starts a new sitting with): its error before the loop is `gazeloop eval --profile` of
+    that profile on the same targets; with one earlier sitting it is that sitting's own."""
+    from gazeloop.tools.runtime.bench_loop import checkerboard
+
+    names = ("p1_s00", "p1_s01", "p1_s02")
+    for name in names:
+        (tmp_path / "evit" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "evit" / name).symlink_to(shared / "data/evit" / name)
+    out = run_json(
+        capsys, "--sittings", str(tmp_path / "evit"), "--oracle", "clicks", "--start", "pooled"
+    )
+    first, second = out["pairs"]
+    assert (first["sittings_pooled"], second["sittings_pooled"]) == (1, 2)
+    prev = run_json(capsys, "--sittings", str(tmp_path / "evit"), "--oracle", "clicks")
+    assert first == prev["pairs"][0] | {"sittings_pooled": 1}
+    prof = tmp_path / "pooled.json"
+    folders = [str(shared / "data/evit" / n) for n in names[:2]]
+    assert main(["profile", "fit", *folders, "--out", str(prof)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(shared / "data/evit/p1_s02"), "--profile", str(prof), "--json"]) == 0
+    pooled = json.loads(capsys.readouterr().out)
+    rows = pooled["per_target"]
+    white = checkerboard(
+        np.array([t["label_px"] for t in rows]), np.array([t["target"] for t in rows])
+    )
+    held = [t["target"] for t in rows if t["target"] not in white]
+    assert second["error_drifted_px"] == pytest.approx(_targets_mean(pooled, held), abs=0.1)

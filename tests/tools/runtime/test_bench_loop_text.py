@@ -45,8 +45,21 @@ def test_sittings_read_as_a_table_with_the_summary():
         f"{first['error_after_px']:.1f}",
     ]
     s = out["summary"]
-    assert f"closes {s['gap_closed_median']:.2f} of the gap" in lines[-1]
-    assert f"{s['pairs_over_5pct_worse']} of {s['pairs']} pairs end over 5 % worse" in lines[-1]
+    (summary,) = [ln for ln in lines if "of the gap" in ln]
+    assert f"closes {s['gap_closed_median']:.2f} of the gap" in summary
+    assert f"{s['pairs_over_5pct_worse']} of {s['pairs']} pairs end over 5 % worse" in summary
+
+
+def test_a_pooled_start_says_so_with_the_medians_the_readme_quotes():
+    out = _output("evit_sittings_loop_pooled")
+    lines = loop_text(out).splitlines()
+    md = out["summary"]["median_px"]
+    (medians,) = [ln for ln in lines if ln.startswith("median over the pairs")]
+    assert f"drifted {md['drifted']:.1f}, with the loop {md['after']:.1f} px" in medians
+    assert lines[-1].startswith("start: pooled: each pair starts from the profile of all")
+    # the pairs count the sittings pooled: one for the first pair of a person, then growing
+    pooled = [p["sittings_pooled"] for p in out["pairs"] if p["session"].startswith("p1_")]
+    assert pooled == list(range(1, len(pooled) + 1))
 
 
 def test_a_missing_number_is_a_dash_not_a_crash():
@@ -76,3 +89,5 @@ def test_plot_is_refused_before_any_work_when_it_cannot_be_drawn(tmp_path, capsy
     assert "--plot draws the pairs of --sittings" in capsys.readouterr().err
     assert main(["bench", "loop", "--sittings", str(folder), "--plot", "p.txt"]) == 2
     assert "--plot p.txt: name a .png, .svg or .pdf file" in capsys.readouterr().err
+    assert main(["bench", "loop", "--session", str(folder), "--start", "pooled"]) == 2
+    assert "--start chooses what pairs of --sittings start from" in capsys.readouterr().err
