@@ -19,6 +19,7 @@ over the whole choice, which would cost minutes on thousands of frames.
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -113,16 +114,36 @@ def fit_sittings(
     return prof.model_copy(update={"calibration_sessions": used})
 
 
+def stale(prof: Profile, folders: list[Path]) -> bool:
+    """Whether `prof` no longer pools what `folders` hold: a session it pooled is gone, or
+    one it does not pool was written after it was fitted. A session that was there and left
+    out (no usable frames) does not count: it would be left out again, so a refit would
+    only cost the time of one on every run."""
+    want = {str(Path(f).resolve()): Path(f) for f in folders}
+    if set(prof.calibration_sessions) - set(want):
+        return True
+    made = datetime.fromisoformat(prof.created).timestamp()
+    return any(
+        _written(f) >= made for key, f in want.items() if key not in prof.calibration_sessions
+    )
+
+
+def _written(folder: Path) -> float:
+    try:
+        return (folder / "session.json").stat().st_mtime
+    except OSError:
+        return float("inf")
+
+
 def current(user: str, device: str, screen: ScreenGeometry, fp_cfg) -> Path | None:
     """The user's sittings profile for this device and screen, fitted again and saved when
-    it does not pool exactly the sessions there are now; None with fewer than two."""
+    it is `stale`; None with fewer than two sessions."""
     folders = calibration_sessions(user, device, screen.px)
     if len(folders) < 2:
         return None
     path = sittings_path(user, device)
-    want = [str(f.resolve()) for f in folders]
     try:
-        if Profile.load(path).calibration_sessions == want:
+        if not stale(Profile.load(path), folders):
             return path
     except ProfileError:
         pass  # none yet, or unreadable: fitted anew

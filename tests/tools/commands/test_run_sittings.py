@@ -9,6 +9,8 @@ import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 from gazeloop.calibration.profile import Profile
@@ -82,6 +84,20 @@ def test_a_new_sitting_starts_with_every_sitting_on_the_screen_pooled(
     out = _run(shared, capsys)
     assert "pooling 3 calibration sessions" in out and "3 sittings pooled" in out
     assert Profile.load(pooled).calibration_sessions == [first, second, third]
+
+    # A session with no usable frame (the camera was covered) is left out once, and not
+    # pooled again on every run after: nothing about it changed.
+    blind = Path(_another(first, "20261204-090000"))
+    for jpg in blind.glob("*.jpg"):
+        shape = cv2.imread(str(jpg)).shape
+        cv2.imwrite(str(jpg), np.zeros(shape, np.uint8))
+    _age(own, hours=2)
+    capsys.readouterr()
+    out = _run(shared, capsys)
+    assert "pooling 4 calibration sessions" in out and "3 sittings pooled" in out
+    assert Profile.load(pooled).calibration_sessions == [first, second, third]
+    out = _run(shared, capsys)
+    assert "pooling" not in out and "3 sittings pooled" in out
 
 
 @pytest.mark.slow
