@@ -83,6 +83,18 @@ class ChosenCandidate(BaseModel):
     in_sample_mean_px: float | None = None
 
 
+class HistoryReport(BaseModel):
+    """At calibration, with earlier sittings of the user on the device and screen: this
+    sitting's own profile against one pooled with them, each scored on this sitting's
+    points left out (`calibration.sittings.choose_with_history`)."""
+
+    earlier_sittings: int
+    chosen: Literal["alone", "pooled"]
+    alone_px: float  # this sitting alone: mean over its points, each left out
+    pooled_px: float  # pooled with the earlier sittings, the same points
+    pooled_candidate: str  # the candidate the pool chose
+
+
 class FitReport(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -94,6 +106,8 @@ class FitReport(BaseModel):
     hyper: dict[str, Any] = Field(default_factory=dict)
     # Set when the mapping was chosen by nested selection (None: a fixed mapping was asked).
     chosen: ChosenCandidate | None = None
+    # Set by a calibration that had earlier sittings to pool with (None: it had none).
+    history: HistoryReport | None = None
 
 
 class MappingSpec(BaseModel):
@@ -121,6 +135,9 @@ class Profile(BaseModel):
     # A profile of several sittings pooled (`calibration.sittings`): every one of them,
     # oldest first (`calibration_session` is the newest). Empty: that one session alone.
     calibration_sessions: list[str] = Field(default_factory=list)
+    # Sessions offered to that pool and left out (no usable frame): offered again, they
+    # would be left out again, so they do not make the pool out of date.
+    unusable_sessions: list[str] = Field(default_factory=list)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         path = Path(path)

@@ -22,6 +22,10 @@ laptops and at most five sittings on one, 200.5 against 208.6). From the third s
 selection chose ridge on gaze + head pose + eyes for p1 every time. The last three
 sittings alone (gaze-only feature sets, as one sitting gets) gave 127.0, all earlier sittings
 with those sets 119.0: the head-pose terms, not the number of frames, are the gain.
+
+At calibration (`choose_with_history`) the sitting just calibrated is offered alone and pooled
+with the earlier ones, and its own points, each left out, decide; `loto_with_history` is the
+honest error of that whole choice (`gazeloop eval-sittings --history`).
 """
 
 from __future__ import annotations
@@ -38,8 +42,10 @@ from gazeloop.calibration.mapping.candidates import (
     Candidate,
     Choice,
     choose,
+    columns_for,
     default_candidates,
 )
+from gazeloop.calibration.mapping.families import mapping_class
 from gazeloop.calibration.metrics.evaluate import geometric_options, outlier_mask
 
 # The views, screen labels (px) and target ids of one sitting.
@@ -121,3 +127,108 @@ def choose_pooled(pool: Pooled, screen: ScreenGeometry) -> Choice:
         aspect=screen.px[0] / screen.px[1],
         options={"geometric": geometric_options(screen)},
     )
+
+
+@dataclass(slots=True)
+class WithHistory:
+    """The sitting just calibrated alone, or pooled with the person's earlier sittings:
+    which one its own points favour (`choose_with_history`)."""
+
+    use_pool: bool
+    alone_px: float  # mean over this sitting's points, each left out (see below)
+    pooled_px: float
+    alone: Choice  # nested selection on this sitting alone
+    pooled: Choice  # nested selection on the pool
+    pool: Pooled  # the earlier sittings and this one, this one last
+
+    @property
+    def chosen(self) -> Choice:
+        return self.pooled if self.use_pool else self.alone
+
+
+def point_errors_px(
+    pool: Pooled,
+    on: np.ndarray,
+    candidate: Candidate,
+    hyper: dict[str, float],
+    screen: ScreenGeometry,
+) -> np.ndarray:
+    """Per screen point of the rows `on` (a mask), sorted by point: the candidate with its
+    hyper-parameters fitted on every row but that point's (in every sitting), its mean error
+    in px on that point's rows in `on`, where the cursor shows them. Pure."""
+    cls = mapping_class(candidate.mapping)
+    opts = {"geometric": geometric_options(screen)}.get(candidate.mapping, {})
+    X, Y = columns_for(pool.views, candidate), screen.to_norm(pool.labels_px)
+    out = []
+    for g in np.unique(pool.groups[on]):
+        fit, test = pool.groups != g, on & (pool.groups == g)
+        m = cls(**opts, **hyper).fit(X[fit], Y[fit], None, pool.groups[fit])
+        out.append(_shown_error_px(m.predict(X[test]), pool.labels_px[test], screen))
+    return np.array(out)
+
+
+def _shown_error_px(pred_norm: np.ndarray, labels_px: np.ndarray, screen: ScreenGeometry) -> float:
+    """Mean error where the cursor shows the predictions: on the screen, as `gazeloop eval`
+    scores them (`metrics.evaluate.as_shown`)."""
+    err = screen.to_px(screen.clamp_norm(pred_norm)) - labels_px
+    return float(np.mean(np.hypot(*err.T)))
+
+
+def choose_with_history(
+    now: Sitting, earlier: Sequence[Sitting], screen: ScreenGeometry
+) -> WithHistory:
+    """This sitting's profile from its own frames (nested selection on them, as a
+    calibration makes it), or from the pool of it and the earlier sittings
+    (`choose_pooled`): the one with the lower mean error over this sitting's points, each
+    point left out of the fit (of every sitting) and scored on this sitting's frames only.
+    Both are judged alike, the chosen candidate with its chosen hyper-parameters, so each
+    score carries the same optimism of having been chosen on these points.
+
+    Why choose. Within the sitting just calibrated the pool helps one evit person and hurts
+    the other (leave-one-point-out, medians over the sittings: p1 90 against 110 px, p2 182
+    against 161): one person's sittings agree, the other's (two laptops, glasses) do not.
+    Which holds for a person is what this sitting's own points can tell."""
+    mine = pool_sittings([now])
+    alone = choose_pooled(mine, screen)
+    a = point_errors_px(
+        mine, np.ones(len(mine.groups), dtype=bool), alone.candidate, alone.hyper, screen
+    )
+    pool = pool_sittings([*earlier, now])
+    pooled = choose_pooled(pool, screen)
+    on = pool.sitting == pool.n_sittings - 1
+    p = point_errors_px(pool, on, pooled.candidate, pooled.hyper, screen)
+    a_px, p_px = float(np.mean(a)), float(np.mean(p))
+    return WithHistory(p_px < a_px, a_px, p_px, alone, pooled, pool)
+
+
+def without_point(part: Sitting, label_px: np.ndarray) -> Sitting:
+    """A sitting's rows but those of one screen point (labels compared to the pixel)."""
+    views, labels, groups = part
+    keep = np.any(np.round(labels) != np.round(label_px), axis=1)
+    return (
+        {r: {c: v[keep] for c, v in cols.items()} for r, cols in views.items()},
+        labels[keep],
+        np.asarray(groups)[keep],
+    )
+
+
+def loto_with_history(
+    now: Sitting, earlier: Sequence[Sitting], screen: ScreenGeometry
+) -> tuple[np.ndarray, int]:
+    """The honest error of `choose_with_history`: each of this sitting's points left out of
+    every sitting, the whole choice (both selections and the decision between them) made
+    on the rest, the point's frames predicted by the winner. → (mean error per point in px,
+    sorted by point; how many points the pool won). Pure."""
+    mine = pool_sittings([now])
+    errs, pooled = [], 0
+    for g in np.unique(mine.groups):
+        test = mine.groups == g
+        label = mine.labels_px[test][0]
+        h = choose_with_history(
+            without_point(now, label), [without_point(e, label) for e in earlier], screen
+        )
+        c = h.chosen
+        pred = c.mapping.predict(columns_for(mine.views, c.candidate)[test])
+        errs.append(_shown_error_px(pred, mine.labels_px[test], screen))
+        pooled += h.use_pool
+    return np.array(errs), pooled

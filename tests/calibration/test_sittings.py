@@ -6,8 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from gazeloop.calibration.geometry import ScreenGeometry
 from gazeloop.calibration.mapping.candidates import FEATURE_SETS, SITTING_FEATURE_SETS
-from gazeloop.calibration.sittings import point_groups, pool_sittings, pooled_candidates
+from gazeloop.calibration.sittings import (
+    choose_with_history,
+    loto_with_history,
+    point_groups,
+    pool_sittings,
+    pooled_candidates,
+    without_point,
+)
 
 COLS = ("gaze_yaw", "gaze_pitch", "head_yaw")
 
@@ -98,3 +106,64 @@ def test_a_pooled_fit_judges_outliers_within_a_target_of_one_sitting():
     assert len(np.unique(pool.cells)) == 15
     assert fit_profile(x, y, pool.groups, outlier_groups=pool.cells, **kw).fit.frames == 90
     assert fit_profile(x, y, pool.groups, **kw).fit.frames == 60
+
+
+def _moving_head(points, frames, rng, scale=1.0):
+    """A head that moves from frame to frame: the gaze angles that land on a screen point
+    depend on where the head is (screen = 4000 px/rad × (gaze + 0.3 head) / `scale`)."""
+    labels = np.repeat(np.asarray(points, float), frames, axis=0)
+    groups = np.repeat(np.arange(len(points)), frames)
+    head = rng.normal(0, 0.05, labels.shape)
+    gaze = scale * labels / 4000.0 - 0.3 * head + rng.normal(0, 2e-4, labels.shape)
+    view = {
+        "gaze_yaw": gaze[:, 0],
+        "gaze_pitch": gaze[:, 1],
+        "head_yaw": head[:, 0],
+        "head_pitch": head[:, 1],
+    }
+    return {"as read": view}, labels, groups
+
+
+GRID = [(x, y) for y in (100, 400, 700) for x in (100, 500, 900)]
+SCREEN = ScreenGeometry(px=(1000, 800))
+
+
+def test_a_calibration_pools_earlier_sittings_that_agree_with_it():
+    """Earlier sittings of the same person: pooled, head pose competes as a feature and
+    explains what a moving head does to the angles, which this sitting alone is not offered
+    (one sitting's leave-one-out cannot judge it), and this sitting's own points say so."""
+    rng = np.random.default_rng(0)
+    now = _moving_head(GRID, 2, rng)
+    earlier = [_moving_head(GRID, 2, rng) for _ in range(3)]
+    h = choose_with_history(now, earlier, SCREEN)
+    assert h.use_pool and h.pooled_px < 0.25 * h.alone_px
+    assert h.chosen is h.pooled and h.pool.n_sittings == 4
+    assert h.pooled.candidate.feature_set == "gaze+head"
+    assert h.alone.candidate.feature_set == "gaze"
+
+
+def test_a_calibration_stays_alone_when_earlier_sittings_disagree():
+    """Earlier sittings map angles to the screen half as steeply (another screen distance,
+    say, with nothing in the features to tell): the pool is a compromise, worse on this
+    sitting's points, which is what they show."""
+    rng = np.random.default_rng(1)
+    now = _moving_head(GRID, 2, rng)
+    earlier = [_moving_head(GRID, 2, rng, scale=0.5) for _ in range(3)]
+    h = choose_with_history(now, earlier, SCREEN)
+    assert not h.use_pool and h.alone_px < 0.5 * h.pooled_px
+    assert h.chosen is h.alone
+
+
+def test_the_choice_with_history_is_judged_on_points_left_out_of_every_sitting():
+    rng = np.random.default_rng(0)
+    now = _moving_head(GRID, 2, rng)
+    earlier = [_moving_head(GRID, 2, rng) for _ in range(3)]
+    part = without_point(earlier[0], np.array([500.0, 400.0]))
+    assert len(part[1]) == 16 and not (part[1] == (500, 400)).all(axis=1).any()
+    errs, pooled = loto_with_history(now, earlier, SCREEN)
+    assert len(errs) == 9 and pooled == 9  # every fold chose the pool, as on all the points
+    # Every fold chose the pool's candidate with the same hyper-parameters, so the outer
+    # error is the inner score: in both, the point is left out of every sitting.
+    h = choose_with_history(now, earlier, SCREEN)
+    assert errs.mean() == pytest.approx(h.pooled_px)
+    assert errs.mean() < 0.25 * h.alone_px

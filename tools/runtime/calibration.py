@@ -34,6 +34,7 @@ from gazeloop.calibration.store.writer import SessionWriter
 from gazeloop.fastpath.pipeline import FastPath
 from gazeloop.fastpath.types import Frame, GazeSample
 from gazeloop.tools.errors import UserError
+from gazeloop.tools.runtime import sittings_profile
 from gazeloop.tools.runtime.labelled import LabelledSource
 from gazeloop.tools.runtime.recording import UnixClock
 
@@ -121,23 +122,41 @@ class CalibrationResult:
     def lines(self) -> list[str]:
         r = self.evaluated.report
         deg = f", {r.mean_deg:.1f} deg" if r.mean_deg is not None else ""
-        c = self.profile.fit.chosen
+        c, h = self.profile.fit.chosen, self.profile.fit.history
+        pooled = h is not None and h.chosen == "pooled"
         if c is None:
             chose = f"mapping: {r.mapping} on {', '.join(r.features)} (fixed)"
         else:
             hyper = ", ".join(f"{k} {v:.4g}" for k, v in c.hyper.items())
             chose = (
-                f"mapping chosen by nested selection: {c.label} ({c.mapping} on "
-                f"{', '.join(c.features)}{'; ' + hyper if hyper else ''})"
+                f"mapping chosen by nested selection{' on the pool' * pooled}: {c.label} "
+                f"({c.mapping} on {', '.join(c.features)}{'; ' + hyper if hyper else ''})"
             )
-        return [
-            f"leave-one-target-out error: mean {r.mean_px:.0f} px ({r.mean_pct_diag:.1f}% of the "
-            f"screen diagonal{deg}), median {r.median_px:.0f} px; constant predictor "
-            f"{r.baseline_mean_px:.0f} px",
+        lines = [
+            f"{'this sitting alone, ' * pooled}leave-one-target-out error: mean "
+            f"{r.mean_px:.0f} px ({r.mean_pct_diag:.1f}% of the screen diagonal{deg}), median "
+            f"{r.median_px:.0f} px; constant predictor {r.baseline_mean_px:.0f} px",
             chose,
             f"{r.targets} targets, {r.frames_used} frames; profile saved: {self.profile_path}",
             f"session: {self.session_dir} ({self.frames_written} frames); plot: {self.plot_path}",
         ]
+        if h is not None:
+            lines.insert(2, history_line(h))
+        return lines
+
+
+def history_line(h) -> str:
+    """What a calibration with earlier sittings chose, and on what evidence."""
+    saved = (
+        f"saved the pool ({h.pooled_candidate})"
+        if h.chosen == "pooled"
+        else "saved this sitting's own"
+    )
+    return (
+        f"with {h.earlier_sittings} earlier sitting{'s' * (h.earlier_sittings != 1)} on this "
+        f"screen: pooled {h.pooled_px:.0f} px against this sitting alone {h.alone_px:.0f} px "
+        f"(its points, each left out; the chosen candidates' own scores): {saved}"
+    )
 
 
 def _target_table(run: CalibrationRun, screen: ScreenGeometry) -> list[dict]:
@@ -230,11 +249,26 @@ def finish(
             )
     except ValueError as e:
         raise UserError(f"calibration fit: {e}") from None
+    if run.cfg.select:
+        prof = _with_history(prof, (run.views(), screen.to_px(y), groups), screen, session_dir, fp)
     saved = prof.save(profile_out)
+    history = prof.fit.history
+    if history is not None:
+        extra_report = {**(extra_report or {}), "history": history.model_dump(mode="json")}
     report_path, plot = _write_report(
         run, screen, ev, saved, session_dir, user, device, extra_report
     )
     return CalibrationResult(prof, ev, saved, session_dir, plot, report_path, frames_written)
+
+
+def _with_history(prof: Profile, now, screen, session_dir: Path, fp) -> Profile:
+    """`sittings_profile.at_calibration`; when the earlier sittings cannot be pooled, said,
+    and this sitting's own profile is saved: a calibration never fails for its history."""
+    try:
+        return sittings_profile.at_calibration(prof, now, screen, session_dir, fp)
+    except (ValueError, OSError) as e:
+        print(f"calibration: the earlier sittings could not be pooled ({e}); saving this one's")
+        return prof
 
 
 def _write_report(run, screen, ev, saved, session_dir, user, device, extra) -> tuple[Path, Path]:

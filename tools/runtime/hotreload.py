@@ -72,7 +72,7 @@ def refit_profile(profile: Profile, fp_cfg, onnx_path: Path | None, gaze: GazeMo
     # several sessions: a screen point is one target, left out of all of them at once, and
     # outliers are judged within a target of one session (`calibration.sittings`)
     pooled = len(folders) > 1
-    return fit_profile(
+    new = fit_profile(
         x,
         profile.screen.to_norm(labels),
         point_groups(labels) if pooled else targets,
@@ -86,7 +86,10 @@ def refit_profile(profile: Profile, fp_cfg, onnx_path: Path | None, gaze: GazeMo
         gaze_read=gaze.read,
         mapping=profile.mapping.name,
         calibration_session=profile.calibration_session,
-    ).model_copy(update={"calibration_sessions": profile.calibration_sessions})
+    )
+    # what the calibration decided about its history stays with its sessions
+    fit = new.fit.model_copy(update={"history": profile.fit.history})
+    return new.model_copy(update={"calibration_sessions": profile.calibration_sessions, "fit": fit})
 
 
 def startup_model(fp_cfg, registry_root: Path | None = None, model_id: str | None = None):

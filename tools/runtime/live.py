@@ -90,8 +90,11 @@ SITTING_GAP_S = 1800.0  # a profile older than this was made in another sitting
 def from_earlier_sitting(profile, now: datetime | None = None) -> bool:
     """Whether `profile` was made in an earlier sitting than this run: created more than
     `SITTING_GAP_S` ago (or at a time that cannot be read), or pooled from several sittings
-    (`calibration.sittings`: however new the file, no sitting of it is this one)."""
-    if getattr(profile, "calibration_sessions", None):
+    when a run pooled them (`sittings_profile`: however new the file, no sitting of it is
+    this one). A calibration that pooled its own sitting with earlier ones (its
+    `fit.history`) is of the sitting it calibrated."""
+    pooled_at_calibration = getattr(getattr(profile, "fit", None), "history", None)
+    if getattr(profile, "calibration_sessions", None) and not pooled_at_calibration:
         return True
     try:
         made = datetime.fromisoformat(profile.created)

@@ -2,12 +2,12 @@
 for one device and screen, pooled into one profile (`calibration.sittings`), which `gazeloop
 run` starts a new sitting with.
 
-Why only a new sitting. On the evit sittings (`gazeloop eval-sittings`, `across_pooled`) the
-profile of all earlier sittings pooled was the better one to start the next sitting with
-than the last sitting's own, for both people (median 105 px against 115; p1 86 against 104,
-p2 200 against 209). Right after a calibration the sitting's own profile stays: within the
-sitting just calibrated the pool helped one person and hurt the other (README,
-"Calibrating on screen").
+Why a new sitting starts pooled. On the evit sittings (`gazeloop eval-sittings`,
+`across_pooled`) the profile of all earlier sittings pooled was the better one to start the
+next sitting with than the last sitting's own, for both people (median 105 px against 115;
+p1 86 against 104, p2 200 against 209). A calibration chooses between its sitting alone and
+pooled with the earlier ones on that sitting's own points (`at_calibration`): within the
+sitting just calibrated the pool helped one evit person and hurt the other.
 
 `gazeloop run` fits it when it starts a new sitting and the saved one does not pool every
 session there is (from two sessions on; features come through the feature cache, so only
@@ -19,15 +19,26 @@ over the whole choice, which would cost minutes on thousands of frames.
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 
 from gazeloop.calibration.geometry import ScreenGeometry
-from gazeloop.calibration.procedure import fit_profile
-from gazeloop.calibration.profile import Profile, ProfileError, data_dir, profile_path
-from gazeloop.calibration.sittings import Pooled, choose_pooled, pool_sittings
+from gazeloop.calibration.procedure import chosen_candidate, fit_profile
+from gazeloop.calibration.profile import (
+    HistoryReport,
+    Profile,
+    ProfileError,
+    data_dir,
+    profile_path,
+)
+from gazeloop.calibration.sittings import (
+    Pooled,
+    Sitting,
+    choose_pooled,
+    choose_with_history,
+    pool_sittings,
+)
 from gazeloop.calibration.store.session import SessionError, read_session
 from gazeloop.fastpath.collect import LazyFastPath
 from gazeloop.fastpath.views import NoUsableFrames, Views, session_views
@@ -82,10 +93,8 @@ def fit_pooled_mapping(
     )
 
 
-def fit_sittings(
-    folders: list[Path], screen: ScreenGeometry, fp: LazyFastPath, *, user: str, device: str
-) -> Profile | None:
-    """The pooled profile of `folders` (None with fewer than two usable ones)."""
+def _usable_views(folders: list[Path], fp) -> tuple[list[Views], list[str]]:
+    """The views of every folder that has usable frames, and those folders (resolved)."""
     views, used = [], []
     for folder in folders:
         try:
@@ -93,6 +102,60 @@ def fit_sittings(
         except (SessionError, NoUsableFrames, OSError):
             continue
         used.append(str(Path(folder).resolve()))
+    return views, used
+
+
+def at_calibration(
+    prof: Profile, now: Sitting, screen: ScreenGeometry, session_dir: Path, fp
+) -> Profile:
+    """The profile a calibration saves, given the user's earlier calibration sessions on
+    this device and screen: `prof` (this sitting's own, chosen by nested selection on
+    `now`, its views, screen labels and target ids) or the pool of this sitting and the
+    earlier ones, whichever this sitting's own points favour
+    (`calibration.sittings.choose_with_history`); the comparison is kept in `fit.history`.
+    Without earlier sessions, `prof` unchanged."""
+    this = str(Path(session_dir).resolve())
+    folders = [
+        f
+        for f in calibration_sessions(prof.user, prof.device, screen.px)
+        if str(f.resolve()) != this
+    ]
+    earlier, used = _usable_views(folders, fp)
+    if not earlier:
+        return prof
+    h = choose_with_history(now, [(v.views, v.labels_px, v.groups) for v in earlier], screen)
+    history = HistoryReport(
+        earlier_sittings=len(earlier),
+        chosen="pooled" if h.use_pool else "alone",
+        alone_px=round(h.alone_px, 1),
+        pooled_px=round(h.pooled_px, 1),
+        pooled_candidate=h.pooled.candidate.label,
+    )
+    if not h.use_pool:
+        return prof.model_copy(update={"fit": prof.fit.model_copy(update={"history": history})})
+    c = h.pooled.candidate
+    pooled = fit_pooled_mapping(
+        h.pool,
+        c.mapping,
+        list(c.features),
+        c.read,
+        screen=screen,
+        user=prof.user,
+        device=prof.device,
+        gaze_model_id=prof.gaze_model_id,
+        gaze_model_sha256=prof.gaze_model_sha256,
+        gaze_read=prof.gaze_read,
+        calibration_session=this,
+    )
+    fit = pooled.fit.model_copy(update={"chosen": chosen_candidate(h.pooled), "history": history})
+    return pooled.model_copy(update={"calibration_sessions": [*used, this], "fit": fit})
+
+
+def fit_sittings(
+    folders: list[Path], screen: ScreenGeometry, fp: LazyFastPath, *, user: str, device: str
+) -> Profile | None:
+    """The pooled profile of `folders` (None with fewer than two usable ones)."""
+    views, used = _usable_views(folders, fp)
     if len(views) < 2:
         return None
     pool = pool_views(views)
@@ -111,28 +174,15 @@ def fit_sittings(
         gaze_read=gaze.read,
         calibration_session=used[-1],
     )
-    return prof.model_copy(update={"calibration_sessions": used})
+    unusable = [str(Path(f).resolve()) for f in folders if str(Path(f).resolve()) not in used]
+    return prof.model_copy(update={"calibration_sessions": used, "unusable_sessions": unusable})
 
 
 def stale(prof: Profile, folders: list[Path]) -> bool:
-    """Whether `prof` no longer pools what `folders` hold: a session it pooled is gone, or
-    one it does not pool was written after it was fitted. A session that was there and left
-    out (no usable frames) does not count: it would be left out again, so a refit would
-    only cost the time of one on every run."""
-    want = {str(Path(f).resolve()): Path(f) for f in folders}
-    if set(prof.calibration_sessions) - set(want):
-        return True
-    made = datetime.fromisoformat(prof.created).timestamp()
-    return any(
-        _written(f) >= made for key, f in want.items() if key not in prof.calibration_sessions
-    )
-
-
-def _written(folder: Path) -> float:
-    try:
-        return (folder / "session.json").stat().st_mtime
-    except OSError:
-        return float("inf")
+    """Whether `prof` no longer pools what `folders` hold: the sessions it pooled and those
+    it left out as unusable are not exactly these."""
+    want = {str(Path(f).resolve()) for f in folders}
+    return want != set(prof.calibration_sessions) | set(prof.unusable_sessions)
 
 
 def current(user: str, device: str, screen: ScreenGeometry, fp_cfg) -> Path | None:

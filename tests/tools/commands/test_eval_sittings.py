@@ -137,6 +137,30 @@ def test_a_rerun_reads_cached_features_and_gives_the_same_numbers(folder, sittin
 
 
 @pytest.mark.slow
+def test_history_calibrates_each_later_sitting_with_the_earlier_ones(folder, sittings_run):
+    """`--history`: each sitting with earlier ones of the person on that screen calibrated
+    as `gazeloop calibrate` does then (alone or pooled, each point left out of every
+    sitting); the rest of the report is the same to the last digit."""
+    rep, _ = sittings_run
+    assert "within_with_history" not in rep  # only when asked: it costs a minute on evit
+    rc, out, err = cli("eval-sittings", folder, "--json", "--jobs", "1", "--history")
+    assert rc == 0, err
+    hist = json.loads(out)
+    per_user = {u: dict(s) for u, s in hist["per_user"].items()}
+    assert all(s.pop("within_with_history")["n"] >= 0 for s in per_user.values())
+    assert {k: v for k, v in hist.items() if k in rep} | {"per_user": per_user} == rep
+    (row,) = hist["with_history"]  # p1_s09 after p1_s08; p2_s04 has no earlier sitting
+    assert (row["sitting"], row["user"], row["earlier"]) == ("p1_s09", "p1", 1)
+    assert row["points"] == rep["sittings"][1]["targets"] and 0 <= row["pooled_points"] <= 16
+    w = hist["within_with_history"]
+    assert w["n"] == 1 and w["mean_px"] == row["mean_px"]
+    assert w["alone"]["mean_px"] == rep["sittings"][1]["mean_px"]
+    assert 0 < row["mean_px"] < rep["sittings"][1]["baseline_mean_px"] / 2
+    assert hist["per_user"]["p2"]["within_with_history"]["n"] == 0
+    assert "calibrating 1 sittings with the earlier ones" in err
+
+
+@pytest.mark.slow
 def test_a_sitting_that_cannot_be_evaluated_in_a_worker_is_one_line_naming_it(shared, tmp_path):
     out = tmp_path / "two"
     (out / "p1_s08").mkdir(parents=True)

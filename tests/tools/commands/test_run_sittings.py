@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 from gazeloop.calibration.profile import Profile
+from gazeloop.fastpath.pipeline import FastPath, FastPathConfig
 from gazeloop.tools.cli import main
+from gazeloop.tools.runtime.hotreload import refit_profile
 from gazeloop.tools.runtime.live import from_earlier_sitting
 
 
@@ -96,6 +98,7 @@ def test_a_new_sitting_starts_with_every_sitting_on_the_screen_pooled(
     out = _run(shared, capsys)
     assert "pooling 4 calibration sessions" in out and "3 sittings pooled" in out
     assert Profile.load(pooled).calibration_sessions == [first, second, third]
+    assert Profile.load(pooled).unusable_sessions == [str(blind.resolve())]
     out = _run(shared, capsys)
     assert "pooling" not in out and "3 sittings pooled" in out
 
@@ -109,3 +112,50 @@ def test_one_calibration_session_is_nothing_to_pool(shared, tmp_path, monkeypatc
     out = _run(shared, capsys)
     assert "pooled" not in out and "d.json" in out
     assert not (tmp_path / "users/u/profiles/d.sittings.json").exists()
+
+
+@pytest.mark.slow
+def test_a_calibration_with_earlier_sittings_saves_what_its_own_points_favour(
+    shared, tmp_path, monkeypatch, capsys
+):
+    """The second calibration of a user on a screen compares this sitting alone with it
+    pooled with the first (`calibration.sittings.choose_with_history`), saves the one its
+    points favour, says so, and keeps the comparison in the profile and the report."""
+    monkeypatch.setenv("GAZELOOP_HOME", str(tmp_path))
+    sessions = tmp_path / "users/u/sessions"
+    argv = ["calibrate", "--headless", "--user", "u", "--device", "d"]
+    first = sessions / "calibration-20261201-090000"
+    assert main([*argv, "--source", str(shared / "data/evit/p1_s01"), "--out", str(first)]) == 0
+    own = tmp_path / "users/u/profiles/d.json"
+    assert Profile.load(own).fit.history is None  # nothing earlier to pool with
+    second = sessions / "calibration-20261202-090000"
+    capsys.readouterr()
+    assert main([*argv, "--source", str(shared / "data/evit/p1_s02"), "--out", str(second)]) == 0
+    out = capsys.readouterr().out
+    prof = Profile.load(own)
+    h = prof.fit.history
+    assert h is not None and h.earlier_sittings == 1
+    # p1's sittings agree: pooled about 69 px against 98 alone on this sitting's points
+    assert h.chosen == "pooled" and h.pooled_px < h.alone_px - 10
+    assert f"with 1 earlier sitting on this screen: pooled {h.pooled_px:.0f} px" in out
+    report = json.loads((second / "report/calibration.json").read_text())
+    assert report["history"] == h.model_dump(mode="json")
+    assert prof.calibration_sessions == [str(first.resolve()), str(second.resolve())]
+    assert prof.fit.chosen.label == h.pooled_candidate
+    assert "this sitting alone, leave-one-target-out error" in out
+    assert prof.calibration_session == str(second.resolve())
+    assert not from_earlier_sitting(prof)  # the loop starts as after a calibration
+    # Refitted for another read of the network, it stays the same sitting's pooled profile.
+    fp = FastPath(FastPathConfig(mirror_average=False, gaze_frame="camera"))
+    try:
+        refit = refit_profile(prof, fp.cfg, None, fp.gaze)
+    finally:
+        fp.close()
+    assert refit.gaze_read == "single" and refit.mapping != prof.mapping
+    assert refit.fit.history == h and refit.calibration_sessions == prof.calibration_sessions
+    assert not from_earlier_sitting(refit)
+    # A fixed mapping asks for no selection: nothing is pooled.
+    third = sessions / "calibration-20261203-090000"
+    src = ["--source", str(shared / "data/evit/p1_s03"), "--out", str(third)]
+    assert main([*argv, *src, "--mapping", "ridge"]) == 0
+    assert Profile.load(own).fit.history is None

@@ -33,3 +33,14 @@ def test_a_profile_pooled_from_sittings_is_never_this_sitting_however_new():
     assert from_earlier_sitting(pooled, now=NOW) is True
     own = SimpleNamespace(created=new, calibration_sessions=[])
     assert from_earlier_sitting(own, now=NOW) is False
+
+
+def test_a_calibration_that_pooled_its_own_sitting_is_of_that_sitting():
+    """A calibration may save its sitting pooled with earlier ones (`fit.history`): that
+    profile is the sitting's own calibration while the sitting lasts, then an earlier one."""
+    fit = SimpleNamespace(history=SimpleNamespace(chosen="pooled"))
+    new = (NOW - timedelta(minutes=1)).isoformat(timespec="seconds")
+    prof = SimpleNamespace(created=new, calibration_sessions=["/a", "/b"], fit=fit)
+    assert from_earlier_sitting(prof, now=NOW) is False
+    old = (NOW - timedelta(seconds=SITTING_GAP_S + 60)).isoformat(timespec="seconds")
+    assert from_earlier_sitting(SimpleNamespace(**{**vars(prof), "created": old}), now=NOW)
