@@ -25,6 +25,7 @@ from gazeloop.tools.commands._args import (
     screen_for,
 )
 from gazeloop.tools.errors import UserError
+from gazeloop.tools.runtime.calibration import history_line
 from gazeloop.tools.runtime.progress import Progress
 from gazeloop.tools.runtime.selection import (
     evaluate_session,
@@ -228,6 +229,7 @@ def summary(p: Profile) -> str:
         f"{_px(f.baseline_mean_px)})\n"
         f"  drift offset {p.offset[0]:+.4f}, {p.offset[1]:+.4f} (normalised)"
         + ("" if f.chosen is None else "\n" + chosen_text(f.chosen))
+        + ("" if f.history is None else "\n  " + history_line(f.history))
     )
 
 

@@ -144,6 +144,8 @@ def test_a_calibration_with_earlier_sittings_saves_what_its_own_points_favour(
     assert prof.fit.chosen.label == h.pooled_candidate
     assert "this sitting alone, leave-one-target-out error" in out
     assert prof.calibration_session == str(second.resolve())
+    assert main(["profile", "show", str(own)]) == 0
+    assert "with 1 earlier sitting on this screen: pooled" in capsys.readouterr().out
     assert not from_earlier_sitting(prof)  # the loop starts as after a calibration
     # Refitted for another read of the network, it stays the same sitting's pooled profile.
     fp = FastPath(FastPathConfig(mirror_average=False, gaze_frame="camera"))
