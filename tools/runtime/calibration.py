@@ -31,6 +31,7 @@ from gazeloop.calibration.profile import Profile, data_dir
 from gazeloop.calibration.store.atomic import atomic_write_bytes
 from gazeloop.calibration.store.session import SessionManifest
 from gazeloop.calibration.store.writer import SessionWriter
+from gazeloop.fastpath.collect import LazyFastPath
 from gazeloop.fastpath.pipeline import FastPath
 from gazeloop.fastpath.types import Frame, GazeSample
 from gazeloop.tools.errors import UserError
@@ -263,12 +264,17 @@ def finish(
 
 def _with_history(prof: Profile, now, screen, session_dir: Path, fp) -> Profile:
     """`sittings_profile.at_calibration`; when the earlier sittings cannot be pooled, said,
-    and this sitting's own profile is saved: a calibration never fails for its history."""
+    and this sitting's own profile is saved: a calibration never fails for its history.
+    Earlier sessions the feature cache lacks go through a fast path of their own, started
+    only then: the live one (`gazeloop run`'s `c` key) keeps its tracking."""
+    own = LazyFastPath(fp.cfg)
     try:
-        return sittings_profile.at_calibration(prof, now, screen, session_dir, fp)
+        return sittings_profile.at_calibration(prof, now, screen, session_dir, own)
     except (ValueError, OSError) as e:
         print(f"calibration: the earlier sittings could not be pooled ({e}); saving this one's")
         return prof
+    finally:
+        own.close()
 
 
 def _write_report(run, screen, ev, saved, session_dir, user, device, extra) -> tuple[Path, Path]:
