@@ -3,7 +3,9 @@
 Per sitting, in order: its own calibration's error (nested leave-one-target-out, a black
 bar) and the error of the person's previous sitting's profile on it (a dot, joined to the
 bar): the length of the line is what users call drift between sittings. An open square is
-the profile of all the person's earlier sittings pooled (`calibration.sittings`).
+the profile of all the person's earlier sittings pooled (`calibration.sittings`). With
+`--history`, a green triangle is the sitting calibrated as `gazeloop calibrate` does with
+the earlier sittings (alone or pooled, as its points favour), each point left out.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ def plot_sittings_report(rep: dict[str, Any], path) -> None:
 
     rows = rep["sittings"]
     across = {p["to"]: p for p in rep["pairs"] if "mean_px" in p}
+    history = {h["sitting"]: h for h in rep.get("with_history", [])}
     users = sorted({r["user"] for r in rows})
     colour = {u: plt.get_cmap("tab10")(i % 10) for i, u in enumerate(users)}
     fig, ax = plt.subplots(figsize=(max(6.0, 0.4 * len(rows) + 2), 4.6), dpi=110)
@@ -32,16 +35,28 @@ def plot_sittings_report(rep: dict[str, Any], path) -> None:
             ax.plot(i, p["mean_px"], "o", color=c, ms=5)
             if "mean_px" in p.get("pooled", {}):
                 ax.plot(i, p["pooled"]["mean_px"], "s", mfc="none", mec=c, ms=6)
+        if r["sitting"] in history:
+            ax.plot(i, history[r["sitting"]]["mean_px"], "^", color="tab:green", ms=6)
     ax.plot([], [], "_", color="k", ms=14, mew=2, label="its own calibration (nested LOTO)")
     for u in users:
         ax.plot([], [], "o", color=colour[u], label=f"{u}: the previous sitting's profile")
     ax.plot([], [], "s", mfc="none", mec="0.4", label="all earlier sittings pooled")
+    if history:
+        ax.plot([], [], "^", color="tab:green", label="calibrated with the earlier sittings")
     ax.set_xticks(range(len(rows)), [r["sitting"] for r in rows], rotation=70)
     w, a, pool = rep["within"], rep["across"], rep.get("across_pooled", {})
     ax.set_title(
         f"within a sitting: median {w['median_px']} px over {w['n']}; the previous sitting's "
         f"profile: median {a['median_px']} px over {a['n']} pairs;\nall earlier sittings "
-        f"pooled: median {pool.get('median_px')} px",
+        f"pooled: median {pool.get('median_px')} px"
+        + (
+            ""
+            if "within_with_history" not in rep
+            else f"; calibrated with the earlier sittings: median "
+            f"{rep['within_with_history']['median_px']} px over "
+            f"{rep['within_with_history']['n']} (the same alone "
+            f"{rep['within_with_history']['alone']['median_px']})"
+        ),
         fontsize=10,
     )
     ax.set_ylabel("mean error (px)")

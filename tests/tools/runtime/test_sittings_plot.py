@@ -16,6 +16,11 @@ def test_the_evit_report_is_drawn(tmp_path):
     plot_sittings_report(rep, path)
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+    # the sittings calibrated with their history are drawn when the report has them
+    assert rep["with_history"]
+    plain = {k: v for k, v in rep.items() if k not in ("with_history", "within_with_history")}
+    plot_sittings_report(plain, tmp_path / "plain.png")
+    assert (tmp_path / "plain.png").read_bytes() != data
 
 
 def test_a_plot_name_without_a_picture_format_is_refused_first(tmp_path, capsys):
