@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -154,7 +155,8 @@ def _run_replay(args, ls, fp, cfg, session_dir, profile_out) -> CalibrationResul
     out = replay_targets(ls, fp, cfg, writer)
     print(
         f"replayed {out.frames} frames of {ls.describe()}: "
-        + ", ".join(f"target {i} {len(t.kept)} kept" for i, t in enumerate(out.run.targets))
+        + ", ".join(f"target {i} {len(t.kept)} kept" for i, t in enumerate(out.run.targets)),
+        file=sys.stderr,  # progress: with --json, stdout is the report alone
     )
     res = finish(
         out.run,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -271,7 +272,10 @@ def _with_history(prof: Profile, now, screen, session_dir: Path, fp) -> Profile:
     try:
         return sittings_profile.at_calibration(prof, now, screen, session_dir, own)
     except (ValueError, OSError) as e:
-        print(f"calibration: the earlier sittings could not be pooled ({e}); saving this one's")
+        print(
+            f"calibration: the earlier sittings could not be pooled ({e}); saving this one's",
+            file=sys.stderr,
+        )
         return prof
     finally:
         own.close()

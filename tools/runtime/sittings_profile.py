@@ -19,6 +19,7 @@ over the whole choice, which would cost minutes on thousands of frames.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +121,14 @@ def at_calibration(
         for f in calibration_sessions(prof.user, prof.device, screen.px)
         if str(f.resolve()) != this
     ]
+    if not folders:
+        return prof
+    print(
+        f"calibration: weighing this sitting against {len(folders)} earlier one"
+        f"{'s' * (len(folders) != 1)} on this screen",
+        file=sys.stderr,  # progress; `calibrate --json` keeps stdout for the report
+        flush=True,
+    )
     earlier, used = _usable_views(folders, fp)
     if not earlier:
         return prof

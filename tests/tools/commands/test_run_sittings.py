@@ -131,10 +131,12 @@ def test_a_calibration_with_earlier_sittings_saves_what_its_own_points_favour(
     second = sessions / "calibration-20261202-090000"
     capsys.readouterr()
     assert main([*argv, "--source", str(shared / "data/evit/p1_s02"), "--out", str(second)]) == 0
-    out = capsys.readouterr().out
+    said = capsys.readouterr()
+    out = said.out
     prof = Profile.load(own)
     h = prof.fit.history
     assert h is not None and h.earlier_sittings == 1
+    assert "calibration: weighing this sitting against 1 earlier one on this screen" in said.err
     # p1's sittings agree: pooled about 69 px against 98 alone on this sitting's points
     assert h.chosen == "pooled" and h.pooled_px < h.alone_px - 10
     assert f"with 1 earlier sitting on this screen: pooled {h.pooled_px:.0f} px" in out
@@ -159,5 +161,7 @@ def test_a_calibration_with_earlier_sittings_saves_what_its_own_points_favour(
     # A fixed mapping asks for no selection: nothing is pooled.
     third = sessions / "calibration-20261203-090000"
     src = ["--source", str(shared / "data/evit/p1_s03"), "--out", str(third)]
-    assert main([*argv, *src, "--mapping", "ridge"]) == 0
+    capsys.readouterr()
+    assert main([*argv, *src, "--mapping", "ridge", "--json"]) == 0
     assert Profile.load(own).fit.history is None
+    assert "history" not in json.loads(capsys.readouterr().out)  # stdout: the report alone
