@@ -9,6 +9,11 @@ choice and which candidate it was (printed, and in the profile's fit.chosen), sh
 plot, beside the session (img_<ms>.jpg + .json pairs, session.json). --mapping or --features
 fit that one mapping instead.
 
+With earlier calibrations of the user on this device and screen (their sessions under the
+user's folder), the profile of this sitting alone competes with the pool of it and them;
+the one with the lower error on this sitting's points, each left out of every sitting, is
+saved, and both figures are printed and kept in the profile's fit.history.
+
 --headless replays a recording instead (a session folder, or a 4-corner recording: its
 frames say which target was shown and when the eyes were still settling): the same fit,
 evaluation and files, no window. `gazeloop run` calls the same grid on its `c` key.
