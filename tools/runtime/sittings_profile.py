@@ -41,6 +41,7 @@ from gazeloop.calibration.sittings import (
     pool_sittings,
 )
 from gazeloop.calibration.store.session import SessionError, read_session
+from gazeloop.fastpath import feature_cache
 from gazeloop.fastpath.collect import LazyFastPath
 from gazeloop.fastpath.views import NoUsableFrames, Views, session_views
 
@@ -94,16 +95,32 @@ def fit_pooled_mapping(
     )
 
 
-def _usable_views(folders: list[Path], fp) -> tuple[list[Views], list[str]]:
-    """The views of every folder that has usable frames, and those folders (resolved)."""
+def _usable_views(folders: list[Path], fp, say=None) -> tuple[list[Views], list[str]]:
+    """The views of every folder that has usable frames, and those folders (resolved).
+    `say`: told of each session the feature cache lacks, which the networks must read."""
     views, used = [], []
-    for folder in folders:
+    for i, folder in enumerate(folders, 1):
         try:
-            views.append(session_views(read_session(folder), fp, both_reads=False))
+            session = read_session(folder)
+            if say is not None and not _cached(session, fp):
+                say(
+                    f"calibration: reading earlier sitting {Path(folder).name} ({i} of "
+                    f"{len(folders)}) through the networks, once (then cached)"
+                )
+            views.append(session_views(session, fp, both_reads=False))
         except (SessionError, NoUsableFrames, OSError):
             continue
         used.append(str(Path(folder).resolve()))
     return views, used
+
+
+def _cached(session, fp) -> bool:
+    digest = feature_cache.config_digest(fp.cfg)
+    return feature_cache.entry_path(session, digest, bool(session.mirrored)).is_file()
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def at_calibration(
@@ -123,13 +140,12 @@ def at_calibration(
     ]
     if not folders:
         return prof
-    print(
+    # progress on stderr: `calibrate --json` keeps stdout for the report
+    _say(
         f"calibration: weighing this sitting against {len(folders)} earlier one"
-        f"{'s' * (len(folders) != 1)} on this screen",
-        file=sys.stderr,  # progress; `calibrate --json` keeps stdout for the report
-        flush=True,
+        f"{'s' * (len(folders) != 1)} on this screen"
     )
-    earlier, used = _usable_views(folders, fp)
+    earlier, used = _usable_views(folders, fp, _say)
     if not earlier:
         return prof
     h = choose_with_history(now, [(v.views, v.labels_px, v.groups) for v in earlier], screen)

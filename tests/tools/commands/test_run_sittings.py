@@ -137,6 +137,8 @@ def test_a_calibration_with_earlier_sittings_saves_what_its_own_points_favour(
     h = prof.fit.history
     assert h is not None and h.earlier_sittings == 1
     assert "calibration: weighing this sitting against 1 earlier one on this screen" in said.err
+    # the first sitting's frames were never read for features: said, and cached after
+    assert "reading earlier sitting calibration-20261201-090000 (1 of 1)" in said.err
     # p1's sittings agree: pooled about 69 px against 98 alone on this sitting's points
     assert h.chosen == "pooled" and h.pooled_px < h.alone_px - 10
     assert f"with 1 earlier sitting on this screen: pooled {h.pooled_px:.0f} px" in out
