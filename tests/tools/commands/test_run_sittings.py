@@ -128,6 +128,10 @@ def test_a_calibration_with_earlier_sittings_saves_what_its_own_points_favour(
     assert main([*argv, "--source", str(shared / "data/evit/p1_s01"), "--out", str(first)]) == 0
     own = tmp_path / "users/u/profiles/d.json"
     assert Profile.load(own).fit.history is None  # nothing earlier to pool with
+    # An earlier session whose pictures are damaged: left out, and the calibration goes on.
+    broken = Path(_another(str(first), "20261201-120000"))
+    for jpg in broken.glob("*.jpg"):
+        jpg.write_bytes(b"not a jpeg")
     second = sessions / "calibration-20261202-090000"
     capsys.readouterr()
     assert main([*argv, "--source", str(shared / "data/evit/p1_s02"), "--out", str(second)]) == 0
@@ -136,9 +140,9 @@ def test_a_calibration_with_earlier_sittings_saves_what_its_own_points_favour(
     prof = Profile.load(own)
     h = prof.fit.history
     assert h is not None and h.earlier_sittings == 1
-    assert "calibration: weighing this sitting against 1 earlier one on this screen" in said.err
+    assert "calibration: weighing this sitting against 2 earlier ones on this screen" in said.err
     # the first sitting's frames were never read for features: said, and cached after
-    assert "reading earlier sitting calibration-20261201-090000 (1 of 1)" in said.err
+    assert "reading earlier sitting calibration-20261201-090000 (1 of 2)" in said.err
     # p1's sittings agree: pooled about 69 px against 98 alone on this sitting's points
     assert h.chosen == "pooled" and h.pooled_px < h.alone_px - 10
     assert f"with 1 earlier sitting on this screen: pooled {h.pooled_px:.0f} px" in out
