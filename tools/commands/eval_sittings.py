@@ -254,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
             if earlier:
                 pairs.append(_pair(earlier, cur, owner[0]))
                 msg += _pair_text(pairs[-1], len(earlier))
-                if args.history:
+                if args.history and (cur["screen"] or earlier[-1]["screen"]) is not None:
                     later.append(_history_item(earlier, cur, owner[0]))
             earlier.append(cur)
             tf = f"({row['targets']} targets, {row['frames_used']} frames)"
