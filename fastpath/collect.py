@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -84,6 +85,7 @@ def collect_session(
     mirrored: bool | None = None,
     cache: bool = False,
     both_reads: bool = False,
+    reading: Callable[[Session], None] | None = None,
 ) -> Collected:
     """Every frame of a session through the fast path, in time order, with its label.
 
@@ -95,13 +97,15 @@ def collect_session(
     the other read is kept in `other` for nested selection to weigh. A statement or a
     decisive correlation wins: then there is no other read, because with 8-16 targets a
     second read doubles the candidates and on grid9 (r = +0.99) let a fluke of the wrong
-    read win one fold at 3x the error. `cache`: per-frame features via `feature_cache`."""
+    read win one fold at 3x the error. `cache`: per-frame features via `feature_cache`.
+    `reading`: told before the networks read the session's frames (a cache miss), for
+    progress."""
     session = (
         folder
         if isinstance(folder, Session)
         else read_session(folder, screen_px=screen_px, mirrored=mirrored)
     )
-    out = _collect(session, fp, unmirror=session.mirrored, cache=cache)
+    out = _collect(session, fp, unmirror=session.mirrored, cache=cache, reading=reading)
     if session.mirrored_stated:
         out.mirror_basis = "manifest" if session.manifest is not None else "stated"
         return out
@@ -113,10 +117,10 @@ def collect_session(
             else f"not stated; detected not mirrored (gaze yaw vs target x r={r:+.2f})"
         )
         if both_reads and r is None:
-            out.other = _collect(session, fp, unmirror=True, cache=cache)
+            out.other = _collect(session, fp, unmirror=True, cache=cache, reading=reading)
         return out
     session.mirrored = True
-    out = _collect(session, fp, unmirror=True, cache=cache)
+    out = _collect(session, fp, unmirror=True, cache=cache, reading=reading)
     out.mirror_basis = f"not stated; detected mirrored (gaze yaw vs target x r={r:+.2f})"
     return out
 
@@ -146,7 +150,12 @@ def looks_mirrored(samples: list[LabelledSample]) -> float | None:
 
 
 def _collect(
-    session: Session, fp: FastPath | LazyFastPath, *, unmirror: bool, cache: bool = False
+    session: Session,
+    fp: FastPath | LazyFastPath,
+    *,
+    unmirror: bool,
+    cache: bool = False,
+    reading: Callable[[Session], None] | None = None,
 ) -> Collected:
     path = None
     if cache:
@@ -154,6 +163,8 @@ def _collect(
         hit = feature_cache.load_entry(path)
         if hit is not None:
             return _from_entry(session, hit, unmirror)
+    if reading is not None:
+        reading(session)
     live = fp.get() if isinstance(fp, LazyFastPath) else fp
     frames, skipped, samples = _run_frames(session, live, unmirror)
     if path is not None:

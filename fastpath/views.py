@@ -44,10 +44,11 @@ def session_views(
     *,
     both_reads: bool = True,
     cache: bool = True,
+    reading=None,
 ) -> Views:
     """Collect (cached) and keep the frames usable in every read, so candidates of both
-    reads are compared on the same frames."""
-    col = collect_session(session, fp, cache=cache, both_reads=both_reads)
+    reads are compared on the same frames. `reading`: as `collect_session` takes it."""
+    col = collect_session(session, fp, cache=cache, both_reads=both_reads, reading=reading)
     reads = {"as read": col} | ({"other": col.other} if col.other is not None else {})
     usable = [{ls.name for ls in c.samples if not ls.settling} for c in reads.values()]
     common = set.intersection(*usable)

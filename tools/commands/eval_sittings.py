@@ -38,7 +38,7 @@ import numpy as np
 from gazeloop.calibration.mapping import mapping_from_params
 from gazeloop.calibration.mapping.candidates import Candidate
 from gazeloop.calibration.metrics.evaluate import evaluate_fixed
-from gazeloop.calibration.sittings import choose_pooled, loto_with_history, pool_sittings
+from gazeloop.calibration.sittings import choose_pooled, loto_with_history
 from gazeloop.calibration.store.session import SessionError, read_session
 from gazeloop.fastpath.collect import LazyFastPath
 from gazeloop.tools.commands._args import (
@@ -53,6 +53,7 @@ from gazeloop.tools.commands._args import (
 from gazeloop.tools.errors import UserError
 from gazeloop.tools.runtime.selection import evaluate_session, session_views
 from gazeloop.tools.runtime.sittings_plot import plot_sittings_report
+from gazeloop.tools.runtime.sittings_profile import as_sitting, pool_views
 from gazeloop.tools.runtime.workers import default_jobs, map_sessions
 
 
@@ -180,9 +181,7 @@ def _applied(m, cand: Candidate, cur: dict, v, screen):
 def _pooled(earlier: list[dict], cur: dict, v) -> dict:
     """The profile of all `earlier` sittings pooled (`calibration.sittings`), applied to
     `cur` unchanged (`v`: its views, one read)."""
-    pool = pool_sittings(
-        [(e["views"].views, e["views"].labels_px, e["views"].groups) for e in earlier]
-    )
+    pool = pool_views([e["views"] for e in earlier])
     screen = earlier[-1]["screen"] or cur["screen"]
     choice = choose_pooled(pool, screen)
     c = choice.candidate
@@ -280,12 +279,9 @@ def run(args: argparse.Namespace) -> int:
 def _history_item(earlier: list[dict], cur: dict, user: str) -> tuple:
     """What `_with_history` needs of a sitting and the person's earlier ones: arrays only."""
 
-    def part(c: dict) -> tuple:
-        v = c["views"]
-        return (v.views, v.labels_px, v.groups)
-
     screen = cur["screen"] or earlier[-1]["screen"]
-    return (cur["session"].folder.name, user, part(cur), [part(e) for e in earlier], screen)
+    now, before = as_sitting(cur["views"]), [as_sitting(e["views"]) for e in earlier]
+    return (cur["session"].folder.name, user, now, before, screen)
 
 
 def _with_history(item: tuple, fp: LazyFastPath) -> dict:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from gazeloop.calibration.geometry import ScreenGeometry
+from gazeloop.calibration.mapping.candidates import Candidate
 from gazeloop.calibration.procedure import chosen_candidate, fit_profile
 from gazeloop.calibration.profile import (
     HistoryReport,
@@ -41,7 +42,6 @@ from gazeloop.calibration.sittings import (
     pool_sittings,
 )
 from gazeloop.calibration.store.session import SessionError, read_session
-from gazeloop.fastpath import feature_cache
 from gazeloop.fastpath.collect import LazyFastPath
 from gazeloop.fastpath.views import NoUsableFrames, Views, session_views
 
@@ -71,7 +71,7 @@ def calibration_sessions(user: str, device: str, screen_px: tuple[int, int]) -> 
 
 def pool_views(views: list[Views]) -> Pooled:
     """`calibration.sittings.pool_sittings` of sessions' views."""
-    return pool_sittings([(v.views, v.labels_px, v.groups) for v in views])
+    return pool_sittings([as_sitting(v) for v in views])
 
 
 def fit_pooled_mapping(
@@ -95,28 +95,46 @@ def fit_pooled_mapping(
     )
 
 
+# Whose profile it is and which gaze model's read it maps (`Profile` fields).
+_IDS = ("user", "device", "gaze_model_id", "gaze_model_sha256", "gaze_read")
+
+
+def _fit_candidate(
+    pool: Pooled, c: Candidate, screen: ScreenGeometry, session: str, **ids
+) -> Profile:
+    """The candidate a selection chose, fitted on the whole pool (`ids`: `_IDS`)."""
+    return fit_pooled_mapping(
+        pool, c.mapping, list(c.features), c.read, screen=screen, calibration_session=session, **ids
+    )
+
+
 def _usable_views(folders: list[Path], fp, say=None) -> tuple[list[Views], list[str]]:
     """The views of every folder that has usable frames, and those folders (resolved).
-    `say`: told of each session the feature cache lacks, which the networks must read."""
+    `say`: told of each session the feature cache lacks, before the networks read it."""
     views, used = [], []
     for i, folder in enumerate(folders, 1):
+
+        def reading(_session, name=Path(folder).name, i=i) -> None:
+            say(
+                f"calibration: reading earlier sitting {name} ({i} of {len(folders)}) "
+                "through the networks, once (then cached)"
+            )
+
         try:
             session = read_session(folder)
-            if say is not None and not _cached(session, fp):
-                say(
-                    f"calibration: reading earlier sitting {Path(folder).name} ({i} of "
-                    f"{len(folders)}) through the networks, once (then cached)"
-                )
-            views.append(session_views(session, fp, both_reads=False))
+            got = session_views(
+                session, fp, both_reads=False, reading=None if say is None else reading
+            )
         except (SessionError, NoUsableFrames, OSError):
             continue
+        views.append(got)
         used.append(str(Path(folder).resolve()))
     return views, used
 
 
-def _cached(session, fp) -> bool:
-    digest = feature_cache.config_digest(fp.cfg)
-    return feature_cache.entry_path(session, digest, bool(session.mirrored)).is_file()
+def as_sitting(v: Views) -> Sitting:
+    """A session's views as `calibration.sittings` takes one sitting."""
+    return (v.views, v.labels_px, v.groups)
 
 
 def _say(line: str) -> None:
@@ -148,7 +166,7 @@ def at_calibration(
     earlier, used = _usable_views(folders, fp, _say)
     if not earlier:
         return prof
-    h = choose_with_history(now, [(v.views, v.labels_px, v.groups) for v in earlier], screen)
+    h = choose_with_history(now, [as_sitting(v) for v in earlier], screen)
     history = HistoryReport(
         earlier_sittings=len(earlier),
         chosen="pooled" if h.use_pool else "alone",
@@ -158,20 +176,8 @@ def at_calibration(
     )
     if not h.use_pool:
         return prof.model_copy(update={"fit": prof.fit.model_copy(update={"history": history})})
-    c = h.pooled.candidate
-    pooled = fit_pooled_mapping(
-        h.pool,
-        c.mapping,
-        list(c.features),
-        c.read,
-        screen=screen,
-        user=prof.user,
-        device=prof.device,
-        gaze_model_id=prof.gaze_model_id,
-        gaze_model_sha256=prof.gaze_model_sha256,
-        gaze_read=prof.gaze_read,
-        calibration_session=this,
-    )
+    ids = prof.model_dump(include=set(_IDS))
+    pooled = _fit_candidate(h.pool, h.pooled.candidate, screen, this, **ids)
     fit = pooled.fit.model_copy(update={"chosen": chosen_candidate(h.pooled), "history": history})
     return pooled.model_copy(update={"calibration_sessions": [*used, this], "fit": fit})
 
@@ -184,21 +190,9 @@ def fit_sittings(
     if len(views) < 2:
         return None
     pool = pool_views(views)
-    c = choose_pooled(pool, screen).candidate
     gaze = fp.get().gaze
-    prof = fit_pooled_mapping(
-        pool,
-        c.mapping,
-        list(c.features),
-        c.read,
-        screen=screen,
-        user=user,
-        device=device,
-        gaze_model_id=gaze.model_id,
-        gaze_model_sha256=gaze.sha256,
-        gaze_read=gaze.read,
-        calibration_session=used[-1],
-    )
+    ids = dict(zip(_IDS, (user, device, gaze.model_id, gaze.sha256, gaze.read), strict=True))
+    prof = _fit_candidate(pool, choose_pooled(pool, screen).candidate, screen, used[-1], **ids)
     unusable = [str(Path(f).resolve()) for f in folders if str(Path(f).resolve()) not in used]
     return prof.model_copy(update={"calibration_sessions": used, "unusable_sessions": unusable})
 
