@@ -16,7 +16,9 @@ coordinates (the primary monitor); presses outside it are ignored.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -122,8 +124,21 @@ class ClickLabeller:
         return None if a is None else a[0] + (now - a[1])
 
 
-def start_listener(labeller: ClickLabeller):
-    """A pynput global mouse listener feeding `labeller` (left button only)."""
+# How long a listener may take to connect to the desktop, and then to stay up before it is
+# taken to be listening. A refused one (see `start_listener`) ends at once.
+_READY_TIMEOUT_S = 10.0
+_SETTLE_S = 0.3
+
+
+def start_listener(labeller: ClickLabeller, *, platform: str | None = None):
+    """A pynput global mouse listener feeding `labeller` (left button only).
+
+    A listener that cannot watch the mouse says nothing and gets no clicks: on macOS without
+    the Accessibility / Input Monitoring permission its event tap is refused and its thread
+    ends as it starts; on an X server without the RECORD extension the thread dies on an
+    exception. Either way `gazeloop run` would run with no click label ever, so the
+    listener is watched until it is ready and a moment after, and a dead one is a
+    `UserError` that says what to allow."""
     try:
         from pynput import mouse
     except ImportError as e:
@@ -135,8 +150,52 @@ def start_listener(labeller: ClickLabeller):
         (labeller.press if pressed else labeller.release)(x, y)
 
     listener = mouse.Listener(on_click=on_click)
-    listener.start()
-    return listener
+    failed: list[BaseException] = []
+    done = threading.Event()
+    previous = threading.excepthook
+
+    def hook(args) -> None:
+        # the listener's own death is said below in one line, not as a traceback
+        if args.thread is listener:
+            failed.append(args.exc_value)
+            done.set()
+        else:
+            previous(args)
+
+    threading.excepthook = hook
+    try:
+        listener.start()
+        # wait() blocks until the listener is ready, forever if it died first: a helper
+        # thread waits, and an exception in the listener ends the wait too.
+        threading.Thread(target=lambda: (listener.wait(), done.set()), daemon=True).start()
+        done.wait(_READY_TIMEOUT_S)
+        try:
+            listener.join(_SETTLE_S)
+        except Exception as e:  # pynput re-raises what its callbacks raised
+            failed.append(e)
+    finally:
+        threading.excepthook = previous
+    if listener.is_alive() and not failed:
+        return listener
+    if listener.is_alive():  # a callback failed; stopping one never ready would block
+        with contextlib.suppress(Exception):
+            listener.stop()
+    raise UserError(_refused(platform or sys.platform, failed))
+
+
+def _refused(platform: str, failed: list[BaseException]) -> str:
+    cause = f" ({type(failed[0]).__name__}: {failed[0]})" if failed else ""
+    if platform == "darwin":
+        return (
+            f"the mouse listener stopped as it started{cause}: macOS gives a program no "
+            "clicks without permission. Allow the terminal (or the Python) that runs gazeloop "
+            "in System Settings > Privacy & Security > Accessibility and > Input Monitoring, "
+            "then start it again"
+        )
+    return (
+        f"the mouse listener stopped as it started{cause}: on X11 it needs the server's "
+        "RECORD extension; under Wayland it sees only clicks in XWayland windows"
+    )
 
 
 class ClickReplay:

@@ -11,8 +11,6 @@ the window keeps painting.
 from __future__ import annotations
 
 import json
-import os
-import select
 import shutil
 import struct
 import subprocess
@@ -28,45 +26,15 @@ from gazeloop.calibration.store.session import read_session
 from gazeloop.tools.ui.calibration_grid import BACKGROUND, DOT
 from gazeloop.tools.ui.render import GOLD, RED
 from tests.cli import cli
+from tests.xvfb import xvfb
 
 VIDEO = "data/video-corners4/calibrate.mp4"
 
 
 @pytest.fixture(scope="session")
 def xdisplay():
-    exe = shutil.which("Xvfb")
-    if exe is None:
-        pytest.skip("Xvfb is not installed (apt-get install xvfb): no X server for the window")
-    r, w = os.pipe()
-    try:
-        # -displayfd: Xvfb picks a free display and writes its number once it accepts
-        # clients, so there is no guessing and no sleeping.
-        proc = subprocess.Popen(
-            [exe, "-displayfd", str(w), "-screen", "0", "1600x1000x24", "-nolisten", "tcp"],
-            pass_fds=(w,),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-    finally:
-        os.close(w)
-    # Read up to the newline: Xvfb writes the number and the newline separately, and dies
-    # ("cannot write display number") if the pipe is closed in between.
-    buf = b""
-    while not buf.endswith(b"\n"):
-        ready, _, _ = select.select([r], [], [], 30)
-        chunk = os.read(r, 32) if ready else b""
-        if not chunk:
-            break
-        buf += chunk
-    os.close(r)
-    number = buf.decode().strip()
-    if not number.isdigit():
-        proc.kill()
-        proc.wait()
-        pytest.skip("Xvfb did not start (no display number reported)")
-    yield f":{number}"
-    proc.terminate()
-    proc.wait(timeout=10)
+    with xvfb() as display:
+        yield display
 
 
 @pytest.fixture
