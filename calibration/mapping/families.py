@@ -58,9 +58,15 @@ class NotEnoughTargets(ValueError):
 
     def __init__(self, name: str, needed: int, given: int, what: str = "fit") -> None:
         self.name, self.needed, self.given = name, needed, given
+        self.what = what
         super().__init__(
             f"mapping '{name}' needs at least {needed} distinct targets to {what}, got {given}"
         )
+
+    def __reduce__(self):
+        # rebuilt from its fields: the default passes only the message to __init__, which
+        # fails where it is unpickled (a worker's error sent back to the main process)
+        return type(self), (self.name, self.needed, self.given, self.what)
 
 
 class NotFitted(RuntimeError):

@@ -221,8 +221,14 @@ def within_sitting(session, screen, fp: LazyFastPath, cache: bool) -> dict:
 
 
 def _within(item: tuple, fp: LazyFastPath) -> dict:
+    """`within_sitting`, or why the sitting cannot be evaluated (too few usable targets, no
+    face found): one such sitting in a folder of many is said and left out, not the end of
+    the whole report."""
     session, screen, cache = item
-    return within_sitting(session, screen, fp, cache)
+    try:
+        return within_sitting(session, screen, fp, cache)
+    except UserError as e:
+        return {"skipped": str(e)}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -232,12 +238,18 @@ def run(args: argparse.Namespace) -> int:
     cfg = fastpath_config(args)
     fp = LazyFastPath(cfg)
     cache = not args.no_cache
-    sessions = _readable(subs, args)
+    skipped: list[dict] = []
+    sessions = _readable(subs, args, skipped)
     within, pairs, history, later = [], [], {}, []
     try:
         items = [(session, screen, cache) for _, session, screen in sessions]
         done = map_sessions(_within, items, cfg, fp, args.jobs)
         for (i, session, screen), res in zip(sessions, done, strict=True):
+            if "skipped" in res:
+                why = f"not evaluated: {res['skipped']}"
+                skipped.append({"sitting": session.folder.name, "reason": why})
+                print(f"[{i}/{len(subs)}] {session.folder.name}: {why}", file=sys.stderr)
+                continue
             cur = {
                 "session": session,
                 "screen": screen,
@@ -265,10 +277,18 @@ def run(args: argparse.Namespace) -> int:
                 "out of every sitting)",
                 file=sys.stderr,
             )
-            with_history = list(map_sessions(_with_history, later, cfg, fp, args.jobs))
+            with_history = []
+            for res in map_sessions(_with_history, later, cfg, fp, args.jobs):
+                if "skipped" in res:
+                    skipped.append({"sitting": res["sitting"], "reason": res["skipped"]})
+                    print(f"{res['sitting']}: {res['skipped']}", file=sys.stderr)
+                else:
+                    with_history.append(res)
     finally:
         fp.close()
-    report = summarise(str(args.folder), within, pairs, with_history)
+    if not within:
+        raise UserError(f"{args.folder}: no sitting could be evaluated ({skipped[0]['reason']})")
+    report = summarise(str(args.folder), within, pairs, with_history, skipped)
     if args.plot is not None:
         write_plot(lambda f: plot_sittings_report(report, f), args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
@@ -290,7 +310,11 @@ def _with_history(item: tuple, fp: LazyFastPath) -> dict:
     whichever its points favour), judged by leaving each of its points out of every sitting
     and making the whole choice again (`loto_with_history`). Pure arrays; `fp` unused."""
     name, user, now, earlier, screen = item
-    errs, pooled = loto_with_history(now, earlier, screen)
+    try:
+        errs, pooled = loto_with_history(now, earlier, screen)
+    except ValueError as e:
+        # a sitting of a few points: with one left out, a fold has too few to fit
+        return {"sitting": name, "user": user, "skipped": f"not calibrated with its history: {e}"}
     return {
         "sitting": name,
         "user": user,
@@ -301,14 +325,17 @@ def _with_history(item: tuple, fp: LazyFastPath) -> dict:
     }
 
 
-def _readable(subs: list[Path], args) -> list[tuple]:
-    """(number, session, screen) of every sitting folder that reads; the others are said."""
+def _readable(subs: list[Path], args, skipped: list[dict]) -> list[tuple]:
+    """(number, session, screen) of every sitting folder that reads; the others are said,
+    and added to `skipped`."""
     out = []
     for i, folder in enumerate(subs, 1):
         try:
             session = read_session(folder)
         except SessionError as e:
-            print(f"[{i}/{len(subs)}] {folder.name}: skipped ({e})", file=sys.stderr)
+            why = f"not read: {e}"
+            skipped.append({"sitting": folder.name, "reason": why})
+            print(f"[{i}/{len(subs)}] {folder.name}: {why}", file=sys.stderr)
             continue
         out.append((i, session, screen_for(args, session)))
     return out
@@ -364,7 +391,11 @@ def _with_history_summary(within: list[dict], rows: list[dict], user: str | None
 
 
 def summarise(
-    folder: str, within: list[dict], pairs: list[dict], with_history: list[dict] | None = None
+    folder: str,
+    within: list[dict],
+    pairs: list[dict],
+    with_history: list[dict] | None = None,
+    skipped: list[dict] | None = None,
 ) -> dict:
     users = sorted({w["user"] for w in within})
     cands = sorted({k for p in pairs for k in p["by_candidate"]})
@@ -396,6 +427,9 @@ def summarise(
         "targets": int(sum(w["targets"] for w in within)),
         "sittings": within,
         "pairs": pairs,
+        # sittings that could not be evaluated, and why; a person's next sitting is then
+        # paired with the one before (each pair names its two sittings)
+        "skipped": list(skipped or []),
     }
     if with_history is not None:
         # each sitting calibrated with the person's earlier sittings (`_with_history`)
@@ -441,4 +475,6 @@ def text(rep: dict) -> str:
     lines.append("  across sittings, each candidate's profile (median over pairs):")
     for c, s in rep["across_by_candidate"].items():
         lines.append(f"    {c:28s} {s['median_px']} px over {s['n']} pairs")
+    for sk in rep.get("skipped", []):
+        lines.append(f"  {sk['sitting']}: {sk['reason']}")
     return "\n".join(lines)

@@ -459,6 +459,14 @@ def evaluate_sitting(
     return Sitting(session, screen, basis, ev, prof)
 
 
+def _evaluate_or_why(folder: Path, fp: LazyFastPath) -> Sitting | str:
+    """`evaluate_sitting`, or why the sitting cannot be evaluated (for `--sittings`)."""
+    try:
+        return evaluate_sitting(folder, fp)
+    except UserError as e:
+        return str(e)
+
+
 def checkerboard(truth: np.ndarray, groups: np.ndarray) -> list[int]:
     """The targets on the white squares of a checkerboard over their column and row ranks
     (pure): the labelled and the measured halves then cover the screen alike. Every other
@@ -767,16 +775,26 @@ def bench_sittings(folder: Path, cfg: FastPathConfig, opts: LoopBenchOptions) ->
         raise UserError(f"{folder}: no two consecutive sittings of one person on one screen")
     need = sorted({d for p in pairs for d in p})
     fp = LazyFastPath(cfg)
-    rows = []
+    rows, skipped = [], []
     try:
         # Each sitting's nested selection is independent: on `opts.jobs` processes.
-        done = map_sessions(evaluate_sitting, need, cfg, fp, opts.jobs)
+        done = map_sessions(_evaluate_or_why, need, cfg, fp, opts.jobs)
         sittings = dict(zip(need, done, strict=True))
-        for prev, nxt in pairs:
+        # A sitting that cannot be evaluated (too few usable targets) is said and left
+        # out; the person's next sitting is then paired with the one before it.
+        for d, why in sittings.items():
+            if isinstance(why, str):
+                skipped.append({"sitting": d.name, "reason": f"not evaluated: {why}"})
+        keys = {d: k for d, k in keys.items() if not isinstance(sittings.get(d), str)}
+        for prev, nxt in sitting_pairs(keys):
             pooled = None
             if opts.start == "pooled":
                 pooled = pooled_profile(earlier_same(keys, prev), sittings[prev], fp)
-            r = bench_transfer(sittings[nxt], sittings[prev], fp, opts, pooled)
+            try:
+                r = bench_transfer(sittings[nxt], sittings[prev], fp, opts, pooled)
+            except UserError as e:
+                skipped.append({"sitting": nxt.name, "reason": f"not fed from {prev.name}: {e}"})
+                continue
             rows.append(
                 {
                     "calibrated_on": prev.name,
@@ -798,6 +816,7 @@ def bench_sittings(folder: Path, cfg: FastPathConfig, opts: LoopBenchOptions) ->
         "oracle": ORACLE_NOTE if opts.oracle == "simulated" else REAL_CLICKS_NOTE,
         "summary": gap_summary(rows),
         "pairs": rows,
+        "skipped": skipped,
         "errors": "per pair, on the later sitting's unlabelled targets: error_before_px its own "
         "leave-one-target-out error, error_drifted_px the earlier sitting's profile, "
         "error_after_px the same with the loop after the last label",

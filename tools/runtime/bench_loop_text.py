@@ -103,6 +103,7 @@ def sittings_text(out: dict[str, Any]) -> list[str]:
         )
     if out.get("start"):
         lines.append(f"start: {out['start']}")
+    lines += [f"{sk['sitting']}: {sk['reason']}" for sk in out.get("skipped", [])]
     return lines
 
 

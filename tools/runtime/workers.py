@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import traceback
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -31,12 +32,17 @@ def _start(cfg: FastPathConfig) -> None:
     _WORKER["fp"] = LazyFastPath(cfg)
 
 
-def _call(job: tuple[Callable, Any]) -> tuple[bool, Any]:
+def _call(job: tuple[Callable, Any]) -> tuple[str, Any]:
     fn, item = job
     try:
-        return True, fn(item, _WORKER["fp"])
+        return "ok", fn(item, _WORKER["fp"])
     except UserError as e:  # a one-line error for the user, raised again in the main process
-        return False, str(e)
+        return "user", str(e)
+    except Exception:
+        # As text: an exception the pool cannot unpickle (one whose __init__ wants more
+        # than its message) kills the pool's result thread, and the main process then
+        # waits for ever on a result that never comes.
+        return "bug", traceback.format_exc()
 
 
 def map_sessions(
@@ -56,7 +62,9 @@ def map_sessions(
         return
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(min(jobs, len(items)), initializer=_start, initargs=(cfg,)) as pool:
-        for ok, res in pool.imap(_call, [(fn, item) for item in items]):
-            if not ok:
+        for kind, res in pool.imap(_call, [(fn, item) for item in items]):
+            if kind == "user":
                 raise UserError(res)
+            if kind == "bug":
+                raise RuntimeError(f"{fn.__name__} failed in a worker process:\n{res}")
             yield res

@@ -255,13 +255,22 @@ def test_offset_yardsticks_told_is_the_labels_mean_best_is_hindsight_on_the_held
 
 @pytest.mark.slow
 def test_real_clicks_across_two_evit_sittings(shared, tmp_path, capsys):
-    # Read in place: the folder only links to the two sittings.
+    # Read in place: the folder only links to the two sittings, and to three stills of an
+    # earlier one, too few to evaluate: it is left out and said, the others still run.
     for name in ("p1_s02", "p1_s03"):
         (tmp_path / name).symlink_to(shared / "data/evit" / name)
+    small = tmp_path / "p1_s01"
+    small.mkdir()
+    (small / "session.json").symlink_to(shared / "data/evit/p1_s01/session.json")
+    for jpg in sorted((shared / "data/evit/p1_s01").glob("*.jpg"))[:3]:
+        for f in (jpg, jpg.with_suffix(".json")):
+            (small / f.name).symlink_to(f)
     out = run_json(capsys, "--sittings", str(tmp_path), "--oracle", "clicks")
     assert out["mode"] == "sittings" and out["oracle"].startswith("real clicks")
     (pair,) = out["pairs"]
     assert (pair["calibrated_on"], pair["session"]) == ("p1_s02", "p1_s03")
+    (skipped,) = out["skipped"]
+    assert skipped["sitting"] == "p1_s01" and "3 usable targets" in skipped["reason"]
     # Half of the 16 targets feed the loop, one click each; a still whose face the fast path
     # cannot use (a blink) feeds nothing.
     assert 6 <= pair["labels_fed"] <= 8

@@ -160,20 +160,48 @@ def test_history_calibrates_each_later_sitting_with_the_earlier_ones(folder, sit
     assert "calibrating 1 sittings with the earlier ones" in err
 
 
-@pytest.mark.slow
-def test_a_sitting_that_cannot_be_evaluated_in_a_worker_is_one_line_naming_it(shared, tmp_path):
-    out = tmp_path / "two"
-    (out / "p1_s08").mkdir(parents=True)
-    (out / "p1_s09").symlink_to(shared / "data" / "evit" / "p1_s09")
-    stills = sorted((shared / "data" / "evit" / "p1_s08").glob("*.jpg"))[:3]
-    for jpg in stills:  # three targets: too few to leave one out
+def _first_stills(shared, out: Path, name: str, n: int) -> None:
+    """A sitting of evit `name`'s first `n` stills (and its manifest), linked."""
+    src = shared / "data" / "evit" / name
+    (out / name).mkdir(parents=True)
+    (out / name / "session.json").symlink_to(src / "session.json")
+    for jpg in sorted(src.glob("*.jpg"))[:n]:
         for f in (jpg, jpg.with_suffix(".json")):
-            (out / "p1_s08" / f.name).symlink_to(f)
-    rc, stdout, err = cli("eval-sittings", out, "--json", "--jobs", "2")
-    assert rc == 2 and stdout == ""
+            (out / name / f.name).symlink_to(f)
+
+
+@pytest.mark.slow
+def test_a_sitting_too_small_to_evaluate_is_left_out_and_said(shared, tmp_path):
+    """One sitting of a folder that cannot be evaluated (3 usable targets: none to leave
+    out) or calibrated with its history (4: one left out, a fold then fits on 2) is said in
+    the report and on stderr, and the others are still evaluated: held-out folders have
+    such sittings, and one must not cost the whole report. On worker processes too."""
+    out = tmp_path / "three"
+    _first_stills(shared, out, "p1_s08", 3)
+    (out / "p1_s09").symlink_to(shared / "data" / "evit" / "p1_s09")
+    _first_stills(shared, out, "p1_s10", 4)
+    rc, stdout, err = cli("eval-sittings", out, "--json", "--history", "--jobs", "2")
+    assert rc == 0, err
     assert "Traceback" not in err
+    rep = json.loads(stdout)
+    assert [s["sitting"] for s in rep["sittings"]] == ["p1_s09", "p1_s10"]
+    (pair,) = rep["pairs"]
+    assert (pair["from"], pair["to"]) == ("p1_s09", "p1_s10")
+    why = {s["sitting"]: s["reason"] for s in rep["skipped"]}
+    assert why["p1_s08"].startswith("not evaluated: ") and "3 usable targets" in why["p1_s08"]
+    assert why["p1_s10"].startswith("not calibrated with its history: ")
+    assert rep["within_with_history"]["n"] == 0
+    assert f"p1_s08: {why['p1_s08']}" in err and f"p1_s10: {why['p1_s10']}" in err
+
+
+@pytest.mark.slow
+def test_a_folder_with_no_sitting_to_evaluate_is_one_line(shared, tmp_path):
+    out = tmp_path / "one"
+    _first_stills(shared, out, "p1_s08", 3)
+    rc, stdout, err = cli("eval-sittings", out, "--json")
+    assert rc == 2 and stdout == "" and "Traceback" not in err
     (line,) = [x for x in err.splitlines() if not x.startswith("[")]
-    assert "p1_s08" in line and "3 usable targets" in line, err
+    assert "no sitting could be evaluated" in line and "3 usable targets" in line, err
 
 
 @pytest.mark.slow
