@@ -277,6 +277,10 @@ class Cursor:
             from pynput.mouse import Controller
         except ImportError as e:
             raise UserError("--move-cursor needs pynput: pip install pynput") from e
+        from gazeloop.tools.runtime.permissions import ALLOW, accessibility_trusted
+
+        if accessibility_trusted() is False:
+            raise UserError(f"--move-cursor: macOS does not let this program move the pointer: {ALLOW}")
         self._c = Controller()
 
     def move(self, px: np.ndarray) -> None:

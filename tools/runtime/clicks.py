@@ -29,6 +29,7 @@ from gazeloop.calibration.drift.history import History
 from gazeloop.calibration.labels import OracleLabel, PointObservation
 from gazeloop.oracle.clicks import Click, ClickRules, ClickVerdict, burst_mask, judge_one
 from gazeloop.tools.errors import UserError
+from gazeloop.tools.runtime.permissions import ALLOW, accessibility_trusted
 
 log = logging.getLogger(__name__)
 _MS = 1_000_000
@@ -143,6 +144,8 @@ def start_listener(labeller: ClickLabeller, *, platform: str | None = None):
         from pynput import mouse
     except ImportError as e:
         raise UserError(f"--oracle clicks needs pynput and a desktop session: {e}") from None
+    if accessibility_trusted(platform) is False:
+        raise UserError(f"macOS gives this program no clicks: {ALLOW}")
 
     def on_click(x, y, button, pressed):
         if button != mouse.Button.left:
@@ -188,9 +191,7 @@ def _refused(platform: str, failed: list[BaseException]) -> str:
     if platform == "darwin":
         return (
             f"the mouse listener stopped as it started{cause}: macOS gives a program no "
-            "clicks without permission. Allow the terminal (or the Python) that runs gazeloop "
-            "in System Settings > Privacy & Security > Accessibility and > Input Monitoring, "
-            "then start it again"
+            f"clicks without permission: {ALLOW}"
         )
     return (
         f"the mouse listener stopped as it started{cause}: on X11 it needs the server's "

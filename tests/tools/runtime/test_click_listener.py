@@ -88,3 +88,51 @@ def test_the_refusal_names_what_to_allow_on_each_platform(platform, words):
     assert words in text and "\n" not in text
     err = UserError(_refused(platform, [RuntimeError("no tap")]))
     assert "(RuntimeError: no tap)" in str(err)
+
+
+class _HIServices:
+    """The one call of macOS's HIServices (pyobjc) that `permissions` makes, answering as
+    told: the real module exists only on macOS."""
+
+    def __init__(self, trusted: bool) -> None:
+        self.trusted = trusted
+
+    def AXIsProcessTrusted(self) -> bool:  # noqa: N802 - the API's own name
+        return self.trusted
+
+
+def test_accessibility_is_asked_only_on_macos(monkeypatch):
+    from gazeloop.tools.runtime.permissions import accessibility_trusted
+
+    monkeypatch.setitem(sys.modules, "HIServices", _HIServices(False))
+    assert accessibility_trusted("darwin") is False
+    assert accessibility_trusted("linux") is None
+    monkeypatch.setitem(sys.modules, "HIServices", _HIServices(True))
+    assert accessibility_trusted("darwin") is True
+    monkeypatch.setitem(sys.modules, "HIServices", None)  # not installed: cannot ask
+    assert accessibility_trusted("darwin") is None
+
+
+UNTRUSTED = """
+import sys
+from gazeloop.tools.errors import UserError
+from gazeloop.tools.runtime.clicks import start_listener
+from tests.tools.runtime.test_click_listener import _HIServices
+
+sys.modules["HIServices"] = _HIServices(False)
+try:
+    start_listener(object(), platform="darwin")
+except UserError as e:
+    print(e)
+"""
+
+
+def test_an_untrusted_mac_is_told_before_any_listener_starts():
+    with xvfb(size="800x600x24") as display:
+        env = {**os.environ, "DISPLAY": display}
+        p = subprocess.run(
+            [sys.executable, "-c", UNTRUSTED], env=env, capture_output=True, text=True, timeout=120
+        )
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("macOS gives this program no clicks: allow the terminal")
+    assert "Privacy & Security > Accessibility" in p.stdout

@@ -1,0 +1,30 @@
+"""What macOS lets this program do with the mouse, asked before it fails silently.
+
+macOS gives a program global mouse events (pynput's listener: the click oracle) and lets it
+move the pointer (`run --move-cursor`) only when the user has allowed the terminal or app it
+runs in under System Settings > Privacy & Security > Accessibility. Without that, pynput
+neither raises nor warns: the listener's event tap is refused and the pointer stays put. The
+Accessibility API's own question, `AXIsProcessTrusted` (HIServices, which pynput's macOS
+dependencies bring), says so up front. Elsewhere there is nothing to ask.
+"""
+
+from __future__ import annotations
+
+import sys
+
+ALLOW = (
+    "allow the terminal (or the Python) that runs gazeloop in System Settings > Privacy & "
+    "Security > Accessibility and > Input Monitoring, then start it again"
+)
+
+
+def accessibility_trusted(platform: str | None = None) -> bool | None:
+    """True or False on macOS (whether this process may watch and move the mouse), None
+    where the question does not arise or cannot be asked."""
+    if (platform or sys.platform) != "darwin":
+        return None
+    try:
+        import HIServices  # pyobjc-framework-ApplicationServices, a pynput dependency on macOS
+    except ImportError:
+        return None
+    return bool(HIServices.AXIsProcessTrusted())
