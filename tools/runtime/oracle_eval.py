@@ -29,7 +29,12 @@ import numpy as np
 
 from gazeloop.calibration.geometry import ScreenGeometry
 from gazeloop.calibration.labels import LineObservation, PointObservation, Snapshot
-from gazeloop.calibration.store.session import Session, load_image, read_session
+from gazeloop.calibration.store.session import (
+    ImageDecodeError,
+    Session,
+    load_image,
+    read_session,
+)
 from gazeloop.oracle.base import OracleError, check_label
 from gazeloop.tools.errors import UserError
 
@@ -104,9 +109,14 @@ def label_frames(oracle, session: Session, screen: ScreenGeometry, give_target: 
     for it, target in zip(session.items, _target_ids(session), strict=True):
         truth = tuple(float(v) for v in it.label_px)
         tn = (truth[0] / size[0], truth[1] / size[1])
+        try:
+            image = load_image(it.image)
+        except ImageDecodeError as e:  # one bad picture is a frame not labelled, said
+            out.append(LabelResult(it.name, target, truth, False, f"error: {it.image.name}: {e}"))
+            continue
         snap = Snapshot(
             t_ns=it.t_ms * 1_000_000,
-            image=load_image(it.image),
+            image=image,
             snapshot_id=it.name,
             target_xy=tn if give_target else None,
         )
@@ -163,11 +173,17 @@ def eval_clicks(pts, screen_px, clicks_per_target: int, seed: int) -> list[Label
     """`clicks_per_target` looks at each target from a random other one, each ending in a
     press with human timing (some mid-saccade, some doubled), judged by the click rules on
     the session's fast-path points (`pts`: `bench_loop.SessionPoints`)."""
-    from gazeloop.calibration.mapping import loto_predict
+    from gazeloop.calibration.mapping import loto_predict, min_targets
     from gazeloop.oracle.clicks import Click, ClickRules, judge
     from gazeloop.tools.runtime.bench_loop import MAPPING
     from gazeloop.tools.runtime.click_replay import HumanTiming, one_look
 
+    need = min_targets(MAPPING) + 1
+    if len(np.unique(pts.groups)) < need:
+        raise UserError(
+            f"{pts.folder}: {len(np.unique(pts.groups))} usable targets; the click replay "
+            f"predicts each from the others ({MAPPING}, leave-one-target-out), which needs {need}"
+        )
     size = np.asarray(screen_px, dtype=np.float64)
     truth = pts.truth_px / size
     pred_px = loto_predict(MAPPING, pts.x, truth, pts.groups, aspect=size[0] / size[1]) * size

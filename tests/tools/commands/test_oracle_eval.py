@@ -106,3 +106,34 @@ def test_clicks_on_grid9_keep_most_clicks_and_refuse_doubles(shared, capsys):
     assert s["why_not"].get("burst", 0) % 2 == 0  # both presses of a double click
     assert s["median_distance_px"] == 0.0 and s["median_latency_ms"] >= 400  # burst window
     assert 0 < s["median_fixation_px"] < 200  # the leave-one-target-out error, roughly
+
+
+def _linked(shared, out, n: int, corrupt: bool = False):
+    """The first `n` stills of evit p1_s02 linked into `out` (the first one replaced by
+    bytes that are no JPEG when `corrupt`)."""
+    src = shared / "data/evit/p1_s02"
+    out.mkdir()
+    (out / "session.json").symlink_to(src / "session.json")
+    for i, jpg in enumerate(sorted(src.glob("*.jpg"))[:n]):
+        (out / jpg.with_suffix(".json").name).symlink_to(jpg.with_suffix(".json"))
+        if corrupt and i == 0:
+            (out / jpg.name).write_bytes(b"not a jpeg")
+        else:
+            (out / jpg.name).symlink_to(jpg)
+    return out
+
+
+def test_a_picture_that_does_not_decode_is_a_frame_not_labelled_said(shared, capsys, tmp_path):
+    folder = _linked(shared, tmp_path / "s", 5, corrupt=True)
+    out = run_json(capsys, str(folder), "--oracle", "targets")
+    assert out["summary"]["labels"] == 5 and out["summary"]["returned"] == 4
+    (bad,) = [x for x in out["labels"] if not x["returned"]]
+    assert bad["why_not"].startswith(f"error: {bad['item']}: cannot decode image")
+
+
+def test_clicks_on_too_few_targets_are_one_line(shared, capsys, tmp_path):
+    folder = _linked(shared, tmp_path / "s", 3)
+    rc = main(["oracle", "eval", str(folder), "--oracle", "clicks", "--json"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert "3 usable targets" in err and "needs 4" in err and err.count("\n") == 1, err
