@@ -321,6 +321,13 @@ def _loop_row(o: dict) -> str:
     )
 
 
+# An injected drift's errors: the fast path sets the first two, the loop the last.
+_LOOP_ERRORS = (
+    Number("error_before_px", "error before the drift, px", rel=0.03),
+    Number("error_drifted_px", "error with the drift and no correction, px", rel=0.03),
+    Number("error_after_px", "error after the last label, px, median over streams", rel=0.05),
+)
+
 BENCH_LOOP = Baseline(
     name="bench_loop",
     commands=(
@@ -341,9 +348,7 @@ BENCH_LOOP = Baseline(
     ),
     kind="simulated",
     numbers=(
-        Number("error_before_px", "error before the drift, px", rel=0.03),
-        Number("error_drifted_px", "error with the drift and no correction, px", rel=0.03),
-        Number("error_after_px", "error after the last label, px, median over streams", rel=0.05),
+        *_LOOP_ERRORS,
         Number("labels_to_recover", "labels to recover and stay, median over streams", abs=3),
         Number("recovered_runs", "streams that recover (of 300)", abs=10),
         Number(
@@ -430,9 +435,7 @@ def _loop_clicks(corners: bool) -> Baseline:
         ),
         kind="simulated",
         numbers=(
-            Number("error_before_px", "error before the drift, px", rel=0.03),
-            Number("error_drifted_px", "error with the drift, px", rel=0.03),
-            Number("error_after_px", "error after the last label, px, median", rel=0.05),
+            *_LOOP_ERRORS,
             Number("labels_to_recover", "labels to recover and stay, median", abs=2),
             Number("labels_to_recover_p90", "the same, p90", abs=3),
             Number("known_onset_reference.labels_to_recover", "told the onset, median", abs=1),
