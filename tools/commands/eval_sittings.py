@@ -54,7 +54,7 @@ from gazeloop.tools.errors import UserError
 from gazeloop.tools.runtime.selection import evaluate_session, session_views
 from gazeloop.tools.runtime.sittings_plot import plot_sittings_report
 from gazeloop.tools.runtime.sittings_profile import as_sitting, pool_views
-from gazeloop.tools.runtime.workers import default_jobs, map_sessions
+from gazeloop.tools.runtime.workers import Skipped, default_jobs, map_sessions
 
 
 def add_parser(sub) -> None:
@@ -221,14 +221,15 @@ def within_sitting(session, screen, fp: LazyFastPath, cache: bool) -> dict:
 
 
 def _within(item: tuple, fp: LazyFastPath) -> dict:
-    """`within_sitting`, or why the sitting cannot be evaluated (too few usable targets, no
-    face found): one such sitting in a folder of many is said and left out, not the end of
-    the whole report."""
     session, screen, cache = item
-    try:
-        return within_sitting(session, screen, fp, cache)
-    except UserError as e:
-        return {"skipped": str(e)}
+    return within_sitting(session, screen, fp, cache)
+
+
+def _skip(skipped: list[dict], name: str, why: str, at: str = "") -> None:
+    """A sitting left out of the report (one that cannot be read or evaluated, in a folder
+    of many, is not the end of the report): said on stderr, kept with its reason."""
+    skipped.append({"sitting": name, "reason": why})
+    print(f"{at}{name}: {why}", file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -243,12 +244,11 @@ def run(args: argparse.Namespace) -> int:
     within, pairs, history, later = [], [], {}, []
     try:
         items = [(session, screen, cache) for _, session, screen in sessions]
-        done = map_sessions(_within, items, cfg, fp, args.jobs)
+        done = map_sessions(_within, items, cfg, fp, args.jobs, keep_going=True)
         for (i, session, screen), res in zip(sessions, done, strict=True):
-            if "skipped" in res:
-                why = f"not evaluated: {res['skipped']}"
-                skipped.append({"sitting": session.folder.name, "reason": why})
-                print(f"[{i}/{len(subs)}] {session.folder.name}: {why}", file=sys.stderr)
+            if isinstance(res, Skipped):
+                why = f"not evaluated: {res.reason}"
+                _skip(skipped, session.folder.name, why, f"[{i}/{len(subs)}] ")
                 continue
             cur = {
                 "session": session,
@@ -278,10 +278,10 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             with_history = []
-            for res in map_sessions(_with_history, later, cfg, fp, args.jobs):
-                if "skipped" in res:
-                    skipped.append({"sitting": res["sitting"], "reason": res["skipped"]})
-                    print(f"{res['sitting']}: {res['skipped']}", file=sys.stderr)
+            done = map_sessions(_with_history, later, cfg, fp, args.jobs, keep_going=True)
+            for item, res in zip(later, done, strict=True):
+                if isinstance(res, Skipped):
+                    _skip(skipped, item[0], res.reason)
                 else:
                     with_history.append(res)
     finally:
@@ -314,7 +314,7 @@ def _with_history(item: tuple, fp: LazyFastPath) -> dict:
         errs, pooled = loto_with_history(now, earlier, screen)
     except ValueError as e:
         # a sitting of a few points: with one left out, a fold has too few to fit
-        return {"sitting": name, "user": user, "skipped": f"not calibrated with its history: {e}"}
+        raise UserError(f"not calibrated with its history: {e}") from None
     return {
         "sitting": name,
         "user": user,
@@ -333,9 +333,7 @@ def _readable(subs: list[Path], args, skipped: list[dict]) -> list[tuple]:
         try:
             session = read_session(folder)
         except SessionError as e:
-            why = f"not read: {e}"
-            skipped.append({"sitting": folder.name, "reason": why})
-            print(f"[{i}/{len(subs)}] {folder.name}: {why}", file=sys.stderr)
+            _skip(skipped, folder.name, f"not read: {e}", f"[{i}/{len(subs)}] ")
             continue
         out.append((i, session, screen_for(args, session)))
     return out

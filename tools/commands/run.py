@@ -280,7 +280,9 @@ class Cursor:
         from gazeloop.tools.runtime.permissions import ALLOW, accessibility_trusted
 
         if accessibility_trusted() is False:
-            raise UserError(f"--move-cursor: macOS does not let this program move the pointer: {ALLOW}")
+            raise UserError(
+                f"--move-cursor: macOS does not let this program move the pointer: {ALLOW}"
+            )
         self._c = Controller()
 
     def move(self, px: np.ndarray) -> None:

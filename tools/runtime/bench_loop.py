@@ -68,7 +68,7 @@ from gazeloop.tools.runtime.selection import (
     profile_from_choice,
 )
 from gazeloop.tools.runtime.sittings_profile import fit_sittings
-from gazeloop.tools.runtime.workers import map_sessions
+from gazeloop.tools.runtime.workers import Skipped, map_sessions
 
 ORACLE_NOTE = (
     "simulated: each label is the ground-truth target of a random frame of the session plus "
@@ -459,14 +459,6 @@ def evaluate_sitting(
     return Sitting(session, screen, basis, ev, prof)
 
 
-def _evaluate_or_why(folder: Path, fp: LazyFastPath) -> Sitting | str:
-    """`evaluate_sitting`, or why the sitting cannot be evaluated (for `--sittings`)."""
-    try:
-        return evaluate_sitting(folder, fp)
-    except UserError as e:
-        return str(e)
-
-
 def checkerboard(truth: np.ndarray, groups: np.ndarray) -> list[int]:
     """The targets on the white squares of a checkerboard over their column and row ranks
     (pure): the labelled and the measured halves then cover the screen alike. Every other
@@ -778,14 +770,14 @@ def bench_sittings(folder: Path, cfg: FastPathConfig, opts: LoopBenchOptions) ->
     rows, skipped = [], []
     try:
         # Each sitting's nested selection is independent: on `opts.jobs` processes.
-        done = map_sessions(_evaluate_or_why, need, cfg, fp, opts.jobs)
+        done = map_sessions(evaluate_sitting, need, cfg, fp, opts.jobs, keep_going=True)
         sittings = dict(zip(need, done, strict=True))
         # A sitting that cannot be evaluated (too few usable targets) is said and left
         # out; the person's next sitting is then paired with the one before it.
-        for d, why in sittings.items():
-            if isinstance(why, str):
-                skipped.append({"sitting": d.name, "reason": f"not evaluated: {why}"})
-        keys = {d: k for d, k in keys.items() if not isinstance(sittings.get(d), str)}
+        for d, res in sittings.items():
+            if isinstance(res, Skipped):
+                skipped.append({"sitting": d.name, "reason": f"not evaluated: {res.reason}"})
+        keys = {d: k for d, k in keys.items() if not isinstance(sittings.get(d), Skipped)}
         for prev, nxt in sitting_pairs(keys):
             pooled = None
             if opts.start == "pooled":

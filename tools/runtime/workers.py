@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import traceback
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from gazeloop.fastpath.collect import LazyFastPath
@@ -26,6 +27,14 @@ _WORKER: dict[str, Any] = {}
 def default_jobs() -> int:
     """The cores, at most 4: past that the sittings wait on the disk and memory."""
     return max(1, min(4, os.cpu_count() or 1))
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """An item `fn` refused with a user's error (too few targets, no face), yielded in its
+    place under `keep_going`: one bad sitting in a folder is said, not the end of the run."""
+
+    reason: str
 
 
 def _start(cfg: FastPathConfig) -> None:
@@ -51,20 +60,31 @@ def map_sessions(
     cfg: FastPathConfig,
     fp: LazyFastPath,
     jobs: int,
+    *,
+    keep_going: bool = False,
 ) -> Iterator[Any]:
     """`fn(item, fast_path)` for each item, in order: here on `fp`, or on `jobs` spawned
     processes. `fn` must be a module-level function (it is sent by name) and its results
-    plain enough to send back."""
+    plain enough to send back. A `UserError` of `fn` is raised again here, or with
+    `keep_going` yielded as `Skipped(its message)` and the other items go on."""
     items = list(items)
     if jobs <= 1 or len(items) < 2:
         for item in items:
-            yield fn(item, fp)
+            try:
+                yield fn(item, fp)
+            except UserError as e:
+                if not keep_going:
+                    raise
+                yield Skipped(str(e))
         return
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(min(jobs, len(items)), initializer=_start, initargs=(cfg,)) as pool:
         for kind, res in pool.imap(_call, [(fn, item) for item in items]):
             if kind == "user":
-                raise UserError(res)
-            if kind == "bug":
+                if not keep_going:
+                    raise UserError(res)
+                yield Skipped(res)
+            elif kind == "bug":
                 raise RuntimeError(f"{fn.__name__} failed in a worker process:\n{res}")
-            yield res
+            else:
+                yield res

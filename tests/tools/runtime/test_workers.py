@@ -21,7 +21,7 @@ from tests.tools.runtime.test_workers import {fn}
 
 cfg = FastPathConfig()
 try:
-    print(list(map_sessions({fn}, [1, 2, 3], cfg, LazyFastPath(cfg), 2)))
+    print(list(map_sessions({fn}, [1, 2, 3], cfg, LazyFastPath(cfg), 2, keep_going={keep})))
 except UserError as e:
     print("UserError:", e)
 except RuntimeError as e:
@@ -55,10 +55,9 @@ def user_error_on_three(item, fp):
     return item
 
 
-def _run(fn: str) -> str:
-    p = subprocess.run(
-        [sys.executable, "-c", SCRIPT.format(fn=fn)], capture_output=True, text=True, timeout=300
-    )
+def _run(fn: str, keep_going: bool = False) -> str:
+    script = SCRIPT.format(fn=fn, keep=keep_going)
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     return p.stdout.strip()
 
@@ -75,6 +74,21 @@ def test_a_worker_error_the_pool_cannot_unpickle_is_raised_not_waited_on():
 
 def test_a_users_error_in_a_worker_is_a_user_error():
     assert _run("user_error_on_three") == "UserError: sitting 3: too few targets"
+
+
+def test_keep_going_yields_a_users_error_in_its_place_and_goes_on():
+    out = _run("user_error_on_three", keep_going=True)
+    assert out == "[1, 2, Skipped(reason='sitting 3: too few targets')]"
+    # here, on one process, the same
+    from gazeloop.fastpath.collect import LazyFastPath
+    from gazeloop.fastpath.pipeline import FastPathConfig
+    from gazeloop.tools.runtime.workers import Skipped, map_sessions
+
+    cfg = FastPathConfig()
+    got = list(
+        map_sessions(user_error_on_three, [1, 3], cfg, LazyFastPath(cfg), 1, keep_going=True)
+    )
+    assert got == [1, Skipped("sitting 3: too few targets")]
 
 
 def test_not_enough_targets_survives_a_trip_between_processes():
