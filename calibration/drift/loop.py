@@ -86,6 +86,16 @@ but a σ estimated low then also lowers the penalty: the simulated no-drift stre
 7.3 % instead of 4.3 %; with half the prior as the reference the walks stay at 4.3 % and the
 clicks at 7, their σ (0.036-0.045 screen widths, p10-p90) being that reference: the two
 regimes (simulated 0.057-0.079) are too close for σ to tell them apart reliably.
+Where the 16 comes from (2026-12-06, the same 300 streams): the loop's offset passes half
+the step at a median 12th label after the onset (quartiles 10 and 14), and per stream the
+larger of that and the told estimator's own labels to recover has a median of 14, so no
+estimate after detection could bring this detector to the criterion's 13.75; what the loop
+adds after detecting is 0 labels in median (upper quartile 5: later false changes). σ taken
+about each label's ±h neighbours (h 4-6: an undetected step spoils only the residuals next
+to it) detected at the 10th-11th and recovered grid9 in 13-14, but on the synthetic
+selection seeds (`loop_stats --base 50000`) in 15 at 7-7.7 % false walks against 16 at
+5.0 %; with `change_logp` raised until the walks came back (7.5: 5.7 %) it recovered in 16.
+The same trade as every σ above: less bias, more spread, more changes of noise.
 The new run's prior measured the same way (synthetic selection seeds, told 12): `drift_scale`
 0.03 recovers in 18 labels with 2.3 % false walks, 0.04 (kept) in 16 at 5.0 %, 0.08 in 17 at
 7.3 %: less shrinkage lets a chance run move the offset further and recovers no sooner. A

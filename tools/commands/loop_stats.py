@@ -1,7 +1,7 @@
 """The drift loop's statistics over many simulated label streams (the issue-4 criteria).
 
     python -m gazeloop.tools.commands.loop_stats [--seeds 300] [--base 0]
-        [--session synthetic|grid9] [--loop-module FILE.py] [--config JSON] [--jobs 2]
+        [--session synthetic|grid9] [--loop-module FILE.py] [--config JSON|FILE] [--jobs 2]
 
 Per seed, `labels_to_recover` as `calibration.drift.simulation` defines it (150 px step
 after label 10, label noise 100 px per axis, fast-path noise 80 px per axis, 60 labels; back
@@ -11,7 +11,8 @@ the error after the last label over the drifted error (worst and mean over seeds
 drift at all, the offset the loop holds from label 20 to 100 (RMS, p99, and the share of
 runs in which it ever exceeds 100 px: a false walk). `--loop-module` runs another
 implementation of `DriftLoop` / `LoopConfig` (e.g. an earlier version:
-`git show REV:calibration/drift/loop.py > old.py`).
+`git show REV:calibration/drift/loop.py > old.py`). `--config` takes `LoopConfig` fields as
+a JSON object, inline or in a file.
 Seeds: step streams BASE+s, junk streams BASE+100000+s, no-drift streams BASE+200000+s.
 """
 
@@ -24,6 +25,7 @@ import sys
 from multiprocessing import Pool
 
 import numpy as np
+from pydantic import ValidationError
 
 import gazeloop.calibration.drift.simulation as ls
 
@@ -50,7 +52,7 @@ def _setup(session: str, loop_module: str | None, config: dict) -> None:
     else:
         scr = (1728, 1080)
         pred, truth, _ = ls.synthetic_session(scr, grid=(5, 5), frames_per_target=30, seed=1)
-    cfg = ls.LoopConfig(aspect=scr[0] / scr[1], **config)
+    cfg = ls.LoopConfig(**{"aspect": scr[0] / scr[1], **config})
     _STATE.update(pred=pred, truth=truth, scr=scr, cfg=cfg)
 
 
@@ -73,6 +75,31 @@ def _job(a: tuple[str, int]):
     return np.hypot(off[:, 0], off[:, 1]), None
 
 
+def _read_config(arg: str, p: argparse.ArgumentParser) -> dict:
+    """`--config` as a dict of `LoopConfig` fields, checked here: a bad field would otherwise
+    surface as a traceback from inside each worker process."""
+    text = arg
+    if not arg.lstrip().startswith("{"):
+        try:
+            with open(arg, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as e:
+            p.error(f"--config {arg}: not a JSON object and not a readable file ({e.strerror})")
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as e:
+        p.error(f"--config {arg}: not valid JSON ({e.msg}, line {e.lineno})")
+    if not isinstance(config, dict):
+        p.error(f"--config {arg}: a JSON object of LoopConfig fields is needed")
+    try:
+        ls.LoopConfig(**config)
+    except (ValidationError, TypeError) as e:
+        first = e.errors()[0] if isinstance(e, ValidationError) else {"loc": (), "msg": str(e)}
+        where = ".".join(str(x) for x in first["loc"]) or "config"
+        p.error(f"--config {arg}: {where}: {first['msg']}")
+    return config
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m gazeloop.tools.commands.loop_stats", description=__doc__
@@ -81,10 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base", type=int, default=0)
     p.add_argument("--session", choices=("synthetic", "grid9"), default="synthetic")
     p.add_argument("--loop-module", help="a file defining DriftLoop and LoopConfig")
-    p.add_argument("--config", default="{}", help="LoopConfig fields as JSON")
+    p.add_argument("--config", default="{}", help="LoopConfig fields: a JSON object or file")
     p.add_argument("--jobs", type=int, default=2)
     args = p.parse_args(argv)
-    config = json.loads(args.config)
+    config = _read_config(args.config, p)
     init = (args.session, args.loop_module, config)
     b, n = args.base, args.seeds
     with Pool(args.jobs, initializer=_setup, initargs=init) as pool:
