@@ -159,7 +159,8 @@ def _screen(pts: SessionPoints) -> tuple[tuple[int, int], str]:
     return screen_from_targets(pts.truth_px), "targets with equal margins (no session.json)"
 
 
-def _need_targets(pts: SessionPoints, need: int, what: str) -> None:
+def need_targets(pts: SessionPoints, need: int, what: str) -> None:
+    """One line when `pts` has fewer usable targets than `what` needs."""
     n = len(np.unique(pts.groups))
     if n < need:
         raise UserError(f"{pts.folder}: {n} usable targets; {what} needs at least {need}")
@@ -375,7 +376,7 @@ def bench_injected(pts: SessionPoints, opts: LoopBenchOptions) -> dict[str, Any]
     truth = pts.truth_px / size
     feats = ", ".join(DEFAULT_FEATURES)
     if opts.calibration == "loto":
-        _need_targets(pts, min_targets(MAPPING) + 1, "leave-one-target-out calibration")
+        need_targets(pts, min_targets(MAPPING) + 1, "leave-one-target-out calibration")
         pred = loto_predict(MAPPING, pts.x, truth, pts.groups, aspect=aspect)
         groups = pts.groups
         how = (
@@ -383,7 +384,7 @@ def bench_injected(pts: SessionPoints, opts: LoopBenchOptions) -> dict[str, Any]
             "mapping fitted on the other targets"
         )
     else:
-        _need_targets(pts, min_targets(MAPPING), "calibration")
+        need_targets(pts, min_targets(MAPPING), "calibration")
         first = split_halves(pts.groups)
         counts = np.bincount(np.unique(pts.groups, return_inverse=True)[1])
         if counts.min() < 2:

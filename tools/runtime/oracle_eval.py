@@ -175,15 +175,11 @@ def eval_clicks(pts, screen_px, clicks_per_target: int, seed: int) -> list[Label
     the session's fast-path points (`pts`: `bench_loop.SessionPoints`)."""
     from gazeloop.calibration.mapping import loto_predict, min_targets
     from gazeloop.oracle.clicks import Click, ClickRules, judge
-    from gazeloop.tools.runtime.bench_loop import MAPPING
+    from gazeloop.tools.runtime.bench_loop import MAPPING, need_targets
     from gazeloop.tools.runtime.click_replay import HumanTiming, one_look
 
-    need = min_targets(MAPPING) + 1
-    if len(np.unique(pts.groups)) < need:
-        raise UserError(
-            f"{pts.folder}: {len(np.unique(pts.groups))} usable targets; the click replay "
-            f"predicts each from the others ({MAPPING}, leave-one-target-out), which needs {need}"
-        )
+    what = f"the click replay, predicting each from the others ({MAPPING}, leave-one-target-out),"
+    need_targets(pts, min_targets(MAPPING) + 1, what)
     size = np.asarray(screen_px, dtype=np.float64)
     truth = pts.truth_px / size
     pred_px = loto_predict(MAPPING, pts.x, truth, pts.groups, aspect=size[0] / size[1]) * size
