@@ -31,7 +31,9 @@ def test_bench_fastpath_reports_every_stage_and_excludes_loop_restarts(shared, c
 
 def test_bench_oracle_load_alternates_idle_and_busy_with_the_oracle_in_a_child(shared, capsys):
     video = shared / "data/video-corners4/calibrate.mp4"
-    args = ["bench", "fastpath", "--source", str(video), "--frames", "30", "--json"]
+    # Few frames: under a parallel test run the busy phase shares its cores with another
+    # test, and its synthetic load burns a core for as long as the phase lasts.
+    args = ["bench", "fastpath", "--source", str(video), "--frames", "10", "--json"]
     rc = main([*args, "--oracle-load", "--rounds", "2"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
@@ -41,7 +43,7 @@ def test_bench_oracle_load_alternates_idle_and_busy_with_the_oracle_in_a_child(s
     assert out["busy"]["oracle_worker"]["state"] == "busy"
     assert out["busy"]["oracle_worker"]["in"] == "process"
     assert out["busy"]["oracle_worker"]["backend"] == "cpu-load"
-    assert out["idle"]["frames"] == out["busy"]["frames"] == 60
+    assert out["idle"]["frames"] == out["busy"]["frames"] == 20
     assert out["p99_ratio"] == round(
         out["busy"]["total"]["p99_ms"] / out["idle"]["total"]["p99_ms"], 3
     )
