@@ -234,23 +234,20 @@ class LabelStore:
     def _init_schema(self) -> None:
         db = self._db
         try:
-            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                log.warning("%s: journal mode is %s, not WAL", self.root, mode)
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("PRAGMA foreign_keys=ON")
-            has_meta = db.execute(
-                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
-            ).fetchone()
-            version = None
-            if has_meta:
-                row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-                version = int(row[0]) if row else None
+            # Judged before anything is written: a database refused here stays as it was.
+            version = self._schema_version()
             if version is not None and version > SCHEMA_VERSION:
                 raise LabelStoreError(
                     f"label store {self.root} has schema version {version}, newer than the "
                     f"{SCHEMA_VERSION} this gazeloop reads; upgrade gazeloop to open it"
                 )
+            if version is None:
+                self._refuse_lost_database()
+            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                log.warning("%s: journal mode is %s, not WAL", self.root, mode)
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA foreign_keys=ON")
             # Schema 1 opens as it is: it differs only by its `sent` column, which inserts
             # leave at its default and nothing else writes.
             if version is None:
@@ -266,6 +263,39 @@ class LabelStore:
             raise LabelStoreError(
                 f"cannot initialise label store {self.root / DB_NAME}: {_describe_os_error(e)}"
             ) from e
+
+    def _schema_version(self) -> int | None:
+        """The store's schema version; None for a database with no tables at all (a new
+        store). Any other database is refused: writing our schema into it, or cleaning
+        "orphans" against its tables, would damage what it holds."""
+        db, path = self._db, self.root / DB_NAME
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if not tables:
+            return None
+        if "meta" not in tables or "labels" not in tables:
+            raise LabelStoreError(
+                f"{path} is not a gazeloop label store (tables: {sorted(tables)})"
+            )
+        row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        try:
+            return int(row[0])
+        except (TypeError, ValueError):
+            raise LabelStoreError(
+                f"{path} has no readable schema_version in its meta table: not opened, so "
+                "nothing in it is changed"
+            ) from None
+
+    def _refuse_lost_database(self) -> None:
+        """A database with no tables next to stored pictures is a lost database (emptied,
+        truncated, replaced), not a new store: every picture would look like an orphan of a
+        crash and be deleted."""
+        pictures = sum(1 for p in self.images.glob("*.jpg"))
+        if pictures:
+            raise LabelStoreError(
+                f"{self.root / DB_NAME} is empty but {self.images} holds {pictures} "
+                "picture(s): the database was lost or truncated; restore it from a backup "
+                "(nothing was changed), or move the pictures away to start a new store"
+            )
 
     def _clean_orphans(self) -> None:
         """Images without a row (a crash between image and commit) and our temp files."""

@@ -219,6 +219,58 @@ def test_newer_schema_is_a_clear_error(tmp_path):
         LabelStore(tmp_path)
 
 
+def _store_with_pictures(root, n: int = 3) -> list[str]:
+    with LabelStore(root) as store:
+        for i in range(n):
+            store.add(point(i), img(i), None, decision())
+    return sorted(p.name for p in (root / "images").iterdir())
+
+
+def test_an_emptied_database_beside_pictures_is_refused_and_nothing_is_deleted(tmp_path):
+    # Found by a fault-injection sweep: a zero-byte database opened as a new store made
+    # every picture an "orphan", and `train --labels` deleted them all.
+    pictures = _store_with_pictures(tmp_path)
+    (tmp_path / DB_NAME).write_bytes(b"")
+    with pytest.raises(LabelStoreError, match=r"is empty but .* holds 3 picture\(s\)"):
+        LabelStore(tmp_path)
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == pictures
+    assert (tmp_path / DB_NAME).read_bytes() == b""
+
+
+@pytest.mark.parametrize(
+    ("schema", "says"),
+    [
+        ("CREATE TABLE labels (a INTEGER)", "is not a gazeloop label store"),
+        (
+            "CREATE TABLE meta (key TEXT, value TEXT); CREATE TABLE labels (a INTEGER)",
+            "no readable schema_version",
+        ),
+        (
+            "CREATE TABLE meta (key TEXT, value TEXT); CREATE TABLE labels (a INTEGER);"
+            "INSERT INTO meta VALUES ('schema_version', 'two')",
+            "no readable schema_version",
+        ),
+    ],
+)
+def test_a_database_of_another_shape_is_refused_unchanged(tmp_path, schema, says):
+    pictures = _store_with_pictures(tmp_path)
+    (tmp_path / DB_NAME).unlink()
+    for extra in ("-wal", "-shm"):
+        (tmp_path / (DB_NAME + extra)).unlink(missing_ok=True)
+    with sqlite3.connect(tmp_path / DB_NAME) as db:
+        db.executescript(schema)
+    before = (tmp_path / DB_NAME).read_bytes()
+    with pytest.raises(LabelStoreError, match=says):
+        LabelStore(tmp_path)
+    assert (tmp_path / DB_NAME).read_bytes() == before
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == pictures
+
+
+def test_a_new_store_in_an_empty_folder_opens(tmp_path):
+    with LabelStore(tmp_path / "new") as store:
+        assert store.count() == 0
+
+
 def test_store_is_wal_with_full_sync(tmp_path):
     with LabelStore(tmp_path) as store:
         assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
