@@ -215,8 +215,10 @@ def _read_manifest(folder: Path) -> SessionManifest | None:
     # label silently, which is worse than a clear error.
     try:
         return SessionManifest.model_validate_json(path.read_bytes())
-    except (OSError, ValidationError) as e:
-        raise SessionError(f"bad session manifest {path}: {e}") from e
+    except OSError as e:
+        raise SessionError(f"cannot read session manifest {path}: {e.strerror or e}") from e
+    except ValidationError as e:
+        raise SessionError(f"bad session manifest {path}: {_validation_reason(e)}") from e
 
 
 def _validation_reason(e: ValidationError) -> str:

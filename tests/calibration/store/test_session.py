@@ -354,6 +354,27 @@ def test_bad_manifest_stops_the_read(tmp_path: Path) -> None:
     with pytest.raises(SessionError, match="bad session manifest") as e:
         read_session(d)
     assert MANIFEST_NAME in str(e.value)
+    # One line naming the field (it was pydantic's multi-line dump with a URL).
+    assert "\n" not in str(e.value) and "mirror: Extra inputs are not permitted" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("", "Invalid JSON"),
+        ("[1, 2, 3]", "Input should be an object"),
+        ('{"screen_px": "1512x945"}', "screen_px"),
+        ('{"screen_px": [-1512, 945]}', "screen_px must be positive"),
+    ],
+)
+def test_a_bad_manifest_is_one_line_naming_what_is_wrong(tmp_path: Path, text, says) -> None:
+    d = tmp_path / "s"
+    d.mkdir()
+    (d / MANIFEST_NAME).write_text(text)
+    with pytest.raises(SessionError) as e:
+        read_session(d)
+    msg = str(e.value)
+    assert "\n" not in msg and says in msg and str(d / MANIFEST_NAME) in msg, msg
 
 
 # --- records -------------------------------------------------------------------------------
