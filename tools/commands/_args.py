@@ -71,6 +71,20 @@ non_negative_float = _number(float, positive=False)
 non_negative_int = _number(int, positive=False)
 
 
+def finite_float(text: str) -> float:
+    """Any finite number (a position, which may be negative): NaN and infinities refused."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return v
+
+
+finite_float.__name__ = "a finite number"
+
+
 def fraction(text: str) -> float:
     """A share between 0 and 1."""
     v = non_negative_float(text)

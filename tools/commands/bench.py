@@ -16,6 +16,7 @@ from gazeloop.tools.commands._args import (
     broker_settings,
     check_plot_path,
     fastpath_config,
+    finite_float,
     fraction,
     non_negative_float,
     non_negative_int,
@@ -150,7 +151,7 @@ def _add_loop_parser(bsub) -> None:
     p.add_argument(
         "--noise-px", type=non_negative_float, default=100.0, help="label noise σ per axis (100)"
     )
-    p.add_argument("--bias-px", type=float, nargs=2, default=(0.0, 0.0), metavar=("X", "Y"))
+    p.add_argument("--bias-px", type=finite_float, nargs=2, default=(0.0, 0.0), metavar=("X", "Y"))
     p.add_argument("--outlier-rate", type=fraction, default=0.0, help="share of junk labels (0)")
     p.add_argument("--labels", type=positive_int, default=60, help="labels per stream (60)")
     p.add_argument(

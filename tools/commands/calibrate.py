@@ -35,6 +35,7 @@ from gazeloop.tools.commands._args import (
     add_fastpath_args,
     add_grid_args,
     fastpath_config,
+    finite_float,
     fixed_mapping,
     positive_float,
     positive_int,
@@ -81,7 +82,7 @@ def add_parser(sub) -> None:
     p.add_argument("--screen-mm", type=positive_float, nargs=2, metavar=("W", "H"))
     p.add_argument(
         "--camera-mm",
-        type=float,
+        type=finite_float,
         nargs=2,
         metavar=("X", "Y"),
         help="camera position from the screen's top-left corner (y < 0: above the screen)",

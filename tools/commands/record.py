@@ -20,7 +20,7 @@ from gazeloop.calibration.store.session import SessionManifest
 from gazeloop.calibration.store.writer import SessionWriter
 from gazeloop.fastpath.sources import CameraSource
 from gazeloop.fastpath.types import Frame
-from gazeloop.tools.commands._args import positive_float, positive_int
+from gazeloop.tools.commands._args import finite_float, positive_float, positive_int
 from gazeloop.tools.errors import UserError
 from gazeloop.tools.runtime.labelled import LabelledSource, open_labelled
 from gazeloop.tools.runtime.recording import RateGate, UnixClock
@@ -49,11 +49,21 @@ def add_parser(sub) -> None:
         help="where each frame's screen label comes from (auto: the source's targets)",
     )
     p.add_argument(
-        "--point", type=float, nargs=2, metavar=("X", "Y"), help="label every frame with this point"
+        "--point",
+        type=finite_float,
+        nargs=2,
+        metavar=("X", "Y"),
+        help="label every frame with this point",
     )
-    p.add_argument("--screen-px", type=positive_int, nargs=2, metavar=("W", "H"))
+    p.add_argument(
+        "--screen-px",
+        type=positive_int,
+        nargs=2,
+        metavar=("W", "H"),
+        help="the screen the labels are pixels of (default: the source's)",
+    )
     p.add_argument("--screen-mm", type=positive_float, nargs=2, metavar=("W", "H"))
-    p.add_argument("--camera-mm", type=float, nargs=2, metavar=("X", "Y"))
+    p.add_argument("--camera-mm", type=finite_float, nargs=2, metavar=("X", "Y"))
     p.add_argument(
         "--mirrored",
         action=argparse.BooleanOptionalAction,
@@ -69,6 +79,20 @@ def add_parser(sub) -> None:
 def _positive(name: str, v: float | None) -> None:
     if v is not None and not v > 0:
         raise UserError(f"--{name} must be positive, got {v}")
+
+
+def _screen(args, ls: LabelledSource, given: tuple[int, int] | None) -> tuple[int, int] | None:
+    """The screen the labels are pixels of: the source's for its own targets (a different
+    --screen-px is refused: it was silently ignored), else --screen-px, else the source's."""
+    own = tuple(ls.screen_px) if ls.screen_px else None
+    targets = args.label == "targets" or (args.label == "auto" and args.point is None)
+    if targets and own and given and own != given:
+        raise UserError(
+            f"--screen-px {given[0]}x{given[1]}: {args.source} recorded its targets on a "
+            f"{own[0]}x{own[1]} screen, in whose pixels its labels are; leave --screen-px out, "
+            "or label with --point or --label cursor"
+        )
+    return given or own
 
 
 def _labeler(args, ls: LabelledSource, screen_px: tuple[int, int]) -> tuple[str, Labeler]:
@@ -134,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
     given_px = tuple(args.screen_px) if args.screen_px else None
     ls = open_labelled(args.source, screen_px=given_px, mirrored=args.mirrored)
     with ls:
-        screen_px = ls.screen_px or given_px
+        screen_px = _screen(args, ls, given_px)
         if screen_px is None:
             raise UserError(
                 f"the screen size is unknown ({args.source} has no session.json): give "

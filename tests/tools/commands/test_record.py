@@ -124,6 +124,28 @@ def test_bad_limits_are_rejected(tmp_path):
         assert rc == 2 and flag in err
 
 
+def test_positions_that_are_not_finite_are_refused_at_the_flag(tmp_path):
+    # `--camera-mm nan 0` was written into session.json as [null, 0], which nothing could
+    # read back.
+    for flag in ("--camera-mm", "--point"):
+        rc, _, err = cli("record", tmp_path / "a", "--source", "97", flag, "nan", 0)
+        assert rc == 2 and flag in err and "finite" in err, err
+    assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.slow
+def test_a_screen_other_than_the_targets_own_is_refused_and_a_point_label_takes_it(
+    shared, tmp_path
+):
+    video = shared / "data/video-corners4/calibrate.mp4"
+    args = ("--source", video, "--screen-px", 1920, 1080, "--frames", 2)
+    rc, _, err = cli("record", tmp_path / "a", *args)
+    assert rc == 2 and "--screen-px 1920x1080" in err and "2560x1440" in err, err
+    rc, _, err = cli("record", tmp_path / "b", *args, "--point", 100, 100)
+    assert rc == 0, err
+    assert read_session(tmp_path / "b").manifest.screen_px == (1920, 1080)
+
+
 def test_rate_gate_keeps_the_target_rate_through_jitter_and_gaps():
     gate = RateGate(15.0)  # 66.7 ms
     # A 30 fps camera with up to 2 ms of jitter: every other frame.
