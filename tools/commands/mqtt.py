@@ -168,6 +168,7 @@ def run_announce(args: argparse.Namespace) -> int:
 def run_fetch(args: argparse.Namespace) -> int:
     from gazeloop.tools.runtime.mqtt.models import ModelFetcher
 
+    check_writable(args.registry, folder=True)  # else every fetch fails as a "broker problem"
     fetcher = ModelFetcher(broker_settings(args), args.registry, model_id=args.model_id)
 
     async def main() -> None:
@@ -180,5 +181,6 @@ def run_fetch(args: argparse.Namespace) -> int:
     if fetcher.last_entry is not None:
         e = fetcher.last_entry
         print(f"fetched {e.model_id} as v{e.version} into {e.path}")
-    print(json.dumps({"fetched": st.fetched, "already_had": st.already_had, "failed": st.failed}))
+    counts = {"fetched": st.fetched, "already_had": st.already_had, "failed": st.failed}
+    print(json.dumps({**counts, "malformed": st.malformed, "last_error": st.last_error}))
     return 0 if st.failed == 0 or st.fetched > 0 else 1

@@ -135,6 +135,11 @@ ROWS = [
         lambda o, t: ["collect", "--mqtt", "mqtt://127.0.0.1:9", "--out", str(o)],
         False,
     ),
+    (
+        "fetch --registry",
+        lambda o, t: ["fetch", "--mqtt", "mqtt://127.0.0.1:9", "--registry", str(o)],
+        False,
+    ),
 ]
 KINDS = ["readonly", "full", "under_file"]
 

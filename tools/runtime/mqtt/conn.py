@@ -50,6 +50,16 @@ def topic_part(name: str) -> str:
     return name
 
 
+def _check_ca(ca: Path) -> None:
+    """A CA file that holds no certificate fails every TLS handshake, which the connection
+    supervisor would retry for ever as a broker problem: it is the user's file, said once."""
+    try:
+        ssl.create_default_context(cafile=str(ca))
+    except (ssl.SSLError, OSError) as e:
+        why = getattr(e, "reason", None) or getattr(e, "strerror", None) or str(e)
+        raise MqttConfigError(f"CA file {ca} holds no usable PEM certificate ({why})") from None
+
+
 @dataclass(frozen=True, slots=True)
 class MqttSettings:
     host: str
@@ -94,6 +104,8 @@ class MqttSettings:
         ca = Path(ca_file) if ca_file is not None else None
         if ca is not None and not ca.is_file():
             raise MqttConfigError(f"CA file not found: {ca}")
+        if ca is not None:
+            _check_ca(ca)
         settings = cls(
             host=parts.hostname,
             port=port or _DEFAULT_PORT[tls],

@@ -369,7 +369,12 @@ class ModelFetcher:
                 if not payload:
                     continue  # the announcer clearing an older model's retained chunk
                 if not (index.isdigit() and transfer.add(int(index), bytes(payload))):
+                    # Chunks are retained: a wrong one stays until the model is announced
+                    # again, so waiting out the deadline for the right one is waiting in vain.
                     self._counts["malformed"] += 1
+                    self._transfer = None
+                    why = f"chunk {index} is not the one announced ({len(payload)} bytes)"
+                    await self._fail(client, transfer, why)
                     continue
                 if transfer.complete:
                     self._transfer = None
