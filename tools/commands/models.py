@@ -163,19 +163,34 @@ def _build_face_onnx(out_dir: Path, task: Path, force: bool) -> None:
 
 def run_check(args: argparse.Namespace) -> int:
     bad = 0
+    task = None
     for spec in (models.FACE_LANDMARKER, models.GAZE_IR_XML, models.GAZE_IR_BIN):
         try:
-            print(f"ok       {spec.name}: {models.resolve(spec)}")
+            path = models.resolve(spec)
+            print(f"ok       {spec.name}: {path}")
+            task = path if spec is models.FACE_LANDMARKER else task
         except models.ModelFileError as e:
             bad += 1
             print(f"MISSING  {e}")
-    try:
-        print(f"ok       {models.GAZE_ONNX.name}: {models.resolve(models.GAZE_ONNX)}")
-    except models.ModelFileError:
-        print(f"not built {models.GAZE_ONNX.name}: run `gazeloop models build`")
+    _check_built(models.GAZE_ONNX, models.onnx_is_current)
+    digest = models.sha256_file(task) if task is not None else None
     for spec in (models.FACE_DETECTOR_ONNX, models.FACE_LANDMARKS_ONNX):
-        try:
-            print(f"ok       {spec.name}: {models.resolve(spec)}")
-        except models.ModelFileError:
-            print(f"not built {spec.name}: run `gazeloop models build`")
+        _check_built(spec, lambda p: digest is not None and models.face_onnx_is_current(p, digest))
     return 1 if bad else 0
+
+
+def _check_built(spec, current) -> None:
+    """A built ONNX file is "ok" only when it reads and came from the pinned sources with
+    this builder (a truncated or stale one was reported ok, and rebuilt at the next use)."""
+    try:
+        path = models.resolve(spec)
+    except models.ModelFileError:
+        print(f"not built {spec.name}: run `gazeloop models build`")
+        return
+    if current(path):
+        print(f"ok       {spec.name}: {path}")
+    else:
+        print(
+            f"stale    {spec.name}: {path} is damaged or from other sources; it is rebuilt "
+            "at its next use, or now with `gazeloop models build --force`"
+        )

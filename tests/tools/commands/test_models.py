@@ -45,3 +45,26 @@ def test_promote_and_rollback_move_what_is_served(tmp_path, capsys):
 @pytest.fixture(autouse=True)
 def _home(tmp_path, monkeypatch):
     monkeypatch.setenv("GAZELOOP_HOME", str(tmp_path / "home"))
+
+
+def test_check_calls_a_damaged_built_model_stale_not_ok(shared, tmp_path, monkeypatch, capsys):
+    """A truncated ONNX in the cache was reported "ok" (and rebuilt only at its next use)."""
+    import shutil
+
+    from gazeloop.fastpath import models
+    from gazeloop.tools.cli import main
+
+    monkeypatch.setenv("GAZELOOP_MODELS", str(shared / "models"))
+    built = [models.resolve_gaze_onnx(), *models.resolve_face_onnx()]
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for p in built:
+        shutil.copy(p, cache / p.name)
+    gaze = cache / models.GAZE_ONNX.name
+    gaze.write_bytes(gaze.read_bytes()[:100_000])
+    monkeypatch.setenv(models.ENV_CACHE, str(cache))
+    assert main(["models", "check"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    (stale,) = [x for x in lines if x.startswith("stale")]
+    assert models.GAZE_ONNX.name in stale and str(gaze) in stale
+    assert sum(x.startswith("ok") for x in lines) == 5
