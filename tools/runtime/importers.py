@@ -333,7 +333,7 @@ def read_calibration_csv(path: str | os.PathLike[str]) -> tuple[list[str], list[
             line = reader.line_num
             if not any(cell.strip() for cell in row):
                 continue
-            at = f"{path.name} line {line}"
+            at = f"{path} line {line}"
             if len(row) < len(names):
                 raise SessionImportError(f"{at}: {len(row)} fields, the header has {len(names)}")
             idx = _float(row[i_idx], f"{at} column idx")
@@ -402,18 +402,30 @@ def mp4_creation_ms(path: str | os.PathLike[str]) -> int | None:
     return None
 
 
-def _csv_clock_ms(rows: list[CsvRow]) -> list[int] | None:
-    """The study's per-row wall clock in unix ms, if present, plausible and increasing."""
+def _longest_fixation(rows: list[CsvRow]) -> int:
+    """The most rows in a row on one target."""
+    longest = run = 0
+    for i, r in enumerate(rows):
+        run = run + 1 if i and r.target == rows[i - 1].target else 1
+        longest = max(longest, run)
+    return longest
+
+
+def _csv_clock_ms(rows: list[CsvRow]) -> tuple[list[int] | None, str]:
+    """The study's per-row wall clock in unix ms if present, plausible and increasing, or
+    None with why not (said in the session's notes: the timestamps then come from the video)."""
     if not rows or any(r.unix_s is None for r in rows):
-        return None
+        return None, f"no {_TIME_COLUMN} on every row"
     secs = [float(r.unix_s) for r in rows]  # type: ignore[arg-type]
     lo, hi = _PLAUSIBLE_UNIX_S
-    if not all(math.isfinite(s) and lo < s < hi for s in secs):
-        return None
+    for r, sec in zip(rows, secs, strict=True):
+        if not (math.isfinite(sec) and lo < sec < hi):
+            return None, f"line {r.line}: {_TIME_COLUMN} {sec:g} is not a plausible unix time"
     ms = [round(s * 1000) for s in secs]
-    if any(b <= a for a, b in zip(ms, ms[1:], strict=False)):
-        return None
-    return ms
+    for r, a, b in zip(rows[1:], ms, ms[1:], strict=False):
+        if b <= a:
+            return None, f"line {r.line}: {_TIME_COLUMN} does not increase"
+    return ms, ""
 
 
 # --- the import --------------------------------------------------------------------------
@@ -526,6 +538,12 @@ def import_corners4(
     settle = DEFAULT_SETTLE_FRAMES if settle_frames is None else int(settle_frames)
     if settle < 0:
         raise ValueError(f"settle_frames must be >= 0, got {settle_frames}")
+    longest = _longest_fixation(rows)
+    if settle >= longest:
+        raise SessionImportError(
+            f"settle_frames {settle} would mark every frame settling: the longest look at one "
+            f"target in {src / CSV_NAME} has {longest} frames; give a smaller --settle-frames"
+        )
 
     screen_px: tuple[int, int] = stats["screen_px"]
     screen_mm: tuple[float, float] = stats["screen_mm"]
@@ -576,7 +594,7 @@ def import_corners4(
             else out
         )
 
-        clock = _csv_clock_ms(rows)
+        clock, no_clock = _csv_clock_ms(rows)
         base_ms = None if clock else (mp4_creation_ms(video) or FALLBACK_BASE_MS)
         written: list[Path] = []
         frame_size = (0, 0)
@@ -629,7 +647,9 @@ def import_corners4(
         intrinsics_note = f"{INTRINSICS_NAME} absent: no camera intrinsics."
     per_target = dict(sorted(Counter(r.target for r in rows).items()))
     timestamps_from = (
-        "csv Timestamp" if clock else f"base {base_ms} ms + media time (no usable csv clock)"
+        "csv Timestamp"
+        if clock
+        else f"base {base_ms} ms + media time (no usable csv clock: {no_clock})"
     )
     notes = [
         f"Imported from {src} ({VIDEO_NAME} + {CSV_NAME}): {len(rows)} frames, targets "

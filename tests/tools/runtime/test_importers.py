@@ -282,6 +282,35 @@ def test_without_a_wall_clock_time_is_base_plus_media_time(tmp_path):
     # OpenCV's muxer wrote creation time 0, so the fixed base is used.
     assert [r["timestamp"] for r in recs[:3]] == [FALLBACK_BASE_MS + d for d in (0, 50, 100)]
     assert report.timestamps_from.startswith(f"base {FALLBACK_BASE_MS}")
+    assert "no usable csv clock: no Timestamp on every row" in report.timestamps_from
+
+
+@pytest.mark.slow
+@needs_src
+def test_a_clock_that_goes_back_says_where(tmp_path):
+    def swap(rows):
+        i = rows[0].index("Timestamp")
+        rows[5][i], rows[6][i] = rows[6][i], rows[5][i]
+        return rows
+
+    report = import_corners4(doctored_copy(tmp_path / "src", swap), tmp_path / "out")
+    assert "no usable csv clock: line 7: Timestamp does not increase" in report.timestamps_from
+
+
+@needs_src
+def test_settling_every_frame_is_refused_before_anything_is_written(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(SessionImportError, match=r"would mark every frame settling.*smaller"):
+        import_corners4(SRC, out, settle_frames=1_000_000)
+    assert not out.exists()
+
+
+@needs_src
+def test_a_bad_row_names_its_file(tmp_path):
+    src = doctored_copy(tmp_path / "src", lambda rows: [*rows[:10], rows[10][:3], *rows[11:]])
+    with pytest.raises(SessionImportError) as e:
+        import_corners4(src, tmp_path / "out")
+    assert str(src / "Calibration.csv") in str(e.value) and "line 11" in str(e.value)
 
 
 # --- helpers ---------------------------------------------------------------------------
