@@ -32,6 +32,11 @@ def _pairs(a: Any) -> np.ndarray:
     return arr
 
 
+# No screen is wider or taller than this many pixels (8K is 7680x4320): a size or a label
+# beyond it is not of any screen, whatever it was recorded on (a typo, a unit mix-up).
+MAX_SCREEN_PX = 16384
+
+
 class ScreenGeometry(BaseModel):
     """A screen: its size in pixels and, when known, in millimetres, where the camera sits
     and how far the user's eyes are from it.
@@ -53,6 +58,8 @@ class ScreenGeometry(BaseModel):
     def _positive_px(cls, v: tuple[int, int]) -> tuple[int, int]:
         if v[0] <= 0 or v[1] <= 0:
             raise ValueError(f"screen size in px must be positive, got {v[0]}x{v[1]}")
+        if v[0] > MAX_SCREEN_PX or v[1] > MAX_SCREEN_PX:
+            raise ValueError(f"screen size {v[0]}x{v[1]} px is beyond any screen")
         return v
 
     @field_validator("mm")

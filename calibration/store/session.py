@@ -20,6 +20,8 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from gazeloop.calibration.geometry import MAX_SCREEN_PX
+
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "session.json"
@@ -134,6 +136,8 @@ class SessionManifest(BaseModel):
     def _positive_px(cls, v: tuple[int, int]) -> tuple[int, int]:
         if v[0] <= 0 or v[1] <= 0:
             raise ValueError(f"screen_px must be positive, got {v}")
+        if v[0] > MAX_SCREEN_PX or v[1] > MAX_SCREEN_PX:
+            raise ValueError(f"screen_px {v} is beyond any screen ({MAX_SCREEN_PX} px)")
         return v
 
     @field_validator("screen_mm")
@@ -238,9 +242,6 @@ def _label_problem(record: SeedRecord, screen_px: tuple[int, int] | None) -> str
     return None
 
 
-# No screen is wider or taller than this many pixels (8K is 7680x4320): a label beyond it
-# is not a point of any screen, whatever size it was recorded on.
-MAX_SCREEN_PX = 16384
 # A target farther outside the box of the session's other targets than this many times that
 # box's size (at least MIN_SPREAD_PX) is not on the same screen as them: a typo, a unit
 # mix-up, a corrupt record.

@@ -39,6 +39,7 @@ def test_points_must_be_pairs():
     [
         ({"px": (0, 1080)}, "px must be positive"),
         ({"px": (1920, -1)}, "px must be positive"),
+        ({"px": (10**9, 10**9)}, "beyond any screen"),  # a collector took it as a folder name
         ({"px": (1920, 1080), "mm": (345.6, 0.0)}, "mm must be positive"),
         ({"px": (1920, 1080), "mm": (math.inf, 194.4)}, "mm must be positive and finite"),
         ({"px": (1920, 1080), "viewing_distance_mm": 0.0}, "viewing_distance_mm must be"),

@@ -510,6 +510,8 @@ def test_malformed_labels_are_counted_and_never_written(broker, tmp_path):
         ("gazeloop/bob/mac/labels", wire(store, good)),  # says ann/mac, arrives as bob's
         (topic, variant(uid="ann/mac/999/snap-other")),
         (topic, variant(label={**ok["label"], "observation": {"kind": "point", "xy": [1e400, 0]}})),
+        (topic, variant(snapshot_ms=10**20)),  # it named a file img_1000...000.jpg
+        (topic, variant(screen={"px": [10**9, 10**9]})),  # a folder ann__mac__1e9x1e9
     ]
     out = tmp_path / "dataset"
     collector = Collector(broker.url, out, backoff=FAST).start()
@@ -653,6 +655,18 @@ def tiny_model(folder: Path, model_id: str, n_weights: int) -> tuple[Path, dict]
         "opset": 17,
     }
     return path, card
+
+
+def test_a_card_of_another_model_is_refused_naming_the_model(tmp_path):
+    from gazeloop.tools.runtime.mqtt.models import AnnounceError, ModelAnnouncer
+
+    path, card = tiny_model(tmp_path / "m", "gaze-net", 1_000)
+    card["onnx_sha256"] = "0" * 64
+    path.with_name(path.stem + ".card.json").write_text(json.dumps(card))
+    # Refused before any connection: the port has no broker.
+    with pytest.raises(AnnounceError) as e:
+        ModelAnnouncer("mqtt://127.0.0.1:9").announce_path(path)
+    assert str(path) in str(e.value) and "do not belong together" in str(e.value)
 
 
 @pytest.mark.slow

@@ -107,7 +107,9 @@ class LabelMessage(BaseModel):
     user: str
     device: str
     label_id: int  # the row in the laptop's store
-    snapshot_ms: int = Field(ge=0)  # the snapshot's wall-clock time (unix ms)
+    # The snapshot's wall-clock time (unix ms); before 2286, so it names a file (the
+    # collector's img_<ms>) that every reader takes for a time.
+    snapshot_ms: int = Field(ge=0, lt=10**13)
     label: OracleLabel
     screen: ScreenGeometry | None = None  # the screen the label's xy is normalised to
     fast_xy: tuple[float, float] | None = None  # the fast path's estimate at the same time

@@ -145,7 +145,10 @@ def build_announcement(
 ) -> tuple[ModelAnnouncement, list[bytes]]:
     digest = hashlib.sha256(data).hexdigest()
     if card.get("onnx_sha256") not in (None, digest):
-        raise AnnounceError("the model's SHA-256 differs from its card's: they do not belong")
+        raise AnnounceError(
+            f"its SHA-256 {digest[:16]}... differs from its card's onnx_sha256 "
+            f"{str(card.get('onnx_sha256'))[:16]}...: the model and the card do not belong together"
+        )
     chunks = [data[i : i + chunk_size] for i in range(0, len(data), chunk_size)]
     model_id = str(card["model_id"])
     ann = ModelAnnouncement(
@@ -199,9 +202,12 @@ class ModelAnnouncer:
     async def announce(
         self, onnx_path: str | Path, card: dict[str, Any], *, clear_previous: bool = True
     ) -> ModelAnnouncement:
-        ann, chunks = build_announcement(
-            Path(onnx_path).read_bytes(), card, chunk_size=self.chunk_size
-        )
+        try:
+            ann, chunks = build_announcement(
+                Path(onnx_path).read_bytes(), card, chunk_size=self.chunk_size
+            )
+        except AnnounceError as e:
+            raise AnnounceError(f"{onnx_path}: {e}") from None
         async with connected(self.settings, identifier=client_id("announce")) as c:
             previous = await self._previous(c) if clear_previous else None
             gate = asyncio.Semaphore(self.in_flight)
