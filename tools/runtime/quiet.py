@@ -29,6 +29,9 @@ def silence_opencv() -> None:
     lines ("[ WARN:0@1.1] global cap_v4l.cpp ...", an FFMPEG exception text over several
     lines) that read as a crash, and a multi-line record cannot be filtered line by line.
     Our own message says what failed; `-v` leaves OpenCV's log as it is."""
+    # FFmpeg, inside OpenCV, logs through its own channel ("[mov,mp4,...] moov atom not
+    # found" before our one line on a truncated video); OpenCV reads this when it opens one.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     import cv2
 
     logging_mod = getattr(getattr(cv2, "utils", None), "logging", None)

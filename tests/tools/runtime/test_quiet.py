@@ -75,3 +75,13 @@ def test_a_missing_camera_is_our_one_line_not_opencvs_log():
     assert len(lines) == 1 and lines[0].startswith("gazeloop bench: cannot open camera 0"), lines
     loud = _run("-v", "bench", "fastpath", "--source", "0", "--frames", "1")
     assert len(loud.stderr.decode().splitlines()) > 1  # OpenCV's own lines, when asked for
+
+
+@pytest.mark.slow
+def test_a_truncated_video_is_our_one_line_not_ffmpegs(shared, tmp_path):
+    video = tmp_path / "cut.mp4"
+    video.write_bytes((shared / "data/video-corners4/calibrate.mp4").read_bytes()[:50_000])
+    r = _run("track", str(video))
+    lines = r.stderr.decode().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, lines  # FFmpeg's "moov atom not found" too
+    assert lines[0].startswith("gazeloop track: cannot open video") and str(video) in lines[0]
