@@ -4,11 +4,12 @@ Layout (`out_dir/checkpoints/step-NNNNNNN/`), every file written atomically:
 - `model.safetensors` + `.json` sidecar (`trainer.model.save_checkpoint`: MODEL_VERSION,
   architecture, weights hash);
 - `optimizer.safetensors` (every state tensor, flattened as `state/<parameter>/<stat>`,
-  keyed by parameter name) + `optimizer.json` (param groups and non-tensor state);
+  keyed by parameter name) + `optimizer.json` (param groups, non-tensor state and the
+  tensors' hash);
 - `trainer_state.json` (step, epoch, best metric, early-stopping count, seed).
 A checkpoint is assembled in a hidden folder and renamed into place; `latest.json` then names
-it. A checkpoint from another MODEL_VERSION is refused with a `CheckpointError` before
-anything is written.
+it. A checkpoint from another MODEL_VERSION, or with a damaged file, is refused with a
+`CheckpointError` naming the file before anything is written.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 import torch
 
 from gazeloop.calibration.store.atomic import atomic_path, atomic_write_bytes, fsync_dir
+from gazeloop.fastpath.models import sha256_file
 from gazeloop.trainer.config import TrainConfig, TrainError
 from gazeloop.trainer.logs import strict_json
 from gazeloop.trainer.model import (
@@ -39,6 +41,8 @@ OPTIMIZER_FORMAT = "gazeloop.trainer.optimizer"
 STATE_VERSION = 1
 CHECKPOINTS = "checkpoints"
 LATEST = "latest.json"
+OPTIMIZER_DOC = "optimizer.json"
+OPTIMIZER_TENSORS = "optimizer.safetensors"
 
 
 def _write_json(path: Path, doc: Any) -> None:
@@ -86,25 +90,72 @@ def save_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Module, fol
             else:
                 scalars.setdefault(names[idx], {})[stat] = _json_scalar(v)
     meta = {"format": OPTIMIZER_FORMAT, "model_version": MODEL_VERSION}
-    with atomic_path(folder / "optimizer.safetensors") as tmp:
+    with atomic_path(folder / OPTIMIZER_TENSORS) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
     groups = []
     for g in sd["param_groups"]:
         doc = {k: _json_scalar(v) for k, v in g.items() if k != "params"}
         groups.append(doc | {"params": [names[i] for i in g["params"]]})
     doc = {**meta, "type": type(optimizer).__name__, "param_groups": groups, "scalars": scalars}
-    _write_json(folder / "optimizer.json", doc)
+    # As the weights' sidecar does: a damaged file is refused before a resume reads data.
+    doc["tensors_sha256"] = sha256_file(folder / OPTIMIZER_TENSORS)
+    _write_json(folder / OPTIMIZER_DOC, doc)
 
 
-def load_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Module, folder: Path) -> None:
-    from safetensors.torch import load_file
-
-    doc = json.loads((folder / "optimizer.json").read_text())
+def check_optimizer_state(folder: Path) -> dict[str, Any]:
+    """`optimizer.json`, in the shape `load_optimizer` reads, and `optimizer.safetensors`
+    against its hash (checkpoints written before the hash: its header is read instead), so
+    a damaged file is one line naming it, before a resumed run loads any data."""
+    path = folder / OPTIMIZER_DOC
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable ({e})") from e
+    if not _is_optimizer_doc(doc):
+        raise CheckpointError(f"{path}: not a gazeloop optimizer state")
     if doc.get("model_version") != MODEL_VERSION:
         raise CheckpointError(
             f"{folder}: optimizer state is for model version {doc.get('model_version')!r}, "
             f"not {MODEL_VERSION!r}"
         )
+    tensors = folder / OPTIMIZER_TENSORS
+    want = doc.get("tensors_sha256")
+    if want is not None and (not tensors.is_file() or sha256_file(tensors) != want):
+        raise CheckpointError(f"{tensors}: missing or damaged (does not match {path.name})")
+    if want is None:
+        _optimizer_tensors(folder, header_only=True)
+    return doc
+
+
+def _is_optimizer_doc(doc: Any) -> bool:
+    if not isinstance(doc, dict) or not isinstance(doc.get("scalars"), dict):
+        return False
+    groups = doc.get("param_groups")
+    return isinstance(groups, list) and all(
+        isinstance(g, dict)
+        and isinstance(g.get("params"), list)
+        and all(isinstance(n, str) for n in g["params"])
+        for g in groups
+    )
+
+
+def _optimizer_tensors(folder: Path, *, header_only: bool = False) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    path = folder / OPTIMIZER_TENSORS
+    try:
+        if header_only:
+            with safe_open(str(path), framework="pt") as f:
+                f.keys()
+            return {}
+        return load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path}: unreadable ({' '.join(str(e).split())})") from e
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Module, folder: Path) -> None:
+    doc = check_optimizer_state(folder)
     index = {n: i for i, n in enumerate(_param_names(model))}
     saved = {n for g in doc["param_groups"] for n in g["params"]}
     if saved != set(index):
@@ -112,16 +163,30 @@ def load_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Module, fol
             f"{folder}: optimizer state is for other parameters "
             f"({len(saved ^ set(index))} differ, e.g. {sorted(saved ^ set(index))[:3]})"
         )
+    try:
+        state = _indexed_state(_optimizer_tensors(folder), doc["scalars"], index)
+        # torch pairs saved and current parameters by POSITION within the groups, so list
+        # them in the current order (the optimizer was built from `trained_parameters`).
+        groups = [
+            g | {"params": sorted(index[n] for n in g["params"])} for g in doc["param_groups"]
+        ]
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
+    except (KeyError, ValueError, TypeError, AttributeError) as e:
+        # Hash and shape checked, yet not this optimizer's state: edited by hand, or written
+        # by another build. Refused whole: a half-loaded state would train on silently.
+        raise CheckpointError(f"{folder}: optimizer state does not fit ({e!r})") from e
+
+
+def _indexed_state(
+    tensors: dict[str, torch.Tensor], scalars: dict[str, Any], index: dict[str, int]
+) -> dict[int, dict[str, Any]]:
     state: dict[int, dict[str, Any]] = {}
-    for key, t in load_file(str(folder / "optimizer.safetensors")).items():
+    for key, t in tensors.items():
         _, name, stat = key.split("/")
         state.setdefault(index[name], {})[stat] = t
-    for name, st in doc["scalars"].items():
+    for name, st in scalars.items():
         state.setdefault(index[name], {}).update(st)
-    # torch pairs saved and current parameters by POSITION within the groups, so list them
-    # in the current order (the optimizer was built from `trained_parameters`).
-    groups = [g | {"params": sorted(index[n] for n in g["params"])} for g in doc["param_groups"]]
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    return state
 
 
 # --- the trainer state and the checkpoint folder ---------------------------------------------
@@ -191,6 +256,8 @@ def read_trainer_state(folder: Path) -> dict[str, Any]:
         state = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{path}: unreadable ({e})") from e
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a gazeloop trainer state v{STATE_VERSION}")
     if state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
         raise CheckpointError(f"{path}: not a gazeloop trainer state v{STATE_VERSION}")
     if state.get("model_version") != MODEL_VERSION:
@@ -200,6 +267,7 @@ def read_trainer_state(folder: Path) -> dict[str, Any]:
             "in another out_dir (init from an exported model) instead of resuming"
         )
     read_checkpoint_info(folder / "model.safetensors")  # version and weights hash
+    check_optimizer_state(folder)
     return state
 
 

@@ -12,6 +12,13 @@ from gazeloop.fastpath.pipeline import FastPathConfig
 from gazeloop.trainer.datasets import DataSource
 from gazeloop.trainer.tune import Tune
 
+# Adam moves every weight by about lr per step whatever the gradient's scale, so above 1 a
+# single step outweighs a pretrained network's weights (nothing is fine-tuned any more), and
+# an lr near the float limit (1e300) overflows inside torch's optimizer.
+MAX_LR = 1.0
+# accelerate's set_seed seeds numpy's global generator, which takes 0 .. 2**32 - 1.
+MAX_SEED = 2**32 - 1
+
 
 class TrainError(RuntimeError):
     """A run that cannot start (bad data, an out_dir that holds another run)."""
@@ -40,7 +47,7 @@ class TrainConfig(BaseModel):
     # judged by the gate on grid9, stock 67.1 px, 1e-4 74.1 px, 1e-5 66.9 px (10 steps,
     # 2026-12-04; earlier 81.1 → 103.5 vs 80.8 px). A few sessions cannot move a
     # pretrained network far without overfitting them.
-    lr: float = Field(1e-5, gt=0)
+    lr: float = Field(1e-5, gt=0, le=MAX_LR)
     tune: Tune = Field(
         "all",
         description="what trains (trainer.tune): every layer, the last conv block and the "
@@ -57,7 +64,7 @@ class TrainConfig(BaseModel):
     ridge_lambda: float = Field(0.1, gt=0, description="= the runtime ridge mapping's alpha")
     angular_weight: float = Field(1.0, ge=0)
     aspect: float = Field(16 / 9, gt=0, description="screen w/h for the loss and % diagonal")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     val_fraction: float = Field(0.2, ge=0, lt=1)
     patience: int = Field(5, ge=1, description="epochs without a better validation")
     checkpoint_every: int = Field(200, ge=1, description="steps")

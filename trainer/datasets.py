@@ -178,6 +178,7 @@ class UnitReport:
     skipped: int
     cached: bool
     error: str | None = None
+    targets: int = 0  # distinct screen targets among the samples (what a calibration needs)
 
 
 @dataclass(slots=True)
@@ -307,6 +308,7 @@ def load_data(
                 units.append(report)
                 if not len(part):
                     continue
+                report.targets = _screen_targets(part)
                 part.weight = (part.weight * np.float32(src.weight)).astype(np.float32)
                 # Targets are ids within a unit and person; make them unique overall.
                 keys = list(zip(part.person.tolist(), part.target.tolist(), strict=True))
@@ -327,6 +329,13 @@ def load_data(
     for s in excluded:
         log.warning("excluded person %s", s)
     return GazeData(samples=samples, skipped=skipped, excluded=excluded, units=units)
+
+
+def _screen_targets(part: Samples) -> int:
+    """Distinct screen points among a unit's samples: a unit's target ids may be -1 (each
+    frame its own), its labels never are."""
+    screen = part.screen[np.isfinite(part.screen).all(1)]
+    return len(np.unique(screen, axis=0))
 
 
 def _read_unit(

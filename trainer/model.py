@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
@@ -480,10 +481,21 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> 
     model = GazeNet(doc["architecture"])
     try:
         state = load_file(str(path), device=str(device))
+    except (SafetensorError, OSError) as exc:
+        # The hash only vouches for the file it was taken of: a sidecar rewritten after the
+        # file was cut short (a copy by hand) matches it and still cannot be read.
+        raise CheckpointError(f"{path}: unreadable weights ({_one_line(exc)})") from exc
+    try:
         model.load_state_dict(state, strict=True)
-    except (RuntimeError, ValueError, OSError) as exc:
-        raise CheckpointError(f"{path}: weights do not fit the architecture: {exc}") from exc
+    except (RuntimeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path}: weights do not fit the architecture: {_one_line(exc)}"
+        ) from exc
     return model.to(device)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def spec_digest(spec: dict[str, Any]) -> str:

@@ -36,6 +36,7 @@ from pydantic import ValidationError
 from gazeloop.calibration.profile import data_dir
 from gazeloop.calibration.store.atomic import atomic_path, atomic_write_bytes, fsync_dir
 from gazeloop.fastpath.models import sha256_file
+from gazeloop.trainer.problems import first_problem
 
 if TYPE_CHECKING:
     from gazeloop.trainer.export import ModelCard
@@ -238,8 +239,11 @@ class ModelRegistry:
             return None
         try:
             card = self._cards.read_card(card_file)
-        except (ValidationError, ValueError, OSError) as exc:
-            self._skip(path, f"unreadable card: {exc}")
+        except ValidationError as exc:
+            self._skip(path, f"unreadable card {card_file}: {first_problem(exc)}")
+            return None
+        except (ValueError, OSError) as exc:
+            self._skip(path, f"unreadable card {card_file}: {' '.join(str(exc).split())}")
             return None
         if card.model_id != model_id or card.version != version:
             self._skip(path, f"card says {card.model_id} v{card.version}")

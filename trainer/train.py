@@ -173,6 +173,10 @@ def train(
             )
 
     accelerator, mp = _accelerator(cfg)
+    if cfg.resume and resume_from is None and accelerator.is_main_process:
+        # Not refused: a relaunch script (or a config with resume: true) passes it from
+        # the first launch on, and a run stopped before its first checkpoint restarts.
+        log.warning("no checkpoint in %s: starting from step 0", out_dir)
     seed_everything(cfg.seed)
     if data is None:
         data = _load_shared(cfg, accelerator, out_dir, progress)

@@ -20,14 +20,16 @@ as well (trainer.tune).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import math
 import os
 import sys
 from pathlib import Path
 
 from gazeloop.calibration.store.atomic import check_writable
-from gazeloop.tools.commands._args import positive_float, positive_int
+from gazeloop.tools.commands._args import non_negative_int, positive_float, positive_int
 from gazeloop.tools.errors import UserError
 from gazeloop.trainer.registry import default_registry_root
 from gazeloop.trainer.tune import TUNE_CHOICES
@@ -70,8 +72,8 @@ def add_parser(sub) -> None:
     t.add_argument("--config", type=Path, help="a TrainConfig JSON; flags override it")
     t.add_argument("--epochs", type=positive_int)
     t.add_argument("--max-steps", type=positive_int)
-    t.add_argument("--lr", type=positive_float)
-    t.add_argument("--seed", type=int)
+    t.add_argument("--lr", type=_learning_rate)
+    t.add_argument("--seed", type=_seed)
     t.add_argument(
         "--calib-min", type=positive_int, help="calibration targets per episode, at least"
     )
@@ -112,13 +114,49 @@ def add_parser(sub) -> None:
     e.set_defaults(func=run_export)
 
 
+def _learning_rate(text: str) -> float:
+    from gazeloop.trainer.config import MAX_LR  # why the bound: there
+
+    v = positive_float(text)
+    if v > MAX_LR:
+        raise argparse.ArgumentTypeError(
+            f"must be a positive number up to {MAX_LR:g}, got {text!r}"
+        )
+    return v
+
+
+_learning_rate.__name__ = "a learning rate"  # argparse names the type in its messages
+
+
+def _seed(text: str) -> int:
+    from gazeloop.trainer.config import MAX_SEED
+
+    v = non_negative_int(text)
+    if v > MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to {MAX_SEED}, got {text!r}")
+    return v
+
+
+_seed.__name__ = "a seed"
+
+
+_JSON_KINDS = {list: "a list", str: "a string", bool: "a boolean", int: "a number"}
+_JSON_KINDS |= {float: "a number", type(None): "null"}
+
+
 def _config_doc(args) -> dict:
     if not args.config:
         return {}
     try:
-        return json.loads(args.config.read_text())
+        doc = json.loads(args.config.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"{args.config}: cannot read the training config: {e}") from e
+    if not isinstance(doc, dict):
+        raise UserError(
+            f"{args.config}: a training config is a JSON object of TrainConfig fields, "
+            f"not {_JSON_KINDS.get(type(doc), type(doc).__name__)}"
+        )
+    return doc
 
 
 def _export_labels(args, doc: dict) -> list:
@@ -129,20 +167,9 @@ def _export_labels(args, doc: dict) -> list:
     stores = getattr(args, "labels", None) or []
     if not stores:
         return []
-    try:
-        from gazeloop.trainer.checkpoint import earlier_run
-        from gazeloop.trainer.config import TrainError
-        from gazeloop.trainer.labels import LabelExportError, export_store
-        from gazeloop.trainer.model import CheckpointError
-    except ImportError as e:
-        raise UserError(
-            f"training needs the trainer extra: pip install 'gazeloop[trainer]' ({e})"
-        ) from e
+    from gazeloop.trainer.labels import LabelExportError, export_store
+
     resume = bool(args.resume or doc.get("resume"))
-    try:  # the trainer's own refusal, asked before the exports replace that run's data
-        earlier_run(args.out, resume)
-    except (TrainError, CheckpointError) as e:
-        raise UserError(str(e)) from None
     screen = tuple(args.screen_px) if args.screen_px else None
 
     def export_all(reuse: bool, say: bool) -> list:
@@ -162,15 +189,40 @@ def _export_labels(args, doc: dict) -> list:
             exports.append(exp)
         return exports
 
+    return _main_process_first(lambda main: export_all(resume or not main, main))
+
+
+def _main_process_first(work):
+    """`work(main)` in this process; under several processes (`accelerate launch`,
+    torchrun) the main process first, and the others then read what it wrote."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return export_all(resume, True)
+        return work(True)
     import torch
     from accelerate import PartialState
 
     state = PartialState(cpu=not torch.cuda.is_available())  # as trainer.train's Accelerator
-    with state.main_process_first():  # the main process exports, then the others read it
-        main = state.is_main_process
-        return export_all(resume or not main, main)
+    with state.main_process_first():
+        return work(state.is_main_process)
+
+
+def _refuse_earlier_run(args, doc: dict) -> None:
+    """The trainer's own refusal of an --out that holds another run, asked before anything
+    is read or written (label exports would replace that run's data, preprocessing would
+    fill its cache); a damaged checkpoint to resume is refused here too."""
+    try:
+        from gazeloop.trainer.checkpoint import earlier_run, read_trainer_state
+        from gazeloop.trainer.config import TrainError
+        from gazeloop.trainer.model import CheckpointError
+    except ImportError as e:
+        raise UserError(
+            f"training needs the trainer extra: pip install 'gazeloop[trainer]' ({e})"
+        ) from e
+    try:
+        found = earlier_run(args.out, bool(args.resume or doc.get("resume")))
+        if found is not None:
+            read_trainer_state(found)
+    except (TrainError, CheckpointError) as e:
+        raise UserError(str(e)) from None
 
 
 def _config(args, exports: list | None = None, doc: dict | None = None):
@@ -213,17 +265,33 @@ def _config(args, exports: list | None = None, doc: dict | None = None):
             data[k] = v
     if args.resume:
         data["resume"] = True
-    if "calib_min" not in data:
-        _fit_calib_min(data, args, [e.session for e in exports])
     if not data.get("data") and not labels:
         raise UserError(
             "no training data: give --data PATH (a session folder, a dataset...) or --labels STORE"
         )
+    holdout = _holdout_sources(data, args)
+    if "calib_min" not in data:
+        # Validated with the smallest calib_min first: the fit needs the data, the cache and
+        # the fast path's settings, and may lower the default below a given calib_max.
+        cfg = _validated(TrainConfig, data | {"holdout": [], "calib_min": 1}, args)
+        fitted = _fit_calib_min(cfg, holdout, labels, progress=not getattr(args, "json", False))
+        if fitted is not None:
+            data["calib_min"] = fitted
+    cfg = _validated(TrainConfig, data | {"holdout": []}, args)
+    return _with_holdout(cfg, holdout, labels)
+
+
+def _validated(model, doc, args, where: str = ""):
+    """`model.model_validate(doc)`, a bad field said in one line (the first of them)."""
+    from pydantic import ValidationError
+
+    from gazeloop.trainer.problems import first_problem
+
     try:
-        cfg = TrainConfig.model_validate(data | {"holdout": []})
-    except Exception as e:
-        raise UserError(f"invalid training config: {e}") from e
-    return _with_holdout(cfg, data, labels)
+        return model.model_validate(doc)
+    except ValidationError as e:
+        source = f" ({args.config})" if getattr(args, "config", None) else ""
+        raise UserError(f"invalid training config{source}: {where}{first_problem(e)}") from None
 
 
 def _screen_px_notes(sources: list[dict]) -> None:
@@ -235,15 +303,23 @@ def _screen_px_notes(sources: list[dict]) -> None:
         print(f"note: {note}", file=sys.stderr)
 
 
-def _with_holdout(cfg, data: dict, labels: list | None = None):
+def _holdout_sources(data: dict, args) -> list:
+    """The named holdouts (--holdout, else the config's `holdout`) as DataSources."""
+    from gazeloop.trainer.datasets import DataSource
+
+    named = data.get("holdout") or []
+    if not isinstance(named, list):
+        named = [named]  # a lone entry: its own validation says what is wrong with it
+    return [_validated(DataSource, h, args, f"holdout.{i}.") for i, h in enumerate(named)]
+
+
+def _with_holdout(cfg, named: list, labels: list | None = None):
     """The config with the gate's sessions out of the training data (trainer.gate). The
     label-store exports always train and are never held out: the gate judges on sessions
     (--holdout, or --data session folders) and not on the labels being trained on."""
-    from gazeloop.trainer.datasets import DataSource
     from gazeloop.trainer.gate import choose_holdout
 
     labels = list(labels or [])
-    named = [DataSource.model_validate(h) for h in data.get("holdout", [])]
     choice = choose_holdout(cfg.data, named)
     if not choice.train and not labels:
         raise UserError("every --data source is also a --holdout: nothing left to train on")
@@ -258,46 +334,136 @@ def _with_holdout(cfg, data: dict, labels: list | None = None):
     return cfg.model_copy(update={"data": choice.train + labels, "holdout": choice.holdout})
 
 
-def _fit_calib_min(data: dict, args, extra: list | None = None) -> None:
+def _fit_calib_min(cfg, holdout: list, labels: list, *, progress: bool) -> int | None:
     """An episode calibrates on `calib_min` targets and asks about one more, so the default
     (8) needs 9 training targets per person, and a lone person also lends some targets to
     validation (`trainer.split`): a 4-corner or a 9-point session given as --data gets what
-    its own targets allow instead, said on stderr (--json keeps stdout to the summary)."""
-    from gazeloop.calibration.store.session import SessionError, read_session
-    from gazeloop.trainer.config import TrainConfig
-
-    fields = TrainConfig.model_fields
-    default = fields["calib_min"].default
-    val_fraction = float(data.get("val_fraction", fields["val_fraction"].default))
-    counts = []
-    for path in [*args.data, *(extra or [])]:
-        if not (path.is_dir() and any(path.glob("img_*.json"))):
-            return  # not a session folder: the trainer's own checks speak for it
-        try:
-            s = read_session(path, screen_px=tuple(args.screen_px) if args.screen_px else None)
-        except SessionError:
-            return
-        counts.append(len({(i.record.screen_x, i.record.screen_y) for i in s.items}))
+    its own targets allow instead, said on stderr (--json keeps stdout to the summary).
+    What counts is the targets with a usable frame, not the label files: a folder whose
+    stills show no face has labels and nothing to train on, and is left out, said so."""
+    counts = _usable_targets(cfg, holdout, labels, progress)
     if not counts:
-        return
-    fewest = min(counts)
-    held = max(1, round(val_fraction * fewest)) if val_fraction > 0 else 0
+        return None
+    default = type(cfg).model_fields["calib_min"].default
+    smallest, fewest = min(counts.items(), key=lambda kv: kv[1])
+    held = max(1, round(cfg.val_fraction * fewest)) if cfg.val_fraction > 0 else 0
     fits = fewest - held - 1  # training targets, less the one an episode asks about
-    if 1 <= fits < default:
-        data["calib_min"] = fits
+    if not 1 <= fits < default:
+        return None
+    print(
+        f"note: --calib-min {fits}: the smallest --data session has {fewest} usable targets "
+        f"({smallest}; {held} held out for validation), too few for the default {default} "
+        "plus one",
+        file=sys.stderr,
+    )
+    return fits
+
+
+def _usable_targets(cfg, holdout: list, labels: list, progress: bool) -> dict[str, int]:
+    """Usable targets per session folder that trains, as the trainer will prepare them:
+    through its preprocessing cache, which the trainer then reads instead of running the
+    fast path again. Empty when something other than session folders trains (datasets
+    have their own targets and sizes)."""
+    from gazeloop.trainer.datasets import load_data
+    from gazeloop.trainer.gate import choose_holdout
+
+    sources = choose_holdout(cfg.data, holdout).train + list(labels)
+    if not sources or not all(_is_session_folder(s.path) for s in sources):
+        return {}
+    say = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else None
+    loaded = _main_process_first(
+        lambda main: load_data(
+            sources,
+            cache_dir=cfg.cache_dir or cfg.out_dir / "cache",
+            fastpath_config=cfg.fastpath,
+            min_screen_samples=1,  # every person counted here; the trainer excludes
+            progress=say if main else None,
+        )
+    )
+    counts = {}
+    for unit in loaded.units:
+        if unit.targets:
+            counts[unit.unit] = unit.targets
+            continue
+        why = unit.error or _commonest(s.why for s in loaded.skipped if s.source == unit.unit)
         print(
-            f"note: --calib-min {fits}: the smallest --data session has {fewest} targets "
-            f"({held} held out for validation), too few for the default {default} plus one",
+            f"warning: {unit.unit}: no usable frames ({why or 'no labelled frame'}); left out "
+            "of the --calib-min choice",
             file=sys.stderr,
         )
+    return counts
+
+
+def _is_session_folder(path: Path) -> bool:
+    """One session (not a folder of them, nor a dataset): as `trainer.readers.sessions`."""
+    return path.is_dir() and ((path / "session.json").is_file() or any(path.glob("img_*.json")))
+
+
+def _commonest(reasons) -> str | None:
+    from collections import Counter
+
+    top = Counter(reasons).most_common(1)
+    return top[0][0] if top else None
 
 
 def run_train(args: argparse.Namespace) -> int:
+    # The check below, the preprocessing and the gate (once per model) read the same
+    # session folders: each rejected label file is said once, not once per read.
+    with _each_message_once(logging.getLogger("gazeloop.calibration.store.session")):
+        return _run_train(args)
+
+
+@contextlib.contextmanager
+def _each_message_once(logger: logging.Logger):
+    seen: set[str] = set()
+
+    def first_time(record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if text in seen:
+            return False
+        seen.add(text)
+        return True
+
+    logger.addFilter(first_time)
+    try:
+        yield
+    finally:
+        logger.removeFilter(first_time)
+
+
+def _check_sources(args) -> None:
+    """Every --data and --holdout read before anything trains, with the messages the
+    trainer and the gate would give: a bad --holdout was found only after training and
+    the ONNX export (hours), a bad --data folder left out with a warning among many."""
+    from gazeloop.calibration.store.session import SessionError, read_session
+    from gazeloop.trainer.datasets import detect_kind
+
+    screen = tuple(args.screen_px) if args.screen_px else None
+    mirrored = True if args.mirrored else None
+    for flag, paths in (("--data", args.data), ("--holdout", args.holdout)):
+        for path in paths:
+            try:
+                if flag == "--data" and not _is_session_folder(path):
+                    detect_kind(path)  # a dataset: its reader's checks come with the load
+                    continue
+                session = read_session(path, screen_px=screen, mirrored=mirrored)
+            except (SessionError, ValueError) as e:
+                raise UserError(f"{flag}: {e}") from None
+            if flag == "--data" and session.screen_px is None:
+                raise UserError(
+                    f"--data: {path}: screen size unknown: no session.json manifest and no "
+                    "--screen-px W H (its labels are pixels of that screen)"
+                )
+
+
+def _run_train(args: argparse.Namespace) -> int:
     from gazeloop.trainer.model import CheckpointError
     from gazeloop.trainer.train import TrainError, train
 
     check_writable(args.out, folder=True)  # before the data is read and the model built
     doc = _config_doc(args)
+    _refuse_earlier_run(args, doc)
+    _check_sources(args)
     exports = _export_labels(args, doc)
     cfg = _config(args, exports, doc)
     try:

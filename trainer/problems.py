@@ -1,0 +1,34 @@
+"""A pydantic `ValidationError` as one line. The product reports bad input in one line
+naming the field; pydantic's own text is a block of lines per error, each with a link. Here
+rather than in `tools`: the registry (read by the fast path's watcher) words its warnings
+with it too."""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def first_problem(e: ValidationError) -> str:
+    """`field.sub: what is wrong (got X)`, and `(and N more)` when there are others."""
+    errors = e.errors(include_url=False)
+    if not errors:
+        return " ".join(str(e).split())
+    first = errors[0]
+    where = ".".join(str(p) for p in first["loc"])
+    # A validator's own message already says what is wrong; pydantic prefixes its kind.
+    msg = " ".join(str(first["msg"]).removeprefix("Value error, ").split())
+    if first["type"] == "extra_forbidden":
+        msg = "not a known field"
+    elif first["type"] != "missing" and isinstance(first.get("input"), _SCALARS):
+        msg += f" (got {_short(first['input'])})"
+    text = f"{where}: {msg}" if where else msg
+    if len(errors) > 1:
+        text += f" (and {len(errors) - 1} more)"
+    return text
+
+
+def _short(value: object, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
