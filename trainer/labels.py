@@ -105,9 +105,14 @@ def _screen(store: Path, screen_px: tuple[int, int] | None) -> tuple[ScreenGeome
         return ScreenGeometry(px=(int(screen_px[0]), int(screen_px[1]))), "--screen-px"
     found = profile_screen(store)
     if found is None:
+        # Profiles there that say no screen could not be read: name them, the user may
+        # rather mend one than type the screen.
+        folder = Path(store).resolve().parent / "profiles"
+        bad = sorted(f.name for f in folder.glob("*.json")) if folder.is_dir() else []
+        why = f" ({folder}: {', '.join(bad)} unreadable)" if bad else ""
         raise LabelExportError(
             f"{store}: a label store does not record its screen and no profile beside it "
-            "does: give --screen-px W H"
+            f"does{why}: give --screen-px W H"
         )
     return found
 

@@ -143,6 +143,11 @@ def test_a_bad_or_empty_store_is_one_line_naming_the_folder(store, tmp_path, cap
             (bare / f.name).write_bytes(f.read_bytes())
     code, _, err = _cli(["train", "--labels", str(bare), "--out", str(tmp_path / "r")], capsys)
     assert code == 2 and "give --screen-px W H" in err and len(err.strip().splitlines()) == 1
+    # A profile beside it that cannot be read is named (it said only "no profile").
+    (tmp_path / "profiles").mkdir(exist_ok=True)
+    (tmp_path / "profiles" / "laptop.json").write_text('{"screen": ')
+    code, _, err = _cli(["train", "--labels", str(bare), "--out", str(tmp_path / "r")], capsys)
+    assert code == 2 and "laptop.json unreadable" in err and len(err.strip().splitlines()) == 1
 
 
 def test_tune_is_validated(tmp_path, capsys):
