@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gazeloop.calibration.geometry import ScreenGeometry
 from gazeloop.calibration.mapping import mapping_from_params
@@ -62,6 +62,32 @@ SCHEMA_VERSION = 1
 # gaze-only figure is docs/baselines/grid9_mirrored.json); with few targets every extra
 # feature is one more way to overfit.
 DEFAULT_FEATURES = ["gaze_yaw", "gaze_pitch"]
+# The features a profile may name: what the fast path's samples offer by name
+# (`GazeSample.feature_dict`, held to this list by a test), besides `emb_<i>`, the gaze
+# network's embedding. A profile naming another could never be applied: every frame would
+# fail, and a live run would show no cursor.
+FEATURE_NAMES = (
+    "gaze_yaw",
+    "gaze_pitch",
+    "gaze_ray_yaw",
+    "gaze_ray_pitch",
+    "head_yaw",
+    "head_pitch",
+    "head_roll",
+    "iris_lx",
+    "iris_ly",
+    "iris_rx",
+    "iris_ry",
+    "aperture_l",
+    "aperture_r",
+    "eye_x_mm",
+    "eye_y_mm",
+    "eye_z_mm",
+)
+
+
+def is_feature_name(name: str) -> bool:
+    return name in FEATURE_NAMES or (name.startswith("emb_") and name[4:].isdigit())
 
 
 class ProfileError(ValueError):
@@ -139,6 +165,16 @@ class Profile(BaseModel):
     # would be left out again, so they do not make the pool out of date.
     unusable_sessions: list[str] = Field(default_factory=list)
 
+    @field_validator("features")
+    @classmethod
+    def _known_features(cls, v: list[str]) -> list[str]:
+        bad = [n for n in v if not is_feature_name(n)]
+        if bad:
+            raise ValueError(
+                f"unknown feature(s) {bad}; known: {', '.join(FEATURE_NAMES)}, emb_<i>"
+            )
+        return v
+
     def save(self, path: str | os.PathLike[str]) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -171,7 +207,8 @@ class Profile(BaseModel):
         except ValidationError as e:
             first = e.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-            raise ProfileError(f"{path}: invalid profile at {where}: {first['msg']}") from e
+            msg = str(first["msg"]).removeprefix("Value error, ")
+            raise ProfileError(f"{path}: invalid profile at {where}: {msg}") from e
         try:
             mapping = mapping_from_params(prof.mapping.name, prof.mapping.params)
         except (KeyError, ValueError, TypeError) as e:

@@ -39,6 +39,9 @@ STAGES = ("landmarks", "features", "gaze_model", "mapping", "filter")
 FILTER_DEFAULTS: dict[str, dict[str, float]] = {"one_euro": {"min_cutoff": 0.5, "beta": 1.0}}
 
 
+_FAILURES_SAID = 16  # distinct frame failures warned about, per fast path
+
+
 class FastPathConfig(BaseModel):
     """Everything the fast path needs; every field can be set from the command line."""
 
@@ -130,6 +133,7 @@ class FastPath:
         self._swap: tuple[GazeModel, object] | None = None
         self._size: tuple[int, int] | None = None
         self._last_t: int | None = None
+        self._failures_said: set[str] = set()
         self.blinks = BlinkDetector(cfg.blink_aperture, cfg.blink_relative)
 
     def set_mapper(self, mapper: Callable[[GazeSample], np.ndarray | None] | None) -> None:
@@ -181,10 +185,21 @@ class FastPath:
             q.error = f"{type(e).__name__}: {e}"
             q.confidence = 0.0
             self.filter.reset()
-            log.debug("frame %d failed: %s", frame.index, q.error)
+            self._say_failure(frame.index, q.error)
         if self.on_sample is not None:
             self.on_sample(s)
         return s
+
+    def _say_failure(self, index: int, error: str) -> None:
+        """Each kind of failure once as a warning, then at debug level: a fault that fails
+        every frame (a profile the frames cannot feed, a broken model) must not leave a
+        live run without a cursor and without a word, nor print a line per frame."""
+        seen = self._failures_said
+        if error in seen or len(seen) >= _FAILURES_SAID:
+            log.debug("frame %d failed: %s", index, error)
+            return
+        seen.add(error)
+        log.warning("frame %d failed: %s (later frames failing so: -vv)", index, error)
 
     def _run(self, frame: Frame, s: GazeSample) -> None:
         q, st = s.quality, s.stage_ms

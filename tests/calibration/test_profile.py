@@ -241,6 +241,8 @@ def test_wrong_schema_version(saved):
         (lambda d: d.update(surprise=1), "surprise"),
         (lambda d: d["screen"].update(px=[0, 1080]), "screen.px"),
         (lambda d: d.update(features="gaze_yaw"), "features"),
+        # A name no frame offers: a live run applied it and failed every frame in silence.
+        (lambda d: d["features"].__setitem__(0, "bogus"), "unknown feature(s) ['bogus']"),
     ],
 )
 def test_invalid_profile_names_the_field(saved, edit, where):

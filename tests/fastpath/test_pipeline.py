@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import math
 
 import cv2
@@ -354,6 +355,14 @@ def test_gaze_in_the_eyes_ray_frame():
     assert gaze_in_eye_frame(back, np.array([np.nan, 0.0, -500.0])) is None
 
 
+def test_the_features_a_frame_offers_are_those_a_profile_may_name(grid9):
+    from gazeloop.calibration.profile import FEATURE_NAMES
+
+    for _, s in grid9:
+        named = sorted(n for n in s.feature_dict() if not n.startswith("emb_"))
+        assert named == sorted(FEATURE_NAMES)
+
+
 def test_every_frame_with_a_gaze_has_its_ray_frame_angles(grid9):
     """Told the ray-frame pose (the default), the network's own angles are the ray-frame
     ones; told the camera-axes pose, they are its vector turned into the eyes' frame."""
@@ -382,3 +391,23 @@ def test_ray_frame_angles_are_the_eye_ray_frame_turned_vector():
         eye = np.r_[rng.normal(scale=100, size=2), -rng.uniform(300, 900)]
         want = vector_to_yaw_pitch(eye_ray_frame(eye) @ v)
         assert np.allclose(gaze_in_eye_frame(v, eye), want, atol=1e-12)
+
+
+def test_a_failure_on_every_frame_is_warned_about_once(grid9, fp, caplog):
+    """A profile naming a feature no frame offers failed every frame at debug level only:
+    a live run showed no cursor and said nothing."""
+
+    def needs_a_feature_no_frame_has(sample):
+        return sample.feature_dict()["bogus"]
+
+    frames = [f for f, _ in grid9[:4]]
+    fp.reset()
+    fp.mapper, before = needs_a_feature_no_frame_has, fp.mapper
+    try:
+        with caplog.at_level(logging.WARNING, logger="gazeloop.fastpath.pipeline"):
+            samples = [fp.process(f) for f in frames]
+    finally:
+        fp.mapper = before
+    assert all(s.quality.error == "KeyError: 'bogus'" for s in samples)
+    (said,) = [r.getMessage() for r in caplog.records]
+    assert "KeyError: 'bogus'" in said

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from gazeloop.calibration.geometry import ScreenGeometry, session_screen
 from gazeloop.calibration.mapping import MAPPINGS, mapping_class
 from gazeloop.calibration.procedure import LAYOUTS, ProcedureConfig
-from gazeloop.calibration.profile import DEFAULT_FEATURES
+from gazeloop.calibration.profile import DEFAULT_FEATURES, FEATURE_NAMES, is_feature_name
 from gazeloop.calibration.store.atomic import atomic_writer, check_writable
 from gazeloop.calibration.store.session import SessionManifest
 from gazeloop.fastpath.pipeline import FastPathConfig
@@ -24,24 +24,7 @@ from gazeloop.fastpath.providers import EP_CHOICES, ProviderError, resolve_provi
 from gazeloop.tools.errors import UserError
 
 # What the fast path's samples offer (GazeSample.feature_dict), embedding features aside.
-KNOWN_FEATURES = (
-    "gaze_yaw",
-    "gaze_pitch",
-    "gaze_ray_yaw",
-    "gaze_ray_pitch",
-    "head_yaw",
-    "head_pitch",
-    "head_roll",
-    "iris_lx",
-    "iris_ly",
-    "iris_rx",
-    "iris_ry",
-    "aperture_l",
-    "aperture_r",
-    "eye_x_mm",
-    "eye_y_mm",
-    "eye_z_mm",
-)
+KNOWN_FEATURES = FEATURE_NAMES
 
 
 # --- numbers a user types ------------------------------------------------------------------
@@ -176,7 +159,7 @@ def add_grid_args(p: argparse.ArgumentParser) -> None:
 
 def feature_names(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
-    bad = [n for n in names if n not in KNOWN_FEATURES and not _is_emb(n)]
+    bad = [n for n in names if not is_feature_name(n)]
     if not names or bad:
         raise UserError(
             f"--features: unknown {bad or 'empty list'}; choose from {', '.join(KNOWN_FEATURES)} "
@@ -200,10 +183,6 @@ def fixed_mapping(args: argparse.Namespace) -> tuple[str, list[str]] | None:
     if not names:
         raise UserError("--features is empty")
     return mapping, names
-
-
-def _is_emb(n: str) -> bool:
-    return n.startswith("emb_") and n[4:].isdigit()
 
 
 def procedure_config(args: argparse.Namespace, *, replay: bool) -> ProcedureConfig:
