@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gazeloop.fastpath import models
 from gazeloop.fastpath.blink import BLINK_APERTURE, BLINK_RELATIVE, BlinkDetector
@@ -39,6 +39,7 @@ STAGES = ("landmarks", "features", "gaze_model", "mapping", "filter")
 FILTER_DEFAULTS: dict[str, dict[str, float]] = {"one_euro": {"min_cutoff": 0.5, "beta": 1.0}}
 
 
+MAX_THREADS = 128  # onnxruntime intra-op threads: more than any machine this runs on has cores
 _FAILURES_SAID = 16  # distinct frame failures warned about, per fast path
 
 
@@ -54,7 +55,8 @@ class FastPathConfig(BaseModel):
     # Parameters of the chosen filter; None: that filter's defaults (for the 1€ filter on gaze
     # angles in radians, tuned for a 30-60 Hz webcam with ~0.5° of jitter: FILTER_DEFAULTS).
     filter_params: dict[str, float] | None = None
-    threads: int = Field(1, ge=1, description="onnxruntime intra-op threads")
+    # Bounded: onnxruntime builds its pool up front, and 100000 threads hung it for minutes.
+    threads: int = Field(1, ge=1, le=MAX_THREADS, description="onnxruntime intra-op threads")
     # onnxruntime execution provider of the ONNX networks (gaze model, `onnx` landmarks):
     # auto = CoreML on a Mac, CUDA when offered, CPU otherwise (fastpath.providers).
     ep: Literal["auto", "cpu", "cuda", "coreml"] = "auto"
@@ -78,6 +80,13 @@ class FastPathConfig(BaseModel):
     # stream: landmarks are detected afresh instead of tracked from the previous frame.
     # Tracking across stills seconds apart loses faces and jumps head pose (issue 12).
     still_gap_s: float = Field(0.5, gt=0, description="gap that makes frames independent")
+
+    @model_validator(mode="after")
+    def _filter_builds(self) -> FastPathConfig:
+        # Built here once so a bad parameter (NaN, negative, another filter's) is a config
+        # error where the config is read, not a traceback when the stream starts.
+        make_filter(self.filter, **self.filter_kwargs())
+        return self
 
     def filter_kwargs(self) -> dict[str, float]:
         """The chosen filter's parameters: as given, else its defaults (never another

@@ -57,8 +57,17 @@ _USER_ERRORS = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's errors as one line, like every other error of ours, with where the usage
+    is: its default prints the whole usage first (19 lines for `run`), burying the line
+    that says what was wrong. Subcommands' parsers are of this class too."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (usage: {self.prog} -h)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="gazeloop",
         description="A webcam eye tracker that stays calibrated on its own.",
     )

@@ -22,6 +22,7 @@ from gazeloop.calibration.store.session import SessionManifest
 from gazeloop.fastpath.pipeline import FastPathConfig
 from gazeloop.fastpath.providers import EP_CHOICES, ProviderError, resolve_providers
 from gazeloop.tools.errors import UserError
+from gazeloop.trainer.problems import first_problem
 
 # What the fast path's samples offer (GazeSample.feature_dict), embedding features aside.
 KNOWN_FEATURES = FEATURE_NAMES
@@ -109,8 +110,8 @@ def fastpath_config(args: argparse.Namespace) -> FastPathConfig:
     if getattr(args, "config", None):
         try:
             data = json.loads(Path(args.config).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise UserError(f"{args.config}: cannot read config: {e}") from e
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            raise UserError(f"{args.config}: cannot read config: {e}") from None
         if not isinstance(data, dict):
             raise UserError(f"{args.config}: a config is a JSON object")
     for key in ("landmarks", "face_model", "gaze_model", "filter", "threads", "ep"):
@@ -121,7 +122,7 @@ def fastpath_config(args: argparse.Namespace) -> FastPathConfig:
         cfg = FastPathConfig.model_validate(data)
     except ValidationError as e:
         where = args.config or "command line"
-        raise UserError(f"{where}: invalid fast-path setting: {e}") from e
+        raise UserError(f"{where}: invalid fast-path setting: {first_problem(e)}") from None
     try:  # a forced provider this onnxruntime lacks: one line, before any model loads
         resolve_providers(cfg.ep)
     except ProviderError as e:

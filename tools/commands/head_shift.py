@@ -41,6 +41,9 @@ DEFAULT_SCREEN_MM = (300.0, 190.0)
 CAMERA_ABOVE_MM = 5.0
 
 
+_MIN_TARGETS = 4
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "head-shift",
@@ -110,6 +113,14 @@ def run(args: argparse.Namespace) -> int:
 
 def check(session, fp: LazyFastPath, args) -> dict:
     v = session_views(session, fp, both_reads=False)
+    n = len(np.unique(v.groups))
+    if n < _MIN_TARGETS:
+        # As `gazeloop eval`: with fewer, nested selection has no target to judge by, and
+        # the numbers would crown a mapping fitted on as many points as it has parameters.
+        raise UserError(
+            f"{session.folder}: {n} usable targets; choosing the mapping by leave-one-target-"
+            f"out needs at least {_MIN_TARGETS}"
+        )
     px = session.screen_px
     geo = ScreenGeometry(px=px) if px else ScreenGeometry.from_targets(v.labels_px)
     mm = (

@@ -106,10 +106,15 @@ def add_parser(sub) -> None:
     )
     p.add_argument(
         "--oracle-threads",
-        type=int,
+        type=positive_int,
         help="compute threads of the oracle process (default: one per core it gets)",
     )
-    p.add_argument("--snapshot-every", type=float, default=5.0, help="seconds between labels")
+    p.add_argument(
+        "--snapshot-every",
+        type=non_negative_float,
+        default=5.0,
+        help="seconds between labels (5.0)",
+    )
     p.add_argument(
         "--replay-clicks",
         action="store_true",

@@ -45,11 +45,39 @@ def _run(argv: list[str], capsys) -> tuple[int, str]:
         (["bench", "loop", "--session", GRID9, "--outlier-rate", "2"], "a fraction from 0 to 1"),
         (["train", "--out", "o", "--lr", "0"], "--lr: must be a positive number"),
         (["train", "--out", "o", "--calib-min", "0"], "--calib-min: must be a positive integer"),
+        (["run", "--snapshot-every", "nan"], "--snapshot-every: must be a non-negative number"),
+        (["run", "--oracle-threads", "0"], "--oracle-threads: must be a positive integer"),
     ],
 )
 def test_numbers_out_of_bounds_are_one_line_errors(argv, says, capsys):
     rc, err = _run(argv, capsys)
     assert rc == 2 and says in err and "Traceback" not in err
+    # The line, and where the usage is; not argparse's whole usage first (19 lines for run).
+    assert len(err.strip().splitlines()) == 1 and err.strip().endswith(" -h)"), err
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        (b"\xff\xfe\x00\x01", "cannot read config"),
+        (b'{"filter_params": {"min_cutoff": NaN}}', "min_cutoff must be > 0 Hz, got nan"),
+        (b'{"filter_params": {"bogus": 1.0}}', "filter 'one_euro' does not take bogus"),
+        (b'{"filter": "kalman", "filter_params": {"min_cutoff": 1.0}}', "does not take"),
+        (b'{"threads": "many"}', "threads: Input should be a valid integer"),
+        (b'{"threads": 100000}', "threads: Input should be less than or equal to 128"),
+        (b'{"still_gap_s": -1}', "still_gap_s: Input should be greater than 0"),
+        (b'{"surprise": 1}', "surprise: not a known field"),
+    ],
+)
+def test_a_bad_config_file_is_one_line_before_anything_runs(tmp_path, capsys, text, says):
+    """A binary file and bad filter parameters were tracebacks (eval-sittings took the
+    parameters silently), 100000 threads hung onnxruntime, the rest were pydantic's dump."""
+    cfg = tmp_path / "cfg.json"
+    cfg.write_bytes(text)
+    for argv in (["eval", GRID9], ["eval-sittings", "../shared/data/evit"], ["track", GRID9]):
+        rc, err = _run([*argv, "--config", str(cfg)], capsys)
+        assert rc == 2 and says in err and str(cfg) in err, (argv, err)
+        assert len(err.strip().splitlines()) == 1, err
 
 
 def test_a_filter_without_parameters_runs(shared, capsys):

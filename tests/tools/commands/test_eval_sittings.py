@@ -242,3 +242,12 @@ def test_choice_by_history_uses_only_earlier_pairs():
     assert rep["across_by_history"]["n"] == 4
     assert rep["across_by_history"]["median_px"] == 85.0
     assert rep["per_user"]["b"]["across_by_history"]["median_px"] == 30.0
+
+
+@pytest.mark.slow
+def test_head_shift_on_three_targets_is_refused_as_eval_refuses_it(shared, tmp_path):
+    """It reported a "chosen" mapping fitted on 3 points (6 features for one of them)."""
+    _first_stills(shared, tmp_path, "p1_s08", 3)
+    rc, out, err = cli("head-shift", tmp_path / "p1_s08", "--json")
+    assert rc == 2 and out == "" and "Traceback" not in err
+    assert "3 usable targets" in err and "needs at least 4" in err
