@@ -204,12 +204,26 @@ def resolve_gaze_onnx(explicit: str | os.PathLike | None = None, *, build: bool 
     return path
 
 
+def _build_folder(out_dir: Path) -> None:
+    """The folder built models go to (the cache unless told), or one line on why not: the
+    OS's own "File exists" for a cache path that is a file reads like success."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        part = next((p for p in (out_dir, *out_dir.parents) if p.is_file()), None)
+        why = f"{part} is a file, not a folder" if part else (e.strerror or str(e))
+        raise ModelFileError(
+            f"cannot build the ONNX models into {out_dir}: {why} (set {ENV_CACHE} to a "
+            "writable folder)"
+        ) from None
+
+
 def build_gaze_onnx(out_dir: Path) -> Path:
     from gazeloop.fastpath.ir_onnx import build_onnx
 
     xml = resolve(GAZE_IR_XML)
     binf = resolve(GAZE_IR_BIN)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _build_folder(out_dir)
     out = out_dir / GAZE_ONNX.name
     log.info("building %s from %s", out, xml)
     return build_onnx(xml, binf, out)
@@ -287,7 +301,7 @@ def build_face_onnx(
 
     task_path = Path(task) if task is not None else resolve(FACE_LANDMARKER)
     digest = digest or sha256_file(task_path)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _build_folder(out_dir)
     log.info("building face landmarker ONNX files in %s from %s", out_dir, task_path)
     members = {member: out_dir / name for name, member in _FACE_MEMBERS.items()}
     # The landmark network runs on every frame: it takes BGR pixels (normalisation folded

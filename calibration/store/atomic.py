@@ -104,6 +104,10 @@ def make_folder(folder: str | os.PathLike[str]) -> Path:
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as e:
+        # "File exists" alone reads as a success: say which part is a file.
+        part = next((p for p in (folder, *folder.parents) if p.is_file()), folder)
+        raise WriteError(e.errno, f"{part} is a file, not a folder", str(folder)) from e
     except OSError as e:
         raise _write_error(e, folder) from e
     return folder

@@ -101,3 +101,16 @@ def test_shared_models_resolve_with_their_pinned_hashes(shared):
 def test_built_onnx_is_current_and_rebuilt_when_stale(gaze_onnx):
     assert models.onnx_is_current(gaze_onnx)
     assert not models.onnx_is_current(gaze_onnx.parent / "missing.onnx")
+
+
+def test_a_cache_path_that_is_a_file_is_said_in_one_line(tmp_path):
+    """GAZELOOP_CACHE pointing at a file gave only the OS's "File exists"."""
+    from gazeloop.fastpath import models
+
+    plain = tmp_path / "cache"
+    plain.write_text("not a folder")
+    for out in (plain, plain / "sub"):
+        with pytest.raises(models.ModelFileError) as e:
+            models.build_face_onnx(out)
+        msg = str(e.value)
+        assert f"{plain} is a file, not a folder" in msg and "GAZELOOP_CACHE" in msg, msg

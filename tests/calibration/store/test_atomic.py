@@ -43,3 +43,11 @@ def test_files_get_the_users_usual_mode_not_0600(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~umask
+
+
+def test_make_folder_says_which_part_is_a_file(tmp_path):
+    from gazeloop.calibration.store.atomic import WriteError, make_folder
+
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(WriteError, match="is a file, not a folder"):
+        make_folder(tmp_path / "f")
