@@ -161,6 +161,11 @@ def _profile(args, fp: FastPath) -> tuple[ProfileMapper | None, Path]:
     or in a new sitting the profile of all the user's sittings pooled when there is one."""
     path = args.profile or profile_path(args.user, args.device)
     if not path.is_file():
+        blocker = next((p for p in path.parents if p.is_file()), None)
+        if path.exists() or blocker is not None:
+            # Not "no profile yet": something is in the way, and calibrating would fail on it.
+            why = f"{blocker} is a file, not a folder" if blocker else "a folder, not a profile"
+            raise UserError(f"{path}: {why}")
         if args.profile:
             raise UserError(f"{path}: no such profile")
         print(

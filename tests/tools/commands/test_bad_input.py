@@ -90,3 +90,20 @@ def test_a_camera_that_is_not_there_is_named_not_a_crash(shared, capsys):
     """`bench fastpath --source 0` crashed on every machine (a camera takes no `loop`)."""
     rc, err = _run(["bench", "fastpath", "--source", "7", "--frames", "5"], capsys)
     assert rc == 2 and "cannot open camera 7" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_a_profile_place_that_cannot_hold_one_is_said_not_taken_for_no_profile(
+    shared, tmp_path, capsys, monkeypatch
+):
+    """A folder where the profile should be, or GAZELOOP_HOME being a file, ran on with
+    "no calibration profile yet"; calibrating would then fail on the same thing."""
+    video = str(shared / "data/video-corners4/calibrate.mp4")
+    argv = ["run", "--headless", "--source", video, "--frames", "3", "--oracle", "none"]
+    rc, err = _run([*argv, "--profile", str(tmp_path)], capsys)
+    assert rc == 2 and f"{tmp_path}: a folder, not a profile" in err, err
+    home = tmp_path / "home"
+    home.write_text("not a folder")
+    monkeypatch.setenv("GAZELOOP_HOME", str(home))
+    rc, err = _run(argv, capsys)
+    assert rc == 2 and f"{home} is a file, not a folder" in err, err
