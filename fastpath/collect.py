@@ -160,7 +160,7 @@ def _collect(
     path = None
     if cache:
         path = feature_cache.entry_path(session, feature_cache.config_digest(fp.cfg), unmirror)
-        hit = feature_cache.load_entry(path)
+        hit = feature_cache.load_entry(path, session)
         if hit is not None:
             return _from_entry(session, hit, unmirror)
     if reading is not None:

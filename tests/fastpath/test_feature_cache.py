@@ -36,8 +36,8 @@ class _Sample:
 
 
 class CountingFastPath:
-    """Stands in for the fast path: the gaze yaw is the image's mean blue level, and every
-    frame it sees is counted."""
+    """Stands in for the fast path: the gaze yaw is the image's mean blue level in radians
+    per 100 levels (an angle, as the cache checks), and every frame it sees is counted."""
 
     def __init__(self, setting: str = "a"):
         self.cfg = setting
@@ -48,7 +48,7 @@ class CountingFastPath:
 
     def process(self, frame):
         self.calls += 1
-        return _Sample(float(frame.image[..., 0].mean()))
+        return _Sample(float(frame.image[..., 0].mean()) / 100)
 
 
 def make_session(folder: Path, n: int = 4, step: int = 40) -> Path:
