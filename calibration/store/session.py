@@ -225,6 +225,22 @@ def _read_manifest(folder: Path) -> SessionManifest | None:
         raise SessionError(f"bad session manifest {path}: {_validation_reason(e)}") from e
 
 
+# Rejected files of one read said one by one; more are summed up in one line (a calibration
+# session whose JSON files were lost printed one warning per picture, 46, on every run).
+_REJECTIONS_SAID = 3
+
+
+def _say_rejected(folder: Path, rejected: list[Rejection]) -> None:
+    for i, r in enumerate(rejected):
+        alone = i < _REJECTIONS_SAID or len(rejected) == _REJECTIONS_SAID + 1
+        log.log(
+            logging.WARNING if alone else logging.INFO, "%s: rejected %s: %s", folder, r.file, r.why
+        )
+    more = len(rejected) - _REJECTIONS_SAID
+    if more > 1:
+        log.warning("%s: %d more files rejected (-v lists each)", folder, more)
+
+
 def _validation_reason(e: ValidationError) -> str:
     parts = []
     for err in e.errors(include_url=False):
@@ -408,8 +424,7 @@ def read_session(
         items.append(item)
     items.sort(key=lambda it: it.t_ms)
 
-    for r in rejected:
-        log.warning("%s: rejected %s: %s", folder, r.file, r.why)
+    _say_rejected(folder, rejected)
     if not items:
         detail = ""
         if rejected:

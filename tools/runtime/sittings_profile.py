@@ -19,6 +19,7 @@ over the whole choice, which would cost minutes on thousands of frames.
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -44,6 +45,8 @@ from gazeloop.calibration.sittings import (
 from gazeloop.calibration.store.session import SessionError, read_session
 from gazeloop.fastpath.collect import LazyFastPath
 from gazeloop.fastpath.views import NoUsableFrames, Views, session_views
+
+log = logging.getLogger(__name__)
 
 SUFFIX = ".sittings.json"
 
@@ -125,7 +128,9 @@ def _usable_views(folders: list[Path], fp, say=None) -> tuple[list[Views], list[
             got = session_views(
                 session, fp, both_reads=False, reading=None if say is None else reading
             )
-        except (SessionError, NoUsableFrames, OSError):
+        except (SessionError, NoUsableFrames, OSError) as e:
+            # Said: a pool quietly a sitting short looks like a calibration that forgot one.
+            log.warning("%s: left out of the pooled profile: %s", folder, e)
             continue
         views.append(got)
         used.append(str(Path(folder).resolve()))

@@ -4,6 +4,7 @@ reason, and writing records/manifests atomically."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -472,3 +473,17 @@ def test_failed_manifest_write_leaves_the_old_one(
     monkeypatch.undo()
     assert (tmp_path / MANIFEST_NAME).read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == [MANIFEST_NAME]
+
+
+@needs_grid9
+def test_many_rejected_files_are_summed_up_after_the_first_few(tmp_path, caplog) -> None:
+    """A session whose JSON files were lost warned once per picture on every read."""
+    d = copy_pairs(tmp_path / "s", GRID9_T[:9])
+    for j in sorted(d.glob("*.json"))[1:]:
+        j.unlink()  # 8 pictures without their label, one pair left
+    with caplog.at_level(logging.INFO, logger="gazeloop.calibration.store.session"):
+        s = read_session(d)
+    assert len(s) == 1 and len(s.rejected) == 8
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 4 and warned[-1].endswith("5 more files rejected (-v lists each)")
+    assert sum("rejected img_" in r.getMessage() for r in caplog.records) == 8  # all, at -v

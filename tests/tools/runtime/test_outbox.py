@@ -4,6 +4,7 @@ made anew in the same folder noticed."""
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 import threading
 
@@ -72,6 +73,8 @@ def test_a_store_made_anew_in_the_folder_starts_the_outbox_over(tmp_path):
     store.close()
     for name in (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm"):
         (tmp_path / name).unlink(missing_ok=True)
+    # With its pictures: a database gone beside them is a lost one, which the store refuses.
+    shutil.rmtree(tmp_path / "images")
     store = LabelStore(tmp_path)
     fresh = [add(store, 10 + i) for i in range(2)]  # ids 1 and 2 again, other labels
     assert ob.take_in(store) == 2 and ob.pending() == fresh
