@@ -187,6 +187,15 @@ def _profile(args, fp: FastPath) -> tuple[ProfileMapper | None, Path]:
             "profile: "
         )
     print(said, flush=True)
+    if args.profile is not None and (prof.user, prof.device) != (args.user, args.device):
+        # Allowed (a profile is portable), but said: labels and sittings are kept under
+        # --user/--device, and another device's camera sits elsewhere on its screen.
+        w, h = prof.screen.px
+        print(
+            f"note: {path} was made for {prof.user}/{prof.device} on a {w}x{h} screen; this "
+            f"run is {args.user}/{args.device}",
+            flush=True,
+        )
     screen = prof.screen.with_px(*args.screen_px) if args.screen_px else None
     return ProfileMapper(prof, screen), path
 

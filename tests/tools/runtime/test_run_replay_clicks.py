@@ -60,3 +60,15 @@ def test_replay_clicks_needs_a_recording_with_targets(tmp_path, monkeypatch):
     rc, out, err = cli("run", "--headless", "--source", plain, "--replay-clicks")
     assert rc == 2, (out, err)
     assert len(err.strip().splitlines()) == 1 and "no recorded targets" in err, err
+
+
+@pytest.mark.slow
+def test_another_devices_profile_is_used_and_said(c4_profile, tmp_path, monkeypatch):
+    monkeypatch.setenv("GAZELOOP_HOME", str(tmp_path / "home"))
+    rc, out, err = cli(
+        "run", "--headless", "--source", VIDEO, "--frames", "3", "--oracle", "none",
+        "--profile", c4_profile, "--device", "mac", "--no-watch-models",
+    )  # fmt: skip
+    assert rc == 0, err
+    assert f"note: {c4_profile} was made for default/default on a 2560x1440 screen" in out
+    assert "this run is default/mac" in out
