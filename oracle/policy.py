@@ -75,6 +75,8 @@ class SnapshotPolicy:
         )
         self.last_on_demand = False
         self.last_taken_ns: int | None = None
+        self.offered = 0  # frames offered
+        self.gaps = 0  # of them, frames that came more than max_gap_ms after the one before
         self._requested = False
         self._request_deadline: int | None = None
         self._reset_stream()
@@ -118,6 +120,9 @@ class SnapshotPolicy:
             if t_ns < self._prev_t:
                 self.reset()  # time went back: another stream, old timings mean nothing
 
+        self.offered += 1
+        if self._prev_t is not None and t_ns - self._prev_t > self.max_gap_ns:
+            self.gaps += 1
         self._track(t_ns, xy, usable)
 
         if self._requested:
@@ -157,6 +162,17 @@ class SnapshotPolicy:
                 self._fix_start = t_ns  # the eye has just arrived here; count from now
         self._prev_xy = point
         self._prev_t = t_ns
+
+    def why_none(self) -> str | None:
+        """Why no snapshot was taken, when the stream itself is why: frames so far apart
+        (stills replayed, a stalled camera) that no fixation can be seen. None otherwise."""
+        if self.last_taken_ns is not None or not self.offered or 2 * self.gaps < self.offered:
+            return None
+        ms = self.max_gap_ns / _MS
+        return (
+            f"no snapshot: {self.gaps} of {self.offered} frames came more than {ms:.0f} ms after "
+            "the one before, so no fixation could be seen (a session of stills has none)"
+        )
 
     def _take(self, t_ns: int, *, on_demand: bool) -> bool:
         self.last_taken_ns = t_ns

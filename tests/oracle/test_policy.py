@@ -134,3 +134,17 @@ def test_bad_parameters_are_refused() -> None:
         SnapshotPolicy(fixation_ms=-1)
     with pytest.raises(ValueError, match="request_timeout_s"):
         SnapshotPolicy(request_timeout_s=0)
+
+
+def test_frames_too_far_apart_for_a_fixation_are_why_no_snapshot_was_taken():
+    """A replayed session of stills (one a second) ran with "oracle 0 done" and no reason."""
+    p = SnapshotPolicy(min_interval_s=0.0)
+    xy = np.array([0.5, 0.5])
+    assert not any(p.offer(k * 1_000_000_000, xy, True) for k in range(16))
+    assert p.why_none() == (
+        "no snapshot: 15 of 16 frames came more than 200 ms after the one before, so no "
+        "fixation could be seen (a session of stills has none)"
+    )
+    steady = SnapshotPolicy(min_interval_s=0.0)
+    took = [steady.offer(k * 33_000_000, xy, True) for k in range(16)]  # 30 fps, still
+    assert any(took) and steady.why_none() is None

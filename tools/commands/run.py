@@ -512,6 +512,9 @@ def _run(args: argparse.Namespace, ls: LabelledSource) -> int:
         finally:
             live.close()
     print(f"gazeloop run: {frames} frames; {summary}")
+    why = live.policy.why_none() if live.worker is not None else None
+    if why:
+        print(f"note: {why}")
     return 0 if frames or st else 1
 
 
