@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 
 from gazeloop.calibration.store.atomic import atomic_write_bytes
 from gazeloop.trainer.checkpoint import (
@@ -50,7 +51,14 @@ from gazeloop.trainer.config import TrainConfig, TrainError
 from gazeloop.trainer.datasets import GazeData, load_data
 from gazeloop.trainer.episodes import LossParts, episode_loss, make_batch, sample_episode
 from gazeloop.trainer.logs import MetricsLog, Progress, strict_json
-from gazeloop.trainer.model import MODEL_VERSION, GazeNet, load_checkpoint, save_checkpoint
+from gazeloop.trainer.model import (
+    MODEL_VERSION,
+    CheckpointError,
+    GazeNet,
+    load_checkpoint,
+    save_checkpoint,
+)
+from gazeloop.trainer.problems import first_problem
 from gazeloop.trainer.readers.common import Samples
 from gazeloop.trainer.seeds import derive_seed, seed_everything
 from gazeloop.trainer.split import Split, check_trainable, make_split
@@ -598,15 +606,25 @@ def _counts(persons: np.ndarray) -> dict[str, int]:
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m gazeloop.trainer.train config.json [--resume]` (or under `accelerate
     launch`)."""
-    ap = argparse.ArgumentParser(description="Train the gazeloop gaze network.")
+    ap = argparse.ArgumentParser(
+        prog="python -m gazeloop.trainer.train", description="Train the gazeloop gaze network."
+    )
     ap.add_argument("config", type=Path, help="TrainConfig as JSON")
     ap.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = TrainConfig.model_validate_json(args.config.read_bytes())
+    try:
+        cfg = TrainConfig.model_validate_json(args.config.read_bytes())
+    except OSError as e:
+        ap.error(f"{args.config}: {e.strerror or e}")
+    except ValidationError as e:  # bad JSON too: one line naming the field, not the dump
+        ap.error(f"{args.config}: invalid training config: {first_problem(e)}")
     if args.resume:
         cfg = cfg.model_copy(update={"resume": True})
-    summary = train(cfg)
+    try:
+        summary = train(cfg)
+    except (TrainError, CheckpointError) as e:
+        ap.exit(2, f"{ap.prog}: {e}\n")
     if summary["main_process"]:  # one summary per run, not one per process
         json.dump(strict_json(summary), sys.stdout, indent=2, default=str)
         print()

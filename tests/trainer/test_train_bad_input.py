@@ -184,3 +184,23 @@ def test_resume_without_a_checkpoint_says_it_starts_from_step_0(tmp_path, caplog
     assert [r.getMessage() for r in caplog.records] == [
         f"no checkpoint in {out}: starting from step 0"
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ('{"lr": "fast", "out_dir": "o", "data": []}', "invalid training config: lr: Input"),
+        ("{bad", "invalid training config: Invalid JSON"),
+    ],
+)
+def test_the_module_entry_says_a_bad_config_in_one_line(tmp_path, capsys, text, says):
+    """`python -m gazeloop.trainer.train cfg.json` (the accelerate launch) printed pydantic's
+    whole dump."""
+    from gazeloop.trainer.train import main
+
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(text)
+    with pytest.raises(SystemExit) as e:
+        main([str(cfg)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and says in err[-1] and str(cfg) in err[-1], err
