@@ -5,8 +5,10 @@ Everything drawn comes from the pure renderers; this module only talks to HighGU
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -19,11 +21,29 @@ ESC = 27
 def require_display(what: str, hint: str = "") -> None:
     """OpenCV's Qt backend aborts the whole process (no exception) when it cannot reach an X
     server; say so in one line before it gets the chance."""
-    if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
+    if not sys.platform.startswith("linux"):
+        return
+    display = os.environ.get("DISPLAY")
+    why = "DISPLAY is unset" if not display else _local_display_missing(display)
+    if why:
         raise UserError(
-            f"{what} needs a window, and there is no X display (DISPLAY is unset)"
+            f"{what} needs a window, and there is no X display ({why})"
             + (f"; {hint}" if hint else "")
         )
+
+
+def _local_display_missing(display: str) -> str | None:
+    """Why a local display (":N", "unix:N") has no server: its socket is missing. Remote
+    displays (host:N) are left to the connection itself."""
+    host, _, rest = display.partition(":")
+    if host not in ("", "unix") or not rest.split(".")[0].isdigit():
+        return None
+    sock = Path("/tmp/.X11-unix") / f"X{rest.split('.')[0]}"
+    return None if sock.exists() else f"DISPLAY={display}, but no X server listens there ({sock})"
+
+
+# Smaller than this, a "full-screen" window is not the screen (see `screen_px`).
+_SMALLEST = (800, 600)
 
 
 class CvDisplay:
@@ -51,7 +71,8 @@ class CvDisplay:
 
     def fullscreen(self, on: bool = True) -> None:
         mode = cv2.WINDOW_FULLSCREEN if on else cv2.WINDOW_NORMAL
-        cv2.setWindowProperty(self.name, cv2.WND_PROP_FULLSCREEN, mode)
+        with contextlib.suppress(cv2.error):  # the user closed the window: nothing to set
+            cv2.setWindowProperty(self.name, cv2.WND_PROP_FULLSCREEN, mode)
 
     def screen_px(self, pumps: int = 10) -> tuple[int, int] | None:
         """The size of the full-screen window, i.e. of the screen, or None when the window
@@ -64,7 +85,9 @@ class CvDisplay:
             _, _, w, h = cv2.getWindowImageRect(self.name)
         except cv2.error:
             return None
-        if w <= 0 or h <= 0 or (w, h) == probe:
+        if w <= 0 or h <= 0 or (w, h) == probe or w < _SMALLEST[0] or h < _SMALLEST[1]:
+            # Without a window manager the request is ignored and the window keeps whatever
+            # size it had (a 400x225 grid, the live view's 1280x396 were saved as screens).
             return None
         return (int(w), int(h))
 
@@ -80,4 +103,5 @@ class CvDisplay:
         return -1
 
     def close(self) -> None:
-        cv2.destroyWindow(self.name)
+        with contextlib.suppress(cv2.error):  # already closed by the user
+            cv2.destroyWindow(self.name)

@@ -376,3 +376,19 @@ def test_7_key_shows_one_glance_dot_full_screen_and_comes_back(
     # One dot, at the centre of the screen.
     assert len(xs) > 20 and xs.max() - xs.min() < 0.1 * 1280
     assert abs(xs.mean() - 640) < 20 and abs(ys.mean() - 360) < 20
+
+
+def test_a_display_with_no_server_is_one_line_not_a_qt_abort(monkeypatch, tmp_path):
+    """DISPLAY=:99 with no server let Qt abort the process (SIGABRT, exit 134)."""
+    import sys
+
+    from gazeloop.tools.errors import UserError
+    from gazeloop.tools.ui.window import require_display
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("X displays are Linux's")
+    monkeypatch.setenv("DISPLAY", ":987")
+    with pytest.raises(UserError, match=r"DISPLAY=:987, but no X server listens there"):
+        require_display("the grid")
+    monkeypatch.setenv("DISPLAY", "otherhost:0")  # remote: left to the connection
+    require_display("the grid")
