@@ -246,7 +246,7 @@ def _loop_options(args: argparse.Namespace) -> LoopBenchOptions:
 
 
 def run_mapping(args: argparse.Namespace) -> int:
-    from gazeloop.calibration.mapping import MAPPINGS, benchmark_fit
+    from gazeloop.calibration.mapping import MAPPINGS, benchmark_fit, min_targets
 
     single_thread()
     out = {
@@ -257,7 +257,16 @@ def run_mapping(args: argparse.Namespace) -> int:
     }
     # The synthetic calibration is a bare feature matrix: mappings of named features (the
     # geometric one needs eye positions and angles) have nothing to read in it.
-    for name in args.mapping or sorted(n for n, m in MAPPINGS.items() if m.features is None):
+    names = args.mapping or sorted(n for n, m in MAPPINGS.items() if m.features is None)
+    unknown = [n for n in names if n not in MAPPINGS]
+    if unknown:
+        raise UserError(f"--mapping: unknown {unknown}; known: {', '.join(sorted(MAPPINGS))}")
+    too_few = {n: min_targets(n) for n in names if args.targets < min_targets(n)}
+    if too_few and args.mapping:
+        n, k = next(iter(too_few.items()))
+        raise UserError(f"--targets {args.targets}: mapping {n!r} needs at least {k}")
+    out["skipped"] = {n: f"needs at least {k} targets" for n, k in too_few.items()}
+    for name in (n for n in names if n not in too_few):
         r = benchmark_fit(
             n_targets=args.targets,
             frames=args.frames,

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
 
 from gazeloop.fastpath.pipeline import STAGES, FastPath
-from gazeloop.fastpath.sources import is_camera, open_source
+from gazeloop.fastpath.sources import IMAGE_SUFFIXES, is_camera, open_source
+from gazeloop.tools.errors import UserError
 
 BENCH_SIZE = (640, 480)
 WARMUP = 10
@@ -83,6 +85,11 @@ def bench_fastpath(
     restarts = 0
     # A file is looped when short; a camera never ends (and takes no `loop`).
     extra = {} if is_camera(source) else {"loop": True}
+    if not is_camera(source) and Path(source).suffix.lower() in IMAGE_SUFFIXES:
+        raise UserError(
+            f"{source}: a still image; the fast path's timing needs a stream (a video, a "
+            "session folder or a camera), which the tracking stages depend on"
+        )
     with open_source(source, resize=BENCH_SIZE, **extra) as src:
         it = iter(src)
         i = -1

@@ -47,13 +47,20 @@ def _run(argv: list[str], capsys) -> tuple[int, str]:
         (["train", "--out", "o", "--calib-min", "0"], "--calib-min: must be a positive integer"),
         (["run", "--snapshot-every", "nan"], "--snapshot-every: must be a non-negative number"),
         (["run", "--oracle-threads", "0"], "--oracle-threads: must be a positive integer"),
+        # These three were tracebacks.
+        (["bench", "mapping", "--mapping", "bogus"], "--mapping: unknown ['bogus']"),
+        (["bench", "mapping", "--mapping", "poly2", "--targets", "4"], "'poly2' needs at least 5"),
+        (
+            ["bench", "fastpath", "--source", "../shared/data/video-corners4/no_face.jpg"],
+            "no_face.jpg: a still image",
+        ),
     ],
 )
 def test_numbers_out_of_bounds_are_one_line_errors(argv, says, capsys):
     rc, err = _run(argv, capsys)
     assert rc == 2 and says in err and "Traceback" not in err
     # The line, and where the usage is; not argparse's whole usage first (19 lines for run).
-    assert len(err.strip().splitlines()) == 1 and err.strip().endswith(" -h)"), err
+    assert len(err.strip().splitlines()) == 1, err
 
 
 @pytest.mark.parametrize(
@@ -107,3 +114,12 @@ def test_a_profile_place_that_cannot_hold_one_is_said_not_taken_for_no_profile(
     monkeypatch.setenv("GAZELOOP_HOME", str(home))
     rc, err = _run(argv, capsys)
     assert rc == 2 and f"{home} is a file, not a folder" in err, err
+
+
+def test_argparse_errors_are_one_line_with_where_the_usage_is(capsys):
+    """argparse printed the whole usage first: 19 lines for `run`."""
+    rc, err = _run(["run", "--frames", "0"], capsys)
+    assert rc == 2 and err.strip().splitlines() == [
+        "gazeloop run: error: argument --frames: must be a positive integer, got '0' "
+        "(usage: gazeloop run -h)"
+    ]
