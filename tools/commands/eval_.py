@@ -229,6 +229,8 @@ def run(args: argparse.Namespace) -> int:
         check_plot_path(args.plot)
     if args.report:
         check_writable(args.report, folder=True)
+    if args.save_profile:
+        check_writable(args.save_profile, folder=False)
     if fixed is not None:
         ev, col = _run_fixed(args, *fixed)
     else:

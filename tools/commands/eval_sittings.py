@@ -440,39 +440,45 @@ def summarise(
     return rep
 
 
+def _px(stats: dict) -> str:
+    """A median in the text report; none (no sitting or pair behind it) said as such."""
+    m = stats.get("median_px")
+    return "- (none)" if m is None else f"{m} px"
+
+
 def text(rep: dict) -> str:
     w, a = rep["within"], rep["across"]
     lines = [
         f"{rep['folder']}: {w['n']} sittings ({rep['targets']} targets, "
         f"{rep['frames_used']} frames), {a['n']} consecutive pairs",
-        f"  within a sitting (LOTO): median of sitting means {w['median_px']} px",
-        f"  across sittings (profile from the previous sitting): median {a['median_px']} px",
+        f"  within a sitting (LOTO): median of sitting means {_px(w)}",
+        f"  across sittings (profile from the previous sitting): median {_px(a)}",
     ]
     lines.append(
         "  across sittings, candidate chosen on the person's earlier pairs: median "
-        f"{rep['across_by_history']['median_px']} px"
+        f"{_px(rep['across_by_history'])}"
     )
     lines.append(
         "  across sittings, profile from all the person's earlier sittings pooled: median "
-        f"{rep['across_pooled']['median_px']} px"
+        f"{_px(rep['across_pooled'])}"
     )
     h = rep.get("within_with_history")
     if h and h["n"]:
         lines.append(
             "  within a sitting calibrated with the person's earlier sittings (pooled or "
-            f"alone, as its points favour): median {h['median_px']} px over {h['n']} "
-            f"sittings; the same sittings alone {h['alone']['median_px']} px"
+            f"alone, as its points favour): median {_px(h)} over {h['n']} "
+            f"sittings; the same sittings alone {_px(h['alone'])}"
         )
     for u, s in rep["per_user"].items():
         lines.append(
-            f"    {u}: within {s['within']['median_px']} px over {s['within']['n']} sittings, "
-            f"across {s['across']['median_px']} px over {s['across']['n']} pairs "
-            f"({s['across_by_history']['median_px']} px chosen on earlier pairs, "
-            f"{s['across_pooled']['median_px']} px from all earlier sittings)"
+            f"    {u}: within {_px(s['within'])} over {s['within']['n']} sittings, "
+            f"across {_px(s['across'])} over {s['across']['n']} pairs "
+            f"({_px(s['across_by_history'])} chosen on earlier pairs, "
+            f"{_px(s['across_pooled'])} from all earlier sittings)"
         )
     lines.append("  across sittings, each candidate's profile (median over pairs):")
     for c, s in rep["across_by_candidate"].items():
-        lines.append(f"    {c:28s} {s['median_px']} px over {s['n']} pairs")
+        lines.append(f"    {c:28s} {_px(s)} over {s['n']} pairs")
     for sk in rep.get("skipped", []):
         lines.append(f"  {sk['sitting']}: {sk['reason']}")
     return "\n".join(lines)

@@ -32,6 +32,7 @@ from gazeloop.tools.runtime.calibration import (
     record_extra,
 )
 from gazeloop.tools.runtime.recording import UnixClock
+from gazeloop.tools.ui.render import drawable
 from gazeloop.tools.ui.window import ESC, CvDisplay
 
 BACKGROUND = (40, 40, 40)
@@ -121,14 +122,13 @@ def render_dot(v: DotView) -> np.ndarray:
     if v.message:
         _centred(img, v.message, h // 2 - int(60 * scale), 0.9 * scale)
     if v.caption:
-        cv2.putText(
-            img, v.caption, (int(20 * scale), h - int(20 * scale)), FONT, 0.6 * scale, TEXT, 1,
-            cv2.LINE_AA,
-        )  # fmt: skip
+        at = (int(20 * scale), h - int(20 * scale))
+        cv2.putText(img, drawable(v.caption), at, FONT, 0.6 * scale, TEXT, 1, cv2.LINE_AA)
     return img
 
 
 def _centred(img: np.ndarray, text: str, y: int, scale: float) -> None:
+    text = drawable(text)
     thick = max(1, int(round(2 * scale)))
     (tw, _), _ = cv2.getTextSize(text, FONT, scale, thick)
     cv2.putText(img, text, ((img.shape[1] - tw) // 2, y), FONT, scale, TEXT, thick, cv2.LINE_AA)

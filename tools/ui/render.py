@@ -41,7 +41,20 @@ class VerifyData:
     mirror_display: bool = True  # show a selfie view, as people expect to see themselves
 
 
+# OpenCV's Hershey fonts draw ASCII only: anything else became "??" on screen ("yaw
+# -20.3?? pitch", "σ" in the sources' line). The status text is shared with the terminal,
+# which keeps the symbols; the window gets these.
+_ASCII = {"°": " deg", "σ": "sd", "±": "+/-", "…": "...", "→": "->", "−": "-", "×": "x"}
+
+
+def drawable(s: str) -> str:
+    """`s` as the window's font can draw it (pure)."""
+    s = "".join(_ASCII.get(c, c) for c in s)
+    return s.encode("ascii", "replace").decode("ascii")
+
+
 def _text(img, s, org, scale=0.5, color=WHITE, thick=1):
+    s = drawable(s)
     cv2.putText(img, s, org, FONT, scale, DARK, thick + 2, cv2.LINE_AA)
     cv2.putText(img, s, org, FONT, scale, color, thick, cv2.LINE_AA)
 

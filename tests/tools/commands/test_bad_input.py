@@ -123,3 +123,14 @@ def test_argparse_errors_are_one_line_with_where_the_usage_is(capsys):
         "gazeloop run: error: argument --frames: must be a positive integer, got '0' "
         "(usage: gazeloop run -h)"
     ]
+
+
+def test_a_sitting_given_twice_and_a_profile_that_cannot_be_saved_are_said_first(tmp_path, capsys):
+    """`profile fit S S` pooled a sitting with itself (75.8 px against its own 85.6);
+    `eval --save-profile` under a file was found after the whole evaluation."""
+    s = "../shared/data/evit/p1_s00"
+    rc, err = _run(["profile", "fit", s, s + "/", "--out", str(tmp_path / "p.json")], capsys)
+    assert rc == 2 and "is given twice" in err and len(err.strip().splitlines()) == 1, err
+    (tmp_path / "file").write_text("x")
+    rc, err = _run(["eval", s, "--save-profile", str(tmp_path / "file" / "p.json")], capsys)
+    assert rc == 2 and f"{tmp_path / 'file'} is a file, not a folder" in err, err

@@ -251,3 +251,15 @@ def test_head_shift_on_three_targets_is_refused_as_eval_refuses_it(shared, tmp_p
     rc, out, err = cli("head-shift", tmp_path / "p1_s08", "--json")
     assert rc == 2 and out == "" and "Traceback" not in err
     assert "3 usable targets" in err and "needs at least 4" in err
+
+
+@pytest.mark.slow
+def test_the_text_report_of_one_sitting_has_no_python_none(shared, tmp_path):
+    """One sitting has no pair: the text said "median None px" (the JSON keeps null)."""
+    (tmp_path / "p1_s08").symlink_to(shared / "data" / "evit" / "p1_s08")
+    rc, out, err = cli("eval-sittings", tmp_path)
+    assert rc == 0, err
+    assert (
+        "None" not in out
+        and "across sittings (profile from the previous sitting): median - (none)" in out
+    )

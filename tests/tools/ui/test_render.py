@@ -119,3 +119,12 @@ def test_live_view_has_camera_mesh_pip_cursor_and_status():
     assert xs.mean() == pytest.approx(10 + 0.75 * canvas_w, abs=25)  # the cursor's x
     assert ys.mean() < out.shape[0] / 2  # ...and it is in the upper half
     assert np.any(out[-36:] > 200)  # the status line is written
+
+
+def test_window_text_is_what_the_font_can_draw():
+    """OpenCV's Hershey fonts draw ASCII only: "yaw -20.3° pitch" showed as "??"."""
+    from gazeloop.tools.ui.render import drawable
+
+    assert drawable("gaze yaw -20.3° pitch −4.3°") == "gaze yaw -20.3 deg pitch -4.3 deg"
+    assert drawable("clicks 4/4 σ 58px") == "clicks 4/4 sd 58px"
+    assert drawable("fine ✓").isascii()
