@@ -1026,13 +1026,34 @@ def write(b: Baseline, doc: dict, root: Path) -> Path:
 def load(b: Baseline, root: Path) -> dict:
     path = file_for(b, root)
     try:
-        return json.loads(path.read_text())
+        doc = json.loads(path.read_text())
     except FileNotFoundError:
         raise BaselineError(
             f"{path} is missing: `gazeloop baseline update {b.name}` writes it"
         ) from None
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BaselineError(f"{path}: {e}") from None
+    problem = _shape_problem(doc)
+    if problem:
+        raise BaselineError(
+            f"{path}: not a baseline file ({problem}); `gazeloop baseline update {b.name}` "
+            "writes it anew"
+        )
+    return doc
+
+
+def _shape_problem(doc: Any) -> str | None:
+    """What keeps `doc` from being read as a baseline file (pure); None when nothing."""
+    if not isinstance(doc, dict):
+        return f"a JSON {type(doc).__name__}, not an object"
+    kinds = {"numbers": dict, "output": dict, "commands": list, "behind": str}
+    for key, kind in kinds.items():
+        if not isinstance(doc.get(key), kind):
+            return f"no {key!r} {kind.__name__}"
+    for key, n in doc["numbers"].items():
+        if not (isinstance(n, dict) and "value" in n and isinstance(n.get("tolerance"), dict)):
+            return f"number {key!r} has no value and tolerance"
+    return None
 
 
 def update(b: Baseline, root: Path, *, shared: Path | None = None, log=None) -> Path:

@@ -161,6 +161,31 @@ def test_update_check_and_readme_end_to_end(tmp_path, monkeypatch):
     assert _run(["baseline", "check", "nope", *root])[0] == 2  # a user error, one line
 
 
+@pytest.mark.parametrize(
+    ("edit", "says"),
+    [
+        (lambda d: [1, 2], "a JSON list, not an object"),
+        (lambda d: {k: v for k, v in d.items() if k != "numbers"}, "no 'numbers' dict"),
+        (lambda d: {**d, "numbers": {"x": {"value": 1.0}}}, "number 'x' has no value and"),
+    ],
+)
+def test_a_tampered_file_is_one_line_naming_it(tmp_path, monkeypatch, capsys, edit, says):
+    """They were tracebacks (AttributeError, KeyError) with exit 1, the code of a moved number."""
+    fake = _fake()
+    monkeypatch.setattr(bl, "REGISTRY", (fake,))
+    monkeypatch.setattr(bl, "BY_NAME", {fake.name: fake})
+    monkeypatch.setenv("X", "1.0")
+    root = ["--root", str(tmp_path)]
+    assert _run(["baseline", "update", *root])[0] == 0
+    path = tmp_path / bl.FOLDER / "fake.json"
+    path.write_text(json.dumps(edit(json.loads(path.read_text()))))
+    (tmp_path / "README.md").write_text(f"{bl.BEGIN}\n{bl.END}\n")
+    for argv in (["check", "fake"], ["readme", "--check"]):
+        assert _run(["baseline", *argv, *root])[0] == 2
+        err = capsys.readouterr().err
+        assert f"{path}: not a baseline file ({says}" in err and err.count("\n") == 1, err
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_recomputed_within_tolerance(name, shared, gaze_onnx):
