@@ -349,6 +349,11 @@ def run_loop(args: argparse.Namespace) -> int:
     _check_folder(args.session, "--session")
     if args.calibrate_on is not None:
         _check_folder(args.calibrate_on, "--calibrate-on")
+    elif args.label_targets:
+        raise UserError(
+            "bench loop: --label-targets picks the targets that feed a loop calibrated on "
+            "another sitting; give --calibrate-on (or --sittings)"
+        )
     with Progress(f"bench loop, {opts.seeds} label streams per case"):
         out = bench_sessions(
             args.session,

@@ -65,6 +65,8 @@ def add_parser(sub) -> None:
 
 
 def _check(args) -> None:
+    if args.session.is_file():
+        raise UserError(f"{args.session}: a file; oracle eval reads a labelled session folder")
     if not args.session.is_dir():
         raise UserError(f"{args.session}: no such folder")
     if args.code_commit and not _COMMIT.match(args.code_commit):

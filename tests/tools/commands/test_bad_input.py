@@ -54,6 +54,18 @@ def _run(argv: list[str], capsys) -> tuple[int, str]:
             ["bench", "fastpath", "--source", "../shared/data/video-corners4/no_face.jpg"],
             "no_face.jpg: a still image",
         ),
+        # Taken and ignored without --calibrate-on; a video called "no such folder".
+        (["bench", "loop", "--session", GRID9, "--label-targets", "1,2"], "give --calibrate-on"),
+        (
+            [
+                "oracle",
+                "eval",
+                "../shared/data/video-corners4/calibrate.mp4",
+                "--oracle",
+                "targets",
+            ],
+            "calibrate.mp4: a file; oracle eval reads a labelled session folder",
+        ),
     ],
 )
 def test_numbers_out_of_bounds_are_one_line_errors(argv, says, capsys):
