@@ -99,6 +99,12 @@ def _is_storage_error(e: BaseException, tmp: Path) -> bool:
     )
 
 
+def file_in_the_way(path: str | os.PathLike[str]) -> Path | None:
+    """The first of `path` and its parents that is a file, where a folder must be."""
+    path = Path(path)
+    return next((p for p in (path, *path.parents) if p.is_file()), None)
+
+
 def make_folder(folder: str | os.PathLike[str]) -> Path:
     """`mkdir -p`, failing with a `WriteError` that names the folder."""
     folder = Path(folder)
@@ -106,7 +112,7 @@ def make_folder(folder: str | os.PathLike[str]) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
     except FileExistsError as e:
         # "File exists" alone reads as a success: say which part is a file.
-        part = next((p for p in (folder, *folder.parents) if p.is_file()), folder)
+        part = file_in_the_way(folder) or folder
         raise WriteError(e.errno, f"{part} is a file, not a folder", str(folder)) from e
     except OSError as e:
         raise _write_error(e, folder) from e

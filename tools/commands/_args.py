@@ -24,10 +24,6 @@ from gazeloop.fastpath.providers import EP_CHOICES, ProviderError, resolve_provi
 from gazeloop.tools.errors import UserError
 from gazeloop.trainer.problems import first_problem
 
-# What the fast path's samples offer (GazeSample.feature_dict), embedding features aside.
-KNOWN_FEATURES = FEATURE_NAMES
-
-
 # --- numbers a user types ------------------------------------------------------------------
 
 
@@ -163,7 +159,7 @@ def feature_names(text: str) -> list[str]:
     bad = [n for n in names if not is_feature_name(n)]
     if not names or bad:
         raise UserError(
-            f"--features: unknown {bad or 'empty list'}; choose from {', '.join(KNOWN_FEATURES)} "
+            f"--features: unknown {bad or 'empty list'}; choose from {', '.join(FEATURE_NAMES)} "
             "or emb_<i>"
         )
     return names

@@ -19,7 +19,7 @@ import numpy as np
 
 from gazeloop.calibration.geometry import ScreenGeometry
 from gazeloop.calibration.mapping.candidates import choose, columns_for, default_candidates
-from gazeloop.calibration.metrics.evaluate import geometric_options
+from gazeloop.calibration.metrics.evaluate import MIN_SELECTION_TARGETS, geometric_options
 from gazeloop.calibration.metrics.head_shift import expected_shift_mm, follow_stats
 from gazeloop.calibration.store.session import read_session
 from gazeloop.fastpath.collect import LazyFastPath
@@ -39,9 +39,6 @@ MOVES = {
 # Without a known screen size, the geometric mapping's own laptop prior (mm).
 DEFAULT_SCREEN_MM = (300.0, 190.0)
 CAMERA_ABOVE_MM = 5.0
-
-
-_MIN_TARGETS = 4
 
 
 def add_parser(sub) -> None:
@@ -114,12 +111,12 @@ def run(args: argparse.Namespace) -> int:
 def check(session, fp: LazyFastPath, args) -> dict:
     v = session_views(session, fp, both_reads=False)
     n = len(np.unique(v.groups))
-    if n < _MIN_TARGETS:
+    if n < MIN_SELECTION_TARGETS:
         # As `gazeloop eval`: with fewer, nested selection has no target to judge by, and
         # the numbers would crown a mapping fitted on as many points as it has parameters.
         raise UserError(
             f"{session.folder}: {n} usable targets; choosing the mapping by leave-one-target-"
-            f"out needs at least {_MIN_TARGETS}"
+            f"out needs at least {MIN_SELECTION_TARGETS}"
         )
     px = session.screen_px
     geo = ScreenGeometry(px=px) if px else ScreenGeometry.from_targets(v.labels_px)

@@ -47,7 +47,7 @@ from gazeloop.calibration.profile import (
     data_dir,
     profile_path,
 )
-from gazeloop.calibration.store.atomic import check_writable
+from gazeloop.calibration.store.atomic import check_writable, file_in_the_way
 from gazeloop.calibration.store.writer import write_record
 from gazeloop.fastpath.pipeline import FastPath
 from gazeloop.fastpath.sources import CameraSource
@@ -161,7 +161,7 @@ def _profile(args, fp: FastPath) -> tuple[ProfileMapper | None, Path]:
     or in a new sitting the profile of all the user's sittings pooled when there is one."""
     path = args.profile or profile_path(args.user, args.device)
     if not path.is_file():
-        blocker = next((p for p in path.parents if p.is_file()), None)
+        blocker = file_in_the_way(path.parent)
         if path.exists() or blocker is not None:
             # Not "no profile yet": something is in the way, and calibrating would fail on it.
             why = f"{blocker} is a file, not a folder" if blocker else "a folder, not a profile"
