@@ -312,6 +312,18 @@ def test_bench_returns_sane_latency(broker):
     json.dumps(r)  # the CLI prints it as JSON
 
 
+def test_bench_against_a_listener_that_never_answers_says_so():
+    """The kernel completes the handshake and nobody ever sends CONNACK: the bench gives up
+    at its own timeout with a reason (it used to say ': None')."""
+    with socket.socket() as hole:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(8)
+        url = f"mqtt://127.0.0.1:{hole.getsockname()[1]}"
+        with pytest.raises(RuntimeError, match="cannot subscribe") as ei:
+            bench_mqtt(url, rate_hz=60, seconds=0.1, connect_timeout_s=0.3)
+    assert "None" not in str(ei.value) and str(ei.value).split(": ")[-1].strip()
+
+
 @pytest.mark.parametrize("kind", ["refused", "black_hole"])
 def test_publisher_never_blocks_when_the_broker_is_away(kind):
     """Port closed (refused at once) or a listener that never answers (CONNECT hangs until

@@ -38,16 +38,20 @@ class _Receiver:
         self._thread = LoopThread("bench-receiver")
 
     async def _main(self, stop: asyncio.Event) -> None:
+        # The stop event ends the whole session, the connect included: a broker that never
+        # answers would otherwise hold close() for its full timeout. No timeout around the
+        # receive either: cancelling a pending receive can lose the message it was handed.
         try:
-            async with connected(self.settings, identifier=client_id("bench")) as c:
-                await c.subscribe(self.topic, qos=0)
-                self.ready.set()
-                # No timeout around the receive: cancelling a pending receive can lose the
-                # message it was just handed; the stop event ends the whole loop instead.
-                await first_of(self._receive(c), stop.wait())
+            await first_of(self._session(), stop.wait())
         except Exception as e:  # reported to the caller, who decides
             self.error = str(e) or type(e).__name__
             self.ready.set()
+
+    async def _session(self) -> None:
+        async with connected(self.settings, identifier=client_id("bench")) as c:
+            await c.subscribe(self.topic, qos=0)
+            self.ready.set()
+            await self._receive(c)
 
     async def _receive(self, c: aiomqtt.Client) -> None:
         async for m in c.messages:
@@ -87,7 +91,8 @@ def bench_mqtt(
     rx.start()
     if not rx.ready.wait(connect_timeout_s) or rx.error:
         rx.close()
-        raise RuntimeError(f"bench: cannot subscribe at {settings.redacted()}: {rx.error}")
+        why = rx.error or f"no answer within {connect_timeout_s:g} s"
+        raise RuntimeError(f"bench: cannot subscribe at {settings.redacted()}: {why}")
     pub = GazePublisher(settings, user="bench", device=device, queue_size=64).start()
     sent: dict[int, int] = {}
     try:
@@ -95,9 +100,8 @@ def bench_mqtt(
         while not pub.stats.connected and time.monotonic() < deadline:
             time.sleep(0.01)
         if not pub.stats.connected:
-            raise RuntimeError(
-                f"bench: cannot publish at {settings.redacted()}: {pub.stats.last_error}"
-            )
+            why = pub.stats.last_error or f"no answer within {connect_timeout_s:g} s"
+            raise RuntimeError(f"bench: cannot publish at {settings.redacted()}: {why}")
         n = max(1, round(rate_hz * seconds))
         period_ns = int(1e9 / rate_hz)
         start = time.monotonic_ns()
