@@ -370,7 +370,9 @@ def _usable_targets(cfg, holdout: list, labels: list, progress: bool) -> dict[st
     sources = choose_holdout(cfg.data, holdout).train + list(labels)
     if not sources or not all(_is_session_folder(s.path) for s in sources):
         return {}
-    say = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else None
+    # The trainer reads the same units again (from the cache this pass fills): the prefix
+    # says why each unit is reported twice.
+    say = (lambda m: print(f"calib-min {m}", file=sys.stderr, flush=True)) if progress else None
     loaded = _main_process_first(
         lambda main: load_data(
             sources,
