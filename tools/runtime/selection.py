@@ -10,6 +10,7 @@ of sittings a second time does not run the networks again.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -104,7 +105,7 @@ def apply_profile(
     cache: bool = True,
 ) -> Evaluated:
     """The profile's mapping on this session's frames, unchanged (no refit). Its screen
-    stands in when the session names none; a session on another screen size is told. When
+    stands in when the session names none (`run_selected` tells of another size). When
     nobody stated whether this session's frames are selfie views, they are read as the
     profile's were (its chosen candidate records it): the same camera and person, and a
     mapping fitted on one read means nothing on the other."""
@@ -141,6 +142,20 @@ def apply_profile(
     return ev
 
 
+def _note_other_screen(path: Path, prof: Profile, screen: ScreenGeometry | None) -> None:
+    """A mapping gives fractions of the screen it was fitted on: applied to a session on
+    another size, a point lands at the same fraction of this one, which only means the same
+    place on the same monitor at another resolution. Allowed, but said (stderr: --json
+    keeps stdout to the report)."""
+    if screen is not None and tuple(screen.px) != tuple(prof.screen.px):
+        (w, h), (pw, ph) = screen.px, prof.screen.px
+        print(
+            f"note: {path} was fitted on a {pw}x{ph} screen and this session is {w}x{h}: its "
+            "points are read as the same fractions of this screen",
+            file=sys.stderr,
+        )
+
+
 def load_profile(path: Path, fp: LazyFastPath) -> Profile:
     try:
         gaze = fp.get().gaze
@@ -164,6 +179,7 @@ def run_selected(
     try:
         if profile is not None:
             prof = load_profile(profile, fp)
+            _note_other_screen(profile, prof, screen)
             ev = apply_profile(prof, session, fp, screen, cache=cache)
             ev.report.profile = str(profile)
             return ev, None

@@ -505,3 +505,10 @@ def test_a_profile_reads_unstated_frames_as_its_own_were(grid9, tmp_path):
     wrong = eval_json(col, "--profile", prof, "--no-mirrored")
     assert wrong["mirrored"] is False
     assert unstated["mean_px"] < 0.5 * wrong["mean_px"]
+    # The profile's own screen is no news; another size is allowed and said.
+    px = json.loads(prof.read_text())["screen"]["px"]
+    rc, _, err = cli("eval", col, "--profile", prof, "--screen-px", *px, "--json")
+    assert rc == 0 and "note:" not in err, err
+    rc, out, err = cli("eval", col, "--profile", prof, "--screen-px", 1280, 720, "--json")
+    assert rc == 0 and json.loads(out)["screen_px"] == [1280, 720]
+    assert f"fitted on a {px[0]}x{px[1]} screen and this session is 1280x720" in err
