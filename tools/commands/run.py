@@ -200,6 +200,19 @@ def _profile(args, fp: FastPath) -> tuple[ProfileMapper | None, Path]:
     return ProfileMapper(prof, screen), path
 
 
+def calibration_out(given: Path | None, in_use: Profile | None, args) -> Path:
+    """Where the c key saves its profile: the --profile in use when it is this run's user's
+    and device's (recalibrating it is the point), else their own file. Another person's or
+    device's profile, given to try it, is left as it was: the fit just made is of this
+    person at this camera."""
+    own = profile_path(args.user, args.device)
+    if given is None or (
+        in_use is not None and (in_use.user, in_use.device) != (args.user, args.device)
+    ):
+        return own
+    return given
+
+
 def _sittings_profile(args, prof: Profile, fp: FastPath) -> Path | None:
     """`tools.runtime.sittings_profile.current`; a failure to pool is said and the device's
     own profile stays."""
@@ -756,7 +769,9 @@ class Window:
                 user=args.user,
                 device=args.device,
                 session_dir=default_session_dir(args.user),
-                profile_out=args.profile or profile_path(args.user, args.device),
+                profile_out=calibration_out(
+                    args.profile, live.mapper.profile if live.mapper else None, args
+                ),
                 source_desc=self.source_desc,
                 program="gazeloop run (c key)",
                 ready_s=args.ready,

@@ -171,3 +171,21 @@ def test_a_calibration_with_earlier_sittings_saves_what_its_own_points_favour(
     assert main([*argv, *src, "--mapping", "ridge", "--json"]) == 0
     assert Profile.load(own).fit.history is None
     assert "history" not in json.loads(capsys.readouterr().out)  # stdout: the report alone
+
+
+def test_the_c_key_saves_over_the_given_profile_only_when_it_is_this_runs(tmp_path):
+    """A profile of this user and device is recalibrated in place; another's, given to try
+    it, is never overwritten: the new fit goes to this user's and device's own file."""
+    from types import SimpleNamespace
+
+    from gazeloop.calibration.profile import profile_path
+    from gazeloop.tools.commands.run import calibration_out
+
+    args = SimpleNamespace(user="ann", device="mac")
+    own = profile_path("ann", "mac")
+    given = tmp_path / "p.json"
+    mine, theirs = (SimpleNamespace(user="ann", device=d) for d in ("mac", "desk"))
+    assert calibration_out(None, None, args) == own
+    assert calibration_out(given, mine, args) == given
+    assert calibration_out(given, theirs, args) == own
+    assert calibration_out(given, None, args) == given  # a --profile not yet in use
