@@ -478,9 +478,9 @@ def _run(args: argparse.Namespace, ls: LabelledSource) -> int:
     src = ls.source
     stream = iter(src)
 
-    def on_profile(prof: Profile, m: ProfileMapper) -> None:
-        if watcher is not None:  # a later model swap refits this profile, not the old one
-            watcher.profile, watcher.screen = prof, m.screen
+    def on_profile(prof: Profile, m: ProfileMapper, path: Path) -> None:
+        if watcher is not None:  # a later model swap refits this profile, in its own file
+            watcher.profile, watcher.screen, watcher.profile_path = prof, m.screen, path
 
     ui = None
     if not args.headless:
@@ -788,7 +788,7 @@ class Window:
         mapper = ProfileMapper(res.profile, screen)
         live.install(mapper)
         if self.on_profile is not None:
-            self.on_profile(res.profile, mapper)
+            self.on_profile(res.profile, mapper, res.profile_path)
         print("calibrated; the new profile is in use: " + "; ".join(res.lines()), flush=True)
 
     def _verify_data(self, snap, label, *, busy=False, phase=0.0, gaze=None) -> VerifyData:
