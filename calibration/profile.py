@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gazeloop.calibration.geometry import ScreenGeometry
 from gazeloop.calibration.mapping import mapping_from_params
+from gazeloop.calibration.problems import first_problem
 from gazeloop.calibration.store.atomic import atomic_write_bytes
 
 # How the gaze network was read (`read_name`): once or averaged with the mirrored face, told
@@ -205,10 +206,7 @@ class Profile(BaseModel):
         try:
             prof = cls.model_validate(data)
         except ValidationError as e:
-            first = e.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-            msg = str(first["msg"]).removeprefix("Value error, ")
-            raise ProfileError(f"{path}: invalid profile at {where}: {msg}") from e
+            raise ProfileError(f"{path}: invalid profile: {first_problem(e)}") from e
         try:
             mapping = mapping_from_params(prof.mapping.name, prof.mapping.params)
         except (KeyError, ValueError, TypeError) as e:

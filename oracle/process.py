@@ -34,6 +34,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from gazeloop.calibration.labels import OracleLabel, Snapshot
+from gazeloop.calibration.problems import one_line
 from gazeloop.oracle.base import OracleCancelled, OracleError
 
 log = logging.getLogger(__name__)
@@ -362,7 +363,7 @@ class ProcessOracle:
             try:
                 return OracleLabel.model_validate(reply["label"])
             except (KeyError, ValidationError) as e:
-                raise OracleError(f"oracle process returned an invalid label: {e}") from e
+                raise OracleError(f"oracle process returned an invalid label: {one_line(e)}") from e
 
     def close(self) -> None:
         self._closed.set()  # a restart waiting out its back-off gives up

@@ -33,10 +33,10 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
+from gazeloop.calibration.problems import first_problem
 from gazeloop.calibration.profile import data_dir
 from gazeloop.calibration.store.atomic import atomic_path, atomic_write_bytes, fsync_dir
 from gazeloop.fastpath.models import sha256_file
-from gazeloop.trainer.problems import first_problem
 
 if TYPE_CHECKING:
     from gazeloop.trainer.export import ModelCard

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from pydantic import ValidationError
 
+from gazeloop.calibration.problems import first_problem
 from gazeloop.calibration.store.atomic import atomic_write_bytes
 from gazeloop.trainer.checkpoint import (
     earlier_run,
@@ -58,7 +59,6 @@ from gazeloop.trainer.model import (
     load_checkpoint,
     save_checkpoint,
 )
-from gazeloop.trainer.problems import first_problem
 from gazeloop.trainer.readers.common import Samples
 from gazeloop.trainer.seeds import derive_seed, seed_everything
 from gazeloop.trainer.split import Split, check_trainable, make_split

@@ -54,6 +54,7 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from gazeloop.calibration.geometry import ScreenGeometry
 from gazeloop.calibration.labels import LineObservation, Observation, OracleLabel, PointObservation
+from gazeloop.calibration.problems import one_line
 from gazeloop.calibration.store.atomic import atomic_write_bytes
 from gazeloop.calibration.store.session import JPEG_QUALITY, SeedRecord, SessionManifest
 from gazeloop.calibration.store.writer import write_manifest
@@ -499,7 +500,7 @@ class LabelStore:
         try:
             return [self._row(r) for r in rows]
         except (ValidationError, ValueError) as e:
-            raise LabelStoreError(f"{self.root}: a stored row is invalid: {e}") from e
+            raise LabelStoreError(f"{self.root}: a stored row is invalid: {one_line(e)}") from e
 
     def get(self, label_id: int) -> StoredLabel | None:
         rows = self._query("WHERE id = ?", (int(label_id),))

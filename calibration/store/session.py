@@ -21,6 +21,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gazeloop.calibration.geometry import MAX_SCREEN_PX
+from gazeloop.calibration.problems import first_problem
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +223,7 @@ def _read_manifest(folder: Path) -> SessionManifest | None:
     except OSError as e:
         raise SessionError(f"cannot read session manifest {path}: {e.strerror or e}") from e
     except ValidationError as e:
-        raise SessionError(f"bad session manifest {path}: {_validation_reason(e)}") from e
+        raise SessionError(f"bad session manifest {path}: {first_problem(e)}") from e
 
 
 # Rejected files of one read said one by one; more are summed up in one line (a calibration
@@ -239,14 +240,6 @@ def _say_rejected(folder: Path, rejected: list[Rejection]) -> None:
     more = len(rejected) - _REJECTIONS_SAID
     if more > 1:
         log.warning("%s: %d more files rejected (-v lists each)", folder, more)
-
-
-def _validation_reason(e: ValidationError) -> str:
-    parts = []
-    for err in e.errors(include_url=False):
-        loc = ".".join(str(p) for p in err["loc"]) or "record"
-        parts.append(f"{loc}: {err['msg']}")
-    return "; ".join(parts)
 
 
 def _label_problem(record: SeedRecord, screen_px: tuple[int, int] | None) -> str | None:
@@ -373,7 +366,7 @@ def read_session(
             rejected.append(Rejection(json_path.name, f"cannot read record: {e}"))
             continue
         except ValidationError as e:
-            rejected.append(Rejection(json_path.name, f"malformed record: {_validation_reason(e)}"))
+            rejected.append(Rejection(json_path.name, f"malformed record: {first_problem(e)}"))
             continue
         problem = _label_problem(record, screen)
         if problem is not None:

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from gazeloop.calibration.geometry import ScreenGeometry, session_screen
 from gazeloop.calibration.mapping import MAPPINGS, mapping_class
+from gazeloop.calibration.problems import first_problem
 from gazeloop.calibration.procedure import LAYOUTS, ProcedureConfig
 from gazeloop.calibration.profile import DEFAULT_FEATURES, FEATURE_NAMES, is_feature_name
 from gazeloop.calibration.store.atomic import atomic_writer, check_writable
@@ -22,7 +23,6 @@ from gazeloop.calibration.store.session import SessionManifest
 from gazeloop.fastpath.pipeline import FastPathConfig
 from gazeloop.fastpath.providers import EP_CHOICES, ProviderError, resolve_providers
 from gazeloop.tools.errors import UserError
-from gazeloop.trainer.problems import first_problem
 
 # --- numbers a user types ------------------------------------------------------------------
 

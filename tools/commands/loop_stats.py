@@ -28,6 +28,7 @@ import numpy as np
 from pydantic import ValidationError
 
 import gazeloop.calibration.drift.simulation as ls
+from gazeloop.calibration.problems import first_problem
 
 _STATE: dict = {}
 
@@ -93,10 +94,10 @@ def _read_config(arg: str, p: argparse.ArgumentParser) -> dict:
         p.error(f"--config {arg}: a JSON object of LoopConfig fields is needed")
     try:
         ls.LoopConfig(**config)
-    except (ValidationError, TypeError) as e:
-        first = e.errors()[0] if isinstance(e, ValidationError) else {"loc": (), "msg": str(e)}
-        where = ".".join(str(x) for x in first["loc"]) or "config"
-        p.error(f"--config {arg}: {where}: {first['msg']}")
+    except ValidationError as e:
+        p.error(f"--config {arg}: {first_problem(e)}")
+    except TypeError as e:
+        p.error(f"--config {arg}: {e}")
     return config
 
 

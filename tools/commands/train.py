@@ -285,7 +285,7 @@ def _validated(model, doc, args, where: str = ""):
     """`model.model_validate(doc)`, a bad field said in one line (the first of them)."""
     from pydantic import ValidationError
 
-    from gazeloop.trainer.problems import first_problem
+    from gazeloop.calibration.problems import first_problem
 
     try:
         return model.model_validate(doc)

@@ -54,6 +54,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gazeloop.calibration.geometry import ScreenGeometry
 from gazeloop.calibration.labels import OracleLabel, PointObservation
+from gazeloop.calibration.problems import first_problem, one_line
 from gazeloop.calibration.store.atomic import atomic_write_bytes
 from gazeloop.calibration.store.labelstore import LabelStoreError, StoredLabel
 from gazeloop.calibration.store.session import MANIFEST_NAME, SeedRecord, SessionManifest
@@ -304,7 +305,7 @@ class LabelUplink:
                 # Left pending (a repaired store could still send it) but not retried here, so
                 # one bad row cannot hold up every label behind it.
                 self._bad.add(row.id)
-                log.error("label %d cannot be sent: %s", row.id, e)
+                log.error("label %d cannot be sent: %s", row.id, one_line(e))
                 continue
             out.append((row.id, msg.model_dump_json(exclude_none=True).encode()))
             if len(out) == self.batch:
@@ -511,9 +512,7 @@ class Collector:
         try:
             msg = LabelMessage.model_validate_json(payload)
         except ValidationError as e:
-            first = e.errors(include_url=False)[0]
-            where = ".".join(str(p) for p in first["loc"]) or "payload"
-            raise MalformedLabel(f"schema: {where}: {first['msg']}") from e
+            raise MalformedLabel(f"schema: {first_problem(e)}") from e
         if (msg.user, msg.device) != (parts[1], parts[2]):
             raise MalformedLabel(f"identity: payload says {msg.user}/{msg.device}")
         if msg.uid != make_uid(msg.user, msg.device, msg.label_id, msg.label.snapshot_id):

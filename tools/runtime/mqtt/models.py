@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import aiomqtt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from gazeloop.calibration.problems import first_problem, one_line
 from gazeloop.tools.runtime.mqtt.conn import (
     TOPIC_ROOT,
     Backoff,
@@ -396,7 +397,7 @@ class ModelFetcher:
             ann = ModelAnnouncement.model_validate_json(payload)
         except ValidationError as e:
             self._counts["malformed"] += 1
-            log.warning("model announcement ignored: %s", e.errors(include_url=False)[:1])
+            log.warning("model announcement ignored: %s", first_problem(e))
             return transfer
         if self.model_id is not None and ann.model_id != self.model_id:
             return transfer
@@ -448,7 +449,7 @@ class ModelFetcher:
         except (RegistryError, ValidationError, ValueError) as e:
             self._counts["failed"] += 1
             self._refused.add(ann.sha256)
-            log.warning("model %s refused by the registry: %s", ann.model_id, e)
+            log.warning("model %s refused by the registry: %s", ann.model_id, one_line(e))
             return
         self._counts["fetched"] += 1
         self.last_entry = entry

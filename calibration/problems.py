@@ -1,7 +1,7 @@
 """A pydantic `ValidationError` as one line. The product reports bad input in one line
-naming the field; pydantic's own text is a block of lines per error, each with a link. Here
-rather than in `tools`: the registry (read by the fast path's watcher) words its warnings
-with it too."""
+naming the field; pydantic's own text is a block of lines per error, each with a link. Here,
+in the package every other one may import, so that session manifests and records, profiles,
+fast-path and training configs, registry cards and MQTT messages all say it the same way."""
 
 from __future__ import annotations
 
@@ -27,6 +27,12 @@ def first_problem(e: ValidationError) -> str:
     if len(errors) > 1:
         text += f" (and {len(errors) - 1} more)"
     return text
+
+
+def one_line(e: Exception) -> str:
+    """Any error's text on one line: a ValidationError as `first_problem`, others as is
+    (ValidationError is a ValueError, so handlers catching both need this)."""
+    return first_problem(e) if isinstance(e, ValidationError) else " ".join(str(e).split())
 
 
 def _short(value: object, limit: int = 40) -> str:
