@@ -93,7 +93,10 @@ def bench_mqtt(
         rx.close()
         why = rx.error or f"no answer within {connect_timeout_s:g} s"
         raise RuntimeError(f"bench: cannot subscribe at {settings.redacted()}: {why}")
-    pub = GazePublisher(settings, user="bench", device=device, queue_size=64).start()
+    # No staleness cutoff: a latency benchmark counts a late sample as late, not as lost.
+    pub = GazePublisher(
+        settings, user="bench", device=device, queue_size=64, max_age_s=None
+    ).start()
     sent: dict[int, int] = {}
     try:
         deadline = time.monotonic() + connect_timeout_s
