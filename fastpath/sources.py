@@ -396,16 +396,18 @@ class LatestFrameSlot(Generic[T]):
         self.taken = 0
         self.dropped = 0  # items overwritten before anyone took them
 
-    def put(self, item: T) -> None:
+    def put(self, item: T) -> bool:
+        """Hand `item` over (replacing one not yet taken); False once closed."""
         with self._cond:
             if self._closed:
-                return
+                return False
             if self._full:
                 self.dropped += 1
             self._item = item
             self._full = True
             self.puts += 1
             self._cond.notify()
+            return True
 
     def get(self, timeout: float | None = None) -> T | None:
         """The newest item; None after `timeout` seconds without one. An item put before
@@ -546,8 +548,10 @@ class CameraSource(FrameSource):
                     ok, image = cap.retrieve()
                 if ok and image is not None:
                     failures = 0
-                    self._slot.put(Frame(t_ns=t_ns, image=image, index=self.frames_captured))
-                    self.frames_captured += 1
+                    # A frame grabbed as the source closes is not one captured: the counts
+                    # (captured = delivered + dropped + at most one pending) stay exact.
+                    if self._slot.put(Frame(t_ns=t_ns, image=image, index=self.frames_captured)):
+                        self.frames_captured += 1
                     continue
                 if self._stop.is_set():
                     break

@@ -496,6 +496,26 @@ def test_slow_consumer_gets_fresh_frames_and_drops_are_counted() -> None:
     assert pending in (0, 1)
 
 
+def test_a_frame_grabbed_as_the_source_closes_is_not_counted_as_captured() -> None:
+    """The consumer closes while the capture thread is decoding frame 3: that frame goes
+    nowhere, so it is not captured (it was counted, and `pending` came out 2 once)."""
+
+    class ClosesDuringRetrieve(FakeCapture):
+        cam: CameraSource
+
+        def retrieve(self):
+            if self.grabbed == 3:
+                self.cam._slot.close()  # what close() does first, at the worst moment
+            return super().retrieve()
+
+    fake = ClosesDuringRetrieve(3, grab_s=0.001)
+    fake.cam = cam = CameraSource(0, open_capture=Opener(fake), retries=0)
+    frames = list(cam)
+    cam.close()
+    assert fake.grabbed == 3 and cam.frames_captured == 2
+    assert len(frames) + cam.dropped == 2
+
+
 def test_camera_that_stops_is_reopened_then_given_up(caplog: pytest.LogCaptureFixture) -> None:
     opener = Opener(FakeCapture(3), FakeCapture(4))  # unplugged, replugged, then gone
     with CameraSource(0, open_capture=opener, retries=2, backoff_s=0.001) as cam:
