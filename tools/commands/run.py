@@ -519,7 +519,7 @@ def _run(args: argparse.Namespace, ls: LabelledSource) -> int:
         if ui is not None:
             ui.close(args.screenshot)
         try:
-            _finish(live, args)
+            _finish(live, args, replay=not isinstance(src, CameraSource))
             st = live.status()
             summary = status_text(live, None)
         finally:
@@ -531,12 +531,16 @@ def _run(args: argparse.Namespace, ls: LabelledSource) -> int:
     return 0 if frames or st else 1
 
 
-def _finish(live: Live, args) -> None:
-    """Stop the oracle, then give the labels still unsent up to --mqtt-wait seconds."""
+def _finish(live: Live, args, *, replay: bool) -> None:
+    """Stop the oracle (a replay's snapshot in hand is labelled first), then give the labels
+    still unsent up to --mqtt-wait seconds."""
     pending = live.labels_pending()
     if pending:
         print(f"sending {pending} labels (waiting up to {args.mqtt_wait:g} s) …", flush=True)
-    live.finish(args.mqtt_wait if args.mqtt else 0.0)
+    live.finish(
+        args.mqtt_wait if args.mqtt else 0.0,
+        oracle_wait_s=live.oracle_timeout_s if replay else 0.0,
+    )
     left = live.labels_pending()
     if left:
         why = live.uplink.stats.last_error if live.uplink is not None else None

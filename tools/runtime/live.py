@@ -148,6 +148,7 @@ class Live:
             self.loop = self._new_loop(
                 mapper, new_sitting=from_earlier_sitting(getattr(mapper, "profile", None))
             )
+        self.oracle_timeout_s = oracle_timeout_s
         self.worker = (
             OracleWorker(
                 oracle, timeout_s=oracle_timeout_s, max_age_s=None, on_label=self._on_label
@@ -514,13 +515,19 @@ class Live:
         self._pending_seen = (now, n)
         return n
 
-    def finish(self, wait_s: float = 0.0) -> None:
-        """The end of a run: the oracle stops (its label in flight is stored), the labels
-        queued for the store are written, then up to `wait_s` for the labels and gaze
-        samples still on their way to the broker; the gaze publisher is closed, so its
-        counts are final. The uplink and the store stay open (for `status()`) until
-        `close()`."""
+    def finish(self, wait_s: float = 0.0, *, oracle_wait_s: float = 0.0) -> None:
+        """The end of a run: the oracle stops, the labels queued for the store are written,
+        then up to `wait_s` for the labels and gaze samples still on their way to the broker;
+        the gaze publisher is closed, so its counts are final. The uplink and the store stay
+        open (for `status()`) until `close()`.
+
+        The oracle's snapshot in hand is labelled and stored if that takes at most
+        `oracle_wait_s`; past it, the call is cancelled and its answer discarded. A replay
+        waits (its labels then do not depend on when the scheduler ran the oracle); a camera
+        run ends when asked, not a Moondream call later."""
         if self.worker is not None:
+            if oracle_wait_s > 0:
+                self.worker.wait_idle(oracle_wait_s)
             self.worker.close()
         self._drain_store()  # before the uplink drains: it sends what the store holds
         end = time.monotonic() + wait_s

@@ -336,3 +336,49 @@ def test_a_full_queue_drops_and_counts_labels_instead_of_blocking_the_frame_thre
     assert r.live.flush(10)
     assert r.live.labels_stored == 2 and store.inner.count() == 2
     assert "3 NOT stored: the store's writer fell behind" in status_text(r.live, None)
+
+
+class SlowOracle:
+    """Answers every snapshot with the centre after `delay_s`, unless cancelled first."""
+
+    name, version = "slow", "t1"
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+
+    def label(self, snap, cancel: threading.Event) -> OracleLabel:
+        cancel.wait(self.delay_s)
+        return OracleLabel(
+            t_ns=snap.t_ns,
+            snapshot_id=snap.snapshot_id,
+            oracle=self.name,
+            observation=PointObservation(xy=(0.5, 0.5)),
+        )
+
+    def close(self) -> None:
+        pass
+
+
+# The camera case's oracle answers only when cancelled, so no stall can let it in first.
+@pytest.mark.parametrize(("oracle_wait_s", "delay_s", "stored"), [(30.0, 0.3, 1), (0.0, 600, 0)])
+def test_a_replay_stores_the_label_in_flight_at_its_end_and_a_camera_run_does_not_wait(
+    tmp_path, oracle_wait_s, delay_s, stored
+):
+    """The source ends while the oracle is still labelling its one snapshot: a replay
+    waits for it (its labels do not depend on the scheduler); a camera run stops at once
+    and the answer is discarded, as `finish` says."""
+    from gazeloop.oracle.policy import SnapshotPolicy
+
+    r = make_rig(
+        LabelStore(tmp_path / "labels"),
+        oracle=SlowOracle(delay_s),
+        policy=SnapshotPolicy(min_interval_s=3600.0, fixation_ms=0.0),
+    )
+    try:
+        r.run(200)
+        assert r.live.worker.metrics().submitted == 1
+        r.live.finish(oracle_wait_s=oracle_wait_s)
+        assert r.live.flush(10)
+        assert r.store.count() == stored
+    finally:
+        r.live.close()
