@@ -71,8 +71,11 @@ class StderrFilter:
 
     def close(self, timeout_s: float = 1.0) -> None:
         """Restore fd 2. Lines already written are forwarded first; a child process still
-        holding the pipe (an oracle being killed) is waited for at most `timeout_s`."""
+        holding the pipe (an oracle being killed) is waited for at most `timeout_s`; then
+        the forwarding thread keeps its copy of the real stderr open (closed under it, its
+        late lines would be lost, or written to whatever file next took that number)."""
         sys.stderr.flush()
         os.dup2(self._real, 2)  # our copy of the pipe's write end closes with this
         self._thread.join(timeout_s)
-        os.close(self._real)
+        if not self._thread.is_alive():
+            os.close(self._real)

@@ -85,3 +85,36 @@ def test_a_truncated_video_is_our_one_line_not_ffmpegs(shared, tmp_path):
     lines = r.stderr.decode().splitlines()
     assert r.returncode == 2 and len(lines) == 1, lines  # FFmpeg's "moov atom not found" too
     assert lines[0].startswith("gazeloop track: cannot open video") and str(video) in lines[0]
+
+
+LATE_WRITER = r"""
+import os, subprocess, sys, time
+from pathlib import Path
+from gazeloop.tools.runtime.quiet import StderrFilter
+
+go = Path(sys.argv[1]) / "go"
+f = StderrFilter()
+# A child holding the pipe (as an oracle being killed does) writes only once told to.
+child = subprocess.Popen([sys.executable, "-c", (
+    "import os, sys, time\n"
+    f"while not os.path.exists({str(go)!r}): time.sleep(0.01)\n"
+    "os.write(2, b'late line from the child\\n')\n"
+)])
+f.close(timeout_s=0.05)
+other = open(Path(sys.argv[1]) / "other.txt", "wb", buffering=0)  # may reuse a closed fd
+go.touch()
+child.wait()
+f._thread.join(30)
+other.close()
+"""
+
+
+def test_a_line_written_after_close_gave_up_waiting_reaches_stderr_not_another_file(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-c", LATE_WRITER, str(tmp_path)],
+        capture_output=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "other.txt").read_bytes() == b""
+    assert b"late line from the child" in r.stderr
