@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -154,24 +155,34 @@ def test_a_child_that_dies_is_reported_and_replaced():
 
 
 @pytest.mark.slow
-def test_cancel_kills_a_hung_call_and_the_next_call_gets_a_fresh_child():
+def test_cancel_kills_a_hung_call_and_the_next_call_gets_a_fresh_child(tmp_path):
     # At normal priority: a fresh child at the default SCHED_IDLE waits for a free core, which
     # a parallel test run does not have for tens of seconds (the default is tested above).
     o = ProcessOracle(OracleSpec(SPEC), niceness=0, isolate=False)
     try:
         first = o._proc.pid
         cancel = threading.Event()
-        threading.Timer(0.3, cancel.set).start()
-        hung = _snap("hung")
-        hung.meta["hang"] = True
         with pytest.raises(OracleCancelled):
-            o.label(hung, cancel)
+            o.label(_hung_call(tmp_path, cancel), cancel)
         assert o.restarts == 1
         assert o.wait_ready(GUARD)
         lab = o.label(_snap("after"), threading.Event())
         assert lab.snapshot_id == "after" and lab.details["pid"] != first
     finally:
         o.close()
+
+
+def _hung_call(tmp_path: Path, cancel: threading.Event) -> Snapshot:
+    """A snapshot the child hangs on for an hour; `cancel` is set once the child has it
+    (a fixed timer could fire before the call is sent, and then nothing is killed)."""
+    entered = tmp_path / "entered"
+    hung = _snap("hung")
+    hung.meta.update(hang=True, entered=str(entered))
+    threading.Thread(
+        target=lambda: (_wait_for(entered.exists, "the child got the call"), cancel.set()),
+        daemon=True,
+    ).start()
+    return hung
 
 
 def _wait_for(cond, what: str) -> None:
@@ -265,11 +276,8 @@ def test_a_replacement_that_cannot_start_is_retried_by_the_back_off(tmp_path):
         assert o.restarts == 0 and o._proc is not None
         broken.touch()  # from now on every replacement fails to build its oracle
         cancel.clear()
-        threading.Timer(0.2, cancel.set).start()
-        hung = _snap("hung")
-        hung.meta["hang"] = True
-        with pytest.raises(OracleCancelled):
-            o.label(hung, cancel)  # the hour-long call is cancelled: the child is killed
+        with pytest.raises(OracleCancelled):  # the hour-long call: the child is killed
+            o.label(_hung_call(tmp_path, cancel), cancel)
         assert o.restarts == 1
         _wait_for(lambda: o.failed_starts >= 2, "a failed start is retried")
         assert not o.wait_ready(0)
