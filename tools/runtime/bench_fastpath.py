@@ -18,6 +18,7 @@ import numpy as np
 from gazeloop.fastpath.pipeline import STAGES, FastPath
 from gazeloop.fastpath.sources import IMAGE_SUFFIXES, is_camera, open_source
 from gazeloop.tools.errors import UserError
+from gazeloop.tools.runtime.progress import Progress
 
 BENCH_SIZE = (640, 480)
 WARMUP = 10
@@ -90,11 +91,16 @@ def bench_fastpath(
             f"{source}: a still image; the fast path's timing needs a stream (a video, a "
             "session folder or a camera), which the tracking stages depend on"
         )
-    with open_source(source, resize=BENCH_SIZE, **extra) as src:
+    what = "fast path" + ("" if oracle is None else f", oracle {oracle}")
+    with (
+        Progress(f"bench {what}, {frames} frames") as progress,
+        open_source(source, resize=BENCH_SIZE, **extra) as src,
+    ):
         it = iter(src)
         i = -1
         while len(total) < frames:
             i += 1
+            progress.note(f"frame {len(total)} of {frames}")
             passes = getattr(src, "passes", 0)
             t0 = time.perf_counter_ns()
             frame = next(it)

@@ -12,10 +12,16 @@ from gazeloop.tools.cli import main
 pytestmark = pytest.mark.slow  # every test here runs the whole fast path
 
 
-def test_bench_fastpath_reports_every_stage_and_excludes_loop_restarts(shared, capsys):
+def test_bench_fastpath_reports_every_stage_and_excludes_loop_restarts(shared, capsys, monkeypatch):
+    from gazeloop.tools.runtime import bench_fastpath
+
+    notes: list[str] = []
+    monkeypatch.setattr(bench_fastpath.Progress, "note", lambda self, text: notes.append(text))
     video = shared / "data/video-corners4/calibrate.mp4"
     rc = main(["bench", "fastpath", "--source", str(video), "--frames", "90", "--json"])
     assert rc == 0
+    # A long run says how far it is (on a terminal): frames measured so far, of how many.
+    assert notes[0] == "frame 0 of 90" and notes[-1] == "frame 89 of 90"
     out = json.loads(capsys.readouterr().out)
     # 10 warm-up + 90 frames of a 74-frame file: the one reopen is left out, said so, and
     # one more frame read so that 90 are measured.
