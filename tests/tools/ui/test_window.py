@@ -246,6 +246,56 @@ def test_c_key_calibrates_in_the_running_window_and_the_cursor_appears(
 
 
 @pytest.mark.slow
+def test_c_key_with_another_devices_profile_saves_to_this_devices_own_file(
+    xenv, shared, corners4_profile, tmp_path, monkeypatch
+):
+    """--profile of device `default` tried on device `laptop2`: the c key's fit goes to
+    laptop2's own file, the given one is left as it was, and a later model swap refits the
+    new profile in its new file (the model watcher is told the path, not only the profile)."""
+    from gazeloop.tools.runtime import hotreload
+
+    watchers = []
+
+    class Recorded(hotreload.ModelWatcher):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            watchers.append(self)
+
+    monkeypatch.setattr(hotreload, "ModelWatcher", Recorded)
+    scripted_keys(monkeypatch, {3: "c"})
+    given = tmp_path / "given.json"
+    given.write_bytes(corners4_profile.read_bytes())
+    rc, out, err = cli(
+        "run",
+        "--source",
+        shared / VIDEO,
+        "--profile",
+        given,
+        "--device",
+        "laptop2",
+        "--screen-px",
+        1280,
+        720,
+        "--settle",
+        0.1,
+        "--capture",
+        3,
+        "--ready",
+        0.1,
+        "--frames",
+        10,
+    )
+    assert rc == 0, err
+    assert "calibrated; the new profile is in use" in out
+    own = profile_path("default", "laptop2")
+    assert f"profile saved: {own}" in out
+    assert given.read_bytes() == corners4_profile.read_bytes()
+    assert Profile.load(own).device == "laptop2"
+    (watcher,) = watchers
+    assert watcher.profile_path == own and watcher.profile.device == "laptop2"
+
+
+@pytest.mark.slow
 def test_calibrate_on_screen_shows_the_grid_and_saves_profile_and_session(
     xenv, shared, tmp_path, monkeypatch
 ):
