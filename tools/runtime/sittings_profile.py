@@ -227,4 +227,7 @@ def current(user: str, device: str, screen: ScreenGeometry, fp_cfg) -> Path | No
         prof = fit_sittings(folders, screen, fp, user=user, device=device)
     finally:
         fp.close()
-    return None if prof is None else prof.save(path)
+    if prof is None:
+        print("profile: fewer than two of them are usable; nothing pooled", flush=True)
+        return None
+    return prof.save(path)

@@ -115,6 +115,23 @@ def test_one_calibration_session_is_nothing_to_pool(shared, tmp_path, monkeypatc
 
 
 @pytest.mark.slow
+def test_two_sessions_of_which_one_is_unusable_pool_nothing_and_say_so(
+    shared, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("GAZELOOP_HOME", str(tmp_path))
+    first = _calibrate(shared, tmp_path, "20261201-090000")
+    broken = Path(_another(first, "20261202-090000"))
+    for jpg in broken.glob("*.jpg"):  # no face anywhere: no usable frame
+        cv2.imwrite(str(jpg), np.zeros((48, 64, 3), np.uint8))
+    _age(tmp_path / "users/u/profiles/d.json", hours=2)
+    capsys.readouterr()
+    out = _run(shared, capsys)
+    assert "pooling 2 calibration sessions" in out
+    assert "fewer than two of them are usable; nothing pooled" in out
+    assert not (tmp_path / "users/u/profiles/d.sittings.json").exists()
+
+
+@pytest.mark.slow
 def test_a_calibration_with_earlier_sittings_saves_what_its_own_points_favour(
     shared, tmp_path, monkeypatch, capsys
 ):
