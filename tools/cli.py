@@ -95,6 +95,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # Whoever read our stdout went away (`gazeloop track ... | head`): stop as a Unix tool
+        # killed by SIGPIPE does, without a traceback. stdout now points at /dev/null, so the
+        # interpreter's last flush cannot raise it again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except _USER_ERRORS as e:
         print(f"gazeloop {args.command}: {e}", file=sys.stderr)
         return 2

@@ -118,3 +118,20 @@ def test_a_line_written_after_close_gave_up_waiting_reaches_stderr_not_another_f
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "other.txt").read_bytes() == b""
     assert b"late line from the child" in r.stderr
+
+
+@pytest.mark.slow
+def test_a_reader_that_goes_away_ends_the_command_without_a_traceback(shared):
+    """`gazeloop track ... | head -1`: the pipe closes after one line; the command stops
+    with SIGPIPE's conventional 141 and says nothing (it printed a BrokenPipeError)."""
+    video = str(shared / "data/video-corners4/calibrate.mp4")
+    p = subprocess.Popen(
+        [sys.executable, "-m", "gazeloop", "track", video, "--jsonl"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert p.stdout.readline()
+    p.stdout.close()
+    err = p.stderr.read()
+    assert p.wait(timeout=300) == 141, err
+    assert b"Traceback" not in err and b"BrokenPipe" not in err
