@@ -74,8 +74,9 @@ def run_list(args: argparse.Namespace) -> int:
     for e in entries:
         mark = "*" if served.get(e.model_id) == e.version else " "
         ev = e.card.evaluation or {}
+        reason = f": {ev['reason']}" if ev.get("reason") else ""
         gate = (
-            f"gate: {'promoted' if ev.get('promoted') else 'refused'}: {ev.get('reason')}"
+            f"gate: {'promoted' if ev.get('promoted') else 'refused'}{reason}"
             if ev
             else "gate: not judged"
         )

@@ -136,7 +136,9 @@ def _labeler(args, ls: LabelledSource, screen_px: tuple[int, int]) -> tuple[str,
     try:
         from pynput.mouse import Controller
     except ImportError as e:
-        raise UserError("--label cursor needs pynput: pip install pynput") from e
+        from gazeloop.tools.runtime.permissions import no_pointer
+
+        raise UserError(no_pointer("--label cursor", e)) from None
     mouse = Controller()
 
     def from_cursor(frame: Frame):

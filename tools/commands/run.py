@@ -305,11 +305,12 @@ class Cursor:
     """The operating system's cursor, via pynput (optional: `pip install pynput`)."""
 
     def __init__(self):
+        from gazeloop.tools.runtime.permissions import ALLOW, accessibility_trusted, no_pointer
+
         try:
             from pynput.mouse import Controller
         except ImportError as e:
-            raise UserError("--move-cursor needs pynput: pip install pynput") from e
-        from gazeloop.tools.runtime.permissions import ALLOW, accessibility_trusted
+            raise UserError(no_pointer("--move-cursor", e)) from None
 
         if accessibility_trusted() is False:
             raise UserError(

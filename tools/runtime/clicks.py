@@ -29,7 +29,7 @@ from gazeloop.calibration.drift.history import History
 from gazeloop.calibration.labels import OracleLabel, PointObservation
 from gazeloop.oracle.clicks import Click, ClickRules, ClickVerdict, burst_mask, judge_one
 from gazeloop.tools.errors import UserError
-from gazeloop.tools.runtime.permissions import ALLOW, accessibility_trusted
+from gazeloop.tools.runtime.permissions import ALLOW, accessibility_trusted, no_pointer
 
 log = logging.getLogger(__name__)
 _MS = 1_000_000
@@ -143,7 +143,7 @@ def start_listener(labeller: ClickLabeller, *, platform: str | None = None):
     try:
         from pynput import mouse
     except ImportError as e:
-        raise UserError(f"--oracle clicks needs pynput and a desktop session: {e}") from None
+        raise UserError(no_pointer("--oracle clicks", e)) from None
     if accessibility_trusted(platform) is False:
         raise UserError(f"macOS gives this program no clicks: {ALLOW}")
 

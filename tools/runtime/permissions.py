@@ -28,3 +28,10 @@ def accessibility_trusted(platform: str | None = None) -> bool | None:
     except ImportError:
         return None
     return bool(HIServices.AXIsProcessTrusted())
+
+
+def no_pointer(what: str, e: ImportError) -> str:
+    """One line for pynput failing to import: not installed, or (installed) no desktop to
+    reach, whose own text runs over several lines of advice; its first line says which."""
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return f"{what} needs pynput and a desktop session: {first}"

@@ -146,3 +146,37 @@ def test_a_sitting_given_twice_and_a_profile_that_cannot_be_saved_are_said_first
     (tmp_path / "file").write_text("x")
     rc, err = _run(["eval", s, "--save-profile", str(tmp_path / "file" / "p.json")], capsys)
     assert rc == 2 and f"{tmp_path / 'file'} is a file, not a folder" in err, err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (
+            ["run", "--headless", "--frames", "1", "--oracle", "none", "--move-cursor"],
+            "--move-cursor",
+        ),
+        (["record", "OUT", "--label", "cursor", "--frames", "1"], "--label cursor"),
+    ],
+)
+def test_the_pointer_without_a_desktop_says_so_not_pip_install(shared, tmp_path, argv, flag):
+    """pynput is installed; what fails is reaching a desktop (no DISPLAY): the import's
+    own reason is said, not an advice to install what is there."""
+    import os
+    import subprocess
+    import sys
+
+    video = str(shared / "data/video-corners4/calibrate.mp4")
+    argv = [str(tmp_path / "out") if a == "OUT" else a for a in argv] + ["--source", video]
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    env["GAZELOOP_HOME"] = str(tmp_path / "home")
+    p = subprocess.run(
+        [sys.executable, "-m", "gazeloop", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 2, p.stderr
+    (line,) = p.stderr.strip().splitlines()
+    assert f"{flag} needs pynput and a desktop session: " in line and "pip install" not in line

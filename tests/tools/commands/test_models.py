@@ -16,7 +16,8 @@ def test_promote_and_rollback_move_what_is_served(tmp_path, capsys):
     refused = {"promoted": False, "reason": "worse than its parent by 3.0 ± 1.0 px"}
     for n in (1000, 2000, 3000):
         path, card = tiny_model(tmp_path / "m", "net", n)
-        reg.register(path, card | {"evaluation": refused if n == 3000 else None})
+        judged = {3000: refused, 2000: {"promoted": True, "reason": None}}  # a fetched card
+        reg.register(path, card | {"evaluation": judged.get(n)})
     opts = ["--registry", str(reg.root)]
     assert reg.promoted("net") is None
     assert main(["models", "promote", "1", *opts]) == 0
@@ -26,6 +27,7 @@ def test_promote_and_rollback_move_what_is_served(tmp_path, capsys):
     assert main(["models", "list", *opts]) == 0
     listing = capsys.readouterr().out.splitlines()
     assert listing[0].startswith("  net v1") and listing[0].endswith("gate: not judged")
+    assert listing[1].endswith("gate: promoted")  # no reason given: none made up ("None")
     assert (
         listing[2].startswith("* net v3") and "gate: refused: worse than its parent" in listing[2]
     )
