@@ -83,8 +83,15 @@ def _positive(name: str, v: float | None) -> None:
 
 def _screen(args, ls: LabelledSource, given: tuple[int, int] | None) -> tuple[int, int] | None:
     """The screen the labels are pixels of: the source's for its own targets (a different
-    --screen-px is refused: it was silently ignored), else --screen-px, else the source's."""
+    --screen-px is refused: it was silently ignored), else --screen-px, else the source's;
+    never the source's for the mouse pointer, which is on this desktop's screen (a recording
+    made on a 2560x1440 screen labelled with a 1280x720 pointer wrote the wrong size)."""
     own = tuple(ls.screen_px) if ls.screen_px else None
+    if args.label == "cursor" and given is None:
+        raise UserError(
+            "--label cursor: give --screen-px W H, the size of the screen the mouse pointer "
+            "is on" + (f" ({args.source} was recorded on {own[0]}x{own[1]})" if own else "")
+        )
     targets = args.label == "targets" or (args.label == "auto" and args.point is None)
     if targets and own and given and own != given:
         raise UserError(

@@ -112,6 +112,16 @@ def test_sources_without_targets_need_a_label(shared, tmp_path):
     assert json.loads(item.json.read_text())["label_source"] == "point"
 
 
+def test_the_pointer_labels_pixels_of_this_screen_never_the_recordings(shared, tmp_path):
+    """corners4 was recorded on 2560x1440; a pointer label is a pixel of the screen the
+    pointer is on, so its size must be given (the recording's was written, with 1280x720
+    pointer pixels). Refused before any desktop is needed."""
+    src = shared / "data/video-corners4"
+    rc, _, err = cli("record", tmp_path / "a", "--source", src, "--label", "cursor")
+    assert rc == 2 and "--label cursor: give --screen-px W H" in err and "2560x1440" in err
+    assert not (tmp_path / "a").exists()
+
+
 def test_no_camera_is_a_message_naming_it(tmp_path):
     rc, _, err = cli("record", tmp_path / "a", "--source", "97", "--point", 1, 1)
     assert rc == 2 and "camera 97" in err and "Traceback" not in err
