@@ -209,7 +209,7 @@ def _add_loop_parser(bsub) -> None:
         "--mirrored",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="the images are selfie views (default: the manifest's word, else not mirrored)",
+        help="the images are selfie views (default: the manifest's word, else told by the frames)",
     )
     p.add_argument("--json", action="store_true", help="print only the JSON object")
     add_fastpath_args(p)

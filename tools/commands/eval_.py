@@ -58,7 +58,7 @@ def add_parser(sub) -> None:
         "--mirrored",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="the images are selfie views (default: the manifest's word, else not mirrored)",
+        help="the images are selfie views (default: the manifest's word, else told by the frames)",
     )
     p.add_argument(
         "--mapping",

@@ -235,6 +235,11 @@ def _oracle(args, mapper):
     if args.oracle == "targets":
         from gazeloop.oracle.simple import TargetOracle
 
+        print(
+            "oracle: targets, the recording's own targets replayed as labels (ground truth "
+            "for testing the loop, not a measurement of anything)",
+            flush=True,
+        )
         return TargetOracle()
     from gazeloop.oracle.moondream import MoondreamConfig, MoondreamOracle, load_moondream
 

@@ -583,8 +583,7 @@ def import_corners4(
         replacing = out.is_dir() and any(out.iterdir())
         if replacing and not overwrite:
             raise SessionImportError(
-                f"output folder {out} is not empty; use --overwrite (overwrite=True) to "
-                "replace its session files"
+                f"output folder {out} is not empty; use --overwrite to replace its session files"
             )
         out.mkdir(parents=True, exist_ok=True)
         # The old session stays whole until the new one is: it is written beside it first.

@@ -177,6 +177,7 @@ def test_live_window_shows_gaze_dot_picture_in_picture_and_status(
     )
     assert rc == 0, err
     assert "gazeloop run: 30 frames" in out and "oracle" in out
+    assert "oracle: targets, the recording's own targets replayed as labels (ground truth" in out
     img = cv2.imread(str(shot))
     # 1280x720 camera → a 640x360 camera view, a screen canvas beside it, a status strip.
     assert img.shape == (396, 1280, 3)
