@@ -8,7 +8,7 @@ numbers would silently mean something else.
 A profile belongs to a gaze model. The user's profile file (`profile_path`) holds what the
 last calibration made; fits of the same calibration for other models (hot reload, or a
 start on a newly promoted model) are kept beside it, one per model, in
-`<name>.models/<sha256[:16]>.json` (`model_profile_path`), and never overwrite it or each
+`<name>.models/<sha256[:16]>[.<read>].json` (`model_profile_path`), and never overwrite it or each
 other. `find_for_model` picks the one made for the model in use.
 
 The same network can be read several ways: once, or averaged with its run on the mirrored
@@ -274,9 +274,11 @@ _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 def model_profile_path(
     path: str | os.PathLike[str], gaze_model_sha256: str, gaze_read: str = "single"
 ) -> Path:
-    """Where the fit of profile `path` for one gaze model (and read) is kept, beside it."""
+    """Where the fit of profile `path` for one gaze model (and read) is kept, beside it. The
+    read's `:` becomes `-` in the name: Windows refuses it and macOS's Finder shows it as `/`
+    (a fit kept under the old name is refitted once, as for a model it has never seen)."""
     path = Path(path)
-    tail = "" if gaze_read == "single" else f".{gaze_read}"
+    tail = "" if gaze_read == "single" else "." + gaze_read.replace(":", "-")
     return path.parent / f"{path.stem}.models" / f"{gaze_model_sha256[:16]}{tail}.json"
 
 

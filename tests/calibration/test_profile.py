@@ -380,6 +380,10 @@ def test_fits_for_other_models_are_kept_apart_and_never_replace_the_users_profil
     )
     kept = save_for_model(other, path)
     assert kept == model_profile_path(path, "b" * 64) == tmp_path / "d.models/bbbbbbbbbbbbbbbb.json"
+    # Another read is another fit; its name holds no ':' (Windows, macOS's Finder).
+    assert model_profile_path(path, "b" * 64, "ray:mirror_average").name == (
+        "bbbbbbbbbbbbbbbb.ray-mirror_average.json"
+    )
     assert Profile.load(path) == mine  # the user's profile still serves its own model
     assert find_for_model(path, mine.gaze_model_sha256)[1] == mine
     base, fit, how = find_for_model(path, "b" * 64)
