@@ -206,21 +206,36 @@ class ModelRegistry:
         return sorted(out)
 
     def model_ids(self) -> list[str]:
+        """The model-id folders; a version folder copied to the top (`vNNNN`) is none."""
         if not self.root.is_dir():
             return []
         return sorted(
-            p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")
+            p.name
+            for p in self.root.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and not _VERSION_DIR.match(p.name)
         )
 
     def _resolve_id(self, model_id: str | None) -> str | None:
         if model_id is not None:
             return model_id
         ids = self.model_ids()
+        stray = self._stray_versions()
+        if stray and not ids:
+            raise RegistryError(
+                f"{self.root / stray[0]} is a version folder at the registry's top; it goes "
+                f"inside its model id's folder: {self.root}/<model-id>/{stray[0]} (the "
+                "trainer's model id is gazeloop-gazenet)"
+            )
         if len(ids) > 1:
             raise RegistryError(
                 f"{self.root} holds several models ({', '.join(ids)}); say which model_id"
             )
         return ids[0] if ids else None
+
+    def _stray_versions(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if _VERSION_DIR.match(p.name))
 
     def _skip(self, path: Path, reason: str) -> None:
         try:

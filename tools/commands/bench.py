@@ -33,7 +33,7 @@ from gazeloop.tools.runtime.progress import Progress
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("bench", help="benchmarks (JSON output)")
+    p = sub.add_parser("bench", help="benchmarks (JSON with --json; mqtt always)")
     bsub = p.add_subparsers(dest="bench", required=True, metavar="WHAT")
     f = bsub.add_parser(
         "fastpath",
@@ -121,7 +121,7 @@ def run_mqtt(args: argparse.Namespace) -> int:
 def _add_loop_parser(bsub) -> None:
     p = bsub.add_parser(
         "loop",
-        help="the drift loop on a real session, simulated oracle (JSON)",
+        help="the drift loop on a real session: simulated oracle or clicks (text, or --json)",
         description=bench_loop.__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

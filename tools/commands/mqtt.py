@@ -27,15 +27,17 @@ from gazeloop.tools.commands._args import add_broker_args, broker_settings, posi
 from gazeloop.tools.errors import UserError
 
 
-def _screen(text: str | None) -> tuple[int, int] | None:
-    if text is None:
+def _screen(values: list[str] | None) -> tuple[int, int] | None:
+    """`--screen-px W H` as every other command takes it; `WxH`, its first form, still is."""
+    if values is None:
         return None
+    text = " ".join(values)
     try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"screen size is WxH in pixels, got {text!r}") from e
+        w, h = (int(v) for v in text.lower().replace("x", " ").split())
+    except ValueError:
+        raise UserError(f"--screen-px is W H in pixels, got {text!r}") from None
     if w <= 0 or h <= 0:
-        raise argparse.ArgumentTypeError(f"screen size must be positive, got {text!r}")
+        raise UserError(f"--screen-px must be positive, got {text!r}")
     return (w, h)
 
 
@@ -53,7 +55,10 @@ def add_parser(sub) -> None:
     c.add_argument("--user", default="+", help="only this user's labels")
     c.add_argument("--device", default="+", help="only this device's labels")
     c.add_argument(
-        "--screen-px", type=_screen, help="WxH for labels whose laptop sent no screen size"
+        "--screen-px",
+        nargs="+",
+        metavar="W H",
+        help="the screen of labels whose laptop sent no screen size",
     )
     c.add_argument("--client-id", help="broker session id (default: stable per host and --out)")
     c.add_argument(
@@ -104,13 +109,14 @@ def run_collect(args: argparse.Namespace) -> int:
     from gazeloop.tools.runtime.mqtt.labels import Collector
 
     settings = broker_settings(args)
+    screen_px = _screen(args.screen_px)
     check_writable(args.out, folder=True)  # before waiting for labels it could not store
     collector = Collector(
         settings,
         args.out,
         user=args.user,
         device=args.device,
-        screen_px=args.screen_px,
+        screen_px=screen_px,
         identifier=args.client_id,
         on_subscribed=lambda n: print(
             f"subscribed to {collector.topic} (connection {n}); labels sent while this "

@@ -70,3 +70,27 @@ def test_check_calls_a_damaged_built_model_stale_not_ok(shared, tmp_path, monkey
     (stale,) = [x for x in lines if x.startswith("stale")]
     assert models.GAZE_ONNX.name in stale and str(gaze) in stale
     assert sum(x.startswith("ok") for x in lines) == 5
+
+
+def test_a_version_folder_copied_to_the_registrys_top_is_said_where_it_goes(tmp_path, capsys):
+    """The README's copy-without-a-broker done one level too high: `promote` said
+    'v0001 v1 is not a valid version' and `list` 'no registered models', naming nothing."""
+    import shutil
+
+    from gazeloop.tools.cli import main
+    from gazeloop.trainer.registry import ModelRegistry
+
+    reg = ModelRegistry(tmp_path / "reg")
+    path, card = tiny_model(tmp_path / "m", "net", 1000)
+    reg.register(path, card)
+    mac = tmp_path / "mac"
+    mac.mkdir()
+    shutil.copytree(reg.root / "net/v0001", mac / "v0001")
+    assert main(["models", "promote", "1", "--registry", str(mac)]) == 2
+    err = capsys.readouterr().err
+    assert "v0001 is a version folder at the registry's top" in err and "<model-id>/v0001" in err
+    assert main(["models", "list", "--registry", str(mac)]) == 0
+    assert "v0001 there is a version folder" in capsys.readouterr().out
+    (mac / "net").mkdir()
+    (mac / "v0001").rename(mac / "net/v0001")
+    assert main(["models", "promote", "1", "--registry", str(mac)]) == 0

@@ -315,3 +315,18 @@ def test_labels_a_run_could_not_send_go_with_the_next_run(
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert f"labels stored 0, sent {k}, pending 0" in last and "gaze sent 5, dropped 0" in last
     assert collector.stats.duplicates == 0 and collector.stats.malformed == 0
+
+
+@pytest.mark.parametrize(
+    ("given", "says"), [(["1920"], "is W H in pixels"), (["0", "5"], "must be positive")]
+)
+def test_collect_screen_px_is_w_h_like_every_command_and_wxh_still_reads(
+    tmp_path, capsys, given, says
+):
+    from gazeloop.tools.commands.mqtt import _screen
+
+    assert _screen(["1920", "1080"]) == _screen(["1920x1080"]) == (1920, 1080)
+    argv = ["collect", "--mqtt", "mqtt://127.0.0.1:1", "--out", str(tmp_path / "o")]
+    assert main([*argv, "--screen-px", *given]) == 2
+    assert says in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # refused before anything was made
