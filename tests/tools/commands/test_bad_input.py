@@ -156,7 +156,10 @@ def test_a_sitting_given_twice_and_a_profile_that_cannot_be_saved_are_said_first
             ["run", "--headless", "--frames", "1", "--oracle", "none", "--move-cursor"],
             "--move-cursor",
         ),
-        (["record", "OUT", "--label", "cursor", "--frames", "1"], "--label cursor"),
+        (
+            ["record", "OUT", "--label", "cursor", "--screen-px", "1280", "720", "--frames", "1"],
+            "--label cursor",
+        ),
     ],
 )
 def test_the_pointer_without_a_desktop_says_so_not_pip_install(shared, tmp_path, argv, flag):

@@ -187,7 +187,7 @@ def test_refuses_a_non_empty_folder(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    with pytest.raises(SessionImportError, match="not empty.*overwrite=True"):
+    with pytest.raises(SessionImportError, match="not empty; use --overwrite to replace"):
         import_corners4(SRC, out)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
