@@ -100,16 +100,28 @@ def add_fastpath_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+_JSON_KINDS = {list: "a list", str: "a string", bool: "a boolean", int: "a number"}
+_JSON_KINDS |= {float: "a number", type(None): "null"}
+
+
+def read_config_file(path: str | Path, name: str, fields: str) -> dict:
+    """A `--config` file's JSON object (of `fields`' fields), or one line naming the file:
+    unreadable (binary, bad JSON, nested beyond the parser) or not an object."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise UserError(f"{path}: cannot read {name}: {e}") from None
+    if not isinstance(doc, dict):
+        kind = _JSON_KINDS.get(type(doc), type(doc).__name__)
+        raise UserError(f"{path}: a {name} is a JSON object of {fields} fields, not {kind}")
+    return doc
+
+
 def fastpath_config(args: argparse.Namespace) -> FastPathConfig:
     """The config file (if any) overridden by the flags that were given."""
     data: dict = {}
     if getattr(args, "config", None):
-        try:
-            data = json.loads(Path(args.config).read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-            raise UserError(f"{args.config}: cannot read config: {e}") from None
-        if not isinstance(data, dict):
-            raise UserError(f"{args.config}: a config is a JSON object")
+        data = read_config_file(args.config, "config", "FastPathConfig")
     for key in ("landmarks", "face_model", "gaze_model", "filter", "threads", "ep"):
         v = getattr(args, key, None)
         if v is not None:

@@ -29,7 +29,12 @@ import sys
 from pathlib import Path
 
 from gazeloop.calibration.store.atomic import check_writable
-from gazeloop.tools.commands._args import non_negative_int, positive_float, positive_int
+from gazeloop.tools.commands._args import (
+    non_negative_int,
+    positive_float,
+    positive_int,
+    read_config_file,
+)
 from gazeloop.tools.errors import UserError
 from gazeloop.trainer.registry import default_registry_root
 from gazeloop.trainer.tune import TUNE_CHOICES
@@ -140,23 +145,8 @@ def _seed(text: str) -> int:
 _seed.__name__ = "a seed"
 
 
-_JSON_KINDS = {list: "a list", str: "a string", bool: "a boolean", int: "a number"}
-_JSON_KINDS |= {float: "a number", type(None): "null"}
-
-
 def _config_doc(args) -> dict:
-    if not args.config:
-        return {}
-    try:
-        doc = json.loads(args.config.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{args.config}: cannot read the training config: {e}") from e
-    if not isinstance(doc, dict):
-        raise UserError(
-            f"{args.config}: a training config is a JSON object of TrainConfig fields, "
-            f"not {_JSON_KINDS.get(type(doc), type(doc).__name__)}"
-        )
-    return doc
+    return read_config_file(args.config, "training config", "TrainConfig") if args.config else {}
 
 
 def _export_labels(args, doc: dict) -> list:
