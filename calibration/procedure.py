@@ -171,31 +171,35 @@ class CalibrationRun:
         self._i = len(self.targets)
 
     def _take(self, tgt: TargetLog, t_ns: int, sample, name: str) -> str:
-        q = sample.quality
-        d: dict[str, float] = {}
-        if not q.face:
-            why = "no face"
-        elif q.blink:
-            why = "blink"
-        elif not q.usable:
-            why = q.error or "unusable"
-        else:
-            d = sample.feature_dict()
-            why = "" if d else "no gaze"
+        d, why = self._read(sample)
         if why:
             tgt.dropped[why] = tgt.dropped.get(why, 0) + 1
             return "dropped"
-        if not self.cfg.select:
-            missing = [n for n in self.cfg.features if n not in d]
-            if missing:
-                why = f"no {', '.join(missing)}"
-                tgt.dropped[why] = tgt.dropped.get(why, 0) + 1
-                return "dropped"
         tgt.kept.append(np.array([d.get(n, np.nan) for n in self.cfg.features], dtype=np.float64))
         tgt.features.append(dict(d))
         tgt.t_ns.append(t_ns)
         tgt.names.append(name)
         return "kept"
+
+    def _read(self, sample) -> tuple[dict[str, float], str]:
+        """The frame's features, or why it is dropped ("" when it is not): a frame without
+        the eyes on the target says nothing about where they look, and a fixed mapping
+        cannot use a frame that lacks one of its features."""
+        q = sample.quality
+        if not q.face:
+            return {}, "no face"
+        if q.blink:
+            return {}, "blink"
+        if not q.usable:
+            return {}, q.error or "unusable"
+        d = sample.feature_dict()
+        if not d:
+            return {}, "no gaze"
+        if not self.cfg.select:
+            missing = [n for n in self.cfg.features if n not in d]
+            if missing:
+                return d, f"no {', '.join(missing)}"
+        return d, ""
 
     def _next(self, t_ns: int) -> None:
         tgt = self.targets[self._i]
@@ -222,9 +226,8 @@ class CalibrationRun:
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(X, Y normalised, target ids) of what was kept, skipped targets left out."""
         xs, ys, gs = [], [], []
-        for i, t in enumerate(self.targets):
-            if i in self.skipped or not t.kept:
-                continue
+        for i in self.used():
+            t = self.targets[i]
             xs.extend(t.kept)
             ys.extend([t.xy] * len(t.kept))
             gs.extend([i] * len(t.kept))

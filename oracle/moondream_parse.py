@@ -81,24 +81,25 @@ def _num(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
+def _in_image(x: float | None, y: float | None) -> tuple[float, float] | None:
+    """(x, y) when both are numbers in [0,1], else None: the one test of "a point inside the
+    image" that both answer shapes (a mapping, a pair) go through."""
+    if x is None or y is None or not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
+        return None
+    return (x, y)
+
+
 def _unit_point(v: Any) -> tuple[float, float] | None:
     """{"x", "y"} with both in [0,1], else None."""
     if not isinstance(v, Mapping):
         return None
-    x, y = _num(v.get("x")), _num(v.get("y"))
-    if x is None or y is None or not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
-        return None
-    return (x, y)
+    return _in_image(_num(v.get("x")), _num(v.get("y")))
 
 
 def _unit_pair(v: Any) -> tuple[float, float] | None:
     """(x, y) as a 2-sequence with both in [0,1], else None."""
-    if isinstance(v, str | bytes) or not isinstance(v, Sequence) or len(v) != 2:
-        return None
-    x, y = _num(v[0]), _num(v[1])
-    if x is None or y is None or not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
-        return None
-    return (x, y)
+    xy = _px_pair(v)
+    return None if xy is None else _in_image(*xy)
 
 
 def _px_pair(v: Any) -> tuple[float, float] | None:
@@ -260,7 +261,6 @@ def _observe(
     size = image_size(snap)
     if size is None:
         return none("snapshot has no image to measure")
-    w, h = size
 
     # 1. Is the person looking at something in the frame? Then not at the screen.
     plain, plain_err = parse_gaze(answers.get("gaze"))
@@ -275,26 +275,63 @@ def _observe(
         factors["in_frame_unknown"] = IN_FRAME_UNKNOWN_FACTOR
 
     # 2. A face must be there: the gaze answer is about an eye of a face.
+    eye, face, why = _eye_in_face(answers, snap, details, factors)
+    if why is not None:
+        return none(why, in_frame)
+    _weigh_pupils(answers.get("pupils"), snap, size, details, factors)
+
+    # 3. The forced target: its direction from the eye is the measurement.
+    v, why = _gaze_vector(answers.get("gaze_forced"), eye, face, size, details, factors)
+    if why is not None:
+        return none(why, in_frame)
+    obs, why = _screen_line(v, screen, camera_norm)
+    if why is not None:
+        return none(why, in_frame)
+
+    confidence = 1.0
+    for f in factors.values():
+        confidence *= f
+    details["factors"] = factors
+    return obs, in_frame, min(1.0, max(0.0, confidence)), details
+
+
+def _eye_in_face(
+    answers: Mapping, snap: Snapshot, details: dict[str, Any], factors: dict[str, float]
+) -> tuple[tuple[float, float] | None, Box | None, str | None]:
+    """The eye the gaze calls were asked about and the face it belongs to, or why there is
+    none: the face's width is the yardstick of the forced target's reach, and an eye in no
+    face Moondream found may be another person's."""
     boxes, dropped, err = parse_boxes(answers.get("faces"))
     if dropped:
         details["faces_dropped"] = dropped
     if err:
-        return none(f"no face: {err}", in_frame)
+        return None, None, f"no face: {err}"
     if not boxes:
-        return none("no face found", in_frame)
+        return None, None, "no face found"
 
     eye = _unit_pair(answers.get("eye"))
     if eye is None:
         eye = query_eye(snap, None, None)
     if eye is None:
-        return none("no eye position to ask about", in_frame)
+        return None, None, "no eye position to ask about"
     details["eye"] = eye
     holding = [b for b in boxes if b.contains(eye)]
     face = max(holding or boxes, key=lambda b: b.area)
     if not holding:
         factors["eye_outside_face"] = EYE_OUTSIDE_FACE_FACTOR
+    return eye, face, None
 
-    points, dropped, err = parse_points(answers.get("pupils"))
+
+def _weigh_pupils(
+    pupils_raw: Any,
+    snap: Snapshot,
+    size: tuple[int, int],
+    details: dict[str, Any],
+    factors: dict[str, float],
+) -> None:
+    """Moondream's pupils against the snapshot's, as a confidence factor: where they
+    disagree, Moondream is looking at another face (or the fast path is lost)."""
+    points, dropped, err = parse_points(pupils_raw)
     if dropped:
         details["pupils_dropped"] = dropped
     if err:
@@ -304,12 +341,23 @@ def _observe(
     if f < 1.0:
         factors["pupils"] = f
 
-    # 3. The forced target: its direction from the eye is the measurement.
-    target, err = parse_gaze(answers.get("gaze_forced"))
+
+def _gaze_vector(
+    forced_raw: Any,
+    eye: tuple[float, float],
+    face: Box,
+    size: tuple[int, int],
+    details: dict[str, Any],
+    factors: dict[str, float],
+) -> tuple[tuple[float, float] | None, str | None]:
+    """Eye → forced target in image pixels, or why it says nothing: a target on the face
+    itself is too close for its direction to be more than noise."""
+    w, h = size
+    target, err = parse_gaze(forced_raw)
     if err:
-        return none(f"forced gaze unusable: {err}", in_frame)
+        return None, f"forced gaze unusable: {err}"
     if target is None:
-        return none("forced gaze gave no target (this revision may ignore force_detect)", in_frame)
+        return None, "forced gaze gave no target (this revision may ignore force_detect)"
     details["target"] = target
 
     # Image pixels are square; normalised image units are not (a 16:9 frame).
@@ -318,15 +366,22 @@ def _observe(
     reach = math.hypot(vx, vy) / face_w
     details["target_face_widths"] = reach
     if reach < MIN_TARGET_FACE_WIDTHS:
-        return none("forced target too close to the eye: direction unreliable", in_frame)
+        return None, "forced target too close to the eye: direction unreliable"
     if reach < FULL_TRUST_FACE_WIDTHS:
         factors["target_near_eye"] = reach / FULL_TRUST_FACE_WIDTHS
+    return (vx, vy), None
 
+
+def _screen_line(
+    v: tuple[float, float], screen: ScreenGeometry, camera_norm: tuple[float, float] | None
+) -> tuple[LineObservation | None, str | None]:
+    """The image direction `v` (pixels) as a ray on the screen from the camera, or why
+    there is none (no camera position: the ray has nowhere to start)."""
     if camera_norm is None:
-        return none(NO_CAMERA, in_frame)
+        return None, NO_CAMERA
     origin = _px_pair(camera_norm)
     if origin is None:
-        return none(f"camera position is not two finite numbers: {camera_norm!r}", in_frame)
+        return None, f"camera position is not two finite numbers: {camera_norm!r}"
 
     # Image → screen axes. The frame is un-mirrored: the camera faces the user, so the
     # user's left is the image's right, and a person looking toward the screen's left (their
@@ -336,18 +391,13 @@ def _observe(
     # gaze ray is exactly parallel to (screen point − camera), whatever the eye's position.
     # Direction is in physical units (mm, or px as square pixels when mm are unknown);
     # normalised screen units stretch x and y differently, so divide each by the screen size.
+    vx, vy = v
     sw, sh = screen.mm if screen.mm is not None else screen.px
     direction = (-vx / sw, vy / sh)
     try:
-        obs = LineObservation(origin=origin, direction=direction)
+        return LineObservation(origin=origin, direction=direction), None
     except ValidationError as exc:
-        return none(f"no valid line: {exc.errors()[0].get('msg', exc)}", in_frame)
-
-    confidence = 1.0
-    for v in factors.values():
-        confidence *= v
-    details["factors"] = factors
-    return obs, in_frame, min(1.0, max(0.0, confidence)), details
+        return None, f"no valid line: {exc.errors()[0].get('msg', exc)}"
 
 
 def _short(v: Any, limit: int = 120) -> str:

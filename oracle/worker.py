@@ -36,6 +36,19 @@ log = logging.getLogger(__name__)
 _CLOSED = object()  # tells async subscribers that no label will come any more
 _LATENCY_WINDOW = 256  # completed calls kept for the percentiles
 _SEEN_LIMIT = 256  # distinct error messages remembered before forgetting them all
+# What the worker counts, each a field of WorkerMetrics (`metrics` passes them on as they are).
+_COUNTS = (
+    "submitted",
+    "replaced",
+    "started",
+    "done",
+    "failed",
+    "bad",
+    "timed_out",
+    "stale",
+    "cancelled",
+    "callback_errors",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +107,17 @@ def _percentile(values: list[float], q: float) -> float | None:
     lo = math.floor(pos)
     hi = min(lo + 1, len(s) - 1)
     return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def _check_limits(timeout_s: float | None, max_age_s: float | None, buffer: int) -> None:
+    """Refuse limits under which no label could come out (every call over time at once,
+    every snapshot stale, no room to keep a label), before any thread starts."""
+    if timeout_s is not None and not timeout_s > 0:
+        raise ValueError(f"timeout_s must be positive or None, got {timeout_s}")
+    if max_age_s is not None and not max_age_s > 0:
+        raise ValueError(f"max_age_s must be positive or None, got {max_age_s}")
+    if buffer < 1:
+        raise ValueError(f"buffer must be at least 1, got {buffer}")
 
 
 class LabelStream:
@@ -158,12 +182,7 @@ class OracleWorker:
         buffer: int = 16,
         join_timeout_s: float = 2.0,
     ) -> None:
-        if timeout_s is not None and not timeout_s > 0:
-            raise ValueError(f"timeout_s must be positive or None, got {timeout_s}")
-        if max_age_s is not None and not max_age_s > 0:
-            raise ValueError(f"max_age_s must be positive or None, got {max_age_s}")
-        if buffer < 1:
-            raise ValueError(f"buffer must be at least 1, got {buffer}")
+        _check_limits(timeout_s, max_age_s, buffer)
         self._oracle = oracle
         self.name = str(getattr(oracle, "name", type(oracle).__name__))
         self._timeout_s = timeout_s
@@ -183,21 +202,7 @@ class OracleWorker:
         self._outputs_closed = False
         self._out: deque[OracleLabel] = deque(maxlen=buffer)
         self._subs: list[_Subscriber] = []
-        self._counts = dict.fromkeys(
-            (
-                "submitted",
-                "replaced",
-                "started",
-                "done",
-                "failed",
-                "bad",
-                "timed_out",
-                "stale",
-                "cancelled",
-                "callback_errors",
-            ),
-            0,
-        )
+        self._counts = dict.fromkeys(_COUNTS, 0)
         self._latencies: deque[float] = deque(maxlen=_LATENCY_WINDOW)
         self._seen_errors: set[str] = set()
         self._last_error: str | None = None

@@ -546,66 +546,96 @@ class DriftLoop:
         return best
 
     def _update(self, label: OracleLabel) -> LoopDecision:
+        why = self._refusal(label)
+        if why is not None:
+            return self._reject(why)
+        obs = label.observation
+        a, u, why = self._observed(obs)
+        if why is not None:
+            return self._reject(why)
+        t = int(label.t_ns)
+        est, why = self._fast_at(t)
+        if why is not None:
+            return self._reject(why)
+        made = self._sample(obs, a, u, t, est)
+        if made is None:
+            # The ray points away from the estimate: no point of it is near, so the label
+            # contradicts the fast path outright rather than constraining it.
+            return self._reject("the fast estimate lies behind the ray's origin", fast=est)
+        sample, resid_q = made
+        self._seen.append(label.snapshot_id)
+        sample.source = self._source_name(label)
+        return self._decide(sample, resid_q / self._k, float(np.hypot(*resid_q)), est)
+
+    def _refusal(self, label: object) -> str | None:
+        """Why the label says nothing the loop can use, before its observation is read: a
+        wrong type, no observation, too little confidence, or a snapshot already heard."""
         cfg = self.cfg
         if not isinstance(label, OracleLabel):
-            return self._reject(f"not an OracleLabel: {type(label).__name__}")
-        obs = label.observation
-        if obs is None:
+            return f"not an OracleLabel: {type(label).__name__}"
+        if label.observation is None:
             where = " (target outside the frame)" if label.in_frame is False else ""
-            return self._reject(f"no observation{where}")
+            return f"no observation{where}"
         conf = float(label.confidence)
         if not math.isfinite(conf) or conf < cfg.min_confidence:
-            return self._reject(f"confidence {conf:.2f} < {cfg.min_confidence:.2f}")
+            return f"confidence {conf:.2f} < {cfg.min_confidence:.2f}"
         if label.snapshot_id in self._seen:
-            return self._reject(f"duplicate snapshot {label.snapshot_id!r}")
+            return f"duplicate snapshot {label.snapshot_id!r}"
+        return None
 
+    def _observed(self, obs: object) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
+        """The observation as arrays (the point, or a line's origin and direction), or why
+        it is none the loop can take: labels are data, so every number is checked here."""
         if isinstance(obs, PointObservation):
             a = np.asarray(obs.xy, dtype=np.float64)
             if a.shape != (2,) or not np.isfinite(a).all():
-                return self._reject(f"point {obs.xy!r} is not two finite numbers")
-        elif isinstance(obs, LineObservation):
-            if not cfg.accept_lines:
-                return self._reject("line label, but this loop takes no lines (no camera)")
-            a = np.asarray(obs.origin, dtype=np.float64)
-            u = np.asarray(obs.direction, dtype=np.float64)
-            if a.shape != (2,) or not np.isfinite(a).all():
-                return self._reject(f"line origin {obs.origin!r} missing or not finite")
-            if u.shape != (2,) or not np.isfinite(u).all() or math.hypot(*u) < 1e-9:
-                return self._reject(f"line direction {obs.direction!r} unusable")
-        else:
-            return self._reject(f"unknown observation {type(obs).__name__}")
+                return None, None, f"point {obs.xy!r} is not two finite numbers"
+            return a, None, None
+        if not isinstance(obs, LineObservation):
+            return None, None, f"unknown observation {type(obs).__name__}"
+        if not self.cfg.accept_lines:
+            return None, None, "line label, but this loop takes no lines (no camera)"
+        a = np.asarray(obs.origin, dtype=np.float64)
+        u = np.asarray(obs.direction, dtype=np.float64)
+        if a.shape != (2,) or not np.isfinite(a).all():
+            return None, None, f"line origin {obs.origin!r} missing or not finite"
+        if u.shape != (2,) or not np.isfinite(u).all() or math.hypot(*u) < 1e-9:
+            return None, None, f"line direction {obs.direction!r} unusable"
+        return a, u, None
 
-        t = int(label.t_ns)
+    def _fast_at(self, t: int) -> tuple[np.ndarray | None, str | None]:
+        """The fast estimate at the label's own time, or why there is none: a label the
+        History has already forgotten is compared with nothing rather than with a guess."""
+        cfg = self.cfg
         latest = self.history.latest()
         if latest is not None and latest.t_ns - t > cfg.max_label_age_s * 1e9:
             age = (latest.t_ns - t) / 1e9
-            return self._reject(f"stale: {age:.1f} s behind the newest sample")
+            return None, f"stale: {age:.1f} s behind the newest sample"
         est = self.history.at(t, int(cfg.max_gap_ms * 1e6))
         if est is None or est.size < 2 or not np.isfinite(est[:2]).all():
-            return self._reject("no fast estimate at t")
-        est = est[:2].astype(np.float64)
+            return None, "no fast estimate at t"
+        return est[:2].astype(np.float64), None
 
+    def _sample(
+        self, obs: object, a: np.ndarray, u: np.ndarray | None, t: int, est: np.ndarray
+    ) -> tuple[_Sample, np.ndarray] | None:
+        """The label as one equation P·C = P·g, in width units, with its residual about the
+        estimate as shown (offset included); None for a ray that points away from the
+        estimate. g is taken against the estimate without the offset in force at t, so
+        labels stay comparable across the offset's own moves."""
         k = self._k
         e_q = est * k
         raw_q = e_q - self._offset_at(t) * k
         if isinstance(obs, PointObservation):
-            sample = _Sample(t, np.eye(2), a * k - raw_q, None, dim=2)
-            resid_q = a * k - e_q
-        else:
-            d = u * k
-            d = d / math.hypot(*d)
-            n = np.array([-d[1], d[0]])
-            o_q = a * k
-            if float(np.dot(e_q - o_q, d)) < 0.0:
-                # The ray points away from the estimate: no point of it is near, so the
-                # label contradicts the fast path outright rather than constraining it.
-                return self._reject("the fast estimate lies behind the ray's origin", fast=est)
-            P = np.outer(n, n)
-            sample = _Sample(t, P, P @ (o_q - raw_q), n, dim=1)
-            resid_q = P @ (o_q - e_q)
-        self._seen.append(label.snapshot_id)
-        sample.source = self._source_name(label)
-        return self._decide(sample, resid_q / k, float(np.hypot(*resid_q)), est)
+            return _Sample(t, np.eye(2), a * k - raw_q, None, dim=2), a * k - e_q
+        d = u * k
+        d = d / math.hypot(*d)
+        n = np.array([-d[1], d[0]])
+        o_q = a * k
+        if float(np.dot(e_q - o_q, d)) < 0.0:
+            return None
+        P = np.outer(n, n)
+        return _Sample(t, P, P @ (o_q - raw_q), n, dim=1), P @ (o_q - e_q)
 
     # --- the estimator (the maths is in calibration.changepoint) --------------------------
 
@@ -730,9 +760,43 @@ class DriftLoop:
         self, sample: _Sample, residual: np.ndarray, resid_len: float, est: np.ndarray
     ) -> LoopDecision:
         cfg = self.cfg
-        C = self._offset * self._k
+        s, w = self._admit(sample)
+        run, scan = self._follow_change(s)
+
+        # The gate, against the run's fit without this label (the pre-label belief).
+        prior = self._fit(run[:-1], s)
+        # Its own source's noise in the predictive spread: each source has its own gate.
+        d = self._gate_distance(sample, prior.mean, s * s * _inv2(prior.info), s * s / w)
+        accepted = d <= cfg.gate_sigma
+        sample.accepted = accepted
+        self._estimate = self._target(self._store_fit(run, s))
+        step_q = self._step(self._estimate, accepted, resid_len)
+
+        if accepted:
+            why = "accepted"
+        else:
+            why = (
+                f"outlier: {d:.1f}σ from the robust fit of recent labels "
+                f"(gate {cfg.gate_sigma:g}σ; σ = {s / math.sqrt(w):.3f} screen widths)"
+            )
+        return LoopDecision(
+            accepted=accepted,
+            why=why,
+            residual=_ro(residual),
+            step=_ro(step_q / self._k),
+            offset=self._offset,
+            fast_xy=_ro(est),
+            alarm=self.alarm,
+            alarm_reason=self.alarm_reason,
+            p_change=self._p_change(scan),
+        )
+
+    def _admit(self, sample: _Sample) -> tuple[float, float]:
+        """Enter the label in the stream and its source's recent labels; → σ and the
+        label's weight as they stood before it: a label must not vouch for itself."""
+        cfg = self.cfg
         src = self._sources[sample.source]
-        self._weigh_sources()  # before this label: it must not vouch for itself
+        self._weigh_sources()
         s = self._scale()
         w = self._weight(sample)
         src.usable += 1
@@ -744,9 +808,13 @@ class DriftLoop:
             self._samples.popleft()
         while len(self._samples) > self._keep:
             self._samples.popleft()
+        return s, w
 
-        # Has the offset changed? If so a run starts at the onset the scan found, and the
-        # labels before it are closed with the fit of their own run.
+    def _follow_change(self, s: float) -> tuple[list[_Sample], Scan]:
+        """Has the offset changed? If so a run starts at the onset the scan found, and the
+        labels before it are closed with the fit of their own run. → the labels of the
+        current run (this one last) and the scan that judged them."""
+        cfg = self.cfg
         self._refine_boundary(s)
         run = self._labels(-1)
         scan = self._scan(run, self._runs[-1], s)
@@ -763,14 +831,12 @@ class DriftLoop:
             self._since_change = 0
             self._split_nlp = scan.neg_log_p
             run = run[scan.onset :]
+        return run, scan
 
-        # The gate, against the run's fit without this label (the pre-label belief).
-        prior = self._fit(run[:-1], s)
-        # Its own source's noise in the predictive spread: each source has its own gate.
-        d = self._gate_distance(sample, prior.mean, s * s * _inv2(prior.info), s * s / w)
-        accepted = d <= cfg.gate_sigma
-        sample.accepted = accepted
-        fit = self._store_fit(run, s)
+    def _target(self, fit: Fit) -> np.ndarray:
+        """Where the offset heads: the run's fit, or part of the way there while the change
+        that began the run is young and its evidence short of `confirm_logp`."""
+        cfg = self.cfg
         target = fit.mean
         if len(self._runs) >= 2 and cfg.confirm_logp > cfg.change_logp:
             # A young change is followed in proportion to the evidence for it, fully from
@@ -780,8 +846,14 @@ class DriftLoop:
             g = min(1.0, max(0.0, (self._split_nlp - cfg.merge_logp) / span))
             base = self._runs[-1].mean
             target = base + g * (fit.mean - base)
-        self._estimate = target
+        return target
 
+    def _step(self, target: np.ndarray, accepted: bool, resid_len: float) -> np.ndarray:
+        """Move the offset toward `target` after an accepted label, within what recent
+        labels constrain and the step and total bounds, and keep the alarm's counts; → the
+        step taken, width units (zero for an outlier: junk moves nothing)."""
+        cfg = self.cfg
+        C = self._offset * self._k
         step_q = np.zeros(2)
         if accepted:
             step_q = cfg.alpha * self._constrain(target - C)
@@ -802,29 +874,14 @@ class DriftLoop:
         at_bound = math.hypot(*(self._offset * self._k)) >= cfg.max_total * (1 - 1e-9)
         self._pinned = self._pinned + 1 if at_bound else 0
         self._update_alarm()
+        return step_q
 
+    def _p_change(self, scan: Scan) -> float:
+        """For display: certain for 3 labels after a change, then the scan's evidence as a
+        probability (1 at the change threshold and beyond)."""
         if self._since_change < 3:
-            p_change = 1.0
-        else:
-            p_change = math.exp(min(0.0, scan.neg_log_p - cfg.change_logp))
-        if accepted:
-            why = "accepted"
-        else:
-            why = (
-                f"outlier: {d:.1f}σ from the robust fit of recent labels "
-                f"(gate {cfg.gate_sigma:g}σ; σ = {s / math.sqrt(w):.3f} screen widths)"
-            )
-        return LoopDecision(
-            accepted=accepted,
-            why=why,
-            residual=_ro(residual),
-            step=_ro(step_q / self._k),
-            offset=self._offset,
-            fast_xy=_ro(est),
-            alarm=self.alarm,
-            alarm_reason=self.alarm_reason,
-            p_change=p_change,
-        )
+            return 1.0
+        return math.exp(min(0.0, scan.neg_log_p - self.cfg.change_logp))
 
     def _gate_distance(
         self, sample: _Sample, centre: np.ndarray, spread: np.ndarray, s2: float

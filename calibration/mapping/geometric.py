@@ -72,6 +72,7 @@ callers comparing families drop the mapping.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -201,6 +202,105 @@ def _spd_solve(A: np.ndarray, b: np.ndarray) -> np.ndarray:
     return V @ ((V.T @ b) / np.maximum(lam, 1e-12 * max(float(lam[-1]), 1e-300)))
 
 
+@dataclass(eq=False, slots=True)
+class _Problem:
+    """One robust fit's frames, weights and priors, fixed while it runs: what every
+    Levenberg–Marquardt step of `_fit_params` reads."""
+
+    yaw: np.ndarray
+    pitch: np.ndarray
+    eye: np.ndarray
+    frames: np.ndarray
+    target_mm: np.ndarray
+    w: np.ndarray
+    free: np.ndarray
+    prior: np.ndarray
+    prior_sd: np.ndarray
+    sw: np.ndarray = field(init=False)
+    step: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sw = np.sqrt(self.w)
+        self.step = _FD_STEPS[self.free]
+
+    def on_screen(self, p: np.ndarray) -> tuple[_Problem, np.ndarray]:
+        """This problem without the frames whose ray misses the screen at the starting
+        geometry p (a glance far off the screen that the outlier filter let through), and
+        their screen points there. Most of them missing is a wrong convention, not a
+        glance, and raises."""
+        s0 = screen_mm(p, self.yaw, self.pitch, self.eye, self.frames)
+        hits = np.isfinite(s0).all(axis=1)
+        if hits.mean() < 0.5:
+            raise GeometryError(
+                f"{int((~hits).sum())} of {len(hits)} gaze rays point away from the screen "
+                "plane at the starting geometry; check that frames are un-mirrored and "
+                "eye_z_mm < 0 (the face in front of the camera)"
+            )
+        if hits.all():
+            return self, s0
+        kept = (self.yaw, self.pitch, self.eye, self.frames, self.target_mm, self.w)
+        return _Problem(*(x[hits] for x in kept), self.free, self.prior, self.prior_sd), s0[hits]
+
+    def resid(self, q: np.ndarray) -> np.ndarray:
+        """Residuals in units of the robust scale, for parameters (9,) or a batch (k, 9)."""
+        s = screen_mm(q, self.yaw, self.pitch, self.eye, self.frames)
+        return (s - self.target_mm) / ROBUST_MM
+
+    def cost(self, r: np.ndarray, q: np.ndarray) -> float:
+        """The soft-L1 data term and the free parameters' priors; inf where a ray has left
+        the screen plane, so no step is ever accepted there."""
+        z2 = (r**2).sum(axis=1)
+        if not np.isfinite(z2).all():
+            return math.inf
+        data = float(self.w @ (2.0 * (np.sqrt(1.0 + z2) - 1.0)))
+        return data + float((((q - self.prior) / self.prior_sd)[self.free] ** 2).sum())
+
+    def normal_equations(self, p: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The reweighted squares at p as (A, g): the soft-L1 loss becomes weighted least
+        squares for this step, with the Jacobian by forward differences (one batched
+        projection for all free parameters: the fit's cost is in these projections)."""
+        free, step = self.free, self.step
+        di = np.arange(len(free))  # one row per free parameter
+        z2 = (r**2).sum(axis=1)
+        rw = self.sw / (1.0 + z2) ** 0.25  # IRLS weight of soft-L1: √(w ρ'(z²))
+        Q = np.repeat(p[None], len(free), axis=0)
+        Q[di, free] += step
+        J = ((self.resid(Q) - r) / step[:, None, None]).transpose(1, 2, 0)  # (n, 2, k)
+        Jw = (J * rw[:, None, None]).reshape(-1, len(free))
+        rv = (r * rw[:, None]).reshape(-1)
+        if not (np.isfinite(Jw).all() and np.isfinite(rv).all()):
+            raise GeometryError("gaze rays leave the screen plane while fitting")
+        ps = self.prior_sd[free]
+        A = Jw.T @ Jw + np.diag(1.0 / ps**2)
+        g = Jw.T @ rv + (p[free] - self.prior[free]) / ps**2
+        return A, g
+
+    def damped_step(
+        self, A: np.ndarray, g: np.ndarray, p: np.ndarray, c: float, lam: float
+    ) -> tuple[float, tuple[np.ndarray, np.ndarray, float, bool] | None]:
+        """Up to eight tries, damping harder after each that raises the cost. → (the damping
+        for the next step, (q, its residuals, its cost, converged) or None when no try
+        lowered the cost: the fit can go no further)."""
+        free = self.free
+        di = np.arange(len(free))  # the diagonal LM damps
+        for _ in range(8):
+            damped = A.copy()
+            damped[di, di] += lam * A[di, di]
+            delta = -_spd_solve(damped, g)
+            q = p.copy()
+            q[free] += delta
+            rq = self.resid(q)
+            cq = self.cost(rq, q)
+            if cq <= c:
+                # converged: the cost no longer moves, or the step is below what matters
+                small = c - cq <= _STOP_COST * (1.0 + c) or bool(
+                    (np.abs(delta) <= self.step * _STOP_STEPS).all()
+                )
+                return max(lam / 10.0, 1e-9), (q, rq, cq, small)
+            lam *= 10.0
+        return lam, None
+
+
 def _fit_params(
     yaw: np.ndarray,
     pitch: np.ndarray,
@@ -217,73 +317,21 @@ def _fit_params(
     """Minimise Σ wᵢ ρ(‖rᵢ‖/c) + Σ ((p − p₀)/σ)² over the `free` parameters, rᵢ in mm, ρ the
     soft-L1 loss 2(√(1+z²) − 1), by Levenberg–Marquardt on iteratively reweighted squares.
     The weights w are normalised to sum to the number of targets by the caller."""
-    free = np.asarray(free)
     p = (prior if start is None else start).astype(np.float64).copy()
-    # Frames whose ray misses the screen from the start (a glance far off the screen that
-    # the outlier filter let through) sit out; most of them missing is a wrong convention.
-    s0 = screen_mm(p, yaw, pitch, eye, frames)
-    hits = np.isfinite(s0).all(axis=1)
-    if hits.mean() < 0.5:
-        raise GeometryError(
-            f"{int((~hits).sum())} of {len(hits)} gaze rays point away from the screen plane "
-            "at the starting geometry; check that frames are un-mirrored and eye_z_mm < 0 "
-            "(the face in front of the camera)"
-        )
-    if not hits.all():
-        yaw, pitch, eye, frames = yaw[hits], pitch[hits], eye[hits], frames[hits]
-        target_mm, w, s0 = target_mm[hits], w[hits], s0[hits]
-    sw = np.sqrt(w)
-
-    def resid(q: np.ndarray) -> np.ndarray:
-        return (screen_mm(q, yaw, pitch, eye, frames) - target_mm) / ROBUST_MM
-
-    def cost(r: np.ndarray, q: np.ndarray) -> float:
-        z2 = (r**2).sum(axis=1)
-        if not np.isfinite(z2).all():
-            return math.inf
-        data = float(w @ (2.0 * (np.sqrt(1.0 + z2) - 1.0)))
-        return data + float((((q - prior) / prior_sd)[free] ** 2).sum())
-
-    step = _FD_STEPS[free]
-    di = np.arange(len(free))  # one row per free parameter; also the diagonal LM damps
-    r = (s0 - target_mm) / ROBUST_MM  # resid(p): screen_mm is per frame
-    c = cost(r, p)
+    whole = _Problem(yaw, pitch, eye, frames, target_mm, w, np.asarray(free), prior, prior_sd)
+    fit, s0 = whole.on_screen(p)
+    r = (s0 - fit.target_mm) / ROBUST_MM  # resid(p): screen_mm is per frame
+    c = fit.cost(r, p)
     lam = 1e-3
     iterations = 0
     while iterations < max_iter:
         iterations += 1
-        z2 = (r**2).sum(axis=1)
-        rw = sw / (1.0 + z2) ** 0.25  # IRLS weight of soft-L1: √(w ρ'(z²))
-        Q = np.repeat(p[None], len(free), axis=0)
-        Q[di, free] += step
-        J = ((resid(Q) - r) / step[:, None, None]).transpose(1, 2, 0)  # (n, 2, k)
-        Jw = (J * rw[:, None, None]).reshape(-1, len(free))
-        rv = (r * rw[:, None]).reshape(-1)
-        if not (np.isfinite(Jw).all() and np.isfinite(rv).all()):
-            raise GeometryError("gaze rays leave the screen plane while fitting")
-        ps = prior_sd[free]
-        A = Jw.T @ Jw + np.diag(1.0 / ps**2)
-        g = Jw.T @ rv + (p[free] - prior[free]) / ps**2
-        improved = False
-        for _ in range(8):
-            damped = A.copy()
-            damped[di, di] += lam * A[di, di]
-            delta = -_spd_solve(damped, g)
-            q = p.copy()
-            q[free] += delta
-            rq = resid(q)
-            cq = cost(rq, q)
-            if cq <= c:
-                # converged: the cost no longer moves, or the step is below what matters
-                small = c - cq <= _STOP_COST * (1.0 + c) or bool(
-                    (np.abs(delta) <= step * _STOP_STEPS).all()
-                )
-                p, r, c = q, rq, cq
-                lam = max(lam / 10.0, 1e-9)
-                improved = True
-                break
-            lam *= 10.0
-        if not improved or small:
+        A, g = fit.normal_equations(p, r)
+        lam, found = fit.damped_step(A, g, p, c, lam)
+        if found is None:
+            break
+        p, r, c, small = found
+        if small:
             break
     return p, {"iterations": iterations, "cost": c}
 

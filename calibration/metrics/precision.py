@@ -44,12 +44,19 @@ def _points(points: ArrayLike) -> np.ndarray:
     return p
 
 
+def _times(t: ArrayLike, n: int) -> np.ndarray:
+    """`t` as one time per sample: a length that differs from the points' would pair
+    samples with other samples' times."""
+    tt = np.asarray(t, dtype=np.float64)
+    if tt.shape != (n,):
+        raise ValueError(f"timestamps must have shape ({n},), got {tt.shape}")
+    return tt
+
+
 def _order(p: np.ndarray, t: ArrayLike | None) -> tuple[np.ndarray, np.ndarray | None]:
     if t is None:
         return p, None
-    tt = np.asarray(t, dtype=np.float64)
-    if tt.shape != (len(p),):
-        raise ValueError(f"timestamps must have shape ({len(p)},), got {tt.shape}")
+    tt = _times(t, len(p))
     # Stable sort: samples given out of order are still measured in the order they happened.
     idx = np.argsort(tt, kind="stable")
     return p[idx], tt[idx]
@@ -307,12 +314,9 @@ def switch_lags(
     lab = np.asarray(labels)
     if f.shape != r.shape or lab.shape != (len(r),):
         raise ValueError(f"raw {r.shape}, filtered {f.shape} and labels {lab.shape} differ")
-    tt = None if t is None else np.asarray(t, dtype=np.float64)
-    if tt is not None:
-        if tt.shape != (len(r),):
-            raise ValueError(f"timestamps must have shape ({len(r)},), got {tt.shape}")
-        if np.any(np.diff(tt) <= 0):
-            raise ValueError("samples must be in time order (strictly increasing t)")
+    tt = None if t is None else _times(t, len(r))
+    if tt is not None and np.any(np.diff(tt) <= 0):
+        raise ValueError("samples must be in time order (strictly increasing t)")
     period = 1.0
     if tt is not None and len(tt) > 1:
         period = float(np.median(np.diff(tt)))
@@ -321,8 +325,6 @@ def switch_lags(
     runs = list(zip(cuts[:-1], cuts[1:], strict=True))
     out: list[dict[str, Any]] = []
     for (a0, a1), (b0, b1) in zip(runs[:-1], runs[1:], strict=True):
-        old = np.arange(a0 + (a1 - a0) // 2, a1)
-        new = np.arange(b0 + (b1 - b0) // 2, b1)
         rec: dict[str, Any] = {
             "index": int(b0),
             "from": lab[a0].item(),
@@ -331,41 +333,68 @@ def switch_lags(
             "lag_frames": None,
         }
         out.append(rec)
-        ro, rn = r[old], r[new]
-        ro, rn = ro[np.all(np.isfinite(ro), 1)], rn[np.all(np.isfinite(rn), 1)]
-        if len(ro) == 0 or len(rn) == 0:
-            rec["why"] = "no finite sample in a fixation"
-            continue
-        p0, p1 = np.median(ro, axis=0), np.median(rn, axis=0)
-        d = p1 - p0
-        jump = float(np.hypot(*d))
-        rec["jump"] = jump
-        u = d / jump if jump > 0 else np.array([1.0, 0.0])
-        resid = np.concatenate([(ro - p0) @ u, (rn - p1) @ u])
-        noise = float(np.sqrt(np.mean(resid**2))) if len(resid) > 1 else 0.0
-        rec["noise"] = noise
-        if not jump > min_jump_sigma * noise or jump == 0:
-            rec["why"] = f"jump {jump:.3g} is under {min_jump_sigma:g} noise STDs ({noise:.3g})"
-            continue
-        # from the last sample of the old target, for the interpolation into the new one
-        seg = slice(b0 - 1, b1)
-        ts = None if tt is None else tt[seg]
-        h_raw = half_crossing((r[seg] - p0) @ d / jump**2, ts, start=1)
-        h_fil = half_crossing((f[seg] - p0) @ d / jump**2, ts, start=1)
-        rec["t_raw"], rec["t_filtered"] = _finite_or_none(h_raw), _finite_or_none(h_fil)
-        if tt is None and math.isfinite(h_raw):
-            rec["t_raw"] += b0 - 1
-        if tt is None and math.isfinite(h_fil):
-            rec["t_filtered"] += b0 - 1
-        if not math.isfinite(h_raw):
-            rec["why"] = "the raw stream does not reach half the jump before the next switch"
-            continue
-        if not math.isfinite(h_fil):
-            rec["why"] = "the filtered stream does not reach half the jump before the next switch"
-            continue
-        rec["lag"] = h_fil - h_raw
-        rec["lag_frames"] = (h_fil - h_raw) / period
+        old = np.arange(a0 + (a1 - a0) // 2, a1)
+        new = np.arange(b0 + (b1 - b0) // 2, b1)
+        found = _jump(rec, r[old], r[new], min_jump_sigma)
+        if found is not None:
+            _half_way_lag(rec, r, f, tt, slice(b0 - 1, b1), *found, period)
     return out
+
+
+def _jump(
+    rec: dict[str, Any], ro: np.ndarray, rn: np.ndarray, min_jump_sigma: float
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The old fixation's level and the jump to the new one's, from the raw samples of the
+    two level windows (`ro`, `rn`); None, with why in `rec`, when the jump is not a switch
+    worth measuring: with noise alone a half-way time would be a number about nothing."""
+    ro, rn = ro[np.all(np.isfinite(ro), 1)], rn[np.all(np.isfinite(rn), 1)]
+    if len(ro) == 0 or len(rn) == 0:
+        rec["why"] = "no finite sample in a fixation"
+        return None
+    p0, p1 = np.median(ro, axis=0), np.median(rn, axis=0)
+    d = p1 - p0
+    jump = float(np.hypot(*d))
+    rec["jump"] = jump
+    u = d / jump if jump > 0 else np.array([1.0, 0.0])
+    resid = np.concatenate([(ro - p0) @ u, (rn - p1) @ u])
+    noise = float(np.sqrt(np.mean(resid**2))) if len(resid) > 1 else 0.0
+    rec["noise"] = noise
+    if not jump > min_jump_sigma * noise or jump == 0:
+        rec["why"] = f"jump {jump:.3g} is under {min_jump_sigma:g} noise STDs ({noise:.3g})"
+        return None
+    return p0, d
+
+
+def _half_way_lag(
+    rec: dict[str, Any],
+    r: np.ndarray,
+    f: np.ndarray,
+    tt: np.ndarray | None,
+    seg: slice,
+    p0: np.ndarray,
+    d: np.ndarray,
+    period: float,
+) -> None:
+    """Each stream's half-way time over `seg` and the lag between them, into `rec`. `seg`
+    starts at the last sample of the old target, for the interpolation into the new one;
+    a stream that never gets half-way leaves the lag unmeasured, with why."""
+    jump = rec["jump"]
+    ts = None if tt is None else tt[seg]
+    h_raw = half_crossing((r[seg] - p0) @ d / jump**2, ts, start=1)
+    h_fil = half_crossing((f[seg] - p0) @ d / jump**2, ts, start=1)
+    rec["t_raw"], rec["t_filtered"] = _finite_or_none(h_raw), _finite_or_none(h_fil)
+    if tt is None and math.isfinite(h_raw):
+        rec["t_raw"] += seg.start
+    if tt is None and math.isfinite(h_fil):
+        rec["t_filtered"] += seg.start
+    if not math.isfinite(h_raw):
+        rec["why"] = "the raw stream does not reach half the jump before the next switch"
+        return
+    if not math.isfinite(h_fil):
+        rec["why"] = "the filtered stream does not reach half the jump before the next switch"
+        return
+    rec["lag"] = h_fil - h_raw
+    rec["lag_frames"] = (h_fil - h_raw) / period
 
 
 def lag_summary(lags: list[dict[str, Any]]) -> dict[str, Any]:
