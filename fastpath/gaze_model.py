@@ -40,6 +40,7 @@ import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -189,22 +190,37 @@ class GazeModel:
         # `Features.network_head_ypr`), kept here only to name the read (`read_name`).
         self.mirror_average = mirror_average
         self.read = read_name(mirror_average, head_frame)
+        data = self._read_file()
+        self.sha256 = hashlib.sha256(data).hexdigest()
+        self.session = self._load_session(data, threads, providers)
+        self._check_io()
+        self._left = np.zeros((1, 3, 60, 60), np.float32)
+        self._right = np.zeros((1, 3, 60, 60), np.float32)
+        self._head = np.zeros((1, 3), np.float32)
+        self._feed = {_INPUTS[0]: self._left, _INPUTS[1]: self._right, _INPUTS[2]: self._head}
+        self.embedding_dim: int | None = self._first_run()
+
+    def _read_file(self) -> bytes:
+        """The model's bytes, read once: they are both hashed and loaded."""
         try:
-            data = self.path.read_bytes()
+            return self.path.read_bytes()
         except FileNotFoundError:
             raise ModelLoadError(f"gaze model file not found: {self.path}") from None
         except OSError as exc:
             raise ModelLoadError(f"cannot read gaze model file {self.path}: {exc}") from exc
-        self.sha256 = hashlib.sha256(data).hexdigest()
 
+    def _load_session(self, data: bytes, threads: int, providers: list[str] | None) -> Any:
+        """An onnxruntime session on the bytes just hashed; its first line of complaint
+        becomes the error, since onnxruntime raises several unrelated types here."""
         try:
-            self.session = open_session(  # the bytes just hashed: one read of the file
-                data, threads=threads, providers=providers or default_providers()
-            )
-        except Exception as exc:  # onnxruntime raises several unrelated types here
+            return open_session(data, threads=threads, providers=providers or default_providers())
+        except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelLoadError(f"cannot load gaze model {self.path}: {first}") from None
 
+    def _check_io(self) -> None:
+        """Refuse a model whose inputs and outputs are not the ones this wrapper feeds and
+        reads: it would load and run, and answer nonsense."""
         meta = self.session.get_modelmeta().custom_metadata_map
         self.model_id: str = meta.get("gazeloop.model_id", self.path.stem)
         convention = meta.get("gazeloop.io_convention", OMZ_IO_CONVENTION)
@@ -224,18 +240,15 @@ class GazeModel:
         batch_dim = self.session.get_inputs()[0].shape[0]
         self._dynamic_batch = not isinstance(batch_dim, int)
 
-        self._left = np.zeros((1, 3, 60, 60), np.float32)
-        self._right = np.zeros((1, 3, 60, 60), np.float32)
-        self._head = np.zeros((1, 3), np.float32)
-        self._feed = {_INPUTS[0]: self._left, _INPUTS[1]: self._right, _INPUTS[2]: self._head}
-
-        # One run now so a model that loads but cannot execute fails here, not on frame 1,
-        # and the first frame does not pay for lazy initialisation.
+    def _first_run(self) -> int | None:
+        """One run now so a model that loads but cannot execute fails here, not on frame 1,
+        and the first frame does not pay for lazy initialisation; returns the embedding's
+        size (None: the model has no embedding output)."""
         try:
             outs = self.session.run(self._outputs, self._feed)
         except Exception as exc:
             raise ModelLoadError(f"gaze model {self.path} fails to run: {exc}") from exc
-        self.embedding_dim: int | None = int(outs[1].shape[1]) if len(outs) > 1 else None
+        return int(outs[1].shape[1]) if len(outs) > 1 else None
 
     @property
     def providers(self) -> list[str]:

@@ -23,7 +23,7 @@ from gazeloop.fastpath.filters import make_filter
 from gazeloop.fastpath.gaze_model import GazeModel
 from gazeloop.fastpath.landmarks import make_backend
 from gazeloop.fastpath.providers import resolve_providers
-from gazeloop.fastpath.types import Frame, GazeSample, Quality
+from gazeloop.fastpath.types import Features, Frame, GazeSample, Quality
 
 log = logging.getLogger(__name__)
 
@@ -150,8 +150,7 @@ class FastPath:
         state was in the other space."""
         self.mapper = mapper
         self._to_px = getattr(mapper, "to_px", None)  # a profile knows the current screen
-        self.filter.reset()
-        self._last_yp = self._last_xy = None
+        self._restart_filter()
 
     def request_swap(self, gaze: GazeModel, mapper=None) -> None:
         """Hand over a new gaze model (and the profile refitted for it), loaded elsewhere;
@@ -175,8 +174,7 @@ class FastPath:
         """A jump in time: the landmarks and the filter start afresh (the person is the
         same, so the blink reference stays)."""
         self.landmarks.reset()
-        self.filter.reset()
-        self._last_yp = self._last_xy = None
+        self._restart_filter()
         self._last_t = None
 
     def process(self, frame: Frame) -> GazeSample:
@@ -226,8 +224,7 @@ class FastPath:
         t1 = time.perf_counter_ns()
         st["landmarks"] = (t1 - t0) / 1e6
         if face is None:
-            self.filter.reset()
-            self._last_yp = self._last_xy = None
+            self._restart_filter()
             return
         q.face = True
         q.faces_seen = face.faces_seen
@@ -249,16 +246,34 @@ class FastPath:
         q.crop_clipped = feats.left.crop_clipped or feats.right.crop_clipped
         q.blink = self.blinks.closed(feats.left.aperture, feats.right.aperture)
         if q.blink:
-            # Hold across the blink: the filter keeps its state and the stream repeats the
-            # last estimate, flagged, so a cursor does not jump when the lids close.
-            self.filter.hold()
-            s.gaze_yp = None if self._last_yp is None else self._last_yp.copy()
-            if self._last_xy is not None:
-                s.screen_xy = self._last_xy.copy()
-                if self._to_px is not None:
-                    s.screen_px = self._to_px(s.screen_xy)
+            self._hold_blink(s)
             return
+        self._estimate(frame, s, feats, t2)
 
+    def _restart_filter(self) -> None:
+        """The filter and the last estimates start afresh: what they hold belongs to
+        another face, another mapping or another stretch of time."""
+        self.filter.reset()
+        self._last_yp = self._last_xy = None
+
+    def _hold_blink(self, s: GazeSample) -> None:
+        """Hold across the blink: the filter keeps its state and the stream repeats the
+        last estimate, flagged, so a cursor does not jump when the lids close."""
+        self.filter.hold()
+        s.gaze_yp = None if self._last_yp is None else self._last_yp.copy()
+        if self._last_xy is not None:
+            self._show(s, self._last_xy.copy())
+
+    def _show(self, s: GazeSample, xy: np.ndarray) -> None:
+        """Set the sample's screen point, in pixels too when the profile knows the screen."""
+        s.screen_xy = xy
+        if self._to_px is not None:
+            s.screen_px = self._to_px(xy)
+
+    def _estimate(self, frame: Frame, s: GazeSample, feats: Features, t2: int) -> None:
+        """The gaze network on the eye crops, then the filter: on the gaze angles while there
+        is no profile, else on the profile's screen point."""
+        q, st = s.quality, s.stage_ms
         head, s.head_frame = feats.network_head(self.cfg.gaze_frame)
         out = self.gaze.predict(feats.left.crop, feats.right.crop, head)
         t3 = time.perf_counter_ns()
@@ -276,19 +291,22 @@ class FastPath:
             self._last_yp = s.gaze_yp
             st["filter"] = (time.perf_counter_ns() - t3) / 1e6
             return
-        # With a profile the filter runs last, on the screen point (mapping + drift offset
-        # first), as the design's data flow says: it smooths what the user sees.
         s.gaze_yp = self._last_yp = out.yaw_pitch
-        xy = self.mapper(s)
+        self._map(frame, s, t3)
+
+    def _map(self, frame: Frame, s: GazeSample, t3: int) -> None:
+        """With a profile the filter runs last, on the screen point (mapping + drift offset
+        first), as the design's data flow says: it smooths what the user sees."""
+        q, st = s.quality, s.stage_ms
+        xy = self.mapper(s)  # type: ignore[misc]
         t4 = time.perf_counter_ns()
         st["mapping"] = (t4 - t3) / 1e6
         if xy is None or not np.all(np.isfinite(xy)):
             q.error = "mapping output is not finite"
             return
         s.screen_xy_raw = xy
-        s.screen_xy = self._last_xy = np.clip(self.filter(frame.t_ns, xy), 0.0, 1.0)
-        if self._to_px is not None:
-            s.screen_px = self._to_px(s.screen_xy)
+        self._last_xy = np.clip(self.filter(frame.t_ns, xy), 0.0, 1.0)
+        self._show(s, self._last_xy)
         st["filter"] = (time.perf_counter_ns() - t4) / 1e6
 
     def close(self) -> None:

@@ -175,6 +175,44 @@ def _describe_os_error(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
+def _label_row(
+    label: OracleLabel,
+    fast_xy: Any,
+    decision: Any,
+    image: str | None,
+    snapshot_ms: int,
+    now_ms: int,
+) -> tuple:
+    """One label as the values of `_insert`'s INSERT, in its column order. A label the loop
+    never judged is stored as rejected, with that as the reason, so no row lacks one."""
+    obs = label.observation
+    fast = _pair(fast_xy)
+    if decision is not None:
+        accepted, why = bool(decision.accepted), str(decision.why)
+        resid, off = _pair(decision.residual), _pair(decision.offset)
+    else:
+        accepted, why, resid, off = False, "not processed by the loop", None, None
+    return (
+        int(label.t_ns),
+        label.snapshot_id,
+        label.oracle,
+        label.oracle_version,
+        None if obs is None else obs.model_dump_json(),
+        float(label.confidence),
+        None if label.in_frame is None else int(bool(label.in_frame)),
+        label.latency_s,
+        json.dumps(label.details, default=_json_default),
+        *(fast or (None, None)),
+        int(accepted),
+        why,
+        *(resid or (None, None)),
+        *(off or (None, None)),
+        image,
+        int(snapshot_ms),
+        now_ms,
+    )
+
+
 class LabelStore:
     """A label store at `root` (created if missing). Thread-safe: one connection, one lock."""
 
@@ -414,32 +452,7 @@ class LabelStore:
         snapshot_ms: int,
         now_ms: int,
     ) -> int:
-        obs = label.observation
-        fast = _pair(fast_xy)
-        if decision is not None:
-            accepted, why = bool(decision.accepted), str(decision.why)
-            resid, off = _pair(decision.residual), _pair(decision.offset)
-        else:
-            accepted, why, resid, off = False, "not processed by the loop", None, None
-        row = (
-            int(label.t_ns),
-            label.snapshot_id,
-            label.oracle,
-            label.oracle_version,
-            None if obs is None else obs.model_dump_json(),
-            float(label.confidence),
-            None if label.in_frame is None else int(bool(label.in_frame)),
-            label.latency_s,
-            json.dumps(label.details, default=_json_default),
-            *(fast or (None, None)),
-            int(accepted),
-            why,
-            *(resid or (None, None)),
-            *(off or (None, None)),
-            image,
-            int(snapshot_ms),
-            now_ms,
-        )
+        row = _label_row(label, fast_xy, decision, image, snapshot_ms, now_ms)
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -598,89 +611,109 @@ class LabelStore:
         out = Path(out_dir)
         size = np.asarray(screen.px, dtype=np.float64)
         stats: dict[str, Any] = {"written": 0, "skipped": {}}
-
-        def skip(why: str) -> None:
-            stats["skipped"][why] = stats["skipped"].get(why, 0) + 1
-
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             # Exporting twice into one folder would write every label twice under two names.
             raise LabelStoreError(f"export folder {out} exists and is not empty")
         try:
             out.mkdir(parents=True, exist_ok=True)
-            cam = screen.camera_mm
-            write_manifest(
-                out,
-                SessionManifest(
-                    screen_px=screen.px,
-                    screen_mm=screen.mm,
-                    camera_mm=None if cam is None else (cam[0], cam[1]),
-                    mirrored=False,  # snapshots are stored as the camera gave them
-                    source="gazeloop label store export",
-                    notes=f"exported from {self.root}",
-                ),
-            )
+            write_manifest(out, self._export_manifest(screen))
             used: set[int] = set()
             for row in self.iter(accepted=True if accepted_only else None):
-                obs = row.observation
-                if row.image is None:
-                    skip("no image")
-                    continue
-                extra: dict[str, Any] = {}
-                if isinstance(obs, PointObservation):
-                    xy = np.asarray(obs.xy)
-                elif isinstance(obs, LineObservation):
-                    if lines == "skip" or row.fast_xy is None:
-                        skip("line label" if lines == "skip" else "line without estimate")
-                        continue
-                    o, d = np.asarray(obs.origin), np.asarray(obs.direction)
-                    f = np.asarray(row.fast_xy)
-                    xy = o + max(0.0, float(np.dot(f - o, d))) * d
-                    extra = {
-                        "pseudo": True,
-                        "line": {"origin": list(obs.origin), "direction": list(obs.direction)},
-                    }
+                why = self._export_row(row, out, size, lines, used)
+                if why is None:
+                    stats["written"] += 1
                 else:
-                    skip("no observation")
-                    continue
-                px = xy * size
-                if not (np.isfinite(px).all() and (px >= 0).all() and (px <= size).all()):
-                    skip("off the screen")
-                    continue
-                src = self.images / row.image
-                try:
-                    jpeg = src.read_bytes()
-                except OSError:
-                    skip("image missing")
-                    continue
-                t_ms = int(row.snapshot_ms)
-                while t_ms in used:
-                    t_ms += 1
-                used.add(t_ms)
-                record = SeedRecord.model_validate(
-                    {
-                        "timestamp": t_ms,
-                        "screen_x": float(px[0]),
-                        "screen_y": float(px[1]),
-                        **extra,
-                        "oracle": {
-                            "name": row.oracle,
-                            "version": row.oracle_version,
-                            "confidence": row.confidence,
-                            "label_id": row.id,
-                            "snapshot_id": row.snapshot_id,
-                            "accepted": row.accepted,
-                            "why": row.why,
-                            "fast_xy_px": None
-                            if row.fast_xy is None
-                            else (np.asarray(row.fast_xy) * size).tolist(),
-                        },
-                    }
-                )
-                stem = f"img_{t_ms}"
-                atomic_write_bytes(out / f"{stem}.jpg", jpeg)
-                body = record.model_dump(mode="json", by_alias=True, exclude_unset=True)
-                atomic_write_bytes(out / f"{stem}.json", json.dumps(body, indent=2).encode())
-                stats["written"] += 1
+                    stats["skipped"][why] = stats["skipped"].get(why, 0) + 1
         except OSError as e:
             raise LabelStoreError(f"cannot export labels to {out}: {_describe_os_error(e)}") from e
         return stats
+
+    def _export_manifest(self, screen: ScreenGeometry) -> SessionManifest:
+        """What the pairs of an export cannot say: the screen their pixels are on, and that
+        the snapshots are not mirrored."""
+        cam = screen.camera_mm
+        return SessionManifest(
+            screen_px=screen.px,
+            screen_mm=screen.mm,
+            camera_mm=None if cam is None else (cam[0], cam[1]),
+            mirrored=False,  # snapshots are stored as the camera gave them
+            source="gazeloop label store export",
+            notes=f"exported from {self.root}",
+        )
+
+    def _export_row(
+        self, row: StoredLabel, out: Path, size: np.ndarray, lines: str, used: set[int]
+    ) -> str | None:
+        """Write one row as a seed pair in `out`; returns why it was skipped, or None once
+        written. `used` holds the milliseconds taken so far, so no two records share a name."""
+        if row.image is None:
+            return "no image"
+        point = _export_point(row, lines)
+        if isinstance(point, str):
+            return point
+        xy, extra = point
+        px = xy * size
+        if not (np.isfinite(px).all() and (px >= 0).all() and (px <= size).all()):
+            return "off the screen"
+        try:
+            jpeg = (self.images / row.image).read_bytes()
+        except OSError:
+            return "image missing"
+        t_ms = int(row.snapshot_ms)
+        while t_ms in used:
+            t_ms += 1
+        used.add(t_ms)
+        record = _export_record(row, t_ms, px, size, extra)
+        stem = f"img_{t_ms}"
+        atomic_write_bytes(out / f"{stem}.jpg", jpeg)
+        body = record.model_dump(mode="json", by_alias=True, exclude_unset=True)
+        atomic_write_bytes(out / f"{stem}.json", json.dumps(body, indent=2).encode())
+        return None
+
+
+def _export_point(row: StoredLabel, lines: str) -> tuple[np.ndarray, dict[str, Any]] | str:
+    """The normalised screen point a row exports as, with the record's extra fields; or why
+    it has none. A line's point is the fast estimate projected onto it, so it is written
+    only on request (`lines="pseudo"`) and marked as invented, with the line beside it."""
+    obs = row.observation
+    if isinstance(obs, PointObservation):
+        return np.asarray(obs.xy), {}
+    if not isinstance(obs, LineObservation):
+        return "no observation"
+    if lines == "skip" or row.fast_xy is None:
+        return "line label" if lines == "skip" else "line without estimate"
+    o, d = np.asarray(obs.origin), np.asarray(obs.direction)
+    f = np.asarray(row.fast_xy)
+    xy = o + max(0.0, float(np.dot(f - o, d))) * d
+    extra = {
+        "pseudo": True,
+        "line": {"origin": list(obs.origin), "direction": list(obs.direction)},
+    }
+    return xy, extra
+
+
+def _export_record(
+    row: StoredLabel, t_ms: int, px: np.ndarray, size: np.ndarray, extra: dict[str, Any]
+) -> SeedRecord:
+    """The seed record of an exported row: the label in pixels plus, under `oracle`, where
+    it came from, so a trainer can weigh or trace every label it learns from."""
+    return SeedRecord.model_validate(
+        {
+            "timestamp": t_ms,
+            "screen_x": float(px[0]),
+            "screen_y": float(px[1]),
+            **extra,
+            "oracle": {
+                "name": row.oracle,
+                "version": row.oracle_version,
+                "confidence": row.confidence,
+                "label_id": row.id,
+                "snapshot_id": row.snapshot_id,
+                "accepted": row.accepted,
+                "why": row.why,
+                "fast_xy_px": None
+                if row.fast_xy is None
+                else (np.asarray(row.fast_xy) * size).tolist(),
+            },
+        }
+    )

@@ -302,120 +302,19 @@ def read_session(
         raise SessionError(f"session path is not a folder: {folder}")
 
     manifest = _read_manifest(folder)
-    if manifest is not None:
-        if screen_px is not None and tuple(screen_px) != manifest.screen_px:
-            log.warning(
-                "%s: screen_px %s given, manifest says %s; using the manifest",
-                folder,
-                screen_px,
-                manifest.screen_px,
-            )
-        if mirrored is not None and mirrored != manifest.mirrored:
-            log.warning(
-                "%s: mirrored=%s given, manifest says %s; using the manifest",
-                folder,
-                mirrored,
-                manifest.mirrored,
-            )
-        screen = manifest.screen_px
-        is_mirrored = manifest.mirrored
-    else:
-        screen = (int(screen_px[0]), int(screen_px[1])) if screen_px is not None else None
-        is_mirrored = bool(mirrored) if mirrored is not None else False
-
+    screen, is_mirrored = _resolve_statements(folder, manifest, screen_px, mirrored)
     rejected: list[Rejection] = []
-    # By stem: the record, and its image(s). Suffixes match case-insensitively.
-    records: dict[str, Path] = {}
-    images: dict[str, list[Path]] = {}
-    for path in sorted(folder.iterdir()):
-        name = path.name
-        if name.startswith(".") or name == MANIFEST_NAME or not path.is_file():
-            continue  # hidden files include our own temp files from interrupted writes
-        suffix = path.suffix.lower()
-        if suffix != ".json" and suffix not in IMAGE_SUFFIXES:
-            continue
-        if not _NAME_RE.match(path.stem):
-            rejected.append(Rejection(name, "name is not img_<unix-ms> with digits"))
-            continue
-        if suffix == ".json":
-            records[path.stem] = path
-        else:
-            images.setdefault(path.stem, []).append(path)
-
-    # (t from name, t from json, item): parsed pairs before the duplicate check.
-    candidates: list[tuple[int, int, SessionItem]] = []
+    records, images = _scan_folder(folder, rejected)
+    candidates: list[_Candidate] = []
     for stem in sorted(set(records) | set(images)):
-        json_path = records.get(stem)
-        image_paths = images.get(stem, [])
-        if json_path is None:
-            for p in image_paths:
-                rejected.append(Rejection(p.name, f"no record {stem}.json for this image"))
-            continue
-        if not image_paths:
-            rejected.append(Rejection(json_path.name, f"no image {stem}.jpg for this record"))
-            continue
-        # Prefer .jpg, then .jpeg, then .png; any other image of the same stem is surplus.
-        image_paths.sort(key=lambda p: IMAGE_SUFFIXES.index(p.suffix.lower()))
-        for extra in image_paths[1:]:
-            rejected.append(Rejection(extra.name, f"second image for {json_path.name}"))
-        image_path = image_paths[0]
-
-        try:
-            record = SeedRecord.model_validate_json(json_path.read_bytes())
-        except OSError as e:
-            rejected.append(Rejection(json_path.name, f"cannot read record: {e}"))
-            continue
-        except ValidationError as e:
-            rejected.append(Rejection(json_path.name, f"malformed record: {first_problem(e)}"))
-            continue
-        problem = _label_problem(record, screen)
-        if problem is not None:
-            rejected.append(Rejection(json_path.name, problem))
-            continue
-        if check_images:
-            try:
-                load_image(image_path)
-            except ImageDecodeError as e:
-                rejected.append(Rejection(image_path.name, str(e)))
-                continue
-        t_name = int(_NAME_RE.match(stem).group(1))  # type: ignore[union-attr]
-        item = SessionItem(image=image_path, json=json_path, record=record, t_ms=t_name)
-        candidates.append((t_name, record.timestamp, item))
-
-    if screen is None:
-        bad = _implausible_labels(
-            [(c[2].record.screen_x, c[2].record.screen_y) for c in candidates]
+        pair = _read_pair(
+            stem, records.get(stem), images.get(stem, []), screen, check_images, rejected
         )
-        kept = []
-        for c in candidates:
-            why = bad.get((c[2].record.screen_x, c[2].record.screen_y))
-            if why is None:
-                kept.append(c)
-            else:
-                rejected.append(Rejection(c[2].json.name, why))
-        candidates = kept
-
-    # Duplicates: a time is claimed by the name and by the JSON timestamp. Records whose name
-    # agrees with their JSON go first, so a copied record (renamed, old JSON inside) loses to
-    # the original whatever the names sort as; then a canonical name (no leading zeros) wins.
-    candidates.sort(
-        key=lambda c: (c[0] != c[1], c[0], c[2].json.stem != f"img_{c[0]}", c[2].json.name)
-    )
-    claimed: dict[int, str] = {}
-    items: list[SessionItem] = []
-    for t_name, t_json, item in candidates:
-        clash = next((t for t in (t_name, t_json) if t in claimed), None)
-        if clash is not None:
-            rejected.append(
-                Rejection(item.json.name, f"duplicate timestamp {clash} (kept {claimed[clash]})")
-            )
-            continue
-        if t_json != t_name:
-            # Lenient: the name is the identity; a recorder may stamp the JSON a bit later.
-            log.debug("%s: JSON timestamp %d differs from name", item.json, t_json)
-        claimed[t_name] = claimed[t_json] = item.json.name
-        items.append(item)
-    items.sort(key=lambda it: it.t_ms)
+        if pair is not None:
+            candidates.append(pair)
+    if screen is None:
+        candidates = _drop_implausible(candidates, rejected)
+    items = _without_duplicates(candidates, rejected)
 
     _say_rejected(folder, rejected)
     if not items:
@@ -436,3 +335,150 @@ def read_session(
         mirrored_stated=manifest is not None or mirrored is not None,
         screen_px=screen,
     )
+
+
+def _resolve_statements(
+    folder: Path,
+    manifest: SessionManifest | None,
+    screen_px: tuple[int, int] | None,
+    mirrored: bool | None,
+) -> tuple[tuple[int, int] | None, bool]:
+    """The screen size and mirroring to read the session with: the manifest's when there is
+    one (what the recorder knew beats what a caller remembers), else the caller's."""
+    if manifest is None:
+        screen = (int(screen_px[0]), int(screen_px[1])) if screen_px is not None else None
+        return screen, bool(mirrored) if mirrored is not None else False
+    if screen_px is not None and tuple(screen_px) != manifest.screen_px:
+        log.warning(
+            "%s: screen_px %s given, manifest says %s; using the manifest",
+            folder,
+            screen_px,
+            manifest.screen_px,
+        )
+    if mirrored is not None and mirrored != manifest.mirrored:
+        log.warning(
+            "%s: mirrored=%s given, manifest says %s; using the manifest",
+            folder,
+            mirrored,
+            manifest.mirrored,
+        )
+    return manifest.screen_px, manifest.mirrored
+
+
+def _scan_folder(
+    folder: Path, rejected: list[Rejection]
+) -> tuple[dict[str, Path], dict[str, list[Path]]]:
+    """By stem: the record, and its image(s). Suffixes match case-insensitively; a session
+    file whose name is not img_<digits> is rejected here, anything else is not ours."""
+    records: dict[str, Path] = {}
+    images: dict[str, list[Path]] = {}
+    for path in sorted(folder.iterdir()):
+        name = path.name
+        if name.startswith(".") or name == MANIFEST_NAME or not path.is_file():
+            continue  # hidden files include our own temp files from interrupted writes
+        suffix = path.suffix.lower()
+        if suffix != ".json" and suffix not in IMAGE_SUFFIXES:
+            continue
+        if not _NAME_RE.match(path.stem):
+            rejected.append(Rejection(name, "name is not img_<unix-ms> with digits"))
+            continue
+        if suffix == ".json":
+            records[path.stem] = path
+        else:
+            images.setdefault(path.stem, []).append(path)
+    return records, images
+
+
+# A parsed pair before the duplicate check: (t from the name, t from the JSON, the item).
+_Candidate = tuple[int, int, SessionItem]
+
+
+def _read_pair(
+    stem: str,
+    json_path: Path | None,
+    image_paths: list[Path],
+    screen: tuple[int, int] | None,
+    check_images: bool,
+    rejected: list[Rejection],
+) -> _Candidate | None:
+    """One stem's record and image as a candidate item, or None with the reason in
+    `rejected`: a half pair, a record that does not parse, a label off the screen, or
+    (with `check_images`) an image that does not decode."""
+    if json_path is None:
+        for p in image_paths:
+            rejected.append(Rejection(p.name, f"no record {stem}.json for this image"))
+        return None
+    if not image_paths:
+        rejected.append(Rejection(json_path.name, f"no image {stem}.jpg for this record"))
+        return None
+    # Prefer .jpg, then .jpeg, then .png; any other image of the same stem is surplus.
+    image_paths.sort(key=lambda p: IMAGE_SUFFIXES.index(p.suffix.lower()))
+    for extra in image_paths[1:]:
+        rejected.append(Rejection(extra.name, f"second image for {json_path.name}"))
+    image_path = image_paths[0]
+
+    try:
+        record = SeedRecord.model_validate_json(json_path.read_bytes())
+    except OSError as e:
+        rejected.append(Rejection(json_path.name, f"cannot read record: {e}"))
+        return None
+    except ValidationError as e:
+        rejected.append(Rejection(json_path.name, f"malformed record: {first_problem(e)}"))
+        return None
+    problem = _label_problem(record, screen)
+    if problem is not None:
+        rejected.append(Rejection(json_path.name, problem))
+        return None
+    if check_images:
+        try:
+            load_image(image_path)
+        except ImageDecodeError as e:
+            rejected.append(Rejection(image_path.name, str(e)))
+            return None
+    t_name = int(_NAME_RE.match(stem).group(1))  # type: ignore[union-attr]
+    item = SessionItem(image=image_path, json=json_path, record=record, t_ms=t_name)
+    return (t_name, record.timestamp, item)
+
+
+def _drop_implausible(candidates: list[_Candidate], rejected: list[Rejection]) -> list[_Candidate]:
+    """Without a screen size nothing bounds a label but the session's other labels: the
+    candidates whose label cannot be on their screen go to `rejected`."""
+    bad = _implausible_labels([c[2].label_px for c in candidates])
+    kept = []
+    for c in candidates:
+        why = bad.get(c[2].label_px)
+        if why is None:
+            kept.append(c)
+        else:
+            rejected.append(Rejection(c[2].json.name, why))
+    return kept
+
+
+def _without_duplicates(
+    candidates: list[_Candidate], rejected: list[Rejection]
+) -> list[SessionItem]:
+    """One item per time, sorted by time; the others go to `rejected`.
+
+    A time is claimed by the name and by the JSON timestamp. Records whose name agrees with
+    their JSON go first, so a copied record (renamed, old JSON inside) loses to the original
+    whatever the names sort as; then a canonical name (no leading zeros) wins."""
+    candidates = sorted(
+        candidates,
+        key=lambda c: (c[0] != c[1], c[0], c[2].json.stem != f"img_{c[0]}", c[2].json.name),
+    )
+    claimed: dict[int, str] = {}
+    items: list[SessionItem] = []
+    for t_name, t_json, item in candidates:
+        clash = next((t for t in (t_name, t_json) if t in claimed), None)
+        if clash is not None:
+            rejected.append(
+                Rejection(item.json.name, f"duplicate timestamp {clash} (kept {claimed[clash]})")
+            )
+            continue
+        if t_json != t_name:
+            # Lenient: the name is the identity; a recorder may stamp the JSON a bit later.
+            log.debug("%s: JSON timestamp %d differs from name", item.json, t_json)
+        claimed[t_name] = claimed[t_json] = item.json.name
+        items.append(item)
+    items.sort(key=lambda it: it.t_ms)
+    return items

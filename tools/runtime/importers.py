@@ -89,6 +89,22 @@ class SessionImportError(RuntimeError):
 _MATRIX_NAME_RE = re.compile(r"^([A-Za-z][\w]*)\s*$")
 _WIDTH_RE = re.compile(r"^Width:\s*(\d+)\s*px(?:\s*,\s*([\d.]+)\s*mm)?\s*$", re.IGNORECASE)
 _HEIGHT_RE = re.compile(r"^Height:\s*(\d+)\s*px(?:\s*,\s*([\d.]+)\s*mm)?\s*$", re.IGNORECASE)
+# Per section ("screen", "webcam"): "w"/"h" -> (pixels, millimetres or None).
+_Sizes = dict[str, dict[str, tuple[int, float | None]]]
+
+
+def _missing(path: Path, what: str) -> SessionImportError:
+    """The one wording for an input that is not there, whichever reader found it absent."""
+    return SessionImportError(f"{what} not found: {path}")
+
+
+def _read_text(path: Path, what: str) -> str:
+    """A text input read whole; undecodable bytes become U+FFFD, so only the parser below
+    decides whether a line is usable."""
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        raise _missing(path, what) from None
 
 
 def parse_stats(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -99,12 +115,31 @@ def parse_stats(path: str | os.PathLike[str]) -> dict[str, Any]:
     screen, in mm; their translation is a fitted eye position about 580 mm in front of the
     screen, *not* the camera's position)."""
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except FileNotFoundError:
-        raise SessionImportError(f"stats file not found: {path}") from None
+    sizes, matrices = _scan_stats(path, _read_text(path, "stats file").splitlines())
+    screen = sizes["screen"]
+    if "w" not in screen or "h" not in screen:
+        raise SessionImportError(f"{path}: no screen Width/Height under 'Screen Information'")
+    (sw, swmm), (sh, shmm) = screen["w"], screen["h"]
+    if swmm is None or shmm is None:
+        raise SessionImportError(f"{path}: screen size in mm missing (need 'Width: Npx, Mmm')")
+    if min(sw, sh) <= 0 or min(swmm, shmm) <= 0:
+        raise SessionImportError(f"{path}: screen size must be positive")
+    cam = sizes["webcam"]
+    webcam = (cam["w"][0], cam["h"][0]) if "w" in cam and "h" in cam else None
+    return {
+        "screen_px": (sw, sh),
+        "screen_mm": (swmm, shmm),
+        "webcam_px": webcam,
+        "matrices": matrices,
+    }
+
+
+def _scan_stats(path: Path, lines: list[str]) -> tuple[_Sizes, dict[str, np.ndarray]]:
+    """The Width/Height lines of each section and the named matrices, in one pass: a
+    matrix's name is a line of its own before its rows, and only the section headers say
+    whose size a Width line is."""
     section = None
-    sizes: dict[str, dict[str, tuple[int, float | None]]] = {"screen": {}, "webcam": {}}
+    sizes: _Sizes = {"screen": {}, "webcam": {}}
     matrices: dict[str, np.ndarray] = {}
     pending: str | None = None  # a matrix name waiting for its rows
     rows: list[list[float]] = []
@@ -122,43 +157,51 @@ def parse_stats(path: str | os.PathLike[str]) -> dict[str, Any]:
         if line.startswith("["):
             if pending is None:
                 raise SessionImportError(f"{path}: matrix row without a name: {line!r}")
-            try:
-                rows.append([float(v) for v in line.strip("[] ").split()])
-            except ValueError:
-                raise SessionImportError(f"{path}: bad matrix row {line!r}") from None
+            rows.append(_matrix_row(path, line))
             if line.endswith("]]"):
-                m = np.array(rows, dtype=np.float64)
-                if m.shape != (4, 4):
-                    raise SessionImportError(f"{path}: matrix {pending} is {m.shape}, not 4x4")
-                matrices[pending] = m
+                matrices[pending] = _matrix(path, pending, rows)
                 pending, rows = None, []
             continue
-        for key, regex in (("w", _WIDTH_RE), ("h", _HEIGHT_RE)):
-            match = regex.match(line)
-            if match and section is not None:
-                mm = float(match.group(2)) if match.group(2) else None
-                sizes[section][key] = (int(match.group(1)), mm)
-                break
-        else:
+        if not _read_size(line, section, sizes):
             match = _MATRIX_NAME_RE.match(line)
             if match and section is None:
                 pending, rows = match.group(1), []
-    screen = sizes["screen"]
-    if "w" not in screen or "h" not in screen:
-        raise SessionImportError(f"{path}: no screen Width/Height under 'Screen Information'")
-    (sw, swmm), (sh, shmm) = screen["w"], screen["h"]
-    if swmm is None or shmm is None:
-        raise SessionImportError(f"{path}: screen size in mm missing (need 'Width: Npx, Mmm')")
-    if min(sw, sh) <= 0 or min(swmm, shmm) <= 0:
-        raise SessionImportError(f"{path}: screen size must be positive")
-    cam = sizes["webcam"]
-    webcam = (cam["w"][0], cam["h"][0]) if "w" in cam and "h" in cam else None
-    return {
-        "screen_px": (sw, sh),
-        "screen_mm": (swmm, shmm),
-        "webcam_px": webcam,
-        "matrices": matrices,
-    }
+    return sizes, matrices
+
+
+def _matrix_row(path: Path, line: str) -> list[float]:
+    """One `[a b c d]` line of a printed numpy matrix (the outer brackets on its first and
+    last rows included)."""
+    try:
+        return [float(v) for v in line.strip("[] ").split()]
+    except ValueError:
+        raise SessionImportError(f"{path}: bad matrix row {line!r}") from None
+
+
+def _matrix(path: Path, name: str, rows: list[list[float]]) -> np.ndarray:
+    """The rows of a finished matrix; anything but 4x4 is not the transform we read."""
+    widths = sorted({len(r) for r in rows})
+    if len(widths) > 1:
+        # numpy would refuse the ragged rows with its own "inhomogeneous shape" error.
+        raise SessionImportError(
+            f"{path}: matrix {name} has rows of {' and '.join(map(str, widths))} numbers, not 4x4"
+        )
+    m = np.array(rows, dtype=np.float64)
+    if m.shape != (4, 4):
+        raise SessionImportError(f"{path}: matrix {name} is {m.shape}, not 4x4")
+    return m
+
+
+def _read_size(line: str, section: str | None, sizes: _Sizes) -> bool:
+    """Store a `Width:`/`Height:` line of the current section; False when the line is not
+    one (or comes before any section, where it belongs to no device)."""
+    for key, regex in (("w", _WIDTH_RE), ("h", _HEIGHT_RE)):
+        match = regex.match(line)
+        if match and section is not None:
+            mm = float(match.group(2)) if match.group(2) else None
+            sizes[section][key] = (int(match.group(1)), mm)
+            return True
+    return False
 
 
 # --- camera_intrinsics.txt ---------------------------------------------------------------
@@ -213,10 +256,7 @@ def parse_intrinsics(path: str | os.PathLike[str]) -> CameraIntrinsics:
     """Read a `camera_intrinsics.txt` with sections `camera_matrix:`, `dist_coeffs:`,
     `rvecs:`, `tvecs:`, each followed by whitespace-separated rows of numbers."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        raise SessionImportError(f"camera intrinsics file not found: {path}") from None
+    text = _read_text(path, "camera intrinsics file")
     sections: dict[str, list[list[float]]] = {}
     current: str | None = None
     for n, raw in enumerate(text.splitlines(), 1):
@@ -313,7 +353,7 @@ def read_calibration_csv(path: str | os.PathLike[str]) -> tuple[list[str], list[
     try:
         f = path.open(newline="", encoding="utf-8-sig")
     except FileNotFoundError:
-        raise SessionImportError(f"calibration csv not found: {path}") from None
+        raise _missing(path, "calibration csv") from None
     with f:
         reader = csv.reader(f)
         header = next(reader, None)
@@ -346,21 +386,27 @@ def read_calibration_csv(path: str | os.PathLike[str]) -> tuple[list[str], list[
             if i_t is not None:
                 with contextlib.suppress(ValueError):
                     unix_s = float(row[i_t])
-            values: dict[str, Any] = {}
-            for name, cell in zip(names, row, strict=False):
-                if not name:
-                    continue  # the unnamed pandas index: the frame number, kept as such
-                try:
-                    value: Any = float(cell)
-                except ValueError:
-                    value = cell
-                if name in values:
-                    prev = values[name]
-                    values[name] = [*prev, value] if isinstance(prev, list) else [prev, value]
-                else:
-                    values[name] = value
-            rows.append(CsvRow(line, int(idx), (x, y), unix_s, values))
+            rows.append(CsvRow(line, int(idx), (x, y), unix_s, _row_values(names, row)))
     return header, rows
+
+
+def _row_values(names: list[str], row: list[str]) -> dict[str, Any]:
+    """Every named column of a row, numbers as floats and the rest as text: kept raw in the
+    record, so a repeated name (the study's 16 `WTransG`) becomes a list, not a loss."""
+    values: dict[str, Any] = {}
+    for name, cell in zip(names, row, strict=False):
+        if not name:
+            continue  # the unnamed pandas index: the frame number, kept as such
+        try:
+            value: Any = float(cell)
+        except ValueError:
+            value = cell
+        if name in values:
+            prev = values[name]
+            values[name] = [*prev, value] if isinstance(prev, list) else [prev, value]
+        else:
+            values[name] = value
+    return values
 
 
 # --- timing ------------------------------------------------------------------------------
@@ -498,8 +544,251 @@ def _replace_session(new: Path, out: Path) -> None:
 
 def _require(path: Path, what: str) -> Path:
     if not path.is_file():
-        raise SessionImportError(f"{what} not found: {path}")
+        raise _missing(path, what)
     return path
+
+
+def _rows_frames_error(n_rows: int, video_says: str) -> SessionImportError:
+    """The csv and the video disagree on the number of frames, whichever way it showed:
+    one row per frame is the only thing that pairs a label with its picture."""
+    return SessionImportError(
+        f"{CSV_NAME} has {n_rows} data rows but {VIDEO_NAME} {video_says}; they must be one "
+        "row per frame"
+    )
+
+
+@dataclass(frozen=True)
+class _Study:
+    """The recording as read and checked, before anything is written."""
+
+    src: Path
+    video: Path
+    columns: list[str]  # the csv header as written
+    rows: list[CsvRow]
+    settle: int
+    settling: list[bool]  # per row
+    screen_px: tuple[int, int]
+    screen_mm: tuple[float, float]
+    px_per_mm: tuple[float, float]
+    webcam_px: tuple[int, int] | None
+    labels: list[tuple[float, float]]  # per row, screen pixels
+    targets_px: dict[int, tuple[float, float]]
+    per_target: dict[int, int]  # frames per target, settling included
+    intrinsics: CameraIntrinsics | None
+
+
+def _read_study(src: Path, settle_frames: int | None) -> _Study:
+    """Read every input and check it, so a bad one stops the import before anything is
+    written (the camera intrinsics too, though they only feed a note)."""
+    if not src.is_dir():
+        raise SessionImportError(f"source folder not found: {src}")
+    video = _require(src / VIDEO_NAME, "video")
+    stats = parse_stats(_require(src / STATS_NAME, "stats file"))
+    columns, rows = read_calibration_csv(_require(src / CSV_NAME, "calibration csv"))
+    if not rows:
+        raise SessionImportError(f"{src / CSV_NAME}: no data rows")
+    settle = _settle_count(settle_frames, rows, src / CSV_NAME)
+    screen_px: tuple[int, int] = stats["screen_px"]
+    screen_mm: tuple[float, float] = stats["screen_mm"]
+    px_per_mm = (screen_px[0] / screen_mm[0], screen_px[1] / screen_mm[1])
+    labels, targets_px = _labels_px(rows, px_per_mm, screen_px, screen_mm)
+    intrinsics_path = src / INTRINSICS_NAME
+    intrinsics = parse_intrinsics(intrinsics_path) if intrinsics_path.is_file() else None
+    return _Study(
+        src=src,
+        video=video,
+        columns=columns,
+        rows=rows,
+        settle=settle,
+        settling=_settling_flags(rows, labels, settle),
+        screen_px=screen_px,
+        screen_mm=screen_mm,
+        px_per_mm=px_per_mm,
+        webcam_px=stats["webcam_px"],
+        labels=labels,
+        targets_px=targets_px,
+        per_target=dict(sorted(Counter(r.target for r in rows).items())),
+        intrinsics=intrinsics,
+    )
+
+
+def _settle_count(settle_frames: int | None, rows: list[CsvRow], csv_path: Path) -> int:
+    """The settling window asked for, refused when it would flag every frame: a session
+    with no settled frame gives an evaluation nothing to use."""
+    settle = DEFAULT_SETTLE_FRAMES if settle_frames is None else int(settle_frames)
+    if settle < 0:
+        raise ValueError(f"settle_frames must be >= 0, got {settle_frames}")
+    longest = _longest_fixation(rows)
+    if settle >= longest:
+        raise SessionImportError(
+            f"settle_frames {settle} would mark every frame settling: the longest look at one "
+            f"target in {csv_path} has {longest} frames; give a smaller --settle-frames"
+        )
+    return settle
+
+
+def _labels_px(
+    rows: list[CsvRow],
+    px_per_mm: tuple[float, float],
+    screen_px: tuple[int, int],
+    screen_mm: tuple[float, float],
+) -> tuple[list[tuple[float, float]], dict[int, tuple[float, float]]]:
+    """Each row's label in screen pixels, and each target's. A target off the screen, or
+    one idx at two points, means the csv and stats.txt do not describe one study."""
+    kx, ky = px_per_mm
+    labels = [(r.set_mm[0] * kx, r.set_mm[1] * ky) for r in rows]
+    for r, (x, y) in zip(rows, labels, strict=True):
+        if not (0 <= x <= screen_px[0] and 0 <= y <= screen_px[1]):
+            raise SessionImportError(
+                f"{CSV_NAME} line {r.line}: target {r.set_mm} mm is off the "
+                f"{screen_mm[0]:g}x{screen_mm[1]:g} mm screen"
+            )
+    targets_px: dict[int, tuple[float, float]] = {}
+    for r, xy in zip(rows, labels, strict=True):
+        if targets_px.setdefault(r.target, xy) != xy:
+            raise SessionImportError(
+                f"{CSV_NAME} line {r.line}: target {r.target} at {r.set_mm} mm, but earlier "
+                "rows put it elsewhere (one idx must mean one screen point)"
+            )
+    return labels, targets_px
+
+
+def _settling_flags(
+    rows: list[CsvRow], labels: list[tuple[float, float]], settle: int
+) -> list[bool]:
+    """Per row: among the first `settle` frames after a change of target (or of its label),
+    while the eyes are still on their way (DEFAULT_SETTLE_FRAMES says how long that is)."""
+    flags: list[bool] = []
+    since_change = 0
+    for i, row in enumerate(rows):
+        changed = i == 0 or row.target != rows[i - 1].target or labels[i] != labels[i - 1]
+        since_change = 0 if changed else since_change + 1
+        flags.append(since_change < settle)
+    return flags
+
+
+def _import_dest(out: Path, overwrite: bool) -> Path:
+    """Where the records go: `out` itself when it is new or empty. The old session stays
+    whole until the new one is: it is written beside it first."""
+    if out.exists() and not out.is_dir():
+        raise SessionImportError(f"output path exists and is not a folder: {out}")
+    replacing = out.is_dir() and any(out.iterdir())
+    if replacing and not overwrite:
+        raise SessionImportError(
+            f"output folder {out} is not empty; use --overwrite to replace its session files"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    if not replacing:
+        return out
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.import-", dir=out.parent))
+
+
+def _import_frames(
+    study: _Study, out: Path, overwrite: bool
+) -> tuple[Path, tuple[int, int], list[int], str]:
+    """Decode the video into records; returns the folder written, the frame size, each
+    record's timestamp and where the timestamps came from (for the notes)."""
+    try:
+        source = VideoSource(study.video)
+    except SourceError as e:
+        raise SessionImportError(str(e)) from e
+    rows = study.rows
+    with source:
+        if source.expected_frames is not None and source.expected_frames != len(rows):
+            raise _rows_frames_error(len(rows), f"has {source.expected_frames} frames")
+        dest = _import_dest(out, overwrite)
+        clock, no_clock = _csv_clock_ms(rows)
+        base_ms = None if clock else (mp4_creation_ms(study.video) or FALLBACK_BASE_MS)
+        frame_size, t_ms_all = _write_frames(source, study, dest, out, clock, base_ms)
+    timestamps_from = (
+        "csv Timestamp"
+        if clock
+        else f"base {base_ms} ms + media time (no usable csv clock: {no_clock})"
+    )
+    return dest, frame_size, t_ms_all, timestamps_from
+
+
+def _write_frames(
+    source: VideoSource,
+    study: _Study,
+    dest: Path,
+    out: Path,
+    clock: list[int] | None,
+    base_ms: int | None,
+) -> tuple[tuple[int, int], list[int]]:
+    """One record per decoded frame; returns the frame size and the records' timestamps.
+
+    A half import must not pass for a session: on any failure what this call wrote is
+    removed (with the folder beside `out`, if it was writing there) and the error goes on."""
+    rows = study.rows
+    written: list[Path] = []
+    frame_size = (0, 0)
+    t_ms_all: list[int] = []
+    try:
+        for i, frame in enumerate(source):
+            if i >= len(rows):
+                raise _rows_frames_error(len(rows), "decoded more frames")
+            row = rows[i]
+            media_ms = frame.t_ns / 1e6
+            t_ms = clock[i] if clock else base_ms + round(media_ms)  # type: ignore[operator]
+            extra = {
+                "target": row.target,
+                "frame_index": i,
+                "settling": study.settling[i],
+                "target_mm": list(row.set_mm),
+                "media_time_ms": round(media_ms, 3),
+                "csv_row": row.values,
+            }
+            frame_size = (int(frame.image.shape[1]), int(frame.image.shape[0]))
+            item = write_record(dest, t_ms, frame.image, study.labels[i], extra)
+            written += [item.image, item.json]
+            t_ms_all.append(t_ms)
+        if len(t_ms_all) != len(rows):
+            raise _rows_frames_error(len(rows), f"decoded {len(t_ms_all)} frames")
+    except BaseException:
+        for p in written:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+        if dest != out:
+            shutil.rmtree(dest, ignore_errors=True)
+        raise
+    return frame_size, t_ms_all
+
+
+def _import_notes(
+    study: _Study,
+    frame_size: tuple[int, int],
+    timestamps_from: str,
+    intrinsics_note: str,
+    mirrored: bool,
+    camera_mm: tuple[float, float] | None,
+) -> list[str]:
+    """The manifest's account of the import: where each number came from and what was
+    decided on the way, so a reader of the session can trust it without this code."""
+    rows, per_target, targets_px = study.rows, study.per_target, study.targets_px
+    kx, ky = study.px_per_mm
+    notes = [
+        f"Imported from {study.src} ({VIDEO_NAME} + {CSV_NAME}): {len(rows)} frames, targets "
+        + ", ".join(
+            f"{t}: {per_target[t]} frames at ({targets_px[t][0]:.1f}, {targets_px[t][1]:.1f}) px"
+            for t in per_target
+        )
+        + ".",
+        f"Labels: set_x/set_y mm x {kx:.4f}/{ky:.4f} px/mm from {STATS_NAME}; the study "
+        "truncated its mm to whole numbers, so labels may sit up to 1 mm (~4 px) left of/above "
+        "the point drawn (its code draws int(w/10), int(h/10) ... i.e. (256, 144) ... here).",
+        f"settling=true on the first {study.settle} frames after each change of target "
+        f"({sum(study.settling)} of {len(rows)} frames); all frames kept.",
+        f"timestamp: {timestamps_from}; media_time_ms is the video's own time (its 20 fps "
+        "stamp does not match the ~10 Hz capture).",
+        MIRROR_NOTE if not mirrored else "mirrored=True as stated by the caller.",
+        CAMERA_NOTE if camera_mm is None else f"camera_mm={camera_mm} as stated by the caller.",
+        intrinsics_note,
+    ]
+    webcam = study.webcam_px
+    if webcam is not None and tuple(webcam) != frame_size:
+        notes.append(f"stats.txt says webcam {webcam}, the video is {frame_size}.")
+    return notes
 
 
 def import_corners4(
@@ -527,170 +816,35 @@ def import_corners4(
     folder with a manifest holds a complete import; a failure part-way removes the records
     this call wrote.
     """
-    src, out = Path(src_dir), Path(out_dir)
-    if not src.is_dir():
-        raise SessionImportError(f"source folder not found: {src}")
-    video = _require(src / VIDEO_NAME, "video")
-    stats = parse_stats(_require(src / STATS_NAME, "stats file"))
-    columns, rows = read_calibration_csv(_require(src / CSV_NAME, "calibration csv"))
-    if not rows:
-        raise SessionImportError(f"{src / CSV_NAME}: no data rows")
-    settle = DEFAULT_SETTLE_FRAMES if settle_frames is None else int(settle_frames)
-    if settle < 0:
-        raise ValueError(f"settle_frames must be >= 0, got {settle_frames}")
-    longest = _longest_fixation(rows)
-    if settle >= longest:
-        raise SessionImportError(
-            f"settle_frames {settle} would mark every frame settling: the longest look at one "
-            f"target in {src / CSV_NAME} has {longest} frames; give a smaller --settle-frames"
-        )
-
-    screen_px: tuple[int, int] = stats["screen_px"]
-    screen_mm: tuple[float, float] = stats["screen_mm"]
-    kx, ky = screen_px[0] / screen_mm[0], screen_px[1] / screen_mm[1]
-    labels = [(r.set_mm[0] * kx, r.set_mm[1] * ky) for r in rows]
-    for r, (x, y) in zip(rows, labels, strict=True):
-        if not (0 <= x <= screen_px[0] and 0 <= y <= screen_px[1]):
-            raise SessionImportError(
-                f"{CSV_NAME} line {r.line}: target {r.set_mm} mm is off the "
-                f"{screen_mm[0]:g}x{screen_mm[1]:g} mm screen"
-            )
-    targets_px: dict[int, tuple[float, float]] = {}
-    for r, xy in zip(rows, labels, strict=True):
-        if targets_px.setdefault(r.target, xy) != xy:
-            raise SessionImportError(
-                f"{CSV_NAME} line {r.line}: target {r.target} at {r.set_mm} mm, but earlier "
-                "rows put it elsewhere (one idx must mean one screen point)"
-            )
-
-    # Parsed now so a malformed file stops the import before anything is written.
-    intrinsics_path = src / INTRINSICS_NAME
-    intrinsics = parse_intrinsics(intrinsics_path) if intrinsics_path.is_file() else None
-    webcam = stats["webcam_px"]
-    try:
-        source = VideoSource(video)
-    except SourceError as e:
-        raise SessionImportError(str(e)) from e
-    with source:
-        if source.expected_frames is not None and source.expected_frames != len(rows):
-            raise SessionImportError(
-                f"{CSV_NAME} has {len(rows)} data rows but {VIDEO_NAME} has "
-                f"{source.expected_frames} frames; they must be one row per frame"
-            )
-
-        if out.exists() and not out.is_dir():
-            raise SessionImportError(f"output path exists and is not a folder: {out}")
-        replacing = out.is_dir() and any(out.iterdir())
-        if replacing and not overwrite:
-            raise SessionImportError(
-                f"output folder {out} is not empty; use --overwrite to replace its session files"
-            )
-        out.mkdir(parents=True, exist_ok=True)
-        # The old session stays whole until the new one is: it is written beside it first.
-        dest = (
-            Path(tempfile.mkdtemp(prefix=f".{out.name}.import-", dir=out.parent))
-            if replacing
-            else out
-        )
-
-        clock, no_clock = _csv_clock_ms(rows)
-        base_ms = None if clock else (mp4_creation_ms(video) or FALLBACK_BASE_MS)
-        written: list[Path] = []
-        frame_size = (0, 0)
-        n_settling = 0
-        since_change = 0
-        t_ms_all: list[int] = []
-        try:
-            for i, frame in enumerate(source):
-                if i >= len(rows):
-                    raise SessionImportError(
-                        f"{CSV_NAME} has {len(rows)} data rows but {VIDEO_NAME} decoded more "
-                        "frames; they must be one row per frame"
-                    )
-                row = rows[i]
-                changed = i == 0 or row.target != rows[i - 1].target or labels[i] != labels[i - 1]
-                since_change = 0 if changed else since_change + 1
-                settling = since_change < settle
-                n_settling += settling
-                media_ms = frame.t_ns / 1e6
-                t_ms = clock[i] if clock else base_ms + round(media_ms)  # type: ignore[operator]
-                extra = {
-                    "target": row.target,
-                    "frame_index": i,
-                    "settling": settling,
-                    "target_mm": list(row.set_mm),
-                    "media_time_ms": round(media_ms, 3),
-                    "csv_row": row.values,
-                }
-                frame_size = (int(frame.image.shape[1]), int(frame.image.shape[0]))
-                item = write_record(dest, t_ms, frame.image, labels[i], extra)
-                written += [item.image, item.json]
-                t_ms_all.append(t_ms)
-            if len(t_ms_all) != len(rows):
-                raise SessionImportError(
-                    f"{CSV_NAME} has {len(rows)} data rows but {VIDEO_NAME} decoded "
-                    f"{len(t_ms_all)} frames; they must be one row per frame"
-                )
-        except BaseException:
-            # A half import must not pass for a session: remove what this call wrote.
-            for p in written:
-                with contextlib.suppress(FileNotFoundError):
-                    p.unlink()
-            if dest != out:
-                shutil.rmtree(dest, ignore_errors=True)
-            raise
-
-    if intrinsics is not None:
-        intrinsics_note = describe_intrinsics(intrinsics, frame_size)
+    study = _read_study(Path(src_dir), settle_frames)
+    out = Path(out_dir)
+    dest, frame_size, t_ms_all, timestamps_from = _import_frames(study, out, overwrite)
+    if study.intrinsics is not None:
+        intrinsics_note = describe_intrinsics(study.intrinsics, frame_size)
     else:
         intrinsics_note = f"{INTRINSICS_NAME} absent: no camera intrinsics."
-    per_target = dict(sorted(Counter(r.target for r in rows).items()))
-    timestamps_from = (
-        "csv Timestamp"
-        if clock
-        else f"base {base_ms} ms + media time (no usable csv clock: {no_clock})"
-    )
-    notes = [
-        f"Imported from {src} ({VIDEO_NAME} + {CSV_NAME}): {len(rows)} frames, targets "
-        + ", ".join(
-            f"{t}: {per_target[t]} frames at ({targets_px[t][0]:.1f}, {targets_px[t][1]:.1f}) px"
-            for t in per_target
-        )
-        + ".",
-        f"Labels: set_x/set_y mm x {kx:.4f}/{ky:.4f} px/mm from {STATS_NAME}; the study "
-        "truncated its mm to whole numbers, so labels may sit up to 1 mm (~4 px) left of/above "
-        "the point drawn (its code draws int(w/10), int(h/10) ... i.e. (256, 144) ... here).",
-        f"settling=true on the first {settle} frames after each change of target "
-        f"({n_settling} of {len(rows)} frames); all frames kept.",
-        f"timestamp: {timestamps_from}; media_time_ms is the video's own time (its 20 fps "
-        "stamp does not match the ~10 Hz capture).",
-        MIRROR_NOTE if not mirrored else "mirrored=True as stated by the caller.",
-        CAMERA_NOTE if camera_mm is None else f"camera_mm={camera_mm} as stated by the caller.",
-        intrinsics_note,
-    ]
-    if webcam is not None and tuple(webcam) != frame_size:
-        notes.append(f"stats.txt says webcam {webcam}, the video is {frame_size}.")
+    notes = _import_notes(study, frame_size, timestamps_from, intrinsics_note, mirrored, camera_mm)
     manifest = SessionManifest(
-        screen_px=screen_px,
-        screen_mm=screen_mm,
+        screen_px=study.screen_px,
+        screen_mm=study.screen_mm,
         camera_mm=camera_mm,
         mirrored=mirrored,
         device=f"webcam {frame_size[0]}x{frame_size[1]}",
-        source=f"gazeloop import corners4 ({src.name})",
+        source=f"gazeloop import corners4 ({study.src.name})",
         notes="\n".join(notes),
     )
     write_manifest(dest, manifest)
     if dest != out:
         _replace_session(dest, out)
-    log.info("imported %d frames from %s into %s", len(rows), src, out)
+    log.info("imported %d frames from %s into %s", len(study.rows), study.src, out)
     return ImportReport(
         out_dir=out,
-        n_records=len(rows),
-        settle_frames=settle,
-        n_settling=n_settling,
-        frames_per_target=per_target,
-        targets_px=targets_px,
-        columns=list(columns),
+        n_records=len(study.rows),
+        settle_frames=study.settle,
+        n_settling=sum(study.settling),
+        frames_per_target=study.per_target,
+        targets_px=study.targets_px,
+        columns=list(study.columns),
         timestamps_from=timestamps_from,
         t_first_ms=t_ms_all[0],
         t_last_ms=t_ms_all[-1],

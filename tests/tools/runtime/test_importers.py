@@ -336,6 +336,10 @@ def test_parse_stats_errors(tmp_path):
         parse_stats(p)
     with pytest.raises(SessionImportError, match="not found"):
         parse_stats(tmp_path / "nope.txt")
+    screen = "Screen Information: \nWidth: 2560px, 597mm\nHeight: 1440px, 336mm\n"
+    p.write_text("STransG\n[[1 0 0 0]\n [0 1 0]\n [0 0 1 0]\n [0 0 0 1]]\n" + screen)
+    with pytest.raises(SessionImportError, match=r"stats.txt: matrix STransG has rows of 3 and 4"):
+        parse_stats(p)
 
 
 @needs_src
