@@ -1,8 +1,10 @@
 """Options shared by the commands (not a command itself): the fast-path flags, the
 calibration grid's flags (`calibrate`, and `run` for its `c` key), a fixed mapping or
-nested selection (`calibrate`, `profile fit`, `eval`), the screen as the flags
-and a recording's manifest describe it (`calibrate`, `run`, `eval`, `profile`) and the broker
-flags (`collect`, `announce`, `fetch`, `bench mqtt`). The only module commands share."""
+nested selection (`calibrate`, `profile fit`, `eval`) and a fixed mapping's frames and
+features (`eval`, `profile fit`), the user and the screen as the flags and a recording's
+manifest describe them (`calibrate`, `run`, `eval`, `profile`), the flags of reading a
+recorded session (`eval`, `eval-sittings`, `profile fit`, `bench loop`) and the broker flags
+(`collect`, `announce`, `fetch`, `bench mqtt`). The only module commands share."""
 
 from __future__ import annotations
 
@@ -20,9 +22,11 @@ from gazeloop.calibration.procedure import LAYOUTS, ProcedureConfig
 from gazeloop.calibration.profile import DEFAULT_FEATURES, FEATURE_NAMES, is_feature_name
 from gazeloop.calibration.store.atomic import atomic_writer, check_writable
 from gazeloop.calibration.store.session import SessionManifest
-from gazeloop.fastpath.pipeline import FastPathConfig
+from gazeloop.fastpath.collect import collect_session, expand_features, feature_matrix
+from gazeloop.fastpath.pipeline import FastPath, FastPathConfig
 from gazeloop.fastpath.providers import EP_CHOICES, ProviderError, resolve_providers
 from gazeloop.tools.errors import UserError
+from gazeloop.tools.runtime.progress import Progress
 
 # --- numbers a user types ------------------------------------------------------------------
 
@@ -194,6 +198,30 @@ def fixed_mapping(args: argparse.Namespace) -> tuple[str, list[str]] | None:
     return mapping, names
 
 
+def collect_frames(args: argparse.Namespace, session, what: str):
+    """Every frame of `session` through a fast path of the flags' settings, for a fixed
+    mapping (`eval`, `profile fit`: no feature cache, no selection), the fast path closed
+    after. → (the collection, the gaze model that made its features)."""
+    fp = FastPath(fastpath_config(args))
+    try:
+        with Progress(f"{what}, {len(session.items)} frames through the fast path"):
+            col = collect_session(session, fp)
+    finally:
+        fp.close()
+    return col, fp.gaze
+
+
+def feature_columns(used: list, names: list[str]):
+    """The fixed mapping's features over the frames `used` (`eval`, `profile fit`): the names
+    as typed, expanded against the first frame, and their matrix; a name the frames do not
+    have is one line, not a KeyError. → (names, matrix)."""
+    try:
+        names = expand_features(names, used[0].sample)
+        return names, feature_matrix(used, names)
+    except KeyError as e:
+        raise UserError(str(e.args[0])) from None
+
+
 def procedure_config(args: argparse.Namespace, *, replay: bool) -> ProcedureConfig:
     for name in ("settle", "capture_timeout", "ready"):
         v = getattr(args, name)
@@ -220,7 +248,21 @@ def procedure_config(args: argparse.Namespace, *, replay: bool) -> ProcedureConf
     )
 
 
-# --- the screen ----------------------------------------------------------------------------
+# --- whose, and the screen -----------------------------------------------------------------
+
+
+def add_user_args(p: argparse.ArgumentParser) -> None:
+    """The person and the machine a profile is of (`run`, `calibrate`, `profile fit`): the
+    profile's file and the user's sessions and labels are found by them."""
+    p.add_argument("--user", default="default")
+    p.add_argument("--device", default="default")
+
+
+def add_screen_size_args(p: argparse.ArgumentParser) -> None:
+    """The screen in pixels and in millimetres, without a word of help: `calibrate`, `eval`
+    and `profile fit` take them alike (each says its viewing distance its own way)."""
+    p.add_argument("--screen-px", type=positive_int, nargs=2, metavar=("W", "H"))
+    p.add_argument("--screen-mm", type=positive_float, nargs=2, metavar=("W", "H"))
 
 
 def screen_from_args(args, px: tuple[int, int], manifest: SessionManifest | None = None):
@@ -243,6 +285,38 @@ def screen_for(args, session) -> ScreenGeometry | None:
     """The screen of a session read for evaluation or fitting (`eval`, `profile fit`)."""
     mm = tuple(args.screen_mm) if args.screen_mm else None
     return session_screen(session, screen_mm=mm, distance_mm=args.distance_mm)
+
+
+# --- reading a recorded session ------------------------------------------------------------
+
+
+def add_distance_arg(p: argparse.ArgumentParser) -> None:
+    """The viewing distance of the commands that report errors (`eval`, `eval-sittings`):
+    with it, in degrees too."""
+    p.add_argument(
+        "--distance-mm", type=positive_float, help="viewing distance, for errors in degrees"
+    )
+
+
+def add_mirrored_arg(p: argparse.ArgumentParser) -> None:
+    """Whether a recording's images are selfie views, for the commands that take the
+    manifest's word and else ask the frames (`eval`, `bench loop`)."""
+    p.add_argument(
+        "--mirrored",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the images are selfie views (default: the manifest's word, else told by the frames)",
+    )
+
+
+def add_no_cache_arg(p: argparse.ArgumentParser) -> None:
+    """The way around the feature cache, for the commands that read a session's features
+    from it (`eval`, `eval-sittings`, `profile fit`)."""
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="run the fast path on every frame instead of reading cached features",
+    )
 
 
 # --- the broker ----------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from gazeloop.tools.commands._args import (
     add_broker_args,
     add_fastpath_args,
+    add_mirrored_arg,
     broker_settings,
     check_plot_path,
     fastpath_config,
@@ -35,7 +36,15 @@ from gazeloop.tools.runtime.progress import Progress
 def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="benchmarks (JSON with --json; mqtt always)")
     bsub = p.add_subparsers(dest="bench", required=True, metavar="WHAT")
-    f = bsub.add_parser(
+    _add_fastpath_parser(bsub)
+    _add_eyetrax_parser(bsub)
+    _add_mapping_parser(bsub)
+    _add_mqtt_parser(bsub)
+    _add_loop_parser(bsub)
+
+
+def _add_fastpath_parser(sub) -> None:
+    f = sub.add_parser(
         "fastpath",
         help="per-stage latency of the fast path",
         description="Per-frame latency percentiles of each fast-path stage on one thread, "
@@ -65,7 +74,10 @@ def add_parser(sub) -> None:
     )
     add_fastpath_args(f)
     f.set_defaults(func=run_fastpath)
-    e = bsub.add_parser(
+
+
+def _add_eyetrax_parser(sub) -> None:
+    e = sub.add_parser(
         "eyetrax",
         help="the whole fast path beside EyeTrax's extract_features, same frames, interleaved",
         description="Per-frame milliseconds (decode excluded) of gazeloop's fast path and of "
@@ -78,7 +90,10 @@ def add_parser(sub) -> None:
     e.add_argument("--json", action="store_true", help="print only the JSON object")
     add_fastpath_args(e)
     e.set_defaults(func=run_eyetrax)
-    m = bsub.add_parser(
+
+
+def _add_mapping_parser(sub) -> None:
+    m = sub.add_parser(
         "mapping",
         help="time of fitting a calibration mapping (nested leave-one-target-out included)",
     )
@@ -89,8 +104,6 @@ def add_parser(sub) -> None:
     m.add_argument("--mapping", action="append", help="mapping(s) to time (default: all)")
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=run_mapping)
-    _add_mqtt_parser(bsub)
-    _add_loop_parser(bsub)
 
 
 def _add_mqtt_parser(sub) -> None:
@@ -125,6 +138,26 @@ def _add_loop_parser(bsub) -> None:
         description=bench_loop.__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _add_loop_session_args(p)
+    _add_loop_stream_args(p)
+    p.add_argument(
+        "--plot",
+        type=Path,
+        metavar="PNG",
+        help="with --sittings: a picture of every pair (drifted, with the loop, the sitting's "
+        "own calibration, the best offset)",
+    )
+    _add_loop_labeller_args(p)
+    p.add_argument("--screen-px", type=positive_int, nargs=2, metavar=("W", "H"))
+    add_mirrored_arg(p)
+    p.add_argument("--json", action="store_true", help="print only the JSON object")
+    add_fastpath_args(p)
+    p.set_defaults(func=run_loop)
+
+
+def _add_loop_session_args(p: argparse.ArgumentParser) -> None:
+    """Which recordings the loop runs on: one session, one calibrated on another, or every
+    consecutive pair of sittings in a folder."""
     p.add_argument("--session", type=Path, help="a labelled session folder")
     p.add_argument(
         "--sittings",
@@ -148,6 +181,11 @@ def _add_loop_parser(bsub) -> None:
         help="fit the mapping on this other session (same person and screen); no injected "
         "drift, labels from some of --session's targets, errors on the others",
     )
+
+
+def _add_loop_stream_args(p: argparse.ArgumentParser) -> None:
+    """The simulated label streams (their noise, length and seeds, and the processes they
+    run on) and the drift injected into them."""
     p.add_argument(
         "--noise-px", type=non_negative_float, default=100.0, help="label noise σ per axis (100)"
     )
@@ -174,13 +212,11 @@ def _add_loop_parser(bsub) -> None:
     p.add_argument(
         "--ramp-labels", type=positive_int, default=20, help="labels the ramp takes (20)"
     )
-    p.add_argument(
-        "--plot",
-        type=Path,
-        metavar="PNG",
-        help="with --sittings: a picture of every pair (drifted, with the loop, the sitting's "
-        "own calibration, the best offset)",
-    )
+
+
+def _add_loop_labeller_args(p: argparse.ArgumentParser) -> None:
+    """Where the loop's labels come from: which targets, the calibration they correct, and
+    whether a simulated oracle or clicks give them."""
     p.add_argument(
         "--label-targets",
         help="with --calibrate-on: comma-separated target ids the oracle labels (default: "
@@ -204,16 +240,6 @@ def _add_loop_parser(bsub) -> None:
         "targets with human timing, judged by the click rules (label noise and outliers "
         "flags do not apply)",
     )
-    p.add_argument("--screen-px", type=positive_int, nargs=2, metavar=("W", "H"))
-    p.add_argument(
-        "--mirrored",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="the images are selfie views (default: the manifest's word, else told by the frames)",
-    )
-    p.add_argument("--json", action="store_true", help="print only the JSON object")
-    add_fastpath_args(p)
-    p.set_defaults(func=run_loop)
 
 
 def _loop_options(args: argparse.Namespace) -> LoopBenchOptions:

@@ -34,11 +34,12 @@ from gazeloop.fastpath.pipeline import FastPath
 from gazeloop.tools.commands._args import (
     add_fastpath_args,
     add_grid_args,
+    add_screen_size_args,
+    add_user_args,
     fastpath_config,
     finite_float,
     fixed_mapping,
     positive_float,
-    positive_int,
     procedure_config,
     screen_from_args,
 )
@@ -74,12 +75,10 @@ def add_parser(sub) -> None:
         help="camera index (default 0); with --headless a session folder or 4-corner recording",
     )
     p.add_argument("--headless", action="store_true", help="replay --source's targets, no window")
-    p.add_argument("--user", default="default")
-    p.add_argument("--device", default="default")
+    add_user_args(p)
     p.add_argument("--out", type=Path, help="session folder to write (default: the user's)")
     p.add_argument("--profile", type=Path, help="profile file to write (default: the user's)")
-    p.add_argument("--screen-px", type=positive_int, nargs=2, metavar=("W", "H"))
-    p.add_argument("--screen-mm", type=positive_float, nargs=2, metavar=("W", "H"))
+    add_screen_size_args(p)
     p.add_argument(
         "--camera-mm",
         type=finite_float,

@@ -20,21 +20,23 @@ from gazeloop.calibration.metrics.precision import (
 from gazeloop.calibration.profile import DEFAULT_FEATURES
 from gazeloop.calibration.store.atomic import check_writable
 from gazeloop.calibration.store.session import read_session
-from gazeloop.fastpath.collect import collect_session, expand_features, feature_matrix
+from gazeloop.fastpath.collect import feature_matrix
 from gazeloop.fastpath.filters import make_filter
-from gazeloop.fastpath.pipeline import FastPath
 from gazeloop.tools.commands._args import (
+    add_distance_arg,
     add_fastpath_args,
+    add_mirrored_arg,
+    add_no_cache_arg,
+    add_screen_size_args,
     check_plot_path,
+    collect_frames,
     fastpath_config,
+    feature_columns,
     fixed_mapping,
-    positive_float,
-    positive_int,
     screen_for,
     write_plot,
 )
 from gazeloop.tools.errors import UserError
-from gazeloop.tools.runtime.progress import Progress
 from gazeloop.tools.runtime.selection import run_selected, selection_text
 from gazeloop.tools.ui import report
 
@@ -49,17 +51,18 @@ def add_parser(sub) -> None:
         "--screen-px; without either, errors are relative to the targets' bounding box.",
     )
     p.add_argument("session", type=Path, help="session folder (img_<ms>.jpg + .json pairs)")
-    p.add_argument("--screen-px", type=positive_int, nargs=2, metavar=("W", "H"))
-    p.add_argument("--screen-mm", type=positive_float, nargs=2, metavar=("W", "H"))
-    p.add_argument(
-        "--distance-mm", type=positive_float, help="viewing distance, for errors in degrees"
-    )
-    p.add_argument(
-        "--mirrored",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="the images are selfie views (default: the manifest's word, else told by the frames)",
-    )
+    add_screen_size_args(p)
+    add_distance_arg(p)
+    add_mirrored_arg(p)
+    _add_mapping_args(p)
+    _add_output_args(p)
+    add_fastpath_args(p)
+    p.set_defaults(func=run)
+
+
+def _add_mapping_args(p: argparse.ArgumentParser) -> None:
+    """What is evaluated: the selection among candidates unless a mapping, a saved profile or
+    features are named (and whether the selected one is kept as a profile)."""
     p.add_argument(
         "--mapping",
         choices=sorted(MAPPINGS),
@@ -71,11 +74,7 @@ def add_parser(sub) -> None:
         type=Path,
         help="apply this saved profile unchanged (no refit) and report its error here",
     )
-    p.add_argument(
-        "--no-cache",
-        action="store_true",
-        help="run the fast path on every frame instead of reading cached features",
-    )
+    add_no_cache_arg(p)
     p.add_argument(
         "--save-profile",
         type=Path,
@@ -87,6 +86,10 @@ def add_parser(sub) -> None:
         help=f"comma-separated feature names (default {','.join(DEFAULT_FEATURES)}; for "
         "a mapping that models named features, those (geometric: gaze angles, eye position))",
     )
+
+
+def _add_output_args(p: argparse.ArgumentParser) -> None:
+    """What is reported beside the error, and where: precision, JSON, a plot, a page."""
     p.add_argument("--precision", action="store_true", help="add precision per target")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--plot", type=Path, help="write a PNG of targets, predictions and errors")
@@ -97,8 +100,6 @@ def add_parser(sub) -> None:
         help="write DIR/report.html (summary, plot, per-target and precision tables) and "
         "DIR/report.json",
     )
-    add_fastpath_args(p)
-    p.set_defaults(func=run)
 
 
 def _filtered(raw: np.ndarray, t: np.ndarray, cfg) -> np.ndarray:
@@ -234,11 +235,7 @@ def run(args: argparse.Namespace) -> int:
     if fixed is not None:
         ev, col = _run_fixed(args, *fixed)
     else:
-        session = read_session(
-            args.session,
-            screen_px=tuple(args.screen_px) if args.screen_px else None,
-            mirrored=args.mirrored,
-        )
+        session = _session(args)
         ev, col = run_selected(
             session,
             screen_for(args, session),
@@ -262,20 +259,20 @@ def run(args: argparse.Namespace) -> int:
     return _output(args, ev)
 
 
-def _run_fixed(args: argparse.Namespace, mapping: str, names: list[str]):
-    """One mapping on named features, as asked: no selection among candidates."""
-    session = read_session(
+def _session(args: argparse.Namespace):
+    """The session as the flags read it: at --screen-px, mirrored as --mirrored says."""
+    return read_session(
         args.session,
         screen_px=tuple(args.screen_px) if args.screen_px else None,
         mirrored=args.mirrored,
     )
+
+
+def _run_fixed(args: argparse.Namespace, mapping: str, names: list[str]):
+    """One mapping on named features, as asked: no selection among candidates."""
+    session = _session(args)
     screen = screen_for(args, session)
-    fp = FastPath(fastpath_config(args))
-    try:
-        with Progress(f"eval, {len(session.items)} frames through the fast path"):
-            col = collect_session(session, fp)
-    finally:
-        fp.close()
+    col, _ = collect_frames(args, session, "eval")
     rejected = [(r.file, r.why) for r in col.rejected]
     used = []
     for ls in col.samples:
@@ -285,11 +282,7 @@ def _run_fixed(args: argparse.Namespace, mapping: str, names: list[str]):
             used.append(ls)
     if not used:
         raise UserError(f"{args.session}: no usable frames ({len(rejected)} rejected)")
-    try:
-        names = expand_features(names, used[0].sample)
-        x = feature_matrix(used, names)
-    except KeyError as e:
-        raise UserError(str(e.args[0])) from None
+    names, x = feature_columns(used, names)
     labels = np.array([ls.label_px for ls in used], dtype=np.float64)
     groups = np.array([ls.target for ls in used])
     try:

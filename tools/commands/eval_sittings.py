@@ -42,7 +42,9 @@ from gazeloop.calibration.sittings import choose_pooled, loto_with_history
 from gazeloop.calibration.store.session import SessionError, read_session
 from gazeloop.fastpath.collect import LazyFastPath
 from gazeloop.tools.commands._args import (
+    add_distance_arg,
     add_fastpath_args,
+    add_no_cache_arg,
     check_plot_path,
     fastpath_config,
     positive_float,
@@ -68,11 +70,7 @@ def add_parser(sub) -> None:
     )
     p.add_argument("folder", type=Path, help="a folder of session folders (one per sitting)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument(
-        "--no-cache",
-        action="store_true",
-        help="run the fast path on every frame instead of reading cached features",
-    )
+    add_no_cache_arg(p)
     p.add_argument(
         "--screen-mm",
         type=positive_float,
@@ -80,9 +78,7 @@ def add_parser(sub) -> None:
         metavar=("W", "H"),
         help="physical screen size for every sitting whose manifest names none",
     )
-    p.add_argument(
-        "--distance-mm", type=positive_float, help="viewing distance, for errors in degrees"
-    )
+    add_distance_arg(p)
     p.add_argument(
         "--jobs",
         type=positive_int,
@@ -238,52 +234,13 @@ def run(args: argparse.Namespace) -> int:
         check_plot_path(args.plot)
     cfg = fastpath_config(args)
     fp = LazyFastPath(cfg)
-    cache = not args.no_cache
     skipped: list[dict] = []
     sessions = _readable(subs, args, skipped)
-    within, pairs, history, later = [], [], {}, []
     try:
-        items = [(session, screen, cache) for _, session, screen in sessions]
-        done = map_sessions(_within, items, cfg, fp, args.jobs, keep_going=True)
-        for (i, session, screen), res in zip(sessions, done, strict=True):
-            if isinstance(res, Skipped):
-                why = f"not evaluated: {res.reason}"
-                _skip(skipped, session.folder.name, why, f"[{i}/{len(subs)}] ")
-                continue
-            cur = {
-                "session": session,
-                "screen": screen,
-                "chosen": res["chosen"],
-                "fitted": [(lb, Candidate(**c), p) for lb, c, p in res["fitted"]],
-                "views": session_views(session, fp, both_reads=False, cache=cache),
-            }
-            owner = _owner(session)
-            row = res["row"]
-            within.append({"sitting": row["sitting"], "user": owner[0]} | row)
-            msg = f"[{i}/{len(subs)}] {session.folder.name}: within {row['mean_px']:.1f} px"
-            earlier = history.setdefault(owner, [])
-            if earlier:
-                pairs.append(_pair(earlier, cur, owner[0]))
-                msg += _pair_text(pairs[-1], len(earlier))
-                if args.history and (cur["screen"] or earlier[-1]["screen"]) is not None:
-                    later.append(_history_item(earlier, cur, owner[0]))
-            earlier.append(cur)
-            tf = f"({row['targets']} targets, {row['frames_used']} frames)"
-            print(f"{msg} {tf}", file=sys.stderr)
+        within, pairs, later = _evaluate(args, sessions, len(subs), cfg, fp, skipped)
         with_history = None
         if args.history:
-            print(
-                f"calibrating {len(later)} sittings with the earlier ones (each point left "
-                "out of every sitting)",
-                file=sys.stderr,
-            )
-            with_history = []
-            done = map_sessions(_with_history, later, cfg, fp, args.jobs, keep_going=True)
-            for item, res in zip(later, done, strict=True):
-                if isinstance(res, Skipped):
-                    _skip(skipped, item[0], res.reason)
-                else:
-                    with_history.append(res)
+            with_history = _calibrate_with_history(args, later, cfg, fp, skipped)
     finally:
         fp.close()
     if not within:
@@ -294,6 +251,61 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {args.plot}", file=sys.stderr)
     print(json.dumps(report, indent=2) if args.json else text(report))
     return 0
+
+
+def _evaluate(args, sessions: list[tuple], n: int, cfg, fp: LazyFastPath, skipped: list[dict]):
+    """Every sitting's own nested leave-one-target-out (on --jobs processes), then, in folder
+    order, each judged with the person's earlier sittings on its screen: a pair needs the
+    sittings before it, so the pairs are made here, one sitting at a time, as the results
+    come. → (within rows, pairs, the sittings `--history` calibrates with earlier ones)."""
+    cache = not args.no_cache
+    within, pairs, history, later = [], [], {}, []
+    items = [(session, screen, cache) for _, session, screen in sessions]
+    done = map_sessions(_within, items, cfg, fp, args.jobs, keep_going=True)
+    for (i, session, screen), res in zip(sessions, done, strict=True):
+        if isinstance(res, Skipped):
+            why = f"not evaluated: {res.reason}"
+            _skip(skipped, session.folder.name, why, f"[{i}/{n}] ")
+            continue
+        cur = {
+            "session": session,
+            "screen": screen,
+            "chosen": res["chosen"],
+            "fitted": [(lb, Candidate(**c), p) for lb, c, p in res["fitted"]],
+            "views": session_views(session, fp, both_reads=False, cache=cache),
+        }
+        owner = _owner(session)
+        row = res["row"]
+        within.append({"sitting": row["sitting"], "user": owner[0]} | row)
+        msg = f"[{i}/{n}] {session.folder.name}: within {row['mean_px']:.1f} px"
+        earlier = history.setdefault(owner, [])
+        if earlier:
+            pairs.append(_pair(earlier, cur, owner[0]))
+            msg += _pair_text(pairs[-1], len(earlier))
+            if args.history and (cur["screen"] or earlier[-1]["screen"]) is not None:
+                later.append(_history_item(earlier, cur, owner[0]))
+        earlier.append(cur)
+        tf = f"({row['targets']} targets, {row['frames_used']} frames)"
+        print(f"{msg} {tf}", file=sys.stderr)
+    return within, pairs, later
+
+
+def _calibrate_with_history(args, later: list[tuple], cfg, fp, skipped: list[dict]) -> list:
+    """`--history`: the sittings that have earlier ones, each calibrated with them
+    (`_with_history`, on --jobs processes); one that cannot be is said and skipped."""
+    print(
+        f"calibrating {len(later)} sittings with the earlier ones (each point left "
+        "out of every sitting)",
+        file=sys.stderr,
+    )
+    with_history = []
+    done = map_sessions(_with_history, later, cfg, fp, args.jobs, keep_going=True)
+    for item, res in zip(later, done, strict=True):
+        if isinstance(res, Skipped):
+            _skip(skipped, item[0], res.reason)
+        else:
+            with_history.append(res)
+    return with_history
 
 
 def _history_item(earlier: list[dict], cur: dict, user: str) -> tuple:

@@ -110,21 +110,10 @@ def run(args: argparse.Namespace) -> int:
 
 def check(session, fp: LazyFastPath, args) -> dict:
     v = session_views(session, fp, both_reads=False)
-    n = len(np.unique(v.groups))
-    if n < MIN_SELECTION_TARGETS:
-        # As `gazeloop eval`: with fewer, nested selection has no target to judge by, and
-        # the numbers would crown a mapping fitted on as many points as it has parameters.
-        raise UserError(
-            f"{session.folder}: {n} usable targets; choosing the mapping by leave-one-target-"
-            f"out needs at least {MIN_SELECTION_TARGETS}"
-        )
+    _enough_targets(session, v)
     px = session.screen_px
     geo = ScreenGeometry(px=px) if px else ScreenGeometry.from_targets(v.labels_px)
-    mm = (
-        tuple(args.screen_mm)
-        if args.screen_mm
-        else ((session.manifest.screen_mm if session.manifest else None) or DEFAULT_SCREEN_MM)
-    )
+    mm = _screen_mm(args, session)
     mm_per_px = np.array(mm, dtype=np.float64) / np.array(geo.px, dtype=np.float64)
     screen = ScreenGeometry(px=geo.px, mm=mm)
     y = geo.to_norm(v.labels_px)
@@ -136,10 +125,7 @@ def check(session, fp: LazyFastPath, args) -> dict:
         aspect=geo.px[0] / geo.px[1],
         options={"geometric": geometric_options(screen)},
     )
-    view = v.views["as read"]
-    if not {"eye_x_mm", "eye_y_mm", "eye_z_mm"} <= set(view):
-        raise UserError(f"{session.folder}: the fast path gave no eye positions")
-    eye = np.column_stack([view["eye_x_mm"], view["eye_y_mm"], view["eye_z_mm"]])
+    eye = _eyes(session, v)
     camera = np.array([mm[0] / 2, -CAMERA_ABOVE_MM])  # centred above the top edge
     target_mm = v.labels_px * mm_per_px - camera
     names = v.names
@@ -148,23 +134,11 @@ def check(session, fp: LazyFastPath, args) -> dict:
         feats, (w, h) = _shifted_features(session, fp, set(names), spec)
         rows = [i for i, n in enumerate(names) if n in feats]
         focal = fp.cfg.focal_px or w  # as the fast path assumes without a camera
-        move_px = {
-            "du": spec.get("du", 0.0) * w,
-            "dv": spec.get("dv", 0.0) * h,
-            "scale": spec.get("scale", 1.0),
-        }
-        exp_mm = expected_shift_mm(eye[rows], target_mm[rows], focal, **move_px)
-        exp_px = exp_mm / mm_per_px
-        per = {}
-        for label, (cand, mapping) in (ch.fitted or {}).items():
-            x0 = columns_for(v.views, cand)[rows]
-            x1 = np.array([[feats[names[i]][f] for f in cand.features] for i in rows])
-            shift = (mapping.predict(x1) - mapping.predict(x0)) * np.array(geo.px)
-            per[label] = follow_stats(shift, exp_px)
+        exp_px = _expected_mm(spec, eye[rows], target_mm[rows], focal, (w, h)) / mm_per_px
         moves[mv] = {
             "frames": len(rows),
             "expected_px": follow_stats(exp_px, exp_px)["expected_px"],
-            "by_candidate": per,
+            "by_candidate": _followed(ch, v, feats, rows, geo, exp_px),
         }
     return {
         "session": str(session.folder),
@@ -174,3 +148,59 @@ def check(session, fp: LazyFastPath, args) -> dict:
         "chosen": ch.candidate.label,
         "moves": moves,
     }
+
+
+def _enough_targets(session, v) -> None:
+    """Refuses a session with too few targets to choose a mapping by."""
+    n = len(np.unique(v.groups))
+    if n < MIN_SELECTION_TARGETS:
+        # As `gazeloop eval`: with fewer, nested selection has no target to judge by, and
+        # the numbers would crown a mapping fitted on as many points as it has parameters.
+        raise UserError(
+            f"{session.folder}: {n} usable targets; choosing the mapping by leave-one-target-"
+            f"out needs at least {MIN_SELECTION_TARGETS}"
+        )
+
+
+def _screen_mm(args, session) -> tuple[float, float]:
+    """The screen's size in mm: the flag's, else the manifest's, else a laptop's (the
+    expected shift is in mm, so some size is needed)."""
+    return (
+        tuple(args.screen_mm)
+        if args.screen_mm
+        else ((session.manifest.screen_mm if session.manifest else None) or DEFAULT_SCREEN_MM)
+    )
+
+
+def _eyes(session, v) -> np.ndarray:
+    """Where the eyes are (mm, camera frame) in each frame: the geometry of a head move
+    starts from them, so a fast path that gives none ends the check."""
+    view = v.views["as read"]
+    if not {"eye_x_mm", "eye_y_mm", "eye_z_mm"} <= set(view):
+        raise UserError(f"{session.folder}: the fast path gave no eye positions")
+    return np.column_stack([view["eye_x_mm"], view["eye_y_mm"], view["eye_z_mm"]])
+
+
+def _expected_mm(spec: dict, eye, target_mm, focal: float, size: tuple[int, int]):
+    """Where each gaze point must move on the screen (mm) when the head makes the move
+    `spec` (fractions of the image, turned into pixels of a `size` frame here)."""
+    w, h = size
+    move_px = {
+        "du": spec.get("du", 0.0) * w,
+        "dv": spec.get("dv", 0.0) * h,
+        "scale": spec.get("scale", 1.0),
+    }
+    return expected_shift_mm(eye, target_mm, focal, **move_px)
+
+
+def _followed(ch, v, feats: dict[str, dict], rows: list[int], geo, exp_px) -> dict:
+    """Per candidate: how far its prediction moved (screen px) from the original frames to
+    the re-rendered ones, against where it should have gone (`exp_px`)."""
+    names = v.names
+    per = {}
+    for label, (cand, mapping) in (ch.fitted or {}).items():
+        x0 = columns_for(v.views, cand)[rows]
+        x1 = np.array([[feats[names[i]][f] for f in cand.features] for i in rows])
+        shift = (mapping.predict(x1) - mapping.predict(x0)) * np.array(geo.px)
+        per[label] = follow_stats(shift, exp_px)
+    return per

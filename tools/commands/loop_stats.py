@@ -102,15 +102,7 @@ def _read_config(arg: str, p: argparse.ArgumentParser) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m gazeloop.tools.commands.loop_stats", description=__doc__
-    )
-    p.add_argument("--seeds", type=int, default=300)
-    p.add_argument("--base", type=int, default=0)
-    p.add_argument("--session", choices=("synthetic", "grid9"), default="synthetic")
-    p.add_argument("--loop-module", help="a file defining DriftLoop and LoopConfig")
-    p.add_argument("--config", default="{}", help="LoopConfig fields: a JSON object or file")
-    p.add_argument("--jobs", type=int, default=2)
+    p = _parser()
     args = p.parse_args(argv)
     config = _read_config(args.config, p)
     init = (args.session, args.loop_module, config)
@@ -121,39 +113,50 @@ def main(argv: list[str] | None = None) -> int:
         junk = pool.map(_job, [("junk", b + 100000 + s) for s in range(n)])
         quiet = pool.map(_job, [("none", b + 200000 + s) for s in range(n)])
     _setup(*init)
+    print(json.dumps(_report(args, config, step, ref, junk, quiet), indent=1))
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m gazeloop.tools.commands.loop_stats", description=__doc__
+    )
+    p.add_argument("--seeds", type=int, default=300)
+    p.add_argument("--base", type=int, default=0)
+    p.add_argument("--session", choices=("synthetic", "grid9"), default="synthetic")
+    p.add_argument("--loop-module", help="a file defining DriftLoop and LoopConfig")
+    p.add_argument("--config", default="{}", help="LoopConfig fields: a JSON object or file")
+    p.add_argument("--jobs", type=int, default=2)
+    return p
+
+
+def _report(args, config: dict, step, ref, junk, quiet) -> dict:
+    """The streams' results as the issue-4 criteria read them (`_setup` has run in this
+    process: the pre-drift error is of the same session the workers used)."""
+    b, n = args.base, args.seeds
     before = ls.mean_error_px(_STATE["pred"], _STATE["truth"], _STATE["scr"])
     onset = ls.DriftSchedule().at_label
     mean_trace = np.mean([e for _, e in step], axis=0)
     ratios = np.array([r for r, _ in junk])
     offs = np.concatenate([o for o, _ in quiet])
-    print(
-        json.dumps(
-            {
-                "loop": args.loop_module or "gazeloop.calibration.drift.loop",
-                "config": config,
-                "session": args.session,
-                "seeds": f"{b}..{b + n - 1}",
-                "labels_to_recover_per_seed": ls.recovery_summary([m for m, _ in step]),
-                "known_onset_reference_per_seed": ls.recovery_summary([m for m, _ in ref]),
-                "labels_to_recover_of_seed_mean_trace": ls.labels_to_recover(
-                    mean_trace, before, onset
-                ),
-                "junk30_after_over_drifted": {
-                    "worst": round(float(ratios.max()), 3),
-                    "mean": round(float(ratios.mean()), 3),
-                },
-                "no_drift_offset_px": {
-                    "rms": round(float(np.sqrt(np.mean(offs**2))), 1),
-                    "p99": round(float(np.percentile(offs, 99)), 1),
-                    "runs_ever_over_100px": round(
-                        float(np.mean([o.max() > 100 for o, _ in quiet])), 3
-                    ),
-                },
-            },
-            indent=1,
-        )
-    )
-    return 0
+    return {
+        "loop": args.loop_module or "gazeloop.calibration.drift.loop",
+        "config": config,
+        "session": args.session,
+        "seeds": f"{b}..{b + n - 1}",
+        "labels_to_recover_per_seed": ls.recovery_summary([m for m, _ in step]),
+        "known_onset_reference_per_seed": ls.recovery_summary([m for m, _ in ref]),
+        "labels_to_recover_of_seed_mean_trace": ls.labels_to_recover(mean_trace, before, onset),
+        "junk30_after_over_drifted": {
+            "worst": round(float(ratios.max()), 3),
+            "mean": round(float(ratios.mean()), 3),
+        },
+        "no_drift_offset_px": {
+            "rms": round(float(np.sqrt(np.mean(offs**2))), 1),
+            "p99": round(float(np.percentile(offs, 99)), 1),
+            "runs_ever_over_100px": round(float(np.mean([o.max() > 100 for o, _ in quiet])), 3),
+        },
+    }
 
 
 if __name__ == "__main__":

@@ -14,14 +14,17 @@ from gazeloop.calibration.profile import DEFAULT_FEATURES, Profile, ProfileError
 from gazeloop.calibration.sittings import pooled_candidates
 from gazeloop.calibration.store.atomic import check_writable
 from gazeloop.calibration.store.session import read_session
-from gazeloop.fastpath.collect import LazyFastPath, collect_session, expand_features, feature_matrix
-from gazeloop.fastpath.pipeline import FastPath
+from gazeloop.fastpath.collect import LazyFastPath
 from gazeloop.tools.commands._args import (
     add_fastpath_args,
+    add_no_cache_arg,
+    add_screen_size_args,
+    add_user_args,
+    collect_frames,
     fastpath_config,
+    feature_columns,
     fixed_mapping,
     positive_float,
-    positive_int,
     screen_for,
 )
 from gazeloop.tools.errors import UserError
@@ -53,11 +56,9 @@ def add_parser(sub) -> None:
         "sitting cannot judge, compete too (calibration.sittings).",
     )
     f.add_argument("session", type=Path, nargs="+", help="session folder(s)")
-    f.add_argument("--user", default="default")
-    f.add_argument("--device", default="default")
+    add_user_args(f)
     f.add_argument("--out", type=Path, help="profile file (default: the user's profile folder)")
-    f.add_argument("--screen-px", type=positive_int, nargs=2, metavar=("W", "H"))
-    f.add_argument("--screen-mm", type=positive_float, nargs=2, metavar=("W", "H"))
+    add_screen_size_args(f)
     f.add_argument("--distance-mm", type=positive_float, help="viewing distance")
     f.add_argument("--mirrored", action=argparse.BooleanOptionalAction, default=None)
     f.add_argument(
@@ -70,11 +71,7 @@ def add_parser(sub) -> None:
         help=f"comma-separated features of a fixed mapping (default {','.join(DEFAULT_FEATURES)}"
         " with --mapping; without either, chosen by nested selection)",
     )
-    f.add_argument(
-        "--no-cache",
-        action="store_true",
-        help="run the fast path on every frame instead of reading cached features",
-    )
+    add_no_cache_arg(f)
     add_fastpath_args(f)
     f.set_defaults(func=run_fit)
     s = psub.add_parser("show", help="print a profile's summary")
@@ -190,20 +187,11 @@ def _fit_selected(args, session, screen):
 
 def _fit_fixed(args, session, screen, mapping: str, names: list[str]) -> Profile:
     """One mapping on named features, as asked."""
-    fp = FastPath(fastpath_config(args))
-    try:
-        with Progress(f"profile fit, {len(session.items)} frames through the fast path"):
-            col = collect_session(session, fp)
-    finally:
-        fp.close()
+    col, gaze = collect_frames(args, session, "profile fit")
     used = [ls for ls in col.samples if not ls.settling]
     if not used:
         raise UserError(f"{session.folder}: no usable frames")
-    try:
-        names = expand_features(names, used[0].sample)
-        x = feature_matrix(used, names)
-    except KeyError as e:
-        raise UserError(str(e.args[0])) from None
+    names, x = feature_columns(used, names)
     y = screen.to_norm(np.array([ls.label_px for ls in used]))
     groups = np.array([ls.target for ls in used])
     try:
@@ -215,9 +203,9 @@ def _fit_fixed(args, session, screen, mapping: str, names: list[str]) -> Profile
             features=names,
             user=args.user,
             device=args.device,
-            gaze_model_id=fp.gaze.model_id,
-            gaze_model_sha256=fp.gaze.sha256,
-            gaze_read=fp.gaze.read,
+            gaze_model_id=gaze.model_id,
+            gaze_model_sha256=gaze.sha256,
+            gaze_read=gaze.read,
             mapping=mapping,
             calibration_session=str(Path(session.folder).resolve()),
         )

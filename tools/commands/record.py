@@ -103,6 +103,17 @@ def _screen(args, ls: LabelledSource, given: tuple[int, int] | None) -> tuple[in
 
 
 def _labeler(args, ls: LabelledSource, screen_px: tuple[int, int]) -> tuple[str, Labeler]:
+    mode = _label_mode(args, ls)
+    if mode == "targets":
+        return _from_targets(args, ls)
+    if mode == "point":
+        return _at_point(args, screen_px)
+    return _from_cursor(screen_px)
+
+
+def _label_mode(args, ls: LabelledSource) -> str:
+    """--label as asked, `auto` decided: the fixed point when one is given, else the
+    source's targets; a source without targets cannot label itself, and that is said."""
     mode = args.label
     if args.point is not None and mode in ("targets", "cursor"):
         raise UserError(f"--point and --label {mode} contradict each other")
@@ -116,30 +127,43 @@ def _labeler(args, ls: LabelledSource, screen_px: tuple[int, int]) -> tuple[str,
                 "--point X Y (a fixed point they look at)"
             )
         mode = "targets"
-    if mode == "targets":
-        if not ls.labelled:
-            raise UserError(f"--label targets: {args.source} ({ls.kind}) has no recorded targets")
+    return mode
 
-        def from_targets(frame: Frame):
-            info = ls.target_of(frame)
-            if info is None:
-                return None, {}
-            return info.label_px, {
-                "label_source": "targets",
-                "target": info.target,
-                "settling": info.settling,
-                "source_frame": frame.name,
-            }
 
-        return "the recorded targets", from_targets
-    if mode == "point":
-        if args.point is None:
-            raise UserError("--label point needs --point X Y (screen pixels)")
-        x, y = args.point
-        if not (0 <= x <= screen_px[0] and 0 <= y <= screen_px[1]):
-            w, h = screen_px
-            raise UserError(f"--point ({x:g}, {y:g}) is off the {w}x{h} screen")
-        return f"the fixed point ({x:g}, {y:g})", lambda f: ((x, y), {"label_source": "point"})
+def _from_targets(args, ls: LabelledSource) -> tuple[str, Labeler]:
+    """Each frame labelled with the recording's target on screen when it was taken (none
+    between targets), and whether the eyes were still settling on it."""
+    if not ls.labelled:
+        raise UserError(f"--label targets: {args.source} ({ls.kind}) has no recorded targets")
+
+    def from_targets(frame: Frame):
+        info = ls.target_of(frame)
+        if info is None:
+            return None, {}
+        return info.label_px, {
+            "label_source": "targets",
+            "target": info.target,
+            "settling": info.settling,
+            "source_frame": frame.name,
+        }
+
+    return "the recorded targets", from_targets
+
+
+def _at_point(args, screen_px: tuple[int, int]) -> tuple[str, Labeler]:
+    """Every frame labelled with --point, which must be on the screen."""
+    if args.point is None:
+        raise UserError("--label point needs --point X Y (screen pixels)")
+    x, y = args.point
+    if not (0 <= x <= screen_px[0] and 0 <= y <= screen_px[1]):
+        w, h = screen_px
+        raise UserError(f"--point ({x:g}, {y:g}) is off the {w}x{h} screen")
+    return f"the fixed point ({x:g}, {y:g})", lambda f: ((x, y), {"label_source": "point"})
+
+
+def _from_cursor(screen_px: tuple[int, int]) -> tuple[str, Labeler]:
+    """Each frame labelled with the mouse pointer's position when it is written (pynput);
+    a pointer off this screen labels nothing."""
     try:
         from pynput.mouse import Controller
     except ImportError as e:
@@ -174,35 +198,18 @@ def run(args: argparse.Namespace) -> int:
                 "--screen-px W H, the screen the labels are pixels of"
             )
         described, label_of = _labeler(args, ls, screen_px)
-        src_manifest = ls.session.manifest if ls.session is not None else None
-        manifest = SessionManifest(
-            screen_px=screen_px,
-            screen_mm=tuple(args.screen_mm) if args.screen_mm else _get(src_manifest, "screen_mm"),
-            camera_mm=tuple(args.camera_mm) if args.camera_mm else _get(src_manifest, "camera_mm"),
-            mirrored=False,
-            user=args.user or _get(src_manifest, "user"),
-            device=args.device or _get(src_manifest, "device"),
-            notes=args.notes,
-            source=f"gazeloop record from {ls.describe()}",
-        )
-        writer = SessionWriter(args.out, manifest)
+        writer = SessionWriter(args.out, _manifest(args, ls, screen_px))
         clock = UnixClock(ls.source)
         print(f"recording {ls.describe()} to {args.out}; labels: {described}", flush=True)
         try:
             stats = _record(args, ls, writer, gate, clock, label_of)
         except WriteError as e:
             raise UserError(_kept(e, writer)) from None
-        notes = [args.notes] if args.notes else []
-        notes.append(
-            f"{writer.written} frames at {args.fps or 'the source'} fps from {ls.describe()}; "
-            f"labels: {described}; {stats['stopped']}"
-        )
-        if stats["unlabelled"]:
-            notes.append(f"{stats['unlabelled']} frames skipped without a label on this screen")
+        notes = _notes(args, ls, writer, described, stats)
         if writer.discard_if_empty():
             print(f"gazeloop record: no frame recorded ({stats['stopped']}); nothing written")
             return 1
-        writer.finish("\n".join(notes))
+        writer.finish(notes)
     span = 0.0 if writer.first_ms is None else (writer.last_ms - writer.first_ms) / 1e3
     rate = (writer.written - 1) / span if span > 0 else 0.0
     print(
@@ -210,6 +217,35 @@ def run(args: argparse.Namespace) -> int:
         f"{args.out}; {stats['stopped']}"
     )
     return 0 if writer.written else 1
+
+
+def _manifest(args, ls: LabelledSource, screen_px: tuple[int, int]) -> SessionManifest:
+    """The new session's manifest: the flags' words, else the source session's; its frames
+    are stored un-mirrored, whatever the source's were."""
+    src_manifest = ls.session.manifest if ls.session is not None else None
+    return SessionManifest(
+        screen_px=screen_px,
+        screen_mm=tuple(args.screen_mm) if args.screen_mm else _get(src_manifest, "screen_mm"),
+        camera_mm=tuple(args.camera_mm) if args.camera_mm else _get(src_manifest, "camera_mm"),
+        mirrored=False,
+        user=args.user or _get(src_manifest, "user"),
+        device=args.device or _get(src_manifest, "device"),
+        notes=args.notes,
+        source=f"gazeloop record from {ls.describe()}",
+    )
+
+
+def _notes(args, ls: LabelledSource, writer: SessionWriter, described: str, stats: dict) -> str:
+    """The finished session's notes: the user's --notes, then how it was recorded and why
+    it stopped, so a session says where it came from."""
+    notes = [args.notes] if args.notes else []
+    notes.append(
+        f"{writer.written} frames at {args.fps or 'the source'} fps from {ls.describe()}; "
+        f"labels: {described}; {stats['stopped']}"
+    )
+    if stats["unlabelled"]:
+        notes.append(f"{stats['unlabelled']} frames skipped without a label on this screen")
+    return "\n".join(notes)
 
 
 def _kept(e: WriteError, writer: SessionWriter) -> str:

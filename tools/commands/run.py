@@ -54,6 +54,7 @@ from gazeloop.fastpath.sources import CameraSource
 from gazeloop.tools.commands._args import (
     add_fastpath_args,
     add_grid_args,
+    add_user_args,
     fastpath_config,
     non_negative_float,
     positive_float,
@@ -81,13 +82,33 @@ def add_parser(sub) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _add_source_args(p)
+    _add_oracle_args(p)
+    _add_run_args(p)
+    _add_mqtt_args(p)
+    p.add_argument("--screenshot", type=Path, help="save the last window picture here on exit")
+    p.add_argument(
+        "--no-watch-models",
+        action="store_true",
+        help="do not switch to newer models appearing in the registry",
+    )
+    add_grid_args(p)
+    add_fastpath_args(p)
+    p.set_defaults(func=run)
+
+
+def _add_source_args(p: argparse.ArgumentParser) -> None:
+    """What is tracked, whose it is, and the profile and screen it maps onto."""
     p.add_argument("--source", default="0", help="camera index, video or session (default 0)")
-    p.add_argument("--user", default="default")
-    p.add_argument("--device", default="default")
+    add_user_args(p)
     p.add_argument("--profile", type=Path, help="profile file (default: the user's for device)")
     p.add_argument(
         "--screen-px", type=positive_int, nargs=2, metavar=("W", "H"), help="screen in use"
     )
+
+
+def _add_oracle_args(p: argparse.ArgumentParser) -> None:
+    """Where the labels that correct the drift come from, and how often."""
     p.add_argument(
         "--oracle",
         choices=["auto", "none", "clicks", "moondream", "targets"],
@@ -129,10 +150,18 @@ def add_parser(sub) -> None:
         help="window mode: a validation dot when the loop has had no label for this many "
         "minutes (default 10; 0: only on the 7 key)",
     )
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    """How the run shows itself (a window, or status lines) and when it ends."""
     p.add_argument("--headless", action="store_true", help="no window; status lines instead")
     p.add_argument("--frames", type=positive_int, help="stop after this many frames")
     p.add_argument("--seconds", type=positive_float, help="stop after this long (wall clock)")
     p.add_argument("--move-cursor", action="store_true", help="move the OS cursor (pynput)")
+
+
+def _add_mqtt_args(p: argparse.ArgumentParser) -> None:
+    """The broker the gaze stream and the stored labels go to."""
     p.add_argument(
         "--mqtt",
         help="broker URL: publish the gaze stream and send every stored label (unsent ones "
@@ -145,15 +174,6 @@ def add_parser(sub) -> None:
         metavar="S",
         help="at the end, wait up to S seconds for labels still unsent (default 10)",
     )
-    p.add_argument("--screenshot", type=Path, help="save the last window picture here on exit")
-    p.add_argument(
-        "--no-watch-models",
-        action="store_true",
-        help="do not switch to newer models appearing in the registry",
-    )
-    add_grid_args(p)
-    add_fastpath_args(p)
-    p.set_defaults(func=run)
 
 
 def _profile(args, fp: FastPath) -> tuple[ProfileMapper | None, Path]:
@@ -410,6 +430,33 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, ls: LabelledSource) -> int:
+    hook = _before_models(args, ls)
+    fp, mapper, used_profile = _models(args)
+    oracle = _oracle(args, mapper)
+    store = _label_store(args, oracle, mapper)
+    live = _live(args, ls, fp, mapper, oracle, store, hook)
+    listener = _clicks(args, live, mapper)
+    replay = _replay_clicks(args, live, mapper, ls)
+    watcher = _model_watcher(args, live, fp, mapper, used_profile)
+    cursor = Cursor() if args.move_cursor else None
+    src = ls.source
+    stream = iter(src)
+    ui = None if args.headless else _window(args, ls, live, stream, watcher)
+    try:
+        frames = _track(args, live, src, stream, ui=ui, replay=replay, cursor=cursor)
+    finally:
+        st, summary = _stop(args, live, src, watcher=watcher, listener=listener, ui=ui)
+    print(f"gazeloop run: {frames} frames; {summary}")
+    why = live.policy.why_none() if live.worker is not None else None
+    if why:
+        print(f"note: {why}")
+    return 0 if frames or st else 1
+
+
+def _before_models(args, ls: LabelledSource):
+    """What the flags and the source decide before any model loads (a mistake is said in a
+    second, not after the networks): the labeller, the targets' hook, the label store's
+    folder. → the snapshot hook of --oracle targets, or None."""
     _resolve_oracle(args, ls)
     hook = _target_hook(args, ls)
     if args.replay_clicks and not ls.labelled:  # before any model loads
@@ -419,6 +466,12 @@ def _run(args: argparse.Namespace, ls: LabelledSource) -> int:
         )
     if args.oracle != "none":  # the label store's folder, before anything loads
         check_writable(data_dir() / "users" / args.user / "labels", folder=True)
+    return hook
+
+
+def _models(args) -> tuple[FastPath, ProfileMapper | None, Path]:
+    """The fast path and the profile it maps with; without a profile, --oracle auto labels
+    nothing. → (fast path, mapper or None, profile file)."""
     from gazeloop.tools.runtime.hotreload import startup_model
 
     fp_cfg, said = startup_model(fastpath_config(args))  # the promoted model, unless named
@@ -427,8 +480,12 @@ def _run(args: argparse.Namespace, ls: LabelledSource) -> int:
     mapper, used_profile = _profile(args, fp)
     if args.oracle_auto and mapper is None:
         args.oracle = "none"  # clicks correct a calibrated cursor; there is none yet
-    oracle = _oracle(args, mapper)
-    store = None
+    return fp, mapper, used_profile
+
+
+def _label_store(args, oracle, mapper):
+    """The user's label store when this run labels anything, or has labels of earlier runs
+    to send; None otherwise."""
     labels_dir = data_dir() / "users" / args.user / "labels"
     # With --mqtt the store is the outbox: labels a previous run could not send go now,
     # even when this run has no oracle.
@@ -440,7 +497,12 @@ def _run(args: argparse.Namespace, ls: LabelledSource) -> int:
     if labelled_here or (args.mqtt and (labels_dir / DB_NAME).is_file()):
         if args.oracle == "none":  # not checked before the models loaded
             check_writable(labels_dir, folder=True)
-        store = LabelStore(labels_dir)
+        return LabelStore(labels_dir)
+    return None
+
+
+def _live(args, ls: LabelledSource, fp: FastPath, mapper, oracle, store, hook) -> Live:
+    """The running system, with --mqtt's publisher and uplink on the source's clock."""
     publisher = uplink = clock = None
     if args.mqtt:
         from gazeloop.tools.runtime.mqtt.timebase import SourceClock
@@ -449,7 +511,7 @@ def _run(args: argparse.Namespace, ls: LabelledSource) -> int:
         publisher, uplink = _mqtt(args, ls.source, store, mapper)
     from gazeloop.oracle.policy import SnapshotPolicy
 
-    live = Live(
+    return Live(
         fp,
         mapper=mapper,
         oracle=oracle,
@@ -460,81 +522,91 @@ def _run(args: argparse.Namespace, ls: LabelledSource) -> int:
         clock=clock,
         uplink=uplink,
     )
-    listener = _clicks(args, live, mapper)
-    replay = _replay_clicks(args, live, mapper, ls)
-    watcher = None
-    if not args.no_watch_models:
-        from gazeloop.tools.runtime.hotreload import ModelWatcher
 
-        try:
-            from gazeloop.trainer.registry import default_registry_root
 
-            watcher = ModelWatcher(
-                fp,
-                default_registry_root(),
-                profile=None if mapper is None else mapper.profile,
-                profile_path=used_profile,
-                screen=None if mapper is None else mapper.screen,
-                on_swap=lambda gaze, m: live.adopt(m),
-            )
-            watcher.start()
-        except ImportError:  # the registry lives in the trainer extra
-            watcher = None
-    cursor = Cursor() if args.move_cursor else None
-    src = ls.source
-    stream = iter(src)
+def _model_watcher(args, live: Live, fp: FastPath, mapper, used_profile: Path):
+    """The watcher that swaps in newer models from the registry (with the profile refitted
+    for them), started; None with --no-watch-models or without the trainer extra."""
+    if args.no_watch_models:
+        return None
+    from gazeloop.tools.runtime.hotreload import ModelWatcher
+
+    try:
+        from gazeloop.trainer.registry import default_registry_root
+
+        watcher = ModelWatcher(
+            fp,
+            default_registry_root(),
+            profile=None if mapper is None else mapper.profile,
+            profile_path=used_profile,
+            screen=None if mapper is None else mapper.screen,
+            on_swap=lambda gaze, m: live.adopt(m),
+        )
+        watcher.start()
+    except ImportError:  # the registry lives in the trainer extra
+        return None
+    return watcher
+
+
+def _window(args, ls: LabelledSource, live: Live, stream, watcher) -> Window:
+    """The window, with the validation glance; its `c` key reads `stream`, and a profile it
+    makes is the one a later model swap refits."""
 
     def on_profile(prof: Profile, m: ProfileMapper, path: Path) -> None:
         if watcher is not None:  # a later model swap refits this profile, in its own file
             watcher.profile, watcher.screen, watcher.profile_path = prof, m.screen, path
 
-    ui = None
-    if not args.headless:
-        live.enable_glance(args.glance_every * 60.0)
-        ui = Window(live, args, stream=stream, clock=UnixClock(src), on_profile=on_profile)
-        ui.source_desc = ls.describe()
+    live.enable_glance(args.glance_every * 60.0)
+    ui = Window(live, args, stream=stream, clock=UnixClock(ls.source), on_profile=on_profile)
+    ui.source_desc = ls.describe()
+    return ui
+
+
+def _track(args, live: Live, src, stream, *, ui, replay, cursor) -> int:
+    """The frame loop: every frame through the running system, until the source ends, the
+    window closes, or --frames or --seconds is reached. → frames processed."""
     frames = 0
     t_start = time.monotonic()
     last_status = t_start
+    with src:
+        for frame in stream:
+            s = live.process(frame)
+            if replay is not None:
+                replay.after(frame)
+            frames += 1
+            if cursor is not None and s.screen_px is not None:
+                cursor.move(s.screen_px)
+            if ui is not None:
+                if not ui.show(frame, s):
+                    break
+            elif time.monotonic() - last_status >= 1.0:
+                last_status = time.monotonic()
+                print(status_text(live, s), flush=True)
+            if args.frames is not None and frames >= args.frames:
+                break
+            if args.seconds is not None and time.monotonic() - t_start >= args.seconds:
+                break
+        if isinstance(src, CameraSource) and src.error:
+            print(f"camera {args.source}: {src.error}")
+    return frames
+
+
+def _stop(args, live: Live, src, *, watcher, listener, ui) -> tuple[dict, str]:
+    """Everything the run started, stopped, however it ended; the running system closed
+    even when finishing it fails. → (its last status, the summary line)."""
+    if watcher is not None:
+        watcher.stop()
+    if listener is not None:
+        listener.stop()
+    if ui is not None:
+        ui.close(args.screenshot)
     try:
-        with src:
-            for frame in stream:
-                s = live.process(frame)
-                if replay is not None:
-                    replay.after(frame)
-                frames += 1
-                if cursor is not None and s.screen_px is not None:
-                    cursor.move(s.screen_px)
-                if ui is not None:
-                    if not ui.show(frame, s):
-                        break
-                elif time.monotonic() - last_status >= 1.0:
-                    last_status = time.monotonic()
-                    print(status_text(live, s), flush=True)
-                if args.frames is not None and frames >= args.frames:
-                    break
-                if args.seconds is not None and time.monotonic() - t_start >= args.seconds:
-                    break
-            if isinstance(src, CameraSource) and src.error:
-                print(f"camera {args.source}: {src.error}")
+        _finish(live, args, replay=not isinstance(src, CameraSource))
+        st = live.status()
+        summary = status_text(live, None)
     finally:
-        if watcher is not None:
-            watcher.stop()
-        if listener is not None:
-            listener.stop()
-        if ui is not None:
-            ui.close(args.screenshot)
-        try:
-            _finish(live, args, replay=not isinstance(src, CameraSource))
-            st = live.status()
-            summary = status_text(live, None)
-        finally:
-            live.close()
-    print(f"gazeloop run: {frames} frames; {summary}")
-    why = live.policy.why_none() if live.worker is not None else None
-    if why:
-        print(f"note: {why}")
-    return 0 if frames or st else 1
+        live.close()
+    return st, summary
 
 
 def _finish(live: Live, args, *, replay: bool) -> None:
@@ -755,20 +827,7 @@ class Window:
             return
         try:
             cfg = procedure_config(args, replay=False)
-            screen = live.mapper.screen if live.mapper is not None else None
-            if args.screen_px:
-                px = tuple(args.screen_px)
-                screen = screen.with_px(*px) if screen is not None else screen_from_args(args, px)
-            if screen is None:
-                self.display.fullscreen(True)
-                px = self.display.screen_px()
-                if px is None:
-                    self.display.fullscreen(False)
-                    raise UserError(
-                        "cannot tell the screen size from the window system; restart with "
-                        "--screen-px W H"
-                    )
-                screen = screen_from_args(args, px)
+            screen = self._grid_screen()
             res = calibrate_on_screen(
                 self.stream,
                 live.fp,
@@ -800,6 +859,26 @@ class Window:
         if self.on_profile is not None:
             self.on_profile(res.profile, mapper, res.profile_path)
         print("calibrated; the new profile is in use: " + "; ".join(res.lines()), flush=True)
+
+    def _grid_screen(self):
+        """The screen the grid is drawn on: the profile's (at --screen-px when given), else
+        the flags', else the one the window system reports once the window is full screen."""
+        live, args = self.live, self.args
+        screen = live.mapper.screen if live.mapper is not None else None
+        if args.screen_px:
+            px = tuple(args.screen_px)
+            screen = screen.with_px(*px) if screen is not None else screen_from_args(args, px)
+        if screen is None:
+            self.display.fullscreen(True)
+            px = self.display.screen_px()
+            if px is None:
+                self.display.fullscreen(False)
+                raise UserError(
+                    "cannot tell the screen size from the window system; restart with "
+                    "--screen-px W H"
+                )
+            screen = screen_from_args(args, px)
+        return screen
 
     def _verify_data(self, snap, label, *, busy=False, phase=0.0, gaze=None) -> VerifyData:
         target = None

@@ -42,12 +42,30 @@ from gazeloop.trainer.tune import TUNE_CHOICES
 
 def add_parser(sub) -> None:
     registry_help = f"model registry (default {default_registry_root()})"
+    _add_train_parser(sub, registry_help)
+    _add_export_parser(sub, registry_help)
+
+
+def _add_train_parser(sub, registry_help: str) -> None:
     t = sub.add_parser(
         "train",
         help="fine-tune the gaze network (masked ridge head) and export it",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _add_data_args(t)
+    _add_training_args(t)
+    _add_reading_args(t)
+    t.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    t.add_argument("--export", action="store_true", help="export the best model when done")
+    t.add_argument("--registry", type=Path, help=registry_help)
+    t.add_argument("--model-id", default="gazeloop-gazenet", help="registry model id")
+    t.add_argument("--json", action="store_true", help="print the summary as JSON only")
+    t.set_defaults(func=run_train)
+
+
+def _add_data_args(t: argparse.ArgumentParser) -> None:
+    """What is trained on, what the gate judges on, and which weights train."""
     t.add_argument("--data", type=Path, action="append", default=[], help="dataset (repeatable)")
     t.add_argument(
         "--holdout",
@@ -73,6 +91,10 @@ def add_parser(sub) -> None:
         help="what trains: all (default), last (the last conv block and the head) or head "
         "(the fully connected head; the backbone is frozen)",
     )
+
+
+def _add_training_args(t: argparse.ArgumentParser) -> None:
+    """The run folder and the training settings the flags override in --config."""
     t.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, metrics)")
     t.add_argument("--config", type=Path, help="a TrainConfig JSON; flags override it")
     t.add_argument("--epochs", type=positive_int)
@@ -83,6 +105,10 @@ def add_parser(sub) -> None:
         "--calib-min", type=positive_int, help="calibration targets per episode, at least"
     )
     t.add_argument("--calib-max", type=positive_int, help="... and at most")
+
+
+def _add_reading_args(t: argparse.ArgumentParser) -> None:
+    """How the data is read where it does not say so itself: its screen, split, mirroring."""
     t.add_argument(
         "--screen-px",
         type=positive_int,
@@ -99,13 +125,9 @@ def add_parser(sub) -> None:
         "ETH-XGaze train_test_split.json); default train",
     )
     t.add_argument("--mirrored", action="store_true", help="session images are selfie views")
-    t.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    t.add_argument("--export", action="store_true", help="export the best model when done")
-    t.add_argument("--registry", type=Path, help=registry_help)
-    t.add_argument("--model-id", default="gazeloop-gazenet", help="registry model id")
-    t.add_argument("--json", action="store_true", help="print the summary as JSON only")
-    t.set_defaults(func=run_train)
 
+
+def _add_export_parser(sub, registry_help: str) -> None:
     e = sub.add_parser("export", help="export a training checkpoint to ONNX and register it")
     e.add_argument("checkpoint", type=Path, help="model.safetensors of a training run")
     e.add_argument("--out", type=Path, help="ONNX file (default: beside the checkpoint)")
@@ -229,25 +251,10 @@ def _config(args, exports: list | None = None, doc: dict | None = None):
     exports = list(exports or [])
     labels = [DataSource(path=e.session, person=e.person) for e in exports]
     if args.data:
-        data["data"] = [
-            DataSource(
-                path=p,
-                screen_px=tuple(args.screen_px) if args.screen_px else None,
-                mirrored=True if args.mirrored else None,
-                split=getattr(args, "split", None),
-            ).model_dump(mode="json")
-            for p in args.data
-        ]
+        data["data"] = _sources(args, args.data, split=getattr(args, "split", None))
         _screen_px_notes(data["data"])
     if args.holdout:
-        data["holdout"] = [
-            DataSource(
-                path=p,
-                screen_px=tuple(args.screen_px) if args.screen_px else None,
-                mirrored=True if args.mirrored else None,
-            ).model_dump(mode="json")
-            for p in args.holdout
-        ]
+        data["holdout"] = _sources(args, args.holdout)
     data["out_dir"] = str(args.out)
     for k in ("epochs", "max_steps", "lr", "seed", "calib_min", "calib_max", "tune"):
         v = getattr(args, k, None)
@@ -269,6 +276,22 @@ def _config(args, exports: list | None = None, doc: dict | None = None):
             data["calib_min"] = fitted
     cfg = _validated(TrainConfig, data | {"holdout": []}, args)
     return _with_holdout(cfg, holdout, labels)
+
+
+def _sources(args, paths: list[Path], **split) -> list[dict]:
+    """`paths` (--data, or --holdout) as the config's data sources, each read with the screen
+    and mirroring the flags give; `split`: the released datasets' split, for --data only."""
+    from gazeloop.trainer.datasets import DataSource
+
+    return [
+        DataSource(
+            path=p,
+            screen_px=tuple(args.screen_px) if args.screen_px else None,
+            mirrored=True if args.mirrored else None,
+            **split,
+        ).model_dump(mode="json")
+        for p in paths
+    ]
 
 
 def _validated(model, doc, args, where: str = ""):

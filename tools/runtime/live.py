@@ -140,6 +140,18 @@ class Live:
         # A hook that decorates snapshots (e.g. with the frame's known target) or vetoes
         # them by returning None.
         self.snapshot_hook = snapshot_hook
+        self._init_loop(mapper, loop_cfg)
+        self._init_oracle(oracle, oracle_timeout_s)
+        self._init_labellers()
+        self._init_store_writer(store_queue)
+        self._snaps: dict[str, tuple[Snapshot, tuple[float, float] | None]] = {}
+        self._lock = threading.Lock()
+        self._frame_ms: deque[float] = deque(maxlen=120)
+        self._frame_t: deque[int] = deque(maxlen=120)
+
+    def _init_loop(self, mapper: ProfileMapper | None, loop_cfg: LoopConfig | None) -> None:
+        """The drift loop, when there is a profile to correct; without one it starts with
+        the first calibration (`install`)."""
         self.loop: DriftLoop | None = None
         self._loop_cfg = loop_cfg
         if mapper is not None:
@@ -148,6 +160,10 @@ class Live:
             self.loop = self._new_loop(
                 mapper, new_sitting=from_earlier_sitting(getattr(mapper, "profile", None))
             )
+
+    def _init_oracle(self, oracle, oracle_timeout_s: float) -> None:
+        """The oracle's worker thread, when there is an oracle, and the last label it gave,
+        for the picture-in-picture."""
         self.oracle_timeout_s = oracle_timeout_s
         self.worker = (
             OracleWorker(
@@ -157,6 +173,10 @@ class Live:
             else None
         )
         self.last: LastOracle | None = None
+
+    def _init_labellers(self) -> None:
+        """The labellers without snapshots of their own, attached later (none yet), the frames
+        kept for them, and what the display shows of the labels in flight and decided."""
         # Under --oracle clicks: a `tools.runtime.clicks.ClickLabeller`, fed every frame.
         self.clicks = None
         # With a window: the validation glance (`tools.runtime.glance.GlanceLabeller`),
@@ -169,6 +189,10 @@ class Live:
         # or a later one comes back, so the picture-in-picture shows what is being labelled.
         self.pending: tuple[Snapshot, tuple[float, float] | None] | None = None
         self.decisions: deque[LoopDecision] = deque(maxlen=1000)
+
+    def _init_store_writer(self, store_queue: int) -> None:
+        """The label store's counts and its one writer thread, started when there is a store:
+        the frame and oracle threads only queue labels for it, never wait on the disk."""
         self.store_errors = 0
         self.store_duplicates = 0
         self.store_error: str | None = None
@@ -181,15 +205,11 @@ class Live:
         self._writes_open = 0
         self._writer_closing = False
         self._writer: threading.Thread | None = None
-        if store is not None:
+        if self.store is not None:
             self._writer = threading.Thread(
                 target=self._write_labels, name="gazeloop-label-store", daemon=True
             )
             self._writer.start()
-        self._snaps: dict[str, tuple[Snapshot, tuple[float, float] | None]] = {}
-        self._lock = threading.Lock()
-        self._frame_ms: deque[float] = deque(maxlen=120)
-        self._frame_t: deque[int] = deque(maxlen=120)
 
     def _new_loop(self, mapper: ProfileMapper, *, new_sitting: bool = False) -> DriftLoop:
         aspect = mapper.screen.px[0] / mapper.screen.px[1]
