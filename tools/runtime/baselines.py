@@ -105,6 +105,17 @@ def get(out: Any, key: str) -> Any:
     return out
 
 
+def _frames_used(o: dict) -> int:
+    """The frames behind a command that counts those it used (eval, bench loop,
+    eval-sittings): the faces found, outliers and settling left out, not the folder's."""
+    return o["frames_used"]
+
+
+def _targets(o: dict) -> int:
+    """The targets behind a command that counts them at the top of its output."""
+    return o["targets"]
+
+
 def _eval_behind(o: dict) -> str:
     s = f"{o['frames_used']} of {o['frames']} frames, {o['targets']} targets"
     if o["frames_used"] == o["targets"]:
@@ -158,8 +169,8 @@ def _grid9(mirrored: bool) -> Baseline:
         ),
         kind="measured",
         numbers=_accuracy_numbers(),
-        frames=lambda o: o["frames_used"],
-        targets=lambda o: o["targets"],
+        frames=_frames_used,
+        targets=_targets,
         behind=_eval_behind,
         rows=(
             Row(
@@ -223,8 +234,8 @@ CORNERS4 = Baseline(
         Number("mean_deg", "mean error, degrees at 600 mm", rel=0.03),
         *_precision_numbers(),
     ),
-    frames=lambda o: o["frames_used"],
-    targets=lambda o: o["targets"],
+    frames=_frames_used,
+    targets=_targets,
     behind=_eval_behind,
     rows=(
         Row(
@@ -310,14 +321,46 @@ DEMO = Baseline(
 )
 
 
-def _loop_row(o: dict) -> str:
-    r, n = o["known_onset_reference"], o["no_drift"]
+def _drift_errors(o: dict) -> str:
+    """Where every injected-drift row starts: the error before, with the drift, and after
+    the loop's last label."""
     return (
-        f"{o['error_before_px']:.0f} → {o['error_drifted_px']:.0f} → {o['error_after_px']:.0f} "
-        f"px; {o['labels_to_recover']} (told: {r['labels_to_recover']}); "
+        f"{o['error_before_px']:.0f} → {o['error_drifted_px']:.0f} → {o['error_after_px']:.0f} px"
+    )
+
+
+def _no_drift_cell(o: dict) -> str:
+    """The loop with nothing to correct, in the words every injected-drift row ends with:
+    how often the offset wandered off, and how far it sat on average."""
+    n = o["no_drift"]
+    return f"{100 * n['false_change_share']:.0f} %, {n['rms_offset_px']:.0f} px"
+
+
+def _step_words(what: str) -> str:
+    """How the loop benchmarks on a session begin: they differ in the oracle, not in this."""
+    return (
+        f"The real DriftLoop on {what} through the real fast path, each frame predicted by a "
+        "leave-one-target-out mapping, a 150 px step injected after 10 labels"
+    )
+
+
+def _no_drift_words(streams: int) -> str:
+    """The no-drift half of an injected-drift baseline, said alike whatever the oracle."""
+    return (
+        f"{streams} streams of 100 labels: the share in which the offset ever moves over "
+        "100 px, and its RMS."
+    )
+
+
+_NO_DRIFT_ROW = "no drift: streams in which the offset moves over 100 px, offset RMS"
+
+
+def _loop_row(o: dict) -> str:
+    r = o["known_onset_reference"]
+    return (
+        f"{_drift_errors(o)}; {o['labels_to_recover']} (told: {r['labels_to_recover']}); "
         f"{o['error_after_15_labels_over_before']:.2f}× "
-        f"(told: {r['error_after_15_labels_over_before']:.2f}×); "
-        f"{100 * n['false_change_share']:.0f} %, {n['rms_offset_px']:.0f} px"
+        f"(told: {r['error_after_15_labels_over_before']:.2f}×); {_no_drift_cell(o)}"
     )
 
 
@@ -334,17 +377,14 @@ BENCH_LOOP = Baseline(
         "gazeloop bench loop --session ../shared/data/sessions/grid9 --mirrored --seeds 300 --json",
     ),
     says=(
-        "The real DriftLoop on the grid9 session through the real fast path, each frame "
-        "predicted by a leave-one-target-out mapping, a 150 px step injected after 10 labels "
-        "(and, separately, a 20-label ramp); the oracle is simulated: a random frame's "
+        _step_words("the grid9 session") + " (and, separately, a 20-label ramp); the oracle "
+        "is simulated: a random frame's "
         "ground-truth target plus Gaussian noise of 100 px per axis. Errors are means over "
         "the session's frames before the drift, drifted, and after the last label; "
         "labels_to_recover is the labels after the onset until the error is back within 10 % "
         "of the pre-drift error and stays there; medians over 300 label streams of 60 labels "
         "(seeds 0-299; one hundred streams move a median by a couple of labels), next to an "
-        "estimator told the onset (a bound, not a loop). With no drift, 300 streams of 100 "
-        "labels: the share in which the offset ever moves over 100 px, "
-        "and its RMS."
+        "estimator told the onset (a bound, not a loop). With no drift, " + _no_drift_words(300)
     ),
     kind="simulated",
     numbers=(
@@ -368,8 +408,8 @@ BENCH_LOOP = Baseline(
         Number("frames_used", "frames"),
         Number("targets", "targets"),
     ),
-    frames=lambda o: o["frames_used"],
-    targets=lambda o: o["targets"],
+    frames=_frames_used,
+    targets=_targets,
     behind=lambda o: (
         f"{o['frames_used']} frames, {o['targets']} targets (one frame each); "
         f"{o['seeds']} simulated label streams of {o['n_labels']} labels"
@@ -379,7 +419,7 @@ BENCH_LOOP = Baseline(
             "drift loop on grid9 (`--mirrored`), 150 px step, *simulated* oracle (σ 100 px per "
             "axis): error before → drifted → after; labels to recover and stay, median of "
             "300 streams (an estimator told the onset); error 15 labels in over before, median; "
-            "no drift: streams in which the offset moves over 100 px, offset RMS",
+            + _NO_DRIFT_ROW,
             _loop_row,
         ),
     ),
@@ -394,59 +434,77 @@ BENCH_LOOP = Baseline(
 
 
 def _clicks_row(o: dict) -> str:
-    r, n = o["known_onset_reference"], o["no_drift"]
+    r = o["known_onset_reference"]
     return (
-        f"{o['error_before_px']:.0f} → {o['error_drifted_px']:.0f} → {o['error_after_px']:.0f} "
-        f"px; {o['labels_to_recover']:.0f} / {o['labels_to_recover_p90']:.0f} "
+        f"{_drift_errors(o)}; {o['labels_to_recover']:.0f} / {o['labels_to_recover_p90']:.0f} "
         f"(told: {r['labels_to_recover']:.0f} / {r['labels_to_recover_p90']:.0f}); "
-        f"{100 * n['false_change_share']:.0f} %, {n['rms_offset_px']:.0f} px; "
-        f"{100 * o['clicks']['accepted_share']:.0f} % of clicks accepted"
+        f"{_no_drift_cell(o)}; {100 * o['clicks']['accepted_share']:.0f} % of clicks accepted"
+    )
+
+
+def _clicks_source(corners: bool) -> tuple[str, str, tuple[str, ...]]:
+    """The baseline's name, its recording in words and its commands: the 4-corner video is
+    a video, so it is imported as a session first; grid9 is a session already."""
+    if corners:
+        where = "$TMP/c4"
+        return (
+            "bench_loop_clicks_corners4",
+            "the 4-corner video",
+            (
+                "gazeloop import corners4 ../shared/data/video-corners4 $TMP/c4",
+                f"gazeloop bench loop --session {where} --oracle clicks --seeds 100 --json",
+            ),
+        )
+    return (
+        "bench_loop_clicks",
+        "grid9 (`--mirrored`)",
+        (
+            "gazeloop bench loop --session ../shared/data/sessions/grid9 --mirrored "
+            "--oracle clicks --seeds 100 --json",
+        ),
+    )
+
+
+def _clicks_says(what: str) -> str:
+    """The click replay in words: what a replayed click is, since no person made it."""
+    return (
+        _step_words(what) + ". The labels are clicks replayed at the recording's targets with "
+        "simulated human timing (the click 150-600 ms after the fixation starts, 10 % "
+        "mid-saccade, 10 % double), judged by the click rules of gazeloop run on the real "
+        "fast-path points; an accepted click is a point label on its target. "
+        "labels_to_recover and its p90 over 100 streams of 60 labels, next to an estimator "
+        "told the onset; with no drift, " + _no_drift_words(100)
+    )
+
+
+def _clicks_numbers(corners: bool) -> tuple[Number, ...]:
+    """What a click replay is judged by. The imported 4-corner video may find a face more
+    or fewer at the edge of detection, as `corners4` allows; grid9's stills never do."""
+    return (
+        *_LOOP_ERRORS,
+        Number("labels_to_recover", "labels to recover and stay, median", abs=2),
+        Number("labels_to_recover_p90", "the same, p90", abs=3),
+        Number("known_onset_reference.labels_to_recover", "told the onset, median", abs=1),
+        Number("no_drift.false_change_share", "no drift: streams over 100 px", abs=0.05),
+        Number("no_drift.rms_offset_px", "no drift: offset RMS, px", rel=0.15),
+        Number("clicks.accepted_share", "share of clicks accepted", abs=0.03),
+        Number("frames_used", "frames", abs=1 if corners else 0),
+        Number("targets", "targets"),
     )
 
 
 def _loop_clicks(corners: bool) -> Baseline:
     """Issue 13's click replay: the loop fed clicks at a recording's targets with human
     timing, on the 4-corner video (imported first) or grid9."""
-    if corners:
-        name, what, where = "bench_loop_clicks_corners4", "the 4-corner video", "$TMP/c4"
-        commands: tuple[str, ...] = (
-            "gazeloop import corners4 ../shared/data/video-corners4 $TMP/c4",
-            f"gazeloop bench loop --session {where} --oracle clicks --seeds 100 --json",
-        )
-    else:
-        name, what = "bench_loop_clicks", "grid9 (`--mirrored`)"
-        commands = (
-            "gazeloop bench loop --session ../shared/data/sessions/grid9 --mirrored "
-            "--oracle clicks --seeds 100 --json",
-        )
+    name, what, commands = _clicks_source(corners)
     return Baseline(
         name=name,
         commands=commands,
-        says=(
-            f"The real DriftLoop on {what} through the real fast path, each frame predicted "
-            "by a leave-one-target-out mapping, a 150 px step injected after 10 labels. The "
-            "labels are clicks replayed at the recording's targets with simulated human "
-            "timing (the click 150-600 ms after the fixation starts, 10 % mid-saccade, 10 % "
-            "double), judged by the click rules of gazeloop run on the real fast-path "
-            "points; an accepted click is a point label on its target. labels_to_recover "
-            "and its p90 over 100 streams of 60 labels, next to an estimator told the onset; "
-            "with no drift, 100 streams of 100 labels: the share in which the offset ever "
-            "moves over 100 px, and its RMS."
-        ),
+        says=_clicks_says(what),
         kind="simulated",
-        numbers=(
-            *_LOOP_ERRORS,
-            Number("labels_to_recover", "labels to recover and stay, median", abs=2),
-            Number("labels_to_recover_p90", "the same, p90", abs=3),
-            Number("known_onset_reference.labels_to_recover", "told the onset, median", abs=1),
-            Number("no_drift.false_change_share", "no drift: streams over 100 px", abs=0.05),
-            Number("no_drift.rms_offset_px", "no drift: offset RMS, px", rel=0.15),
-            Number("clicks.accepted_share", "share of clicks accepted", abs=0.03),
-            Number("frames_used", "frames", abs=1 if corners else 0),
-            Number("targets", "targets"),
-        ),
-        frames=lambda o: o["frames_used"],
-        targets=lambda o: o["targets"],
+        numbers=_clicks_numbers(corners),
+        frames=_frames_used,
+        targets=_targets,
         behind=lambda o: (
             f"{o['frames_used']} frames, {o['targets']} targets; {o['seeds']} replayed click "
             f"streams of {o['n_labels']} labels ({o['clicks']['clicks']} clicks judged)"
@@ -456,8 +514,7 @@ def _loop_clicks(corners: bool) -> Baseline:
                 f"drift loop on {what}, 150 px step, *simulated* clicks (replayed at its "
                 "targets with human timing, judged by the click rules): error before → "
                 "drifted → after; labels to recover, median / p90 of 100 streams (an "
-                "estimator told the onset); no drift: streams in which the offset moves over "
-                "100 px, offset RMS",
+                "estimator told the onset); " + _NO_DRIFT_ROW,
                 _clicks_row,
             ),
         ),
@@ -571,14 +628,9 @@ def _pooled_sittings_row(o: dict) -> str:
     )
 
 
-def _evit_sittings_loop(pooled: bool) -> Baseline:
-    start = (
-        "the profile of all the person's sittings on that screen up to the earlier one, "
-        "pooled (`gazeloop profile fit S1 .. Sk`, what `gazeloop run` starts a new sitting "
-        "with)"
-        if pooled
-        else "the profile `gazeloop profile fit` makes of the earlier sitting (nested selection)"
-    )
+def _sittings_numbers(pooled: bool) -> tuple[Number, ...]:
+    """What a run across sittings is judged by: counts of pairs and the share of the gap
+    closed; from the pooled profile also the errors in px, which its README row quotes."""
     numbers = (
         Number("summary.pairs", "pairs of consecutive sittings"),
         Number("summary.pairs_with_gap", "pairs whose drift exceeds the own error by 10 px", abs=1),
@@ -602,6 +654,53 @@ def _evit_sittings_loop(pooled: bool) -> Baseline:
             for stat in ("median", "mean")
             for k in ("before", "drifted", "after")
         )
+    return numbers
+
+
+def _sittings_says(pooled: bool) -> str:
+    """The run across sittings in words; only what a pair starts from differs."""
+    start = (
+        "the profile of all the person's sittings on that screen up to the earlier one, "
+        "pooled (`gazeloop profile fit S1 .. Sk`, what `gazeloop run` starts a new sitting "
+        "with)"
+        if pooled
+        else "the profile `gazeloop profile fit` makes of the earlier sitting (nested selection)"
+    )
+    return (
+        "Real clicks across sittings: for every consecutive pair of one person's evit "
+        f"sittings (same screen), {start} maps the later one unchanged; the "
+        "stills of half the targets (a checkerboard of the 4×4 grid), each captured by a "
+        "real click on it, feed the loop once each in recorded order (6-8 labels), and "
+        "errors are measured on the other targets. gap_closed: (drifted − after) / "
+        "(drifted − the sitting's own leave-one-target-out error), median over the pairs "
+        "where that gap exceeds 10 px; pairs over 5 % worse than without the loop, of all "
+        "and of those with a gap, next to the same count for the plain mean of the clicks "
+        "(an estimator told that every click is of one drift)."
+    )
+
+
+def _pairs_stills(o: dict) -> int:
+    """Every still behind a run across sittings: the later sittings' clicks fed to the
+    loop and those it is judged on (the earlier sittings only made the profiles)."""
+    return sum(p["labels_fed"] + p["eval_frames"] for p in o["pairs"])
+
+
+def _pairs_targets(o: dict) -> int:
+    """The targets the pairs are judged on; the labelled ones are the loop's input."""
+    return sum(p["eval_targets"] for p in o["pairs"])
+
+
+def _pairs_behind(o: dict) -> str:
+    return (
+        f"{_pairs_stills(o)} stills in "
+        f"{len(o['pairs'])} pairs of 28 sittings (2 people); "
+        f"{sum(p['labels_fed'] for p in o['pairs'])} real clicks fed, errors on "
+        f"{sum(p['eval_frames'] for p in o['pairs'])} stills of "
+        f"{_pairs_targets(o)} other targets"
+    )
+
+
+def _evit_sittings_loop(pooled: bool) -> Baseline:
     label = (
         "drift loop across sittings from the pooled profile `gazeloop run` starts a new "
         "sitting with, *real* clicks (evit): error on the unlabelled targets, the profile "
@@ -618,28 +717,12 @@ def _evit_sittings_loop(pooled: bool) -> Baseline:
             + ("--start pooled " if pooled else "")
             + "--json",
         ),
-        says=(
-            "Real clicks across sittings: for every consecutive pair of one person's evit "
-            f"sittings (same screen), {start} maps the later one unchanged; the "
-            "stills of half the targets (a checkerboard of the 4×4 grid), each captured by a "
-            "real click on it, feed the loop once each in recorded order (6-8 labels), and "
-            "errors are measured on the other targets. gap_closed: (drifted − after) / "
-            "(drifted − the sitting's own leave-one-target-out error), median over the pairs "
-            "where that gap exceeds 10 px; pairs over 5 % worse than without the loop, of all "
-            "and of those with a gap, next to the same count for the plain mean of the clicks "
-            "(an estimator told that every click is of one drift)."
-        ),
+        says=_sittings_says(pooled),
         kind="measured",
-        numbers=numbers,
-        frames=lambda o: sum(p["labels_fed"] + p["eval_frames"] for p in o["pairs"]),
-        targets=lambda o: sum(p["eval_targets"] for p in o["pairs"]),
-        behind=lambda o: (
-            f"{sum(p['labels_fed'] + p['eval_frames'] for p in o['pairs'])} stills in "
-            f"{len(o['pairs'])} pairs of 28 sittings (2 people); "
-            f"{sum(p['labels_fed'] for p in o['pairs'])} real clicks fed, errors on "
-            f"{sum(p['eval_frames'] for p in o['pairs'])} stills of "
-            f"{sum(p['eval_targets'] for p in o['pairs'])} other targets"
-        ),
+        numbers=_sittings_numbers(pooled),
+        frames=_pairs_stills,
+        targets=_pairs_targets,
+        behind=_pairs_behind,
         rows=(Row(label, _pooled_sittings_row if pooled else _sittings_row),),
         tolerance_note=(
             "The fast path is deterministic on one machine and the clicks are the recorded "
@@ -717,7 +800,7 @@ HEAD_SHIFT = Baseline(
         Number("moves.farther.by_candidate.ridge:gaze.miss_fraction", "ridge, farther", abs=0.05),
     ),
     frames=lambda o: o["frames"],
-    targets=lambda o: o["targets"],
+    targets=_targets,
     behind=lambda o: f"{o['frames']} frames, {o['targets']} targets, each re-rendered 4 ways",
     rows=(
         Row(
@@ -741,94 +824,115 @@ HEAD_SHIFT = Baseline(
 OLD_READ_CONFIG = "docs/baselines/configs/camera-single.json"
 
 
+def _per_user(key: str, what: str) -> tuple[Number, ...]:
+    """One number for each evit person: a median over both can hold still while one
+    person's sittings move."""
+    return tuple(
+        Number(f"per_user.{u}.{key}.median_px", f"{u} {what}", rel=0.03) for u in ("p1", "p2")
+    )
+
+
 _HISTORY_NUMBERS = (
     Number("within_with_history.n", "later sittings calibrated with the earlier ones"),
     Number("within_with_history.median_px", "with the earlier sittings, median, px", rel=0.03),
     Number("within_with_history.mean_px", "with the earlier sittings, mean, px", rel=0.03),
     Number("within_with_history.alone.median_px", "the same sittings alone, px", rel=0.03),
-    Number("per_user.p1.within_with_history.median_px", "p1 with earlier sittings, px", rel=0.03),
-    Number("per_user.p2.within_with_history.median_px", "p2 with earlier sittings, px", rel=0.03),
+    *_per_user("within_with_history", "with earlier sittings, px"),
 )
 
 
-def _evit_accuracy(old_read: bool) -> Baseline:
+def _evit_numbers(old_read: bool) -> tuple[Number, ...]:
+    """Within a sitting, across to the next, and from the earlier ones pooled; the
+    calibration with history only where the command runs it (--history, the default read)."""
+    return (
+        Number("within.n", "sittings evaluated"),
+        Number("within.median_px", "within, median of the sittings' means, px", rel=0.03),
+        Number("within.mean_px", "within, mean of the sittings' means, px", rel=0.03),
+        Number("across.n", "pairs of consecutive sittings"),
+        Number("across.median_px", "next sitting, median over the pairs, px", rel=0.03),
+        Number("across.mean_px", "next sitting, mean over the pairs, px", rel=0.03),
+        *_per_user("within", "within, median, px"),
+        *_per_user("across", "next sitting, median, px"),
+        Number("across_by_history.median_px", "next sitting, by history, px", rel=0.03),
+        Number("across_pooled.median_px", "next sitting, all earlier pooled, px", rel=0.03),
+        Number("across_pooled.mean_px", "next sitting, all earlier pooled, mean", rel=0.03),
+        *_per_user("across_pooled", "all earlier pooled, px"),
+        Number("frames_used", "stills used", abs=2),
+    ) + (() if old_read else _HISTORY_NUMBERS)
+
+
+def _evit_says(old_read: bool) -> str:
+    """The evit accuracy in words: the same command, its network read either way, and what
+    --history adds where it runs."""
     how = (
         f"with the gaze network read as before (`--config {OLD_READ_CONFIG}`: head pose in "
         "camera axes, read once)"
         if old_read
         else "the gaze network read as by default"
     )
-    flag = f" --config {OLD_READ_CONFIG}" if old_read else " --history"
+    return (
+        "Accuracy over the 28 evit sittings (2 people, 16 click-captured stills each, "
+        f"640×480 laptop webcam), {how}: within a sitting, the nested leave-one-target-out "
+        "error of `gazeloop eval` (median and mean over the sittings of each sitting's "
+        "mean); across sittings, the profile fitted on a sitting applied unchanged to the "
+        "same person's next sitting on the same screen (median and mean over the pairs), "
+        "the same with each pair using the candidate that did best on the person's "
+        "earlier pairs, and the profile of all the person's earlier sittings on that "
+        "screen pooled, applied to the next."
+        + (
+            ""
+            if old_read
+            else " With --history, each later sitting also calibrated as `gazeloop "
+            "calibrate` does with the person's earlier sittings on that screen (this "
+            "sitting alone or pooled with them, whichever its own points favour), judged by "
+            "leaving each of its points out of every sitting and choosing again, beside "
+            "the same sittings' own leave-one-target-out."
+        )
+    )
+
+
+def _evit_row_what(old_read: bool) -> str:
+    """The README row's words, which name the read and what --history adds."""
     label = (
         "the gaze network read as before (camera frame, once)"
         if old_read
         else "default read, `--history`"
     )
+    return (
+        f"evit sittings (640×480 laptop webcam, 2 people), {label}: nested "
+        "leave-one-target-out within a sitting, median / mean over 28 sittings; a "
+        "sitting's profile on the person's next sitting, median / mean over the pairs; "
+        "the profile of all the person's earlier sittings (same screen) pooled, on the "
+        "next"
+        + (
+            ""
+            if old_read
+            else "; a later sitting calibrated as `gazeloop calibrate` does with the "
+            "earlier ones, each point left out of every sitting, median / mean"
+        )
+    )
+
+
+def _evit_behind(o: dict) -> str:
+    return (
+        f"{o['frames_used']} of 448 stills ({o['targets']} targets) in "
+        f"{o['within']['n']} sittings of 2 people; {o['across']['n']} pairs of "
+        "consecutive sittings"
+    )
+
+
+def _evit_accuracy(old_read: bool) -> Baseline:
+    flag = f" --config {OLD_READ_CONFIG}" if old_read else " --history"
     return Baseline(
         name="evit_sittings_camera_single" if old_read else "evit_sittings",
         commands=(f"gazeloop eval-sittings ../shared/data/evit --json{flag}",),
-        says=(
-            "Accuracy over the 28 evit sittings (2 people, 16 click-captured stills each, "
-            f"640×480 laptop webcam), {how}: within a sitting, the nested leave-one-target-out "
-            "error of `gazeloop eval` (median and mean over the sittings of each sitting's "
-            "mean); across sittings, the profile fitted on a sitting applied unchanged to the "
-            "same person's next sitting on the same screen (median and mean over the pairs), "
-            "the same with each pair using the candidate that did best on the person's "
-            "earlier pairs, and the profile of all the person's earlier sittings on that "
-            "screen pooled, applied to the next."
-            + (
-                ""
-                if old_read
-                else " With --history, each later sitting also calibrated as `gazeloop "
-                "calibrate` does with the person's earlier sittings on that screen (this "
-                "sitting alone or pooled with them, whichever its own points favour), judged by "
-                "leaving each of its points out of every sitting and choosing again, beside "
-                "the same sittings' own leave-one-target-out."
-            )
-        ),
+        says=_evit_says(old_read),
         kind="measured",
-        numbers=(
-            Number("within.n", "sittings evaluated"),
-            Number("within.median_px", "within, median of the sittings' means, px", rel=0.03),
-            Number("within.mean_px", "within, mean of the sittings' means, px", rel=0.03),
-            Number("across.n", "pairs of consecutive sittings"),
-            Number("across.median_px", "next sitting, median over the pairs, px", rel=0.03),
-            Number("across.mean_px", "next sitting, mean over the pairs, px", rel=0.03),
-            Number("per_user.p1.within.median_px", "p1 within, median, px", rel=0.03),
-            Number("per_user.p2.within.median_px", "p2 within, median, px", rel=0.03),
-            Number("per_user.p1.across.median_px", "p1 next sitting, median, px", rel=0.03),
-            Number("per_user.p2.across.median_px", "p2 next sitting, median, px", rel=0.03),
-            Number("across_by_history.median_px", "next sitting, by history, px", rel=0.03),
-            Number("across_pooled.median_px", "next sitting, all earlier pooled, px", rel=0.03),
-            Number("across_pooled.mean_px", "next sitting, all earlier pooled, mean", rel=0.03),
-            Number("per_user.p1.across_pooled.median_px", "p1 all earlier pooled, px", rel=0.03),
-            Number("per_user.p2.across_pooled.median_px", "p2 all earlier pooled, px", rel=0.03),
-            Number("frames_used", "stills used", abs=2),
-        )
-        + (() if old_read else _HISTORY_NUMBERS),
-        frames=lambda o: o["frames_used"],
-        targets=lambda o: o["targets"],
-        behind=lambda o: (
-            f"{o['frames_used']} of 448 stills ({o['targets']} targets) in "
-            f"{o['within']['n']} sittings of 2 people; {o['across']['n']} pairs of "
-            "consecutive sittings"
-        ),
-        rows=(
-            Row(
-                f"evit sittings (640×480 laptop webcam, 2 people), {label}: nested "
-                "leave-one-target-out within a sitting, median / mean over 28 sittings; a "
-                "sitting's profile on the person's next sitting, median / mean over the pairs; "
-                "the profile of all the person's earlier sittings (same screen) pooled, on the "
-                "next"
-                + (
-                    ""
-                    if old_read
-                    else "; a later sitting calibrated as `gazeloop calibrate` does with the "
-                    "earlier ones, each point left out of every sitting, median / mean"
-                ),
-                _evit_accuracy_row,
-            ),
-        ),
+        numbers=_evit_numbers(old_read),
+        frames=_frames_used,
+        targets=_targets,
+        behind=_evit_behind,
+        rows=(Row(_evit_row_what(old_read), _evit_accuracy_row),),
         tolerance_note=ACCURACY_TOLERANCE + "; ±2 stills used (a face at the edge of detection).",
         timeout_s=900,
     )

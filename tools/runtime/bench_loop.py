@@ -367,40 +367,61 @@ def split_halves(groups: np.ndarray) -> np.ndarray:
     return first
 
 
+def _loto_points(
+    pts: SessionPoints, truth: np.ndarray, aspect: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """Every frame's point from a mapping that never saw its target: the loop then runs on
+    points as far off as a new target's would be, not on the calibration's own."""
+    need_targets(pts, min_targets(MAPPING) + 1, "leave-one-target-out calibration")
+    pred = loto_predict(MAPPING, pts.x, truth, pts.groups, aspect=aspect)
+    how = (
+        f"leave-one-target-out {MAPPING} on {', '.join(DEFAULT_FEATURES)}: every frame's point "
+        "comes from a mapping fitted on the other targets"
+    )
+    return pred, truth, pts.groups, how
+
+
+def _split_points(
+    pts: SessionPoints, truth: np.ndarray, aspect: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """A mapping fitted on the first half of every target's frames and the loop run on the
+    second halves, as calibrating and then tracking would: every target needs frames on
+    both sides of the split."""
+    need_targets(pts, min_targets(MAPPING), "calibration")
+    first = split_halves(pts.groups)
+    counts = np.bincount(np.unique(pts.groups, return_inverse=True)[1])
+    if counts.min() < 2:
+        raise UserError(
+            f"{pts.folder}: --calibration split needs at least 2 frames per target "
+            f"(some have {counts.min()}); use --calibration loto"
+        )
+    mapping, _, _ = fit_select(
+        MAPPING, pts.x[first], truth[first], pts.groups[first], aspect=aspect
+    )
+    how = (
+        f"{MAPPING} on {', '.join(DEFAULT_FEATURES)} fitted on the first half of every "
+        "target's frames; the loop runs on, and errors are measured over, the second halves"
+    )
+    return mapping.predict(pts.x[~first]), truth[~first], pts.groups[~first], how
+
+
+_RECOVERY_NOTE = (
+    f"labels_to_recover: labels after the onset until the error is back within "
+    f"{RECOVER_TOLERANCE:.0%} of error_before_px and stays there to the end of the "
+    "stream; median (and p90) over the seeds, null when most streams never recover. "
+    f"error_after_{AFTER_LABELS}_labels_over_before: the error {AFTER_LABELS} labels into "
+    "the drift over error_before_px, median over the seeds. known_onset_reference: the "
+    "same streams given to an estimator told the onset (a bound, not a loop)"
+)
+
+
 def bench_injected(pts: SessionPoints, opts: LoopBenchOptions) -> dict[str, Any]:
     screen, basis = _screen(pts)
     if opts.labels <= opts.onset:
         raise UserError(f"--labels {opts.labels} must be more than --onset {opts.onset}")
     size = np.asarray(screen, dtype=np.float64)
-    aspect = size[0] / size[1]
-    truth = pts.truth_px / size
-    feats = ", ".join(DEFAULT_FEATURES)
-    if opts.calibration == "loto":
-        need_targets(pts, min_targets(MAPPING) + 1, "leave-one-target-out calibration")
-        pred = loto_predict(MAPPING, pts.x, truth, pts.groups, aspect=aspect)
-        groups = pts.groups
-        how = (
-            f"leave-one-target-out {MAPPING} on {feats}: every frame's point comes from a "
-            "mapping fitted on the other targets"
-        )
-    else:
-        need_targets(pts, min_targets(MAPPING), "calibration")
-        first = split_halves(pts.groups)
-        counts = np.bincount(np.unique(pts.groups, return_inverse=True)[1])
-        if counts.min() < 2:
-            raise UserError(
-                f"{pts.folder}: --calibration split needs at least 2 frames per target "
-                f"(some have {counts.min()}); use --calibration loto"
-            )
-        mapping, _, _ = fit_select(
-            MAPPING, pts.x[first], truth[first], pts.groups[first], aspect=aspect
-        )
-        pred, truth = mapping.predict(pts.x[~first]), truth[~first]
-        groups = pts.groups[~first]
-        how = (
-            f"{MAPPING} on {feats} fitted on the first half of every target's frames; the "
-            "loop runs on, and errors are measured over, the second halves"
-        )
+    points = _loto_points if opts.calibration == "loto" else _split_points
+    pred, truth, groups, how = points(pts, pts.truth_px / size, size[0] / size[1])
     step = DriftSchedule(kind="step", px=opts.drift_px, at_label=opts.onset)
     ramp = DriftSchedule(
         kind="ramp", px=opts.drift_px, at_label=opts.onset, over_labels=opts.ramp_labels
@@ -418,12 +439,7 @@ def bench_injected(pts: SessionPoints, opts: LoopBenchOptions) -> dict[str, Any]
         "step": s["drift"],
         "ramp": r,
         "no_drift": quiet,
-        "recovery": f"labels_to_recover: labels after the onset until the error is back within "
-        f"{RECOVER_TOLERANCE:.0%} of error_before_px and stays there to the end of the "
-        "stream; median (and p90) over the seeds, null when most streams never recover. "
-        f"error_after_{AFTER_LABELS}_labels_over_before: the error {AFTER_LABELS} labels into "
-        "the drift over error_before_px, median over the seeds. known_onset_reference: the "
-        "same streams given to an estimator told the onset (a bound, not a loop)",
+        "recovery": _RECOVERY_NOTE,
     }
 
 
@@ -488,38 +504,21 @@ def bench_transfer(
     this sitting's targets, every error measured on the others. The no-drift reference is
     this sitting's own nested leave-one-target-out on the same targets. `pooled`: a profile
     of several earlier sittings (`prev` the last of them) to start from instead."""
-    a, b = prev.session.screen_px, nxt.session.screen_px
-    if a is not None and b is not None and tuple(a) != tuple(b):
-        raise UserError(
-            f"{prev.session.folder} was recorded on a {a[0]}x{a[1]} screen, "
-            f"{nxt.session.folder} on {b[0]}x{b[1]}: --calibrate-on needs the same screen"
-        )
+    _same_screen(prev, nxt)
     prof = prev.profile if pooled is None else pooled
     ev = apply_profile(prof, nxt.session, fp, nxt.screen)
     geo, groups = nxt.screen, ev.groups
     screen = tuple(int(v) for v in geo.px)
     pred, truth = geo.to_norm(ev.pred_px), geo.to_norm(ev.labels_px)
-    ids = sorted({int(g) for g in groups})
-    labelled = list(opts.label_targets) if opts.label_targets else checkerboard(truth, groups)
-    unknown = sorted(set(labelled) - set(ids))
-    if unknown:
-        raise UserError(
-            f"{nxt.session.folder}: --label-targets {unknown} not among its targets {ids}"
-        )
-    if set(labelled) >= set(ids):
-        raise UserError(
-            f"{nxt.session.folder}: every target is labelled; none is left to measure on"
-        )
+    labelled = _labelled_targets(nxt, truth, groups, opts)
     held = ~np.isin(groups, labelled)
-    own = nxt.own
-    own_held = ~np.isin(own.groups, labelled)
-    same = float(np.mean(np.hypot(*(own.pred_px[own_held] - own.labels_px[own_held]).T)))
+    same = _own_error_px(nxt.own, labelled)
     runs = transfer_runs(pred, truth, groups, labelled, screen, opts)
     rec = recovery_summary([labels_to_recover(r.err_px, same, 0) for r in runs])
     s0, r = runs[0].summary, ev.report
     return {
         "mode": "calibrate-on-other",
-        "oracle": ORACLE_NOTE if opts.oracle == "simulated" else REAL_CLICKS_NOTE,
+        "oracle": _real_oracle_note(opts),
         "labels_fed": len(runs[0].err_px),
         "calibrated_on": str(prev.session.folder),
         "calibration": _calibration_note(prev, pooled),
@@ -540,14 +539,62 @@ def bench_transfer(
         "labels_to_recover": rec["median"],
         "labels_to_recover_p90": rec["p90"],
         "recovered_runs": rec["recovered"],
-        "errors": "on the eval targets' frames only, where the cursor shows them. "
-        "error_before_px: this sitting calibrated on itself (nested leave-one-target-out, as "
-        "gazeloop eval), the no-drift reference; error_drifted_px: the profile from "
-        "--calibrate-on, no loop; error_after_px: the same with the loop after the last "
-        "label (median over seeds); error_told_offset_px: the profile plus the mean "
-        "residual of the labelled targets' frames; error_best_offset_px: plus the offset best "
-        "for the eval frames themselves (hindsight: what no constant offset can beat)",
+        "errors": _TRANSFER_ERRORS_NOTE,
     }
+
+
+_TRANSFER_ERRORS_NOTE = (
+    "on the eval targets' frames only, where the cursor shows them. "
+    "error_before_px: this sitting calibrated on itself (nested leave-one-target-out, as "
+    "gazeloop eval), the no-drift reference; error_drifted_px: the profile from "
+    "--calibrate-on, no loop; error_after_px: the same with the loop after the last "
+    "label (median over seeds); error_told_offset_px: the profile plus the mean "
+    "residual of the labelled targets' frames; error_best_offset_px: plus the offset best "
+    "for the eval frames themselves (hindsight: what no constant offset can beat)"
+)
+
+
+def _real_oracle_note(opts: LoopBenchOptions) -> str:
+    """Between sittings the clicks are the recorded ones, not a replay: they get their own
+    note, and the simulated oracle keeps its."""
+    return ORACLE_NOTE if opts.oracle == "simulated" else REAL_CLICKS_NOTE
+
+
+def _same_screen(prev: Sitting, nxt: Sitting) -> None:
+    """A profile maps to the screen it was fitted on: one sitting's profile says nothing of
+    another screen's pixels, so the pair is refused rather than measured."""
+    a, b = prev.session.screen_px, nxt.session.screen_px
+    if a is not None and b is not None and tuple(a) != tuple(b):
+        raise UserError(
+            f"{prev.session.folder} was recorded on a {a[0]}x{a[1]} screen, "
+            f"{nxt.session.folder} on {b[0]}x{b[1]}: --calibrate-on needs the same screen"
+        )
+
+
+def _labelled_targets(
+    nxt: Sitting, truth: np.ndarray, groups: np.ndarray, opts: LoopBenchOptions
+) -> list[int]:
+    """The targets the oracle labels: --label-targets, else a checkerboard. At least one
+    must be left out, since every error is measured on the targets no label came from."""
+    ids = sorted({int(g) for g in groups})
+    labelled = list(opts.label_targets) if opts.label_targets else checkerboard(truth, groups)
+    unknown = sorted(set(labelled) - set(ids))
+    if unknown:
+        raise UserError(
+            f"{nxt.session.folder}: --label-targets {unknown} not among its targets {ids}"
+        )
+    if set(labelled) >= set(ids):
+        raise UserError(
+            f"{nxt.session.folder}: every target is labelled; none is left to measure on"
+        )
+    return labelled
+
+
+def _own_error_px(own: Evaluated, labelled: list[int]) -> float:
+    """The sitting calibrated on itself, on the same unlabelled targets the loop is judged
+    on: the no-drift reference its recovery is counted against."""
+    held = ~np.isin(own.groups, labelled)
+    return float(np.mean(np.hypot(*(own.pred_px[held] - own.labels_px[held]).T)))
 
 
 def _calibration_note(prev: Sitting, pooled: Profile | None) -> str:
@@ -757,6 +804,55 @@ def gap_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _feed_pairs(
+    need: list[Path],
+    keys: dict[Path, tuple],
+    cfg: FastPathConfig,
+    fp: LazyFastPath,
+    opts: LoopBenchOptions,
+) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """`bench_transfer` over the consecutive pairs of the sittings that could be evaluated:
+    a row per pair fed, and each sitting left out with the reason."""
+    # Each sitting's nested selection is independent: on `opts.jobs` processes.
+    done = map_sessions(evaluate_sitting, need, cfg, fp, opts.jobs, keep_going=True)
+    sittings = dict(zip(need, done, strict=True))
+    # A sitting that cannot be evaluated (too few usable targets) is said and left
+    # out; the person's next sitting is then paired with the one before it.
+    skipped = [
+        {"sitting": d.name, "reason": f"not evaluated: {res.reason}"}
+        for d, res in sittings.items()
+        if isinstance(res, Skipped)
+    ]
+    keys = {d: k for d, k in keys.items() if not isinstance(sittings.get(d), Skipped)}
+    rows = []
+    for prev, nxt in sitting_pairs(keys):
+        pooled = None
+        if opts.start == "pooled":
+            pooled = pooled_profile(earlier_same(keys, prev), sittings[prev], fp)
+        try:
+            r = bench_transfer(sittings[nxt], sittings[prev], fp, opts, pooled)
+        except UserError as e:
+            skipped.append({"sitting": nxt.name, "reason": f"not fed from {prev.name}: {e}"})
+            continue
+        rows.append(_pair_row(prev, nxt, pooled, r))
+    return rows, skipped
+
+
+def _pair_row(prev: Path, nxt: Path, pooled: Profile | None, r: dict[str, Any]) -> dict[str, Any]:
+    """One pair's line of the summary: `bench_transfer`'s errors and counts, the sittings
+    by folder name."""
+    return {
+        "calibrated_on": prev.name,
+        "sittings_pooled": 1 if pooled is None else len(pooled.calibration_sessions),
+        "session": nxt.name,
+        **{k: r[k] for k in ("error_before_px", "error_drifted_px", "error_after_px")},
+        **{k: r[k] for k in ("error_told_offset_px", "error_best_offset_px")},
+        "labels_fed": r["labels_fed"],
+        "eval_frames": r["eval_frames"],
+        "eval_targets": len(r["eval_targets"]),
+    }
+
+
 def bench_sittings(folder: Path, cfg: FastPathConfig, opts: LoopBenchOptions) -> dict[str, Any]:
     """`--sittings FOLDER`: `bench_transfer` on every consecutive pair of sittings (the
     profile of the earlier one, labels from half the targets of the later one, errors on the
@@ -768,45 +864,15 @@ def bench_sittings(folder: Path, cfg: FastPathConfig, opts: LoopBenchOptions) ->
         raise UserError(f"{folder}: no two consecutive sittings of one person on one screen")
     need = sorted({d for p in pairs for d in p})
     fp = LazyFastPath(cfg)
-    rows, skipped = [], []
     try:
-        # Each sitting's nested selection is independent: on `opts.jobs` processes.
-        done = map_sessions(evaluate_sitting, need, cfg, fp, opts.jobs, keep_going=True)
-        sittings = dict(zip(need, done, strict=True))
-        # A sitting that cannot be evaluated (too few usable targets) is said and left
-        # out; the person's next sitting is then paired with the one before it.
-        for d, res in sittings.items():
-            if isinstance(res, Skipped):
-                skipped.append({"sitting": d.name, "reason": f"not evaluated: {res.reason}"})
-        keys = {d: k for d, k in keys.items() if not isinstance(sittings.get(d), Skipped)}
-        for prev, nxt in sitting_pairs(keys):
-            pooled = None
-            if opts.start == "pooled":
-                pooled = pooled_profile(earlier_same(keys, prev), sittings[prev], fp)
-            try:
-                r = bench_transfer(sittings[nxt], sittings[prev], fp, opts, pooled)
-            except UserError as e:
-                skipped.append({"sitting": nxt.name, "reason": f"not fed from {prev.name}: {e}"})
-                continue
-            rows.append(
-                {
-                    "calibrated_on": prev.name,
-                    "sittings_pooled": 1 if pooled is None else len(pooled.calibration_sessions),
-                    "session": nxt.name,
-                    **{k: r[k] for k in ("error_before_px", "error_drifted_px", "error_after_px")},
-                    **{k: r[k] for k in ("error_told_offset_px", "error_best_offset_px")},
-                    "labels_fed": r["labels_fed"],
-                    "eval_frames": r["eval_frames"],
-                    "eval_targets": len(r["eval_targets"]),
-                }
-            )
+        rows, skipped = _feed_pairs(need, keys, cfg, fp, opts)
     finally:
         fp.close()
     return {
         "mode": "sittings",
         "folder": str(folder),
         "start": START_NOTE[opts.start],
-        "oracle": ORACLE_NOTE if opts.oracle == "simulated" else REAL_CLICKS_NOTE,
+        "oracle": _real_oracle_note(opts),
         "summary": gap_summary(rows),
         "pairs": rows,
         "skipped": skipped,

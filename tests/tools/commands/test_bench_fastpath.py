@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from gazeloop.fastpath.pipeline import FastPathConfig
 from gazeloop.tools.cli import main
 
 pytestmark = pytest.mark.slow  # every test here runs the whole fast path
@@ -69,3 +70,19 @@ def test_bench_onnx_landmarks_reports_providers_detector_cadence_and_cpu(shared,
     # on the first frame, whose fresh detection is refined over 7 crops.
     assert out["network_runs"] == {"detector": 1, "landmark": 101 + 7}
     assert out["cpu_per_frame"]["n"] == 90 and out["cpu_per_frame"]["p50_ms"] > 0
+
+
+def test_a_still_is_refused_before_the_fast_path_or_a_busy_oracle_starts(shared, monkeypatch):
+    """The refusal used to come after the networks had loaded and the busy oracle's child
+    had started, and nothing closed them on the way out."""
+    from gazeloop.tools.errors import UserError
+    from gazeloop.tools.runtime import bench_fastpath
+
+    def loaded(*a, **k):
+        raise AssertionError("loaded before the source was checked")
+
+    monkeypatch.setattr(bench_fastpath, "FastPath", loaded)
+    monkeypatch.setattr(bench_fastpath, "_oracle_worker", loaded)
+    still = str(shared / "data/video-corners4/no_face.jpg")
+    with pytest.raises(UserError, match="no_face.jpg: a still image"):
+        bench_fastpath.bench_fastpath(still, 10, FastPathConfig(), oracle="busy")

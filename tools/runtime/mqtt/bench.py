@@ -70,6 +70,55 @@ def _pct(values: np.ndarray, q: float) -> float | None:
     return round(float(np.percentile(values, q)), 3) if values.size else None
 
 
+def _subscribed(settings: MqttSettings, topic: str, connect_timeout_s: float) -> _Receiver:
+    """A receiver on `topic` whose subscription the broker has confirmed: a sample sent
+    before that would count as lost though no broker lost it."""
+    rx = _Receiver(settings, topic)
+    rx.start()
+    if not rx.ready.wait(connect_timeout_s) or rx.error:
+        rx.close()
+        why = rx.error or f"no answer within {connect_timeout_s:g} s"
+        raise RuntimeError(f"bench: cannot subscribe at {settings.redacted()}: {why}")
+    return rx
+
+
+def _wait_connected(pub: GazePublisher, settings: MqttSettings, connect_timeout_s: float) -> None:
+    """Until the publisher is connected: samples queued before then would measure the
+    connect, not the stream."""
+    deadline = time.monotonic() + connect_timeout_s
+    while not pub.stats.connected and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if not pub.stats.connected:
+        why = pub.stats.last_error or f"no answer within {connect_timeout_s:g} s"
+        raise RuntimeError(f"bench: cannot publish at {settings.redacted()}: {why}")
+
+
+def _publish_circle(
+    pub: GazePublisher, rate_hz: float, seconds: float
+) -> tuple[dict[int, int], list[int]]:
+    """Publish at `rate_hz` for `seconds` on a schedule fixed at the start (a late sample
+    does not shift the ones after it): when each sample was handed over, by its number, and
+    how long each `publish_sample` call took (ns)."""
+    n = max(1, round(rate_hz * seconds))
+    period_ns = int(1e9 / rate_hz)
+    start = time.monotonic_ns()
+    sent: dict[int, int] = {}
+    call_ns = []
+    for i in range(n):
+        wake = start + i * period_ns
+        delay = (wake - time.monotonic_ns()) / 1e9
+        if delay > 0:
+            time.sleep(delay)
+        stamp = SampleTime.now()
+        t = stamp.mono_ns
+        # A slow circle, so consecutive payloads differ like real gaze does.
+        a = 2 * np.pi * i / max(n, 1)
+        pub.publish_sample(stamp, (0.5 + 0.3 * np.cos(a), 0.5 + 0.3 * np.sin(a)), 0)
+        call_ns.append(time.monotonic_ns() - t)
+        sent[i + 1] = t  # the publisher numbers samples from 1
+    return sent, call_ns
+
+
 def bench_mqtt(
     url: str | MqttSettings,
     rate_hz: float = 60.0,
@@ -86,43 +135,16 @@ def bench_mqtt(
         raise ValueError("rate_hz and seconds must be positive")
     settings = MqttSettings.of(url, ca_file=ca_file, insecure=insecure)
     device = f"bench-{uuid.uuid4().hex[:8]}"  # two benches on one broker stay apart
-    topic = gaze_topic("bench", device)
-    rx = _Receiver(settings, topic)
-    rx.start()
-    if not rx.ready.wait(connect_timeout_s) or rx.error:
-        rx.close()
-        why = rx.error or f"no answer within {connect_timeout_s:g} s"
-        raise RuntimeError(f"bench: cannot subscribe at {settings.redacted()}: {why}")
+    rx = _subscribed(settings, gaze_topic("bench", device), connect_timeout_s)
     # No staleness cutoff: a latency benchmark counts a late sample as late, not as lost.
     pub = GazePublisher(
         settings, user="bench", device=device, queue_size=64, max_age_s=None
     ).start()
-    sent: dict[int, int] = {}
     try:
-        deadline = time.monotonic() + connect_timeout_s
-        while not pub.stats.connected and time.monotonic() < deadline:
-            time.sleep(0.01)
-        if not pub.stats.connected:
-            why = pub.stats.last_error or f"no answer within {connect_timeout_s:g} s"
-            raise RuntimeError(f"bench: cannot publish at {settings.redacted()}: {why}")
-        n = max(1, round(rate_hz * seconds))
-        period_ns = int(1e9 / rate_hz)
-        start = time.monotonic_ns()
-        call_ns = []
-        for i in range(n):
-            wake = start + i * period_ns
-            delay = (wake - time.monotonic_ns()) / 1e9
-            if delay > 0:
-                time.sleep(delay)
-            stamp = SampleTime.now()
-            t = stamp.mono_ns
-            # A slow circle, so consecutive payloads differ like real gaze does.
-            a = 2 * np.pi * i / max(n, 1)
-            pub.publish_sample(stamp, (0.5 + 0.3 * np.cos(a), 0.5 + 0.3 * np.sin(a)), 0)
-            call_ns.append(time.monotonic_ns() - t)
-            sent[i + 1] = t  # the publisher numbers samples from 1
+        _wait_connected(pub, settings, connect_timeout_s)
+        sent, call_ns = _publish_circle(pub, rate_hz, seconds)
         settle = time.monotonic() + 1.0
-        while len(rx.arrived) < n and time.monotonic() < settle:
+        while len(rx.arrived) < len(sent) and time.monotonic() < settle:
             time.sleep(0.01)
         stats = pub.stats
     finally:

@@ -23,7 +23,7 @@ import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
@@ -349,6 +349,46 @@ async def supervise(
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), backoff.next())
     return None
+
+
+class Supervised:
+    """What the publisher, the uplink, the collector and the fetcher share: a `LoopThread`
+    of their own, on which `supervise` keeps one session alive. They differ in the session
+    and in how it connects; a subclass sets `settings`, calls `_own_loop` and has a
+    `_session(client)`, and a `run(stop)` for `start` to run."""
+
+    settings: MqttSettings
+    _link: LinkStats
+    _backoff: Backoff
+    _thread: LoopThread
+    run: Callable[[asyncio.Event], Coroutine[Any, Any, None]]
+    _session: Callable[[aiomqtt.Client], Coroutine[Any, Any, None]]
+
+    def _own_loop(self, thread: str, backoff: Backoff | None) -> None:
+        """The thread, backoff and connection record that `start` and `_supervise` use; set
+        in the subclass's constructor once the thread's name (often its topic) is known."""
+        self._backoff = backoff or Backoff()
+        self._link = LinkStats()
+        self._thread = LoopThread(thread)
+
+    def start(self) -> Self:
+        self._thread.start(self.run)
+        return self
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._thread.stop(timeout)
+
+    async def _supervise(self, stop: asyncio.Event, **connect: Any) -> None:
+        """`supervise` this object's session with its own stats and backoff, so that what
+        each caller says is only how it connects (client id, name, session options)."""
+        await supervise(
+            self.settings,
+            self._session,
+            stop=stop,
+            stats=self._link,
+            backoff=self._backoff,
+            **connect,
+        )
 
 
 class LoopThread:

@@ -36,11 +36,9 @@ import aiomqtt
 from gazeloop.tools.runtime.mqtt.conn import (
     TOPIC_ROOT,
     Backoff,
-    LinkStats,
-    LoopThread,
     MqttSettings,
+    Supervised,
     client_id,
-    supervise,
     topic_part,
 )
 from gazeloop.tools.runtime.mqtt.timebase import SampleTime
@@ -139,7 +137,7 @@ class PublisherStats:
 Item = tuple[int, int, float, float, Flags, int]  # epoch_ms, mono_ns, x, y, flags, seq
 
 
-class GazePublisher:
+class GazePublisher(Supervised):
     """Publishes gaze samples from the fast path; owns a thread with its own asyncio loop."""
 
     def __init__(
@@ -158,7 +156,7 @@ class GazePublisher:
         self.topic = gaze_topic(user, device)
         # None: no age limit (a replay: its samples are all "old", and all wanted).
         self.max_age_ns = None if max_age_s is None else int(max_age_s * 1e9)
-        self._backoff = backoff or Backoff(cap_s=10.0)
+        self._own_loop(f"gaze-publisher {self.topic}", backoff or Backoff(cap_s=10.0))
         self._queue: deque[Item] = deque(maxlen=queue_size)
         self._lock = threading.Lock()
         self._counted = threading.Condition(self._lock)  # notified when a sample is counted
@@ -167,8 +165,6 @@ class GazePublisher:
         self._drops: Counter[str] = Counter()
         self._notified = False
         self._wake: asyncio.Event | None = None
-        self._link = LinkStats()
-        self._thread = LoopThread(f"gaze-publisher {self.topic}")
 
     # -- the caller's side (fast path) ------------------------------------------------------
 
@@ -235,7 +231,7 @@ class GazePublisher:
         return True
 
     def close(self, timeout: float = 5.0) -> None:
-        self._thread.stop(timeout)
+        super().close(timeout)
         with self._lock:  # what never got its turn is counted, so the counts add up
             if self._queue:
                 self._drop("closed", len(self._queue))
@@ -251,15 +247,8 @@ class GazePublisher:
 
     async def _main(self, stop: asyncio.Event) -> None:
         self._wake = asyncio.Event()
-        await supervise(
-            self.settings,
-            self._session,
-            stop=stop,
-            stats=self._link,
-            backoff=self._backoff,
-            identifier=client_id("gaze"),
-            watch=True,
-            name=f"gaze {self.topic}",
+        await self._supervise(
+            stop, identifier=client_id("gaze"), watch=True, name=f"gaze {self.topic}"
         )
 
     def _take(self) -> list[Item]:

@@ -62,12 +62,10 @@ from gazeloop.calibration.store.writer import write_manifest
 from gazeloop.tools.runtime.mqtt.conn import (
     TOPIC_ROOT,
     Backoff,
-    LinkStats,
-    LoopThread,
     MqttSettings,
+    Supervised,
     ack,
     client_id,
-    supervise,
     topic_part,
 )
 from gazeloop.tools.runtime.mqtt.outbox import Outbox, OutboxError, outbox_path
@@ -183,7 +181,7 @@ class UplinkStats:
     last_error: str | None
 
 
-class LabelUplink:
+class LabelUplink(Supervised):
     """Sends the store's unsent labels, oldest first, on its own thread and connection.
     `outbox`: where it keeps what the broker has acknowledged (default: beside the store)."""
 
@@ -212,12 +210,10 @@ class LabelUplink:
         self.screen = screen  # without it the collector files point labels under other/
         self.batch = batch  # within paho's 20 in-flight QoS 1 messages
         self.poll_s = poll_s
-        self._backoff = backoff or Backoff()
-        self._link = LinkStats()
+        self._own_loop(f"label-uplink {self.topic}", backoff)
         self._sent = 0
         self._bad: set[Any] = set()
         self._wake: asyncio.Event | None = None
-        self._thread = LoopThread(f"label-uplink {self.topic}")
 
     @property
     def stats(self) -> UplinkStats:
@@ -226,12 +222,8 @@ class LabelUplink:
             self._sent, len(self._bad), s.connected, s.reconnects, s.failures, s.last_error
         )
 
-    def start(self) -> LabelUplink:
-        self._thread.start(self.run)
-        return self
-
     def close(self, timeout: float = 5.0) -> None:
-        self._thread.stop(timeout)
+        super().close(timeout)
         self.outbox.close()
 
     def unsent(self, limit: int = 100) -> list[int]:
@@ -268,15 +260,8 @@ class LabelUplink:
 
     async def run(self, stop: asyncio.Event) -> None:
         self._wake = asyncio.Event()
-        await supervise(
-            self.settings,
-            self._session,
-            stop=stop,
-            stats=self._link,
-            backoff=self._backoff,
-            identifier=client_id("labels"),
-            watch=True,
-            name=f"labels {self.topic}",
+        await self._supervise(
+            stop, identifier=client_id("labels"), watch=True, name=f"labels {self.topic}"
         )
 
     def _next_batch(self) -> list[tuple[int, bytes]]:
@@ -395,7 +380,7 @@ def default_collector_id(out_dir: Path) -> str:
     return f"gazeloop-collect-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
-class Collector:
+class Collector(Supervised):
     """Subscribes to labels and writes them as session folders under `out_dir`."""
 
     def __init__(
@@ -420,12 +405,10 @@ class Collector:
         self.topic = label_topic(user, device)
         self.screen_px = screen_px  # for labels whose laptop did not say
         self.identifier = identifier or default_collector_id(self.out)
-        self._backoff = backoff or Backoff()
-        self._link = LinkStats()
+        self._own_loop("label-collector", backoff)
         self.counts: Counter[str] = Counter()
         self.malformed_reasons: Counter[str] = Counter()
         self._seen: set[str] = set()
-        self._thread = LoopThread("label-collector")
         self._load_seen()
 
     @property
@@ -451,20 +434,9 @@ class Collector:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def start(self) -> Collector:
-        self._thread.start(self.run)
-        return self
-
-    def close(self, timeout: float = 5.0) -> None:
-        self._thread.stop(timeout)
-
     async def run(self, stop: asyncio.Event) -> None:
-        await supervise(
-            self.settings,
-            self._session,
-            stop=stop,
-            stats=self._link,
-            backoff=self._backoff,
+        await self._supervise(
+            stop,
             identifier=self.identifier,
             clean_session=False,
             manual_ack=True,

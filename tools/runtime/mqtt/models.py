@@ -38,13 +38,11 @@ from gazeloop.calibration.problems import first_problem, one_line
 from gazeloop.tools.runtime.mqtt.conn import (
     TOPIC_ROOT,
     Backoff,
-    LinkStats,
-    LoopThread,
     MqttSettings,
+    Supervised,
     client_id,
     connected,
     first_of,
-    supervise,
 )
 
 if TYPE_CHECKING:
@@ -283,7 +281,7 @@ class _Transfer:
         return b"".join(self.parts[i] for i in range(len(self.ann.chunk_sha256)))
 
 
-class ModelFetcher:
+class ModelFetcher(Supervised):
     """Listens for announcements and brings each new model into a `ModelRegistry`. Runs in
     its own thread (`start`/`close`) or inside a running loop (`await run(stop)`)."""
 
@@ -312,11 +310,9 @@ class ModelFetcher:
         self.fetch_timeout_s = fetch_timeout_s
         self.retry_s = retry_s
         self.on_model = on_model
-        self._backoff = backoff or Backoff()
-        self._link = LinkStats()
+        self._own_loop("model-fetcher", backoff)
         self._counts = {"fetched": 0, "already_had": 0, "failed": 0, "malformed": 0}
         self._refused: set[str] = set()  # hashes the registry refused: never fetched again
-        self._thread = LoopThread("model-fetcher")
         self.last_entry: RegistryEntry | None = None
         self._transfer: _Transfer | None = None
 
@@ -328,23 +324,8 @@ class ModelFetcher:
             s.connected, s.reconnects, s.last_error,
         )  # fmt: skip
 
-    def start(self) -> ModelFetcher:
-        self._thread.start(self.run)
-        return self
-
-    def close(self, timeout: float = 5.0) -> None:
-        self._thread.stop(timeout)
-
     async def run(self, stop: asyncio.Event) -> None:
-        await supervise(
-            self.settings,
-            self._session,
-            stop=stop,
-            stats=self._link,
-            backoff=self._backoff,
-            identifier=client_id("fetch"),
-            name="model fetcher",
-        )
+        await self._supervise(stop, identifier=client_id("fetch"), name="model fetcher")
 
     def _have(self, ann: ModelAnnouncement) -> bool:
         return any(e.card.onnx_sha256 == ann.sha256 for e in self.registry.list(ann.model_id))
