@@ -13,11 +13,8 @@ import json
 import math
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from gazeloop.calibration.geometry import ScreenGeometry, session_screen
 from gazeloop.calibration.mapping import MAPPINGS, mapping_class
-from gazeloop.calibration.problems import first_problem
 from gazeloop.calibration.procedure import LAYOUTS, ProcedureConfig
 from gazeloop.calibration.profile import DEFAULT_FEATURES, FEATURE_NAMES, is_feature_name
 from gazeloop.calibration.store.atomic import atomic_writer, check_writable
@@ -27,6 +24,7 @@ from gazeloop.fastpath.pipeline import FastPath, FastPathConfig
 from gazeloop.fastpath.providers import EP_CHOICES, ProviderError, resolve_providers
 from gazeloop.tools.errors import UserError
 from gazeloop.tools.runtime.progress import Progress
+from gazeloop.tools.runtime.run_config import PolicySettings, RunConfig
 
 # --- numbers a user types ------------------------------------------------------------------
 
@@ -85,7 +83,12 @@ fraction.__name__ = "a fraction"
 
 def add_fastpath_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("fast path")
-    g.add_argument("--config", type=Path, help="a JSON file of fast-path settings")
+    g.add_argument(
+        "--config",
+        type=Path,
+        help="a JSON file of settings: fast-path ones, or sections fastpath, loop, policy, "
+        "oracle (README, Configuration)",
+    )
     g.add_argument(
         "--landmarks",
         choices=["onnx", "tasks", "legacy"],
@@ -121,25 +124,39 @@ def read_config_file(path: str | Path, name: str, fields: str) -> dict:
     return doc
 
 
-def fastpath_config(args: argparse.Namespace) -> FastPathConfig:
-    """The config file (if any) overridden by the flags that were given."""
-    data: dict = {}
+def run_config(args: argparse.Namespace) -> RunConfig:
+    """The `--config` file (if any: sectioned, or flat fast-path settings; see
+    `tools.runtime.run_config`) with the fast-path flags that were given over it."""
+    doc: dict = {}
     if getattr(args, "config", None):
-        data = read_config_file(args.config, "config", "FastPathConfig")
+        doc = read_config_file(args.config, "config", "settings")
+    flags = {}
     for key in ("landmarks", "face_model", "gaze_model", "filter", "threads", "ep"):
         v = getattr(args, key, None)
         if v is not None:
-            data[key] = v
+            flags[key] = v
+    where = str(args.config) if getattr(args, "config", None) else "command line"
     try:
-        cfg = FastPathConfig.model_validate(data)
-    except ValidationError as e:
-        where = args.config or "command line"
-        raise UserError(f"{where}: invalid fast-path setting: {first_problem(e)}") from None
+        cfg = RunConfig.from_doc(doc, where, flags)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     try:  # a forced provider this onnxruntime lacks: one line, before any model loads
-        resolve_providers(cfg.ep)
+        resolve_providers(cfg.fastpath.ep)
     except ProviderError as e:
         raise UserError(f"{'--ep' if getattr(args, 'ep', None) else args.config}: {e}") from None
     return cfg
+
+
+def with_interval(policy: PolicySettings, seconds: float | None) -> PolicySettings:
+    """The policy with `--snapshot-every` over the config's interval, when it was given."""
+    if seconds is None:
+        return policy
+    return PolicySettings(**{**policy.model_dump(), "min_interval_s": seconds})
+
+
+def fastpath_config(args: argparse.Namespace) -> FastPathConfig:
+    """The fast path's settings: `run_config`'s first section."""
+    return run_config(args).fastpath
 
 
 # --- the calibration grid ------------------------------------------------------------------

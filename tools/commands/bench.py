@@ -23,6 +23,7 @@ from gazeloop.tools.commands._args import (
     non_negative_int,
     positive_float,
     positive_int,
+    run_config,
     write_plot,
 )
 from gazeloop.tools.errors import UserError
@@ -265,6 +266,7 @@ def _loop_options(args: argparse.Namespace) -> LoopBenchOptions:
             label_targets=targets,
             calibration=args.calibration,
             start=args.start,
+            loop=run_config(args).loop,
         )
     except ValidationError as e:
         bad = "; ".join(f"--{'-'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())

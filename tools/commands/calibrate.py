@@ -41,6 +41,7 @@ from gazeloop.tools.commands._args import (
     fixed_mapping,
     positive_float,
     procedure_config,
+    run_config,
     screen_from_args,
 )
 from gazeloop.tools.errors import UserError
@@ -140,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
     if res is None:
         print("calibration cancelled; the profile was not changed")
         return 1
+    run_config(args).write(res.report_path.parent)  # beside the report: how it was made
     if args.json:
         print(json.dumps(json.loads(res.report_path.read_text()), indent=2))
     else:

@@ -25,14 +25,16 @@ from gazeloop.calibration.store.session import read_session
 from gazeloop.fastpath.pipeline import FastPath
 from gazeloop.tools.commands._args import (
     add_fastpath_args,
-    fastpath_config,
     non_negative_float,
     positive_float,
     positive_int,
+    run_config,
+    with_interval,
 )
 from gazeloop.tools.errors import UserError
 from gazeloop.tools.runtime import demo
 from gazeloop.tools.runtime.importers import import_corners4
+from gazeloop.tools.runtime.run_config import RunConfig
 from gazeloop.tools.runtime.sample_data import default_shared
 from gazeloop.tools.ui import report
 
@@ -53,7 +55,9 @@ def add_parser(sub) -> None:
         "--drift-px", type=non_negative_float, default=150.0, help="injected drift, screen px"
     )
     p.add_argument(
-        "--snapshot-every", type=positive_float, default=1.0, help="seconds between labels"
+        "--snapshot-every",
+        type=positive_float,
+        help="seconds between labels (default: the config's policy.min_interval_s, else 1.0)",
     )
     p.add_argument("--data", type=Path, help="the 4-corner recording folder")
     add_fastpath_args(p)
@@ -77,7 +81,9 @@ def run(args: argparse.Namespace) -> int:
         f"1. imported {rep.n_records} frames of {src.name} ({len(rep.frames_per_target)} targets)"
     )
 
-    fp = FastPath(fastpath_config(args))
+    cfg = _resolved(args)
+    cfg.write(out)  # the settings this folder was made with, beside what they made
+    fp = FastPath(cfg.fastpath)
     session = read_session(session_dir)
     screen = ScreenGeometry(px=session.manifest.screen_px, mm=session.manifest.screen_mm)
     ev, prof = demo.calibrate(session, fp, screen, out)
@@ -89,9 +95,7 @@ def run(args: argparse.Namespace) -> int:
     onset = demo.drift_onset_ns(session)
     drift = np.array([args.drift_px / screen.px[0], 0.0])
     store, store_note = demo.open_label_store(out)
-    live = demo.demo_live(
-        fp, prof, session, screen, drift, onset, snapshot_every_s=args.snapshot_every, store=store
-    )
+    live = demo.demo_live(fp, prof, session, screen, drift, onset, cfg=cfg, store=store)
     print(
         f"3. replaying {args.passes} passes, drift of {args.drift_px:.0f} px from t="
         f"{(onset - session.items[0].t_ms * 1_000_000) / 1e9:.1f} s; oracle: the recording's "
@@ -110,6 +114,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"   {k:28s} {v}")
     print(f"   report: {out / 'report.html'}")
     return 0
+
+
+def _resolved(args: argparse.Namespace) -> RunConfig:
+    """The run's settings: a label every second unless the config file or the flag says
+    otherwise (the demo replays 12 s of video; `gazeloop run` waits 5 s between labels)."""
+    cfg = run_config(args)
+    policy = cfg.policy
+    if "min_interval_s" not in policy.model_fields_set:
+        policy = with_interval(policy, 1.0)
+    return cfg.model_copy(update={"policy": with_interval(policy, args.snapshot_every)})
 
 
 def _html(out: Path, summary: dict, ev) -> None:

@@ -33,6 +33,7 @@ from gazeloop.tools.commands._args import (
     fastpath_config,
     feature_columns,
     fixed_mapping,
+    run_config,
     screen_for,
     write_plot,
 )
@@ -313,6 +314,7 @@ def _output(args: argparse.Namespace, ev) -> int:
         save_plot(ev, args.plot)
     if args.report:
         write_report(ev, args.report)
+        run_config(args).write(args.report)  # the settings the report was made with
     r = ev.report
     if args.json:
         print(r.model_dump_json(indent=2))

@@ -60,7 +60,9 @@ from gazeloop.tools.commands._args import (
     positive_float,
     positive_int,
     procedure_config,
+    run_config,
     screen_from_args,
+    with_interval,
 )
 from gazeloop.tools.errors import UserError
 from gazeloop.tools.runtime.calibration import default_session_dir
@@ -133,8 +135,7 @@ def _add_oracle_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--snapshot-every",
         type=non_negative_float,
-        default=5.0,
-        help="seconds between labels (5.0)",
+        help="seconds between labels (default: the config's policy.min_interval_s, 5.0)",
     )
     p.add_argument(
         "--replay-clicks",
@@ -509,13 +510,14 @@ def _live(args, ls: LabelledSource, fp: FastPath, mapper, oracle, store, hook) -
 
         clock = SourceClock(ls.source)  # the one conversion of frame time to the wall clock
         publisher, uplink = _mqtt(args, ls.source, store, mapper)
-    from gazeloop.oracle.policy import SnapshotPolicy
-
+    cfg = run_config(args)
     return Live(
         fp,
         mapper=mapper,
         oracle=oracle,
-        policy=SnapshotPolicy(min_interval_s=args.snapshot_every),
+        policy=with_interval(cfg.policy, args.snapshot_every).build(),
+        loop_cfg=cfg.loop_config(16 / 9),  # Live takes each profile's screen for the aspect
+        oracle_timeout_s=cfg.oracle.timeout_s,
         store=store,
         publisher=publisher,
         snapshot_hook=hook,

@@ -35,6 +35,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from gazeloop.calibration.drift.loop import LoopConfig
 from gazeloop.calibration.drift.simulation import (
     RECOVER_TOLERANCE,
     DriftSchedule,
@@ -115,6 +116,12 @@ class LoopBenchOptions(BaseModel):
     # --sittings: what a pair starts from, the previous sitting's profile or all earlier
     # sittings' pooled (what `gazeloop run` starts a new sitting with)
     start: Literal["previous", "pooled"] = "previous"
+    # The drift loop's settings (`--config`'s loop section, resolved; `LoopConfig`'s fields
+    # but the aspect, which each session's screen sets). Empty: the defaults.
+    loop: dict[str, Any] = Field(default_factory=dict)
+
+    def loop_config(self, screen_px: tuple[int, int]) -> LoopConfig:
+        return LoopConfig(aspect=screen_px[0] / screen_px[1], **self.loop)
 
 
 @dataclass(slots=True)
@@ -246,7 +253,8 @@ def _drift_stream(a: tuple) -> tuple:
     for a step, the estimator told the onset on the same labels."""
     opts, k, pred, truth, groups, screen_px, drift, n_labels = a
     st = streams_for(opts, k, pred, truth, groups, screen_px, drift, n_labels)
-    run = simulate_drift(pred, truth, screen_px, drift, st.stream, draws=st.draws)
+    cfg = opts.loop_config(screen_px)
+    run = simulate_drift(pred, truth, screen_px, drift, st.stream, cfg, draws=st.draws)
     ref = None
     if drift.kind == "step":
         ref = known_onset_reference(pred, truth, screen_px, drift, st.stream, draws=st.draws)
@@ -646,9 +654,10 @@ def offset_yardsticks(
 def transfer_runs(pred, truth, groups, labelled, screen, opts: LoopBenchOptions) -> list:
     """The loop over the labelled targets' labels: `opts.seeds` simulated streams, or, with
     clicks, the session's own frames of those targets in recorded order, each a click."""
+    cfg = opts.loop_config(screen)
     if opts.oracle == "simulated":
         return [
-            simulate_transfer(pred, truth, groups, labelled, screen, label_stream(opts, k))
+            simulate_transfer(pred, truth, groups, labelled, screen, label_stream(opts, k), cfg)
             for k in range(opts.seeds)
         ]
     frames = np.flatnonzero(np.isin(groups, labelled))  # time order, as recorded
@@ -656,7 +665,7 @@ def transfer_runs(pred, truth, groups, labelled, screen, opts: LoopBenchOptions)
         update={"n_labels": len(frames), "noise_px": 0.0, "outlier_fraction": 0.0}
     )
     draws = point_draws(frames, truth[frames], stream.interval_s, oracle="clicks")
-    return [simulate_transfer(pred, truth, groups, labelled, screen, stream, draws=draws)]
+    return [simulate_transfer(pred, truth, groups, labelled, screen, stream, cfg, draws=draws)]
 
 
 def _common(

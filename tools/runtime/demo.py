@@ -23,9 +23,9 @@ from gazeloop.calibration.store.session import Session
 from gazeloop.fastpath.collect import collect_session, feature_matrix
 from gazeloop.fastpath.pipeline import FastPath
 from gazeloop.fastpath.sources import SessionSource
-from gazeloop.oracle.policy import SnapshotPolicy
 from gazeloop.oracle.simple import TargetOracle
 from gazeloop.tools.runtime.live import Live
+from gazeloop.tools.runtime.run_config import RunConfig
 
 ORACLE_NOTE = "replay of the recording's own target labels (ground truth, not a model)"
 # How long a replayed frame waits for its label: the replayed oracle answers in microseconds;
@@ -93,15 +93,18 @@ def demo_live(
     drift_norm: np.ndarray,
     onset_ns: int,
     *,
-    snapshot_every_s: float,
+    cfg: RunConfig,
     store=None,
 ) -> Live:
-    """The running system with the drifting profile and the replayed-targets oracle."""
+    """The running system with the drifting profile and the replayed-targets oracle, with
+    the run's loop, policy and oracle settings."""
     return Live(
         fp,
         mapper=DriftingMapper(ProfileMapper(prof), drift_norm, onset_ns),
         oracle=TargetOracle(),
-        policy=SnapshotPolicy(min_interval_s=snapshot_every_s),
+        policy=cfg.policy.build(),
+        loop_cfg=cfg.loop_config(screen.px[0] / screen.px[1]),
+        oracle_timeout_s=cfg.oracle.timeout_s,
         store=store,
         snapshot_hook=_target_hook(session, screen),
     )

@@ -29,6 +29,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -105,7 +106,19 @@ def from_earlier_sitting(profile, now: datetime | None = None) -> bool:
     return ((now or datetime.now(UTC)) - made).total_seconds() > SITTING_GAP_S
 
 
+# What makes the drift loop for a profile (strategies are objects: another loop, or this one
+# configured otherwise, without subclassing Live): (the run's history of screen points, the
+# profile's mapper, whether the profile is from an earlier sitting) -> a loop with
+# `DriftLoop`'s interface. Called at the start and on the first calibration of a run that had
+# none; a later calibration resets the loop it made.
+LoopFactory = Callable[[History, ProfileMapper, bool], DriftLoop]
+
+
 class Live:
+    """The running system: the fast path's samples into the history, snapshots to the
+    oracle worker, its labels (and clicks and glances) through the drift loop into the
+    offset the fast path adds, every label into the store."""
+
     def __init__(
         self,
         fp: FastPath,
@@ -114,6 +127,7 @@ class Live:
         oracle=None,
         policy: SnapshotPolicy | None = None,
         loop_cfg: LoopConfig | None = None,
+        loop_factory: LoopFactory | None = None,
         store=None,
         publisher=None,
         oracle_timeout_s: float = 20.0,
@@ -140,6 +154,9 @@ class Live:
         # A hook that decorates snapshots (e.g. with the frame's known target) or vetoes
         # them by returning None.
         self.snapshot_hook = snapshot_hook
+        if loop_cfg is not None and loop_factory is not None:
+            raise ValueError("give loop_cfg or loop_factory, not both: the factory makes the loop")
+        self._loop_factory = loop_factory or self._default_loop
         self._init_loop(mapper, loop_cfg)
         self._init_oracle(oracle, oracle_timeout_s)
         self._init_labellers()
@@ -212,9 +229,14 @@ class Live:
             self._writer.start()
 
     def _new_loop(self, mapper: ProfileMapper, *, new_sitting: bool = False) -> DriftLoop:
+        return self._loop_factory(self.history, mapper, new_sitting)
+
+    def _default_loop(self, history: History, mapper: ProfileMapper, new_sitting: bool):
+        """The gazeloop drift loop with `loop_cfg`'s settings (the defaults without one)."""
         aspect = mapper.screen.px[0] / mapper.screen.px[1]
-        cfg = self._loop_cfg or LoopConfig(aspect=aspect)
-        return DriftLoop(cfg, self.history, offset=mapper.offset, new_sitting=new_sitting)
+        # The settings are the run's; the aspect is always the screen this profile maps to.
+        cfg = (self._loop_cfg or LoopConfig()).model_copy(update={"aspect": aspect})
+        return DriftLoop(cfg, history, offset=mapper.offset, new_sitting=new_sitting)
 
     def install(self, mapper: ProfileMapper) -> None:
         """A new calibration, while running (the `c` key): the fast path maps with it from

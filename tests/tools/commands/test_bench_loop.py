@@ -411,3 +411,19 @@ def test_a_pooled_start_is_the_profile_of_the_earlier_sittings_pooled(shared, tm
     )
     held = [t["target"] for t in rows if t["target"] not in white]
     assert second["error_drifted_px"] == pytest.approx(_targets_mean(pooled, held), abs=0.1)
+
+
+@pytest.mark.slow
+def test_the_configs_loop_section_is_the_loop_that_runs(shared, tmp_path, capsys):
+    """`--config`'s loop section reaches the simulated loop: an offset bounded at a
+    hundredth of the screen cannot follow a 150 px step, and the same streams without it
+    recover."""
+    grid9 = str(shared / "data/sessions/grid9")
+    cfg = tmp_path / "bounded.json"
+    cfg.write_text(json.dumps({"loop": {"max_total": 0.01}}))
+    args = ("--session", grid9, "--mirrored", "--seeds", "4")
+    free = run_json(capsys, *args)
+    bounded = run_json(capsys, *args, "--config", str(cfg))
+    assert free["labels_to_recover"] is not None
+    assert bounded["labels_to_recover"] is None
+    assert bounded["error_after_px"] > free["error_after_px"] + 40

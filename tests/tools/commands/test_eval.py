@@ -239,6 +239,9 @@ def test_corners4_html_report_has_the_numbers_tables_and_plot(corners4_report, c
     assert 'src="eval.png"' in page
     assert (folder / "eval.png").read_bytes()[:8] == PNG_MAGIC
     assert json.loads((folder / "report.json").read_text())["mean_px"] == r["mean_px"]
+    # The settings the report was made with, beside it (`--config` reads them back).
+    made_with = json.loads((folder / "config.json").read_text())
+    assert made_with["fastpath"]["landmarks"] == "onnx" and "loop" in made_with
     assert "settling" in page  # the left-out frames are listed with why
 
 

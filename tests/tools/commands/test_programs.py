@@ -50,3 +50,27 @@ def test_demo_corrects_the_injected_drift_and_writes_its_report(demo_out):
     assert "Calibration per target" in page and page.count("<tr>") >= len(s) + 1 + 4
     for png in ("loop.png", "calibration.png"):
         assert (demo_out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_demo_writes_the_settings_it_ran_with_and_reads_them_back(demo_out, tmp_path):
+    """config.json beside the report: every section resolved (the loop's defaults included),
+    the demo's one label a second; given back as `--config` it runs the same settings, and a
+    changed interval there is the one the demo uses."""
+    from gazeloop.calibration.drift.loop import LoopConfig
+    from gazeloop.tools.runtime.run_config import RunConfig
+
+    written = json.loads((demo_out / "config.json").read_text())
+    assert set(written) == {"fastpath", "loop", "policy", "oracle"}
+    assert written["loop"] == LoopConfig().model_dump(exclude={"aspect"})
+    assert written["policy"]["min_interval_s"] == 1.0
+    written["policy"]["min_interval_s"] = 3.0
+    cfg_file = tmp_path / "cfg.json"
+    cfg_file.write_text(json.dumps(written))
+    out = tmp_path / "again"
+    assert main(["demo", "--out", str(out), "--passes", "2", "--config", str(cfg_file)]) == 0
+    again = RunConfig.from_doc(json.loads((out / "config.json").read_text()), "again")
+    assert again == RunConfig.from_doc(written, "given")
+    labels = json.loads((out / "summary.json").read_text())["labels_accepted"]
+    # Two passes of about 12 s each: a label every 3 s gives at most 9 (every second: ~20).
+    assert 1 <= labels <= 9

@@ -51,6 +51,25 @@ def test_targets_and_replayed_clicks_feed_one_loop_and_the_store(c4_profile, tmp
 
 
 @pytest.mark.slow
+def test_the_configs_policy_is_the_one_run_uses(c4_profile, tmp_path, monkeypatch):
+    """`--config`'s policy section reaches `run`: a gaze never slow enough to be a fixation
+    takes no snapshot for the target oracle at all, while the clicks, judged by their own
+    rules, are all kept."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("GAZELOOP_HOME", str(home))
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text('{"policy": {"max_speed": 1e-9, "min_interval_s": 0.5}}')
+    rc, out, err = cli(
+        "run", "--headless", "--source", VIDEO, "--oracle", "targets", "--replay-clicks",
+        "--profile", c4_profile, "--config", cfg, "--no-watch-models",
+    )  # fmt: skip
+    assert rc == 0, err
+    labels = stored(home)
+    assert labels.get(("clicks", 1)) == 4
+    assert not any(oracle == "target" for oracle, _ in labels), labels
+
+
+@pytest.mark.slow
 def test_replay_clicks_needs_a_recording_with_targets(tmp_path, monkeypatch):
     if not VIDEO.is_file():
         pytest.skip(f"{VIDEO} is missing")
