@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from gazeloop.fastpath import models
 from gazeloop.fastpath.blink import BLINK_APERTURE, BLINK_RELATIVE, BlinkDetector
 from gazeloop.fastpath.features import CROP_SCALE, extract
-from gazeloop.fastpath.filters import make_filter
+from gazeloop.fastpath.filters import Filter, make_filter
 from gazeloop.fastpath.gaze_model import GazeModel
 from gazeloop.fastpath.landmarks import make_backend
 from gazeloop.fastpath.providers import resolve_providers
@@ -103,12 +103,30 @@ def _camera_matrix(cfg: FastPathConfig, size: tuple[int, int]) -> np.ndarray | N
     return np.array([[cfg.focal_px, 0, w / 2], [0, cfg.focal_px, h / 2], [0, 0, 1.0]])
 
 
+def _own_filter(given: Filter | str | None, cfg: FastPathConfig) -> Filter:
+    """The fast path's filter: an object passed in (any `Filter`: `__call__(t_ns, x)`,
+    `reset()`, `hold()`; strategies are objects), a filter's name with its default
+    parameters, or, with neither, the config's. An object passed in is this fast path's
+    alone: it keeps its state between frames and is reset when the face is lost."""
+    if given is None:
+        return make_filter(cfg.filter, **cfg.filter_kwargs())
+    if isinstance(given, str):
+        return make_filter(given, **FILTER_DEFAULTS.get(given, {}))
+    if not isinstance(given, Filter):
+        raise TypeError(
+            f"filter: {type(given).__name__} is not a Filter "
+            "(it needs __call__(t_ns, x), reset() and hold())"
+        )
+    return given
+
+
 class FastPath:
     """Owns the landmark backend, the gaze model and the filter for one camera stream.
 
     `mapper`, when set, turns a sample (its unfiltered features) into a normalised screen
     point: the calibration profile plus drift offset. The filter then smooths that point.
     `on_sample` receives every sample (e.g. to append it to the history buffer).
+    `filter`: a `Filter` object or a filter's name instead of the config's filter.
     Model files are resolved and loaded here, so a missing or corrupt file fails before the
     first frame.
     """
@@ -119,8 +137,10 @@ class FastPath:
         *,
         mapper: Callable[[GazeSample], np.ndarray | None] | None = None,
         on_sample: Callable[[GazeSample], None] | None = None,
+        filter: Filter | str | None = None,
     ):
         self.cfg = cfg = cfg or FastPathConfig()
+        own_filter = _own_filter(filter, cfg)  # a wrong one is said before the models load
         task = models.resolve(models.FACE_LANDMARKER, cfg.face_model)
         onnx_path = models.resolve_gaze_onnx(cfg.gaze_model)
         self.providers = resolve_providers(cfg.ep)  # ProviderError before any model loads
@@ -134,7 +154,7 @@ class FastPath:
             mirror_average=cfg.mirror_average,
             head_frame=cfg.gaze_frame,
         )
-        self.filter = make_filter(cfg.filter, **cfg.filter_kwargs())
+        self.filter = own_filter
         self.set_mapper(mapper)
         self.on_sample = on_sample
         self._last_yp: np.ndarray | None = None

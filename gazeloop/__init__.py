@@ -26,6 +26,9 @@ _API = {
     "FastPath": "gazeloop.fastpath.pipeline",
     "FastPathConfig": "gazeloop.fastpath.pipeline",
     "GazeSample": "gazeloop.fastpath.types",
+    "Filter": "gazeloop.fastpath.filters",
+    "OneEuroFilter": "gazeloop.fastpath.filters",
+    "KalmanFilter": "gazeloop.fastpath.filters",
     "Frame": "gazeloop.fastpath.types",
     "open_source": "gazeloop.fastpath.sources",
     "History": "gazeloop.calibration.drift.history",
@@ -42,10 +45,13 @@ __all__ = [
     "DriftLoop",
     "FastPath",
     "FastPathConfig",
+    "Filter",
     "Frame",
     "GazeSample",
     "History",
+    "KalmanFilter",
     "LoopConfig",
+    "OneEuroFilter",
     "OracleWorker",
     "Profile",
     "ProfileMapper",
@@ -60,6 +66,7 @@ if TYPE_CHECKING:
     from gazeloop.calibration.geometry import ScreenGeometry
     from gazeloop.calibration.profile import Profile, ProfileMapper
     from gazeloop.calibration.store.session import read_session
+    from gazeloop.fastpath.filters import Filter, KalmanFilter, OneEuroFilter
     from gazeloop.fastpath.pipeline import FastPath, FastPathConfig
     from gazeloop.fastpath.sources import open_source
     from gazeloop.fastpath.types import Frame, GazeSample

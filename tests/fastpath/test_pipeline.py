@@ -411,3 +411,46 @@ def test_a_failure_on_every_frame_is_warned_about_once(grid9, fp, caplog):
     assert all(s.quality.error == "KeyError: 'bogus'" for s in samples)
     (said,) = [r.getMessage() for r in caplog.records]
     assert "KeyError: 'bogus'" in said
+
+
+class _Recording:
+    """A filter of one's own: passes samples through and says what it was asked."""
+
+    def __init__(self):
+        self.calls, self.resets = [], 0
+
+    def __call__(self, t_ns, x):
+        self.calls.append(t_ns)
+        return np.array(x, dtype=float)
+
+    def reset(self):
+        self.resets += 1
+
+    def hold(self):
+        pass
+
+
+def test_a_filter_object_passed_in_is_the_one_that_runs(shared, face_task, gaze_onnx):
+    """Strategies are objects (norfair's filter factories): the fast path runs the filter it
+    is given, every sample through it; a name is the shortcut, the config the default."""
+    own = _Recording()
+    fp = FastPath(FastPathConfig(filter="kalman"), filter=own)
+    try:
+        assert fp.filter is own and own.resets == 1  # restarted once, with no mapping yet
+        with VideoSource(shared / "data/video-corners4/calibrate.mp4") as src:
+            samples = [fp.process(f) for _, f in zip(range(12), src, strict=False)]
+        faced = [s for s in samples if s.gaze_yp is not None]
+        assert len(faced) >= 10 and own.calls == [s.t_ns for s in faced]
+    finally:
+        fp.close()
+    named = FastPath(FastPathConfig(filter="kalman"), filter="none")
+    try:
+        assert type(named.filter).__name__ == "NoFilter"
+    finally:
+        named.close()
+
+
+def test_something_that_is_not_a_filter_is_refused_before_the_models_load(tmp_path):
+    cfg = FastPathConfig(face_model=tmp_path / "absent.task")  # would fail on loading
+    with pytest.raises(TypeError, match="filter: int is not a Filter"):
+        FastPath(cfg, filter=3)

@@ -382,3 +382,30 @@ def test_a_replay_stores_the_label_in_flight_at_its_end_and_a_camera_run_does_no
         assert r.store.count() == stored
     finally:
         r.live.close()
+
+
+def test_the_loop_is_made_by_the_factory_given_and_with_the_settings_given():
+    """Strategies are objects: a loop factory makes the loop of each profile, with the
+    run's history; `loop_cfg` keeps its settings but takes the screen's aspect."""
+    from gazeloop.calibration.drift.loop import DriftLoop, LoopConfig
+
+    made = []
+
+    def factory(history, m, new_sitting):
+        made.append((history, m, new_sitting))
+        return DriftLoop(LoopConfig(max_total=0.05), history, offset=m.offset)
+
+    live = Live(FakeFastPath(), loop_factory=factory)
+    assert live.loop is None and made == []  # no profile, no loop yet
+    m = mapper()
+    live.install(m)
+    assert made == [(live.history, m, False)] and live.loop.cfg.max_total == 0.05
+    live.close()
+
+    cfg = LoopConfig(aspect=1.0, huber_k=3.0)
+    live = Live(FakeFastPath(), mapper=mapper(), loop_cfg=cfg)
+    assert live.loop.cfg.huber_k == 3.0
+    assert live.loop.cfg.aspect == pytest.approx(SCREEN[0] / SCREEN[1])
+    live.close()
+    with pytest.raises(ValueError, match="not both"):
+        Live(FakeFastPath(), loop_cfg=cfg, loop_factory=factory)
