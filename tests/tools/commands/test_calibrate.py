@@ -205,6 +205,9 @@ def test_headless_calibration_on_the_4_corner_video(corners4_calibration, shared
     out, prof_path, stdout = corners4_calibration
     assert "leave-one-target-out error: mean" in stdout
     report = json.loads((out / "report/calibration.json").read_text())
+    # The settings it was made with, beside the report, every section resolved.
+    made_with = json.loads((out / "report/config.json").read_text())
+    assert set(made_with) == {"fastpath", "loop", "policy", "oracle"}
     ev = report["evaluation"]
     # 4 corners of a 2560x1440 screen: leave-one-target-out is extrapolation to a corner.
     # 272 px before issue 12 (alpha 0.1 where no fold could choose), 127 px with the rule,
