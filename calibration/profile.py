@@ -192,51 +192,82 @@ class Profile(BaseModel):
         gaze_read: str | None = None,
     ) -> Profile:
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ProfileError(f"{path}: no such profile") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ProfileError(f"{path}: not a readable JSON profile: {e}") from e
-        if isinstance(data, dict) and data.get("schema_version") not in (None, SCHEMA_VERSION):
-            raise ProfileError(
-                f"{path}: schema_version {data.get('schema_version')!r} is not supported "
-                f"(this gazeloop reads {SCHEMA_VERSION})"
-            )
+        data = _read_profile_json(path)
         try:
             prof = cls.model_validate(data)
         except ValidationError as e:
             raise ProfileError(f"{path}: invalid profile: {first_problem(e)}") from e
-        try:
-            mapping = mapping_from_params(prof.mapping.name, prof.mapping.params)
-        except (KeyError, ValueError, TypeError) as e:
-            raise ProfileError(f"{path}: mapping {prof.mapping.name!r} is invalid: {e}") from e
-        if mapping.n_features != len(prof.features):
-            # would otherwise fail frame by frame in the fast path
-            raise ProfileError(
-                f"{path}: mapping {prof.mapping.name!r} takes {mapping.n_features} features "
-                f"but the profile lists {len(prof.features)} ({prof.features})"
-            )
-        if gaze_model_sha256 is not None and prof.gaze_model_sha256 != gaze_model_sha256:
-            raise ProfileError(
-                f"{path}: made for gaze model {prof.gaze_model_id} "
-                f"(sha256 {prof.gaze_model_sha256[:12]}…), not the one loaded "
-                f"(sha256 {gaze_model_sha256[:12]}…); recalibrate, or refit it from its "
-                "calibration session"
-            )
-        if gaze_read is not None and prof.gaze_read != gaze_read:
-            want = json.dumps(read_config(prof.gaze_read))
-            raise ProfileError(
-                f"{path}: fitted on the gaze network's {prof.gaze_read} read, but the fast "
-                f"path makes the {gaze_read} read; recalibrate, refit it from its calibration "
-                f"session (`gazeloop profile fit`), or read as it was fitted: --config with "
-                f"{want}"
-            )
-        if features is not None and list(features) != prof.features:
-            raise ProfileError(
-                f"{path}: made for features {prof.features}, not {list(features)}; recalibrate"
-            )
+        _check_mapping(path, prof)
+        _check_made_for(
+            path,
+            prof,
+            gaze_model_sha256=gaze_model_sha256,
+            features=features,
+            gaze_read=gaze_read,
+        )
         return prof
+
+
+def _read_profile_json(path: Path) -> Any:
+    """The file's JSON, refused before validation when it is of a schema version we do not
+    read: its fields could share names with ours and mean something else."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ProfileError(f"{path}: no such profile") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ProfileError(f"{path}: not a readable JSON profile: {e}") from e
+    if isinstance(data, dict) and data.get("schema_version") not in (None, SCHEMA_VERSION):
+        raise ProfileError(
+            f"{path}: schema_version {data.get('schema_version')!r} is not supported "
+            f"(this gazeloop reads {SCHEMA_VERSION})"
+        )
+    return data
+
+
+def _check_mapping(path: Path, prof: Profile) -> None:
+    """The stored mapping must rebuild and take as many features as the profile lists;
+    caught here, at load, it names the file instead of failing frame by frame."""
+    try:
+        mapping = mapping_from_params(prof.mapping.name, prof.mapping.params)
+    except (KeyError, ValueError, TypeError) as e:
+        raise ProfileError(f"{path}: mapping {prof.mapping.name!r} is invalid: {e}") from e
+    if mapping.n_features != len(prof.features):
+        raise ProfileError(
+            f"{path}: mapping {prof.mapping.name!r} takes {mapping.n_features} features "
+            f"but the profile lists {len(prof.features)} ({prof.features})"
+        )
+
+
+def _check_made_for(
+    path: Path,
+    prof: Profile,
+    *,
+    gaze_model_sha256: str | None,
+    features: list[str] | None,
+    gaze_read: str | None,
+) -> None:
+    """A profile fitted on another gaze model, read or feature set would map silently
+    wrong numbers, so each one the caller names must match (None: not checked)."""
+    if gaze_model_sha256 is not None and prof.gaze_model_sha256 != gaze_model_sha256:
+        raise ProfileError(
+            f"{path}: made for gaze model {prof.gaze_model_id} "
+            f"(sha256 {prof.gaze_model_sha256[:12]}…), not the one loaded "
+            f"(sha256 {gaze_model_sha256[:12]}…); recalibrate, or refit it from its "
+            "calibration session"
+        )
+    if gaze_read is not None and prof.gaze_read != gaze_read:
+        want = json.dumps(read_config(prof.gaze_read))
+        raise ProfileError(
+            f"{path}: fitted on the gaze network's {prof.gaze_read} read, but the fast "
+            f"path makes the {gaze_read} read; recalibrate, refit it from its calibration "
+            f"session (`gazeloop profile fit`), or read as it was fitted: --config with "
+            f"{want}"
+        )
+    if features is not None and list(features) != prof.features:
+        raise ProfileError(
+            f"{path}: made for features {prof.features}, not {list(features)}; recalibrate"
+        )
 
 
 class ProfileMapper:

@@ -278,6 +278,51 @@ def _value_info(name: str, shape: Sequence[int], dynamic_batch: bool) -> onnx.Va
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, dims)
 
 
+def _graph_inputs(graph: IRGraph, em: _Emitter, dynamic_batch: bool) -> list[onnx.ValueInfoProto]:
+    """The Parameters as graph inputs under their tensor names, so a caller feeds the ONNX
+    model by the names it fed the IR."""
+    inputs = []
+    for p in graph.parameters:  # file order, which is the IR's declared input order
+        if p.data.get("element_type", "f32") != "f32":
+            raise UnsupportedIRError(f"Parameter {p.name!r} is not f32")
+        port = p.outputs[0]
+        name = port.names[0] if port.names else p.name
+        em.name_output((p.id, port.id), name)
+        inputs.append(_value_info(name, port.shape, dynamic_batch))
+    return inputs
+
+
+def _graph_outputs(graph: IRGraph, em: _Emitter, dynamic_batch: bool) -> list[onnx.ValueInfoProto]:
+    """The Results as graph outputs, named after the tensor they read (a Result's own name
+    carries OpenVINO's `/sink_port` suffix, which no caller asks for)."""
+    outputs = []
+    for r in graph.results:
+        src = graph.producer(r.id, r.inputs[0].id)
+        port = graph.layers[src[0]].output_port(src[1])
+        name = port.names[0] if port.names else r.name.split("/sink_port")[0]
+        em.name_output(src, name)
+        outputs.append(_value_info(name, port.shape, dynamic_batch))
+    return outputs
+
+
+def _embedding_output(
+    em: _Emitter, head_src: tuple[int, int], feat_shape: Sequence[int], dynamic_batch: bool
+) -> onnx.ValueInfoProto:
+    """The gaze head's input flattened to N x D as the extra `embedding` output; appended
+    after the emitted graph, since ONNX wants every node after the producers it reads."""
+    dim = int(np.prod(feat_shape[1:]))
+    em.nodes.append(
+        helper.make_node(
+            "Flatten",
+            [em.value(head_src)],
+            [EMBEDDING_OUTPUT],
+            name="embedding_flatten",
+            axis=1,
+        )
+    )
+    return _value_info(EMBEDDING_OUTPUT, (feat_shape[0], dim), dynamic_batch)
+
+
 def ir_to_onnx(
     graph: IRGraph,
     *,
@@ -290,23 +335,8 @@ def ir_to_onnx(
     if opset < 14:
         raise ValueError("opset >= 14 is needed (Squeeze axes as input, Reshape allowzero)")
     em = _Emitter(graph, dynamic_batch)
-
-    inputs = []
-    for p in graph.parameters:  # file order, which is the IR's declared input order
-        if p.data.get("element_type", "f32") != "f32":
-            raise UnsupportedIRError(f"Parameter {p.name!r} is not f32")
-        port = p.outputs[0]
-        name = port.names[0] if port.names else p.name
-        em.name_output((p.id, port.id), name)
-        inputs.append(_value_info(name, port.shape, dynamic_batch))
-
-    outputs = []
-    for r in graph.results:
-        src = graph.producer(r.id, r.inputs[0].id)
-        port = graph.layers[src[0]].output_port(src[1])
-        name = port.names[0] if port.names else r.name.split("/sink_port")[0]
-        em.name_output(src, name)
-        outputs.append(_value_info(name, port.shape, dynamic_batch))
+    inputs = _graph_inputs(graph, em, dynamic_batch)
+    outputs = _graph_outputs(graph, em, dynamic_batch)
 
     head_src: tuple[int, int] | None = None
     if embedding:
@@ -317,17 +347,7 @@ def ir_to_onnx(
         em.emit(layer)
 
     if head_src is not None:
-        dim = int(np.prod(feat_shape[1:]))
-        em.nodes.append(
-            helper.make_node(
-                "Flatten",
-                [em.value(head_src)],
-                [EMBEDDING_OUTPUT],
-                name="embedding_flatten",
-                axis=1,
-            )
-        )
-        outputs.append(_value_info(EMBEDDING_OUTPUT, (feat_shape[0], dim), dynamic_batch))
+        outputs.append(_embedding_output(em, head_src, feat_shape, dynamic_batch))
 
     g = helper.make_graph(em.nodes, graph.name, inputs, outputs, initializer=em.initializers)
     model = helper.make_model(

@@ -217,18 +217,9 @@ def _decode_const(layer_elem: ET.Element, data: dict[str, str], blob: bytes, bin
     return decode_bf16(arr) if et == "bf16" else arr
 
 
-def read_ir(xml_path: str | Path, bin_path: str | Path | None = None) -> IRGraph:
-    """Parse `xml_path` and decode every Const from `bin_path` (default: same stem, `.bin`).
-
-    Raises FileNotFoundError naming a missing file and IRFormatError naming the file that is
-    malformed or too short.
-    """
-    xml_path = Path(xml_path)
-    bin_path = Path(bin_path) if bin_path is not None else xml_path.with_suffix(".bin")
-    for p, what in ((xml_path, "IR graph (.xml)"), (bin_path, "IR weights (.bin)")):
-        if not p.is_file():
-            raise FileNotFoundError(f"{what} not found: {p}")
-
+def _parse_net(xml_path: Path) -> tuple[ET.Element, int]:
+    """The <net> root and its IR version, one we read: another version fails here, before
+    any layer is looked at, since its attributes may mean something else."""
     try:
         root = ET.parse(xml_path).getroot()
     except ET.ParseError as exc:
@@ -238,8 +229,12 @@ def read_ir(xml_path: str | Path, bin_path: str | Path | None = None) -> IRGraph
     ir_version = int(root.get("version", "0"))
     if ir_version not in (10, 11):
         raise IRFormatError(f"{xml_path}: IR version {ir_version} is not supported (10/11)")
+    return root, ir_version
 
-    blob = bin_path.read_bytes()
+
+def _read_layers(root: ET.Element, blob: bytes, xml_path: Path, bin_path: Path) -> dict[int, Layer]:
+    """Layers by id, each Const decoded from `blob` as it is met: a bad Const fails naming
+    its layer, and ids must be unique since edges refer to layers by id."""
     layers: dict[int, Layer] = {}
     layers_elem = root.find("layers")
     if layers_elem is None:
@@ -261,7 +256,12 @@ def read_ir(xml_path: str | Path, bin_path: str | Path | None = None) -> IRGraph
         if layer.id in layers:
             raise IRFormatError(f"{xml_path}: duplicate layer id {layer.id}")
         layers[layer.id] = layer
+    return layers
 
+
+def _read_edges(root: ET.Element, layers: dict[int, Layer], xml_path: Path) -> list[Edge]:
+    """The <edges>, each checked to join known layers so a dangling edge names itself here
+    instead of failing later as a KeyError in whoever walks the graph."""
     edges = []
     edges_elem = root.find("edges")
     for ee in edges_elem.findall("edge") if edges_elem is not None else []:
@@ -275,7 +275,25 @@ def read_ir(xml_path: str | Path, bin_path: str | Path | None = None) -> IRGraph
             if lid not in layers:
                 raise IRFormatError(f"{xml_path}: edge {e} refers to unknown layer {lid}")
         edges.append(e)
+    return edges
 
+
+def read_ir(xml_path: str | Path, bin_path: str | Path | None = None) -> IRGraph:
+    """Parse `xml_path` and decode every Const from `bin_path` (default: same stem, `.bin`).
+
+    Raises FileNotFoundError naming a missing file and IRFormatError naming the file that is
+    malformed or too short.
+    """
+    xml_path = Path(xml_path)
+    bin_path = Path(bin_path) if bin_path is not None else xml_path.with_suffix(".bin")
+    for p, what in ((xml_path, "IR graph (.xml)"), (bin_path, "IR weights (.bin)")):
+        if not p.is_file():
+            raise FileNotFoundError(f"{what} not found: {p}")
+
+    root, ir_version = _parse_net(xml_path)
+    blob = bin_path.read_bytes()
+    layers = _read_layers(root, blob, xml_path, bin_path)
+    edges = _read_edges(root, layers, xml_path)
     return IRGraph(
         name=root.get("name", xml_path.stem),
         ir_version=ir_version,

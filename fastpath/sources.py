@@ -21,7 +21,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -181,52 +181,73 @@ class VideoSource(FrameSource):
         index = 0
         offset_ms = 0.0
         while not self._closed:
-            last_t = -math.inf
-            n_pass = 0
-            index_timing = False
-            while not self._closed:
-                if self.max_frames is not None and index >= self.max_frames:
-                    return
-                if self._pending is not None:
-                    ok, image = True, self._pending
-                    self._pending = None
-                else:
-                    ok, image = self._cap.read()
-                if not ok or image is None:
-                    break
-                pos = self._cap.get(cv2.CAP_PROP_POS_MSEC)
-                usable = math.isfinite(pos) and pos >= 0 and (n_pass == 0 or pos > last_t)
-                if not usable and not index_timing:
-                    # Some containers/backends report 0 or repeat a time; once seen, the rest
-                    # of the pass is timed by count so time cannot jump back.
-                    log.info("%s: media time unusable at frame %d; using fps", self.path, n_pass)
-                    index_timing = True
-                t_ms = (last_t + self.period_ms if n_pass else 0.0) if index_timing else pos
-                last_t = t_ms
-                self.frames_read += 1
-                yield Frame(
-                    t_ns=round((offset_ms + t_ms) * 1e6),
-                    image=_resize(image, self.resize),
-                    index=index,
-                    name=f"{self.path.name}#{n_pass}",
-                )
-                index += 1
-                n_pass += 1
-            if self._closed:
+            done = yield from self._pass(index, offset_ms)
+            if done is None or self._closed:
                 return
-            self.passes += 1
-            if self.expected_frames is not None and n_pass < self.expected_frames:
-                log.warning(
-                    "%s: ended after %d of %d frames (truncated?)",
-                    self.path,
-                    n_pass,
-                    self.expected_frames,
-                )
+            index, n_pass, last_t = done
+            self._end_pass(n_pass)
             if not self.loop or n_pass == 0:
                 return
             offset_ms += last_t + self.period_ms
             self._cap.release()
             self._cap = self._open()
+
+    def _pass(
+        self, index: int, offset_ms: float
+    ) -> Generator[Frame, None, tuple[int, int, float] | None]:
+        """One pass through the file, its frames numbered on from `index` and timed on from
+        `offset_ms` so both keep increasing across loops. Returns (next index, frames in the
+        pass, media time of its last frame), or None when `max_frames` ends the iteration
+        mid-pass (that pass is not counted)."""
+        last_t = -math.inf
+        n_pass = 0
+        index_timing = False
+        while not self._closed:
+            if self.max_frames is not None and index >= self.max_frames:
+                return None
+            ok, image = self._next_image()
+            if not ok or image is None:
+                break
+            pos = self._cap.get(cv2.CAP_PROP_POS_MSEC)
+            usable = math.isfinite(pos) and pos >= 0 and (n_pass == 0 or pos > last_t)
+            if not usable and not index_timing:
+                # Some containers/backends report 0 or repeat a time; once seen, the rest
+                # of the pass is timed by count so time cannot jump back.
+                log.info("%s: media time unusable at frame %d; using fps", self.path, n_pass)
+                index_timing = True
+            t_ms = (last_t + self.period_ms if n_pass else 0.0) if index_timing else pos
+            last_t = t_ms
+            self.frames_read += 1
+            yield Frame(
+                t_ns=round((offset_ms + t_ms) * 1e6),
+                image=_resize(image, self.resize),
+                index=index,
+                name=f"{self.path.name}#{n_pass}",
+            )
+            index += 1
+            n_pass += 1
+        return index, n_pass, last_t
+
+    def _next_image(self) -> tuple[bool, np.ndarray | None]:
+        """The frame decoded at open (to refuse a file without one) is delivered first, so
+        opening costs the caller no frame."""
+        if self._pending is not None:
+            ok, image = True, self._pending
+            self._pending = None
+            return ok, image
+        return self._cap.read()
+
+    def _end_pass(self, n_pass: int) -> None:
+        """Count a finished pass; one shorter than the container claims is most likely a
+        truncated file, which the run should say since it then sees fewer frames."""
+        self.passes += 1
+        if self.expected_frames is not None and n_pass < self.expected_frames:
+            log.warning(
+                "%s: ended after %d of %d frames (truncated?)",
+                self.path,
+                n_pass,
+                self.expected_frames,
+            )
 
 
 # --- recorded sessions ---------------------------------------------------------------------

@@ -22,9 +22,9 @@ Choices:
   odd pixel at the end, as ONNX's SAME_UPPER does; explicit pads make that visible).
 - PRELU with per-channel slopes is written as alpha*y + (1-alpha)*relu(y) with 1x1 depthwise
   convolutions (`prelu="decompose"`, the default): onnxruntime's own PRelu kernel made the
-  mesh network 1.4-2.5x slower (see `_Emitter._prelu`); `prelu="op"` emits ONNX PRelu and
-  Pad, the literal translation kept as the reference. Both match LiteRT: max 2.6e-4 of the
-  256 px input scale on 99 real face crops.
+  mesh network 1.4-2.5x slower (see `_Emitter._prelu_decomposed`); `prelu="op"` emits ONNX
+  PRelu and Pad, the literal translation kept as the reference. Both match LiteRT: max
+  2.6e-4 of the 256 px input scale on 99 real face crops.
 - The default form is built for onnxruntime's blocked (NCHWc) convolutions on one thread,
   where every extra pass over a tensor and every node costs: the Relu of a PReLU fuses into
   its scaling conv (values stored negated on a channel where that needs it, the sign moved
@@ -56,8 +56,8 @@ from gazeloop.fastpath.tflite_reader import (
 
 BUILDER_VERSION = "gazeloop.fastpath.tflite_onnx/5"
 
-# How PRELU is written: "decompose" (fast in onnxruntime, see _Emitter._prelu) or "op"
-# (ONNX PRelu, the literal translation; kept to check the decomposition against).
+# How PRELU is written: "decompose" (fast in onnxruntime, see _Emitter._prelu_decomposed) or
+# "op" (ONNX PRelu, the literal translation; kept to check the decomposition against).
 PRELU_FORMS = ("decompose", "op")
 # PReLUs with at most this many channels, between a conv and a depthwise conv, are folded
 # into those convs (`find_crelu_chains`). 8: the mesh network's 128x128 stage, where the
@@ -250,16 +250,7 @@ class _Emitter:
         g = self.g
         kind = op.op
         if kind == "DEQUANTIZE":
-            src = op.inputs[0]
-            if src in self.consts:
-                return  # folded in __init__
-            x = self.value(src, self.out_layout(src))
-            self.node(
-                "Cast",
-                [x],
-                [self.define(op.outputs[0], self.out_layout(src))],
-                to=TensorProto.FLOAT,
-            )
+            self._dequantize(op)
             return
         if all(t in self.consts for t in op.inputs if t >= 0):
             raise UnsupportedTFLiteError(
@@ -272,47 +263,85 @@ class _Emitter:
         elif kind in ("MAX_POOL_2D", "AVERAGE_POOL_2D"):
             self._pool(op)
         elif kind in ("ADD", "MUL", "SUB"):
-            layout = self.out_layout(op.outputs[0])
-            a, b = (self.value(t, layout) for t in op.inputs[:2])
-            out = self.define(op.outputs[0], layout)
-            self.node({"ADD": "Add", "MUL": "Mul", "SUB": "Sub"}[kind], [a, b], [out])
-            self.activation(op, out, layout)
-            self._carry_sign(op)
+            self._binary(op)
         elif kind in ("RELU", "RELU6", "LOGISTIC", "TANH"):
-            src = op.inputs[0]
-            layout = self.values[src][1] if src in self.values else self.out_layout(src)
-            x = self.value(src, layout)
-            out = self.define(op.outputs[0], layout)
-            if kind == "RELU6":
-                a = self.init(f"{out}/min", np.array(0.0, np.float32))
-                b = self.init(f"{out}/max", np.array(6.0, np.float32))
-                self.node("Clip", [x, a, b], [out])
-            else:
-                self.node({"RELU": "Relu", "LOGISTIC": "Sigmoid", "TANH": "Tanh"}[kind], [x], [out])
+            self._unary(op)
         elif kind == "PRELU":
             self._prelu(op)
         elif kind == "PAD":
             self._pad(op)
         elif kind == "RESHAPE":
-            x = self.value(op.inputs[0], "plain")
-            shape = np.array(g.tensors[op.outputs[0]].shape, np.int64)
-            s = self.init(f"{g.tensors[op.outputs[0]].name}/shape", shape)
-            self.node("Reshape", [x, s], [self.define(op.outputs[0], "plain")])
+            self._reshape(op)
         elif kind == "CONCATENATION":
-            t_out = op.outputs[0]
-            rank = self.rank(t_out)
-            axis = op.options.get("axis", 0) % rank
-            layout = self.out_layout(t_out)
-            if layout == "nchw":
-                axis = _NHWC_TO_NCHW.index(axis)
-            xs = [self.value(t, layout) for t in op.inputs]
-            out = self.define(t_out, layout)
-            self.node("Concat", xs, [out], axis=axis)
-            self.activation(op, out, layout)
+            self._concat(op)
         else:
             raise UnsupportedTFLiteError(
                 f"{g.path}: operator {op.index} {kind} is not supported by the ONNX rebuild"
             )
+
+    def _dequantize(self, op) -> None:
+        """Stored float16 weights were already folded to float32 constants (`__init__`);
+        only a DEQUANTIZE of an activation is left, a Cast in the layout it already has."""
+        src = op.inputs[0]
+        if src in self.consts:
+            return  # folded in __init__
+        x = self.value(src, self.out_layout(src))
+        self.node(
+            "Cast",
+            [x],
+            [self.define(op.outputs[0], self.out_layout(src))],
+            to=TensorProto.FLOAT,
+        )
+
+    def _binary(self, op) -> None:
+        """ADD, MUL, SUB take both operands in the output's layout (a constant operand is
+        permuted at build time, not by a Transpose); an ADD of a PReLU's signed output
+        passes the sign on (`_carry_sign`)."""
+        kind = op.op
+        layout = self.out_layout(op.outputs[0])
+        a, b = (self.value(t, layout) for t in op.inputs[:2])
+        out = self.define(op.outputs[0], layout)
+        self.node({"ADD": "Add", "MUL": "Mul", "SUB": "Sub"}[kind], [a, b], [out])
+        self.activation(op, out, layout)
+        self._carry_sign(op)
+
+    def _unary(self, op) -> None:
+        """RELU, RELU6, LOGISTIC and TANH work element by element, so they run in whatever
+        layout their input already has: no Transpose is ever added for them."""
+        kind = op.op
+        src = op.inputs[0]
+        layout = self.values[src][1] if src in self.values else self.out_layout(src)
+        x = self.value(src, layout)
+        out = self.define(op.outputs[0], layout)
+        if kind == "RELU6":
+            a = self.init(f"{out}/min", np.array(0.0, np.float32))
+            b = self.init(f"{out}/max", np.array(6.0, np.float32))
+            self.node("Clip", [x, a, b], [out])
+        else:
+            self.node({"RELU": "Relu", "LOGISTIC": "Sigmoid", "TANH": "Tanh"}[kind], [x], [out])
+
+    def _reshape(self, op) -> None:
+        """RESHAPE flattens in TFLite's (NHWC) element order, so it reads the plain layout;
+        the target is the output shape the file declares (static in these models)."""
+        g = self.g
+        x = self.value(op.inputs[0], "plain")
+        shape = np.array(g.tensors[op.outputs[0]].shape, np.int64)
+        s = self.init(f"{g.tensors[op.outputs[0]].name}/shape", shape)
+        self.node("Reshape", [x, s], [self.define(op.outputs[0], "plain")])
+
+    def _concat(self, op) -> None:
+        """CONCATENATION's axis counts in NHWC; a 4-D output is kept NCHW, so the axis is
+        renumbered rather than the operands transposed."""
+        t_out = op.outputs[0]
+        rank = self.rank(t_out)
+        axis = op.options.get("axis", 0) % rank
+        layout = self.out_layout(t_out)
+        if layout == "nchw":
+            axis = _NHWC_TO_NCHW.index(axis)
+        xs = [self.value(t, layout) for t in op.inputs]
+        out = self.define(t_out, layout)
+        self.node("Concat", xs, [out], axis=axis)
+        self.activation(op, out, layout)
 
     def _conv(self, op) -> None:
         g = self.g
@@ -439,6 +468,8 @@ class _Emitter:
         self.activation(op, out, "nchw")
 
     def _prelu(self, op) -> None:
+        """ONNX PRelu for the literal form and for shared or non-4-D slopes; per-channel
+        slopes in the default form are decomposed (`_prelu_decomposed`)."""
         layout = self.out_layout(op.outputs[0])
         x = self.value(op.inputs[0], layout)
         alpha = self.const(op.inputs[1])
@@ -453,19 +484,24 @@ class _Emitter:
             a = self.value(op.inputs[1], layout)
             self.node("PRelu", [x, a], [self.define(op.outputs[0], layout)])
             return
-        # onnxruntime's PRelu is a generic broadcast kernel, and every tensor around it is
-        # reordered out of and back into the blocked (NCHWc) layout its convolutions use: in
-        # the mesh network that was ~70 % of the run time (profiled, one thread). The same
-        # function written as
-        #   alpha * y + (1 - alpha) * relu(y)
-        # with the two per-channel scales as 1x1 depthwise convolutions stays blocked (the
-        # network runs 1.4-2.5x faster depending on the onnxruntime release) and equals PRelu
-        # up to float rounding. With b = 1 - alpha >= 0, b * relu(y) = relu(b * y) exactly,
-        # so the Relu fuses into the scaling conv: two passes over y instead of three. With
-        # b < 0 on some channel that holds only up to a sign there (b * relu(y) =
-        # b * y - relu(b * y)), so the output is written negated on those channels when
-        # every reader is a convolution that can take the sign into its weights
-        # (`self.sign`); otherwise the Relu stays a node of its own.
+        self._prelu_decomposed(op, x, alpha, channels)
+
+    def _prelu_decomposed(self, op, x: str, alpha: np.ndarray, channels: int) -> None:
+        """PReLU of the NCHW value `x` with per-channel slopes, as two 1x1 depthwise convs.
+
+        onnxruntime's PRelu is a generic broadcast kernel, and every tensor around it is
+        reordered out of and back into the blocked (NCHWc) layout its convolutions use: in
+        the mesh network that was ~70 % of the run time (profiled, one thread). The same
+        function written as
+          alpha * y + (1 - alpha) * relu(y)
+        with the two per-channel scales as 1x1 depthwise convolutions stays blocked (the
+        network runs 1.4-2.5x faster depending on the onnxruntime release) and equals PRelu
+        up to float rounding. With b = 1 - alpha >= 0, b * relu(y) = relu(b * y) exactly,
+        so the Relu fuses into the scaling conv: two passes over y instead of three. With
+        b < 0 on some channel that holds only up to a sign there (b * relu(y) =
+        b * y - relu(b * y)), so the output is written negated on those channels when
+        every reader is a convolution that can take the sign into its weights
+        (`self.sign`); otherwise the Relu stays a node of its own."""
         a = alpha.astype(np.float32).reshape(-1)
         b = (1.0 - a).astype(np.float32)
         # The input may itself be stored negated on some channels (y = sign_in * y'):
@@ -494,7 +530,7 @@ class _Emitter:
             relu = self.unique(f"{base}/relu")
             self.node("Relu", [x], [relu])
             self.node("Conv", [relu, w_pos, zero], [pos], group=channels, kernel_shape=[1, 1])
-        self.node("Add", [pos, lin], [self.define(op.outputs[0], layout)])
+        self.node("Add", [pos, lin], [self.define(op.outputs[0], "nchw")])
 
     def _carry_sign(self, op) -> None:
         """A residual ADD of a signed tensor and a convolution scaled to match carries the

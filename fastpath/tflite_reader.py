@@ -288,6 +288,87 @@ def _options(buf: _Buf, op_table: int, op: str) -> dict:
     return out
 
 
+def _opcodes(buf: _Buf, model: int) -> list[str]:
+    """Operator names by opcode index. The larger of the two code fields counts: old files
+    keep the code in the deprecated byte, new ones past 127 only in the int."""
+    codes = []
+    for oc in buf.tables(model, 1):
+        dep = buf.get(oc, 0, "<b", 0)
+        code = max(int(dep), int(buf.get(oc, 3, "<i", 0)))
+        if code == 32:
+            codes.append("CUSTOM:" + buf.string(oc, 1))
+        else:
+            codes.append(BUILTIN_OPS.get(code, f"BUILTIN_{code}"))
+    return codes
+
+
+def _metadata(buf: _Buf, model: int, buffers: list[int]) -> dict[str, bytes]:
+    """Named metadata buffers: TFLITE_METADATA holds the input normalisation
+    (`input_normalization`). A name pointing at no buffer is left out."""
+    metadata = {}
+    for md in buf.tables(model, 6):
+        name = buf.string(md, 0)
+        bi = buf.get(md, 1, "<I", 0)
+        if 0 < bi < len(buffers):
+            start, n = buf.bytes_vector(buffers[bi], 0)
+            metadata[name] = bytes(buf.data[start : start + n])
+    return metadata
+
+
+def _tensors(buf: _Buf, sg: int, buffers: list[int]) -> list[Tensor]:
+    """The subgraph's tensors with their constant payloads decoded; a type we cannot map to
+    numpy fails here, naming the tensor, rather than later as a wrong value."""
+    tensors = []
+    for i, tt in enumerate(buf.tables(sg, 0)):
+        type_code = buf.get(tt, 1, "<b", 0)
+        if type_code not in TENSOR_TYPES:
+            raise TFLiteFormatError(f"{buf.path}: tensor {i} has unsupported type {type_code}")
+        quant = buf.table(tt, 4)
+        quantized = bool(quant is not None and buf.vector(quant, 2)[1])  # scale present
+        t = Tensor(
+            index=i,
+            name=buf.string(tt, 3),
+            shape=tuple(int(v) for v in buf.array(tt, 0, "<i4")),
+            dtype=TENSOR_TYPES[type_code],
+            buffer=int(buf.get(tt, 2, "<I", 0)),
+            quantized=quantized,
+        )
+        need = int(np.prod(t.shape, dtype=np.int64)) * t.dtype.itemsize
+        t.value = _tensor_value(buf, buffers, t, need)
+        tensors.append(t)
+    return tensors
+
+
+def _operators(buf: _Buf, sg: int, codes: list[str]) -> list[Operator]:
+    """The subgraph's operators in execution order, named through the opcode table."""
+    operators = []
+    for i, ot in enumerate(buf.tables(sg, 3)):
+        ci = buf.get(ot, 0, "<I", 0)
+        if ci >= len(codes):
+            raise TFLiteFormatError(f"{buf.path}: operator {i} has opcode index {ci}")
+        op = codes[ci]
+        operators.append(
+            Operator(
+                index=i,
+                op=op,
+                inputs=tuple(int(v) for v in buf.array(ot, 1, "<i4")),
+                outputs=tuple(int(v) for v in buf.array(ot, 2, "<i4")),
+                options=_options(buf, ot, op),
+            )
+        )
+    return operators
+
+
+def _check_tensor_refs(path: Path, tensors: list[Tensor], operators: list[Operator]) -> None:
+    """An operator naming a tensor past the end would otherwise surface as an IndexError
+    deep in the emitter, far from the file that caused it."""
+    n = len(tensors)
+    for o in operators:
+        for t in (*o.inputs, *o.outputs):
+            if t >= n:
+                raise TFLiteFormatError(f"{path}: operator {o.index} refers to tensor {t}")
+
+
 def parse_tflite(data: bytes, path: str | Path = "<bytes>") -> TFLiteGraph:
     """Parse a TFLite model held in memory (subgraph 0; the only one our models have)."""
     path = Path(path)
@@ -297,71 +378,21 @@ def parse_tflite(data: bytes, path: str | Path = "<bytes>") -> TFLiteGraph:
     try:
         model = buf.root()
         version = buf.get(model, 0, "<I", 0)
-        codes = []
-        for oc in buf.tables(model, 1):
-            dep = buf.get(oc, 0, "<b", 0)
-            code = max(int(dep), int(buf.get(oc, 3, "<i", 0)))
-            if code == 32:
-                codes.append("CUSTOM:" + buf.string(oc, 1))
-            else:
-                codes.append(BUILTIN_OPS.get(code, f"BUILTIN_{code}"))
+        codes = _opcodes(buf, model)
         subgraphs = buf.tables(model, 2)
         if not subgraphs:
             raise TFLiteFormatError(f"{path}: the model has no subgraph")
         description = buf.string(model, 3)
         buffers = buf.tables(model, 4)
-        metadata = {}
-        for md in buf.tables(model, 6):
-            name = buf.string(md, 0)
-            bi = buf.get(md, 1, "<I", 0)
-            if 0 < bi < len(buffers):
-                start, n = buf.bytes_vector(buffers[bi], 0)
-                metadata[name] = bytes(data[start : start + n])
-
+        metadata = _metadata(buf, model, buffers)
         sg = subgraphs[0]
-        tensors = []
-        for i, tt in enumerate(buf.tables(sg, 0)):
-            type_code = buf.get(tt, 1, "<b", 0)
-            if type_code not in TENSOR_TYPES:
-                raise TFLiteFormatError(f"{path}: tensor {i} has unsupported type {type_code}")
-            quant = buf.table(tt, 4)
-            quantized = bool(quant is not None and buf.vector(quant, 2)[1])  # scale present
-            t = Tensor(
-                index=i,
-                name=buf.string(tt, 3),
-                shape=tuple(int(v) for v in buf.array(tt, 0, "<i4")),
-                dtype=TENSOR_TYPES[type_code],
-                buffer=int(buf.get(tt, 2, "<I", 0)),
-                quantized=quantized,
-            )
-            need = int(np.prod(t.shape, dtype=np.int64)) * t.dtype.itemsize
-            t.value = _tensor_value(buf, buffers, t, need)
-            tensors.append(t)
-
-        operators = []
-        for i, ot in enumerate(buf.tables(sg, 3)):
-            ci = buf.get(ot, 0, "<I", 0)
-            if ci >= len(codes):
-                raise TFLiteFormatError(f"{path}: operator {i} has opcode index {ci}")
-            op = codes[ci]
-            operators.append(
-                Operator(
-                    index=i,
-                    op=op,
-                    inputs=tuple(int(v) for v in buf.array(ot, 1, "<i4")),
-                    outputs=tuple(int(v) for v in buf.array(ot, 2, "<i4")),
-                    options=_options(buf, ot, op),
-                )
-            )
+        tensors = _tensors(buf, sg, buffers)
+        operators = _operators(buf, sg, codes)
         inputs = tuple(int(v) for v in buf.array(sg, 1, "<i4"))
         outputs = tuple(int(v) for v in buf.array(sg, 2, "<i4"))
     except (struct.error, IndexError, UnicodeDecodeError) as e:
         raise TFLiteFormatError(f"{path}: malformed TFLite flatbuffer ({e})") from e
-    n = len(tensors)
-    for o in operators:
-        for t in (*o.inputs, *o.outputs):
-            if t >= n:
-                raise TFLiteFormatError(f"{path}: operator {o.index} refers to tensor {t}")
+    _check_tensor_refs(path, tensors, operators)
     return TFLiteGraph(path, description, version, tensors, operators, inputs, outputs, metadata)
 
 

@@ -273,14 +273,7 @@ def load_data(
     and closed at the end. A caller's `preprocessor` (a running FastPath, or a stand-in in
     tests) is used as is and left open; `fastpath_config` must then describe it, since it
     keys the cache (None for a stand-in)."""
-    if preprocessor is not None:
-        pre = LazyFastPath(lambda: preprocessor, fastpath_config, owned=False)
-    else:
-        if fastpath_config is None:
-            from gazeloop.fastpath.pipeline import FastPathConfig
-
-            fastpath_config = FastPathConfig()
-        pre = LazyFastPath(_default_fastpath(fastpath_config), fastpath_config)
+    pre = _lazy_preprocessor(preprocessor, fastpath_config)
     parts: list[Samples] = []
     skipped: list[Skipped] = []
     units: list[UnitReport] = []
@@ -299,29 +292,14 @@ def load_data(
                 t0 = time.monotonic()
                 part, unit_skipped, report = _read_unit(reader, unit, pre, cache_dir)
                 if progress is not None:
-                    how = "cache" if report.cached else "preprocessed"
-                    progress(
-                        f"data: unit {len(units) + 1} done, {report.unit}: {report.samples} "
-                        f"samples ({how}, {time.monotonic() - t0:.1f} s)"
-                    )
+                    progress(_progress_line(len(units) + 1, report, t0))
                 skipped.extend(unit_skipped)
                 units.append(report)
                 if not len(part):
                     continue
                 report.targets = _screen_targets(part)
                 part.weight = (part.weight * np.float32(src.weight)).astype(np.float32)
-                # Targets are ids within a unit and person; make them unique overall.
-                keys = list(zip(part.person.tolist(), part.target.tolist(), strict=True))
-                ids: dict[tuple[str, int], int] = {}
-                new = np.empty(len(part), np.int64)
-                for i, (person, t) in enumerate(keys):
-                    if t < 0:  # no target: every frame its own group
-                        new[i] = next_target + len(ids)
-                        ids[(person, -1 - i)] = new[i]
-                    else:
-                        new[i] = ids.setdefault((person, t), next_target + len(ids))
-                next_target += len(ids)
-                part.target = new
+                next_target += _renumber_targets(part, next_target)
                 parts.append(part)
     finally:
         pre.close()
@@ -329,6 +307,45 @@ def load_data(
     for s in excluded:
         log.warning("excluded person %s", s)
     return GazeData(samples=samples, skipped=skipped, excluded=excluded, units=units)
+
+
+def _lazy_preprocessor(preprocessor: Preprocessor | None, fastpath_config: Any) -> LazyFastPath:
+    """The preprocessor, created on first use so a load whose every unit is cached never
+    starts the fast path; a caller's own is used as is and left open."""
+    if preprocessor is not None:
+        return LazyFastPath(lambda: preprocessor, fastpath_config, owned=False)
+    if fastpath_config is None:
+        from gazeloop.fastpath.pipeline import FastPathConfig
+
+        fastpath_config = FastPathConfig()
+    return LazyFastPath(_default_fastpath(fastpath_config), fastpath_config)
+
+
+def _progress_line(n: int, report: UnitReport, t0: float) -> str:
+    """What `progress` is told about the n-th unit done: a long load shows it is moving,
+    and which units came from the cache."""
+    how = "cache" if report.cached else "preprocessed"
+    return (
+        f"data: unit {n} done, {report.unit}: {report.samples} "
+        f"samples ({how}, {time.monotonic() - t0:.1f} s)"
+    )
+
+
+def _renumber_targets(part: Samples, next_target: int) -> int:
+    """Give `part`'s targets ids from `next_target` on and return how many it used: a
+    target id means something only within a unit and person, and training groups frames by
+    it across all units."""
+    keys = list(zip(part.person.tolist(), part.target.tolist(), strict=True))
+    ids: dict[tuple[str, int], int] = {}
+    new = np.empty(len(part), np.int64)
+    for i, (person, t) in enumerate(keys):
+        if t < 0:  # no target: every frame its own group
+            new[i] = next_target + len(ids)
+            ids[(person, -1 - i)] = new[i]
+        else:
+            new[i] = ids.setdefault((person, t), next_target + len(ids))
+    part.target = new
+    return len(ids)
 
 
 def _screen_targets(part: Samples) -> int:

@@ -282,6 +282,31 @@ def export_onnx(
     when onnxruntime and PyTorch differ by more than `tol`.
     """
     out_path = Path(out_path)
+    draft = _draft_card(model, card, opset)  # bad card input fails before the slow export
+    cpu_model = _cpu_copy(model)
+    metadata = _onnx_metadata(draft)
+    proto = _finalise(_torch_to_onnx(cpu_model.eval(), opset), metadata)
+    data = proto.SerializeToString()  # one blob: never an external-data side file
+
+    err = parity_error(cpu_model, data)
+    log.info("export parity %s: max |ort - torch| = %.3g", draft.model_id, err)
+    if not err <= tol:
+        raise ExportParityError(err, tol)
+
+    final = draft.model_copy(
+        update={
+            "parity_max_error": err,
+            "onnx_sha256": hashlib.sha256(data).hexdigest(),
+            "onnx_bytes": len(data),
+        }
+    )
+    _write_model_and_card(out_path, data, final)
+    return out_path
+
+
+def _draft_card(model: GazeNet, card: dict[str, Any], opset: int) -> ModelCard:
+    """Everything the card can say before the export, so the export only adds what it
+    measures (parity error, hash, size)."""
     fields = dict(card)
     inputs, outputs = _io_specs(model.embedding_dim)
     fields.setdefault("created", datetime.now(UTC))
@@ -298,14 +323,23 @@ def export_onnx(
         io_convention=OMZ_IO_CONVENTION,
         builder=EXPORT_BUILDER,
     )
-    draft = ModelCard.model_validate(fields)  # bad card input fails before the slow export
+    return ModelCard.model_validate(fields)
 
-    # A float32 CPU copy: the caller's model stays where it trains (e.g. bf16 on CUDA).
+
+def _cpu_copy(model: GazeNet) -> GazeNet:
+    """A float32 CPU copy to export and check: the caller's model stays where it trains
+    (e.g. bf16 on CUDA)."""
     cpu_model = GazeNet(model.spec)
     cpu_model.load_state_dict(
         {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
     )
-    metadata = {
+    return cpu_model
+
+
+def _onnx_metadata(draft: ModelCard) -> dict[str, str]:
+    """What the ONNX file says about itself, so the fast path can check a model without its
+    card (the io convention above all)."""
+    return {
         "gazeloop.model_id": draft.model_id,
         "gazeloop.io_convention": OMZ_IO_CONVENTION,
         "gazeloop.builder": EXPORT_BUILDER,
@@ -314,27 +348,15 @@ def export_onnx(
         "gazeloop.preprocessing": draft.preprocessing.version,
         "gazeloop.parent_model_id": draft.parent_model_id or "",
     }
-    proto = _finalise(_torch_to_onnx(cpu_model.eval(), opset), metadata)
-    data = proto.SerializeToString()  # one blob: never an external-data side file
 
-    err = parity_error(cpu_model, data)
-    log.info("export parity %s: max |ort - torch| = %.3g", draft.model_id, err)
-    if not err <= tol:
-        raise ExportParityError(err, tol)
 
-    final = draft.model_copy(
-        update={
-            "parity_max_error": err,
-            "onnx_sha256": hashlib.sha256(data).hexdigest(),
-            "onnx_bytes": len(data),
-        }
-    )
+def _write_model_and_card(out_path: Path, data: bytes, final: ModelCard) -> None:
+    """Card after model, each written atomically: a card present means its model is
+    complete (its hash says which)."""
     out_path.parent.mkdir(parents=True, exist_ok=True)
     card_path = card_path_for(out_path)
-    # Card after model: a card present means its model is complete (its hash says which).
     atomic_write_bytes(out_path, data)
     atomic_write_bytes(card_path, final.model_dump_json(indent=2).encode())
-    return out_path
 
 
 def read_card(path: str | Path) -> ModelCard:
