@@ -112,7 +112,7 @@ def _own_filter(given: Filter | str | None, cfg: FastPathConfig) -> Filter:
         return make_filter(cfg.filter, **cfg.filter_kwargs())
     if isinstance(given, str):
         return make_filter(given, **FILTER_DEFAULTS.get(given, {}))
-    if not isinstance(given, Filter):
+    if isinstance(given, type) or not isinstance(given, Filter):  # a class is not a filter yet
         raise TypeError(
             f"filter: {type(given).__name__} is not a Filter "
             "(it needs __call__(t_ns, x), reset() and hold())"
@@ -126,7 +126,8 @@ class FastPath:
     `mapper`, when set, turns a sample (its unfiltered features) into a normalised screen
     point: the calibration profile plus drift offset. The filter then smooths that point.
     `on_sample` receives every sample (e.g. to append it to the history buffer).
-    `filter`: a `Filter` object or a filter's name instead of the config's filter.
+    `filter`: a `Filter` object or a filter's name instead of the config's filter (`cfg`
+    still names the config's; `self.filter` is the one that runs).
     Model files are resolved and loaded here, so a missing or corrupt file fails before the
     first frame.
     """

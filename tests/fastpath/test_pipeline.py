@@ -454,3 +454,7 @@ def test_something_that_is_not_a_filter_is_refused_before_the_models_load(tmp_pa
     cfg = FastPathConfig(face_model=tmp_path / "absent.task")  # would fail on loading
     with pytest.raises(TypeError, match="filter: int is not a Filter"):
         FastPath(cfg, filter=3)
+    from gazeloop.fastpath.filters import OneEuroFilter
+
+    with pytest.raises(TypeError, match="filter: type is not a Filter"):  # the class, not one
+        FastPath(cfg, filter=OneEuroFilter)

@@ -126,7 +126,12 @@ def read_config_file(path: str | Path, name: str, fields: str) -> dict:
 
 def run_config(args: argparse.Namespace) -> RunConfig:
     """The `--config` file (if any: sectioned, or flat fast-path settings; see
-    `tools.runtime.run_config`) with the fast-path flags that were given over it."""
+    `tools.runtime.run_config`) with the fast-path flags that were given over it. Read once
+    per command: what it runs with and the config.json it writes at the end are the same
+    settings, even if the file changes meanwhile."""
+    cached = getattr(args, "_run_config", None)
+    if cached is not None:
+        return cached
     doc: dict = {}
     if getattr(args, "config", None):
         doc = read_config_file(args.config, "config", "settings")
@@ -144,6 +149,7 @@ def run_config(args: argparse.Namespace) -> RunConfig:
         resolve_providers(cfg.fastpath.ep)
     except ProviderError as e:
         raise UserError(f"{'--ep' if getattr(args, 'ep', None) else args.config}: {e}") from None
+    args._run_config = cfg
     return cfg
 
 

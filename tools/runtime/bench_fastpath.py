@@ -82,7 +82,11 @@ def _oracle_worker(cfg, oracle: str | None, oracle_in: str):
     from gazeloop.oracle.worker import OracleWorker
 
     busy = _busy_oracle(str(resolve_gaze_onnx(cfg.gaze_model)), oracle_in)
-    return busy, OracleWorker(busy, timeout_s=None, max_age_s=None)
+    try:
+        return busy, OracleWorker(busy, timeout_s=None, max_age_s=None)
+    except BaseException:
+        busy.close()  # its child would otherwise outlive the failed start
+        raise
 
 
 def _stream_options(source: str) -> dict:

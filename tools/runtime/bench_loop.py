@@ -526,7 +526,7 @@ def bench_transfer(
     s0, r = runs[0].summary, ev.report
     return {
         "mode": "calibrate-on-other",
-        "oracle": _real_oracle_note(opts),
+        "oracle": _transfer_oracle_note(opts),
         "labels_fed": len(runs[0].err_px),
         "calibrated_on": str(prev.session.folder),
         "calibration": _calibration_note(prev, pooled),
@@ -562,9 +562,9 @@ _TRANSFER_ERRORS_NOTE = (
 )
 
 
-def _real_oracle_note(opts: LoopBenchOptions) -> str:
-    """Between sittings the clicks are the recorded ones, not a replay: they get their own
-    note, and the simulated oracle keeps its."""
+def _transfer_oracle_note(opts: LoopBenchOptions) -> str:
+    """The oracle note of a transfer run: the simulated oracle's, or, with clicks between
+    sittings, the note that says they are the recorded ones, not a replay."""
     return ORACLE_NOTE if opts.oracle == "simulated" else REAL_CLICKS_NOTE
 
 
@@ -881,7 +881,7 @@ def bench_sittings(folder: Path, cfg: FastPathConfig, opts: LoopBenchOptions) ->
         "mode": "sittings",
         "folder": str(folder),
         "start": START_NOTE[opts.start],
-        "oracle": _real_oracle_note(opts),
+        "oracle": _transfer_oracle_note(opts),
         "summary": gap_summary(rows),
         "pairs": rows,
         "skipped": skipped,

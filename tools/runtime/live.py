@@ -136,6 +136,8 @@ class Live:
         uplink=None,
         store_queue: int = STORE_QUEUE,
     ):
+        if loop_cfg is not None and loop_factory is not None:
+            raise ValueError("give loop_cfg or loop_factory, not both: the factory makes the loop")
         if publisher is not None and clock is None:
             # Frame times mean different things per source; guessing is how 2081 happened.
             raise ValueError("a gaze publisher needs the source's clock (mqtt.timebase)")
@@ -154,8 +156,6 @@ class Live:
         # A hook that decorates snapshots (e.g. with the frame's known target) or vetoes
         # them by returning None.
         self.snapshot_hook = snapshot_hook
-        if loop_cfg is not None and loop_factory is not None:
-            raise ValueError("give loop_cfg or loop_factory, not both: the factory makes the loop")
         self._loop_factory = loop_factory or self._default_loop
         self._init_loop(mapper, loop_cfg)
         self._init_oracle(oracle, oracle_timeout_s)

@@ -107,16 +107,19 @@ class RunConfig(BaseModel):
                 'settings under "fastpath" (or give only fast-path settings, unsectioned)'
             )
         data = dict(doc) if sections else {"fastpath": dict(doc)}
-        base = data.get("fastpath")
-        if fastpath and (base is None or isinstance(base, dict)):  # else validation says so
-            data["fastpath"] = {**(base or {}), **fastpath}
+        base = data.get("fastpath", {})
+        if fastpath and isinstance(base, dict):  # else validation says what it is instead
+            data["fastpath"] = {**base, **fastpath}
         try:
             return cls.model_validate(data)
         except ValidationError as e:
             problem = first_problem(e)
-            if not sections:  # the file named no section: name its field as it wrote it
-                problem = problem.removeprefix("fastpath.")
-            raise ValueError(f"{where}: invalid setting: {problem}") from None
+            if sections:
+                raise ValueError(f"{where}: invalid setting: {problem}") from None
+            # The file named no section: say its fields as it wrote them.
+            for prefix in ("fastpath.", "fastpath: "):
+                problem = problem.removeprefix(prefix)
+            raise ValueError(f"{where}: invalid fast-path setting: {problem}") from None
 
     def write(self, folder: str | Path) -> Path:
         """`config.json` in `folder`, written atomically: the settings this output was made

@@ -407,5 +407,7 @@ def test_the_loop_is_made_by_the_factory_given_and_with_the_settings_given():
     assert live.loop.cfg.huber_k == 3.0
     assert live.loop.cfg.aspect == pytest.approx(SCREEN[0] / SCREEN[1])
     live.close()
+    fp = FakeFastPath()
     with pytest.raises(ValueError, match="not both"):
-        Live(FakeFastPath(), loop_cfg=cfg, loop_factory=factory)
+        Live(fp, mapper=mapper(), loop_cfg=cfg, loop_factory=factory)
+    assert fp.mapper is None  # refused before it touched the fast path

@@ -48,14 +48,21 @@ def test_sections_reach_their_parts_and_the_flags_win_over_the_file():
         ({"oracle": {"timeout_s": -1}}, "oracle.timeout_s: Input should be greater than 0"),
         ({"fastpath": {"threads": 0}}, "f.json: invalid setting: fastpath.threads"),
         ({"fastpath": 3}, "fastpath: Input should be a valid dictionary"),
-        # A flat file's field is named as the file wrote it.
-        ({"threads": 0}, "f.json: invalid setting: threads: Input should be greater"),
+        ({"fastpath": None}, "fastpath: Input should be a valid dictionary"),
+        # A flat file's field is named as the file wrote it, a model validator's too.
+        ({"threads": 0}, "f.json: invalid fast-path setting: threads: Input should be greater"),
+        (
+            {"filter_params": {"min_cutoff": -1}},
+            "f.json: invalid fast-path setting: min_cutoff must be > 0 Hz, got -1",
+        ),
         ({"loop": {}, "filter": "kalman"}, "'filter' beside the sections loop"),
     ],
 )
 def test_a_bad_setting_is_one_line_naming_the_file_and_field(doc, says):
+    # Flags beside a fast-path section that is not an object must not paper over it.
+    flags = {"threads": 1} if not isinstance(doc.get("fastpath", {}), dict) else None
     with pytest.raises(ValueError) as e:
-        RunConfig.from_doc(doc, "f.json", {"threads": 1} if doc.get("fastpath") == 3 else None)
+        RunConfig.from_doc(doc, "f.json", flags)
     text = str(e.value)
     assert says in text and "\n" not in text, text
 
