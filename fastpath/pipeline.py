@@ -39,6 +39,12 @@ STAGES = ("landmarks", "features", "gaze_model", "mapping", "filter")
 FILTER_DEFAULTS: dict[str, dict[str, float]] = {"one_euro": {"min_cutoff": 0.5, "beta": 1.0}}
 
 
+def default_filter_params(name: str) -> dict[str, float]:
+    """A filter's parameters when none are given: the fast path's tuning, else the filter's
+    own defaults."""
+    return dict(FILTER_DEFAULTS.get(name, {}))
+
+
 MAX_THREADS = 128  # onnxruntime intra-op threads: more than any machine this runs on has cores
 _FAILURES_SAID = 16  # distinct frame failures warned about, per fast path
 
@@ -93,7 +99,7 @@ class FastPathConfig(BaseModel):
         filter's: `--filter none` takes none)."""
         if self.filter_params is not None:
             return dict(self.filter_params)
-        return dict(FILTER_DEFAULTS.get(self.filter, {}))
+        return default_filter_params(self.filter)
 
 
 def _camera_matrix(cfg: FastPathConfig, size: tuple[int, int]) -> np.ndarray | None:
@@ -111,7 +117,7 @@ def _own_filter(given: Filter | str | None, cfg: FastPathConfig) -> Filter:
     if given is None:
         return make_filter(cfg.filter, **cfg.filter_kwargs())
     if isinstance(given, str):
-        return make_filter(given, **FILTER_DEFAULTS.get(given, {}))
+        return make_filter(given, **default_filter_params(given))
     if isinstance(given, type) or not isinstance(given, Filter):  # a class is not a filter yet
         raise TypeError(
             f"filter: {type(given).__name__} is not a Filter "

@@ -30,6 +30,9 @@ DEFAULT_MAX_GAP_MS = 200.0
 # The verify key waits this long (stream time, from the first frame it sees) for a usable
 # frame, then gives up: a snapshot popping up many seconds later would surprise the user.
 DEFAULT_REQUEST_TIMEOUT_S = 3.0
+# An unattended snapshot at most this often, and only after a fixation this long.
+DEFAULT_MIN_INTERVAL_S = 5.0
+DEFAULT_FIXATION_MS = 150.0
 
 _MS = 1_000_000
 
@@ -48,8 +51,8 @@ class SnapshotPolicy:
 
     def __init__(
         self,
-        min_interval_s: float = 5.0,
-        fixation_ms: float = 150.0,
+        min_interval_s: float = DEFAULT_MIN_INTERVAL_S,
+        fixation_ms: float = DEFAULT_FIXATION_MS,
         max_speed: float = DEFAULT_MAX_SPEED,
         *,
         max_gap_ms: float = DEFAULT_MAX_GAP_MS,

@@ -219,7 +219,7 @@ class ModelRegistry:
         if model_id is not None:
             return model_id
         ids = self.model_ids()
-        stray = self._stray_versions()
+        stray = self.stray_versions()
         if stray and not ids:
             raise RegistryError(
                 f"{self.root / stray[0]} is a version folder at the registry's top; it goes "
@@ -232,7 +232,9 @@ class ModelRegistry:
             )
         return ids[0] if ids else None
 
-    def _stray_versions(self) -> list[str]:
+    def stray_versions(self) -> list[str]:
+        """Names at the registry's top that look like versions (`v0001`): a version folder
+        copied one level too high."""
         if not self.root.is_dir():
             return []
         return sorted(p.name for p in self.root.iterdir() if _VERSION_DIR.match(p.name))

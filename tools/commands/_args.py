@@ -157,7 +157,7 @@ def with_interval(policy: PolicySettings, seconds: float | None) -> PolicySettin
     """The policy with `--snapshot-every` over the config's interval, when it was given."""
     if seconds is None:
         return policy
-    return PolicySettings(**{**policy.model_dump(), "min_interval_s": seconds})
+    return policy.model_copy(update={"min_interval_s": seconds})
 
 
 def fastpath_config(args: argparse.Namespace) -> FastPathConfig:

@@ -120,10 +120,10 @@ def _resolved(args: argparse.Namespace) -> RunConfig:
     """The run's settings: a label every second unless the config file or the flag says
     otherwise (the demo replays 12 s of video; `gazeloop run` waits 5 s between labels)."""
     cfg = run_config(args)
-    policy = cfg.policy
-    if "min_interval_s" not in policy.model_fields_set:
-        policy = with_interval(policy, 1.0)
-    return cfg.model_copy(update={"policy": with_interval(policy, args.snapshot_every)})
+    seconds = args.snapshot_every
+    if seconds is None and "min_interval_s" not in cfg.policy.model_fields_set:
+        seconds = 1.0
+    return cfg.model_copy(update={"policy": with_interval(cfg.policy, seconds)})
 
 
 def _html(out: Path, summary: dict, ev) -> None:

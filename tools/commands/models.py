@@ -71,7 +71,7 @@ def run_list(args: argparse.Namespace) -> int:
         raise UserError(str(e)) from None
     if not entries:
         print(f"no registered models in {reg.root}")
-        stray = sorted(p.name for p in reg.root.glob("v[0-9][0-9][0-9][0-9]*") if p.is_dir())
+        stray = [n for n in reg.stray_versions() if (reg.root / n).is_dir()]
         if stray:
             print(f"  ({stray[0]} there is a version folder; it goes in a model id's folder:")
             print(f"   {reg.root}/<model-id>/{stray[0]}, the trainer's id is gazeloop-gazenet)")

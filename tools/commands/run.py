@@ -516,7 +516,7 @@ def _live(args, ls: LabelledSource, fp: FastPath, mapper, oracle, store, hook) -
         mapper=mapper,
         oracle=oracle,
         policy=with_interval(cfg.policy, args.snapshot_every).build(),
-        loop_cfg=cfg.loop_config(16 / 9),  # Live takes each profile's screen for the aspect
+        loop_cfg=cfg.loop_config(),  # Live takes each profile's screen for the aspect
         oracle_timeout_s=cfg.oracle.timeout_s,
         store=store,
         publisher=publisher,

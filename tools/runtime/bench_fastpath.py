@@ -157,7 +157,6 @@ def _oracle_report(worker, busy, oracle: str | None, oracle_in: str) -> dict | N
         return None
     m = worker.metrics()
     cpus = getattr(busy, "cpus", None)
-    worker.close()  # stopped before the report is written; closing again is harmless
     return {
         "state": oracle,
         "backend": busy.name,

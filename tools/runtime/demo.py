@@ -103,7 +103,7 @@ def demo_live(
         mapper=DriftingMapper(ProfileMapper(prof), drift_norm, onset_ns),
         oracle=TargetOracle(),
         policy=cfg.policy.build(),
-        loop_cfg=cfg.loop_config(screen.px[0] / screen.px[1]),
+        loop_cfg=cfg.loop_config(),  # Live takes the profile's screen for the aspect
         oracle_timeout_s=cfg.oracle.timeout_s,
         store=store,
         snapshot_hook=_target_hook(session, screen),

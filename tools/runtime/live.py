@@ -106,6 +106,9 @@ def from_earlier_sitting(profile, now: datetime | None = None) -> bool:
     return ((now or datetime.now(UTC)) - made).total_seconds() > SITTING_GAP_S
 
 
+# How long the oracle may take over one snapshot before its label is given up.
+ORACLE_TIMEOUT_S = 20.0
+
 # What makes the drift loop for a profile (strategies are objects: another loop, or this one
 # configured otherwise, without subclassing Live): (the run's history of screen points, the
 # profile's mapper, whether the profile is from an earlier sitting) -> a loop with
@@ -130,7 +133,7 @@ class Live:
         loop_factory: LoopFactory | None = None,
         store=None,
         publisher=None,
-        oracle_timeout_s: float = 20.0,
+        oracle_timeout_s: float = ORACLE_TIMEOUT_S,
         snapshot_hook=None,
         clock=None,
         uplink=None,

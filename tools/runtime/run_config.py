@@ -29,11 +29,14 @@ from gazeloop.calibration.problems import first_problem
 from gazeloop.calibration.store.atomic import atomic_write_bytes
 from gazeloop.fastpath.pipeline import FastPathConfig
 from gazeloop.oracle.policy import (
+    DEFAULT_FIXATION_MS,
     DEFAULT_MAX_GAP_MS,
     DEFAULT_MAX_SPEED,
+    DEFAULT_MIN_INTERVAL_S,
     DEFAULT_REQUEST_TIMEOUT_S,
     SnapshotPolicy,
 )
+from gazeloop.tools.runtime.live import ORACLE_TIMEOUT_S
 
 SECTIONS = ("fastpath", "loop", "policy", "oracle")
 CONFIG_FILE = "config.json"
@@ -44,8 +47,8 @@ class PolicySettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    min_interval_s: float = Field(5.0, ge=0, allow_inf_nan=False)
-    fixation_ms: float = Field(150.0, ge=0, allow_inf_nan=False)
+    min_interval_s: float = Field(DEFAULT_MIN_INTERVAL_S, ge=0, allow_inf_nan=False)
+    fixation_ms: float = Field(DEFAULT_FIXATION_MS, ge=0, allow_inf_nan=False)
     max_speed: float = Field(DEFAULT_MAX_SPEED, gt=0, allow_inf_nan=False)
     max_gap_ms: float = Field(DEFAULT_MAX_GAP_MS, ge=0, allow_inf_nan=False)
     request_timeout_s: float | None = Field(DEFAULT_REQUEST_TIMEOUT_S, gt=0, allow_inf_nan=False)
@@ -65,7 +68,7 @@ class OracleSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    timeout_s: float = Field(20.0, gt=0, allow_inf_nan=False)
+    timeout_s: float = Field(ORACLE_TIMEOUT_S, gt=0, allow_inf_nan=False)
 
 
 class RunConfig(BaseModel):
@@ -88,9 +91,10 @@ class RunConfig(BaseModel):
             raise ValueError("'aspect' is not a setting: the screen each run maps to sets it")
         return LoopConfig(**v).model_dump(exclude={"aspect"})
 
-    def loop_config(self, aspect: float) -> LoopConfig:
-        """The loop's config for a screen of this physical width / height."""
-        return LoopConfig(aspect=aspect, **self.loop)
+    def loop_config(self, aspect: float | None = None) -> LoopConfig:
+        """The loop's config for a screen of this physical width / height (None: for
+        `Live`, which sets each profile's own)."""
+        return LoopConfig(**self.loop, **({} if aspect is None else {"aspect": aspect}))
 
     @classmethod
     def from_doc(

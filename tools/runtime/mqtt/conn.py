@@ -355,8 +355,7 @@ class Supervised:
     """What the publisher, the uplink, the collector and the fetcher share: a `LoopThread`
     of their own, on which `supervise` keeps one session alive. They differ in the session
     and in how it connects; a subclass sets `settings`, calls `_own_loop` and has a
-    `_session(client)` and a `run(stop)` for `start` to run (or its own `start`, as the
-    publisher has)."""
+    `_session(client)` and a `run(stop)` for `start` to run."""
 
     settings: MqttSettings
     _link: LinkStats

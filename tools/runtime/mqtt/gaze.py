@@ -211,10 +211,6 @@ class GazePublisher(Supervised):
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def start(self) -> GazePublisher:
-        self._thread.start(self._main)
-        return self
-
     def flush(self, timeout: float) -> bool:
         """Wait (at most `timeout` s) until every sample handed over is sent or dropped.
         Gives up early, False, once two connection attempts in a row have failed meanwhile
@@ -245,7 +241,7 @@ class GazePublisher(Supervised):
 
     # -- the publisher's thread --------------------------------------------------------------
 
-    async def _main(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event) -> None:
         self._wake = asyncio.Event()
         await self._supervise(
             stop, identifier=client_id("gaze"), watch=True, name=f"gaze {self.topic}"
