@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from gazeloop.calibration.frames import LabelledFrames
 from gazeloop.calibration.geometry import ScreenGeometry
 from gazeloop.calibration.mapping import fit_select
 from gazeloop.calibration.mapping.candidates import Candidate, Choice, columns_for
@@ -80,13 +81,16 @@ class ProcedureConfig:
 @dataclass
 class TargetLog:
     xy: np.ndarray
-    kept: list[np.ndarray] = field(default_factory=list)
+    # every feature of each kept frame, for the candidates of a selection or a fixed mapping
+    features: list[dict[str, float]] = field(default_factory=list)
     t_ns: list[int] = field(default_factory=list)
     names: list[str] = field(default_factory=list)  # the kept frames' names, for reports
-    # every feature of each kept frame, for the candidates of a selection
-    features: list[dict[str, float]] = field(default_factory=list)
     dropped: dict[str, int] = field(default_factory=dict)
     tries: int = 0
+
+    @property
+    def n_kept(self) -> int:
+        return len(self.features)
 
 
 class CalibrationRun:
@@ -146,7 +150,7 @@ class CalibrationRun:
             return "done" if self.done else "settle"
         status = self._take(self.targets[self._i], t_ns, sample, name)
         n = self.cfg.frames
-        if n is not None and len(self.targets[self._i].kept) >= n:
+        if n is not None and self.targets[self._i].n_kept >= n:
             self._next(t_ns)
         return status
 
@@ -166,7 +170,7 @@ class CalibrationRun:
     def finish(self) -> None:
         """End a replay: targets with fewer than `min_frames` usable frames are skipped."""
         for i, t in enumerate(self.targets):
-            if len(t.kept) < self.cfg.min_frames and i not in self.skipped:
+            if t.n_kept < self.cfg.min_frames and i not in self.skipped:
                 self.skipped.append(i)
         self._i = len(self.targets)
 
@@ -175,7 +179,6 @@ class CalibrationRun:
         if why:
             tgt.dropped[why] = tgt.dropped.get(why, 0) + 1
             return "dropped"
-        tgt.kept.append(np.array([d.get(n, np.nan) for n in self.cfg.features], dtype=np.float64))
         tgt.features.append(dict(d))
         tgt.t_ns.append(t_ns)
         tgt.names.append(name)
@@ -204,53 +207,33 @@ class CalibrationRun:
     def _next(self, t_ns: int) -> None:
         tgt = self.targets[self._i]
         tgt.tries += 1
-        if len(tgt.kept) < self.cfg.min_frames and tgt.tries < 2:
-            tgt.kept.clear()
+        if tgt.n_kept < self.cfg.min_frames and tgt.tries < 2:
             tgt.features.clear()
             tgt.t_ns.clear()
             tgt.names.clear()
         else:
-            if len(tgt.kept) < self.cfg.min_frames:
+            if tgt.n_kept < self.cfg.min_frames:
                 self.skipped.append(self._i)
             self._i += 1
         self._t0 = t_ns
 
     def used(self) -> list[int]:
         """Targets whose frames go into the fit."""
-        return [i for i, t in enumerate(self.targets) if i not in self.skipped and t.kept]
+        return [i for i, t in enumerate(self.targets) if i not in self.skipped and t.features]
 
-    def frame_names(self) -> list[str]:
-        """The names of the rows of `arrays()`, in the same order."""
-        return [n for i in self.used() for n in self.targets[i].names]
-
-    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(X, Y normalised, target ids) of what was kept, skipped targets left out."""
-        xs, ys, gs = [], [], []
-        for i in self.used():
-            t = self.targets[i]
-            xs.extend(t.kept)
-            ys.extend([t.xy] * len(t.kept))
-            gs.extend([i] * len(t.kept))
-        d = len(self.cfg.features)
-        return (
-            np.asarray(xs, dtype=np.float64).reshape(-1, d),
-            np.asarray(ys, dtype=np.float64).reshape(-1, 2),
-            np.asarray(gs, dtype=np.int64),
+    def labelled(self, screen: ScreenGeometry) -> LabelledFrames:
+        """What was kept, skipped targets left out, as one set of columns: the features
+        every kept frame has, the targets in pixels of `screen`, a target's index its group."""
+        used = [(i, self.targets[i]) for i in self.used()]
+        return LabelledFrames.from_dicts(
+            (d for _, t in used for d in t.features),
+            labels_px=screen.to_px(
+                np.array([t.xy for _, t in used for _ in t.features]).reshape(-1, 2)
+            ),
+            groups=np.array([i for i, t in used for _ in t.features], dtype=np.int64),
+            names=[n for _, t in used for n in t.names],
+            t_ns=np.array([x for _, t in used for x in t.t_ns], dtype=np.int64),
         )
-
-    def views(self) -> dict[str, dict[str, np.ndarray]]:
-        """The rows of `arrays()` as named feature columns (the features every kept frame
-        has), the "as read" view a selection's candidates take their columns from."""
-        frames = (d for i in self.used() for d in self.targets[i].features)
-        return {"as read": feature_columns(frames)}
-
-
-def feature_columns(dicts) -> dict[str, np.ndarray]:
-    """Per-frame feature dicts → one float column per feature every frame has (sorted by
-    name): the "view" a selection's candidates take their columns from."""
-    dicts = list(dicts)
-    keys = set(dicts[0]).intersection(*dicts[1:]) if dicts else set()
-    return {k: np.array([d[k] for d in dicts], dtype=np.float64) for k in sorted(keys)}
 
 
 def fit_profile(x: np.ndarray, y_norm: np.ndarray, groups: np.ndarray, **kwargs) -> Profile:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from gazeloop.calibration.frames import LabelledFrames
 from gazeloop.calibration.store.session import Rejection, Session, read_session
 from gazeloop.fastpath import feature_cache
 from gazeloop.fastpath.pipeline import FastPath, FastPathConfig
@@ -41,6 +42,11 @@ class Collected:
     def frames(self) -> int:
         """Pairs found in the folder, rejected ones included."""
         return len(self.session.items) + len(self.session.rejected)
+
+    def labelled(self) -> LabelledFrames:
+        """The usable frames as one set of columns, in time order (settling ones included:
+        `.settled()` leaves them out)."""
+        return LabelledFrames.from_samples(self.samples)
 
 
 def target_ids(session: Session) -> list[int]:
@@ -234,33 +240,3 @@ def _unusable(s: GazeSample) -> str | None:
     if s.gaze_yp_raw is None:
         return "no gaze estimate"
     return None
-
-
-def expand_features(names: list[str], sample: GazeSample) -> list[str]:
-    """`embedding` stands for all of the model's embedding features (emb_0, emb_1, ...)."""
-    if "embedding" not in names:
-        return names
-    dim = 0 if sample.embedding is None else len(sample.embedding)
-    out: list[str] = []
-    for n in names:
-        out.extend([f"emb_{i}" for i in range(dim)] if n == "embedding" else [n])
-    return out
-
-
-def feature_matrix(samples: list[LabelledSample], names: list[str]) -> np.ndarray:
-    """Rows of the named features; a name no sample has is an error naming it."""
-    if samples:
-        names = expand_features(names, samples[0].sample)
-    rows = []
-    for ls in samples:
-        d = ls.sample.feature_dict()
-        try:
-            rows.append([d[n] for n in names])
-        except KeyError as e:
-            named = [k for k in d if not k.startswith("emb_")]
-            emb = len(d) - len(named)
-            raise KeyError(
-                f"feature {e.args[0]!r} is not produced by this fast path (available: "
-                f"{', '.join(named)}" + (f", emb_0..emb_{emb - 1})" if emb else ")")
-            ) from None
-    return np.asarray(rows, dtype=np.float64).reshape(len(rows), len(names))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gazeloop.calibration.procedure import feature_columns
+from gazeloop.calibration.frames import LabelledFrames
 from gazeloop.calibration.store.session import Session
 from gazeloop.fastpath.collect import Collected, LazyFastPath, collect_session
 from gazeloop.fastpath.pipeline import FastPath
@@ -24,18 +24,33 @@ class NoUsableFrames(ValueError):
 
 @dataclass(slots=True)
 class Views:
-    """A session's usable frames as named feature columns, per read of the frames."""
+    """A session's usable frames, per read of the frames: the same rows in the same order,
+    with the features each read gave (`reads["other"]` only when the mirroring is open)."""
 
     col: Collected
-    views: dict[str, dict[str, np.ndarray]]
-    labels_px: np.ndarray
-    groups: np.ndarray
-    names: list[str]
+    reads: dict[str, LabelledFrames]
     rejected: list[tuple[str, str]]
 
+    @property
+    def frames(self) -> LabelledFrames:
+        return self.reads["as read"]
 
-def _columns(samples) -> dict[str, np.ndarray]:
-    return feature_columns(ls.sample.feature_dict() for ls in samples)
+    @property
+    def views(self) -> dict[str, dict[str, np.ndarray]]:
+        """Each read's named feature columns: what the candidates take their columns from."""
+        return {k: dict(f.features) for k, f in self.reads.items()}
+
+    @property
+    def labels_px(self) -> np.ndarray:
+        return self.frames.labels_px
+
+    @property
+    def groups(self) -> np.ndarray:
+        return self.frames.groups
+
+    @property
+    def names(self) -> list[str]:
+        return self.frames.names.tolist()
 
 
 def session_views(
@@ -50,29 +65,24 @@ def session_views(
     reads are compared on the same frames. `reading`: as `collect_session` takes it."""
     col = collect_session(session, fp, cache=cache, both_reads=both_reads, reading=reading)
     reads = {"as read": col} | ({"other": col.other} if col.other is not None else {})
-    usable = [{ls.name for ls in c.samples if not ls.settling} for c in reads.values()]
+    frames = {k: c.labelled() for k, c in reads.items()}
+    usable = [set(f.names[~f.settling]) for f in frames.values()]
     common = set.intersection(*usable)
+    mine = frames["as read"]
     rejected = [(r.file, r.why) for r in col.rejected]
+    rejected += settling_rejected(mine)
     rejected += [
-        (ls.name, "settling: eyes still moving to the target") for ls in col.samples if ls.settling
+        (n, "no gaze in the other read of the frames")
+        for n in mine.names[~mine.settling].tolist()
+        if n not in common
     ]
-    rejected += [
-        (ls.name, "no gaze in the other read of the frames")
-        for ls in col.samples
-        if not ls.settling and ls.name not in common
-    ]
-    views = {}
-    for key, c in reads.items():
-        kept = [ls for ls in c.samples if ls.name in common]
-        views[key] = _columns(kept)
-    used = [ls for ls in col.samples if ls.name in common]
-    if not used:
+    kept = {k: f[np.isin(f.names, list(common))] for k, f in frames.items()}
+    if not len(kept["as read"]):
         raise NoUsableFrames(f"{session.folder}: no usable frames ({len(rejected)} rejected)")
-    return Views(
-        col=col,
-        views=views,
-        labels_px=np.array([ls.label_px for ls in used], dtype=np.float64),
-        groups=np.array([ls.target for ls in used]),
-        names=[ls.name for ls in used],
-        rejected=rejected,
-    )
+    return Views(col=col, reads=kept, rejected=rejected)
+
+
+def settling_rejected(frames: LabelledFrames) -> list[tuple[str, str]]:
+    """The frames left out because the eyes were still on their way, each with why."""
+    why = "settling: eyes still moving to the target"
+    return [(n, why) for n in frames.names[frames.settling].tolist()]

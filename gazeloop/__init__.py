@@ -39,6 +39,8 @@ _API = {
     "ProfileMapper": "gazeloop.calibration.profile",
     "ScreenGeometry": "gazeloop.calibration.geometry",
     "read_session": "gazeloop.calibration.store.session",
+    "collect_session": "gazeloop.fastpath.collect",
+    "LabelledFrames": "gazeloop.calibration.frames",
 }
 
 __all__ = [
@@ -50,12 +52,14 @@ __all__ = [
     "GazeSample",
     "History",
     "KalmanFilter",
+    "LabelledFrames",
     "LoopConfig",
     "OneEuroFilter",
     "OracleWorker",
     "Profile",
     "ProfileMapper",
     "ScreenGeometry",
+    "collect_session",
     "open_source",
     "read_session",
 ]
@@ -63,9 +67,11 @@ __all__ = [
 if TYPE_CHECKING:
     from gazeloop.calibration.drift.history import History
     from gazeloop.calibration.drift.loop import DriftLoop, LoopConfig
+    from gazeloop.calibration.frames import LabelledFrames
     from gazeloop.calibration.geometry import ScreenGeometry
     from gazeloop.calibration.profile import Profile, ProfileMapper
     from gazeloop.calibration.store.session import read_session
+    from gazeloop.fastpath.collect import collect_session
     from gazeloop.fastpath.filters import Filter, KalmanFilter, OneEuroFilter
     from gazeloop.fastpath.pipeline import FastPath, FastPathConfig
     from gazeloop.fastpath.sources import open_source

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from gazeloop.tools.cli import main
@@ -30,3 +31,20 @@ def test_the_readme_python_example_runs(shared, tmp_path, monkeypatch):
     points = re.findall(r"gaze at \[\s*(\d+)\.\s+(\d+)\.\] px", out)
     assert len(points) == 9, out
     assert all(0 <= int(x) <= 1920 and 0 <= int(y) <= 1080 for x, y in points)
+
+
+def test_the_readme_arrays_example_runs(shared, tmp_path, monkeypatch):
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"A recorded session as arrays.*?```python\n(.*?)```", text, re.S)
+    assert block, "README has no session-as-arrays example"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "arrays.py").write_text(block.group(1).replace("../shared", str(shared)))
+    out = subprocess.run(
+        [sys.executable, "arrays.py"], capture_output=True, text=True, timeout=300, check=True
+    ).stdout
+    rows = re.findall(r"target (\d) at \((\d+), (\d+)\) px: gaze yaw ([-+.\d]+)", out)
+    assert [int(r[0]) for r in rows] == list(range(9)), out
+    # Un-mirrored (collect_session detects grid9's selfie view), the gaze yaw falls as the
+    # target moves right (DESIGN.md, Conventions).
+    x, yaw = np.array([(float(r[1]), float(r[3])) for r in rows]).T
+    assert np.corrcoef(x, yaw)[0, 1] < -0.9, out

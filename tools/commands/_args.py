@@ -13,13 +13,14 @@ import json
 import math
 from pathlib import Path
 
+from gazeloop.calibration.frames import LabelledFrames
 from gazeloop.calibration.geometry import ScreenGeometry, session_screen
 from gazeloop.calibration.mapping import MAPPINGS, mapping_class
 from gazeloop.calibration.procedure import LAYOUTS, ProcedureConfig
 from gazeloop.calibration.profile import DEFAULT_FEATURES, FEATURE_NAMES, is_feature_name
 from gazeloop.calibration.store.atomic import atomic_writer, check_writable
 from gazeloop.calibration.store.session import SessionManifest
-from gazeloop.fastpath.collect import collect_session, expand_features, feature_matrix
+from gazeloop.fastpath.collect import collect_session
 from gazeloop.fastpath.pipeline import FastPath, FastPathConfig
 from gazeloop.fastpath.providers import EP_CHOICES, ProviderError, resolve_providers
 from gazeloop.tools.errors import UserError
@@ -234,13 +235,12 @@ def collect_frames(args: argparse.Namespace, session, what: str):
     return col, fp.gaze
 
 
-def feature_columns(used: list, names: list[str]):
+def feature_columns(used: LabelledFrames, names: list[str]):
     """The fixed mapping's features over the frames `used` (`eval`, `profile fit`): the names
-    as typed, expanded against the first frame, and their matrix; a name the frames do not
-    have is one line, not a KeyError. → (names, matrix)."""
+    as typed, `embedding` expanded, and their matrix; a name the frames do not have is one
+    line, not a KeyError. → (names, matrix)."""
     try:
-        names = expand_features(names, used[0].sample)
-        return names, feature_matrix(used, names)
+        return used.expand(names), used.matrix(names)
     except KeyError as e:
         raise UserError(str(e.args[0])) from None
 

@@ -162,7 +162,7 @@ def _run_replay(args, ls, fp, cfg, session_dir, profile_out) -> CalibrationResul
     out = replay_targets(ls, fp, cfg, writer)
     print(
         f"replayed {out.frames} frames of {ls.describe()}: "
-        + ", ".join(f"target {i} {len(t.kept)} kept" for i, t in enumerate(out.run.targets)),
+        + ", ".join(f"target {i} {t.n_kept} kept" for i, t in enumerate(out.run.targets)),
         file=sys.stderr,  # progress: with --json, stdout is the report alone
     )
     res = finish(

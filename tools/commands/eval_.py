@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gazeloop.calibration.frames import LabelledFrames
 from gazeloop.calibration.geometry import ScreenGeometry
 from gazeloop.calibration.mapping import MAPPINGS, fit_select
 from gazeloop.calibration.metrics.evaluate import evaluate_arrays, plot_report
@@ -20,8 +21,8 @@ from gazeloop.calibration.metrics.precision import (
 from gazeloop.calibration.profile import DEFAULT_FEATURES
 from gazeloop.calibration.store.atomic import check_writable
 from gazeloop.calibration.store.session import read_session
-from gazeloop.fastpath.collect import feature_matrix
 from gazeloop.fastpath.filters import make_filter
+from gazeloop.fastpath.views import settling_rejected
 from gazeloop.tools.commands._args import (
     add_distance_arg,
     add_fastpath_args,
@@ -118,7 +119,15 @@ def _filtered(raw: np.ndarray, t: np.ndarray, cfg) -> np.ndarray:
     return out
 
 
-def precision_for(used, x, ev, screen, mapping, cfg, stream=None) -> dict:
+def precision_for(
+    used: LabelledFrames,
+    x: np.ndarray,
+    ev,
+    screen,
+    mapping,
+    cfg,
+    stream: LabelledFrames | None = None,
+) -> dict:
     """RMS sample-to-sample and STD per target, raw and after the fast path's filter, and
     the filter's lag at each change of target.
 
@@ -132,12 +141,12 @@ def precision_for(used, x, ev, screen, mapping, cfg, stream=None) -> dict:
     Every settled frame counts: no outlier is dropped, because the cursor shows every frame
     and its jitter is what this measures (dropping per-target outliers, as accuracy does,
     once made the 4-corner figure look a third better than what a user saw)."""
-    geo = screen or ScreenGeometry.from_targets(np.array([ls.label_px for ls in used]))
-    y = geo.to_norm(np.array([ls.label_px for ls in used]))
-    groups = np.array([ls.target for ls in used])
+    geo = screen or ScreenGeometry.from_targets(used.labels_px)
+    y = geo.to_norm(used.labels_px)
+    groups = used.groups
     m, _, _ = fit_select(mapping, x, y, groups, aspect=geo.px[0] / geo.px[1])
     raw = m.predict(x)
-    t = np.array([ls.t_ns for ls in used])
+    t = used.t_ns
     filt = _filtered(raw, t, cfg)
     by_t = {int(g): np.sort(np.flatnonzero(groups == g)) for g in np.unique(groups)}
     mm_per_px = None
@@ -154,20 +163,20 @@ def precision_for(used, x, ev, screen, mapping, cfg, stream=None) -> dict:
         mm_per_px=mm_per_px,
         to_deg=to_deg,
     )
-    if stream:
+    if stream is not None and len(stream):
         out["lag"] = lag_for(stream, m, ev.report.features, geo, cfg)
     return out
 
 
-def lag_for(stream, mapping, features, geo: ScreenGeometry, cfg) -> dict:
+def lag_for(stream: LabelledFrames, mapping, features, geo: ScreenGeometry, cfg) -> dict:
     """The filter's delay behind the raw output at each change of target (`switch_lags`),
     on every frame of `stream` in time order, in px of `geo`."""
-    stream = sorted(stream, key=lambda ls: ls.t_ns)
-    t = np.array([ls.t_ns for ls in stream])
-    raw = mapping.predict(feature_matrix(stream, features))
+    stream = stream[np.argsort(stream.t_ns, kind="stable")]
+    t = stream.t_ns
+    raw = mapping.predict(stream.matrix(features))
     filt = _filtered(raw, t, cfg)
     k = np.asarray(geo.px, dtype=np.float64)
-    lags = switch_lags(raw * k, filt * k, np.array([ls.target for ls in stream]), t / 1e9)
+    lags = switch_lags(raw * k, filt * k, stream.groups, t / 1e9)
     for x in lags:  # seconds -> ms, and rounded for reading
         lag_s = x.pop("lag")
         x["lag_ms"] = None if lag_s is None else round(lag_s * 1e3, 2)
@@ -246,16 +255,16 @@ def run(args: argparse.Namespace) -> int:
             cache=not args.no_cache,
         )
         if args.precision and col is not None:
-            used = [ls for ls in col.samples if not ls.settling]
-            x = feature_matrix(used, ev.report.features)
+            stream = col.labelled()
+            used = stream.settled()
             ev.report.precision = precision_for(
                 used,
-                x,
+                used.matrix(ev.report.features),
                 ev,
                 screen_for(args, col.session),
                 ev.report.mapping,
                 fastpath_config(args),
-                stream=col.samples,
+                stream=stream,
             )
     return _output(args, ev)
 
@@ -274,36 +283,31 @@ def _run_fixed(args: argparse.Namespace, mapping: str, names: list[str]):
     session = _session(args)
     screen = screen_for(args, session)
     col, _ = collect_frames(args, session, "eval")
+    stream = col.labelled()
+    used = stream.settled()
     rejected = [(r.file, r.why) for r in col.rejected]
-    used = []
-    for ls in col.samples:
-        if ls.settling:
-            rejected.append((ls.name, "settling: eyes still moving to the target"))
-        else:
-            used.append(ls)
-    if not used:
+    rejected += settling_rejected(stream)
+    if not len(used):
         raise UserError(f"{args.session}: no usable frames ({len(rejected)} rejected)")
     names, x = feature_columns(used, names)
-    labels = np.array([ls.label_px for ls in used], dtype=np.float64)
-    groups = np.array([ls.target for ls in used])
     try:
         ev = evaluate_arrays(
             x,
-            labels,
-            groups,
+            used.labels_px,
+            used.groups,
             session=str(args.session),
             features=names,
             screen=screen,
             mapping=mapping,
             frames=col.frames,
             rejected=rejected,
-            names=[ls.name for ls in used],
+            names=used.names.tolist(),
         )
     except ValueError as e:
         raise UserError(str(e)) from None
     if args.precision:
         ev.report.precision = precision_for(
-            used, x, ev, screen, mapping, fastpath_config(args), stream=col.samples
+            used, x, ev, screen, mapping, fastpath_config(args), stream=stream
         )
     ev.report.mirrored, ev.report.mirrored_basis = col.session.mirrored, col.mirror_basis
     return ev, col

@@ -6,8 +6,6 @@ import argparse
 import math
 from pathlib import Path
 
-import numpy as np
-
 from gazeloop.calibration.mapping import MAPPINGS
 from gazeloop.calibration.procedure import fit_profile, fit_profile_selected
 from gazeloop.calibration.profile import DEFAULT_FEATURES, Profile, ProfileError, profile_path
@@ -188,17 +186,15 @@ def _fit_selected(args, session, screen):
 def _fit_fixed(args, session, screen, mapping: str, names: list[str]) -> Profile:
     """One mapping on named features, as asked."""
     col, gaze = collect_frames(args, session, "profile fit")
-    used = [ls for ls in col.samples if not ls.settling]
-    if not used:
+    used = col.labelled().settled()
+    if not len(used):
         raise UserError(f"{session.folder}: no usable frames")
     names, x = feature_columns(used, names)
-    y = screen.to_norm(np.array([ls.label_px for ls in used]))
-    groups = np.array([ls.target for ls in used])
     try:
         return fit_profile(
             x,
-            y,
-            groups,
+            screen.to_norm(used.labels_px),
+            used.groups,
             screen=screen,
             features=names,
             user=args.user,

@@ -144,16 +144,14 @@ def collect_points(
 ) -> SessionPoints:
     """The real fast path over a session: settled, usable frames with their features.
     `screen_px` and `mirrored` are for a session without a manifest (`read_session`)."""
-    from gazeloop.fastpath.collect import collect_session, feature_matrix
+    from gazeloop.fastpath.collect import collect_session
 
     session = read_session(folder, screen_px=screen_px, mirrored=mirrored)
     col = collect_session(session, fp)
-    used = [ls for ls in col.samples if not ls.settling]
-    if not used:
+    used = col.labelled().settled()
+    if not len(used):
         raise UserError(f"{folder}: no usable frames ({len(col.rejected)} rejected)")
-    x = feature_matrix(used, list(DEFAULT_FEATURES))
-    groups = np.array([ls.target for ls in used])
-    truth = np.array([ls.label_px for ls in used], dtype=np.float64)
+    x, groups, truth = used.matrix(list(DEFAULT_FEATURES)), used.groups, used.labels_px
     # Per-target outliers out, as `gazeloop eval` does, so the numbers match it.
     keep = robust_keep(x, groups)
     return SessionPoints(folder, x[keep], truth[keep], groups[keep], session.screen_px, col.frames)

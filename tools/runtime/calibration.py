@@ -169,7 +169,7 @@ def _target_table(run: CalibrationRun, screen: ScreenGeometry) -> list[dict]:
             {
                 "target": i,
                 "xy_px": [round(float(px[0]), 1), round(float(px[1]), 1)],
-                "kept": len(t.kept),
+                "kept": t.n_kept,
                 "dropped": dict(t.dropped),
                 "tries": t.tries,
                 "skipped": i in run.skipped,
@@ -216,13 +216,14 @@ def finish(
     need = MIN_SELECTION_TARGETS if run.cfg.select else min_targets(run.cfg.mapping) + 1
     if len(run.used()) < need:
         raise UserError(_too_few(run, screen, need))
-    x, y, groups = run.arrays()
+    frames = run.labelled(screen)
+    views = {"as read": dict(frames.features)}
     try:
         if run.cfg.select:
             prof, ev, _ = fit_profile_selected(
-                run.views(),
-                screen.to_px(y),
-                groups,
+                views,
+                frames.labels_px,
+                frames.groups,
                 screen=screen,
                 user=user,
                 device=device,
@@ -230,14 +231,14 @@ def finish(
                 gaze_model_sha256=fp.gaze.sha256,
                 gaze_read=fp.gaze.read,
                 calibration_session=str(session_dir.resolve()),
-                frame_names=run.frame_names(),
+                frame_names=frames.names.tolist(),
                 mirrored=False,
             )
         else:
             prof, ev = fit_profile_report(
-                x,
-                y,
-                groups,
+                frames.matrix(names),
+                screen.to_norm(frames.labels_px),
+                frames.groups,
                 screen=screen,
                 features=names,
                 user=user,
@@ -247,12 +248,13 @@ def finish(
                 gaze_read=fp.gaze.read,
                 mapping=run.cfg.mapping,
                 calibration_session=str(session_dir.resolve()),
-                frame_names=run.frame_names(),
+                frame_names=frames.names.tolist(),
             )
     except ValueError as e:
         raise UserError(f"calibration fit: {e}") from None
     if run.cfg.select:
-        prof = _with_history(prof, (run.views(), screen.to_px(y), groups), screen, session_dir, fp)
+        history = (views, frames.labels_px, frames.groups)
+        prof = _with_history(prof, history, screen, session_dir, fp)
     saved = prof.save(profile_out)
     history = prof.fit.history
     if history is not None:

@@ -20,7 +20,7 @@ from gazeloop.calibration.metrics.evaluate import Evaluated, evaluate_arrays, pl
 from gazeloop.calibration.procedure import fit_profile
 from gazeloop.calibration.profile import DEFAULT_FEATURES, Profile, ProfileMapper
 from gazeloop.calibration.store.session import Session
-from gazeloop.fastpath.collect import collect_session, feature_matrix
+from gazeloop.fastpath.collect import collect_session
 from gazeloop.fastpath.pipeline import FastPath
 from gazeloop.fastpath.sources import SessionSource
 from gazeloop.oracle.simple import TargetOracle
@@ -37,11 +37,9 @@ def calibrate(session: Session, fp: FastPath, screen: ScreenGeometry, out: Path)
     """Fit a profile on the settled frames; the leave-one-target-out evaluation is plotted
     to `out/calibration.png`, the profile saved as `out/profile.json`."""
     col = collect_session(session, fp)
-    used = [ls for ls in col.samples if not ls.settling]
+    used = col.labelled().settled()
     names = list(DEFAULT_FEATURES)
-    x = feature_matrix(used, names)
-    labels = np.array([ls.label_px for ls in used])
-    groups = np.array([ls.target for ls in used])
+    x, labels, groups = used.matrix(names), used.labels_px, used.groups
     ev = evaluate_arrays(
         x,
         labels,
@@ -50,7 +48,7 @@ def calibrate(session: Session, fp: FastPath, screen: ScreenGeometry, out: Path)
         features=names,
         screen=screen,
         frames=col.frames,
-        names=[ls.name for ls in used],
+        names=used.names.tolist(),
     )
     plot_report(ev, out / "calibration.png", title="calibration (4 corners)")
     prof = fit_profile(

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gazeloop.calibration.frames import LabelledFrames
 from gazeloop.calibration.procedure import fit_profile
 from gazeloop.calibration.profile import (
     Profile,
@@ -33,7 +34,7 @@ from gazeloop.calibration.profile import (
 )
 from gazeloop.calibration.sittings import cell_ids, point_groups
 from gazeloop.fastpath import models
-from gazeloop.fastpath.collect import collect_session, expand_features, feature_matrix
+from gazeloop.fastpath.collect import collect_session
 from gazeloop.fastpath.gaze_model import GazeModel
 from gazeloop.fastpath.pipeline import FastPath
 
@@ -52,23 +53,21 @@ def refit_profile(profile: Profile, fp_cfg, onnx_path: Path | None, gaze: GazeMo
             f"({missing[0]!r}): it cannot be refitted for a new model"
         )
     fp = FastPath(fp_cfg.model_copy(update={"gaze_model": onnx_path}))
-    used, sitting = [], []
+    parts = []
     try:
-        for i, folder in enumerate(folders):
-            col = collect_session(folder, fp)
-            used += [ls for ls in col.samples if not ls.settling]
-            sitting += [i] * (len(used) - len(sitting))
+        for folder in folders:
+            parts.append(collect_session(folder, fp).labelled().settled())
     finally:
         fp.close()
-    if not used:
+    used = LabelledFrames.concat(parts)
+    if not len(used):
         raise RuntimeError(f"{folders[-1]}: no usable calibration frames")
+    sitting = np.repeat(np.arange(len(parts)), [len(p) for p in parts])
     names = [n for n in profile.features if not n.startswith("emb_")]
     if len(names) != len(profile.features):
         names.append("embedding")  # the new model's embedding may have another size
-    names = expand_features(names, used[0].sample)
-    x = feature_matrix(used, names)
-    labels = np.array([ls.label_px for ls in used])
-    targets = np.array([ls.target for ls in used])
+    names = used.expand(names)
+    x, labels, targets = used.matrix(names), used.labels_px, used.groups
     # several sessions: a screen point is one target, left out of all of them at once, and
     # outliers are judged within a target of one session (`calibration.sittings`)
     pooled = len(folders) > 1

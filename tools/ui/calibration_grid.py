@@ -92,7 +92,7 @@ def dot_view(
             size, (float(cur[0]), float(cur[1])), big + (small - big) * u, caption=caption
         )
     want = run.cfg.frames
-    kept = len(run.targets[run.index].kept)
+    kept = run.targets[run.index].n_kept
     if want:
         frac = kept / want
     else:

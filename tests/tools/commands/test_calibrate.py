@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
+from gazeloop.calibration.geometry import ScreenGeometry
 from gazeloop.calibration.procedure import CalibrationRun, ProcedureConfig, grid_targets
 from gazeloop.calibration.profile import Profile
 from gazeloop.calibration.store.session import read_session
@@ -55,14 +56,17 @@ def test_live_run_captures_n_frames_per_target_after_the_settle_time():
         statuses.append((run.index, run.feed(t, S(), name=f"f{t}")))
         t += 50 * MS
     assert run.done and not run.skipped
-    assert [len(tg.kept) for tg in run.targets] == [3] * 9
+    assert [tg.n_kept for tg in run.targets] == [3] * 9
     # First target: 4 frames of settling (0..150 ms), then 3 kept at 200, 250, 300 ms.
     first = [s for i, s in statuses if i == 0]
     assert first == ["settle"] * 4 + ["kept"] * 3
-    x, y, g = run.arrays()
-    assert x.shape == (27, 2) and y.shape == (27, 2)
-    np.testing.assert_allclose(y[::3], grid_targets(9))
-    assert run.frame_names()[:3] == ["f200000000", "f250000000", "f300000000"]
+    screen = ScreenGeometry(px=(1920, 1080))
+    f = run.labelled(screen)
+    assert f.matrix(cfg.features).shape == (27, 2) and f.labels_px.shape == (27, 2)
+    np.testing.assert_allclose(screen.to_norm(f.labels_px[::3]), grid_targets(9))
+    assert f.groups.tolist() == np.repeat(np.arange(9), 3).tolist()
+    assert f.names.tolist()[:3] == ["f200000000", "f250000000", "f300000000"]
+    assert f.t_ns.tolist()[:3] == [200 * MS, 250 * MS, 300 * MS]
 
 
 def test_a_target_with_blinks_is_retried_once_then_skipped():
@@ -97,7 +101,6 @@ def test_replay_takes_the_recordings_targets_and_skips_settling_frames():
 def test_a_run_fits_its_profile_by_nested_selection():
     """The replayed frames' every feature reaches the candidates; the profile records the
     winner (here the only candidate that can run: ridge on the gaze angles)."""
-    from gazeloop.calibration.geometry import ScreenGeometry
     from gazeloop.calibration.procedure import fit_profile_selected
 
     targets = grid_targets(9)
@@ -111,15 +114,13 @@ def test_a_run_fits_its_profile_by_nested_selection():
             assert run.feed_replay(t, s, i, name=f"f{t}") == "kept"
             t += 1
     run.finish()
-    views = run.views()
-    assert set(views) == {"as read"} and set(views["as read"]) == {"gaze_yaw", "gaze_pitch"}
-    assert len(views["as read"]["gaze_yaw"]) == len(run.frame_names()) == 36
     screen = ScreenGeometry(px=(1920, 1080))
-    _, y, groups = run.arrays()
+    f = run.labelled(screen)
+    assert set(f.features) == {"gaze_yaw", "gaze_pitch"} and len(f) == 36
     prof, ev, choice = fit_profile_selected(
-        views,
-        screen.to_px(y),
-        groups,
+        {"as read": dict(f.features)},
+        f.labels_px,
+        f.groups,
         screen=screen,
         user="u",
         device="d",
@@ -172,7 +173,7 @@ def test_the_dot_glides_to_the_next_target_then_shrinks_then_shows_capture():
     assert ring.sum() > 50
     assert xs.min() >= b[0] - 40 and xs.max() <= b[0] + 40
     # Half the frames kept: the ring covers the right half (it starts at 12 o'clock).
-    assert len(run.targets[1].kept) == 5
+    assert run.targets[1].n_kept == 5
     assert (xs >= b[0] - 1).mean() > 0.95
     assert np.all(img[5, 5] == BACKGROUND)
 

@@ -3,7 +3,6 @@ kept for that model; the next start of `run` and `track --profile` comes up on i
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch", reason="the trainer extra (torch) is not installed")
@@ -32,7 +31,7 @@ def test_promoted_model_is_served_between_two_frames_and_the_next_start_uses_it(
     )
     from gazeloop.calibration.store.session import read_session
     from gazeloop.fastpath import models
-    from gazeloop.fastpath.collect import collect_session, feature_matrix
+    from gazeloop.fastpath.collect import collect_session
     from gazeloop.fastpath.pipeline import FastPath, FastPathConfig
     from gazeloop.fastpath.sources import SessionSource
     from gazeloop.tools.runtime.hotreload import ModelWatcher
@@ -46,12 +45,12 @@ def test_promoted_model_is_served_between_two_frames_and_the_next_start_uses_it(
     session = read_session(corners_session)
     screen = ScreenGeometry(px=session.manifest.screen_px, mm=session.manifest.screen_mm)
     col = collect_session(session, fp)
-    used = [s for s in col.samples if not s.settling]
+    used = col.labelled().settled()
     names = ["gaze_yaw", "gaze_pitch"]
     prof = fit_profile(
-        feature_matrix(used, names),
-        screen.to_norm(np.array([s.label_px for s in used])),
-        np.array([s.target for s in used]),
+        used.matrix(names),
+        screen.to_norm(used.labels_px),
+        used.groups,
         screen=screen,
         features=names,
         user="u",
@@ -136,19 +135,19 @@ def test_a_profile_of_the_other_read_is_refitted_at_start_and_kept_apart(corners
     from gazeloop.calibration.procedure import fit_profile
     from gazeloop.calibration.profile import Profile, model_profile_path
     from gazeloop.calibration.store.session import read_session
-    from gazeloop.fastpath.collect import collect_session, feature_matrix
+    from gazeloop.fastpath.collect import collect_session
     from gazeloop.fastpath.pipeline import FastPath, FastPathConfig
     from gazeloop.tools.runtime.hotreload import profile_for_model
 
     single = FastPath(FastPathConfig(mirror_average=False, gaze_frame="camera"))
     session = read_session(corners_session)
     screen = ScreenGeometry(px=session.manifest.screen_px, mm=session.manifest.screen_mm)
-    used = [s for s in collect_session(session, single).samples if not s.settling]
+    used = collect_session(session, single).labelled().settled()
     names = ["gaze_yaw", "gaze_pitch"]
     prof = fit_profile(
-        feature_matrix(used, names),
-        screen.to_norm(np.array([s.label_px for s in used])),
-        np.array([s.target for s in used]),
+        used.matrix(names),
+        screen.to_norm(used.labels_px),
+        used.groups,
         screen=screen,
         features=names,
         user="u",
