@@ -117,6 +117,11 @@ ORACLE_TIMEOUT_S = 20.0
 LoopFactory = Callable[[History, ProfileMapper, bool], DriftLoop]
 
 
+def _same_screen(a, b) -> bool:
+    """Whether two profiles map to a screen of the same size (None maps to none)."""
+    return a is not None and b is not None and tuple(a.screen.px) == tuple(b.screen.px)
+
+
 class Live:
     """The running system: the fast path's samples into the history, snapshots to the
     oracle worker, its labels (and clicks and glances) through the drift loop into the
@@ -246,15 +251,16 @@ class Live:
         the next frame on. Everything measured against the old mapping goes: the history of
         screen points (a label arriving now would be compared with points of the old
         mapping), the policy's fixation, the loop's labels (it restarts from the new
-        profile's offset, or starts, when there was no profile before)."""
+        profile's offset, or starts, when there was no profile before; a profile of another
+        screen shape gets a new loop, since the loop weighs x and y by the screen's aspect)."""
         self.history.clear()
         self.policy.reset()
         self._recent_frames.clear()
         with self._lock:
             self._snaps.clear()  # labels still in flight are for the old mapping
         self.pending = None
-        self.mapper = mapper
-        if self.loop is None:
+        old, self.mapper = self.mapper, mapper
+        if self.loop is None or not _same_screen(old, mapper):
             self.loop = self._new_loop(mapper)
         else:
             self.loop.reset(mapper.offset)
@@ -284,9 +290,13 @@ class Live:
     def adopt(self, mapper: ProfileMapper | None) -> None:
         """A new model came with its refitted profile (hot reload): the loop starts over from
         that profile's offset, since residuals of the old model say nothing about the new."""
-        self.mapper = mapper
-        if self.loop is not None and mapper is not None:
+        old, self.mapper = self.mapper, mapper
+        if mapper is None or self.loop is None:
+            return
+        if _same_screen(old, mapper):
             self.loop.reset(mapper.offset)
+        else:
+            self.loop = self._new_loop(mapper)
 
     # --- the frame thread ----------------------------------------------------------------
 

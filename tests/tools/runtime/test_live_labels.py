@@ -411,3 +411,23 @@ def test_the_loop_is_made_by_the_factory_given_and_with_the_settings_given():
     with pytest.raises(ValueError, match="not both"):
         Live(fp, mapper=mapper(), loop_cfg=cfg, loop_factory=factory)
     assert fp.mapper is None  # refused before it touched the fast path
+
+
+def test_a_profile_of_another_screen_gets_a_loop_of_that_screen_shape():
+    """The loop weighs x and y by the screen's aspect: a new calibration (or a hot-reloaded
+    profile) on a portrait screen must not keep the landscape loop; the same screen keeps
+    its loop, started over from the new offset."""
+    from gazeloop.calibration.drift.loop import LoopConfig
+
+    live = Live(FakeFastPath(), mapper=mapper(), loop_cfg=LoopConfig(huber_k=3.0))
+    first = live.loop
+    same = SimpleNamespace(screen=SimpleNamespace(px=SCREEN), offset=np.array([0.01, 0.0]))
+    live.install(same)
+    assert live.loop is first and np.allclose(live.loop.offset, [0.01, 0.0])
+    portrait = SimpleNamespace(screen=SimpleNamespace(px=(1080, 1920)), offset=np.zeros(2))
+    live.install(portrait)
+    assert live.loop is not first and live.loop.cfg.aspect == pytest.approx(1080 / 1920)
+    assert live.loop.cfg.huber_k == 3.0  # the run's settings stay
+    live.adopt(mapper())
+    assert live.loop.cfg.aspect == pytest.approx(SCREEN[0] / SCREEN[1])
+    live.close()
