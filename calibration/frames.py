@@ -50,7 +50,9 @@ class LabelledFrames:
     settling: np.ndarray = field(default=None)  # type: ignore[assignment]  # (N,) bool
 
     def __post_init__(self) -> None:
-        labels = np.asarray(self.labels_px, dtype=np.float64)
+        labels = np.array(self.labels_px, dtype=np.float64)
+        if labels.size == 0:
+            labels = labels.reshape(0, 2)
         n = len(labels)
         if labels.shape != (n, 2):
             raise ValueError(f"labels_px: shape {labels.shape}, expected ({n}, 2)")
@@ -71,9 +73,14 @@ class LabelledFrames:
 
     def __getitem__(self, which: np.ndarray | slice | Sequence[int]) -> LabelledFrames:
         """The frames a boolean mask or an index array picks, every column alike."""
-        idx = np.asarray(which) if not isinstance(which, slice) else which
-        if isinstance(idx, np.ndarray) and idx.dtype == bool and idx.shape != (len(self),):
-            raise IndexError(f"mask of shape {idx.shape} for {len(self)} frames")
+        idx = which if isinstance(which, slice) else np.asarray(which)
+        if isinstance(idx, np.ndarray):
+            if idx.ndim != 1:
+                raise IndexError("pick frames with a boolean mask, an index array or a slice")
+            if idx.dtype == bool and idx.shape != (len(self),):
+                raise IndexError(f"mask of shape {idx.shape} for {len(self)} frames")
+            if idx.size == 0:
+                idx = idx.astype(np.int64)
         return LabelledFrames(
             features={k: v[idx] for k, v in self.features.items()},
             labels_px=self.labels_px[idx],
@@ -87,10 +94,6 @@ class LabelledFrames:
     def n_targets(self) -> int:
         return len(np.unique(self.groups))
 
-    def settled(self) -> LabelledFrames:
-        """The frames recorded once the eyes had reached their target."""
-        return self[~self.settling]
-
     def expand(self, names: Sequence[str]) -> list[str]:
         """`embedding` stands for all of the network's embedding columns (emb_0, emb_1, ...)."""
         dim = sum(1 for k in self.features if _is_embedding(k))
@@ -101,8 +104,11 @@ class LabelledFrames:
 
     def matrix(self, names: Sequence[str]) -> np.ndarray:
         """(N, d) of the named columns in that order; a name no frame has, or not every
-        frame has, is a KeyError naming it and what there is."""
+        frame has, is a KeyError naming it and what there is (no frames: every name is had
+        by all of them, and the matrix is (0, d))."""
         names = self.expand(names)
+        if not len(self):
+            return np.zeros((0, len(names)))
         missing = [n for n in names if n not in self.features]
         if missing:
             named = [k for k in self.features if not _is_embedding(k)]
@@ -117,7 +123,9 @@ class LabelledFrames:
 
     @classmethod
     def from_samples(cls, rows: Iterable[FrameRow]) -> LabelledFrames:
-        """The fast path's collected frames (`Collected.samples`), in their order."""
+        """The fast path's collected frames (`Collected.samples`), in their order. Pick the
+        rows first: the columns are the features every row given has, and a mask applied
+        afterwards cannot bring back a feature that only a left-out frame lacked."""
         rows = list(rows)
         return cls.from_dicts(
             (r.sample.feature_dict() for r in rows),
@@ -135,9 +143,11 @@ class LabelledFrames:
 
     @classmethod
     def concat(cls, parts: Sequence[LabelledFrames]) -> LabelledFrames:
-        """Frames of several batches, in order; the features all of them have."""
+        """Frames of several batches, in order; the features all of their frames have (a
+        batch of no frames constrains none)."""
         if not parts:
             return cls(features={}, labels_px=np.zeros((0, 2)), groups=[], names=[])
+        parts = [p for p in parts if len(p)] or list(parts[:1])
         keys = set(parts[0].features).intersection(*(p.features for p in parts[1:]))
         return cls(
             features={k: np.concatenate([p.features[k] for p in parts]) for k in keys},
@@ -161,10 +171,12 @@ def _column(name: str, values: Any, n: int, dtype: Any) -> np.ndarray:
     if a.shape != (n,):
         raise ValueError(f"{name}: shape {a.shape}, expected ({n},)")
     if dtype is str:
-        return a.astype(str) if a.dtype.kind != "U" else a
-    if dtype is np.int64 and a.size and a.dtype.kind not in "iub":
+        return a.astype(str)
+    if a.size and dtype is np.int64 and a.dtype.kind not in "iu":
         raise ValueError(f"{name}: {a.dtype} values, expected integers")
-    return a.astype(dtype, copy=False)
+    if a.size and dtype is bool and a.dtype.kind != "b":
+        raise ValueError(f"{name}: {a.dtype} values, expected True/False")
+    return a.astype(dtype)  # a copy: the caller's arrays stay theirs
 
 
 def _is_embedding(name: str) -> bool:

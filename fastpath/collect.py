@@ -43,10 +43,10 @@ class Collected:
         """Pairs found in the folder, rejected ones included."""
         return len(self.session.items) + len(self.session.rejected)
 
-    def labelled(self) -> LabelledFrames:
-        """The usable frames as one set of columns, in time order (settling ones included:
-        `.settled()` leaves them out)."""
-        return LabelledFrames.from_samples(self.samples)
+    def labelled(self, *, settling: bool = False) -> LabelledFrames:
+        """The usable frames as one set of columns, in time order; `settling`: with the
+        frames recorded while the eyes were still moving to their target."""
+        return LabelledFrames.from_samples(ls for ls in self.samples if settling or not ls.settling)
 
 
 def target_ids(session: Session) -> list[int]:

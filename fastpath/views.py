@@ -65,18 +65,20 @@ def session_views(
     reads are compared on the same frames. `reading`: as `collect_session` takes it."""
     col = collect_session(session, fp, cache=cache, both_reads=both_reads, reading=reading)
     reads = {"as read": col} | ({"other": col.other} if col.other is not None else {})
-    frames = {k: c.labelled() for k, c in reads.items()}
-    usable = [set(f.names[~f.settling]) for f in frames.values()]
+    usable = [{ls.name for ls in c.samples if not ls.settling} for c in reads.values()]
     common = set.intersection(*usable)
-    mine = frames["as read"]
     rejected = [(r.file, r.why) for r in col.rejected]
-    rejected += settling_rejected(mine)
+    rejected += settling_rejected(col.labelled(settling=True))
     rejected += [
-        (n, "no gaze in the other read of the frames")
-        for n in mine.names[~mine.settling].tolist()
-        if n not in common
+        (ls.name, "no gaze in the other read of the frames")
+        for ls in col.samples
+        if not ls.settling and ls.name not in common
     ]
-    kept = {k: f[np.isin(f.names, list(common))] for k, f in frames.items()}
+    # Rows picked before the columns are made: a feature only a left-out frame lacks stays.
+    kept = {
+        k: LabelledFrames.from_samples(ls for ls in c.samples if ls.name in common)
+        for k, c in reads.items()
+    }
     if not len(kept["as read"]):
         raise NoUsableFrames(f"{session.folder}: no usable frames ({len(rejected)} rejected)")
     return Views(col=col, reads=kept, rejected=rejected)

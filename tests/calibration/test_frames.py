@@ -31,6 +31,9 @@ BAD = [
     ({"t_ns": np.zeros(5, np.int64)}, "t_ns: shape (5,), expected (4,)"),
     ({"settling": np.zeros((4, 1), bool)}, "settling: shape (4, 1), expected (4,)"),
     ({"features": {"gaze_yaw": np.zeros(2)}}, "gaze_yaw: shape (2,), expected (4,)"),
+    ({"groups": np.ones(4, bool)}, "groups: bool values, expected integers"),
+    ({"settling": ["False"] * 4}, "settling: <U5 values, expected True/False"),
+    ({"settling": np.zeros(4)}, "settling: float64 values, expected True/False"),
 ]
 
 
@@ -56,7 +59,7 @@ def test_defaults_for_time_and_settling():
 
 def test_a_mask_or_an_index_picks_rows_of_every_column():
     f = _frames()
-    s = f.settled()
+    s = f[~f.settling]
     assert s.names.tolist() == ["f1.jpg", "f3.jpg"]
     assert s.features["gaze_yaw"].tolist() == pytest.approx([0.1, 0.3])
     assert s.labels_px[:, 0].tolist() == [100.0, 300.0] and s.groups.tolist() == [0, 1]
@@ -65,6 +68,25 @@ def test_a_mask_or_an_index_picks_rows_of_every_column():
     assert back.names.tolist() == ["f3.jpg", "f0.jpg"] and back.groups.tolist() == [1, 0]
     with pytest.raises(IndexError, match="mask of shape"):
         f[np.array([True, False])]
+    with pytest.raises(IndexError, match="boolean mask, an index array or a slice"):
+        f[0]
+    assert len(f[[]]) == 0 and list(f[[]].features) == list(f.features)
+    assert f[1:3].names.tolist() == ["f1.jpg", "f2.jpg"]
+
+
+def test_the_columns_are_the_batchs_own_not_the_callers():
+    yaw, groups = np.zeros(2), np.array([0, 1])
+    f = LabelledFrames(
+        features={"gaze_yaw": yaw}, labels_px=np.zeros((2, 2)), groups=groups, names=["a", "b"]
+    )
+    yaw[0], groups[0] = 9.0, 7
+    assert f.features["gaze_yaw"][0] == 0.0 and f.groups[0] == 0
+
+
+def test_no_frames_is_a_batch_whose_matrix_has_every_column():
+    f = LabelledFrames(features={}, labels_px=[], groups=[], names=[])
+    assert len(f) == 0 and f.n_targets == 0
+    assert f.matrix(["gaze_yaw", "gaze_pitch"]).shape == (0, 2)
 
 
 def test_matrix_in_the_asked_order_and_a_missing_feature_named():
@@ -124,6 +146,15 @@ def test_from_samples_keeps_order_and_only_the_features_every_frame_has():
     assert len(empty) == 0 and empty.features == {} and empty.matrix([]).shape == (0, 0)
 
 
+def test_concat_of_a_batch_without_frames_keeps_the_others_features():
+    """Hot reload pools a user's sittings: one that gave no usable frame adds no rows and
+    must not take every feature away from the rest."""
+    empty = LabelledFrames.from_samples([])
+    c = LabelledFrames.concat([_frames(2), empty, _frames(3)])
+    assert len(c) == 5 and list(c.features) == ["gaze_pitch", "gaze_yaw"]
+    assert c.matrix(["gaze_yaw"]).shape == (5, 1)
+
+
 def test_concat_keeps_rows_in_order_and_the_common_features():
     a = _frames(2)
     b = _frames(3, features={"gaze_yaw": np.ones(3)}, groups=[5, 5, 6])
@@ -138,3 +169,24 @@ def test_feature_columns_of_no_frames_is_empty():
     assert feature_columns([]) == {}
     cols = feature_columns([{"a": 1, "b": 2}, {"a": 3}])
     assert list(cols) == ["a"] and cols["a"].tolist() == [1.0, 3.0]
+
+
+def test_collected_picks_its_rows_before_it_makes_the_columns():
+    """A settling frame without a feature (the eyes' line is left out when the mesh is
+    degenerate) must not take that feature from the settled frames a mapping uses."""
+    from gazeloop.fastpath.collect import Collected
+
+    ray = {"gaze_yaw": 0.1, "gaze_ray_yaw": 0.3}
+    col = Collected(
+        session=None,
+        samples=[
+            _Row("a", 1, (0.0, 0.0), 0, _Sample({"gaze_yaw": 0.0}), settling=True),
+            _Row("b", 2, (10.0, 0.0), 0, _Sample(ray)),
+            _Row("c", 3, (20.0, 0.0), 1, _Sample(ray)),
+        ],
+    )
+    used = col.labelled()
+    assert used.names.tolist() == ["b", "c"]
+    assert used.matrix(["gaze_ray_yaw"]).ravel().tolist() == [0.3, 0.3]
+    every = col.labelled(settling=True)
+    assert every.names.tolist() == ["a", "b", "c"] and "gaze_ray_yaw" not in every.features

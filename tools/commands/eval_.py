@@ -255,8 +255,7 @@ def run(args: argparse.Namespace) -> int:
             cache=not args.no_cache,
         )
         if args.precision and col is not None:
-            stream = col.labelled()
-            used = stream.settled()
+            used = col.labelled()
             ev.report.precision = precision_for(
                 used,
                 used.matrix(ev.report.features),
@@ -264,7 +263,7 @@ def run(args: argparse.Namespace) -> int:
                 screen_for(args, col.session),
                 ev.report.mapping,
                 fastpath_config(args),
-                stream=stream,
+                stream=col.labelled(settling=True),
             )
     return _output(args, ev)
 
@@ -283,8 +282,7 @@ def _run_fixed(args: argparse.Namespace, mapping: str, names: list[str]):
     session = _session(args)
     screen = screen_for(args, session)
     col, _ = collect_frames(args, session, "eval")
-    stream = col.labelled()
-    used = stream.settled()
+    stream, used = col.labelled(settling=True), col.labelled()
     rejected = [(r.file, r.why) for r in col.rejected]
     rejected += settling_rejected(stream)
     if not len(used):

@@ -186,7 +186,7 @@ def _fit_selected(args, session, screen):
 def _fit_fixed(args, session, screen, mapping: str, names: list[str]) -> Profile:
     """One mapping on named features, as asked."""
     col, gaze = collect_frames(args, session, "profile fit")
-    used = col.labelled().settled()
+    used = col.labelled()
     if not len(used):
         raise UserError(f"{session.folder}: no usable frames")
     names, x = feature_columns(used, names)

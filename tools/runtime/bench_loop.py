@@ -148,7 +148,7 @@ def collect_points(
 
     session = read_session(folder, screen_px=screen_px, mirrored=mirrored)
     col = collect_session(session, fp)
-    used = col.labelled().settled()
+    used = col.labelled()
     if not len(used):
         raise UserError(f"{folder}: no usable frames ({len(col.rejected)} rejected)")
     x, groups, truth = used.matrix(list(DEFAULT_FEATURES)), used.groups, used.labels_px

@@ -37,7 +37,7 @@ def calibrate(session: Session, fp: FastPath, screen: ScreenGeometry, out: Path)
     """Fit a profile on the settled frames; the leave-one-target-out evaluation is plotted
     to `out/calibration.png`, the profile saved as `out/profile.json`."""
     col = collect_session(session, fp)
-    used = col.labelled().settled()
+    used = col.labelled()
     names = list(DEFAULT_FEATURES)
     x, labels, groups = used.matrix(names), used.labels_px, used.groups
     ev = evaluate_arrays(

@@ -56,7 +56,7 @@ def refit_profile(profile: Profile, fp_cfg, onnx_path: Path | None, gaze: GazeMo
     parts = []
     try:
         for folder in folders:
-            parts.append(collect_session(folder, fp).labelled().settled())
+            parts.append(collect_session(folder, fp).labelled())
     finally:
         fp.close()
     used = LabelledFrames.concat(parts)

@@ -45,7 +45,7 @@ def test_promoted_model_is_served_between_two_frames_and_the_next_start_uses_it(
     session = read_session(corners_session)
     screen = ScreenGeometry(px=session.manifest.screen_px, mm=session.manifest.screen_mm)
     col = collect_session(session, fp)
-    used = col.labelled().settled()
+    used = col.labelled()
     names = ["gaze_yaw", "gaze_pitch"]
     prof = fit_profile(
         used.matrix(names),
@@ -142,7 +142,7 @@ def test_a_profile_of_the_other_read_is_refitted_at_start_and_kept_apart(corners
     single = FastPath(FastPathConfig(mirror_average=False, gaze_frame="camera"))
     session = read_session(corners_session)
     screen = ScreenGeometry(px=session.manifest.screen_px, mm=session.manifest.screen_mm)
-    used = collect_session(session, single).labelled().settled()
+    used = collect_session(session, single).labelled()
     names = ["gaze_yaw", "gaze_pitch"]
     prof = fit_profile(
         used.matrix(names),
