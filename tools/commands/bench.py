@@ -30,7 +30,7 @@ from gazeloop.tools.errors import UserError
 from gazeloop.tools.runtime import bench_loop
 from gazeloop.tools.runtime.bench_fastpath import bench_fastpath, pool_runs, single_thread
 from gazeloop.tools.runtime.bench_loop import LoopBenchOptions, bench_sessions
-from gazeloop.tools.runtime.bench_loop_text import loop_text, plot_sittings
+from gazeloop.tools.runtime.bench_loop_text import loop_text, plot_injected, plot_sittings
 from gazeloop.tools.runtime.progress import Progress
 
 
@@ -145,8 +145,9 @@ def _add_loop_parser(bsub) -> None:
         "--plot",
         type=Path,
         metavar="PNG",
-        help="with --sittings: a picture of every pair (drifted, with the loop, the sitting's "
-        "own calibration, the best offset)",
+        help="a picture: with --session alone, the error after each label for the step and "
+        "the ramp (the loop beside the estimator told the onset); with --sittings, every pair "
+        "(drifted, with the loop, the sitting's own calibration, the best offset)",
     )
     _add_loop_labeller_args(p)
     p.add_argument("--screen-px", type=positive_int, nargs=2, metavar=("W", "H"))
@@ -371,7 +372,12 @@ def run_loop(args: argparse.Namespace) -> int:
     if args.sittings is not None:
         return _run_sittings(args, opts)
     if args.plot is not None:
-        raise UserError("bench loop: --plot draws the pairs of --sittings; give --sittings")
+        if args.calibrate_on is not None:
+            raise UserError(
+                "bench loop: --plot draws an injected drift (--session alone) or the pairs of "
+                "--sittings, not --calibrate-on"
+            )
+        check_plot_path(args.plot)
     if args.start != "previous":
         raise UserError("bench loop: --start chooses what pairs of --sittings start from")
     _check_folder(args.session, "--session")
@@ -391,6 +397,9 @@ def run_loop(args: argparse.Namespace) -> int:
             screen_px=tuple(args.screen_px) if args.screen_px else None,
             mirrored=args.mirrored,
         )
+    if args.plot is not None:
+        write_plot(lambda f: plot_injected(out, f), args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
     print(json.dumps(out) if args.json else loop_text(out))
     return 0
 

@@ -289,6 +289,7 @@ def drift_summary(
             max(r["error_after_px"] / r["error_drifted_px"] for r in summ), 3
         ),
         **_after_k(runs, before, drift.at_label, AFTER_LABELS),
+        "error_by_label_px": error_by_label(runs),
         "drift": drift.model_dump(),
     }
     clicks = click_counts([reasons for reasons, _, _ in done])
@@ -304,6 +305,7 @@ def drift_summary(
             "labels_to_recover_p90": ref["p90"],
             "recovered_runs": ref["recovered"],
             **_after_k(refs, before, drift.at_label, AFTER_LABELS),
+            "error_by_label_px": error_by_label(refs),
         }
     return out
 
@@ -347,6 +349,15 @@ def false_change_stats(lengths: list[np.ndarray]) -> dict[str, Any]:
         "streams": len(lengths),
         "labels_per_stream": int(len(lengths[0])),
     }
+
+
+def error_by_label(runs: list) -> dict[str, list[float]]:
+    """The error after each label over the streams: median and the 10th and 90th
+    percentiles, label by label (what `bench loop --plot` draws)."""
+    err = np.array([r.err_px for r in runs], dtype=np.float64)
+    q = np.percentile(err, [10, 50, 90], axis=0)
+    names = ("p10", "median", "p90")
+    return {k: [round(float(v), 1) for v in row] for k, row in zip(names, q, strict=True)}
 
 
 def _after_k(runs: list, before: float, onset: int, k: int) -> dict[str, Any]:

@@ -167,3 +167,48 @@ def plot_sittings(out: dict[str, Any], path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def plot_injected(out: dict[str, Any], path) -> None:
+    """`bench loop --session S --plot PNG`: the error after each label, median over the
+    streams with the 10-90 % band, for the step and the ramp; beside the loop, the estimator
+    told the onset on the same labels (step). The lines: the error before the drift, the
+    recovery band (within `RECOVER_TOLERANCE` of it) and the error left uncorrected."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from gazeloop.calibration.drift.simulation import RECOVER_TOLERANCE
+
+    cases = [("step", out, out.get("known_onset_reference")), ("ramp", out["ramp"], None)]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110, sharey=True)
+    for ax, (name, r, told) in zip(axes, cases, strict=True):
+        curve = r["error_by_label_px"]
+        x = range(1, len(curve["median"]) + 1)
+        ax.fill_between(x, curve["p10"], curve["p90"], color="tab:blue", alpha=0.2, lw=0)
+        ax.plot(x, curve["median"], color="tab:blue", lw=2, label="the loop (median, 10-90 %)")
+        if told:
+            ax.plot(
+                x, told["error_by_label_px"]["median"], "--", color="k", lw=1.3,
+                label="estimator told the onset (median)",
+            )  # fmt: skip
+        before = r["error_before_px"]
+        ax.axhline(r["error_drifted_px"], color="tab:red", ls=":", label="drifted, uncorrected")
+        ax.axhspan(before, before * (1 + RECOVER_TOLERANCE), color="tab:green", alpha=0.15)
+        ax.axhline(before, color="tab:green", ls=":", label="before the drift (and its band)")
+        drift = out["step"] if name == "step" else r["drift"]
+        ax.axvline(drift["at_label"] + 0.5, color="0.4", lw=0.8)
+        told_txt = f", told the onset {_n(told['labels_to_recover'], '.0f')}" if told else ""
+        ax.set_title(
+            f"{drift['px']:g} px {name}: labels to recover "
+            f"{_n(r['labels_to_recover'], '.0f')}{told_txt}",
+            fontsize=10,
+        )
+        ax.set_xlabel("labels")
+    axes[0].set_ylabel("mean error over the session (px)")
+    axes[0].legend(fontsize=8, loc="upper right")
+    fig.suptitle(f"{_source(out)}; {out['seeds']} streams", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -22,8 +22,8 @@ FIELDS = {
 }
 
 
-def run_json(capsys, *args: str) -> dict:
-    rc = main(["bench", "loop", *args, "--json"])
+def run_json(capsys, *args) -> dict:
+    rc = main(["bench", "loop", *map(str, args), "--json"])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     return json.loads(captured.out)
@@ -52,9 +52,12 @@ def records(folder: Path) -> list[tuple[str, dict]]:
 
 
 @pytest.mark.slow
-def test_grid9_leave_one_target_out_step_and_ramp(shared, capsys):
+def test_grid9_leave_one_target_out_step_and_ramp(shared, tmp_path, capsys):
     grid9 = shared / "data/sessions/grid9"
-    out = run_json(capsys, "--session", str(grid9), "--mirrored", "--seeds", "4")
+    png = tmp_path / "loop.png"
+    out = run_json(
+        capsys, "--session", str(grid9), "--mirrored", "--seeds", "4", "--plot", str(png)
+    )
     assert out["oracle"].startswith("simulated")
     assert set(out) >= FIELDS and FIELDS - {"outlier_rate", "noise_px"} <= set(out["ramp"])
     assert out["mode"] == "injected-drift" and out["frames"] == 9 and out["targets"] == 9
@@ -80,6 +83,20 @@ def test_grid9_leave_one_target_out_step_and_ramp(shared, capsys):
     assert (quiet["streams"], quiet["labels_per_stream"]) == (4, 100)
     assert 0 <= quiet["false_change_share"] <= 1
     assert 0 < quiet["rms_offset_px"] <= quiet["max_offset_px"] < 400
+    # The error after each label, what --plot draws: 60 labels, the band around the median,
+    # the uncorrected error at the onset and the reported end at the last label.
+    for r in (out, out["ramp"]):
+        c = r["error_by_label_px"]
+        assert len(c["median"]) == len(c["p10"]) == len(c["p90"]) == 60
+        assert all(lo <= m <= hi for lo, m, hi in zip(c["p10"], c["median"], c["p90"], strict=True))
+        assert c["median"][-1] == r["error_after_px"]
+    c = out["error_by_label_px"]["median"]
+    assert c[0] == pytest.approx(out["error_before_px"], rel=0.2)  # before the drift
+    assert c[10] == pytest.approx(out["error_drifted_px"], rel=0.2)  # the step's first label
+    assert len(ref["error_by_label_px"]["median"]) == 60
+    import matplotlib.image
+
+    assert matplotlib.image.imread(png).shape[:2] == (462, 1210)
 
 
 @pytest.mark.slow
@@ -188,6 +205,11 @@ def test_bad_options_are_refused_before_any_work(tmp_path, capsys):
     assert "--outlier-rate: must be a fraction from 0 to 1, got '1.5'" in capsys.readouterr().err
     rc = main(["bench", "loop", "--session", str(tmp_path), "--label-targets", "a,b"])
     assert rc == 2 and "not integers" in capsys.readouterr().err
+    rc = main(["bench", "loop", "--session", str(tmp_path / "x"), "--plot", str(tmp_path / "p")])
+    assert rc == 2 and "name a .png" in capsys.readouterr().err  # before any work
+    argv = ["bench", "loop", "--session", str(tmp_path), "--calibrate-on", str(tmp_path)]
+    rc = main([*argv, "--plot", str(tmp_path / "p.png")])
+    assert rc == 2 and "not --calibrate-on" in capsys.readouterr().err
 
 
 @pytest.mark.slow
