@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -24,8 +26,15 @@ from gazeloop.calibration.metrics.head_shift import expected_shift_mm, follow_st
 from gazeloop.calibration.store.session import read_session
 from gazeloop.fastpath.collect import LazyFastPath
 from gazeloop.fastpath.sources import SessionSource
-from gazeloop.tools.commands._args import add_fastpath_args, fastpath_config, positive_float
+from gazeloop.tools.commands._args import (
+    add_fastpath_args,
+    check_plot_path,
+    fastpath_config,
+    positive_float,
+    write_plot,
+)
 from gazeloop.tools.errors import UserError
+from gazeloop.tools.runtime.head_shift_plot import plot_head_shift
 from gazeloop.tools.runtime.selection import session_views
 
 # Moves as fractions of the image (shift) or factors (scale): a head sliding a hand's width
@@ -52,6 +61,12 @@ def add_parser(sub) -> None:
     p.add_argument("session", type=str, help="session folder")
     p.add_argument("--screen-mm", type=positive_float, nargs=2, metavar=("W", "H"))
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument(
+        "--plot",
+        type=Path,
+        metavar="PNG",
+        help="a picture: per move, where the gaze point must go and where each mapping put it",
+    )
     add_fastpath_args(p)
     p.set_defaults(func=run)
 
@@ -85,12 +100,17 @@ def _shifted_features(session, fp, names, move) -> tuple[dict[str, dict], tuple[
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.plot is not None:
+        check_plot_path(args.plot)
     session = read_session(args.session)
     fp = LazyFastPath(fastpath_config(args))
     try:
         report = check(session, fp, args)
     finally:
         fp.close()
+    if args.plot is not None:
+        write_plot(lambda f: plot_head_shift(report, f), args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0

@@ -205,9 +205,13 @@ def test_a_folder_with_no_sitting_to_evaluate_is_one_line(shared, tmp_path):
 
 
 @pytest.mark.slow
-def test_head_shift_geometric_follows_depth_moves_and_ridge_does_not(folder):
-    rc, out, err = cli("head-shift", folder / "p1_s08", "--json")
+def test_head_shift_geometric_follows_depth_moves_and_ridge_does_not(folder, tmp_path):
+    png = tmp_path / "shift.png"
+    rc, out, err = cli("head-shift", folder / "p1_s08", "--json", "--plot", png)
     assert rc == 0, err
+    import matplotlib.image
+
+    assert f"wrote {png}" in err and matplotlib.image.imread(png).shape[:2] == (484, 1496)
     rep = json.loads(out)
     assert set(rep["moves"]) == {"right", "down", "closer", "farther"}
     for mv in ("closer", "farther"):
@@ -242,6 +246,39 @@ def test_choice_by_history_uses_only_earlier_pairs():
     assert rep["across_by_history"]["n"] == 4
     assert rep["across_by_history"]["median_px"] == 85.0
     assert rep["per_user"]["b"]["across_by_history"]["median_px"] == 30.0
+
+
+def test_head_shift_refuses_a_picture_it_cannot_write_before_any_work(tmp_path):
+    rc, out, err = cli("head-shift", tmp_path / "none", "--plot", tmp_path / "shift.txt")
+    assert rc == 2 and out == "" and "name a .png, .svg or .pdf file" in err
+
+
+def test_head_shift_picture_of_a_canned_report(tmp_path):
+    """The picture needs only the report: every move a panel, every candidate an arrow."""
+    from gazeloop.tools.runtime.head_shift_plot import plot_head_shift
+
+    def stats(px):
+        return {"expected_px": [1.0, 0.0], "predicted_px": px}
+
+    moves = {
+        mv: {
+            "frames": 9,
+            "expected_px": [30.0, 0.0],
+            "by_candidate": {
+                "geometric:geometric": stats([28.0, 2.0]),
+                "ridge:gaze": stats([0, 0]),
+            },
+        }
+        for mv in ("right", "down", "closer")
+    }
+    report = {
+        "session": "s", "targets": 9, "frames": 9, "chosen": "geometric:geometric", "moves": moves
+    }  # fmt: skip
+    plot_head_shift(report, tmp_path / "p.png")
+    import matplotlib.image
+
+    img = matplotlib.image.imread(tmp_path / "p.png")
+    assert img.shape[:2] == (484, 3 * 374)
 
 
 @pytest.mark.slow
