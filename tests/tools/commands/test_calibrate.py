@@ -96,6 +96,10 @@ def test_replay_takes_the_recordings_targets_and_skips_settling_frames():
     run.finish()
     assert run.done and run.skipped == [1] and run.used() == [0, 2]
     assert run.targets[1].dropped == {"no face": 1}
+    # What the fit gets: the skipped target's frame left out, each target its own group.
+    f = run.labelled(ScreenGeometry(px=(1000, 500)))
+    assert f.groups.tolist() == [0, 0, 2, 2] and f.t_ns.tolist() == [1, 2, 5, 6]
+    assert f.labels_px.tolist() == [[100, 50], [100, 50], [500, 450], [500, 450]]
 
 
 def test_a_run_fits_its_profile_by_nested_selection():
