@@ -12,11 +12,14 @@ from typing import Any
 
 from gazeloop.tools.commands._args import (
     add_fastpath_args,
+    check_plot_path,
     fastpath_config,
     positive_int,
+    write_plot,
 )
 from gazeloop.tools.errors import UserError
 from gazeloop.tools.runtime import oracle_eval
+from gazeloop.tools.runtime.oracle_eval_plot import plot_oracle_eval
 
 _COMMIT = re.compile(r"^[0-9a-fA-F]{40}$")
 
@@ -60,6 +63,12 @@ def add_parser(sub) -> None:
         "unreviewed (trust_remote_code); warned loudly",
     )
     e.add_argument("--json", action="store_true", help="print only the JSON object")
+    e.add_argument(
+        "--plot",
+        type=Path,
+        metavar="PNG",
+        help="a picture: each label on the screen beside its target, and the errors' spread",
+    )
     add_fastpath_args(e)
     e.set_defaults(func=run_eval)
 
@@ -79,6 +88,8 @@ def _check(args) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     _check(args)
+    if args.plot is not None:
+        check_plot_path(args.plot)
     px = tuple(args.screen_px) if args.screen_px else None
     session, screen, basis = oracle_eval.session_and_screen(args.session, px, args.mirrored)
     out: dict[str, Any] = {"session": str(args.session), "oracle": args.oracle}
@@ -106,6 +117,9 @@ def run_eval(args: argparse.Namespace) -> int:
     out.update(screen_px=list(screen.px), screen_basis=basis)
     out["summary"] = oracle_eval.summarise(results)
     out["labels"] = oracle_eval.as_dicts(results)
+    if args.plot is not None:
+        write_plot(lambda f: plot_oracle_eval(out, f), args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
     print(json.dumps(out) if args.json else json.dumps(out, indent=1))
     return 0
 

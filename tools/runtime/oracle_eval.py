@@ -54,6 +54,9 @@ class LabelResult:
     angle_deg: float | None = None
     latency_ms: float | None = None
     fixation_px: float | None = None
+    point_px: tuple[float, float] | None = None  # a point label, on the screen
+    # a line label: its origin on the screen and its unit direction on the glass (px)
+    line_px: tuple[float, float, float, float] | None = None
 
 
 def point_distance_px(xy_norm, truth_px, size) -> float:
@@ -135,10 +138,17 @@ def _measured(name, target, truth, label, ms, size) -> LabelResult:
     obs = label.observation
     if isinstance(obs, PointObservation):
         d = point_distance_px(obs.xy, truth, size)
-        return LabelResult(name, target, truth, True, None, "point", d, latency_ms=ms)
+        xy = (float(obs.xy[0] * size[0]), float(obs.xy[1] * size[1]))
+        return LabelResult(name, target, truth, True, None, "point", d, latency_ms=ms, point_px=xy)
     if isinstance(obs, LineObservation):
         perp, ang = line_errors(obs.origin, obs.direction, truth, size)
-        return LabelResult(name, target, truth, True, None, "line", None, perp, ang, ms)
+        o = np.asarray(obs.origin, dtype=np.float64) * size
+        u = np.asarray(obs.direction, dtype=np.float64) * size
+        u /= np.hypot(*u)
+        line = (float(o[0]), float(o[1]), float(u[0]), float(u[1]))
+        return LabelResult(
+            name, target, truth, True, None, "line", None, perp, ang, ms, line_px=line
+        )
     why = "no observation" + ("" if label.in_frame is None else f" (in_frame={label.in_frame})")
     return LabelResult(name, target, truth, False, why, latency_ms=ms)
 
@@ -165,6 +175,12 @@ def as_dicts(results: list[LabelResult]) -> list[dict[str, Any]]:
     for r in results:
         d = {k: (round(v, 2) if isinstance(v, float) else v) for k, v in asdict(r).items()}
         d["truth_px"] = [round(v, 1) for v in r.truth_px]
+        if r.point_px is not None:
+            d["point_px"] = [round(v, 1) for v in r.point_px]
+        if r.line_px is not None:
+            d["line_px"] = [round(v, 1) for v in r.line_px[:2]] + [
+                round(v, 4) for v in r.line_px[2:]
+            ]
         out.append(d)
     return out
 
@@ -218,6 +234,7 @@ def eval_clicks(pts, screen_px, clicks_per_target: int, seed: int) -> list[Label
                         0.0 if v.accepted else None,
                         latency_ms=ms,
                         fixation_px=fix,
+                        point_px=truth_px if v.accepted else None,
                     )
                 )
     return out

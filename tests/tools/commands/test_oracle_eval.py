@@ -55,12 +55,19 @@ def test_summary_medians_skip_labels_without_the_number():
     assert s["why_not"] == {"burst": 1} and s["median_angle_deg"] is None
 
 
-def test_targets_on_grid9_are_every_frame_at_distance_zero(shared, capsys):
-    out = run_json(capsys, str(shared / "data/sessions/grid9"), "--oracle", "targets")
+def test_targets_on_grid9_are_every_frame_at_distance_zero(shared, capsys, tmp_path):
+    png = tmp_path / "targets.png"
+    out = run_json(
+        capsys, str(shared / "data/sessions/grid9"), "--oracle", "targets", "--plot", str(png)
+    )
     assert out["oracle"] == "targets" and "by construction" in out["oracle_note"]
     s = out["summary"]
     assert (s["labels"], s["returned"], s["median_distance_px"]) == (9, 9, 0.0)
     assert all(r["kind"] == "point" and r["latency_ms"] >= 0 for r in out["labels"])
+    assert all(r["point_px"] == r["truth_px"] for r in out["labels"])  # what --plot joins
+    import matplotlib.image
+
+    assert matplotlib.image.imread(png).shape[:2] == (572, 1210)
 
 
 def test_moondream_runs_through_the_double_and_says_so(shared, capsys):
@@ -74,6 +81,14 @@ def test_moondream_runs_through_the_double_and_says_so(shared, capsys):
     # The double's forced point is to the image's right: lines, whose numbers are reported.
     assert all(r["kind"] == "line" for r in out["labels"])
     assert 0 <= s["median_angle_deg"] <= 180 and s["median_perpendicular_px"] > 0
+    # The line as --plot draws it (origin px, unit direction on the glass) is the line
+    # the distance was measured from.
+    for r in out["labels"]:
+        ox, oy, ux, uy = r["line_px"]
+        assert math.hypot(ux, uy) == pytest.approx(1.0, abs=1e-3)
+        tx, ty = r["truth_px"]
+        perp = abs(ux * (ty - oy) - uy * (tx - ox))
+        assert perp == pytest.approx(r["perpendicular_px"], abs=2.0)
 
 
 def test_real_moondream_offline_is_one_clear_error(shared, capsys, monkeypatch, tmp_path):
@@ -92,6 +107,8 @@ def test_bad_flags_are_one_line_errors(shared, capsys):
     assert "for --oracle moondream" in capsys.readouterr().err
     assert main(["oracle", "eval", grid9, "--oracle", "moondream", "--code-commit", "abc"]) == 2
     assert "40-hex" in capsys.readouterr().err
+    assert main(["oracle", "eval", grid9, "--oracle", "targets", "--plot", "labels.txt"]) == 2
+    assert "--plot labels.txt: name a .png, .svg or .pdf file" in capsys.readouterr().err
 
 
 @pytest.mark.slow
