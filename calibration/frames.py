@@ -51,7 +51,7 @@ class LabelledFrames:
 
     def __post_init__(self) -> None:
         labels = np.array(self.labels_px, dtype=np.float64)
-        if labels.size == 0:
+        if labels.shape == (0,):  # no frames, given as an empty list
             labels = labels.reshape(0, 2)
         n = len(labels)
         if labels.shape != (n, 2):

@@ -96,6 +96,8 @@ class SimResult:
     outlier: np.ndarray  # (n_labels,) bool: the simulated oracle answered at random
     alarm: np.ndarray  # (n_labels,) bool
     summary: dict[str, Any] = field(default_factory=dict)
+    # (n_labels,) the session error with the drift in force and no offset (simulate_drift)
+    uncorrected_px: np.ndarray | None = None
 
 
 def _as_points(a: Any, name: str) -> np.ndarray:
@@ -265,7 +267,7 @@ def _run(
     history = History(max_age_s=max(120.0, 4 * stream.interval_s), max_len=4096)
     loop = DriftLoop(cfg, history, new_sitting=new_sitting)
     n = stream.n_labels
-    err = np.empty(n)
+    err, raw = np.empty(n), np.empty(n)
     offs = np.empty((n, 2))
     drifts = np.array([drift.at(k) for k in range(n)])
     acc = np.zeros(n, dtype=bool)
@@ -279,6 +281,7 @@ def _run(
         acc[k], alarm[k] = dec.accepted, dec.alarm
         offs[k] = loop.offset
         err[k] = mean_error_px(p_eval + d_norm + loop.offset, t_eval, screen_px)
+        raw[k] = mean_error_px(p_eval + d_norm, t_eval, screen_px)
 
     before = mean_error_px(p_eval, t_eval, screen_px)
     drifted = mean_error_px(p_eval + drifts[-1] / size, t_eval, screen_px)
@@ -294,7 +297,7 @@ def _run(
             "alarm_labels": int(alarm.sum()),
         }
     )
-    return SimResult(err, offs, drifts, acc, outl, alarm, summary)
+    return SimResult(err, offs, drifts, acc, outl, alarm, summary, uncorrected_px=raw)
 
 
 def known_onset_reference(

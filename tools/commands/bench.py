@@ -397,10 +397,11 @@ def run_loop(args: argparse.Namespace) -> int:
             screen_px=tuple(args.screen_px) if args.screen_px else None,
             mirrored=args.mirrored,
         )
+    # The report first: a picture that cannot be written must not lose minutes of results.
+    print(json.dumps(out) if args.json else loop_text(out), flush=True)
     if args.plot is not None:
         write_plot(lambda f: plot_injected(out, f), args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
-    print(json.dumps(out) if args.json else loop_text(out))
     return 0
 
 
@@ -412,8 +413,9 @@ def _run_sittings(args: argparse.Namespace, opts: LoopBenchOptions) -> int:
         check_plot_path(args.plot)
     with Progress("bench loop over consecutive sittings"):
         out = bench_loop.bench_sittings(args.sittings, fastpath_config(args), opts)
+    # The report first: a picture that cannot be written must not lose minutes of results.
+    print(json.dumps(out) if args.json else loop_text(out), flush=True)
     if args.plot is not None:
         write_plot(lambda f: plot_sittings(out, f), args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
-    print(json.dumps(out) if args.json else loop_text(out))
     return 0

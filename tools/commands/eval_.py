@@ -168,6 +168,16 @@ def precision_for(
     return out
 
 
+def lag_stream(col, features: list[str]) -> LabelledFrames:
+    """What the lag is measured on: every frame with a gaze estimate, settling ones
+    included, that has the mapping's features (a settling frame without the eyes' position
+    cannot be mapped, and must not take the feature from the others)."""
+    need = set(features)
+    return LabelledFrames.from_samples(
+        ls for ls in col.samples if need <= ls.sample.feature_dict().keys()
+    )
+
+
 def lag_for(stream: LabelledFrames, mapping, features, geo: ScreenGeometry, cfg) -> dict:
     """The filter's delay behind the raw output at each change of target (`switch_lags`),
     on every frame of `stream` in time order, in px of `geo`."""
@@ -263,7 +273,7 @@ def run(args: argparse.Namespace) -> int:
                 screen_for(args, col.session),
                 ev.report.mapping,
                 fastpath_config(args),
-                stream=col.labelled(settling=True),
+                stream=lag_stream(col, ev.report.features),
             )
     return _output(args, ev)
 
@@ -305,7 +315,7 @@ def _run_fixed(args: argparse.Namespace, mapping: str, names: list[str]):
         raise UserError(str(e)) from None
     if args.precision:
         ev.report.precision = precision_for(
-            used, x, ev, screen, mapping, fastpath_config(args), stream=stream
+            used, x, ev, screen, mapping, fastpath_config(args), stream=lag_stream(col, names)
         )
     ev.report.mirrored, ev.report.mirrored_basis = col.session.mirrored, col.mirror_basis
     return ev, col

@@ -108,15 +108,17 @@ def run(args: argparse.Namespace) -> int:
         report = check(session, fp, args)
     finally:
         fp.close()
-    if args.plot is not None:
+    print(json.dumps(report, indent=2) if args.json else _text(report), flush=True)
+    if args.plot is not None:  # after the report: a failed picture loses no results
         write_plot(lambda f: plot_head_shift(report, f), args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
-    if args.json:
-        print(json.dumps(report, indent=2))
-        return 0
-    print(f"{report['session']}: {report['targets']} targets, {report['frames']} frames")
+    return 0
+
+
+def _text(report: dict) -> str:
+    lines = [f"{report['session']}: {report['targets']} targets, {report['frames']} frames"]
     for mv, per in report["moves"].items():
-        print(f"  head {mv}: expected {per['expected_px']} px")
+        lines.append(f"  head {mv}: expected {per['expected_px']} px")
         for c, st in per["by_candidate"].items():
             mark = " (chosen)" if c == report["chosen"] else ""
             frac = (
@@ -124,8 +126,10 @@ def run(args: argparse.Namespace) -> int:
                 if st["followed"] is not None
                 else ""
             )
-            print(f"    {c:28s} moved {st['predicted_px']} px: miss {st['miss_px']} px{frac}{mark}")
-    return 0
+            lines.append(
+                f"    {c:28s} moved {st['predicted_px']} px: miss {st['miss_px']} px{frac}{mark}"
+            )
+    return "\n".join(lines)
 
 
 def check(session, fp: LazyFastPath, args) -> dict:

@@ -117,10 +117,10 @@ def run_eval(args: argparse.Namespace) -> int:
     out.update(screen_px=list(screen.px), screen_basis=basis)
     out["summary"] = oracle_eval.summarise(results)
     out["labels"] = oracle_eval.as_dicts(results)
-    if args.plot is not None:
+    print(json.dumps(out) if args.json else json.dumps(out, indent=1), flush=True)
+    if args.plot is not None:  # after the report: a failed picture loses no results
         write_plot(lambda f: plot_oracle_eval(out, f), args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
-    print(json.dumps(out) if args.json else json.dumps(out, indent=1))
     return 0
 
 

@@ -353,11 +353,15 @@ def false_change_stats(lengths: list[np.ndarray]) -> dict[str, Any]:
 
 def error_by_label(runs: list) -> dict[str, list[float]]:
     """The error after each label over the streams: median and the 10th and 90th
-    percentiles, label by label (what `bench loop --plot` draws)."""
+    percentiles, label by label, and the error with the drift left uncorrected (the same
+    in every stream; what `bench loop --plot` draws)."""
     err = np.array([r.err_px for r in runs], dtype=np.float64)
     q = np.percentile(err, [10, 50, 90], axis=0)
     names = ("p10", "median", "p90")
-    return {k: [round(float(v), 1) for v in row] for k, row in zip(names, q, strict=True)}
+    out = {k: [round(float(v), 1) for v in row] for k, row in zip(names, q, strict=True)}
+    if runs and runs[0].uncorrected_px is not None:
+        out["uncorrected"] = [round(float(v), 1) for v in runs[0].uncorrected_px]
+    return out
 
 
 def _after_k(runs: list, before: float, onset: int, k: int) -> dict[str, Any]:

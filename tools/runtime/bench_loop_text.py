@@ -194,16 +194,16 @@ def plot_injected(out: dict[str, Any], path) -> None:
                 label="estimator told the onset (median)",
             )  # fmt: skip
         before = r["error_before_px"]
-        ax.axhline(r["error_drifted_px"], color="tab:red", ls=":", label="drifted, uncorrected")
+        ax.plot(x, curve["uncorrected"], ":", color="tab:red", label="drift left uncorrected")
         ax.axhspan(before, before * (1 + RECOVER_TOLERANCE), color="tab:green", alpha=0.15)
         ax.axhline(before, color="tab:green", ls=":", label="before the drift (and its band)")
         drift = out["step"] if name == "step" else r["drift"]
         ax.axvline(drift["at_label"] + 0.5, color="0.4", lw=0.8)
         told_txt = f", told the onset {_n(told['labels_to_recover'], '.0f')}" if told else ""
         ax.set_title(
-            f"{drift['px']:g} px {name}: labels to recover "
+            f"{drift['px']:g} px {name}: labels until a stream is back for good, median "
             f"{_n(r['labels_to_recover'], '.0f')}{told_txt}",
-            fontsize=10,
+            fontsize=9,
         )
         ax.set_xlabel("labels")
     axes[0].set_ylabel("mean error over the session (px)")

@@ -21,8 +21,8 @@ def plot_head_shift(report: dict[str, Any], path) -> None:
     moves = report["moves"]
     labels = sorted({c for per in moves.values() for c in per["by_candidate"]})
     colours = {c: plt.get_cmap("tab10")(i % 10) for i, c in enumerate(labels)}
-    fig, axes = plt.subplots(1, len(moves), figsize=(3.4 * len(moves), 4.4), dpi=110)
-    for ax, (name, per) in zip(axes, moves.items(), strict=True):
+    fig, axes = plt.subplots(1, len(moves), figsize=(3.4 * len(moves), 4.4), dpi=110, squeeze=False)
+    for ax, (name, per) in zip(axes[0], moves.items(), strict=True):
         arrows = [("expected", per["expected_px"])]
         arrows += [(c, st["predicted_px"]) for c, st in per["by_candidate"].items()]
         reach = max(1.0, *(math.hypot(*v) for _, v in arrows)) * 1.25
@@ -45,7 +45,8 @@ def plot_head_shift(report: dict[str, Any], path) -> None:
             f"({per['frames']} frames)",
             fontsize=9,
         )
-        ax.set_xlabel("px")
+        ax.set_xlabel("screen x (px)")
+        ax.set_ylabel("screen y (px, down)")
     handles = [plt.Line2D([], [], color="k", lw=2, label="where the gaze point must go")]
     handles += [
         plt.Line2D(
@@ -60,7 +61,7 @@ def plot_head_shift(report: dict[str, Any], path) -> None:
     fig.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)), fontsize=8)
     fig.suptitle(
         f"{report['session']}: {report['targets']} targets, {report['frames']} frames; "
-        "mean move of the gaze point on the screen",
+        "mean move of the gaze point on the screen (right, down: in the camera image)",
         fontsize=10,
     )
     fig.tight_layout(rect=(0, 0.12, 1, 0.93))

@@ -20,7 +20,9 @@ fsync and a SQLite row can take longer than a frame; a label that finds the queu
 counted in `store_dropped`, never waited for), which does the store's writes and keeps their
 counts; `flush`, `finish` and `close` wait for it. The only state the frame and oracle
 threads share is the history (locked), the offset (an array replaced whole) and a few "last
-seen" references for the display.
+seen" references for the display, and the loop and mapper references: `install` (the
+caller's thread) and `adopt` (the model watcher's) replace them whole, and a label judged
+by a loop that has since been replaced moves no mapper.
 """
 
 from __future__ import annotations
@@ -289,7 +291,8 @@ class Live:
 
     def adopt(self, mapper: ProfileMapper | None) -> None:
         """A new model came with its refitted profile (hot reload): the loop starts over from
-        that profile's offset, since residuals of the old model say nothing about the new."""
+        that profile's offset, since residuals of the old model say nothing about the new
+        (a new loop when the profile is of another screen size, as in `install`)."""
         old, self.mapper = self.mapper, mapper
         if mapper is None or self.loop is None:
             return
@@ -380,12 +383,15 @@ class Live:
     def _update_loop(self, label: OracleLabel) -> LoopDecision | None:
         if self.glance is not None:
             self.glance.saw_label(label.t_ns)
-        if self.loop is None:
+        loop, mapper = self.loop, self.mapper
+        if loop is None:
             return None
-        decision = self.loop.update(label)
+        decision = loop.update(label)
         self.decisions.append(decision)
-        if self.mapper is not None:
-            self.mapper.offset = decision.offset
+        # A new calibration or model may have replaced the loop and its mapper while this
+        # label was judged: the old loop's offset is not the new mapper's to take.
+        if mapper is not None and self.loop is loop and self.mapper is mapper:
+            mapper.offset = decision.offset
         return decision
 
     # --- the oracle thread ---------------------------------------------------------------

@@ -90,6 +90,10 @@ def test_grid9_leave_one_target_out_step_and_ramp(shared, tmp_path, capsys):
         assert len(c["median"]) == len(c["p10"]) == len(c["p90"]) == 60
         assert all(lo <= m <= hi for lo, m, hi in zip(c["p10"], c["median"], c["p90"], strict=True))
         assert c["median"][-1] == r["error_after_px"]
+        assert c["uncorrected"][0] == r["error_before_px"]
+        assert c["uncorrected"][-1] == r["error_drifted_px"]
+    ramp = out["ramp"]["error_by_label_px"]["uncorrected"]
+    assert ramp[10] < ramp[20] < ramp[29] == ramp[-1]  # a ramp grows, then holds
     c = out["error_by_label_px"]["median"]
     assert c[0] == pytest.approx(out["error_before_px"], rel=0.2)  # before the drift
     assert c[10] == pytest.approx(out["error_drifted_px"], rel=0.2)  # the step's first label

@@ -515,3 +515,27 @@ def test_a_profile_reads_unstated_frames_as_its_own_were(grid9, tmp_path):
     rc, out, err = cli("eval", col, "--profile", prof, "--screen-px", 1280, 720, "--json")
     assert rc == 0 and json.loads(out)["screen_px"] == [1280, 720]
     assert f"fitted on a {px[0]}x{px[1]} screen and this session is 1280x720" in err
+
+
+def test_the_lag_is_measured_on_the_frames_the_mapping_can_read():
+    """A settling frame without the eyes' position cannot be mapped by the geometric
+    mapping: it is left out of the lag's stream, and the other frames keep the feature."""
+    from types import SimpleNamespace
+
+    from gazeloop.fastpath.collect import Collected
+    from gazeloop.tools.commands.eval_ import lag_stream
+
+    def row(name, t, settling, eye):
+        d = {"gaze_yaw": 0.1} | ({"eye_x_mm": 1.0} if eye else {})
+        s = SimpleNamespace(feature_dict=lambda d=d: d)
+        return SimpleNamespace(
+            name=name, t_ns=t, label_px=(0.0, 0.0), target=0, sample=s, settling=settling
+        )
+
+    col = Collected(
+        session=None,
+        samples=[row("a", 1, True, False), row("b", 2, True, True), row("c", 3, False, True)],
+    )
+    s = lag_stream(col, ["gaze_yaw", "eye_x_mm"])
+    assert s.names.tolist() == ["b", "c"] and s.matrix(["eye_x_mm"]).ravel().tolist() == [1, 1]
+    assert lag_stream(col, ["gaze_yaw"]).names.tolist() == ["a", "b", "c"]

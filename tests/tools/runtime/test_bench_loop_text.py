@@ -85,8 +85,9 @@ def test_plot_is_refused_before_any_work_when_it_cannot_be_drawn(tmp_path, capsy
 
     folder = tmp_path / "s"
     folder.mkdir()
-    assert main(["bench", "loop", "--session", str(folder), "--plot", "p.png"]) == 2
-    assert "--plot draws the pairs of --sittings" in capsys.readouterr().err
+    argv = ["bench", "loop", "--session", str(folder), "--calibrate-on", str(folder)]
+    assert main([*argv, "--plot", "p.png"]) == 2
+    assert "--plot draws an injected drift" in capsys.readouterr().err
     assert main(["bench", "loop", "--sittings", str(folder), "--plot", "p.txt"]) == 2
     assert "--plot p.txt: name a .png, .svg or .pdf file" in capsys.readouterr().err
     assert main(["bench", "loop", "--session", str(folder), "--start", "pooled"]) == 2

@@ -431,3 +431,30 @@ def test_a_profile_of_another_screen_gets_a_loop_of_that_screen_shape():
     live.adopt(mapper())
     assert live.loop.cfg.aspect == pytest.approx(SCREEN[0] / SCREEN[1])
     live.close()
+
+
+def test_a_label_judged_by_a_loop_replaced_meanwhile_moves_no_mapper():
+    """The oracle thread judges a label while the `c` key installs a new calibration: the
+    old loop's offset must not land in the new profile's mapper. The install happens inside
+    the old loop's update, so the interleaving is fixed, not left to the scheduler."""
+    from gazeloop.calibration.drift.loop import DriftLoop, LoopConfig, LoopDecision
+
+    new = SimpleNamespace(screen=SimpleNamespace(px=(1080, 1920)), offset=np.array([0.02, 0.0]))
+    live = None
+
+    class Busy:  # the old loop: a new calibration arrives while it judges the label
+        def update(self, label):
+            live.install(new)
+            return LoopDecision(True, "accepted", np.zeros(2), np.zeros(2), np.array([0.3, 0.3]))
+
+    def factory(history, m, new_sitting):
+        return Busy() if m is not new else DriftLoop(LoopConfig(), history, offset=m.offset)
+
+    live = Live(FakeFastPath(), mapper=mapper(), loop_factory=factory)
+    label = OracleLabel(
+        t_ns=1, snapshot_id="x", oracle="clicks", observation=PointObservation(xy=(0.5, 0.5))
+    )
+    decision = live.external_label(label)
+    assert decision.offset.tolist() == [0.3, 0.3]  # the old loop's answer, reported
+    assert live.mapper is new and new.offset.tolist() == [0.02, 0.0]  # and not applied
+    live.close()
