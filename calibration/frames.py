@@ -122,13 +122,17 @@ class LabelledFrames:
         return np.column_stack([self.features[n] for n in names])
 
     @classmethod
-    def from_samples(cls, rows: Iterable[FrameRow]) -> LabelledFrames:
-        """The fast path's collected frames (`Collected.samples`), in their order. Pick the
-        rows first: the columns are the features every row given has, and a mask applied
-        afterwards cannot bring back a feature that only a left-out frame lacked."""
-        rows = list(rows)
+    def from_samples(cls, rows: Iterable[FrameRow], having: Sequence[str] = ()) -> LabelledFrames:
+        """The fast path's collected frames (`Collected.samples`), in their order; with
+        `having`, only those whose features include all of these. Pick the rows first: the
+        columns are the features every row given has, and a mask applied afterwards cannot
+        bring back a feature that only a left-out frame lacked."""
+        need = set(having)
+        pairs = [(r, r.sample.feature_dict()) for r in rows]
+        pairs = [(r, d) for r, d in pairs if need <= d.keys()]
+        rows = [r for r, _ in pairs]
         return cls.from_dicts(
-            (r.sample.feature_dict() for r in rows),
+            (d for _, d in pairs),
             labels_px=np.array([r.label_px for r in rows], dtype=np.float64).reshape(-1, 2),
             groups=np.array([r.target for r in rows], dtype=np.int64),
             names=[r.name for r in rows],

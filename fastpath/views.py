@@ -38,7 +38,7 @@ class Views:
     @property
     def views(self) -> dict[str, dict[str, np.ndarray]]:
         """Each read's named feature columns: what the candidates take their columns from."""
-        return {k: dict(f.features) for k, f in self.reads.items()}
+        return {k: f.features for k, f in self.reads.items()}
 
     @property
     def labels_px(self) -> np.ndarray:
@@ -68,7 +68,7 @@ def session_views(
     usable = [{ls.name for ls in c.samples if not ls.settling} for c in reads.values()]
     common = set.intersection(*usable)
     rejected = [(r.file, r.why) for r in col.rejected]
-    rejected += settling_rejected(col.labelled(settling=True))
+    rejected += settling_rejected(col)
     rejected += [
         (ls.name, "no gaze in the other read of the frames")
         for ls in col.samples
@@ -84,7 +84,7 @@ def session_views(
     return Views(col=col, reads=kept, rejected=rejected)
 
 
-def settling_rejected(frames: LabelledFrames) -> list[tuple[str, str]]:
+def settling_rejected(col: Collected) -> list[tuple[str, str]]:
     """The frames left out because the eyes were still on their way, each with why."""
     why = "settling: eyes still moving to the target"
-    return [(n, why) for n in frames.names[frames.settling].tolist()]
+    return [(ls.name, why) for ls in col.samples if ls.settling]

@@ -172,10 +172,7 @@ def lag_stream(col, features: list[str]) -> LabelledFrames:
     """What the lag is measured on: every frame with a gaze estimate, settling ones
     included, that has the mapping's features (a settling frame without the eyes' position
     cannot be mapped, and must not take the feature from the others)."""
-    need = set(features)
-    return LabelledFrames.from_samples(
-        ls for ls in col.samples if need <= ls.sample.feature_dict().keys()
-    )
+    return LabelledFrames.from_samples(col.samples, having=features)
 
 
 def lag_for(stream: LabelledFrames, mapping, features, geo: ScreenGeometry, cfg) -> dict:
@@ -292,9 +289,9 @@ def _run_fixed(args: argparse.Namespace, mapping: str, names: list[str]):
     session = _session(args)
     screen = screen_for(args, session)
     col, _ = collect_frames(args, session, "eval")
-    stream, used = col.labelled(settling=True), col.labelled()
+    used = col.labelled()
     rejected = [(r.file, r.why) for r in col.rejected]
-    rejected += settling_rejected(stream)
+    rejected += settling_rejected(col)
     if not len(used):
         raise UserError(f"{args.session}: no usable frames ({len(rejected)} rejected)")
     names, x = feature_columns(used, names)

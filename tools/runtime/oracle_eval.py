@@ -64,13 +64,19 @@ def point_distance_px(xy_norm, truth_px, size) -> float:
     return float(np.hypot(*d))
 
 
-def line_errors(origin_norm, direction_norm, truth_px, size) -> tuple[float, float]:
-    """(perpendicular distance px, angle degrees) of the truth from a line, in pixels: the
-    direction is unit-length in normalised units, which on a non-square screen is not the
-    same direction on the glass, so both are converted first."""
+def line_on_glass(origin_norm, direction_norm, size) -> tuple[np.ndarray, np.ndarray]:
+    """A line's origin in px and its unit direction on the glass: the direction is
+    unit-length in normalised units, which on a non-square screen is not the same direction
+    on the glass."""
     o = np.asarray(origin_norm, dtype=np.float64) * size
     u = np.asarray(direction_norm, dtype=np.float64) * size
-    u /= np.hypot(*u)
+    return o, u / np.hypot(*u)
+
+
+def line_errors(origin_norm, direction_norm, truth_px, size) -> tuple[float, float]:
+    """(perpendicular distance px, angle degrees) of the truth from a line, in pixels
+    (`line_on_glass`)."""
+    o, u = line_on_glass(origin_norm, direction_norm, size)
     v = np.asarray(truth_px, dtype=np.float64) - o
     perp = abs(u[0] * v[1] - u[1] * v[0])
     angle = math.degrees(math.atan2(perp, float(u @ v)))
@@ -142,9 +148,7 @@ def _measured(name, target, truth, label, ms, size) -> LabelResult:
         return LabelResult(name, target, truth, True, None, "point", d, latency_ms=ms, point_px=xy)
     if isinstance(obs, LineObservation):
         perp, ang = line_errors(obs.origin, obs.direction, truth, size)
-        o = np.asarray(obs.origin, dtype=np.float64) * size
-        u = np.asarray(obs.direction, dtype=np.float64) * size
-        u /= np.hypot(*u)
+        o, u = line_on_glass(obs.origin, obs.direction, size)
         line = (float(o[0]), float(o[1]), float(u[0]), float(u[1]))
         return LabelResult(
             name, target, truth, True, None, "line", None, perp, ang, ms, line_px=line
