@@ -14,6 +14,11 @@ adapters. It lives here, in `calibration`, because calibration owns the types th
 Features are named columns, each (N,) float64: only the features every frame has, since a
 mapping fitted on a column must be able to read it from every frame. `matrix(names)` picks
 columns in a mapping's order; `embedding` stands for all of the network's `emb_<i>`.
+
+`Reads`: one session's frames per read of them ("as read", and "other", the frames mirrored
+back, while nobody has said whether they are selfie views): the same rows in the same order,
+each read with the features it gave. Nested selection compares its candidates on them, so a
+candidate of either read is scored on the same frames and targets (`rows_of` checks that).
 """
 
 from __future__ import annotations
@@ -160,6 +165,29 @@ class LabelledFrames:
                 for c in ("labels_px", "groups", "names", "t_ns", "settling")
             },
         )
+
+
+# One session's frames per read of them, row for row the same frames (module doc).
+Reads = Mapping[str, LabelledFrames]
+
+
+def rows_of(reads: Reads) -> LabelledFrames:
+    """The frames every read shares (targets, labels, names): the first read, once the others
+    are checked to hold the same rows. A read with other rows would score its candidates on
+    other frames than the rest, and no comparison between them would mean anything."""
+    if not reads:
+        raise ValueError("no read of the frames")
+    (name0, first), *others = reads.items()
+    for name, f in others:
+        same = len(f) == len(first) and np.array_equal(f.groups, first.groups)
+        if not (same and np.array_equal(f.labels_px, first.labels_px)):
+            raise ValueError(f"read {name!r}: not the same frames as {name0!r}")
+    return first
+
+
+def pick(reads: Reads, which: np.ndarray | slice | Sequence[int]) -> dict[str, LabelledFrames]:
+    """The same frames of every read (a boolean mask, an index array or a slice)."""
+    return {k: f[which] for k, f in reads.items()}
 
 
 def feature_columns(dicts: Iterable[Mapping[str, float]]) -> dict[str, np.ndarray]:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gazeloop.calibration.frames import LabelledFrames
+from gazeloop.calibration.frames import LabelledFrames, Reads, rows_of
 from gazeloop.calibration.geometry import ScreenGeometry
 from gazeloop.calibration.mapping import fit_select
 from gazeloop.calibration.mapping.candidates import Candidate, Choice, columns_for
@@ -330,19 +330,14 @@ def chosen_candidate(
     )
 
 
-def in_sample_error_px(
-    choice: Choice,
-    views: dict[str, dict[str, np.ndarray]],
-    labels_px: np.ndarray,
-    screen: ScreenGeometry,
-) -> float:
+def in_sample_error_px(choice: Choice, reads: Reads, screen: ScreenGeometry) -> float:
     """Mean distance (px) of the chosen mapping, fitted on all targets, to the targets of
     the very frames it was fitted on (every frame given, outliers included), each where the
     cursor would show it (`as_shown`): in-sample, so optimistic, and the number `gazeloop
     eval SESSION --profile P` gives on the same session and frames."""
-    pred = screen.to_px(choice.mapping.predict(columns_for(views, choice.candidate)))
+    pred = screen.to_px(choice.mapping.predict(columns_for(reads, choice.candidate)))
     pred, _ = as_shown(pred, screen)
-    err = np.linalg.norm(pred - labels_px, axis=1)
+    err = np.linalg.norm(pred - rows_of(reads).labels_px, axis=1)
     return float(np.mean(err[np.isfinite(err)]))
 
 
@@ -400,9 +395,7 @@ def record_mirroring(
 
 
 def fit_profile_selected(
-    views: dict[str, dict[str, np.ndarray]],
-    labels_px: np.ndarray,
-    groups: np.ndarray,
+    reads: Reads,
     *,
     screen: ScreenGeometry,
     user: str,
@@ -411,25 +404,20 @@ def fit_profile_selected(
     gaze_model_sha256: str,
     gaze_read: GazeRead = "single",
     calibration_session: str | None = None,
-    frame_names: list[str] | None = None,
     mirrored: bool | None = None,
     candidates: list | None = None,
     drop_outliers: bool = True,
 ) -> tuple[Profile, Evaluated, Choice]:
     """A profile by nested selection, as `gazeloop eval` chooses: per-target outliers
     dropped, the candidates compared by nested leave-one-target-out (the honest error of
-    the whole choice is the one reported), the winner on all targets saved. `views` maps a
-    read of the frames ("as read", and "other" when the mirroring is unknown) to named
-    feature columns, one row per frame of `labels_px` (screen px) and `groups` (target ids).
-    `candidates` and `drop_outliers` as `evaluate_candidates` takes them (pooled sittings,
+    the whole choice is the one reported), the winner on all targets saved. `reads`: the
+    frames per read ("as read", and "other" when the mirroring is unknown). `candidates`
+    and `drop_outliers` as `evaluate_candidates` takes them (pooled sittings,
     `calibration.sittings`). → (profile, its evaluation, the choice)."""
     ev, choice = evaluate_candidates(
-        views,
-        labels_px,
-        groups,
+        reads,
         session=calibration_session or "calibration",
         screen=screen,
-        names=frame_names,
         candidates=candidates,
         drop_outliers=drop_outliers,
     )
@@ -444,6 +432,6 @@ def fit_profile_selected(
         gaze_model_sha256=gaze_model_sha256,
         gaze_read=gaze_read,
         calibration_session=calibration_session,
-        in_sample_px=in_sample_error_px(choice, views, labels_px, screen),
+        in_sample_px=in_sample_error_px(choice, reads, screen),
     )
     return prof, ev, choice

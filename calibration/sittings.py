@@ -31,10 +31,11 @@ honest error of that whole choice (`gazeloop eval-sittings --history`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+from gazeloop.calibration.frames import LabelledFrames, Reads, pick, rows_of
 from gazeloop.calibration.geometry import ScreenGeometry
 from gazeloop.calibration.mapping.candidates import (
     FEATURE_SETS,
@@ -48,49 +49,39 @@ from gazeloop.calibration.mapping.candidates import (
 from gazeloop.calibration.mapping.families import mapping_class
 from gazeloop.calibration.metrics.evaluate import geometric_options, outlier_mask
 
-# The views, screen labels (px) and target ids of one sitting.
-Sitting = tuple[dict[str, dict[str, np.ndarray]], np.ndarray, np.ndarray]
-
 
 @dataclass(slots=True)
 class Pooled:
     """Sittings' frames as one calibration set (per-target outliers already removed)."""
 
-    views: dict[str, dict[str, np.ndarray]]
-    labels_px: np.ndarray
-    groups: np.ndarray  # one id per screen point, shared by the sittings
+    reads: dict[str, LabelledFrames]  # groups: one id per screen point, shared by the sittings
     sitting: np.ndarray  # index into the pooled sittings, per row
     cells: np.ndarray  # one id per target of one sitting: what outliers are judged within
     n_sittings: int
     dropped: int  # frames removed as outliers within their own sitting's target
 
+    @property
+    def frames(self) -> LabelledFrames:
+        return rows_of(self.reads)
 
-def pool_sittings(parts: Sequence[Sitting]) -> Pooled:
-    """Concatenate sittings: the reads every sitting has, its per-target outliers dropped,
-    and the targets regrouped by screen point (labels rounded to the pixel)."""
+
+def pool_sittings(parts: Sequence[Reads]) -> Pooled:
+    """Concatenate sittings (each one's frames per read): the reads every sitting has, its
+    per-target outliers dropped, and the targets regrouped by screen point (labels rounded
+    to the pixel)."""
     if not parts:
         raise ValueError("no sittings to pool")
-    reads = [r for r in parts[0][0] if all(r in p[0] for p in parts)]
-    cols = {r: [c for c in parts[0][0][r] if all(c in p[0][r] for p in parts)] for r in reads}
-    keep = [outlier_mask(v, np.asarray(g)) for v, _, g in parts]
-    views = {
-        r: {
-            c: np.concatenate([p[0][r][c][k] for p, k in zip(parts, keep, strict=True)])
-            for c in cols[r]
-        }
-        for r in reads
-    }
-    labels = np.concatenate(
-        [np.asarray(p[1], np.float64)[k] for p, k in zip(parts, keep, strict=True)]
-    )
+    names = [r for r in parts[0] if all(r in p for p in parts)]
+    keep = [outlier_mask(p) for p in parts]
+    kept = [pick({r: p[r] for r in names}, k) for p, k in zip(parts, keep, strict=True)]
+    joined = {r: LabelledFrames.concat([k[r] for k in kept]) for r in names}
+    first = joined[names[0]]
+    groups = point_groups(first.labels_px)
     sitting = np.concatenate([np.full(int(k.sum()), i) for i, k in enumerate(keep)])
-    target = np.concatenate([np.asarray(p[2])[k] for p, k in zip(parts, keep, strict=True)])
     return Pooled(
-        views=views,
-        labels_px=labels,
-        groups=point_groups(labels),
+        reads={r: replace(f, groups=groups) for r, f in joined.items()},
         sitting=sitting,
-        cells=cell_ids(sitting, target),
+        cells=cell_ids(sitting, first.groups),
         n_sittings=len(parts),
         dropped=int(sum((~k).sum() for k in keep)),
     )
@@ -120,11 +111,9 @@ def choose_pooled(pool: Pooled, screen: ScreenGeometry) -> Choice:
     winner fitted on all of it: the profile the pooled sittings make, without the outer
     leave-one-out that only reports its error."""
     return choose(
-        pooled_candidates(tuple(pool.views), pool.n_sittings),
-        pool.views,
-        screen.to_norm(pool.labels_px),
-        pool.groups,
-        aspect=screen.px[0] / screen.px[1],
+        pooled_candidates(tuple(pool.reads), pool.n_sittings),
+        pool.reads,
+        screen,
         options={"geometric": geometric_options(screen)},
     )
 
@@ -158,12 +147,14 @@ def point_errors_px(
     in px on that point's rows in `on`, where the cursor shows them. Pure."""
     cls = mapping_class(candidate.mapping)
     opts = {"geometric": geometric_options(screen)}.get(candidate.mapping, {})
-    X, Y = columns_for(pool.views, candidate), screen.to_norm(pool.labels_px)
+    frames = pool.frames
+    groups, labels_px = frames.groups, frames.labels_px
+    X, Y = columns_for(pool.reads, candidate), screen.to_norm(labels_px)
     out = []
-    for g in np.unique(pool.groups[on]):
-        fit, test = pool.groups != g, on & (pool.groups == g)
-        m = cls(**opts, **hyper).fit(X[fit], Y[fit], None, pool.groups[fit])
-        out.append(_shown_error_px(m.predict(X[test]), pool.labels_px[test], screen))
+    for g in np.unique(groups[on]):
+        fit, test = groups != g, on & (groups == g)
+        m = cls(**opts, **hyper).fit(X[fit], Y[fit], None, groups[fit])
+        out.append(_shown_error_px(m.predict(X[test]), labels_px[test], screen))
     return np.array(out)
 
 
@@ -175,7 +166,7 @@ def _shown_error_px(pred_norm: np.ndarray, labels_px: np.ndarray, screen: Screen
 
 
 def choose_with_history(
-    now: Sitting, earlier: Sequence[Sitting], screen: ScreenGeometry
+    now: Reads, earlier: Sequence[Reads], screen: ScreenGeometry
 ) -> WithHistory:
     """This sitting's profile from its own frames (nested selection on them, as a
     calibration makes it), or from the pool of it and the earlier sittings
@@ -194,7 +185,7 @@ def choose_with_history(
     mine = pool_sittings([now])
     alone = choose_pooled(mine, screen)
     a = point_errors_px(
-        mine, np.ones(len(mine.groups), dtype=bool), alone.candidate, alone.hyper, screen
+        mine, np.ones(len(mine.sitting), dtype=bool), alone.candidate, alone.hyper, screen
     )
     pool = pool_sittings([*earlier, now])
     pooled = choose_pooled(pool, screen)
@@ -204,34 +195,30 @@ def choose_with_history(
     return WithHistory(p_px < a_px, a_px, p_px, alone, pooled, pool)
 
 
-def without_point(part: Sitting, label_px: np.ndarray) -> Sitting:
-    """A sitting's rows but those of one screen point (labels compared to the pixel)."""
-    views, labels, groups = part
-    keep = np.any(np.round(labels) != np.round(label_px), axis=1)
-    return (
-        {r: {c: v[keep] for c, v in cols.items()} for r, cols in views.items()},
-        labels[keep],
-        np.asarray(groups)[keep],
-    )
+def without_point(part: Reads, label_px: np.ndarray) -> dict[str, LabelledFrames]:
+    """A sitting's frames but those of one screen point (labels compared to the pixel)."""
+    labels = rows_of(part).labels_px
+    return pick(part, np.any(np.round(labels) != np.round(label_px), axis=1))
 
 
 def loto_with_history(
-    now: Sitting, earlier: Sequence[Sitting], screen: ScreenGeometry
+    now: Reads, earlier: Sequence[Reads], screen: ScreenGeometry
 ) -> tuple[np.ndarray, int]:
     """The honest error of `choose_with_history`: each of this sitting's points left out of
     every sitting, the whole choice (both selections and the decision between them) made
     on the rest, the point's frames predicted by the winner. → (mean error per point in px,
     sorted by point; how many points the pool won). Pure."""
     mine = pool_sittings([now])
+    groups, labels_px = mine.frames.groups, mine.frames.labels_px
     errs, pooled = [], 0
-    for g in np.unique(mine.groups):
-        test = mine.groups == g
-        label = mine.labels_px[test][0]
+    for g in np.unique(groups):
+        test = groups == g
+        label = labels_px[test][0]
         h = choose_with_history(
             without_point(now, label), [without_point(e, label) for e in earlier], screen
         )
         c = h.chosen
-        pred = c.mapping.predict(columns_for(mine.views, c.candidate)[test])
-        errs.append(_shown_error_px(pred, mine.labels_px[test], screen))
+        pred = c.mapping.predict(columns_for(mine.reads, c.candidate)[test])
+        errs.append(_shown_error_px(pred, labels_px[test], screen))
         pooled += h.use_pool
     return np.array(errs), pooled

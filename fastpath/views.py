@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from gazeloop.calibration.frames import LabelledFrames
 from gazeloop.calibration.store.session import Session
 from gazeloop.fastpath.collect import Collected, LazyFastPath, collect_session
@@ -34,23 +32,6 @@ class Views:
     @property
     def frames(self) -> LabelledFrames:
         return self.reads["as read"]
-
-    @property
-    def views(self) -> dict[str, dict[str, np.ndarray]]:
-        """Each read's named feature columns: what the candidates take their columns from."""
-        return {k: f.features for k, f in self.reads.items()}
-
-    @property
-    def labels_px(self) -> np.ndarray:
-        return self.frames.labels_px
-
-    @property
-    def groups(self) -> np.ndarray:
-        return self.frames.groups
-
-    @property
-    def names(self) -> list[str]:
-        return self.frames.names.tolist()
 
 
 def session_views(

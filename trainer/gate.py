@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from gazeloop.calibration.frames import LabelledFrames
 from gazeloop.calibration.geometry import ScreenGeometry, session_screen
 from gazeloop.calibration.mapping.candidates import Choice
 from gazeloop.calibration.metrics.evaluate import as_shown, evaluate_candidates
@@ -146,9 +147,7 @@ class SessionFeatures:
     named feature columns per read of the frames that nested selection compares on."""
 
     source: DataSource
-    views: dict[str, dict[str, np.ndarray]]
-    labels_px: np.ndarray
-    groups: np.ndarray
+    reads: dict[str, LabelledFrames]
     screen: ScreenGeometry | None
 
 
@@ -165,7 +164,7 @@ def session_features(
         raise ValueError(f"{source.path}: no usable frames for the gate") from None
     finally:
         fp.close()
-    return SessionFeatures(source, v.views, v.labels_px, v.groups, session_screen(session))
+    return SessionFeatures(source, v.reads, session_screen(session))
 
 
 @dataclass(slots=True)
@@ -181,9 +180,7 @@ def calibrate(f: SessionFeatures) -> Calibrated:
     """Nested selection among the product's candidates (read, features, mapping), exactly as
     `gazeloop eval` and `gazeloop profile fit` run it: the error the user would see after
     calibrating with this model, whichever mapping suits it."""
-    ev, choice = evaluate_candidates(
-        f.views, f.labels_px, f.groups, session=str(f.source.path), screen=f.screen
-    )
+    ev, choice = evaluate_candidates(f.reads, session=str(f.source.path), screen=f.screen)
     return Calibrated({t.target: float(t.mean_px) for t in ev.report.per_target}, choice)
 
 
@@ -194,16 +191,15 @@ def carry_over_px(prev: Calibrated, prev_f: SessionFeatures, cur: SessionFeature
     if prev_f.screen is None or cur.screen is None or prev_f.screen.px != cur.screen.px:
         return None
     c = prev.choice.candidate
-    view = cur.views.get(c.read) or cur.views["as read"]
-    if any(f not in view for f in c.features):
+    frames = cur.reads.get(c.read, cur.reads["as read"])
+    if any(f not in frames.features for f in c.features):
         return None
-    x = np.column_stack([view[f] for f in c.features])
-    pred = cur.screen.to_px(prev.choice.mapping.predict(x))
+    pred = cur.screen.to_px(prev.choice.mapping.predict(frames.matrix(c.features)))
     ok = np.isfinite(pred).all(axis=1)
     if not ok.any():
         return None
     shown, _ = as_shown(pred[ok], cur.screen)
-    return float(np.linalg.norm(shown - cur.labels_px[ok], axis=1).mean())
+    return float(np.linalg.norm(shown - frames.labels_px[ok], axis=1).mean())
 
 
 def judge(

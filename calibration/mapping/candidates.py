@@ -35,6 +35,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gazeloop.calibration.frames import Reads, rows_of
+from gazeloop.calibration.geometry import ScreenGeometry
 from gazeloop.calibration.mapping.families import NotEnoughTargets, ScreenMapping, mapping_class
 from gazeloop.calibration.mapping.selection import fit_select_detail
 
@@ -118,12 +120,10 @@ class Choice:
     fitted: dict[str, tuple[Candidate, ScreenMapping]] | None = None
 
 
-def columns_for(views: dict[str, dict[str, np.ndarray]], c: Candidate) -> np.ndarray:
-    view = views[c.read]
-    missing = [f for f in c.features if f not in view]
-    if missing:
-        raise KeyError(f"feature(s) {missing} not produced by this fast path")
-    return np.column_stack([view[f] for f in c.features])
+def columns_for(reads: Reads, c: Candidate) -> np.ndarray:
+    """The candidate's feature columns from its read of the frames (a KeyError naming a
+    feature the fast path did not produce)."""
+    return reads[c.read].matrix(c.features)
 
 
 def beats(new: np.ndarray | None, current: np.ndarray | None) -> bool:
@@ -161,24 +161,26 @@ def same_as(
 
 def choose(
     candidates: list[Candidate],
-    views: dict[str, dict[str, np.ndarray]],
-    Y: np.ndarray,
-    groups: np.ndarray,
+    reads: Reads,
+    screen: ScreenGeometry,
     *,
-    aspect: float,
     options: dict[str, dict] | None = None,
     rows: np.ndarray | None = None,
 ) -> Choice:
-    """Fit every candidate with nested selection on the rows `rows` (all by default) and
-    keep the simplest that no later one `beats`. With no target to spare no candidate can
-    be scored, and the first one that fits is kept (said in `scores` as NaN)."""
+    """Fit every candidate with nested selection on the frames `rows` (all by default) of
+    `reads`, their targets in the units of `screen`, and keep the simplest that no later one
+    `beats`. With no target to spare no candidate can be scored, and the first one that
+    fits is kept (said in `scores` as NaN)."""
+    frames = rows_of(reads)
+    Y, groups = screen.to_norm(frames.labels_px), frames.groups
+    aspect = screen.px[0] / screen.px[1]
     options = options or {}
     rows = np.arange(len(Y)) if rows is None else rows
     fitted, scores, dropped = [], {}, {}
     seen: list[tuple[Candidate, np.ndarray]] = []
     for c in candidates:
         try:
-            X = columns_for(views, c)[rows]
+            X = columns_for(reads, c)[rows]
             twin = same_as(c, X, seen, options)
             if twin is not None:
                 # Told the ray-frame pose, the network answers in that frame, so its gaze
@@ -211,22 +213,20 @@ def choose(
 
 def loto_predict_candidates(
     candidates: list[Candidate],
-    views: dict[str, dict[str, np.ndarray]],
-    Y: np.ndarray,
-    groups: np.ndarray,
+    reads: Reads,
+    screen: ScreenGeometry,
     *,
-    aspect: float,
     options: dict[str, dict] | None = None,
 ) -> tuple[np.ndarray, dict[str, int]]:
     """The outer loop: each target predicted by the candidate `choose` picks on the other
-    targets. → (predictions (n, 2), how often each candidate was picked)."""
-    pred = np.empty((len(Y), 2))
+    targets. → (predictions (n, 2) in `screen`'s normalised units, how often each candidate
+    was picked)."""
+    groups = rows_of(reads).groups
+    pred = np.empty((len(groups), 2))
     picked: dict[str, int] = {}
     for g in np.unique(groups):
         out = groups == g
-        ch = choose(
-            candidates, views, Y, groups, aspect=aspect, options=options, rows=np.flatnonzero(~out)
-        )
-        pred[out] = ch.mapping.predict(columns_for(views, ch.candidate)[out])
+        ch = choose(candidates, reads, screen, options=options, rows=np.flatnonzero(~out))
+        pred[out] = ch.mapping.predict(columns_for(reads, ch.candidate)[out])
         picked[ch.candidate.label] = picked.get(ch.candidate.label, 0) + 1
     return pred, picked

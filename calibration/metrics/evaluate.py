@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import BaseModel
 
+from gazeloop.calibration.frames import Reads, pick, rows_of
 from gazeloop.calibration.geometry import ScreenGeometry
 from gazeloop.calibration.mapping import constant_baseline_loto, loto_predict, min_targets
 from gazeloop.calibration.mapping.candidates import (
@@ -114,11 +115,12 @@ def robust_keep(x: np.ndarray, groups: np.ndarray, z: float = 3.5) -> np.ndarray
     return keep
 
 
-def outlier_mask(views: dict[str, dict[str, np.ndarray]], groups: np.ndarray) -> np.ndarray:
-    """Frames kept by `robust_keep` on the gaze angles of every read."""
+def outlier_mask(reads: Reads) -> np.ndarray:
+    """Frames kept by `robust_keep` on the gaze angles of every read, within each target."""
+    groups = rows_of(reads).groups
     keep = np.ones(len(groups), dtype=bool)
-    for view in views.values():
-        keep &= robust_keep(np.column_stack([view[f] for f in GAZE]), groups)
+    for frames in reads.values():
+        keep &= robust_keep(frames.matrix(GAZE), groups)
     return keep
 
 
@@ -247,32 +249,30 @@ def _evaluated(
 
 
 def evaluate_candidates(
-    views: dict[str, dict[str, np.ndarray]],
-    labels_px: np.ndarray,
-    groups: np.ndarray,
+    reads: Reads,
     *,
     session: str,
     screen: ScreenGeometry | None,
     candidates: list | None = None,
     frames: int | None = None,
     rejected: list[tuple[str, str]] | None = None,
-    names: list[str] | None = None,
     drop_outliers: bool = True,
 ) -> tuple[Evaluated, Choice]:
     """Leave-one-target-out of the whole choice: in each outer fold the candidates (feature
     set, mapping family, read of the frames) compete by inner LOTO on the other targets
     (`mapping.candidates`), and the held-out target is predicted by the winner. Returns the
-    evaluation and the choice made on all targets (what a profile would store).
+    evaluation and the choice made on all targets (what a profile would store). `frames`:
+    how many the session had before any was left out (default: these and `rejected`).
     `drop_outliers` False: the caller removed per-target outliers already (pooled sittings,
     where a target's frames differ between sittings on purpose)."""
     rejected = list(rejected or [])
-    groups = np.asarray(groups)
-    cands = candidates or default_candidates(tuple(views))
-    keep = outlier_mask(views, groups) if drop_outliers else np.ones(len(groups), dtype=bool)
-    for i in np.flatnonzero(~keep):
-        rejected.append((names[i] if names else f"frame {i}", "outlier within its target"))
-    views = {r: {k: v[keep] for k, v in view.items()} for r, view in views.items()}
-    labels_px, groups = labels_px[keep], groups[keep]
+    cands = candidates or default_candidates(tuple(reads))
+    names = rows_of(reads).names
+    keep = outlier_mask(reads) if drop_outliers else np.ones(len(names), dtype=bool)
+    rejected += [(str(names[i]), "outlier within its target") for i in np.flatnonzero(~keep)]
+    reads = pick(reads, keep)
+    kept = rows_of(reads)
+    labels_px, groups = kept.labels_px, kept.groups
     n_targets = len(np.unique(groups))
     if n_targets < MIN_SELECTION_TARGETS:
         raise ValueError(
@@ -280,11 +280,9 @@ def evaluate_candidates(
             f"at least {MIN_SELECTION_TARGETS} (3 to fit, one held out)"
         )
     geo, _ = _geometry(screen, labels_px)
-    y = geo.to_norm(labels_px)
-    aspect = geo.px[0] / geo.px[1]
     options = {"geometric": geometric_options(screen)}
-    pred, picked = loto_predict_candidates(cands, views, y, groups, aspect=aspect, options=options)
-    final = choose(cands, views, y, groups, aspect=aspect, options=options)
+    pred, picked = loto_predict_candidates(cands, reads, geo, options=options)
+    final = choose(cands, reads, geo, options=options)
     c = final.candidate
     ev = _evaluated(
         geo.to_px(pred),

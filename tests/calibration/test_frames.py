@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from gazeloop.calibration.frames import LabelledFrames, feature_columns
+from gazeloop.calibration.frames import LabelledFrames, feature_columns, pick, rows_of
 
 
 def _frames(n: int = 4, **over) -> LabelledFrames:
@@ -190,3 +190,20 @@ def test_collected_picks_its_rows_before_it_makes_the_columns():
     assert used.matrix(["gaze_ray_yaw"]).ravel().tolist() == [0.3, 0.3]
     every = col.labelled(settling=True)
     assert every.names.tolist() == ["a", "b", "c"] and "gaze_ray_yaw" not in every.features
+
+
+def test_reads_are_picked_together_and_must_hold_the_same_frames():
+    """Nested selection compares candidates of each read on the same frames: a pick takes
+    the same rows of every read, and reads of other rows are refused by name."""
+    mirrored = _frames(features={"gaze_yaw": -np.arange(4) * 0.1})
+    reads = {"as read": _frames(), "other": mirrored}
+    kept = pick(reads, np.array([True, False, True, True]))
+    assert rows_of(kept).names.tolist() == ["f0.jpg", "f2.jpg", "f3.jpg"]
+    assert kept["other"].features["gaze_yaw"].tolist() == pytest.approx([0.0, -0.2, -0.3])
+    assert rows_of(reads) is reads["as read"]
+    with pytest.raises(ValueError, match="read 'other': not the same frames as 'as read'"):
+        rows_of({"as read": _frames(), "other": mirrored[::-1]})
+    with pytest.raises(ValueError, match="read 'other': not the same frames"):
+        rows_of({"as read": _frames(), "other": mirrored[:3]})
+    with pytest.raises(ValueError, match="no read of the frames"):
+        rows_of({})

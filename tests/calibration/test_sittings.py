@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from gazeloop.calibration.frames import LabelledFrames
 from gazeloop.calibration.geometry import ScreenGeometry
 from gazeloop.calibration.mapping.candidates import FEATURE_SETS, SITTING_FEATURE_SETS
 from gazeloop.calibration.sittings import (
@@ -18,6 +19,13 @@ from gazeloop.calibration.sittings import (
 )
 
 COLS = ("gaze_yaw", "gaze_pitch", "head_yaw")
+
+
+def _reads(raw) -> dict[str, LabelledFrames]:
+    """(named columns per read, labels, groups) as one sitting's frames per read."""
+    views, labels, groups = raw
+    names = [f"f{i}" for i in range(len(labels))]
+    return {r: LabelledFrames(cols, labels, groups, names) for r, cols in views.items()}
 
 
 def _sitting(points, frames, shift, reads=("as read",)):
@@ -40,12 +48,13 @@ def test_a_screen_point_is_one_target_in_every_sitting():
     pts = [(100, 100), (900, 100), (500, 500), (100, 800)]
     a = _sitting(pts, 5, 0)
     b = _sitting(pts[:3] + [(800, 800)], 5, 1)  # three shared points, one new
-    pool = pool_sittings([a, b])
-    assert pool.n_sittings == 2 and pool.dropped == 0 and len(pool.labels_px) == 40
-    assert len(np.unique(pool.groups)) == 5
+    pool = pool_sittings([_reads(a), _reads(b)])
+    f = pool.frames
+    assert pool.n_sittings == 2 and pool.dropped == 0 and len(f) == 40
+    assert f.n_targets == 5
     for p in pts[:3]:
-        rows = (pool.labels_px == p).all(axis=1)
-        assert len(np.unique(pool.groups[rows])) == 1
+        rows = (f.labels_px == p).all(axis=1)
+        assert len(np.unique(f.groups[rows])) == 1
         assert set(pool.sitting[rows]) == {0, 1}
     # sub-pixel differences in a label are the same point
     assert len(np.unique(point_groups(np.array([[10.2, 5.0], [9.8, 5.3], [11.0, 5.0]])))) == 2
@@ -58,8 +67,8 @@ def test_outliers_are_judged_within_their_own_sitting():
     a, a2 = _sitting(pts, 6, 0), _sitting(pts, 6, 0)
     b = _sitting(pts, 6, 3)  # every angle moved by 3 rad: far beyond a pooled point's MAD
     b[0]["as read"]["gaze_yaw"][2] += 0.5  # one blink-like frame of b's first target
-    pool = pool_sittings([a, a2, b])
-    assert pool.dropped == 1 and len(pool.labels_px) == 71
+    pool = pool_sittings([_reads(a), _reads(a2), _reads(b)])
+    assert pool.dropped == 1 and len(pool.frames) == 71
     assert (pool.sitting == 2).sum() == 23
 
 
@@ -68,9 +77,9 @@ def test_only_reads_and_columns_every_sitting_has_are_pooled():
     a = _sitting(pts, 2, 0, reads=("as read", "other"))
     b = _sitting(pts, 2, 1)
     del b[0]["as read"]["head_yaw"]
-    pool = pool_sittings([a, b])
-    assert list(pool.views) == ["as read"]
-    assert set(pool.views["as read"]) == {"gaze_yaw", "gaze_pitch"}
+    pool = pool_sittings([_reads(a), _reads(b)])
+    assert list(pool.reads) == ["as read"]
+    assert set(pool.frames.features) == {"gaze_yaw", "gaze_pitch"}
     with pytest.raises(ValueError, match="no sittings"):
         pool_sittings([])
 
@@ -91,9 +100,9 @@ def test_a_pooled_fit_judges_outliers_within_a_target_of_one_sitting():
     from gazeloop.calibration.procedure import fit_profile
 
     pts = [(100, 100), (900, 100), (500, 500), (100, 800), (800, 800)]
-    pool = pool_sittings([_sitting(pts, 6, 0), _sitting(pts, 6, 0), _sitting(pts, 6, 3)])
+    pool = pool_sittings([_reads(_sitting(pts, 6, s)) for s in (0, 0, 3)])
     screen = ScreenGeometry(px=(1000, 1000))
-    x = np.column_stack([pool.views["as read"][c] for c in COLS])
+    x = pool.frames.matrix(COLS)
     kw = dict(
         screen=screen,
         features=list(COLS),
@@ -102,10 +111,10 @@ def test_a_pooled_fit_judges_outliers_within_a_target_of_one_sitting():
         gaze_model_id="m",
         gaze_model_sha256="0" * 64,
     )
-    y = screen.to_norm(pool.labels_px)
+    y, groups = screen.to_norm(pool.frames.labels_px), pool.frames.groups
     assert len(np.unique(pool.cells)) == 15
-    assert fit_profile(x, y, pool.groups, outlier_groups=pool.cells, **kw).fit.frames == 90
-    assert fit_profile(x, y, pool.groups, **kw).fit.frames == 60
+    assert fit_profile(x, y, groups, outlier_groups=pool.cells, **kw).fit.frames == 90
+    assert fit_profile(x, y, groups, **kw).fit.frames == 60
 
 
 def _moving_head(points, frames, rng, scale=1.0):
@@ -121,7 +130,7 @@ def _moving_head(points, frames, rng, scale=1.0):
         "head_yaw": head[:, 0],
         "head_pitch": head[:, 1],
     }
-    return {"as read": view}, labels, groups
+    return _reads(({"as read": view}, labels, groups))
 
 
 GRID = [(x, y) for y in (100, 400, 700) for x in (100, 500, 900)]
@@ -158,8 +167,8 @@ def test_the_choice_with_history_is_judged_on_points_left_out_of_every_sitting()
     rng = np.random.default_rng(0)
     now = _moving_head(GRID, 2, rng)
     earlier = [_moving_head(GRID, 2, rng) for _ in range(3)]
-    part = without_point(earlier[0], np.array([500.0, 400.0]))
-    assert len(part[1]) == 16 and not (part[1] == (500, 400)).all(axis=1).any()
+    part = without_point(earlier[0], np.array([500.0, 400.0]))["as read"]
+    assert len(part) == 16 and not (part.labels_px == (500, 400)).all(axis=1).any()
     errs, pooled = loto_with_history(now, earlier, SCREEN)
     assert len(errs) == 9 and pooled == 9  # every fold chose the pool, as on all the points
     # Every fold chose the pool's candidate with the same hyper-parameters, so the outer

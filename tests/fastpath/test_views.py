@@ -61,12 +61,14 @@ def test_frames_either_read_cannot_use_are_named_and_the_rows_agree(monkeypatch)
         ("f1", "settling: eyes still moving to the target"),
         ("f3", "no gaze in the other read of the frames"),
     ]
-    assert v.names == ["f2", "f4"] and v.groups.tolist() == [0, 2]
-    assert v.labels_px.tolist() == [[0.0, 50.0], [200.0, 50.0]]
-    assert v.views["as read"]["gaze_yaw"].tolist() == [0.2, 0.4]
-    assert v.views["other"]["gaze_yaw"].tolist() == [-0.2, -0.4]
+    f = v.frames
+    assert f.names.tolist() == ["f2", "f4"] and f.groups.tolist() == [0, 2]
+    assert f.labels_px.tolist() == [[0.0, 50.0], [200.0, 50.0]]
+    assert f.features["gaze_yaw"].tolist() == [0.2, 0.4]
+    assert v.reads["other"].features["gaze_yaw"].tolist() == [-0.2, -0.4]
+    assert v.reads["other"].names.tolist() == ["f2", "f4"]  # the same rows in every read
     # A settling frame without a feature does not take it from the frames that are used.
-    assert v.views["as read"]["gaze_ray_yaw"].tolist() == [0.1, 0.2]
+    assert f.features["gaze_ray_yaw"].tolist() == [0.1, 0.2]
 
 
 def test_no_usable_frame_in_every_read_is_refused(monkeypatch):

@@ -189,6 +189,7 @@ def test_a_run_that_beats_a_degraded_parent_is_promoted(gentle_run, tmp_path):
 def test_carry_over_fits_on_one_session_and_scores_the_next():
     import numpy as np
 
+    from gazeloop.calibration.frames import LabelledFrames
     from gazeloop.calibration.geometry import ScreenGeometry
     from gazeloop.trainer.gate import SessionFeatures, calibrate, carry_over_px
 
@@ -200,8 +201,9 @@ def test_carry_over_fits_on_one_session_and_scores_the_next():
     def sitting(shift: float, px=(1600, 1000)) -> SessionFeatures:
         x = labels / 1000.0 + shift + rng.normal(0, 1e-4, labels.shape)
         view = {"gaze_yaw": x[:, 0], "gaze_pitch": x[:, 1]}
+        frames = LabelledFrames(view, labels, groups, names=[f"f{i}" for i in range(len(x))])
         return SessionFeatures(
-            DataSource(path=Path("s")), {"as read": view}, labels, groups, ScreenGeometry(px=px)
+            DataSource(path=Path("s")), {"as read": frames}, ScreenGeometry(px=px)
         )
 
     first = sitting(0.0)

@@ -55,7 +55,7 @@ from gazeloop.tools.commands._args import (
 from gazeloop.tools.errors import UserError
 from gazeloop.tools.runtime.selection import evaluate_session, session_views
 from gazeloop.tools.runtime.sittings_plot import plot_sittings_report
-from gazeloop.tools.runtime.sittings_profile import as_sitting, pool_views
+from gazeloop.tools.runtime.sittings_profile import pool_views
 from gazeloop.tools.runtime.workers import Skipped, default_jobs, map_sessions
 
 
@@ -136,7 +136,7 @@ def _across(prev, cur, v) -> dict:
     session, screen = prev["session"], prev["screen"]
     out = {"from": session.folder.name, "to": cur["session"].folder.name, "by_candidate": {}}
     for label, cand, params in prev["fitted"]:
-        if cand.read != "as read" or any(f not in v.views["as read"] for f in cand.features):
+        if cand.read != "as read" or any(f not in v.frames.features for f in cand.features):
             continue
         # through the profile's own JSON form, as a saved profile would be read back
         m = mapping_from_params(cand.mapping, params)
@@ -162,9 +162,9 @@ def _applied(m, cand: Candidate, cur: dict, v, screen):
     views; `screen`: the profile's, when the sitting's is unknown)."""
     return evaluate_fixed(
         m,
-        np.column_stack([v.views[cand.read][f] for f in cand.features]),
-        v.labels_px,
-        v.groups,
+        v.reads[cand.read].matrix(cand.features),
+        v.frames.labels_px,
+        v.frames.groups,
         session=str(cur["session"].folder),
         screen=cur["screen"] or screen,
         mapping_name=cand.mapping,
@@ -181,7 +181,7 @@ def _pooled(earlier: list[dict], cur: dict, v) -> dict:
     screen = earlier[-1]["screen"] or cur["screen"]
     choice = choose_pooled(pool, screen)
     c = choice.candidate
-    if any(f not in v.views[c.read] for f in c.features):
+    if c.read not in v.reads or any(f not in v.reads[c.read].features for f in c.features):
         return {"sittings": len(earlier), "chosen": c.label}
     ev = _applied(choice.mapping, c, cur, v, screen)
     return {
@@ -312,7 +312,7 @@ def _history_item(earlier: list[dict], cur: dict, user: str) -> tuple:
     """What `_with_history` needs of a sitting and the person's earlier ones: arrays only."""
 
     screen = cur["screen"] or earlier[-1]["screen"]
-    now, before = as_sitting(cur["views"]), [as_sitting(e["views"]) for e in earlier]
+    now, before = cur["views"].reads, [e["views"].reads for e in earlier]
     return (cur["session"].folder.name, user, now, before, screen)
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from gazeloop.calibration.frames import LabelledFrames, Reads, rows_of
 from gazeloop.calibration.geometry import ScreenGeometry
 from gazeloop.calibration.mapping.candidates import choose, columns_for, default_candidates
 from gazeloop.calibration.metrics.evaluate import MIN_SELECTION_TARGETS, geometric_options
@@ -134,25 +135,19 @@ def _text(report: dict) -> str:
 
 def check(session, fp: LazyFastPath, args) -> dict:
     v = session_views(session, fp, both_reads=False)
-    _enough_targets(session, v)
+    frames = v.frames
+    _enough_targets(session, frames)
     px = session.screen_px
-    geo = ScreenGeometry(px=px) if px else ScreenGeometry.from_targets(v.labels_px)
+    geo = ScreenGeometry(px=px) if px else ScreenGeometry.from_targets(frames.labels_px)
     mm = _screen_mm(args, session)
     mm_per_px = np.array(mm, dtype=np.float64) / np.array(geo.px, dtype=np.float64)
     screen = ScreenGeometry(px=geo.px, mm=mm)
-    y = geo.to_norm(v.labels_px)
-    ch = choose(
-        default_candidates(),
-        v.views,
-        y,
-        v.groups,
-        aspect=geo.px[0] / geo.px[1],
-        options={"geometric": geometric_options(screen)},
-    )
-    eye = _eyes(session, v)
+    options = {"geometric": geometric_options(screen)}
+    ch = choose(default_candidates(), v.reads, geo, options=options)
+    eye = _eyes(session, frames)
     camera = np.array([mm[0] / 2, -CAMERA_ABOVE_MM])  # centred above the top edge
-    target_mm = v.labels_px * mm_per_px - camera
-    names = v.names
+    target_mm = frames.labels_px * mm_per_px - camera
+    names = frames.names.tolist()
     moves = {}
     for mv, spec in MOVES.items():
         feats, (w, h) = _shifted_features(session, fp, set(names), spec)
@@ -162,11 +157,11 @@ def check(session, fp: LazyFastPath, args) -> dict:
         moves[mv] = {
             "frames": len(rows),
             "expected_px": follow_stats(exp_px, exp_px)["expected_px"],
-            "by_candidate": _followed(ch, v, feats, rows, geo, exp_px),
+            "by_candidate": _followed(ch, v.reads, feats, rows, geo, exp_px),
         }
     return {
         "session": str(session.folder),
-        "targets": int(len(np.unique(v.groups))),
+        "targets": frames.n_targets,
         "frames": len(names),
         "screen_mm": list(mm),
         "chosen": ch.candidate.label,
@@ -174,9 +169,9 @@ def check(session, fp: LazyFastPath, args) -> dict:
     }
 
 
-def _enough_targets(session, v) -> None:
+def _enough_targets(session, frames: LabelledFrames) -> None:
     """Refuses a session with too few targets to choose a mapping by."""
-    n = len(np.unique(v.groups))
+    n = frames.n_targets
     if n < MIN_SELECTION_TARGETS:
         # As `gazeloop eval`: with fewer, nested selection has no target to judge by, and
         # the numbers would crown a mapping fitted on as many points as it has parameters.
@@ -196,13 +191,13 @@ def _screen_mm(args, session) -> tuple[float, float]:
     )
 
 
-def _eyes(session, v) -> np.ndarray:
+def _eyes(session, frames: LabelledFrames) -> np.ndarray:
     """Where the eyes are (mm, camera frame) in each frame: the geometry of a head move
     starts from them, so a fast path that gives none ends the check."""
-    view = v.views["as read"]
-    if not {"eye_x_mm", "eye_y_mm", "eye_z_mm"} <= set(view):
-        raise UserError(f"{session.folder}: the fast path gave no eye positions")
-    return np.column_stack([view["eye_x_mm"], view["eye_y_mm"], view["eye_z_mm"]])
+    try:
+        return frames.matrix(("eye_x_mm", "eye_y_mm", "eye_z_mm"))
+    except KeyError:
+        raise UserError(f"{session.folder}: the fast path gave no eye positions") from None
 
 
 def _expected_mm(spec: dict, eye, target_mm, focal: float, size: tuple[int, int]):
@@ -217,13 +212,13 @@ def _expected_mm(spec: dict, eye, target_mm, focal: float, size: tuple[int, int]
     return expected_shift_mm(eye, target_mm, focal, **move_px)
 
 
-def _followed(ch, v, feats: dict[str, dict], rows: list[int], geo, exp_px) -> dict:
+def _followed(ch, reads: Reads, feats: dict[str, dict], rows: list[int], geo, exp_px) -> dict:
     """Per candidate: how far its prediction moved (screen px) from the original frames to
     the re-rendered ones, against where it should have gone (`exp_px`)."""
-    names = v.names
+    names = rows_of(reads).names
     per = {}
     for label, (cand, mapping) in (ch.fitted or {}).items():
-        x0 = columns_for(v.views, cand)[rows]
+        x0 = columns_for(reads, cand)[rows]
         x1 = np.array([[feats[names[i]][f] for f in cand.features] for i in rows])
         shift = (mapping.predict(x1) - mapping.predict(x0)) * np.array(geo.px)
         per[label] = follow_stats(shift, exp_px)

@@ -153,10 +153,8 @@ def _fit_pooled(args, sessions, screen, fixed):
     try:
         if fixed is None:
             prof, ev, _ = fit_profile_selected(
-                pool.views,
-                pool.labels_px,
-                pool.groups,
-                candidates=pooled_candidates(tuple(pool.views), pool.n_sittings),
+                pool.reads,
+                candidates=pooled_candidates(tuple(pool.reads), pool.n_sittings),
                 drop_outliers=False,
                 mirrored=sessions[-1].mirrored,
                 **common,

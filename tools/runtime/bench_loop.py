@@ -492,7 +492,7 @@ def evaluate_sitting(
     ev, choice, v = evaluate_session(session, fp, screen)
     basis = "session"
     if screen is None:  # no manifest: the calibration grid's layout, as `gazeloop eval`
-        screen, basis = ScreenGeometry.from_targets(v.labels_px), "targets (no session.json)"
+        screen, basis = ScreenGeometry.from_targets(v.frames.labels_px), "targets (no session.json)"
     prof = profile_from_choice(ev, choice, screen, session, fp, v)
     return Sitting(session, screen, basis, ev, prof)
 

@@ -217,13 +217,11 @@ def finish(
     if len(run.used()) < need:
         raise UserError(_too_few(run, screen, need))
     frames = run.labelled(screen)
-    views = {"as read": dict(frames.features)}
+    reads = {"as read": frames}
     try:
         if run.cfg.select:
             prof, ev, _ = fit_profile_selected(
-                views,
-                frames.labels_px,
-                frames.groups,
+                reads,
                 screen=screen,
                 user=user,
                 device=device,
@@ -231,7 +229,6 @@ def finish(
                 gaze_model_sha256=fp.gaze.sha256,
                 gaze_read=fp.gaze.read,
                 calibration_session=str(session_dir.resolve()),
-                frame_names=frames.names.tolist(),
                 mirrored=False,
             )
         else:
@@ -253,8 +250,7 @@ def finish(
     except ValueError as e:
         raise UserError(f"calibration fit: {e}") from None
     if run.cfg.select:
-        history = (views, frames.labels_px, frames.groups)
-        prof = _with_history(prof, history, screen, session_dir, fp)
+        prof = _with_history(prof, reads, screen, session_dir, fp)
     saved = prof.save(profile_out)
     history = prof.fit.history
     if history is not None:

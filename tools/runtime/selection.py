@@ -14,8 +14,6 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
 from gazeloop.calibration.geometry import ScreenGeometry
 from gazeloop.calibration.metrics.evaluate import Evaluated, evaluate_candidates, evaluate_fixed
 from gazeloop.calibration.procedure import (
@@ -49,14 +47,11 @@ def evaluate_session(
     v = session_views(session, fp, cache=cache)
     try:
         ev, choice = evaluate_candidates(
-            v.views,
-            v.labels_px,
-            v.groups,
+            v.reads,
             session=str(session.folder),
             screen=screen,
             frames=v.col.frames,
             rejected=v.rejected,
-            names=v.names,
         )
     except ValueError as e:
         raise UserError(str(e)) from None
@@ -81,7 +76,7 @@ def profile_from_choice(
     mapping's in-sample error on them. The user and device default to the manifest's."""
     gaze = fp.get().gaze
     m = session.manifest
-    in_sample = None if v is None else in_sample_error_px(choice, v.views, v.labels_px, screen)
+    in_sample = None if v is None else in_sample_error_px(choice, v.reads, screen)
     return procedure_profile(
         ev,
         choice,
@@ -117,17 +112,17 @@ def apply_profile(
         session = replace(session, mirrored=chosen.mirrored, mirrored_stated=True)
         basis = "not stated; read as the profile's frames were"
     v = session_views(session, fp, both_reads=False, cache=cache)
-    missing = [f for f in prof.features if f not in v.views["as read"]]
+    missing = [f for f in prof.features if f not in v.frames.features]
     if missing:
         raise UserError(f"{session.folder}: frames lack the profile's features {missing}")
-    x = np.column_stack([v.views["as read"][f] for f in prof.features])
+    x = v.frames.matrix(prof.features)
     mapping = mapping_from_params(prof.mapping.name, prof.mapping.params)
     try:
         ev = evaluate_fixed(
             mapping,
             x,
-            v.labels_px,
-            v.groups,
+            v.frames.labels_px,
+            v.frames.groups,
             session=str(session.folder),
             screen=screen or prof.screen,
             mapping_name=prof.mapping.name,
@@ -185,7 +180,7 @@ def run_selected(
             return ev, None
         ev, choice, v = evaluate_session(session, fp, screen, cache=cache)
         if save_profile is not None:
-            geo = screen or ScreenGeometry.from_targets(v.labels_px)
+            geo = screen or ScreenGeometry.from_targets(v.frames.labels_px)
             prof = profile_from_choice(ev, choice, geo, session, fp, v)
             try:
                 prof.save(save_profile)

@@ -23,8 +23,7 @@ import logging
 import sys
 from pathlib import Path
 
-import numpy as np
-
+from gazeloop.calibration.frames import Reads
 from gazeloop.calibration.geometry import ScreenGeometry
 from gazeloop.calibration.mapping.candidates import Candidate
 from gazeloop.calibration.procedure import chosen_candidate, fit_profile
@@ -37,7 +36,6 @@ from gazeloop.calibration.profile import (
 )
 from gazeloop.calibration.sittings import (
     Pooled,
-    Sitting,
     choose_pooled,
     choose_with_history,
     pool_sittings,
@@ -74,7 +72,7 @@ def calibration_sessions(user: str, device: str, screen_px: tuple[int, int]) -> 
 
 def pool_views(views: list[Views]) -> Pooled:
     """`calibration.sittings.pool_sittings` of sessions' views."""
-    return pool_sittings([as_sitting(v) for v in views])
+    return pool_sittings([v.reads for v in views])
 
 
 def fit_pooled_mapping(
@@ -83,14 +81,15 @@ def fit_pooled_mapping(
     """One mapping on named columns of the pooled frames, outliers judged within a target of
     one sitting; `profile`: `procedure.fit_profile`'s keywords (screen, user, device, gaze
     model, calibration_session)."""
-    view = pool.views[read]
-    missing = [f for f in features if f not in view]
-    if missing:
-        raise ValueError(f"unknown feature(s) {', '.join(missing)}; known: {', '.join(view)}")
+    frames = pool.reads[read]
+    try:
+        x = frames.matrix(features)
+    except KeyError as e:
+        raise ValueError(e.args[0]) from None
     return fit_profile(
-        np.column_stack([view[f] for f in features]),
-        profile["screen"].to_norm(pool.labels_px),
-        pool.groups,
+        x,
+        profile["screen"].to_norm(frames.labels_px),
+        frames.groups,
         outlier_groups=pool.cells,
         features=list(features),
         mapping=mapping,
@@ -137,21 +136,16 @@ def _usable_views(folders: list[Path], fp, say=None) -> tuple[list[Views], list[
     return views, used
 
 
-def as_sitting(v: Views) -> Sitting:
-    """A session's views as `calibration.sittings` takes one sitting."""
-    return (v.views, v.labels_px, v.groups)
-
-
 def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
 def at_calibration(
-    prof: Profile, now: Sitting, screen: ScreenGeometry, session_dir: Path, fp
+    prof: Profile, now: Reads, screen: ScreenGeometry, session_dir: Path, fp
 ) -> Profile:
     """The profile a calibration saves, given the user's earlier calibration sessions on
     this device and screen: `prof` (this sitting's own, chosen by nested selection on
-    `now`, its views, screen labels and target ids) or the pool of this sitting and the
+    `now`, its frames per read) or the pool of this sitting and the
     earlier ones, whichever this sitting's own points favour
     (`calibration.sittings.choose_with_history`); the comparison is kept in `fit.history`.
     Without earlier sessions, `prof` unchanged."""
@@ -171,7 +165,7 @@ def at_calibration(
     earlier, used = _usable_views(folders, fp, _say)
     if not earlier:
         return prof
-    h = choose_with_history(now, [as_sitting(v) for v in earlier], screen)
+    h = choose_with_history(now, [v.reads for v in earlier], screen)
     history = HistoryReport(
         earlier_sittings=len(earlier),
         chosen="pooled" if h.use_pool else "alone",

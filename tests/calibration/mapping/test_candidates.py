@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from gazeloop.calibration.frames import LabelledFrames
+from gazeloop.calibration.geometry import ScreenGeometry
 from gazeloop.calibration.mapping import candidates as cd
 from gazeloop.calibration.mapping.candidates import Candidate
 from gazeloop.calibration.mapping.families import mapping_class
@@ -30,6 +32,18 @@ def views_for(Y: np.ndarray, *, head_matters: bool, seed: int = 0, noise: float 
     return {"as read": view}
 
 
+# A square screen of 1000 px: the targets' normalised units are Y itself.
+SCREEN = ScreenGeometry(px=(1000, 1000))
+
+
+def reads(views: dict, Y: np.ndarray) -> dict[str, LabelledFrames]:
+    """Named columns per read as the frames nested selection takes, one target per row."""
+    names = [f"f{i}" for i in range(len(Y))]
+    return {
+        r: LabelledFrames(cols, Y * 1000.0, np.arange(len(Y)), names) for r, cols in views.items()
+    }
+
+
 RIDGE_GAZE = Candidate("ridge", cd.GAZE, "gaze")
 RIDGE_HEAD = Candidate("ridge", cd.GAZE + cd.HEAD, "gaze+head")
 
@@ -37,7 +51,7 @@ RIDGE_HEAD = Candidate("ridge", cd.GAZE + cd.HEAD, "gaze+head")
 def test_the_simplest_wins_when_richer_features_add_nothing():
     Y = grid(4)
     views = views_for(Y, head_matters=False)
-    ch = cd.choose([RIDGE_GAZE, RIDGE_HEAD], views, Y, np.arange(16), aspect=1.0)
+    ch = cd.choose([RIDGE_GAZE, RIDGE_HEAD], reads(views, Y), SCREEN)
     assert ch.candidate == RIDGE_GAZE
     assert set(ch.scores) == {"ridge:gaze", "ridge:gaze+head"}
     assert set(ch.fitted) == {"ridge:gaze", "ridge:gaze+head"}
@@ -46,7 +60,7 @@ def test_the_simplest_wins_when_richer_features_add_nothing():
 def test_head_pose_wins_when_the_gaze_is_off_by_it():
     Y = grid(4)
     views = views_for(Y, head_matters=True)
-    ch = cd.choose([RIDGE_GAZE, RIDGE_HEAD], views, Y, np.arange(16), aspect=1.0)
+    ch = cd.choose([RIDGE_GAZE, RIDGE_HEAD], reads(views, Y), SCREEN)
     assert ch.candidate == RIDGE_HEAD
     assert ch.scores["ridge:gaze+head"] < 0.5 * ch.scores["ridge:gaze"]
 
@@ -63,7 +77,7 @@ def test_too_few_targets_drop_a_family_with_the_reason():
     Y = grid(2)  # 4 targets: poly2 needs 5
     views = views_for(Y, head_matters=False)
     poly = Candidate("poly2", cd.GAZE, "gaze")
-    ch = cd.choose([RIDGE_GAZE, poly], views, Y, np.arange(4), aspect=1.0)
+    ch = cd.choose([RIDGE_GAZE, poly], reads(views, Y), SCREEN)
     assert ch.candidate == RIDGE_GAZE
     assert ch.dropped == {"poly2:gaze": "needs 5 targets, has 4"}
 
@@ -77,7 +91,7 @@ def test_unsolvable_geometry_drops_out_and_the_others_run():
     geo = Candidate(
         "geometric", ("gaze_yaw", "gaze_pitch", "eye_x_mm", "eye_y_mm", "eye_z_mm"), "geometric"
     )
-    ch = cd.choose([RIDGE_GAZE, geo], views, Y, np.arange(n), aspect=1.0)
+    ch = cd.choose([RIDGE_GAZE, geo], reads(views, Y), SCREEN)
     assert ch.candidate == RIDGE_GAZE
     assert "one line" in ch.dropped["geometric:geometric"]
 
@@ -86,7 +100,7 @@ def test_missing_features_drop_a_candidate():
     Y = grid(3)
     views = views_for(Y, head_matters=False)
     iris = Candidate("ridge", cd.GAZE + cd.IRIS, "gaze+iris")
-    ch = cd.choose([RIDGE_GAZE, iris], views, Y, np.arange(9), aspect=1.0)
+    ch = cd.choose([RIDGE_GAZE, iris], reads(views, Y), SCREEN)
     assert "iris_lx" in ch.dropped["ridge:gaze+iris"]
 
 
@@ -98,16 +112,16 @@ def test_a_candidate_with_the_same_columns_as_an_earlier_one_is_fitted_once():
     v = views["as read"]
     v["gaze_ray_yaw"], v["gaze_ray_pitch"] = v["gaze_yaw"].copy(), v["gaze_pitch"].copy()
     ray = Candidate("ridge", cd.GAZE_RAY, "gaze_ray")
-    ch = cd.choose([RIDGE_GAZE, ray], views, Y, np.arange(9), aspect=1.0)
+    ch = cd.choose([RIDGE_GAZE, ray], reads(views, Y), SCREEN)
     assert ch.dropped == {"ridge:gaze_ray": "the same columns as ridge:gaze"}
     assert set(ch.scores) == {"ridge:gaze"}
     v["gaze_ray_yaw"] = v["gaze_ray_yaw"] + 1e-9  # one bit apart: a different fit
-    ch = cd.choose([RIDGE_GAZE, ray], views, Y, np.arange(9), aspect=1.0)
+    ch = cd.choose([RIDGE_GAZE, ray], reads(views, Y), SCREEN)
     assert ch.dropped == {} and set(ch.scores) == {"ridge:gaze", "ridge:gaze_ray"}
     # Another family on the same columns is another fit.
     poly = Candidate("poly2", cd.GAZE_RAY, "gaze_ray")
     v["gaze_ray_yaw"] = v["gaze_yaw"].copy()
-    ch = cd.choose([RIDGE_GAZE, poly], views, Y, np.arange(9), aspect=1.0)
+    ch = cd.choose([RIDGE_GAZE, poly], reads(views, Y), SCREEN)
     assert "poly2:gaze_ray" in ch.scores
 
 
@@ -115,7 +129,7 @@ def test_nothing_fits_is_one_error_naming_every_reason():
     Y = grid(2)
     views = views_for(Y, head_matters=False)
     with pytest.raises(ValueError, match="poly2:gaze: needs 5 targets"):
-        cd.choose([Candidate("poly2", cd.GAZE, "gaze")], views, Y, np.arange(4), aspect=1.0)
+        cd.choose([Candidate("poly2", cd.GAZE, "gaze")], reads(views, Y), SCREEN)
 
 
 def test_the_other_read_of_the_frames_competes():
@@ -126,22 +140,30 @@ def test_the_other_read_of_the_frames_competes():
     bad = {k: rng.normal(size=len(Y)) for k in good}
     views = {"as read": bad, "other": good}
     cands = cd.default_candidates(("as read", "other"), mappings=("ridge",), feature_sets=("gaze",))
-    ch = cd.choose(cands, views, Y, np.arange(16), aspect=1.0)
+    ch = cd.choose(cands, reads(views, Y), SCREEN)
     assert ch.candidate.read == "other" and ch.candidate.label == "ridge:gaze:other"
+
+
+def test_reads_of_other_frames_are_refused_not_compared():
+    """A candidate of each read must be scored on the same frames: reads whose rows differ
+    are a caller's mistake, said, not a comparison of two data sets."""
+    Y = grid(3)
+    r = reads(views_for(Y, head_matters=False), Y)
+    r["other"] = r["as read"][np.arange(1, 9)]
+    cands = cd.default_candidates(("as read", "other"), mappings=("ridge",), feature_sets=("gaze",))
+    with pytest.raises(ValueError, match="read 'other': not the same frames as 'as read'"):
+        cd.choose(cands, r, SCREEN)
 
 
 def test_the_held_out_target_never_reaches_the_choice():
     Y = grid(4)
-    groups = np.arange(16)
     views = views_for(Y, head_matters=True, noise=0.03)
-    pred, picked = cd.loto_predict_candidates(
-        [RIDGE_GAZE, RIDGE_HEAD], views, Y, groups, aspect=1.0
-    )
+    pred, picked = cd.loto_predict_candidates([RIDGE_GAZE, RIDGE_HEAD], reads(views, Y), SCREEN)
     assert sum(picked.values()) == 16
     # change one target's label: its own held-out prediction cannot change
     Y2 = Y.copy()
     Y2[5] = [0.95, 0.05]
-    pred2, _ = cd.loto_predict_candidates([RIDGE_GAZE, RIDGE_HEAD], views, Y2, groups, aspect=1.0)
+    pred2, _ = cd.loto_predict_candidates([RIDGE_GAZE, RIDGE_HEAD], reads(views, Y2), SCREEN)
     np.testing.assert_allclose(pred2[5], pred[5], atol=1e-12)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from gazeloop.calibration.frames import LabelledFrames
 from gazeloop.calibration.geometry import ScreenGeometry
 from gazeloop.calibration.mapping import make_mapping
 from gazeloop.calibration.metrics.evaluate import (
@@ -161,11 +162,17 @@ def test_report_is_json_with_the_documented_keys():
 # --- candidates and a fitted mapping applied unchanged -------------------------------------
 
 
+def _frames(x, labels, groups) -> LabelledFrames:
+    """Gaze angles (the first two columns of `x`) as the frames nested selection reads."""
+    names = [f"f{i}.jpg" for i in range(len(x))]
+    return LabelledFrames({"gaze_yaw": x[:, 0], "gaze_pitch": x[:, 1]}, labels, groups, names)
+
+
 def test_candidates_report_the_choice_and_every_fold():
     labels, groups = grid_data()
     x = linear_features(labels, groups)
-    views = {"as read": {"gaze_yaw": x[:, 0], "gaze_pitch": x[:, 1]}}
-    ev, choice = evaluate_candidates(views, labels, groups, session="s", screen=SCREEN)
+    reads = {"as read": _frames(x, labels, groups)}
+    ev, choice = evaluate_candidates(reads, session="s", screen=SCREEN)
     sel = ev.report.selection
     assert sel.chosen == choice.candidate.label == "ridge:gaze"
     assert sum(sel.picked_per_fold.values()) == ev.report.targets
@@ -179,8 +186,8 @@ def test_candidates_report_the_choice_and_every_fold():
 def test_a_fitted_mapping_applied_unchanged_reports_like_loto():
     labels, groups = grid_data()
     x = linear_features(labels, groups)
-    views = {"as read": {"gaze_yaw": x[:, 0], "gaze_pitch": x[:, 1]}}
-    _, choice = evaluate_candidates(views, labels, groups, session="s", screen=SCREEN)
+    reads = {"as read": _frames(x, labels, groups)}
+    _, choice = evaluate_candidates(reads, session="s", screen=SCREEN)
     ev = evaluate_fixed(
         choice.mapping,
         x[:, :2],

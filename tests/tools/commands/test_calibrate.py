@@ -122,9 +122,7 @@ def test_a_run_fits_its_profile_by_nested_selection():
     f = run.labelled(screen)
     assert set(f.features) == {"gaze_yaw", "gaze_pitch"} and len(f) == 36
     prof, ev, choice = fit_profile_selected(
-        {"as read": dict(f.features)},
-        f.labels_px,
-        f.groups,
+        {"as read": f},
         screen=screen,
         user="u",
         device="d",
