@@ -46,7 +46,7 @@ from gazeloop.fastpath.headpose import (
 )
 from gazeloop.fastpath.landmarks import LandmarkError
 from gazeloop.fastpath.providers import resolve_providers
-from gazeloop.fastpath.sessions import open_session
+from gazeloop.fastpath.sessions import SessionOpenError, open_session
 from gazeloop.fastpath.types import FaceLandmarks
 
 N_POINTS = 478
@@ -252,9 +252,8 @@ class _Net:
             self.session = open_session(
                 path, threads=threads, providers=providers or resolve_providers("auto")
             )
-        except Exception as e:  # onnxruntime raises several unrelated types here
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise FaceOnnxError(f"{path}: cannot load the {what} model ({first})") from None
+        except SessionOpenError as e:
+            raise FaceOnnxError(f"{path}: cannot load the {what} model ({e})") from None
         meta = self.session.get_modelmeta().custom_metadata_map
         try:
             mean = float(meta["gazeloop.input_mean"].split(",")[0])

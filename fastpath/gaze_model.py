@@ -46,7 +46,7 @@ import numpy as np
 
 from gazeloop.calibration.profile import read_name
 from gazeloop.fastpath.providers import resolve_providers
-from gazeloop.fastpath.sessions import open_session
+from gazeloop.fastpath.sessions import SessionOpenError, open_session
 
 OMZ_IO_CONVENTION = "omz-gaze-estimation-adas-0002"  # same tag as fastpath.ir_onnx writes
 CROP_SHAPE = (60, 60, 3)
@@ -211,12 +211,11 @@ class GazeModel:
 
     def _load_session(self, data: bytes, threads: int, providers: list[str] | None) -> Any:
         """An onnxruntime session on the bytes just hashed; its first line of complaint
-        becomes the error, since onnxruntime raises several unrelated types here."""
+        becomes the error."""
         try:
             return open_session(data, threads=threads, providers=providers or default_providers())
-        except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelLoadError(f"cannot load gaze model {self.path}: {first}") from None
+        except SessionOpenError as exc:
+            raise ModelLoadError(f"cannot load gaze model {self.path}: {exc}") from None
 
     def _check_io(self) -> None:
         """Refuse a model whose inputs and outputs are not the ones this wrapper feeds and

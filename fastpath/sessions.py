@@ -20,10 +20,16 @@ from pathlib import Path
 from gazeloop.fastpath.providers import CPU
 
 
+class SessionOpenError(RuntimeError):
+    """onnxruntime could not open a model; the message is the first line of its complaint
+    (the caller names the file and what the model is for)."""
+
+
 def open_session(model: Path | bytes, *, threads: int = 1, providers: list[str] | None = None):
     """An `onnxruntime.InferenceSession` of the model at a path, or of its bytes when the
-    caller has read them already, on `providers` (CPU when None). onnxruntime's errors are
-    not typed; the caller turns them into its own one-line error naming the file."""
+    caller has read them already, on `providers` (CPU when None). onnxruntime raises several
+    unrelated types here, often with pages of detail: any of them becomes a
+    `SessionOpenError` with its first line."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -36,4 +42,8 @@ def open_session(model: Path | bytes, *, threads: int = 1, providers: list[str] 
         # Spinning workers burn the core that the camera thread and the oracle need.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, sess_options=opts, providers=providers or [CPU])
+    try:
+        return ort.InferenceSession(source, sess_options=opts, providers=providers or [CPU])
+    except Exception as e:  # onnxruntime's errors are not typed
+        text = str(e).strip()
+        raise SessionOpenError(text.splitlines()[0] if text else type(e).__name__) from e
