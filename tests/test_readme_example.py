@@ -3,6 +3,7 @@ session: documentation that cannot go stale silently."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -48,3 +49,10 @@ def test_the_readme_arrays_example_runs(shared, tmp_path, monkeypatch):
     # target moves right (DESIGN.md, Conventions).
     x, yaw = np.array([(float(r[1]), float(r[3])) for r in rows]).T
     assert np.corrcoef(x, yaw)[0, 1] < -0.9, out
+    # The selection on those frames is `gazeloop eval`'s: the README quotes the baseline.
+    chosen = re.search(r"chosen (\S+): ([\d.]+) px leave-one-target-out \((\d+) targets", out)
+    assert chosen, out
+    baseline = json.loads((ROOT / "docs" / "baselines" / "grid9.json").read_text())["output"]
+    assert float(chosen[2]) == pytest.approx(baseline["mean_px"], abs=0.05)
+    assert int(chosen[3]) == baseline["targets"] == 9
+    assert f"({baseline['mean_px']:.1f} px" in (ROOT / "README.md").read_text()
