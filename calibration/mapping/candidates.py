@@ -121,9 +121,13 @@ class Choice:
 
 
 def columns_for(reads: Reads, c: Candidate) -> np.ndarray:
-    """The candidate's feature columns from its read of the frames (a KeyError naming a
-    feature the fast path did not produce)."""
-    return reads[c.read].matrix(c.features)
+    """The candidate's feature columns from its read of the frames; a KeyError naming every
+    one of them the fast path did not produce (the reason a report gives for dropping it)."""
+    frames = reads[c.read]
+    missing = [f for f in frames.expand(c.features) if f not in frames.features]
+    if missing:
+        raise KeyError(f"feature(s) {missing} not produced by this fast path")
+    return frames.matrix(c.features)
 
 
 def beats(new: np.ndarray | None, current: np.ndarray | None) -> bool:

@@ -91,7 +91,7 @@ def fit_pooled_mapping(
         profile["screen"].to_norm(frames.labels_px),
         frames.groups,
         outlier_groups=pool.cells,
-        features=list(features),
+        features=frames.expand(features),  # a profile names columns: `embedding` is emb_<i>
         mapping=mapping,
         **profile,
     )
