@@ -65,22 +65,3 @@ def eye_position_mm(
     u = 0.25 * (float(a[0]) + float(b[0]) + float(c[0]) + float(d[0]))
     v = 0.25 * (float(a[1]) + float(b[1]) + float(c[1]) + float(d[1]))
     return np.array([(u - cx) * z / f, -(v - cy) * z / f, -z])
-
-
-def eye_positions_mm(
-    corners: np.ndarray,
-    image_size: np.ndarray,
-    focal_px: float | np.ndarray | None = None,
-) -> np.ndarray:
-    """`eye_position_mm` for N frames at once: `corners` (N, 4, 3) are landmarks 33, 133,
-    362, 263; `image_size` is (2,) or (N, 2). → (N, 3)."""
-    corners = np.asarray(corners, dtype=np.float64)
-    size = np.broadcast_to(np.asarray(image_size, dtype=np.float64), (len(corners), 2))
-    w, h = size[:, 0], size[:, 1]
-    f = w if focal_px is None else np.broadcast_to(np.asarray(focal_px, float), w.shape)
-    span = np.linalg.norm(corners[:, 0] - corners[:, 3], axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z = np.where(span > 1e-6, f * EYE_SPAN_MM / span, np.nan)
-    u = corners[:, :, 0].mean(axis=1)
-    v = corners[:, :, 1].mean(axis=1)
-    return np.stack([(u - w / 2) * z / f, -(v - h / 2) * z / f, -z], axis=1)

@@ -59,12 +59,6 @@ class Layer:
     outputs: tuple[Port, ...]
     value: np.ndarray | None = None  # decoded payload, Const layers only
 
-    def input_port(self, port_id: int) -> Port:
-        for p in self.inputs:
-            if p.id == port_id:
-                return p
-        raise KeyError(f"layer {self.id} ({self.name}) has no input port {port_id}")
-
     def output_port(self, port_id: int) -> Port:
         for p in self.outputs:
             if p.id == port_id:

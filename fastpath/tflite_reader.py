@@ -396,13 +396,6 @@ def parse_tflite(data: bytes, path: str | Path = "<bytes>") -> TFLiteGraph:
     return TFLiteGraph(path, description, version, tensors, operators, inputs, outputs, metadata)
 
 
-def read_tflite(path: str | Path) -> TFLiteGraph:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"TFLite model not found: {path}")
-    return parse_tflite(path.read_bytes(), path)
-
-
 # -- TFLite model metadata (metadata_schema.fbs) --------------------------------------------
 
 
