@@ -2,11 +2,15 @@
 inside the run folder (`LabelStore.export_session`), which the session reader then reads like
 any other session.
 
-The store keeps labels in normalised screen units and no screen: the export needs one, given
-(`gazeloop train --screen-px W H`) or read from the user's profiles beside the store (a store
-at `<home>/users/<user>/labels` has them in `<home>/users/<user>/profiles/`), as long as they
-agree on one screen. Only accepted point labels with an image are exported (the store's own
-rule: a line label offers no point that is not invented); a store without any is refused.
+The store keeps labels in normalised screen units, and each run that stored them records its
+screen (`LabelStore.begin_run`). The export needs one screen: given (`gazeloop train
+--screen-px W H`), else the one the store's runs recorded, else (a store from before runs
+were recorded) read from the user's profiles beside the store (a store at
+`<home>/users/<user>/labels` has them in `<home>/users/<user>/profiles/`), as long as they
+agree on one screen. Labels of a run on another screen are left out of the export, said in
+its counts: their points are fractions of that screen. Only accepted point labels with an
+image are exported (the store's own rule: a line label offers no point that is not
+invented); a store without any is refused.
 
 The export is the run's data: a resumed run trains on the labels exported when it started,
 not on what the store holds by then. Its person id is `session:<user>`, the id the user's
@@ -100,10 +104,30 @@ def profile_screen(store: Path) -> tuple[ScreenGeometry, str] | None:
     return screen, f"profile {f}"
 
 
+def recorded_screen(store: Path) -> tuple[ScreenGeometry, str] | None:
+    """The screen the store's runs recorded (`LabelStore.begin_run`), when they name one;
+    None for a store whose runs named none (or made before runs were recorded)."""
+    try:
+        with LabelStore(store) as ls:
+            runs = [r for r in ls.runs() if r.screen is not None]
+    except LabelStoreError as e:
+        raise LabelExportError(f"{store}: {e}") from None
+    screens = {r.screen.px: r.screen for r in runs}
+    if not screens:
+        return None
+    if len(screens) > 1:
+        sizes = ", ".join(f"{w}x{h}" for w, h in screens)
+        raise LabelExportError(
+            f"{store}: labels were made on several screens ({sizes}): give --screen-px W H "
+            "for the ones to train on (the others are left out)"
+        )
+    return next(iter(screens.values())), f"the store's runs ({len(runs)})"
+
+
 def _screen(store: Path, screen_px: tuple[int, int] | None) -> tuple[ScreenGeometry, str]:
     if screen_px is not None:
         return ScreenGeometry(px=(int(screen_px[0]), int(screen_px[1]))), "--screen-px"
-    found = profile_screen(store)
+    found = recorded_screen(store) or profile_screen(store)
     if found is None:
         # Profiles there that say no screen could not be read: name them, the user may
         # rather mend one than type the screen.
@@ -111,8 +135,8 @@ def _screen(store: Path, screen_px: tuple[int, int] | None) -> tuple[ScreenGeome
         bad = sorted(f.name for f in folder.glob("*.json")) if folder.is_dir() else []
         why = f" ({folder}: {', '.join(bad)} unreadable)" if bad else ""
         raise LabelExportError(
-            f"{store}: a label store does not record its screen and no profile beside it "
-            f"does{why}: give --screen-px W H"
+            f"{store}: no run in the label store recorded its screen and no profile beside "
+            f"it does{why}: give --screen-px W H"
         )
     return found
 

@@ -25,6 +25,16 @@ store with `ids_after` (the MQTT uplink keeps what it has sent in its own outbox
 `sent` column; they open as they are, nothing writes the column any more, and
 `legacy_sent_ids` reads it once for the uplink to take over.
 
+Runs. A label's point is a fraction of the screen the run mapped to, and the fast estimate
+beside it came from that run's model, profile and settings. `begin_run` records them (the
+screen and the resolved settings, as JSON) and `add(..., run_id=)` ties a label to its run,
+so an export turns each label into the pixels of its own screen and a trainer knows how every
+label was made (pytorch_mpiigaze's "the resolved config beside every run's output", for a
+run whose output is labels). The two tables are additive: a store of schema 1 or 2 gains them
+when opened, its labels table untouched, so an older gazeloop still reads and writes it
+(recording no runs); a label without a run (stored by such a gazeloop, or received over MQTT
+by `collect`) says so with `run_id` None.
+
 Several processes may open one store (the tracker writing, an MQTT uplink reading): SQLite
 serialises them, and an advisory lock on `root/.lock` tells the opener whether it is alone,
 which is the only time deleting orphans is safe (an image without a row may otherwise be
@@ -95,6 +105,19 @@ CREATE TABLE IF NOT EXISTS labels (
     created_ms INTEGER NOT NULL        -- wall clock of the insert, unix ms
 );
 """
+# Created in stores of every schema version (module doc: additive).
+_RUNS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    started_ms INTEGER NOT NULL,       -- wall clock, unix ms
+    screen TEXT,                       -- JSON ScreenGeometry its points are fractions of
+    settings TEXT NOT NULL             -- JSON: what the run used (config, source, models)
+);
+CREATE TABLE IF NOT EXISTS label_runs (
+    label_id INTEGER PRIMARY KEY REFERENCES labels(id),
+    run_id INTEGER NOT NULL REFERENCES runs(id)
+);
+"""
 
 
 class LabelStoreError(RuntimeError):
@@ -128,6 +151,7 @@ class StoredLabel(BaseModel):
     image: str | None
     snapshot_ms: int
     created_ms: int
+    run_id: int | None = None  # the run that stored it (`begin_run`); None: not recorded
 
     def to_label(self) -> OracleLabel:
         return OracleLabel(
@@ -141,6 +165,17 @@ class StoredLabel(BaseModel):
             latency_s=self.latency_s,
             details=self.details,
         )
+
+
+class StoredRun(BaseModel):
+    """One run that stored labels: when, on which screen, with what (`begin_run`)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: int
+    started_ms: int
+    screen: ScreenGeometry | None  # what the run's label points are fractions of
+    settings: dict[str, Any]
 
 
 def _json_default(o: Any) -> Any:
@@ -289,19 +324,28 @@ class LabelStore:
             db.execute("PRAGMA foreign_keys=ON")
             # Schema 1 opens as it is: it differs only by its `sent` column, which inserts
             # leave at its default and nothing else writes.
+            # One script, one transaction: a crash leaves no half-made schema.
             if version is None:
-                # One script, one transaction: a crash leaves no half-made schema.
                 db.executescript(
                     "BEGIN IMMEDIATE;"
                     + _SCHEMA
+                    + _RUNS_SCHEMA
                     + "INSERT OR IGNORE INTO meta (key, value) VALUES "
                     + f"('schema_version', '{SCHEMA_VERSION}');"
                     + "COMMIT;"
                 )
+            elif not self._has_runs():
+                db.executescript("BEGIN IMMEDIATE;" + _RUNS_SCHEMA + "COMMIT;")
         except sqlite3.Error as e:
             raise LabelStoreError(
                 f"cannot initialise label store {self.root / DB_NAME}: {_describe_os_error(e)}"
             ) from e
+
+    def _has_runs(self) -> bool:
+        tables = {
+            r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        }
+        return {"runs", "label_runs"} <= tables
 
     def _schema_version(self) -> int | None:
         """The store's schema version; None for a database with no tables at all (a new
@@ -369,6 +413,33 @@ class LabelStore:
 
     # --- writing ---------------------------------------------------------------------------
 
+    def begin_run(self, settings: dict[str, Any], screen: ScreenGeometry | None = None) -> int:
+        """Record a run that is about to store labels: the screen its label points are
+        fractions of (None: unknown) and what it runs with (JSON-able: the resolved config,
+        the source, the models). → its id, for `add(..., run_id=)`."""
+        try:
+            text = json.dumps(settings, default=_json_default, sort_keys=True)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"run settings are not JSON: {e}") from None
+        screen_json = None if screen is None else screen.model_dump_json()
+        with self._lock:
+            self._check_open()
+            db = self._db
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                cur = db.execute(
+                    "INSERT INTO runs (started_ms, screen, settings) VALUES (?, ?, ?)",
+                    (int(time.time() * 1000), screen_json, text),
+                )
+                db.execute("COMMIT")
+            except sqlite3.Error as e:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+                raise LabelStoreError(
+                    f"cannot record a run in {self.root / DB_NAME}: {_describe_os_error(e)}"
+                ) from e
+            return int(cur.lastrowid)
+
     def add(
         self,
         label: OracleLabel,
@@ -376,12 +447,14 @@ class LabelStore:
         fast_xy: Any = None,
         decision: Any = None,
         snapshot_ms: int | None = None,
+        run_id: int | None = None,
     ) -> int:
         """Store one label with its snapshot; returns the row id.
 
         `snapshot_image`: HxWx3 uint8 BGR (encoded as JPEG here), JPEG bytes, or None.
         `decision`: the loop's `LoopDecision` (None: stored as not processed).
         `snapshot_ms`: the snapshot's wall-clock time; default now − the oracle's latency.
+        `run_id`: the run it belongs to (`begin_run`), stored in the same transaction.
         """
         now_ms = int(time.time() * 1000)
         if snapshot_ms is None:
@@ -394,6 +467,8 @@ class LabelStore:
                 "SELECT 1 FROM labels WHERE snapshot_id = ?", (label.snapshot_id,)
             ).fetchone():
                 raise DuplicateLabelError(f"snapshot {label.snapshot_id!r} is already stored")
+            if run_id is not None and self.run(run_id) is None:
+                raise LabelStoreError(f"{self.root}: no run {run_id} (begin_run makes one)")
             name = None
             if jpeg is not None:
                 # A unique suffix: a retried add can never overwrite another row's image.
@@ -407,7 +482,8 @@ class LabelStore:
                         f"{self.images}: {_describe_os_error(e)}"
                     ) from e
             try:
-                return self._insert(label, fast_xy, decision, name, snapshot_ms, now_ms)
+                row = _label_row(label, fast_xy, decision, name, snapshot_ms, now_ms)
+                return self._insert(row, run_id)
             except BaseException as e:
                 if name is not None:
                     with contextlib.suppress(OSError):
@@ -443,16 +519,8 @@ class LabelStore:
     def _write_image(self, path: Path, data: bytes) -> None:
         atomic_write_bytes(path, data)
 
-    def _insert(
-        self,
-        label: OracleLabel,
-        fast_xy: Any,
-        decision: Any,
-        image: str | None,
-        snapshot_ms: int,
-        now_ms: int,
-    ) -> int:
-        row = _label_row(label, fast_xy, decision, image, snapshot_ms, now_ms)
+    def _insert(self, row: tuple, run_id: int | None) -> int:
+        """The label's row (`_label_row`) and its run, in one transaction."""
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -463,6 +531,11 @@ class LabelStore:
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 row,
             )
+            if run_id is not None:
+                db.execute(
+                    "INSERT INTO label_runs (label_id, run_id) VALUES (?, ?)",
+                    (cur.lastrowid, int(run_id)),
+                )
             db.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
@@ -479,7 +552,7 @@ class LabelStore:
     _COLS = (
         "id, t_ns, snapshot_id, oracle, oracle_version, observation, confidence, in_frame, "
         "latency_s, details, fast_x, fast_y, accepted, why, residual_x, residual_y, "
-        "offset_x, offset_y, image, snapshot_ms, created_ms"
+        "offset_x, offset_y, image, snapshot_ms, created_ms, run_id"
     )
 
     @staticmethod
@@ -506,14 +579,34 @@ class LabelStore:
             image=r[18],
             snapshot_ms=r[19],
             created_ms=r[20],
+            run_id=r[21],
         )
 
     def _query(self, sql: str, args: tuple = ()) -> list[StoredLabel]:
-        rows = self._read(f"SELECT {self._COLS} FROM labels {sql}", args)
+        joined = "labels LEFT JOIN label_runs ON label_runs.label_id = labels.id"
+        rows = self._read(f"SELECT {self._COLS} FROM {joined} {sql}", args)
         try:
             return [self._row(r) for r in rows]
         except (ValidationError, ValueError) as e:
             raise LabelStoreError(f"{self.root}: a stored row is invalid: {one_line(e)}") from e
+
+    def run(self, run_id: int) -> StoredRun | None:
+        rows = self._read(
+            "SELECT id, started_ms, screen, settings FROM runs WHERE id = ?", (int(run_id),)
+        )
+        return self._run_row(rows[0]) if rows else None
+
+    def runs(self) -> list[StoredRun]:
+        """Every recorded run, oldest first."""
+        rows = self._read("SELECT id, started_ms, screen, settings FROM runs ORDER BY id")
+        return [self._run_row(r) for r in rows]
+
+    def _run_row(self, r: tuple) -> StoredRun:
+        try:
+            screen = None if r[2] is None else ScreenGeometry.model_validate_json(r[2])
+            return StoredRun(id=r[0], started_ms=r[1], screen=screen, settings=json.loads(r[3]))
+        except (ValidationError, ValueError) as e:
+            raise LabelStoreError(f"{self.root}: run {r[0]} is invalid: {one_line(e)}") from e
 
     def get(self, label_id: int) -> StoredLabel | None:
         rows = self._query("WHERE id = ?", (int(label_id),))
@@ -602,9 +695,11 @@ class LabelStore:
         `lines="pseudo"` writes that projection anyway, marked `"pseudo": true` with the line
         itself in `"line"` (origin, direction, normalised), for a trainer that uses the
         constraint and not the point. Labels off the screen are skipped (the session reader
-        would reject them). The record's name is the snapshot's wall-clock ms, moved on by
-        1 ms when two labels share a millisecond. Images are copied, not re-encoded. The
-        folder must be new or empty.
+        would reject them), and so are labels of a run recorded on a screen of another size:
+        their points are fractions of that screen, and in this one's pixels they would be
+        places the person never looked at. The record's name is the snapshot's wall-clock
+        ms, moved on by 1 ms when two labels share a millisecond. Images are copied, not
+        re-encoded. The folder must be new or empty.
         """
         if lines not in ("skip", "pseudo"):
             raise ValueError(f"lines must be 'skip' or 'pseudo', got {lines!r}")
@@ -618,8 +713,10 @@ class LabelStore:
             out.mkdir(parents=True, exist_ok=True)
             write_manifest(out, self._export_manifest(screen))
             used: set[int] = set()
+            screens = {r.id: r.screen for r in self.runs()}
             for row in self.iter(accepted=True if accepted_only else None):
-                why = self._export_row(row, out, size, lines, used)
+                why = _other_screen(screens.get(row.run_id), screen)
+                why = why or self._export_row(row, out, size, lines, used)
                 if why is None:
                     stats["written"] += 1
                 else:
@@ -669,6 +766,13 @@ class LabelStore:
         body = record.model_dump(mode="json", by_alias=True, exclude_unset=True)
         atomic_write_bytes(out / f"{stem}.json", json.dumps(body, indent=2).encode())
         return None
+
+
+def _other_screen(recorded: ScreenGeometry | None, screen: ScreenGeometry) -> str | None:
+    """Why a label of a run on `recorded` cannot be exported onto `screen`, or None."""
+    if recorded is None or tuple(recorded.px) == tuple(screen.px):
+        return None
+    return f"recorded on another screen ({recorded.px[0]}x{recorded.px[1]})"
 
 
 def _export_point(row: StoredLabel, lines: str) -> tuple[np.ndarray, dict[str, Any]] | str:

@@ -67,7 +67,7 @@ from gazeloop.tools.commands._args import (
 from gazeloop.tools.errors import UserError
 from gazeloop.tools.runtime.calibration import default_session_dir
 from gazeloop.tools.runtime.labelled import LabelledSource, open_labelled
-from gazeloop.tools.runtime.live import Live, from_earlier_sitting
+from gazeloop.tools.runtime.live import Live, from_earlier_sitting, model_record
 from gazeloop.tools.runtime.recording import UnixClock
 from gazeloop.tools.ui.calibration_grid import DotView, calibrate_on_screen, render_dot
 from gazeloop.tools.ui.render import LiveData, VerifyData, render_live, render_pip, render_verify
@@ -435,7 +435,8 @@ def _run(args: argparse.Namespace, ls: LabelledSource) -> int:
     fp, mapper, used_profile = _models(args)
     oracle = _oracle(args, mapper)
     store = _label_store(args, oracle, mapper)
-    live = _live(args, ls, fp, mapper, oracle, store, hook)
+    settings = _run_settings(args, fp, mapper, used_profile)
+    live = _live(args, ls, fp, mapper, oracle, store, hook, settings)
     listener = _clicks(args, live, mapper)
     replay = _replay_clicks(args, live, mapper, ls)
     watcher = _model_watcher(args, live, fp, mapper, used_profile)
@@ -502,8 +503,23 @@ def _label_store(args, oracle, mapper):
     return None
 
 
-def _live(args, ls: LabelledSource, fp: FastPath, mapper, oracle, store, hook) -> Live:
-    """The running system, with --mqtt's publisher and uplink on the source's clock."""
+def _run_settings(args, fp: FastPath, mapper, used_profile: Path) -> dict:
+    """What the label store records of this run beside its labels (`LabelStore.begin_run`):
+    the resolved config (what `--config` would take back), the source, the labeller, the
+    profile and the gaze model, so every label says how it was made."""
+    return {
+        "command": "run",
+        "source": str(args.source),
+        "oracle": args.oracle,
+        "profile": None if mapper is None else str(used_profile),
+        "gaze_model": model_record(fp.gaze),
+        "config": run_config(args).model_dump(mode="json"),
+    }
+
+
+def _live(args, ls: LabelledSource, fp: FastPath, mapper, oracle, store, hook, settings) -> Live:
+    """The running system, with --mqtt's publisher and uplink on the source's clock;
+    `settings`: what the store records of the run (`_run_settings`)."""
     publisher = uplink = clock = None
     if args.mqtt:
         from gazeloop.tools.runtime.mqtt.timebase import SourceClock
@@ -523,6 +539,7 @@ def _live(args, ls: LabelledSource, fp: FastPath, mapper, oracle, store, hook) -
         snapshot_hook=hook,
         clock=clock,
         uplink=uplink,
+        run_settings=settings,
     )
 
 
@@ -542,7 +559,7 @@ def _model_watcher(args, live: Live, fp: FastPath, mapper, used_profile: Path):
             profile=None if mapper is None else mapper.profile,
             profile_path=used_profile,
             screen=None if mapper is None else mapper.screen,
-            on_swap=lambda gaze, m: live.adopt(m),
+            on_swap=lambda gaze, m: live.adopt(m, gaze),
         )
         watcher.start()
     except ImportError:  # the registry lives in the trainer extra

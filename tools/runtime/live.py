@@ -119,6 +119,11 @@ ORACLE_TIMEOUT_S = 20.0
 LoopFactory = Callable[[History, ProfileMapper, bool], DriftLoop]
 
 
+def model_record(gaze) -> dict:
+    """What a run's record says of the gaze model it maps (`GazeModel`)."""
+    return {"id": gaze.model_id, "sha256": gaze.sha256, "read": gaze.read}
+
+
 def _same_screen(a, b) -> bool:
     """Whether two profiles map to a screen of the same size (None maps to none)."""
     return a is not None and b is not None and tuple(a.screen.px) == tuple(b.screen.px)
@@ -145,6 +150,7 @@ class Live:
         clock=None,
         uplink=None,
         store_queue: int = STORE_QUEUE,
+        run_settings: dict | None = None,
     ):
         if loop_cfg is not None and loop_factory is not None:
             raise ValueError("give loop_cfg or loop_factory, not both: the factory makes the loop")
@@ -171,6 +177,10 @@ class Live:
         self._init_oracle(oracle, oracle_timeout_s)
         self._init_labellers()
         self._init_store_writer(store_queue)
+        # What the store records of this run (`LabelStore.begin_run`), with each screen the
+        # run maps to: the resolved config, the source, the models. None: nothing recorded.
+        self.run_settings = run_settings
+        self._run_id = self._begin_run(mapper)
         self._snaps: dict[str, tuple[Snapshot, tuple[float, float] | None]] = {}
         self._lock = threading.Lock()
         self._frame_ms: deque[float] = deque(maxlen=120)
@@ -224,8 +234,8 @@ class Live:
         self.store_duplicates = 0
         self.store_error: str | None = None
         self.store_dropped = 0  # labels not queued for the store: the writer was too far behind
-        # The label-store writer: (label, image, fast_xy, decision, t_ns) waiting, and how
-        # many are queued or being written (`flush` waits for 0).
+        # The label-store writer: (label, image, fast_xy, decision, t_ns, run id) waiting,
+        # and how many are queued or being written (`flush` waits for 0).
         self._writes = threading.Condition()
         self._write_q: deque[tuple] = deque()
         self._write_max = store_queue
@@ -266,6 +276,8 @@ class Live:
             self.loop = self._new_loop(mapper)
         else:
             self.loop.reset(mapper.offset)
+        if not _same_screen(old, mapper):  # later labels are fractions of another screen
+            self._run_id = self._begin_run(mapper)
         self.fp.set_mapper(mapper)
         if self._glance_after_s is not None:
             self.enable_glance(self._glance_after_s)  # the new screen's size, quiet time anew
@@ -289,17 +301,23 @@ class Live:
         )
         return self.glance
 
-    def adopt(self, mapper: ProfileMapper | None) -> None:
+    def adopt(self, mapper: ProfileMapper | None, gaze=None) -> None:
         """A new model came with its refitted profile (hot reload): the loop starts over from
         that profile's offset, since residuals of the old model say nothing about the new
-        (a new loop when the profile is of another screen size, as in `install`)."""
+        (a new loop when the profile is of another screen size, as in `install`). With the
+        model (`GazeModel`), the store's record of the run says it from here on."""
         old, self.mapper = self.mapper, mapper
+        if gaze is not None and self.run_settings is not None:
+            self.run_settings = {**self.run_settings, "gaze_model": model_record(gaze)}
+            self._run_id = self._begin_run(mapper)
         if mapper is None or self.loop is None:
             return
         if _same_screen(old, mapper):
             self.loop.reset(mapper.offset)
         else:
             self.loop = self._new_loop(mapper)
+            if gaze is None:
+                self._run_id = self._begin_run(mapper)
 
     # --- the frame thread ----------------------------------------------------------------
 
@@ -418,9 +436,25 @@ class Live:
             if self._writes_open >= self._write_max or self._writer_closing:
                 self.store_dropped += 1
                 return
-            self._write_q.append((label, image, fast_xy, decision, t_ns))
+            self._write_q.append((label, image, fast_xy, decision, t_ns, self._run_id))
             self._writes_open += 1
             self._writes.notify_all()
+
+    def _begin_run(self, mapper: ProfileMapper | None) -> int | None:
+        """The store's record of this run while it maps to `mapper`'s screen: its labels'
+        points are fractions of that screen (`LabelStore.begin_run`). None without a store
+        or settings to record, or when the store cannot take it (said, tracking goes on)."""
+        if self.store is None or self.run_settings is None:
+            return None
+        try:
+            return self.store.begin_run(
+                self.run_settings, None if mapper is None else mapper.screen
+            )
+        except Exception as e:  # a full disk must not stop tracking
+            self.store_errors += 1
+            self.store_error = str(e)
+            log.error("label store: %s (labels are kept without their run)", e)
+            return None
 
     def _write_labels(self) -> None:
         while True:
@@ -437,11 +471,11 @@ class Live:
                     self._writes_open -= 1
                     self._writes.notify_all()
 
-    def _write(self, label, image, fast_xy, decision, t_ns: int) -> None:
+    def _write(self, label, image, fast_xy, decision, t_ns: int, run_id: int | None) -> None:
         try:
             # The snapshot's capture time, on the clock the gaze stream uses.
             t_ms = None if self.clock is None else self.clock.ms(t_ns)
-            self.store.add(label, image, fast_xy, decision, snapshot_ms=t_ms)
+            self.store.add(label, image, fast_xy, decision, snapshot_ms=t_ms, run_id=run_id)
             self.labels_stored += 1
             if self.uplink is not None:
                 self.uplink.nudge()

@@ -154,6 +154,69 @@ def test_a_schema_1_store_opens_and_its_sent_column_is_read_once(tmp_path):
         assert row == ("1",)
 
 
+def test_a_run_records_its_screen_and_settings_and_its_labels_name_it(tmp_path):
+    with LabelStore(tmp_path) as store:
+        before = store.add(point(0), img(0), None, decision())  # no run: not recorded
+        run = store.begin_run({"config": {"loop": {"huber_k": 2.0}}, "source": "0"}, SCREEN)
+        ids = [store.add(point(i), img(i), None, decision(), run_id=run) for i in (1, 2)]
+        other = store.begin_run({"source": "1"})  # a run whose screen nobody knew
+        last = store.add(point(3), img(3), None, decision(), run_id=other)
+        assert store.get(before).run_id is None
+        assert [store.get(i).run_id for i in ids] == [run, run] and store.get(last).run_id == other
+        assert [r.id for r in store.iter(accepted=True)] == [before, *ids, last]
+        got = store.run(run)
+        assert got.screen == SCREEN and got.settings["config"]["loop"]["huber_k"] == 2.0
+        assert [r.id for r in store.runs()] == [run, other] and store.runs()[1].screen is None
+        assert store.run(other + 1) is None
+        # A label of a run that was never begun is refused, and leaves nothing behind.
+        with pytest.raises(LabelStoreError, match=f"no run {other + 1}"):
+            store.add(point(4), img(4), None, decision(), run_id=other + 1)
+        assert store.count() == 4 and len(list((tmp_path / "images").iterdir())) == 4
+        assert store.integrity_check() == "ok"
+    with LabelStore(tmp_path) as store:  # reopened: every link kept
+        assert [r.run_id for r in store] == [None, run, run, other]
+
+
+@pytest.mark.parametrize("schema", [1, 2])
+def test_an_older_store_gains_the_run_tables_and_keeps_its_labels(tmp_path, schema):
+    """Stores made before runs were recorded: the two tables are added when the store is
+    opened, the labels table and the schema version are left as they were, and an older
+    gazeloop can still read and write it."""
+    with LabelStore(tmp_path) as store:
+        ids = [store.add(point(i), img(i), None, decision()) for i in range(3)]
+    with sqlite3.connect(tmp_path / DB_NAME) as db:
+        db.executescript("DROP TABLE label_runs; DROP TABLE runs;")
+    if schema == 1:
+        make_schema_1(tmp_path, ids[:1])
+    with LabelStore(tmp_path) as store:
+        assert [r.run_id for r in store] == [None] * 3 and store.runs() == []
+        run = store.begin_run({"source": "0"}, SCREEN)
+        new = store.add(point(7), img(7), None, decision(), run_id=run)
+        assert store.get(new).run_id == run and store.integrity_check() == "ok"
+        assert store.legacy_sent_ids() == (ids[:1] if schema == 1 else [])
+    with sqlite3.connect(tmp_path / DB_NAME) as db:
+        row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        assert row == (str(schema),)
+        cols = [r[1] for r in db.execute("PRAGMA table_info(labels)")]
+        assert "run_id" not in cols  # the links live beside the labels, not in them
+
+
+def test_export_leaves_out_labels_of_a_run_on_another_screen(tmp_path):
+    store = LabelStore(tmp_path / "store")
+    here = store.begin_run({"source": "0"}, SCREEN)
+    there = store.begin_run({"source": "0"}, ScreenGeometry(px=(2560, 1440)))
+    unknown = store.begin_run({"source": "0"})
+    store.add(point(0, (0.2, 0.2)), img(0), None, decision(), snapshot_ms=1_700_000_000_000)
+    store.add(point(1, (0.4, 0.4)), img(1), None, decision(), run_id=here)
+    store.add(point(2, (0.6, 0.6)), img(2), None, decision(), run_id=there)
+    store.add(point(3, (0.8, 0.8)), img(3), None, decision(), run_id=unknown)
+    stats = store.export_session(tmp_path / "out", SCREEN)
+    assert stats == {"written": 3, "skipped": {"recorded on another screen (2560x1440)": 1}}
+    got = sorted(it.label_px for it in read_session(tmp_path / "out").items)
+    np.testing.assert_allclose(got, [(x * 1728, x * 1080) for x in (0.2, 0.4, 0.8)], atol=1e-9)
+    store.close()
+
+
 def test_export_writes_a_session_the_reader_accepts(tmp_path):
     store = LabelStore(tmp_path / "store")
     pts = [(0.1, 0.2), (0.5, 0.5), (0.9, 0.8)]

@@ -458,3 +458,63 @@ def test_a_label_judged_by_a_loop_replaced_meanwhile_moves_no_mapper():
     assert decision.offset.tolist() == [0.3, 0.3]  # the old loop's answer, reported
     assert live.mapper is new and new.offset.tolist() == [0.02, 0.0]  # and not applied
     live.close()
+
+
+def test_each_screen_and_model_a_run_maps_with_is_a_run_record_its_labels_name(tmp_path):
+    """A label's point is a fraction of the screen its run mapped to: a calibration on
+    another screen, or a hot-reloaded model, starts a new record in the store, and labels
+    name the record that was current when they were judged; the same screen keeps it."""
+    from gazeloop.calibration.geometry import ScreenGeometry
+
+    def on(px, dx=0.0):
+        return SimpleNamespace(screen=ScreenGeometry(px=px), offset=np.array([dx, 0.0]))
+
+    store = LabelStore(tmp_path / "labels")
+    live = Live(FakeFastPath(), mapper=on(SCREEN), store=store, run_settings={"source": "0"})
+
+    def label(i: int) -> None:
+        obs = PointObservation(xy=(0.5, 0.5))
+        live.external_label(
+            OracleLabel(t_ns=i, snapshot_id=f"s{i}", oracle="clicks", observation=obs)
+        )
+
+    label(1)
+    live.install(on(SCREEN, 0.01))  # recalibrated on the same screen: the same record
+    label(2)
+    live.install(on((1080, 1920)))  # a portrait screen: a new record
+    label(3)
+    gaze = SimpleNamespace(model_id="tuned", sha256="ab" * 32, read="ray")
+    live.adopt(on((1080, 1920)), gaze)  # a promoted model: a new record saying so
+    label(4)
+    assert live.flush(10)
+    first, portrait, tuned = store.runs()
+    assert [r.run_id for r in store] == [first.id, first.id, portrait.id, tuned.id]
+    assert first.screen.px == SCREEN and portrait.screen.px == tuned.screen.px == (1080, 1920)
+    assert "gaze_model" not in portrait.settings and tuned.settings["gaze_model"]["id"] == "tuned"
+    assert first.settings["source"] == tuned.settings["source"] == "0"
+    live.close()
+
+
+def test_a_store_that_cannot_record_the_run_still_keeps_the_labels(tmp_path):
+    """Recording the run fails (a trigger makes SQLite refuse it, as a failing disk would):
+    said in the status, and tracking and the labels go on, without their run."""
+    import sqlite3
+
+    from gazeloop.calibration.geometry import ScreenGeometry
+    from gazeloop.calibration.store.labelstore import DB_NAME
+
+    store = LabelStore(tmp_path / "labels")
+    with sqlite3.connect(tmp_path / "labels" / DB_NAME) as db:
+        db.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON runs BEGIN SELECT RAISE(ABORT, 'disk I/O "
+            "error'); END"
+        )
+    on = SimpleNamespace(screen=ScreenGeometry(px=SCREEN), offset=np.zeros(2))
+    live = Live(FakeFastPath(), mapper=on, store=store, run_settings={"source": "0"})
+    obs = PointObservation(xy=(0.5, 0.5))
+    live.external_label(OracleLabel(t_ns=1, snapshot_id="s1", oracle="clicks", observation=obs))
+    assert live.flush(10)
+    assert live.store_errors == 1 and "cannot record a run" in live.store_error
+    assert [r.run_id for r in store] == [None] and store.runs() == []
+    assert live.labels_stored == 1
+    live.close()

@@ -67,6 +67,19 @@ def test_the_configs_policy_is_the_one_run_uses(c4_profile, tmp_path, monkeypatc
     labels = stored(home)
     assert labels.get(("clicks", 1)) == 4
     assert not any(oracle == "target" for oracle, _ in labels), labels
+    # The store says how its labels were made: one run, on the profile's screen, with the
+    # settings resolved from --config (what `--config` takes back) and the models.
+    from gazeloop.calibration.store.labelstore import LabelStore
+    from gazeloop.tools.runtime.run_config import RunConfig
+
+    with LabelStore(home / "users" / "default" / "labels") as store:
+        (run,) = store.runs()
+        assert {row.run_id for row in store} == {run.id}
+    assert run.screen.px == (2560, 1440) and run.screen.mm == (597.0, 336.0)
+    s = run.settings
+    assert s["source"] == str(VIDEO) and s["oracle"] == "targets"
+    assert s["profile"] == str(c4_profile) and len(s["gaze_model"]["sha256"]) == 64
+    assert RunConfig.model_validate(s["config"]).policy.max_speed == 1e-9
 
 
 @pytest.mark.slow

@@ -1,0 +1,50 @@
+"""A label store's screen for the export: the one its runs recorded, else the profiles'; a
+store whose runs were on several screens is asked which, and the others' labels are left
+out and counted."""
+
+from __future__ import annotations
+
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gazeloop.calibration.geometry import ScreenGeometry
+from gazeloop.calibration.labels import OracleLabel, PointObservation
+from gazeloop.calibration.store.labelstore import LabelStore
+from gazeloop.trainer.labels import LabelExportError, export_store
+
+LAPTOP = ScreenGeometry(px=(1512, 982), mm=(302.0, 196.0))
+MONITOR = ScreenGeometry(px=(2560, 1440))
+
+
+def _store(root: Path, screens: list[ScreenGeometry | None]) -> Path:
+    """Three accepted click labels per run, one run per screen given."""
+    img = np.full((48, 64, 3), 128, np.uint8)
+    ok = types.SimpleNamespace(accepted=True, why="accepted", residual=None, offset=None)
+    with LabelStore(root) as ls:
+        for r, screen in enumerate(screens):
+            run = ls.begin_run({"source": "0"}, screen)
+            for i in range(3):
+                obs = PointObservation(xy=(0.2 + 0.3 * i, 0.5))
+                label = OracleLabel(
+                    t_ns=i, snapshot_id=f"r{r}-{i}", oracle="clicks", observation=obs
+                )
+                ls.add(label, img, None, ok, snapshot_ms=1_766_000_000_000 + 10 * i, run_id=run)
+    return root
+
+
+def test_the_screen_the_runs_recorded_needs_no_flag_and_no_profile(tmp_path):
+    store = _store(tmp_path / "labels", [LAPTOP, None])
+    exp = export_store(store, tmp_path / "run", 0)
+    assert exp.screen.px == LAPTOP.px and exp.screen_from == "the store's runs (1)"
+    assert exp.exported == 6 and exp.skipped == {}  # a run that named no screen goes along
+
+
+def test_runs_on_two_screens_ask_which_and_leave_the_others_out(tmp_path):
+    store = _store(tmp_path / "labels", [LAPTOP, MONITOR])
+    with pytest.raises(LabelExportError, match=r"several screens \(1512x982, 2560x1440\)"):
+        export_store(store, tmp_path / "run", 0)
+    exp = export_store(store, tmp_path / "run", 0, screen_px=MONITOR.px)
+    assert exp.exported == 3 and exp.skipped == {"recorded on another screen (1512x982)": 3}
