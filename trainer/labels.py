@@ -105,11 +105,13 @@ def profile_screen(store: Path) -> tuple[ScreenGeometry, str] | None:
 
 
 def recorded_screen(store: Path) -> tuple[ScreenGeometry, str] | None:
-    """The screen the store's runs recorded (`LabelStore.begin_run`), when they name one;
-    None for a store whose runs named none (or made before runs were recorded)."""
+    """The screen the store's runs with accepted labels recorded (`LabelStore.begin_run`),
+    when they name one; None for a store whose runs named none (or made before runs were
+    recorded). A run that stored no accepted label has nothing to export, whatever its
+    screen."""
     try:
         with LabelStore(store) as ls:
-            runs = [r for r in ls.runs() if r.screen is not None]
+            runs = [r for r in ls.runs(labelled=True) if r.screen is not None]
     except LabelStoreError as e:
         raise LabelExportError(f"{store}: {e}") from None
     screens = {r.screen.px: r.screen for r in runs}

@@ -32,8 +32,9 @@ so an export turns each label into the pixels of its own screen and a trainer kn
 label was made (pytorch_mpiigaze's "the resolved config beside every run's output", for a
 run whose output is labels). The two tables are additive: a store of schema 1 or 2 gains them
 when opened, its labels table untouched, so an older gazeloop still reads and writes it
-(recording no runs); a label without a run (stored by such a gazeloop, or received over MQTT
-by `collect`) says so with `run_id` None.
+(recording no runs); a label without a run (stored by such a gazeloop, or by a caller that
+began none) says so with `run_id` None. An older store that cannot be written (a read-only
+copy) opens without the tables: its labels read with `run_id` None and no runs.
 
 Several processes may open one store (the tracker writing, an MQTT uplink reading): SQLite
 serialises them, and an advisory lock on `root/.lock` tells the opener whether it is alone,
@@ -256,6 +257,7 @@ class LabelStore:
         self.images = self.root / IMAGES
         self._lock = threading.RLock()
         self._lock_fd: int | None = None
+        self._run_tables = True  # False: an older, read-only store without them
         try:
             self.images.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -335,11 +337,24 @@ class LabelStore:
                     + "COMMIT;"
                 )
             elif not self._has_runs():
-                db.executescript("BEGIN IMMEDIATE;" + _RUNS_SCHEMA + "COMMIT;")
+                self._add_run_tables()
         except sqlite3.Error as e:
             raise LabelStoreError(
                 f"cannot initialise label store {self.root / DB_NAME}: {_describe_os_error(e)}"
             ) from e
+
+    def _add_run_tables(self) -> None:
+        """The run tables in an older store (module doc); a store that cannot be written
+        still opens, without them."""
+        try:
+            self._db.executescript("BEGIN IMMEDIATE;" + _RUNS_SCHEMA + "COMMIT;")
+        except sqlite3.OperationalError as e:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+            if "readonly" not in str(e).lower():
+                raise
+            self._run_tables = False
+            log.info("%s: read-only, opened without run records", self.root)
 
     def _has_runs(self) -> bool:
         tables = {
@@ -424,6 +439,8 @@ class LabelStore:
         screen_json = None if screen is None else screen.model_dump_json()
         with self._lock:
             self._check_open()
+            if not self._run_tables:
+                raise LabelStoreError(f"{self.root}: read-only, no run can be recorded")
             db = self._db
             try:
                 db.execute("BEGIN IMMEDIATE")
@@ -488,7 +505,7 @@ class LabelStore:
                 if name is not None:
                     with contextlib.suppress(OSError):
                         (self.images / name).unlink()
-                if isinstance(e, sqlite3.IntegrityError):
+                if isinstance(e, sqlite3.IntegrityError) and "snapshot_id" in str(e):
                     raise DuplicateLabelError(
                         f"snapshot {label.snapshot_id!r} is already stored"
                     ) from e
@@ -583,22 +600,36 @@ class LabelStore:
         )
 
     def _query(self, sql: str, args: tuple = ()) -> list[StoredLabel]:
-        joined = "labels LEFT JOIN label_runs ON label_runs.label_id = labels.id"
-        rows = self._read(f"SELECT {self._COLS} FROM {joined} {sql}", args)
+        if self._run_tables:
+            src, cols = "labels LEFT JOIN label_runs ON label_runs.label_id = labels.id", self._COLS
+        else:  # an older read-only store (module doc): no run is known
+            src, cols = "labels", self._COLS.replace(", run_id", ", NULL")
+        rows = self._read(f"SELECT {cols} FROM {src} {sql}", args)
         try:
             return [self._row(r) for r in rows]
         except (ValidationError, ValueError) as e:
             raise LabelStoreError(f"{self.root}: a stored row is invalid: {one_line(e)}") from e
 
     def run(self, run_id: int) -> StoredRun | None:
+        if not self._run_tables:
+            return None
         rows = self._read(
             "SELECT id, started_ms, screen, settings FROM runs WHERE id = ?", (int(run_id),)
         )
         return self._run_row(rows[0]) if rows else None
 
-    def runs(self) -> list[StoredRun]:
-        """Every recorded run, oldest first."""
-        rows = self._read("SELECT id, started_ms, screen, settings FROM runs ORDER BY id")
+    def runs(self, *, labelled: bool = False) -> list[StoredRun]:
+        """Every recorded run, oldest first; `labelled`: only those with an accepted label
+        (what an export of accepted labels is made of)."""
+        if not self._run_tables:
+            return []
+        where = (
+            " WHERE id IN (SELECT run_id FROM label_runs JOIN labels ON labels.id = "
+            "label_runs.label_id WHERE labels.accepted = 1)"
+            if labelled
+            else ""
+        )
+        rows = self._read(f"SELECT id, started_ms, screen, settings FROM runs{where} ORDER BY id")
         return [self._run_row(r) for r in rows]
 
     def _run_row(self, r: tuple) -> StoredRun:

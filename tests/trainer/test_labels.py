@@ -42,6 +42,16 @@ def test_the_screen_the_runs_recorded_needs_no_flag_and_no_profile(tmp_path):
     assert exp.exported == 6 and exp.skipped == {}  # a run that named no screen goes along
 
 
+def test_a_run_that_stored_no_label_does_not_count(tmp_path):
+    """A run on the monitor that only sent earlier labels (or stored nothing accepted) says
+    nothing about the screen of the labels there are."""
+    store = _store(tmp_path / "labels", [LAPTOP])
+    with LabelStore(store) as ls:
+        ls.begin_run({"source": "0"}, MONITOR)
+    exp = export_store(store, tmp_path / "run", 0)
+    assert exp.screen.px == LAPTOP.px and exp.exported == 3
+
+
 def test_runs_on_two_screens_ask_which_and_leave_the_others_out(tmp_path):
     store = _store(tmp_path / "labels", [LAPTOP, MONITOR])
     with pytest.raises(LabelExportError, match=r"several screens \(1512x982, 2560x1440\)"):

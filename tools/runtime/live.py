@@ -179,9 +179,17 @@ class Live:
         self._init_store_writer(store_queue)
         # What the store records of this run (`LabelStore.begin_run`), with each screen the
         # run maps to: the resolved config, the source, the models. None: nothing recorded.
+        # Records are made by the writer thread when their first label is written (a run
+        # that labels nothing records nothing, and tracking never waits on the disk): the
+        # other threads only add (settings, screen) here and name it by its index.
         self.run_settings = run_settings
-        self._run_id = self._begin_run(mapper)
-        self._snaps: dict[str, tuple[Snapshot, tuple[float, float] | None]] = {}
+        self.run_record_error: str | None = None
+        self._run_records: list[tuple[dict, object]] = []
+        self._run_ids: dict[int, int | None] = {}  # record index → store id (writer thread)
+        self._run_key: int | None = None
+        self._new_run(mapper)
+        # snapshot id → (snapshot, gaze angles, run record index when it was taken)
+        self._snaps: dict[str, tuple[Snapshot, tuple[float, float] | None, int | None]] = {}
         self._lock = threading.Lock()
         self._frame_ms: deque[float] = deque(maxlen=120)
         self._frame_t: deque[int] = deque(maxlen=120)
@@ -277,7 +285,7 @@ class Live:
         else:
             self.loop.reset(mapper.offset)
         if not _same_screen(old, mapper):  # later labels are fractions of another screen
-            self._run_id = self._begin_run(mapper)
+            self._new_run(mapper)
         self.fp.set_mapper(mapper)
         if self._glance_after_s is not None:
             self.enable_glance(self._glance_after_s)  # the new screen's size, quiet time anew
@@ -309,7 +317,7 @@ class Live:
         old, self.mapper = self.mapper, mapper
         if gaze is not None and self.run_settings is not None:
             self.run_settings = {**self.run_settings, "gaze_model": model_record(gaze)}
-            self._run_id = self._begin_run(mapper)
+            self._new_run(mapper)
         if mapper is None or self.loop is None:
             return
         if _same_screen(old, mapper):
@@ -317,7 +325,7 @@ class Live:
         else:
             self.loop = self._new_loop(mapper)
             if gaze is None:
-                self._run_id = self._begin_run(mapper)
+                self._new_run(mapper)
 
     # --- the frame thread ----------------------------------------------------------------
 
@@ -356,7 +364,7 @@ class Live:
                 return None
         gaze = None if s.gaze_yp_raw is None else (float(s.gaze_yp_raw[0]), float(s.gaze_yp_raw[1]))
         with self._lock:
-            self._snaps[snap.snapshot_id] = (snap, gaze)
+            self._snaps[snap.snapshot_id] = (snap, gaze, self._run_key)
             while len(self._snaps) > 8:  # only the newest few can still come back
                 self._snaps.pop(next(iter(self._snaps)))
         self.pending = (snap, gaze)
@@ -373,7 +381,7 @@ class Live:
             snap = self.snapshot_hook(snap, frame) or snap
         gaze = None if s.gaze_yp_raw is None else (float(s.gaze_yp_raw[0]), float(s.gaze_yp_raw[1]))
         with self._lock:
-            self._snaps[snap.snapshot_id] = (snap, gaze)
+            self._snaps[snap.snapshot_id] = (snap, gaze, self._run_key)
         return self.worker.run_now(snap, timeout=timeout)
 
     def _keep_frame(self, frame: Frame) -> None:
@@ -395,7 +403,8 @@ class Live:
         the loop's decision), with the camera frame nearest its time when one was kept."""
         decision = self._update_loop(label)
         fast = None if decision is None else decision.fast_xy
-        self._store(label, self._frame_near(label.t_ns), fast, decision, label.t_ns)
+        image = self._frame_near(label.t_ns)
+        self._store(label, image, fast, decision, label.t_ns, self._run_key)
         return decision
 
     def _update_loop(self, label: OracleLabel) -> LoopDecision | None:
@@ -417,15 +426,16 @@ class Live:
     def _on_label(self, label: OracleLabel) -> None:
         decision = self._update_loop(label)
         with self._lock:
-            snap, gaze = self._snaps.pop(label.snapshot_id, (None, None))
+            snap, gaze, run = self._snaps.pop(label.snapshot_id, (None, None, None))
         if snap is not None:
             self.last = LastOracle(snap, label, decision, gaze)
-            self._store(label, snap.image, snap.fast_xy, decision, snap.t_ns)
+            self._store(label, snap.image, snap.fast_xy, decision, snap.t_ns, run)
 
     # --- the label-store writer --------------------------------------------------------
 
-    def _store(self, label, image, fast_xy, decision, t_ns: int) -> None:
-        """Hand a label to the writer thread; returns at once (the frame thread calls this)."""
+    def _store(self, label, image, fast_xy, decision, t_ns: int, run: int | None) -> None:
+        """Hand a label to the writer thread; returns at once (the frame thread calls this).
+        `run`: the index of the run record current when the label's frame was taken."""
         if self._writer is None:
             return
         with self._writes:
@@ -436,25 +446,36 @@ class Live:
             if self._writes_open >= self._write_max or self._writer_closing:
                 self.store_dropped += 1
                 return
-            self._write_q.append((label, image, fast_xy, decision, t_ns, self._run_id))
+            self._write_q.append((label, image, fast_xy, decision, t_ns, run))
             self._writes_open += 1
             self._writes.notify_all()
 
-    def _begin_run(self, mapper: ProfileMapper | None) -> int | None:
-        """The store's record of this run while it maps to `mapper`'s screen: its labels'
-        points are fractions of that screen (`LabelStore.begin_run`). None without a store
-        or settings to record, or when the store cannot take it (said, tracking goes on)."""
+    def _new_run(self, mapper: ProfileMapper | None) -> None:
+        """From here on labels belong to a new run record: this run's settings on `mapper`'s
+        screen, whose fractions their points are (`LabelStore.begin_run`, made by the writer
+        with the first label). Nothing without a store or settings to record."""
         if self.store is None or self.run_settings is None:
+            return
+        self._run_records.append(
+            (dict(self.run_settings), None if mapper is None else mapper.screen)
+        )
+        self._run_key = len(self._run_records) - 1
+
+    def _run_id(self, key: int | None) -> int | None:
+        """The store's id of run record `key`, recorded on first use (the writer thread
+        only). A store that cannot take it keeps the labels without it, said once."""
+        if key is None:
             return None
-        try:
-            return self.store.begin_run(
-                self.run_settings, None if mapper is None else mapper.screen
-            )
-        except Exception as e:  # a full disk must not stop tracking
-            self.store_errors += 1
-            self.store_error = str(e)
-            log.error("label store: %s (labels are kept without their run)", e)
-            return None
+        if key not in self._run_ids:
+            settings, screen = self._run_records[key]
+            try:
+                self._run_ids[key] = self.store.begin_run(settings, screen)
+            except Exception as e:  # a full disk must not stop tracking, nor cost the label
+                self._run_ids[key] = None
+                if self.run_record_error is None:
+                    log.error("label store: %s (labels are kept without their run)", e)
+                self.run_record_error = str(e)
+        return self._run_ids[key]
 
     def _write_labels(self) -> None:
         while True:
@@ -471,10 +492,11 @@ class Live:
                     self._writes_open -= 1
                     self._writes.notify_all()
 
-    def _write(self, label, image, fast_xy, decision, t_ns: int, run_id: int | None) -> None:
+    def _write(self, label, image, fast_xy, decision, t_ns: int, run: int | None) -> None:
         try:
             # The snapshot's capture time, on the clock the gaze stream uses.
             t_ms = None if self.clock is None else self.clock.ms(t_ns)
+            run_id = self._run_id(run)
             self.store.add(label, image, fast_xy, decision, snapshot_ms=t_ms, run_id=run_id)
             self.labels_stored += 1
             if self.uplink is not None:

@@ -23,6 +23,7 @@ from gazeloop.calibration.labels import LineObservation, OracleLabel, PointObser
 from gazeloop.calibration.store.labelstore import (
     DB_NAME,
     SCHEMA_VERSION,
+    DuplicateLabelError,
     LabelStore,
     LabelStoreError,
 )
@@ -175,6 +176,23 @@ def test_a_run_records_its_screen_and_settings_and_its_labels_name_it(tmp_path):
         assert store.integrity_check() == "ok"
     with LabelStore(tmp_path) as store:  # reopened: every link kept
         assert [r.run_id for r in store] == [None, run, run, other]
+
+
+def test_a_refused_run_link_loses_the_label_whole_and_is_not_called_a_duplicate(tmp_path):
+    """The link to the run is in the label's transaction: when SQLite refuses it (a trigger
+    here, a constraint or a failing disk in life) neither the row nor its image stays, and
+    the error says so rather than calling the label a replay."""
+    with LabelStore(tmp_path) as store:
+        run = store.begin_run({"source": "0"}, SCREEN)
+        with sqlite3.connect(tmp_path / DB_NAME) as db:
+            db.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON label_runs BEGIN SELECT "
+                "RAISE(ABORT, 'constraint failed'); END"
+            )
+        with pytest.raises(LabelStoreError) as e:
+            store.add(point(1), img(1), None, decision(), run_id=run)
+        assert not isinstance(e.value, DuplicateLabelError) and "snap-1" in str(e.value)
+        assert store.count() == 0 and not any((tmp_path / "images").iterdir())
 
 
 @pytest.mark.parametrize("schema", [1, 2])

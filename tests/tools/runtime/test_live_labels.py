@@ -486,6 +486,7 @@ def test_each_screen_and_model_a_run_maps_with_is_a_run_record_its_labels_name(t
     gaze = SimpleNamespace(model_id="tuned", sha256="ab" * 32, read="ray")
     live.adopt(on((1080, 1920)), gaze)  # a promoted model: a new record saying so
     label(4)
+    live.install(on((800, 600)))  # a screen that gets no label: nothing recorded of it
     assert live.flush(10)
     first, portrait, tuned = store.runs()
     assert [r.run_id for r in store] == [first.id, first.id, portrait.id, tuned.id]
@@ -497,7 +498,7 @@ def test_each_screen_and_model_a_run_maps_with_is_a_run_record_its_labels_name(t
 
 def test_a_store_that_cannot_record_the_run_still_keeps_the_labels(tmp_path):
     """Recording the run fails (a trigger makes SQLite refuse it, as a failing disk would):
-    said in the status, and tracking and the labels go on, without their run."""
+    said, and tracking and the labels go on, without their run; no label counts as lost."""
     import sqlite3
 
     from gazeloop.calibration.geometry import ScreenGeometry
@@ -514,7 +515,9 @@ def test_a_store_that_cannot_record_the_run_still_keeps_the_labels(tmp_path):
     obs = PointObservation(xy=(0.5, 0.5))
     live.external_label(OracleLabel(t_ns=1, snapshot_id="s1", oracle="clicks", observation=obs))
     assert live.flush(10)
-    assert live.store_errors == 1 and "cannot record a run" in live.store_error
-    assert [r.run_id for r in store] == [None] and store.runs() == []
-    assert live.labels_stored == 1
+    live.external_label(OracleLabel(t_ns=2, snapshot_id="s2", oracle="clicks", observation=obs))
+    assert live.flush(10)
+    assert "cannot record a run" in live.run_record_error
+    assert live.store_errors == 0 and live.labels_stored == 2
+    assert [r.run_id for r in store] == [None, None] and store.runs() == []
     live.close()

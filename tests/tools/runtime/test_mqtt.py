@@ -402,7 +402,7 @@ def tiny_jpeg(i: int) -> bytes:
     return cv2.imencode(".jpg", img)[1].tobytes()
 
 
-def add_label(store, i: int, *, line: bool = False, accepted: bool = True) -> int:
+def add_label(store, i: int, *, line: bool = False, accepted: bool = True, run_id=None) -> int:
     obs = (
         LineObservation(origin=(0.5, 0.0), direction=(0.0, 1.0))
         if line
@@ -415,7 +415,12 @@ def add_label(store, i: int, *, line: bool = False, accepted: bool = True) -> in
         accepted=accepted, why="ok", residual=np.array([0.01, 0.0]), offset=np.zeros(2)
     )
     return store.add(
-        label, tiny_jpeg(i), fast_xy=(0.5, 0.5), decision=decision, snapshot_ms=T0_MS + 1000 * i
+        label,
+        tiny_jpeg(i),
+        fast_xy=(0.5, 0.5),
+        decision=decision,
+        snapshot_ms=T0_MS + 1000 * i,
+        run_id=run_id,
     )
 
 
@@ -603,6 +608,35 @@ def test_a_schema_1_store_sends_only_what_it_had_not_sent(broker, tmp_path):
     uids = [r["label_uid"] for r in records(out / "ann__mac__1920x1080")]
     assert sorted(uids) == sorted(make_uid("ann", "mac", ids[k], f"snap-{k}") for k in range(2, 6))
     assert not unsent(store)
+    store.close()
+
+
+def test_each_label_goes_out_on_the_screen_its_run_recorded(broker, tmp_path):
+    """A run on the external monitor stored labels that are fractions of that monitor: they
+    reach the collector filed under its size, the others under the screen the uplink was
+    given."""
+    store = LabelStore(tmp_path / "store")
+    monitor = store.begin_run({"source": "0"}, ScreenGeometry(px=(2560, 1440)))
+    for i in range(4):  # odd ones on the monitor, even ones from before runs were recorded
+        add_label(store, i, run_id=monitor if i % 2 else None)
+    out = tmp_path / "dataset"
+    collector = subscribing_collector(broker.url, out)
+    uplink = LabelUplink(
+        broker.url, store, user="ann", device="mac", screen=SCREEN, backoff=FAST, poll_s=0.05
+    )
+    try:
+        assert collector.subscribed.wait(5), broker.log()
+        uplink.start()
+        assert wait_until(lambda: collector.stats.written == 4, 10), (collector.stats, uplink.stats)
+    finally:
+        uplink.close()
+        collector.close()
+    laptop = read_session(out / "ann__mac__1920x1080")
+    external = read_session(out / "ann__mac__2560x1440")
+    assert len(laptop) == len(external) == 2 and external.manifest.screen_px == (2560, 1440)
+    assert sorted(it.label_px[0] for it in external.items) == pytest.approx(
+        [0.15 * 2560, 0.35 * 2560]
+    )
     store.close()
 
 

@@ -56,7 +56,7 @@ from gazeloop.calibration.geometry import ScreenGeometry
 from gazeloop.calibration.labels import OracleLabel, PointObservation
 from gazeloop.calibration.problems import first_problem, one_line
 from gazeloop.calibration.store.atomic import atomic_write_bytes
-from gazeloop.calibration.store.labelstore import LabelStoreError, StoredLabel
+from gazeloop.calibration.store.labelstore import LabelStoreError, StoredLabel, StoredRun
 from gazeloop.calibration.store.session import MANIFEST_NAME, SeedRecord, SessionManifest
 from gazeloop.calibration.store.writer import write_manifest
 from gazeloop.tools.runtime.mqtt.conn import (
@@ -167,6 +167,8 @@ class LabelSource(Protocol):
 
     def image_path(self, row: StoredLabel) -> Path | None: ...
 
+    def run(self, run_id: int) -> StoredRun | None: ...
+
 
 # -- the uplink --------------------------------------------------------------------------------
 
@@ -207,13 +209,27 @@ class LabelUplink(Supervised):
         self.topic = label_topic(user, device)
         if screen is not None and not isinstance(screen, ScreenGeometry):
             screen = ScreenGeometry(px=(int(screen[0]), int(screen[1])))
-        self.screen = screen  # without it the collector files point labels under other/
+        # The screen for labels whose run recorded none (or made before runs were
+        # recorded); without it the collector files their points under other/.
+        self.screen = screen
+        self._run_screens: dict[int, ScreenGeometry | None] = {}
         self.batch = batch  # within paho's 20 in-flight QoS 1 messages
         self.poll_s = poll_s
         self._own_loop(f"label-uplink {self.topic}", backoff)
         self._sent = 0
         self._bad: set[Any] = set()
         self._wake: asyncio.Event | None = None
+
+    def _screen_of(self, row: StoredLabel) -> ScreenGeometry | None:
+        """The screen the label's point is a fraction of: its run's, when recorded (a run
+        after a calibration on another monitor), else the one this uplink was given."""
+        if row.run_id is not None:
+            if row.run_id not in self._run_screens:
+                run = self.store.run(row.run_id)
+                self._run_screens[row.run_id] = None if run is None else run.screen
+            if self._run_screens[row.run_id] is not None:
+                return self._run_screens[row.run_id]
+        return self.screen
 
     @property
     def stats(self) -> UplinkStats:
@@ -284,7 +300,7 @@ class LabelUplink(Supervised):
                     log.warning("label %d: snapshot unreadable (%s); sending without it", row.id, e)
             try:
                 msg = message_from_row(
-                    row, jpeg, user=self.user, device=self.device, screen=self.screen
+                    row, jpeg, user=self.user, device=self.device, screen=self._screen_of(row)
                 )
             except (ValidationError, ValueError) as e:
                 # Left pending (a repaired store could still send it) but not retried here, so
