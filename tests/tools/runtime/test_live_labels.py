@@ -520,4 +520,9 @@ def test_a_store_that_cannot_record_the_run_still_keeps_the_labels(tmp_path):
     assert "cannot record a run" in live.run_record_error
     assert live.store_errors == 0 and live.labels_stored == 2
     assert [r.run_id for r in store] == [None, None] and store.runs() == []
+    from gazeloop.tools.commands.run import _store_text  # what the run's summary says
+
+    said = _store_text(live)
+    assert said[0] == "labels stored 2" and "NOT stored" not in " ".join(said)
+    assert said[-1].startswith("kept without their run record: cannot record a run")
     live.close()
