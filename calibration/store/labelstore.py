@@ -33,8 +33,9 @@ label was made (pytorch_mpiigaze's "the resolved config beside every run's outpu
 run whose output is labels). The two tables are additive: a store of schema 1 or 2 gains them
 when opened, its labels table untouched, so an older gazeloop still reads and writes it
 (recording no runs); a label without a run (stored by such a gazeloop, or by a caller that
-began none) says so with `run_id` None. An older store that cannot be written (a read-only
-copy) opens without the tables: its labels read with `run_id` None and no runs.
+began none) says so with `run_id` None. An older store whose database file cannot be written
+(its folder can: SQLite keeps its write-ahead log beside it) opens without the tables: its
+labels read with `run_id` None and no runs.
 
 Several processes may open one store (the tracker writing, an MQTT uplink reading): SQLite
 serialises them, and an advisory lock on `root/.lock` tells the opener whether it is alone,
@@ -638,6 +639,10 @@ class LabelStore:
             return StoredRun(id=r[0], started_ms=r[1], screen=screen, settings=json.loads(r[3]))
         except (ValidationError, ValueError) as e:
             raise LabelStoreError(f"{self.root}: run {r[0]} is invalid: {one_line(e)}") from e
+
+    def has(self, snapshot_id: str) -> bool:
+        """Whether a label of this snapshot is stored (`add` refuses a second one)."""
+        return bool(self._read("SELECT 1 FROM labels WHERE snapshot_id = ?", (snapshot_id,)))
 
     def get(self, label_id: int) -> StoredLabel | None:
         rows = self._query("WHERE id = ?", (int(label_id),))

@@ -704,8 +704,9 @@ def _store_text(live: Live) -> list[str]:
         said.append(f"{live.store_errors} NOT stored: {live.store_error}")
     if live.store_dropped:
         said.append(f"{live.store_dropped} NOT stored: the store's writer fell behind")
-    if live.run_record_error:
-        said.append(f"kept without their run record: {live.run_record_error}")
+    if live.labels_without_run:
+        n = live.labels_without_run
+        said.append(f"{n} kept without their run record: {live.run_record_error}")
     return said
 
 

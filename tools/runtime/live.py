@@ -184,6 +184,8 @@ class Live:
         # other threads only add (settings, screen) here and name it by its index.
         self.run_settings = run_settings
         self.run_record_error: str | None = None
+        self.labels_without_run = 0  # stored, but their run record could not be
+        self._runs_lock = threading.Lock()  # `install` (frame) and `adopt` (watcher) race
         self._run_records: list[tuple[dict, object]] = []
         self._run_ids: dict[int, int | None] = {}  # record index → store id (writer thread)
         self._run_key: int | None = None
@@ -456,10 +458,10 @@ class Live:
         with the first label). Nothing without a store or settings to record."""
         if self.store is None or self.run_settings is None:
             return
-        self._run_records.append(
-            (dict(self.run_settings), None if mapper is None else mapper.screen)
-        )
-        self._run_key = len(self._run_records) - 1
+        record = (dict(self.run_settings), None if mapper is None else mapper.screen)
+        with self._runs_lock:
+            self._run_records.append(record)
+            self._run_key = len(self._run_records) - 1
 
     def _run_id(self, key: int | None) -> int | None:
         """The store's id of run record `key`, recorded on first use (the writer thread
@@ -467,7 +469,8 @@ class Live:
         if key is None:
             return None
         if key not in self._run_ids:
-            settings, screen = self._run_records[key]
+            with self._runs_lock:
+                settings, screen = self._run_records[key]
             try:
                 self._run_ids[key] = self.store.begin_run(settings, screen)
             except Exception as e:  # a full disk must not stop tracking, nor cost the label
@@ -496,9 +499,12 @@ class Live:
         try:
             # The snapshot's capture time, on the clock the gaze stream uses.
             t_ms = None if self.clock is None else self.clock.ms(t_ns)
+            if self.store.has(label.snapshot_id):  # before its run: a replay records none
+                raise DuplicateLabelError(f"snapshot {label.snapshot_id!r} is already stored")
             run_id = self._run_id(run)
             self.store.add(label, image, fast_xy, decision, snapshot_ms=t_ms, run_id=run_id)
             self.labels_stored += 1
+            self.labels_without_run += run is not None and run_id is None
             if self.uplink is not None:
                 self.uplink.nudge()
         except DuplicateLabelError:

@@ -227,6 +227,9 @@ class GatedStore:
     def close(self) -> None:
         self.inner.close()
 
+    def __getattr__(self, name: str):  # the rest of the store's API, as the real one
+        return getattr(self.inner, name)
+
 
 def click(t_ns: int, i: int) -> OracleLabel:
     return OracleLabel(
@@ -487,7 +490,9 @@ def test_each_screen_and_model_a_run_maps_with_is_a_run_record_its_labels_name(t
     live.adopt(on((1080, 1920)), gaze)  # a promoted model: a new record saying so
     label(4)
     live.install(on((800, 600)))  # a screen that gets no label: nothing recorded of it
+    label(4)  # a replay of a stored snapshot: kept once, and its record is not made either
     assert live.flush(10)
+    assert live.store_duplicates == 1 and live.labels_without_run == 0
     first, portrait, tuned = store.runs()
     assert [r.run_id for r in store] == [first.id, first.id, portrait.id, tuned.id]
     assert first.screen.px == SCREEN and portrait.screen.px == tuned.screen.px == (1080, 1920)
@@ -524,5 +529,6 @@ def test_a_store_that_cannot_record_the_run_still_keeps_the_labels(tmp_path):
 
     said = _store_text(live)
     assert said[0] == "labels stored 2" and "NOT stored" not in " ".join(said)
-    assert said[-1].startswith("kept without their run record: cannot record a run")
+    assert said[-1].startswith("2 kept without their run record: cannot record a run")
+    assert live.labels_without_run == 2
     live.close()

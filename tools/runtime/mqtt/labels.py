@@ -302,7 +302,7 @@ class LabelUplink(Supervised):
                 msg = message_from_row(
                     row, jpeg, user=self.user, device=self.device, screen=self._screen_of(row)
                 )
-            except (ValidationError, ValueError) as e:
+            except (ValidationError, ValueError, LabelStoreError) as e:  # a bad row or run
                 # Left pending (a repaired store could still send it) but not retried here, so
                 # one bad row cannot hold up every label behind it.
                 self._bad.add(row.id)
