@@ -37,6 +37,7 @@ COMMANDS = (
     "run",
     "calibrate",
     "record",
+    "labels",
     "train",
     "mqtt",
     "baseline",

@@ -1,0 +1,70 @@
+"""`gazeloop labels`: a user's label store counted by source and by run, read-only."""
+
+from __future__ import annotations
+
+import json
+import types
+
+import numpy as np
+
+from gazeloop.calibration.geometry import ScreenGeometry
+from gazeloop.calibration.labels import OracleLabel, PointObservation
+from gazeloop.calibration.store.labelstore import DB_NAME, LabelStore
+from tests.cli import cli
+
+
+def _add(ls: LabelStore, i: int, oracle: str, accepted: bool, run=None, image=True) -> None:
+    label = OracleLabel(
+        t_ns=i, snapshot_id=f"s{i}", oracle=oracle, observation=PointObservation(xy=(0.5, 0.5))
+    )
+    d = types.SimpleNamespace(accepted=accepted, why="ok", residual=None, offset=None)
+    picture = np.full((32, 32, 3), 100, np.uint8) if image else None
+    ls.add(label, picture, None, d, run_id=run)
+
+
+def test_a_store_is_counted_by_source_and_by_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("GAZELOOP_HOME", str(tmp_path))
+    root = tmp_path / "users" / "ann" / "labels"
+    with LabelStore(root) as ls:
+        _add(ls, 0, "clicks", True)  # from before runs were recorded
+        laptop = ls.begin_run({"source": "0", "oracle": "clicks"}, ScreenGeometry(px=(1512, 982)))
+        monitor = ls.begin_run(
+            {"source": "0", "oracle": "auto", "gaze_model": {"id": "tuned"}},
+            ScreenGeometry(px=(2560, 1440)),
+        )
+        ls.begin_run({"source": "1"}, ScreenGeometry(px=(800, 600)))  # stored nothing
+        _add(ls, 1, "clicks", True, laptop)
+        _add(ls, 2, "clicks", False, laptop)
+        _add(ls, 3, "glance", True, monitor, image=False)
+    files = sorted(p.name for p in root.rglob("*"))
+    rc, out, err = cli("labels", "--user", "ann", "--json")
+    assert rc == 0, err
+    s = json.loads(out)
+    assert (s["labels"], s["accepted"], s["with_image"]) == (4, 3, 3)
+    assert s["by_source"] == {
+        "clicks": {"labels": 3, "accepted": 2, "with_image": 3},
+        "glance": {"labels": 1, "accepted": 1, "with_image": 0},
+    }
+    assert [(r["id"], r["screen_px"], r["labels"]) for r in s["runs"]] == [
+        (laptop, [1512, 982], 2),
+        (monitor, [2560, 1440], 1),
+    ]
+    assert s["runs"][1]["gaze_model"] == "tuned" and s["without_run"]["labels"] == 1
+    rc, text, _ = cli("labels", "--store", root)
+    assert rc == 0 and text.startswith(f"label store {root}: 4 labels, 3 accepted, 3 with")
+    assert f"run {laptop} from " in text and "on 1512x982: 2 labels (1 accepted)" in text
+    assert "1 labels from before runs were recorded" in text
+    assert "accepted labels on several screens" in text and "--screen-px" in text
+    assert sorted(p.name for p in root.rglob("*")) == files  # read, nothing written
+
+
+def test_no_store_is_one_line_and_none_is_made(tmp_path, monkeypatch):
+    monkeypatch.setenv("GAZELOOP_HOME", str(tmp_path))
+    rc, out, err = cli("labels", "--user", "nobody")
+    root = tmp_path / "users" / "nobody" / "labels"
+    assert (
+        rc == 2
+        and err.strip()
+        == f"gazeloop labels: {root}: no label store there (no {DB_NAME}); `gazeloop run` makes one"
+    )
+    assert not root.exists()
