@@ -614,11 +614,15 @@ def test_a_schema_1_store_sends_only_what_it_had_not_sent(broker, tmp_path):
 def test_each_label_goes_out_on_the_screen_its_run_recorded(broker, tmp_path):
     """A run on the external monitor stored labels that are fractions of that monitor: they
     reach the collector filed under its size, the others under the screen the uplink was
-    given."""
+    given. A run record that does not read costs its own label only, not the batch."""
     store = LabelStore(tmp_path / "store")
     monitor = store.begin_run({"source": "0"}, ScreenGeometry(px=(2560, 1440)))
+    broken = store.begin_run({"source": "1"}, ScreenGeometry(px=(800, 600)))
     for i in range(4):  # odd ones on the monitor, even ones from before runs were recorded
         add_label(store, i, run_id=monitor if i % 2 else None)
+    add_label(store, 4, run_id=broken)
+    with sqlite3.connect(store.root / "labels.sqlite3") as db:  # a damaged run row
+        db.execute('UPDATE runs SET screen = \'{"px": "wide"}\' WHERE id = ?', (broken,))
     out = tmp_path / "dataset"
     collector = subscribing_collector(broker.url, out)
     uplink = LabelUplink(
@@ -628,6 +632,7 @@ def test_each_label_goes_out_on_the_screen_its_run_recorded(broker, tmp_path):
         assert collector.subscribed.wait(5), broker.log()
         uplink.start()
         assert wait_until(lambda: collector.stats.written == 4, 10), (collector.stats, uplink.stats)
+        assert wait_until(lambda: uplink.stats.unsendable == 1, 5), uplink.stats
     finally:
         uplink.close()
         collector.close()
