@@ -54,9 +54,9 @@ def mapper():
     return SimpleNamespace(screen=SimpleNamespace(px=SCREEN), offset=np.zeros(2))
 
 
-def make_rig(store, **kw) -> SimpleNamespace:
+def make_rig(store, m=None, **kw) -> SimpleNamespace:
     fp = FakeFastPath()
-    live = Live(fp, mapper=mapper(), store=store, **kw)
+    live = Live(fp, mapper=m or mapper(), store=store, **kw)
     clock = Clock()
     state = {"i": 0, "t_ms": 0.0}
 
@@ -532,3 +532,60 @@ def test_a_store_that_cannot_record_the_run_still_keeps_the_labels(tmp_path):
     assert said[-1].startswith("2 kept without their run record: cannot record a run")
     assert live.labels_without_run == 2
     live.close()
+
+
+class GatedOracle:
+    """Answers the centre once the test opens `gate`; `asked` is set when a snapshot came."""
+
+    name, version = "gated", "t1"
+
+    def __init__(self) -> None:
+        self.gate, self.asked = threading.Event(), threading.Event()
+
+    def label(self, snap, cancel: threading.Event) -> OracleLabel:
+        self.asked.set()
+        assert self.gate.wait(30), "the test never opened the gate"
+        obs = PointObservation(xy=(0.5, 0.5))
+        return OracleLabel(
+            t_ns=snap.t_ns, snapshot_id=snap.snapshot_id, oracle=self.name, observation=obs
+        )
+
+    def close(self) -> None:
+        self.gate.set()
+
+
+def test_a_label_in_flight_across_a_model_swap_names_the_run_its_frame_was_taken_in(tmp_path):
+    """The oracle is still labelling a snapshot when a promoted model comes in: its label
+    belongs to the run of the old model, a click judged after the swap to the new one. The
+    oracle answers only when the test lets it, so the order is fixed, not the scheduler's."""
+    from gazeloop.calibration.geometry import ScreenGeometry
+    from gazeloop.oracle.policy import SnapshotPolicy
+
+    def on_screen():
+        return SimpleNamespace(screen=ScreenGeometry(px=SCREEN), offset=np.zeros(2))
+
+    oracle = GatedOracle()
+    policy = SnapshotPolicy(min_interval_s=3600.0, fixation_ms=0.0)
+    r = make_rig(
+        LabelStore(tmp_path / "labels"), on_screen(), oracle=oracle, policy=policy,
+        run_settings={"source": "0"},
+    )  # fmt: skip
+    try:
+        r.run(200)
+        assert oracle.asked.wait(30)
+        tuned = SimpleNamespace(model_id="tuned", sha256="ab" * 32, read="ray")
+        r.live.adopt(on_screen(), tuned)
+        obs = PointObservation(xy=(0.5, 0.5))
+        now = round(r.state["t_ms"] * MS)
+        r.live.external_label(
+            OracleLabel(t_ns=now, snapshot_id="c1", oracle="clicks", observation=obs)
+        )
+        oracle.gate.set()
+        r.live.finish(oracle_wait_s=30)
+        assert r.live.flush(10)
+        run_of = {row.oracle: r.store.run(row.run_id) for row in r.store}
+        assert set(run_of) == {"gated", "clicks"}
+        assert "gaze_model" not in run_of["gated"].settings
+        assert run_of["clicks"].settings["gaze_model"]["id"] == "tuned"
+    finally:
+        r.live.close()
