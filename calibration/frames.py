@@ -107,6 +107,10 @@ class LabelledFrames:
             out.extend([f"emb_{i}" for i in range(dim)] if n == "embedding" else [n])
         return out
 
+    def lacks(self, names: Sequence[str]) -> list[str]:
+        """The named columns (`embedding` expanded) these frames do not have, in order."""
+        return [n for n in self.expand(names) if n not in self.features]
+
     def matrix(self, names: Sequence[str]) -> np.ndarray:
         """(N, d) of the named columns in that order; a name no frame has, or not every
         frame has, is a KeyError naming it and what there is (no frames: every name is had

@@ -209,7 +209,8 @@ def loto_with_history(
     on the rest, the point's frames predicted by the winner. → (mean error per point in px,
     sorted by point; how many points the pool won). Pure."""
     mine = pool_sittings([now])
-    groups, labels_px = mine.frames.groups, mine.frames.labels_px
+    frames = mine.frames
+    groups, labels_px = frames.groups, frames.labels_px
     errs, pooled = [], 0
     for g in np.unique(groups):
         test = groups == g

@@ -192,7 +192,7 @@ def carry_over_px(prev: Calibrated, prev_f: SessionFeatures, cur: SessionFeature
         return None
     c = prev.choice.candidate
     frames = cur.reads.get(c.read, cur.reads["as read"])
-    if any(f not in frames.features for f in c.features):
+    if frames.lacks(c.features):
         return None
     pred = cur.screen.to_px(prev.choice.mapping.predict(frames.matrix(c.features)))
     ok = np.isfinite(pred).all(axis=1)

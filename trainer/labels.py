@@ -92,16 +92,12 @@ def profile_screen(store: Path) -> tuple[ScreenGeometry, str] | None:
         except (OSError, ValueError, KeyError, TypeError):
             continue
         screens.setdefault(screen.px, (screen, f))
-    if not screens:
-        return None
-    if len(screens) > 1:
-        sizes = ", ".join(f"{w}x{h}" for w, h in screens)
-        raise LabelExportError(
-            f"{store}: the user's profiles are for several screens ({sizes}): give "
-            "--screen-px W H for the labels"
-        )
-    screen, f = next(iter(screens.values()))
-    return screen, f"profile {f}"
+    found = _one_screen(
+        screens,
+        f"{store}: the user's profiles are for several screens ({{}}): give --screen-px W H "
+        "for the labels",
+    )
+    return None if found is None else (found[0], f"profile {found[1]}")
 
 
 def recorded_screen(store: Path) -> tuple[ScreenGeometry, str] | None:
@@ -114,16 +110,20 @@ def recorded_screen(store: Path) -> tuple[ScreenGeometry, str] | None:
             runs = [r for r in ls.runs(labelled=True) if r.screen is not None]
     except LabelStoreError as e:
         raise LabelExportError(f"{store}: {e}") from None
-    screens = {r.screen.px: r.screen for r in runs}
-    if not screens:
-        return None
-    if len(screens) > 1:
-        sizes = ", ".join(f"{w}x{h}" for w, h in screens)
-        raise LabelExportError(
-            f"{store}: labels were made on several screens ({sizes}): give --screen-px W H "
-            "for the ones to train on (the others are left out)"
-        )
-    return next(iter(screens.values())), f"the store's runs ({len(runs)})"
+    found = _one_screen(
+        {r.screen.px: r.screen for r in runs},
+        f"{store}: labels were made on several screens ({{}}): give --screen-px W H for the "
+        "ones to train on (the others are left out)",
+    )
+    return None if found is None else (found, f"the store's runs ({len(runs)})")
+
+
+def _one_screen(by_size: dict[tuple[int, int], Any], several: str) -> Any:
+    """The one value of `by_size` (keyed by screen size), None for none; several sizes are
+    refused with `several`, its {} the sizes."""
+    if len(by_size) > 1:
+        raise LabelExportError(several.format(", ".join(f"{w}x{h}" for w, h in by_size)))
+    return next(iter(by_size.values()), None)
 
 
 def _screen(store: Path, screen_px: tuple[int, int] | None) -> tuple[ScreenGeometry, str]:

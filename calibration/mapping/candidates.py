@@ -124,7 +124,7 @@ def columns_for(reads: Reads, c: Candidate) -> np.ndarray:
     """The candidate's feature columns from its read of the frames; a KeyError naming every
     one of them the fast path did not produce (the reason a report gives for dropping it)."""
     frames = reads[c.read]
-    missing = [f for f in frames.expand(c.features) if f not in frames.features]
+    missing = frames.lacks(c.features)
     if missing:
         raise KeyError(f"feature(s) {missing} not produced by this fast path")
     return frames.matrix(c.features)

@@ -485,7 +485,7 @@ class LabelStore:
                 "SELECT 1 FROM labels WHERE snapshot_id = ?", (label.snapshot_id,)
             ).fetchone():
                 raise DuplicateLabelError(f"snapshot {label.snapshot_id!r} is already stored")
-            if run_id is not None and self.run(run_id) is None:
+            if run_id is not None and not self._run_exists(run_id):
                 raise LabelStoreError(f"{self.root}: no run {run_id} (begin_run makes one)")
             name = None
             if jpeg is not None:
@@ -610,6 +610,11 @@ class LabelStore:
             return [self._row(r) for r in rows]
         except (ValidationError, ValueError) as e:
             raise LabelStoreError(f"{self.root}: a stored row is invalid: {one_line(e)}") from e
+
+    def _run_exists(self, run_id: int) -> bool:
+        return self._run_tables and bool(
+            self._read("SELECT 1 FROM runs WHERE id = ?", (int(run_id),))
+        )
 
     def run(self, run_id: int) -> StoredRun | None:
         if not self._run_tables:

@@ -136,7 +136,7 @@ def _across(prev, cur, v) -> dict:
     session, screen = prev["session"], prev["screen"]
     out = {"from": session.folder.name, "to": cur["session"].folder.name, "by_candidate": {}}
     for label, cand, params in prev["fitted"]:
-        if cand.read != "as read" or any(f not in v.frames.features for f in cand.features):
+        if cand.read != "as read" or v.frames.lacks(cand.features):
             continue
         # through the profile's own JSON form, as a saved profile would be read back
         m = mapping_from_params(cand.mapping, params)
@@ -181,7 +181,7 @@ def _pooled(earlier: list[dict], cur: dict, v) -> dict:
     screen = earlier[-1]["screen"] or cur["screen"]
     choice = choose_pooled(pool, screen)
     c = choice.candidate
-    if c.read not in v.reads or any(f not in v.reads[c.read].features for f in c.features):
+    if c.read not in v.reads or v.reads[c.read].lacks(c.features):
         return {"sittings": len(earlier), "chosen": c.label}
     ev = _applied(choice.mapping, c, cur, v, screen)
     return {

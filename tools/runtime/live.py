@@ -317,17 +317,19 @@ class Live:
         (a new loop when the profile is of another screen size, as in `install`). With the
         model (`GazeModel`), the store's record of the run says it from here on."""
         old, self.mapper = self.mapper, mapper
-        if gaze is not None and self.run_settings is not None:
+        new_model = gaze is not None and self.run_settings is not None
+        if new_model:
             self.run_settings = {**self.run_settings, "gaze_model": model_record(gaze)}
+        looping = mapper is not None and self.loop is not None
+        other_screen = looping and not _same_screen(old, mapper)
+        if new_model or other_screen:
             self._new_run(mapper)
-        if mapper is None or self.loop is None:
+        if not looping:
             return
-        if _same_screen(old, mapper):
-            self.loop.reset(mapper.offset)
-        else:
+        if other_screen:
             self.loop = self._new_loop(mapper)
-            if gaze is None:
-                self._new_run(mapper)
+        else:
+            self.loop.reset(mapper.offset)
 
     # --- the frame thread ----------------------------------------------------------------
 
@@ -499,7 +501,9 @@ class Live:
         try:
             # The snapshot's capture time, on the clock the gaze stream uses.
             t_ms = None if self.clock is None else self.clock.ms(t_ns)
-            if self.store.has(label.snapshot_id):  # before its run: a replay records none
+            # A replay must not make a record of its own: looked for before the first label
+            # of a record (after it, `add` refuses a replay as it is).
+            if run is not None and run not in self._run_ids and self.store.has(label.snapshot_id):
                 raise DuplicateLabelError(f"snapshot {label.snapshot_id!r} is already stored")
             run_id = self._run_id(run)
             self.store.add(label, image, fast_xy, decision, snapshot_ms=t_ms, run_id=run_id)

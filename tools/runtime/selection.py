@@ -112,7 +112,7 @@ def apply_profile(
         session = replace(session, mirrored=chosen.mirrored, mirrored_stated=True)
         basis = "not stated; read as the profile's frames were"
     v = session_views(session, fp, both_reads=False, cache=cache)
-    missing = [f for f in prof.features if f not in v.frames.features]
+    missing = v.frames.lacks(prof.features)
     if missing:
         raise UserError(f"{session.folder}: frames lack the profile's features {missing}")
     x = v.frames.matrix(prof.features)
