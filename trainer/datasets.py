@@ -79,6 +79,10 @@ class DataSource(BaseModel):
     split: Literal["train", "val", "test"] | None = Field(
         None, description="gazecapture/xgaze: the release's split to read (default train)"
     )
+    exclude: list[Path] = Field(
+        default_factory=list,
+        description="session folders inside this folder that are not read (the gate's holdout)",
+    )
 
 
 def detect_kind(path: Path) -> str:
@@ -131,7 +135,11 @@ def make_reader(src: DataSource) -> Reader:
     kind = detect_kind(src.path) if src.kind == "auto" else src.kind
     if kind == "session":
         return SessionReader(
-            src.path, screen_px=src.screen_px, mirrored=src.mirrored, person=src.person
+            src.path,
+            screen_px=src.screen_px,
+            mirrored=src.mirrored,
+            person=src.person,
+            exclude=src.exclude,
         )
     if kind == "mpii":
         return MPIIFaceGazeReader(src.path)  # its own screenSize.mat, never src.screen_px

@@ -82,6 +82,30 @@ def test_holdout_is_whole_sessions_and_too_few_says_so(c4, grid9, tmp_path):
     assert not res.promoted and res.reason.startswith("too few sessions to judge")
 
 
+def test_a_holdout_inside_a_data_folder_is_not_read_for_training(shared, tmp_path):
+    """The README's Spark form, `--data /data/sessions --holdout /data/sessions/alice_3`:
+    the folder's reader took every session in it, the holdout too, and the gate then judged
+    the model on what it had trained on."""
+    from gazeloop.trainer.datasets import make_reader
+
+    folder = tmp_path / "sessions"
+    folder.mkdir()
+    for name in ("p1_s00", "p1_s01"):
+        (folder / name).symlink_to(shared / "data/evit" / name, target_is_directory=True)
+    held = DataSource(path=folder / "p1_s01")
+    choice = choose_holdout([DataSource(path=folder)], [held])
+    (src,) = choice.train
+    assert src.exclude == [(folder / "p1_s01").resolve()]
+    assert f"inside --data {folder}" in choice.notes[0]
+    units, _ = make_reader(src).units()
+    assert [u.path.name for u in units] == ["p1_s00"]
+    # Every session of the folder held out: nothing of it trains, said so.
+    both = [DataSource(path=folder / n) for n in ("p1_s00", "p1_s01")]
+    (src,) = choose_holdout([DataSource(path=folder)], both).train
+    units, skipped = make_reader(src).units()
+    assert units == [] and "held out for the gate" in skipped[0].why
+
+
 @pytest.mark.slow
 def test_harmful_run_is_refused_with_numbers_and_the_parent_stays(
     c4, grid9, tmp_path, monkeypatch, capsys

@@ -36,6 +36,7 @@ from gazeloop.tools.commands._args import (
     read_config_file,
 )
 from gazeloop.tools.errors import UserError
+from gazeloop.trainer.readers.sessions import is_one_session
 from gazeloop.trainer.registry import default_registry_root
 from gazeloop.trainer.tune import TUNE_CHOICES
 
@@ -381,7 +382,7 @@ def _usable_targets(cfg, holdout: list, labels: list, progress: bool) -> dict[st
     from gazeloop.trainer.gate import choose_holdout
 
     sources = choose_holdout(cfg.data, holdout).train + list(labels)
-    if not sources or not all(_is_session_folder(s.path) for s in sources):
+    if not sources or not all(is_one_session(s.path) for s in sources):
         return {}
     # The trainer reads the same units again (from the cache this pass fills): the prefix
     # says why each unit is reported twice.
@@ -407,11 +408,6 @@ def _usable_targets(cfg, holdout: list, labels: list, progress: bool) -> dict[st
             file=sys.stderr,
         )
     return counts
-
-
-def _is_session_folder(path: Path) -> bool:
-    """One session (not a folder of them, nor a dataset): as `trainer.readers.sessions`."""
-    return path.is_dir() and ((path / "session.json").is_file() or any(path.glob("img_*.json")))
 
 
 def _commonest(reasons) -> str | None:
@@ -458,7 +454,7 @@ def _check_sources(args) -> None:
     for flag, paths in (("--data", args.data), ("--holdout", args.holdout)):
         for path in paths:
             try:
-                if flag == "--data" and not _is_session_folder(path):
+                if flag == "--data" and not is_one_session(path):
                     detect_kind(path)  # a dataset: its reader's checks come with the load
                     continue
                 session = read_session(path, screen_px=screen, mirrored=mirrored)

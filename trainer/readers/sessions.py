@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,8 @@ from gazeloop.trainer.readers.common import (
 )
 
 
-def _is_session(folder: Path) -> bool:
+def is_one_session(folder: Path) -> bool:
+    """One session folder (not a folder of them, nor a dataset)."""
     return (folder / MANIFEST_NAME).is_file() or any(folder.glob("img_*.json"))
 
 
@@ -68,8 +70,11 @@ class SessionReader:
         screen_px: tuple[int, int] | None = None,
         mirrored: bool | None = None,
         person: str | None = None,
+        exclude: Sequence[str | Path] = (),
     ) -> None:
         self.path = Path(path)
+        # Resolved, as the gate names them: a holdout inside this folder is never read.
+        self.exclude = {Path(p).resolve() for p in exclude}
         self.screen_px = None if screen_px is None else (int(screen_px[0]), int(screen_px[1]))
         self.mirrored = mirrored
         self.person = person
@@ -77,9 +82,14 @@ class SessionReader:
     def units(self) -> tuple[list[Unit], list[Skipped]]:
         if not self.path.is_dir():
             return [], [Skipped(str(self.path), "", "not a folder")]
-        folders = [self.path] if _is_session(self.path) else []
+        folders = [self.path] if is_one_session(self.path) else []
         if not folders:
-            folders = sorted(p for p in self.path.iterdir() if p.is_dir() and _is_session(p))
+            folders = sorted(p for p in self.path.iterdir() if p.is_dir() and is_one_session(p))
+            kept = [p for p in folders if p.resolve() not in self.exclude]
+            if folders and not kept:
+                why = "every session folder in it is held out for the gate"
+                return [], [Skipped(str(self.path), "", why)]
+            folders = kept
         if not folders:
             why = "no session folders (img_<unix-ms>.jpg + .json pairs) found"
             return [], [Skipped(str(self.path), "", why)]
