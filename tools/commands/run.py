@@ -69,6 +69,7 @@ from gazeloop.tools.runtime.calibration import default_session_dir
 from gazeloop.tools.runtime.labelled import LabelledSource, open_labelled
 from gazeloop.tools.runtime.live import Live, from_earlier_sitting, model_record
 from gazeloop.tools.runtime.recording import UnixClock
+from gazeloop.tools.runtime.run_config import RunConfig
 from gazeloop.tools.ui.calibration_grid import DotView, calibrate_on_screen, render_dot
 from gazeloop.tools.ui.render import LiveData, VerifyData, render_live, render_pip, render_verify
 from gazeloop.tools.ui.window import ESC, CvDisplay, require_display
@@ -513,8 +514,15 @@ def _run_settings(args, fp: FastPath, mapper, used_profile: Path) -> dict:
         "oracle": args.oracle,
         "profile": None if mapper is None else str(used_profile),
         "gaze_model": model_record(fp.gaze),
-        "config": run_config(args).model_dump(mode="json"),
+        "config": _resolved(args).model_dump(mode="json"),
     }
+
+
+def _resolved(args) -> RunConfig:
+    """The run's settings: `--config` and the flags over it, `--snapshot-every` included,
+    so the label store records what ran."""
+    cfg = run_config(args)
+    return cfg.model_copy(update={"policy": with_interval(cfg.policy, args.snapshot_every)})
 
 
 def _live(args, ls: LabelledSource, fp: FastPath, mapper, oracle, store, hook, settings) -> Live:
@@ -526,12 +534,12 @@ def _live(args, ls: LabelledSource, fp: FastPath, mapper, oracle, store, hook, s
 
         clock = SourceClock(ls.source)  # the one conversion of frame time to the wall clock
         publisher, uplink = _mqtt(args, ls.source, store, mapper)
-    cfg = run_config(args)
+    cfg = _resolved(args)
     return Live(
         fp,
         mapper=mapper,
         oracle=oracle,
-        policy=with_interval(cfg.policy, args.snapshot_every).build(),
+        policy=cfg.policy.build(),
         loop_cfg=cfg.loop_config(),  # Live takes each profile's screen for the aspect
         oracle_timeout_s=cfg.oracle.timeout_s,
         store=store,

@@ -48,6 +48,12 @@ def test_targets_and_replayed_clicks_feed_one_loop_and_the_store(c4_profile, tmp
     labels = stored(home)
     assert labels.get(("clicks", 1)) == 4
     assert labels.get(("target", 1), 0) >= 1  # the target oracle answers asynchronously
+    # The run record holds the interval that ran (the flag over the default 5 s).
+    from gazeloop.calibration.store.labelstore import LabelStore
+
+    with LabelStore(home / "users" / "default" / "labels") as store:
+        (run,) = store.runs()
+    assert run.settings["config"]["policy"]["min_interval_s"] == 0.5
 
 
 @pytest.mark.slow
