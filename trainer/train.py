@@ -403,6 +403,8 @@ def _loop(run: _Run) -> None:
             )
             break
     else:
+        if at.step % run.steps_per_epoch and not run.split.val.empty:
+            _validate_tail(run)
         if at.step != at.saved_at:
             _checkpoint(run)
     if run.split.val.empty and at.step > 0:
@@ -511,25 +513,44 @@ def _end_epoch(run: _Run) -> None:
     at.epoch_acc = []
     if run.split.val.empty:
         return
+    if _validate(run, at.step // spe - 1, f"epoch {at.step // spe}"):
+        at.bad_epochs = 0
+    else:
+        at.bad_epochs += 1
+
+
+def _validate_tail(run: _Run) -> None:
+    """The steps after the last whole epoch, validated once when the schedule ends there
+    (`max_steps` mid-epoch): else the best model would be the last one validated, the
+    untrained start when no epoch ended, exported without a word. Early stopping's count
+    is left alone: no epoch ended."""
+    at, spe = run.at, run.steps_per_epoch
+    _validate(run, at.step // spe, f"step {at.step} (epoch {at.step // spe + 1}, part)")
+
+
+def _validate(run: _Run, epoch: int, name: str) -> bool:
+    """Validation now: its metrics row and line, and the best model when it is better.
+    → whether it was."""
+    at = run.at
     device = run.accelerator.device
     v = at.last_val = validate(run.raw_model, run.samples, run.split.val, run.cfg, device)
     m = metric(v)
     if run.metrics is not None:
         run.metrics.write(
-            {"kind": "val", "step": at.step, "epoch": at.step // spe - 1}
+            {"kind": "val", "step": at.step, "epoch": epoch}
             | {k: x for k, x in v.items()}
             | {"wall_s": time.perf_counter() - run.t_start}
         )
     run.bar.write(
-        f"epoch {at.step // spe}: val {v['val_px']:.1f} px, "
+        f"{name}: val {v['val_px']:.1f} px, "
         f"{v['val_pct_diag']:.2f} % diag (constant predictor "
         f"{v['val_baseline_pct_diag']:.2f} %), {v['val_deg']:.2f} deg"
     )
     if math.isfinite(m) and m < at.best:
-        at.best, at.best_step, at.bad_epochs = m, at.step, 0
+        at.best, at.best_step = m, at.step
         _save_best(run, at.step, v)
-    else:
-        at.bad_epochs += 1
+        return True
+    return False
 
 
 def _save_best(run: _Run, step: int, val: dict[str, float]) -> None:

@@ -134,6 +134,26 @@ def test_loss_goes_down(net, tmp_path):
     assert np.allclose(logged, losses, rtol=1e-5), (logged, losses)
 
 
+@pytest.mark.slow
+def test_a_run_stopped_mid_epoch_validates_its_last_steps(net, tmp_path):
+    """`--max-steps` inside the first epoch used to export the untrained start as the best
+    model (validated before training, never after), and the summary's validation was that
+    start's."""
+    data = GazeData(samples=synth(seed=3))
+    cfg = config(tmp_path / "run", epochs=1, steps_per_epoch=4, max_steps=3)
+    summary = train(cfg, data=data, model=net, progress=False)
+    assert summary["steps"] == 3
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    head = rows[0].split(",")
+    val = [dict(zip(head, r.split(","), strict=True)) for r in rows[1:] if r.startswith("val")]
+    assert [int(v["step"]) for v in val] == [3], rows
+    assert summary["val_error_px"] == pytest.approx(float(val[0]["val_px"]), abs=1e-3)
+    best = json.loads((tmp_path / "run" / "best" / "model.safetensors.json").read_text())
+    after = float(val[0]["val_pct_diag"])
+    before = summary["val_before"]["val_pct_diag"]
+    assert best["extra"]["step"] == (3 if after < before else 0), (before, after)
+
+
 # --- resume ---------------------------------------------------------------------------------
 
 
