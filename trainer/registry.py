@@ -334,6 +334,12 @@ class ModelRegistry:
             return None
         return self._load(mid, version, verify_hash=True)
 
+    def last_promotion(self, model_id: str | None = None) -> dict | None:
+        """The served version's promotion record (version, at, reason), or None."""
+        mid = self._resolve_id(model_id)
+        history = self._pointer(mid)["history"] if mid is not None else []
+        return dict(history[-1]) if history else None
+
     def promote(self, version: int, model_id: str | None = None, *, reason: str = "") -> None:
         """Make `version` the served one; the previous promotion stays in the history."""
         entry = self.get(version, model_id)  # refuses an absent or damaged version

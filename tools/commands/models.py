@@ -79,11 +79,13 @@ def run_list(args: argparse.Namespace) -> int:
         mark = "*" if served.get(e.model_id) == e.version else " "
         ev = e.card.evaluation or {}
         reason = f": {ev['reason']}" if ev.get("reason") else ""
-        gate = (
-            f"gate: {'promoted' if ev.get('promoted') else 'refused'}{reason}"
-            if ev
-            else "gate: not judged"
-        )
+        by_hand = ev.get("promoted_by_hand")
+        if by_hand is not None:  # the gate refused it; a person promoted it where it was made
+            gate = f"gate: refused{reason}; promoted by hand" + (f": {by_hand}" if by_hand else "")
+        elif ev:
+            gate = f"gate: {'promoted' if ev.get('promoted') else 'refused'}{reason}"
+        else:
+            gate = "gate: not judged"
         print(f"{mark} {e.model_id} v{e.version}  {e.card.created:%Y-%m-%d %H:%M}  {gate}")
     print("(* = served by the fast path)")
     return 0

@@ -734,6 +734,32 @@ def test_a_card_of_another_model_is_refused_naming_the_model(tmp_path):
     assert str(path) in str(e.value) and "do not belong together" in str(e.value)
 
 
+def test_a_version_promoted_by_hand_is_announced_as_such_not_as_the_gates(tmp_path, capsys):
+    """The laptop's `models list` said "gate: promoted: worse than its parent" of a model
+    the gate had refused and a person had promoted on the training box."""
+    from gazeloop.tools.cli import main
+    from gazeloop.tools.runtime.mqtt.models import resolve_model
+    from gazeloop.trainer.registry import ModelRegistry
+
+    box = ModelRegistry(tmp_path / "box")
+    refused = {"promoted": False, "reason": "worse than its parent by 0.5 px"}
+    path, card = tiny_model(tmp_path / "m", "gaze-net", 1_000)
+    e1 = box.register(path, {**card, "evaluation": refused})
+    box.promote(e1.version, reason="hand override")
+    _, sent = resolve_model(box.root)
+    assert sent["evaluation"] == {**refused, "promoted": True, "promoted_by_hand": "hand override"}
+    laptop = ModelRegistry(tmp_path / "laptop")
+    laptop.register(e1.onnx_path, sent, promote=True, reason="fetched")
+    assert main(["models", "list", "--registry", str(laptop.root)]) == 0
+    out = capsys.readouterr().out
+    assert "gate: refused: worse than its parent by 0.5 px; promoted by hand: hand override" in out
+    # Promoted by the gate: announced as it was.
+    path, card = tiny_model(tmp_path / "m", "gaze-net", 2_000)
+    box.register(path, {**card, "evaluation": {"promoted": True, "reason": "better"}}, promote=True)
+    _, sent = resolve_model(box.root)
+    assert sent["evaluation"] == {"promoted": True, "reason": "better"}
+
+
 @pytest.mark.slow
 def test_model_announce_and_fetch_into_a_registry(broker, tmp_path):
     from gazeloop.tools.runtime.mqtt.models import ModelAnnouncer, ModelFetcher, build_announcement

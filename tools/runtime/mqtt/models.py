@@ -112,18 +112,28 @@ def resolve_model(path: str | Path, model_id: str | None = None) -> tuple[Path, 
         from gazeloop.trainer.registry import ModelRegistry, RegistryError
 
         try:
-            entry = ModelRegistry(p).promoted(model_id)
+            reg = ModelRegistry(p)
+            entry = reg.promoted(model_id)
+            promotion = None if entry is None else reg.last_promotion(entry.model_id)
         except RegistryError as e:
             raise AnnounceError(str(e)) from e
         if entry is None:
             raise AnnounceError(
                 f"{p}: nothing promoted in this registry (`gazeloop models promote VERSION`)"
             )
-        card = entry.card.model_dump(mode="json")
-        # Promoted here, by the gate or by hand: the fetcher promotes it on arrival.
-        card["evaluation"] = {**(card.get("evaluation") or {}), "promoted": True}
-        return entry.onnx_path, card
+        return entry.onnx_path, _as_served(entry.card.model_dump(mode="json"), promotion)
     raise AnnounceError(f"{p}: not a model file, a registry version or a registry")
+
+
+def _as_served(card: dict[str, Any], promotion: dict[str, Any] | None) -> dict[str, Any]:
+    """The card of a version this registry serves: promoted, so the fetcher promotes it on
+    arrival. When the gate had not promoted it, a person did (`models promote`): said in
+    `promoted_by_hand` with their reason, so the laptop does not show it as the gate's."""
+    ev = dict(card.get("evaluation") or {})
+    if ev and ev.get("promoted") is not True:
+        ev["promoted_by_hand"] = str((promotion or {}).get("reason") or "")
+    ev["promoted"] = True
+    return {**card, "evaluation": ev}
 
 
 def _read_card(path: Path) -> dict[str, Any]:
