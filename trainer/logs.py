@@ -106,12 +106,14 @@ def _fmt(v: Any) -> Any:
 
 
 class Progress:
-    """tqdm when installed, else one plain line every `every` steps."""
+    """tqdm on a terminal when installed, else one plain line every `every` steps: a run
+    on the training box is often logged to a file (nohup, a job scheduler), where a bar's
+    redraws are noise."""
 
     def __init__(self, total: int, initial: int, every: int, enabled: bool) -> None:
         self.every, self.enabled, self.total = every, enabled, total
         self._bar = None
-        if enabled:
+        if enabled and sys.stderr.isatty():
             try:
                 from tqdm.auto import tqdm
 

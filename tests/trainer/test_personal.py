@@ -103,6 +103,11 @@ def test_train_on_a_label_store_judged_on_another_session(store, shared, tmp_pat
     assert [d["path"] for d in resolved["data"]] == [str(export)]
     assert [h["path"] for h in resolved["holdout"]] == [str(holdout)]
     assert "9 labels of 10 accepted" in err
+    # What it ran on, in the summary; its progress on stderr with --json too (plain lines:
+    # stderr is no terminal here), the summary alone on stdout.
+    assert summary["device"] == "cpu" and summary["num_processes"] == 1
+    assert summary["mixed_precision"] == "no"
+    assert "step 2/2" in err and len(stdout.strip().splitlines()) == 1
     # The run's folder holds its checkpoints: a fresh run there is refused before its
     # exported labels are touched; a resumed one trains on them as they were exported.
     stamp = {f.name: f.stat().st_mtime_ns for f in export.iterdir()}

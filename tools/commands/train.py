@@ -272,7 +272,7 @@ def _config(args, exports: list | None = None, doc: dict | None = None):
         # Validated with the smallest calib_min first: the fit needs the data, the cache and
         # the fast path's settings, and may lower the default below a given calib_max.
         cfg = _validated(TrainConfig, data | {"holdout": [], "calib_min": 1}, args)
-        fitted = _fit_calib_min(cfg, holdout, labels, progress=not getattr(args, "json", False))
+        fitted = _fit_calib_min(cfg, holdout, labels)
         if fitted is not None:
             data["calib_min"] = fitted
     cfg = _validated(TrainConfig, data | {"holdout": []}, args)
@@ -348,14 +348,14 @@ def _with_holdout(cfg, named: list, labels: list | None = None):
     return cfg.model_copy(update={"data": choice.train + labels, "holdout": choice.holdout})
 
 
-def _fit_calib_min(cfg, holdout: list, labels: list, *, progress: bool) -> int | None:
+def _fit_calib_min(cfg, holdout: list, labels: list) -> int | None:
     """An episode calibrates on `calib_min` targets and asks about one more, so the default
     (8) needs 9 training targets per person, and a lone person also lends some targets to
     validation (`trainer.split`): a 4-corner or a 9-point session given as --data gets what
     its own targets allow instead, said on stderr (--json keeps stdout to the summary).
     What counts is the targets with a usable frame, not the label files: a folder whose
     stills show no face has labels and nothing to train on, and is left out, said so."""
-    counts = _usable_targets(cfg, holdout, labels, progress)
+    counts = _usable_targets(cfg, holdout, labels)
     if not counts:
         return None
     default = type(cfg).model_fields["calib_min"].default
@@ -373,7 +373,7 @@ def _fit_calib_min(cfg, holdout: list, labels: list, *, progress: bool) -> int |
     return fits
 
 
-def _usable_targets(cfg, holdout: list, labels: list, progress: bool) -> dict[str, int]:
+def _usable_targets(cfg, holdout: list, labels: list) -> dict[str, int]:
     """Usable targets per session folder that trains, as the trainer will prepare them:
     through its preprocessing cache, which the trainer then reads instead of running the
     fast path again. Empty when something other than session folders trains (datasets
@@ -384,9 +384,12 @@ def _usable_targets(cfg, holdout: list, labels: list, progress: bool) -> dict[st
     sources = choose_holdout(cfg.data, holdout).train + list(labels)
     if not sources or not all(is_one_session(s.path) for s in sources):
         return {}
+
     # The trainer reads the same units again (from the cache this pass fills): the prefix
     # says why each unit is reported twice.
-    say = (lambda m: print(f"calib-min {m}", file=sys.stderr, flush=True)) if progress else None
+    def say(m: str) -> None:
+        print(f"calib-min {m}", file=sys.stderr, flush=True)
+
     loaded = _main_process_first(
         lambda main: load_data(
             sources,
@@ -478,7 +481,7 @@ def _run_train(args: argparse.Namespace) -> int:
     exports = _export_labels(args, doc)
     cfg = _config(args, exports, doc)
     try:
-        summary = train(cfg, progress=not args.json)
+        summary = train(cfg)  # progress on stderr: --json's summary is stdout's alone
     except (TrainError, CheckpointError) as e:
         raise UserError(str(e)) from None
     out = {
@@ -491,6 +494,10 @@ def _run_train(args: argparse.Namespace) -> int:
         "val_before": {k: _num(v) for k, v in (summary.get("val_before") or {}).items()},
         "wall_time_s": round(summary["wall_time_s"], 2),
         "samples_per_s": _num(summary["samples_per_s"]),
+        # what the run was on: `--mixed-precision auto` resolves per machine
+        "device": summary.get("device"),
+        "mixed_precision": summary.get("mixed_precision"),
+        "num_processes": summary.get("num_processes"),
         "stopped": summary["stopped"],
         "split": summary["split"],
         "best_checkpoint": summary["best_checkpoint"],
@@ -541,8 +548,9 @@ def _readable(out: dict) -> str:
     from gazeloop.trainer.gate import GateResult
 
     lines = [
-        f"trained {out['steps']} steps ({out['epochs']} epochs) in {out['wall_time_s']} s; "
-        f"stopped: {out['stopped']}",
+        f"trained {out['steps']} steps ({out['epochs']} epochs) in {out['wall_time_s']} s on "
+        f"{out['device']} ({out['num_processes']} process(es), precision "
+        f"{out['mixed_precision']}); stopped: {out['stopped']}",
         f"split: {out['split']}",
         f"validation: {out['val_error_px']} px ({out['val_error_pct_diag']} % diag); before "
         f"training {out['val_before'].get('val_px')} px",
