@@ -368,6 +368,18 @@ def test_single_person_falls_back_to_held_out_targets_and_says_so():
     assert set(split.val.rows[split.val.calib]) <= set(split.train_rows)
     with pytest.raises(TrainError, match="too few"):
         make_split(synth(persons=1, targets=2, frames=3), config(Path("x")))
+    assert "also trained on" not in split.description  # every point is a new one here
+
+
+def test_a_single_persons_sittings_at_the_same_points_are_said_not_new_points():
+    """Two sittings of one person at the same grid: a held-out target's point is trained on
+    in the other sitting, so validation measures a new sitting there, not a new point."""
+    first = synth(persons=1, targets=10, frames=2)
+    second = copy.deepcopy(first)
+    second.target = second.target + 100  # the same points, another sitting's targets
+    split = make_split(Samples.concat([first, second]), config(Path("x"), val_fraction=0.2))
+    assert "TARGET-disjoint" in split.description
+    assert "but 4 of the 4 held-out targets are screen points also trained on" in split.description
 
 
 def test_episodes_spread_frames_over_targets():
