@@ -51,6 +51,7 @@ from gazeloop.trainer.checkpoint import (
 from gazeloop.trainer.config import TrainConfig, TrainError
 from gazeloop.trainer.datasets import GazeData, load_data
 from gazeloop.trainer.episodes import LossParts, episode_loss, make_batch, sample_episode
+from gazeloop.trainer.export import card_path_for
 from gazeloop.trainer.logs import MetricsLog, Progress, strict_json
 from gazeloop.trainer.model import (
     MODEL_VERSION,
@@ -557,6 +558,11 @@ def _save_best(run: _Run, step: int, val: dict[str, float]) -> None:
     if run.main:
         extra = strict_json({"step": step, **val})
         save_checkpoint(run.raw_model, run.best_path, extra=extra)
+        # An ONNX exported from the earlier best (`--export`, `gazeloop export`) is now
+        # another model: gone, rather than served as this one (registered copies stay).
+        onnx = run.best_path.with_suffix(".onnx")
+        for stale in (onnx, card_path_for(onnx)):
+            stale.unlink(missing_ok=True)
 
 
 def _checkpoint(run: _Run) -> None:

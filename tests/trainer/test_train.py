@@ -158,6 +158,26 @@ def test_a_run_stopped_mid_epoch_validates_its_last_steps(net, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_new_best_removes_the_onnx_exported_from_the_old_one(base_model, tmp_path):
+    """`--resume` without `--export` used to leave best/model.onnx of the earlier best beside
+    a newer best checkpoint: `--gaze-model best/model.onnx` served the old model."""
+    data = GazeData(samples=synth())
+    out = tmp_path / "run"
+    train(config(out, max_steps=2), data=data, model=copy.deepcopy(base_model), progress=False)
+    best = out / "best"
+    (best / "model.onnx").write_bytes(b"exported from the step-2 best")
+    (best / "model.card.json").write_text("{}")
+    rest = train(
+        config(out, max_steps=6, resume=True),
+        data=data,
+        model=copy.deepcopy(base_model),
+        progress=False,
+    )
+    assert rest["best_step"] > 2  # a newer best: what this test is about
+    assert not (best / "model.onnx").exists() and not (best / "model.card.json").exists()
+
+
+@pytest.mark.slow
 def test_resume_continues_the_step_counter_and_matches_an_uninterrupted_run(base_model, tmp_path):
     data = GazeData(samples=synth())
     whole = train(
