@@ -82,6 +82,9 @@ class EvalReport(BaseModel):
     # Held-out predictions that fell off the screen and are scored where the cursor would
     # be, at its edge; None when the screen is unknown (nothing clamped).
     clamped: int | None = None
+    # The gaze network behind the numbers (file, sha256, read), set by the command that ran
+    # it: another model gives other numbers for the same session.
+    gaze_model: dict | None = None
 
 
 @dataclass(slots=True)

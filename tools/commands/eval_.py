@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -318,7 +319,23 @@ def _run_fixed(args: argparse.Namespace, mapping: str, names: list[str]):
     return ev, col
 
 
+def gaze_model_identity(cfg) -> dict:
+    """Which gaze network a command's numbers come from: the file it resolves to (the
+    stock model unless --gaze-model or the config names another), its sha256 and how it
+    was read."""
+    from gazeloop.calibration.profile import read_name
+    from gazeloop.fastpath.models import resolve_gaze_onnx
+
+    path = resolve_gaze_onnx(cfg.gaze_model)
+    return {
+        "file": str(path),
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "read": read_name(cfg.mirror_average, cfg.gaze_frame),
+    }
+
+
 def _output(args: argparse.Namespace, ev) -> int:
+    ev.report.gaze_model = gaze_model_identity(fastpath_config(args))
     if args.plot:
         save_plot(ev, args.plot)
     if args.report:
@@ -342,6 +359,8 @@ def _output(args: argparse.Namespace, ev) -> int:
         + (f"  {r.mean_deg:.2f}°" if r.mean_deg is not None else "")
         + f"\n  constant predictor: {r.baseline_mean_px:.1f} px"
         + f"\n  frames {'mirrored' if r.mirrored else 'not mirrored'}: {r.mirrored_basis}"
+        + f"\n  gaze model: {r.gaze_model['file']} (sha256 {r.gaze_model['sha256'][:12]}, "
+        f"{r.gaze_model['read']} read)"
         + (f"\n  profile applied unchanged: {r.profile}" if r.profile else "")
     )
     if r.selection:
@@ -385,6 +404,8 @@ def write_report(ev, folder: Path) -> Path:
         f"mean, % of the {r.diag_basis} diagonal": f"{r.mean_pct_diag:.2f} %",
         "constant predictor (mean of the other targets)": f"{r.baseline_mean_px:.1f} px",
     }
+    if r.gaze_model:
+        summary["gaze model"] = f"{r.gaze_model['file']} (sha256 {r.gaze_model['sha256'][:12]})"
     if r.mean_deg is not None:
         summary["mean, degrees"] = f"{r.mean_deg:.2f}°"
     sections = [

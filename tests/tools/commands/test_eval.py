@@ -7,6 +7,7 @@ Each session goes through the fast path once per set of flags (module-scoped fix
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
 import shutil
@@ -22,6 +23,7 @@ from gazeloop.tools.commands._args import screen_for
 from tests.cli import cli, eval_json
 
 REPORT_KEYS = {
+    "gaze_model",
     "mirrored",
     "mirrored_basis",
     "session",
@@ -94,7 +96,7 @@ def mirrored_text(grid9) -> str:
 # --- the 9-point grid ----------------------------------------------------------------------
 
 
-def test_grid9_report_keys_and_counts(plain, grid9):
+def test_grid9_report_keys_and_counts(plain, grid9, gaze_onnx):
     assert set(plain) == REPORT_KEYS
     assert plain["session"] == str(grid9)
     # no --mapping: the candidates compete (issue 12); the report names the one chosen on
@@ -116,6 +118,10 @@ def test_grid9_report_keys_and_counts(plain, grid9):
     assert plain["diag_basis"] == "targets"
     assert plain["screen_px"] is None
     assert plain["mean_deg"] is None
+    # The network behind the numbers: the stock model, built into the test's model cache.
+    gm = plain["gaze_model"]
+    assert gm["file"] == str(gaze_onnx) and gm["read"] == "ray:mirror_average"
+    assert gm["sha256"] == hashlib.sha256(gaze_onnx.read_bytes()).hexdigest()
 
 
 def test_grid9_per_target(plain, grid9):
