@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -189,4 +190,11 @@ def run_fetch(args: argparse.Namespace) -> int:
         print(f"fetched {e.model_id} as v{e.version} into {e.path}")
     counts = {"fetched": st.fetched, "already_had": st.already_had, "failed": st.failed}
     print(json.dumps({**counts, "malformed": st.malformed, "last_error": st.last_error}))
+    if st.connects == 0:  # nothing could have come: not "no new model"
+        print(
+            f"gazeloop fetch: never reached the broker at {fetcher.settings.redacted()}: "
+            f"{st.last_error or 'no connection in time'}",
+            file=sys.stderr,
+        )
+        return 1
     return 0 if st.failed == 0 or st.fetched > 0 else 1

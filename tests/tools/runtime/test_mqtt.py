@@ -734,6 +734,17 @@ def test_a_card_of_another_model_is_refused_naming_the_model(tmp_path):
     assert str(path) in str(e.value) and "do not belong together" in str(e.value)
 
 
+def test_a_fetch_that_never_reached_its_broker_fails_saying_so(tmp_path, capsys):
+    """It exited 0 with `fetched: 0`, as if the broker had had no new model."""
+    from gazeloop.tools.cli import main
+
+    reg = tmp_path / "registry"
+    argv = ["fetch", "--mqtt", "mqtt://127.0.0.1:9", "--registry", str(reg), "--seconds", "1"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("gazeloop fetch: never reached the broker at mqtt://127.0.0.1:9")
+
+
 def test_a_version_promoted_by_hand_is_announced_as_such_not_as_the_gates(tmp_path, capsys):
     """The laptop's `models list` said "gate: promoted: worse than its parent" of a model
     the gate had refused and a person had promoted on the training box."""

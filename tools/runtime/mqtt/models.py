@@ -266,6 +266,7 @@ class FetcherStats:
     connected: bool
     reconnects: int
     last_error: str | None
+    connects: int = 0  # connections made at all: 0 is a broker never reached
 
 
 class _Transfer:
@@ -331,7 +332,7 @@ class ModelFetcher(Supervised):
         c, s = self._counts, self._link
         return FetcherStats(
             c["fetched"], c["already_had"], c["failed"], c["malformed"],
-            s.connected, s.reconnects, s.last_error,
+            s.connected, s.reconnects, s.last_error, s.connects,
         )  # fmt: skip
 
     async def run(self, stop: asyncio.Event) -> None:
