@@ -528,11 +528,13 @@ def _resolved(args) -> RunConfig:
 def _live(args, ls: LabelledSource, fp: FastPath, mapper, oracle, store, hook, settings) -> Live:
     """The running system, with --mqtt's publisher and uplink on the source's clock;
     `settings`: what the store records of the run (`_run_settings`)."""
-    publisher = uplink = clock = None
-    if args.mqtt:
-        from gazeloop.tools.runtime.mqtt.timebase import SourceClock
+    from gazeloop.tools.runtime.mqtt.timebase import SourceClock
 
-        clock = SourceClock(ls.source)  # the one conversion of frame time to the wall clock
+    # The one conversion of frame time to the wall clock, for the stored labels as for the
+    # stream: a replayed recording's labels keep its own times, with --mqtt or without.
+    clock = SourceClock(ls.source)
+    publisher = uplink = None
+    if args.mqtt:
         publisher, uplink = _mqtt(args, ls.source, store, mapper)
     cfg = _resolved(args)
     return Live(

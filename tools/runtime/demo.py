@@ -25,6 +25,7 @@ from gazeloop.fastpath.pipeline import FastPath
 from gazeloop.fastpath.sources import SessionSource
 from gazeloop.oracle.simple import TargetOracle
 from gazeloop.tools.runtime.live import Live
+from gazeloop.tools.runtime.mqtt.timebase import SourceClock
 from gazeloop.tools.runtime.run_config import RunConfig
 
 ORACLE_NOTE = "replay of the recording's own target labels (ground truth, not a model)"
@@ -140,6 +141,8 @@ def replay(
     last_print = None
     window_err: list[float] = []
     with SessionSource(session.folder, loop=True) as src:
+        if live.clock is None:  # labels stored at the recording's times, as `run` keeps them
+            live.clock = SourceClock(src)
         n = len(items) * passes
         for k, frame in enumerate(src):
             if k >= n:

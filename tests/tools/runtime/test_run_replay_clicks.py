@@ -53,7 +53,11 @@ def test_targets_and_replayed_clicks_feed_one_loop_and_the_store(c4_profile, tmp
 
     with LabelStore(home / "users" / "default" / "labels") as store:
         (run,) = store.runs()
+        times = [row.snapshot_ms for row in store]
     assert run.settings["config"]["policy"]["min_interval_s"] == 0.5
+    # Kept at the recording's own times (2024, within its 12 s), as with --mqtt, not at the
+    # wall clock of the replay: the same input, the same store.
+    assert max(times) - min(times) < 12_000 and max(times) < 1_735_689_600_000, times
 
 
 @pytest.mark.slow
