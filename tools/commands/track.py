@@ -12,10 +12,12 @@ from pathlib import Path
 import numpy as np
 
 from gazeloop.calibration.profile import ProfileError, ProfileMapper
+from gazeloop.calibration.store.session import SessionError, read_session
 from gazeloop.fastpath.pipeline import FastPath, FastPathConfig
 from gazeloop.fastpath.sources import open_source
 from gazeloop.fastpath.types import GazeSample
 from gazeloop.tools.commands._args import add_fastpath_args, fastpath_config, positive_int
+from gazeloop.tools.errors import UserError
 
 
 def add_parser(sub) -> None:
@@ -36,6 +38,13 @@ def add_parser(sub) -> None:
         nargs=2,
         metavar=("W", "H"),
         help="the screen in use now, if its resolution differs from the profile's",
+    )
+    p.add_argument(
+        "--mirrored",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a session folder's images are selfie views (default: its manifest's word, "
+        "else read as the --profile's own frames were)",
     )
     add_fastpath_args(p)
     p.set_defaults(func=run)
@@ -176,13 +185,37 @@ def run(args: argparse.Namespace) -> int:
         cfg, said = startup_model(cfg)
         print(said, file=sys.stderr, flush=True)
     fp = FastPath(cfg)
+    mapper = None
     if args.profile:
-        fp.set_mapper(load_mapper(args.profile, fp, args.screen_px))
-    with open_source(args.source) as src:
+        mapper = load_mapper(args.profile, fp, args.screen_px)
+        fp.set_mapper(mapper)
+    with open_source(args.source, **_read_as(args, mapper)) as src:
         summary = run_stream(src, fp, frames=args.frames, jsonl=args.jsonl)
     fp.close()
     print(json.dumps({"summary": summary}) if args.jsonl else _pretty(summary))
     return 0
+
+
+def _read_as(args: argparse.Namespace, mapper: ProfileMapper | None) -> dict:
+    """How a session folder's images are read: flipped back when they are selfie views.
+    The flag, else the manifest; a folder that says nothing is read as the profile's
+    frames were (`eval --profile` does the same): a mapping fitted on un-mirrored frames
+    puts a mirrored face's gaze on the other side of the screen."""
+    folder = Path(str(args.source)).expanduser()
+    if not folder.is_dir():
+        if args.mirrored is not None:
+            raise UserError(f"{args.source}: --mirrored is for a session folder's images")
+        return {}
+    if args.mirrored is not None:
+        return {"unmirror": args.mirrored}
+    chosen = mapper.profile.fit.chosen if mapper is not None else None
+    if chosen is None or chosen.mirrored is None:
+        return {}
+    try:
+        stated = read_session(folder).mirrored_stated
+    except SessionError:
+        return {}  # the source says what is wrong with it, in its own words
+    return {} if stated else {"unmirror": chosen.mirrored}
 
 
 def _pretty(s: dict) -> str:

@@ -1,0 +1,43 @@
+"""`gazeloop track --profile` on a session folder: screen points read as the profile's frames
+were."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.cli import cli
+
+
+def _points(out: str) -> np.ndarray:
+    rows = [json.loads(line) for line in out.splitlines()]
+    return np.array([r["screen_px"] for r in rows if "index" in r], dtype=float)
+
+
+@pytest.mark.slow
+def test_a_selfie_session_without_a_manifest_is_read_as_the_profiles_frames_were(
+    shared, gaze_onnx, tmp_path
+):
+    """grid9 says nothing of its selfie view: `eval --profile` read it as the profile's own
+    frames (un-mirrored) and scored about 50 px, while `track --profile` read it as it lies
+    and put the top-right target at the left edge of the screen."""
+    grid9 = shared / "data/sessions/grid9"
+    prof = tmp_path / "g9.json"
+    fit = ["profile", "fit", grid9, "--screen-px", 1920, 1080, "--mirrored", "--out", prof]
+    assert cli(*fit)[0] == 0
+    labels = np.array(
+        [[json.loads(p.read_text())[k] for k in ("screen_x", "screen_y")]
+         for p in sorted(grid9.glob("img_*.json"))]
+    )  # fmt: skip
+    rc, out, err = cli("track", grid9, "--profile", prof, "--jsonl")
+    assert rc == 0, err
+    err_px = np.hypot(*(_points(out) - labels).T)
+    assert err_px.mean() < 120, err_px.round()  # in-sample: the fit saw these frames
+    # Told otherwise, it reads them as they lie: the points land across the screen.
+    rc, out, err = cli("track", grid9, "--profile", prof, "--jsonl", "--no-mirrored")
+    assert rc == 0, err
+    assert np.hypot(*(_points(out) - labels).T).mean() > 500
+    rc, _, err = cli("track", shared / "data/video-corners4/calibrate.mp4", "--mirrored")
+    assert rc == 2 and "--mirrored is for a session folder's images" in err
