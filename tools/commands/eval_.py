@@ -254,6 +254,13 @@ def run(args: argparse.Namespace) -> int:
         ev, col = _run_fixed(args, *fixed)
     else:
         session = _session(args)
+        if args.save_profile and screen_for(args, session) is None:
+            # A profile is in units of its screen: the targets' extent would stand in for a
+            # screen nobody has (applied on the real one, grid9's 47 px became 155).
+            raise UserError(
+                f"{session.folder}: the screen size is unknown (no session.json); give "
+                "--screen-px W H to save a profile"
+            )
         ev, col = run_selected(
             session,
             screen_for(args, session),

@@ -499,6 +499,10 @@ def test_a_profile_reads_unstated_frames_as_its_own_were(grid9, tmp_path):
     gaze to the wrong side."""
     prof = tmp_path / "grid9.json"
     rc, _, err = cli("eval", grid9, "--mirrored", "--save-profile", prof, "--json")
+    # Without a screen a profile has no units: said before anything runs, nothing written.
+    assert rc == 2 and "the screen size is unknown" in err and not prof.exists(), err
+    save = ["--save-profile", prof, "--screen-px", 1920, 1080, "--json"]
+    rc, _, err = cli("eval", grid9, "--mirrored", *save)
     assert rc == 0, err
     assert json.loads(prof.read_text())["fit"]["chosen"]["mirrored"] is True
     col = tmp_path / "column"
