@@ -52,9 +52,11 @@ from gazeloop.calibration.store.writer import write_record
 from gazeloop.fastpath.pipeline import FastPath
 from gazeloop.fastpath.sources import CameraSource
 from gazeloop.tools.commands._args import (
+    add_broker_args,
     add_fastpath_args,
     add_grid_args,
     add_user_args,
+    broker_settings,
     fastpath_config,
     non_negative_float,
     positive_float,
@@ -163,12 +165,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_mqtt_args(p: argparse.ArgumentParser) -> None:
-    """The broker the gaze stream and the stored labels go to."""
-    p.add_argument(
-        "--mqtt",
-        help="broker URL: publish the gaze stream and send every stored label (unsent ones "
-        "wait in the label store until the broker is there)",
-    )
+    """The broker the gaze stream and the stored labels go to (unsent ones wait in the label
+    store until it is there), with the TLS flags every MQTT command takes."""
+    add_broker_args(p, required=False)
     p.add_argument(
         "--mqtt-wait",
         type=positive_float,
@@ -305,10 +304,11 @@ def _mqtt(args, src, store, mapper):
             raise UserError("MQTT needs aiomqtt: pip install 'gazeloop[mqtt]'") from e
         raise
     live_source = isinstance(src, CameraSource)
+    settings = broker_settings(args)
     try:
         topic_part(args.user), topic_part(args.device)
         publisher = GazePublisher(
-            args.mqtt,
+            settings,
             user=args.user,
             device=args.device,
             queue_size=8 if live_source else 4096,
@@ -317,9 +317,7 @@ def _mqtt(args, src, store, mapper):
         uplink = None
         if store is not None:
             screen = None if mapper is None else mapper.screen
-            uplink = LabelUplink(
-                args.mqtt, store, user=args.user, device=args.device, screen=screen
-            )
+            uplink = LabelUplink(settings, store, user=args.user, device=args.device, screen=screen)
     except (MqttConfigError, OutboxError) as e:
         raise UserError(f"--mqtt: {e}") from e
     publisher.start()
@@ -461,6 +459,10 @@ def _before_models(args, ls: LabelledSource):
     second, not after the networks): the labeller, the targets' hook, the label store's
     folder. → the snapshot hook of --oracle targets, or None."""
     _resolve_oracle(args, ls)
+    if not args.mqtt and (args.ca_file or args.insecure):
+        raise UserError("--ca-file and --insecure are for the broker: give --mqtt URL too")
+    if args.mqtt:
+        broker_settings(args)  # a bad URL or a missing aiomqtt, before any model loads
     hook = _target_hook(args, ls)
     if args.replay_clicks and not ls.labelled:  # before any model loads
         raise UserError(

@@ -317,6 +317,35 @@ def test_labels_a_run_could_not_send_go_with_the_next_run(
     assert collector.stats.duplicates == 0 and collector.stats.malformed == 0
 
 
+@pytest.mark.slow
+def test_run_streams_to_a_tls_broker_with_the_ca_file(
+    make_broker, c4_profile, tmp_path, monkeypatch, capsys
+):
+    """The README says every MQTT command takes --ca-file and --insecure; `run` took
+    neither."""
+    import shutil
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed (needed to make a test certificate)")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    broker = make_broker(tls=(cert, key))
+    monkeypatch.setenv("GAZELOOP_HOME", str(tmp_path / "home"))
+    base = ["run", "--headless", "--source", str(VIDEO), "--profile", str(c4_profile)]
+    base += ["--no-watch-models", "--frames", "5"]
+    assert main([*base, "--mqtt", broker.url, "--ca-file", str(cert), "--mqtt-wait", "30"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "gaze sent 5, dropped 0" in last, last
+    assert main([*base, "--ca-file", str(cert)]) == 2  # for a broker: said before anything
+    assert "give --mqtt URL too" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("given", "says"), [(["1920"], "is W H in pixels"), (["0", "5"], "must be positive")]
 )
