@@ -286,10 +286,17 @@ def run_mapping(args: argparse.Namespace) -> int:
     }
     # The synthetic calibration is a bare feature matrix: mappings of named features (the
     # geometric one needs eye positions and angles) have nothing to read in it.
-    names = args.mapping or sorted(n for n, m in MAPPINGS.items() if m.features is None)
+    timed = sorted(n for n, m in MAPPINGS.items() if m.features is None)
+    names = args.mapping or timed
     unknown = [n for n in names if n not in MAPPINGS]
     if unknown:
-        raise UserError(f"--mapping: unknown {unknown}; known: {', '.join(sorted(MAPPINGS))}")
+        raise UserError(f"--mapping: unknown {unknown}; this benchmark times {', '.join(timed)}")
+    own = [n for n in names if n not in timed]
+    if own:
+        raise UserError(
+            f"--mapping {own[0]}: it reads named features (eye positions and angles) that the "
+            f"synthetic calibration has not got; this benchmark times {', '.join(timed)}"
+        )
     too_few = {n: min_targets(n) for n in names if args.targets < min_targets(n)}
     if too_few and args.mapping:
         n, k = next(iter(too_few.items()))

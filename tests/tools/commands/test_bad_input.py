@@ -50,6 +50,8 @@ def _run(argv: list[str], capsys) -> tuple[int, str]:
         # These three were tracebacks.
         (["bench", "mapping", "--mapping", "bogus"], "--mapping: unknown ['bogus']"),
         (["bench", "mapping", "--mapping", "poly2", "--targets", "4"], "'poly2' needs at least 5"),
+        # A GeometryError traceback: its features are not in the synthetic calibration.
+        (["bench", "mapping", "--mapping", "geometric"], "--mapping geometric: it reads named"),
         (
             ["bench", "fastpath", "--source", "../shared/data/video-corners4/no_face.jpg"],
             "no_face.jpg: a still image",
