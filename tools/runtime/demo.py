@@ -24,7 +24,7 @@ from gazeloop.fastpath.collect import collect_session
 from gazeloop.fastpath.pipeline import FastPath
 from gazeloop.fastpath.sources import SessionSource
 from gazeloop.oracle.simple import TargetOracle
-from gazeloop.tools.runtime.live import Live
+from gazeloop.tools.runtime.live import Live, model_record
 from gazeloop.tools.runtime.mqtt.timebase import SourceClock
 from gazeloop.tools.runtime.run_config import RunConfig
 
@@ -96,7 +96,16 @@ def demo_live(
     store=None,
 ) -> Live:
     """The running system with the drifting profile and the replayed-targets oracle, with
-    the run's loop, policy and oracle settings."""
+    the run's loop, policy and oracle settings; the label store records the run as
+    `gazeloop run` does (`LabelStore.begin_run`)."""
+    settings = {
+        "command": "demo",
+        "source": str(session.folder),
+        "oracle": "targets (the recording's own, replayed)",
+        "profile": None,  # fitted by the demo itself, in its --out folder
+        "gaze_model": model_record(fp.gaze),
+        "config": cfg.model_dump(mode="json"),
+    }
     return Live(
         fp,
         mapper=DriftingMapper(ProfileMapper(prof), drift_norm, onset_ns),
@@ -106,6 +115,7 @@ def demo_live(
         oracle_timeout_s=cfg.oracle.timeout_s,
         store=store,
         snapshot_hook=_target_hook(session, screen),
+        run_settings=settings,
     )
 
 

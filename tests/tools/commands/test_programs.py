@@ -50,6 +50,16 @@ def test_demo_corrects_the_injected_drift_and_writes_its_report(demo_out):
     assert "Calibration per target" in page and page.count("<tr>") >= len(s) + 1 + 4
     for png in ("loop.png", "calibration.png"):
         assert (demo_out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The store records the run as `run` does (`gazeloop labels` said "from before runs were
+    # recorded" of a store the demo had just made), at the recording's own times.
+    from gazeloop.calibration.store.labelstore import LabelStore
+
+    with LabelStore(demo_out / "labels") as store:
+        (run,) = store.runs()
+        rows = list(store)
+    assert run.settings["command"] == "demo" and run.screen.px == (2560, 1440)
+    assert {r.run_id for r in rows} == {run.id}
+    assert max(r.snapshot_ms for r in rows) < 1_735_689_600_000  # 2024, not the replay's clock
 
 
 @pytest.mark.slow
