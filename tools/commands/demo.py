@@ -59,18 +59,38 @@ def add_parser(sub) -> None:
         type=positive_float,
         help="seconds between labels (default: the config's policy.min_interval_s, else 1.0)",
     )
-    p.add_argument("--data", type=Path, help="the 4-corner recording folder")
+    p.add_argument(
+        "--data",
+        type=Path,
+        help="the shared data folder (../shared) or its 4-corner recording folder "
+        "(data/video-corners4)",
+    )
     add_fastpath_args(p)
     p.set_defaults(func=run)
 
 
+def _recording(data: Path | None) -> Path:
+    """The 4-corner recording's folder: `--data` names it or the shared folder it is in."""
+    if data is None:
+        src = default_shared() / "data" / "video-corners4"
+        if not (src / "calibrate.mp4").is_file():
+            raise UserError(
+                f"{src}: the sample recording is not there; put the shared data beside the "
+                "checkout (../shared), set GAZELOOP_SHARED, or give --data"
+            )
+        return src
+    for src in (data, data / "data" / "video-corners4"):
+        if (src / "calibrate.mp4").is_file():
+            return src
+    raise UserError(
+        f"--data {data}: neither the shared data folder nor its 4-corner recording "
+        "(no calibrate.mp4 in it or in data/video-corners4)"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
-    src = args.data or default_shared() / "data" / "video-corners4"
-    if not (src / "calibrate.mp4").is_file():
-        raise UserError(
-            f"{src}: the sample recording is not there; put the shared data beside the "
-            "checkout (../shared) or set GAZELOOP_SHARED"
-        )
+    src = _recording(args.data)
+    cfg = _resolved(args)  # a bad --config is said before the folder is made
     out = args.out
     check_writable(out, folder=True, need_bytes=_DEMO_BYTES)
     make_folder(out)
@@ -81,7 +101,6 @@ def run(args: argparse.Namespace) -> int:
         f"1. imported {rep.n_records} frames of {src.name} ({len(rep.frames_per_target)} targets)"
     )
 
-    cfg = _resolved(args)
     cfg.write(out)  # the settings this folder was made with, beside what they made
     fp = FastPath(cfg.fastpath)
     session = read_session(session_dir)

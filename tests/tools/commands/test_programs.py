@@ -27,6 +27,24 @@ def test_run_with_a_missing_camera_is_a_clear_error(capsys, tmp_path, monkeypatc
     assert rc == 2 and "camera" in err.lower() and "Traceback" not in err
 
 
+def test_demo_data_is_the_shared_folder_or_its_recording_and_a_bad_config_makes_nothing(
+    shared, tmp_path, capsys
+):
+    """The README's `--data SHARED` was refused ("the sample recording is not there"); a
+    bad --config was said after the folder was made and 149 files imported into it."""
+    from gazeloop.tools.commands.demo import _recording
+
+    c4 = shared / "data" / "video-corners4"
+    assert _recording(shared) == _recording(c4) == c4
+    assert main(["demo", "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "neither the shared data folder nor its 4-corner recording" in capsys.readouterr().err
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"loop": {"huber_k": -1}}')
+    out = tmp_path / "d4"
+    assert main(["demo", "--config", str(bad), "--out", str(out)]) == 2
+    assert "loop.huber_k" in capsys.readouterr().err and not out.exists()
+
+
 @pytest.fixture(scope="module")
 def demo_out(shared, tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
