@@ -106,7 +106,7 @@ def recorded_screen(store: Path) -> tuple[ScreenGeometry, str] | None:
     recorded). A run that stored no accepted label has nothing to export, whatever its
     screen."""
     try:
-        with LabelStore(store) as ls:
+        with LabelStore(store, readonly=True) as ls:
             runs = [r for r in ls.runs(labelled=True) if r.screen is not None]
     except LabelStoreError as e:
         raise LabelExportError(f"{store}: {e}") from None
@@ -176,7 +176,7 @@ def export_store(
     if out.exists():
         shutil.rmtree(out)
     try:
-        with LabelStore(store) as ls:
+        with LabelStore(store, readonly=True) as ls:
             exp.accepted = ls.count(accepted=True)
             stats = ls.export_session(out, screen)
     except LabelStoreError as e:

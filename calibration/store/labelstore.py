@@ -4,12 +4,14 @@ Layout of a store (one per user, see `profile.data_dir`):
 
     root/labels.sqlite3   one row per label (schema below, versioned in `meta`)
     root/images/*.jpg     the snapshot each label is about
+    root/orphans/*.jpg    pictures found without a row, moved aside (never deleted)
 
 Durability, in the order things happen in `add`:
 1. the JPEG is written atomically (temp file, fsync, rename, fsync of the folder);
 2. the row is inserted and committed in one transaction.
-A crash between 1 and 2 leaves an image without a row: an orphan, deleted the next time a
-store is opened by the only process using it. A crash inside 2 leaves no row (SQLite's
+A crash between 1 and 2 leaves an image without a row: an orphan, moved to `orphans/` the
+next time a store is opened by the only process using it (a database restored from an older
+backup has orphans too: the pictures of the labels it lost). A crash inside 2 leaves no row (SQLite's
 transaction). So every committed row has its image, and a crash loses at most the label
 being written.
 
@@ -39,8 +41,9 @@ labels read with `run_id` None and no runs.
 
 Several processes may open one store (the tracker writing, an MQTT uplink reading): SQLite
 serialises them, and an advisory lock on `root/.lock` tells the opener whether it is alone,
-which is the only time deleting orphans is safe (an image without a row may otherwise be
-another process's label halfway through `add`).
+which is the only time moving orphans aside is safe (an image without a row may otherwise
+be another process's label halfway through `add`). A reader that must change nothing opens
+with `readonly=True`.
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ from gazeloop.calibration.store.atomic import atomic_write_bytes
 from gazeloop.calibration.store.session import JPEG_QUALITY, SeedRecord, SessionManifest
 from gazeloop.calibration.store.writer import write_manifest
 
-try:  # POSIX only; without it a store never deletes orphans (safe, just untidy)
+try:  # POSIX only; without it a store never moves orphans aside (safe, just untidy)
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
@@ -81,6 +84,7 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 2  # 2: without schema 1's `sent` column (the uplink keeps its own)
 DB_NAME = "labels.sqlite3"
 IMAGES = "images"
+ORPHANS = "orphans"  # pictures found without a row (`LabelStore._clean_orphans`)
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _OBSERVATION = TypeAdapter(Observation)
 
@@ -251,14 +255,20 @@ def _label_row(
 
 
 class LabelStore:
-    """A label store at `root` (created if missing). Thread-safe: one connection, one lock."""
+    """A label store at `root` (created if missing). Thread-safe: one connection, one lock.
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    `readonly=True` opens an existing store to read it and changes nothing: no schema
+    step, no clean-up, no lock file (`gazeloop labels`, the trainer's export)."""
+
+    def __init__(self, root: str | os.PathLike[str], *, readonly: bool = False) -> None:
         self.root = Path(root)
         self.images = self.root / IMAGES
         self._lock = threading.RLock()
         self._lock_fd: int | None = None
         self._run_tables = True  # False: an older, read-only store without them
+        if readonly:
+            self._open_readonly()
+            return
         try:
             self.images.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -284,6 +294,34 @@ class LabelStore:
             self._clean_orphans()
 
     # --- opening ---------------------------------------------------------------------------
+
+    def _open_readonly(self) -> None:
+        path = self.root / DB_NAME
+        if not path.is_file():
+            raise LabelStoreError(f"{self.root}: no label store here (no {DB_NAME})")
+        # No write-ahead log: no writer has the store open (a closing writer folds its log
+        # in and removes it), and the file is read as it lies, with no -shm/-wal made
+        # beside it. With one, a writer may be at work: read through its log.
+        wal = path.with_name(path.name + "-wal").exists()
+        try:
+            self._db = sqlite3.connect(
+                f"{path.resolve().as_uri()}?{'mode=ro' if wal else 'immutable=1'}",
+                uri=True,
+                timeout=10.0,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            version = self._schema_version()
+            if version is None or version > SCHEMA_VERSION:
+                why = "no tables" if version is None else f"schema version {version}, newer"
+                raise LabelStoreError(f"label store {path}: {why}; not read")
+            self._run_tables = self._has_runs()
+        except sqlite3.Error as e:
+            self.close()
+            raise LabelStoreError(f"cannot read label store {path}: {_describe_os_error(e)}") from e
+        except BaseException:
+            self.close()
+            raise
 
     def _take_lock(self) -> bool:
         """A shared lock for our lifetime; True when, at opening, nobody else held one."""
@@ -397,20 +435,31 @@ class LabelStore:
             )
 
     def _clean_orphans(self) -> None:
-        """Images without a row (a crash between image and commit) and our temp files."""
+        """Our temp files go; images without a row are moved to `orphans/`, not deleted: a
+        crash between image and commit makes one, but so does a database restored from an
+        older backup, whose pictures are the labels it lost."""
         with self._lock:
             known = {r[0] for r in self._db.execute("SELECT image FROM labels") if r[0]}
-        removed = 0
+        removed = moved = 0
         for p in self.images.iterdir():
             name = p.name
-            is_tmp = name.startswith(".") and name.endswith(".tmp")
-            if not (is_tmp or (name.endswith(".jpg") and name not in known)):
-                continue
             with contextlib.suppress(OSError):
-                p.unlink()
-                removed += 1
+                if name.startswith(".") and name.endswith(".tmp"):
+                    p.unlink()
+                    removed += 1
+                elif name.endswith(".jpg") and name not in known:
+                    (self.root / ORPHANS).mkdir(exist_ok=True)
+                    p.rename(self.root / ORPHANS / name)
+                    moved += 1
         if removed:
-            log.info("%s: removed %d orphan image file(s)", self.root, removed)
+            log.info("%s: removed %d temporary file(s)", self.root, removed)
+        if moved:
+            log.warning(
+                "%s: %d picture(s) without a label row moved to %s",
+                self.root,
+                moved,
+                self.root / ORPHANS,
+            )
 
     def close(self) -> None:
         with self._lock:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gazeloop.calibration.profile import data_dir
-from gazeloop.calibration.store.labelstore import DB_NAME, LabelStore, StoredRun
+from gazeloop.calibration.store.labelstore import DB_NAME, LabelStore, LabelStoreError, StoredRun
 from gazeloop.tools.errors import UserError
 
 
@@ -41,8 +41,11 @@ def run(args: argparse.Namespace) -> int:
     if not (root / DB_NAME).is_file():
         # Opening would create an empty store: a typo must not leave one behind.
         raise UserError(f"{root}: no label store there (no {DB_NAME}); `gazeloop run` makes one")
-    with LabelStore(root) as store:
-        summary = store_summary(store)
+    try:
+        with LabelStore(root, readonly=True) as store:
+            summary = store_summary(store)
+    except LabelStoreError as e:
+        raise UserError(str(e)) from None
     summary = {"store": str(root), **summary}
     print(json.dumps(summary, indent=2) if args.json else summary_text(summary))
     return 0

@@ -358,7 +358,9 @@ def test_store_is_wal_with_full_sync(tmp_path):
         assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
 
 
-def test_orphans_and_temp_files_are_cleaned_on_open(tmp_path):
+def test_orphans_are_moved_aside_and_temp_files_cleaned_on_open(tmp_path):
+    """A picture without a row is moved to orphans/, not deleted: a database restored from
+    an older backup has its lost labels' pictures there, and every open deleted them."""
     with LabelStore(tmp_path) as store:
         store.add(point(1), img(1), None, decision())
         kept = store.get(1).image
@@ -368,12 +370,42 @@ def test_orphans_and_temp_files_are_cleaned_on_open(tmp_path):
     (images / "notes.txt").write_text("not ours")
     with LabelStore(tmp_path) as store:
         assert sorted(p.name for p in images.iterdir()) == sorted([kept, "notes.txt"])
+        orphan = tmp_path / "orphans" / "snap-2-deadbeef0000.jpg"
+        assert orphan.read_bytes() == b"\xff\xd8 orphan"
         assert store.count() == 1
         # A second opener is not alone: it must not delete what may be in flight.
         (images / "in-flight-000000000000.jpg").write_bytes(b"\xff\xd8")
         with LabelStore(tmp_path) as other:
             assert other.count() == 1
         assert (images / "in-flight-000000000000.jpg").exists()
+
+
+def test_a_read_only_open_changes_nothing(tmp_path):
+    """`gazeloop labels` (read-only, says the README) opened the store for writing: it
+    cleaned 'orphans' (the pictures of rows a restored backup lacks) and upgraded older
+    schemas in place."""
+    with LabelStore(tmp_path) as store:
+        for i in (1, 2):
+            store.add(point(i), img(i), None, decision())
+    db = sqlite3.connect(tmp_path / DB_NAME)
+    with db:
+        db.execute("DELETE FROM labels WHERE id = 2")  # as if restored from an older backup
+    db.close()
+    before = {p.name: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+    with LabelStore(tmp_path, readonly=True) as store:
+        assert store.count() == 1 and [r.id for r in store] == [1]
+        with pytest.raises(LabelStoreError):
+            store.add(point(3), img(3), None, decision())
+    after = {p.name: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+    assert after == before  # not even sqlite's -wal/-shm beside it
+    # Beside a writer at work (its log open), a reader sees what the writer committed.
+    with LabelStore(tmp_path) as writer:
+        writer.add(point(4), img(4), None, decision())
+        with LabelStore(tmp_path, readonly=True) as reader:
+            assert reader.count() == 2
+    with pytest.raises(LabelStoreError, match="no label store here"):
+        LabelStore(tmp_path / "nowhere", readonly=True)
+    assert not (tmp_path / "nowhere").exists()
 
 
 @pytest.mark.skipif(
@@ -492,4 +524,4 @@ def test_a_writer_killed_at_a_random_point_loses_at_most_the_label_in_flight(tmp
                 assert r.image is not None and r.fast_xy == (0.4, 0.4)
                 assert load_image(store.image_path(r)).shape == (120, 160, 3)
             on_disk = {p.name for p in (tmp_path / "images").iterdir()}
-            assert on_disk == {r.image for r in rows}  # orphans and temp files cleaned
+            assert on_disk == {r.image for r in rows}  # orphans moved aside, temp files gone
