@@ -148,6 +148,15 @@ class SessionManifest(BaseModel):
             raise ValueError(f"screen_mm must be positive and finite, got {v}")
         return v
 
+    @field_validator("camera_mm")
+    @classmethod
+    def _finite_camera(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        # Checked here, in the file's own words: later it surfaced as a traceback from the
+        # screen geometry, and a recording from it wrote [null, null].
+        if v is not None and not math.isfinite(v[0] + v[1]):
+            raise ValueError(f"camera_mm must be finite, got {v}")
+        return v
+
 
 # --- the in-memory view --------------------------------------------------------------------
 

@@ -366,6 +366,8 @@ def test_bad_manifest_stops_the_read(tmp_path: Path) -> None:
         ("[1, 2, 3]", "Input should be an object"),
         ('{"screen_px": "1512x945"}', "screen_px"),
         ('{"screen_px": [-1512, 945]}', "screen_px must be positive"),
+        # A traceback from the screen geometry in eval, a [null, null] in a recording of it.
+        ('{"screen_px": [1512, 945], "camera_mm": [NaN, Infinity]}', "camera_mm must be finite"),
     ],
 )
 def test_a_bad_manifest_is_one_line_naming_what_is_wrong(tmp_path: Path, text, says) -> None:
