@@ -352,9 +352,16 @@ def data_dir() -> Path:
     return Path(base) / "gazeloop"
 
 
+def user_dir(user: str) -> Path:
+    """A user's folder: their profiles, calibration sessions, labels and samples. Every path
+    of a user goes through here, so a name such as "../x" stays inside `users/` and a user's
+    profile and sessions are in one folder."""
+    return data_dir() / "users" / _safe_name(user)
+
+
 def profile_path(user: str, device: str) -> Path:
     """One directory per user; one profile per device inside it."""
-    return data_dir() / "users" / _safe_name(user) / "profiles" / f"{_safe_name(device)}.json"
+    return user_dir(user) / "profiles" / f"{_safe_name(device)}.json"
 
 
 def _safe_name(name: str) -> str:

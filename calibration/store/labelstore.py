@@ -11,9 +11,9 @@ Durability, in the order things happen in `add`:
 2. the row is inserted and committed in one transaction.
 A crash between 1 and 2 leaves an image without a row: an orphan, moved to `orphans/` the
 next time a store is opened by the only process using it (a database restored from an older
-backup has orphans too: the pictures of the labels it lost). A crash inside 2 leaves no row (SQLite's
-transaction). So every committed row has its image, and a crash loses at most the label
-being written.
+backup has orphans too: the pictures of the labels it lost). A crash inside 2 leaves no row
+(SQLite's transaction). So every committed row has its image, and a crash loses at most the
+label being written.
 
 `PRAGMA synchronous=FULL` (with WAL): each commit waits for the WAL to reach the disk. NORMAL
 would survive a killed process just as well, but a power cut could then drop the last

@@ -363,6 +363,13 @@ def test_profile_path_is_per_user_and_device(tmp_path, monkeypatch):
         assert p.resolve().parent.parent.parent == users, (user, p)
         assert p.parent.name == "profiles" and p.suffix == ".json"
     assert profile_path("ada", "mac") != profile_path("bob", "mac")
+    # A user's sessions and labels are in the profile's user folder, whatever the name
+    # (`--user ../../../x` wrote sessions outside the data folder, the profile inside it).
+    from gazeloop.calibration.profile import user_dir
+
+    for user in ("../../../escaped", "ada lovelace"):
+        home = profile_path(user, "d").parent.parent
+        assert user_dir(user) == home and home.resolve().parent == users
     monkeypatch.delenv("GAZELOOP_HOME")
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     assert data_dir() == tmp_path / "xdg" / "gazeloop"

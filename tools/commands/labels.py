@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from gazeloop.calibration.profile import data_dir
+from gazeloop.calibration.profile import user_dir
 from gazeloop.calibration.store.labelstore import DB_NAME, LabelStore, LabelStoreError, StoredRun
 from gazeloop.tools.errors import UserError
 
@@ -37,7 +37,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    root = args.store or data_dir() / "users" / args.user / "labels"
+    root = args.store or user_dir(args.user) / "labels"
     if not (root / DB_NAME).is_file():
         # Opening would create an empty store: a typo must not leave one behind.
         raise UserError(f"{root}: no label store there (no {DB_NAME}); `gazeloop run` makes one")

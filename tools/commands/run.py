@@ -44,8 +44,8 @@ from gazeloop.calibration.profile import (
     Profile,
     ProfileError,
     ProfileMapper,
-    data_dir,
     profile_path,
+    user_dir,
 )
 from gazeloop.calibration.store.atomic import check_writable, file_in_the_way
 from gazeloop.calibration.store.writer import write_record
@@ -470,7 +470,7 @@ def _before_models(args, ls: LabelledSource):
             "session folder or a 4-corner recording"
         )
     if args.oracle != "none":  # the label store's folder, before anything loads
-        check_writable(data_dir() / "users" / args.user / "labels", folder=True)
+        check_writable(user_dir(args.user) / "labels", folder=True)
     return hook
 
 
@@ -491,7 +491,7 @@ def _models(args) -> tuple[FastPath, ProfileMapper | None, Path]:
 def _label_store(args, oracle, mapper):
     """The user's label store when this run labels anything, or has labels of earlier runs
     to send; None otherwise."""
-    labels_dir = data_dir() / "users" / args.user / "labels"
+    labels_dir = user_dir(args.user) / "labels"
     # With --mqtt the store is the outbox: labels a previous run could not send go now,
     # even when this run has no oracle.
     from gazeloop.calibration.store.labelstore import DB_NAME, LabelStore
@@ -754,7 +754,7 @@ class Window:
         self.on_profile = on_profile
         self.source_desc = str(args.source)
         self.last_img: np.ndarray | None = None
-        self.samples_dir = data_dir() / "users" / args.user / "samples"
+        self.samples_dir = user_dir(args.user) / "samples"
         self.display = CvDisplay(WINDOW)
         self._sized = False
         self._glancing = False  # the glance's dot is on the screen (full screen)

@@ -28,7 +28,7 @@ from gazeloop.calibration.procedure import (
     fit_profile_report,
     fit_profile_selected,
 )
-from gazeloop.calibration.profile import Profile, data_dir
+from gazeloop.calibration.profile import Profile, user_dir
 from gazeloop.calibration.store.atomic import atomic_write_bytes
 from gazeloop.calibration.store.session import SessionManifest
 from gazeloop.calibration.store.writer import SessionWriter
@@ -43,7 +43,7 @@ from gazeloop.tools.runtime.recording import UnixClock
 
 def default_session_dir(user: str) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return data_dir() / "users" / user / "sessions" / f"calibration-{stamp}"
+    return user_dir(user) / "sessions" / f"calibration-{stamp}"
 
 
 def manifest_for(screen: ScreenGeometry, user: str, device: str, source: str) -> SessionManifest:

@@ -31,8 +31,8 @@ from gazeloop.calibration.profile import (
     HistoryReport,
     Profile,
     ProfileError,
-    data_dir,
     profile_path,
+    user_dir,
 )
 from gazeloop.calibration.sittings import (
     Pooled,
@@ -58,7 +58,7 @@ def sittings_path(user: str, device: str) -> Path:
 def calibration_sessions(user: str, device: str, screen_px: tuple[int, int]) -> list[Path]:
     """The user's calibration sessions on this device and screen, oldest first (their
     folder names are time stamps); a folder that does not read is left out."""
-    root = data_dir() / "users" / user / "sessions"
+    root = user_dir(user) / "sessions"
     out = []
     for folder in sorted(root.glob("calibration-*")):
         try:
