@@ -197,7 +197,7 @@ def _add_loop_stream_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--seeds", type=positive_int, default=100, help="label streams (100); results are medians"
     )
-    p.add_argument("--seed", type=int, default=0, help="first stream's seed")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="first stream's seed")
     p.add_argument(
         "--jobs",
         type=positive_int,

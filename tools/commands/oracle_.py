@@ -14,6 +14,7 @@ from gazeloop.tools.commands._args import (
     add_fastpath_args,
     check_plot_path,
     fastpath_config,
+    non_negative_int,
     positive_int,
     write_plot,
 )
@@ -45,7 +46,7 @@ def add_parser(sub) -> None:
     e.add_argument(
         "--clicks-per-target", type=positive_int, default=5, help="clicks: looks per target (5)"
     )
-    e.add_argument("--seed", type=int, default=0, help="clicks: the replay's seed")
+    e.add_argument("--seed", type=non_negative_int, default=0, help="clicks: the replay's seed")
     e.add_argument(
         "--weights",
         action="store_true",

@@ -42,6 +42,9 @@ def _run(argv: list[str], capsys) -> tuple[int, str]:
         (["demo", "--snapshot-every", "-1"], "--snapshot-every: must be a positive number"),
         (["import", "corners4", "a", "b", "--settle-frames", "-1"], "must be a non-negative"),
         (["bench", "loop", "--session", GRID9, "--seeds", "0"], "--seeds: must be a positive"),
+        # numpy's "expected non-negative integer" traceback, after the networks had run.
+        (["bench", "loop", "--session", GRID9, "--seed", "-1"], "--seed: must be a non-negative"),
+        (["oracle", "eval", GRID9, "--oracle", "clicks", "--seed", "-1"], "--seed: must be a"),
         (["bench", "loop", "--session", GRID9, "--outlier-rate", "2"], "a fraction from 0 to 1"),
         (["train", "--out", "o", "--lr", "0"], "--lr: must be a positive number"),
         (["train", "--out", "o", "--calib-min", "0"], "--calib-min: must be a positive integer"),
