@@ -76,7 +76,7 @@ class LabelExport:
 
 def store_name(store: Path) -> str:
     """`<user>` for a store at `.../users/<user>/labels`, else the folder's name."""
-    p = Path(store).resolve()
+    p = Path(store).absolute()
     name = p.parent.name if p.name == "labels" and p.parent.parent.name == "users" else p.name
     return _SAFE.sub("_", name).strip("._") or "store"
 

@@ -274,6 +274,25 @@ def procedure_config(args: argparse.Namespace, *, replay: bool) -> ProcedureConf
 # --- whose, and the screen -----------------------------------------------------------------
 
 
+def real_path(path: Path | str) -> Path:
+    """The path with its links followed; a link loop is the user's one line, not Python's
+    RuntimeError (3.11-3.12) or OSError (3.13)."""
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError) as e:
+        raise UserError(f"{path}: cannot follow its links ({e})") from None
+
+
+def distinct_paths(paths: list, flag: str, why: str) -> None:
+    """Refuse a path given twice under any spelling (`S` and `S/`, a link to it): `why`
+    says what the copy would do."""
+    seen: dict[Path, object] = {}
+    for path in paths:
+        same = seen.setdefault(real_path(path), path)
+        if same is not path:
+            raise UserError(f"{flag} {path} is given twice (also as {same}): {why}")
+
+
 def add_user_args(p: argparse.ArgumentParser) -> None:
     """The person and the machine a profile is of (`run`, `calibrate`, `profile fit`): the
     profile's file and the user's sessions and labels are found by them."""

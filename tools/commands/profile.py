@@ -19,6 +19,7 @@ from gazeloop.tools.commands._args import (
     add_screen_size_args,
     add_user_args,
     collect_frames,
+    distinct_paths,
     fastpath_config,
     feature_columns,
     fixed_mapping,
@@ -80,13 +81,9 @@ def add_parser(sub) -> None:
 def run_fit(args: argparse.Namespace) -> int:
     out = args.out or profile_path(args.user, args.device)
     check_writable(out, folder=False)  # before the fast path runs over the session
-    seen: dict[Path, Path] = {}
-    for folder in args.session:
-        same = seen.setdefault(Path(folder).resolve(), folder)
-        if same is not folder:
-            # Pooled with itself, every target would be left out of one copy only and
-            # predicted from its twin: a calibration that grades itself on its own frames.
-            raise UserError(f"{folder} is given twice (also as {same}): one sitting each")
+    # Pooled with itself, every target would be left out of one copy only and predicted from
+    # its twin: a calibration that grades itself on its own frames.
+    distinct_paths(args.session, "session", "one sitting each")
     sessions = [
         read_session(
             folder,

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from gazeloop.calibration.store.atomic import check_writable
 from gazeloop.tools.commands._args import (
+    distinct_paths,
     non_negative_int,
     positive_float,
     positive_int,
@@ -452,6 +453,9 @@ def _check_sources(args) -> None:
     from gazeloop.calibration.store.session import SessionError, read_session
     from gazeloop.trainer.datasets import detect_kind
 
+    # The same frames twice: validation and the gate would grade the model on frames it
+    # trained on (51 px against an honest 168, measured on an evit sitting given as S and S/).
+    distinct_paths([*args.data, *args.holdout], "--data/--holdout", "each source once")
     screen = tuple(args.screen_px) if args.screen_px else None
     mirrored = True if args.mirrored else None
     for flag, paths in (("--data", args.data), ("--holdout", args.holdout)):

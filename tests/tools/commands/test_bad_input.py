@@ -142,6 +142,24 @@ def test_argparse_errors_are_one_line_with_where_the_usage_is(capsys):
     ]
 
 
+def test_a_link_loop_and_training_data_given_twice_are_one_line(tmp_path, capsys):
+    """A link loop was Python's RuntimeError from Path.resolve(); `train --data S --data S/`
+    trained on the same frames twice and its validation read 51 px against an honest 168."""
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    loop = str(tmp_path / "a")
+    rc, err = _run(["profile", "fit", loop, "--out", str(tmp_path / "p.json")], capsys)
+    assert rc == 2 and f"{loop}: cannot follow its links" in err, err
+    assert len(err.strip().splitlines()) == 1
+    rc, err = _run(["train", "--labels", loop, "--out", str(tmp_path / "r")], capsys)
+    assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    s = "../shared/data/evit/p1_s00"
+    argv = ["train", "--data", s, "--data", s + "/", "--out", str(tmp_path / "r2")]
+    rc, err = _run(argv, capsys)
+    assert rc == 2 and "is given twice" in err and "each source once" in err, err
+    assert not (tmp_path / "r2").exists()
+
+
 def test_a_sitting_given_twice_and_a_profile_that_cannot_be_saved_are_said_first(tmp_path, capsys):
     """`profile fit S S` pooled a sitting with itself (75.8 px against its own 85.6);
     `eval --save-profile` under a file was found after the whole evaluation."""
