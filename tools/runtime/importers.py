@@ -32,7 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
+from gazeloop.calibration.problems import first_problem
 from gazeloop.calibration.store.session import IMAGE_SUFFIXES, MANIFEST_NAME, SessionManifest
 from gazeloop.calibration.store.writer import write_manifest, write_record
 from gazeloop.fastpath.sources import SourceError, VideoSource
@@ -354,39 +356,46 @@ def read_calibration_csv(path: str | os.PathLike[str]) -> tuple[list[str], list[
         f = path.open(newline="", encoding="utf-8-sig")
     except FileNotFoundError:
         raise _missing(path, "calibration csv") from None
-    with f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None:
-            raise SessionImportError(f"{path}: empty file (no header)")
-        names = [h.strip() for h in header]
-        where = {n.lower(): i for i, n in reversed(list(enumerate(names))) if n}
-        missing = [c for c in _REQUIRED_COLUMNS if c.lower() not in where]
-        if missing:
-            raise SessionImportError(
-                f"{path}: missing column(s) {missing}; the header has {[n for n in names if n]}"
-            )
-        i_idx, i_x, i_y = (where[c.lower()] for c in _REQUIRED_COLUMNS)
-        i_t = where.get(_TIME_COLUMN.lower())
-        rows: list[CsvRow] = []
-        for row in reader:
-            line = reader.line_num
-            if not any(cell.strip() for cell in row):
-                continue
-            at = f"{path} line {line}"
-            if len(row) < len(names):
-                raise SessionImportError(f"{at}: {len(row)} fields, the header has {len(names)}")
-            idx = _float(row[i_idx], f"{at} column idx")
-            if not idx.is_integer() or idx < 0:
-                raise SessionImportError(f"{at}: idx must be a whole number >= 0, got {idx}")
-            x, y = _float(row[i_x], f"{at} column set_x"), _float(row[i_y], f"{at} set_y")
-            if not (math.isfinite(x) and math.isfinite(y)):
-                raise SessionImportError(f"{at}: target ({x}, {y}) mm is not finite")
-            unix_s = None
-            if i_t is not None:
-                with contextlib.suppress(ValueError):
-                    unix_s = float(row[i_t])
-            rows.append(CsvRow(line, int(idx), (x, y), unix_s, _row_values(names, row)))
+    try:
+        with f:
+            return _read_csv_rows(path, csv.reader(f))
+    except UnicodeDecodeError as e:
+        raise SessionImportError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def _read_csv_rows(path: Path, reader) -> tuple[list[str], list[CsvRow]]:
+    """`read_calibration_csv`'s body, on an open reader."""
+    header = next(reader, None)
+    if header is None:
+        raise SessionImportError(f"{path}: empty file (no header)")
+    names = [h.strip() for h in header]
+    where = {n.lower(): i for i, n in reversed(list(enumerate(names))) if n}
+    missing = [c for c in _REQUIRED_COLUMNS if c.lower() not in where]
+    if missing:
+        raise SessionImportError(
+            f"{path}: missing column(s) {missing}; the header has {[n for n in names if n]}"
+        )
+    i_idx, i_x, i_y = (where[c.lower()] for c in _REQUIRED_COLUMNS)
+    i_t = where.get(_TIME_COLUMN.lower())
+    rows: list[CsvRow] = []
+    for row in reader:
+        line = reader.line_num
+        if not any(cell.strip() for cell in row):
+            continue
+        at = f"{path} line {line}"
+        if len(row) < len(names):
+            raise SessionImportError(f"{at}: {len(row)} fields, the header has {len(names)}")
+        idx = _float(row[i_idx], f"{at} column idx")
+        if not idx.is_integer() or idx < 0:
+            raise SessionImportError(f"{at}: idx must be a whole number >= 0, got {idx}")
+        x, y = _float(row[i_x], f"{at} column set_x"), _float(row[i_y], f"{at} set_y")
+        if not (math.isfinite(x) and math.isfinite(y)):
+            raise SessionImportError(f"{at}: target ({x}, {y}) mm is not finite")
+        unix_s = None
+        if i_t is not None:
+            with contextlib.suppress(ValueError):
+                unix_s = float(row[i_t])
+        rows.append(CsvRow(line, int(idx), (x, y), unix_s, _row_values(names, row)))
     return header, rows
 
 
@@ -683,6 +692,22 @@ def _import_dest(out: Path, overwrite: bool) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{out.name}.import-", dir=out.parent))
 
 
+def _check_manifest_fields(
+    study: _Study, mirrored: bool, camera_mm: tuple[float, float] | None
+) -> None:
+    """What the manifest will say, judged before the frames are written: a screen beyond
+    any screen in stats.txt was refused only at the manifest, after 148 records."""
+    try:
+        SessionManifest(
+            screen_px=study.screen_px,
+            screen_mm=study.screen_mm,
+            camera_mm=camera_mm,
+            mirrored=mirrored,
+        )
+    except ValidationError as e:
+        raise SessionImportError(f"{study.src}: {first_problem(e)}") from None
+
+
 def _import_frames(
     study: _Study, out: Path, overwrite: bool
 ) -> tuple[Path, tuple[int, int], list[int], str]:
@@ -817,6 +842,7 @@ def import_corners4(
     this call wrote.
     """
     study = _read_study(Path(src_dir), settle_frames)
+    _check_manifest_fields(study, mirrored, camera_mm)  # before a frame is written
     out = Path(out_dir)
     dest, frame_size, t_ms_all, timestamps_from = _import_frames(study, out, overwrite)
     if study.intrinsics is not None:

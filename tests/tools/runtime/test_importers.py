@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import struct
 from collections.abc import Callable
@@ -311,6 +312,27 @@ def test_a_bad_row_names_its_file(tmp_path):
     with pytest.raises(SessionImportError) as e:
         import_corners4(src, tmp_path / "out")
     assert str(src / "Calibration.csv") in str(e.value) and "line 11" in str(e.value)
+
+
+@needs_src
+def test_a_screen_beyond_any_screen_is_refused_before_anything_is_written(tmp_path):
+    """It was a pydantic traceback from the manifest, after 148 records were written."""
+    src = doctored_copy(tmp_path / "src", None)
+    stats = (src / "stats.txt").read_text()
+    (src / "stats.txt").write_text(re.sub(r"Width: \d+px", "Width: 99999999999999999999px", stats))
+    out = tmp_path / "out"
+    with pytest.raises(SessionImportError, match="beyond any screen") as e:
+        import_corners4(src, out)
+    assert "\n" not in str(e.value) and not out.exists()
+
+
+@needs_src
+def test_a_csv_that_is_not_utf8_is_one_line(tmp_path):
+    src = doctored_copy(tmp_path / "src", None)
+    (src / "Calibration.csv").write_bytes(b"\xe9" + (SRC / "Calibration.csv").read_bytes())
+    with pytest.raises(SessionImportError, match="not UTF-8 text") as e:
+        import_corners4(src, tmp_path / "out")
+    assert str(src / "Calibration.csv") in str(e.value)
 
 
 # --- helpers ---------------------------------------------------------------------------
