@@ -158,6 +158,25 @@ def test_a_run_stopped_mid_epoch_validates_its_last_steps(net, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_resume_with_an_unreadable_metrics_log_keeps_it_aside_and_goes_on(base_model, tmp_path):
+    """Random bytes in metrics.csv were a UnicodeDecodeError after the data had loaded."""
+    data = GazeData(samples=synth())
+    out = tmp_path / "run"
+    train(config(out, max_steps=2), data=data, model=copy.deepcopy(base_model), progress=False)
+    (out / "metrics.csv").write_bytes(b"\xff\xfe garbage \x00\x81")
+    rest = train(
+        config(out, max_steps=3, resume=True),
+        data=data,
+        model=copy.deepcopy(base_model),
+        progress=False,
+    )
+    assert rest["steps"] == 3
+    assert (out / "metrics.csv.unreadable").read_bytes() == b"\xff\xfe garbage \x00\x81"
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("kind,step") and rows[1].startswith("train,3,")
+
+
+@pytest.mark.slow
 def test_a_new_best_removes_the_onnx_exported_from_the_old_one(base_model, tmp_path):
     """`--resume` without `--export` used to leave best/model.onnx of the earlier best beside
     a newer best checkpoint: `--gaze-model best/model.onnx` served the old model."""
