@@ -52,7 +52,7 @@ _FAILURES_SAID = 16  # distinct frame failures warned about, per fast path
 class FastPathConfig(BaseModel):
     """Everything the fast path needs; every field can be set from the command line."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     landmarks: Literal["onnx", "tasks", "legacy"] = "onnx"
     face_model: Path | None = Field(None, description="face_landmarker.task (else resolved)")
@@ -75,7 +75,9 @@ class FastPathConfig(BaseModel):
     # left-right asymmetry. A profile records which read it was fitted on.
     mirror_average: bool = True
     max_faces: int = Field(1, ge=1)
-    crop_scale: float = Field(CROP_SCALE, gt=0)
+    # An eye crop this many eye widths wide: 1e308 passed and gave numpy overflow warnings
+    # and wrong numbers; past a few widths the crop is the whole face.
+    crop_scale: float = Field(CROP_SCALE, gt=0, le=10)
     # A blink: an eye under `blink_aperture` of its width, or both eyes' mean under
     # `blink_relative` of the person's usual aperture (`fastpath.blink` says why).
     blink_aperture: float = Field(BLINK_APERTURE, ge=0)

@@ -200,7 +200,9 @@ _MIN_WEIGHT = 1e-4
 class LoopConfig(BaseModel):
     """Every knob of the loop. Lengths are in screen widths (see the module doc)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # No NaN or infinity anywhere: `change_logp` of Infinity was taken and the loop then
+    # never recovered, saying nothing.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     aspect: float = Field(16 / 9, gt=0, description="physical width / height of the screen")
     alpha: float = Field(1.0, gt=0, le=1, description="gain toward the run's robust fit")

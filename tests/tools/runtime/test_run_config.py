@@ -41,6 +41,9 @@ def test_sections_reach_their_parts_and_the_flags_win_over_the_file():
     [
         ({"loop": {"aspect": 2}}, "f.json: invalid setting: loop: 'aspect' is not a setting"),
         ({"loop": {"change_logp": "high"}}, "f.json: invalid setting: loop.change_logp: Input"),
+        # Taken before: the loop then never recovered from a step, and said nothing.
+        ({"loop": {"change_logp": float("inf")}}, "loop.change_logp: Input should be a finite"),
+        ({"fastpath": {"crop_scale": 1e308}}, "fastpath.crop_scale: Input should be less than"),
         ({"loop": {"bogus": 1}}, "f.json: invalid setting: loop.bogus: not a known field"),
         ({"loop": 3}, "loop: a JSON object of drift-loop settings is needed"),
         ({"policy": {"max_speed": 0}}, "f.json: invalid setting: policy.max_speed"),
