@@ -174,12 +174,7 @@ def train(
     state: dict[str, Any] | None = None
     if resume_from is not None:
         state = read_trainer_state(resume_from)
-        was = (state.get("config") or {}).get("tune", "all")
-        if was != cfg.tune:  # the optimizer state is for that run's trained layers
-            raise TrainError(
-                f"{out_dir} was trained with tune {was!r}, not {cfg.tune!r}: resume it with "
-                f"the same choice (--tune {was})"
-            )
+        _check_resumable(out_dir, state.get("config") or {}, cfg)
 
     accelerator, mp = _accelerator(cfg)
     if cfg.resume and resume_from is None and accelerator.is_main_process:
@@ -201,6 +196,26 @@ def train(
     summary = _summary(run, data, state, mp)
     _end_processes(accelerator)
     return summary
+
+
+def _check_resumable(out_dir: Path, was: dict[str, Any], cfg: TrainConfig) -> None:
+    """A resumed run goes on with what the run was: its trained layers (the optimizer state
+    is theirs) and its data and holdout (other data under the old run's "before training"
+    and best model makes a summary of two runs, and may put a holdout into training)."""
+    tune = was.get("tune", "all")
+    if tune != cfg.tune:
+        raise TrainError(
+            f"{out_dir} was trained with tune {tune!r}, not {cfg.tune!r}: resume it with "
+            f"the same choice (--tune {tune})"
+        )
+    for key in ("data", "holdout"):
+        before = sorted(str(Path(d["path"]).absolute()) for d in was.get(key) or [])
+        now = sorted(str(Path(d.path).absolute()) for d in getattr(cfg, key))
+        if "data" in was and before != now:
+            raise TrainError(
+                f"{out_dir} was trained with {key} {before}, not {now}: resume it on the same "
+                "sources, or train on these in a new --out folder"
+            )
 
 
 def _end_processes(accelerator: Any) -> None:

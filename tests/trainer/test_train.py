@@ -177,6 +177,28 @@ def test_a_resume_with_an_unreadable_metrics_log_keeps_it_aside_and_goes_on(base
 
 
 @pytest.mark.slow
+def test_a_resume_on_other_data_is_refused_before_anything_is_written(base_model, tmp_path):
+    """It was taken: the summary put the old run's "before training" beside the new data's
+    validation, and a new holdout could have been trained on."""
+    from gazeloop.trainer.datasets import DataSource
+
+    data = GazeData(samples=synth())
+    out = tmp_path / "run"
+    first = [DataSource(path=tmp_path / "p1_s00")]
+    train(
+        config(out, max_steps=2, data=first),
+        data=data,
+        model=copy.deepcopy(base_model),
+        progress=False,
+    )
+    before = files_snapshot(out)
+    other = [DataSource(path=tmp_path / "p1_s02")]
+    with pytest.raises(TrainError, match="was trained with data .*p1_s00.*not .*p1_s02"):
+        train(config(out, max_steps=3, resume=True, data=other), data=data, progress=False)
+    assert files_snapshot(out) == before
+
+
+@pytest.mark.slow
 def test_a_new_best_removes_the_onnx_exported_from_the_old_one(base_model, tmp_path):
     """`--resume` without `--export` used to leave best/model.onnx of the earlier best beside
     a newer best checkpoint: `--gaze-model best/model.onnx` served the old model."""
