@@ -72,8 +72,8 @@ def add_parser(sub) -> None:
     )
     p.add_argument(
         "--source",
-        default="0",
-        help="camera index (default 0); with --headless a session folder or 4-corner recording",
+        help="camera index (default 0); with --headless a session folder or 4-corner "
+        "recording (needed)",
     )
     p.add_argument("--headless", action="store_true", help="replay --source's targets, no window")
     add_user_args(p)
@@ -108,6 +108,10 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     replay = args.headless
+    if args.source is None:
+        if replay:  # it tried camera 0 and said the camera would not open
+            raise UserError("--headless replays a recording: give --source SESSION_OR_RECORDING")
+        args.source = "0"
     fixed = fixed_mapping(args)
     args.mapping, names = fixed or ("ridge", DEFAULT_FEATURES)
     args.features = ",".join(names)

@@ -52,6 +52,8 @@ def _run(argv: list[str], capsys) -> tuple[int, str]:
         (["run", "--oracle-threads", "0"], "--oracle-threads: must be a positive integer"),
         # These three were tracebacks.
         (["bench", "mapping", "--mapping", "bogus"], "--mapping: unknown ['bogus']"),
+        # "cannot open camera 0": --headless replays a recording, and none was named.
+        (["calibrate", "--headless"], "--headless replays a recording: give --source"),
         (["bench", "mapping", "--mapping", "poly2", "--targets", "4"], "'poly2' needs at least 5"),
         # A GeometryError traceback: its features are not in the synthetic calibration.
         (["bench", "mapping", "--mapping", "geometric"], "--mapping geometric: it reads named"),
