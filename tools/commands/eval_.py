@@ -145,6 +145,11 @@ def precision_for(
     geo = screen or ScreenGeometry.from_targets(used.labels_px)
     y = geo.to_norm(used.labels_px)
     groups = used.groups
+    if np.bincount(np.unique(groups, return_inverse=True)[1]).max() < 2:
+        # A spread needs several frames of one fixation; it printed nan and 0.00 px, and a
+        # lag of 0 frames between stills seconds apart.
+        return {"not_measured": f"precision needs several frames per target; these are "
+                f"{len(groups)} stills, one per target"}  # fmt: skip
     m, _, _ = fit_select(mapping, x, y, groups, aspect=geo.px[0] / geo.px[1])
     raw = m.predict(x)
     t = used.t_ns
@@ -204,6 +209,8 @@ def lag_for(stream: LabelledFrames, mapping, features, geo: ScreenGeometry, cfg)
 
 
 def precision_text(p: dict) -> str:
+    if "not_measured" in p:
+        return f"  precision not measured: {p['not_measured']}"
     units = [u for u in ("px", "mm", "deg") if u in p.get("units", [])]
     lines = ["  precision (mean over targets; RMS sample-to-sample / STD):"]
     for kind in ("raw", "filtered"):
@@ -420,7 +427,7 @@ def write_report(ev, folder: Path) -> Path:
         ("Targets and held-out predictions", report.image("eval.png", "targets and errors")),
         ("Per target", report.per_target_table(r)),
     ]
-    if r.precision:
+    if r.precision and "not_measured" not in r.precision:
         sections.append(("Precision (mean over targets)", report.precision_table(r.precision)))
     if r.rejected:
         sections.append(

@@ -124,6 +124,15 @@ def test_grid9_report_keys_and_counts(plain, grid9, gaze_onnx):
     assert gm["sha256"] == hashlib.sha256(gaze_onnx.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
+def test_precision_of_stills_is_said_not_measured(grid9):
+    """One still per target has no spread to measure: it printed nan and 0.00 px, and a lag
+    of 0 frames between stills seconds apart."""
+    p = eval_json(grid9, "--precision")["precision"]
+    assert p == {"not_measured": "precision needs several frames per target; these are 9 "
+                 "stills, one per target"}  # fmt: skip
+
+
 def test_grid9_per_target(plain, grid9):
     labels = seed_labels(grid9)
     per = plain["per_target"]
