@@ -23,6 +23,7 @@ from gazeloop.tools.commands._args import (
     non_negative_int,
     positive_float,
     positive_int,
+    real_path,
     run_config,
     write_plot,
 )
@@ -390,6 +391,11 @@ def run_loop(args: argparse.Namespace) -> int:
     _check_folder(args.session, "--session")
     if args.calibrate_on is not None:
         _check_folder(args.calibrate_on, "--calibrate-on")
+        if real_path(args.calibrate_on) == real_path(args.session):
+            raise UserError(
+                "bench loop: --calibrate-on is --session itself: the loop would be judged on the "
+                "frames it was fitted on; drop --calibrate-on (leave-one-target-out)"
+            )
     elif args.label_targets:
         raise UserError(
             "bench loop: --label-targets picks the targets that feed a loop calibrated on "

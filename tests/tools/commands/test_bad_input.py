@@ -63,6 +63,11 @@ def _run(argv: list[str], capsys) -> tuple[int, str]:
         ),
         # Taken and ignored without --calibrate-on; a video called "no such folder".
         (["bench", "loop", "--session", GRID9, "--label-targets", "1,2"], "give --calibrate-on"),
+        # In-sample numbers reported as another sitting's.
+        (
+            ["bench", "loop", "--session", GRID9, "--calibrate-on", GRID9 + "/"],
+            "--calibrate-on is --session itself",
+        ),
         (
             [
                 "oracle",
