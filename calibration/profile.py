@@ -174,6 +174,9 @@ class Profile(BaseModel):
             raise ValueError(
                 f"unknown feature(s) {bad}; known: {', '.join(FEATURE_NAMES)}, emb_<i>"
             )
+        twice = sorted({n for n in v if v.count(n) > 1})
+        if twice:  # no fit names a column twice: the file was edited or damaged
+            raise ValueError(f"feature(s) {twice} listed more than once")
         return v
 
     def save(self, path: str | os.PathLike[str]) -> Path:

@@ -475,6 +475,11 @@ class _LinearMapping(ScreenMapping):
         p = 1 + d + (d * (d + 1) // 2 if self.degree == 2 else 0)
         if self.scale.shape != (d,) or self.W.shape != (p, 2):
             raise ValueError(f"inconsistent shapes: {d} features need W of shape ({p}, 2)")
+        # A fit never stores these: a damaged file would divide by zero on every frame.
+        if not (np.isfinite(self.center).all() and np.isfinite(self.W).all()):
+            raise ValueError("center and W must be finite")
+        if not (np.isfinite(self.scale).all() and (self.scale > 0).all()):
+            raise ValueError("every scale must be finite and > 0")
 
     def _loto_target_errors(self, X, Y, w, groups, combos, aspect):
         self._check_width(X.shape[1])
@@ -611,6 +616,8 @@ class RBFMapping(ScreenMapping):
         self.intercept = np.array(state["intercept"], dtype=np.float64)
         if len(self.U) != len(self.coef) or self.intercept.shape != (2,):
             raise ValueError("inconsistent shapes of U, coef and intercept")
+        if not (np.isfinite(self.scale).all() and (self.scale > 0).all()):
+            raise ValueError("every scale must be finite and > 0")
 
     def _loto_target_errors(self, X, Y, w, groups, combos, aspect):
         # One kernel serves every fold, so the folds share this set's standardisation and

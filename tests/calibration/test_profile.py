@@ -243,6 +243,8 @@ def test_wrong_schema_version(saved):
         (lambda d: d.update(features="gaze_yaw"), "features"),
         # A name no frame offers: a live run applied it and failed every frame in silence.
         (lambda d: d["features"].__setitem__(0, "bogus"), "unknown feature(s) ['bogus']"),
+        # `profile show` called these healthy; `eval --profile` then divided by zero.
+        (lambda d: d.update(features=[d["features"][0]] * 2), "listed more than once"),
     ],
 )
 def test_invalid_profile_names_the_field(saved, edit, where):
@@ -264,6 +266,17 @@ def test_broken_mapping_parameters(saved):
     assert "mapping 'ridge' is invalid" in _load_error(path)
     _rewrite(path, lambda d: d["mapping"].update(name="rbf"))
     assert "mapping 'rbf' is invalid" in _load_error(path)
+
+
+def test_a_scale_of_zero_or_a_non_finite_weight_is_refused_at_load(saved):
+    """`profile show` called them healthy and `eval --profile` printed numpy's divide-by-zero
+    warnings before its error."""
+    prof, path = saved
+    for state in ({"scale": [0.0] * len(prof.features)}, {"center": [float("nan")] * 2}):
+        _rewrite(path, lambda d, s=state: d["mapping"]["params"]["state"].update(s))
+        msg = _load_error(path)
+        assert "mapping 'ridge' is invalid" in msg and "finite" in msg, msg
+        path.write_text(prof.model_dump_json())
 
 
 def test_mapping_width_must_match_the_features(saved):
