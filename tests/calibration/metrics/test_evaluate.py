@@ -135,6 +135,7 @@ def test_report_is_json_with_the_documented_keys():
     back = EvalReport.model_validate_json(r.model_dump_json())
     assert back == r
     assert set(r.model_dump()) == {
+        "gaze_model",
         "mirrored",
         "mirrored_basis",
         "session",
