@@ -146,6 +146,14 @@ def _floats(a: np.ndarray) -> list:
 # --- standardisation and the monomial algebra ----------------------------------------------
 
 
+def _check_scale(scale: np.ndarray) -> None:
+    """A stored standardisation: `_standardise_stats` never gives a scale of 0, and a
+    damaged file with one would divide by zero on every frame. (NaN and infinity anywhere
+    in the parameters are named by `profile show`.)"""
+    if (scale == 0).any():
+        raise ValueError(f"scale {np.flatnonzero(scale == 0).tolist()} is 0 (a fit never stores 0)")
+
+
 def _standardise_stats(X: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Weighted mean and std; constant columns get scale 1 (they stay ~0 after centring)."""
     sw = w.sum()
@@ -475,11 +483,7 @@ class _LinearMapping(ScreenMapping):
         p = 1 + d + (d * (d + 1) // 2 if self.degree == 2 else 0)
         if self.scale.shape != (d,) or self.W.shape != (p, 2):
             raise ValueError(f"inconsistent shapes: {d} features need W of shape ({p}, 2)")
-        # A fit never stores these: a damaged file would divide by zero on every frame.
-        if not (np.isfinite(self.center).all() and np.isfinite(self.W).all()):
-            raise ValueError("center and W must be finite")
-        if not (np.isfinite(self.scale).all() and (self.scale > 0).all()):
-            raise ValueError("every scale must be finite and > 0")
+        _check_scale(self.scale)
 
     def _loto_target_errors(self, X, Y, w, groups, combos, aspect):
         self._check_width(X.shape[1])
@@ -616,8 +620,7 @@ class RBFMapping(ScreenMapping):
         self.intercept = np.array(state["intercept"], dtype=np.float64)
         if len(self.U) != len(self.coef) or self.intercept.shape != (2,):
             raise ValueError("inconsistent shapes of U, coef and intercept")
-        if not (np.isfinite(self.scale).all() and (self.scale > 0).all()):
-            raise ValueError("every scale must be finite and > 0")
+        _check_scale(self.scale)
 
     def _loto_target_errors(self, X, Y, w, groups, combos, aspect):
         # One kernel serves every fold, so the folds share this set's standardisation and
