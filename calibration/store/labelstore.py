@@ -266,6 +266,7 @@ class LabelStore:
         self._lock = threading.RLock()
         self._lock_fd: int | None = None
         self._run_tables = True  # False: an older, read-only store without them
+        self._readonly = readonly
         if readonly:
             self._open_readonly()
             return
@@ -299,13 +300,12 @@ class LabelStore:
         path = self.root / DB_NAME
         if not path.is_file():
             raise LabelStoreError(f"{self.root}: no label store here (no {DB_NAME})")
-        # No write-ahead log: no writer has the store open (a closing writer folds its log
-        # in and removes it), and the file is read as it lies, with no -shm/-wal made
-        # beside it. With one, a writer may be at work: read through its log.
-        wal = path.with_name(path.name + "-wal").exists()
+        # Read-only, never `immutable`: a writer may open the store after us (a `run` while
+        # `labels` reads), and an immutable reader then reads pages it changed. SQLite may
+        # leave empty -wal/-shm files beside the database: its own, removed by the next writer.
         try:
             self._db = sqlite3.connect(
-                f"{path.resolve().as_uri()}?{'mode=ro' if wal else 'immutable=1'}",
+                f"{path.resolve().as_uri()}?mode=ro",
                 uri=True,
                 timeout=10.0,
                 isolation_level=None,
@@ -482,6 +482,7 @@ class LabelStore:
         """Record a run that is about to store labels: the screen its label points are
         fractions of (None: unknown) and what it runs with (JSON-able: the resolved config,
         the source, the models). → its id, for `add(..., run_id=)`."""
+        self._check_writable()
         try:
             text = json.dumps(settings, default=_json_default, sort_keys=True)
         except (TypeError, ValueError) as e:
@@ -523,6 +524,7 @@ class LabelStore:
         `snapshot_ms`: the snapshot's wall-clock time; default now − the oracle's latency.
         `run_id`: the run it belongs to (`begin_run`), stored in the same transaction.
         """
+        self._check_writable()  # before the picture is written
         now_ms = int(time.time() * 1000)
         if snapshot_ms is None:
             lat = label.latency_s if label.latency_s is not None else 0.0
@@ -615,6 +617,10 @@ class LabelStore:
     def _check_open(self) -> None:
         if getattr(self, "_db", None) is None:
             raise LabelStoreError(f"label store {self.root} is closed")
+
+    def _check_writable(self) -> None:
+        if self._readonly:
+            raise LabelStoreError(f"label store {self.root} is open read-only")
 
     _COLS = (
         "id, t_ns, snapshot_id, oracle, oracle_version, observation, confidence, in_frame, "
@@ -723,15 +729,11 @@ class LabelStore:
         return self.iter()
 
     def count(self, accepted: bool | None = None) -> int:
-        with self._lock:
-            self._check_open()
-            if accepted is None:
-                return int(self._db.execute("SELECT COUNT(*) FROM labels").fetchone()[0])
-            return int(
-                self._db.execute(
-                    "SELECT COUNT(*) FROM labels WHERE accepted = ?", (int(accepted),)
-                ).fetchone()[0]
-            )
+        if accepted is None:
+            return int(self._read("SELECT COUNT(*) FROM labels")[0][0])
+        return int(
+            self._read("SELECT COUNT(*) FROM labels WHERE accepted = ?", (int(accepted),))[0][0]
+        )
 
     def ids_after(self, label_id: int, limit: int | None = None) -> list[int]:
         """The ids above `label_id`, oldest first (all of them without `limit`): how a reader
