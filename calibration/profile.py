@@ -22,6 +22,7 @@ other reads existed say nothing and were fitted on the camera frame's single rea
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from datetime import UTC, datetime
@@ -174,9 +175,6 @@ class Profile(BaseModel):
             raise ValueError(
                 f"unknown feature(s) {bad}; known: {', '.join(FEATURE_NAMES)}, emb_<i>"
             )
-        twice = sorted({n for n in v if v.count(n) > 1})
-        if twice:  # no fit names a column twice: the file was edited or damaged
-            raise ValueError(f"feature(s) {twice} listed more than once")
         return v
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -229,8 +227,12 @@ def _read_profile_json(path: Path) -> Any:
 
 
 def _check_mapping(path: Path, prof: Profile) -> None:
-    """The stored mapping must rebuild and take as many features as the profile lists;
-    caught here, at load, it names the file instead of failing frame by frame."""
+    """The stored mapping must rebuild, hold finite numbers and take as many features as the
+    profile lists; caught here, at load, it names the file instead of failing frame by frame
+    (a NaN weight put every point nowhere, without a word)."""
+    bad = [f"mapping {w} is not a finite number" for w in non_finite(prof.mapping.params, "")]
+    if bad:
+        raise ProfileError(f"{path}: not a usable profile: {'; '.join(bad)}")
     try:
         mapping = mapping_from_params(prof.mapping.name, prof.mapping.params)
     except (KeyError, ValueError, TypeError) as e:
@@ -240,6 +242,21 @@ def _check_mapping(path: Path, prof: Profile) -> None:
             f"{path}: mapping {prof.mapping.name!r} takes {mapping.n_features} features "
             f"but the profile lists {len(prof.features)} ({prof.features})"
         )
+
+
+def non_finite(obj: Any, where: str):
+    """Where the numbers of a mapping's parameters are NaN, infinite, or missing in an array
+    (a NaN saved as JSON comes back as null)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        yield f"{where.lstrip('.')} ({obj})"
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from non_finite(v, f"{where}.{k}")
+    elif isinstance(obj, list):
+        if any(v is None for v in obj) and any(isinstance(v, (int, float)) for v in obj):
+            yield f"{where.lstrip('.')} (a missing number)"
+        for i, v in enumerate(obj):
+            yield from non_finite(v, f"{where}[{i}]")
 
 
 def _check_made_for(
@@ -356,15 +373,17 @@ def data_dir() -> Path:
 
 
 def user_dir(user: str) -> Path:
-    """A user's folder: their profiles, calibration sessions, labels and samples. Every path
-    of a user goes through here, so a name such as "../x" stays inside `users/` and a user's
-    profile and sessions are in one folder."""
-    return data_dir() / "users" / _safe_name(user)
+    """A user's folder for their calibration sessions, labels and samples. A name that is
+    one plain folder name is used as it is (where they have always been kept: "ada
+    lovelace", "李雷"); one that would climb out of `users/` or name a subfolder ("../x",
+    "a/b", "..") is made safe, as a profile's is."""
+    plain = user not in ("", ".", "..") and not set(user) & {"/", "\\", "\0"}
+    return data_dir() / "users" / (user if plain else _safe_name(user))
 
 
 def profile_path(user: str, device: str) -> Path:
     """One directory per user; one profile per device inside it."""
-    return user_dir(user) / "profiles" / f"{_safe_name(device)}.json"
+    return data_dir() / "users" / _safe_name(user) / "profiles" / f"{_safe_name(device)}.json"
 
 
 def _safe_name(name: str) -> str:

@@ -144,7 +144,9 @@ class SessionManifest(BaseModel):
     @field_validator("screen_mm")
     @classmethod
     def _positive_mm(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
-        if v is not None and not (v[0] > 0 and v[1] > 0 and math.isfinite(v[0] + v[1])):
+        if v is not None and not (
+            v[0] > 0 and v[1] > 0 and math.isfinite(v[0]) and math.isfinite(v[1])
+        ):
             raise ValueError(f"screen_mm must be positive and finite, got {v}")
         return v
 
@@ -153,7 +155,7 @@ class SessionManifest(BaseModel):
     def _finite_camera(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
         # Checked here, in the file's own words: later it surfaced as a traceback from the
         # screen geometry, and a recording from it wrote [null, null].
-        if v is not None and not math.isfinite(v[0] + v[1]):
+        if v is not None and not (math.isfinite(v[0]) and math.isfinite(v[1])):
             raise ValueError(f"camera_mm must be finite, got {v}")
         return v
 

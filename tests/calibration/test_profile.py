@@ -243,8 +243,6 @@ def test_wrong_schema_version(saved):
         (lambda d: d.update(features="gaze_yaw"), "features"),
         # A name no frame offers: a live run applied it and failed every frame in silence.
         (lambda d: d["features"].__setitem__(0, "bogus"), "unknown feature(s) ['bogus']"),
-        # `profile show` called these healthy; `eval --profile` then divided by zero.
-        (lambda d: d.update(features=[d["features"][0]] * 2), "listed more than once"),
     ],
 )
 def test_invalid_profile_names_the_field(saved, edit, where):
@@ -268,13 +266,17 @@ def test_broken_mapping_parameters(saved):
     assert "mapping 'rbf' is invalid" in _load_error(path)
 
 
-def test_a_scale_of_zero_is_refused_at_load(saved):
-    """`profile show` called it healthy and `eval --profile` printed numpy's divide-by-zero
-    warnings before its error."""
+def test_a_scale_of_zero_or_a_nan_is_refused_at_load(saved):
+    """`profile show` called a scale of 0 healthy, and `eval --profile` printed numpy's
+    divide-by-zero warnings before its error; a NaN was refused by `profile show` only, so
+    `run` and `track` loaded it and put every point nowhere."""
     prof, path = saved
     _rewrite(path, lambda d: d["mapping"]["params"]["state"].update(scale=[0.0, 1.0]))
     msg = _load_error(path)
     assert "mapping 'ridge' is invalid" in msg and "scale [0] is 0" in msg, msg
+    _rewrite(path, lambda d: d["mapping"]["params"]["state"].update(scale=[float("nan"), 1.0]))
+    msg = _load_error(path)
+    assert "not a usable profile: mapping state.scale[0] (nan) is not a finite number" in msg
 
 
 def test_mapping_width_must_match_the_features(saved):
@@ -374,13 +376,14 @@ def test_profile_path_is_per_user_and_device(tmp_path, monkeypatch):
         assert p.resolve().parent.parent.parent == users, (user, p)
         assert p.parent.name == "profiles" and p.suffix == ".json"
     assert profile_path("ada", "mac") != profile_path("bob", "mac")
-    # A user's sessions and labels are in the profile's user folder, whatever the name
-    # (`--user ../../../x` wrote sessions outside the data folder, the profile inside it).
+    # A user's sessions and labels stay inside users/ (`--user ../../../x` wrote sessions
+    # outside the data folder); a plain folder name keeps the folder they were always in.
     from gazeloop.calibration.profile import user_dir
 
-    for user in ("../../../escaped", "ada lovelace"):
-        home = profile_path(user, "d").parent.parent
-        assert user_dir(user) == home and home.resolve().parent == users
+    for user in ("../../../escaped", "a/b", "..", ".", ""):
+        assert user_dir(user).resolve().parent == users, user
+    assert user_dir("ada lovelace") == tmp_path / "users" / "ada lovelace"
+    assert user_dir("李雷") != user_dir("王芳")
     monkeypatch.delenv("GAZELOOP_HOME")
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     assert data_dir() == tmp_path / "xdg" / "gazeloop"

@@ -219,6 +219,9 @@ def fixed_mapping(args: argparse.Namespace) -> tuple[str, list[str]] | None:
     names = [n.strip() for n in args.features.split(",") if n.strip()]
     if not names:
         raise UserError("--features is empty")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:  # the same column twice: a singular fit, said before the fast path runs
+        raise UserError(f"--features names {', '.join(twice)} more than once")
     return mapping, names
 
 
@@ -286,11 +289,11 @@ def real_path(path: Path | str) -> Path:
 def distinct_paths(paths: list, flag: str, why: str) -> None:
     """Refuse a path given twice under any spelling (`S` and `S/`, a link to it): `why`
     says what the copy would do."""
-    seen: dict[Path, object] = {}
-    for path in paths:
-        same = seen.setdefault(real_path(path), path)
-        if same is not path:
-            raise UserError(f"{flag} {path} is given twice (also as {same}): {why}")
+    seen: dict[Path, int] = {}
+    for i, path in enumerate(paths):
+        first = seen.setdefault(real_path(path), i)
+        if first != i:
+            raise UserError(f"{flag} {path} is given twice (also as {paths[first]}): {why}")
 
 
 def add_user_args(p: argparse.ArgumentParser) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -145,11 +144,11 @@ def precision_for(
     geo = screen or ScreenGeometry.from_targets(used.labels_px)
     y = geo.to_norm(used.labels_px)
     groups = used.groups
-    if np.bincount(np.unique(groups, return_inverse=True)[1]).max() < 2:
+    why = _not_a_stream(used, cfg.still_gap_s)
+    if why:
         # A spread needs several frames of one fixation; it printed nan and 0.00 px, and a
         # lag of 0 frames between stills seconds apart.
-        return {"not_measured": f"precision needs several frames per target; these are "
-                f"{len(groups)} stills, one per target"}  # fmt: skip
+        return {"not_measured": why}
     m, _, _ = fit_select(mapping, x, y, groups, aspect=geo.px[0] / geo.px[1])
     raw = m.predict(x)
     t = used.t_ns
@@ -172,6 +171,25 @@ def precision_for(
     if stream is not None and len(stream):
         out["lag"] = lag_for(stream, m, ev.report.features, geo, cfg)
     return out
+
+
+def _not_a_stream(used: LabelledFrames, still_gap_s: float) -> str | None:
+    """Why precision cannot be measured on these frames, or None: it needs several frames
+    of each fixation, closer together than the fast path's still gap."""
+    groups = used.groups
+    if np.bincount(np.unique(groups, return_inverse=True)[1]).max() < 2:
+        return (
+            f"precision needs several frames per target; these are {len(groups)} stills, one "
+            "per target"
+        )
+    gaps = [np.diff(np.sort(used.t_ns[groups == g])) for g in np.unique(groups)]
+    gaps = np.concatenate([d for d in gaps if len(d)])
+    if np.median(gaps) > still_gap_s * 1e9:
+        return (
+            f"precision needs a stream; these frames are stills {np.median(gaps) / 1e9:.1f} s "
+            f"apart within a target (more than the {still_gap_s:g} s still gap)"
+        )
+    return None
 
 
 def lag_stream(col, features: list[str]) -> LabelledFrames:
@@ -338,12 +356,12 @@ def gaze_model_identity(cfg) -> dict:
     stock model unless --gaze-model or the config names another), its sha256 and how it
     was read."""
     from gazeloop.calibration.profile import read_name
-    from gazeloop.fastpath.models import resolve_gaze_onnx
+    from gazeloop.fastpath.models import resolve_gaze_onnx, sha256_file
 
     path = resolve_gaze_onnx(cfg.gaze_model)
     return {
         "file": str(path),
-        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "sha256": sha256_file(path),
         "read": read_name(cfg.mirror_average, cfg.gaze_frame),
     }
 
@@ -422,6 +440,8 @@ def write_report(ev, folder: Path) -> Path:
         summary["gaze model"] = f"{r.gaze_model['file']} (sha256 {r.gaze_model['sha256'][:12]})"
     if r.mean_deg is not None:
         summary["mean, degrees"] = f"{r.mean_deg:.2f}°"
+    if r.precision and "not_measured" in r.precision:
+        summary["precision"] = f"not measured: {r.precision['not_measured']}"
     sections = [
         (None, report.key_values(summary)),
         ("Targets and held-out predictions", report.image("eval.png", "targets and errors")),

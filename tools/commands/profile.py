@@ -263,8 +263,9 @@ MAX_OFFSET = 1.0
 
 
 def problems(p: Profile) -> list[str]:
-    """What makes a profile unusable, each said plainly (empty when it is fine)."""
-    out = [f"mapping {w} is not a finite number" for w in _non_finite(p.mapping.params, "")]
+    """What makes a loaded profile unusable, each said plainly (empty when it is fine); a
+    mapping's non-finite numbers are refused by the load itself (`Profile.load`)."""
+    out = []
     ox, oy = p.offset
     if not (math.isfinite(ox) and math.isfinite(oy)):
         out.append(f"drift offset ({ox}, {oy}) is not finite")
@@ -278,18 +279,3 @@ def problems(p: Profile) -> list[str]:
     if f.targets < 1 or f.frames < f.targets:
         out.append(f"fit on {f.targets} targets / {f.frames} frames")
     return out
-
-
-def _non_finite(obj, where: str):
-    """Where the numbers of a mapping's parameters are NaN, infinite, or missing in an array
-    (a NaN saved as JSON comes back as null)."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        yield f"{where.lstrip('.')} ({obj})"
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from _non_finite(v, f"{where}.{k}")
-    elif isinstance(obj, list):
-        if any(v is None for v in obj) and any(isinstance(v, (int, float)) for v in obj):
-            yield f"{where.lstrip('.')} (a missing number)"
-        for i, v in enumerate(obj):
-            yield from _non_finite(v, f"{where}[{i}]")

@@ -293,18 +293,16 @@ def _mqtt(args, src, store, mapper):
     """The gaze publisher and the label uplink (None without a store); aiomqtt is an
     optional dependency. A camera's stream is "latest first" (a short queue, samples older
     than 0.5 s dropped); a replay publishes at its own pace, every sample (its times are
-    the recording's, so age says nothing), with a deep queue for a broker outage."""
-    try:
-        from gazeloop.tools.runtime.mqtt.conn import MqttConfigError, topic_part
-        from gazeloop.tools.runtime.mqtt.gaze import GazePublisher
-        from gazeloop.tools.runtime.mqtt.labels import LabelUplink
-        from gazeloop.tools.runtime.mqtt.outbox import OutboxError
-    except ModuleNotFoundError as e:
-        if e.name in ("aiomqtt", "paho"):
-            raise UserError("MQTT needs aiomqtt: pip install 'gazeloop[mqtt]'") from e
-        raise
+    the recording's, so age says nothing), with a deep queue for a broker outage. The
+    broker's settings were read before the models loaded (`_before_models`: aiomqtt is
+    there)."""
+    from gazeloop.tools.runtime.mqtt.conn import MqttConfigError, topic_part
+    from gazeloop.tools.runtime.mqtt.gaze import GazePublisher
+    from gazeloop.tools.runtime.mqtt.labels import LabelUplink
+    from gazeloop.tools.runtime.mqtt.outbox import OutboxError
+
     live_source = isinstance(src, CameraSource)
-    settings = broker_settings(args)
+    settings = args.broker
     try:
         topic_part(args.user), topic_part(args.device)
         publisher = GazePublisher(
@@ -461,8 +459,8 @@ def _before_models(args, ls: LabelledSource):
     _resolve_oracle(args, ls)
     if not args.mqtt and (args.ca_file or args.insecure):
         raise UserError("--ca-file and --insecure are for the broker: give --mqtt URL too")
-    if args.mqtt:
-        broker_settings(args)  # a bad URL or a missing aiomqtt, before any model loads
+    # A bad URL or a missing aiomqtt, said before any model loads.
+    args.broker = broker_settings(args) if args.mqtt else None
     hook = _target_hook(args, ls)
     if args.replay_clicks and not ls.labelled:  # before any model loads
         raise UserError(

@@ -14,7 +14,7 @@ import numpy as np
 from gazeloop.calibration.profile import ProfileError, ProfileMapper
 from gazeloop.calibration.store.session import SessionError, read_session
 from gazeloop.fastpath.pipeline import FastPath, FastPathConfig
-from gazeloop.fastpath.sources import open_source
+from gazeloop.fastpath.sources import is_camera, open_source
 from gazeloop.fastpath.types import GazeSample
 from gazeloop.tools.commands._args import add_fastpath_args, fastpath_config, positive_int
 from gazeloop.tools.errors import UserError
@@ -202,7 +202,7 @@ def _read_as(args: argparse.Namespace, mapper: ProfileMapper | None) -> dict:
     frames were (`eval --profile` does the same): a mapping fitted on un-mirrored frames
     puts a mirrored face's gaze on the other side of the screen."""
     folder = Path(str(args.source)).expanduser()
-    if not folder.is_dir():
+    if is_camera(args.source) or not folder.is_dir():  # as `open_source` decides
         if args.mirrored is not None:
             raise UserError(f"{args.source}: --mirrored is for a session folder's images")
         return {}

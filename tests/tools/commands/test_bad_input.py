@@ -52,6 +52,8 @@ def _run(argv: list[str], capsys) -> tuple[int, str]:
         (["run", "--oracle-threads", "0"], "--oracle-threads: must be a positive integer"),
         # These three were tracebacks.
         (["bench", "mapping", "--mapping", "bogus"], "--mapping: unknown ['bogus']"),
+        # Refused by the profile only after the fast path had run.
+        (["eval", GRID9, "--features", "gaze_yaw,gaze_pitch,gaze_yaw"], "more than once"),
         # "cannot open camera 0": --headless replays a recording, and none was named.
         (["calibrate", "--headless"], "--headless replays a recording: give --source"),
         (["bench", "mapping", "--mapping", "poly2", "--targets", "4"], "'poly2' needs at least 5"),

@@ -39,5 +39,6 @@ def test_a_selfie_session_without_a_manifest_is_read_as_the_profiles_frames_were
     rc, out, err = cli("track", grid9, "--profile", prof, "--jsonl", "--no-mirrored")
     assert rc == 0, err
     assert np.hypot(*(_points(out) - labels).T).mean() > 500
-    rc, _, err = cli("track", shared / "data/video-corners4/calibrate.mp4", "--mirrored")
-    assert rc == 2 and "--mirrored is for a session folder's images" in err
+    for source in (shared / "data/video-corners4/calibrate.mp4", "0"):  # "0": a camera
+        rc, _, err = cli("track", source, "--mirrored")
+        assert rc == 2 and "--mirrored is for a session folder's images" in err, err
