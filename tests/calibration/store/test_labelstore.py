@@ -391,6 +391,7 @@ def test_a_read_only_open_changes_nothing(tmp_path):
     with db:
         db.execute("DELETE FROM labels WHERE id = 2")  # as if restored from an older backup
     db.close()
+
     def stored():  # SQLite's own -wal/-shm aside (empty, removed by the next writer)
         files = sorted(p for p in tmp_path.rglob("*") if p.is_file())
         return {p.name: p.read_bytes() for p in files if not p.name.endswith(("-wal", "-shm"))}

@@ -36,6 +36,7 @@ def test_a_store_is_counted_by_source_and_by_run(tmp_path, monkeypatch):
         _add(ls, 1, "clicks", True, laptop)
         _add(ls, 2, "clicks", False, laptop)
         _add(ls, 3, "glance", True, monitor, image=False)
+
     def kept():  # the store's files (SQLite's empty -wal/-shm aside)
         return {p.name: p.read_bytes() for p in root.rglob("*") if p.is_file()
                 and not p.name.endswith(("-wal", "-shm"))}  # fmt: skip
