@@ -111,18 +111,16 @@ def is_session(path: Path) -> bool:
         return False
 
 
-def _without_inside(src: DataSource, holdout: list[DataSource], notes: list[str]) -> DataSource:
-    """`src` without the held-out session folders directly inside it: a folder of sessions
-    reads every one of them (`--data /data/sessions --holdout /data/sessions/alice_3`), and
-    the gate would judge on what was trained on. A holdout is inside when its own folder
-    (a link, perhaps) sits in `src`; the reader compares resolved paths."""
-    folder = Path(src.path).resolve()
-    inside = [
-        Path(h.path)
-        for h in holdout
-        if Path(h.path).absolute().parent.resolve() == folder and is_one_session(Path(h.path))
-    ]
-    if not inside or is_one_session(Path(src.path)):
+def _without_inside(src: DataSource, named: set[Path], notes: list[str]) -> DataSource:
+    """`src` without the held-out sessions among the session folders inside it: a folder of
+    sessions reads every one of them (`--data /data/sessions --holdout /data/sessions/a_3`),
+    and the gate would judge on what was trained on. Compared as the reader compares, by
+    resolved path, so a link in the folder or a holdout named by another path is caught."""
+    folder = Path(src.path)
+    if is_one_session(folder) or not folder.is_dir():
+        return src
+    inside = [p for p in sorted(folder.iterdir()) if p.is_dir() and p.resolve() in named]
+    if not inside:
         return src
     notes.extend(f"{p} is a --holdout: not trained on (inside --data {src.path})" for p in inside)
     return src.model_copy(update={"exclude": [*src.exclude, *(p.resolve() for p in inside)]})
@@ -143,7 +141,7 @@ def choose_holdout(data: list[DataSource], holdout: list[DataSource]) -> Holdout
         named = {Path(h.path).resolve() for h in holdout}
         train = [d for d in data if Path(d.path).resolve() not in named]
         notes = [f"{d.path} is a --holdout: not trained on" for d in data if d not in train]
-        train = [_without_inside(d, holdout, notes) for d in train]
+        train = [_without_inside(d, named, notes) for d in train]
         return HoldoutChoice(train, list(holdout), notes)
     sessions = [d for d in data if is_session(d.path)]
     if len(data) < 2:

@@ -22,6 +22,7 @@ validation by target, never one of them left out as a "validation person".
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -76,7 +77,10 @@ class LabelExport:
 
 def store_name(store: Path) -> str:
     """`<user>` for a store at `.../users/<user>/labels`, else the folder's name."""
-    p = Path(store).absolute()
+    try:
+        p = Path(store).resolve()
+    except (RuntimeError, OSError):  # a link loop: the store cannot open; name it as given
+        p = Path(os.path.abspath(store))
     name = p.parent.name if p.name == "labels" and p.parent.parent.name == "users" else p.name
     return _SAFE.sub("_", name).strip("._") or "store"
 

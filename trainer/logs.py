@@ -58,7 +58,10 @@ class MetricsLog:
             with open(self.path, newline="", encoding="utf-8") as f:
                 return [r for r in csv.DictReader(f) if int(r.get("step") or 0) <= resume_step]
         except (UnicodeDecodeError, ValueError, csv.Error) as e:
-            aside = self.path.with_name(self.path.name + ".unreadable")
+            aside, n = self.path.with_name(self.path.name + ".unreadable"), 1
+            while aside.exists():  # an earlier one kept aside stays
+                n += 1
+                aside = self.path.with_name(f"{self.path.name}.unreadable-{n}")
             self.path.replace(aside)
             log.warning(
                 "%s does not read (%s): kept as %s; metrics start afresh", self.path, e, aside

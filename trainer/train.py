@@ -209,13 +209,22 @@ def _check_resumable(out_dir: Path, was: dict[str, Any], cfg: TrainConfig) -> No
             f"the same choice (--tune {tune})"
         )
     for key in ("data", "holdout"):
-        before = sorted(str(Path(d["path"]).absolute()) for d in was.get(key) or [])
-        now = sorted(str(Path(d.path).absolute()) for d in getattr(cfg, key))
+        before = sorted(_real(d["path"]) for d in was.get(key) or [])
+        now = sorted(_real(d.path) for d in getattr(cfg, key))
         if "data" in was and before != now:
             raise TrainError(
                 f"{out_dir} was trained with {key} {before}, not {now}: resume it on the same "
                 "sources, or train on these in a new --out folder"
             )
+
+
+def _real(path: str | Path) -> str:
+    """A source's path with its links followed (as `--data` twice is judged), or as given
+    when they loop."""
+    try:
+        return str(Path(path).resolve())
+    except (RuntimeError, OSError):
+        return str(Path(path).absolute())
 
 
 def _end_processes(accelerator: Any) -> None:
@@ -419,11 +428,14 @@ def _loop(run: _Run) -> None:
             )
             break
     else:
-        if at.step % run.steps_per_epoch and not run.split.val.empty:
+        # Only for steps this run took: a resumed run that had already ended mid-epoch was
+        # validated then.
+        stepped = bool(at.step_losses)
+        if stepped and at.step % run.steps_per_epoch and not run.split.val.empty:
             _validate_tail(run)
         if at.step != at.saved_at:
             _checkpoint(run)
-    if run.split.val.empty and at.step > 0:
+    if run.split.val.empty and at.step_losses:
         # Nothing to choose a best by: the model as trained is the one to export (and the
         # promotion gate, not this run, decides whether it is any good).
         _save_best(run, at.step, {})
@@ -571,13 +583,14 @@ def _validate(run: _Run, epoch: int, name: str) -> bool:
 
 def _save_best(run: _Run, step: int, val: dict[str, float]) -> None:
     if run.main:
-        extra = strict_json({"step": step, **val})
-        save_checkpoint(run.raw_model, run.best_path, extra=extra)
-        # An ONNX exported from the earlier best (`--export`, `gazeloop export`) is now
-        # another model: gone, rather than served as this one (registered copies stay).
+        # An ONNX exported from the earlier best (`--export`, `gazeloop export`) is about to
+        # be another model: gone first (a crash between must not leave it beside the new
+        # best), rather than served as this one. Registered copies stay.
         onnx = run.best_path.with_suffix(".onnx")
         for stale in (onnx, card_path_for(onnx)):
             stale.unlink(missing_ok=True)
+        extra = strict_json({"step": step, **val})
+        save_checkpoint(run.raw_model, run.best_path, extra=extra)
 
 
 def _checkpoint(run: _Run) -> None:

@@ -152,6 +152,11 @@ def test_a_run_stopped_mid_epoch_validates_its_last_steps(net, tmp_path):
     after = float(val[0]["val_pct_diag"])
     before = summary["val_before"]["val_pct_diag"]
     assert best["extra"]["step"] == (3 if after < before else 0), (before, after)
+    # Resumed with nothing left to do: no second validation of the same steps.
+    cfg = config(tmp_path / "run", epochs=1, steps_per_epoch=4, max_steps=3, resume=True)
+    train(cfg, data=data, model=copy.deepcopy(net), progress=False)
+    again = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    assert [r for r in again if r.startswith("val")] == [r for r in rows if r.startswith("val")]
 
 
 # --- resume ---------------------------------------------------------------------------------

@@ -80,8 +80,9 @@ def run_list(args: argparse.Namespace) -> int:
         ev = e.card.evaluation or {}
         reason = f": {ev['reason']}" if ev.get("reason") else ""
         by_hand = ev.get("promoted_by_hand")
-        if by_hand is not None:  # the gate refused it; a person promoted it where it was made
-            gate = f"gate: refused{reason}; promoted by hand" + (f": {by_hand}" if by_hand else "")
+        if by_hand is not None:  # the gate did not promote it; a person did, where it was made
+            verdict = "refused" + reason if "reason" in ev else "not judged"
+            gate = f"gate: {verdict}; promoted by hand" + (f": {by_hand}" if by_hand else "")
         elif ev:
             gate = f"gate: {'promoted' if ev.get('promoted') else 'refused'}{reason}"
         else:

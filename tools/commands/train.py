@@ -269,6 +269,12 @@ def _config(args, exports: list | None = None, doc: dict | None = None):
             "no training data: give --data PATH (a session folder, a dataset...) or --labels STORE"
         )
     holdout = _holdout_sources(data, args)
+    if "calib_min" not in data and data.get("resume"):
+        # A resumed run goes on with its own calib_min: fitting it again would preprocess
+        # these sources into the run's cache before the trainer has judged them its own.
+        was = _resumed_config(args)
+        if was is not None and "calib_min" in was:
+            data["calib_min"] = was["calib_min"]
     if "calib_min" not in data:
         # Validated with the smallest calib_min first: the fit needs the data, the cache and
         # the fast path's settings, and may lower the default below a given calib_max.
@@ -278,6 +284,14 @@ def _config(args, exports: list | None = None, doc: dict | None = None):
             data["calib_min"] = fitted
     cfg = _validated(TrainConfig, data | {"holdout": []}, args)
     return _with_holdout(cfg, holdout, labels)
+
+
+def _resumed_config(args) -> dict | None:
+    """The config of the run `--resume` goes on with, or None when there is none."""
+    from gazeloop.trainer.checkpoint import earlier_run, read_trainer_state
+
+    found = earlier_run(args.out, True)
+    return None if found is None else read_trainer_state(found).get("config")
 
 
 def _sources(args, paths: list[Path], **split) -> list[dict]:
@@ -453,9 +467,11 @@ def _check_sources(args) -> None:
     from gazeloop.calibration.store.session import SessionError, read_session
     from gazeloop.trainer.datasets import detect_kind
 
-    # The same frames twice: validation and the gate would grade the model on frames it
-    # trained on (51 px against an honest 168, measured on an evit sitting given as S and S/).
-    distinct_paths([*args.data, *args.holdout], "--data/--holdout", "each source once")
+    # The same frames twice: validation would grade the model on frames it trained on (51 px
+    # against an honest 168, an evit sitting given as S and S/). A --data that is also a
+    # --holdout is taken out of training (`trainer.gate.choose_holdout`).
+    distinct_paths(args.data, "--data", "each source once")
+    distinct_paths(args.holdout, "--holdout", "each session once")
     screen = tuple(args.screen_px) if args.screen_px else None
     mirrored = True if args.mirrored else None
     for flag, paths in (("--data", args.data), ("--holdout", args.holdout)):

@@ -251,6 +251,20 @@ def test_resume_from_a_damaged_optimizer_state_is_one_line(
     assert _files(run) == before  # refused before the data is read: no cache, no config
 
 
+def test_a_resume_on_other_data_is_refused_before_its_cache_is_written(
+    checkpoint_run, tmp_path, p1
+):
+    """The trainer refused it, but only after the command had fitted calib_min on the new
+    data and so preprocessed it into the old run's cache."""
+    run = tmp_path / "run"
+    shutil.copytree(checkpoint_run, run)  # a run made with no --data sources
+    before = _files(run)
+    argv = ["train", "--data", p1["p1_s00"], "--holdout", p1["p1_s02"], "--out", run]
+    rc, _, err = cli(*argv, "--max-steps", "3", "--resume")
+    assert "was trained with data [], not" in _one_line_refusal(rc, err)
+    assert _files(run) == before
+
+
 def test_exporting_a_truncated_checkpoint_is_one_line(checkpoint_run, tmp_path):
     """A sidecar whose hash was taken of the truncated file passes the hash check; the
     safetensors read then raised a SafetensorError traceback."""

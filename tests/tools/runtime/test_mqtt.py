@@ -764,6 +764,15 @@ def test_a_version_promoted_by_hand_is_announced_as_such_not_as_the_gates(tmp_pa
     assert main(["models", "list", "--registry", str(laptop.root)]) == 0
     out = capsys.readouterr().out
     assert "gate: refused: worse than its parent by 0.5 px; promoted by hand: hand override" in out
+    # Never judged, promoted by hand: said so too (it showed as "gate: promoted").
+    path, card = tiny_model(tmp_path / "m", "gaze-net", 1_500)
+    e2 = box.register(path, card)
+    box.promote(e2.version, reason="my own export")
+    _, sent = resolve_model(box.root)
+    assert sent["evaluation"] == {"promoted": True, "promoted_by_hand": "my own export"}
+    laptop.register(e2.onnx_path, sent, promote=True, reason="fetched")
+    assert main(["models", "list", "--registry", str(laptop.root)]) == 0
+    assert "gate: not judged; promoted by hand: my own export" in capsys.readouterr().out
     # Promoted by the gate: announced as it was.
     path, card = tiny_model(tmp_path / "m", "gaze-net", 2_000)
     box.register(path, {**card, "evaluation": {"promoted": True, "reason": "better"}}, promote=True)

@@ -127,10 +127,11 @@ def resolve_model(path: str | Path, model_id: str | None = None) -> tuple[Path, 
 
 def _as_served(card: dict[str, Any], promotion: dict[str, Any] | None) -> dict[str, Any]:
     """The card of a version this registry serves: promoted, so the fetcher promotes it on
-    arrival. When the gate had not promoted it, a person did (`models promote`): said in
-    `promoted_by_hand` with their reason, so the laptop does not show it as the gate's."""
+    arrival. When the gate had not promoted it (refused, or never judged), a person did
+    (`models promote`): said in `promoted_by_hand` with their reason, so the laptop does not
+    show it as the gate's."""
     ev = dict(card.get("evaluation") or {})
-    if ev and ev.get("promoted") is not True:
+    if ev.get("promoted") is not True:
         ev["promoted_by_hand"] = str((promotion or {}).get("reason") or "")
     ev["promoted"] = True
     return {**card, "evaluation": ev}
