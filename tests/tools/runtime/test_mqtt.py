@@ -845,18 +845,25 @@ def test_model_announce_and_fetch_into_a_registry(broker, tmp_path):
 # -- TLS ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_tls_with_a_ca_file_and_insecure(make_broker, tmp_path):
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """(certificate, key) for 127.0.0.1, valid a day: a TLS broker's (the test skips without
+    openssl)."""
     openssl = shutil.which("openssl")
     if openssl is None:
         pytest.skip("openssl is not installed (needed to make a test certificate)")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(
         [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
          "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1",
          "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
         check=True, capture_output=True,
     )  # fmt: skip
+    return cert, key
+
+
+@pytest.mark.slow
+def test_tls_with_a_ca_file_and_insecure(make_broker, tmp_path):
+    cert, key = self_signed(tmp_path)
     b = make_broker(tls=(cert, key))
     assert b.url.startswith("mqtts://")
 

@@ -31,7 +31,12 @@ from gazeloop.tools.runtime.mqtt.timebase import SourceClock
 from tests.paths import SHARED
 
 # make_broker is the mosquitto fixture (it also puts the needs_broker marker on).
-from tests.tools.runtime.test_mqtt import Listener, make_broker, wait_until  # noqa: F401
+from tests.tools.runtime.test_mqtt import (  # noqa: F401
+    Listener,
+    make_broker,
+    self_signed,
+    wait_until,
+)
 
 # ruff: noqa: F811 - test parameters named after the imported fixture
 
@@ -323,18 +328,7 @@ def test_run_streams_to_a_tls_broker_with_the_ca_file(
 ):
     """The README says every MQTT command takes --ca-file and --insecure; `run` took
     neither."""
-    import shutil
-
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("openssl is not installed (needed to make a test certificate)")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1",
-         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    cert, key = self_signed(tmp_path)
     broker = make_broker(tls=(cert, key))
     monkeypatch.setenv("GAZELOOP_HOME", str(tmp_path / "home"))
     base = ["run", "--headless", "--source", str(VIDEO), "--profile", str(c4_profile)]
