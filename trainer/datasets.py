@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -83,6 +84,15 @@ class DataSource(BaseModel):
         default_factory=list,
         description="session folders inside this folder that are not read (the gate's holdout)",
     )
+
+
+def real_path(path: str | Path) -> Path:
+    """`path` with its links followed; absolute as given when they loop (the source then
+    fails to read, in its reader's words)."""
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError):
+        return Path(os.path.abspath(path))
 
 
 def detect_kind(path: Path) -> str:

@@ -22,7 +22,6 @@ validation by target, never one of them left out as a "validation person".
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from typing import Any
 from gazeloop.calibration.geometry import ScreenGeometry
 from gazeloop.calibration.store.labelstore import DB_NAME, LabelStore, LabelStoreError
 from gazeloop.calibration.store.session import MANIFEST_NAME
+from gazeloop.trainer.datasets import real_path
 
 EXPORTS = "labels"  # the exports' folder inside the run folder
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -77,10 +77,7 @@ class LabelExport:
 
 def store_name(store: Path) -> str:
     """`<user>` for a store at `.../users/<user>/labels`, else the folder's name."""
-    try:
-        p = Path(store).resolve()
-    except (RuntimeError, OSError):  # a link loop: the store cannot open; name it as given
-        p = Path(os.path.abspath(store))
+    p = real_path(store)
     name = p.parent.name if p.name == "labels" and p.parent.parent.name == "users" else p.name
     return _SAFE.sub("_", name).strip("._") or "store"
 

@@ -48,26 +48,6 @@ def strict_json(v: Any) -> Any:
 class MetricsLog:
     """metrics.csv (always), TensorBoard when installed, wandb when installed and asked."""
 
-    def _earlier_rows(self, resume_step: int) -> list[dict[str, str]]:
-        """The rows of the run being resumed, up to its checkpoint. A file that does not read
-        is kept aside (`metrics.csv.unreadable`), not lost, and this run's log starts afresh:
-        a log is no reason to refuse a resume."""
-        if not self.path.is_file():
-            return []
-        try:
-            with open(self.path, newline="", encoding="utf-8") as f:
-                return [r for r in csv.DictReader(f) if int(r.get("step") or 0) <= resume_step]
-        except (UnicodeDecodeError, ValueError, csv.Error) as e:
-            aside, n = self.path.with_name(self.path.name + ".unreadable"), 1
-            while aside.exists():  # an earlier one kept aside stays
-                n += 1
-                aside = self.path.with_name(f"{self.path.name}.unreadable-{n}")
-            self.path.replace(aside)
-            log.warning(
-                "%s does not read (%s): kept as %s; metrics start afresh", self.path, e, aside
-            )
-            return []
-
     def __init__(self, out_dir: Path, cfg: TrainConfig, resume_step: int | None) -> None:
         self.path = Path(out_dir) / METRICS
         keep = self._earlier_rows(resume_step) if resume_step is not None else []
@@ -91,6 +71,26 @@ class MetricsLog:
                 )
             except Exception as e:
                 log.warning("wandb not used: %s", e)
+
+    def _earlier_rows(self, resume_step: int) -> list[dict[str, str]]:
+        """The rows of the run being resumed, up to its checkpoint. A file that does not read
+        is kept aside (`metrics.csv.unreadable`), not lost, and this run's log starts afresh:
+        a log is no reason to refuse a resume."""
+        if not self.path.is_file():
+            return []
+        try:
+            with open(self.path, newline="", encoding="utf-8") as f:
+                return [r for r in csv.DictReader(f) if int(r.get("step") or 0) <= resume_step]
+        except (UnicodeDecodeError, ValueError, csv.Error) as e:
+            aside, n = self.path.with_name(self.path.name + ".unreadable"), 1
+            while aside.exists():  # an earlier one kept aside stays
+                n += 1
+                aside = self.path.with_name(f"{self.path.name}.unreadable-{n}")
+            self.path.replace(aside)
+            log.warning(
+                "%s does not read (%s): kept as %s; metrics start afresh", self.path, e, aside
+            )
+            return []
 
     def write(self, row: dict[str, Any]) -> None:
         self._w.writerow({k: _fmt(v) for k, v in row.items()})

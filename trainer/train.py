@@ -49,7 +49,7 @@ from gazeloop.trainer.checkpoint import (
     trainer_state,
 )
 from gazeloop.trainer.config import TrainConfig, TrainError
-from gazeloop.trainer.datasets import GazeData, load_data
+from gazeloop.trainer.datasets import GazeData, load_data, real_path
 from gazeloop.trainer.episodes import LossParts, episode_loss, make_batch, sample_episode
 from gazeloop.trainer.export import card_path_for
 from gazeloop.trainer.logs import MetricsLog, Progress, strict_json
@@ -208,23 +208,16 @@ def _check_resumable(out_dir: Path, was: dict[str, Any], cfg: TrainConfig) -> No
             f"{out_dir} was trained with tune {tune!r}, not {cfg.tune!r}: resume it with "
             f"the same choice (--tune {tune})"
         )
+    if "data" not in was:  # a state written before configs were saved whole
+        return
     for key in ("data", "holdout"):
-        before = sorted(_real(d["path"]) for d in was.get(key) or [])
-        now = sorted(_real(d.path) for d in getattr(cfg, key))
-        if "data" in was and before != now:
+        before = sorted(str(real_path(d["path"])) for d in was.get(key) or [])
+        now = sorted(str(real_path(d.path)) for d in getattr(cfg, key))
+        if before != now:
             raise TrainError(
                 f"{out_dir} was trained with {key} {before}, not {now}: resume it on the same "
                 "sources, or train on these in a new --out folder"
             )
-
-
-def _real(path: str | Path) -> str:
-    """A source's path with its links followed (as `--data` twice is judged), or as given
-    when they loop."""
-    try:
-        return str(Path(path).resolve())
-    except (RuntimeError, OSError):
-        return str(Path(path).absolute())
 
 
 def _end_processes(accelerator: Any) -> None:

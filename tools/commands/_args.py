@@ -161,6 +161,17 @@ def with_interval(policy: PolicySettings, seconds: float | None) -> PolicySettin
     return policy.model_copy(update={"min_interval_s": seconds})
 
 
+def labelling_config(args: argparse.Namespace, default_interval_s: float | None = None):
+    """`run_config` with `--snapshot-every` over the config's interval (`run`, `demo`): what
+    runs and what the label store records of it. `default_interval_s`: the interval when
+    neither the flag nor the file gives one (else the policy's own default)."""
+    cfg = run_config(args)
+    seconds = args.snapshot_every
+    if seconds is None and "min_interval_s" not in cfg.policy.model_fields_set:
+        seconds = default_interval_s
+    return cfg.model_copy(update={"policy": with_interval(cfg.policy, seconds)})
+
+
 def fastpath_config(args: argparse.Namespace) -> FastPathConfig:
     """The fast path's settings: `run_config`'s first section."""
     return run_config(args).fastpath

@@ -25,16 +25,14 @@ from gazeloop.calibration.store.session import read_session
 from gazeloop.fastpath.pipeline import FastPath
 from gazeloop.tools.commands._args import (
     add_fastpath_args,
+    labelling_config,
     non_negative_float,
     positive_float,
     positive_int,
-    run_config,
-    with_interval,
 )
 from gazeloop.tools.errors import UserError
 from gazeloop.tools.runtime import demo
 from gazeloop.tools.runtime.importers import import_corners4
-from gazeloop.tools.runtime.run_config import RunConfig
 from gazeloop.tools.runtime.sample_data import default_shared
 from gazeloop.tools.ui import report
 
@@ -90,7 +88,10 @@ def _recording(data: Path | None) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     src = _recording(args.data)
-    cfg = _resolved(args)  # a bad --config is said before the folder is made
+    # A label every second unless the config file or the flag says otherwise (the demo
+    # replays 12 s of video; `gazeloop run` waits 5 s); a bad --config is said here, before
+    # the folder is made.
+    cfg = labelling_config(args, default_interval_s=1.0)
     out = args.out
     check_writable(out, folder=True, need_bytes=_DEMO_BYTES)
     make_folder(out)
@@ -133,16 +134,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"   {k:28s} {v}")
     print(f"   report: {out / 'report.html'}")
     return 0
-
-
-def _resolved(args: argparse.Namespace) -> RunConfig:
-    """The run's settings: a label every second unless the config file or the flag says
-    otherwise (the demo replays 12 s of video; `gazeloop run` waits 5 s between labels)."""
-    cfg = run_config(args)
-    seconds = args.snapshot_every
-    if seconds is None and "min_interval_s" not in cfg.policy.model_fields_set:
-        seconds = 1.0
-    return cfg.model_copy(update={"policy": with_interval(cfg.policy, seconds)})
 
 
 def _html(out: Path, summary: dict, ev) -> None:

@@ -58,20 +58,18 @@ from gazeloop.tools.commands._args import (
     add_user_args,
     broker_settings,
     fastpath_config,
+    labelling_config,
     non_negative_float,
     positive_float,
     positive_int,
     procedure_config,
-    run_config,
     screen_from_args,
-    with_interval,
 )
 from gazeloop.tools.errors import UserError
 from gazeloop.tools.runtime.calibration import default_session_dir
 from gazeloop.tools.runtime.labelled import LabelledSource, open_labelled
 from gazeloop.tools.runtime.live import Live, from_earlier_sitting, model_record
 from gazeloop.tools.runtime.recording import UnixClock
-from gazeloop.tools.runtime.run_config import RunConfig
 from gazeloop.tools.ui.calibration_grid import DotView, calibrate_on_screen, render_dot
 from gazeloop.tools.ui.render import LiveData, VerifyData, render_live, render_pip, render_verify
 from gazeloop.tools.ui.window import ESC, CvDisplay, require_display
@@ -514,15 +512,8 @@ def _run_settings(args, fp: FastPath, mapper, used_profile: Path) -> dict:
         "oracle": args.oracle,
         "profile": None if mapper is None else str(used_profile),
         "gaze_model": model_record(fp.gaze),
-        "config": _resolved(args).model_dump(mode="json"),
+        "config": labelling_config(args).model_dump(mode="json"),
     }
-
-
-def _resolved(args) -> RunConfig:
-    """The run's settings: `--config` and the flags over it, `--snapshot-every` included,
-    so the label store records what ran."""
-    cfg = run_config(args)
-    return cfg.model_copy(update={"policy": with_interval(cfg.policy, args.snapshot_every)})
 
 
 def _live(args, ls: LabelledSource, fp: FastPath, mapper, oracle, store, hook, settings) -> Live:
@@ -536,7 +527,7 @@ def _live(args, ls: LabelledSource, fp: FastPath, mapper, oracle, store, hook, s
     publisher = uplink = None
     if args.mqtt:
         publisher, uplink = _mqtt(args, ls.source, store, mapper)
-    cfg = _resolved(args)
+    cfg = labelling_config(args)
     return Live(
         fp,
         mapper=mapper,

@@ -219,10 +219,11 @@ def _main_process_first(work):
         return work(state.is_main_process)
 
 
-def _refuse_earlier_run(args, doc: dict) -> None:
+def _refuse_earlier_run(args, doc: dict) -> dict | None:
     """The trainer's own refusal of an --out that holds another run, asked before anything
     is read or written (label exports would replace that run's data, preprocessing would
-    fill its cache); a damaged checkpoint to resume is refused here too."""
+    fill its cache); a damaged checkpoint to resume is refused here too. → the config of
+    the run a resume goes on with, or None."""
     try:
         from gazeloop.trainer.checkpoint import earlier_run, read_trainer_state
         from gazeloop.trainer.config import TrainError
@@ -233,15 +234,16 @@ def _refuse_earlier_run(args, doc: dict) -> None:
         ) from e
     try:
         found = earlier_run(args.out, bool(args.resume or doc.get("resume")))
-        if found is not None:
-            read_trainer_state(found)
+        return None if found is None else read_trainer_state(found).get("config")
     except (TrainError, CheckpointError) as e:
         raise UserError(str(e)) from None
 
 
-def _config(args, exports: list | None = None, doc: dict | None = None):
+def _config(
+    args, exports: list | None = None, doc: dict | None = None, resumed: dict | None = None
+):
     """The TrainConfig: the --config file's contents (`doc`, read here when not given)
-    under the flags."""
+    under the flags; `resumed`: the config of the run a resume goes on with."""
     try:
         from gazeloop.trainer.datasets import DataSource
         from gazeloop.trainer.train import TrainConfig
@@ -269,12 +271,10 @@ def _config(args, exports: list | None = None, doc: dict | None = None):
             "no training data: give --data PATH (a session folder, a dataset...) or --labels STORE"
         )
     holdout = _holdout_sources(data, args)
-    if "calib_min" not in data and data.get("resume"):
+    if "calib_min" not in data and data.get("resume") and "calib_min" in (resumed or {}):
         # A resumed run goes on with its own calib_min: fitting it again would preprocess
         # these sources into the run's cache before the trainer has judged them its own.
-        was = _resumed_config(args)
-        if was is not None and "calib_min" in was:
-            data["calib_min"] = was["calib_min"]
+        data["calib_min"] = resumed["calib_min"]
     if "calib_min" not in data:
         # Validated with the smallest calib_min first: the fit needs the data, the cache and
         # the fast path's settings, and may lower the default below a given calib_max.
@@ -284,14 +284,6 @@ def _config(args, exports: list | None = None, doc: dict | None = None):
             data["calib_min"] = fitted
     cfg = _validated(TrainConfig, data | {"holdout": []}, args)
     return _with_holdout(cfg, holdout, labels)
-
-
-def _resumed_config(args) -> dict | None:
-    """The config of the run `--resume` goes on with, or None when there is none."""
-    from gazeloop.trainer.checkpoint import earlier_run, read_trainer_state
-
-    found = earlier_run(args.out, True)
-    return None if found is None else read_trainer_state(found).get("config")
 
 
 def _sources(args, paths: list[Path], **split) -> list[dict]:
@@ -496,10 +488,10 @@ def _run_train(args: argparse.Namespace) -> int:
 
     check_writable(args.out, folder=True)  # before the data is read and the model built
     doc = _config_doc(args)
-    _refuse_earlier_run(args, doc)
+    resumed = _refuse_earlier_run(args, doc)
     _check_sources(args)
     exports = _export_labels(args, doc)
-    cfg = _config(args, exports, doc)
+    cfg = _config(args, exports, doc, resumed)
     try:
         summary = train(cfg)  # progress on stderr: --json's summary is stdout's alone
     except (TrainError, CheckpointError) as e:
