@@ -30,6 +30,10 @@ class ModelFileError(RuntimeError):
     """A model file is missing, unreadable or not the file we expect."""
 
 
+class ModelFileCorrupt(ModelFileError):
+    """A model file is there but its bytes are not the release's (SHA-256 differs)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ModelFile:
     name: str  # relative path inside a models directory
@@ -115,7 +119,7 @@ def _check(path: Path, spec: ModelFile) -> Path:
         return path
     got = sha256_file(path)
     if got != spec.sha256:
-        raise ModelFileError(
+        raise ModelFileCorrupt(
             f"{path}: SHA-256 {got} does not match the expected {spec.sha256} for "
             f"{spec.name}. The file is corrupt or a different release; delete it and point "
             f"{ENV_MODELS} at a folder holding the right file."

@@ -351,6 +351,18 @@ def test_gazecapture_reader(tmp_path):
     assert len(np.unique(smp.target)) == 3
 
 
+def test_gazecapture_recording_without_its_split_is_named_once(tmp_path):
+    root = tmp_path / "GazeCapture"
+    make_recording(root / "00002")
+    make_recording(root / "00003")
+    (root / "00003" / "info.json").unlink()
+    data = load([DataSource(path=root)])
+    (skip,) = [s for s in data.skipped if s.source.endswith("00003")]
+    # One mention of the file: "…/00003: info.json: missing; split unknown, not read".
+    assert str(skip) == f"{root / '00003'}: info.json: missing; split unknown, not read"
+    assert set(data.samples.person.tolist()) == {"gazecapture:00002:o1", "gazecapture:00002:o3"}
+
+
 # --- TFRecord, protobuf, jspsych ------------------------------------------------------------
 
 

@@ -179,7 +179,7 @@ def run_check(args: argparse.Namespace) -> int:
             task = path if spec is models.FACE_LANDMARKER else task
         except models.ModelFileError as e:
             bad += 1
-            print(f"MISSING  {e}")
+            print(f"{'CORRUPT' if isinstance(e, models.ModelFileCorrupt) else 'MISSING'}  {e}")
     _check_built(models.GAZE_ONNX, models.onnx_is_current)
     digest = models.sha256_file(task) if task is not None else None
     for spec in (models.FACE_DETECTOR_ONNX, models.FACE_LANDMARKS_ONNX):

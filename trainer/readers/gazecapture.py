@@ -115,7 +115,8 @@ class GazeCaptureReader:
             try:
                 split = recording_split(r)
             except ValueError as e:
-                skipped.append(Skipped(str(r), "info.json", f"{e}; split unknown, not read"))
+                # The message names info.json already.
+                skipped.append(Skipped(str(r), "", f"{e}; split unknown, not read"))
                 continue
             if split == self.split:
                 keep.append(r)

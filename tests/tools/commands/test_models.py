@@ -3,6 +3,9 @@ registry's pointer (what the fast path serves) follows."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+
 import pytest
 
 from tests.tools.runtime.test_mqtt import tiny_model
@@ -70,6 +73,32 @@ def test_check_calls_a_damaged_built_model_stale_not_ok(shared, tmp_path, monkey
     (stale,) = [x for x in lines if x.startswith("stale")]
     assert models.GAZE_ONNX.name in stale and str(gaze) in stale
     assert sum(x.startswith("ok") for x in lines) == 5
+
+
+def test_check_calls_a_damaged_source_model_corrupt_not_missing(shared, tmp_path, monkeypatch):
+    """A face landmarker whose bytes are not the release's was listed as MISSING: the user
+    then looks for a file that is there."""
+    import shutil
+
+    from gazeloop.fastpath import models
+    from gazeloop.tools.cli import main
+
+    mine = tmp_path / "models"
+    (mine / models.GAZE_IR_XML.name).parent.mkdir(parents=True)
+    task = mine / models.FACE_LANDMARKER.name
+    task.write_bytes((shared / "models" / models.FACE_LANDMARKER.name).read_bytes()[:1000])
+    shutil.copyfile(shared / "models" / models.GAZE_IR_XML.name, mine / models.GAZE_IR_XML.name)
+    monkeypatch.setenv("GAZELOOP_MODELS", str(mine))
+    monkeypatch.setenv(models.ENV_OFFLINE, "1")
+    monkeypatch.setenv(models.ENV_CACHE, str(tmp_path / "cache"))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["models", "check"]) == 1
+    lines = out.getvalue().splitlines()
+    (corrupt,) = [x for x in lines if x.startswith("CORRUPT")]
+    assert str(task) in corrupt and "does not match the expected" in corrupt
+    (missing,) = [x for x in lines if x.startswith("MISSING")]
+    assert models.GAZE_IR_BIN.name in missing
 
 
 def test_a_version_folder_copied_to_the_registrys_top_is_said_where_it_goes(tmp_path, capsys):
