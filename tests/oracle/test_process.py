@@ -363,7 +363,12 @@ def test_run_loads_moondream_in_a_child_and_reports_missing_weights_as_a_user_er
     class Mapper:
         screen = ScreenGeometry(px=(1512, 982), mm=(302.0, 196.0), camera_mm=(151.0, -8.0, 0.0))
 
-    args = argparse.Namespace(oracle="moondream", oracle_in="process", oracle_threads=None)
+    from gazeloop.oracle.moondream import MoondreamConfig
+
+    pin = MoondreamConfig(code_commit="0" * 40)  # `_before_models` made it from the flags
+    args = argparse.Namespace(
+        oracle="moondream", oracle_in="process", oracle_threads=None, moondream=pin
+    )
     before = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     with pytest.raises(UserError, match="Moondream oracle needs transformers|huggingface"):
         _oracle(args, Mapper())

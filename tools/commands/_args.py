@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
 from gazeloop.calibration.frames import LabelledFrames
@@ -410,6 +411,49 @@ def broker_settings(args: argparse.Namespace):
 # --- pictures ------------------------------------------------------------------------------
 
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
+
+
+def commit_hash(text: str) -> str:
+    """argparse type: a full 40-hex commit hash, lower-cased."""
+    v = text.strip().lower()
+    if len(v) != 40 or any(c not in "0123456789abcdef" for c in v):
+        raise argparse.ArgumentTypeError(f"not a 40-hex commit hash: {text!r}")
+    return v
+
+
+def add_moondream_pin_args(p: argparse.ArgumentParser) -> None:
+    """Which commit Moondream's remote code (trust_remote_code) may come from."""
+    p.add_argument(
+        "--code-commit",
+        type=commit_hash,
+        metavar="SHA",
+        help="moondream: the reviewed 40-hex commit its remote code must come from (none is "
+        "recorded in this release, so the real model needs this or --moondream-unpinned)",
+    )
+    p.add_argument(
+        "--moondream-unpinned",
+        action="store_true",
+        help="moondream: run the remote code from whatever the revision resolves to, "
+        "unreviewed (trust_remote_code); warned loudly",
+    )
+
+
+def moondream_config(args: argparse.Namespace, *, loads_weights: bool):
+    """The Moondream settings --code-commit and --moondream-unpinned ask for. The remote
+    code runs pinned to the commit given, else to the reviewed one recorded in the code;
+    with neither, loading the real model is refused here, before anything loads, unless
+    unpinned on purpose (warned). The API-shaped double runs no remote code: no pin needed."""
+    from gazeloop.oracle.moondream import REVIEWED_CODE_COMMIT, MoondreamConfig
+
+    commit = args.code_commit or (None if args.moondream_unpinned else REVIEWED_CODE_COMMIT)
+    if loads_weights and commit is None and not args.moondream_unpinned:
+        raise UserError(
+            "moondream: no reviewed commit of its remote code is recorded in this release; "
+            "give --code-commit SHA (the commit you reviewed) or --moondream-unpinned"
+        )
+    if args.moondream_unpinned and commit is None:
+        print("WARNING: Moondream remote code UNPINNED: unreviewed code will run", file=sys.stderr)
+    return MoondreamConfig(code_commit=commit, allow_unpinned=args.moondream_unpinned)
 
 
 def check_plot_path(path: Path) -> None:

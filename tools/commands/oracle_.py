@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Any
 
 from gazeloop.tools.commands._args import (
     add_fastpath_args,
+    add_moondream_pin_args,
     check_plot_path,
     fastpath_config,
+    moondream_config,
     non_negative_int,
     positive_int,
     write_plot,
@@ -21,8 +22,6 @@ from gazeloop.tools.commands._args import (
 from gazeloop.tools.errors import UserError
 from gazeloop.tools.runtime import oracle_eval
 from gazeloop.tools.runtime.oracle_eval_plot import plot_oracle_eval
-
-_COMMIT = re.compile(r"^[0-9a-fA-F]{40}$")
 
 
 def add_parser(sub) -> None:
@@ -53,16 +52,7 @@ def add_parser(sub) -> None:
         help="moondream: load the real model from the local Hugging Face cache (default: "
         "the API-shaped double, which has no weights and says so)",
     )
-    e.add_argument(
-        "--code-commit",
-        help="moondream: the reviewed 40-hex commit the remote code must come from",
-    )
-    e.add_argument(
-        "--moondream-unpinned",
-        action="store_true",
-        help="moondream: run the remote code from whatever the revision resolves to, "
-        "unreviewed (trust_remote_code); warned loudly",
-    )
+    add_moondream_pin_args(e)
     e.add_argument("--json", action="store_true", help="print only the JSON object")
     e.add_argument(
         "--plot",
@@ -79,8 +69,6 @@ def _check(args) -> None:
         raise UserError(f"{args.session}: a file; oracle eval reads a labelled session folder")
     if not args.session.is_dir():
         raise UserError(f"{args.session}: no such folder")
-    if args.code_commit and not _COMMIT.match(args.code_commit):
-        raise UserError(f"--code-commit {args.code_commit!r}: not a 40-hex commit hash")
     if args.oracle != "moondream" and (args.weights or args.code_commit or args.moondream_unpinned):
         raise UserError(
             "--weights, --code-commit and --moondream-unpinned are for --oracle moondream"
@@ -100,13 +88,8 @@ def run_eval(args: argparse.Namespace) -> int:
         out["oracle_note"] = "the session's own targets (TargetOracle): distance 0 by construction"
         results = oracle_eval.label_frames(TargetOracle(), session, screen, give_target=True)
     elif args.oracle == "moondream":
-        if args.moondream_unpinned:
-            print(
-                "WARNING: Moondream remote code UNPINNED: unreviewed code will run", file=sys.stderr
-            )
-        oracle, note = oracle_eval.moondream_oracle(
-            screen, args.weights, args.code_commit, args.moondream_unpinned
-        )
+        cfg = moondream_config(args, loads_weights=args.weights)
+        oracle, note = oracle_eval.moondream_oracle(screen, cfg, args.weights)
         out["oracle_note"] = note
         try:
             results = oracle_eval.label_frames(oracle, session, screen, give_target=False)

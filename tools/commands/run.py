@@ -55,10 +55,12 @@ from gazeloop.tools.commands._args import (
     add_broker_args,
     add_fastpath_args,
     add_grid_args,
+    add_moondream_pin_args,
     add_user_args,
     broker_settings,
     fastpath_config,
     labelling_config,
+    moondream_config,
     non_negative_float,
     positive_float,
     positive_int,
@@ -128,6 +130,7 @@ def _add_oracle_args(p: argparse.ArgumentParser) -> None:
         help="run the model oracle in a child process on its own cores (default) or in a "
         "thread of this one",
     )
+    add_moondream_pin_args(p)
     p.add_argument(
         "--oracle-threads",
         type=positive_int,
@@ -260,9 +263,9 @@ def _oracle(args, mapper):
             flush=True,
         )
         return TargetOracle()
-    from gazeloop.oracle.moondream import MoondreamConfig, MoondreamOracle, load_moondream
+    from gazeloop.oracle.moondream import MoondreamOracle, load_moondream
 
-    cfg = MoondreamConfig()
+    cfg = args.moondream
     cam = getattr(mapper.screen, "camera_norm", None)
     if args.oracle_in == "process":
         # Its own process and cores: a VLM's Python between tensor ops would otherwise
@@ -455,6 +458,10 @@ def _before_models(args, ls: LabelledSource):
     second, not after the networks): the labeller, the targets' hook, the label store's
     folder. → the snapshot hook of --oracle targets, or None."""
     _resolve_oracle(args, ls)
+    if args.oracle != "moondream" and (args.code_commit or args.moondream_unpinned):
+        raise UserError("--code-commit and --moondream-unpinned are for --oracle moondream")
+    if args.oracle == "moondream":  # a missing pin is said before any model loads
+        args.moondream = moondream_config(args, loads_weights=True)
     if not args.mqtt and (args.ca_file or args.insecure):
         raise UserError("--ca-file and --insecure are for the broker: give --mqtt URL too")
     # A bad URL or a missing aiomqtt, said before any model loads.

@@ -244,10 +244,10 @@ def eval_clicks(pts, screen_px, clicks_per_target: int, seed: int) -> list[Label
     return out
 
 
-def moondream_oracle(screen: ScreenGeometry, weights: bool, code_commit, unpinned: bool):
+def moondream_oracle(screen: ScreenGeometry, cfg, weights: bool):
     """(oracle, note): the real model when `weights` (which fails offline with the loader's
-    own advice), else the API-shaped double, said so."""
-    from gazeloop.oracle.moondream import MoondreamConfig, MoondreamOracle, load_moondream
+    own advice), else the API-shaped double, said so. `cfg`: a `MoondreamConfig`."""
+    from gazeloop.oracle.moondream import MoondreamOracle, load_moondream
     from gazeloop.oracle.moondream_double import NOTE, MoondreamDouble
 
     cam = screen.camera_norm
@@ -255,15 +255,6 @@ def moondream_oracle(screen: ScreenGeometry, weights: bool, code_commit, unpinne
     if cam is None:
         cam, cam_note = DEFAULT_CAMERA_NORM, f"camera assumed at {DEFAULT_CAMERA_NORM} (normalised)"
     cam = (float(cam[0]), float(cam[1]))
-    kw: dict[str, Any] = {"allow_unpinned": unpinned}
-    if code_commit:
-        kw["code_commit"] = code_commit
-    elif unpinned:
-        kw["code_commit"] = None
-    try:
-        cfg = MoondreamConfig(**kw)
-    except ValueError as e:
-        raise UserError(f"oracle eval: {str(e).splitlines()[-1].strip()}") from None
     if not weights:
         model = MoondreamDouble()
         return MoondreamOracle(model, cfg, screen, camera_norm=cam), f"{NOTE}; {cam_note}"

@@ -105,8 +105,12 @@ def test_bad_flags_are_one_line_errors(shared, capsys):
     grid9 = str(shared / "data/sessions/grid9")
     assert main(["oracle", "eval", grid9, "--oracle", "targets", "--weights"]) == 2
     assert "for --oracle moondream" in capsys.readouterr().err
-    assert main(["oracle", "eval", grid9, "--oracle", "moondream", "--code-commit", "abc"]) == 2
-    assert "40-hex" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="2"):
+        main(["oracle", "eval", grid9, "--oracle", "moondream", "--code-commit", "abc"])
+    assert "not a 40-hex commit hash: 'abc'" in capsys.readouterr().err
+    # The real model without a pin: refused before it loads, and said how to give one.
+    assert main(["oracle", "eval", grid9, "--oracle", "moondream", "--weights"]) == 2
+    assert "give --code-commit SHA" in capsys.readouterr().err
     assert main(["oracle", "eval", grid9, "--oracle", "targets", "--plot", "labels.txt"]) == 2
     assert "--plot labels.txt: name a .png, .svg or .pdf file" in capsys.readouterr().err
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+import pytest
+
 from gazeloop.tools.cli import main
 from gazeloop.tools.commands.run import _resolve_oracle
 from gazeloop.tools.runtime.labelled import open_labelled
@@ -26,3 +28,36 @@ def test_clicks_without_a_profile_is_a_clear_error(shared, capsys, tmp_path, mon
     rc = main(["run", "--source", str(video), "--headless", "--frames", "3", "--oracle", "clicks"])
     err = capsys.readouterr().err
     assert rc == 2 and "calibrate first" in err and "Traceback" not in err
+
+
+def test_moondream_without_a_pin_is_refused_before_any_model_loads(
+    shared, capsys, tmp_path, monkeypatch
+):
+    """`run --oracle moondream` could never start: no reviewed commit is recorded and `run`
+    had no way to give one. Its pin flags are `oracle eval`'s, checked before the models."""
+    video = str(shared / "data/video-corners4/calibrate.mp4")
+    monkeypatch.setenv("GAZELOOP_HOME", str(tmp_path))
+    base = ["run", "--source", video, "--headless", "--frames", "3"]
+    assert main([*base, "--oracle", "moondream"]) == 2
+    err = capsys.readouterr().err
+    assert "no reviewed commit" in err and "--code-commit SHA" in err
+    assert "--moondream-unpinned" in err and err.count("\n") == 1
+    assert main([*base, "--oracle", "targets", "--code-commit", "a" * 40]) == 2
+    assert "are for --oracle moondream" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="2"):
+        main([*base, "--oracle", "moondream", "--code-commit", "xyz"])
+    assert "not a 40-hex commit hash: 'xyz'" in capsys.readouterr().err
+
+
+def test_moondream_pin_flags_make_its_config():
+    from gazeloop.tools.commands._args import moondream_config
+
+    def cfg(commit=None, unpinned=False, weights=True):
+        ns = argparse.Namespace(code_commit=commit, moondream_unpinned=unpinned)
+        return moondream_config(ns, loads_weights=weights)
+
+    pinned = cfg("b" * 40)
+    assert (pinned.code_commit, pinned.allow_unpinned) == ("b" * 40, False)
+    loose = cfg(unpinned=True)
+    assert (loose.code_commit, loose.allow_unpinned) == (None, True)
+    assert cfg(weights=False).code_commit is None  # the double runs no remote code
