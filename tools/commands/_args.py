@@ -202,8 +202,17 @@ def add_grid_args(p: argparse.ArgumentParser) -> None:
         help="usable frames a target needs (default 8, or --capture if smaller; "
         "1 when replaying a recording)",
     )
-    g.add_argument("--mapping", default="ridge", choices=sorted(MAPPINGS))
-    g.add_argument("--features", default=",".join(DEFAULT_FEATURES))
+    g.add_argument(
+        "--mapping",
+        choices=sorted(MAPPINGS),
+        help="fix the profile's mapping (default: chosen by nested selection, as eval does)",
+    )
+    g.add_argument(
+        "--features",
+        metavar="A,B",
+        help="fix the mapping's features (default: chosen with it; with --mapping alone, that "
+        "mapping's own)",
+    )
 
 
 def feature_names(text: str) -> list[str]:
@@ -261,6 +270,7 @@ def feature_columns(used: LabelledFrames, names: list[str]):
 
 
 def procedure_config(args: argparse.Namespace, *, replay: bool) -> ProcedureConfig:
+    """The calibration grid's settings (`calibrate`, `run`'s c key) from `add_grid_args`."""
     for name in ("settle", "capture_timeout", "ready"):
         v = getattr(args, name)
         if not (math.isfinite(v) and v >= 0):
@@ -275,14 +285,17 @@ def procedure_config(args: argparse.Namespace, *, replay: bool) -> ProcedureConf
         min_frames = 1 if replay else min(8, args.capture)
     if min_frames < 1:
         raise UserError("--min-frames must be at least 1")
+    fixed = fixed_mapping(args)  # neither flag: chosen by nested selection
+    mapping, names = fixed or ("ridge", DEFAULT_FEATURES)
     return ProcedureConfig(
         n_targets=args.points,
         settle_s=args.settle,
         collect_s=args.capture_timeout,
         frames=args.capture,
         min_frames=min_frames,
-        features=tuple(feature_names(args.features)),
-        mapping=args.mapping,
+        features=tuple(feature_names(",".join(names))),
+        mapping=mapping,
+        select=fixed is None,
     )
 
 

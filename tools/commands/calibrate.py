@@ -24,10 +24,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
-from gazeloop.calibration.profile import DEFAULT_FEATURES, profile_path
+from gazeloop.calibration.profile import profile_path
 from gazeloop.calibration.store.atomic import check_writable
 from gazeloop.calibration.store.writer import SessionWriter
 from gazeloop.fastpath.pipeline import FastPath
@@ -38,7 +37,6 @@ from gazeloop.tools.commands._args import (
     add_user_args,
     fastpath_config,
     finite_float,
-    fixed_mapping,
     positive_float,
     procedure_config,
     run_config,
@@ -99,8 +97,7 @@ def add_parser(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     add_grid_args(p)
     add_fastpath_args(p)
-    # Neither given: the mapping is chosen by nested selection (ProcedureConfig.select).
-    p.set_defaults(func=run, mapping=None, features=None)
+    p.set_defaults(func=run)
 
 
 # --- the command ---------------------------------------------------------------------------
@@ -112,10 +109,7 @@ def run(args: argparse.Namespace) -> int:
         if replay:  # it tried camera 0 and said the camera would not open
             raise UserError("--headless replays a recording: give --source SESSION_OR_RECORDING")
         args.source = "0"
-    fixed = fixed_mapping(args)
-    args.mapping, names = fixed or ("ridge", DEFAULT_FEATURES)
-    args.features = ",".join(names)
-    cfg = replace(procedure_config(args, replay=replay), select=fixed is None)
+    cfg = procedure_config(args, replay=replay)
     if not replay:
         require_display("the target grid", "--headless replays a recording without one")
     screen_px = tuple(args.screen_px) if args.screen_px else None

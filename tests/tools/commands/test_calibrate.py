@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from gazeloop.calibration.geometry import ScreenGeometry
+from gazeloop.calibration.mapping import mapping_class
 from gazeloop.calibration.procedure import CalibrationRun, ProcedureConfig, grid_targets
 from gazeloop.calibration.profile import Profile
 from gazeloop.calibration.store.session import read_session
@@ -415,3 +416,22 @@ def test_a_profile_installed_while_running_maps_the_next_frame(corners4_calibrat
         assert "drift offset (+26, -29) px" in status_text(live, None)
     finally:
         live.close()
+
+
+@pytest.mark.parametrize("command", ["calibrate", "run"])
+def test_the_grid_takes_mapping_and_features_in_calibrate_and_in_runs_c_key(command):
+    """`run --mapping/--features` were parsed with defaults and then ignored: its c key always
+    chose by nested selection. Both commands now read the grid's flags one way."""
+    from gazeloop.tools.cli import build_parser
+    from gazeloop.tools.commands._args import procedure_config
+
+    def cfg(*flags):
+        return procedure_config(build_parser().parse_args([command, *flags]), replay=False)
+
+    chosen = cfg()
+    assert chosen.select and chosen.mapping == "ridge"
+    fixed = cfg("--mapping", "poly2", "--features", "gaze_yaw,gaze_pitch,head_yaw")
+    assert not fixed.select and fixed.mapping == "poly2"
+    assert fixed.features == ("gaze_yaw", "gaze_pitch", "head_yaw")
+    own = cfg("--mapping", "geometric")  # the mapping's own columns
+    assert not own.select and own.features == tuple(mapping_class("geometric").features)
