@@ -749,15 +749,20 @@ START_NOTE = {
 GAP_MIN_PX = 10.0  # issue 13: pairs whose drift exceeds the sitting's own error by this
 
 
-def sitting_keys(folders: list[Path]) -> dict[Path, tuple]:
-    """Each sitting's (user, screen size): the manifest's."""
-
-    def key(d: Path):
-        s = read_session(d)
-        m = s.manifest
-        return (None if m is None else m.user, s.screen_px)
-
-    return {d: key(d) for d in folders}
+def sitting_keys(folders: list[Path]) -> tuple[dict[Path, tuple], list[dict[str, str]]]:
+    """Each readable sitting's (user, screen size): the manifest's; and each folder that
+    does not read, with the reason (one stray folder is not the end of the report, as in
+    `gazeloop eval-sittings`)."""
+    keys: dict[Path, tuple] = {}
+    skipped = []
+    for d in folders:
+        try:
+            s = read_session(d)
+        except SessionError as e:
+            skipped.append({"sitting": d.name, "reason": f"not read: {e}"})
+            continue
+        keys[d] = (None if s.manifest is None else s.manifest.user, s.screen_px)
+    return keys, skipped
 
 
 def sitting_pairs(keys: dict[Path, tuple]) -> list[tuple[Path, Path]]:
@@ -879,17 +884,19 @@ def bench_sittings(folder: Path, cfg: FastPathConfig, opts: LoopBenchOptions) ->
     """`--sittings FOLDER`: `bench_transfer` on every consecutive pair of sittings (the
     profile of the earlier one, labels from half the targets of the later one, errors on the
     other half), and `gap_summary` over the pairs."""
-    folders = [d for d in sorted(folder.iterdir()) if d.is_dir()]
-    keys = sitting_keys(folders)
+    folders = [d for d in sorted(folder.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+    keys, unread = sitting_keys(folders)
     pairs = sitting_pairs(keys)
     if not pairs:
-        raise UserError(f"{folder}: no two consecutive sittings of one person on one screen")
+        why = f" ({unread[0]['sitting']}: {unread[0]['reason']}, ...)" if unread else ""
+        raise UserError(f"{folder}: no two consecutive sittings of one person on one screen{why}")
     need = sorted({d for p in pairs for d in p})
     fp = LazyFastPath(cfg)
     try:
         rows, skipped = _feed_pairs(need, keys, cfg, fp, opts)
     finally:
         fp.close()
+    skipped = unread + skipped
     return {
         "mode": "sittings",
         "folder": str(folder),

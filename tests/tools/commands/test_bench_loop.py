@@ -291,11 +291,16 @@ def test_real_clicks_across_two_evit_sittings(shared, tmp_path, capsys):
     for jpg in sorted((shared / "data/evit/p1_s01").glob("*.jpg"))[:3]:
         for f in (jpg, jpg.with_suffix(".json")):
             (small / f.name).symlink_to(f)
+    # A stray folder that is no session was the end of the run (a SessionError traceback);
+    # a hidden one is not a sitting at all.
+    (tmp_path / "notes").mkdir()
+    (tmp_path / ".cache").mkdir()
     out = run_json(capsys, "--sittings", str(tmp_path), "--oracle", "clicks")
     assert out["mode"] == "sittings" and out["oracle"].startswith("real clicks")
     (pair,) = out["pairs"]
     assert (pair["calibrated_on"], pair["session"]) == ("p1_s02", "p1_s03")
-    (skipped,) = out["skipped"]
+    stray, skipped = out["skipped"]
+    assert stray["sitting"] == "notes" and stray["reason"].startswith("not read: ")
     assert skipped["sitting"] == "p1_s01" and "3 usable targets" in skipped["reason"]
     # Half of the 16 targets feed the loop, one click each; a still whose face the fast path
     # cannot use (a blink) feeds nothing.
