@@ -189,7 +189,7 @@ def export_store(
         shutil.rmtree(out, ignore_errors=True)
         why = ", ".join(f"{n} {k}" for k, n in exp.skipped.items()) or "the store is empty"
         raise LabelExportError(
-            f"{store}: no usable labels (accepted point labels with an image): "
+            f"{store}: no usable labels (point labels with an image the loop did not reject): "
             f"{exp.accepted} accepted; skipped: {why}"
         )
     return exp

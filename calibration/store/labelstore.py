@@ -81,6 +81,8 @@ except ImportError:  # pragma: no cover - Windows
 
 log = logging.getLogger(__name__)
 
+# Why a label the loop never judged (no loop then: no profile) is stored as not accepted.
+NOT_PROCESSED = "not processed by the loop"
 SCHEMA_VERSION = 2  # 2: without schema 1's `sent` column (the uplink keeps its own)
 DB_NAME = "labels.sqlite3"
 IMAGES = "images"
@@ -232,7 +234,7 @@ def _label_row(
         accepted, why = bool(decision.accepted), str(decision.why)
         resid, off = _pair(decision.residual), _pair(decision.offset)
     else:
-        accepted, why, resid, off = False, "not processed by the loop", None, None
+        accepted, why, resid, off = False, NOT_PROCESSED, None, None
     return (
         int(label.t_ns),
         label.snapshot_id,
@@ -778,7 +780,9 @@ class LabelStore:
         lines: str = "skip",
     ) -> dict[str, Any]:
         """Write a session folder in the seed format (img_<ms>.jpg + .json + session.json)
-        for the trainer; returns counts of what was written and skipped, by reason.
+        for the trainer; returns counts of what was written and skipped, by reason. With
+        `accepted_only` the labels the loop rejected as outliers are skipped; a label no
+        loop judged is written.
 
         Point labels become `screen_x`/`screen_y` in pixels of `screen`. Line labels are
         skipped by default: a seed record's screen point is read as ground truth, and the
@@ -806,8 +810,12 @@ class LabelStore:
             write_manifest(out, self._export_manifest(screen))
             used: set[int] = set()
             screens = {r.id: r.screen for r in self.runs()}
-            for row in self.iter(accepted=True if accepted_only else None):
-                why = _other_screen(screens.get(row.run_id), screen)
+            for row in self.iter():
+                # Only the loop's outliers stay out: a label no loop judged (no profile yet)
+                # is a click or a dot like any other (`gazeloop collect` files it too).
+                rejected = not row.accepted and row.why != NOT_PROCESSED
+                why = "rejected by the loop" if accepted_only and rejected else None
+                why = why or _other_screen(screens.get(row.run_id), screen)
                 why = why or self._export_row(row, out, size, lines, used)
                 if why is None:
                     stats["written"] += 1
@@ -905,8 +913,9 @@ def _export_record(
                 "confidence": row.confidence,
                 "label_id": row.id,
                 "snapshot_id": row.snapshot_id,
-                "accepted": row.accepted,
-                "why": row.why,
+                # As `gazeloop collect` files it: no decision, no verdict.
+                "accepted": None if row.why == NOT_PROCESSED else row.accepted,
+                "why": None if row.why == NOT_PROCESSED else row.why,
                 "fast_xy_px": None
                 if row.fast_xy is None
                 else (np.asarray(row.fast_xy) * size).tolist(),

@@ -87,7 +87,8 @@ def test_train_on_a_label_store_judged_on_another_session(store, shared, tmp_pat
     summary = json.loads(stdout.strip().splitlines()[-1])
     (lab,) = summary["labels"]
     assert lab["store"] == str(store) and lab["accepted_labels"] == 10  # the line is accepted
-    assert lab["exported_labels"] == 9 and lab["skipped"] == {"line label": 1}
+    assert lab["exported_labels"] == 9
+    assert lab["skipped"] == {"line label": 1, "rejected by the loop": 1}
     assert lab["frames"] == 9 and lab["screen_px"] == list(GRID9_SCREEN)
     # The person the user's calibration sessions are (their manifests' `user`): one person.
     assert lab["person"] == "session:alice"

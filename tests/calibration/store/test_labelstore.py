@@ -251,19 +251,30 @@ def test_export_writes_a_session_the_reader_accepts(tmp_path):
     )
     store.add(line, img(20), (0.6, 0.7), decision(), snapshot_ms=1_700_000_000_500)
     store.add(OracleLabel(t_ns=1, snapshot_id="none", oracle="m"), img(21), None, decision())
+    # No loop judged it (no profile yet): a click like any other, as `collect` files it.
+    store.add(point(30, (0.7, 0.1)), img(30), None, None, snapshot_ms=1_800_000_000_000)
 
     out = tmp_path / "session"
     stats = store.export_session(out, SCREEN)
     assert stats == {
-        "written": 3,
-        "skipped": {"off the screen": 1, "no image": 1, "line label": 1, "no observation": 1},
+        "written": 4,
+        "skipped": {
+            "off the screen": 1,
+            "rejected by the loop": 1,
+            "no image": 1,
+            "line label": 1,
+            "no observation": 1,
+        },
     }
     sess = read_session(out, check_images=True)
-    assert sess.rejected == [] and len(sess) == 3
+    assert sess.rejected == [] and len(sess) == 4
+    unjudged = sess.items[-1]
+    assert unjudged.label_px == pytest.approx((0.7 * 1728, 0.1 * 1080))
+    assert unjudged.record.model_extra["oracle"]["accepted"] is None
     assert sess.manifest.screen_px == (1728, 1080) and sess.manifest.camera_mm == (172.5, -8.0)
     # Three labels shared one snapshot millisecond: names moved on by 1 ms each.
-    assert [it.t_ms for it in sess.items] == [1_700_000_000_000 + k for k in range(3)]
-    got = sorted(it.label_px for it in sess.items)
+    assert [it.t_ms for it in sess.items][:3] == [1_700_000_000_000 + k for k in range(3)]
+    got = sorted(it.label_px for it in sess.items[:3])
     want = sorted((x * 1728, y * 1080) for x, y in pts)
     np.testing.assert_allclose(got, want, atol=1e-9)
     rec = sess.items[0].record.model_extra
@@ -276,7 +287,7 @@ def test_export_writes_a_session_the_reader_accepts(tmp_path):
     # Pseudo points for lines: the fast estimate's projection onto the line, marked.
     out2 = tmp_path / "pseudo"
     stats = store.export_session(out2, SCREEN, lines="pseudo", accepted_only=False)
-    assert stats["written"] == 5  # 3 points + the rejected point + the line
+    assert stats["written"] == 6  # 3 points + the unjudged + the rejected point + the line
     sess2 = read_session(out2)
     pseudo = [it for it in sess2.items if (it.record.model_extra or {}).get("pseudo")]
     assert len(pseudo) == 1
