@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gazeloop.calibration.store.atomic import atomic_path
 from gazeloop.trainer.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -51,10 +52,14 @@ class MetricsLog:
     def __init__(self, out_dir: Path, cfg: TrainConfig, resume_step: int | None) -> None:
         self.path = Path(out_dir) / METRICS
         keep = self._earlier_rows(resume_step) if resume_step is not None else []
-        self._f = open(self.path, "w", newline="")  # noqa: SIM115 - closed in close()
+        # The kept rows replace the file in one step (a crash here keeps the run's history),
+        # then the new ones are appended.
+        with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=_METRIC_FIELDS, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(keep)
+        self._f = open(self.path, "a", newline="")  # noqa: SIM115 - closed in close()
         self._w = csv.DictWriter(self._f, fieldnames=_METRIC_FIELDS, extrasaction="ignore")
-        self._w.writeheader()
-        self._w.writerows(keep)
         self._tb = self._wandb = None
         try:
             from torch.utils.tensorboard import SummaryWriter

@@ -49,6 +49,18 @@ def atomic_writer(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
         yield f
 
 
+def write_plot(draw, path: str | os.PathLike[str]) -> None:
+    """`draw(file)` (a matplotlib figure's `savefig`) into `path`, atomically: a disk that
+    fills while matplotlib writes leaves the previous picture there, not half of one. The
+    format comes from the name's suffix (a file object hides it from matplotlib)."""
+    import matplotlib
+
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    with matplotlib.rc_context({"savefig.format": fmt}), atomic_writer(path) as f:
+        draw(f)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """A temp path beside `path` for a writer that wants a file name (safetensors, the ONNX

@@ -556,3 +556,31 @@ def test_grid9_through_the_fast_path_with_the_command(shared, tmp_path, capsys):
     assert summary["val_error_deg"] is None  # no gaze labels in a session
     assert summary["checkpoint"].endswith("step-0000002")
     assert len(list((tmp_path / "run" / "cache").glob("session-*.npz"))) == 1
+
+
+def test_a_resume_that_fails_while_keeping_its_rows_loses_no_history(tmp_path, monkeypatch):
+    """metrics.csv was opened for writing (emptied) before the kept rows went back in: a
+    full disk or a crash in between lost the run's whole history."""
+    import csv
+
+    from gazeloop.trainer.config import TrainConfig
+    from gazeloop.trainer.logs import METRICS, MetricsLog
+
+    cfg = TrainConfig(out_dir=tmp_path)
+    log = MetricsLog(tmp_path, cfg, None)
+    for step in (1, 2, 3):
+        log.write({"kind": "train", "step": step, "loss": 1.0 / step})
+    log.close()
+    before = (tmp_path / METRICS).read_bytes()
+
+    def full_disk(self, rows):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(csv.DictWriter, "writerows", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        MetricsLog(tmp_path, cfg, 2)
+    assert (tmp_path / METRICS).read_bytes() == before
+    monkeypatch.undo()
+    MetricsLog(tmp_path, cfg, 2).close()
+    with open(tmp_path / METRICS, newline="") as f:
+        assert [r["step"] for r in csv.DictReader(f)] == ["1", "2"]

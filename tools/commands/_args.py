@@ -19,7 +19,7 @@ from gazeloop.calibration.geometry import ScreenGeometry, session_screen
 from gazeloop.calibration.mapping import MAPPINGS, mapping_class
 from gazeloop.calibration.procedure import LAYOUTS, ProcedureConfig
 from gazeloop.calibration.profile import DEFAULT_FEATURES, FEATURE_NAMES, is_feature_name
-from gazeloop.calibration.store.atomic import atomic_writer, check_writable
+from gazeloop.calibration.store.atomic import check_writable
 from gazeloop.calibration.store.session import SessionManifest
 from gazeloop.fastpath.collect import collect_session
 from gazeloop.fastpath.pipeline import FastPath, FastPathConfig
@@ -475,14 +475,3 @@ def check_plot_path(path: Path) -> None:
     if path.suffix.lower() not in PLOT_SUFFIXES:
         raise UserError(f"--plot {path}: name a .png, .svg or .pdf file")
     check_writable(path, folder=False)
-
-
-def write_plot(draw, path: Path) -> None:
-    """`draw(file)` into `path`, atomically: a disk that fills while matplotlib writes leaves
-    the previous picture there, not half of one. The format comes from the name's suffix
-    (a file object hides it from matplotlib)."""
-    import matplotlib
-
-    fmt = path.suffix.lstrip(".").lower() or "png"
-    with matplotlib.rc_context({"savefig.format": fmt}), atomic_writer(path) as f:
-        draw(f)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from gazeloop.calibration.store.atomic import write_plot
 from gazeloop.tools.commands._args import (
     add_broker_args,
     add_fastpath_args,
@@ -25,7 +26,6 @@ from gazeloop.tools.commands._args import (
     positive_int,
     real_path,
     run_config,
-    write_plot,
 )
 from gazeloop.tools.errors import UserError
 from gazeloop.tools.runtime import bench_loop

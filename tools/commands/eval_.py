@@ -19,7 +19,7 @@ from gazeloop.calibration.metrics.precision import (
     switch_lags,
 )
 from gazeloop.calibration.profile import DEFAULT_FEATURES
-from gazeloop.calibration.store.atomic import check_writable
+from gazeloop.calibration.store.atomic import check_writable, write_plot
 from gazeloop.calibration.store.session import read_session
 from gazeloop.fastpath.filters import make_filter
 from gazeloop.fastpath.views import settling_rejected
@@ -36,7 +36,6 @@ from gazeloop.tools.commands._args import (
     fixed_mapping,
     run_config,
     screen_for,
-    write_plot,
 )
 from gazeloop.tools.errors import UserError
 from gazeloop.tools.runtime.selection import run_selected, selection_text

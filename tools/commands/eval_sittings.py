@@ -39,6 +39,7 @@ from gazeloop.calibration.mapping import mapping_from_params
 from gazeloop.calibration.mapping.candidates import Candidate
 from gazeloop.calibration.metrics.evaluate import evaluate_fixed
 from gazeloop.calibration.sittings import choose_pooled, loto_with_history
+from gazeloop.calibration.store.atomic import write_plot
 from gazeloop.calibration.store.session import SessionError, read_session
 from gazeloop.fastpath.collect import LazyFastPath
 from gazeloop.tools.commands._args import (
@@ -50,7 +51,6 @@ from gazeloop.tools.commands._args import (
     positive_float,
     positive_int,
     screen_for,
-    write_plot,
 )
 from gazeloop.tools.errors import UserError
 from gazeloop.tools.runtime.selection import evaluate_session, session_views

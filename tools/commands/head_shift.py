@@ -24,6 +24,7 @@ from gazeloop.calibration.geometry import ScreenGeometry
 from gazeloop.calibration.mapping.candidates import choose, columns_for, default_candidates
 from gazeloop.calibration.metrics.evaluate import MIN_SELECTION_TARGETS, geometric_options
 from gazeloop.calibration.metrics.head_shift import expected_shift_mm, follow_stats
+from gazeloop.calibration.store.atomic import write_plot
 from gazeloop.calibration.store.session import read_session
 from gazeloop.fastpath.collect import LazyFastPath
 from gazeloop.fastpath.sources import SessionSource
@@ -32,7 +33,6 @@ from gazeloop.tools.commands._args import (
     check_plot_path,
     fastpath_config,
     positive_float,
-    write_plot,
 )
 from gazeloop.tools.errors import UserError
 from gazeloop.tools.runtime.head_shift_plot import plot_head_shift

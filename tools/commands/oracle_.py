@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gazeloop.calibration.store.atomic import write_plot
 from gazeloop.tools.commands._args import (
     add_fastpath_args,
     add_moondream_pin_args,
@@ -17,7 +18,6 @@ from gazeloop.tools.commands._args import (
     moondream_config,
     non_negative_int,
     positive_int,
-    write_plot,
 )
 from gazeloop.tools.errors import UserError
 from gazeloop.tools.runtime import oracle_eval

@@ -47,7 +47,7 @@ from gazeloop.calibration.profile import (
     profile_path,
     user_dir,
 )
-from gazeloop.calibration.store.atomic import check_writable, file_in_the_way
+from gazeloop.calibration.store.atomic import atomic_write_bytes, check_writable, file_in_the_way
 from gazeloop.calibration.store.writer import write_record
 from gazeloop.fastpath.pipeline import FastPath
 from gazeloop.fastpath.sources import CameraSource
@@ -472,9 +472,21 @@ def _before_models(args, ls: LabelledSource):
             f"--replay-clicks: {args.source} ({ls.kind}) has no recorded targets; give a "
             "session folder or a 4-corner recording"
         )
+    if args.screenshot is not None:
+        _check_screenshot(args)
     if args.oracle != "none":  # the label store's folder, before anything loads
         check_writable(user_dir(args.user) / "labels", folder=True)
     return hook
+
+
+def _check_screenshot(args) -> None:
+    """--screenshot: a window to take it from, a picture format, and a place to write it,
+    said before the run rather than lost at its end."""
+    if args.headless:
+        raise UserError("--screenshot saves the window's picture: --headless has no window")
+    if args.screenshot.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        raise UserError(f"--screenshot {args.screenshot}: name a .png or .jpg file")
+    check_writable(args.screenshot, folder=False)
 
 
 def _models(args) -> tuple[FastPath, ProfileMapper | None, Path]:
@@ -969,5 +981,12 @@ class Window:
 
     def close(self, screenshot: Path | None) -> None:
         if screenshot is not None and self.last_img is not None:
-            cv2.imwrite(str(screenshot), self.last_img)
+            ok, data = cv2.imencode(screenshot.suffix.lower(), self.last_img)
+            try:
+                if not ok:
+                    raise OSError(f"cannot encode the picture as {screenshot.suffix}")
+                atomic_write_bytes(screenshot, data.tobytes())
+                print(f"screenshot: {screenshot}", file=sys.stderr)
+            except OSError as e:  # the run's labels are stored: a lost picture is a warning
+                print(f"screenshot not saved: {e}", file=sys.stderr)
         cv2.destroyAllWindows()

@@ -29,7 +29,7 @@ from gazeloop.calibration.procedure import (
     fit_profile_selected,
 )
 from gazeloop.calibration.profile import Profile, user_dir
-from gazeloop.calibration.store.atomic import atomic_write_bytes
+from gazeloop.calibration.store.atomic import atomic_write_bytes, write_plot
 from gazeloop.calibration.store.session import SessionManifest
 from gazeloop.calibration.store.writer import SessionWriter
 from gazeloop.fastpath.collect import LazyFastPath
@@ -285,7 +285,7 @@ def _write_report(run, screen, ev, saved, session_dir, user, device, extra) -> t
     report_dir = session_dir / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
     plot = report_dir / "calibration.png"
-    plot_report(ev, plot, title=f"calibration of {user} on {device}")
+    write_plot(lambda f: plot_report(ev, f, title=f"calibration of {user} on {device}"), plot)
     report = {
         "profile": str(saved),
         "session": str(session_dir),

@@ -19,6 +19,7 @@ from gazeloop.calibration.geometry import ScreenGeometry
 from gazeloop.calibration.metrics.evaluate import Evaluated, evaluate_arrays, plot_report
 from gazeloop.calibration.procedure import fit_profile
 from gazeloop.calibration.profile import DEFAULT_FEATURES, Profile, ProfileMapper
+from gazeloop.calibration.store.atomic import write_plot
 from gazeloop.calibration.store.session import Session
 from gazeloop.fastpath.collect import collect_session
 from gazeloop.fastpath.pipeline import FastPath
@@ -51,7 +52,9 @@ def calibrate(session: Session, fp: FastPath, screen: ScreenGeometry, out: Path)
         frames=col.frames,
         names=used.names.tolist(),
     )
-    plot_report(ev, out / "calibration.png", title="calibration (4 corners)")
+    write_plot(
+        lambda f: plot_report(ev, f, title="calibration (4 corners)"), out / "calibration.png"
+    )
     prof = fit_profile(
         x,
         screen.to_norm(labels),
@@ -258,5 +261,5 @@ def plot_trace(tr: dict, drift_px: np.ndarray, out: Path) -> None:
     b.set_ylabel("px")
     b.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "loop.png")
+    write_plot(fig.savefig, out / "loop.png")
     plt.close(fig)

@@ -61,3 +61,26 @@ def test_moondream_pin_flags_make_its_config():
     loose = cfg(unpinned=True)
     assert (loose.code_commit, loose.allow_unpinned) == (None, True)
     assert cfg(weights=False).code_commit is None  # the double runs no remote code
+
+
+def test_screenshot_flags_are_checked_before_the_run(shared, capsys, tmp_path, monkeypatch):
+    """--screenshot was written with an unchecked cv2.imwrite at the end: a picture with no
+    window, or a name cv2 cannot encode, was silently lost after the whole run."""
+    from gazeloop.tools.commands.run import _check_screenshot
+    from gazeloop.tools.errors import UserError
+
+    monkeypatch.setenv("GAZELOOP_HOME", str(tmp_path))
+    video = str(shared / "data/video-corners4/calibrate.mp4")
+    base = ["run", "--source", video, "--frames", "3", "--oracle", "none"]
+    assert main([*base, "--headless", "--screenshot", str(tmp_path / "s.png")]) == 2
+    assert "--headless has no window" in capsys.readouterr().err
+
+    def check(path):
+        _check_screenshot(argparse.Namespace(headless=False, screenshot=path))
+
+    check(tmp_path / "s.png")
+    with pytest.raises(UserError, match="name a .png or .jpg file"):
+        check(tmp_path / "s.txt")
+    (tmp_path / "taken.png").mkdir()
+    with pytest.raises(OSError, match="taken.png: exists and is a folder"):
+        check(tmp_path / "taken.png")
