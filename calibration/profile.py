@@ -199,6 +199,7 @@ class Profile(BaseModel):
         except ValidationError as e:
             raise ProfileError(f"{path}: invalid profile: {first_problem(e)}") from e
         _check_mapping(path, prof)
+        _check_offset(path, prof)
         _check_made_for(
             path,
             prof,
@@ -242,6 +243,24 @@ def _check_mapping(path: Path, prof: Profile) -> None:
             f"{path}: mapping {prof.mapping.name!r} takes {mapping.n_features} features "
             f"but the profile lists {len(prof.features)} ({prof.features})"
         )
+
+
+# The drift loop keeps |C| far below this (LoopConfig.max_total); beyond a whole screen an
+# offset is not a drift but a broken file.
+MAX_OFFSET = 1.0
+
+
+def _check_offset(path: Path, prof: Profile) -> None:
+    """The stored drift offset must be a drift: `run` and `track` added a NaN or a
+    screen-sized offset to every point, where only `profile show` refused it."""
+    ox, oy = prof.offset
+    if not (math.isfinite(ox) and math.isfinite(oy)):
+        why = f"drift offset ({ox}, {oy}) is not finite"
+    elif math.hypot(ox, oy) > MAX_OFFSET:
+        why = f"drift offset ({ox:+g}, {oy:+g}) is more than a screen (|offset| <= 1)"
+    else:
+        return
+    raise ProfileError(f"{path}: not a usable profile: {why}")
 
 
 def non_finite(obj: Any, where: str):

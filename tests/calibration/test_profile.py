@@ -279,6 +279,18 @@ def test_a_scale_of_zero_or_a_nan_is_refused_at_load(saved):
     assert "not a usable profile: mapping state.scale[0] (nan) is not a finite number" in msg
 
 
+def test_an_offset_that_is_no_drift_is_refused_at_load(saved):
+    """Only `profile show` refused a NaN or screen-sized drift offset: `run` and `track`
+    loaded it and added it to every point."""
+    _, path = saved
+    _rewrite(path, lambda d: d.update(offset=[1e9, -1e9]))
+    assert "drift offset (+1e+09, -1e+09) is more than a screen" in _load_error(path)
+    _rewrite(path, lambda d: d.update(offset=[float("nan"), 0.0]))
+    assert "not a usable profile: drift offset (nan, 0.0) is not finite" in _load_error(path)
+    _rewrite(path, lambda d: d.update(offset=[0.6, -0.7]))  # large, but a drift
+    assert Profile.load(path).offset == (0.6, -0.7)
+
+
 def test_mapping_width_must_match_the_features(saved):
     """A mapping fitted on 3 features in a profile that lists 2 would only fail later, frame
     by frame, in the fast path; it is a load error."""

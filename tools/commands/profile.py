@@ -257,20 +257,11 @@ def run_show(args: argparse.Namespace) -> int:
     return 0
 
 
-# The drift loop keeps |C| far below this (LoopConfig.max_total); beyond a whole screen an
-# offset is not a drift but a broken file.
-MAX_OFFSET = 1.0
-
-
 def problems(p: Profile) -> list[str]:
-    """What makes a loaded profile unusable, each said plainly (empty when it is fine); a
-    mapping's non-finite numbers are refused by the load itself (`Profile.load`)."""
+    """What makes a loaded profile's report implausible, each said plainly (empty when it is
+    fine); a mapping's non-finite numbers and an offset that is no drift are refused by the
+    load itself (`Profile.load`), for every command."""
     out = []
-    ox, oy = p.offset
-    if not (math.isfinite(ox) and math.isfinite(oy)):
-        out.append(f"drift offset ({ox}, {oy}) is not finite")
-    elif math.hypot(ox, oy) > MAX_OFFSET:
-        out.append(f"drift offset ({ox:+g}, {oy:+g}) is more than a screen (|offset| <= 1)")
     f = p.fit
     for name in ("mean_px", "median_px", "baseline_mean_px"):
         v = getattr(f, name)
