@@ -32,6 +32,7 @@ import numpy as np
 
 from gazeloop.calibration.store.atomic import atomic_write_bytes
 from gazeloop.calibration.store.session import Session
+from gazeloop.fastpath.models import ENV_CACHE, user_cache
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +61,11 @@ def code_digest() -> str:
 
 
 def cache_dir() -> Path:
-    if os.environ.get("GAZELOOP_CACHE"):
-        return Path(os.environ["GAZELOOP_CACHE"]).expanduser() / "features"
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "gazeloop" / "features"
+    """`$GAZELOOP_CACHE/features`, else `features` in the user cache the models use (on
+    macOS features went to ~/.cache while models went to ~/Library/Caches)."""
+    if os.environ.get(ENV_CACHE):
+        return Path(os.environ[ENV_CACHE]).expanduser() / "features"
+    return user_cache() / "features"
 
 
 def _file_sha(path: Path, h=None) -> str:

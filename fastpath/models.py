@@ -95,15 +95,22 @@ KNOWN = {
 }
 
 
-def cache_dir() -> Path:
-    """The user's model cache (created on demand)."""
-    if os.environ.get(ENV_CACHE):
-        return Path(os.environ[ENV_CACHE]).expanduser()
+def user_cache() -> Path:
+    """gazeloop's folder in the platform's user cache: `~/Library/Caches/gazeloop` on macOS,
+    else `$XDG_CACHE_HOME/gazeloop` (`~/.cache/gazeloop`). Models and features share it."""
     if sys.platform == "darwin":
         base = Path.home() / "Library" / "Caches"
     else:
         base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "gazeloop" / "models"
+    return base / "gazeloop"
+
+
+def cache_dir() -> Path:
+    """The user's model cache (created on demand): `$GAZELOOP_CACHE` itself, else
+    `user_cache()/models`."""
+    if os.environ.get(ENV_CACHE):
+        return Path(os.environ[ENV_CACHE]).expanduser()
+    return user_cache() / "models"
 
 
 def sha256_file(path: Path) -> str:

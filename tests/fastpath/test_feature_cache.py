@@ -156,3 +156,23 @@ def test_every_setting_that_changes_a_feature_changes_the_key(gaze_onnx, face_ta
     }
     assert len(keys) == 6
     assert feature_cache.config_digest(base.model_copy(update={"filter": "kalman"})) in keys
+
+
+@pytest.mark.parametrize("platform", ["darwin", "linux"])
+def test_models_and_features_share_the_users_cache(platform, tmp_path, monkeypatch):
+    """On macOS the feature cache was in ~/.cache and the models in ~/Library/Caches."""
+    import sys
+
+    from gazeloop.fastpath import feature_cache, models
+
+    monkeypatch.setattr(sys, "platform", platform)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv(models.ENV_CACHE, raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    root = tmp_path / ("Library/Caches" if platform == "darwin" else ".cache") / "gazeloop"
+    assert (models.cache_dir(), feature_cache.cache_dir()) == (root / "models", root / "features")
+    monkeypatch.setenv(models.ENV_CACHE, str(tmp_path / "c"))
+    assert (models.cache_dir(), feature_cache.cache_dir()) == (
+        tmp_path / "c",
+        tmp_path / "c/features",
+    )
