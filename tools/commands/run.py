@@ -35,6 +35,7 @@ import math
 import sys
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import cv2
@@ -48,7 +49,7 @@ from gazeloop.calibration.profile import (
     user_dir,
 )
 from gazeloop.calibration.store.atomic import atomic_write_bytes, check_writable, file_in_the_way
-from gazeloop.calibration.store.writer import write_record
+from gazeloop.calibration.store.writer import SessionWriter
 from gazeloop.fastpath.pipeline import FastPath
 from gazeloop.fastpath.sources import CameraSource
 from gazeloop.tools.commands._args import (
@@ -68,7 +69,7 @@ from gazeloop.tools.commands._args import (
     screen_from_args,
 )
 from gazeloop.tools.errors import UserError
-from gazeloop.tools.runtime.calibration import default_session_dir
+from gazeloop.tools.runtime.calibration import default_session_dir, manifest_for
 from gazeloop.tools.runtime.labelled import LabelledSource, open_labelled
 from gazeloop.tools.runtime.live import Live, from_earlier_sitting, model_record
 from gazeloop.tools.runtime.recording import UnixClock
@@ -762,7 +763,11 @@ class Window:
         self.on_profile = on_profile
         self.source_desc = str(args.source)
         self.last_img: np.ndarray | None = None
-        self.samples_dir = user_dir(args.user) / "samples"
+        # One session per run, made at the first space press (a folder of a run with no
+        # sample would be an empty session).
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        self.samples_dir = user_dir(args.user) / "sessions" / f"samples-{stamp}"
+        self._samples: SessionWriter | None = None
         self.display = CvDisplay(WINDOW)
         self._sized = False
         self._glancing = False  # the glance's dot is on the screen (full screen)
@@ -969,13 +974,20 @@ class Window:
         if s.screen_px is None:
             print("no cursor position to label (no profile, or no face)")
             return
-        # The session format's timestamp is wall-clock ms (the frame's own time is monotonic).
-        write_record(
-            self.samples_dir,
-            int(time.time() * 1e3),
+        if self._samples is None:
+            screen, a = self.live.mapper.screen, self.args
+            self._samples = SessionWriter(
+                self.samples_dir, manifest_for(screen, a.user, a.device, "gazeloop run (space)")
+            )
+        # The session format's time is the wall clock at capture: the source's own (a
+        # replay's frames keep the recording's times, as the labels do).
+        clock = self.live.clock
+        t_ms = int(time.time() * 1e3) if clock is None else int(clock.ms(frame.t_ns))
+        self._samples.write(
+            t_ms,
             frame.image,
             (float(s.screen_px[0]), float(s.screen_px[1])),
-            extra={"label_source": "cursor (space key)"},
+            {"label_source": "cursor (space key)"},
         )
         print(f"sample recorded in {self.samples_dir}")
 

@@ -462,6 +462,28 @@ def test_7_key_shows_one_glance_dot_full_screen_and_comes_back(
     assert abs(xs.mean() - 640) < 20 and abs(ys.mean() - 360) < 20
 
 
+@pytest.mark.slow
+def test_space_records_samples_as_a_session_on_the_sources_clock(
+    xenv, shared, corners4_profile, tmp_path, monkeypatch
+):
+    """The space key wrote bare pairs into users/<u>/samples: no session.json (so no screen
+    to read their pixels on) and the wall clock's time, not the frame's."""
+    scripted_keys(monkeypatch, {3: " ", 6: " "})
+    rc, out, err = cli(
+        "run", "--source", shared / VIDEO, "--profile", corners4_profile, "--frames", 8,
+        "--oracle", "none", "--no-watch-models",
+    )  # fmt: skip
+    assert rc == 0, err
+    (folder,) = (tmp_path / "home/users/default/sessions").glob("samples-*")
+    assert out.count(f"sample recorded in {folder}") == 2
+    s = read_session(folder)
+    assert s.manifest.screen_px == Profile.load(corners4_profile).screen.px
+    assert s.manifest.source == "gazeloop run (space)" and s.manifest.mirrored is False
+    assert [it.record.model_extra["label_source"] for it in s.items] == ["cursor (space key)"] * 2
+    # Frames 3 and 6 of a 20 fps video: 150 ms apart on its own clock, whatever the run took.
+    assert s.items[1].t_ms - s.items[0].t_ms == 150
+
+
 def test_a_display_with_no_server_is_one_line_not_a_qt_abort(monkeypatch, tmp_path):
     """DISPLAY=:99 with no server let Qt abort the process (SIGABRT, exit 134)."""
     import sys
