@@ -571,6 +571,13 @@ def _model_watcher(args, live: Live, fp: FastPath, mapper, used_profile: Path):
         return None
     from gazeloop.tools.runtime.hotreload import ModelWatcher
 
+    def on_swap(gaze, m) -> None:
+        live.adopt(m, gaze)
+        # Said, not only logged: the fast path is slower while a refit runs, and the labels
+        # from here on belong to a new run record.
+        refit = "" if m is None else ", with the profile refitted for it"
+        print(f"gaze model: switched to {gaze.model_id} ({gaze.sha256[:12]}){refit}", flush=True)
+
     try:
         from gazeloop.trainer.registry import default_registry_root
 
@@ -580,7 +587,7 @@ def _model_watcher(args, live: Live, fp: FastPath, mapper, used_profile: Path):
             profile=None if mapper is None else mapper.profile,
             profile_path=used_profile,
             screen=None if mapper is None else mapper.screen,
-            on_swap=lambda gaze, m: live.adopt(m, gaze),
+            on_swap=on_swap,
         )
         watcher.start()
     except ImportError:  # the registry lives in the trainer extra
@@ -593,8 +600,11 @@ def _window(args, ls: LabelledSource, live: Live, stream, watcher) -> Window:
     makes is the one a later model swap refits."""
 
     def on_profile(prof: Profile, m: ProfileMapper, path: Path) -> None:
-        if watcher is not None:  # a later model swap refits this profile, in its own file
-            watcher.profile, watcher.screen, watcher.profile_path = prof, m.screen, path
+        """The c key's new profile in use; a later model swap refits it, in its own file."""
+        if watcher is None:
+            live.install(m)
+        else:
+            watcher.use_profile(prof, m.screen, path, install=lambda: live.install(m))
 
     live.enable_glance(args.glance_every * 60.0)
     ui = Window(live, args, stream=stream, clock=UnixClock(ls.source), on_profile=on_profile)
@@ -902,9 +912,10 @@ class Window:
             print("calibration cancelled; the current profile stays", flush=True)
             return
         mapper = ProfileMapper(res.profile, screen)
-        live.install(mapper)
         if self.on_profile is not None:
             self.on_profile(res.profile, mapper, res.profile_path)
+        else:
+            live.install(mapper)
         print("calibrated; the new profile is in use: " + "; ".join(res.lines()), flush=True)
 
     def _grid_screen(self):

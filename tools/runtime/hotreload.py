@@ -164,6 +164,11 @@ class ModelWatcher:
         # What was promoted at start is what the fast path was started on (`startup_model`):
         # only a change of the promoted version is news.
         self.seen = self._promoted_version()
+        # A calibration made while a refit runs (run's c key) must not be overwritten by
+        # the refit of the profile it replaced: `use_profile` counts the profiles given,
+        # and a refit hands its swap over only if no other came meanwhile.
+        self._lock = threading.Lock()
+        self._generation = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -191,9 +196,16 @@ class ModelWatcher:
         version = None if entry is None else entry.version
         if not readable or version == self.seen:
             return False
-        self.seen = version
+        seen_before, self.seen = self.seen, version
         # Nothing promoted any more (rolled back past the first promotion): the stock model.
         name = "the stock model" if entry is None else f"{entry.model_id} v{entry.version}"
+        with self._lock:
+            profile, screen, path, generation = (
+                self.profile,
+                self.screen,
+                self.profile_path,
+                self._generation,
+            )
         try:
             onnx_path = entry.onnx_path if entry is not None else models.resolve_gaze_onnx()
             # on the providers the running fast path chose (a forced --ep holds for new models)
@@ -204,23 +216,40 @@ class ModelWatcher:
                 mirror_average=self.fp.cfg.mirror_average,
                 head_frame=self.fp.cfg.gaze_frame,
             )
-            mapper = None
-            if self.profile is not None:
-                prof = refit_profile(self.profile, self.fp.cfg, onnx_path, gaze)
-                if self.profile_path is not None:
-                    save_for_model(prof, self.profile_path)
-                self.profile = prof
-                mapper = ProfileMapper(prof, self.screen)
+            prof = mapper = None
+            if profile is not None:
+                prof = refit_profile(profile, self.fp.cfg, onnx_path, gaze)
+                mapper = ProfileMapper(prof, screen)
         except Exception as e:  # a bad model must never stop tracking with the old one
             msg = f"{name} not used: {e}"
             self.errors.append(msg)
             log.error(msg)
             return False
-        self.fp.request_swap(gaze, mapper)
+        with self._lock:
+            if generation != self._generation:
+                # Another profile came while this one was refitted: the next check refits it.
+                self.seen = seen_before
+                log.info("%s: a new calibration came during its refit; refitting that", name)
+                return False
+            if prof is not None:
+                if path is not None:
+                    save_for_model(prof, path)
+                self.profile = prof
+            self.fp.request_swap(gaze, mapper)
+            if self.on_swap is not None:
+                self.on_swap(gaze, mapper)
         log.info("%s ready; switching", name)
-        if self.on_swap is not None:
-            self.on_swap(gaze, mapper)
         return True
+
+    def use_profile(self, profile: Profile, screen, path: Path | None, install=None) -> None:
+        """A new profile for the running model (run's c key): the one later swaps refit.
+        `install()` puts it in use under the same lock, so no refit of the old profile
+        handed over before it can land after it."""
+        with self._lock:
+            self._generation += 1
+            self.profile, self.screen, self.profile_path = profile, screen, path
+            if install is not None:
+                install()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="model-watcher", daemon=True)

@@ -170,3 +170,37 @@ def test_a_profile_of_the_other_read_is_refitted_at_start_and_kept_apart(corners
     assert "refitted" in said and str(kept) in said
     assert Profile.load(kept, gaze_read=fit.gaze_read) == fit
     assert Profile.load(path) == prof
+
+
+def test_a_calibration_made_during_a_refit_is_kept_and_refitted_next(tmp_path, monkeypatch):
+    """The watcher read its profile when a refit began and wrote the refit back when it
+    ended: a calibration made meanwhile (run's c key) was replaced by the refit of the
+    profile it had replaced, and that one was saved and served."""
+    from types import SimpleNamespace
+
+    from gazeloop.fastpath import models
+    from gazeloop.fastpath.pipeline import FastPath, FastPathConfig
+    from gazeloop.tools.runtime import hotreload
+
+    fp = FastPath(FastPathConfig())
+    entry = SimpleNamespace(version=1, model_id="m", onnx_path=models.resolve_gaze_onnx())
+    watcher = hotreload.ModelWatcher(fp, tmp_path / "reg", profile="old", screen="s")
+    monkeypatch.setattr(watcher.registry, "promoted", lambda model_id=None: entry)
+    in_use, refits, swaps = ["old"], [], []
+    watcher.on_swap = lambda gaze, mapper: swaps.append(mapper)
+    monkeypatch.setattr(hotreload, "ProfileMapper", lambda prof, screen: f"mapper of {prof}")
+
+    def refit(profile, cfg, onnx_path, gaze):
+        refits.append(profile)
+        if len(refits) == 1:  # the c key, while this refit runs
+            watcher.use_profile("new", "s", None, install=lambda: in_use.append("new"))
+        return f"{profile} refitted"
+
+    monkeypatch.setattr(hotreload, "refit_profile", refit)
+    assert not watcher.check_once()  # its refit is of a profile no longer in use
+    assert (watcher.profile, in_use[-1], swaps, fp._swap) == ("new", "new", [], None)
+    assert watcher.check_once()  # the promoted model again, now for the new calibration
+    assert refits == ["old", "new"] and watcher.profile == "new refitted"
+    assert swaps == ["mapper of new refitted"]
+    assert not watcher.check_once()  # and only once
+    fp.close()
