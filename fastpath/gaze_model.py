@@ -247,6 +247,13 @@ class GazeModel:
             outs = self.session.run(self._outputs, self._feed)
         except Exception as exc:
             raise ModelLoadError(f"gaze model {self.path} fails to run: {exc}") from exc
+        # A model that runs but answers in another shape, or NaN, failed on every frame
+        # afterwards (read as "eyes closed" by a run without a profile to refit).
+        gaze = np.asarray(outs[0])
+        if gaze.shape != (1, 3):
+            raise ModelLoadError(f"{self.path}: {_GAZE} is {list(gaze.shape)}, not [1, 3]")
+        if not np.all(np.isfinite(gaze)):
+            raise ModelLoadError(f"{self.path}: {_GAZE} is not finite ({gaze[0].tolist()})")
         return int(outs[1].shape[1]) if len(outs) > 1 else None
 
     @property

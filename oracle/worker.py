@@ -353,10 +353,13 @@ class OracleWorker:
         `join_timeout_s` for the thread. A backend that ignores its cancel event keeps the
         (daemon) thread alive until it returns; its result is discarded. Idempotent."""
         with self._cond:
-            if not self._closing:
+            first = not self._closing
+            if first:
                 self._closing = True
                 self._cancel_locked()
                 self._cond.notify_all()
+        if not first:  # the first close waited for the thread and said so: not twice
+            return
         on_worker = threading.current_thread() is self._thread  # close() from on_label
         if not on_worker:
             self._thread.join(self._join_timeout_s)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -489,3 +490,38 @@ def test_scalar_postprocess_matches_vectorised() -> None:
     for bad in (np.zeros(3), np.array([np.nan, 0.0, 1.0])):
         assert np.isnan(_postprocess_one(bad, 0.1)[0]).all()
         assert np.isnan(postprocess(bad, 0.1)[0]).all()
+
+
+@pytest.mark.parametrize(
+    ("op", "says"), [("Slice", "is [1, 2], not [1, 3]"), ("Div", "is not finite")]
+)
+def test_a_gaze_model_answering_in_another_shape_or_nan_is_refused_at_load(
+    tmp_path: Path, op: str, says: str
+) -> None:
+    """Such a model loaded, then failed on every frame: a run without a profile to refit it
+    on showed "eyes closed" for ever."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    ins = [
+        helper.make_tensor_value_info(n, TensorProto.FLOAT, shape)
+        for n, shape in (
+            ("left_eye_image", [1, 3, 60, 60]),
+            ("right_eye_image", [1, 3, 60, 60]),
+            ("head_pose_angles", [1, 3]),
+        )
+    ]
+    consts = [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in
+              (("s", [0]), ("e", [2]), ("a", [1]))]  # fmt: skip
+    consts.append(numpy_helper.from_array(np.zeros((1, 3), np.float32), "zero"))
+    if op == "Slice":  # two numbers where three are read
+        node = helper.make_node("Slice", ["head_pose_angles", "s", "e", "a"], ["gaze_vector"])
+    else:  # 0 / 0 on the zero input of the first run
+        node = helper.make_node("Div", ["head_pose_angles", "zero"], ["gaze_vector"])
+    out = helper.make_tensor_value_info("gaze_vector", TensorProto.FLOAT, None)
+    g = helper.make_graph([node], "g", ins, [out], initializer=consts)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    path = tmp_path / f"{op}.onnx"
+    onnx.save(m, str(path))
+    with pytest.raises(ModelLoadError, match=re.escape(f"{op}.onnx: gaze_vector {says}")):
+        GazeModel(path)

@@ -442,13 +442,17 @@ def test_close_stops_a_cooperative_call_promptly_and_is_idempotent() -> None:
     assert counts(m) == m.submitted == 2
 
 
-def test_close_does_not_wait_forever_for_a_stuck_backend() -> None:
+def test_close_does_not_wait_forever_for_a_stuck_backend(caplog) -> None:
     oracle = Gate(hold={"s0"})  # ignores cancel
     w = OracleWorker(oracle, join_timeout_s=0.05)
     w.submit(snap("s0"))
     assert oracle.entered.get(timeout=GUARD) == "s0"
     w.close()
     assert w.alive and oracle.closed_on == []
+    # A second close (`run` finishes, then closes) neither waits nor warns again.
+    w._join_timeout_s = GUARD
+    w.close()
+    assert sum("did not return within" in r.message for r in caplog.records) == 1
     oracle.release.set()
     w._thread.join(GUARD)
     assert not w.alive and oracle.closed_on == ["oracle-gate"]

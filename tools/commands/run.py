@@ -30,8 +30,10 @@ earlier ones'; `gazeloop collect` on the training box writes them as sessions.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
+import signal
 import sys
 import threading
 import time
@@ -127,15 +129,14 @@ def _add_oracle_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--oracle-in",
         choices=["process", "thread"],
-        default="process",
-        help="run the model oracle in a child process on its own cores (default) or in a "
-        "thread of this one",
+        help="run the model oracle (moondream) in a child process on its own cores "
+        "(default) or in a thread of this one",
     )
     add_moondream_pin_args(p)
     p.add_argument(
         "--oracle-threads",
         type=positive_int,
-        help="compute threads of the oracle process (default: one per core it gets)",
+        help="compute threads of the model oracle's process (default: one per core it gets)",
     )
     p.add_argument(
         "--snapshot-every",
@@ -173,7 +174,6 @@ def _add_mqtt_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--mqtt-wait",
         type=positive_float,
-        default=10.0,
         metavar="S",
         help="at the end, wait up to S seconds for labels still unsent (default 10)",
     )
@@ -444,14 +444,35 @@ def _run(args: argparse.Namespace, ls: LabelledSource) -> int:
     stream = iter(src)
     ui = None if args.headless else _window(args, ls, live, stream, watcher)
     try:
-        frames = _track(args, live, src, stream, ui=ui, replay=replay, cursor=cursor)
+        with _terminate_as_interrupt():
+            frames, interrupted = _track(
+                args, live, src, stream, ui=ui, replay=replay, cursor=cursor
+            )
     finally:
-        st, summary = _stop(args, live, src, watcher=watcher, listener=listener, ui=ui)
-    print(f"gazeloop run: {frames} frames; {summary}")
+        _, summary = _stop(args, live, src, watcher=watcher, listener=listener, ui=ui)
+    print(f"gazeloop run: {frames} frames{' (interrupted)' if interrupted else ''}; {summary}")
     why = live.policy.why_none() if live.worker is not None else None
     if why:
         print(f"note: {why}")
-    return 0 if frames or st else 1
+    if interrupted:
+        return 130
+    return 0 if frames else 1  # a source that gave nothing trackable is a failed run
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM (a service manager, `kill`) stops the run as Ctrl-C does: labels in the
+    writer's queue stored, the oracle closed, the summary said. It killed the process at
+    once, leaving a replay's imported copy behind. Only the main thread can set it."""
+    try:
+        old = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    except ValueError:  # not the main thread (tests, an embedding program)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def _before_models(args, ls: LabelledSource):
@@ -463,8 +484,15 @@ def _before_models(args, ls: LabelledSource):
         raise UserError("--code-commit and --moondream-unpinned are for --oracle moondream")
     if args.oracle == "moondream":  # a missing pin is said before any model loads
         args.moondream = moondream_config(args, loads_weights=True)
-    if not args.mqtt and (args.ca_file or args.insecure):
-        raise UserError("--ca-file and --insecure are for the broker: give --mqtt URL too")
+    elif args.oracle_in or args.oracle_threads:
+        raise UserError("--oracle-in and --oracle-threads are for --oracle moondream")
+    args.oracle_in = args.oracle_in or "process"
+    if not args.mqtt and (args.ca_file or args.insecure or args.mqtt_wait is not None):
+        raise UserError(
+            "--ca-file, --insecure and --mqtt-wait are for the broker: give --mqtt URL too"
+        )
+    args.mqtt_wait = 10.0 if args.mqtt_wait is None else args.mqtt_wait
+    procedure_config(args, replay=False)  # the c key's grid flags, checked now, not at c
     # A bad URL or a missing aiomqtt, said before any model loads.
     args.broker = broker_settings(args) if args.mqtt else None
     hook = _target_hook(args, ls)
@@ -612,33 +640,37 @@ def _window(args, ls: LabelledSource, live: Live, stream, watcher) -> Window:
     return ui
 
 
-def _track(args, live: Live, src, stream, *, ui, replay, cursor) -> int:
+def _track(args, live: Live, src, stream, *, ui, replay, cursor) -> tuple[int, bool]:
     """The frame loop: every frame through the running system, until the source ends, the
-    window closes, or --frames or --seconds is reached. → frames processed."""
-    frames = 0
+    window closes, --frames or --seconds is reached, or Ctrl-C (or SIGTERM). → (frames
+    processed, whether it was interrupted: the summary is said either way)."""
+    frames, interrupted = 0, False
     t_start = time.monotonic()
     last_status = t_start
     with src:
-        for frame in stream:
-            s = live.process(frame)
-            if replay is not None:
-                replay.after(frame)
-            frames += 1
-            if cursor is not None and s.screen_px is not None:
-                cursor.move(s.screen_px)
-            if ui is not None:
-                if not ui.show(frame, s):
+        try:
+            for frame in stream:
+                s = live.process(frame)
+                if replay is not None:
+                    replay.after(frame)
+                frames += 1
+                if cursor is not None and s.screen_px is not None:
+                    cursor.move(s.screen_px)
+                if ui is not None:
+                    if not ui.show(frame, s):
+                        break
+                elif time.monotonic() - last_status >= 1.0:
+                    last_status = time.monotonic()
+                    print(status_text(live, s), flush=True)
+                if args.frames is not None and frames >= args.frames:
                     break
-            elif time.monotonic() - last_status >= 1.0:
-                last_status = time.monotonic()
-                print(status_text(live, s), flush=True)
-            if args.frames is not None and frames >= args.frames:
-                break
-            if args.seconds is not None and time.monotonic() - t_start >= args.seconds:
-                break
+                if args.seconds is not None and time.monotonic() - t_start >= args.seconds:
+                    break
+        except KeyboardInterrupt:
+            interrupted = True
         if isinstance(src, CameraSource) and src.error:
             print(f"camera {args.source}: {src.error}")
-    return frames
+    return frames, interrupted
 
 
 def _stop(args, live: Live, src, *, watcher, listener, ui) -> tuple[dict, str]:
@@ -689,10 +721,9 @@ def status_text(live: Live, s, st: dict | None = None) -> str:
         yaw, pitch = (math.degrees(v) for v in s.gaze_yp)
         parts.append(f"gaze yaw {yaw:+.1f}° pitch {pitch:+.1f}°")
     elif s is not None:
-        parts.append("no face" if not s.quality.face else "eyes closed")
+        parts.append(_no_estimate(s))
     if "oracle" in st:
-        o = st["oracle"]
-        parts.append(f"oracle {o['done']} done{' (busy)' if o['busy'] else ''}")
+        parts.append(_oracle_text(st["oracle"]))
     if "clicks" in st:
         c = st["clicks"]
         parts.append(f"clicks {c.get('ok', 0)} kept of {sum(c.values())}")
@@ -705,6 +736,26 @@ def status_text(live: Live, s, st: dict | None = None) -> str:
         parts.append(f"ALARM: {st['alarm']}")
     parts += _mqtt_text(st) + _store_text(live)
     return "  ".join(parts)
+
+
+def _no_estimate(s) -> str:
+    """Why a frame has no gaze: the stage that failed says it (a model that gives NaN read
+    as "eyes closed" on every frame), else no face, else a blink."""
+    q = s.quality
+    if q.error:
+        return f"no gaze: {q.error}"
+    return "no face" if not q.face else "eyes closed"
+
+
+def _oracle_text(o: dict) -> str:
+    """The oracle's labels, and its failures: 43 failed calls read as "0 done"."""
+    text = f"oracle {o['done']} done"
+    lost = {k: o.get(k, 0) for k in ("failed", "timed_out", "bad")}
+    if any(lost.values()):
+        text += ", " + ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in lost.items() if n)
+        if o.get("last_error"):
+            text += f" (last: {o['last_error']})"
+    return text + (" (busy)" if o["busy"] else "")
 
 
 def _sources_text(st: dict) -> list[str]:
@@ -823,8 +874,10 @@ class Window:
         if key == ord("7"):
             if live.glance is not None:  # a dot from the next frame on
                 live.glance.start(frame.t_ns, "key")
-            else:
+            elif live.worker is not None:
                 self.verify(frame, s)
+            else:  # it froze on a picture with nothing to verify
+                print("7: nothing to verify without a profile: press c to calibrate", flush=True)
         elif key == ord(" "):
             self.record(frame, s)
         elif key == ord("c"):
@@ -978,7 +1031,9 @@ class Window:
         img = render_verify(self._verify_data(snap, result.get("label"), gaze=gaze))
         self.last_img = img
         cv2.imshow(WINDOW, img)
-        cv2.waitKey(0)  # any key resumes
+        # Any key resumes. Short waits: inside one long waitKey Ctrl-C is never handled.
+        while cv2.waitKey(100) == -1:
+            pass
 
     def record(self, frame, s) -> None:
         """Space: the user looks at the cursor; keep the frame labelled with its position."""

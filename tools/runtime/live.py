@@ -563,6 +563,8 @@ class Live:
                 "done": m.done,
                 "failed": m.failed,
                 "timed_out": m.timed_out,
+                "bad": m.bad,
+                "last_error": m.last_error,
                 "busy": m.busy,
                 "pending": m.pending,
                 "latency_p50_s": m.latency_p50_s,

@@ -1,0 +1,93 @@
+"""`gazeloop run` stopped from outside: SIGTERM as Ctrl-C, the summary said either way."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.fixture
+def many_stills(shared, tmp_path):
+    """The stills of nine of p1's evit sittings as one session (144 stills, several seconds
+    of work): a run that is still going when it is stopped."""
+    out = tmp_path / "stills"
+    out.mkdir()
+    (out / "session.json").symlink_to(shared / "data/evit/p1_s01/session.json")
+    for sitting in sorted((shared / "data/evit").glob("p1_s0*")):
+        for f in sitting.glob("img_*"):
+            if not (out / f.name).exists():
+                (out / f.name).symlink_to(f)
+    return out
+
+
+def test_sigterm_stops_a_run_like_ctrl_c_with_its_summary(many_stills, tmp_path):
+    """SIGTERM killed `run` at once: no summary, labels in the writer's queue not stored, a
+    replay's imported copy left behind. Ctrl-C did not say the summary either."""
+    env = dict(os.environ, GAZELOOP_HOME=str(tmp_path / "home"), PYTHONUNBUFFERED="1")
+    argv = [sys.executable, "-m", "gazeloop.tools.cli", "run", "--headless"]
+    p = subprocess.Popen(
+        [*argv, "--source", str(many_stills), "--oracle", "none"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    # The first status line (a second into tracking) says it is running; then stop it.
+    first = p.stdout.readline()
+    while first and "fps" not in first:
+        first = p.stdout.readline()
+    assert "fps" in first, p.stderr.read()
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    (summary,) = [x for x in out.splitlines() if x.startswith("gazeloop run: ")]
+    assert "frames (interrupted);" in summary and "Traceback" not in err
+    frames = int(summary.split()[2])
+    assert 0 < frames < 144
+
+
+def test_the_status_line_says_oracle_failures_and_why_there_is_no_gaze():
+    """43 failed oracle calls read as "oracle 0 done"; a gaze model that answers NaN read as
+    "eyes closed" on every frame."""
+    from types import SimpleNamespace
+
+    from gazeloop.fastpath.types import Quality
+    from gazeloop.tools.commands.run import _no_estimate, _oracle_text
+
+    o = {"done": 0, "failed": 43, "timed_out": 2, "bad": 0, "busy": True}
+    assert _oracle_text(o | {"last_error": "CUDA out of memory"}) == (
+        "oracle 0 done, 43 failed, 2 timed out (last: CUDA out of memory) (busy)"
+    )
+    assert _oracle_text({"done": 5, "busy": False}) == "oracle 5 done"
+    nan = Quality(face=True, error="gaze model output is not finite")
+    assert _no_estimate(SimpleNamespace(quality=nan)) == "no gaze: gaze model output is not finite"
+    assert _no_estimate(SimpleNamespace(quality=Quality(face=True))) == "eyes closed"
+    assert _no_estimate(SimpleNamespace(quality=Quality())) == "no face"
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--settle", "nan"], "--settle must be a number of seconds >= 0"),
+        (["--capture", "0"], "--capture must be at least 1 frame"),
+        (["--oracle-threads", "7"], "--oracle-in and --oracle-threads are for --oracle moondream"),
+        (["--mqtt-wait", "99"], "--mqtt-wait are for the broker: give --mqtt URL too"),
+    ],
+)
+def test_flags_run_would_ignore_or_check_too_late_are_refused_at_once(
+    shared, tmp_path, monkeypatch, capsys, flags, says
+):
+    """The c key's grid flags were checked only when c was pressed, and flags for a model
+    oracle or a broker the run does not have were taken and ignored."""
+    from gazeloop.tools.cli import main
+
+    monkeypatch.setenv("GAZELOOP_HOME", str(tmp_path))
+    video = str(shared / "data/video-corners4/calibrate.mp4")
+    argv = ["run", "--headless", "--source", video, "--frames", "2", "--oracle", "none"]
+    assert main([*argv, *flags]) == 2
+    err = capsys.readouterr().err
+    assert says in err and err.count("\n") == 1
