@@ -251,14 +251,36 @@ def finish(
         raise UserError(f"calibration fit: {e}") from None
     if run.cfg.select:
         prof = _with_history(prof, reads, screen, session_dir, fp)
-    saved = prof.save(profile_out)
+    useless = _no_better_than_guessing(ev)
+    keep_old = useless is not None and profile_out.is_file()
+    saved = None if keep_old else prof.save(profile_out)
     history = prof.fit.history
     if history is not None:
         extra_report = {**(extra_report or {}), "history": history.model_dump(mode="json")}
     report_path, plot = _write_report(
         run, screen, ev, saved, session_dir, user, device, extra_report
     )
+    if keep_old:
+        raise UserError(
+            f"{useless}: {profile_out} is kept, not replaced (the session and its report: "
+            f"{report_path}); calibrate again, face lit and eyes on each dot"
+        )
+    if useless is not None:  # nothing to keep: a poor profile, said, beats none
+        print(f"WARNING: {useless}; calibrate again", file=sys.stderr, flush=True)
     return CalibrationResult(prof, ev, saved, session_dir, plot, report_path, frames_written)
+
+
+def _no_better_than_guessing(ev: Evaluated) -> str | None:
+    """Why this calibration's points are worth no more than guessing (each target predicted
+    by the mean of the others), or None: a grid followed with the eyes elsewhere scored 790
+    px against guessing's 749, and replaced the user's working profile."""
+    r = ev.report
+    if r.mean_px < r.baseline_mean_px:
+        return None
+    return (
+        f"calibration no better than guessing: leave-one-target-out error {r.mean_px:.0f} "
+        f"px, guessing the centre of the other targets {r.baseline_mean_px:.0f} px"
+    )
 
 
 def _with_history(prof: Profile, now, screen, session_dir: Path, fp) -> Profile:
@@ -287,7 +309,7 @@ def _write_report(run, screen, ev, saved, session_dir, user, device, extra) -> t
     plot = report_dir / "calibration.png"
     write_plot(lambda f: plot_report(ev, f, title=f"calibration of {user} on {device}"), plot)
     report = {
-        "profile": str(saved),
+        "profile": None if saved is None else str(saved),  # None: not saved, see the error
         "session": str(session_dir),
         "evaluation": ev.report.model_dump(mode="json"),
         "targets": _target_table(run, screen),

@@ -435,3 +435,36 @@ def test_the_grid_takes_mapping_and_features_in_calibrate_and_in_runs_c_key(comm
     assert fixed.features == ("gaze_yaw", "gaze_pitch", "head_yaw")
     own = cfg("--mapping", "geometric")  # the mapping's own columns
     assert not own.select and own.features == tuple(mapping_class("geometric").features)
+
+
+@pytest.mark.slow
+def test_a_calibration_no_better_than_guessing_does_not_replace_a_profile(shared, tmp_path):
+    """A grid followed with the eyes elsewhere (790 px, guessing 749) replaced the user's
+    working profile and was used. grid9's stills, each labelled with the next target of its
+    row: the gaze does not follow the labels."""
+    src = shared / "data/sessions/grid9"
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    records = sorted(src.glob("img_*.json"))
+    docs = [json.loads(p.read_text()) for p in records]
+    for i, p in enumerate(records):
+        other = docs[3 * (i // 3) + (i + 1) % 3]
+        doc = docs[i] | {"screen_x": other["screen_x"], "screen_y": other["screen_y"]}
+        (odd / p.name).write_text(json.dumps(doc))
+        (odd / p.with_suffix(".jpg").name).symlink_to(p.with_suffix(".jpg"))
+    prof = tmp_path / "p.json"
+    flags = ["--headless", "--screen-px", 1920, 1080, "--mirrored", "--profile", prof]
+
+    # No profile yet: saved, with a warning (a poor cursor beats none).
+    rc, _, err = cli("calibrate", "--source", odd, "--out", tmp_path / "s0", *flags)
+    assert rc == 0 and "WARNING: calibration no better than guessing" in err
+    # A working profile, then the odd grid: it stays.
+    assert cli("calibrate", "--source", src, "--out", tmp_path / "s1", *flags)[0] == 0
+    good = prof.read_bytes()
+    rc, _, err = cli("calibrate", "--source", odd, "--out", tmp_path / "s2", *flags)
+    (said,) = [x for x in err.splitlines() if x.startswith("gazeloop calibrate: ")]
+    assert rc == 2 and f"{prof} is kept, not replaced" in said
+    assert prof.read_bytes() == good
+    report = json.loads((tmp_path / "s2/report/calibration.json").read_text())
+    assert report["profile"] is None
+    assert report["evaluation"]["mean_px"] >= report["evaluation"]["baseline_mean_px"]
