@@ -32,10 +32,7 @@ import math
 import numpy as np
 
 EYE_SPAN_MM = 90.0
-IRIS_DIAMETER_MM = 11.7
 CORNERS = (33, 133, 362, 263)  # right eye outer, inner; left eye inner, outer
-# Feature names, in the order `eye_position_mm` returns them.
-EYE_FEATURES = ("eye_x_mm", "eye_y_mm", "eye_z_mm")
 
 
 def eye_position_mm(

@@ -139,35 +139,6 @@ def ridge_head(
     return RidgeOutput(pred=pred, query=query, loss=loss)
 
 
-class RidgeHead(torch.nn.Module):
-    """`ridge_head` as a module with fixed lambda and aspect (no parameters of its own)."""
-
-    def __init__(self, *, aspect: float, lam: float = 0.1, standardize: bool = True) -> None:
-        super().__init__()
-        if not aspect > 0:
-            raise ValueError(f"aspect must be > 0 (w/h), got {aspect}")
-        self.aspect, self.lam, self.standardize = float(aspect), float(lam), standardize
-
-    def forward(
-        self,
-        E: torch.Tensor,
-        Y: torch.Tensor,
-        person_ids: torch.Tensor,
-        calib_mask: torch.Tensor,
-        weights: torch.Tensor | None = None,
-    ) -> RidgeOutput:
-        return ridge_head(
-            E,
-            Y,
-            person_ids,
-            calib_mask,
-            aspect=self.aspect,
-            weights=weights,
-            lam=self.lam,
-            standardize=self.standardize,
-        )
-
-
 def sample_calibration_mask(
     person_ids: torch.Tensor,
     k_min: int = 8,
@@ -230,7 +201,6 @@ def gaze_angle_loss(
 
 
 __all__ = [
-    "RidgeHead",
     "RidgeOutput",
     "angular_error",
     "gaze_angle_loss",
