@@ -815,6 +815,10 @@ class LabelStore:
                 # is a click or a dot like any other (`gazeloop collect` files it too).
                 rejected = not row.accepted and row.why != NOT_PROCESSED
                 why = "rejected by the loop" if accepted_only and rejected else None
+                if row.run_id is not None and row.run_id not in screens:
+                    # A run recorded after the export began (another process writing):
+                    # read as "no screen recorded", its labels went out in this one's pixels.
+                    screens = {r.id: r.screen for r in self.runs()}
                 why = why or _other_screen(screens.get(row.run_id), screen)
                 why = why or self._export_row(row, out, size, lines, used)
                 if why is None:

@@ -235,6 +235,26 @@ def test_export_leaves_out_labels_of_a_run_on_another_screen(tmp_path):
     store.close()
 
 
+def test_export_knows_the_screen_of_a_run_recorded_while_it_reads(tmp_path, monkeypatch):
+    """An export read the runs once: labels of a run another process began meanwhile, on
+    another screen, were exported in this screen's pixels."""
+    store = LabelStore(tmp_path / "store")
+    here = store.begin_run({"source": "0"}, SCREEN)
+    store.add(point(0, (0.2, 0.2)), img(0), None, decision(), run_id=here)
+    there = store.begin_run({"source": "0"}, ScreenGeometry(px=(1280, 720)))
+    store.add(point(1, (0.4, 0.4)), img(1), None, decision(), run_id=there)
+    real_runs, calls = store.runs, []
+
+    def runs_as_at_the_start():  # the first read, before the second run was recorded
+        calls.append(1)
+        return [r for r in real_runs() if r.id == here] if len(calls) == 1 else real_runs()
+
+    monkeypatch.setattr(store, "runs", runs_as_at_the_start)
+    stats = store.export_session(tmp_path / "out", SCREEN)
+    assert stats == {"written": 1, "skipped": {"recorded on another screen (1280x720)": 1}}
+    store.close()
+
+
 def test_export_writes_a_session_the_reader_accepts(tmp_path):
     store = LabelStore(tmp_path / "store")
     pts = [(0.1, 0.2), (0.5, 0.5), (0.9, 0.8)]
