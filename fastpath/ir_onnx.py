@@ -33,6 +33,7 @@ from gazeloop.fastpath.ir_reader import (
     constant_value,
     find_head_input,
     read_ir,
+    strided_slice_axes,
 )
 from gazeloop.fastpath.models import sha256_file
 
@@ -65,7 +66,6 @@ _ONNX_DTYPE = {
     np.dtype("int8"): TensorProto.INT8,
     np.dtype("bool"): TensorProto.BOOL,
 }
-_INT64_MAX = np.iinfo(np.int64).max
 
 
 class UnsupportedIRError(IRFormatError):
@@ -231,43 +231,20 @@ class _Emitter:
         self.node("Reshape", layer, [ins[0], self._init(layer, "shape", target)], **attrs)
 
     def _strided_slice(self, layer: Layer, ins: list[str]) -> None:
-        for m in ("new_axis_mask", "shrink_axis_mask", "ellipsis_mask"):
-            if any(layer.attr_ints(m)):
-                raise UnsupportedIRError(f"StridedSlice {layer.name!r} uses {m}")
-        begin = self.const_input(layer, 1, "begin").reshape(-1)
-        end = self.const_input(layer, 2, "end").reshape(-1)
-        n = len(begin)
-        stride = (
-            self.const_input(layer, 3, "stride").reshape(-1)
-            if len(layer.inputs) > 3
-            else np.ones(n, np.int64)
-        )
-        # OpenVINO: mask bit 1 means "ignore this begin/end and take the whole extent".
-        bmask = (list(layer.attr_ints("begin_mask")) + [0] * n)[:n]
-        emask = (list(layer.attr_ints("end_mask")) + [0] * n)[:n]
-        shape = layer.inputs[0].shape
-        starts, ends, axes, steps = [], [], [], []
-        for i in range(n):
-            s, e, st = int(begin[i]), int(end[i]), int(stride[i])
-            if bmask[i]:
-                s = 0 if st > 0 else _INT64_MAX
-            if emask[i]:
-                e = _INT64_MAX if st > 0 else -_INT64_MAX
-            dim = shape[i] if i < len(shape) else -1
-            whole = st == 1 and s == 0 and (e == _INT64_MAX or (dim > 0 and e >= dim))
-            if whole:
-                continue  # a no-op on this axis; both slices in the gaze model are no-ops
-            self._require_not_batch(layer, i, "slices")
-            starts.append(s)
-            ends.append(e)
-            axes.append(i)
-            steps.append(st)
-        if not axes:
+        stride = self.const_input(layer, 3, "stride") if len(layer.inputs) > 3 else None
+        try:
+            begin, end = self.const_input(layer, 1, "begin"), self.const_input(layer, 2, "end")
+            sliced = strided_slice_axes(layer, begin, end, stride)
+        except ValueError as e:
+            raise UnsupportedIRError(str(e)) from None
+        for axis, *_ in sliced:
+            self._require_not_batch(layer, axis, "slices")
+        if not sliced:
             self.node("Identity", layer, [ins[0]])
             return
-        args = [np.array(v, np.int64) for v in (starts, ends, axes, steps)]
-        keys = ("starts", "ends", "axes", "steps")
-        names = [self._init(layer, k, a) for k, a in zip(keys, args, strict=True)]
+        axes, starts, ends, steps = (np.array(v, np.int64) for v in zip(*sliced, strict=True))
+        given = {"starts": starts, "ends": ends, "axes": axes, "steps": steps}
+        names = [self._init(layer, k, a) for k, a in given.items()]
         self.node("Slice", layer, [ins[0], *names])
 
 

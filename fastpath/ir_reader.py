@@ -298,6 +298,40 @@ def read_ir(xml_path: str | Path, bin_path: str | Path | None = None) -> IRGraph
     )
 
 
+INT64_MAX = int(np.iinfo(np.int64).max)
+
+
+def strided_slice_axes(
+    layer: Layer, begin: np.ndarray, end: np.ndarray, stride: np.ndarray | None
+) -> list[tuple[int, int, int, int]]:
+    """An OpenVINO StridedSlice as (axis, start, end, step) for each axis it really slices,
+    for both rebuilds of the IR (ONNX here, PyTorch in the trainer). A mask bit of 1 means
+    "ignore this begin/end and take the whole extent" (not "use it"); axes that keep their
+    whole extent are dropped (both slices in the gaze model are such no-ops). ValueError for
+    the masks neither rebuild supports (new axis, shrink, ellipsis)."""
+    for m in ("new_axis_mask", "shrink_axis_mask", "ellipsis_mask"):
+        if any(layer.attr_ints(m)):
+            raise ValueError(f"StridedSlice {layer.name!r} uses {m}")
+    begin, end = begin.astype(np.int64).reshape(-1), end.astype(np.int64).reshape(-1)
+    n = len(begin)
+    steps = np.ones(n, np.int64) if stride is None else stride.astype(np.int64).reshape(-1)
+    bmask = (list(layer.attr_ints("begin_mask")) + [0] * n)[:n]
+    emask = (list(layer.attr_ints("end_mask")) + [0] * n)[:n]
+    shape = layer.inputs[0].shape
+    out = []
+    for i in range(n):
+        s, e, st = int(begin[i]), int(end[i]), int(steps[i])
+        if bmask[i]:
+            s = 0 if st > 0 else INT64_MAX
+        if emask[i]:
+            e = INT64_MAX if st > 0 else -INT64_MAX
+        dim = shape[i] if i < len(shape) else -1
+        if st == 1 and s == 0 and (e == INT64_MAX or (dim > 0 and e >= dim)):
+            continue
+        out.append((i, s, e, st))
+    return out
+
+
 def constant_value(graph: IRGraph, source: tuple[int, int]) -> np.ndarray | None:
     """The value flowing out of `source` if it is a Const, or a chain of Converts of one
     (the f16-stored-weights pattern); None when it depends on a Parameter."""

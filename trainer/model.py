@@ -37,12 +37,14 @@ from torch.nn import functional as F
 from gazeloop.calibration.store.atomic import atomic_path, atomic_write_bytes
 from gazeloop.fastpath.ir_onnx import OMZ_INPUTS
 from gazeloop.fastpath.ir_reader import (
+    INT64_MAX,
     IRFormatError,
     IRGraph,
     Layer,
     constant_value,
     find_head_input,
     read_ir,
+    strided_slice_axes,
 )
 from gazeloop.fastpath.models import sha256_file
 
@@ -54,7 +56,6 @@ CHECKPOINT_FORMAT_VERSION = 1
 
 _BINARY = {"Add": "add", "Multiply": "mul", "Subtract": "sub", "Divide": "div"}
 _UNARY = {"ReLU": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh"}
-_INT64_MAX = np.iinfo(np.int64).max
 
 
 class UnsupportedGraphError(IRFormatError):
@@ -253,35 +254,19 @@ class _SpecBuilder:
 
     def _slices(self, layer: Layer) -> list[list[int]]:
         """[axis, start, end, step] for each axis actually sliced (no-op axes dropped)."""
-        for m in ("new_axis_mask", "shrink_axis_mask", "ellipsis_mask"):
-            if any(layer.attr_ints(m)):
-                raise UnsupportedGraphError(f"StridedSlice {layer.name!r} uses {m}")
-        begin = self._const(layer, 1, "begin").astype(np.int64).reshape(-1)
-        end = self._const(layer, 2, "end").astype(np.int64).reshape(-1)
-        n = len(begin)
-        stride = (
-            self._const(layer, 3, "stride").astype(np.int64).reshape(-1)
-            if len(layer.inputs) > 3
-            else np.ones(n, np.int64)
-        )
-        # OpenVINO: a mask bit of 1 means "ignore this begin/end, take the whole extent".
-        bmask = (list(layer.attr_ints("begin_mask")) + [0] * n)[:n]
-        emask = (list(layer.attr_ints("end_mask")) + [0] * n)[:n]
-        shape = layer.inputs[0].shape
-        out = []
-        for i in range(n):
-            s, e, st = int(begin[i]), int(end[i]), int(stride[i])
-            if st <= 0:
-                raise UnsupportedGraphError(f"StridedSlice {layer.name!r}: stride {st}")
-            s = 0 if bmask[i] else s
-            e = _INT64_MAX if emask[i] else e
-            dim = shape[i] if i < len(shape) else -1
-            if st == 1 and s == 0 and (e == _INT64_MAX or (dim > 0 and e >= dim)):
-                continue
-            if i == 0:
+        stride = self._const(layer, 3, "stride") if len(layer.inputs) > 3 else None
+        try:
+            sliced = strided_slice_axes(
+                layer, self._const(layer, 1, "begin"), self._const(layer, 2, "end"), stride
+            )
+        except ValueError as e:
+            raise UnsupportedGraphError(str(e)) from None
+        for axis, _, _, step in sliced:
+            if step <= 0:
+                raise UnsupportedGraphError(f"StridedSlice {layer.name!r}: stride {step}")
+            if axis == 0:
                 raise UnsupportedGraphError(f"StridedSlice {layer.name!r} slices the batch")
-            out.append([i, s, e, st])
-        return out
+        return [list(x) for x in sliced]
 
 
 def ir_spec(graph: IRGraph) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -399,7 +384,7 @@ class GazeNet(nn.Module):
             x = xs[0]
             for axis, start, end, step in node["slices"]:
                 idx = [slice(None)] * x.dim()
-                idx[axis] = slice(start, None if end == _INT64_MAX else end, step)
+                idx[axis] = slice(start, None if end == INT64_MAX else end, step)
                 x = x[tuple(idx)]
             return x
         raise CheckpointError(f"unknown op {op!r} in the architecture")
