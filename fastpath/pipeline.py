@@ -50,7 +50,8 @@ _FAILURES_SAID = 16  # distinct frame failures warned about, per fast path
 
 
 class FastPathConfig(BaseModel):
-    """Everything the fast path needs; every field can be set from the command line."""
+    """Everything the fast path needs: every field from a `--config` file, the common ones
+    also as flags (`tools.commands._args.add_fastpath_args`)."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 

@@ -324,15 +324,29 @@ def distinct_paths(paths: list, flag: str, why: str) -> None:
 def add_user_args(p: argparse.ArgumentParser) -> None:
     """The person and the machine a profile is of (`run`, `calibrate`, `profile fit`): the
     profile's file and the user's sessions and labels are found by them."""
-    p.add_argument("--user", default="default")
-    p.add_argument("--device", default="default")
+    p.add_argument("--user", default="default", help="whose profiles, sessions and labels")
+    p.add_argument(
+        "--device", default="default", help="which machine's profile (the camera's place)"
+    )
 
 
 def add_screen_size_args(p: argparse.ArgumentParser) -> None:
-    """The screen in pixels and in millimetres, without a word of help: `calibrate`, `eval`
-    and `profile fit` take them alike (each says its viewing distance its own way)."""
-    p.add_argument("--screen-px", type=positive_int, nargs=2, metavar=("W", "H"))
-    p.add_argument("--screen-mm", type=positive_float, nargs=2, metavar=("W", "H"))
+    """The screen in pixels and in millimetres: `calibrate`, `eval` and `profile fit` take
+    them alike (each says its viewing distance its own way)."""
+    p.add_argument(
+        "--screen-px",
+        type=positive_int,
+        nargs=2,
+        metavar=("W", "H"),
+        help="the screen's size in pixels (default: the session's, else the window system's)",
+    )
+    p.add_argument(
+        "--screen-mm",
+        type=positive_float,
+        nargs=2,
+        metavar=("W", "H"),
+        help="the screen's size in mm (for errors in mm and degrees)",
+    )
 
 
 def screen_from_args(args, px: tuple[int, int], manifest: SessionManifest | None = None):

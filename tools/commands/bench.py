@@ -34,9 +34,14 @@ from gazeloop.tools.runtime.bench_loop import LoopBenchOptions, bench_sessions
 from gazeloop.tools.runtime.bench_loop_text import loop_text, plot_injected, plot_sittings
 from gazeloop.tools.runtime.progress import Progress
 
+# The JSON benchmarks print JSON either way; --json makes it one line for a pipe.
+ONE_LINE = "the JSON on one line (default: indented)"
+
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("bench", help="benchmarks (JSON with --json; mqtt always)")
+    p = sub.add_parser(
+        "bench", help="benchmarks: JSON (fastpath, eyetrax, mapping, mqtt) or text (loop)"
+    )
     bsub = p.add_subparsers(dest="bench", required=True, metavar="WHAT")
     _add_fastpath_parser(bsub)
     _add_eyetrax_parser(bsub)
@@ -54,7 +59,7 @@ def _add_fastpath_parser(sub) -> None:
     )
     f.add_argument("--source", required=True, help="video file, session folder or camera index")
     f.add_argument("--frames", type=positive_int, default=300, help="frames measured (default 300)")
-    f.add_argument("--json", action="store_true", help="print only the JSON object")
+    f.add_argument("--json", action="store_true", help=ONE_LINE)
     f.add_argument(
         "--oracle-load",
         action="store_true",
@@ -89,7 +94,7 @@ def _add_eyetrax_parser(sub) -> None:
     )
     e.add_argument("--source", required=True, help="video file or session folder")
     e.add_argument("--frames", type=positive_int, default=300, help="frames measured (default 300)")
-    e.add_argument("--json", action="store_true", help="print only the JSON object")
+    e.add_argument("--json", action="store_true", help=ONE_LINE)
     add_fastpath_args(e)
     e.set_defaults(func=run_eyetrax)
 
@@ -99,12 +104,14 @@ def _add_mapping_parser(sub) -> None:
         "mapping",
         help="time of fitting a calibration mapping (nested leave-one-target-out included)",
     )
-    m.add_argument("--targets", type=positive_int, default=25)
-    m.add_argument("--frames", type=positive_int, default=30, help="frames per target")
-    m.add_argument("--features", type=positive_int, default=11, help="feature count")
-    m.add_argument("--repeats", type=positive_int, default=20)
+    m.add_argument("--targets", type=positive_int, default=25, help="targets (default 25)")
+    m.add_argument("--frames", type=positive_int, default=30, help="frames per target (default 30)")
+    m.add_argument("--features", type=positive_int, default=11, help="feature count (default 11)")
+    m.add_argument(
+        "--repeats", type=positive_int, default=20, help="fits timed per mapping (default 20)"
+    )
     m.add_argument("--mapping", action="append", help="mapping(s) to time (default: all)")
-    m.add_argument("--json", action="store_true")
+    m.add_argument("--json", action="store_true", help=ONE_LINE)
     m.set_defaults(func=run_mapping)
 
 
@@ -114,7 +121,9 @@ def _add_mqtt_parser(sub) -> None:
     b.add_argument(
         "--rate", type=positive_float, default=60.0, help="samples per second (default 60)"
     )
-    b.add_argument("--seconds", type=positive_float, default=5.0)
+    b.add_argument(
+        "--seconds", type=positive_float, default=5.0, help="how long to stream (default 5)"
+    )
     # Every benchmark takes --json; this one prints JSON either way.
     b.add_argument("--json", action="store_true", help="one JSON object (the default output)")
     b.set_defaults(func=run_mqtt)
@@ -151,7 +160,13 @@ def _add_loop_parser(bsub) -> None:
         "(drifted, with the loop, the sitting's own calibration, the best offset)",
     )
     _add_loop_labeller_args(p)
-    p.add_argument("--screen-px", type=positive_int, nargs=2, metavar=("W", "H"))
+    p.add_argument(
+        "--screen-px",
+        type=positive_int,
+        nargs=2,
+        metavar=("W", "H"),
+        help="the screen of a session without a session.json",
+    )
     add_mirrored_arg(p)
     p.add_argument("--json", action="store_true", help="print only the JSON object")
     add_fastpath_args(p)
@@ -192,7 +207,14 @@ def _add_loop_stream_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--noise-px", type=non_negative_float, default=100.0, help="label noise σ per axis (100)"
     )
-    p.add_argument("--bias-px", type=finite_float, nargs=2, default=(0.0, 0.0), metavar=("X", "Y"))
+    p.add_argument(
+        "--bias-px",
+        type=finite_float,
+        nargs=2,
+        default=(0.0, 0.0),
+        metavar=("X", "Y"),
+        help="a constant error of every label (0 0)",
+    )
     p.add_argument("--outlier-rate", type=fraction, default=0.0, help="share of junk labels (0)")
     p.add_argument("--labels", type=positive_int, default=60, help="labels per stream (60)")
     p.add_argument(
@@ -348,10 +370,7 @@ def run_fastpath(args: argparse.Namespace) -> int:
         }
     else:
         out = bench_fastpath(args.source, args.frames, cfg)
-    if args.json:
-        print(json.dumps(out))
-    else:
-        print(json.dumps(out, indent=2))
+    print(json.dumps(out, indent=None if args.json else 2))
     return 0
 
 

@@ -60,7 +60,14 @@ def add_parser(sub) -> None:
         "prediction with where the gaze point must go.",
     )
     p.add_argument("session", type=str, help="session folder")
-    p.add_argument("--screen-mm", type=positive_float, nargs=2, metavar=("W", "H"))
+    p.add_argument(
+        "--screen-mm",
+        type=positive_float,
+        nargs=2,
+        metavar=("W", "H"),
+        help="the screen's size in mm (default: the manifest's, else a laptop's): where the "
+        "gaze point must go is worked out in mm",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument(
         "--plot",

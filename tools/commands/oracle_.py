@@ -34,8 +34,19 @@ def add_parser(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     e.add_argument("session", type=Path, help="session folder (img_<ms>.jpg + .json pairs)")
-    e.add_argument("--oracle", choices=("moondream", "clicks", "targets"), required=True)
-    e.add_argument("--screen-px", type=positive_int, nargs=2, metavar=("W", "H"))
+    e.add_argument(
+        "--oracle",
+        choices=("moondream", "clicks", "targets"),
+        required=True,
+        help="the labeller measured",
+    )
+    e.add_argument(
+        "--screen-px",
+        type=positive_int,
+        nargs=2,
+        metavar=("W", "H"),
+        help="the screen of a session without a session.json",
+    )
     e.add_argument(
         "--mirrored",
         action=argparse.BooleanOptionalAction,
@@ -53,7 +64,7 @@ def add_parser(sub) -> None:
         "the API-shaped double, which has no weights and says so)",
     )
     add_moondream_pin_args(e)
-    e.add_argument("--json", action="store_true", help="print only the JSON object")
+    e.add_argument("--json", action="store_true", help="the JSON on one line (default: indented)")
     e.add_argument(
         "--plot",
         type=Path,

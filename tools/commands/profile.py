@@ -59,7 +59,13 @@ def add_parser(sub) -> None:
     f.add_argument("--out", type=Path, help="profile file (default: the user's profile folder)")
     add_screen_size_args(f)
     f.add_argument("--distance-mm", type=positive_float, help="viewing distance")
-    f.add_argument("--mirrored", action=argparse.BooleanOptionalAction, default=None)
+    f.add_argument(
+        "--mirrored",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a session without session.json stores selfie views (a manifest's word wins; "
+        "default: not mirrored)",
+    )
     f.add_argument(
         "--mapping",
         choices=sorted(MAPPINGS),
@@ -74,7 +80,7 @@ def add_parser(sub) -> None:
     add_fastpath_args(f)
     f.set_defaults(func=run_fit)
     s = psub.add_parser("show", help="print a profile's summary")
-    s.add_argument("path", type=Path)
+    s.add_argument("path", type=Path, help="a profile file (users/<u>/profiles/<device>.json)")
     s.set_defaults(func=run_show)
 
 

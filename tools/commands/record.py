@@ -62,17 +62,25 @@ def add_parser(sub) -> None:
         metavar=("W", "H"),
         help="the screen the labels are pixels of (default: the source's)",
     )
-    p.add_argument("--screen-mm", type=positive_float, nargs=2, metavar=("W", "H"))
-    p.add_argument("--camera-mm", type=finite_float, nargs=2, metavar=("X", "Y"))
+    p.add_argument(
+        "--screen-mm", type=positive_float, nargs=2, metavar=("W", "H"), help="screen size, mm"
+    )
+    p.add_argument(
+        "--camera-mm",
+        type=finite_float,
+        nargs=2,
+        metavar=("X", "Y"),
+        help="the camera from the screen's top-left corner in mm, x right, y down (above: y < 0)",
+    )
     p.add_argument(
         "--mirrored",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="a source session without session.json stores selfie views",
     )
-    p.add_argument("--user")
-    p.add_argument("--device")
-    p.add_argument("--notes")
+    p.add_argument("--user", help="whose session (in session.json)")
+    p.add_argument("--device", help="which machine (in session.json)")
+    p.add_argument("--notes", help="free text kept in session.json")
     p.set_defaults(func=run)
 
 

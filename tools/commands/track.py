@@ -26,7 +26,8 @@ def add_parser(sub) -> None:
         help="run the fast path over a source and print the gaze stream",
         description="Run the fast path over a camera index, a video file or a session folder. "
         "Prints a status line per second of source time and a summary; --jsonl prints one "
-        "JSON object per frame instead.",
+        "JSON object per frame instead of the status lines, and the summary as a last JSON "
+        "line.",
     )
     p.add_argument("source", help="camera index (0), video file, session folder or image")
     p.add_argument("--frames", type=positive_int, help="stop after this many frames")

@@ -99,10 +99,10 @@ def _add_training_args(t: argparse.ArgumentParser) -> None:
     """The run folder and the training settings the flags override in --config."""
     t.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, metrics)")
     t.add_argument("--config", type=Path, help="a TrainConfig JSON; flags override it")
-    t.add_argument("--epochs", type=positive_int)
-    t.add_argument("--max-steps", type=positive_int)
-    t.add_argument("--lr", type=_learning_rate)
-    t.add_argument("--seed", type=_seed)
+    t.add_argument("--epochs", type=positive_int, help="passes over the data (default 10)")
+    t.add_argument("--max-steps", type=positive_int, help="stop after this many steps in all")
+    t.add_argument("--lr", type=_learning_rate, help="learning rate (default 1e-5)")
+    t.add_argument("--seed", type=_seed, help="seed of the split and the episodes (default 0)")
     t.add_argument(
         "--calib-min", type=positive_int, help="calibration targets per episode, at least"
     )
@@ -134,12 +134,14 @@ def _add_export_parser(sub, registry_help: str) -> None:
     e.add_argument("checkpoint", type=Path, help="model.safetensors of a training run")
     e.add_argument("--out", type=Path, help="ONNX file (default: beside the checkpoint)")
     e.add_argument("--registry", type=Path, help=registry_help)
-    e.add_argument("--no-register", action="store_true")
+    e.add_argument("--no-register", action="store_true", help="only write the ONNX file")
     e.add_argument(
         "--promote", action="store_true", help="serve it now (skips the gate: your decision)"
     )
-    e.add_argument("--model-id", default="gazeloop-gazenet")
-    e.add_argument("--json", action="store_true")
+    e.add_argument(
+        "--model-id", default="gazeloop-gazenet", help="registry model id (gazeloop-gazenet)"
+    )
+    e.add_argument("--json", action="store_true", help="print the result as JSON")
     e.set_defaults(func=run_export)
 
 
