@@ -11,14 +11,15 @@ interrupted copy by hand, a disk error) is skipped with a warning, never served.
 
 Every candidate is kept, with the promotion gate's evaluation in its card; what the fast path
 serves is the *promoted* version, named by `root/<model_id>/promoted.json` (rewritten
-atomically, with the history of promotions so that `rollback` can go back one step). A
-version that is registered is not served until something promotes it: the gate
-(`trainer.gate`), a fetch of a model its source promoted, or a person
-(`gazeloop models promote`).
+atomically under the lock `root/.promote.lock`, with the history of promotions so that
+`rollback` can go back one step). A version that is registered is not served until
+something promotes it: the gate (`trainer.gate`), a fetch of a model its source promoted,
+or a person (`gazeloop models promote`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -26,6 +27,7 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,6 +40,11 @@ from gazeloop.calibration.profile import data_dir
 from gazeloop.calibration.store.atomic import atomic_path, atomic_write_bytes, fsync_dir
 from gazeloop.fastpath.models import sha256_file
 
+try:  # macOS and Linux; elsewhere promotions are not serialised between processes
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
 if TYPE_CHECKING:
     from gazeloop.trainer.export import ModelCard
 
@@ -46,6 +53,7 @@ log = logging.getLogger(__name__)
 MODEL_FILE = "model.onnx"
 CARD_FILE = "card.json"
 PROMOTED_FILE = "promoted.json"
+LOCK_FILE = ".promote.lock"  # in the root: held while a promotion pointer is rewritten
 _VERSION_DIR = re.compile(r"^v(\d{4,})$")
 
 
@@ -340,18 +348,35 @@ class ModelRegistry:
         history = self._pointer(mid)["history"] if mid is not None else []
         return dict(history[-1]) if history else None
 
+    @contextlib.contextmanager
+    def _pointer_lock(self) -> Iterator[None]:
+        """Held from reading a promotion pointer to writing it back: two processes promoting
+        at once (the gate, a fetch, a person) would each write the history they had read,
+        and one promotion would vanish from it. flock, not fcntl's record locks, which a
+        process loses when it closes any other descriptor of the file."""
+        if fcntl is None or not self.root.is_dir():  # no registry: no pointer to race for
+            yield
+            return
+        fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # and with it the lock
+
     def promote(self, version: int, model_id: str | None = None, *, reason: str = "") -> None:
         """Make `version` the served one; the previous promotion stays in the history."""
         entry = self.get(version, model_id)  # refuses an absent or damaged version
-        pointer = self._pointer(entry.model_id)
-        history = pointer["history"] + [
-            {
-                "version": entry.version,
-                "at": datetime.now(UTC).isoformat(timespec="seconds"),
-                "reason": reason,
-            }
-        ]
-        self._write_pointer(entry.model_id, entry.version, history)
+        with self._pointer_lock():
+            pointer = self._pointer(entry.model_id)
+            history = pointer["history"] + [
+                {
+                    "version": entry.version,
+                    "at": datetime.now(UTC).isoformat(timespec="seconds"),
+                    "reason": reason,
+                }
+            ]
+            self._write_pointer(entry.model_id, entry.version, history)
         log.info("promoted %s v%d (%s)", entry.model_id, entry.version, reason)
 
     def rollback(self, model_id: str | None = None, *, reason: str = "") -> RegistryEntry | None:
@@ -361,6 +386,10 @@ class ModelRegistry:
         mid = self._resolve_id(model_id)
         if mid is None:
             raise RegistryError(f"{self.root} holds no models")
+        with self._pointer_lock():
+            return self._rollback(mid, reason)
+
+    def _rollback(self, mid: str, reason: str) -> RegistryEntry | None:
         pointer = self._pointer(mid)
         history = pointer["history"]
         if not history:
@@ -387,6 +416,7 @@ class ModelRegistry:
 
 __all__ = [
     "CARD_FILE",
+    "LOCK_FILE",
     "PROMOTED_FILE",
     "MODEL_FILE",
     "ModelRegistry",

@@ -23,6 +23,9 @@ import sys
 import time
 from pathlib import Path
 
+from pydantic import ValidationError
+
+from gazeloop.calibration.geometry import ScreenGeometry
 from gazeloop.calibration.store.atomic import check_writable
 from gazeloop.tools.commands._args import add_broker_args, broker_settings, positive_float
 from gazeloop.tools.errors import UserError
@@ -39,6 +42,11 @@ def _screen(values: list[str] | None) -> tuple[int, int] | None:
         raise UserError(f"--screen-px is W H in pixels, got {text!r}") from None
     if w <= 0 or h <= 0:
         raise UserError(f"--screen-px must be positive, got {text!r}")
+    try:  # the limits every screen is held to (else each label without one fails on it)
+        ScreenGeometry(px=(w, h))
+    except ValidationError as e:
+        why = e.errors(include_url=False)[0]["msg"].removeprefix("Value error, ")
+        raise UserError(f"--screen-px: {why}") from None
     return (w, h)
 
 
@@ -74,7 +82,9 @@ def add_parser(sub) -> None:
         "folder, or a registry root (its promoted version: what the fast path serves there).",
     )
     add_broker_args(a)
-    a.add_argument("model", type=Path, metavar="MODEL_DIR_OR_REGISTRY")
+    a.add_argument(
+        "model", type=Path, metavar="MODEL_DIR_OR_REGISTRY", help="what to announce (above)"
+    )
     a.add_argument("--model-id", help="which model of a registry holding several")
     a.add_argument("--json", action="store_true", help="print the announcement as JSON")
     a.set_defaults(func=run_announce)
@@ -86,7 +96,11 @@ def add_parser(sub) -> None:
     add_broker_args(f)
     f.add_argument("--registry", required=True, type=Path, help="model registry root")
     f.add_argument("--model-id", help="only this model id")
-    f.add_argument("--once", action="store_true", help="exit after the first model fetched")
+    f.add_argument(
+        "--once",
+        action="store_true",
+        help="exit once the first announcement is dealt with (fetched, already here, failed)",
+    )
     f.add_argument("--seconds", type=positive_float, help="stop after this long")
     f.set_defaults(func=run_fetch)
 
@@ -147,7 +161,20 @@ def run_collect(args: argparse.Namespace) -> int:
             }
         )
     )
-    return 0
+    return _reached("collect", collector.settings, st.connects, st.last_error)
+
+
+def _reached(command: str, settings, connects: int, last_error: str | None) -> int:
+    """1, said on stderr, when the broker was never reached: nothing could have come, which
+    is not "nothing new"."""
+    if connects > 0:
+        return 0
+    print(
+        f"gazeloop {command}: never reached the broker at {settings.redacted()}: "
+        f"{last_error or 'no connection in time'}",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def run_announce(args: argparse.Namespace) -> int:
@@ -180,7 +207,7 @@ def run_fetch(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         stop = asyncio.Event()
-        done = (lambda: fetcher.stats.fetched > 0) if args.once else None
+        done = (lambda: fetcher.stats.dealt_with > 0) if args.once else None
         await asyncio.gather(fetcher.run(stop), _until(stop, args.seconds, done))
 
     asyncio.run(main())
@@ -190,11 +217,7 @@ def run_fetch(args: argparse.Namespace) -> int:
         print(f"fetched {e.model_id} as v{e.version} into {e.path}")
     counts = {"fetched": st.fetched, "already_had": st.already_had, "failed": st.failed}
     print(json.dumps({**counts, "malformed": st.malformed, "last_error": st.last_error}))
-    if st.connects == 0:  # nothing could have come: not "no new model"
-        print(
-            f"gazeloop fetch: never reached the broker at {fetcher.settings.redacted()}: "
-            f"{st.last_error or 'no connection in time'}",
-            file=sys.stderr,
-        )
+    if _reached("fetch", fetcher.settings, st.connects, st.last_error):
         return 1
-    return 0 if st.failed == 0 or st.fetched > 0 else 1
+    # A malformed announcement is a failure to bring the model in, as a failed transfer is.
+    return 0 if st.fetched > 0 or (st.failed == 0 and st.malformed == 0) else 1

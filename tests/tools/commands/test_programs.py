@@ -102,3 +102,24 @@ def test_demo_writes_the_settings_it_ran_with_and_reads_them_back(demo_out, tmp_
     labels = json.loads((out / "summary.json").read_text())["labels_accepted"]
     # Two passes of about 12 s each: a label every 3 s gives at most 9 (every second: ~20).
     assert 1 <= labels <= 9
+
+
+def test_every_option_of_every_command_says_what_it_is_for():
+    """40 options had no help at all (`--user`, `--screen-px`, `train --lr`, ...): `-h` is
+    the documentation a person reads first."""
+    import argparse
+
+    from gazeloop.tools.cli import build_parser
+
+    silent = []
+
+    def walk(parser, path):
+        for a in parser._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for name, sub in a.choices.items():
+                    walk(sub, [*path, name])
+            elif not a.help and not isinstance(a, argparse._HelpAction):
+                silent.append(f"{' '.join(path)} {a.option_strings or a.dest}")
+
+    walk(build_parser(), ["gazeloop"])
+    assert silent == []

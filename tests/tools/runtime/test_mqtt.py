@@ -90,6 +90,7 @@ class Broker:
         *,
         users: dict[str, str] | None = None,
         tls: tuple[Path, Path] | None = None,
+        config: tuple[str, ...] = (),
     ) -> None:
         assert MOSQUITTO is not None
         self.folder = folder
@@ -106,6 +107,7 @@ class Broker:
             "log_type error",
             "log_type warning",
             "log_type notice",
+            *config,  # a deployment's own settings, e.g. its message_size_limit
         ]
         if os.geteuid() == 0:
             lines.append("user root")  # else it drops to `mosquitto`, which cannot read tmp
@@ -402,7 +404,18 @@ def tiny_jpeg(i: int) -> bytes:
     return cv2.imencode(".jpg", img)[1].tobytes()
 
 
-def add_label(store, i: int, *, line: bool = False, accepted: bool = True, run_id=None) -> int:
+def add_label(
+    store,
+    i: int,
+    *,
+    line: bool = False,
+    accepted: bool = True,
+    run_id=None,
+    jpeg: bytes | None = None,
+    judged: bool = True,
+) -> int:
+    """Store label `i` (a point, or a line) with its picture; `judged=False`: as a run
+    without a loop stores it."""
     obs = (
         LineObservation(origin=(0.5, 0.0), direction=(0.0, 1.0))
         if line
@@ -416,9 +429,9 @@ def add_label(store, i: int, *, line: bool = False, accepted: bool = True, run_i
     )
     return store.add(
         label,
-        tiny_jpeg(i),
+        jpeg if jpeg is not None else tiny_jpeg(i),
         fast_xy=(0.5, 0.5),
-        decision=decision,
+        decision=decision if judged else None,
         snapshot_ms=T0_MS + 1000 * i,
         run_id=run_id,
     )
@@ -645,6 +658,129 @@ def test_each_label_goes_out_on_the_screen_its_run_recorded(broker, tmp_path):
     store.close()
 
 
+def webcam_like_jpeg() -> bytes:
+    """A 1280x720 snapshot of about 230 KB, the size of a real one (~195 KB): fine noise on
+    smooth colour, which JPEG cannot squeeze as it does a flat test picture."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:720, 0:1280]
+    base = np.stack([(x / 5) % 256, (y / 3) % 256, ((x + y) / 7) % 256], -1)
+    img = np.clip(base + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8)
+    return cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes()
+
+
+@pytest.mark.slow
+def test_a_label_over_the_brokers_size_limit_arrives_reencoded_not_lost(make_broker, tmp_path):
+    """mosquitto drops a message over its message_size_limit and still acknowledges it: a
+    real snapshot (~260 KB in base64) was counted as sent and never arrived. It now goes
+    with its snapshot re-encoded to fit the uplink's limit, and the record says so."""
+    b = make_broker(config=("message_size_limit 131072",))
+    store = LabelStore(tmp_path / "store")
+    big = webcam_like_jpeg()
+    assert len(big) > 200_000
+    ids = [add_label(store, 0, jpeg=big), add_label(store, 1)]
+    out = tmp_path / "dataset"
+    collector = subscribing_collector(b.url, out)
+    uplink = LabelUplink(
+        b.url, store, user="ann", device="mac", screen=SCREEN, backoff=FAST, poll_s=0.05
+    )
+    try:
+        assert collector.subscribed.wait(5), b.log()
+        uplink.start()
+        done = wait_until(lambda: collector.stats.written == 2, 10)
+        assert done, (collector.stats, uplink.stats, b.log())
+        assert wait_until(lambda: uplink.stats.sent == 2, 5), uplink.stats
+    finally:
+        uplink.close()
+        collector.close()
+    assert "too large" not in b.log()
+    folder = out / "ann__mac__1920x1080"
+    by_id = {r["oracle"]["label_id"]: r for r in records(folder)}
+    how = by_id[ids[0]]["jpeg_reencoded"]
+    assert how["original_bytes"] == len(big) and how["quality"] < 92
+    assert "jpeg_reencoded" not in by_id[ids[1]]  # a small one goes as it was stored
+    sent = (folder / f"img_{by_id[ids[0]]['timestamp']}.jpg").read_bytes()
+    assert len(sent) * 4 / 3 < 120 * 1024
+    shape = cv2.imdecode(np.frombuffer(sent, np.uint8), cv2.IMREAD_COLOR).shape[:2]
+    assert shape == (round(720 * how["scale"]), round(1280 * how["scale"]))
+    assert len(read_session(folder, check_images=True)) == 2
+    assert store.image_path(store.get(ids[0])).read_bytes() == big  # the store keeps it
+    store.close()
+
+
+def test_a_label_that_cannot_fit_the_limit_stays_pending_with_one_warning(broker, tmp_path, caplog):
+    """Never counted as sent, never holding up the labels behind it, said once by id."""
+    store = LabelStore(tmp_path / "store")
+    big, small = add_label(store, 0, jpeg=webcam_like_jpeg()), add_label(store, 1)
+    collector = subscribing_collector(broker.url, tmp_path / "dataset")
+    uplink = LabelUplink(
+        broker.url,
+        store,
+        user="ann",
+        device="mac",
+        screen=SCREEN,
+        backoff=FAST,
+        poll_s=0.05,
+        max_message_bytes=4096,  # its smallest re-encoding is ~3 KB of JPEG, 4 KB in base64
+    )
+    try:
+        assert collector.subscribed.wait(5), broker.log()
+        uplink.start()
+        assert wait_until(lambda: collector.stats.written == 1, 10), (collector.stats, uplink.stats)
+        assert wait_until(lambda: uplink.stats.unsendable == 1, 5), uplink.stats
+        uplink.nudge()  # another look at the store: the warning is not repeated
+        st = uplink.stats
+    finally:
+        uplink.close()
+        collector.close()
+    assert st.sent == 1 and unsent(store) == [big]
+    said = [r.getMessage() for r in caplog.records if "kept unsent" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith(f"label {big} (snapshot snap-0)")
+    assert "4096-byte limit" in said[0]
+    assert small not in unsent(store)
+    store.close()
+
+
+@pytest.mark.slow
+def test_a_label_no_loop_judged_is_collected_as_export_writes_it(broker, tmp_path):
+    """A label stored without a loop (no profile yet) went out as rejected by the loop, so
+    collect filed it under other/ while `LabelStore.export_session` trains on it."""
+    from gazeloop.calibration.store.labelstore import NOT_PROCESSED
+
+    store = LabelStore(tmp_path / "store")
+    ids = [add_label(store, 0), add_label(store, 1, judged=False)]
+    assert store.get(ids[1]).why == NOT_PROCESSED
+    assert "decision" not in json.loads(wire(store, ids[1]))  # no verdict, none sent
+    out = tmp_path / "dataset"
+    collector = subscribing_collector(broker.url, out)
+    uplink = LabelUplink(
+        broker.url, store, user="ann", device="mac", screen=SCREEN, backoff=FAST, poll_s=0.05
+    )
+    try:
+        assert collector.subscribed.wait(5), broker.log()
+        uplink.start()
+        done = wait_until(lambda: collector.stats.written + collector.stats.other == 2, 10)
+        assert done, (collector.stats, uplink.stats)
+        st = collector.stats
+    finally:
+        uplink.close()
+        collector.close()
+    assert (st.written, st.other) == (2, 0)
+    assert store.export_session(tmp_path / "export", ScreenGeometry(px=SCREEN))["written"] == 2
+    fields = ("screen_x", "screen_y", "oracle")
+    exported = {r["oracle"]["label_id"]: r for r in records(tmp_path / "export")}
+    collected = {r["oracle"]["label_id"]: r for r in records(out / "ann__mac__1920x1080")}
+    for i in ids:
+        assert {k: collected[i][k] for k in fields} == {k: exported[i][k] for k in fields}
+    assert collected[ids[1]]["oracle"]["accepted"] is None
+
+    # What an older uplink sent for such a label (the reason as a rejection): no verdict.
+    old = json.loads(wire(store, ids[1]))
+    old["decision"] = {"accepted": False, "why": NOT_PROCESSED}
+    again = Collector("mqtt://127.0.0.1:1", tmp_path / "older")
+    assert again.handle("gazeloop/ann/mac/labels", json.dumps(old).encode()) == "written"
+    store.close()
+
+
 @pytest.mark.slow
 def test_bad_credentials_are_retried_and_labels_wait_in_the_store(
     make_broker, tmp_path, monkeypatch
@@ -743,6 +879,135 @@ def test_a_fetch_that_never_reached_its_broker_fails_saying_so(tmp_path, capsys)
     assert main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("gazeloop fetch: never reached the broker at mqtt://127.0.0.1:9")
+
+
+def test_a_collect_that_never_reached_its_broker_fails_saying_so(tmp_path, capsys):
+    """It exited 0 after a wrong --ca-file or a closed port, as after a quiet night."""
+    from gazeloop.tools.cli import main
+
+    argv = ["collect", "--mqtt", "mqtt://127.0.0.1:9", "--out", str(tmp_path / "o")]
+    assert main([*argv, "--seconds", "1"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("gazeloop collect: never reached the broker at mqtt://127.0.0.1:9")
+
+
+def test_collect_refuses_a_screen_px_beyond_any_screen_at_the_flag(tmp_path, capsys):
+    """19200x1080 was taken, and then every label without a screen crashed the collector
+    (and again after each restart)."""
+    from gazeloop.tools.cli import main
+
+    argv = ["collect", "--mqtt", "mqtt://127.0.0.1:9", "--out", str(tmp_path / "o")]
+    assert main([*argv, "--screen-px", "19200", "1080", "--seconds", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["gazeloop collect: --screen-px: screen size 19200x1080 px is beyond any screen"]
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(ValueError, match="beyond any screen"):  # the API refuses it too
+        Collector("mqtt://127.0.0.1:9", tmp_path / "o", screen_px=(19200, 1080))
+
+
+def test_insecure_on_an_unencrypted_url_is_refused(tmp_path, capsys):
+    """--insecure with mqtt:// sent everything in plaintext without a word."""
+    from gazeloop.tools.cli import main
+    from gazeloop.tools.runtime.mqtt.conn import MqttConfigError
+
+    with pytest.raises(MqttConfigError, match="--insecure is for TLS"):
+        MqttSettings.from_url("mqtt://h", insecure=True)
+    assert MqttSettings.from_url("mqtts://h", insecure=True).insecure
+    ca = tmp_path / "ca.pem"
+    ca.write_text(TEST_CA_PEM)
+    assert MqttSettings.from_url("mqtt://h", ca_file=ca, insecure=True).tls  # a CA means TLS
+    argv = ["fetch", "--mqtt", "mqtt://127.0.0.1:9", "--registry", str(tmp_path / "r")]
+    assert main([*argv, "--insecure", "--seconds", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--insecure is for TLS (mqtts://) but mqtt:// is unencrypted" in err[0]
+
+
+def test_announce_refuses_a_card_no_registry_would_take(tmp_path, capsys):
+    """A card without `created` was announced, and every laptop refused it; one whose
+    evaluation is not an object crashed every laptop's fetch."""
+    from gazeloop.tools.cli import main
+
+    path, card = tiny_model(tmp_path / "m", "gaze-net", 1_000)
+    for change, field in (
+        ({"created": None}, "created"),
+        ({"evaluation": "promoted"}, "evaluation"),
+    ):
+        bad = {k: v for k, v in {**card, **change}.items() if v is not None}
+        path.with_name(path.stem + ".card.json").write_text(json.dumps(bad))
+        # Refused before any connection: the port has no broker.
+        assert main(["announce", "--mqtt", "mqtt://127.0.0.1:9", str(path)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"gazeloop announce: {path}: its card is not")
+        assert f"{field}:" in err[0]
+
+
+ANNOUNCE = "gazeloop/models/announce"
+
+
+def run_cli(argv: list[str], within_s: float = 20.0) -> int:
+    """`gazeloop ARGV` in a thread, which must end within `within_s` (it is given a longer
+    --seconds as a backstop, so a command that does not end by itself is seen failing)."""
+    from gazeloop.tools.cli import main
+
+    result: dict[str, object] = {}
+
+    def go() -> None:
+        try:
+            result["rc"] = main(argv)
+        except BaseException as e:  # shown by the test, not lost in the thread
+            result["error"] = e
+
+    t = threading.Thread(target=go, daemon=True)
+    t.start()
+    t.join(within_s)
+    assert not t.is_alive(), f"gazeloop {' '.join(argv)} did not end within {within_s} s"
+    if "error" in result:
+        raise result["error"]  # type: ignore[misc]
+    return result["rc"]  # type: ignore[return-value]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["already_had", "hash_mismatch", "refused", "bad_card"])
+def test_fetch_once_ends_after_the_first_announcement_whatever_came_of_it(
+    broker, tmp_path, capsys, case
+):
+    """--once waited for ever unless a model was fetched; a whole-file hash mismatch and a
+    registry refusal left last_error null; a card whose evaluation is not an object
+    crashed fetch (and every later one: the announcement is retained)."""
+    from gazeloop.tools.runtime.mqtt.models import build_announcement, chunk_topic
+    from gazeloop.trainer.registry import ModelRegistry
+
+    path, card = tiny_model(tmp_path / "m", "gaze-net", 10_000)
+    laptop = ModelRegistry(tmp_path / "laptop")
+    if case == "already_had":
+        laptop.register(path, card)
+    if case == "refused":  # a valid card, but not this model's (its ONNX says gaze-net)
+        card = {**card, "model_id": "other-net"}
+    ann, chunks = build_announcement(path.read_bytes(), card, chunk_size=4096)
+    doc = json.loads(ann.model_dump_json())
+    if case == "hash_mismatch":  # every chunk as announced, the whole not
+        doc["sha256"] = "f" * 64
+        doc["chunk_topic"] = chunk_topic(ann.model_id, doc["sha256"])
+    if case == "bad_card":
+        doc["card"]["evaluation"] = "promoted"
+    parts = [(f"{doc['chunk_topic']}/{i}", c) for i, c in enumerate(chunks)]
+    publish_raw(broker.url, [*parts, (ANNOUNCE, json.dumps(doc).encode())], retain=True)
+
+    argv = ["fetch", "--mqtt", broker.url, "--registry", str(laptop.root), "--once"]
+    rc = run_cli([*argv, "--seconds", "60"])
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    want = {
+        "already_had": (0, "already_had", None),
+        "hash_mismatch": (1, "failed", "gaze-net: the assembled file fails the SHA-256 check"),
+        "refused": (1, "failed", "other-net: refused by the registry: "),
+        "bad_card": (1, "malformed", "gaze-net announcement: card: evaluation: "),
+    }[case]
+    assert rc == want[0] and summary[want[1]] == 1 and summary["fetched"] == 0, summary
+    if want[2] is None:
+        assert summary["last_error"] is None
+    else:
+        assert summary["last_error"].startswith(want[2]), summary
+    assert len(laptop.list()) == (1 if case == "already_had" else 0)
 
 
 def test_a_version_promoted_by_hand_is_announced_as_such_not_as_the_gates(tmp_path, capsys):

@@ -97,6 +97,13 @@ class MqttSettings:
         except ValueError as e:
             raise MqttConfigError(f"{url!r}: {e}") from e
         tls = _SCHEMES[scheme] or ca_file is not None
+        if insecure and not tls:
+            # It turns off TLS checks; on a plain connection it would only hide that
+            # everything, face pictures and passwords, goes unencrypted.
+            raise MqttConfigError(
+                f"--insecure is for TLS (mqtts://) but {scheme}:// is unencrypted: "
+                "use mqtts://, or drop --insecure"
+            )
         username = unquote(parts.username) if parts.username else None
         password = unquote(parts.password) if parts.password is not None else None
         if username is not None and password is None:

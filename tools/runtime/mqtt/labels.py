@@ -19,13 +19,22 @@ message is then one complete label, acknowledged and de-duplicated as a unit; tw
 would need the collector to hold half-labels across reconnects and restarts until the
 other half arrived. The cost is a third more bytes on a message every few seconds.
 
+Why a size limit on the uplink: brokers cap a message (mosquitto's `message_size_limit`;
+some at 128 KB) and a broker drops a message over its cap while still
+acknowledging it, so a too-big label would count as sent and be lost. A real snapshot is
+~195 KB of JPEG (~260 KB in base64). So a label whose message would exceed the uplink's
+`max_message_bytes` goes with its snapshot re-encoded smaller (lower quality, then smaller
+size), said in the message's `jpeg_reencoded`; one that still cannot fit stays pending in
+the outbox, with a warning, and is never counted as sent. The store keeps the original.
+
 What the collector writes: seed-format session folders (`calibration.store.writer`), one per
 user, device and screen size, `out/<user>__<device>__<W>x<H>/img_<unix-ms>.{jpg,json}` with
 a `session.json` manifest, which `trainer.readers.sessions` reads as it is. Only point
 labels on a known screen size can be seed records (the format's label is a pixel); the
 others (line observations, "nothing usable" answers, unknown screen size) go to the same
 folder's `other/` sub-folder with their full label, so nothing received is thrown away.
-The JPEG is written as it was captured (checked to decode, never re-encoded).
+The collector writes the JPEG as it came (checked to decode, never re-encoded); a record
+whose snapshot the uplink re-encoded to fit says so (`jpeg_reencoded`).
 """
 
 from __future__ import annotations
@@ -42,7 +51,7 @@ import os
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -56,7 +65,12 @@ from gazeloop.calibration.geometry import ScreenGeometry
 from gazeloop.calibration.labels import OracleLabel, PointObservation
 from gazeloop.calibration.problems import first_problem, one_line
 from gazeloop.calibration.store.atomic import atomic_write_bytes
-from gazeloop.calibration.store.labelstore import LabelStoreError, StoredLabel, StoredRun
+from gazeloop.calibration.store.labelstore import (
+    NOT_PROCESSED,
+    LabelStoreError,
+    StoredLabel,
+    StoredRun,
+)
 from gazeloop.calibration.store.session import MANIFEST_NAME, SeedRecord, SessionManifest
 from gazeloop.calibration.store.writer import write_manifest
 from gazeloop.tools.runtime.mqtt.conn import (
@@ -73,6 +87,11 @@ from gazeloop.tools.runtime.mqtt.outbox import Outbox, OutboxError, outbox_path
 log = logging.getLogger(__name__)
 
 MAX_JPEG_BYTES = 8 * 1024 * 1024
+# Under the 128 KiB some brokers cap a message at, with room for the packet's own header.
+MAX_MESSAGE_BYTES = 120 * 1024
+# (scale, quality) tried in turn on a snapshot too big for a message: quality goes first,
+# since the fast path's eye crops need the pixels more than fine detail.
+_SHRINK_STEPS = tuple((s, q) for s in (1.0, 0.75, 0.5, 0.35, 0.25) for q in (80, 65, 50))
 
 
 def label_topic(user: str = "+", device: str = "+") -> str:
@@ -95,6 +114,15 @@ class WireDecision(BaseModel):
     offset: tuple[float, float] | None = None
 
 
+class Reencoded(BaseModel):
+    """How the uplink shrank a snapshot to fit the message limit (the store has the original)."""
+
+    model_config = ConfigDict(extra="forbid")
+    original_bytes: int = Field(ge=1)
+    quality: int = Field(ge=1, le=100)
+    scale: float = Field(gt=0, le=1)  # of the original's width and height
+
+
 class LabelMessage(BaseModel):
     """One label on the wire (JSON): a label-store row, its snapshot and its screen."""
 
@@ -113,7 +141,8 @@ class LabelMessage(BaseModel):
     screen: ScreenGeometry | None = None  # the screen the label's xy is normalised to
     fast_xy: tuple[float, float] | None = None  # the fast path's estimate at the same time
     decision: WireDecision | None = None
-    jpeg_b64: str | None = None  # the snapshot, as stored
+    jpeg_b64: str | None = None  # the snapshot, as stored unless `jpeg_reencoded` says
+    jpeg_reencoded: Reencoded | None = None
 
 
 def make_uid(user: str, device: str, label_id: int, snapshot_id: str) -> str:
@@ -133,8 +162,11 @@ def message_from_row(
     user: str,
     device: str,
     screen: ScreenGeometry | None,
+    reencoded: Reencoded | None = None,
 ) -> LabelMessage:
-    """A label-store row as a wire message; the JPEG is sent as stored (not re-encoded)."""
+    """A label-store row as a wire message with `jpeg` as given (re-encoded only if
+    `reencoded` says so). A label no loop judged goes without a decision: it is no outlier,
+    and the collector files it as a seed record, as `LabelStore.export_session` does."""
     return LabelMessage(
         uid=make_uid(user, device, row.id, row.snapshot_id),
         user=user,
@@ -144,14 +176,32 @@ def message_from_row(
         label=row.to_label(),
         screen=screen,
         fast_xy=_finite_pair(row.fast_xy),
-        decision=WireDecision(
+        decision=None
+        if row.why == NOT_PROCESSED
+        else WireDecision(
             accepted=row.accepted,
             why=row.why,
             residual=_finite_pair(row.residual),
             offset=_finite_pair(row.offset),
         ),
         jpeg_b64=base64.b64encode(jpeg).decode("ascii") if jpeg else None,
+        jpeg_reencoded=reencoded if jpeg else None,
     )
+
+
+def shrunk_jpegs(jpeg: bytes, max_bytes: int) -> Iterator[tuple[bytes, Reencoded]]:
+    """The snapshot re-encoded at each of `_SHRINK_STEPS` that comes out within `max_bytes`,
+    smallest change first; nothing when it does not decode."""
+    img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        return
+    h, w = img.shape[:2]
+    for scale, quality in _SHRINK_STEPS:
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        small = img if scale == 1.0 else cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+        ok, buf = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if ok and len(buf) <= max_bytes:
+            yield buf.tobytes(), Reencoded(original_bytes=len(jpeg), quality=quality, scale=scale)
 
 
 class LabelSource(Protocol):
@@ -176,7 +226,7 @@ class LabelSource(Protocol):
 @dataclass(frozen=True, slots=True)
 class UplinkStats:
     sent: int  # acknowledged by the broker and marked sent in the outbox
-    unsendable: int  # corrupt store records, left pending and skipped
+    unsendable: int  # corrupt store records and labels over the size limit: pending, skipped
     connected: bool
     reconnects: int
     failures: int
@@ -185,7 +235,8 @@ class UplinkStats:
 
 class LabelUplink(Supervised):
     """Sends the store's unsent labels, oldest first, on its own thread and connection.
-    `outbox`: where it keeps what the broker has acknowledged (default: beside the store)."""
+    `outbox`: where it keeps what the broker has acknowledged (default: beside the store).
+    `max_message_bytes`: no label message is larger (the broker's cap, or below it)."""
 
     def __init__(
         self,
@@ -201,8 +252,12 @@ class LabelUplink(Supervised):
         ca_file: str | None = None,
         insecure: bool = False,
         outbox: str | os.PathLike[str] | None = None,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         self.settings = MqttSettings.of(mqtt, ca_file=ca_file, insecure=insecure)
+        if max_message_bytes < 4096:  # a label's fields alone take a kilobyte or so
+            raise ValueError(f"max_message_bytes must be at least 4096, got {max_message_bytes}")
+        self.max_message_bytes = max_message_bytes
         self.store = store
         self.outbox = Outbox(outbox if outbox is not None else outbox_path(store.root))
         self.user, self.device = user, device
@@ -299,19 +354,51 @@ class LabelUplink(Supervised):
                     # The label is still worth having; the collector files it under other/.
                     log.warning("label %d: snapshot unreadable (%s); sending without it", row.id, e)
             try:
-                msg = message_from_row(
-                    row, jpeg, user=self.user, device=self.device, screen=self._screen_of(row)
-                )
+                payload = self._payload(row, jpeg)
             except (ValidationError, ValueError, LabelStoreError) as e:  # a bad row or run
                 # Left pending (a repaired store could still send it) but not retried here, so
                 # one bad row cannot hold up every label behind it.
                 self._bad.add(row.id)
                 log.error("label %d cannot be sent: %s", row.id, one_line(e))
                 continue
-            out.append((row.id, msg.model_dump_json(exclude_none=True).encode()))
+            if payload is None:  # too big: pending, as a bad row is, and said once
+                self._bad.add(row.id)
+                continue
+            out.append((row.id, payload))
             if len(out) == self.batch:
                 break
         return out
+
+    def _payload(self, row: StoredLabel, jpeg: bytes | None) -> bytes | None:
+        """The label's message within `max_message_bytes`: with the snapshot as stored, else
+        re-encoded smaller; None (and a warning) when it cannot fit. A broker drops what is
+        over its cap yet acknowledges it, so sending it anyway would lose the label."""
+        screen, limit = self._screen_of(row), self.max_message_bytes
+
+        def build(img: bytes | None, how: Reencoded | None = None) -> bytes:
+            msg = message_from_row(
+                row, img, user=self.user, device=self.device, screen=screen, reencoded=how
+            )
+            return msg.model_dump_json(exclude_none=True).encode()
+
+        payload = build(jpeg)
+        size = len(payload)
+        if size <= limit:
+            return payload
+        if jpeg is not None:
+            # Base64 takes 4 bytes per 3; 200 bytes for the jpeg keys and `jpeg_reencoded`.
+            budget = (limit - len(build(None)) - 200) * 3 // 4
+            for small, how in shrunk_jpegs(jpeg, budget) if budget > 0 else ():
+                payload = build(small, how)
+                if len(payload) <= limit:
+                    log.info("label %d: snapshot re-encoded to fit (%s)", row.id, how)
+                    return payload
+        log.warning(
+            "label %d (snapshot %s) is kept unsent: its message is %d bytes, over the uplink's "
+            "%d-byte limit even with the snapshot re-encoded down to 25%% size at quality 50",
+            row.id, row.snapshot_id, size, limit,
+        )  # fmt: skip
+        return None
 
     def _mark_sent(self, ids: list[int]) -> None:
         # Marked and counted in one call on the worker thread, which finishes even when
@@ -365,10 +452,19 @@ class CollectorStats:
     reconnects: int
     failures: int
     last_error: str | None
+    connects: int = 0  # connections made at all: 0 is a broker never reached
 
 
 class MalformedLabel(ValueError):
     """A payload that is not a label; its message starts with the reason's kind and ":"."""
+
+
+def _verdict(decision: WireDecision | None) -> bool | None:
+    """Whether the laptop's loop accepted the label; None when no loop judged it (an uplink
+    before this one sent such labels as rejected, with `NOT_PROCESSED` as the reason)."""
+    if decision is None or (not decision.accepted and decision.why == NOT_PROCESSED):
+        return None
+    return decision.accepted
 
 
 def _safe(name: str) -> str:
@@ -419,7 +515,8 @@ class Collector(Supervised):
         # subscription: from then on no label published is missed, even while away.
         self.on_subscribed = on_subscribed
         self.topic = label_topic(user, device)
-        self.screen_px = screen_px  # for labels whose laptop did not say
+        # For labels whose laptop did not say; checked now, as every label would fail on it.
+        self.screen = None if screen_px is None else ScreenGeometry(px=screen_px)
         self.identifier = identifier or default_collector_id(self.out)
         self._own_loop("label-collector", backoff)
         self.counts: Counter[str] = Counter()
@@ -432,7 +529,7 @@ class Collector(Supervised):
         c, s = self.counts, self._link
         return CollectorStats(
             c["received"], c["written"], c["other"], c["duplicates"], c["malformed"],
-            s.connected, s.reconnects, s.failures, s.last_error,
+            s.connected, s.reconnects, s.failures, s.last_error, s.connects,
         )  # fmt: skip
 
     def _load_seen(self) -> None:
@@ -535,7 +632,7 @@ class Collector(Supervised):
         obs = msg.label.observation
         if not isinstance(obs, PointObservation) or screen is None:
             return None
-        if msg.decision is not None and not msg.decision.accepted:
+        if _verdict(msg.decision) is False:
             return None  # the loop judged it an outlier: not ground truth to train on
         x, y = obs.xy[0] * screen.px[0], obs.xy[1] * screen.px[1]
         if not (0 <= x <= screen.px[0] and 0 <= y <= screen.px[1]):
@@ -543,12 +640,10 @@ class Collector(Supervised):
         return (x, y)
 
     def _write(self, msg: LabelMessage, jpeg: bytes | None) -> str:
-        screen = msg.screen
-        if screen is None and self.screen_px is not None:
-            screen = ScreenGeometry(px=self.screen_px)
+        screen = msg.screen or self.screen
         folder = self._folder(msg, screen)
         point = self._seed_point(msg, screen) if jpeg is not None else None
-        d = msg.decision
+        d = msg.decision if _verdict(msg.decision) is not None else None
         if point is not None:
             assert screen is not None
             t_ms = self._free_ms(folder, msg.snapshot_ms)
@@ -575,6 +670,8 @@ class Collector(Supervised):
                 }
             )
             body = record.model_dump(mode="json", by_alias=True, exclude_unset=True)
+            if msg.jpeg_reencoded is not None:  # the picture is not the one captured
+                body["jpeg_reencoded"] = msg.jpeg_reencoded.model_dump(mode="json")
             stem = folder / f"img_{t_ms}"
         else:
             # Not a seed record (line or empty observation, rejected by the loop, off the
@@ -605,6 +702,8 @@ __all__ = [
     "LabelMessage",
     "LabelSource",
     "LabelUplink",
+    "MAX_MESSAGE_BYTES",
+    "Reencoded",
     "UplinkStats",
     "WireDecision",
     "label_topic",

@@ -147,6 +147,22 @@ def _read_card(path: Path) -> dict[str, Any]:
     return card
 
 
+def card_problem(card: dict[str, Any]) -> str | None:
+    """Why `card` is not a `trainer.export.ModelCard` (what a registry takes), in one line;
+    None when it is one."""
+    try:
+        from gazeloop.trainer.export import ModelCard  # needs torch: the trainer extra
+    except ImportError as e:
+        raise AnnounceError(
+            f"checking a model card needs the trainer extra (pip install 'gazeloop[trainer]'): {e}"
+        ) from None
+    try:
+        ModelCard.model_validate(card)
+    except ValidationError as e:
+        return first_problem(e)
+    return None
+
+
 # -- announcing -------------------------------------------------------------------------------
 
 
@@ -159,6 +175,12 @@ def build_announcement(
             f"its SHA-256 {digest[:16]}... differs from its card's onnx_sha256 "
             f"{str(card.get('onnx_sha256'))[:16]}...: the model and the card do not belong together"
         )
+    card = {**card, "onnx_sha256": digest, "onnx_bytes": len(data)}
+    # Checked here, not only by each laptop's registry: a retained card that every laptop
+    # refuses would be announced to all of them until the next model.
+    problem = card_problem(card)
+    if problem is not None:
+        raise AnnounceError(f"its card is not a valid model card: {problem}")
     chunks = [data[i : i + chunk_size] for i in range(0, len(data), chunk_size)]
     model_id = str(card["model_id"])
     ann = ModelAnnouncement(
@@ -169,7 +191,7 @@ def build_announcement(
         chunk_size=chunk_size,
         chunk_sha256=[hashlib.sha256(c).hexdigest() for c in chunks],
         chunk_topic=chunk_topic(model_id, digest),
-        card={**card, "onnx_sha256": digest, "onnx_bytes": len(data)},
+        card=card,
         announced_ms=time.time_ns() // 1_000_000,
     )
     return ann, chunks
@@ -268,6 +290,7 @@ class FetcherStats:
     reconnects: int
     last_error: str | None
     connects: int = 0  # connections made at all: 0 is a broker never reached
+    dealt_with: int = 0  # announcements with an outcome: fetched, already had, failed, refused
 
 
 class _Transfer:
@@ -323,7 +346,8 @@ class ModelFetcher(Supervised):
         self.retry_s = retry_s
         self.on_model = on_model
         self._own_loop("model-fetcher", backoff)
-        self._counts = {"fetched": 0, "already_had": 0, "failed": 0, "malformed": 0}
+        kinds = ("fetched", "already_had", "failed", "malformed", "dealt_with")
+        self._counts = dict.fromkeys(kinds, 0)
         self._refused: set[str] = set()  # hashes the registry refused: never fetched again
         self.last_entry: RegistryEntry | None = None
         self._transfer: _Transfer | None = None
@@ -333,7 +357,7 @@ class ModelFetcher(Supervised):
         c, s = self._counts, self._link
         return FetcherStats(
             c["fetched"], c["already_had"], c["failed"], c["malformed"],
-            s.connected, s.reconnects, s.last_error, s.connects,
+            s.connected, s.reconnects, s.last_error, s.connects, c["dealt_with"],
         )  # fmt: skip
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -389,8 +413,7 @@ class ModelFetcher(Supervised):
         try:
             ann = ModelAnnouncement.model_validate_json(payload)
         except ValidationError as e:
-            self._counts["malformed"] += 1
-            log.warning("model announcement ignored: %s", first_problem(e))
+            self._malformed("model announcement", first_problem(e))
             return transfer
         if self.model_id is not None and ann.model_id != self.model_id:
             return transfer
@@ -398,8 +421,15 @@ class ModelFetcher(Supervised):
             return transfer
         if ann.sha256 in self._refused:
             return transfer
+        # Before any chunk comes: a card the registry would refuse is refused now, once.
+        problem = await asyncio.to_thread(card_problem, ann.card)
+        if problem is not None:
+            self._refused.add(ann.sha256)
+            self._malformed(f"{ann.model_id} announcement", f"card: {problem}")
+            return transfer
         if await asyncio.to_thread(self._have, ann):
             self._counts["already_had"] += 1
+            self._counts["dealt_with"] += 1
             return transfer
         if transfer is not None:  # a newer model replaces the one still arriving
             await client.unsubscribe(f"{transfer.ann.chunk_topic}/+")
@@ -408,9 +438,21 @@ class ModelFetcher(Supervised):
         await client.subscribe(f"{ann.chunk_topic}/+", qos=1)
         return new
 
-    async def _fail(self, client: aiomqtt.Client, transfer: _Transfer, why: str) -> None:
+    def _malformed(self, what: str, why: str) -> None:
+        """An announcement no registry would take: one warning, and the fetcher goes on (a
+        retained one comes again on every connection until the next model replaces it)."""
+        self._counts["malformed"] += 1
+        self._counts["dealt_with"] += 1
+        self._link.last_error = f"{what}: {why}"
+        log.warning("%s ignored: %s", what, why)
+
+    def _failed(self, ann: ModelAnnouncement, why: str) -> None:
         self._counts["failed"] += 1
-        self._link.last_error = f"{transfer.ann.model_id}: {why}"
+        self._counts["dealt_with"] += 1
+        self._link.last_error = f"{ann.model_id}: {why}"
+
+    async def _fail(self, client: aiomqtt.Client, transfer: _Transfer, why: str) -> None:
+        self._failed(transfer.ann, why)
         log.warning("model fetch failed: %s; retrying in %.0f s", why, self.retry_s)
         await client.unsubscribe(f"{transfer.ann.chunk_topic}/+")
         # Re-subscribing makes the broker send the retained announcement again.
@@ -424,7 +466,7 @@ class ModelFetcher(Supervised):
         ann = transfer.ann
         data = transfer.data()
         if len(data) != ann.size or hashlib.sha256(data).hexdigest() != ann.sha256:
-            self._counts["failed"] += 1
+            self._failed(ann, "the assembled file fails the SHA-256 check")
             log.warning("model %s: assembled file fails the hash check", ann.model_id)
             return
 
@@ -440,11 +482,12 @@ class ModelFetcher(Supervised):
         try:
             entry = await asyncio.to_thread(put)
         except (RegistryError, ValidationError, ValueError) as e:
-            self._counts["failed"] += 1
+            self._failed(ann, f"refused by the registry: {one_line(e)}")
             self._refused.add(ann.sha256)
             log.warning("model %s refused by the registry: %s", ann.model_id, one_line(e))
             return
         self._counts["fetched"] += 1
+        self._counts["dealt_with"] += 1
         self.last_entry = entry
         log.info("fetched %s as local v%d", entry.model_id, entry.version)
         if self.on_model is not None:
@@ -463,6 +506,7 @@ __all__ = [
     "ModelAnnouncer",
     "ModelFetcher",
     "build_announcement",
+    "card_problem",
     "chunk_topic",
     "resolve_model",
 ]

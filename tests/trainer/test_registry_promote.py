@@ -1,0 +1,116 @@
+"""Promotions from several processes at once: the gate after a training run, a fetch, a
+person's `gazeloop models promote`. Each rewrites `promoted.json` from what it read; without
+a lock the later writer drops the other's history entry.
+
+The interleaving is forced, not hoped for: one promoter stops between reading the pointer
+and writing it until the other has either finished (no lock: the lost update happens every
+time) or is waiting for the lock (it then reads what the first wrote). Two registry objects
+in two threads hold two open file descriptions, which flock serialises as it does two
+processes."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("torch", reason="trainer.registry needs torch (trainer extra)")
+fcntl = pytest.importorskip("fcntl", reason="promotions are locked with flock (macOS, Linux)")
+
+from gazeloop.trainer import registry as registry_module  # noqa: E402
+from gazeloop.trainer.registry import LOCK_FILE, ModelRegistry  # noqa: E402
+
+
+def tiny_model(folder: Path, n_weights: int) -> tuple[Path, dict]:
+    """A small valid ONNX with the metadata the registry checks, and its card."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from gazeloop.fastpath.ir_onnx import OMZ_IO_CONVENTION
+
+    w = numpy_helper.from_array(np.arange(n_weights, dtype=np.float32), "w")
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in ("x", "y")]
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "g", io[:1], io[1:], initializer=[w]
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    for k, v in (("gazeloop.model_id", "gaze-net"), ("gazeloop.io_convention", OMZ_IO_CONVENTION)):
+        p = model.metadata_props.add()
+        p.key, p.value = k, v
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"gaze-net-{n_weights}.onnx"
+    onnx.save(model, str(path))
+    card = {
+        "model_id": "gaze-net",
+        "created": "2026-01-01T00:00:00Z",
+        "inputs": [],
+        "outputs": [],
+        "preprocessing": {"version": "test"},
+        "opset": 17,
+    }
+    return path, card
+
+
+def test_concurrent_promotions_keep_both_history_entries(tmp_path, monkeypatch):
+    root = tmp_path / "registry"
+    a, b = ModelRegistry(root), ModelRegistry(root)
+    v1 = a.register(*tiny_model(tmp_path / "m", 100)).version
+    v2 = a.register(*tiny_model(tmp_path / "m", 200)).version
+    a_has_read, b_is_past = threading.Event(), threading.Event()
+
+    def a_reads_then_waits(model_id: str) -> dict:
+        pointer = ModelRegistry._pointer(a, model_id)
+        a_has_read.set()
+        assert b_is_past.wait(30), "the other promoter neither finished nor waited"
+        return pointer
+
+    a._pointer = a_reads_then_waits  # this object only
+
+    def flock(fd: int, op: int) -> None:
+        if threading.current_thread().name == "promoter-b" and op & fcntl.LOCK_EX:
+            b_is_past.set()  # about to wait for the lock a holds
+        fcntl.flock(fd, op)
+
+    lock = SimpleNamespace(flock=flock, LOCK_EX=fcntl.LOCK_EX, LOCK_UN=fcntl.LOCK_UN)
+    monkeypatch.setattr(registry_module, "fcntl", lock, raising=False)
+    errors: list[BaseException] = []
+
+    def run(name: str, fn) -> threading.Thread:
+        def target() -> None:
+            try:
+                fn()
+            except BaseException as e:  # shown by the test, not lost in the thread
+                errors.append(e)
+
+        t = threading.Thread(target=target, name=name, daemon=True)
+        t.start()
+        return t
+
+    def promote_b() -> None:
+        assert a_has_read.wait(30)
+        b.promote(v2, reason="b")
+        b_is_past.set()  # done (without a lock it never waits)
+
+    threads = [run("promoter-a", lambda: a.promote(v1, reason="a")), run("promoter-b", promote_b)]
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert not any(t.is_alive() for t in threads)
+    reader = ModelRegistry(root)
+    history = reader._pointer("gaze-net")["history"]
+    assert [h["reason"] for h in history] == ["a", "b"]
+    assert reader.promoted().version == v2  # the last writer's, with the other's kept
+
+
+def test_the_lock_file_is_no_model_and_rollback_takes_it_too(tmp_path):
+    reg = ModelRegistry(tmp_path / "registry")
+    v1 = reg.register(*tiny_model(tmp_path / "m", 100), promote=True).version
+    v2 = reg.register(*tiny_model(tmp_path / "m", 200), promote=True).version
+    assert (reg.root / LOCK_FILE).is_file()
+    assert reg.model_ids() == ["gaze-net"] and reg.stray_versions() == []
+    assert reg.promoted().version == v2
+    assert reg.rollback().version == v1
+    assert reg.rollback() is None and reg.promoted() is None
