@@ -206,6 +206,7 @@ class OracleWorker:
         self._latencies: deque[float] = deque(maxlen=_LATENCY_WINDOW)
         self._seen_errors: set[str] = set()
         self._last_error: str | None = None
+        self._stuck_said = False  # close() gave up waiting for a backend that did not return
 
         self._thread = threading.Thread(target=self._run, name=f"oracle-{self.name}", daemon=True)
         # The watchdog only marks overruns; it never touches the oracle.
@@ -353,18 +354,18 @@ class OracleWorker:
         `join_timeout_s` for the thread. A backend that ignores its cancel event keeps the
         (daemon) thread alive until it returns; its result is discarded. Idempotent."""
         with self._cond:
-            first = not self._closing
-            if first:
+            if not self._closing:
                 self._closing = True
                 self._cancel_locked()
                 self._cond.notify_all()
-        if not first:  # the first close waited for the thread and said so: not twice
+        if self._stuck_said:  # an earlier close waited its full time for it and said so
             return
         on_worker = threading.current_thread() is self._thread  # close() from on_label
         if not on_worker:
             self._thread.join(self._join_timeout_s)
         self._watchdog.join(self._join_timeout_s)
         if not on_worker and self._thread.is_alive():
+            self._stuck_said = True
             log.warning(
                 "oracle %s did not return within %.1f s of close(); its thread is left to end",
                 self.name,

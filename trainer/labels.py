@@ -102,10 +102,10 @@ def profile_screen(store: Path) -> tuple[ScreenGeometry, str] | None:
 
 
 def recorded_screen(store: Path) -> tuple[ScreenGeometry, str] | None:
-    """The screen the store's runs with accepted labels recorded (`LabelStore.begin_run`),
+    """The screen the store's runs with exportable labels recorded (`LabelStore.begin_run`),
     when they name one; None for a store whose runs named none (or made before runs were
-    recorded). A run that stored no accepted label has nothing to export, whatever its
-    screen."""
+    recorded). A run whose every label the loop rejected has nothing to export, whatever
+    its screen."""
     try:
         with LabelStore(store, readonly=True) as ls:
             runs = [r for r in ls.runs(labelled=True) if r.screen is not None]
@@ -152,7 +152,8 @@ def export_store(
     screen_px: tuple[int, int] | None = None,
     resume: bool = False,
 ) -> LabelExport:
-    """Export `store`'s accepted labels to `run_dir/labels/<index>-<name>/`. A resumed run
+    """Export `store`'s labels the loop did not reject to `run_dir/labels/<index>-<name>/`
+    (`LabelStore.export_session`). A resumed run
     keeps the export it started with; otherwise an earlier export there is replaced (the
     caller refuses a run folder holding another run's checkpoints before this)."""
     store = Path(store)

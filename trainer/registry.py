@@ -354,10 +354,14 @@ class ModelRegistry:
         at once (the gate, a fetch, a person) would each write the history they had read,
         and one promotion would vanish from it. flock, not fcntl's record locks, which a
         process loses when it closes any other descriptor of the file."""
-        if fcntl is None or not self.root.is_dir():  # no registry: no pointer to race for
+        if fcntl is None:
             yield
             return
-        fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # read-only: flock needs no write access, and a shared registry's lock file
+            # belongs to whoever promoted first
+            fd = os.open(self.root / LOCK_FILE, os.O_RDONLY | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise RegistryError(f"{self.root / LOCK_FILE}: cannot take the lock: {e}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield

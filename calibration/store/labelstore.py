@@ -161,6 +161,13 @@ class StoredLabel(BaseModel):
     created_ms: int
     run_id: int | None = None  # the run that stored it (`begin_run`); None: not recorded
 
+    @property
+    def verdict(self) -> bool | None:
+        """The loop's word on it: accepted, rejected as an outlier, or None when no loop
+        judged it (no profile then). Export, the uplink and `runs(labelled=True)` treat a
+        label with no verdict as one to keep, not as an outlier."""
+        return None if self.why == NOT_PROCESSED else self.accepted
+
     def to_label(self) -> OracleLabel:
         return OracleLabel(
             t_ns=self.t_ns,
@@ -682,17 +689,20 @@ class LabelStore:
         return self._run_row(rows[0]) if rows else None
 
     def runs(self, *, labelled: bool = False) -> list[StoredRun]:
-        """Every recorded run, oldest first; `labelled`: only those with an accepted label
-        (what an export of accepted labels is made of)."""
+        """Every recorded run, oldest first; `labelled`: only those with a label the loop did
+        not reject (what an export is made of: `StoredLabel.verdict` not False)."""
         if not self._run_tables:
             return []
         where = (
             " WHERE id IN (SELECT run_id FROM label_runs JOIN labels ON labels.id = "
-            "label_runs.label_id WHERE labels.accepted = 1)"
+            "label_runs.label_id WHERE labels.accepted = 1 OR labels.why = ?)"
             if labelled
             else ""
         )
-        rows = self._read(f"SELECT id, started_ms, screen, settings FROM runs{where} ORDER BY id")
+        rows = self._read(
+            f"SELECT id, started_ms, screen, settings FROM runs{where} ORDER BY id",
+            (NOT_PROCESSED,) if labelled else (),
+        )
         return [self._run_row(r) for r in rows]
 
     def _run_row(self, r: tuple) -> StoredRun:
@@ -813,7 +823,7 @@ class LabelStore:
             for row in self.iter():
                 # Only the loop's outliers stay out: a label no loop judged (no profile yet)
                 # is a click or a dot like any other (`gazeloop collect` files it too).
-                rejected = not row.accepted and row.why != NOT_PROCESSED
+                rejected = row.verdict is False
                 why = "rejected by the loop" if accepted_only and rejected else None
                 if row.run_id is not None and row.run_id not in screens:
                     # A run recorded after the export began (another process writing):
@@ -918,8 +928,8 @@ def _export_record(
                 "label_id": row.id,
                 "snapshot_id": row.snapshot_id,
                 # As `gazeloop collect` files it: no decision, no verdict.
-                "accepted": None if row.why == NOT_PROCESSED else row.accepted,
-                "why": None if row.why == NOT_PROCESSED else row.why,
+                "accepted": row.verdict,
+                "why": None if row.verdict is None else row.why,
                 "fast_xy_px": None
                 if row.fast_xy is None
                 else (np.asarray(row.fast_xy) * size).tolist(),

@@ -19,10 +19,12 @@ LAPTOP = ScreenGeometry(px=(1512, 982), mm=(302.0, 196.0))
 MONITOR = ScreenGeometry(px=(2560, 1440))
 
 
-def _store(root: Path, screens: list[ScreenGeometry | None]) -> Path:
-    """Three accepted click labels per run, one run per screen given."""
+def _store(root: Path, screens: list[ScreenGeometry | None], *, judged: bool = True) -> Path:
+    """Three accepted click labels per run, one run per screen given (`judged=False`: labels
+    no loop judged, as before any profile)."""
     img = np.full((48, 64, 3), 128, np.uint8)
     ok = types.SimpleNamespace(accepted=True, why="accepted", residual=None, offset=None)
+    ok = ok if judged else None
     with LabelStore(root) as ls:
         for r, screen in enumerate(screens):
             run = ls.begin_run({"source": "0"}, screen)
@@ -40,6 +42,14 @@ def test_the_screen_the_runs_recorded_needs_no_flag_and_no_profile(tmp_path):
     exp = export_store(store, tmp_path / "run", 0)
     assert exp.screen.px == LAPTOP.px and exp.screen_from == "the store's runs (1)"
     assert exp.exported == 6 and exp.skipped == {}  # a run that named no screen goes along
+
+
+def test_labels_no_loop_judged_are_exported_on_their_runs_screen(tmp_path):
+    """Export kept them, but the screen was looked for only among runs with an accepted
+    label: such a store had "no run that recorded its screen"."""
+    store = _store(tmp_path / "labels", [LAPTOP], judged=False)
+    exp = export_store(store, tmp_path / "run", 0)
+    assert exp.screen.px == LAPTOP.px and exp.exported == 3 and exp.skipped == {}
 
 
 def test_a_run_that_stored_no_label_does_not_count(tmp_path):

@@ -14,7 +14,6 @@ import threading
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 
 onnx = pytest.importorskip("onnx")
@@ -26,32 +25,10 @@ from gazeloop.trainer.registry import LOCK_FILE, ModelRegistry  # noqa: E402
 
 
 def tiny_model(folder: Path, n_weights: int) -> tuple[Path, dict]:
-    """A small valid ONNX with the metadata the registry checks, and its card."""
-    from onnx import TensorProto, helper, numpy_helper
+    """The MQTT tests' small valid ONNX and its card, as model "gaze-net"."""
+    from tests.tools.runtime.test_mqtt import tiny_model as mqtt_tiny_model
 
-    from gazeloop.fastpath.ir_onnx import OMZ_IO_CONVENTION
-
-    w = numpy_helper.from_array(np.arange(n_weights, dtype=np.float32), "w")
-    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in ("x", "y")]
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])], "g", io[:1], io[1:], initializer=[w]
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    for k, v in (("gazeloop.model_id", "gaze-net"), ("gazeloop.io_convention", OMZ_IO_CONVENTION)):
-        p = model.metadata_props.add()
-        p.key, p.value = k, v
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"gaze-net-{n_weights}.onnx"
-    onnx.save(model, str(path))
-    card = {
-        "model_id": "gaze-net",
-        "created": "2026-01-01T00:00:00Z",
-        "inputs": [],
-        "outputs": [],
-        "preprocessing": {"version": "test"},
-        "opset": 17,
-    }
-    return path, card
+    return mqtt_tiny_model(folder, "gaze-net", n_weights)
 
 
 def test_concurrent_promotions_keep_both_history_entries(tmp_path, monkeypatch):

@@ -35,7 +35,6 @@ import logging
 import math
 import signal
 import sys
-import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -76,7 +75,7 @@ from gazeloop.tools.runtime.labelled import LabelledSource, open_labelled
 from gazeloop.tools.runtime.live import Live, from_earlier_sitting, model_record
 from gazeloop.tools.runtime.recording import UnixClock
 from gazeloop.tools.ui.calibration_grid import DotView, calibrate_on_screen, render_dot
-from gazeloop.tools.ui.render import LiveData, VerifyData, render_live, render_pip, render_verify
+from gazeloop.tools.ui.render import LiveData, VerifyData, render_live, render_pip
 from gazeloop.tools.ui.window import ESC, CvDisplay, require_display
 
 log = logging.getLogger(__name__)
@@ -635,7 +634,9 @@ def _window(args, ls: LabelledSource, live: Live, stream, watcher) -> Window:
             watcher.use_profile(prof, m.screen, path, install=lambda: live.install(m))
 
     live.enable_glance(args.glance_every * 60.0)
-    ui = Window(live, args, stream=stream, clock=UnixClock(ls.source), on_profile=on_profile)
+    hold = None if watcher is None else watcher.holding
+    clock = UnixClock(ls.source)
+    ui = Window(live, args, stream=stream, clock=clock, on_profile=on_profile, hold=hold)
     ui.source_desc = ls.describe()
     return ui
 
@@ -701,12 +702,19 @@ def _finish(live: Live, args, *, replay: bool) -> None:
         args.mqtt_wait if args.mqtt else 0.0,
         oracle_wait_s=live.oracle_timeout_s if replay else 0.0,
     )
-    left = live.labels_pending()
-    if left:
+    left = live.labels_pending() or 0  # None: no uplink
+    stuck = live.uplink.stats.unsendable if live.uplink is not None else 0
+    if stuck:
+        print(
+            f"{stuck} labels cannot be sent (too big for a message even re-encoded, or "
+            "unreadable; the log names them): they stay in the label store",
+            flush=True,
+        )
+    if left > stuck:
         why = live.uplink.stats.last_error if live.uplink is not None else None
         print(
-            f"{left} labels not sent yet ({why or 'broker away'}): they stay in the label "
-            "store and go on the next `run --mqtt`",
+            f"{left - stuck} labels not sent yet ({why or 'broker away'}): they stay in the "
+            "label store and go on the next `run --mqtt`",
             flush=True,
         )
 
@@ -816,8 +824,9 @@ class Window:
     `stream` is the frame iterator the main loop reads: the `c` key's calibration grid takes
     its frames from it, so the camera is never opened twice."""
 
-    def __init__(self, live: Live, args, *, stream=None, clock=None, on_profile=None):
+    def __init__(self, live: Live, args, *, stream=None, clock=None, on_profile=None, hold=None):
         self.live = live
+        self.hold = hold or contextlib.nullcontext
         self.args = args
         self.stream = stream
         self.clock = clock
@@ -874,9 +883,7 @@ class Window:
         if key == ord("7"):
             if live.glance is not None:  # a dot from the next frame on
                 live.glance.start(frame.t_ns, "key")
-            elif live.worker is not None:
-                self.verify(frame, s)
-            else:  # it froze on a picture with nothing to verify
+            else:  # a dot is a place on a screen: no profile, no screen
                 print("7: nothing to verify without a profile: press c to calibrate", flush=True)
         elif key == ord(" "):
             self.record(frame, s)
@@ -926,7 +933,8 @@ class Window:
             self.live.glance.cancel()
             self.live.glance.calibrating = True
         try:
-            self._calibrate()
+            with self.hold():  # no model swap from the first dot to the profile in use
+                self._calibrate()
         finally:
             if self.live.glance is not None:
                 self.live.glance.calibrating = False
@@ -955,6 +963,7 @@ class Window:
                 program="gazeloop run (c key)",
                 ready_s=args.ready,
                 result_wait_s=5.0,
+                replaces=live.mapper is not None,
             )
         except UserError as e:
             print(f"calibration: {e}", flush=True)
@@ -1009,31 +1018,6 @@ class Window:
             busy=busy,
             spinner_phase=phase,
         )
-
-    def verify(self, frame, s) -> None:
-        """Pause on this frame, run the oracle on it now, show the three gazes."""
-        from gazeloop.tools.runtime.live import snapshot_of
-
-        snap = snapshot_of(frame, s, on_demand=True)
-        result: dict = {}
-        th = threading.Thread(
-            target=lambda: result.setdefault("label", self.live.verify(frame, s, 60.0)),
-            daemon=True,
-        )
-        th.start()
-        gaze = None if s.gaze_yp_raw is None else tuple(float(v) for v in s.gaze_yp_raw)
-        phase = 0.0
-        while th.is_alive():
-            phase += 0.3
-            img = render_verify(self._verify_data(snap, None, busy=True, phase=phase, gaze=gaze))
-            cv2.imshow(WINDOW, img)
-            cv2.waitKey(30)
-        img = render_verify(self._verify_data(snap, result.get("label"), gaze=gaze))
-        self.last_img = img
-        cv2.imshow(WINDOW, img)
-        # Any key resumes. Short waits: inside one long waitKey Ctrl-C is never handled.
-        while cv2.waitKey(100) == -1:
-            pass
 
     def record(self, frame, s) -> None:
         """Space: the user looks at the cursor; keep the frame labelled with its position."""

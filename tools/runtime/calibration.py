@@ -203,6 +203,7 @@ def finish(
     profile_out: Path,
     frames_written: int,
     extra_report: dict | None = None,
+    replaces: bool | None = None,
 ) -> CalibrationResult:
     """Fit, evaluate, save the profile, the plot and a JSON report beside the session.
 
@@ -252,7 +253,8 @@ def finish(
     if run.cfg.select:
         prof = _with_history(prof, reads, screen, session_dir, fp)
     useless = _no_better_than_guessing(ev)
-    keep_old = useless is not None and profile_out.is_file()
+    # `replaces`: a profile is in use (run's c key), whatever file this one would go to.
+    keep_old = useless is not None and (profile_out.is_file() if replaces is None else replaces)
     saved = None if keep_old else prof.save(profile_out)
     history = prof.fit.history
     if history is not None:
@@ -262,11 +264,12 @@ def finish(
     )
     if keep_old:
         raise UserError(
-            f"{useless}: {profile_out} is kept, not replaced (the session and its report: "
-            f"{report_path}); calibrate again, face lit and eyes on each dot"
+            f"calibration not used, the profile kept: {useless}; {profile_out} is unchanged "
+            f"(the session and its report: {report_path}); calibrate again, face lit and "
+            "eyes on each dot"
         )
     if useless is not None:  # nothing to keep: a poor profile, said, beats none
-        print(f"WARNING: {useless}; calibrate again", file=sys.stderr, flush=True)
+        print(f"WARNING: calibration {useless}; calibrate again", file=sys.stderr, flush=True)
     return CalibrationResult(prof, ev, saved, session_dir, plot, report_path, frames_written)
 
 
@@ -278,8 +281,8 @@ def _no_better_than_guessing(ev: Evaluated) -> str | None:
     if r.mean_px < r.baseline_mean_px:
         return None
     return (
-        f"calibration no better than guessing: leave-one-target-out error {r.mean_px:.0f} "
-        f"px, guessing the centre of the other targets {r.baseline_mean_px:.0f} px"
+        f"no better than guessing ({r.mean_px:.0f} px leave-one-target-out against "
+        f"{r.baseline_mean_px:.0f} px for the centre of the other targets)"
     )
 
 

@@ -167,7 +167,7 @@ class ModelWatcher:
         # A calibration made while a refit runs (run's c key) must not be overwritten by
         # the refit of the profile it replaced: `use_profile` counts the profiles given,
         # and a refit hands its swap over only if no other came meanwhile.
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # `holding` around `use_profile` takes it twice
         self._generation = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -233,13 +233,26 @@ class ModelWatcher:
                 return False
             if prof is not None:
                 if path is not None:
-                    save_for_model(prof, path)
+                    try:
+                        save_for_model(prof, path)
+                    except OSError as e:  # a full disk must not end the watcher, or tracking
+                        self.seen = seen_before
+                        self.errors.append(f"{name} not used: {e}")
+                        log.error("%s not used: %s", name, e)
+                        return False
                 self.profile = prof
             self.fp.request_swap(gaze, mapper)
             if self.on_swap is not None:
                 self.on_swap(gaze, mapper)
         log.info("%s ready; switching", name)
         return True
+
+    def holding(self):
+        """No swap is handed over while this is held: run's c key holds it from the grid's
+        first dot to its profile in use. A swap handed over mid-grid would mix two models'
+        features in one fit, and one handed over after the fit (the fast path applies it at
+        its next frame) would replace the new profile with the refit of the old one."""
+        return self._lock
 
     def use_profile(self, profile: Profile, screen, path: Path | None, install=None) -> None:
         """A new profile for the running model (run's c key): the one later swaps refit.
@@ -257,7 +270,10 @@ class ModelWatcher:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
-            self.check_once()
+            try:
+                self.check_once()
+            except Exception:  # the next promotion must still be served
+                log.exception("model watcher: check failed")
 
     def stop(self) -> None:
         self._stop.set()

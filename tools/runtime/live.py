@@ -375,19 +375,6 @@ class Live:
         self.worker.submit(snap)
         return snap
 
-    def verify(self, frame: Frame, s: GazeSample, timeout: float | None = None):
-        """The verify key: run the oracle on this frame now (blocks the caller, which has
-        paused the display; the fast path is not running meanwhile)."""
-        if self.worker is None:
-            return None
-        snap = snapshot_of(frame, s, on_demand=True)
-        if self.snapshot_hook is not None:
-            snap = self.snapshot_hook(snap, frame) or snap
-        gaze = None if s.gaze_yp_raw is None else (float(s.gaze_yp_raw[0]), float(s.gaze_yp_raw[1]))
-        with self._lock:
-            self._snaps[snap.snapshot_id] = (snap, gaze, self._run_key)
-        return self.worker.run_now(snap, timeout=timeout)
-
     def _keep_frame(self, frame: Frame) -> None:
         kept = self._recent_frames
         if not kept or frame.t_ns - kept[-1][0] >= _KEEP_EVERY_MS * _MS or frame.t_ns < kept[-1][0]:

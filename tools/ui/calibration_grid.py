@@ -220,9 +220,11 @@ def calibrate_on_screen(
     ready_s: float,
     program: str = "gazeloop calibrate",
     result_wait_s: float | None = None,
+    replaces: bool | None = None,
 ) -> CalibrationResult | None:
     """Full screen, the grid, the fit, the result with its plot; None when cancelled.
-    `result_wait_s`: how long the result stays up (None: until a key)."""
+    `result_wait_s`: how long the result stays up (None: until a key). `replaces`: whether
+    a profile is in use that a useless fit must not replace (None: `profile_out` exists)."""
     source = f"{program}, on-screen grid ({source_desc})"
     writer = SessionWriter(session_dir, manifest_for(screen, user, device, source))
     display.fullscreen(True)
@@ -245,6 +247,7 @@ def calibrate_on_screen(
                 session_dir=session_dir,
                 profile_out=profile_out,
                 frames_written=writer.written,
+                replaces=replaces,
             )
         except UserError as e:
             msg = render_dot(DotView(screen.px, None, 0.0, message=str(e)[:90]))

@@ -463,7 +463,8 @@ def test_a_calibration_no_better_than_guessing_does_not_replace_a_profile(shared
     good = prof.read_bytes()
     rc, _, err = cli("calibrate", "--source", odd, "--out", tmp_path / "s2", *flags)
     (said,) = [x for x in err.splitlines() if x.startswith("gazeloop calibrate: ")]
-    assert rc == 2 and f"{prof} is kept, not replaced" in said
+    assert rc == 2 and said.startswith("gazeloop calibrate: calibration not used, the profile")
+    assert f"{prof} is unchanged" in said
     assert prof.read_bytes() == good
     report = json.loads((tmp_path / "s2/report/calibration.json").read_text())
     assert report["profile"] is None

@@ -204,3 +204,64 @@ def test_a_calibration_made_during_a_refit_is_kept_and_refitted_next(tmp_path, m
     assert swaps == ["mapper of new refitted"]
     assert not watcher.check_once()  # and only once
     fp.close()
+
+
+def test_no_swap_is_handed_over_while_the_c_key_holds_the_watcher(tmp_path, monkeypatch):
+    """The fast path applies a swap at its next frame: one handed over while the c key was
+    fitting (no frame for seconds) replaced the new profile with the refit of the old."""
+    import threading
+    from types import SimpleNamespace
+
+    from gazeloop.fastpath import models
+    from gazeloop.fastpath.pipeline import FastPath, FastPathConfig
+    from gazeloop.tools.runtime import hotreload
+
+    fp = FastPath(FastPathConfig())
+    entry = SimpleNamespace(version=1, model_id="m", onnx_path=models.resolve_gaze_onnx())
+    watcher = hotreload.ModelWatcher(fp, tmp_path / "reg", profile="old", screen="s")
+    monkeypatch.setattr(watcher.registry, "promoted", lambda model_id=None: entry)
+    monkeypatch.setattr(hotreload, "ProfileMapper", lambda prof, screen: f"mapper of {prof}")
+    monkeypatch.setattr(hotreload, "refit_profile", lambda prof, *a: f"{prof} refitted")
+    swaps: list = []
+    watcher.on_swap = lambda gaze, mapper: swaps.append(mapper)
+    done: list = []
+    with watcher.holding():  # the c key: grid, fit, the new profile in use
+        t = threading.Thread(target=lambda: done.append(watcher.check_once()))
+        t.start()
+        assert fp._swap is None and swaps == []
+        watcher.use_profile("new", "s", None)
+    t.join(30)
+    if not done[0]:  # it had refitted the old one: dropped, and the next check refits
+        assert watcher.check_once()
+    assert swaps == ["mapper of new refitted"] and watcher.profile == "new refitted"
+    fp.close()
+
+
+def test_a_profile_that_cannot_be_saved_leaves_the_old_model_and_the_watcher(tmp_path, monkeypatch):
+    """A full disk while saving the refitted profile raised out of the watcher's thread:
+    no hot reload for the rest of the run, and nothing said."""
+    from types import SimpleNamespace
+
+    from gazeloop.fastpath import models
+    from gazeloop.fastpath.pipeline import FastPath, FastPathConfig
+    from gazeloop.tools.runtime import hotreload
+
+    fp = FastPath(FastPathConfig())
+    entry = SimpleNamespace(version=1, model_id="m", onnx_path=models.resolve_gaze_onnx())
+    watcher = hotreload.ModelWatcher(
+        fp, tmp_path / "reg", profile="old", screen="s", profile_path=tmp_path / "p.json"
+    )
+    monkeypatch.setattr(watcher.registry, "promoted", lambda model_id=None: entry)
+    monkeypatch.setattr(hotreload, "ProfileMapper", lambda prof, screen: f"mapper of {prof}")
+    monkeypatch.setattr(hotreload, "refit_profile", lambda prof, *a: f"{prof} refitted")
+
+    def full_disk(prof, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(hotreload, "save_for_model", full_disk)
+    assert not watcher.check_once()
+    assert fp._swap is None and watcher.profile == "old"
+    assert watcher.errors == ["m v1 not used: [Errno 28] No space left on device"]
+    monkeypatch.setattr(hotreload, "save_for_model", lambda prof, path: path)
+    assert watcher.check_once()  # tried again, and served once the disk has room
+    fp.close()

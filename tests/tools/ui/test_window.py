@@ -263,6 +263,11 @@ def test_c_key_with_another_devices_profile_saves_to_this_devices_own_file(
             watchers.append(self)
 
     monkeypatch.setattr(hotreload, "ModelWatcher", Recorded)
+    # A recording's eyes do not follow the grid: its fit is no better than guessing, which
+    # the c key refuses while a profile is in use (tested with calibrate); not the subject.
+    from gazeloop.tools.runtime import calibration
+
+    monkeypatch.setattr(calibration, "_no_better_than_guessing", lambda ev: None)
     scripted_keys(monkeypatch, {3: "c"})
     given = tmp_path / "given.json"
     given.write_bytes(corners4_profile.read_bytes())
@@ -294,6 +299,27 @@ def test_c_key_with_another_devices_profile_saves_to_this_devices_own_file(
     assert Profile.load(own).device == "laptop2"
     (watcher,) = watchers
     assert watcher.profile_path == own and watcher.profile.device == "laptop2"
+
+
+@pytest.mark.slow
+def test_c_key_fit_no_better_than_guessing_leaves_the_profile_in_use(
+    xenv, shared, corners4_profile, tmp_path, monkeypatch
+):
+    """The guard looked for a file at the c key's output path: with another device's profile
+    in use that file did not exist, and a useless fit replaced the working profile."""
+    scripted_keys(monkeypatch, {3: "c"})
+    given = tmp_path / "given.json"
+    given.write_bytes(corners4_profile.read_bytes())
+    rc, out, err = cli(
+        "run", "--source", shared / VIDEO, "--profile", given, "--device", "laptop2",
+        "--screen-px", 1280, 720, "--settle", 0.1, "--capture", 3, "--ready", 0.1,
+        "--frames", 10, "--no-watch-models",
+    )  # fmt: skip
+    assert rc == 0, err
+    assert "calibration: calibration not used, the profile kept: no better than guessing" in out
+    assert "calibrated; the new profile is in use" not in out
+    assert not profile_path("default", "laptop2").exists()
+    assert given.read_bytes() == corners4_profile.read_bytes()
 
 
 @pytest.mark.slow

@@ -129,7 +129,9 @@ class LabelMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     format: Literal["gazeloop.label"] = "gazeloop.label"
-    schema_version: Literal[1] = 1
+    # 2: the snapshot may be re-encoded (`jpeg_reencoded`); sent only then, so a collector
+    # of schema 1 takes every other label and names the version of the ones it cannot.
+    schema_version: Literal[1, 2] = 1
     uid: str = Field(min_length=1, max_length=512)  # the de-duplication key
     user: str
     device: str
@@ -177,7 +179,7 @@ def message_from_row(
         screen=screen,
         fast_xy=_finite_pair(row.fast_xy),
         decision=None
-        if row.why == NOT_PROCESSED
+        if row.verdict is None
         else WireDecision(
             accepted=row.accepted,
             why=row.why,
@@ -186,6 +188,7 @@ def message_from_row(
         ),
         jpeg_b64=base64.b64encode(jpeg).decode("ascii") if jpeg else None,
         jpeg_reencoded=reencoded if jpeg else None,
+        schema_version=2 if jpeg and reencoded is not None else 1,
     )
 
 
@@ -311,13 +314,14 @@ class LabelUplink(Supervised):
         """Wait (at most `timeout` s) until every stored label is acknowledged; returns how
         many are still pending. Gives up early once two connection attempts in a row have
         failed meanwhile (the broker is away, not restarting): the labels stay in the outbox
-        for the next run."""
+        for the next run. Labels set aside as unsendable (over the size limit, unreadable) are
+        not waited for: they would hold every run's end for its whole timeout."""
         end = time.monotonic() + timeout
         failures = self._link.failures
         self.nudge()
         while True:
             left = self.pending_count()
-            if left == 0 or time.monotonic() >= end:
+            if left <= len(self._bad) or time.monotonic() >= end:  # set aside ⊆ pending
                 return left
             if not self._link.connected and self._link.failures >= failures + 2:
                 return left
@@ -395,7 +399,8 @@ class LabelUplink(Supervised):
                     return payload
         log.warning(
             "label %d (snapshot %s) is kept unsent: its message is %d bytes, over the uplink's "
-            "%d-byte limit even with the snapshot re-encoded down to 25%% size at quality 50",
+            "%d-byte limit, and no smaller encoding of its snapshot fits (down to 25%% size at "
+            "quality 50)",
             row.id, row.snapshot_id, size, limit,
         )  # fmt: skip
         return None
@@ -627,8 +632,8 @@ class Collector(Supervised):
         return folder
 
     def _seed_point(self, msg: LabelMessage, screen: ScreenGeometry | None) -> tuple | None:
-        """The label's pixel, if it can be a seed record: a point, accepted by the laptop's
-        loop (as `LabelStore.export_session` exports), on a known screen."""
+        """The label's pixel, if it can be a seed record: a point the laptop's loop did not
+        reject (as `LabelStore.export_session` exports), on a known screen."""
         obs = msg.label.observation
         if not isinstance(obs, PointObservation) or screen is None:
             return None
