@@ -913,8 +913,34 @@ def _export_point(row: StoredLabel, lines: str) -> tuple[np.ndarray, dict[str, A
 def _export_record(
     row: StoredLabel, t_ms: int, px: np.ndarray, size: np.ndarray, extra: dict[str, Any]
 ) -> SeedRecord:
-    """The seed record of an exported row: the label in pixels plus, under `oracle`, where
-    it came from, so a trainer can weigh or trace every label it learns from."""
+    """The seed record of an exported row (`seed_record`)."""
+    fast = None if row.fast_xy is None else (np.asarray(row.fast_xy) * size).tolist()
+    return seed_record(
+        t_ms,
+        px,
+        row.to_label(),
+        label_id=row.id,
+        verdict=row.verdict,
+        why=row.why,
+        fast_xy_px=fast,
+        **extra,
+    )
+
+
+def seed_record(
+    t_ms: int,
+    px,
+    label: OracleLabel,
+    *,
+    label_id: int,
+    verdict: bool | None,
+    why: str | None,
+    fast_xy_px: list[float] | None,
+    **extra: Any,
+) -> SeedRecord:
+    """A label as a seed record, for `export_session` and `gazeloop collect` alike: the
+    label in pixels plus, under `oracle`, where it came from and the loop's verdict (None:
+    no loop judged it), so a trainer can weigh or trace every label it learns from."""
     return SeedRecord.model_validate(
         {
             "timestamp": t_ms,
@@ -922,17 +948,14 @@ def _export_record(
             "screen_y": float(px[1]),
             **extra,
             "oracle": {
-                "name": row.oracle,
-                "version": row.oracle_version,
-                "confidence": row.confidence,
-                "label_id": row.id,
-                "snapshot_id": row.snapshot_id,
-                # As `gazeloop collect` files it: no decision, no verdict.
-                "accepted": row.verdict,
-                "why": None if row.verdict is None else row.why,
-                "fast_xy_px": None
-                if row.fast_xy is None
-                else (np.asarray(row.fast_xy) * size).tolist(),
+                "name": label.oracle,
+                "version": label.oracle_version,
+                "confidence": label.confidence,
+                "label_id": label_id,
+                "snapshot_id": label.snapshot_id,
+                "accepted": verdict,
+                "why": None if verdict is None else why,
+                "fast_xy_px": fast_xy_px,
             },
         }
     )

@@ -70,8 +70,9 @@ from gazeloop.calibration.store.labelstore import (
     LabelStoreError,
     StoredLabel,
     StoredRun,
+    seed_record,
 )
-from gazeloop.calibration.store.session import MANIFEST_NAME, SeedRecord, SessionManifest
+from gazeloop.calibration.store.session import MANIFEST_NAME, SessionManifest
 from gazeloop.calibration.store.writer import write_manifest
 from gazeloop.tools.runtime.mqtt.conn import (
     TOPIC_ROOT,
@@ -653,26 +654,18 @@ class Collector(Supervised):
             assert screen is not None
             t_ms = self._free_ms(folder, msg.snapshot_ms)
             fast = msg.fast_xy
-            # The same record `LabelStore.export_session` writes, plus the uid.
-            record = SeedRecord.model_validate(
-                {
-                    "timestamp": t_ms,
-                    "screen_x": point[0],
-                    "screen_y": point[1],
-                    "label_uid": msg.uid,
-                    "oracle": {
-                        "name": msg.label.oracle,
-                        "version": msg.label.oracle_version,
-                        "confidence": msg.label.confidence,
-                        "label_id": msg.label_id,
-                        "snapshot_id": msg.label.snapshot_id,
-                        "accepted": None if d is None else d.accepted,
-                        "why": None if d is None else d.why,
-                        "fast_xy_px": None
-                        if fast is None
-                        else [fast[0] * screen.px[0], fast[1] * screen.px[1]],
-                    },
-                }
+            # The record `LabelStore.export_session` writes, plus the uid.
+            record = seed_record(
+                t_ms,
+                point,
+                msg.label,
+                label_id=msg.label_id,
+                verdict=_verdict(d),
+                why=None if d is None else d.why,
+                fast_xy_px=None
+                if fast is None
+                else [fast[0] * screen.px[0], fast[1] * screen.px[1]],
+                label_uid=msg.uid,
             )
             body = record.model_dump(mode="json", by_alias=True, exclude_unset=True)
             if msg.jpeg_reencoded is not None:  # the picture is not the one captured
