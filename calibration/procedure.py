@@ -32,7 +32,8 @@ from gazeloop.calibration.metrics.evaluate import (
     as_shown,
     evaluate_arrays,
     evaluate_candidates,
-    robust_keep,
+    fixed_keep,
+    mapping_options,
 )
 from gazeloop.calibration.profile import (
     DEFAULT_FEATURES,
@@ -279,12 +280,13 @@ def fit_profile_report(
     sittings: a target of one sitting, since across sittings a point's frames differ on
     purpose, `calibration.sittings`)."""
     cells = groups if outlier_groups is None else np.asarray(outlier_groups)
-    keep = robust_keep(x, cells)
+    keep = fixed_keep(x, features, cells)
     x, y_norm, groups, cells = x[keep], y_norm[keep], groups[keep], cells[keep]
     if frame_names is not None:
         frame_names = [n for n, k in zip(frame_names, keep, strict=True) if k]
     aspect = screen.px[0] / screen.px[1]
-    m, hyper, _ = fit_select(mapping, x, y_norm, groups, aspect=aspect)
+    opts = mapping_options(mapping, screen)
+    m, hyper, _ = fit_select(mapping, x, y_norm, groups, aspect=aspect, options=opts)
     labels_px = screen.to_px(y_norm)
     ev = evaluate_arrays(
         x,

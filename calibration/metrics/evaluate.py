@@ -12,6 +12,7 @@ bounding box stands in for it) nothing is clamped: the targets need not reach th
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,6 +80,11 @@ class EvalReport(BaseModel):
     mirrored_basis: str | None = None
     selection: SelectionReport | None = None
     profile: str | None = None  # set when a saved profile was applied (no refit)
+    # With `profile`: it was fitted on these very frames (in-sample, said wherever shown).
+    in_sample: bool = False
+    # Targets outside the convex hull of the others: held out, their error is extrapolation
+    # (every corner of a 4-corner session), which DESIGN asks to be said.
+    extrapolated: int | None = None
     # Held-out predictions that fell off the screen and are scored where the cursor would
     # be, at its edge; None when the screen is unknown (nothing clamped).
     clamped: int | None = None
@@ -155,14 +161,15 @@ def evaluate_arrays(
             f"{session}: {n_targets} usable targets; leave-one-target-out evaluation of "
             f"'{mapping}' needs at least {need}"
         )
-    keep = robust_keep(x, groups if outlier_groups is None else np.asarray(outlier_groups))
+    keep = fixed_keep(x, features, groups if outlier_groups is None else outlier_groups)
     for i in np.flatnonzero(~keep):
         rejected.append((names[i] if names else f"frame {i}", "outlier within its target"))
     x, labels_px, groups = x[keep], labels_px[keep], groups[keep]
     geo, _ = _geometry(screen, labels_px)
     y = geo.to_norm(labels_px)
     aspect = geo.px[0] / geo.px[1]
-    pred = geo.to_px(loto_predict(mapping, x, y, groups, aspect=aspect))
+    opts = mapping_options(mapping, screen)
+    pred = geo.to_px(loto_predict(mapping, x, y, groups, aspect=aspect, options=opts))
     return _evaluated(
         pred,
         labels_px,
@@ -247,8 +254,46 @@ def _evaluated(
         per_target=per_target,
         rejected=[RejectedFile(file=f, why=w) for f, w in rejected],
         clamped=clamped,
+        extrapolated=int(outside_the_others([t.label_px for t in per_target]).sum()),
     )
     return Evaluated(report=report, labels_px=labels_px, pred_px=pred, groups=groups)
+
+
+def outside_the_others(points, tol: float = 0.02) -> np.ndarray:
+    """(n,) whether each point lies outside the convex hull of the other points by more than
+    `tol` of the points' span (so a grid's edge midpoint, a hair off its row, is inside;
+    with the others all on a line, or fewer than 3, nothing is inside). Pure."""
+    from scipy.spatial import ConvexHull, QhullError
+
+    pts = np.asarray(points, dtype=float).reshape(-1, 2)
+    out = np.ones(len(pts), dtype=bool)
+    span = float(np.hypot(*np.ptp(pts, axis=0))) if len(pts) else 0.0
+    for i in range(len(pts)):
+        others = np.delete(pts, i, axis=0)
+        if len(others) < 3:
+            continue
+        try:
+            eq = ConvexHull(others).equations  # unit outward normals n, offsets d: n·p + d
+        except QhullError:  # collinear: no area to be inside
+            continue
+        out[i] = float((eq[:, :2] @ pts[i] + eq[:, 2]).max()) > tol * span
+    return out
+
+
+def measured_as(r: EvalReport) -> str:
+    """How a report's numbers were made, in the words every output uses (text, HTML, plot):
+    an in-sample number must never read as leave-one-target-out."""
+    if r.profile is not None:
+        if r.in_sample:
+            return (
+                "a saved profile applied to the frames it was fitted on (in-sample: not the "
+                "error a new point or a new sitting sees)"
+            )
+        return "a saved profile applied unchanged (no refit)"
+    said = f"leave-one-target-out over {r.targets} targets"
+    if r.extrapolated:
+        said += f" ({r.extrapolated} outside the others' span: their error is extrapolation)"
+    return said
 
 
 def evaluate_candidates(
@@ -314,6 +359,21 @@ def evaluate_candidates(
 def _norm_to_px(v: float, geo: ScreenGeometry) -> float | None:
     # inner errors are in screen heights (x scaled by the aspect): px via the height
     return None if not np.isfinite(v) else round(float(v) * geo.px[1], 2)
+
+
+def fixed_keep(x: np.ndarray, features: list[str], cells) -> np.ndarray:
+    """Per-target outliers of a fixed mapping's frames, judged as the selection judges every
+    candidate's: on the gaze angles when the features hold them (a head that moved within a
+    target is no outlier: `eval --mapping geometric` dropped 4 more corners4 frames on eye
+    position than its selection did), else on every column."""
+    cols = [features.index(n) for n in GAZE if n in features]
+    return robust_keep(x[:, cols] if len(cols) == len(GAZE) else x, np.asarray(cells))
+
+
+def mapping_options(mapping: str, screen: ScreenGeometry | None) -> dict | None:
+    """What a mapping is told of the screen (`geometric_options` for the geometric one; the
+    fixed paths left it at its laptop prior on a 597 mm monitor)."""
+    return geometric_options(screen) if mapping == "geometric" else None
 
 
 def geometric_options(screen: ScreenGeometry | None) -> dict:
@@ -392,14 +452,17 @@ def plot_report(ev: Evaluated, path, *, title: str | None = None) -> None:
             va="bottom",
             fontsize=8,
         )
-    ax.set_xlim(-0.05 * w, 1.05 * w)
-    ax.set_ylim(1.05 * h, -0.05 * h)  # screen y grows downward
+    # The screen with a margin, and every prediction: one beyond the margin was cut off
+    # (its error printed at the target, its dot and arrow nowhere).
+    lo = np.minimum([-0.05 * w, -0.05 * h], ev.pred_px.min(axis=0) - 0.02 * h)
+    hi = np.maximum([1.05 * w, 1.05 * h], ev.pred_px.max(axis=0) + 0.02 * h)
+    ax.set_xlim(lo[0], hi[0])
+    ax.set_ylim(hi[1], lo[1])  # screen y grows downward
     ax.set_aspect("equal")
     ax.set_xlabel("x (px)")
     ax.set_ylabel("y (px)")
-    sub = (
-        f"{r.mapping} on {', '.join(r.features)}, leave-one-target-out over {r.targets} targets\n"
-        f"mean {r.mean_px:.0f} px ({r.mean_pct_diag:.1f}% of the {r.diag_basis} diagonal), "
+    sub = textwrap.fill(f"{r.mapping} on {', '.join(r.features)}, {measured_as(r)}", 110) + (
+        f"\nmean {r.mean_px:.0f} px ({r.mean_pct_diag:.1f}% of the {r.diag_basis} diagonal), "
         f"median {r.median_px:.0f} px; constant predictor {r.baseline_mean_px:.0f} px"
     )
     ax.set_title((title or r.session) + "\n" + sub, fontsize=9)

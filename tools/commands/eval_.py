@@ -10,7 +10,12 @@ import numpy as np
 from gazeloop.calibration.frames import LabelledFrames
 from gazeloop.calibration.geometry import ScreenGeometry
 from gazeloop.calibration.mapping import MAPPINGS, fit_select
-from gazeloop.calibration.metrics.evaluate import evaluate_arrays, plot_report
+from gazeloop.calibration.metrics.evaluate import (
+    evaluate_arrays,
+    mapping_options,
+    measured_as,
+    plot_report,
+)
 from gazeloop.calibration.metrics.precision import (
     LAG_DEFINITION,
     deg_per_mm,
@@ -148,7 +153,8 @@ def precision_for(
         # A spread needs several frames of one fixation; it printed nan and 0.00 px, and a
         # lag of 0 frames between stills seconds apart.
         return {"not_measured": why}
-    m, _, _ = fit_select(mapping, x, y, groups, aspect=geo.px[0] / geo.px[1])
+    opts = mapping_options(mapping, screen)
+    m, _, _ = fit_select(mapping, x, y, groups, aspect=geo.px[0] / geo.px[1], options=opts)
     raw = m.predict(x)
     t = used.t_ns
     filt = _filtered(raw, t, cfg)
@@ -264,6 +270,10 @@ def precision_text(p: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     if args.profile is not None and (args.mapping or args.features or args.save_profile):
         raise UserError("--profile applies a saved mapping: no --mapping/--features/--save-profile")
+    if args.profile is not None and args.precision:  # it printed nothing, and null in JSON
+        raise UserError(
+            "--precision measures the fast path's own jitter on this session: without --profile"
+        )
     fixed = fixed_mapping(args)
     if args.save_profile is not None and fixed:
         raise UserError("--save-profile saves the selected mapping: drop --mapping/--features")
@@ -379,10 +389,9 @@ def _output(args: argparse.Namespace, ev) -> int:
     print(
         f"{r.session}: {r.targets} targets, {r.frames_used} of {r.frames} frames used\n"
         + (
-            f"  {r.mapping} on {', '.join(r.features)}, "
-            + ("a saved profile applied unchanged:\n" if r.profile else "leave-one-target-out:\n")
+            f"  {r.mapping} on {', '.join(r.features)}, {measured_as(r)}:\n"
             if r.selection is None
-            else f"  leave-one-target-out of the whole selection (chosen in each fold on the "
+            else f"  {measured_as(r)}, of the whole selection (chosen in each fold on the "
             f"other targets; on all targets: {r.selection.chosen}):\n"
         )
         + f"  mean {r.mean_px:.1f} px  median {r.median_px:.1f} px  "
@@ -393,6 +402,11 @@ def _output(args: argparse.Namespace, ev) -> int:
         + f"\n  gaze model: {r.gaze_model['file']} (sha256 {r.gaze_model['sha256'][:12]}, "
         f"{r.gaze_model['read']} read)"
         + (f"\n  profile applied unchanged: {r.profile}" if r.profile else "")
+        + (
+            f"\n  {r.clamped} held-out predictions off the screen, scored at its edge"
+            if r.clamped
+            else ""
+        )
     )
     if r.selection:
         print(selection_text(r.selection))
@@ -431,10 +445,15 @@ def write_report(ev, folder: Path) -> Path:
         "session": r.session,
         "targets / frames used": f"{r.targets} / {r.frames_used} of {r.frames}",
         "mapping, features": f"{r.mapping} on {', '.join(r.features)}",
+        "measured as": measured_as(r),
         "mean / median error": f"{r.mean_px:.1f} / {r.median_px:.1f} px",
         f"mean, % of the {r.diag_basis} diagonal": f"{r.mean_pct_diag:.2f} %",
         "constant predictor (mean of the other targets)": f"{r.baseline_mean_px:.1f} px",
     }
+    if r.clamped:
+        summary["held-out predictions off the screen"] = f"{r.clamped}, scored at its edge"
+    if r.selection is not None:
+        summary["chosen on all targets"] = r.selection.chosen
     if r.gaze_model:
         summary["gaze model"] = f"{r.gaze_model['file']} (sha256 {r.gaze_model['sha256'][:12]})"
     if r.mean_deg is not None:
@@ -458,5 +477,8 @@ def write_report(ev, folder: Path) -> Path:
     intro = (
         "Leave-one-target-out: each target's frames are predicted by a mapping fitted on the "
         "other targets only, so the error is what a new point on the screen would see."
+        if r.profile is None
+        else f"The saved profile {r.profile}, applied unchanged (no refit)."
     )
+    intro += f" Measured as: {measured_as(r)}."
     return report.write(folder / "report.html", report.page("gazeloop eval", intro, sections))

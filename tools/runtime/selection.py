@@ -86,7 +86,8 @@ def profile_from_choice(
         gaze_model_id=gaze.model_id,
         gaze_model_sha256=gaze.sha256,
         gaze_read=gaze.read,
-        calibration_session=str(session.folder),
+        # Absolute: a refit for a new model (hot reload) reads it from wherever `run` runs.
+        calibration_session=str(Path(session.folder).resolve()),
         in_sample_px=in_sample,
     )
 
@@ -159,6 +160,14 @@ def load_profile(path: Path, fp: LazyFastPath) -> Profile:
         raise UserError(str(e)) from None
 
 
+def _fitted_on(prof: Profile, session: Session) -> bool:
+    """Whether the profile was fitted on this session's frames: its error there is
+    in-sample, not what a new point or a new sitting sees."""
+    own = [prof.calibration_session, *prof.calibration_sessions]
+    here = Path(session.folder).resolve()
+    return any(p and Path(p).resolve() == here for p in own)
+
+
 def run_selected(
     session: Session,
     screen: ScreenGeometry | None,
@@ -177,6 +186,7 @@ def run_selected(
             _note_other_screen(profile, prof, screen)
             ev = apply_profile(prof, session, fp, screen, cache=cache)
             ev.report.profile = str(profile)
+            ev.report.in_sample = _fitted_on(prof, session)
             return ev, None
         ev, choice, v = evaluate_session(session, fp, screen, cache=cache)
         if save_profile is not None:

@@ -136,6 +136,8 @@ def test_report_is_json_with_the_documented_keys():
     assert back == r
     assert set(r.model_dump()) == {
         "gaze_model",
+        "in_sample",
+        "extrapolated",
         "mirrored",
         "mirrored_basis",
         "session",
@@ -330,3 +332,16 @@ def test_a_point_off_the_screen_is_scored_where_the_cursor_shows_it():
         x, labels, groups, session="s", features=["i"], screen=None, mapping="ridge"
     ).report
     assert unknown.clamped is None
+
+
+def test_targets_held_out_beyond_the_others_are_counted_as_extrapolation():
+    """DESIGN: with 4 targets, leave-one-target-out is extrapolation to a corner and says
+    so. Counted from the layout: outside the convex hull of the other targets."""
+    from gazeloop.calibration.metrics.evaluate import outside_the_others
+
+    grid = [(x, y) for y in (0, 0.5, 1) for x in (0, 0.5, 1)]
+    assert outside_the_others(grid).tolist() == [1, 0, 1, 0, 0, 0, 1, 0, 1]  # the corners
+    wobbly = [(x + 0.003 * (i % 2), y) for i, (x, y) in enumerate(grid)]  # a hair off a row
+    assert outside_the_others(wobbly).sum() == 4
+    assert outside_the_others([(0, 0), (1, 0), (0, 1), (1, 1)]).all()
+    assert outside_the_others([(0, 0), (1, 0), (2, 0), (3, 0)]).all()  # no area inside
