@@ -21,6 +21,7 @@ other reads existed say nothing and were fitted on the camera frame's single rea
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -392,20 +393,47 @@ def data_dir() -> Path:
 
 
 def user_dir(user: str) -> Path:
-    """A user's folder for their calibration sessions, labels and samples. A name that is
-    one plain folder name is used as it is (where they have always been kept: "ada
-    lovelace", "李雷"); one that would climb out of `users/` or name a subfolder ("../x",
-    "a/b", "..") is made safe, as a profile's is."""
-    plain = user not in ("", ".", "..") and not set(user) & {"/", "\\", "\0"}
-    return data_dir() / "users" / (user if plain else _safe_name(user))
+    """A user's folder: their profiles, calibration sessions, labels and samples. A name
+    that is one plain folder name is used as it is ("ada lovelace", "李雷"); any other is
+    made safe, with a hash of the name so two names never share a folder (`_name_part`)."""
+    return data_dir() / "users" / _name_part(user)
 
 
 def profile_path(user: str, device: str) -> Path:
-    """One directory per user; one profile per device inside it."""
-    return data_dir() / "users" / _safe_name(user) / "profiles" / f"{_safe_name(device)}.json"
+    """One profile per device, in the user's folder."""
+    return user_dir(user) / "profiles" / f"{_name_part(device, device=True)}.json"
 
 
-def _safe_name(name: str) -> str:
-    # "." and ".." would climb out of the user's directory
-    safe = _SAFE.sub("_", name)
-    return "_" + safe if safe.strip(".") == "" else safe
+# A device's profile file sits beside files named after it: "desk.sittings.json" is desk's
+# pooled profile, so a device named "desk.sittings" must not be written there.
+_BESIDE_A_PROFILE = (".sittings", ".models")
+
+
+def _name_part(name: str, *, device: bool = False) -> str:
+    """A user or device name as one folder or file name: itself when it is a plain one;
+    else with what could leave the folder, hide the file or name another file replaced, and
+    a short hash of the name. One-to-one: "李雷" and "王芳" were both "_", and one person's
+    calibration replaced the other's profile."""
+    plain = (
+        name not in ("", ".", "..")
+        and not name.startswith(".")
+        and not set(name) & {"/", "\\", "\0"}
+        and not (device and name.endswith(_BESIDE_A_PROFILE))
+    )
+    if plain:
+        return name
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{_SAFE.sub('_', name).strip('.') or '_'}-{digest}"
+
+
+def legacy_profile_path(user: str, device: str) -> Path | None:
+    """Where a profile was kept before names were made one-to-one (`_name_part`), when that
+    is elsewhere: names with spaces, non-ASCII letters or punctuation. A profile found there
+    is someone's only if it names this user and device: several names shared that file."""
+
+    def old(name: str) -> str:
+        safe = _SAFE.sub("_", name)
+        return "_" + safe if safe.strip(".") == "" else safe
+
+    p = data_dir() / "users" / old(user) / "profiles" / f"{old(device)}.json"
+    return None if p == profile_path(user, device) else p

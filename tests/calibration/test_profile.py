@@ -380,8 +380,18 @@ def test_profile_fitted_at_1080p_works_at_1440p(saved):
 def test_profile_path_is_per_user_and_device(tmp_path, monkeypatch):
     monkeypatch.setenv("GAZELOOP_HOME", str(tmp_path))
     assert data_dir() == tmp_path
-    p = profile_path("ada lovelace", "MacBook Pro/M3")
-    assert p == tmp_path / "users" / "ada_lovelace" / "profiles" / "MacBook_Pro_M3.json"
+    p = profile_path("ada lovelace", "MacBook Pro")
+    assert p == tmp_path / "users" / "ada lovelace" / "profiles" / "MacBook Pro.json"
+    # One-to-one: these pairs shared a file, and one calibration replaced the other's.
+    for a, b in [
+        (("李雷", "laptop"), ("王芳", "laptop")),
+        (("ada", "MacBook (built-in)"), ("ada", "MacBook [built-in]")),
+        (("ada", "desk.sittings"), ("ada", "desk")),  # desk's pooled profile is desk.sittings
+        (("a/b", "x"), ("a_b", "x")),
+    ]:
+        pa, pb = profile_path(*a), profile_path(*b)
+        assert pa != pb and pa.with_suffix("") != pb.with_name(pb.stem + ".sittings"), (a, b)
+    assert profile_path("ada", "MacBook Pro/M3").name.startswith("MacBook_Pro_M3-")
     users = (tmp_path / "users").resolve()
     for user, device in [("../../etc", "../passwd"), ("..", "x"), (".", "x"), ("", "")]:
         p = profile_path(user, device)

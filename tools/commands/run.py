@@ -46,6 +46,7 @@ from gazeloop.calibration.profile import (
     Profile,
     ProfileError,
     ProfileMapper,
+    legacy_profile_path,
     profile_path,
     user_dir,
 )
@@ -181,7 +182,7 @@ def _add_mqtt_args(p: argparse.ArgumentParser) -> None:
 def _profile(args, fp: FastPath) -> tuple[ProfileMapper | None, Path]:
     """The profile to run with and its file: the one named, else the user's for the device,
     or in a new sitting the profile of all the user's sittings pooled when there is one."""
-    path = args.profile or profile_path(args.user, args.device)
+    path = args.profile or _own_profile(args)
     if not path.is_file():
         blocker = file_in_the_way(path.parent)
         if path.exists() or blocker is not None:
@@ -209,7 +210,7 @@ def _profile(args, fp: FastPath) -> tuple[ProfileMapper | None, Path]:
             "profile: "
         )
     print(said, flush=True)
-    if args.profile is not None and (prof.user, prof.device) != (args.user, args.device):
+    if (prof.user, prof.device) != (args.user, args.device):
         # Allowed (a profile is portable), but said: labels and sittings are kept under
         # --user/--device, and another device's camera sits elsewhere on its screen.
         w, h = prof.screen.px
@@ -220,6 +221,24 @@ def _profile(args, fp: FastPath) -> tuple[ProfileMapper | None, Path]:
         )
     screen = prof.screen.with_px(*args.screen_px) if args.screen_px else None
     return ProfileMapper(prof, screen), path
+
+
+def _own_profile(args) -> Path:
+    """The user's profile for the device; one kept where names were kept before they were
+    made one-to-one is used (said) until a calibration saves it in its place, when it is
+    this user's and device's (that file was shared by names that differ)."""
+    path = profile_path(args.user, args.device)
+    old = legacy_profile_path(args.user, args.device)
+    if path.exists() or old is None or not old.is_file():
+        return path
+    try:
+        prof = Profile.load(old)
+    except ProfileError:
+        return path
+    if (prof.user, prof.device) != (args.user, args.device):
+        return path
+    print(f"profile: {old} (where it was kept before; a calibration saves it to {path})")
+    return old
 
 
 def calibration_out(given: Path | None, in_use: Profile | None, args) -> Path:

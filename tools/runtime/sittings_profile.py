@@ -19,6 +19,7 @@ over the whole choice, which would cost minutes on thousands of frames.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -57,17 +58,29 @@ def sittings_path(user: str, device: str) -> Path:
 
 def calibration_sessions(user: str, device: str, screen_px: tuple[int, int]) -> list[Path]:
     """The user's calibration sessions on this device and screen, oldest first (their
-    folder names are time stamps); a folder that does not read is left out."""
+    folder names are time stamps). Left out: a folder that does not read (said), and a
+    calibration that made no profile (cancelled, too few targets, no better than guessing:
+    its `report/calibration.json` is missing or names none), which the product refused."""
     root = user_dir(user) / "sessions"
     out = []
     for folder in sorted(root.glob("calibration-*")):
         try:
             m = read_session(folder).manifest
-        except (SessionError, OSError):
+        except (SessionError, OSError) as e:
+            log.warning("calibration session %s left out of the pool: %s", folder, e)
             continue
-        if m is not None and m.device == device and tuple(m.screen_px) == tuple(screen_px):
+        same = m is not None and m.device == device and tuple(m.screen_px) == tuple(screen_px)
+        if same and _made_a_profile(folder):
             out.append(folder)
     return out
+
+
+def _made_a_profile(folder: Path) -> bool:
+    try:
+        report = json.loads((folder / "report" / "calibration.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(report, dict) and report.get("profile") is not None
 
 
 def pool_views(views: list[Views]) -> Pooled:

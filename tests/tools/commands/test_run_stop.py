@@ -91,3 +91,34 @@ def test_flags_run_would_ignore_or_check_too_late_are_refused_at_once(
     assert main([*argv, *flags]) == 2
     err = capsys.readouterr().err
     assert says in err and err.count("\n") == 1
+
+
+def test_a_profile_where_names_were_kept_before_is_used_only_by_its_own_user(
+    shared, tmp_path, monkeypatch, capsys
+):
+    """Names with spaces or other letters had their profile in a folder several names
+    shared ("李雷" and "王芳" were both "_"); they are one-to-one now, and a profile left in
+    the old place is used by the user and device it names, said, and by nobody else."""
+    import json
+
+    from gazeloop.calibration.profile import legacy_profile_path, profile_path
+    from gazeloop.tools.cli import main
+
+    monkeypatch.setenv("GAZELOOP_HOME", str(tmp_path / "home"))
+    grid9 = shared / "data/sessions/grid9"
+    made = tmp_path / "p.json"
+    flags = ["--mirrored", "--screen-px", "1920", "1080", "--save-profile", str(made), "--json"]
+    assert main(["eval", str(grid9), *flags]) == 0
+    old = legacy_profile_path("李雷", "laptop")
+    old.parent.mkdir(parents=True)
+    doc = json.loads(made.read_text()) | {"user": "李雷", "device": "laptop"}
+    old.write_text(json.dumps(doc))
+    capsys.readouterr()
+    run = ["run", "--headless", "--source", str(grid9), "--frames", "2", "--oracle", "none"]
+    assert main([*run, "--user", "李雷", "--device", "laptop"]) == 0
+    out = capsys.readouterr().out
+    assert f"profile: {old} (where it was kept before; a calibration saves it to " in out
+    assert "no calibration profile" not in out
+    assert main([*run, "--user", "王芳", "--device", "laptop"]) == 0  # the same old file
+    out = capsys.readouterr().out
+    assert f"no calibration profile for 王芳/laptop yet ({profile_path('王芳', 'laptop')})" in out

@@ -39,3 +39,28 @@ def test_a_feature_the_pool_lacks_is_one_line_naming_it():
     with pytest.raises(ValueError, match="feature 'head_yaw' is not produced") as e:
         fit_pooled_mapping(pool, "ridge", ["gaze_yaw", "head_yaw"], screen=SCREEN, **IDS)
     assert "\n" not in str(e.value)
+
+
+def test_calibrations_that_made_no_profile_are_not_pooled(shared, tmp_path, monkeypatch):
+    """A cancelled grid, one with too few targets, and one no better than guessing keep
+    their sessions (nothing stored is lost) but made no profile: the pool of the next
+    sitting took them all, a refused calibration included (358 px against 71 without)."""
+    import json
+
+    from gazeloop.tools.runtime.sittings_profile import calibration_sessions
+
+    monkeypatch.setenv("GAZELOOP_HOME", str(tmp_path))
+    src = shared / "data/evit/p1_s01"
+    manifest = json.loads((src / "session.json").read_text()) | {"device": "d"}
+    reports = {"made": {"profile": "p.json"}, "refused": {"profile": None}, "cancelled": None}
+    for i, (name, report) in enumerate(reports.items()):
+        folder = tmp_path / "users/u/sessions" / f"calibration-2026120{i}-{name}"
+        folder.mkdir(parents=True)
+        (folder / "session.json").write_text(json.dumps(manifest))
+        for f in sorted(src.glob("img_*"))[:4]:
+            (folder / f.name).symlink_to(f)
+        if report is not None:
+            (folder / "report").mkdir()
+            (folder / "report/calibration.json").write_text(json.dumps(report))
+    found = calibration_sessions("u", "d", tuple(manifest["screen_px"]))
+    assert [f.name for f in found] == ["calibration-20261200-made"]
