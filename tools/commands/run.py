@@ -73,7 +73,7 @@ from gazeloop.tools.commands._args import (
 from gazeloop.tools.errors import UserError
 from gazeloop.tools.runtime.calibration import default_session_dir, manifest_for
 from gazeloop.tools.runtime.labelled import LabelledSource, open_labelled
-from gazeloop.tools.runtime.live import Live, from_earlier_sitting, model_record
+from gazeloop.tools.runtime.live import Live, made_this_sitting, model_record
 from gazeloop.tools.runtime.recording import UnixClock
 from gazeloop.tools.ui.calibration_grid import DotView, calibrate_on_screen, render_dot
 from gazeloop.tools.ui.render import LiveData, VerifyData, render_live, render_pip
@@ -201,7 +201,7 @@ def _profile(args, fp: FastPath) -> tuple[ProfileMapper | None, Path]:
     # A new sitting is decided on the device's own file, before any refit for the model
     # loaded, which the pooled profile would make unneeded.
     pooled = None
-    if args.profile is None and from_earlier_sitting(own := Profile.load(path)):
+    if args.profile is None and not made_this_sitting(own := Profile.load(path)):
         pooled = _sittings_profile(args, own, fp)
     prof, said = profile_for_model(pooled or path, fp)  # the fit for this model (kept/refit)
     if pooled is not None:
@@ -260,7 +260,9 @@ def _sittings_profile(args, prof: Profile, fp: FastPath) -> Path | None:
     from gazeloop.tools.runtime import sittings_profile
 
     try:
-        return sittings_profile.current(args.user, args.device, prof.screen, fp.cfg)
+        # The screen in use: with --screen-px, its sittings, not those of the profile's size.
+        screen = prof.screen.with_px(*args.screen_px) if args.screen_px else prof.screen
+        return sittings_profile.current(args.user, args.device, screen, fp.cfg)
     except (ValueError, OSError, ProfileError) as e:
         print(f"profile: the sittings could not be pooled ({e}); using {args.device}'s own")
         return None

@@ -45,13 +45,16 @@ def refit_profile(profile: Profile, fp_cfg, onnx_path: Path | None, gaze: GazeMo
     """The same user, screen, features and mapping, fitted again for another gaze model
     from the frames of the profile's calibration session (all of its sessions, pooled as
     `calibration.sittings` pools them, when it was fitted on several)."""
-    folders = profile.calibration_sessions or [profile.calibration_session]
-    missing = [f for f in folders if not f or not Path(f).is_dir()]
-    if missing:
+    given = profile.calibration_sessions or [profile.calibration_session]
+    folders = [f for f in given if f and Path(f).is_dir()]
+    if not folders:
         raise RuntimeError(
             f"profile {profile.user}/{profile.device} keeps no calibration session "
-            f"({missing[0]!r}): it cannot be refitted for a new model"
+            f"({given[-1]!r}): it cannot be refitted for a new model"
         )
+    if len(folders) < len(given):  # a session deleted or moved since: refit on the rest
+        gone = [f for f in given if f not in folders]
+        log.warning("refitting without %d calibration session(s) gone: %s", len(gone), gone)
     fp = FastPath(fp_cfg.model_copy(update={"gaze_model": onnx_path}))
     parts = []
     try:
@@ -84,11 +87,14 @@ def refit_profile(profile: Profile, fp_cfg, onnx_path: Path | None, gaze: GazeMo
         gaze_model_sha256=gaze.sha256,
         gaze_read=gaze.read,
         mapping=profile.mapping.name,
-        calibration_session=profile.calibration_session,
+        calibration_session=str(folders[-1]),
     )
     # what the calibration decided about its history stays with its sessions
     fit = new.fit.model_copy(update={"history": profile.fit.history})
-    return new.model_copy(update={"calibration_sessions": profile.calibration_sessions, "fit": fit})
+    # Of the same sittings: its `created` stays theirs, or a run would take a profile of
+    # last week for this sitting's (the loop's prior) because it was refitted today.
+    kept = {"calibration_sessions": [str(f) for f in folders] if pooled else [], "fit": fit}
+    return new.model_copy(update=kept | {"created": profile.created})
 
 
 def startup_model(fp_cfg, registry_root: Path | None = None, model_id: str | None = None):

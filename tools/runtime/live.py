@@ -99,13 +99,20 @@ def from_earlier_sitting(profile, now: datetime | None = None) -> bool:
     pooled_at_calibration = getattr(getattr(profile, "fit", None), "history", None)
     if getattr(profile, "calibration_sessions", None) and not pooled_at_calibration:
         return True
+    return not made_this_sitting(profile, now)
+
+
+def made_this_sitting(profile, now: datetime | None = None) -> bool:
+    """Whether `profile` was created within `SITTING_GAP_S` (a time that cannot be read is
+    another sitting's). What decides whether `run` starts a new sitting on the device's
+    own file: one that `profile fit S1 S2` pooled a minute ago is this sitting's."""
     try:
         made = datetime.fromisoformat(profile.created)
     except (TypeError, ValueError, AttributeError):
-        return True
+        return False
     if made.tzinfo is None:
         made = made.replace(tzinfo=UTC)
-    return ((now or datetime.now(UTC)) - made).total_seconds() > SITTING_GAP_S
+    return ((now or datetime.now(UTC)) - made).total_seconds() <= SITTING_GAP_S
 
 
 # How long the oracle may take over one snapshot before its label is given up.

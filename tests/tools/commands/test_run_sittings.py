@@ -181,6 +181,17 @@ def test_a_calibration_with_earlier_sittings_saves_what_its_own_points_favour(
     assert refit.gaze_read == "single" and refit.mapping != prof.mapping
     assert refit.fit.history == h and refit.calibration_sessions == prof.calibration_sessions
     assert not from_earlier_sitting(refit)
+    # Refitted later it keeps its sittings' time (it was "this sitting" for a week), and a
+    # session deleted since leaves the rest to refit on (run could not start).
+    week_old = prof.model_copy(update={"created": "2026-11-29T09:00:00+00:00"})
+    shutil.rmtree(first)
+    fp = FastPath(FastPathConfig(mirror_average=False, gaze_frame="camera"))
+    try:
+        later = refit_profile(week_old, fp.cfg, None, fp.gaze)
+    finally:
+        fp.close()
+    assert later.created == week_old.created and from_earlier_sitting(later)
+    assert later.calibration_session == str(second.resolve())
     # A fixed mapping asks for no selection: nothing is pooled.
     third = sessions / "calibration-20261203-090000"
     src = ["--source", str(shared / "data/evit/p1_s03"), "--out", str(third)]

@@ -44,3 +44,18 @@ def test_a_calibration_that_pooled_its_own_sitting_is_of_that_sitting():
     assert from_earlier_sitting(prof, now=NOW) is False
     old = (NOW - timedelta(seconds=SITTING_GAP_S + 60)).isoformat(timespec="seconds")
     assert from_earlier_sitting(SimpleNamespace(**{**vars(prof), "created": old}), now=NOW)
+
+
+def test_a_profile_fit_pool_made_a_minute_ago_is_this_sitting_for_run():
+    """`profile fit S1 S2` saves a pooled profile as the device's own; run took it for an
+    earlier sitting's at once and replaced it by the pool of the calibration sessions."""
+    from gazeloop.tools.runtime.live import made_this_sitting
+
+    fresh = (NOW - timedelta(seconds=60)).isoformat()
+    pooled = SimpleNamespace(created=fresh, calibration_sessions=["a", "b"], fit=None)
+    assert made_this_sitting(pooled, now=NOW)
+    assert not made_this_sitting(SimpleNamespace(created="garbage"), now=NOW)
+    assert not made_this_sitting(
+        SimpleNamespace(created=(NOW - timedelta(seconds=SITTING_GAP_S + 1)).isoformat()),
+        now=NOW,
+    )
