@@ -368,15 +368,21 @@ def screen_from_args(args, px: tuple[int, int], manifest: SessionManifest | None
 def screen_for(args, session) -> ScreenGeometry | None:
     """The screen of a session read for evaluation or fitting (`eval`, `profile fit`)."""
     mm = tuple(args.screen_mm) if args.screen_mm else None
-    return session_screen(session, screen_mm=mm, distance_mm=args.distance_mm)
+    screen = session_screen(session, screen_mm=mm, distance_mm=args.distance_mm)
+    if screen is None and (mm or args.distance_mm):  # they were dropped without a word
+        print(
+            f"note: {session.folder}: --screen-mm and --distance-mm need the screen's size in "
+            "pixels (--screen-px W H, or a session.json): no millimetres or degrees",
+            file=sys.stderr,
+        )
+    return screen
 
 
 # --- reading a recorded session ------------------------------------------------------------
 
 
 def add_distance_arg(p: argparse.ArgumentParser) -> None:
-    """The viewing distance of the commands that report errors (`eval`, `eval-sittings`):
-    with it, in degrees too."""
+    """The viewing distance of `eval`: with it, errors in degrees too."""
     p.add_argument(
         "--distance-mm", type=positive_float, help="viewing distance, for errors in degrees"
     )

@@ -43,7 +43,6 @@ from gazeloop.calibration.store.atomic import write_plot
 from gazeloop.calibration.store.session import SessionError, read_session
 from gazeloop.fastpath.collect import LazyFastPath
 from gazeloop.tools.commands._args import (
-    add_distance_arg,
     add_fastpath_args,
     add_no_cache_arg,
     check_plot_path,
@@ -76,9 +75,8 @@ def add_parser(sub) -> None:
         type=positive_float,
         nargs=2,
         metavar=("W", "H"),
-        help="physical screen size for every sitting whose manifest names none",
+        help="physical screen size for every sitting (over what its manifest says)",
     )
-    add_distance_arg(p)
     p.add_argument(
         "--jobs",
         type=positive_int,
@@ -102,7 +100,8 @@ def add_parser(sub) -> None:
         "on the evit folder)",
     )
     add_fastpath_args(p)
-    p.set_defaults(func=run)
+    # No --distance-mm: the report has no degrees to give (it was taken and did nothing).
+    p.set_defaults(func=run, distance_mm=None)
 
 
 def _sittings(folder: Path) -> list[Path]:

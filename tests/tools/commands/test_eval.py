@@ -582,3 +582,11 @@ def test_the_lag_is_measured_on_the_frames_the_mapping_can_read():
     s = lag_stream(col, ["gaze_yaw", "eye_x_mm"])
     assert s.names.tolist() == ["b", "c"] and s.matrix(["eye_x_mm"]).ravel().tolist() == [1, 1]
     assert lag_stream(col, ["gaze_yaw"]).names.tolist() == ["a", "b", "c"]
+
+
+def test_millimetres_without_pixels_are_said_not_dropped(grid9, capsys):
+    """grid9 has no session.json: --screen-mm and --distance-mm gave no degrees and no word."""
+    rc, out, err = cli("eval", grid9, "--screen-mm", 344, 194, "--distance-mm", 550, "--json")
+    assert rc == 0 and json.loads(out)["mean_deg"] is None
+    assert "--screen-mm and --distance-mm need the screen's size in pixels" in err
+    assert "need the screen's size" not in cli("eval", grid9, "--json")[2]
