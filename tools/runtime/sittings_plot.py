@@ -10,6 +10,7 @@ the earlier sittings (alone or pooled, as its points favour), each point left ou
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any
 
 
@@ -25,7 +26,7 @@ def plot_sittings_report(rep: dict[str, Any], path) -> None:
     history = {h["sitting"]: h for h in rep.get("with_history", [])}
     users = sorted({r["user"] for r in rows})
     colour = {u: plt.get_cmap("tab10")(i % 10) for i, u in enumerate(users)}
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.4 * len(rows) + 2), 4.6), dpi=110)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.4 * len(rows) + 2) + 3.0, 4.6), dpi=110)
     for i, r in enumerate(rows):
         ax.plot(i, r["mean_px"], "_", color="k", ms=14, mew=2)
         p = across.get(r["sitting"])
@@ -45,9 +46,9 @@ def plot_sittings_report(rep: dict[str, Any], path) -> None:
         ax.plot([], [], "^", color="tab:green", label="calibrated with the earlier sittings")
     ax.set_xticks(range(len(rows)), [r["sitting"] for r in rows], rotation=70)
     w, a, pool = rep["within"], rep["across"], rep.get("across_pooled", {})
-    ax.set_title(
+    title = (
         f"within a sitting: median {w['median_px']} px over {w['n']}; the previous sitting's "
-        f"profile: median {a['median_px']} px over {a['n']} pairs;\nall earlier sittings "
+        f"profile: median {a['median_px']} px over {a['n']} pairs; all earlier sittings "
         f"pooled: median {pool.get('median_px')} px"
         + (
             ""
@@ -56,11 +57,14 @@ def plot_sittings_report(rep: dict[str, Any], path) -> None:
             f"{rep['within_with_history']['median_px']} px over "
             f"{rep['within_with_history']['n']} (the same alone "
             f"{rep['within_with_history']['alone']['median_px']})"
-        ),
-        fontsize=10,
+        )
     )
+    # Wrapped to the figure's width (a few sittings make a narrow figure that cut it off),
+    # and the legend beside the axes, where it hides no sitting's points.
+    width_in = fig.get_size_inches()[0]
+    ax.set_title(textwrap.fill(title, int(width_in * 11)), fontsize=9)
     ax.set_ylabel("mean error (px)")
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
