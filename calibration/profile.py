@@ -416,9 +416,8 @@ def _name_part(name: str, *, device: bool = False) -> str:
     calibration replaced the other's profile."""
     plain = (
         name not in ("", ".", "..")
-        and not name.startswith(".")
         and not set(name) & {"/", "\\", "\0"}
-        and not (device and name.endswith(_BESIDE_A_PROFILE))
+        and not (device and (name.startswith(".") or name.endswith(_BESIDE_A_PROFILE)))
     )
     if plain:
         return name

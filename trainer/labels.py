@@ -75,11 +75,17 @@ class LabelExport:
         return out
 
 
-def store_name(store: Path) -> str:
-    """`<user>` for a store at `.../users/<user>/labels`, else the folder's name."""
+def store_user(store: Path) -> str:
+    """`<user>` for a store at `.../users/<user>/labels`, else the folder's name, as it is:
+    the person its labels are of, the same as their sessions' manifests name ("李雷" and
+    "王芳" were both "store", and trained as one person)."""
     p = real_path(store)
-    name = p.parent.name if p.name == "labels" and p.parent.parent.name == "users" else p.name
-    return _SAFE.sub("_", name).strip("._") or "store"
+    return p.parent.name if p.name == "labels" and p.parent.parent.name == "users" else p.name
+
+
+def store_name(store: Path) -> str:
+    """`store_user` made safe for a folder name (the export's)."""
+    return _SAFE.sub("_", store_user(store)).strip("._") or "store"
 
 
 def profile_screen(store: Path) -> tuple[ScreenGeometry, str] | None:
@@ -159,7 +165,7 @@ def export_store(
     store = Path(store)
     name = f"{index}-{store_name(store)}"
     out = Path(run_dir) / EXPORTS / name
-    person = f"session:{store_name(store)}"
+    person = f"session:{store_user(store)}"
     if resume and out.is_dir() and any(out.glob("img_*.json")):
         try:  # the screen it was exported for, whatever the store or the flags say now
             px = json.loads((out / MANIFEST_NAME).read_text())["screen_px"]

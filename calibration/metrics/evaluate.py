@@ -262,22 +262,42 @@ def _evaluated(
 def outside_the_others(points, tol: float = 0.02) -> np.ndarray:
     """(n,) whether each point lies outside the convex hull of the other points by more than
     `tol` of the points' span (so a grid's edge midpoint, a hair off its row, is inside;
-    with the others all on a line, or fewer than 3, nothing is inside). Pure."""
-    from scipy.spatial import ConvexHull, QhullError
-
+    with the others all on a line, or fewer than 3, nothing is inside). Pure numpy: scipy is
+    not among what a laptop installs."""
     pts = np.asarray(points, dtype=float).reshape(-1, 2)
     out = np.ones(len(pts), dtype=bool)
     span = float(np.hypot(*np.ptp(pts, axis=0))) if len(pts) else 0.0
     for i in range(len(pts)):
-        others = np.delete(pts, i, axis=0)
-        if len(others) < 3:
+        hull = _hull(np.delete(pts, i, axis=0))
+        if len(hull) < 3:  # no area to be inside
             continue
-        try:
-            eq = ConvexHull(others).equations  # unit outward normals n, offsets d: n·p + d
-        except QhullError:  # collinear: no area to be inside
-            continue
-        out[i] = float((eq[:, :2] @ pts[i] + eq[:, 2]).max()) > tol * span
+        edges = np.roll(hull, -1, axis=0) - hull
+        normals = np.stack([edges[:, 1], -edges[:, 0]], axis=1)  # outward: hull is CCW
+        normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+        out[i] = float(((pts[i] - hull) * normals).sum(axis=1).max()) > tol * span
     return out
+
+
+def _hull(pts: np.ndarray) -> np.ndarray:
+    """The convex hull's corners, counter-clockwise (Andrew's monotone chain); collinear
+    points give 2 or fewer."""
+    pts = np.unique(pts, axis=0)  # sorted by x, then y
+    if len(pts) < 3:
+        return pts
+
+    def cross(o, a, b) -> float:
+        return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+
+    def half(seq) -> list:
+        h: list = []
+        for p in seq:
+            while len(h) >= 2 and cross(h[-2], h[-1], p) <= 0:
+                h.pop()
+            h.append(p)
+        return h
+
+    lower, upper = half(pts), half(pts[::-1])
+    return np.array(lower[:-1] + upper[:-1])
 
 
 def measured_as(r: EvalReport) -> str:

@@ -68,3 +68,13 @@ def test_runs_on_two_screens_ask_which_and_leave_the_others_out(tmp_path):
         export_store(store, tmp_path / "run", 0)
     exp = export_store(store, tmp_path / "run", 0, screen_px=MONITOR.px)
     assert exp.exported == 3 and exp.skipped == {"recorded on another screen (1512x982)": 3}
+
+
+def test_two_users_stores_are_two_people(tmp_path, monkeypatch):
+    """Their names made safe for a folder were both "store": one person to the trainer."""
+    monkeypatch.setenv("GAZELOOP_HOME", str(tmp_path))
+    people = []
+    for user in ("李雷", "王芳"):
+        store = _store(tmp_path / "users" / user / "labels", [LAPTOP])
+        people.append(export_store(store, tmp_path / "run", len(people)).person)
+    assert people == ["session:李雷", "session:王芳"]

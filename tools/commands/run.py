@@ -233,9 +233,11 @@ def _own_profile(args) -> Path:
         return path
     try:
         prof = Profile.load(old)
-    except ProfileError:
+    except ProfileError as e:
+        print(f"profile: {old}, where it was kept before, is not used: {e}")
         return path
     if (prof.user, prof.device) != (args.user, args.device):
+        print(f"profile: {old}, where it was kept before, is {prof.user}/{prof.device}'s")
         return path
     print(f"profile: {old} (where it was kept before; a calibration saves it to {path})")
     return old

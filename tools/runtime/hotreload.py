@@ -87,7 +87,8 @@ def refit_profile(profile: Profile, fp_cfg, onnx_path: Path | None, gaze: GazeMo
         gaze_model_sha256=gaze.sha256,
         gaze_read=gaze.read,
         mapping=profile.mapping.name,
-        calibration_session=str(folders[-1]),
+        # The base profile's, even gone: `find_for_model` knows a kept fit by it.
+        calibration_session=profile.calibration_session,
     )
     # what the calibration decided about its history stays with its sessions
     fit = new.fit.model_copy(update={"history": profile.fit.history})
