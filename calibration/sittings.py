@@ -47,7 +47,7 @@ from gazeloop.calibration.mapping.candidates import (
     default_candidates,
 )
 from gazeloop.calibration.mapping.families import mapping_class
-from gazeloop.calibration.metrics.evaluate import geometric_options, outlier_mask
+from gazeloop.calibration.metrics.evaluate import geometric_options, mapping_options, outlier_mask
 
 
 @dataclass(slots=True)
@@ -146,7 +146,7 @@ def point_errors_px(
     hyper-parameters fitted on every row but that point's (in every sitting), its mean error
     in px on that point's rows in `on`, where the cursor shows them. Pure."""
     cls = mapping_class(candidate.mapping)
-    opts = {"geometric": geometric_options(screen)}.get(candidate.mapping, {})
+    opts = mapping_options(candidate.mapping, screen) or {}
     frames = pool.frames
     groups, labels_px = frames.groups, frames.labels_px
     X, Y = columns_for(pool.reads, candidate), screen.to_norm(labels_px)

@@ -208,7 +208,7 @@ def _evaluated(
     features: list[str],
     frames: int,
     rejected: list[tuple[str, str]],
-    baseline: bool = True,
+    held_out: bool = True,
 ) -> Evaluated:
     """The report of predictions `pred` (px) against `labels_px`, per target and overall,
     next to the constant predictor (the mean of the other targets)."""
@@ -254,7 +254,11 @@ def _evaluated(
         per_target=per_target,
         rejected=[RejectedFile(file=f, why=w) for f, w in rejected],
         clamped=clamped,
-        extrapolated=int(outside_the_others([t.label_px for t in per_target]).sum()),
+        # `held_out`: each target predicted without its own frames; else nothing is
+        # extrapolated (a saved profile applied unchanged).
+        extrapolated=int(outside_the_others([t.label_px for t in per_target]).sum())
+        if held_out
+        else None,
     )
     return Evaluated(report=report, labels_px=labels_px, pred_px=pred, groups=groups)
 
@@ -435,6 +439,7 @@ def evaluate_fixed(
         features=features,
         frames=frames,
         rejected=rejected,
+        held_out=False,
     )
 
 

@@ -819,16 +819,18 @@ class LabelStore:
             out.mkdir(parents=True, exist_ok=True)
             write_manifest(out, self._export_manifest(screen))
             used: set[int] = set()
-            screens = {r.id: r.screen for r in self.runs()}
+            # Each run's screen read when its first label comes: a run another process
+            # records while this reads is known too (read at the start, its labels went out
+            # in this screen's pixels).
+            screens: dict[int, ScreenGeometry | None] = {}
             for row in self.iter():
                 # Only the loop's outliers stay out: a label no loop judged (no profile yet)
                 # is a click or a dot like any other (`gazeloop collect` files it too).
                 rejected = row.verdict is False
                 why = "rejected by the loop" if accepted_only and rejected else None
                 if row.run_id is not None and row.run_id not in screens:
-                    # A run recorded after the export began (another process writing):
-                    # read as "no screen recorded", its labels went out in this one's pixels.
-                    screens = {r.id: r.screen for r in self.runs()}
+                    run = self.run(row.run_id)
+                    screens[row.run_id] = None if run is None else run.screen
                 why = why or _other_screen(screens.get(row.run_id), screen)
                 why = why or self._export_row(row, out, size, lines, used)
                 if why is None:

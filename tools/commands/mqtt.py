@@ -207,7 +207,7 @@ def run_fetch(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         stop = asyncio.Event()
-        done = (lambda: fetcher.stats.dealt_with > 0) if args.once else None
+        done = (lambda: fetcher.stats.outcomes) if args.once else None
         await asyncio.gather(fetcher.run(stop), _until(stop, args.seconds, done))
 
     asyncio.run(main())

@@ -36,7 +36,6 @@ import math
 import signal
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 
 import cv2
@@ -471,7 +470,7 @@ def _run(args: argparse.Namespace, ls: LabelledSource) -> int:
                 args, live, src, stream, ui=ui, replay=replay, cursor=cursor
             )
     finally:
-        _, summary = _stop(args, live, src, watcher=watcher, listener=listener, ui=ui)
+        summary = _stop(args, live, src, watcher=watcher, listener=listener, ui=ui)
     print(f"gazeloop run: {frames} frames{' (interrupted)' if interrupted else ''}; {summary}")
     why = live.policy.why_none() if live.worker is not None else None
     if why:
@@ -514,7 +513,7 @@ def _before_models(args, ls: LabelledSource):
             "--ca-file, --insecure and --mqtt-wait are for the broker: give --mqtt URL too"
         )
     args.mqtt_wait = 10.0 if args.mqtt_wait is None else args.mqtt_wait
-    procedure_config(args, replay=False)  # the c key's grid flags, checked now, not at c
+    args.grid = procedure_config(args, replay=False)  # the c key's, checked now, not at c
     # A bad URL or a missing aiomqtt, said before any model loads.
     args.broker = broker_settings(args) if args.mqtt else None
     hook = _target_hook(args, ls)
@@ -651,15 +650,11 @@ def _window(args, ls: LabelledSource, live: Live, stream, watcher) -> Window:
 
     def on_profile(prof: Profile, m: ProfileMapper, path: Path) -> None:
         """The c key's new profile in use; a later model swap refits it, in its own file."""
-        if watcher is None:
-            live.install(m)
-        else:
-            watcher.use_profile(prof, m.screen, path, install=lambda: live.install(m))
+        watcher.use_profile(prof, m.screen, path, install=lambda: live.install(m))
 
     live.enable_glance(args.glance_every * 60.0)
-    hold = None if watcher is None else watcher.holding
-    clock = UnixClock(ls.source)
-    ui = Window(live, args, stream=stream, clock=clock, on_profile=on_profile, hold=hold)
+    swaps = {} if watcher is None else {"on_profile": on_profile, "hold": watcher.holding}
+    ui = Window(live, args, stream=stream, clock=UnixClock(ls.source), **swaps)
     ui.source_desc = ls.describe()
     return ui
 
@@ -697,9 +692,9 @@ def _track(args, live: Live, src, stream, *, ui, replay, cursor) -> tuple[int, b
     return frames, interrupted
 
 
-def _stop(args, live: Live, src, *, watcher, listener, ui) -> tuple[dict, str]:
+def _stop(args, live: Live, src, *, watcher, listener, ui) -> str:
     """Everything the run started, stopped, however it ended; the running system closed
-    even when finishing it fails. → (its last status, the summary line)."""
+    even when finishing it fails. → the summary line."""
     if watcher is not None:
         watcher.stop()
     if listener is not None:
@@ -708,11 +703,10 @@ def _stop(args, live: Live, src, *, watcher, listener, ui) -> tuple[dict, str]:
         ui.close(args.screenshot)
     try:
         _finish(live, args, replay=not isinstance(src, CameraSource))
-        st = live.status()
         summary = status_text(live, None)
     finally:
         live.close()
-    return st, summary
+    return summary
 
 
 def _finish(live: Live, args, *, replay: bool) -> None:
@@ -858,8 +852,7 @@ class Window:
         self.last_img: np.ndarray | None = None
         # One session per run, made at the first space press (a folder of a run with no
         # sample would be an empty session).
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        self.samples_dir = user_dir(args.user) / "sessions" / f"samples-{stamp}"
+        self.samples_dir = default_session_dir(args.user, "samples")
         self._samples: SessionWriter | None = None
         self.display = CvDisplay(WINDOW)
         self._sized = False
@@ -967,7 +960,7 @@ class Window:
         if self.stream is None or self.clock is None:
             return
         try:
-            cfg = procedure_config(args, replay=False)
+            cfg = args.grid
             screen = self._grid_screen()
             res = calibrate_on_screen(
                 self.stream,
@@ -1023,7 +1016,7 @@ class Window:
             screen = screen_from_args(args, px)
         return screen
 
-    def _verify_data(self, snap, label, *, busy=False, phase=0.0, gaze=None) -> VerifyData:
+    def _verify_data(self, snap, label, *, busy=False, phase=0.0) -> VerifyData:
         target = None
         details = label.details if label is not None else {}
         t = details.get("target_px") if isinstance(details, dict) else None
@@ -1033,7 +1026,6 @@ class Window:
             image=snap.image,
             eye_px=snap.eye_px,
             iris_px=list(snap.pupils_px or []),
-            fast_gaze_yp=gaze,
             fast_xy=snap.fast_xy,
             label=label,
             oracle_target_px=target,
@@ -1054,8 +1046,7 @@ class Window:
             )
         # The session format's time is the wall clock at capture: the source's own (a
         # replay's frames keep the recording's times, as the labels do).
-        clock = self.live.clock
-        t_ms = int(time.time() * 1e3) if clock is None else int(clock.ms(frame.t_ns))
+        t_ms = int(self.live.clock.ms(frame.t_ns))  # `_live` always gives it the source's
         self._samples.write(
             t_ms,
             frame.image,

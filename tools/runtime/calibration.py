@@ -41,9 +41,10 @@ from gazeloop.tools.runtime.labelled import LabelledSource
 from gazeloop.tools.runtime.recording import UnixClock
 
 
-def default_session_dir(user: str) -> Path:
+def default_session_dir(user: str, kind: str = "calibration") -> Path:
+    """A new session folder of the user's, named by its kind and the time."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return user_dir(user) / "sessions" / f"calibration-{stamp}"
+    return user_dir(user) / "sessions" / f"{kind}-{stamp}"
 
 
 def manifest_for(screen: ScreenGeometry, user: str, device: str, source: str) -> SessionManifest:

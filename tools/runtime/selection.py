@@ -187,7 +187,6 @@ def run_selected(
             ev = apply_profile(prof, session, fp, screen, cache=cache)
             ev.report.profile = str(profile)
             ev.report.in_sample = _fitted_on(prof, session)
-            ev.report.extrapolated = None  # nothing was held out
             return ev, None
         ev, choice, v = evaluate_session(session, fp, screen, cache=cache)
         if save_profile is not None:

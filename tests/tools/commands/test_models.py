@@ -3,11 +3,9 @@ registry's pointer (what the fast path serves) follows."""
 
 from __future__ import annotations
 
-import contextlib
-import io
-
 import pytest
 
+from tests.cli import cli
 from tests.tools.runtime.test_mqtt import tiny_model
 
 
@@ -81,7 +79,6 @@ def test_check_calls_a_damaged_source_model_corrupt_not_missing(shared, tmp_path
     import shutil
 
     from gazeloop.fastpath import models
-    from gazeloop.tools.cli import main
 
     mine = tmp_path / "models"
     (mine / models.GAZE_IR_XML.name).parent.mkdir(parents=True)
@@ -91,10 +88,9 @@ def test_check_calls_a_damaged_source_model_corrupt_not_missing(shared, tmp_path
     monkeypatch.setenv("GAZELOOP_MODELS", str(mine))
     monkeypatch.setenv(models.ENV_OFFLINE, "1")
     monkeypatch.setenv(models.ENV_CACHE, str(tmp_path / "cache"))
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert main(["models", "check"]) == 1
-    lines = out.getvalue().splitlines()
+    rc, out, _ = cli("models", "check")
+    assert rc == 1
+    lines = out.splitlines()
     (corrupt,) = [x for x in lines if x.startswith("CORRUPT")]
     assert str(task) in corrupt and "does not match the expected" in corrupt
     (missing,) = [x for x in lines if x.startswith("MISSING")]

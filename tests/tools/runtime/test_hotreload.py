@@ -172,10 +172,10 @@ def test_a_profile_of_the_other_read_is_refitted_at_start_and_kept_apart(corners
     assert Profile.load(path) == prof
 
 
-def test_a_calibration_made_during_a_refit_is_kept_and_refitted_next(tmp_path, monkeypatch):
-    """The watcher read its profile when a refit began and wrote the refit back when it
-    ended: a calibration made meanwhile (run's c key) was replaced by the refit of the
-    profile it had replaced, and that one was saved and served."""
+def promoted_watcher(tmp_path, monkeypatch, **kw):
+    """A watcher on a registry whose promoted version is the stock network (v1 of "m"),
+    profiles as plain strings: what a mapper and a refit make of one is spelled out.
+    → (fast path, watcher)."""
     from types import SimpleNamespace
 
     from gazeloop.fastpath import models
@@ -184,11 +184,22 @@ def test_a_calibration_made_during_a_refit_is_kept_and_refitted_next(tmp_path, m
 
     fp = FastPath(FastPathConfig())
     entry = SimpleNamespace(version=1, model_id="m", onnx_path=models.resolve_gaze_onnx())
-    watcher = hotreload.ModelWatcher(fp, tmp_path / "reg", profile="old", screen="s")
+    watcher = hotreload.ModelWatcher(fp, tmp_path / "reg", profile="old", screen="s", **kw)
     monkeypatch.setattr(watcher.registry, "promoted", lambda model_id=None: entry)
+    monkeypatch.setattr(hotreload, "ProfileMapper", lambda prof, screen: f"mapper of {prof}")
+    monkeypatch.setattr(hotreload, "refit_profile", lambda prof, *a: f"{prof} refitted")
+    return fp, watcher
+
+
+def test_a_calibration_made_during_a_refit_is_kept_and_refitted_next(tmp_path, monkeypatch):
+    """The watcher read its profile when a refit began and wrote the refit back when it
+    ended: a calibration made meanwhile (run's c key) was replaced by the refit of the
+    profile it had replaced, and that one was saved and served."""
+    from gazeloop.tools.runtime import hotreload
+
+    fp, watcher = promoted_watcher(tmp_path, monkeypatch)
     in_use, refits, swaps = ["old"], [], []
     watcher.on_swap = lambda gaze, mapper: swaps.append(mapper)
-    monkeypatch.setattr(hotreload, "ProfileMapper", lambda prof, screen: f"mapper of {prof}")
 
     def refit(profile, cfg, onnx_path, gaze):
         refits.append(profile)
@@ -210,18 +221,8 @@ def test_no_swap_is_handed_over_while_the_c_key_holds_the_watcher(tmp_path, monk
     """The fast path applies a swap at its next frame: one handed over while the c key was
     fitting (no frame for seconds) replaced the new profile with the refit of the old."""
     import threading
-    from types import SimpleNamespace
 
-    from gazeloop.fastpath import models
-    from gazeloop.fastpath.pipeline import FastPath, FastPathConfig
-    from gazeloop.tools.runtime import hotreload
-
-    fp = FastPath(FastPathConfig())
-    entry = SimpleNamespace(version=1, model_id="m", onnx_path=models.resolve_gaze_onnx())
-    watcher = hotreload.ModelWatcher(fp, tmp_path / "reg", profile="old", screen="s")
-    monkeypatch.setattr(watcher.registry, "promoted", lambda model_id=None: entry)
-    monkeypatch.setattr(hotreload, "ProfileMapper", lambda prof, screen: f"mapper of {prof}")
-    monkeypatch.setattr(hotreload, "refit_profile", lambda prof, *a: f"{prof} refitted")
+    fp, watcher = promoted_watcher(tmp_path, monkeypatch)
     swaps: list = []
     watcher.on_swap = lambda gaze, mapper: swaps.append(mapper)
     done: list = []
@@ -240,20 +241,9 @@ def test_no_swap_is_handed_over_while_the_c_key_holds_the_watcher(tmp_path, monk
 def test_a_profile_that_cannot_be_saved_leaves_the_old_model_and_the_watcher(tmp_path, monkeypatch):
     """A full disk while saving the refitted profile raised out of the watcher's thread:
     no hot reload for the rest of the run, and nothing said."""
-    from types import SimpleNamespace
-
-    from gazeloop.fastpath import models
-    from gazeloop.fastpath.pipeline import FastPath, FastPathConfig
     from gazeloop.tools.runtime import hotreload
 
-    fp = FastPath(FastPathConfig())
-    entry = SimpleNamespace(version=1, model_id="m", onnx_path=models.resolve_gaze_onnx())
-    watcher = hotreload.ModelWatcher(
-        fp, tmp_path / "reg", profile="old", screen="s", profile_path=tmp_path / "p.json"
-    )
-    monkeypatch.setattr(watcher.registry, "promoted", lambda model_id=None: entry)
-    monkeypatch.setattr(hotreload, "ProfileMapper", lambda prof, screen: f"mapper of {prof}")
-    monkeypatch.setattr(hotreload, "refit_profile", lambda prof, *a: f"{prof} refitted")
+    fp, watcher = promoted_watcher(tmp_path, monkeypatch, profile_path=tmp_path / "p.json")
 
     def full_disk(prof, path):
         raise OSError(28, "No space left on device")

@@ -475,6 +475,13 @@ def subscribing_collector(url: str, out: Path) -> Collector:
     return c
 
 
+def ann_uplink(url: str, store, **kw) -> LabelUplink:
+    """The uplink of ann's mac on the test screen, reconnecting and polling fast."""
+    return LabelUplink(
+        url, store, user="ann", device="mac", screen=SCREEN, backoff=FAST, poll_s=0.05, **kw
+    )
+
+
 @pytest.mark.slow
 def test_every_label_reaches_the_collector_exactly_once_across_a_broker_restart(broker, tmp_path):
     """The done criterion: 50 labels from a real LabelStore while the broker goes down for
@@ -482,9 +489,7 @@ def test_every_label_reaches_the_collector_exactly_once_across_a_broker_restart(
     store = LabelStore(tmp_path / "store")
     out = tmp_path / "dataset"
     collector = subscribing_collector(broker.url, out)
-    uplink = LabelUplink(
-        broker.url, store, user="ann", device="mac", screen=SCREEN, backoff=FAST, poll_s=0.05
-    )
+    uplink = ann_uplink(broker.url, store)
     try:
         assert collector.subscribed.wait(5), broker.log()
         uplink.start()
@@ -607,9 +612,7 @@ def test_a_schema_1_store_sends_only_what_it_had_not_sent(broker, tmp_path):
     ids.append(add_label(store, 5))
     out = tmp_path / "dataset"
     collector = subscribing_collector(broker.url, out)
-    uplink = LabelUplink(
-        broker.url, store, user="ann", device="mac", screen=SCREEN, backoff=FAST, poll_s=0.05
-    )
+    uplink = ann_uplink(broker.url, store)
     try:
         assert collector.subscribed.wait(5), broker.log()
         uplink.start()
@@ -638,9 +641,7 @@ def test_each_label_goes_out_on_the_screen_its_run_recorded(broker, tmp_path):
         db.execute('UPDATE runs SET screen = \'{"px": "wide"}\' WHERE id = ?', (broken,))
     out = tmp_path / "dataset"
     collector = subscribing_collector(broker.url, out)
-    uplink = LabelUplink(
-        broker.url, store, user="ann", device="mac", screen=SCREEN, backoff=FAST, poll_s=0.05
-    )
+    uplink = ann_uplink(broker.url, store)
     try:
         assert collector.subscribed.wait(5), broker.log()
         uplink.start()
@@ -697,9 +698,7 @@ def test_a_label_over_the_brokers_size_limit_arrives_reencoded_not_lost(make_bro
     ids = [add_label(store, 0, jpeg=big), add_label(store, 1)]
     out = tmp_path / "dataset"
     collector = subscribing_collector(b.url, out)
-    uplink = LabelUplink(
-        b.url, store, user="ann", device="mac", screen=SCREEN, backoff=FAST, poll_s=0.05
-    )
+    uplink = ann_uplink(b.url, store)
     try:
         assert collector.subscribed.wait(5), b.log()
         uplink.start()
@@ -729,16 +728,8 @@ def test_a_label_that_cannot_fit_the_limit_stays_pending_with_one_warning(broker
     store = LabelStore(tmp_path / "store")
     big, small = add_label(store, 0, jpeg=webcam_like_jpeg()), add_label(store, 1)
     collector = subscribing_collector(broker.url, tmp_path / "dataset")
-    uplink = LabelUplink(
-        broker.url,
-        store,
-        user="ann",
-        device="mac",
-        screen=SCREEN,
-        backoff=FAST,
-        poll_s=0.05,
-        max_message_bytes=4096,  # its smallest re-encoding is ~3 KB of JPEG, 4 KB in base64
-    )
+    # Its smallest re-encoding is ~3 KB of JPEG, 4 KB in base64.
+    uplink = ann_uplink(broker.url, store, max_message_bytes=4096)
     try:
         assert collector.subscribed.wait(5), broker.log()
         uplink.start()
@@ -771,9 +762,7 @@ def test_a_label_no_loop_judged_is_collected_as_export_writes_it(broker, tmp_pat
     assert "decision" not in json.loads(wire(store, ids[1]))  # no verdict, none sent
     out = tmp_path / "dataset"
     collector = subscribing_collector(broker.url, out)
-    uplink = LabelUplink(
-        broker.url, store, user="ann", device="mac", screen=SCREEN, backoff=FAST, poll_s=0.05
-    )
+    uplink = ann_uplink(broker.url, store)
     try:
         assert collector.subscribed.wait(5), broker.log()
         uplink.start()

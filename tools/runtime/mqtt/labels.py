@@ -632,13 +632,15 @@ class Collector(Supervised):
             )
         return folder
 
-    def _seed_point(self, msg: LabelMessage, screen: ScreenGeometry | None) -> tuple | None:
+    def _seed_point(
+        self, msg: LabelMessage, screen: ScreenGeometry | None, verdict: bool | None
+    ) -> tuple | None:
         """The label's pixel, if it can be a seed record: a point the laptop's loop did not
         reject (as `LabelStore.export_session` exports), on a known screen."""
         obs = msg.label.observation
         if not isinstance(obs, PointObservation) or screen is None:
             return None
-        if _verdict(msg.decision) is False:
+        if verdict is False:
             return None  # the loop judged it an outlier: not ground truth to train on
         x, y = obs.xy[0] * screen.px[0], obs.xy[1] * screen.px[1]
         if not (0 <= x <= screen.px[0] and 0 <= y <= screen.px[1]):
@@ -648,8 +650,8 @@ class Collector(Supervised):
     def _write(self, msg: LabelMessage, jpeg: bytes | None) -> str:
         screen = msg.screen or self.screen
         folder = self._folder(msg, screen)
-        point = self._seed_point(msg, screen) if jpeg is not None else None
-        d = msg.decision if _verdict(msg.decision) is not None else None
+        verdict = _verdict(msg.decision)
+        point = self._seed_point(msg, screen, verdict) if jpeg is not None else None
         if point is not None:
             assert screen is not None
             t_ms = self._free_ms(folder, msg.snapshot_ms)
@@ -660,8 +662,8 @@ class Collector(Supervised):
                 point,
                 msg.label,
                 label_id=msg.label_id,
-                verdict=_verdict(d),
-                why=None if d is None else d.why,
+                verdict=verdict,
+                why=None if verdict is None else msg.decision.why,
                 fast_xy_px=None
                 if fast is None
                 else [fast[0] * screen.px[0], fast[1] * screen.px[1]],

@@ -290,7 +290,12 @@ class FetcherStats:
     reconnects: int
     last_error: str | None
     connects: int = 0  # connections made at all: 0 is a broker never reached
-    dealt_with: int = 0  # announcements with an outcome: fetched, already had, failed, refused
+
+    @property
+    def outcomes(self) -> bool:
+        """Whether any announcement came to an end: fetched, already had, failed, refused
+        or malformed (`fetch --once` stops on the first)."""
+        return self.fetched + self.already_had + self.failed + self.malformed > 0
 
 
 class _Transfer:
@@ -346,7 +351,7 @@ class ModelFetcher(Supervised):
         self.retry_s = retry_s
         self.on_model = on_model
         self._own_loop("model-fetcher", backoff)
-        kinds = ("fetched", "already_had", "failed", "malformed", "dealt_with")
+        kinds = ("fetched", "already_had", "failed", "malformed")
         self._counts = dict.fromkeys(kinds, 0)
         self._refused: set[str] = set()  # hashes the registry refused: never fetched again
         self.last_entry: RegistryEntry | None = None
@@ -357,7 +362,7 @@ class ModelFetcher(Supervised):
         c, s = self._counts, self._link
         return FetcherStats(
             c["fetched"], c["already_had"], c["failed"], c["malformed"],
-            s.connected, s.reconnects, s.last_error, s.connects, c["dealt_with"],
+            s.connected, s.reconnects, s.last_error, s.connects,
         )  # fmt: skip
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -429,7 +434,6 @@ class ModelFetcher(Supervised):
             return transfer
         if await asyncio.to_thread(self._have, ann):
             self._counts["already_had"] += 1
-            self._counts["dealt_with"] += 1
             return transfer
         if transfer is not None:  # a newer model replaces the one still arriving
             await client.unsubscribe(f"{transfer.ann.chunk_topic}/+")
@@ -442,13 +446,11 @@ class ModelFetcher(Supervised):
         """An announcement no registry would take: one warning, and the fetcher goes on (a
         retained one comes again on every connection until the next model replaces it)."""
         self._counts["malformed"] += 1
-        self._counts["dealt_with"] += 1
         self._link.last_error = f"{what}: {why}"
         log.warning("%s ignored: %s", what, why)
 
     def _failed(self, ann: ModelAnnouncement, why: str) -> None:
         self._counts["failed"] += 1
-        self._counts["dealt_with"] += 1
         self._link.last_error = f"{ann.model_id}: {why}"
 
     async def _fail(self, client: aiomqtt.Client, transfer: _Transfer, why: str) -> None:
@@ -487,7 +489,6 @@ class ModelFetcher(Supervised):
             log.warning("model %s refused by the registry: %s", ann.model_id, one_line(e))
             return
         self._counts["fetched"] += 1
-        self._counts["dealt_with"] += 1
         self.last_entry = entry
         log.info("fetched %s as local v%d", entry.model_id, entry.version)
         if self.on_model is not None:
