@@ -622,8 +622,7 @@ def _model_watcher(args, live: Live, fp: FastPath, mapper, used_profile: Path):
 
     def on_swap(gaze, m) -> None:
         live.adopt(m, gaze)
-        # Said, not only logged: the fast path is slower while a refit runs, and the labels
-        # from here on belong to a new run record.
+        # Said, not only logged: the labels from here on belong to a new run record.
         refit = "" if m is None else ", with the profile refitted for it"
         print(f"gaze model: switched to {gaze.model_id} ({gaze.sha256[:12]}){refit}", flush=True)
 

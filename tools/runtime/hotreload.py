@@ -5,7 +5,8 @@ same registry, so announced models arrive the same way) for a change of its *pro
 version (a promotion by the trainer's gate or by hand, or a rollback); registered versions
 that nothing promoted are never served. On a change it loads the model off the frame thread,
 refits the user's profile from the stored calibration session with the new model (no
-recalibration asked of the user), keeps that fit beside the user's profile as the one for
+recalibration asked of the user; in a child process at low priority, so the cursor keeps
+its frame rate: `refit`), keeps that fit beside the user's profile as the one for
 that model (`calibration.profile.save_for_model`: the user's own file is not overwritten),
 and hands both to the fast path, which switches between two frames.
 
@@ -17,14 +18,11 @@ when none is kept yet, and say what they did.
 from __future__ import annotations
 
 import logging
+import subprocess
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
-from gazeloop.calibration.frames import LabelledFrames
-from gazeloop.calibration.procedure import fit_profile
 from gazeloop.calibration.profile import (
     Profile,
     ProfileError,
@@ -32,70 +30,12 @@ from gazeloop.calibration.profile import (
     find_for_model,
     save_for_model,
 )
-from gazeloop.calibration.sittings import cell_ids, point_groups
 from gazeloop.fastpath import models
-from gazeloop.fastpath.collect import collect_session
 from gazeloop.fastpath.gaze_model import GazeModel
 from gazeloop.fastpath.pipeline import FastPath
+from gazeloop.tools.runtime.refit import refit_in_child, refit_profile
 
 log = logging.getLogger(__name__)
-
-
-def refit_profile(profile: Profile, fp_cfg, onnx_path: Path | None, gaze: GazeModel) -> Profile:
-    """The same user, screen, features and mapping, fitted again for another gaze model
-    from the frames of the profile's calibration session (all of its sessions, pooled as
-    `calibration.sittings` pools them, when it was fitted on several)."""
-    given = profile.calibration_sessions or [profile.calibration_session]
-    folders = [f for f in given if f and Path(f).is_dir()]
-    if not folders:
-        raise RuntimeError(
-            f"profile {profile.user}/{profile.device} keeps no calibration session "
-            f"({given[-1]!r}): it cannot be refitted for a new model"
-        )
-    if len(folders) < len(given):  # a session deleted or moved since: refit on the rest
-        gone = [f for f in given if f not in folders]
-        log.warning("refitting without %d calibration session(s) gone: %s", len(gone), gone)
-    fp = FastPath(fp_cfg.model_copy(update={"gaze_model": onnx_path}))
-    parts = []
-    try:
-        for folder in folders:
-            parts.append(collect_session(folder, fp).labelled())
-    finally:
-        fp.close()
-    used = LabelledFrames.concat(parts)
-    if not len(used):
-        raise RuntimeError(f"{folders[-1]}: no usable calibration frames")
-    sitting = np.repeat(np.arange(len(parts)), [len(p) for p in parts])
-    names = [n for n in profile.features if not n.startswith("emb_")]
-    if len(names) != len(profile.features):
-        names.append("embedding")  # the new model's embedding may have another size
-    names = used.expand(names)
-    x, labels, targets = used.matrix(names), used.labels_px, used.groups
-    # several sessions: a screen point is one target, left out of all of them at once, and
-    # outliers are judged within a target of one session (`calibration.sittings`)
-    pooled = len(folders) > 1
-    new = fit_profile(
-        x,
-        profile.screen.to_norm(labels),
-        point_groups(labels) if pooled else targets,
-        outlier_groups=cell_ids(np.array(sitting), targets) if pooled else None,
-        screen=profile.screen,
-        features=names,
-        user=profile.user,
-        device=profile.device,
-        gaze_model_id=gaze.model_id,
-        gaze_model_sha256=gaze.sha256,
-        gaze_read=gaze.read,
-        mapping=profile.mapping.name,
-        # The base profile's, even gone: `find_for_model` knows a kept fit by it.
-        calibration_session=profile.calibration_session,
-    )
-    # what the calibration decided about its history stays with its sessions
-    fit = new.fit.model_copy(update={"history": profile.fit.history})
-    # Of the same sittings: its `created` stays theirs, or a run would take a profile of
-    # last week for this sitting's (the loop's prior) because it was refitted today.
-    kept = {"calibration_sessions": [str(f) for f in folders] if pooled else [], "fit": fit}
-    return new.model_copy(update=kept | {"created": profile.created})
 
 
 def startup_model(fp_cfg, registry_root: Path | None = None, model_id: str | None = None):
@@ -127,7 +67,7 @@ def profile_for_model(path: Path, fp: FastPath) -> tuple[Profile, str]:
     if fit is not None:
         return fit, f"profile: {how}"
     try:
-        fit = refit_profile(base, fp.cfg, fp.cfg.gaze_model, fp.gaze)
+        fit = refit_profile(base, fp.cfg, fp.cfg.gaze_model)
     except (RuntimeError, ValueError, OSError) as e:
         raise ProfileError(
             f"{path}: made for gaze model {base.gaze_model_id} ({base.gaze_read} read), not "
@@ -178,6 +118,7 @@ class ModelWatcher:
         self._generation = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._child: subprocess.Popen | None = None  # a refit running (`refit_in_child`)
 
     def _promoted(self):
         """(readable, the promoted entry or None). An unreadable registry is not a change."""
@@ -225,7 +166,7 @@ class ModelWatcher:
             )
             prof = mapper = None
             if profile is not None:
-                prof = refit_profile(profile, self.fp.cfg, onnx_path, gaze)
+                prof = refit_in_child(profile, self.fp.cfg, onnx_path, on_start=self._started)
                 mapper = ProfileMapper(prof, screen)
         except Exception as e:  # a bad model must never stop tracking with the old one
             msg = f"{name} not used: {e}"
@@ -282,7 +223,15 @@ class ModelWatcher:
             except Exception:  # the next promotion must still be served
                 log.exception("model watcher: check failed")
 
+    def _started(self, child: subprocess.Popen) -> None:
+        self._child = child
+        if self._stop.is_set():  # stopped while the child was starting
+            child.terminate()
+
     def stop(self) -> None:
         self._stop.set()
+        child = self._child
+        if child is not None and child.poll() is None:  # a refit nobody will use
+            child.terminate()
         if self._thread is not None:
             self._thread.join(timeout=5)

@@ -85,7 +85,7 @@ def test_a_profile_of_two_sittings_pools_them_and_refits_from_both(folder, tmp_p
     from the frames of both."""
     from gazeloop.calibration.profile import Profile
     from gazeloop.fastpath.pipeline import FastPath, FastPathConfig
-    from gazeloop.tools.runtime.hotreload import refit_profile
+    from gazeloop.tools.runtime.refit import refit_profile
 
     a, b, out = folder / "p1_s08", folder / "p1_s09", tmp_path / "pooled.json"
     rc, stdout, err = cli("profile", "fit", a, b, "--out", out)
@@ -99,7 +99,7 @@ def test_a_profile_of_two_sittings_pools_them_and_refits_from_both(folder, tmp_p
     assert "2 sittings pooled" in stdout
     single = FastPath(FastPathConfig(mirror_average=False))
     try:
-        again = refit_profile(prof, single.cfg, None, single.gaze)
+        again = refit_profile(prof, single.cfg, None)
     finally:
         single.close()
     assert again.calibration_sessions == prof.calibration_sessions

@@ -16,8 +16,8 @@ import pytest
 from gazeloop.calibration.profile import Profile
 from gazeloop.fastpath.pipeline import FastPath, FastPathConfig
 from gazeloop.tools.cli import main
-from gazeloop.tools.runtime.hotreload import refit_profile
 from gazeloop.tools.runtime.live import from_earlier_sitting
+from gazeloop.tools.runtime.refit import refit_profile
 
 
 def _calibrate(shared, home, stamp: str) -> str:
@@ -175,7 +175,7 @@ def test_a_calibration_with_earlier_sittings_saves_what_its_own_points_favour(
     # Refitted for another read of the network, it stays the same sitting's pooled profile.
     fp = FastPath(FastPathConfig(mirror_average=False, gaze_frame="camera"))
     try:
-        refit = refit_profile(prof, fp.cfg, None, fp.gaze)
+        refit = refit_profile(prof, fp.cfg, None)
     finally:
         fp.close()
     assert refit.gaze_read == "single" and refit.mapping != prof.mapping
@@ -187,7 +187,7 @@ def test_a_calibration_with_earlier_sittings_saves_what_its_own_points_favour(
     shutil.rmtree(first)
     fp = FastPath(FastPathConfig(mirror_average=False, gaze_frame="camera"))
     try:
-        later = refit_profile(week_old, fp.cfg, None, fp.gaze)
+        later = refit_profile(week_old, fp.cfg, None)
     finally:
         fp.close()
     assert later.created == week_old.created and from_earlier_sitting(later)

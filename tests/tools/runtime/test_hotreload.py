@@ -187,7 +187,7 @@ def promoted_watcher(tmp_path, monkeypatch, **kw):
     watcher = hotreload.ModelWatcher(fp, tmp_path / "reg", profile="old", screen="s", **kw)
     monkeypatch.setattr(watcher.registry, "promoted", lambda model_id=None: entry)
     monkeypatch.setattr(hotreload, "ProfileMapper", lambda prof, screen: f"mapper of {prof}")
-    monkeypatch.setattr(hotreload, "refit_profile", lambda prof, *a: f"{prof} refitted")
+    monkeypatch.setattr(hotreload, "refit_in_child", lambda prof, *a, **kw: f"{prof} refitted")
     return fp, watcher
 
 
@@ -201,13 +201,13 @@ def test_a_calibration_made_during_a_refit_is_kept_and_refitted_next(tmp_path, m
     in_use, refits, swaps = ["old"], [], []
     watcher.on_swap = lambda gaze, mapper: swaps.append(mapper)
 
-    def refit(profile, cfg, onnx_path, gaze):
+    def refit(profile, cfg, onnx_path, on_start=None):
         refits.append(profile)
         if len(refits) == 1:  # the c key, while this refit runs
             watcher.use_profile("new", "s", None, install=lambda: in_use.append("new"))
         return f"{profile} refitted"
 
-    monkeypatch.setattr(hotreload, "refit_profile", refit)
+    monkeypatch.setattr(hotreload, "refit_in_child", refit)
     assert not watcher.check_once()  # its refit is of a profile no longer in use
     assert (watcher.profile, in_use[-1], swaps, fp._swap) == ("new", "new", [], None)
     assert watcher.check_once()  # the promoted model again, now for the new calibration
@@ -254,4 +254,68 @@ def test_a_profile_that_cannot_be_saved_leaves_the_old_model_and_the_watcher(tmp
     assert watcher.errors == ["m v1 not used: [Errno 28] No space left on device"]
     monkeypatch.setattr(hotreload, "save_for_model", lambda prof, path: path)
     assert watcher.check_once()  # tried again, and served once the disk has room
+    fp.close()
+
+
+def test_a_refit_in_a_child_process_is_the_refit_and_says_why_it_failed(corners_session, tmp_path):
+    """The watcher refits in a child at low priority (a thread took the cores from the
+    cursor): the child's profile must be the one refitted here, and its failure a reason."""
+    from gazeloop.fastpath.pipeline import FastPathConfig
+    from gazeloop.tools.runtime.refit import refit_in_child, refit_profile
+
+    cfg = FastPathConfig()
+    prof = _corners_profile(corners_session, cfg)
+    here = refit_profile(prof, cfg, None)
+    children = []
+    there = refit_in_child(prof, cfg, None, on_start=children.append)
+    assert there == here and there.fit.targets == 4
+    assert children and children[0].returncode == 0
+    gone = prof.model_copy(update={"calibration_session": str(tmp_path / "gone")})
+    with pytest.raises(RuntimeError, match=r"keeps no calibration session .*gone"):
+        refit_in_child(gone, cfg, None)
+
+
+def _corners_profile(session, cfg):
+    from gazeloop.calibration.geometry import ScreenGeometry
+    from gazeloop.calibration.procedure import fit_profile
+    from gazeloop.calibration.store.session import read_session
+    from gazeloop.fastpath.collect import collect_session
+    from gazeloop.fastpath.pipeline import FastPath
+
+    fp = FastPath(cfg)
+    try:
+        manifest = read_session(session).manifest
+        used = collect_session(session, fp).labelled()
+        screen = ScreenGeometry(px=manifest.screen_px, mm=manifest.screen_mm)
+        names = ["gaze_yaw", "gaze_pitch"]
+        return fit_profile(
+            used.matrix(names),
+            screen.to_norm(used.labels_px),
+            used.groups,
+            screen=screen,
+            features=names,
+            user="u",
+            device="d",
+            gaze_model_id=fp.gaze.model_id,
+            gaze_model_sha256=fp.gaze.sha256,
+            gaze_read=fp.gaze.read,
+            calibration_session=str(session),
+        )
+    finally:
+        fp.close()
+
+
+def test_stopping_the_watcher_ends_a_refit_nobody_will_use(tmp_path, monkeypatch):
+    """A refit child left running after `run` ended kept a core busy for its whole refit."""
+    import subprocess
+    import sys
+
+    fp, watcher = promoted_watcher(tmp_path, monkeypatch)
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    watcher._started(running)
+    watcher.stop()
+    assert running.wait(timeout=30) != 0  # terminated, not finished
+    late = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    watcher._started(late)  # a refit that started as tracking stopped
+    assert late.wait(timeout=30) != 0
     fp.close()

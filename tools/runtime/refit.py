@@ -1,0 +1,165 @@
+"""Refitting a user's profile for another gaze model, from its calibration sessions.
+
+A refit reads every calibration frame through the new model's fast path: seconds of full
+CPU. When the watcher does it while the user is tracked (`hotreload.ModelWatcher`), a thread
+of the same process took the cores from the fast path: on 2 cores the cursor fell from
+about 100 to 53 frames a second for the refit's duration. So the watcher runs it in a
+child process at a lower scheduling priority (`NICE`): the operating system then gives the
+fast path the cores it asks for and the refit the rest. Job and answer go through JSON
+files (no pickle); the child's log lines come back as the parent's warnings.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from gazeloop.calibration.frames import LabelledFrames
+from gazeloop.calibration.procedure import fit_profile
+from gazeloop.calibration.profile import Profile
+from gazeloop.calibration.sittings import cell_ids, point_groups
+from gazeloop.fastpath.collect import collect_session
+from gazeloop.fastpath.pipeline import FastPath, FastPathConfig
+from gazeloop.tools.runtime.quiet import THIRD_PARTY
+
+log = logging.getLogger(__name__)
+
+NICE = 10  # about a tenth of a core's share against the fast path's default priority
+
+
+def refit_profile(profile: Profile, fp_cfg, onnx_path: Path | None) -> Profile:
+    """The same user, screen, features and mapping, fitted again for another gaze model
+    from the frames of the profile's calibration session (all of its sessions, pooled as
+    `calibration.sittings` pools them, when it was fitted on several)."""
+    given = profile.calibration_sessions or [profile.calibration_session]
+    folders = [f for f in given if f and Path(f).is_dir()]
+    if not folders:
+        raise RuntimeError(
+            f"profile {profile.user}/{profile.device} keeps no calibration session "
+            f"({given[-1]!r}): it cannot be refitted for a new model"
+        )
+    if len(folders) < len(given):  # a session deleted or moved since: refit on the rest
+        gone = [f for f in given if f not in folders]
+        log.warning("refitting without %d calibration session(s) gone: %s", len(gone), gone)
+    fp = FastPath(fp_cfg.model_copy(update={"gaze_model": onnx_path}))
+    gaze = fp.gaze
+    parts = []
+    try:
+        for folder in folders:
+            parts.append(collect_session(folder, fp).labelled())
+    finally:
+        fp.close()
+    used = LabelledFrames.concat(parts)
+    if not len(used):
+        raise RuntimeError(f"{folders[-1]}: no usable calibration frames")
+    sitting = np.repeat(np.arange(len(parts)), [len(p) for p in parts])
+    names = [n for n in profile.features if not n.startswith("emb_")]
+    if len(names) != len(profile.features):
+        names.append("embedding")  # the new model's embedding may have another size
+    names = used.expand(names)
+    x, labels, targets = used.matrix(names), used.labels_px, used.groups
+    # several sessions: a screen point is one target, left out of all of them at once, and
+    # outliers are judged within a target of one session (`calibration.sittings`)
+    pooled = len(folders) > 1
+    new = fit_profile(
+        x,
+        profile.screen.to_norm(labels),
+        point_groups(labels) if pooled else targets,
+        outlier_groups=cell_ids(np.array(sitting), targets) if pooled else None,
+        screen=profile.screen,
+        features=names,
+        user=profile.user,
+        device=profile.device,
+        gaze_model_id=gaze.model_id,
+        gaze_model_sha256=gaze.sha256,
+        gaze_read=gaze.read,
+        mapping=profile.mapping.name,
+        # The base profile's, even gone: `find_for_model` knows a kept fit by it.
+        calibration_session=profile.calibration_session,
+    )
+    # what the calibration decided about its history stays with its sessions
+    fit = new.fit.model_copy(update={"history": profile.fit.history})
+    # Of the same sittings: its `created` stays theirs, or a run would take a profile of
+    # last week for this sitting's (the loop's prior) because it was refitted today.
+    kept = {"calibration_sessions": [str(f) for f in folders] if pooled else [], "fit": fit}
+    return new.model_copy(update=kept | {"created": profile.created})
+
+
+def refit_in_child(
+    profile: Profile,
+    fp_cfg: FastPathConfig,
+    onnx_path: Path | None,
+    *,
+    on_start: Callable[[subprocess.Popen], None] | None = None,
+) -> Profile:
+    """`refit_profile` in a child process at priority `NICE`. `on_start` gets the child
+    (the watcher terminates it when tracking stops). RuntimeError with the child's reason
+    when it fails."""
+    with tempfile.TemporaryDirectory(prefix="gazeloop-refit-") as tmp:
+        job, answer = Path(tmp) / "job.json", Path(tmp) / "answer.json"
+        spec = {
+            "profile": profile.model_dump(mode="json"),
+            "fastpath": fp_cfg.model_dump(mode="json"),
+            "gaze_model": None if onnx_path is None else str(onnx_path),
+        }
+        job.write_text(json.dumps(spec), encoding="utf-8")
+        cmd = [sys.executable, "-m", __name__, str(job), str(answer)]
+        child = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        if on_start is not None:
+            on_start(child)
+        _, err = child.communicate()
+        said = _own_lines(err)
+        for line in said:
+            log.warning("refit: %s", line)
+        if not answer.is_file():
+            last = said[-1] if said else f"exit status {child.returncode}"
+            raise RuntimeError(f"the refit process ended without an answer: {last}")
+        result = json.loads(answer.read_text(encoding="utf-8"))
+    if "error" in result:
+        raise RuntimeError(result["error"])
+    return Profile.model_validate(result["profile"])
+
+
+def _own_lines(err: bytes) -> list[str]:
+    """The child's stderr without MediaPipe's and TensorFlow Lite's C++ log lines."""
+    lines = (raw for raw in err.splitlines() if raw.strip() and not THIRD_PARTY.match(raw))
+    return [raw.decode("utf-8", "replace") for raw in lines]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The child: job file in, answer file out (written last, so no answer means it died)."""
+    job, answer = (Path(a) for a in (argv if argv is not None else sys.argv[1:]))
+    if hasattr(os, "nice"):
+        os.nice(NICE)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    spec = json.loads(job.read_text(encoding="utf-8"))
+    onnx = spec["gaze_model"]
+    try:
+        prof = refit_profile(
+            Profile.model_validate(spec["profile"]),
+            FastPathConfig.model_validate(spec["fastpath"]),
+            None if onnx is None else Path(onnx),
+        )
+        result = {"profile": prof.model_dump(mode="json")}
+    except Exception as e:  # the parent says why the new model is not used
+        result = {
+            "error": str(e)
+            if isinstance(e, (RuntimeError, ValueError, OSError))
+            else f"{type(e).__name__}: {e}"
+        }
+    answer.write_text(json.dumps(result), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
