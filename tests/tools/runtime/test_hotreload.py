@@ -21,8 +21,6 @@ def corners_session(shared, tmp_path_factory):
 def test_promoted_model_is_served_between_two_frames_and_the_next_start_uses_it(
     corners_session, tmp_path, monkeypatch, capsys
 ):
-    from gazeloop.calibration.geometry import ScreenGeometry
-    from gazeloop.calibration.procedure import fit_profile
     from gazeloop.calibration.profile import (
         Profile,
         ProfileMapper,
@@ -31,7 +29,6 @@ def test_promoted_model_is_served_between_two_frames_and_the_next_start_uses_it(
     )
     from gazeloop.calibration.store.session import read_session
     from gazeloop.fastpath import models
-    from gazeloop.fastpath.collect import collect_session
     from gazeloop.fastpath.pipeline import FastPath, FastPathConfig
     from gazeloop.fastpath.sources import SessionSource
     from gazeloop.tools.runtime.hotreload import ModelWatcher
@@ -43,23 +40,7 @@ def test_promoted_model_is_served_between_two_frames_and_the_next_start_uses_it(
     torch.set_num_threads(1)
     fp = FastPath(FastPathConfig())
     session = read_session(corners_session)
-    screen = ScreenGeometry(px=session.manifest.screen_px, mm=session.manifest.screen_mm)
-    col = collect_session(session, fp)
-    used = col.labelled()
-    names = ["gaze_yaw", "gaze_pitch"]
-    prof = fit_profile(
-        used.matrix(names),
-        screen.to_norm(used.labels_px),
-        used.groups,
-        screen=screen,
-        features=names,
-        user="u",
-        device="d",
-        gaze_model_id=fp.gaze.model_id,
-        gaze_model_sha256=fp.gaze.sha256,
-        gaze_read=fp.gaze.read,
-        calibration_session=str(corners_session),
-    )
+    prof = _corners_profile(corners_session, fp.cfg)
     fp.set_mapper(ProfileMapper(prof))
     user_profile = prof.save(profile_path("u", "d"))
     registry = ModelRegistry(default_registry_root())
