@@ -330,6 +330,12 @@ def add_user_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+# --screen-px's unit: the pointer's and the clicks' (pynput's). On macOS those are points,
+# half the Retina pixels, and the grid is drawn scaled to fit, so a size in pixels looked
+# right on screen while the cursor and every click label were off by a factor of two.
+SCREEN_PX_HELP = "the screen's size in pixels (on macOS in points: the size Displays shows)"
+
+
 def add_screen_size_args(p: argparse.ArgumentParser) -> None:
     """The screen in pixels and in millimetres: `calibrate`, `eval` and `profile fit` take
     them alike (each says its viewing distance its own way)."""
@@ -338,7 +344,7 @@ def add_screen_size_args(p: argparse.ArgumentParser) -> None:
         type=positive_int,
         nargs=2,
         metavar=("W", "H"),
-        help="the screen's size in pixels (default: the session's, else the window system's)",
+        help=f"{SCREEN_PX_HELP} (default: the session's, else the window system's)",
     )
     p.add_argument(
         "--screen-mm",

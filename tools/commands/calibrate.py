@@ -54,7 +54,7 @@ from gazeloop.tools.runtime.labelled import open_labelled
 from gazeloop.tools.runtime.progress import Progress
 from gazeloop.tools.runtime.recording import UnixClock
 from gazeloop.tools.ui.calibration_grid import calibrate_on_screen
-from gazeloop.tools.ui.window import CvDisplay, require_display
+from gazeloop.tools.ui.window import CvDisplay, require_display, screen_size_unknown
 
 WINDOW = "gazeloop calibrate"
 # Room for a grid's frames (25 targets x 30 frames of ~60 kB JPEG) and its report.
@@ -184,9 +184,7 @@ def _run_window(args, ls, fp, cfg, session_dir, profile_out) -> CalibrationResul
         display.fullscreen(True)
         px = tuple(args.screen_px) if args.screen_px else display.screen_px()
         if px is None:
-            raise UserError(
-                "cannot tell the screen size from the window system; give --screen-px W H"
-            )
+            raise UserError(screen_size_unknown())
         screen = screen_from_args(args, px)
         return calibrate_on_screen(
             iter(ls.source),

@@ -60,7 +60,7 @@ def add_parser(sub) -> None:
         type=positive_int,
         nargs=2,
         metavar=("W", "H"),
-        help="the screen the labels are pixels of (default: the source's)",
+        help="the screen the labels are pixels of, on macOS points (default: the source's)",
     )
     p.add_argument(
         "--screen-mm", type=positive_float, nargs=2, metavar=("W", "H"), help="screen size, mm"

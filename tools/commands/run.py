@@ -54,6 +54,7 @@ from gazeloop.calibration.store.writer import SessionWriter
 from gazeloop.fastpath.pipeline import FastPath
 from gazeloop.fastpath.sources import CameraSource
 from gazeloop.tools.commands._args import (
+    SCREEN_PX_HELP,
     add_broker_args,
     add_fastpath_args,
     add_grid_args,
@@ -76,7 +77,7 @@ from gazeloop.tools.runtime.live import Live, made_this_sitting, model_record
 from gazeloop.tools.runtime.recording import UnixClock
 from gazeloop.tools.ui.calibration_grid import DotView, calibrate_on_screen, render_dot
 from gazeloop.tools.ui.render import LiveData, VerifyData, render_live, render_pip
-from gazeloop.tools.ui.window import ESC, CvDisplay, require_display
+from gazeloop.tools.ui.window import ESC, CvDisplay, require_display, screen_size_unknown
 
 log = logging.getLogger(__name__)
 WINDOW = "gazeloop"
@@ -110,7 +111,11 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
     add_user_args(p)
     p.add_argument("--profile", type=Path, help="profile file (default: the user's for device)")
     p.add_argument(
-        "--screen-px", type=positive_int, nargs=2, metavar=("W", "H"), help="screen in use"
+        "--screen-px",
+        type=positive_int,
+        nargs=2,
+        metavar=("W", "H"),
+        help=f"the screen in use: {SCREEN_PX_HELP}",
     )
 
 
@@ -369,10 +374,25 @@ class Cursor:
 
 
 def _resolve_oracle(args, ls: LabelledSource) -> None:
-    """--oracle auto: clicks when a person is in front of a camera, none for recordings."""
+    """--oracle auto: clicks when a person is in front of a camera, none for recordings.
+    Never clicks with --move-cursor: the pointer sits on the tracker's own estimate, so a
+    click there labels the estimate with itself (the loop could never see a drift, and the
+    trainer would learn the model's own answers)."""
     args.oracle_auto = args.oracle == "auto"
+    if args.move_cursor and args.oracle == "clicks":
+        raise UserError(
+            "--oracle clicks with --move-cursor: the pointer follows your gaze, so a click "
+            "lands on the tracker's own estimate and labels nothing; use one or the other"
+        )
     if args.oracle_auto:
-        args.oracle = "clicks" if isinstance(ls.source, CameraSource) else "none"
+        camera = isinstance(ls.source, CameraSource)
+        args.oracle = "clicks" if camera and not args.move_cursor else "none"
+        if camera and args.move_cursor and not args.headless:
+            print(
+                "no click labels: --move-cursor puts the pointer where you look, so a click "
+                "would label the tracker's estimate with itself; the 7 key's dot still does",
+                flush=True,
+            )
 
 
 def _replay_clicks(args, live: Live, mapper, ls: LabelledSource):
@@ -1008,10 +1028,7 @@ class Window:
             px = self.display.screen_px()
             if px is None:
                 self.display.fullscreen(False)
-                raise UserError(
-                    "cannot tell the screen size from the window system; restart with "
-                    "--screen-px W H"
-                )
+                raise UserError(screen_size_unknown("restart with --screen-px W H"))
             screen = screen_from_args(args, px)
         return screen
 

@@ -4,8 +4,10 @@ macOS gives a program global mouse events (pynput's listener: the click oracle) 
 move the pointer (`run --move-cursor`) only when the user has allowed the terminal or app it
 runs in under System Settings > Privacy & Security > Accessibility. Without that, pynput
 neither raises nor warns: the listener's event tap is refused and the pointer stays put. The
-Accessibility API's own question, `AXIsProcessTrusted` (HIServices, which pynput's macOS
-dependencies bring), says so up front. Elsewhere there is nothing to ask.
+Accessibility API's own question (HIServices, which pynput's macOS dependencies bring) says
+so up front. It is asked with the prompt option: plain `AXIsProcessTrusted` never shows
+macOS's dialog nor lists the terminal under Accessibility, so the user had to find and add
+it by hand. Elsewhere there is nothing to ask.
 """
 
 from __future__ import annotations
@@ -27,7 +29,12 @@ def accessibility_trusted(platform: str | None = None) -> bool | None:
         import HIServices  # pyobjc-framework-ApplicationServices, a pynput dependency on macOS
     except ImportError:
         return None
-    return bool(HIServices.AXIsProcessTrusted())
+    ask = getattr(HIServices, "AXIsProcessTrustedWithOptions", None)
+    prompt = getattr(HIServices, "kAXTrustedCheckOptionPrompt", None)
+    if ask is None or prompt is None:  # an older pyobjc: the question without the dialog
+        return bool(HIServices.AXIsProcessTrusted())
+    # Not yet trusted: macOS shows its dialog and lists this program, switched off.
+    return bool(ask({prompt: True}))
 
 
 def no_pointer(what: str, e: ImportError) -> str:

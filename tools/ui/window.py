@@ -18,6 +18,29 @@ from gazeloop.tools.errors import UserError
 ESC = 27
 
 
+def screen_size_unknown(flag_hint: str = "give --screen-px W H") -> str:
+    """The one line for a screen whose size the window system did not say."""
+    unit = " (in points: the size System Settings > Displays shows)"
+    return (
+        f"cannot tell the screen size from the window system; {flag_hint}"
+        f"{unit if sys.platform == 'darwin' else ''}"
+    )
+
+
+def mac_screen_points() -> tuple[int, int] | None:
+    """The main display's size in points, from Quartz (pyobjc, which pynput brings on
+    macOS), or None without it. OpenCV's Cocoa window reports the last picture's size, not
+    the window's, so the full-screen probe measures nothing there; and points are the units
+    pynput moves the pointer and reports clicks in (its origin is this display's corner)."""
+    try:
+        import Quartz
+    except ImportError:
+        return None
+    bounds = Quartz.CGDisplayBounds(Quartz.CGMainDisplayID())
+    w, h = int(round(bounds.size.width)), int(round(bounds.size.height))
+    return (w, h) if w > 0 and h > 0 else None
+
+
 def require_display(what: str, hint: str = "") -> None:
     """OpenCV's Qt backend aborts the whole process (no exception) when it cannot reach an X
     server; say so in one line before it gets the chance."""
@@ -76,7 +99,10 @@ class CvDisplay:
 
     def screen_px(self, pumps: int = 10) -> tuple[int, int] | None:
         """The size of the full-screen window, i.e. of the screen, or None when the window
-        system does not say (no window manager: the window keeps the picture's size)."""
+        system does not say (no window manager: the window keeps the picture's size). On
+        macOS, the main display in points (`mac_screen_points`)."""
+        if sys.platform == "darwin":
+            return mac_screen_points()
         probe = (640, 360)
         img = np.zeros((probe[1], probe[0], 3), np.uint8)
         for _ in range(pumps):  # let the window manager apply the full-screen request

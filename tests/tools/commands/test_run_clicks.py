@@ -15,11 +15,30 @@ def test_auto_is_no_oracle_for_a_recording_and_explicit_choices_stand(shared):
     ls = open_labelled(str(shared / "data/video-corners4/calibrate.mp4"))
     try:
         for given, resolved in (("auto", "none"), ("clicks", "clicks"), ("none", "none")):
-            args = argparse.Namespace(oracle=given)
+            args = argparse.Namespace(oracle=given, move_cursor=False, headless=True)
             _resolve_oracle(args, ls)
             assert (args.oracle, args.oracle_auto) == (resolved, given == "auto")
     finally:
         ls.close()
+
+
+def test_clicks_never_label_a_pointer_that_follows_the_gaze(capsys):
+    """With --move-cursor the pointer sits on the tracker's estimate: a click there was
+    taken as a label of that estimate (the loop saw no drift, the trainer its own answers)."""
+    from types import SimpleNamespace
+
+    from gazeloop.fastpath.sources import CameraSource
+    from gazeloop.tools.errors import UserError
+
+    camera = SimpleNamespace(source=CameraSource.__new__(CameraSource))  # none is opened
+    for move, resolved in ((False, "clicks"), (True, "none")):
+        args = argparse.Namespace(oracle="auto", move_cursor=move, headless=False)
+        _resolve_oracle(args, camera)
+        assert args.oracle == resolved
+    assert "no click labels: --move-cursor puts the pointer" in capsys.readouterr().out
+    args = argparse.Namespace(oracle="clicks", move_cursor=True, headless=False)
+    with pytest.raises(UserError, match="--oracle clicks with --move-cursor"):
+        _resolve_oracle(args, camera)
 
 
 def test_clicks_without_a_profile_is_a_clear_error(shared, capsys, tmp_path, monkeypatch):

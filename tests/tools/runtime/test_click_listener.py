@@ -98,8 +98,25 @@ def test_the_refusal_names_what_to_allow_on_each_platform(platform, words):
 
 
 class _HIServices:
-    """The one call of macOS's HIServices (pyobjc) that `permissions` makes, answering as
-    told: the real module exists only on macOS."""
+    """The calls of macOS's HIServices (pyobjc) that `permissions` makes, answering as told
+    and keeping the options asked with: the real module exists only on macOS."""
+
+    kAXTrustedCheckOptionPrompt = "AXTrustedCheckOptionPrompt"  # noqa: N815 - the API's name
+
+    def __init__(self, trusted: bool) -> None:
+        self.trusted = trusted
+        self.asked: list[dict] = []
+
+    def AXIsProcessTrusted(self) -> bool:  # noqa: N802 - the API's own name
+        return self.trusted
+
+    def AXIsProcessTrustedWithOptions(self, options: dict) -> bool:  # noqa: N802
+        self.asked.append(dict(options))
+        return self.trusted
+
+
+class _OlderHIServices:
+    """A pyobjc without the options call."""
 
     def __init__(self, trusted: bool) -> None:
         self.trusted = trusted
@@ -108,14 +125,20 @@ class _HIServices:
         return self.trusted
 
 
-def test_accessibility_is_asked_only_on_macos(monkeypatch):
+def test_accessibility_is_asked_only_on_macos_with_its_dialog(monkeypatch):
+    """Asked without the prompt option, macOS neither showed its dialog nor listed the
+    terminal under Accessibility: the user had to find and add it by hand."""
     from gazeloop.tools.runtime.permissions import accessibility_trusted
 
-    monkeypatch.setitem(sys.modules, "HIServices", _HIServices(False))
+    hi = _HIServices(False)
+    monkeypatch.setitem(sys.modules, "HIServices", hi)
     assert accessibility_trusted("darwin") is False
-    assert accessibility_trusted("linux") is None
+    assert hi.asked == [{"AXTrustedCheckOptionPrompt": True}]
+    assert accessibility_trusted("linux") is None and len(hi.asked) == 1
     monkeypatch.setitem(sys.modules, "HIServices", _HIServices(True))
     assert accessibility_trusted("darwin") is True
+    monkeypatch.setitem(sys.modules, "HIServices", _OlderHIServices(False))
+    assert accessibility_trusted("darwin") is False
     monkeypatch.setitem(sys.modules, "HIServices", None)  # not installed: cannot ask
     assert accessibility_trusted("darwin") is None
 
