@@ -250,7 +250,10 @@ class _Net:
             raise FaceOnnxError(f"{what} model not found: {path}")
         try:
             self.session = open_session(
-                path, threads=threads, providers=providers or resolve_providers("auto")
+                path,
+                threads=threads,
+                providers=providers or resolve_providers("auto"),
+                name=f"{what} model {path}",
             )
         except SessionOpenError as e:
             raise FaceOnnxError(f"{path}: cannot load the {what} model ({e})") from None

@@ -213,7 +213,12 @@ class GazeModel:
         """An onnxruntime session on the bytes just hashed; its first line of complaint
         becomes the error."""
         try:
-            return open_session(data, threads=threads, providers=providers or default_providers())
+            return open_session(
+                data,
+                threads=threads,
+                providers=providers or default_providers(),
+                name=f"gaze model {self.path}",
+            )
         except SessionOpenError as exc:
             raise ModelLoadError(f"cannot load gaze model {self.path}: {exc}") from None
 

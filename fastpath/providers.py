@@ -26,6 +26,12 @@ EP_NAMES: dict[str, str] = {"cpu": CPU, "cuda": CUDA, "coreml": COREML}
 EP_CHOICES = ("auto", *EP_NAMES)
 
 
+class AutoChoice(list):
+    """The providers "auto" chose: a list like any other, which also says that nobody asked
+    for them, so `sessions.open_session` may fall back to CPU when the accelerator cannot
+    open a network or answers it differently (a forced `--ep` never falls back)."""
+
+
 class ProviderError(ValueError):
     """A requested execution provider is unknown or not offered by this onnxruntime; the
     message is one line naming it and the available ones."""
@@ -53,10 +59,10 @@ def choose_providers(request: str, available: Sequence[str], platform: str) -> l
         )
     if request == "auto":
         if platform == "darwin" and COREML in available:
-            return [COREML, CPU]
+            return AutoChoice([COREML, CPU])
         if CUDA in available:
-            return [CUDA, CPU]
-        return [CPU]
+            return AutoChoice([CUDA, CPU])
+        return AutoChoice([CPU])
     wanted = EP_NAMES[request]
     if wanted not in available:
         offered = ", ".join(short_name(p) for p in available) or "none"

@@ -143,3 +143,84 @@ def test_providers_agree_with_cpu_on_shared_stills(face_task, gaze_onnx):
             "provider parity: onnxruntime offers only CPU here; compared CPU with itself",
             stacklevel=1,
         )
+
+
+# -- an accelerator "auto" chose is checked against the CPU ---------------------------------
+
+
+class _Accelerator:
+    """A session of an accelerator as onnxruntime gives one (`get_inputs`, `get_outputs`,
+    `run`), answering as the CPU's times `gain`: CoreML and CUDA do not run here."""
+
+    def __init__(self, cpu, gain: float) -> None:
+        self.cpu, self.gain = cpu, gain
+
+    def get_inputs(self):
+        return self.cpu.get_inputs()
+
+    def get_outputs(self):
+        return self.cpu.get_outputs()
+
+    def run(self, names, feed):
+        return [out * self.gain for out in self.cpu.run(names, feed)]
+
+
+def _accelerated(monkeypatch, behave):
+    """`sessions._open` where a provider list led by CoreML gets `behave(cpu session)`."""
+    from gazeloop.fastpath import sessions
+
+    real = sessions._open
+
+    def opened(source, opts, providers):
+        cpu = real(source, opts, [CPU])
+        return cpu if list(providers) == [CPU] else behave(cpu)
+
+    monkeypatch.setattr(sessions, "_open", opened)
+
+
+def test_auto_is_marked_so_and_a_forced_provider_is_not():
+    from gazeloop.fastpath.providers import AutoChoice
+
+    assert isinstance(choose_providers("auto", [COREML, CPU], "darwin"), AutoChoice)
+    assert not isinstance(choose_providers("coreml", [COREML, CPU], "darwin"), AutoChoice)
+
+
+@pytest.mark.parametrize(
+    ("behave", "said"),
+    [
+        (lambda cpu: _Accelerator(cpu, 1.0 + 1e-4), None),  # float16-sized differences
+        (lambda cpu: _Accelerator(cpu, 1.05), "answers it differently from the CPU (output"),
+        (lambda cpu: _Accelerator(cpu, float("nan")), "answers it differently"),
+        (lambda cpu: _raise("CoreML: unsupported op"), "cannot run it (CoreML: unsupported"),
+    ],
+)
+def test_an_accelerator_auto_chose_runs_only_when_it_answers_as_the_cpu(
+    gaze_onnx, monkeypatch, caplog, behave, said
+):
+    """A CoreML that could not open a network stopped the fast path before its first frame,
+    and one answering in float16 was never compared with anything. Forced, it is used."""
+    from gazeloop.fastpath.providers import AutoChoice
+    from gazeloop.fastpath.sessions import SessionOpenError, open_session
+
+    _accelerated(monkeypatch, behave)
+    caplog.set_level("WARNING", logger="gazeloop.fastpath.sessions")
+    got = open_session(gaze_onnx, providers=AutoChoice([COREML, CPU]), name="gaze model g")
+    if said is None:
+        assert isinstance(got, _Accelerator) and not caplog.records
+    else:
+        assert not isinstance(got, _Accelerator)  # the CPU's own session
+        (record,) = caplog.records
+        assert record.getMessage().startswith("gaze model g: coreml ")
+        assert said in record.getMessage() and "it runs on the CPU" in record.getMessage()
+    forced = [COREML, CPU]
+    if said is not None and "cannot run" in said:
+        with pytest.raises(SessionOpenError, match="unsupported op"):
+            open_session(gaze_onnx, providers=forced)
+    else:
+        assert isinstance(open_session(gaze_onnx, providers=forced), _Accelerator)
+
+
+def _raise(text: str):
+    from gazeloop.fastpath.sessions import SessionOpenError
+
+    raise SessionOpenError(text)
