@@ -161,6 +161,8 @@ def _oracle_report(worker, busy, oracle: str | None, oracle_in: str) -> dict | N
         "state": oracle,
         "backend": busy.name,
         "in": oracle_in,
+        # Handed a snapshot at all: without one a "busy" phase measures an idle oracle.
+        "submitted": m.submitted,
         "calls": m.done,
         "cpus": None if cpus is None else {"fastpath": cpus[0], "oracle": cpus[1]},
     }
@@ -227,5 +229,6 @@ def pool_runs(runs: list[dict]) -> dict:
     out["total"] = percentiles([x for r in runs for x in r["raw"]["total"]])
     out["cpu_per_frame"] = percentiles([x for r in runs for x in r["raw"]["cpu"]])
     if out["oracle_worker"] is not None:
-        out["oracle_worker"]["calls"] = sum(r["oracle_worker"]["calls"] for r in runs)
+        for k in ("submitted", "calls"):
+            out["oracle_worker"][k] = sum(r["oracle_worker"][k] for r in runs)
     return out
