@@ -166,6 +166,8 @@ class OracleWorker:
       wall-clock based use it, or pass a matching `clock`).
     - `on_label(label)`: called on the worker thread for every delivered label; keep it short
       (the next call waits). Its exceptions are logged and counted, never fatal.
+    - `timer`: seconds, what each call's latency is measured with (not `clock`, which may be
+      a replay's own time).
     - The worker owns the oracle: it closes it on its own thread when it stops
       (`close_oracle=False` to keep it).
     """
@@ -178,6 +180,7 @@ class OracleWorker:
         max_age_s: float | None = 30.0,
         on_label: Callable[[OracleLabel], None] | None = None,
         clock: Callable[[], int] = time.monotonic_ns,
+        timer: Callable[[], float] = time.perf_counter,
         close_oracle: bool = True,
         buffer: int = 16,
         join_timeout_s: float = 2.0,
@@ -189,6 +192,7 @@ class OracleWorker:
         self._max_age_ns = None if max_age_s is None else round(max_age_s * 1e9)
         self._on_label = on_label
         self._clock = clock
+        self._timer = timer
         self._close_oracle = close_oracle
         self._buffer = buffer
         self._join_timeout_s = join_timeout_s
@@ -415,14 +419,14 @@ class OracleWorker:
             self._close_outputs()
 
     def _call(self, job: _Job) -> None:
-        t0 = time.perf_counter()
+        t0 = self._timer()
         error: Exception | None = None
         result: Any = None
         try:
             result = self._oracle.label(job.snap, job.cancel)
         except Exception as e:
             error = e
-        latency = time.perf_counter() - t0
+        latency = self._timer() - t0
 
         deliver: OracleLabel | None = None
         with self._cond:

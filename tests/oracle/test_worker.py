@@ -113,20 +113,27 @@ def test_latest_only_labels_first_and_last_of_a_burst() -> None:
 def test_labels_reach_callback_and_get_with_latency() -> None:
     seen: list[OracleLabel] = []
     done = threading.Event()
+    now = [100.0]  # the worker's timer, moved by the backend: 2 s per call, 0.5 s between
+
+    def slow(s: Snapshot) -> OracleLabel:
+        now[0] += 2.0
+        return good_label(s)
 
     def on_label(label: OracleLabel) -> None:
         seen.append(label)
+        now[0] += 0.5  # not the call's time
         done.set()
 
-    with OracleWorker(Gate(), on_label=on_label) as w:
+    with OracleWorker(Gate(slow), on_label=on_label, timer=lambda: now[0]) as w:
         s = snap("a", t_ns=time.monotonic_ns() - 123)
         w.submit(s)
         label = w.get(timeout=GUARD)
         assert done.wait(GUARD)
+        m = w.metrics()
     assert label is not None and seen == [label]
     assert (label.t_ns, label.snapshot_id) == (s.t_ns, "a")
     # The backend left latency_s unset: the worker fills in its own measurement.
-    assert label.latency_s is not None and label.latency_s >= 0
+    assert label.latency_s == 2.0 and m.latency_p50_s == m.latency_p95_s == 2.0
 
 
 def test_wait_idle_returns_once_the_last_label_is_delivered() -> None:

@@ -33,6 +33,24 @@ def test_a_translation_moves_far_targets_by_second_order_only():
     assert (np.abs(d[:, 0]) < 0.25 * parallel).all()
 
 
+def test_a_turn_moves_a_target_off_the_camera_as_the_ray_geometry_says():
+    """The closed form for an eye on the camera's axis at depth D looking at a target x mm
+    to one side, the scene turned about the camera by θ = du/f: the ray from the turned eye
+    through the turned target meets the screen at D·x / (D cos θ ∓ x sin θ). (The tests
+    above expect zero or a bound; dropping du and dv passed them.)"""
+    depth, f, x, y = 600.0, 640.0, 150.0, 90.0
+    eye = np.array([[0.0, 0.0, -depth]])
+    yaw, pitch = 50.0 / f, -30.0 / f
+    d = expected_shift_mm(eye, np.array([[x, 0.0]]), f, du=50.0)
+    want = depth * x / (depth * np.cos(yaw) - x * np.sin(yaw)) - x
+    np.testing.assert_allclose(d, [[want, 0.0]], atol=1e-9)
+    assert want > 3.0  # a shift worth measuring: 3.5 mm
+    d = expected_shift_mm(eye, np.array([[0.0, y]]), f, dv=-30.0)
+    want = depth * y / (depth * np.cos(pitch) + y * np.sin(pitch)) - y
+    np.testing.assert_allclose(d, [[0.0, want]], atol=1e-9)
+    assert abs(want) > 0.5
+
+
 def test_follow_stats():
     exp = np.array([[0.0, 60.0], [0.0, 40.0]])
     st = follow_stats(np.array([[0.0, 25.0], [0.0, 25.0]]), exp)
