@@ -281,16 +281,16 @@ def fit_profile_report(
     purpose, `calibration.sittings`)."""
     cells = groups if outlier_groups is None else np.asarray(outlier_groups)
     keep = fixed_keep(x, features, cells)
-    x, y_norm, groups, cells = x[keep], y_norm[keep], groups[keep], cells[keep]
-    if frame_names is not None:
-        frame_names = [n for n, k in zip(frame_names, keep, strict=True) if k]
     aspect = screen.px[0] / screen.px[1]
     opts = mapping_options(mapping, screen)
-    m, hyper, _ = fit_select(mapping, x, y_norm, groups, aspect=aspect, options=opts)
-    labels_px = screen.to_px(y_norm)
+    m, hyper, _ = fit_select(
+        mapping, x[keep], y_norm[keep], groups[keep], aspect=aspect, options=opts
+    )
+    # All the frames: the evaluation drops the same outliers (`fixed_keep`) and names them,
+    # where given the kept frames only it dropped outliers of those a second time.
     ev = evaluate_arrays(
         x,
-        labels_px,
+        screen.to_px(y_norm),
         groups,
         session=calibration_session or "calibration",
         features=features,
