@@ -404,9 +404,9 @@ def profile_path(user: str, device: str) -> Path:
     return user_dir(user) / "profiles" / f"{_name_part(device, device=True)}.json"
 
 
-# A device's profile file sits beside files named after it: "desk.sittings.json" is desk's
-# pooled profile, so a device named "desk.sittings" must not be written there.
-_BESIDE_A_PROFILE = (".sittings", ".models")
+# A device's profile file sits beside files named after it: "desk.sittings-1512x982.json" is
+# desk's pooled profile on that screen, so a device named so must not be written there.
+_BESIDE_A_PROFILE = re.compile(r"\.(?:sittings(?:-\d+x\d+)?|models)$")
 
 
 def _name_part(name: str, *, device: bool = False) -> str:
@@ -417,7 +417,7 @@ def _name_part(name: str, *, device: bool = False) -> str:
     plain = (
         name not in ("", ".", "..")
         and not set(name) & {"/", "\\", "\0"}
-        and not (device and (name.startswith(".") or name.endswith(_BESIDE_A_PROFILE)))
+        and not (device and (name.startswith(".") or _BESIDE_A_PROFILE.search(name)))
     )
     if plain:
         return name

@@ -386,11 +386,13 @@ def test_profile_path_is_per_user_and_device(tmp_path, monkeypatch):
     for a, b in [
         (("李雷", "laptop"), ("王芳", "laptop")),
         (("ada", "MacBook (built-in)"), ("ada", "MacBook [built-in]")),
-        (("ada", "desk.sittings"), ("ada", "desk")),  # desk's pooled profile is desk.sittings
+        (("ada", "desk.sittings-1512x982"), ("ada", "desk")),  # desk's pool on that screen
+        (("ada", "desk.models"), ("ada", "desk")),  # desk's fits for other gaze models
         (("a/b", "x"), ("a_b", "x")),
     ]:
         pa, pb = profile_path(*a), profile_path(*b)
-        assert pa != pb and pa.with_suffix("") != pb.with_name(pb.stem + ".sittings"), (a, b)
+        beside = (pb.stem + ".sittings-1512x982", pb.stem + ".models")
+        assert pa != pb and pa.stem not in beside, (a, b)
     assert profile_path("ada", "MacBook Pro/M3").name.startswith("MacBook_Pro_M3-")
     users = (tmp_path / "users").resolve()
     for user, device in [("../../etc", "../passwd"), ("..", "x"), (".", "x"), ("", "")]:

@@ -47,13 +47,14 @@ from gazeloop.fastpath.views import NoUsableFrames, Views, session_views
 
 log = logging.getLogger(__name__)
 
-SUFFIX = ".sittings.json"
 
-
-def sittings_path(user: str, device: str) -> Path:
-    """Beside the user's profile for the device: `<device>.sittings.json`."""
+def sittings_path(user: str, device: str, screen_px: tuple[int, int]) -> Path:
+    """Beside the user's profile for the device: `<device>.sittings-<W>x<H>.json`, one per
+    screen size (one file for every size was fitted again, and the other's pool lost, each
+    time `run --screen-px` switched between them)."""
     p = profile_path(user, device)
-    return p.with_name(p.name.removesuffix(".json") + SUFFIX)
+    w, h = screen_px
+    return p.with_name(f"{p.name.removesuffix('.json')}.sittings-{int(w)}x{int(h)}.json")
 
 
 def calibration_sessions(user: str, device: str, screen_px: tuple[int, int]) -> list[Path]:
@@ -222,7 +223,7 @@ def current(user: str, device: str, screen: ScreenGeometry, fp_cfg) -> Path | No
     folders = calibration_sessions(user, device, screen.px)
     if len(folders) < 2:
         return None
-    path = sittings_path(user, device)
+    path = sittings_path(user, device, screen.px)
     try:
         if not stale(Profile.load(path), folders):
             return path

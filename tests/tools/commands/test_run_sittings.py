@@ -61,7 +61,8 @@ def test_a_new_sitting_starts_with_every_sitting_on_the_screen_pooled(
     second = _another(first, "20261202-090000")
     capsys.readouterr()
     own = tmp_path / "users/u/profiles/d.json"
-    pooled = tmp_path / "users/u/profiles/d.sittings.json"
+    screen = json.loads((Path(first) / "session.json").read_text())["screen_px"]
+    pooled = tmp_path / f"users/u/profiles/d.sittings-{screen[0]}x{screen[1]}.json"
 
     out = _run(shared, capsys)  # the same sitting as the last calibration: its own profile
     assert "pooled" not in out and not pooled.exists()
@@ -111,7 +112,7 @@ def test_one_calibration_session_is_nothing_to_pool(shared, tmp_path, monkeypatc
     capsys.readouterr()
     out = _run(shared, capsys)
     assert "pooled" not in out and "d.json" in out
-    assert not (tmp_path / "users/u/profiles/d.sittings.json").exists()
+    assert not list((tmp_path / "users/u/profiles").glob("d.sittings*"))
 
 
 @pytest.mark.slow
@@ -128,7 +129,7 @@ def test_two_sessions_of_which_one_is_unusable_pool_nothing_and_say_so(
     out = _run(shared, capsys)
     assert "pooling 2 calibration sessions" in out
     assert "fewer than two of them are usable; nothing pooled" in out
-    assert not (tmp_path / "users/u/profiles/d.sittings.json").exists()
+    assert not list((tmp_path / "users/u/profiles").glob("d.sittings*"))
 
 
 @pytest.mark.slow

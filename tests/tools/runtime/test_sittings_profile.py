@@ -64,3 +64,23 @@ def test_calibrations_that_made_no_profile_are_not_pooled(shared, tmp_path, monk
             (folder / "report/calibration.json").write_text(json.dumps(report))
     found = calibration_sessions("u", "d", tuple(manifest["screen_px"]))
     assert [f.name for f in found] == ["calibration-20261200-made"]
+
+
+def test_each_screen_size_keeps_its_own_pool(tmp_path, monkeypatch):
+    """One file for every screen size was fitted again, and the other size's pool lost,
+    each time `run --screen-px` switched between them."""
+    from gazeloop.calibration.profile import profile_path
+    from gazeloop.tools.runtime.sittings_profile import sittings_path
+
+    monkeypatch.setenv("GAZELOOP_HOME", str(tmp_path))
+    laptop, monitor = (
+        sittings_path("ada", "mac", (1512, 982)),
+        sittings_path("ada", "mac", (2560, 1440)),
+    )
+    assert (
+        laptop != monitor and laptop.parent == monitor.parent == profile_path("ada", "mac").parent
+    )
+    assert (laptop.name, monitor.name) == (
+        "mac.sittings-1512x982.json",
+        "mac.sittings-2560x1440.json",
+    )
