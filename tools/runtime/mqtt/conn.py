@@ -276,6 +276,17 @@ async def _watch_disconnect(client: aiomqtt.Client) -> None:
         pass
 
 
+async def wait_event(event: asyncio.Event, timeout: float) -> bool:
+    """Until `event` is set or `timeout` s have passed; whether it is set. Not
+    `asyncio.wait_for`: on Python 3.11 a cancel that lands while the awaited event has just
+    fired is returned as a result and lost, and a session that lost its stop that way ran on
+    after close() (the label uplink kept polling a closed outbox)."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    return event.is_set()
+
+
 async def first_of(*aws: Awaitable[Any]) -> Any:
     """Run awaitables together; return the first result (or raise its error), cancel the
     rest."""
@@ -353,8 +364,7 @@ async def supervise(
             break
         if up_since is not None and time.monotonic() - up_since >= stable_s:
             backoff.reset()  # only a connection that held counts as recovery
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), backoff.next())
+        await wait_event(stop, backoff.next())
     return None
 
 
@@ -384,6 +394,11 @@ class Supervised:
 
     def close(self, timeout: float = 5.0) -> None:
         self._thread.stop(timeout)
+
+    @property
+    def alive(self) -> bool:
+        """Whether its thread runs: from start() until close() has ended it."""
+        return self._thread.alive
 
     async def _supervise(self, stop: asyncio.Event, **connect: Any) -> None:
         """`supervise` this object's session with its own stats and backoff, so that what
@@ -480,4 +495,5 @@ __all__ = [
     "release",
     "supervise",
     "topic_part",
+    "wait_event",
 ]

@@ -49,6 +49,7 @@ import logging
 import math
 import os
 import socket
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -82,6 +83,7 @@ from gazeloop.tools.runtime.mqtt.conn import (
     ack,
     client_id,
     topic_part,
+    wait_event,
 )
 from gazeloop.tools.runtime.mqtt.outbox import Outbox, OutboxError, outbox_path
 
@@ -278,6 +280,7 @@ class LabelUplink(Supervised):
         self._sent = 0
         self._bad: set[Any] = set()
         self._wake: asyncio.Event | None = None
+        self._closing = threading.Event()
 
     def _screen_of(self, row: StoredLabel) -> ScreenGeometry | None:
         """The screen the label's point is a fraction of: its run's, when recorded (a run
@@ -298,6 +301,9 @@ class LabelUplink(Supervised):
         )
 
     def close(self, timeout: float = 5.0) -> None:
+        # Said before the stop, so the session leaves at its next look even if the stop's
+        # cancel is lost in a library await, and says nothing of the outbox closed below.
+        self._closing.set()
         super().close(timeout)
         self.outbox.close()
 
@@ -414,19 +420,20 @@ class LabelUplink(Supervised):
 
     async def _session(self, client: aiomqtt.Client) -> None:
         assert self._wake is not None
-        while True:
+        while not self._closing.is_set():
             self._wake.clear()  # before looking: a nudge from now on is not lost
             try:
                 batch = await asyncio.to_thread(self._next_batch)
             except (LabelStoreError, OutboxError) as e:
+                if self._closing.is_set():
+                    return  # closed by close() itself, not a fault to report
                 # The store is the queue: while it (or the outbox) cannot be read, wait (a
                 # closed or locked store is the owner's business), keep the connection.
                 self._link.last_error = str(e)
                 log.warning("labels unreadable: %s", e)
                 batch = []
             if not batch:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_s)
+                await wait_event(self._wake, self.poll_s)
                 continue
             results = await asyncio.gather(
                 *(client.publish(self.topic, payload, qos=1) for _, payload in batch),
