@@ -22,6 +22,7 @@ from gazeloop.fastpath.sources import CameraSource
 from gazeloop.fastpath.types import Frame
 from gazeloop.tools.commands._args import finite_float, positive_float, positive_int
 from gazeloop.tools.errors import UserError
+from gazeloop.tools.runtime.interrupts import terminate_as_interrupt
 from gazeloop.tools.runtime.labelled import LabelledSource, open_labelled
 from gazeloop.tools.runtime.recording import RateGate, UnixClock
 
@@ -205,12 +206,14 @@ def run(args: argparse.Namespace) -> int:
                 f"the screen size is unknown ({args.source} has no session.json): give "
                 "--screen-px W H, the screen the labels are pixels of"
             )
+        _check_mirroring_known(args, ls)
         described, label_of = _labeler(args, ls, screen_px)
         writer = SessionWriter(args.out, _manifest(args, ls, screen_px))
         clock = UnixClock(ls.source)
         print(f"recording {ls.describe()} to {args.out}; labels: {described}", flush=True)
         try:
-            stats = _record(args, ls, writer, gate, clock, label_of)
+            with terminate_as_interrupt():  # a kill ends it as Ctrl-C does: a whole session
+                stats = _record(args, ls, writer, gate, clock, label_of)
         except WriteError as e:
             raise UserError(_kept(e, writer)) from None
         notes = _notes(args, ls, writer, described, stats)
@@ -227,14 +230,28 @@ def run(args: argparse.Namespace) -> int:
     return 0 if writer.written else 1
 
 
+def _check_mirroring_known(args, ls: LabelledSource) -> None:
+    """A source session that does not say whether its frames are selfie views (no
+    session.json, no --mirrored) was copied as it is and marked un-mirrored: grid9 recorded
+    so read at 107 px against 79 (`eval`), its gaze on the wrong side of the screen."""
+    if ls.session is not None and not ls.session.mirrored_stated:
+        raise UserError(
+            f"{args.source} has no session.json to say whether its frames are selfie views; "
+            "give --mirrored (they are: stored flipped back) or --no-mirrored"
+        )
+
+
 def _manifest(args, ls: LabelledSource, screen_px: tuple[int, int]) -> SessionManifest:
     """The new session's manifest: the flags' words, else the source session's; its frames
-    are stored un-mirrored, whatever the source's were."""
+    are stored un-mirrored, whatever the source's were. The source's millimetres only for
+    the source's own screen: beside another --screen-px they were another screen's."""
     src_manifest = ls.session.manifest if ls.session is not None else None
+    same_screen = tuple(_get(src_manifest, "screen_px") or ()) == tuple(screen_px)
+    mm = src_manifest if same_screen else None
     return SessionManifest(
         screen_px=screen_px,
-        screen_mm=tuple(args.screen_mm) if args.screen_mm else _get(src_manifest, "screen_mm"),
-        camera_mm=tuple(args.camera_mm) if args.camera_mm else _get(src_manifest, "camera_mm"),
+        screen_mm=tuple(args.screen_mm) if args.screen_mm else _get(mm, "screen_mm"),
+        camera_mm=tuple(args.camera_mm) if args.camera_mm else _get(mm, "camera_mm"),
         mirrored=False,
         user=args.user or _get(src_manifest, "user"),
         device=args.device or _get(src_manifest, "device"),

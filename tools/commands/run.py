@@ -33,7 +33,6 @@ import argparse
 import contextlib
 import logging
 import math
-import signal
 import sys
 import time
 from pathlib import Path
@@ -72,6 +71,7 @@ from gazeloop.tools.commands._args import (
 )
 from gazeloop.tools.errors import UserError
 from gazeloop.tools.runtime.calibration import default_session_dir, manifest_for
+from gazeloop.tools.runtime.interrupts import terminate_as_interrupt
 from gazeloop.tools.runtime.labelled import LabelledSource, open_labelled
 from gazeloop.tools.runtime.live import Live, made_this_sitting, model_record
 from gazeloop.tools.runtime.recording import UnixClock
@@ -485,7 +485,7 @@ def _run(args: argparse.Namespace, ls: LabelledSource) -> int:
     stream = iter(src)
     ui = None if args.headless else _window(args, ls, live, stream, watcher)
     try:
-        with _terminate_as_interrupt():
+        with terminate_as_interrupt():
             frames, interrupted = _track(
                 args, live, src, stream, ui=ui, replay=replay, cursor=cursor
             )
@@ -498,22 +498,6 @@ def _run(args: argparse.Namespace, ls: LabelledSource) -> int:
     if interrupted:
         return 130
     return 0 if frames else 1  # a source that gave nothing trackable is a failed run
-
-
-@contextlib.contextmanager
-def _terminate_as_interrupt():
-    """SIGTERM (a service manager, `kill`) stops the run as Ctrl-C does: labels in the
-    writer's queue stored, the oracle closed, the summary said. It killed the process at
-    once, leaving a replay's imported copy behind. Only the main thread can set it."""
-    try:
-        old = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    except ValueError:  # not the main thread (tests, an embedding program)
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
 
 
 def _before_models(args, ls: LabelledSource):

@@ -82,6 +82,11 @@ def test_a_session_without_manifest_needs_the_screen_and_keeps_its_labels(shared
     grid9 = shared / "data/sessions/grid9"
     rc, _, err = cli("record", tmp_path / "x", "--source", grid9)
     assert rc == 2 and "--screen-px" in err and not (tmp_path / "x").exists()
+    # Not saying whether its frames are selfie views: copied as they were and marked
+    # un-mirrored, grid9 then read at 107 px against 79.
+    rc, _, err = cli("record", tmp_path / "y", "--source", grid9, "--screen-px", 1920, 1080)
+    assert rc == 2 and "--mirrored" in err and "--no-mirrored" in err, err
+    assert not (tmp_path / "y").exists()
     rc, _, err = cli(
         "record", tmp_path / "g", "--source", grid9, "--screen-px", 1920, 1080, "--mirrored"
     )
@@ -153,7 +158,13 @@ def test_a_screen_other_than_the_targets_own_is_refused_and_a_point_label_takes_
     assert rc == 2 and "--screen-px 1920x1080" in err and "2560x1440" in err, err
     rc, _, err = cli("record", tmp_path / "b", *args, "--point", 100, 100)
     assert rc == 0, err
-    assert read_session(tmp_path / "b").manifest.screen_px == (1920, 1080)
+    m = read_session(tmp_path / "b").manifest
+    assert m.screen_px == (1920, 1080)
+    # The recording's millimetres are of its 2560x1440 screen, not of this one.
+    assert m.screen_mm is None and m.camera_mm is None
+    rc, _, err = cli("record", tmp_path / "c", "--source", video, "--frames", 2)
+    assert rc == 0, err
+    assert read_session(tmp_path / "c").manifest.screen_mm == (597.0, 336.0)  # its own screen
 
 
 def test_rate_gate_keeps_the_target_rate_through_jitter_and_gaps():
@@ -168,3 +179,39 @@ def test_rate_gate_keeps_the_target_rate_through_jitter_and_gaps():
     times = [0, 100, 200, 1200, 1250, 1300, 1400]
     assert [x for x in times if gate2.keep(x * MS)] == [0, 100, 200, 1200, 1300, 1400]
     assert RateGate(None).keep(5)
+
+
+def test_a_killed_recording_ends_as_an_interrupted_one(shared, tmp_path, monkeypatch):
+    """SIGTERM killed `record` outright: a picture without its label, hidden temporary files,
+    and a manifest that never said it was cut short. Here the process sends it to itself at
+    the third frame, through the real signal handler."""
+    import os
+    import signal
+
+    from gazeloop.tools.commands import record
+
+    point = record._at_point
+
+    def killed_at_third(args, screen_px):
+        described, label = point(args, screen_px)
+        seen = []
+
+        def labelled(frame):
+            seen.append(frame)
+            if len(seen) == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return label(frame)
+
+        return described, labelled
+
+    monkeypatch.setattr(record, "_at_point", killed_at_third)
+    out = tmp_path / "rec"
+    video = shared / "data/video-corners4/calibrate.mp4"
+    rc, said, err = cli(
+        "record", out, "--source", video, "--point", 10, 10, "--screen-px", 640, 480
+    )
+    assert rc == 0, err
+    assert "interrupted" in said
+    s = read_session(out, check_images=True)
+    assert 1 <= len(s) <= 3 and "interrupted" in s.manifest.notes
+    assert not [f for f in out.iterdir() if f.name.startswith(".")]  # no temporary left
