@@ -33,6 +33,7 @@ from gazeloop.tools.commands._args import (
 from gazeloop.tools.errors import UserError
 from gazeloop.tools.runtime import demo
 from gazeloop.tools.runtime.importers import import_corners4
+from gazeloop.tools.runtime.run_config import CONFIG_FILE
 from gazeloop.tools.runtime.sample_data import default_shared
 from gazeloop.tools.ui import report
 
@@ -86,6 +87,17 @@ def _recording(data: Path | None) -> Path:
     )
 
 
+def _check_out(out: Path) -> None:
+    """A folder is written into only when new, empty or an earlier demo's: the demo replaces
+    `session/` and `profile.json` there, and replaced a user's own without a word."""
+    earlier = any((out / name).is_file() for name in ("summary.json", CONFIG_FILE))
+    if out.is_dir() and any(out.iterdir()) and not earlier:
+        raise UserError(
+            f"--out {out}: a folder with other files in it, where the demo would replace "
+            "session/ and profile.json; give a new or empty folder, or an earlier demo's"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     src = _recording(args.data)
     # A label every second unless the config file or the flag says otherwise (the demo
@@ -93,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
     # the folder is made.
     cfg = labelling_config(args, default_interval_s=1.0)
     out = args.out
+    _check_out(out)
     check_writable(out, folder=True, need_bytes=_DEMO_BYTES)
     make_folder(out)
     session_dir = out / "session"
@@ -119,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"3. replaying {args.passes} passes, drift of {args.drift_px:.0f} px from t="
         f"{(onset - session.items[0].t_ms * 1_000_000) / 1e9:.1f} s; oracle: the recording's "
-        "own target labels (ground truth replayed, not a model)"
+        "own target labels (ground truth replayed, not a model); the errors below are "
+        "in-sample: the profile was fitted on these frames"
     )
     trace = demo.replay(
         live, session, screen, args.passes, onset, on_status=lambda line: print(line, flush=True)
@@ -143,7 +157,8 @@ def _html(out: Path, summary: dict, ev) -> None:
             "gazeloop demo",
             "The 4-corner webcam recording, calibrated, then replayed as a live stream with a "
             "drift injected; the oracle replays the recording's own target labels (ground "
-            "truth, not a model).",
+            "truth, not a model). The errors are in-sample: the profile was fitted on the "
+            "frames it replays (its leave-one-target-out error is calibration_loto_mean_px).",
             [
                 (None, report.key_values(summary)),
                 ("Drift correction", report.image("loop.png", "error and loop offset over time")),

@@ -207,6 +207,14 @@ def _status(live: Live, screen, since_ns: int, window_err: list[float], drifted:
     )
 
 
+# The error_* figures are of a profile fitted on the very frames replayed: the honest figure
+# for a new frame is the calibration's leave-one-target-out mean beside them.
+IN_SAMPLE_NOTE = (
+    "error_* are in-sample (the profile was fitted on the frames it replays); "
+    "calibration_loto_mean_px is its leave-one-target-out error"
+)
+
+
 def summarise(tr: dict, ev: Evaluated, drift_px: float, live: Live, store_note: str) -> dict:
     t, err, onset = tr["t"], tr["err"], tr["onset"]
     before = err[(t < onset) & np.isfinite(err)]
@@ -218,6 +226,7 @@ def summarise(tr: dict, ev: Evaluated, drift_px: float, live: Live, store_note: 
     acc = sum(d.accepted for d in live.decisions)
     return {
         "oracle": ORACLE_NOTE,
+        "errors": IN_SAMPLE_NOTE,
         "calibration_loto_mean_px": ev.report.mean_px,
         "constant_predictor_px": ev.report.baseline_mean_px,
         "injected_drift_px": drift_px,

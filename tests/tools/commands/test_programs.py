@@ -43,6 +43,13 @@ def test_demo_data_is_the_shared_folder_or_its_recording_and_a_bad_config_makes_
     out = tmp_path / "d4"
     assert main(["demo", "--config", str(bad), "--out", str(out)]) == 2
     assert "loop.huber_k" in capsys.readouterr().err and not out.exists()
+    # A folder of the user's: its session/ and profile.json were replaced without a word.
+    mine = tmp_path / "mine"
+    (mine / "session").mkdir(parents=True)
+    (mine / "profile.json").write_text("{}")
+    assert main(["demo", "--out", str(mine)]) == 2
+    assert "--out" in capsys.readouterr().err and (mine / "profile.json").read_text() == "{}"
+    assert list((mine / "session").iterdir()) == []
 
 
 @pytest.fixture(scope="module")
