@@ -20,13 +20,16 @@ from gazeloop.oracle.process import read_frame, snapshot_from_frame, write_frame
 log = logging.getLogger("gazeloop.oracle.host")
 
 
-def _lower_priority() -> None:
-    """Yield every contested core to the fast path. On Linux SCHED_IDLE does this outright: a
-    waking fast-path thread preempts us at once instead of after a scheduler slice, which a
-    nice value alone leaves to CFS's fairness (with nice 10 the fast path's p99 frame time was
-    14.5 ms on the 2-core x86 VM, 2026-11-22; what fully protects it is disjoint cores, see
-    `ProcessOracle`'s `isolate`). Elsewhere a nice value is what there is."""
-    nice = int(os.environ.get("GAZELOOP_ORACLE_NICE", "10"))
+def lower_priority(nice: int | None = None) -> None:
+    """Yield every contested core to the fast path (this process: the oracle's child, or a profile
+    refit's). `nice`: else GAZELOOP_ORACLE_NICE, else 10; 0 leaves it as it is. On Linux
+    SCHED_IDLE does this outright: a waking fast-path thread preempts us at once instead of
+    after a scheduler slice, which a nice value alone leaves to CFS's fairness (with nice 10
+    the fast path's p99 frame time was 14.5 ms on the 2-core x86 VM, 2026-11-22; what fully
+    protects it is disjoint cores, see `ProcessOracle`'s `isolate`). Elsewhere a nice value
+    is what there is."""
+    if nice is None:
+        nice = int(os.environ.get("GAZELOOP_ORACLE_NICE", "10"))
     if nice <= 0:
         return
     if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
@@ -112,7 +115,7 @@ def serve(inp, out) -> int:
 def main() -> int:
     logging.basicConfig(level=logging.WARNING, format="oracle-host %(levelname)s %(message)s")
     _pin()
-    _lower_priority()
+    lower_priority()
     # Our stdout is the reply channel: anything else that prints, Python or C, must not
     # corrupt it, so the channel gets its own descriptor and fd 1 becomes stderr.
     out = os.fdopen(os.dup(1), "wb")

@@ -45,6 +45,16 @@ _MAX_PAYLOAD = 256 << 20  # an 8K BGR frame is 100 MB; anything bigger is not a 
 _POLL_S = 0.05
 
 
+def python_child_env() -> dict[str, str]:
+    """The environment of a `python -P -m gazeloop...` child. -P keeps the user's working
+    folder off the child's path (a folder there named `gazeloop`, a checkout, would be
+    imported instead of the installed package); the child sees exactly this process's path
+    instead, so what is importable here is importable there."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    return env
+
+
 class ProcessOracleError(OracleError):
     """The child could not be started, could not build its oracle, or died."""
 
@@ -243,17 +253,13 @@ class ProcessOracle:
     # --- child lifecycle ------------------------------------------------------------------
 
     def _spawn(self) -> subprocess.Popen[bytes]:
-        env = dict(os.environ)
+        env = python_child_env()
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             env[var] = str(self.threads)
         env["GAZELOOP_ORACLE_THREADS"] = str(self.threads)
         env["GAZELOOP_ORACLE_NICE"] = str(self.niceness)
         if self.cpus is not None:  # the child pins itself too, before it starts threads
             env["GAZELOOP_ORACLE_CPUS"] = ",".join(map(str, self.cpus[1]))
-        # -P: the user's working folder is not put on the child's path (a folder there named
-        # `gazeloop` would be imported instead of ours); the child sees exactly the parent's
-        # path instead, so a factory importable here is importable there.
-        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         proc = subprocess.Popen(
             [sys.executable, "-P", "-m", "gazeloop.oracle.host"],
             stdin=subprocess.PIPE,

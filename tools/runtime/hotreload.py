@@ -169,6 +169,8 @@ class ModelWatcher:
                 prof = refit_in_child(profile, self.fp.cfg, onnx_path, on_start=self._started)
                 mapper = ProfileMapper(prof, screen)
         except Exception as e:  # a bad model must never stop tracking with the old one
+            if self._stop.is_set():  # its refit ended by stop(): nothing went wrong
+                return False
             msg = f"{name} not used: {e}"
             self.errors.append(msg)
             log.error(msg)

@@ -2,15 +2,20 @@
 
 A refit reads every calibration frame through the new model's fast path: seconds of full
 CPU. When the watcher does it while the user is tracked (`hotreload.ModelWatcher`), a thread
-of the same process took the cores from the fast path: on 2 cores the cursor fell from
-about 100 to 53 frames a second for the refit's duration. So the watcher runs it in a
-child process at a lower scheduling priority (`NICE`): the operating system then gives the
-fast path the cores it asks for and the refit the rest. Job and answer go through JSON
-files (no pickle); the child's log lines come back as the parent's warnings.
+of the same process took the cores from the fast path: on the 2-core Linux VM the cursor
+fell from about 100 to 53 frames a second for the refit's duration (95 to 91 in a child;
+not measured on a Mac). So the watcher runs it in a child process at the oracle's low
+priority (`oracle.host.lower_priority`: SCHED_IDLE on Linux, a nice value elsewhere, and
+on macOS also the background class that keeps it off the cores the cursor uses). The
+child is started as the oracle's is (`python -P`: a `gazeloop` folder where the user stands
+is not imported instead of the installed package) in its own session (Ctrl-C in the
+terminal stops `run`, which ends the child; it does not print a traceback). Job and answer
+go through JSON files (no pickle); the child's own log lines come back as warnings.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -28,11 +33,11 @@ from gazeloop.calibration.profile import Profile
 from gazeloop.calibration.sittings import cell_ids, point_groups
 from gazeloop.fastpath.collect import collect_session
 from gazeloop.fastpath.pipeline import FastPath, FastPathConfig
+from gazeloop.oracle.host import lower_priority
+from gazeloop.oracle.process import python_child_env
 from gazeloop.tools.runtime.quiet import THIRD_PARTY
 
 log = logging.getLogger(__name__)
-
-NICE = 10  # about a tenth of a core's share against the fast path's default priority
 
 
 def refit_profile(profile: Profile, fp_cfg, onnx_path: Path | None) -> Profile:
@@ -100,7 +105,7 @@ def refit_in_child(
     *,
     on_start: Callable[[subprocess.Popen], None] | None = None,
 ) -> Profile:
-    """`refit_profile` in a child process at priority `NICE`. `on_start` gets the child
+    """`refit_profile` in a child process at low priority. `on_start` gets the child
     (the watcher terminates it when tracking stops). RuntimeError with the child's reason
     when it fails."""
     with tempfile.TemporaryDirectory(prefix="gazeloop-refit-") as tmp:
@@ -111,9 +116,14 @@ def refit_in_child(
             "gaze_model": None if onnx_path is None else str(onnx_path),
         }
         job.write_text(json.dumps(spec), encoding="utf-8")
-        cmd = [sys.executable, "-m", __name__, str(job), str(answer)]
         child = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            [sys.executable, "-P", "-m", __name__, str(job), str(answer)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=python_child_env(),
+            cwd=os.getcwd(),
+            start_new_session=True,
         )
         if on_start is not None:
             on_start(child)
@@ -139,8 +149,10 @@ def _own_lines(err: bytes) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """The child: job file in, answer file out (written last, so no answer means it died)."""
     job, answer = (Path(a) for a in (argv if argv is not None else sys.argv[1:]))
-    if hasattr(os, "nice"):
-        os.nice(NICE)
+    lower_priority(10)
+    if hasattr(os, "PRIO_DARWIN_BG"):  # macOS, Python 3.12+: the background class
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_DARWIN_PROCESS, 0, os.PRIO_DARWIN_BG)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     spec = json.loads(job.read_text(encoding="utf-8"))
     onnx = spec["gaze_model"]
