@@ -490,7 +490,7 @@ def moondream_config(args: argparse.Namespace, *, loads_weights: bool):
             "moondream: no reviewed commit of its remote code is recorded in this release; "
             "give --code-commit SHA (the commit you reviewed) or --moondream-unpinned"
         )
-    if args.moondream_unpinned and commit is None:
+    if loads_weights and args.moondream_unpinned and commit is None:
         print("WARNING: Moondream remote code UNPINNED: unreviewed code will run", file=sys.stderr)
     return MoondreamConfig(code_commit=commit, allow_unpinned=args.moondream_unpinned)
 

@@ -93,24 +93,29 @@ def run_eval(args: argparse.Namespace) -> int:
     px = tuple(args.screen_px) if args.screen_px else None
     session, screen, basis = oracle_eval.session_and_screen(args.session, px, args.mirrored)
     out: dict[str, Any] = {"session": str(args.session), "oracle": args.oracle}
+    not_scored: dict[str, int] = {}  # clicks draw on settled frames only (`collect_points`)
     if args.oracle == "targets":
         from gazeloop.oracle.simple import TargetOracle
 
         out["oracle_note"] = "the session's own targets (TargetOracle): distance 0 by construction"
-        results = oracle_eval.label_frames(TargetOracle(), session, screen, give_target=True)
+        results, not_scored = oracle_eval.label_frames(
+            TargetOracle(), session, screen, give_target=True
+        )
     elif args.oracle == "moondream":
         cfg = moondream_config(args, loads_weights=args.weights)
         oracle, note = oracle_eval.moondream_oracle(screen, cfg, args.weights)
         out["oracle_note"] = note
         try:
-            results = oracle_eval.label_frames(oracle, session, screen, give_target=False)
+            results, not_scored = oracle_eval.label_frames(
+                oracle, session, screen, give_target=False
+            )
         finally:
             oracle.close()
     else:
         results = _clicks(args, screen.px)
         out["oracle_note"] = oracle_eval.CLICKS_EVAL_NOTE
     out.update(screen_px=list(screen.px), screen_basis=basis)
-    out["summary"] = oracle_eval.summarise(results)
+    out["summary"] = oracle_eval.summarise(results, not_scored)
     out["labels"] = oracle_eval.as_dicts(results)
     print(json.dumps(out) if args.json else json.dumps(out, indent=1), flush=True)
     if args.plot is not None:  # after the report: a failed picture loses no results

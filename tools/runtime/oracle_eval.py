@@ -11,8 +11,11 @@ the truth (a line label), and latency; then medians. Which oracle ran is in the 
   A kept click's label is the click, on the target, so its distance is 0 by construction;
   what is measured is which clicks are kept, and how far the fixation that vouched for each
   was from the target (`fixation_px`).
-- `moondream`: `MoondreamOracle` on every frame, through the API-shaped double unless
-  real weights are asked for (`--weights`); the output's `oracle_note` says which.
+- `moondream`: `MoondreamOracle` on every settled frame, through the API-shaped double
+  unless real weights are asked for (`--weights`); the output's `oracle_note` says which.
+
+Frames marked settling (the eyes still moving to the target) are not given to the oracle:
+the truth is not where the person looks. The summary counts them under `not_scored`.
 """
 
 from __future__ import annotations
@@ -32,9 +35,11 @@ from gazeloop.calibration.labels import LineObservation, PointObservation, Snaps
 from gazeloop.calibration.store.session import (
     ImageDecodeError,
     Session,
+    SessionItem,
     load_image,
     read_session,
 )
+from gazeloop.fastpath.collect import target_ids
 from gazeloop.oracle.base import OracleError, check_label
 from gazeloop.tools.errors import UserError
 
@@ -44,7 +49,7 @@ DEFAULT_CAMERA_NORM = (0.5, -0.03)  # a webcam centred just above the visible ar
 @dataclass(frozen=True, slots=True)
 class LabelResult:
     item: str  # the frame (or click) this label is about
-    target: int | None
+    target: int  # the session's target id (`fastpath.collect.target_ids`)
     truth_px: tuple[float, float]
     returned: bool
     why_not: str | None = None
@@ -83,7 +88,12 @@ def line_errors(origin_norm, direction_norm, truth_px, size) -> tuple[float, flo
     return float(perp), float(angle)
 
 
-def summarise(results: list[LabelResult]) -> dict[str, Any]:
+def summarise(
+    results: list[LabelResult], not_scored: dict[str, int] | None = None
+) -> dict[str, Any]:
+    """Counts and medians over `results`; `not_scored`: frames left out before labelling,
+    by why, reported beside them and in none of the numbers."""
+
     def med(name: str) -> float | None:
         vals = [getattr(r, name) for r in results if getattr(r, name) is not None]
         return round(statistics.median(vals), 2) if vals else None
@@ -98,6 +108,7 @@ def summarise(results: list[LabelResult]) -> dict[str, Any]:
         "returned": returned,
         "returned_share": round(returned / len(results), 3) if results else None,
         "why_not": dict(sorted(why.items())),
+        "not_scored": dict(sorted((not_scored or {}).items())),
         "median_distance_px": med("distance_px"),
         "median_perpendicular_px": med("perpendicular_px"),
         "median_angle_deg": med("angle_deg"),
@@ -106,16 +117,28 @@ def summarise(results: list[LabelResult]) -> dict[str, Any]:
     }
 
 
-def _target_ids(session: Session) -> list[int | None]:
-    return [getattr(it.record, "target", None) for it in session.items]
+def scored_frames(session: Session) -> tuple[list[tuple[SessionItem, int]], dict[str, int]]:
+    """The frames where the person looks at the truth, each with its target id (as
+    `gazeloop eval` and the clicks replay number them), and how many were left out, by why:
+    `settling` frames are left out as `gazeloop eval` and the demo leave them out."""
+    frames, settling = [], 0
+    for it, target in zip(session.items, target_ids(session), strict=True):
+        if (it.record.model_extra or {}).get("settling"):
+            settling += 1
+        else:
+            frames.append((it, target))
+    return frames, ({"settling": settling} if settling else {})
 
 
-def label_frames(oracle, session: Session, screen: ScreenGeometry, give_target: bool):
-    """Each frame of the session as a snapshot through `oracle`, checked like the worker
-    checks every answer."""
+def label_frames(
+    oracle, session: Session, screen: ScreenGeometry, give_target: bool
+) -> tuple[list[LabelResult], dict[str, int]]:
+    """Each settled frame of the session as a snapshot through `oracle`, checked like the
+    worker checks every answer; and the frames not scored, by why (`scored_frames`)."""
     size = np.asarray(screen.px, dtype=np.float64)
+    frames, not_scored = scored_frames(session)
     out = []
-    for it, target in zip(session.items, _target_ids(session), strict=True):
+    for it, target in frames:
         truth = tuple(float(v) for v in it.label_px)
         tn = (truth[0] / size[0], truth[1] / size[1])
         try:
@@ -137,7 +160,7 @@ def label_frames(oracle, session: Session, screen: ScreenGeometry, give_target: 
             continue
         ms = (time.perf_counter() - t0) * 1e3
         out.append(_measured(it.name, target, truth, label, ms, size))
-    return out
+    return out, not_scored
 
 
 def _measured(name, target, truth, label, ms, size) -> LabelResult:

@@ -15,6 +15,7 @@ from gazeloop.tools.runtime.oracle_eval import (
     point_distance_px,
     summarise,
 )
+from tests.paths import ROOT
 
 SIZE = np.array([2000.0, 1000.0])
 
@@ -49,10 +50,11 @@ def test_summary_medians_skip_labels_without_the_number():
         LabelResult("b", 0, (0, 0), True, kind="point", distance_px=30.0, latency_ms=7.0),
         LabelResult("c", 1, (0, 0), False, why_not="burst", latency_ms=9.0),
     ]
-    s = summarise(rs)
+    s = summarise(rs, {"settling": 4})
     assert (s["labels"], s["returned"], s["returned_share"]) == (3, 2, 0.667)
     assert s["median_distance_px"] == 20.0 and s["median_latency_ms"] == 7.0
     assert s["why_not"] == {"burst": 1} and s["median_angle_deg"] is None
+    assert s["not_scored"] == {"settling": 4}  # beside the numbers, in none of them
 
 
 def test_targets_on_grid9_are_every_frame_at_distance_zero(shared, capsys, tmp_path):
@@ -65,6 +67,9 @@ def test_targets_on_grid9_are_every_frame_at_distance_zero(shared, capsys, tmp_p
     assert (s["labels"], s["returned"], s["median_distance_px"]) == (9, 9, 0.0)
     assert all(r["kind"] == "point" and r["latency_ms"] >= 0 for r in out["labels"])
     assert all(r["point_px"] == r["truth_px"] for r in out["labels"])  # what --plot joins
+    # grid9's records carry no target field: one id per distinct target, as clicks number them.
+    assert {r["target"] for r in out["labels"]} == set(range(9))
+    assert s["not_scored"] == {}  # grid9 marks no frame settling
     import matplotlib.image
 
     assert matplotlib.image.imread(png).shape[:2] == (572, 1210)
@@ -81,6 +86,7 @@ def test_moondream_runs_through_the_double_and_says_so(shared, capsys):
     # The double's forced point is to the image's right: lines, whose numbers are reported.
     assert all(r["kind"] == "line" for r in out["labels"])
     assert 0 <= s["median_angle_deg"] <= 180 and s["median_perpendicular_px"] > 0
+    assert {r["target"] for r in out["labels"]} == set(range(9))  # 9 labels, 9 targets
     # The line as --plot draws it (origin px, unit direction on the glass) is the line
     # the distance was measured from.
     for r in out["labels"]:
@@ -89,6 +95,50 @@ def test_moondream_runs_through_the_double_and_says_so(shared, capsys):
         tx, ty = r["truth_px"]
         perp = abs(ux * (ty - oy) - uy * (tx - ox))
         assert perp == pytest.approx(r["perpendicular_px"], abs=2.0)
+
+
+@pytest.mark.slow
+def test_settling_frames_are_not_scored_and_are_counted(shared, capsys, tmp_path):
+    """The importer marks the first frames after each change of target settling: the eyes
+    are still on their way, so the target is not the truth there."""
+    from gazeloop.tools.runtime.importers import import_corners4
+
+    folder = tmp_path / "c4"
+    import_corners4(shared / "data/video-corners4", folder)
+    records = {
+        p.with_suffix(".jpg").name: json.loads(p.read_text()) for p in folder.glob("img_*.json")
+    }
+    settled = {name for name, r in records.items() if not r["settling"]}
+    assert (len(records), len(settled)) == (74, 46)
+    out = run_json(capsys, str(folder), "--oracle", "moondream")
+    s = out["summary"]
+    assert (s["labels"], s["returned"], s["not_scored"]) == (46, 46, {"settling": 28})
+    assert {r["item"] for r in out["labels"]} == settled
+    # Each label names the study's own target (the csv's idx, 0-3), never null.
+    assert all(r["target"] == records[r["item"]]["target"] for r in out["labels"])
+    assert {r["target"] for r in out["labels"]} == {0, 1, 2, 3}
+
+
+def test_unpinned_warns_only_when_the_real_model_would_load(shared, capsys, monkeypatch, tmp_path):
+    grid9 = [str(shared / "data/sessions/grid9"), "--oracle", "moondream", "--moondream-unpinned"]
+    assert main(["oracle", "eval", *grid9, "--json"]) == 0
+    err = capsys.readouterr().err  # the double: no remote code runs, nothing to warn about
+    assert "UNPINNED" not in err and "WARNING" not in err
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["oracle", "eval", *grid9, "--weights"]) == 2  # offline: no weights to load
+    err = capsys.readouterr().err
+    assert err.startswith("WARNING: Moondream remote code UNPINNED: unreviewed code will run\n")
+
+
+def test_the_readme_names_every_field_of_the_output(shared, capsys):
+    out = run_json(capsys, str(shared / "data/sessions/grid9"), "--oracle", "targets")
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("`gazeloop oracle eval` runs one oracle") :].split("\n### ")[0]
+    fields = [*out, *out["summary"], *out["labels"][0]]
+    assert not [f for f in fields if f"`{f}`" not in section]
+    for said in ("0-180", "0 points at the truth", "`settling`", "the double's canned answers"):
+        assert said in section
 
 
 def test_real_moondream_offline_is_one_clear_error(shared, capsys, monkeypatch, tmp_path):
