@@ -161,8 +161,14 @@ class _Accelerator:
     def get_outputs(self):
         return self.cpu.get_outputs()
 
+    def get_providers(self):
+        return [COREML, CPU]
+
     def run(self, names, feed):
-        return [out * self.gain for out in self.cpu.run(names, feed)]
+        outs = self.cpu.run(names, feed)
+        if self.gain is None:  # an operator that loses a dimension
+            return [o.reshape(-1) for o in outs]
+        return [out * self.gain for out in outs]
 
 
 def _accelerated(monkeypatch, behave):
@@ -171,11 +177,16 @@ def _accelerated(monkeypatch, behave):
 
     real = sessions._open
 
+    opens: list[list[str]] = []
+
     def opened(source, opts, providers):
+        opens.append(list(providers))
         cpu = real(source, opts, [CPU])
         return cpu if list(providers) == [CPU] else behave(cpu)
 
     monkeypatch.setattr(sessions, "_open", opened)
+    monkeypatch.setattr(sessions, "_VERDICTS", {})
+    return opens
 
 
 def test_auto_is_marked_so_and_a_forced_provider_is_not():
@@ -188,9 +199,10 @@ def test_auto_is_marked_so_and_a_forced_provider_is_not():
 @pytest.mark.parametrize(
     ("behave", "said"),
     [
-        (lambda cpu: _Accelerator(cpu, 1.0 + 1e-4), None),  # float16-sized differences
-        (lambda cpu: _Accelerator(cpu, 1.05), "answers it differently from the CPU (output"),
+        (lambda cpu: _Accelerator(cpu, 1.0 + 1e-2), None),  # float16-sized differences
+        (lambda cpu: _Accelerator(cpu, 1.2), "answers it differently from the CPU (output"),
         (lambda cpu: _Accelerator(cpu, float("nan")), "answers it differently"),
+        (lambda cpu: _Accelerator(cpu, None), "answers it differently from the CPU (output"),
         (lambda cpu: _raise("CoreML: unsupported op"), "cannot run it (CoreML: unsupported"),
     ],
 )
@@ -202,9 +214,10 @@ def test_an_accelerator_auto_chose_runs_only_when_it_answers_as_the_cpu(
     from gazeloop.fastpath.providers import AutoChoice
     from gazeloop.fastpath.sessions import SessionOpenError, open_session
 
-    _accelerated(monkeypatch, behave)
+    opens = _accelerated(monkeypatch, behave)
     caplog.set_level("WARNING", logger="gazeloop.fastpath.sessions")
-    got = open_session(gaze_onnx, providers=AutoChoice([COREML, CPU]), name="gaze model g")
+    auto = AutoChoice([COREML, CPU])
+    got = open_session(gaze_onnx, providers=auto, name="gaze model g")
     if said is None:
         assert isinstance(got, _Accelerator) and not caplog.records
     else:
@@ -212,6 +225,11 @@ def test_an_accelerator_auto_chose_runs_only_when_it_answers_as_the_cpu(
         (record,) = caplog.records
         assert record.getMessage().startswith("gaze model g: coreml ")
         assert said in record.getMessage() and "it runs on the CPU" in record.getMessage()
+    # Opened again (a hot reload): judged once, only the chosen side opens, nothing said.
+    del opens[:]
+    again = open_session(gaze_onnx, providers=auto, name="gaze model g")
+    assert isinstance(again, _Accelerator) == (said is None) and len(caplog.records) <= 1
+    assert opens == [[CPU] if said else [COREML, CPU]]
     forced = [COREML, CPU]
     if said is not None and "cannot run" in said:
         with pytest.raises(SessionOpenError, match="unsupported op"):

@@ -333,7 +333,10 @@ def add_user_args(p: argparse.ArgumentParser) -> None:
 # --screen-px's unit: the pointer's and the clicks' (pynput's). On macOS those are points,
 # half the Retina pixels, and the grid is drawn scaled to fit, so a size in pixels looked
 # right on screen while the cursor and every click label were off by a factor of two.
-SCREEN_PX_HELP = "the screen's size in pixels (on macOS in points: the size Displays shows)"
+SCREEN_PX_HELP = (
+    "the screen's size in pixels (on macOS in points: the size Displays shows; "
+    "default there: the main display's)"
+)
 
 
 def add_screen_size_args(p: argparse.ArgumentParser) -> None:

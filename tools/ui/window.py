@@ -28,10 +28,12 @@ def screen_size_unknown(flag_hint: str = "give --screen-px W H") -> str:
 
 
 def mac_screen_points() -> tuple[int, int] | None:
-    """The main display's size in points, from Quartz (pyobjc, which pynput brings on
-    macOS), or None without it. OpenCV's Cocoa window reports the last picture's size, not
-    the window's, so the full-screen probe measures nothing there; and points are the units
-    pynput moves the pointer and reports clicks in (its origin is this display's corner)."""
+    """The main display's size in points, from Quartz (pyobjc), or None without it. The main
+    display (the menu bar's) is where pynput's origin is; a calibration shown full
+    screen on another display needs --screen-px and is not handled further here.
+    OpenCV's Cocoa window reports the last picture's size, not the window's, so the
+    full-screen probe measures nothing there; and points are the units pynput moves the
+    pointer and reports clicks in (its origin is this display's corner)."""
     try:
         import Quartz
     except ImportError:

@@ -83,7 +83,8 @@ ROWS = [
     (
         "record",
         lambda o, t: (
-            ["record", str(o), "--source", GRID9, "--frames", "2", "--screen-px"] + ["1920", "1080"]
+            ["record", str(o), "--source", GRID9, "--mirrored", "--frames", "2", "--screen-px"]
+            + ["1920", "1080"]
         ),
         False,
     ),
@@ -184,7 +185,7 @@ def test_a_disk_that_fills_mid_recording_keeps_the_frames_before(tmp_path):
     try:
         out = root / "rec"
         env = {**os.environ, "GAZELOOP_HOME": str(tmp_path)}
-        argv = ["record", str(out), "--source", GRID9, "--screen-px", "1920", "1080"]
+        argv = ["record", str(out), "--source", GRID9, "--mirrored", "--screen-px", "1920", "1080"]
         r = subprocess.run(
             [sys.executable, "-m", "gazeloop.tools.cli", *argv],
             capture_output=True,
