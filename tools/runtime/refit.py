@@ -2,8 +2,9 @@
 
 A refit reads every calibration frame through the new model's fast path: seconds of full
 CPU. When the watcher does it while the user is tracked (`hotreload.ModelWatcher`), a thread
-of the same process took the cores from the fast path: on the 2-core Linux VM the cursor
-fell from about 100 to 53 frames a second for the refit's duration (95 to 91 in a child;
+of the same process took the cores from the fast path: on the 2-core Linux VM, refitting
+corners4's profile (74 frames, 1.4-2.2 s) took the cursor from about 100 frames a second to
+53, 88 and 96 in three runs, against 91, 94 and 104 in a child (a one-off script, 2026-12-06;
 not measured on a Mac). So the watcher runs it in a child process at the oracle's low
 priority (`oracle.host.lower_priority`: SCHED_IDLE on Linux, a nice value elsewhere, and
 on macOS also the background class that keeps it off the cores the cursor uses). The
