@@ -112,33 +112,13 @@ def test_a_profile_of_the_other_read_is_refitted_at_start_and_kept_apart(corners
     """A profile fitted on the single read meets a fast path that mirror-averages (the
     default since the read existed): `run` refits it from its calibration session for this
     read, keeps that fit beside it and leaves the user's file as it was."""
-    from gazeloop.calibration.geometry import ScreenGeometry
-    from gazeloop.calibration.procedure import fit_profile
     from gazeloop.calibration.profile import Profile, model_profile_path
-    from gazeloop.calibration.store.session import read_session
-    from gazeloop.fastpath.collect import collect_session
     from gazeloop.fastpath.pipeline import FastPath, FastPathConfig
     from gazeloop.tools.runtime.hotreload import profile_for_model
 
-    single = FastPath(FastPathConfig(mirror_average=False, gaze_frame="camera"))
-    session = read_session(corners_session)
-    screen = ScreenGeometry(px=session.manifest.screen_px, mm=session.manifest.screen_mm)
-    used = collect_session(session, single).labelled()
-    names = ["gaze_yaw", "gaze_pitch"]
-    prof = fit_profile(
-        used.matrix(names),
-        screen.to_norm(used.labels_px),
-        used.groups,
-        screen=screen,
-        features=names,
-        user="u",
-        device="d",
-        gaze_model_id=single.gaze.model_id,
-        gaze_model_sha256=single.gaze.sha256,
-        gaze_read=single.gaze.read,
-        calibration_session=str(corners_session),
+    prof = _corners_profile(
+        corners_session, FastPathConfig(mirror_average=False, gaze_frame="camera")
     )
-    single.close()
     path = prof.save(tmp_path / "d.json")
     fp = FastPath(FastPathConfig())
     try:
