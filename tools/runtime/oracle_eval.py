@@ -137,6 +137,11 @@ def label_frames(
     worker checks every answer; and the frames not scored, by why (`scored_frames`)."""
     size = np.asarray(screen.px, dtype=np.float64)
     frames, not_scored = scored_frames(session)
+    if not frames and not_scored:  # medians of nothing would read as an oracle that failed
+        raise UserError(
+            f"{session.folder}: every frame is marked settling (eyes still on their way to the "
+            "target); nothing to score"
+        )
     out = []
     for it, target in frames:
         truth = tuple(float(v) for v in it.label_px)

@@ -117,6 +117,12 @@ def test_settling_frames_are_not_scored_and_are_counted(shared, capsys, tmp_path
     # Each label names the study's own target (the csv's idx, 0-3), never null.
     assert all(r["target"] == records[r["item"]]["target"] for r in out["labels"])
     assert {r["target"] for r in out["labels"]} == {0, 1, 2, 3}
+    # Every frame settling: nothing to score, said, rather than medians of nothing.
+    for p in folder.glob("img_*.json"):
+        p.write_text(json.dumps(json.loads(p.read_text()) | {"settling": True}))
+    assert main(["oracle", "eval", str(folder), "--oracle", "moondream", "--json"]) == 2
+    err = capsys.readouterr().err
+    assert "every frame is marked settling" in err and err.count("\n") == 1
 
 
 def test_unpinned_warns_only_when_the_real_model_would_load(shared, capsys, monkeypatch, tmp_path):
