@@ -150,7 +150,7 @@ def _own_lines(err: bytes) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """The child: job file in, answer file out (written last, so no answer means it died)."""
     job, answer = (Path(a) for a in (argv if argv is not None else sys.argv[1:]))
-    lower_priority(10)
+    lower_priority()  # the oracle's knob, GAZELOOP_ORACLE_NICE (default 10)
     if hasattr(os, "PRIO_DARWIN_BG"):  # macOS, Python 3.12+: the background class
         with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_DARWIN_PROCESS, 0, os.PRIO_DARWIN_BG)

@@ -8,6 +8,13 @@ import pytest
 torch = pytest.importorskip("torch", reason="the trainer extra (torch) is not installed")
 
 
+@pytest.fixture(autouse=True)
+def _refits_at_normal_priority(monkeypatch):
+    """A refit child at SCHED_IDLE waits for a core as long as any load lasts (a busy test
+    beside it): priority is not what these tests test."""
+    monkeypatch.setenv("GAZELOOP_ORACLE_NICE", "0")
+
+
 @pytest.fixture(scope="module")
 def corners_session(shared, tmp_path_factory):
     from gazeloop.tools.runtime.importers import import_corners4
