@@ -286,8 +286,8 @@ def fit_profile_report(
     m, hyper, _ = fit_select(
         mapping, x[keep], y_norm[keep], groups[keep], aspect=aspect, options=opts
     )
-    # All the frames: the evaluation drops the same outliers (`fixed_keep`) and names them,
-    # where given the kept frames only it dropped outliers of those a second time.
+    # All the frames and the fit's own outlier mask: the evaluation names the frames it
+    # drops, where given the kept frames only it dropped outliers of those a second time.
     ev = evaluate_arrays(
         x,
         screen.to_px(y_norm),
@@ -298,6 +298,7 @@ def fit_profile_report(
         mapping=mapping,
         names=frame_names,
         outlier_groups=cells,
+        keep=keep,
     )
     r = ev.report
     prof = Profile(

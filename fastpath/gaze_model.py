@@ -192,7 +192,7 @@ class GazeModel:
         self.read = read_name(mirror_average, head_frame)
         data = self._read_file()
         self.sha256 = hashlib.sha256(data).hexdigest()
-        self.session = self._load_session(data, threads, providers)
+        self.session = self._load_session(data, threads, providers)  # after the hash
         self._check_io()
         self._left = np.zeros((1, 3, 60, 60), np.float32)
         self._right = np.zeros((1, 3, 60, 60), np.float32)
@@ -218,6 +218,7 @@ class GazeModel:
                 threads=threads,
                 providers=providers or default_providers(),
                 name=f"gaze model {self.path}",
+                sha256=self.sha256,
             )
         except SessionOpenError as exc:
             raise ModelLoadError(f"cannot load gaze model {self.path}: {exc}") from None

@@ -56,10 +56,12 @@ def open_session(
     threads: int = 1,
     providers: list[str] | None = None,
     name: str | None = None,
+    sha256: str | None = None,
 ):
     """An `onnxruntime.InferenceSession` of the model at a path, or of its bytes when the
     caller has read them already, on `providers` (CPU when None; an accelerator that "auto"
-    chose is checked against the CPU, above; `name` is the network a warning names).
+    chose is checked against the CPU, above; `name` is the network a warning names,
+    `sha256` its bytes' hash when the caller has it already).
     onnxruntime raises several
     unrelated types here, often with pages of detail: any of them becomes a
     `SessionOpenError` with its first line."""
@@ -78,7 +80,7 @@ def open_session(
     providers = providers or [CPU]
     if not isinstance(providers, AutoChoice) or providers[0] == CPU:
         return _open(source, opts, providers)
-    key = _verdict_key(model, providers, ort.__version__)
+    key = _verdict_key(model, providers, ort.__version__, sha256)
     if key in _VERDICTS:  # judged already: open only the side it chose
         return _open(source, opts, [CPU] if _VERDICTS[key] else providers)
     cpu = _open(source, opts, [CPU])  # a network the CPU cannot open is an error as before
@@ -98,11 +100,13 @@ def open_session(
     return fast
 
 
-def _verdict_key(model: Path | bytes, providers: list[str], version: str) -> tuple:
+def _verdict_key(
+    model: Path | bytes, providers: list[str], version: str, sha256: str | None = None
+) -> tuple:
     """What a verdict holds for: the model's bytes (a path by its size and time), the
     providers and the onnxruntime that ran them."""
-    if isinstance(model, bytes):
-        what: tuple = ("sha256", hashlib.sha256(model).hexdigest())
+    if sha256 is not None or isinstance(model, bytes):
+        what: tuple = ("sha256", sha256 or hashlib.sha256(model).hexdigest())
     else:
         st = Path(model).stat()
         what = (str(Path(model).resolve()), st.st_size, st.st_mtime_ns)

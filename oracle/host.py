@@ -8,6 +8,7 @@ failure; only a broken stream ends the child.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
@@ -20,18 +21,22 @@ from gazeloop.oracle.process import read_frame, snapshot_from_frame, write_frame
 log = logging.getLogger("gazeloop.oracle.host")
 
 
-def lower_priority(nice: int | None = None) -> None:
-    """Yield every contested core to the fast path (this process: the oracle's child, or a profile
-    refit's). `nice`: else GAZELOOP_ORACLE_NICE, else 10; 0 leaves it as it is. On Linux
+def lower_priority(*, background: bool = False) -> None:
+    """Yield every contested core to the fast path (this process: the oracle's child, or a
+    profile refit's), by GAZELOOP_ORACLE_NICE (default 10; 0 leaves it as it is). On Linux
     SCHED_IDLE does this outright: a waking fast-path thread preempts us at once instead of
     after a scheduler slice, which a nice value alone leaves to CFS's fairness (with nice 10
     the fast path's p99 frame time was 14.5 ms on the 2-core x86 VM, 2026-11-22; what fully
     protects it is disjoint cores, see `ProcessOracle`'s `isolate`). Elsewhere a nice value
-    is what there is."""
-    if nice is None:
-        nice = int(os.environ.get("GAZELOOP_ORACLE_NICE", "10"))
+    is what there is; with `background`, macOS (Python 3.12+) also gets its background
+    class, which keeps the process off the cores the cursor uses (not for the oracle, whose
+    model may need the GPU at full speed)."""
+    nice = int(os.environ.get("GAZELOOP_ORACLE_NICE", "10"))
     if nice <= 0:
         return
+    if background and hasattr(os, "PRIO_DARWIN_BG"):
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_DARWIN_PROCESS, 0, os.PRIO_DARWIN_BG)
     if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
         try:
             os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
@@ -42,7 +47,7 @@ def lower_priority(nice: int | None = None) -> None:
         try:
             os.nice(nice)
         except OSError as e:
-            log.debug("could not lower the oracle process's priority: %s", e)
+            log.debug("could not lower the process's priority: %s", e)
 
 
 def _pin() -> None:

@@ -16,7 +16,6 @@ go through JSON files (no pickle); the child's own log lines come back as warnin
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -32,6 +31,7 @@ from gazeloop.calibration.frames import LabelledFrames
 from gazeloop.calibration.procedure import fit_profile
 from gazeloop.calibration.profile import Profile
 from gazeloop.calibration.sittings import cell_ids, point_groups
+from gazeloop.calibration.store.atomic import atomic_write_bytes
 from gazeloop.fastpath.collect import collect_session
 from gazeloop.fastpath.pipeline import FastPath, FastPathConfig
 from gazeloop.oracle.host import lower_priority
@@ -116,7 +116,7 @@ def refit_in_child(
             "fastpath": fp_cfg.model_dump(mode="json"),
             "gaze_model": None if onnx_path is None else str(onnx_path),
         }
-        job.write_text(json.dumps(spec), encoding="utf-8")
+        atomic_write_bytes(job, json.dumps(spec).encode())
         child = subprocess.Popen(
             [sys.executable, "-P", "-m", __name__, str(job), str(answer)],
             stdin=subprocess.DEVNULL,
@@ -150,10 +150,7 @@ def _own_lines(err: bytes) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """The child: job file in, answer file out (written last, so no answer means it died)."""
     job, answer = (Path(a) for a in (argv if argv is not None else sys.argv[1:]))
-    lower_priority()  # the oracle's knob, GAZELOOP_ORACLE_NICE (default 10)
-    if hasattr(os, "PRIO_DARWIN_BG"):  # macOS, Python 3.12+: the background class
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_DARWIN_PROCESS, 0, os.PRIO_DARWIN_BG)
+    lower_priority(background=True)  # the oracle's knob, GAZELOOP_ORACLE_NICE (default 10)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     spec = json.loads(job.read_text(encoding="utf-8"))
     onnx = spec["gaze_model"]
@@ -170,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             if isinstance(e, (RuntimeError, ValueError, OSError))
             else f"{type(e).__name__}: {e}"
         }
-    answer.write_text(json.dumps(result), encoding="utf-8")
+    atomic_write_bytes(answer, json.dumps(result).encode())  # whole, or none: it died
     return 0
 
 
