@@ -76,7 +76,7 @@ from gazeloop.tools.runtime.labelled import LabelledSource, open_labelled
 from gazeloop.tools.runtime.live import Live, made_this_sitting, model_record
 from gazeloop.tools.runtime.recording import UnixClock
 from gazeloop.tools.ui.calibration_grid import DotView, calibrate_on_screen, render_dot
-from gazeloop.tools.ui.render import LiveData, VerifyData, render_live, render_pip
+from gazeloop.tools.ui.render import LiveData, PipData, render_live, render_pip
 from gazeloop.tools.ui.window import ESC, CvDisplay, require_display, screen_size_unknown
 
 log = logging.getLogger(__name__)
@@ -876,10 +876,10 @@ class Window:
             self._end_glance()
         pip = None
         if live.last is not None:
-            pip = render_pip(self._verify_data(live.last.snapshot, live.last.label))
+            pip = render_pip(self._pip_data(live.last.snapshot, live.last.label))
         elif live.pending is not None:  # the first label is still being worked on
             snap, gaze = live.pending
-            pip = render_pip(self._verify_data(snap, None, busy=True, phase=frame.index * 0.3))
+            pip = render_pip(self._pip_data(snap, None, busy=True, phase=frame.index * 0.3))
         st = live.status()
         d = LiveData(
             image=frame.image,
@@ -1016,20 +1016,18 @@ class Window:
             screen = screen_from_args(args, px)
         return screen
 
-    def _verify_data(self, snap, label, *, busy=False, phase=0.0) -> VerifyData:
+    def _pip_data(self, snap, label, *, busy=False, phase=0.0) -> PipData:
         target = None
         details = label.details if label is not None else {}
         t = details.get("target_px") if isinstance(details, dict) else None
         if isinstance(t, list | tuple) and len(t) == 2:
             target = (float(t[0]), float(t[1]))
-        return VerifyData(
+        return PipData(
             image=snap.image,
             eye_px=snap.eye_px,
             iris_px=list(snap.pupils_px or []),
-            fast_xy=snap.fast_xy,
             label=label,
             oracle_target_px=target,
-            screen_aspect=self._aspect(),
             busy=busy,
             spinner_phase=phase,
         )

@@ -1,7 +1,7 @@
 """Pure renderers: data in, a BGR image out. No windows, no state — tested as images.
 
-Colours follow the verify screen's legend everywhere: red = the fast path's gaze, blue = the
-pupil/iris gaze, gold = the oracle's gaze.
+Colours mean the same everywhere: red = the fast path's cursor, blue = the pupils, gold = the
+oracle's gaze.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from gazeloop.calibration.labels import LineObservation, OracleLabel, PointObservation
+from gazeloop.calibration.labels import OracleLabel
 
 RED = (40, 40, 230)
 BLUE = (230, 120, 30)
@@ -24,18 +24,14 @@ FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
 @dataclass(slots=True)
-class VerifyData:
-    """Everything the verify screen shows about one snapshot."""
+class PipData:
+    """Everything the picture-in-picture shows about one oracle snapshot."""
 
     image: np.ndarray  # the snapshot, un-mirrored BGR
     eye_px: tuple[float, float] | None = None  # midpoint of the eyes, image pixels
     iris_px: list[tuple[float, float]] = field(default_factory=list)  # pupil/iris centres
-    fast_gaze_yp: tuple[float, float] | None = None  # radians, camera axes (yaw>0 image right)
-    fast_xy: tuple[float, float] | None = None  # the fast path's screen point, normalised
-    iris_xy: tuple[float, float] | None = None  # an estimate from the pupils alone, normalised
     label: OracleLabel | None = None
     oracle_target_px: tuple[float, float] | None = None  # where the oracle says the eye looks
-    screen_aspect: float = 16 / 9
     busy: bool = False  # the oracle is still working: draw a spinner
     spinner_phase: float = 0.0  # radians, advanced by the caller each frame
     mirror_display: bool = True  # show a selfie view, as people expect to see themselves
@@ -78,11 +74,9 @@ def _mirror_x(p, w, on: bool):
     return (w - 1 - p[0], p[1]) if on else p
 
 
-def draw_snapshot_overlays(
-    canvas: np.ndarray, d: VerifyData, scale: float, *, thick: int = 2
-) -> None:
-    """Eye point, iris centres (blue), the fast-path gaze ray (red) and the oracle's ray to
-    its target (gold), drawn on a scaled (and maybe mirrored) copy of the snapshot."""
+def draw_snapshot_overlays(canvas: np.ndarray, d: PipData, scale: float, *, thick: int = 2) -> None:
+    """Eye point, iris centres (blue) and the oracle's ray to its target (gold), drawn on a
+    scaled (and maybe mirrored) copy of the snapshot."""
     w = canvas.shape[1]
     m = d.mirror_display
 
@@ -94,19 +88,12 @@ def draw_snapshot_overlays(
     if d.eye_px is None:
         return
     eye = tr(d.eye_px)
-    reach = 0.25 * w
-    if d.fast_gaze_yp is not None:
-        yaw, pitch = d.fast_gaze_yp
-        dx, dy = math.sin(yaw) * math.cos(pitch), -math.sin(pitch)
-        if m:
-            dx = -dx
-        _arrow(canvas, eye, (eye[0] + reach * dx, eye[1] + reach * dy), RED, thick)
     if d.oracle_target_px is not None:
         _arrow(canvas, eye, tr(d.oracle_target_px), GOLD, thick)
     cv2.circle(canvas, _pt(eye), thick + 2, WHITE, 1, cv2.LINE_AA)
 
 
-def render_pip(d: VerifyData, width: int = 320) -> np.ndarray:
+def render_pip(d: PipData, width: int = 320) -> np.ndarray:
     """The picture-in-picture: the last oracle snapshot, small, with its overlays and a
     one-line caption (oracle, confidence, accepted or not)."""
     img, s = _fit(d.image, width)
@@ -132,68 +119,6 @@ def _spinner(img, c, r, phase):
         shade = int(80 + 175 * k / 7)
         p = (c[0] + r * math.cos(a), c[1] + r * math.sin(a))
         cv2.circle(img, _pt(p), 2, (shade, shade, shade), -1, cv2.LINE_AA)
-
-
-def _screen_panel(d: VerifyData, width: int, height: int) -> np.ndarray:
-    """A screen-shaped panel with the three estimates: red fast path, blue iris, gold oracle
-    (a point, or a line through the camera for a line label)."""
-    pw = int(min(width - 20, (height - 40) * d.screen_aspect))
-    ph = int(round(pw / d.screen_aspect))
-    panel = np.full((height, width, 3), 35, np.uint8)
-    x0, y0 = 10, (height - ph) // 2
-    cv2.rectangle(panel, (x0, y0), (x0 + pw, y0 + ph), GREY, 1)
-
-    def to_panel(xy):
-        return (x0 + xy[0] * pw, y0 + xy[1] * ph)
-
-    obs = d.label.observation if d.label is not None else None
-    if isinstance(obs, LineObservation):
-        o = np.array(obs.origin)
-        v = np.array(obs.direction)
-        a, b = to_panel(o), to_panel(o + 3.0 * v)  # long enough to cross the screen
-        clip = cv2.clipLine((x0, y0, pw + 1, ph + 1), _pt(a), _pt(b))
-        if clip[0]:
-            cv2.line(panel, clip[1], clip[2], GOLD, 2, cv2.LINE_AA)
-        cv2.drawMarker(panel, _pt(a), GOLD, cv2.MARKER_TRIANGLE_UP, 10, 2)
-    elif isinstance(obs, PointObservation):
-        cv2.circle(panel, _pt(to_panel(obs.xy)), 7, GOLD, -1, cv2.LINE_AA)
-    if d.iris_xy is not None:
-        cv2.circle(panel, _pt(to_panel(d.iris_xy)), 6, BLUE, -1, cv2.LINE_AA)
-    if d.fast_xy is not None:
-        cv2.circle(panel, _pt(to_panel(d.fast_xy)), 6, RED, -1, cv2.LINE_AA)
-    _text(panel, "screen", (x0, y0 - 8), 0.45, WHITE)
-    return panel
-
-
-def render_verify(d: VerifyData, width: int = 1280) -> np.ndarray:
-    """The verify screen: the paused snapshot with its overlays, the screen panel, a legend,
-    and a spinner while the oracle works."""
-    snap_w = int(width * 0.62)
-    img, s = _fit(d.image, snap_w)
-    if d.mirror_display:
-        img = np.ascontiguousarray(img[:, ::-1])
-    draw_snapshot_overlays(img, d, s)
-    h = img.shape[0]
-    out = np.full((h + 40, width, 3), 20, np.uint8)
-    out[:h, :snap_w] = img
-    out[:h, snap_w:] = _screen_panel(d, width - snap_w, h)
-    y = h + 27
-    x = 12
-    for name, col in (("fast path", RED), ("pupils/iris", BLUE), ("oracle", GOLD)):
-        cv2.circle(out, (x + 6, y - 5), 6, col, -1, cv2.LINE_AA)
-        _text(out, name, (x + 18, y), 0.55, WHITE)
-        x += 160
-    status = "oracle working..." if d.busy else "any key resumes"
-    if not d.busy and d.label is not None:
-        lab = d.label
-        status = f"{lab.oracle}: confidence {lab.confidence:.2f}"
-        if lab.latency_s is not None:
-            status += f", {lab.latency_s:.1f} s"
-        status += " - any key resumes"
-    _text(out, status, (x + 20, y), 0.55, GOLD if not d.busy else WHITE)
-    if d.busy:
-        _spinner(out, (snap_w // 2, img.shape[0] // 2), 22, d.spinner_phase)
-    return out
 
 
 @dataclass(slots=True)

@@ -2,91 +2,36 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 
-from gazeloop.calibration.labels import LineObservation, OracleLabel, PointObservation
-from gazeloop.tools.ui.render import BLUE, GOLD, RED, VerifyData, render_pip, render_verify
+from gazeloop.calibration.labels import OracleLabel, PointObservation
+from gazeloop.tools.ui.render import BLUE, GOLD, RED, PipData, render_pip
 
 
 def _mask(img: np.ndarray, colour, tol: int = 30) -> np.ndarray:
     return np.all(np.abs(img.astype(int) - np.array(colour)) <= tol, axis=2)
 
 
-def _body(out: np.ndarray) -> np.ndarray:
-    """The picture without the legend bar along the bottom."""
-    return out[:-40]
-
-
-def _data(**kw) -> VerifyData:
+def _data(**kw) -> PipData:
     img = np.full((480, 640, 3), 128, np.uint8)
     base = dict(
         image=img,
         eye_px=(320.0, 200.0),
         iris_px=[(290.0, 185.0), (350.0, 185.0)],
-        fast_gaze_yp=(math.radians(20), 0.0),
-        fast_xy=(0.2, 0.5),
         label=OracleLabel(
             t_ns=0, snapshot_id="s", oracle="click", observation=PointObservation(xy=(0.8, 0.5))
         ),
-        oracle_target_px=(320.0, 400.0),
+        oracle_target_px=(480.0, 400.0),
         mirror_display=False,
     )
     base.update(kw)
-    return VerifyData(**base)
+    return PipData(**base)
 
 
-def test_verify_screen_draws_three_colours_where_they_belong():
-    out = _body(render_verify(_data(), width=1280))
-    snap_w = int(1280 * 0.62)
-    scale = snap_w / 640
-    red, gold, blue = _mask(out, RED), _mask(out, GOLD), _mask(out, BLUE)
-    # Fast-path ray: yaw > 0 points toward image right from the eye.
-    ys, xs = np.nonzero(red[:, :snap_w])
-    assert xs.size > 50 and xs.mean() > 320 * scale
-    # Oracle ray goes down from the eye to its target.
-    ys, xs = np.nonzero(gold[:, :snap_w])
-    assert ys.size > 50 and ys.mean() > 200 * scale
-    # Iris centres are blue dots at their pixels.
-    for x, y in [(290, 185), (350, 185)]:
-        assert blue[int(y * scale), int(x * scale)]
-    # Screen panel: red fast point on the left half, gold oracle point on the right half.
-    panel = out[:, snap_w:]
-    pr, pg = _mask(panel, RED), _mask(panel, GOLD)
-    mid = panel.shape[1] / 2
-    assert np.nonzero(pr)[1].mean() < mid < np.nonzero(pg)[1].mean()
-
-
-def test_mirrored_display_flips_the_rays():
-    plain = _body(render_verify(_data(), width=1280))
-    mirrored = _body(render_verify(_data(mirror_display=True), width=1280))
-    snap_w = int(1280 * 0.62)
-    x_plain = np.nonzero(_mask(plain[:, :snap_w], RED))[1].mean()
-    x_mirr = np.nonzero(_mask(mirrored[:, :snap_w], RED))[1].mean()
-    assert x_plain > snap_w / 2 > x_mirr
-
-
-def test_line_label_draws_a_line_through_the_camera():
-    lab = OracleLabel(
-        t_ns=0,
-        snapshot_id="s",
-        oracle="moondream2",
-        observation=LineObservation(origin=(0.5, 0.0), direction=(0.0, 1.0)),
-    )
-    out = _body(render_verify(_data(label=lab), width=1280))
-    snap_w = int(1280 * 0.62)
-    panel = _mask(out[:, snap_w:], GOLD)
-    ys, xs = np.nonzero(panel)
-    assert np.ptp(ys) > 100  # a long vertical line...
-    assert xs.std() < 6  # ...at one x: the camera's, mid-screen
-
-
-def test_busy_shows_a_spinner_and_no_label():
-    idle = render_verify(_data(label=None), width=1280)
-    busy = render_verify(_data(label=None, busy=True, spinner_phase=0.3), width=1280)
-    assert np.count_nonzero(np.any(idle != busy, axis=2)) > 50
+def _inside(pip: np.ndarray) -> np.ndarray:
+    """The picture without its gold frame and caption."""
+    return pip[4:-30, 4:-4]
 
 
 @pytest.mark.parametrize("width", [240, 320])
@@ -94,7 +39,40 @@ def test_pip_is_small_framed_in_gold_with_the_snapshot_aspect(width):
     pip = render_pip(_data(), width=width)
     assert pip.shape == (round(width * 480 / 640), width, 3)
     assert _mask(pip[:2, :], GOLD).mean() > 0.9  # the gold frame
-    assert _mask(pip, RED).any() and _mask(pip, BLUE).any()
+
+
+def test_pip_draws_the_pupils_in_blue_and_the_oracles_ray_in_gold_where_they_belong():
+    pip = render_pip(_data(), width=320)
+    scale = 320 / 640
+    for x, y in [(290, 185), (350, 185)]:
+        assert _mask(pip, BLUE)[int(y * scale), int(x * scale)]
+    # The ray runs from the eye (320, 200) down and right toward its target (480, 400).
+    ys, xs = np.nonzero(_mask(_inside(pip), GOLD))
+    assert ys.size > 20
+    assert xs.mean() + 4 > 320 * scale and ys.mean() + 4 > 200 * scale
+
+
+def test_a_mirrored_display_flips_the_oracles_ray():
+    plain = _inside(render_pip(_data(), width=320))
+    mirrored = _inside(render_pip(_data(mirror_display=True), width=320))
+    mid = plain.shape[1] / 2
+    assert (
+        np.nonzero(_mask(plain, GOLD))[1].mean() > mid > np.nonzero(_mask(mirrored, GOLD))[1].mean()
+    )
+
+
+def test_busy_shows_a_spinner():
+    idle = render_pip(_data(label=None), width=320)
+    busy = render_pip(_data(label=None, busy=True, spinner_phase=0.3), width=320)
+    assert np.count_nonzero(np.any(idle != busy, axis=2)) > 20
+
+
+def test_the_caption_says_when_the_oracle_saw_no_screen_gaze():
+    seen = render_pip(_data(), width=320)
+    lab = OracleLabel(t_ns=0, snapshot_id="s", oracle="click", observation=None)
+    unseen = render_pip(_data(label=lab, oracle_target_px=None), width=320)
+    caption = (slice(-30, None), slice(None))
+    assert _mask(unseen[caption], GOLD).sum() > _mask(seen[caption], GOLD).sum()
 
 
 def test_live_view_has_camera_mesh_pip_cursor_and_status():
