@@ -273,14 +273,17 @@ def fit_profile_report(
     calibration_session: str | None = None,
     frame_names: list[str] | None = None,
     outlier_groups: np.ndarray | None = None,
+    drop_outliers: bool = True,
 ) -> tuple[Profile, Evaluated]:
     """`fit_profile`, also returning the leave-one-target-out evaluation it reports (with
     the held-out predictions a plot needs), so a program shows the very numbers saved.
     `outlier_groups`: what per-target outliers are judged within (default `groups`; pooled
     sittings: a target of one sitting, since across sittings a point's frames differ on
-    purpose, `calibration.sittings`)."""
+    purpose, `calibration.sittings`). `drop_outliers` False: the caller dropped them already
+    (`calibration.sittings.pool_sittings`), as `evaluate_candidates` takes it; judged again
+    on what was kept, a tighter spread made outliers of frames that were none."""
     cells = groups if outlier_groups is None else np.asarray(outlier_groups)
-    keep = fixed_keep(x, features, cells)
+    keep = fixed_keep(x, features, cells) if drop_outliers else np.ones(len(x), dtype=bool)
     aspect = screen.px[0] / screen.px[1]
     opts = mapping_options(mapping, screen)
     m, hyper, _ = fit_select(

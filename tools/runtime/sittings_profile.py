@@ -92,9 +92,9 @@ def pool_views(views: list[Views]) -> Pooled:
 def fit_pooled_mapping(
     pool: Pooled, mapping: str, features: list[str], read: str = "as read", **profile
 ) -> Profile:
-    """One mapping on named columns of the pooled frames, outliers judged within a target of
-    one sitting; `profile`: `procedure.fit_profile`'s keywords (screen, user, device, gaze
-    model, calibration_session)."""
+    """One mapping on named columns of the pooled frames (their outliers dropped by the pool,
+    within a target of one sitting); `profile`: `procedure.fit_profile`'s keywords (screen,
+    user, device, gaze model, calibration_session)."""
     frames = pool.reads[read]
     try:
         x = frames.matrix(features)
@@ -104,7 +104,7 @@ def fit_pooled_mapping(
         x,
         profile["screen"].to_norm(frames.labels_px),
         frames.groups,
-        outlier_groups=pool.cells,
+        drop_outliers=False,
         features=frames.expand(features),  # a profile names columns: `embedding` is emb_<i>
         mapping=mapping,
         **profile,

@@ -84,3 +84,27 @@ def test_each_screen_size_keeps_its_own_pool(tmp_path, monkeypatch):
         "mac.sittings-1512x982.json",
         "mac.sittings-2560x1440.json",
     )
+
+
+def test_a_pooled_profile_is_fitted_on_every_frame_the_pool_kept():
+    """The pool drops each sitting's per-target outliers; judged again on what it kept, a
+    tighter spread made outliers of frames that were none (`fit_profile`'s report said
+    fewer frames than the pool had)."""
+    from gazeloop.calibration.metrics.evaluate import robust_keep
+
+    rng = np.random.default_rng(3)
+
+    def sitting(shift):
+        labels = np.repeat(GRID, 12, axis=0)
+        gaze = labels / 1000.0 + shift + rng.standard_t(3, labels.shape) * 2e-3
+        cols = {"gaze_yaw": gaze[:, 0], "gaze_pitch": gaze[:, 1]}
+        names = [f"f{i}" for i in range(len(labels))]
+        return {"as read": LabelledFrames(cols, labels, np.repeat(np.arange(9), 12), names)}
+
+    pool = pool_sittings([sitting(0.0), sitting(0.01)])
+    kept = len(pool.frames.labels_px)
+    assert pool.dropped > 0
+    again = robust_keep(pool.frames.matrix(["gaze_yaw", "gaze_pitch"]), pool.cells)
+    assert again.sum() < kept  # what a second judgement would drop
+    prof = fit_pooled_mapping(pool, "ridge", ["gaze_yaw", "gaze_pitch"], screen=SCREEN, **IDS)
+    assert prof.fit.frames == kept
