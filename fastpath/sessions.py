@@ -100,6 +100,20 @@ def open_session(
     return fast
 
 
+def known_verdicts() -> list[list]:
+    """The verdicts reached in this process, as JSON: a child that opens the same networks
+    (the hot reload's refit) takes them with `adopt_verdicts` instead of probing again."""
+    return [[list(key), why] for key, why in _VERDICTS.items()]
+
+
+def adopt_verdicts(rows: list[list]) -> None:
+    """Take verdicts `known_verdicts` gave (another process's: the same files, providers
+    and onnxruntime, so the same answers)."""
+    for key, why in rows:
+        *what, providers, version = key
+        _VERDICTS[(*what, tuple(providers), version)] = why
+
+
 def _verdict_key(
     model: Path | bytes, providers: list[str], version: str, sha256: str | None = None
 ) -> tuple:

@@ -242,3 +242,22 @@ def _raise(text: str):
     from gazeloop.fastpath.sessions import SessionOpenError
 
     raise SessionOpenError(text)
+
+
+def test_a_child_takes_the_verdicts_and_opens_only_the_chosen_side(gaze_onnx, monkeypatch):
+    """The hot reload's refit runs in a child that opens the same networks: the verdicts
+    go with its job (JSON), so the child does not probe the accelerator again."""
+    import json
+
+    from gazeloop.fastpath import sessions
+    from gazeloop.fastpath.providers import AutoChoice
+
+    opens = _accelerated(monkeypatch, lambda cpu: _Accelerator(cpu, 1.2))
+    auto = AutoChoice([COREML, CPU])
+    sessions.open_session(gaze_onnx, providers=auto)
+    rows = json.loads(json.dumps(sessions.known_verdicts()))
+    monkeypatch.setattr(sessions, "_VERDICTS", {})  # the child's own, empty at its start
+    sessions.adopt_verdicts(rows)
+    del opens[:]
+    assert not isinstance(sessions.open_session(gaze_onnx, providers=auto), _Accelerator)
+    assert opens == [[CPU]]

@@ -34,6 +34,7 @@ from gazeloop.calibration.sittings import cell_ids, point_groups
 from gazeloop.calibration.store.atomic import atomic_write_bytes
 from gazeloop.fastpath.collect import collect_session
 from gazeloop.fastpath.pipeline import FastPath, FastPathConfig
+from gazeloop.fastpath.sessions import adopt_verdicts, known_verdicts
 from gazeloop.oracle.host import lower_priority
 from gazeloop.oracle.process import python_child_env
 from gazeloop.tools.runtime.quiet import THIRD_PARTY
@@ -115,6 +116,7 @@ def refit_in_child(
             "profile": profile.model_dump(mode="json"),
             "fastpath": fp_cfg.model_dump(mode="json"),
             "gaze_model": None if onnx_path is None else str(onnx_path),
+            "verdicts": known_verdicts(),  # an accelerator's check is not made twice
         }
         atomic_write_bytes(job, json.dumps(spec).encode())
         child = subprocess.Popen(
@@ -153,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     lower_priority(background=True)  # the oracle's knob, GAZELOOP_ORACLE_NICE (default 10)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     spec = json.loads(job.read_text(encoding="utf-8"))
+    adopt_verdicts(spec.get("verdicts", []))
     onnx = spec["gaze_model"]
     try:
         prof = refit_profile(

@@ -243,6 +243,45 @@ def test_a_refit_in_a_child_process_is_the_refit_and_says_why_it_failed(corners_
         refit_in_child(gone, cfg, None)
 
 
+def test_the_refit_child_takes_the_parents_accelerator_verdicts(tmp_path, monkeypatch):
+    """The job carries the verdicts (`fastpath.sessions.known_verdicts`); the child adopts
+    them before it opens a network (here it fails at once: no calibration session)."""
+    import json
+
+    from gazeloop.calibration.geometry import ScreenGeometry
+    from gazeloop.calibration.profile import FitReport, MappingSpec, Profile
+    from gazeloop.fastpath import sessions
+    from gazeloop.fastpath.pipeline import FastPathConfig
+    from gazeloop.tools.runtime import refit
+
+    monkeypatch.setattr(refit, "lower_priority", lambda **_: None)  # this is no child
+    monkeypatch.setattr(sessions, "_VERDICTS", {})
+    row = [["sha256", "ab" * 32, ["CoreMLExecutionProvider", "CPUExecutionProvider"], "1.0"], "x"]
+    prof = Profile(
+        user="u",
+        device="d",
+        screen=ScreenGeometry(px=(100, 100)),
+        features=["gaze_yaw"],
+        gaze_model_id="m",
+        gaze_model_sha256="0" * 64,
+        mapping=MappingSpec(name="ridge", params={}),
+        fit=FitReport(targets=4, frames=4, mean_px=1.0, median_px=1.0, baseline_mean_px=2.0),
+    )
+    job = {
+        "profile": prof.model_dump(mode="json"),
+        "fastpath": FastPathConfig().model_dump(mode="json"),
+        "gaze_model": None,
+        "verdicts": [row],
+    }
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    assert refit.main([str(tmp_path / "job.json"), str(tmp_path / "answer.json")]) == 0
+    answer = json.loads((tmp_path / "answer.json").read_text())
+    assert "keeps no calibration session" in answer["error"]
+    key = ("sha256", "ab" * 32, ("CoreMLExecutionProvider", "CPUExecutionProvider"), "1.0")
+    adopted = sessions._VERDICTS
+    assert adopted == {key: "x"}
+
+
 def _corners_profile(session, cfg):
     from gazeloop.calibration.geometry import ScreenGeometry
     from gazeloop.calibration.procedure import fit_profile
