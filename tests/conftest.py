@@ -58,6 +58,20 @@ def face_task(shared) -> Path:
     return models.resolve(models.FACE_LANDMARKER)
 
 
+@pytest.fixture(scope="session")
+def c4_profile(shared, tmp_path_factory) -> Path:
+    """A profile fitted on the 4-corner recording (an oracle corrects a calibrated cursor)."""
+    from tests.cli import cli
+
+    corners4 = shared / "data" / "video-corners4"
+    if not (corners4 / "calibrate.mp4").is_file():
+        pytest.skip(f"{corners4 / 'calibrate.mp4'} is missing")
+    d = tmp_path_factory.mktemp("c4")
+    assert cli("import", "corners4", corners4, d / "session")[0] == 0
+    assert cli("profile", "fit", d / "session", "--out", d / "profile.json")[0] == 0
+    return d / "profile.json"
+
+
 # ---- markers (registered in pyproject.toml) --------------------------------------------------
 # needs_shared, needs_broker and needs_display follow from what a test uses, so a new test
 # gets them without anyone remembering; `slow` is put on by hand, where the time is spent.

@@ -69,17 +69,6 @@ def test_a_session_frame_keeps_its_recorded_time_and_a_video_starts_now():
 # -- run and collect, end to end ---------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def c4_profile(tmp_path_factory) -> Path:
-    """A profile fitted on the 4-corner recording (the oracle needs a calibrated cursor)."""
-    if not VIDEO.is_file():
-        pytest.skip(f"{VIDEO} is missing")
-    d = tmp_path_factory.mktemp("c4")
-    assert main(["import", "corners4", str(CORNERS4), str(d / "session")]) == 0
-    assert main(["profile", "fit", str(d / "session"), "--out", str(d / "profile.json")]) == 0
-    return d / "profile.json"
-
-
 class Gate:
     """Holds a source's frames: frame i passes once `open_to(n)` with n > i was called."""
 

@@ -15,16 +15,6 @@ CORNERS4 = SHARED / "data" / "video-corners4"
 VIDEO = CORNERS4 / "calibrate.mp4"
 
 
-@pytest.fixture(scope="module")
-def c4_profile(tmp_path_factory) -> Path:
-    if not VIDEO.is_file():
-        pytest.skip(f"{VIDEO} is missing")
-    d = tmp_path_factory.mktemp("c4")
-    assert cli("import", "corners4", CORNERS4, d / "session")[0] == 0
-    assert cli("profile", "fit", d / "session", "--out", d / "profile.json")[0] == 0
-    return d / "profile.json"
-
-
 def stored(home: Path) -> dict[tuple[str, int], int]:
     db = home / "users" / "default" / "labels" / "labels.sqlite3"
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:
