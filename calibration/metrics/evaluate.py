@@ -446,40 +446,34 @@ def evaluate_fixed(
     )
 
 
+# Strong, distinct colours, one per target (tab20's pale halves vanished on white, and its
+# pairs made neighbours look alike); tab10 without its grey, then three more.
+TARGET_COLOURS = (
+    *("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"),
+    *("#8c564b", "#e377c2", "#bcbd22", "#17becf"),
+    *("#000080", "#b8860b", "#c000c0"),
+)
+
+
 def plot_report(ev: Evaluated, path, *, title: str | None = None) -> None:
     """Targets, held-out predictions and error vectors on the screen rectangle (PNG)."""
-    import matplotlib
+    from gazeloop.calibration.metrics.plotting import drawable, pyplot, wrap
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     r = ev.report
     w, h = r.screen_px or (
         float(ev.labels_px[:, 0].max() * 1.05),
         float(ev.labels_px[:, 1].max() * 1.05),
     )
-    fig, ax = plt.subplots(figsize=(8, 8 * h / w + 0.8), dpi=110)
+    fig, ax = plt.subplots(figsize=(8, 8 * h / w + 1.0), dpi=110)
     ax.add_patch(plt.Rectangle((0, 0), w, h, fill=False, lw=1.5, ec="0.3"))
-    cmap = plt.get_cmap("tab20")
+    if r.screen_px is None:
+        # Not a screen: without its size, the targets' bounding box stands in for it.
+        ax.annotate("targets' extent (screen size unknown)", (w, h), xytext=(-3, -3),
+                    textcoords="offset points", ha="right", va="top", fontsize=7,
+                    color="0.3", style="italic")  # fmt: skip
     for i, t in enumerate(r.per_target):
-        m = ev.groups == t.target
-        c = cmap(i % 20)
-        ax.scatter(ev.pred_px[m, 0], ev.pred_px[m, 1], s=8, color=c, alpha=0.5)
-        ax.annotate(
-            "",
-            xy=t.pred_px,
-            xytext=t.label_px,
-            arrowprops=dict(arrowstyle="->", color=c, lw=1.5),
-        )
-        ax.plot(*t.label_px, marker="+", ms=14, mew=2, color="k")
-        ax.text(
-            t.label_px[0],
-            t.label_px[1] - 0.02 * h,
-            f"{t.mean_px:.0f}",
-            ha="center",
-            va="bottom",
-            fontsize=8,
-        )
+        _draw_target(ax, ev, t, TARGET_COLOURS[i % len(TARGET_COLOURS)])
     # The screen with a margin, and every prediction: one beyond the margin was cut off
     # (its error printed at the target, its dot and arrow nowhere).
     lo = np.minimum([-0.05 * w, -0.05 * h], ev.pred_px.min(axis=0) - 0.02 * h)
@@ -489,11 +483,59 @@ def plot_report(ev: Evaluated, path, *, title: str | None = None) -> None:
     ax.set_aspect("equal")
     ax.set_xlabel("x (px)")
     ax.set_ylabel("y (px)")
-    sub = textwrap.fill(f"{r.mapping} on {', '.join(r.features)}, {measured_as(r)}", 110) + (
-        f"\nmean {r.mean_px:.0f} px ({r.mean_pct_diag:.1f}% of the {r.diag_basis} diagonal), "
-        f"median {r.median_px:.0f} px; constant predictor {r.baseline_mean_px:.0f} px"
-    )
-    ax.set_title((title or r.session) + "\n" + sub, fontsize=9)
+    _legend(ax, held_out=r.profile is None)
+    ax.set_title(drawable(wrap(title or r.session, 110) + "\n" + _subtitle(r)), fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def _draw_target(ax, ev: Evaluated, t: TargetResult, colour) -> None:
+    """A target's frames (dots), the arrow to their mean and its error, written on the side
+    away from the arrow, where its own predictions do not land."""
+    m = ev.groups == t.target
+    ax.scatter(ev.pred_px[m, 0], ev.pred_px[m, 1], s=9, color=colour, alpha=0.8, lw=0)
+    ax.annotate(
+        "", xy=t.pred_px, xytext=t.label_px, arrowprops=dict(arrowstyle="->", color=colour, lw=1.5)
+    )
+    ax.plot(*t.label_px, marker="+", ms=14, mew=2, color="k")
+    d = np.subtract(t.pred_px, t.label_px)
+    # Points, y up on the page, while screen y grows downward: away from d is (-dx, +dy).
+    sx, sy = (-1.0 if d[0] > 0 else 1.0), (1.0 if d[1] > 0 else -1.0)
+    ax.annotate(
+        f"{t.mean_px:.0f}",
+        xy=t.label_px,
+        xytext=(7 * sx, 7 * sy),
+        textcoords="offset points",
+        ha="left" if sx > 0 else "right",
+        va="bottom" if sy > 0 else "top",
+        fontsize=8,
+        bbox=dict(boxstyle="round,pad=0.2", fc="white", ec=colour, lw=0.8, alpha=0.85),
+    )
+
+
+def _legend(ax, *, held_out: bool) -> None:
+    from matplotlib.lines import Line2D
+
+    handles = [
+        Line2D([], [], ls="", marker="+", ms=9, mew=2, color="k", label="target"),
+        Line2D([], [], ls="", marker="o", ms=4, color="0.35",
+               label=("held-out " if held_out else "") + "prediction, one per frame"),
+        Line2D([], [], color="0.35", lw=1.5,
+               label="error: target → mean prediction (its length in px written)"),
+    ]  # fmt: skip
+    ax.legend(handles=handles, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.09),
+              ncol=3, frameon=False, borderaxespad=0.2)  # fmt: skip
+
+
+def _subtitle(r: EvalReport) -> str:
+    diagonal = "the screen's diagonal" if r.diag_basis == "screen" else "the targets' diagonal"
+    return (
+        textwrap.fill(
+            f"{r.mapping} on {', '.join(r.features)}, {measured_as(r)}; "
+            f"{r.targets} targets, {r.frames_used} of {r.frames} frames used",
+            110,
+        )
+        + f"\nmean {r.mean_px:.0f} px ({r.mean_pct_diag:.1f}% of {diagonal}), "
+        f"median {r.median_px:.0f} px; constant predictor {r.baseline_mean_px:.0f} px"
+    )

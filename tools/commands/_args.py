@@ -504,3 +504,7 @@ def check_plot_path(path: Path) -> None:
     if path.suffix.lower() not in PLOT_SUFFIXES:
         raise UserError(f"--plot {path}: name a .png, .svg or .pdf file")
     check_writable(path, folder=False)
+    # check_writable passes a folder still to be made (it probes the first one that exists),
+    # but nothing makes a picture's folder: the write would fail after all the work.
+    if not path.parent.is_dir():
+        raise UserError(f"--plot {path}: the folder {path.parent} does not exist")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -377,15 +378,26 @@ def gaze_model_identity(cfg) -> dict:
 
 def _output(args: argparse.Namespace, ev) -> int:
     ev.report.gaze_model = gaze_model_identity(fastpath_config(args))
-    if args.plot:
-        save_plot(ev, args.plot)
+    # The numbers first: a picture or report that fails to write (its folder gone, the disk
+    # full) after minutes of work must not take them with it.
+    _print(args, ev.report)
+    sys.stdout.flush()  # before the error line of a write that fails, as they happened
     if args.report:
         write_report(ev, args.report)
         run_config(args).write(args.report)  # the settings the report was made with
-    r = ev.report
+        if not args.json:
+            print(f"  report: {args.report / 'report.html'}")
+    if args.plot:
+        save_plot(ev, args.plot)
+        if not args.json:
+            print(f"  plot: {args.plot}")
+    return 0
+
+
+def _print(args: argparse.Namespace, r) -> None:
     if args.json:
         print(r.model_dump_json(indent=2))
-        return 0
+        return
     print(
         f"{r.session}: {r.targets} targets, {r.frames_used} of {r.frames} frames used\n"
         + (
@@ -419,11 +431,6 @@ def _output(args: argparse.Namespace, ev) -> int:
         print(f"  rejected {rej.file}: {rej.why}")
     if r.precision:
         print(precision_text(r.precision))
-    if args.plot:
-        print(f"  plot: {args.plot}")
-    if args.report:
-        print(f"  report: {args.report / 'report.html'}")
-    return 0
 
 
 def save_plot(ev, path: Path) -> None:

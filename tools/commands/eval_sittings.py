@@ -245,10 +245,12 @@ def run(args: argparse.Namespace) -> int:
     if not within:
         raise UserError(f"{args.folder}: no sitting could be evaluated ({skipped[0]['reason']})")
     report = summarise(str(args.folder), within, pairs, with_history, skipped)
+    # The numbers first: a picture that fails to write (its folder gone, the disk full)
+    # after minutes of work must not take them with it.
+    print(json.dumps(report, indent=2) if args.json else text(report), flush=True)
     if args.plot is not None:
         write_plot(lambda f: plot_sittings_report(report, f), args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
-    print(json.dumps(report, indent=2) if args.json else text(report))
     return 0
 
 
