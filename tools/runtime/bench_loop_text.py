@@ -121,6 +121,18 @@ def loop_text(out: dict[str, Any]) -> str:
     return "\n".join(head + body + ["(--json for every field and how each was measured)"])
 
 
+def _sittings_data(out: dict[str, Any]) -> str:
+    """The data behind the pairs: the clicks fed (real ones, said so) and the stills the
+    loop is judged on."""
+    pairs = out["pairs"]
+    fed = sum(p["labels_fed"] for p in pairs)
+    judged = sum(p["eval_frames"] for p in pairs)
+    return (
+        f"{out['folder']}, {len(pairs)} pairs of sittings; {_source(out)}: {fed} clicks fed, "
+        f"errors on {judged} other stills ({fed + judged} stills)"
+    )
+
+
 def plot_sittings(out: dict[str, Any], path) -> None:
     """`bench loop --sittings --plot PNG`: per pair of sittings, the earlier profile's error
     (drifted) with an arrow to where the loop left it, beside the sitting's own calibration
@@ -157,9 +169,9 @@ def plot_sittings(out: dict[str, Any], path) -> None:
     s = out["summary"]
     gap = s["gap_closed_median"]
     ax.set_title(
-        f"the loop closes {'-' if gap is None else f'{gap:.2f}'} of the gap "
-        f"({s['pairs_with_gap']} pairs with one); {s['pairs_over_5pct_worse']} of {n} pairs "
-        f"over 5 % worse ({s.get('gap_pairs_over_5pct_worse', '-')} with a gap)",
+        f"{_sittings_data(out)}\nthe loop closes {'-' if gap is None else f'{gap:.2f}'} of "
+        f"the gap ({s['pairs_with_gap']} pairs with one); {s['pairs_over_5pct_worse']} of {n} "
+        f"pairs over 5 % worse ({s.get('gap_pairs_over_5pct_worse', '-')} with a gap)",
         fontsize=10,
     )
     ax.set_ylabel("mean error on the unlabelled targets (px)")
@@ -207,8 +219,14 @@ def plot_injected(out: dict[str, Any], path) -> None:
         )
         ax.set_xlabel("labels")
     axes[0].set_ylabel("mean error over the session (px)")
-    axes[0].legend(fontsize=8, loc="upper right")
-    fig.suptitle(f"{_source(out)}; {out['seeds']} streams", fontsize=10)
-    fig.tight_layout()
+    # Below the panels: inside, it covered the red line of the drift left uncorrected.
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
+    fig.suptitle(
+        f"{out['session']}: {out['frames_used']} of {out['frames']} frames, "
+        f"{out['targets']} targets; {_source(out)}; {out['seeds']} streams",
+        fontsize=10,
+    )
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path)
     plt.close(fig)

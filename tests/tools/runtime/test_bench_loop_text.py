@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 from gazeloop.tools.runtime.bench_loop_text import loop_text
 from tests.paths import ROOT
 
@@ -92,3 +94,52 @@ def test_plot_is_refused_before_any_work_when_it_cannot_be_drawn(tmp_path, capsy
     assert "--plot p.txt: name a .png, .svg or .pdf file" in capsys.readouterr().err
     assert main(["bench", "loop", "--session", str(folder), "--start", "pooled"]) == 2
     assert "--start chooses what pairs of --sittings start from" in capsys.readouterr().err
+
+
+def _with_curves(out: dict) -> dict:
+    """The baseline with the per-label curves `--plot` draws (the baseline keeps no curves):
+    flat before label 10, the drift, then back."""
+    x = np.arange(60)
+    back = np.where(x < 10, 80.0, np.where(x < 25, 160.0, 81.0))
+    curve = {"median": back, "p10": back - 5, "p90": back + 5, "uncorrected": back * 0 + 160}
+    curve = {k: v.tolist() for k, v in curve.items()}
+    for r in (out, out["ramp"], out["known_onset_reference"]):
+        r["error_by_label_px"] = curve
+    return out
+
+
+def test_the_recovery_picture_names_the_session_and_its_frames(tmp_path, saved_figures):
+    from gazeloop.tools.runtime.bench_loop_text import plot_injected
+
+    out = _with_curves(_output("bench_loop"))
+    plot_injected(out, tmp_path / "loop.png")
+    title = saved_figures[0]._suptitle.get_text()
+    frames, targets = out["frames_used"], out["targets"]
+    assert title.startswith(f"{out['session']}: {frames} of {out['frames']} frames, {targets} ")
+
+
+def test_the_recovery_legend_covers_no_curve(tmp_path, saved_figures):
+    from gazeloop.tools.runtime.bench_loop_text import plot_injected
+
+    plot_injected(_with_curves(_output("bench_loop")), tmp_path / "loop.png")
+    fig = saved_figures[0]
+    (legend,) = [lg for lg in fig.legends + [ax.get_legend() for ax in fig.axes] if lg]
+    assert "drift left uncorrected" in [t.get_text() for t in legend.get_texts()]
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()  # the saved figure is closed
+    box = legend.get_window_extent(renderer)
+    assert all(box.y1 <= ax.get_window_extent(renderer).y0 for ax in fig.axes)
+
+
+def test_the_sittings_picture_says_the_real_clicks_and_stills(tmp_path, saved_figures):
+    from gazeloop.tools.runtime.bench_loop_text import plot_sittings
+
+    out = _output("evit_sittings_loop")
+    plot_sittings(out, tmp_path / "pairs.png")
+    title = saved_figures[0].axes[0].get_title()
+    fed = sum(p["labels_fed"] for p in out["pairs"])
+    judged = sum(p["eval_frames"] for p in out["pairs"])
+    assert title.startswith(f"{out['folder']}, {len(out['pairs'])} pairs of sittings; ")
+    assert f"real clicks: {fed} clicks fed, errors on {judged} other stills" in title
+    assert f"({fed + judged} stills)" in title
