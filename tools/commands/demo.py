@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     )
     live.close()
     summary = demo.summarise(trace, ev, args.drift_px, live, store_note)
-    demo.plot_trace(trace, drift * screen.px[0], out)
+    demo.plot_trace(trace, drift * screen.px[0], out, summary)
     atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
     _html(out, summary, ev)
     print("4. summary:")

@@ -137,10 +137,9 @@ def plot_sittings(out: dict[str, Any], path) -> None:
     """`bench loop --sittings --plot PNG`: per pair of sittings, the earlier profile's error
     (drifted) with an arrow to where the loop left it, beside the sitting's own calibration
     and the best offset in hindsight; pairs that end over 5 % worse are named in red."""
-    import matplotlib
+    from gazeloop.calibration.metrics.plotting import drawable, pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     pairs = out["pairs"]
     n = len(pairs)
@@ -162,14 +161,16 @@ def plot_sittings(out: dict[str, Any], path) -> None:
     ax.plot(x, [p["error_best_offset_px"] for p in pairs], ".", color="0.5", label="best offset")
     ax.plot([], [], "o", color="tab:blue", label="earlier profile (drifted)")
     ax.plot([], [], "x", color="tab:blue", mew=2, label="with the loop (red: over 5 % worse)")
-    ax.set_xticks(list(x), [f"{p['calibrated_on']}→{p['session']}" for p in pairs], rotation=70)
+    names = [drawable(f"{p['calibrated_on']}→{p['session']}") for p in pairs]
+    ax.set_xticks(list(x), names, rotation=70)
     for tick, p in zip(ax.get_xticklabels(), pairs, strict=True):
         if p["error_after_px"] > 1.05 * p["error_drifted_px"]:
             tick.set_color("tab:red")
     s = out["summary"]
     gap = s["gap_closed_median"]
     ax.set_title(
-        f"{_sittings_data(out)}\nthe loop closes {'-' if gap is None else f'{gap:.2f}'} of "
+        drawable(f"{_sittings_data(out)}")
+        + f"\nthe loop closes {'-' if gap is None else f'{gap:.2f}'} of "
         f"the gap ({s['pairs_with_gap']} pairs with one); {s['pairs_over_5pct_worse']} of {n} "
         f"pairs over 5 % worse ({s.get('gap_pairs_over_5pct_worse', '-')} with a gap)",
         fontsize=10,
@@ -186,10 +187,9 @@ def plot_injected(out: dict[str, Any], path) -> None:
     streams with the 10-90 % band, for the step and the ramp; beside the loop, the estimator
     told the onset on the same labels (step). The lines: the error before the drift, the
     recovery band (within `RECOVER_TOLERANCE` of it) and the error left uncorrected."""
-    import matplotlib
+    from gazeloop.calibration.metrics.plotting import drawable, pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     from gazeloop.calibration.drift.simulation import RECOVER_TOLERANCE
 
@@ -223,8 +223,10 @@ def plot_injected(out: dict[str, Any], path) -> None:
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
     fig.suptitle(
-        f"{out['session']}: {out['frames_used']} of {out['frames']} frames, "
-        f"{out['targets']} targets; {_source(out)}; {out['seeds']} streams",
+        drawable(
+            f"{out['session']}: {out['frames_used']} of {out['frames']} frames, "
+            f"{out['targets']} targets; {_source(out)}; {out['seeds']} streams"
+        ),
         fontsize=10,
     )
     fig.tight_layout(rect=(0, 0.07, 1, 1))

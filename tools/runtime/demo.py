@@ -255,17 +255,12 @@ def _catching_up(t_s: np.ndarray, err: np.ndarray) -> np.ndarray:
     return np.isfinite(err) & (t_s - last_gap <= CATCH_UP_S)
 
 
-def _trace_title(tr: dict) -> str:
-    """What the errors are, on what data, and the summary's three figures (as `summarise`
-    takes them: before the onset, the first pass after it, the last two passes)."""
-    t, err, onset = tr["t"], tr["err"], tr["onset"]
-    per_pass = int(np.sum(t <= onset))  # the onset is one recording's span after frame 0
-    ok = np.isfinite(err)
-    before = err[(t < onset) & ok]
-    after = err[(t >= onset) & ok]
-    end = err[(t >= t[-1] - 2 * (onset - t[0])) & (t >= onset) & ok]
-    figures = [before, after[: max(1, len(before))], end]
-    mean = " → ".join("-" if e.size == 0 else f"{e.mean():.0f}" for e in figures)
+def _trace_title(tr: dict, summary: dict) -> str:
+    """What the errors are, on what data, and the summary's three figures."""
+    t = tr["t"]
+    per_pass = int(np.sum(t <= tr["onset"]))  # the onset is one recording's span after frame 0
+    keys = ("error_before_drift_px", "error_just_after_drift_px", "error_last_two_passes_px")
+    mean = " → ".join("-" if summary[k] is None else f"{summary[k]:.0f}" for k in keys)
     return (
         "gazeloop demo: in-sample error (the profile was fitted on the frames it replays)\n"
         f"4-corner recording, {len(t)} frames = {len(t) / per_pass:.0f} passes of {per_pass}; "
@@ -287,18 +282,18 @@ def _draw_errors(a, tr: dict, t: np.ndarray, onset: float) -> None:
     a.legend(loc="upper right", fontsize=7)
 
 
-def plot_trace(tr: dict, drift_px: np.ndarray, out: Path) -> None:
-    """`out/loop.png`: the error over the stream, and the loop's offset against the ideal."""
-    import matplotlib
+def plot_trace(tr: dict, drift_px: np.ndarray, out: Path, summary: dict) -> None:
+    """`out/loop.png`: the error over the stream, and the loop's offset against the ideal;
+    the title gives `summary`'s (`summarise`) figures."""
+    from gazeloop.calibration.metrics.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     t = (tr["t"] - tr["t"][0]) / 1e9
     onset = (tr["onset"] - tr["t"][0]) / 1e9
     fig, (a, b) = plt.subplots(2, 1, figsize=(9, 6.6), sharex=True, dpi=110)
     _draw_errors(a, tr, t, onset)
-    fig.suptitle(_trace_title(tr), fontsize=9)
+    fig.suptitle(_trace_title(tr, summary), fontsize=9)
     b.plot(t, tr["offset"][:, 0], color="tab:blue", label="loop offset Cx")
     b.plot(t, tr["offset"][:, 1], color="tab:green", label="loop offset Cy")
     b.step(

@@ -68,10 +68,9 @@ def _legend_label(report: dict[str, Any], c: str) -> str:
 
 
 def plot_head_shift(report: dict[str, Any], path) -> None:
-    import matplotlib
+    from gazeloop.calibration.metrics.plotting import drawable, pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     moves = report["moves"]
     labels = sorted({c for per in moves.values() for c in per["by_candidate"]})
@@ -91,9 +90,11 @@ def plot_head_shift(report: dict[str, Any], path) -> None:
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8)
     w, h = report["screen_mm"]
     fig.suptitle(
-        f"{report['session']}: {report['targets']} targets, {report['frames']} frames; "
-        f"screen taken as {w:g}×{h:g} mm\nmean move of the gaze point on the screen, "
-        "one scale for all panels; misses in panel order",
+        drawable(
+            f"{report['session']}: {report['targets']} targets, {report['frames']} frames; "
+            f"screen taken as {w:g}×{h:g} mm\nmean move of the gaze point on the screen, "
+            "one scale for all panels; misses in panel order"
+        ),
         fontsize=10,
     )
     fig.tight_layout(rect=(0, 0.08, 1, 0.92))

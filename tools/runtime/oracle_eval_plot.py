@@ -125,10 +125,9 @@ def _draw_errors(ax, labels: list[dict[str, Any]]) -> None:
 
 def oracle_eval_figure(out: dict[str, Any]):
     """The picture as a matplotlib figure (the caller saves and closes it)."""
-    import matplotlib
+    from gazeloop.calibration.metrics.plotting import drawable, pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     s = out["summary"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 5.2), dpi=110)
@@ -141,7 +140,7 @@ def oracle_eval_figure(out: dict[str, Any]):
     )
     _draw_errors(right, out["labels"])
     lines = textwrap.wrap(f"{out['session']}: {out['oracle_note']}", 150)
-    fig.suptitle("\n".join(lines), fontsize=8)
+    fig.suptitle(drawable("\n".join(lines)), fontsize=8)
     # Each line of the note takes about 3 % of the height; the note is never cut short.
     fig.tight_layout(rect=(0, 0.03, 1, 1 - 0.03 * len(lines) - 0.01))
     return fig

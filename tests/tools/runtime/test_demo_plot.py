@@ -32,9 +32,9 @@ def _summary(tr: dict) -> dict:
 
 def test_the_title_says_in_sample_on_what_data_with_the_summarys_figures(tmp_path, saved_figures):
     tr = _trace()
-    plot_trace(tr, np.array([150.0, 0.0]), tmp_path)
-    title = saved_figures[0]._suptitle.get_text()
     s = _summary(tr)
+    plot_trace(tr, np.array([150.0, 0.0]), tmp_path, s)
+    title = saved_figures[0]._suptitle.get_text()
     keys = ("error_before_drift_px", "error_just_after_drift_px", "error_last_two_passes_px")
     assert " → ".join(f"{s[k]:.0f}" for k in keys) + " px" in title
     assert "in-sample" in title and "4-corner recording" in title
@@ -44,7 +44,7 @@ def test_the_title_says_in_sample_on_what_data_with_the_summarys_figures(tmp_pat
 
 def test_frames_after_a_target_change_are_grey_and_settling_ones_counted(tmp_path, saved_figures):
     tr = _trace()
-    plot_trace(tr, np.array([150.0, 0.0]), tmp_path)
+    plot_trace(tr, np.array([150.0, 0.0]), tmp_path, _summary(tr))
     top = saved_figures[0].axes[0]
     red, grey = (ln for ln in top.lines if ln.get_marker() == ".")
     assert red.get_color() == "tab:red" and max(red.get_ydata()) < 200.0

@@ -89,3 +89,10 @@ def test_the_histogram_counts_whole_labels(tmp_path, saved_figures):
     plot_oracle_eval(out, tmp_path / "o.png")
     ticks = saved_figures[0].axes[1].get_yticks()
     assert np.allclose(ticks, np.round(ticks))
+
+
+def test_a_cjk_session_name_draws_without_missing_glyph_warnings(tmp_path, recwarn):
+    out = _clicks_out()
+    out["session"] = "数据/grid9"
+    plot_oracle_eval(out, tmp_path / "o.png")
+    assert not [w for w in recwarn if "Glyph" in str(w.message)]
