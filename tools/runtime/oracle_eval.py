@@ -94,8 +94,12 @@ def summarise(
     """Counts and medians over `results`; `not_scored`: frames left out before labelling,
     by why, reported beside them and in none of the numbers."""
 
-    def med(name: str) -> float | None:
-        vals = [getattr(r, name) for r in results if getattr(r, name) is not None]
+    def med(name: str, returned_only: bool = False) -> float | None:
+        vals = [
+            getattr(r, name)
+            for r in results
+            if getattr(r, name) is not None and (r.returned or not returned_only)
+        ]
         return round(statistics.median(vals), 2) if vals else None
 
     returned = sum(r.returned for r in results)
@@ -113,7 +117,8 @@ def summarise(
         "median_perpendicular_px": med("perpendicular_px"),
         "median_angle_deg": med("angle_deg"),
         "median_latency_ms": med("latency_ms"),
-        "median_fixation_px": med("fixation_px"),
+        # a refused click's fixation vouched for nothing (a `far` one is far by definition)
+        "median_fixation_px": med("fixation_px", returned_only=True),
     }
 
 

@@ -49,11 +49,15 @@ def test_summary_medians_skip_labels_without_the_number():
         LabelResult("a", 0, (0, 0), True, kind="point", distance_px=10.0, latency_ms=5.0),
         LabelResult("b", 0, (0, 0), True, kind="point", distance_px=30.0, latency_ms=7.0),
         LabelResult("c", 1, (0, 0), False, why_not="burst", latency_ms=9.0),
+        LabelResult("d", 1, (0, 0), False, why_not="far", fixation_px=1333.0),
+        LabelResult("e", 2, (0, 0), True, kind="point", distance_px=0.0, fixation_px=60.0),
+        LabelResult("f", 2, (0, 0), True, kind="point", distance_px=0.0, fixation_px=80.0),
     ]
     s = summarise(rs, {"settling": 4})
-    assert (s["labels"], s["returned"], s["returned_share"]) == (3, 2, 0.667)
-    assert s["median_distance_px"] == 20.0 and s["median_latency_ms"] == 7.0
-    assert s["why_not"] == {"burst": 1} and s["median_angle_deg"] is None
+    assert (s["labels"], s["returned"], s["returned_share"]) == (6, 4, 0.667)
+    assert s["median_distance_px"] == 5.0 and s["median_latency_ms"] == 7.0
+    assert s["why_not"] == {"burst": 1, "far": 1} and s["median_angle_deg"] is None
+    assert s["median_fixation_px"] == 70.0  # the refused far click's 1333 px vouched for nothing
     assert s["not_scored"] == {"settling": 4}  # beside the numbers, in none of them
 
 
