@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from gazeloop.calibration.store.atomic import atomic_path, atomic_write_bytes, fsync_dir
+from gazeloop.calibration.store.atomic import WriteError, atomic_write_bytes, fsync_dir
 from gazeloop.fastpath.models import sha256_file
 from gazeloop.trainer.config import TrainConfig, TrainError
 from gazeloop.trainer.logs import strict_json
@@ -34,6 +34,7 @@ from gazeloop.trainer.model import (
     GazeNet,
     read_checkpoint_info,
     save_checkpoint,
+    save_tensors,
 )
 
 STATE_FORMAT = "gazeloop.trainer.state"
@@ -77,8 +78,6 @@ def save_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Module, fol
     """Optimizer state without pickle: tensors → safetensors, the rest → JSON. Keyed by
     parameter NAME, not position: a network rebuilt from a checkpoint may register its
     parameters in another order than the one built from the IR."""
-    from safetensors.torch import save_file
-
     names = _param_names(model)
     sd = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
@@ -90,8 +89,7 @@ def save_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Module, fol
             else:
                 scalars.setdefault(names[idx], {})[stat] = _json_scalar(v)
     meta = {"format": OPTIMIZER_FORMAT, "model_version": MODEL_VERSION}
-    with atomic_path(folder / OPTIMIZER_TENSORS) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+    save_tensors(tensors, folder / OPTIMIZER_TENSORS, meta)
     groups = []
     for g in sd["param_groups"]:
         doc = {k: _json_scalar(v) for k, v in g.items() if k != "params"}
@@ -283,14 +281,19 @@ def save_training_checkpoint(
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{state['step']:07d}"
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}."))
+    final = root / name
     try:
         save_checkpoint(model, tmp / "model.safetensors", extra={"step": state["step"]})
         save_optimizer(optimizer, model, tmp)
         _write_json(tmp / "trainer_state.json", state)
-        final = root / name
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
+    except WriteError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        # Named as the checkpoint it was to become, not the hidden folder just removed.
+        where = str(e.filename).replace(str(tmp), str(final))
+        raise WriteError(e.errno, e.strerror, where) from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -11,10 +11,14 @@ calibrates with: a model better only under that ridge could be promoted.) The co
 paired: per session, and inside a session per target (the same target held out for both
 models), so the noise of which session or target is hard cancels out.
 
-The margin is parent − candidate (px, each session weighing the same). Its standard error
-comes from the per-session margins when there are at least `MIN_SESSIONS_FOR_SESSION_SE`
-sessions, else from the pooled per-target paired differences (fewer sessions give no usable
-spread). The candidate is promoted only when the margin exceeds both `z` standard errors
+The margin is parent − candidate (px), and it and its standard error always weigh alike:
+with at least `MIN_SESSIONS_FOR_SESSION_SE` sessions both come from the per-session margins
+(each session weighing the same); with fewer (which give no usable spread between sessions)
+both come from the pooled per-target paired differences, so each target weighs the same and
+a session weighs by its targets. (Until 2026-12-06 the margin averaged sessions equally
+under a per-target SE: a 2-target session at +30 px outvoted a 16-target one at −2 px.) The
+parent's error the minimum gain is a percentage of is weighted the same way. The candidate
+is promoted only when the margin exceeds both `z` standard errors
 and `min_gain_pct` % of the parent's error: a change inside the noise, or too small to
 matter, keeps the parent.
 
@@ -135,27 +139,49 @@ class HoldoutChoice:
 
 def choose_holdout(data: list[DataSource], holdout: list[DataSource]) -> HoldoutChoice:
     """What trains and what the gate judges on. Named holdouts leave the training data if
-    they were in it; without any, the last quarter (at least one) of the session folders of
-    `data` is held out whole, as long as one source is left to train on."""
+    they were in it; without any, the last quarter (at least one) of the sessions of `data`
+    is held out whole, as long as one session is left to train on. Sessions are counted
+    inside folders of sessions too (`--data /data/sessions`): a held-out one is excluded
+    from its folder's source."""
     if holdout:
         named = {Path(h.path).resolve() for h in holdout}
         train = [d for d in data if Path(d.path).resolve() not in named]
         notes = [f"{d.path} is a --holdout: not trained on" for d in data if d not in train]
         train = [_without_inside(d, named, notes) for d in train]
         return HoldoutChoice(train, list(holdout), notes)
-    sessions = [d for d in data if is_session(d.path)]
-    if len(data) < 2:
-        return HoldoutChoice(list(data), [], [])
-    if not sessions:
-        why = "no session folder among --data to hold out whole: name one with --holdout"
-        return HoldoutChoice(list(data), [], [why])
+    sessions = [s for d in data for s in _sessions_of(d)]
+    others = [d for d in data if not is_session(d.path)]
     n = max(1, len(sessions) // 4)
+    if len(sessions) - n + len(others) < 1 or not sessions:
+        why = "no session folder among --data to hold out whole: name one with --holdout"
+        return HoldoutChoice(list(data), [], [why] if len(data) > 1 and not sessions else [])
     held = sessions[-n:]
-    train = [d for d in data if d not in held]
+    named = {Path(h.path).resolve() for h in held}
+    train = [d for d in data if Path(d.path).resolve() not in named]
+    notes: list[str] = []
+    train = [_without_inside(d, named, notes) for d in train]
     note = "held out for the promotion gate (not trained on): " + ", ".join(
-        str(d.path) for d in held
+        str(h.path) for h in held
     )
     return HoldoutChoice(train, held, [note])
+
+
+def _sessions_of(src: DataSource) -> list[DataSource]:
+    """The session folders `src` reads: itself, or the sessions inside a folder of them
+    (each read as the folder's source says), in the reader's order."""
+    if not is_session(src.path):
+        return []
+    folder = Path(src.path)
+    if is_one_session(folder):
+        return [src]
+    excluded = {Path(p).resolve() for p in src.exclude}
+    inside = [
+        p
+        for p in sorted(folder.iterdir())
+        if p.is_dir() and is_one_session(p) and p.resolve() not in excluded
+    ]
+    keep = {"screen_px": src.screen_px, "mirrored": src.mirrored, "weight": src.weight}
+    return [DataSource(path=p, **keep) for p in inside]
 
 
 @dataclass(slots=True)
@@ -236,7 +262,7 @@ def judge(
         return GateResult(
             promoted=False,
             reason="too few sessions to judge: no held-out session (name one with --holdout "
-            "SESSION, or give at least two session folders as --data)",
+            "SESSION, or give --data at least two sessions)",
             z=z,
             min_gain_pct=min_gain_pct,
             **common,
@@ -268,20 +294,34 @@ def _score(session: str, pcal: Calibrated, ccal: Calibrated) -> SessionScore:
     )
 
 
+def _margin(scores: list[SessionScore]) -> tuple[float, float, str, list[float]]:
+    """(margin, its standard error, what the SE is over, each session's weight): the margin
+    and its SE weigh alike. From `MIN_SESSIONS_FOR_SESSION_SE` sessions on, each session
+    weighs the same in both; with fewer, both come from the pooled per-target differences,
+    so a session weighs by its targets (else a 2-target session's +30 px, averaged equally
+    with a 16-target session's −2 px, promoted against an SE of the 18 targets)."""
+    margins = np.array([s.margin_px for s in scores])
+    if len(scores) >= MIN_SESSIONS_FOR_SESSION_SE:
+        se = float(margins.std(ddof=1) / math.sqrt(len(margins)))
+        return float(margins.mean()), se, "sessions", [1.0] * len(scores)
+    d = np.concatenate([s.target_margins_px for s in scores])
+    if len(d) == 0:  # no paired target at all: nothing to weigh by
+        return float(margins.mean()), math.inf, "0 paired targets", [1.0] * len(scores)
+    se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else math.inf
+    # The sessions' own margins weighted by their targets: the mean of the pooled targets,
+    # without the rounding of the per-target values.
+    weights = [float(len(s.target_margins_px)) for s in scores]
+    margin = float(np.average(margins, weights=weights))
+    return margin, se, f"{len(d)} paired targets", weights
+
+
 def decide(
     scores: list[SessionScore], *, z: float, min_gain_pct: float, **common: Any
 ) -> GateResult:
     """The decision from paired scores (pure arithmetic: tested without any model)."""
-    margins = np.array([s.margin_px for s in scores])
-    parent_px = float(np.mean([s.parent_px for s in scores]))
-    cand_px = float(np.mean([s.candidate_px for s in scores]))
-    margin = float(margins.mean())
-    if len(scores) >= MIN_SESSIONS_FOR_SESSION_SE:
-        se, basis = float(margins.std(ddof=1) / math.sqrt(len(margins))), "sessions"
-    else:
-        d = np.concatenate([s.target_margins_px for s in scores])
-        se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else math.inf
-        basis = f"{len(d)} paired targets"
+    margin, se, basis, weights = _margin(scores)
+    parent_px = float(np.average([s.parent_px for s in scores], weights=weights))
+    cand_px = float(np.average([s.candidate_px for s in scores], weights=weights))
     needed = max(z * se, min_gain_pct / 100 * parent_px)
     if not math.isfinite(cand_px):
         ok, why = False, "the candidate's error is not finite"

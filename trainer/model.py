@@ -22,8 +22,11 @@ the same two tensors as the ONNX rebuild.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +37,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
-from gazeloop.calibration.store.atomic import atomic_path, atomic_write_bytes
+from gazeloop.calibration.store.atomic import WriteError, atomic_path, atomic_write_bytes
 from gazeloop.fastpath.ir_onnx import OMZ_INPUTS
 from gazeloop.fastpath.ir_reader import (
     INT64_MAX,
@@ -406,6 +409,25 @@ def sidecar_path(weights_path: str | Path) -> Path:
     return p.with_name(p.name + ".json")
 
 
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """`path` (safetensors) written atomically. safetensors reports a full disk or a file
+    size limit as its own SafetensorError, not an OSError: here it becomes the WriteError
+    every other writer raises, naming `path` (not the temp file) and the system's cause."""
+    with atomic_path(path) as tmp:
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except SafetensorError as e:
+            raise _write_error(e, path) from e
+
+
+def _write_error(e: SafetensorError, path: Path) -> WriteError:
+    # The message carries the OS error: "... I/O error: File too large (os error 27)".
+    text = " ".join(str(e).split())
+    found = re.search(r"os error (\d+)", text)
+    code = int(found.group(1)) if found else errno.EIO
+    return WriteError(code, os.strerror(code) if found else text, str(path))
+
+
 def save_checkpoint(
     model: GazeNet, path: str | Path, *, extra: dict[str, Any] | None = None
 ) -> Path:
@@ -416,8 +438,7 @@ def save_checkpoint(
     state = {
         k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()
     }
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={"model_version": MODEL_VERSION})
+    save_tensors(state, path, {"model_version": MODEL_VERSION})
     doc = {
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_FORMAT_VERSION,

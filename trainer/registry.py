@@ -11,8 +11,10 @@ interrupted copy by hand, a disk error) is skipped with a warning, never served.
 
 Every candidate is kept, with the promotion gate's evaluation in its card; what the fast path
 serves is the *promoted* version, named by `root/<model_id>/promoted.json` (rewritten
-atomically under the lock `root/.promote.lock`, with the history of promotions so that
-`rollback` can go back one step). A version that is registered is not served until
+atomically under the lock `root/.promote.lock`, with the history of promotions and
+rollbacks, appended to and never cut, so that `rollback` can go back one step and a person's
+override stays on record; `version` is null once everything promoted was rolled back). A
+version that is registered is not served until
 something promotes it: the gate (`trainer.gate`), a fetch of a model its source promoted,
 or a person (`gazeloop models promote`).
 """
@@ -326,8 +328,8 @@ class ModelRegistry:
             return {"version": None, "history": []}
         try:
             data = json.loads(path.read_text())
-            int(data["version"])
-            return {"version": int(data["version"]), "history": list(data.get("history", []))}
+            version = None if data["version"] is None else int(data["version"])
+            return {"version": version, "history": list(data.get("history", []))}
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise RegistryError(f"{path}: unreadable promotion pointer: {exc}") from exc
 
@@ -345,8 +347,15 @@ class ModelRegistry:
     def last_promotion(self, model_id: str | None = None) -> dict | None:
         """The served version's promotion record (version, at, reason), or None."""
         mid = self._resolve_id(model_id)
-        history = self._pointer(mid)["history"] if mid is not None else []
-        return dict(history[-1]) if history else None
+        pointer = self._pointer(mid) if mid is not None else {"version": None, "history": []}
+        history = pointer["history"]
+        return dict(history[-1]) if history and pointer["version"] is not None else None
+
+    def promotions(self, model_id: str | None = None) -> list[dict]:
+        """Every promotion and rollback of the model, oldest first (rollbacks carry
+        `"rollback": true` and the version they undid)."""
+        mid = self._resolve_id(model_id)
+        return [dict(h) for h in self._pointer(mid)["history"]] if mid is not None else []
 
     @contextlib.contextmanager
     def _pointer_lock(self) -> Iterator[None]:
@@ -395,27 +404,42 @@ class ModelRegistry:
 
     def _rollback(self, mid: str, reason: str) -> RegistryEntry | None:
         pointer = self._pointer(mid)
-        history = pointer["history"]
-        if not history:
+        stack = _served_stack(pointer["history"])
+        if pointer["version"] is None or not stack:
             raise RegistryError(f"{mid}: nothing is promoted, so nothing to roll back")
-        if len(history) == 1:
-            (self.root / mid / PROMOTED_FILE).unlink()
-            log.info("rolled back %s: nothing promoted", mid)
-            return None
-        previous = self.get(int(history[-2]["version"]), mid)
+        previous = self.get(stack[-2], mid) if len(stack) > 1 else None
         back = {
-            "version": previous.version,
+            "version": None if previous is None else previous.version,
             "at": datetime.now(UTC).isoformat(timespec="seconds"),
             "reason": reason or f"rollback from v{pointer['version']}",
+            "rollback": True,
+            "undone": pointer["version"],
         }
-        # The undone promotion leaves the stack, so a second rollback goes one further back.
-        self._write_pointer(mid, previous.version, history[:-2] + [back])
+        # Appended, never cut: the record of who promoted what (a person overriding the
+        # gate, say) outlives its rollback, even of the first promotion.
+        self._write_pointer(mid, back["version"], pointer["history"] + [back])
+        if previous is None:
+            log.info("rolled back %s: nothing promoted", mid)
         return previous
 
     def _write_pointer(self, model_id: str, version: int, history: list[dict]) -> None:
         path = self.root / model_id / PROMOTED_FILE
         payload = {"model_id": model_id, "version": version, "history": history}
         atomic_write_bytes(path, json.dumps(payload, indent=2).encode())
+
+
+def _served_stack(history: list[dict]) -> list[int]:
+    """The versions a rollback goes back through, replayed from the history: a promotion
+    pushes its version, a rollback pops the one it undid. (Histories written before
+    rollbacks were appended hold the stack itself, with no rollback records.)"""
+    stack: list[int] = []
+    for h in history:
+        if h.get("rollback"):
+            if stack:
+                stack.pop()
+        elif h.get("version") is not None:
+            stack.append(int(h["version"]))
+    return stack
 
 
 __all__ = [

@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from gazeloop.fastpath.models import sha256_file
 from gazeloop.trainer.config import TrainConfig
 from gazeloop.trainer.export import export_onnx
 from gazeloop.trainer.gate import GateResult, judge
@@ -75,6 +76,9 @@ def ship(
     onnx = export_onnx(
         load_checkpoint(best_checkpoint), best_checkpoint.with_suffix(".onnx"), card=card
     )
+    same = already_registered(registry, model_id, onnx)
+    if same is not None:
+        return same
     try:
         gate: GateResult = judge(
             parent,
@@ -104,4 +108,31 @@ def ship(
     }
 
 
-__all__ = ["card_metrics", "parent_model", "ship"]
+def already_registered(registry: ModelRegistry, model_id: str, onnx: Path) -> dict | None:
+    """What `ship` returns for a model the registry already holds, byte for byte (a
+    `--resume --export` relaunch of a run that had finished): no second version, and no
+    second gate run that could decide otherwise on the same bytes. None when it is new."""
+    if not (registry.root / model_id).is_dir():
+        return None
+    digest = sha256_file(onnx)
+    entry = next((e for e in registry.list(model_id) if e.card.onnx_sha256 == digest), None)
+    if entry is None:
+        return None
+    served = registry.promoted(model_id)
+    gate = dict(entry.card.evaluation or {"promoted": False, "reason": "not judged"})
+    gate["reason"] = (
+        f"already registered as v{entry.version} (same sha256), not registered or judged "
+        f"again; its gate said: {gate.get('reason') or 'nothing'}"
+    )
+    return {
+        "onnx": str(onnx),
+        "registered": str(entry.onnx_path),
+        "version": entry.version,
+        "already_registered": True,
+        "promoted": served is not None and served.version == entry.version,
+        "served_version": None if served is None else served.version,
+        "gate": gate,
+    }
+
+
+__all__ = ["already_registered", "card_metrics", "parent_model", "ship"]

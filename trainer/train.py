@@ -9,24 +9,32 @@ optimizer state included) and `trainer.logs` (metrics.csv, progress). This modul
 
 Runs under `accelerate` (CPU here; bf16 autocast on CUDA; `accelerate launch` for several
 GPUs: each process draws its own episodes, DDP averages gradients). Every random draw is a
-function of (seed, step, process) (`trainer.seeds`), so a resumed run continues exactly
-where it stopped. Early stopping watches the validation % of the diagonal; the best model so
-far is kept in `out_dir/best/`, the starting model being the first candidate (without a
-validation set, the model as trained at the end). A non-finite loss (or gradient) stops the
-run without a step or a checkpoint, so the last checkpoint on disk is the last good one.
-Checkpoints are written every `checkpoint_every` steps, every `checkpoint_minutes`, and at
-the end, so any run that took a step can be resumed. Under several processes only the main
-one preprocesses the data (the others wait on the cache's ready file: `_load_shared`) and
-writes; whether a model is then served is the promotion gate's call (`trainer.ship`).
+function of (seed, step, process) (`trainer.seeds`), so a resumed run continues where it
+stopped: bit for bit on the CPU (tested), and on CUDA as closely as its kernels allow (some,
+cuDNN's convolution backward among them, add in an order that varies from run to run).
+Early stopping watches the validation % of the diagonal; the best model so far is kept in
+`out_dir/best/`, the starting model being the first candidate (without a validation set,
+the model as trained at the end). A non-finite loss (or gradient) stops the run without a
+step or a checkpoint, so the last checkpoint on disk is the last good one. Checkpoints are
+written every `checkpoint_every` steps, every `checkpoint_minutes`, at the end, and when
+SIGINT or SIGTERM arrives (after the current step; the commands then exit 130 or 143), so
+any run that took a step can be resumed. A resume goes on with the config saved in its
+checkpoint: only the run's length and checkpoint cadence may change (`resumed_config`).
+Under several processes only the main one preprocesses the data (the others wait on the
+cache's ready file: `_load_shared`) and writes; whether a model is then served is the
+promotion gate's call (`trainer.ship`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
+import signal
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -68,7 +76,7 @@ from gazeloop.trainer.validation import metric, validate
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainConfig", "TrainError", "main", "train"]
+__all__ = ["TrainConfig", "TrainError", "main", "resumed_config", "train"]
 
 
 def _initial_model(cfg: TrainConfig) -> GazeNet:
@@ -108,6 +116,7 @@ class Standing:
     train_time: float = 0.0
     train_frames: int = 0
     stop_reason: str = "finished"
+    signal: int | None = None  # SIGINT/SIGTERM received: stop after this step
     last_ckpt: Path | None = None
     saved_at: int = 0
     saved_t: float = field(default_factory=time.monotonic)
@@ -174,7 +183,7 @@ def train(
     state: dict[str, Any] | None = None
     if resume_from is not None:
         state = read_trainer_state(resume_from)
-        _check_resumable(out_dir, state.get("config") or {}, cfg)
+        cfg = resumed_config(cfg, state.get("config") or {}, out_dir)
 
     accelerator, mp = _accelerator(cfg)
     if cfg.resume and resume_from is None and accelerator.is_main_process:
@@ -186,7 +195,8 @@ def train(
         data = _load_shared(cfg, accelerator, out_dir, progress)
     run = _start(cfg, accelerator, data, model, resume_from, state, progress, t_start)
     try:
-        _loop(run)
+        with _stop_on_signals(run.at):
+            _loop(run)
     finally:
         run.bar.close()
         if run.metrics is not None:
@@ -198,7 +208,41 @@ def train(
     return summary
 
 
-def _check_resumable(out_dir: Path, was: dict[str, Any], cfg: TrainConfig) -> None:
+# What a resume may change: how long the run goes on and how often it is saved, and where
+# and how this process runs. Everything else (the lr lives in the optimizer state, the
+# split follows val_fraction and the seed, ...) is what the run was, and the saved value wins.
+RUN_LENGTH = ("epochs", "max_steps", "checkpoint_every", "checkpoint_minutes", "keep_checkpoints")
+_LOCAL = ("resume", "out_dir", "cache_dir", "threads", "log_every", "wandb_project")
+
+
+def resumed_config(cfg: TrainConfig, was: dict[str, Any], out_dir: Path) -> TrainConfig:
+    """The config a resume goes on with: the saved one (`was`), with the run length and
+    checkpoint cadence `cfg` sets. A setting `cfg` was given (`model_fields_set`) that
+    differs from the saved one is refused in one line naming the field and both values."""
+    _check_sources(out_dir, was, cfg)
+    try:
+        saved = TrainConfig.model_validate(was | {"out_dir": was.get("out_dir", out_dir)})
+    except ValidationError:  # a state written before configs were saved whole
+        return cfg
+    differ = []
+    for key in sorted(cfg.model_fields_set - set(RUN_LENGTH) - set(_LOCAL) - {"data", "holdout"}):
+        before, now = _plain(getattr(saved, key)), _plain(getattr(cfg, key))
+        if before != now:
+            differ.append(f"{key} {before!r} (now {now!r})")
+    if differ:
+        raise TrainError(
+            f"{out_dir} was trained with {'; '.join(differ)}: a resume keeps the run's settings "
+            f"(only {', '.join(RUN_LENGTH)} may change); drop the flag, or train in a new --out"
+        )
+    keep = {k: getattr(cfg, k) for k in (*RUN_LENGTH, *_LOCAL) if k in cfg.model_fields_set}
+    return saved.model_copy(update=keep | {"out_dir": cfg.out_dir, "resume": True})
+
+
+def _plain(v: Any) -> Any:
+    return v.model_dump(mode="json") if hasattr(v, "model_dump") else v
+
+
+def _check_sources(out_dir: Path, was: dict[str, Any], cfg: TrainConfig) -> None:
     """A resumed run goes on with what the run was: its trained layers (the optimizer state
     is theirs) and its data and holdout (other data under the old run's "before training"
     and best model makes a summary of two runs, and may put a holdout into training)."""
@@ -297,10 +341,12 @@ def _split(data: GazeData, cfg: TrainConfig) -> Split:
     return split
 
 
-def _schedule(cfg: TrainConfig, split: Split) -> tuple[int, int]:
-    """(steps per epoch, total steps): an epoch is about one pass over the training frames."""
+def _schedule(cfg: TrainConfig, split: Split, processes: int = 1) -> tuple[int, int]:
+    """(steps per epoch, total steps): an epoch is about one pass over the training frames,
+    and a step under several processes draws one episode in each."""
     n_train_frames = len(split.train_rows)
-    frames_per_step = min(cfg.batch_persons, len(split.train_persons)) * cfg.frames_per_person
+    per_process = min(cfg.batch_persons, len(split.train_persons)) * cfg.frames_per_person
+    frames_per_step = per_process * processes
     steps_per_epoch = cfg.steps_per_epoch or max(1, math.ceil(n_train_frames / frames_per_step))
     total_steps = cfg.epochs * steps_per_epoch
     if cfg.max_steps is not None:
@@ -350,7 +396,7 @@ def _start(
     """Everything a run needs, the logs opened, and the starting model's validation as
     the first "best"."""
     split = _split(data, cfg)
-    steps_per_epoch, total_steps = _schedule(cfg, split)
+    steps_per_epoch, total_steps = _schedule(cfg, split, accelerator.num_processes)
     prepared, optimizer, params, at, tuned = _prepared_model(
         cfg, accelerator, model, resume_from, state
     )
@@ -376,7 +422,11 @@ def _start(
         samples=data.samples,
         split=split,
         model=prepared,
-        raw_model=accelerator.unwrap_model(prepared),
+        # Without accelerate's autocast wrapper on forward: validation (and so the choice of
+        # the best model) is float32. Training still autocasts: `episode_loss` enters
+        # `accelerator.autocast` itself, and the wrapper's removal reaches the same module
+        # the prepared (DDP) model calls.
+        raw_model=accelerator.unwrap_model(prepared, keep_fp32_wrapper=False),
         optimizer=optimizer,
         params=params,
         tuned=tuned,
@@ -400,6 +450,55 @@ def _start(
     return run
 
 
+@contextlib.contextmanager
+def _stop_on_signals(at: Standing):
+    """Ctrl-C or SIGTERM (a scheduler, `kill`) ends the run after the current step with a
+    checkpoint, instead of losing every step since the last one. The handlers step aside
+    after the first signal, so a second one stops the process at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def note(signum: int, _frame: Any) -> None:
+        at.signal = signum
+        for s, h in before.items():
+            signal.signal(s, h)
+
+    for s in before:
+        signal.signal(s, note)
+    try:
+        yield
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)
+
+
+def _interrupted(run: _Run) -> bool:
+    """A signal reached this process (or, under several, any of them: every process must
+    stop at the same step, or the checkpoint barrier would hang)."""
+    got = run.at.signal is not None
+    acc = run.accelerator
+    if acc.num_processes == 1:
+        return got
+    flag = torch.tensor([float(run.at.signal or 0)], device=acc.device)
+    signum = int(acc.gather(flag).max())
+    run.at.signal = signum or None
+    return bool(signum)
+
+
+def _stop_for_signal(run: _Run) -> None:
+    at = run.at
+    if at.step != at.saved_at:
+        _checkpoint(run)
+    name = signal.Signals(at.signal).name if at.signal else "a signal"
+    where = at.last_ckpt or "(none: no step was taken)"
+    at.stop_reason = (
+        f"interrupted by {name} at step {at.step}: checkpoint {where}; to go on, run the "
+        "same command again with --resume"
+    )
+
+
 def _loop(run: _Run) -> None:
     """Steps until the schedule ends, early stopping, or a non-finite loss or gradient."""
     cfg, at = run.cfg, run.at
@@ -411,7 +510,7 @@ def _loop(run: _Run) -> None:
         epoch_end = at.step % run.steps_per_epoch == 0
         if epoch_end:
             _end_epoch(run)
-        patience_out = epoch_end and at.bad_epochs >= cfg.patience
+        patience_out = _agreed(run, epoch_end and at.bad_epochs >= cfg.patience)
         if at.step % cfg.checkpoint_every == 0 or patience_out or _time_for_checkpoint(run):
             _checkpoint(run)
         if patience_out:
@@ -419,6 +518,9 @@ def _loop(run: _Run) -> None:
                 f"early stopping: no better validation for {cfg.patience} epoch(s) "
                 f"(best at step {at.best_step})"
             )
+            break
+        if _interrupted(run):
+            _stop_for_signal(run)
             break
     else:
         # Only for steps this run took: a resumed run that had already ended mid-epoch was
@@ -432,6 +534,17 @@ def _loop(run: _Run) -> None:
         # Nothing to choose a best by: the model as trained is the one to export (and the
         # promotion gate, not this run, decides whether it is any good).
         _save_best(run, at.step, {})
+
+
+def _agreed(run: _Run, flag: bool) -> bool:
+    """The main process's `flag` on every process. Each validates on its own, and float
+    sums on two GPUs may differ in the last bit: a process that alone stopped early would
+    leave the others hanging at the next collective."""
+    acc = run.accelerator
+    if acc.num_processes == 1:
+        return flag
+    flags = acc.gather(torch.tensor([float(flag)], device=acc.device))
+    return bool(flags[0] > 0)  # gathered in process order: the main process is first
 
 
 def _time_for_checkpoint(run: _Run) -> bool:
@@ -626,6 +739,8 @@ def _summary(run: _Run, data: GazeData, state: dict[str, Any] | None, mp: str) -
         "best_checkpoint": str(best_path) if best_path.is_file() else None,
         "checkpoint": str(at.last_ckpt) if at.last_ckpt else None,
         "stopped": at.stop_reason,
+        # a signal that came with the last step is not an interruption: the run finished
+        "signal": at.signal if at.stop_reason.startswith("interrupted") else None,
         "split": split.description,
         "notes": split.notes,
         "train_persons": len(split.train_persons),
@@ -676,6 +791,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if summary["main_process"]:  # one summary per run, not one per process
         json.dump(strict_json(summary), sys.stdout, indent=2, default=str)
         print()
+    if summary.get("signal"):
+        return 128 + int(summary["signal"])  # as a shell reports a process the signal ended
     return 0 if summary["stopped"] == "finished" or summary["stopped"].startswith("early") else 1
 
 

@@ -67,6 +67,7 @@ def run_list(args: argparse.Namespace) -> int:
     try:
         entries = reg.list(args.model_id)
         served = {e.model_id: e.version for e in map(reg.promoted, reg.model_ids()) if e}
+        promoted_here = {mid: _promotions_by_version(reg, mid) for mid in reg.model_ids()}
     except RegistryError as e:
         raise UserError(str(e)) from None
     if not entries:
@@ -80,6 +81,9 @@ def run_list(args: argparse.Namespace) -> int:
         ev = e.card.evaluation or {}
         reason = f": {ev['reason']}" if ev.get("reason") else ""
         by_hand = ev.get("promoted_by_hand")
+        here = promoted_here.get(e.model_id, {}).get(e.version)
+        if by_hand is None and here is not None and ev.get("promoted") is not True:
+            by_hand = here  # promoted in this registry although the gate had not: a person
         if by_hand is not None:  # the gate did not promote it; a person did, where it was made
             verdict = "refused" + reason if "reason" in ev else "not judged"
             gate = f"gate: {verdict}; promoted by hand" + (f": {by_hand}" if by_hand else "")
@@ -90,6 +94,16 @@ def run_list(args: argparse.Namespace) -> int:
         print(f"{mark} {e.model_id} v{e.version}  {e.card.created:%Y-%m-%d %H:%M}  {gate}")
     print("(* = served by the fast path)")
     return 0
+
+
+def _promotions_by_version(reg, model_id: str) -> dict[int, str]:
+    """Each version's latest promotion reason in this registry (rolled back or not: a
+    person's override stays on record)."""
+    return {
+        int(h["version"]): str(h.get("reason") or "")
+        for h in reg.promotions(model_id)
+        if not h.get("rollback") and h.get("version") is not None
+    }
 
 
 def run_promote(args: argparse.Namespace) -> int:

@@ -273,6 +273,7 @@ def _config(
             "no training data: give --data PATH (a session folder, a dataset...) or --labels STORE"
         )
     holdout = _holdout_sources(data, args)
+    _refuse_unjudgeable(data, holdout, args)
     if "calib_min" not in data and data.get("resume") and "calib_min" in (resumed or {}):
         # A resumed run goes on with its own calib_min: fitting it again would preprocess
         # these sources into the run's cache before the trainer has judged them its own.
@@ -285,7 +286,7 @@ def _config(
         if fitted is not None:
             data["calib_min"] = fitted
     cfg = _validated(TrainConfig, data | {"holdout": []}, args)
-    return _with_holdout(cfg, holdout, labels)
+    return _with_holdout(cfg, holdout, labels, export=bool(getattr(args, "export", False)))
 
 
 def _sources(args, paths: list[Path], **split) -> list[dict]:
@@ -336,16 +337,41 @@ def _holdout_sources(data: dict, args) -> list:
     return [_validated(DataSource, h, args, f"holdout.{i}.") for i, h in enumerate(named)]
 
 
-def _with_holdout(cfg, named: list, labels: list | None = None):
+NOTHING_TO_JUDGE = (
+    "--export: the promotion gate has no session to judge on: name one with --holdout "
+    "SESSION or give --data at least two sessions (or train without --export and promote by "
+    "hand: gazeloop export --promote)"
+)
+
+
+def _refuse_unjudgeable(data: dict, holdout: list, args) -> None:
+    """--export with no session for the gate: said before the data is preprocessed (the
+    calib_min fit) and trained on, not after."""
+    from gazeloop.trainer.datasets import DataSource
+    from gazeloop.trainer.gate import choose_holdout
+
+    if not getattr(args, "export", False) or holdout:
+        return
+    sources = [
+        _validated(DataSource, d, args, f"data.{i}.") for i, d in enumerate(data.get("data") or [])
+    ]
+    if not choose_holdout(sources, []).holdout:
+        raise UserError(NOTHING_TO_JUDGE)
+
+
+def _with_holdout(cfg, named: list, labels: list | None = None, *, export: bool = False):
     """The config with the gate's sessions out of the training data (trainer.gate). The
     label-store exports always train and are never held out: the gate judges on sessions
-    (--holdout, or --data session folders) and not on the labels being trained on."""
+    (--holdout, or --data sessions, inside folders too) and not on the labels being trained
+    on. With --export and no session to judge on, refused now rather than after training."""
     from gazeloop.trainer.gate import choose_holdout
 
     labels = list(labels or [])
     choice = choose_holdout(cfg.data, named)
     if not choice.train and not labels:
         raise UserError("every --data source is also a --holdout: nothing left to train on")
+    if export and not choice.holdout:
+        raise UserError(NOTHING_TO_JUDGE)
     notes = list(choice.notes)
     if labels and not choice.holdout:
         notes.append(
@@ -486,7 +512,7 @@ def _check_sources(args) -> None:
 
 def _run_train(args: argparse.Namespace) -> int:
     from gazeloop.trainer.model import CheckpointError
-    from gazeloop.trainer.train import TrainError, train
+    from gazeloop.trainer.train import TrainError, resumed_config, train
 
     check_writable(args.out, folder=True)  # before the data is read and the model built
     doc = _config_doc(args)
@@ -495,6 +521,8 @@ def _run_train(args: argparse.Namespace) -> int:
     exports = _export_labels(args, doc)
     cfg = _config(args, exports, doc, resumed)
     try:
+        if resumed is not None:  # the saved settings win; the gate below judges with them
+            cfg = resumed_config(cfg, resumed, args.out)
         summary = train(cfg)  # progress on stderr: --json's summary is stdout's alone
     except (TrainError, CheckpointError) as e:
         raise UserError(str(e)) from None
@@ -526,6 +554,10 @@ def _run_train(args: argparse.Namespace) -> int:
     if not summary.get("main_process", True):
         return 0 if ok else 1  # the main process exports, registers and reports
     out["promoted"] = False
+    if summary.get("signal"):  # interrupted: nothing to judge yet; the run says how to go on
+        out["gate"] = {"promoted": False, "reason": "interrupted before the end; not exported"}
+        print(json.dumps(out, default=str) if args.json else _readable(out))
+        return 128 + int(summary["signal"])
     if args.export and summary.get("best_checkpoint"):
         out["export"] = _ship(cfg, summary, args)
         out["promoted"] = out["export"]["promoted"]

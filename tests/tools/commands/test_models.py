@@ -27,10 +27,13 @@ def test_promote_and_rollback_move_what_is_served(tmp_path, capsys):
     capsys.readouterr()
     assert main(["models", "list", *opts]) == 0
     listing = capsys.readouterr().out.splitlines()
-    assert listing[0].startswith("  net v1") and listing[0].endswith("gate: not judged")
+    # v1 and v3 were promoted by a person (`models promote`), and the list says so.
+    assert listing[0].startswith("  net v1") and listing[0].endswith(
+        "gate: not judged; promoted by hand: gazeloop models promote"
+    )
     assert listing[1].endswith("gate: promoted")  # no reason given: none made up ("None")
-    assert (
-        listing[2].startswith("* net v3") and "gate: refused: worse than its parent" in listing[2]
+    assert listing[2].startswith("* net v3") and listing[2].endswith(
+        "gate: refused: worse than its parent by 3.0 ± 1.0 px; promoted by hand: looked fine to me"
     )
     assert main(["models", "rollback", *opts]) == 0
     assert reg.promoted("net").version == 1

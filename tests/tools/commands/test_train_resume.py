@@ -1,0 +1,83 @@
+"""`gazeloop train --resume` goes on with the run's saved settings: without --config given
+again the defaults took their place (another validation split, another lr under the old
+optimizer state), and a new --lr was recorded in config.json while the optimizer state
+brought back the old one. Now only the run's length may change; anything else that differs
+is refused in one line naming it and both values, before anything is read or written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch", reason="the trainer extra (torch) is not installed")
+
+from tests.cli import cli  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def run_dir(shared, tmp_path_factory) -> Path:
+    """A run folder with one checkpoint, made with settings other than the defaults."""
+    import torch
+
+    from gazeloop.fastpath import models
+    from gazeloop.trainer.checkpoint import (
+        save_training_checkpoint,
+        trained_parameters,
+        trainer_state,
+    )
+    from gazeloop.trainer.config import TrainConfig
+    from gazeloop.trainer.datasets import DataSource
+    from gazeloop.trainer.model import GazeNet
+
+    evit = shared / "data/evit"
+    run = tmp_path_factory.mktemp("ckpt") / "run"
+    cfg = TrainConfig(
+        out_dir=run,
+        data=[DataSource(path=evit / "p1_s00")],
+        holdout=[DataSource(path=evit / "p1_s02")],
+        lr=3e-4,
+        val_fraction=0.5,
+        calib_min=4,
+    )
+    net = GazeNet.from_ir(models.resolve(models.GAZE_IR_XML), models.resolve(models.GAZE_IR_BIN))
+    opt = torch.optim.AdamW(trained_parameters(net), lr=cfg.lr)
+    at = dict(step=2, steps_per_epoch=1, best=1.0, best_step=1, bad_epochs=0, val_before=None)
+    save_training_checkpoint(run, net, opt, trainer_state(cfg, **at), keep=1)
+    return run
+
+
+def _argv(shared, run: Path) -> list:
+    evit = shared / "data/evit"
+    return ["train", "--data", evit / "p1_s00", "--holdout", evit / "p1_s02", "--out", run]
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_a_resume_with_another_lr_is_one_line_naming_both_values(shared, run_dir):
+    before = _files(run_dir)
+    rc, _, err = cli(*_argv(shared, run_dir), "--max-steps", "3", "--resume", "--lr", "1e-3")
+    assert rc == 2 and "Traceback" not in err, err
+    line = err.strip().splitlines()[-1]
+    assert "was trained with lr 0.0003 (now 0.001)" in line
+    assert "only epochs, max_steps, checkpoint_every" in line
+    assert _files(run_dir) == before
+
+
+def test_a_bare_resume_trains_with_the_saved_settings(shared, run_dir, monkeypatch):
+    import gazeloop.trainer.train as tt
+
+    seen = []
+
+    def stop(cfg):
+        seen.append(cfg)
+        raise tt.TrainError("stopped by the test")
+
+    monkeypatch.setattr(tt, "train", stop)
+    rc, _, err = cli(*_argv(shared, run_dir), "--max-steps", "3", "--resume")
+    assert rc == 2 and "stopped by the test" in err, err
+    (cfg,) = seen
+    assert (cfg.lr, cfg.val_fraction, cfg.calib_min, cfg.max_steps) == (3e-4, 0.5, 4, 3)
+    assert cfg.resume is True

@@ -1,0 +1,91 @@
+"""The registry keeps who promoted what: a rollback (even of the first promotion) appends to
+the history instead of cutting it, `models list` says when a person promoted a version the
+gate had not, and shipping bytes the registry already holds registers and judges nothing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import gazeloop.trainer.ship as ship_mod
+from gazeloop.trainer.registry import PROMOTED_FILE, ModelRegistry, RegistryError
+from tests.tools.runtime.test_mqtt import tiny_model
+
+REFUSED = {"promoted": False, "reason": "worse than its parent by 3.0 ± 1.0 px"}
+
+
+def _registry(tmp_path, n: int = 2) -> ModelRegistry:
+    reg = ModelRegistry(tmp_path / "reg")
+    for i in range(n):
+        path, card = tiny_model(tmp_path / "m", "net", 1000 * (i + 1))
+        reg.register(path, card | {"evaluation": REFUSED})
+    return reg
+
+
+def test_rolling_back_the_first_promotion_keeps_the_record(tmp_path):
+    reg = _registry(tmp_path)
+    reg.promote(1, "net", reason="looked fine to me")
+    assert reg.rollback("net") is None and reg.promoted("net") is None
+    pointer = json.loads((reg.root / "net" / PROMOTED_FILE).read_text())
+    assert pointer["version"] is None
+    assert [(h["version"], h["reason"]) for h in pointer["history"]] == [
+        (1, "looked fine to me"),
+        (None, "rollback from v1"),
+    ]
+    assert pointer["history"][1]["rollback"] is True and pointer["history"][1]["undone"] == 1
+    assert reg.last_promotion("net") is None
+    with pytest.raises(RegistryError, match="nothing is promoted, so nothing to roll back"):
+        reg.rollback("net")
+    # The stack still works through the appended records, one step back each time.
+    reg.promote(1, "net")
+    reg.promote(2, "net")
+    assert reg.rollback("net").version == 1
+    assert reg.rollback("net") is None
+    assert len(reg.promotions("net")) == 6
+
+
+def test_models_list_says_who_promoted_against_the_gate(tmp_path, capsys):
+    from gazeloop.tools.cli import main
+
+    reg = _registry(tmp_path)
+    opts = ["--registry", str(reg.root)]
+    assert main(["models", "promote", "1", *opts, "--reason", "looked fine to me"]) == 0
+    assert main(["models", "rollback", *opts]) == 0  # the first promotion, rolled back
+    capsys.readouterr()
+    assert main(["models", "list", *opts]) == 0
+    v1, v2 = capsys.readouterr().out.splitlines()[:2]
+    assert v1.startswith("  net v1") and v1.endswith(
+        "gate: refused: worse than its parent by 3.0 ± 1.0 px; promoted by hand: looked fine to me"
+    )
+    assert v2.endswith("gate: refused: worse than its parent by 3.0 ± 1.0 px")
+
+
+def test_shipping_the_same_bytes_again_registers_and_judges_nothing(tmp_path, monkeypatch):
+    """A `--resume --export` relaunch of a finished run exported the same ONNX, judged it
+    again and registered it as a second version."""
+    from gazeloop.trainer.export import card_path_for
+    from gazeloop.trainer.gate import GateResult
+
+    onnx, card = tiny_model(tmp_path / "m", "net", 1000)
+    card_path_for(onnx).write_text(json.dumps(card))
+    judged = []
+
+    def judge(*a, **kw):
+        judged.append(a)
+        return GateResult(promoted=False, reason="worse")
+
+    monkeypatch.setattr(ship_mod, "export_onnx", lambda *a, **kw: onnx)
+    monkeypatch.setattr(ship_mod, "load_checkpoint", lambda p: None)
+    monkeypatch.setattr(ship_mod, "card_metrics", lambda p: {})
+    monkeypatch.setattr(ship_mod, "parent_model", lambda *a: (onnx, "parent", "stock"))
+    monkeypatch.setattr(ship_mod, "judge", judge)
+    cfg = ship_mod.TrainConfig(out_dir=tmp_path / "run")
+    first = ship_mod.ship(cfg, tmp_path / "best.safetensors", tmp_path / "reg", "net")
+    again = ship_mod.ship(cfg, tmp_path / "best.safetensors", tmp_path / "reg", "net")
+    assert first["version"] == 1 and "already_registered" not in first
+    assert again["version"] == 1 and again["already_registered"] is True
+    assert again["gate"]["reason"].startswith("already registered as v1 (same sha256)")
+    assert again["gate"]["reason"].endswith("its gate said: worse")
+    assert len(judged) == 1
+    assert [e.version for e in ModelRegistry(tmp_path / "reg").list("net")] == [1]
