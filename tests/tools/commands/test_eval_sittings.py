@@ -272,7 +272,8 @@ def test_head_shift_picture_of_a_canned_report(tmp_path):
         for mv in ("right", "down", "closer")
     }
     report = {
-        "session": "s", "targets": 9, "frames": 9, "chosen": "geometric:geometric", "moves": moves
+        "session": "s", "targets": 9, "frames": 9, "chosen": "geometric:geometric", "moves": moves,
+        "screen_mm": [300.0, 190.0],
     }  # fmt: skip
     plot_head_shift(report, tmp_path / "p.png")
     import matplotlib.image
