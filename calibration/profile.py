@@ -332,8 +332,10 @@ class ProfileMapper:
             return None
         for i, n in enumerate(self.names):
             self._x[0, i] = d[n]
-        xy = self.mapping.predict(self._x)[0] + self.offset
-        return np.clip(xy, 0.0, 1.0)
+        # Not clipped to the screen: the fast path clips what it shows, and the drift loop
+        # must see a point past the edge where it is (clipped, a drift toward the Dock or
+        # the menu bar left residuals no larger than the target's distance to the edge).
+        return self.mapping.predict(self._x)[0] + self.offset
 
     def to_px(self, xy: np.ndarray) -> np.ndarray:
         return self.screen.to_px(xy)

@@ -335,7 +335,8 @@ class FastPath:
             q.error = "mapping output is not finite"
             return
         s.screen_xy_raw = xy
-        self._last_xy = np.clip(self.filter(frame.t_ns, xy), 0.0, 1.0)
+        s.screen_xy_unclipped = self.filter(frame.t_ns, xy)
+        self._last_xy = np.clip(s.screen_xy_unclipped, 0.0, 1.0)
         self._show(s, self._last_xy)
         st["filter"] = (time.perf_counter_ns() - t4) / 1e6
 

@@ -130,6 +130,9 @@ class GazeSample:
     landmarks: FaceLandmarks | None = None
     screen_xy: np.ndarray | None = None  # (2,) normalised [0,1]^2, once a profile exists
     screen_xy_raw: np.ndarray | None = None  # mapped + offset, before the filter
+    # screen_xy before it was clipped to the screen: what the History keeps for the drift
+    # loop and the click rules, which judge a point past the edge where it is
+    screen_xy_unclipped: np.ndarray | None = None
     screen_px: np.ndarray | None = None  # screen_xy in pixels of the current screen
     stage_ms: dict[str, float] = field(default_factory=dict)
     # The frame of the head pose the gaze network was told (`Features.network_head`): with

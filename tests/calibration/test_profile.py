@@ -101,11 +101,11 @@ def test_json_round_trip_gives_the_same_profile_and_predictions(tmp_path, mappin
     pa = np.array([a(s) for s in samples()])
     pb = np.array([b(s) for s in samples()])
     assert np.array_equal(pa, pb)  # bit for bit, not approximately
-    # and they are the mapping's own predictions plus the offset, clamped to the screen
+    # and they are the mapping's own predictions plus the offset, past the screen's edges
+    # too (the fast path clips what it shows; the drift loop judges the point where it is)
     x = np.array([[s.feature_dict()[n] for n in DEFAULT_FEATURES] for s in samples()])
     raw = ProfileMapper(prof).mapping.predict(x)
-    assert np.allclose(pa, np.clip(raw + [0.01, -0.02], 0, 1), atol=1e-12)
-    assert pa.min() >= 0 and pa.max() <= 1
+    assert np.allclose(pa, raw + [0.01, -0.02], atol=1e-12)
     assert np.ptp(pa[:, 0]) > 0.3 and np.ptp(pa[:, 1]) > 0.3  # it does map, not a constant
 
 
@@ -118,7 +118,7 @@ def test_mapper_predicts_the_calibration_targets(saved):
     assert np.abs(pred - y).max() < 0.05
     mapper.offset = np.array([0.1, 0.0])
     moved = np.array([mapper(FakeSample(gaze_yaw=a, gaze_pitch=b)) for a, b in x])
-    assert np.allclose(moved[:, 0], np.clip(pred[:, 0] + 0.1, 0, 1))
+    assert np.allclose(moved[:, 0], pred[:, 0] + 0.1)
     assert np.allclose(moved[:, 1], pred[:, 1])
 
 

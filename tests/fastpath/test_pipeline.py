@@ -458,3 +458,18 @@ def test_something_that_is_not_a_filter_is_refused_before_the_models_load(tmp_pa
 
     with pytest.raises(TypeError, match="filter: type is not a Filter"):  # the class, not one
         FastPath(cfg, filter=OneEuroFilter)
+
+
+def test_a_point_past_the_screens_edge_is_shown_clipped_and_kept_where_it_is(grid9, fp):
+    """The cursor stays on the screen; the History (the drift loop, the click rules) gets
+    the filtered point where it is."""
+    frames = [f for f, _ in grid9[:3]]
+    fp.reset()
+    fp.mapper, before = (lambda sample: np.array([0.4, 1.3])), fp.mapper
+    try:
+        samples = [fp.process(f) for f in frames]
+    finally:
+        fp.mapper = before
+    s = samples[-1]
+    assert s.quality.usable
+    assert np.allclose(s.screen_xy, [0.4, 1.0]) and np.allclose(s.screen_xy_unclipped, [0.4, 1.3])

@@ -345,8 +345,8 @@ class Live:
         s = self.fp.process(frame)
         q = s.quality
         xy = s.screen_xy if s.screen_xy is not None else None
-        if xy is not None and q.usable:
-            self.history.append(frame.t_ns, xy)
+        if s.screen_xy_unclipped is not None and q.usable:
+            self.history.append(frame.t_ns, s.screen_xy_unclipped)
         if self.clicks is not None or self.glance is not None:
             self._keep_frame(frame)
         if self.clicks is not None:  # clicks are judged against the history just written

@@ -36,7 +36,9 @@ class FakeFastPath:
 
     def process(self, frame: Frame) -> GazeSample:
         xy = self.gaze + DRIFT + np.asarray(self.mapper.offset)
-        return GazeSample(frame.t_ns, frame.index, Quality(face=True, confidence=1.0), screen_xy=xy)
+        q = Quality(face=True, confidence=1.0)
+        shown = np.clip(xy, 0.0, 1.0)  # as the fast path shows it
+        return GazeSample(frame.t_ns, frame.index, q, screen_xy=shown, screen_xy_unclipped=xy)
 
     def close(self) -> None:
         pass
@@ -105,6 +107,26 @@ def test_a_click_label_is_stored_with_its_decision_and_frame(rig):
     assert st["sources"]["clicks"]["labels"] == 1 and st["sources"]["clicks"]["accepted"] == 1
     assert st["last_decision"] == {"source": "clicks", "accepted": True, "why": "accepted"}
     assert live.labels_stored == 1
+
+
+def test_a_click_at_the_screens_edge_sees_the_estimate_past_it(rig):
+    """A click on the Dock, the estimate below the screen: the History keeps the point
+    where it is, not where the screen clips it (clipped, the residual could be no larger
+    than the target's distance to the edge, and the drift was never corrected)."""
+    live = rig.live
+    live.clicks = ClickLabeller(live.history, SCREEN, live.external_label, clock=rig.clock)
+    target = np.array([0.3, 0.99])
+    rig.fp.gaze = target - DRIFT + [0.0, 0.05]  # shown at the bottom edge, 0.04 beyond it
+    rig.run(600)
+    live.clicks.press(*(target * SCREEN))
+    rig.clock.t += 60 * MS
+    live.clicks.release(*(target * SCREEN))
+    rig.run(700)
+    assert live.clicks.verdicts == {"ok": 1}
+    assert live.flush(10)
+    (row,) = list(rig.store)
+    assert row.fast_xy == pytest.approx((0.3, 1.04))
+    assert row.residual == pytest.approx((0.0, -0.05), abs=1e-9)
 
 
 def test_a_rejected_click_label_is_stored_too(rig):
