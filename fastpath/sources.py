@@ -22,6 +22,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -464,6 +465,52 @@ class CaptureLike(Protocol):
     def isOpened(self) -> bool: ...  # noqa: N802 - cv2's name
 
 
+@dataclass(frozen=True, slots=True)
+class CameraMode:
+    """A camera mode: asked for (None: left to the driver) or granted (None: not reported;
+    some backends answer 0 for what they do not know)."""
+
+    width: int | None = None
+    height: int | None = None
+    fps: float | None = None
+
+    def __str__(self) -> str:
+        size = f"{self.width}x{self.height}" if self.width and self.height else "size unknown"
+        return f"{size} at {f'{self.fps:g}' if self.fps else 'unknown'} fps"
+
+
+def _granted(cap: CaptureLike) -> CameraMode:
+    """What the driver says it delivers. Test doubles need not have `get`."""
+    get = getattr(cap, "get", None)
+    if get is None:
+        return CameraMode()
+
+    def prop(which: int) -> float | None:
+        try:
+            v = float(get(which))
+        except Exception:  # a driver that cannot say is a mode not reported, not a failure
+            return None
+        return v if math.isfinite(v) and v > 0 else None
+
+    w, h, fps = (
+        prop(p) for p in (cv2.CAP_PROP_FRAME_WIDTH, cv2.CAP_PROP_FRAME_HEIGHT, cv2.CAP_PROP_FPS)
+    )
+    return CameraMode(None if w is None else round(w), None if h is None else round(h), fps)
+
+
+def _shortfall(asked: CameraMode, got: CameraMode) -> list[str]:
+    """What the driver granted below the request; unreported values are not held against
+    it. 2 % slack: NTSC-style 59.94 and 29.97 are what 60 and 30 mean to a driver."""
+    out = []
+    if asked.fps and got.fps and got.fps < asked.fps * 0.98:
+        out.append(f"{got.fps:g} fps instead of {asked.fps:g}")
+    small_w = asked.width and got.width and got.width < asked.width
+    small_h = asked.height and got.height and got.height < asked.height
+    if small_w or small_h:
+        out.append(f"{got.width}x{got.height} instead of {asked.width}x{asked.height}")
+    return out
+
+
 def _release(cap: CaptureLike | None) -> None:
     if cap is None:
         return
@@ -485,6 +532,10 @@ class CameraSource(FrameSource):
 
     `open_capture` makes the capture object (default: cv2.VideoCapture(index) with the
     requested size and fps); tests pass a fake with the same methods.
+
+    `width`, `height` and `fps` are requests the driver may round down to a mode it has (a
+    60 fps request often comes back as 30); `granted` is what it says it gave, read at every
+    open, logged at INFO, and a mode below the request is warned about once.
     """
 
     def __init__(
@@ -507,6 +558,9 @@ class CameraSource(FrameSource):
         self.retries = retries
         self.backoff_s = backoff_s
         self.stall_timeout_s = stall_timeout_s
+        self.asked = CameraMode(width, height, fps)
+        self.granted: CameraMode | None = None
+        self._warned = False
         self.error: str | None = None
         self.reopens = 0
         self.frames_captured = 0
@@ -522,6 +576,30 @@ class CameraSource(FrameSource):
             _release(cap)
             raise SourceError(self._cannot_open(""))
         self._cap: CaptureLike | None = cap
+        self._note_mode(cap)
+
+    def _note_mode(self, cap: CaptureLike) -> None:
+        self.granted = _granted(cap)
+        log.info("camera %s: %s", self.index, self.mode_text())
+        short = _shortfall(self.asked, self.granted)
+        if short and not self._warned:
+            self._warned = True
+            log.warning(
+                "camera %s: the driver granted %s; gaze cannot update faster than the camera",
+                self.index,
+                " and ".join(short),
+            )
+
+    def mode_text(self) -> str:
+        """The granted mode, and the request where there was one: '1280x720 at 30 fps,
+        asked 60 fps'."""
+        asked = []
+        if self.asked.width and self.asked.height:
+            asked.append(f"{self.asked.width}x{self.asked.height}")
+        if self.asked.fps:
+            asked.append(f"{self.asked.fps:g} fps")
+        granted = "mode not reported" if self.granted is None else str(self.granted)
+        return granted + (f", asked {' at '.join(asked)}" if asked else "")
 
     def _cannot_open(self, detail: str) -> str:
         return (
@@ -555,6 +633,7 @@ class CameraSource(FrameSource):
         if cap is None or not cap.isOpened():
             _release(cap)
             return None
+        self._note_mode(cap)  # a replugged camera may come back in another mode
         return cap
 
     def _capture_loop(self) -> None:
@@ -678,6 +757,7 @@ def open_source(spec: str | os.PathLike[str], **kw: Any) -> FrameSource:
 
 
 __all__ = [
+    "CameraMode",
     "CameraSource",
     "CaptureLike",
     "FrameSource",

@@ -3,8 +3,9 @@ calibration grid's flags (`calibrate`, and `run` for its `c` key), a fixed mappi
 nested selection (`calibrate`, `profile fit`, `eval`) and a fixed mapping's frames and
 features (`eval`, `profile fit`), the user and the screen as the flags and a recording's
 manifest describe them (`calibrate`, `run`, `eval`, `profile`), the flags of reading a
-recorded session (`eval`, `eval-sittings`, `profile fit`, `bench loop`) and the broker flags
-(`collect`, `announce`, `fetch`, `bench mqtt`). The only module commands share."""
+recorded session (`eval`, `eval-sittings`, `profile fit`, `bench loop`), the camera's mode
+(`run`, `calibrate`, `record`) and the broker flags (`collect`, `announce`, `fetch`,
+`bench mqtt`). The only module commands share."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from gazeloop.calibration.store.session import SessionManifest
 from gazeloop.fastpath.collect import collect_session
 from gazeloop.fastpath.pipeline import FastPath, FastPathConfig
 from gazeloop.fastpath.providers import EP_CHOICES, ProviderError, resolve_providers
+from gazeloop.fastpath.sources import is_camera
 from gazeloop.tools.errors import UserError
 from gazeloop.tools.runtime.progress import Progress
 from gazeloop.tools.runtime.run_config import PolicySettings, RunConfig
@@ -176,6 +178,49 @@ def labelling_config(args: argparse.Namespace, default_interval_s: float | None 
 def fastpath_config(args: argparse.Namespace) -> FastPathConfig:
     """The fast path's settings: `run_config`'s first section."""
     return run_config(args).fastpath
+
+
+# --- the camera ----------------------------------------------------------------------------
+
+# The fast path is built for 60 Hz; a camera left at its driver's default (often 30 fps)
+# caps it below that without a word, so 60 is asked for unless the user says otherwise.
+DEFAULT_CAMERA_FPS = 60.0
+
+
+def add_camera_args(p: argparse.ArgumentParser) -> None:
+    """The mode a camera source is asked for (`run`, `calibrate`, `record`)."""
+    g = p.add_argument_group("camera (a camera index as --source only)")
+    g.add_argument(
+        "--camera-fps",
+        type=positive_float,
+        metavar="FPS",
+        help=f"frame rate to ask the camera for (default {DEFAULT_CAMERA_FPS:g}; the driver "
+        "may grant less, which is said at the start)",
+    )
+    g.add_argument(
+        "--camera-size",
+        type=positive_int,
+        nargs=2,
+        metavar=("W", "H"),
+        help="frame size in pixels to ask the camera for (default: the driver's)",
+    )
+
+
+def camera_request(args: argparse.Namespace) -> dict:
+    """`open_labelled`'s camera keywords from --camera-fps and --camera-size; either flag
+    with a source that is not a camera is refused in one line (it would be ignored)."""
+    fps, size = args.camera_fps, args.camera_size
+    if not is_camera(args.source):
+        given = [f for f, v in (("--camera-fps", fps), ("--camera-size", size)) if v is not None]
+        if given:
+            raise UserError(
+                f"{' and '.join(given)}: only for a camera index as --source, not {args.source!r}"
+            )
+        return {}
+    return {
+        "camera_fps": DEFAULT_CAMERA_FPS if fps is None else fps,
+        "camera_size": None if size is None else tuple(size),
+    }
 
 
 # --- the calibration grid ------------------------------------------------------------------

@@ -31,10 +31,12 @@ from gazeloop.calibration.store.atomic import check_writable
 from gazeloop.calibration.store.writer import SessionWriter
 from gazeloop.fastpath.pipeline import FastPath
 from gazeloop.tools.commands._args import (
+    add_camera_args,
     add_fastpath_args,
     add_grid_args,
     add_screen_size_args,
     add_user_args,
+    camera_request,
     fastpath_config,
     finite_float,
     positive_float,
@@ -74,6 +76,7 @@ def add_parser(sub) -> None:
         "recording (needed)",
     )
     p.add_argument("--headless", action="store_true", help="replay --source's targets, no window")
+    add_camera_args(p)
     add_user_args(p)
     p.add_argument("--out", type=Path, help="session folder to write (default: the user's)")
     p.add_argument("--profile", type=Path, help="profile file to write (default: the user's)")
@@ -109,14 +112,17 @@ def run(args: argparse.Namespace) -> int:
         if replay:  # it tried camera 0 and said the camera would not open
             raise UserError("--headless replays a recording: give --source SESSION_OR_RECORDING")
         args.source = "0"
+    camera = camera_request(args)
     cfg = procedure_config(args, replay=replay)
     if not replay:
         require_display("the target grid", "--headless replays a recording without one")
     screen_px = tuple(args.screen_px) if args.screen_px else None
     ls = open_labelled(
-        args.source, screen_px=screen_px, mirrored=args.mirrored, with_targets=replay
+        args.source, screen_px=screen_px, mirrored=args.mirrored, with_targets=replay, **camera
     )
     with ls:
+        if ls.kind == "camera":  # the mode granted, before the grid starts
+            print(ls.describe(), file=sys.stderr, flush=True)
         if replay and not ls.labelled:
             raise UserError(
                 f"--headless replays a recording's targets: {args.source} is a {ls.kind}; give "

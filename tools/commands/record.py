@@ -20,7 +20,13 @@ from gazeloop.calibration.store.session import SessionManifest
 from gazeloop.calibration.store.writer import SessionWriter
 from gazeloop.fastpath.sources import CameraSource
 from gazeloop.fastpath.types import Frame
-from gazeloop.tools.commands._args import finite_float, positive_float, positive_int
+from gazeloop.tools.commands._args import (
+    add_camera_args,
+    camera_request,
+    finite_float,
+    positive_float,
+    positive_int,
+)
 from gazeloop.tools.errors import UserError
 from gazeloop.tools.runtime.interrupts import terminate_as_interrupt
 from gazeloop.tools.runtime.labelled import LabelledSource, open_labelled
@@ -38,6 +44,7 @@ def add_parser(sub) -> None:
     )
     p.add_argument("out", type=Path, help="session folder to write (new or empty)")
     p.add_argument("--source", default="0", help="camera index (default 0), video or session")
+    add_camera_args(p)
     p.add_argument(
         "--fps", type=positive_float, help="target rate in frames per second of source time"
     )
@@ -196,9 +203,10 @@ def run(args: argparse.Namespace) -> int:
     if args.frames is not None and args.frames < 1:
         raise UserError(f"--frames must be at least 1, got {args.frames}")
     gate = RateGate(args.fps)
+    camera = camera_request(args)
     check_writable(args.out, folder=True)  # before a camera opens or a source is read
     given_px = tuple(args.screen_px) if args.screen_px else None
-    ls = open_labelled(args.source, screen_px=given_px, mirrored=args.mirrored)
+    ls = open_labelled(args.source, screen_px=given_px, mirrored=args.mirrored, **camera)
     with ls:
         screen_px = _screen(args, ls, given_px)
         if screen_px is None:
@@ -227,6 +235,9 @@ def run(args: argparse.Namespace) -> int:
         f"gazeloop record: {writer.written} frames over {span:.1f} s ({rate:.1f} fps) in "
         f"{args.out}; {stats['stopped']}"
     )
+    if stats["camera_failed"]:  # a whole session of what came before, but not what was asked
+        print(f"gazeloop record: failed: {stats['stopped']}; the frames before it are kept")
+        return 1
     return 0 if writer.written else 1
 
 
@@ -313,6 +324,7 @@ def _record(args, ls, writer: SessionWriter, gate, clock, label_of: Labeler) -> 
                 print(f"  {writer.written} frames, {(frame.t_ns - t0) / 1e9:.1f} s", flush=True)
     except KeyboardInterrupt:
         stopped = "interrupted"
-    if isinstance(ls.source, CameraSource) and ls.source.error:
-        stopped = f"camera {args.source}: {ls.source.error}"
-    return {"stopped": stopped, "unlabelled": unlabelled}
+    failed = isinstance(ls.source, CameraSource) and bool(ls.source.error)
+    if failed:
+        stopped = ls.source.error  # it names the camera
+    return {"stopped": stopped, "unlabelled": unlabelled, "camera_failed": failed}

@@ -25,6 +25,9 @@ profile of all the user's calibration sessions on that device and screen pooled
 --mqtt URL publishes the gaze stream (capture times on the wall clock) and sends every
 label in the user's label store that the broker has not acknowledged yet, this run's and
 earlier ones'; `gazeloop collect` on the training box writes them as sessions.
+
+A camera is asked for --camera-fps (default 60) and --camera-size; drivers may grant less,
+so the mode granted is printed first. A run whose camera fails for good exits 1.
 """
 
 from __future__ import annotations
@@ -55,11 +58,13 @@ from gazeloop.fastpath.sources import CameraSource
 from gazeloop.tools.commands._args import (
     SCREEN_PX_HELP,
     add_broker_args,
+    add_camera_args,
     add_fastpath_args,
     add_grid_args,
     add_moondream_pin_args,
     add_user_args,
     broker_settings,
+    camera_request,
     fastpath_config,
     labelling_config,
     moondream_config,
@@ -108,6 +113,7 @@ def add_parser(sub) -> None:
 def _add_source_args(p: argparse.ArgumentParser) -> None:
     """What is tracked, whose it is, and the profile and screen it maps onto."""
     p.add_argument("--source", default="0", help="camera index, video or session (default 0)")
+    add_camera_args(p)
     add_user_args(p)
     p.add_argument("--profile", type=Path, help="profile file (default: the user's for device)")
     p.add_argument(
@@ -457,14 +463,18 @@ def _target_hook(args, ls: LabelledSource):
 
 
 def run(args: argparse.Namespace) -> int:
+    camera = camera_request(args)
     if not args.headless:
         require_display("the live view", "use --headless to run without one")
     ls = open_labelled(
         args.source,
         screen_px=tuple(args.screen_px) if args.screen_px else None,
         with_targets=args.oracle == "targets" or args.replay_clicks,
+        **camera,
     )
     try:
+        if isinstance(ls.source, CameraSource):  # the mode granted, before the models load
+            print(ls.describe(), flush=True)
         return _run(args, ls)
     finally:
         ls.close()
@@ -497,6 +507,10 @@ def _run(args: argparse.Namespace, ls: LabelledSource) -> int:
         print(f"note: {why}")
     if interrupted:
         return 130
+    failed = getattr(src, "error", None)
+    if failed:  # a camera lost mid-run: however many frames came before, the run failed
+        print(f"gazeloop run: failed: {failed}", flush=True)
+        return 1
     return 0 if frames else 1  # a source that gave nothing trackable is a failed run
 
 
@@ -690,8 +704,6 @@ def _track(args, live: Live, src, stream, *, ui, replay, cursor) -> tuple[int, b
                     break
         except KeyboardInterrupt:
             interrupted = True
-        if isinstance(src, CameraSource) and src.error:
-            print(f"camera {args.source}: {src.error}")
     return frames, interrupted
 
 

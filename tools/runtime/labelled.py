@@ -22,6 +22,7 @@ from gazeloop.fastpath.sources import (
     SessionSource,
     SourceError,
     VideoSource,
+    is_camera,
     open_source,
 )
 from gazeloop.fastpath.types import Frame
@@ -68,6 +69,8 @@ class LabelledSource:
             return f"4-corner recording {self.spec} ({len(self.targets_px)} targets)"
         if self.kind == "session":
             return f"session {self.spec} ({len(self.targets_px)} targets)"
+        if isinstance(self.source, CameraSource):  # the mode it runs at, not the one asked
+            return f"camera {self.spec} ({self.source.mode_text()})"
         return f"{self.kind} {self.spec}"
 
     def close(self) -> None:
@@ -99,15 +102,21 @@ def open_labelled(
     screen_px: tuple[int, int] | None = None,
     mirrored: bool | None = None,
     with_targets: bool = True,
+    camera_fps: float | None = None,
+    camera_size: tuple[int, int] | None = None,
 ) -> LabelledSource:
     """Open `spec` (camera index, session folder, 4-corner recording or its calibrate.mp4,
     video, image); its targets come along when the recording has them. `screen_px` and
     `mirrored` state what a session without a manifest cannot (see `read_session`).
     `with_targets=False`: a 4-corner recording's video plays as the video it is (its own
-    frames and media time; no import)."""
+    frames and media time; no import). `camera_fps` and `camera_size` (w, h) are what a
+    camera is asked for; with any other source they are refused."""
     text = os.fspath(spec)
-    if isinstance(spec, str) and text.strip().isdigit():
-        return LabelledSource(open_source(text), text, "camera")
+    if is_camera(spec):
+        w, h = camera_size or (None, None)
+        return LabelledSource(open_source(text, fps=camera_fps, width=w, height=h), text, "camera")
+    if camera_fps is not None or camera_size is not None:
+        raise SourceError(f"a camera's fps and size apply to a camera index, not to {text!r}")
     path = Path(text).expanduser()
     c4 = corners4_folder(path) if with_targets and path.exists() else None
     if c4 is not None:
