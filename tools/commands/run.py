@@ -419,14 +419,17 @@ def _replay_clicks(args, live: Live, mapper, ls: LabelledSource):
     return ClickReplay(live.clicks, ls.target_of)
 
 
-def _clicks(args, live: Live, mapper):
+def _clicks(args, live: Live, mapper, ls: LabelledSource):
     """--oracle clicks: left clicks become point labels through the click rules
     (tools.runtime.clicks); returns the listener to stop, or None."""
     if args.oracle != "clicks":
         return None
     from gazeloop.tools.runtime.clicks import ClickLabeller, start_listener
 
-    live.clicks = ClickLabeller(live.history, mapper.screen.px, live.external_label)
+    camera = isinstance(ls.source, CameraSource)  # its frames and the presses share a clock
+    live.clicks = ClickLabeller(
+        live.history, mapper.screen.px, live.external_label, same_clock=camera
+    )
     try:
         return start_listener(live.clicks)
     except UserError as e:
@@ -487,7 +490,7 @@ def _run(args: argparse.Namespace, ls: LabelledSource) -> int:
     store = _label_store(args, oracle, mapper)
     settings = _run_settings(args, fp, mapper, used_profile)
     live = _live(args, ls, fp, mapper, oracle, store, hook, settings)
-    listener = _clicks(args, live, mapper)
+    listener = _clicks(args, live, mapper, ls)
     replay = _replay_clicks(args, live, mapper, ls)
     watcher = _model_watcher(args, live, fp, mapper, used_profile)
     cursor = Cursor() if args.move_cursor else None

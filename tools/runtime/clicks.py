@@ -37,6 +37,15 @@ VERSION = "clicks-1"
 
 
 class ClickLabeller:
+    """Presses and releases from the listener's thread, put on the frames' clock and judged
+    against the History by the click rules once their burst window has closed.
+
+    `same_clock`: the frames are stamped by `clock` itself (a camera: the monotonic clock
+    read as the frame is grabbed), so a press is at its own time. Otherwise (a replayed
+    recording, whose frames carry media time) a press is placed after the latest frame by
+    the time since that frame was processed: on a camera that put every click earlier by
+    the capture-to-processing delay, 20-60 ms a frame here."""
+
     def __init__(
         self,
         history: History,
@@ -44,12 +53,14 @@ class ClickLabeller:
         on_label: Callable[[OracleLabel], None],
         rules: ClickRules | None = None,
         clock: Callable[[], int] = time.monotonic_ns,
+        same_clock: bool = False,
     ) -> None:
         self.history = history
         self.size = np.asarray(screen_px, dtype=np.float64)
         self.on_label = on_label
         self.rules = rules or ClickRules()
         self.clock = clock
+        self.same_clock = same_clock
         self.verdicts: dict[str, int] = {}
         self._lock = threading.Lock()
         self._open: list[Click] = []  # pressed, not decided yet (times on the frame clock)
@@ -76,7 +87,7 @@ class ClickLabeller:
     # --- the frame thread ----------------------------------------------------------------
 
     def frame(self, t_ns: int) -> None:
-        self._anchor = (t_ns, self.clock())
+        self._anchor = (t_ns, t_ns if self.same_clock else self.clock())
 
     def poll(self) -> list[ClickVerdict]:
         """Decide the clicks whose burst window has closed; accepted ones go to `on_label`."""
