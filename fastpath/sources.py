@@ -536,7 +536,14 @@ class CameraSource(FrameSource):
     `width`, `height` and `fps` are requests the driver may round down to a mode it has (a
     60 fps request often comes back as 30); `granted` is what it says it gave, read at every
     open, logged at INFO, and a mode below the request is warned about once.
+
+    `on_wait(seconds)`, when set, is called about every `WAIT_TICK_S` while no frame comes
+    (a reopen's back-off, a hung driver) with the seconds waited so far: a window must keep
+    drawing and reading keys meanwhile, or it freezes (macOS: the spinning wheel) and cannot
+    be closed. False from it ends the iteration as a stop, not an error.
     """
+
+    WAIT_TICK_S = 0.1
 
     def __init__(
         self,
@@ -568,6 +575,7 @@ class CameraSource(FrameSource):
         self._slot: LatestFrameSlot[Frame] = LatestFrameSlot()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.on_wait: Callable[[float], bool] | None = None
         try:
             cap: CaptureLike | None = self._open_capture()
         except Exception as e:
@@ -697,19 +705,35 @@ class CameraSource(FrameSource):
             return
         self._start()
         while not self._closed:
-            try:
-                frame = self._slot.get(timeout=self.stall_timeout_s)
-            except SlotClosed:
-                return  # the thread gave up (error logged there) or close() was called
+            frame = self._next_frame()
             if frame is None:
+                return
+            frame.image = _resize(frame.image, self.resize)
+            yield frame
+
+    def _next_frame(self) -> Frame | None:
+        """The next frame; None when iteration ends: the thread gave up (its error logged
+        there), close() was called, `on_wait` said stop, or no frame came for
+        `stall_timeout_s` (said in `error`)."""
+        tick = self.stall_timeout_s if self.on_wait is None else self.WAIT_TICK_S
+        start = time.monotonic()
+        while True:
+            try:
+                frame = self._slot.get(timeout=min(tick, self.stall_timeout_s))
+            except SlotClosed:
+                return None
+            if frame is not None:
+                return frame
+            waited = time.monotonic() - start
+            if waited >= self.stall_timeout_s:
                 self.error = (
                     f"camera {self.index} delivered no frame for {self.stall_timeout_s:g} s"
                 )
                 log.error(self.error)
                 self._stop.set()
-                return
-            frame.image = _resize(frame.image, self.resize)
-            yield frame
+                return None
+            if self.on_wait is not None and not self.on_wait(waited):
+                return None
 
     def close(self) -> None:
         super().close()

@@ -543,6 +543,36 @@ def test_camera_that_hangs_ends_after_the_stall_timeout() -> None:
     assert fake.released
 
 
+def test_a_window_waiting_for_a_hung_camera_is_called_and_can_stop_it() -> None:
+    """While no frame comes, `on_wait` is called (the window draws and reads keys; it froze
+    on its last frame); False from it (q pressed) ends the run as a stop, not an error."""
+    release = threading.Event()
+
+    class HangsAfterOneFrame(FakeCapture):
+        def grab(self) -> bool:
+            if self.grabbed >= 1:
+                release.wait(10)
+                return False
+            return super().grab()
+
+    fake = HangsAfterOneFrame()
+    cam = CameraSource(0, open_capture=Opener(fake), stall_timeout_s=30.0, retries=0)
+    waits: list[float] = []
+
+    def waiting(seconds: float) -> bool:
+        waits.append(seconds)
+        return len(waits) < 3  # q on the third call
+
+    cam.on_wait = waiting
+    try:
+        assert [f.index for f in cam] == [0]
+        assert len(waits) == 3 and waits == sorted(waits) and waits[0] > 0
+        assert cam.error is None  # stopped, not failed
+    finally:
+        release.set()
+        cam.close()
+
+
 def test_unused_camera_is_released_on_close() -> None:
     fake = FakeCapture()
     CameraSource(0, open_capture=Opener(fake)).close()

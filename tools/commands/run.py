@@ -81,7 +81,7 @@ from gazeloop.tools.runtime.labelled import LabelledSource, open_labelled
 from gazeloop.tools.runtime.live import Live, made_this_sitting, model_record
 from gazeloop.tools.runtime.recording import UnixClock
 from gazeloop.tools.ui.calibration_grid import DotView, calibrate_on_screen, render_dot
-from gazeloop.tools.ui.render import LiveData, PipData, render_live, render_pip
+from gazeloop.tools.ui.render import LiveData, PipData, render_live, render_pip, render_waiting
 from gazeloop.tools.ui.window import ESC, CvDisplay, require_display, screen_size_unknown
 
 log = logging.getLogger(__name__)
@@ -497,6 +497,8 @@ def _run(args: argparse.Namespace, ls: LabelledSource) -> int:
     src = ls.source
     stream = iter(src)
     ui = None if args.headless else _window(args, ls, live, stream, watcher)
+    if ui is not None and isinstance(src, CameraSource):
+        src.on_wait = ui.waiting  # a camera reconnecting: the window still draws and hears q
     try:
         with terminate_as_interrupt():
             frames, interrupted = _track(
@@ -924,6 +926,13 @@ class Window:
         elif key == ord("c"):
             self.calibrate()
         return True
+
+    def waiting(self, seconds: float) -> bool:
+        """While the camera gives no frame (`CameraSource.on_wait`): the last view dimmed,
+        saying so, and the keys still read. → False when q or Esc asks to stop."""
+        msg = f"{self.source_desc}: no frame for {seconds:.1f} s, reconnecting (q quits)"
+        cv2.imshow(WINDOW, render_waiting(self.last_img, msg))
+        return cv2.waitKey(1) & 0xFF not in (ord("q"), 27)
 
     def _show_glance(self, frame) -> bool:
         """The glance's dot, full screen: the calibration grid's dot, large at first (it

@@ -121,6 +121,17 @@ def _spinner(img, c, r, phase):
         cv2.circle(img, _pt(p), 2, (shade, shade, shade), -1, cv2.LINE_AA)
 
 
+def render_waiting(last: np.ndarray | None, message: str) -> np.ndarray:
+    """The last live view dimmed, with `message` across its middle: what the window shows
+    while the camera gives no frame (nothing drawn, it froze on the last one)."""
+    img = np.full((480, 960, 3), 30, np.uint8) if last is None else (last // 3).astype(np.uint8)
+    h, w = img.shape[:2]
+    scale = 0.7
+    (tw, th), _ = cv2.getTextSize(drawable(message), FONT, scale, 2)
+    _text(img, message, (max(8, (w - tw) // 2), (h + th) // 2), scale, GOLD, 2)
+    return img
+
+
 @dataclass(slots=True)
 class LiveData:
     """One frame of the live window."""

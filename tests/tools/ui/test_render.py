@@ -106,3 +106,14 @@ def test_window_text_is_what_the_font_can_draw():
     assert drawable("gaze yaw -20.3° pitch −4.3°") == "gaze yaw -20.3 deg pitch -4.3 deg"
     assert drawable("clicks 4/4 σ 58px") == "clicks 4/4 sd 58px"
     assert drawable("fine ✓").isascii()
+
+
+def test_the_waiting_view_dims_the_last_frame_and_says_why_in_gold():
+    from gazeloop.tools.ui.render import render_waiting
+
+    last = np.full((396, 1280, 3), 200, np.uint8)
+    out = render_waiting(last, "camera 0: no frame for 1.5 s, reconnecting (q quits)")
+    assert out.shape == last.shape and np.median(out) < 100  # dimmed
+    ys, xs = np.nonzero(_mask(out, GOLD))
+    assert xs.size > 200 and abs(ys.mean() - 198) < 20  # the message, across the middle
+    assert render_waiting(None, "x").shape == (480, 960, 3)  # before any frame was shown

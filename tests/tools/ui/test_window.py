@@ -578,3 +578,66 @@ def test_a_display_with_no_server_is_one_line_not_a_qt_abort(monkeypatch, tmp_pa
         require_display("the grid")
     monkeypatch.setenv("DISPLAY", "otherhost:0")  # remote: left to the connection
     require_display("the grid")
+
+
+def test_a_camera_that_stops_keeps_the_window_drawing_and_q_still_quits(xenv, monkeypatch):
+    """A stuck driver (or a reconnect's back-off) left the window on its last frame, not
+    drawing and deaf to q, for up to the stall timeout; now it says why and q quits."""
+    import threading
+
+    from gazeloop.fastpath import sources
+    from gazeloop.tools.commands import run as run_cmd
+
+    unstick = threading.Event()
+
+    class StuckAfterThree:  # cv2.VideoCapture-shaped: 3 frames, then grab() hangs
+        grabbed = 0
+
+        def isOpened(self):  # noqa: N802 - cv2's name
+            return True
+
+        def set(self, prop, value):
+            return True
+
+        def get(self, prop):
+            return 0.0
+
+        def grab(self):
+            if self.grabbed >= 3:
+                unstick.wait(10)
+                return False
+            self.grabbed += 1
+            return True
+
+        def retrieve(self):
+            return True, np.full((480, 640, 3), 90, np.uint8)
+
+        def release(self):
+            pass
+
+    monkeypatch.setattr(sources.CameraSource, "_open_cv2", lambda self: StuckAfterThree())
+    said: list[np.ndarray] = []
+
+    def waiting_view(last, message):
+        img = run_cmd.render_waiting.__wrapped__(last, message)
+        said.append(message)
+        return img
+
+    waiting_view.__wrapped__ = run_cmd.render_waiting
+    monkeypatch.setattr(run_cmd, "render_waiting", waiting_view)
+    real_wait = cv2.waitKey
+
+    def keys(ms):
+        if len(said) < 2:
+            return real_wait(ms)
+        unstick.set()  # the driver may return now: closing the camera need not wait for it
+        return ord("q")
+
+    monkeypatch.setattr(cv2, "waitKey", keys)
+    try:
+        rc, out, err = cli("run", "--source", "0", "--oracle", "none", "--no-watch-models")
+    finally:
+        unstick.set()
+    assert rc == 0, err  # the person stopped it: no failure
+    assert "gazeloop run: " in out and "failed" not in out
+    assert len(said) == 2 and "no frame for" in said[0] and "reconnecting (q quits)" in said[0]
