@@ -129,6 +129,9 @@ class ModelCard(BaseModel):
     opset: int
     onnx_sha256: str | None = None
     onnx_bytes: int | None = None
+    # The checkpoint it was exported from: the ONNX file names its parent, so the same
+    # weights exported again after a promotion are other bytes but the same model.
+    weights_sha256: str | None = None
     builder: str = EXPORT_BUILDER
     notes: str = ""
 

@@ -9,8 +9,7 @@ predicted with that map; the loss is their screen distance.
 
 The regression is the one `calibration.mapping.RidgeMapping` fits at run time, so `lam` means
 the same as its `alpha`: features standardised with the calibration samples' weighted mean
-and std (constant features dropped: below an absolute floor, or nearly constant next to the
-person's median feature variance), an unpenalised intercept, and the objective
+and std (constant features dropped), an unpenalised intercept, and the objective
 Σ wᵢ‖yᵢ − f(xᵢ)‖² / Σ wᵢ + λ‖β‖². A head trained with λ is then served by the runtime mapping
 with alpha = λ and behaves the same.
 
@@ -27,10 +26,6 @@ import torch
 # Calibration-set variance below this means the feature is constant for that person (a dead
 # ReLU unit, say): it is dropped, as the runtime mapping does, instead of divided by ~0.
 VAR_TOL = 1e-10
-# ... and so does a variance this small next to the person's typical (median) feature
-# variance: an absolute floor alone kept a nearly dead unit (variance 1e-7 beside O(1)),
-# scaled it ~3000×, and one query frame where the unit woke up landed 27719 px away.
-VAR_RTOL = 1e-6
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,16 +60,6 @@ def _check(
         raise TypeError("calib_mask must be a bool tensor")
     if weights is not None and weights.shape != (b,):
         raise ValueError(f"weights must be (B,), got {tuple(weights.shape)}")
-
-
-def _informative(var: torch.Tensor) -> torch.Tensor:
-    """(P, D) calibration variances → the features a person's ridge keeps: above the
-    absolute floor and above VAR_RTOL × the median of that person's non-constant ones."""
-    with torch.no_grad():
-        live = var > VAR_TOL
-        typical = torch.where(live, var, torch.full_like(var, float("nan"))).nanmedian(1).values
-        floor = torch.nan_to_num(typical, nan=0.0)[:, None] * VAR_RTOL
-        return live & (var > floor)
 
 
 def ridge_fit_predict(
@@ -116,7 +101,7 @@ def ridge_fit_predict(
     Ec = E - mu[inv]
     if standardize:
         var = (Wm @ Ec**2) / sw_safe[:, None]
-        ok = _informative(var)
+        ok = var > VAR_TOL
         scale = torch.where(ok, torch.rsqrt(torch.where(ok, var, torch.ones_like(var))), 0.0)
     else:
         scale = torch.ones_like(mu)

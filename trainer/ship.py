@@ -66,19 +66,21 @@ def ship(
 ) -> dict[str, Any]:
     """Export, judge, register, maybe promote; what happened as a JSON-ready dict."""
     registry = ModelRegistry(registry_root)
+    weights = sha256_file(best_checkpoint)
+    same = already_registered(registry, model_id, weights)
+    if same is not None:
+        return same
     parent, parent_desc, parent_id = parent_model(cfg, registry, model_id)
     card = {
         "model_id": model_id,
         "parent_model_id": parent_id,
+        "weights_sha256": weights,
         "metrics": card_metrics(best_checkpoint),
         "training_data": {"summary": training_summary or {}},
     }
     onnx = export_onnx(
         load_checkpoint(best_checkpoint), best_checkpoint.with_suffix(".onnx"), card=card
     )
-    same = already_registered(registry, model_id, onnx)
-    if same is not None:
-        return same
     try:
         gate: GateResult = judge(
             parent,
@@ -108,24 +110,25 @@ def ship(
     }
 
 
-def already_registered(registry: ModelRegistry, model_id: str, onnx: Path) -> dict | None:
-    """What `ship` returns for a model the registry already holds, byte for byte (a
-    `--resume --export` relaunch of a run that had finished): no second version, and no
-    second gate run that could decide otherwise on the same bytes. None when it is new."""
+def already_registered(registry: ModelRegistry, model_id: str, weights: str) -> dict | None:
+    """What `ship` returns for a model the registry already holds, by the sha256 of the
+    checkpoint it was exported from (a `--resume --export` relaunch of a run that had
+    finished; its ONNX bytes differ once the gate promoted the first export, which became
+    the parent it names): no second version, and no second gate run that could decide
+    otherwise on the same weights. None when it is new."""
     if not (registry.root / model_id).is_dir():
         return None
-    digest = sha256_file(onnx)
-    entry = next((e for e in registry.list(model_id) if e.card.onnx_sha256 == digest), None)
+    entry = next((e for e in registry.list(model_id) if e.card.weights_sha256 == weights), None)
     if entry is None:
         return None
     served = registry.promoted(model_id)
     gate = dict(entry.card.evaluation or {"promoted": False, "reason": "not judged"})
     gate["reason"] = (
-        f"already registered as v{entry.version} (same sha256), not registered or judged "
-        f"again; its gate said: {gate.get('reason') or 'nothing'}"
+        f"already registered as v{entry.version} (the same checkpoint), not registered or "
+        f"judged again; its gate said: {gate.get('reason') or 'nothing'}"
     )
     return {
-        "onnx": str(onnx),
+        "onnx": str(entry.onnx_path),
         "registered": str(entry.onnx_path),
         "version": entry.version,
         "already_registered": True,

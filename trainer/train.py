@@ -519,7 +519,9 @@ def _loop(run: _Run) -> None:
                 f"(best at step {at.best_step})"
             )
             break
-        if _interrupted(run):
+        # After the last step the run ends as it would have, its tail validated: stopped
+        # here, it exited as interrupted and a resume had no step left to validate it in.
+        if at.step < run.total_steps and _interrupted(run):
             _stop_for_signal(run)
             break
     else:

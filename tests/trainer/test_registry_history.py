@@ -61,31 +61,50 @@ def test_models_list_says_who_promoted_against_the_gate(tmp_path, capsys):
     assert v2.endswith("gate: refused: worse than its parent by 3.0 ± 1.0 px")
 
 
-def test_shipping_the_same_bytes_again_registers_and_judges_nothing(tmp_path, monkeypatch):
-    """A `--resume --export` relaunch of a finished run exported the same ONNX, judged it
-    again and registered it as a second version."""
+def test_shipping_the_same_weights_again_registers_and_judges_nothing(tmp_path, monkeypatch):
+    """A `--resume --export` relaunch of a finished run judged its model again and registered
+    it as a second version; and once the gate had promoted the first export, which the next
+    one names as its parent, the ONNX bytes differed, so comparing them found nothing."""
     from gazeloop.trainer.export import card_path_for
     from gazeloop.trainer.gate import GateResult
 
-    onnx, card = tiny_model(tmp_path / "m", "net", 1000)
-    card_path_for(onnx).write_text(json.dumps(card))
+    onnx, base_card = tiny_model(tmp_path / "m", "net", 1000)
+    base = onnx.read_bytes()
     judged = []
+
+    def export(model, out, card):  # as export_onnx: the file's metadata names the parent
+        import onnx as onnx_pkg
+
+        m = onnx_pkg.load_from_string(base)
+        m.metadata_props.add(key="gazeloop.parent_model_id", value=card["parent_model_id"])
+        out.write_bytes(m.SerializeToString())
+        doc = {k: v for k, v in base_card.items() if k != "onnx_sha256"}
+        doc |= {k: card[k] for k in ("parent_model_id", "weights_sha256")}
+        card_path_for(out).write_text(json.dumps(doc, default=str))
+        return out
 
     def judge(*a, **kw):
         judged.append(a)
-        return GateResult(promoted=False, reason="worse")
+        return GateResult(promoted=True, reason="better")
 
-    monkeypatch.setattr(ship_mod, "export_onnx", lambda *a, **kw: onnx)
+    best = tmp_path / "best.safetensors"
+    best.write_bytes(b"the best checkpoint's weights")
+    monkeypatch.setattr(ship_mod, "export_onnx", export)
     monkeypatch.setattr(ship_mod, "load_checkpoint", lambda p: None)
     monkeypatch.setattr(ship_mod, "card_metrics", lambda p: {})
-    monkeypatch.setattr(ship_mod, "parent_model", lambda *a: (onnx, "parent", "stock"))
     monkeypatch.setattr(ship_mod, "judge", judge)
     cfg = ship_mod.TrainConfig(out_dir=tmp_path / "run")
-    first = ship_mod.ship(cfg, tmp_path / "best.safetensors", tmp_path / "reg", "net")
-    again = ship_mod.ship(cfg, tmp_path / "best.safetensors", tmp_path / "reg", "net")
+    reg = tmp_path / "reg"
+    monkeypatch.setattr(ship_mod, "parent_model", lambda *a: (onnx, "parent", "stock"))
+    first = ship_mod.ship(cfg, best, reg, "net")
+    # v1 is promoted now: a relaunch's export would name it as the parent.
+    monkeypatch.setattr(ship_mod, "parent_model", lambda *a: (onnx, "net v1", "net"))
+    again = ship_mod.ship(cfg, best, reg, "net")
     assert first["version"] == 1 and "already_registered" not in first
     assert again["version"] == 1 and again["already_registered"] is True
-    assert again["gate"]["reason"].startswith("already registered as v1 (same sha256)")
-    assert again["gate"]["reason"].endswith("its gate said: worse")
-    assert len(judged) == 1
-    assert [e.version for e in ModelRegistry(tmp_path / "reg").list("net")] == [1]
+    assert again["gate"]["reason"].startswith("already registered as v1 (the same checkpoint)")
+    assert again["gate"]["reason"].endswith("its gate said: better")
+    assert len(judged) == 1 and again["promoted"] is True
+    assert [e.version for e in ModelRegistry(reg).list("net")] == [1]
+    best.write_bytes(b"other weights")  # trained further: a new model, judged
+    assert ship_mod.ship(cfg, best, reg, "net")["version"] == 2 and len(judged) == 2

@@ -95,9 +95,13 @@ def test_a_signal_checkpoints_the_current_step_and_a_resume_matches(
     previous = signal.signal(signum, unhandled)
     monkeypatch.setattr(tt, "_record_step", then_signal)
     out = tmp_path / "run"
-    first = train(
-        config(out, max_steps=4), data=data, model=copy.deepcopy(base_model), progress=False
-    )
+    try:
+        first = train(
+            config(out, max_steps=4), data=data, model=copy.deepcopy(base_model), progress=False
+        )
+        handler_after = signal.getsignal(signum)
+    finally:
+        signal.signal(signum, previous)  # never left raising for the rest of the session
     monkeypatch.setattr(tt, "_record_step", record)
     assert first["signal"] == signum and first["steps"] == 3
     ckpt = out / "checkpoints" / "step-0000003"
@@ -105,12 +109,42 @@ def test_a_signal_checkpoints_the_current_step_and_a_resume_matches(
     name = signal.Signals(signum).name
     assert first["stopped"].startswith(f"interrupted by {name} at step 3: checkpoint {ckpt}")
     assert "--resume" in first["stopped"]
-    assert signal.getsignal(signum) is unhandled  # the handler in place before is back
-    signal.signal(signum, previous)
+    assert handler_after is unhandled  # the handler in place before is back
     rest = train(config(out, max_steps=4, resume=True), data=data, progress=False)
     assert rest["resumed_from_step"] == 3 and rest["signal"] is None
     assert first["losses"] + rest["losses"] == whole["losses"]
     assert rest["val_error_pct_diag"] == whole["val_error_pct_diag"]
+
+
+def test_a_signal_with_the_last_step_lets_the_run_finish(
+    base_model,  # noqa: F811
+    data,
+    whole,
+    tmp_path,
+    monkeypatch,
+):
+    """Stopped there, the run exited as interrupted and its tail was never validated: a
+    resume found no step left to take."""
+    record = tt._record_step
+
+    def then_signal(run, *a, **kw):
+        record(run, *a, **kw)
+        if run.at.step == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    monkeypatch.setattr(tt, "_record_step", then_signal)
+    try:
+        done = train(
+            config(tmp_path / "run", max_steps=4),
+            data=data,
+            model=copy.deepcopy(base_model),
+            progress=False,
+        )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert done["stopped"] == "finished" and done["signal"] is None
+    assert done["val_error_pct_diag"] == whole["val_error_pct_diag"]
 
 
 def test_the_command_exits_128_plus_the_signal(tmp_path, monkeypatch, capsys):

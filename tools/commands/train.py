@@ -286,7 +286,7 @@ def _config(
         if fitted is not None:
             data["calib_min"] = fitted
     cfg = _validated(TrainConfig, data | {"holdout": []}, args)
-    return _with_holdout(cfg, holdout, labels, export=bool(getattr(args, "export", False)))
+    return _with_holdout(cfg, holdout, labels)
 
 
 def _sources(args, paths: list[Path], **split) -> list[dict]:
@@ -359,19 +359,17 @@ def _refuse_unjudgeable(data: dict, holdout: list, args) -> None:
         raise UserError(NOTHING_TO_JUDGE)
 
 
-def _with_holdout(cfg, named: list, labels: list | None = None, *, export: bool = False):
+def _with_holdout(cfg, named: list, labels: list | None = None):
     """The config with the gate's sessions out of the training data (trainer.gate). The
     label-store exports always train and are never held out: the gate judges on sessions
     (--holdout, or --data sessions, inside folders too) and not on the labels being trained
-    on. With --export and no session to judge on, refused now rather than after training."""
+    on. (--export with no session to judge on was refused before: `_refuse_unjudgeable`.)"""
     from gazeloop.trainer.gate import choose_holdout
 
     labels = list(labels or [])
     choice = choose_holdout(cfg.data, named)
     if not choice.train and not labels:
         raise UserError("every --data source is also a --holdout: nothing left to train on")
-    if export and not choice.holdout:
-        raise UserError(NOTHING_TO_JUDGE)
     notes = list(choice.notes)
     if labels and not choice.holdout:
         notes.append(
@@ -551,8 +549,10 @@ def _run_train(args: argparse.Namespace) -> int:
         if summary.get("excluded_persons"):  # e.g. a store with too few targets to train
             out["excluded_persons"] = summary["excluded_persons"]
     ok = summary["stopped"] == "finished" or str(summary["stopped"]).startswith("early")
-    if not summary.get("main_process", True):
-        return 0 if ok else 1  # the main process exports, registers and reports
+    if not summary.get("main_process", True):  # the main one exports, registers, reports
+        if summary.get("signal"):  # every process says it was interrupted, as the main one
+            return 128 + int(summary["signal"])
+        return 0 if ok else 1
     out["promoted"] = False
     if summary.get("signal"):  # interrupted: nothing to judge yet; the run says how to go on
         out["gate"] = {"promoted": False, "reason": "interrupted before the end; not exported"}
