@@ -5,8 +5,8 @@ out single frames would let a mapping memorise the target; every number here hol
 whole target, and hyper-parameters are chosen inside each fold (nested).
 
 Errors are of the point the user would see: when the screen is known, a prediction off it is
-taken at its edge, where the fast path shows the cursor (`ProfileMapper` clamps the same
-way), and the report counts how many were (`clamped`). Without a known screen (the targets'
+taken at its edge, where the fast path shows the cursor (`fastpath.pipeline` clips the
+same way), and the report counts how many were (`clamped`). Without a known screen (the targets'
 bounding box stands in for it) nothing is clamped: the targets need not reach the edges.
 """
 

@@ -611,3 +611,15 @@ def test_a_label_in_flight_across_a_model_swap_names_the_run_its_frame_was_taken
         assert run_of["clicks"].settings["gaze_model"]["id"] == "tuned"
     finally:
         r.live.close()
+
+
+def test_an_oracles_snapshot_carries_the_estimate_past_the_edge_as_the_history_does():
+    """Oracle labels were stored beside the clipped point, clicks beside the History's."""
+    from gazeloop.tools.runtime.live import snapshot_of
+
+    s = GazeSample(
+        5, 1, Quality(face=True, confidence=1.0),
+        screen_xy=np.array([0.4, 1.0]), screen_xy_unclipped=np.array([0.4, 1.2]),
+    )  # fmt: skip
+    snap = snapshot_of(Frame(5, np.zeros((4, 4, 3), np.uint8), 1), s)
+    assert snap.fast_xy == pytest.approx((0.4, 1.2))
