@@ -72,6 +72,30 @@ def c4_profile(shared, tmp_path_factory) -> Path:
     return d / "profile.json"
 
 
+@pytest.fixture
+def saved_figures(monkeypatch):
+    """Every figure saved during the test, in order, the file still written: what is drawn
+    (titles, points, axis limits) is the behaviour, and a PNG's pixels hide it. Closed at
+    the end (the code under test may have closed them already)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.figure
+    import matplotlib.pyplot as plt
+
+    saved = []
+    real = matplotlib.figure.Figure.savefig
+
+    def keep(fig, *args, **kwargs):
+        saved.append(fig)
+        return real(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep)
+    yield saved
+    for fig in saved:
+        plt.close(fig)
+
+
 # ---- markers (registered in pyproject.toml) --------------------------------------------------
 # needs_shared, needs_broker and needs_display follow from what a test uses, so a new test
 # gets them without anyone remembering; `slow` is put on by hand, where the time is spent.

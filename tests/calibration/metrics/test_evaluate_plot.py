@@ -7,24 +7,10 @@ from __future__ import annotations
 import colorsys
 import itertools
 
-import matplotlib.colors
-import matplotlib.pyplot
 import numpy as np
-import pytest
 
 from gazeloop.calibration.metrics.evaluate import Evaluated, plot_report
 from tests.calibration.metrics.test_evaluate import SCREEN, evaluate, grid_data, linear_features
-
-
-@pytest.fixture
-def drawn(monkeypatch):
-    """The figures `plot_report` closes, kept to be read."""
-    figs = []
-    close = matplotlib.pyplot.close
-    monkeypatch.setattr(matplotlib.pyplot, "close", figs.append)
-    yield figs
-    for f in figs:
-        close(f)
 
 
 def _report(screen=SCREEN, session="synthetic") -> Evaluated:
@@ -47,16 +33,16 @@ def test_a_cjk_name_draws_without_missing_glyph_warnings(tmp_path, recwarn):
     assert not [w for w in recwarn if "Glyph" in str(w.message)]
 
 
-def test_a_long_title_is_wrapped_to_the_figure(tmp_path, drawn):
+def test_a_long_title_is_wrapped_to_the_figure(tmp_path, saved_figures):
     device = "probably MacBook Pro 14in (1512x982 pt, fullscreen below the notch), camera top"
     plot_report(_report(), tmp_path / "p.png", title=f"calibration of someone on {device} " * 2)
-    lines = drawn[0].axes[0].get_title().splitlines()
+    lines = saved_figures[0].axes[0].get_title().splitlines()
     assert max(map(len, lines)) <= 110 and "calibration of someone" in lines[0]
 
 
-def test_targets_get_strong_distinct_colours(tmp_path, drawn):
+def test_targets_get_strong_distinct_colours(tmp_path, saved_figures):
     plot_report(_report(), tmp_path / "p.png")
-    colours = [c.get_facecolor()[0][:3] for c in drawn[0].axes[0].collections]
+    colours = [c.get_facecolor()[0][:3] for c in saved_figures[0].axes[0].collections]
     assert len(colours) == 9
     for c in colours:  # pale colours vanish on white
         assert colorsys.rgb_to_hls(*c)[1] < 0.7, c
@@ -64,11 +50,13 @@ def test_targets_get_strong_distinct_colours(tmp_path, drawn):
         assert np.abs(np.subtract(a, b)).sum() > 0.3, (a, b)
 
 
-def test_error_numbers_stay_clear_of_the_predictions(tmp_path, drawn):
+def test_error_numbers_stay_clear_of_the_predictions(tmp_path, saved_figures):
     ev = _above(_report(), 25.0)
     plot_report(ev, tmp_path / "p.png")
-    ax = drawn[0].axes[0]
-    renderer = drawn[0].canvas.get_renderer()
+    ax = saved_figures[0].axes[0]
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(saved_figures[0]).get_renderer()  # plot_report closed it
     numbers = [t for t in ax.texts if t.get_text().isdigit()]
     assert len(numbers) == 9
     dots = ax.transData.transform(ev.pred_px)
@@ -77,10 +65,10 @@ def test_error_numbers_stay_clear_of_the_predictions(tmp_path, drawn):
         assert box.count_contains(dots) == 0, t.get_text()
 
 
-def test_the_picture_says_what_it_shows(tmp_path, drawn):
+def test_the_picture_says_what_it_shows(tmp_path, saved_figures):
     plot_report(_report(screen=None), tmp_path / "p.png")
     plot_report(_report(), tmp_path / "q.png")
-    unknown, known = (f.axes[0] for f in drawn)
+    unknown, known = (f.axes[0] for f in saved_figures)
     legend = [t.get_text() for t in unknown.get_legend().get_texts()]
     assert [x.split(",")[0].split(":")[0] for x in legend] == [
         "target",

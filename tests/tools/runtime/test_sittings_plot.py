@@ -6,9 +6,7 @@ from __future__ import annotations
 import json
 import re
 
-import matplotlib.pyplot
 import numpy as np
-import pytest
 from matplotlib.colors import to_rgb
 
 from gazeloop.tools.cli import main
@@ -22,7 +20,7 @@ def test_the_evit_report_is_drawn(tmp_path):
     plot_sittings_report(rep, path)
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
-    # the sittings calibrated with their history are drawn when the report has them
+    # the sittings calibrated with their history are saved_figures when the report has them
     assert rep["with_history"]
     plain = {k: v for k, v in rep.items() if k not in ("with_history", "within_with_history")}
     plot_sittings_report(plain, tmp_path / "plain.png")
@@ -36,25 +34,14 @@ def test_a_plot_name_without_a_picture_format_is_refused_first(tmp_path, capsys)
     assert "p.txt: name a .png, .svg or .pdf file" in err and "s1" not in err
 
 
-@pytest.fixture
-def drawn(monkeypatch):
-    """The figures the plot closes, kept to be read."""
-    figs = []
-    close = matplotlib.pyplot.close
-    monkeypatch.setattr(matplotlib.pyplot, "close", figs.append)
-    yield figs
-    for f in figs:
-        close(f)
-
-
 def _evit() -> dict:
     return json.loads((ROOT / "docs/baselines/evit_sittings.json").read_text())["output"]
 
 
-def test_the_title_says_what_stands_behind_it_in_whole_px(tmp_path, drawn):
+def test_the_title_says_what_stands_behind_it_in_whole_px(tmp_path, saved_figures):
     rep = _evit()
     plot_sittings_report(rep, tmp_path / "p.png")
-    title = drawn[0].axes[0].get_title().replace("\n", " ")
+    title = saved_figures[0].axes[0].get_title().replace("\n", " ")
     used = sum(r["frames_used"] for r in rep["sittings"])
     stills = sum(r["frames"] for r in rep["sittings"])
     assert used < stills  # the committed report left some out: the title must say so
@@ -63,13 +50,13 @@ def test_the_title_says_what_stands_behind_it_in_whole_px(tmp_path, drawn):
     assert not re.search(r"\d\.\d", title), title
 
 
-def test_people_are_never_drawn_in_the_green_of_the_history_marker(tmp_path, drawn):
+def test_people_are_never_drawn_in_the_green_of_the_history_marker(tmp_path, saved_figures):
     rep = _evit()
     names = [f"p{i}" for i in range(12)]
     for i, r in enumerate(rep["sittings"]):  # twelve people: every colour of the cycle
         r["user"] = names[i % 12]
     plot_sittings_report(rep, tmp_path / "p.png")
-    legend = drawn[0].axes[0].get_legend()
+    legend = saved_figures[0].axes[0].get_legend()
     colour = {
         t.get_text(): h.get_color()
         for t, h in zip(legend.get_texts(), legend.legend_handles, strict=True)
