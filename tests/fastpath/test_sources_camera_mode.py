@@ -6,65 +6,10 @@ from __future__ import annotations
 
 import logging
 
-import cv2
-import numpy as np
 import pytest
 
-from gazeloop.fastpath import sources
 from gazeloop.fastpath.sources import CameraMode, CameraSource
-
-PROPS = {"width": cv2.CAP_PROP_FRAME_WIDTH, "height": cv2.CAP_PROP_FRAME_HEIGHT}
-PROPS["fps"] = cv2.CAP_PROP_FPS
-
-
-class GrantingCapture:
-    """cv2.VideoCapture-shaped: records set() calls, reports `grant` through get(), gives
-    `frames` blank frames, then delivers nothing (unplugged)."""
-
-    def __init__(self, grant: dict[str, float], frames: int | None = None) -> None:
-        self.grant = {PROPS[k]: v for k, v in grant.items()}
-        self.frames, self.grabbed, self.sets = frames, 0, []
-
-    def isOpened(self) -> bool:  # noqa: N802 - cv2's name
-        return True
-
-    def set(self, prop: int, value: float) -> bool:
-        self.sets.append((prop, value))
-        return True
-
-    def get(self, prop: int) -> float:
-        return self.grant.get(prop, 0.0)  # 0: what cv2 answers for a property it cannot read
-
-    def grab(self) -> bool:
-        if self.frames is not None and self.grabbed >= self.frames:
-            return False
-        self.grabbed += 1
-        return True
-
-    def retrieve(self):
-        return True, np.zeros((48, 64, 3), np.uint8)
-
-    def read(self):
-        return self.retrieve() if self.grab() else (False, None)
-
-    def release(self) -> None:
-        pass
-
-
-def use_capture(monkeypatch: pytest.MonkeyPatch, cap: GrantingCapture) -> list[int]:
-    """cv2.VideoCapture(index), as sources calls it, answered by `cap`; → the indices."""
-    opened: list[int] = []
-
-    class Cv2:
-        def __getattr__(self, name):
-            return getattr(cv2, name)
-
-        def VideoCapture(self, index):  # noqa: N802 - cv2's name
-            opened.append(index)
-            return cap
-
-    monkeypatch.setattr(sources, "cv2", Cv2())
-    return opened
+from tests.fake_camera import PROPS, FakeCamera
 
 
 def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -74,11 +19,12 @@ def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
 def test_the_requested_mode_reaches_the_driver_and_the_granted_one_is_said(
     monkeypatch, caplog
 ) -> None:
-    cap = GrantingCapture({"width": 640, "height": 480, "fps": 30})
-    assert use_capture(monkeypatch, cap) == []
+    cap = FakeCamera({"width": 640, "height": 480, "fps": 30})
+    cap.install(monkeypatch)
     caplog.set_level(logging.INFO, logger="gazeloop.fastpath.sources")
     cam = CameraSource(2, width=1280, height=720, fps=60)
     cam.close()
+    assert cap.indices == [2]
     assert cap.sets == [(PROPS["width"], 1280), (PROPS["height"], 720), (PROPS["fps"], 60)]
     assert cam.granted == CameraMode(640, 480, 30.0)
     assert cam.mode_text() == "640x480 at 30 fps, asked 1280x720 at 60 fps"
@@ -89,7 +35,7 @@ def test_the_requested_mode_reaches_the_driver_and_the_granted_one_is_said(
 
 
 def test_a_short_mode_is_warned_about_once_across_reopens(caplog) -> None:
-    caps = [GrantingCapture({"fps": 30}, frames=2) for _ in range(3)]
+    caps = [FakeCamera({"fps": 30}, frames=2) for _ in range(3)]
     opener = iter(caps).__next__
     with CameraSource(0, fps=60, open_capture=opener, retries=2, backoff_s=0.001) as cam:
         frames = list(cam)
@@ -106,7 +52,7 @@ def test_a_short_mode_is_warned_about_once_across_reopens(caplog) -> None:
     ],
 )
 def test_no_warning_for_a_granted_or_unreported_mode(monkeypatch, caplog, grant, said) -> None:
-    use_capture(monkeypatch, GrantingCapture(grant))
+    FakeCamera(grant).install(monkeypatch)
     cam = CameraSource(0, fps=60)
     cam.close()
     assert cam.mode_text() == said
@@ -114,8 +60,8 @@ def test_no_warning_for_a_granted_or_unreported_mode(monkeypatch, caplog, grant,
 
 
 def test_nothing_is_requested_when_nothing_is_asked(monkeypatch) -> None:
-    cap = GrantingCapture({"width": 1920, "height": 1080, "fps": 30})
-    use_capture(monkeypatch, cap)
+    cap = FakeCamera({"width": 1920, "height": 1080, "fps": 30})
+    cap.install(monkeypatch)
     cam = CameraSource(0)
     cam.close()
     assert cap.sets == []

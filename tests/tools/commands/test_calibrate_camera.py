@@ -4,7 +4,7 @@ window's grid is stood in for (no camera or display in CI)."""
 
 from __future__ import annotations
 
-from tests.tools.commands.test_run_camera import FPS, FakeCamera, H, W
+from tests.fake_camera import FPS, FakeCamera, H, W
 
 
 def test_calibrate_asks_the_camera_for_its_mode(tmp_path, monkeypatch, capsys):
@@ -12,7 +12,7 @@ def test_calibrate_asks_the_camera_for_its_mode(tmp_path, monkeypatch, capsys):
     from gazeloop.tools.commands import calibrate
 
     monkeypatch.setenv("GAZELOOP_HOME", str(tmp_path / "home"))
-    cam = FakeCamera(grant=(640, 480, 30.0))
+    cam = FakeCamera({"width": 640, "height": 480, "fps": 30.0})
     cam.install(monkeypatch)
     seen = []
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import json
 
-from tests.tools.commands.test_run_camera import FPS, FakeCamera, H, W
+from tests.fake_camera import FPS, FakeCamera, H, W
 
 
 def test_record_asks_the_camera_for_its_mode(tmp_path, monkeypatch, capsys):
     from gazeloop.tools.cli import main
 
-    cam = FakeCamera(grant=(320, 240, 60.0))
+    cam = FakeCamera({"width": 320, "height": 240, "fps": 60.0})
     cam.install(monkeypatch)
     out = tmp_path / "rec"
     argv = ["record", str(out), "--source", "0", "--camera-size", "320", "240", "--frames", "2"]

@@ -4,62 +4,12 @@ ending the run as a failure. cv2.VideoCapture is a fake (no camera in CI)."""
 
 from __future__ import annotations
 
-import cv2
-import numpy as np
 import pytest
 
 from gazeloop.fastpath import sources
+from tests.fake_camera import FPS, FakeCamera, H, W
 
-W, H, FPS = cv2.CAP_PROP_FRAME_WIDTH, cv2.CAP_PROP_FRAME_HEIGHT, cv2.CAP_PROP_FPS
 HEADLESS = ["run", "--headless", "--oracle", "none", "--no-watch-models"]
-
-
-class FakeCamera:
-    """What cv2.VideoCapture(index) opens, as sources calls it: every set() is recorded,
-    get() reports the granted mode, `frames` blank frames are delivered (None: without
-    end), then the camera is unplugged and every later open fails."""
-
-    def __init__(self, grant=(640, 480, 30.0), frames: int | None = None) -> None:
-        self.grant = dict(zip((W, H, FPS), grant, strict=True))
-        self.frames, self.grabbed, self.opens, self.sets = frames, 0, 0, []
-
-    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        camera = self
-
-        class Cv2:
-            def __getattr__(self, name):
-                return getattr(cv2, name)
-
-            def VideoCapture(self, index):  # noqa: N802 - cv2's name
-                camera.opens += 1
-                return camera
-
-        monkeypatch.setattr(sources, "cv2", Cv2())
-
-    def isOpened(self) -> bool:  # noqa: N802 - cv2's name
-        return self.opens == 1  # unplugged: a reopen finds nothing
-
-    def set(self, prop, value) -> bool:
-        self.sets.append((prop, value))
-        return True
-
-    def get(self, prop) -> float:
-        return self.grant[prop]
-
-    def grab(self) -> bool:
-        if self.frames is not None and self.grabbed >= self.frames:
-            return False
-        self.grabbed += 1
-        return True
-
-    def retrieve(self):
-        return True, np.zeros((480, 640, 3), np.uint8)
-
-    def read(self):
-        return self.retrieve() if self.grab() else (False, None)
-
-    def release(self) -> None:
-        pass
 
 
 @pytest.fixture
@@ -73,7 +23,7 @@ def test_run_asks_for_60_fps_and_says_the_mode_granted(shared, home, monkeypatch
     from `gazeloop run` whatever the camera could do."""
     from gazeloop.tools.cli import main
 
-    cam = FakeCamera(grant=(640, 480, 30.0))
+    cam = FakeCamera({"width": 640, "height": 480, "fps": 30.0})
     cam.install(monkeypatch)
     rc = main([*HEADLESS, "--source", "0", "--frames", "2"])
     out = capsys.readouterr().out.splitlines()
@@ -87,7 +37,7 @@ def test_run_asks_for_60_fps_and_says_the_mode_granted(shared, home, monkeypatch
 def test_run_passes_camera_fps_and_size_to_the_driver(shared, home, monkeypatch, capsys):
     from gazeloop.tools.cli import main
 
-    cam = FakeCamera(grant=(1280, 720, 30.0))
+    cam = FakeCamera({"width": 1280, "height": 720, "fps": 30.0})
     cam.install(monkeypatch)
     argv = ["--source", "0", "--frames", "2", "--camera-fps", "30", "--camera-size", "1280", "720"]
     assert main([*HEADLESS, *argv]) == 0
