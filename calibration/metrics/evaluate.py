@@ -446,18 +446,9 @@ def evaluate_fixed(
     )
 
 
-# Strong, distinct colours, one per target (tab20's pale halves vanished on white, and its
-# pairs made neighbours look alike); tab10 without its grey, then three more.
-TARGET_COLOURS = (
-    *("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"),
-    *("#8c564b", "#e377c2", "#bcbd22", "#17becf"),
-    *("#000080", "#b8860b", "#c000c0"),
-)
-
-
 def plot_report(ev: Evaluated, path, *, title: str | None = None) -> None:
     """Targets, held-out predictions and error vectors on the screen rectangle (PNG)."""
-    from gazeloop.calibration.metrics.plotting import drawable, pyplot, wrap
+    from gazeloop.calibration.metrics.plotting import STRONG, drawable, pyplot, wrap
 
     plt = pyplot()
     r = ev.report
@@ -473,7 +464,7 @@ def plot_report(ev: Evaluated, path, *, title: str | None = None) -> None:
                     textcoords="offset points", ha="right", va="top", fontsize=7,
                     color="0.3", style="italic")  # fmt: skip
     for i, t in enumerate(r.per_target):
-        _draw_target(ax, ev, t, TARGET_COLOURS[i % len(TARGET_COLOURS)])
+        _draw_target(ax, ev, t, STRONG[i % len(STRONG)])
     # The screen with a margin, and every prediction: one beyond the margin was cut off
     # (its error printed at the target, its dot and arrow nowhere).
     lo = np.minimum([-0.05 * w, -0.05 * h], ev.pred_px.min(axis=0) - 0.02 * h)

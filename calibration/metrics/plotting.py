@@ -29,6 +29,20 @@ CJK_FONTS = (
 )
 
 
+# Strong, distinct colours, one per series (tab20's pale halves vanish on white, and its
+# pairs make neighbours look alike): tab10 without its grey, then three more.
+STRONG = (
+    *("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"),
+    *("#8c564b", "#e377c2", "#bcbd22", "#17becf"),
+    *("#000080", "#b8860b", "#c000c0"),
+)
+
+
+def strong_colours(reserved: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """`STRONG` without the colours a picture reserves for something else (a marker)."""
+    return tuple(c for c in STRONG if c not in reserved)
+
+
 def pyplot():
     """`matplotlib.pyplot` with the Agg backend (pictures go to files; no display is needed)
     and a CJK fallback font when one is installed."""

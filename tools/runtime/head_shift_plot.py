@@ -68,13 +68,13 @@ def _legend_label(report: dict[str, Any], c: str) -> str:
 
 
 def plot_head_shift(report: dict[str, Any], path) -> None:
-    from gazeloop.calibration.metrics.plotting import drawable, pyplot
+    from gazeloop.calibration.metrics.plotting import STRONG, drawable, pyplot
 
     plt = pyplot()
 
     moves = report["moves"]
     labels = sorted({c for per in moves.values() for c in per["by_candidate"]})
-    colours = {c: plt.get_cmap("tab10")(i % 10) for i, c in enumerate(labels)}
+    colours = {c: STRONG[i % len(STRONG)] for i, c in enumerate(labels)}
     fig, axes = plt.subplots(1, len(moves), figsize=(3.4 * len(moves), 4.4), dpi=110, squeeze=False)
     reach = _reach(report)
     for ax, (name, per) in zip(axes[0], moves.items(), strict=True):

@@ -12,23 +12,21 @@ from __future__ import annotations
 
 from typing import Any
 
-# The people's colours: tab10 without its green (the marker of a sitting calibrated with the
-# earlier ones) and its grey (the pooled profile's legend entry).
-USER_COLOURS = ("#1f77b4", "#ff7f0e", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22",
-                "#17becf")  # fmt: skip
+# The marker of a sitting calibrated with the earlier ones: no person's colour is it.
 HISTORY_GREEN = "#2ca02c"
 
 
 def plot_sittings_report(rep: dict[str, Any], path) -> None:
     """Draw `eval-sittings`' report (`summarise`) to `path` (a file name or a binary file)."""
-    from gazeloop.calibration.metrics.plotting import drawable, pyplot
+    from gazeloop.calibration.metrics.plotting import drawable, pyplot, strong_colours
 
     plt = pyplot()
     rows = rep["sittings"]
     across = {p["to"]: p for p in rep["pairs"] if "mean_px" in p}
     history = {h["sitting"]: h for h in rep.get("with_history", [])}
     users = sorted({r["user"] for r in rows})
-    colour = {u: USER_COLOURS[i % len(USER_COLOURS)] for i, u in enumerate(users)}
+    people = strong_colours(reserved=(HISTORY_GREEN,))
+    colour = {u: people[i % len(people)] for i, u in enumerate(users)}
     fig, ax = plt.subplots(figsize=(max(6.0, 0.4 * len(rows) + 2) + 3.0, 4.8), dpi=110)
     for i, r in enumerate(rows):
         ax.plot(i, r["mean_px"], "_", color="k", ms=14, mew=2)
