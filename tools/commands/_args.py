@@ -187,15 +187,23 @@ def fastpath_config(args: argparse.Namespace) -> FastPathConfig:
 DEFAULT_CAMERA_FPS = 60.0
 
 
+def camera_fps(text: str) -> float | str:
+    """--camera-fps: a positive number, or `driver`: ask for none. A rate asked for is held
+    (macOS fixes the frame duration), so a dim room gets darker frames; the driver's own
+    may slow down to expose longer."""
+    return "driver" if text.strip().lower() == "driver" else positive_float(text)
+
+
 def add_camera_args(p: argparse.ArgumentParser) -> None:
     """The mode a camera source is asked for (`run`, `calibrate`, `record`)."""
     g = p.add_argument_group("camera (a camera index as --source only)")
     g.add_argument(
         "--camera-fps",
-        type=positive_float,
+        type=camera_fps,
         metavar="FPS",
         help=f"frame rate to ask the camera for (default {DEFAULT_CAMERA_FPS:g}; the driver "
-        "may grant less, which is said at the start)",
+        "may grant less, which is said at the start), or 'driver' to ask for none: the "
+        "driver's own rate, which may slow down in a dim room to expose longer",
     )
     g.add_argument(
         "--camera-size",
@@ -218,7 +226,7 @@ def camera_request(args: argparse.Namespace) -> dict:
             )
         return {}
     return {
-        "camera_fps": DEFAULT_CAMERA_FPS if fps is None else fps,
+        "camera_fps": DEFAULT_CAMERA_FPS if fps is None else (None if fps == "driver" else fps),
         "camera_size": None if size is None else tuple(size),
     }
 

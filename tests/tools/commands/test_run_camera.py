@@ -45,6 +45,18 @@ def test_run_passes_camera_fps_and_size_to_the_driver(shared, home, monkeypatch,
     assert "camera 0 (1280x720 at 30 fps, asked 1280x720 at 30 fps)" in capsys.readouterr().out
 
 
+def test_camera_fps_driver_asks_for_no_rate(shared, home, monkeypatch, capsys):
+    """A rate asked for is held; `driver` leaves the camera its own, which in a dim room may
+    slow down to expose longer."""
+    from gazeloop.tools.cli import main
+
+    cam = FakeCamera({"width": 640, "height": 480, "fps": 30.0})
+    cam.install(monkeypatch)
+    assert main([*HEADLESS, "--source", "0", "--frames", "2", "--camera-fps", "driver"]) == 0
+    assert cam.sets == []
+    assert capsys.readouterr().out.splitlines()[0] == "camera 0 (640x480 at 30 fps)"
+
+
 @pytest.mark.parametrize(
     ("flags", "named"),
     [
