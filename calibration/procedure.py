@@ -300,7 +300,6 @@ def fit_profile_report(
         screen=screen,
         mapping=mapping,
         names=frame_names,
-        outlier_groups=cells,
         keep=keep,
     )
     r = ev.report

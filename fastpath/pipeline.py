@@ -295,10 +295,12 @@ class FastPath:
             self._show(s, self._last_xy.copy())
 
     def _show(self, s: GazeSample, xy: np.ndarray) -> None:
-        """Set the sample's screen point, in pixels too when the profile knows the screen."""
-        s.screen_xy = xy
+        """Set the sample's screen point where it is, and clipped to the screen as shown (in
+        pixels too when the profile knows the screen)."""
+        s.screen_xy_unclipped = xy
+        s.screen_xy = np.clip(xy, 0.0, 1.0)
         if self._to_px is not None:
-            s.screen_px = self._to_px(xy)
+            s.screen_px = self._to_px(s.screen_xy)
 
     def _estimate(self, frame: Frame, s: GazeSample, feats: Features, t2: int) -> None:
         """The gaze network on the eye crops, then the filter: on the gaze angles while there
@@ -335,8 +337,7 @@ class FastPath:
             q.error = "mapping output is not finite"
             return
         s.screen_xy_raw = xy
-        s.screen_xy_unclipped = self.filter(frame.t_ns, xy)
-        self._last_xy = np.clip(s.screen_xy_unclipped, 0.0, 1.0)
+        self._last_xy = self.filter(frame.t_ns, xy)
         self._show(s, self._last_xy)
         st["filter"] = (time.perf_counter_ns() - t4) / 1e6
 

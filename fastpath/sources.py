@@ -715,11 +715,13 @@ class CameraSource(FrameSource):
         """The next frame; None when iteration ends: the thread gave up (its error logged
         there), close() was called, `on_wait` said stop, or no frame came for
         `stall_timeout_s` (said in `error`)."""
-        tick = self.stall_timeout_s if self.on_wait is None else self.WAIT_TICK_S
+        tick = self.stall_timeout_s
+        if self.on_wait is not None:
+            tick = min(self.WAIT_TICK_S, tick)
         start = time.monotonic()
         while True:
             try:
-                frame = self._slot.get(timeout=min(tick, self.stall_timeout_s))
+                frame = self._slot.get(timeout=tick)
             except SlotClosed:
                 return None
             if frame is not None:

@@ -46,7 +46,7 @@ from gazeloop.calibration.store.session import read_session
 from gazeloop.fastpath.pipeline import FastPath, FastPathConfig
 from gazeloop.fastpath.views import NoUsableFrames, session_views
 from gazeloop.trainer.datasets import DataSource, detect_kind
-from gazeloop.trainer.readers.sessions import is_one_session
+from gazeloop.trainer.readers.sessions import is_one_session, session_folders
 
 log = logging.getLogger(__name__)
 
@@ -175,11 +175,7 @@ def _sessions_of(src: DataSource) -> list[DataSource]:
     if is_one_session(folder):
         return [src]
     excluded = {Path(p).resolve() for p in src.exclude}
-    inside = [
-        p
-        for p in sorted(folder.iterdir())
-        if p.is_dir() and is_one_session(p) and p.resolve() not in excluded
-    ]
+    inside = [p for p in session_folders(folder) if p.resolve() not in excluded]
     keep = {"screen_px": src.screen_px, "mirrored": src.mirrored, "weight": src.weight}
     return [DataSource(path=p, **keep) for p in inside]
 

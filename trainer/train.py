@@ -555,12 +555,7 @@ def _time_for_checkpoint(run: _Run) -> bool:
     minutes = run.cfg.checkpoint_minutes
     if minutes is None:
         return False
-    due = time.monotonic() - run.at.saved_t >= 60.0 * minutes
-    acc = run.accelerator
-    if acc.num_processes == 1:
-        return due
-    flag = torch.tensor([1.0 if (due and acc.is_main_process) else 0.0], device=acc.device)
-    return bool(acc.gather(flag).sum() > 0)
+    return _agreed(run, time.monotonic() - run.at.saved_t >= 60.0 * minutes)
 
 
 def _train_step(run: _Run) -> str | None:

@@ -145,15 +145,14 @@ def evaluate_arrays(
     frames: int | None = None,
     rejected: list[tuple[str, str]] | None = None,
     names: list[str] | None = None,
-    outlier_groups: np.ndarray | None = None,
     keep: np.ndarray | None = None,
 ) -> Evaluated:
     """Leave-one-target-out evaluation of `mapping` on features `x` against `labels_px`.
 
     Without a known screen, normalisation and the % diagonal use the targets' bounding box
-    (`diag_basis="targets"`). `outlier_groups`: what per-target outliers are judged within
-    (default `groups`; pooled sittings: a target of one sitting, `calibration.sittings`).
-    `keep`: that judgement when the caller has made it already (`fixed_keep`)."""
+    (`diag_basis="targets"`). `keep`: the frames kept, when the caller has judged the
+    per-target outliers already (`fixed_keep`, e.g. within a target of one sitting); by
+    default they are judged here, within each target."""
     rejected = list(rejected or [])
     groups = np.asarray(groups)
     need = min_targets(mapping) + 1  # one more than the fit needs: one is always held out
@@ -164,7 +163,7 @@ def evaluate_arrays(
             f"'{mapping}' needs at least {need}"
         )
     if keep is None:
-        keep = fixed_keep(x, features, groups if outlier_groups is None else outlier_groups)
+        keep = fixed_keep(x, features, groups)
     for i in np.flatnonzero(~keep):
         rejected.append((names[i] if names else f"frame {i}", "outlier within its target"))
     x, labels_px, groups = x[keep], labels_px[keep], groups[keep]

@@ -67,7 +67,8 @@ def run_list(args: argparse.Namespace) -> int:
     try:
         entries = reg.list(args.model_id)
         served = {e.model_id: e.version for e in map(reg.promoted, reg.model_ids()) if e}
-        promoted_here = {mid: _promotions_by_version(reg, mid) for mid in reg.model_ids()}
+        listed = {e.model_id for e in entries}
+        promoted_here = {mid: _promotions_by_version(reg, mid) for mid in listed}
     except RegistryError as e:
         raise UserError(str(e)) from None
     if not entries:

@@ -76,7 +76,7 @@ def snapshot_of(frame: Frame, s: GazeSample, *, on_demand: bool = False) -> Snap
         eye = (float(mid[0]), float(mid[1]))
     # where the estimate is, past the screen's edge too: as the History keeps it for the
     # loop, so every label in the store compares its point with the same thing
-    xy = s.screen_xy_unclipped if s.screen_xy_unclipped is not None else s.screen_xy
+    xy = s.screen_xy_unclipped
     fast = None if xy is None else (float(xy[0]), float(xy[1]))
     return Snapshot(
         t_ns=frame.t_ns,

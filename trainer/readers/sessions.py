@@ -49,6 +49,14 @@ def is_one_session(folder: Path) -> bool:
     return (folder / MANIFEST_NAME).is_file() or any(folder.glob("img_*.json"))
 
 
+def session_folders(path: Path) -> list[Path]:
+    """The session folders `path` reads: itself, or the sessions directly inside a folder
+    of them, in name order (what `SessionsReader` reads and the gate holds out from)."""
+    if is_one_session(path):
+        return [path]
+    return sorted(p for p in path.iterdir() if p.is_dir() and is_one_session(p))
+
+
 def _weight(extra: dict) -> float | None:
     """The record's own weight, if it states one; None means "unusable weight"."""
     for key in ("weight", "confidence"):
@@ -82,9 +90,8 @@ class SessionReader:
     def units(self) -> tuple[list[Unit], list[Skipped]]:
         if not self.path.is_dir():
             return [], [Skipped(str(self.path), "", "not a folder")]
-        folders = [self.path] if is_one_session(self.path) else []
-        if not folders:
-            folders = sorted(p for p in self.path.iterdir() if p.is_dir() and is_one_session(p))
+        folders = session_folders(self.path)
+        if folders != [self.path]:
             kept = [p for p in folders if p.resolve() not in self.exclude]
             if folders and not kept:
                 why = "every session folder in it is held out for the gate"
