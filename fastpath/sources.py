@@ -511,6 +511,23 @@ def _shortfall(asked: CameraMode, got: CameraMode) -> list[str]:
     return out
 
 
+def _wants_mjpg(cap: CaptureLike, asked: CameraMode) -> bool:
+    """Whether to ask a camera for Motion-JPEG before its mode. Linux's V4L2 opens a USB
+    webcam in raw YUYV, which USB 2 carries at 30 fps only up to about 640x480 (1280x720
+    YUYV is typically 10 fps), so a 60 fps or HD request is granted far below what the
+    camera can do; nearly every webcam offers those modes in MJPG. Asked first: the mode's
+    size and rate are looked up in the format in force. A camera without MJPG keeps its
+    format (the driver refuses the request). macOS's AVFoundation picks its own format and
+    ignores the request, so it is not sent."""
+    if not (asked.fps or asked.width):
+        return False
+    name = getattr(cap, "getBackendName", None)
+    try:
+        return callable(name) and name() == "V4L2"
+    except cv2.error:
+        return False
+
+
 def _release(cap: CaptureLike | None) -> None:
     if cap is None:
         return
@@ -620,6 +637,8 @@ class CameraSource(FrameSource):
         cap = cv2.VideoCapture(self.index)
         if cap.isOpened():
             # Requests only: the driver may pick the nearest mode it supports.
+            if _wants_mjpg(cap, self.asked):
+                cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter_fourcc(*"MJPG"))
             if self.width:
                 cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.width)
             if self.height:

@@ -18,8 +18,11 @@ class FakeCamera:
     `fastpath.sources` calls it, with this camera; after its first open it is unplugged
     (a reopen finds nothing)."""
 
-    def __init__(self, grant: dict[str, float] | None = None, frames: int | None = None):
+    def __init__(
+        self, grant: dict[str, float] | None = None, frames: int | None = None, backend="FAKE"
+    ):
         self.grant = {PROPS[k]: v for k, v in (grant or {}).items()}
+        self.backend = backend  # what getBackendName() answers ("V4L2" on Linux)
         self.frames, self.grabbed, self.sets = frames, 0, []
         self.opens = 0  # through `install`
         self.indices: list[int] = []
@@ -42,6 +45,9 @@ class FakeCamera:
 
     def isOpened(self) -> bool:  # noqa: N802 - cv2's name
         return self.opens <= 1
+
+    def getBackendName(self) -> str:  # noqa: N802 - cv2's name
+        return self.backend
 
     def set(self, prop: int, value: float) -> bool:
         self.sets.append((prop, value))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 
+import cv2
 import pytest
 
 from gazeloop.fastpath.sources import CameraMode, CameraSource
@@ -66,3 +67,27 @@ def test_nothing_is_requested_when_nothing_is_asked(monkeypatch) -> None:
     cam.close()
     assert cap.sets == []
     assert cam.mode_text() == "1920x1080 at 30 fps"
+
+
+MJPG = (cv2.CAP_PROP_FOURCC, cv2.VideoWriter_fourcc(*"MJPG"))
+
+
+@pytest.mark.parametrize(
+    ("backend", "asked", "sets"),
+    [
+        # Linux: the format first, so the mode is looked up among MJPG's (YUYV has no 60).
+        ("V4L2", {"fps": 60}, [MJPG, (PROPS["fps"], 60)]),
+        (
+            "V4L2",
+            {"width": 1280, "height": 720},
+            [MJPG, (PROPS["width"], 1280), (PROPS["height"], 720)],
+        ),
+        ("V4L2", {}, []),  # --camera-fps driver and no size: the driver's own format too
+        ("AVFOUNDATION", {"fps": 60}, [(PROPS["fps"], 60)]),  # macOS picks its own format
+    ],
+)
+def test_a_v4l2_camera_is_asked_for_mjpg_before_its_mode(monkeypatch, backend, asked, sets):
+    cap = FakeCamera({"fps": 30}, backend=backend)
+    cap.install(monkeypatch)
+    CameraSource(0, **asked).close()
+    assert cap.sets == sets
