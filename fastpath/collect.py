@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gazeloop.calibration.frames import LabelledFrames
+from gazeloop.calibration.mapping.candidates import yaw_follows_x
 from gazeloop.calibration.store.session import Rejection, Session, read_session
 from gazeloop.fastpath import feature_cache
 from gazeloop.fastpath.pipeline import FastPath, FastPathConfig
@@ -98,12 +99,12 @@ def collect_session(
     Frames without a usable gaze (no face, blink, an error) go to `rejected` with the
     reason; so do files the session reader or the image decoder refused. When neither a
     manifest nor the caller says whether the frames are selfie views, the frames tell
-    (`looks_mirrored`), and a mirrored session is read again un-mirrored. When they cannot
-    tell (targets in a column, a gaze that barely follows them) and `both_reads` is set,
-    the other read is kept in `other` for nested selection to weigh. A statement or a
-    decisive correlation wins: then there is no other read, because with 8-16 targets a
-    second read doubles the candidates and on grid9 (r = +0.99) let a fluke of the wrong
-    read win one fold at 3x the error. `cache`: per-frame features via `feature_cache`.
+    (`looks_mirrored`), and a mirrored session is read again un-mirrored. With `both_reads`
+    and nothing stated, the other read is kept in `other` whatever the frames say: the
+    decision is made here on every target, and a leave-one-target-out evaluation must make
+    it again without the target it holds out (`calibration.mapping.candidates.fold_reads`),
+    or the held-out target's own label chooses how its frames are read. A statement wins:
+    then there is no other read. `cache`: per-frame features via `feature_cache`.
     `reading`: told before the networks read the session's frames (a cache miss), for
     progress."""
     session = (
@@ -122,37 +123,25 @@ def collect_session(
             if r is None
             else f"not stated; detected not mirrored (gaze yaw vs target x r={r:+.2f})"
         )
-        if both_reads and r is None:
+        if both_reads:
             out.other = _collect(session, fp, unmirror=True, cache=cache, reading=reading)
         return out
     session.mirrored = True
-    out = _collect(session, fp, unmirror=True, cache=cache, reading=reading)
+    raw, out = out, _collect(session, fp, unmirror=True, cache=cache, reading=reading)
     out.mirror_basis = f"not stated; detected mirrored (gaze yaw vs target x r={r:+.2f})"
+    out.other = raw if both_reads else None
     return out
 
 
-# |r| below this says nothing: targets in a column, or a face the model barely follows.
-MIRROR_MIN_R = 0.5
-
-
 def looks_mirrored(samples: list[LabelledSample]) -> float | None:
-    """Which way the gaze turns as the targets move right. In an un-mirrored camera frame a
-    person looking further right on the screen turns towards image-left, so the gaze yaw
-    falls as the target's x grows (DESIGN.md, Conventions); a selfie view reverses it. The
-    correlation over target means (each target once) when it is decisive, else None."""
-    by_target: dict[int, list[tuple[float, float]]] = {}
-    for ls in samples:
-        if not ls.settling and ls.sample.gaze_yp_raw is not None:
-            by_target.setdefault(ls.target, []).append(
-                (float(ls.sample.gaze_yp_raw[0]), float(ls.label_px[0]))
-            )
-    if len(by_target) < 3:
-        return None
-    means = np.array([np.mean(v, axis=0) for v in by_target.values()])
-    if np.ptp(means[:, 1]) == 0 or np.ptp(means[:, 0]) == 0:
-        return None
-    r = float(np.corrcoef(means[:, 0], means[:, 1])[0, 1])
-    return r if abs(r) >= MIRROR_MIN_R else None
+    """Which way the gaze turns as the targets move right (`yaw_follows_x`), over the settled
+    samples that have a gaze."""
+    use = [ls for ls in samples if not ls.settling and ls.sample.gaze_yp_raw is not None]
+    return yaw_follows_x(
+        np.array([float(ls.sample.gaze_yp_raw[0]) for ls in use]),
+        np.array([float(ls.label_px[0]) for ls in use]),
+        np.array([ls.target for ls in use]),
+    )
 
 
 def _collect(

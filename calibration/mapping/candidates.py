@@ -163,6 +163,47 @@ def same_as(
     return None
 
 
+# |r| below this says nothing: targets in a column, or a face the model barely follows.
+MIRROR_MIN_R = 0.5
+
+
+def yaw_follows_x(yaw: np.ndarray, x_px: np.ndarray, groups: np.ndarray) -> float | None:
+    """Which way the gaze turns as the targets move right. In an un-mirrored camera frame a
+    person looking further right on the screen turns towards image-left, so the gaze yaw
+    falls as the target's x grows (DESIGN.md, Conventions); a selfie view reverses it. The
+    correlation over target means (each target once) when it is decisive, else None."""
+    ids = np.unique(groups)
+    if len(ids) < 3:
+        return None
+    means = np.array([[yaw[groups == g].mean(), x_px[groups == g].mean()] for g in ids])
+    if np.ptp(means[:, 1]) == 0 or np.ptp(means[:, 0]) == 0:
+        return None
+    r = float(np.corrcoef(means[:, 0], means[:, 1])[0, 1])
+    return r if abs(r) >= MIRROR_MIN_R else None
+
+
+def fold_reads(reads: Reads, rows: np.ndarray) -> dict[str, str]:
+    """The reads of the frames a choice made on `rows` may not take, each with why. When
+    nothing stated the mirroring, a session comes with both reads (`fastpath.collect`), and
+    the one its frames say is right (the gaze yaw falling as the target moves right,
+    decisively) is decided again on the rows a fold trains on: decided once on every target,
+    a held-out target's label would choose how its own frames are read. When no read is
+    decisive, both compete; with one read there is nothing to decide."""
+    if len(reads) < 2 or any("gaze_yaw" not in f.features for f in reads.values()):
+        return {}
+    frames = rows_of(reads)
+    x, groups = frames.labels_px[rows, 0], frames.groups[rows]
+    r = {k: yaw_follows_x(f.features["gaze_yaw"][rows], x, groups) for k, f in reads.items()}
+    if not any(v is not None and v < 0 for v in r.values()):
+        return {}
+    why = "the other read is right on these targets"
+    return {
+        k: why if v is None else f"{why} (this one's gaze yaw vs target x r={v:+.2f})"
+        for k, v in r.items()
+        if v is None or v > 0
+    }
+
+
 def choose(
     candidates: list[Candidate],
     reads: Reads,
@@ -182,7 +223,11 @@ def choose(
     rows = np.arange(len(Y)) if rows is None else rows
     fitted, scores, dropped = [], {}, {}
     seen: list[tuple[Candidate, np.ndarray]] = []
+    wrong = fold_reads(reads, rows)
     for c in candidates:
+        if c.read in wrong:
+            dropped[c.label] = wrong[c.read]
+            continue
         try:
             X = columns_for(reads, c)[rows]
             twin = same_as(c, X, seen, options)

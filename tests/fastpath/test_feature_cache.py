@@ -122,17 +122,23 @@ def test_without_the_cache_the_samples_keep_their_embedding(tmp_path, cache):
     assert not cache.exists()
 
 
-def test_both_reads_only_when_the_frames_cannot_tell(tmp_path, cache):
+def test_both_reads_whenever_nothing_states_the_mirroring(tmp_path, cache):
+    """The frames' verdict on all targets picks the first read, and the other read comes
+    too: a leave-one-target-out evaluation decides again without the held-out target (one
+    read only, and that target's own label chose how its frames were read). A statement
+    leaves one read."""
     fp = CountingFastPath()
     # every frame alike: the gaze does not follow the targets, so the mirroring is unknown
     flat = make_session(tmp_path / "flat", step=0)
     col = collect_session(flat, fp, cache=True, both_reads=True)
     assert col.other is not None and col.other.unmirrored != col.unmirrored
     assert "cannot tell" in col.mirror_basis
-    # the yaw grows with the target's x: decisively a selfie view, one read
+    # the yaw grows with the target's x: decisively a selfie view, read un-mirrored first
     steep = make_session(tmp_path / "steep")
     col = collect_session(steep, fp, cache=True, both_reads=True)
-    assert col.other is None and col.unmirrored and "detected mirrored" in col.mirror_basis
+    assert col.unmirrored and "detected mirrored" in col.mirror_basis
+    assert col.other is not None and not col.other.unmirrored
+    assert collect_session(steep, fp, cache=True).other is None  # not asked for
     stated = collect_session(steep, fp, mirrored=False, cache=True, both_reads=True)
     assert stated.other is None and stated.mirror_basis == "stated"
 

@@ -146,6 +146,46 @@ def test_the_other_read_of_the_frames_competes():
     assert ch.candidate.read == "other" and ch.candidate.label == "ridge:gaze:other"
 
 
+def both_reads(
+    Y: np.ndarray, right: str = "as read", labels: np.ndarray | None = None
+) -> dict[str, LabelledFrames]:
+    """A camera-frame read whose gaze yaw falls as the target `Y` moves right (DESIGN.md,
+    Conventions), and its mirror image; labelled `labels` (default `Y`)."""
+    view = views_for(Y, head_matters=False)["as read"]
+    view = view | {"gaze_yaw": -view["gaze_yaw"]}
+    mirror = view | {"gaze_yaw": -view["gaze_yaw"]}
+    wrong = "other" if right == "as read" else "as read"
+    return reads({right: view, wrong: mirror}, Y if labels is None else labels)
+
+
+@pytest.mark.parametrize("right", ["as read", "other"])
+def test_the_frames_say_which_read_in_every_fold(right):
+    """Both reads come whenever nothing stated the mirroring; the one the training targets'
+    gaze says is right is the only one a fold may choose, decided on that fold's targets."""
+    Y = grid(3)
+    r = both_reads(Y, right)
+    cands = cd.default_candidates(("as read", "other"), mappings=("ridge",), feature_sets=("gaze",))
+    ch = cd.choose(cands, r, SCREEN)
+    assert ch.candidate.read == right
+    (wrong,) = [c.label for c in cands if c.read != right]
+    assert ch.dropped[wrong].startswith("the other read is right on these targets")
+    _, picked = cd.loto_predict_candidates(cands, r, SCREEN)
+    assert picked == {next(c.label for c in cands if c.read == right): 9}
+
+
+def test_a_held_out_label_cannot_choose_how_its_own_frames_are_read():
+    """Four corners: moving one target's label across the screen makes the verdict on all
+    four targets undecided (both reads compete) while the three others still decide; the
+    fold that holds that target out reads its frames as the three others say."""
+    Y = np.array([[0.1, 0.1], [0.9, 0.1], [0.1, 0.9], [0.9, 0.9]])
+    moved = Y.copy()
+    moved[2, 0] = 0.97
+    r, r_moved = both_reads(Y), both_reads(Y, labels=moved)
+    rest = np.array([0, 1, 3])
+    assert cd.fold_reads(r_moved, np.arange(4)) == {}  # undecided on every target
+    assert set(cd.fold_reads(r_moved, rest)) == set(cd.fold_reads(r, rest)) == {"other"}
+
+
 def test_reads_of_other_frames_are_refused_not_compared():
     """A candidate of each read must be scored on the same frames: reads whose rows differ
     are a caller's mistake, said, not a comparison of two data sets."""
