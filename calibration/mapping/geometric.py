@@ -467,7 +467,9 @@ class GeometricMapping(ScreenMapping):
 
     def _predict(self, X: np.ndarray) -> np.ndarray:
         eye = X[:, 2:5]
-        ok = eye[:, 2] < 0
+        # The fit's own limit: eyes nearer the camera than that come from a face size that
+        # went wrong, and a ray from there lands anywhere while looking confident.
+        ok = eye[:, 2] < -_MIN_DEPTH_MM
         eye = np.where(ok[:, None], eye, np.array([0.0, 0.0, -1.0]))
         s = screen_mm(self.p, X[:, 0], X[:, 1], eye, ray_frames(eye))
         s[~ok] = np.nan
@@ -511,12 +513,12 @@ class GeometricMapping(ScreenMapping):
             m = type(self)(columns=[0, 1, 2, 3, 4], **{**self.hyper, **c})
             try:
                 m.n_features = X.shape[1]
-                m._fit(X, Y, w)  # all targets: a warm start for every fold
-                start = m.p
                 per = np.empty(len(ids))
                 for t, g in enumerate(ids):
                     out = groups == g
-                    m._fit(X[~out], Y[~out], w[~out], start=start)
+                    # From the prior, not from a fit on every target: a start that has seen
+                    # the held-out target leaves a trace of it where the iterations stop.
+                    m._fit(X[~out], Y[~out], w[~out])
                     per[t] = _target_means(_dist(m._predict(X[out]) - Y[out], aspect), w[out])
             except GeometryError:
                 continue

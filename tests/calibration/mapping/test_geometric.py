@@ -212,6 +212,37 @@ def test_rays_that_miss_the_screen_predict_nan_and_sit_out_a_fit():
     np.testing.assert_allclose(m2.predict(X), m.predict(X), atol=2e-3)
 
 
+@pytest.mark.parametrize("depth_mm", [-40.0, -5.0, 0.0, 30.0])
+def test_eyes_nearer_than_the_fit_allows_are_placed_nowhere(depth_mm):
+    """A face size gone wrong puts the eyes a few mm from the lens: the fit refuses such
+    frames, and so does a prediction (NaN, which the fast path drops) rather than send the
+    ray from there to a confident point (an audit: 236 px from the real frame's point)."""
+    X, Y, g = session()
+    m = make_mapping("geometric").fit(X, Y, groups=g)
+    near = X[:3].copy()
+    near[:, 4] = depth_mm
+    assert np.isnan(m.predict(near)).all()
+    assert np.isfinite(m.predict(X[:3])).all()
+
+
+def test_an_inner_fold_is_fitted_without_its_held_out_target():
+    """Inner leave-one-target-out (what selection compares) fits each fold on the other
+    targets alone: moving the held-out target's label moves its error only by the move,
+    never its prediction (a start fitted on every target left a trace of it)."""
+    X, Y, g = session(noise_deg=0.5, side=3)
+    w, held = np.ones(len(Y)), g == 4
+    m = make_mapping("geometric")
+    m.n_features = X.shape[1]
+    m._fit(X[~held], Y[~held], w[~held])
+    pred = m._predict(X[held])
+    for shift in (0.0, 0.3):
+        Y2 = Y.copy()
+        Y2[held, 0] += shift
+        per = m._loto_target_errors(X, Y2, w, g, [dict(m.hyper)], 1.0)
+        want = np.hypot(*(pred - Y2[held]).T).mean()
+        assert per[0, 4] == pytest.approx(want, rel=1e-12, abs=1e-15)
+
+
 def test_eye_position_from_a_projected_mesh():
     f, size = 700.0, (640, 480)
     centre = np.array([40.0, -30.0, -550.0])  # camera axes, mm
