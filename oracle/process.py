@@ -8,7 +8,8 @@ with one compute thread. `ProcessOracle` implements the oracle interface itself,
 worker, the timeout and the cancellation logic stay as they are; what changes is that a
 cancelled or timed-out call really stops: the child is killed (a thread cannot be) and a
 replacement is loaded in the background, outside any call's deadline, backing off when
-replacements keep failing.
+replacements keep failing. A fresh child's first call runs cold and is given the time a load
+gets, not the per-call deadline (`ProcessOracle.call_timeout_s`).
 
 Messages between the two are length-prefixed frames: a JSON header and a raw byte payload
 (the snapshot's pixels). Nothing is pickled: the child builds its oracle from an import path
@@ -197,7 +198,9 @@ class ProcessOracle:
     deadline: loading Moondream takes longer than one call may, and a restart inside a
     call's deadline would be killed as soon as it was ready, again and again. Calls made
     while the replacement loads fail at once with "restarting"; `wait_ready` waits for it.
-    Restarts without a label in between back off (`restart_delay_s`).
+    Restarts without a label in between back off (`restart_delay_s`). Until a child has
+    returned its first label, the worker gives a call `first_call_timeout_s` (default: the
+    start timeout) instead of its per-call deadline; see `call_timeout_s`.
 
     `isolate` (Linux): the fast path and the oracle get disjoint cores (`partition_cpus`):
     this whole process, with every thread it has and will start, on one side, the child on
@@ -217,10 +220,14 @@ class ProcessOracle:
         isolate: bool = True,
         restart_backoff_s: float = 1.0,
         restart_backoff_max_s: float = 60.0,
+        first_call_timeout_s: float | None = None,
     ) -> None:
         self.spec = spec
         self.niceness = niceness
         self.start_timeout_s = start_timeout_s
+        self.first_call_timeout_s = (
+            start_timeout_s if first_call_timeout_s is None else first_call_timeout_s
+        )
         self.restart_backoff_s = restart_backoff_s
         self.restart_backoff_max_s = restart_backoff_max_s
         self.name = "process"
@@ -228,6 +235,7 @@ class ProcessOracle:
         self.restarts = 0  # children killed and replaced
         self.failed_starts = 0  # replacements that did not come up
         self._failures = 0  # restarts since the last label that came back
+        self._warm = False  # the current child has returned a label (`call_timeout_s`)
         self._proc: subprocess.Popen[bytes] | None = None
         self._starting: subprocess.Popen[bytes] | None = None  # a replacement being loaded
         self._restarter: threading.Thread | None = None
@@ -300,6 +308,7 @@ class ProcessOracle:
         """With the lock held: kill the child and start a replacement in the background."""
         _kill(self._proc)
         self._proc = None
+        self._warm = False
         self.restarts += 1
         self._schedule_restart()
 
@@ -334,11 +343,27 @@ class ProcessOracle:
                 _kill(proc)
                 return
             self._proc = proc
+            self._warm = False
             self._ready.set()
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         """Wait until a child is up to take calls (at once unless a restart is under way)."""
         return self._ready.wait(timeout)
+
+    def call_timeout_s(self, timeout_s: float) -> float:
+        """How long the worker may let the next call run, given its per-call `timeout_s`.
+
+        A model's first call after loading can be far slower than the ones after it
+        (Moondream on Apple MPS warms up on it). Judged by the per-call deadline, that
+        call timed out, the child was killed, and its replacement started cold again: a
+        backend that labels in thread mode never labelled here, reloading forever. So until
+        the child has returned a label, a call may take `first_call_timeout_s`: warming up is
+        the end of loading and gets the same budget. A child that hangs on that call is
+        still killed at that deadline and replaced with back-off. (A warm-up call in the
+        child before it reports ready would need a picture that runs the whole model: on a
+        blank one Moondream stops before its gaze step, so the real first call stays cold.)
+        No lock: the worker asks from the thread that makes the calls."""
+        return timeout_s if self._warm else max(timeout_s, self.first_call_timeout_s)
 
     # --- the oracle interface -------------------------------------------------------------
 
@@ -366,6 +391,7 @@ class ProcessOracle:
                 self._kill_and_restart()
                 raise
             self._failures = 0  # it answered: the next restart, if any, is immediate
+            self._warm = True
             try:
                 return OracleLabel.model_validate(reply["label"])
             except (KeyError, ValidationError) as e:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gazeloop.calibration.labels import OracleLabel, Snapshot
-from gazeloop.oracle.base import BadLabel, Oracle, check_label
+from gazeloop.oracle.base import BadLabel, Oracle, OracleError, check_label
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,7 @@ class _Job:
     finished: threading.Event = field(default_factory=threading.Event)
     result: OracleLabel | None = None
     deadline: float | None = None  # time.monotonic() seconds
+    timeout_s: float | None = None  # what the deadline allowed (`_call_timeout_s`)
     timed_out: bool = False
     cancelled: bool = False
 
@@ -160,6 +161,8 @@ class OracleWorker:
     - `timeout_s`: a call still running after this is counted `timed_out`, its cancel event
       is set (cooperative backends stop) and its result is discarded when it arrives. Python
       cannot kill a thread, so the worker stays busy until the backend returns. None: no limit.
+      An oracle with a `call_timeout_s(timeout_s)` method may give a call longer (a
+      `ProcessOracle`'s fresh child, whose first call runs cold).
     - `max_age_s`: a snapshot older than this by `clock` (same clock as `Snapshot.t_ns`) is
       not worth labelling or delivering: the fast path has moved on and the History may no
       longer hold the estimate at its time. None disables the check (replays whose t_ns are
@@ -401,8 +404,9 @@ class OracleWorker:
                         job.finished.set()
                         continue
                     self._counts["started"] += 1
-                    if self._timeout_s is not None:
-                        job.deadline = time.monotonic() + self._timeout_s
+                    job.timeout_s = self._call_timeout_s()
+                    if job.timeout_s is not None:
+                        job.deadline = time.monotonic() + job.timeout_s
                     self._running = job
                     self._cond.notify_all()  # the watchdog starts timing this call
                 self._call(job)
@@ -475,9 +479,16 @@ class OracleWorker:
                 job.cancel.set()
                 self._counts["timed_out"] += 1
                 job.finished.set()  # run_now stops waiting for an answer that is void
-                self._note_error(f"timed out after {self._timeout_s:g} s", None)
+                self._note_error(f"timed out after {job.timeout_s:g} s", None)
 
     # --- helpers -------------------------------------------------------------------------
+
+    def _call_timeout_s(self) -> float | None:
+        """The next call's limit: `timeout_s`, or what the oracle gives it instead."""
+        grant = getattr(self._oracle, "call_timeout_s", None)
+        if self._timeout_s is None or not callable(grant):
+            return self._timeout_s
+        return float(grant(self._timeout_s))
 
     def _is_stale(self, snap: Snapshot) -> bool:
         return self._max_age_ns is not None and self._clock() - snap.t_ns > self._max_age_ns
@@ -517,8 +528,10 @@ class OracleWorker:
 
     def _log_once(self, kind: str, message: str, exc: BaseException | None) -> None:
         """Called with the lock held. A backend that fails every few seconds with the same
-        error must not flood the log: the first occurrence is a warning (with traceback),
-        repeats go to debug."""
+        error must not flood the log: the first occurrence is a warning, repeats go to debug.
+        An `OracleError` is an expected outcome (a timeout, a restart, a refused answer) whose
+        message says it all, so its warning is one line, with the traceback only at debug
+        level (-vv); any other exception is a bug somewhere and keeps its traceback."""
         key = f"{kind}:{message}"
         if key in self._seen_errors:
             log.debug("%s (repeated)", message)
@@ -526,6 +539,8 @@ class OracleWorker:
         if len(self._seen_errors) >= _SEEN_LIMIT:
             self._seen_errors.clear()
         self._seen_errors.add(key)
+        if isinstance(exc, OracleError) and not log.isEnabledFor(logging.DEBUG):
+            exc = None
         log.warning("%s", message, exc_info=exc)
 
 

@@ -14,9 +14,15 @@ class Misbehave:
     version = "t1"
 
     def __init__(
-        self, mode: str = "ok", pid_file: str | None = None, start_gate: str = "", fail_if: str = ""
+        self,
+        mode: str = "ok",
+        pid_file: str | None = None,
+        start_gate: str = "",
+        fail_if: str = "",
+        first_call_gate: str = "",
     ):
         self.mode = mode
+        self.first_call_gate = first_call_gate
         if fail_if and os.path.exists(fail_if):
             raise RuntimeError(f"{fail_if} exists")
         # A slow-loading backend whose load the test ends: the child waits for the gate file
@@ -34,6 +40,13 @@ class Misbehave:
             raise RuntimeError("weights not found at /nowhere")
 
     def label(self, snap, cancel):
+        # A cold first call (a model warming up) whose end the test decides: the child says
+        # it has the call ("<gate>.entered") and waits for the gate file; later calls don't.
+        gate, self.first_call_gate = self.first_call_gate, ""
+        if gate:
+            Path(f"{gate}.entered").touch()
+            while not os.path.exists(gate):
+                time.sleep(0.01)
         if self.mode == "hang" or snap.meta.get("hang"):
             if snap.meta.get("entered"):  # the test cancels once the call is really running
                 Path(snap.meta["entered"]).touch()

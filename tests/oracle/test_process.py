@@ -199,6 +199,7 @@ def test_worker_timeout_really_stops_a_hung_process_backend():
     # which no deadline can allow for; here it runs at normal priority, on any core.
     o = ProcessOracle(OracleSpec(SPEC), niceness=0, isolate=False)
     hung_child = o._proc
+    o.label(_snap("first"), threading.Event())  # warm: the per-call deadline holds from now
     with OracleWorker(o, timeout_s=0.5, max_age_s=None) as w:
         hung = _snap("hung")
         hung.meta["hang"] = True
@@ -231,6 +232,7 @@ def test_a_backend_slower_to_start_than_the_deadline_labels_again_after_a_timeou
     gate = tmp_path / "gate"
     gate.touch()  # the first child may load at once
     o = ProcessOracle(OracleSpec(SPEC, {"start_gate": str(gate)}), niceness=0, isolate=False)
+    o.label(_snap("first"), threading.Event())  # warm: the per-call deadline holds from now
     with OracleWorker(o, timeout_s=0.3, max_age_s=None) as w:
         hung = _snap("hung")
         hung.meta["hang"] = True
@@ -250,6 +252,54 @@ def test_a_backend_slower_to_start_than_the_deadline_labels_again_after_a_timeou
             lab = w.run_now(_snap(f"after{i}", target_xy=(0.5, 0.25)), timeout=GUARD)
             assert lab is not None and lab.observation.xy == (0.5, 0.25)
         assert (w.metrics().done, o.restarts) == (5, 1)
+
+
+@pytest.mark.slow
+def test_a_backend_whose_first_call_is_slower_than_the_deadline_labels(tmp_path):
+    """The auditor's probe: a model's first call after loading (Moondream warming up on MPS)
+    overran the per-call deadline, the child was killed, its replacement was as cold, and
+    no label ever came. A fresh child's first call now gets the start timeout; the test
+    ends it (a gate file), so "slower than the deadline" holds on any machine."""
+    gate = tmp_path / "first_call"
+    o = ProcessOracle(OracleSpec(SPEC, {"first_call_gate": str(gate)}), **PROTOCOL)
+    child = o._proc
+    assert o.call_timeout_s(0.5) == o.start_timeout_s
+    with OracleWorker(o, timeout_s=0.5, max_age_s=None) as w:
+        w.submit(_snap("cold", target_xy=(0.5, 0.25)))
+        _wait_for(Path(f"{gate}.entered").exists, "the child got its first call")
+        # Only for the regression's sake: the old deadline fires in this time and kills the
+        # child; with the fix nothing here waits on it.
+        time.sleep(2.0)
+        assert (o.restarts, w.metrics().timed_out) == (0, 0)
+        gate.touch()
+        lab = w.get(timeout=GUARD)
+        assert lab is not None and lab.snapshot_id == "cold"
+        assert lab.observation.xy == (0.5, 0.25) and lab.details["pid"] == child.pid
+        m = w.metrics()
+        assert (m.done, m.timed_out, m.failed, o.restarts) == (1, 0, 0, 0)
+        # Warm now: later calls are judged by the per-call deadline again.
+        assert o.call_timeout_s(0.5) == 0.5
+
+
+@pytest.mark.slow
+def test_a_first_call_that_never_ends_is_killed_at_the_first_call_deadline():
+    """The grace is not a licence to hang: a fresh child that never answers its first call is
+    killed at `first_call_timeout_s` (by default the start timeout, here shortened) and
+    replaced; the replacement is as cold and gets the same grace."""
+    o = ProcessOracle(OracleSpec(SPEC), first_call_timeout_s=1.5, **PROTOCOL)
+    hung_child = o._proc
+    with OracleWorker(o, timeout_s=0.3, max_age_s=None) as w:
+        hung = _snap("hung")
+        hung.meta["hang"] = True
+        w.submit(hung)
+        _wait_for(lambda: o.restarts == 1, "the hung child is killed")
+        assert hung_child.returncode == -signal.SIGKILL
+        m = w.metrics()
+        assert (m.timed_out, m.last_error) == (1, "timed out after 1.5 s")
+        assert o.wait_ready(GUARD)
+        assert o.call_timeout_s(0.3) == 1.5  # the replacement is cold too
+        assert o.label(_snap("next"), threading.Event()).details["pid"] != hung_child.pid
+        assert o.call_timeout_s(0.3) == 0.3
 
 
 def test_restarts_back_off_until_a_label_comes_back():

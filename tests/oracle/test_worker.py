@@ -13,6 +13,7 @@ import pytest
 
 from gazeloop.calibration.labels import LineObservation, OracleLabel, PointObservation, Snapshot
 from gazeloop.oracle.base import BadLabel, Oracle, OracleCancelled, check_label
+from gazeloop.oracle.process import ProcessOracleError
 from gazeloop.oracle.worker import OracleWorker, WorkerMetrics, _percentile
 
 # Failure guards only: a correct worker never waits this long in these tests.
@@ -245,6 +246,62 @@ def test_exceptions_are_counted_logged_once_and_survived(caplog) -> None:
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert sum("model exploded" in r.getMessage() for r in warnings) == 1
     assert sum("model exploded" in r.getMessage() for r in caplog.records) == 3
+
+
+def test_expected_errors_are_one_line_and_unexpected_ones_keep_their_traceback(caplog) -> None:
+    """An `OracleError` (a timeout, a restart, a refused answer) says all in its message; any
+    other exception is a bug somewhere, whose traceback is wanted. At -vv both have it."""
+    restarting = "oracle process is restarting; calls fail until it is up"
+
+    def respond(s: Snapshot) -> OracleLabel:
+        if s.snapshot_id == "expected":
+            raise ProcessOracleError(restarting)
+        raise KeyError("unexpected")
+
+    def warnings() -> dict[str, logging.LogRecord]:
+        return {r.getMessage(): r for r in caplog.records if r.levelno == logging.WARNING}
+
+    caplog.set_level(logging.INFO, logger="gazeloop.oracle.worker")
+    with OracleWorker(Gate(respond)) as w:
+        for sid in ("expected", "bug"):
+            assert w.run_now(snap(sid), timeout=GUARD) is None
+    expected = warnings()[f"oracle gate: ProcessOracleError: {restarting}"]
+    assert expected.exc_info is None
+    assert "\n" not in caplog.handler.format(expected)
+    bug = warnings()["oracle gate: KeyError: 'unexpected'"]
+    assert bug.exc_info is not None and bug.exc_info[0] is KeyError
+    assert "Traceback" in caplog.handler.format(bug)
+
+    caplog.clear()
+    caplog.set_level(logging.DEBUG, logger="gazeloop.oracle.worker")
+    with OracleWorker(Gate(respond)) as w:
+        assert w.run_now(snap("expected"), timeout=GUARD) is None
+    expected = warnings()[f"oracle gate: ProcessOracleError: {restarting}"]
+    assert expected.exc_info is not None and expected.exc_info[0] is ProcessOracleError
+
+
+def test_an_oracle_may_give_a_call_longer_than_timeout_s() -> None:
+    """A process oracle's fresh child runs its first call cold: the oracle's `call_timeout_s`
+    gives that call longer, and the watchdog times it by that, not by `timeout_s`."""
+
+    class Cold(Gate):
+        def call_timeout_s(self, timeout_s: float) -> float:
+            return timeout_s if "cold" in self.calls else GUARD * 3
+
+    oracle = Cold(hold={"cold", "hot"})
+    with OracleWorker(oracle, timeout_s=0.2) as w:
+        w.submit(snap("cold"))
+        assert oracle.entered.get(timeout=GUARD) == "cold"
+        time.sleep(1.0)  # for the regression's sake: timeout_s alone would fire meanwhile
+        assert w.metrics().timed_out == 0
+        oracle.release.set()
+        label = w.get(timeout=GUARD)
+        assert label is not None and label.snapshot_id == "cold"
+        oracle.release.clear()
+        assert w.run_now(snap("hot"), timeout=GUARD) is None  # warm: timeout_s again
+        m = w.metrics()
+        assert (m.done, m.timed_out, m.last_error) == (1, 1, "timed out after 0.2 s")
+        oracle.release.set()
 
 
 def _garbage() -> dict[str, Callable[[Snapshot], object]]:
