@@ -303,7 +303,6 @@ def _oracle(args, mapper):
     if args.oracle_in == "process":
         # Its own process and cores: a VLM's Python between tensor ops would otherwise
         # compete with the camera loop for the interpreter lock (see oracle/process.py).
-        from gazeloop.oracle.base import OracleError
         from gazeloop.oracle.process import OracleSpec, ProcessOracle
 
         spec = OracleSpec(
@@ -315,12 +314,25 @@ def _oracle(args, mapper):
             },
         )
         print("loading Moondream in its own process …", file=sys.stderr)
-        try:
+        with _model_refusal():
             return ProcessOracle(spec, threads=args.oracle_threads)
-        except OracleError as e:
-            raise UserError(str(e)) from None
-    model = load_moondream(cfg)  # a clear error when the weights are not cached
+    with _model_refusal():
+        model = load_moondream(cfg)
     return MoondreamOracle(model, cfg, mapper.screen, camera_norm=cam)
+
+
+@contextlib.contextmanager
+def _model_refusal():
+    """A model that cannot load (its packages missing, transformers ≥ 5, weights not
+    cached) says so in one line and exits 2, as any input the user can fix: wherever it
+    runs, `load_moondream`'s `OracleError` already says what to do, and a traceback
+    around it only hides that."""
+    from gazeloop.oracle.base import OracleError
+
+    try:
+        yield
+    except OracleError as e:
+        raise UserError(str(e)) from None
 
 
 def _mqtt(args, src, store, mapper):
@@ -831,6 +843,8 @@ def _store_text(live: Live) -> list[str]:
         said.append(f"{live.store_errors} NOT stored: {live.store_error}")
     if live.store_dropped:
         said.append(f"{live.store_dropped} NOT stored: the store's writer fell behind")
+    if live.labels_unstored:
+        said.append(f"{live.labels_unstored} NOT stored: the oracle answered after a calibration")
     if live.labels_without_run:
         n = live.labels_without_run
         said.append(f"{n} kept without their run record: {live.run_record_error}")

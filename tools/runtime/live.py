@@ -23,6 +23,12 @@ threads share is the history (locked), the offset (an array replaced whole) and 
 seen" references for the display, and the loop and mapper references: `install` (the
 caller's thread) and `adopt` (the model watcher's) replace them whole, and a label judged
 by a loop that has since been replaced moves no mapper.
+
+A snapshot handed to the oracle is kept (its frame is what the store and the picture-in-
+picture show with its label) until its label is stored or the worker has passed it over: a
+Moondream call takes seconds, during which many snapshots replace each other in the worker's
+waiting slot, and the one being labelled must outlast them all (`_let_go`). A label that
+still comes back to no snapshot is counted in `labels_unstored`.
 """
 
 from __future__ import annotations
@@ -139,6 +145,35 @@ def _same_screen(a, b) -> bool:
     return a is not None and b is not None and tuple(a.screen.px) == tuple(b.screen.px)
 
 
+class _Watched:
+    """The oracle as `Live`'s worker runs it: each call first says which snapshot it is
+    about, so `Live` keeps that snapshot until its label is stored, and knows which others
+    the worker has passed over. The worker's own reports (`submit`'s answer, its counts)
+    say that a call began or a snapshot gave way, not which snapshot."""
+
+    def __init__(self, oracle, begins: Callable[[str], None]) -> None:
+        self.oracle = oracle
+        self._begins = begins
+
+    @property
+    def name(self) -> str:
+        return str(getattr(self.oracle, "name", type(self.oracle).__name__))
+
+    def __getattr__(self, name: str):
+        # The rest is the oracle's: its version (a process oracle learns it from its child)
+        # and what the worker may ask of some oracles only (`call_timeout_s`).
+        if name == "oracle":  # not set yet: no endless lookup
+            raise AttributeError(name)
+        return getattr(self.oracle, name)
+
+    def label(self, snap: Snapshot, cancel: threading.Event) -> OracleLabel:
+        self._begins(snap.snapshot_id)
+        return self.oracle.label(snap, cancel)
+
+    def close(self) -> None:
+        self.oracle.close()
+
+
 class Live:
     """The running system: the fast path's samples into the history, snapshots to the
     oracle worker, its labels (and clicks and glances) through the drift loop into the
@@ -200,9 +235,6 @@ class Live:
         self._run_ids: dict[int, int | None] = {}  # record index → store id (writer thread)
         self._run_key: int | None = None
         self._new_run(mapper)
-        # snapshot id → (snapshot, gaze angles, run record index when it was taken)
-        self._snaps: dict[str, tuple[Snapshot, tuple[float, float] | None, int | None]] = {}
-        self._lock = threading.Lock()
         self._frame_ms: deque[float] = deque(maxlen=120)
         self._frame_t: deque[int] = deque(maxlen=120)
 
@@ -220,11 +252,21 @@ class Live:
 
     def _init_oracle(self, oracle, oracle_timeout_s: float) -> None:
         """The oracle's worker thread, when there is an oracle, and the last label it gave,
-        for the picture-in-picture."""
+        for the picture-in-picture, and the snapshots its labels are stored with."""
+        # snapshot id → (snapshot, gaze angles, run record index when it was taken), in the
+        # order they were handed in: those the worker may still label (`_let_go`)
+        self._snaps: dict[str, tuple[Snapshot, tuple[float, float] | None, int | None]] = {}
+        self._lock = threading.Lock()
+        self._labelling: str | None = None  # the snapshot of the worker's latest call
+        self._calls_seen = 0  # the worker's calls that have said their snapshot
+        self.labels_unstored = 0  # oracle labels that came back to no snapshot
         self.oracle_timeout_s = oracle_timeout_s
         self.worker = (
             OracleWorker(
-                oracle, timeout_s=oracle_timeout_s, max_age_s=None, on_label=self._on_label
+                _Watched(oracle, self._call_begins),
+                timeout_s=oracle_timeout_s,
+                max_age_s=None,
+                on_label=self._on_label,
             )
             if oracle is not None
             else None
@@ -377,13 +419,28 @@ class Live:
             if snap is None:  # the hook vetoed this frame (e.g. no known target)
                 return None
         gaze = None if s.gaze_yp_raw is None else (float(s.gaze_yp_raw[0]), float(s.gaze_yp_raw[1]))
-        with self._lock:
+        with self._lock:  # before the worker can have it: a fast oracle answers at once
             self._snaps[snap.snapshot_id] = (snap, gaze, self._run_key)
-            while len(self._snaps) > 8:  # only the newest few can still come back
-                self._snaps.pop(next(iter(self._snaps)))
         self.pending = (snap, gaze)
-        self.worker.submit(snap)
+        taken = self.worker.submit(snap)
+        self._let_go(snap.snapshot_id if taken else None)
         return snap
+
+    def _let_go(self, newest: str | None) -> None:
+        """Forget the snapshots the worker will never label. It has one waiting slot, which
+        each snapshot handed in takes from the one before, and begins every call with the
+        snapshot in that slot; so of those no call has begun with, only `newest` can still
+        be labelled (None: the worker refused it), and of the others only the one its latest
+        call is about (until its label is stored, or the next call begins). A call that has
+        begun but not yet said its snapshot (the worker's `started` ahead of the calls seen)
+        may be about any of them: all stay until the next snapshot, so a few at most."""
+        begun = self.worker.metrics().started  # read first: the calls seen only grow
+        with self._lock:
+            if self._calls_seen < begun:
+                return
+            keep = (newest, self._labelling)
+            for sid in [sid for sid in self._snaps if sid not in keep]:
+                del self._snaps[sid]
 
     def _keep_frame(self, frame: Frame) -> None:
         kept = self._recent_frames
@@ -424,6 +481,11 @@ class Live:
 
     # --- the oracle thread ---------------------------------------------------------------
 
+    def _call_begins(self, snapshot_id: str) -> None:
+        with self._lock:
+            self._labelling = snapshot_id
+            self._calls_seen += 1
+
     def _on_label(self, label: OracleLabel) -> None:
         decision = self._update_loop(label)
         with self._lock:
@@ -431,6 +493,16 @@ class Live:
         if snap is not None:
             self.last = LastOracle(snap, label, decision, gaze)
             self._store(label, snap.image, snap.fast_xy, decision, snap.t_ns, run)
+        elif self._writer is not None:
+            # Its snapshot went with a calibration made while it was labelled: the loop has
+            # seen the label, the store cannot have it without its frame. Said, not hidden.
+            self.labels_unstored += 1
+            if self.labels_unstored == 1:
+                log.warning(
+                    "label store: the oracle's label of %s came after a calibration let go "
+                    "of its snapshot: not stored (counted in labels_unstored)",
+                    label.snapshot_id,
+                )
 
     # --- the label-store writer --------------------------------------------------------
 
@@ -568,6 +640,8 @@ class Live:
             }
         if self.store_dropped:
             out["store_dropped"] = self.store_dropped
+        if self.labels_unstored:
+            out["labels_unstored"] = self.labels_unstored
         if self.clicks is not None:
             out["clicks"] = dict(self.clicks.verdicts)
         if self.glance is not None:
