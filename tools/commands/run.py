@@ -2,10 +2,12 @@
 correcting drift in the background.
 
 Keys (window mode): 7 validation glance (one dot, full screen: look at it; the fixation on
-it is a label; without a profile, 7 shows the oracle's view of this frame) · c calibrate
-(the target grid, full screen; the new profile is used at once) · space record a labelled
-sample · q quit. The glance also comes on its own when the loop has had no label for
---glance-every minutes (never during a calibration; 0: never); Esc skips it.
+it is a label; Esc skips it; without a profile there is no screen to put the dot on, and 7
+says so in the terminal) · c calibrate (the target grid, full screen; Esc cancels it; the
+new profile is used at once) · space record a labelled sample · q quit. Esc does nothing in
+the live view: a glance often ends by itself just as Esc is pressed to skip it. The glance
+also comes on its own when the loop has had no label for --glance-every minutes (never
+during a calibration; 0: never).
 
 Labels from several sources (clicks, glances, an oracle) go to one loop, which weighs each
 source by the noise its own residuals show; the status line says, per source, labels
@@ -86,6 +88,9 @@ from gazeloop.tools.ui.window import ESC, CvDisplay, require_display, screen_siz
 
 log = logging.getLogger(__name__)
 WINDOW = "gazeloop"
+# The live view's only way out. Not Esc: it skips the glance's dot and cancels the grid, and
+# a glance that ends by itself as Esc is pressed would hand that Esc to the live view.
+QUIT = ord("q")
 
 
 def add_parser(sub) -> None:
@@ -869,6 +874,27 @@ def _mqtt_text(st: dict) -> list[str]:
     return out
 
 
+def oracle_target_px(snap, label) -> tuple[float, float] | None:
+    """Where the oracle says the eye in `snap` looks, in the snapshot's pixels: the end of
+    the picture-in-picture's gold ray. Moondream keeps its forced gaze target in
+    `details["target"]`, normalised to the image (a list once it has come back from the
+    oracle's process as JSON). No other label has one: the glance's `target_px` and a
+    click's `click_px` are places on the screen, which on the camera's picture would point
+    nowhere."""
+    details = label.details if label is not None else None
+    t = details.get("target") if isinstance(details, dict) else None
+    if not isinstance(t, list | tuple) or len(t) != 2:
+        return None
+    try:
+        x, y = float(t[0]), float(t[1])
+    except (TypeError, ValueError):
+        return None
+    if not (math.isfinite(x) and math.isfinite(y)):
+        return None
+    h, w = snap.image.shape[:2]
+    return x * w, y * h
+
+
 class Window:
     """The OpenCV window and its keys. Drawing is done by the pure renderers.
 
@@ -928,7 +954,7 @@ class Window:
             self._sized = True
         cv2.imshow(WINDOW, self.last_img)
         key = cv2.waitKey(1) & 0xFF
-        if key in (ord("q"), 27):
+        if key == QUIT:
             return False
         if key == ord("7"):
             if live.glance is not None:  # a dot from the next frame on
@@ -943,10 +969,10 @@ class Window:
 
     def waiting(self, seconds: float) -> bool:
         """While the camera gives no frame (`CameraSource.on_wait`): the last view dimmed,
-        saying so, and the keys still read. → False when q or Esc asks to stop."""
+        saying so, and the keys still read. → False when q asks to stop."""
         msg = f"{self.source_desc}: no frame for {seconds:.1f} s, reconnecting (q quits)"
         cv2.imshow(WINDOW, render_waiting(self.last_img, msg))
-        return cv2.waitKey(1) & 0xFF not in (ord("q"), 27)
+        return cv2.waitKey(1) & 0xFF != QUIT
 
     def _show_glance(self, frame) -> bool:
         """The glance's dot, full screen: the calibration grid's dot, large at first (it
@@ -1055,17 +1081,12 @@ class Window:
         return screen
 
     def _pip_data(self, snap, label, *, busy=False, phase=0.0) -> PipData:
-        target = None
-        details = label.details if label is not None else {}
-        t = details.get("target_px") if isinstance(details, dict) else None
-        if isinstance(t, list | tuple) and len(t) == 2:
-            target = (float(t[0]), float(t[1]))
         return PipData(
             image=snap.image,
             eye_px=snap.eye_px,
             iris_px=list(snap.pupils_px or []),
             label=label,
-            oracle_target_px=target,
+            oracle_target_px=oracle_target_px(snap, label),
             busy=busy,
             spinner_phase=phase,
         )

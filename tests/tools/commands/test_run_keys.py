@@ -1,0 +1,91 @@
+"""`gazeloop run`'s window keys: q quits; Esc does not. Esc skips the glance's dot and cancels
+the calibration grid, and a glance often ends by itself within half a second: an Esc meant
+to skip it then landed on the live view, which ended the whole run.
+
+Keys are injected where HighGUI reads them (cv2.waitKey), which still runs for real on an
+Xvfb display so the window keeps painting."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.cli import cli
+from tests.xvfb import xvfb
+
+VIDEO = "data/video-corners4/calibrate.mp4"
+ESC, Q = chr(27), "q"
+
+
+@pytest.fixture(scope="module")
+def xdisplay():
+    with xvfb() as display:
+        yield display
+
+
+@pytest.fixture
+def xenv(xdisplay, monkeypatch, tmp_path):
+    monkeypatch.setenv("DISPLAY", xdisplay)
+    monkeypatch.setenv("GAZELOOP_HOME", str(tmp_path / "home"))
+    return xdisplay
+
+
+def scripted_keys(monkeypatch, script: dict[int, str]) -> list[tuple[int, str]]:
+    """cv2.waitKey answering the n-th call with `script[n]`; → (n, key) as they were read."""
+    real, count, read = cv2.waitKey, {"n": 0}, []
+
+    def wait(ms: int = 0) -> int:
+        k = real(1)
+        count["n"] += 1
+        if count["n"] in script:
+            read.append((count["n"], script[count["n"]]))
+            return ord(script[count["n"]])
+        return k
+
+    monkeypatch.setattr(cv2, "waitKey", wait)
+    return read
+
+
+def frames_run(out: str) -> int:
+    (summary,) = [x for x in out.splitlines() if x.startswith("gazeloop run: ")]
+    return int(summary.removeprefix("gazeloop run: ").split()[0])
+
+
+def run_video(shared, *flags) -> tuple[int, str, str]:
+    return cli("run", "--source", shared / VIDEO, "--oracle", "none", "--no-watch-models", *flags)
+
+
+@pytest.mark.slow
+def test_esc_in_the_live_view_does_not_end_the_run_and_q_does(xenv, shared, monkeypatch):
+    read = scripted_keys(monkeypatch, {3: ESC, 6: ESC, 12: Q})
+    rc, out, err = run_video(shared, "--frames", 40)
+    assert rc == 0, err
+    assert [k for _, k in read] == [ESC, ESC, Q]  # every key reached the live view
+    assert frames_run(out) == 12  # q, not the first Esc, ended it
+
+
+@pytest.mark.slow
+def test_esc_that_skips_a_glance_and_lands_on_the_live_view_does_not_end_the_run(
+    xenv, shared, c4_profile, monkeypatch
+):
+    """7, Esc to skip the dot, and a second Esc pressed after the dot has gone: it reaches
+    the live view, and the run goes on to its end."""
+    read = scripted_keys(monkeypatch, {3: "7", 6: ESC, 8: ESC})
+    flags = ("--profile", c4_profile, "--screen-px", 1280, 720, "--frames", 30)
+    rc, out, err = run_video(shared, *flags)
+    assert rc == 0, err
+    assert "glance (key): no label (cancelled)" in out
+    assert len(read) == 3 and frames_run(out) == 30
+
+
+def test_esc_while_the_camera_gives_no_frame_does_not_end_the_run(monkeypatch):
+    """The dimmed view while a camera reconnects hears the live view's keys: q, not Esc."""
+    from gazeloop.tools.commands import run as run_cmd
+
+    ui = object.__new__(run_cmd.Window)  # `waiting` reads no more than these two
+    ui.source_desc, ui.last_img = "0", np.zeros((360, 640, 3), np.uint8)
+    monkeypatch.setattr(cv2, "imshow", lambda name, img: None)
+    for key, goes_on in ((27, True), (ord("q"), False), (-1, True)):
+        monkeypatch.setattr(cv2, "waitKey", lambda ms, key=key: key)
+        assert ui.waiting(1.5) is goes_on
