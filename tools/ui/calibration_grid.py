@@ -12,7 +12,7 @@ captured. The pictures are pure functions (run state in, a BGR picture out); `ru
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -32,7 +32,7 @@ from gazeloop.tools.runtime.calibration import (
     record_extra,
 )
 from gazeloop.tools.runtime.recording import UnixClock
-from gazeloop.tools.ui.render import drawable
+from gazeloop.tools.ui.render import drawable, wrap
 from gazeloop.tools.ui.window import ESC, CvDisplay
 
 BACKGROUND = (40, 40, 40)
@@ -42,6 +42,9 @@ RING = (0, 190, 255)
 TEXT = (200, 200, 200)
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 MOVE_S = 0.4  # the glide between targets, at most; the rest of the settle time shrinks
+FACE_LOST = "no face: look at the dot, face lit, in view"
+# A face missing this long is said; a frame or two the detector misses would only flicker.
+FACE_LOST_S = 0.3
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +56,9 @@ class DotView:
     radius: float  # pixels
     capture: float | None = None  # 0..1 while capturing: the ring's fill
     caption: str = ""  # a line along the bottom
-    message: str | None = None  # a larger line in the middle (start, end, problems)
+    # Larger text in the middle (start, end, problems); wrapped to the screen, and a newline
+    # starts a line of its own.
+    message: str | None = None
 
 
 def _ease(u: float) -> float:
@@ -62,10 +67,26 @@ def _ease(u: float) -> float:
 
 
 def dot_view(
-    run: CalibrationRun, t_ns: int, size: tuple[int, int], *, ready_s: float | None = None
+    run: CalibrationRun,
+    t_ns: int,
+    size: tuple[int, int],
+    *,
+    ready_s: float | None = None,
+    face_lost: bool = False,
 ) -> DotView:
     """The grid at source time `t_ns`. `ready_s`: seconds left before the first target
-    starts (the dot waits there, large, with the instructions)."""
+    starts (the dot waits there, large, with the instructions). `face_lost`: no face has
+    been seen for a while, which is said on the screen: otherwise the ring just stayed
+    empty and the target was skipped without a word."""
+    v = _dot_view(run, t_ns, size, ready_s)
+    if not face_lost or v.xy is None:
+        return v
+    return replace(v, message=f"{v.message}\n{FACE_LOST}" if v.message else FACE_LOST)
+
+
+def _dot_view(
+    run: CalibrationRun, t_ns: int, size: tuple[int, int], ready_s: float | None
+) -> DotView:
     h = size[1]
     big, small = max(12.0, 0.035 * h), max(4.0, 0.008 * h)
     n = len(run.targets)
@@ -120,27 +141,43 @@ def render_dot(v: DotView) -> np.ndarray:
             cv2.ellipse(img, c, (ring, ring), -90, 0, 360 * v.capture, RING, 3, cv2.LINE_AA)
     scale = max(0.5, h / 1080)
     if v.message:
-        _centred(img, v.message, h // 2 - int(60 * scale), 0.9 * scale)
+        lines = _wrapped(v.message, w - int(80 * scale), 0.9 * scale)
+        line_h = int(44 * scale)
+        y = h // 2 - int(60 * scale) - line_h * (len(lines) - 1) // 2
+        for line in lines:
+            _centred(img, line, y, 0.9 * scale)
+            y += line_h
     if v.caption:
         at = (int(20 * scale), h - int(20 * scale))
         cv2.putText(img, drawable(v.caption), at, FONT, 0.6 * scale, TEXT, 1, cv2.LINE_AA)
     return img
 
 
+def _thick(scale: float) -> int:
+    return max(1, int(round(2 * scale)))
+
+
+def _wrapped(text: str, width: int, scale: float) -> list[str]:
+    """`text` in lines `_centred` draws within `width` pixels; a newline starts one."""
+    return [line for part in text.split("\n") for line in wrap(part, width, scale, _thick(scale))]
+
+
 def _centred(img: np.ndarray, text: str, y: int, scale: float) -> None:
     text = drawable(text)
-    thick = max(1, int(round(2 * scale)))
+    thick = _thick(scale)
     (tw, _), _ = cv2.getTextSize(text, FONT, scale, thick)
     cv2.putText(img, text, ((img.shape[1] - tw) // 2, y), FONT, scale, TEXT, thick, cv2.LINE_AA)
 
 
 def render_result(size: tuple[int, int], plot: np.ndarray | None, lines: list[str]) -> np.ndarray:
     """The end of a calibration: the evaluation plot, fitted into the screen, and a few
-    lines of text below it (the leave-one-target-out error, where things were saved)."""
+    lines of text below it (the leave-one-target-out error, where things were saved), each
+    wrapped to the screen's width."""
     w, h = size
     img = np.empty((h, w, 3), np.uint8)
     img[:] = BACKGROUND
     scale = max(0.5, h / 1080)
+    lines = [part for line in lines for part in _wrapped(line, w - 40, 0.7 * scale)]
     line_h = int(34 * scale)
     text_h = line_h * (len(lines) + 1)
     if plot is not None:
@@ -174,18 +211,24 @@ def run_grid(
 ) -> GridOutcome:
     """The live grid: targets timed by the frames' own clock, one picture per frame. Frames
     captured at a target are written to `writer` (settle frames are not: the eye was moving).
-    Esc or q cancels."""
+    A face missing for `FACE_LOST_S` is said on screen until it is back. Esc or q cancels."""
     run = CalibrationRun(cfg)
     out = GridOutcome(run)
     t_start: int | None = None
+    no_face_since: int | None = None
     for frame in frames:
         out.frames += 1
         if t_start is None:
             t_start = frame.t_ns
         s = fp.process(frame)
+        if s.quality.face:
+            no_face_since = None
+        elif no_face_since is None:
+            no_face_since = frame.t_ns
+        lost = no_face_since is not None and frame.t_ns - no_face_since >= FACE_LOST_S * 1e9
         left = ready_s - (frame.t_ns - t_start) / 1e9
         if left > 0:
-            view = dot_view(run, frame.t_ns, screen.px, ready_s=left)
+            view = dot_view(run, frame.t_ns, screen.px, ready_s=left, face_lost=lost)
         else:
             i, tries = run.index, run.targets[run.index].tries
             status = run.feed(frame.t_ns, s, name=f"frame {frame.index}")
@@ -193,7 +236,7 @@ def run_grid(
                 label = screen.to_px(run.targets[i].xy)
                 extra = record_extra(i, status, s, frame, attempt=tries + 1)
                 writer.write(clock.ms(frame.t_ns), frame.image, tuple(label), extra)
-            view = dot_view(run, frame.t_ns, screen.px)
+            view = dot_view(run, frame.t_ns, screen.px, face_lost=lost)
         if display is not None:
             key = display.show(render_dot(view))
             if key in (ESC, ord("q")):
@@ -223,8 +266,10 @@ def calibrate_on_screen(
     replaces: bool | None = None,
 ) -> CalibrationResult | None:
     """Full screen, the grid, the fit, the result with its plot; None when cancelled.
-    `result_wait_s`: how long the result stays up (None: until a key). `replaces`: whether
-    a profile is in use that a useless fit must not replace (None: `profile_out` exists)."""
+    `result_wait_s`: how long the result, or why there is none, stays up (None: until a
+    key; the full-screen window hides the terminal, and the person came to read it).
+    `replaces`: whether a profile is in use that a useless fit must not replace (None:
+    `profile_out` exists)."""
     source = f"{program}, on-screen grid ({source_desc})"
     writer = SessionWriter(session_dir, manifest_for(screen, user, device, source))
     display.fullscreen(True)
@@ -250,16 +295,24 @@ def calibrate_on_screen(
                 replaces=replaces,
             )
         except UserError as e:
-            msg = render_dot(DotView(screen.px, None, 0.0, message=str(e)[:90]))
-            display.wait_any_key(msg, result_wait_s)
+            # The whole of it: the figures, where the session was kept and the advice come
+            # last, and a message cut at 90 characters lost them.
+            view = DotView(screen.px, None, 0.0, message=f"{e}\n{_continues(result_wait_s)}")
+            display.wait_any_key(render_dot(view), result_wait_s)
             raise
         writer.finish(f"gazeloop calibrate: {cfg.n_targets}-point grid; " + res.lines()[0])
         plot = cv2.imread(str(res.plot_path))
-        lines = [*res.lines()[:1], "any key continues"]
+        lines = [*res.lines()[:1], _continues(result_wait_s)]
         display.wait_any_key(render_result(screen.px, plot, lines), result_wait_s)
         return res
     finally:
         display.fullscreen(False)
+
+
+def _continues(wait_s: float | None) -> str:
+    """What ends a picture `CvDisplay.wait_any_key` shows: a screen waiting for a key
+    without saying so looked hung."""
+    return "any key continues" + (f" (or {wait_s:g} s)" if wait_s is not None else "")
 
 
 def _abandon(out: GridOutcome, writer: SessionWriter, source_desc: str) -> None:

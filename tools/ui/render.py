@@ -21,6 +21,12 @@ WHITE = (255, 255, 255)
 GREY = (90, 90, 90)
 DARK = (25, 25, 25)
 FONT = cv2.FONT_HERSHEY_SIMPLEX
+STATUS_SCALE = 0.5
+STATUS_LINE_H = 20  # pixels from one status line to the next
+# The strip has room for this many lines, more when the status needs them. A status near a
+# line's width takes one line or two from frame to frame (a field comes and goes), and a
+# picture whose height changed is scaled into the window sized for the first one.
+STATUS_LINES = 2
 
 
 @dataclass(slots=True)
@@ -47,6 +53,42 @@ def drawable(s: str) -> str:
     """`s` as the window's font can draw it (pure)."""
     s = "".join(_ASCII.get(c, c) for c in s)
     return s.encode("ascii", "replace").decode("ascii")
+
+
+def wrap(text: str, width: int, scale: float, thick: int = 1, sep: str = " ") -> list[str]:
+    """`text` as the window's font draws it, in lines no wider than `width` pixels at `scale`
+    and `thick` (pure; no text, no lines). Broken at `sep` first (the status line's fields
+    are two spaces apart: a field then stays whole when it can), then at spaces, and a word
+    wider than a line (a long path) across lines: a cut line hid the figures and the advice
+    that came last."""
+
+    def fits(s: str) -> bool:
+        return cv2.getTextSize(s, FONT, scale, thick)[0][0] <= width
+
+    lines: list[str] = []
+    for piece in (p.strip() for p in drawable(text).split(sep)):
+        if not piece:
+            continue
+        if lines and fits(lines[-1] + sep + piece):
+            lines[-1] += sep + piece
+        elif fits(piece):
+            lines.append(piece)
+        elif sep != " ":
+            lines += wrap(piece, width, scale, thick)
+        else:
+            lines += _break(piece, fits)
+    return lines
+
+
+def _break(word: str, fits) -> list[str]:
+    """A word too wide for a line, cut where the line is full (at least a character each)."""
+    out, cur = [], ""
+    for ch in word:
+        if cur and not fits(cur + ch):
+            out.append(cur)
+            cur = ""
+        cur += ch
+    return [*out, cur]
 
 
 def _text(img, s, org, scale=0.5, color=WHITE, thick=1):
@@ -151,7 +193,8 @@ class LiveData:
 def render_live(d: LiveData, width: int = 1280) -> np.ndarray:
     """Camera view with landmarks on the left, a screen-shaped canvas with the gaze dot on
     the right, the oracle's last snapshot as a picture-in-picture in the camera view's
-    corner, and a status line along the bottom."""
+    corner, and the status along the bottom, on as many lines as it takes: cut at the right
+    edge, it lost what came last (the drift offset, the labels stored)."""
     cam_w = width // 2
     cam, s = _fit(d.image, cam_w)
     if d.landmarks is not None:
@@ -173,7 +216,10 @@ def render_live(d: LiveData, width: int = 1280) -> np.ndarray:
         ph, pw = min(ph, cam.shape[0]), min(pw, cam_w)
         cam[:ph, cam_w - pw :] = d.pip[:ph, :pw]
     h = cam.shape[0]
-    out = np.full((h + 36, width, 3), 20, np.uint8)
+    # Measured with the dark outline `_text` draws around each letter; 10 px margins.
+    lines = wrap(d.status, width - 20, STATUS_SCALE, 3, sep="  ")
+    strip = 16 + STATUS_LINE_H * max(STATUS_LINES, len(lines))
+    out = np.full((h + strip, width, 3), 20, np.uint8)
     out[:h, :cam_w] = cam
     # The screen canvas.
     sw = width - cam_w - 20
@@ -189,7 +235,8 @@ def render_live(d: LiveData, width: int = 1280) -> np.ndarray:
         colour = RED if d.usable else GREY
         cv2.circle(out, _pt(c), 10, colour, -1, cv2.LINE_AA)
         cv2.circle(out, _pt(c), 10, WHITE, 1, cv2.LINE_AA)
-    _text(out, d.status, (10, h + 24), 0.5, WHITE)
+    for k, line in enumerate(lines):
+        _text(out, line, (10, h + 24 + k * STATUS_LINE_H), STATUS_SCALE, WHITE)
     if d.alarm:
         _text(out, d.alarm, (x0, y0 + 22), 0.55, (60, 60, 255), 1)
     return out

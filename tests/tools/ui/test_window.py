@@ -27,9 +27,31 @@ from gazeloop.calibration.store.session import read_session
 from gazeloop.tools.ui.calibration_grid import BACKGROUND, DOT
 from gazeloop.tools.ui.render import GOLD, RED
 from tests.cli import cli
+from tests.fake_camera import FakeCamera
 from tests.xvfb import xvfb
 
 VIDEO = "data/video-corners4/calibrate.mp4"
+LIVE_H = 360 + 56  # a 1280x720 camera's view at 640x360, and a status strip of two lines
+
+
+class VideoCamera(FakeCamera):
+    """Camera 0 showing the recording, looped, at its 30 fps: the on-screen grid takes a
+    camera only. `frames`: how many it gives before it goes dark (and cannot be reopened)."""
+
+    def __init__(self, path: Path, frames: int | None = None):
+        super().__init__({"width": 1280, "height": 720, "fps": 30.0}, frames=frames)
+        self.video = cv2.VideoCapture(str(path))
+
+    def grab(self) -> bool:
+        time.sleep(1 / 30)
+        return super().grab()
+
+    def retrieve(self):
+        ok, img = self.video.read()
+        if not ok:  # the end: round again
+            self.video.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            ok, img = self.video.read()
+        return ok, img
 
 
 @pytest.fixture(scope="session")
@@ -234,7 +256,7 @@ def test_live_window_shows_gaze_dot_picture_in_picture_and_status(
     assert "oracle: targets, the recording's own targets replayed as labels (ground truth" in out
     img = cv2.imread(str(shot))
     # 1280x720 camera → a 640x360 camera view, a screen canvas beside it, a status strip.
-    assert img.shape == (396, 1280, 3)
+    assert img.shape == (LIVE_H, 1280, 3)
     body, strip = img[:360], img[360:]
     # The gaze dot: red, on the screen canvas (right half), about 10 px in radius.
     red = mask(body, RED)
@@ -397,10 +419,11 @@ def test_calibrate_on_screen_shows_the_grid_and_saves_profile_and_session(
         return -1
 
     monkeypatch.setattr(cv2, "waitKey", wait)
+    VideoCamera(shared / VIDEO).install(monkeypatch)
     rc, out, err = cli(
         "calibrate",
         "--source",
-        shared / VIDEO,
+        0,
         "--screen-px",
         1280,
         720,
@@ -441,10 +464,11 @@ def test_esc_cancels_the_grid_and_keeps_the_old_profile(xenv, shared, tmp_path, 
     scripted_keys(monkeypatch, {5: chr(27)})
     prof = tmp_path / "p.json"
     prof.write_text("old")
+    VideoCamera(shared / VIDEO).install(monkeypatch)
     rc, out, err = cli(
         "calibrate",
         "--source",
-        shared / VIDEO,
+        0,
         "--screen-px",
         1280,
         720,
@@ -461,10 +485,11 @@ def test_esc_cancels_the_grid_and_keeps_the_old_profile(xenv, shared, tmp_path, 
 @pytest.mark.slow
 def test_a_source_ending_mid_grid_is_a_clear_error(xenv, shared, tmp_path, monkeypatch):
     scripted_keys(monkeypatch, {})
+    VideoCamera(shared / VIDEO, frames=60).install(monkeypatch)
     rc, _, err = cli(
         "calibrate",
         "--source",
-        shared / VIDEO,
+        0,
         "--screen-px",
         1280,
         720,
@@ -475,7 +500,7 @@ def test_a_source_ending_mid_grid_is_a_clear_error(xenv, shared, tmp_path, monke
         "--profile",
         tmp_path / "p.json",
     )
-    assert rc == 2 and "calibrate.mp4 ended before the last target" in err
+    assert rc == 2 and "camera 0" in err and "ended before the last target" in err
     assert not (tmp_path / "p.json").exists()
 
 
@@ -526,9 +551,9 @@ def test_7_key_shows_one_glance_dot_full_screen_and_comes_back(
     assert rc == 0, err
     # Frames 1-3 the live view, then the dot's pictures at the screen's size, then the live
     # view again once the glance was decided (2.5 s of video at the latest).
-    assert shown[0] == (396, 1280, 3)
+    assert shown[0] == (LIVE_H, 1280, 3)
     assert shown[3] == (720, 1280, 3)
-    assert shown[-1] == (396, 1280, 3)
+    assert shown[-1] == (LIVE_H, 1280, 3)
     assert "glance (key)" in out  # its outcome, label or not, is said
     win = grabbed.get("img")
     if win is None:
