@@ -693,7 +693,9 @@ def _window(args, ls: LabelledSource, live: Live, stream, watcher) -> Window:
 
     live.enable_glance(args.glance_every * 60.0)
     swaps = {} if watcher is None else {"on_profile": on_profile, "hold": watcher.holding}
-    ui = Window(live, args, stream=stream, clock=UnixClock(ls.source), **swaps)
+    ui = Window(
+        live, args, stream=stream, clock=UnixClock(ls.source), camera=ls.kind == "camera", **swaps
+    )
     ui.source_desc = ls.describe()
     return ui
 
@@ -901,8 +903,11 @@ class Window:
     `stream` is the frame iterator the main loop reads: the `c` key's calibration grid takes
     its frames from it, so the camera is never opened twice."""
 
-    def __init__(self, live: Live, args, *, stream=None, clock=None, on_profile=None, hold=None):
+    def __init__(
+        self, live: Live, args, *, stream=None, clock=None, on_profile=None, hold=None, camera=True
+    ):
         self.live = live
+        self.camera = camera  # the grid shows dots a recording's frames never saw
         self.hold = hold or contextlib.nullcontext
         self.args = args
         self.stream = stream
@@ -1025,6 +1030,13 @@ class Window:
     def _calibrate(self) -> None:
         live, args = self.live, self.args
         if self.stream is None or self.clock is None:
+            return
+        if not self.camera:
+            print(
+                "c: calibrating needs a camera (a recording's frames never saw the grid's "
+                "dots); for a recording with its targets: gazeloop calibrate --headless",
+                flush=True,
+            )
             return
         try:
             cfg = args.grid

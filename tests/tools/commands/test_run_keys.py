@@ -89,3 +89,17 @@ def test_esc_while_the_camera_gives_no_frame_does_not_end_the_run(monkeypatch):
     for key, goes_on in ((27, True), (ord("q"), False), (-1, True)):
         monkeypatch.setattr(cv2, "waitKey", lambda ms, key=key: key)
         assert ui.waiting(1.5) is goes_on
+
+
+@pytest.mark.slow
+def test_c_on_a_recording_says_calibrating_needs_a_camera_and_the_run_goes_on(
+    xenv, shared, monkeypatch, tmp_path
+):
+    """The grid on a recording would label its frames with dots they never saw (as
+    `calibrate --source VIDEO` did before it refused it)."""
+    scripted_keys(monkeypatch, {3: "c"})
+    rc, out, err = run_video(shared, "--frames", 20)
+    assert rc == 0, err
+    assert "c: calibrating needs a camera" in out
+    assert frames_run(out) == 20
+    assert not list((tmp_path / "home").rglob("session.json"))  # no calibration session

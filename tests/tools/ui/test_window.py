@@ -285,11 +285,12 @@ def test_c_key_calibrates_in_the_running_window_and_the_cursor_appears(
     xenv, shared, tmp_path, monkeypatch
 ):
     scripted_keys(monkeypatch, {3: "c"})
+    VideoCamera(shared / VIDEO).install(monkeypatch)  # the grid takes a camera only
     shot = tmp_path / "shot.png"
     rc, out, err = cli(
         "run",
         "--source",
-        shared / VIDEO,
+        0,
         "--screen-px",
         1280,
         720,
@@ -345,12 +346,13 @@ def test_c_key_with_another_devices_profile_saves_to_this_devices_own_file(
 
     monkeypatch.setattr(calibration, "_no_better_than_guessing", lambda ev: None)
     scripted_keys(monkeypatch, {3: "c"})
+    VideoCamera(shared / VIDEO).install(monkeypatch)  # the grid takes a camera only
     given = tmp_path / "given.json"
     given.write_bytes(corners4_profile.read_bytes())
     rc, out, err = cli(
         "run",
         "--source",
-        shared / VIDEO,
+        0,
         "--profile",
         given,
         "--device",
@@ -384,10 +386,11 @@ def test_c_key_fit_no_better_than_guessing_leaves_the_profile_in_use(
     """The guard looked for a file at the c key's output path: with another device's profile
     in use that file did not exist, and a useless fit replaced the working profile."""
     scripted_keys(monkeypatch, {3: "c"})
+    VideoCamera(shared / VIDEO).install(monkeypatch)  # the grid takes a camera only
     given = tmp_path / "given.json"
     given.write_bytes(corners4_profile.read_bytes())
     rc, out, err = cli(
-        "run", "--source", shared / VIDEO, "--profile", given, "--device", "laptop2",
+        "run", "--source", 0, "--profile", given, "--device", "laptop2",
         "--screen-px", 1280, 720, "--settle", 0.1, "--capture", 3, "--ready", 0.1,
         "--frames", 10, "--no-watch-models",
     )  # fmt: skip
