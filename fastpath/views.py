@@ -23,7 +23,7 @@ class NoUsableFrames(ValueError):
 @dataclass(slots=True)
 class Views:
     """A session's usable frames, per read of the frames: the same rows in the same order,
-    with the features each read gave (`reads["other"]` only when the mirroring is open)."""
+    with the features each read gave (`reads["other"]` whenever nothing stated the mirroring)."""
 
     col: Collected
     reads: dict[str, LabelledFrames]

@@ -390,6 +390,9 @@ class ProcessOracle:
             except _ChildLost:
                 self._kill_and_restart()
                 raise
+            except OracleError:
+                self._warm = True  # the backend ran and said why not: the model is warm
+                raise
             self._failures = 0  # it answered: the next restart, if any, is immediate
             self._warm = True
             try:

@@ -260,6 +260,20 @@ def choose(
     return Choice(best[0], best[1], best[2], scores, dropped, every)
 
 
+def _placed(ch: Choice, reads: Reads, rows: np.ndarray) -> np.ndarray:
+    """The chosen mapping's points for `rows`; a frame it cannot place (the geometric
+    mapping: eyes nearer the camera than it allows, a ray that misses the screen) goes to the
+    next candidate fitted on the same targets that can, in the prior's order: features only,
+    never the held-out label. A frame none can place stays NaN."""
+    out = ch.mapping.predict(columns_for(reads, ch.candidate)[rows])
+    for c, m in (ch.fitted or {}).values():
+        bad = ~np.isfinite(out).all(axis=1)
+        if not bad.any():
+            break
+        out[bad] = m.predict(columns_for(reads, c)[rows][bad])
+    return out
+
+
 def loto_predict_candidates(
     candidates: list[Candidate],
     reads: Reads,
@@ -276,6 +290,6 @@ def loto_predict_candidates(
     for g in np.unique(groups):
         out = groups == g
         ch = choose(candidates, reads, screen, options=options, rows=np.flatnonzero(~out))
-        pred[out] = ch.mapping.predict(columns_for(reads, ch.candidate)[out])
+        pred[out] = _placed(ch, reads, out)
         picked[ch.candidate.label] = picked.get(ch.candidate.label, 0) + 1
     return pred, picked

@@ -994,7 +994,7 @@ class Window:
         r = big + (small - big) * u * u * (3 - 2 * u)
         view = DotView(px, g.xy, r, caption="look at the dot    Esc skips")
         key = self.display.show(render_dot(view))
-        if key in (ESC, ord("q")):
+        if key == ESC:  # not q: a glance ending by itself would pass it on and quit the run
             self.live.glance.cancel()
         return True
 

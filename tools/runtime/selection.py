@@ -1,8 +1,8 @@
 """What `gazeloop eval` (without a fixed mapping), `eval --profile`, `eval-sittings` and
 `head-shift` share: a session's cached features as named columns per read of the frames,
 nested selection among the candidates (feature sets, mapping families, and both reads of
-frames whose mirroring nobody could settle), the profile that choice makes, and a saved
-profile applied unchanged to another session.
+frames whose mirroring nothing stated, decided again in every fold), the profile that
+choice makes, and a saved profile applied unchanged to another session.
 
 Features come through the feature cache (`fastpath.feature_cache`), so running over a folder
 of sittings a second time does not run the networks again.

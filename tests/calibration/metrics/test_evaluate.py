@@ -351,3 +351,24 @@ def test_targets_held_out_beyond_the_others_are_counted_as_extrapolation(monkeyp
     assert outside_the_others(wobbly).sum() == 4
     assert outside_the_others([(0, 0), (1, 0), (0, 1), (1, 1)]).all()
     assert outside_the_others([(0, 0), (1, 0), (2, 0), (3, 0)]).all()  # no area inside
+
+
+def test_a_frame_the_chosen_mapping_cannot_place_is_placed_by_the_next_candidate():
+    """One target's frames with the eyes 30 mm from the lens (a face size gone wrong): the
+    geometric mapping places them nowhere, and where it wins the fold that holds them out,
+    the next candidate fitted on the same targets places them (features only). The means
+    stay numbers, not NaN."""
+    from gazeloop.calibration.mapping.geometric import COLUMNS
+    from gazeloop.calibration.metrics.evaluate import evaluate_candidates
+    from tests.calibration.mapping.test_geometric import H_MM, W_MM, session
+
+    X, Y, g = session(noise_deg=0.3, side=3)
+    X[g == 4, 4] = -30.0
+    screen = ScreenGeometry(px=(1500, 950), mm=(W_MM, H_MM))
+    cols = {k: X[:, i] for i, k in enumerate(COLUMNS)}
+    fr = LabelledFrames(cols, Y * np.array(screen.px), g, [f"f{i}" for i in range(len(Y))])
+    ev, _ = evaluate_candidates({"as read": fr}, session="s", screen=screen)
+    assert ev.report.selection.picked_per_fold.get("geometric:geometric", 0) >= 1
+    assert np.isfinite(ev.pred_px).all() and np.isfinite(ev.report.mean_px)
+    (t4,) = [t for t in ev.report.per_target if t.target == 4]
+    assert t4.mean_px < 100
