@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gazeloop.calibration.frames import LabelledFrames
-from gazeloop.calibration.mapping.candidates import yaw_follows_x
+from gazeloop.calibration.mirroring import every_fold_agrees, yaw_follows_x
 from gazeloop.calibration.store.session import Rejection, Session, read_session
 from gazeloop.fastpath import feature_cache
 from gazeloop.fastpath.pipeline import FastPath, FastPathConfig
@@ -100,13 +100,13 @@ def collect_session(
     reason; so do files the session reader or the image decoder refused. When neither a
     manifest nor the caller says whether the frames are selfie views, the frames tell
     (`looks_mirrored`), and a mirrored session is read again un-mirrored. With `both_reads`
-    and nothing stated, the other read is kept in `other` whatever the frames say: the
-    decision is made here on every target, and a leave-one-target-out evaluation must make
-    it again without the target it holds out (`calibration.mapping.candidates.fold_reads`),
-    or the held-out target's own label chooses how its frames are read. A statement wins:
-    then there is no other read. `cache`: per-frame features via `feature_cache`.
-    `reading`: told before the networks read the session's frames (a cache miss), for
-    progress."""
+    and nothing stated, the other read is kept in `other` unless the frames say the same
+    with any one target left out: the decision is made here on every target, and a
+    leave-one-target-out evaluation must make it again without the target it holds out
+    (`calibration.mapping.candidates.reads_ruled_out`), or the held-out target's own label
+    chooses how its frames are read. A statement wins: then there is no other read.
+    `cache`: per-frame features via `feature_cache`. `reading`: told before the networks
+    read the session's frames (a cache miss), for progress."""
     session = (
         folder
         if isinstance(folder, Session)
@@ -117,6 +117,7 @@ def collect_session(
         out.mirror_basis = "manifest" if session.manifest is not None else "stated"
         return out
     r = looks_mirrored(out.samples)
+    both_reads = both_reads and not every_fold_agrees(*_yaw_x_targets(out.samples))
     if r is None or r <= 0:
         out.mirror_basis = (
             "not stated; the targets cannot tell (taken as not mirrored)"
@@ -136,11 +137,16 @@ def collect_session(
 def looks_mirrored(samples: list[LabelledSample]) -> float | None:
     """Which way the gaze turns as the targets move right (`yaw_follows_x`), over the settled
     samples that have a gaze."""
+    return yaw_follows_x(*_yaw_x_targets(samples))
+
+
+def _yaw_x_targets(samples: list[LabelledSample]) -> tuple[np.ndarray, ...]:
+    """(gaze yaw, target x, target) of the settled samples that have a gaze."""
     use = [ls for ls in samples if not ls.settling and ls.sample.gaze_yp_raw is not None]
-    return yaw_follows_x(
+    return (
         np.array([float(ls.sample.gaze_yp_raw[0]) for ls in use]),
         np.array([float(ls.label_px[0]) for ls in use]),
-        np.array([ls.target for ls in use]),
+        np.array([ls.target for ls in use], dtype=np.int64),
     )
 
 

@@ -39,6 +39,7 @@ from gazeloop.calibration.frames import Reads, rows_of
 from gazeloop.calibration.geometry import ScreenGeometry
 from gazeloop.calibration.mapping.families import NotEnoughTargets, ScreenMapping, mapping_class
 from gazeloop.calibration.mapping.selection import fit_select_detail
+from gazeloop.calibration.mirroring import yaw_follows_x
 
 HEAD = ("head_yaw", "head_pitch")
 IRIS = ("iris_lx", "iris_ly", "iris_rx", "iris_ry")
@@ -163,26 +164,7 @@ def same_as(
     return None
 
 
-# |r| below this says nothing: targets in a column, or a face the model barely follows.
-MIRROR_MIN_R = 0.5
-
-
-def yaw_follows_x(yaw: np.ndarray, x_px: np.ndarray, groups: np.ndarray) -> float | None:
-    """Which way the gaze turns as the targets move right. In an un-mirrored camera frame a
-    person looking further right on the screen turns towards image-left, so the gaze yaw
-    falls as the target's x grows (DESIGN.md, Conventions); a selfie view reverses it. The
-    correlation over target means (each target once) when it is decisive, else None."""
-    ids = np.unique(groups)
-    if len(ids) < 3:
-        return None
-    means = np.array([[yaw[groups == g].mean(), x_px[groups == g].mean()] for g in ids])
-    if np.ptp(means[:, 1]) == 0 or np.ptp(means[:, 0]) == 0:
-        return None
-    r = float(np.corrcoef(means[:, 0], means[:, 1])[0, 1])
-    return r if abs(r) >= MIRROR_MIN_R else None
-
-
-def fold_reads(reads: Reads, rows: np.ndarray) -> dict[str, str]:
+def reads_ruled_out(reads: Reads, rows: np.ndarray) -> dict[str, str]:
     """The reads of the frames a choice made on `rows` may not take, each with why. When
     nothing stated the mirroring, a session comes with both reads (`fastpath.collect`), and
     the one its frames say is right (the gaze yaw falling as the target moves right,
@@ -223,7 +205,7 @@ def choose(
     rows = np.arange(len(Y)) if rows is None else rows
     fitted, scores, dropped = [], {}, {}
     seen: list[tuple[Candidate, np.ndarray]] = []
-    wrong = fold_reads(reads, rows)
+    wrong = reads_ruled_out(reads, rows)
     for c in candidates:
         if c.read in wrong:
             dropped[c.label] = wrong[c.read]

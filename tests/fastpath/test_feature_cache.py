@@ -51,11 +51,13 @@ class CountingFastPath:
         return _Sample(float(frame.image[..., 0].mean()) / 100)
 
 
-def make_session(folder: Path, n: int = 4, step: int = 40) -> Path:
+def make_session(folder: Path, n: int = 4, step: int = 40, levels=None) -> Path:
+    """`n` stills of one grey level each (`levels`, else `step` apart), target i at x 100·i."""
     folder.mkdir(parents=True)
-    for i in range(n):
+    levels = [step * i for i in range(n)] if levels is None else levels
+    for i, level in enumerate(levels):
         t = 1_700_000_000_000 + 1000 * i
-        img = np.full((48, 64, 3), step * i, np.uint8)
+        img = np.full((48, 64, 3), level, np.uint8)
         cv2.imwrite(str(folder / f"img_{t}.jpg"), img)
         rec = {"timestamp": t, "screen_x": 100.0 * i, "screen_y": 50.0 * (i % 2)}
         (folder / f"img_{t}.json").write_text(json.dumps(rec))
@@ -122,23 +124,28 @@ def test_without_the_cache_the_samples_keep_their_embedding(tmp_path, cache):
     assert not cache.exists()
 
 
-def test_both_reads_whenever_nothing_states_the_mirroring(tmp_path, cache):
+def test_both_reads_unless_the_frames_say_the_same_without_any_one_target(tmp_path, cache):
     """The frames' verdict on all targets picks the first read, and the other read comes
-    too: a leave-one-target-out evaluation decides again without the held-out target (one
-    read only, and that target's own label chose how its frames were read). A statement
-    leaves one read."""
+    too unless the verdict is the same with any one target left out: a leave-one-target-out
+    evaluation decides again without the held-out target (with one read only, that target's
+    own label chose how its frames were read). A statement leaves one read."""
     fp = CountingFastPath()
     # every frame alike: the gaze does not follow the targets, so the mirroring is unknown
     flat = make_session(tmp_path / "flat", step=0)
     col = collect_session(flat, fp, cache=True, both_reads=True)
     assert col.other is not None and col.other.unmirrored != col.unmirrored
     assert "cannot tell" in col.mirror_basis
-    # the yaw grows with the target's x: decisively a selfie view, read un-mirrored first
+    # the yaw grows with the target's x: decisively a selfie view, read un-mirrored first,
+    # and so with any target left out: every fold would rule the other read out
     steep = make_session(tmp_path / "steep")
     col = collect_session(steep, fp, cache=True, both_reads=True)
-    assert col.unmirrored and "detected mirrored" in col.mirror_basis
+    assert col.unmirrored and "detected mirrored" in col.mirror_basis and col.other is None
+    # a selfie view on all five targets (r = +0.70), undecided without the first
+    loose = make_session(tmp_path / "loose", levels=[0, 40, 120, 160, 80])
+    col = collect_session(loose, fp, cache=True, both_reads=True)
+    assert col.unmirrored and "detected mirrored (gaze yaw vs target x r=+0.70)" in col.mirror_basis
     assert col.other is not None and not col.other.unmirrored
-    assert collect_session(steep, fp, cache=True).other is None  # not asked for
+    assert collect_session(loose, fp, cache=True).other is None  # not asked for
     stated = collect_session(steep, fp, mirrored=False, cache=True, both_reads=True)
     assert stated.other is None and stated.mirror_basis == "stated"
 

@@ -182,8 +182,9 @@ def test_a_held_out_label_cannot_choose_how_its_own_frames_are_read():
     moved[2, 0] = 0.97
     r, r_moved = both_reads(Y), both_reads(Y, labels=moved)
     rest = np.array([0, 1, 3])
-    assert cd.fold_reads(r_moved, np.arange(4)) == {}  # undecided on every target
-    assert set(cd.fold_reads(r_moved, rest)) == set(cd.fold_reads(r, rest)) == {"other"}
+    assert cd.reads_ruled_out(r_moved, np.arange(4)) == {}  # undecided on every target
+    assert set(cd.reads_ruled_out(r_moved, rest)) == {"other"}
+    assert set(cd.reads_ruled_out(r, rest)) == {"other"}
 
 
 def test_reads_of_other_frames_are_refused_not_compared():
