@@ -154,17 +154,6 @@ def _check_scale(scale: np.ndarray) -> None:
         raise ValueError(f"scale {np.flatnonzero(scale == 0).tolist()} is 0 (a fit never stores 0)")
 
 
-# A linear mapping's features are held within this many of their calibration standard
-# deviations when it predicts. Gaze angles over a calibration grid span about ±1.3 sd, so the
-# screen's edges beyond the outer dots stay well inside; a column that barely moved over the
-# dots (an iris offset with a sd of 0.014) would otherwise carry its weight times however far
-# it wanders at run time: an audit saw a ridge on gaze + iris put a point 1239 px above the
-# screen for a 20 sd move and, on the person's other sittings, 9 % of frames over 200 px
-# off-screen. Selection's inner scores leave it out (a fold's held-out rows are rarely
-# beyond it within one sitting).
-EXTRAPOLATE_SD = 3.0
-
-
 def _standardise_stats(X: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Weighted mean and std; constant columns get scale 1 (they stay ~0 after centring)."""
     sw = w.sum()
@@ -474,8 +463,7 @@ class _LinearMapping(ScreenMapping):
         self.W = _solve_moments(M, Q, X.shape[1], self.degree, np.array([self._alpha()]))[0]
 
     def _predict(self, X: np.ndarray) -> np.ndarray:
-        U = np.clip((X - self.center) / self.scale, -EXTRAPOLATE_SD, EXTRAPOLATE_SD)
-        return _monomials(U, self.degree) @ self.W
+        return _monomials((X - self.center) / self.scale, self.degree) @ self.W
 
     def _state(self) -> dict[str, Any]:
         return {
