@@ -143,19 +143,58 @@ that recent labels constrain (eigenvalues of Σ P over the last `window_labels` 
 
 Several sources
 ---------------
-Every label names its source (`OracleLabel.oracle`: clicks, glance, moondream, ...). Each
-source has its own noise scale σₛ per axis, measured from its own residuals about the fits
-of their runs (leverage-corrected, the median of the last `source_labels`, with the prior
-`source_prior` counted as `source_prior_labels` labels so a new source starts there and its
-first few labels cannot talk it down), and its labels weigh w = (σ_best/σₛ)² in the fit
-(inverse variance, relative to the best source, so a loop fed by one source is exactly the
-single-source loop). A source also has its own gate (its σₛ in the predictive spread), and
-the shared σ is measured on residuals scaled to the best source's. The weight enters the
-change detector as P·w in place of P: the fit, its information and the change test's
+Every label names its source (`OracleLabel.oracle`: clicks, glance, target, moondream, ...).
+Each source has its own noise scale σₛ per axis, measured from its own residuals about the
+fits of their runs (leverage-corrected, the median of the last `source_labels`, with the
+prior `source_prior` counted as `source_prior_labels` labels so a new source starts there
+and its first few labels cannot talk it down), and its labels weigh w = (σ_best/σₛ)² in the
+fit (inverse variance, relative to the best source, so a loop fed by one source is exactly
+the single-source loop). A source also has its own gate (its σₛ in the predictive spread),
+and the shared σ is measured on residuals scaled to the best source's. The weight enters
+the change detector as P·w in place of P: the fit, its information and the change test's
 variance are the weighted ones, and its gate, clipping and "near" radius judge each label
 in its own source's σ (`changepoint`'s `label_weights`). So a source earns its weight:
 Moondream's lines weigh what their residuals show, junk ends with a scale so large that it
 weighs nothing.
+
+Residuals about the shared fit cannot tell a source's bias from its precision, though: a
+source wrong by a constant but precise, giving most of the labels, pulls the fit to itself,
+its residuals are small and the right source's large. Reproduced (no drift, 4 labels of a
+source 0.08 screen widths off with σ 0.03 per click): the offset went to the bias, median
+0.075, the clicks weighing 0.17 with σ 0.064-0.075. Some labels are known to be where the
+user looks, free and trusted (issue 13): a click, the glance dot, a target being shown:
+`trusted_sources`, by default the names `tools.runtime.clicks`, `tools.runtime.glance` and
+`oracle.simple.TargetOracle` give their labels (clicks, glance, target). Any other source
+(Moondream, any model oracle) is measured, not assumed. When a trusted label is kept and
+another source feeds the loop beside it, the yardstick is the trusted labels' own robust fit
+in each run (each label stamped with the run whose fit its residual was last taken about):
+- a trusted source's σ is its residuals' about that fit, which no other source moves, so an
+  untrusted source can never make it look noisy;
+- another source's σ is its scatter about its own fit in each run, and its bias b its fit
+  minus the trusted one's, pooled over the runs that have both, over its labels kept:
+  b = (Σ P)⁻¹ Σ P (g − c), so a line source's bias is taken across its lines only. b carries
+  both fits' noise (each from its labels' scatter axis by axis); it counts as τ² = b'·ΣP·b /
+  Σ dim, its mean square per constrained axis, only when b'·Cov⁻¹·b passes the χ² quantile
+  of 0.1 %, and shrunk by (1 − quantile/χ²), so the noise of an unbiased source's b costs it
+  nothing (at 1 %, with the weight below, a bias of 0.03 ends at 0.008 instead of 0.010,
+  but 3 unbiased streams in 40 lost a tenth of their weight or more, one over half; at
+  0.1 % none did);
+- one of its labels errs by σ² + τ² per axis about the truth: the σ shown and the σ a label
+  is judged with (its gate, its share of the shared σ). But the bias is the same in every
+  label of the source: n of them average their noise and not their bias, so together they
+  are one measurement of variance σ²/n + τ², which is what a weight 1/(σ² + n·τ²) each gives
+  (the random-effects weighting of a meta-analysis), n its labels in the current fit. With
+  σ² + τ² alone (each label weighing ≈ 0.15) the case above still ended at 0.077: what
+  must be small is the bias's share of the fit, not one label's.
+Measured with those streams (20 seeds, 120 steps; `tests/calibration/drift/
+test_source_bias.py` holds the cases): bias 0.08 → median |offset| 0.005 (was 0.075), the
+biased source's weight 0.002, the clicks' 1; 0.04 → 0.007 (0.033); 0.03 → 0.010 (0.024);
+0.02 (≈ 38 px) is within the noise of the 30 clicks and mostly not told: 0.015 (0.016). With
+as many clicks as the biased labels, 0.004 (0.012). An unbiased second source of σ 0.03
+keeps its scatter's weight (median 0.68; 0.65 before), a junk one 0.006 (0.007). Without a
+trusted label kept (none yet, or all older than `window_s`: its bias is then not known and
+the weights are the scatter's alone), or with only trusted or only untrusted sources, the
+weights are the scatter's, exactly as above.
 
 Lengths are measured in screen widths: normalised x, and normalised y divided by the aspect
 (physical width / height), so a bound or a scale is the same physical distance in every
@@ -171,8 +210,9 @@ from __future__ import annotations
 
 import math
 import threading
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field, replace
+from statistics import NormalDist
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -195,6 +235,57 @@ from gazeloop.calibration.labels import LineObservation, OracleLabel, PointObser
 
 _MAX_SOURCES = 16
 _MIN_WEIGHT = 1e-4
+_MAX_LEVERAGE = 0.9  # a label that is most of its own fit says little about its scatter
+_BIAS_P = 0.001  # a source's bias counts from this significance on (module doc)
+
+
+def _sigma_of(resid: float, leverage: float, dim: int) -> float:
+    """One label's estimate of σ per axis: its residual about a fit, leverage-corrected,
+    over the median a Gaussian residual of its dimension has."""
+    r = resid / math.sqrt(max(1.0 - leverage, 0.05))
+    return r / (MEDIAN_RADIAL if dim == 2 else MEDIAN_ABS)
+
+
+def _bias2(N: np.ndarray, Nd: np.ndarray, meat: np.ndarray, labels: float) -> float:
+    """A source's bias against the trusted labels as a mean square per constrained axis,
+    from its pooled sums (`DriftLoop._measured_against`), shrunk by its significance: the
+    estimate b = N⁻¹·Nd carries the noise of both fits (N⁻¹·meat·N⁻¹), and only what stands
+    out of that noise beyond its `_BIAS_P` quantile q counts: b'Nb/labels·(1 − q/χ²)."""
+    lam, V = np.linalg.eigh(N)
+    keep = lam >= 0.5  # directions the source's labels constrain (half a label's worth)
+    dof = int(keep.sum())
+    if dof == 0:
+        return 0.0
+    Ninv = _inv2(N)
+    Vk = V[:, keep]
+    bk = Vk.T @ (Ninv @ Nd)
+    cov = Vk.T @ (Ninv @ meat @ Ninv) @ Vk
+    try:
+        stat = float(bk @ np.linalg.solve(cov, bk))  # χ²(dof) if there were no bias
+    except np.linalg.LinAlgError:
+        return 0.0
+    q = -2.0 * math.log(_BIAS_P) if dof == 2 else NormalDist().inv_cdf(1 - _BIAS_P / 2) ** 2
+    if not math.isfinite(stat) or stat <= q:
+        return 0.0
+    b = Vk @ bk
+    return float(b @ N @ b) / labels * (1.0 - q / stat)
+
+
+def _axis_cov(vecs: list[np.ndarray], levs: list[float], sigma: float, floor: float) -> np.ndarray:
+    """diag(σx², σy²) of labels whose residual vectors about their fits are `vecs` (point
+    labels; leverage-corrected medians): a bias's error is larger along the axis the labels
+    scatter more on. σ²·I from fewer than 3."""
+    if len(vecs) < 3:
+        return sigma * sigma * np.eye(2)
+    r = np.abs(np.array(vecs)) / np.sqrt(np.maximum(1.0 - np.array(levs), 0.05))[:, None]
+    return np.diag(np.maximum(np.median(r, axis=0) / MEDIAN_ABS, floor) ** 2)
+
+
+def _arrays(labels: list[_Sample]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The labels' P, g and dims, stacked."""
+    Ps = np.array([s.P for s in labels])
+    gs = np.array([s.g for s in labels])
+    return Ps, gs, np.array([s.dim for s in labels])
 
 
 class LoopConfig(BaseModel):
@@ -233,6 +324,11 @@ class LoopConfig(BaseModel):
         description="σ per axis a source starts at (screen widths); others: noise_prior",
     )
     weigh_sources: bool = Field(True, description="False: every label weighs the same")
+    trusted_sources: list[str] = Field(
+        default_factory=lambda: ["clicks", "glance", "target"],
+        description="sources whose labels are known to be where the user looks (a click, "
+        "the glance dot, a shown target): the others' bias is measured against them",
+    )
     # Change points.
     prior_weight: float = Field(80.0, ge=0, description="starting offset's worth, in labels")
     sitting_prior_weight: float | None = Field(
@@ -313,6 +409,7 @@ class _Sample:
     resid: float = math.nan  # |P·(g − fit)| about the fit of its run, for the scale
     leverage: float = 0.0
     source: str = ""
+    run: int = -1  # start of the run whose fit `resid` was taken about (-1: none yet)
 
 
 @dataclass(slots=True)
@@ -368,6 +465,8 @@ class DriftLoop:
         self._offset_log: deque[tuple[int, np.ndarray]] = deque(maxlen=512)
         self._sources: dict[str, _Source] = {}
         self._w: dict[str, float] = {}  # each source's weight for the label being judged
+        self._j: dict[str, float] = {}  # the same for judging one label: (σ_best/σₛ)²
+        self._table: tuple[tuple[int, int], dict] | None = None  # `_source_table`'s last
         self._sources_view: dict[str, SourceStats] = {}  # replaced whole after each label
         self.alarm = False
         self.alarm_reason = ""
@@ -407,6 +506,8 @@ class DriftLoop:
             self._samples.clear()
             self._sources.clear()
             self._w = {}
+            self._j = {}
+            self._table = None
             self._sources_view = {}
             self._accepted_resid.clear()
             self._seen.clear()
@@ -468,33 +569,177 @@ class DriftLoop:
     def _source_scale(self, src: _Source) -> tuple[float, int]:
         """σ per axis of one source: the median of its recent labels' σ estimates with its
         prior counted `source_prior_labels` times; and how many labels are behind it."""
-        est = []
-        for s in src.recent:
-            if not math.isfinite(s.resid):
-                continue
-            r = s.resid / math.sqrt(max(1.0 - s.leverage, 0.05))
-            est.append(r / (MEDIAN_RADIAL if s.dim == 2 else MEDIAN_ABS))
-        vals = est + [src.prior] * self.cfg.source_prior_labels
-        return max(float(np.median(vals)), self.cfg.noise_floor), len(est)
+        est = [_sigma_of(s.resid, s.leverage, s.dim) for s in src.recent if math.isfinite(s.resid)]
+        return self._median_scale(est, src.prior), len(est)
 
-    def _source_table(self) -> dict[str, tuple[float, int, float]]:
-        """Each source's (σ, labels behind it, weight relative to the best source): the one
-        formula both the loop (`_weigh_sources`) and the display (`_view`) read."""
+    def _median_scale(self, est: list[float], prior: float) -> float:
+        vals = est + [prior] * self.cfg.source_prior_labels
+        return max(float(np.median(vals)), self.cfg.noise_floor)
+
+    def _source_table(self) -> dict[str, tuple[float, int, float, float]]:
+        """Each source's (σ, labels behind it, weight relative to the best source, the weight
+        one of its labels is judged with): the one formula both the loop (`_weigh_sources`)
+        and the display (`_view`) read. With trusted sources and others side by side, σ and
+        the weights are measured against the trusted labels (`_anchored`)."""
+        # What the display asked after the last label, the next label sees the same: nothing
+        # it reads changes in between but a source added.
+        key = (self._next_idx, len(self._sources))
+        if self._table is None or self._table[0] != key:
+            self._table = (key, self._compute_table())
+        return self._table[1]
+
+    def _compute_table(self) -> dict[str, tuple[float, int, float, float]]:
         table = {n: self._source_scale(src) for n, src in self._sources.items()}
         if not self.cfg.weigh_sources or len(table) <= 1:
-            return {n: (sc, k, 1.0) for n, (sc, k) in table.items()}
-        best = min(sc for sc, _ in table.values())
-        return {n: (sc, k, max((best / sc) ** 2, _MIN_WEIGHT)) for n, (sc, k) in table.items()}
+            return {n: (sc, k, 1.0, 1.0) for n, (sc, k) in table.items()}
+        anchored = self._anchored(table)
+        if anchored is None:
+            best = min(sc for sc, _ in table.values())
+            out = {}
+            for n, (sc, k) in table.items():
+                w = max((best / sc) ** 2, _MIN_WEIGHT)
+                out[n] = (sc, k, w, w)
+            return out
+        best = min(eff for _, _, eff in anchored.values())
+        return {
+            n: (sc, k, max((best / eff) ** 2, _MIN_WEIGHT), max((best / sc) ** 2, _MIN_WEIGHT))
+            for n, (sc, k, eff) in anchored.items()
+        }
+
+    def _anchored(
+        self, table: dict[str, tuple[float, int]]
+    ) -> dict[str, tuple[float, int, float]] | None:
+        """Each source's (σ per label, labels behind it, the σ its weight is taken from),
+        measured against the trusted labels' own fit, run by run (module doc, "Several
+        sources"); None without a trusted label kept or without another source beside."""
+        cfg = self.cfg
+        trusted = set(cfg.trusted_sources)
+        if all(n in trusted for n in table) or not any(n in trusted for n in table):
+            return None
+        groups: dict[int, list[_Sample]] = {}
+        for s in self._samples:
+            if s.source in trusted and s.run >= 0:
+                groups.setdefault(s.run, []).append(s)
+        if not groups:
+            return None
+        # The trusted labels' fit in each run, each label weighed by its source's σ as it
+        # stood before this label, and its residuals, in units of the best of those σ.
+        ref = min(self._sources[n].scale for n in trusted if n in self._sources)
+        fits, est, vecs, levs = {}, {}, [], []
+        for run, labels in groups.items():
+            w = np.array([(ref / self._sources[s.source].scale) ** 2 for s in labels])
+            Ps, gs, dims = _arrays(labels)
+            fit = robust_fit(
+                Ps * w[:, None, None],
+                gs,
+                dims,
+                np.zeros((2, 2)),
+                self._estimate,
+                ref,
+                huber_k=cfg.huber_k,
+                gate=cfg.gate_sigma,
+                label_weights=None if np.all(w == 1.0) else w,
+            )
+            fits[run] = (fit, Ps, w)
+            for s, r, h, wi in zip(labels, fit.resid, fit.leverage, w, strict=True):
+                if h <= _MAX_LEVERAGE:
+                    # A trusted label's residual about the trusted labels' fit: no other
+                    # source moves it.
+                    est[id(s)] = _sigma_of(float(r) / wi, float(h), s.dim)
+                    if s.dim == 2:
+                        vecs.append((s.g - fit.mean) * math.sqrt(wi))
+                        levs.append(h)
+        # The covariance of each run's fit, from the trusted labels' scatter axis by axis.
+        D = _axis_cov(vecs, levs, ref, cfg.noise_floor)
+        anchors = {}
+        for run, (fit, Ps, w) in fits.items():
+            Si = _inv2(fit.info)
+            meat = np.einsum("n,nij,jk,nkl->il", fit.weights**2 * w, Ps, D, Ps)
+            anchors[run] = (fit.mean, Si @ meat @ Si)
+        in_fit = Counter(s.source for s in self._labels(-1)[-cfg.window_labels :])
+        out = {}
+        for n, src in self._sources.items():
+            if n not in trusted:
+                out[n] = self._measured_against(n, src, anchors, in_fit[n])
+                continue
+            mine = [est[id(s)] for s in src.recent if id(s) in est]
+            sc, k = (self._median_scale(mine, src.prior), len(mine)) if mine else table[n]
+            out[n] = (sc, k, sc)
+        return out
+
+    def _measured_against(
+        self,
+        name: str,
+        src: _Source,
+        anchors: dict[int, tuple[np.ndarray, np.ndarray]],
+        in_fit: int,
+    ) -> tuple[float, int, float]:
+        """An untrusted source's (σ per label, labels behind it, σ for its weight): its
+        scatter about its own fit in each run, and its bias against the trusted labels' fit
+        (`anchors`: its mean and covariance per run) in the same runs, pooled,
+        (Σ P)⁻¹ Σ P (g − c) (the module doc says how it counts)."""
+        cfg = self.cfg
+        # Its bias from all its labels kept (the anchors' window), its σ from its recent ones.
+        groups: dict[int, list[_Sample]] = {}
+        for s in self._samples:
+            if s.source == name and s.run >= 0:
+                groups.setdefault(s.run, []).append(s)
+        recent = {id(s) for s in src.recent}
+        est, vecs, levs, fits = [], [], [], []
+        for run, labels in groups.items():
+            anchor = anchors.get(run)
+            centre = anchor[0] if anchor is not None else self._estimate
+            Ps, gs, dims = _arrays(labels)
+            # No prior but the anchors' fit for what the labels leave unconstrained: a line
+            # source's bias is measured across its lines only.
+            fit = robust_fit(
+                Ps,
+                gs,
+                dims,
+                np.zeros((2, 2)),
+                centre,
+                src.scale,
+                huber_k=cfg.huber_k,
+                gate=cfg.gate_sigma,
+            )
+            for s, r, h in zip(labels, fit.resid, fit.leverage, strict=True):
+                if h <= _MAX_LEVERAGE:
+                    if id(s) in recent:
+                        est.append(_sigma_of(float(r), float(h), s.dim))
+                    if s.dim == 2:
+                        vecs.append(s.g - fit.mean)
+                        levs.append(h)
+            if anchor is not None:
+                fits.append((fit, Ps, dims, anchor))
+        sigma = self._median_scale(est, src.prior)
+        D = _axis_cov(vecs, levs, sigma, cfg.noise_floor)
+        N, Nd, meat, dof_labels = np.zeros((2, 2)), np.zeros(2), np.zeros((2, 2)), 0.0
+        for fit, Ps, dims, (centre, V) in fits:
+            S = fit.info
+            N += S
+            Nd += S @ (fit.mean - centre)
+            # The noise of both fits: the source's labels' and the anchors' own.
+            meat += S @ V @ S + np.einsum("n,nij,jk,nkl->il", fit.weights**2, Ps, D, Ps)
+            dof_labels += float(fit.weights @ dims)
+        tau2 = _bias2(N, Nd, meat, dof_labels) if dof_labels > 0 else 0.0
+        n = max(in_fit, 1)
+        return math.sqrt(sigma * sigma + tau2), len(est), math.sqrt(sigma * sigma + n * tau2)
 
     def _weigh_sources(self) -> None:
-        """Each source's scale, and its weight relative to the best one, for this label."""
+        """Each source's scale, and its weights relative to the best one, for this label."""
         table = self._source_table()
         for n, src in self._sources.items():
             src.scale = table[n][0]
-        self._w = {n: w for n, (_, _, w) in table.items()}
+        self._w = {n: t[2] for n, t in table.items()}
+        self._j = {n: t[3] for n, t in table.items()}
 
     def _weight(self, s: _Sample) -> float:
         return self._w.get(s.source, 1.0)
+
+    def _judge(self, s: _Sample) -> float:
+        """The weight a label is judged with (its σ relative to the best source's): its
+        `_weight` but for a source whose bias against the trusted labels costs it weight."""
+        return self._j.get(s.source, 1.0)
 
     def _stack(self, labels: list[_Sample]) -> tuple[np.ndarray, ...]:
         """The labels as `changepoint` takes them: each P times its weight, g, dims, and the
@@ -517,7 +762,7 @@ class DriftLoop:
 
     def _view(self) -> dict[str, SourceStats]:
         out = {}
-        for n, (scale, measured, weight) in self._source_table().items():
+        for n, (scale, measured, weight, _) in self._source_table().items():
             src = self._sources[n]
             out[n] = SourceStats(
                 src.labels, src.usable, src.accepted, scale, weight, measured, src.last
@@ -647,8 +892,8 @@ class DriftLoop:
         recent = [s for s in list(self._samples)[-cfg.gate_labels :] if math.isfinite(s.resid)]
         if len(recent) < cfg.min_scale_labels:
             return max(cfg.noise_prior, cfg.noise_floor)
-        # In the best source's units: each residual times √(its weight).
-        resid = np.array([s.resid * math.sqrt(self._weight(s)) for s in recent])
+        # In the best source's units: each residual times √(the weight it is judged with).
+        resid = np.array([s.resid * math.sqrt(self._judge(s)) for s in recent])
         lev = np.array([s.leverage for s in recent])
         dims = np.array([s.dim for s in recent])
         return max(robust_scale(resid, dims, lev, cfg.gate_sigma), cfg.noise_floor)
@@ -686,9 +931,11 @@ class DriftLoop:
     def _store_fit(self, labels: list[_Sample], sigma: float, run: _Run | None = None) -> Fit:
         """Fit the run and keep each label's residual about it (for the scale)."""
         fit = self._fit(labels, sigma, run)
+        start = (run or self._runs[-1]).start
         for s, r, h in zip(labels[-self.cfg.window_labels :], fit.resid, fit.leverage, strict=True):
             # The fit saw w·P: its residual is w times the label's own.
             s.resid, s.leverage = float(r) / self._weight(s), float(h)
+            s.run = start
         return fit
 
     def _scan(
@@ -794,13 +1041,14 @@ class DriftLoop:
         )
 
     def _admit(self, sample: _Sample) -> tuple[float, float]:
-        """Enter the label in the stream and its source's recent labels; → σ and the
-        label's weight as they stood before it: a label must not vouch for itself."""
+        """Enter the label in the stream and its source's recent labels; → σ and the weight
+        the label is judged with, as they stood before it: a label must not vouch for
+        itself."""
         cfg = self.cfg
         src = self._sources[sample.source]
         self._weigh_sources()
         s = self._scale()
-        w = self._weight(sample)
+        w = self._judge(sample)
         src.usable += 1
         src.recent.append(sample)
         sample.idx = self._next_idx
