@@ -97,12 +97,29 @@ def saved_figures(monkeypatch):
 
 
 # ---- markers (registered in pyproject.toml) --------------------------------------------------
+@pytest.fixture(scope="session")
+def xdisplay():
+    """An Xvfb display for the tests that draw real windows (one for the whole run)."""
+    from tests.xvfb import xvfb
+
+    with xvfb() as display:
+        yield display
+
+
+@pytest.fixture
+def xenv(xdisplay, monkeypatch, tmp_path):
+    """The display in DISPLAY and a user home of the test's own."""
+    monkeypatch.setenv("DISPLAY", xdisplay)
+    monkeypatch.setenv("GAZELOOP_HOME", str(tmp_path / "home"))
+    return xdisplay
+
+
 # needs_shared, needs_broker and needs_display follow from what a test uses, so a new test
 # gets them without anyone remembering; `slow` is put on by hand, where the time is spent.
 
 SHARED_FIXTURES = {"shared", "gaze_onnx", "face_task"}
 BROKER_FIXTURES = {"make_broker"}  # tests/tools/runtime/test_mqtt.py: starts mosquitto
-DISPLAY_FIXTURES = {"xdisplay"}  # tests/tools/ui/test_window.py: starts Xvfb
+DISPLAY_FIXTURES = {"xdisplay"}  # above: starts Xvfb
 
 
 def _reads_shared(module) -> bool:

@@ -30,7 +30,6 @@ from gazeloop.calibration.profile import profile_path
 from gazeloop.calibration.store.atomic import check_writable
 from gazeloop.calibration.store.writer import SessionWriter
 from gazeloop.fastpath.pipeline import FastPath
-from gazeloop.fastpath.sources import is_camera
 from gazeloop.tools.commands._args import (
     add_camera_args,
     add_fastpath_args,
@@ -50,6 +49,7 @@ from gazeloop.tools.runtime.calibration import (
     CalibrationResult,
     default_session_dir,
     finish,
+    grid_sees,
     manifest_for,
     replay_targets,
 )
@@ -117,9 +117,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = procedure_config(args, replay=replay)
     if not replay:
         require_display("the target grid", "--headless replays a recording without one")
-        if not is_camera(args.source):
-            # The grid labels each frame with the dot it shows: a recording's frames never saw
-            # those dots, and a profile fitted on them would be saved as if they had.
+        if not grid_sees(args.source):
             raise UserError(
                 f"--source {args.source}: the grid needs a camera index (its frames are labelled "
                 "with the dots it shows); --headless replays a recording's own targets"

@@ -77,7 +77,7 @@ from gazeloop.tools.commands._args import (
     screen_from_args,
 )
 from gazeloop.tools.errors import UserError
-from gazeloop.tools.runtime.calibration import default_session_dir, manifest_for
+from gazeloop.tools.runtime.calibration import default_session_dir, grid_sees, manifest_for
 from gazeloop.tools.runtime.interrupts import terminate_as_interrupt
 from gazeloop.tools.runtime.labelled import LabelledSource, open_labelled
 from gazeloop.tools.runtime.live import Live, made_this_sitting, model_record
@@ -694,7 +694,12 @@ def _window(args, ls: LabelledSource, live: Live, stream, watcher) -> Window:
     live.enable_glance(args.glance_every * 60.0)
     swaps = {} if watcher is None else {"on_profile": on_profile, "hold": watcher.holding}
     ui = Window(
-        live, args, stream=stream, clock=UnixClock(ls.source), camera=ls.kind == "camera", **swaps
+        live,
+        args,
+        stream=stream,
+        clock=UnixClock(ls.source),
+        camera=grid_sees(args.source),
+        **swaps,
     )
     ui.source_desc = ls.describe()
     return ui

@@ -34,11 +34,20 @@ from gazeloop.calibration.store.session import SessionManifest
 from gazeloop.calibration.store.writer import SessionWriter
 from gazeloop.fastpath.collect import LazyFastPath
 from gazeloop.fastpath.pipeline import FastPath
+from gazeloop.fastpath.sources import is_camera
 from gazeloop.fastpath.types import Frame, GazeSample
 from gazeloop.tools.errors import UserError
 from gazeloop.tools.runtime import sittings_profile
 from gazeloop.tools.runtime.labelled import LabelledSource
 from gazeloop.tools.runtime.recording import UnixClock
+
+
+def grid_sees(source) -> bool:
+    """Whether the on-screen grid may take frames from `source`: it labels each frame with
+    the dot it shows, which only a live camera's frames saw (a recording's were taken looking
+    elsewhere, and a profile fitted on them would be saved as if they had). One rule for both
+    ways into the grid, `calibrate` and `run`'s c key."""
+    return is_camera(source)
 
 
 def default_session_dir(user: str, kind: str = "calibration") -> Path:

@@ -12,23 +12,9 @@ import numpy as np
 import pytest
 
 from tests.cli import cli
-from tests.xvfb import xvfb
 
 VIDEO = "data/video-corners4/calibrate.mp4"
 ESC, Q = chr(27), "q"
-
-
-@pytest.fixture(scope="module")
-def xdisplay():
-    with xvfb() as display:
-        yield display
-
-
-@pytest.fixture
-def xenv(xdisplay, monkeypatch, tmp_path):
-    monkeypatch.setenv("DISPLAY", xdisplay)
-    monkeypatch.setenv("GAZELOOP_HOME", str(tmp_path / "home"))
-    return xdisplay
 
 
 def scripted_keys(monkeypatch, script: dict[int, str]) -> list[tuple[int, str]]:

@@ -27,44 +27,20 @@ from gazeloop.calibration.store.session import read_session
 from gazeloop.tools.ui.calibration_grid import BACKGROUND, DOT
 from gazeloop.tools.ui.render import GOLD, RED
 from tests.cli import cli
-from tests.fake_camera import FakeCamera
-from tests.xvfb import xvfb
 
 VIDEO = "data/video-corners4/calibrate.mp4"
 LIVE_H = 360 + 56  # a 1280x720 camera's view at 640x360, and a status strip of two lines
 
 
-class VideoCamera(FakeCamera):
-    """Camera 0 showing the recording, looped, at its 30 fps: the on-screen grid takes a
-    camera only. `frames`: how many it gives before it goes dark (and cannot be reopened)."""
+def grid_takes_recordings(monkeypatch) -> None:
+    """The grid on the recording: both commands refuse a recording (its frames never saw the
+    grid's dots; tests/tools/commands/test_calibrate_source.py), but here the grid itself is
+    the subject, and a recording gives every run the same frames, which a camera thread that
+    drops frames under load would not."""
+    from gazeloop.tools.commands import calibrate, run
 
-    def __init__(self, path: Path, frames: int | None = None):
-        super().__init__({"width": 1280, "height": 720, "fps": 30.0}, frames=frames)
-        self.video = cv2.VideoCapture(str(path))
-
-    def grab(self) -> bool:
-        time.sleep(1 / 30)
-        return super().grab()
-
-    def retrieve(self):
-        ok, img = self.video.read()
-        if not ok:  # the end: round again
-            self.video.set(cv2.CAP_PROP_POS_FRAMES, 0)
-            ok, img = self.video.read()
-        return ok, img
-
-
-@pytest.fixture(scope="session")
-def xdisplay():
-    with xvfb() as display:
-        yield display
-
-
-@pytest.fixture
-def xenv(xdisplay, monkeypatch, tmp_path):
-    monkeypatch.setenv("DISPLAY", xdisplay)
-    monkeypatch.setenv("GAZELOOP_HOME", str(tmp_path / "home"))
-    return xdisplay
+    monkeypatch.setattr(calibrate, "grid_sees", lambda source: True)
+    monkeypatch.setattr(run, "grid_sees", lambda source: True)
 
 
 def read_xwd(path: Path) -> np.ndarray:
@@ -285,12 +261,12 @@ def test_c_key_calibrates_in_the_running_window_and_the_cursor_appears(
     xenv, shared, tmp_path, monkeypatch
 ):
     scripted_keys(monkeypatch, {3: "c"})
-    VideoCamera(shared / VIDEO).install(monkeypatch)  # the grid takes a camera only
+    grid_takes_recordings(monkeypatch)
     shot = tmp_path / "shot.png"
     rc, out, err = cli(
         "run",
         "--source",
-        0,
+        shared / VIDEO,
         "--screen-px",
         1280,
         720,
@@ -346,13 +322,13 @@ def test_c_key_with_another_devices_profile_saves_to_this_devices_own_file(
 
     monkeypatch.setattr(calibration, "_no_better_than_guessing", lambda ev: None)
     scripted_keys(monkeypatch, {3: "c"})
-    VideoCamera(shared / VIDEO).install(monkeypatch)  # the grid takes a camera only
+    grid_takes_recordings(monkeypatch)
     given = tmp_path / "given.json"
     given.write_bytes(corners4_profile.read_bytes())
     rc, out, err = cli(
         "run",
         "--source",
-        0,
+        shared / VIDEO,
         "--profile",
         given,
         "--device",
@@ -386,11 +362,11 @@ def test_c_key_fit_no_better_than_guessing_leaves_the_profile_in_use(
     """The guard looked for a file at the c key's output path: with another device's profile
     in use that file did not exist, and a useless fit replaced the working profile."""
     scripted_keys(monkeypatch, {3: "c"})
-    VideoCamera(shared / VIDEO).install(monkeypatch)  # the grid takes a camera only
+    grid_takes_recordings(monkeypatch)
     given = tmp_path / "given.json"
     given.write_bytes(corners4_profile.read_bytes())
     rc, out, err = cli(
-        "run", "--source", 0, "--profile", given, "--device", "laptop2",
+        "run", "--source", shared / VIDEO, "--profile", given, "--device", "laptop2",
         "--screen-px", 1280, 720, "--settle", 0.1, "--capture", 3, "--ready", 0.1,
         "--frames", 10, "--no-watch-models",
     )  # fmt: skip
@@ -422,11 +398,11 @@ def test_calibrate_on_screen_shows_the_grid_and_saves_profile_and_session(
         return -1
 
     monkeypatch.setattr(cv2, "waitKey", wait)
-    VideoCamera(shared / VIDEO).install(monkeypatch)
+    grid_takes_recordings(monkeypatch)
     rc, out, err = cli(
         "calibrate",
         "--source",
-        0,
+        shared / VIDEO,
         "--screen-px",
         1280,
         720,
@@ -467,11 +443,11 @@ def test_esc_cancels_the_grid_and_keeps_the_old_profile(xenv, shared, tmp_path, 
     scripted_keys(monkeypatch, {5: chr(27)})
     prof = tmp_path / "p.json"
     prof.write_text("old")
-    VideoCamera(shared / VIDEO).install(monkeypatch)
+    grid_takes_recordings(monkeypatch)
     rc, out, err = cli(
         "calibrate",
         "--source",
-        0,
+        shared / VIDEO,
         "--screen-px",
         1280,
         720,
@@ -488,11 +464,11 @@ def test_esc_cancels_the_grid_and_keeps_the_old_profile(xenv, shared, tmp_path, 
 @pytest.mark.slow
 def test_a_source_ending_mid_grid_is_a_clear_error(xenv, shared, tmp_path, monkeypatch):
     scripted_keys(monkeypatch, {})
-    VideoCamera(shared / VIDEO, frames=60).install(monkeypatch)
+    grid_takes_recordings(monkeypatch)
     rc, _, err = cli(
         "calibrate",
         "--source",
-        0,
+        shared / VIDEO,
         "--screen-px",
         1280,
         720,
