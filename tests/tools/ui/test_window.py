@@ -479,7 +479,7 @@ def test_a_source_ending_mid_grid_is_a_clear_error(xenv, shared, tmp_path, monke
         "--profile",
         tmp_path / "p.json",
     )
-    assert rc == 2 and "camera 0" in err and "ended before the last target" in err
+    assert rc == 2 and "calibrate.mp4 ended before the last target" in err
     assert not (tmp_path / "p.json").exists()
 
 
