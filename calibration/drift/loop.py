@@ -237,6 +237,9 @@ _MAX_SOURCES = 16
 _MIN_WEIGHT = 1e-4
 _MAX_LEVERAGE = 0.9  # a label that is most of its own fit says little about its scatter
 _BIAS_P = 0.001  # a source's bias counts from this significance on (module doc)
+# A run's trusted fit anchors a bias only where its labels pin it, worth half a label or more
+# in its weakest direction.
+_MIN_ANCHOR_INFO = 0.5
 
 
 def _sigma_of(resid: float, leverage: float, dim: int) -> float:
@@ -653,6 +656,11 @@ class DriftLoop:
         D = _axis_cov(vecs, levs, ref, cfg.noise_floor)
         anchors = {}
         for run, (fit, Ps, w) in fits.items():
+            if np.linalg.eigvalsh(fit.info)[0] < _MIN_ANCHOR_INFO:
+                # Labels that leave a direction open (each beyond the gate of the others, a
+                # line alone) would anchor it at the shared estimate, which the untrusted
+                # source itself pulls, with no error at all: no anchor in this run.
+                continue
             Si = _inv2(fit.info)
             meat = np.einsum("n,nij,jk,nkl->il", fit.weights**2 * w, Ps, D, Ps)
             anchors[run] = (fit.mean, Si @ meat @ Si)
@@ -662,9 +670,11 @@ class DriftLoop:
             if n not in trusted:
                 out[n] = self._measured_against(n, src, anchors, in_fit[n])
                 continue
+            # From its residuals about the trusted fits only (the prior when none qualifies):
+            # the shared fit's residuals are what an untrusted source can move.
             mine = [est[id(s)] for s in src.recent if id(s) in est]
-            sc, k = (self._median_scale(mine, src.prior), len(mine)) if mine else table[n]
-            out[n] = (sc, k, sc)
+            sc = self._median_scale(mine, src.prior)
+            out[n] = (sc, len(mine), sc)
         return out
 
     def _measured_against(
