@@ -757,9 +757,7 @@ class DriftLoop:
         if not labels:
             return np.zeros((0, 2, 2)), np.zeros((0, 2)), np.zeros(0, dtype=int), None
         w = np.array([self._w.get(s.source, 1.0) for s in labels])
-        Ps = np.array([s.P for s in labels])
-        gs = np.array([s.g for s in labels])
-        dims = np.array([s.dim for s in labels])
+        Ps, gs, dims = _arrays(labels)
         if np.all(w == 1.0):
             return Ps, gs, dims, None
         return Ps * w[:, None, None], gs, dims, w

@@ -15,6 +15,7 @@ from gazeloop.tools.errors import UserError
 from gazeloop.tools.ui import calibration_grid as grid
 from gazeloop.tools.ui.calibration_grid import BACKGROUND, FACE_LOST, DotView, dot_view, render_dot
 from gazeloop.tools.ui.render import LiveData, drawable, render_live, wrap
+from tests.tools.commands.test_calibrate import Q as _Q  # a sample quality of the duck type
 
 MS = 1_000_000
 # What a fit no better than guessing says, as the auditor saw it cut after 90 characters.
@@ -78,17 +79,6 @@ class _Display:
     def wait_any_key(self, img, max_s=None):
         self.waited.append(max_s)
         return -1
-
-
-@dataclass
-class _Q:
-    face: bool = True
-    blink: bool = False
-    error: str | None = None
-
-    @property
-    def usable(self) -> bool:
-        return self.face and not self.blink and self.error is None
 
 
 @dataclass
