@@ -11,9 +11,12 @@ captured. The pictures are pure functions (run state in, a BGR picture out); `ru
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 import cv2
 import numpy as np
@@ -45,6 +48,8 @@ MOVE_S = 0.4  # the glide between targets, at most; the rest of the settle time 
 FACE_LOST = "no face: look at the dot, face lit, in view"
 # A face missing this long is said; a frame or two the detector misses would only flicker.
 FACE_LOST_S = 0.3
+FIT_PUMP_MS = 100  # the window's events are taken this often while the fit runs
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,18 +286,21 @@ def calibrate_on_screen(
         if out.cancelled or out.source_ended:
             _abandon(out, writer, source_desc)
             return None
-        display.show(render_dot(DotView(screen.px, None, 0.0, message="Fitting...")))
         try:
-            res = finish(
-                out.run,
-                fp,
-                screen,
-                user=user,
-                device=device,
-                session_dir=session_dir,
-                profile_out=profile_out,
-                frames_written=writer.written,
-                replaces=replaces,
+            res = fit_in_view(
+                display,
+                screen.px,
+                lambda: finish(
+                    out.run,
+                    fp,
+                    screen,
+                    user=user,
+                    device=device,
+                    session_dir=session_dir,
+                    profile_out=profile_out,
+                    frames_written=writer.written,
+                    replaces=replaces,
+                ),
             )
         except UserError as e:
             # The whole of it: the figures, where the session was kept and the advice come
@@ -307,6 +315,38 @@ def calibrate_on_screen(
         return res
     finally:
         display.fullscreen(False)
+
+
+def fit_in_view(display: CvDisplay, size: tuple[int, int], fit: Callable[[], _T]) -> _T:
+    """`fit()` on a thread of its own while the window says how long it has been fitting.
+
+    A fit with earlier sittings reads the last one through the networks (the first time) and
+    chooses again over all their frames: 11 s on this 2-core machine with 3 earlier sittings
+    of 16 targets × 30 frames (2026-12-07). Run on the window's thread, the full-screen window
+    took no events for all that time, which macOS answers with its spinning cursor and a
+    "not responding" offer to force quit, over a picture that said only "Fitting...". HighGUI
+    stays on this thread (Cocoa wants its windows on the main one); keys are read and
+    dropped: a fit cannot be cancelled halfway, and its files are written atomically. What
+    `fit` raises is raised here."""
+    done: dict[str, object] = {}
+
+    def work() -> None:
+        try:
+            done["value"] = fit()
+        except BaseException as e:  # handed to the window's thread, raised there
+            done["error"] = e
+
+    worker = threading.Thread(target=work, name="gazeloop-calibration-fit", daemon=True)
+    start = time.monotonic()
+    worker.start()
+    while worker.is_alive():
+        took = time.monotonic() - start
+        msg = f"Fitting the calibration: {took:.0f} s"
+        display.show(render_dot(DotView(size, None, 0.0, message=msg)), FIT_PUMP_MS)
+    worker.join()
+    if "error" in done:
+        raise done["error"]  # type: ignore[misc]
+    return done["value"]  # type: ignore[return-value]
 
 
 def _continues(wait_s: float | None) -> str:

@@ -3,6 +3,7 @@ live view's status strip, checked on the pictures the pure renderers draw (no di
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -212,3 +213,62 @@ def test_the_strip_keeps_its_height_while_the_status_takes_one_line_or_two():
     one, two = _live("29.4 fps  fast path 15.7 ms"), _live(STATUS)
     assert one.shape == two.shape
     assert _live(f"{STATUS}  {STATUS}").shape[0] > two.shape[0]  # more lines: a taller strip
+
+
+class _CountingDisplay(_Display):
+    """Counts the pictures shown, and lets a test wait until the window has taken `n`."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.fitting: list[str] = []
+        self.last: str | None = None  # the message of the picture being shown
+        self.seen = threading.Event()
+        self.n = n
+
+    def show(self, img, wait_ms=1):
+        if self.last and self.last.startswith("Fitting"):
+            self.fitting.append(self.last)
+            if len(self.fitting) >= self.n:
+                self.seen.set()
+        return -1
+
+
+def test_the_window_takes_its_events_while_the_fit_runs(tmp_path, monkeypatch):
+    """The fit ran on the window's thread: a full-screen window that took no events for the
+    fit's seconds (macOS: a spinning cursor, "not responding"). Now the fit waits here until
+    the window has shown the fitting picture three times, which it cannot while the fit
+    holds the window's thread; and what the fit raises still reaches the caller."""
+    display = _CountingDisplay(3)
+    real = grid.render_dot
+
+    def render(v):
+        display.last = v.message
+        return real(v)
+
+    monkeypatch.setattr(grid, "render_dot", render)
+
+    def finish(*a, **k):
+        pumped = display.seen.wait(timeout=10)
+        raise UserError(f"fit done; the window pumped meanwhile: {pumped}")
+
+    monkeypatch.setattr(grid, "finish", finish)
+    cfg = ProcedureConfig(n_targets=9, settle_s=0.0, collect_s=1.0, frames=1, min_frames=1)
+    with pytest.raises(UserError, match="pumped meanwhile: True"):
+        grid.calibrate_on_screen(
+            _frames(40),
+            _FastPath(),
+            cfg,
+            ScreenGeometry(px=(1366, 768)),
+            display,
+            _Clock(),
+            user="u",
+            device="d",
+            session_dir=tmp_path / "session",
+            profile_out=tmp_path / "profile.json",
+            source_desc="camera 0",
+            ready_s=0.0,
+            result_wait_s=1.0,
+        )
+    assert all(
+        m.startswith("Fitting the calibration: ") and m.endswith(" s") for m in display.fitting
+    )
