@@ -57,7 +57,7 @@ from gazeloop.trainer.checkpoint import (
     trainer_state,
 )
 from gazeloop.trainer.config import TrainConfig, TrainError
-from gazeloop.trainer.datasets import GazeData, load_data, real_path
+from gazeloop.trainer.datasets import DataSource, GazeData, load_data, real_path
 from gazeloop.trainer.episodes import LossParts, episode_loss, make_batch, sample_episode
 from gazeloop.trainer.export import card_path_for
 from gazeloop.trainer.logs import MetricsLog, Progress, strict_json
@@ -255,13 +255,38 @@ def _check_sources(out_dir: Path, was: dict[str, Any], cfg: TrainConfig) -> None
     if "data" not in was:  # a state written before configs were saved whole
         return
     for key in ("data", "holdout"):
-        before = sorted(str(real_path(d["path"])) for d in was.get(key) or [])
-        now = sorted(str(real_path(d.path)) for d in getattr(cfg, key))
-        if before != now:
+        try:
+            saved = [DataSource.model_validate(d) for d in was.get(key) or []]
+        except ValidationError as e:
+            raise TrainError(f"{out_dir}: the run's saved {key} does not read: {e}") from None
+        before = {_source_key(d): d for d in saved}
+        now = {_source_key(d): d for d in getattr(cfg, key)}
+        if sorted(before) != sorted(now):
             raise TrainError(
-                f"{out_dir} was trained with {key} {before}, not {now}: resume it on the same "
-                "sources, or train on these in a new --out folder"
+                f"{out_dir} was trained with {key} {sorted(before)}, not {sorted(now)}: resume "
+                "it on the same sources, or train on these in a new --out folder"
             )
+        for path, d in now.items():
+            differ = _read_otherwise(before[path], d)
+            if differ:
+                raise TrainError(
+                    f"{out_dir} read {key} {path} with {differ}: resume it with the same "
+                    "options (a selfie view read the other way trains on mirrored labels)"
+                )
+
+
+def _source_key(d: DataSource) -> str:
+    return str(real_path(d.path))
+
+
+def _read_otherwise(was: DataSource, now: DataSource) -> str:
+    """How `now` reads the same folder otherwise than `was` did ('' when alike): mirroring,
+    screen size, person, weights, the folders left out."""
+    a, b = was.model_dump(mode="json"), now.model_dump(mode="json")
+    a["exclude"] = sorted(str(real_path(p)) for p in was.exclude)
+    b["exclude"] = sorted(str(real_path(p)) for p in now.exclude)
+    keys = sorted(k for k in a if k != "path" and a[k] != b[k])
+    return "; ".join(f"{k} {a[k]!r} (now {b[k]!r})" for k in keys)
 
 
 def _end_processes(accelerator: Any) -> None:

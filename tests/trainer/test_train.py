@@ -584,3 +584,28 @@ def test_a_resume_that_fails_while_keeping_its_rows_loses_no_history(tmp_path, m
     MetricsLog(tmp_path, cfg, 2).close()
     with open(tmp_path / METRICS, newline="") as f:
         assert [r["step"] for r in csv.DictReader(f)] == ["1", "2"]
+
+
+@pytest.mark.slow
+def test_a_resume_reading_the_same_folder_otherwise_is_refused(base_model, tmp_path):
+    """Only the folders were compared: a resume without --mirrored went on training the
+    selfie-view session read unmirrored, its labels on the other side of the screen."""
+    from gazeloop.trainer.datasets import DataSource
+
+    data = GazeData(samples=synth())
+    out = tmp_path / "run"
+    first = [DataSource(path=tmp_path / "p1_s00", mirrored=True, screen_px=(1512, 945))]
+    train(
+        config(out, max_steps=2, data=first),
+        data=data,
+        model=copy.deepcopy(base_model),
+        progress=False,
+    )
+    before = files_snapshot(out)
+    other = [DataSource(path=tmp_path / "p1_s00", screen_px=(1512, 945))]
+    with pytest.raises(TrainError, match=r"read data .*p1_s00 with mirrored True \(now None\)"):
+        train(config(out, max_steps=3, resume=True, data=other), data=data, progress=False)
+    assert files_snapshot(out) == before
+    same = [DataSource(path=tmp_path / "p1_s00", mirrored=True, screen_px=(1512, 945))]
+    rest = train(config(out, max_steps=3, resume=True, data=same), data=data, progress=False)
+    assert rest["steps"] == 3
