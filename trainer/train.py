@@ -281,12 +281,20 @@ def _source_key(d: DataSource) -> str:
 
 def _read_otherwise(was: DataSource, now: DataSource) -> str:
     """How `now` reads the same folder otherwise than `was` did ('' when alike): mirroring,
-    screen size, person, weights, the folders left out."""
-    a, b = was.model_dump(mode="json"), now.model_dump(mode="json")
-    a["exclude"] = sorted(str(real_path(p)) for p in was.exclude)
-    b["exclude"] = sorted(str(real_path(p)) for p in now.exclude)
-    keys = sorted(k for k in a if k != "path" and a[k] != b[k])
+    screen size, person, weights, the folders left out. What each leaves to a default that
+    gives the same reading is alike (no split is the train split; `auto` finds the kind)."""
+    a, b = _as_read(was), _as_read(now)
+    if "auto" in (a["kind"], b["kind"]):
+        a.pop("kind"), b.pop("kind")
+    keys = sorted(k for k in a if a[k] != b[k])
     return "; ".join(f"{k} {a[k]!r} (now {b[k]!r})" for k in keys)
+
+
+def _as_read(d: DataSource) -> dict[str, Any]:
+    out = d.model_dump(mode="json", exclude={"path"})
+    out["split"] = d.split or "train"  # what the readers read without one
+    out["exclude"] = sorted(str(real_path(p)) for p in d.exclude)
+    return out
 
 
 def _end_processes(accelerator: Any) -> None:

@@ -524,6 +524,32 @@ def _run_train(args: argparse.Namespace) -> int:
         summary = train(cfg)  # progress on stderr: --json's summary is stdout's alone
     except (TrainError, CheckpointError) as e:
         raise UserError(str(e)) from None
+    out = _train_summary(summary, exports)
+    ok = summary["stopped"] == "finished" or str(summary["stopped"]).startswith("early")
+    if not summary.get("main_process", True):  # the main one exports, registers, reports
+        if summary.get("signal"):  # every process says it was interrupted, as the main one
+            return 128 + int(summary["signal"])
+        return 0 if ok else 1
+    out["promoted"] = False
+    if summary.get("signal"):  # interrupted: nothing to judge yet; the run says how to go on
+        out["gate"] = {"promoted": False, "reason": "interrupted before the end; not exported"}
+        print(json.dumps(out, default=str) if args.json else _readable(out))
+        return 128 + int(summary["signal"])
+    if args.export and summary.get("best_checkpoint"):
+        out["export"] = _ship(cfg, summary, args)
+        out["promoted"] = out["export"]["promoted"]
+        out["gate"] = out["export"].pop("gate")
+    elif args.export:
+        out["gate"] = {"promoted": False, "reason": "no best checkpoint to export"}
+    else:
+        out["gate"] = {"promoted": False, "reason": "not exported (pass --export)"}
+    print(json.dumps(out, default=str) if args.json else _readable(out))
+    return 0 if ok else 1
+
+
+def _train_summary(summary: dict, exports) -> dict:
+    """What `train` prints (and `--json` writes) of the trainer's summary; the gate's verdict
+    is added by the caller."""
     out = {
         "epochs": summary["epochs"],
         "steps": summary["steps"],
@@ -548,26 +574,7 @@ def _run_train(args: argparse.Namespace) -> int:
         out["labels"] = [e.summary(by_unit) for e in exports]
         if summary.get("excluded_persons"):  # e.g. a store with too few targets to train
             out["excluded_persons"] = summary["excluded_persons"]
-    ok = summary["stopped"] == "finished" or str(summary["stopped"]).startswith("early")
-    if not summary.get("main_process", True):  # the main one exports, registers, reports
-        if summary.get("signal"):  # every process says it was interrupted, as the main one
-            return 128 + int(summary["signal"])
-        return 0 if ok else 1
-    out["promoted"] = False
-    if summary.get("signal"):  # interrupted: nothing to judge yet; the run says how to go on
-        out["gate"] = {"promoted": False, "reason": "interrupted before the end; not exported"}
-        print(json.dumps(out, default=str) if args.json else _readable(out))
-        return 128 + int(summary["signal"])
-    if args.export and summary.get("best_checkpoint"):
-        out["export"] = _ship(cfg, summary, args)
-        out["promoted"] = out["export"]["promoted"]
-        out["gate"] = out["export"].pop("gate")
-    elif args.export:
-        out["gate"] = {"promoted": False, "reason": "no best checkpoint to export"}
-    else:
-        out["gate"] = {"promoted": False, "reason": "not exported (pass --export)"}
-    print(json.dumps(out, default=str) if args.json else _readable(out))
-    return 0 if ok else 1
+    return out
 
 
 def _ship(cfg, summary, args) -> dict:
