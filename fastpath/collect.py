@@ -187,7 +187,36 @@ def _run_frames(session: Session, fp: FastPath, unmirror: bool) -> tuple[list, l
             frames.append(row)
             samples.append(s)
         skipped = [{"file": r.file, "why": r.why} for r in src.skipped]
+    _judge_warmup_blinks(frames, samples, fp)
     return frames, skipped, samples
+
+
+def _judge_warmup_blinks(frames: list[dict], samples: list[GazeSample], fp: FastPath) -> None:
+    """The blink rule judges a frame against the person's usual aperture, which it learns
+    from the first few open-eyed frames (`fastpath.blink`): live, the first fraction of a
+    second, judged by the floor alone. Of a session read whole those may be any stills, and
+    a half-blink among them was kept: one sitting whose targets came in another order put
+    its half-blink first and read it 546 px off (mean 96 px against 64 in its own order).
+    Here they are judged again against the usual aperture the whole session gave, as every
+    later frame was, so the order of the stills does not decide which ones count."""
+    blinks = fp.blinks
+    ref = blinks.reference
+    if ref is None:
+        return
+    seen = 0
+    for row, s in zip(frames, samples, strict=True):
+        f = s.features
+        if f is None or not s.quality.face:
+            continue
+        left, right = f.left.aperture, f.right.aperture
+        if not (np.isfinite(left) and np.isfinite(right)) or min(left, right) < blinks.floor:
+            continue  # shut: judged by the floor, and never part of the reference
+        seen += 1
+        if seen > blinks.warmup:
+            return
+        if "features" in row and 0.5 * (left + right) < blinks.relative * ref:
+            del row["features"]
+            row["why"] = "eyes closed (blink)"
 
 
 def _named_features(s: GazeSample) -> dict[str, float]:

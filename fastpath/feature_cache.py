@@ -40,9 +40,9 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 2
 # The modules whose code decides a cached feature's value.
 _FEATURE_CODE = (
-    "collect", "eye_geometry", "face_onnx", "features", "gaze_model", "headpose", "protowire",
-    "ir_onnx", "landmarks", "pipeline", "providers", "sessions", "tflite_onnx",
-    "tflite_reader", "types",
+    "blink", "collect", "eye_geometry", "face_onnx", "features", "gaze_model", "headpose",
+    "protowire", "ir_onnx", "landmarks", "pipeline", "providers", "sessions", "sources",
+    "tflite_onnx", "tflite_reader", "types",
 )  # fmt: skip
 
 

@@ -7,7 +7,9 @@ this sitting's four), a half-blink in another sitting and corners4's closed eyes
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 
 import pytest
 
@@ -107,4 +109,24 @@ def test_a_half_blink_among_stills_is_still_a_blink(shared, fp):
     # apart, so the fast path resets its tracking between them: the reference must survive.
     col = collect_session(shared / "data/evit/p2_s03", fp)
     assert list(_rejected(col).values()) == ["eyes closed (blink)"]
+    assert len(col.samples) == 15
+
+
+def test_a_half_blink_first_among_stills_is_a_blink_too(shared, fp, tmp_path):
+    """The rule learns the person's usual aperture from the first open-eyed frames and only
+    then judges against it: p2_s03 with its half-blink still taken first (its targets come
+    in another order) kept it, read 800 px off. A session read whole judges those first
+    frames again against what the whole session gave, so the order decides nothing."""
+    src = shared / "data/evit/p2_s03"
+    (blink,) = _rejected(collect_session(src, fp))
+    first = min(int(p.stem.removeprefix("img_")) for p in src.glob("img_*.jpg"))
+    moved = f"img_{first - 1000}"
+    for p in src.iterdir():
+        stem = moved if p.name.startswith(blink.removesuffix(".jpg") + ".") else p.stem
+        shutil.copy(p, tmp_path / f"{stem}{p.suffix}")
+    record = json.loads((tmp_path / f"{moved}.json").read_text())
+    (tmp_path / f"{moved}.json").write_text(json.dumps({**record, "timestamp": first - 1000}))
+    col = collect_session(tmp_path, fp)
+    assert [ls.name for ls in col.samples][:1] != [f"{moved}.jpg"]
+    assert _rejected(col) == {f"{moved}.jpg": "eyes closed (blink)"}
     assert len(col.samples) == 15
