@@ -491,8 +491,14 @@ def evaluate_sitting(
     screen = session_screen(session)
     ev, choice, v = evaluate_session(session, fp, screen)
     basis = "session"
-    if screen is None:  # no manifest: the calibration grid's layout, as `gazeloop eval`
-        screen, basis = ScreenGeometry.from_targets(v.frames.labels_px), "targets (no session.json)"
+    if screen is None:
+        # No manifest: equal margins around the targets, as `bench loop --session` and
+        # `oracle eval` take it. The targets' bounding box (from_targets) keeps the origin
+        # at the screen's corner, so the targets of the right and bottom edges lay beyond it
+        # and every point shown was clamped short of them (grid9's profile on a copy of
+        # itself: 42.9 px on its eval targets, 33.8 on the equal-margins screen).
+        px = screen_from_targets(v.frames.labels_px)
+        screen, basis = ScreenGeometry(px=px), "targets with equal margins (no session.json)"
     prof = profile_from_choice(ev, choice, screen, session, fp, v)
     return Sitting(session, screen, basis, ev, prof)
 
