@@ -116,6 +116,8 @@ def apply_profile(
     missing = v.frames.lacks(prof.features)
     if missing:
         raise UserError(f"{session.folder}: frames lack the profile's features {missing}")
+    if screen is None:
+        _note_targets_beyond(session, prof, v.frames.labels_px)
     x = v.frames.matrix(prof.features)
     mapping = mapping_from_params(prof.mapping.name, prof.mapping.params)
     try:
@@ -150,6 +152,23 @@ def _note_other_screen(path: Path, prof: Profile, screen: ScreenGeometry | None)
             "points are read as the same fractions of this screen",
             file=sys.stderr,
         )
+
+
+def _note_targets_beyond(session: Session, prof: Profile, labels_px) -> None:
+    """A session without session.json is taken to be on the profile's screen; targets
+    beyond that screen say it was another one, and every point shown there is clamped to
+    the profile's edge (a 2560-wide session on a 1512-wide profile read 644 px with no
+    word). Said (stderr), since only the person knows the screen."""
+    w, h = prof.screen.px
+    far = labels_px.max(axis=0) if len(labels_px) else None
+    if far is None or (far[0] <= w + 1 and far[1] <= h + 1):
+        return
+    print(
+        f"note: {session.folder} has no session.json and targets up to "
+        f"({far[0]:.0f}, {far[1]:.0f}) px, beyond the profile's {w}x{h} screen: points are "
+        "shown clamped to it; give --screen-px W H if this session was on another screen",
+        file=sys.stderr,
+    )
 
 
 def load_profile(path: Path, fp: LazyFastPath) -> Profile:

@@ -558,6 +558,14 @@ def test_a_profile_reads_unstated_frames_as_its_own_were(grid9, tmp_path):
     rc, out, err = cli("eval", col, "--profile", prof, "--screen-px", 1280, 720, "--json")
     assert rc == 0 and json.loads(out)["screen_px"] == [1280, 720]
     assert f"fitted on a {px[0]}x{px[1]} screen and this session is 1280x720" in err
+    # Without a session.json the profile's screen is taken, and targets beyond it say that
+    # was another screen (clamped at its edge, a wider session read 644 px with no word).
+    rc, _, err = cli("eval", col, "--profile", prof, "--json")
+    assert rc == 0 and "note:" not in err, err
+    for path in col.glob("*.json"):
+        path.write_text(json.dumps({**json.loads(path.read_text()), "screen_x": px[0] + 500}))
+    rc, _, err = cli("eval", col, "--profile", prof, "--json")
+    assert rc == 0 and f"beyond the profile's {px[0]}x{px[1]} screen" in err, err
 
 
 def test_the_lag_is_measured_on_the_frames_the_mapping_can_read():
