@@ -51,18 +51,31 @@ class Collected:
 
 
 def target_ids(session: Session) -> list[int]:
-    """A target id per item: the record's own `target` field when it has one (importers
-    write it), else one id per distinct label, rounded to the pixel."""
-    ids: list[int] = []
-    seen: dict[tuple, int] = {}
-    for it in session.items:
+    """A target id per item: items share one when they share the record's own `target`
+    field (importers write it) or a label, rounded to the pixel. A place looked at twice
+    under two numbers (a recorder that numbers clicks, not places) is one target: held out
+    under one number, the frames under the other sat in the fit at the very same place, and
+    leave-one-target-out read 36 px where it reads 74 with the place held out whole."""
+    parent: list[int] = []
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[tuple, int] = {}
+    for n, it in enumerate(session.items):
+        parent.append(n)
         extra = it.record.model_extra or {}
+        keys = [("xy", round(it.record.screen_x), round(it.record.screen_y))]
         if isinstance(extra.get("target"), int):
-            key: tuple = ("t", extra["target"])
-        else:
-            key = ("xy", round(it.record.screen_x), round(it.record.screen_y))
-        ids.append(seen.setdefault(key, len(seen)))
-    return ids
+            keys.append(("t", extra["target"]))
+        for key in keys:
+            m = first.setdefault(key, n)
+            parent[root(n)] = root(m)
+    ids: dict[int, int] = {}
+    return [ids.setdefault(root(n), len(ids)) for n in range(len(parent))]
 
 
 class LazyFastPath:
