@@ -555,7 +555,7 @@ def bench_transfer(
         "targets": r.targets,
         "screen_px": list(screen),
         "screen_basis": nxt.screen_basis,
-        **_oracle_settings(opts),
+        **_oracle_settings(opts, real_clicks=opts.oracle == "clicks"),
         "label_targets": s0["label_targets"],
         "eval_targets": s0["eval_targets"],
         "eval_frames": s0["eval_frames"],
@@ -701,8 +701,9 @@ def _common(
     }
 
 
-def _oracle_settings(opts: LoopBenchOptions) -> dict[str, Any]:
-    # The simulated oracle's settings; clicks have none (null).
+def _oracle_settings(opts: LoopBenchOptions, *, real_clicks: bool = False) -> dict[str, Any]:
+    # The simulated oracle's settings; clicks have none (null). A sitting's recorded clicks
+    # are one stream of the clicks there are: no stream length, no seeds (`labels_fed`).
     return {
         **{
             k: (v if opts.oracle == "simulated" else None)
@@ -712,8 +713,8 @@ def _oracle_settings(opts: LoopBenchOptions) -> dict[str, Any]:
                 ("outlier_rate", opts.outlier_rate),
             )
         },
-        "n_labels": opts.labels,
-        "seeds": opts.seeds,
+        "n_labels": None if real_clicks else opts.labels,
+        "seeds": None if real_clicks else opts.seeds,
     }
 
 

@@ -475,3 +475,7 @@ def test_a_session_without_a_manifest_is_on_the_equal_margins_screen(shared, tmp
     assert out["screen_basis"] == "targets with equal margins (no session.json)"
     # In-sample on the same frames: no worse than each target left out of the fit.
     assert out["error_drifted_px"] <= out["error_before_px"] + 1.0
+    assert (out["n_labels"], out["seeds"]) == (60, 2)
+    # The recorded stills as clicks: one stream, no stream length or seeds beside it.
+    clicks = run_json(capsys, "--session", copy, "--calibrate-on", grid9, "--oracle", "clicks")
+    assert clicks["labels_fed"] > 0 and (clicks["n_labels"], clicks["seeds"]) == (None, None)
