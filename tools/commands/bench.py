@@ -420,7 +420,9 @@ def run_loop(args: argparse.Namespace) -> int:
             "bench loop: --label-targets picks the targets that feed a loop calibrated on "
             "another sitting; give --calibrate-on (or --sittings)"
         )
-    with Progress(f"bench loop, {opts.seeds} label streams per case"):
+    real = args.calibrate_on is not None and opts.oracle == "clicks"
+    streams = "its recorded clicks, one stream" if real else f"{opts.seeds} label streams per case"
+    with Progress(f"bench loop, {streams}"):
         out = bench_sessions(
             args.session,
             args.calibrate_on,
