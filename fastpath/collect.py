@@ -212,13 +212,13 @@ def _judge_warmup_blinks(frames: list[dict], samples: list[GazeSample], fp: Fast
     its half-blink first and read it 546 px off (mean 96 px against 64 in its own order).
     Here they are judged again against the usual aperture the whole session gave, as every
     later frame was, so the order of the stills does not decide which ones count."""
-    blinks = fp.blinks
-    ref = blinks.reference
+    blinks = getattr(fp, "blinks", None)  # a stand-in fast path may judge none
+    ref = None if blinks is None else blinks.reference
     if ref is None:
         return
     seen = 0
     for row, s in zip(frames, samples, strict=True):
-        f = s.features
+        f = getattr(s, "features", None)
         if f is None or not s.quality.face:
             continue
         left, right = f.left.aperture, f.right.aperture
