@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import threading
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -214,6 +215,7 @@ def finish(
     frames_written: int,
     extra_report: dict | None = None,
     replaces: bool | None = None,
+    cancelled: threading.Event | None = None,
 ) -> CalibrationResult:
     """Fit, evaluate, save the profile, the plot and a JSON report beside the session.
 
@@ -265,6 +267,10 @@ def finish(
     useless = _no_better_than_guessing(ev)
     # `replaces`: a profile is in use (run's c key), whatever file this one would go to.
     keep_old = useless is not None and (profile_out.is_file() if replaces is None else replaces)
+    if cancelled is not None and cancelled.is_set():
+        # Stopped while fitting (Ctrl-C at the window): a profile saved after that would
+        # replace the one in use behind the person's back.
+        raise UserError(f"calibration stopped while fitting; {profile_out} is unchanged")
     saved = None if keep_old else prof.save(profile_out)
     history = prof.fit.history
     if history is not None:

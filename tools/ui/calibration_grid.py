@@ -290,7 +290,7 @@ def calibrate_on_screen(
             res = fit_in_view(
                 display,
                 screen.px,
-                lambda: finish(
+                lambda stop: finish(
                     out.run,
                     fp,
                     screen,
@@ -300,6 +300,7 @@ def calibrate_on_screen(
                     profile_out=profile_out,
                     frames_written=writer.written,
                     replaces=replaces,
+                    cancelled=stop,
                 ),
             )
         except UserError as e:
@@ -317,8 +318,10 @@ def calibrate_on_screen(
         display.fullscreen(False)
 
 
-def fit_in_view(display: CvDisplay, size: tuple[int, int], fit: Callable[[], _T]) -> _T:
-    """`fit()` on a thread of its own while the window says how long it has been fitting.
+def fit_in_view(
+    display: CvDisplay, size: tuple[int, int], fit: Callable[[threading.Event], _T]
+) -> _T:
+    """`fit(stop)` on a thread of its own while the window says how long it has been fitting.
 
     A fit with earlier sittings reads the last one through the networks (the first time) and
     chooses again over all their frames: 11 s on this 2-core machine with 3 earlier sittings
@@ -326,27 +329,37 @@ def fit_in_view(display: CvDisplay, size: tuple[int, int], fit: Callable[[], _T]
     took no events for all that time, which macOS answers with its spinning cursor and a
     "not responding" offer to force quit, over a picture that said only "Fitting...". HighGUI
     stays on this thread (Cocoa wants its windows on the main one); keys are read and
-    dropped: a fit cannot be cancelled halfway, and its files are written atomically. What
-    `fit` raises is raised here."""
+    dropped. Ctrl-C here sets `stop`, which `fit` checks before it saves anything, and waits
+    for the fit to end (a second Ctrl-C does not wait): left running, the fit saved its
+    profile after the person had stopped. What `fit` raises is raised here."""
     done: dict[str, object] = {}
+    stop = threading.Event()
 
     def work() -> None:
         try:
-            done["value"] = fit()
+            done["value"] = fit(stop)
         except BaseException as e:  # handed to the window's thread, raised there
             done["error"] = e
 
     worker = threading.Thread(target=work, name="gazeloop-calibration-fit", daemon=True)
     start = time.monotonic()
     worker.start()
-    while worker.is_alive():
-        took = time.monotonic() - start
-        msg = f"Fitting the calibration: {took:.0f} s"
-        display.show(render_dot(DotView(size, None, 0.0, message=msg)), FIT_PUMP_MS)
-    worker.join()
+    try:
+        _pump_while(worker, display, size, lambda s: f"Fitting the calibration: {s:.0f} s", start)
+    except BaseException:
+        stop.set()
+        _pump_while(worker, display, size, lambda s: "Stopping: the fit ends first", start)
+        raise
     if "error" in done:
         raise done["error"]  # type: ignore[misc]
     return done["value"]  # type: ignore[return-value]
+
+
+def _pump_while(worker, display, size, say: Callable[[float], str], start: float) -> None:
+    """The window's events taken, and `say(seconds)` shown, until `worker` has ended."""
+    while worker.is_alive():
+        msg = say(time.monotonic() - start)
+        display.show(render_dot(DotView(size, None, 0.0, message=msg)), FIT_PUMP_MS)
 
 
 def _continues(wait_s: float | None) -> str:

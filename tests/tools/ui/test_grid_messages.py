@@ -272,3 +272,58 @@ def test_the_window_takes_its_events_while_the_fit_runs(tmp_path, monkeypatch):
     assert all(
         m.startswith("Fitting the calibration: ") and m.endswith(" s") for m in display.fitting
     )
+
+
+class _InterruptedDisplay(_CountingDisplay):
+    """Ctrl-C on the third fitting picture, as KeyboardInterrupt reaches the window's loop."""
+
+    def show(self, img, wait_ms=1):
+        super().show(img, wait_ms)
+        if len(self.fitting) == 3 and not getattr(self, "interrupted", False):
+            self.interrupted = True
+            raise KeyboardInterrupt
+        return -1
+
+
+def test_ctrl_c_while_fitting_stops_the_fit_before_it_saves(tmp_path, monkeypatch):
+    """Ctrl-C reached the caller and the fit went on beside it: it saved its profile after
+    the person had stopped (over the one `run` was using). Now the fit is told to stop, the
+    window waits for it, and nothing is saved."""
+    display = _InterruptedDisplay(3)
+    real = grid.render_dot
+
+    def render(v):
+        display.last = v.message
+        return real(v)
+
+    monkeypatch.setattr(grid, "render_dot", render)
+    profile = tmp_path / "profile.json"
+    seen: dict[str, bool] = {}
+
+    def finish(*a, cancelled, **k):
+        seen["told"] = cancelled.wait(timeout=10)
+        if not cancelled.is_set():
+            profile.write_text("{}")
+        seen["ended"] = True
+        raise UserError("stopped")
+
+    monkeypatch.setattr(grid, "finish", finish)
+    cfg = ProcedureConfig(n_targets=9, settle_s=0.0, collect_s=1.0, frames=1, min_frames=1)
+    with pytest.raises(KeyboardInterrupt):
+        grid.calibrate_on_screen(
+            _frames(40),
+            _FastPath(),
+            cfg,
+            ScreenGeometry(px=(1366, 768)),
+            display,
+            _Clock(),
+            user="u",
+            device="d",
+            session_dir=tmp_path / "session",
+            profile_out=profile,
+            source_desc="camera 0",
+            ready_s=0.0,
+        )
+    assert seen == {"told": True, "ended": True}
+    assert not profile.exists()
+    assert display.last == "Stopping: the fit ends first"
