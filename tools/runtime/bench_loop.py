@@ -488,17 +488,18 @@ def evaluate_sitting(
         session = read_session(folder, screen_px=screen_px, mirrored=mirrored)
     except SessionError as e:
         raise UserError(str(e)) from None
-    screen = session_screen(session)
-    ev, choice, v = evaluate_session(session, fp, screen)
-    basis = "session"
+    screen, basis = session_screen(session), "session"
     if screen is None:
         # No manifest: equal margins around the targets, as `bench loop --session` and
-        # `oracle eval` take it. The targets' bounding box (from_targets) keeps the origin
-        # at the screen's corner, so the targets of the right and bottom edges lay beyond it
-        # and every point shown was clamped short of them (grid9's profile on a copy of
-        # itself: 42.9 px on its eval targets, 33.8 on the equal-margins screen).
-        px = screen_from_targets(v.frames.labels_px)
+        # `oracle eval` take it, chosen before the fit so that the choice, its leave-one-
+        # target-out and the profile share its units. The targets' bounding box
+        # (`from_targets`) keeps the origin at the screen's corner, so the targets of the
+        # right and bottom edges lay beyond it and the profile's points were clamped short
+        # of them, while the sitting's own error was not clamped at all (grid9 at 640x360
+        # on grid9's profile: 117 px before the drift; 80 now, as with --screen-px given).
+        px = screen_from_targets(np.array([it.label_px for it in session.items]))
         screen, basis = ScreenGeometry(px=px), "targets with equal margins (no session.json)"
+    ev, choice, v = evaluate_session(session, fp, screen)
     prof = profile_from_choice(ev, choice, screen, session, fp, v)
     return Sitting(session, screen, basis, ev, prof)
 
