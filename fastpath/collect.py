@@ -210,8 +210,10 @@ def _judge_warmup_blinks(frames: list[dict], samples: list[GazeSample], fp: Fast
     second, judged by the floor alone. Of a session read whole those may be any stills, and
     a half-blink among them was kept: one sitting whose targets came in another order put
     its half-blink first and read it 546 px off (mean 96 px against 64 in its own order).
-    Here they are judged again against the usual aperture the whole session gave, as every
-    later frame was, so the order of the stills does not decide which ones count."""
+    Here they are judged again against the reference the session ended with (its last
+    `window` open-eyed frames), as every later frame was, so the order of the stills does
+    not decide which ones count. The row decides (a frame judged a blink here keeps its
+    sample's `quality.blink` False: nothing reads it past this point)."""
     blinks = getattr(fp, "blinks", None)  # a stand-in fast path may judge none
     ref = None if blinks is None else blinks.reference
     if ref is None:

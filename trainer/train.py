@@ -259,19 +259,21 @@ def _check_sources(out_dir: Path, was: dict[str, Any], cfg: TrainConfig) -> None
             saved = [DataSource.model_validate(d) for d in was.get(key) or []]
         except ValidationError as e:
             raise TrainError(f"{out_dir}: the run's saved {key} does not read: {e}") from None
-        before = {_source_key(d): d for d in saved}
-        now = {_source_key(d): d for d in getattr(cfg, key)}
-        if sorted(before) != sorted(now):
+        given = getattr(cfg, key)
+        was_keys, now_keys = sorted(map(_source_key, saved)), sorted(map(_source_key, given))
+        if was_keys != now_keys:
             raise TrainError(
-                f"{out_dir} was trained with {key} {sorted(before)}, not {sorted(now)}: resume "
-                "it on the same sources, or train on these in a new --out folder"
+                f"{out_dir} was trained with {key} {was_keys}, not {now_keys}: resume it on "
+                "the same sources, or train on these in a new --out folder"
             )
-        for path, d in now.items():
-            differ = _read_otherwise(before[path], d)
+        before = {_source_key(d): d for d in saved}
+        for d in given:
+            differ = _read_otherwise(before[_source_key(d)], d)
             if differ:
+                why = " (a selfie view read the other way trains on mirrored labels)"
                 raise TrainError(
-                    f"{out_dir} read {key} {path} with {differ}: resume it with the same "
-                    "options (a selfie view read the other way trains on mirrored labels)"
+                    f"{out_dir} read {key} {_source_key(d)} with {differ}: resume it with the "
+                    f"same options{why if 'mirrored' in differ else ''}"
                 )
 
 
@@ -281,8 +283,9 @@ def _source_key(d: DataSource) -> str:
 
 def _read_otherwise(was: DataSource, now: DataSource) -> str:
     """How `now` reads the same folder otherwise than `was` did ('' when alike): mirroring,
-    screen size, person, weights, the folders left out. What each leaves to a default that
-    gives the same reading is alike (no split is the train split; `auto` finds the kind)."""
+    screen size, person, weights, the folders left out. Options that read the same are
+    alike: no split is the train split, `auto` finds the kind, unset mirroring is none, and
+    a session.json's screen and mirroring win over the options (the command says so)."""
     a, b = _as_read(was), _as_read(now)
     if "auto" in (a["kind"], b["kind"]):
         a.pop("kind"), b.pop("kind")
@@ -293,7 +296,10 @@ def _read_otherwise(was: DataSource, now: DataSource) -> str:
 def _as_read(d: DataSource) -> dict[str, Any]:
     out = d.model_dump(mode="json", exclude={"path"})
     out["split"] = d.split or "train"  # what the readers read without one
+    out["mirrored"] = bool(d.mirrored)
     out["exclude"] = sorted(str(real_path(p)) for p in d.exclude)
+    if (Path(d.path) / "session.json").is_file():
+        del out["screen_px"], out["mirrored"]
     return out
 
 

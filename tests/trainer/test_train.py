@@ -603,9 +603,31 @@ def test_a_resume_reading_the_same_folder_otherwise_is_refused(base_model, tmp_p
     )
     before = files_snapshot(out)
     other = [DataSource(path=tmp_path / "p1_s00", screen_px=(1512, 945))]
-    with pytest.raises(TrainError, match=r"read data .*p1_s00 with mirrored True \(now None\)"):
+    with pytest.raises(TrainError, match=r"read data .*p1_s00 with mirrored True \(now False\)"):
         train(config(out, max_steps=3, resume=True, data=other), data=data, progress=False)
     assert files_snapshot(out) == before
     same = [DataSource(path=tmp_path / "p1_s00", mirrored=True, screen_px=(1512, 945))]
     rest = train(config(out, max_steps=3, resume=True, data=same), data=data, progress=False)
+    assert rest["steps"] == 3
+
+
+@pytest.mark.slow
+def test_a_resume_without_options_a_session_json_overrides_goes_on(base_model, tmp_path):
+    """A session.json gives the screen and the mirroring whatever the flags say (`train`
+    says --screen-px is ignored there): a resume without the ignored flag reads the same."""
+    from gazeloop.trainer.datasets import DataSource
+
+    data = GazeData(samples=synth())
+    out, folder = tmp_path / "run", tmp_path / "p1_s00"
+    folder.mkdir()
+    (folder / "session.json").write_text("{}")
+    first = [DataSource(path=folder, screen_px=(1512, 945), mirrored=True)]
+    train(
+        config(out, max_steps=2, data=first),
+        data=data,
+        model=copy.deepcopy(base_model),
+        progress=False,
+    )
+    again = [DataSource(path=folder)]
+    rest = train(config(out, max_steps=3, resume=True, data=again), data=data, progress=False)
     assert rest["steps"] == 3
