@@ -181,6 +181,16 @@ def test_a_resume_with_an_unreadable_metrics_log_keeps_it_aside_and_goes_on(base
     assert rows[0].startswith("kind,step") and rows[1].startswith("train,3,")
 
 
+def _two_steps(out, sources, data, base_model) -> None:
+    """A run of two steps on `sources` (their frames are `data`'s) in `out`, to resume."""
+    train(
+        config(out, max_steps=2, data=sources),
+        data=data,
+        model=copy.deepcopy(base_model),
+        progress=False,
+    )
+
+
 @pytest.mark.slow
 def test_a_resume_on_other_data_is_refused_before_anything_is_written(base_model, tmp_path):
     """It was taken: the summary put the old run's "before training" beside the new data's
@@ -190,12 +200,7 @@ def test_a_resume_on_other_data_is_refused_before_anything_is_written(base_model
     data = GazeData(samples=synth())
     out = tmp_path / "run"
     first = [DataSource(path=tmp_path / "p1_s00")]
-    train(
-        config(out, max_steps=2, data=first),
-        data=data,
-        model=copy.deepcopy(base_model),
-        progress=False,
-    )
+    _two_steps(out, first, data, base_model)
     before = files_snapshot(out)
     other = [DataSource(path=tmp_path / "p1_s02")]
     with pytest.raises(TrainError, match="was trained with data .*p1_s00.*not .*p1_s02"):
@@ -595,12 +600,7 @@ def test_a_resume_reading_the_same_folder_otherwise_is_refused(base_model, tmp_p
     data = GazeData(samples=synth())
     out = tmp_path / "run"
     first = [DataSource(path=tmp_path / "p1_s00", mirrored=True, screen_px=(1512, 945))]
-    train(
-        config(out, max_steps=2, data=first),
-        data=data,
-        model=copy.deepcopy(base_model),
-        progress=False,
-    )
+    _two_steps(out, first, data, base_model)
     before = files_snapshot(out)
     other = [DataSource(path=tmp_path / "p1_s00", screen_px=(1512, 945))]
     with pytest.raises(TrainError, match=r"read data .*p1_s00 with mirrored True \(now False\)"):
@@ -622,12 +622,7 @@ def test_a_resume_without_options_a_session_json_overrides_goes_on(base_model, t
     folder.mkdir()
     (folder / "session.json").write_text("{}")
     first = [DataSource(path=folder, screen_px=(1512, 945), mirrored=True)]
-    train(
-        config(out, max_steps=2, data=first),
-        data=data,
-        model=copy.deepcopy(base_model),
-        progress=False,
-    )
+    _two_steps(out, first, data, base_model)
     again = [DataSource(path=folder)]
     rest = train(config(out, max_steps=3, resume=True, data=again), data=data, progress=False)
     assert rest["steps"] == 3

@@ -111,6 +111,26 @@ def _frames(n: int, step_ms: int = 50):
     return iter([Frame(t_ns=i * step_ms * MS, image=img, index=i) for i in range(n)])
 
 
+def _calibrate(display, tmp_path, **kw):
+    """A 9-point grid over 40 frames of a face that never leaves, to the fit (the test's)."""
+    cfg = ProcedureConfig(n_targets=9, settle_s=0.0, collect_s=1.0, frames=1, min_frames=1)
+    return grid.calibrate_on_screen(
+        _frames(40),
+        _FastPath(),
+        cfg,
+        ScreenGeometry(px=(1366, 768)),
+        display,
+        _Clock(),
+        user="u",
+        device="d",
+        session_dir=tmp_path / "session",
+        profile_out=tmp_path / "profile.json",
+        source_desc="camera 0",
+        ready_s=0.0,
+        **kw,
+    )
+
+
 @pytest.mark.parametrize("wait_s, hint", [(None, "any key continues"), (5.0, "(or 5 s)")])
 def test_a_failed_fit_shows_its_whole_message_and_says_what_continues(
     tmp_path, monkeypatch, wait_s, hint
@@ -123,24 +143,9 @@ def test_a_failed_fit_shows_its_whole_message_and_says_what_continues(
         raise UserError(FAILED)
 
     monkeypatch.setattr(grid, "finish", finish)
-    cfg = ProcedureConfig(n_targets=9, settle_s=0.0, collect_s=1.0, frames=1, min_frames=1)
     display = _Display()
     with pytest.raises(UserError):
-        grid.calibrate_on_screen(
-            _frames(40),
-            _FastPath(),
-            cfg,
-            ScreenGeometry(px=(1366, 768)),
-            display,
-            _Clock(),
-            user="u",
-            device="d",
-            session_dir=tmp_path / "session",
-            profile_out=tmp_path / "profile.json",
-            source_desc="camera 0",
-            ready_s=0.0,
-            result_wait_s=wait_s,
-        )
+        _calibrate(display, tmp_path, result_wait_s=wait_s)
     assert display.waited == [wait_s]
     msg = views[-1].message
     assert FAILED in msg and "any key continues" in msg and hint in msg
@@ -225,6 +230,17 @@ class _CountingDisplay(_Display):
         self.seen = threading.Event()
         self.n = n
 
+    def watching(self, monkeypatch):
+        """Each picture's message kept in `last` as the grid renders it."""
+        real = grid.render_dot
+
+        def render(v):
+            self.last = v.message
+            return real(v)
+
+        monkeypatch.setattr(grid, "render_dot", render)
+        return self
+
     def show(self, img, wait_ms=1):
         if self.last and self.last.startswith("Fitting"):
             self.fitting.append(self.last)
@@ -238,37 +254,15 @@ def test_the_window_takes_its_events_while_the_fit_runs(tmp_path, monkeypatch):
     fit's seconds (macOS: a spinning cursor, "not responding"). Now the fit waits here until
     the window has shown the fitting picture three times, which it cannot while the fit
     holds the window's thread; and what the fit raises still reaches the caller."""
-    display = _CountingDisplay(3)
-    real = grid.render_dot
-
-    def render(v):
-        display.last = v.message
-        return real(v)
-
-    monkeypatch.setattr(grid, "render_dot", render)
+    display = _CountingDisplay(3).watching(monkeypatch)
 
     def finish(*a, **k):
         pumped = display.seen.wait(timeout=10)
         raise UserError(f"fit done; the window pumped meanwhile: {pumped}")
 
     monkeypatch.setattr(grid, "finish", finish)
-    cfg = ProcedureConfig(n_targets=9, settle_s=0.0, collect_s=1.0, frames=1, min_frames=1)
     with pytest.raises(UserError, match="pumped meanwhile: True"):
-        grid.calibrate_on_screen(
-            _frames(40),
-            _FastPath(),
-            cfg,
-            ScreenGeometry(px=(1366, 768)),
-            display,
-            _Clock(),
-            user="u",
-            device="d",
-            session_dir=tmp_path / "session",
-            profile_out=tmp_path / "profile.json",
-            source_desc="camera 0",
-            ready_s=0.0,
-            result_wait_s=1.0,
-        )
+        _calibrate(display, tmp_path, result_wait_s=1.0)
     assert all(
         m.startswith("Fitting the calibration: ") and m.endswith(" s") for m in display.fitting
     )
@@ -289,15 +283,8 @@ def test_ctrl_c_while_fitting_stops_the_fit_before_it_saves(tmp_path, monkeypatc
     """Ctrl-C reached the caller and the fit went on beside it: it saved its profile after
     the person had stopped (over the one `run` was using). Now the fit is told to stop, the
     window waits for it, and nothing is saved."""
-    display = _InterruptedDisplay(3)
-    real = grid.render_dot
-
-    def render(v):
-        display.last = v.message
-        return real(v)
-
-    monkeypatch.setattr(grid, "render_dot", render)
-    profile = tmp_path / "profile.json"
+    display = _InterruptedDisplay(3).watching(monkeypatch)
+    profile = tmp_path / "profile.json"  # where `_calibrate` saves
     seen: dict[str, bool] = {}
 
     def finish(*a, cancelled, **k):
@@ -308,22 +295,8 @@ def test_ctrl_c_while_fitting_stops_the_fit_before_it_saves(tmp_path, monkeypatc
         raise UserError("stopped")
 
     monkeypatch.setattr(grid, "finish", finish)
-    cfg = ProcedureConfig(n_targets=9, settle_s=0.0, collect_s=1.0, frames=1, min_frames=1)
     with pytest.raises(KeyboardInterrupt):
-        grid.calibrate_on_screen(
-            _frames(40),
-            _FastPath(),
-            cfg,
-            ScreenGeometry(px=(1366, 768)),
-            display,
-            _Clock(),
-            user="u",
-            device="d",
-            session_dir=tmp_path / "session",
-            profile_out=profile,
-            source_desc="camera 0",
-            ready_s=0.0,
-        )
+        _calibrate(display, tmp_path)
     assert seen == {"told": True, "ended": True}
     assert not profile.exists()
     assert display.last == "Stopping: the fit ends first"
