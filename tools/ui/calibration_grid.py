@@ -324,7 +324,7 @@ def fit_in_view(
     """`fit(stop)` on a thread of its own while the window says how long it has been fitting.
 
     A fit with earlier sittings reads the last one through the networks (the first time) and
-    chooses again over all their frames: 11 s on this 2-core machine with 3 earlier sittings
+    chooses again over all their frames: 11 s on this 2-core machine with 4 earlier sittings
     of 16 targets × 30 frames (2026-12-07). Run on the window's thread, the full-screen window
     took no events for all that time, which macOS answers with its spinning cursor and a
     "not responding" offer to force quit, over a picture that said only "Fitting...". HighGUI
