@@ -75,11 +75,32 @@ class BlinkDetector:
     def closed(self, left: float, right: float) -> bool:
         """Whether this frame is a blink. A frame with no eye shut is judged against the
         reference and then joins it."""
-        if not (np.isfinite(left) and np.isfinite(right)):
-            return True
-        if min(left, right) < self.floor:
+        if self._shut(left, right):
             return True
         mean = 0.5 * (left + right)
         ref = self.reference
         self._recent.append(mean)
         return ref is not None and mean < self.relative * ref
+
+    def warmup_blinks(self, apertures: list[tuple[float, float] | None]) -> list[int]:
+        """Of a stream's frames, in the order `closed` saw them since `reset` (None: a frame
+        it never judged), those it judged before it had a reference, that the reference it
+        has now calls blinks: a stream read whole judges its first frames as its later ones."""
+        ref = self.reference
+        if ref is None:
+            return []
+        out, seen = [], 0
+        for i, ap in enumerate(apertures):
+            if ap is None or self._shut(*ap):
+                continue  # judged by the floor, and never part of the reference
+            seen += 1
+            if seen > self.warmup:
+                break
+            if 0.5 * (ap[0] + ap[1]) < self.relative * ref:
+                out.append(i)
+        return out
+
+    def _shut(self, left: float, right: float) -> bool:
+        """An eye without an aperture, or under the floor: a blink whatever the reference."""
+        finite = np.isfinite(left) and np.isfinite(right)
+        return not finite or min(left, right) < self.floor

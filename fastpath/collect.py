@@ -215,23 +215,20 @@ def _judge_warmup_blinks(frames: list[dict], samples: list[GazeSample], fp: Fast
     not decide which ones count. The row decides (a frame judged a blink here keeps its
     sample's `quality.blink` False: nothing reads it past this point)."""
     blinks = getattr(fp, "blinks", None)  # a stand-in fast path may judge none
-    ref = None if blinks is None else blinks.reference
-    if ref is None:
+    if blinks is None:
         return
-    seen = 0
-    for row, s in zip(frames, samples, strict=True):
-        f = getattr(s, "features", None)
-        if f is None or not s.quality.face:
-            continue
-        left, right = f.left.aperture, f.right.aperture
-        if not (np.isfinite(left) and np.isfinite(right)) or min(left, right) < blinks.floor:
-            continue  # shut: judged by the floor, and never part of the reference
-        seen += 1
-        if seen > blinks.warmup:
-            return
-        if "features" in row and 0.5 * (left + right) < blinks.relative * ref:
-            del row["features"]
-            row["why"] = "eyes closed (blink)"
+    for i in blinks.warmup_blinks([_apertures(s) for s in samples]):
+        if "features" in frames[i]:
+            del frames[i]["features"]
+            frames[i]["why"] = "eyes closed (blink)"
+
+
+def _apertures(s: GazeSample) -> tuple[float, float] | None:
+    """The two apertures the blink rule judged this sample by; None when it judged none."""
+    f = getattr(s, "features", None)
+    if f is None or not s.quality.face:
+        return None
+    return f.left.aperture, f.right.aperture
 
 
 def _named_features(s: GazeSample) -> dict[str, float]:

@@ -259,26 +259,23 @@ def _check_sources(out_dir: Path, was: dict[str, Any], cfg: TrainConfig) -> None
             saved = [DataSource.model_validate(d) for d in was.get(key) or []]
         except ValidationError as e:
             raise TrainError(f"{out_dir}: the run's saved {key} does not read: {e}") from None
-        given = getattr(cfg, key)
-        was_keys, now_keys = sorted(map(_source_key, saved)), sorted(map(_source_key, given))
+        was_at = [(str(real_path(d.path)), d) for d in saved]
+        now_at = [(str(real_path(d.path)), d) for d in getattr(cfg, key)]
+        was_keys, now_keys = sorted(k for k, _ in was_at), sorted(k for k, _ in now_at)
         if was_keys != now_keys:
             raise TrainError(
                 f"{out_dir} was trained with {key} {was_keys}, not {now_keys}: resume it on "
                 "the same sources, or train on these in a new --out folder"
             )
-        before = {_source_key(d): d for d in saved}
-        for d in given:
-            differ = _read_otherwise(before[_source_key(d)], d)
+        before = dict(was_at)
+        for path, d in now_at:
+            differ = _read_otherwise(before[path], d)
             if differ:
                 why = " (a selfie view read the other way trains on mirrored labels)"
                 raise TrainError(
-                    f"{out_dir} read {key} {_source_key(d)} with {differ}: resume it with the "
-                    f"same options{why if 'mirrored' in differ else ''}"
+                    f"{out_dir} read {key} {path} with {differ}: resume it with the same "
+                    f"options{why if 'mirrored' in differ else ''}"
                 )
-
-
-def _source_key(d: DataSource) -> str:
-    return str(real_path(d.path))
 
 
 def _read_otherwise(was: DataSource, now: DataSource) -> str:

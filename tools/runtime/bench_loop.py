@@ -160,8 +160,13 @@ def collect_points(
 def _screen(pts: SessionPoints) -> tuple[tuple[int, int], str]:
     if pts.screen_px is not None:
         return tuple(pts.screen_px), "session"
-    # No manifest: equal margins around the targets (a calibration grid's layout).
-    return screen_from_targets(pts.truth_px), "targets with equal margins (no session.json)"
+    return _equal_margins(pts.truth_px)
+
+
+def _equal_margins(targets_px) -> tuple[tuple[int, int], str]:
+    """No manifest: equal margins around the targets (a calibration grid's layout), as
+    `oracle eval` takes it too. → (screen px, its basis as reports say it)."""
+    return screen_from_targets(targets_px), "targets with equal margins (no session.json)"
 
 
 def need_targets(pts: SessionPoints, need: int, what: str) -> None:
@@ -490,15 +495,14 @@ def evaluate_sitting(
         raise UserError(str(e)) from None
     screen, basis = session_screen(session), "session"
     if screen is None:
-        # No manifest: equal margins around the targets, as `bench loop --session` and
-        # `oracle eval` take it, chosen before the fit so that the choice, its leave-one-
-        # target-out and the profile share its units. The targets' bounding box
-        # (`from_targets`) keeps the origin at the screen's corner, so the targets of the
-        # right and bottom edges lay beyond it and the profile's points were clamped short
-        # of them, while the sitting's own error was not clamped at all (grid9 at 640x360
-        # on grid9's profile: 117 px before the drift; 80 now, as with --screen-px given).
-        px = screen_from_targets(np.array([it.label_px for it in session.items]))
-        screen, basis = ScreenGeometry(px=px), "targets with equal margins (no session.json)"
+        # Chosen before the fit, so that the choice, its leave-one-target-out and the
+        # profile share its units. The targets' bounding box (`from_targets`) keeps the
+        # origin at the screen's corner, so the targets of the right and bottom edges lay
+        # beyond it and the profile's points were clamped short of them, while the
+        # sitting's own error was not clamped at all (grid9 at 640x360 on grid9's profile:
+        # 117 px before the drift; 80 now, as with --screen-px given).
+        px, basis = _equal_margins(np.array([it.label_px for it in session.items]))
+        screen = ScreenGeometry(px=px)
     ev, choice, v = evaluate_session(session, fp, screen)
     prof = profile_from_choice(ev, choice, screen, session, fp, v)
     return Sitting(session, screen, basis, ev, prof)
