@@ -340,6 +340,58 @@ def _row_medians(values: np.ndarray, keep: np.ndarray) -> np.ndarray:
     return np.where(n > 0, out, np.nan)
 
 
+def _splits(m: int, window: int, min_after: int, first: int, taus: np.ndarray | None) -> np.ndarray:
+    """The candidate onsets of `change_scan` (empty: none to test)."""
+    if taus is None:
+        lo_tau = max(first, m - window)
+        hi_tau = m - min_after
+        taus = np.arange(lo_tau, hi_tau + 1) if hi_tau >= lo_tau else []
+    return np.asarray(taus, dtype=np.int64)
+
+
+def _earlier_fits(
+    Ps: np.ndarray,
+    Pg: np.ndarray,
+    weights: np.ndarray,
+    prior_info: np.ndarray,
+    prior_mean: np.ndarray,
+    taus: np.ndarray,
+    window: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each onset τ, the weighted fit of the last `window` labels before it with the
+    prior, and the inverse of its information: (T, 2), (T, 2, 2)."""
+    zero2, zero22 = np.zeros((1, 2)), np.zeros((1, 2, 2))
+    cS = np.concatenate([zero22, np.cumsum(weights[:, None, None] * Ps, axis=0)])
+    cb = np.concatenate([zero2, np.cumsum(weights[:, None] * Pg, axis=0)])
+    lo = np.maximum(0, taus - window)
+    prior_info = np.asarray(prior_info, dtype=np.float64) + _TINY * np.eye(2)
+    SA = cS[taus] - cS[lo] + prior_info
+    bA = cb[taus] - cb[lo] + prior_info @ np.asarray(prior_mean, dtype=np.float64)
+    SAi = inv2(SA)
+    return np.einsum("tij,tj->ti", SAi, bA), SAi
+
+
+def _score(
+    u: np.ndarray,
+    use: np.ndarray,
+    kap: np.ndarray,
+    Ps: np.ndarray,
+    SAi: np.ndarray,
+    sigma: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The score statistic of each split's summed clipped residuals `u` (T, 2), weighed by
+    their covariance: the later labels' clipped noise plus the earlier fit's uncertainty
+    carried by every one of them. → (statistic, degrees of freedom), each (T,)."""
+    SB = _sum_P(use, Ps)
+    KB = _sum_P(use * kap[None, :], Ps)
+    V = KB + np.einsum("tij,tjk,tkl->til", SB, SAi, SB)
+    lam, vec = np.linalg.eigh(V * sigma * sigma)
+    ok = lam > 1e-9 * np.maximum(lam[:, -1:], 1e-300)
+    proj = np.einsum("tji,tj->ti", vec, u)  # u in V's eigenbasis
+    T = np.sum(np.where(ok, proj * proj / np.where(ok, lam, 1.0), 0.0), axis=1)
+    return T, ok.sum(axis=1)
+
+
 def change_scan(
     Ps: np.ndarray,
     gs: np.ndarray,
@@ -372,28 +424,11 @@ def change_scan(
     later labels' own L1 centre: a real change, however large, gathers its labels around a
     new centre, while junk is far from both and must not add up to a "change"."""
     m = len(gs)
-    if taus is None:
-        lo_tau = max(first, m - window)
-        hi_tau = m - min_after
-        if hi_tau < lo_tau:
-            return Scan(-1, 0.0)
-        taus = np.arange(lo_tau, hi_tau + 1)
-    taus = np.asarray(taus, dtype=np.int64)
+    taus = _splits(m, window, min_after, first, taus)
     if len(taus) == 0:
         return Scan(-1, 0.0)
     Pg = np.einsum("nij,nj->ni", Ps, gs)
-    zero2, zero22 = np.zeros((1, 2)), np.zeros((1, 2, 2))
-    cS = np.concatenate([zero22, np.cumsum(weights[:, None, None] * Ps, axis=0)])
-    cb = np.concatenate([zero2, np.cumsum(weights[:, None] * Pg, axis=0)])
-    kap = np.array([clip_kappa(huber_k, int(d)) for d in dims])
-
-    lo = np.maximum(0, taus - window)
-    prior_info = np.asarray(prior_info, dtype=np.float64) + _TINY * np.eye(2)
-    SA = cS[taus] - cS[lo] + prior_info
-    bA = cb[taus] - cb[lo] + prior_info @ np.asarray(prior_mean, dtype=np.float64)
-    SAi = inv2(SA)
-    cA = np.einsum("tij,tj->ti", SAi, bA)  # (T, 2) fit of the labels before each τ
-
+    cA, SAi = _earlier_fits(Ps, Pg, weights, prior_info, prior_mean, taus, window)
     # Residuals of every label about every earlier fit.
     after = np.arange(m)[None, :] >= taus[:, None]
     ex, ey = _resid_rows(Ps, Pg, cA[:, 0], cA[:, 1])  # (T, m) each
@@ -410,19 +445,12 @@ def change_scan(
     # with a label or two has a centre between them and a spread far wider than σ.
     med = np.where(dims == 2, MEDIAN_RADIAL, MEDIAN_ABS) * sigma * root
     coherent = _row_medians(rB / med[None, :], after) <= _COHERENT
-
-    # Clipped, summed over the later labels, weighed by their covariance: their clipped
-    # noise plus the earlier fit's uncertainty carried by every one of them.
+    # Clipped, summed over the later labels: a bounded pull from each.
     clip = use * np.minimum(1.0, huber_k * sigma * root / np.maximum(r, _EPS))
     u = np.column_stack([np.sum(clip * ex, axis=1), np.sum(clip * ey, axis=1)])
-    SB = _sum_P(use, Ps)
-    KB = _sum_P(use * kap[None, :], Ps)
-    V = KB + np.einsum("tij,tjk,tkl->til", SB, SAi, SB)
-    lam, vec = np.linalg.eigh(V * sigma * sigma)
-    ok = lam > 1e-9 * np.maximum(lam[:, -1:], 1e-300)
-    proj = np.einsum("tji,tj->ti", vec, u)  # u in V's eigenbasis
-    T = np.sum(np.where(ok, proj * proj / np.where(ok, lam, 1.0), 0.0), axis=1)
-    nlp = np.where(coherent, neg_log_tail(T, ok.sum(axis=1)), 0.0)
+    kap = np.array([clip_kappa(huber_k, int(d)) for d in dims])
+    T, dof = _score(u, use, kap, Ps, SAi, sigma)
+    nlp = np.where(coherent, neg_log_tail(T, dof), 0.0)
     # Short later runs pay for their share of the false alarms (module doc).
     nlp = nlp - short_run_penalty(m - taus, short_logp, short_labels)
     best = int(np.argmax(nlp))

@@ -224,46 +224,12 @@ def finish(
     recorded in the profile's `fit.chosen`); else the fixed mapping on the fixed features.
     The frames are un-mirrored here (every source hands them over so), so there is one read
     of them to choose in."""
-    names = list(run.cfg.features)
     # one more than the fit needs: one is held out
     need = MIN_SELECTION_TARGETS if run.cfg.select else min_targets(run.cfg.mapping) + 1
     if len(run.used()) < need:
         raise UserError(_too_few(run, screen, need))
-    frames = run.labelled(screen)
-    reads = {"as read": frames}
-    try:
-        if run.cfg.select:
-            prof, ev, _ = fit_profile_selected(
-                reads,
-                screen=screen,
-                user=user,
-                device=device,
-                gaze_model_id=fp.gaze.model_id,
-                gaze_model_sha256=fp.gaze.sha256,
-                gaze_read=fp.gaze.read,
-                calibration_session=str(session_dir.resolve()),
-                mirrored=False,
-            )
-        else:
-            prof, ev = fit_profile_report(
-                frames.matrix(names),
-                screen.to_norm(frames.labels_px),
-                frames.groups,
-                screen=screen,
-                features=names,
-                user=user,
-                device=device,
-                gaze_model_id=fp.gaze.model_id,
-                gaze_model_sha256=fp.gaze.sha256,
-                gaze_read=fp.gaze.read,
-                mapping=run.cfg.mapping,
-                calibration_session=str(session_dir.resolve()),
-                frame_names=frames.names.tolist(),
-            )
-    except ValueError as e:
-        raise UserError(f"calibration fit: {e}") from None
-    if run.cfg.select:
-        prof = _with_history(prof, reads, screen, session_dir, fp)
+    reads = {"as read": run.labelled(screen)}
+    prof, ev = _fit(run, fp, screen, reads, user=user, device=device, session_dir=session_dir)
     useless = _no_better_than_guessing(ev)
     # `replaces`: a profile is in use (run's c key), whatever file this one would go to.
     keep_old = useless is not None and (profile_out.is_file() if replaces is None else replaces)
@@ -287,6 +253,54 @@ def finish(
     if useless is not None:  # nothing to keep: a poor profile, said, beats none
         print(f"WARNING: calibration {useless}; calibrate again", file=sys.stderr, flush=True)
     return CalibrationResult(prof, ev, saved, session_dir, plot, report_path, frames_written)
+
+
+def _fit(
+    run: CalibrationRun,
+    fp: FastPath,
+    screen: ScreenGeometry,
+    reads: dict,
+    *,
+    user: str,
+    device: str,
+    session_dir: Path,
+) -> tuple[Profile, Evaluated]:
+    """The profile and its evaluation: chosen by nested selection, pooled with the user's
+    earlier sittings when they help (`run.cfg.select`), else the fixed mapping."""
+    frames = reads["as read"]
+    names = list(run.cfg.features)
+    try:
+        if run.cfg.select:
+            prof, ev, _ = fit_profile_selected(
+                reads,
+                screen=screen,
+                user=user,
+                device=device,
+                gaze_model_id=fp.gaze.model_id,
+                gaze_model_sha256=fp.gaze.sha256,
+                gaze_read=fp.gaze.read,
+                calibration_session=str(session_dir.resolve()),
+                mirrored=False,
+            )
+        else:
+            return fit_profile_report(
+                frames.matrix(names),
+                screen.to_norm(frames.labels_px),
+                frames.groups,
+                screen=screen,
+                features=names,
+                user=user,
+                device=device,
+                gaze_model_id=fp.gaze.model_id,
+                gaze_model_sha256=fp.gaze.sha256,
+                gaze_read=fp.gaze.read,
+                mapping=run.cfg.mapping,
+                calibration_session=str(session_dir.resolve()),
+                frame_names=frames.names.tolist(),
+            )
+    except ValueError as e:
+        raise UserError(f"calibration fit: {e}") from None
+    return _with_history(prof, reads, screen, session_dir, fp), ev
 
 
 def _no_better_than_guessing(ev: Evaluated) -> str | None:

@@ -286,29 +286,23 @@ def calibrate_on_screen(
         if out.cancelled or out.source_ended:
             _abandon(out, writer, source_desc)
             return None
-        try:
-            res = fit_in_view(
-                display,
-                screen.px,
-                lambda stop: finish(
-                    out.run,
-                    fp,
-                    screen,
-                    user=user,
-                    device=device,
-                    session_dir=session_dir,
-                    profile_out=profile_out,
-                    frames_written=writer.written,
-                    replaces=replaces,
-                    cancelled=stop,
-                ),
-            )
-        except UserError as e:
-            # The whole of it: the figures, where the session was kept and the advice come
-            # last, and a message cut at 90 characters lost them.
-            view = DotView(screen.px, None, 0.0, message=f"{e}\n{_continues(result_wait_s)}")
-            display.wait_any_key(render_dot(view), result_wait_s)
-            raise
+        res = _fit_or_say_why(
+            display,
+            screen,
+            result_wait_s,
+            lambda stop: finish(
+                out.run,
+                fp,
+                screen,
+                user=user,
+                device=device,
+                session_dir=session_dir,
+                profile_out=profile_out,
+                frames_written=writer.written,
+                replaces=replaces,
+                cancelled=stop,
+            ),
+        )
         writer.finish(f"gazeloop calibrate: {cfg.n_targets}-point grid; " + res.lines()[0])
         plot = cv2.imread(str(res.plot_path))
         lines = [*res.lines()[:1], _continues(result_wait_s)]
@@ -316,6 +310,24 @@ def calibrate_on_screen(
         return res
     finally:
         display.fullscreen(False)
+
+
+def _fit_or_say_why(
+    display: CvDisplay,
+    screen: ScreenGeometry,
+    result_wait_s: float | None,
+    fit: Callable[[threading.Event], CalibrationResult],
+) -> CalibrationResult:
+    """`fit_in_view`; a calibration refused (too few dots, no better than guessing, stopped)
+    is said on the screen before it is raised."""
+    try:
+        return fit_in_view(display, screen.px, fit)
+    except UserError as e:
+        # The whole of it: the figures, where the session was kept and the advice come
+        # last, and a message cut at 90 characters lost them.
+        view = DotView(screen.px, None, 0.0, message=f"{e}\n{_continues(result_wait_s)}")
+        display.wait_any_key(render_dot(view), result_wait_s)
+        raise
 
 
 def fit_in_view(
