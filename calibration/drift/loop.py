@@ -274,6 +274,22 @@ def _bias2(N: np.ndarray, Nd: np.ndarray, meat: np.ndarray, labels: float) -> fl
     return float(b @ N @ b) / labels * (1.0 - q / stat)
 
 
+def _anchors(fits: dict, D: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Each run's trusted fit and its covariance (sandwich, with the trusted labels' scatter
+    `D`): what an untrusted source's labels are measured against."""
+    anchors = {}
+    for run, (fit, Ps, w) in fits.items():
+        if np.linalg.eigvalsh(fit.info)[0] < _MIN_ANCHOR_INFO:
+            # Labels that leave a direction open (each beyond the gate of the others, a
+            # line alone) would anchor it at the shared estimate, which the untrusted
+            # source itself pulls, with no error at all: no anchor in this run.
+            continue
+        Si = _inv2(fit.info)
+        meat = np.einsum("n,nij,jk,nkl->il", fit.weights**2 * w, Ps, D, Ps)
+        anchors[run] = (fit.mean, Si @ meat @ Si)
+    return anchors
+
+
 def _axis_cov(vecs: list[np.ndarray], levs: list[float], sigma: float, floor: float) -> np.ndarray:
     """diag(σx², σy²) of labels whose residual vectors about their fits are `vecs` (point
     labels; leverage-corrected medians): a bias's error is larger along the axis the labels
@@ -628,6 +644,26 @@ class DriftLoop:
         # The trusted labels' fit in each run, each label weighed by its source's σ as it
         # stood before this label, and its residuals, in units of the best of those σ.
         ref = min(self._sources[n].scale for n in trusted if n in self._sources)
+        fits, est, vecs, levs = self._trusted_fits(groups, ref)
+        # The covariance of each run's fit, from the trusted labels' scatter axis by axis.
+        anchors = _anchors(fits, _axis_cov(vecs, levs, ref, cfg.noise_floor))
+        in_fit = Counter(s.source for s in self._labels(-1)[-cfg.window_labels :])
+        out = {}
+        for n, src in self._sources.items():
+            if n not in trusted:
+                out[n] = self._measured_against(n, src, anchors, in_fit[n])
+                continue
+            # From its residuals about the trusted fits only (the prior when none qualifies):
+            # the shared fit's residuals are what an untrusted source can move.
+            mine = [est[id(s)] for s in src.recent if id(s) in est]
+            sc = self._median_scale(mine, src.prior)
+            out[n] = (sc, len(mine), sc)
+        return out
+
+    def _trusted_fits(self, groups: dict[int, list[_Sample]], ref: float):
+        """Each run's robust fit of its trusted labels → (fits by run, each label's σ
+        estimate by id, the 2-D labels' scaled residual vectors and their leverages)."""
+        cfg = self.cfg
         fits, est, vecs, levs = {}, {}, [], []
         for run, labels in groups.items():
             w = np.array([(ref / self._sources[s.source].scale) ** 2 for s in labels])
@@ -652,30 +688,7 @@ class DriftLoop:
                     if s.dim == 2:
                         vecs.append((s.g - fit.mean) * math.sqrt(wi))
                         levs.append(h)
-        # The covariance of each run's fit, from the trusted labels' scatter axis by axis.
-        D = _axis_cov(vecs, levs, ref, cfg.noise_floor)
-        anchors = {}
-        for run, (fit, Ps, w) in fits.items():
-            if np.linalg.eigvalsh(fit.info)[0] < _MIN_ANCHOR_INFO:
-                # Labels that leave a direction open (each beyond the gate of the others, a
-                # line alone) would anchor it at the shared estimate, which the untrusted
-                # source itself pulls, with no error at all: no anchor in this run.
-                continue
-            Si = _inv2(fit.info)
-            meat = np.einsum("n,nij,jk,nkl->il", fit.weights**2 * w, Ps, D, Ps)
-            anchors[run] = (fit.mean, Si @ meat @ Si)
-        in_fit = Counter(s.source for s in self._labels(-1)[-cfg.window_labels :])
-        out = {}
-        for n, src in self._sources.items():
-            if n not in trusted:
-                out[n] = self._measured_against(n, src, anchors, in_fit[n])
-                continue
-            # From its residuals about the trusted fits only (the prior when none qualifies):
-            # the shared fit's residuals are what an untrusted source can move.
-            mine = [est[id(s)] for s in src.recent if id(s) in est]
-            sc = self._median_scale(mine, src.prior)
-            out[n] = (sc, len(mine), sc)
-        return out
+        return fits, est, vecs, levs
 
     def _measured_against(
         self,
