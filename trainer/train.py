@@ -443,14 +443,7 @@ def _start(
         atomic_write_bytes(out_dir / "config.json", cfg.model_dump_json(indent=2).encode())
     metrics = MetricsLog(out_dir, cfg, at.step if state is not None else None) if main else None
     bar = Progress(total_steps, at.step, cfg.log_every, enabled=progress and main)
-    bar.write(f"split: {split.description}")
-    if cfg.tune != "all":
-        bar.write(
-            f"tune {cfg.tune}: training {', '.join(tuned['trained_modules'])} "
-            f"({tuned['trained_parameters']} parameters; {tuned['frozen_parameters']} frozen)"
-        )
-    for n in split.notes:
-        bar.write(f"note: {n}")
+    _say_split(bar, split, cfg, tuned)
     run = _Run(
         cfg=cfg,
         out_dir=out_dir,
@@ -474,16 +467,35 @@ def _start(
         at=at,
     )
     if state is None and not split.val.empty:
-        # The starting model is the first candidate: training that only makes the
-        # validation worse must not leave a worse "best" behind.
-        at.val_before = validate(run.raw_model, run.samples, split.val, cfg, accelerator.device)
-        if math.isfinite(metric(at.val_before)):
-            at.best = metric(at.val_before)
-            _save_best(run, 0, at.val_before)
+        _starting_model_is_best(run)
     at.last_val = dict(at.val_before or {})
     at.last_ckpt, at.saved_at = resume_from, at.step
     prepared.train()
     return run
+
+
+def _say_split(bar: Progress, split: Split, cfg: TrainConfig, tuned: dict[str, Any]) -> None:
+    """What the run trains on and what it trains, before the first step."""
+    bar.write(f"split: {split.description}")
+    if cfg.tune != "all":
+        bar.write(
+            f"tune {cfg.tune}: training {', '.join(tuned['trained_modules'])} "
+            f"({tuned['trained_parameters']} parameters; {tuned['frozen_parameters']} frozen)"
+        )
+    for n in split.notes:
+        bar.write(f"note: {n}")
+
+
+def _starting_model_is_best(run: _Run) -> None:
+    """The starting model is the first candidate: training that only makes the validation
+    worse must not leave a worse "best" behind."""
+    at = run.at
+    at.val_before = validate(
+        run.raw_model, run.samples, run.split.val, run.cfg, run.accelerator.device
+    )
+    if math.isfinite(metric(at.val_before)):
+        at.best = metric(at.val_before)
+        _save_best(run, 0, at.val_before)
 
 
 @contextlib.contextmanager
