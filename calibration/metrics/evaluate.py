@@ -223,18 +223,7 @@ def _evaluated(
     err = np.linalg.norm(pred - labels_px, axis=1)
     base_err = np.linalg.norm(base - labels_px, axis=1)
     diag = float(np.hypot(*geo.px))
-    per_target = []
-    for g in np.unique(groups):
-        m = groups == g
-        per_target.append(
-            TargetResult(
-                target=int(g),
-                label_px=tuple(float(v) for v in labels_px[m][0]),
-                frames=int(m.sum()),
-                mean_px=round(float(err[m].mean()), 2),
-                pred_px=tuple(round(float(v), 2) for v in pred[m].mean(axis=0)),
-            )
-        )
+    per_target = _per_target(pred, labels_px, groups, err)
     mean_deg = None
     if screen is not None:
         deg = screen.error_deg(err)
@@ -263,6 +252,25 @@ def _evaluated(
         else None,
     )
     return Evaluated(report=report, labels_px=labels_px, pred_px=pred, groups=groups)
+
+
+def _per_target(
+    pred: np.ndarray, labels_px: np.ndarray, groups: np.ndarray, err: np.ndarray
+) -> list[TargetResult]:
+    """Each target's frames, mean error and mean prediction."""
+    out = []
+    for g in np.unique(groups):
+        m = groups == g
+        out.append(
+            TargetResult(
+                target=int(g),
+                label_px=tuple(float(v) for v in labels_px[m][0]),
+                frames=int(m.sum()),
+                mean_px=round(float(err[m].mean()), 2),
+                pred_px=tuple(round(float(v), 2) for v in pred[m].mean(axis=0)),
+            )
+        )
+    return out
 
 
 def outside_the_others(points, tol: float = 0.02) -> np.ndarray:
