@@ -129,10 +129,11 @@ class GazeSample:
     features: Features | None = None
     landmarks: FaceLandmarks | None = None
     screen_xy: np.ndarray | None = None  # (2,) normalised [0,1]^2, once a profile exists
-    screen_xy_raw: np.ndarray | None = None  # mapped + offset, before the filter
-    # screen_xy before it was clipped to the screen: what the History keeps for the drift
-    # loop and the click rules, which judge a point past the edge where it is
-    screen_xy_unclipped: np.ndarray | None = None
+    # mapped + offset, before the filter and not clipped: this frame's own estimate, what
+    # the History keeps for the drift loop and the click rules (a point past the screen's
+    # edge is judged where it is; the filtered one trails a gaze shift)
+    screen_xy_raw: np.ndarray | None = None
+    screen_xy_unclipped: np.ndarray | None = None  # screen_xy before it was clipped
     screen_px: np.ndarray | None = None  # screen_xy in pixels of the current screen
     stage_ms: dict[str, float] = field(default_factory=dict)
     # The frame of the head pose the gaze network was told (`Features.network_head`): with

@@ -80,9 +80,10 @@ def snapshot_of(frame: Frame, s: GazeSample, *, on_demand: bool = False) -> Snap
         pupils = ((float(left[0]), float(left[1])), (float(right[0]), float(right[1])))
         mid = (left + right) / 2
         eye = (float(mid[0]), float(mid[1]))
-    # where the estimate is, past the screen's edge too: as the History keeps it for the
-    # loop, so every label in the store compares its point with the same thing
-    xy = s.screen_xy_unclipped
+    # this frame's own estimate, before the filter and past the screen's edge too: as the
+    # History keeps it for the loop, so every label in the store compares its point with
+    # the same thing
+    xy = s.screen_xy_raw if s.screen_xy_raw is not None else s.screen_xy_unclipped
     fast = None if xy is None else (float(xy[0]), float(xy[1]))
     return Snapshot(
         t_ns=frame.t_ns,
@@ -368,6 +369,12 @@ class Live:
         that profile's offset, since residuals of the old model say nothing about the new
         (a new loop when the profile is of another screen size, as in `install`). With the
         model (`GazeModel`), the store's record of the run says it from here on."""
+        # The points and snapshots so far are the old model's: a label for one of them
+        # would be judged with the new profile's offset.
+        self.history.clear()
+        with self._lock:
+            self._snaps.clear()
+        self.pending = None
         old, self.mapper = self.mapper, mapper
         new_model = gaze is not None and self.run_settings is not None
         if new_model:
@@ -390,8 +397,12 @@ class Live:
         s = self.fp.process(frame)
         q = s.quality
         xy = s.screen_xy if s.screen_xy is not None else None
-        if s.screen_xy_unclipped is not None and q.usable:
-            self.history.append(frame.t_ns, s.screen_xy_unclipped)
+        if s.screen_xy_raw is not None and q.usable:
+            # The frame's own estimate, not the filtered cursor: the filter trails a gaze
+            # shift by 0.3-0.6 s, so a click 150 ms after the eye landed was compared with a
+            # point still on its way (42-75 px off with no drift at all), and the loop
+            # moved the offset for drift that was not there.
+            self.history.append(frame.t_ns, s.screen_xy_raw)
         if self.clicks is not None or self.glance is not None:
             self._keep_frame(frame)
         if self.clicks is not None:  # clicks are judged against the history just written

@@ -38,7 +38,9 @@ class FakeFastPath:
         xy = self.gaze + DRIFT + np.asarray(self.mapper.offset)
         q = Quality(face=True, confidence=1.0)
         shown = np.clip(xy, 0.0, 1.0)  # as the fast path shows it
-        return GazeSample(frame.t_ns, frame.index, q, screen_xy=shown, screen_xy_unclipped=xy)
+        return GazeSample(
+            frame.t_ns, frame.index, q, screen_xy=shown, screen_xy_unclipped=xy, screen_xy_raw=xy
+        )
 
     def close(self) -> None:
         pass
@@ -614,7 +616,8 @@ def test_a_label_in_flight_across_a_model_swap_names_the_run_its_frame_was_taken
 
 
 def test_an_oracles_snapshot_carries_the_estimate_past_the_edge_as_the_history_does():
-    """Oracle labels were stored beside the clipped point, clicks beside the History's."""
+    """Oracle labels were stored beside the clipped point, clicks beside the History's; and
+    both are the frame's own estimate, not the filtered cursor trailing it."""
     from gazeloop.tools.runtime.live import snapshot_of
 
     s = GazeSample(
@@ -623,3 +626,19 @@ def test_an_oracles_snapshot_carries_the_estimate_past_the_edge_as_the_history_d
     )  # fmt: skip
     snap = snapshot_of(Frame(5, np.zeros((4, 4, 3), np.uint8), 1), s)
     assert snap.fast_xy == pytest.approx((0.4, 1.2))
+    s.screen_xy_raw = np.array([0.7, 1.3])  # the filter has not caught up yet
+    snap = snapshot_of(Frame(5, np.zeros((4, 4, 3), np.uint8), 1), s)
+    assert snap.fast_xy == pytest.approx((0.7, 1.3))
+
+
+def test_a_hot_reloaded_model_leaves_no_point_of_the_old_one_to_judge_a_label_by(rig):
+    """The History and the snapshots in flight are the old model's estimates: a click's
+    fixation or an oracle's frame from before the swap, judged after it, would be compared
+    with them under the new profile's offset."""
+    rig.run(500, gaze=(0.4, 0.6))
+    assert rig.live.history.window(0, 10**12)
+    rig.live._snaps["in flight"] = (None, None, 0)  # an oracle call about an old frame
+    rig.live.adopt(mapper())
+    assert rig.live.history.window(0, 10**12) == [] and rig.live._snaps == {}
+    rig.run(100)
+    assert rig.live.history.window(0, 10**12)  # the new model's points come in again

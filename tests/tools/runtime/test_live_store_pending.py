@@ -62,7 +62,9 @@ class StillFastPath:
     def process(self, frame: Frame) -> GazeSample:
         xy = np.array([0.5, 0.5])
         q = Quality(face=True, confidence=1.0)
-        return GazeSample(frame.t_ns, frame.index, q, screen_xy=xy, screen_xy_unclipped=xy)
+        return GazeSample(
+            frame.t_ns, frame.index, q, screen_xy=xy, screen_xy_unclipped=xy, screen_xy_raw=xy
+        )
 
     def close(self) -> None:
         pass
