@@ -174,6 +174,7 @@ class FastPath:
         self._last_t: int | None = None
         self._failures_said: set[str] = set()
         self.blinks = BlinkDetector(cfg.blink_aperture, cfg.blink_relative)
+        self._closed_since: int | None = None  # the first frame of the eyes' closing
 
     def set_mapper(self, mapper: Callable[[GazeSample], np.ndarray | None] | None) -> None:
         """Install (or remove) the calibration mapping; the filter restarts because its
@@ -221,7 +222,7 @@ class FastPath:
         except Exception as e:  # a bad frame must never stop the stream
             q.error = f"{type(e).__name__}: {e}"
             q.confidence = 0.0
-            self.filter.reset()
+            self._restart_filter()
             self._say_failure(frame.index, q.error)
         if self.on_sample is not None:
             self.on_sample(s)
@@ -278,6 +279,7 @@ class FastPath:
         if q.blink:
             self._hold_blink(s)
             return
+        self._closed_since = None
         self._estimate(frame, s, feats, t2)
 
     def _restart_filter(self) -> None:
@@ -285,10 +287,18 @@ class FastPath:
         another face, another mapping or another stretch of time."""
         self.filter.reset()
         self._last_yp = self._last_xy = None
+        self._closed_since = None
 
     def _hold_blink(self, s: GazeSample) -> None:
         """Hold across the blink: the filter keeps its state and the stream repeats the
-        last estimate, flagged, so a cursor does not jump when the lids close."""
+        last estimate, flagged, so a cursor does not jump when the lids close. Closed for
+        longer than `still_gap_s` (a look down at the keys reads so too), the filter starts
+        afresh on the first open frame: it resumed as if one frame had passed, and the
+        cursor glided from where the eyes had closed, half the screen away after 2 s."""
+        if self._closed_since is None:
+            self._closed_since = s.t_ns
+        if s.t_ns - self._closed_since > self.cfg.still_gap_s * 1e9:
+            self.filter.reset()
         self.filter.hold()
         s.gaze_yp = None if self._last_yp is None else self._last_yp.copy()
         if self._last_xy is not None:
