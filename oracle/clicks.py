@@ -52,6 +52,7 @@ class ClickRules:
     burst_ms: float = 400.0
     drag_ms: float = 600.0
     drag_px: float = 12.0
+    max_gap_ms: float = 150.0  # a hole in the samples longer than this breaks a stretch
 
     def __post_init__(self) -> None:
         _require_positive(self, "click")
@@ -86,11 +87,11 @@ class ClickVerdict:
         return self.reason == "ok"
 
 
-def stable_run_start(xy: np.ndarray, end: int, radius_px: float) -> int:
-    """The first index of the longest stretch ending at `end` whose samples all lie within
-    `radius_px` of the stretch's median."""
+def stable_run_start(xy: np.ndarray, end: int, radius_px: float, floor: int = 0) -> int:
+    """The first index (`floor` at the earliest) of the longest stretch ending at `end`
+    whose samples all lie within `radius_px` of the stretch's median."""
     start = end
-    while start > 0:
+    while start > floor:
         part = xy[start - 1 : end + 1]
         centre = np.median(part, axis=0)
         if np.max(np.hypot(*(part - centre).T)) > radius_px:
@@ -111,8 +112,11 @@ def fixation_before(
     if len(t) == 0 or click_t_ns - t[-1] > rules.end_slack_ms * _MS:
         return None, "no_samples"
     min_ns = rules.min_fixation_ms * _MS
+    # A stretch never spans a hole (the face lost, the eyes shut): two samples 480 ms apart
+    # with nothing between were a "fixation" of whatever happened in between.
+    holes = np.concatenate([[0], np.cumsum(np.diff(t) > rules.max_gap_ms * _MS)])
     last = len(t) - 1
-    start = stable_run_start(xy, last, rules.radius_px)
+    start = stable_run_start(xy, last, rules.radius_px, _unbroken_from(holes, last))
     if t[last] - t[start] >= min_ns:
         centre = np.median(xy[start:], axis=0)
         return Fixation(int(t[start]), int(t[last]), (centre[0], centre[1]), last - start + 1), "ok"
@@ -120,10 +124,16 @@ def fixation_before(
     for end in range(start - 1, -1, -1):
         if t[end] - t[0] < min_ns:
             break  # too little time left before it for a fixation
-        s = stable_run_start(xy, end, rules.radius_px)
+        s = stable_run_start(xy, end, rules.radius_px, _unbroken_from(holes, end))
         if t[end] - t[s] >= min_ns:
             return None, "saccade"
     return None, "no_fixation"
+
+
+def _unbroken_from(holes: np.ndarray, end: int) -> int:
+    """The first sample after the last hole before sample `end` (`holes`: the holes before
+    each sample, cumulated)."""
+    return int(np.searchsorted(holes, holes[end], side="left"))
 
 
 def is_drag(click: Click, rules: ClickRules) -> bool:
@@ -186,7 +196,7 @@ def judge_one(
 
 @dataclass(frozen=True, slots=True)
 class GlanceRules:
-    latency_ms: float = 80.0  # no fixation on the dot can start sooner than this
+    latency_ms: float = 200.0  # no fixation on the dot can start sooner than this
     min_fixation_ms: float = 250.0
     radius_px: float = 120.0  # every sample of the stretch within this of its median
     max_distance_px: float = 350.0

@@ -85,6 +85,22 @@ def test_no_samples_near_the_click_means_no_label():
     assert fixation_before(T[:0], XY[:0], 1400 * MS, RULES) == (None, "no_samples")
 
 
+def test_a_fixation_never_spans_a_hole_in_the_samples():
+    """The face lost for 480 ms: two samples either side of the hole were a 'fixation' of
+    whatever the eye did meanwhile. The stretch after the hole is judged alone."""
+    t, _ = trace((0, 3000, TARGET, TARGET))
+    t = t[(t < 900 * MS) | (t > 1380 * MS)]
+    xy = np.tile(TARGET, (len(t), 1))
+    (short,) = judge([Click(1420 * MS, TARGET)], t, xy, RULES)
+    assert short.reason == "no_fixation"  # 40 ms since the face came back
+    (later,) = judge([Click(1520 * MS, TARGET)], t, xy, RULES)
+    assert later.accepted and later.fixation.t0_ns > 1380 * MS
+    # A few lost frames are no hole.
+    gaps = (T < 1200 * MS) | (T > 1300 * MS)
+    (v,) = judge([Click(1340 * MS, TARGET)], T[gaps], XY[gaps], RULES)
+    assert v.accepted and v.fixation.t0_ns < 1200 * MS
+
+
 def test_double_clicks_and_drags_are_refused():
     double = [Click(1400 * MS, TARGET), Click(1550 * MS, TARGET)]
     single = Click(2500 * MS, TARGET)
