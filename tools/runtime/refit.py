@@ -56,12 +56,17 @@ def refit_profile(profile: Profile, fp_cfg, onnx_path: Path | None) -> Profile:
     if len(folders) < len(given):  # a session deleted or moved since: refit on the rest
         gone = [f for f in given if f not in folders]
         log.warning("refitting without %d calibration session(s) gone: %s", len(gone), gone)
+    # The frames are read as the profile's were: left to tell from the frames, a selfie
+    # view without a manifest was read un-mirrored, and the refit, which no longer said
+    # so, put every point of a mirrored reading on the other side of the screen.
+    chosen = profile.fit.chosen
+    mirrored = None if chosen is None else chosen.mirrored
     fp = FastPath(fp_cfg.model_copy(update={"gaze_model": onnx_path}))
     gaze = fp.gaze
     parts = []
     try:
         for folder in folders:
-            parts.append(collect_session(folder, fp).labelled())
+            parts.append(collect_session(folder, fp, mirrored=mirrored).labelled())
     finally:
         fp.close()
     used = LabelledFrames.concat(parts)
@@ -92,8 +97,15 @@ def refit_profile(profile: Profile, fp_cfg, onnx_path: Path | None) -> Profile:
         # The base profile's, even gone: `find_for_model` knows a kept fit by it.
         calibration_session=profile.calibration_session,
     )
-    # what the calibration decided about its history stays with its sessions
-    fit = new.fit.model_copy(update={"history": profile.fit.history})
+    # what the calibration decided about its history stays with its sessions, and what it
+    # chose with how the frames were read (its features and hyperparameters are the refit's)
+    again = None
+    if chosen is not None:
+        again = chosen.model_copy(
+            update={"features": names, "read": "as read", "hyper": new.fit.hyper}
+            | {"in_sample_mean_px": None}
+        )
+    fit = new.fit.model_copy(update={"history": profile.fit.history, "chosen": again})
     # Of the same sittings: its `created` stays theirs, or a run would take a profile of
     # last week for this sitting's (the loop's prior) because it was refitted today.
     kept = {"calibration_sessions": [str(f) for f in folders] if pooled else [], "fit": fit}

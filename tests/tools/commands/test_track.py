@@ -27,10 +27,7 @@ def test_a_selfie_session_without_a_manifest_is_read_as_the_profiles_frames_were
     prof = tmp_path / "g9.json"
     fit = ["profile", "fit", grid9, "--screen-px", 1920, 1080, "--mirrored", "--out", prof]
     assert cli(*fit)[0] == 0
-    labels = np.array(
-        [[json.loads(p.read_text())[k] for k in ("screen_x", "screen_y")]
-         for p in sorted(grid9.glob("img_*.json"))]
-    )  # fmt: skip
+    labels = _grid9_labels(grid9)
     rc, out, err = cli("track", grid9, "--profile", prof, "--jsonl")
     assert rc == 0, err
     err_px = np.hypot(*(_points(out) - labels).T)
@@ -42,6 +39,31 @@ def test_a_selfie_session_without_a_manifest_is_read_as_the_profiles_frames_were
     for source in (shared / "data/video-corners4/calibrate.mp4", "0"):  # "0": a camera
         rc, _, err = cli("track", source, "--mirrored")
         assert rc == 2 and "--mirrored is for a session folder's images" in err, err
+
+
+def _grid9_labels(grid9) -> np.ndarray:
+    return np.array(
+        [[json.loads(p.read_text())[k] for k in ("screen_x", "screen_y")]
+         for p in sorted(grid9.glob("img_*.json"))]
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_profile_refitted_for_another_read_reads_the_frames_as_it_was_fitted(
+    shared, gaze_onnx, tmp_path
+):
+    """The refit (another gaze read, or a promoted model) read grid9 as the frames told
+    (mirrored) but no longer said so in the profile: track then read the frames as they lie
+    and put the top-right target at the left edge (an audit: (1675, 21) at (150, 186))."""
+    grid9 = shared / "data/sessions/grid9"
+    prof = tmp_path / "g9.json"
+    assert cli("profile", "fit", grid9, "--screen-px", 1920, 1080, "--out", prof)[0] == 0
+    single = tmp_path / "single.json"
+    single.write_text('{"mirror_average": false}')  # another read: the profile is refitted
+    rc, out, err = cli("track", grid9, "--profile", prof, "--config", single, "--jsonl")
+    assert rc == 0 and "refit" in err.lower(), err
+    err_px = np.hypot(*(_points(out) - _grid9_labels(grid9)).T)
+    assert err_px.mean() < 150, err_px.round()  # in-sample; read as lying: over 500
 
 
 def test_the_summary_of_a_long_run_is_kept_in_fixed_memory(monkeypatch):
