@@ -57,6 +57,23 @@ _USER_ERRORS = (
     WriteError,
 )
 
+# What an optional package is installed with: a command that needs one the user left out
+# says which extra to install, in one line (eight commands ended in a ModuleNotFoundError
+# traceback, exit 1).
+_EXTRA_OF = {
+    "torch": "trainer",  # or "oracle", for Moondream (`run --oracle moondream` says so)
+    "accelerate": "trainer",
+    "safetensors": "trainer",
+    "onnxscript": "trainer",
+    "tqdm": "trainer",
+    "h5py": "trainer",
+    "scipy": "trainer",
+    "aiomqtt": "mqtt",
+    "transformers": "oracle",
+    "pynput": "cursor",
+    "mediapipe": "mediapipe",
+}
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse's errors as one line, like every other error of ours, with where the usage
@@ -104,6 +121,16 @@ def main(argv: list[str] | None = None) -> int:
         return 141
     except _USER_ERRORS as e:
         print(f"gazeloop {args.command}: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        extra = _EXTRA_OF.get((e.name or "").partition(".")[0])
+        if extra is None:
+            raise
+        print(
+            f"gazeloop {args.command}: needs {e.name}, which the {extra} extra installs: "
+            f"pip install 'gazeloop[{extra}]'",
+            file=sys.stderr,
+        )
         return 2
     except OSError as e:
         # A file the system refused (read-only, full, missing, not a folder) that no command

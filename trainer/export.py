@@ -19,27 +19,31 @@ import logging
 import warnings
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import onnx
 import torch
 from onnx import helper
-from pydantic import BaseModel, ConfigDict, Field
 
 from gazeloop.calibration.store.atomic import atomic_write_bytes
 from gazeloop.fastpath import features as _features
 from gazeloop.fastpath.ir_onnx import EMBEDDING_OUTPUT, OMZ_INPUTS, OMZ_IO_CONVENTION, OMZ_OUTPUT
-from gazeloop.trainer.model import MODEL_VERSION, GazeNet, spec_digest
+from gazeloop.trainer.card import (
+    EXPORT_BUILDER,
+    MODEL_VERSION,
+    ModelCard,
+    Preprocessing,
+    TensorSpec,
+    TrainingData,
+    card_path_for,
+    read_card,
+)
+from gazeloop.trainer.model import GazeNet, spec_digest
 
 log = logging.getLogger(__name__)
 
-EXPORT_BUILDER = "gazeloop.trainer.export/1"
-CARD_FORMAT = "gazeloop.model_card"
-CARD_SCHEMA_VERSION = 1
 PARITY_TOL = 1e-4
-# Directory-name safe: model ids become registry folders.
-MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
 
 class ExportParityError(RuntimeError):
@@ -84,58 +88,6 @@ def preprocessing_version() -> str:
 # -- the model card ------------------------------------------------------------------------
 
 
-class TensorSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str
-    shape: list[int | str]
-    dtype: str = "float32"
-    description: str = ""
-
-
-class Preprocessing(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    version: str
-    descriptor: dict[str, Any] = Field(default_factory=dict)
-
-
-class TrainingData(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    summary: dict[str, Any] = Field(default_factory=dict)  # sessions, persons, frames, ...
-    sha256: str | None = None  # of the training set's manifest, as the trainer computes it
-
-
-class ModelCard(BaseModel):
-    """What a registered model is, where it came from and how good it is (JSON, no pickle)."""
-
-    model_config = ConfigDict(extra="forbid")
-    format: Literal["gazeloop.model_card"] = CARD_FORMAT
-    schema_version: Literal[1] = CARD_SCHEMA_VERSION
-    model_id: str = Field(pattern=MODEL_ID_PATTERN)
-    version: int | None = Field(default=None, ge=1)  # the registry's, set on register()
-    created: datetime
-    model_version: str = MODEL_VERSION  # the network definition (trainer.model)
-    architecture_digest: str | None = None
-    io_convention: str = OMZ_IO_CONVENTION
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
-    preprocessing: Preprocessing
-    training_data: TrainingData = Field(default_factory=TrainingData)
-    metrics: dict[str, float] = Field(default_factory=dict)
-    # The promotion gate's decision and numbers (trainer.gate.GateResult as JSON), when the
-    # model went through it; whether it is served is the registry's pointer, not this.
-    evaluation: dict[str, Any] | None = None
-    parity_max_error: float | None = None
-    parent_model_id: str | None = None
-    opset: int
-    onnx_sha256: str | None = None
-    onnx_bytes: int | None = None
-    # The checkpoint it was exported from: the ONNX file names its parent, so the same
-    # weights exported again after a promotion are other bytes but the same model.
-    weights_sha256: str | None = None
-    builder: str = EXPORT_BUILDER
-    notes: str = ""
-
-
 def _io_specs(embedding_dim: int) -> tuple[list[TensorSpec], list[TensorSpec]]:
     left, right, head = OMZ_INPUTS
     inputs = [
@@ -152,12 +104,6 @@ def _io_specs(embedding_dim: int) -> tuple[list[TensorSpec], list[TensorSpec]]:
         ),
     ]
     return inputs, outputs
-
-
-def card_path_for(onnx_path: str | Path) -> Path:
-    """Where export_onnx writes the card: `<name>.card.json` beside the model."""
-    p = Path(onnx_path)
-    return p.with_name(p.stem + ".card.json")
 
 
 # -- export --------------------------------------------------------------------------------
@@ -360,10 +306,6 @@ def _write_model_and_card(out_path: Path, data: bytes, final: ModelCard) -> None
     card_path = card_path_for(out_path)
     atomic_write_bytes(out_path, data)
     atomic_write_bytes(card_path, final.model_dump_json(indent=2).encode())
-
-
-def read_card(path: str | Path) -> ModelCard:
-    return ModelCard.model_validate_json(Path(path).read_bytes())
 
 
 __all__ = [

@@ -50,10 +50,8 @@ from gazeloop.fastpath.ir_reader import (
     strided_slice_axes,
 )
 from gazeloop.fastpath.models import sha256_file
+from gazeloop.trainer.card import MODEL_VERSION  # beside the card, which needs no torch
 
-# Bump when the spec format, module naming or forward semantics change: checkpoints of
-# another version are refused rather than loaded into a different network.
-MODEL_VERSION = "gazeloop.trainer.gazenet/1"
 CHECKPOINT_FORMAT = "gazeloop.trainer.checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
 

@@ -48,7 +48,7 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
-    from gazeloop.trainer.export import ModelCard
+    from gazeloop.trainer.card import ModelCard
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +95,9 @@ class ModelRegistry:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self._warned: set[tuple[str, float]] = set()
-        # Cards are `trainer.export` models, and that module needs torch (the trainer extra):
-        # it loads with the first registry, not with this module, so asking where the
-        # registry lives (`default_registry_root`, for the CLI's help) costs nothing.
-        from gazeloop.trainer import export
+        from gazeloop.trainer import card  # no torch: a laptop without the trainer extra
 
-        self._cards = export
+        self._cards = card
 
     # -- writing ---------------------------------------------------------------------------
 

@@ -93,7 +93,7 @@ def ship(
     except (ValueError, OSError) as e:  # a held-out session that cannot be scored
         gate = GateResult(promoted=False, reason=f"could not judge: {e}", candidate=str(onnx))
     gate = gate.model_copy(update={"parent": parent_desc})
-    from gazeloop.trainer.export import card_path_for, read_card
+    from gazeloop.trainer.card import card_path_for, read_card
 
     final = read_card(card_path_for(onnx)).model_copy(
         update={"evaluation": gate.model_dump(mode="json")}

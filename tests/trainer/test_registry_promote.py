@@ -17,7 +17,6 @@ from types import SimpleNamespace
 import pytest
 
 onnx = pytest.importorskip("onnx")
-pytest.importorskip("torch", reason="trainer.registry needs torch (trainer extra)")
 fcntl = pytest.importorskip("fcntl", reason="promotions are locked with flock (macOS, Linux)")
 
 from gazeloop.trainer import registry as registry_module  # noqa: E402

@@ -917,9 +917,8 @@ def test_bad_credentials_are_retried_and_labels_wait_in_the_store(
 
 def tiny_model(folder: Path, model_id: str, n_weights: int) -> tuple[Path, dict]:
     """A small valid ONNX (Identity, with a weight blob for size) and its card, tagged the
-    way the registry checks; the registry needs trainer.export, which imports torch."""
+    way the registry checks (`trainer.card`, which needs no torch)."""
     onnx = pytest.importorskip("onnx")
-    pytest.importorskip("torch", reason="trainer.registry needs torch (trainer extra)")
     from onnx import TensorProto, helper, numpy_helper
 
     from gazeloop.fastpath.ir_onnx import OMZ_IO_CONVENTION

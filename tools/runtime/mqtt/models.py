@@ -54,7 +54,7 @@ MODELS_ROOT = f"{TOPIC_ROOT}/models"
 ANNOUNCE_TOPIC = f"{MODELS_ROOT}/announce"
 CHUNK_SIZE = 128 * 1024
 MAX_MODEL_BYTES = 256 * 1024 * 1024
-_MODEL_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"  # as trainer.export.MODEL_ID_PATTERN
+_MODEL_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"  # as trainer.card.MODEL_ID_PATTERN
 _SHA = r"^[0-9a-f]{64}$"
 
 
@@ -70,7 +70,7 @@ class ModelAnnouncement(BaseModel):
     chunk_size: int = Field(ge=1024, le=MAX_MODEL_BYTES)
     chunk_sha256: list[str]
     chunk_topic: str
-    card: dict[str, Any]  # the model card (trainer.export.ModelCard as JSON)
+    card: dict[str, Any]  # the model card (trainer.card.ModelCard as JSON)
     announced_ms: int
 
     @model_validator(mode="after")
@@ -148,14 +148,10 @@ def _read_card(path: Path) -> dict[str, Any]:
 
 
 def card_problem(card: dict[str, Any]) -> str | None:
-    """Why `card` is not a `trainer.export.ModelCard` (what a registry takes), in one line;
+    """Why `card` is not a `trainer.card.ModelCard` (what a registry takes), in one line;
     None when it is one."""
-    try:
-        from gazeloop.trainer.export import ModelCard  # needs torch: the trainer extra
-    except ImportError as e:
-        raise AnnounceError(
-            f"checking a model card needs the trainer extra (pip install 'gazeloop[trainer]'): {e}"
-        ) from None
+    from gazeloop.trainer.card import ModelCard  # no torch: a laptop fetches too
+
     try:
         ModelCard.model_validate(card)
     except ValidationError as e:
