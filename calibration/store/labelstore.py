@@ -212,6 +212,17 @@ def _pair(a: Any) -> tuple[float, float] | None:
     return (float(v[0]), float(v[1]))
 
 
+def _connect_ro(path: Path, *, immutable: bool) -> sqlite3.Connection:
+    flags = "mode=ro&immutable=1" if immutable else "mode=ro"
+    return sqlite3.connect(
+        f"{path.resolve().as_uri()}?{flags}",
+        uri=True,
+        timeout=10.0,
+        isolation_level=None,
+        check_same_thread=False,
+    )
+
+
 def _describe_os_error(e: BaseException) -> str:
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
         return "the disk is full"
@@ -309,18 +320,22 @@ class LabelStore:
         path = self.root / DB_NAME
         if not path.is_file():
             raise LabelStoreError(f"{self.root}: no label store here (no {DB_NAME})")
-        # Read-only, never `immutable`: a writer may open the store after us (a `run` while
-        # `labels` reads), and an immutable reader then reads pages it changed. SQLite may
-        # leave empty -wal/-shm files beside the database: its own, removed by the next writer.
+        # Read-only, and `immutable` only where it must be: a writer may open the store after
+        # us (a `run` while `labels` reads), and an immutable reader then reads pages it
+        # changed. SQLite may leave empty -wal/-shm files beside the database: its own,
+        # removed by the next writer. In a folder nobody may write to (a read-only mount, a
+        # backup) it cannot make the -shm file a WAL reader needs, and refused to read the
+        # store at all; there, no writer can change it either.
         try:
-            self._db = sqlite3.connect(
-                f"{path.resolve().as_uri()}?mode=ro",
-                uri=True,
-                timeout=10.0,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-            version = self._schema_version()
+            try:
+                self._db = _connect_ro(path, immutable=False)
+                version = self._schema_version()
+            except sqlite3.OperationalError:
+                if os.access(self.root, os.W_OK):
+                    raise
+                self.close()
+                self._db = _connect_ro(path, immutable=True)
+                version = self._schema_version()
             if version is None or version > SCHEMA_VERSION:
                 why = "no tables" if version is None else f"schema version {version}, newer"
                 raise LabelStoreError(f"label store {path}: {why}; not read")

@@ -563,3 +563,41 @@ def test_a_writer_killed_at_a_random_point_loses_at_most_the_label_in_flight(tmp
                 assert load_image(store.image_path(r)).shape == (120, 160, 3)
             on_disk = {p.name for p in (tmp_path / "images").iterdir()}
             assert on_disk == {r.image for r in rows}  # orphans moved aside, temp files gone
+
+
+def test_a_store_nobody_may_write_to_is_still_read(tmp_path):
+    """A store in a folder the reader may not write to (a backup, a read-only mount): SQLite
+    cannot make the -shm file a WAL reader needs, and `gazeloop labels` said 'unable to open
+    database file'. Read as another user (as root, chmod alone would not stop us)."""
+    import shutil
+    import tempfile
+
+    with LabelStore(tmp_path) as store:
+        store.add(point(1), img(1), None, decision())
+    folder = tempfile.mkdtemp(prefix="gazeloop-ro-")  # pytest's own is root's alone
+    try:
+        ro = os.path.join(folder, "labels")
+        shutil.copytree(tmp_path, ro, ignore=shutil.ignore_patterns("*-wal", "*-shm", ".lock"))
+        for d, _, files in os.walk(ro):
+            os.chmod(d, 0o555)
+            for f in files:
+                os.chmod(os.path.join(d, f), 0o444)
+        os.chmod(folder, 0o755)
+        code = textwrap.dedent(f"""
+            import os
+            from gazeloop.calibration.store.labelstore import LabelStore
+            if os.geteuid() == 0:  # imported first: root's Python may be root's alone
+                os.setgid(65534)
+                os.setuid(65534)
+            with LabelStore({ro!r}, readonly=True) as s:
+                print(s.count())
+        """)
+        r = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd="/"
+        )
+        assert r.returncode == 0 and r.stdout.strip() == "1", r.stderr
+        assert sorted(os.listdir(ro)) == ["images", DB_NAME]
+    finally:
+        for d, _, _ in os.walk(folder):
+            os.chmod(d, 0o755)
+        shutil.rmtree(folder)
