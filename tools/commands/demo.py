@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -48,10 +49,18 @@ def add_parser(sub) -> None:
         description=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--out", type=Path, default=Path("demo-out"), help="report folder")
-    p.add_argument("--passes", type=positive_int, default=8, help="replays of the recording")
+    p.add_argument("--out", type=Path, default=Path("demo-out"), help="report folder (demo-out)")
     p.add_argument(
-        "--drift-px", type=non_negative_float, default=150.0, help="injected drift, screen px"
+        "--passes",
+        type=_two_or_more,
+        default=8,
+        help="replays of the recording (8); the drift starts with the second",
+    )
+    p.add_argument(
+        "--drift-px",
+        type=non_negative_float,
+        default=150.0,
+        help="injected drift, screen px (150)",
     )
     p.add_argument(
         "--snapshot-every",
@@ -87,6 +96,36 @@ def _recording(data: Path | None) -> Path:
     )
 
 
+def _two_or_more(text: str) -> int:
+    """--passes: one pass would report a drift it never injected (it starts with the
+    second) and an 'error just after' it."""
+    n = positive_int(text)
+    if n < 2:
+        raise argparse.ArgumentTypeError(
+            f"must be 2 or more (the drift starts with the second pass), got {text!r}"
+        )
+    return n
+
+
+def _replace_earlier_labels(labels: Path) -> None:
+    """An earlier demo's label store goes: its labels kept their snapshot ids, so a second
+    demo's were dropped as already stored, and its summary named a store holding the first
+    run. A store with any run that is not a demo's is never touched."""
+    if not labels.exists():
+        return
+    from gazeloop.calibration.store.labelstore import LabelStore, LabelStoreError
+
+    try:
+        with LabelStore(labels, readonly=True) as store:
+            commands = {r.settings.get("command") for r in store.runs()}
+            unknown = not commands and store.count() > 0  # from before runs were recorded
+    except LabelStoreError as e:
+        raise UserError(f"{labels}: not an earlier demo's label store ({e})") from None
+    if commands - {"demo"} or unknown:
+        raise UserError(f"{labels}: holds labels of other runs than a demo's; give a new --out")
+    shutil.rmtree(labels)
+
+
 def _check_out(out: Path) -> None:
     """A folder is written into only when new, empty or an earlier demo's: the demo replaces
     `session/` and `profile.json` there, and replaced a user's own without a word."""
@@ -107,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out
     _check_out(out)
     check_writable(out, folder=True, need_bytes=_DEMO_BYTES)
+    _replace_earlier_labels(out / "labels")
     make_folder(out)
     session_dir = out / "session"
     print(f"gazeloop demo → {out}/")

@@ -113,6 +113,34 @@ def test_demo_writes_the_settings_it_ran_with_and_reads_them_back(demo_out, tmp_
     assert 1 <= labels <= 9
 
 
+@pytest.mark.slow
+def test_a_demo_again_in_its_folder_stores_its_own_labels(shared, tmp_path, capsys):
+    """The second demo's labels were dropped as already stored (same snapshot ids), and its
+    summary named a store that held only the first run."""
+    from gazeloop.calibration.store.labelstore import LabelStore
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--passes", "2", "--drift-px", "0"]) == 0
+    assert main(["demo", "--out", str(out), "--passes", "2", "--drift-px", "400"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    with LabelStore(out / "labels", readonly=True) as store:
+        (run,) = store.runs()
+        rows = list(store)
+    assert len(rows) == s["labels_accepted"] + s["labels_rejected"] > 0
+    # The residuals stored are the second run's, which saw a 400 px drift.
+    assert min(r.residual[0] for r in rows if r.residual) * 2560 < -250
+    # A store with another program's runs in the folder is never replaced.
+    other = tmp_path / "other"
+    with LabelStore(other / "labels") as store:
+        store.begin_run({"command": "run"})
+    (other / "summary.json").write_text("{}")
+    assert main(["demo", "--out", str(other), "--passes", "2"]) == 2
+    assert "holds labels of other runs" in capsys.readouterr().err
+    assert (other / "labels" / "labels.sqlite3").is_file()
+    with pytest.raises(SystemExit):  # one pass injects no drift to report on
+        main(["demo", "--out", str(tmp_path / "one"), "--passes", "1"])
+
+
 def test_every_option_of_every_command_says_what_it_is_for():
     """40 options had no help at all (`--user`, `--screen-px`, `train --lr`, ...): `-h` is
     the documentation a person reads first."""
