@@ -392,16 +392,16 @@ SCREEN_PX_HELP = (
 )
 
 
-def add_screen_size_args(p: argparse.ArgumentParser) -> None:
+def add_screen_size_args(p: argparse.ArgumentParser, default: str | None = None) -> None:
     """The screen in pixels and in millimetres: `calibrate`, `eval` and `profile fit` take
-    them alike (each says its viewing distance its own way)."""
-    p.add_argument(
-        "--screen-px",
-        type=positive_int,
-        nargs=2,
-        metavar=("W", "H"),
-        help=f"{SCREEN_PX_HELP} (default: the session's, else the window system's)",
+    them alike (each says its viewing distance its own way). `default`: where a recorded
+    session's screen comes from without the flag; None: the screen in use (`calibrate`)."""
+    about = (
+        f"{SCREEN_PX_HELP}; with a recording, the session's"
+        if default is None
+        else f"the screen's size in pixels, the unit of the targets (default: {default})"
     )
+    p.add_argument("--screen-px", type=positive_int, nargs=2, metavar=("W", "H"), help=about)
     p.add_argument(
         "--screen-mm",
         type=positive_float,

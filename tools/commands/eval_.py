@@ -58,7 +58,7 @@ def add_parser(sub) -> None:
         "--screen-px; without either, errors are relative to the targets' bounding box.",
     )
     p.add_argument("session", type=Path, help="session folder (img_<ms>.jpg + .json pairs)")
-    add_screen_size_args(p)
+    add_screen_size_args(p, "the session's, else errors relative to the targets' span")
     add_distance_arg(p)
     add_mirrored_arg(p)
     _add_mapping_args(p)

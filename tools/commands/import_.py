@@ -8,7 +8,11 @@ from pathlib import Path
 from gazeloop.calibration.store.atomic import MIN_FREE_BYTES, check_writable
 from gazeloop.tools.commands._args import non_negative_int
 from gazeloop.tools.errors import UserError
-from gazeloop.tools.runtime.importers import SessionImportError, import_corners4
+from gazeloop.tools.runtime.importers import (
+    DEFAULT_SETTLE_FRAMES,
+    SessionImportError,
+    import_corners4,
+)
 from gazeloop.tools.runtime.progress import Progress
 
 
@@ -25,7 +29,9 @@ def add_parser(sub) -> None:
     c.add_argument("src", type=Path, help="folder with calibrate.mp4, Calibration.csv, stats.txt")
     c.add_argument("out", type=Path, help="session folder to write")
     c.add_argument(
-        "--settle-frames", type=non_negative_int, help="frames marked settling after each switch"
+        "--settle-frames",
+        type=non_negative_int,
+        help=f"frames marked settling after each target switch ({DEFAULT_SETTLE_FRAMES})",
     )
     c.add_argument("--overwrite", action="store_true", help="replace an existing session")
     c.set_defaults(func=run_corners4)

@@ -15,6 +15,7 @@ from gazeloop.calibration.store.session import read_session
 from gazeloop.fastpath.collect import LazyFastPath
 from gazeloop.tools.commands._args import (
     add_fastpath_args,
+    add_mirrored_arg,
     add_no_cache_arg,
     add_screen_size_args,
     add_user_args,
@@ -57,15 +58,9 @@ def add_parser(sub) -> None:
     f.add_argument("session", type=Path, nargs="+", help="session folder(s)")
     add_user_args(f)
     f.add_argument("--out", type=Path, help="profile file (default: the user's profile folder)")
-    add_screen_size_args(f)
+    add_screen_size_args(f, "the session's; a session without session.json needs it")
     f.add_argument("--distance-mm", type=positive_float, help="viewing distance")
-    f.add_argument(
-        "--mirrored",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="a session without session.json stores selfie views (a manifest's word wins; "
-        "default: not mirrored)",
-    )
+    add_mirrored_arg(f)
     f.add_argument(
         "--mapping",
         choices=sorted(MAPPINGS),

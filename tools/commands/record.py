@@ -46,7 +46,9 @@ def add_parser(sub) -> None:
     p.add_argument("--source", default="0", help="camera index (default 0), video or session")
     add_camera_args(p)
     p.add_argument(
-        "--fps", type=positive_float, help="target rate in frames per second of source time"
+        "--fps",
+        type=positive_float,
+        help="target rate in frames per second of source time (default: every frame)",
     )
     p.add_argument("--seconds", type=positive_float, help="stop after this much source time")
     p.add_argument("--frames", type=positive_int, help="stop after writing this many frames")
