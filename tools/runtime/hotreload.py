@@ -74,11 +74,16 @@ def profile_for_model(path: Path, fp: FastPath) -> tuple[Profile, str]:
             f"the one loaded ({fp.gaze.model_id}, {fp.gaze.read} read), and it cannot be "
             f"refitted: {e}; recalibrate"
         ) from None
-    kept = save_for_model(fit, path)
+    try:
+        kept = f"kept as {save_for_model(fit, path)}"
+    except OSError as e:
+        # A profile folder we may not write to (read-only, full) costs the next start a
+        # refit, not this one its profile: the refit is here, in memory.
+        kept = f"not kept ({e}): refitted again next time"
     err = f"{fit.fit.mean_px:.1f} px leave-one-target-out" if fit.fit.mean_px else "fitted"
     return fit, (
         f"profile: {how}; refitted for {fp.gaze.model_id} from {base.calibration_session} "
-        f"({err}), kept as {kept}"
+        f"({err}), {kept}"
     )
 
 

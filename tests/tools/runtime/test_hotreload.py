@@ -326,3 +326,29 @@ def test_stopping_the_watcher_ends_a_refit_nobody_will_use(tmp_path, monkeypatch
     watcher._started(late)  # a refit that started as tracking stopped
     assert late.wait(timeout=30) != 0
     fp.close()
+
+
+def test_a_refit_that_cannot_be_kept_is_used_all_the_same(corners_session, tmp_path, monkeypatch):
+    """A profile in a folder that cannot be written (read-only, full): `track --profile`
+    ended with exit 2 on the refit's save, with the refit made and in memory."""
+    import errno
+
+    from gazeloop.fastpath.pipeline import FastPath, FastPathConfig
+    from gazeloop.tools.runtime import hotreload
+
+    prof = _corners_profile(
+        corners_session, FastPathConfig(mirror_average=False, gaze_frame="camera")
+    )
+    path = prof.save(tmp_path / "d.json")
+
+    def read_only(profile, where):
+        raise OSError(errno.EROFS, "Read-only file system", str(where))
+
+    monkeypatch.setattr(hotreload, "save_for_model", read_only)
+    fp = FastPath(FastPathConfig())
+    try:
+        fit, said = hotreload.profile_for_model(path, fp)
+    finally:
+        fp.close()
+    assert fit.gaze_read == "ray:mirror_average" and "Read-only file system" in said
+    assert "not kept" in said and "refitted again next time" in said
