@@ -369,12 +369,10 @@ class Live:
         that profile's offset, since residuals of the old model say nothing about the new
         (a new loop when the profile is of another screen size, as in `install`). With the
         model (`GazeModel`), the store's record of the run says it from here on."""
-        # The points and snapshots so far are the old model's: a label for one of them
-        # would be judged with the new profile's offset.
+        # The points so far are the old model's: a label about one of them (a click's
+        # fixation, an oracle's frame) would be judged with the new profile's offset. It
+        # finds no estimate to be judged by; it is still stored, with its frame's run.
         self.history.clear()
-        with self._lock:
-            self._snaps.clear()
-        self.pending = None
         old, self.mapper = self.mapper, mapper
         new_model = gaze is not None and self.run_settings is not None
         if new_model:

@@ -632,13 +632,15 @@ def test_an_oracles_snapshot_carries_the_estimate_past_the_edge_as_the_history_d
 
 
 def test_a_hot_reloaded_model_leaves_no_point_of_the_old_one_to_judge_a_label_by(rig):
-    """The History and the snapshots in flight are the old model's estimates: a click's
-    fixation or an oracle's frame from before the swap, judged after it, would be compared
-    with them under the new profile's offset."""
+    """The History holds the old model's estimates: a click's fixation or an oracle's frame
+    from before the swap, judged after it, was compared with them under the new profile's
+    offset. Now it finds no estimate and moves nothing (and is stored all the same)."""
     rig.run(500, gaze=(0.4, 0.6))
-    assert rig.live.history.window(0, 10**12)
-    rig.live._snaps["in flight"] = (None, None, 0)  # an oracle call about an old frame
+    t_old = rig.live.history.latest().t_ns
     rig.live.adopt(mapper())
-    assert rig.live.history.window(0, 10**12) == [] and rig.live._snaps == {}
+    assert rig.live.history.window(0, 10**12) == []
+    d = rig.live.external_label(click(t_old, 1))
+    assert not d.accepted and "no fast estimate" in d.why
+    assert np.allclose(rig.live.loop.offset, 0.0)
     rig.run(100)
     assert rig.live.history.window(0, 10**12)  # the new model's points come in again
