@@ -111,7 +111,7 @@ ROWS = [
     ),
     ("eval --plot", lambda o, t: ["eval", GRID9, "--plot", str(o)], True),
     ("eval --report", lambda o, t: ["eval", GRID9, "--report", str(o)], False),
-    ("demo --out", lambda o, t: ["demo", "--out", str(o), "--passes", "1"], False),
+    ("demo --out", lambda o, t: ["demo", "--out", str(o), "--passes", "2"], False),
     ("models build --out", lambda o, t: ["models", "build", "--out", str(o)], False),
     (
         "train --out",
