@@ -8,6 +8,7 @@ and columns the product itself would calibrate on.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 from gazeloop.calibration.frames import LabelledFrames
@@ -18,6 +19,17 @@ from gazeloop.fastpath.pipeline import FastPath
 
 class NoUsableFrames(ValueError):
     """Not one frame of the session has a usable gaze in every read."""
+
+
+def none_usable(folder, rejected: list[tuple[str, str]]) -> str:
+    """The one line for a session with no usable frame: how many were left out and the
+    commonest reason (a settling frame alone, or no frame at all, said so)."""
+    if not rejected:
+        return f"{folder}: no usable frames (no labelled frame in it)"
+    reasons = Counter(why for _, why in rejected)
+    why, n = reasons.most_common(1)[0]
+    most = why if n == len(rejected) else f"{n} of them: {why}"
+    return f"{folder}: no usable frames ({len(rejected)} rejected; {most})"
 
 
 @dataclass(slots=True)
@@ -61,7 +73,7 @@ def session_views(
         for k, c in reads.items()
     }
     if not len(kept["as read"]):
-        raise NoUsableFrames(f"{session.folder}: no usable frames ({len(rejected)} rejected)")
+        raise NoUsableFrames(none_usable(session.folder, rejected))
     return Views(col=col, reads=kept, rejected=rejected)
 
 

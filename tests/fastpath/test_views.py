@@ -74,5 +74,15 @@ def test_frames_either_read_cannot_use_are_named_and_the_rows_agree(monkeypatch)
 def test_no_usable_frame_in_every_read_is_refused(monkeypatch):
     session = SimpleNamespace(folder="s")
     as_read = Collected(session=session, samples=[_row("f1", 0.1, 0, settling=True)])
-    with pytest.raises(views.NoUsableFrames, match="s: no usable frames \\(1 rejected\\)"):
+    # Why, not only how many: a one-frame session that was settling said "(1 rejected)".
+    why = "s: no usable frames \\(1 rejected; settling: eyes still moving to the target\\)"
+    with pytest.raises(views.NoUsableFrames, match=why):
         _views(monkeypatch, as_read, None)
+
+
+def test_the_line_for_no_usable_frame_names_the_commonest_reason():
+    rejected = [("a", "no face found"), ("b", "no face found"), ("c", "blink")]
+    assert views.none_usable("s", rejected) == (
+        "s: no usable frames (3 rejected; 2 of them: no face found)"
+    )
+    assert views.none_usable("s", []) == "s: no usable frames (no labelled frame in it)"

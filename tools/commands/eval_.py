@@ -28,7 +28,7 @@ from gazeloop.calibration.profile import DEFAULT_FEATURES
 from gazeloop.calibration.store.atomic import check_writable, write_plot
 from gazeloop.calibration.store.session import read_session
 from gazeloop.fastpath.filters import make_filter
-from gazeloop.fastpath.views import settling_rejected
+from gazeloop.fastpath.views import none_usable, settling_rejected
 from gazeloop.tools.commands._args import (
     add_distance_arg,
     add_fastpath_args,
@@ -336,7 +336,7 @@ def _run_fixed(args: argparse.Namespace, mapping: str, names: list[str]):
     rejected = [(r.file, r.why) for r in col.rejected]
     rejected += settling_rejected(col)
     if not len(used):
-        raise UserError(f"{args.session}: no usable frames ({len(rejected)} rejected)")
+        raise UserError(none_usable(args.session, rejected))
     names, x = feature_columns(used, names)
     try:
         ev = evaluate_arrays(
