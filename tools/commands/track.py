@@ -38,7 +38,7 @@ def add_parser(sub) -> None:
         type=positive_int,
         nargs=2,
         metavar=("W", "H"),
-        help="the screen in use now, if its resolution differs from the profile's",
+        help="with --profile: the screen in use now, if its resolution differs from the profile's",
     )
     p.add_argument(
         "--mirrored",
@@ -199,6 +199,8 @@ def load_mapper(path: Path, fp: FastPath, screen_px=None) -> ProfileMapper:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.screen_px and not args.profile:  # it was silently ignored
+        raise UserError("--screen-px is the screen a --profile maps to; give --profile too")
     cfg: FastPathConfig = fastpath_config(args)
     if args.profile:  # the model the user's profile is served with: the promoted one
         from gazeloop.tools.runtime.hotreload import startup_model

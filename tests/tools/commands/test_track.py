@@ -39,6 +39,9 @@ def test_a_selfie_session_without_a_manifest_is_read_as_the_profiles_frames_were
     for source in (shared / "data/video-corners4/calibrate.mp4", "0"):  # "0": a camera
         rc, _, err = cli("track", source, "--mirrored")
         assert rc == 2 and "--mirrored is for a session folder's images" in err, err
+    # A screen without a profile to map to was silently ignored.
+    rc, _, err = cli("track", grid9, "--screen-px", 1920, 1080)
+    assert rc == 2 and "give --profile too" in err, err
 
 
 def _grid9_labels(grid9) -> np.ndarray:
