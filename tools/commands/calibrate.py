@@ -51,6 +51,7 @@ from gazeloop.tools.runtime.calibration import (
     finish,
     grid_sees,
     manifest_for,
+    refused_says_why,
     replay_targets,
 )
 from gazeloop.tools.runtime.labelled import open_labelled
@@ -175,17 +176,18 @@ def _run_replay(args, ls, fp, cfg, session_dir, profile_out) -> CalibrationResul
         + ", ".join(f"target {i} {t.n_kept} kept" for i, t in enumerate(out.run.targets)),
         file=sys.stderr,  # progress: with --json, stdout is the report alone
     )
-    res = finish(
-        out.run,
-        fp,
-        screen,
-        user=args.user,
-        device=args.device,
-        session_dir=session_dir,
-        profile_out=profile_out,
-        frames_written=writer.written,
-        extra_report={"replayed": ls.describe()},
-    )
+    with refused_says_why(writer, source):
+        res = finish(
+            out.run,
+            fp,
+            screen,
+            user=args.user,
+            device=args.device,
+            session_dir=session_dir,
+            profile_out=profile_out,
+            frames_written=writer.written,
+            extra_report={"replayed": ls.describe()},
+        )
     writer.finish(f"{source}; " + res.lines()[0])
     return res
 

@@ -10,6 +10,7 @@ through the same run, so the same fit and files come out of it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -253,6 +254,20 @@ def finish(
     if useless is not None:  # nothing to keep: a poor profile, said, beats none
         print(f"WARNING: calibration {useless}; calibrate again", file=sys.stderr, flush=True)
     return CalibrationResult(prof, ev, saved, session_dir, plot, report_path, frames_written)
+
+
+@contextlib.contextmanager
+def refused_says_why(writer: SessionWriter, source: str):
+    """Around `finish`: a calibration refused (too few targets, no better than guessing,
+    stopped while fitting) leaves its frames as a session whose notes say why, and no folder
+    when it captured none: a folder holding a manifest alone was read by `eval-sittings` as
+    a sitting it could not read."""
+    try:
+        yield
+    except UserError as e:
+        if not writer.discard_if_empty():
+            writer.finish(f"{source}; not used: {e}")
+        raise
 
 
 def _fit(

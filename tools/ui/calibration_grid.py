@@ -33,6 +33,7 @@ from gazeloop.tools.runtime.calibration import (
     finish,
     manifest_for,
     record_extra,
+    refused_says_why,
 )
 from gazeloop.tools.runtime.recording import UnixClock
 from gazeloop.tools.ui.render import drawable, wrap
@@ -286,23 +287,24 @@ def calibrate_on_screen(
         if out.cancelled or out.source_ended:
             _abandon(out, writer, source_desc)
             return None
-        res = _fit_or_say_why(
-            display,
-            screen,
-            result_wait_s,
-            lambda stop: finish(
-                out.run,
-                fp,
+        with refused_says_why(writer, source):
+            res = _fit_or_say_why(
+                display,
                 screen,
-                user=user,
-                device=device,
-                session_dir=session_dir,
-                profile_out=profile_out,
-                frames_written=writer.written,
-                replaces=replaces,
-                cancelled=stop,
-            ),
-        )
+                result_wait_s,
+                lambda stop: finish(
+                    out.run,
+                    fp,
+                    screen,
+                    user=user,
+                    device=device,
+                    session_dir=session_dir,
+                    profile_out=profile_out,
+                    frames_written=writer.written,
+                    replaces=replaces,
+                    cancelled=stop,
+                ),
+            )
         writer.finish(f"gazeloop calibrate: {cfg.n_targets}-point grid; " + res.lines()[0])
         plot = cv2.imread(str(res.plot_path))
         lines = [*res.lines()[:1], _continues(result_wait_s)]

@@ -339,6 +339,22 @@ def test_a_recording_with_closed_eyes_says_which_targets_failed_and_why(shared, 
     rc, _, err = cli("calibrate", "--headless", "--source", rec, "--out", tmp_path / "s")
     assert rc == 2
     assert "only 0 of 1 targets" in err and "target 0: 0 kept (blink x1)" in err
+    # The frames captured stay, and the session says why it was not used (eval-sittings and
+    # a later calibration's history read it as a sitting).
+    notes = json.loads((tmp_path / "s" / "session.json").read_text())["notes"]
+    assert "not used: only 0 of 1 targets" in notes
+    two = tmp_path / "two"
+    two.mkdir()
+    evit = shared / "data/evit/p1_s03"
+    (two / "session.json").write_bytes((evit / "session.json").read_bytes())
+    for rec_json in sorted(evit.glob("img_*.json"))[:2]:
+        for p in (rec_json, rec_json.with_suffix(".jpg")):
+            (two / p.name).write_bytes(p.read_bytes())
+    rc, _, err = cli("calibrate", "--headless", "--source", two, "--out", tmp_path / "s2")
+    assert rc == 2 and "the fit needs 4" in err, err
+    notes = json.loads((tmp_path / "s2" / "session.json").read_text())["notes"]
+    assert "not used: only 2 of 2 targets" in notes
+    assert len(list((tmp_path / "s2").glob("img_*.jpg"))) == 2
 
 
 @pytest.mark.slow
