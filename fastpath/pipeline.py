@@ -35,7 +35,12 @@ STAGES = ("landmarks", "features", "gaze_model", "mapping", "filter")
 # spec: RMS sample-to-sample <= 10 px with at most one frame of lag at a change of target),
 # with every settled frame kept (no outlier rejection hides the jitter a user sees):
 # min_cutoff 1.0 Hz -> 11.9 px at 0.30 frames of lag; 0.5 Hz -> 8.6 px at 0.36 frames
-# (2026-12, `gazeloop eval C4 --precision`). beta carries the lag at a saccade.
+# (2026-12, `gazeloop eval C4 --precision`). beta carries the lag at a saccade. That lag is
+# of the recording's switches, screen-wide jumps; a smaller gaze shift is smoothed longer,
+# since the filter opens with speed: 90 % of a noise-free step at 60 Hz is reached after
+# 433 ms for 50 px, 267 ms for 150 px, 167 ms for 400 px, 100 ms for 1000 px (on a 2560 px
+# screen; at 30 Hz 567, 400, 267, 167 ms; `test_filters.py` recomputes them). The price of
+# the 10 px precision; what the loop compares labels with is the unfiltered point.
 FILTER_DEFAULTS: dict[str, dict[str, float]] = {"one_euro": {"min_cutoff": 0.5, "beta": 1.0}}
 
 

@@ -384,3 +384,26 @@ def test_make_filter_rejects_parameters_the_filter_does_not_take() -> None:
 def test_invalid_parameter_values_are_rejected(name: str, params: dict[str, float]) -> None:
     with pytest.raises(ValueError, match=next(iter(params))):
         make_filter(name, **params)
+
+
+def _ms_to_90_percent(jump_px: float, hz: int, screen_w: float = 2560.0) -> int:
+    """The fast path's default 1€ filter on a noise-free step of the screen point."""
+    from gazeloop.fastpath.pipeline import default_filter_params
+
+    f = OneEuroFilter(**default_filter_params("one_euro"))
+    period = round(1e9 / hz)
+    a = np.array([0.3, 0.5])
+    b = a + [jump_px / screen_w, 0.0]
+    for k in range(hz):  # a second at rest
+        f(k * period, a)
+    for k in range(1, 5 * hz):
+        if f((hz + k - 1) * period, b)[0] - a[0] >= 0.9 * (b[0] - a[0]):
+            return round(k * 1000 / hz)
+    raise AssertionError("never reached 90 %")
+
+
+@pytest.mark.parametrize(("hz", "ms"), [(60, (433, 267, 167, 100)), (30, (567, 400, 267, 167))])
+def test_the_lag_quoted_for_smaller_gaze_shifts(hz, ms):
+    """fastpath.pipeline's comment on its defaults: a shift smaller than the recording's
+    screen-wide switches is smoothed longer (the filter opens with speed)."""
+    assert tuple(_ms_to_90_percent(j, hz) for j in (50, 150, 400, 1000)) == ms
