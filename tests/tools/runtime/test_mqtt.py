@@ -1195,6 +1195,38 @@ def test_model_announce_and_fetch_into_a_registry(broker, tmp_path):
     assert old.messages == []
 
 
+@pytest.mark.slow
+def test_a_rollback_at_the_source_reaches_the_laptop_and_a_choice_made_there_stays(
+    broker, tmp_path
+):
+    """The training box rolled back to v1 and announced it; the laptop held v1 already,
+    counted it `already_had` and went on serving the withdrawn v2."""
+    from gazeloop.tools.runtime.mqtt.models import ModelAnnouncer, ModelFetcher
+    from gazeloop.trainer.registry import ModelRegistry
+
+    box, laptop = ModelRegistry(tmp_path / "box"), ModelRegistry(tmp_path / "laptop")
+    announcer = ModelAnnouncer(broker.url, chunk_size=4096)
+    fetcher = ModelFetcher(broker.url, laptop, backoff=FAST, fetch_timeout_s=30.0).start()
+    try:
+        for n, size in enumerate((10_000, 12_000), start=1):
+            box.register(*tiny_model(tmp_path / "m", "gaze-net", size), promote=True)
+            announcer.announce_path(box.root)
+            assert wait_until(lambda n=n: fetcher.stats.fetched == n, 10), fetcher.stats
+        assert laptop.promoted("gaze-net").version == 2
+        box.rollback("gaze-net")  # v2 withdrawn at the source
+        announcer.announce_path(box.root)
+        assert wait_until(lambda: laptop.promoted("gaze-net").version == 1, 10), fetcher.stats
+        assert fetcher.stats.already_had == 1
+        # The person at the laptop serves v2 again, by hand: the source's v1, announced again
+        # (a retained announcement comes on every connection), does not undo it.
+        laptop.promote(2, "gaze-net", reason="I prefer it")
+        announcer.announce_path(box.root)
+        assert wait_until(lambda: fetcher.stats.already_had == 2, 10), fetcher.stats
+    finally:
+        fetcher.close()
+    assert laptop.promoted("gaze-net").version == 2
+
+
 # -- TLS ---------------------------------------------------------------------------------------
 
 

@@ -49,6 +49,8 @@ if TYPE_CHECKING:
     from gazeloop.trainer.registry import ModelRegistry, RegistryEntry
 
 log = logging.getLogger(__name__)
+# The reason a fetcher promotes with: a serving that came by fetch follows its source.
+_BY_FETCH = "fetched"
 
 MODELS_ROOT = f"{TOPIC_ROOT}/models"
 ANNOUNCE_TOPIC = f"{MODELS_ROOT}/announce"
@@ -367,6 +369,31 @@ class ModelFetcher(Supervised):
     def _have(self, ann: ModelAnnouncement) -> bool:
         return any(e.card.onnx_sha256 == ann.sha256 for e in self.registry.list(ann.model_id))
 
+    def _follow_source(self, ann: ModelAnnouncement) -> None:
+        """A model held here already, announced as the one its source serves (the source
+        rolled back to it, or promoted it by hand): served here too. A laptop kept the
+        withdrawn model, counted the announcement as `already_had` and nothing else. What a
+        person chose here by hand (`models promote`, `models rollback`) is left alone; only
+        a serving that came by fetch follows the source."""
+        ev = ann.card.get("evaluation")
+        if not (ev is None or ev.get("promoted") is True):
+            return
+        same = [e for e in self.registry.list(ann.model_id) if e.card.onnx_sha256 == ann.sha256]
+        held = same[-1]
+        served = self.registry.promoted(ann.model_id)
+        if served is not None and served.version == held.version:
+            return
+        last = self.registry.last_promotion(ann.model_id) or {}
+        if served is not None and not str(last.get("reason", "")).startswith(_BY_FETCH):
+            log.info(
+                "%s v%d is served at its source; v%d, chosen here (%s), stays served",
+                ann.model_id, held.version, served.version, last.get("reason") or "by hand",
+            )  # fmt: skip
+            return
+        reason = f"{_BY_FETCH}: served at its source"
+        self.registry.promote(held.version, ann.model_id, reason=reason)
+        log.info("%s v%d served again: its source serves it", ann.model_id, held.version)
+
     async def _session(self, client: aiomqtt.Client) -> None:
         self._transfer: _Transfer | None = None
         await client.subscribe(self.topic, qos=1)
@@ -429,7 +456,8 @@ class ModelFetcher(Supervised):
             self._malformed(f"{ann.model_id} announcement", f"card: {problem}")
             return transfer
         if await asyncio.to_thread(self._have, ann):
-            self._counts["already_had"] += 1
+            await asyncio.to_thread(self._follow_source, ann)
+            self._counts["already_had"] += 1  # after: whoever reads the count sees the serving
             return transfer
         if transfer is not None:  # a newer model replaces the one still arriving
             await client.unsubscribe(f"{transfer.ann.chunk_topic}/+")
@@ -475,7 +503,7 @@ class ModelFetcher(Supervised):
                 # Only what its source promoted (or a hand export no gate judged) is served.
                 ev = ann.card.get("evaluation")
                 ok = ev is None or ev.get("promoted") is True
-                return self.registry.register(path, ann.card, promote=ok, reason="fetched")
+                return self.registry.register(path, ann.card, promote=ok, reason=_BY_FETCH)
 
         try:
             entry = await asyncio.to_thread(put)
