@@ -128,6 +128,12 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
         metavar=("W", "H"),
         help=f"the screen in use: {SCREEN_PX_HELP}",
     )
+    p.add_argument(
+        "--mirrored",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a replayed session without session.json stores selfie views (default: not)",
+    )
 
 
 def _add_oracle_args(p: argparse.ArgumentParser) -> None:
@@ -484,11 +490,14 @@ def _target_hook(args, ls: LabelledSource):
 
 def run(args: argparse.Namespace) -> int:
     camera = camera_request(args)
+    if args.mirrored is not None and not Path(str(args.source)).expanduser().is_dir():
+        raise UserError(f"{args.source}: --mirrored is for a session folder's images")
     if not args.headless:
         require_display("the live view", "use --headless to run without one")
     ls = open_labelled(
         args.source,
         screen_px=tuple(args.screen_px) if args.screen_px else None,
+        mirrored=args.mirrored,
         with_targets=args.oracle == "targets" or args.replay_clicks,
         **camera,
     )
