@@ -89,6 +89,9 @@ def test_train_on_a_label_store_judged_on_another_session(store, shared, tmp_pat
     assert lab["store"] == str(store) and lab["accepted_labels"] == 10  # the line is accepted
     assert lab["exported_labels"] == 9
     assert lab["skipped"] == {"line label": 1, "rejected by the loop": 1}
+    # and says so where a person reads (it was said in --json alone)
+    (note,) = [line for line in err.splitlines() if line.startswith(f"note: {store}")]
+    assert "; left out: " in note and "1 line label" in note and "1 rejected by the loop" in note
     assert lab["frames"] == 9 and lab["screen_px"] == list(GRID9_SCREEN)
     # The person the user's calibration sessions are (their manifests' `user`): one person.
     assert lab["person"] == "session:alice"

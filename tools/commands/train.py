@@ -200,7 +200,8 @@ def _export_labels(args, doc: dict) -> list:
             if say:
                 print(
                     f"note: {store}: {exp.exported} labels {how} -> {exp.session} "
-                    f"(screen {exp.screen.px[0]}x{exp.screen.px[1]} from {exp.screen_from})",
+                    f"(screen {exp.screen.px[0]}x{exp.screen.px[1]} from {exp.screen_from})"
+                    + _left_out(exp.skipped),
                     file=sys.stderr,
                 )
             exports.append(exp)
@@ -611,6 +612,14 @@ def _ship(cfg, summary, args) -> dict:
         raise UserError(f"export refused: {e}") from None
 
 
+def _left_out(skipped: dict[str, int]) -> str:
+    """Why labels of a store were not exported, for the lines a person reads (it was said
+    in --json alone: '12 of 109 accepted', with 97 on another screen unsaid)."""
+    if not skipped:
+        return ""
+    return "; left out: " + ", ".join(f"{n} {why}" for why, n in skipped.items())
+
+
 def _readable(out: dict) -> str:
     """The summary for a person: the run, then what the gate decided and why."""
     from gazeloop.trainer.gate import GateResult
@@ -636,6 +645,7 @@ def _readable(out: dict) -> str:
         lines.append(
             f"labels: {lab['store']}: {lab['exported_labels']} exported{accepted}, "
             f"{lab.get('frames', 0)} frames read (validation included)"
+            + _left_out(lab.get("skipped") or {})
         )
     gate = out.get("gate") or {}
     if "sessions" in gate:
