@@ -55,7 +55,9 @@ import logging
 import math
 import os
 import re
+import shutil
 import sqlite3
+import tempfile
 import threading
 import time
 import uuid
@@ -212,10 +214,9 @@ def _pair(a: Any) -> tuple[float, float] | None:
     return (float(v[0]), float(v[1]))
 
 
-def _connect_ro(path: Path, *, immutable: bool) -> sqlite3.Connection:
-    flags = "mode=ro&immutable=1" if immutable else "mode=ro"
+def _connect_ro(path: Path) -> sqlite3.Connection:
     return sqlite3.connect(
-        f"{path.resolve().as_uri()}?{flags}",
+        f"{path.resolve().as_uri()}?mode=ro",
         uri=True,
         timeout=10.0,
         isolation_level=None,
@@ -320,21 +321,22 @@ class LabelStore:
         path = self.root / DB_NAME
         if not path.is_file():
             raise LabelStoreError(f"{self.root}: no label store here (no {DB_NAME})")
-        # Read-only, and `immutable` only where it must be: a writer may open the store after
-        # us (a `run` while `labels` reads), and an immutable reader then reads pages it
-        # changed. SQLite may leave empty -wal/-shm files beside the database: its own,
-        # removed by the next writer. In a folder nobody may write to (a read-only mount, a
-        # backup) it cannot make the -shm file a WAL reader needs, and refused to read the
-        # store at all; there, no writer can change it either.
+        # Read-only, never `immutable`: a writer may open the store after us (a `run` while
+        # `labels` reads), and an immutable reader then reads pages it changed (and ignores
+        # the write-ahead log). SQLite may leave empty -wal/-shm files beside the database:
+        # its own, removed by the next writer. In a folder this reader may not write to (a
+        # read-only mount, a backup, another user's) SQLite cannot make the -shm file a WAL
+        # reader needs and refused to read the store at all: there the database and its log
+        # are copied into a private folder and read as they stood.
         try:
             try:
-                self._db = _connect_ro(path, immutable=False)
+                self._db = _connect_ro(path)
                 version = self._schema_version()
             except sqlite3.OperationalError:
                 if os.access(self.root, os.W_OK):
                     raise
                 self.close()
-                self._db = _connect_ro(path, immutable=True)
+                self._db = _connect_ro(self._private_copy(path))
                 version = self._schema_version()
             if version is None or version > SCHEMA_VERSION:
                 why = "no tables" if version is None else f"schema version {version}, newer"
@@ -346,6 +348,15 @@ class LabelStore:
         except BaseException:
             self.close()
             raise
+
+    def _private_copy(self, path: Path) -> Path:
+        """The database and its write-ahead log, copied into a folder of our own (removed
+        on close): a snapshot of the store as it stood."""
+        self._copy = tempfile.TemporaryDirectory(prefix="gazeloop-labels-")
+        for src in (path, path.with_name(path.name + "-wal")):
+            if src.is_file():
+                shutil.copyfile(src, Path(self._copy.name) / src.name)
+        return Path(self._copy.name) / path.name
 
     def _take_lock(self) -> bool:
         """A shared lock for our lifetime; True when, at opening, nobody else held one."""
@@ -492,6 +503,9 @@ class LabelStore:
                 with contextlib.suppress(sqlite3.Error):
                     db.close()
                 self._db = None  # type: ignore[assignment]
+            copy, self._copy = getattr(self, "_copy", None), None
+            if copy is not None:
+                copy.cleanup()
             self._release_lock()
 
     def __enter__(self) -> LabelStore:

@@ -566,18 +566,22 @@ def test_a_writer_killed_at_a_random_point_loses_at_most_the_label_in_flight(tmp
 
 
 def test_a_store_nobody_may_write_to_is_still_read(tmp_path):
-    """A store in a folder the reader may not write to (a backup, a read-only mount): SQLite
-    cannot make the -shm file a WAL reader needs, and `gazeloop labels` said 'unable to open
-    database file'. Read as another user (as root, chmod alone would not stop us)."""
+    """A store in a folder the reader may not write to (a backup, a read-only mount, another
+    user's): SQLite cannot make the -shm file a WAL reader needs, and `gazeloop labels` said
+    'unable to open database file'. Read as another user (as root, chmod alone would not
+    stop us), from copies taken while a writer still had labels in its write-ahead log."""
     import shutil
     import tempfile
 
-    with LabelStore(tmp_path) as store:
-        store.add(point(1), img(1), None, decision())
     folder = tempfile.mkdtemp(prefix="gazeloop-ro-")  # pytest's own is root's alone
     try:
-        ro = os.path.join(folder, "labels")
-        shutil.copytree(tmp_path, ro, ignore=shutil.ignore_patterns("*-wal", "*-shm", ".lock"))
+        with LabelStore(tmp_path) as store:
+            for i in (1, 2, 3):
+                store.add(point(i), img(i), None, decision())
+            wal = tmp_path / f"{DB_NAME}-wal"
+            assert wal.is_file() and wal.stat().st_size > 0  # not checkpointed yet
+            ro = os.path.join(folder, "labels")
+            shutil.copytree(tmp_path, ro, ignore=shutil.ignore_patterns("*-shm", ".lock"))
         for d, _, files in os.walk(ro):
             os.chmod(d, 0o555)
             for f in files:
@@ -590,13 +594,13 @@ def test_a_store_nobody_may_write_to_is_still_read(tmp_path):
                 os.setgid(65534)
                 os.setuid(65534)
             with LabelStore({ro!r}, readonly=True) as s:
-                print(s.count())
+                print(s.count(), len(list(s)))
         """)
         r = subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd="/"
         )
-        assert r.returncode == 0 and r.stdout.strip() == "1", r.stderr
-        assert sorted(os.listdir(ro)) == ["images", DB_NAME]
+        assert r.returncode == 0 and r.stdout.split() == ["3", "3"], r.stderr
+        assert sorted(os.listdir(ro)) == ["images", DB_NAME, f"{DB_NAME}-wal"]  # untouched
     finally:
         for d, _, _ in os.walk(folder):
             os.chmod(d, 0o755)
