@@ -208,6 +208,7 @@ class Live:
         if mapper is not None:
             fp.set_mapper(mapper)
         self.history = History(max_age_s=120.0, max_len=20_000)
+        self._mapping = None  # the fast path's mapper whose points the History holds
         self.policy = policy or SnapshotPolicy()
         self.store = store
         self.publisher = publisher
@@ -371,7 +372,8 @@ class Live:
         model (`GazeModel`), the store's record of the run says it from here on."""
         # The points so far are the old model's: a label about one of them (a click's
         # fixation, an oracle's frame) would be judged with the new profile's offset. It
-        # finds no estimate to be judged by; it is still stored, with its frame's run.
+        # finds no estimate to be judged by; it is still stored, with its frame's run. (A
+        # frame in flight meanwhile: `_forget_other_mapping`.)
         self.history.clear()
         old, self.mapper = self.mapper, mapper
         new_model = gaze is not None and self.run_settings is not None
@@ -393,13 +395,15 @@ class Live:
     def process(self, frame: Frame) -> GazeSample:
         t0 = time.perf_counter()
         s = self.fp.process(frame)
+        self._forget_other_mapping()
         q = s.quality
         xy = s.screen_xy if s.screen_xy is not None else None
         if s.screen_xy_raw is not None and q.usable:
             # The frame's own estimate, not the filtered cursor: the filter trails a gaze
-            # shift by 0.3-0.6 s, so a click 150 ms after the eye landed was compared with a
-            # point still on its way (42-75 px off with no drift at all), and the loop
-            # moved the offset for drift that was not there.
+            # shift (150 px: 267 ms to 90 % at 60 Hz, `fastpath.pipeline`), so a click 150 ms
+            # after the eye landed was compared with a point still on its way (42-75 px off
+            # with no drift, in an audit's simulation), and the loop moved the offset for
+            # drift that was not there.
             self.history.append(frame.t_ns, s.screen_xy_raw)
         if self.clicks is not None or self.glance is not None:
             self._keep_frame(frame)
@@ -420,6 +424,17 @@ class Live:
         # The processing rate: a replay's own timestamps would show the recording's rate.
         self._frame_t.append(time.monotonic_ns())
         return s
+
+    def _forget_other_mapping(self) -> None:
+        """The fast path takes a hot-reloaded model and profile at the start of a frame, after
+        `adopt` cleared the History on the watcher's thread: a frame already in flight then
+        left one point of the old ones, for a label to be judged by. Its mapper changed: the
+        History goes again, here, before this frame's point."""
+        mapper = getattr(self.fp, "mapper", None)
+        if mapper is not self._mapping:
+            if self._mapping is not None:
+                self.history.clear()
+            self._mapping = mapper
 
     def _submit(self, frame: Frame, s: GazeSample, *, on_demand: bool) -> Snapshot | None:
         snap = snapshot_of(frame, s, on_demand=on_demand)

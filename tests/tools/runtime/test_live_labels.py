@@ -644,3 +644,18 @@ def test_a_hot_reloaded_model_leaves_no_point_of_the_old_one_to_judge_a_label_by
     assert np.allclose(rig.live.loop.offset, 0.0)
     rig.run(100)
     assert rig.live.history.window(0, 10**12)  # the new model's points come in again
+
+
+def test_a_frame_in_flight_across_a_hot_reload_leaves_no_point_of_the_old_model(rig):
+    """`adopt` clears the History on the watcher's thread while a frame of the old model is
+    still being processed: that frame's point came in after the clear; the fast path takes
+    the new profile only at the next frame, and the point was left for a label to use."""
+    rig.run(200, gaze=(0.4, 0.6))
+    new = mapper()
+    rig.live.adopt(new)  # the watcher: the swap is requested, not yet applied
+    rig.run(1000 / 60)  # the frame in flight, mapped with the old profile
+    (old_point,) = rig.live.history.window(0, 10**12)
+    rig.fp.set_mapper(new)  # the fast path applies the swap as the next frame starts
+    rig.run(1000 / 60)
+    kept = rig.live.history.window(0, 10**12)
+    assert len(kept) == 1 and kept[0].t_ns > old_point.t_ns
