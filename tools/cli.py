@@ -110,6 +110,24 @@ def main(argv: list[str] | None = None) -> int:
         progress.use_terminal(os.fdopen(os.dup(2), "w") if os.isatty(2) else None)
         quiet = StderrFilter()
     try:
+        rc = _dispatch(args)
+    finally:
+        if quiet is not None:
+            quiet.close()
+            progress.use_terminal(None)
+    if getattr(args, "leave_now", False):
+        # A torchrun process other than the main one, its work done (`commands.train`):
+        # out without the interpreter's teardown, after what it said is out.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+    return rc
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """The command, its errors each a code and one line."""
+    try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
@@ -139,10 +157,6 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"gazeloop {args.command}: {e.filename}: {e.strerror or e}", file=sys.stderr)
         return 2
-    finally:
-        if quiet is not None:
-            quiet.close()
-            progress.use_terminal(None)
 
 
 def _stderr_is_fd2() -> bool:

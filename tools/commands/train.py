@@ -27,7 +27,6 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import NoReturn
 
 from gazeloop.calibration.store.atomic import check_writable
 from gazeloop.tools.commands._args import (
@@ -510,18 +509,6 @@ def _check_sources(args) -> None:
                 )
 
 
-def _leave_now(rc: int) -> NoReturn:
-    """A process other than the main one ends here, its work done and its files closed,
-    without the interpreter's teardown: there gloo's threads meet a half-torn-down process
-    now and then, even after the process group was taken down (`train._end_processes`), and
-    end in `terminate called without an active exception` (SIGABRT), which torchrun reports
-    as the whole run failing (seen again on 2026-12-07, under load)."""
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(rc)
-
-
 def _run_train(args: argparse.Namespace) -> int:
     from gazeloop.trainer.model import CheckpointError
     from gazeloop.trainer.train import TrainError, resumed_config, train
@@ -542,10 +529,13 @@ def _run_train(args: argparse.Namespace) -> int:
     ok = summary["stopped"] == "finished" or str(summary["stopped"]).startswith("early")
     if not summary.get("main_process", True):  # the main one exports, registers, reports
         # every process says it was interrupted, as the main one
-        rc = 128 + int(summary["signal"]) if summary.get("signal") else 0 if ok else 1
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            _leave_now(rc)
-        return rc
+        # Out without the interpreter's teardown (`cli.main`, after its own): there gloo's
+        # threads meet a half-torn-down process now and then, even after the process group
+        # was taken down (`train._end_processes`), and end in `terminate called without an
+        # active exception` (SIGABRT), which torchrun reports as the whole run failing (seen
+        # again on 2026-12-07, under load). Its work is done and its files are closed.
+        args.leave_now = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        return 128 + int(summary["signal"]) if summary.get("signal") else 0 if ok else 1
     out["promoted"] = False
     if summary.get("signal"):  # interrupted: nothing to judge yet; the run says how to go on
         out["gate"] = {"promoted": False, "reason": "interrupted before the end; not exported"}
