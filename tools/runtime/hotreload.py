@@ -74,17 +74,22 @@ def profile_for_model(path: Path, fp: FastPath) -> tuple[Profile, str]:
             f"the one loaded ({fp.gaze.model_id}, {fp.gaze.read} read), and it cannot be "
             f"refitted: {e}; recalibrate"
         ) from None
-    try:
-        kept = f"kept as {save_for_model(fit, path)}"
-    except OSError as e:
-        # A profile folder we may not write to (read-only, full) costs the next start a
-        # refit, not this one its profile: the refit is here, in memory.
-        kept = f"not kept ({e}): refitted again next time"
     err = f"{fit.fit.mean_px:.1f} px leave-one-target-out" if fit.fit.mean_px else "fitted"
     return fit, (
         f"profile: {how}; refitted for {fp.gaze.model_id} from {base.calibration_session} "
-        f"({err}), {kept}"
+        f"({err}), {_keep(fit, path)}"
     )
+
+
+def _keep(fit: Profile, path: Path) -> str:
+    """Keep a refit beside the user's profile for next time, and say where. A profile folder
+    we may not write to (read-only, full) costs the next start a refit, not this one its
+    profile: the refit is in memory (`track --profile` ended with exit 2 here; a hot reload
+    refused the model and refitted it again at every poll)."""
+    try:
+        return f"kept as {save_for_model(fit, path)}"
+    except OSError as e:
+        return f"not kept ({e}): refitted again next time"
 
 
 class ModelWatcher:
@@ -188,13 +193,9 @@ class ModelWatcher:
                 return False
             if prof is not None:
                 if path is not None:
-                    try:
-                        save_for_model(prof, path)
-                    except OSError as e:  # a full disk must not end the watcher, or tracking
-                        self.seen = seen_before
-                        self.errors.append(f"{name} not used: {e}")
-                        log.error("%s not used: %s", name, e)
-                        return False
+                    kept = _keep(prof, path)
+                    if kept.startswith("not kept"):
+                        log.warning("%s: the profile refitted for it is %s", name, kept)
                 self.profile = prof
             self.fp.request_swap(gaze, mapper)
             if self.on_swap is not None:

@@ -206,9 +206,11 @@ def test_no_swap_is_handed_over_while_the_c_key_holds_the_watcher(tmp_path, monk
     fp.close()
 
 
-def test_a_profile_that_cannot_be_saved_leaves_the_old_model_and_the_watcher(tmp_path, monkeypatch):
-    """A full disk while saving the refitted profile raised out of the watcher's thread:
-    no hot reload for the rest of the run, and nothing said."""
+def test_a_refit_that_cannot_be_saved_is_served_from_memory_and_said(tmp_path, monkeypatch, caplog):
+    """A full disk while saving the refitted profile raised out of the watcher's thread (no
+    hot reload for the rest of the run, nothing said); then it refused the model and refitted
+    it again at every poll. Now the refit is served from memory, as at start-up, and the
+    warning says it was not kept."""
     from gazeloop.tools.runtime import hotreload
 
     fp, watcher = promoted_watcher(tmp_path, monkeypatch, profile_path=tmp_path / "p.json")
@@ -217,11 +219,11 @@ def test_a_profile_that_cannot_be_saved_leaves_the_old_model_and_the_watcher(tmp
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(hotreload, "save_for_model", full_disk)
-    assert not watcher.check_once()
-    assert fp._swap is None and watcher.profile == "old"
-    assert watcher.errors == ["m v1 not used: [Errno 28] No space left on device"]
-    monkeypatch.setattr(hotreload, "save_for_model", lambda prof, path: path)
-    assert watcher.check_once()  # tried again, and served once the disk has room
+    with caplog.at_level("WARNING", logger="gazeloop.tools.runtime.hotreload"):
+        assert watcher.check_once()
+    assert fp._swap is not None and watcher.profile == "old refitted" and watcher.errors == []
+    assert "not kept ([Errno 28] No space left on device)" in caplog.text
+    assert not watcher.check_once()  # served: not refitted again at the next poll
     fp.close()
 
 
