@@ -46,27 +46,12 @@ def refit_profile(profile: Profile, fp_cfg, onnx_path: Path | None) -> Profile:
     """The same user, screen, features and mapping, fitted again for another gaze model
     from the frames of the profile's calibration session (all of its sessions, pooled as
     `calibration.sittings` pools them, when it was fitted on several)."""
-    given = profile.calibration_sessions or [profile.calibration_session]
-    folders = [f for f in given if f and Path(f).is_dir()]
-    if not folders:
-        raise RuntimeError(
-            f"profile {profile.user}/{profile.device} keeps no calibration session "
-            f"({given[-1]!r}): it cannot be refitted for a new model"
-        )
-    if len(folders) < len(given):  # a session deleted or moved since: refit on the rest
-        gone = [f for f in given if f not in folders]
-        log.warning("refitting without %d calibration session(s) gone: %s", len(gone), gone)
-    # The frames are read as the profile's were: left to tell from the frames, a selfie
-    # view without a manifest was read un-mirrored, and the refit, which no longer said
-    # so, put every point of a mirrored reading on the other side of the screen.
+    folders = _sessions_left(profile)
     chosen = profile.fit.chosen
-    mirrored = None if chosen is None else chosen.mirrored
     fp = FastPath(fp_cfg.model_copy(update={"gaze_model": onnx_path}))
     gaze = fp.gaze
-    parts = []
     try:
-        for folder in folders:
-            parts.append(collect_session(folder, fp, mirrored=mirrored).labelled())
+        parts = [_read_as_fitted(folder, fp, chosen) for folder in folders]
     finally:
         fp.close()
     used = LabelledFrames.concat(parts)
@@ -110,6 +95,30 @@ def refit_profile(profile: Profile, fp_cfg, onnx_path: Path | None) -> Profile:
     # last week for this sitting's (the loop's prior) because it was refitted today.
     kept = {"calibration_sessions": [str(f) for f in folders] if pooled else [], "fit": fit}
     return new.model_copy(update=kept | {"created": profile.created})
+
+
+def _sessions_left(profile: Profile) -> list[str]:
+    """The profile's calibration sessions still on disk (a refit goes on without the ones
+    deleted or moved since, said); RuntimeError when none is."""
+    given = profile.calibration_sessions or [profile.calibration_session]
+    folders = [f for f in given if f and Path(f).is_dir()]
+    if not folders:
+        raise RuntimeError(
+            f"profile {profile.user}/{profile.device} keeps no calibration session "
+            f"({given[-1]!r}): it cannot be refitted for a new model"
+        )
+    if len(folders) < len(given):
+        gone = [f for f in given if f not in folders]
+        log.warning("refitting without %d calibration session(s) gone: %s", len(gone), gone)
+    return folders
+
+
+def _read_as_fitted(folder: str, fp: FastPath, chosen) -> LabelledFrames:
+    """A session's frames read as the profile's were: left to tell from the frames, a
+    selfie view without a manifest was read un-mirrored, and the refit, which no longer
+    said so, put every point of a mirrored reading on the other side of the screen."""
+    mirrored = None if chosen is None else chosen.mirrored
+    return collect_session(folder, fp, mirrored=mirrored).labelled()
 
 
 def refit_in_child(

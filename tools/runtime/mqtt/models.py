@@ -44,6 +44,7 @@ from gazeloop.tools.runtime.mqtt.conn import (
     connected,
     first_of,
 )
+from gazeloop.trainer.card import MODEL_ID_PATTERN
 
 if TYPE_CHECKING:
     from gazeloop.trainer.registry import ModelRegistry, RegistryEntry
@@ -56,7 +57,6 @@ MODELS_ROOT = f"{TOPIC_ROOT}/models"
 ANNOUNCE_TOPIC = f"{MODELS_ROOT}/announce"
 CHUNK_SIZE = 128 * 1024
 MAX_MODEL_BYTES = 256 * 1024 * 1024
-_MODEL_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"  # as trainer.card.MODEL_ID_PATTERN
 _SHA = r"^[0-9a-f]{64}$"
 
 
@@ -65,7 +65,7 @@ class ModelAnnouncement(BaseModel):
 
     format: Literal["gazeloop.model_announce"] = "gazeloop.model_announce"
     schema_version: Literal[1] = 1
-    model_id: str = Field(pattern=_MODEL_ID)
+    model_id: str = Field(pattern=MODEL_ID_PATTERN)
     version: int = Field(ge=1)  # the trainer registry's number; the laptop numbers its own
     sha256: str = Field(pattern=_SHA)
     size: int = Field(ge=1, le=MAX_MODEL_BYTES)
