@@ -70,6 +70,7 @@ _EXTRA_OF = {
     "scipy": "trainer",
     "aiomqtt": "mqtt",
     "transformers": "oracle",
+    "PIL": "oracle",
     "pynput": "cursor",
     "mediapipe": "mediapipe",
 }

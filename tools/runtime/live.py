@@ -82,8 +82,8 @@ def snapshot_of(frame: Frame, s: GazeSample, *, on_demand: bool = False) -> Snap
         eye = (float(mid[0]), float(mid[1]))
     # this frame's own estimate, before the filter and past the screen's edge too: as the
     # History keeps it for the loop, so every label in the store compares its point with
-    # the same thing
-    xy = s.screen_xy_raw if s.screen_xy_raw is not None else s.screen_xy_unclipped
+    # the same thing (labels stored before 2026-12-07 carry the filtered point)
+    xy = s.screen_xy_raw
     fast = None if xy is None else (float(xy[0]), float(xy[1]))
     return Snapshot(
         t_ns=frame.t_ns,
