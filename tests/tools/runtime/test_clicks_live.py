@@ -72,3 +72,33 @@ def test_no_frame_yet_means_the_press_is_not_placed_in_time():
     clock, hist, lab, labels = setup()
     lab.press(*TARGET)
     assert lab.poll() == [] and lab._open == []
+
+
+def test_a_click_soon_after_a_gaze_shift_is_compared_with_the_frames_estimate():
+    """Why the History holds each frame's own estimate and not the filtered cursor: the eye
+    jumps 200 px to a button and the hand clicks 150 ms after it landed, with no drift at
+    all. Judged against the 1€-filtered points the label said the gaze was 54 px off (the
+    filter still on its way), and the loop would move for drift that is not there."""
+    from gazeloop.fastpath.filters import make_filter
+    from gazeloop.fastpath.pipeline import default_filter_params
+
+    def residual_px(filtered: bool) -> float:
+        clock, hist, lab, labels = setup()
+        f = make_filter("one_euro", **default_filter_params("one_euro"))
+        button = np.add(TARGET, (200.0, 0.0))
+        for k, t in enumerate(np.arange(0, 2000, 1000 / 30)):  # 30 fps, jump at 1000 ms
+            clock.t = round(t * MS) + 5_000 * MS
+            ft = round((t + 100_000) * MS)
+            xy = np.divide(button if t >= 1000 else TARGET, SCREEN)
+            hist.append(ft, f(ft, xy) if filtered else xy)
+            lab.frame(ft)
+            lab.poll()
+            if k == round(1150 * 30 / 1000):  # 150 ms after the eye landed
+                lab.press(*button)
+                lab.release(*button)
+        (label,) = labels
+        est = hist.at(label.t_ns, 0)
+        return float(np.hypot(*((np.array(label.observation.xy) - est) * SCREEN)))
+
+    assert residual_px(filtered=False) < 1.0
+    assert residual_px(filtered=True) > 40.0
