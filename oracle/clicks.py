@@ -114,7 +114,7 @@ def fixation_before(
     min_ns = rules.min_fixation_ms * _MS
     # A stretch never spans a hole (the face lost, the eyes shut): two samples 480 ms apart
     # with nothing between were a "fixation" of whatever happened in between.
-    holes = np.concatenate([[0], np.cumsum(np.diff(t) > rules.max_gap_ms * _MS)])
+    holes = _holes(t, rules.max_gap_ms * _MS)
     last = len(t) - 1
     start = stable_run_start(xy, last, rules.radius_px, _unbroken_from(holes, last))
     if t[last] - t[start] >= min_ns:
@@ -128,6 +128,12 @@ def fixation_before(
         if t[end] - t[s] >= min_ns:
             return None, "saccade"
     return None, "no_fixation"
+
+
+def _holes(t: np.ndarray, gap_ns: float) -> np.ndarray:
+    """The holes (gaps over `gap_ns`) before each sample, counted: two samples with the same
+    count have no hole between them."""
+    return np.concatenate([[0], np.cumsum(np.diff(t) > gap_ns)])
 
 
 def _unbroken_from(holes: np.ndarray, end: int) -> int:
@@ -239,7 +245,7 @@ def fixation_on_dot(
     # For each start, the sample that makes the stretch long enough; all stretches at once
     # (this runs every frame while the dot shows).
     ends = np.searchsorted(t, t + round(min_ns), side="left")
-    gaps = np.concatenate([[0], np.cumsum(np.diff(t) > gap_ns)])  # holes before each sample
+    gaps = _holes(t, gap_ns)
     starts = np.nonzero(ends < len(t))[0]  # long enough by now (later calls have more)
     starts = starts[gaps[ends[starts]] == gaps[starts]]  # and no hole in the stretch
     rested_far = False
