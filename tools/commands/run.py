@@ -439,7 +439,7 @@ def _replay_clicks(args, live: Live, mapper, ls: LabelledSource):
     live.clicks = ClickLabeller(
         live.history, mapper.screen.px, live.external_label, clock=lambda: 0
     )
-    return ClickReplay(live.clicks, ls.target_of)
+    return ClickReplay(live.clicks, ls.target_of, recorded_px=ls.screen_px)
 
 
 def _clicks(args, live: Live, mapper, ls: LabelledSource):

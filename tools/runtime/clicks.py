@@ -215,11 +215,15 @@ class ClickReplay:
     target once, `after_ms` into its settled frames (the hand follows the eye), exactly on
     it. The presses go through the same `ClickLabeller` and rules as a real mouse, so the
     fast path's own fixations decide which become labels. Deterministic: no random timing
-    (the benchmark's `click_replay` draws human timing; this is for a live run to show)."""
+    (the benchmark's `click_replay` draws human timing; this is for a live run to show).
+    `recorded_px`: the screen the recording's targets are pixels of, when it differs from
+    the one in use (a click is a pixel of the screen in use: the recording's 2560x1440
+    corners, pressed as they were on a 1920x1080 screen, were stored 63 px off or off it)."""
 
-    def __init__(self, labeller: ClickLabeller, target_of, after_ms=300.0):
+    def __init__(self, labeller: ClickLabeller, target_of, after_ms=300.0, recorded_px=None):
         self.labeller = labeller
         self.target_of = target_of  # frame -> FrameTarget | None (tools.runtime.labelled)
+        self.scale = np.ones(2) if recorded_px is None else labeller.size / np.asarray(recorded_px)
         self.after_ns = round(after_ms * _MS)
         self.pressed = 0
         self._visit: tuple[int, int] | None = None  # (target id, first settled frame's time)
@@ -235,7 +239,7 @@ class ClickReplay:
         if self._visit is None or self._visit[0] != info.target:
             self._visit, self._done = (info.target, frame.t_ns), False
         if not self._done and frame.t_ns - self._visit[1] >= self.after_ns:
-            x, y = info.label_px
+            x, y = np.asarray(info.label_px, dtype=np.float64) * self.scale
             self.labeller.press(x, y)
             self.labeller.release(x, y)
             self.pressed += 1

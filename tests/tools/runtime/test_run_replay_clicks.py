@@ -51,6 +51,33 @@ def test_targets_and_replayed_clicks_feed_one_loop_and_the_store(c4_profile, tmp
 
 
 @pytest.mark.slow
+def test_replayed_clicks_on_another_screen_are_at_the_targets_fractions(
+    c4_profile, tmp_path, monkeypatch
+):
+    """The recording's corners are pixels of its 2560x1440 screen; pressed as such on a
+    1920x1080 screen in use, the clicks were stored at other fractions than the targets'
+    (63 px off) or off the screen (an audit: 'clicks 1 kept of 1' for 4 targets)."""
+    from gazeloop.calibration.store.labelstore import LabelStore
+    from gazeloop.calibration.store.session import read_session
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("GAZELOOP_HOME", str(home))
+    rc, out, err = cli(
+        "run", "--headless", "--source", VIDEO, "--oracle", "targets", "--replay-clicks",
+        "--profile", c4_profile, "--snapshot-every", "0.5", "--no-watch-models",
+        "--screen-px", 1920, 1080,
+    )  # fmt: skip
+    assert rc == 0, err
+    assert "clicks 4 kept of 4" in out.strip().splitlines()[-1], out
+    with LabelStore(home / "users" / "default" / "labels", readonly=True) as store:
+        clicks = {tuple(round(v, 6) for v in r.observation.xy) for r in store}
+    session = read_session(c4_profile.parent / "session")  # the recording, as imported
+    w, h = session.screen_px
+    corners = {(round(i.label_px[0] / w, 6), round(i.label_px[1] / h, 6)) for i in session.items}
+    assert len(clicks & corners) == 4, (clicks, corners)  # the target oracle's are there too
+
+
+@pytest.mark.slow
 def test_the_configs_policy_is_the_one_run_uses(c4_profile, tmp_path, monkeypatch):
     """`--config`'s policy section reaches `run`: a gaze never slow enough to be a fixation
     takes no snapshot for the target oracle at all, while the clicks, judged by their own
