@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from gazeloop.calibration.geometry import ScreenGeometry
+from gazeloop.calibration.profile import user_dir
 from gazeloop.calibration.store.labelstore import DB_NAME, LabelStore, LabelStoreError
 from gazeloop.calibration.store.session import MANIFEST_NAME
 from gazeloop.trainer.datasets import real_path
@@ -76,11 +77,28 @@ class LabelExport:
 
 
 def store_user(store: Path) -> str:
-    """`<user>` for a store at `.../users/<user>/labels`, else the folder's name, as it is:
-    the person its labels are of, the same as their sessions' manifests name ("李雷" and
-    "王芳" were both "store", and trained as one person)."""
+    """The person a store's labels are of, named as their sessions' manifests name them: for
+    a store at `.../users/<folder>/labels`, the user its folder was made for, else the
+    folder's name, as it is ("李雷" and "王芳" were both "store", and trained as one person).
+    A name that is no plain folder name has a folder of its own spelling ("team/eve" in
+    `team_eve-<hash>`): the profiles beside the store say it, or the labels of "team/eve"
+    trained as another person than her sessions and went to validation whole."""
     p = real_path(store)
-    return p.parent.name if p.name == "labels" and p.parent.parent.name == "users" else p.name
+    if not (p.name == "labels" and p.parent.parent.name == "users"):
+        return p.name
+    folder = p.parent.name
+    named = {n for n in map(_profile_user, p.parent.glob("profiles/*.json")) if n}
+    if len(named) == 1 and user_dir(next(iter(named))).name == folder:
+        return named.pop()
+    return folder
+
+
+def _profile_user(path: Path) -> str | None:
+    try:
+        user = json.loads(path.read_text(encoding="utf-8")).get("user")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return user if isinstance(user, str) else None
 
 
 def store_name(store: Path) -> str:

@@ -78,3 +78,21 @@ def test_two_users_stores_are_two_people(tmp_path, monkeypatch):
         store = _store(tmp_path / "users" / user / "labels", [LAPTOP])
         people.append(export_store(store, tmp_path / "run", len(people)).person)
     assert people == ["session:李雷", "session:王芳"]
+
+
+def test_a_user_whose_name_is_no_folder_name_is_the_person_of_their_sessions(tmp_path, monkeypatch):
+    """ "team/eve" lives in a folder of another spelling: her labels trained as person
+    'team_eve-<hash>' beside her sessions' 'team/eve', two people, and one went to validation
+    whole. Her profiles beside the store name her."""
+    import json
+
+    from gazeloop.calibration.profile import profile_path, user_dir
+
+    monkeypatch.setenv("GAZELOOP_HOME", str(tmp_path))
+    home = user_dir("team/eve")
+    assert home.name != "team/eve" and home.parent == tmp_path / "users"
+    store = _store(home / "labels", [LAPTOP])
+    p = profile_path("team/eve", "laptop")
+    p.parent.mkdir(parents=True)
+    p.write_text(json.dumps({"user": "team/eve", "screen": {"px": [1512, 982]}}))
+    assert export_store(store, tmp_path / "run", 0).person == "session:team/eve"
