@@ -77,8 +77,11 @@ def run_list(args: argparse.Namespace) -> int:
         if stray:
             print(f"  ({stray[0]} there is a version folder; it goes in a model id's folder:")
             print(f"   {reg.root}/<model-id>/{stray[0]}, the trainer's id is gazeloop-gazenet)")
+    # A run serves a promoted model when the registry has one model id, else the one its
+    # --model-id names: with several, both were starred "served" while run served neither.
+    star = "*" if len(served) <= 1 else "+"
     for e in entries:
-        mark = "*" if served.get(e.model_id) == e.version else " "
+        mark = star if served.get(e.model_id) == e.version else " "
         ev = e.card.evaluation or {}
         reason = f": {ev['reason']}" if ev.get("reason") else ""
         by_hand = ev.get("promoted_by_hand")
@@ -93,7 +96,13 @@ def run_list(args: argparse.Namespace) -> int:
         else:
             gate = "gate: not judged"
         print(f"{mark} {e.model_id} v{e.version}  {e.card.created:%Y-%m-%d %H:%M}  {gate}")
-    print("(* = served by the fast path)")
+    if len(served) <= 1:
+        print("(* = served by the fast path)")
+    else:
+        print(
+            f"(+ = promoted; {len(served)} model ids are: run serves the one `run --model-id "
+            "ID` names, else the stock model)"
+        )
     return 0
 
 
@@ -114,10 +123,16 @@ def run_promote(args: argparse.Namespace) -> int:
     try:
         reg.promote(args.version, args.model_id, reason=args.reason or "gazeloop models promote")
         entry = reg.promoted(args.model_id)
+        assert entry is not None
+        others = [m for m in reg.model_ids() if m != entry.model_id and reg.promoted(m)]
     except RegistryError as e:
         raise UserError(str(e)) from None
-    assert entry is not None
-    print(f"promoted {entry.model_id} v{entry.version}: a running fast path switches to it")
+    then = (
+        "a running fast path switches to it"
+        if not others
+        else f"served by `run --model-id {entry.model_id}` (promoted too: {', '.join(others)})"
+    )
+    print(f"promoted {entry.model_id} v{entry.version}: {then}")
     return 0
 
 

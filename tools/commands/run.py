@@ -110,6 +110,10 @@ def add_parser(sub) -> None:
         action="store_true",
         help="do not switch to newer models appearing in the registry",
     )
+    p.add_argument(
+        "--model-id",
+        help="the registry's model to serve, when it holds several (default: its only one)",
+    )
     add_grid_args(p)
     add_fastpath_args(p)
     p.set_defaults(func=run)
@@ -593,7 +597,8 @@ def _models(args) -> tuple[FastPath, ProfileMapper | None, Path]:
     nothing. → (fast path, mapper or None, profile file)."""
     from gazeloop.tools.runtime.hotreload import startup_model
 
-    fp_cfg, said = startup_model(fastpath_config(args))  # the promoted model, unless named
+    # the promoted model, unless a gaze model is named
+    fp_cfg, said = startup_model(fastpath_config(args), model_id=args.model_id)
     print(said, flush=True)
     fp = FastPath(fp_cfg)
     mapper, used_profile = _profile(args, fp)
@@ -685,6 +690,7 @@ def _model_watcher(args, live: Live, fp: FastPath, mapper, used_profile: Path):
             profile_path=used_profile,
             screen=None if mapper is None else mapper.screen,
             on_swap=on_swap,
+            model_id=args.model_id,
         )
         watcher.start()
     except ImportError:  # the registry lives in the trainer extra

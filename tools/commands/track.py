@@ -34,6 +34,10 @@ def add_parser(sub) -> None:
     p.add_argument("--jsonl", action="store_true", help="one JSON line per sample")
     p.add_argument("--profile", type=Path, help="calibration profile: output screen points")
     p.add_argument(
+        "--model-id",
+        help="with --profile: the registry's model to serve, when it holds several",
+    )
+    p.add_argument(
         "--screen-px",
         type=positive_int,
         nargs=2,
@@ -205,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
     if args.profile:  # the model the user's profile is served with: the promoted one
         from gazeloop.tools.runtime.hotreload import startup_model
 
-        cfg, said = startup_model(cfg)
+        cfg, said = startup_model(cfg, model_id=args.model_id)
         print(said, file=sys.stderr, flush=True)
     fp = FastPath(cfg)
     mapper = None

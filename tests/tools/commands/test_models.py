@@ -48,6 +48,36 @@ def test_promote_and_rollback_move_what_is_served(tmp_path, capsys):
     assert "nothing is promoted, so nothing to roll back" in capsys.readouterr().err
 
 
+def test_with_two_model_ids_promoted_none_is_called_served_and_run_names_one(
+    tmp_path, capsys, monkeypatch
+):
+    """Two model ids promoted: `models list` starred both as served and promote said 'a
+    running fast path switches to it', while run served the stock model (it cannot choose)
+    and had no way to be told which."""
+    from gazeloop.fastpath.pipeline import FastPathConfig
+    from gazeloop.tools.cli import main
+    from gazeloop.tools.runtime.hotreload import startup_model
+    from gazeloop.trainer.registry import ModelRegistry
+
+    reg = ModelRegistry(tmp_path / "reg")
+    for mid in ("net", "carol-net"):
+        reg.register(*tiny_model(tmp_path / "m", mid, 1000), promote=True)
+    opts = ["--registry", str(reg.root)]
+    capsys.readouterr()
+    assert main(["models", "promote", "1", "--model-id", "carol-net", *opts]) == 0
+    assert "served by `run --model-id carol-net` (promoted too: net)" in capsys.readouterr().out
+    assert main(["models", "list", *opts]) == 0
+    listing = capsys.readouterr().out
+    assert "* " not in listing and "+ net v1" in listing and "+ carol-net v1" in listing
+    assert "run serves the one `run --model-id ID` names, else the stock model" in listing
+    cfg, said = startup_model(FastPathConfig(), reg.root, model_id="carol-net")
+    assert "carol-net v1" in said and cfg.gaze_model == reg.promoted("carol-net").onnx_path
+    for command in (["run", "-h"], ["track", "-h"]):
+        with pytest.raises(SystemExit):
+            main(command)
+        assert "--model-id" in capsys.readouterr().out
+
+
 @pytest.fixture(autouse=True)
 def _home(tmp_path, monkeypatch):
     monkeypatch.setenv("GAZELOOP_HOME", str(tmp_path / "home"))
