@@ -631,6 +631,8 @@ def _run_settings(args, fp: FastPath, mapper, used_profile: Path) -> dict:
     profile and the gaze model, so every label says how it was made."""
     return {
         "command": "run",
+        "user": args.user,
+        "device": args.device,  # whose camera placement: the uplink files labels by it
         "source": str(args.source),
         "oracle": args.oracle,
         "profile": None if mapper is None else str(used_profile),

@@ -697,9 +697,11 @@ def test_a_schema_1_store_sends_only_what_it_had_not_sent(broker, tmp_path):
 def test_each_label_goes_out_on_the_screen_its_run_recorded(broker, tmp_path):
     """A run on the external monitor stored labels that are fractions of that monitor: they
     reach the collector filed under its size, the others under the screen the uplink was
-    given. A run record that does not read costs its own label only, not the batch."""
+    given; and under the device that run was on (all went under the sending run's device,
+    two camera placements in one folder). A run record that does not read costs its own
+    label only, not the batch."""
     store = LabelStore(tmp_path / "store")
-    monitor = store.begin_run({"source": "0"}, ScreenGeometry(px=(2560, 1440)))
+    monitor = store.begin_run({"source": "0", "device": "desk"}, ScreenGeometry(px=(2560, 1440)))
     broken = store.begin_run({"source": "1"}, ScreenGeometry(px=(800, 600)))
     for i in range(4):  # odd ones on the monitor, even ones from before runs were recorded
         add_label(store, i, run_id=monitor if i % 2 else None)
@@ -718,7 +720,7 @@ def test_each_label_goes_out_on_the_screen_its_run_recorded(broker, tmp_path):
         uplink.close()
         collector.close()
     laptop = read_session(out / "ann__mac__1920x1080")
-    external = read_session(out / "ann__mac__2560x1440")
+    external = read_session(out / "ann__desk__2560x1440")
     assert len(laptop) == len(external) == 2 and external.manifest.screen_px == (2560, 1440)
     assert sorted(it.label_px[0] for it in external.items) == pytest.approx(
         [0.15 * 2560, 0.35 * 2560]

@@ -273,7 +273,7 @@ class LabelUplink(Supervised):
         # The screen for labels whose run recorded none (or made before runs were
         # recorded); without it the collector files their points under other/.
         self.screen = screen
-        self._run_screens: dict[int, ScreenGeometry | None] = {}
+        self._runs: dict[int, StoredRun | None] = {}  # the store's run records, read once
         self.batch = batch  # within paho's 20 in-flight QoS 1 messages
         self.poll_s = poll_s
         self._own_loop(f"label-uplink {self.topic}", backoff)
@@ -282,16 +282,26 @@ class LabelUplink(Supervised):
         self._wake: asyncio.Event | None = None
         self._closing = threading.Event()
 
+    def _run_of(self, row: StoredLabel) -> StoredRun | None:
+        if row.run_id is None:
+            return None
+        if row.run_id not in self._runs:
+            self._runs[row.run_id] = self.store.run(row.run_id)
+        return self._runs[row.run_id]
+
     def _screen_of(self, row: StoredLabel) -> ScreenGeometry | None:
         """The screen the label's point is a fraction of: its run's, when recorded (a run
         after a calibration on another monitor), else the one this uplink was given."""
-        if row.run_id is not None:
-            if row.run_id not in self._run_screens:
-                run = self.store.run(row.run_id)
-                self._run_screens[row.run_id] = None if run is None else run.screen
-            if self._run_screens[row.run_id] is not None:
-                return self._run_screens[row.run_id]
-        return self.screen
+        run = self._run_of(row)
+        return run.screen if run is not None and run.screen is not None else self.screen
+
+    def _device_of(self, row: StoredLabel) -> str:
+        """The device the label was made on: its run's, when recorded, else this uplink's.
+        Labels still pending from a run on another device were all filed under the device
+        of the run that sent them, mixing two camera placements in one session folder."""
+        run = self._run_of(row)
+        device = None if run is None else run.settings.get("device")
+        return device if isinstance(device, str) and device else self.device
 
     @property
     def stats(self) -> UplinkStats:
@@ -346,7 +356,9 @@ class LabelUplink(Supervised):
             stop, identifier=client_id("labels"), watch=True, name=f"labels {self.topic}"
         )
 
-    def _next_batch(self) -> list[tuple[int, bytes]]:
+    def _next_batch(self) -> list[tuple[int, str, bytes]]:
+        """(label id, topic, message) of the next pending labels: each on its own device's
+        topic (the collector checks the message names the topic's user and device)."""
         out = []
         for label_id in self.unsent(self.batch + len(self._bad)):
             if label_id in self._bad:
@@ -375,7 +387,7 @@ class LabelUplink(Supervised):
             if payload is None:  # too big: pending, as a bad row is, and said once
                 self._bad.add(row.id)
                 continue
-            out.append((row.id, payload))
+            out.append((row.id, label_topic(self.user, self._device_of(row)), payload))
             if len(out) == self.batch:
                 break
         return out
@@ -385,10 +397,11 @@ class LabelUplink(Supervised):
         re-encoded smaller; None (and a warning) when it cannot fit. A broker drops what is
         over its cap yet acknowledges it, so sending it anyway would lose the label."""
         screen, limit = self._screen_of(row), self.max_message_bytes
+        device = self._device_of(row)
 
         def build(img: bytes | None, how: Reencoded | None = None) -> bytes:
             msg = message_from_row(
-                row, img, user=self.user, device=self.device, screen=screen, reencoded=how
+                row, img, user=self.user, device=device, screen=screen, reencoded=how
             )
             return msg.model_dump_json(exclude_none=True).encode()
 
@@ -436,10 +449,10 @@ class LabelUplink(Supervised):
                 await wait_event(self._wake, self.poll_s)
                 continue
             results = await asyncio.gather(
-                *(client.publish(self.topic, payload, qos=1) for _, payload in batch),
+                *(client.publish(topic, payload, qos=1) for _, topic, payload in batch),
                 return_exceptions=True,
             )
-            acked = [i for (i, _), r in zip(batch, results, strict=True) if r is None]
+            acked = [i for (i, _, _), r in zip(batch, results, strict=True) if r is None]
             if acked:
                 try:
                     await asyncio.to_thread(self._mark_sent, acked)
