@@ -1217,16 +1217,31 @@ def test_a_rollback_at_the_source_reaches_the_laptop_and_a_choice_made_there_sta
         assert laptop.promoted("gaze-net").version == 2
         box.rollback("gaze-net")  # v2 withdrawn at the source
         announcer.announce_path(box.root)
-        assert wait_until(lambda: laptop.promoted("gaze-net").version == 1, 10), fetcher.stats
-        assert fetcher.stats.already_had == 1
-        # The person at the laptop serves v2 again, by hand: the source's v1, announced again
-        # (a retained announcement comes on every connection), does not undo it.
+        # counted after the decision: the count first, then what is served
+        assert wait_until(lambda: fetcher.stats.already_had == 1, 10), fetcher.stats
+        assert laptop.promoted("gaze-net").version == 1
+        # The person at the laptop serves v2 again, by hand, then rolls back to nothing: the
+        # source's v1, announced again (a retained announcement comes on every connection),
+        # undoes neither.
         laptop.promote(2, "gaze-net", reason="I prefer it")
         announcer.announce_path(box.root)
         assert wait_until(lambda: fetcher.stats.already_had == 2, 10), fetcher.stats
+        assert laptop.promoted("gaze-net").version == 2
+        for _ in range(10):  # back past the first promotion: nothing served, the stock model
+            if laptop.rollback("gaze-net") is None:
+                break
+        assert laptop.promoted("gaze-net") is None
+        announcer.announce_path(box.root)
+        assert wait_until(lambda: fetcher.stats.already_had == 3, 10), fetcher.stats
+        assert laptop.promoted("gaze-net") is None
+        # A held copy damaged since is no copy: fetched again, not a traceback.
+        held = laptop.get(1, "gaze-net").onnx_path
+        held.write_bytes(held.read_bytes()[:-10] + b"0123456789")
+        announcer.announce_path(box.root)
+        assert wait_until(lambda: fetcher.stats.fetched == 3, 10), fetcher.stats
     finally:
         fetcher.close()
-    assert laptop.promoted("gaze-net").version == 2
+    assert fetcher.stats.failed == 0
 
 
 # -- TLS ---------------------------------------------------------------------------------------

@@ -367,7 +367,10 @@ class ModelFetcher(Supervised):
         await self._supervise(stop, identifier=client_id("fetch"), name="model fetcher")
 
     def _have(self, ann: ModelAnnouncement) -> bool:
-        return any(e.card.onnx_sha256 == ann.sha256 for e in self.registry.list(ann.model_id))
+        """Held, and whole: a damaged copy is fetched again (the hash of every version of
+        the id is read, once per announcement)."""
+        held = self.registry.list(ann.model_id, verify_hash=True)
+        return any(e.card.onnx_sha256 == ann.sha256 for e in held)
 
     def _follow_source(self, ann: ModelAnnouncement) -> None:
         """A model held here already, announced as the one its source serves (the source
@@ -375,24 +378,32 @@ class ModelFetcher(Supervised):
         withdrawn model, counted the announcement as `already_had` and nothing else. What a
         person chose here by hand (`models promote`, `models rollback`) is left alone; only
         a serving that came by fetch follows the source."""
+        from gazeloop.trainer.registry import RegistryError
+
         ev = ann.card.get("evaluation")
         if not (ev is None or ev.get("promoted") is True):
             return
-        same = [e for e in self.registry.list(ann.model_id) if e.card.onnx_sha256 == ann.sha256]
-        held = same[-1]
-        served = self.registry.promoted(ann.model_id)
-        if served is not None and served.version == held.version:
+        try:
+            same = [e for e in self.registry.list(ann.model_id) if e.card.onnx_sha256 == ann.sha256]
+            served = self.registry.promoted(ann.model_id)
+            if served is not None and served.version == same[-1].version:
+                return
+            # The last promotion or rollback here, to nothing included: a person's stays.
+            history = self.registry.promotions(ann.model_id)
+            last = str(history[-1].get("reason") or "by hand") if history else _BY_FETCH
+            if not last.startswith(_BY_FETCH):
+                log.info(
+                    "%s v%d is served at its source; kept here as chosen (%s)",
+                    ann.model_id, same[-1].version, last,
+                )  # fmt: skip
+                return
+            reason = f"{_BY_FETCH}: served at its source"
+            self.registry.promote(same[-1].version, ann.model_id, reason=reason)
+        except RegistryError as e:  # an unreadable pointer: said, the fetcher goes on
+            self._failed(ann, f"cannot serve the copy held here: {one_line(e)}")
+            log.warning("%s: cannot serve the copy held here: %s", ann.model_id, one_line(e))
             return
-        last = self.registry.last_promotion(ann.model_id) or {}
-        if served is not None and not str(last.get("reason", "")).startswith(_BY_FETCH):
-            log.info(
-                "%s v%d is served at its source; v%d, chosen here (%s), stays served",
-                ann.model_id, held.version, served.version, last.get("reason") or "by hand",
-            )  # fmt: skip
-            return
-        reason = f"{_BY_FETCH}: served at its source"
-        self.registry.promote(held.version, ann.model_id, reason=reason)
-        log.info("%s v%d served again: its source serves it", ann.model_id, held.version)
+        log.warning("%s v%d served again: its source serves it", ann.model_id, same[-1].version)
 
     async def _session(self, client: aiomqtt.Client) -> None:
         self._transfer: _Transfer | None = None
