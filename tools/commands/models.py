@@ -79,7 +79,7 @@ def run_list(args: argparse.Namespace) -> int:
             print(f"   {reg.root}/<model-id>/{stray[0]}, the trainer's id is gazeloop-gazenet)")
     # A run serves a promoted model when the registry has one model id, else the one its
     # --model-id names: with several, both were starred "served" while run served neither.
-    star = "*" if len(served) <= 1 else "+"
+    star = "*" if len(reg.model_ids()) <= 1 else "+"
     for e in entries:
         mark = star if served.get(e.model_id) == e.version else " "
         ev = e.card.evaluation or {}
@@ -96,12 +96,12 @@ def run_list(args: argparse.Namespace) -> int:
         else:
             gate = "gate: not judged"
         print(f"{mark} {e.model_id} v{e.version}  {e.card.created:%Y-%m-%d %H:%M}  {gate}")
-    if len(served) <= 1:
+    if star == "*":
         print("(* = served by the fast path)")
     else:
         print(
-            f"(+ = promoted; {len(served)} model ids are: run serves the one `run --model-id "
-            "ID` names, else the stock model)"
+            "(+ = promoted; the registry holds several model ids: run serves the one "
+            "`run --model-id ID` names, else the stock model)"
         )
     return 0
 
@@ -124,13 +124,14 @@ def run_promote(args: argparse.Namespace) -> int:
         reg.promote(args.version, args.model_id, reason=args.reason or "gazeloop models promote")
         entry = reg.promoted(args.model_id)
         assert entry is not None
-        others = [m for m in reg.model_ids() if m != entry.model_id and reg.promoted(m)]
+        others = [m for m in reg.model_ids() if m != entry.model_id]
     except RegistryError as e:
         raise UserError(str(e)) from None
     then = (
         "a running fast path switches to it"
         if not others
-        else f"served by `run --model-id {entry.model_id}` (promoted too: {', '.join(others)})"
+        else f"served by `run --model-id {entry.model_id}` (the registry holds "
+        f"{', '.join(others)} too)"
     )
     print(f"promoted {entry.model_id} v{entry.version}: {then}")
     return 0

@@ -494,8 +494,6 @@ def _target_hook(args, ls: LabelledSource):
 
 def run(args: argparse.Namespace) -> int:
     camera = camera_request(args)
-    if args.mirrored is not None and not Path(str(args.source)).expanduser().is_dir():
-        raise UserError(f"{args.source}: --mirrored is for a session folder's images")
     if not args.headless:
         require_display("the live view", "use --headless to run without one")
     ls = open_labelled(

@@ -203,8 +203,9 @@ def load_mapper(path: Path, fp: FastPath, screen_px=None) -> ProfileMapper:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.screen_px and not args.profile:  # it was silently ignored
-        raise UserError("--screen-px is the screen a --profile maps to; give --profile too")
+    for flag in ("screen_px", "model_id"):  # they were silently ignored
+        if getattr(args, flag) and not args.profile:
+            raise UserError(f"--{flag.replace('_', '-')} is for a --profile's points; give one")
     cfg: FastPathConfig = fastpath_config(args)
     if args.profile:  # the model the user's profile is served with: the promoted one
         from gazeloop.tools.runtime.hotreload import startup_model

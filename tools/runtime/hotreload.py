@@ -33,6 +33,7 @@ from gazeloop.calibration.profile import (
 from gazeloop.fastpath import models
 from gazeloop.fastpath.gaze_model import GazeModel
 from gazeloop.fastpath.pipeline import FastPath
+from gazeloop.tools.errors import UserError
 from gazeloop.tools.runtime.refit import refit_in_child, refit_profile
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,8 @@ def startup_model(fp_cfg, registry_root: Path | None = None, model_id: str | Non
     was named, else the config unchanged. No registry, no promoted version or no trainer
     extra: the stock model, said so."""
     if fp_cfg.gaze_model is not None:
+        if model_id is not None:
+            raise UserError("--model-id picks the registry's model; --gaze-model names a file")
         return fp_cfg, f"gaze model: {fp_cfg.gaze_model} (given)"
     try:
         from gazeloop.trainer.registry import ModelRegistry, RegistryError, default_registry_root
@@ -50,7 +53,12 @@ def startup_model(fp_cfg, registry_root: Path | None = None, model_id: str | Non
         return fp_cfg, "gaze model: stock (no trainer extra, so no model registry)"
     root = Path(registry_root or default_registry_root())
     try:
-        entry = ModelRegistry(root).promoted(model_id) if root.is_dir() else None
+        reg = ModelRegistry(root) if root.is_dir() else None
+        held = [] if reg is None else reg.model_ids()
+        if model_id is not None and model_id not in held:  # a typo served the stock model
+            raise UserError(f"--model-id {model_id}: not in the registry {root} (it holds: "
+                            f"{', '.join(held) or 'nothing'})")  # fmt: skip
+        entry = reg.promoted(model_id) if reg is not None else None
     except RegistryError as e:
         return fp_cfg, f"gaze model: stock (registry {root}: {e})"
     if entry is None:

@@ -112,12 +112,15 @@ def open_labelled(
     frames and media time; no import). `camera_fps` and `camera_size` (w, h) are what a
     camera is asked for; with any other source they are refused."""
     text = os.fspath(spec)
+    path = Path(text).expanduser()
+    if mirrored is not None and (is_camera(spec) or not path.is_dir() or corners4_folder(path)):
+        # a camera, a video or the 4-corner recording: said, where it was taken and ignored
+        raise SourceError(f"{text}: --mirrored is for a session folder's images")
     if is_camera(spec):
         w, h = camera_size or (None, None)
         return LabelledSource(open_source(text, fps=camera_fps, width=w, height=h), text, "camera")
     if camera_fps is not None or camera_size is not None:
         raise SourceError(f"a camera's fps and size apply to a camera index, not to {text!r}")
-    path = Path(text).expanduser()
     c4 = corners4_folder(path) if with_targets and path.exists() else None
     if c4 is not None:
         # The importer is the one reader of that study's files (labels in mm → px, settling

@@ -56,6 +56,7 @@ def test_with_two_model_ids_promoted_none_is_called_served_and_run_names_one(
     and had no way to be told which."""
     from gazeloop.fastpath.pipeline import FastPathConfig
     from gazeloop.tools.cli import main
+    from gazeloop.tools.errors import UserError
     from gazeloop.tools.runtime.hotreload import startup_model
     from gazeloop.trainer.registry import ModelRegistry
 
@@ -65,13 +66,27 @@ def test_with_two_model_ids_promoted_none_is_called_served_and_run_names_one(
     opts = ["--registry", str(reg.root)]
     capsys.readouterr()
     assert main(["models", "promote", "1", "--model-id", "carol-net", *opts]) == 0
-    assert "served by `run --model-id carol-net` (promoted too: net)" in capsys.readouterr().out
+    assert "served by `run --model-id carol-net` (the registry holds net too)" in (
+        capsys.readouterr().out
+    )
     assert main(["models", "list", *opts]) == 0
     listing = capsys.readouterr().out
     assert "* " not in listing and "+ net v1" in listing and "+ carol-net v1" in listing
     assert "run serves the one `run --model-id ID` names, else the stock model" in listing
     cfg, said = startup_model(FastPathConfig(), reg.root, model_id="carol-net")
     assert "carol-net v1" in said and cfg.gaze_model == reg.promoted("carol-net").onnx_path
+    # A typo served the stock model without a word; a model file named beside it was taken.
+    with pytest.raises(UserError, match="--model-id carl-net: not in the registry"):
+        startup_model(FastPathConfig(), reg.root, model_id="carl-net")
+    with pytest.raises(UserError, match="--gaze-model names a file"):
+        startup_model(FastPathConfig(gaze_model=tmp_path / "x.onnx"), reg.root, model_id="net")
+    # One promoted beside another registered: run serves neither, so no star either.
+    only = ModelRegistry(tmp_path / "reg2")
+    only.register(*tiny_model(tmp_path / "m", "net", 1000), promote=True)
+    only.register(*tiny_model(tmp_path / "m", "carol-net", 1000))
+    assert main(["models", "list", "--registry", str(only.root)]) == 0
+    listing = capsys.readouterr().out
+    assert "* " not in listing and "+ net v1" in listing
     for command in (["run", "-h"], ["track", "-h"]):
         with pytest.raises(SystemExit):
             main(command)

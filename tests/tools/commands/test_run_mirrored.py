@@ -21,6 +21,9 @@ def test_run_reads_a_replayed_session_as_its_flag_says(shared, monkeypatch):
         rc, _, err = cli("run", "--headless", "--source", grid9, "--screen-px", 1920, 1080, flag)
         assert rc == 0, err
     assert seen == {True: True, False: False}
-    rc, _, err = cli("run", "--headless", "--source", shared / "data/video-corners4/calibrate.mp4",
-                     "--mirrored")  # fmt: skip
-    assert rc == 2 and "--mirrored is for a session folder's images" in err, err
+    # Said where it would be ignored: a video, the 4-corner recording's folder (imported,
+    # its own reading), a camera.
+    c4 = shared / "data/video-corners4"
+    for source in (c4 / "calibrate.mp4", c4, "0"):
+        rc, _, err = cli("run", "--headless", "--source", source, "--mirrored")
+        assert rc == 2 and "--mirrored is for a session folder's images" in err, err

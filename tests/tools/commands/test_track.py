@@ -41,7 +41,7 @@ def test_a_selfie_session_without_a_manifest_is_read_as_the_profiles_frames_were
         assert rc == 2 and "--mirrored is for a session folder's images" in err, err
     # A screen without a profile to map to was silently ignored.
     rc, _, err = cli("track", grid9, "--screen-px", 1920, 1080)
-    assert rc == 2 and "give --profile too" in err, err
+    assert rc == 2 and "--screen-px is for a --profile's points" in err, err
 
 
 def _grid9_labels(grid9) -> np.ndarray:
