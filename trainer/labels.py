@@ -76,6 +76,11 @@ class LabelExport:
         return out
 
 
+def left_out(skipped: dict[str, int]) -> str:
+    """The labels an export left out, by why: "97 recorded on another screen, 1 line label"."""
+    return ", ".join(f"{n} {why}" for why, n in skipped.items())
+
+
 def store_user(store: Path) -> str:
     """The person a store's labels are of, named as their sessions' manifests name them: for
     a store at `.../users/<folder>/labels`, the user its folder was made for, else the
@@ -212,7 +217,7 @@ def export_store(
     exp.skipped = {str(k): int(v) for k, v in stats["skipped"].items()}
     if exp.exported == 0:
         shutil.rmtree(out, ignore_errors=True)
-        why = ", ".join(f"{n} {k}" for k, n in exp.skipped.items()) or "the store is empty"
+        why = left_out(exp.skipped) or "the store is empty"
         raise LabelExportError(
             f"{store}: no usable labels (point labels with an image the loop did not reject): "
             f"{exp.accepted} accepted; skipped: {why}"
@@ -220,4 +225,4 @@ def export_store(
     return exp
 
 
-__all__ = ["EXPORTS", "LabelExport", "LabelExportError", "export_store", "store_name"]
+__all__ = ["EXPORTS", "LabelExport", "LabelExportError", "export_store", "left_out", "store_name"]

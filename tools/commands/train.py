@@ -605,9 +605,9 @@ def _ship(cfg, summary, args) -> dict:
 def _left_out(skipped: dict[str, int]) -> str:
     """Why labels of a store were not exported, for the lines a person reads (it was said
     in --json alone: '12 of 109 accepted', with 97 on another screen unsaid)."""
-    if not skipped:
-        return ""
-    return "; left out: " + ", ".join(f"{n} {why}" for why, n in skipped.items())
+    from gazeloop.trainer.labels import left_out
+
+    return f"; left out: {left_out(skipped)}" if skipped else ""
 
 
 def _readable(out: dict) -> str:

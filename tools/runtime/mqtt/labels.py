@@ -377,7 +377,8 @@ class LabelUplink(Supervised):
                     # The label is still worth having; the collector files it under other/.
                     log.warning("label %d: snapshot unreadable (%s); sending without it", row.id, e)
             try:
-                payload = self._payload(row, jpeg)
+                device = self._device_of(row)
+                payload = self._payload(row, jpeg, device)
             except (ValidationError, ValueError, LabelStoreError) as e:  # a bad row or run
                 # Left pending (a repaired store could still send it) but not retried here, so
                 # one bad row cannot hold up every label behind it.
@@ -387,17 +388,16 @@ class LabelUplink(Supervised):
             if payload is None:  # too big: pending, as a bad row is, and said once
                 self._bad.add(row.id)
                 continue
-            out.append((row.id, label_topic(self.user, self._device_of(row)), payload))
+            out.append((row.id, label_topic(self.user, device), payload))
             if len(out) == self.batch:
                 break
         return out
 
-    def _payload(self, row: StoredLabel, jpeg: bytes | None) -> bytes | None:
+    def _payload(self, row: StoredLabel, jpeg: bytes | None, device: str) -> bytes | None:
         """The label's message within `max_message_bytes`: with the snapshot as stored, else
         re-encoded smaller; None (and a warning) when it cannot fit. A broker drops what is
         over its cap yet acknowledges it, so sending it anyway would lose the label."""
         screen, limit = self._screen_of(row), self.max_message_bytes
-        device = self._device_of(row)
 
         def build(img: bytes | None, how: Reencoded | None = None) -> bytes:
             msg = message_from_row(
