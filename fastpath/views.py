@@ -60,8 +60,7 @@ def session_views(
     reads = {"as read": col} | ({"other": col.other} if col.other is not None else {})
     usable = [{ls.name for ls in c.samples if not ls.settling} for c in reads.values()]
     common = set.intersection(*usable)
-    rejected = [(r.file, r.why) for r in col.rejected]
-    rejected += settling_rejected(col)
+    rejected = rejected_frames(col)
     rejected += [
         (ls.name, "no gaze in the other read of the frames")
         for ls in col.samples
@@ -75,6 +74,12 @@ def session_views(
     if not len(kept["as read"]):
         raise NoUsableFrames(none_usable(session.folder, rejected))
     return Views(col=col, reads=kept, rejected=rejected)
+
+
+def rejected_frames(col: Collected) -> list[tuple[str, str]]:
+    """Every frame left out of a collected session, each with why: the files the reader or
+    the fast path refused, then the frames recorded while the eyes were on their way."""
+    return [(r.file, r.why) for r in col.rejected] + settling_rejected(col)
 
 
 def settling_rejected(col: Collected) -> list[tuple[str, str]]:

@@ -106,9 +106,9 @@ def _profile_user(path: Path) -> str | None:
     return user if isinstance(user, str) else None
 
 
-def store_name(store: Path) -> str:
-    """`store_user` made safe for a folder name (the export's)."""
-    return _SAFE.sub("_", store_user(store)).strip("._") or "store"
+def _folder_name(user: str) -> str:
+    """A user's name made safe for a folder name (the export's)."""
+    return _SAFE.sub("_", user).strip("._") or "store"
 
 
 def profile_screen(store: Path) -> tuple[ScreenGeometry, str] | None:
@@ -186,9 +186,9 @@ def export_store(
     keeps the export it started with; otherwise an earlier export there is replaced (the
     caller refuses a run folder holding another run's checkpoints before this)."""
     store = Path(store)
-    name = f"{index}-{store_name(store)}"
-    out = Path(run_dir) / EXPORTS / name
-    person = f"session:{store_user(store)}"
+    user = store_user(store)
+    out = Path(run_dir) / EXPORTS / f"{index}-{_folder_name(user)}"
+    person = f"session:{user}"
     if resume and out.is_dir() and any(out.glob("img_*.json")):
         try:  # the screen it was exported for, whatever the store or the flags say now
             px = json.loads((out / MANIFEST_NAME).read_text())["screen_px"]
@@ -225,4 +225,4 @@ def export_store(
     return exp
 
 
-__all__ = ["EXPORTS", "LabelExport", "LabelExportError", "export_store", "left_out", "store_name"]
+__all__ = ["EXPORTS", "LabelExport", "LabelExportError", "export_store", "left_out", "store_user"]

@@ -28,7 +28,7 @@ from gazeloop.calibration.profile import DEFAULT_FEATURES
 from gazeloop.calibration.store.atomic import check_writable, write_plot
 from gazeloop.calibration.store.session import read_session
 from gazeloop.fastpath.filters import make_filter
-from gazeloop.fastpath.views import none_usable, settling_rejected
+from gazeloop.fastpath.views import none_usable, rejected_frames
 from gazeloop.tools.commands._args import (
     add_distance_arg,
     add_fastpath_args,
@@ -333,8 +333,7 @@ def _run_fixed(args: argparse.Namespace, mapping: str, names: list[str]):
     screen = screen_for(args, session)
     col, _ = collect_frames(args, session, "eval")
     used = col.labelled()
-    rejected = [(r.file, r.why) for r in col.rejected]
-    rejected += settling_rejected(col)
+    rejected = rejected_frames(col)
     if not len(used):
         raise UserError(none_usable(args.session, rejected))
     names, x = feature_columns(used, names)

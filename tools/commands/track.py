@@ -18,6 +18,7 @@ from gazeloop.fastpath.sources import is_camera, open_source
 from gazeloop.fastpath.types import GazeSample
 from gazeloop.tools.commands._args import add_fastpath_args, fastpath_config, positive_int
 from gazeloop.tools.errors import UserError
+from gazeloop.tools.runtime.labelled import refuse_mirrored
 
 
 def add_parser(sub) -> None:
@@ -229,10 +230,9 @@ def _read_as(args: argparse.Namespace, mapper: ProfileMapper | None) -> dict:
     The flag, else the manifest; a folder that says nothing is read as the profile's
     frames were (`eval --profile` does the same): a mapping fitted on un-mirrored frames
     puts a mirrored face's gaze on the other side of the screen."""
+    refuse_mirrored(args.source, args.mirrored)
     folder = Path(str(args.source)).expanduser()
     if is_camera(args.source) or not folder.is_dir():  # as `open_source` decides
-        if args.mirrored is not None:
-            raise UserError(f"{args.source}: --mirrored is for a session folder's images")
         return {}
     if args.mirrored is not None:
         return {"unmirror": args.mirrored}

@@ -528,8 +528,8 @@ def _run_train(args: argparse.Namespace) -> int:
     out = _train_summary(summary, exports)
     ok = summary["stopped"] == "finished" or str(summary["stopped"]).startswith("early")
     if not summary.get("main_process", True):  # the main one exports, registers, reports
-        # every process says it was interrupted, as the main one
-        # Out without the interpreter's teardown (`cli.main`, after its own): there gloo's
+        # Every process says it was interrupted, as the main one. Out without the
+        # interpreter's teardown (`cli.main`, after its own): there gloo's
         # threads meet a half-torn-down process now and then, even after the process group
         # was taken down (`train._end_processes`), and end in `terminate called without an
         # active exception` (SIGABRT), which torchrun reports as the whole run failing (seen

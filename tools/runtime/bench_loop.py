@@ -61,7 +61,7 @@ from gazeloop.calibration.profile import DEFAULT_FEATURES, Profile
 from gazeloop.calibration.store.session import Session, SessionError, read_session
 from gazeloop.fastpath.collect import LazyFastPath
 from gazeloop.fastpath.pipeline import FastPath, FastPathConfig
-from gazeloop.fastpath.views import none_usable, settling_rejected
+from gazeloop.fastpath.views import none_usable, rejected_frames
 from gazeloop.tools.errors import UserError
 from gazeloop.tools.runtime.click_replay import draw_clicks
 from gazeloop.tools.runtime.selection import (
@@ -151,8 +151,7 @@ def collect_points(
     col = collect_session(session, fp)
     used = col.labelled()
     if not len(used):
-        rejected = [(r.file, r.why) for r in col.rejected] + settling_rejected(col)
-        raise UserError(none_usable(folder, rejected))
+        raise UserError(none_usable(folder, rejected_frames(col)))
     x, groups, truth = used.matrix(list(DEFAULT_FEATURES)), used.groups, used.labels_px
     # Per-target outliers out, as `gazeloop eval` does, so the numbers match it.
     keep = robust_keep(x, groups)

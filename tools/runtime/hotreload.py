@@ -85,19 +85,19 @@ def profile_for_model(path: Path, fp: FastPath) -> tuple[Profile, str]:
     err = f"{fit.fit.mean_px:.1f} px leave-one-target-out" if fit.fit.mean_px else "fitted"
     return fit, (
         f"profile: {how}; refitted for {fp.gaze.model_id} from {base.calibration_session} "
-        f"({err}), {_keep(fit, path)}"
+        f"({err}), {_keep(fit, path)[1]}"
     )
 
 
-def _keep(fit: Profile, path: Path) -> str:
+def _keep(fit: Profile, path: Path) -> tuple[bool, str]:
     """Keep a refit beside the user's profile for next time, and say where. A profile folder
     we may not write to (read-only, full) costs the next start a refit, not this one its
     profile: the refit is in memory (`track --profile` ended with exit 2 here; a hot reload
     refused the model and refitted it again at every poll)."""
     try:
-        return f"kept as {save_for_model(fit, path)}"
+        return True, f"kept as {save_for_model(fit, path)}"
     except OSError as e:
-        return f"not kept ({e}): refitted again next time"
+        return False, f"not kept ({e}): refitted again next time"
 
 
 class ModelWatcher:
@@ -201,9 +201,9 @@ class ModelWatcher:
                 return False
             if prof is not None:
                 if path is not None:
-                    kept = _keep(prof, path)
-                    if kept.startswith("not kept"):
-                        log.warning("%s: the profile refitted for it is %s", name, kept)
+                    kept, said = _keep(prof, path)
+                    if not kept:
+                        log.warning("%s: the profile refitted for it is %s", name, said)
                 self.profile = prof
             self.fp.request_swap(gaze, mapper)
             if self.on_swap is not None:

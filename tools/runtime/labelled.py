@@ -96,6 +96,17 @@ def corners4_folder(path: Path) -> Path | None:
     return None
 
 
+def refuse_mirrored(spec: str | os.PathLike[str], mirrored: bool | None) -> None:
+    """--mirrored says how a session folder's images were stored: given with a camera, a
+    video or the 4-corner recording (read by its importer) it would be ignored, so it is
+    refused (SourceError), naming the source."""
+    if mirrored is None:
+        return
+    path = Path(os.fspath(spec)).expanduser()
+    if is_camera(spec) or not path.is_dir() or corners4_folder(path):
+        raise SourceError(f"{os.fspath(spec)}: --mirrored is for a session folder's images")
+
+
 def open_labelled(
     spec: str | os.PathLike[str],
     *,
@@ -113,9 +124,7 @@ def open_labelled(
     camera is asked for; with any other source they are refused."""
     text = os.fspath(spec)
     path = Path(text).expanduser()
-    if mirrored is not None and (is_camera(spec) or not path.is_dir() or corners4_folder(path)):
-        # a camera, a video or the 4-corner recording: said, where it was taken and ignored
-        raise SourceError(f"{text}: --mirrored is for a session folder's images")
+    refuse_mirrored(spec, mirrored)
     if is_camera(spec):
         w, h = camera_size or (None, None)
         return LabelledSource(open_source(text, fps=camera_fps, width=w, height=h), text, "camera")

@@ -149,6 +149,12 @@ def _read_card(path: Path) -> dict[str, Any]:
     return card
 
 
+def _served_at_source(card: dict[str, Any]) -> bool:
+    """Only what its source promoted (or a hand export no gate judged) is served here."""
+    ev = card.get("evaluation")
+    return ev is None or ev.get("promoted") is True
+
+
 def card_problem(card: dict[str, Any]) -> str | None:
     """Why `card` is not a `trainer.card.ModelCard` (what a registry takes), in one line;
     None when it is one."""
@@ -366,13 +372,14 @@ class ModelFetcher(Supervised):
     async def run(self, stop: asyncio.Event) -> None:
         await self._supervise(stop, identifier=client_id("fetch"), name="model fetcher")
 
-    def _have(self, ann: ModelAnnouncement) -> bool:
-        """Held, and whole: a damaged copy is fetched again (the hash of every version of
-        the id is read, once per announcement)."""
+    def _held(self, ann: ModelAnnouncement) -> RegistryEntry | None:
+        """The newest version held here of the announced model, whole: a damaged copy is
+        fetched again (the hash of every version of the id is read, once per announcement)."""
         held = self.registry.list(ann.model_id, verify_hash=True)
-        return any(e.card.onnx_sha256 == ann.sha256 for e in held)
+        same = [e for e in held if e.card.onnx_sha256 == ann.sha256]
+        return same[-1] if same else None
 
-    def _follow_source(self, ann: ModelAnnouncement) -> None:
+    def _follow_source(self, ann: ModelAnnouncement, held: RegistryEntry) -> None:
         """A model held here already, announced as the one its source serves (the source
         rolled back to it, or promoted it by hand): served here too. A laptop kept the
         withdrawn model, counted the announcement as `already_had` and nothing else. What a
@@ -380,13 +387,11 @@ class ModelFetcher(Supervised):
         a serving that came by fetch follows the source."""
         from gazeloop.trainer.registry import RegistryError
 
-        ev = ann.card.get("evaluation")
-        if not (ev is None or ev.get("promoted") is True):
+        if not _served_at_source(ann.card):
             return
         try:
-            same = [e for e in self.registry.list(ann.model_id) if e.card.onnx_sha256 == ann.sha256]
             served = self.registry.promoted(ann.model_id)
-            if served is not None and served.version == same[-1].version:
+            if served is not None and served.version == held.version:
                 return
             # The last promotion or rollback here, to nothing included: a person's stays.
             history = self.registry.promotions(ann.model_id)
@@ -394,16 +399,16 @@ class ModelFetcher(Supervised):
             if not last.startswith(_BY_FETCH):
                 log.info(
                     "%s v%d is served at its source; kept here as chosen (%s)",
-                    ann.model_id, same[-1].version, last,
+                    ann.model_id, held.version, last,
                 )  # fmt: skip
                 return
             reason = f"{_BY_FETCH}: served at its source"
-            self.registry.promote(same[-1].version, ann.model_id, reason=reason)
+            self.registry.promote(held.version, ann.model_id, reason=reason)
         except RegistryError as e:  # an unreadable pointer: said, the fetcher goes on
             self._failed(ann, f"cannot serve the copy held here: {one_line(e)}")
             log.warning("%s: cannot serve the copy held here: %s", ann.model_id, one_line(e))
             return
-        log.warning("%s v%d served again: its source serves it", ann.model_id, same[-1].version)
+        log.warning("%s v%d served again: its source serves it", ann.model_id, held.version)
 
     async def _session(self, client: aiomqtt.Client) -> None:
         self._transfer: _Transfer | None = None
@@ -466,8 +471,9 @@ class ModelFetcher(Supervised):
             self._refused.add(ann.sha256)
             self._malformed(f"{ann.model_id} announcement", f"card: {problem}")
             return transfer
-        if await asyncio.to_thread(self._have, ann):
-            await asyncio.to_thread(self._follow_source, ann)
+        held = await asyncio.to_thread(self._held, ann)
+        if held is not None:
+            await asyncio.to_thread(self._follow_source, ann, held)
             self._counts["already_had"] += 1  # after: whoever reads the count sees the serving
             return transfer
         if transfer is not None:  # a newer model replaces the one still arriving
@@ -511,9 +517,7 @@ class ModelFetcher(Supervised):
             with tempfile.TemporaryDirectory(prefix="gazeloop-fetch-") as tmp:
                 path = Path(tmp) / "model.onnx"
                 path.write_bytes(data)
-                # Only what its source promoted (or a hand export no gate judged) is served.
-                ev = ann.card.get("evaluation")
-                ok = ev is None or ev.get("promoted") is True
+                ok = _served_at_source(ann.card)
                 return self.registry.register(path, ann.card, promote=ok, reason=_BY_FETCH)
 
         try:
