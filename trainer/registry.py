@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from gazeloop.calibration.problems import first_problem
-from gazeloop.calibration.profile import data_dir
+from gazeloop.calibration.profile import data_dir, user_dir
 from gazeloop.calibration.store.atomic import atomic_path, atomic_write_bytes, fsync_dir
 from gazeloop.fastpath.models import sha256_file
 
@@ -79,10 +79,22 @@ class RegistryEntry:
         return self.path / CARD_FILE
 
 
-def default_registry_root() -> Path:
-    """Where `gazeloop train` and `gazeloop export` register models and `gazeloop run`
-    watches for new ones: `models/` in the user data folder (`$GAZELOOP_HOME` moves it)."""
-    return data_dir() / "models"
+def default_registry_root(user: str = "default") -> Path:
+    """Where `gazeloop train`, `export` and `fetch` register a user's models and `gazeloop
+    run` watches for new ones: `models/` in the user's folder, beside their profiles and
+    labels (`$GAZELOOP_HOME` moves it). One registry for all users served alice's personal
+    model to bob, and a promotion by one changed the other's cursor."""
+    return user_dir(user) / "models"
+
+
+def unmoved_registry_note(root: Path) -> str | None:
+    """What to do with models registered before each user had a registry, when `root` (a
+    user's) is still missing and the old shared one holds some; else None. Nothing moves
+    them on its own: whose they are is the person's call."""
+    old = data_dir() / "models"
+    if root.exists() or not ModelRegistry(old).model_ids():
+        return None
+    return f"{old} holds models registered before each user had a registry; move them to {root}"
 
 
 def _version_dirname(version: int) -> str:
@@ -448,4 +460,5 @@ __all__ = [
     "RegistryEntry",
     "RegistryError",
     "default_registry_root",
+    "unmoved_registry_note",
 ]

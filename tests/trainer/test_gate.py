@@ -119,7 +119,7 @@ def test_harmful_run_is_refused_with_numbers_and_the_parent_stays(
     monkeypatch.setenv("GAZELOOP_HOME", str(tmp_path / "home"))
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps({"val_fraction": 0}))  # no validation: the trained model is exported
-    out, reg = tmp_path / "run", tmp_path / "home" / "models"
+    out, reg = tmp_path / "run", tmp_path / "home" / "users" / "default" / "models"
     argv = ["train", "--config", str(cfg), "--data", str(c4), "--holdout", str(grid9.path)]
     argv += ["--mirrored", "--out", str(out), "--max-steps", "2", "--calib-min", "2"]
     argv += ["--lr", "1e-2", "--export", "--json"]
@@ -139,7 +139,7 @@ def test_harmful_run_is_refused_with_numbers_and_the_parent_stays(
     (entry,) = registry.list(MODEL_ID)
     assert entry.card.evaluation["promoted"] is False  # kept, with its evaluation
     assert registry.promoted(MODEL_ID) is None
-    fp_cfg, said = startup_model(FastPathConfig(), reg)
+    fp_cfg, said = startup_model(FastPathConfig(), registry_root=reg)
     assert fp_cfg.gaze_model is None and said.startswith("gaze model: stock (nothing promoted")
     resolved = json.loads((out / "config.json").read_text())
     assert resolved["holdout"][0]["path"] == str(grid9.path) and resolved["lr"] == 1e-2

@@ -383,6 +383,27 @@ def add_user_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_registry_args(p: argparse.ArgumentParser, *, user: bool = True) -> None:
+    """Which model registry a command reads or writes: the user's, or a folder by path.
+    `user=False` where the command already takes --user (`run`)."""
+    from gazeloop.calibration.profile import data_dir
+
+    if user:
+        p.add_argument("--user", default="default", help="whose model registry (default: default)")
+    p.add_argument(
+        "--registry",
+        type=Path,
+        help=f"model registry folder (default: the user's, {data_dir()}/users/USER/models)",
+    )
+
+
+def registry_root(args: argparse.Namespace) -> Path:
+    """The registry `add_registry_args` names (the trainer extra's: imported only here)."""
+    from gazeloop.trainer.registry import default_registry_root
+
+    return args.registry or default_registry_root(args.user)
+
+
 # --screen-px's unit: the pointer's and the clicks' (pynput's). On macOS those are points,
 # half the Retina pixels, and the grid is drawn scaled to fit, so a size in pixels looked
 # right on screen while the cursor and every click label were off by a factor of two.

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from gazeloop.calibration.store.atomic import atomic_writer, check_writable, make_folder
 from gazeloop.fastpath import models
+from gazeloop.tools.commands._args import add_registry_args, registry_root
 from gazeloop.tools.errors import UserError
 
 
@@ -35,9 +36,6 @@ def add_parser(sub) -> None:
 
 
 def _add_registry_parsers(msub) -> None:
-    from gazeloop.trainer.registry import default_registry_root
-
-    reg_help = f"model registry (default {default_registry_root()})"
     ls = msub.add_parser("list", help="registered versions, their gate numbers, which is served")
     p = msub.add_parser(
         "promote",
@@ -47,7 +45,7 @@ def _add_registry_parsers(msub) -> None:
     p.add_argument("--reason", default="", help="recorded in the promotion history")
     r = msub.add_parser("rollback", help="serve the version promoted before the current one")
     for sp in (ls, p, r):
-        sp.add_argument("--registry", type=Path, help=reg_help)
+        add_registry_args(sp)
         sp.add_argument("--model-id", help="needed when the registry holds several models")
     ls.set_defaults(func=run_list)
     p.set_defaults(func=run_promote)
@@ -55,13 +53,13 @@ def _add_registry_parsers(msub) -> None:
 
 
 def _registry(args):
-    from gazeloop.trainer.registry import ModelRegistry, default_registry_root
+    from gazeloop.trainer.registry import ModelRegistry
 
-    return ModelRegistry(args.registry or default_registry_root())
+    return ModelRegistry(registry_root(args))
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from gazeloop.trainer.registry import RegistryError
+    from gazeloop.trainer.registry import RegistryError, unmoved_registry_note
 
     reg = _registry(args)
     try:
@@ -77,6 +75,8 @@ def run_list(args: argparse.Namespace) -> int:
         if stray:
             print(f"  ({stray[0]} there is a version folder; it goes in a model id's folder:")
             print(f"   {reg.root}/<model-id>/{stray[0]}, the trainer's id is gazeloop-gazenet)")
+        if note := unmoved_registry_note(reg.root):
+            print(f"  ({note})")
     # A run serves a promoted model when the registry has one model id, else the one its
     # --model-id names: with several, both were starred "served" while run served neither.
     star = "*" if len(reg.model_ids()) <= 1 else "+"

@@ -27,7 +27,13 @@ from pydantic import ValidationError
 
 from gazeloop.calibration.geometry import ScreenGeometry
 from gazeloop.calibration.store.atomic import check_writable
-from gazeloop.tools.commands._args import add_broker_args, broker_settings, positive_float
+from gazeloop.tools.commands._args import (
+    add_broker_args,
+    add_registry_args,
+    broker_settings,
+    positive_float,
+    registry_root,
+)
 from gazeloop.tools.errors import UserError
 
 
@@ -94,7 +100,7 @@ def add_parser(sub) -> None:
         help="bring announced models into a local model registry (laptop)",
     )
     add_broker_args(f)
-    f.add_argument("--registry", required=True, type=Path, help="model registry root")
+    add_registry_args(f)
     f.add_argument("--model-id", help="only this model id")
     f.add_argument(
         "--once",
@@ -202,8 +208,9 @@ def run_announce(args: argparse.Namespace) -> int:
 def run_fetch(args: argparse.Namespace) -> int:
     from gazeloop.tools.runtime.mqtt.models import ModelFetcher
 
-    check_writable(args.registry, folder=True)  # else every fetch fails as a "broker problem"
-    fetcher = ModelFetcher(broker_settings(args), args.registry, model_id=args.model_id)
+    root = registry_root(args)
+    check_writable(root, folder=True)  # else every fetch fails as a "broker problem"
+    fetcher = ModelFetcher(broker_settings(args), root, model_id=args.model_id)
 
     async def main() -> None:
         stop = asyncio.Event()

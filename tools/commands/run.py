@@ -595,8 +595,8 @@ def _models(args) -> tuple[FastPath, ProfileMapper | None, Path]:
     nothing. → (fast path, mapper or None, profile file)."""
     from gazeloop.tools.runtime.hotreload import startup_model
 
-    # the promoted model, unless a gaze model is named
-    fp_cfg, said = startup_model(fastpath_config(args), model_id=args.model_id)
+    # the user's promoted model, unless a gaze model is named
+    fp_cfg, said = startup_model(fastpath_config(args), user=args.user, model_id=args.model_id)
     print(said, flush=True)
     fp = FastPath(fp_cfg)
     mapper, used_profile = _profile(args, fp)
@@ -685,7 +685,7 @@ def _model_watcher(args, live: Live, fp: FastPath, mapper, used_profile: Path):
 
         watcher = ModelWatcher(
             fp,
-            default_registry_root(),
+            default_registry_root(args.user),
             profile=None if mapper is None else mapper.profile,
             profile_path=used_profile,
             screen=None if mapper is None else mapper.screen,

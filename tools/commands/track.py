@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gazeloop.calibration.profile import ProfileError, ProfileMapper
+from gazeloop.calibration.profile import Profile, ProfileError, ProfileMapper
 from gazeloop.calibration.store.session import SessionError, read_session
 from gazeloop.fastpath.pipeline import FastPath, FastPathConfig
 from gazeloop.fastpath.sources import is_camera, open_source
@@ -195,12 +195,17 @@ def load_mapper(path: Path, fp: FastPath, screen_px=None) -> ProfileMapper:
     its calibration session; `tools.runtime.hotreload.profile_for_model`)."""
     from gazeloop.tools.runtime.hotreload import profile_for_model
 
-    if not Path(path).is_file():
-        raise ProfileError(f"{path}: no such profile")
     prof, said = profile_for_model(Path(path), fp)
     print(said, file=sys.stderr, flush=True)
     screen = prof.screen.with_px(*screen_px) if screen_px else None
     return ProfileMapper(prof, screen)
+
+
+def _profile_user(path) -> str:
+    """Whose registry serves a profile's points: the user it was made for."""
+    if not Path(path).is_file():
+        raise ProfileError(f"{path}: no such profile")
+    return Profile.load(path).user
 
 
 def run(args: argparse.Namespace) -> int:
@@ -208,10 +213,11 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, flag) and not args.profile:
             raise UserError(f"--{flag.replace('_', '-')} is for a --profile's points; give one")
     cfg: FastPathConfig = fastpath_config(args)
-    if args.profile:  # the model the user's profile is served with: the promoted one
+    if args.profile:  # the model the profile's user is served: their promoted one
         from gazeloop.tools.runtime.hotreload import startup_model
 
-        cfg, said = startup_model(cfg, model_id=args.model_id)
+        user = _profile_user(args.profile)
+        cfg, said = startup_model(cfg, user=user, model_id=args.model_id)
         print(said, file=sys.stderr, flush=True)
     fp = FastPath(cfg)
     mapper = None

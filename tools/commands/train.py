@@ -30,25 +30,25 @@ from pathlib import Path
 
 from gazeloop.calibration.store.atomic import check_writable
 from gazeloop.tools.commands._args import (
+    add_registry_args,
     distinct_paths,
     non_negative_int,
     positive_float,
     positive_int,
     read_config_file,
+    registry_root,
 )
 from gazeloop.tools.errors import UserError
 from gazeloop.trainer.readers.sessions import is_one_session
-from gazeloop.trainer.registry import default_registry_root
 from gazeloop.trainer.tune import TUNE_CHOICES
 
 
 def add_parser(sub) -> None:
-    registry_help = f"model registry (default {default_registry_root()})"
-    _add_train_parser(sub, registry_help)
-    _add_export_parser(sub, registry_help)
+    _add_train_parser(sub)
+    _add_export_parser(sub)
 
 
-def _add_train_parser(sub, registry_help: str) -> None:
+def _add_train_parser(sub) -> None:
     t = sub.add_parser(
         "train",
         help="fine-tune the gaze network (masked ridge head) and export it",
@@ -60,7 +60,7 @@ def _add_train_parser(sub, registry_help: str) -> None:
     _add_reading_args(t)
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     t.add_argument("--export", action="store_true", help="export the best model when done")
-    t.add_argument("--registry", type=Path, help=registry_help)
+    add_registry_args(t)
     t.add_argument("--model-id", default="gazeloop-gazenet", help="registry model id")
     t.add_argument("--json", action="store_true", help="print the summary as JSON only")
     t.set_defaults(func=run_train)
@@ -129,11 +129,11 @@ def _add_reading_args(t: argparse.ArgumentParser) -> None:
     t.add_argument("--mirrored", action="store_true", help="session images are selfie views")
 
 
-def _add_export_parser(sub, registry_help: str) -> None:
+def _add_export_parser(sub) -> None:
     e = sub.add_parser("export", help="export a training checkpoint to ONNX and register it")
     e.add_argument("checkpoint", type=Path, help="model.safetensors of a training run")
     e.add_argument("--out", type=Path, help="ONNX file (default: beside the checkpoint)")
-    e.add_argument("--registry", type=Path, help=registry_help)
+    add_registry_args(e)
     e.add_argument("--no-register", action="store_true", help="only write the ONNX file")
     e.add_argument(
         "--promote", action="store_true", help="serve it now (skips the gate: your decision)"
@@ -594,7 +594,7 @@ def _ship(cfg, summary, args) -> dict:
         return ship(
             cfg,
             Path(summary["best_checkpoint"]),
-            args.registry or default_registry_root(),
+            registry_root(args),
             args.model_id,
             training_summary=brief,
         )
@@ -686,7 +686,7 @@ def _export(ckpt: Path, out: Path | None, registry, model_id: str, promote: bool
     result = {"onnx": str(path)}
     if registry is not False:
         try:
-            entry = ModelRegistry(registry or default_registry_root()).register(
+            entry = ModelRegistry(registry).register(
                 path, promote=promote, reason="gazeloop export --promote"
             )
         except RegistryError as e:
@@ -699,7 +699,7 @@ def _export(ckpt: Path, out: Path | None, registry, model_id: str, promote: bool
 
 def run_export(args: argparse.Namespace) -> int:
     check_writable(args.out or args.checkpoint.with_suffix(".onnx"), folder=False)
-    reg = False if args.no_register else args.registry
+    reg = False if args.no_register else registry_root(args)
     res = _export(args.checkpoint, args.out, reg, args.model_id, args.promote)
     print(json.dumps(res) if args.json else "\n".join(f"{k}: {v}" for k, v in res.items()))
     return 0

@@ -39,19 +39,28 @@ from gazeloop.tools.runtime.refit import refit_in_child, refit_profile
 log = logging.getLogger(__name__)
 
 
-def startup_model(fp_cfg, registry_root: Path | None = None, model_id: str | None = None):
-    """(fast-path config, what was chosen): the registry's promoted model when no gaze model
-    was named, else the config unchanged. No registry, no promoted version or no trainer
-    extra: the stock model, said so."""
+def startup_model(
+    fp_cfg, *, user: str = "default", registry_root: Path | None = None, model_id: str | None = None
+):
+    """(fast-path config, what was chosen): the promoted model of the user's registry (or
+    `registry_root`) when no gaze model was named, else the config unchanged. No registry,
+    no promoted version or no trainer extra: the stock model, said so."""
     if fp_cfg.gaze_model is not None:
         if model_id is not None:
             raise UserError("--model-id picks the registry's model; --gaze-model names a file")
         return fp_cfg, f"gaze model: {fp_cfg.gaze_model} (given)"
     try:
-        from gazeloop.trainer.registry import ModelRegistry, RegistryError, default_registry_root
+        from gazeloop.trainer.registry import (
+            ModelRegistry,
+            RegistryError,
+            default_registry_root,
+            unmoved_registry_note,
+        )
     except ImportError:  # the registry lives in the trainer extra
         return fp_cfg, "gaze model: stock (no trainer extra, so no model registry)"
-    root = Path(registry_root or default_registry_root())
+    root = Path(registry_root or default_registry_root(user))
+    if note := unmoved_registry_note(root):
+        return fp_cfg, f"gaze model: stock ({note})"
     try:
         reg = ModelRegistry(root) if root.is_dir() else None
         held = [] if reg is None else reg.model_ids()

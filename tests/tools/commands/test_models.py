@@ -73,13 +73,14 @@ def test_with_two_model_ids_promoted_none_is_called_served_and_run_names_one(
     listing = capsys.readouterr().out
     assert "* " not in listing and "+ net v1" in listing and "+ carol-net v1" in listing
     assert "run serves the one `run --model-id ID` names, else the stock model" in listing
-    cfg, said = startup_model(FastPathConfig(), reg.root, model_id="carol-net")
+    cfg, said = startup_model(FastPathConfig(), registry_root=reg.root, model_id="carol-net")
     assert "carol-net v1" in said and cfg.gaze_model == reg.promoted("carol-net").onnx_path
     # A typo served the stock model without a word; a model file named beside it was taken.
     with pytest.raises(UserError, match="--model-id carl-net: not in the registry"):
-        startup_model(FastPathConfig(), reg.root, model_id="carl-net")
+        startup_model(FastPathConfig(), registry_root=reg.root, model_id="carl-net")
     with pytest.raises(UserError, match="--gaze-model names a file"):
-        startup_model(FastPathConfig(gaze_model=tmp_path / "x.onnx"), reg.root, model_id="net")
+        named = FastPathConfig(gaze_model=tmp_path / "x.onnx")
+        startup_model(named, registry_root=reg.root, model_id="net")
     # One promoted beside another registered: run serves neither, so no star either.
     only = ModelRegistry(tmp_path / "reg2")
     only.register(*tiny_model(tmp_path / "m", "net", 1000), promote=True)
@@ -91,6 +92,59 @@ def test_with_two_model_ids_promoted_none_is_called_served_and_run_names_one(
         with pytest.raises(SystemExit):
             main(command)
         assert "--model-id" in capsys.readouterr().out
+
+
+def test_each_user_is_served_from_their_own_registry(tmp_path, capsys):
+    """One registry for everyone served alice's personal model to bob (DESIGN: profiles,
+    labels and registry, one directory per user), and bob's rollback took it from alice."""
+    from gazeloop.calibration.profile import user_dir
+    from gazeloop.fastpath.pipeline import FastPathConfig
+    from gazeloop.tools.cli import main
+    from gazeloop.tools.runtime.hotreload import startup_model
+    from gazeloop.trainer.registry import ModelRegistry, default_registry_root
+
+    alice = ModelRegistry(default_registry_root("alice"))
+    assert alice.root == user_dir("alice") / "models"
+    alice.register(*tiny_model(tmp_path / "m", "net", 1000))
+    capsys.readouterr()
+    assert main(["models", "promote", "1", "--user", "alice"]) == 0
+    assert alice.promoted("net").version == 1
+    cfg, said = startup_model(FastPathConfig(), user="alice")
+    assert cfg.gaze_model == alice.promoted("net").onnx_path, said
+    cfg, said = startup_model(FastPathConfig(), user="bob")
+    assert cfg.gaze_model is None and said.startswith("gaze model: stock"), said
+    capsys.readouterr()
+    assert main(["models", "list", "--user", "bob"]) == 0
+    assert "no registered models in" in capsys.readouterr().out
+    assert main(["models", "rollback", "--user", "bob"]) == 2
+    assert alice.promoted("net").version == 1
+
+
+def test_models_in_the_old_shared_registry_are_pointed_at_not_served(tmp_path, capsys):
+    """Models registered before each user had a registry stay where they are (whose they
+    are is the person's call); `run` and `models list` say where they are and where to."""
+    from gazeloop.calibration.profile import data_dir
+    from gazeloop.fastpath.pipeline import FastPathConfig
+    from gazeloop.tools.cli import main
+    from gazeloop.tools.runtime.hotreload import startup_model
+    from gazeloop.trainer.registry import ModelRegistry, default_registry_root
+
+    old = ModelRegistry(data_dir() / "models")
+    old.register(*tiny_model(tmp_path / "m", "net", 1000), promote=True)
+    cfg, said = startup_model(FastPathConfig())
+    mine = default_registry_root()
+    assert cfg.gaze_model is None
+    assert said == (
+        f"gaze model: stock ({old.root} holds models registered before each user had a "
+        f"registry; move them to {mine})"
+    )
+    capsys.readouterr()
+    assert main(["models", "list"]) == 0
+    assert f"move them to {mine}" in capsys.readouterr().out
+    (mine / "net").parent.mkdir(parents=True)
+    (old.root / "net").rename(mine / "net")
+    cfg, said = startup_model(FastPathConfig())
+    assert cfg.gaze_model == ModelRegistry(mine).promoted("net").onnx_path, said
 
 
 @pytest.fixture(autouse=True)

@@ -49,6 +49,6 @@ def test_a_command_needing_a_missing_extra_names_it_in_one_line(tmp_path, argv, 
 def test_the_model_registry_is_listed_without_torch(tmp_path):
     """`models list` ended in a torch traceback; so did `run` and `track --profile` once a
     registry folder existed (the README tells a Mac user to copy a version folder in)."""
-    (tmp_path / "home" / "models").mkdir(parents=True)
+    (tmp_path / "home" / "users" / "default" / "models").mkdir(parents=True)
     r = _gazeloop(tmp_path, "models", "list")
     assert r.returncode == 0 and "no registered models" in r.stdout, r.stderr

@@ -50,7 +50,7 @@ def test_promoted_model_is_served_between_two_frames_and_the_next_start_uses_it(
     prof = _corners_profile(corners_session, fp.cfg)
     fp.set_mapper(ProfileMapper(prof))
     user_profile = prof.save(profile_path("u", "d"))
-    registry = ModelRegistry(default_registry_root())
+    registry = ModelRegistry(default_registry_root("u"))
     watcher = ModelWatcher(fp, registry.root, profile=prof, profile_path=user_profile)
     assert not watcher.check_once()  # nothing new yet
 
@@ -95,6 +95,7 @@ def test_promoted_model_is_served_between_two_frames_and_the_next_start_uses_it(
 def _next_start_uses_the_promoted_model(session, user_profile, kept, capsys):
     """What failed before (exit 2, "made for gaze model ... recalibrate"): a restart of
     `run`, and `track --profile`, after the watcher had switched models."""
+    from gazeloop.calibration.profile import Profile
     from gazeloop.tools.cli import main
 
     capsys.readouterr()
@@ -113,6 +114,15 @@ def _next_start_uses_the_promoted_model(session, user_profile, kept, capsys):
     out = capsys.readouterr().out
     assert f"refitted for ft-test from {session}" in out and f"kept as {kept}" in out
     assert kept.is_file()
+    # A calibration fits the model `run` serves this user (it fitted the stock one, which
+    # every start then refitted), and no other user is served u's model.
+    calibrated = user_profile.with_name("d2.json")
+    base = ["--headless", "--source", str(session), "--user", "u", "--device", "d2"]
+    assert main(["calibrate", *base, "--out", str(session.parent / "cal")]) == 0
+    assert "gaze model: ft-test v1 (promoted in " in capsys.readouterr().err
+    assert Profile.load(calibrated).gaze_model_id == "ft-test"
+    assert main(["run", *base[:3], "--frames", "1", "--user", "v"]) == 0
+    assert "gaze model: stock (nothing promoted in " in capsys.readouterr().out
 
 
 def test_a_profile_of_the_other_read_is_refitted_at_start_and_kept_apart(corners_session, tmp_path):
