@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,11 +181,13 @@ def export_store(
     *,
     screen_px: tuple[int, int] | None = None,
     resume: bool = False,
+    held_out: Sequence[Path] = (),
 ) -> LabelExport:
     """Export `store`'s labels the loop did not reject to `run_dir/labels/<index>-<name>/`
     (`LabelStore.export_session`). A resumed run
     keeps the export it started with; otherwise an earlier export there is replaced (the
-    caller refuses a run folder holding another run's checkpoints before this)."""
+    caller refuses a run folder holding another run's checkpoints before this). `held_out`:
+    the gate's sessions, resolved; the labels of a run that replayed one stay out."""
     store = Path(store)
     user = store_user(store)
     out = Path(run_dir) / EXPORTS / f"{index}-{_folder_name(user)}"
@@ -209,7 +212,7 @@ def export_store(
     try:
         with LabelStore(store, readonly=True) as ls:
             exp.accepted = ls.count(accepted=True)
-            stats = ls.export_session(out, screen)
+            stats = ls.export_session(out, screen, held_out=held_out)
     except LabelStoreError as e:
         shutil.rmtree(out, ignore_errors=True)
         raise LabelExportError(f"{store}: {e}") from None

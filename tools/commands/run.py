@@ -56,7 +56,7 @@ from gazeloop.calibration.profile import (
 from gazeloop.calibration.store.atomic import atomic_write_bytes, check_writable, file_in_the_way
 from gazeloop.calibration.store.writer import SessionWriter
 from gazeloop.fastpath.pipeline import FastPath
-from gazeloop.fastpath.sources import CameraSource
+from gazeloop.fastpath.sources import CameraSource, is_camera
 from gazeloop.tools.commands._args import (
     SCREEN_PX_HELP,
     add_broker_args,
@@ -74,6 +74,7 @@ from gazeloop.tools.commands._args import (
     positive_float,
     positive_int,
     procedure_config,
+    real_path,
     screen_from_args,
 )
 from gazeloop.tools.errors import UserError
@@ -632,6 +633,8 @@ def _run_settings(args, fp: FastPath, mapper, used_profile: Path) -> dict:
         "user": args.user,
         "device": args.device,  # whose camera placement: the uplink files labels by it
         "source": str(args.source),
+        # Resolved: training leaves out the labels of a replay of what its gate judges on.
+        "source_path": None if is_camera(args.source) else str(real_path(args.source)),
         "oracle": args.oracle,
         "profile": None if mapper is None else str(used_profile),
         "gaze_model": model_record(fp.gaze),

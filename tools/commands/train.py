@@ -36,6 +36,7 @@ from gazeloop.tools.commands._args import (
     positive_float,
     positive_int,
     read_config_file,
+    real_path,
     registry_root,
 )
 from gazeloop.tools.errors import UserError
@@ -187,12 +188,15 @@ def _export_labels(args, doc: dict) -> list:
 
     resume = bool(args.resume or doc.get("resume"))
     screen = tuple(args.screen_px) if args.screen_px else None
+    held_out = [real_path(h) for h in args.holdout]
 
     def export_all(reuse: bool, say: bool) -> list:
         exports = []
         for i, store in enumerate(stores):
             try:
-                exp = export_store(store, args.out, i, screen_px=screen, resume=reuse)
+                exp = export_store(
+                    store, args.out, i, screen_px=screen, resume=reuse, held_out=held_out
+                )
             except LabelExportError as e:
                 raise UserError(str(e)) from None
             how = "kept from the run's start" if exp.reused else f"of {exp.accepted} accepted"

@@ -105,8 +105,23 @@ def test_the_configs_policy_is_the_one_run_uses(c4_profile, tmp_path, monkeypatc
     assert run.screen.px == (2560, 1440) and run.screen.mm == (597.0, 336.0)
     s = run.settings
     assert s["source"] == str(VIDEO) and s["oracle"] == "targets"
+    assert s["source_path"] == str(VIDEO.resolve())
     assert s["profile"] == str(c4_profile) and len(s["gaze_model"]["sha256"]) == 64
     assert RunConfig.model_validate(s["config"]).policy.max_speed == 1e-9
+    _a_replay_of_a_holdout_is_not_trained_on(home / "users" / "default" / "labels", tmp_path)
+
+
+def _a_replay_of_a_holdout_is_not_trained_on(store, tmp_path):
+    """A replay's labels are the recording's frames: trained on while the same recording
+    was a --holdout, the gate judged the model on frames it had learnt (it checked paths of
+    --data alone)."""
+    from gazeloop.trainer.labels import LabelExportError, export_store
+
+    exp = export_store(store, tmp_path / "run", 0, held_out=[tmp_path])
+    assert exp.exported == 4 and exp.skipped == {}  # another recording held out
+    held = VIDEO.parent.resolve()
+    with pytest.raises(LabelExportError, match=f"4 from a run replaying the held-out {held}$"):
+        export_store(store, tmp_path / "run", 0, held_out=[held])
 
 
 @pytest.mark.slow
