@@ -497,6 +497,18 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)[:80] or "_"
 
 
+def _pair_folder(user: str, device: str) -> str:
+    """`<user>__<device>`, one folder per pair: as they are when that is unambiguous, else
+    with a short hash of the pair. "ada lovelace" and "ada_lovelace" were one folder, and
+    user "x__y" on device "z" shared one with user "x" on "y__z": two people trained as
+    one, under the first one's name."""
+    u, d = _safe(user), _safe(device)
+    if (u, d) == (user, device) and "__" not in user + device:
+        return f"{u}__{d}"
+    digest = hashlib.sha256(json.dumps([user, device]).encode()).hexdigest()[:8]
+    return f"{u}__{d}-{digest}"
+
+
 def _decode_jpeg(b64: str) -> bytes:
     try:
         data = base64.b64decode(b64, validate=True)
@@ -632,7 +644,7 @@ class Collector(Supervised):
         return msg, jpeg
 
     def _folder(self, msg: LabelMessage, screen: ScreenGeometry | None) -> Path:
-        name = f"{_safe(msg.user)}__{_safe(msg.device)}"
+        name = _pair_folder(msg.user, msg.device)
         if screen is None:
             return self.out / name
         folder = self.out / f"{name}__{screen.px[0]}x{screen.px[1]}"
