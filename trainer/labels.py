@@ -57,6 +57,11 @@ class LabelExport:
     skipped: dict[str, int] = field(default_factory=dict)
     reused: bool = False  # a resumed run: the export of the run's start
 
+    @property
+    def user(self) -> str:
+        """Whose labels these are (`store_user`)."""
+        return self.person.removeprefix("session:")
+
     def summary(self, samples_by_unit: dict[str, int] | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {
             "store": str(self.store),

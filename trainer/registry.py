@@ -87,6 +87,19 @@ def default_registry_root(user: str = "default") -> Path:
     return user_dir(user) / "models"
 
 
+def registry_user(path: str | Path) -> str | None:
+    """The user whose registry `path` is or lies in (`users/<user>/models/...` of the data
+    folder), when its folder is that user's name as it is; else None."""
+    users = (data_dir() / "users").resolve()
+    p = Path(path).resolve()
+    if users not in p.parents:
+        return None
+    folder, *rest = p.relative_to(users).parts
+    if not rest or rest[0] != "models" or user_dir(folder).name != folder:
+        return None
+    return folder
+
+
 def unmoved_registry_note(root: Path) -> str | None:
     """What to do with models registered before each user had a registry, when `root` (a
     user's) is still missing and the old shared one holds some; else None. Nothing moves
@@ -94,7 +107,10 @@ def unmoved_registry_note(root: Path) -> str | None:
     old = data_dir() / "models"
     if root.exists() or not ModelRegistry(old).model_ids():
         return None
-    return f"{old} holds models registered before each user had a registry; move them to {root}"
+    return (
+        f"{old} holds models registered before each user had a registry, anyone's: move "
+        f"those trained for you to {root}"
+    )
 
 
 def _version_dirname(version: int) -> str:
@@ -460,5 +476,6 @@ __all__ = [
     "RegistryEntry",
     "RegistryError",
     "default_registry_root",
+    "registry_user",
     "unmoved_registry_note",
 ]

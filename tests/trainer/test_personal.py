@@ -126,6 +126,26 @@ def test_train_on_a_label_store_judged_on_another_session(store, shared, tmp_pat
     assert {f.name: f.stat().st_mtime_ns for f in export.iterdir()} == stamp
 
 
+def test_a_model_of_ones_labels_goes_to_their_registry_not_anothers(store, tmp_path, capsys):
+    """`train --labels` of alice's store registered into the `default` user's registry
+    (the README's example): her personal model was served to whoever ran without --user."""
+    import argparse
+
+    from gazeloop.tools.commands.train import _registry_user
+    from gazeloop.trainer.labels import export_store
+
+    exp = export_store(store, tmp_path / "x", 0)
+    plain = argparse.Namespace(user=None, registry=None)
+    assert _registry_user(plain, [exp]) == "alice" and _registry_user(plain, []) == "default"
+    argv = ["train", "--labels", str(store), "--user", "bob", "--out", str(tmp_path / "r")]
+    code, _, err = _cli(argv, capsys)
+    assert code == 2 and err.strip().endswith(
+        "the --labels are alice's: --user bob would serve a model trained on them to bob; "
+        "give --user alice (or --registry DIR)"
+    )
+    assert not (tmp_path / "r" / "config.json").exists()  # refused before training
+
+
 def test_a_bad_or_empty_store_is_one_line_naming_the_folder(store, tmp_path, capsys):
     missing = tmp_path / "nowhere" / "labels"
     code, _, err = _cli(["train", "--labels", str(missing), "--out", str(tmp_path / "r")], capsys)

@@ -180,6 +180,18 @@ def fastpath_config(args: argparse.Namespace) -> FastPathConfig:
     return run_config(args).fastpath
 
 
+def serve_users_model(args: argparse.Namespace) -> None:
+    """Have the fast path run the model `run` serves `args.user` (their promoted one) unless
+    a gaze model is named, and say which on stderr (`calibrate`, `profile fit`): a profile
+    fitted with the stock model while another was promoted was refitted at every `run`'s
+    start, and the accuracy printed was not what the cursor would get."""
+    from gazeloop.tools.runtime.hotreload import startup_model
+
+    cfg, said = startup_model(fastpath_config(args), user=args.user)
+    print(said, file=sys.stderr, flush=True)
+    args._run_config = run_config(args).model_copy(update={"fastpath": cfg})
+
+
 # --- the camera ----------------------------------------------------------------------------
 
 # The fast path is built for 60 Hz; a camera left at its driver's default (often 30 fps)
@@ -383,17 +395,21 @@ def add_user_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_registry_args(p: argparse.ArgumentParser, *, user: bool = True) -> None:
-    """Which model registry a command reads or writes: the user's, or a folder by path.
-    `user=False` where the command already takes --user (`run`)."""
+def add_registry_args(
+    p: argparse.ArgumentParser, *, user_default: str | None = "default", user_help: str = ""
+) -> None:
+    """Which model registry a command reads or writes: the user's, or a folder by path."""
     from gazeloop.calibration.profile import data_dir
 
-    if user:
-        p.add_argument("--user", default="default", help="whose model registry (default: default)")
+    p.add_argument(
+        "--user",
+        default=user_default,
+        help=user_help or f"whose model registry (default: {user_default})",
+    )
     p.add_argument(
         "--registry",
         type=Path,
-        help=f"model registry folder (default: the user's, {data_dir()}/users/USER/models)",
+        help=f"model registry folder instead of the user's ({data_dir()}/users/USER/models)",
     )
 
 

@@ -43,6 +43,7 @@ from gazeloop.tools.commands._args import (
     procedure_config,
     run_config,
     screen_from_args,
+    serve_users_model,
 )
 from gazeloop.tools.errors import UserError
 from gazeloop.tools.runtime.calibration import (
@@ -108,18 +109,6 @@ def add_parser(sub) -> None:
 # --- the command ---------------------------------------------------------------------------
 
 
-def _served_model(args):
-    """The fast path's config with the model `run` will serve this user (their promoted one,
-    unless a gaze model is named): a profile fitted with the stock model while another was
-    promoted was refitted at every `run`'s start, and the accuracy shown here was not what
-    the cursor would get."""
-    from gazeloop.tools.runtime.hotreload import startup_model
-
-    cfg, said = startup_model(fastpath_config(args), user=args.user)
-    print(said, file=sys.stderr, flush=True)
-    return cfg
-
-
 def run(args: argparse.Namespace) -> int:
     replay = args.headless
     if args.source is None:
@@ -152,7 +141,8 @@ def run(args: argparse.Namespace) -> int:
         # Both outputs before the grid starts: a person should not follow 9 dots for nothing.
         check_writable(session_dir, folder=True, need_bytes=_SESSION_BYTES)
         check_writable(profile_out, folder=False)
-        fp = FastPath(_served_model(args))
+        serve_users_model(args)
+        fp = FastPath(fastpath_config(args))
         try:
             if replay:
                 with Progress(f"calibrate, replaying {args.source}"):

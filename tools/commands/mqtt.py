@@ -92,6 +92,11 @@ def add_parser(sub) -> None:
         "model", type=Path, metavar="MODEL_DIR_OR_REGISTRY", help="what to announce (above)"
     )
     a.add_argument("--model-id", help="which model of a registry holding several")
+    a.add_argument(
+        "--user",
+        help="whose laptops fetch it (default: the user whose registry MODEL is in, else "
+        "default); `fetch --user` takes only that user's",
+    )
     a.add_argument("--json", action="store_true", help="print the announcement as JSON")
     a.set_defaults(func=run_announce)
 
@@ -100,7 +105,7 @@ def add_parser(sub) -> None:
         help="bring announced models into a local model registry (laptop)",
     )
     add_broker_args(f)
-    add_registry_args(f)
+    add_registry_args(f, user_help="whose announced models to take (default: default)")
     f.add_argument("--model-id", help="only this model id")
     f.add_argument(
         "--once",
@@ -183,12 +188,24 @@ def _reached(command: str, settings, connects: int, last_error: str | None) -> i
     return 1
 
 
+def _topic_user(user: str) -> str:
+    """A user name that can name the announcement's topic, or a one-line refusal."""
+    from gazeloop.tools.runtime.mqtt.conn import MqttConfigError, topic_part
+
+    try:
+        return topic_part(user)
+    except MqttConfigError as e:
+        raise UserError(f"--user: {e}") from None
+
+
 def run_announce(args: argparse.Namespace) -> int:
     import aiomqtt
 
     from gazeloop.tools.runtime.mqtt.models import AnnounceError, ModelAnnouncer
+    from gazeloop.trainer.registry import registry_user
 
-    announcer = ModelAnnouncer(broker_settings(args))
+    user = args.user or registry_user(args.model) or "default"
+    announcer = ModelAnnouncer(broker_settings(args), user=_topic_user(user))
     try:
         ann = announcer.announce_path(args.model, model_id=args.model_id)
     except AnnounceError as e:
@@ -199,7 +216,7 @@ def run_announce(args: argparse.Namespace) -> int:
         print(ann.model_dump_json(exclude={"card", "chunk_sha256"}))
     else:
         print(
-            f"announced {ann.model_id} v{ann.version}: {ann.size} bytes in "
+            f"announced {ann.model_id} v{ann.version} for {user}: {ann.size} bytes in "
             f"{len(ann.chunk_sha256)} chunks, sha256 {ann.sha256}"
         )
     return 0
@@ -210,7 +227,8 @@ def run_fetch(args: argparse.Namespace) -> int:
 
     root = registry_root(args)
     check_writable(root, folder=True)  # else every fetch fails as a "broker problem"
-    fetcher = ModelFetcher(broker_settings(args), root, model_id=args.model_id)
+    user = _topic_user(args.user)
+    fetcher = ModelFetcher(broker_settings(args), root, user=user, model_id=args.model_id)
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -26,6 +26,7 @@ from gazeloop.tools.commands._args import (
     fixed_mapping,
     positive_float,
     screen_for,
+    serve_users_model,
 )
 from gazeloop.tools.errors import UserError
 from gazeloop.tools.runtime.calibration import history_line
@@ -95,6 +96,7 @@ def run_fit(args: argparse.Namespace) -> int:
     ]
     screen = _one_screen(args, sessions)
     fixed = fixed_mapping(args)
+    serve_users_model(args)
     if len(sessions) > 1:
         prof, ev = _fit_pooled(args, sessions, screen, fixed)
     elif fixed is None:

@@ -61,7 +61,12 @@ def _add_train_parser(sub) -> None:
     _add_reading_args(t)
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     t.add_argument("--export", action="store_true", help="export the best model when done")
-    add_registry_args(t)
+    add_registry_args(
+        t,
+        user_default=None,
+        user_help="whose model registry the model goes to (default: the one person whose "
+        "--labels it learns, else default)",
+    )
     t.add_argument("--model-id", default="gazeloop-gazenet", help="registry model id")
     t.add_argument("--json", action="store_true", help="print the summary as JSON only")
     t.set_defaults(func=run_train)
@@ -522,6 +527,7 @@ def _run_train(args: argparse.Namespace) -> int:
     resumed = _refuse_earlier_run(args, doc)
     _check_sources(args)
     exports = _export_labels(args, doc)
+    args.user = _registry_user(args, exports)
     cfg = _config(args, exports, doc, resumed)
     try:
         if resumed is not None:  # the saved settings win; the gate below judges with them
@@ -555,6 +561,21 @@ def _run_train(args: argparse.Namespace) -> int:
         out["gate"] = {"promoted": False, "reason": "not exported (pass --export)"}
     print(json.dumps(out, default=str) if args.json else _readable(out))
     return 0 if ok else 1
+
+
+def _registry_user(args, exports) -> str:
+    """Whose registry a trained model goes to: --user, else the one person whose --labels
+    it learnt, else `default`. Refused before training: one person's labels registered for
+    another (the default user, when --user was left out) served her model to him."""
+    owners = sorted({e.user for e in exports})
+    if args.user is None:
+        return owners[0] if len(owners) == 1 else "default"
+    if len(owners) == 1 and owners[0] != args.user and args.registry is None:
+        raise UserError(
+            f"the --labels are {owners[0]}'s: --user {args.user} would serve a model trained "
+            f"on them to {args.user}; give --user {owners[0]} (or --registry DIR)"
+        )
+    return args.user
 
 
 def _train_summary(summary: dict, exports) -> dict:

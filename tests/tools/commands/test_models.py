@@ -136,11 +136,11 @@ def test_models_in_the_old_shared_registry_are_pointed_at_not_served(tmp_path, c
     assert cfg.gaze_model is None
     assert said == (
         f"gaze model: stock ({old.root} holds models registered before each user had a "
-        f"registry; move them to {mine})"
+        f"registry, anyone's: move those trained for you to {mine})"
     )
     capsys.readouterr()
     assert main(["models", "list"]) == 0
-    assert f"move them to {mine}" in capsys.readouterr().out
+    assert f"move those trained for you to {mine}" in capsys.readouterr().out
     (mine / "net").parent.mkdir(parents=True)
     (old.root / "net").rename(mine / "net")
     cfg, said = startup_model(FastPathConfig())

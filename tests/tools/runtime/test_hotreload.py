@@ -121,6 +121,10 @@ def _next_start_uses_the_promoted_model(session, user_profile, kept, capsys):
     assert main(["calibrate", *base, "--out", str(session.parent / "cal")]) == 0
     assert "gaze model: ft-test v1 (promoted in " in capsys.readouterr().err
     assert Profile.load(calibrated).gaze_model_id == "ft-test"
+    fitted = user_profile.with_name("d3.json")
+    assert main(["profile", "fit", str(session), "--user", "u", "--device", "d3"]) == 0
+    assert "gaze model: ft-test v1 (promoted in " in capsys.readouterr().err
+    assert Profile.load(fitted).gaze_model_id == "ft-test"
     assert main(["run", *base[:3], "--frames", "1", "--user", "v"]) == 0
     assert "gaze model: stock (nothing promoted in " in capsys.readouterr().out
 

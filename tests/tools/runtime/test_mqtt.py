@@ -665,6 +665,23 @@ def test_non_point_labels_are_kept_aside_not_given_to_the_trainer(tmp_path):
     assert len(read_session(tmp_path / "out" / "ann__mac__1920x1080")) == 1
 
 
+def test_two_people_whose_names_fold_alike_are_two_folders(tmp_path):
+    """The folder name folded a name to letters, digits and `._-` and joined the pair with
+    `__`: "ada lovelace" and "ada_lovelace" were one folder, and so were user "x__y" on "z"
+    and user "x" on "y__z": two people trained as one, under the first one's name."""
+    store = LabelStore(tmp_path / "store")
+    c = Collector("mqtt://127.0.0.1:1", tmp_path / "out")
+    pairs = [("ada lovelace", "mac"), ("ada_lovelace", "mac"), ("x__y", "z"), ("x", "y__z")]
+    for i, (user, device) in enumerate(pairs):
+        payload = wire(store, add_label(store, i), user=user, device=device)
+        assert c.handle(f"gazeloop/{user}/{device}/labels", payload) == "written"
+    folders = sorted((tmp_path / "out").iterdir())
+    assert len(folders) == 4 and "ada_lovelace__mac__1920x1080" in [f.name for f in folders]
+    manifests = [json.loads((f / "session.json").read_text()) for f in folders]
+    whose = {(m["user"], m["device"]) for m in manifests}
+    assert whose == set(pairs)
+
+
 def test_a_schema_1_store_sends_only_what_it_had_not_sent(broker, tmp_path):
     """A store written before the outbox existed kept its delivery flag in a `sent` column:
     the uplink takes it over, so what went out then does not go out again."""
@@ -1031,7 +1048,7 @@ def test_announce_refuses_a_card_no_registry_would_take(tmp_path, capsys):
         assert f"{field}:" in err[0]
 
 
-ANNOUNCE = "gazeloop/models/announce"
+ANNOUNCE = "gazeloop/models/announce/default"
 
 
 def run_cli(argv: list[str], within_s: float = 20.0) -> int:
@@ -1176,8 +1193,8 @@ def test_model_announce_and_fetch_into_a_registry(broker, tmp_path):
         publish_raw(
             broker.url,
             [
-                ("gazeloop/models/announce", b"{not an announcement"),
-                ("gazeloop/models/announce", ann3.model_dump_json().encode()),
+                (ANNOUNCE, b"{not an announcement"),
+                (ANNOUNCE, ann3.model_dump_json().encode()),
             ],
         )
         n3 = len(chunks3)
@@ -1242,6 +1259,33 @@ def test_a_rollback_at_the_source_reaches_the_laptop_and_a_choice_made_there_sta
     finally:
         fetcher.close()
     assert fetcher.stats.failed == 0
+
+
+def test_a_laptop_fetches_only_its_users_models(broker, tmp_path, monkeypatch, capsys):
+    """One announcement topic for everyone: `fetch --user bob` registered and served alice's
+    personal model, announced from her registry as the README says."""
+    from gazeloop.tools.cli import main
+    from gazeloop.tools.runtime.mqtt.models import ModelAnnouncer, ModelFetcher
+    from gazeloop.trainer.registry import ModelRegistry, default_registry_root
+
+    monkeypatch.setenv("GAZELOOP_HOME", str(tmp_path / "spark"))
+    alice = ModelRegistry(default_registry_root("alice"))
+    alice.register(*tiny_model(tmp_path / "m", "gaze-net", 10_000), promote=True)
+    assert main(["announce", "--mqtt", broker.url, str(alice.root)]) == 0
+    assert capsys.readouterr().out.startswith("announced gaze-net v1 for alice: ")
+    bobs = ModelRegistry(tmp_path / "laptop" / "bob")
+    fetcher = ModelFetcher(broker.url, bobs, user="bob", backoff=FAST).start()
+    try:
+        bob = ModelRegistry(default_registry_root("bob"))
+        bob.register(*tiny_model(tmp_path / "m", "gaze-net", 12_000), promote=True)
+        ann = ModelAnnouncer(broker.url, user="bob").announce_path(bob.root)
+        assert wait_until(lambda: fetcher.stats.fetched == 1, 10), fetcher.stats
+    finally:
+        fetcher.close()
+    assert [e.card.onnx_sha256 for e in bobs.list()] == [ann.sha256]
+    # A name that cannot be a topic level: one line, before any connection.
+    assert main(["fetch", "--mqtt", broker.url, "--user", "team/eve", "--once"]) == 2
+    assert capsys.readouterr().err.startswith("gazeloop fetch: --user: 'team/eve' cannot be")
 
 
 # -- TLS ---------------------------------------------------------------------------------------

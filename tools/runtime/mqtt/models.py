@@ -43,6 +43,7 @@ from gazeloop.tools.runtime.mqtt.conn import (
     client_id,
     connected,
     first_of,
+    topic_part,
 )
 from gazeloop.trainer.card import MODEL_ID_PATTERN
 
@@ -54,7 +55,6 @@ log = logging.getLogger(__name__)
 _BY_FETCH = "fetched"
 
 MODELS_ROOT = f"{TOPIC_ROOT}/models"
-ANNOUNCE_TOPIC = f"{MODELS_ROOT}/announce"
 CHUNK_SIZE = 128 * 1024
 MAX_MODEL_BYTES = 256 * 1024 * 1024
 _SHA = r"^[0-9a-f]{64}$"
@@ -85,6 +85,13 @@ class ModelAnnouncement(BaseModel):
         if self.chunk_topic != chunk_topic(self.model_id, self.sha256):
             raise ValueError(f"chunk_topic must be {chunk_topic(self.model_id, self.sha256)}")
         return self
+
+
+def announce_topic(user: str = "default") -> str:
+    """Where a user's served model is announced, retained: one topic per user, so a laptop
+    fetching for bob never takes alice's personal model, and an announcement for one does
+    not replace the other's while a laptop sleeps."""
+    return f"{MODELS_ROOT}/announce/{topic_part(user)}"
 
 
 def chunk_topic(model_id: str, sha256: str) -> str:
@@ -224,14 +231,15 @@ class ModelAnnouncer:
         self,
         mqtt: str | MqttSettings,
         *,
-        topic: str = ANNOUNCE_TOPIC,
+        user: str = "default",
         chunk_size: int = CHUNK_SIZE,
         in_flight: int = 8,
         ca_file: str | None = None,
         insecure: bool = False,
     ) -> None:
         self.settings = MqttSettings.of(mqtt, ca_file=ca_file, insecure=insecure)
-        self.topic = topic
+        self.user = user
+        self.topic = announce_topic(user)
         self.chunk_size = chunk_size
         self.in_flight = in_flight
 
@@ -334,7 +342,7 @@ class ModelFetcher(Supervised):
         mqtt: str | MqttSettings,
         registry: ModelRegistry | str | Path,
         *,
-        topic: str = ANNOUNCE_TOPIC,
+        user: str = "default",
         model_id: str | None = None,
         fetch_timeout_s: float = 120.0,
         retry_s: float = 30.0,
@@ -349,7 +357,7 @@ class ModelFetcher(Supervised):
             registry = ModelRegistry(registry)
         self.settings = MqttSettings.of(mqtt, ca_file=ca_file, insecure=insecure)
         self.registry = registry
-        self.topic = topic
+        self.topic = announce_topic(user)
         self.model_id = model_id
         self.fetch_timeout_s = fetch_timeout_s
         self.retry_s = retry_s
@@ -538,7 +546,7 @@ class ModelFetcher(Supervised):
 
 
 __all__ = [
-    "ANNOUNCE_TOPIC",
+    "announce_topic",
     "CHUNK_SIZE",
     "AnnounceError",
     "FetcherStats",
