@@ -10,6 +10,7 @@ of sittings a second time does not run the networks again.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -180,11 +181,26 @@ def load_profile(path: Path, fp: LazyFastPath) -> Profile:
 
 
 def _fitted_on(prof: Profile, session: Session) -> bool:
-    """Whether the profile was fitted on this session's frames: its error there is
-    in-sample, not what a new point or a new sitting sees."""
-    own = [prof.calibration_session, *prof.calibration_sessions]
+    """Whether the profile was fitted on any of this session's frames: its error there is
+    in-sample, not what a new point or a new sitting sees. A copy of a calibration session
+    (a subset gathered to compare sittings) read as a fair test by its path alone: frames
+    are told by their names too (`img_<unix-ms>`, when they were taken), while the
+    calibration sessions are still there to list."""
+    own = [Path(p) for p in (prof.calibration_session, *prof.calibration_sessions) if p]
     here = Path(session.folder).resolve()
-    return any(p and Path(p).resolve() == here for p in own)
+    if any(p.resolve() == here for p in own):
+        return True
+    taken = {item.t_ms for item in session.items}
+    return any(taken & _frame_times(p) for p in own)
+
+
+def _frame_times(folder: Path) -> set[int]:
+    """The capture times of a session folder's frames, from their names (none if gone)."""
+    times = set()
+    for f in folder.glob("img_*.json") if folder.is_dir() else ():
+        with contextlib.suppress(ValueError):
+            times.add(int(f.stem.removeprefix("img_")))
+    return times
 
 
 def run_selected(
