@@ -466,9 +466,10 @@ def plot_report(ev: Evaluated, path, *, title: str | None = None) -> None:
     fig, ax = plt.subplots(figsize=(8, 8 * h / w + 1.0), dpi=110)
     ax.add_patch(plt.Rectangle((0, 0), w, h, fill=False, lw=1.5, ec="0.3"))
     if r.screen_px is None:
-        # Not a screen: without its size, the targets' bounding box stands in for it.
-        ax.annotate("targets' extent (screen size unknown)", (w, h), xytext=(-3, -3),
-                    textcoords="offset points", ha="right", va="top", fontsize=7,
+        # Not a screen: without its size, a box from the origin to just past the farthest
+        # target stands in for it (the % of diagonal uses the targets' own bounding box).
+        ax.annotate("screen size unknown: drawn to 1.05 × the farthest target", (w, h),
+                    xytext=(-3, -3), textcoords="offset points", ha="right", va="top", fontsize=7,
                     color="0.3", style="italic")  # fmt: skip
     for i, t in enumerate(r.per_target):
         _draw_target(ax, ev, t, STRONG[i % len(STRONG)])
@@ -490,7 +491,9 @@ def plot_report(ev: Evaluated, path, *, title: str | None = None) -> None:
 
 def _draw_target(ax, ev: Evaluated, t: TargetResult, colour) -> None:
     """A target's frames (dots), the arrow to their mean and its error, written on the side
-    away from the arrow, where its own predictions do not land."""
+    away from the arrow, where its own predictions do not land. The number is the mean of
+    the frames' errors (what the report's table and mean are made of), which is at least
+    the arrow's length: scattered frames about a close mean are still that far off."""
     m = ev.groups == t.target
     ax.scatter(ev.pred_px[m, 0], ev.pred_px[m, 1], s=9, color=colour, alpha=0.8, lw=0)
     ax.annotate(
@@ -520,7 +523,7 @@ def _legend(ax, *, held_out: bool) -> None:
         Line2D([], [], ls="", marker="o", ms=4, color="0.35",
                label=("held-out " if held_out else "") + "prediction, one per frame"),
         Line2D([], [], color="0.35", lw=1.5,
-               label="error: target → mean prediction (its length in px written)"),
+               label="error: target → mean prediction (written: the frames' mean error, px)"),
     ]  # fmt: skip
     ax.legend(handles=handles, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.09),
               ncol=3, frameon=False, borderaxespad=0.2)  # fmt: skip

@@ -75,8 +75,10 @@ def test_the_picture_says_what_it_shows(tmp_path, saved_figures):
         "held-out prediction",
         "error",
     ]
-    assert any("targets' extent" in t.get_text() for t in unknown.texts)
-    assert not any("targets' extent" in t.get_text() for t in known.texts)
+    # The number is the frames' mean error, not the arrow's length (up to 2.7× apart).
+    assert "the frames' mean error" in legend[2]
+    assert any("screen size unknown" in t.get_text() for t in unknown.texts)
+    assert not any("screen size unknown" in t.get_text() for t in known.texts)
     assert "54 of 54 frames used" in unknown.get_title()
     assert "of the targets' diagonal" in unknown.get_title()
     assert "of the screen's diagonal" in known.get_title()
