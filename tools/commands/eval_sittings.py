@@ -64,7 +64,9 @@ def add_parser(sub) -> None:
         help="accuracy within each sitting of a folder and across consecutive sittings",
         description="For every session folder inside FOLDER: the leave-one-target-out error "
         "of `gazeloop eval`, and the error of the profile fitted on a person's sitting when "
-        "applied unchanged to that person's next sitting on the same screen. Progress on "
+        "applied unchanged to that person's next sitting on the same screen (the person is "
+        "the session.json's user, the sittings in folder-name order: s01, s02, ..., s10). "
+        "Progress on "
         "stderr; per-frame features are cached, so a rerun is fast.",
     )
     p.add_argument("folder", type=Path, help="a folder of session folders (one per sitting)")
@@ -277,7 +279,8 @@ def _evaluate(args, sessions: list[tuple], n: int, cfg, fp: LazyFastPath, skippe
         }
         owner = _owner(session)
         row = res["row"]
-        within.append({"sitting": row["sitting"], "user": owner[0]} | row)
+        named = session.manifest is not None and bool(session.manifest.user)
+        within.append({"sitting": row["sitting"], "user": owner[0], "user_named": named} | row)
         msg = f"[{i}/{n}] {session.folder.name}: within {row['mean_px']:.1f} px"
         earlier = history.setdefault(owner, [])
         if earlier:
@@ -459,11 +462,26 @@ def _px(stats: dict) -> str:
     return "- (none)" if m is None else f"{m} px"
 
 
+def _no_pairs_why(rep: dict) -> list[str]:
+    """Why several sittings made no pair (it printed "- (none)" everywhere, unexplained)."""
+    rows = rep["sittings"]
+    if rep["across"]["n"] or len(rows) < 2:
+        return []
+    unnamed = sum(1 for r in rows if not r.get("user_named", True))
+    if unnamed:
+        return [
+            f"  no pairs: {unnamed} of {len(rows)} sittings name no user in their session.json "
+            "(each is then a person of its own); a pair is one person's sittings on one screen"
+        ]
+    return ["  no pairs: no person has two sittings on one screen"]
+
+
 def text(rep: dict) -> str:
     w, a = rep["within"], rep["across"]
     lines = [
         f"{rep['folder']}: {w['n']} sittings ({rep['targets']} targets, "
         f"{rep['frames_used']} frames), {a['n']} consecutive pairs",
+        *_no_pairs_why(rep),
         f"  within a sitting (LOTO): median of sitting means {_px(w)}",
         f"  across sittings (profile from the previous sitting): median {_px(a)}",
     ]

@@ -37,6 +37,7 @@ def test_sittings_report(sittings_run):
     rep, err = sittings_run
     assert rep["within"]["n"] == 3
     assert [s["sitting"] for s in rep["sittings"]] == list(SITTINGS)
+    assert all(s["user_named"] for s in rep["sittings"])
     assert all(s["targets"] >= 14 and s["frames_used"] == s["targets"] for s in rep["sittings"])
     assert rep["frames_used"] == sum(s["frames_used"] for s in rep["sittings"])
     # one pair: p1_s08 → p1_s09 (p2_s04 is another person)
@@ -301,3 +302,22 @@ def test_the_text_report_of_one_sitting_has_no_python_none(shared, tmp_path):
         "None" not in out
         and "across sittings (profile from the previous sitting): median - (none)" in out
     )
+
+
+def test_a_folder_that_makes_no_pair_says_why():
+    """Sittings whose session.json names no user (`record` without --user, an import) are
+    each a person of their own: the report said "0 consecutive pairs" and "- (none)"."""
+    from gazeloop.tools.commands.eval_sittings import _no_pairs_why
+
+    def rep(named, pairs=0):
+        rows = [{"sitting": f"s{i}", "user_named": n} for i, n in enumerate(named)]
+        return {"sittings": rows, "across": {"n": pairs}}
+
+    assert _no_pairs_why(rep([False, True, False])) == [
+        "  no pairs: 2 of 3 sittings name no user in their session.json (each is then a "
+        "person of its own); a pair is one person's sittings on one screen"
+    ]
+    assert _no_pairs_why(rep([True, True])) == [
+        "  no pairs: no person has two sittings on one screen"
+    ]
+    assert _no_pairs_why(rep([False, False], pairs=1)) == _no_pairs_why(rep([False])) == []
