@@ -283,6 +283,10 @@ def run(args: argparse.Namespace) -> int:
         check_plot_path(args.plot)
     if args.report:
         check_writable(args.report, folder=True)
+        # Each file too: a folder named report.html stopped the report after eval.png and
+        # report.json were written (and left them).
+        for name in REPORT_FILES:
+            check_writable(args.report / name, folder=False)
     if args.save_profile:
         check_writable(args.save_profile, folder=False)
     if fixed is not None:
@@ -436,6 +440,10 @@ def save_plot(ev, path: Path) -> None:
     """The plot, written atomically: a disk that fills while matplotlib writes leaves the
     previous plot there, not half a PNG."""
     write_plot(lambda f: plot_report(ev, f), path)
+
+
+# What `--report DIR` writes: `write_report`'s three and the resolved settings.
+REPORT_FILES = ("eval.png", "report.json", "report.html", "config.json")
 
 
 def write_report(ev, folder: Path) -> Path:

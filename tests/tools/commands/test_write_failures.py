@@ -254,3 +254,14 @@ def test_a_label_store_that_fills_during_run_says_so_in_the_summary(
             assert store.count() == stored
     finally:
         subprocess.run(["umount", "-l", str(home)], check=False)
+
+
+def test_a_report_file_that_cannot_be_written_stops_eval_before_any_is(tmp_path, capsys):
+    """A folder named report.html in --report: the report stopped after eval.png and
+    report.json were written, and left them."""
+    blocked = tmp_path / "rdir" / "report.html"
+    blocked.mkdir(parents=True)
+    rc = main(["eval", GRID9, "--report", str(tmp_path / "rdir")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and str(blocked) in err, err
+    assert [p.name for p in (tmp_path / "rdir").iterdir()] == ["report.html"]
