@@ -15,6 +15,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from gazeloop.calibration.geometry import ScreenGeometry
 from gazeloop.calibration.metrics.evaluate import Evaluated, evaluate_candidates, evaluate_fixed
 from gazeloop.calibration.procedure import (
@@ -121,6 +123,12 @@ def apply_profile(
         _note_targets_beyond(session, prof, v.frames.labels_px)
     x = v.frames.matrix(prof.features)
     mapping = mapping_from_params(prof.mapping.name, prof.mapping.params)
+    targets = len(np.unique(v.frames.groups))
+    if targets < 2:  # the error stands beside the constant predictor's, which needs two
+        raise UserError(
+            f"{session.folder}: {targets} target with usable frames; a profile is scored "
+            "against the constant predictor (the mean of the other targets), which needs 2"
+        )
     try:
         ev = evaluate_fixed(
             mapping,

@@ -573,6 +573,14 @@ def test_a_profile_reads_unstated_frames_as_its_own_were(grid9, tmp_path):
         path.write_text(json.dumps({**json.loads(path.read_text()), "screen_x": px[0] + 500}))
     rc, _, err = cli("eval", col, "--profile", prof, "--json")
     assert rc == 0 and f"beyond the profile's {px[0]}x{px[1]} screen" in err, err
+    # One target: "the constant baseline needs at least 2 targets, got 1", naming nothing.
+    for f in sorted(col.glob("img_176606844*")):
+        f.unlink()
+    rc, _, err = cli("eval", col, "--profile", prof)
+    assert rc == 2 and err.strip().splitlines()[-1] == (
+        f"gazeloop eval: {col}: 1 target with usable frames; a profile is scored against "
+        "the constant predictor (the mean of the other targets), which needs 2"
+    )
 
 
 def test_the_lag_is_measured_on_the_frames_the_mapping_can_read():
