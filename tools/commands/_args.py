@@ -474,6 +474,12 @@ def screen_for(args, session) -> ScreenGeometry | None:
             "pixels (--screen-px W H, or a session.json): no millimetres or degrees",
             file=sys.stderr,
         )
+    elif screen is not None and screen.mm is None and args.distance_mm:
+        print(
+            f"note: {session.folder}: --distance-mm needs the screen's size in millimetres "
+            "(--screen-mm W H, or a session.json that says it): no degrees",
+            file=sys.stderr,
+        )
     return screen
 
 

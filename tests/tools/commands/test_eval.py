@@ -613,3 +613,7 @@ def test_millimetres_without_pixels_are_said_not_dropped(grid9, capsys):
     assert rc == 0 and json.loads(out)["mean_deg"] is None
     assert "--screen-mm and --distance-mm need the screen's size in pixels" in err
     assert "need the screen's size" not in cli("eval", grid9, "--json")[2]
+    # Pixels without millimetres: a distance still gives no degrees, and says so.
+    rc, out, err = cli("eval", grid9, "--screen-px", 1920, 1080, "--distance-mm", 600, "--json")
+    assert rc == 0 and json.loads(out)["mean_deg"] is None
+    assert "--distance-mm needs the screen's size in millimetres" in err
