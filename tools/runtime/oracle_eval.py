@@ -199,7 +199,13 @@ def session_and_screen(folder: Path, screen_px, mirrored) -> tuple[Session, Scre
     if session.screen_px is not None:
         px, basis = tuple(session.screen_px), "session"
     else:
-        px = screen_from_targets(np.array([it.label_px for it in session.items]))
+        targets = np.array([it.label_px for it in session.items])
+        if len(np.unique(targets, axis=0)) < 2:  # one target at (1675, 21) made 3351x42
+            raise UserError(
+                f"{folder}: the screen size is unknown (no session.json) and one target "
+                "cannot tell it: give --screen-px W H"
+            )
+        px = screen_from_targets(targets)
         basis = "targets with equal margins (no session.json)"
     m = session.manifest
     mm = getattr(m, "screen_mm", None) if m else None

@@ -175,6 +175,21 @@ def test_bad_flags_are_one_line_errors(shared, capsys):
     assert "--plot labels.txt: name a .png, .svg or .pdf file" in capsys.readouterr().err
 
 
+def test_one_target_without_a_screen_is_refused_not_guessed(shared, capsys, tmp_path):
+    """One still of grid9, no session.json: "equal margins" made a 3351x42 screen."""
+    one = tmp_path / "one"
+    one.mkdir()
+    for ext in ("jpg", "json"):
+        (one / f"img_1766068439840.{ext}").symlink_to(
+            shared / f"data/sessions/grid9/img_1766068439840.{ext}"
+        )
+    assert main(["oracle", "eval", str(one), "--oracle", "targets", "--json"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"gazeloop oracle: {one}: the screen size is unknown (no session.json) and one "
+        "target cannot tell it: give --screen-px W H"
+    )
+
+
 @pytest.mark.slow
 def test_clicks_on_grid9_keep_most_clicks_and_refuse_doubles(shared, capsys):
     grid9 = str(shared / "data/sessions/grid9")
