@@ -84,6 +84,7 @@ def _run(r: StoredRun, counts: dict[str, int]) -> dict[str, Any]:
         "id": r.id,
         "started": datetime.fromtimestamp(r.started_ms / 1000).isoformat(timespec="seconds"),
         "screen_px": None if r.screen is None else list(r.screen.px),
+        "device": s.get("device"),  # None: a run from before runs recorded it
         "source": s.get("source"),
         "oracle": s.get("oracle"),
         "profile": s.get("profile"),
@@ -101,6 +102,8 @@ def summary_text(s: dict[str, Any]) -> str:
         lines.append(f"  {name:10s} {c['labels']:5d} labels, {c['accepted']} accepted")
     for r in s["runs"]:
         screen = "screen unknown" if r["screen_px"] is None else "{}x{}".format(*r["screen_px"])
+        if r["device"] is not None:
+            screen += f" of device {r['device']}"
         lines.append(
             f"  run {r['id']} from {r['started']} on {screen}: {r['labels']} labels "
             f"({r['accepted']} accepted); source {r['source']}, oracle {r['oracle']}, "

@@ -29,7 +29,7 @@ def test_a_store_is_counted_by_source_and_by_run(tmp_path, monkeypatch):
         _add(ls, 0, "clicks", True)  # from before runs were recorded
         laptop = ls.begin_run({"source": "0", "oracle": "clicks"}, ScreenGeometry(px=(1512, 982)))
         monitor = ls.begin_run(
-            {"source": "0", "oracle": "auto", "gaze_model": {"id": "tuned"}},
+            {"source": "0", "oracle": "auto", "gaze_model": {"id": "tuned"}, "device": "desk"},
             ScreenGeometry(px=(2560, 1440)),
         )
         ls.begin_run({"source": "1"}, ScreenGeometry(px=(800, 600)))  # stored nothing
@@ -58,6 +58,7 @@ def test_a_store_is_counted_by_source_and_by_run(tmp_path, monkeypatch):
     rc, text, _ = cli("labels", "--store", root)
     assert rc == 0 and text.startswith(f"label store {root}: 4 labels, 3 accepted, 3 with")
     assert f"run {laptop} from " in text and "on 1512x982: 2 labels (1 accepted)" in text
+    assert "on 2560x1440 of device desk: 1 labels" in text  # two runs that look alike else
     assert "1 labels from before runs were recorded" in text
     assert "accepted labels on several screens" in text and "--screen-px" in text
     assert kept() == files  # read, nothing written
