@@ -535,7 +535,7 @@ def _subtitle(r: EvalReport) -> str:
         textwrap.fill(
             f"{r.mapping} on {', '.join(r.features)}, {measured_as(r)}; "
             f"{r.targets} targets, {r.frames_used} of {r.frames} frames used",
-            110,
+            100,  # 110 reached the figure's edge at 9 pt on an 8-inch figure
         )
         + f"\nmean {r.mean_px:.0f} px ({r.mean_pct_diag:.1f}% of {diagonal}), "
         f"median {r.median_px:.0f} px; constant predictor {r.baseline_mean_px:.0f} px"

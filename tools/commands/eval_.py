@@ -418,7 +418,7 @@ def _print(args: argparse.Namespace, r) -> None:
         f"{r.gaze_model['read']} read)"
         + (f"\n  profile applied unchanged: {r.profile}" if r.profile else "")
         + (
-            f"\n  {r.clamped} held-out predictions off the screen, scored at its edge"
+            f"\n  {r.clamped} {_predictions(r)} off the screen, scored at its edge"
             if r.clamped
             else ""
         )
@@ -440,6 +440,12 @@ def save_plot(ev, path: Path) -> None:
     """The plot, written atomically: a disk that fills while matplotlib writes leaves the
     previous plot there, not half a PNG."""
     write_plot(lambda f: plot_report(ev, f), path)
+
+
+def _predictions(r) -> str:
+    """What the points are: held out by leave-one-target-out, or a saved profile's own (no
+    point is held out then; the report said "held-out" all the same)."""
+    return "predictions" if r.profile is not None else "held-out predictions"
 
 
 # What `--report DIR` writes: `write_report`'s three and the resolved settings.
@@ -465,7 +471,7 @@ def write_report(ev, folder: Path) -> Path:
         "constant predictor (mean of the other targets)": f"{r.baseline_mean_px:.1f} px",
     }
     if r.clamped:
-        summary["held-out predictions off the screen"] = f"{r.clamped}, scored at its edge"
+        summary[f"{_predictions(r)} off the screen"] = f"{r.clamped}, scored at its edge"
     if r.selection is not None:
         summary["chosen on all targets"] = r.selection.chosen
     if r.gaze_model:
@@ -476,7 +482,7 @@ def write_report(ev, folder: Path) -> Path:
         summary["precision"] = f"not measured: {r.precision['not_measured']}"
     sections = [
         (None, report.key_values(summary)),
-        ("Targets and held-out predictions", report.image("eval.png", "targets and errors")),
+        (f"Targets and {_predictions(r)}", report.image("eval.png", "targets and errors")),
         ("Per target", report.per_target_table(r)),
     ]
     if r.precision and "not_measured" not in r.precision:
