@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -33,6 +35,27 @@ def _write_error(e: OSError, path: Path) -> WriteError:
     if isinstance(e, WriteError):
         return e
     return WriteError(e.errno or errno.EIO, e.strerror or str(e), str(path))
+
+
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Ctrl-C (and SIGTERM) held until the block ends, for writes that belong together: an
+    interrupt between two files left half of a pair (`record` stopped with Ctrl-C left a
+    record whose picture its clean-up had removed, 2 times in 4). Signals reach Python on
+    the main thread only, so elsewhere there is nothing to hold."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    kinds = (signal.SIGINT, signal.SIGTERM)
+    old = {k: signal.signal(k, lambda signum, _frame: held.append(signum)) for k in kinds}
+    try:
+        yield
+    finally:
+        for k, handler in old.items():
+            signal.signal(k, handler)
+        if held:  # as it would have come, now the block is whole
+            signal.raise_signal(held[0])
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from gazeloop.calibration.store.atomic import atomic_write_bytes, make_folder
+from gazeloop.calibration.store.atomic import atomic_write_bytes, interrupts_held, make_folder
 from gazeloop.calibration.store.session import (
     IMAGE_SUFFIXES,
     JPEG_QUALITY,
@@ -49,7 +49,8 @@ def write_record(
     extra: Mapping[str, Any] | None = None,
 ) -> SessionItem:
     """Write one `img_<t_ms>.jpg` + `.json` pair. The image goes first: a crash between the
-    two leaves an orphan JPEG, which readers reject, never a record pointing at nothing.
+    two leaves an orphan JPEG, which readers reject, never a record pointing at nothing; a
+    Ctrl-C waits until both are written (`interrupts_held`).
 
     `extra` adds fields to the record (e.g. `inference`); it cannot override the label."""
     folder = Path(folder)
@@ -73,14 +74,16 @@ def write_record(
     make_folder(folder)
     stem = f"img_{t_ms}"
     image_path, json_path = folder / f"{stem}.jpg", folder / f"{stem}.json"
-    atomic_write_bytes(image_path, jpeg.tobytes())
     # by_alias keeps the seed format's "Gaze" key; exclude_unset keeps records minimal.
-    body = record.model_dump(mode="json", by_alias=True, exclude_unset=True)
-    try:
-        atomic_write_bytes(json_path, json.dumps(body, indent=2).encode() + b"\n")
-    except BaseException:
-        image_path.unlink(missing_ok=True)  # no orphan JPEG for readers to reject
-        raise
+    body = json.dumps(record.model_dump(mode="json", by_alias=True, exclude_unset=True), indent=2)
+    with interrupts_held():  # a Ctrl-C comes after the pair, never between its files
+        atomic_write_bytes(image_path, jpeg.tobytes())
+        try:
+            atomic_write_bytes(json_path, body.encode() + b"\n")
+        except BaseException:
+            if not json_path.exists():  # the record may be in place and only its fsync failed
+                image_path.unlink(missing_ok=True)  # no orphan JPEG for readers to reject
+            raise
     return SessionItem(image=image_path, json=json_path, record=record, t_ms=t_ms)
 
 

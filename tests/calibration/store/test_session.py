@@ -426,6 +426,32 @@ def test_write_record_round_trip(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize("during", ["image", "record"])
+def test_ctrl_c_while_a_pair_is_written_comes_after_the_pair(tmp_path, monkeypatch, during):
+    """`record` stopped with Ctrl-C left half pairs (2 times in 4): an interrupt after the
+    record's rename, in its folder's fsync, ran the clean-up that removed its picture."""
+    import signal
+
+    from gazeloop.calibration.store import atomic
+
+    real_fsync_dir, calls = atomic.fsync_dir, []
+
+    def interrupted_fsync(folder):  # the image's, the record's
+        calls.append(folder)
+        if {"image": 1, "record": 2}[during] == len(calls):
+            os.kill(os.getpid(), signal.SIGINT)
+        real_fsync_dir(folder)
+
+    monkeypatch.setattr(atomic, "fsync_dir", interrupted_fsync)
+    with pytest.raises(KeyboardInterrupt):
+        write_record(tmp_path, 1700000000123, np.zeros((8, 8, 3), np.uint8), (1.0, 2.0))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "img_1700000000123.jpg",
+        "img_1700000000123.json",
+    ]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 @pytest.mark.parametrize("xy", [(-1.0, 2.0), (math.nan, 2.0), (1.0, math.inf)])
 def test_write_record_refuses_bad_labels(tmp_path: Path, xy: tuple[float, float]) -> None:
     with pytest.raises(ValueError, match="screen label"):
