@@ -85,7 +85,13 @@ from gazeloop.tools.runtime.live import Live, made_this_sitting, model_record
 from gazeloop.tools.runtime.recording import UnixClock
 from gazeloop.tools.ui.calibration_grid import DotView, calibrate_on_screen, render_dot
 from gazeloop.tools.ui.render import LiveData, PipData, render_live, render_pip, render_waiting
-from gazeloop.tools.ui.window import ESC, CvDisplay, require_display, screen_size_unknown
+from gazeloop.tools.ui.window import (
+    CLOSED,
+    ESC,
+    CvDisplay,
+    require_display,
+    screen_size_unknown,
+)
 
 log = logging.getLogger(__name__)
 WINDOW = "gazeloop"
@@ -980,9 +986,8 @@ class Window:
         if not self._sized:
             self.display.size_to(self.last_img.shape[1], self.last_img.shape[0])
             self._sized = True
-        cv2.imshow(WINDOW, self.last_img)
-        key = cv2.waitKey(1) & 0xFF
-        if key == QUIT:
+        key = self.display.show(self.last_img)
+        if key in (QUIT, CLOSED):
             return False
         if key == ord("7"):
             if live.glance is not None:  # a dot from the next frame on
@@ -999,8 +1004,7 @@ class Window:
         """While the camera gives no frame (`CameraSource.on_wait`): the last view dimmed,
         saying so, and the keys still read. → False when q asks to stop."""
         msg = f"{self.source_desc}: no frame for {seconds:.1f} s, reconnecting (q quits)"
-        cv2.imshow(WINDOW, render_waiting(self.last_img, msg))
-        return cv2.waitKey(1) & 0xFF != QUIT
+        return self.display.show(render_waiting(self.last_img, msg)) not in (QUIT, CLOSED)
 
     def _show_glance(self, frame) -> bool:
         """The glance's dot, full screen: the calibration grid's dot, large at first (it
@@ -1019,7 +1023,7 @@ class Window:
         key = self.display.show(render_dot(view))
         if key == ESC:  # not q: a glance ending by itself would pass it on and quit the run
             self.live.glance.cancel()
-        return True
+        return key != CLOSED
 
     def _end_glance(self) -> None:
         self._glancing = False

@@ -37,7 +37,7 @@ from gazeloop.tools.runtime.calibration import (
 )
 from gazeloop.tools.runtime.recording import UnixClock
 from gazeloop.tools.ui.render import drawable, wrap
-from gazeloop.tools.ui.window import ESC, CvDisplay
+from gazeloop.tools.ui.window import CLOSED, ESC, CvDisplay
 
 BACKGROUND = (40, 40, 40)
 DOT = (255, 255, 255)
@@ -245,7 +245,7 @@ def run_grid(
             view = dot_view(run, frame.t_ns, screen.px, face_lost=lost)
         if display is not None:
             key = display.show(render_dot(view))
-            if key in (ESC, ord("q")):
+            if key in (ESC, ord("q"), CLOSED):
                 out.cancelled = True
                 break
         if run.done:

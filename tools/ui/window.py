@@ -16,6 +16,9 @@ import numpy as np
 from gazeloop.tools.errors import UserError
 
 ESC = 27
+# What `CvDisplay.show` returns once the person closed the window (its title bar's button,
+# the window manager): no key has this code.
+CLOSED = -2
 
 
 def screen_size_unknown(flag_hint: str = "give --screen-px W H") -> str:
@@ -72,7 +75,8 @@ _SMALLEST = (800, 600)
 
 
 class CvDisplay:
-    """A named HighGUI window. `show` returns the key pressed (-1 for none)."""
+    """A named HighGUI window. `show` returns the key pressed (-1 for none, `CLOSED` once
+    the window was closed)."""
 
     def __init__(self, name: str, *, create: bool = True):
         self.name = name
@@ -85,7 +89,18 @@ class CvDisplay:
     def show(self, img: np.ndarray, wait_ms: int = 1) -> int:
         cv2.imshow(self.name, img)
         k = cv2.waitKey(wait_ms)
-        return -1 if k == -1 else k & 0xFF
+        if k != -1:
+            return k & 0xFF
+        return CLOSED if self._gone() else -1
+
+    def _gone(self) -> bool:
+        """Closed by the person: HighGUI has no window by that name any more (Qt says so
+        with an error, GTK with 0). Its next imshow made a new one, so `run` and the grid
+        went on after their window was closed. A backend that cannot tell says -1."""
+        try:
+            return cv2.getWindowProperty(self.name, cv2.WND_PROP_VISIBLE) == 0
+        except cv2.error:
+            return True
 
     def size_to(self, width: int, height: int) -> None:
         """Open at the picture's size (Qt's default normal window is 400x300, which would

@@ -42,6 +42,44 @@ def run_video(shared, *flags) -> tuple[int, str, str]:
     return cli("run", "--source", shared / VIDEO, "--oracle", "none", "--no-watch-models", *flags)
 
 
+def close_window_at(monkeypatch, n: int, title: str = "gazeloop") -> list[int]:
+    """At the n-th cv2.waitKey, the window closed as a window manager closes it (the title
+    bar's button: WM_DELETE_WINDOW to the client), then the close handled; → the calls."""
+    from Xlib import X, display, protocol
+
+    real, calls = cv2.waitKey, []
+
+    def wait(ms: int = 0) -> int:
+        calls.append(ms)
+        if len(calls) == n:
+            d = display.Display()
+            proto, delete = d.intern_atom("WM_PROTOCOLS"), d.intern_atom("WM_DELETE_WINDOW")
+            for w in d.screen().root.query_tree().children:
+                if w.get_wm_name() == title:
+                    data = (32, [delete, X.CurrentTime, 0, 0, 0])
+                    msg = protocol.event.ClientMessage(window=w, client_type=proto, data=data)
+                    w.send_event(msg)
+            d.flush()
+            d.close()
+            for _ in range(10):  # Qt handles the close in its event loop: pump it
+                real(10)
+            return -1
+        return real(1)
+
+    monkeypatch.setattr(cv2, "waitKey", wait)
+    return calls
+
+
+@pytest.mark.slow
+def test_closing_the_window_ends_the_run(xenv, shared, monkeypatch):
+    """Closed by its title bar's button, the window came back (imshow makes a new one) and
+    the run went on tracking; only q, Ctrl-C or a kill ended it."""
+    calls = close_window_at(monkeypatch, 8)
+    rc, out, err = run_video(shared, "--frames", 40)
+    assert rc == 0, err
+    assert frames_run(out) == 8 and len(calls) == 8
+
+
 @pytest.mark.slow
 def test_esc_in_the_live_view_does_not_end_the_run_and_q_does(xenv, shared, monkeypatch):
     read = scripted_keys(monkeypatch, {3: ESC, 6: ESC, 12: Q})
@@ -69,9 +107,11 @@ def test_esc_while_the_camera_gives_no_frame_does_not_end_the_run(monkeypatch):
     """The dimmed view while a camera reconnects hears the live view's keys: q, not Esc."""
     from gazeloop.tools.commands import run as run_cmd
 
-    ui = object.__new__(run_cmd.Window)  # `waiting` reads no more than these two
+    ui = object.__new__(run_cmd.Window)  # `waiting` reads no more than these three
     ui.source_desc, ui.last_img = "0", np.zeros((360, 640, 3), np.uint8)
+    ui.display = run_cmd.CvDisplay(run_cmd.WINDOW, create=False)
     monkeypatch.setattr(cv2, "imshow", lambda name, img: None)
+    monkeypatch.setattr(cv2, "getWindowProperty", lambda name, prop: 1.0)  # still open
     for key, goes_on in ((27, True), (ord("q"), False), (-1, True)):
         monkeypatch.setattr(cv2, "waitKey", lambda ms, key=key: key)
         assert ui.waiting(1.5) is goes_on

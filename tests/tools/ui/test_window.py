@@ -461,6 +461,20 @@ def test_esc_cancels_the_grid_and_keeps_the_old_profile(xenv, shared, tmp_path, 
     assert not (tmp_path / "s").exists()  # nothing captured yet: no empty session left
 
 
+def test_closing_the_grid_window_cancels_it(xenv, shared, tmp_path, monkeypatch):
+    """Closed by its title bar's button, the grid came back (as a normal window, where its
+    dots are not where the screen's pixels say) and went on capturing."""
+    from tests.tools.commands.test_run_keys import close_window_at
+
+    close_window_at(monkeypatch, 5, title="gazeloop calibrate")
+    grid_takes_recordings(monkeypatch)
+    out_dir, prof = tmp_path / "s", tmp_path / "p.json"
+    argv = ["--screen-px", 1280, 720, "--out", out_dir, "--profile", prof]
+    rc, out, err = cli("calibrate", "--source", shared / VIDEO, *argv)
+    assert rc == 1 and "calibration cancelled" in out, (out, err)
+    assert not prof.exists() and not out_dir.exists()
+
+
 @pytest.mark.slow
 def test_a_source_ending_mid_grid_is_a_clear_error(xenv, shared, tmp_path, monkeypatch):
     scripted_keys(monkeypatch, {})
