@@ -474,6 +474,22 @@ def _clicks(args, live: Live, mapper, ls: LabelledSource):
         return None
 
 
+def _clicks_after_calibration(args, live: Live, ls: LabelledSource, listeners: list):
+    """What the window calls with the c key's new profile: in a run that began without one
+    (--oracle auto, a camera), the clicks start with the first, as they would have with a
+    profile at start. They stayed off for the whole run. None when there is nothing to
+    start."""
+    if not args.clicks_later:
+        return None
+
+    def start(mapper: ProfileMapper) -> None:
+        if live.clicks is None:
+            args.oracle = "clicks"
+            listeners.append(_clicks(args, live, mapper, ls))
+
+    return start
+
+
 def _target_hook(args, ls: LabelledSource):
     """Snapshots labelled by the recording: the target on screen when the frame was taken;
     frames of the eye still on its way get no snapshot."""
@@ -525,13 +541,14 @@ def _run(args: argparse.Namespace, ls: LabelledSource) -> int:
     store = _label_store(args, oracle, mapper)
     settings = _run_settings(args, fp, mapper, used_profile)
     live = _live(args, ls, fp, mapper, oracle, store, hook, settings)
-    listener = _clicks(args, live, mapper, ls)
+    listeners = [_clicks(args, live, mapper, ls)]
     replay = _replay_clicks(args, live, mapper, ls)
     watcher = _model_watcher(args, live, fp, mapper, used_profile)
     cursor = Cursor() if args.move_cursor else None
     src = ls.source
     stream = iter(src)
-    ui = None if args.headless else _window(args, ls, live, stream, watcher)
+    later = _clicks_after_calibration(args, live, ls, listeners)
+    ui = None if args.headless else _window(args, ls, live, stream, watcher, later)
     if ui is not None and isinstance(src, CameraSource):
         src.on_wait = ui.waiting  # a camera reconnecting: the window still draws and hears q
     try:
@@ -540,7 +557,7 @@ def _run(args: argparse.Namespace, ls: LabelledSource) -> int:
                 args, live, src, stream, ui=ui, replay=replay, cursor=cursor
             )
     finally:
-        summary = _stop(args, live, src, watcher=watcher, listener=listener, ui=ui)
+        summary = _stop(args, live, src, watcher=watcher, listeners=listeners, ui=ui)
     print(f"gazeloop run: {frames} frames{' (interrupted)' if interrupted else ''}; {summary}")
     why = live.policy.why_none() if live.worker is not None else None
     if why:
@@ -607,8 +624,11 @@ def _models(args) -> tuple[FastPath, ProfileMapper | None, Path]:
     print(said, flush=True)
     fp = FastPath(fp_cfg)
     mapper, used_profile = _profile(args, fp)
+    # Clicks correct a calibrated cursor: there is none yet. The c key's first profile
+    # starts them (`_clicks_after_calibration`).
+    args.clicks_later = args.oracle_auto and mapper is None and args.oracle == "clicks"
     if args.oracle_auto and mapper is None:
-        args.oracle = "none"  # clicks correct a calibrated cursor; there is none yet
+        args.oracle = "none"
     return fp, mapper, used_profile
 
 
@@ -620,9 +640,10 @@ def _label_store(args, oracle, mapper):
     # even when this run has no oracle.
     from gazeloop.calibration.store.labelstore import DB_NAME, LabelStore
 
-    # Clicks and glances are labels too: kept with the oracle's.
+    # Clicks and glances are labels too: kept with the oracle's. A window labels with the
+    # glance, once it has a profile: the c key makes one in a run that began without.
     labelled_here = oracle is not None or args.oracle == "clicks" or args.replay_clicks
-    labelled_here |= not args.headless and mapper is not None  # the glance
+    labelled_here |= not args.headless
     if labelled_here or (args.mqtt and (labels_dir / DB_NAME).is_file()):
         if args.oracle == "none":  # not checked before the models loaded
             check_writable(labels_dir, folder=True)
@@ -707,9 +728,9 @@ def _model_watcher(args, live: Live, fp: FastPath, mapper, used_profile: Path):
     return watcher
 
 
-def _window(args, ls: LabelledSource, live: Live, stream, watcher) -> Window:
+def _window(args, ls: LabelledSource, live: Live, stream, watcher, calibrated=None) -> Window:
     """The window, with the validation glance; its `c` key reads `stream`, and a profile it
-    makes is the one a later model swap refits."""
+    makes is the one a later model swap refits (and is given to `calibrated`)."""
 
     def on_profile(prof: Profile, m: ProfileMapper, path: Path) -> None:
         """The c key's new profile in use; a later model swap refits it, in its own file."""
@@ -723,6 +744,7 @@ def _window(args, ls: LabelledSource, live: Live, stream, watcher) -> Window:
         stream=stream,
         clock=UnixClock(ls.source),
         camera=grid_sees(args.source),
+        calibrated=calibrated,
         **swaps,
     )
     ui.source_desc = ls.describe()
@@ -760,12 +782,12 @@ def _track(args, live: Live, src, stream, *, ui, replay, cursor) -> tuple[int, b
     return frames, interrupted
 
 
-def _stop(args, live: Live, src, *, watcher, listener, ui) -> str:
+def _stop(args, live: Live, src, *, watcher, listeners, ui) -> str:
     """Everything the run started, stopped, however it ended; the running system closed
     even when finishing it fails. → the summary line."""
     if watcher is not None:
         watcher.stop()
-    if listener is not None:
+    for listener in filter(None, listeners):
         listener.stop()
     if ui is not None:
         ui.close(args.screenshot)
@@ -933,7 +955,16 @@ class Window:
     its frames from it, so the camera is never opened twice."""
 
     def __init__(
-        self, live: Live, args, *, stream=None, clock=None, on_profile=None, hold=None, camera=True
+        self,
+        live: Live,
+        args,
+        *,
+        stream=None,
+        clock=None,
+        on_profile=None,
+        hold=None,
+        camera=True,
+        calibrated=None,
     ):
         self.live = live
         self.camera = camera  # the grid shows dots a recording's frames never saw
@@ -942,6 +973,7 @@ class Window:
         self.stream = stream
         self.clock = clock
         self.on_profile = on_profile
+        self.calibrated = calibrated  # told of each new profile once it is in use
         self.source_desc = str(args.source)
         self.last_img: np.ndarray | None = None
         # One session per run, made at the first space press (a folder of a run with no
@@ -1100,6 +1132,8 @@ class Window:
             self.on_profile(res.profile, mapper, res.profile_path)
         else:
             live.install(mapper)
+        if self.calibrated is not None:
+            self.calibrated(mapper)
         print("calibrated; the new profile is in use: " + "; ".join(res.lines()), flush=True)
 
     def _grid_screen(self):

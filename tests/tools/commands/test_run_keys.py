@@ -7,6 +7,8 @@ Xvfb display so the window keeps painting."""
 
 from __future__ import annotations
 
+import contextlib
+
 import cv2
 import numpy as np
 import pytest
@@ -44,30 +46,51 @@ def run_video(shared, *flags) -> tuple[int, str, str]:
 
 def close_window_at(monkeypatch, n: int, title: str = "gazeloop") -> list[int]:
     """At the n-th cv2.waitKey, the window closed as a window manager closes it (the title
-    bar's button: WM_DELETE_WINDOW to the client), then the close handled; → the calls."""
-    from Xlib import X, display, protocol
-
+    bar's button: WM_DELETE_WINDOW to the client), and the events pumped until HighGUI has
+    no such window any more (waited for, not timed); → the calls."""
     real, calls = cv2.waitKey, []
 
     def wait(ms: int = 0) -> int:
         calls.append(ms)
-        if len(calls) == n:
-            d = display.Display()
-            proto, delete = d.intern_atom("WM_PROTOCOLS"), d.intern_atom("WM_DELETE_WINDOW")
-            for w in d.screen().root.query_tree().children:
-                if w.get_wm_name() == title:
-                    data = (32, [delete, X.CurrentTime, 0, 0, 0])
-                    msg = protocol.event.ClientMessage(window=w, client_type=proto, data=data)
-                    w.send_event(msg)
-            d.flush()
-            d.close()
-            for _ in range(10):  # Qt handles the close in its event loop: pump it
-                real(10)
-            return -1
-        return real(1)
+        if len(calls) != n:
+            return real(1)
+        _delete_window(title, pump=lambda: real(10))
+        return -1
 
     monkeypatch.setattr(cv2, "waitKey", wait)
     return calls
+
+
+def _delete_window(title: str, pump, within_s: float = 60.0) -> None:
+    """WM_DELETE_WINDOW to every window of that title, again at each pump until HighGUI's
+    window is closed: hidden (0), or gone with the whole GUI (an error). Again, because a
+    window of an earlier test may still be on the display while this one is not yet."""
+    import time
+
+    from Xlib import X, display, protocol
+    from Xlib.error import XError
+
+    deadline = time.monotonic() + within_s
+    d = display.Display()
+    proto, delete = d.intern_atom("WM_PROTOCOLS"), d.intern_atom("WM_DELETE_WINDOW")
+    try:
+        while True:
+            for w in d.screen().root.query_tree().children:
+                with contextlib.suppress(XError):  # gone meanwhile
+                    if w.get_wm_name() == title:
+                        data = (32, [delete, X.CurrentTime, 0, 0, 0])
+                        msg = protocol.event.ClientMessage(window=w, client_type=proto, data=data)
+                        w.send_event(msg)
+            d.sync()
+            pump()
+            try:
+                if cv2.getWindowProperty(title, cv2.WND_PROP_VISIBLE) == 0:
+                    return
+            except cv2.error:
+                return
+            assert time.monotonic() < deadline, f"window {title!r} still open"
+    finally:
+        d.close()
 
 
 @pytest.mark.slow
@@ -129,3 +152,29 @@ def test_c_on_a_recording_says_calibrating_needs_a_camera_and_the_run_goes_on(
     assert "c: calibrating needs a camera" in out
     assert frames_run(out) == 20
     assert not list((tmp_path / "home").rglob("session.json"))  # no calibration session
+
+
+def test_clicks_start_with_the_c_keys_first_profile(monkeypatch):
+    """--oracle auto with a camera and no profile yet: clicks stayed off for the whole run,
+    even after the c key made one (the README: clicks are the default with a camera and a
+    profile)."""
+    from types import SimpleNamespace
+
+    from gazeloop.calibration.drift.history import History
+    from gazeloop.tools.commands import run as run_cmd
+    from gazeloop.tools.runtime import clicks
+
+    started = []
+    monkeypatch.setattr(clicks, "start_listener", lambda labeller: started.append(labeller) or 1)
+    args = SimpleNamespace(clicks_later=True, oracle="none", oracle_auto=True)
+    live = SimpleNamespace(clicks=None, history=History(), external_label=None)
+    ls = SimpleNamespace(source=object())
+    mapper = SimpleNamespace(screen=SimpleNamespace(px=(1280, 720)))
+    listeners = [None]
+    start = run_cmd._clicks_after_calibration(args, live, ls, listeners)
+    start(mapper)
+    assert args.oracle == "clicks" and started == [live.clicks] and listeners == [None, 1]
+    start(mapper)  # a second calibration: the same listener goes on
+    assert len(started) == 1
+    args.clicks_later = False  # a profile at start, or a recording: nothing to start later
+    assert run_cmd._clicks_after_calibration(args, live, ls, []) is None

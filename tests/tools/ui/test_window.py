@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from gazeloop.calibration.procedure import grid_targets
-from gazeloop.calibration.profile import Profile, profile_path
+from gazeloop.calibration.profile import Profile, profile_path, user_dir
 from gazeloop.calibration.store.session import read_session
 from gazeloop.tools.ui.calibration_grid import BACKGROUND, DOT
 from gazeloop.tools.ui.render import GOLD, RED
@@ -297,6 +297,9 @@ def test_c_key_calibrates_in_the_running_window_and_the_cursor_appears(
     # The live view after calibrating has a cursor on the screen canvas.
     img = cv2.imread(str(shot))
     assert mask(img[:360, 650:], RED).sum() > 150
+    # And a label store for what the 7 key's glance labels from now on: a run that began
+    # without a profile had none, and dropped every label of its c key's profile unsaid.
+    assert (user_dir("default") / "labels" / "labels.sqlite3").is_file()
 
 
 @pytest.mark.slow
