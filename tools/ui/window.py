@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def require_display(what: str, hint: str = "") -> None:
     if not sys.platform.startswith("linux"):
         return
     display = os.environ.get("DISPLAY")
-    why = "DISPLAY is unset" if not display else _local_display_missing(display)
+    why = "DISPLAY is unset" if not display else _display_missing(display)
     if why:
         raise UserError(
             f"{what} needs a window, and there is no X display ({why})"
@@ -60,14 +61,26 @@ def require_display(what: str, hint: str = "") -> None:
         )
 
 
-def _local_display_missing(display: str) -> str | None:
-    """Why a local display (":N", "unix:N") has no server: its socket is missing. Remote
-    displays (host:N) are left to the connection itself."""
-    host, _, rest = display.partition(":")
-    if host not in ("", "unix") or not rest.split(".")[0].isdigit():
-        return None
-    sock = Path("/tmp/.X11-unix") / f"X{rest.split('.')[0]}"
-    return None if sock.exists() else f"DISPLAY={display}, but no X server listens there ({sock})"
+def _display_missing(display: str) -> str | None:
+    """Why DISPLAY names no X server Qt could reach: not a display name, a local display
+    (":N", "unix:N") whose socket is missing, or a remote one (host:N, what `ssh -X`
+    leaves) that does not answer on its port. Qt aborted the process on each (exit 134,
+    after the models had loaded). A server that answers but refuses us is left to Qt."""
+    host, colon, rest = display.rpartition(":")
+    number = rest.split(".")[0]
+    if not colon or not number.isdigit():
+        return f"DISPLAY={display} is not a display name ([host]:N)"
+    if host in ("", "unix"):
+        sock = Path("/tmp/.X11-unix") / f"X{number}"
+        if sock.exists():
+            return None
+        return f"DISPLAY={display}, but no X server listens there ({sock})"
+    port = 6000 + int(number)
+    try:
+        socket.create_connection((host, port), timeout=3.0).close()
+    except OSError as e:
+        return f"DISPLAY={display}, but nothing answers at {host}:{port} ({e.strerror or e})"
+    return None
 
 
 # Smaller than this, a "full-screen" window is not the screen (see `screen_px`).
