@@ -142,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
         check_writable(session_dir, folder=True, need_bytes=_SESSION_BYTES)
         check_writable(profile_out, folder=False)
         serve_users_model(args)
+        before = _stamp(profile_out)
         fp = FastPath(fastpath_config(args))
         try:
             if replay:
@@ -149,6 +150,9 @@ def run(args: argparse.Namespace) -> int:
                     res = _run_replay(args, ls, fp, cfg, session_dir, profile_out)
             else:
                 res = _run_window(args, ls, fp, cfg, session_dir, profile_out)
+        except KeyboardInterrupt:  # exit 130 with nothing said, the frames left unmentioned
+            print(f"calibration interrupted; {_said(profile_out, before)}{_kept(session_dir)}")
+            return 130
         finally:
             fp.close()
     if res is None:
@@ -161,6 +165,22 @@ def run(args: argparse.Namespace) -> int:
         for line in res.lines():
             print(line)
     return 0
+
+
+def _stamp(path: Path) -> int | None:
+    return path.stat().st_mtime_ns if path.is_file() else None
+
+
+def _said(profile_out: Path, before: int | None) -> str:
+    """Whether an interrupted calibration got as far as saving its profile."""
+    if _stamp(profile_out) == before:
+        return "the profile was not changed"
+    return f"its profile was saved first: {profile_out}"
+
+
+def _kept(session_dir: Path) -> str:
+    """Where the frames an interrupted calibration captured are, if it captured any."""
+    return f"; its frames so far are in {session_dir}" if session_dir.is_dir() else ""
 
 
 def _run_replay(args, ls, fp, cfg, session_dir, profile_out) -> CalibrationResult:

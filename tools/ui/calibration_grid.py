@@ -281,9 +281,14 @@ def calibrate_on_screen(
     display.fullscreen(True)
     display.size_to(*screen.px)
     try:
-        out = run_grid(
-            frames, fp, cfg, screen, display, writer=writer, clock=clock, ready_s=ready_s
-        )
+        try:
+            out = run_grid(
+                frames, fp, cfg, screen, display, writer=writer, clock=clock, ready_s=ready_s
+            )
+        except KeyboardInterrupt:  # Ctrl-C (or SIGTERM) mid-grid: as Esc, then on up
+            if not writer.discard_if_empty():
+                writer.finish(f"calibration interrupted after {writer.written} captured frames")
+            raise
         if out.cancelled or out.source_ended:
             _abandon(out, writer, source_desc)
             return None

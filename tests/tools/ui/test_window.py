@@ -465,6 +465,33 @@ def test_esc_cancels_the_grid_and_keeps_the_old_profile(xenv, shared, tmp_path, 
     assert not (tmp_path / "s").exists()  # nothing captured yet: no empty session left
 
 
+def test_ctrl_c_mid_grid_says_what_was_kept(xenv, shared, tmp_path, monkeypatch):
+    """Ctrl-C during the grid ended calibrate with exit 130 and not a word: not that the
+    profile stayed, not where the frames captured so far were."""
+    real, calls = cv2.waitKey, []
+
+    def wait(ms: int = 0) -> int:
+        calls.append(ms)
+        if len(calls) == 60:
+            raise KeyboardInterrupt
+        return real(1)
+
+    monkeypatch.setattr(cv2, "waitKey", wait)
+    grid_takes_recordings(monkeypatch)
+    out_dir, prof = tmp_path / "s", tmp_path / "p.json"
+    prof.write_text("old")
+    argv = ["--screen-px", 1280, 720, "--out", out_dir, "--profile", prof, "--settle", 0.1]
+    rc, out, err = cli("calibrate", "--source", shared / VIDEO, *argv, "--ready", 0.1)
+    assert rc == 130, (out, err)
+    assert out.strip().splitlines()[-1] == (
+        f"calibration interrupted; the profile was not changed; its frames so far are in {out_dir}"
+    )
+    assert prof.read_text() == "old"
+    notes = json.loads((out_dir / "session.json").read_text())["notes"]
+    n = len(list(out_dir.glob("img_*.json")))
+    assert n > 0 and notes == f"calibration interrupted after {n} captured frames"
+
+
 def test_closing_the_grid_window_cancels_it(xenv, shared, tmp_path, monkeypatch):
     """Closed by its title bar's button, the grid came back (as a normal window, where its
     dots are not where the screen's pixels say) and went on capturing."""
