@@ -107,13 +107,16 @@ class CvDisplay:
         return CLOSED if self._gone() else -1
 
     def _gone(self) -> bool:
-        """Closed by the person: HighGUI has no window by that name any more (Qt says so
-        with an error, GTK with 0). Its next imshow made a new one, so `run` and the grid
-        went on after their window was closed. A backend that cannot tell says -1."""
+        """Closed by the person: Qt says so with an error once its last window is closed,
+        else with 0, as GTK does. Its next imshow made a new one, so `run` and the grid
+        went on after their window was closed. Not on macOS: Cocoa's 0 is NSWindow's
+        isVisible, which a minimised window has too, and minimising the live view to work
+        under the moving cursor must not end the run (q and Ctrl-C do there)."""
         try:
-            return cv2.getWindowProperty(self.name, cv2.WND_PROP_VISIBLE) == 0
+            visible = cv2.getWindowProperty(self.name, cv2.WND_PROP_VISIBLE)
         except cv2.error:
             return True
+        return visible == 0 and sys.platform != "darwin"
 
     def size_to(self, width: int, height: int) -> None:
         """Open at the picture's size (Qt's default normal window is 400x300, which would

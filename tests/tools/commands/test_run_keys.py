@@ -178,3 +178,19 @@ def test_clicks_start_with_the_c_keys_first_profile(monkeypatch):
     assert len(started) == 1
     args.clicks_later = False  # a profile at start, or a recording: nothing to start later
     assert run_cmd._clicks_after_calibration(args, live, ls, []) is None
+
+
+def test_on_macos_a_hidden_window_is_not_taken_for_closed(monkeypatch):
+    """Cocoa's WND_PROP_VISIBLE is NSWindow.isVisible, 0 for a minimised window too: the
+    live view minimised to work under the moving cursor must not end the run."""
+    from gazeloop.tools.ui import window
+
+    shown = window.CvDisplay("x", create=False)
+    monkeypatch.setattr(cv2, "imshow", lambda name, img: None)
+    monkeypatch.setattr(cv2, "waitKey", lambda ms: -1)
+    monkeypatch.setattr(cv2, "getWindowProperty", lambda name, prop: 0.0)
+    img = np.zeros((4, 4, 3), np.uint8)
+    monkeypatch.setattr(window.sys, "platform", "darwin")
+    assert shown.show(img) == -1
+    monkeypatch.setattr(window.sys, "platform", "linux")
+    assert shown.show(img) == window.CLOSED
