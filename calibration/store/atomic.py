@@ -47,13 +47,21 @@ def interrupts_held() -> Iterator[None]:
         yield
         return
     held: list[int] = []
-    kinds = (signal.SIGINT, signal.SIGTERM)
-    old = {k: signal.signal(k, lambda signum, _frame: held.append(signum)) for k in kinds}
+    old = {k: signal.getsignal(k) for k in (signal.SIGINT, signal.SIGTERM)}
+    old = {k: h for k, h in old.items() if h is not None}  # not set from Python: left alone
+
+    def hold(signum, _frame) -> None:
+        held.append(signum)
+        for k, h in old.items():  # a second one goes through: a stalled disk is no trap
+            signal.signal(k, h)
+
+    for k in old:
+        signal.signal(k, hold)
     try:
         yield
     finally:
-        for k, handler in old.items():
-            signal.signal(k, handler)
+        for k, h in old.items():
+            signal.signal(k, h)
         if held:  # as it would have come, now the block is whole
             signal.raise_signal(held[0])
 

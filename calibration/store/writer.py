@@ -114,16 +114,17 @@ class SessionWriter:
         # full speed, a camera's burst) must not overwrite each other.
         if self.last_ms is not None and t_ms <= self.last_ms:
             t_ms = self.last_ms + 1
-        item = write_record(self.folder, t_ms, image, label_px, extra)
-        self.written += 1
-        self.first_ms = t_ms if self.first_ms is None else self.first_ms
-        self.last_ms = t_ms
+        with interrupts_held():  # the count says every pair on disk (a Ctrl-C waits)
+            item = write_record(self.folder, t_ms, image, label_px, extra)
+            self.written += 1
+            self.first_ms = t_ms if self.first_ms is None else self.first_ms
+            self.last_ms = t_ms
         return item
 
     def discard_if_empty(self) -> bool:
         """Remove what was written when no frame was (a manifest alone is not a session that
         any reader accepts); True when the folder is gone."""
-        if self.written:
+        if self.written or any(self.folder.glob("img_*")):
             return False
         (self.folder / MANIFEST_NAME).unlink(missing_ok=True)
         try:

@@ -55,6 +55,7 @@ from gazeloop.tools.runtime.calibration import (
     refused_says_why,
     replay_targets,
 )
+from gazeloop.tools.runtime.interrupts import terminate_as_interrupt
 from gazeloop.tools.runtime.labelled import open_labelled
 from gazeloop.tools.runtime.progress import Progress
 from gazeloop.tools.runtime.recording import UnixClock
@@ -145,13 +146,17 @@ def run(args: argparse.Namespace) -> int:
         before = _stamp(profile_out)
         fp = FastPath(fastpath_config(args))
         try:
-            if replay:
-                with Progress(f"calibrate, replaying {args.source}"):
-                    res = _run_replay(args, ls, fp, cfg, session_dir, profile_out)
-            else:
-                res = _run_window(args, ls, fp, cfg, session_dir, profile_out)
+            with terminate_as_interrupt():  # a kill as Ctrl-C: the same clean end
+                if replay:
+                    with Progress(f"calibrate, replaying {args.source}"):
+                        res = _run_replay(args, ls, fp, cfg, session_dir, profile_out)
+                else:
+                    res = _run_window(args, ls, fp, cfg, session_dir, profile_out)
         except KeyboardInterrupt:  # exit 130 with nothing said, the frames left unmentioned
-            print(f"calibration interrupted; {_said(profile_out, before)}{_kept(session_dir)}")
+            print(
+                f"calibration interrupted; {_said(profile_out, before)}{_kept(session_dir)}",
+                file=sys.stderr,  # with --json, stdout is the report alone
+            )
             return 130
         finally:
             fp.close()
@@ -167,8 +172,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stamp(path: Path) -> int | None:
-    return path.stat().st_mtime_ns if path.is_file() else None
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """A file's identity and time: a replace changes the first where the second is coarse."""
+    return (path.stat().st_ino, path.stat().st_mtime_ns) if path.is_file() else None
 
 
 def _said(profile_out: Path, before: int | None) -> str:

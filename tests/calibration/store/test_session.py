@@ -452,6 +452,30 @@ def test_ctrl_c_while_a_pair_is_written_comes_after_the_pair(tmp_path, monkeypat
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_a_session_writer_counts_the_pair_a_ctrl_c_waited_for(tmp_path, monkeypatch):
+    """The held Ctrl-C was raised inside write_record: the pair was on disk and not counted,
+    so an interrupted calibration's notes said "0 captured frames" and its clean-up took
+    the manifest of a folder with frames in it."""
+    import signal
+
+    from gazeloop.calibration.store import atomic
+    from gazeloop.calibration.store.session import SessionManifest
+    from gazeloop.calibration.store.writer import SessionWriter
+
+    writer = SessionWriter(tmp_path / "s", SessionManifest(screen_px=(640, 480)))
+    real_fsync_dir = atomic.fsync_dir
+
+    def interrupted_fsync(folder):
+        os.kill(os.getpid(), signal.SIGINT)
+        real_fsync_dir(folder)
+
+    monkeypatch.setattr(atomic, "fsync_dir", interrupted_fsync)
+    with pytest.raises(KeyboardInterrupt):
+        writer.write(1700000000123, np.zeros((8, 8, 3), np.uint8), (1.0, 2.0))
+    assert writer.written == 1 and writer.last_ms == 1700000000123
+    assert not writer.discard_if_empty() and (tmp_path / "s" / "session.json").is_file()
+
+
 @pytest.mark.parametrize("xy", [(-1.0, 2.0), (math.nan, 2.0), (1.0, math.inf)])
 def test_write_record_refuses_bad_labels(tmp_path: Path, xy: tuple[float, float]) -> None:
     with pytest.raises(ValueError, match="screen label"):

@@ -483,7 +483,7 @@ def test_ctrl_c_mid_grid_says_what_was_kept(xenv, shared, tmp_path, monkeypatch)
     argv = ["--screen-px", 1280, 720, "--out", out_dir, "--profile", prof, "--settle", 0.1]
     rc, out, err = cli("calibrate", "--source", shared / VIDEO, *argv, "--ready", 0.1)
     assert rc == 130, (out, err)
-    assert out.strip().splitlines()[-1] == (
+    assert err.strip().splitlines()[-1] == (
         f"calibration interrupted; the profile was not changed; its frames so far are in {out_dir}"
     )
     assert prof.read_text() == "old"
