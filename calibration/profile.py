@@ -401,6 +401,29 @@ def user_dir(user: str) -> Path:
     return data_dir() / "users" / _name_part(user)
 
 
+# `_name_part`'s made-safe form of a name that is no plain folder name ends so.
+_HASHED = re.compile(r"-[0-9a-f]{8}$")
+
+
+def folder_user(folder: Path) -> str | None:
+    """Whose `users/<folder>` this is: the one user its profiles name whose folder it is;
+    else the folder's own name, unless that is a made-safe form with a hash ("team/eve"
+    lives in `team_eve-<hash>`: that is nobody's name); else None, for the caller to ask."""
+    folder = Path(folder)
+    named = {n for n in map(_profile_user, folder.glob("profiles/*.json")) if n}
+    if len(named) == 1 and user_dir(next(iter(named))).name == folder.name:
+        return named.pop()
+    return None if _HASHED.search(folder.name) else folder.name
+
+
+def _profile_user(path: Path) -> str | None:
+    try:
+        user = json.loads(path.read_text(encoding="utf-8")).get("user")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return user if isinstance(user, str) else None
+
+
 def profile_path(user: str, device: str) -> Path:
     """One profile per device, in the user's folder."""
     return user_dir(user) / "profiles" / f"{_name_part(device, device=True)}.json"

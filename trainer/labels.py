@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from gazeloop.calibration.geometry import ScreenGeometry
-from gazeloop.calibration.profile import user_dir
+from gazeloop.calibration.profile import folder_user
 from gazeloop.calibration.store.labelstore import DB_NAME, LabelStore, LabelStoreError
 from gazeloop.calibration.store.session import MANIFEST_NAME
 from gazeloop.trainer.datasets import real_path
@@ -95,21 +95,21 @@ def store_user(store: Path) -> str:
     `team_eve-<hash>`): the profiles beside the store say it, or the labels of "team/eve"
     trained as another person than her sessions and went to validation whole."""
     p = real_path(store)
-    if not (p.name == "labels" and p.parent.parent.name == "users"):
+    if not _in_a_users_folder(p):
         return p.name
-    folder = p.parent.name
-    named = {n for n in map(_profile_user, p.parent.glob("profiles/*.json")) if n}
-    if len(named) == 1 and user_dir(next(iter(named))).name == folder:
-        return named.pop()
-    return folder
+    return folder_user(p.parent) or p.parent.name
 
 
-def _profile_user(path: Path) -> str | None:
-    try:
-        user = json.loads(path.read_text(encoding="utf-8")).get("user")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return user if isinstance(user, str) else None
+def layout_user(store: Path) -> str | None:
+    """The user a store is of when its place says it (`users/<folder>/labels` of a data
+    folder, `folder_user`); None for a store elsewhere (a copy in /data/alice-labels is
+    anybody's, whatever its folder is called)."""
+    p = real_path(store)
+    return folder_user(p.parent) if _in_a_users_folder(p) else None
+
+
+def _in_a_users_folder(store: Path) -> bool:
+    return store.name == "labels" and store.parent.parent.name == "users"
 
 
 def _folder_name(user: str) -> str:
@@ -233,4 +233,12 @@ def export_store(
     return exp
 
 
-__all__ = ["EXPORTS", "LabelExport", "LabelExportError", "export_store", "left_out", "store_user"]
+__all__ = [
+    "EXPORTS",
+    "LabelExport",
+    "LabelExportError",
+    "export_store",
+    "layout_user",
+    "left_out",
+    "store_user",
+]

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from gazeloop.calibration.problems import first_problem
-from gazeloop.calibration.profile import data_dir, user_dir
+from gazeloop.calibration.profile import data_dir, folder_user, user_dir
 from gazeloop.calibration.store.atomic import atomic_path, atomic_write_bytes, fsync_dir
 from gazeloop.fastpath.models import sha256_file
 
@@ -88,16 +88,14 @@ def default_registry_root(user: str = "default") -> Path:
 
 
 def registry_user(path: str | Path) -> str | None:
-    """The user whose registry `path` is or lies in (`users/<user>/models/...` of the data
-    folder), when its folder is that user's name as it is; else None."""
+    """The user whose registry `path` is or lies in (`users/<folder>/models/...` of the
+    data folder, `folder_user`); None elsewhere, or when the folder cannot say."""
     users = (data_dir() / "users").resolve()
     p = Path(path).resolve()
     if users not in p.parents:
         return None
     folder, *rest = p.relative_to(users).parts
-    if not rest or rest[0] != "models" or user_dir(folder).name != folder:
-        return None
-    return folder
+    return folder_user(users / folder) if rest and rest[0] == "models" else None
 
 
 def unmoved_registry_note(root: Path) -> str | None:

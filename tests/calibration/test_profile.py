@@ -413,6 +413,20 @@ def test_profile_path_is_per_user_and_device(tmp_path, monkeypatch):
     assert data_dir() == tmp_path / "xdg" / "gazeloop"
 
 
+def test_whose_folder_is_told_by_its_profiles_and_never_guessed_from_a_hashed_name(tmp_path):
+    """`announce` from users/<folder>/models took the folder's name for the user's, and a
+    made-safe one ("dom\\eve" lives in `dom_eve-<hash>`) sent the model to a topic no laptop
+    listens on."""
+    from gazeloop.calibration.profile import folder_user, user_dir
+
+    plain, hashed = tmp_path / "ada lovelace", tmp_path / "dom_eve-1a2b3c4d"
+    assert folder_user(plain) == "ada lovelace" and folder_user(hashed) is None
+    mine = tmp_path / "users" / user_dir("team/eve").name
+    (mine / "profiles").mkdir(parents=True)
+    (mine / "profiles" / "laptop.json").write_text(json.dumps({"user": "team/eve"}))
+    assert folder_user(mine) == "team/eve"
+
+
 def test_fits_for_other_models_are_kept_apart_and_never_replace_the_users_profile(tmp_path):
     from gazeloop.calibration.profile import find_for_model, model_profile_path, save_for_model
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import types
 from pathlib import Path
 
@@ -144,6 +145,14 @@ def test_a_model_of_ones_labels_goes_to_their_registry_not_anothers(store, tmp_p
         "give --user alice (or --registry DIR)"
     )
     assert not (tmp_path / "r" / "config.json").exists()  # refused before training
+    # A copy elsewhere (a training box's /data/alice-labels) is anybody's: its folder name
+    # is no user, to serve the model to or to refuse --user alice with.
+    outside = tmp_path / "alice-labels"
+    shutil.copytree(store, outside)
+    copy = export_store(outside, tmp_path / "y", 0, screen_px=GRID9_SCREEN)
+    assert _registry_user(plain, [copy]) == "default"
+    named = argparse.Namespace(user="alice", registry=None)
+    assert _registry_user(named, [copy]) == "alice"
 
 
 def test_a_bad_or_empty_store_is_one_line_naming_the_folder(store, tmp_path, capsys):

@@ -3,7 +3,7 @@
     laptop                                   broker                     training box
     GazePublisher ── gazeloop/<u>/<d>/gaze (QoS 0) ──▶  (live consumers)
     LabelUplink  ── gazeloop/<u>/<d>/labels (QoS 1) ──▶  Collector → session folders
-    ModelFetcher ◀── gazeloop/models/announce + chunks (retained, QoS 1) ── ModelAnnouncer
+    ModelFetcher ◀── gazeloop/models/announce/<user> + chunks (retained, QoS 1) ── ModelAnnouncer
 
 Commands: `gazeloop collect`, `gazeloop announce`, `gazeloop fetch` (`gazeloop bench mqtt`
 is a benchmark, in `bench`); the laptop's side of the first two rows is `gazeloop run
@@ -204,7 +204,13 @@ def run_announce(args: argparse.Namespace) -> int:
     from gazeloop.tools.runtime.mqtt.models import AnnounceError, ModelAnnouncer
     from gazeloop.trainer.registry import registry_user
 
-    user = args.user or registry_user(args.model) or "default"
+    owner = registry_user(args.model)
+    if args.user and owner and args.user != owner:  # her model on his topic: his laptop serves it
+        raise UserError(
+            f"{args.model} is {owner}'s registry: --user {args.user} would send this model "
+            f"to {args.user}'s laptops; give --user {owner}"
+        )
+    user = args.user or owner or "default"
     announcer = ModelAnnouncer(broker_settings(args), user=_topic_user(user))
     try:
         ann = announcer.announce_path(args.model, model_id=args.model_id)

@@ -983,6 +983,7 @@ class Window:
         self.display = CvDisplay(WINDOW)
         self._sized = False
         self._glancing = False  # the glance's dot is on the screen (full screen)
+        self.gone = False  # its window was closed during the c key's grid
 
     def _aspect(self) -> float:
         m = self.live.mapper
@@ -1030,7 +1031,7 @@ class Window:
             self.record(frame, s)
         elif key == ord("c"):
             self.calibrate()
-        return True
+        return not self.gone
 
     def waiting(self, seconds: float) -> bool:
         """While the camera gives no frame (`CameraSource.on_wait`): the last view dimmed,
@@ -1085,6 +1086,9 @@ class Window:
         finally:
             if self.live.glance is not None:
                 self.live.glance.calibrating = False
+        # The grid's window closed (it cancelled the grid): the run ends too, as when the
+        # live view's is closed, rather than the next frame opening a new one.
+        self.gone = self.display.closed()
 
     def _calibrate(self) -> None:
         live, args = self.live, self.args

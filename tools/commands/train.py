@@ -139,7 +139,11 @@ def _add_export_parser(sub) -> None:
     e = sub.add_parser("export", help="export a training checkpoint to ONNX and register it")
     e.add_argument("checkpoint", type=Path, help="model.safetensors of a training run")
     e.add_argument("--out", type=Path, help="ONNX file (default: beside the checkpoint)")
-    add_registry_args(e)
+    add_registry_args(
+        e,
+        user_help="whose model registry (default: default; `train --export` registers into "
+        "the one person's whose --labels it learnt)",
+    )
     e.add_argument("--no-register", action="store_true", help="only write the ONNX file")
     e.add_argument(
         "--promote", action="store_true", help="serve it now (skips the gate: your decision)"
@@ -565,9 +569,12 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _registry_user(args, exports) -> str:
     """Whose registry a trained model goes to: --user, else the one person whose --labels
-    it learnt, else `default`. Refused before training: one person's labels registered for
-    another (the default user, when --user was left out) served her model to him."""
-    owners = sorted({e.user for e in exports})
+    it learnt (stores in a user's folder: one elsewhere says nothing of whose it is), else
+    `default`. Refused before training: one person's labels registered for another (the
+    default user, when --user was left out) served her model to him."""
+    from gazeloop.trainer.labels import layout_user
+
+    owners = sorted({u for u in (layout_user(e.store) for e in exports) if u is not None})
     if args.user is None:
         return owners[0] if len(owners) == 1 else "default"
     if len(owners) == 1 and owners[0] != args.user and args.registry is None:

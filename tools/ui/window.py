@@ -104,14 +104,14 @@ class CvDisplay:
         k = cv2.waitKey(wait_ms)
         if k != -1:
             return k & 0xFF
-        return CLOSED if self._gone() else -1
+        return CLOSED if self.closed() else -1
 
-    def _gone(self) -> bool:
+    def closed(self) -> bool:
         """Closed by the person: Qt says so with an error once its last window is closed,
         else with 0, as GTK does. Its next imshow made a new one, so `run` and the grid
-        went on after their window was closed. Not on macOS: Cocoa's 0 is NSWindow's
-        isVisible, which a minimised window has too, and minimising the live view to work
-        under the moving cursor must not end the run (q and Ctrl-C do there)."""
+        went on after their window was closed. Not on macOS: Cocoa's windows have no close
+        button, and its 0 is NSWindow's isVisible, which a minimised window has too:
+        minimising the live view to work under the moving cursor must not end the run."""
         try:
             visible = cv2.getWindowProperty(self.name, cv2.WND_PROP_VISIBLE)
         except cv2.error:

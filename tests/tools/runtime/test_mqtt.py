@@ -1273,6 +1273,8 @@ def test_a_laptop_fetches_only_its_users_models(broker, tmp_path, monkeypatch, c
     alice.register(*tiny_model(tmp_path / "m", "gaze-net", 10_000), promote=True)
     assert main(["announce", "--mqtt", broker.url, str(alice.root)]) == 0
     assert capsys.readouterr().out.startswith("announced gaze-net v1 for alice: ")
+    assert main(["announce", "--mqtt", broker.url, "--user", "bob", str(alice.root)]) == 2
+    assert f"{alice.root} is alice's registry: --user bob would send" in capsys.readouterr().err
     bobs = ModelRegistry(tmp_path / "laptop" / "bob")
     fetcher = ModelFetcher(broker.url, bobs, user="bob", backoff=FAST).start()
     try:

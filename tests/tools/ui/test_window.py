@@ -492,6 +492,31 @@ def test_ctrl_c_mid_grid_says_what_was_kept(xenv, shared, tmp_path, monkeypatch)
     assert n > 0 and notes == f"calibration interrupted after {n} captured frames"
 
 
+@pytest.mark.slow
+def test_closing_the_window_during_the_c_keys_grid_ends_the_run(xenv, shared, monkeypatch):
+    """The grid was cancelled, and the next frame's imshow opened a new live view: the run
+    went on after its window was closed."""
+    from tests.tools.commands.test_run_keys import _delete_window, frames_run
+
+    real, calls = cv2.waitKey, []
+
+    def wait(ms: int = 0) -> int:
+        calls.append(ms)
+        if len(calls) == 3:
+            return ord("c")
+        if len(calls) == 10:  # in the grid: it draws in the live view's window
+            _delete_window("gazeloop", pump=lambda: real(10))
+            return -1
+        return real(1)
+
+    monkeypatch.setattr(cv2, "waitKey", wait)
+    grid_takes_recordings(monkeypatch)
+    argv = ["--screen-px", 1280, 720, "--frames", 200, "--no-watch-models", "--ready", 0.1]
+    rc, out, err = cli("run", "--source", shared / VIDEO, *argv)
+    assert rc == 0, err
+    assert "calibration cancelled" in out and frames_run(out) == 3
+
+
 def test_closing_the_grid_window_cancels_it(xenv, shared, tmp_path, monkeypatch):
     """Closed by its title bar's button, the grid came back (as a normal window, where its
     dots are not where the screen's pixels say) and went on capturing."""

@@ -12,7 +12,7 @@ chunks that are not there. Chunk topics carry the model's hash, so two models ne
 announcer clears the previous model's chunks once the new announcement is out, so the broker
 holds one model's worth of retained bytes, not every model ever trained.
 
-Topics: `gazeloop/models/announce` (JSON, `ModelAnnouncement`) and
+Topics: `gazeloop/models/announce/<user>` (JSON, `ModelAnnouncement`; one per user) and
 `gazeloop/models/<model_id>/<sha256[:16]>/<index>` (raw bytes).
 """
 
