@@ -31,7 +31,12 @@ from typing import Any
 
 from gazeloop.calibration.geometry import ScreenGeometry
 from gazeloop.calibration.profile import folder_user
-from gazeloop.calibration.store.labelstore import DB_NAME, LabelStore, LabelStoreError
+from gazeloop.calibration.store.labelstore import (
+    DB_NAME,
+    LabelStore,
+    LabelStoreError,
+    StoredRun,
+)
 from gazeloop.calibration.store.session import MANIFEST_NAME
 from gazeloop.trainer.datasets import real_path
 
@@ -106,6 +111,21 @@ def layout_user(store: Path) -> str | None:
     anybody's, whatever its folder is called)."""
     p = real_path(store)
     return folder_user(p.parent) if _in_a_users_folder(p) else None
+
+
+def _replayed(run: StoredRun, held_out: Sequence[Path]) -> str | None:
+    """Why a run's labels must not be trained on, when it replayed a held-out recording (its
+    recorded `source_path` is one, inside one or holds one): trained on, its frames would
+    judge a model on what it saw. A run stored before runs kept their source's resolved
+    path cannot be told apart: it is trained on, as it was."""
+    recorded = run.settings.get("source_path")
+    if not recorded or not held_out:
+        return None
+    src = Path(recorded)
+    for h in held_out:
+        if src == h or h in src.parents or src in h.parents:
+            return f"from a run replaying the held-out {h}"
+    return None
 
 
 def _in_a_users_folder(store: Path) -> bool:
@@ -217,7 +237,7 @@ def export_store(
     try:
         with LabelStore(store, readonly=True) as ls:
             exp.accepted = ls.count(accepted=True)
-            stats = ls.export_session(out, screen, held_out=held_out)
+            stats = ls.export_session(out, screen, skip_run=lambda r: _replayed(r, held_out))
     except LabelStoreError as e:
         shutil.rmtree(out, ignore_errors=True)
         raise LabelExportError(f"{store}: {e}") from None

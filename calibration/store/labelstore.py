@@ -61,7 +61,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -817,7 +817,7 @@ class LabelStore:
         *,
         accepted_only: bool = True,
         lines: str = "skip",
-        held_out: Sequence[Path] = (),
+        skip_run: Callable[[StoredRun], str | None] | None = None,
     ) -> dict[str, Any]:
         """Write a session folder in the seed format (img_<ms>.jpg + .json + session.json)
         for the trainer; returns counts of what was written and skipped, by reason. With
@@ -837,9 +837,9 @@ class LabelStore:
         ms, moved on by 1 ms when two labels share a millisecond. Images are copied, not
         re-encoded. The folder must be new or empty.
 
-        `held_out`: resolved paths of recordings a gate judges on. Labels of a run that
-        replayed one of them (its recorded `source_path` is one, inside one or holds one)
-        are skipped: trained on, its frames would judge a model on what it saw.
+        `skip_run`: why a recorded run's labels stay out (counted under that reason), or
+        None to keep them: the caller's rule (the trainer leaves out replays of what its
+        gate judges on).
         """
         if lines not in ("skip", "pseudo"):
             raise ValueError(f"lines must be 'skip' or 'pseudo', got {lines!r}")
@@ -857,7 +857,7 @@ class LabelStore:
             # records while this reads is known too (read at the start, its labels went out
             # in this screen's pixels).
             screens: dict[int, ScreenGeometry | None] = {}
-            replays: dict[int, str | None] = {}
+            left_out: dict[int, str | None] = {}
             for row in self.iter():
                 # Only the loop's outliers stay out: a label no loop judged (no profile yet)
                 # is a click or a dot like any other (`gazeloop collect` files it too).
@@ -866,8 +866,9 @@ class LabelStore:
                 if row.run_id is not None and row.run_id not in screens:
                     run = self.run(row.run_id)
                     screens[row.run_id] = None if run is None else run.screen
-                    replays[row.run_id] = _replayed(run, held_out)
-                why = why or replays.get(row.run_id)
+                    skipped = None if run is None or skip_run is None else skip_run(run)
+                    left_out[row.run_id] = skipped
+                why = why or left_out.get(row.run_id)
                 why = why or _other_screen(screens.get(row.run_id), screen)
                 why = why or self._export_row(row, out, size, lines, used)
                 if why is None:
@@ -919,20 +920,6 @@ class LabelStore:
         body = record.model_dump(mode="json", by_alias=True, exclude_unset=True)
         atomic_write_bytes(out / f"{stem}.json", json.dumps(body, indent=2).encode())
         return None
-
-
-def _replayed(run: StoredRun | None, held_out: Sequence[Path]) -> str | None:
-    """Why a run's labels must not be trained on, when it replayed a held-out recording
-    (`export_session`), or None. A run stored before runs kept their source's resolved
-    path (`source_path`) cannot be told apart: it is trained on, as it was."""
-    recorded = None if run is None else run.settings.get("source_path")
-    if not recorded or not held_out:
-        return None
-    src = Path(recorded)
-    for h in held_out:
-        if src == h or h in src.parents or src in h.parents:
-            return f"from a run replaying the held-out {h}"
-    return None
 
 
 def _other_screen(recorded: ScreenGeometry | None, screen: ScreenGeometry) -> str | None:

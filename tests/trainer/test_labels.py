@@ -96,3 +96,18 @@ def test_a_user_whose_name_is_no_folder_name_is_the_person_of_their_sessions(tmp
     p.parent.mkdir(parents=True)
     p.write_text(json.dumps({"user": "team/eve", "screen": {"px": [1512, 982]}}))
     assert export_store(store, tmp_path / "run", 0).person == "session:team/eve"
+
+
+def test_replays_of_what_the_gate_may_judge_on_are_left_out_with_or_without_a_holdout(tmp_path):
+    """Only --holdout was looked at: with none named the gate holds out the last quarter of
+    --data, and a run that replayed one of those sessions was trained on."""
+    import argparse
+
+    from gazeloop.tools.commands.train import _judged_on
+
+    a, b, h = (tmp_path / n for n in ("a", "b", "h"))
+    plain = argparse.Namespace(holdout=[], data=[a, b])
+    assert _judged_on(plain, {}) == [a.resolve(), b.resolve()]
+    assert _judged_on(plain, {"holdout": [{"path": str(h)}]}) == [h.resolve()]
+    named = argparse.Namespace(holdout=[h], data=[a, b])
+    assert _judged_on(named, {"holdout": "elsewhere"}) == [h.resolve()]

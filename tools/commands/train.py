@@ -197,7 +197,7 @@ def _export_labels(args, doc: dict) -> list:
 
     resume = bool(args.resume or doc.get("resume"))
     screen = tuple(args.screen_px) if args.screen_px else None
-    held_out = [real_path(h) for h in args.holdout]
+    held_out = _judged_on(args, doc)
 
     def export_all(reuse: bool, say: bool) -> list:
         exports = []
@@ -220,6 +220,23 @@ def _export_labels(args, doc: dict) -> list:
         return exports
 
     return _main_process_first(lambda main: export_all(resume or not main, main))
+
+
+def _judged_on(args, doc: dict) -> list[Path]:
+    """What the gate may judge on, resolved, for the export to leave out labels of runs
+    that replayed it: the named holdouts (--holdout, else the config's); with none named,
+    every --data session, since the gate then holds out the last quarter of them (the
+    others are trained on already: their replays add nothing but the same frames twice)."""
+    named = args.holdout or _config_holdouts(doc)
+    return [real_path(p) for p in (named or args.data)]
+
+
+def _config_holdouts(doc: dict) -> list[str]:
+    """The --config file's holdout paths (what is no path is the config check's to say)."""
+    held = doc.get("holdout") or []
+    held = held if isinstance(held, list) else [held]
+    paths = [h.get("path") if isinstance(h, dict) else h for h in held]
+    return [p for p in paths if isinstance(p, str)]
 
 
 def _main_process_first(work):
