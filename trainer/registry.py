@@ -103,7 +103,10 @@ def unmoved_registry_note(root: Path) -> str | None:
     user's) is still missing and the old shared one holds some; else None. Nothing moves
     them on its own: whose they are is the person's call."""
     old = data_dir() / "models"
-    if root.exists() or not ModelRegistry(old).model_ids():
+    try:
+        if root.exists() or not ModelRegistry(old).model_ids():
+            return None
+    except OSError:  # an old folder that cannot be read is no reason to stop a start
         return None
     return (
         f"{old} holds models registered before each user had a registry, anyone's: move "

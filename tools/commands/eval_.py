@@ -459,8 +459,9 @@ def write_report(ev, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create report folder {folder}: {e}") from None
-    save_plot(ev, folder / "eval.png")
-    report.write(folder / "report.json", r.model_dump_json(indent=2))
+    plot_name, json_name, html_name, _ = REPORT_FILES
+    save_plot(ev, folder / plot_name)
+    report.write(folder / json_name, r.model_dump_json(indent=2))
     summary = {
         "session": r.session,
         "targets / frames used": f"{r.targets} / {r.frames_used} of {r.frames}",
@@ -482,7 +483,7 @@ def write_report(ev, folder: Path) -> Path:
         summary["precision"] = f"not measured: {r.precision['not_measured']}"
     sections = [
         (None, report.key_values(summary)),
-        (f"Targets and {_predictions(r)}", report.image("eval.png", "targets and errors")),
+        (f"Targets and {_predictions(r)}", report.image(plot_name, "targets and errors")),
         ("Per target", report.per_target_table(r)),
     ]
     if r.precision and "not_measured" not in r.precision:
@@ -501,4 +502,4 @@ def write_report(ev, folder: Path) -> Path:
         else f"The saved profile {r.profile}, applied unchanged (no refit)."
     )
     intro += f" Measured as: {measured_as(r)}."
-    return report.write(folder / "report.html", report.page("gazeloop eval", intro, sections))
+    return report.write(folder / html_name, report.page("gazeloop eval", intro, sections))

@@ -65,7 +65,8 @@ def add_parser(sub) -> None:
         description="For every session folder inside FOLDER: the leave-one-target-out error "
         "of `gazeloop eval`, and the error of the profile fitted on a person's sitting when "
         "applied unchanged to that person's next sitting on the same screen (the person is "
-        "the session.json's user, the sittings in folder-name order: s01, s02, ..., s10). "
+        "the session.json's user, the sittings in the folders' name order, so number them "
+        "with leading zeros: s02 comes after s10). "
         "Progress on "
         "stderr; per-frame features are cached, so a rerun is fast.",
     )

@@ -643,7 +643,7 @@ def _label_store(args, oracle, mapper):
     # Clicks and glances are labels too: kept with the oracle's. A window labels with the
     # glance, once it has a profile: the c key makes one in a run that began without.
     labelled_here = oracle is not None or args.oracle == "clicks" or args.replay_clicks
-    labelled_here |= not args.headless
+    labelled_here |= not args.headless and (mapper is not None or grid_sees(args.source))
     if labelled_here or (args.mqtt and (labels_dir / DB_NAME).is_file()):
         if args.oracle == "none":  # not checked before the models loaded
             check_writable(labels_dir, folder=True)
@@ -661,7 +661,9 @@ def _run_settings(args, fp: FastPath, mapper, used_profile: Path) -> dict:
         "device": args.device,  # whose camera placement: the uplink files labels by it
         "source": str(args.source),
         # Resolved: training leaves out the labels of a replay of what its gate judges on.
-        "source_path": None if is_camera(args.source) else str(real_path(args.source)),
+        "source_path": None
+        if is_camera(args.source)
+        else str(real_path(Path(args.source).expanduser())),
         "oracle": args.oracle,
         "profile": None if mapper is None else str(used_profile),
         "gaze_model": model_record(fp.gaze),

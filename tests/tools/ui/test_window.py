@@ -650,22 +650,20 @@ def test_a_display_with_no_server_is_one_line_not_a_qt_abort(monkeypatch, tmp_pa
     monkeypatch.setenv("DISPLAY", ":987")
     with pytest.raises(UserError, match=r"DISPLAY=:987, but no X server listens there"):
         require_display("the grid")
-    # What a broken `ssh -X` leaves, and a name that is none: Qt aborted on both.
-    closed = socket.socket()
-    closed.bind(("127.0.0.1", 0))
-    port = closed.getsockname()[1]  # bound, never listening: refused
-    if port < 6000:
-        pytest.skip("the free port is below X's range")
-    monkeypatch.setenv("DISPLAY", f"127.0.0.1:{port - 6000}.0")
-    with pytest.raises(UserError, match=rf"nothing answers at 127.0.0.1:{port} "):
-        require_display("the grid")
+    # A name that is none, and what a broken `ssh -X` leaves: Qt aborted on both.
     monkeypatch.setenv("DISPLAY", "bogus")
     with pytest.raises(UserError, match=r"DISPLAY=bogus is not a display name"):
         require_display("the grid")
-    with socket.create_server(("127.0.0.1", 0)) as listening:  # a server that answers
-        monkeypatch.setenv("DISPLAY", f"127.0.0.1:{listening.getsockname()[1] - 6000}")
+    with socket.socket() as closed, socket.create_server(("127.0.0.1", 0)) as listening:
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: refused
+        port, answers = closed.getsockname()[1], listening.getsockname()[1]
+        if min(port, answers) < 6000:
+            pytest.skip("a free port below X's range")
+        monkeypatch.setenv("DISPLAY", f"127.0.0.1:{port - 6000}.0")
+        with pytest.raises(UserError, match=rf"nothing answers at 127.0.0.1:{port} "):
+            require_display("the grid")
+        monkeypatch.setenv("DISPLAY", f"127.0.0.1:{answers - 6000}")  # a server answers
         require_display("the grid")
-    closed.close()
 
 
 def test_a_camera_that_stops_keeps_the_window_drawing_and_q_still_quits(xenv, monkeypatch):
