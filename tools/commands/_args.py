@@ -187,7 +187,8 @@ def serve_users_model(args: argparse.Namespace) -> None:
     start, and the accuracy printed was not what the cursor would get."""
     from gazeloop.tools.runtime.hotreload import startup_model
 
-    cfg, said = startup_model(fastpath_config(args), user=args.user)
+    model_id = getattr(args, "model_id", None)
+    cfg, said = startup_model(fastpath_config(args), user=args.user, model_id=model_id)
     print(said, file=sys.stderr, flush=True)
     args._run_config = run_config(args).model_copy(update={"fastpath": cfg})
 
@@ -384,6 +385,15 @@ def distinct_paths(paths: list, flag: str, why: str) -> None:
         first = seen.setdefault(real_path(path), i)
         if first != i:
             raise UserError(f"{flag} {path} is given twice (also as {paths[first]}): {why}")
+
+
+def add_model_id_arg(p: argparse.ArgumentParser) -> None:
+    """Which model of the user's registry, when it holds several (`run`, `calibrate`,
+    `profile fit`): with none named, those serve the stock model."""
+    p.add_argument(
+        "--model-id",
+        help="the registry's model to serve, when it holds several (default: its only one)",
+    )
 
 
 def add_user_args(p: argparse.ArgumentParser) -> None:

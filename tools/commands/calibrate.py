@@ -34,6 +34,7 @@ from gazeloop.tools.commands._args import (
     add_camera_args,
     add_fastpath_args,
     add_grid_args,
+    add_model_id_arg,
     add_screen_size_args,
     add_user_args,
     camera_request,
@@ -82,6 +83,7 @@ def add_parser(sub) -> None:
     p.add_argument("--headless", action="store_true", help="replay --source's targets, no window")
     add_camera_args(p)
     add_user_args(p)
+    add_model_id_arg(p)
     p.add_argument("--out", type=Path, help="session folder to write (default: the user's)")
     p.add_argument("--profile", type=Path, help="profile file to write (default: the user's)")
     add_screen_size_args(p)

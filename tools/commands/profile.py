@@ -16,6 +16,7 @@ from gazeloop.fastpath.collect import LazyFastPath
 from gazeloop.tools.commands._args import (
     add_fastpath_args,
     add_mirrored_arg,
+    add_model_id_arg,
     add_no_cache_arg,
     add_screen_size_args,
     add_user_args,
@@ -58,6 +59,7 @@ def add_parser(sub) -> None:
     )
     f.add_argument("session", type=Path, nargs="+", help="session folder(s)")
     add_user_args(f)
+    add_model_id_arg(f)
     f.add_argument("--out", type=Path, help="profile file (default: the user's profile folder)")
     add_screen_size_args(f, "the session's; a session without session.json needs it")
     f.add_argument("--distance-mm", type=positive_float, help="viewing distance")

@@ -63,6 +63,7 @@ from gazeloop.tools.commands._args import (
     add_camera_args,
     add_fastpath_args,
     add_grid_args,
+    add_model_id_arg,
     add_moondream_pin_args,
     add_user_args,
     broker_settings,
@@ -117,10 +118,7 @@ def add_parser(sub) -> None:
         action="store_true",
         help="do not switch to newer models appearing in the registry",
     )
-    p.add_argument(
-        "--model-id",
-        help="the registry's model to serve, when it holds several (default: its only one)",
-    )
+    add_model_id_arg(p)
     add_grid_args(p)
     add_fastpath_args(p)
     p.set_defaults(func=run)

@@ -75,6 +75,19 @@ def test_with_two_model_ids_promoted_none_is_called_served_and_run_names_one(
     assert "run serves the one `run --model-id ID` names, else the stock model" in listing
     cfg, said = startup_model(FastPathConfig(), registry_root=reg.root, model_id="carol-net")
     assert "carol-net v1" in said and cfg.gaze_model == reg.promoted("carol-net").onnx_path
+    # calibrate and profile fit name it too: fitted with the stock model, every start of
+    # `run --model-id` refitted their profile.
+    import argparse
+    import shutil
+
+    from gazeloop.tools.commands._args import run_config, serve_users_model
+    from gazeloop.trainer.registry import default_registry_root
+
+    shutil.copytree(reg.root, default_registry_root("carol"))
+    args = argparse.Namespace(user="carol", model_id="carol-net")
+    serve_users_model(args)
+    assert run_config(args).fastpath.gaze_model.parent.parent.name == "carol-net"
+    assert "gaze model: carol-net v1 (promoted in" in capsys.readouterr().err
     # A typo served the stock model without a word; a model file named beside it was taken.
     with pytest.raises(UserError, match="--model-id carl-net: not in the registry"):
         startup_model(FastPathConfig(), registry_root=reg.root, model_id="carl-net")
