@@ -481,9 +481,12 @@ def _clicks_after_calibration(args, live: Live, ls: LabelledSource, listeners: l
         return None
 
     def start(mapper: ProfileMapper) -> None:
-        if live.clicks is None:
-            args.oracle = "clicks"
-            listeners.append(_clicks(args, live, mapper, ls))
+        if not args.clicks_later:  # once: a listener that could not start says so once
+            return
+        args.clicks_later, args.oracle = False, "clicks"
+        listeners.append(_clicks(args, live, mapper, ls))
+        if live.clicks is not None:  # the store's run record says so from here on
+            live.note_settings(oracle="clicks")
 
     return start
 

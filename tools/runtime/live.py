@@ -547,6 +547,14 @@ class Live:
             self._writes_open += 1
             self._writes.notify_all()
 
+    def note_settings(self, **changes) -> None:
+        """The run's settings changed while it runs (the c key's first profile started the
+        clicks): labels from here on belong to a run record that says so."""
+        if self.run_settings is None:
+            return
+        self.run_settings = {**self.run_settings, **changes}
+        self._new_run(self.mapper)
+
     def _new_run(self, mapper: ProfileMapper | None) -> None:
         """From here on labels belong to a new run record: this run's settings on `mapper`'s
         screen, whose fractions their points are (`LabelStore.begin_run`, made by the writer

@@ -167,15 +167,22 @@ def test_clicks_start_with_the_c_keys_first_profile(monkeypatch):
     started = []
     monkeypatch.setattr(clicks, "start_listener", lambda labeller: started.append(labeller) or 1)
     args = SimpleNamespace(clicks_later=True, oracle="none", oracle_auto=True)
-    live = SimpleNamespace(clicks=None, history=History(), external_label=None)
+    noted = []
+    live = SimpleNamespace(
+        clicks=None,
+        history=History(),
+        external_label=None,
+        note_settings=lambda **changes: noted.append(changes),
+    )
     ls = SimpleNamespace(source=object())
     mapper = SimpleNamespace(screen=SimpleNamespace(px=(1280, 720)))
     listeners = [None]
     start = run_cmd._clicks_after_calibration(args, live, ls, listeners)
     start(mapper)
     assert args.oracle == "clicks" and started == [live.clicks] and listeners == [None, 1]
+    assert noted == [{"oracle": "clicks"}]  # the store's run record says so from here on
     start(mapper)  # a second calibration: the same listener goes on
-    assert len(started) == 1
+    assert len(started) == 1 and len(noted) == 1
     args.clicks_later = False  # a profile at start, or a recording: nothing to start later
     assert run_cmd._clicks_after_calibration(args, live, ls, []) is None
 

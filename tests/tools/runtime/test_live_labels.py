@@ -525,6 +525,23 @@ def test_each_screen_and_model_a_run_maps_with_is_a_run_record_its_labels_name(t
     live.close()
 
 
+def test_settings_changed_mid_run_start_a_record_that_says_so(tmp_path):
+    """The c key's first profile starts the clicks in a run that began with none: its
+    click labels were filed under a record saying "oracle": "none"."""
+    from gazeloop.calibration.geometry import ScreenGeometry
+
+    mapper = SimpleNamespace(screen=ScreenGeometry(px=SCREEN), offset=np.zeros(2))
+    store = LabelStore(tmp_path / "labels")
+    live = Live(FakeFastPath(), mapper=mapper, store=store, run_settings={"oracle": "none"})
+    live.note_settings(oracle="clicks")
+    obs = PointObservation(xy=(0.5, 0.5))
+    live.external_label(OracleLabel(t_ns=1, snapshot_id="s1", oracle="clicks", observation=obs))
+    assert live.flush(10)
+    (run,) = store.runs()
+    assert run.settings["oracle"] == "clicks" and [r.run_id for r in store] == [run.id]
+    live.close()
+
+
 def test_a_store_that_cannot_record_the_run_still_keeps_the_labels(tmp_path):
     """Recording the run fails (a trigger makes SQLite refuse it, as a failing disk would):
     said, and tracking and the labels go on, without their run; no label counts as lost."""
