@@ -34,7 +34,6 @@ import logging
 import math
 import signal
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -47,7 +46,7 @@ import torch
 from pydantic import ValidationError
 
 from gazeloop.calibration.problems import first_problem
-from gazeloop.calibration.store.atomic import atomic_write_bytes
+from gazeloop.calibration.store.atomic import atomic_write_bytes, first_signal_noted
 from gazeloop.trainer.checkpoint import (
     earlier_run,
     load_optimizer,
@@ -503,23 +502,8 @@ def _stop_on_signals(at: Standing):
     """Ctrl-C or SIGTERM (a scheduler, `kill`) ends the run after the current step with a
     checkpoint, instead of losing every step since the last one. The handlers step aside
     after the first signal, so a second one stops the process at once."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be set from the main thread
-        return
-    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    def note(signum: int, _frame: Any) -> None:
-        at.signal = signum
-        for s, h in before.items():
-            signal.signal(s, h)
-
-    for s in before:
-        signal.signal(s, note)
-    try:
+    with first_signal_noted(lambda signum: setattr(at, "signal", signum)):
         yield
-    finally:
-        for s, h in before.items():
-            signal.signal(s, h)
 
 
 def _interrupted(run: _Run) -> bool:

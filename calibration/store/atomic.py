@@ -38,30 +38,41 @@ def _write_error(e: OSError, path: Path) -> WriteError:
 
 
 @contextlib.contextmanager
-def interrupts_held() -> Iterator[None]:
-    """Ctrl-C (and SIGTERM) held until the block ends, for writes that belong together: an
-    interrupt between two files left half of a pair (`record` stopped with Ctrl-C left a
-    record whose picture its clean-up had removed, 2 times in 4). Signals reach Python on
-    the main thread only, so elsewhere there is nothing to hold."""
+def first_signal_noted(note) -> Iterator[None]:
+    """Ctrl-C and SIGTERM, the first of them given to `note(signum)` instead of acting;
+    the handlers then step aside, so a second one acts at once (a stalled disk or a hung
+    step is no trap). Only the main thread can set a handler (signals reach Python there
+    alone): elsewhere nothing is noted. Handlers not set from Python are left alone."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    held: list[int] = []
     old = {k: signal.getsignal(k) for k in (signal.SIGINT, signal.SIGTERM)}
-    old = {k: h for k, h in old.items() if h is not None}  # not set from Python: left alone
+    old = {k: h for k, h in old.items() if h is not None}
 
-    def hold(signum, _frame) -> None:
-        held.append(signum)
-        for k, h in old.items():  # a second one goes through: a stalled disk is no trap
+    def first(signum, _frame) -> None:
+        note(signum)
+        for k, h in old.items():
             signal.signal(k, h)
 
     for k in old:
-        signal.signal(k, hold)
+        signal.signal(k, first)
     try:
         yield
     finally:
         for k, h in old.items():
             signal.signal(k, h)
+
+
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Ctrl-C (and SIGTERM) held until the block ends, for writes that belong together: an
+    interrupt between two files left half of a pair (`record` stopped with Ctrl-C left a
+    record whose picture its clean-up had removed, 2 times in 4)."""
+    held: list[int] = []
+    try:
+        with first_signal_noted(held.append):
+            yield
+    finally:
         if held:  # as it would have come, now the block is whole
             signal.raise_signal(held[0])
 

@@ -32,6 +32,15 @@ JPEG_QUALITY = 95
 
 # The name's digits are the record's identity (the JSON timestamp may disagree; see below).
 _NAME_RE = re.compile(r"^img_(\d+)$")
+
+
+def frame_times(folder: Path) -> set[int]:
+    """The capture times (unix ms) a session folder's records are named by; none when the
+    folder is gone."""
+    names = (_NAME_RE.match(f.stem) for f in folder.glob("img_*.json")) if folder.is_dir() else ()
+    return {int(m.group(1)) for m in names if m}
+
+
 _JPEG_EOI = b"\xff\xd9"
 _JPEG_SOS = b"\xff\xda"
 

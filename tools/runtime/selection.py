@@ -10,7 +10,6 @@ of sittings a second time does not run the networks again.
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -25,7 +24,7 @@ from gazeloop.calibration.procedure import (
 )
 from gazeloop.calibration.procedure import profile_from_choice as procedure_profile
 from gazeloop.calibration.profile import Profile, ProfileError
-from gazeloop.calibration.store.session import Session
+from gazeloop.calibration.store.session import Session, frame_times
 from gazeloop.fastpath.collect import Collected, LazyFastPath
 from gazeloop.fastpath.pipeline import FastPathConfig
 from gazeloop.fastpath.views import NoUsableFrames, Views
@@ -199,16 +198,7 @@ def _fitted_on(prof: Profile, session: Session) -> bool:
     if any(p.resolve() == here for p in own):
         return True
     taken = {item.t_ms for item in session.items}
-    return any(taken & _frame_times(p) for p in own)
-
-
-def _frame_times(folder: Path) -> set[int]:
-    """The capture times of a session folder's frames, from their names (none if gone)."""
-    times = set()
-    for f in folder.glob("img_*.json") if folder.is_dir() else ():
-        with contextlib.suppress(ValueError):
-            times.add(int(f.stem.removeprefix("img_")))
-    return times
+    return any(taken & frame_times(p) for p in own)
 
 
 def run_selected(
