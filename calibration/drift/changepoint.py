@@ -429,12 +429,17 @@ def change_scan(
         return Scan(-1, 0.0)
     Pg = np.einsum("nij,nj->ni", Ps, gs)
     cA, SAi = _earlier_fits(Ps, Pg, weights, prior_info, prior_mean, taus, window)
-    # Residuals of every label about every earlier fit.
-    after = np.arange(m)[None, :] >= taus[:, None]
-    ex, ey = _resid_rows(Ps, Pg, cA[:, 0], cA[:, 1])  # (T, m) each
-    r = np.hypot(ex, ey)
     # Residuals of w·P are w times the label's own: each label's σ is σ·√w here (module doc).
     root = _whitening(label_weights, m)
+    # From here on only the labels from the earliest onset on, the only ones any split
+    # calls later: once a run holds more than a window, the (T, m) work below was half on
+    # labels every row masks out (a label update on the frame thread, 2 windows held).
+    lo = int(taus.min())
+    Ps, Pg, dims, root = Ps[lo:], Pg[lo:], dims[lo:], root[lo:]
+    # Residuals of every later label about every earlier fit.
+    after = np.arange(lo, m)[None, :] >= taus[:, None]
+    ex, ey = _resid_rows(Ps, Pg, cA[:, 0], cA[:, 1])  # (T, m − lo) each
+    r = np.hypot(ex, ey)
     cut = np.where(dims == 2, gate, gate_1d(gate)) * sigma * root
     cB = _l1_batched(Ps, Pg, after, cA)
     rB = np.hypot(*_resid_rows(Ps, Pg, cB[:, 0], cB[:, 1]))
