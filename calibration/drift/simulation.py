@@ -34,6 +34,7 @@ time on.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -98,6 +99,10 @@ class SimResult:
     summary: dict[str, Any] = field(default_factory=dict)
     # (n_labels,) the session error with the drift in force and no offset (simulate_drift)
     uncorrected_px: np.ndarray | None = None
+    # (n_labels,) wall time of each `DriftLoop.update`, ms, and the labels the loop held
+    # after it (simulate_drift): what a label costs the thread that hands it over
+    update_ms: np.ndarray | None = None
+    held: np.ndarray | None = None
 
 
 def _as_points(a: Any, name: str) -> np.ndarray:
@@ -272,12 +277,15 @@ def _run(
     drifts = np.array([drift.at(k) for k in range(n)])
     acc = np.zeros(n, dtype=bool)
     alarm = np.zeros(n, dtype=bool)
+    took, held = np.empty(n), np.empty(n, dtype=np.int64)
     p_eval, t_eval = pred[eval_frames], truth[eval_frames]
     for k in range(n):
         d_norm = drifts[k] / size
         # The fast path's point for the snapshot's frame, as it would have been written.
         history.append(int(draws.t_ns[k]), pred[draws.frames[k]] + d_norm + loop.offset)
+        t0 = time.perf_counter_ns()
         dec = loop.update(draws.labels[k])
+        took[k], held[k] = (time.perf_counter_ns() - t0) / 1e6, loop.n_labels
         acc[k], alarm[k] = dec.accepted, dec.alarm
         offs[k] = loop.offset
         err[k] = mean_error_px(p_eval + d_norm + loop.offset, t_eval, screen_px)
@@ -297,7 +305,9 @@ def _run(
             "alarm_labels": int(alarm.sum()),
         }
     )
-    return SimResult(err, offs, drifts, acc, outl, alarm, summary, uncorrected_px=raw)
+    return SimResult(
+        err, offs, drifts, acc, outl, alarm, summary, uncorrected_px=raw, update_ms=took, held=held
+    )
 
 
 def known_onset_reference(

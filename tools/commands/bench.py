@@ -48,6 +48,7 @@ def add_parser(sub) -> None:
     _add_mapping_parser(bsub)
     _add_mqtt_parser(bsub)
     _add_loop_parser(bsub)
+    _add_loop_update_parser(bsub)
 
 
 def _add_fastpath_parser(sub) -> None:
@@ -113,6 +114,35 @@ def _add_mapping_parser(sub) -> None:
     m.add_argument("--mapping", action="append", help="mapping(s) to time (default: all)")
     m.add_argument("--json", action="store_true", help=ONE_LINE)
     m.set_defaults(func=run_mapping)
+
+
+def _add_loop_update_parser(sub) -> None:
+    u = sub.add_parser(
+        "loop-update",
+        help="time of one drift-loop label update by the labels the loop holds (JSON)",
+        description="Every label update of the drift loop timed on one thread, as percentiles "
+        "by how many labels the loop held: clicks and the 7 key's dot are judged on the frame "
+        "thread, so this is what a label costs a frame. Simulated point labels on a synthetic "
+        "session: streams with no drift and with a 150 px step half way.",
+    )
+    u.add_argument(
+        "--labels", type=positive_int, default=400, help="labels per stream (default 400)"
+    )
+    u.add_argument(
+        "--streams",
+        type=positive_int,
+        default=3,
+        help="pairs of streams, no drift and a step (default 3)",
+    )
+    u.add_argument(
+        "--interval-s",
+        type=positive_float,
+        default=1.0,
+        help="seconds between labels; the loop drops labels older than its window_s, so "
+        "this sets how many it can hold (default 1.0: a busy clicker)",
+    )
+    u.add_argument("--json", action="store_true", help=ONE_LINE)
+    u.set_defaults(func=run_loop_update)
 
 
 def _add_mqtt_parser(sub) -> None:
@@ -295,6 +325,15 @@ def _loop_options(args: argparse.Namespace) -> LoopBenchOptions:
     except ValidationError as e:
         bad = "; ".join(f"--{'-'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
         raise UserError(f"bench loop: {bad.replace('_', '-')}") from None
+
+
+def run_loop_update(args: argparse.Namespace) -> int:
+    from gazeloop.tools.runtime.bench_loop_update import bench_loop_update
+
+    with Progress(f"bench loop-update, {2 * args.streams} streams of {args.labels} labels"):
+        out = bench_loop_update(args.labels, args.streams, args.interval_s)
+    print(json.dumps(out, indent=None if args.json else 2))
+    return 0
 
 
 def run_mapping(args: argparse.Namespace) -> int:

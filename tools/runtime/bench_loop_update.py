@@ -1,0 +1,72 @@
+"""`gazeloop bench loop-update`: what one label costs the thread that hands it to the drift
+loop, by how many labels the loop holds.
+
+Clicks and the validation glance are judged on the frame thread (`tools.runtime.live`), so
+a label update longer than the frame's slack makes that frame late; the oracle's labels are
+judged on its worker's thread, which the frame thread then waits on for the loop's lock only
+if a click comes at the same moment. The loop's work grows with the labels it holds: its fit
+and its change scan look back up to two windows of `window_labels`, and labels leave it
+after `window_s` or beyond two windows and the scale's `gate_labels`. So the time is
+reported by labels held, on *simulated* point labels (σ 100 px per axis, the loop's own
+simulation) arriving every `interval_s`: a stream with no drift, the common case, and one
+with a 150 px step halfway, which makes the loop split its runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from gazeloop.calibration.drift.loop import LoopConfig
+from gazeloop.calibration.drift.simulation import (
+    DriftSchedule,
+    LabelStream,
+    simulate_drift,
+    synthetic_session,
+)
+from gazeloop.tools.runtime.bench_fastpath import percentiles, single_thread
+
+SCREEN_PX = (1728, 1080)
+SEED = 70000  # apart from every other benchmark's streams
+# Labels held, in bins: the first window, the second, and beyond (two windows and σ's).
+BINS = ((1, 60), (61, 120), (121, 240), (241, 10**9))
+
+
+def bench_loop_update(labels: int, streams: int, interval_s: float) -> dict[str, Any]:
+    """Every `DriftLoop.update` of `streams` pairs of label streams (no drift; a step at
+    half way), timed on this thread, as percentiles by the labels the loop held."""
+    single_thread()
+    pred, truth, _ = synthetic_session(SCREEN_PX, seed=1)
+    cfg = LoopConfig(aspect=SCREEN_PX[0] / SCREEN_PX[1])
+    took, held = [], []
+    for k in range(streams):
+        stream = LabelStream(n_labels=labels, interval_s=interval_s, seed=SEED + k)
+        for drift in (
+            DriftSchedule(kind="none"),
+            DriftSchedule(kind="step", at_label=labels // 2),
+        ):
+            r = simulate_drift(pred, truth, SCREEN_PX, drift, stream, cfg)
+            took.append(r.update_ms)
+            held.append(r.held)
+    ms, n = np.concatenate(took), np.concatenate(held)
+    bins = [(lo, hi, (n >= lo) & (n <= hi)) for lo, hi in BINS]
+    rows = [_row(ms[inside], lo, hi) for lo, hi, inside in bins if inside.any()]
+    return {
+        "what": "one DriftLoop.update on this thread (ms), by the labels the loop held after "
+        "it; simulated point labels (σ 100 px per axis) on a synthetic 5×5 session",
+        "labels_per_stream": labels,
+        "streams": 2 * streams,
+        "interval_s": interval_s,
+        "window_labels": cfg.window_labels,
+        "window_s": cfg.window_s,
+        "most_labels_held": int(n.max()),
+        "updates": int(len(ms)),
+        "all": {**percentiles(ms.tolist()), "max_ms": round(float(ms.max()), 3)},
+        "by_labels_held": rows,
+    }
+
+
+def _row(ms: np.ndarray, lo: int, hi: int) -> dict[str, Any]:
+    span = f"{lo}+" if hi >= 10**9 else f"{lo}-{hi}"
+    return {"labels_held": span, **percentiles(ms.tolist()), "max_ms": round(float(ms.max()), 3)}
