@@ -42,7 +42,7 @@ from gazeloop.calibration.frames import LabelledFrames
 from gazeloop.calibration.geometry import ScreenGeometry, session_screen
 from gazeloop.calibration.mapping.candidates import Choice
 from gazeloop.calibration.metrics.evaluate import as_shown, evaluate_candidates
-from gazeloop.calibration.store.session import read_session
+from gazeloop.calibration.store.session import copied_frames, frame_times, read_session
 from gazeloop.fastpath.pipeline import FastPath, FastPathConfig
 from gazeloop.fastpath.views import NoUsableFrames, session_views
 from gazeloop.trainer.datasets import DataSource, detect_kind
@@ -115,19 +115,47 @@ def is_session(path: Path) -> bool:
         return False
 
 
-def _without_inside(src: DataSource, named: set[Path], notes: list[str]) -> DataSource:
+class _Held:
+    """The sessions the gate judges on, to tell whether a training source is one of them:
+    by resolved path (a link, `S/` for `S`), and by the capture times its frames are named
+    by, so a copy of a held-out session (`cp -r`, a second mount of the same disk) is one
+    too. A copy trained on was judged on its own frames, with no word."""
+
+    def __init__(self, sessions: list[DataSource]) -> None:
+        self.paths = {Path(h.path).resolve(): str(h.path) for h in sessions}
+        self.times = {p: frame_times(p) for p in self.paths}
+
+    def why(self, path: Path, named: str = "a --holdout") -> str | None:
+        """Why `path` is held out, or None when it is not."""
+        p = Path(path).resolve()
+        if p in self.paths:
+            return f"is {named}"
+        if not is_one_session(p):
+            return None
+        mine = frame_times(p)
+        for held, times in self.times.items():
+            both = copied_frames(mine, times)
+            if both:
+                return (
+                    f"holds {both} frames of {named} {self.paths[held]} (the same capture "
+                    "times: a copy)"
+                )
+        return None
+
+
+def _without_inside(src: DataSource, held: _Held, notes: list[str], named: str) -> DataSource:
     """`src` without the held-out sessions among the session folders inside it: a folder of
     sessions reads every one of them (`--data /data/sessions --holdout /data/sessions/a_3`),
-    and the gate would judge on what was trained on. Compared as the reader compares, by
-    resolved path, so a link in the folder or a holdout named by another path is caught."""
+    and the gate would judge on what was trained on."""
     folder = Path(src.path)
     if is_one_session(folder) or not folder.is_dir():
         return src
-    inside = [p for p in sorted(folder.iterdir()) if p.is_dir() and p.resolve() in named]
+    inside = [(p, held.why(p, named)) for p in sorted(folder.iterdir()) if p.is_dir()]
+    inside = [(p, why) for p, why in inside if why]
     if not inside:
         return src
-    notes.extend(f"{p} is a --holdout: not trained on (inside --data {src.path})" for p in inside)
-    return src.model_copy(update={"exclude": [*src.exclude, *(p.resolve() for p in inside)]})
+    notes.extend(f"{p} {why}: not trained on (inside --data {src.path})" for p, why in inside)
+    return src.model_copy(update={"exclude": [*src.exclude, *(p.resolve() for p, _ in inside)]})
 
 
 @dataclass(slots=True)
@@ -142,13 +170,10 @@ def choose_holdout(data: list[DataSource], holdout: list[DataSource]) -> Holdout
     they were in it; without any, the last quarter (at least one) of the sessions of `data`
     is held out whole, as long as one session is left to train on. Sessions are counted
     inside folders of sessions too (`--data /data/sessions`): a held-out one is excluded
-    from its folder's source."""
+    from its folder's source. A held-out session is also one by another path or as a copy
+    (`_Held`)."""
     if holdout:
-        named = {Path(h.path).resolve() for h in holdout}
-        train = [d for d in data if Path(d.path).resolve() not in named]
-        notes = [f"{d.path} is a --holdout: not trained on" for d in data if d not in train]
-        train = [_without_inside(d, named, notes) for d in train]
-        return HoldoutChoice(train, list(holdout), notes)
+        return _split(data, holdout, "a --holdout", [], say_same=True)
     sessions = [s for d in data for s in _sessions_of(d)]
     others = [d for d in data if not is_session(d.path)]
     n = max(1, len(sessions) // 4)
@@ -156,14 +181,27 @@ def choose_holdout(data: list[DataSource], holdout: list[DataSource]) -> Holdout
         why = "no session folder among --data to hold out whole: name one with --holdout"
         return HoldoutChoice(list(data), [], [why] if len(data) > 1 and not sessions else [])
     held = sessions[-n:]
-    named = {Path(h.path).resolve() for h in held}
-    train = [d for d in data if Path(d.path).resolve() not in named]
-    notes: list[str] = []
-    train = [_without_inside(d, named, notes) for d in train]
     note = "held out for the promotion gate (not trained on): " + ", ".join(
         str(h.path) for h in held
     )
-    return HoldoutChoice(train, held, [note])
+    return _split(data, held, "the held-out session", [note], say_same=False)
+
+
+def _split(
+    data: list[DataSource], held: list[DataSource], named: str, notes: list[str], say_same: bool
+) -> HoldoutChoice:
+    """`data` without `held` (whole sources, and sessions inside folders of them), each said
+    in `notes` (`named`: how a held-out one is called); `say_same`: also those that are a
+    held-out one itself, which the chosen ones' note has said already."""
+    judged = _Held(held)
+    train = []
+    for d in data:
+        why = judged.why(d.path, named)
+        if why is None:
+            train.append(_without_inside(d, judged, notes, named))
+        elif say_same or why != f"is {named}":
+            notes.append(f"{d.path} {why}: not trained on")
+    return HoldoutChoice(train, list(held), notes)
 
 
 def _sessions_of(src: DataSource) -> list[DataSource]:

@@ -41,6 +41,15 @@ def frame_times(folder: Path) -> set[int]:
     return {int(m.group(1)) for m in names if m}
 
 
+def copied_frames(a: set[int], b: set[int]) -> int:
+    """The frames two sessions share when one is a copy of the other (the capture times in
+    common, when they are at least half of the smaller one's), else 0: two cameras that
+    record at once share a millisecond now and then by chance (a 30 fps stream hits a
+    given one once in 33 frames), a copy shares them all."""
+    both = len(a & b)
+    return both if both and 2 * both >= min(len(a), len(b)) else 0
+
+
 _JPEG_EOI = b"\xff\xd9"
 _JPEG_SOS = b"\xff\xda"
 

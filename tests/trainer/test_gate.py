@@ -107,6 +107,34 @@ def test_a_holdout_inside_a_data_folder_is_not_read_for_training(shared, tmp_pat
     assert units == [] and "held out for the gate" in skipped[0].why
 
 
+def test_a_copy_of_a_held_out_session_is_not_trained_on(shared, tmp_path):
+    """A copy of the holdout (`cp -r`, a second mount of the disk) was trained on without a
+    word, and the gate then judged the model on frames it had learnt: the same capture
+    times are the same frames, whatever the folder is called."""
+    import shutil
+
+    held = shared / "data/evit/p1_s02"
+    copy = tmp_path / "copy_s02"
+    shutil.copytree(held, copy)
+    other = DataSource(path=shared / "data/evit/p1_s01")
+    choice = choose_holdout([DataSource(path=copy), other], [DataSource(path=held)])
+    assert choice.train == [other]
+    assert choice.notes == [
+        f"{copy} holds 16 frames of a --holdout {held} (the same capture times: a copy): "
+        "not trained on"
+    ]
+    # Inside a folder of sessions, and against the sessions the gate chose itself.
+    folder = tmp_path / "sessions"
+    folder.mkdir()
+    shutil.move(copy, folder / "copy_s02")
+    (src,) = choose_holdout([DataSource(path=folder)], [DataSource(path=held)]).train
+    assert src.exclude == [(folder / "copy_s02").resolve()]
+    auto = choose_holdout([DataSource(path=folder), other, DataSource(path=held)], [])
+    assert [h.path for h in auto.holdout] == [held]
+    assert auto.train[0].exclude == [(folder / "copy_s02").resolve()] and auto.train[1] == other
+    assert "holds 16 frames of the held-out session" in auto.notes[1]
+
+
 @pytest.mark.slow
 def test_harmful_run_is_refused_with_numbers_and_the_parent_stays(
     c4, grid9, tmp_path, monkeypatch, capsys

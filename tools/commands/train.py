@@ -27,6 +27,7 @@ import math
 import os
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 from gazeloop.calibration.store.atomic import check_writable
 from gazeloop.tools.commands._args import (
@@ -509,34 +510,84 @@ def _each_message_once(logger: logging.Logger):
         logger.removeFilter(first_time)
 
 
-def _check_sources(args) -> None:
+def _check_sources(args, doc: dict) -> None:
     """Every --data and --holdout read before anything trains, with the messages the
     trainer and the gate would give: a bad --holdout was found only after training and
-    the ONNX export (hours), a bad --data folder left out with a warning among many."""
+    the ONNX export (hours), a bad --data folder left out with a warning among many. The
+    flags' lists, else the --config file's (the flags replace them: `_config`)."""
     from gazeloop.calibration.store.session import SessionError, read_session
     from gazeloop.trainer.datasets import detect_kind
 
+    data, holdout = _named_sources(args, doc, "data"), _named_sources(args, doc, "holdout")
     # The same frames twice: validation would grade the model on frames it trained on (51 px
     # against an honest 168, an evit sitting given as S and S/). A --data that is also a
     # --holdout is taken out of training (`trainer.gate.choose_holdout`).
-    distinct_paths(args.data, "--data", "each source once")
-    distinct_paths(args.holdout, "--holdout", "each session once")
-    screen = tuple(args.screen_px) if args.screen_px else None
-    mirrored = True if args.mirrored else None
-    for flag, paths in (("--data", args.data), ("--holdout", args.holdout)):
-        for path in paths:
-            try:
-                if flag == "--data" and not is_one_session(path):
-                    detect_kind(path)  # a dataset: its reader's checks come with the load
-                    continue
-                session = read_session(path, screen_px=screen, mirrored=mirrored)
-            except (SessionError, ValueError) as e:
-                raise UserError(f"{flag}: {e}") from None
-            if flag == "--data" and session.screen_px is None:
+    for named, why in ((data, "each source once"), (holdout, "each session once")):
+        if named:
+            distinct_paths([n.path for n in named], named[0].flag, why)
+    sessions = []
+    for n in data + holdout:
+        try:
+            if n.flag.endswith("data") and not is_one_session(Path(n.path)):
+                detect_kind(Path(n.path))  # a dataset: its reader's checks come with the load
+                continue
+            session = read_session(Path(n.path), screen_px=n.screen_px, mirrored=n.mirrored)
+        except (SessionError, ValueError) as e:
+            raise UserError(f"{n.flag}: {e}") from None
+        if n.flag.endswith("data"):
+            if session.screen_px is None:
                 raise UserError(
-                    f"--data: {path}: screen size unknown: no session.json manifest and no "
-                    "--screen-px W H (its labels are pixels of that screen)"
+                    f"{n.flag}: {n.path}: screen size unknown: no session.json manifest and "
+                    "no --screen-px W H (its labels are pixels of that screen)"
                 )
+            sessions.append(n)
+    _distinct_frames(sessions)
+
+
+class _Named(NamedTuple):
+    flag: str  # how the user gave it: --data, or "data in CONFIG"
+    path: str | Path  # as given: a config's "S/" stays so in messages
+    screen_px: tuple[int, int] | None
+    mirrored: bool | None
+
+
+def _named_sources(args, doc: dict, key: str) -> list[_Named]:
+    """The run's `key` ("data" or "holdout") sources: the flag's, else the --config file's
+    (an entry that is no path is the config check's to say)."""
+    screen = tuple(args.screen_px) if args.screen_px else None
+    flagged = getattr(args, key)
+    if flagged:
+        return [
+            _Named(f"--{key}", Path(p), screen, True if args.mirrored else None) for p in flagged
+        ]
+    listed = doc.get(key) or []
+    out = []
+    for entry in listed if isinstance(listed, list) else [listed]:
+        entry = {"path": entry} if isinstance(entry, str) else entry
+        if isinstance(entry, dict) and isinstance(entry.get("path"), str):
+            given = entry.get("screen_px")
+            px = tuple(given) if isinstance(given, list) and len(given) == 2 else screen
+            mirrored = entry.get("mirrored") if isinstance(entry.get("mirrored"), bool) else None
+            out.append(_Named(f"{key} in {args.config}", entry["path"], px, mirrored))
+    return out
+
+
+def _distinct_frames(sessions: list[_Named]) -> None:
+    """Refuse two --data sessions that hold the same frames (the same capture times): a
+    copy is the same session twice, as a second spelling of its path is (`distinct_paths`)."""
+    from gazeloop.calibration.store.session import copied_frames, frame_times
+
+    seen: list[tuple[_Named, set[int]]] = []
+    for n in sessions:
+        mine = frame_times(Path(n.path))
+        for other, times in seen:
+            both = copied_frames(mine, times)
+            if both:
+                raise UserError(
+                    f"{n.flag} {n.path} holds {both} frames of {other.flag} {other.path} (the "
+                    "same capture times: a copy?): each source once"
+                )
+        seen.append((n, mine))
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -546,7 +597,7 @@ def _run_train(args: argparse.Namespace) -> int:
     check_writable(args.out, folder=True)  # before the data is read and the model built
     doc = _config_doc(args)
     resumed = _refuse_earlier_run(args, doc)
-    _check_sources(args)
+    _check_sources(args, doc)
     exports = _export_labels(args, doc)
     args.user = _registry_user(args, exports)
     cfg = _config(args, exports, doc, resumed)

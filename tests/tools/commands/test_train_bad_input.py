@@ -136,6 +136,39 @@ def test_a_bad_holdout_or_data_is_refused_before_training(
     assert str(bad) in line and not out.exists()
 
 
+def test_the_config_files_sources_are_checked_as_the_flags_are(tmp_path, p1):
+    """A --config's data and holdout lists passed unchecked: a bad holdout was found after
+    training and the export, and one session given twice was trained on twice (its held-out
+    targets trained in the other copy)."""
+    bad = _bad_folders(tmp_path / "in", p1)["empty"]
+    out = tmp_path / "run"
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"holdout": [{"path": str(bad)}]}))
+    argv = ["train", "--data", p1["p1_s00"], "--data", p1["p1_s01"], "--max-steps", "1"]
+    rc, _, err = cli(*argv, "--config", cfg, "--out", out, "--export")
+    line = _one_line_refusal(rc, err)
+    assert line.startswith(f"gazeloop train: holdout in {cfg}: ") and str(bad) in line
+    assert "no usable img_<unix-ms>.jpg + .json pairs" in line and not out.exists()
+    twice = [{"path": str(p1["p1_s00"])}, {"path": f"{p1['p1_s00']}/"}]
+    cfg.write_text(json.dumps({"data": [*twice, {"path": str(p1["p1_s01"])}]}))
+    rc, _, err = cli("train", "--config", cfg, "--out", out, "--max-steps", "1")
+    line = _one_line_refusal(rc, err)
+    assert f"data in {cfg} {p1['p1_s00']}/ is given twice" in line and not out.exists()
+
+
+def test_a_copy_of_a_data_session_is_refused(tmp_path, p1):
+    """The same frames under another folder name (`cp -r`): validation would grade the
+    model on targets it trained on in the other copy."""
+    copy = tmp_path / "copy_s00"
+    shutil.copytree(p1["p1_s00"], copy)
+    out = tmp_path / "run"
+    argv = ["train", "--data", p1["p1_s00"], "--data", copy, "--holdout", p1["p1_s02"]]
+    rc, _, err = cli(*argv, "--out", out, "--max-steps", "1")
+    line = _one_line_refusal(rc, err)
+    assert f"--data {copy} holds 16 frames of --data {p1['p1_s00']}" in line
+    assert "each source once" in line and not out.exists()
+
+
 def test_a_session_without_a_screen_size_is_refused_before_training(tmp_path, p1):
     bare = tmp_path / "bare"
     shutil.copytree(p1["p1_s01"], bare)
