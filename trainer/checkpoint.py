@@ -199,6 +199,7 @@ def trainer_state(
     best_step: int,
     bad_epochs: int,
     val_before: dict[str, float] | None,
+    last_val: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """`trainer_state.json`: where the run stands, and the config it ran with."""
     return {
@@ -214,6 +215,7 @@ def trainer_state(
         "seed": cfg.seed,
         "seed_rule": "episode and calibration draws use derive_seed(seed, step, process)",
         "val_before": strict_json(val_before),
+        "last_val": strict_json(last_val or None),
         "config": cfg.model_dump(mode="json"),
     }
 

@@ -130,6 +130,9 @@ class Standing:
             best_step=int(state["best_step"]),
             bad_epochs=int(state["bad_epochs"]),
             val_before=state.get("val_before"),
+            # The validation the run last reported (before 2026-12-07 not kept: a relaunch
+            # of a finished run then says it has none, not the model's before training).
+            last_val=dict(state.get("last_val") or {}),
         )
 
 
@@ -467,7 +470,8 @@ def _start(
     )
     if state is None and not split.val.empty:
         _starting_model_is_best(run)
-    at.last_val = dict(at.val_before or {})
+    if state is None:
+        at.last_val = dict(at.val_before or {})
     at.last_ckpt, at.saved_at = resume_from, at.step
     prepared.train()
     return run
@@ -740,6 +744,7 @@ def _checkpoint(run: _Run) -> None:
             best_step=at.best_step,
             bad_epochs=at.bad_epochs,
             val_before=at.val_before,
+            last_val=at.last_val,
         )
         at.last_ckpt = save_training_checkpoint(
             run.out_dir, run.raw_model, run.optimizer, state, run.cfg.keep_checkpoints

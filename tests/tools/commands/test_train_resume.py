@@ -81,3 +81,25 @@ def test_a_bare_resume_trains_with_the_saved_settings(shared, run_dir, monkeypat
     (cfg,) = seen
     assert (cfg.lr, cfg.val_fraction, cfg.calib_min, cfg.max_steps) == (3e-4, 0.5, 4, 3)
     assert cfg.resume is True
+
+
+def test_relaunching_a_finished_run_reports_its_last_validation(shared, tmp_path):
+    """A launch script passes --resume every time (README); relaunched after the end, the run
+    reported the model's validation before training as its result (205 px where its last
+    validation, in metrics.csv and the best checkpoint, was 150)."""
+    import json
+
+    evit = shared / "data/evit"
+    argv = ["train", "--data", evit / "p1_s00", "--data", evit / "p1_s01"]
+    argv += ["--holdout", evit / "p1_s02", "--out", tmp_path / "run", "--max-steps", "4"]
+    rc, out, err = cli(*argv, "--json")
+    assert rc == 0, err
+    first = json.loads(out)
+    rc, out, err = cli(*argv, "--resume", "--json")
+    assert rc == 0, err
+    again = json.loads(out)
+    assert again["resumed_from_step"] == first["steps"] == again["steps"]
+    assert again["val_error_px"] == first["val_error_px"] != first["val_before"]["val_px"]
+    rows = (tmp_path / "run/metrics.csv").read_text().splitlines()
+    head, last = rows[0].split(","), [r for r in rows if r.startswith("val,")][-1].split(",")
+    assert float(last[head.index("val_px")]) == pytest.approx(first["val_error_px"], abs=1e-3)
