@@ -798,6 +798,11 @@ def _export(ckpt: Path, out: Path | None, registry, model_id: str, promote: bool
 
 
 def run_export(args: argparse.Namespace) -> int:
+    if args.promote and args.no_register:
+        raise UserError(
+            "export: --promote serves the model from the registry, --no-register keeps it out "
+            "of it: give one of them"
+        )
     check_writable(args.out or args.checkpoint.with_suffix(".onnx"), folder=False)
     reg = False if args.no_register else registry_root(args)
     res = _export(args.checkpoint, args.out, reg, args.model_id, args.promote)

@@ -312,3 +312,13 @@ def test_exporting_a_truncated_checkpoint_is_one_line(checkpoint_run, tmp_path):
     line = _one_line_refusal(rc, err)
     assert line.startswith(f"gazeloop export: {weights}: unreadable weights (")
     assert not weights.with_suffix(".onnx").exists()
+
+
+def test_export_promote_with_no_register_is_refused(checkpoint_run, tmp_path):
+    """--promote was dropped without a word: exit 0, an ONNX file, nothing served."""
+    src = checkpoint_run / "checkpoints" / "step-0000002" / "model.safetensors"
+    out = tmp_path / "m.onnx"
+    rc, _, err = cli("export", src, "--out", out, "--promote", "--no-register")
+    line = _one_line_refusal(rc, err)
+    assert "--promote serves the model from the registry, --no-register keeps it out" in line
+    assert not out.exists()
