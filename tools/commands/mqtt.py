@@ -67,8 +67,10 @@ def add_parser(sub) -> None:
     )
     add_broker_args(c)
     c.add_argument("--out", required=True, type=Path, help="dataset folder")
-    c.add_argument("--user", default="+", help="only this user's labels")
-    c.add_argument("--device", default="+", help="only this device's labels")
+    c.add_argument("--user", default="+", help="only this user's labels (default: every user's)")
+    c.add_argument(
+        "--device", default="+", help="only this device's labels (default: every device's)"
+    )
     c.add_argument(
         "--screen-px",
         nargs="+",
@@ -137,6 +139,9 @@ def run_collect(args: argparse.Namespace) -> int:
     settings = broker_settings(args)
     screen_px = _screen(args.screen_px)
     check_writable(args.out, folder=True)  # before waiting for labels it could not store
+    for flag, name in (("--user", args.user), ("--device", args.device)):
+        if name != "+":  # every user's or device's labels
+            _topic_user(name, flag)
     collector = Collector(
         settings,
         args.out,
@@ -188,14 +193,14 @@ def _reached(command: str, settings, connects: int, last_error: str | None) -> i
     return 1
 
 
-def _topic_user(user: str) -> str:
-    """A user name that can name the announcement's topic, or a one-line refusal."""
+def _topic_user(user: str, flag: str = "--user") -> str:
+    """A user (or device) name that can name a topic level, or a one-line refusal."""
     from gazeloop.tools.runtime.mqtt.conn import MqttConfigError, topic_part
 
     try:
         return topic_part(user)
     except MqttConfigError as e:
-        raise UserError(f"--user: {e}") from None
+        raise UserError(f"{flag}: {e}") from None
 
 
 def run_announce(args: argparse.Namespace) -> int:

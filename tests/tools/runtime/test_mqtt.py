@@ -1012,6 +1012,23 @@ def test_collect_refuses_a_screen_px_beyond_any_screen_at_the_flag(tmp_path, cap
         Collector("mqtt://127.0.0.1:9", tmp_path / "o", screen_px=(19200, 1080))
 
 
+@pytest.mark.parametrize(
+    ("flag", "name"), [("--user", "a/b"), ("--device", "lap#1"), ("--user", "")]
+)
+def test_collect_refuses_a_name_that_cannot_be_a_topic_level_at_the_flag(
+    tmp_path, capsys, flag, name
+):
+    """A traceback (MqttConfigError), where fetch and announce said it in one line."""
+    from gazeloop.tools.cli import main
+
+    argv = ["collect", "--mqtt", "mqtt://127.0.0.1:9", "--out", str(tmp_path / "o")]
+    assert main([*argv, flag, name, "--seconds", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"gazeloop collect: {flag}: {name!r} cannot be a topic level (empty, or has / + # $)"
+    ]
+
+
 def test_insecure_on_an_unencrypted_url_is_refused(tmp_path, capsys):
     """--insecure with mqtt:// sent everything in plaintext without a word."""
     from gazeloop.tools.cli import main
