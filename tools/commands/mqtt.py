@@ -36,6 +36,10 @@ from gazeloop.tools.commands._args import (
 )
 from gazeloop.tools.errors import UserError
 
+# `fetch --once`: how long to wait for a first connection before giving up (a script asking
+# "is there a new model?" must get an answer; it waited for ever on a closed port).
+ONCE_CONNECT_S = 30.0
+
 
 def _screen(values: list[str] | None) -> tuple[int, int] | None:
     """`--screen-px W H` as every other command takes it; `WxH`, its first form, still is."""
@@ -112,9 +116,12 @@ def add_parser(sub) -> None:
     f.add_argument(
         "--once",
         action="store_true",
-        help="exit once the first announcement is dealt with (fetched, already here, failed)",
+        help="exit once the first announcement is dealt with (fetched, already here, failed), "
+        f"or after {ONCE_CONNECT_S:.0f} s without reaching the broker (exit 1)",
     )
-    f.add_argument("--seconds", type=positive_float, help="stop after this long")
+    f.add_argument(
+        "--seconds", type=positive_float, help="stop after this long (default: run until stopped)"
+    )
     f.set_defaults(func=run_fetch)
 
 
@@ -233,6 +240,18 @@ def run_announce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _first_outcome(fetcher):
+    """--once's end: the first announcement dealt with, or no broker reached in time (its
+    `stats` is a snapshot: taken afresh at each look)."""
+    start = time.monotonic()
+
+    def done() -> bool:
+        st = fetcher.stats
+        return st.outcomes or (st.connects == 0 and time.monotonic() - start > ONCE_CONNECT_S)
+
+    return done
+
+
 def run_fetch(args: argparse.Namespace) -> int:
     from gazeloop.tools.runtime.mqtt.models import ModelFetcher
 
@@ -243,7 +262,7 @@ def run_fetch(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         stop = asyncio.Event()
-        done = (lambda: fetcher.stats.outcomes) if args.once else None
+        done = _first_outcome(fetcher) if args.once else None
         await asyncio.gather(fetcher.run(stop), _until(stop, args.seconds, done))
 
     asyncio.run(main())

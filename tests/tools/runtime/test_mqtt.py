@@ -988,6 +988,19 @@ def test_a_fetch_that_never_reached_its_broker_fails_saying_so(tmp_path, capsys)
     assert err[-1].startswith("gazeloop fetch: never reached the broker at mqtt://127.0.0.1:9")
 
 
+def test_fetch_once_gives_up_on_a_broker_it_never_reaches(tmp_path, capsys, monkeypatch):
+    """`fetch --once` on a closed port waited for ever: a script asking for a new model got
+    no answer."""
+    from gazeloop.tools.cli import main
+    from gazeloop.tools.commands import mqtt as mqtt_cmd
+
+    monkeypatch.setattr(mqtt_cmd, "ONCE_CONNECT_S", 0.5)
+    reg = tmp_path / "reg"
+    assert main(["fetch", "--mqtt", "mqtt://127.0.0.1:9", "--registry", str(reg), "--once"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("gazeloop fetch: never reached the broker at mqtt://127.0.0.1:9")
+
+
 def test_a_collect_that_never_reached_its_broker_fails_saying_so(tmp_path, capsys):
     """It exited 0 after a wrong --ca-file or a closed port, as after a quiet night."""
     from gazeloop.tools.cli import main
