@@ -171,8 +171,8 @@ def import_transformers() -> Any:
     """transformers, if it is installed and older than 5 (the remote code's requirement)."""
     try:
         import transformers
-    except ImportError:
-        raise OracleError(_not_installed("transformers<5")) from None
+    except ImportError as e:
+        raise OracleError(_import_failed("transformers", "transformers<5", e)) from None
     version = getattr(transformers, "__version__", "0")
     if _version_tuple(version) >= (5, 0):
         raise OracleError(
@@ -186,11 +186,20 @@ def _not_installed(name: str) -> str:
     return f"the Moondream oracle needs {name} (not installed): {INSTALL_HINT}"
 
 
+def _import_failed(module: str, name: str, e: ImportError) -> str:
+    """Not installed, or installed and failing to import (a dependency of the wrong version):
+    the second said with its own reason, where reinstalling the extra is not the cure."""
+    if isinstance(e, ModuleNotFoundError) and (e.name or "").partition(".")[0] == module:
+        return _not_installed(name)
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    return f"the Moondream oracle needs {name}, which is installed but does not import: {reason}"
+
+
 def _import_or_explain(name: str) -> Any:
     try:
         return __import__(name)
-    except ImportError:
-        raise OracleError(_not_installed(name)) from None
+    except ImportError as e:
+        raise OracleError(_import_failed(name, name, e)) from None
 
 
 def resolve_device(requested: str, torch: Any) -> str:
@@ -228,7 +237,7 @@ def missing_weights_message(cfg: MoondreamConfig, exc: BaseException) -> str:
         f"    huggingface-cli download {cfg.model_id} tokenizer.json "
         f"--revision {TOKENIZER_REVISION}   # the remote code loads this tokenizer\n"
         "then copy that machine's cache folder (~/.cache/huggingface, or $HF_HOME) here, or "
-        "set HF_HOME to a copy; or fetch here with local_files_only=False.\n"
+        "set HF_HOME to a copy.\n"
         f"(cause: {type(exc).__name__}: {cause})"
     )
 

@@ -592,6 +592,22 @@ def test_loading_here_fails_for_real_with_the_install_command():
         load_moondream(MoondreamConfig())
 
 
+def test_transformers_that_fails_to_import_is_said_with_its_reason(monkeypatch, tmp_path):
+    """An installed transformers that does not import (a tokenizers of the wrong version)
+    was said to be "not installed", with the extra's install as the cure."""
+    pkg = tmp_path / "transformers"
+    pkg.mkdir()
+    why = "tokenizers>=0.22.0,<=0.23.0 is required, but found tokenizers==0.23.3"
+    (pkg / "__init__.py").write_text(f"raise ImportError({why!r})\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "transformers", raising=False)
+    with pytest.raises(OracleError) as e:
+        load_moondream(MoondreamConfig())
+    assert str(e.value) == (
+        f"the Moondream oracle needs transformers<5, which is installed but does not import: {why}"
+    )
+
+
 def test_missing_transformers_names_the_install_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)  # import fails, as when absent
     with pytest.raises(OracleError, match=r"pip install 'gazeloop\[oracle\]'") as e:

@@ -593,6 +593,11 @@ def moondream_config(args: argparse.Namespace, *, loads_weights: bool):
     unpinned on purpose (warned). The API-shaped double runs no remote code: no pin needed."""
     from gazeloop.oracle.moondream import REVIEWED_CODE_COMMIT, MoondreamConfig
 
+    if args.code_commit and args.moondream_unpinned:
+        raise UserError(
+            "--code-commit pins Moondream's remote code, --moondream-unpinned runs it unpinned: "
+            "give one of them"
+        )
     commit = args.code_commit or (None if args.moondream_unpinned else REVIEWED_CODE_COMMIT)
     if loads_weights and commit is None and not args.moondream_unpinned:
         raise UserError(

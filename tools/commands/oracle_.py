@@ -51,7 +51,8 @@ def add_parser(sub) -> None:
         "--mirrored",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="the images are selfie views (default: the manifest's word, else not mirrored)",
+        help="clicks: the images are selfie views (default: the manifest's word, else told by "
+        "the frames; the other oracles do not map the frames)",
     )
     e.add_argument(
         "--clicks-per-target", type=positive_int, default=5, help="clicks: looks per target (5)"
@@ -83,6 +84,11 @@ def _check(args) -> None:
     if args.oracle != "moondream" and (args.weights or args.code_commit or args.moondream_unpinned):
         raise UserError(
             "--weights, --code-commit and --moondream-unpinned are for --oracle moondream"
+        )
+    if not args.weights and (args.code_commit or args.moondream_unpinned):
+        raise UserError(
+            "--code-commit and --moondream-unpinned choose the remote code the real Moondream "
+            "loads: they go with --weights (without it the API-shaped double runs, no remote code)"
         )
 
 

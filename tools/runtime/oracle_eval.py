@@ -300,7 +300,8 @@ def moondream_oracle(screen: ScreenGeometry, cfg, weights: bool):
     try:
         model = load_moondream(cfg)
     except OracleError as e:
-        raise UserError(" ".join(s.strip() for s in str(e).splitlines() if s.strip())) from None
+        # Its lines as they are: the advice holds commands to copy, one per line.
+        raise UserError(str(e).strip()) from None
     return MoondreamOracle(
         model, cfg, screen, camera_norm=cam
     ), f"Moondream {cfg.model_id}@{cfg.revision}; {cam_note}"

@@ -131,9 +131,12 @@ def test_settling_frames_are_not_scored_and_are_counted(shared, capsys, tmp_path
 
 def test_unpinned_warns_only_when_the_real_model_would_load(shared, capsys, monkeypatch, tmp_path):
     grid9 = [str(shared / "data/sessions/grid9"), "--oracle", "moondream", "--moondream-unpinned"]
-    assert main(["oracle", "eval", *grid9, "--json"]) == 0
-    err = capsys.readouterr().err  # the double: no remote code runs, nothing to warn about
-    assert "UNPINNED" not in err and "WARNING" not in err
+    # The double runs no remote code: a pin flag without --weights was taken without a word.
+    assert main(["oracle", "eval", *grid9, "--json"]) == 2
+    err = capsys.readouterr().err
+    assert "UNPINNED" not in err and "they go with --weights" in err
+    assert main(["oracle", "eval", *grid9, "--weights", "--code-commit", "0" * 40]) == 2
+    assert "give one of them" in capsys.readouterr().err  # the pin had won without a word
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert main(["oracle", "eval", *grid9, "--weights"]) == 2  # offline: no weights to load
@@ -157,8 +160,25 @@ def test_real_moondream_offline_is_one_clear_error(shared, capsys, monkeypatch, 
     args = [str(shared / "data/sessions/grid9"), "--oracle", "moondream", "--weights"]
     assert main(["oracle", "eval", *args, "--code-commit", "0" * 40]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("gazeloop oracle:") and "\n" not in err
+    assert err.startswith("gazeloop oracle:") and "Traceback" not in err
     assert "pip install" in err or "huggingface-cli download" in err
+
+
+def test_the_offline_advice_keeps_one_command_per_line(shared, capsys, monkeypatch):
+    """The advice was joined into one line: two download commands run together, and the
+    comment after the first swallowed the rest (so neither could be copied)."""
+    import gazeloop.oracle.moondream as md
+
+    def offline(cfg):
+        raise md.OracleError(md.missing_weights_message(cfg, FileNotFoundError("no snapshot")))
+
+    monkeypatch.setattr(md, "load_moondream", offline)
+    args = [str(shared / "data/sessions/grid9"), "--oracle", "moondream", "--weights"]
+    assert main(["oracle", "eval", *args, "--code-commit", "0" * 40]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    downloads = [x.strip() for x in lines if "huggingface-cli download" in x]
+    assert len(downloads) == 2 and all(d.startswith("huggingface-cli download") for d in downloads)
+    assert not any("local_files_only" in x for x in lines)  # no flag of ours sets it
 
 
 def test_bad_flags_are_one_line_errors(shared, capsys):
