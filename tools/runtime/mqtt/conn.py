@@ -36,6 +36,7 @@ TOPIC_ROOT = "gazeloop"
 PASSWORD_ENV = "GAZELOOP_MQTT_PASSWORD"
 _SCHEMES = {"mqtt": False, "tcp": False, "mqtts": True, "ssl": True, "tls": True}
 _DEFAULT_PORT = {False: 1883, True: 8883}
+PAHO_INFLIGHT = 20  # paho's default of QoS 1 messages in flight at once
 
 
 class MqttConfigError(ValueError):
@@ -169,6 +170,10 @@ class MqttSettings:
             tls_context=self.ssl_context(),
             tls_insecure=self.insecure if self.tls else None,
         )
+        # The label uplink keeps a batch of QoS 1 publishes in flight on purpose (within
+        # paho's 20); aiomqtt's warning past 10 pending calls then came six times a batch
+        # on every run that began with labels unsent.
+        c.pending_calls_threshold = max(c.pending_calls_threshold, PAHO_INFLIGHT)
         _clients.add(c)
         if manual_ack:
             paho = getattr(c, "_client", None)

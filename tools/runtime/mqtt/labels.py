@@ -274,7 +274,7 @@ class LabelUplink(Supervised):
         # recorded); without it the collector files their points under other/.
         self.screen = screen
         self._runs: dict[int, StoredRun | None] = {}  # the store's run records, read once
-        self.batch = batch  # within paho's 20 in-flight QoS 1 messages
+        self.batch = batch  # within paho's in-flight QoS 1 messages (conn.PAHO_INFLIGHT)
         self.poll_s = poll_s
         self._own_loop(f"label-uplink {self.topic}", backoff)
         self._sent = 0
