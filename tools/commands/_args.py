@@ -101,7 +101,11 @@ def add_fastpath_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--face-model", type=Path, help="face_landmarker.task")
     g.add_argument("--gaze-model", type=Path, help="ONNX gaze model")
-    g.add_argument("--filter", choices=["one_euro", "kalman", "none"], help="smoothing filter")
+    g.add_argument(
+        "--filter",
+        choices=["one_euro", "kalman", "none"],
+        help="smoothing filter (default one_euro)",
+    )
     g.add_argument("--threads", type=positive_int, help="onnxruntime intra-op threads (default 1)")
     g.add_argument(
         "--ep",
@@ -261,7 +265,9 @@ def add_grid_args(p: argparse.ArgumentParser) -> None:
         default=2.0,
         help="seconds a target may take to capture its frames (2.0)",
     )
-    g.add_argument("--ready", type=float, default=2.0, help="seconds before the first target")
+    g.add_argument(
+        "--ready", type=float, default=2.0, help="seconds before the first target (default 2.0)"
+    )
     g.add_argument(
         "--min-frames",
         type=int,
@@ -399,9 +405,13 @@ def add_model_id_arg(p: argparse.ArgumentParser) -> None:
 def add_user_args(p: argparse.ArgumentParser) -> None:
     """The person and the machine a profile is of (`run`, `calibrate`, `profile fit`): the
     profile's file and the user's sessions and labels are found by them."""
-    p.add_argument("--user", default="default", help="whose profiles, sessions and labels")
     p.add_argument(
-        "--device", default="default", help="which machine's profile (the camera's place)"
+        "--user", default="default", help="whose profiles, sessions and labels (default: default)"
+    )
+    p.add_argument(
+        "--device",
+        default="default",
+        help="which machine's profile (the camera's place; default: default)",
     )
 
 
@@ -533,8 +543,8 @@ def add_broker_args(p: argparse.ArgumentParser, *, required: bool = True) -> Non
         "--mqtt",
         required=required,
         metavar="URL",
-        help="mqtt://[user[:pass]@]host[:port] or mqtts://... (TLS); a user without a "
-        "password takes it from $GAZELOOP_MQTT_PASSWORD",
+        help="mqtt://[user[:pass]@]host[:port] or mqtts://... (TLS); the port defaults to "
+        "1883, 8883 with TLS; a user without a password takes it from $GAZELOOP_MQTT_PASSWORD",
     )
     g.add_argument("--ca-file", help="CA certificate(s) to verify the broker (PEM); implies TLS")
     g.add_argument(

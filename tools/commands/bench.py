@@ -33,6 +33,7 @@ from gazeloop.tools.runtime.bench_fastpath import bench_fastpath, pool_runs, sin
 from gazeloop.tools.runtime.bench_loop import LoopBenchOptions, bench_sessions
 from gazeloop.tools.runtime.bench_loop_text import loop_text, plot_injected, plot_sittings
 from gazeloop.tools.runtime.progress import Progress
+from gazeloop.tools.runtime.provenance import measured_on
 
 # The JSON benchmarks print JSON either way; --json makes it one line for a pipe.
 ONE_LINE = "the JSON on one line (default: indented)"
@@ -341,9 +342,13 @@ def run_mapping(args: argparse.Namespace) -> int:
 
     single_thread()
     out = {
+        "data": "synthetic: random features and targets, no recording",
         "targets": args.targets,
         "frames_per_target": args.frames,
         "features": args.features,
+        "repeats": args.repeats,
+        "repeats_rbf": max(3, args.repeats // 5),  # an rbf fit takes ~0.6 s
+        "measured_on": measured_on(),
         "fits": {},
     }
     # The synthetic calibration is a bare feature matrix: mappings of named features (the
@@ -370,7 +375,7 @@ def run_mapping(args: argparse.Namespace) -> int:
             frames=args.frames,
             d=args.features,
             name=name,
-            repeats=args.repeats if name != "rbf" else max(3, args.repeats // 5),
+            repeats=args.repeats if name != "rbf" else out["repeats_rbf"],
         )
         out["fits"][name] = {k: round(r[k], 3) for k in ("p50_ms", "p95_ms") if k in r}
     print(json.dumps(out, indent=None if args.json else 2))
@@ -414,6 +419,10 @@ def run_fastpath(args: argparse.Namespace) -> int:
 
 
 def run_eyetrax(args: argparse.Namespace) -> int:
+    if args.threads not in (None, 1):
+        raise UserError(
+            f"--threads {args.threads}: the comparison runs both trackers on one thread each"
+        )
     from gazeloop.fastpath import models
     from gazeloop.tools.runtime.bench_eyetrax import bench_eyetrax, eyetrax_estimator
 

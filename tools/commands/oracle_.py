@@ -57,7 +57,9 @@ def add_parser(sub) -> None:
     e.add_argument(
         "--clicks-per-target", type=positive_int, default=5, help="clicks: looks per target (5)"
     )
-    e.add_argument("--seed", type=non_negative_int, default=0, help="clicks: the replay's seed")
+    e.add_argument(
+        "--seed", type=non_negative_int, default=0, help="clicks: the replay's seed (default 0)"
+    )
     e.add_argument(
         "--weights",
         action="store_true",

@@ -14,12 +14,10 @@ them; nothing here parses a command line of its own.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import math
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -27,11 +25,11 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from gazeloop.calibration.store.atomic import atomic_write_bytes
+from gazeloop.tools.runtime.provenance import machine, versions
 
 BEGIN = "<!-- baselines:begin -->"
 END = "<!-- baselines:end -->"
@@ -44,7 +42,6 @@ KINDS = {
     "in-sample": "evaluated on the very frames the calibration was fitted on",
     "synthetic load": "a stand-in workload, not the real one",
 }
-_PACKAGES = ("numpy", "onnxruntime", "mediapipe", "opencv-contrib-python")
 
 
 class BaselineError(Exception):
@@ -1064,18 +1061,6 @@ def _read_output(b: Baseline, source: str, stdout: str, tmp: Path, shared: Path 
     return value
 
 
-def machine() -> str:
-    return f"{os.cpu_count()}-core {platform.machine()} {platform.system()}"
-
-
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in _PACKAGES:
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            out[name] = metadata.version(name)
-    return out
-
-
 def _commit(root: Path) -> dict[str, Any]:
     def git(*args: str) -> str | None:
         try:
@@ -1113,7 +1098,7 @@ def document(b: Baseline, out: dict, seconds: float, root: Path) -> dict:
             "date": dt.datetime.now(dt.UTC).date().isoformat(),
             "machine": machine(),
             **_commit(root),
-            "versions": _versions(),
+            "versions": versions(),
             "seconds": round(seconds, 1),
         },
         "output": out,

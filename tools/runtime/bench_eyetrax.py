@@ -24,6 +24,7 @@ from gazeloop.fastpath.pipeline import FastPath, FastPathConfig
 from gazeloop.fastpath.sources import open_source
 from gazeloop.tools.errors import UserError
 from gazeloop.tools.runtime.bench_fastpath import BENCH_SIZE, WARMUP, percentiles, single_thread
+from gazeloop.tools.runtime.provenance import measured_on
 
 
 def eyetrax_estimator(face_task: str):
@@ -82,6 +83,9 @@ def bench_eyetrax(source: str, frames: int, cfg: FastPathConfig, estimator) -> d
         "width": BENCH_SIZE[0],
         "height": BENCH_SIZE[1],
         "landmarks_backend": cfg.landmarks,
+        "source": str(source),
+        "measured_on": measured_on(("eyetrax",)),
+        "settings": cfg.model_dump(mode="json"),
         "face_found": found,
         "gazeloop_fastpath": a,
         "eyetrax_extract_features": b,

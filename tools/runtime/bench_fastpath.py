@@ -21,6 +21,7 @@ from gazeloop.fastpath.pipeline import STAGES, FastPath
 from gazeloop.fastpath.sources import IMAGE_SUFFIXES, is_camera, open_source
 from gazeloop.tools.errors import UserError
 from gazeloop.tools.runtime.progress import Progress
+from gazeloop.tools.runtime.provenance import measured_on
 
 BENCH_SIZE = (640, 480)
 WARMUP = 10
@@ -177,8 +178,7 @@ def bench_fastpath(
     oracle_in: str = "process",
     raw: bool = False,
 ) -> dict:
-    single_thread()
-    cfg = cfg.model_copy(update={"threads": 1})
+    single_thread()  # OpenCV's and torch's; onnxruntime's is cfg.threads (default 1)
     extra = _stream_options(source)  # a still is refused before anything loads
     fp = FastPath(cfg)
     worker = None
@@ -210,7 +210,10 @@ def bench_fastpath(
         "landmarks_backend": cfg.landmarks,
         "execution_providers": providers,
         "network_runs": runs if runs["landmark"] is not None else None,
-        "threads": 1,
+        "threads": cfg.threads,
+        "source": str(source),
+        "measured_on": measured_on(),
+        "settings": cfg.model_dump(mode="json"),  # the fast path's, resolved
         "stages": {k: percentiles(v) for k, v in m.times.items() if v},
         "total": percentiles(m.total),
         # Wall time above is what a user waits; on a shared machine it also measures the

@@ -26,6 +26,7 @@ from gazeloop.calibration.drift.simulation import (
     synthetic_session,
 )
 from gazeloop.tools.runtime.bench_fastpath import percentiles, single_thread
+from gazeloop.tools.runtime.provenance import measured_on
 
 SCREEN_PX = (1728, 1080)
 SEED = 70000  # apart from every other benchmark's streams
@@ -62,6 +63,7 @@ def bench_loop_update(labels: int, streams: int, interval_s: float) -> dict[str,
         "window_s": cfg.window_s,
         "most_labels_held": int(n.max()),
         "updates": int(len(ms)),
+        "measured_on": measured_on(),
         "all": {**percentiles(ms.tolist()), "max_ms": round(float(ms.max()), 3)},
         "by_labels_held": rows,
     }

@@ -19,8 +19,8 @@ def test_bench_fastpath_reports_every_stage_and_excludes_loop_restarts(shared, c
     notes: list[str] = []
     monkeypatch.setattr(bench_fastpath.Progress, "note", lambda self, text: notes.append(text))
     video = shared / "data/video-corners4/calibrate.mp4"
-    rc = main(["bench", "fastpath", "--source", str(video), "--frames", "90", "--json"])
-    assert rc == 0
+    argv = ["bench", "fastpath", "--source", str(video), "--frames", "90", "--threads", "2"]
+    assert main([*argv, "--json"]) == 0
     # A long run says how far it is (on a terminal): frames measured so far, of how many.
     assert notes[0] == "frame 0 of 90" and notes[-1] == "frame 89 of 90"
     out = json.loads(capsys.readouterr().out)
@@ -34,6 +34,10 @@ def test_bench_fastpath_reports_every_stage_and_excludes_loop_restarts(shared, c
         assert 0 < out["total"][k] < 1000
     assert out["total"]["p50_ms"] <= out["total"]["p99_ms"]
     assert out["stages"]["landmarks"]["n"] == 90
+    # Where, with what and how it was measured: --threads was taken and dropped (1 reported).
+    assert out["threads"] == 2 == out["settings"]["threads"] and out["source"] == str(video)
+    on = out["measured_on"]
+    assert on["machine"] and on["date"] and on["versions"]["onnxruntime"]
 
 
 def test_bench_oracle_load_alternates_idle_and_busy_with_the_oracle_in_a_child(
