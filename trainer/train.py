@@ -32,6 +32,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import signal
 import sys
 import time
@@ -89,14 +90,49 @@ def _initial_model(cfg: TrainConfig) -> GazeNet:
 def _accelerator(cfg: TrainConfig):
     from accelerate import Accelerator
 
-    cuda = torch.cuda.is_available()
-    mp = cfg.mixed_precision
+    cuda = _on_cuda()
+    mp = _precision(cfg.mixed_precision, cuda)
+    return Accelerator(mixed_precision=mp, cpu=not cuda), mp
+
+
+_PRECISIONS = ("no", "bf16")
+
+
+def _on_cuda() -> bool:
+    """Whether the run goes on CUDA: there, and not sent to the CPU by accelerate (`accelerate
+    launch --cpu`, ACCELERATE_USE_CPU), and it runs. A CUDA that is there and fails (a torch
+    build without kernels for this GPU) is said before any data is read, not as a traceback
+    at the first step."""
+    from accelerate.utils import parse_flag_from_env
+
+    if not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU"):
+        return False
+    try:
+        torch.ones(2, device="cuda").sum().item()
+    except (RuntimeError, AssertionError) as e:  # torch says a CUDA it lacks by assertion
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise TrainError(
+            f"CUDA is there but does not run ({first}): install the torch build for this GPU, "
+            "or train on the CPU with ACCELERATE_USE_CPU=1"
+        ) from None
+    return True
+
+
+def _precision(asked: str, cuda: bool) -> str:
+    """The run's mixed precision. `auto` takes accelerate's own setting when it has one
+    (`accelerate config`, `accelerate launch --mixed_precision`: ACCELERATE_MIXED_PRECISION),
+    else bf16 on CUDA; bf16 only on CUDA (on the CPU it is float32, said)."""
+    mp = asked
     if mp == "auto":
-        mp = "bf16" if cuda else "no"
-    elif mp == "bf16" and not cuda:
+        launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "").strip().lower()
+        if launched == "fp16":
+            log.warning("accelerate asks for fp16; gazeloop trains in bf16 or float32: bf16")
+            launched = "bf16"
+        mp = launched if launched in _PRECISIONS else ("bf16" if cuda else "no")
+    if mp == "bf16" and not cuda:
         log.warning("bf16 asked for without CUDA; training in float32")
         mp = "no"
-    return Accelerator(mixed_precision=mp, cpu=not cuda), mp
+    return mp
 
 
 @dataclass(slots=True)
