@@ -744,10 +744,14 @@ def _validate(run: _Run, epoch: int, name: str) -> bool:
             | {k: x for k, x in v.items()}
             | {"wall_s": time.perf_counter() - run.t_start}
         )
+    # The gaze angle's error needs labels that are gaze directions (datasets); sessions'
+    # labels are screen points (the line said "nan deg").
+    deg = v["val_deg"]
+    deg_text = f"{deg:.2f} deg" if math.isfinite(deg) else "no gaze-angle labels"
     run.bar.write(
         f"{name}: val {v['val_px']:.1f} px, "
         f"{v['val_pct_diag']:.2f} % diag (constant predictor "
-        f"{v['val_baseline_pct_diag']:.2f} %), {v['val_deg']:.2f} deg"
+        f"{v['val_baseline_pct_diag']:.2f} %), {deg_text}"
     )
     if math.isfinite(m) and m < at.best:
         at.best, at.best_step = m, at.step

@@ -94,6 +94,9 @@ def test_relaunching_a_finished_run_reports_its_last_validation(shared, tmp_path
     argv += ["--holdout", evit / "p1_s02", "--out", tmp_path / "run", "--max-steps", "4"]
     rc, out, err = cli(*argv, "--json")
     assert rc == 0, err
+    # Sessions' labels are screen points: no gaze angle to score (said, not "nan deg").
+    assert "nan deg" not in err and "% diag (constant predictor" in err
+    assert err.count("no gaze-angle labels") == err.count("% diag (constant predictor")
     first = json.loads(out)
     rc, out, err = cli(*argv, "--resume", "--json")
     assert rc == 0, err
