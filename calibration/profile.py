@@ -28,10 +28,17 @@ import os
 import re
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
 
 from gazeloop.calibration.geometry import ScreenGeometry
 from gazeloop.calibration.mapping import mapping_from_params
@@ -39,24 +46,40 @@ from gazeloop.calibration.problems import first_problem
 from gazeloop.calibration.store.atomic import atomic_write_bytes
 
 # How the gaze network was read (`read_name`): once or averaged with the mirrored face, told
-# the head pose in camera axes or in the eyes' ray frame.
-GazeRead = Literal["single", "mirror_average", "ray:single", "ray:mirror_average"]
+# the head pose in camera axes or in the eyes' ray frame, on eye squares of the network's own
+# framing or of another size (`@crop<scale>`).
+GazeRead = Annotated[
+    str, StringConstraints(pattern=r"^(ray:)?(single|mirror_average)(@crop[0-9]+(\.[0-9]+)?)?$")
+]
+# The network's own framing (`fastpath.features.CROP_SCALE`, held equal by a test): a read
+# on it names no crop, as every read before the framing could change.
+DEFAULT_CROP_SCALE = 1.8
 
 
-def read_name(mirror_average: bool, head_frame: str = "camera") -> str:
+def read_name(
+    mirror_average: bool, head_frame: str = "camera", crop_scale: float = DEFAULT_CROP_SCALE
+) -> str:
     """The name of one way of reading the gaze network (`fastpath.gaze_model.GazeModel.read`),
     which a profile records: a mapping fitted on one read is biased on another, since reads
-    differ by the network's asymmetry (`mirror_averaged`) and by the head pose it is told
-    (`FastPathConfig.gaze_frame`). "single" is the camera frame read once: what every
-    profile made before the other reads existed was fitted on."""
+    differ by the network's asymmetry (`mirror_averaged`), by the head pose it is told
+    (`FastPathConfig.gaze_frame`) and by the eye squares it is shown (`crop_scale`: on the
+    next evit sitting 173 px with the profile's own 1.5, 193 px read at 1.8). "single" is the
+    camera frame read once: what every profile made before the other reads existed was
+    fitted on."""
     name = "mirror_average" if mirror_average else "single"
-    return name if head_frame == "camera" else f"{head_frame}:{name}"
+    name = name if head_frame == "camera" else f"{head_frame}:{name}"
+    return name if crop_scale == DEFAULT_CROP_SCALE else f"{name}@crop{crop_scale:g}"
 
 
 def read_config(name: str) -> dict:
     """The fast-path settings (`FastPathConfig` fields) that make the read `name`."""
+    name, _, crop = name.partition("@crop")
     frame, _, how = name.rpartition(":")
-    return {"gaze_frame": frame or "camera", "mirror_average": how == "mirror_average"}
+    return {
+        "gaze_frame": frame or "camera",
+        "mirror_average": how == "mirror_average",
+        "crop_scale": float(crop) if crop else DEFAULT_CROP_SCALE,
+    }
 
 
 SCHEMA_VERSION = 1

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from gazeloop.calibration.profile import read_name
+from gazeloop.fastpath.features import CROP_SCALE
 from gazeloop.fastpath.providers import resolve_providers
 from gazeloop.fastpath.sessions import SessionOpenError, open_session
 
@@ -183,13 +184,15 @@ class GazeModel:
         providers: list[str] | None = None,
         mirror_average: bool = False,
         head_frame: str = "camera",
+        crop_scale: float = CROP_SCALE,
     ) -> None:
         self.path = Path(path)
         # How this model is read: `mirror_average` is what `predict` does by default;
         # `head_frame` is the frame of the head pose its caller tells it (the caller's job,
-        # `Features.network_head_ypr`), kept here only to name the read (`read_name`).
+        # `Features.network_head_ypr`), and `crop_scale` the size of the eye squares it is
+        # shown (`fastpath.features`), both kept here only to name the read (`read_name`).
         self.mirror_average = mirror_average
-        self.read = read_name(mirror_average, head_frame)
+        self.read = read_name(mirror_average, head_frame, crop_scale)
         data = self._read_file()
         self.sha256 = hashlib.sha256(data).hexdigest()
         self.session = self._load_session(data, threads, providers)  # after the hash

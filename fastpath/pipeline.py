@@ -168,6 +168,7 @@ class FastPath:
             providers=self.providers,
             mirror_average=cfg.mirror_average,
             head_frame=cfg.gaze_frame,
+            crop_scale=cfg.crop_scale,
         )
         self.filter = own_filter
         self.set_mapper(mapper)

@@ -319,7 +319,7 @@ def test_a_profile_is_for_the_read_it_was_fitted_on(saved):
     assert prof.gaze_read == "single"
     msg = _load_error(path, gaze_read="mirror_average")
     assert "single read" in msg and "mirror_average read" in msg and "recalibrate" in msg
-    assert '{"gaze_frame": "camera", "mirror_average": false}' in msg
+    assert '{"gaze_frame": "camera", "mirror_average": false, "crop_scale": 1.8}' in msg
     _rewrite(path, lambda d: d.pop("gaze_read"))
     assert Profile.load(path, gaze_read="single").gaze_read == "single"
     _rewrite(path, lambda d: d.update(gaze_read="both"))
@@ -331,9 +331,11 @@ def test_read_names_and_the_settings_that_make_them():
 
     names = {read_name(m, f) for m in (False, True) for f in ("camera", "ray")}
     assert names == {"single", "mirror_average", "ray:single", "ray:mirror_average"}
+    names |= {read_name(True, "ray", 1.5), read_name(False, "camera", 2.25)}
     for n in names:  # every name is a valid profile field and its settings make it again
         assert make_profile(gaze_read=n).gaze_read == n
-        assert read_name(read_config(n)["mirror_average"], read_config(n)["gaze_frame"]) == n
+        c = read_config(n)
+        assert read_name(c["mirror_average"], c["gaze_frame"], c["crop_scale"]) == n
 
 
 def test_different_features(saved):
@@ -468,3 +470,18 @@ def test_fits_for_the_other_read_of_the_same_model_are_kept_apart(tmp_path):
     assert kept.name == f"{SHA[:16]}.mirror_average.json"
     assert find_for_model(path, SHA, "mirror_average")[1] == averaged
     assert find_for_model(path, SHA)[1] == mine == Profile.load(path)
+
+
+def test_a_profile_records_the_eye_squares_it_was_fitted_on():
+    """`profile fit --config '{"crop_scale": 1.5}'` recorded nothing of it, and the profile
+    was then used silently on the network's own framing (173 against 193 px on the next
+    evit sitting). The framing is part of the read's name, and a default one names none."""
+    from gazeloop.calibration.profile import DEFAULT_CROP_SCALE, read_config, read_name
+    from gazeloop.fastpath.features import CROP_SCALE
+
+    assert DEFAULT_CROP_SCALE == CROP_SCALE
+    assert read_name(True, "ray", CROP_SCALE) == "ray:mirror_average"
+    name = read_name(True, "ray", 1.5)
+    assert name == "ray:mirror_average@crop1.5"
+    assert read_config(name) == {"gaze_frame": "ray", "mirror_average": True, "crop_scale": 1.5}
+    assert read_config("single")["crop_scale"] == CROP_SCALE

@@ -473,3 +473,14 @@ def test_a_point_past_the_screens_edge_is_shown_clipped_and_kept_where_it_is(gri
     s = samples[-1]
     assert s.quality.usable
     assert np.allclose(s.screen_xy, [0.4, 1.0]) and np.allclose(s.screen_xy_unclipped, [0.4, 1.3])
+
+
+def test_the_read_names_the_eye_squares_when_they_are_not_the_networks_own(fp, face_task):
+    """A profile records the fast path's read; the crop framing was not part of it, so a
+    profile fitted on other eye squares was applied without a word (`calibration.profile`)."""
+    assert fp.gaze.read == "ray:mirror_average"
+    other = FastPath(FastPathConfig(crop_scale=1.5))
+    try:
+        assert other.gaze.read == "ray:mirror_average@crop1.5"
+    finally:
+        other.close()

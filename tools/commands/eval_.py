@@ -375,7 +375,7 @@ def gaze_model_identity(cfg) -> dict:
     return {
         "file": str(path),
         "sha256": sha256_file(path),
-        "read": read_name(cfg.mirror_average, cfg.gaze_frame),
+        "read": read_name(cfg.mirror_average, cfg.gaze_frame, cfg.crop_scale),
     }
 
 

@@ -190,6 +190,7 @@ class ModelWatcher:
                 providers=self.fp.providers,
                 mirror_average=self.fp.cfg.mirror_average,
                 head_frame=self.fp.cfg.gaze_frame,
+                crop_scale=self.fp.cfg.crop_scale,
             )
             prof = mapper = None
             if profile is not None:
