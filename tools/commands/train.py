@@ -786,15 +786,32 @@ def _export(ckpt: Path, out: Path | None, registry, model_id: str, promote: bool
     result = {"onnx": str(path)}
     if registry is not False:
         try:
-            entry = ModelRegistry(registry).register(
-                path, promote=promote, reason="gazeloop export --promote"
-            )
+            entry, again = _register_once(ModelRegistry(registry), path, model_id, promote)
         except RegistryError as e:
             raise UserError(str(e)) from None
         result["registered"] = str(entry.onnx_path)
         result["version"] = entry.version
         result["promoted"] = promote
+        if again:
+            result["already_registered"] = True
     return result
+
+
+def _register_once(reg, onnx: Path, model_id: str, promote: bool):
+    """Register the exported model, or find it registered already (the same bytes: the same
+    checkpoint exported again), promoted when asked. → (entry, whether it was there). An
+    export run twice made two versions of one model, as `train --resume --export` does not."""
+    from gazeloop.fastpath.models import sha256_file
+
+    digest = sha256_file(onnx)
+    same = [e for e in reg.list(model_id) if e.card.onnx_sha256 == digest]
+    if not same:
+        return reg.register(onnx, promote=promote, reason="gazeloop export --promote"), False
+    entry = same[-1]
+    print(f"note: {onnx} is already registered as v{entry.version}", file=sys.stderr)
+    if promote:
+        reg.promote(entry.version, model_id, reason="gazeloop export --promote")
+    return entry, True
 
 
 def run_export(args: argparse.Namespace) -> int:

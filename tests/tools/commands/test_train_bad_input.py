@@ -322,3 +322,24 @@ def test_export_promote_with_no_register_is_refused(checkpoint_run, tmp_path):
     line = _one_line_refusal(rc, err)
     assert "--promote serves the model from the registry, --no-register keeps it out" in line
     assert not out.exists()
+
+
+def test_exporting_one_checkpoint_twice_registers_it_once(checkpoint_run, tmp_path):
+    """Two versions with one hash: a second export of the same checkpoint registered it again
+    (a relaunched `train --resume --export` already said "already registered")."""
+    from gazeloop.trainer.registry import ModelRegistry
+
+    src = checkpoint_run / "checkpoints" / "step-0000002" / "model.safetensors"
+    reg = tmp_path / "reg"
+    argv = ["export", src, "--out", tmp_path / "m.onnx", "--registry", reg, "--json"]
+    rc, out, err = cli(*argv)
+    assert rc == 0, err
+    first = json.loads(out)
+    rc, out, err = cli(*argv, "--promote")
+    assert rc == 0, err
+    again = json.loads(out)
+    assert again["version"] == first["version"] and again["already_registered"] is True
+    assert f"is already registered as v{first['version']}" in err
+    versions = ModelRegistry(reg).list()
+    assert [e.version for e in versions] == [first["version"]]
+    assert ModelRegistry(reg).promoted().version == first["version"]  # --promote still served it
