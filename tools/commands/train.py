@@ -684,22 +684,41 @@ def _train_summary(summary: dict, exports) -> dict:
 
 
 def _ship(cfg, summary, args) -> dict:
+    from gazeloop.tools.runtime.interrupts import terminate_as_interrupt
+    from gazeloop.tools.runtime.progress import Progress
     from gazeloop.trainer.export import ExportParityError
     from gazeloop.trainer.model import CheckpointError
     from gazeloop.trainer.registry import RegistryError
     from gazeloop.trainer.ship import ship
 
     brief = {k: summary[k] for k in ("samples", "train_persons", "steps", "split")}
+    n = len(cfg.holdout)
+    # Minutes on large holdouts, with nothing else said (stderr: --json keeps stdout).
+    print(
+        f"gate: exporting, then the parent and the new model through the fast path on {n} "
+        f"held-out session{'s' if n != 1 else ''}",
+        file=sys.stderr,
+        flush=True,
+    )
     try:
-        return ship(
-            cfg,
-            Path(summary["best_checkpoint"]),
-            registry_root(args),
-            args.model_id,
-            training_summary=brief,
-        )
+        with terminate_as_interrupt(), Progress("gazeloop train: gate"):
+            return ship(
+                cfg,
+                Path(summary["best_checkpoint"]),
+                registry_root(args),
+                args.model_id,
+                training_summary=brief,
+            )
     except (ExportParityError, CheckpointError, RegistryError, ValueError) as e:
         raise UserError(f"export refused: {e}") from None
+    except KeyboardInterrupt:
+        # The registry takes a model whole or not at all: nothing is registered yet.
+        print(
+            "gazeloop train: interrupted while exporting or judging: nothing registered; the "
+            "same command with --resume --export exports and judges again",
+            file=sys.stderr,
+        )
+        raise
 
 
 def _left_out(skipped: dict[str, int]) -> str:

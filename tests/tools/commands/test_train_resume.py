@@ -106,3 +106,27 @@ def test_relaunching_a_finished_run_reports_its_last_validation(shared, tmp_path
     rows = (tmp_path / "run/metrics.csv").read_text().splitlines()
     head, last = rows[0].split(","), [r for r in rows if r.startswith("val,")][-1].split(",")
     assert float(last[head.index("val_px")]) == pytest.approx(first["val_error_px"], abs=1e-3)
+
+
+def test_an_interrupt_while_judging_says_nothing_is_registered_and_how_to_go_on(
+    shared, tmp_path, monkeypatch
+):
+    """The gate runs the fast path twice over every held-out session: minutes in which
+    nothing was said, and a SIGTERM there ended the run (143) with no word of what was left
+    or that `--resume --export` finishes the job."""
+    import gazeloop.trainer.ship as ship_mod
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt  # what SIGTERM now raises there, as Ctrl-C does
+
+    monkeypatch.setattr(ship_mod, "ship", interrupted)
+    evit = shared / "data/evit"
+    argv = ["train", "--data", evit / "p1_s00", "--data", evit / "p1_s01"]
+    argv += ["--holdout", evit / "p1_s02", "--out", tmp_path / "run", "--max-steps", "1"]
+    rc, _, err = cli(*argv, "--export")
+    assert rc == 130
+    assert "gate: exporting, then the parent and the new model through the fast path on 1 " in err
+    assert err.strip().splitlines()[-1] == (
+        "gazeloop train: interrupted while exporting or judging: nothing registered; the "
+        "same command with --resume --export exports and judges again"
+    )
