@@ -904,6 +904,10 @@ def _store_text(live: Live) -> list[str]:
         said.append(f"{live.store_errors} NOT stored: {live.store_error}")
     if live.store_dropped:
         said.append(f"{live.store_dropped} NOT stored: the store's writer fell behind")
+    if live.store_unwritten:
+        said.append(f"{live.store_unwritten} NOT stored: the disk did not take them in time")
+    if live.store_stuck:
+        said.append(f"{live.store_stuck} still being written at the end (the store may hold it)")
     if live.labels_unstored:
         said.append(f"{live.labels_unstored} NOT stored: the oracle answered after a calibration")
     if live.labels_without_run:

@@ -298,6 +298,10 @@ class Live:
         self.store_duplicates = 0
         self.store_error: str | None = None
         self.store_dropped = 0  # labels not queued for the store: the writer was too far behind
+        # At the end, labels the store's disk did not take within the drain (a stalled disk,
+        # a store locked by another process): given up on, and the one being written then.
+        self.store_unwritten = 0
+        self.store_stuck = 0
         # The label-store writer: (label, image, fast_xy, decision, t_ns, run id) waiting,
         # and how many are queued or being written (`flush` waits for 0).
         self._writes = threading.Condition()
@@ -577,10 +581,12 @@ class Live:
             try:
                 self._run_ids[key] = self.store.begin_run(settings, screen)
             except Exception as e:  # a full disk must not stop tracking, nor cost the label
-                self._run_ids[key] = None
+                # Not kept as failed: a store locked for a while by another process takes
+                # the record at the next label, where all the run's labels went without it.
                 if self.run_record_error is None:
                     log.error("label store: %s (labels are kept without their run)", e)
                 self.run_record_error = str(e)
+                return None
         return self._run_ids[key]
 
     def _write_labels(self) -> None:
@@ -627,19 +633,37 @@ class Live:
             return self._writes.wait_for(lambda: self._writes_open == 0, timeout)
 
     def _drain_store(self) -> None:
-        if self._writer is not None and not self.flush(_DRAIN_S):
-            with self._writes:
-                left = self._writes_open
-            log.error("label store: %d labels not written within %.0f s", left, _DRAIN_S)
-
-    def _stop_writer(self) -> None:
-        if self._writer is None:
+        """Wait up to `_DRAIN_S` for the labels handed to the store; past it, give up on
+        those still queued (counted in `store_unwritten`; the one being written, if any, in
+        `store_stuck`), so the run's summary is what the store holds and the end is bounded.
+        A stalled disk had the writer go on after the summary, and the run hang at its end."""
+        if self._writer is None or self._writer_closing or self.flush(_DRAIN_S):
             return
+        with self._writes:
+            self._writer_closing = True
+            queued = len(self._write_q)
+            self._write_q.clear()
+            self._writes_open -= queued
+            self.store_unwritten += queued
+            self.store_stuck = self._writes_open
+            self._writes.notify_all()
+        log.error(
+            "label store: %d labels not written within %.0f s (the disk or the store's lock "
+            "did not answer): given up",
+            queued + self.store_stuck,
+            _DRAIN_S,
+        )
+
+    def _stop_writer(self) -> bool:
+        """→ whether the writer has ended (False: stuck in a write the disk does not finish)."""
+        if self._writer is None:
+            return True
         self._drain_store()
         with self._writes:
             self._writer_closing = True
             self._writes.notify_all()
-        self._writer.join(_DRAIN_S)
+        self._writer.join(1.0 if self.store_stuck else _DRAIN_S)
+        return not self._writer.is_alive()
 
     # --- status --------------------------------------------------------------------------
 
@@ -775,11 +799,14 @@ class Live:
     def close(self) -> None:
         if self.worker is not None:
             self.worker.close()
-        self._stop_writer()  # every label accepted is written before the store closes
+        ended = self._stop_writer()  # every label accepted is written before the store closes
         if self.publisher is not None:
             self.publisher.close()
         if self.uplink is not None:  # before the store it reads
             self.uplink.close()
         if self.store is not None and hasattr(self.store, "close"):
-            self.store.close()
+            if ended:
+                self.store.close()
+            else:  # closing takes the lock the stuck write holds: the run would never end
+                log.error("label store: a write the disk never finished; left open")
         self.fp.close()

@@ -365,6 +365,53 @@ def test_a_full_queue_drops_and_counts_labels_instead_of_blocking_the_frame_thre
     assert "3 NOT stored: the store's writer fell behind" in status_text(r.live, None)
 
 
+class LockedStall(GatedStore):
+    """A stalled disk as the real store meets it: the write holds the store's lock while the
+    disk does not answer, so closing the store (which takes the lock) waits as long."""
+
+    def add(self, *args, **kw):
+        with self.inner._lock:
+            self.entered.set()
+            self.gate.wait(60)
+            return self.inner.add(*args, **kw)
+
+
+def test_a_stalled_disk_at_the_end_is_given_up_on_and_the_run_ends(tmp_path, monkeypatch):
+    """A frozen disk under the store: the run logged "not written within 30 s" twice and then
+    never ended (closing the store waited on the lock the stuck write held; Ctrl-C did not
+    help), and labels it gave up on were written after the summary had counted them."""
+    import gazeloop.tools.runtime.live as live_mod
+    from gazeloop.tools.commands.run import status_text
+
+    monkeypatch.setattr(live_mod, "_DRAIN_S", 0.3)
+    store = LockedStall(tmp_path / "labels")
+    r = make_rig(store)
+    r.run(300)
+    t = round(r.state["t_ms"] * MS)
+    for i in range(4):
+        r.live.external_label(click(t - i * MS, i))
+    assert store.entered.wait(30)
+    ended = threading.Event()
+
+    def end() -> None:
+        r.live.finish()
+        r.summary = status_text(r.live, None)
+        r.live.close()
+        ended.set()
+
+    threading.Thread(target=end, daemon=True).start()
+    try:
+        assert ended.wait(20), "the run's end waited on the stalled disk"
+        assert (r.live.labels_stored, r.live.store_unwritten, r.live.store_stuck) == (0, 3, 1)
+        assert "3 NOT stored: the disk did not take them in time" in r.summary
+        assert "1 still being written at the end" in r.summary
+    finally:
+        store.gate.set()  # the disk comes back: the one write in hand goes through, no more
+    r.live._writer.join(10)
+    assert not r.live._writer.is_alive() and store.inner.count() == 1
+    store.inner.close()
+
+
 class SlowOracle:
     """Answers every snapshot with the centre after `delay_s`, unless cancelled first."""
 
@@ -522,6 +569,38 @@ def test_each_screen_and_model_a_run_maps_with_is_a_run_record_its_labels_name(t
     assert first.screen.px == SCREEN and portrait.screen.px == tuned.screen.px == (1080, 1920)
     assert "gaze_model" not in portrait.settings and tuned.settings["gaze_model"]["id"] == "tuned"
     assert first.settings["source"] == tuned.settings["source"] == "0"
+    live.close()
+
+
+def test_a_run_record_the_store_could_not_take_is_tried_again_at_the_next_label(tmp_path):
+    """A store locked by another process for a while: the run's record failed once and was
+    kept as failed, so every later label of the run went without it (without its screen)."""
+    import sqlite3
+
+    from gazeloop.calibration.geometry import ScreenGeometry
+
+    class LockedOnce(GatedStore):
+        tries = 0
+
+        def begin_run(self, *a, **kw):
+            self.tries += 1
+            if self.tries == 1:
+                raise sqlite3.OperationalError("database is locked")
+            return self.inner.begin_run(*a, **kw)
+
+    store = LockedOnce(tmp_path / "labels")
+    store.gate.set()
+    m = SimpleNamespace(screen=ScreenGeometry(px=SCREEN), offset=np.zeros(2))
+    live = Live(FakeFastPath(), mapper=m, store=store, run_settings={"source": "0"})
+    for i in range(3):
+        obs = PointObservation(xy=(0.5, 0.5))
+        live.external_label(
+            OracleLabel(t_ns=i, snapshot_id=f"s{i}", oracle="clicks", observation=obs)
+        )
+    assert live.flush(10)
+    assert live.labels_stored == 3 and live.labels_without_run == 1
+    (run,) = store.inner.runs()
+    assert [r.run_id for r in store.inner] == [None, run.id, run.id]
     live.close()
 
 
