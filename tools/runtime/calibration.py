@@ -238,13 +238,15 @@ def finish(
         # Stopped while fitting (Ctrl-C at the window): a profile saved after that would
         # replace the one in use behind the person's back.
         raise UserError(f"calibration stopped while fitting; {profile_out} is unchanged")
-    saved = None if keep_old else prof.save(profile_out)
     history = prof.fit.history
     if history is not None:
         extra_report = {**(extra_report or {}), "history": history.model_dump(mode="json")}
+    # The report before the profile: a disk that fills between them must leave the profile
+    # in use as it was, not replaced under an error that says the calibration failed.
     report_path, plot = _write_report(
-        run, screen, ev, saved, session_dir, user, device, extra_report
+        run, screen, ev, None if keep_old else profile_out, session_dir, user, device, extra_report
     )
+    saved = None if keep_old else prof.save(profile_out)
     if keep_old:
         raise UserError(
             f"calibration not used, the profile kept: {useless}; {profile_out} is unchanged "

@@ -485,3 +485,27 @@ def test_a_calibration_no_better_than_guessing_does_not_replace_a_profile(shared
     report = json.loads((tmp_path / "s2/report/calibration.json").read_text())
     assert report["profile"] is None
     assert report["evaluation"]["mean_px"] >= report["evaluation"]["baseline_mean_px"]
+
+
+def test_a_report_that_cannot_be_written_leaves_the_profile_in_use(shared, tmp_path, monkeypatch):
+    """The disk filled between the fit and its report: the error said the calibration
+    failed, yet the profile in use had been replaced already, and the session had no report
+    (so later sittings did not pool it). The report comes first now."""
+    import errno
+
+    import gazeloop.tools.runtime.calibration as calibration
+
+    src = shared / "data/sessions/grid9"
+    prof = tmp_path / "p.json"
+    flags = ["--headless", "--screen-px", 1920, 1080, "--mirrored", "--profile", prof]
+    assert cli("calibrate", "--source", src, "--out", tmp_path / "s1", *flags)[0] == 0
+    good = prof.read_bytes()
+
+    def full(run, screen, ev, saved, session_dir, *rest):
+        path = session_dir / "report" / "calibration.png"
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(calibration, "_write_report", full)
+    rc, _, err = cli("calibrate", "--source", src, "--out", tmp_path / "s2", *flags)
+    assert rc == 2 and "No space left on device" in err and "Traceback" not in err
+    assert prof.read_bytes() == good
