@@ -39,7 +39,12 @@ from pydantic import ValidationError
 
 from gazeloop.calibration.problems import first_problem
 from gazeloop.calibration.profile import data_dir, folder_user, user_dir
-from gazeloop.calibration.store.atomic import atomic_path, atomic_write_bytes, fsync_dir
+from gazeloop.calibration.store.atomic import (
+    WriteError,
+    atomic_path,
+    atomic_write_bytes,
+    fsync_dir,
+)
 from gazeloop.fastpath.models import sha256_file
 
 try:  # macOS and Linux; elsewhere promotions are not serialised between processes
@@ -118,6 +123,14 @@ def _version_dirname(version: int) -> str:
     return f"v{version:04d}"
 
 
+def _copy_into(src: Path, dest: Path) -> None:
+    """`src`'s bytes into `dest`. Not `shutil.copyfile`: a full disk under `dest` came out
+    of it as an error naming `src` (the model file, on a disk with room), so `export` and
+    `fetch` blamed the wrong file."""
+    with open(src, "rb") as fin, open(dest, "wb") as fout:
+        shutil.copyfileobj(fin, fout, 1 << 20)
+
+
 class ModelRegistry:
     """Registered ONNX gaze models under `root`, one folder per model id and version."""
 
@@ -167,12 +180,17 @@ class ModelRegistry:
         size = onnx_path.stat().st_size
 
         model_dir = self.root / card.model_id
-        model_dir.mkdir(parents=True, exist_ok=True)
         tmp = model_dir / f".tmp-{uuid.uuid4().hex}"
-        tmp.mkdir()
         try:
-            with atomic_path(tmp / MODEL_FILE) as copy:
-                shutil.copyfile(onnx_path, copy)
+            tmp.mkdir(parents=True)
+        except OSError as e:  # named as the registry's folder, not the hidden one in it
+            raise WriteError(e.errno or errno.EIO, e.strerror or str(e), str(model_dir)) from e
+        try:
+            try:
+                with atomic_path(tmp / MODEL_FILE) as copy:
+                    _copy_into(onnx_path, copy)
+            except WriteError as e:  # named as the registry's folder, not the hidden one
+                raise WriteError(e.errno, e.strerror, str(model_dir)) from e
             if sha256_file(tmp / MODEL_FILE) != digest:
                 raise RegistryError(f"copy of {onnx_path} changed on the way (was it rewritten?)")
             for _ in range(1000):

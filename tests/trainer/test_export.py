@@ -340,3 +340,28 @@ def test_registry_with_several_models_needs_an_id(exported: Path, tmp_path: Path
         reg.latest()
     assert reg.latest("gaze-other").version == 1
     assert isinstance(reg.latest("gaze-test").card, ModelCard)
+
+
+@pytest.mark.slow
+def test_a_full_registry_disk_is_named_as_the_registry_not_the_model(
+    exported: Path, tmp_path: Path
+) -> None:
+    """`shutil.copyfile` blamed its source for the destination's full disk: `export` said
+    the model file it had just written (on a disk with room) had no space left."""
+    import subprocess
+
+    from gazeloop.calibration.store.atomic import WriteError
+
+    root = tmp_path / "reg"
+    root.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(root)], check=False)
+    if r.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        with pytest.raises(WriteError) as e:
+            ModelRegistry(root).register(exported)  # a 7.5 MB model on a 1 MB disk
+        assert e.value.filename == str(root / "gaze-test")
+        assert str(e.value) == f"cannot write {root / 'gaze-test'}: No space left on device"
+        assert [p.name for p in (root / "gaze-test").iterdir()] == []  # no temp left behind
+    finally:
+        subprocess.run(["umount", "-l", str(root)], check=False)
