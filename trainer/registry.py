@@ -373,9 +373,19 @@ class ModelRegistry:
         try:
             data = json.loads(path.read_text())
             version = None if data["version"] is None else int(data["version"])
-            return {"version": version, "history": list(data.get("history", []))}
+            history = data.get("history", [])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise RegistryError(f"{path}: unreadable promotion pointer: {exc}") from exc
+        # Every record is read as a dict with a version (`promotions`, rollback's stack): a
+        # list of numbers was a traceback in `models list` and `rollback`.
+        if not isinstance(history, list) or not all(
+            isinstance(h, dict) and isinstance(h.get("version"), int) for h in history
+        ):
+            raise RegistryError(
+                f"{path}: unreadable promotion pointer: history is not a list of records "
+                "with a version each"
+            )
+        return {"version": version, "history": history}
 
     def promoted(self, model_id: str | None = None) -> RegistryEntry | None:
         """The version the fast path serves (hash verified), or None when nothing is

@@ -234,3 +234,24 @@ def test_a_version_folder_copied_to_the_registrys_top_is_said_where_it_goes(tmp_
     (mac / "net").mkdir()
     (mac / "v0001").rename(mac / "net/v0001")
     assert main(["models", "promote", "1", "--registry", str(mac)]) == 0
+
+
+@pytest.mark.parametrize("history", [[1, 2], {"a": 1}, "abc", [{"at": "x"}]])
+def test_a_promotion_history_of_the_wrong_shape_is_one_line(tmp_path, history):
+    """A list of numbers was a TypeError traceback in `models list` and an AttributeError in
+    `rollback`, and `promote` wrote its record after the junk."""
+    import json
+
+    from gazeloop.trainer.registry import ModelRegistry
+
+    reg = ModelRegistry(tmp_path / "reg")
+    path, card = tiny_model(tmp_path / "m", "net", 1000)
+    reg.register(path, card)
+    pointer = tmp_path / "reg/net/promoted.json"
+    pointer.write_text(json.dumps({"model_id": "net", "version": 1, "history": history}))
+    before = pointer.read_bytes()
+    for argv in (["list"], ["rollback"], ["promote", "1"]):
+        rc, _, err = cli("models", *argv, "--registry", tmp_path / "reg")
+        assert rc == 2 and "Traceback" not in err, err
+        assert f"{pointer}: unreadable promotion pointer: history is not a list" in err
+    assert pointer.read_bytes() == before
