@@ -379,11 +379,12 @@ class ModelRegistry:
         # Every record is read as a dict with a version (`promotions`, rollback's stack): a
         # list of numbers was a traceback in `models list` and `rollback`.
         if not isinstance(history, list) or not all(
-            isinstance(h, dict) and isinstance(h.get("version"), int) for h in history
+            isinstance(h, dict) and "version" in h and isinstance(h["version"], int | None)
+            for h in history
         ):
             raise RegistryError(
                 f"{path}: unreadable promotion pointer: history is not a list of records "
-                "with a version each"
+                "(each a version, or none after a rollback to nothing)"
             )
         return {"version": version, "history": history}
 
