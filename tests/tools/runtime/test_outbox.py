@@ -113,3 +113,19 @@ def test_newer_schema_and_closed_outbox_are_clear_errors(tmp_path):
         ob.pending()
     with pytest.raises(OutboxError, match="cannot open"):
         Outbox(tmp_path / "no-such-folder" / "outbox.sqlite3")
+
+
+@pytest.mark.parametrize("key", ["seen_up_to", "anchor_id", "schema_version"])
+def test_a_meta_value_that_is_no_number_is_one_outbox_error(tmp_path, key):
+    """'abc' where a number belongs was a ValueError traceback, twice (the uplink's thread
+    and `run`), where every other damage to the outbox is one line."""
+    store = LabelStore(tmp_path)
+    add(store, 0)
+    with Outbox(outbox_path(tmp_path)) as ob:
+        ob.take_in(store)
+    with sqlite3.connect(outbox_path(tmp_path)) as db:
+        db.execute("UPDATE meta SET value = 'abc' WHERE key = ?", (key,))
+    said = rf"is damaged: its {key} is 'abc', not a number"
+    with pytest.raises(OutboxError, match=said), Outbox(outbox_path(tmp_path)) as ob:
+        ob.take_in(store)
+    store.close()

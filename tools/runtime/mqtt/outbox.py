@@ -234,7 +234,13 @@ class Outbox:
 
     def _meta(self, key: str) -> int | None:
         v = self._meta_text(key)
-        return None if v is None else int(v)
+        try:
+            return None if v is None else int(v)
+        except ValueError:  # was a traceback from the uplink's thread and from `run`
+            raise OutboxError(
+                f"the MQTT outbox {self.path} is damaged: its {key} is {v!r}, not a number; "
+                "move it away (the labels stay in the label store and are sent again)"
+            ) from None
 
     def _set(self, key: str, value: int | str) -> None:
         self._db.execute(
