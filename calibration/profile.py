@@ -403,7 +403,12 @@ def find_for_model(
     made = f"{base.gaze_model_id}, {base.gaze_read} read"
     if not kept.is_file():
         return base, None, f"{path} was made for {made}; no fit for this model and read"
-    fit = Profile.load(kept, gaze_model_sha256=gaze_model_sha256, gaze_read=gaze_read)
+    try:
+        fit = Profile.load(kept, gaze_model_sha256=gaze_model_sha256, gaze_read=gaze_read)
+    except ProfileError as e:
+        # A copy made from the calibration session, which a refit makes again: damaged, it
+        # stopped `run` and `track` where the user's own profile was fine.
+        return base, None, f"{kept} is unreadable, fitted again ({e})"
     if fit.calibration_session != base.calibration_session or fit.created < base.created:
         return base, None, f"{kept} predates the last calibration ({base.created})"
     return base, fit, f"{kept} (fitted for this model {fit.created})"

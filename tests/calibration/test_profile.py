@@ -456,6 +456,25 @@ def test_fits_for_other_models_are_kept_apart_and_never_replace_the_users_profil
     assert fit is None and "predates the last calibration" in how
 
 
+def test_a_damaged_fit_kept_for_a_model_is_fitted_again_not_an_error(tmp_path):
+    """The kept fit is a copy a refit makes again from the calibration session: truncated,
+    it stopped `run` and `track` ("not a readable JSON profile") though the user's own
+    profile was fine."""
+    from gazeloop.calibration.profile import find_for_model, save_for_model
+
+    path = tmp_path / "d.json"
+    mine = make_profile().model_copy(update={"calibration_session": "/s", "created": "2026-01-01"})
+    save_for_model(mine, path)
+    other = mine.model_copy(
+        update={"gaze_model_id": "ft", "gaze_model_sha256": "b" * 64, "created": "2026-01-02"}
+    )
+    kept = save_for_model(other, path)
+    kept.write_bytes(kept.read_bytes()[:200])
+    base, fit, how = find_for_model(path, "b" * 64)
+    assert base == mine and fit is None
+    assert how.startswith(f"{kept} is unreadable, fitted again (")
+
+
 def test_fits_for_the_other_read_of_the_same_model_are_kept_apart(tmp_path):
     from gazeloop.calibration.profile import find_for_model, model_profile_path, save_for_model
 
