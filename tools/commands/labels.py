@@ -64,7 +64,10 @@ def store_summary(store: LabelStore) -> dict[str, Any]:
     by_source: dict[str, dict[str, int]] = {}
     by_run: dict[int | None, dict[str, int]] = {}
     for row in store.iter():
-        image = row.image is not None
+        # The file, not the column: a picture deleted or lost by hand is one the trainer
+        # leaves out ("image missing"), and the count said it was there.
+        path = store.image_path(row)
+        image = path is not None and path.is_file()
         _count(total, "all", row.accepted, image)
         _count(by_source, row.oracle, row.accepted, image)
         _count(by_run, row.run_id, row.accepted, image)

@@ -74,3 +74,18 @@ def test_no_store_is_one_line_and_none_is_made(tmp_path, monkeypatch):
         == f"gazeloop labels: {root}: no label store there (no {DB_NAME}); `gazeloop run` makes one"
     )
     assert not root.exists()
+
+
+def test_a_picture_gone_from_the_folder_is_not_counted(tmp_path):
+    """Two pictures deleted by hand: `labels` still said "12 with a picture", where the
+    trainer then left them out as "image missing"."""
+    root = tmp_path / "labels"
+    with LabelStore(root) as ls:
+        for i in range(3):
+            _add(ls, i, "clicks", True)
+        ls.image_path(next(iter(ls))).unlink()
+    rc, out, err = cli("labels", "--store", root, "--json")
+    assert rc == 0, err
+    s = json.loads(out)
+    assert (s["labels"], s["with_image"]) == (3, 2)
+    assert s["by_source"]["clicks"]["with_image"] == 2
