@@ -68,8 +68,12 @@ def startup_model(
             raise UserError(f"--model-id {model_id}: not in the registry {root} (it holds: "
                             f"{', '.join(held) or 'nothing'})")  # fmt: skip
         entry = reg.promoted(model_id) if reg is not None else None
+        # A promotion whose version has gone bad is skipped with a warning: not "nothing".
+        bad = reg.last_promotion(model_id) if reg is not None and entry is None else None
     except RegistryError as e:
         return fp_cfg, f"gaze model: stock (registry {root}: {e})"
+    if bad is not None:
+        return fp_cfg, f"gaze model: stock (the promoted v{bad['version']} in {root} is damaged)"
     if entry is None:
         return fp_cfg, f"gaze model: stock (nothing promoted in {root})"
     cfg = fp_cfg.model_copy(update={"gaze_model": entry.onnx_path})

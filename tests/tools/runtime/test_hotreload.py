@@ -368,3 +368,22 @@ def test_a_refit_that_cannot_be_kept_is_used_all_the_same(corners_session, tmp_p
         fp.close()
     assert fit.gaze_read == "ray:mirror_average" and "Read-only file system" in said
     assert "not kept" in said and "refitted again next time" in said
+
+
+def test_a_promoted_model_gone_bad_is_said_as_such_not_as_nothing_promoted(tmp_path):
+    """The start fell back to the stock model with a warning, and then said "nothing
+    promoted", which sends the person to promote what is promoted already."""
+    from gazeloop.fastpath.pipeline import FastPathConfig
+    from gazeloop.tools.runtime.hotreload import startup_model
+    from gazeloop.trainer.registry import ModelRegistry
+    from tests.tools.runtime.test_mqtt import tiny_model
+
+    reg = ModelRegistry(tmp_path / "reg")
+    path, card = tiny_model(tmp_path / "m", "net", 1000)
+    entry = reg.register(path, card, promote=True)
+    cfg, said = startup_model(FastPathConfig(), registry_root=reg.root)
+    assert said.startswith("gaze model: net v1 (promoted in ")
+    entry.onnx_path.unlink()
+    cfg, said = startup_model(FastPathConfig(), registry_root=reg.root)
+    assert cfg.gaze_model is None
+    assert said == f"gaze model: stock (the promoted v1 in {reg.root} is damaged)"
