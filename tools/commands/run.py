@@ -804,7 +804,9 @@ def _stop(args, live: Live, src, *, watcher, listeners, ui) -> str:
 
 def _finish(live: Live, args, *, replay: bool) -> None:
     """Stop the oracle (a replay's snapshot in hand is labelled first), then give the labels
-    still unsent up to --mqtt-wait seconds."""
+    still unsent up to --mqtt-wait seconds. The store's queue first: counting what is
+    unsent reads the store, which a write stuck on a stalled disk holds."""
+    live.drain_store()
     pending = live.labels_pending()
     if pending:
         print(f"sending {pending} labels (waiting up to {args.mqtt_wait:g} s) …", flush=True)

@@ -216,6 +216,7 @@ class Live:
         self.uplink = uplink  # sends the store's labels; nudged when one is stored
         self.labels_stored = 0
         self._pending_seen: tuple[float, int | None] = (-float("inf"), None)
+        self._pending_counting = threading.Event()
         # A hook that decorates snapshots (e.g. with the frame's known target) or vetoes
         # them by returning None.
         self.snapshot_hook = snapshot_hook
@@ -754,22 +755,38 @@ class Live:
         return out
 
     def labels_pending(self, max_age_s: float = 0.0) -> int | None:
-        """Stored labels the broker has not acknowledged (None: no uplink, or its outbox is
-        unreadable). `max_age_s`: a count that recent will do — the window draws the status
-        every frame, and each count reads two SQLite files."""
-        if self.uplink is None:
+        """Stored labels the broker has not acknowledged (None: no uplink, its outbox is
+        unreadable, or the store is stuck in a write). `max_age_s` > 0: the status line's
+        question, asked on the frame thread at every frame, which must never wait on the
+        disk: the last count, no older than that when one is taken, and a new one taken on
+        a thread of its own (it reads two SQLite files and the store's lock, which a write to
+        a stalled disk holds). 0: counted now (the end of a run, after the store's drain)."""
+        if self.uplink is None or self.store_stuck:
             return None
-        now = time.monotonic()
+        if max_age_s <= 0:
+            return self._count_pending()
         seen_at, n = self._pending_seen
-        if now - seen_at <= max_age_s:
-            return n
+        if time.monotonic() - seen_at > max_age_s and not self._pending_counting.is_set():
+            self._pending_counting.set()
+            threading.Thread(
+                target=self._count_pending, name="gazeloop-pending-count", daemon=True
+            ).start()
+        return n
+
+    def _count_pending(self) -> int | None:
         try:
             n = self.uplink.pending_count()
         except Exception as e:  # a store or outbox that cannot be read: shown as "?", not fatal
             log.debug("label outbox unreadable: %s", e)
             n = None
-        self._pending_seen = (now, n)
+        self._pending_seen = (time.monotonic(), n)
+        self._pending_counting.clear()
         return n
+
+    def drain_store(self) -> None:
+        """The end of a run's first step: the labels handed to the store written, or given
+        up on after `_DRAIN_S` (then `store_stuck` says whether a write still holds it)."""
+        self._drain_store()
 
     def finish(self, wait_s: float = 0.0, *, oracle_wait_s: float = 0.0) -> None:
         """The end of a run: the oracle stops, the labels queued for the store are written,
@@ -787,7 +804,8 @@ class Live:
             self.worker.close()
         self._drain_store()  # before the uplink drains: it sends what the store holds
         end = time.monotonic() + wait_s
-        if self.uplink is not None and wait_s > 0:
+        # A write stuck on the disk holds the store's lock, which the uplink reads under.
+        if self.uplink is not None and wait_s > 0 and not self.store_stuck:
             self.uplink.drain(wait_s)
         if self.publisher is not None:
             left = max(0.0, end - time.monotonic())
@@ -802,11 +820,13 @@ class Live:
         ended = self._stop_writer()  # every label accepted is written before the store closes
         if self.publisher is not None:
             self.publisher.close()
-        if self.uplink is not None:  # before the store it reads
+        # Closing the store, or the uplink's outbox that reads it, takes the lock a write
+        # stuck on the disk holds: the run would never end. Left open; the process ends.
+        if self.uplink is not None and ended:  # before the store it reads
             self.uplink.close()
         if self.store is not None and hasattr(self.store, "close"):
             if ended:
                 self.store.close()
-            else:  # closing takes the lock the stuck write holds: the run would never end
+            else:
                 log.error("label store: a write the disk never finished; left open")
         self.fp.close()

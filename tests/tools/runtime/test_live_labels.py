@@ -376,25 +376,46 @@ class LockedStall(GatedStore):
             return self.inner.add(*args, **kw)
 
 
-def test_a_stalled_disk_at_the_end_is_given_up_on_and_the_run_ends(tmp_path, monkeypatch):
+def _uplink_reading(store: LockedStall) -> SimpleNamespace:
+    """A label uplink as the real one reads: its count, drain and close under the store's
+    lock (`outbox.take_in(store)`)."""
+
+    def under_lock(*_a, **_k) -> int:
+        with store.inner._lock:
+            return 0
+
+    stats = SimpleNamespace(sent=0, connected=True, last_error=None, unsendable=0)
+    return SimpleNamespace(
+        nudge=lambda: None, pending_count=under_lock, drain=under_lock, close=under_lock,
+        stats=stats,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("mqtt", [False, True])
+def test_a_stalled_disk_at_the_end_is_given_up_on_and_the_run_ends(tmp_path, monkeypatch, mqtt):
     """A frozen disk under the store: the run logged "not written within 30 s" twice and then
     never ended (closing the store waited on the lock the stuck write held; Ctrl-C did not
-    help), and labels it gave up on were written after the summary had counted them."""
+    help), and labels it gave up on were written after the summary had counted them. With
+    --mqtt, counting what was unsent read the store under that lock before anything else."""
     import gazeloop.tools.runtime.live as live_mod
-    from gazeloop.tools.commands.run import status_text
+    from gazeloop.tools.commands.run import _finish, status_text
 
     monkeypatch.setattr(live_mod, "_DRAIN_S", 0.3)
     store = LockedStall(tmp_path / "labels")
-    r = make_rig(store)
+    r = make_rig(store, uplink=_uplink_reading(store) if mqtt else None)
     r.run(300)
     t = round(r.state["t_ms"] * MS)
     for i in range(4):
         r.live.external_label(click(t - i * MS, i))
     assert store.entered.wait(30)
+    drawn = threading.Event()
+    threading.Thread(target=lambda: (r.live.status(), drawn.set()), daemon=True).start()
+    assert drawn.wait(10), "the status line (the frame thread's) waited on the stalled disk"
     ended = threading.Event()
+    args = SimpleNamespace(mqtt="mqtt://127.0.0.1:1" if mqtt else None, mqtt_wait=1.0)
 
     def end() -> None:
-        r.live.finish()
+        _finish(r.live, args, replay=True)  # as `run` ends
         r.summary = status_text(r.live, None)
         r.live.close()
         ended.set()
