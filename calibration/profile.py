@@ -68,7 +68,10 @@ def read_name(
     fitted on."""
     name = "mirror_average" if mirror_average else "single"
     name = name if head_frame == "camera" else f"{head_frame}:{name}"
-    return name if crop_scale == DEFAULT_CROP_SCALE else f"{name}@crop{crop_scale:g}"
+    if crop_scale == DEFAULT_CROP_SCALE:
+        return name
+    # Positional digits, never an exponent (`:g` wrote 5e-05, which no profile validates).
+    return f"{name}@crop{np.format_float_positional(float(crop_scale), trim='-')}"
 
 
 def read_config(name: str) -> dict:

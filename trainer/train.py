@@ -95,9 +95,6 @@ def _accelerator(cfg: TrainConfig):
     return Accelerator(mixed_precision=mp, cpu=not cuda), mp
 
 
-_PRECISIONS = ("no", "bf16")
-
-
 def _on_cuda() -> bool:
     """Whether the run goes on CUDA: there, and not sent to the CPU by accelerate (`accelerate
     launch --cpu`, ACCELERATE_USE_CPU), and it runs. A CUDA that is there and fails (a torch
@@ -108,7 +105,9 @@ def _on_cuda() -> bool:
     if not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU"):
         return False
     try:
-        torch.ones(2, device="cuda").sum().item()
+        # On this process's own GPU: on cuda:0 every rank of a multi-GPU launch would leave
+        # a context there, before accelerate gives each its device.
+        torch.ones(2, device=f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}").sum().item()
     except (RuntimeError, AssertionError) as e:  # torch says a CUDA it lacks by assertion
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         raise TrainError(
@@ -119,16 +118,14 @@ def _on_cuda() -> bool:
 
 
 def _precision(asked: str, cuda: bool) -> str:
-    """The run's mixed precision. `auto` takes accelerate's own setting when it has one
-    (`accelerate config`, `accelerate launch --mixed_precision`: ACCELERATE_MIXED_PRECISION),
-    else bf16 on CUDA; bf16 only on CUDA (on the CPU it is float32, said)."""
+    """The run's mixed precision: `auto` is bf16 on the device the run really uses when it
+    is CUDA (not merely when CUDA is present: `accelerate launch --cpu` trained in bf16 on
+    the CPU), float32 elsewhere; `no` (the training config's) is float32 everywhere.
+    accelerate's own setting is not read: `accelerate launch` sets it to "no" whenever its
+    config names none, so it cannot tell a choice from a default."""
     mp = asked
     if mp == "auto":
-        launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "").strip().lower()
-        if launched == "fp16":
-            log.warning("accelerate asks for fp16; gazeloop trains in bf16 or float32: bf16")
-            launched = "bf16"
-        mp = launched if launched in _PRECISIONS else ("bf16" if cuda else "no")
+        mp = "bf16" if cuda else "no"
     if mp == "bf16" and not cuda:
         log.warning("bf16 asked for without CUDA; training in float32")
         mp = "no"

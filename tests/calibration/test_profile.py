@@ -332,6 +332,7 @@ def test_read_names_and_the_settings_that_make_them():
     names = {read_name(m, f) for m in (False, True) for f in ("camera", "ray")}
     assert names == {"single", "mirror_average", "ray:single", "ray:mirror_average"}
     names |= {read_name(True, "ray", 1.5), read_name(False, "camera", 2.25)}
+    names |= {read_name(False, "camera", 5e-05)}  # positional digits: `:g` wrote 5e-05
     for n in names:  # every name is a valid profile field and its settings make it again
         assert make_profile(gaze_read=n).gaze_read == n
         c = read_config(n)

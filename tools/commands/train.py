@@ -714,8 +714,8 @@ def _ship(cfg, summary, args) -> dict:
     except KeyboardInterrupt:
         # The registry takes a model whole or not at all: nothing is registered yet.
         print(
-            "gazeloop train: interrupted while exporting or judging: nothing registered; the "
-            "same command with --resume --export exports and judges again",
+            "gazeloop train: interrupted while exporting or judging: the new model is not "
+            "served; the same command with --resume --export exports and judges it again",
             file=sys.stderr,
         )
         raise
@@ -823,7 +823,8 @@ def _register_once(reg, onnx: Path, model_id: str, promote: bool):
     from gazeloop.fastpath.models import sha256_file
 
     digest = sha256_file(onnx)
-    same = [e for e in reg.list(model_id) if e.card.onnx_sha256 == digest]
+    # Hash-checked: a registered copy gone bad is not "there", and exporting again repairs it.
+    same = [e for e in reg.list(model_id, verify_hash=True) if e.card.onnx_sha256 == digest]
     if not same:
         return reg.register(onnx, promote=promote, reason="gazeloop export --promote"), False
     entry = same[-1]

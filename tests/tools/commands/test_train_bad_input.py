@@ -343,3 +343,11 @@ def test_exporting_one_checkpoint_twice_registers_it_once(checkpoint_run, tmp_pa
     versions = ModelRegistry(reg).list()
     assert [e.version for e in versions] == [first["version"]]
     assert ModelRegistry(reg).promoted().version == first["version"]  # --promote still served it
+    # A registered copy gone bad (same size) is not "there": exporting again repairs it.
+    onnx = versions[0].onnx_path
+    data = bytearray(onnx.read_bytes())
+    data[-1] ^= 0xFF
+    onnx.write_bytes(bytes(data))
+    rc, out, err = cli(*argv)
+    assert rc == 0, err
+    assert json.loads(out)["version"] == first["version"] + 1 and "already" not in out
