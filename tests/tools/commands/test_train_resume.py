@@ -108,7 +108,7 @@ def test_relaunching_a_finished_run_reports_its_last_validation(shared, tmp_path
     assert float(last[head.index("val_px")]) == pytest.approx(first["val_error_px"], abs=1e-3)
 
 
-def test_an_interrupt_while_judging_says_nothing_is_registered_and_how_to_go_on(
+def test_an_interrupt_while_judging_says_the_model_is_not_served_and_how_to_go_on(
     shared, tmp_path, monkeypatch
 ):
     """The gate runs the fast path twice over every held-out session: minutes in which
@@ -127,6 +127,6 @@ def test_an_interrupt_while_judging_says_nothing_is_registered_and_how_to_go_on(
     assert rc == 130
     assert "gate: exporting, then the parent and the new model through the fast path on 1 " in err
     assert err.strip().splitlines()[-1] == (
-        "gazeloop train: interrupted while exporting or judging: nothing registered; the "
-        "same command with --resume --export exports and judges again"
+        "gazeloop train: interrupted while exporting or judging: the new model is not "
+        "served; the same command with --resume --export exports and judges it again"
     )
