@@ -42,7 +42,7 @@ from gazeloop.calibration.frames import LabelledFrames
 from gazeloop.calibration.geometry import ScreenGeometry, session_screen
 from gazeloop.calibration.mapping.candidates import Choice
 from gazeloop.calibration.metrics.evaluate import as_shown, evaluate_candidates
-from gazeloop.calibration.store.session import copied_frames, frame_times, read_session
+from gazeloop.calibration.store.session import copy_among, frame_times, read_session
 from gazeloop.fastpath.pipeline import FastPath, FastPathConfig
 from gazeloop.fastpath.views import NoUsableFrames, session_views
 from gazeloop.trainer.datasets import DataSource, detect_kind
@@ -132,15 +132,11 @@ class _Held:
             return f"is {named}"
         if not is_one_session(p):
             return None
-        mine = frame_times(p)
-        for held, times in self.times.items():
-            both = copied_frames(mine, times)
-            if both:
-                return (
-                    f"holds {both} frames of {named} {self.paths[held]} (the same capture "
-                    "times: a copy)"
-                )
-        return None
+        copy = copy_among(frame_times(p), self.times.items())
+        if copy is None:
+            return None
+        held, both = copy
+        return f"holds {both} frames of {named} {self.paths[held]} (the same capture times: a copy)"
 
 
 def _without_inside(src: DataSource, held: _Held, notes: list[str], named: str) -> DataSource:
@@ -199,7 +195,7 @@ def _split(
         why = judged.why(d.path, named)
         if why is None:
             train.append(_without_inside(d, judged, notes, named))
-        elif say_same or why != f"is {named}":
+        elif say_same or Path(d.path).resolve() not in judged.paths:
             notes.append(f"{d.path} {why}: not trained on")
     return HoldoutChoice(train, list(held), notes)
 

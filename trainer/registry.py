@@ -131,6 +131,12 @@ def _copy_into(src: Path, dest: Path) -> None:
         shutil.copyfileobj(fin, fout, 1 << 20)
 
 
+def _in_registry(e: OSError, model_dir: Path) -> WriteError:
+    """A write into the registry that failed, named as the registry's folder, not as the
+    hidden temporary one in it."""
+    return WriteError(e.errno or errno.EIO, e.strerror or str(e), str(model_dir))
+
+
 class ModelRegistry:
     """Registered ONNX gaze models under `root`, one folder per model id and version."""
 
@@ -183,14 +189,14 @@ class ModelRegistry:
         tmp = model_dir / f".tmp-{uuid.uuid4().hex}"
         try:
             tmp.mkdir(parents=True)
-        except OSError as e:  # named as the registry's folder, not the hidden one in it
-            raise WriteError(e.errno or errno.EIO, e.strerror or str(e), str(model_dir)) from e
+        except OSError as e:
+            raise _in_registry(e, model_dir) from e
         try:
             try:
                 with atomic_path(tmp / MODEL_FILE) as copy:
                     _copy_into(onnx_path, copy)
-            except WriteError as e:  # named as the registry's folder, not the hidden one
-                raise WriteError(e.errno, e.strerror, str(model_dir)) from e
+            except WriteError as e:  # the source's own read errors stay as they are
+                raise _in_registry(e, model_dir) from e
             if sha256_file(tmp / MODEL_FILE) != digest:
                 raise RegistryError(f"copy of {onnx_path} changed on the way (was it rewritten?)")
             for _ in range(1000):
@@ -340,6 +346,15 @@ class ModelRegistry:
                 if entry is not None:
                     out.append(entry)
         return out
+
+    def holding(self, model_id: str, onnx_sha256: str) -> RegistryEntry | None:
+        """The newest version of `model_id` whose model is these bytes, whole: a copy gone
+        bad is not held (fetching or exporting it again repairs it). Reads every version's
+        model once."""
+        same = [
+            e for e in self.list(model_id, verify_hash=True) if e.card.onnx_sha256 == onnx_sha256
+        ]
+        return same[-1] if same else None
 
     def latest(self, model_id: str | None = None) -> RegistryEntry | None:
         """The newest valid version (hash verified), or None. `model_id` may be omitted when

@@ -12,9 +12,10 @@ import logging
 import math
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
@@ -32,6 +33,7 @@ JPEG_QUALITY = 95
 
 # The name's digits are the record's identity (the JSON timestamp may disagree; see below).
 _NAME_RE = re.compile(r"^img_(\d+)$")
+K = TypeVar("K")
 
 
 def frame_times(folder: Path) -> set[int]:
@@ -48,6 +50,16 @@ def copied_frames(a: set[int], b: set[int]) -> int:
     given one once in 33 frames), a copy shares them all."""
     both = len(a & b)
     return both if both and 2 * both >= min(len(a), len(b)) else 0
+
+
+def copy_among(times: set[int], others: Iterable[tuple[K, set[int]]]) -> tuple[K, int] | None:
+    """The first of `others` (key, its frame times) that a session of `times` is a copy of,
+    or is copied from (`copied_frames`), with the frames they share; None when none is."""
+    for key, theirs in others:
+        both = copied_frames(times, theirs)
+        if both:
+            return key, both
+    return None
 
 
 _JPEG_EOI = b"\xff\xd9"

@@ -176,7 +176,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _stamp(path: Path) -> tuple[int, int] | None:
     """A file's identity and time: a replace changes the first where the second is coarse."""
-    return (path.stat().st_ino, path.stat().st_mtime_ns) if path.is_file() else None
+    try:
+        st = path.stat()
+    except OSError:  # not there (yet)
+        return None
+    return (st.st_ino, st.st_mtime_ns)
 
 
 def _said(profile_out: Path, before: int | None) -> str:

@@ -228,16 +228,8 @@ def _judged_on(args, doc: dict) -> list[Path]:
     that replayed it: the named holdouts (--holdout, else the config's); with none named,
     every --data session, since the gate then holds out the last quarter of them (the
     others are trained on already: their replays add nothing but the same frames twice)."""
-    named = args.holdout or _config_holdouts(doc)
+    named = args.holdout or [e["path"] for e in _listed(doc, "holdout")]
     return [real_path(p) for p in (named or args.data)]
-
-
-def _config_holdouts(doc: dict) -> list[str]:
-    """The --config file's holdout paths (what is no path is the config check's to say)."""
-    held = doc.get("holdout") or []
-    held = held if isinstance(held, list) else [held]
-    paths = [h.get("path") if isinstance(h, dict) else h for h in held]
-    return [p for p in paths if isinstance(p, str)]
 
 
 def _main_process_first(work):
@@ -528,13 +520,13 @@ def _check_sources(args, doc: dict) -> None:
     sessions = []
     for n in data + holdout:
         try:
-            if n.flag.endswith("data") and not is_one_session(Path(n.path)):
+            if n.key == "data" and not is_one_session(Path(n.path)):
                 detect_kind(Path(n.path))  # a dataset: its reader's checks come with the load
                 continue
             session = read_session(Path(n.path), screen_px=n.screen_px, mirrored=n.mirrored)
         except (SessionError, ValueError) as e:
             raise UserError(f"{n.flag}: {e}") from None
-        if n.flag.endswith("data"):
+        if n.key == "data":
             if session.screen_px is None:
                 raise UserError(
                     f"{n.flag}: {n.path}: screen size unknown: no session.json manifest and "
@@ -545,6 +537,7 @@ def _check_sources(args, doc: dict) -> None:
 
 
 class _Named(NamedTuple):
+    key: str  # "data" or "holdout"
     flag: str  # how the user gave it: --data, or "data in CONFIG"
     path: str | Path  # as given: a config's "S/" stays so in messages
     screen_px: tuple[int, int] | None
@@ -558,35 +551,44 @@ def _named_sources(args, doc: dict, key: str) -> list[_Named]:
     flagged = getattr(args, key)
     if flagged:
         return [
-            _Named(f"--{key}", Path(p), screen, True if args.mirrored else None) for p in flagged
+            _Named(key, f"--{key}", Path(p), screen, True if args.mirrored else None)
+            for p in flagged
         ]
-    listed = doc.get(key) or []
     out = []
-    for entry in listed if isinstance(listed, list) else [listed]:
-        entry = {"path": entry} if isinstance(entry, str) else entry
-        if isinstance(entry, dict) and isinstance(entry.get("path"), str):
-            given = entry.get("screen_px")
-            px = tuple(given) if isinstance(given, list) and len(given) == 2 else screen
-            mirrored = entry.get("mirrored") if isinstance(entry.get("mirrored"), bool) else None
-            out.append(_Named(f"{key} in {args.config}", entry["path"], px, mirrored))
+    for entry in _listed(doc, key):
+        given = entry.get("screen_px")
+        px = tuple(given) if isinstance(given, list) and len(given) == 2 else screen
+        mirrored = entry.get("mirrored") if isinstance(entry.get("mirrored"), bool) else None
+        out.append(_Named(key, f"{key} in {args.config}", entry["path"], px, mirrored))
     return out
+
+
+def _listed(doc: dict, key: str) -> list[dict]:
+    """The --config file's `key` entries that name a path, each as a dict (a bare path
+    string is one too); what is no path is the config check's to say."""
+    listed = doc.get(key) or []
+    entries = (
+        {"path": e} if isinstance(e, str) else e
+        for e in (listed if isinstance(listed, list) else [listed])
+    )
+    return [e for e in entries if isinstance(e, dict) and isinstance(e.get("path"), str)]
 
 
 def _distinct_frames(sessions: list[_Named]) -> None:
     """Refuse two --data sessions that hold the same frames (the same capture times): a
     copy is the same session twice, as a second spelling of its path is (`distinct_paths`)."""
-    from gazeloop.calibration.store.session import copied_frames, frame_times
+    from gazeloop.calibration.store.session import copy_among, frame_times
 
     seen: list[tuple[_Named, set[int]]] = []
     for n in sessions:
         mine = frame_times(Path(n.path))
-        for other, times in seen:
-            both = copied_frames(mine, times)
-            if both:
-                raise UserError(
-                    f"{n.flag} {n.path} holds {both} frames of {other.flag} {other.path} (the "
-                    "same capture times: a copy?): each source once"
-                )
+        copy = copy_among(mine, seen)
+        if copy is not None:
+            other, both = copy
+            raise UserError(
+                f"{n.flag} {n.path} holds {both} frames of {other.flag} {other.path} (the "
+                "same capture times: a copy?): each source once"
+            )
         seen.append((n, mine))
 
 
@@ -822,12 +824,9 @@ def _register_once(reg, onnx: Path, model_id: str, promote: bool):
     export run twice made two versions of one model, as `train --resume --export` does not."""
     from gazeloop.fastpath.models import sha256_file
 
-    digest = sha256_file(onnx)
-    # Hash-checked: a registered copy gone bad is not "there", and exporting again repairs it.
-    same = [e for e in reg.list(model_id, verify_hash=True) if e.card.onnx_sha256 == digest]
-    if not same:
+    entry = reg.holding(model_id, sha256_file(onnx))
+    if entry is None:
         return reg.register(onnx, promote=promote, reason="gazeloop export --promote"), False
-    entry = same[-1]
     print(f"note: {onnx} is already registered as v{entry.version}", file=sys.stderr)
     if promote:
         reg.promote(entry.version, model_id, reason="gazeloop export --promote")

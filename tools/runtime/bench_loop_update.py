@@ -64,11 +64,14 @@ def bench_loop_update(labels: int, streams: int, interval_s: float) -> dict[str,
         "most_labels_held": int(n.max()),
         "updates": int(len(ms)),
         "measured_on": measured_on(),
-        "all": {**percentiles(ms.tolist()), "max_ms": round(float(ms.max()), 3)},
+        "all": _stats(ms),
         "by_labels_held": rows,
     }
 
 
 def _row(ms: np.ndarray, lo: int, hi: int) -> dict[str, Any]:
-    span = f"{lo}+" if hi >= 10**9 else f"{lo}-{hi}"
-    return {"labels_held": span, **percentiles(ms.tolist()), "max_ms": round(float(ms.max()), 3)}
+    return {"labels_held": f"{lo}+" if hi >= 10**9 else f"{lo}-{hi}", **_stats(ms)}
+
+
+def _stats(ms: np.ndarray) -> dict[str, Any]:
+    return {**percentiles(ms.tolist()), "max_ms": round(float(ms.max()), 3)}

@@ -633,8 +633,9 @@ class Live:
         with self._writes:
             return self._writes.wait_for(lambda: self._writes_open == 0, timeout)
 
-    def _drain_store(self) -> None:
-        """Wait up to `_DRAIN_S` for the labels handed to the store; past it, give up on
+    def drain_store(self) -> None:
+        """The end of a run's first step. Wait up to `_DRAIN_S` for the labels handed to the
+        store; past it, give up on
         those still queued (counted in `store_unwritten`; the one being written, if any, in
         `store_stuck`), so the run's summary is what the store holds and the end is bounded.
         A stalled disk had the writer go on after the summary, and the run hang at its end."""
@@ -659,7 +660,7 @@ class Live:
         """→ whether the writer has ended (False: stuck in a write the disk does not finish)."""
         if self._writer is None:
             return True
-        self._drain_store()
+        self.drain_store()
         with self._writes:
             self._writer_closing = True
             self._writes.notify_all()
@@ -783,11 +784,6 @@ class Live:
         self._pending_counting.clear()
         return n
 
-    def drain_store(self) -> None:
-        """The end of a run's first step: the labels handed to the store written, or given
-        up on after `_DRAIN_S` (then `store_stuck` says whether a write still holds it)."""
-        self._drain_store()
-
     def finish(self, wait_s: float = 0.0, *, oracle_wait_s: float = 0.0) -> None:
         """The end of a run: the oracle stops, the labels queued for the store are written,
         then up to `wait_s` for the labels and gaze samples still on their way to the broker;
@@ -802,7 +798,7 @@ class Live:
             if oracle_wait_s > 0:
                 self.worker.wait_idle(oracle_wait_s)
             self.worker.close()
-        self._drain_store()  # before the uplink drains: it sends what the store holds
+        self.drain_store()  # before the uplink drains: it sends what the store holds
         end = time.monotonic() + wait_s
         # A write stuck on the disk holds the store's lock, which the uplink reads under.
         if self.uplink is not None and wait_s > 0 and not self.store_stuck:

@@ -383,9 +383,7 @@ class ModelFetcher(Supervised):
     def _held(self, ann: ModelAnnouncement) -> RegistryEntry | None:
         """The newest version held here of the announced model, whole: a damaged copy is
         fetched again (the hash of every version of the id is read, once per announcement)."""
-        held = self.registry.list(ann.model_id, verify_hash=True)
-        same = [e for e in held if e.card.onnx_sha256 == ann.sha256]
-        return same[-1] if same else None
+        return self.registry.holding(ann.model_id, ann.sha256)
 
     def _follow_source(self, ann: ModelAnnouncement, held: RegistryEntry) -> None:
         """A model held here already, announced as the one its source serves (the source
