@@ -14,6 +14,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import Any
 
 from gazeloop.calibration.frames import LabelledFrames
 from gazeloop.calibration.geometry import ScreenGeometry, session_screen
@@ -177,6 +178,13 @@ def labelling_config(args: argparse.Namespace, default_interval_s: float | None 
     if seconds is None and "min_interval_s" not in cfg.policy.model_fields_set:
         seconds = default_interval_s
     return cfg.model_copy(update={"policy": with_interval(cfg.policy, seconds)})
+
+
+def resolved_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings a report was made with, resolved (the defaults, the `--config` file, the
+    flags over it), as JSON: a `--json` report's "settings", as `config.json` is beside a
+    folder of output. A number without them cannot be made again."""
+    return run_config(args).model_dump(mode="json")
 
 
 def fastpath_config(args: argparse.Namespace) -> FastPathConfig:

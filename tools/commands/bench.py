@@ -25,6 +25,7 @@ from gazeloop.tools.commands._args import (
     positive_float,
     positive_int,
     real_path,
+    resolved_settings,
     run_config,
 )
 from gazeloop.tools.errors import UserError
@@ -479,6 +480,7 @@ def run_loop(args: argparse.Namespace) -> int:
             screen_px=tuple(args.screen_px) if args.screen_px else None,
             mirrored=args.mirrored,
         )
+    out["settings"] = resolved_settings(args)
     # The report first: a picture that cannot be written must not lose minutes of results.
     print(json.dumps(out) if args.json else loop_text(out), flush=True)
     if args.plot is not None:
@@ -495,6 +497,7 @@ def _run_sittings(args: argparse.Namespace, opts: LoopBenchOptions) -> int:
         check_plot_path(args.plot)
     with Progress("bench loop over consecutive sittings"):
         out = bench_loop.bench_sittings(args.sittings, fastpath_config(args), opts)
+    out["settings"] = resolved_settings(args)
     # The report first: a picture that cannot be written must not lose minutes of results.
     print(json.dumps(out) if args.json else loop_text(out), flush=True)
     if args.plot is not None:

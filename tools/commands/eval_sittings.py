@@ -49,6 +49,7 @@ from gazeloop.tools.commands._args import (
     fastpath_config,
     positive_float,
     positive_int,
+    resolved_settings,
     screen_for,
 )
 from gazeloop.tools.errors import UserError
@@ -248,6 +249,7 @@ def run(args: argparse.Namespace) -> int:
     if not within:
         raise UserError(f"{args.folder}: no sitting could be evaluated ({skipped[0]['reason']})")
     report = summarise(str(args.folder), within, pairs, with_history, skipped)
+    report["settings"] = resolved_settings(args)
     # The numbers first: a picture that fails to write (its folder gone, the disk full)
     # after minutes of work must not take them with it.
     print(json.dumps(report, indent=2) if args.json else text(report), flush=True)

@@ -33,6 +33,7 @@ from gazeloop.tools.commands._args import (
     check_plot_path,
     fastpath_config,
     positive_float,
+    resolved_settings,
 )
 from gazeloop.tools.errors import UserError
 from gazeloop.tools.runtime.head_shift_plot import plot_head_shift
@@ -116,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
         report = check(session, fp, args)
     finally:
         fp.close()
+    report["settings"] = resolved_settings(args)
     print(json.dumps(report, indent=2) if args.json else _text(report), flush=True)
     if args.plot is not None:  # after the report: a failed picture loses no results
         write_plot(lambda f: plot_head_shift(report, f), args.plot)

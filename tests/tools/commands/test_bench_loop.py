@@ -458,6 +458,10 @@ def test_the_configs_loop_section_is_the_loop_that_runs(shared, tmp_path, capsys
     assert free["labels_to_recover"] is not None
     assert bounded["labels_to_recover"] is None
     assert bounded["error_after_px"] > free["error_after_px"] + 40
+    # Each report says what it ran with: the config's setting over the defaults.
+    assert bounded["settings"]["loop"]["max_total"] == 0.01
+    assert free["settings"]["loop"]["max_total"] == 0.15
+    assert free["settings"]["fastpath"]["landmarks"] == "onnx"
 
 
 def test_a_session_without_a_manifest_is_on_the_equal_margins_screen(shared, tmp_path, capsys):

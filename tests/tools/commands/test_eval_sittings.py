@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from gazeloop.fastpath.pipeline import FastPathConfig
 from tests.cli import cli
 
 SITTINGS = ("p1_s08", "p1_s09", "p2_s04")
@@ -27,7 +28,7 @@ def folder(shared, gaze_onnx, face_task, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def sittings_run(folder) -> tuple[dict, str]:
-    rc, out, err = cli("eval-sittings", folder, "--json", "--jobs", "2")
+    rc, out, err = cli("eval-sittings", folder, "--json", "--jobs", "2", "--landmarks", "onnx")
     assert rc == 0, err
     return json.loads(out), err
 
@@ -37,6 +38,10 @@ def test_sittings_report(sittings_run):
     rep, err = sittings_run
     assert rep["within"]["n"] == 3
     assert [s["sitting"] for s in rep["sittings"]] == list(SITTINGS)
+    # what it ran with, resolved: the flag and the defaults it left
+    fast = rep["settings"]["fastpath"]
+    assert fast["landmarks"] == "onnx" and fast["mirror_average"] is True
+    assert fast["crop_scale"] == FastPathConfig().crop_scale
     assert all(s["user_named"] for s in rep["sittings"])
     assert all(s["targets"] >= 14 and s["frames_used"] == s["targets"] for s in rep["sittings"])
     assert rep["frames_used"] == sum(s["frames_used"] for s in rep["sittings"])
@@ -215,6 +220,7 @@ def test_head_shift_geometric_follows_depth_moves_and_ridge_does_not(folder, tmp
     assert f"wrote {png}" in err and matplotlib.image.imread(png).shape[:2] == (484, 1496)
     rep = json.loads(out)
     assert set(rep["moves"]) == {"right", "down", "closer", "farther"}
+    assert rep["settings"]["fastpath"]["crop_scale"] == FastPathConfig().crop_scale
     for mv in ("closer", "farther"):
         per = rep["moves"][mv]["by_candidate"]
         geo, ridge = per["geometric:geometric"], per["ridge:gaze"]
