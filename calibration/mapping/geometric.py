@@ -61,7 +61,10 @@ focal length and eye span assumed in the fast path, which the gains absorb too.
 
 Fitting: a robust (soft-L1, scale `ROBUST_MM` = 20 mm on the screen) Levenberg–Marquardt in
 numpy, frames weighted so that each target counts as one observation against the priors.
-Frames whose ray points away from the screen plane predict NaN.
+Frames whose ray points away from the screen plane predict NaN. A nested selection's folds
+(every target left out in turn) are fitted side by side, each as its own fit would go
+(`_Folds`): one fit at a time, a calibration with its earlier sittings spent most of its
+time in numpy's per-call overhead on a few dozen frames.
 
 A fit that cannot work raises `GeometryError` (a ValueError) with the reason — eyes not in
 front of the camera, targets on one line, gaze angles that do not vary, a gain at or below
@@ -77,7 +80,7 @@ from typing import Any
 
 import numpy as np
 
-from gazeloop.calibration.mapping.families import ScreenMapping, _dist, _target_means
+from gazeloop.calibration.mapping.families import ScreenMapping, _dist
 
 COLUMNS = ("gaze_yaw", "gaze_pitch", "eye_x_mm", "eye_y_mm", "eye_z_mm")
 PARAM_NAMES = (
@@ -194,12 +197,14 @@ def layout_prior(screen_w_mm: float, camera_above_mm: float) -> np.ndarray:
 
 
 def _spd_solve(A: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """A⁻¹b for a small symmetric positive definite A. By eigh, not `solve`: LAPACK's LU
-    goes through threaded BLAS, which costs milliseconds per 9×9 system on a busy machine
-    (measured 2–7 ms against 36 µs for eigh), and a calibration's nested selection makes
-    thousands of them."""
+    """A⁻¹b for a small symmetric positive definite A (k, k) and b (k,), or stacks of them
+    (F, k, k) and (F, k). By eigh, not `solve`: LAPACK's LU goes through threaded BLAS, which
+    costs milliseconds per 9×9 system on a busy machine (measured 2–7 ms against 36 µs for
+    eigh), and a calibration's nested selection makes thousands of them."""
     lam, V = np.linalg.eigh(A)
-    return V @ ((V.T @ b) / np.maximum(lam, 1e-12 * max(float(lam[-1]), 1e-300)))
+    lam = np.maximum(lam, 1e-12 * np.maximum(lam[..., -1:], 1e-300))
+    Vt_b = np.einsum("...ji,...j->...i", V, b)
+    return np.einsum("...ij,...j->...i", V, Vt_b / lam)
 
 
 @dataclass(eq=False, slots=True)
@@ -336,6 +341,107 @@ def _fit_params(
     return p, {"iterations": iterations, "cost": c}
 
 
+# --- every fold of a leave-one-target-out at once --------------------------------------------
+
+
+@dataclass(eq=False, slots=True)
+class _Folds:
+    """F weightings of the same frames fitted side by side: the folds of a leave-one-target-
+    out, each with its held-out target's frames at weight zero. The same Levenberg–Marquardt
+    as `_fit_params`, fold by fold (its own damping, its own stop), on arrays with a leading
+    fold axis: a nested selection makes tens of thousands of these small fits, and one at a
+    time their cost was numpy's per-call overhead on a dozen frames, not the arithmetic."""
+
+    yaw: np.ndarray
+    pitch: np.ndarray
+    eye: np.ndarray
+    frames: np.ndarray
+    target_mm: np.ndarray
+    W: np.ndarray  # (F, n); zero: not in the fold
+    free: np.ndarray
+    prior: np.ndarray
+    prior_sd: np.ndarray
+
+    def resid(self, Q: np.ndarray) -> np.ndarray:
+        """(F, [k,] n, 2) residuals in robust units; zero on frames outside the fold."""
+        s = screen_mm(Q, self.yaw, self.pitch, self.eye, self.frames)
+        r = (s - self.target_mm) / ROBUST_MM
+        use = (self.W > 0).reshape(self.W.shape[:1] + (1,) * (r.ndim - 3) + self.W.shape[1:])
+        return np.where(use[..., None], r, 0.0)
+
+    def cost(self, R: np.ndarray, Q: np.ndarray) -> np.ndarray:
+        """`_Problem.cost` of every fold: inf where a ray of the fold left the screen plane."""
+        z2 = (R**2).sum(axis=-1)
+        data = (self.W * (2.0 * (np.sqrt(1.0 + z2) - 1.0))).sum(axis=1)
+        prior = ((((Q - self.prior) / self.prior_sd)[:, self.free]) ** 2).sum(axis=1)
+        return np.where(np.isfinite(z2).all(axis=1), data + prior, np.inf)
+
+    def normal_equations(self, P: np.ndarray, R: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`_Problem.normal_equations` of every fold: (A (F, k, k), g (F, k)); NaN rows where
+        the fold's rays leave the screen plane."""
+        free, step = self.free, _FD_STEPS[self.free]
+        k = len(free)
+        z2 = (R**2).sum(axis=-1)
+        rw = np.sqrt(self.W) / (1.0 + z2) ** 0.25  # (F, n)
+        Q = np.repeat(P[:, None, :], k, axis=1)  # (F, k, 9)
+        Q[:, np.arange(k), free] += step
+        J = (self.resid(Q) - R[:, None]) / step[None, :, None, None]  # (F, k, n, 2)
+        Jw = (J * rw[:, None, :, None]).reshape(len(P), k, -1)
+        rv = (R * rw[..., None]).reshape(len(P), -1)
+        ps = self.prior_sd[free]
+        A = Jw @ Jw.transpose(0, 2, 1) + np.diag(1.0 / ps**2)
+        g = (Jw @ rv[..., None])[..., 0] + (P[:, free] - self.prior[free]) / ps**2
+        return A, g
+
+    def fit(self, max_iter: int = 40) -> tuple[np.ndarray, np.ndarray]:
+        """→ (parameters (F, 9), ok (F,)): False where the fold's fit raised in `_fit_params`
+        (its rays left the screen plane)."""
+        F = len(self.W)
+        free, step = self.free, _FD_STEPS[self.free]
+        k = len(free)
+        di = np.arange(k)
+        P = np.repeat(self.prior[None].astype(np.float64), F, axis=0)
+        R = self.resid(P)
+        c = self.cost(R, P)
+        ok = np.isfinite(c)
+        lam = np.full(F, 1e-3)
+        active = ok.copy()
+        for _ in range(max_iter):
+            if not active.any():
+                break
+            A, g = self.normal_equations(P, R)
+            bad = active & ~(np.isfinite(A).all(axis=(1, 2)) & np.isfinite(g).all(axis=1))
+            ok &= ~bad
+            active &= ~bad
+            A = np.where(active[:, None, None], A, np.eye(k))
+            g = np.where(active[:, None], g, 0.0)
+            pending = active.copy()
+            for _ in range(8):
+                if not pending.any():
+                    break
+                damped = A.copy()
+                damped[:, di, di] += lam[:, None] * A[:, di, di]
+                delta = -_spd_solve(damped, g)
+                Q = P.copy()
+                Q[:, free] += delta
+                RQ = self.resid(Q)
+                cQ = self.cost(RQ, Q)
+                acc = pending & (cQ <= c)
+                small = (c - cQ <= _STOP_COST * (1.0 + c)) | (
+                    np.abs(delta) <= step * _STOP_STEPS
+                ).all(axis=1)
+                P = np.where(acc[:, None], Q, P)
+                R = np.where(acc[:, None, None], RQ, R)
+                c = np.where(acc, cQ, c)
+                lam = np.where(
+                    acc, np.maximum(lam / 10.0, 1e-9), np.where(pending, lam * 10.0, lam)
+                )
+                active &= ~(acc & small)
+                pending &= ~acc
+            active &= ~pending  # no try lowered the cost: as far as the fit goes
+        return P, ok
+
+
 # --- the mapping ---------------------------------------------------------------------------
 
 
@@ -433,6 +539,31 @@ class GeometricMapping(ScreenMapping):
             )
         return len(pts)
 
+    def _fold_spread(self, X: np.ndarray, Y: np.ndarray, outs: np.ndarray) -> np.ndarray | None:
+        """`_check_spread` of every fold at once (each without its `outs` row's frames): the
+        targets each fold keeps, or None when one of them would raise."""
+        yr = np.round(Y, 9)
+        pts, inv = np.unique(yr[:, 0] + 1j * yr[:, 1], return_inverse=True)
+        onehot = np.eye(len(pts))[inv.reshape(-1)]  # (frames, places)
+        n = (~outs).astype(np.float64) @ onehot  # (folds, places): frames each fold keeps
+        here = n > 0
+        k = here.sum(axis=1)
+        if (k < 3).any():
+            return None
+        mm = np.column_stack([pts.real, pts.imag]) * self._screen()
+        mean = (here @ mm) / k[:, None]
+        d = np.where(here[..., None], mm[None] - mean[:, None], 0.0)  # (folds, places, 2)
+        ev = np.linalg.eigvalsh(np.einsum("fpi,fpj->fij", d, d) / (k - 1)[:, None, None])
+        if (ev[:, 0] < 1e-6 * np.maximum(ev[:, 1], 1e-12)).any() or (ev[:, 0] < 1.0).any():
+            return None
+        ang = np.stack([((~outs) * X[:, j]) @ onehot for j in (0, 1)], axis=-1)
+        ang = np.where(here[..., None], ang / np.maximum(n, 1.0)[..., None], 0.0)
+        mu = ang.sum(axis=1) / k[:, None]
+        var = (np.where(here[..., None], ang - mu[:, None], 0.0) ** 2).sum(axis=1) / k[:, None]
+        if (np.sqrt(var) < math.radians(0.05)).any():
+            return None
+        return k
+
     def _fit(self, X: np.ndarray, Y: np.ndarray, w: np.ndarray, start=None) -> None:
         n_targets = self._check_spread(X, Y)
         yaw, pitch, eye = self._unpack(X)
@@ -509,19 +640,60 @@ class GeometricMapping(ScreenMapping):
     def _loto_target_errors(self, X, Y, w, groups, combos, aspect):
         ids = np.unique(groups)
         scores = np.full((len(combos), len(ids)), np.nan)
+        outs = groups[None, :] == ids[:, None]  # (folds, frames): each fold's held-out target
         for ci, c in enumerate(combos):
             m = type(self)(columns=[0, 1, 2, 3, 4], **{**self.hyper, **c})
-            try:
-                m.n_features = X.shape[1]
-                per = np.empty(len(ids))
-                for t, g in enumerate(ids):
-                    out = groups == g
-                    # From the prior, not from a fit on every target: a start that has seen
-                    # the held-out target leaves a trace of it where the iterations stop.
-                    m._fit(X[~out], Y[~out], w[~out])
-                    per[t] = _target_means(_dist(m._predict(X[out]) - Y[out], aspect), w[out])
-            except GeometryError:
-                continue
-            if np.isfinite(per).all():  # a fold that placed a frame nowhere rules it out
+            m.n_features = X.shape[1]
+            per = m._fold_errors(X, Y, w, outs, aspect)
+            if per is not None and np.isfinite(per).all():  # a frame placed nowhere rules it out
                 scores[ci] = per
         return scores
+
+    def _fold_errors(self, X, Y, w, outs, aspect) -> np.ndarray | None:
+        """Each fold's error on its held-out target, as `_fit` on the other targets and
+        `_predict` on it would give, the folds fitted together (`_Folds`); None when a fold
+        cannot be fitted (`_fit` would raise `GeometryError` for it). Every fold starts from
+        the prior, not from a fit on every target: a start that has seen the held-out target
+        leaves a trace of it where the iterations stop."""
+        n_targets = self._fold_spread(X, Y, outs)
+        if n_targets is None:
+            return None
+        # With two folds or more every frame is in one that keeps it: a frame behind the
+        # camera fails some fold, as it fails `_fit`.
+        if not (X[:, 4] < -_MIN_DEPTH_MM).all():
+            return None
+        yaw, pitch, eye = X[:, 0], X[:, 1], X[:, 2:5]
+        frames = ray_frames(eye)
+        prior = self._prior()
+        hits = np.isfinite(screen_mm(prior, yaw, pitch, eye, frames)).all(axis=1)
+        if any(hits[~o].mean() < 0.5 for o in outs):  # `_Problem.on_screen` raises
+            return None
+        W = np.where(outs, 0.0, w[None, :])
+        W *= (n_targets / W.sum(axis=1))[:, None]
+        W[:, ~hits] = 0.0
+        P = np.empty((len(outs), len(PARAM_NAMES)))
+        # Folds with as many targets free the same parameters (targets at one place count
+        # once, so a fold may have one more than another): one batch each.
+        for nt in np.unique(n_targets):
+            some = n_targets == nt
+            folds = _Folds(
+                yaw,
+                pitch,
+                eye,
+                frames,
+                Y * self._screen(),
+                W[some],
+                np.asarray(self._free(int(nt))),
+                prior,
+                self._prior_sd(),
+            )
+            P[some], ok = folds.fit()
+            if not ok.all():
+                return None
+        if (P[:, 2] < _MIN_GAIN).any() or (P[:, 3] < _MIN_GAIN).any():
+            return None
+        # Every fold's prediction of every frame, its held-out frames kept (`_predict`: the
+        # eyes are all in front of the camera here).
+        S = screen_mm(P, yaw, pitch, eye, frames) / self._screen()
+        err = np.where(outs, _dist(S - Y, aspect), 0.0)
+        return (err @ w) / (outs @ w)

@@ -243,6 +243,75 @@ def test_an_inner_fold_is_fitted_without_its_held_out_target():
         assert per[0, 4] == pytest.approx(want, rel=1e-12, abs=1e-15)
 
 
+def _one_fold_at_a_time(m, X, Y, w, g, combos, aspect):
+    """The definition `_loto_target_errors` batches: `_fit` on the other targets, `_predict`
+    on the held-out one, fold by fold; a fold that raises rules its combination out."""
+    ids = np.unique(g)
+    out = np.full((len(combos), len(ids)), np.nan)
+    for ci, c in enumerate(combos):
+        f = type(m)(columns=[0, 1, 2, 3, 4], **{**m.hyper, **c})
+        f.n_features = X.shape[1]
+        try:
+            per = []
+            for t in ids:
+                held = g == t
+                f._fit(X[~held], Y[~held], w[~held])
+                err = np.hypot(*((f._predict(X[held]) - Y[held]) * [aspect, 1.0]).T)
+                per.append(err @ w[held] / w[held].sum())
+        except geo.GeometryError:
+            continue
+        if np.isfinite(per).all():
+            out[ci] = per
+    return out
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "noisy",
+        "weighted",
+        "off_screen",
+        "few_targets",
+        "shared_place",
+        "one_fold_on_a_line",
+        "still_gaze",
+        "mirrored",
+    ],
+)
+def test_the_folds_fitted_together_are_the_folds_fitted_one_at_a_time(case):
+    """Every fold of a nested selection in one batched Levenberg–Marquardt (`_Folds`): each
+    fold stops, damps and fails as its own fit would, so the scores are the same."""
+    X, Y, g = session(side=4, frames=3, noise_deg=0.7, move=(40.0, 30.0, 80.0), seed=9)
+    w = np.ones(len(Y))
+    if case == "weighted":
+        w = np.random.default_rng(3).uniform(0.2, 2.0, len(Y))
+    elif case == "off_screen":  # glances past the screen plane sit out the fits; held
+        X[::7, 0] = math.radians(120.0)  # out, they are placed nowhere: every combination out
+    elif case == "few_targets":  # five targets, four per fold: fewer free parameters
+        keep = np.isin(g, [0, 3, 5, 12, 15])  # the corners and one more
+        X, Y, g, w = X[keep], Y[keep], g[keep], w[keep]
+    elif case == "shared_place":  # 7 targets at 6 places: folds of 6 places and of 5 free
+        keep = np.isin(g, [0, 1, 3, 5, 10, 12, 15])  # different parameters (FULL_TARGETS)
+        X, Y, g, w = X[keep], Y[keep], g[keep], w[keep]
+        Y[g == 1] = Y[g == 0][0]
+    elif case == "one_fold_on_a_line":  # without target 0 the others are a diagonal
+        keep = np.isin(g, [0, 3, 6, 9, 12])
+        X, Y, g, w = X[keep], Y[keep], g[keep], w[keep]
+    elif case == "still_gaze":  # a pitch that never varies: no gain to fit
+        X[:, 1] = 0.1
+    elif case == "mirrored":  # every fold's yaw gain goes negative: every combination out
+        X[:, 0] = -X[:, 0]
+    m = make_mapping("geometric")
+    m.n_features = X.shape[1]
+    combos = [{"flex": f} for f in (0.0, 1.0, 3.0)]
+    want = _one_fold_at_a_time(m, X, Y, w, g, combos, 1.6)
+    got = m._loto_target_errors(X, Y, w, g, combos, 1.6)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    out = ("off_screen", "one_fold_on_a_line", "still_gaze", "mirrored")
+    assert np.isnan(want).all() == (case in out)
+
+
 def test_eye_position_from_a_projected_mesh():
     f, size = 700.0, (640, 480)
     centre = np.array([40.0, -30.0, -550.0])  # camera axes, mm
