@@ -118,6 +118,8 @@ _MIN_GAIN = 0.05
 # thousands of fits (measured on evit p1_s03 and p2_s02, 2026-12-05).
 _STOP_COST = 1e-6
 _STOP_STEPS = 100.0
+# How many numbers one of `_Folds`' arrays (folds × parameters × frames) may hold: 16 MB.
+FOLD_BATCH = 2_000_000
 
 
 class GeometryError(ValueError):
@@ -442,6 +444,20 @@ class _Folds:
         return P, ok
 
 
+def _fold_batches(n_targets: np.ndarray, frames: int) -> list[np.ndarray]:
+    """The folds in batches that `_Folds` fits together: folds with as many targets free the
+    same parameters (targets at one place count once, so a fold may keep one more than
+    another), and a batch's arrays (folds × parameters × frames) stay near `FOLD_BATCH`
+    numbers, so that a calibration pooled over many sittings' videos does not ask for
+    gigabytes."""
+    size = max(1, FOLD_BATCH // ((len(PARAM_NAMES) + 1) * max(frames, 1)))
+    out = []
+    for nt in np.unique(n_targets):
+        idx = np.flatnonzero(n_targets == nt)
+        out += [idx[i : i + size] for i in range(0, len(idx), size)]
+    return out
+
+
 # --- the mapping ---------------------------------------------------------------------------
 
 
@@ -671,29 +687,16 @@ class GeometricMapping(ScreenMapping):
         W = np.where(outs, 0.0, w[None, :])
         W *= (n_targets / W.sum(axis=1))[:, None]
         W[:, ~hits] = 0.0
-        P = np.empty((len(outs), len(PARAM_NAMES)))
-        # Folds with as many targets free the same parameters (targets at one place count
-        # once, so a fold may have one more than another): one batch each.
-        for nt in np.unique(n_targets):
-            some = n_targets == nt
-            folds = _Folds(
-                yaw,
-                pitch,
-                eye,
-                frames,
-                Y * self._screen(),
-                W[some],
-                np.asarray(self._free(int(nt))),
-                prior,
-                self._prior_sd(),
-            )
-            P[some], ok = folds.fit()
-            if not ok.all():
+        per = np.empty(len(outs))
+        for batch in _fold_batches(n_targets, len(X)):
+            free = np.asarray(self._free(int(n_targets[batch[0]])))
+            target_mm, sd = Y * self._screen(), self._prior_sd()
+            P, ok = _Folds(yaw, pitch, eye, frames, target_mm, W[batch], free, prior, sd).fit()
+            if not ok.all() or (P[:, 2] < _MIN_GAIN).any() or (P[:, 3] < _MIN_GAIN).any():
                 return None
-        if (P[:, 2] < _MIN_GAIN).any() or (P[:, 3] < _MIN_GAIN).any():
-            return None
-        # Every fold's prediction of every frame, its held-out frames kept (`_predict`: the
-        # eyes are all in front of the camera here).
-        S = screen_mm(P, yaw, pitch, eye, frames) / self._screen()
-        err = np.where(outs, _dist(S - Y, aspect), 0.0)
-        return (err @ w) / (outs @ w)
+            # Each fold's prediction of every frame, its held-out ones kept (`_predict`: the
+            # eyes are all in front of the camera here).
+            S = screen_mm(P, yaw, pitch, eye, frames) / self._screen()
+            err = np.where(outs[batch], _dist(S - Y, aspect), 0.0)
+            per[batch] = (err @ w) / (outs[batch] @ w)
+        return per

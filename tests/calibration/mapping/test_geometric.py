@@ -312,6 +312,25 @@ def test_the_folds_fitted_together_are_the_folds_fitted_one_at_a_time(case):
     assert np.isnan(want).all() == (case in out)
 
 
+def test_folds_in_small_batches_score_as_in_one(monkeypatch):
+    """A calibration pooled over many sittings' videos fits its folds a few at a time
+    (`FOLD_BATCH`), with the same scores: here two folds per batch, and a batch each for
+    the folds that keep 6 places and those that keep 5."""
+    X, Y, g = session(side=4, frames=3, noise_deg=0.7, move=(40.0, 30.0, 80.0), seed=9)
+    keep = np.isin(g, [0, 1, 3, 5, 10, 12, 15])
+    X, Y, g = X[keep], Y[keep], g[keep]
+    Y[g == 1] = Y[g == 0][0]
+    m = make_mapping("geometric")
+    m.n_features = X.shape[1]
+    w, combos = np.ones(len(Y)), [{"flex": f} for f in (0.0, 1.0, 3.0)]
+    whole = m._loto_target_errors(X, Y, w, g, combos, 1.6)
+    monkeypatch.setattr(geo, "FOLD_BATCH", 2 * 10 * len(X))
+    batches = geo._fold_batches(np.array([6, 6, 5, 5, 5, 5, 5]), len(X))
+    assert [b.tolist() for b in batches] == [[2, 3], [4, 5], [6], [0, 1]]
+    np.testing.assert_allclose(m._loto_target_errors(X, Y, w, g, combos, 1.6), whole, rtol=1e-9)
+    assert np.isfinite(whole).all()
+
+
 def test_eye_position_from_a_projected_mesh():
     f, size = 700.0, (640, 480)
     centre = np.array([40.0, -30.0, -550.0])  # camera axes, mm
