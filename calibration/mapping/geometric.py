@@ -529,56 +529,56 @@ class GeometricMapping(ScreenMapping):
         return X[:, 0], X[:, 1], eye
 
     def _check_spread(self, X: np.ndarray, Y: np.ndarray) -> int:
-        # Every fit of a nested selection runs this (hundreds per calibration), so the
-        # targets are told apart as complex numbers (a 1-D unique, the same order as rows)
-        # and their mean angles summed by bincount.
-        yr = np.round(Y, 9)
-        pts, inv = np.unique(yr[:, 0] + 1j * yr[:, 1], return_inverse=True)
-        inv = inv.reshape(-1)
-        k = len(pts)
-        mm = np.column_stack([pts.real, pts.imag]) * self._screen()
-        if k >= 2:
-            ev = np.linalg.eigvalsh(np.cov(mm.T))
-        if k < 3 or ev[0] < 1e-6 * max(ev[1], 1e-12) or ev[0] < 1.0:
-            raise GeometryError(
-                "the targets lie on one line: a gain across it cannot be fitted "
-                "(use targets that span both screen axes)"
-            )
-        n = np.bincount(inv, minlength=k)
-        ang = np.column_stack([np.bincount(inv, X[:, j], minlength=k) / n for j in (0, 1)])
-        sd = ang.std(axis=0)
-        if (sd < math.radians(0.05)).any():
-            which = "yaw" if sd[0] < math.radians(0.05) else "pitch"
-            raise GeometryError(
-                f"the gaze {which} does not vary across targets (sd {math.degrees(sd.min()):.3f}"
-                "°): its gain cannot be fitted"
-            )
-        return len(pts)
+        """The targets (places) these frames cover; `GeometryError` when they cannot tell
+        the gains (`_fold_spread`, one fold of every frame)."""
+        k, problem = self._fold_spread(X, Y, np.zeros((1, len(Y)), dtype=bool))
+        if problem is not None:
+            raise GeometryError(problem)
+        return int(k[0])
 
-    def _fold_spread(self, X: np.ndarray, Y: np.ndarray, outs: np.ndarray) -> np.ndarray | None:
-        """`_check_spread` of every fold at once (each without its `outs` row's frames): the
-        targets each fold keeps, or None when one of them would raise."""
+    def _fold_spread(
+        self, X: np.ndarray, Y: np.ndarray, outs: np.ndarray
+    ) -> tuple[np.ndarray, str | None]:
+        """For each fold (every frame but its `outs` row's): the targets it keeps, and the
+        first fold's reason it cannot be fitted (None: every fold can). Targets are places:
+        told apart as complex numbers (a 1-D unique), their frames counted and their mean
+        angles summed per fold by one product with a place indicator."""
         yr = np.round(Y, 9)
         pts, inv = np.unique(yr[:, 0] + 1j * yr[:, 1], return_inverse=True)
         onehot = np.eye(len(pts))[inv.reshape(-1)]  # (frames, places)
-        n = (~outs).astype(np.float64) @ onehot  # (folds, places): frames each fold keeps
+        keep = (~outs).astype(np.float64)
+        n = keep @ onehot  # (folds, places): the frames each fold keeps at each place
         here = n > 0
         k = here.sum(axis=1)
-        if (k < 3).any():
-            return None
         mm = np.column_stack([pts.real, pts.imag]) * self._screen()
-        mean = (here @ mm) / k[:, None]
+        mean = (here @ mm) / np.maximum(k, 1)[:, None]
         d = np.where(here[..., None], mm[None] - mean[:, None], 0.0)  # (folds, places, 2)
-        ev = np.linalg.eigvalsh(np.einsum("fpi,fpj->fij", d, d) / (k - 1)[:, None, None])
-        if (ev[:, 0] < 1e-6 * np.maximum(ev[:, 1], 1e-12)).any() or (ev[:, 0] < 1.0).any():
-            return None
-        ang = np.stack([((~outs) * X[:, j]) @ onehot for j in (0, 1)], axis=-1)
+        cov = np.einsum("fpi,fpj->fij", d, d) / np.maximum(k - 1, 1)[:, None, None]
+        ev = np.linalg.eigvalsh(cov)
+        if (
+            (k < 3).any()
+            or (ev[:, 0] < 1e-6 * np.maximum(ev[:, 1], 1e-12)).any()
+            or (ev[:, 0] < 1.0).any()
+        ):
+            return k, (
+                "the targets lie on one line: a gain across it cannot be fitted "
+                "(use targets that span both screen axes)"
+            )
+        ang = np.stack([(keep * X[:, j]) @ onehot for j in (0, 1)], axis=-1)
         ang = np.where(here[..., None], ang / np.maximum(n, 1.0)[..., None], 0.0)
         mu = ang.sum(axis=1) / k[:, None]
-        var = (np.where(here[..., None], ang - mu[:, None], 0.0) ** 2).sum(axis=1) / k[:, None]
-        if (np.sqrt(var) < math.radians(0.05)).any():
-            return None
-        return k
+        sd = np.sqrt(
+            (np.where(here[..., None], ang - mu[:, None], 0.0) ** 2).sum(axis=1) / k[:, None]
+        )  # (folds, 2): population SD over the places
+        still = sd < math.radians(0.05)
+        if still.any():
+            f = int(np.flatnonzero(still.any(axis=1))[0])
+            which = "yaw" if still[f, 0] else "pitch"
+            return k, (
+                f"the gaze {which} does not vary across targets (sd "
+                f"{math.degrees(sd[f].min()):.3f}°): its gain cannot be fitted"
+            )
+        return k, None
 
     def _fit(self, X: np.ndarray, Y: np.ndarray, w: np.ndarray, start=None) -> None:
         n_targets = self._check_spread(X, Y)
@@ -671,8 +671,8 @@ class GeometricMapping(ScreenMapping):
         cannot be fitted (`_fit` would raise `GeometryError` for it). Every fold starts from
         the prior, not from a fit on every target: a start that has seen the held-out target
         leaves a trace of it where the iterations stop."""
-        n_targets = self._fold_spread(X, Y, outs)
-        if n_targets is None:
+        n_targets, problem = self._fold_spread(X, Y, outs)
+        if problem is not None:
             return None
         # With two folds or more every frame is in one that keeps it: a frame behind the
         # camera fails some fold, as it fails `_fit`.
