@@ -75,7 +75,7 @@ callers comparing families drop the mapping.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -118,7 +118,8 @@ _MIN_GAIN = 0.05
 # thousands of fits (measured on evit p1_s03 and p2_s02, 2026-12-05).
 _STOP_COST = 1e-6
 _STOP_STEPS = 100.0
-# How many numbers one of `_Folds`' arrays (folds × parameters × frames) may hold: 16 MB.
+# `_Folds` fitted at once: folds × (parameters + 1) × frames at most this, which keeps
+# the Jacobian's arrays near 30-50 MB (144 targets of 30 frames: 240-300 MB at the peak).
 FOLD_BATCH = 2_000_000
 
 
@@ -209,103 +210,115 @@ def _spd_solve(A: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.einsum("...ij,...j->...i", V, Vt_b / lam)
 
 
+# --- every fold of a leave-one-target-out at once --------------------------------------------
+
+
 @dataclass(eq=False, slots=True)
-class _Problem:
-    """One robust fit's frames, weights and priors, fixed while it runs: what every
-    Levenberg–Marquardt step of `_fit_params` reads."""
+class _Folds:
+    """F weightings of the same frames fitted side by side by one robust Levenberg–Marquardt
+    (soft-L1 loss 2(√(1+z²) − 1) on residuals in `ROBUST_MM`, the free parameters' Gaussian
+    priors, iteratively reweighted squares, a forward-difference Jacobian), each fold with
+    its own damping, stop and failure. One fit is one fold (`_fit_params`); a nested
+    selection's leave-one-target-out is all its folds at once: tens of thousands of small
+    fits, whose cost one at a time was numpy's per-call overhead on a dozen frames."""
 
     yaw: np.ndarray
     pitch: np.ndarray
     eye: np.ndarray
     frames: np.ndarray
     target_mm: np.ndarray
-    w: np.ndarray
+    W: np.ndarray  # (F, n) each fold's weights, normalised by the caller
+    mask: np.ndarray  # (F, n) the frames a fold fits: its own, on the screen at the start
     free: np.ndarray
     prior: np.ndarray
     prior_sd: np.ndarray
-    sw: np.ndarray = field(init=False)
-    step: np.ndarray = field(init=False)
 
-    def __post_init__(self) -> None:
-        self.sw = np.sqrt(self.w)
-        self.step = _FD_STEPS[self.free]
+    def resid(self, Q: np.ndarray) -> np.ndarray:
+        """Residuals in robust units for parameters (F, 9) → (F, n, 2), or (F, k, 9) →
+        (F, k, n, 2); zero on frames a fold does not fit."""
+        s = screen_mm(Q, self.yaw, self.pitch, self.eye, self.frames)
+        mask = self.mask if Q.ndim == 2 else self.mask[:, None]
+        return np.where(mask[..., None], (s - self.target_mm) / ROBUST_MM, 0.0)
 
-    def on_screen(self, p: np.ndarray) -> tuple[_Problem, np.ndarray]:
-        """This problem without the frames whose ray misses the screen at the starting
-        geometry p (a glance far off the screen that the outlier filter let through), and
-        their screen points there. Most of them missing is a wrong convention, not a
-        glance, and raises."""
-        s0 = screen_mm(p, self.yaw, self.pitch, self.eye, self.frames)
-        hits = np.isfinite(s0).all(axis=1)
-        if hits.mean() < 0.5:
-            raise GeometryError(
-                f"{int((~hits).sum())} of {len(hits)} gaze rays point away from the screen "
-                "plane at the starting geometry; check that frames are un-mirrored and "
-                "eye_z_mm < 0 (the face in front of the camera)"
-            )
-        if hits.all():
-            return self, s0
-        kept = (self.yaw, self.pitch, self.eye, self.frames, self.target_mm, self.w)
-        return _Problem(*(x[hits] for x in kept), self.free, self.prior, self.prior_sd), s0[hits]
+    def cost(self, R: np.ndarray, Q: np.ndarray) -> np.ndarray:
+        """Each fold's soft-L1 data term and its free parameters' priors; inf where a ray it
+        fits has left the screen plane, so no step is ever accepted there."""
+        z2 = (R**2).sum(axis=-1)
+        data = (self.W * (2.0 * (np.sqrt(1.0 + z2) - 1.0))).sum(axis=1)
+        prior = ((((Q - self.prior) / self.prior_sd)[:, self.free]) ** 2).sum(axis=1)
+        return np.where(np.isfinite(z2).all(axis=1), data + prior, np.inf)
 
-    def resid(self, q: np.ndarray) -> np.ndarray:
-        """Residuals in units of the robust scale, for parameters (9,) or a batch (k, 9)."""
-        s = screen_mm(q, self.yaw, self.pitch, self.eye, self.frames)
-        return (s - self.target_mm) / ROBUST_MM
-
-    def cost(self, r: np.ndarray, q: np.ndarray) -> float:
-        """The soft-L1 data term and the free parameters' priors; inf where a ray has left
-        the screen plane, so no step is ever accepted there."""
-        z2 = (r**2).sum(axis=1)
-        if not np.isfinite(z2).all():
-            return math.inf
-        data = float(self.w @ (2.0 * (np.sqrt(1.0 + z2) - 1.0)))
-        return data + float((((q - self.prior) / self.prior_sd)[self.free] ** 2).sum())
-
-    def normal_equations(self, p: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The reweighted squares at p as (A, g): the soft-L1 loss becomes weighted least
-        squares for this step, with the Jacobian by forward differences (one batched
-        projection for all free parameters: the fit's cost is in these projections)."""
-        free, step = self.free, self.step
-        di = np.arange(len(free))  # one row per free parameter
-        z2 = (r**2).sum(axis=1)
-        rw = self.sw / (1.0 + z2) ** 0.25  # IRLS weight of soft-L1: √(w ρ'(z²))
-        Q = np.repeat(p[None], len(free), axis=0)
-        Q[di, free] += step
-        J = ((self.resid(Q) - r) / step[:, None, None]).transpose(1, 2, 0)  # (n, 2, k)
-        Jw = (J * rw[:, None, None]).reshape(-1, len(free))
-        rv = (r * rw[:, None]).reshape(-1)
-        if not (np.isfinite(Jw).all() and np.isfinite(rv).all()):
-            raise GeometryError("gaze rays leave the screen plane while fitting")
+    def normal_equations(self, P: np.ndarray, R: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The reweighted squares at P, (A (F, k, k), g (F, k)): for this step the soft-L1
+        loss is weighted least squares, the Jacobian by forward differences (one projection
+        of every fold's k nudged parameters). Not finite where a fold's rays leave the
+        screen plane."""
+        free, step = self.free, _FD_STEPS[self.free]
+        k = len(free)
+        z2 = (R**2).sum(axis=-1)
+        rw = np.sqrt(self.W) / (1.0 + z2) ** 0.25  # IRLS weight of soft-L1: √(w ρ'(z²))
+        Q = np.repeat(P[:, None, :], k, axis=1)  # (F, k, 9)
+        Q[:, np.arange(k), free] += step
+        J = (self.resid(Q) - R[:, None]) / step[None, :, None, None]  # (F, k, n, 2)
+        Jw = (J * rw[:, None, :, None]).reshape(len(P), k, -1)
+        rv = (R * rw[..., None]).reshape(len(P), -1)
         ps = self.prior_sd[free]
-        A = Jw.T @ Jw + np.diag(1.0 / ps**2)
-        g = Jw.T @ rv + (p[free] - self.prior[free]) / ps**2
+        A = Jw @ Jw.transpose(0, 2, 1) + np.diag(1.0 / ps**2)
+        g = (Jw @ rv[..., None])[..., 0] + (P[:, free] - self.prior[free]) / ps**2
         return A, g
 
-    def damped_step(
-        self, A: np.ndarray, g: np.ndarray, p: np.ndarray, c: float, lam: float
-    ) -> tuple[float, tuple[np.ndarray, np.ndarray, float, bool] | None]:
-        """Up to eight tries, damping harder after each that raises the cost. → (the damping
-        for the next step, (q, its residuals, its cost, converged) or None when no try
-        lowered the cost: the fit can go no further)."""
-        free = self.free
+    def fit(self, max_iter: int = 40) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """From the prior → (parameters (F, 9), ok (F,): False where a fold's rays left the
+        screen plane while fitting, iterations (F,), cost (F,))."""
+        F = len(self.W)
+        P = np.repeat(self.prior[None].astype(np.float64), F, axis=0)
+        R = self.resid(P)
+        c = self.cost(R, P)
+        ok = np.isfinite(c)
+        lam = np.full(F, 1e-3)
+        active = ok.copy()
+        iterations = np.zeros(F, dtype=np.int64)
+        for _ in range(max_iter):
+            if not active.any():
+                break
+            iterations += active
+            A, g = self.normal_equations(P, R)
+            bad = active & ~(np.isfinite(A).all(axis=(1, 2)) & np.isfinite(g).all(axis=1))
+            ok &= ~bad
+            active &= ~bad
+            A = np.where(active[:, None, None], A, np.eye(len(self.free)))
+            g = np.where(active[:, None], g, 0.0)
+            P, R, c, lam, moved, small = self._damped_steps(A, g, P, R, c, lam, active)
+            # Stopped: converged, or no try lowered the cost (as far as the fit goes).
+            active &= moved & ~small
+        return P, ok, iterations, c
+
+    def _damped_steps(self, A, g, P, R, c, lam, active):
+        """Up to eight tries per fold, damping harder after each that raises its cost. →
+        (P, R, c, lam) with each fold's accepted step, which folds moved, and which of
+        those converged (the cost no longer moves, or the step is below what matters)."""
+        free, step = self.free, _FD_STEPS[self.free]
         di = np.arange(len(free))  # the diagonal LM damps
+        pending, small = active.copy(), np.zeros(len(P), dtype=bool)
         for _ in range(8):
+            if not pending.any():
+                break
             damped = A.copy()
-            damped[di, di] += lam * A[di, di]
+            damped[:, di, di] += lam[:, None] * A[:, di, di]
             delta = -_spd_solve(damped, g)
-            q = p.copy()
-            q[free] += delta
-            rq = self.resid(q)
-            cq = self.cost(rq, q)
-            if cq <= c:
-                # converged: the cost no longer moves, or the step is below what matters
-                small = c - cq <= _STOP_COST * (1.0 + c) or bool(
-                    (np.abs(delta) <= self.step * _STOP_STEPS).all()
-                )
-                return max(lam / 10.0, 1e-9), (q, rq, cq, small)
-            lam *= 10.0
-        return lam, None
+            Q = P.copy()
+            Q[:, free] += delta
+            RQ = self.resid(Q)
+            cQ = self.cost(RQ, Q)
+            acc = pending & (cQ <= c)
+            tiny = (np.abs(delta) <= step * _STOP_STEPS).all(axis=1)
+            small |= acc & ((c - cQ <= _STOP_COST * (1.0 + c)) | tiny)
+            P = np.where(acc[:, None], Q, P)
+            R = np.where(acc[:, None, None], RQ, R)
+            c = np.where(acc, cQ, c)
+            lam = np.where(acc, np.maximum(lam / 10.0, 1e-9), np.where(pending, lam * 10.0, lam))
+            pending &= ~acc
+        return P, R, c, lam, active & ~pending, small
 
 
 def _fit_params(
@@ -318,130 +331,31 @@ def _fit_params(
     free: tuple[int, ...],
     prior: np.ndarray,
     prior_sd: np.ndarray,
-    start: np.ndarray | None = None,
-    max_iter: int = 40,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Minimise Σ wᵢ ρ(‖rᵢ‖/c) + Σ ((p − p₀)/σ)² over the `free` parameters, rᵢ in mm, ρ the
-    soft-L1 loss 2(√(1+z²) − 1), by Levenberg–Marquardt on iteratively reweighted squares.
-    The weights w are normalised to sum to the number of targets by the caller."""
-    p = (prior if start is None else start).astype(np.float64).copy()
-    whole = _Problem(yaw, pitch, eye, frames, target_mm, w, np.asarray(free), prior, prior_sd)
-    fit, s0 = whole.on_screen(p)
-    r = (s0 - fit.target_mm) / ROBUST_MM  # resid(p): screen_mm is per frame
-    c = fit.cost(r, p)
-    lam = 1e-3
-    iterations = 0
-    while iterations < max_iter:
-        iterations += 1
-        A, g = fit.normal_equations(p, r)
-        lam, found = fit.damped_step(A, g, p, c, lam)
-        if found is None:
-            break
-        p, r, c, small = found
-        if small:
-            break
-    return p, {"iterations": iterations, "cost": c}
+    """Minimise Σ wᵢ ρ(‖rᵢ‖/c) + Σ ((p − p₀)/σ)² over the `free` parameters from the prior,
+    rᵢ in mm (`_Folds`, one fold). The weights w are normalised to sum to the number of
+    targets by the caller. Frames whose ray misses the screen at the prior (a glance far off
+    the screen that the outlier filter let through) sit out; most of them missing is a wrong
+    convention, not a glance, and raises."""
+    hits = _on_screen(prior, yaw, pitch, eye, frames)
+    if hits.mean() < 0.5:
+        raise GeometryError(
+            f"{int((~hits).sum())} of {len(hits)} gaze rays point away from the screen "
+            "plane at the starting geometry; check that frames are un-mirrored and "
+            "eye_z_mm < 0 (the face in front of the camera)"
+        )
+    fold = _Folds(
+        yaw, pitch, eye, frames, target_mm, w[None], hits[None], np.asarray(free), prior, prior_sd
+    )
+    P, ok, iterations, cost = fold.fit()
+    if not ok[0]:
+        raise GeometryError("gaze rays leave the screen plane while fitting")
+    return P[0], {"iterations": int(iterations[0]), "cost": float(cost[0])}
 
 
-# --- every fold of a leave-one-target-out at once --------------------------------------------
-
-
-@dataclass(eq=False, slots=True)
-class _Folds:
-    """F weightings of the same frames fitted side by side: the folds of a leave-one-target-
-    out, each with its held-out target's frames at weight zero. The same Levenberg–Marquardt
-    as `_fit_params`, fold by fold (its own damping, its own stop), on arrays with a leading
-    fold axis: a nested selection makes tens of thousands of these small fits, and one at a
-    time their cost was numpy's per-call overhead on a dozen frames, not the arithmetic."""
-
-    yaw: np.ndarray
-    pitch: np.ndarray
-    eye: np.ndarray
-    frames: np.ndarray
-    target_mm: np.ndarray
-    W: np.ndarray  # (F, n); zero: not in the fold
-    free: np.ndarray
-    prior: np.ndarray
-    prior_sd: np.ndarray
-
-    def resid(self, Q: np.ndarray) -> np.ndarray:
-        """(F, [k,] n, 2) residuals in robust units; zero on frames outside the fold."""
-        s = screen_mm(Q, self.yaw, self.pitch, self.eye, self.frames)
-        r = (s - self.target_mm) / ROBUST_MM
-        use = (self.W > 0).reshape(self.W.shape[:1] + (1,) * (r.ndim - 3) + self.W.shape[1:])
-        return np.where(use[..., None], r, 0.0)
-
-    def cost(self, R: np.ndarray, Q: np.ndarray) -> np.ndarray:
-        """`_Problem.cost` of every fold: inf where a ray of the fold left the screen plane."""
-        z2 = (R**2).sum(axis=-1)
-        data = (self.W * (2.0 * (np.sqrt(1.0 + z2) - 1.0))).sum(axis=1)
-        prior = ((((Q - self.prior) / self.prior_sd)[:, self.free]) ** 2).sum(axis=1)
-        return np.where(np.isfinite(z2).all(axis=1), data + prior, np.inf)
-
-    def normal_equations(self, P: np.ndarray, R: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """`_Problem.normal_equations` of every fold: (A (F, k, k), g (F, k)); NaN rows where
-        the fold's rays leave the screen plane."""
-        free, step = self.free, _FD_STEPS[self.free]
-        k = len(free)
-        z2 = (R**2).sum(axis=-1)
-        rw = np.sqrt(self.W) / (1.0 + z2) ** 0.25  # (F, n)
-        Q = np.repeat(P[:, None, :], k, axis=1)  # (F, k, 9)
-        Q[:, np.arange(k), free] += step
-        J = (self.resid(Q) - R[:, None]) / step[None, :, None, None]  # (F, k, n, 2)
-        Jw = (J * rw[:, None, :, None]).reshape(len(P), k, -1)
-        rv = (R * rw[..., None]).reshape(len(P), -1)
-        ps = self.prior_sd[free]
-        A = Jw @ Jw.transpose(0, 2, 1) + np.diag(1.0 / ps**2)
-        g = (Jw @ rv[..., None])[..., 0] + (P[:, free] - self.prior[free]) / ps**2
-        return A, g
-
-    def fit(self, max_iter: int = 40) -> tuple[np.ndarray, np.ndarray]:
-        """→ (parameters (F, 9), ok (F,)): False where the fold's fit raised in `_fit_params`
-        (its rays left the screen plane)."""
-        F = len(self.W)
-        free, step = self.free, _FD_STEPS[self.free]
-        k = len(free)
-        di = np.arange(k)
-        P = np.repeat(self.prior[None].astype(np.float64), F, axis=0)
-        R = self.resid(P)
-        c = self.cost(R, P)
-        ok = np.isfinite(c)
-        lam = np.full(F, 1e-3)
-        active = ok.copy()
-        for _ in range(max_iter):
-            if not active.any():
-                break
-            A, g = self.normal_equations(P, R)
-            bad = active & ~(np.isfinite(A).all(axis=(1, 2)) & np.isfinite(g).all(axis=1))
-            ok &= ~bad
-            active &= ~bad
-            A = np.where(active[:, None, None], A, np.eye(k))
-            g = np.where(active[:, None], g, 0.0)
-            pending = active.copy()
-            for _ in range(8):
-                if not pending.any():
-                    break
-                damped = A.copy()
-                damped[:, di, di] += lam[:, None] * A[:, di, di]
-                delta = -_spd_solve(damped, g)
-                Q = P.copy()
-                Q[:, free] += delta
-                RQ = self.resid(Q)
-                cQ = self.cost(RQ, Q)
-                acc = pending & (cQ <= c)
-                small = (c - cQ <= _STOP_COST * (1.0 + c)) | (
-                    np.abs(delta) <= step * _STOP_STEPS
-                ).all(axis=1)
-                P = np.where(acc[:, None], Q, P)
-                R = np.where(acc[:, None, None], RQ, R)
-                c = np.where(acc, cQ, c)
-                lam = np.where(
-                    acc, np.maximum(lam / 10.0, 1e-9), np.where(pending, lam * 10.0, lam)
-                )
-                active &= ~(acc & small)
-                pending &= ~acc
-            active &= ~pending  # no try lowered the cost: as far as the fit goes
-        return P, ok
+def _on_screen(p: np.ndarray, yaw, pitch, eye, frames) -> np.ndarray:
+    """(n,) whether each frame's ray meets the screen plane at the geometry p."""
+    return np.isfinite(screen_mm(p, yaw, pitch, eye, frames)).all(axis=1)
 
 
 def _fold_batches(n_targets: np.ndarray, frames: int) -> list[np.ndarray]:
@@ -539,8 +453,9 @@ class GeometricMapping(ScreenMapping):
     def _fold_spread(
         self, X: np.ndarray, Y: np.ndarray, outs: np.ndarray
     ) -> tuple[np.ndarray, str | None]:
-        """For each fold (every frame but its `outs` row's): the targets it keeps, and the
-        first fold's reason it cannot be fitted (None: every fold can). Targets are places:
+        """For each fold (every frame but its `outs` row's): the targets it keeps, and a
+        reason one of them cannot be fitted (None: every fold can; targets on a line are
+        looked for in every fold first, then a gaze that does not vary). Targets are places:
         told apart as complex numbers (a 1-D unique), their frames counted and their mean
         angles summed per fold by one product with a place indicator."""
         yr = np.round(Y, 9)
@@ -580,7 +495,7 @@ class GeometricMapping(ScreenMapping):
             )
         return k, None
 
-    def _fit(self, X: np.ndarray, Y: np.ndarray, w: np.ndarray, start=None) -> None:
+    def _fit(self, X: np.ndarray, Y: np.ndarray, w: np.ndarray) -> None:
         n_targets = self._check_spread(X, Y)
         yaw, pitch, eye = self._unpack(X)
         frames = ray_frames(eye)
@@ -596,7 +511,6 @@ class GeometricMapping(ScreenMapping):
             free,
             self._prior(),
             self._prior_sd(),
-            start=start,
         )
         if p[2] < _MIN_GAIN:
             raise GeometryError(
@@ -681,22 +595,23 @@ class GeometricMapping(ScreenMapping):
         yaw, pitch, eye = X[:, 0], X[:, 1], X[:, 2:5]
         frames = ray_frames(eye)
         prior = self._prior()
-        hits = np.isfinite(screen_mm(prior, yaw, pitch, eye, frames)).all(axis=1)
-        if any(hits[~o].mean() < 0.5 for o in outs):  # `_Problem.on_screen` raises
+        hits = _on_screen(prior, yaw, pitch, eye, frames)
+        if any(hits[~o].mean() < 0.5 for o in outs):  # `_fit_params` raises
             return None
         W = np.where(outs, 0.0, w[None, :])
         W *= (n_targets / W.sum(axis=1))[:, None]
-        W[:, ~hits] = 0.0
+        mask = ~outs & hits[None, :]
+        target_mm, sd = Y * self._screen(), self._prior_sd()
         per = np.empty(len(outs))
-        for batch in _fold_batches(n_targets, len(X)):
-            free = np.asarray(self._free(int(n_targets[batch[0]])))
-            target_mm, sd = Y * self._screen(), self._prior_sd()
-            P, ok = _Folds(yaw, pitch, eye, frames, target_mm, W[batch], free, prior, sd).fit()
+        for b in _fold_batches(n_targets, len(X)):
+            free = np.asarray(self._free(int(n_targets[b[0]])))
+            folds = _Folds(yaw, pitch, eye, frames, target_mm, W[b], mask[b], free, prior, sd)
+            P, ok, _, _ = folds.fit()
             if not ok.all() or (P[:, 2] < _MIN_GAIN).any() or (P[:, 3] < _MIN_GAIN).any():
                 return None
             # Each fold's prediction of every frame, its held-out ones kept (`_predict`: the
             # eyes are all in front of the camera here).
             S = screen_mm(P, yaw, pitch, eye, frames) / self._screen()
-            err = np.where(outs[batch], _dist(S - Y, aspect), 0.0)
-            per[batch] = (err @ w) / (outs[batch] @ w)
+            err = np.where(outs[b], _dist(S - Y, aspect), 0.0)
+            per[b] = (err @ w) / (outs[b] @ w)
         return per

@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gazeloop.calibration.drift.loop import LoopConfig
 from gazeloop.tools.cli import main
+from gazeloop.tools.runtime.run_config import RunConfig
 
 FIELDS = {
     "error_before_px",
@@ -460,8 +462,10 @@ def test_the_configs_loop_section_is_the_loop_that_runs(shared, tmp_path, capsys
     assert bounded["error_after_px"] > free["error_after_px"] + 40
     # Each report says what it ran with: the config's setting over the defaults.
     assert bounded["settings"]["loop"]["max_total"] == 0.01
-    assert free["settings"]["loop"]["max_total"] == 0.15
-    assert free["settings"]["fastpath"]["landmarks"] == "onnx"
+    assert free["settings"]["loop"]["max_total"] == LoopConfig().max_total
+    # ...and given back as a config, they are the same settings
+    again = RunConfig.from_doc(bounded["settings"], "the report's settings")
+    assert again.model_dump(mode="json") == bounded["settings"]
 
 
 def test_a_session_without_a_manifest_is_on_the_equal_margins_screen(shared, tmp_path, capsys):
