@@ -196,7 +196,7 @@ def layout_prior(screen_w_mm: float, camera_above_mm: float) -> np.ndarray:
     return np.array([0.0, 0.0, 1.0, 1.0, 0.0, 0.0, screen_w_mm / 2, -camera_above_mm, 0.0])
 
 
-# --- robust Levenberg–Marquardt --------------------------------------------------------------
+# --- robust Levenberg–Marquardt, one fit or every fold of a selection at once ---------------
 
 
 def _spd_solve(A: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -208,9 +208,6 @@ def _spd_solve(A: np.ndarray, b: np.ndarray) -> np.ndarray:
     lam = np.maximum(lam, 1e-12 * np.maximum(lam[..., -1:], 1e-300))
     Vt_b = np.einsum("...ji,...j->...i", V, b)
     return np.einsum("...ij,...j->...i", V, Vt_b / lam)
-
-
-# --- every fold of a leave-one-target-out at once --------------------------------------------
 
 
 @dataclass(eq=False, slots=True)
