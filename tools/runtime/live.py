@@ -635,10 +635,10 @@ class Live:
 
     def drain_store(self) -> None:
         """The end of a run's first step. Wait up to `_DRAIN_S` for the labels handed to the
-        store; past it, give up on
-        those still queued (counted in `store_unwritten`; the one being written, if any, in
-        `store_stuck`), so the run's summary is what the store holds and the end is bounded.
-        A stalled disk had the writer go on after the summary, and the run hang at its end."""
+        store; past it, give up on those still queued (counted in `store_unwritten`; the one
+        being written, if any, in `store_stuck`), so the run's summary is what the store
+        holds and the end is bounded. A stalled disk had the writer go on after the summary,
+        and the run hang at its end."""
         if self._writer is None or self._writer_closing or self.flush(_DRAIN_S):
             return
         with self._writes:

@@ -380,11 +380,6 @@ class ModelFetcher(Supervised):
     async def run(self, stop: asyncio.Event) -> None:
         await self._supervise(stop, identifier=client_id("fetch"), name="model fetcher")
 
-    def _held(self, ann: ModelAnnouncement) -> RegistryEntry | None:
-        """The newest version held here of the announced model, whole: a damaged copy is
-        fetched again (the hash of every version of the id is read, once per announcement)."""
-        return self.registry.holding(ann.model_id, ann.sha256)
-
     def _follow_source(self, ann: ModelAnnouncement, held: RegistryEntry) -> None:
         """A model held here already, announced as the one its source serves (the source
         rolled back to it, or promoted it by hand): served here too. A laptop kept the
@@ -477,7 +472,9 @@ class ModelFetcher(Supervised):
             self._refused.add(ann.sha256)
             self._malformed(f"{ann.model_id} announcement", f"card: {problem}")
             return transfer
-        held = await asyncio.to_thread(self._held, ann)
+        # The newest version held here of the announced model, whole: a damaged copy is
+        # fetched again (the hash of every version of the id is read, once per announcement).
+        held = await asyncio.to_thread(self.registry.holding, ann.model_id, ann.sha256)
         if held is not None:
             await asyncio.to_thread(self._follow_source, ann, held)
             self._counts["already_had"] += 1  # after: whoever reads the count sees the serving
