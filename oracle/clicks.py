@@ -89,15 +89,36 @@ class ClickVerdict:
 
 def stable_run_start(xy: np.ndarray, end: int, radius_px: float, floor: int = 0) -> int:
     """The first index (`floor` at the earliest) of the longest stretch ending at `end`
-    whose samples all lie within `radius_px` of the stretch's median."""
-    start = end
-    while start > floor:
-        part = xy[start - 1 : end + 1]
-        centre = np.median(part, axis=0)
-        if np.max(np.hypot(*(part - centre).T)) > radius_px:
-            break
-        start -= 1
-    return start
+    whose samples all lie within `radius_px` of the stretch's median, every shorter stretch
+    ending there too (growing back from `end`, the first one that does not stops it).
+
+    Every stretch is judged at once: grown one sample at a time, a median per sample made
+    this most of a replayed click's cost (a click judges up to a second of samples, and
+    one not at a fixation asks again for each earlier end)."""
+    if end <= floor:
+        return end
+    seg = np.asarray(xy[floor : end + 1], dtype=np.float64)
+    n = len(seg)
+    # Row j: the stretch from floor + j to end (j < n − 1: at least two samples).
+    keep = np.arange(n)[None, :] >= np.arange(n - 1)[:, None]
+    centre = _row_medians(seg, keep)
+    d = np.where(
+        keep,
+        np.hypot(seg[None, :, 0] - centre[:, None, 0], seg[None, :, 1] - centre[:, None, 1]),
+        0.0,
+    )
+    fails = np.flatnonzero(d.max(axis=1) > radius_px)
+    return floor if len(fails) == 0 else floor + int(fails[-1]) + 1
+
+
+def _row_medians(seg: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """The per-axis median of each row's kept samples (`keep` (r, n) over `seg` (n, 2)):
+    (r, 2), each what `np.median(..., axis=0)` gives for that stretch."""
+    v = np.where(keep[:, :, None], seg[None, :, :], np.inf)
+    v.sort(axis=1)
+    k = keep.sum(axis=1)
+    rows = np.arange(len(v))
+    return 0.5 * (v[rows, (k - 1) // 2] + v[rows, k // 2])
 
 
 def fixation_before(

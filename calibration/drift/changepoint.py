@@ -138,19 +138,51 @@ def neg_log_tail(T: np.ndarray, dof: np.ndarray) -> np.ndarray:
     return out
 
 
-def _l1_centre(Ps: np.ndarray, gs: np.ndarray, c0: np.ndarray) -> np.ndarray:
-    """L1 (spatial-median-like) centre by IRLS; directions no label constrains stay at c0."""
+def _stacked(Ps: np.ndarray, Pg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The labels as two matrices every IRLS step multiplies: M (6, m), whose product with
+    the weights gives the step's sums (P's three numbers, P·g, and the weights' total), and
+    R (3, 2m), whose product with (1, −cx, −cy) gives P·(g − c) of every label (x parts,
+    then y parts). The iterations run a few times per label, and numpy's per-call overhead
+    on a few dozen labels, not the arithmetic, was most of their cost: two products a step
+    replace a dozen elementwise ones."""
+    m = len(Pg)
     a, b, d = Ps[:, 0, 0], Ps[:, 0, 1], Ps[:, 1, 1]  # P is symmetric
-    px, py = a * gs[:, 0] + b * gs[:, 1], b * gs[:, 0] + d * gs[:, 1]  # P·g
-    # The five sums of each step as one product: the loop runs this a few times per label,
-    # and numpy's per-call overhead on a few dozen labels is most of its cost.
-    M = np.stack([a, b, d, px, py])
-    w = np.ones(len(gs))
+    M = np.empty((6, m))
+    M[0], M[1], M[2], M[3], M[4], M[5] = a, b, d, Pg[:, 0], Pg[:, 1], 1.0
+    R = np.empty((3, 2 * m))
+    R[0, :m], R[1, :m], R[2, :m] = M[3], a, b
+    R[0, m:], R[1, m:], R[2, m:] = M[4], b, d
+    return M, R
+
+
+def _diffs(R: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """P·(g − c) of every label from `_stacked`'s R, as its x and y parts: each (m,) for
+    one centre c (3,) = (1, −cx, −cy), (T, m) for a stack of them (T, 3)."""
+    e = c @ R
+    m = R.shape[1] // 2
+    return e[..., :m], e[..., m:]
+
+
+def _lengths(R: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """|P·(g − c)| of every label (`_diffs`)."""
+    return np.hypot(*_diffs(R, c))
+
+
+def _homogeneous(c: np.ndarray) -> np.ndarray:
+    """Centres (T, 2) as the (T, 3) rows (1, −cx, −cy) `_diffs` takes."""
+    return np.column_stack([np.ones(len(c)), -c])
+
+
+def _l1_centre(M: np.ndarray, R: np.ndarray, c0: np.ndarray) -> np.ndarray:
+    """L1 (spatial-median-like) centre by IRLS on `_stacked`'s matrices; directions no
+    label constrains stay at c0."""
+    w = np.ones(M.shape[1])
     c0x, c0y = float(c0[0]), float(c0[1])
     cx, cy = c0x, c0y
+    c = np.ones(3)
     for _ in range(_L1_ITERS + 1):
-        r = _TINY * (float(w.sum()) + 1.0)
-        sa, sb, sd, sx, sy = (M @ w).tolist()
+        sa, sb, sd, sx, sy, sw = (M @ w).tolist()
+        r = _TINY * (sw + 1.0)
         a00, a01, a11 = sa + r, sb, sd + r
         bx, by = sx + r * c0x, sy + r * c0y
         det = a00 * a11 - a01 * a01
@@ -159,15 +191,9 @@ def _l1_centre(Ps: np.ndarray, gs: np.ndarray, c0: np.ndarray) -> np.ndarray:
             cx, cy = nx, ny
             break
         cx, cy = nx, ny
-        w = 1.0 / np.maximum(np.hypot(px - (a * cx + b * cy), py - (b * cx + d * cy)), _EPS)
+        c[1], c[2] = -cx, -cy
+        w = 1.0 / np.maximum(_lengths(R, c), _EPS)
     return np.array([cx, cy])
-
-
-def _resid(Ps: np.ndarray, gs: np.ndarray, c: np.ndarray | tuple[float, float]) -> np.ndarray:
-    """|P·(g − c)| of every label, on P's three numbers (it is symmetric)."""
-    ux, uy = gs[:, 0] - c[0], gs[:, 1] - c[1]
-    a, b, d = Ps[:, 0, 0], Ps[:, 0, 1], Ps[:, 1, 1]
-    return np.hypot(a * ux + b * uy, b * ux + d * uy)
 
 
 def _whitening(label_weights: np.ndarray | None, m: int) -> np.ndarray:
@@ -204,20 +230,15 @@ def robust_fit(
     root = _whitening(label_weights, m)
     k = huber_k * sigma * root
     cut = np.where(dims == 2, gate, gate_1d(gate)) * sigma * root
-    # The iterations on P's three numbers (it is symmetric) rather than (m, 2, 2) stacks:
-    # the loop runs this a few times per label, and the stacks' einsums were most of it.
-    a, b, d = Ps[:, 0, 0], Ps[:, 0, 1], Ps[:, 1, 1]
-    gx, gy = gs[:, 0], gs[:, 1]
-    px, py = a * gx + b * gy, b * gx + d * gy
-    M = np.stack([a, b, d, px, py])  # each step's five sums as one product
+    M, R = _stacked(Ps, np.einsum("nij,nj->ni", Ps, gs))
     (p00, p01), (_, p11) = prior_info.tolist()
     pbx, pby = (prior_info @ prior_mean).tolist()
-    cx, cy = _l1_centre(Ps, gs, prior_mean).tolist()
+    cx, cy = _l1_centre(M, R, prior_mean).tolist()
     w = np.ones(m)
     for _ in range(_IRLS_ITERS):
-        r = _resid(Ps, gs, (cx, cy))
+        r = _lengths(R, np.array([1.0, -cx, -cy]))
         w = np.where(r > cut, 0.0, np.minimum(1.0, k / np.maximum(r, _EPS)))
-        sa, sb, sd, sx, sy = (M @ w).tolist()
+        sa, sb, sd, sx, sy, _ = (M @ w).tolist()
         s00, s01, s11 = sa + p00, sb + p01, sd + p11
         bx, by = sx + pbx, sy + pby
         det = s00 * s11 - s01 * s01
@@ -227,12 +248,13 @@ def robust_fit(
         if done:
             break
     c = np.array([cx, cy])
-    r = _resid(Ps, gs, c)
+    r = _lengths(R, np.array([1.0, -cx, -cy]))
     w = np.where(r > cut, 0.0, np.minimum(1.0, k / np.maximum(r, _EPS)))
-    S = np.einsum("n,nij->ij", w, Ps) + prior_info
+    sa, sb, sd = (M[:3] @ w).tolist()
+    S = np.array([[sa, sb], [sb, sd]]) + prior_info
     Si = inv2(S)
     # Leverage of a label: w·tr(P·S⁻¹)/dim, the share of the fit it explains itself.
-    lev = w * np.einsum("nij,ji->n", Ps, Si) / dims
+    lev = w * (np.array([Si[0, 0], Si[0, 1] + Si[1, 0], Si[1, 1]]) @ M[:3]) / dims
     return Fit(c, S, w, r, np.clip(lev, 0.0, 0.95))
 
 
@@ -287,35 +309,22 @@ class Scan:
     neg_log_p: float  # −log of its χ² tail probability less the short-run penalty (0: none)
 
 
-def _l1_batched(Ps: np.ndarray, Pg: np.ndarray, mask: np.ndarray, c0: np.ndarray) -> np.ndarray:
+def _l1_batched(M: np.ndarray, R: np.ndarray, mask: np.ndarray, c0: np.ndarray) -> np.ndarray:
     """For each row t of `mask` (T, m), the L1 centre of the labels it selects, as
-    `_l1_centre`; c0 (T, 2) pins what those labels leave unconstrained. On P's three numbers
-    (it is symmetric): (T, m) products instead of (T, m, 2, 2) einsums, a third of the
-    loop's time before."""
-    a, b, d = Ps[:, 0, 0], Ps[:, 0, 1], Ps[:, 1, 1]
-    px, py = Pg[:, 0], Pg[:, 1]
-    M = np.column_stack([a, b, d, px, py])  # (m, 5): each step's five sums as one product
+    `_l1_centre` (on `_stacked`'s matrices); c0 (T, 2) pins what those labels leave
+    unconstrained."""
     w = mask.astype(np.float64)
     c0x, c0y = c0[:, 0], c0[:, 1]
-    cx, cy = c0x, c0y
+    c = _homogeneous(c0)
     for _ in range(_L1_ITERS):
-        S = w @ M
+        S = w @ M.T
         s00, s01, s11 = S[:, 0] + _TINY, S[:, 1], S[:, 2] + _TINY
         bx, by = S[:, 3] + _TINY * c0x, S[:, 4] + _TINY * c0y
         det = s00 * s11 - s01 * s01
-        cx, cy = (s11 * bx - s01 * by) / det, (s00 * by - s01 * bx) / det
-        w = mask / np.maximum(np.hypot(*_resid_rows(Ps, Pg, cx, cy)), _EPS)
-    return np.column_stack([cx, cy])
-
-
-def _resid_rows(
-    Ps: np.ndarray, Pg: np.ndarray, cx: np.ndarray, cy: np.ndarray
-) -> tuple[np.ndarray, ...]:
-    """P·g − P·c of every label (m) about every centre (cx, cy) (T each): (ex, ey), each
-    (T, m)."""
-    a, b, d = Ps[:, 0, 0], Ps[:, 0, 1], Ps[:, 1, 1]
-    cx, cy = cx[:, None], cy[:, None]
-    return Pg[None, :, 0] - (a * cx + b * cy), Pg[None, :, 1] - (b * cx + d * cy)
+        c[:, 1] = (s01 * by - s11 * bx) / det  # −cx
+        c[:, 2] = (s01 * bx - s00 * by) / det  # −cy
+        w = mask / np.maximum(_lengths(R, c), _EPS)
+    return -c[:, 1:]
 
 
 def _sum_P(w: np.ndarray, Ps: np.ndarray) -> np.ndarray:
@@ -438,11 +447,11 @@ def change_scan(
     Ps, Pg, dims, root = Ps[lo:], Pg[lo:], dims[lo:], root[lo:]
     # Residuals of every later label about every earlier fit.
     after = np.arange(lo, m)[None, :] >= taus[:, None]
-    ex, ey = _resid_rows(Ps, Pg, cA[:, 0], cA[:, 1])  # (T, m − lo) each
+    M, R = _stacked(Ps, Pg)
+    ex, ey = _diffs(R, _homogeneous(cA))  # (T, m − lo) each
     r = np.hypot(ex, ey)
     cut = np.where(dims == 2, gate, gate_1d(gate)) * sigma * root
-    cB = _l1_batched(Ps, Pg, after, cA)
-    rB = np.hypot(*_resid_rows(Ps, Pg, cB[:, 0], cB[:, 1]))
+    rB = _lengths(R, _homogeneous(_l1_batched(M, R, after, cA)))
     near = (r <= cut) | (rB <= cut)
     use = (after & near).astype(np.float64)
     # And the later labels must look like one run: spread about their own centre no wider
@@ -453,7 +462,7 @@ def change_scan(
     # Clipped, summed over the later labels: a bounded pull from each.
     clip = use * np.minimum(1.0, huber_k * sigma * root / np.maximum(r, _EPS))
     u = np.column_stack([np.sum(clip * ex, axis=1), np.sum(clip * ey, axis=1)])
-    kap = np.array([clip_kappa(huber_k, int(d)) for d in dims])
+    kap = np.where(dims == 2, clip_kappa(huber_k, 2), clip_kappa(huber_k, 1))
     T, dof = _score(u, use, kap, Ps, SAi, sigma)
     nlp = np.where(coherent, neg_log_tail(T, dof), 0.0)
     # Short later runs pay for their share of the false alarms (module doc).

@@ -12,6 +12,7 @@ from gazeloop.oracle.clicks import (
     fixation_before,
     is_drag,
     judge,
+    stable_run_start,
 )
 
 MS = 1_000_000
@@ -121,3 +122,36 @@ def test_burst_mask_keeps_the_callers_order():
 def test_rules_must_be_positive():
     with pytest.raises(ValueError, match="radius_px"):
         ClickRules(radius_px=0)
+
+
+def _grown_one_sample_at_a_time(xy, end, radius_px, floor):
+    """stable_run_start's definition: grow the stretch back from `end` while the samples
+    stay within `radius_px` of its median (a NaN median fails no test)."""
+    start = end
+    while start > floor:
+        part = xy[start - 1 : end + 1]
+        if np.max(np.hypot(*(part - np.median(part, axis=0)).T)) > radius_px:
+            break
+        start -= 1
+    return start
+
+
+def test_stretches_judged_at_once_are_the_stretches_grown_one_sample_at_a_time():
+    # Random walks of every scale, with ties (whole pixels), lost samples (NaN), stretches
+    # cut short by a floor, and radii on both sides of the walk's steps.
+    rng = np.random.default_rng(7)
+    outcomes = set()
+    for _ in range(3000):
+        n = int(rng.integers(1, 70))
+        xy = np.cumsum(rng.normal(0, rng.choice([2.0, 10.0, 40.0]), (n, 2)), axis=0)
+        if rng.random() < 0.3:
+            xy = np.round(xy)
+        if rng.random() < 0.1:
+            xy[rng.integers(0, n)] = np.nan
+        end = int(rng.integers(0, n))
+        floor = int(rng.integers(0, end + 1))
+        radius = float(rng.choice([5.0, 20.0, 50.0, 100.0]))
+        got = stable_run_start(xy, end, radius, floor)
+        assert got == _grown_one_sample_at_a_time(xy, end, radius, floor), (n, end, floor)
+        outcomes.add("floor" if got == floor else "end" if got == end else "between")
+    assert outcomes == {"floor", "end", "between"}
