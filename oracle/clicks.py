@@ -93,27 +93,30 @@ def stable_run_start(xy: np.ndarray, end: int, radius_px: float, floor: int = 0)
     ending there too (growing back from `end`, the first one that does not stops it).
 
     Every stretch is judged at once: grown one sample at a time, a median per sample made
-    this most of a replayed click's cost (a click judges up to a second of samples, and
-    one not at a fixation asks again for each earlier end)."""
+    this most of a replayed click's cost (a click judges the lookback's samples, and one
+    not at a fixation asks again for each earlier end). A stretch holding a sample with a
+    NaN fails no test, as its NaN median fails none."""
     if end <= floor:
         return end
     seg = np.asarray(xy[floor : end + 1], dtype=np.float64)
     n = len(seg)
     # Row j: the stretch from floor + j to end (j < n − 1: at least two samples).
     keep = np.arange(n)[None, :] >= np.arange(n - 1)[:, None]
-    centre = _row_medians(seg, keep)
+    centre = _stretch_medians(seg, keep)
     d = np.where(
         keep,
         np.hypot(seg[None, :, 0] - centre[:, None, 0], seg[None, :, 1] - centre[:, None, 1]),
         0.0,
     )
-    fails = np.flatnonzero(d.max(axis=1) > radius_px)
+    lost = (keep & np.isnan(seg).any(axis=1)[None, :]).any(axis=1)
+    fails = np.flatnonzero((d.max(axis=1) > radius_px) & ~lost)
     return floor if len(fails) == 0 else floor + int(fails[-1]) + 1
 
 
-def _row_medians(seg: np.ndarray, keep: np.ndarray) -> np.ndarray:
-    """The per-axis median of each row's kept samples (`keep` (r, n) over `seg` (n, 2)):
-    (r, 2), each what `np.median(..., axis=0)` gives for that stretch."""
+def _stretch_medians(seg: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """The per-axis median of each row's kept samples (`keep` (r, n) over `seg` (n, 2),
+    every row keeping one at least): (r, 2), each what `np.median(..., axis=0)` gives for
+    that stretch when its samples have no NaN."""
     v = np.where(keep[:, :, None], seg[None, :, :], np.inf)
     v.sort(axis=1)
     k = keep.sum(axis=1)

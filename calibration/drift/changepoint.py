@@ -310,9 +310,10 @@ class Scan:
 
 
 def _l1_batched(M: np.ndarray, R: np.ndarray, mask: np.ndarray, c0: np.ndarray) -> np.ndarray:
-    """For each row t of `mask` (T, m), the L1 centre of the labels it selects, as
-    `_l1_centre` (on `_stacked`'s matrices); c0 (T, 2) pins what those labels leave
-    unconstrained."""
+    """For each row t of `mask` (T, m), the L1 centre of the labels it selects by
+    `_l1_centre`'s IRLS (on `_stacked`'s matrices), but `_L1_ITERS` steps without an early
+    stop and a fixed pin: c0 (T, 2) holds, with `_TINY` information, what those labels
+    leave unconstrained."""
     w = mask.astype(np.float64)
     c0x, c0y = c0[:, 0], c0[:, 1]
     c = _homogeneous(c0)

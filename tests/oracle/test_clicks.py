@@ -137,8 +137,9 @@ def _grown_one_sample_at_a_time(xy, end, radius_px, floor):
 
 
 def test_stretches_judged_at_once_are_the_stretches_grown_one_sample_at_a_time():
-    # Random walks of every scale, with ties (whole pixels), lost samples (NaN), stretches
-    # cut short by a floor, and radii on both sides of the walk's steps.
+    # Random walks of every scale, with ties (whole pixels), lost samples or lost axes (NaN;
+    # near the end, where the short stretches are), stretches cut short by a floor,
+    # and radii on both sides of the walk's steps.
     rng = np.random.default_rng(7)
     outcomes = set()
     for _ in range(3000):
@@ -146,10 +147,13 @@ def test_stretches_judged_at_once_are_the_stretches_grown_one_sample_at_a_time()
         xy = np.cumsum(rng.normal(0, rng.choice([2.0, 10.0, 40.0]), (n, 2)), axis=0)
         if rng.random() < 0.3:
             xy = np.round(xy)
-        if rng.random() < 0.1:
-            xy[rng.integers(0, n)] = np.nan
         end = int(rng.integers(0, n))
         floor = int(rng.integers(0, end + 1))
+        if rng.random() < 0.1:
+            xy[rng.integers(0, n)] = np.nan
+        for axis in (0, 1):  # x of one sample, y of another: each axis's median lost
+            if rng.random() < 0.2:
+                xy[max(0, end - int(rng.integers(0, 3))), axis] = np.nan
         radius = float(rng.choice([5.0, 20.0, 50.0, 100.0]))
         got = stable_run_start(xy, end, radius, floor)
         assert got == _grown_one_sample_at_a_time(xy, end, radius, floor), (n, end, floor)
