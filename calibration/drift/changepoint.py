@@ -312,15 +312,18 @@ class Scan:
 def _l1_batched(M: np.ndarray, R: np.ndarray, mask: np.ndarray, c0: np.ndarray) -> np.ndarray:
     """For each row t of `mask` (T, m), the L1 centre of the labels it selects by
     `_l1_centre`'s IRLS (on `_stacked`'s matrices), but `_L1_ITERS` steps without an early
-    stop and a fixed pin: c0 (T, 2) holds, with `_TINY` information, what those labels
-    leave unconstrained."""
+    stop; c0 (T, 2) pins what those labels leave unconstrained."""
     w = mask.astype(np.float64)
     c0x, c0y = c0[:, 0], c0[:, 1]
     c = _homogeneous(c0)
     for _ in range(_L1_ITERS):
         S = w @ M.T
-        s00, s01, s11 = S[:, 0] + _TINY, S[:, 1], S[:, 2] + _TINY
-        bx, by = S[:, 3] + _TINY * c0x, S[:, 4] + _TINY * c0y
+        # The pin grows with the weights, as in `_l1_centre`: a row of parallel lines has
+        # weights up to 1/_EPS, and a fixed pin left its solve to rounding (centres off by
+        # up to 0.14 screen widths along the lines).
+        pin = _TINY * (S[:, 5] + 1.0)
+        s00, s01, s11 = S[:, 0] + pin, S[:, 1], S[:, 2] + pin
+        bx, by = S[:, 3] + pin * c0x, S[:, 4] + pin * c0y
         det = s00 * s11 - s01 * s01
         c[:, 1] = (s01 * by - s11 * bx) / det  # −cx
         c[:, 2] = (s01 * bx - s00 * by) / det  # −cy
