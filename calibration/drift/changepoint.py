@@ -354,12 +354,14 @@ def _row_medians(values: np.ndarray, keep: np.ndarray) -> np.ndarray:
 
 
 def _splits(m: int, window: int, min_after: int, first: int, taus: np.ndarray | None) -> np.ndarray:
-    """The candidate onsets of `change_scan` (empty: none to test)."""
+    """The candidate onsets of `change_scan` (empty: none to test). A split with no label
+    after it has nothing to test, whatever `min_after` or `taus` say (it was an IndexError)."""
     if taus is None:
         lo_tau = max(first, m - window)
         hi_tau = m - min_after
         taus = np.arange(lo_tau, hi_tau + 1) if hi_tau >= lo_tau else []
-    return np.asarray(taus, dtype=np.int64)
+    taus = np.asarray(taus, dtype=np.int64)
+    return taus[(taus >= 0) & (taus < m)]
 
 
 def _earlier_fits(

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from gazeloop.calibration.drift.changepoint import (
+    Scan,
     change_scan,
     clip_kappa,
     gate_1d,
@@ -137,6 +138,21 @@ def test_scan_finds_the_onset_of_a_step():
     g[18:] += [2.0, 0.0]
     s = scan(g)
     assert abs(s.onset - 18) <= 1 and s.neg_log_p > 10
+
+
+def test_a_split_with_no_later_label_is_not_tested():
+    """The split at the end has nothing after it to compare: no candidate, where it was an
+    IndexError; the other splits are scored as without it."""
+    rng = np.random.default_rng(4)
+    g = rng.normal(size=(30, 2))
+    g[18:] += [2.0, 0.0]
+    assert scan(g, taus=np.array([30])) == Scan(-1, 0.0)
+    assert scan(g[:0], first=0, min_after=0) == Scan(-1, 0.0)
+    for a, b in (
+        (scan(g, min_after=0), scan(g)),
+        (scan(g, taus=np.array([17, 18, 30, 31])), scan(g, taus=np.array([17, 18]))),
+    ):
+        assert a.onset == b.onset >= 0 and a.neg_log_p == pytest.approx(b.neg_log_p, rel=1e-9)
 
 
 def test_one_wild_label_or_scattered_junk_is_not_a_change():
