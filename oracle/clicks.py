@@ -31,6 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gazeloop.calibration.masked import row_medians
+
 _MS = 1_000_000
 
 
@@ -102,7 +104,7 @@ def stable_run_start(xy: np.ndarray, end: int, radius_px: float, floor: int = 0)
     n = len(seg)
     # Row j: the stretch from floor + j to end (j < n − 1: at least two samples).
     keep = np.arange(n)[None, :] >= np.arange(n - 1)[:, None]
-    centre = _stretch_medians(seg, keep)
+    centre = np.column_stack([row_medians(seg[:, axis], keep) for axis in (0, 1)])
     d = np.where(
         keep,
         np.hypot(seg[None, :, 0] - centre[:, None, 0], seg[None, :, 1] - centre[:, None, 1]),
@@ -111,17 +113,6 @@ def stable_run_start(xy: np.ndarray, end: int, radius_px: float, floor: int = 0)
     lost = (keep & np.isnan(seg).any(axis=1)[None, :]).any(axis=1)
     fails = np.flatnonzero((d.max(axis=1) > radius_px) & ~lost)
     return floor if len(fails) == 0 else floor + int(fails[-1]) + 1
-
-
-def _stretch_medians(seg: np.ndarray, keep: np.ndarray) -> np.ndarray:
-    """The per-axis median of each row's kept samples (`keep` (r, n) over `seg` (n, 2),
-    every row keeping one at least): (r, 2), each what `np.median(..., axis=0)` gives for
-    that stretch when its samples have no NaN."""
-    v = np.where(keep[:, :, None], seg[None, :, :], np.inf)
-    v.sort(axis=1)
-    k = keep.sum(axis=1)
-    rows = np.arange(len(v))
-    return 0.5 * (v[rows, (k - 1) // 2] + v[rows, k // 2])
 
 
 def fixation_before(

@@ -60,6 +60,8 @@ from statistics import NormalDist
 
 import numpy as np
 
+from gazeloop.calibration.masked import row_medians
+
 # Median of a 2-D N(0, σ²I) radial distance, and of |N(0, σ²)|, in units of σ.
 MEDIAN_RADIAL = math.sqrt(2.0 * math.log(2.0))
 MEDIAN_ABS = NormalDist().inv_cdf(0.75)
@@ -340,19 +342,6 @@ def _sum_P(w: np.ndarray, Ps: np.ndarray) -> np.ndarray:
     return out
 
 
-def _row_medians(values: np.ndarray, keep: np.ndarray) -> np.ndarray:
-    """The median of each row's kept entries (NaN for a row that keeps none): what
-    `np.nanmedian` gives with the others set to NaN, without its masked-array detour, which
-    was a tenth of the loop's time."""
-    v = np.where(keep, values, np.inf)
-    v.sort(axis=1)
-    n = keep.sum(axis=1)
-    rows = np.arange(len(v))
-    lo, hi = np.maximum(n - 1, 0) // 2, np.maximum(n, 1) // 2
-    out = 0.5 * (v[rows, lo] + v[rows, np.minimum(hi, v.shape[1] - 1)])
-    return np.where(n > 0, out, np.nan)
-
-
 def _splits(m: int, window: int, min_after: int, first: int, taus: np.ndarray | None) -> np.ndarray:
     """The candidate onsets of `change_scan` (empty: none to test). A split with no label
     after it has nothing to test, whatever `min_after` or `taus` say (it was an IndexError)."""
@@ -464,7 +453,7 @@ def change_scan(
     # than noise (median residual within 2.5 times what σ gives). A short run of junk mixed
     # with a label or two has a centre between them and a spread far wider than σ.
     med = np.where(dims == 2, MEDIAN_RADIAL, MEDIAN_ABS) * sigma * root
-    coherent = _row_medians(rB / med[None, :], after) <= _COHERENT
+    coherent = row_medians(rB / med[None, :], after) <= _COHERENT
     # Clipped, summed over the later labels: a bounded pull from each.
     clip = use * np.minimum(1.0, huber_k * sigma * root / np.maximum(r, _EPS))
     u = np.column_stack([np.sum(clip * ex, axis=1), np.sum(clip * ey, axis=1)])

@@ -215,7 +215,7 @@ class _Folds:
     """F weightings of the same frames fitted side by side by one robust Levenberg–Marquardt
     (soft-L1 loss 2(√(1+z²) − 1) on residuals in `ROBUST_MM`, the free parameters' Gaussian
     priors, iteratively reweighted squares, a forward-difference Jacobian), each fold with
-    its own damping, stop and failure. One fit is one fold (`_fit_params`); a nested
+    its own damping, stop and failure. One fit is one fold (`GeometricMapping._fit_folds`); a nested
     selection's leave-one-target-out is all its folds at once: tens of thousands of small
     fits, whose cost one at a time was numpy's per-call overhead on a dozen frames."""
 
@@ -318,38 +318,6 @@ class _Folds:
         return P, R, c, lam, active & ~pending, small
 
 
-def _fit_params(
-    yaw: np.ndarray,
-    pitch: np.ndarray,
-    eye: np.ndarray,
-    frames: np.ndarray,
-    target_mm: np.ndarray,
-    w: np.ndarray,
-    free: tuple[int, ...],
-    prior: np.ndarray,
-    prior_sd: np.ndarray,
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """Minimise Σ wᵢ ρ(‖rᵢ‖/c) + Σ ((p − p₀)/σ)² over the `free` parameters from the prior,
-    rᵢ in mm (`_Folds`, one fold). The weights w are normalised to sum to the number of
-    targets by the caller. Frames whose ray misses the screen at the prior (a glance far off
-    the screen that the outlier filter let through) sit out; most of them missing is a wrong
-    convention, not a glance, and raises."""
-    hits = _on_screen(prior, yaw, pitch, eye, frames)
-    if hits.mean() < 0.5:
-        raise GeometryError(
-            f"{int((~hits).sum())} of {len(hits)} gaze rays point away from the screen "
-            "plane at the starting geometry; check that frames are un-mirrored and "
-            "eye_z_mm < 0 (the face in front of the camera)"
-        )
-    fold = _Folds(
-        yaw, pitch, eye, frames, target_mm, w[None], hits[None], np.asarray(free), prior, prior_sd
-    )
-    P, ok, iterations, cost = fold.fit()
-    if not ok[0]:
-        raise GeometryError("gaze rays leave the screen plane while fitting")
-    return P[0], {"iterations": int(iterations[0]), "cost": float(cost[0])}
-
-
 def _on_screen(p: np.ndarray, yaw, pitch, eye, frames) -> np.ndarray:
     """(n,) whether each frame's ray meets the screen plane at the geometry p."""
     return np.isfinite(screen_mm(p, yaw, pitch, eye, frames)).all(axis=1)
@@ -439,14 +407,6 @@ class GeometricMapping(ScreenMapping):
             )
         return X[:, 0], X[:, 1], eye
 
-    def _check_spread(self, X: np.ndarray, Y: np.ndarray) -> int:
-        """The targets (places) these frames cover; `GeometryError` when they cannot tell
-        the gains (`_fold_spread`, one fold of every frame)."""
-        k, problem = self._fold_spread(X, Y, np.zeros((1, len(Y)), dtype=bool))
-        if problem is not None:
-            raise GeometryError(problem)
-        return int(k[0])
-
     def _fold_spread(
         self, X: np.ndarray, Y: np.ndarray, outs: np.ndarray
     ) -> tuple[np.ndarray, str | None]:
@@ -493,35 +453,67 @@ class GeometricMapping(ScreenMapping):
         return k, None
 
     def _fit(self, X: np.ndarray, Y: np.ndarray, w: np.ndarray) -> None:
-        n_targets = self._check_spread(X, Y)
-        yaw, pitch, eye = self._unpack(X)
+        fit = self._fit_folds(X, Y, w, np.zeros((1, len(Y)), dtype=bool))
+        if isinstance(fit, str):
+            raise GeometryError(fit)
+        P, n_targets, iterations, cost = fit
+        self.p = P[0]
+        self.free = list(self._free(int(n_targets[0])))
+        self.info = {"iterations": int(iterations[0]), "cost": float(cost[0])}
+
+    def _fit_folds(
+        self, X: np.ndarray, Y: np.ndarray, w: np.ndarray, outs: np.ndarray
+    ) -> tuple[np.ndarray, ...] | str:
+        """Fit each fold (every frame but its `outs` row's; one fold of every frame is the
+        mapping's own fit) → (parameters (F, 9), targets kept (F,), iterations (F,), cost
+        (F,)), or why the first fold that cannot be fitted cannot. Weights are normalised to
+        sum to a fold's targets. Frames whose ray misses the screen at the prior (a glance
+        far off the screen that the outlier filter let through) sit out; most of a fold's
+        missing is a wrong convention, not a glance."""
+        n_targets, problem = self._fold_spread(X, Y, outs)
+        if problem is not None:
+            return problem
+        try:
+            yaw, pitch, eye = self._unpack(X)
+        except GeometryError as e:
+            return str(e)
         frames = ray_frames(eye)
-        w = w * (n_targets / w.sum())
-        free = self._free(n_targets)
-        p, info = _fit_params(
-            yaw,
-            pitch,
-            eye,
-            frames,
-            Y * self._screen(),
-            w,
-            free,
-            self._prior(),
-            self._prior_sd(),
-        )
-        if p[2] < _MIN_GAIN:
-            raise GeometryError(
-                f"the fitted yaw gain is {p[2]:.2f} (should be near 1): the frames look "
-                "mirrored (a selfie view), or the gaze yaw does not follow the targets"
+        prior = self._prior()
+        hits = _on_screen(prior, yaw, pitch, eye, frames)
+        kept = (~outs).sum(axis=1)
+        missed = (~outs & ~hits[None, :]).sum(axis=1)
+        if (kept - missed < 0.5 * kept).any():
+            f = int(np.flatnonzero(kept - missed < 0.5 * kept)[0])
+            return (
+                f"{int(missed[f])} of {int(kept[f])} gaze rays point away from the screen "
+                "plane at the starting geometry; check that frames are un-mirrored and "
+                "eye_z_mm < 0 (the face in front of the camera)"
             )
-        if p[3] < _MIN_GAIN:
-            raise GeometryError(
+        W = np.where(outs, 0.0, w[None, :])
+        W *= (n_targets / W.sum(axis=1))[:, None]
+        mask = ~outs & hits[None, :]
+        target_mm, sd = Y * self._screen(), self._prior_sd()
+        P = np.empty((len(outs), len(PARAM_NAMES)))
+        iterations, cost = np.empty(len(outs), dtype=int), np.empty(len(outs))
+        for b in _fold_batches(n_targets, len(X)):
+            free = np.asarray(self._free(int(n_targets[b[0]])))
+            folds = _Folds(yaw, pitch, eye, frames, target_mm, W[b], mask[b], free, prior, sd)
+            P[b], ok, iterations[b], cost[b] = folds.fit()
+            if not ok.all():
+                return "gaze rays leave the screen plane while fitting"
+        low = (P[:, 2] < _MIN_GAIN) | (P[:, 3] < _MIN_GAIN)
+        if low.any():
+            p = P[int(np.flatnonzero(low)[0])]
+            if p[2] < _MIN_GAIN:
+                return (
+                    f"the fitted yaw gain is {p[2]:.2f} (should be near 1): the frames look "
+                    "mirrored (a selfie view), or the gaze yaw does not follow the targets"
+                )
+            return (
                 f"the fitted pitch gain is {p[3]:.2f} (should be near 1): the gaze pitch "
                 "does not follow the targets"
             )
-        self.p = p
-        self.free = list(free)
-        self.info = info
+        return P, n_targets, iterations, cost
 
     def _predict(self, X: np.ndarray) -> np.ndarray:
         eye = X[:, 2:5]
@@ -570,7 +562,6 @@ class GeometricMapping(ScreenMapping):
         outs = groups[None, :] == ids[:, None]  # (folds, frames): each fold's held-out target
         for ci, c in enumerate(combos):
             m = type(self)(columns=[0, 1, 2, 3, 4], **{**self.hyper, **c})
-            m.n_features = X.shape[1]
             per = m._fold_errors(X, Y, w, outs, aspect)
             if per is not None and np.isfinite(per).all():  # a frame placed nowhere rules it out
                 scores[ci] = per
@@ -582,33 +573,17 @@ class GeometricMapping(ScreenMapping):
         cannot be fitted (`_fit` would raise `GeometryError` for it). Every fold starts from
         the prior, not from a fit on every target: a start that has seen the held-out target
         leaves a trace of it where the iterations stop."""
-        n_targets, problem = self._fold_spread(X, Y, outs)
-        if problem is not None:
+        fit = self._fit_folds(X, Y, w, outs)
+        if isinstance(fit, str):
             return None
-        # With two folds or more every frame is in one that keeps it: a frame behind the
-        # camera fails some fold, as it fails `_fit`.
-        if not (X[:, 4] < -_MIN_DEPTH_MM).all():
-            return None
+        P, n_targets = fit[:2]
         yaw, pitch, eye = X[:, 0], X[:, 1], X[:, 2:5]
-        frames = ray_frames(eye)
-        prior = self._prior()
-        hits = _on_screen(prior, yaw, pitch, eye, frames)
-        if any(hits[~o].mean() < 0.5 for o in outs):  # `_fit_params` raises
-            return None
-        W = np.where(outs, 0.0, w[None, :])
-        W *= (n_targets / W.sum(axis=1))[:, None]
-        mask = ~outs & hits[None, :]
-        target_mm, sd = Y * self._screen(), self._prior_sd()
+        frames, screen = ray_frames(eye), self._screen()
         per = np.empty(len(outs))
         for b in _fold_batches(n_targets, len(X)):
-            free = np.asarray(self._free(int(n_targets[b[0]])))
-            folds = _Folds(yaw, pitch, eye, frames, target_mm, W[b], mask[b], free, prior, sd)
-            P, ok, _, _ = folds.fit()
-            if not ok.all() or (P[:, 2] < _MIN_GAIN).any() or (P[:, 3] < _MIN_GAIN).any():
-                return None
             # Each fold's prediction of every frame, its held-out ones kept (`_predict`: the
-            # eyes are all in front of the camera here).
-            S = screen_mm(P, yaw, pitch, eye, frames) / self._screen()
+            # eyes are all in front of the camera, or the fit said no).
+            S = screen_mm(P[b], yaw, pitch, eye, frames) / screen
             err = np.where(outs[b], _dist(S - Y, aspect), 0.0)
             per[b] = (err @ w) / (outs[b] @ w)
         return per
