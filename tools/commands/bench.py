@@ -123,9 +123,10 @@ def _add_loop_update_parser(sub) -> None:
         "loop-update",
         help="time of one drift-loop label update by the labels the loop holds (JSON)",
         description="Every label update of the drift loop timed on one thread, as percentiles "
-        "by how many labels the loop held: clicks and the 7 key's dot are judged on the frame "
-        "thread, so this is what a label costs a frame. Simulated point labels on a synthetic "
-        "session: streams with no drift and with a 150 px step half way.",
+        "by how many labels the loop held: the 7 key's dot is judged on the frame thread, so "
+        "this is what it costs a frame (clicks are judged on a thread of their own; "
+        "click_poll is what one costs the frame thread). Simulated point labels on a "
+        "synthetic session: streams with no drift and with a 150 px step half way.",
     )
     u.add_argument(
         "--labels", type=positive_int, default=400, help="labels per stream (default 400)"

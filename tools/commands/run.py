@@ -445,9 +445,7 @@ def _replay_clicks(args, live: Live, mapper, ls: LabelledSource):
     from gazeloop.tools.runtime.clicks import ClickLabeller, ClickReplay
 
     # A constant clock: the labeller then places every press at the last frame's own time.
-    live.clicks = ClickLabeller(
-        live.history, mapper.screen.px, live.external_label, clock=lambda: 0
-    )
+    live.clicks = ClickLabeller(live.history, mapper.screen.px, live.post_label, clock=lambda: 0)
     return ClickReplay(live.clicks, ls.target_of, recorded_px=ls.screen_px)
 
 
@@ -459,9 +457,7 @@ def _clicks(args, live: Live, mapper, ls: LabelledSource):
     from gazeloop.tools.runtime.clicks import ClickLabeller, start_listener
 
     camera = isinstance(ls.source, CameraSource)  # its frames and the presses share a clock
-    live.clicks = ClickLabeller(
-        live.history, mapper.screen.px, live.external_label, same_clock=camera
-    )
+    live.clicks = ClickLabeller(live.history, mapper.screen.px, live.post_label, same_clock=camera)
     try:
         return start_listener(live.clicks)
     except UserError as e:
@@ -881,6 +877,8 @@ def _oracle_text(o: dict) -> str:
 def _sources_text(st: dict) -> list[str]:
     """Per label source: accepted of given, noise σ and weight in the loop; the last word."""
     out = []
+    if st.get("labels_dropped"):
+        out.append(f"{st['labels_dropped']} clicks NOT judged: the loop fell behind")
     for name, v in (st.get("sources") or {}).items():
         unit = "px" if v["scale_unit"] == "px" else ""
         scale = f"{v['scale']:.0f}{unit}" if unit else f"{v['scale']:.3f}"

@@ -1,10 +1,11 @@
 """`gazeloop bench loop-update`: what one label costs the thread that hands it to the drift
-loop, by how many labels the loop holds.
+loop, by how many labels the loop holds, and what a click costs the frame thread.
 
-Clicks and the validation glance are judged on the frame thread (`tools.runtime.live`), so
-a label update longer than the frame's slack makes that frame late; the oracle's labels are
-judged on its worker's thread, which the frame thread then waits on for the loop's lock only
-if a click comes at the same moment. The loop's work grows with the labels it holds: its fit
+The validation glance is judged on the frame thread (`tools.runtime.live`), so a label
+update longer than the frame's slack makes that frame late; the oracle's labels are judged
+on its worker's thread and clicks on the label judge's, so the frame thread pays only the
+click rules (`click_poll`: `ClickLabeller.poll` for a click decided at a fixation, which
+posts its label). The loop's work grows with the labels it holds: its fit
 and its change scan look back up to two windows of `window_labels`, and labels leave it
 after `window_s` or beyond two windows and the scale's `gate_labels`. So the time is
 reported by labels held, on *simulated* point labels (σ 100 px per axis, the loop's own
@@ -14,10 +15,12 @@ with a 150 px step halfway, which makes the loop split its runs.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
 
+from gazeloop.calibration.drift.history import History
 from gazeloop.calibration.drift.loop import LoopConfig
 from gazeloop.calibration.drift.simulation import (
     DriftSchedule,
@@ -26,6 +29,7 @@ from gazeloop.calibration.drift.simulation import (
     synthetic_session,
 )
 from gazeloop.tools.runtime.bench_fastpath import percentiles, single_thread
+from gazeloop.tools.runtime.clicks import ClickLabeller
 from gazeloop.tools.runtime.provenance import measured_on
 
 SCREEN_PX = (1728, 1080)
@@ -66,6 +70,41 @@ def bench_loop_update(labels: int, streams: int, interval_s: float) -> dict[str,
         "measured_on": measured_on(),
         "all": _stats(ms),
         "by_labels_held": rows,
+        "click_poll": bench_click_poll(streams * labels),
+    }
+
+
+def bench_click_poll(clicks: int, hz: float = 60.0) -> dict[str, Any]:
+    """`ClickLabeller.poll` at the frame that decides each of `clicks` clicks, timed on this
+    thread: the click rules over the History's last 600 ms, and the label posted (a list's
+    append here, as `Live.post_label` is a queue's). Each click comes half a second into a
+    one-second fixation (*simulated*: 0.005 screen widths of jitter), so every one is
+    judged by the whole rule set and accepted."""
+    history = History(max_age_s=120.0, max_len=20_000)
+    posted: list = []
+    labeller = ClickLabeller(history, SCREEN_PX, posted.append, clock=lambda: 0)
+    rng = np.random.default_rng(SEED)
+    frame_ns, t, took = round(1e9 / hz), 0, []
+    for _ in range(clicks):
+        target = rng.uniform(0.1, 0.9, 2)
+        at = target * SCREEN_PX
+        for i in range(round(hz)):
+            t += frame_ns
+            history.append(t, target + rng.normal(0.0, 0.005, 2))
+            labeller.frame(t)
+            if i == round(hz) // 2:
+                labeller.press(*at)
+                labeller.release(*at)
+            t0 = time.perf_counter()
+            decided = labeller.poll()
+            if decided:
+                took.append((time.perf_counter() - t0) * 1e3)
+    return {
+        "what": "ClickLabeller.poll at the frame that decides a click (ms): the frame "
+        "thread's share of a click; simulated one-second fixations at 60 Hz",
+        "clicks": clicks,
+        "accepted": len(posted),
+        **_stats(np.asarray(took)),
     }
 
 

@@ -4,7 +4,8 @@ A thin shell around `oracle.clicks.judge`, which holds every rule. The pynput li
 (`start_listener`) only records presses and releases, from its own thread; the frame thread
 calls `poll` every frame, which decides each click once its burst window has closed (a
 second press may still be coming until then) and hands accepted clicks to `on_label` as
-`OracleLabel`s timed at the end of the fixation that vouched for them.
+`OracleLabel`s timed at the end of the fixation that vouched for them (in `gazeloop run`,
+`Live.post_label`: the loop judges them on a thread of its own, not the frame's).
 
 Times: presses are stamped on `time.monotonic_ns()`, frames on their source's clock. The
 two are tied by the newest frame (`frame`): its time, and when it was processed. So a click

@@ -9,20 +9,29 @@ stored first and sent when the broker is there (`finish` waits a bounded time fo
 last ones; the rest go on the next run).
 
 Labels without a snapshot of their own (clicks, the validation glance) come in through
-`external_label` on the frame thread: the same loop update, and stored like the oracle's,
-accepted or not, with the loop's decision and the camera frame nearest their time (the last
-second of frames is kept, a few a second, while such a labeller is attached).
+`external_label`: the same loop update, and stored like the oracle's, accepted or not, with
+the loop's decision and the camera frame nearest their time (the last second of frames is
+kept, a few a second, while such a labeller is attached). Clicks are judged by the click
+rules on the frame thread (0.25 ms at p50, under 1 ms at p99: `click_poll` in `gazeloop
+bench loop-update`) and handed to `post_label`, whose own thread runs the loop update. An
+update takes up to 8 ms at p99 with a few hundred labels held (the same benchmark), and
+waits on the loop's lock while the oracle's thread holds it: on the frame thread, beside
+the fast path's 11-12 ms, it made a click's frame late at 60 Hz. The glance's label is
+judged where it ends, on the frame thread: its dot fills the screen, no cursor moves, and
+its decision is said as it ends.
 
 Threads: the caller's thread runs `process()` per frame and never waits on the oracle or
-the disk; the oracle worker's thread runs the backend and then `_on_label` (the loop update).
-Both hand their labels through a bounded queue to one label-store writer thread (a JPEG with
-fsync and a SQLite row can take longer than a frame; a label that finds the queue full is
-counted in `store_dropped`, never waited for), which does the store's writes and keeps their
-counts; `flush`, `finish` and `close` wait for it. The only state the frame and oracle
-threads share is the history (locked), the offset (an array replaced whole) and a few "last
-seen" references for the display, and the loop and mapper references: `install` (the
-caller's thread) and `adopt` (the model watcher's) replace them whole, and a label judged
-by a loop that has since been replaced moves no mapper.
+the disk, nor on the loop for a click; the oracle worker's thread runs the backend and then
+`_on_label` (the loop update); the label judge's thread runs the loop update of posted
+labels. They hand their labels through a bounded queue to one label-store writer thread (a
+JPEG with fsync and a SQLite row can take longer than a frame; a label that finds the queue
+full is counted in `store_dropped`, never waited for), which does the store's writes and
+keeps their counts; `flush`, `finish` and `close` wait for the judge, then the writer. The
+only state these threads share is the history (locked), the offset (an array replaced
+whole), the recent frames, a few "last seen" references for the display, and the loop and
+mapper references: `install` (the caller's thread) and `adopt` (the model watcher's)
+replace them whole, and a label judged by a loop that has since been replaced moves no
+mapper.
 
 A snapshot handed to the oracle is kept (its frame is what the store and the picture-in-
 picture show with its label) until its label is stored or the worker has passed it over: a
@@ -60,6 +69,9 @@ _KEEP_EVERY_MS = 50
 _FRAME_NEAR_MS = 100  # a label's image is a frame this close to its time, or none
 STORE_QUEUE = 256  # labels accepted but not yet written (the one being written included)
 _DRAIN_S = 30.0  # at shutdown, how long the labels still queued may take to be written
+# Posted labels not yet judged (the one being judged included): a person clicks a few times
+# a second at most, and one update takes milliseconds.
+JUDGE_QUEUE = 64
 
 
 @dataclass(slots=True)
@@ -224,6 +236,7 @@ class Live:
         self._init_loop(mapper, loop_cfg)
         self._init_oracle(oracle, oracle_timeout_s)
         self._init_labellers()
+        self._init_judge()
         self._init_store_writer(store_queue)
         # What the store records of this run (`LabelStore.begin_run`), with each screen the
         # run maps to: the resolved config, the source, the models. None: nothing recorded.
@@ -291,6 +304,17 @@ class Live:
         # or a later one comes back, so the picture-in-picture shows what is being labelled.
         self.pending: tuple[Snapshot, tuple[float, float] | None] | None = None
         self.decisions: deque[LoopDecision] = deque(maxlen=1000)
+
+    def _init_judge(self) -> None:
+        """The label judge: posted labels (`post_label`) waiting for the loop, and how many
+        are queued or being judged (`flush` waits for 0). Its thread starts with the first."""
+        self._judging = threading.Condition()
+        self._judge_q: deque[OracleLabel] = deque()
+        self._judge_open = 0
+        self._judge_closing = False
+        self._judge: threading.Thread | None = None
+        self.labels_dropped = 0  # posted while the judge was JUDGE_QUEUE labels behind
+        self.judge_errors = 0
 
     def _init_store_writer(self, store_queue: int) -> None:
         """The label store's counts and its one writer thread, started when there is a store:
@@ -478,6 +502,8 @@ class Live:
 
     def _frame_near(self, t_ns: int) -> np.ndarray | None:
         best = None
+        # The judge's thread reads what the frame thread appends: list() of a deque is one
+        # C call, which no append can interleave with.
         for t, image in list(self._recent_frames):
             d = abs(t - t_ns)
             if d <= _FRAME_NEAR_MS * _MS and (best is None or d < best[0]):
@@ -493,6 +519,46 @@ class Live:
         image = self._frame_near(label.t_ns)
         self._store(label, image, fast, decision, label.t_ns, self._run_key)
         return decision
+
+    def post_label(self, label: OracleLabel) -> None:
+        """`external_label` on the label judge's thread; returns at once (the frame thread
+        posts clicks). A label that finds JUDGE_QUEUE others waiting is counted in
+        `labels_dropped`, not waited for: tracking goes on."""
+        with self._judging:
+            if self._judge_closing or self._judge_open >= JUDGE_QUEUE:
+                self.labels_dropped += 1
+                return
+            if self._judge is None:
+                self._judge = threading.Thread(
+                    target=self._judge_labels, name="gazeloop-label-judge", daemon=True
+                )
+                self._judge.start()
+            self._judge_q.append(label)
+            self._judge_open += 1
+            self._judging.notify_all()
+
+    def _judge_labels(self) -> None:
+        while True:
+            with self._judging:
+                while not self._judge_q and not self._judge_closing:
+                    self._judging.wait()
+                if not self._judge_q:
+                    return
+                label = self._judge_q.popleft()
+            try:
+                self.external_label(label)
+            except Exception:  # one label's failure must not end the judging of the rest
+                self.judge_errors += 1
+                log.exception("drift loop: the label %s could not be judged", label.snapshot_id)
+            finally:
+                with self._judging:
+                    self._judge_open -= 1
+                    self._judging.notify_all()
+
+    def _judged(self, timeout: float | None) -> bool:
+        """Wait until every posted label is judged (and handed to the store)."""
+        with self._judging:
+            return self._judging.wait_for(lambda: self._judge_open == 0, timeout)
 
     def _update_loop(self, label: OracleLabel) -> LoopDecision | None:
         if self.glance is not None:
@@ -628,17 +694,24 @@ class Live:
                 log.error("label store: %s (labels are not kept until this is fixed)", e)
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every label handed to the store so far is written (or failed) and the
-        writer is idle; False if `timeout` seconds passed first."""
+        """Wait until every label posted so far is judged, and every label handed to the
+        store is written (or failed) and the writer is idle; False if `timeout` seconds
+        passed first."""
+        end = None if timeout is None else time.monotonic() + timeout
+        if not self._judged(timeout):
+            return False
+        left = None if end is None else max(0.0, end - time.monotonic())
         with self._writes:
-            return self._writes.wait_for(lambda: self._writes_open == 0, timeout)
+            return self._writes.wait_for(lambda: self._writes_open == 0, left)
 
     def drain_store(self) -> None:
         """The end of a run's first step. Wait up to `_DRAIN_S` for the labels handed to the
         store; past it, give up on those still queued (counted in `store_unwritten`; the one
         being written, if any, in `store_stuck`), so the run's summary is what the store
         holds and the end is bounded. A stalled disk had the writer go on after the summary,
-        and the run hang at its end."""
+        and the run hang at its end. The clicks still being judged come first: their labels
+        are the store's too."""
+        self._stop_judge()
         if self._writer is None or self._writer_closing or self.flush(_DRAIN_S):
             return
         with self._writes:
@@ -655,6 +728,17 @@ class Live:
             queued + self.store_stuck,
             _DRAIN_S,
         )
+
+    def _stop_judge(self) -> None:
+        """Judge the labels posted so far (up to `_DRAIN_S`), then take no more: posted
+        after this, a label is dropped (counted)."""
+        if self._judge is None:
+            return
+        self._judged(_DRAIN_S)
+        with self._judging:
+            self._judge_closing = True
+            self._judging.notify_all()
+        self._judge.join(_DRAIN_S)
 
     def _stop_writer(self) -> bool:
         """→ whether the writer has ended (False: stuck in a write the disk does not finish)."""
@@ -698,6 +782,8 @@ class Live:
             }
         if self.store_dropped:
             out["store_dropped"] = self.store_dropped
+        if self.labels_dropped:
+            out["labels_dropped"] = self.labels_dropped
         if self.labels_unstored:
             out["labels_unstored"] = self.labels_unstored
         if self.clicks is not None:
@@ -706,10 +792,13 @@ class Live:
             out["glance"] = dict(self.glance.verdicts)
             out["glance_showing"] = self.glance.active is not None
         if self.loop is not None:
-            acc = sum(d.accepted for d in self.decisions)
-            out["labels"] = {"accepted": acc, "rejected": len(self.decisions) - acc}
+            # Appended by the oracle's and the judge's threads: a generator over the deque
+            # itself could see one appended midway ("deque mutated during iteration").
+            decided = list(self.decisions)
+            acc = sum(d.accepted for d in decided)
+            out["labels"] = {"accepted": acc, "rejected": len(decided) - acc}
             out["sources"] = self._sources_status()
-            last = self.decisions[-1] if self.decisions else None
+            last = decided[-1] if decided else None
             if last is not None:
                 out["last_decision"] = {
                     "source": last.source,
@@ -813,6 +902,7 @@ class Live:
     def close(self) -> None:
         if self.worker is not None:
             self.worker.close()
+        self._stop_judge()
         ended = self._stop_writer()  # every label accepted is written before the store closes
         if self.publisher is not None:
             self.publisher.close()

@@ -171,7 +171,7 @@ def test_clicks_start_with_the_c_keys_first_profile(monkeypatch):
     live = SimpleNamespace(
         clicks=None,
         history=History(),
-        external_label=None,
+        post_label=None,
         note_settings=lambda **changes: noted.append(changes),
     )
     ls = SimpleNamespace(source=object())

@@ -365,6 +365,117 @@ def test_a_full_queue_drops_and_counts_labels_instead_of_blocking_the_frame_thre
     assert "3 NOT stored: the store's writer fell behind" in status_text(r.live, None)
 
 
+class HeldLoop:
+    """A drift loop whose updates wait for `gate`: one that takes as long as the test says.
+    The tests' frames run on the main thread, where an update must never run."""
+
+    def __init__(self, inner, gate: threading.Event) -> None:
+        self.inner, self.gate = inner, gate
+        self.entered = threading.Event()
+
+    def update(self, label):
+        if threading.current_thread() is threading.main_thread():
+            raise AssertionError("a posted label was judged on the frame thread")
+        self.entered.set()
+        self.gate.wait(10)
+        return self.inner.update(label)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def held_rig(tmp_path) -> SimpleNamespace:
+    from gazeloop.calibration.drift.loop import DriftLoop, LoopConfig
+
+    gate, held = threading.Event(), []
+
+    def factory(history, m, new_sitting):
+        held.append(HeldLoop(DriftLoop(LoopConfig(), history, offset=m.offset), gate))
+        return held[-1]
+
+    r = make_rig(LabelStore(tmp_path / "labels"), loop_factory=factory)
+    r.gate, r.loop = gate, held[0]
+    r.live.clicks = ClickLabeller(r.live.history, SCREEN, r.live.post_label, clock=r.clock)
+    return r
+
+
+def click_at(r: SimpleNamespace, target: np.ndarray) -> None:
+    r.run(600, target)
+    r.live.clicks.press(*(target * SCREEN))
+    r.clock.t += 60 * MS
+    r.live.clicks.release(*(target * SCREEN))
+
+
+def test_a_posted_click_is_judged_by_the_loop_on_another_thread_than_the_frames(tmp_path):
+    """An update takes up to 8 ms with a few hundred labels held, and waits for the loop's
+    lock while the oracle's thread holds it: on the frame thread, beside the fast path's
+    11-12 ms, it made a click's frame late at 60 Hz. Here the loop holds the click until
+    the test lets it go; frames go on meanwhile, and the label is judged, stored and shown
+    once it does."""
+    r = held_rig(tmp_path)
+    try:
+        click_at(r, np.array([0.3, 0.6]))
+        r.run(700)  # past the burst window: the click is decided, and posted
+        assert r.live.clicks.verdicts == {"ok": 1}
+        assert r.loop.entered.wait(10)
+        frames = r.state["i"]
+        r.run(500)  # the frame thread goes on while the loop holds the click
+        assert r.state["i"] == frames + 30 and not r.gate.is_set()
+        assert len(r.live.decisions) == 0 and not r.live.flush(0.05)
+        r.gate.set()
+        assert r.live.flush(10)
+        (d,) = r.live.decisions
+        assert d.accepted and d.source == "clicks"
+        (row,) = list(r.store)
+        assert row.snapshot_id.startswith("click-") and row.accepted
+        assert r.live.status()["last_decision"]["source"] == "clicks"
+    finally:
+        r.gate.set()
+        r.live.close()
+
+
+def test_posted_labels_past_the_judges_queue_are_dropped_and_counted(tmp_path):
+    import gazeloop.tools.runtime.live as live_mod
+    from gazeloop.tools.commands.run import status_text
+
+    r = held_rig(tmp_path)
+    try:
+        r.run(300)
+        t = round(r.state["t_ms"] * MS)
+        for i in range(live_mod.JUDGE_QUEUE + 3):
+            r.live.post_label(click(t - i * MS, i))
+        assert r.loop.entered.wait(10)  # the first is being judged, JUDGE_QUEUE - 1 wait
+        assert r.live.labels_dropped == 3 and r.live.status()["labels_dropped"] == 3
+        assert "3 clicks NOT judged: the loop fell behind" in status_text(r.live, None)
+        r.gate.set()
+        assert r.live.flush(10)
+        assert len(r.live.decisions) == live_mod.JUDGE_QUEUE
+        assert r.live.labels_stored == live_mod.JUDGE_QUEUE
+    finally:
+        r.gate.set()
+        r.live.close()
+
+
+def test_the_end_of_a_run_judges_and_stores_the_clicks_still_posted(tmp_path):
+    """`drain_store` (the end of `run`) waits for the judge before the writer: the summary
+    counts the last clicks. Labels posted after it are dropped, counted."""
+    r = held_rig(tmp_path)
+    try:
+        r.run(300)
+        t = round(r.state["t_ms"] * MS)
+        for i in range(3):
+            r.live.post_label(click(t - i * MS, i))
+        assert r.loop.entered.wait(10)
+        threading.Timer(0.2, r.gate.set).start()  # the loop lets go while the end waits
+        r.live.drain_store()
+        assert len(r.live.decisions) == 3 and r.live.labels_stored == 3
+        r.live.post_label(click(t + MS, 9))
+        assert r.live.labels_dropped == 1 and len(r.live.decisions) == 3
+    finally:
+        r.gate.set()
+        r.live.close()
+
+
 class LockedStall(GatedStore):
     """A stalled disk as the real store meets it: the write holds the store's lock while the
     disk does not answer, so closing the store (which takes the lock) waits as long."""
