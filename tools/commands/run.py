@@ -878,7 +878,12 @@ def _sources_text(st: dict) -> list[str]:
     """Per label source: accepted of given, noise σ and weight in the loop; the last word."""
     out = []
     if st.get("labels_dropped"):
-        out.append(f"{st['labels_dropped']} clicks NOT judged: the loop fell behind")
+        n = st["labels_dropped"]
+        out.append(f"{n} clicks NOT judged (the loop fell behind, or the run was ending)")
+    if st.get("labels_unjudged"):
+        out.append(f"{st['labels_unjudged']} clicks NOT judged: the loop did not finish in time")
+    if st.get("judge_errors"):
+        out.append(f"{st['judge_errors']} clicks NOT judged: an error (the log says which)")
     for name, v in (st.get("sources") or {}).items():
         unit = "px" if v["scale_unit"] == "px" else ""
         scale = f"{v['scale']:.0f}{unit}" if unit else f"{v['scale']:.3f}"
@@ -1075,8 +1080,9 @@ class Window:
         if g.verdict != "ok":
             print(f"glance ({g.trigger}): no label ({g.verdict.replace('_', ' ')})", flush=True)
             return
-        d = self.live.decisions[-1] if self.live.decisions else None
-        said = "" if d is None or d.source != "glance" else ": " + d.why
+        # Judged on this thread as the glance ended; a click's decision may have come since.
+        d = next((d for d in reversed(list(self.live.decisions)) if d.source == "glance"), None)
+        said = "" if d is None else ": " + d.why
         px = np.asarray(g.xy) * self.live.mapper.screen.px
         print(f"glance ({g.trigger}) at ({px[0]:.0f}, {px[1]:.0f}) px{said}", flush=True)
 

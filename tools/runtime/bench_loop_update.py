@@ -3,9 +3,10 @@ loop, by how many labels the loop holds, and what a click costs the frame thread
 
 The validation glance is judged on the frame thread (`tools.runtime.live`), so a label
 update longer than the frame's slack makes that frame late; the oracle's labels are judged
-on its worker's thread and clicks on the label judge's, so the frame thread pays only the
-click rules (`click_poll`: `ClickLabeller.poll` for a click decided at a fixation, which
-posts its label). The loop's work grows with the labels it holds: its fit
+on its worker's thread and clicks on the label judge's, so the frame thread pays the click
+rules (`click_poll`: `ClickLabeller.poll` for a click decided at a fixation) and a queue's
+append (`Live.post_label`, not timed here), and shares the interpreter with the judge.
+The loop's work grows with the labels it holds: its fit
 and its change scan look back up to two windows of `window_labels`, and labels leave it
 after `window_s` or beyond two windows and the scale's `gate_labels`. So the time is
 reported by labels held, on *simulated* point labels (σ 100 px per axis, the loop's own

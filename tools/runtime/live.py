@@ -28,10 +28,15 @@ JPEG with fsync and a SQLite row can take longer than a frame; a label that find
 full is counted in `store_dropped`, never waited for), which does the store's writes and
 keeps their counts; `flush`, `finish` and `close` wait for the judge, then the writer. The
 only state these threads share is the history (locked), the offset (an array replaced
-whole), the recent frames, a few "last seen" references for the display, and the loop and
+whole, under a lock of its own), the recent frames and the decisions (deques, copied before
+they are read), a few "last seen" references for the display and counts, and the loop and
 mapper references: `install` (the caller's thread) and `adopt` (the model watcher's)
 replace them whole, and a label judged by a loop that has since been replaced moves no
-mapper.
+mapper. A posted click keeps the run record current when it was posted. The judge shares
+the interpreter's lock with the frame thread: while the fast path is in its networks and
+OpenCV, which release it, the two run side by side; in Python code it can hold a frame back
+by up to the interpreter's switch interval (5 ms), where an update on the frame thread
+held it back by the whole update.
 
 A snapshot handed to the oracle is kept (its frame is what the store and the picture-in-
 picture show with its label) until its label is stored or the worker has passed it over: a
@@ -309,11 +314,14 @@ class Live:
         """The label judge: posted labels (`post_label`) waiting for the loop, and how many
         are queued or being judged (`flush` waits for 0). Its thread starts with the first."""
         self._judging = threading.Condition()
-        self._judge_q: deque[OracleLabel] = deque()
+        self._offset_lock = threading.Lock()
+        self._judge_q: deque[tuple[OracleLabel, int | None]] = deque()  # and its run record
         self._judge_open = 0
         self._judge_closing = False
         self._judge: threading.Thread | None = None
-        self.labels_dropped = 0  # posted while the judge was JUDGE_QUEUE labels behind
+        self._judge_abandoned = False  # the end of the run stopped waiting for the judge
+        self.labels_dropped = 0  # posted while the judge was JUDGE_QUEUE behind, or after the end
+        self.labels_unjudged = 0  # still waiting, or being judged, when the end gave up
         self.judge_errors = 0
 
     def _init_store_writer(self, store_queue: int) -> None:
@@ -503,7 +511,7 @@ class Live:
     def _frame_near(self, t_ns: int) -> np.ndarray | None:
         best = None
         # The judge's thread reads what the frame thread appends: list() of a deque is one
-        # C call, which no append can interleave with.
+        # C call, which no append can interleave with (under the GIL).
         for t, image in list(self._recent_frames):
             d = abs(t - t_ns)
             if d <= _FRAME_NEAR_MS * _MS and (best is None or d < best[0]):
@@ -514,10 +522,15 @@ class Live:
         """A label from a source other than the worker's oracle (a click, a glance): the
         same loop update and status, and stored like the oracle's (accepted or not, with
         the loop's decision), with the camera frame nearest its time when one was kept."""
+        return self._judge_label(label, self._run_key)
+
+    def _judge_label(self, label: OracleLabel, run: int | None) -> LoopDecision | None:
+        """`external_label` with the run record current when the label was made: a click
+        posted before a new model or screen came is the earlier run's."""
         decision = self._update_loop(label)
         fast = None if decision is None else decision.fast_xy
         image = self._frame_near(label.t_ns)
-        self._store(label, image, fast, decision, label.t_ns, self._run_key)
+        self._store(label, image, fast, decision, label.t_ns, run)
         return decision
 
     def post_label(self, label: OracleLabel) -> None:
@@ -533,7 +546,7 @@ class Live:
                     target=self._judge_labels, name="gazeloop-label-judge", daemon=True
                 )
                 self._judge.start()
-            self._judge_q.append(label)
+            self._judge_q.append((label, self._run_key))
             self._judge_open += 1
             self._judging.notify_all()
 
@@ -544,9 +557,9 @@ class Live:
                     self._judging.wait()
                 if not self._judge_q:
                     return
-                label = self._judge_q.popleft()
+                label, run = self._judge_q.popleft()
             try:
-                self.external_label(label)
+                self._judge_label(label, run)
             except Exception:  # one label's failure must not end the judging of the rest
                 self.judge_errors += 1
                 log.exception("drift loop: the label %s could not be judged", label.snapshot_id)
@@ -556,9 +569,12 @@ class Live:
                     self._judging.notify_all()
 
     def _judged(self, timeout: float | None) -> bool:
-        """Wait until every posted label is judged (and handed to the store)."""
+        """Wait until every posted label is judged (and handed to the store), or the end of
+        the run has given up on them (`_stop_judge`)."""
         with self._judging:
-            return self._judging.wait_for(lambda: self._judge_open == 0, timeout)
+            return self._judging.wait_for(
+                lambda: self._judge_open == 0 or self._judge_abandoned, timeout
+            )
 
     def _update_loop(self, label: OracleLabel) -> LoopDecision | None:
         if self.glance is not None:
@@ -569,9 +585,12 @@ class Live:
         decision = loop.update(label)
         self.decisions.append(decision)
         # A new calibration or model may have replaced the loop and its mapper while this
-        # label was judged: the old loop's offset is not the new mapper's to take.
-        if mapper is not None and self.loop is loop and self.mapper is mapper:
-            mapper.offset = decision.offset
+        # label was judged: the old loop's offset is not the new mapper's to take. The
+        # oracle's and the judge's threads both get here: the loop's offset read and given
+        # under one lock, so an older decision never overwrites a newer one.
+        with self._offset_lock:
+            if mapper is not None and self.loop is loop and self.mapper is mapper:
+                mapper.offset = loop.offset
         return decision
 
     # --- the oracle thread ---------------------------------------------------------------
@@ -730,15 +749,29 @@ class Live:
         )
 
     def _stop_judge(self) -> None:
-        """Judge the labels posted so far (up to `_DRAIN_S`), then take no more: posted
-        after this, a label is dropped (counted)."""
-        if self._judge is None:
-            return
-        self._judged(_DRAIN_S)
+        """Take no more labels (posted after this, one is dropped, counted) and judge those
+        posted so far, once, within `_DRAIN_S`; past it, give up on them (counted in
+        `labels_unjudged`): an update that never ends must not hold the run's end, nor
+        have every later step of the end wait for it again."""
         with self._judging:
+            if self._judge_closing:
+                return
             self._judge_closing = True
             self._judging.notify_all()
-        self._judge.join(_DRAIN_S)
+        if self._judge is None or self._judged(_DRAIN_S):
+            if self._judge is not None:
+                self._judge.join(_DRAIN_S)
+            return
+        with self._judging:
+            self.labels_unjudged += self._judge_open
+            self._judge_q.clear()
+            self._judge_abandoned = True
+            self._judging.notify_all()
+        log.error(
+            "drift loop: %d clicks not judged within %.0f s: given up",
+            self.labels_unjudged,
+            _DRAIN_S,
+        )
 
     def _stop_writer(self) -> bool:
         """→ whether the writer has ended (False: stuck in a write the disk does not finish)."""
@@ -782,8 +815,9 @@ class Live:
             }
         if self.store_dropped:
             out["store_dropped"] = self.store_dropped
-        if self.labels_dropped:
-            out["labels_dropped"] = self.labels_dropped
+        for k in ("labels_dropped", "labels_unjudged", "judge_errors"):
+            if getattr(self, k):
+                out[k] = getattr(self, k)
         if self.labels_unstored:
             out["labels_unstored"] = self.labels_unstored
         if self.clicks is not None:

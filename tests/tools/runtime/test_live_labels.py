@@ -446,7 +446,8 @@ def test_posted_labels_past_the_judges_queue_are_dropped_and_counted(tmp_path):
             r.live.post_label(click(t - i * MS, i))
         assert r.loop.entered.wait(10)  # the first is being judged, JUDGE_QUEUE - 1 wait
         assert r.live.labels_dropped == 3 and r.live.status()["labels_dropped"] == 3
-        assert "3 clicks NOT judged: the loop fell behind" in status_text(r.live, None)
+        said = "3 clicks NOT judged (the loop fell behind, or the run was ending)"
+        assert said in status_text(r.live, None)
         r.gate.set()
         assert r.live.flush(10)
         assert len(r.live.decisions) == live_mod.JUDGE_QUEUE
@@ -471,6 +472,94 @@ def test_the_end_of_a_run_judges_and_stores_the_clicks_still_posted(tmp_path):
         assert len(r.live.decisions) == 3 and r.live.labels_stored == 3
         r.live.post_label(click(t + MS, 9))
         assert r.live.labels_dropped == 1 and len(r.live.decisions) == 3
+    finally:
+        r.gate.set()
+        r.live.close()
+
+
+def test_a_click_posted_before_a_new_model_came_is_stored_under_its_own_run(tmp_path):
+    """The judge may take a click after the model watcher has adopted a new model: the
+    click was made while the old one mapped, and its record is the old run's."""
+    from gazeloop.calibration.drift.loop import DriftLoop, LoopConfig
+    from gazeloop.calibration.geometry import ScreenGeometry
+
+    gate, held = threading.Event(), []
+
+    def factory(history, m, new_sitting):
+        held.append(HeldLoop(DriftLoop(LoopConfig(), history, offset=m.offset), gate))
+        return held[-1]
+
+    def on_screen():
+        return SimpleNamespace(screen=ScreenGeometry(px=SCREEN), offset=np.zeros(2))
+
+    store = LabelStore(tmp_path / "labels")
+    live = Live(
+        FakeFastPath(), mapper=on_screen(), store=store, loop_factory=factory,
+        run_settings={"source": "0"},
+    )  # fmt: skip
+    try:
+        obs = PointObservation(xy=(0.5, 0.5))
+
+        def post(i: int) -> None:
+            live.post_label(
+                OracleLabel(t_ns=i, snapshot_id=f"c{i}", oracle="clicks", observation=obs)
+            )
+
+        post(0)
+        assert held[0].entered.wait(10)  # being judged, by the old model's loop
+        post(1)  # waiting for the judge
+        gaze = SimpleNamespace(model_id="tuned", sha256="ab" * 32, read="ray")
+        live.adopt(on_screen(), gaze)
+        post(2)
+        gate.set()
+        assert live.flush(10)
+        first, tuned = store.runs()
+        runs = {r.snapshot_id: r.run_id for r in store}
+        assert runs == {"c0": first.id, "c1": first.id, "c2": tuned.id}
+    finally:
+        gate.set()
+        live.close()
+
+
+def test_a_click_posted_after_the_end_is_dropped_even_when_none_came_before(tmp_path):
+    r = make_rig(LabelStore(tmp_path / "labels"))
+    try:
+        r.live.drain_store()
+        obs = PointObservation(xy=(0.5, 0.5))
+        r.live.post_label(OracleLabel(t_ns=1, snapshot_id="c1", oracle="clicks", observation=obs))
+        assert r.live.labels_dropped == 1 and r.live.flush(10)
+        assert len(r.live.decisions) == 0 and list(r.store) == []
+    finally:
+        r.live.close()
+
+
+def test_an_update_that_never_ends_is_given_up_on_once_and_counted(tmp_path, monkeypatch):
+    """The end of a run waits `_DRAIN_S` for the clicks being judged, once: the run's end
+    has three steps (drain, finish, close), and each waited again, 90 s in all."""
+    import gazeloop.tools.runtime.live as live_mod
+    from gazeloop.tools.commands.run import status_text
+
+    monkeypatch.setattr(live_mod, "_DRAIN_S", 0.2)
+    r = held_rig(tmp_path)
+    try:
+        r.run(300)
+        t = round(r.state["t_ms"] * MS)
+        for i in range(3):
+            r.live.post_label(click(t - i * MS, i))
+        assert r.loop.entered.wait(10)
+        said, judged = [], r.live._judged
+
+        def judged_said(timeout):
+            said.append(judged(timeout))
+            return said[-1]
+
+        monkeypatch.setattr(r.live, "_judged", judged_said)
+        r.live.drain_store()
+        r.live.finish()
+        # Given up on once (the update is still held); every later step went straight on.
+        assert said == [False, True, True], said
+        assert r.live.labels_unjudged == 3 and r.live.store_unwritten == 0
+        assert "3 clicks NOT judged: the loop did not finish in time" in status_text(r.live, None)
     finally:
         r.gate.set()
         r.live.close()
