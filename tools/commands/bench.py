@@ -51,6 +51,7 @@ def add_parser(sub) -> None:
     _add_mqtt_parser(bsub)
     _add_loop_parser(bsub)
     _add_loop_update_parser(bsub)
+    _add_clicks_parser(bsub)
 
 
 def _add_fastpath_parser(sub) -> None:
@@ -146,6 +147,27 @@ def _add_loop_update_parser(sub) -> None:
     )
     u.add_argument("--json", action="store_true", help=ONE_LINE)
     u.set_defaults(func=run_loop_update)
+
+
+def _add_clicks_parser(sub) -> None:
+    c = sub.add_parser(
+        "clicks",
+        help="the frame thread's time with clicks judged on it or on the label judge (JSON)",
+        description="The real fast path and a profile on a recording's frames, paced at --hz, "
+        "a click label near the estimate every --every frames (a synthetic load): each "
+        "frame's time with the drift loop's update on the frame thread, and with the label "
+        "posted to the label judge's thread as `gazeloop run` does; the two alternate "
+        "--rounds times.",
+    )
+    c.add_argument("--profile", type=real_path, required=True, help="a profile (profile fit)")
+    c.add_argument("--source", required=True, help="video file or session folder")
+    c.add_argument("--frames", type=positive_int, default=3000, help="frames per run (3000)")
+    c.add_argument("--every", type=positive_int, default=10, help="a click every N frames (10)")
+    c.add_argument("--hz", type=positive_float, default=60.0, help="frame rate paced (60)")
+    c.add_argument("--rounds", type=positive_int, default=2, help="runs of each mode (2)")
+    c.add_argument("--json", action="store_true", help=ONE_LINE)
+    add_fastpath_args(c)
+    c.set_defaults(func=run_clicks)
 
 
 def _add_mqtt_parser(sub) -> None:
@@ -416,6 +438,27 @@ def run_fastpath(args: argparse.Namespace) -> int:
         }
     else:
         out = bench_fastpath(args.source, args.frames, cfg)
+    print(json.dumps(out, indent=None if args.json else 2))
+    return 0
+
+
+def run_clicks(args: argparse.Namespace) -> int:
+    from gazeloop.calibration.profile import ProfileMapper
+    from gazeloop.tools.runtime.bench_clicks import bench_clicks
+    from gazeloop.tools.runtime.hotreload import profile_for_model
+
+    if args.frames < args.every:
+        raise UserError(f"--frames {args.frames}: fewer than one click (--every {args.every})")
+    out = bench_clicks(
+        args.source,
+        fastpath_config(args),
+        # as `run` maps: the profile's fit for this fast path's gaze model
+        lambda fp: ProfileMapper(profile_for_model(Path(args.profile), fp)[0]),
+        frames=args.frames,
+        every=args.every,
+        hz=args.hz,
+        rounds=args.rounds,
+    )
     print(json.dumps(out, indent=None if args.json else 2))
     return 0
 
