@@ -443,12 +443,13 @@ def run_fastpath(args: argparse.Namespace) -> int:
 
 
 def run_clicks(args: argparse.Namespace) -> int:
-    from gazeloop.calibration.profile import ProfileMapper
+    from gazeloop.calibration.profile import Profile, ProfileMapper
     from gazeloop.tools.runtime.bench_clicks import bench_clicks
     from gazeloop.tools.runtime.hotreload import profile_for_model
 
     if args.frames < args.every:
         raise UserError(f"--frames {args.frames}: fewer than one click (--every {args.every})")
+    Profile.load(args.profile)  # a profile that cannot be read is said before the video is
     out = bench_clicks(
         args.source,
         fastpath_config(args),

@@ -445,7 +445,11 @@ def _replay_clicks(args, live: Live, mapper, ls: LabelledSource):
     from gazeloop.tools.runtime.clicks import ClickLabeller, ClickReplay
 
     # A constant clock: the labeller then places every press at the last frame's own time.
-    live.clicks = ClickLabeller(live.history, mapper.screen.px, live.post_label, clock=lambda: 0)
+    # Judged at their frame (no 60 Hz to keep): the offset moves at the same frame every
+    # time, so a replay gives the same labels.
+    live.clicks = ClickLabeller(
+        live.history, mapper.screen.px, live.external_label, clock=lambda: 0
+    )
     return ClickReplay(live.clicks, ls.target_of, recorded_px=ls.screen_px)
 
 

@@ -13,7 +13,9 @@ Labels without a snapshot of their own (clicks, the validation glance) come in t
 the loop's decision and the camera frame nearest their time (the last second of frames is
 kept, a few a second, while such a labeller is attached). Clicks are judged by the click
 rules on the frame thread (0.25 ms at p50, under 1 ms at p99: `click_poll` in `gazeloop
-bench loop-update`) and handed to `post_label`, whose own thread runs the loop update. An
+bench loop-update`) and handed to `post_label`, whose own thread runs the loop update (a
+replay's clicks, which have no frame rate to keep, are judged at their frame, so the same
+recording gives the same labels). An
 update takes up to 8 ms at p99 with a few hundred labels held (the same benchmark), and
 waits on the loop's lock while the oracle's thread holds it: on the frame thread, beside
 the fast path's 11-12 ms, it made a click's frame late at 60 Hz. The glance's label is
@@ -522,16 +524,15 @@ class Live:
         """A label from a source other than the worker's oracle (a click, a glance): the
         same loop update and status, and stored like the oracle's (accepted or not, with
         the loop's decision), with the camera frame nearest its time when one was kept."""
-        return self._judge_label(label, self._run_key)
-
-    def _judge_label(self, label: OracleLabel, run: int | None) -> LoopDecision | None:
-        """`external_label` with the run record current when the label was made: a click
-        posted before a new model or screen came is the earlier run's."""
         decision = self._update_loop(label)
-        fast = None if decision is None else decision.fast_xy
-        image = self._frame_near(label.t_ns)
-        self._store(label, image, fast, decision, label.t_ns, run)
+        self._store_judged(label, decision, self._run_key)
         return decision
+
+    def _store_judged(self, label: OracleLabel, decision, run: int | None) -> None:
+        """`run`: the record current when the label was made (a click posted before a new
+        model or screen came is the earlier run's)."""
+        fast = None if decision is None else decision.fast_xy
+        self._store(label, self._frame_near(label.t_ns), fast, decision, label.t_ns, run)
 
     def post_label(self, label: OracleLabel) -> None:
         """`external_label` on the label judge's thread; returns at once (the frame thread
@@ -559,7 +560,13 @@ class Live:
                     return
                 label, run = self._judge_q.popleft()
             try:
-                self._judge_label(label, run)
+                decision = self._update_loop(label)
+                with self._judging:
+                    # Given up on while judged: counted in labels_unjudged, and the run's
+                    # summary has said so; stored now, it would be counted twice.
+                    given_up = self._judge_abandoned
+                if not given_up:
+                    self._store_judged(label, decision, run)
             except Exception:  # one label's failure must not end the judging of the rest
                 self.judge_errors += 1
                 log.exception("drift loop: the label %s could not be judged", label.snapshot_id)
@@ -728,8 +735,8 @@ class Live:
         store; past it, give up on those still queued (counted in `store_unwritten`; the one
         being written, if any, in `store_stuck`), so the run's summary is what the store
         holds and the end is bounded. A stalled disk had the writer go on after the summary,
-        and the run hang at its end. The clicks still being judged come first: their labels
-        are the store's too."""
+        and the run hang at its end. The clicks still being judged come first (up to
+        `_DRAIN_S` too): their labels are the store's."""
         self._stop_judge()
         if self._writer is None or self._writer_closing or self.flush(_DRAIN_S):
             return

@@ -22,7 +22,7 @@ def test_every_update_is_counted_once_in_the_bin_of_the_labels_held(capsys):
     assert [r["n"] for r in rows] == [120, 120, 20]
     assert out["most_labels_held"] == 130
     assert all(0 < r["p50_ms"] <= r["p99_ms"] <= r["max_ms"] for r in rows)
-    # One click per label of a stream, each decided at a fixation and posted once.
+    # streams × labels clicks, each decided at a fixation and handed on once.
     c = out["click_poll"]
     assert c["clicks"] == c["accepted"] == c["n"] == 130
 

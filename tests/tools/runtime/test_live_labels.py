@@ -560,6 +560,12 @@ def test_an_update_that_never_ends_is_given_up_on_once_and_counted(tmp_path, mon
         assert said == [False, True, True], said
         assert r.live.labels_unjudged == 3 and r.live.store_unwritten == 0
         assert "3 clicks NOT judged: the loop did not finish in time" in status_text(r.live, None)
+        # The one being judged when the end gave up finishes later: counted as not judged,
+        # so not stored as well.
+        r.gate.set()
+        r.live._judge.join(10)
+        assert not r.live._judge.is_alive() and r.live.flush(10)
+        assert len(r.live.decisions) == 1 and r.live.labels_stored == 0
     finally:
         r.gate.set()
         r.live.close()
