@@ -820,13 +820,11 @@ class Live:
                 "pending": m.pending,
                 "latency_p50_s": m.latency_p50_s,
             }
-        if self.store_dropped:
-            out["store_dropped"] = self.store_dropped
-        for k in ("labels_dropped", "labels_unjudged", "judge_errors"):
+        for k in (
+            "store_dropped", "labels_dropped", "labels_unjudged", "judge_errors", "labels_unstored"
+        ):  # fmt: skip
             if getattr(self, k):
                 out[k] = getattr(self, k)
-        if self.labels_unstored:
-            out["labels_unstored"] = self.labels_unstored
         if self.clicks is not None:
             out["clicks"] = dict(self.clicks.verdicts)
         if self.glance is not None:

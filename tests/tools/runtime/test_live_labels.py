@@ -384,7 +384,8 @@ class HeldLoop:
         return getattr(self.inner, name)
 
 
-def held_rig(tmp_path) -> SimpleNamespace:
+def held_rig(tmp_path, m=None, **kw) -> SimpleNamespace:
+    """A rig whose loop holds each update until `r.gate` is set; clicks are posted."""
     from gazeloop.calibration.drift.loop import DriftLoop, LoopConfig
 
     gate, held = threading.Event(), []
@@ -393,10 +394,20 @@ def held_rig(tmp_path) -> SimpleNamespace:
         held.append(HeldLoop(DriftLoop(LoopConfig(), history, offset=m.offset), gate))
         return held[-1]
 
-    r = make_rig(LabelStore(tmp_path / "labels"), loop_factory=factory)
+    r = make_rig(LabelStore(tmp_path / "labels"), m, loop_factory=factory, **kw)
     r.gate, r.loop = gate, held[0]
     r.live.clicks = ClickLabeller(r.live.history, SCREEN, r.live.post_label, clock=r.clock)
     return r
+
+
+def post_clicks(r: SimpleNamespace, n: int) -> int:
+    """`n` clicks posted after 300 ms of frames, the first held by the loop; → their time."""
+    r.run(300)
+    t = round(r.state["t_ms"] * MS)
+    for i in range(n):
+        r.live.post_label(click(t - i * MS, i))
+    assert r.loop.entered.wait(10)
+    return t
 
 
 def click_at(r: SimpleNamespace, target: np.ndarray) -> None:
@@ -440,11 +451,7 @@ def test_posted_labels_past_the_judges_queue_are_dropped_and_counted(tmp_path):
 
     r = held_rig(tmp_path)
     try:
-        r.run(300)
-        t = round(r.state["t_ms"] * MS)
-        for i in range(live_mod.JUDGE_QUEUE + 3):
-            r.live.post_label(click(t - i * MS, i))
-        assert r.loop.entered.wait(10)  # the first is being judged, JUDGE_QUEUE - 1 wait
+        post_clicks(r, live_mod.JUDGE_QUEUE + 3)  # the first is judged, JUDGE_QUEUE - 1 wait
         assert r.live.labels_dropped == 3 and r.live.status()["labels_dropped"] == 3
         said = "3 clicks NOT judged (the loop fell behind, or the run was ending)"
         assert said in status_text(r.live, None)
@@ -462,11 +469,7 @@ def test_the_end_of_a_run_judges_and_stores_the_clicks_still_posted(tmp_path):
     counts the last clicks. Labels posted after it are dropped, counted."""
     r = held_rig(tmp_path)
     try:
-        r.run(300)
-        t = round(r.state["t_ms"] * MS)
-        for i in range(3):
-            r.live.post_label(click(t - i * MS, i))
-        assert r.loop.entered.wait(10)
+        t = post_clicks(r, 3)
         threading.Timer(0.2, r.gate.set).start()  # the loop lets go while the end waits
         r.live.drain_store()
         assert len(r.live.decisions) == 3 and r.live.labels_stored == 3
@@ -480,45 +483,34 @@ def test_the_end_of_a_run_judges_and_stores_the_clicks_still_posted(tmp_path):
 def test_a_click_posted_before_a_new_model_came_is_stored_under_its_own_run(tmp_path):
     """The judge may take a click after the model watcher has adopted a new model: the
     click was made while the old one mapped, and its record is the old run's."""
-    from gazeloop.calibration.drift.loop import DriftLoop, LoopConfig
     from gazeloop.calibration.geometry import ScreenGeometry
-
-    gate, held = threading.Event(), []
-
-    def factory(history, m, new_sitting):
-        held.append(HeldLoop(DriftLoop(LoopConfig(), history, offset=m.offset), gate))
-        return held[-1]
 
     def on_screen():
         return SimpleNamespace(screen=ScreenGeometry(px=SCREEN), offset=np.zeros(2))
 
-    store = LabelStore(tmp_path / "labels")
-    live = Live(
-        FakeFastPath(), mapper=on_screen(), store=store, loop_factory=factory,
-        run_settings={"source": "0"},
-    )  # fmt: skip
+    r = held_rig(tmp_path, on_screen(), run_settings={"source": "0"})
     try:
         obs = PointObservation(xy=(0.5, 0.5))
 
         def post(i: int) -> None:
-            live.post_label(
+            r.live.post_label(
                 OracleLabel(t_ns=i, snapshot_id=f"c{i}", oracle="clicks", observation=obs)
             )
 
         post(0)
-        assert held[0].entered.wait(10)  # being judged, by the old model's loop
+        assert r.loop.entered.wait(10)  # being judged, by the old model's loop
         post(1)  # waiting for the judge
         gaze = SimpleNamespace(model_id="tuned", sha256="ab" * 32, read="ray")
-        live.adopt(on_screen(), gaze)
+        r.live.adopt(on_screen(), gaze)
         post(2)
-        gate.set()
-        assert live.flush(10)
-        first, tuned = store.runs()
-        runs = {r.snapshot_id: r.run_id for r in store}
+        r.gate.set()
+        assert r.live.flush(10)
+        first, tuned = r.store.runs()
+        runs = {row.snapshot_id: row.run_id for row in r.store}
         assert runs == {"c0": first.id, "c1": first.id, "c2": tuned.id}
     finally:
-        gate.set()
-        live.close()
+        r.gate.set()
+        r.live.close()
 
 
 def test_a_click_posted_after_the_end_is_dropped_even_when_none_came_before(tmp_path):
@@ -542,11 +534,7 @@ def test_an_update_that_never_ends_is_given_up_on_once_and_counted(tmp_path, mon
     monkeypatch.setattr(live_mod, "_DRAIN_S", 0.2)
     r = held_rig(tmp_path)
     try:
-        r.run(300)
-        t = round(r.state["t_ms"] * MS)
-        for i in range(3):
-            r.live.post_label(click(t - i * MS, i))
-        assert r.loop.entered.wait(10)
+        post_clicks(r, 3)
         said, judged = [], r.live._judged
 
         def judged_said(timeout):
