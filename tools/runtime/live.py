@@ -38,7 +38,8 @@ mapper. A posted click keeps the run record current when it was posted. The judg
 the interpreter's lock with the frame thread: it runs beside the networks and OpenCV, which
 release it, and takes turns with the frame thread's Python, so part of an update still
 lands on the next frame. `gazeloop bench clicks` measures both ways on the real fast path:
-at six clicks a second, the frames later than 1/60 s fell from 7-10 % to 1-4 %.
+at six clicks a second, the frames ready more than 1/60 s after they were due fell from
+5-8 % to 1-2 %.
 
 A snapshot handed to the oracle is kept (its frame is what the store and the picture-in-
 picture show with its label) until its label is stored or the worker has passed it over: a
