@@ -318,7 +318,9 @@ def _l1_batched(M: np.ndarray, R: np.ndarray, mask: np.ndarray, c0: np.ndarray) 
     w = mask.astype(np.float64)
     c0x, c0y = c0[:, 0], c0[:, 1]
     c = _homogeneous(c0)
-    for _ in range(_L1_ITERS):
+    for i in range(_L1_ITERS):
+        if i:  # the weights of the last step's centres (the caller takes its own lengths)
+            w = mask / np.maximum(_lengths(R, c), _EPS)
         S = w @ M.T
         # The pin grows with the weights, as in `_l1_centre`: a row of parallel lines has
         # weights up to 1/_EPS, and a fixed pin left its solve to rounding (centres off by
@@ -329,7 +331,6 @@ def _l1_batched(M: np.ndarray, R: np.ndarray, mask: np.ndarray, c0: np.ndarray) 
         det = s00 * s11 - s01 * s01
         c[:, 1] = (s01 * by - s11 * bx) / det  # −cx
         c[:, 2] = (s01 * bx - s00 * by) / det  # −cy
-        w = mask / np.maximum(_lengths(R, c), _EPS)
     return -c[:, 1:]
 
 

@@ -453,38 +453,33 @@ class GeometricMapping(ScreenMapping):
         return k, None
 
     def _fit(self, X: np.ndarray, Y: np.ndarray, w: np.ndarray) -> None:
-        fit = self._fit_folds(X, Y, w, np.zeros((1, len(Y)), dtype=bool))
-        if isinstance(fit, str):
-            raise GeometryError(fit)
-        P, n_targets, iterations, cost = fit
+        P, n_targets, iterations, cost = self._fit_folds(X, Y, w, np.zeros((1, len(Y)), dtype=bool))
         self.p = P[0]
         self.free = list(self._free(int(n_targets[0])))
         self.info = {"iterations": int(iterations[0]), "cost": float(cost[0])}
 
     def _fit_folds(
         self, X: np.ndarray, Y: np.ndarray, w: np.ndarray, outs: np.ndarray
-    ) -> tuple[np.ndarray, ...] | str:
+    ) -> tuple[np.ndarray, ...]:
         """Fit each fold (every frame but its `outs` row's; one fold of every frame is the
         mapping's own fit) → (parameters (F, 9), targets kept (F,), iterations (F,), cost
-        (F,)), or why the first fold that cannot be fitted cannot. Weights are normalised to
-        sum to a fold's targets. Frames whose ray misses the screen at the prior (a glance
-        far off the screen that the outlier filter let through) sit out; most of a fold's
-        missing is a wrong convention, not a glance."""
+        (F,)); `GeometryError` saying why the first fold that cannot be fitted cannot.
+        Weights are normalised to sum to a fold's targets. Frames whose ray misses the
+        screen at the prior (a glance far off the screen that the outlier filter let
+        through) sit out; most of a fold's missing is a wrong convention, not a glance."""
         n_targets, problem = self._fold_spread(X, Y, outs)
         if problem is not None:
-            return problem
-        try:
-            yaw, pitch, eye = self._unpack(X)
-        except GeometryError as e:
-            return str(e)
+            raise GeometryError(problem)
+        yaw, pitch, eye = self._unpack(X)
         frames = ray_frames(eye)
         prior = self._prior()
         hits = _on_screen(prior, yaw, pitch, eye, frames)
         kept = (~outs).sum(axis=1)
         missed = (~outs & ~hits[None, :]).sum(axis=1)
-        if (kept - missed < 0.5 * kept).any():
-            f = int(np.flatnonzero(kept - missed < 0.5 * kept)[0])
-            return (
+        mostly_missed = kept - missed < 0.5 * kept
+        if mostly_missed.any():
+            f = int(np.flatnonzero(mostly_missed)[0])
+            raise GeometryError(
                 f"{int(missed[f])} of {int(kept[f])} gaze rays point away from the screen "
                 "plane at the starting geometry; check that frames are un-mirrored and "
                 "eye_z_mm < 0 (the face in front of the camera)"
@@ -500,16 +495,16 @@ class GeometricMapping(ScreenMapping):
             folds = _Folds(yaw, pitch, eye, frames, target_mm, W[b], mask[b], free, prior, sd)
             P[b], ok, iterations[b], cost[b] = folds.fit()
             if not ok.all():
-                return "gaze rays leave the screen plane while fitting"
+                raise GeometryError("gaze rays leave the screen plane while fitting")
         low = (P[:, 2] < _MIN_GAIN) | (P[:, 3] < _MIN_GAIN)
         if low.any():
             p = P[int(np.flatnonzero(low)[0])]
             if p[2] < _MIN_GAIN:
-                return (
+                raise GeometryError(
                     f"the fitted yaw gain is {p[2]:.2f} (should be near 1): the frames look "
                     "mirrored (a selfie view), or the gaze yaw does not follow the targets"
                 )
-            return (
+            raise GeometryError(
                 f"the fitted pitch gain is {p[3]:.2f} (should be near 1): the gaze pitch "
                 "does not follow the targets"
             )
@@ -573,10 +568,10 @@ class GeometricMapping(ScreenMapping):
         cannot be fitted (`_fit` would raise `GeometryError` for it). Every fold starts from
         the prior, not from a fit on every target: a start that has seen the held-out target
         leaves a trace of it where the iterations stop."""
-        fit = self._fit_folds(X, Y, w, outs)
-        if isinstance(fit, str):
+        try:
+            P, n_targets, *_ = self._fit_folds(X, Y, w, outs)
+        except GeometryError:
             return None
-        P, n_targets = fit[:2]
         yaw, pitch, eye = X[:, 0], X[:, 1], X[:, 2:5]
         frames, screen = ray_frames(eye), self._screen()
         per = np.empty(len(outs))

@@ -1084,9 +1084,7 @@ class Window:
         if g.verdict != "ok":
             print(f"glance ({g.trigger}): no label ({g.verdict.replace('_', ' ')})", flush=True)
             return
-        # Judged on this thread as the glance ended; a click's decision may have come since.
-        d = next((d for d in reversed(list(self.live.decisions)) if d.source == "glance"), None)
-        said = "" if d is None else ": " + d.why
+        said = "" if g.decision is None else ": " + g.decision.why
         px = np.asarray(g.xy) * self.live.mapper.screen.px
         print(f"glance ({g.trigger}) at ({px[0]:.0f}, {px[1]:.0f}) px{said}", flush=True)
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gazeloop.calibration.drift.history import History
+from gazeloop.calibration.drift.loop import LoopDecision
 from gazeloop.calibration.labels import OracleLabel, PointObservation
 from gazeloop.oracle.clicks import Fixation, GlanceRules, fixation_on_dot
 
@@ -48,6 +49,7 @@ class Glance:
     trigger: str  # "key" or "auto"
     verdict: str = "waiting"
     fixation: Fixation | None = None
+    decision: LoopDecision | None = None  # what `on_label` said of its label
 
 
 class GlanceLabeller:
@@ -55,7 +57,7 @@ class GlanceLabeller:
         self,
         history: History,
         screen_px: tuple[int, int],
-        on_label: Callable[[OracleLabel], None],
+        on_label: Callable[[OracleLabel], LoopDecision | None],
         *,
         rules: GlanceRules | None = None,
         auto_after_s: float = 600.0,
@@ -131,7 +133,7 @@ class GlanceLabeller:
         g.fixation = fix
         self._finish(why)
         if fix is not None:
-            self.on_label(self.label_of(g))
+            g.decision = self.on_label(self.label_of(g))
         return why
 
     def _finish(self, why: str) -> None:

@@ -766,9 +766,10 @@ class Live:
                 return
             self._judge_closing = True
             self._judging.notify_all()
-        if self._judge is None or self._judged(_DRAIN_S):
-            if self._judge is not None:
-                self._judge.join(_DRAIN_S)
+        if self._judge is None:
+            return
+        if self._judged(_DRAIN_S):
+            self._judge.join(_DRAIN_S)
             return
         with self._judging:
             self.labels_unjudged += self._judge_open
