@@ -26,6 +26,14 @@ def need_shared() -> Path:
 def _offline_models(tmp_path_factory):
     """No network in tests; models from ../shared; built models into a throwaway cache."""
     cache = tmp_path_factory.mktemp("model-cache")
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # One feature cache for every worker of this run: entries are keyed by content and
+        # written atomically, and without it each worker ran the networks over the same
+        # shared sessions again (the evit sittings alone: 20 s a worker). Models stay per
+        # worker: tests build, damage and rebuild them in place.
+        features = tmp_path_factory.getbasetemp().parent / "features"
+        features.mkdir(exist_ok=True)
+        (cache / "features").symlink_to(features, target_is_directory=True)
     old = {k: os.environ.get(k) for k in ("GAZELOOP_OFFLINE", "GAZELOOP_MODELS", "GAZELOOP_CACHE")}
     os.environ["GAZELOOP_OFFLINE"] = "1"
     os.environ["GAZELOOP_CACHE"] = str(cache)
