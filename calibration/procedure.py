@@ -19,6 +19,7 @@ uses (`fit_profile_report`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -269,6 +270,7 @@ def fit_profile_report(
     gaze_model_id: str,
     gaze_model_sha256: str,
     gaze_read: GazeRead = "single",
+    read_with: dict[str, Any] | None = None,
     mapping: str = "ridge",
     calibration_session: str | None = None,
     frame_names: list[str] | None = None,
@@ -311,6 +313,7 @@ def fit_profile_report(
         gaze_model_id=gaze_model_id,
         gaze_model_sha256=gaze_model_sha256,
         gaze_read=gaze_read,
+        read_with=read_with,
         mapping=MappingSpec(name=mapping, params=m.params()),
         fit=fit_report(r, hyper),
         calibration_session=calibration_session,
@@ -356,6 +359,7 @@ def profile_from_choice(
     gaze_model_id: str,
     gaze_model_sha256: str,
     gaze_read: GazeRead = "single",
+    read_with: dict[str, Any] | None = None,
     calibration_session: str | None = None,
     in_sample_px: float | None = None,
 ) -> Profile:
@@ -371,6 +375,7 @@ def profile_from_choice(
         gaze_model_id=gaze_model_id,
         gaze_model_sha256=gaze_model_sha256,
         gaze_read=gaze_read,
+        read_with=read_with,
         mapping=MappingSpec(name=choice.candidate.mapping, params=choice.mapping.params()),
         fit=fit_report(
             r,
@@ -408,6 +413,7 @@ def fit_profile_selected(
     gaze_model_id: str,
     gaze_model_sha256: str,
     gaze_read: GazeRead = "single",
+    read_with: dict[str, Any] | None = None,
     calibration_session: str | None = None,
     mirrored: bool | None = None,
     candidates: list | None = None,
@@ -436,6 +442,7 @@ def fit_profile_selected(
         gaze_model_id=gaze_model_id,
         gaze_model_sha256=gaze_model_sha256,
         gaze_read=gaze_read,
+        read_with=read_with,
         calibration_session=calibration_session,
         in_sample_px=in_sample_error_px(choice, reads, screen),
     )

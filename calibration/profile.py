@@ -182,6 +182,10 @@ class Profile(BaseModel):
     gaze_model_id: str
     gaze_model_sha256: str
     gaze_read: GazeRead = "single"
+    # The fast-path settings its frames were read with (`FastPathConfig.feature_settings`):
+    # the read above names the network's, these the rest (landmark backend, focal length,
+    # blink thresholds, ...). None: a profile from before they were recorded.
+    read_with: dict[str, Any] | None = None
     mapping: MappingSpec
     fit: FitReport
     # Drift offset C in normalised screen units, maintained by the closed loop.
@@ -334,6 +338,18 @@ def _check_made_for(
         raise ProfileError(
             f"{path}: made for features {prof.features}, not {list(features)}; recalibrate"
         )
+
+
+def read_with_changes(prof: Profile, now: dict[str, Any]) -> list[str]:
+    """The settings `now` reads frames with that differ from those `prof` was fitted on, as
+    "name was → is" (empty: none, or a profile that did not record them). Said, not
+    refused: a profile read otherwise still maps, only less well, and some changes (another
+    landmark backend on the same networks) move features little."""
+    if prof.read_with is None:
+        return []
+    # A setting added since the profile was made is not a change: it did not record it.
+    keys = sorted(set(prof.read_with) & set(now))
+    return [f"{k} {prof.read_with[k]} → {now[k]}" for k in keys if prof.read_with[k] != now[k]]
 
 
 class ProfileMapper:

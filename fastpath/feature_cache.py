@@ -96,19 +96,11 @@ def config_digest(cfg) -> str:
     parts = {
         "version": CACHE_VERSION,
         "code": code_digest(),
-        "landmarks": cfg.landmarks,
         "face_model": _file_sha(face),
         "gaze_model": _file_sha(gaze),
-        "max_faces": cfg.max_faces,
-        "crop_scale": cfg.crop_scale,
-        "blink_aperture": cfg.blink_aperture,
-        "blink_relative": getattr(cfg, "blink_relative", None),
-        "focal_px": cfg.focal_px,
-        "still_gap_s": cfg.still_gap_s,
-        "gaze_frame": getattr(cfg, "gaze_frame", "camera"),
-        "mirror_average": getattr(cfg, "mirror_average", False),
+        **cfg.feature_settings(),
         # another execution provider may compute in another precision
-        "ep": getattr(cfg, "ep", "cpu"),
+        "ep": cfg.ep,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 

@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -52,6 +52,12 @@ def default_filter_params(name: str) -> dict[str, float]:
 
 MAX_THREADS = 128  # onnxruntime intra-op threads: more than any machine this runs on has cores
 _FAILURES_SAID = 16  # distinct frame failures warned about, per fast path
+
+
+_FEATURE_SETTINGS = {
+    "landmarks", "max_faces", "crop_scale", "blink_aperture", "blink_relative", "focal_px",
+    "still_gap_s", "gaze_frame", "mirror_average",
+}  # fmt: skip
 
 
 class FastPathConfig(BaseModel):
@@ -101,6 +107,14 @@ class FastPathConfig(BaseModel):
         # error where the config is read, not a traceback when the stream starts.
         make_filter(self.filter, **self.filter_kwargs())
         return self
+
+    def feature_settings(self) -> dict[str, Any]:
+        """The settings that decide a frame's features (the models aside, which are known
+        by their content): what the feature cache keys on, and what a profile records of
+        the frames it was fitted on, since the same model read with other settings gives
+        other features. Not the filter (features are taken before it) nor the execution
+        provider (the same numbers, up to precision)."""
+        return self.model_dump(mode="json", include=_FEATURE_SETTINGS)
 
     def filter_kwargs(self) -> dict[str, float]:
         """The chosen filter's parameters: as given, else its defaults (never another

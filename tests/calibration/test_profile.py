@@ -505,3 +505,17 @@ def test_a_profile_records_the_eye_squares_it_was_fitted_on():
     assert name == "ray:mirror_average@crop1.5"
     assert read_config(name) == {"gaze_frame": "ray", "mirror_average": True, "crop_scale": 1.5}
     assert read_config("single")["crop_scale"] == CROP_SCALE
+
+
+def test_read_with_changes_names_what_differs_and_not_what_was_never_recorded():
+    """A setting added since the profile was made is no change; a profile that recorded
+    none has none."""
+    from gazeloop.calibration.profile import read_with_changes
+
+    prof = make_profile(read_with={"landmarks": "onnx", "focal_px": None, "crop_scale": 1.8})
+    now = {"landmarks": "tasks", "focal_px": None, "crop_scale": 1.8, "new_setting": 3}
+    assert read_with_changes(prof, now) == ["landmarks onnx → tasks"]
+    assert read_with_changes(prof, {**now, "landmarks": "onnx"}) == []
+    assert read_with_changes(make_profile(), now) == []
+    # kept through a save and a load
+    assert Profile.model_validate_json(prof.model_dump_json()).read_with == prof.read_with

@@ -28,6 +28,7 @@ from gazeloop.fastpath.pipeline import FastPath, FastPathConfig
 from gazeloop.fastpath.providers import EP_CHOICES, ProviderError, resolve_providers
 from gazeloop.fastpath.sources import is_camera
 from gazeloop.tools.errors import UserError
+from gazeloop.tools.runtime.made_by import made_by
 from gazeloop.tools.runtime.progress import Progress
 from gazeloop.tools.runtime.run_config import PolicySettings, RunConfig
 
@@ -329,14 +330,14 @@ def fixed_mapping(args: argparse.Namespace) -> tuple[str, list[str]] | None:
 def collect_frames(args: argparse.Namespace, session, what: str):
     """Every frame of `session` through a fast path of the flags' settings, for a fixed
     mapping (`eval`, `profile fit`: no feature cache, no selection), the fast path closed
-    after. → (the collection, the gaze model that made its features)."""
+    after. → (the collection, what a profile records of that fast path: `made_by`)."""
     fp = FastPath(fastpath_config(args))
     try:
         with Progress(f"{what}, {len(session.items)} frames through the fast path"):
             col = collect_session(session, fp)
     finally:
         fp.close()
-    return col, fp.gaze
+    return col, made_by(fp)
 
 
 def feature_columns(used: LabelledFrames, names: list[str]):

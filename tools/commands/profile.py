@@ -31,6 +31,7 @@ from gazeloop.tools.commands._args import (
 )
 from gazeloop.tools.errors import UserError
 from gazeloop.tools.runtime.calibration import history_line
+from gazeloop.tools.runtime.made_by import made_by
 from gazeloop.tools.runtime.progress import Progress
 from gazeloop.tools.runtime.selection import (
     evaluate_session,
@@ -139,18 +140,12 @@ def _fit_pooled(args, sessions, screen, fixed):
     try:
         with Progress(f"profile fit, {len(sessions)} sessions, {n} frames through the fast path"):
             pool = pool_views([session_views(s, fp, cache=not args.no_cache) for s in sessions])
-        gaze = fp.get().gaze
+        ids = made_by(fp.get())
     finally:
         fp.close()
     names = [str(Path(s.folder).resolve()) for s in sessions]
     common = dict(
-        screen=screen,
-        user=args.user,
-        device=args.device,
-        gaze_model_id=gaze.model_id,
-        gaze_model_sha256=gaze.sha256,
-        gaze_read=gaze.read,
-        calibration_session=names[-1],
+        screen=screen, user=args.user, device=args.device, calibration_session=names[-1], **ids
     )
     try:
         if fixed is None:
@@ -185,7 +180,7 @@ def _fit_selected(args, session, screen):
 
 def _fit_fixed(args, session, screen, mapping: str, names: list[str]) -> Profile:
     """One mapping on named features, as asked."""
-    col, gaze = collect_frames(args, session, "profile fit")
+    col, ids = collect_frames(args, session, "profile fit")
     used = col.labelled()
     if not len(used):
         raise UserError(f"{session.folder}: no usable frames")
@@ -199,11 +194,9 @@ def _fit_fixed(args, session, screen, mapping: str, names: list[str]) -> Profile
             features=names,
             user=args.user,
             device=args.device,
-            gaze_model_id=gaze.model_id,
-            gaze_model_sha256=gaze.sha256,
-            gaze_read=gaze.read,
             mapping=mapping,
             calibration_session=str(Path(session.folder).resolve()),
+            **ids,
         )
     except ValueError as e:
         raise UserError(str(e)) from None
@@ -214,7 +207,8 @@ def summary(p: Profile) -> str:
     return (
         f"  user {p.user}, device {p.device}, screen {p.screen.px[0]}x{p.screen.px[1]} px\n"
         f"  {p.mapping.name} on {', '.join(p.features)} ({f.hyper}), gaze model {p.gaze_model_id}\n"
-        f"  fitted on {f.targets} targets / {f.frames} frames{_pooled_text(p)}; "
+        + _read_with_text(p)
+        + f"  fitted on {f.targets} targets / {f.frames} frames{_pooled_text(p)}; "
         "leave-one-target-out mean "
         f"{_px(f.mean_px)}, median {_px(f.median_px)} (constant predictor "
         f"{_px(f.baseline_mean_px)})\n"
@@ -222,6 +216,13 @@ def summary(p: Profile) -> str:
         + ("" if f.chosen is None else "\n" + chosen_text(f.chosen))
         + ("" if f.history is None else "\n  " + history_line(f.history))
     )
+
+
+def _read_with_text(p: Profile) -> str:
+    """The fast-path settings its frames were read with, when it recorded them."""
+    if p.read_with is None:
+        return ""
+    return f"  read with {', '.join(f'{k} {v}' for k, v in sorted(p.read_with.items()))}\n"
 
 
 def _pooled_text(p: Profile) -> str:

@@ -41,6 +41,7 @@ from gazeloop.fastpath.types import Frame, GazeSample
 from gazeloop.tools.errors import UserError
 from gazeloop.tools.runtime import sittings_profile
 from gazeloop.tools.runtime.labelled import LabelledSource
+from gazeloop.tools.runtime.made_by import made_by
 from gazeloop.tools.runtime.recording import UnixClock
 
 
@@ -293,9 +294,7 @@ def _fit(
                 screen=screen,
                 user=user,
                 device=device,
-                gaze_model_id=fp.gaze.model_id,
-                gaze_model_sha256=fp.gaze.sha256,
-                gaze_read=fp.gaze.read,
+                **made_by(fp),
                 calibration_session=str(session_dir.resolve()),
                 mirrored=False,
             )
@@ -308,9 +307,7 @@ def _fit(
                 features=names,
                 user=user,
                 device=device,
-                gaze_model_id=fp.gaze.model_id,
-                gaze_model_sha256=fp.gaze.sha256,
-                gaze_read=fp.gaze.read,
+                **made_by(fp),
                 mapping=run.cfg.mapping,
                 calibration_session=str(session_dir.resolve()),
                 frame_names=frames.names.tolist(),

@@ -26,6 +26,7 @@ from gazeloop.fastpath.pipeline import FastPath
 from gazeloop.fastpath.sources import SessionSource
 from gazeloop.oracle.simple import TargetOracle
 from gazeloop.tools.runtime.live import Live, model_record
+from gazeloop.tools.runtime.made_by import made_by
 from gazeloop.tools.runtime.mqtt.timebase import SourceClock
 from gazeloop.tools.runtime.run_config import RunConfig
 
@@ -63,9 +64,7 @@ def calibrate(session: Session, fp: FastPath, screen: ScreenGeometry, out: Path)
         features=names,
         user="demo",
         device="corners4",
-        gaze_model_id=fp.gaze.model_id,
-        gaze_model_sha256=fp.gaze.sha256,
-        gaze_read=fp.gaze.read,
+        **made_by(fp),
         calibration_session=str(session.folder),
     )
     prof.save(out / "profile.json")

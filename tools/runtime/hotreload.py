@@ -34,6 +34,7 @@ from gazeloop.fastpath import models
 from gazeloop.fastpath.gaze_model import GazeModel
 from gazeloop.fastpath.pipeline import FastPath
 from gazeloop.tools.errors import UserError
+from gazeloop.tools.runtime.made_by import read_otherwise
 from gazeloop.tools.runtime.refit import refit_in_child, refit_profile
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,8 @@ def profile_for_model(path: Path, fp: FastPath) -> tuple[Profile, str]:
     calibration session (kept for next time). ProfileError when none of these is possible."""
     base, fit, how = find_for_model(path, fp.gaze.sha256, fp.gaze.read)
     if fit is not None:
-        return fit, f"profile: {how}"
+        note = read_otherwise(path, fit, fp)
+        return fit, f"profile: {how}" + ("" if note is None else "\n" + note)
     try:
         fit = refit_profile(base, fp.cfg, fp.cfg.gaze_model)
     except (RuntimeError, ValueError, OSError) as e:

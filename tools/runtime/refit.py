@@ -37,6 +37,7 @@ from gazeloop.fastpath.pipeline import FastPath, FastPathConfig
 from gazeloop.fastpath.sessions import adopt_verdicts, known_verdicts
 from gazeloop.oracle.host import lower_priority
 from gazeloop.oracle.process import python_child_env
+from gazeloop.tools.runtime.made_by import made_by
 from gazeloop.tools.runtime.quiet import THIRD_PARTY
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ def refit_profile(profile: Profile, fp_cfg, onnx_path: Path | None) -> Profile:
     folders = _sessions_left(profile)
     chosen = profile.fit.chosen
     fp = FastPath(fp_cfg.model_copy(update={"gaze_model": onnx_path}))
-    gaze = fp.gaze
+    ids = made_by(fp)
     try:
         parts = [_read_as_fitted(folder, fp, chosen) for folder in folders]
     finally:
@@ -75,9 +76,7 @@ def refit_profile(profile: Profile, fp_cfg, onnx_path: Path | None) -> Profile:
         features=names,
         user=profile.user,
         device=profile.device,
-        gaze_model_id=gaze.model_id,
-        gaze_model_sha256=gaze.sha256,
-        gaze_read=gaze.read,
+        **ids,
         mapping=profile.mapping.name,
         # The base profile's, even gone: `find_for_model` knows a kept fit by it.
         calibration_session=profile.calibration_session,

@@ -30,6 +30,7 @@ from gazeloop.fastpath.pipeline import FastPathConfig
 from gazeloop.fastpath.views import NoUsableFrames, Views
 from gazeloop.fastpath.views import session_views as views_of
 from gazeloop.tools.errors import UserError
+from gazeloop.tools.runtime.made_by import made_by, read_otherwise
 
 
 def session_views(
@@ -76,7 +77,6 @@ def profile_from_choice(
     targets, with its leave-one-target-out figures, what selection saw and which candidate
     won (`procedure.profile_from_choice`); with the session's `v`iews, also the chosen
     mapping's in-sample error on them. The user and device default to the manifest's."""
-    gaze = fp.get().gaze
     m = session.manifest
     in_sample = None if v is None else in_sample_error_px(choice, v.reads, screen)
     return procedure_profile(
@@ -85,9 +85,7 @@ def profile_from_choice(
         screen=screen,
         user=user or (m.user if m and m.user else "unknown"),
         device=device or (m.device if m and m.device else "unknown"),
-        gaze_model_id=gaze.model_id,
-        gaze_model_sha256=gaze.sha256,
-        gaze_read=gaze.read,
+        **made_by(fp.get()),
         # Absolute: a refit for a new model (hot reload) reads it from wherever `run` runs.
         calibration_session=str(Path(session.folder).resolve()),
         in_sample_px=in_sample,
@@ -182,9 +180,12 @@ def _note_targets_beyond(session: Session, prof: Profile, labels_px) -> None:
 def load_profile(path: Path, fp: LazyFastPath) -> Profile:
     try:
         gaze = fp.get().gaze
-        return Profile.load(path, gaze_model_sha256=gaze.sha256, gaze_read=gaze.read)
+        prof = Profile.load(path, gaze_model_sha256=gaze.sha256, gaze_read=gaze.read)
     except ProfileError as e:
         raise UserError(str(e)) from None
+    if (note := read_otherwise(path, prof, fp.get())) is not None:
+        print(note, file=sys.stderr)
+    return prof
 
 
 def _fitted_on(prof: Profile, session: Session) -> bool:

@@ -44,6 +44,7 @@ from gazeloop.calibration.sittings import (
 from gazeloop.calibration.store.session import SessionError, read_session
 from gazeloop.fastpath.collect import LazyFastPath
 from gazeloop.fastpath.views import NoUsableFrames, Views, session_views
+from gazeloop.tools.runtime.made_by import made_by
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ def fit_pooled_mapping(
 
 
 # Whose profile it is and which gaze model's read it maps (`Profile` fields).
-_IDS = ("user", "device", "gaze_model_id", "gaze_model_sha256", "gaze_read")
+_IDS = ("user", "device", "gaze_model_id", "gaze_model_sha256", "gaze_read", "read_with")
 
 
 def _fit_candidate(
@@ -203,8 +204,7 @@ def fit_sittings(
     if len(views) < 2:
         return None
     pool = pool_views(views)
-    gaze = fp.get().gaze
-    ids = dict(zip(_IDS, (user, device, gaze.model_id, gaze.sha256, gaze.read), strict=True))
+    ids = {"user": user, "device": device, **made_by(fp.get())}
     prof = _fit_candidate(pool, choose_pooled(pool, screen).candidate, screen, used[-1], **ids)
     unusable = [str(Path(f).resolve()) for f in folders if str(Path(f).resolve()) not in used]
     return prof.model_copy(update={"calibration_sessions": used, "unusable_sessions": unusable})

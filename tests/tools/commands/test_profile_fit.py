@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from gazeloop.calibration.profile import Profile
+from gazeloop.fastpath.pipeline import FastPathConfig
 from tests.cli import cli, eval_json
 
 
@@ -45,6 +46,9 @@ def test_profile_fit_stores_the_candidate_eval_selects(fitted, selected):
     assert prof.mapping.name == c.mapping == selected["mapping"]
     assert prof.features == c.features == selected["features"]
     assert c.mirrored is selected["mirrored"] is True  # grid9: selfie views, detected
+    # the fast-path settings its frames were read with, the defaults here, and said
+    assert prof.read_with == FastPathConfig().feature_settings()
+    assert f"read with blink_aperture {FastPathConfig().blink_aperture}, " in stdout
     # the honest figure in the profile is eval's leave-one-target-out of the whole choice
     assert prof.fit.mean_px == selected["mean_px"]
     assert prof.fit.median_px == selected["median_px"]
@@ -79,6 +83,27 @@ def test_a_fixed_mapping_is_still_fitted_as_asked(grid9, tmp_path):
     prof = Profile.load(out)
     assert prof.mapping.name == "ridge" and prof.features == ["gaze_yaw", "gaze_pitch"]
     assert prof.fit.chosen is None and "nested selection" not in stdout
+
+
+def test_a_profile_applied_with_other_read_settings_says_which(grid9, tmp_path):
+    """Fitted with a focal length from --config, applied without it: `eval --profile` names
+    the setting on stderr and still evaluates; applied with it, nothing is said."""
+    cfg = tmp_path / "focal.json"
+    cfg.write_text('{"focal_px": 1400}')
+    out = tmp_path / "p.json"
+    screen = ["--screen-px", 1920, 1080]
+    rc, _, err = cli(
+        "profile", "fit", grid9, *screen, "--mapping", "ridge", "--config", cfg, "--out", out
+    )
+    assert rc == 0, err
+    assert Profile.load(out).read_with["focal_px"] == 1400
+    rc, _, err = cli("eval", grid9, *screen, "--profile", out, "--json")
+    assert rc == 0, err
+    assert (
+        f"note: {out} was fitted on frames read with other settings (focal_px 1400.0 → None)" in err
+    )
+    rc, _, err = cli("eval", grid9, *screen, "--profile", out, "--json", "--config", cfg)
+    assert rc == 0 and "note:" not in err, err
 
 
 def test_a_mapping_alone_takes_its_own_features(grid9, tmp_path):

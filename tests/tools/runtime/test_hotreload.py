@@ -152,6 +152,31 @@ def test_a_profile_of_the_other_read_is_refitted_at_start_and_kept_apart(corners
     assert "refitted" in said and str(kept) in said
     assert Profile.load(kept, gaze_read=fit.gaze_read) == fit
     assert Profile.load(path) == prof
+    # the refit read its frames as this fast path does, and records so: nothing to note
+    assert fit.read_with == FastPathConfig().feature_settings() and "note:" not in said
+
+
+def test_a_profile_read_with_other_settings_is_said_at_start(corners_session, tmp_path):
+    """The same model and read, but frames read with another focal length: the profile is
+    used as it is (no refit: the model is the same) and the start names the setting that
+    differs. A profile that recorded no settings (made before they were) says nothing."""
+    from gazeloop.fastpath.pipeline import FastPath, FastPathConfig
+    from gazeloop.tools.runtime.hotreload import profile_for_model
+
+    cfg = FastPathConfig()
+    old = _corners_profile(corners_session, cfg)
+    assert old.read_with is None
+    other = old.model_copy(update={"read_with": {**cfg.feature_settings(), "focal_px": 900.0}})
+    fp = FastPath(cfg)
+    try:
+        _, quiet = profile_for_model(old.save(tmp_path / "old.json"), fp)
+        fit, said = profile_for_model(other.save(tmp_path / "d.json"), fp)
+    finally:
+        fp.close()
+    assert "note:" not in quiet and fit == other
+    (note,) = [line for line in said.splitlines() if line.startswith("note:")]
+    assert f"{tmp_path / 'd.json'} was fitted on frames read with other settings" in note
+    assert "(focal_px 900.0 → None)" in note
 
 
 def promoted_watcher(tmp_path, monkeypatch, **kw):
