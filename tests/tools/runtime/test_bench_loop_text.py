@@ -27,6 +27,13 @@ def test_injected_drift_reads_before_drifted_after_and_the_told_yardstick():
     told = out["known_onset_reference"]["labels_to_recover"]
     assert f"{out['labels_to_recover']:.0f} (p90 {out['labels_to_recover_p90']:.0f})" in step
     assert f"told the onset: {told:.0f} (p90" in step
+    # issue 13's criteria are multiples of the told estimator's figures: said as such
+    assert f"the loop's {out['labels_to_recover'] / told:.2f}× its" in step
+    e15 = out["error_after_15_labels_over_before"]
+    t15 = out["known_onset_reference"]["error_after_15_labels_over_before"]
+    (after15,) = [ln for ln in lines if ln.strip().startswith("15 labels into the step")]
+    assert f"{e15:.2f}× the error before (told the onset: {t15:.2f}×; the loop's is " in after15
+    assert after15.endswith(f"{e15 / t15:.2f}× its)")
     nd = out["no_drift"]
     (quiet,) = [ln for ln in lines if ln.startswith("no drift")]
     assert f"in {nd['false_change_share'] * 100:.0f} % of them" in quiet
