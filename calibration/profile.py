@@ -349,7 +349,15 @@ def read_with_changes(prof: Profile, now: dict[str, Any]) -> list[str]:
         return []
     # A setting added since the profile was made is not a change: it did not record it.
     keys = sorted(set(prof.read_with) & set(now))
-    return [f"{k} {prof.read_with[k]} → {now[k]}" for k in keys if prof.read_with[k] != now[k]]
+    return [
+        f"{k} {_setting(prof.read_with[k])} → {_setting(now[k])}"
+        for k in keys
+        if prof.read_with[k] != now[k]
+    ]
+
+
+def _setting(v: Any) -> str:
+    return "unset" if v is None else str(v)
 
 
 class ProfileMapper:

@@ -109,11 +109,12 @@ class FastPathConfig(BaseModel):
         return self
 
     def feature_settings(self) -> dict[str, Any]:
-        """The settings that decide a frame's features (the models aside, which are known
-        by their content): what the feature cache keys on, and what a profile records of
-        the frames it was fitted on, since the same model read with other settings gives
-        other features. Not the filter (features are taken before it) nor the execution
-        provider (the same numbers, up to precision)."""
+        """The settings that decide a frame's features, the model files aside: what the
+        feature cache keys on (with both models' content), and what a profile records of
+        the frames it was fitted on (with the gaze model's; a face landmarker other than the
+        one resolved, `face_model`, is not recorded), since the same model read with other
+        settings gives other features. Not the filter (features are taken before it) nor
+        the execution provider (the same numbers, up to precision)."""
         return self.model_dump(mode="json", include=_FEATURE_SETTINGS)
 
     def filter_kwargs(self) -> dict[str, float]:

@@ -171,6 +171,15 @@ def test_every_setting_that_changes_a_feature_changes_the_key(gaze_onnx, face_ta
     assert feature_cache.config_digest(base.model_copy(update={"filter": "kalman"})) in keys
 
 
+def test_the_feature_settings_are_fast_path_settings():
+    """A name misspelt in the list would leave its setting out of the cache key and out of
+    every profile's `read_with`, without a word (pydantic's include ignores it)."""
+    from gazeloop.fastpath.pipeline import _FEATURE_SETTINGS, FastPathConfig
+
+    assert set(FastPathConfig.model_fields) >= _FEATURE_SETTINGS
+    assert set(FastPathConfig().feature_settings()) == _FEATURE_SETTINGS
+
+
 @pytest.mark.parametrize("platform", ["darwin", "linux"])
 def test_models_and_features_share_the_users_cache(platform, tmp_path, monkeypatch):
     """On macOS the feature cache was in ~/.cache and the models in ~/Library/Caches."""

@@ -28,6 +28,8 @@ from gazeloop.calibration.profile import (
     ProfileError,
     ProfileMapper,
     find_for_model,
+    model_profile_path,
+    read_with_changes,
     save_for_model,
 )
 from gazeloop.fastpath import models
@@ -86,8 +88,15 @@ def profile_for_model(path: Path, fp: FastPath) -> tuple[Profile, str]:
     made for it, else the fit kept for that model, else a refit from the profile's
     calibration session (kept for next time). ProfileError when none of these is possible."""
     base, fit, how = find_for_model(path, fp.gaze.sha256, fp.gaze.read)
+    if fit is not None and fit is not base:
+        # A fit gazeloop kept for this model, read with other settings: made again with
+        # these, as a stale one is (the user's own file is only noted: `read_otherwise`).
+        changes = read_with_changes(fit, fp.cfg.feature_settings())
+        if changes:
+            kept = model_profile_path(path, fp.gaze.sha256, fp.gaze.read)
+            fit, how = None, f"{kept} was read with other settings ({'; '.join(changes)})"
     if fit is not None:
-        note = read_otherwise(path, fit, fp)
+        note = read_otherwise(path, fit, fp)  # the user's own file: a kept fit agrees
         return fit, f"profile: {how}" + ("" if note is None else "\n" + note)
     try:
         fit = refit_profile(base, fp.cfg, fp.cfg.gaze_model)

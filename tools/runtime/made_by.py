@@ -14,7 +14,8 @@ from gazeloop.fastpath.pipeline import FastPath
 
 
 def made_by(fp: FastPath) -> dict[str, Any]:
-    """`Profile` fields of the fast path `fp` (a started one: its gaze model loaded)."""
+    """`Profile` fields of the fast path `fp` (its gaze model loaded; it may be closed
+    since: they are what it read with)."""
     return {
         "gaze_model_id": fp.gaze.model_id,
         "gaze_model_sha256": fp.gaze.sha256,

@@ -23,6 +23,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from gazeloop.calibration.frames import Reads
 from gazeloop.calibration.geometry import ScreenGeometry
@@ -33,6 +34,7 @@ from gazeloop.calibration.profile import (
     Profile,
     ProfileError,
     profile_path,
+    read_with_changes,
     user_dir,
 )
 from gazeloop.calibration.sittings import (
@@ -95,7 +97,7 @@ def fit_pooled_mapping(
 ) -> Profile:
     """One mapping on named columns of the pooled frames (their outliers dropped by the pool,
     within a target of one sitting); `profile`: `procedure.fit_profile`'s keywords (screen,
-    user, device, gaze model, calibration_session)."""
+    user, device, gaze model and `read_with`, calibration_session)."""
     frames = pool.reads[read]
     try:
         x = frames.matrix(features)
@@ -112,7 +114,8 @@ def fit_pooled_mapping(
     )
 
 
-# Whose profile it is and which gaze model's read it maps (`Profile` fields).
+# Whose profile it is, which gaze model's read it maps and the settings its frames were
+# read with (`Profile` fields).
 _IDS = ("user", "device", "gaze_model_id", "gaze_model_sha256", "gaze_read", "read_with")
 
 
@@ -210,11 +213,14 @@ def fit_sittings(
     return prof.model_copy(update={"calibration_sessions": used, "unusable_sessions": unusable})
 
 
-def stale(prof: Profile, folders: list[Path]) -> bool:
+def stale(prof: Profile, folders: list[Path], settings: dict[str, Any]) -> bool:
     """Whether `prof` no longer pools what `folders` hold: the sessions it pooled and those
-    it left out as unusable are not exactly these."""
+    it left out as unusable are not exactly these, or it read their frames with other
+    fast-path `settings` (`FastPathConfig.feature_settings`) than these. A pool is
+    gazeloop's own file: made again, not noted at every start as a user's profile is."""
     want = {str(Path(f).resolve()) for f in folders}
-    return want != set(prof.calibration_sessions) | set(prof.unusable_sessions)
+    pooled = set(prof.calibration_sessions) | set(prof.unusable_sessions)
+    return want != pooled or bool(read_with_changes(prof, settings))
 
 
 def current(user: str, device: str, screen: ScreenGeometry, fp_cfg) -> Path | None:
@@ -225,7 +231,7 @@ def current(user: str, device: str, screen: ScreenGeometry, fp_cfg) -> Path | No
         return None
     path = sittings_path(user, device, screen.px)
     try:
-        if not stale(Profile.load(path), folders):
+        if not stale(Profile.load(path), folders, fp_cfg.feature_settings()):
             return path
     except ProfileError:
         pass  # none yet, or unreadable: fitted anew

@@ -99,9 +99,8 @@ def test_a_profile_applied_with_other_read_settings_says_which(grid9, tmp_path):
     assert Profile.load(out).read_with["focal_px"] == 1400
     rc, _, err = cli("eval", grid9, *screen, "--profile", out, "--json")
     assert rc == 0, err
-    assert (
-        f"note: {out} was fitted on frames read with other settings (focal_px 1400.0 → None)" in err
-    )
+    said = f"note: {out} was fitted on frames read with other settings (focal_px 1400.0 → unset)"
+    assert said in err
     rc, _, err = cli("eval", grid9, *screen, "--profile", out, "--json", "--config", cfg)
     assert rc == 0 and "note:" not in err, err
 

@@ -80,6 +80,16 @@ def test_a_new_sitting_starts_with_every_sitting_on_the_screen_pooled(
     out = _run(shared, capsys)  # nothing new to pool: the saved one, as it is
     assert "pooling" not in out and "2 sittings pooled" in out
     assert Profile.load(pooled) == prof
+    # Its frames were read as they are now; read otherwise (a still gap set then, not now),
+    # the pool is gazeloop's own file: pooled again with these settings, not noted.
+    now = FastPathConfig().feature_settings()
+    assert prof.read_with == Profile.load(own).read_with == now
+    pooled.write_text(
+        prof.model_copy(update={"read_with": {**now, "still_gap_s": 2.0}}).model_dump_json()
+    )
+    out = _run(shared, capsys)
+    assert "pooling 2 calibration sessions of u/d" in out and "note:" not in out
+    assert Profile.load(pooled).read_with == now
 
     third = _another(first, "20261203-090000")
     _age(own, hours=2)
@@ -158,6 +168,7 @@ def test_a_calibration_with_earlier_sittings_saves_what_its_own_points_favour(
     prof = Profile.load(own)
     h = prof.fit.history
     assert h is not None and h.earlier_sittings == 1
+    assert prof.read_with == FastPathConfig().feature_settings()  # the pool's fit records it
     assert "calibration: weighing this sitting against 2 earlier ones on this screen" in said.err
     # the first sitting's frames were never read for features: said, and cached after
     assert "reading earlier sitting calibration-20261201-090000 (1 of 2)" in said.err

@@ -152,8 +152,20 @@ def test_a_profile_of_the_other_read_is_refitted_at_start_and_kept_apart(corners
     assert "refitted" in said and str(kept) in said
     assert Profile.load(kept, gaze_read=fit.gaze_read) == fit
     assert Profile.load(path) == prof
-    # the refit read its frames as this fast path does, and records so: nothing to note
-    assert fit.read_with == FastPathConfig().feature_settings() and "note:" not in said
+    # the refit read its frames as this fast path does, and records so
+    assert fit.read_with == FastPathConfig().feature_settings()
+    # A kept fit read with other settings (focal length set then, not now) is gazeloop's
+    # own file: fitted again with these and kept over, not noted at every start.
+    other = {**fit.read_with, "focal_px": 900.0}
+    kept.write_text(fit.model_copy(update={"read_with": other}).model_dump_json())
+    fp = FastPath(FastPathConfig())
+    try:
+        again, said = profile_for_model(path, fp)
+    finally:
+        fp.close()
+    assert f"{kept} was read with other settings (focal_px 900.0 → unset)" in said
+    assert "refitted" in said and "note:" not in said
+    assert again.read_with == Profile.load(kept).read_with == FastPathConfig().feature_settings()
 
 
 def test_a_profile_read_with_other_settings_is_said_at_start(corners_session, tmp_path):
@@ -176,7 +188,7 @@ def test_a_profile_read_with_other_settings_is_said_at_start(corners_session, tm
     assert "note:" not in quiet and fit == other
     (note,) = [line for line in said.splitlines() if line.startswith("note:")]
     assert f"{tmp_path / 'd.json'} was fitted on frames read with other settings" in note
-    assert "(focal_px 900.0 → None)" in note
+    assert "(focal_px 900.0 → unset)" in note
 
 
 def promoted_watcher(tmp_path, monkeypatch, **kw):
