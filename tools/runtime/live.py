@@ -69,6 +69,7 @@ from gazeloop.fastpath.pipeline import FastPath
 from gazeloop.fastpath.types import Frame, GazeSample
 from gazeloop.oracle.policy import SnapshotPolicy
 from gazeloop.oracle.worker import OracleWorker
+from gazeloop.tools.runtime.work_queue import WorkQueue
 
 log = logging.getLogger(__name__)
 _MS = 1_000_000
@@ -316,14 +317,11 @@ class Live:
     def _init_judge(self) -> None:
         """The label judge: posted labels (`post_label`) waiting for the loop, and how many
         are queued or being judged (`flush` waits for 0). Its thread starts with the first."""
-        self._judging = threading.Condition()
         self._offset_lock = threading.Lock()
-        self._judge_q: deque[tuple[OracleLabel, int | None]] = deque()  # and its run record
-        self._judge_open = 0
-        self._judge_closing = False
-        self._judge: threading.Thread | None = None
-        self._judge_abandoned = False  # the end of the run stopped waiting for the judge
-        self.labels_dropped = 0  # posted while the judge was JUDGE_QUEUE behind, or after the end
+        # (label, the run record current when it was posted)
+        self._judge: WorkQueue[tuple[OracleLabel, int | None]] = WorkQueue(
+            "gazeloop-label-judge", self._judge_label, JUDGE_QUEUE
+        )
         self.labels_unjudged = 0  # still waiting, or being judged, when the end gave up
         self.judge_errors = 0
 
@@ -333,24 +331,27 @@ class Live:
         self.store_errors = 0
         self.store_duplicates = 0
         self.store_error: str | None = None
-        self.store_dropped = 0  # labels not queued for the store: the writer was too far behind
         # At the end, labels the store's disk did not take within the drain (a stalled disk,
         # a store locked by another process): given up on, and the one being written then.
         self.store_unwritten = 0
         self.store_stuck = 0
-        # The label-store writer: (label, image, fast_xy, decision, t_ns, run id) waiting,
-        # and how many are queued or being written (`flush` waits for 0).
-        self._writes = threading.Condition()
-        self._write_q: deque[tuple] = deque()
-        self._write_max = store_queue
-        self._writes_open = 0
-        self._writer_closing = False
-        self._writer: threading.Thread | None = None
+        # The label-store writer, of (label, image, fast_xy, decision, t_ns, run id).
+        self._writer: WorkQueue[tuple] | None = None
         if self.store is not None:
-            self._writer = threading.Thread(
-                target=self._write_labels, name="gazeloop-label-store", daemon=True
+            self._writer = WorkQueue(
+                "gazeloop-label-store", lambda item: self._write(*item), store_queue
             )
             self._writer.start()
+
+    @property
+    def labels_dropped(self) -> int:
+        """Labels posted while the judge was JUDGE_QUEUE behind, or after the end."""
+        return self._judge.refused
+
+    @property
+    def store_dropped(self) -> int:
+        """Labels not queued for the store: the writer was too far behind, or it had ended."""
+        return 0 if self._writer is None else self._writer.refused
 
     def _new_loop(self, mapper: ProfileMapper, *, new_sitting: bool = False) -> DriftLoop:
         return self._loop_factory(self.history, mapper, new_sitting)
@@ -539,50 +540,24 @@ class Live:
         """`external_label` on the label judge's thread; returns at once (the frame thread
         posts clicks). A label that finds JUDGE_QUEUE others waiting is counted in
         `labels_dropped`, not waited for: tracking goes on."""
-        with self._judging:
-            if self._judge_closing or self._judge_open >= JUDGE_QUEUE:
-                self.labels_dropped += 1
-                return
-            if self._judge is None:
-                self._judge = threading.Thread(
-                    target=self._judge_labels, name="gazeloop-label-judge", daemon=True
-                )
-                self._judge.start()
-            self._judge_q.append((label, self._run_key))
-            self._judge_open += 1
-            self._judging.notify_all()
+        self._judge.post((label, self._run_key))
 
-    def _judge_labels(self) -> None:
-        while True:
-            with self._judging:
-                while not self._judge_q and not self._judge_closing:
-                    self._judging.wait()
-                if not self._judge_q:
-                    return
-                label, run = self._judge_q.popleft()
-            try:
-                decision = self._update_loop(label)
-                with self._judging:
-                    # Given up on while judged: counted in labels_unjudged, and the run's
-                    # summary has said so; stored now, it would be counted twice.
-                    given_up = self._judge_abandoned
-                if not given_up:
-                    self._store_judged(label, decision, run)
-            except Exception:  # one label's failure must not end the judging of the rest
-                self.judge_errors += 1
-                log.exception("drift loop: the label %s could not be judged", label.snapshot_id)
-            finally:
-                with self._judging:
-                    self._judge_open -= 1
-                    self._judging.notify_all()
+    def _judge_label(self, item: tuple[OracleLabel, int | None]) -> None:
+        label, run = item
+        try:
+            decision = self._update_loop(label)
+            # Given up on while judged: counted in labels_unjudged, and the run's summary
+            # has said so; stored now, it would be counted twice.
+            if not self._judge.abandoned:
+                self._store_judged(label, decision, run)
+        except Exception:  # one label's failure must not end the judging of the rest
+            self.judge_errors += 1
+            log.exception("drift loop: the label %s could not be judged", label.snapshot_id)
 
     def _judged(self, timeout: float | None) -> bool:
         """Wait until every posted label is judged (and handed to the store), or the end of
         the run has given up on them (`_stop_judge`)."""
-        with self._judging:
-            return self._judging.wait_for(
-                lambda: self._judge_open == 0 or self._judge_abandoned, timeout
-            )
+        return self._judge.idle(timeout)
 
     def _update_loop(self, label: OracleLabel) -> LoopDecision | None:
         if self.glance is not None:
@@ -631,19 +606,12 @@ class Live:
     def _store(self, label, image, fast_xy, decision, t_ns: int, run: int | None) -> None:
         """Hand a label to the writer thread; returns at once (the frame thread calls this).
         `run`: the index of the run record current when the label's frame was taken."""
-        if self._writer is None:
-            return
-        with self._writes:
+        if self._writer is not None:
             # Full (or closed): the label is counted as dropped rather than waited for. The
             # callers are the frame thread, which must keep its 60 Hz, and the oracle's; a
             # writer this far behind means a disk that is stalled, and waiting on it would
             # stall tracking with it, while the loop has used the label already.
-            if self._writes_open >= self._write_max or self._writer_closing:
-                self.store_dropped += 1
-                return
-            self._write_q.append((label, image, fast_xy, decision, t_ns, run))
-            self._writes_open += 1
-            self._writes.notify_all()
+            self._writer.post((label, image, fast_xy, decision, t_ns, run))
 
     def note_settings(self, **changes) -> None:
         """The run's settings changed while it runs (the c key's first profile started the
@@ -683,21 +651,6 @@ class Live:
                 return None
         return self._run_ids[key]
 
-    def _write_labels(self) -> None:
-        while True:
-            with self._writes:
-                while not self._write_q and not self._writer_closing:
-                    self._writes.wait()
-                if not self._write_q:
-                    return
-                item = self._write_q.popleft()
-            try:
-                self._write(*item)
-            finally:
-                with self._writes:
-                    self._writes_open -= 1
-                    self._writes.notify_all()
-
     def _write(self, label, image, fast_xy, decision, t_ns: int, run: int | None) -> None:
         try:
             # The snapshot's capture time, on the clock the gaze stream uses.
@@ -728,8 +681,7 @@ class Live:
         if not self._judged(timeout):
             return False
         left = None if end is None else max(0.0, end - time.monotonic())
-        with self._writes:
-            return self._writes.wait_for(lambda: self._writes_open == 0, left)
+        return self._writer is None or self._writer.idle(left)
 
     def drain_store(self) -> None:
         """The end of a run's first step. Wait up to `_DRAIN_S` for the labels handed to the
@@ -739,16 +691,10 @@ class Live:
         and the run hang at its end. The clicks still being judged come first (up to
         `_DRAIN_S` too): their labels are the store's."""
         self._stop_judge()
-        if self._writer is None or self._writer_closing or self.flush(_DRAIN_S):
+        if self._writer is None or self._writer.closed or self.flush(_DRAIN_S):
             return
-        with self._writes:
-            self._writer_closing = True
-            queued = len(self._write_q)
-            self._write_q.clear()
-            self._writes_open -= queued
-            self.store_unwritten += queued
-            self.store_stuck = self._writes_open
-            self._writes.notify_all()
+        queued, self.store_stuck = self._writer.give_up(abandon=False)
+        self.store_unwritten += queued
         log.error(
             "label store: %d labels not written within %.0f s (the disk or the store's lock "
             "did not answer): given up",
@@ -761,21 +707,12 @@ class Live:
         posted so far, once, within `_DRAIN_S`; past it, give up on them (counted in
         `labels_unjudged`): an update that never ends must not hold the run's end, nor
         have every later step of the end wait for it again."""
-        with self._judging:
-            if self._judge_closing:
-                return
-            self._judge_closing = True
-            self._judging.notify_all()
-        if self._judge is None:
+        if not self._judge.close() or not self._judge.started:
             return
         if self._judged(_DRAIN_S):
             self._judge.join(_DRAIN_S)
             return
-        with self._judging:
-            self.labels_unjudged += self._judge_open
-            self._judge_q.clear()
-            self._judge_abandoned = True
-            self._judging.notify_all()
+        self.labels_unjudged += sum(self._judge.give_up(abandon=True))
         log.error(
             "drift loop: %d clicks not judged within %.0f s: given up",
             self.labels_unjudged,
@@ -787,9 +724,7 @@ class Live:
         if self._writer is None:
             return True
         self.drain_store()
-        with self._writes:
-            self._writer_closing = True
-            self._writes.notify_all()
+        self._writer.close()
         self._writer.join(1.0 if self.store_stuck else _DRAIN_S)
         return not self._writer.is_alive()
 

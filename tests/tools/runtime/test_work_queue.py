@@ -1,0 +1,66 @@
+"""`WorkQueue`, the one-thread queue under the label judge and the store's writer: a full or
+closed queue refuses and counts, the end gives up on what waits and says what was in hand.
+A handler held on an Event: nothing here depends on the scheduler's timing."""
+
+from __future__ import annotations
+
+import threading
+
+from gazeloop.tools.runtime.work_queue import WorkQueue
+
+
+def held_queue(limit: int):
+    """A queue whose handler records each item and then waits for `gate`."""
+    gate, entered, seen = threading.Event(), threading.Event(), []
+
+    def handle(item):
+        seen.append(item)
+        entered.set()
+        assert gate.wait(10)
+
+    return WorkQueue("test-queue", handle, limit), gate, entered, seen
+
+
+def test_items_are_handled_in_order_and_a_full_queue_refuses_and_counts():
+    q, gate, entered, seen = held_queue(limit=2)
+    assert not q.started  # started by the first item
+    assert q.post(1) and entered.wait(10) and q.post(2)
+    assert not q.post(3) and q.refused == 1  # two open: one in hand, one waiting
+    assert not q.idle(0)
+    gate.set()
+    assert q.idle(10) and seen == [1, 2]
+    assert q.post(4) and q.idle(10) and seen == [1, 2, 4]
+    assert q.close() and not q.close()  # closed once
+    q.join(10)
+    assert not q.is_alive() and not q.post(5) and q.refused == 2
+
+
+def test_giving_up_drops_what_waits_and_says_what_is_in_hand():
+    q, gate, entered, seen = held_queue(limit=8)
+    for i in range(4):
+        assert q.post(i)
+    assert entered.wait(10)
+    assert q.give_up(abandon=False) == (3, 1) and q.closed
+    assert not q.idle(0)  # not abandoned: the one in hand is still waited for
+    gate.set()
+    assert q.idle(10) and seen == [0]
+    q.join(10)
+    assert not q.is_alive()
+
+
+def test_an_abandoned_queue_is_idle_at_once_and_its_handler_can_tell():
+    told = []
+    gate, entered = threading.Event(), threading.Event()
+    q: WorkQueue[int] = WorkQueue("test-queue", lambda i: handle(i), 8)
+
+    def handle(i):
+        entered.set()
+        assert gate.wait(10)
+        told.append((i, q.abandoned))
+
+    assert q.post(0) and q.post(1) and entered.wait(10)
+    assert q.give_up(abandon=True) == (1, 1)
+    assert q.idle(0)  # given up on: the end does not wait for it again
+    gate.set()
+    q.join(10)
+    assert told == [(0, True)]

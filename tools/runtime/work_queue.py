@@ -1,0 +1,119 @@
+"""One thread that takes items in order from a bounded queue that is fed without waiting:
+the running system's label judge (clicks through the drift loop) and its label-store
+writer (`tools.runtime.live`). The frame thread hands them work and must keep its 60 Hz,
+so a full or closed queue refuses an item (the caller counts it) instead of blocking, and
+the end of a run waits a bounded time and then gives up on what is left, saying how much.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class WorkQueue(Generic[T]):
+    """Items handled one at a time by `handle` on a daemon thread named `name`, started by
+    `start` or with the first item. `handle` must not raise: an exception would end the
+    thread and leave the items after it waiting forever."""
+
+    def __init__(self, name: str, handle: Callable[[T], None], limit: int):
+        self._name, self._handle, self._limit = name, handle, limit
+        self._cv = threading.Condition()
+        self._q: deque[T] = deque()
+        self._open = 0  # queued or being handled: `idle` waits for none
+        self._closing = False
+        self._abandoned = False
+        self._thread: threading.Thread | None = None
+        self.refused = 0  # items `post` did not queue: full, or closed
+
+    def start(self) -> None:
+        with self._cv:
+            self._start()
+
+    def _start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+            self._thread.start()
+
+    def post(self, item: T) -> bool:
+        """Queue `item`; False (nothing queued, counted in `refused`) when `limit` items are
+        open or it is closed."""
+        with self._cv:
+            if self._closing or self._open >= self._limit:
+                self.refused += 1
+                return False
+            self._start()
+            self._q.append(item)
+            self._open += 1
+            self._cv.notify_all()
+            return True
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._q and not self._closing:
+                    self._cv.wait()
+                if not self._q:
+                    return
+                item = self._q.popleft()
+            try:
+                self._handle(item)
+            finally:
+                with self._cv:
+                    self._open -= 1
+                    self._cv.notify_all()
+
+    def idle(self, timeout: float | None) -> bool:
+        """Wait until nothing is open, or the queue was abandoned (`give_up`); False when
+        `timeout` seconds passed first."""
+        with self._cv:
+            return self._cv.wait_for(lambda: self._open == 0 or self._abandoned, timeout)
+
+    def close(self) -> bool:
+        """Take no more items; the thread ends once the queue is empty. → False when it was
+        closed already."""
+        with self._cv:
+            if self._closing:
+                return False
+            self._closing = True
+            self._cv.notify_all()
+            return True
+
+    def give_up(self, *, abandon: bool) -> tuple[int, int]:
+        """Close, and drop the items still waiting. `abandon`: also count the one being
+        handled as given up on (`abandoned` turns True with the drop, in one step, so the
+        handler can tell) and have `idle` stop waiting for it. → (dropped, still being
+        handled)."""
+        with self._cv:
+            self._closing = True
+            dropped = len(self._q)
+            self._q.clear()
+            self._open -= dropped
+            self._abandoned = self._abandoned or abandon
+            self._cv.notify_all()
+            return dropped, self._open
+
+    @property
+    def closed(self) -> bool:
+        with self._cv:
+            return self._closing
+
+    @property
+    def abandoned(self) -> bool:
+        with self._cv:
+            return self._abandoned
+
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
+    def join(self, timeout: float | None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def is_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
