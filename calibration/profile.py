@@ -350,13 +350,14 @@ def read_with_changes(prof: Profile, now: dict[str, Any]) -> list[str]:
     # A setting added since the profile was made is not a change: it did not record it.
     keys = sorted(set(prof.read_with) & set(now))
     return [
-        f"{k} {_setting(prof.read_with[k])} → {_setting(now[k])}"
+        f"{k} {shown_setting(prof.read_with[k])} → {shown_setting(now[k])}"
         for k in keys
         if prof.read_with[k] != now[k]
     ]
 
 
-def _setting(v: Any) -> str:
+def shown_setting(v: Any) -> str:
+    """A `read_with` value as a person reads it: None is a setting left unset."""
     return "unset" if v is None else str(v)
 
 

@@ -8,7 +8,13 @@ from pathlib import Path
 
 from gazeloop.calibration.mapping import MAPPINGS
 from gazeloop.calibration.procedure import fit_profile, fit_profile_selected
-from gazeloop.calibration.profile import DEFAULT_FEATURES, Profile, ProfileError, profile_path
+from gazeloop.calibration.profile import (
+    DEFAULT_FEATURES,
+    Profile,
+    ProfileError,
+    profile_path,
+    shown_setting,
+)
 from gazeloop.calibration.sittings import pooled_candidates
 from gazeloop.calibration.store.atomic import check_writable
 from gazeloop.calibration.store.session import read_session
@@ -222,7 +228,8 @@ def _read_with_text(p: Profile) -> str:
     """The fast-path settings its frames were read with, when it recorded them."""
     if p.read_with is None:
         return ""
-    return f"  read with {', '.join(f'{k} {v}' for k, v in sorted(p.read_with.items()))}\n"
+    shown = ", ".join(f"{k} {shown_setting(v)}" for k, v in sorted(p.read_with.items()))
+    return f"  read with {shown}\n"
 
 
 def _pooled_text(p: Profile) -> str:

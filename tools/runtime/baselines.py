@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from gazeloop.calibration.store.atomic import atomic_write_bytes
+from gazeloop.tools.runtime.bench_loop_text import over_told
 from gazeloop.tools.runtime.provenance import machine, versions
 
 BEGIN = "<!-- baselines:begin -->"
@@ -359,8 +360,8 @@ def _loop_row(o: dict) -> str:
     e15, t15 = o["error_after_15_labels_over_before"], r["error_after_15_labels_over_before"]
     return (
         f"{_drift_errors(o)}; {o['labels_to_recover']} (told: {r['labels_to_recover']}; "
-        f"{o['labels_to_recover'] / r['labels_to_recover']:.2f}× its); {e15:.2f}× (told: "
-        f"{t15:.2f}×; {e15 / t15:.2f}× its); {_no_drift_cell(o)}"
+        f"{over_told(o['labels_to_recover'], r['labels_to_recover'])}); {e15:.2f}× (told: "
+        f"{t15:.2f}×; {over_told(e15, t15)}); {_no_drift_cell(o)}"
     )
 
 
@@ -418,8 +419,8 @@ BENCH_LOOP = Baseline(
         Row(
             "drift loop on grid9 (`--mirrored`), 150 px step, *simulated* oracle (σ 100 px per "
             "axis): error before → drifted → after; labels to recover and stay, median of "
-            "300 streams (an estimator told the onset, and the loop's as a multiple of its); "
-            "error 15 labels in over before, median (the same); " + _NO_DRIFT_ROW,
+            "300 streams (an estimator told the onset, and loop/told); error 15 labels in "
+            "over before, median (the same); " + _NO_DRIFT_ROW,
             _loop_row,
         ),
     ),

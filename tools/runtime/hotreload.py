@@ -89,12 +89,9 @@ def profile_for_model(path: Path, fp: FastPath) -> tuple[Profile, str]:
     calibration session (kept for next time). ProfileError when none of these is possible."""
     base, fit, how = find_for_model(path, fp.gaze.sha256, fp.gaze.read)
     if fit is not None and fit is not base:
-        # A fit gazeloop kept for this model, read with other settings: made again with
-        # these, as a stale one is (the user's own file is only noted: `read_otherwise`).
         changes = read_with_changes(fit, fp.cfg.feature_settings())
         if changes:
-            kept = model_profile_path(path, fp.gaze.sha256, fp.gaze.read)
-            fit, how = None, f"{kept} was read with other settings ({'; '.join(changes)})"
+            return _refit_read_otherwise(path, base, fit, fp, changes)
     if fit is not None:
         note = read_otherwise(path, fit, fp)  # the user's own file: a kept fit agrees
         return fit, f"profile: {how}" + ("" if note is None else "\n" + note)
@@ -106,8 +103,28 @@ def profile_for_model(path: Path, fp: FastPath) -> tuple[Profile, str]:
             f"the one loaded ({fp.gaze.model_id}, {fp.gaze.read} read), and it cannot be "
             f"refitted: {e}; recalibrate"
         ) from None
+    return fit, _refitted(how, base, fit, fp, path)
+
+
+def _refit_read_otherwise(
+    path: Path, base: Profile, kept_fit: Profile, fp: FastPath, changes: list[str]
+) -> tuple[Profile, str]:
+    """A fit gazeloop kept for this model, read with other settings: fitted again with
+    these, as a stale one is (the user's own file is only noted: `read_otherwise`). When it
+    cannot be (its calibration session gone), the kept fit as it is, said: it still maps."""
+    kept = model_profile_path(path, fp.gaze.sha256, fp.gaze.read)
+    how = f"{kept} was read with other settings ({'; '.join(changes)})"
+    try:
+        fit = refit_profile(base, fp.cfg, fp.cfg.gaze_model)
+    except (RuntimeError, ValueError, OSError) as e:
+        return kept_fit, f"profile: {how}, and cannot be fitted again ({e}): used as it is"
+    return fit, _refitted(how, base, fit, fp, path)
+
+
+def _refitted(how: str, base: Profile, fit: Profile, fp: FastPath, path: Path) -> str:
+    """What a start says of a refit, once it is kept beside the user's profile."""
     err = f"{fit.fit.mean_px:.1f} px leave-one-target-out" if fit.fit.mean_px else "fitted"
-    return fit, (
+    return (
         f"profile: {how}; refitted for {fp.gaze.model_id} from {base.calibration_session} "
         f"({err}), {_keep(fit, path)[1]}"
     )

@@ -547,7 +547,8 @@ class Live:
         try:
             decision = self._update_loop(label)
             # Given up on while judged: counted in labels_unjudged, and the run's summary
-            # has said so; stored now, it would be counted twice.
+            # has said so; stored now, it would be counted twice. (A give-up that lands
+            # between this check and the store still counts the label in both.)
             if not self._judge.abandoned:
                 self._store_judged(label, decision, run)
         except Exception:  # one label's failure must not end the judging of the rest
@@ -693,7 +694,7 @@ class Live:
         self._stop_judge()
         if self._writer is None or self._writer.closed or self.flush(_DRAIN_S):
             return
-        queued, self.store_stuck = self._writer.give_up(abandon=False)
+        queued, self.store_stuck = self._writer.drop_waiting()
         self.store_unwritten += queued
         log.error(
             "label store: %d labels not written within %.0f s (the disk or the store's lock "
@@ -712,7 +713,7 @@ class Live:
         if self._judged(_DRAIN_S):
             self._judge.join(_DRAIN_S)
             return
-        self.labels_unjudged += sum(self._judge.give_up(abandon=True))
+        self.labels_unjudged += sum(self._judge.abandon())
         log.error(
             "drift loop: %d clicks not judged within %.0f s: given up",
             self.labels_unjudged,

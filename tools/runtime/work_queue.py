@@ -7,18 +7,20 @@ the end of a run waits a bounded time and then gives up on what is left, saying 
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class WorkQueue(Generic[T]):
     """Items handled one at a time by `handle` on a daemon thread named `name`, started by
-    `start` or with the first item. `handle` must not raise: an exception would end the
-    thread and leave the items after it waiting forever."""
+    `start` or with the first item. A `handle` that raises is logged and the next item
+    taken: one bad item must not leave the rest waiting for a thread that has ended."""
 
     def __init__(self, name: str, handle: Callable[[T], None], limit: int):
         self._name, self._handle, self._limit = name, handle, limit
@@ -62,14 +64,16 @@ class WorkQueue(Generic[T]):
                 item = self._q.popleft()
             try:
                 self._handle(item)
+            except Exception:
+                log.exception("%s: an item could not be handled", self._name)
             finally:
                 with self._cv:
                     self._open -= 1
                     self._cv.notify_all()
 
     def idle(self, timeout: float | None) -> bool:
-        """Wait until nothing is open, or the queue was abandoned (`give_up`); False when
-        `timeout` seconds passed first."""
+        """Wait until nothing is open, or the queue was abandoned; False when `timeout`
+        seconds passed first."""
         with self._cv:
             return self._cv.wait_for(lambda: self._open == 0 or self._abandoned, timeout)
 
@@ -83,11 +87,17 @@ class WorkQueue(Generic[T]):
             self._cv.notify_all()
             return True
 
-    def give_up(self, *, abandon: bool) -> tuple[int, int]:
-        """Close, and drop the items still waiting. `abandon`: also count the one being
-        handled as given up on (`abandoned` turns True with the drop, in one step, so the
-        handler can tell) and have `idle` stop waiting for it. → (dropped, still being
-        handled)."""
+    def drop_waiting(self) -> tuple[int, int]:
+        """Close, and drop the items still waiting; `idle` still waits for the one being
+        handled. → (dropped, still being handled)."""
+        return self._drop(abandon=False)
+
+    def abandon(self) -> tuple[int, int]:
+        """`drop_waiting`, and give up on the one being handled too: `abandoned` turns True
+        in the same step (so its handler can tell) and `idle` no longer waits for it."""
+        return self._drop(abandon=True)
+
+    def _drop(self, *, abandon: bool) -> tuple[int, int]:
         with self._cv:
             self._closing = True
             dropped = len(self._q)

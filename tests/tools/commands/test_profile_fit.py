@@ -49,6 +49,7 @@ def test_profile_fit_stores_the_candidate_eval_selects(fitted, selected):
     # the fast-path settings its frames were read with, the defaults here, and said
     assert prof.read_with == FastPathConfig().feature_settings()
     assert f"read with blink_aperture {FastPathConfig().blink_aperture}, " in stdout
+    assert "focal_px unset, " in stdout  # None is a setting left unset
     # the honest figure in the profile is eval's leave-one-target-out of the whole choice
     assert prof.fit.mean_px == selected["mean_px"]
     assert prof.fit.median_px == selected["median_px"]

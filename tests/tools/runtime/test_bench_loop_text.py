@@ -28,12 +28,12 @@ def test_injected_drift_reads_before_drifted_after_and_the_told_yardstick():
     assert f"{out['labels_to_recover']:.0f} (p90 {out['labels_to_recover_p90']:.0f})" in step
     assert f"told the onset: {told:.0f} (p90" in step
     # issue 13's criteria are multiples of the told estimator's figures: said as such
-    assert f"the loop's {out['labels_to_recover'] / told:.2f}× its" in step
+    assert step.endswith(f"; loop/told {out['labels_to_recover'] / told:.2f}×")
     e15 = out["error_after_15_labels_over_before"]
     t15 = out["known_onset_reference"]["error_after_15_labels_over_before"]
     (after15,) = [ln for ln in lines if ln.strip().startswith("15 labels into the step")]
-    assert f"{e15:.2f}× the error before (told the onset: {t15:.2f}×; the loop's is " in after15
-    assert after15.endswith(f"{e15 / t15:.2f}× its)")
+    assert f"{e15:.2f}× the error before (told the onset: {t15:.2f}×; " in after15
+    assert after15.endswith(f"; loop/told {e15 / t15:.2f}×)")
     nd = out["no_drift"]
     (quiet,) = [ln for ln in lines if ln.startswith("no drift")]
     assert f"in {nd['false_change_share'] * 100:.0f} % of them" in quiet
@@ -69,6 +69,19 @@ def test_a_pooled_start_says_so_with_the_medians_the_readme_quotes():
     # the pairs count the sittings pooled: one for the first pair of a person, then growing
     pooled = [p["sittings_pooled"] for p in out["pairs"] if p["session"].startswith("p1_")]
     assert pooled == list(range(1, len(pooled) + 1))
+
+
+def test_a_median_stream_that_never_recovered_is_a_dash_not_a_crash():
+    """`recovery_summary` gives None when the median stream never recovers: the text and
+    the README row say "-" over the told estimator instead of raising."""
+    from gazeloop.tools.runtime.baselines import _loop_row
+
+    out = _output("bench_loop")
+    out["labels_to_recover"] = None
+    (step,) = [ln for ln in loop_text(out).splitlines() if ln.strip().startswith("step")]
+    assert step.endswith("; loop/told -×")
+    told = out["known_onset_reference"]["labels_to_recover"]
+    assert f"(told: {told}; loop/told -×)" in _loop_row(out)
 
 
 def test_a_missing_number_is_a_dash_not_a_crash():

@@ -166,6 +166,20 @@ def test_a_profile_of_the_other_read_is_refitted_at_start_and_kept_apart(corners
     assert f"{kept} was read with other settings (focal_px 900.0 → unset)" in said
     assert "refitted" in said and "note:" not in said
     assert again.read_with == Profile.load(kept).read_with == FastPathConfig().feature_settings()
+    # Its calibration session gone, it cannot be fitted again: the kept fit as it is, said
+    # (it still maps; refusing it stopped a start that worked the run before).
+    gone = str(tmp_path / "moved-away")
+    moved = prof.model_copy(update={"calibration_session": gone}).save(tmp_path / "e.json")
+    stale = fit.model_copy(update={"calibration_session": gone, "read_with": other})
+    stale.save(model_profile_path(moved, fit.gaze_model_sha256, fit.gaze_read))
+    fp = FastPath(FastPathConfig())
+    try:
+        used, said = profile_for_model(moved, fp)
+    finally:
+        fp.close()
+    assert used == stale
+    assert "was read with other settings (focal_px 900.0 → unset), and cannot be fitted " in said
+    assert "keeps no calibration session" in said and said.endswith("used as it is")
 
 
 def test_a_profile_read_with_other_settings_is_said_at_start(corners_session, tmp_path):

@@ -40,7 +40,8 @@ def test_giving_up_drops_what_waits_and_says_what_is_in_hand():
     for i in range(4):
         assert q.post(i)
     assert entered.wait(10)
-    assert q.give_up(abandon=False) == (3, 1) and q.closed
+    assert q.drop_waiting() == (3, 1) and q.closed
+    assert not q.post(9) and q.refused == 1  # closed by the drop: refused, counted
     assert not q.idle(0)  # not abandoned: the one in hand is still waited for
     gate.set()
     assert q.idle(10) and seen == [0]
@@ -59,8 +60,24 @@ def test_an_abandoned_queue_is_idle_at_once_and_its_handler_can_tell():
         told.append((i, q.abandoned))
 
     assert q.post(0) and q.post(1) and entered.wait(10)
-    assert q.give_up(abandon=True) == (1, 1)
+    assert q.abandon() == (1, 1)
     assert q.idle(0)  # given up on: the end does not wait for it again
     gate.set()
     q.join(10)
     assert told == [(0, True)]
+
+
+def test_an_item_whose_handler_raises_is_logged_and_the_next_one_is_handled(caplog):
+    seen = []
+
+    def handle(i):
+        if i == 0:
+            raise ValueError("bad item")
+        seen.append(i)
+
+    q: WorkQueue[int] = WorkQueue("test-queue", handle, 8)
+    assert q.post(0) and q.post(1) and q.idle(10)
+    assert seen == [1] and q.is_alive()
+    assert "test-queue: an item could not be handled" in caplog.text and "bad item" in caplog.text
+    q.close()
+    q.join(10)
