@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from gazeloop.calibration.profile import Profile
+from gazeloop.fastpath import feature_cache
 from gazeloop.fastpath.pipeline import FastPath, FastPathConfig
 from gazeloop.tools.cli import main
 from gazeloop.tools.runtime.live import from_earlier_sitting
@@ -150,6 +151,8 @@ def test_a_calibration_with_earlier_sittings_saves_what_its_own_points_favour(
     pooled with the first (`calibration.sittings.choose_with_history`), saves the one its
     points favour, says so, and keeps the comparison in the profile and the report."""
     monkeypatch.setenv("GAZELOOP_HOME", str(tmp_path))
+    # Its own feature cache: a miss is asserted below, which no other test may make a hit.
+    monkeypatch.setattr(feature_cache, "cache_dir", lambda: tmp_path / "features")
     sessions = tmp_path / "users/u/sessions"
     argv = ["calibrate", "--headless", "--user", "u", "--device", "d"]
     first = sessions / "calibration-20261201-090000"
