@@ -547,10 +547,9 @@ class Live:
         try:
             decision = self._update_loop(label)
             # Given up on while judged: counted in labels_unjudged, and the run's summary
-            # has said so; stored now, it would be counted twice. (A give-up that lands
-            # between this check and the store still counts the label in both.)
-            if not self._judge.abandoned:
-                self._store_judged(label, decision, run)
+            # has said so; stored now, it would be counted twice. Handing it to the writer
+            # is a queue's append, quick enough to do under the judge's lock.
+            self._judge.settle(lambda: self._store_judged(label, decision, run))
         except Exception:  # one label's failure must not end the judging of the rest
             self.judge_errors += 1
             log.exception("drift loop: the label %s could not be judged", label.snapshot_id)

@@ -29,6 +29,7 @@ class WorkQueue(Generic[T]):
         self._open = 0  # queued or being handled: `idle` waits for none
         self._closing = False
         self._abandoned = False
+        self._settled = False  # the item in hand was settled: counted handled already
         self._thread: threading.Thread | None = None
         self.refused = 0  # items `post` did not queue: full, or closed
 
@@ -68,8 +69,24 @@ class WorkQueue(Generic[T]):
                 log.exception("%s: an item could not be handled", self._name)
             finally:
                 with self._cv:
-                    self._open -= 1
+                    self._open -= 0 if self._settled else 1
+                    self._settled = False
                     self._cv.notify_all()
+
+    def settle(self, fn: Callable[[], None]) -> bool:
+        """From a handler: run `fn` and count the item in hand as handled, in one step as
+        far as `abandon` can tell, so an item is either given up on or settled, never both
+        (checking `abandoned` and then acting let an abandon land in between). False, `fn`
+        not run, when the queue was abandoned first. `fn` runs under the queue's lock: it
+        must be quick and must not wait on this queue."""
+        with self._cv:
+            if self._abandoned:
+                return False
+            fn()
+            self._settled = True
+            self._open -= 1
+            self._cv.notify_all()
+            return True
 
     def idle(self, timeout: float | None) -> bool:
         """Wait until nothing is open, or the queue was abandoned; False when `timeout`

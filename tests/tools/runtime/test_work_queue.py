@@ -81,3 +81,35 @@ def test_an_item_whose_handler_raises_is_logged_and_the_next_one_is_handled(capl
     assert "test-queue: an item could not be handled" in caplog.text and "bad item" in caplog.text
     q.close()
     q.join(10)
+
+
+def test_an_item_is_settled_or_given_up_on_never_both():
+    """`settle` is the handler's one step: a settled item is no longer in hand when the end
+    gives up, and an item given up on first cannot be settled after."""
+    ran, gate, settled = [], threading.Event(), threading.Event()
+
+    def handle(i):
+        assert q.settle(lambda: ran.append(i))
+        settled.set()
+        assert gate.wait(10)  # still in the handler, but settled
+
+    q: WorkQueue[int] = WorkQueue("test-queue", handle, 8)
+    assert q.post(0) and settled.wait(10)
+    assert q.idle(0) and q.abandon() == (0, 0)  # nothing in hand to give up on
+    gate.set()
+    q.join(10)
+    assert ran == [0] and not q.is_alive()
+
+    told, entered, gate2 = [], threading.Event(), threading.Event()
+
+    def handle2(i):
+        entered.set()
+        assert gate2.wait(10)
+        told.append(q2.settle(lambda: told.append(i)))
+
+    q2: WorkQueue[int] = WorkQueue("test-queue-2", handle2, 8)
+    assert q2.post(5) and entered.wait(10)
+    assert q2.abandon() == (0, 1)  # in hand, not settled: given up on
+    gate2.set()
+    q2.join(10)
+    assert told == [False]  # refused, and its fn not run
