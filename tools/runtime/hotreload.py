@@ -88,36 +88,29 @@ def profile_for_model(path: Path, fp: FastPath) -> tuple[Profile, str]:
     made for it, else the fit kept for that model, else a refit from the profile's
     calibration session (kept for next time). ProfileError when none of these is possible."""
     base, fit, how = find_for_model(path, fp.gaze.sha256, fp.gaze.read)
-    if fit is not None and fit is not base:
-        changes = read_with_changes(fit, fp.cfg.feature_settings())
-        if changes:
-            return _refit_read_otherwise(path, base, fit, fp, changes)
-    if fit is not None:
-        note = read_otherwise(path, fit, fp)  # the user's own file: a kept fit agrees
+    if fit is base:  # the user's own file: read otherwise, only noted
+        note = read_otherwise(path, fit, fp)
         return fit, f"profile: {how}" + ("" if note is None else "\n" + note)
+    stale = None
+    if fit is not None:
+        # A fit gazeloop kept for this model, read with other settings: fitted again with
+        # these, as a stale one is; when it cannot be (its calibration session gone), the
+        # kept fit as it is, said: it still maps.
+        changes = read_with_changes(fit, fp.cfg.feature_settings())
+        if not changes:
+            return fit, f"profile: {how}"
+        kept = model_profile_path(path, fp.gaze.sha256, fp.gaze.read)
+        stale, how = fit, f"{kept} was read with other settings ({'; '.join(changes)})"
     try:
         fit = refit_profile(base, fp.cfg, fp.cfg.gaze_model)
     except (RuntimeError, ValueError, OSError) as e:
+        if stale is not None:
+            return stale, f"profile: {how}, and cannot be fitted again ({e}): used as it is"
         raise ProfileError(
             f"{path}: made for gaze model {base.gaze_model_id} ({base.gaze_read} read), not "
             f"the one loaded ({fp.gaze.model_id}, {fp.gaze.read} read), and it cannot be "
             f"refitted: {e}; recalibrate"
         ) from None
-    return fit, _refitted(how, base, fit, fp, path)
-
-
-def _refit_read_otherwise(
-    path: Path, base: Profile, kept_fit: Profile, fp: FastPath, changes: list[str]
-) -> tuple[Profile, str]:
-    """A fit gazeloop kept for this model, read with other settings: fitted again with
-    these, as a stale one is (the user's own file is only noted: `read_otherwise`). When it
-    cannot be (its calibration session gone), the kept fit as it is, said: it still maps."""
-    kept = model_profile_path(path, fp.gaze.sha256, fp.gaze.read)
-    how = f"{kept} was read with other settings ({'; '.join(changes)})"
-    try:
-        fit = refit_profile(base, fp.cfg, fp.cfg.gaze_model)
-    except (RuntimeError, ValueError, OSError) as e:
-        return kept_fit, f"profile: {how}, and cannot be fitted again ({e}): used as it is"
     return fit, _refitted(how, base, fit, fp, path)
 
 

@@ -530,11 +530,21 @@ class Live:
         self._store_judged(label, decision, self._run_key)
         return decision
 
-    def _store_judged(self, label: OracleLabel, decision, run: int | None) -> None:
+    def _store_judged(self, label: OracleLabel, decision, run: int | None, settle=None) -> None:
         """`run`: the record current when the label was made (a click posted before a new
-        model or screen came is the earlier run's)."""
+        model or screen came is the earlier run's). `settle`: what makes the store call
+        (the judge's `WorkQueue.settle`); the frame near the label is found before it, out
+        of the judge's lock, which the frame thread posts clicks under."""
         fast = None if decision is None else decision.fast_xy
-        self._store(label, self._frame_near(label.t_ns), fast, decision, label.t_ns, run)
+        image = self._frame_near(label.t_ns)
+
+        def store() -> None:
+            self._store(label, image, fast, decision, label.t_ns, run)
+
+        if settle is None:
+            store()
+        else:
+            settle(store)
 
     def post_label(self, label: OracleLabel) -> None:
         """`external_label` on the label judge's thread; returns at once (the frame thread
@@ -549,7 +559,7 @@ class Live:
             # Given up on while judged: counted in labels_unjudged, and the run's summary
             # has said so; stored now, it would be counted twice. Handing it to the writer
             # is a queue's append, quick enough to do under the judge's lock.
-            self._judge.settle(lambda: self._store_judged(label, decision, run))
+            self._store_judged(label, decision, run, self._judge.settle)
         except Exception:  # one label's failure must not end the judging of the rest
             self.judge_errors += 1
             log.exception("drift loop: the label %s could not be judged", label.snapshot_id)

@@ -178,12 +178,13 @@ def _note_targets_beyond(session: Session, prof: Profile, labels_px) -> None:
 
 
 def load_profile(path: Path, fp: LazyFastPath) -> Profile:
+    started = fp.get()
     try:
-        gaze = fp.get().gaze
+        gaze = started.gaze
         prof = Profile.load(path, gaze_model_sha256=gaze.sha256, gaze_read=gaze.read)
     except ProfileError as e:
         raise UserError(str(e)) from None
-    if (note := read_otherwise(path, prof, fp.get())) is not None:
+    if (note := read_otherwise(path, prof, started)) is not None:
         print(note, file=sys.stderr)
     return prof
 
