@@ -205,6 +205,15 @@ def _whitening(label_weights: np.ndarray | None, m: int) -> np.ndarray:
     return np.sqrt(np.asarray(label_weights, dtype=np.float64))
 
 
+def _huber(
+    R: np.ndarray, cx: float, cy: float, k: np.ndarray, cut: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each label's residual length about (cx, cy) and its redescending Huber weight: 1
+    within `k`, k/r beyond it, 0 beyond the gate radius `cut` (`robust_fit`)."""
+    r = _lengths(R, np.array([1.0, -cx, -cy]))
+    return r, np.where(r > cut, 0.0, np.minimum(1.0, k / np.maximum(r, _EPS)))
+
+
 def robust_fit(
     Ps: np.ndarray,
     gs: np.ndarray,
@@ -238,8 +247,7 @@ def robust_fit(
     cx, cy = _l1_centre(M, R, prior_mean).tolist()
     w = np.ones(m)
     for _ in range(_IRLS_ITERS):
-        r = _lengths(R, np.array([1.0, -cx, -cy]))
-        w = np.where(r > cut, 0.0, np.minimum(1.0, k / np.maximum(r, _EPS)))
+        r, w = _huber(R, cx, cy, k, cut)
         sa, sb, sd, sx, sy, _ = (M @ w).tolist()
         s00, s01, s11 = sa + p00, sb + p01, sd + p11
         bx, by = sx + pbx, sy + pby
@@ -250,8 +258,7 @@ def robust_fit(
         if done:
             break
     c = np.array([cx, cy])
-    r = _lengths(R, np.array([1.0, -cx, -cy]))
-    w = np.where(r > cut, 0.0, np.minimum(1.0, k / np.maximum(r, _EPS)))
+    r, w = _huber(R, cx, cy, k, cut)
     sa, sb, sd = (M[:3] @ w).tolist()
     S = np.array([[sa, sb], [sb, sd]]) + prior_info
     Si = inv2(S)
