@@ -309,11 +309,12 @@ class LabelStore:
             ) from e
         try:
             self._init_schema()
+            if alone:
+                self._clean_orphans()
         except BaseException:
             self.close()
             raise
-        if alone:
-            self._clean_orphans()
+        self._share_lock()
 
     # --- opening ---------------------------------------------------------------------------
 
@@ -359,7 +360,12 @@ class LabelStore:
         return Path(self._copy.name) / path.name
 
     def _take_lock(self) -> bool:
-        """A shared lock for our lifetime; True when, at opening, nobody else held one."""
+        """The lock file, held exclusively while we open the store when nobody else holds
+        it (→ True: the clean-up of orphans is ours to do), else shared (→ False). Shared
+        lasts our lifetime (`_share_lock`). An opener that finds the lock held waits for
+        its shared share, which an exclusive holder grants only once its schema step and
+        clean-up are done: a second process that went on at once stored labels whose
+        pictures the first one's clean-up, walking `images/`, then moved to `orphans/`."""
         if fcntl is None:
             return False
         try:
@@ -369,11 +375,15 @@ class LabelStore:
         self._lock_fd = fd
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            alone = True
+            return True
         except OSError:
-            alone = False
-        fcntl.flock(fd, fcntl.LOCK_SH)  # downgrade (or wait for the other opener's cleanup)
-        return alone
+            fcntl.flock(fd, fcntl.LOCK_SH)  # waits while an opener holds it exclusively
+            return False
+
+    def _share_lock(self) -> None:
+        """Down to a shared lock once opened: other processes may now open the store too."""
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_SH)
 
     def _release_lock(self) -> None:
         if self._lock_fd is not None:

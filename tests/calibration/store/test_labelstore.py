@@ -389,6 +389,50 @@ def test_store_is_wal_with_full_sync(tmp_path):
         assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
 
 
+def test_a_second_opener_waits_for_the_first_ones_cleanup(tmp_path, monkeypatch):
+    """A store opened while another process's open is still cleaning up orphans waits for
+    it: it went on at once, stored labels, and their pictures, written after the clean-up
+    had listed the known ones, were moved to orphans/ (rows whose picture was gone)."""
+    import threading
+
+    LabelStore(tmp_path).close()
+    listed, go_on = threading.Event(), threading.Event()
+    clean = LabelStore._clean_orphans
+
+    def slow_clean(self):
+        listed.set()  # the first opener holds its lock here, as a long walk of images/ does
+        go_on.wait(30)
+        clean(self)
+
+    monkeypatch.setattr(LabelStore, "_clean_orphans", slow_clean)
+    first: list[LabelStore] = []
+    a = threading.Thread(target=lambda: first.append(LabelStore(tmp_path)))
+    a.start()
+    assert listed.wait(30)
+    second: list[LabelStore] = []
+
+    def open_and_add():
+        second.append(store := LabelStore(tmp_path))
+        store.add(point(1), img(1), None, decision())
+
+    b = threading.Thread(target=open_and_add)
+    b.start()
+    try:
+        b.join(0.5)
+        assert b.is_alive() and not second, "the second opener went on during the clean-up"
+    finally:
+        go_on.set()
+        a.join(30)
+        b.join(30)
+    try:
+        row = second[0].get(1)
+        assert (tmp_path / "images" / row.image).is_file()
+        assert not (tmp_path / "orphans").exists()
+    finally:
+        for store in first + second:
+            store.close()
+
+
 def test_orphans_are_moved_aside_and_temp_files_cleaned_on_open(tmp_path):
     """A picture without a row is moved to orphans/, not deleted: a database restored from
     an older backup has its lost labels' pictures there, and every open deleted them."""
