@@ -56,7 +56,7 @@ from gazeloop.calibration.profile import (
 from gazeloop.calibration.store.atomic import atomic_write_bytes, check_writable, file_in_the_way
 from gazeloop.calibration.store.writer import SessionWriter
 from gazeloop.fastpath.pipeline import FastPath
-from gazeloop.fastpath.sources import CameraSource, is_camera
+from gazeloop.fastpath.sources import CameraSource, SessionSource, is_camera
 from gazeloop.tools.commands._args import (
     SCREEN_PX_HELP,
     add_broker_args,
@@ -81,7 +81,7 @@ from gazeloop.tools.commands._args import (
 from gazeloop.tools.errors import UserError
 from gazeloop.tools.runtime.calibration import default_session_dir, grid_sees, manifest_for
 from gazeloop.tools.runtime.interrupts import terminate_as_interrupt
-from gazeloop.tools.runtime.labelled import LabelledSource, open_labelled
+from gazeloop.tools.runtime.labelled import LabelledSource, open_labelled, read_as_fitted
 from gazeloop.tools.runtime.live import Live, made_this_sitting, model_record
 from gazeloop.tools.runtime.recording import UnixClock
 from gazeloop.tools.ui.calibration_grid import DotView, calibrate_on_screen, render_dot
@@ -535,9 +535,22 @@ def run(args: argparse.Namespace) -> int:
         ls.close()
 
 
+def _read_as_fitted(ls: LabelledSource, mapper) -> None:
+    """A session folder whose mirroring neither its manifest nor --mirrored states is read
+    as the profile's frames were (`read_as_fitted`, as `track` does): opened before the
+    profile was known, it was read as stored, and a selfie-view folder's points came out
+    mirrored across the screen."""
+    if ls.session is None or not isinstance(ls.source, SessionSource) or mapper is None:
+        return
+    unmirror = read_as_fitted(ls.session.mirrored_stated, mapper.profile)
+    if unmirror is not None:
+        ls.source.unmirror = unmirror
+
+
 def _run(args: argparse.Namespace, ls: LabelledSource) -> int:
     hook = _before_models(args, ls)
     fp, mapper, used_profile = _models(args)
+    _read_as_fitted(ls, mapper)
     oracle = _oracle(args, mapper)
     store = _label_store(args, oracle, mapper)
     settings = _run_settings(args, fp, mapper, used_profile)

@@ -18,7 +18,7 @@ from gazeloop.fastpath.sources import is_camera, open_source
 from gazeloop.fastpath.types import GazeSample
 from gazeloop.tools.commands._args import add_fastpath_args, fastpath_config, positive_int
 from gazeloop.tools.errors import UserError
-from gazeloop.tools.runtime.labelled import refuse_mirrored
+from gazeloop.tools.runtime.labelled import read_as_fitted, refuse_mirrored
 
 
 def add_parser(sub) -> None:
@@ -242,14 +242,14 @@ def _read_as(args: argparse.Namespace, mapper: ProfileMapper | None) -> dict:
         return {}
     if args.mirrored is not None:
         return {"unmirror": args.mirrored}
-    chosen = mapper.profile.fit.chosen if mapper is not None else None
-    if chosen is None or chosen.mirrored is None:
+    if mapper is None or read_as_fitted(False, mapper.profile) is None:
         return {}
     try:
         stated = read_session(folder).mirrored_stated
     except SessionError:
         return {}  # the source says what is wrong with it, in its own words
-    return {} if stated else {"unmirror": chosen.mirrored}
+    unmirror = read_as_fitted(stated, mapper.profile)
+    return {} if unmirror is None else {"unmirror": unmirror}
 
 
 def _pretty(s: dict) -> str:

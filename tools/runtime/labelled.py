@@ -107,6 +107,18 @@ def refuse_mirrored(spec: str | os.PathLike[str], mirrored: bool | None) -> None
         raise SourceError(f"{os.fspath(spec)}: --mirrored is for a session folder's images")
 
 
+def read_as_fitted(stated: bool, profile) -> bool | None:
+    """Whether a session folder's images are to be flipped back, when neither its manifest
+    nor --mirrored says (`stated` False): as the profile's own frames were read
+    (`fit.chosen.mirrored`). None: leave them as they are (stated, or the profile does not
+    say). A mapping fitted on flipped-back selfie views puts an unflipped face's gaze on the
+    other side of the screen: `track`, `eval --profile` and `run` all read a folder so."""
+    chosen = profile.fit.chosen if profile is not None else None
+    if stated or chosen is None:
+        return None
+    return chosen.mirrored
+
+
 def open_labelled(
     spec: str | os.PathLike[str],
     *,
