@@ -116,7 +116,8 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--no-watch-models",
         action="store_true",
-        help="do not switch to newer models appearing in the registry",
+        help="do not switch to newer models appearing in the registry (never done with "
+        "--gaze-model: the file named is the model served)",
     )
     add_model_id_arg(p)
     add_grid_args(p)
@@ -718,6 +719,8 @@ def _model_watcher(args, live: Live, fp: FastPath, mapper, used_profile: Path):
     for them), started; None with --no-watch-models or without the trainer extra."""
     if args.no_watch_models:
         return None
+    if fastpath_config(args).gaze_model is not None:
+        return None  # a model file named by the user is the one they meant, not the registry's
     from gazeloop.tools.runtime.hotreload import ModelWatcher
 
     def on_swap(gaze, m) -> None:

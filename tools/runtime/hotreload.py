@@ -160,9 +160,9 @@ class ModelWatcher:
         self.interval_s = interval_s
         self.on_swap = on_swap
         self.errors: list[str] = []
-        # What was promoted at start is what the fast path was started on (`startup_model`):
-        # only a change of the promoted version is news.
-        self.seen = self._promoted_version()
+        # Only a change from what the fast path runs is news: the model file it was started
+        # on (`startup_model`'s choice; None: the stock model).
+        self.seen = self._version_of(fp.cfg.gaze_model)
         # A calibration made while a refit runs (run's c key) must not be overwritten by
         # the refit of the profile it replaced: `use_profile` counts the profiles given,
         # and a refit hands its swap over only if no other came meanwhile.
@@ -185,9 +185,17 @@ class ModelWatcher:
                 log.error(msg)
             return False, None
 
-    def _promoted_version(self) -> int | None:
+    def _version_of(self, running: Path | str | None) -> int | None:
+        """The promoted version when the fast path runs its file; else a version nothing
+        is promoted as (-1), so the first check swaps. The promoted version was read here,
+        after the profile had loaded (a refit can take minutes): a promotion meanwhile was
+        taken for the model already running and never served."""
         entry = self._promoted()[1]
-        return None if entry is None else entry.version
+        if running is None:
+            return None if entry is None else -1
+        if entry is not None and Path(entry.onnx_path).resolve() == Path(running).resolve():
+            return entry.version
+        return -1
 
     def check_once(self) -> bool:
         """Load and hand over the promoted model if it changed (a promotion or a rollback);

@@ -438,3 +438,46 @@ def test_a_promoted_model_gone_bad_is_said_as_such_not_as_nothing_promoted(tmp_p
     cfg, said = startup_model(FastPathConfig(), registry_root=reg.root)
     assert cfg.gaze_model is None
     assert said == f"gaze model: stock (the promoted v1 in {reg.root} is damaged)"
+
+
+def test_a_promotion_while_run_starts_is_served_and_a_named_model_is_kept(
+    shared, tmp_path, monkeypatch
+):
+    """The watcher took the version promoted when it was built, after the profile had
+    loaded, for the model the fast path ran: a promotion meanwhile was never served. And
+    `run --gaze-model FILE` had its file swapped for the registry's next promotion."""
+    import shutil
+    from types import SimpleNamespace
+
+    from gazeloop.fastpath import models
+    from gazeloop.fastpath.pipeline import FastPath, FastPathConfig
+    from gazeloop.tools.runtime import hotreload
+    from gazeloop.trainer.registry import ModelRegistry
+
+    stock = models.resolve_gaze_onnx()
+    v1 = SimpleNamespace(version=1, model_id="m", onnx_path=stock)
+    v2 = SimpleNamespace(
+        version=2, model_id="m", onnx_path=shutil.copy(stock, tmp_path / "v2.onnx")
+    )
+    promoted = {"now": v1}
+    monkeypatch.setattr(ModelRegistry, "promoted", lambda self, model_id=None: promoted["now"])
+    monkeypatch.setattr(hotreload, "ProfileMapper", lambda prof, screen: f"mapper of {prof}")
+    monkeypatch.setattr(hotreload, "refit_in_child", lambda prof, *a, **kw: f"{prof} refitted")
+    fp = FastPath(FastPathConfig(gaze_model=stock))  # started on v1
+    assert not hotreload.ModelWatcher(fp, tmp_path / "reg").check_once()  # v1 runs: no news
+    promoted["now"] = v2  # promoted while the profile loaded
+    assert hotreload.ModelWatcher(fp, tmp_path / "reg").check_once()
+    promoted["now"] = None  # everything rolled back: the stock model, which runs already
+    assert not hotreload.ModelWatcher(FastPath(FastPathConfig()), tmp_path / "reg").check_once()
+
+    from tests.cli import cli
+
+    built = []
+    monkeypatch.setattr(hotreload.ModelWatcher, "start", lambda self: built.append(self))
+    monkeypatch.setenv("GAZELOOP_HOME", str(tmp_path / "home"))
+    grid9 = shared / "data/sessions/grid9"
+    base = ["run", "--headless", "--source", grid9, "--frames", 1, "--oracle", "none"]
+    assert cli(*base)[0] == 0 and len(built) == 1
+    rc, _, err = cli(*base, "--gaze-model", stock)
+    assert rc == 0, err
+    assert len(built) == 1, "a named model file would be swapped for the registry's"
