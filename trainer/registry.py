@@ -68,6 +68,14 @@ class RegistryError(RuntimeError):
     """A model cannot be registered, or a requested version is not available."""
 
 
+class ServedChanged(RegistryError):
+    """A promotion refused because another version was promoted (or rolled back) since the
+    caller judged its candidate against the one served then."""
+
+
+_ANY = object()  # `promote(expected=...)` not given: promote whatever is served now
+
+
 @dataclass(frozen=True, slots=True)
 class RegistryEntry:
     model_id: str
@@ -156,13 +164,16 @@ class ModelRegistry:
         *,
         promote: bool = False,
         reason: str = "",
+        expected: object = _ANY,
     ) -> RegistryEntry:
         """Copy a single-file ONNX model and its card in as the next version of the card's
         model id. `card` defaults to the one `export_onnx` wrote beside the model. The
-        version is served only once promoted (`promote=True` here, or `promote()`)."""
+        version is served only once promoted (`promote=True` here, or `promote()`, whose
+        `expected` this passes on: a promotion refused then leaves the version registered)."""
         entry = self._register(onnx_path, card)
         if promote:
-            self.promote(entry.version, entry.model_id, reason=reason or "promoted on register")
+            why = reason or "promoted on register"
+            self.promote(entry.version, entry.model_id, reason=why, expected=expected)
         return entry
 
     def _register(self, onnx_path: str | Path, card: ModelCard | dict | None) -> RegistryEntry:
@@ -447,11 +458,29 @@ class ModelRegistry:
         finally:
             os.close(fd)  # and with it the lock
 
-    def promote(self, version: int, model_id: str | None = None, *, reason: str = "") -> None:
-        """Make `version` the served one; the previous promotion stays in the history."""
+    def promote(
+        self,
+        version: int,
+        model_id: str | None = None,
+        *,
+        reason: str = "",
+        expected: object = _ANY,
+    ) -> None:
+        """Make `version` the served one; the previous promotion stays in the history.
+        `expected`: the version (None: nothing) the caller judged `version` against; if
+        another is served by now, nothing changes and `ServedChanged` says so. A gate runs
+        for minutes, and a fetch or a person may promote meanwhile: the gate's candidate
+        then replaced a model it was never compared with."""
         entry = self.get(version, model_id)  # refuses an absent or damaged version
         with self._pointer_lock():
             pointer = self._pointer(entry.model_id)
+            if expected is not _ANY and pointer["version"] != expected:
+                was = "nothing" if expected is None else f"v{expected}"
+                now = "nothing" if pointer["version"] is None else f"v{pointer['version']}"
+                raise ServedChanged(
+                    f"{entry.model_id} v{entry.version} not promoted: it was judged against "
+                    f"{was}, and {now} is served now"
+                )
             history = pointer["history"] + [
                 {
                     "version": entry.version,

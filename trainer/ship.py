@@ -10,6 +10,7 @@ can still look at it and promote it by hand (`gazeloop models promote`).
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,9 @@ from gazeloop.trainer.config import TrainConfig
 from gazeloop.trainer.export import export_onnx
 from gazeloop.trainer.gate import GateResult, judge
 from gazeloop.trainer.model import load_checkpoint, read_checkpoint_info
-from gazeloop.trainer.registry import ModelRegistry
+from gazeloop.trainer.registry import ModelRegistry, ServedChanged
+
+log = logging.getLogger(__name__)
 
 STOCK_ID = "gaze-estimation-adas-0002-onnx"
 
@@ -41,19 +44,22 @@ def card_metrics(best_checkpoint: Path) -> dict[str, float]:
     return out
 
 
-def parent_model(cfg: TrainConfig, registry: ModelRegistry, model_id: str) -> tuple[Path, str, str]:
-    """(ONNX path, description, parent model id) of what the candidate must beat."""
+def parent_model(
+    cfg: TrainConfig, registry: ModelRegistry, model_id: str
+) -> tuple[Path, str, str, int | None]:
+    """(ONNX path, description, parent model id, the registry version served then: None
+    when nothing is) of what the candidate must beat."""
     entry = registry.promoted(model_id) if (registry.root / model_id).is_dir() else None
     if entry is not None:
-        return entry.onnx_path, f"{model_id} v{entry.version} (promoted)", model_id
+        return entry.onnx_path, f"{model_id} v{entry.version} (promoted)", model_id, entry.version
     if cfg.init is not None:
         out = Path(cfg.out_dir) / "gate" / "parent.onnx"
         export_onnx(load_checkpoint(cfg.init), out, card={"model_id": "parent"})
-        return out, f"the run's init {cfg.init}", "parent"
+        return out, f"the run's init {cfg.init}", "parent", None
     from gazeloop.fastpath import models
 
     path = models.resolve_gaze_onnx(cfg.fastpath.gaze_model)
-    return path, f"the stock model ({path})", STOCK_ID
+    return path, f"the stock model ({path})", STOCK_ID, None
 
 
 def ship(
@@ -70,7 +76,7 @@ def ship(
     same = already_registered(registry, model_id, weights)
     if same is not None:
         return same
-    parent, parent_desc, parent_id = parent_model(cfg, registry, model_id)
+    parent, parent_desc, parent_id, judged_against = parent_model(cfg, registry, model_id)
     card = {
         "model_id": model_id,
         "parent_model_id": parent_id,
@@ -98,16 +104,28 @@ def ship(
     final = read_card(card_path_for(onnx)).model_copy(
         update={"evaluation": gate.model_dump(mode="json")}
     )
-    entry = registry.register(onnx, final, promote=gate.promoted, reason=f"gate: {gate.reason}")
+    entry = registry.register(onnx, final)
+    promoted, not_promoted = gate.promoted, None
+    if promoted:
+        try:
+            registry.promote(
+                entry.version, model_id, reason=f"gate: {gate.reason}", expected=judged_against
+            )
+        except ServedChanged as e:
+            log.warning("%s; judge it again against what is served", e)
+            promoted, not_promoted = False, str(e)
     served = registry.promoted(model_id)
-    return {
+    out = {
         "onnx": str(onnx),
         "registered": str(entry.onnx_path),
         "version": entry.version,
-        "promoted": gate.promoted,
+        "promoted": promoted,
         "served_version": None if served is None else served.version,
         "gate": gate.model_dump(mode="json"),
     }
+    if not_promoted is not None:
+        out["not_promoted"] = not_promoted
+    return out
 
 
 def already_registered(registry: ModelRegistry, model_id: str, weights: str) -> dict | None:

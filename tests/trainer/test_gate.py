@@ -267,3 +267,37 @@ def test_carry_over_fits_on_one_session_and_scores_the_next():
     # Drift between sittings (the features moved by 0.1): the old profile is off by ~141 px.
     assert 120 < carry_over_px(cal, first, sitting(0.1)) < 160
     assert carry_over_px(cal, first, sitting(0.0, px=(1920, 1080))) is None  # another screen
+
+
+@pytest.mark.slow
+def test_a_candidate_is_not_promoted_over_a_model_promoted_while_it_was_judged(
+    gentle_run, tmp_path, monkeypatch
+):
+    """The gate judged against the version served when it began and promoted its candidate
+    over whatever was served when it ended (a fetch or a person may promote meanwhile)."""
+    from gazeloop.fastpath import models
+    from gazeloop.trainer import ship as ship_module
+    from gazeloop.trainer.export import export_onnx
+    from gazeloop.trainer.gate import GateResult
+    from gazeloop.trainer.model import GazeNet
+    from gazeloop.trainer.registry import ModelRegistry
+
+    registry = ModelRegistry(tmp_path / "reg")
+    net = GazeNet.from_ir(models.resolve(models.GAZE_IR_XML), models.resolve(models.GAZE_IR_BIN))
+    first = registry.register(
+        export_onnx(net, tmp_path / "a.onnx", card={"model_id": MODEL_ID}), promote=True
+    )
+    with torch.no_grad():
+        next(net.head.parameters()).mul_(1.01)
+    other = registry.register(export_onnx(net, tmp_path / "b.onnx", card={"model_id": MODEL_ID}))
+
+    def judge(parent, onnx, *a, **kw):
+        registry.promote(other.version, MODEL_ID, reason="a person, while the gate ran")
+        return GateResult(promoted=True, reason="better than its parent", candidate=str(onnx))
+
+    monkeypatch.setattr(ship_module, "judge", judge)
+    cfg, best = gentle_run
+    res = ship_module.ship(cfg, best, registry.root, MODEL_ID)
+    assert res["promoted"] is False and res["served_version"] == other.version
+    assert f"judged against v{first.version}" in res["not_promoted"]
+    assert registry.promoted(MODEL_ID).version == other.version

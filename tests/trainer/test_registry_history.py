@@ -95,10 +95,10 @@ def test_shipping_the_same_weights_again_registers_and_judges_nothing(tmp_path, 
     monkeypatch.setattr(ship_mod, "judge", judge)
     cfg = ship_mod.TrainConfig(out_dir=tmp_path / "run")
     reg = tmp_path / "reg"
-    monkeypatch.setattr(ship_mod, "parent_model", lambda *a: (onnx, "parent", "stock"))
+    monkeypatch.setattr(ship_mod, "parent_model", lambda *a: (onnx, "parent", "stock", None))
     first = ship_mod.ship(cfg, best, reg, "net")
     # v1 is promoted now: a relaunch's export would name it as the parent.
-    monkeypatch.setattr(ship_mod, "parent_model", lambda *a: (onnx, "net v1", "net"))
+    monkeypatch.setattr(ship_mod, "parent_model", lambda *a: (onnx, "net v1", "net", 1))
     again = ship_mod.ship(cfg, best, reg, "net")
     assert first["version"] == 1 and "already_registered" not in first
     assert again["version"] == 1 and again["already_registered"] is True

@@ -90,3 +90,20 @@ def test_the_lock_file_is_no_model_and_rollback_takes_it_too(tmp_path):
     assert reg.promoted().version == v2
     assert reg.rollback().version == v1
     assert reg.rollback() is None and reg.promoted() is None
+
+
+def test_a_promotion_judged_against_another_served_version_is_refused(tmp_path):
+    """`expected`: the version the candidate was judged against. Promoted since by someone
+    else, the candidate is not promoted over a model it was never compared with."""
+    from gazeloop.trainer.registry import ServedChanged
+
+    reg = ModelRegistry(tmp_path / "registry")
+    v1 = reg.register(*tiny_model(tmp_path / "m", 100), promote=True).version
+    v2 = reg.register(*tiny_model(tmp_path / "m", 200)).version
+    v3 = reg.register(*tiny_model(tmp_path / "m", 300)).version
+    reg.promote(v2, "gaze-net", reason="a person, meanwhile")
+    with pytest.raises(ServedChanged, match="judged against v1, and v2 is served now"):
+        reg.promote(v3, "gaze-net", reason="gate", expected=v1)
+    assert reg.promoted("gaze-net").version == v2 and len(reg.promotions("gaze-net")) == 2
+    reg.promote(v3, "gaze-net", reason="gate", expected=v2)
+    assert reg.promoted("gaze-net").version == v3

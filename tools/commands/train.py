@@ -771,6 +771,8 @@ def _readable(out: dict) -> str:
         lines.append(f"gate: NOT promoted: {gate.get('reason')}")
     exp = out.get("export")
     if exp:
+        if exp.get("not_promoted"):
+            lines.append(f"NOT promoted after all: {exp['not_promoted']}")
         lines.append(
             f"registered v{exp['version']} at {exp['registered']}; the fast path serves "
             + (f"v{exp['served_version']}" if exp["served_version"] else "the stock model")
