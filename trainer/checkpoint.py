@@ -266,9 +266,27 @@ def read_trainer_state(folder: Path) -> dict[str, Any]:
             f"this trainer builds {MODEL_VERSION!r}; nothing was changed. Start a new run "
             "in another out_dir (init from an exported model) instead of resuming"
         )
+    _check_standing(path, state)
     read_checkpoint_info(folder / "model.safetensors")  # version and weights hash
     check_optimizer_state(folder)
     return state
+
+
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _check_standing(path: Path, state: dict[str, Any]) -> None:
+    """Where the run stands, each field of the type a resume reads it as: a bad one was a
+    traceback (`int("x")`, a KeyError) after the data had loaded."""
+    for key in ("step", "best_step", "bad_epochs"):
+        if not _is_count(state.get(key)):
+            raise CheckpointError(f"{path}: {key} {state.get(key)!r} is not a count of steps")
+    best = state.get("best_metric", "missing")
+    if best is not None and not (isinstance(best, int | float) and not isinstance(best, bool)):
+        raise CheckpointError(f"{path}: best_metric {best!r} is not a number (or null)")
+    if not isinstance(state.get("config", {}), dict):
+        raise CheckpointError(f"{path}: config is not an object of the run's settings")
 
 
 def save_training_checkpoint(

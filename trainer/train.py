@@ -254,11 +254,18 @@ def resumed_config(cfg: TrainConfig, was: dict[str, Any], out_dir: Path) -> Trai
     """The config a resume goes on with: the saved one (`was`), with the run length and
     checkpoint cadence `cfg` sets. A setting `cfg` was given (`model_fields_set`) that
     differs from the saved one is refused in one line naming the field and both values."""
+    if not was:  # a state written before configs were saved whole: nothing to hold to
+        return cfg
     _check_sources(out_dir, was, cfg)
     try:
         saved = TrainConfig.model_validate(was | {"out_dir": was.get("out_dir", out_dir)})
-    except ValidationError:  # a state written before configs were saved whole
-        return cfg
+    except ValidationError as e:
+        # Not a silent fall back to the flags given: the run would go on with another
+        # split, seed or learning rate than its checkpoint's and say it had not.
+        raise TrainError(
+            f"{out_dir}: the run's saved settings are not ones this gazeloop takes "
+            f"({first_problem(e)}); train in a new --out"
+        ) from None
     differ = []
     for key in sorted(cfg.model_fields_set - set(RUN_LENGTH) - set(_LOCAL) - {"data", "holdout"}):
         before, now = _plain(getattr(saved, key)), _plain(getattr(cfg, key))

@@ -130,3 +130,35 @@ def test_an_interrupt_while_judging_says_the_model_is_not_served_and_how_to_go_o
         "gazeloop train: interrupted while exporting or judging: the new model is not "
         "served; the same command with --resume --export exports and judges it again"
     )
+
+
+@pytest.mark.parametrize(
+    "edit, says",
+    [
+        (lambda st: st["config"]["fastpath"].update(not_a_setting=1), "fastpath.not_a_setting"),
+        (lambda st: st["config"].update(val_fraction=5), "val_fraction"),
+        (lambda st: st.update(step="x"), "step 'x' is not a count of steps"),
+        (lambda st: st.pop("best_step"), "best_step None is not a count of steps"),
+        (lambda st: st.update(best_metric="low"), "best_metric 'low' is not a number"),
+    ],
+)
+def test_a_saved_state_this_gazeloop_cannot_take_is_one_line_and_nothing_changes(
+    shared, run_dir, tmp_path, edit, says
+):
+    """A saved config this version refuses (a field dropped or tightened since) fell back
+    to the flags given: the run went on with another seed, lr and validation split and
+    config.json said so. A bad count in the state was a traceback after the data loaded."""
+    import json
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    (path,) = run.rglob("trainer_state.json")
+    state = json.loads(path.read_text())
+    edit(state)
+    path.write_text(json.dumps(state))
+    before = _files(run)
+    rc, _, err = cli(*_argv(shared, run), "--max-steps", "3", "--resume", "--seed", "7")
+    assert rc == 2 and "Traceback" not in err, err
+    assert says in err.strip().splitlines()[-1], err
+    assert _files(run) == before
