@@ -51,10 +51,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _count(d: dict, key: Any, accepted: bool, image: bool) -> None:
-    c = d.setdefault(key, {"labels": 0, "accepted": 0, "with_image": 0})
+_ZERO = {"labels": 0, "accepted": 0, "unjudged": 0, "with_image": 0}
+
+
+def _count(d: dict, key: Any, verdict: bool | None, image: bool) -> None:
+    """`unjudged`: stored with no loop's word on them (before any profile, a click that
+    came first): `train --labels` keeps those beside the accepted ones."""
+    c = d.setdefault(key, dict(_ZERO))
     c["labels"] += 1
-    c["accepted"] += accepted
+    c["accepted"] += verdict is True
+    c["unjudged"] += verdict is None
     c["with_image"] += image
 
 
@@ -68,15 +74,15 @@ def store_summary(store: LabelStore) -> dict[str, Any]:
         # leaves out ("image missing"), and the count said it was there.
         path = store.image_path(row)
         image = path is not None and path.is_file()
-        _count(total, "all", row.accepted, image)
-        _count(by_source, row.oracle, row.accepted, image)
-        _count(by_run, row.run_id, row.accepted, image)
+        _count(total, "all", row.verdict, image)
+        _count(by_source, row.oracle, row.verdict, image)
+        _count(by_run, row.run_id, row.verdict, image)
     runs = [_run(r, by_run[r.id]) for r in store.runs() if r.id in by_run]
     return {
-        **total.get("all", {"labels": 0, "accepted": 0, "with_image": 0}),
+        **total.get("all", dict(_ZERO)),
         "by_source": dict(sorted(by_source.items())),
         "runs": runs,
-        "without_run": by_run.get(None, {"labels": 0, "accepted": 0, "with_image": 0}),
+        "without_run": by_run.get(None, dict(_ZERO)),
     }
 
 
@@ -98,18 +104,18 @@ def _run(r: StoredRun, counts: dict[str, int]) -> dict[str, Any]:
 
 def summary_text(s: dict[str, Any]) -> str:
     lines = [
-        f"label store {s['store']}: {s['labels']} labels, {s['accepted']} accepted, "
+        f"label store {s['store']}: {s['labels']} labels, {_kept(s)}, "
         f"{s['with_image']} with a picture"
     ]
     for name, c in s["by_source"].items():
-        lines.append(f"  {name:10s} {c['labels']:5d} labels, {c['accepted']} accepted")
+        lines.append(f"  {name:10s} {c['labels']:5d} labels, {_kept(c)}")
     for r in s["runs"]:
         screen = "screen unknown" if r["screen_px"] is None else "{}x{}".format(*r["screen_px"])
         if r["device"] is not None:
             screen += f" of device {r['device']}"
         lines.append(
             f"  run {r['id']} from {r['started']} on {screen}: {r['labels']} labels "
-            f"({r['accepted']} accepted); source {r['source']}, oracle {r['oracle']}, "
+            f"({_kept(r)}); source {r['source']}, oracle {r['oracle']}, "
             f"model {r['gaze_model']}"
         )
     if s["without_run"]["labels"]:
@@ -117,10 +123,16 @@ def summary_text(s: dict[str, Any]) -> str:
             f"  {s['without_run']['labels']} labels from before runs were recorded (their "
             "screen is the profiles' or --screen-px's)"
         )
-    screens = {tuple(r["screen_px"]) for r in s["runs"] if r["screen_px"] and r["accepted"]}
-    if len(screens) > 1:
+    kept = [r for r in s["runs"] if r["screen_px"] and r["accepted"] + r["unjudged"]]
+    if len({tuple(r["screen_px"]) for r in kept}) > 1:
         lines.append(
-            "  accepted labels on several screens: `gazeloop train --labels` needs "
+            "  labels to train on from several screens: `gazeloop train --labels` needs "
             "--screen-px W H for the ones to train on"
         )
     return "\n".join(lines)
+
+
+def _kept(c: dict[str, Any]) -> str:
+    """The accepted, and the unjudged when there are any: both are what training takes."""
+    out = f"{c['accepted']} accepted"
+    return out + (f", {c['unjudged']} not judged by any loop" if c.get("unjudged") else "")

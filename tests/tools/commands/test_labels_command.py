@@ -47,8 +47,8 @@ def test_a_store_is_counted_by_source_and_by_run(tmp_path, monkeypatch):
     s = json.loads(out)
     assert (s["labels"], s["accepted"], s["with_image"]) == (4, 3, 3)
     assert s["by_source"] == {
-        "clicks": {"labels": 3, "accepted": 2, "with_image": 3},
-        "glance": {"labels": 1, "accepted": 1, "with_image": 0},
+        "clicks": {"labels": 3, "accepted": 2, "unjudged": 0, "with_image": 3},
+        "glance": {"labels": 1, "accepted": 1, "unjudged": 0, "with_image": 0},
     }
     assert [(r["id"], r["screen_px"], r["labels"]) for r in s["runs"]] == [
         (laptop, [1512, 982], 2),
@@ -60,8 +60,38 @@ def test_a_store_is_counted_by_source_and_by_run(tmp_path, monkeypatch):
     assert f"run {laptop} from " in text and "on 1512x982: 2 labels (1 accepted)" in text
     assert "on 2560x1440 of device desk: 1 labels" in text  # two runs that look alike else
     assert "1 labels from before runs were recorded" in text
-    assert "accepted labels on several screens" in text and "--screen-px" in text
+    assert "labels to train on from several screens" in text and "--screen-px" in text
     assert kept() == files  # read, nothing written
+
+
+def test_labels_no_loop_judged_are_counted_as_training_keeps_them(tmp_path):
+    """Clicks stored before any profile (no loop's word on them) are what `train --labels`
+    exports beside the accepted ones: `labels` said "0 accepted" and gave no warning for a
+    store on two screens that training then refused without --screen-px."""
+    from gazeloop.calibration.store.labelstore import NOT_PROCESSED
+
+    root = tmp_path / "labels"
+    with LabelStore(root) as ls:
+        for i, px in enumerate([(1920, 1080), (2560, 1440)]):
+            run = ls.begin_run({"source": "0", "oracle": "clicks"}, ScreenGeometry(px=px))
+            for k in range(3):
+                label = OracleLabel(
+                    t_ns=10 * i + k,
+                    snapshot_id=f"s{i}-{k}",
+                    oracle="clicks",
+                    observation=PointObservation(xy=(0.5, 0.5)),
+                )
+                d = types.SimpleNamespace(
+                    accepted=False, why=NOT_PROCESSED, residual=None, offset=None
+                )
+                ls.add(label, np.full((32, 32, 3), 100, np.uint8), None, d, run_id=run)
+    rc, out, err = cli("labels", "--store", root, "--json")
+    assert rc == 0, err
+    s = json.loads(out)
+    assert (s["labels"], s["accepted"], s["unjudged"]) == (6, 0, 6)
+    rc, text, _ = cli("labels", "--store", root)
+    assert "6 labels, 0 accepted, 6 not judged by any loop" in text, text
+    assert "labels to train on from several screens" in text, text
 
 
 def test_no_store_is_one_line_and_none_is_made(tmp_path, monkeypatch):
