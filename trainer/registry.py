@@ -481,6 +481,11 @@ class ModelRegistry:
                     f"{entry.model_id} v{entry.version} not promoted: it was judged against "
                     f"{was}, and {now} is served now"
                 )
+            if pointer["version"] == entry.version:
+                # Served already: a second record of it would make the next rollback undo
+                # this one and serve the same version again ("rolled back", nothing changed).
+                log.info("%s v%d is served already", entry.model_id, entry.version)
+                return
             history = pointer["history"] + [
                 {
                     "version": entry.version,

@@ -107,3 +107,16 @@ def test_a_promotion_judged_against_another_served_version_is_refused(tmp_path):
     assert reg.promoted("gaze-net").version == v2 and len(reg.promotions("gaze-net")) == 2
     reg.promote(v3, "gaze-net", reason="gate", expected=v2)
     assert reg.promoted("gaze-net").version == v3
+
+
+def test_promoting_the_served_version_again_leaves_one_rollback_to_undo_it(tmp_path):
+    """`models promote 2` twice recorded v2 twice: `rollback` then said "v2 is served
+    again" and changed nothing."""
+    reg = ModelRegistry(tmp_path / "registry")
+    v1 = reg.register(*tiny_model(tmp_path / "m", 100), promote=True).version
+    v2 = reg.register(*tiny_model(tmp_path / "m", 200)).version
+    reg.promote(v2, "gaze-net", reason="a person")
+    reg.promote(v2, "gaze-net", reason="the same person, again")
+    assert [h["version"] for h in reg.promotions("gaze-net")] == [v1, v2]
+    assert reg.rollback("gaze-net").version == v1
+    assert reg.promoted("gaze-net").version == v1
