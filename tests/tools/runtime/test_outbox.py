@@ -82,6 +82,36 @@ def test_a_store_made_anew_in_the_folder_starts_the_outbox_over(tmp_path):
     store.close()
 
 
+def test_a_store_restored_from_an_older_copy_sends_what_came_after_the_restore(tmp_path):
+    """A restored store keeps its first label (the anchor holds) but goes back in ids: the
+    labels stored after the restore took ids the outbox had passed and were never sent."""
+    store = LabelStore(tmp_path)
+    for i in range(3):
+        add(store, i)
+    backup = tmp_path.parent / f"{tmp_path.name}-backup.sqlite3"
+    with sqlite3.connect(tmp_path / DB_NAME) as src, sqlite3.connect(backup) as dst:
+        src.backup(dst)  # the copy holds labels 1-3
+    for i in range(3, 5):
+        add(store, i)
+    ob = Outbox(outbox_path(tmp_path))
+    ob.take_in(store)
+    assert ob.mark_sent(ob.pending()) == 5
+    store.close()
+    for name in (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm"):
+        (tmp_path / name).unlink(missing_ok=True)
+    shutil.copyfile(backup, tmp_path / DB_NAME)
+    store = LabelStore(tmp_path)  # labels 4 and 5's pictures go to orphans/
+    after = [add(store, 100 + i) for i in range(3)]  # ids 4, 5 and 6: new labels
+    assert after == [4, 5, 6]
+    ob.take_in(store)
+    # Every label again (the collector drops the ones it has by their uid): none lost.
+    assert ob.pending() == [1, 2, 3, *after]
+    ob.mark_sent(ob.pending())
+    assert ob.take_in(store) == 0  # and once only
+    ob.close()
+    store.close()
+
+
 def test_two_outboxes_on_one_file_take_each_label_in_once(tmp_path):
     """Two uplinks (or two processes) sharing the file: SQLite serialises the take-ins."""
     store = LabelStore(tmp_path)

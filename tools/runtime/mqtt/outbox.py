@@ -4,8 +4,9 @@ The label store keeps labels; which of them the broker has acknowledged is the u
 business, kept in a small SQLite file of its own (by default `mqtt-outbox.sqlite3` in the
 store's folder, so the two go together when the folder is copied or deleted):
 
-    meta(key, value)      schema_version; seen_up_to, the highest store id taken in;
-                          anchor_id and anchor_snapshot, the first label taken in
+    meta(key, value)      schema_version; seen_up_to, the highest store id taken in, and
+                          seen_snapshot, that label's snapshot id; anchor_id and
+                          anchor_snapshot, the first label taken in
     pending(label_id)     taken in, not yet acknowledged by the broker
 
 The outbox follows the store by id (`LabelStore.ids_after(seen_up_to)`): ids only grow and
@@ -21,6 +22,10 @@ everything else is. Nothing reads the column after that.
 A store made anew in the same folder (its database deleted by hand) would restart its ids
 below `seen_up_to` and its labels would never be taken in. The anchor notices: when the
 first label taken in is gone or is another label, the outbox starts over on the new store.
+A store restored from an older copy keeps its first label but goes back in ids, and the
+labels stored after the restore take ids the outbox had passed: when the label at
+`seen_up_to` is gone or is another, every label is taken in again (the collector drops the
+ones it has by their uid) and nothing pending is forgotten.
 """
 
 from __future__ import annotations
@@ -127,6 +132,7 @@ class Outbox:
             # Read before the transaction: the store is another database.
             sent = set(store.legacy_sent_ids()) if first else set()
             anchor = store.get(ids[0]) if first else None
+            tip = store.get(ids[-1])
             with self._transaction():
                 seen = self._meta("seen_up_to") or 0  # another process may have moved on
                 new = [i for i in ids if i > seen and i not in sent]
@@ -135,7 +141,10 @@ class Outbox:
                     self._db.executemany(
                         "INSERT OR IGNORE INTO pending (label_id) VALUES (?)", [(i,) for i in chunk]
                     )
-                self._set("seen_up_to", max(seen, ids[-1]))
+                if ids[-1] > seen:
+                    self._set("seen_up_to", ids[-1])
+                    if tip is not None:
+                        self._set("seen_snapshot", tip.snapshot_id)
                 if anchor is not None:
                     self._set("anchor_id", anchor.id)
                     self._set("anchor_snapshot", anchor.snapshot_id)
@@ -146,6 +155,7 @@ class Outbox:
         if anchor_id is None:
             return
         row = store.get(anchor_id)
+        self._check_tip(store)
         with self._transaction():
             snap = self._meta_text("anchor_snapshot")
             if row is not None and row.snapshot_id == snap:
@@ -158,8 +168,28 @@ class Outbox:
             )
             self._db.execute("DELETE FROM pending")
             self._db.execute(
-                "DELETE FROM meta WHERE key IN ('seen_up_to', 'anchor_id', 'anchor_snapshot')"
+                "DELETE FROM meta WHERE key IN "
+                "('seen_up_to', 'seen_snapshot', 'anchor_id', 'anchor_snapshot')"
             )
+
+    def _check_tip(self, store: FollowedStore) -> None:
+        """The label at `seen_up_to` still the one taken in, or every label is taken in
+        again: a store restored from an older copy reuses the ids after its last label."""
+        seen = self._meta("seen_up_to")
+        if seen is None:
+            return
+        row = store.get(seen)
+        with self._transaction():
+            snap = self._meta_text("seen_snapshot")
+            if snap is None or (row is not None and row.snapshot_id == snap):
+                return
+            log.warning(
+                "%s: the label store went back (label %d is gone or another: restored from "
+                "an older copy?); taking in all its labels again",
+                self.path,
+                seen,
+            )
+            self._db.execute("DELETE FROM meta WHERE key IN ('seen_up_to', 'seen_snapshot')")
 
     # --- the uplink's side ---------------------------------------------------------------------
 
