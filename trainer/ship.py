@@ -101,9 +101,10 @@ def ship(
     gate = gate.model_copy(update={"parent": parent_desc})
     from gazeloop.trainer.card import card_path_for, read_card
 
-    final = read_card(card_path_for(onnx)).model_copy(
-        update={"evaluation": gate.model_dump(mode="json")}
-    )
+    # The version judged against goes with the verdict: a relaunch after an interrupt
+    # between registering and promoting finishes the promotion only over that one.
+    evaluation = gate.model_dump(mode="json") | {"parent_version": judged_against}
+    final = read_card(card_path_for(onnx)).model_copy(update={"evaluation": evaluation})
     entry = registry.register(onnx, final)
     promoted, not_promoted = gate.promoted, None
     if promoted:
@@ -139,11 +140,12 @@ def already_registered(registry: ModelRegistry, model_id: str, weights: str) -> 
     entry = next((e for e in registry.list(model_id) if e.card.weights_sha256 == weights), None)
     if entry is None:
         return None
-    served = registry.promoted(model_id)
     gate = dict(entry.card.evaluation or {"promoted": False, "reason": "not judged"})
+    finished = _finish_promotion(registry, model_id, entry.version, gate)
+    served = registry.promoted(model_id)
     gate["reason"] = (
         f"already registered as v{entry.version} (the same checkpoint), not registered or "
-        f"judged again; its gate said: {gate.get('reason') or 'nothing'}"
+        f"judged again; its gate said: {gate.get('reason') or 'nothing'}{finished}"
     )
     return {
         "onnx": str(entry.onnx_path),
@@ -157,3 +159,24 @@ def already_registered(registry: ModelRegistry, model_id: str, weights: str) -> 
 
 
 __all__ = ["already_registered", "card_metrics", "parent_model", "ship"]
+
+
+def _finish_promotion(registry: ModelRegistry, model_id: str, version: int, gate: dict) -> str:
+    """A version its gate passed but that was never promoted (the run was stopped between
+    registering and promoting it) is promoted now, if what it was judged against is still
+    what is served; → what was done, for the gate's reason ("" when nothing was to do)."""
+    served = registry.promoted(model_id)
+    if not gate.get("promoted") or (served is not None and served.version == version):
+        return ""
+    if "parent_version" not in gate:  # registered before the version judged was recorded
+        return "; never promoted (judge it again to serve it)"
+    try:
+        registry.promote(
+            version,
+            model_id,
+            reason=f"gate: {gate.get('reason')} (promoted on a relaunch)",
+            expected=gate["parent_version"],
+        )
+    except ServedChanged as e:
+        return f"; not promoted on this relaunch either ({e})"
+    return "; it had not been promoted, and is now"

@@ -61,10 +61,10 @@ def test_models_list_says_who_promoted_against_the_gate(tmp_path, capsys):
     assert v2.endswith("gate: refused: worse than its parent by 3.0 ± 1.0 px")
 
 
-def test_shipping_the_same_weights_again_registers_and_judges_nothing(tmp_path, monkeypatch):
-    """A `--resume --export` relaunch of a finished run judged its model again and registered
-    it as a second version; and once the gate had promoted the first export, which the next
-    one names as its parent, the ONNX bytes differed, so comparing them found nothing."""
+@pytest.fixture
+def shipping(tmp_path, monkeypatch):
+    """`ship` with export and gate stood in for (a tiny model; the gate says "better"):
+    → (config, best checkpoint, registry root, the model file, the gate's calls)."""
     from gazeloop.trainer.export import card_path_for
     from gazeloop.trainer.gate import GateResult
 
@@ -94,7 +94,14 @@ def test_shipping_the_same_weights_again_registers_and_judges_nothing(tmp_path, 
     monkeypatch.setattr(ship_mod, "card_metrics", lambda p: {})
     monkeypatch.setattr(ship_mod, "judge", judge)
     cfg = ship_mod.TrainConfig(out_dir=tmp_path / "run")
-    reg = tmp_path / "reg"
+    return cfg, best, tmp_path / "reg", onnx, judged
+
+
+def test_shipping_the_same_weights_again_registers_and_judges_nothing(shipping, monkeypatch):
+    """A `--resume --export` relaunch of a finished run judged its model again and registered
+    it as a second version; and once the gate had promoted the first export, which the next
+    one names as its parent, the ONNX bytes differed, so comparing them found nothing."""
+    cfg, best, reg, onnx, judged = shipping
     monkeypatch.setattr(ship_mod, "parent_model", lambda *a: (onnx, "parent", "stock", None))
     first = ship_mod.ship(cfg, best, reg, "net")
     # v1 is promoted now: a relaunch's export would name it as the parent.
@@ -108,3 +115,29 @@ def test_shipping_the_same_weights_again_registers_and_judges_nothing(tmp_path, 
     assert [e.version for e in ModelRegistry(reg).list("net")] == [1]
     best.write_bytes(b"other weights")  # trained further: a new model, judged
     assert ship_mod.ship(cfg, best, reg, "net")["version"] == 2 and len(judged) == 2
+
+
+def test_a_run_stopped_between_registering_and_promoting_is_promoted_on_relaunch(
+    shipping, monkeypatch
+):
+    """SIGTERM (or a crash) after the gate passed and the model was registered, before it
+    was promoted: the relaunch the message advises found the weights registered and said
+    "already registered", and the passed model was never served."""
+    from gazeloop.trainer.registry import ModelRegistry
+
+    cfg, best, reg, onnx, judged = shipping
+    monkeypatch.setattr(ship_mod, "parent_model", lambda *a: (onnx, "parent", "stock", None))
+    promote = ModelRegistry.promote
+
+    def stopped(self, *a, **kw):
+        raise KeyboardInterrupt  # SIGTERM, as terminate_as_interrupt raises it
+
+    monkeypatch.setattr(ModelRegistry, "promote", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        ship_mod.ship(cfg, best, reg, "net")
+    assert ModelRegistry(reg).promoted("net") is None  # registered, not served
+    monkeypatch.setattr(ModelRegistry, "promote", promote)
+    again = ship_mod.ship(cfg, best, reg, "net")
+    assert again["promoted"] is True and again["served_version"] == 1 and len(judged) == 1
+    assert again["gate"]["reason"].endswith("it had not been promoted, and is now")
+    assert ModelRegistry(reg).promoted("net").version == 1

@@ -714,10 +714,12 @@ def _ship(cfg, summary, args) -> dict:
     except (ExportParityError, CheckpointError, RegistryError, ValueError) as e:
         raise UserError(f"export refused: {e}") from None
     except KeyboardInterrupt:
-        # The registry takes a model whole or not at all: nothing is registered yet.
+        # The registry takes a model whole or not at all; registered and passed but not yet
+        # promoted, the relaunch promotes it (`ship._finish_promotion`).
         print(
-            "gazeloop train: interrupted while exporting or judging: the new model is not "
-            "served; the same command with --resume --export exports and judges it again",
+            "gazeloop train: interrupted while exporting, judging or registering: the new "
+            "model is not served; the same command with --resume --export goes on from where "
+            "it stopped (exports and judges it again, or promotes what its gate passed)",
             file=sys.stderr,
         )
         raise

@@ -127,8 +127,9 @@ def test_an_interrupt_while_judging_says_the_model_is_not_served_and_how_to_go_o
     assert rc == 130
     assert "gate: exporting, then the parent and the new model through the fast path on 1 " in err
     assert err.strip().splitlines()[-1] == (
-        "gazeloop train: interrupted while exporting or judging: the new model is not "
-        "served; the same command with --resume --export exports and judges it again"
+        "gazeloop train: interrupted while exporting, judging or registering: the new "
+        "model is not served; the same command with --resume --export goes on from where "
+        "it stopped (exports and judges it again, or promotes what its gate passed)"
     )
 
 
