@@ -200,8 +200,10 @@ def trainer_state(
     bad_epochs: int,
     val_before: dict[str, float] | None,
     last_val: dict[str, float] | None = None,
+    units: list[str] | None = None,
 ) -> dict[str, Any]:
-    """`trainer_state.json`: where the run stands, and the config it ran with."""
+    """`trainer_state.json`: where the run stands, the config it ran with and the units
+    (sessions, files) its data was read from."""
     return {
         "format": STATE_FORMAT,
         "version": STATE_VERSION,
@@ -217,6 +219,7 @@ def trainer_state(
         "val_before": strict_json(val_before),
         "last_val": strict_json(last_val or None),
         "config": cfg.model_dump(mode="json"),
+        "units": units,
     }
 
 

@@ -189,6 +189,7 @@ class _Run:
     bar: Progress
     t_start: float
     at: Standing
+    units: list[str]  # what the data was read from (`_same_units`), kept in each checkpoint
 
     @property
     def main(self) -> bool:
@@ -282,6 +283,26 @@ def resumed_config(cfg: TrainConfig, was: dict[str, Any], out_dir: Path) -> Trai
 
 def _plain(v: Any) -> Any:
     return v.model_dump(mode="json") if hasattr(v, "model_dump") else v
+
+
+def _same_units(out_dir: Path, state: dict[str, Any], units: list[str]) -> None:
+    """The sessions (and other units) a resumed run reads are those it was trained on: a
+    sitting added inside a `--data` folder since was trained on silently, under the old
+    run's validation and best model. Checkpoints from before units were recorded pass."""
+    was = state.get("units")
+    if was is None:
+        return
+    added, gone = sorted(set(units) - set(was)), sorted(set(was) - set(units))
+    if added or gone:
+        said = "; ".join(
+            f"{what} {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+            for what, names in (("added", added), ("gone", gone))
+            if names
+        )
+        raise TrainError(
+            f"{out_dir} was trained on other data than its folders hold now ({said}): resume "
+            "it on what it read, or train on these in a new --out folder"
+        )
 
 
 def _check_sources(out_dir: Path, was: dict[str, Any], cfg: TrainConfig) -> None:
@@ -473,6 +494,9 @@ def _start(
 ) -> _Run:
     """Everything a run needs, the logs opened, and the starting model's validation as
     the first "best"."""
+    units = sorted(u.unit for u in data.units)
+    if state is not None:
+        _same_units(Path(cfg.out_dir), state, units)
     split = _split(data, cfg)
     steps_per_epoch, total_steps = _schedule(cfg, split, accelerator.num_processes)
     prepared, optimizer, params, at, tuned = _prepared_model(
@@ -507,6 +531,7 @@ def _start(
         bar=bar,
         t_start=t_start,
         at=at,
+        units=units,
     )
     if state is None and not split.val.empty:
         _starting_model_is_best(run)
@@ -789,6 +814,7 @@ def _checkpoint(run: _Run) -> None:
             bad_epochs=at.bad_epochs,
             val_before=at.val_before,
             last_val=at.last_val,
+            units=run.units,
         )
         at.last_ckpt = save_training_checkpoint(
             run.out_dir, run.raw_model, run.optimizer, state, run.cfg.keep_checkpoints

@@ -163,3 +163,26 @@ def test_a_saved_state_this_gazeloop_cannot_take_is_one_line_and_nothing_changes
     assert rc == 2 and "Traceback" not in err, err
     assert says in err.strip().splitlines()[-1], err
     assert _files(run) == before
+
+
+@pytest.mark.slow
+def test_a_sitting_added_inside_a_data_folder_is_refused_on_resume(shared, tmp_path):
+    """Only the folders named were compared: a sitting added inside a --data folder since
+    was trained on silently on resume (validation went from 32 to 48 targets)."""
+    evit = shared / "data/evit"
+    sess = tmp_path / "sess"
+    sess.mkdir()
+    for name in ("p1_s00", "p1_s01"):
+        (sess / name).symlink_to(evit / name, target_is_directory=True)
+    argv = ["train", "--data", sess, "--holdout", evit / "p1_s02", "--out", tmp_path / "run"]
+    rc, _, err = cli(*argv, "--max-steps", "1")
+    assert rc == 0, err
+    (sess / "p1_s03").symlink_to(evit / "p1_s03", target_is_directory=True)
+    rc, _, err = cli(*argv, "--max-steps", "2", "--resume")
+    assert rc == 2 and "Traceback" not in err, err
+    line = err.strip().splitlines()[-1]
+    assert "was trained on other data than its folders hold now (added " in line, line
+    assert "p1_s03" in line, line
+    (sess / "p1_s03").unlink()  # as it was: the resume goes on
+    rc, _, err = cli(*argv, "--max-steps", "2", "--resume")
+    assert rc == 0, err
