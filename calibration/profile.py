@@ -372,6 +372,7 @@ class ProfileMapper:
         self.names = list(profile.features)
         self.mapping = mapping_from_params(profile.mapping.name, profile.mapping.params)
         self.offset = np.asarray(profile.offset, dtype=np.float64)
+        self.last_offset = self.offset
         # The screen in use now; the profile's mapping is in normalised units, so another
         # resolution of the same screen needs no refit.
         self.screen = screen or profile.screen
@@ -386,7 +387,9 @@ class ProfileMapper:
         # Not clipped to the screen: the fast path clips what it shows, and the drift loop
         # must see a point past the edge where it is (clipped, a drift toward the Dock or
         # the menu bar left residuals no larger than the target's distance to the edge).
-        return self.mapping.predict(self._x)[0] + self.offset
+        off = self.offset  # read once: the loop replaces it whole from another thread
+        self.last_offset = off  # what this frame's point carries (`Live` keeps it with it)
+        return self.mapping.predict(self._x)[0] + off
 
     def to_px(self, xy: np.ndarray) -> np.ndarray:
         return self.screen.to_px(xy)

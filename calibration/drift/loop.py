@@ -2,7 +2,8 @@
 
 The fast path adds `DriftLoop.offset` to every screen point it produces. Each oracle label is
 compared with the fast estimate at the snapshot's *own* time (looked up in the `History`,
-which holds the final points, offset included), and C moves to explain the labels.
+which holds the final points, offset included, and beside each the offset it carries when
+the fast path's owner keeps it there, as `Live` does), and C moves to explain the labels.
 
 What a label says
 -----------------
@@ -804,6 +805,16 @@ class DriftLoop:
             alarm_reason=self.alarm_reason,
         )
 
+    def _offset_carried(self, t_ns: int) -> np.ndarray:
+        """The offset the estimate at t_ns carries: the one its frame was mapped with, where
+        the history keeps it beside the point (`Live` does), else the one in force then by
+        this loop's log. The log's time is when the offset was set, and a frame mapped with
+        the old one can be stored after that (the mapper takes the new one later still)."""
+        e = self.history.nearest(t_ns, int(self.cfg.max_gap_ms * 1e6))
+        if e is not None and isinstance(e.payload, np.ndarray) and e.payload.shape == (2,):
+            return e.payload
+        return self._offset_at(t_ns)
+
     def _offset_at(self, t_ns: int) -> np.ndarray:
         """The offset that was in force for the frame at t_ns (the estimate includes it)."""
         best = self._offset_log[0][1]
@@ -893,7 +904,7 @@ class DriftLoop:
         labels stay comparable across the offset's own moves."""
         k = self._k
         e_q = est * k
-        raw_q = e_q - self._offset_at(t) * k
+        raw_q = e_q - self._offset_carried(t) * k
         if isinstance(obs, PointObservation):
             return _Sample(t, np.eye(2), a * k - raw_q, None, dim=2), a * k - e_q
         d = u * k

@@ -445,7 +445,11 @@ class Live:
             # after the eye landed was compared with a point still on its way (42-75 px off
             # with no drift, in an audit's simulation), and the loop moved the offset for
             # drift that was not there.
-            self.history.append(frame.t_ns, s.screen_xy_raw)
+            # With the offset it carries: the loop takes it out again to see the label's
+            # drift, and a frame mapped just before an offset changed but stored just after
+            # was taken to carry the new one (wrong by the whole step).
+            offset = getattr(self._mapping, "last_offset", None)  # the frame's own mapper
+            self.history.append(frame.t_ns, s.screen_xy_raw, offset)
         if self.clicks is not None or self.glance is not None:
             self._keep_frame(frame)
         if self.clicks is not None:  # clicks are judged against the history just written

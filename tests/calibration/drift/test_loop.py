@@ -423,3 +423,50 @@ def test_a_sitting_prior_given_in_the_config_wins_and_the_constructor_takes_the_
     loop = DriftLoop(LoopConfig(aspect=ASPECT, sitting_prior_weight=12.0), h, new_sitting=True)
     assert loop.sitting_prior_weight == 12.0
     assert np.allclose(loop._runs[0].info, 12.0 * np.eye(2))
+
+
+def test_a_frame_stored_after_an_offset_change_is_read_with_the_offset_it_carries():
+    """The loop took the offset a frame carries from when it set a new one: a frame mapped
+    with the old offset (the mapper takes the new one after the update returns) but stored
+    after it was read as carrying the new one, and its label's drift was off by the whole
+    step. A history that keeps each frame's offset beside its point (as `Live` stores it)
+    is read exactly."""
+    from gazeloop.calibration.labels import OracleLabel, PointObservation
+
+    period = 16_666_667
+    h = History()
+    loop = DriftLoop(LoopConfig(aspect=16 / 9, prior_weight=1.0), h, offset=(0.0, 0.0))
+    gaze, truth = np.array([0.5, 0.5]), np.array([0.55, 0.5])  # a drift of +0.05 in x
+    carried = loop.offset
+    t, n = 0, 0
+
+    def frame(store=True):
+        nonlocal t
+        t += period
+        xy = gaze + carried  # what ProfileMapper gives: the mapping's point plus the offset
+        if store:
+            h.append(t, xy, carried)
+        return t, xy
+
+    def label(at):
+        nonlocal n
+        n += 1
+        obs = PointObservation(xy=tuple(truth))
+        return loop.update(
+            OracleLabel(t_ns=at, snapshot_id=f"s{n}", oracle="clicks", observation=obs)
+        )
+
+    for _ in range(30):
+        frame()
+    for _ in range(6):
+        label(t)
+        carried = loop.offset
+        frame()
+    tk, xyk = frame(store=False)  # mapped with the offset of now...
+    moved = label(t - period).step  # ...a label moves it...
+    assert np.hypot(*moved) > 1e-4
+    h.append(tk, xyk, carried)  # ...and the frame is stored after, with the old one
+    carried = loop.offset
+    label(tk)
+    g = loop._samples[-1].g / loop._k
+    assert np.allclose(g, [0.05, 0.0], atol=1e-9), g
