@@ -164,16 +164,13 @@ class ModelRegistry:
         *,
         promote: bool = False,
         reason: str = "",
-        expected: object = _ANY,
     ) -> RegistryEntry:
         """Copy a single-file ONNX model and its card in as the next version of the card's
         model id. `card` defaults to the one `export_onnx` wrote beside the model. The
-        version is served only once promoted (`promote=True` here, or `promote()`, whose
-        `expected` this passes on: a promotion refused then leaves the version registered)."""
+        version is served only once promoted (`promote=True` here, or `promote()`)."""
         entry = self._register(onnx_path, card)
         if promote:
-            why = reason or "promoted on register"
-            self.promote(entry.version, entry.model_id, reason=why, expected=expected)
+            self.promote(entry.version, entry.model_id, reason=reason or "promoted on register")
         return entry
 
     def _register(self, onnx_path: str | Path, card: ModelCard | dict | None) -> RegistryEntry:
@@ -554,6 +551,7 @@ __all__ = [
     "ModelRegistry",
     "RegistryEntry",
     "RegistryError",
+    "ServedChanged",
     "default_registry_root",
     "registry_user",
     "unmoved_registry_note",

@@ -809,7 +809,10 @@ class DriftLoop:
         """The offset the estimate at t_ns carries: the one its frame was mapped with, where
         the history keeps it beside the point (`Live` does), else the one in force then by
         this loop's log. The log's time is when the offset was set, and a frame mapped with
-        the old one can be stored after that (the mapper takes the new one later still)."""
+        the old one can be stored after that (the mapper takes the new one later still).
+        The nearest frame's: clicks and glances are timed at a frame (a fixation's end in
+        this history), and a snapshot is a frame's; a time between two frames straddling a
+        change is the one case left to the nearer of them."""
         e = self.history.nearest(t_ns, int(self.cfg.max_gap_ms * 1e6))
         if e is not None and isinstance(e.payload, np.ndarray) and e.payload.shape == (2,):
             return e.payload

@@ -135,4 +135,4 @@ def summary_text(s: dict[str, Any]) -> str:
 def _kept(c: dict[str, Any]) -> str:
     """The accepted, and the unjudged when there are any: both are what training takes."""
     out = f"{c['accepted']} accepted"
-    return out + (f", {c['unjudged']} not judged by any loop" if c.get("unjudged") else "")
+    return out + (f", {c['unjudged']} not judged by any loop" if c["unjudged"] else "")

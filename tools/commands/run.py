@@ -56,7 +56,7 @@ from gazeloop.calibration.profile import (
 from gazeloop.calibration.store.atomic import atomic_write_bytes, check_writable, file_in_the_way
 from gazeloop.calibration.store.writer import SessionWriter
 from gazeloop.fastpath.pipeline import FastPath
-from gazeloop.fastpath.sources import CameraSource, SessionSource, is_camera
+from gazeloop.fastpath.sources import CameraSource, is_camera
 from gazeloop.tools.commands._args import (
     SCREEN_PX_HELP,
     add_broker_args,
@@ -541,7 +541,7 @@ def _read_as_fitted(ls: LabelledSource, mapper) -> None:
     as the profile's frames were (`read_as_fitted`, as `track` does): opened before the
     profile was known, it was read as stored, and a selfie-view folder's points came out
     mirrored across the screen."""
-    if ls.session is None or not isinstance(ls.source, SessionSource) or mapper is None:
+    if ls.session is None or mapper is None:  # a session's source is a SessionSource
         return
     unmirror = read_as_fitted(ls.session.mirrored_stated, mapper.profile)
     if unmirror is not None:

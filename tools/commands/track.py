@@ -242,7 +242,8 @@ def _read_as(args: argparse.Namespace, mapper: ProfileMapper | None) -> dict:
         return {}
     if args.mirrored is not None:
         return {"unmirror": args.mirrored}
-    if mapper is None or read_as_fitted(False, mapper.profile) is None:
+    chosen = mapper.profile.fit.chosen if mapper is not None else None
+    if chosen is None or chosen.mirrored is None:
         return {}
     try:
         stated = read_session(folder).mirrored_stated

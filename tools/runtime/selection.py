@@ -30,6 +30,7 @@ from gazeloop.fastpath.pipeline import FastPathConfig
 from gazeloop.fastpath.views import NoUsableFrames, Views
 from gazeloop.fastpath.views import session_views as views_of
 from gazeloop.tools.errors import UserError
+from gazeloop.tools.runtime.labelled import read_as_fitted
 from gazeloop.tools.runtime.made_by import made_by, read_otherwise
 
 
@@ -107,10 +108,10 @@ def apply_profile(
     mapping fitted on one read means nothing on the other."""
     from gazeloop.calibration.mapping import mapping_from_params
 
-    chosen = prof.fit.chosen
     basis = None
-    if not session.mirrored_stated and chosen is not None and chosen.mirrored is not None:
-        session = replace(session, mirrored=chosen.mirrored, mirrored_stated=True)
+    unmirror = read_as_fitted(session.mirrored_stated, prof)
+    if unmirror is not None:
+        session = replace(session, mirrored=unmirror, mirrored_stated=True)
         basis = "not stated; read as the profile's frames were"
     v = session_views(session, fp, both_reads=False, cache=cache)
     missing = v.frames.lacks(prof.features)
