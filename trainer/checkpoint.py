@@ -284,8 +284,10 @@ def _check_standing(path: Path, state: dict[str, Any]) -> None:
     traceback (`int("x")`, a KeyError) after the data had loaded."""
     for key in ("step", "best_step", "bad_epochs"):
         if not _is_count(state.get(key)):
-            raise CheckpointError(f"{path}: {key} {state.get(key)!r} is not a count of steps")
-    best = state.get("best_metric", "missing")
+            raise CheckpointError(f"{path}: {key} {state.get(key)!r} is not a count")
+    if "best_metric" not in state:
+        raise CheckpointError(f"{path}: best_metric is missing")
+    best = state["best_metric"]
     if best is not None and not (isinstance(best, int | float) and not isinstance(best, bool)):
         raise CheckpointError(f"{path}: best_metric {best!r} is not a number (or null)")
     if not isinstance(state.get("config", {}), dict):

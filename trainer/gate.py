@@ -78,6 +78,9 @@ class GateResult(BaseModel):
     promoted: bool
     reason: str
     parent: str | None = None
+    # The registry version served when it was judged (None: nothing was), which a relaunch
+    # may still promote it over (`ship._finish_promotion`).
+    parent_version: int | None = None
     candidate: str | None = None
     sessions: list[SessionScore] = []
     parent_px: float | None = None

@@ -98,13 +98,12 @@ def ship(
         )
     except (ValueError, OSError) as e:  # a held-out session that cannot be scored
         gate = GateResult(promoted=False, reason=f"could not judge: {e}", candidate=str(onnx))
-    gate = gate.model_copy(update={"parent": parent_desc})
+    gate = gate.model_copy(update={"parent": parent_desc, "parent_version": judged_against})
     from gazeloop.trainer.card import card_path_for, read_card
 
-    # The version judged against goes with the verdict: a relaunch after an interrupt
-    # between registering and promoting finishes the promotion only over that one.
-    evaluation = gate.model_dump(mode="json") | {"parent_version": judged_against}
-    final = read_card(card_path_for(onnx)).model_copy(update={"evaluation": evaluation})
+    final = read_card(card_path_for(onnx)).model_copy(
+        update={"evaluation": gate.model_dump(mode="json")}
+    )
     entry = registry.register(onnx, final)
     promoted, not_promoted = gate.promoted, None
     if promoted:
@@ -113,7 +112,7 @@ def ship(
                 entry.version, model_id, reason=f"gate: {gate.reason}", expected=judged_against
             )
         except ServedChanged as e:
-            log.warning("%s; judge it again against what is served", e)
+            log.warning("%s; to serve it anyway: gazeloop models promote %d", e, entry.version)
             promoted, not_promoted = False, str(e)
     served = registry.promoted(model_id)
     out = {
@@ -158,18 +157,16 @@ def already_registered(registry: ModelRegistry, model_id: str, weights: str) -> 
     }
 
 
-__all__ = ["already_registered", "card_metrics", "parent_model", "ship"]
-
-
 def _finish_promotion(registry: ModelRegistry, model_id: str, version: int, gate: dict) -> str:
     """A version its gate passed but that was never promoted (the run was stopped between
     registering and promoting it) is promoted now, if what it was judged against is still
     what is served; → what was done, for the gate's reason ("" when nothing was to do)."""
-    served = registry.promoted(model_id)
-    if not gate.get("promoted") or (served is not None and served.version == version):
-        return ""
-    if "parent_version" not in gate:  # registered before the version judged was recorded
-        return "; never promoted (judge it again to serve it)"
+    if not gate.get("promoted") or any(
+        h.get("version") == version and not h.get("rollback") for h in registry.promotions(model_id)
+    ):
+        return ""  # refused, or promoted once (and maybe rolled back by a person since)
+    if "parent_version" not in gate:  # registered before that was recorded
+        return f"; never promoted (to serve it: gazeloop models promote {version})"
     try:
         registry.promote(
             version,
@@ -178,5 +175,8 @@ def _finish_promotion(registry: ModelRegistry, model_id: str, version: int, gate
             expected=gate["parent_version"],
         )
     except ServedChanged as e:
-        return f"; not promoted on this relaunch either ({e})"
+        return f"; not promoted on this relaunch either ({e}; gazeloop models promote {version})"
     return "; it had not been promoted, and is now"
+
+
+__all__ = ["already_registered", "card_metrics", "parent_model", "ship"]

@@ -9,6 +9,7 @@ import json
 import pytest
 
 import gazeloop.trainer.ship as ship_mod
+from gazeloop.trainer.gate import GateResult
 from gazeloop.trainer.registry import PROMOTED_FILE, ModelRegistry, RegistryError
 from tests.tools.runtime.test_mqtt import tiny_model
 
@@ -66,7 +67,6 @@ def shipping(tmp_path, monkeypatch):
     """`ship` with export and gate stood in for (a tiny model; the gate says "better"):
     → (config, best checkpoint, registry root, the model file, the gate's calls)."""
     from gazeloop.trainer.export import card_path_for
-    from gazeloop.trainer.gate import GateResult
 
     onnx, base_card = tiny_model(tmp_path / "m", "net", 1000)
     base = onnx.read_bytes()
@@ -141,3 +141,9 @@ def test_a_run_stopped_between_registering_and_promoting_is_promoted_on_relaunch
     assert again["promoted"] is True and again["served_version"] == 1 and len(judged) == 1
     assert again["gate"]["reason"].endswith("it had not been promoted, and is now")
     assert ModelRegistry(reg).promoted("net").version == 1
+    GateResult.model_validate(again["gate"])  # what `train` prints it from (it refused a field)
+    # A person's rollback stands: the next relaunch (a script may pass --resume --export
+    # every time) does not promote it again.
+    ModelRegistry(reg).rollback("net")
+    third = ship_mod.ship(cfg, best, reg, "net")
+    assert third["promoted"] is False and ModelRegistry(reg).promoted("net") is None

@@ -35,6 +35,9 @@ def test_promote_and_rollback_move_what_is_served(tmp_path, capsys):
     assert listing[2].startswith("* net v3") and listing[2].endswith(
         "gate: refused: worse than its parent by 3.0 ± 1.0 px; promoted by hand: looked fine to me"
     )
+    capsys.readouterr()
+    assert main(["models", "promote", "3", *opts]) == 0  # served already: said, not recorded
+    assert "net v3 is served already: nothing changed" in capsys.readouterr().out
     assert main(["models", "rollback", *opts]) == 0
     assert reg.promoted("net").version == 1
     assert "net v1 is served again" in capsys.readouterr().out
@@ -61,8 +64,8 @@ def test_with_two_model_ids_promoted_none_is_called_served_and_run_names_one(
     from gazeloop.trainer.registry import ModelRegistry
 
     reg = ModelRegistry(tmp_path / "reg")
-    for mid in ("net", "carol-net"):
-        reg.register(*tiny_model(tmp_path / "m", mid, 1000), promote=True)
+    for mid in ("net", "carol-net"):  # carol-net's promotion is the command's
+        reg.register(*tiny_model(tmp_path / "m", mid, 1000), promote=mid == "net")
     opts = ["--registry", str(reg.root)]
     capsys.readouterr()
     assert main(["models", "promote", "1", "--model-id", "carol-net", *opts]) == 0

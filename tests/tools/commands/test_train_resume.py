@@ -138,9 +138,10 @@ def test_an_interrupt_while_judging_says_the_model_is_not_served_and_how_to_go_o
     [
         (lambda st: st["config"]["fastpath"].update(not_a_setting=1), "fastpath.not_a_setting"),
         (lambda st: st["config"].update(val_fraction=5), "val_fraction"),
-        (lambda st: st.update(step="x"), "step 'x' is not a count of steps"),
-        (lambda st: st.pop("best_step"), "best_step None is not a count of steps"),
+        (lambda st: st.update(step="x"), "step 'x' is not a count"),
+        (lambda st: st.pop("best_step"), "best_step None is not a count"),
         (lambda st: st.update(best_metric="low"), "best_metric 'low' is not a number"),
+        (lambda st: st.pop("best_metric"), "best_metric is missing"),
     ],
 )
 def test_a_saved_state_this_gazeloop_cannot_take_is_one_line_and_nothing_changes(

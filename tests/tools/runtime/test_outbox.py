@@ -63,7 +63,7 @@ def test_a_schema_1_store_hands_over_its_sent_column_once(tmp_path):
     store.close()
 
 
-def test_a_store_made_anew_in_the_folder_starts_the_outbox_over(tmp_path):
+def test_a_store_made_anew_in_the_folder_starts_the_outbox_over(tmp_path, caplog):
     store = LabelStore(tmp_path)
     for i in range(3):
         add(store, i)
@@ -78,6 +78,8 @@ def test_a_store_made_anew_in_the_folder_starts_the_outbox_over(tmp_path):
     store = LabelStore(tmp_path)
     fresh = [add(store, 10 + i) for i in range(2)]  # ids 1 and 2 again, other labels
     assert ob.take_in(store) == 2 and ob.pending() == fresh
+    assert "not the one this outbox followed" in caplog.text
+    assert "went back" not in caplog.text  # a new store, not one restored from a copy
     ob.close()
     store.close()
 
@@ -109,6 +111,38 @@ def test_a_store_restored_from_an_older_copy_sends_what_came_after_the_restore(t
     ob.mark_sent(ob.pending())
     assert ob.take_in(store) == 0  # and once only
     ob.close()
+    store.close()
+
+
+def test_another_uplink_taking_labels_in_meanwhile_is_not_a_store_gone_back(tmp_path):
+    """The label at seen_up_to was read before the transaction, its snapshot in it: another
+    uplink on the same file taking labels in between looked like a restored store, and
+    every acknowledged label was sent again."""
+    store = LabelStore(tmp_path)
+    for i in range(3):
+        add(store, i)
+    a, b = Outbox(outbox_path(tmp_path)), Outbox(outbox_path(tmp_path))
+    a.take_in(store)
+    a.mark_sent(a.pending())
+    add(store, 3)
+
+    class Between:  # a's view of the store: b takes label 4 in between a's read and check
+        done = False
+
+        def __getattr__(self, name):
+            return getattr(store, name)
+
+        def get(self, label_id):
+            row = store.get(label_id)
+            if label_id == 3 and not Between.done:
+                Between.done = True
+                b.take_in(store)
+                b.mark_sent(b.pending())
+            return row
+
+    assert a.take_in(Between()) == 0 and a.pending() == []
+    a.close()
+    b.close()
     store.close()
 
 

@@ -124,6 +124,7 @@ class Outbox:
         """The store's labels not seen yet become pending; returns how many did."""
         with self._lock:
             self._check_anchor(store)
+            self._check_tip(store)
             first = self._meta("anchor_id") is None
             seen = self._meta("seen_up_to") or 0
             ids = store.ids_after(seen)
@@ -155,7 +156,6 @@ class Outbox:
         if anchor_id is None:
             return
         row = store.get(anchor_id)
-        self._check_tip(store)
         with self._transaction():
             snap = self._meta_text("anchor_snapshot")
             if row is not None and row.snapshot_id == snap:
@@ -180,6 +180,8 @@ class Outbox:
             return
         row = store.get(seen)
         with self._transaction():
+            if self._meta("seen_up_to") != seen:
+                return  # another uplink on this file took labels in since: its tip now
             snap = self._meta_text("seen_snapshot")
             if snap is None or (row is not None and row.snapshot_id == snap):
                 return
