@@ -66,6 +66,7 @@ from gazeloop.trainer.model import (
     CheckpointError,
     GazeNet,
     load_checkpoint,
+    read_checkpoint_info,
     save_checkpoint,
 )
 from gazeloop.trainer.readers.common import Samples
@@ -220,6 +221,10 @@ def train(
     if resume_from is not None:
         state = read_trainer_state(resume_from)
         cfg = resumed_config(cfg, state.get("config") or {}, out_dir)
+    elif cfg.init is not None and model is None:
+        # The model a fresh run starts from, read before the data: a wrong path was said
+        # only after every session had been preprocessed into the run folder.
+        read_checkpoint_info(cfg.init)
 
     accelerator, mp = _accelerator(cfg)
     if cfg.resume and resume_from is None and accelerator.is_main_process:

@@ -298,6 +298,7 @@ def _config(
         )
     holdout = _holdout_sources(data, args)
     _refuse_unjudgeable(data, holdout, args)
+    _check_init(data)
     if "calib_min" not in data and data.get("resume") and "calib_min" in (resumed or {}):
         # A resumed run goes on with its own calib_min: fitting it again would preprocess
         # these sources into the run's cache before the trainer has judged them its own.
@@ -311,6 +312,19 @@ def _config(
             data["calib_min"] = fitted
     cfg = _validated(TrainConfig, data | {"holdout": []}, args)
     return _with_holdout(cfg, holdout, labels)
+
+
+def _check_init(data: dict) -> None:
+    """The model a fresh run starts from (`init`), read before any data is: a wrong path was
+    said only after the sessions had been preprocessed into the run folder (to fit
+    calib_min). A resume starts from its checkpoint, not from `init`."""
+    from gazeloop.trainer.model import CheckpointError, read_checkpoint_info
+
+    if data.get("init") and not data.get("resume"):
+        try:
+            read_checkpoint_info(data["init"])
+        except CheckpointError as e:
+            raise UserError(f"init: {e}") from None
 
 
 def _sources(args, paths: list[Path], **split) -> list[dict]:

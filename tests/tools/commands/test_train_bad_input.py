@@ -351,3 +351,18 @@ def test_exporting_one_checkpoint_twice_registers_it_once(checkpoint_run, tmp_pa
     rc, out, err = cli(*argv)
     assert rc == 0, err
     assert json.loads(out)["version"] == first["version"] + 1 and "already" not in out
+
+
+def test_a_missing_init_is_one_line_before_the_data_is_read(shared, tmp_path):
+    """`init` (the model a fresh run starts from) was read only after every session had been
+    preprocessed into the run folder; then the run was refused."""
+    evit = shared / "data/evit"
+    run, config = tmp_path / "run", tmp_path / "config.json"
+    config.write_text(json.dumps({"init": str(tmp_path / "nope.safetensors")}))
+    rc, _, err = cli(
+        "train", "--data", evit / "p1_s00", "--holdout", evit / "p1_s02", "--out", run,
+        "--config", config,
+    )  # fmt: skip
+    assert rc == 2 and "Traceback" not in err, err
+    assert "checkpoint weights not found" in err.strip().splitlines()[-1], err
+    assert not run.exists() or not any(run.rglob("*")), sorted(run.rglob("*"))
