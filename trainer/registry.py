@@ -462,8 +462,9 @@ class ModelRegistry:
         *,
         reason: str = "",
         expected: object = _ANY,
-    ) -> None:
+    ) -> bool:
         """Make `version` the served one; the previous promotion stays in the history.
+        → False when it was served already (nothing recorded), True when promoted now.
         `expected`: the version (None: nothing) the caller judged `version` against; if
         another is served by now, nothing changes and `ServedChanged` says so. A gate runs
         for minutes, and a fetch or a person may promote meanwhile: the gate's candidate
@@ -482,7 +483,7 @@ class ModelRegistry:
                 # Served already: a second record of it would make the next rollback undo
                 # this one and serve the same version again ("rolled back", nothing changed).
                 log.info("%s v%d is served already", entry.model_id, entry.version)
-                return
+                return False
             history = pointer["history"] + [
                 {
                     "version": entry.version,
@@ -492,6 +493,7 @@ class ModelRegistry:
             ]
             self._write_pointer(entry.model_id, entry.version, history)
         log.info("promoted %s v%d (%s)", entry.model_id, entry.version, reason)
+        return True
 
     def rollback(self, model_id: str | None = None, *, reason: str = "") -> RegistryEntry | None:
         """Serve the version promoted before the current one again; None when the current

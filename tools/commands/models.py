@@ -121,14 +121,14 @@ def run_promote(args: argparse.Namespace) -> int:
 
     reg = _registry(args)
     try:
-        before = reg.promoted(args.model_id) if reg.model_ids() else None
-        reg.promote(args.version, args.model_id, reason=args.reason or "gazeloop models promote")
+        why = args.reason or "gazeloop models promote"
+        changed = reg.promote(args.version, args.model_id, reason=why)
         entry = reg.promoted(args.model_id)
         assert entry is not None
         others = [m for m in reg.model_ids() if m != entry.model_id]
     except RegistryError as e:
         raise UserError(str(e)) from None
-    if before is not None and before.version == entry.version:
+    if not changed:
         print(f"{entry.model_id} v{entry.version} is served already: nothing changed")
         return 0
     then = (

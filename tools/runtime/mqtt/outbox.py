@@ -156,6 +156,8 @@ class Outbox:
         if anchor_id is None:
             return
         row = store.get(anchor_id)
+        if row is not None and row.snapshot_id == self._meta_text("anchor_snapshot"):
+            return  # nearly always: no write transaction on every take-in
         with self._transaction():
             snap = self._meta_text("anchor_snapshot")
             if row is not None and row.snapshot_id == snap:
@@ -179,6 +181,9 @@ class Outbox:
         if seen is None:
             return
         row = store.get(seen)
+        snap = self._meta_text("seen_snapshot")
+        if snap is None or (row is not None and row.snapshot_id == snap):
+            return  # nearly always: no write transaction on every take-in
         with self._transaction():
             if self._meta("seen_up_to") != seen:
                 return  # another uplink on this file took labels in since: its tip now
